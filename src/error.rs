@@ -1,0 +1,188 @@
+//! The one error type of corepool.
+
+use std::fmt;
+
+/// Why a worker process ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitCause {
+    /// Killed by a signal (its number).
+    Signal(i32),
+    /// Exited with this status code.
+    Code(i32),
+}
+
+impl fmt::Display for ExitCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ExitCause::Signal(sig) => {
+                write!(f, "killed by {}", crate::sys::signal_name(sig))?;
+                if sig == libc::SIGKILL {
+                    write!(f, "; if nobody sent it, the kernel's OOM killer may have: check `dmesg` and the task's memory use")?;
+                }
+                Ok(())
+            }
+            ExitCause::Code(0) => write!(f, "exited with status 0 before returning a result"),
+            ExitCause::Code(code) => write!(f, "exited with status {code}"),
+        }
+    }
+}
+
+/// Everything that can go wrong in corepool: building a pool, submitting work,
+/// running a task, moving data.
+///
+/// Every message says what happened and what to do about it. The enum is
+/// `#[non_exhaustive]`: match the variants you handle and keep a `_` arm.
+///
+/// ```
+/// let err = corepool::Error::Panicked { message: "n > 5".into() };
+/// assert!(err.to_string().contains("n > 5"));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is out of range.
+    #[error("invalid pool configuration: {what}")]
+    InvalidConfig {
+        /// What is wrong and what to use instead.
+        what: String,
+    },
+    /// `Pinning::Cpus` named a CPU this process may not run on.
+    #[error("CPU {cpu} is not in this process's allowed set {allowed:?}: pick CPUs from that set (see `corepool info`), or widen it with taskset/cgroups")]
+    CpuNotAllowed {
+        /// The CPU asked for.
+        cpu: usize,
+        /// The CPUs `sched_getaffinity` allows.
+        allowed: Vec<usize>,
+    },
+    /// The kernel refused to pin a worker.
+    #[error("pinning a worker to CPU {cpu} failed: {reason}; use `Pinning::None` or another CPU")]
+    PinFailed {
+        /// The CPU the worker was to run on.
+        cpu: usize,
+        /// The kernel's answer.
+        reason: String,
+    },
+    /// Shared memory could not be created, sized or mapped.
+    #[error("shared memory: {op} failed: {reason}; free space in /dev/shm or ask for smaller rings (`ring_bytes`)")]
+    SharedMemory {
+        /// The step that failed.
+        op: &'static str,
+        /// The kernel's answer.
+        reason: String,
+    },
+    /// A worker process could not be started.
+    #[error("starting a worker failed: {reason}")]
+    Spawn {
+        /// What failed and what to do.
+        reason: String,
+    },
+    /// A worker started but did not come up.
+    #[error("worker {index} failed to start: {reason}")]
+    WorkerStart {
+        /// The worker's slot.
+        index: usize,
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// `corepool::init()` was not called first in `main`, so a worker process ran
+    /// the program's own `main` instead of serving tasks.
+    #[error("this process is a corepool worker but `corepool::init()` was not the first statement of `main`: add it there")]
+    NotInitialized,
+    /// The worker binary is not the parent's.
+    #[error("the worker's binary differs from the parent's (fingerprint {parent:#x} vs {worker:#x}); was the executable replaced while running? Restart the program")]
+    BinaryMismatch {
+        /// The parent's fingerprint.
+        parent: u64,
+        /// The worker's fingerprint.
+        worker: u64,
+    },
+    /// The pool no longer takes work.
+    #[error("the pool is closed or terminated: submit work before `close()`/`terminate()`, or build a new pool")]
+    PoolClosed,
+    /// `join` was called on a pool that is still open.
+    #[error("`join` needs `close()` or `terminate()` first, as in Python")]
+    JoinWhileOpen,
+    /// An encoded argument does not fit in the task ring.
+    #[error("an encoded argument of {size} bytes exceeds the {max}-byte message limit: raise `ring_bytes` on the builder, use a smaller `chunksize`, or pass large data in a `SharedArray`")]
+    ArgumentTooLarge {
+        /// The encoded size.
+        size: usize,
+        /// The largest payload a task record can carry.
+        max: usize,
+    },
+    /// An encoded result does not fit in the result ring.
+    #[error("an encoded result of {size} bytes exceeds the {max}-byte message limit: raise `ring_bytes` on the builder, use a smaller `chunksize`, or return large data in a `SharedArray`")]
+    ResultTooLarge {
+        /// The encoded size.
+        size: usize,
+        /// The largest payload a result record can carry.
+        max: usize,
+    },
+    /// Bytes did not decode as the expected type.
+    #[error("decoding a {type_name} failed: {reason}; the two sides disagree about a type (a bug), or a worker misbehaved")]
+    Decode {
+        /// The type being decoded.
+        type_name: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The task panicked; the worker survived and goes on serving.
+    #[error("the task panicked: {message}")]
+    Panicked {
+        /// The panic message and location.
+        message: String,
+    },
+    /// The worker running the task died before returning its result.
+    #[error("worker pid {pid} died while running the task: {cause}")]
+    WorkerDied {
+        /// The dead worker's pid.
+        pid: i32,
+        /// How it ended.
+        cause: ExitCause,
+    },
+    /// A worker broke the shared-memory protocol and was killed.
+    #[error("worker pid {pid} broke the shared-memory protocol ({what}) and was killed; its tasks failed")]
+    ProtocolViolation {
+        /// The worker's pid.
+        pid: i32,
+        /// The check that failed.
+        what: &'static str,
+    },
+    /// The pool was terminated or dropped before the task ran.
+    #[error("the task was cancelled: the pool was terminated or dropped before it finished")]
+    Cancelled,
+    /// `get_timeout` ran out before the result arrived (the task goes on).
+    #[error("timed out waiting for the result; the task goes on: wait again, or raise the timeout")]
+    Timeout,
+    /// An index range outside a [`crate::SharedArray`].
+    #[error("range {start}..{end} is outside the array of length {len}: check the bounds you compute")]
+    OutOfBounds {
+        /// First index asked for.
+        start: usize,
+        /// One past the last index asked for.
+        end: usize,
+        /// The array's length.
+        len: usize,
+    },
+    /// An operating-system call failed.
+    #[error("{op} failed: {reason}")]
+    Os {
+        /// The call.
+        op: &'static str,
+        /// The kernel's answer.
+        reason: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn os(op: &'static str, err: std::io::Error) -> Self {
+        Error::Os { op, reason: err.to_string() }
+    }
+
+    pub(crate) fn shm(op: &'static str, err: std::io::Error) -> Self {
+        Error::SharedMemory { op, reason: err.to_string() }
+    }
+}
+
+/// `Result<T, corepool::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

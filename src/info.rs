@@ -1,0 +1,139 @@
+//! What this machine offers: CPUs, the process's allowed set, and the topology
+//! `/sys` describes. Used by `corepool info` and handy for choosing a
+//! [`crate::Pinning`].
+
+use crate::error::{Error, Result};
+use std::fs;
+
+/// One logical CPU as `/sys/devices/system/cpu` describes it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Cpu {
+    /// Logical CPU number.
+    pub id: usize,
+    /// Physical package (socket), if known.
+    pub package: Option<u32>,
+    /// Core id within the package, if known.
+    pub core: Option<u32>,
+    /// Logical CPUs sharing this core (SMT siblings), as the kernel lists them.
+    pub siblings: String,
+    /// NUMA node, if known.
+    pub numa_node: Option<u32>,
+}
+
+/// The machine as seen from this process.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Machine {
+    /// The CPU model name from `/proc/cpuinfo`.
+    pub model: String,
+    /// Logical CPUs online.
+    pub online: Vec<usize>,
+    /// CPUs this process may run on (`sched_getaffinity`).
+    pub allowed: Vec<usize>,
+    /// Topology of each online CPU.
+    pub cpus: Vec<Cpu>,
+}
+
+/// The CPUs this process may run on (respects `taskset` and cgroup cpusets).
+///
+/// ```
+/// assert!(!corepool::info::allowed_cpus().unwrap().is_empty());
+/// ```
+///
+/// # Errors
+///
+/// [`Error::Os`] if `sched_getaffinity` fails.
+pub fn allowed_cpus() -> Result<Vec<usize>> {
+    crate::sys::affinity_of(0).map_err(|e| Error::os("sched_getaffinity", e))
+}
+
+/// The CPUs process `pid` may run on: read a worker's pinning back.
+///
+/// ```
+/// let me = std::process::id() as i32;
+/// assert_eq!(corepool::info::affinity_of(me).unwrap(), corepool::info::allowed_cpus().unwrap());
+/// ```
+///
+/// # Errors
+///
+/// [`Error::Os`] if the process does not exist or may not be inspected.
+pub fn affinity_of(pid: i32) -> Result<Vec<usize>> {
+    crate::sys::affinity_of(pid).map_err(|e| Error::os("sched_getaffinity", e))
+}
+
+/// The CPU the calling thread runs on now.
+///
+/// ```
+/// assert!(corepool::info::current_cpu().is_some());
+/// ```
+pub fn current_cpu() -> Option<usize> {
+    crate::sys::current_cpu()
+}
+
+/// Parses a kernel CPU list such as `0-3,8,10-11`.
+///
+/// ```
+/// assert_eq!(corepool::info::parse_cpu_list("0-2,5"), Some(vec![0, 1, 2, 5]));
+/// assert_eq!(corepool::info::parse_cpu_list("x"), None);
+/// ```
+pub fn parse_cpu_list(s: &str) -> Option<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse().ok()?, b.parse().ok()?);
+                if b < a || b - a > 1 << 16 {
+                    return None;
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().ok()?),
+        }
+    }
+    Some(out)
+}
+
+fn read_trim(path: &str) -> Option<String> {
+    fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+}
+
+fn numa_node_of(cpu: usize) -> Option<u32> {
+    let dir = fs::read_dir(format!("/sys/devices/system/cpu/cpu{cpu}")).ok()?;
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("node").and_then(|n| n.parse().ok())))
+        .next()
+}
+
+/// Describes this machine.
+///
+/// ```
+/// let m = corepool::info::machine().unwrap();
+/// assert!(m.allowed.iter().all(|c| m.online.contains(c)));
+/// ```
+///
+/// # Errors
+///
+/// [`Error::Os`] if the allowed set cannot be read.
+pub fn machine() -> Result<Machine> {
+    let model = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string()))
+        .unwrap_or_else(|| "unknown".to_string());
+    let allowed = allowed_cpus()?;
+    let online = read_trim("/sys/devices/system/cpu/online")
+        .and_then(|s| parse_cpu_list(&s))
+        .unwrap_or_else(|| allowed.clone());
+    let cpus = online
+        .iter()
+        .map(|&id| {
+            let base = format!("/sys/devices/system/cpu/cpu{id}/topology");
+            Cpu {
+                id,
+                package: read_trim(&format!("{base}/physical_package_id")).and_then(|s| s.parse().ok()),
+                core: read_trim(&format!("{base}/core_id")).and_then(|s| s.parse().ok()),
+                siblings: read_trim(&format!("{base}/thread_siblings_list")).unwrap_or_default(),
+                numa_node: numa_node_of(id),
+            }
+        })
+        .collect();
+    Ok(Machine { model, online, allowed, cpus })
+}

@@ -1,0 +1,253 @@
+//! The pool segment's layout: a header, the parent's doorbell, then one slot per
+//! worker holding its control block and its two rings.
+//!
+//! ```text
+//! 0      Header (magic, version, sizes, fingerprint, initializer, ...)
+//! 256    parent doorbell (futex word, own cache line)
+//! 4096   slot 0: control block | task ring data | result ring data
+//! ...    slot 1, 2, ... every `slot_stride` bytes
+//! ```
+//!
+//! Every position is an offset from the segment base, computed by both sides
+//! from the header's sizes with checked arithmetic; no pointer is ever stored.
+//! See `docs/protocol.md` for the meaning of each word and who writes it.
+
+use crate::error::{Error, Result};
+use crate::ring::RingMemory;
+use crate::shm::Segment;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+/// "COREPOOL".
+pub(crate) const MAGIC: [u8; 8] = *b"COREPOOL";
+/// Bumped on any change to the layout or the record protocol.
+pub(crate) const VERSION: u32 = 1;
+/// Header flag: `initializer` holds a function offset.
+pub(crate) const FLAG_INITIALIZER: u32 = 1;
+
+const PAGE: usize = 4096;
+const DOORBELL_OFFSET: usize = 256;
+const SLOT_CONTROL_BYTES: usize = PAGE;
+
+/// The segment header, written once by the parent before any worker starts and
+/// only read (as a copy) afterwards.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct Header {
+    pub magic: [u8; 8],
+    pub version: u32,
+    pub header_bytes: u32,
+    pub segment_bytes: u64,
+    /// Identifies the parent's binary; the worker refuses to serve on mismatch.
+    pub fingerprint: u64,
+    pub workers: u32,
+    pub task_ring_bytes: u32,
+    pub result_ring_bytes: u32,
+    pub flags: u32,
+    /// Offset of the initializer trampoline from the anchor function.
+    pub initializer: i64,
+    /// 0 means unlimited.
+    pub max_tasks_per_child: u64,
+    pub parent_pid: i32,
+    pub _reserved: u32,
+}
+
+/// Sizes and offsets derived from the header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Layout {
+    pub workers: usize,
+    pub task_ring_bytes: u32,
+    pub result_ring_bytes: u32,
+    pub slot_stride: usize,
+    pub total: usize,
+}
+
+impl Layout {
+    /// Computes the layout, refusing sizes that are not powers of two in
+    /// 4 KiB..=1 GiB or that overflow.
+    pub(crate) fn new(workers: usize, task_ring_bytes: u32, result_ring_bytes: u32) -> Result<Self> {
+        for (name, bytes) in [("task", task_ring_bytes), ("result", result_ring_bytes)] {
+            if !bytes.is_power_of_two() || !(4096..=1 << 30).contains(&bytes) {
+                return Err(Error::InvalidConfig {
+                    what: format!("{name} ring of {bytes} bytes: use a power of two from 4096 to 1 GiB"),
+                });
+            }
+        }
+        if workers == 0 || workers > 4096 {
+            return Err(Error::InvalidConfig { what: format!("{workers} workers: use 1 to 4096") });
+        }
+        let overflow = || Error::InvalidConfig { what: "rings too large for this many workers".into() };
+        let slot_stride = SLOT_CONTROL_BYTES
+            .checked_add(task_ring_bytes as usize)
+            .and_then(|n| n.checked_add(result_ring_bytes as usize))
+            .ok_or_else(overflow)?;
+        let total = slot_stride.checked_mul(workers).and_then(|n| n.checked_add(PAGE)).ok_or_else(overflow)?;
+        Ok(Self { workers, task_ring_bytes, result_ring_bytes, slot_stride, total })
+    }
+
+    fn slot_offset(&self, index: usize) -> usize {
+        PAGE + index * self.slot_stride
+    }
+}
+
+/// Writes the header. Only before any worker maps the segment.
+pub(crate) fn write_header(seg: &Segment, header: &Header) {
+    let dst = seg.at(0, std::mem::size_of::<Header>()).expect("segment holds a header");
+    // SAFETY: in bounds (checked above); no other process maps the segment yet.
+    unsafe { dst.cast::<Header>().write_unaligned(*header) }
+}
+
+/// Reads a copy of the header and checks it against the segment.
+pub(crate) fn read_header(seg: &Segment) -> Result<(Header, Layout)> {
+    let bad = |what: String| Error::WorkerStart { index: usize::MAX, reason: what };
+    let src = seg.at(0, std::mem::size_of::<Header>()).ok_or_else(|| bad("segment smaller than its header".into()))?;
+    // SAFETY: in bounds; the header is plain data, copied once, then validated.
+    let header: Header = unsafe { src.cast::<Header>().read_unaligned() };
+    if header.magic != MAGIC {
+        return Err(bad("segment has no corepool magic".into()));
+    }
+    if header.version != VERSION {
+        return Err(bad(format!("segment protocol version {} but this binary speaks {VERSION}", header.version)));
+    }
+    let layout = Layout::new(header.workers as usize, header.task_ring_bytes, header.result_ring_bytes)?;
+    if layout.total > seg.len() || header.segment_bytes != seg.len() as u64 {
+        return Err(bad("segment is smaller than its header says".into()));
+    }
+    Ok((header, layout))
+}
+
+/// The parent's doorbell: a futex word workers ring after publishing results.
+pub(crate) fn doorbell(seg: &Segment) -> &AtomicU32 {
+    let p = seg.at(DOORBELL_OFFSET, 4).expect("segment holds the doorbell");
+    // SAFETY: in bounds, 4-byte aligned (page-aligned base + 256), lives as long
+    // as `seg`; every process accesses it only atomically.
+    unsafe { AtomicU32::from_ptr(p.cast()) }
+}
+
+/// Worker lifecycle states, written by the worker into `Slot::state`.
+pub(crate) mod state {
+    /// Spawned, not yet attached.
+    pub(crate) const STARTING: u32 = 0;
+    /// Attached, initializer done, serving.
+    pub(crate) const READY: u32 = 1;
+    /// Served `max_tasks_per_child` tasks and is exiting on purpose.
+    pub(crate) const RETIRING: u32 = 2;
+    /// Failed to start; `fail_code` says why.
+    pub(crate) const FAILED: u32 = 3;
+}
+
+/// Why a worker failed to start, written into `Slot::fail_code`.
+pub(crate) mod fail {
+    pub(crate) const NONE: u32 = 0;
+    pub(crate) const BINARY_MISMATCH: u32 = 1;
+    pub(crate) const INITIALIZER_PANICKED: u32 = 2;
+    pub(crate) const BAD_SEGMENT: u32 = 3;
+}
+
+/// One worker's part of the segment.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Slot {
+    base: *mut u8,
+    layout: Layout,
+}
+
+// SAFETY: a Slot is a pointer into a segment designed for concurrent use; it
+// only hands out atomics and `RingMemory`, which are themselves Send + Sync.
+unsafe impl Send for Slot {}
+// SAFETY: as above.
+unsafe impl Sync for Slot {}
+
+macro_rules! atomic_field {
+    ($name:ident, $ty:ty, $offset:expr, $doc:literal) => {
+        #[doc = $doc]
+        pub(crate) fn $name(&self) -> &$ty {
+            // SAFETY: `base` points at a slot of `SLOT_CONTROL_BYTES` inside the
+            // segment (checked in `Slot::new`); the offset is aligned and in
+            // the control block; the segment outlives the Slot by the caller's
+            // contract; every process accesses the word only atomically.
+            unsafe { <$ty>::from_ptr(self.base.add($offset).cast()) }
+        }
+    };
+}
+
+impl Slot {
+    /// The slot of worker `index`.
+    ///
+    /// The returned value points into `seg`: the caller keeps `seg` alive as
+    /// long as the slot (the pool and the worker both hold their segment for
+    /// their whole life).
+    pub(crate) fn new(seg: &Segment, layout: &Layout, index: usize) -> Option<Self> {
+        if index >= layout.workers {
+            return None;
+        }
+        let base = seg.at(layout.slot_offset(index), layout.slot_stride)?;
+        Some(Self { base, layout: *layout })
+    }
+
+    atomic_field!(state, AtomicU32, 0, "Lifecycle state (see [`state`]); written by the worker.");
+    atomic_field!(pid, AtomicU32, 4, "The worker's pid; written by the worker at start.");
+    atomic_field!(fail_code, AtomicU32, 8, "Why a start failed (see [`fail`]); written by the worker.");
+    atomic_field!(tasks_done, AtomicU64, 16, "Tasks this worker finished; written by the worker.");
+    atomic_field!(sleeping, AtomicU32, 64, "The worker's futex word: 1 while it sleeps or is about to.");
+    atomic_field!(shutdown, AtomicU32, 128, "Set to 1 by the parent: exit once the task ring is empty.");
+
+    fn ring(&self, word: usize, released: usize, data: usize, cap: u32) -> RingMemory {
+        // SAFETY: all offsets lie inside this slot (control block words at
+        // 192..=384, data after SLOT_CONTROL_BYTES, sizes from the validated
+        // layout), are aligned, and the segment outlives the slot.
+        unsafe {
+            RingMemory::new(
+                self.base.add(word).cast(),
+                self.base.add(released).cast(),
+                self.base.add(data),
+                cap,
+            )
+        }
+    }
+
+    /// Parent → worker: tasks.
+    pub(crate) fn task_ring(&self) -> RingMemory {
+        self.ring(192, 256, SLOT_CONTROL_BYTES, self.layout.task_ring_bytes)
+    }
+
+    /// Worker → parent: results.
+    pub(crate) fn result_ring(&self) -> RingMemory {
+        let data = SLOT_CONTROL_BYTES + self.layout.task_ring_bytes as usize;
+        self.ring(320, 384, data, self.layout.result_ring_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_rejects_bad_sizes() {
+        assert!(Layout::new(2, 4096, 4096).is_ok());
+        assert!(Layout::new(2, 5000, 4096).is_err());
+        assert!(Layout::new(0, 4096, 4096).is_err());
+        assert!(Layout::new(4096, 1 << 30, 1 << 30).is_ok() || cfg!(target_pointer_width = "32"));
+    }
+
+    #[test]
+    fn header_round_trips_and_is_validated() {
+        let layout = Layout::new(2, 4096, 8192).unwrap();
+        let seg = Segment::create(c"corepool-test", layout.total).unwrap();
+        assert!(read_header(&seg).is_err(), "no magic yet");
+        let header = Header {
+            magic: MAGIC,
+            version: VERSION,
+            header_bytes: std::mem::size_of::<Header>() as u32,
+            segment_bytes: layout.total as u64,
+            workers: 2,
+            task_ring_bytes: 4096,
+            result_ring_bytes: 8192,
+            ..Default::default()
+        };
+        write_header(&seg, &header);
+        let (_, read) = read_header(&seg).unwrap();
+        assert_eq!(read, layout);
+        let slot = Slot::new(&seg, &layout, 1).unwrap();
+        assert_eq!(slot.result_ring().capacity(), 8192);
+        assert!(Slot::new(&seg, &layout, 2).is_none());
+    }
+}

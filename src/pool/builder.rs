@@ -1,0 +1,162 @@
+//! Configuring a pool: [`PoolBuilder`] and [`Pinning`].
+
+use super::Pool;
+use crate::error::{Error, Result};
+use crate::sys;
+use crate::task;
+use std::time::Duration;
+
+/// Where workers run.
+///
+/// ```
+/// use corepool::Pinning;
+/// let p = Pinning::Cpus(vec![0]);
+/// assert_ne!(p, Pinning::None);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Pinning {
+    /// One worker per CPU of the process's allowed set (`sched_getaffinity`,
+    /// so `taskset` and cgroup cpusets are respected), each pinned to its own
+    /// CPU before it starts. With more workers than CPUs they wrap around.
+    #[default]
+    PerCpu,
+    /// No pinning: the scheduler places workers.
+    None,
+    /// Worker `i` is pinned to `cpus[i % cpus.len()]`. Every CPU must be in
+    /// the allowed set.
+    Cpus(Vec<usize>),
+}
+
+/// Builds a [`Pool`]: `Pool::builder().workers(4).pinning(Pinning::None).build()?`.
+///
+/// ```
+/// fn main() {
+///     corepool::init();
+///     let pool = corepool::Pool::builder()
+///         .workers(2)
+///         .pinning(corepool::Pinning::None)
+///         .max_tasks_per_child(1000)
+///         .build()
+///         .unwrap();
+///     assert_eq!(pool.workers(), 2);
+/// }
+/// ```
+#[derive(Clone, Debug)]
+pub struct PoolBuilder {
+    workers: Option<usize>,
+    pinning: Pinning,
+    ring_bytes: u32,
+    initializer: Option<i64>,
+    max_tasks_per_child: u64,
+    start_timeout: Duration,
+}
+
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        Self {
+            workers: None,
+            pinning: Pinning::PerCpu,
+            ring_bytes: 1 << 20,
+            initializer: None,
+            max_tasks_per_child: 0,
+            start_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl PoolBuilder {
+    /// Number of worker processes. Default: one per allowed CPU (or per CPU
+    /// listed in [`Pinning::Cpus`]).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n);
+        self
+    }
+
+    /// Where workers run. Default [`Pinning::PerCpu`].
+    pub fn pinning(mut self, pinning: Pinning) -> Self {
+        self.pinning = pinning;
+        self
+    }
+
+    /// Bytes of each worker's task ring and of its result ring: a power of two
+    /// from 4 KiB to 1 GiB. One message (a task's encoded arguments, a
+    /// result) may take up to half of it. Default 1 MiB.
+    pub fn ring_bytes(mut self, bytes: u32) -> Self {
+        self.ring_bytes = bytes;
+        self
+    }
+
+    /// A function each worker runs once before its first task (Python's
+    /// `initializer`). If it panics the worker fails to start and `build`
+    /// returns [`Error::WorkerStart`] with the panic message.
+    pub fn initializer<F>(mut self, f: F) -> Self
+    where
+        F: Fn() + Copy + Send + Sync + 'static,
+    {
+        let _ = f;
+        self.initializer = Some(task::offset_of(task::call_init::<F>));
+        self
+    }
+
+    /// Replace each worker after it has run this many tasks (Python's
+    /// `maxtasksperchild`); 0, the default, means never.
+    pub fn max_tasks_per_child(mut self, n: u64) -> Self {
+        self.max_tasks_per_child = n;
+        self
+    }
+
+    /// How long `build` waits for the workers to attach. Default 30 s.
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// Starts the workers and waits until every one is ready.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`], [`Error::CpuNotAllowed`] for bad settings;
+    /// [`Error::SharedMemory`] when the segment cannot be reserved;
+    /// [`Error::PinFailed`], [`Error::Spawn`], [`Error::WorkerStart`] when a
+    /// worker cannot start; [`Error::NotInitialized`] when called inside a
+    /// worker process whose `main` did not call [`crate::init`] first.
+    pub fn build(self) -> Result<Pool> {
+        let cpus = self.resolve_cpus()?;
+        Pool::start(super::Config {
+            cpus,
+            ring_bytes: self.ring_bytes,
+            initializer: self.initializer,
+            max_tasks_per_child: self.max_tasks_per_child,
+            start_timeout: self.start_timeout,
+        })
+    }
+
+    /// The CPU of each worker (`None`: unpinned).
+    fn resolve_cpus(&self) -> Result<Vec<Option<usize>>> {
+        if self.workers == Some(0) {
+            return Err(Error::InvalidConfig { what: "a pool needs at least one worker".into() });
+        }
+        let allowed = sys::affinity_of(0).map_err(|e| Error::os("sched_getaffinity", e))?;
+        let list = match &self.pinning {
+            Pinning::None => {
+                let n = self.workers.unwrap_or(allowed.len().max(1));
+                return Ok(vec![None; n]);
+            }
+            Pinning::PerCpu => allowed.clone(),
+            Pinning::Cpus(cpus) => {
+                if cpus.is_empty() {
+                    return Err(Error::InvalidConfig { what: "`Pinning::Cpus` needs at least one CPU".into() });
+                }
+                if let Some(&cpu) = cpus.iter().find(|c| !allowed.contains(c)) {
+                    return Err(Error::CpuNotAllowed { cpu, allowed });
+                }
+                cpus.clone()
+            }
+        };
+        if list.is_empty() {
+            return Err(Error::InvalidConfig { what: "this process may run on no CPU at all".into() });
+        }
+        let n = self.workers.unwrap_or(list.len());
+        Ok((0..n).map(|i| Some(list[i % list.len()])).collect())
+    }
+}

@@ -1,0 +1,584 @@
+//! The parent's bookkeeping: which task is where, and what to do when results
+//! arrive or workers die. Everything here runs under the pool's lock, in
+//! whichever parent thread drives (the driver thread, a submitter, a waiter).
+//!
+//! Each worker has a private list of the tasks pushed into its ring, in ring
+//! order (`in_flight`). Results come back in the same order, so each result
+//! must match the front of that list; anything else is a protocol violation.
+//! When a worker dies, the ring's claim position splits the list exactly:
+//! tasks below it were taken by the dead worker (they fail with
+//! `WorkerDied`), tasks at or above it were never seen (they are requeued).
+
+use super::handle::{Outcome, Sink};
+use super::supervisor::Event;
+use crate::error::{Error, ExitCause};
+use crate::layout::{fail, state, Slot};
+use crate::park;
+use crate::ring::{Claimed, Consumer, Producer, RecordHeader, RingError};
+use crate::task::{failure, kind};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+
+/// Tasks pushed to one worker and not yet answered, at most.
+const WINDOW: usize = 256;
+/// Results collected from one worker per pass, at most.
+const COLLECT_BATCH: usize = 256;
+/// Consecutive failed starts of one slot before the pool gives up on it.
+pub(crate) const MAX_START_FAILURES: u32 = 3;
+
+/// A task waiting in the parent or travelling to a worker.
+#[derive(Debug)]
+pub(crate) struct Task {
+    pub id: u64,
+    pub trampoline: i64,
+    pub payload: Vec<u8>,
+    pub sink: Sink,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    position: u32,
+    task: Task,
+}
+
+/// Where a worker slot is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Asked the supervisor to start it.
+    Spawning,
+    /// Running, not yet attached.
+    Starting,
+    /// Serving.
+    Ready,
+    /// Killed or exiting; waiting for the supervisor to reap it.
+    Dying,
+    /// Gone and not coming back.
+    Stopped,
+}
+
+#[derive(Debug)]
+pub(crate) struct Worker {
+    pub slot: Slot,
+    pub cpu: Option<usize>,
+    pub pid: i32,
+    pub phase: Phase,
+    tasks: Producer,
+    results: Consumer,
+    in_flight: VecDeque<InFlight>,
+    budget_left: u64,
+    pub start_failures: u32,
+    /// Why the last start failed.
+    pub start_error: Option<Error>,
+    /// The tasks of a worker that broke the protocol have been failed already.
+    violated: bool,
+}
+
+impl Worker {
+    pub(crate) fn new(slot: Slot, cpu: Option<usize>, budget: u64) -> Self {
+        slot.task_ring().reset();
+        slot.result_ring().reset();
+        Self {
+            slot,
+            cpu,
+            pid: 0,
+            phase: Phase::Spawning,
+            tasks: Producer::new(slot.task_ring()),
+            results: Consumer::new(slot.result_ring()),
+            in_flight: VecDeque::new(),
+            budget_left: budget,
+            start_failures: 0,
+            start_error: None,
+            violated: false,
+        }
+    }
+
+    fn accepts_tasks(&self) -> bool {
+        matches!(self.phase, Phase::Starting | Phase::Ready) && self.budget_left > 0 && !self.violated
+    }
+
+    /// Resets the slot for a new process. Only once the old one is reaped.
+    fn reset(&mut self, budget: u64) {
+        self.slot.task_ring().reset();
+        self.slot.result_ring().reset();
+        self.slot.state().store(state::STARTING, Ordering::Relaxed);
+        self.slot.fail_code().store(fail::NONE, Ordering::Relaxed);
+        self.slot.shutdown().store(0, Ordering::Relaxed);
+        self.slot.pid().store(0, Ordering::Relaxed);
+        self.tasks = Producer::new(self.slot.task_ring());
+        self.results = Consumer::new(self.slot.result_ring());
+        self.budget_left = budget;
+        self.violated = false;
+        self.pid = 0;
+    }
+}
+
+/// What a drive pass asks the caller to do outside the lock.
+#[derive(Debug, Default)]
+pub(crate) struct Actions {
+    /// Outcomes to deliver.
+    pub completions: Vec<(Sink, Outcome)>,
+    /// Slots to (re)start.
+    pub spawn: Vec<(usize, Option<usize>)>,
+    /// Something changed that lifecycle waiters care about.
+    pub lifecycle_changed: bool,
+    /// Anything at all happened.
+    pub progress: bool,
+}
+
+/// The parent's view of the whole pool.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub pending: VecDeque<Task>,
+    pub workers: Vec<Worker>,
+    /// Accepting new tasks.
+    pub open: bool,
+    /// `terminate` was called: nothing is restarted, everything is cancelled.
+    pub terminating: bool,
+    /// Workers were told to exit once idle (after `close` and the last result).
+    pub shutdown_sent: bool,
+    /// Tasks submitted and not yet answered.
+    pub outstanding: usize,
+    /// Set when no worker can be started any more; new tasks fail with it.
+    pub fatal: Option<Error>,
+    pub max_tasks_per_child: u64,
+    claimed: Vec<Claimed>,
+    buf: Vec<u8>,
+}
+
+impl Core {
+    pub(crate) fn new(workers: Vec<Worker>, max_tasks_per_child: u64) -> Self {
+        Self {
+            pending: VecDeque::new(),
+            workers,
+            open: true,
+            terminating: false,
+            shutdown_sent: false,
+            outstanding: 0,
+            fatal: None,
+            max_tasks_per_child,
+            claimed: Vec::new(),
+            buf: Vec::new(),
+        }
+    }
+
+    fn budget(&self) -> u64 {
+        if self.max_tasks_per_child == 0 {
+            u64::MAX
+        } else {
+            self.max_tasks_per_child
+        }
+    }
+
+    /// Queues a task; dispatching happens in [`drive`](Self::drive).
+    pub(crate) fn submit(&mut self, task: Task) {
+        self.outstanding += 1;
+        self.pending.push_back(task);
+    }
+
+    /// All workers gone for good.
+    pub(crate) fn all_stopped(&self) -> bool {
+        self.workers.iter().all(|w| w.phase == Phase::Stopped)
+    }
+
+    /// One pass: apply supervisor events, notice started workers, collect
+    /// results, dispatch, balance, and shut down when closed and done.
+    pub(crate) fn drive(&mut self, events: Vec<Event>, actions: &mut Actions) {
+        for event in events {
+            self.on_event(event, actions);
+        }
+        for i in 0..self.workers.len() {
+            self.check_started(i, actions);
+        }
+        for i in 0..self.workers.len() {
+            if matches!(self.workers[i].phase, Phase::Ready | Phase::Dying) {
+                self.collect(i, actions);
+            }
+        }
+        self.dispatch(actions);
+        if self.pending.is_empty() {
+            self.balance(actions);
+        }
+        if !self.open && self.outstanding == 0 && !self.shutdown_sent {
+            self.shutdown_sent = true;
+            for w in &mut self.workers {
+                w.slot.shutdown().store(1, Ordering::Release);
+                park::wake(w.slot.sleeping());
+                if w.phase == Phase::Spawning {
+                    w.phase = Phase::Stopped;
+                }
+            }
+            actions.lifecycle_changed = true;
+        }
+    }
+
+    fn on_event(&mut self, event: Event, actions: &mut Actions) {
+        actions.progress = true;
+        actions.lifecycle_changed = true;
+        match event {
+            Event::Spawned { index, pid } => {
+                let w = &mut self.workers[index];
+                w.pid = pid;
+                w.phase = if self.terminating {
+                    crate::sys::kill(pid, libc::SIGKILL);
+                    Phase::Dying
+                } else {
+                    Phase::Starting
+                };
+            }
+            Event::SpawnFailed { index, error } => {
+                let w = &mut self.workers[index];
+                w.start_failures += 1;
+                w.start_error = Some(error);
+                self.after_exit(index, actions);
+            }
+            Event::Exited { index, pid, cause } => {
+                if self.workers[index].pid != pid {
+                    return;
+                }
+                self.on_exit(index, pid, cause, actions);
+            }
+        }
+    }
+
+    fn check_started(&mut self, index: usize, actions: &mut Actions) {
+        let w = &mut self.workers[index];
+        if w.phase != Phase::Starting {
+            return;
+        }
+        // Acquire pairs with the worker's Release store of `state`.
+        match w.slot.state().load(Ordering::Acquire) {
+            // A worker may serve its whole quota and retire before we look.
+            state::READY | state::RETIRING => {
+                w.phase = Phase::Ready;
+                w.start_failures = 0;
+                w.start_error = None;
+                actions.progress = true;
+                actions.lifecycle_changed = true;
+            }
+            state::FAILED => {
+                // The worker exits by itself; its exit event does the rest.
+                let code = w.slot.fail_code().load(Ordering::Relaxed);
+                let reason = match code {
+                    fail::BINARY_MISMATCH => "its binary differs from the parent's (was the executable replaced? restart the program)".to_string(),
+                    fail::INITIALIZER_PANICKED => {
+                        let mut claimed = Vec::new();
+                        let mut message = String::from("the initializer panicked");
+                        if let Ok(1) = w.results.claim(1, &mut claimed) {
+                            w.results.read_payload(&claimed[0], &mut self.buf);
+                            message = format!("the initializer panicked: {}", String::from_utf8_lossy(&self.buf[..self.buf.len().min(4096)]));
+                        }
+                        message
+                    }
+                    _ => "it could not attach to the shared segment".to_string(),
+                };
+                w.start_error = Some(Error::WorkerStart { index, reason });
+                w.phase = Phase::Dying;
+                actions.progress = true;
+            }
+            _ => {}
+        }
+    }
+
+    fn on_exit(&mut self, index: usize, pid: i32, cause: ExitCause, actions: &mut Actions) {
+        // It may have started, served and exited since the last pass.
+        self.check_started(index, actions);
+        let was = self.workers[index].phase;
+        if was == Phase::Ready || was == Phase::Dying {
+            // Results published before the death are good: take them first.
+            self.collect(index, actions);
+        }
+        let w = &mut self.workers[index];
+        let started = was == Phase::Ready || (was == Phase::Dying && w.start_error.is_none());
+        if !started && !self.terminating && !self.shutdown_sent {
+            w.start_failures += 1;
+            if w.start_error.is_none() {
+                w.start_error = Some(Error::WorkerStart {
+                    index,
+                    reason: format!(
+                        "process {pid} {cause} before attaching; is `corepool::init()` the first statement of `main`?"
+                    ),
+                });
+            }
+        }
+        // Split the in-flight list at the claim position.
+        let head = if w.violated { None } else { w.tasks.head().ok() };
+        let cap = w.tasks.memory().capacity();
+        let mut requeue = Vec::new();
+        while let Some(f) = w.in_flight.pop_front() {
+            let claimed = match head {
+                Some(h) => {
+                    let dist = h.wrapping_sub(f.position);
+                    dist != 0 && dist <= cap
+                }
+                None => true,
+            };
+            if claimed {
+                // Taken by the dead worker and never answered: even a planned
+                // exit (retirement, shutdown) that leaves one is a death.
+                self.outstanding -= 1;
+                actions.completions.push((f.task.sink, Outcome::Err(Error::WorkerDied { pid, cause: cause.clone() })));
+            } else {
+                requeue.push(f.task);
+            }
+        }
+        for task in requeue.into_iter().rev() {
+            self.pending.push_front(task);
+        }
+        self.after_exit(index, actions);
+    }
+
+    /// Decides whether a slot whose process is gone gets a new one.
+    fn after_exit(&mut self, index: usize, actions: &mut Actions) {
+        let budget = self.budget();
+        let wanted = !self.terminating && !self.shutdown_sent;
+        let w = &mut self.workers[index];
+        w.reset(budget);
+        if !wanted {
+            w.phase = Phase::Stopped;
+        } else if w.start_failures >= MAX_START_FAILURES {
+            w.phase = Phase::Stopped;
+            if self.workers.iter().all(|w| w.phase == Phase::Stopped) {
+                let error = self.workers[index].start_error.clone().unwrap_or(Error::WorkerStart {
+                    index,
+                    reason: "it failed to start repeatedly".into(),
+                });
+                self.fail_everything(&error, actions);
+                self.fatal = Some(error);
+            }
+        } else {
+            w.phase = Phase::Spawning;
+            actions.spawn.push((index, w.cpu));
+        }
+    }
+
+    /// Fails every pending and in-flight task with `error`.
+    pub(crate) fn fail_everything(&mut self, error: &Error, actions: &mut Actions) {
+        for task in self.pending.drain(..) {
+            actions.completions.push((task.sink, Outcome::Err(error.clone())));
+            self.outstanding -= 1;
+        }
+        for w in &mut self.workers {
+            for f in w.in_flight.drain(..) {
+                actions.completions.push((f.task.sink, Outcome::Err(error.clone())));
+                self.outstanding -= 1;
+            }
+        }
+        actions.progress = true;
+        actions.lifecycle_changed = true;
+    }
+
+    /// Kills a worker that broke the protocol and fails its tasks.
+    fn violation(&mut self, index: usize, err: RingError, actions: &mut Actions) {
+        let w = &mut self.workers[index];
+        let what = match err {
+            RingError::Violation(what) => what,
+            RingError::TooLarge { .. } => "oversized record",
+        };
+        crate::sys::kill(w.pid, libc::SIGKILL);
+        w.violated = true;
+        w.phase = Phase::Dying;
+        let pid = w.pid;
+        for f in w.in_flight.drain(..) {
+            self.outstanding -= 1;
+            actions.completions.push((f.task.sink, Outcome::Err(Error::ProtocolViolation { pid, what })));
+        }
+        actions.progress = true;
+    }
+
+    fn collect(&mut self, index: usize, actions: &mut Actions) {
+        if self.workers[index].violated {
+            return;
+        }
+        loop {
+            let mut claimed = std::mem::take(&mut self.claimed);
+            claimed.clear();
+            let w = &mut self.workers[index];
+            let n = match w.results.claim(COLLECT_BATCH, &mut claimed) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.claimed = claimed;
+                    return self.violation(index, e, actions);
+                }
+            };
+            if n == 0 {
+                self.claimed = claimed;
+                w.results.release();
+                return;
+            }
+            for record in &claimed {
+                let w = &mut self.workers[index];
+                let matches = w.in_flight.front().is_some_and(|f| f.task.id == record.header.id);
+                if !matches {
+                    self.claimed = claimed;
+                    return self.violation(index, RingError::Violation("result for a task the worker was not given"), actions);
+                }
+                let task = w.in_flight.pop_front().expect("front checked above").task;
+                let outcome = match decode_result(&w.results, record, &mut self.buf) {
+                    Ok(outcome) => outcome,
+                    Err(what) => {
+                        // Put it back so the violation handler fails it too.
+                        w.in_flight.push_front(InFlight { position: 0, task });
+                        self.claimed = claimed;
+                        return self.violation(index, RingError::Violation(what), actions);
+                    }
+                };
+                self.outstanding -= 1;
+                actions.completions.push((task.sink, outcome));
+            }
+            let w = &mut self.workers[index];
+            w.results.release();
+            // The worker may be waiting for room in its result ring.
+            park::wake(w.slot.sleeping());
+            actions.progress = true;
+            self.claimed = claimed;
+        }
+    }
+
+    fn dispatch(&mut self, actions: &mut Actions) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut touched = vec![false; self.workers.len()];
+        let mut full = vec![false; self.workers.len()];
+        while let Some(task) = self.pending.pop_front() {
+            let target = self
+                .workers
+                .iter()
+                .enumerate()
+                .filter(|(i, w)| w.accepts_tasks() && !full[*i] && w.in_flight.len() < WINDOW)
+                .min_by_key(|(_, w)| w.in_flight.len())
+                .map(|(i, _)| i);
+            let Some(i) = target else {
+                self.pending.push_front(task);
+                break;
+            };
+            let w = &mut self.workers[i];
+            let header = RecordHeader { kind: kind::TASK, id: task.id, aux: task.trampoline as u64, ..Default::default() };
+            match w.tasks.write(header, &task.payload) {
+                Ok(Some(position)) => {
+                    w.in_flight.push_back(InFlight { position, task });
+                    w.budget_left -= 1;
+                    touched[i] = true;
+                }
+                Ok(None) => {
+                    full[i] = true;
+                    self.pending.push_front(task);
+                }
+                Err(RingError::TooLarge { record, max }) => {
+                    // Submission checks sizes, so this is only reachable if
+                    // rings differ in size; fail the task, not the pool.
+                    self.outstanding -= 1;
+                    actions.completions.push((task.sink, Outcome::Err(Error::ArgumentTooLarge { size: record, max })));
+                }
+                Err(e) => {
+                    self.pending.push_front(task);
+                    self.violation(i, e, actions);
+                }
+            }
+        }
+        for (i, t) in touched.into_iter().enumerate() {
+            if t {
+                let w = &mut self.workers[i];
+                if let Err(e) = w.tasks.publish() {
+                    self.violation(i, e, actions);
+                    continue;
+                }
+                park::wake(w.slot.sleeping());
+                actions.progress = true;
+            }
+        }
+    }
+
+    /// Moves queued tasks from a worker that has a backlog to one that has none,
+    /// so that a few long tasks never leave a core idle while tasks wait.
+    fn balance(&mut self, actions: &mut Actions) {
+        let someone_idle = self.workers.iter().any(|w| w.accepts_tasks() && w.phase == Phase::Ready && w.in_flight.is_empty());
+        if !someone_idle {
+            return;
+        }
+        let mut best: Option<(usize, usize)> = None; // (worker, unclaimed)
+        for (i, w) in self.workers.iter().enumerate() {
+            if w.phase != Phase::Ready || w.in_flight.is_empty() || w.violated {
+                continue;
+            }
+            let Ok(head) = w.tasks.head() else { continue };
+            let cap = w.tasks.memory().capacity();
+            let unclaimed = w
+                .in_flight
+                .iter()
+                .filter(|f| {
+                    let d = head.wrapping_sub(f.position);
+                    d == 0 || d > cap
+                })
+                .count();
+            let busy = w.in_flight.len() > unclaimed;
+            if (unclaimed >= 2 || (unclaimed >= 1 && busy)) && best.is_none_or(|(_, u)| unclaimed > u) {
+                best = Some((i, unclaimed));
+            }
+        }
+        let Some((donor, unclaimed)) = best else { return };
+        let take = unclaimed.div_ceil(2);
+        let w = &mut self.workers[donor];
+        let from = w.in_flight.len() - take;
+        let position = w.in_flight[from].position;
+        match w.tasks.retract_to(position) {
+            Ok(true) => {
+                let moved: Vec<InFlight> = w.in_flight.drain(from..).collect();
+                w.budget_left = w.budget_left.saturating_add(moved.len() as u64);
+                for f in moved.into_iter().rev() {
+                    self.pending.push_front(f.task);
+                }
+                actions.progress = true;
+                self.dispatch(actions);
+            }
+            Ok(false) => {}
+            Err(e) => self.violation(donor, e, actions),
+        }
+    }
+
+    /// Cancels everything and kills every worker (`terminate`).
+    pub(crate) fn terminate(&mut self, actions: &mut Actions) {
+        self.open = false;
+        self.terminating = true;
+        self.fail_everything(&Error::Cancelled, actions);
+        for w in &mut self.workers {
+            match w.phase {
+                Phase::Starting | Phase::Ready | Phase::Dying => {
+                    crate::sys::kill(w.pid, libc::SIGKILL);
+                    w.phase = Phase::Dying;
+                }
+                Phase::Spawning => {} // killed when its Spawned event arrives
+                Phase::Stopped => {}
+            }
+        }
+    }
+}
+
+/// Turns one result record into an outcome; `Err` names a protocol violation.
+fn decode_result(results: &Consumer, record: &Claimed, buf: &mut Vec<u8>) -> Result<Outcome, &'static str> {
+    let h = record.header;
+    match h.kind {
+        kind::OK => {
+            let mut bytes = Vec::new();
+            results.read_payload(record, &mut bytes);
+            Ok(Outcome::Ok(bytes))
+        }
+        kind::PANICKED => {
+            results.read_payload(record, buf);
+            Ok(Outcome::Err(Error::Panicked { message: String::from_utf8_lossy(buf).into_owned() }))
+        }
+        kind::FAILED => {
+            results.read_payload(record, buf);
+            let message = String::from_utf8_lossy(buf).into_owned();
+            match h.flags {
+                failure::RESULT_TOO_LARGE => Ok(Outcome::Err(Error::ResultTooLarge {
+                    size: h.aux as usize,
+                    max: results.memory().max_payload(),
+                })),
+                failure::DECODE => Ok(Outcome::Err(Error::Decode { type_name: "task arguments", reason: message })),
+                _ => Err("unknown failure code in a result"),
+            }
+        }
+        _ => Err("unknown record kind in the result ring"),
+    }
+}

@@ -1,0 +1,331 @@
+//! Results on their way back: [`AsyncResult`] and the completion plumbing.
+
+use super::Shared;
+use crate::error::{Error, Result};
+use crate::park::Spinner;
+use crate::wire::{decode_exact, Wire};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// What a worker sent back for one task, before decoding.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// The encoded result.
+    Ok(Vec<u8>),
+    /// The task failed.
+    Err(Error),
+}
+
+/// Something that receives task outcomes. `tag` tells apart the tasks of one
+/// receiver (the chunks of a `map`).
+pub(crate) trait Completion: Send + Sync {
+    /// Delivers one outcome. Runs in the parent, outside the pool's lock.
+    fn complete(&self, tag: u64, outcome: Outcome);
+}
+
+/// Where a task's outcome goes.
+#[derive(Clone)]
+pub(crate) struct Sink {
+    pub target: Arc<dyn Completion>,
+    pub tag: u64,
+}
+
+impl fmt::Debug for Sink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sink").field("tag", &self.tag).finish_non_exhaustive()
+    }
+}
+
+type OkCallback<T> = Box<dyn FnOnce(&T) + Send>;
+type ErrCallback = Box<dyn FnOnce(&Error) + Send>;
+
+/// Callbacks for [`crate::Pool::apply_async_with`], Python's `callback` and
+/// `error_callback`. They run in the parent, on the pool thread that received
+/// the result, before the result becomes visible to `get`; keep them short.
+///
+/// ```
+/// let cb = corepool::Callbacks::<u64>::new()
+///     .on_success(|v| println!("value = {v}"))
+///     .on_error(|e| println!("error-value = {e}"));
+/// # drop(cb);
+/// ```
+pub struct Callbacks<T> {
+    ok: Option<OkCallback<T>>,
+    err: Option<ErrCallback>,
+}
+
+impl<T> Default for Callbacks<T> {
+    fn default() -> Self {
+        Self { ok: None, err: None }
+    }
+}
+
+impl<T> fmt::Debug for Callbacks<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Callbacks")
+            .field("on_success", &self.ok.is_some())
+            .field("on_error", &self.err.is_some())
+            .finish()
+    }
+}
+
+impl<T> Callbacks<T> {
+    /// No callbacks.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Called with the result when the task succeeds (Python's `callback`).
+    pub fn on_success(mut self, f: impl FnOnce(&T) + Send + 'static) -> Self {
+        self.ok = Some(Box::new(f));
+        self
+    }
+
+    /// Called with the error when the task fails (Python's `error_callback`).
+    pub fn on_error(mut self, f: impl FnOnce(&Error) + Send + 'static) -> Self {
+        self.err = Some(Box::new(f));
+        self
+    }
+}
+
+/// The slot a result lands in, and everyone waiting for it.
+pub(crate) struct Cell<T> {
+    ready: AtomicBool,
+    value: Mutex<Option<Result<T>>>,
+    callbacks: Mutex<Callbacks<T>>,
+    changed: Condvar,
+}
+
+impl<T: Send + 'static> Cell<T> {
+    pub(crate) fn new(callbacks: Callbacks<T>) -> Arc<Self> {
+        Arc::new(Self {
+            ready: AtomicBool::new(false),
+            value: Mutex::new(None),
+            callbacks: Mutex::new(callbacks),
+            changed: Condvar::new(),
+        })
+    }
+
+    /// Stores the final result (the first one wins), runs the callbacks, wakes
+    /// the waiters.
+    pub(crate) fn finish(&self, result: Result<T>) {
+        if self.ready.load(Ordering::Acquire) {
+            return;
+        }
+        let callbacks = std::mem::take(&mut *lock(&self.callbacks));
+        match (&result, callbacks) {
+            (Ok(v), Callbacks { ok: Some(f), .. }) => f(v),
+            (Err(e), Callbacks { err: Some(f), .. }) => f(e),
+            _ => {}
+        }
+        let mut slot = lock(&self.value);
+        if slot.is_none() {
+            *slot = Some(result);
+            // Release pairs with the Acquire loads in `is_ready`.
+            self.ready.store(true, Ordering::Release);
+        }
+        drop(slot);
+        self.changed.notify_all();
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn take(&self) -> Result<T> {
+        lock(&self.value).take().unwrap_or(Err(Error::Cancelled))
+    }
+}
+
+impl<R: Wire> Completion for Cell<R> {
+    fn complete(&self, _tag: u64, outcome: Outcome) {
+        let result = match outcome {
+            Outcome::Ok(bytes) => decode_exact::<R>(&bytes),
+            Outcome::Err(e) => Err(e),
+        };
+        self.finish(result);
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panicking callback must not make every later result unreachable.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The result of a task that is running: Python's `AsyncResult`.
+///
+/// ```
+/// fn main() {
+///     corepool::init();
+///     let pool = corepool::Pool::builder().workers(1).build().unwrap();
+///     let handle = pool.apply_async(|x: u64| x + 1, 41).unwrap();
+///     handle.wait();
+///     assert!(handle.ready() && handle.successful() == Some(true));
+///     assert_eq!(handle.get().unwrap(), 42);
+/// }
+/// ```
+pub struct AsyncResult<T> {
+    cell: Arc<Cell<T>>,
+    pool: Weak<Shared>,
+}
+
+impl<T> fmt::Debug for AsyncResult<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncResult").field("ready", &self.cell.ready.load(Ordering::Relaxed)).finish()
+    }
+}
+
+impl<T: Send + 'static> AsyncResult<T> {
+    pub(crate) fn new(cell: Arc<Cell<T>>, pool: Weak<Shared>) -> Self {
+        Self { cell, pool }
+    }
+
+    /// Whether the task has finished (successfully or not).
+    pub fn ready(&self) -> bool {
+        self.cell.is_ready()
+    }
+
+    /// `Some(true)` if it finished successfully, `Some(false)` if it failed,
+    /// `None` while it runs (Python raises `ValueError` there).
+    pub fn successful(&self) -> Option<bool> {
+        if !self.ready() {
+            return None;
+        }
+        lock(&self.cell.value).as_ref().map(|r| r.is_ok())
+    }
+
+    /// Blocks until the task has finished.
+    pub fn wait(&self) {
+        self.wait_until(None);
+    }
+
+    /// Blocks until the task has finished or `timeout` passed; returns whether
+    /// it finished. The task goes on either way.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.wait_until(Some(Instant::now() + timeout))
+    }
+
+    /// Waits for the result and returns it.
+    ///
+    /// # Errors
+    ///
+    /// The task's error: [`Error::Panicked`], [`Error::WorkerDied`],
+    /// [`Error::Cancelled`], [`Error::Decode`], [`Error::ResultTooLarge`].
+    pub fn get(self) -> Result<T> {
+        self.wait();
+        self.cell.take()
+    }
+
+    /// Waits at most `timeout` for the result.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] if it did not come in time (the handle is consumed; to
+    /// keep waiting after a timeout use [`wait_timeout`](Self::wait_timeout)
+    /// and then [`get`](Self::get)); otherwise as [`get`](Self::get).
+    pub fn get_timeout(self, timeout: Duration) -> Result<T> {
+        if self.wait_timeout(timeout) {
+            self.cell.take()
+        } else {
+            Err(Error::Timeout)
+        }
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        // Spin first, helping the pool collect results: a round trip is a few
+        // microseconds, a futex sleep and wake-up tens of them.
+        let mut spinner = Spinner::new();
+        while !self.cell.is_ready() {
+            if let Some(pool) = self.pool.upgrade() {
+                pool.try_drive();
+            }
+            if self.cell.is_ready() {
+                break;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return false;
+            }
+            if !spinner.spin() {
+                return self.block_until(deadline);
+            }
+        }
+        true
+    }
+
+    fn block_until(&self, deadline: Option<Instant>) -> bool {
+        let mut value = lock(&self.cell.value);
+        while !self.cell.is_ready() {
+            match deadline {
+                None => value = self.cell.changed.wait(value).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    value = self.cell.changed.wait_timeout(value, left).unwrap_or_else(|p| p.into_inner()).0;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// Collects the chunks of a `map` into one `Vec`, in order.
+pub(crate) struct MapCollector<R> {
+    chunks: Mutex<Vec<Option<Vec<R>>>>,
+    remaining: AtomicUsize,
+    cell: Arc<Cell<Vec<R>>>,
+}
+
+impl<R: Wire> MapCollector<R> {
+    pub(crate) fn new(chunks: usize, cell: Arc<Cell<Vec<R>>>) -> Arc<Self> {
+        let collector = Arc::new(Self {
+            chunks: Mutex::new((0..chunks).map(|_| None).collect()),
+            remaining: AtomicUsize::new(chunks),
+            cell,
+        });
+        if chunks == 0 {
+            collector.cell.finish(Ok(Vec::new()));
+        }
+        collector
+    }
+}
+
+impl<R: Wire> Completion for MapCollector<R> {
+    fn complete(&self, tag: u64, outcome: Outcome) {
+        let chunk = match outcome {
+            Outcome::Ok(bytes) => decode_exact::<Vec<R>>(&bytes),
+            Outcome::Err(e) => Err(e),
+        };
+        match chunk {
+            Err(e) => self.cell.finish(Err(e)),
+            Ok(values) => {
+                if let Some(slot) = lock(&self.chunks).get_mut(tag as usize) {
+                    *slot = Some(values);
+                }
+                // AcqRel: the last chunk sees every other chunk's store above.
+                if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    let all: Vec<R> = lock(&self.chunks).drain(..).flatten().flatten().collect();
+                    self.cell.finish(Ok(all));
+                }
+            }
+        }
+    }
+}
+
+/// Sends each chunk's results to an `imap_unordered` iterator as they come.
+pub(crate) struct ChannelSink<R> {
+    pub tx: crossbeam_channel::Sender<Result<Vec<R>>>,
+}
+
+impl<R: Wire> Completion for ChannelSink<R> {
+    fn complete(&self, _tag: u64, outcome: Outcome) {
+        let chunk = match outcome {
+            Outcome::Ok(bytes) => decode_exact::<Vec<R>>(&bytes),
+            Outcome::Err(e) => Err(e),
+        };
+        let _ = self.tx.send(chunk);
+    }
+}

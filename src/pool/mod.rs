@@ -1,0 +1,768 @@
+//! The process pool: Python's `multiprocessing.Pool`, on pinned worker
+//! processes fed through shared-memory rings.
+//!
+//! Three kinds of parent threads touch the pool's state, always under one lock
+//! ([`core::Core`]): the caller submitting work, a caller waiting for a result
+//! (it helps collect while it spins), and the pool's driver thread, which
+//! collects and dispatches when nobody else does and sleeps on the doorbell
+//! futex otherwise. A fourth, the supervisor thread, starts and reaps workers
+//! and reports to the others through an event queue.
+
+mod builder;
+mod core;
+mod handle;
+mod supervisor;
+
+pub use builder::{Pinning, PoolBuilder};
+pub use handle::{AsyncResult, Callbacks};
+
+use self::core::{Actions, Core, Phase, Task, Worker};
+use self::handle::{Cell, ChannelSink, Completion, MapCollector, Sink};
+use self::supervisor::{Command_, Event, Supervisor};
+use crate::error::{Error, Result};
+use crate::layout::{self, Header, Layout, Slot};
+use crate::park::{self, Spinner};
+use crate::shm::Segment;
+use crate::task::{self, StarFn};
+use crate::wire::Wire;
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+pub(crate) struct Config {
+    cpus: Vec<Option<usize>>,
+    ring_bytes: u32,
+    initializer: Option<i64>,
+    max_tasks_per_child: u64,
+    start_timeout: Duration,
+}
+
+/// State shared by the pool handle, its threads and its result handles.
+pub(crate) struct Shared {
+    seg: Segment,
+    slots: Vec<Slot>,
+    core: Mutex<Core>,
+    /// Signalled (with `core` held or just released) when workers start,
+    /// stop, or the pool empties.
+    lifecycle: Condvar,
+    events: Mutex<Vec<Event>>,
+    events_pending: AtomicBool,
+    /// Per slot: the driver should watch for it to finish starting.
+    awaiting_start: Vec<AtomicBool>,
+    next_id: AtomicU64,
+    stop: AtomicBool,
+    supervisor: Mutex<Option<Supervisor>>,
+    max_payload: usize,
+    workers: usize,
+}
+
+impl Shared {
+    fn doorbell(&self) -> &std::sync::atomic::AtomicU32 {
+        layout::doorbell(&self.seg)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        handle::lock(&self.core)
+    }
+
+    /// Drives if the lock is free; never blocks.
+    pub(crate) fn try_drive(&self) -> bool {
+        match self.core.try_lock() {
+            Ok(core) => self.drive_locked(core),
+            Err(std::sync::TryLockError::Poisoned(p)) => self.drive_locked(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => false,
+        }
+    }
+
+    fn drive(&self) -> bool {
+        self.drive_locked(self.lock())
+    }
+
+    /// Runs one pass of the state machine, then (lock released) delivers
+    /// outcomes and asks the supervisor for workers.
+    fn drive_locked(&self, mut core: MutexGuard<'_, Core>) -> bool {
+        let events = if self.events_pending.swap(false, Ordering::Acquire) {
+            std::mem::take(&mut *handle::lock(&self.events))
+        } else {
+            Vec::new()
+        };
+        let mut actions = Actions::default();
+        core.drive(events, &mut actions);
+        self.finish_pass(core, actions)
+    }
+
+    fn finish_pass(&self, core: MutexGuard<'_, Core>, actions: Actions) -> bool {
+        for (flag, w) in self.awaiting_start.iter().zip(core.workers.iter()) {
+            flag.store(w.phase == Phase::Starting, Ordering::Relaxed);
+        }
+        drop(core);
+        if !actions.spawn.is_empty() {
+            if let Some(sup) = handle::lock(&self.supervisor).as_ref() {
+                for (index, cpu) in &actions.spawn {
+                    sup.send(Command_::Spawn { index: *index, cpu: *cpu });
+                }
+            }
+        }
+        if actions.lifecycle_changed || !actions.completions.is_empty() {
+            self.lifecycle.notify_all();
+        }
+        for (sink, outcome) in actions.completions {
+            sink.target.complete(sink.tag, outcome);
+        }
+        actions.progress
+    }
+
+    /// Whether the driver has anything to do (checked after announcing sleep).
+    fn has_work(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+            || self.events_pending.load(Ordering::Acquire)
+            || self.slots.iter().zip(&self.awaiting_start).any(|(slot, awaiting)| {
+                slot.result_ring().has_unclaimed()
+                    || (awaiting.load(Ordering::Relaxed)
+                        && slot.state().load(Ordering::Acquire) != layout::state::STARTING)
+            })
+    }
+
+    fn report(&self, event: Event) {
+        handle::lock(&self.events).push(event);
+        // Release pairs with the Acquire swap in `drive_locked`.
+        self.events_pending.store(true, Ordering::Release);
+        park::wake(self.doorbell());
+    }
+
+    /// Queues tasks built by `make` (called under the lock with fresh ids).
+    fn submit(&self, tasks: Vec<(i64, Vec<u8>, Sink)>) -> Result<()> {
+        if let Some((_, payload, _)) = tasks.iter().find(|(_, p, _)| p.len() > self.max_payload) {
+            return Err(Error::ArgumentTooLarge { size: payload.len(), max: self.max_payload });
+        }
+        let mut core = self.lock();
+        if let Some(e) = &core.fatal {
+            return Err(e.clone());
+        }
+        if !core.open {
+            return Err(Error::PoolClosed);
+        }
+        for (trampoline, payload, sink) in tasks {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            core.submit(Task { id, trampoline, payload, sink });
+        }
+        let mut actions = Actions::default();
+        core.drive(Vec::new(), &mut actions);
+        self.finish_pass(core, actions);
+        Ok(())
+    }
+}
+
+fn driver_loop(shared: Arc<Shared>) {
+    let mut spinner = Spinner::new();
+    while !shared.stop.load(Ordering::Acquire) {
+        if shared.drive() {
+            spinner.reset();
+            continue;
+        }
+        if spinner.spin() {
+            continue;
+        }
+        park::sleep_unless(shared.doorbell(), None, || shared.has_work());
+        spinner.reset();
+    }
+}
+
+/// A pool of worker processes, each pinned to its own CPU, fed through
+/// lock-free rings in shared memory.
+///
+/// Python's `multiprocessing.Pool`, method for method: [`apply`](Pool::apply),
+/// [`apply_async`](Pool::apply_async) (with callbacks through
+/// [`apply_async_with`](Pool::apply_async_with)), [`map`](Pool::map),
+/// [`map_async`](Pool::map_async), [`imap`](Pool::imap),
+/// [`imap_unordered`](Pool::imap_unordered), [`starmap`](Pool::starmap),
+/// [`close`](Pool::close), [`terminate`](Pool::terminate), [`join`](Pool::join).
+///
+/// Tasks are `fn` items or closures that capture nothing (a capturing closure
+/// does not compile); arguments and results implement [`Wire`].
+///
+/// Dropping a pool terminates it (like leaving Python's `with Pool() as p:`):
+/// unfinished tasks get [`Error::Cancelled`], every worker is killed and
+/// reaped. To finish the work first, `close()` then `join()`.
+///
+/// ```
+/// use corepool::Pool;
+///
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// fn main() -> Result<(), corepool::Error> {
+///     corepool::init();
+///     let pool = Pool::builder().workers(2).build()?;
+///     assert_eq!(pool.apply(square, 7)?, 49);
+///     assert_eq!(pool.map(square, 0..5u64, None)?, vec![0, 1, 4, 9, 16]);
+///     pool.close();
+///     pool.join()
+/// }
+/// ```
+pub struct Pool {
+    shared: Arc<Shared>,
+    driver: Option<std::thread::JoinHandle<()>>,
+    cpus: Vec<Option<usize>>,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool").field("workers", &self.shared.workers).field("cpus", &self.cpus).finish()
+    }
+}
+
+impl Pool {
+    /// A builder with the defaults: one pinned worker per allowed CPU.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// `Pool(n)`: `n` workers with default settings.
+    ///
+    /// # Errors
+    ///
+    /// As [`PoolBuilder::build`].
+    pub fn new(workers: usize) -> Result<Self> {
+        Self::builder().workers(workers).build()
+    }
+
+    fn start(config: Config) -> Result<Self> {
+        if crate::worker::is_uninitialised_worker() {
+            return Err(Error::NotInitialized);
+        }
+        let n = config.cpus.len();
+        let layout = Layout::new(n, config.ring_bytes, config.ring_bytes)?;
+        let seg = Segment::create(c"corepool", layout.total)?;
+        let parent_pid = std::process::id() as i32;
+        layout::write_header(
+            &seg,
+            &Header {
+                magic: layout::MAGIC,
+                version: layout::VERSION,
+                header_bytes: std::mem::size_of::<Header>() as u32,
+                segment_bytes: layout.total as u64,
+                fingerprint: crate::worker::fingerprint(),
+                workers: n as u32,
+                task_ring_bytes: layout.task_ring_bytes,
+                result_ring_bytes: layout.result_ring_bytes,
+                flags: if config.initializer.is_some() { layout::FLAG_INITIALIZER } else { 0 },
+                initializer: config.initializer.unwrap_or(0),
+                max_tasks_per_child: config.max_tasks_per_child,
+                parent_pid,
+                _reserved: 0,
+            },
+        );
+        let slots: Vec<Slot> = (0..n).map(|i| Slot::new(&seg, &layout, i).expect("slot in layout")).collect();
+        let budget = if config.max_tasks_per_child == 0 { u64::MAX } else { config.max_tasks_per_child };
+        let workers = slots.iter().zip(&config.cpus).map(|(s, cpu)| Worker::new(*s, *cpu, budget)).collect();
+        let max_payload = slots[0].task_ring().max_payload();
+        let segment_fd = seg.raw_fd();
+        let shared = Arc::new(Shared {
+            seg,
+            slots,
+            core: Mutex::new(Core::new(workers, config.max_tasks_per_child)),
+            lifecycle: Condvar::new(),
+            events: Mutex::new(Vec::new()),
+            events_pending: AtomicBool::new(false),
+            awaiting_start: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            next_id: AtomicU64::new(1),
+            stop: AtomicBool::new(false),
+            supervisor: Mutex::new(None),
+            max_payload,
+            workers: n,
+        });
+        let weak = Arc::downgrade(&shared);
+        let supervisor = Supervisor::start(segment_fd, parent_pid, move |event| {
+            if let Some(shared) = weak.upgrade() {
+                shared.report(event);
+            }
+        })?;
+        for (index, cpu) in config.cpus.iter().enumerate() {
+            supervisor.send(Command_::Spawn { index, cpu: *cpu });
+        }
+        *handle::lock(&shared.supervisor) = Some(supervisor);
+        let driver_shared = shared.clone();
+        let driver = std::thread::Builder::new()
+            .name("corepool-driver".into())
+            .spawn(move || driver_loop(driver_shared))
+            .map_err(|e| Error::os("spawning the driver thread", e))?;
+        let pool = Pool { shared, driver: Some(driver), cpus: config.cpus };
+        pool.wait_ready(config.start_timeout)?;
+        Ok(pool)
+    }
+
+    /// Waits until every worker is serving; on the first failure, tears down.
+    fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut core = self.shared.lock();
+        loop {
+            if let Some(e) = core.workers.iter().find_map(|w| w.start_error.clone()) {
+                drop(core);
+                self.terminate();
+                return Err(e);
+            }
+            if core.workers.iter().all(|w| w.phase == Phase::Ready) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                drop(core);
+                self.terminate();
+                return Err(Error::WorkerStart {
+                    index: 0,
+                    reason: format!(
+                        "the workers did not attach within {timeout:?}; is `corepool::init()` the first statement of `main`?"
+                    ),
+                });
+            }
+            core = self.shared.lifecycle.wait_timeout(core, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    /// Number of worker processes.
+    pub fn workers(&self) -> usize {
+        self.shared.workers
+    }
+
+    /// The CPU each worker is pinned to (`None` when unpinned).
+    pub fn cpus(&self) -> &[Option<usize>] {
+        &self.cpus
+    }
+
+    /// The pids of the workers running now (a slot being restarted is absent).
+    pub fn pids(&self) -> Vec<i32> {
+        let core = self.shared.lock();
+        core.workers.iter().filter(|w| matches!(w.phase, Phase::Starting | Phase::Ready)).map(|w| w.pid).collect()
+    }
+
+    /// Runs `f(arg)` on a worker and waits for the result (Python's `apply`).
+    ///
+    /// # Errors
+    ///
+    /// As [`apply_async`](Self::apply_async) and [`AsyncResult::get`].
+    pub fn apply<F, A, R>(&self, f: F, arg: A) -> Result<R>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        self.apply_async(f, arg)?.get()
+    }
+
+    /// Submits `f(arg)` and returns at once (Python's `apply_async`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PoolClosed`] after `close`/`terminate`;
+    /// [`Error::ArgumentTooLarge`] when `arg` does not fit a ring message.
+    pub fn apply_async<F, A, R>(&self, f: F, arg: A) -> Result<AsyncResult<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        self.apply_async_with(f, arg, Callbacks::new())
+    }
+
+    /// [`apply_async`](Self::apply_async) with Python's `callback` and
+    /// `error_callback`.
+    ///
+    /// ```
+    /// use corepool::{Callbacks, Pool};
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// static SUM: AtomicU64 = AtomicU64::new(0);
+    ///
+    /// fn main() {
+    ///     corepool::init();
+    ///     let pool = Pool::new(1).unwrap();
+    ///     let cb = Callbacks::new().on_success(|v: &u64| { SUM.fetch_add(*v, Ordering::Relaxed); });
+    ///     pool.apply_async_with(|x: u64| x * 2, 21, cb).unwrap().wait();
+    ///     assert_eq!(SUM.load(Ordering::Relaxed), 42);
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`apply_async`](Self::apply_async).
+    pub fn apply_async_with<F, A, R>(&self, f: F, arg: A, callbacks: Callbacks<R>) -> Result<AsyncResult<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        let _ = f;
+        let trampoline = task::offset_of(task::call_one::<F, A, R>);
+        let cell = Cell::new(callbacks);
+        let sink = Sink { target: cell.clone(), tag: 0 };
+        self.shared.submit(vec![(trampoline, crate::wire::encode_to_vec(&arg), sink)])?;
+        Ok(AsyncResult::new(cell, Arc::downgrade(&self.shared)))
+    }
+
+    /// Python's default chunk size, capped so that a chunk fits one message.
+    fn chunksize_for<A: Wire>(&self, items: &[A], chunksize: Option<usize>) -> Result<usize> {
+        if let Some(c) = chunksize {
+            if c == 0 {
+                return Err(Error::InvalidConfig { what: "chunksize must be at least 1".into() });
+            }
+            return Ok(c);
+        }
+        let mut size = items.len().div_ceil(self.workers() * 4).max(1);
+        if let Some(first) = items.first() {
+            let mut probe = Vec::new();
+            first.encode(&mut probe);
+            let fit = (self.shared.max_payload.saturating_sub(8) / 2) / probe.len().max(1);
+            size = size.min(fit.max(1));
+        }
+        Ok(size)
+    }
+
+    fn chunk_payloads<A: Wire>(items: &[A], chunksize: usize) -> Vec<Vec<u8>> {
+        items
+            .chunks(chunksize)
+            .map(|chunk| {
+                let mut out = Vec::with_capacity(8 + chunk.len() * std::mem::size_of::<A>());
+                out.extend_from_slice(&(chunk.len() as u64).to_le_bytes());
+                A::encode_slice(chunk, &mut out);
+                out
+            })
+            .collect()
+    }
+
+    fn submit_chunks<A: Wire, R: Wire>(
+        &self,
+        trampoline: i64,
+        items: Vec<A>,
+        chunksize: Option<usize>,
+    ) -> Result<AsyncResult<Vec<R>>> {
+        let chunksize = self.chunksize_for(&items, chunksize)?;
+        let payloads = Self::chunk_payloads(&items, chunksize);
+        let cell = Cell::new(Callbacks::new());
+        let collector: Arc<dyn Completion> = MapCollector::<R>::new(payloads.len(), cell.clone());
+        let tasks = payloads
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| (trampoline, p, Sink { target: collector.clone(), tag: i as u64 }))
+            .collect();
+        self.shared.submit(tasks)?;
+        Ok(AsyncResult::new(cell, Arc::downgrade(&self.shared)))
+    }
+
+    /// `f` over every item, in order (Python's `map`). Items are sent in
+    /// chunks of `chunksize`; `None` picks Python's default (about four chunks
+    /// per worker), capped so that a chunk fits one ring message.
+    ///
+    /// # Errors
+    ///
+    /// The first failing chunk's error; [`Error::PoolClosed`],
+    /// [`Error::ArgumentTooLarge`] at submission.
+    pub fn map<F, A, R>(&self, f: F, items: impl IntoIterator<Item = A>, chunksize: Option<usize>) -> Result<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        self.map_async(f, items, chunksize)?.get()
+    }
+
+    /// [`map`](Self::map) without waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map), at submission.
+    pub fn map_async<F, A, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+    ) -> Result<AsyncResult<Vec<R>>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        let _ = f;
+        self.submit_chunks(task::offset_of(task::call_chunk::<F, A, R>), items.into_iter().collect(), chunksize)
+    }
+
+    /// `f(*args)` for every tuple, in order (Python's `starmap`).
+    ///
+    /// ```
+    /// fn main() {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(1).unwrap();
+    ///     let sums = pool.starmap(|a: u32, b: u32| a + b, vec![(1, 2), (3, 4)], None).unwrap();
+    ///     assert_eq!(sums, vec![3, 7]);
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map).
+    pub fn starmap<F, T, R>(&self, f: F, items: impl IntoIterator<Item = T>, chunksize: Option<usize>) -> Result<Vec<R>>
+    where
+        F: StarFn<T, R>,
+        T: Wire,
+        R: Wire,
+    {
+        self.starmap_async(f, items, chunksize)?.get()
+    }
+
+    /// [`starmap`](Self::starmap) without waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map), at submission.
+    pub fn starmap_async<F, T, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = T>,
+        chunksize: Option<usize>,
+    ) -> Result<AsyncResult<Vec<R>>>
+    where
+        F: StarFn<T, R>,
+        T: Wire,
+        R: Wire,
+    {
+        let _ = f;
+        self.submit_chunks(task::offset_of(task::call_star_chunk::<F, T, R>), items.into_iter().collect(), chunksize)
+    }
+
+    /// A lazy, ordered `map` (Python's `imap`): items are pulled from `items`
+    /// and sent `chunksize` at a time, a few chunks per worker ahead of the
+    /// consumer, so an endless iterator works.
+    ///
+    /// ```
+    /// fn main() {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(2).unwrap();
+    ///     let firsts: Vec<u64> = pool
+    ///         .imap(|x: u64| x * 10, 0.., 4)
+    ///         .take(3)
+    ///         .map(Result::unwrap)
+    ///         .collect();
+    ///     assert_eq!(firsts, vec![0, 10, 20]);
+    /// }
+    /// ```
+    pub fn imap<F, A, R, I>(&self, f: F, items: I, chunksize: usize) -> Imap<'_, A, R, I::IntoIter>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+        I: IntoIterator<Item = A>,
+    {
+        let _ = f;
+        Imap {
+            pool: self,
+            trampoline: task::offset_of(task::call_chunk::<F, A, R>),
+            source: items.into_iter(),
+            chunksize: chunksize.max(1),
+            in_flight: VecDeque::new(),
+            ready: VecDeque::new(),
+            failed: false,
+            _args: std::marker::PhantomData,
+        }
+    }
+
+    /// Like [`imap`](Self::imap), but yields results as they complete (Python's
+    /// `imap_unordered`). All items are submitted at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map), at submission; a failing chunk yields its error.
+    pub fn imap_unordered<F, A, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = A>,
+        chunksize: usize,
+    ) -> Result<ImapUnordered<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        let _ = f;
+        let trampoline = task::offset_of(task::call_chunk::<F, A, R>);
+        let items: Vec<A> = items.into_iter().collect();
+        let payloads = Self::chunk_payloads(&items, chunksize.max(1));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let sink: Arc<dyn Completion> = Arc::new(ChannelSink { tx });
+        let chunks = payloads.len();
+        let tasks =
+            payloads.into_iter().map(|p| (trampoline, p, Sink { target: sink.clone(), tag: 0 })).collect();
+        self.shared.submit(tasks)?;
+        Ok(ImapUnordered { rx, chunks_left: chunks, ready: VecDeque::new(), pool: Arc::downgrade(&self.shared) })
+    }
+
+    /// Stops taking work; workers exit once every submitted task is done
+    /// (Python's `close`).
+    pub fn close(&self) {
+        let mut core = self.shared.lock();
+        core.open = false;
+        let mut actions = Actions::default();
+        core.drive(Vec::new(), &mut actions);
+        self.shared.finish_pass(core, actions);
+    }
+
+    /// Kills the workers now; unfinished tasks get [`Error::Cancelled`]
+    /// (Python's `terminate`).
+    pub fn terminate(&self) {
+        let mut core = self.shared.lock();
+        let mut actions = Actions::default();
+        core.terminate(&mut actions);
+        self.shared.finish_pass(core, actions);
+    }
+
+    /// Waits until every worker has exited (Python's `join`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::JoinWhileOpen`] unless [`close`](Self::close) or
+    /// [`terminate`](Self::terminate) came first.
+    pub fn join(&self) -> Result<()> {
+        let mut core = self.shared.lock();
+        if core.open {
+            return Err(Error::JoinWhileOpen);
+        }
+        while !(core.all_stopped() && core.outstanding == 0) {
+            core = self.shared.lifecycle.wait(core).unwrap_or_else(|p| p.into_inner());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let finished = {
+            let core = self.shared.lock();
+            core.all_stopped() && core.outstanding == 0
+        };
+        if !finished {
+            self.terminate();
+            let _ = self.join();
+        }
+        self.shared.stop.store(true, Ordering::Release);
+        park::wake(self.shared.doorbell());
+        // The doorbell may not be armed: make sure the driver sees `stop`.
+        crate::sys::futex_wake_all(self.shared.doorbell());
+        if let Some(driver) = self.driver.take() {
+            let _ = driver.join();
+        }
+        if let Some(mut sup) = handle::lock(&self.shared.supervisor).take() {
+            sup.stop();
+        }
+    }
+}
+
+/// The iterator [`Pool::imap`] returns: results in input order.
+pub struct Imap<'p, A, R, I> {
+    pool: &'p Pool,
+    trampoline: i64,
+    source: I,
+    chunksize: usize,
+    in_flight: VecDeque<AsyncResult<Vec<R>>>,
+    ready: VecDeque<R>,
+    failed: bool,
+    _args: std::marker::PhantomData<fn(A)>,
+}
+
+impl<A, R, I> fmt::Debug for Imap<'_, A, R, I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Imap").field("chunks_in_flight", &self.in_flight.len()).finish_non_exhaustive()
+    }
+}
+
+impl<A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'_, A, R, I> {
+    fn refill(&mut self) -> Result<()> {
+        let ahead = self.pool.workers() * 4;
+        while self.in_flight.len() < ahead {
+            let chunk: Vec<A> = self.source.by_ref().take(self.chunksize).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let cell = Cell::<Vec<R>>::new(Callbacks::new());
+            let mut payload = Vec::new();
+            chunk.encode(&mut payload);
+            self.pool.shared.submit(vec![(self.trampoline, payload, Sink { target: cell.clone(), tag: 0 })])?;
+            self.in_flight.push_back(AsyncResult::new(cell, Arc::downgrade(&self.pool.shared)));
+        }
+        Ok(())
+    }
+}
+
+impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
+    type Item = Result<R>;
+
+    fn next(&mut self) -> Option<Result<R>> {
+        loop {
+            if let Some(r) = self.ready.pop_front() {
+                return Some(Ok(r));
+            }
+            if self.failed {
+                return None;
+            }
+            if let Err(e) = self.refill() {
+                self.failed = true;
+                return Some(Err(e));
+            }
+            let next = self.in_flight.pop_front()?;
+            match next.get() {
+                Ok(values) => self.ready.extend(values),
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+/// The iterator [`Pool::imap_unordered`] returns: results as they complete.
+pub struct ImapUnordered<R> {
+    rx: crossbeam_channel::Receiver<Result<Vec<R>>>,
+    chunks_left: usize,
+    ready: VecDeque<R>,
+    pool: std::sync::Weak<Shared>,
+}
+
+impl<R> fmt::Debug for ImapUnordered<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImapUnordered").field("chunks_left", &self.chunks_left).finish_non_exhaustive()
+    }
+}
+
+impl<R: Wire> Iterator for ImapUnordered<R> {
+    type Item = Result<R>;
+
+    fn next(&mut self) -> Option<Result<R>> {
+        loop {
+            if let Some(r) = self.ready.pop_front() {
+                return Some(Ok(r));
+            }
+            if self.chunks_left == 0 {
+                return None;
+            }
+            let mut spinner = Spinner::new();
+            let chunk = loop {
+                if let Ok(c) = self.rx.try_recv() {
+                    break c;
+                }
+                if let Some(pool) = self.pool.upgrade() {
+                    pool.try_drive();
+                }
+                if !spinner.spin() {
+                    match self.rx.recv() {
+                        Ok(c) => break c,
+                        Err(_) => return Some(Err(Error::Cancelled)),
+                    }
+                }
+            };
+            self.chunks_left -= 1;
+            match chunk {
+                Ok(values) => self.ready.extend(values),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! The supervisor thread: starts worker processes and reaps them.
+//!
+//! It is the only thread that forks, and it lives as long as the pool, because
+//! `PR_SET_PDEATHSIG` fires when the *thread* that forked a child exits. It
+//! waits in `poll` on one pidfd per worker (readable when that worker exits)
+//! plus an eventfd for commands, and reaps each worker with `waitpid` on its
+//! own pid: never `waitpid(-1)`, so other children of the program are left
+//! alone.
+
+use crate::error::{Error, ExitCause};
+use crate::sys;
+use crate::worker::{make_token, WORKER_ENV};
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+/// What the supervisor reports.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// Worker `index` was started as `pid`.
+    Spawned { index: usize, pid: i32 },
+    /// Worker `index` could not be started.
+    SpawnFailed { index: usize, error: Error },
+    /// Worker `index`, process `pid`, ended and was reaped.
+    Exited { index: usize, pid: i32, cause: ExitCause },
+}
+
+/// What the supervisor is asked to do.
+#[derive(Debug)]
+pub(crate) enum Command_ {
+    Spawn { index: usize, cpu: Option<usize> },
+    /// Kill every worker still running, reap them all, and end the thread.
+    Exit,
+}
+
+/// The pool's handle on its supervisor thread.
+#[derive(Debug)]
+pub(crate) struct Supervisor {
+    tx: crossbeam_channel::Sender<Command_>,
+    wake: Arc<OwnedFd>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Supervisor {
+    /// Starts the thread. `report` is called for every event, from the
+    /// supervisor thread.
+    pub(crate) fn start(
+        segment_fd: RawFd,
+        parent_pid: i32,
+        report: impl Fn(Event) + Send + 'static,
+    ) -> Result<Self, Error> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let wake = Arc::new(sys::eventfd().map_err(|e| Error::os("eventfd", e))?);
+        let wake2 = wake.clone();
+        let thread = std::thread::Builder::new()
+            .name("corepool-supervisor".into())
+            .spawn(move || run(segment_fd, parent_pid, &rx, wake2.as_fd(), &report))
+            .map_err(|e| Error::os("spawning the supervisor thread", e))?;
+        Ok(Self { tx, wake, thread: Some(thread) })
+    }
+
+    /// Queues a command.
+    pub(crate) fn send(&self, command: Command_) {
+        let _ = self.tx.send(command);
+        sys::eventfd_signal(self.wake.as_fd());
+    }
+
+    /// Kills and reaps every worker, then ends the thread.
+    pub(crate) fn stop(&mut self) {
+        self.send(Command_::Exit);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Running {
+    child: Child,
+    pidfd: OwnedFd,
+}
+
+fn run(
+    segment_fd: RawFd,
+    parent_pid: i32,
+    rx: &crossbeam_channel::Receiver<Command_>,
+    wake: BorrowedFd<'_>,
+    report: &dyn Fn(Event),
+) {
+    let mut running: HashMap<usize, Running> = HashMap::new();
+    let mut ready = Vec::new();
+    loop {
+        let indices: Vec<usize> = running.keys().copied().collect();
+        let mut fds: Vec<BorrowedFd<'_>> = vec![wake];
+        fds.extend(indices.iter().map(|i| running[i].pidfd.as_fd()));
+        if sys::poll_readable(&fds, &mut ready).is_err() {
+            ready = vec![true; fds.len()]; // check everything rather than spin
+        }
+        let exited: Vec<usize> =
+            indices.iter().zip(ready.iter().skip(1)).filter(|(_, r)| **r).map(|(i, _)| *i).collect();
+        drop(fds);
+        for index in exited {
+            reap(&mut running, index, report);
+        }
+        if ready.first().copied().unwrap_or(false) {
+            sys::eventfd_drain(wake);
+        }
+        while let Ok(command) = rx.try_recv() {
+            match command {
+                Command_::Spawn { index, cpu } => match spawn(segment_fd, parent_pid, index, cpu) {
+                    Ok(child) => {
+                        let pid = child.id() as i32;
+                        match sys::pidfd_open(pid) {
+                            Ok(pidfd) => {
+                                running.insert(index, Running { child, pidfd });
+                                report(Event::Spawned { index, pid });
+                            }
+                            Err(e) => {
+                                let mut child = child;
+                                let _ = child.kill();
+                                let _ = child.wait();
+                                report(Event::SpawnFailed { index, error: Error::os("pidfd_open", e) });
+                            }
+                        }
+                    }
+                    Err(error) => report(Event::SpawnFailed { index, error }),
+                },
+                Command_::Exit => {
+                    for r in running.values() {
+                        sys::kill(r.child.id() as i32, libc::SIGKILL);
+                    }
+                    for (index, mut r) in running.drain() {
+                        let pid = r.child.id() as i32;
+                        let cause = r.child.wait().map(cause_of).unwrap_or(ExitCause::Signal(libc::SIGKILL));
+                        report(Event::Exited { index, pid, cause });
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn reap(running: &mut HashMap<usize, Running>, index: usize, report: &dyn Fn(Event)) {
+    let Some(r) = running.get_mut(&index) else { return };
+    // waitpid on this pid only; the pidfd said it exited, so this does not block.
+    match r.child.try_wait() {
+        Ok(Some(status)) => {
+            let pid = r.child.id() as i32;
+            running.remove(&index);
+            report(Event::Exited { index, pid, cause: cause_of(status) });
+        }
+        Ok(None) => {}
+        Err(_) => {
+            let pid = r.child.id() as i32;
+            running.remove(&index);
+            report(Event::Exited { index, pid, cause: ExitCause::Signal(libc::SIGKILL) });
+        }
+    }
+}
+
+fn cause_of(status: std::process::ExitStatus) -> ExitCause {
+    match (status.signal(), status.code()) {
+        (Some(sig), _) => ExitCause::Signal(sig),
+        (None, Some(code)) => ExitCause::Code(code),
+        (None, None) => ExitCause::Code(-1),
+    }
+}
+
+/// Re-executes this binary as worker `index`. Between fork and exec the child
+/// only makes async-signal-safe system calls: pin, arm the parent-death
+/// signal, and let the segment descriptor survive exec.
+fn spawn(segment_fd: RawFd, parent_pid: i32, index: usize, cpu: Option<usize>) -> Result<Child, Error> {
+    let mut command = Command::new("/proc/self/exe");
+    command
+        .env(WORKER_ENV, make_token(segment_fd, index, parent_pid))
+        .stdin(Stdio::null());
+    if let Some(arg0) = std::env::args_os().next() {
+        command.arg0(arg0);
+    }
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // raw system calls (sched_setaffinity, prctl, fcntl), which are
+    // async-signal-safe; it allocates nothing and takes no locks.
+    unsafe {
+        command.pre_exec(move || {
+            if let Some(cpu) = cpu {
+                sys::pin_self_to(cpu)?;
+            }
+            sys::set_parent_death_signal()?;
+            sys::clear_cloexec(segment_fd)?;
+            Ok(())
+        });
+    }
+    command.spawn().map_err(|e| match cpu {
+        Some(cpu) if e.raw_os_error() == Some(libc::EINVAL) => {
+            Error::PinFailed { cpu, reason: e.to_string() }
+        }
+        _ => Error::Spawn {
+            reason: format!("re-executing /proc/self/exe failed: {e}; check that the executable is still there and the process limit (ulimit -u) is not reached"),
+        },
+    })
+}

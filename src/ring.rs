@@ -1,0 +1,647 @@
+//! A bounded byte ring of variable-length records, shared between exactly one
+//! producer and one consumer that may live in different processes.
+//!
+//! # Algorithm
+//!
+//! The ring is a power-of-two byte array plus two control words:
+//!
+//! * `word` packs the consumer's claim position (`head`, high 32 bits) and the
+//!   producer's publish position (`tail`, low 32 bits). Positions are byte
+//!   counters that wrap at 2^32; `pos % cap` is the byte offset.
+//! * `released` is the position up to which the consumer has finished *reading*
+//!   claimed records, so the producer may overwrite them.
+//!
+//! Invariant: `released <= head <= tail` and `tail - released <= cap` (wrapping
+//! arithmetic). Because `head` and `tail` share one word, the producer can take
+//! back records the consumer has not claimed yet (`retract`), with a CAS that
+//! fails if the consumer claimed them first. That is how the parent moves queued
+//! tasks from a busy worker to an idle one, and how it knows, after a crash,
+//! exactly which tasks the dead worker had taken.
+//!
+//! A record never wraps: when one does not fit before the end of the array the
+//! producer writes a padding record to the end and starts again at offset 0. No
+//! record is larger than `cap / 2`, so an empty ring always accepts one.
+//!
+//! # Trust
+//!
+//! The two sides share this memory with another process that may be buggy or
+//! hostile. Every position and header read from the ring is copied once, then
+//! validated; a broken invariant is reported as [`RingError::Violation`] and the
+//! caller kills the other side. No reference is ever formed into the data array:
+//! bytes are copied in and out through raw pointers.
+//!
+//! The ring does not know where its memory lives: [`RingMemory`] is heap-backed
+//! in unit tests and points into the pool's shared segment in production.
+
+use std::ptr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Size of a record header in bytes.
+pub(crate) const HEADER_BYTES: usize = std::mem::size_of::<RecordHeader>();
+/// The record kind reserved for padding at the end of the array.
+pub(crate) const KIND_PAD: u32 = 0;
+
+/// The fixed header in front of every record. All fields are little-endian
+/// native integers; the record (header + payload) is padded to 8 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct RecordHeader {
+    /// Bytes from the start of this header to the start of the next record.
+    pub total: u32,
+    /// What the record is; [`KIND_PAD`] is padding, the rest is the protocol's.
+    pub kind: u32,
+    /// Length of the payload that follows the header.
+    pub payload_len: u32,
+    /// Protocol-defined.
+    pub flags: u32,
+    /// Protocol-defined: a task id.
+    pub id: u64,
+    /// Protocol-defined: a function offset, an error code.
+    pub aux: u64,
+}
+
+/// A broken ring invariant or an impossible request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RingError {
+    /// The other side wrote something that cannot be: a position out of range, a
+    /// malformed header. The message says which check failed.
+    Violation(&'static str),
+    /// The record can never fit: its size exceeds `cap / 2`.
+    TooLarge { record: usize, max: usize },
+}
+
+/// Where a ring's control words and bytes live.
+///
+/// Copyable raw pointers: the owner of the memory (a [`crate::shm::Segment`] or
+/// the heap buffer of a test) must outlive every `RingMemory` made from it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RingMemory {
+    word: *const AtomicU64,
+    released: *const AtomicU32,
+    data: *mut u8,
+    cap: u32,
+}
+
+// SAFETY: RingMemory is a set of pointers into memory designed for concurrent
+// use from several processes; all accesses go through atomics or explicit
+// copies, never through references to the bytes.
+unsafe impl Send for RingMemory {}
+// SAFETY: as above.
+unsafe impl Sync for RingMemory {}
+
+impl RingMemory {
+    /// # Safety
+    ///
+    /// `word` and `released` must point to 8- and 4-byte aligned words, and
+    /// `data` to `cap` bytes, all valid for reads and writes for as long as this
+    /// value or any copy of it is used. `cap` must be a power of two between 64
+    /// and 2^30. Other processes may access the same memory concurrently, but
+    /// only through atomics (control words) or byte copies (data).
+    pub(crate) unsafe fn new(word: *mut u64, released: *mut u32, data: *mut u8, cap: u32) -> Self {
+        debug_assert!(cap.is_power_of_two() && (64..=1 << 30).contains(&cap));
+        Self { word: word.cast(), released: released.cast(), data, cap }
+    }
+
+    fn word(&self) -> &AtomicU64 {
+        // SAFETY: `new`'s contract: aligned, valid for the life of this value,
+        // and only accessed atomically by everyone.
+        unsafe { &*self.word }
+    }
+
+    fn released(&self) -> &AtomicU32 {
+        // SAFETY: as in `word`.
+        unsafe { &*self.released }
+    }
+
+    /// Capacity in bytes.
+    pub(crate) fn capacity(&self) -> u32 {
+        self.cap
+    }
+
+    /// Largest payload one record can carry in this ring.
+    pub(crate) fn max_payload(&self) -> usize {
+        self.cap as usize / 2 - HEADER_BYTES
+    }
+
+    /// Resets both control words to an empty ring. Only while neither side runs.
+    pub(crate) fn reset(&self) {
+        self.word().store(0, Ordering::Relaxed);
+        self.released().store(0, Ordering::Relaxed);
+    }
+
+    /// `(head, tail)` as they are now. For monitoring; validates nothing.
+    pub(crate) fn positions(&self) -> (u32, u32) {
+        // Acquire pairs with the Release CAS in `Producer::publish`, so a
+        // caller that sees a tail also sees the records below it.
+        split(self.word().load(Ordering::Acquire))
+    }
+
+    /// True when records wait to be claimed.
+    pub(crate) fn has_unclaimed(&self) -> bool {
+        let (head, tail) = self.positions();
+        head != tail
+    }
+
+    fn copy_in(&self, offset: u32, src: &[u8]) {
+        debug_assert!(offset as usize + src.len() <= self.cap as usize);
+        // SAFETY: callers check `offset + len <= cap`; the destination is in
+        // the data array, which only the producer writes while unpublished.
+        unsafe { ptr::copy_nonoverlapping(src.as_ptr(), self.data.add(offset as usize), src.len()) }
+    }
+
+    fn copy_out(&self, offset: u32, dst: &mut [u8]) {
+        debug_assert!(offset as usize + dst.len() <= self.cap as usize);
+        // SAFETY: callers check `offset + len <= cap`. The source may be written
+        // concurrently by a misbehaving peer; we copy bytes and validate the copy.
+        unsafe { ptr::copy_nonoverlapping(self.data.add(offset as usize), dst.as_mut_ptr(), dst.len()) }
+    }
+
+    fn read_header(&self, offset: u32) -> RecordHeader {
+        let mut header = RecordHeader::default();
+        self.copy_out(offset, bytemuck::bytes_of_mut(&mut header));
+        header
+    }
+}
+
+fn split(word: u64) -> (u32, u32) {
+    ((word >> 32) as u32, word as u32)
+}
+
+fn join(head: u32, tail: u32) -> u64 {
+    (u64::from(head) << 32) | u64::from(tail)
+}
+
+fn round8(n: usize) -> usize {
+    (n + 7) & !7
+}
+
+/// Total record size for a payload of `payload_len` bytes.
+pub(crate) fn record_size(payload_len: usize) -> usize {
+    round8(HEADER_BYTES + payload_len)
+}
+
+/// The writing side of a ring.
+#[derive(Debug)]
+pub(crate) struct Producer {
+    mem: RingMemory,
+    /// The last published tail: only this side moves it, so it is authoritative.
+    tail: u32,
+    /// Where the next record goes; `pending - tail` bytes are written but unpublished.
+    pending: u32,
+}
+
+impl Producer {
+    /// A producer for an empty, freshly reset ring.
+    pub(crate) fn new(mem: RingMemory) -> Self {
+        Self { mem, tail: 0, pending: 0 }
+    }
+
+    /// The memory this producer writes.
+    pub(crate) fn memory(&self) -> RingMemory {
+        self.mem
+    }
+
+    /// Position of the next record to be written.
+    pub(crate) fn position(&self) -> u32 {
+        self.pending
+    }
+
+    /// Writes one record unless it does not fit right now (`Ok(None)`); on
+    /// success returns the position of its header. Not visible to the consumer
+    /// until [`publish`](Self::publish). The header's `total` and `payload_len`
+    /// are filled in here.
+    pub(crate) fn write(
+        &mut self,
+        mut header: RecordHeader,
+        payload: &[u8],
+    ) -> Result<Option<u32>, RingError> {
+        let total = record_size(payload.len());
+        let cap = self.mem.cap as usize;
+        if total > cap / 2 {
+            return Err(RingError::TooLarge { record: total, max: cap / 2 });
+        }
+        // Acquire pairs with the Release store in `Consumer::release`: the
+        // consumer has finished reading everything below `released`.
+        let released = self.mem.released().load(Ordering::Acquire);
+        let used = self.pending.wrapping_sub(released) as usize;
+        if used > cap {
+            return Err(RingError::Violation("released position is ahead of the producer"));
+        }
+        let offset = (self.pending % self.mem.cap) as usize;
+        let pad = if offset + total > cap { cap - offset } else { 0 };
+        if cap - used < pad + total {
+            return Ok(None);
+        }
+        if pad > 0 {
+            let pad_header = RecordHeader { total: pad as u32, kind: KIND_PAD, ..Default::default() };
+            // A pad of 8..31 bytes only has room for `total` and `kind`.
+            let bytes = bytemuck::bytes_of(&pad_header);
+            self.mem.copy_in(offset as u32, &bytes[..pad.min(HEADER_BYTES)]);
+            self.pending = self.pending.wrapping_add(pad as u32);
+        }
+        let at = self.pending;
+        let offset = at % self.mem.cap;
+        header.total = total as u32;
+        header.payload_len = payload.len() as u32;
+        self.mem.copy_in(offset, bytemuck::bytes_of(&header));
+        self.mem.copy_in(offset + HEADER_BYTES as u32, payload);
+        self.pending = self.pending.wrapping_add(total as u32);
+        Ok(Some(at))
+    }
+
+    /// Whether a record with `payload_len` bytes would fit right now. A
+    /// producer waiting for room re-checks this after announcing its sleep.
+    pub(crate) fn has_room(&self, payload_len: usize) -> bool {
+        let total = record_size(payload_len);
+        let cap = self.mem.cap as usize;
+        // Acquire pairs with the Release store in `Consumer::release`.
+        let released = self.mem.released().load(Ordering::Acquire);
+        let used = self.pending.wrapping_sub(released) as usize;
+        let offset = (self.pending % self.mem.cap) as usize;
+        let pad = if offset + total > cap { cap - offset } else { 0 };
+        // A garbage `released` reads as "room", and the write that follows
+        // reports the violation.
+        used > cap || cap - used >= pad + total
+    }
+
+    /// Makes every written record visible to the consumer. Returns whether
+    /// anything was published.
+    pub(crate) fn publish(&mut self) -> Result<bool, RingError> {
+        if self.pending == self.tail {
+            return Ok(false);
+        }
+        let word = self.mem.word();
+        let mut current = word.load(Ordering::Relaxed);
+        loop {
+            let (head, tail) = split(current);
+            self.check_word(head, tail)?;
+            // Release pairs with the Acquire load in `Consumer::claim`: the
+            // record bytes written above are visible before the new tail.
+            match word.compare_exchange_weak(
+                current,
+                join(head, self.pending),
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    self.tail = self.pending;
+                    return Ok(true);
+                }
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    fn check_word(&self, head: u32, tail: u32) -> Result<(), RingError> {
+        if tail != self.tail {
+            return Err(RingError::Violation("consumer changed the producer's tail"));
+        }
+        if tail.wrapping_sub(head) > self.mem.cap {
+            return Err(RingError::Violation("claim position outside the ring"));
+        }
+        Ok(())
+    }
+
+    /// The consumer's claim position, validated against what this side knows.
+    pub(crate) fn head(&self) -> Result<u32, RingError> {
+        // Acquire: pairs with the CAS in `Consumer::claim`; nothing is read
+        // through it, but it orders our view of the claim before later retracts.
+        let (head, tail) = split(self.mem.word().load(Ordering::Acquire));
+        self.check_word(head, tail)?;
+        Ok(head)
+    }
+
+    /// Takes back every published record at or after `position` that the consumer
+    /// has not claimed. Returns `true` when it took them back; `false` when the
+    /// consumer claimed past `position` first (then nothing changes).
+    pub(crate) fn retract_to(&mut self, position: u32) -> Result<bool, RingError> {
+        debug_assert_eq!(self.pending, self.tail, "retract only with nothing unpublished");
+        let word = self.mem.word();
+        let mut current = word.load(Ordering::Acquire);
+        loop {
+            let (head, tail) = split(current);
+            self.check_word(head, tail)?;
+            // `position` must lie in [head, tail].
+            if position.wrapping_sub(head) > tail.wrapping_sub(head) {
+                return Ok(false);
+            }
+            // AcqRel pairs with the consumer's claim CAS: whichever CAS wins
+            // decides who owns the records between `position` and `tail`.
+            match word.compare_exchange_weak(
+                current,
+                join(head, position),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.tail = position;
+                    self.pending = position;
+                    return Ok(true);
+                }
+                Err(seen) => current = seen,
+            }
+        }
+    }
+}
+
+/// One claimed record: its header and where its payload lies.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Claimed {
+    /// The validated header copy.
+    pub header: RecordHeader,
+    /// Ring position of the header.
+    pub position: u32,
+    payload_offset: u32,
+}
+
+/// The reading side of a ring.
+#[derive(Debug)]
+pub(crate) struct Consumer {
+    mem: RingMemory,
+    /// Our claim position: only this side moves it, so it is authoritative.
+    head: u32,
+}
+
+impl Consumer {
+    /// A consumer for an empty, freshly reset ring.
+    pub(crate) fn new(mem: RingMemory) -> Self {
+        Self { mem, head: 0 }
+    }
+
+    /// The memory this consumer reads.
+    pub(crate) fn memory(&self) -> RingMemory {
+        self.mem
+    }
+
+    /// Claims up to `max` records (padding does not count), appending them to
+    /// `out`. The claimed records stay readable until [`release`](Self::release).
+    /// Returns the number claimed; 0 when the ring is empty.
+    pub(crate) fn claim(&mut self, max: usize, out: &mut Vec<Claimed>) -> Result<usize, RingError> {
+        let cap = self.mem.cap;
+        let word = self.mem.word();
+        let start = out.len();
+        loop {
+            out.truncate(start);
+            // Acquire pairs with the Release CAS in `Producer::publish`: the
+            // records below `tail` are fully written.
+            let current = word.load(Ordering::Acquire);
+            let (head, tail) = split(current);
+            if head != self.head {
+                return Err(RingError::Violation("producer changed the consumer's head"));
+            }
+            let available = tail.wrapping_sub(head);
+            if available > cap {
+                return Err(RingError::Violation("publish position outside the ring"));
+            }
+            if available == 0 {
+                return Ok(0);
+            }
+            let mut pos = head;
+            while pos != tail && out.len() - start < max {
+                let offset = pos % cap;
+                let left = tail.wrapping_sub(pos);
+                let header = self.mem.read_header(offset);
+                let total = header.total;
+                if total < 8 || total % 8 != 0 || total > left || offset + total > cap {
+                    return Err(RingError::Violation("record length out of range"));
+                }
+                if header.kind != KIND_PAD {
+                    if (total as usize) < HEADER_BYTES
+                        || record_size(header.payload_len as usize) != total as usize
+                    {
+                        return Err(RingError::Violation("payload length does not match record"));
+                    }
+                    out.push(Claimed {
+                        header,
+                        position: pos,
+                        payload_offset: offset + HEADER_BYTES as u32,
+                    });
+                }
+                pos = pos.wrapping_add(total);
+            }
+            // Acquire on success: pairs with the producer's AcqRel `retract_to`
+            // CAS; whichever wins owns the records in [head, pos).
+            if word
+                .compare_exchange(current, join(pos, tail), Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.head = pos;
+                return Ok(out.len() - start);
+            }
+            // The producer published more or retracted: parse again.
+        }
+    }
+
+    /// Copies a claimed record's payload into `dst` (replacing its contents).
+    pub(crate) fn read_payload(&self, record: &Claimed, dst: &mut Vec<u8>) {
+        dst.clear();
+        dst.resize(record.header.payload_len as usize, 0);
+        self.mem.copy_out(record.payload_offset, dst);
+    }
+
+    /// Lets the producer reuse everything claimed so far.
+    pub(crate) fn release(&mut self) {
+        // Release pairs with the Acquire load in `Producer::write_with`: our
+        // reads of the claimed bytes happen before the producer overwrites them.
+        self.mem.released().store(self.head, Ordering::Release);
+    }
+}
+
+/// A ring whose memory is a heap allocation: for unit tests, benchmarks and
+/// in-process use.
+#[derive(Debug)]
+pub(crate) struct HeapRing {
+    buf: Box<[u64]>,
+    cap: u32,
+}
+
+impl HeapRing {
+    /// A zeroed ring of `cap` data bytes (a power of two, 64..=2^30).
+    pub(crate) fn new(cap: u32) -> Self {
+        assert!(cap.is_power_of_two() && (64..=1 << 30).contains(&cap));
+        // Two control words on separate cache lines, then the data.
+        let words = 16 + cap as usize / 8;
+        Self { buf: vec![0u64; words].into_boxed_slice(), cap }
+    }
+
+    /// The ring's memory. Valid while `self` lives.
+    pub(crate) fn memory(&mut self) -> RingMemory {
+        let base = self.buf.as_mut_ptr();
+        // SAFETY: the buffer holds 16 control words then `cap` bytes; it is
+        // 8-byte aligned, and lives as long as `self` (callers keep it alive).
+        unsafe { RingMemory::new(base, base.add(8).cast(), base.add(16).cast(), self.cap) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(id: u64) -> RecordHeader {
+        RecordHeader { kind: 1, id, ..Default::default() }
+    }
+
+    #[test]
+    fn records_round_trip_in_order_across_wraps() {
+        let mut ring = HeapRing::new(256);
+        let mem = ring.memory();
+        let (mut p, mut c) = (Producer::new(mem), Consumer::new(mem));
+        let mut claimed = Vec::new();
+        let mut buf = Vec::new();
+        let mut next_read = 0u64;
+        let rounds = if cfg!(miri) { 50 } else { 5_000 };
+        for id in 0..rounds {
+            let payload = vec![id as u8; (id % 70) as usize];
+            while p.write(header(id), &payload).unwrap().is_none() {
+                p.publish().unwrap();
+                claimed.clear();
+                c.claim(usize::MAX, &mut claimed).unwrap();
+                for r in &claimed {
+                    c.read_payload(r, &mut buf);
+                    assert_eq!(r.header.id, next_read);
+                    assert_eq!(buf, vec![next_read as u8; (next_read % 70) as usize]);
+                    next_read += 1;
+                }
+                c.release();
+            }
+        }
+        p.publish().unwrap();
+        claimed.clear();
+        c.claim(usize::MAX, &mut claimed).unwrap();
+        next_read += claimed.len() as u64;
+        assert_eq!(next_read, rounds);
+    }
+
+    #[test]
+    fn oversized_record_is_refused_not_truncated() {
+        let mut ring = HeapRing::new(128);
+        let mut p = Producer::new(ring.memory());
+        let err = p.write(header(1), &[0u8; 64]).unwrap_err();
+        assert_eq!(err, RingError::TooLarge { record: 96, max: 64 });
+        assert!(p.write(header(1), &[0u8; 32]).unwrap().is_some());
+    }
+
+    #[test]
+    fn retract_takes_back_only_unclaimed_records() {
+        let mut ring = HeapRing::new(1024);
+        let mem = ring.memory();
+        let (mut p, mut c) = (Producer::new(mem), Consumer::new(mem));
+        let positions: Vec<u32> =
+            (0..4).map(|i| p.write(header(i), &[1, 2, 3]).unwrap().unwrap()).collect();
+        p.publish().unwrap();
+        let mut claimed = Vec::new();
+        assert_eq!(c.claim(1, &mut claimed).unwrap(), 1);
+        // Record 0 is claimed: retracting to it must fail; to record 2 succeeds.
+        assert!(!p.retract_to(positions[0]).unwrap());
+        assert!(p.retract_to(positions[2]).unwrap());
+        claimed.clear();
+        assert_eq!(c.claim(usize::MAX, &mut claimed).unwrap(), 1);
+        assert_eq!(claimed[0].header.id, 1);
+        assert_eq!(p.head().unwrap(), p.position());
+    }
+
+    #[test]
+    fn garbage_positions_are_violations_not_crashes() {
+        let mut ring = HeapRing::new(256);
+        let mem = ring.memory();
+        let (mut p, mut c) = (Producer::new(mem), Consumer::new(mem));
+        p.write(header(1), &[0; 8]).unwrap();
+        p.publish().unwrap();
+        // A hostile consumer moves the tail; the producer notices.
+        mem.word().store(join(0, 9999), Ordering::Relaxed);
+        assert!(matches!(p.publish(), Ok(false)));
+        assert!(p.head().is_err());
+        // A hostile producer publishes a tail beyond capacity.
+        mem.word().store(join(0, 4096), Ordering::Relaxed);
+        let mut out = Vec::new();
+        assert!(c.claim(8, &mut out).is_err());
+        // A valid tail over a corrupt header.
+        mem.word().store(join(0, 40), Ordering::Relaxed);
+        mem.copy_in(0, bytemuck::bytes_of(&RecordHeader { total: 4000, kind: 1, ..Default::default() }));
+        assert!(c.claim(8, &mut out).is_err());
+    }
+
+    #[test]
+    fn threads_exchange_every_record_exactly_once() {
+        let mut ring = HeapRing::new(4096);
+        let mem = ring.memory();
+        let n: u64 = if cfg!(miri) { 200 } else { 200_000 };
+        let producer = std::thread::spawn(move || {
+            let mut p = Producer::new(mem);
+            for id in 0..n {
+                while p.write(header(id), &id.to_le_bytes()).unwrap().is_none() {
+                    p.publish().unwrap();
+                    std::hint::spin_loop();
+                }
+                if id % 16 == 0 {
+                    p.publish().unwrap();
+                }
+            }
+            p.publish().unwrap();
+        });
+        let mut c = Consumer::new(mem);
+        let (mut next, mut claimed, mut buf) = (0u64, Vec::new(), Vec::new());
+        while next < n {
+            claimed.clear();
+            if c.claim(64, &mut claimed).unwrap() == 0 {
+                std::thread::yield_now();
+            }
+            for r in &claimed {
+                c.read_payload(r, &mut buf);
+                assert_eq!(r.header.id, next);
+                assert_eq!(u64::from_le_bytes(buf[..8].try_into().unwrap()), next);
+                next += 1;
+            }
+            c.release();
+        }
+        producer.join().unwrap();
+    }
+}
+
+/// A heap-backed ring with both ends, for corepool's own benchmarks.
+#[doc(hidden)]
+#[allow(unreachable_pub)]
+pub mod bench_support {
+    use super::*;
+
+    /// Producer and consumer of one heap ring, used from one thread.
+    #[derive(Debug)]
+    pub struct LocalRing {
+        _ring: HeapRing,
+        producer: Producer,
+        consumer: Consumer,
+        claimed: Vec<Claimed>,
+        buf: Vec<u8>,
+    }
+
+    impl LocalRing {
+        /// A ring of `cap` bytes (a power of two, 64..=2^30).
+        pub fn new(cap: u32) -> Self {
+            let mut ring = HeapRing::new(cap);
+            let mem = ring.memory();
+            Self { _ring: ring, producer: Producer::new(mem), consumer: Consumer::new(mem), claimed: Vec::new(), buf: Vec::new() }
+        }
+
+        /// Writes one record; false when full.
+        pub fn push(&mut self, id: u64, payload: &[u8]) -> bool {
+            matches!(self.producer.write(RecordHeader { kind: 1, id, ..Default::default() }, payload), Ok(Some(_)))
+        }
+
+        /// Publishes what was pushed.
+        pub fn publish(&mut self) {
+            let _ = self.producer.publish();
+        }
+
+        /// Claims up to `max` records, calls `f` on each payload, releases them.
+        pub fn pop_batch(&mut self, max: usize, mut f: impl FnMut(u64, &[u8])) -> usize {
+            self.claimed.clear();
+            let n = self.consumer.claim(max, &mut self.claimed).unwrap_or(0);
+            for r in &self.claimed {
+                self.consumer.read_payload(r, &mut self.buf);
+                f(r.header.id, &self.buf);
+            }
+            self.consumer.release();
+            n
+        }
+    }
+}

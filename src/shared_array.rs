@@ -1,0 +1,349 @@
+//! [`SharedArray`]: numbers in shared memory that every worker reads and
+//! writes in place, the zero-copy path for numeric work.
+
+use crate::error::{Error, Result};
+use crate::shm::Segment;
+use crate::sys::{self, FileId};
+use crate::wire::{decode_error, Wire};
+use bytemuck::Pod;
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Range;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+
+/// Elements copied per block by [`SharedArray::fold_chunks`] and
+/// [`SharedArray::update_chunks`]: 32 KiB of `f64`, small enough for L1/L2.
+const BLOCK_BYTES: usize = 32 * 1024;
+
+/// A fixed-length array of plain numbers in shared memory.
+///
+/// Create it in the parent, pass it to tasks as an argument (it crosses as a
+/// small handle, never as data), and have each task work on its own index
+/// range. Workers map the same pages, so writes are visible to everyone.
+///
+/// Access is by copy: no reference into the shared pages is ever handed out,
+/// because another process may write them at any moment. The bulk methods
+/// ([`fold_chunks`](Self::fold_chunks), [`update_chunks`](Self::update_chunks))
+/// copy cache-sized blocks, which costs about as much memory traffic as
+/// touching the data in place. Processes that write the same elements at the
+/// same time get one of the values (or a torn mix of them), never undefined
+/// behaviour in this process: `T: Pod` makes every bit pattern valid.
+///
+/// ```
+/// use corepool::{Pool, SharedArray};
+///
+/// fn scale(arg: (SharedArray<f64>, u64, u64)) {
+///     let (array, start, end) = arg;
+///     array.update_chunks(start as usize..end as usize, |xs| xs.iter_mut().for_each(|x| *x *= 2.0)).unwrap();
+/// }
+///
+/// fn main() {
+///     corepool::init();
+///     let array = SharedArray::from_slice(&[1.0f64, 2.0, 3.0, 4.0]).unwrap();
+///     let pool = Pool::new(2).unwrap();
+///     pool.map(scale, vec![(array.clone(), 0, 2), (array.clone(), 2, 4)], Some(1)).unwrap();
+///     assert_eq!(array.to_vec(), vec![2.0, 4.0, 6.0, 8.0]);
+/// }
+/// ```
+pub struct SharedArray<T> {
+    map: Arc<Mapping>,
+    len: usize,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for SharedArray<T> {
+    fn clone(&self) -> Self {
+        Self { map: self.map.clone(), len: self.len, _type: PhantomData }
+    }
+}
+
+impl<T> fmt::Debug for SharedArray<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedArray")
+            .field("type", &std::any::type_name::<T>())
+            .field("len", &self.len)
+            .field("owner", &self.map.owner)
+            .finish()
+    }
+}
+
+/// One mapping of an array's memfd in this process.
+#[derive(Debug)]
+struct Mapping {
+    seg: Segment,
+    id: FileId,
+    /// The process whose descriptor table holds `fd` (the creator).
+    owner: i32,
+    fd: i32,
+}
+
+/// Arrays this (worker) process has mapped from another one, so that a task
+/// stream over the same array maps it once.
+static OPENED: Mutex<Vec<Arc<Mapping>>> = Mutex::new(Vec::new());
+const MAX_OPENED: usize = 64;
+
+impl<T: Pod> SharedArray<T> {
+    /// A zero-filled array of `len` elements.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SharedMemory`] when the memory cannot be reserved;
+    /// [`Error::InvalidConfig`] for a zero-sized `T` or a size that overflows.
+    pub fn new(len: usize) -> Result<Self> {
+        let size = std::mem::size_of::<T>();
+        if size == 0 {
+            return Err(Error::InvalidConfig { what: "SharedArray elements must not be zero-sized".into() });
+        }
+        let bytes = len
+            .checked_mul(size)
+            .ok_or_else(|| Error::InvalidConfig { what: format!("{len} elements of {size} bytes overflow") })?;
+        let seg = Segment::create(c"corepool-array", bytes.max(1))?;
+        let id = seg.identity()?;
+        let fd = seg.raw_fd();
+        let map = Arc::new(Mapping { seg, id, owner: std::process::id() as i32, fd });
+        Ok(Self { map, len, _type: PhantomData })
+    }
+
+    /// An array holding a copy of `data`.
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new).
+    pub fn from_slice(data: &[T]) -> Result<Self> {
+        let array = Self::new(data.len())?;
+        array.write(0, data)?;
+        Ok(array)
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the array has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn check(&self, range: &Range<usize>) -> Result<()> {
+        if range.start > range.end || range.end > self.len {
+            return Err(Error::OutOfBounds { start: range.start, end: range.end, len: self.len });
+        }
+        Ok(())
+    }
+
+    fn ptr(&self, index: usize) -> *mut T {
+        // SAFETY: callers check `index <= len`; the mapping holds `len`
+        // elements and is page-aligned, so the pointer is in bounds (or one
+        // past the end) and aligned for T.
+        unsafe { self.map.seg.base().cast::<T>().add(index) }
+    }
+
+    /// The element at `index`, or `None` past the end.
+    pub fn get(&self, index: usize) -> Option<T> {
+        if index >= self.len {
+            return None;
+        }
+        // SAFETY: in bounds and aligned (checked above); T is Pod, so any
+        // bytes, even torn by a concurrent writer, are a valid T.
+        Some(unsafe { self.ptr(index).read_volatile() })
+    }
+
+    /// Sets the element at `index`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OutOfBounds`] past the end.
+    pub fn set(&self, index: usize, value: T) -> Result<()> {
+        self.check(&(index..index.saturating_add(1)))?;
+        // SAFETY: in bounds and aligned; writing plain bytes into shared memory.
+        unsafe { self.ptr(index).write_volatile(value) };
+        Ok(())
+    }
+
+    /// Copies `dst.len()` elements starting at `start` into `dst`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OutOfBounds`] when the range does not fit.
+    pub fn read_into(&self, start: usize, dst: &mut [T]) -> Result<()> {
+        self.check(&(start..start.saturating_add(dst.len())))?;
+        // SAFETY: the source range is in bounds (checked) and cannot overlap
+        // `dst`, which is private memory of this process.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr(start), dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    /// Copies the elements in `range` out.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OutOfBounds`] when the range does not fit.
+    pub fn read(&self, range: Range<usize>) -> Result<Vec<T>> {
+        self.check(&range)?;
+        let mut out = vec![T::zeroed(); range.len()];
+        self.read_into(range.start, &mut out)?;
+        Ok(out)
+    }
+
+    /// Copies `src` into the array starting at `start`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OutOfBounds`] when the range does not fit.
+    pub fn write(&self, start: usize, src: &[T]) -> Result<()> {
+        self.check(&(start..start.saturating_add(src.len())))?;
+        // SAFETY: the destination range is in bounds (checked); `src` is
+        // private memory of this process, so they cannot overlap.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr(start), src.len()) };
+        Ok(())
+    }
+
+    /// A copy of the whole array.
+    pub fn to_vec(&self) -> Vec<T> {
+        self.read(0..self.len).unwrap_or_default()
+    }
+
+    fn block_len() -> usize {
+        (BLOCK_BYTES / std::mem::size_of::<T>()).max(1)
+    }
+
+    /// Folds over `range` block by block: each block is copied into a private
+    /// buffer and passed to `f`. The way to reduce (sum, min, histogram).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OutOfBounds`] when the range does not fit.
+    pub fn fold_chunks<Acc>(&self, range: Range<usize>, init: Acc, mut f: impl FnMut(Acc, &[T]) -> Acc) -> Result<Acc> {
+        self.check(&range)?;
+        let mut buf = vec![T::zeroed(); Self::block_len().min(range.len())];
+        let mut acc = init;
+        let mut at = range.start;
+        while at < range.end {
+            let n = buf.len().min(range.end - at);
+            self.read_into(at, &mut buf[..n])?;
+            acc = f(acc, &buf[..n]);
+            at += n;
+        }
+        Ok(acc)
+    }
+
+    /// Updates `range` in place, block by block: each block is copied out,
+    /// changed by `f`, and copied back.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OutOfBounds`] when the range does not fit.
+    pub fn update_chunks(&self, range: Range<usize>, mut f: impl FnMut(&mut [T])) -> Result<()> {
+        self.check(&range)?;
+        let mut buf = vec![T::zeroed(); Self::block_len().min(range.len())];
+        let mut at = range.start;
+        while at < range.end {
+            let n = buf.len().min(range.end - at);
+            self.read_into(at, &mut buf[..n])?;
+            f(&mut buf[..n]);
+            self.write(at, &buf[..n])?;
+            at += n;
+        }
+        Ok(())
+    }
+}
+
+/// Maps the array another process described, or reuses an earlier mapping.
+fn open_mapping(owner: i32, fd: i32, dev: u64, ino: u64, bytes: usize) -> std::result::Result<Arc<Mapping>, String> {
+    let mut opened = crate::pool_lock(&OPENED);
+    if let Some(m) = opened.iter().find(|m| m.id.dev == dev && m.id.ino == ino) {
+        return Ok(m.clone());
+    }
+    // A miss: first forget arrays whose creator no longer holds them, so that
+    // their memory can be freed.
+    opened.retain(|m| {
+        std::fs::metadata(format!("/proc/{}/fd/{}", m.owner, m.fd))
+            .map(|md| {
+                use std::os::unix::fs::MetadataExt;
+                md.dev() == m.id.dev && md.ino() == m.id.ino
+            })
+            .unwrap_or(false)
+            || Arc::strong_count(m) > 1
+    });
+    if opened.len() >= MAX_OPENED {
+        opened.remove(0);
+    }
+    let path = format!("/proc/{owner}/fd/{fd}");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("opening {path}: {e} (is the creating process alive?)"))?;
+    let fd_owned: OwnedFd = file.into();
+    let seg = Segment::open(fd_owned).map_err(|e| e.to_string())?;
+    let id = seg.identity().map_err(|e| e.to_string())?;
+    if id.dev != dev || id.ino != ino {
+        return Err(format!("{path} is no longer the array (it was closed and the number reused)"));
+    }
+    if seg.len() < bytes {
+        return Err(format!("the array's memory holds {} bytes, the handle says {bytes}", seg.len()));
+    }
+    let raw = seg.raw_fd();
+    let _ = sys::set_cloexec(raw);
+    let m = Arc::new(Mapping { seg, id, owner, fd });
+    opened.push(m.clone());
+    Ok(m)
+}
+
+fn type_tag<T>() -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::any::type_name::<T>().hash(&mut h);
+    std::mem::size_of::<T>().hash(&mut h);
+    h.finish()
+}
+
+impl<T: Pod> Wire for SharedArray<T> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        (self.map.owner, self.map.fd, self.map.id.dev, self.map.id.ino, self.len as u64, type_tag::<T>()).encode(out);
+    }
+
+    fn decode(input: &mut &[u8]) -> Result<Self> {
+        let (owner, fd, dev, ino, len, tag) = <(i32, i32, u64, u64, u64, u64)>::decode(input)?;
+        if tag != type_tag::<T>() {
+            return Err(decode_error::<Self>("the array holds another element type"));
+        }
+        let len = usize::try_from(len).map_err(|_| decode_error::<Self>("length out of range"))?;
+        let bytes = len.checked_mul(std::mem::size_of::<T>()).ok_or_else(|| decode_error::<Self>("length overflows"))?;
+        let map = open_mapping(owner, fd, dev, ino, bytes).map_err(decode_error::<Self>)?;
+        Ok(Self { map, len, _type: PhantomData })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_writes_and_bounds() {
+        let a = SharedArray::<u32>::from_slice(&[1, 2, 3]).unwrap();
+        assert_eq!(a.get(2), Some(3));
+        assert_eq!(a.get(3), None);
+        a.set(0, 9).unwrap();
+        assert!(a.set(3, 0).is_err());
+        assert_eq!(a.to_vec(), vec![9, 2, 3]);
+        assert!(matches!(a.read(2..5), Err(Error::OutOfBounds { .. })));
+        let sum = a.fold_chunks(0..3, 0u64, |s, xs| s + xs.iter().map(|&x| x as u64).sum::<u64>()).unwrap();
+        assert_eq!(sum, 14);
+        a.update_chunks(1..3, |xs| xs.iter_mut().for_each(|x| *x += 1)).unwrap();
+        assert_eq!(a.to_vec(), vec![9, 3, 4]);
+    }
+
+    #[test]
+    fn a_handle_decodes_to_the_same_memory() {
+        let a = SharedArray::<f64>::new(10_000).unwrap();
+        let mut bytes = Vec::new();
+        a.encode(&mut bytes);
+        let b = SharedArray::<f64>::decode(&mut bytes.as_slice()).unwrap();
+        b.set(9_999, 2.5).unwrap();
+        assert_eq!(a.get(9_999), Some(2.5));
+        assert!(SharedArray::<u64>::decode(&mut bytes.as_slice()).is_err(), "type mismatch");
+    }
+}

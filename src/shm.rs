@@ -1,0 +1,124 @@
+//! Anonymous shared memory: a sealed `memfd` mapped `MAP_SHARED`.
+//!
+//! A [`Segment`] never has a name in `/dev/shm`, so nothing can leak there, even
+//! when its owner is SIGKILLed: the memory lives exactly as long as some
+//! process holds its descriptor or a mapping. Its space is reserved with
+//! `fallocate` up front (a full tmpfs is an error at creation, not a SIGBUS on
+//! first touch) and its size is sealed, so a worker cannot shrink it under the
+//! parent's mapping.
+//!
+//! The mapping is a [`memmap2::MmapRaw`]: a base pointer and a length. Nothing
+//! here ever forms a reference into the bytes.
+
+use crate::error::{Error, Result};
+use crate::sys;
+use memmap2::MmapRaw;
+use std::ffi::CStr;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// A mapped, sealed memfd.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    map: MmapRaw,
+    file: File,
+    len: usize,
+}
+
+impl Segment {
+    /// Creates a zero-filled segment of `len` bytes.
+    pub(crate) fn create(name: &CStr, len: usize) -> Result<Self> {
+        if len == 0 {
+            return Err(Error::InvalidConfig { what: "a shared segment needs at least one byte".into() });
+        }
+        let fd = sys::memfd_create(name).map_err(|e| Error::shm("memfd_create", e))?;
+        let file = File::from(fd);
+        file.set_len(len as u64).map_err(|e| Error::shm("ftruncate", e))?;
+        sys::fallocate(file.as_fd(), len as u64).map_err(|e| Error::shm("fallocate (reserving the memory)", e))?;
+        sys::seal_size(file.as_fd()).map_err(|e| Error::shm("sealing the size", e))?;
+        let map = MmapRaw::map_raw(&file).map_err(|e| Error::shm("mmap", e))?;
+        Ok(Self { map, file, len })
+    }
+
+    /// Maps a segment whose descriptor this process inherited or opened. Takes
+    /// ownership of `fd`. The size is the file's own, read once.
+    pub(crate) fn open(fd: OwnedFd) -> Result<Self> {
+        let file = File::from(fd);
+        let id = sys::fstat(file.as_fd()).map_err(|e| Error::shm("fstat", e))?;
+        let len = usize::try_from(id.size).map_err(|_| Error::shm("size", std::io::ErrorKind::InvalidData.into()))?;
+        if len == 0 {
+            return Err(Error::shm("open", std::io::Error::other("segment is empty")));
+        }
+        let map = MmapRaw::map_raw(&file).map_err(|e| Error::shm("mmap", e))?;
+        Ok(Self { map, file, len })
+    }
+
+    /// Takes ownership of an inherited raw descriptor and maps it.
+    ///
+    /// # Safety
+    ///
+    /// `fd` must be an open descriptor that nothing else in this process owns.
+    pub(crate) unsafe fn open_raw(fd: RawFd) -> Result<Self> {
+        // SAFETY: the caller guarantees exclusive ownership of an open fd.
+        Self::open(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Base address of the mapping.
+    pub(crate) fn base(&self) -> *mut u8 {
+        self.map.as_mut_ptr()
+    }
+
+    /// Length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The memfd, for handing to a child process.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// The raw descriptor number.
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// `(device, inode)`: identifies the memfd across processes.
+    pub(crate) fn identity(&self) -> Result<sys::FileId> {
+        sys::fstat(self.fd()).map_err(|e| Error::shm("fstat", e))
+    }
+
+    /// Pointer to `offset`, checked against the length for `size` bytes.
+    pub(crate) fn at(&self, offset: usize, size: usize) -> Option<*mut u8> {
+        let end = offset.checked_add(size)?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: offset + size <= len, so the result stays inside the mapping.
+        Some(unsafe { self.base().add(offset) })
+    }
+}
+
+// SAFETY: the mapping is plain memory; every access to it goes through atomics
+// or explicit byte copies that are valid from any thread.
+unsafe impl Send for Segment {}
+// SAFETY: as above: no method hands out references into the bytes.
+unsafe impl Sync for Segment {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_is_zeroed_sized_and_sealed() {
+        let seg = Segment::create(c"corepool-test", 1 << 16).unwrap();
+        assert_eq!(seg.len(), 1 << 16);
+        let p = seg.at(100, 8).unwrap();
+        // SAFETY: in bounds, and no one else maps this segment.
+        assert_eq!(unsafe { p.cast::<u64>().read_unaligned() }, 0);
+        assert!(seg.at(1 << 16, 1).is_none());
+        // The size is sealed: growing must fail.
+        let file = seg.file.try_clone().unwrap();
+        assert!(file.set_len(1 << 20).is_err());
+    }
+}

@@ -1,0 +1,212 @@
+//! What a task is on the wire: a function named by its offset in the binary, and
+//! encoded arguments.
+//!
+//! Parent and worker run the same executable (the worker is `/proc/self/exe`
+//! re-executed, and the handshake compares fingerprints), but address-space
+//! randomisation loads it at different addresses. So a function is named by the
+//! distance of its *trampoline* from [`anchor`], a fixed function of this crate;
+//! the worker adds that distance to its own `anchor`.
+//!
+//! A trampoline is a monomorphised `fn(&[u8], &mut Vec<u8>)` that decodes the
+//! arguments, calls the user's function and encodes the result. The user's
+//! function must be a zero-sized type — a `fn` item or a closure that captures
+//! nothing — so that the trampoline can conjure it in the worker. That is
+//! checked at compile time: a capturing closure does not compile.
+
+use crate::error::{Error, Result};
+use crate::wire::{decode_exact, Wire};
+
+/// Record kinds of the task and result rings (`ring::KIND_PAD` is 0).
+pub(crate) mod kind {
+    /// Parent → worker: run trampoline `aux` on the payload; `id` is the task id.
+    pub(crate) const TASK: u32 = 1;
+    /// Worker → parent: the task returned; the payload is the encoded result.
+    pub(crate) const OK: u32 = 2;
+    /// Worker → parent: the task panicked; the payload is the message (UTF-8).
+    pub(crate) const PANICKED: u32 = 3;
+    /// Worker → parent: the worker could not run the task or send its result;
+    /// `flags` says why ([`super::failure`]); the payload is a message.
+    pub(crate) const FAILED: u32 = 4;
+}
+
+/// Codes carried in a `FAILED` record's `flags`.
+pub(crate) mod failure {
+    /// The arguments did not decode.
+    pub(crate) const DECODE: u32 = 1;
+    /// The result was larger than the result ring takes; `aux` is its size.
+    pub(crate) const RESULT_TOO_LARGE: u32 = 2;
+}
+
+/// The signature every trampoline has.
+pub(crate) type Trampoline = fn(&[u8], &mut Vec<u8>) -> Result<()>;
+
+/// The fixed point function offsets are measured from.
+#[inline(never)]
+pub(crate) fn anchor(input: &[u8], _out: &mut Vec<u8>) -> Result<()> {
+    // A body of its own, so that the linker cannot fold it into another function.
+    std::hint::black_box(input.len() ^ 0xC0DE_9001);
+    Ok(())
+}
+
+/// The distance of `trampoline` from [`anchor`] in this binary.
+pub(crate) fn offset_of(trampoline: Trampoline) -> i64 {
+    (trampoline as usize).wrapping_sub(anchor as Trampoline as usize) as i64
+}
+
+/// The trampoline at `offset` from [`anchor`].
+///
+/// # Safety
+///
+/// `offset` must come from [`offset_of`] in a process running the very same
+/// binary (the worker handshake checks the fingerprint), so that the address
+/// is the start of a function with the `Trampoline` signature.
+pub(crate) unsafe fn from_offset(offset: i64) -> Trampoline {
+    let address = (anchor as Trampoline as usize).wrapping_add(offset as usize);
+    // SAFETY: by the caller's contract `address` is a function of type
+    // `Trampoline` in this image; fn pointers and usize have the same size.
+    unsafe { std::mem::transmute::<usize, Trampoline>(address) }
+}
+
+/// Materialises a value of the zero-sized function type `F`.
+fn conjure<F: Copy + 'static>() -> F {
+    const {
+        assert!(
+            std::mem::size_of::<F>() == 0,
+            "corepool tasks must be fn items or closures that capture nothing: \
+             pass data as arguments instead of capturing it"
+        )
+    };
+    // SAFETY: `F` is zero-sized (asserted at compile time), so reading it from
+    // a dangling, aligned, non-null pointer reads no memory. `F: Copy` and the
+    // parent owned a value of `F` when it named this trampoline, so the type is
+    // inhabited and duplicating a value of it is allowed.
+    unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() }
+}
+
+/// Calls `F` on one decoded argument.
+pub(crate) fn call_one<F, A, R>(input: &[u8], out: &mut Vec<u8>) -> Result<()>
+where
+    F: Fn(A) -> R + Copy + Send + Sync + 'static,
+    A: Wire,
+    R: Wire,
+{
+    let f = conjure::<F>();
+    let arg = decode_exact::<A>(input)?;
+    f(arg).encode(out);
+    Ok(())
+}
+
+/// Calls `F` on every argument of a chunk, in order.
+pub(crate) fn call_chunk<F, A, R>(input: &[u8], out: &mut Vec<u8>) -> Result<()>
+where
+    F: Fn(A) -> R + Copy + Send + Sync + 'static,
+    A: Wire,
+    R: Wire,
+{
+    let f = conjure::<F>();
+    let args = decode_exact::<Vec<A>>(input)?;
+    let results: Vec<R> = args.into_iter().map(f).collect();
+    results.encode(out);
+    Ok(())
+}
+
+/// Calls `F` with each tuple of a chunk spread into its arguments.
+pub(crate) fn call_star_chunk<F, T, R>(input: &[u8], out: &mut Vec<u8>) -> Result<()>
+where
+    F: StarFn<T, R>,
+    T: Wire,
+    R: Wire,
+{
+    let f = conjure::<F>();
+    let args = decode_exact::<Vec<T>>(input)?;
+    let results: Vec<R> = args.into_iter().map(|t| f.call_star(t)).collect();
+    results.encode(out);
+    Ok(())
+}
+
+/// Runs a worker initializer.
+pub(crate) fn call_init<F>(_: &[u8], _: &mut Vec<u8>) -> Result<()>
+where
+    F: Fn() + Copy + Send + Sync + 'static,
+{
+    conjure::<F>()();
+    Ok(())
+}
+
+/// A function that takes its arguments as a tuple spread out, as Python's
+/// `starmap` calls `f(*args)`. Implemented for `fn` items and non-capturing
+/// closures of one to six arguments.
+///
+/// ```
+/// use corepool::StarFn;
+/// fn add(a: u64, b: u64) -> u64 { a + b }
+/// assert_eq!(add.call_star((2, 3)), 5);
+/// ```
+pub trait StarFn<Args, R>: Copy + Send + Sync + 'static {
+    /// Calls the function with `args` spread into its parameters.
+    fn call_star(&self, args: Args) -> R;
+}
+
+macro_rules! star_fn {
+    ($(($($a:ident),+)),*) => {$(
+        impl<Func, $($a,)+ R> StarFn<($($a,)+), R> for Func
+        where
+            Func: Fn($($a),+) -> R + Copy + Send + Sync + 'static,
+        {
+            #[allow(non_snake_case)]
+            fn call_star(&self, ($($a,)+): ($($a,)+)) -> R {
+                self($($a),+)
+            }
+        }
+    )*};
+}
+
+star_fn!((A), (A, B), (A, B, C), (A, B, C, D), (A, B, C, D, E), (A, B, C, D, E, G));
+
+/// Stands for "the trampoline failed before producing a result".
+pub(crate) fn is_decode_error(err: &Error) -> bool {
+    matches!(err, Error::Decode { .. })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::encode_to_vec;
+
+    fn square(x: u64) -> u64 {
+        x * x
+    }
+
+    #[test]
+    fn offsets_round_trip_in_process() {
+        fn via<F: Fn(u64) -> u64 + Copy + Send + Sync + 'static>(_: F) -> Trampoline {
+            call_one::<F, u64, u64>
+        }
+        let t = via(square);
+        // SAFETY: offset taken in this very process.
+        let back = unsafe { from_offset(offset_of(t)) };
+        let mut out = Vec::new();
+        back(&encode_to_vec(&7u64), &mut out).unwrap();
+        assert_eq!(decode_exact::<u64>(&out).unwrap(), 49);
+    }
+
+    #[test]
+    fn closures_and_star_fns_run() {
+        fn via<F: Fn(u32) -> u32 + Copy + Send + Sync + 'static>(_: F) -> Trampoline {
+            call_chunk::<F, u32, u32>
+        }
+        let t = via(|x| x + 1);
+        let mut out = Vec::new();
+        t(&encode_to_vec(&vec![1u32, 2, 3]), &mut out).unwrap();
+        assert_eq!(decode_exact::<Vec<u32>>(&out).unwrap(), vec![2, 3, 4]);
+
+        fn star<F: StarFn<(u8, u8), u8>>(_: F) -> Trampoline {
+            call_star_chunk::<F, (u8, u8), u8>
+        }
+        let t = star(|a: u8, b: u8| a * b);
+        out.clear();
+        t(&encode_to_vec(&vec![(2u8, 3u8)]), &mut out).unwrap();
+        assert_eq!(decode_exact::<Vec<u8>>(&out).unwrap(), vec![6]);
+        assert!(is_decode_error(&t(&[1, 2], &mut out).unwrap_err()));
+    }
+}

@@ -1,0 +1,423 @@
+//! How arguments and results cross between processes.
+//!
+//! [`Wire`] is corepool's encoding: plain numbers and slices of them are copied
+//! as bytes (no serialization), everything else goes through a compact
+//! length-prefixed format. Types from elsewhere join in two ways:
+//!
+//! * [`Plain<T>`] for any [`bytemuck::Pod`] type: copied as raw bytes, and a
+//!   `Vec<Plain<T>>` as one `memcpy`;
+//! * [`Serde<T>`] for any serde type, encoded with postcard.
+//!
+//! Decoding never trusts its input: every length is checked against the bytes
+//! left, and a bad value is an [`Error::Decode`], never a panic or an
+//! over-allocation.
+
+use crate::error::{Error, Result};
+use bytemuck::{Pod, TransparentWrapper};
+
+/// A value that can travel between the parent and its workers.
+///
+/// Implemented for the primitive numbers, `bool`, `char`, `()`, `String`,
+/// `Vec<T>`, `Option<T>`, `Result<T, E>`, arrays, tuples up to 8, [`Plain`],
+/// [`Serde`] and [`crate::SharedArray`].
+///
+/// ```
+/// use corepool::Wire;
+/// let mut bytes = Vec::new();
+/// (7u64, String::from("seven"), vec![1.5f64, 2.5]).encode(&mut bytes);
+/// let back = <(u64, String, Vec<f64>)>::decode(&mut bytes.as_slice()).unwrap();
+/// assert_eq!(back, (7, "seven".to_string(), vec![1.5, 2.5]));
+/// ```
+pub trait Wire: Sized + Send + 'static {
+    /// Appends the encoding of `self` to `out`.
+    fn encode(&self, out: &mut Vec<u8>);
+
+    /// Decodes one value from the front of `input`, advancing it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] when the bytes are not a valid encoding.
+    fn decode(input: &mut &[u8]) -> Result<Self>;
+
+    /// Appends the encodings of `items`, one after another. Plain-data types
+    /// override this with a single copy.
+    #[doc(hidden)]
+    fn encode_slice(items: &[Self], out: &mut Vec<u8>) {
+        for item in items {
+            item.encode(out);
+        }
+    }
+
+    /// Decodes `n` values written by [`encode_slice`](Wire::encode_slice).
+    #[doc(hidden)]
+    fn decode_vec(input: &mut &[u8], n: usize) -> Result<Vec<Self>> {
+        // Never trust `n` for the allocation: every element takes at least one
+        // byte or is a zero-sized `()`, so cap by what is there.
+        let mut out = Vec::with_capacity(n.min(input.len()).min(1 << 20));
+        for _ in 0..n {
+            out.push(Self::decode(input)?);
+        }
+        Ok(out)
+    }
+}
+
+/// Decodes a value that must use up all of `bytes`.
+pub(crate) fn decode_exact<T: Wire>(mut bytes: &[u8]) -> Result<T> {
+    let value = T::decode(&mut bytes)?;
+    if !bytes.is_empty() {
+        return Err(decode_error::<T>(format!("{} trailing bytes", bytes.len())));
+    }
+    Ok(value)
+}
+
+/// Encodes `value` into a fresh buffer.
+pub(crate) fn encode_to_vec<T: Wire>(value: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    value.encode(&mut out);
+    out
+}
+
+pub(crate) fn decode_error<T>(reason: impl Into<String>) -> Error {
+    Error::Decode { type_name: std::any::type_name::<T>(), reason: reason.into() }
+}
+
+fn take<'a, T>(input: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
+    if input.len() < n {
+        return Err(decode_error::<T>(format!("needs {n} bytes, {} left", input.len())));
+    }
+    let (head, rest) = input.split_at(n);
+    *input = rest;
+    Ok(head)
+}
+
+fn decode_len<T>(input: &mut &[u8]) -> Result<usize> {
+    let raw = u64::from_le_bytes(take::<T>(input, 8)?.try_into().expect("8 bytes"));
+    usize::try_from(raw).map_err(|_| decode_error::<T>("length does not fit in usize"))
+}
+
+fn encode_len(len: usize, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(len as u64).to_le_bytes());
+}
+
+/// Copies a slice of plain data as bytes.
+fn encode_pod_slice<P: Pod>(items: &[P], out: &mut Vec<u8>) {
+    out.extend_from_slice(bytemuck::cast_slice(items));
+}
+
+/// Copies `n` plain values out of `input` (any alignment).
+fn decode_pod_vec<P: Pod, T>(input: &mut &[u8], n: usize) -> Result<Vec<P>> {
+    let bytes = n
+        .checked_mul(std::mem::size_of::<P>())
+        .ok_or_else(|| decode_error::<T>("length overflows"))?;
+    let raw = take::<T>(input, bytes)?;
+    Ok(bytemuck::pod_collect_to_vec(raw))
+}
+
+macro_rules! wire_for_numbers {
+    ($($t:ty),*) => {$(
+        impl Wire for $t {
+            #[inline]
+            fn encode(&self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+            #[inline]
+            fn decode(input: &mut &[u8]) -> Result<Self> {
+                let bytes = take::<Self>(input, std::mem::size_of::<Self>())?;
+                Ok(<$t>::from_le_bytes(bytes.try_into().expect("exact size")))
+            }
+            fn encode_slice(items: &[Self], out: &mut Vec<u8>) {
+                encode_pod_slice(items, out);
+            }
+            fn decode_vec(input: &mut &[u8], n: usize) -> Result<Vec<Self>> {
+                decode_pod_vec::<Self, Self>(input, n)
+            }
+        }
+    )*};
+}
+
+wire_for_numbers!(u8, u16, u32, u64, u128, i8, i16, i32, i64, i128, f32, f64);
+
+impl Wire for usize {
+    fn encode(&self, out: &mut Vec<u8>) {
+        (*self as u64).encode(out);
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self> {
+        usize::try_from(u64::decode(input)?).map_err(|_| decode_error::<Self>("out of range"))
+    }
+}
+
+impl Wire for isize {
+    fn encode(&self, out: &mut Vec<u8>) {
+        (*self as i64).encode(out);
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self> {
+        isize::try_from(i64::decode(input)?).map_err(|_| decode_error::<Self>("out of range"))
+    }
+}
+
+impl Wire for bool {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(u8::from(*self));
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self> {
+        match u8::decode(input)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(decode_error::<Self>(format!("byte {b} is neither 0 nor 1"))),
+        }
+    }
+}
+
+impl Wire for char {
+    fn encode(&self, out: &mut Vec<u8>) {
+        u32::from(*self).encode(out);
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self> {
+        let code = u32::decode(input)?;
+        char::from_u32(code).ok_or_else(|| decode_error::<Self>(format!("{code:#x} is not a char")))
+    }
+}
+
+impl Wire for () {
+    fn encode(&self, _: &mut Vec<u8>) {}
+    fn decode(_: &mut &[u8]) -> Result<Self> {
+        Ok(())
+    }
+}
+
+impl Wire for String {
+    fn encode(&self, out: &mut Vec<u8>) {
+        encode_len(self.len(), out);
+        out.extend_from_slice(self.as_bytes());
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self> {
+        let len = decode_len::<Self>(input)?;
+        let bytes = take::<Self>(input, len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|e| decode_error::<Self>(e.to_string()))
+    }
+}
+
+impl<T: Wire> Wire for Vec<T> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        encode_len(self.len(), out);
+        T::encode_slice(self, out);
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self> {
+        let len = decode_len::<Self>(input)?;
+        T::decode_vec(input, len)
+    }
+}
+
+impl<T: Wire> Wire for Option<T> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            None => out.push(0),
+            Some(v) => {
+                out.push(1);
+                v.encode(out);
+            }
+        }
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self> {
+        match u8::decode(input)? {
+            0 => Ok(None),
+            1 => Ok(Some(T::decode(input)?)),
+            b => Err(decode_error::<Self>(format!("bad tag {b}"))),
+        }
+    }
+}
+
+impl<T: Wire, E: Wire> Wire for std::result::Result<T, E> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Ok(v) => {
+                out.push(0);
+                v.encode(out);
+            }
+            Err(e) => {
+                out.push(1);
+                e.encode(out);
+            }
+        }
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self> {
+        match u8::decode(input)? {
+            0 => Ok(Ok(T::decode(input)?)),
+            1 => Ok(Err(E::decode(input)?)),
+            b => Err(decode_error::<Self>(format!("bad tag {b}"))),
+        }
+    }
+}
+
+impl<T: Wire, const N: usize> Wire for [T; N] {
+    fn encode(&self, out: &mut Vec<u8>) {
+        T::encode_slice(self, out);
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self> {
+        let items = T::decode_vec(input, N)?;
+        items.try_into().map_err(|_| decode_error::<Self>("wrong length"))
+    }
+}
+
+macro_rules! wire_for_tuples {
+    ($(($($name:ident),+)),*) => {$(
+        impl<$($name: Wire),+> Wire for ($($name,)+) {
+            #[allow(non_snake_case)]
+            fn encode(&self, out: &mut Vec<u8>) {
+                let ($($name,)+) = self;
+                $($name.encode(out);)+
+            }
+            fn decode(input: &mut &[u8]) -> Result<Self> {
+                Ok(($($name::decode(input)?,)+))
+            }
+        }
+    )*};
+}
+
+wire_for_tuples!(
+    (A),
+    (A, B),
+    (A, B, C),
+    (A, B, C, D),
+    (A, B, C, D, E),
+    (A, B, C, D, E, F),
+    (A, B, C, D, E, F, G),
+    (A, B, C, D, E, F, G, H)
+);
+
+/// Any [`Pod`] value, sent as its raw bytes; a `Vec<Plain<T>>` crosses as one
+/// copy. The zero-serialization path for your own `#[repr(C)]` structs.
+///
+/// ```
+/// use corepool::{Plain, Wire};
+/// #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+/// #[repr(C)]
+/// struct Point { x: f32, y: f32 }
+///
+/// let mut bytes = Vec::new();
+/// vec![Plain(Point { x: 1.0, y: 2.0 })].encode(&mut bytes);
+/// let back = Vec::<Plain<Point>>::decode(&mut bytes.as_slice()).unwrap();
+/// assert_eq!(back[0].0.y, 2.0);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[repr(transparent)]
+pub struct Plain<T>(pub T);
+
+// SAFETY: `Plain<T>` is `#[repr(transparent)]` over its only field `T`.
+unsafe impl<T> TransparentWrapper<T> for Plain<T> {}
+
+impl<T: Pod + Send> Wire for Plain<T> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(bytemuck::bytes_of(&self.0));
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self> {
+        let bytes = take::<Self>(input, std::mem::size_of::<T>())?;
+        Ok(Plain(bytemuck::pod_read_unaligned(bytes)))
+    }
+    fn encode_slice(items: &[Self], out: &mut Vec<u8>) {
+        encode_pod_slice(Plain::peel_slice(items), out);
+    }
+    fn decode_vec(input: &mut &[u8], n: usize) -> Result<Vec<Self>> {
+        Ok(decode_pod_vec::<T, Self>(input, n)?.into_iter().map(Plain).collect())
+    }
+}
+
+/// Any serde type, encoded with postcard (compact, varint-based).
+///
+/// ```
+/// use corepool::{Serde, Wire};
+/// use std::collections::BTreeMap;
+/// let map: BTreeMap<String, u32> = [("a".to_string(), 1)].into();
+/// let mut bytes = Vec::new();
+/// Serde(map.clone()).encode(&mut bytes);
+/// assert_eq!(Serde::<BTreeMap<String, u32>>::decode(&mut bytes.as_slice()).unwrap().0, map);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Serde<T>(pub T);
+
+impl<T> Wire for Serde<T>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    fn encode(&self, out: &mut Vec<u8>) {
+        // Length-prefixed so that values can follow each other.
+        let at = out.len();
+        encode_len(0, out);
+        let body = out.len();
+        let taken = std::mem::take(out);
+        *out = match postcard::to_extend(&self.0, taken) {
+            Ok(v) => v,
+            // Serialize impls that fail (e.g. a map with non-string keys in
+            // some formats) cannot fail for postcard except on custom errors;
+            // encode an empty body, which decoding reports as an error.
+            Err(_) => {
+                let mut v = Vec::new();
+                encode_len(0, &mut v);
+                v
+            }
+        };
+        let len = (out.len() - body) as u64;
+        out[at..at + 8].copy_from_slice(&len.to_le_bytes());
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self> {
+        let len = decode_len::<Self>(input)?;
+        let body = take::<Self>(input, len)?;
+        postcard::from_bytes(body).map(Serde).map_err(|e| decode_error::<Self>(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip<T: Wire + PartialEq + std::fmt::Debug>(value: T) {
+        let bytes = encode_to_vec(&value);
+        assert_eq!(decode_exact::<T>(&bytes).unwrap(), value);
+    }
+
+    #[test]
+    fn std_types_round_trip() {
+        round_trip(42u64);
+        round_trip(-3i8);
+        round_trip(1.25f64);
+        round_trip(true);
+        round_trip('é');
+        round_trip(String::from("héllo"));
+        round_trip(vec![1u32, 2, 3]);
+        round_trip(vec![String::from("a"), String::new()]);
+        round_trip(Some((1u8, 2u16)));
+        round_trip::<std::result::Result<u8, String>>(Err("x".into()));
+        round_trip([1.0f32; 5]);
+        round_trip(());
+        round_trip(Serde(vec![(1u8, String::from("z"))]));
+        round_trip(vec![Plain([1u16, 2])]);
+    }
+
+    #[test]
+    fn pod_vectors_are_one_copy() {
+        let v: Vec<u64> = (0..1000).collect();
+        let bytes = encode_to_vec(&v);
+        assert_eq!(bytes.len(), 8 + 8 * 1000);
+    }
+
+    #[test]
+    fn hostile_lengths_are_errors() {
+        let mut bytes = Vec::new();
+        u64::MAX.encode(&mut bytes);
+        assert!(decode_exact::<Vec<u64>>(&bytes).is_err());
+        assert!(decode_exact::<Vec<String>>(&bytes).is_err());
+        assert!(decode_exact::<String>(&bytes).is_err());
+        assert!(decode_exact::<bool>(&[2]).is_err());
+        assert!(decode_exact::<u32>(&[1, 2]).is_err());
+        assert!(decode_exact::<u8>(&[1, 2]).is_err(), "trailing bytes");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(0u8..=255, 0..64)) {
+            let _ = decode_exact::<Vec<String>>(&bytes);
+            let _ = decode_exact::<(u8, Option<Vec<u64>>, char)>(&bytes);
+            let _ = decode_exact::<Serde<Vec<(String, i32)>>>(&bytes);
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! The worker process: [`init`] recognises it, attaches to the pool's segment
+//! and serves tasks until told to stop. It never returns into the user's `main`.
+
+use crate::error::Error;
+use crate::layout::{self, fail, state, Header, Slot};
+use crate::park::{self, Spinner};
+use crate::ring::{Claimed, Consumer, Producer, RecordHeader, RingError};
+use crate::shm::Segment;
+use crate::sys;
+use crate::task::{self, failure, kind};
+use std::cell::RefCell;
+use std::io::Write;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// The environment variable that marks a worker process. Its value is
+/// `v1:<segment fd>:<slot index>:<parent pid>`.
+pub(crate) const WORKER_ENV: &str = "COREPOOL_WORKER";
+
+/// Exit status of a worker that failed to attach (see the slot's `fail_code`).
+pub(crate) const EXIT_START_FAILED: i32 = 101;
+/// Exit status of a worker that saw a broken ring from the parent.
+pub(crate) const EXIT_PROTOCOL: i32 = 102;
+
+/// Makes this process a corepool worker if it was started as one; otherwise
+/// returns at once and does nothing.
+///
+/// Call it as the **first statement of `main`** in every binary that builds a
+/// pool (programs, examples, integration tests with `harness = false`). A pool
+/// starts its workers by re-executing the current binary; in those processes
+/// `init` serves tasks and exits, and never returns into your `main`.
+///
+/// ```
+/// fn main() {
+///     corepool::init();
+///     // ... build pools and submit work ...
+/// }
+/// ```
+pub fn init() {
+    let Some(token) = std::env::var_os(WORKER_ENV) else { return };
+    // Removed at once, so that processes the worker's tasks start are not
+    // mistaken for workers.
+    std::env::remove_var(WORKER_ENV);
+    let code = match token.to_str().and_then(parse_token) {
+        Some(t) => serve(t),
+        None => {
+            eprintln!("corepool: malformed {WORKER_ENV} token; this process is not a usable worker");
+            EXIT_START_FAILED
+        }
+    };
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    sys::exit_now(code);
+}
+
+/// True in a process that was started as a worker but did not call [`init`]:
+/// building a pool there would start workers recursively.
+pub(crate) fn is_uninitialised_worker() -> bool {
+    std::env::var_os(WORKER_ENV).is_some()
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Token {
+    fd: i32,
+    index: usize,
+    parent: i32,
+}
+
+fn parse_token(s: &str) -> Option<Token> {
+    let mut parts = s.split(':');
+    if parts.next()? != "v1" {
+        return None;
+    }
+    let fd = parts.next()?.parse().ok()?;
+    let index = parts.next()?.parse().ok()?;
+    let parent = parts.next()?.parse().ok()?;
+    parts.next().is_none().then_some(Token { fd, index, parent })
+}
+
+/// The token a parent passes to worker `index`.
+pub(crate) fn make_token(fd: i32, index: usize, parent: i32) -> String {
+    format!("v1:{fd}:{index}:{parent}")
+}
+
+/// Identifies this binary: the executable file (device, inode, size, mtime),
+/// the crate and protocol versions, and where functions sit relative to each
+/// other. Parent and worker must agree.
+pub(crate) fn fingerprint() -> u64 {
+    use std::hash::{Hash, Hasher};
+    // DefaultHasher::new() uses fixed keys: the same value in every process.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    if let Ok(file) = std::fs::File::open("/proc/self/exe") {
+        if let Ok(id) = sys::fstat(std::os::fd::AsFd::as_fd(&file)) {
+            (id.dev, id.ino, id.size, id.mtime_ns).hash(&mut h);
+        }
+    }
+    layout::VERSION.hash(&mut h);
+    env!("CARGO_PKG_VERSION").hash(&mut h);
+    let serve_fn: fn(Token) -> i32 = serve;
+    ((serve_fn as usize).wrapping_sub(task::anchor as task::Trampoline as usize)).hash(&mut h);
+    h.finish()
+}
+
+thread_local! {
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Replaces the default panic hook: the message and location travel to the
+/// parent as the task's error instead of being printed by the worker.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "Box<dyn Any>".to_string());
+        let text = match info.location() {
+            Some(loc) => format!("{message} (at {}:{})", loc.file(), loc.line()),
+            None => message,
+        };
+        LAST_PANIC.with(|p| *p.borrow_mut() = Some(text));
+    }));
+}
+
+fn take_panic_message() -> String {
+    LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| "unknown panic".to_string())
+}
+
+fn serve(token: Token) -> i32 {
+    // The parent may have died between fork and now, before PDEATHSIG was armed
+    // for us to notice: then there is nobody to serve.
+    if sys::getppid() != token.parent {
+        return EXIT_START_FAILED;
+    }
+    // Keep the segment descriptor away from processes our tasks start.
+    let _ = sys::set_cloexec(token.fd);
+    // SAFETY: the parent passed this descriptor to us, for us alone.
+    let seg = match unsafe { Segment::open_raw(token.fd) } {
+        Ok(seg) => seg,
+        Err(_) => return EXIT_START_FAILED,
+    };
+    let Ok((header, layout)) = layout::read_header(&seg) else { return EXIT_START_FAILED };
+    let Some(slot) = Slot::new(&seg, &layout, token.index) else { return EXIT_START_FAILED };
+    slot.pid().store(std::process::id(), Ordering::Relaxed);
+    let doorbell = layout::doorbell(&seg);
+    let fail_start = |code: u32| {
+        slot.fail_code().store(code, Ordering::Relaxed);
+        // Release pairs with the parent's Acquire load of `state`.
+        slot.state().store(state::FAILED, Ordering::Release);
+        park::wake(doorbell);
+        EXIT_START_FAILED
+    };
+    if header.fingerprint != fingerprint() {
+        return fail_start(fail::BINARY_MISMATCH);
+    }
+    install_panic_hook();
+    let mut results = Producer::new(slot.result_ring());
+    if header.flags & layout::FLAG_INITIALIZER != 0 {
+        // SAFETY: same binary (fingerprint checked above); the offset was made
+        // by `offset_of` in the parent.
+        let init = unsafe { task::from_offset(header.initializer) };
+        if catch_unwind(AssertUnwindSafe(|| init(&[], &mut Vec::new()))).is_err() {
+            let message = take_panic_message();
+            let rec = RecordHeader { kind: kind::PANICKED, id: u64::MAX, ..Default::default() };
+            let _ = results.write(rec, message.as_bytes());
+            let _ = results.publish();
+            return fail_start(fail::INITIALIZER_PANICKED);
+        }
+    }
+    // Release pairs with the parent's Acquire load of `state`.
+    slot.state().store(state::READY, Ordering::Release);
+    park::wake(doorbell);
+    match Server::new(&header, slot, results, doorbell).run() {
+        Ok(()) => 0,
+        Err(_) => EXIT_PROTOCOL,
+    }
+}
+
+/// The serving loop's state.
+struct Server<'a> {
+    slot: Slot,
+    tasks: Consumer,
+    results: Producer,
+    doorbell: &'a std::sync::atomic::AtomicU32,
+    max_tasks: u64,
+    done: u64,
+    /// How many tasks to claim at once: many when tasks are short (fewer ring
+    /// operations), one when they are long (so that queued tasks stay
+    /// stealable by idle workers).
+    batch: usize,
+    /// Smoothed nanoseconds per task.
+    task_ns: f64,
+}
+
+/// Claim batches aim to hold about this much work.
+const BATCH_TARGET_NS: f64 = 20_000.0;
+const MAX_BATCH: usize = 64;
+
+impl<'a> Server<'a> {
+    fn new(header: &Header, slot: Slot, results: Producer, doorbell: &'a std::sync::atomic::AtomicU32) -> Self {
+        Self {
+            slot,
+            tasks: Consumer::new(slot.task_ring()),
+            results,
+            doorbell,
+            max_tasks: header.max_tasks_per_child,
+            done: 0,
+            batch: 1,
+            task_ns: BATCH_TARGET_NS,
+        }
+    }
+
+    fn run(mut self) -> Result<(), RingError> {
+        let mut claimed: Vec<Claimed> = Vec::with_capacity(MAX_BATCH);
+        let mut payloads: Vec<Vec<u8>> = Vec::new();
+        let mut out = Vec::new();
+        let mut spinner = Spinner::new();
+        loop {
+            claimed.clear();
+            let mut limit = self.batch;
+            if self.max_tasks > 0 {
+                limit = limit.min((self.max_tasks - self.done) as usize);
+            }
+            if self.tasks.claim(limit, &mut claimed)? == 0 {
+                self.tasks.release(); // padding may have been claimed
+                if self.slot.shutdown().load(Ordering::Acquire) != 0 {
+                    return Ok(());
+                }
+                if !spinner.spin() {
+                    let ring = self.tasks.memory();
+                    let shutdown = self.slot.shutdown();
+                    park::sleep_unless(self.slot.sleeping(), None, || {
+                        ring.has_unclaimed() || shutdown.load(Ordering::Acquire) != 0
+                    });
+                    spinner.reset();
+                }
+                continue;
+            }
+            spinner.reset();
+            // Copy every payload out first, then give the ring space back so the
+            // parent can refill it while we work.
+            if payloads.len() < claimed.len() {
+                payloads.resize_with(claimed.len(), Vec::new);
+            }
+            for (record, buf) in claimed.iter().zip(payloads.iter_mut()) {
+                self.tasks.read_payload(record, buf);
+            }
+            self.tasks.release();
+            let started = Instant::now();
+            for (record, input) in claimed.iter().zip(payloads.iter()) {
+                self.run_one(record, input, &mut out)?;
+            }
+            self.results.publish()?;
+            park::wake(self.doorbell);
+            self.adapt_batch(claimed.len(), started.elapsed().as_nanos() as f64);
+            self.done += claimed.len() as u64;
+            self.slot.tasks_done().store(self.done, Ordering::Relaxed);
+            if self.max_tasks > 0 && self.done >= self.max_tasks {
+                // Release pairs with the parent's Acquire load of `state`.
+                self.slot.state().store(state::RETIRING, Ordering::Release);
+                park::wake(self.doorbell);
+                return Ok(());
+            }
+        }
+    }
+
+    fn adapt_batch(&mut self, n: usize, elapsed_ns: f64) {
+        let per_task = elapsed_ns / n as f64;
+        self.task_ns = 0.7 * self.task_ns + 0.3 * per_task;
+        self.batch = ((BATCH_TARGET_NS / self.task_ns.max(1.0)) as usize).clamp(1, MAX_BATCH);
+    }
+
+    fn run_one(&mut self, record: &Claimed, input: &[u8], out: &mut Vec<u8>) -> Result<(), RingError> {
+        let id = record.header.id;
+        if record.header.kind != kind::TASK {
+            return Err(RingError::Violation("unknown record kind in the task ring"));
+        }
+        // SAFETY: the parent wrote this offset with `offset_of` in the same
+        // binary (fingerprint checked at start).
+        let trampoline = unsafe { task::from_offset(record.header.aux as i64) };
+        out.clear();
+        let outcome = catch_unwind(AssertUnwindSafe(|| trampoline(input, out)));
+        let max = self.results.memory().max_payload();
+        let (header, payload): (RecordHeader, &[u8]) = match outcome {
+            Ok(Ok(())) if out.len() <= max => (RecordHeader { kind: kind::OK, id, ..Default::default() }, out),
+            Ok(Ok(())) => {
+                let size = out.len() as u64;
+                out.clear();
+                let h = RecordHeader { kind: kind::FAILED, flags: failure::RESULT_TOO_LARGE, id, aux: size, ..Default::default() };
+                (h, out)
+            }
+            Ok(Err(err)) => {
+                let code = if task::is_decode_error(&err) { failure::DECODE } else { 0 };
+                out.clear();
+                out.extend_from_slice(err.to_string().as_bytes());
+                out.truncate(max);
+                (RecordHeader { kind: kind::FAILED, flags: code, id, ..Default::default() }, out)
+            }
+            Err(_) => {
+                out.clear();
+                out.extend_from_slice(take_panic_message().as_bytes());
+                out.truncate(max);
+                (RecordHeader { kind: kind::PANICKED, id, ..Default::default() }, out)
+            }
+        };
+        self.write_result(header, payload)
+    }
+
+    /// Writes a result, waiting for the parent to make room when the ring is full.
+    fn write_result(&mut self, header: RecordHeader, payload: &[u8]) -> Result<(), RingError> {
+        let mut spinner = Spinner::new();
+        loop {
+            if self.results.write(header, payload)?.is_some() {
+                return Ok(());
+            }
+            // Full: let the parent see what we have, then wait for it.
+            self.results.publish()?;
+            park::wake(self.doorbell);
+            if !spinner.spin() {
+                let results = &self.results;
+                park::sleep_unless(self.slot.sleeping(), None, || results.has_room(payload.len()));
+                spinner.reset();
+            }
+        }
+    }
+}
+
+impl From<RingError> for Error {
+    fn from(e: RingError) -> Self {
+        match e {
+            RingError::Violation(what) => Error::ProtocolViolation { pid: 0, what },
+            RingError::TooLarge { record, max } => Error::ArgumentTooLarge { size: record, max },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_parse_strictly() {
+        let t = parse_token(&make_token(5, 2, 77)).unwrap();
+        assert_eq!((t.fd, t.index, t.parent), (5, 2, 77));
+        assert!(parse_token("v2:5:2:77").is_none());
+        assert!(parse_token("v1:5:2").is_none());
+        assert!(parse_token("v1:5:2:77:1").is_none());
+    }
+
+    #[test]
+    fn fingerprint_is_stable_in_process() {
+        assert_eq!(fingerprint(), fingerprint());
+    }
+}

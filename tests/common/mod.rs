@@ -1,0 +1,115 @@
+//! A small harness for tests that start processes: each test runs under a
+//! watchdog, and afterwards the harness checks that it left no child process
+//! (zombie or live), no new descriptor and no new `/dev/shm` entry.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// A test: a name and a function that panics on failure.
+pub type Test = (&'static str, fn());
+
+/// How long one test may take before the watchdog fails the run.
+pub const WATCHDOG: Duration = Duration::from_secs(120);
+
+fn children_of(pid: u32) -> Vec<(u32, char)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for entry in dir.flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        // The command name may contain spaces: parse after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r.trim_start().to_string()) else { continue };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid: u32 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        if ppid == pid {
+            out.push((child, state));
+        }
+    }
+    out
+}
+
+/// Live and zombie children of this process.
+pub fn children() -> Vec<(u32, char)> {
+    children_of(std::process::id())
+}
+
+/// This process's open descriptors.
+pub fn open_fds() -> BTreeSet<String> {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// Entries in /dev/shm.
+pub fn shm_entries() -> BTreeSet<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// Waits (bounded) until `cond` holds; children take a moment to be reaped
+/// after a pool's threads end. Polls: this is a check, not synchronisation.
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "still not true after 10 s: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs each test under a watchdog and the leak checks; prints libtest-style
+/// lines and exits non-zero on any failure.
+pub fn run(tests: &[Test]) {
+    corepool::init();
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let started = Instant::now();
+    let (mut passed, mut failed) = (0, 0);
+    let selected: Vec<&Test> =
+        tests.iter().filter(|(name, _)| filter.as_deref().is_none_or(|f| name.contains(f))).collect();
+    println!("\nrunning {} tests", selected.len());
+    for (name, test) in selected {
+        let fds = open_fds();
+        let shm = shm_entries();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let test_name = name.to_string();
+        let watchdog = std::thread::spawn(move || {
+            if done_rx.recv_timeout(WATCHDOG).is_err() {
+                eprintln!("test {test_name} ... HUNG for {WATCHDOG:?}: the watchdog fails the run");
+                std::process::exit(2);
+            }
+        });
+        let result = std::panic::catch_unwind(*test);
+        let _ = done_tx.send(());
+        let _ = watchdog.join();
+        let leaks = std::panic::catch_unwind(|| {
+            eventually("every child reaped", || children().is_empty());
+            eventually("no descriptor leaked", || open_fds() == fds);
+            let now = shm_entries();
+            assert!(now.is_subset(&shm), "new /dev/shm entries: {:?}", now.difference(&shm).collect::<Vec<_>>());
+        });
+        match (result, leaks) {
+            (Ok(()), Ok(())) => {
+                passed += 1;
+                println!("test {name} ... ok");
+            }
+            (Err(_), _) => {
+                failed += 1;
+                println!("test {name} ... FAILED");
+            }
+            (Ok(()), Err(_)) => {
+                failed += 1;
+                println!("test {name} ... FAILED (left something behind)");
+            }
+        }
+    }
+    let status = if failed == 0 { "ok" } else { "FAILED" };
+    println!(
+        "\ntest result: {status}. {passed} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out; finished in {:.2}s\n",
+        started.elapsed().as_secs_f64()
+    );
+    if failed > 0 {
+        std::process::exit(101);
+    }
+}

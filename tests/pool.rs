@@ -1,0 +1,248 @@
+//! Multi-process tests of every `Pool` method. Runs with its own `main`
+//! (`harness = false`) because workers re-execute this binary.
+
+mod common;
+
+use corepool::{Callbacks, Error, Pinning, Pool};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn fails_above_5(n: u64) -> String {
+    if n > 5 {
+        panic!("n > 5: {n}");
+    }
+    format!("return = {n}")
+}
+
+fn pool2() -> Pool {
+    Pool::builder().workers(2).build().expect("pool starts")
+}
+
+fn apply_round_trips() {
+    let pool = pool2();
+    assert_eq!(pool.apply(square, 12).unwrap(), 144);
+    assert_eq!(pool.apply(|s: String| s.to_uppercase(), "abc".to_string()).unwrap(), "ABC");
+}
+
+fn apply_async_handles() {
+    let pool = pool2();
+    let handles: Vec<_> = (0..1000u64).map(|i| pool.apply_async(square, i).unwrap()).collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.get().unwrap(), (i * i) as u64);
+    }
+    let h = pool.apply_async(square, 3).unwrap();
+    h.wait();
+    assert!(h.ready());
+    assert_eq!(h.successful(), Some(true));
+    assert_eq!(h.get_timeout(Duration::from_secs(30)).unwrap(), 9);
+}
+
+fn panics_reach_the_error_callback_and_the_worker_survives() {
+    let pool = Pool::builder().workers(3).build().unwrap();
+    let ok = Arc::new(AtomicUsize::new(0));
+    let err = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for i in 0..10u64 {
+        let (ok, err) = (ok.clone(), err.clone());
+        let cb = Callbacks::new()
+            .on_success(move |v: &String| {
+                assert!(v.starts_with("return = "));
+                ok.fetch_add(1, Ordering::SeqCst);
+            })
+            .on_error(move |e| {
+                assert!(matches!(e, Error::Panicked { message } if message.contains("n > 5")), "{e}");
+                err.fetch_add(1, Ordering::SeqCst);
+            });
+        handles.push(pool.apply_async_with(fails_above_5, i, cb).unwrap());
+    }
+    for h in &handles {
+        h.wait();
+    }
+    assert_eq!(ok.load(Ordering::SeqCst), 6);
+    assert_eq!(err.load(Ordering::SeqCst), 4);
+    let pids_before = pool.pids();
+    assert_eq!(pool.apply(square, 4).unwrap(), 16, "workers go on after a panic");
+    assert_eq!(pool.pids(), pids_before, "no worker was replaced");
+    pool.close();
+    pool.join().unwrap();
+}
+
+fn map_family() {
+    let pool = pool2();
+    let expect: Vec<u64> = (0..10_000u64).map(square).collect();
+    assert_eq!(pool.map(square, 0..10_000u64, None).unwrap(), expect);
+    assert_eq!(pool.map(square, 0..10_000u64, Some(1)).unwrap(), expect);
+    assert_eq!(pool.map(square, Vec::<u64>::new(), None).unwrap(), Vec::<u64>::new());
+    assert_eq!(pool.map_async(square, 0..100u64, Some(7)).unwrap().get().unwrap(), expect[..100]);
+    let lazy: Vec<u64> = pool.imap(square, 0..1000u64, 10).map(Result::unwrap).collect();
+    assert_eq!(lazy, expect[..1000]);
+    let mut unordered: Vec<u64> = pool.imap_unordered(square, 0..1000u64, 10).unwrap().map(Result::unwrap).collect();
+    unordered.sort_unstable();
+    assert_eq!(unordered, expect[..1000]);
+    let star = pool.starmap(|a: u64, b: u64| a * b, (0..100u64).map(|i| (i, i)), None).unwrap();
+    assert_eq!(star, expect[..100]);
+    assert!(matches!(pool.map(square, 0..10u64, Some(0)), Err(Error::InvalidConfig { .. })));
+    let failing = pool.map(fails_above_5, 0..10u64, Some(2));
+    assert!(matches!(failing, Err(Error::Panicked { .. })));
+}
+
+fn close_join_and_closed_errors() {
+    let pool = pool2();
+    assert!(matches!(pool.join(), Err(Error::JoinWhileOpen)));
+    let h = pool.apply_async(square, 5).unwrap();
+    pool.close();
+    assert!(matches!(pool.apply_async(square, 1), Err(Error::PoolClosed)));
+    pool.join().unwrap();
+    assert_eq!(h.get().unwrap(), 25, "close lets submitted work finish");
+    assert!(pool.pids().is_empty());
+}
+
+fn spin_forever(_: u64) -> u64 {
+    loop {
+        std::hint::spin_loop();
+    }
+}
+
+fn terminate_cancels_pending_work() {
+    let pool = Pool::builder().workers(1).build().unwrap();
+    let stuck = pool.apply_async(spin_forever, 0).unwrap();
+    let queued: Vec<_> = (0..10).map(|i| pool.apply_async(square, i).unwrap()).collect();
+    pool.terminate();
+    pool.join().unwrap();
+    assert_eq!(stuck.get().unwrap_err(), Error::Cancelled);
+    for q in queued {
+        assert_eq!(q.get().unwrap_err(), Error::Cancelled);
+    }
+}
+
+fn drop_with_work_pending_never_hangs() {
+    let pool = Pool::builder().workers(2).build().unwrap();
+    let stuck: Vec<_> = (0..4).map(|i| pool.apply_async(spin_forever, i).unwrap()).collect();
+    drop(pool);
+    for h in stuck {
+        assert_eq!(h.get().unwrap_err(), Error::Cancelled);
+    }
+}
+
+fn workers_are_pinned_to_their_cpus() {
+    let allowed = corepool::info::allowed_cpus().unwrap();
+    let pool = Pool::builder().build().unwrap();
+    assert_eq!(pool.workers(), allowed.len());
+    for (pid, cpu) in pool.pids().iter().zip(pool.cpus()) {
+        let cpu = cpu.expect("pinned");
+        assert_eq!(corepool::info::affinity_of(*pid).unwrap(), vec![cpu]);
+    }
+    let explicit = Pool::builder().pinning(Pinning::Cpus(vec![allowed[0]])).workers(2).build().unwrap();
+    for pid in explicit.pids() {
+        assert_eq!(corepool::info::affinity_of(pid).unwrap(), vec![allowed[0]]);
+    }
+    let unpinned = Pool::builder().pinning(Pinning::None).workers(1).build().unwrap();
+    assert_eq!(corepool::info::affinity_of(unpinned.pids()[0]).unwrap(), allowed);
+    let bad = Pool::builder().pinning(Pinning::Cpus(vec![100_000])).build();
+    assert!(matches!(bad, Err(Error::CpuNotAllowed { cpu: 100_000, .. })), "{bad:?}");
+}
+
+fn oversized_arguments_and_results_are_typed_errors() {
+    let pool = Pool::builder().workers(1).ring_bytes(64 * 1024).build().unwrap();
+    let big = vec![0u8; 100_000];
+    assert!(matches!(pool.apply_async(|v: Vec<u8>| v.len() as u64, big), Err(Error::ArgumentTooLarge { .. })));
+    let r = pool.apply(|n: u64| vec![1u8; n as usize], 100_000);
+    assert!(matches!(r, Err(Error::ResultTooLarge { size, .. }) if size > 100_000), "{r:?}");
+    assert_eq!(pool.apply(|n: u64| vec![1u8; n as usize], 1000).unwrap().len(), 1000);
+}
+
+fn init_counter() {
+    std::env::set_var("COREPOOL_TEST_INIT", "ran");
+}
+
+fn initializer_runs_in_every_worker() {
+    let pool = Pool::builder().workers(2).initializer(init_counter).build().unwrap();
+    let seen = pool.map(|_: u64| std::env::var("COREPOOL_TEST_INIT").unwrap_or_default(), 0..8u64, Some(1)).unwrap();
+    assert!(seen.iter().all(|s| s == "ran"));
+}
+
+fn initializer_panic_fails_build() {
+    let r = Pool::builder().workers(1).initializer(|| panic!("no database")).build();
+    match r {
+        Err(Error::WorkerStart { reason, .. }) => assert!(reason.contains("no database"), "{reason}"),
+        other => panic!("expected WorkerStart, got {other:?}"),
+    }
+}
+
+fn max_tasks_per_child_replaces_workers_without_losing_work() {
+    let pool = Pool::builder().workers(2).max_tasks_per_child(10).build().unwrap();
+    let pids: Vec<u64> = pool.map(|_: u64| std::process::id() as u64, 0..200u64, Some(1)).unwrap();
+    let distinct: std::collections::BTreeSet<_> = pids.iter().collect();
+    assert!(distinct.len() >= 20, "200 tasks at 10 per child need at least 20 processes, saw {}", distinct.len());
+    pool.close();
+    pool.join().unwrap();
+}
+
+fn long_tasks_do_not_leave_a_core_idle() {
+    // One task 100x longer than the rest: the other worker must take all the
+    // short ones, so it runs far more than half of them.
+    let pool = Pool::builder().workers(2).build().unwrap();
+    fn work(ms: u64) -> u64 {
+        let end = std::time::Instant::now() + Duration::from_millis(ms);
+        while std::time::Instant::now() < end {
+            std::hint::spin_loop();
+        }
+        std::process::id() as u64
+    }
+    let mut items = vec![200u64];
+    items.extend(std::iter::repeat_n(2u64, 60));
+    let pids = pool.map(work, items, Some(1)).unwrap();
+    let long_pid = pids[0];
+    let short_on_long = pids[1..].iter().filter(|&&p| p == long_pid).count();
+    assert!(short_on_long < 30, "{short_on_long} of 60 short tasks waited behind the long one");
+}
+
+fn pools_from_many_threads() {
+    let pool = Arc::new(pool2());
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                for i in 0..500u64 {
+                    assert_eq!(pool.apply(square, t * 1000 + i).unwrap(), (t * 1000 + i).pow(2));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+fn many_pools_leave_no_zombies() {
+    for _ in 0..20 {
+        let pool = Pool::builder().workers(2).pinning(Pinning::None).build().unwrap();
+        assert_eq!(pool.apply(square, 2).unwrap(), 4);
+    }
+    common::eventually("no children", || common::children().is_empty());
+}
+
+fn main() {
+    common::run(&[
+        ("apply_round_trips", apply_round_trips),
+        ("apply_async_handles", apply_async_handles),
+        ("panics_reach_the_error_callback_and_the_worker_survives", panics_reach_the_error_callback_and_the_worker_survives),
+        ("map_family", map_family),
+        ("close_join_and_closed_errors", close_join_and_closed_errors),
+        ("terminate_cancels_pending_work", terminate_cancels_pending_work),
+        ("drop_with_work_pending_never_hangs", drop_with_work_pending_never_hangs),
+        ("workers_are_pinned_to_their_cpus", workers_are_pinned_to_their_cpus),
+        ("oversized_arguments_and_results_are_typed_errors", oversized_arguments_and_results_are_typed_errors),
+        ("initializer_runs_in_every_worker", initializer_runs_in_every_worker),
+        ("initializer_panic_fails_build", initializer_panic_fails_build),
+        ("max_tasks_per_child_replaces_workers_without_losing_work", max_tasks_per_child_replaces_workers_without_losing_work),
+        ("long_tasks_do_not_leave_a_core_idle", long_tasks_do_not_leave_a_core_idle),
+        ("pools_from_many_threads", pools_from_many_threads),
+        ("many_pools_leave_no_zombies", many_pools_leave_no_zombies),
+    ]);
+}
