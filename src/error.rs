@@ -152,10 +152,14 @@ pub enum Error {
     #[error("the task was cancelled: the pool was terminated or dropped before it finished")]
     Cancelled,
     /// `get_timeout` ran out before the result arrived (the task goes on).
-    #[error("timed out waiting for the result; the task goes on: wait again, or raise the timeout")]
+    #[error(
+        "timed out waiting for the result; the task goes on: wait again, or raise the timeout"
+    )]
     Timeout,
     /// An index range outside a [`crate::SharedArray`].
-    #[error("range {start}..{end} is outside the array of length {len}: check the bounds you compute")]
+    #[error(
+        "range {start}..{end} is outside the array of length {len}: check the bounds you compute"
+    )]
     OutOfBounds {
         /// First index asked for.
         start: usize,
@@ -176,11 +180,17 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn os(op: &'static str, err: std::io::Error) -> Self {
-        Error::Os { op, reason: err.to_string() }
+        Error::Os {
+            op,
+            reason: err.to_string(),
+        }
     }
 
     pub(crate) fn shm(op: &'static str, err: std::io::Error) -> Self {
-        Error::SharedMemory { op, reason: err.to_string() }
+        Error::SharedMemory {
+            op,
+            reason: err.to_string(),
+        }
     }
 }
 

@@ -99,7 +99,11 @@ fn read_trim(path: &str) -> Option<String> {
 fn numa_node_of(cpu: usize) -> Option<u32> {
     let dir = fs::read_dir(format!("/sys/devices/system/cpu/cpu{cpu}")).ok()?;
     dir.filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("node").and_then(|n| n.parse().ok())))
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("node").and_then(|n| n.parse().ok()))
+        })
         .next()
 }
 
@@ -116,7 +120,12 @@ fn numa_node_of(cpu: usize) -> Option<u32> {
 pub fn machine() -> Result<Machine> {
     let model = fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".to_string());
     let allowed = allowed_cpus()?;
     let online = read_trim("/sys/devices/system/cpu/online")
@@ -128,12 +137,18 @@ pub fn machine() -> Result<Machine> {
             let base = format!("/sys/devices/system/cpu/cpu{id}/topology");
             Cpu {
                 id,
-                package: read_trim(&format!("{base}/physical_package_id")).and_then(|s| s.parse().ok()),
+                package: read_trim(&format!("{base}/physical_package_id"))
+                    .and_then(|s| s.parse().ok()),
                 core: read_trim(&format!("{base}/core_id")).and_then(|s| s.parse().ok()),
                 siblings: read_trim(&format!("{base}/thread_siblings_list")).unwrap_or_default(),
                 numa_node: numa_node_of(id),
             }
         })
         .collect();
-    Ok(Machine { model, online, allowed, cpus })
+    Ok(Machine {
+        model,
+        online,
+        allowed,
+        cpus,
+    })
 }

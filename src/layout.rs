@@ -64,24 +64,43 @@ pub(crate) struct Layout {
 impl Layout {
     /// Computes the layout, refusing sizes that are not powers of two in
     /// 4 KiB..=1 GiB or that overflow.
-    pub(crate) fn new(workers: usize, task_ring_bytes: u32, result_ring_bytes: u32) -> Result<Self> {
+    pub(crate) fn new(
+        workers: usize,
+        task_ring_bytes: u32,
+        result_ring_bytes: u32,
+    ) -> Result<Self> {
         for (name, bytes) in [("task", task_ring_bytes), ("result", result_ring_bytes)] {
             if !bytes.is_power_of_two() || !(4096..=1 << 30).contains(&bytes) {
                 return Err(Error::InvalidConfig {
-                    what: format!("{name} ring of {bytes} bytes: use a power of two from 4096 to 1 GiB"),
+                    what: format!(
+                        "{name} ring of {bytes} bytes: use a power of two from 4096 to 1 GiB"
+                    ),
                 });
             }
         }
         if workers == 0 || workers > 4096 {
-            return Err(Error::InvalidConfig { what: format!("{workers} workers: use 1 to 4096") });
+            return Err(Error::InvalidConfig {
+                what: format!("{workers} workers: use 1 to 4096"),
+            });
         }
-        let overflow = || Error::InvalidConfig { what: "rings too large for this many workers".into() };
+        let overflow = || Error::InvalidConfig {
+            what: "rings too large for this many workers".into(),
+        };
         let slot_stride = SLOT_CONTROL_BYTES
             .checked_add(task_ring_bytes as usize)
             .and_then(|n| n.checked_add(result_ring_bytes as usize))
             .ok_or_else(overflow)?;
-        let total = slot_stride.checked_mul(workers).and_then(|n| n.checked_add(PAGE)).ok_or_else(overflow)?;
-        Ok(Self { workers, task_ring_bytes, result_ring_bytes, slot_stride, total })
+        let total = slot_stride
+            .checked_mul(workers)
+            .and_then(|n| n.checked_add(PAGE))
+            .ok_or_else(overflow)?;
+        Ok(Self {
+            workers,
+            task_ring_bytes,
+            result_ring_bytes,
+            slot_stride,
+            total,
+        })
     }
 
     fn slot_offset(&self, index: usize) -> usize {
@@ -91,24 +110,38 @@ impl Layout {
 
 /// Writes the header. Only before any worker maps the segment.
 pub(crate) fn write_header(seg: &Segment, header: &Header) {
-    let dst = seg.at(0, std::mem::size_of::<Header>()).expect("segment holds a header");
+    let dst = seg
+        .at(0, std::mem::size_of::<Header>())
+        .expect("segment holds a header");
     // SAFETY: in bounds (checked above); no other process maps the segment yet.
     unsafe { dst.cast::<Header>().write_unaligned(*header) }
 }
 
 /// Reads a copy of the header and checks it against the segment.
 pub(crate) fn read_header(seg: &Segment) -> Result<(Header, Layout)> {
-    let bad = |what: String| Error::WorkerStart { index: usize::MAX, reason: what };
-    let src = seg.at(0, std::mem::size_of::<Header>()).ok_or_else(|| bad("segment smaller than its header".into()))?;
+    let bad = |what: String| Error::WorkerStart {
+        index: usize::MAX,
+        reason: what,
+    };
+    let src = seg
+        .at(0, std::mem::size_of::<Header>())
+        .ok_or_else(|| bad("segment smaller than its header".into()))?;
     // SAFETY: in bounds; the header is plain data, copied once, then validated.
     let header: Header = unsafe { src.cast::<Header>().read_unaligned() };
     if header.magic != MAGIC {
         return Err(bad("segment has no corepool magic".into()));
     }
     if header.version != VERSION {
-        return Err(bad(format!("segment protocol version {} but this binary speaks {VERSION}", header.version)));
+        return Err(bad(format!(
+            "segment protocol version {} but this binary speaks {VERSION}",
+            header.version
+        )));
     }
-    let layout = Layout::new(header.workers as usize, header.task_ring_bytes, header.result_ring_bytes)?;
+    let layout = Layout::new(
+        header.workers as usize,
+        header.task_ring_bytes,
+        header.result_ring_bytes,
+    )?;
     if layout.total > seg.len() || header.segment_bytes != seg.len() as u64 {
         return Err(bad("segment is smaller than its header says".into()));
     }
@@ -117,7 +150,9 @@ pub(crate) fn read_header(seg: &Segment) -> Result<(Header, Layout)> {
 
 /// The parent's doorbell: a futex word workers ring after publishing results.
 pub(crate) fn doorbell(seg: &Segment) -> &AtomicU32 {
-    let p = seg.at(DOORBELL_OFFSET, 4).expect("segment holds the doorbell");
+    let p = seg
+        .at(DOORBELL_OFFSET, 4)
+        .expect("segment holds the doorbell");
     // SAFETY: in bounds, 4-byte aligned (page-aligned base + 256), lives as long
     // as `seg`; every process accesses it only atomically.
     unsafe { AtomicU32::from_ptr(p.cast()) }
@@ -180,15 +215,54 @@ impl Slot {
             return None;
         }
         let base = seg.at(layout.slot_offset(index), layout.slot_stride)?;
-        Some(Self { base, layout: *layout })
+        Some(Self {
+            base,
+            layout: *layout,
+        })
     }
 
-    atomic_field!(state, AtomicU32, 0, "Lifecycle state (see [`state`]); written by the worker.");
-    atomic_field!(pid, AtomicU32, 4, "The worker's pid; written by the worker at start.");
-    atomic_field!(fail_code, AtomicU32, 8, "Why a start failed (see [`fail`]); written by the worker.");
-    atomic_field!(tasks_done, AtomicU64, 16, "Tasks this worker finished; written by the worker.");
-    atomic_field!(sleeping, AtomicU32, 64, "The worker's futex word: 1 while it sleeps or is about to.");
-    atomic_field!(shutdown, AtomicU32, 128, "Set to 1 by the parent: exit once the task ring is empty.");
+    atomic_field!(
+        state,
+        AtomicU32,
+        0,
+        "Lifecycle state (see [`state`]); written by the worker."
+    );
+    atomic_field!(
+        pid,
+        AtomicU32,
+        4,
+        "The worker's pid; written by the worker at start."
+    );
+    atomic_field!(
+        fail_code,
+        AtomicU32,
+        8,
+        "Why a start failed (see [`fail`]); written by the worker."
+    );
+    atomic_field!(
+        tasks_done,
+        AtomicU64,
+        16,
+        "Tasks this worker finished; written by the worker."
+    );
+    atomic_field!(
+        running,
+        AtomicU64,
+        24,
+        "Id of the task the worker runs or ran last; written by the worker before each task."
+    );
+    atomic_field!(
+        sleeping,
+        AtomicU32,
+        64,
+        "The worker's futex word: 1 while it sleeps or is about to."
+    );
+    atomic_field!(
+        shutdown,
+        AtomicU32,
+        128,
+        "Set to 1 by the parent: exit once the task ring is empty."
+    );
 
     fn ring(&self, word: usize, released: usize, data: usize, cap: u32) -> RingMemory {
         // SAFETY: all offsets lie inside this slot (control block words at

@@ -35,7 +35,12 @@
 //! [`docs/protocol.md`]: https://docs.rs/corepool
 
 #![cfg(target_os = "linux")]
-#![warn(missing_docs, missing_debug_implementations, unsafe_op_in_unsafe_fn, unreachable_pub)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unsafe_op_in_unsafe_fn,
+    unreachable_pub
+)]
 
 mod error;
 mod layout;

@@ -30,7 +30,11 @@ pub(crate) const SPIN_FOR: Duration = Duration::from_micros(50);
 
 /// Sleeper side: announce, fence, re-check, wait. Returns when `ready()` held
 /// at the re-check, or after a wake-up (possibly spurious) or `timeout`.
-pub(crate) fn sleep_unless(word: &AtomicU32, timeout: Option<Duration>, mut ready: impl FnMut() -> bool) {
+pub(crate) fn sleep_unless(
+    word: &AtomicU32,
+    timeout: Option<Duration>,
+    mut ready: impl FnMut() -> bool,
+) {
     word.store(1, Ordering::Relaxed);
     // SeqCst fence: pairs with the fence in `wake`.
     fence(Ordering::SeqCst);
@@ -68,7 +72,11 @@ impl Spinner {
 
     /// A spinner that gives up after `budget`.
     pub(crate) fn with_budget(budget: Duration) -> Self {
-        Self { step: 0, started: None, budget }
+        Self {
+            step: 0,
+            started: None,
+            budget,
+        }
     }
 
     /// Starts over, after progress.

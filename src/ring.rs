@@ -99,7 +99,12 @@ impl RingMemory {
     /// only through atomics (control words) or byte copies (data).
     pub(crate) unsafe fn new(word: *mut u64, released: *mut u32, data: *mut u8, cap: u32) -> Self {
         debug_assert!(cap.is_power_of_two() && (64..=1 << 30).contains(&cap));
-        Self { word: word.cast(), released: released.cast(), data, cap }
+        Self {
+            word: word.cast(),
+            released: released.cast(),
+            data,
+            cap,
+        }
     }
 
     fn word(&self) -> &AtomicU64 {
@@ -153,12 +158,20 @@ impl RingMemory {
         debug_assert!(offset as usize + dst.len() <= self.cap as usize);
         // SAFETY: callers check `offset + len <= cap`. The source may be written
         // concurrently by a misbehaving peer; we copy bytes and validate the copy.
-        unsafe { ptr::copy_nonoverlapping(self.data.add(offset as usize), dst.as_mut_ptr(), dst.len()) }
+        unsafe {
+            ptr::copy_nonoverlapping(self.data.add(offset as usize), dst.as_mut_ptr(), dst.len())
+        }
     }
 
+    /// Copies the header at `offset`. Near the end of the array only a short
+    /// padding record fits (8..32 bytes): copy only what lies inside the array
+    /// and leave the rest zero; `total` and `kind` are always in the first 8.
     fn read_header(&self, offset: u32) -> RecordHeader {
         let mut header = RecordHeader::default();
-        self.copy_out(offset, bytemuck::bytes_of_mut(&mut header));
+        let room = (self.cap - offset) as usize;
+        let bytes = bytemuck::bytes_of_mut(&mut header);
+        let n = bytes.len().min(room);
+        self.copy_out(offset, &mut bytes[..n]);
         header
     }
 }
@@ -193,7 +206,11 @@ pub(crate) struct Producer {
 impl Producer {
     /// A producer for an empty, freshly reset ring.
     pub(crate) fn new(mem: RingMemory) -> Self {
-        Self { mem, tail: 0, pending: 0 }
+        Self {
+            mem,
+            tail: 0,
+            pending: 0,
+        }
     }
 
     /// The memory this producer writes.
@@ -218,25 +235,39 @@ impl Producer {
         let total = record_size(payload.len());
         let cap = self.mem.cap as usize;
         if total > cap / 2 {
-            return Err(RingError::TooLarge { record: total, max: cap / 2 });
+            return Err(RingError::TooLarge {
+                record: total,
+                max: cap / 2,
+            });
         }
         // Acquire pairs with the Release store in `Consumer::release`: the
         // consumer has finished reading everything below `released`.
         let released = self.mem.released().load(Ordering::Acquire);
         let used = self.pending.wrapping_sub(released) as usize;
         if used > cap {
-            return Err(RingError::Violation("released position is ahead of the producer"));
+            return Err(RingError::Violation(
+                "released position is ahead of the producer",
+            ));
         }
         let offset = (self.pending % self.mem.cap) as usize;
-        let pad = if offset + total > cap { cap - offset } else { 0 };
+        let pad = if offset + total > cap {
+            cap - offset
+        } else {
+            0
+        };
         if cap - used < pad + total {
             return Ok(None);
         }
         if pad > 0 {
-            let pad_header = RecordHeader { total: pad as u32, kind: KIND_PAD, ..Default::default() };
+            let pad_header = RecordHeader {
+                total: pad as u32,
+                kind: KIND_PAD,
+                ..Default::default()
+            };
             // A pad of 8..31 bytes only has room for `total` and `kind`.
             let bytes = bytemuck::bytes_of(&pad_header);
-            self.mem.copy_in(offset as u32, &bytes[..pad.min(HEADER_BYTES)]);
+            self.mem
+                .copy_in(offset as u32, &bytes[..pad.min(HEADER_BYTES)]);
             self.pending = self.pending.wrapping_add(pad as u32);
         }
         let at = self.pending;
@@ -258,7 +289,11 @@ impl Producer {
         let released = self.mem.released().load(Ordering::Acquire);
         let used = self.pending.wrapping_sub(released) as usize;
         let offset = (self.pending % self.mem.cap) as usize;
-        let pad = if offset + total > cap { cap - offset } else { 0 };
+        let pad = if offset + total > cap {
+            cap - offset
+        } else {
+            0
+        };
         // A garbage `released` reads as "room", and the write that follows
         // reports the violation.
         used > cap || cap - used >= pad + total
@@ -315,7 +350,10 @@ impl Producer {
     /// has not claimed. Returns `true` when it took them back; `false` when the
     /// consumer claimed past `position` first (then nothing changes).
     pub(crate) fn retract_to(&mut self, position: u32) -> Result<bool, RingError> {
-        debug_assert_eq!(self.pending, self.tail, "retract only with nothing unpublished");
+        debug_assert_eq!(
+            self.pending, self.tail,
+            "retract only with nothing unpublished"
+        );
         let word = self.mem.word();
         let mut current = word.load(Ordering::Acquire);
         loop {
@@ -422,7 +460,12 @@ impl Consumer {
             // Acquire on success: pairs with the producer's AcqRel `retract_to`
             // CAS; whichever wins owns the records in [head, pos).
             if word
-                .compare_exchange(current, join(pos, tail), Ordering::Acquire, Ordering::Relaxed)
+                .compare_exchange(
+                    current,
+                    join(pos, tail),
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
             {
                 self.head = pos;
@@ -461,7 +504,10 @@ impl HeapRing {
         assert!(cap.is_power_of_two() && (64..=1 << 30).contains(&cap));
         // Two control words on separate cache lines, then the data.
         let words = 16 + cap as usize / 8;
-        Self { buf: vec![0u64; words].into_boxed_slice(), cap }
+        Self {
+            buf: vec![0u64; words].into_boxed_slice(),
+            cap,
+        }
     }
 
     /// The ring's memory. Valid while `self` lives.
@@ -478,7 +524,11 @@ mod tests {
     use super::*;
 
     fn header(id: u64) -> RecordHeader {
-        RecordHeader { kind: 1, id, ..Default::default() }
+        RecordHeader {
+            kind: 1,
+            id,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -517,7 +567,13 @@ mod tests {
         let mut ring = HeapRing::new(128);
         let mut p = Producer::new(ring.memory());
         let err = p.write(header(1), &[0u8; 64]).unwrap_err();
-        assert_eq!(err, RingError::TooLarge { record: 96, max: 64 });
+        assert_eq!(
+            err,
+            RingError::TooLarge {
+                record: 96,
+                max: 64
+            }
+        );
         assert!(p.write(header(1), &[0u8; 32]).unwrap().is_some());
     }
 
@@ -526,8 +582,9 @@ mod tests {
         let mut ring = HeapRing::new(1024);
         let mem = ring.memory();
         let (mut p, mut c) = (Producer::new(mem), Consumer::new(mem));
-        let positions: Vec<u32> =
-            (0..4).map(|i| p.write(header(i), &[1, 2, 3]).unwrap().unwrap()).collect();
+        let positions: Vec<u32> = (0..4)
+            .map(|i| p.write(header(i), &[1, 2, 3]).unwrap().unwrap())
+            .collect();
         p.publish().unwrap();
         let mut claimed = Vec::new();
         assert_eq!(c.claim(1, &mut claimed).unwrap(), 1);
@@ -557,7 +614,14 @@ mod tests {
         assert!(c.claim(8, &mut out).is_err());
         // A valid tail over a corrupt header.
         mem.word().store(join(0, 40), Ordering::Relaxed);
-        mem.copy_in(0, bytemuck::bytes_of(&RecordHeader { total: 4000, kind: 1, ..Default::default() }));
+        mem.copy_in(
+            0,
+            bytemuck::bytes_of(&RecordHeader {
+                total: 4000,
+                kind: 1,
+                ..Default::default()
+            }),
+        );
         assert!(c.claim(8, &mut out).is_err());
     }
 
@@ -619,12 +683,28 @@ pub mod bench_support {
         pub fn new(cap: u32) -> Self {
             let mut ring = HeapRing::new(cap);
             let mem = ring.memory();
-            Self { _ring: ring, producer: Producer::new(mem), consumer: Consumer::new(mem), claimed: Vec::new(), buf: Vec::new() }
+            Self {
+                _ring: ring,
+                producer: Producer::new(mem),
+                consumer: Consumer::new(mem),
+                claimed: Vec::new(),
+                buf: Vec::new(),
+            }
         }
 
         /// Writes one record; false when full.
         pub fn push(&mut self, id: u64, payload: &[u8]) -> bool {
-            matches!(self.producer.write(RecordHeader { kind: 1, id, ..Default::default() }, payload), Ok(Some(_)))
+            matches!(
+                self.producer.write(
+                    RecordHeader {
+                        kind: 1,
+                        id,
+                        ..Default::default()
+                    },
+                    payload
+                ),
+                Ok(Some(_))
+            )
         }
 
         /// Publishes what was pushed.

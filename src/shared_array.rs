@@ -54,7 +54,11 @@ pub struct SharedArray<T> {
 
 impl<T> Clone for SharedArray<T> {
     fn clone(&self) -> Self {
-        Self { map: self.map.clone(), len: self.len, _type: PhantomData }
+        Self {
+            map: self.map.clone(),
+            len: self.len,
+            _type: PhantomData,
+        }
     }
 }
 
@@ -93,16 +97,27 @@ impl<T: Pod> SharedArray<T> {
     pub fn new(len: usize) -> Result<Self> {
         let size = std::mem::size_of::<T>();
         if size == 0 {
-            return Err(Error::InvalidConfig { what: "SharedArray elements must not be zero-sized".into() });
+            return Err(Error::InvalidConfig {
+                what: "SharedArray elements must not be zero-sized".into(),
+            });
         }
-        let bytes = len
-            .checked_mul(size)
-            .ok_or_else(|| Error::InvalidConfig { what: format!("{len} elements of {size} bytes overflow") })?;
+        let bytes = len.checked_mul(size).ok_or_else(|| Error::InvalidConfig {
+            what: format!("{len} elements of {size} bytes overflow"),
+        })?;
         let seg = Segment::create(c"corepool-array", bytes.max(1))?;
         let id = seg.identity()?;
         let fd = seg.raw_fd();
-        let map = Arc::new(Mapping { seg, id, owner: std::process::id() as i32, fd });
-        Ok(Self { map, len, _type: PhantomData })
+        let map = Arc::new(Mapping {
+            seg,
+            id,
+            owner: std::process::id() as i32,
+            fd,
+        });
+        Ok(Self {
+            map,
+            len,
+            _type: PhantomData,
+        })
     }
 
     /// An array holding a copy of `data`.
@@ -128,7 +143,11 @@ impl<T: Pod> SharedArray<T> {
 
     fn check(&self, range: &Range<usize>) -> Result<()> {
         if range.start > range.end || range.end > self.len {
-            return Err(Error::OutOfBounds { start: range.start, end: range.end, len: self.len });
+            return Err(Error::OutOfBounds {
+                start: range.start,
+                end: range.end,
+                len: self.len,
+            });
         }
         Ok(())
     }
@@ -215,7 +234,12 @@ impl<T: Pod> SharedArray<T> {
     /// # Errors
     ///
     /// [`Error::OutOfBounds`] when the range does not fit.
-    pub fn fold_chunks<Acc>(&self, range: Range<usize>, init: Acc, mut f: impl FnMut(Acc, &[T]) -> Acc) -> Result<Acc> {
+    pub fn fold_chunks<Acc>(
+        &self,
+        range: Range<usize>,
+        init: Acc,
+        mut f: impl FnMut(Acc, &[T]) -> Acc,
+    ) -> Result<Acc> {
         self.check(&range)?;
         let mut buf = vec![T::zeroed(); Self::block_len().min(range.len())];
         let mut acc = init;
@@ -251,7 +275,13 @@ impl<T: Pod> SharedArray<T> {
 }
 
 /// Maps the array another process described, or reuses an earlier mapping.
-fn open_mapping(owner: i32, fd: i32, dev: u64, ino: u64, bytes: usize) -> std::result::Result<Arc<Mapping>, String> {
+fn open_mapping(
+    owner: i32,
+    fd: i32,
+    dev: u64,
+    ino: u64,
+    bytes: usize,
+) -> std::result::Result<Arc<Mapping>, String> {
     let mut opened = crate::pool_lock(&OPENED);
     if let Some(m) = opened.iter().find(|m| m.id.dev == dev && m.id.ino == ino) {
         return Ok(m.clone());
@@ -280,10 +310,15 @@ fn open_mapping(owner: i32, fd: i32, dev: u64, ino: u64, bytes: usize) -> std::r
     let seg = Segment::open(fd_owned).map_err(|e| e.to_string())?;
     let id = seg.identity().map_err(|e| e.to_string())?;
     if id.dev != dev || id.ino != ino {
-        return Err(format!("{path} is no longer the array (it was closed and the number reused)"));
+        return Err(format!(
+            "{path} is no longer the array (it was closed and the number reused)"
+        ));
     }
     if seg.len() < bytes {
-        return Err(format!("the array's memory holds {} bytes, the handle says {bytes}", seg.len()));
+        return Err(format!(
+            "the array's memory holds {} bytes, the handle says {bytes}",
+            seg.len()
+        ));
     }
     let raw = seg.raw_fd();
     let _ = sys::set_cloexec(raw);
@@ -302,7 +337,15 @@ fn type_tag<T>() -> u64 {
 
 impl<T: Pod> Wire for SharedArray<T> {
     fn encode(&self, out: &mut Vec<u8>) {
-        (self.map.owner, self.map.fd, self.map.id.dev, self.map.id.ino, self.len as u64, type_tag::<T>()).encode(out);
+        (
+            self.map.owner,
+            self.map.fd,
+            self.map.id.dev,
+            self.map.id.ino,
+            self.len as u64,
+            type_tag::<T>(),
+        )
+            .encode(out);
     }
 
     fn decode(input: &mut &[u8]) -> Result<Self> {
@@ -311,9 +354,15 @@ impl<T: Pod> Wire for SharedArray<T> {
             return Err(decode_error::<Self>("the array holds another element type"));
         }
         let len = usize::try_from(len).map_err(|_| decode_error::<Self>("length out of range"))?;
-        let bytes = len.checked_mul(std::mem::size_of::<T>()).ok_or_else(|| decode_error::<Self>("length overflows"))?;
+        let bytes = len
+            .checked_mul(std::mem::size_of::<T>())
+            .ok_or_else(|| decode_error::<Self>("length overflows"))?;
         let map = open_mapping(owner, fd, dev, ino, bytes).map_err(decode_error::<Self>)?;
-        Ok(Self { map, len, _type: PhantomData })
+        Ok(Self {
+            map,
+            len,
+            _type: PhantomData,
+        })
     }
 }
 
@@ -330,9 +379,14 @@ mod tests {
         assert!(a.set(3, 0).is_err());
         assert_eq!(a.to_vec(), vec![9, 2, 3]);
         assert!(matches!(a.read(2..5), Err(Error::OutOfBounds { .. })));
-        let sum = a.fold_chunks(0..3, 0u64, |s, xs| s + xs.iter().map(|&x| x as u64).sum::<u64>()).unwrap();
+        let sum = a
+            .fold_chunks(0..3, 0u64, |s, xs| {
+                s + xs.iter().map(|&x| x as u64).sum::<u64>()
+            })
+            .unwrap();
         assert_eq!(sum, 14);
-        a.update_chunks(1..3, |xs| xs.iter_mut().for_each(|x| *x += 1)).unwrap();
+        a.update_chunks(1..3, |xs| xs.iter_mut().for_each(|x| *x += 1))
+            .unwrap();
         assert_eq!(a.to_vec(), vec![9, 3, 4]);
     }
 
@@ -344,6 +398,9 @@ mod tests {
         let b = SharedArray::<f64>::decode(&mut bytes.as_slice()).unwrap();
         b.set(9_999, 2.5).unwrap();
         assert_eq!(a.get(9_999), Some(2.5));
-        assert!(SharedArray::<u64>::decode(&mut bytes.as_slice()).is_err(), "type mismatch");
+        assert!(
+            SharedArray::<u64>::decode(&mut bytes.as_slice()).is_err(),
+            "type mismatch"
+        );
     }
 }

@@ -29,12 +29,16 @@ impl Segment {
     /// Creates a zero-filled segment of `len` bytes.
     pub(crate) fn create(name: &CStr, len: usize) -> Result<Self> {
         if len == 0 {
-            return Err(Error::InvalidConfig { what: "a shared segment needs at least one byte".into() });
+            return Err(Error::InvalidConfig {
+                what: "a shared segment needs at least one byte".into(),
+            });
         }
         let fd = sys::memfd_create(name).map_err(|e| Error::shm("memfd_create", e))?;
         let file = File::from(fd);
-        file.set_len(len as u64).map_err(|e| Error::shm("ftruncate", e))?;
-        sys::fallocate(file.as_fd(), len as u64).map_err(|e| Error::shm("fallocate (reserving the memory)", e))?;
+        file.set_len(len as u64)
+            .map_err(|e| Error::shm("ftruncate", e))?;
+        sys::fallocate(file.as_fd(), len as u64)
+            .map_err(|e| Error::shm("fallocate (reserving the memory)", e))?;
         sys::seal_size(file.as_fd()).map_err(|e| Error::shm("sealing the size", e))?;
         let map = MmapRaw::map_raw(&file).map_err(|e| Error::shm("mmap", e))?;
         Ok(Self { map, file, len })
@@ -45,9 +49,13 @@ impl Segment {
     pub(crate) fn open(fd: OwnedFd) -> Result<Self> {
         let file = File::from(fd);
         let id = sys::fstat(file.as_fd()).map_err(|e| Error::shm("fstat", e))?;
-        let len = usize::try_from(id.size).map_err(|_| Error::shm("size", std::io::ErrorKind::InvalidData.into()))?;
+        let len = usize::try_from(id.size)
+            .map_err(|_| Error::shm("size", std::io::ErrorKind::InvalidData.into()))?;
         if len == 0 {
-            return Err(Error::shm("open", std::io::Error::other("segment is empty")));
+            return Err(Error::shm(
+                "open",
+                std::io::Error::other("segment is empty"),
+            ));
         }
         let map = MmapRaw::map_raw(&file).map_err(|e| Error::shm("mmap", e))?;
         Ok(Self { map, file, len })

@@ -23,9 +23,8 @@ fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
 /// never appears in `/dev/shm` and vanishes with its last descriptor or mapping.
 pub(crate) fn memfd_create(name: &CStr) -> io::Result<OwnedFd> {
     // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
-    let fd = unsafe {
-        libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
-    };
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     check(fd as libc::c_long)?;
     // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -105,7 +104,10 @@ pub(crate) fn set_cloexec(fd: RawFd) -> io::Result<()> {
 /// thread that forked it exits. Async-signal-safe: used between fork and exec.
 pub(crate) fn set_parent_death_signal() -> io::Result<()> {
     // SAFETY: plain prctl with integer arguments.
-    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) } as libc::c_long)?;
+    check(
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) }
+            as libc::c_long,
+    )?;
     Ok(())
 }
 
@@ -120,7 +122,10 @@ pub(crate) fn pin_self_to(cpu: usize) -> io::Result<()> {
     // SAFETY: `cpu < CPU_SETSIZE` (checked above), so the bit is inside `set`.
     unsafe { libc::CPU_SET(cpu, &mut set) };
     // SAFETY: `set` is a valid cpu_set_t of the size we pass.
-    check(unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } as libc::c_long)?;
+    check(
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) }
+            as libc::c_long,
+    )?;
     Ok(())
 }
 
@@ -129,7 +134,10 @@ pub(crate) fn affinity_of(pid: i32) -> io::Result<Vec<usize>> {
     // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid out-pointer of the size we pass.
-    check(unsafe { libc::sched_getaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } as libc::c_long)?;
+    check(
+        unsafe { libc::sched_getaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) }
+            as libc::c_long,
+    )?;
     Ok((0..libc::CPU_SETSIZE as usize)
         // SAFETY: every `cpu` is below CPU_SETSIZE, inside `set`.
         .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
@@ -180,7 +188,15 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Durati
 pub(crate) fn futex_wake_all(word: &AtomicU32) {
     // SAFETY: `word` is a valid, aligned u32; FUTEX_WAKE reads no other memory.
     unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX, 0usize, 0usize, 0u32);
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            0usize,
+            0usize,
+            0u32,
+        );
     }
 }
 
@@ -196,7 +212,8 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 /// An `eventfd` used to wake a thread blocked in [`poll_readable`].
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall with integer arguments.
-    let fd = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) } as libc::c_long)?;
+    let fd =
+        check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) } as libc::c_long)?;
     // SAFETY: the kernel just returned this descriptor to us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
@@ -225,7 +242,11 @@ pub(crate) fn eventfd_drain(fd: BorrowedFd<'_>) {
 pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], ready: &mut Vec<bool>) -> io::Result<()> {
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
-        .map(|fd| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
         .collect();
     // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs.
     let ret = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
@@ -268,7 +289,9 @@ pub(crate) fn signal_name(sig: i32) -> String {
         String::from("unknown signal")
     } else {
         // SAFETY: non-null, NUL-terminated, copied before any other call.
-        unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned()
+        unsafe { CStr::from_ptr(ptr) }
+            .to_string_lossy()
+            .into_owned()
     };
     let short = match sig {
         libc::SIGKILL => "SIGKILL",

@@ -161,7 +161,14 @@ macro_rules! star_fn {
     )*};
 }
 
-star_fn!((A), (A, B), (A, B, C), (A, B, C, D), (A, B, C, D, E), (A, B, C, D, E, G));
+star_fn!(
+    (A),
+    (A, B),
+    (A, B, C),
+    (A, B, C, D),
+    (A, B, C, D, E),
+    (A, B, C, D, E, G)
+);
 
 /// Stands for "the trampoline failed before producing a result".
 pub(crate) fn is_decode_error(err: &Error) -> bool {

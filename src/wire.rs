@@ -78,12 +78,18 @@ pub(crate) fn encode_to_vec<T: Wire>(value: &T) -> Vec<u8> {
 }
 
 pub(crate) fn decode_error<T>(reason: impl Into<String>) -> Error {
-    Error::Decode { type_name: std::any::type_name::<T>(), reason: reason.into() }
+    Error::Decode {
+        type_name: std::any::type_name::<T>(),
+        reason: reason.into(),
+    }
 }
 
 fn take<'a, T>(input: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
     if input.len() < n {
-        return Err(decode_error::<T>(format!("needs {n} bytes, {} left", input.len())));
+        return Err(decode_error::<T>(format!(
+            "needs {n} bytes, {} left",
+            input.len()
+        )));
     }
     let (head, rest) = input.split_at(n);
     *input = rest;
@@ -255,7 +261,9 @@ impl<T: Wire, const N: usize> Wire for [T; N] {
     }
     fn decode(input: &mut &[u8]) -> Result<Self> {
         let items = T::decode_vec(input, N)?;
-        items.try_into().map_err(|_| decode_error::<Self>("wrong length"))
+        items
+            .try_into()
+            .map_err(|_| decode_error::<Self>("wrong length"))
     }
 }
 
@@ -318,7 +326,10 @@ impl<T: Pod + Send> Wire for Plain<T> {
         encode_pod_slice(Plain::peel_slice(items), out);
     }
     fn decode_vec(input: &mut &[u8], n: usize) -> Result<Vec<Self>> {
-        Ok(decode_pod_vec::<T, Self>(input, n)?.into_iter().map(Plain).collect())
+        Ok(decode_pod_vec::<T, Self>(input, n)?
+            .into_iter()
+            .map(Plain)
+            .collect())
     }
 }
 
@@ -362,7 +373,9 @@ where
     fn decode(input: &mut &[u8]) -> Result<Self> {
         let len = decode_len::<Self>(input)?;
         let body = take::<Self>(input, len)?;
-        postcard::from_bytes(body).map(Serde).map_err(|e| decode_error::<Self>(e.to_string()))
+        postcard::from_bytes(body)
+            .map(Serde)
+            .map_err(|e| decode_error::<Self>(e.to_string()))
     }
 }
 

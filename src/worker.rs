@@ -38,14 +38,18 @@ pub(crate) const EXIT_PROTOCOL: i32 = 102;
 /// }
 /// ```
 pub fn init() {
-    let Some(token) = std::env::var_os(WORKER_ENV) else { return };
+    let Some(token) = std::env::var_os(WORKER_ENV) else {
+        return;
+    };
     // Removed at once, so that processes the worker's tasks start are not
     // mistaken for workers.
     std::env::remove_var(WORKER_ENV);
     let code = match token.to_str().and_then(parse_token) {
         Some(t) => serve(t),
         None => {
-            eprintln!("corepool: malformed {WORKER_ENV} token; this process is not a usable worker");
+            eprintln!(
+                "corepool: malformed {WORKER_ENV} token; this process is not a usable worker"
+            );
             EXIT_START_FAILED
         }
     };
@@ -75,7 +79,10 @@ fn parse_token(s: &str) -> Option<Token> {
     let fd = parts.next()?.parse().ok()?;
     let index = parts.next()?.parse().ok()?;
     let parent = parts.next()?.parse().ok()?;
-    parts.next().is_none().then_some(Token { fd, index, parent })
+    parts
+        .next()
+        .is_none()
+        .then_some(Token { fd, index, parent })
 }
 
 /// The token a parent passes to worker `index`.
@@ -125,7 +132,9 @@ fn install_panic_hook() {
 }
 
 fn take_panic_message() -> String {
-    LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| "unknown panic".to_string())
+    LAST_PANIC
+        .with(|p| p.borrow_mut().take())
+        .unwrap_or_else(|| "unknown panic".to_string())
 }
 
 fn serve(token: Token) -> i32 {
@@ -141,8 +150,12 @@ fn serve(token: Token) -> i32 {
         Ok(seg) => seg,
         Err(_) => return EXIT_START_FAILED,
     };
-    let Ok((header, layout)) = layout::read_header(&seg) else { return EXIT_START_FAILED };
-    let Some(slot) = Slot::new(&seg, &layout, token.index) else { return EXIT_START_FAILED };
+    let Ok((header, layout)) = layout::read_header(&seg) else {
+        return EXIT_START_FAILED;
+    };
+    let Some(slot) = Slot::new(&seg, &layout, token.index) else {
+        return EXIT_START_FAILED;
+    };
     slot.pid().store(std::process::id(), Ordering::Relaxed);
     let doorbell = layout::doorbell(&seg);
     let fail_start = |code: u32| {
@@ -163,7 +176,11 @@ fn serve(token: Token) -> i32 {
         let init = unsafe { task::from_offset(header.initializer) };
         if catch_unwind(AssertUnwindSafe(|| init(&[], &mut Vec::new()))).is_err() {
             let message = take_panic_message();
-            let rec = RecordHeader { kind: kind::PANICKED, id: u64::MAX, ..Default::default() };
+            let rec = RecordHeader {
+                kind: kind::PANICKED,
+                id: u64::MAX,
+                ..Default::default()
+            };
             let _ = results.write(rec, message.as_bytes());
             let _ = results.publish();
             return fail_start(fail::INITIALIZER_PANICKED);
@@ -199,7 +216,12 @@ const BATCH_TARGET_NS: f64 = 20_000.0;
 const MAX_BATCH: usize = 64;
 
 impl<'a> Server<'a> {
-    fn new(header: &Header, slot: Slot, results: Producer, doorbell: &'a std::sync::atomic::AtomicU32) -> Self {
+    fn new(
+        header: &Header,
+        slot: Slot,
+        results: Producer,
+        doorbell: &'a std::sync::atomic::AtomicU32,
+    ) -> Self {
         Self {
             slot,
             tasks: Consumer::new(slot.task_ring()),
@@ -250,9 +272,17 @@ impl<'a> Server<'a> {
             self.tasks.release();
             let started = Instant::now();
             for (record, input) in claimed.iter().zip(payloads.iter()) {
+                // Tells the parent, should we die, which task was running:
+                // the rest of the batch was never started and is requeued.
+                // Release pairs with the parent's Acquire load after the reap.
+                self.slot
+                    .running()
+                    .store(record.header.id, Ordering::Release);
                 self.run_one(record, input, &mut out)?;
+                // Publish each result at once: a crash later in the batch must
+                // not lose it, and the parent can deliver it while we go on.
+                self.results.publish()?;
             }
-            self.results.publish()?;
             park::wake(self.doorbell);
             self.adapt_batch(claimed.len(), started.elapsed().as_nanos() as f64);
             self.done += claimed.len() as u64;
@@ -272,7 +302,12 @@ impl<'a> Server<'a> {
         self.batch = ((BATCH_TARGET_NS / self.task_ns.max(1.0)) as usize).clamp(1, MAX_BATCH);
     }
 
-    fn run_one(&mut self, record: &Claimed, input: &[u8], out: &mut Vec<u8>) -> Result<(), RingError> {
+    fn run_one(
+        &mut self,
+        record: &Claimed,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), RingError> {
         let id = record.header.id;
         if record.header.kind != kind::TASK {
             return Err(RingError::Violation("unknown record kind in the task ring"));
@@ -284,25 +319,57 @@ impl<'a> Server<'a> {
         let outcome = catch_unwind(AssertUnwindSafe(|| trampoline(input, out)));
         let max = self.results.memory().max_payload();
         let (header, payload): (RecordHeader, &[u8]) = match outcome {
-            Ok(Ok(())) if out.len() <= max => (RecordHeader { kind: kind::OK, id, ..Default::default() }, out),
+            Ok(Ok(())) if out.len() <= max => (
+                RecordHeader {
+                    kind: kind::OK,
+                    id,
+                    ..Default::default()
+                },
+                out,
+            ),
             Ok(Ok(())) => {
                 let size = out.len() as u64;
                 out.clear();
-                let h = RecordHeader { kind: kind::FAILED, flags: failure::RESULT_TOO_LARGE, id, aux: size, ..Default::default() };
+                let h = RecordHeader {
+                    kind: kind::FAILED,
+                    flags: failure::RESULT_TOO_LARGE,
+                    id,
+                    aux: size,
+                    ..Default::default()
+                };
                 (h, out)
             }
             Ok(Err(err)) => {
-                let code = if task::is_decode_error(&err) { failure::DECODE } else { 0 };
+                let code = if task::is_decode_error(&err) {
+                    failure::DECODE
+                } else {
+                    0
+                };
                 out.clear();
                 out.extend_from_slice(err.to_string().as_bytes());
                 out.truncate(max);
-                (RecordHeader { kind: kind::FAILED, flags: code, id, ..Default::default() }, out)
+                (
+                    RecordHeader {
+                        kind: kind::FAILED,
+                        flags: code,
+                        id,
+                        ..Default::default()
+                    },
+                    out,
+                )
             }
             Err(_) => {
                 out.clear();
                 out.extend_from_slice(take_panic_message().as_bytes());
                 out.truncate(max);
-                (RecordHeader { kind: kind::PANICKED, id, ..Default::default() }, out)
+                (
+                    RecordHeader {
+                        kind: kind::PANICKED,
+                        id,
+                        ..Default::default()
+                    },
+                    out,
+                )
             }
         };
         self.write_result(header, payload)
@@ -320,7 +387,9 @@ impl<'a> Server<'a> {
             park::wake(self.doorbell);
             if !spinner.spin() {
                 let results = &self.results;
-                park::sleep_unless(self.slot.sleeping(), None, || results.has_room(payload.len()));
+                park::sleep_unless(self.slot.sleeping(), None, || {
+                    results.has_room(payload.len())
+                });
                 spinner.reset();
             }
         }

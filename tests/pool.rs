@@ -3,7 +3,7 @@
 
 mod common;
 
-use corepool::{Callbacks, Error, Pinning, Pool};
+use corepool::{Callbacks, Error, ExitCause, Pinning, Pool};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,12 +26,18 @@ fn pool2() -> Pool {
 fn apply_round_trips() {
     let pool = pool2();
     assert_eq!(pool.apply(square, 12).unwrap(), 144);
-    assert_eq!(pool.apply(|s: String| s.to_uppercase(), "abc".to_string()).unwrap(), "ABC");
+    assert_eq!(
+        pool.apply(|s: String| s.to_uppercase(), "abc".to_string())
+            .unwrap(),
+        "ABC"
+    );
 }
 
 fn apply_async_handles() {
     let pool = pool2();
-    let handles: Vec<_> = (0..1000u64).map(|i| pool.apply_async(square, i).unwrap()).collect();
+    let handles: Vec<_> = (0..1000u64)
+        .map(|i| pool.apply_async(square, i).unwrap())
+        .collect();
     for (i, h) in handles.into_iter().enumerate() {
         assert_eq!(h.get().unwrap(), (i * i) as u64);
     }
@@ -55,7 +61,10 @@ fn panics_reach_the_error_callback_and_the_worker_survives() {
                 ok.fetch_add(1, Ordering::SeqCst);
             })
             .on_error(move |e| {
-                assert!(matches!(e, Error::Panicked { message } if message.contains("n > 5")), "{e}");
+                assert!(
+                    matches!(e, Error::Panicked { message } if message.contains("n > 5")),
+                    "{e}"
+                );
                 err.fetch_add(1, Ordering::SeqCst);
             });
         handles.push(pool.apply_async_with(fails_above_5, i, cb).unwrap());
@@ -66,7 +75,11 @@ fn panics_reach_the_error_callback_and_the_worker_survives() {
     assert_eq!(ok.load(Ordering::SeqCst), 6);
     assert_eq!(err.load(Ordering::SeqCst), 4);
     let pids_before = pool.pids();
-    assert_eq!(pool.apply(square, 4).unwrap(), 16, "workers go on after a panic");
+    assert_eq!(
+        pool.apply(square, 4).unwrap(),
+        16,
+        "workers go on after a panic"
+    );
     assert_eq!(pool.pids(), pids_before, "no worker was replaced");
     pool.close();
     pool.join().unwrap();
@@ -77,16 +90,37 @@ fn map_family() {
     let expect: Vec<u64> = (0..10_000u64).map(square).collect();
     assert_eq!(pool.map(square, 0..10_000u64, None).unwrap(), expect);
     assert_eq!(pool.map(square, 0..10_000u64, Some(1)).unwrap(), expect);
-    assert_eq!(pool.map(square, Vec::<u64>::new(), None).unwrap(), Vec::<u64>::new());
-    assert_eq!(pool.map_async(square, 0..100u64, Some(7)).unwrap().get().unwrap(), expect[..100]);
-    let lazy: Vec<u64> = pool.imap(square, 0..1000u64, 10).map(Result::unwrap).collect();
+    assert_eq!(
+        pool.map(square, Vec::<u64>::new(), None).unwrap(),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        pool.map_async(square, 0..100u64, Some(7))
+            .unwrap()
+            .get()
+            .unwrap(),
+        expect[..100]
+    );
+    let lazy: Vec<u64> = pool
+        .imap(square, 0..1000u64, 10)
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(lazy, expect[..1000]);
-    let mut unordered: Vec<u64> = pool.imap_unordered(square, 0..1000u64, 10).unwrap().map(Result::unwrap).collect();
+    let mut unordered: Vec<u64> = pool
+        .imap_unordered(square, 0..1000u64, 10)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     unordered.sort_unstable();
     assert_eq!(unordered, expect[..1000]);
-    let star = pool.starmap(|a: u64, b: u64| a * b, (0..100u64).map(|i| (i, i)), None).unwrap();
+    let star = pool
+        .starmap(|a: u64, b: u64| a * b, (0..100u64).map(|i| (i, i)), None)
+        .unwrap();
     assert_eq!(star, expect[..100]);
-    assert!(matches!(pool.map(square, 0..10u64, Some(0)), Err(Error::InvalidConfig { .. })));
+    assert!(matches!(
+        pool.map(square, 0..10u64, Some(0)),
+        Err(Error::InvalidConfig { .. })
+    ));
     let failing = pool.map(fails_above_5, 0..10u64, Some(2));
     assert!(matches!(failing, Err(Error::Panicked { .. })));
 }
@@ -96,7 +130,10 @@ fn close_join_and_closed_errors() {
     assert!(matches!(pool.join(), Err(Error::JoinWhileOpen)));
     let h = pool.apply_async(square, 5).unwrap();
     pool.close();
-    assert!(matches!(pool.apply_async(square, 1), Err(Error::PoolClosed)));
+    assert!(matches!(
+        pool.apply_async(square, 1),
+        Err(Error::PoolClosed)
+    ));
     pool.join().unwrap();
     assert_eq!(h.get().unwrap(), 25, "close lets submitted work finish");
     assert!(pool.pids().is_empty());
@@ -111,7 +148,9 @@ fn spin_forever(_: u64) -> u64 {
 fn terminate_cancels_pending_work() {
     let pool = Pool::builder().workers(1).build().unwrap();
     let stuck = pool.apply_async(spin_forever, 0).unwrap();
-    let queued: Vec<_> = (0..10).map(|i| pool.apply_async(square, i).unwrap()).collect();
+    let queued: Vec<_> = (0..10)
+        .map(|i| pool.apply_async(square, i).unwrap())
+        .collect();
     pool.terminate();
     pool.join().unwrap();
     assert_eq!(stuck.get().unwrap_err(), Error::Cancelled);
@@ -122,7 +161,9 @@ fn terminate_cancels_pending_work() {
 
 fn drop_with_work_pending_never_hangs() {
     let pool = Pool::builder().workers(2).build().unwrap();
-    let stuck: Vec<_> = (0..4).map(|i| pool.apply_async(spin_forever, i).unwrap()).collect();
+    let stuck: Vec<_> = (0..4)
+        .map(|i| pool.apply_async(spin_forever, i).unwrap())
+        .collect();
     drop(pool);
     for h in stuck {
         assert_eq!(h.get().unwrap_err(), Error::Cancelled);
@@ -137,23 +178,54 @@ fn workers_are_pinned_to_their_cpus() {
         let cpu = cpu.expect("pinned");
         assert_eq!(corepool::info::affinity_of(*pid).unwrap(), vec![cpu]);
     }
-    let explicit = Pool::builder().pinning(Pinning::Cpus(vec![allowed[0]])).workers(2).build().unwrap();
+    let explicit = Pool::builder()
+        .pinning(Pinning::Cpus(vec![allowed[0]]))
+        .workers(2)
+        .build()
+        .unwrap();
     for pid in explicit.pids() {
         assert_eq!(corepool::info::affinity_of(pid).unwrap(), vec![allowed[0]]);
     }
-    let unpinned = Pool::builder().pinning(Pinning::None).workers(1).build().unwrap();
-    assert_eq!(corepool::info::affinity_of(unpinned.pids()[0]).unwrap(), allowed);
-    let bad = Pool::builder().pinning(Pinning::Cpus(vec![100_000])).build();
-    assert!(matches!(bad, Err(Error::CpuNotAllowed { cpu: 100_000, .. })), "{bad:?}");
+    let unpinned = Pool::builder()
+        .pinning(Pinning::None)
+        .workers(1)
+        .build()
+        .unwrap();
+    assert_eq!(
+        corepool::info::affinity_of(unpinned.pids()[0]).unwrap(),
+        allowed
+    );
+    let bad = Pool::builder()
+        .pinning(Pinning::Cpus(vec![100_000]))
+        .build();
+    assert!(
+        matches!(bad, Err(Error::CpuNotAllowed { cpu: 100_000, .. })),
+        "{bad:?}"
+    );
 }
 
 fn oversized_arguments_and_results_are_typed_errors() {
-    let pool = Pool::builder().workers(1).ring_bytes(64 * 1024).build().unwrap();
+    let pool = Pool::builder()
+        .workers(1)
+        .ring_bytes(64 * 1024)
+        .build()
+        .unwrap();
     let big = vec![0u8; 100_000];
-    assert!(matches!(pool.apply_async(|v: Vec<u8>| v.len() as u64, big), Err(Error::ArgumentTooLarge { .. })));
+    assert!(matches!(
+        pool.apply_async(|v: Vec<u8>| v.len() as u64, big),
+        Err(Error::ArgumentTooLarge { .. })
+    ));
     let r = pool.apply(|n: u64| vec![1u8; n as usize], 100_000);
-    assert!(matches!(r, Err(Error::ResultTooLarge { size, .. }) if size > 100_000), "{r:?}");
-    assert_eq!(pool.apply(|n: u64| vec![1u8; n as usize], 1000).unwrap().len(), 1000);
+    assert!(
+        matches!(r, Err(Error::ResultTooLarge { size, .. }) if size > 100_000),
+        "{r:?}"
+    );
+    assert_eq!(
+        pool.apply(|n: u64| vec![1u8; n as usize], 1000)
+            .unwrap()
+            .len(),
+        1000
+    );
 }
 
 fn init_counter() {
@@ -161,24 +233,49 @@ fn init_counter() {
 }
 
 fn initializer_runs_in_every_worker() {
-    let pool = Pool::builder().workers(2).initializer(init_counter).build().unwrap();
-    let seen = pool.map(|_: u64| std::env::var("COREPOOL_TEST_INIT").unwrap_or_default(), 0..8u64, Some(1)).unwrap();
+    let pool = Pool::builder()
+        .workers(2)
+        .initializer(init_counter)
+        .build()
+        .unwrap();
+    let seen = pool
+        .map(
+            |_: u64| std::env::var("COREPOOL_TEST_INIT").unwrap_or_default(),
+            0..8u64,
+            Some(1),
+        )
+        .unwrap();
     assert!(seen.iter().all(|s| s == "ran"));
 }
 
 fn initializer_panic_fails_build() {
-    let r = Pool::builder().workers(1).initializer(|| panic!("no database")).build();
+    let r = Pool::builder()
+        .workers(1)
+        .initializer(|| panic!("no database"))
+        .build();
     match r {
-        Err(Error::WorkerStart { reason, .. }) => assert!(reason.contains("no database"), "{reason}"),
+        Err(Error::WorkerStart { reason, .. }) => {
+            assert!(reason.contains("no database"), "{reason}")
+        }
         other => panic!("expected WorkerStart, got {other:?}"),
     }
 }
 
 fn max_tasks_per_child_replaces_workers_without_losing_work() {
-    let pool = Pool::builder().workers(2).max_tasks_per_child(10).build().unwrap();
-    let pids: Vec<u64> = pool.map(|_: u64| std::process::id() as u64, 0..200u64, Some(1)).unwrap();
+    let pool = Pool::builder()
+        .workers(2)
+        .max_tasks_per_child(10)
+        .build()
+        .unwrap();
+    let pids: Vec<u64> = pool
+        .map(|_: u64| std::process::id() as u64, 0..200u64, Some(1))
+        .unwrap();
     let distinct: std::collections::BTreeSet<_> = pids.iter().collect();
-    assert!(distinct.len() >= 20, "200 tasks at 10 per child need at least 20 processes, saw {}", distinct.len());
+    assert!(
+        distinct.len() >= 20,
+        "200 tasks at 10 per child need at least 20 processes, saw {}",
+        distinct.len()
+    );
     pool.close();
     pool.join().unwrap();
 }
@@ -199,7 +296,10 @@ fn long_tasks_do_not_leave_a_core_idle() {
     let pids = pool.map(work, items, Some(1)).unwrap();
     let long_pid = pids[0];
     let short_on_long = pids[1..].iter().filter(|&&p| p == long_pid).count();
-    assert!(short_on_long < 30, "{short_on_long} of 60 short tasks waited behind the long one");
+    assert!(
+        short_on_long < 30,
+        "{short_on_long} of 60 short tasks waited behind the long one"
+    );
 }
 
 fn pools_from_many_threads() {
@@ -209,7 +309,10 @@ fn pools_from_many_threads() {
             let pool = pool.clone();
             std::thread::spawn(move || {
                 for i in 0..500u64 {
-                    assert_eq!(pool.apply(square, t * 1000 + i).unwrap(), (t * 1000 + i).pow(2));
+                    assert_eq!(
+                        pool.apply(square, t * 1000 + i).unwrap(),
+                        (t * 1000 + i).pow(2)
+                    );
                 }
             })
         })
@@ -221,28 +324,110 @@ fn pools_from_many_threads() {
 
 fn many_pools_leave_no_zombies() {
     for _ in 0..20 {
-        let pool = Pool::builder().workers(2).pinning(Pinning::None).build().unwrap();
+        let pool = Pool::builder()
+            .workers(2)
+            .pinning(Pinning::None)
+            .build()
+            .unwrap();
         assert_eq!(pool.apply(square, 2).unwrap(), 4);
     }
     common::eventually("no children", || common::children().is_empty());
+}
+
+fn die_by(signal: i32) -> u64 {
+    // SAFETY: dying by a signal in this (worker) process is the point. The
+    // default action is restored first: std handles SIGSEGV itself.
+    unsafe {
+        if signal != 0 {
+            libc::signal(signal, libc::SIG_DFL);
+            libc::raise(signal);
+        }
+    }
+    std::process::exit(0) // for signal 0: exit(0) without a result
+}
+
+fn a_dead_worker_fails_only_its_task_and_is_replaced() {
+    let pool = Pool::builder().workers(2).build().unwrap();
+    let before: std::collections::BTreeSet<i32> = pool.pids().into_iter().collect();
+    let cpus_before = pool.cpus().to_vec();
+    for (signal, cause) in [
+        (libc::SIGKILL, ExitCause::Signal(libc::SIGKILL)),
+        (libc::SIGSEGV, ExitCause::Signal(libc::SIGSEGV)),
+        (libc::SIGABRT, ExitCause::Signal(libc::SIGABRT)),
+        (0, ExitCause::Code(0)),
+    ] {
+        let others: Vec<_> = (0..50u64)
+            .map(|i| pool.apply_async(square, i).unwrap())
+            .collect();
+        match pool.apply(die_by, signal) {
+            Err(Error::WorkerDied { cause: got, .. }) => assert_eq!(got, cause),
+            other => panic!("expected WorkerDied, got {other:?}"),
+        }
+        for (i, h) in others.into_iter().enumerate() {
+            assert_eq!(h.get().unwrap(), (i * i) as u64, "other tasks complete");
+        }
+    }
+    common::eventually("replacements serve", || pool.pids().len() == 2);
+    let after: std::collections::BTreeSet<i32> = pool.pids().into_iter().collect();
+    assert!(after != before, "dead workers were replaced");
+    assert_eq!(pool.cpus(), cpus_before.as_slice());
+    for (pid, cpu) in pool.pids().iter().zip(pool.cpus()) {
+        assert_eq!(
+            corepool::info::affinity_of(*pid).unwrap(),
+            vec![cpu.unwrap()],
+            "replacement pinned to its slot's CPU"
+        );
+    }
+    assert_eq!(pool.map(square, 0..100u64, None).unwrap().len(), 100);
 }
 
 fn main() {
     common::run(&[
         ("apply_round_trips", apply_round_trips),
         ("apply_async_handles", apply_async_handles),
-        ("panics_reach_the_error_callback_and_the_worker_survives", panics_reach_the_error_callback_and_the_worker_survives),
+        (
+            "panics_reach_the_error_callback_and_the_worker_survives",
+            panics_reach_the_error_callback_and_the_worker_survives,
+        ),
         ("map_family", map_family),
         ("close_join_and_closed_errors", close_join_and_closed_errors),
-        ("terminate_cancels_pending_work", terminate_cancels_pending_work),
-        ("drop_with_work_pending_never_hangs", drop_with_work_pending_never_hangs),
-        ("workers_are_pinned_to_their_cpus", workers_are_pinned_to_their_cpus),
-        ("oversized_arguments_and_results_are_typed_errors", oversized_arguments_and_results_are_typed_errors),
-        ("initializer_runs_in_every_worker", initializer_runs_in_every_worker),
-        ("initializer_panic_fails_build", initializer_panic_fails_build),
-        ("max_tasks_per_child_replaces_workers_without_losing_work", max_tasks_per_child_replaces_workers_without_losing_work),
-        ("long_tasks_do_not_leave_a_core_idle", long_tasks_do_not_leave_a_core_idle),
+        (
+            "terminate_cancels_pending_work",
+            terminate_cancels_pending_work,
+        ),
+        (
+            "drop_with_work_pending_never_hangs",
+            drop_with_work_pending_never_hangs,
+        ),
+        (
+            "workers_are_pinned_to_their_cpus",
+            workers_are_pinned_to_their_cpus,
+        ),
+        (
+            "oversized_arguments_and_results_are_typed_errors",
+            oversized_arguments_and_results_are_typed_errors,
+        ),
+        (
+            "initializer_runs_in_every_worker",
+            initializer_runs_in_every_worker,
+        ),
+        (
+            "initializer_panic_fails_build",
+            initializer_panic_fails_build,
+        ),
+        (
+            "max_tasks_per_child_replaces_workers_without_losing_work",
+            max_tasks_per_child_replaces_workers_without_losing_work,
+        ),
+        (
+            "long_tasks_do_not_leave_a_core_idle",
+            long_tasks_do_not_leave_a_core_idle,
+        ),
         ("pools_from_many_threads", pools_from_many_threads),
         ("many_pools_leave_no_zombies", many_pools_leave_no_zombies),
+        (
+            "a_dead_worker_fails_only_its_task_and_is_replaced",
+            a_dead_worker_fails_only_its_task_and_is_replaced,
+        ),
     ]);
 }

@@ -134,7 +134,9 @@ impl PoolBuilder {
     /// The CPU of each worker (`None`: unpinned).
     fn resolve_cpus(&self) -> Result<Vec<Option<usize>>> {
         if self.workers == Some(0) {
-            return Err(Error::InvalidConfig { what: "a pool needs at least one worker".into() });
+            return Err(Error::InvalidConfig {
+                what: "a pool needs at least one worker".into(),
+            });
         }
         let allowed = sys::affinity_of(0).map_err(|e| Error::os("sched_getaffinity", e))?;
         let list = match &self.pinning {
@@ -145,7 +147,9 @@ impl PoolBuilder {
             Pinning::PerCpu => allowed.clone(),
             Pinning::Cpus(cpus) => {
                 if cpus.is_empty() {
-                    return Err(Error::InvalidConfig { what: "`Pinning::Cpus` needs at least one CPU".into() });
+                    return Err(Error::InvalidConfig {
+                        what: "`Pinning::Cpus` needs at least one CPU".into(),
+                    });
                 }
                 if let Some(&cpu) = cpus.iter().find(|c| !allowed.contains(c)) {
                     return Err(Error::CpuNotAllowed { cpu, allowed });
@@ -154,7 +158,9 @@ impl PoolBuilder {
             }
         };
         if list.is_empty() {
-            return Err(Error::InvalidConfig { what: "this process may run on no CPU at all".into() });
+            return Err(Error::InvalidConfig {
+                what: "this process may run on no CPU at all".into(),
+            });
         }
         let n = self.workers.unwrap_or(list.len());
         Ok((0..n).map(|i| Some(list[i % list.len()])).collect())

@@ -93,7 +93,9 @@ impl Worker {
     }
 
     fn accepts_tasks(&self) -> bool {
-        matches!(self.phase, Phase::Starting | Phase::Ready) && self.budget_left > 0 && !self.violated
+        matches!(self.phase, Phase::Starting | Phase::Ready)
+            && self.budget_left > 0
+            && !self.violated
     }
 
     /// Resets the slot for a new process. Only once the old one is reaped.
@@ -104,6 +106,7 @@ impl Worker {
         self.slot.fail_code().store(fail::NONE, Ordering::Relaxed);
         self.slot.shutdown().store(0, Ordering::Relaxed);
         self.slot.pid().store(0, Ordering::Relaxed);
+        self.slot.running().store(0, Ordering::Relaxed);
         self.tasks = Producer::new(self.slot.task_ring());
         self.results = Consumer::new(self.slot.result_ring());
         self.budget_left = budget;
@@ -300,23 +303,36 @@ impl Core {
                 });
             }
         }
-        // Split the in-flight list at the claim position.
-        let head = if w.violated { None } else { w.tasks.head().ok() };
+        // Split the in-flight list: tasks below the claim position were taken
+        // by the dead worker. Results are published after every task, so
+        // after the collect above the first taken task is the one that was
+        // running (if the `running` word names it); the rest never started.
+        let head = if w.violated {
+            None
+        } else {
+            w.tasks.head().ok()
+        };
         let cap = w.tasks.memory().capacity();
+        // Acquire pairs with the worker's Release store before each task.
+        let running = w.slot.running().load(Ordering::Acquire);
         let mut requeue = Vec::new();
         while let Some(f) = w.in_flight.pop_front() {
-            let claimed = match head {
+            let taken = match head {
                 Some(h) => {
                     let dist = h.wrapping_sub(f.position);
                     dist != 0 && dist <= cap
                 }
                 None => true,
             };
-            if claimed {
-                // Taken by the dead worker and never answered: even a planned
-                // exit (retirement, shutdown) that leaves one is a death.
+            if taken && (f.task.id == running || head.is_none()) {
                 self.outstanding -= 1;
-                actions.completions.push((f.task.sink, Outcome::Err(Error::WorkerDied { pid, cause: cause.clone() })));
+                actions.completions.push((
+                    f.task.sink,
+                    Outcome::Err(Error::WorkerDied {
+                        pid,
+                        cause: cause.clone(),
+                    }),
+                ));
             } else {
                 requeue.push(f.task);
             }
@@ -338,10 +354,13 @@ impl Core {
         } else if w.start_failures >= MAX_START_FAILURES {
             w.phase = Phase::Stopped;
             if self.workers.iter().all(|w| w.phase == Phase::Stopped) {
-                let error = self.workers[index].start_error.clone().unwrap_or(Error::WorkerStart {
-                    index,
-                    reason: "it failed to start repeatedly".into(),
-                });
+                let error = self.workers[index]
+                    .start_error
+                    .clone()
+                    .unwrap_or(Error::WorkerStart {
+                        index,
+                        reason: "it failed to start repeatedly".into(),
+                    });
                 self.fail_everything(&error, actions);
                 self.fatal = Some(error);
             }
@@ -354,12 +373,16 @@ impl Core {
     /// Fails every pending and in-flight task with `error`.
     pub(crate) fn fail_everything(&mut self, error: &Error, actions: &mut Actions) {
         for task in self.pending.drain(..) {
-            actions.completions.push((task.sink, Outcome::Err(error.clone())));
+            actions
+                .completions
+                .push((task.sink, Outcome::Err(error.clone())));
             self.outstanding -= 1;
         }
         for w in &mut self.workers {
             for f in w.in_flight.drain(..) {
-                actions.completions.push((f.task.sink, Outcome::Err(error.clone())));
+                actions
+                    .completions
+                    .push((f.task.sink, Outcome::Err(error.clone())));
                 self.outstanding -= 1;
             }
         }
@@ -380,7 +403,10 @@ impl Core {
         let pid = w.pid;
         for f in w.in_flight.drain(..) {
             self.outstanding -= 1;
-            actions.completions.push((f.task.sink, Outcome::Err(Error::ProtocolViolation { pid, what })));
+            actions.completions.push((
+                f.task.sink,
+                Outcome::Err(Error::ProtocolViolation { pid, what }),
+            ));
         }
         actions.progress = true;
     }
@@ -407,10 +433,17 @@ impl Core {
             }
             for record in &claimed {
                 let w = &mut self.workers[index];
-                let matches = w.in_flight.front().is_some_and(|f| f.task.id == record.header.id);
+                let matches = w
+                    .in_flight
+                    .front()
+                    .is_some_and(|f| f.task.id == record.header.id);
                 if !matches {
                     self.claimed = claimed;
-                    return self.violation(index, RingError::Violation("result for a task the worker was not given"), actions);
+                    return self.violation(
+                        index,
+                        RingError::Violation("result for a task the worker was not given"),
+                        actions,
+                    );
                 }
                 let task = w.in_flight.pop_front().expect("front checked above").task;
                 let outcome = match decode_result(&w.results, record, &mut self.buf) {
@@ -453,7 +486,12 @@ impl Core {
                 break;
             };
             let w = &mut self.workers[i];
-            let header = RecordHeader { kind: kind::TASK, id: task.id, aux: task.trampoline as u64, ..Default::default() };
+            let header = RecordHeader {
+                kind: kind::TASK,
+                id: task.id,
+                aux: task.trampoline as u64,
+                ..Default::default()
+            };
             match w.tasks.write(header, &task.payload) {
                 Ok(Some(position)) => {
                     w.in_flight.push_back(InFlight { position, task });
@@ -468,7 +506,10 @@ impl Core {
                     // Submission checks sizes, so this is only reachable if
                     // rings differ in size; fail the task, not the pool.
                     self.outstanding -= 1;
-                    actions.completions.push((task.sink, Outcome::Err(Error::ArgumentTooLarge { size: record, max })));
+                    actions.completions.push((
+                        task.sink,
+                        Outcome::Err(Error::ArgumentTooLarge { size: record, max }),
+                    ));
                 }
                 Err(e) => {
                     self.pending.push_front(task);
@@ -492,7 +533,10 @@ impl Core {
     /// Moves queued tasks from a worker that has a backlog to one that has none,
     /// so that a few long tasks never leave a core idle while tasks wait.
     fn balance(&mut self, actions: &mut Actions) {
-        let someone_idle = self.workers.iter().any(|w| w.accepts_tasks() && w.phase == Phase::Ready && w.in_flight.is_empty());
+        let someone_idle = self
+            .workers
+            .iter()
+            .any(|w| w.accepts_tasks() && w.phase == Phase::Ready && w.in_flight.is_empty());
         if !someone_idle {
             return;
         }
@@ -512,11 +556,15 @@ impl Core {
                 })
                 .count();
             let busy = w.in_flight.len() > unclaimed;
-            if (unclaimed >= 2 || (unclaimed >= 1 && busy)) && best.is_none_or(|(_, u)| unclaimed > u) {
+            if (unclaimed >= 2 || (unclaimed >= 1 && busy))
+                && best.is_none_or(|(_, u)| unclaimed > u)
+            {
                 best = Some((i, unclaimed));
             }
         }
-        let Some((donor, unclaimed)) = best else { return };
+        let Some((donor, unclaimed)) = best else {
+            return;
+        };
         let take = unclaimed.div_ceil(2);
         let w = &mut self.workers[donor];
         let from = w.in_flight.len() - take;
@@ -555,7 +603,11 @@ impl Core {
 }
 
 /// Turns one result record into an outcome; `Err` names a protocol violation.
-fn decode_result(results: &Consumer, record: &Claimed, buf: &mut Vec<u8>) -> Result<Outcome, &'static str> {
+fn decode_result(
+    results: &Consumer,
+    record: &Claimed,
+    buf: &mut Vec<u8>,
+) -> Result<Outcome, &'static str> {
     let h = record.header;
     match h.kind {
         kind::OK => {
@@ -565,7 +617,9 @@ fn decode_result(results: &Consumer, record: &Claimed, buf: &mut Vec<u8>) -> Res
         }
         kind::PANICKED => {
             results.read_payload(record, buf);
-            Ok(Outcome::Err(Error::Panicked { message: String::from_utf8_lossy(buf).into_owned() }))
+            Ok(Outcome::Err(Error::Panicked {
+                message: String::from_utf8_lossy(buf).into_owned(),
+            }))
         }
         kind::FAILED => {
             results.read_payload(record, buf);
@@ -575,7 +629,10 @@ fn decode_result(results: &Consumer, record: &Claimed, buf: &mut Vec<u8>) -> Res
                     size: h.aux as usize,
                     max: results.memory().max_payload(),
                 })),
-                failure::DECODE => Ok(Outcome::Err(Error::Decode { type_name: "task arguments", reason: message })),
+                failure::DECODE => Ok(Outcome::Err(Error::Decode {
+                    type_name: "task arguments",
+                    reason: message,
+                })),
                 _ => Err("unknown failure code in a result"),
             }
         }

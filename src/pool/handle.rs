@@ -34,7 +34,9 @@ pub(crate) struct Sink {
 
 impl fmt::Debug for Sink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sink").field("tag", &self.tag).finish_non_exhaustive()
+        f.debug_struct("Sink")
+            .field("tag", &self.tag)
+            .finish_non_exhaustive()
     }
 }
 
@@ -58,7 +60,10 @@ pub struct Callbacks<T> {
 
 impl<T> Default for Callbacks<T> {
     fn default() -> Self {
-        Self { ok: None, err: None }
+        Self {
+            ok: None,
+            err: None,
+        }
     }
 }
 
@@ -173,7 +178,9 @@ pub struct AsyncResult<T> {
 
 impl<T> fmt::Debug for AsyncResult<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AsyncResult").field("ready", &self.cell.ready.load(Ordering::Relaxed)).finish()
+        f.debug_struct("AsyncResult")
+            .field("ready", &self.cell.ready.load(Ordering::Relaxed))
+            .finish()
     }
 }
 
@@ -258,13 +265,24 @@ impl<T: Send + 'static> AsyncResult<T> {
         let mut value = lock(&self.cell.value);
         while !self.cell.is_ready() {
             match deadline {
-                None => value = self.cell.changed.wait(value).unwrap_or_else(|p| p.into_inner()),
+                None => {
+                    value = self
+                        .cell
+                        .changed
+                        .wait(value)
+                        .unwrap_or_else(|p| p.into_inner())
+                }
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return false;
                     }
-                    value = self.cell.changed.wait_timeout(value, left).unwrap_or_else(|p| p.into_inner()).0;
+                    value = self
+                        .cell
+                        .changed
+                        .wait_timeout(value, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
                 }
             }
         }

@@ -101,7 +101,10 @@ impl Shared {
         if !actions.spawn.is_empty() {
             if let Some(sup) = handle::lock(&self.supervisor).as_ref() {
                 for (index, cpu) in &actions.spawn {
-                    sup.send(Command_::Spawn { index: *index, cpu: *cpu });
+                    sup.send(Command_::Spawn {
+                        index: *index,
+                        cpu: *cpu,
+                    });
                 }
             }
         }
@@ -118,11 +121,15 @@ impl Shared {
     fn has_work(&self) -> bool {
         self.stop.load(Ordering::Acquire)
             || self.events_pending.load(Ordering::Acquire)
-            || self.slots.iter().zip(&self.awaiting_start).any(|(slot, awaiting)| {
-                slot.result_ring().has_unclaimed()
-                    || (awaiting.load(Ordering::Relaxed)
-                        && slot.state().load(Ordering::Acquire) != layout::state::STARTING)
-            })
+            || self
+                .slots
+                .iter()
+                .zip(&self.awaiting_start)
+                .any(|(slot, awaiting)| {
+                    slot.result_ring().has_unclaimed()
+                        || (awaiting.load(Ordering::Relaxed)
+                            && slot.state().load(Ordering::Acquire) != layout::state::STARTING)
+                })
     }
 
     fn report(&self, event: Event) {
@@ -135,7 +142,10 @@ impl Shared {
     /// Queues tasks built by `make` (called under the lock with fresh ids).
     fn submit(&self, tasks: Vec<(i64, Vec<u8>, Sink)>) -> Result<()> {
         if let Some((_, payload, _)) = tasks.iter().find(|(_, p, _)| p.len() > self.max_payload) {
-            return Err(Error::ArgumentTooLarge { size: payload.len(), max: self.max_payload });
+            return Err(Error::ArgumentTooLarge {
+                size: payload.len(),
+                max: self.max_payload,
+            });
         }
         let mut core = self.lock();
         if let Some(e) = &core.fatal {
@@ -146,7 +156,12 @@ impl Shared {
         }
         for (trampoline, payload, sink) in tasks {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            core.submit(Task { id, trampoline, payload, sink });
+            core.submit(Task {
+                id,
+                trampoline,
+                payload,
+                sink,
+            });
         }
         let mut actions = Actions::default();
         core.drive(Vec::new(), &mut actions);
@@ -209,7 +224,10 @@ pub struct Pool {
 
 impl fmt::Debug for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Pool").field("workers", &self.shared.workers).field("cpus", &self.cpus).finish()
+        f.debug_struct("Pool")
+            .field("workers", &self.shared.workers)
+            .field("cpus", &self.cpus)
+            .finish()
     }
 }
 
@@ -247,16 +265,30 @@ impl Pool {
                 workers: n as u32,
                 task_ring_bytes: layout.task_ring_bytes,
                 result_ring_bytes: layout.result_ring_bytes,
-                flags: if config.initializer.is_some() { layout::FLAG_INITIALIZER } else { 0 },
+                flags: if config.initializer.is_some() {
+                    layout::FLAG_INITIALIZER
+                } else {
+                    0
+                },
                 initializer: config.initializer.unwrap_or(0),
                 max_tasks_per_child: config.max_tasks_per_child,
                 parent_pid,
                 _reserved: 0,
             },
         );
-        let slots: Vec<Slot> = (0..n).map(|i| Slot::new(&seg, &layout, i).expect("slot in layout")).collect();
-        let budget = if config.max_tasks_per_child == 0 { u64::MAX } else { config.max_tasks_per_child };
-        let workers = slots.iter().zip(&config.cpus).map(|(s, cpu)| Worker::new(*s, *cpu, budget)).collect();
+        let slots: Vec<Slot> = (0..n)
+            .map(|i| Slot::new(&seg, &layout, i).expect("slot in layout"))
+            .collect();
+        let budget = if config.max_tasks_per_child == 0 {
+            u64::MAX
+        } else {
+            config.max_tasks_per_child
+        };
+        let workers = slots
+            .iter()
+            .zip(&config.cpus)
+            .map(|(s, cpu)| Worker::new(*s, *cpu, budget))
+            .collect();
         let max_payload = slots[0].task_ring().max_payload();
         let segment_fd = seg.raw_fd();
         let shared = Arc::new(Shared {
@@ -288,7 +320,11 @@ impl Pool {
             .name("corepool-driver".into())
             .spawn(move || driver_loop(driver_shared))
             .map_err(|e| Error::os("spawning the driver thread", e))?;
-        let pool = Pool { shared, driver: Some(driver), cpus: config.cpus };
+        let pool = Pool {
+            shared,
+            driver: Some(driver),
+            cpus: config.cpus,
+        };
         pool.wait_ready(config.start_timeout)?;
         Ok(pool)
     }
@@ -317,7 +353,12 @@ impl Pool {
                     ),
                 });
             }
-            core = self.shared.lifecycle.wait_timeout(core, left).unwrap_or_else(|p| p.into_inner()).0;
+            core = self
+                .shared
+                .lifecycle
+                .wait_timeout(core, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
@@ -334,7 +375,11 @@ impl Pool {
     /// The pids of the workers running now (a slot being restarted is absent).
     pub fn pids(&self) -> Vec<i32> {
         let core = self.shared.lock();
-        core.workers.iter().filter(|w| matches!(w.phase, Phase::Starting | Phase::Ready)).map(|w| w.pid).collect()
+        core.workers
+            .iter()
+            .filter(|w| matches!(w.phase, Phase::Starting | Phase::Ready))
+            .map(|w| w.pid)
+            .collect()
     }
 
     /// Runs `f(arg)` on a worker and waits for the result (Python's `apply`).
@@ -386,7 +431,12 @@ impl Pool {
     /// # Errors
     ///
     /// As [`apply_async`](Self::apply_async).
-    pub fn apply_async_with<F, A, R>(&self, f: F, arg: A, callbacks: Callbacks<R>) -> Result<AsyncResult<R>>
+    pub fn apply_async_with<F, A, R>(
+        &self,
+        f: F,
+        arg: A,
+        callbacks: Callbacks<R>,
+    ) -> Result<AsyncResult<R>>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Wire,
@@ -395,8 +445,12 @@ impl Pool {
         let _ = f;
         let trampoline = task::offset_of(task::call_one::<F, A, R>);
         let cell = Cell::new(callbacks);
-        let sink = Sink { target: cell.clone(), tag: 0 };
-        self.shared.submit(vec![(trampoline, crate::wire::encode_to_vec(&arg), sink)])?;
+        let sink = Sink {
+            target: cell.clone(),
+            tag: 0,
+        };
+        self.shared
+            .submit(vec![(trampoline, crate::wire::encode_to_vec(&arg), sink)])?;
         Ok(AsyncResult::new(cell, Arc::downgrade(&self.shared)))
     }
 
@@ -404,7 +458,9 @@ impl Pool {
     fn chunksize_for<A: Wire>(&self, items: &[A], chunksize: Option<usize>) -> Result<usize> {
         if let Some(c) = chunksize {
             if c == 0 {
-                return Err(Error::InvalidConfig { what: "chunksize must be at least 1".into() });
+                return Err(Error::InvalidConfig {
+                    what: "chunksize must be at least 1".into(),
+                });
             }
             return Ok(c);
         }
@@ -443,7 +499,16 @@ impl Pool {
         let tasks = payloads
             .into_iter()
             .enumerate()
-            .map(|(i, p)| (trampoline, p, Sink { target: collector.clone(), tag: i as u64 }))
+            .map(|(i, p)| {
+                (
+                    trampoline,
+                    p,
+                    Sink {
+                        target: collector.clone(),
+                        tag: i as u64,
+                    },
+                )
+            })
             .collect();
         self.shared.submit(tasks)?;
         Ok(AsyncResult::new(cell, Arc::downgrade(&self.shared)))
@@ -457,7 +522,12 @@ impl Pool {
     ///
     /// The first failing chunk's error; [`Error::PoolClosed`],
     /// [`Error::ArgumentTooLarge`] at submission.
-    pub fn map<F, A, R>(&self, f: F, items: impl IntoIterator<Item = A>, chunksize: Option<usize>) -> Result<Vec<R>>
+    pub fn map<F, A, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+    ) -> Result<Vec<R>>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Wire,
@@ -483,7 +553,11 @@ impl Pool {
         R: Wire,
     {
         let _ = f;
-        self.submit_chunks(task::offset_of(task::call_chunk::<F, A, R>), items.into_iter().collect(), chunksize)
+        self.submit_chunks(
+            task::offset_of(task::call_chunk::<F, A, R>),
+            items.into_iter().collect(),
+            chunksize,
+        )
     }
 
     /// `f(*args)` for every tuple, in order (Python's `starmap`).
@@ -500,7 +574,12 @@ impl Pool {
     /// # Errors
     ///
     /// As [`map`](Self::map).
-    pub fn starmap<F, T, R>(&self, f: F, items: impl IntoIterator<Item = T>, chunksize: Option<usize>) -> Result<Vec<R>>
+    pub fn starmap<F, T, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = T>,
+        chunksize: Option<usize>,
+    ) -> Result<Vec<R>>
     where
         F: StarFn<T, R>,
         T: Wire,
@@ -526,7 +605,11 @@ impl Pool {
         R: Wire,
     {
         let _ = f;
-        self.submit_chunks(task::offset_of(task::call_star_chunk::<F, T, R>), items.into_iter().collect(), chunksize)
+        self.submit_chunks(
+            task::offset_of(task::call_star_chunk::<F, T, R>),
+            items.into_iter().collect(),
+            chunksize,
+        )
     }
 
     /// A lazy, ordered `map` (Python's `imap`): items are pulled from `items`
@@ -589,10 +672,26 @@ impl Pool {
         let (tx, rx) = crossbeam_channel::unbounded();
         let sink: Arc<dyn Completion> = Arc::new(ChannelSink { tx });
         let chunks = payloads.len();
-        let tasks =
-            payloads.into_iter().map(|p| (trampoline, p, Sink { target: sink.clone(), tag: 0 })).collect();
+        let tasks = payloads
+            .into_iter()
+            .map(|p| {
+                (
+                    trampoline,
+                    p,
+                    Sink {
+                        target: sink.clone(),
+                        tag: 0,
+                    },
+                )
+            })
+            .collect();
         self.shared.submit(tasks)?;
-        Ok(ImapUnordered { rx, chunks_left: chunks, ready: VecDeque::new(), pool: Arc::downgrade(&self.shared) })
+        Ok(ImapUnordered {
+            rx,
+            chunks_left: chunks,
+            ready: VecDeque::new(),
+            pool: Arc::downgrade(&self.shared),
+        })
     }
 
     /// Stops taking work; workers exit once every submitted task is done
@@ -626,7 +725,11 @@ impl Pool {
             return Err(Error::JoinWhileOpen);
         }
         while !(core.all_stopped() && core.outstanding == 0) {
-            core = self.shared.lifecycle.wait(core).unwrap_or_else(|p| p.into_inner());
+            core = self
+                .shared
+                .lifecycle
+                .wait(core)
+                .unwrap_or_else(|p| p.into_inner());
         }
         Ok(())
     }
@@ -669,7 +772,9 @@ pub struct Imap<'p, A, R, I> {
 
 impl<A, R, I> fmt::Debug for Imap<'_, A, R, I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Imap").field("chunks_in_flight", &self.in_flight.len()).finish_non_exhaustive()
+        f.debug_struct("Imap")
+            .field("chunks_in_flight", &self.in_flight.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -684,8 +789,16 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'_, A, R, I> {
             let cell = Cell::<Vec<R>>::new(Callbacks::new());
             let mut payload = Vec::new();
             chunk.encode(&mut payload);
-            self.pool.shared.submit(vec![(self.trampoline, payload, Sink { target: cell.clone(), tag: 0 })])?;
-            self.in_flight.push_back(AsyncResult::new(cell, Arc::downgrade(&self.pool.shared)));
+            self.pool.shared.submit(vec![(
+                self.trampoline,
+                payload,
+                Sink {
+                    target: cell.clone(),
+                    tag: 0,
+                },
+            )])?;
+            self.in_flight
+                .push_back(AsyncResult::new(cell, Arc::downgrade(&self.pool.shared)));
         }
         Ok(())
     }
@@ -728,7 +841,9 @@ pub struct ImapUnordered<R> {
 
 impl<R> fmt::Debug for ImapUnordered<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ImapUnordered").field("chunks_left", &self.chunks_left).finish_non_exhaustive()
+        f.debug_struct("ImapUnordered")
+            .field("chunks_left", &self.chunks_left)
+            .finish_non_exhaustive()
     }
 }
 

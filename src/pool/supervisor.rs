@@ -24,13 +24,20 @@ pub(crate) enum Event {
     /// Worker `index` could not be started.
     SpawnFailed { index: usize, error: Error },
     /// Worker `index`, process `pid`, ended and was reaped.
-    Exited { index: usize, pid: i32, cause: ExitCause },
+    Exited {
+        index: usize,
+        pid: i32,
+        cause: ExitCause,
+    },
 }
 
 /// What the supervisor is asked to do.
 #[derive(Debug)]
 pub(crate) enum Command_ {
-    Spawn { index: usize, cpu: Option<usize> },
+    Spawn {
+        index: usize,
+        cpu: Option<usize>,
+    },
     /// Kill every worker still running, reap them all, and end the thread.
     Exit,
 }
@@ -58,7 +65,11 @@ impl Supervisor {
             .name("corepool-supervisor".into())
             .spawn(move || run(segment_fd, parent_pid, &rx, wake2.as_fd(), &report))
             .map_err(|e| Error::os("spawning the supervisor thread", e))?;
-        Ok(Self { tx, wake, thread: Some(thread) })
+        Ok(Self {
+            tx,
+            wake,
+            thread: Some(thread),
+        })
     }
 
     /// Queues a command.
@@ -103,8 +114,12 @@ fn run(
         if sys::poll_readable(&fds, &mut ready).is_err() {
             ready = vec![true; fds.len()]; // check everything rather than spin
         }
-        let exited: Vec<usize> =
-            indices.iter().zip(ready.iter().skip(1)).filter(|(_, r)| **r).map(|(i, _)| *i).collect();
+        let exited: Vec<usize> = indices
+            .iter()
+            .zip(ready.iter().skip(1))
+            .filter(|(_, r)| **r)
+            .map(|(i, _)| *i)
+            .collect();
         drop(fds);
         for index in exited {
             reap(&mut running, index, report);
@@ -126,7 +141,10 @@ fn run(
                                 let mut child = child;
                                 let _ = child.kill();
                                 let _ = child.wait();
-                                report(Event::SpawnFailed { index, error: Error::os("pidfd_open", e) });
+                                report(Event::SpawnFailed {
+                                    index,
+                                    error: Error::os("pidfd_open", e),
+                                });
                             }
                         }
                     }
@@ -138,7 +156,11 @@ fn run(
                     }
                     for (index, mut r) in running.drain() {
                         let pid = r.child.id() as i32;
-                        let cause = r.child.wait().map(cause_of).unwrap_or(ExitCause::Signal(libc::SIGKILL));
+                        let cause = r
+                            .child
+                            .wait()
+                            .map(cause_of)
+                            .unwrap_or(ExitCause::Signal(libc::SIGKILL));
                         report(Event::Exited { index, pid, cause });
                     }
                     return;
@@ -149,19 +171,29 @@ fn run(
 }
 
 fn reap(running: &mut HashMap<usize, Running>, index: usize, report: &dyn Fn(Event)) {
-    let Some(r) = running.get_mut(&index) else { return };
+    let Some(r) = running.get_mut(&index) else {
+        return;
+    };
     // waitpid on this pid only; the pidfd said it exited, so this does not block.
     match r.child.try_wait() {
         Ok(Some(status)) => {
             let pid = r.child.id() as i32;
             running.remove(&index);
-            report(Event::Exited { index, pid, cause: cause_of(status) });
+            report(Event::Exited {
+                index,
+                pid,
+                cause: cause_of(status),
+            });
         }
         Ok(None) => {}
         Err(_) => {
             let pid = r.child.id() as i32;
             running.remove(&index);
-            report(Event::Exited { index, pid, cause: ExitCause::Signal(libc::SIGKILL) });
+            report(Event::Exited {
+                index,
+                pid,
+                cause: ExitCause::Signal(libc::SIGKILL),
+            });
         }
     }
 }
@@ -177,7 +209,12 @@ fn cause_of(status: std::process::ExitStatus) -> ExitCause {
 /// Re-executes this binary as worker `index`. Between fork and exec the child
 /// only makes async-signal-safe system calls: pin, arm the parent-death
 /// signal, and let the segment descriptor survive exec.
-fn spawn(segment_fd: RawFd, parent_pid: i32, index: usize, cpu: Option<usize>) -> Result<Child, Error> {
+fn spawn(
+    segment_fd: RawFd,
+    parent_pid: i32,
+    index: usize,
+    cpu: Option<usize>,
+) -> Result<Child, Error> {
     let mut command = Command::new("/proc/self/exe");
     command
         .env(WORKER_ENV, make_token(segment_fd, index, parent_pid))

@@ -14,12 +14,27 @@ pub const WATCHDOG: Duration = Duration::from_secs(120);
 
 fn children_of(pid: u32) -> Vec<(u32, char)> {
     let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for entry in dir.flatten() {
-        let Some(child) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
         // The command name may contain spaces: parse after the last ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r.trim_start().to_string()) else { continue };
+        let Some(rest) = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.trim_start().to_string())
+        else {
+            continue;
+        };
         let mut fields = rest.split_whitespace();
         let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
         let ppid: u32 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -38,14 +53,22 @@ pub fn children() -> Vec<(u32, char)> {
 /// This process's open descriptors.
 pub fn open_fds() -> BTreeSet<String> {
     std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// Entries in /dev/shm.
 pub fn shm_entries() -> BTreeSet<String> {
     std::fs::read_dir("/dev/shm")
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -54,7 +77,10 @@ pub fn shm_entries() -> BTreeSet<String> {
 pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cond() {
-        assert!(Instant::now() < deadline, "still not true after 10 s: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "still not true after 10 s: {what}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -66,8 +92,10 @@ pub fn run(tests: &[Test]) {
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let started = Instant::now();
     let (mut passed, mut failed) = (0, 0);
-    let selected: Vec<&Test> =
-        tests.iter().filter(|(name, _)| filter.as_deref().is_none_or(|f| name.contains(f))).collect();
+    let selected: Vec<&Test> = tests
+        .iter()
+        .filter(|(name, _)| filter.as_deref().is_none_or(|f| name.contains(f)))
+        .collect();
     println!("\nrunning {} tests", selected.len());
     for (name, test) in selected {
         let fds = open_fds();
@@ -87,7 +115,11 @@ pub fn run(tests: &[Test]) {
             eventually("every child reaped", || children().is_empty());
             eventually("no descriptor leaked", || open_fds() == fds);
             let now = shm_entries();
-            assert!(now.is_subset(&shm), "new /dev/shm entries: {:?}", now.difference(&shm).collect::<Vec<_>>());
+            assert!(
+                now.is_subset(&shm),
+                "new /dev/shm entries: {:?}",
+                now.difference(&shm).collect::<Vec<_>>()
+            );
         });
         match (result, leaks) {
             (Ok(()), Ok(())) => {

@@ -1,0 +1,4 @@
+//! Subcommands of the `corepool` binary.
+
+pub mod bench;
+pub mod info;
