@@ -175,7 +175,6 @@ pub(crate) mod fail {
     pub(crate) const NONE: u32 = 0;
     pub(crate) const BINARY_MISMATCH: u32 = 1;
     pub(crate) const INITIALIZER_PANICKED: u32 = 2;
-    pub(crate) const BAD_SEGMENT: u32 = 3;
 }
 
 /// One worker's part of the segment.

@@ -34,6 +34,9 @@
 //!
 //! [`docs/protocol.md`]: https://docs.rs/corepool
 
+// Doc examples that build a pool need their own `main` starting with
+// `corepool::init()`: workers re-execute the doctest binary.
+#![allow(clippy::needless_doctest_main)]
 #![cfg(target_os = "linux")]
 #![warn(
     missing_docs,

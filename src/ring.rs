@@ -218,11 +218,6 @@ impl Producer {
         self.mem
     }
 
-    /// Position of the next record to be written.
-    pub(crate) fn position(&self) -> u32 {
-        self.pending
-    }
-
     /// Writes one record unless it does not fit right now (`Ok(None)`); on
     /// success returns the position of its header. Not visible to the consumer
     /// until [`publish`](Self::publish). The header's `total` and `payload_len`
@@ -387,8 +382,6 @@ impl Producer {
 pub(crate) struct Claimed {
     /// The validated header copy.
     pub header: RecordHeader,
-    /// Ring position of the header.
-    pub position: u32,
     payload_offset: u32,
 }
 
@@ -451,7 +444,6 @@ impl Consumer {
                     }
                     out.push(Claimed {
                         header,
-                        position: pos,
                         payload_offset: offset + HEADER_BYTES as u32,
                     });
                 }
@@ -594,7 +586,8 @@ mod tests {
         claimed.clear();
         assert_eq!(c.claim(usize::MAX, &mut claimed).unwrap(), 1);
         assert_eq!(claimed[0].header.id, 1);
-        assert_eq!(p.head().unwrap(), p.position());
+        let (head, tail) = mem.positions();
+        assert_eq!((p.head().unwrap(), head), (tail, tail));
     }
 
     #[test]

@@ -478,7 +478,7 @@ impl Pool {
         items
             .chunks(chunksize)
             .map(|chunk| {
-                let mut out = Vec::with_capacity(8 + chunk.len() * std::mem::size_of::<A>());
+                let mut out = Vec::with_capacity(8 + std::mem::size_of_val(chunk));
                 out.extend_from_slice(&(chunk.len() as u64).to_le_bytes());
                 A::encode_slice(chunk, &mut out);
                 out
