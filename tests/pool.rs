@@ -381,53 +381,59 @@ fn a_dead_worker_fails_only_its_task_and_is_replaced() {
     assert_eq!(pool.map(square, 0..100u64, None).unwrap().len(), 100);
 }
 
+fn busy_ms(ms: u64) -> u64 {
+    let end = std::time::Instant::now() + Duration::from_millis(ms);
+    while std::time::Instant::now() < end {
+        std::hint::spin_loop();
+    }
+    ms
+}
+
+fn waits_longer_than_the_spin_budget_are_woken() {
+    // A caller that stops spinning and sleeps must be woken by the driver.
+    let pool = pool2();
+    for _ in 0..5 {
+        assert_eq!(pool.apply(busy_ms, 20).unwrap(), 20);
+    }
+    let h = pool.apply_async(busy_ms, 20).unwrap();
+    assert_eq!(h.get().unwrap(), 20);
+}
+
+fn callbacks_run_without_anyone_waiting() {
+    let pool = pool2();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..20u64 {
+        let tx = tx.clone();
+        let cb = Callbacks::new().on_success(move |v: &u64| tx.send(*v).unwrap());
+        // The handles are dropped at once: only the driver delivers.
+        drop(pool.apply_async_with(square, i, cb).unwrap());
+    }
+    let mut got: Vec<u64> = (0..20)
+        .map(|_| rx.recv_timeout(Duration::from_secs(60)).unwrap())
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..20u64).map(square).collect::<Vec<_>>());
+}
+
 fn main() {
-    common::run(&[
-        ("apply_round_trips", apply_round_trips),
-        ("apply_async_handles", apply_async_handles),
-        (
-            "panics_reach_the_error_callback_and_the_worker_survives",
-            panics_reach_the_error_callback_and_the_worker_survives,
-        ),
-        ("map_family", map_family),
-        ("close_join_and_closed_errors", close_join_and_closed_errors),
-        (
-            "terminate_cancels_pending_work",
-            terminate_cancels_pending_work,
-        ),
-        (
-            "drop_with_work_pending_never_hangs",
-            drop_with_work_pending_never_hangs,
-        ),
-        (
-            "workers_are_pinned_to_their_cpus",
-            workers_are_pinned_to_their_cpus,
-        ),
-        (
-            "oversized_arguments_and_results_are_typed_errors",
-            oversized_arguments_and_results_are_typed_errors,
-        ),
-        (
-            "initializer_runs_in_every_worker",
-            initializer_runs_in_every_worker,
-        ),
-        (
-            "initializer_panic_fails_build",
-            initializer_panic_fails_build,
-        ),
-        (
-            "max_tasks_per_child_replaces_workers_without_losing_work",
-            max_tasks_per_child_replaces_workers_without_losing_work,
-        ),
-        (
-            "long_tasks_do_not_leave_a_core_idle",
-            long_tasks_do_not_leave_a_core_idle,
-        ),
-        ("pools_from_many_threads", pools_from_many_threads),
-        ("many_pools_leave_no_zombies", many_pools_leave_no_zombies),
-        (
-            "a_dead_worker_fails_only_its_task_and_is_replaced",
-            a_dead_worker_fails_only_its_task_and_is_replaced,
-        ),
+    common::run(common::tests![
+        apply_round_trips,
+        apply_async_handles,
+        panics_reach_the_error_callback_and_the_worker_survives,
+        map_family,
+        close_join_and_closed_errors,
+        terminate_cancels_pending_work,
+        drop_with_work_pending_never_hangs,
+        workers_are_pinned_to_their_cpus,
+        oversized_arguments_and_results_are_typed_errors,
+        initializer_runs_in_every_worker,
+        initializer_panic_fails_build,
+        max_tasks_per_child_replaces_workers_without_losing_work,
+        long_tasks_do_not_leave_a_core_idle,
+        pools_from_many_threads,
+        many_pools_leave_no_zombies,
+        a_dead_worker_fails_only_its_task_and_is_replaced,
+        waits_longer_than_the_spin_budget_are_woken,
+        callbacks_run_without_anyone_waiting,
     ]);
 }

@@ -71,6 +71,9 @@ pub(crate) struct Worker {
     pub start_error: Option<Error>,
     /// The tasks of a worker that broke the protocol have been failed already.
     violated: bool,
+    /// Scratch flags of one dispatch pass: records written / ring full.
+    touched: bool,
+    full: bool,
 }
 
 impl Worker {
@@ -89,6 +92,8 @@ impl Worker {
             start_failures: 0,
             start_error: None,
             violated: false,
+            touched: false,
+            full: false,
         }
     }
 
@@ -172,10 +177,17 @@ impl Core {
         }
     }
 
-    /// Queues a task; dispatching happens in [`drive`](Self::drive).
+    /// Queues a task; dispatching happens in [`drive`](Self::drive) or
+    /// [`dispatch_pending`](Self::dispatch_pending).
     pub(crate) fn submit(&mut self, task: Task) {
         self.outstanding += 1;
         self.pending.push_back(task);
+    }
+
+    /// Moves queued tasks into rings: the cheap part of a pass, for the
+    /// submission path (collecting is left to the driver and to waiters).
+    pub(crate) fn dispatch_pending(&mut self, actions: &mut Actions) {
+        self.dispatch(actions);
     }
 
     /// All workers gone for good.
@@ -471,14 +483,16 @@ impl Core {
         if self.pending.is_empty() {
             return;
         }
-        let mut touched = vec![false; self.workers.len()];
-        let mut full = vec![false; self.workers.len()];
+        for w in &mut self.workers {
+            w.touched = false;
+            w.full = false;
+        }
         while let Some(task) = self.pending.pop_front() {
             let target = self
                 .workers
                 .iter()
                 .enumerate()
-                .filter(|(i, w)| w.accepts_tasks() && !full[*i] && w.in_flight.len() < WINDOW)
+                .filter(|(_, w)| w.accepts_tasks() && !w.full && w.in_flight.len() < WINDOW)
                 .min_by_key(|(_, w)| w.in_flight.len())
                 .map(|(i, _)| i);
             let Some(i) = target else {
@@ -496,10 +510,10 @@ impl Core {
                 Ok(Some(position)) => {
                     w.in_flight.push_back(InFlight { position, task });
                     w.budget_left -= 1;
-                    touched[i] = true;
+                    w.touched = true;
                 }
                 Ok(None) => {
-                    full[i] = true;
+                    w.full = true;
                     self.pending.push_front(task);
                 }
                 Err(RingError::TooLarge { record, max }) => {
@@ -517,8 +531,8 @@ impl Core {
                 }
             }
         }
-        for (i, t) in touched.into_iter().enumerate() {
-            if t {
+        for i in 0..self.workers.len() {
+            if self.workers[i].touched {
                 let w = &mut self.workers[i];
                 if let Err(e) = w.tasks.publish() {
                     self.violation(i, e, actions);
@@ -547,14 +561,12 @@ impl Core {
             }
             let Ok(head) = w.tasks.head() else { continue };
             let cap = w.tasks.memory().capacity();
-            let unclaimed = w
-                .in_flight
-                .iter()
-                .filter(|f| {
-                    let d = head.wrapping_sub(f.position);
-                    d == 0 || d > cap
-                })
-                .count();
+            // Claimed tasks are a prefix of the in-flight list (ring order).
+            let claimed = w.in_flight.partition_point(|f| {
+                let d = head.wrapping_sub(f.position);
+                d != 0 && d <= cap
+            });
+            let unclaimed = w.in_flight.len() - claimed;
             let busy = w.in_flight.len() > unclaimed;
             if (unclaimed >= 2 || (unclaimed >= 1 && busy))
                 && best.is_none_or(|(_, u)| unclaimed > u)

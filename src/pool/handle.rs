@@ -241,13 +241,18 @@ impl<T: Send + 'static> AsyncResult<T> {
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        if self.cell.is_ready() {
+            return true;
+        }
+        let Some(pool) = self.pool.upgrade() else {
+            return self.block_until(deadline);
+        };
         // Spin first, helping the pool collect results: a round trip is a few
         // microseconds, a futex sleep and wake-up tens of them.
+        let helping = pool.helper();
         let mut spinner = Spinner::new();
         while !self.cell.is_ready() {
-            if let Some(pool) = self.pool.upgrade() {
-                pool.try_drive();
-            }
+            pool.try_drive();
             if self.cell.is_ready() {
                 break;
             }
@@ -255,6 +260,9 @@ impl<T: Send + 'static> AsyncResult<T> {
                 return false;
             }
             if !spinner.spin() {
+                // Hand over to the driver thread, then sleep.
+                drop(helping);
+                drop(pool);
                 return self.block_until(deadline);
             }
         }

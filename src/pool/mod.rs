@@ -27,7 +27,7 @@ use crate::task::{self, StarFn};
 use crate::wire::Wire;
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -56,9 +56,38 @@ pub(crate) struct Shared {
     supervisor: Mutex<Option<Supervisor>>,
     max_payload: usize,
     workers: usize,
+    /// Callers spinning in a wait, collecting results themselves.
+    helpers: AtomicUsize,
+    /// The driver's futex word while it leaves the work to helpers.
+    gate: AtomicU32,
+    /// Tasks submitted and not answered, as of the last pass (a hint read
+    /// without the lock).
+    outstanding: AtomicUsize,
+}
+
+/// Marks the current thread as a helper while it lives.
+pub(crate) struct HelperGuard<'a>(&'a Shared);
+
+impl Drop for HelperGuard<'_> {
+    fn drop(&mut self) {
+        // SeqCst: pairs with the SeqCst store of `outstanding` and load of
+        // `helpers` in `Shared::submit`.
+        if self.0.helpers.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.0.outstanding.load(Ordering::SeqCst) > 0
+        {
+            // Work remains and nobody spins for it: the driver takes over.
+            park::wake(&self.0.gate);
+        }
+    }
 }
 
 impl Shared {
+    /// Registers the caller as a helper until the guard drops.
+    pub(crate) fn helper(&self) -> HelperGuard<'_> {
+        self.helpers.fetch_add(1, Ordering::SeqCst);
+        HelperGuard(self)
+    }
+
     fn doorbell(&self) -> &std::sync::atomic::AtomicU32 {
         layout::doorbell(&self.seg)
     }
@@ -97,6 +126,8 @@ impl Shared {
         for (flag, w) in self.awaiting_start.iter().zip(core.workers.iter()) {
             flag.store(w.phase == Phase::Starting, Ordering::Relaxed);
         }
+        // SeqCst: see `submit` and `HelperGuard::drop`.
+        self.outstanding.store(core.outstanding, Ordering::SeqCst);
         drop(core);
         if !actions.spawn.is_empty() {
             if let Some(sup) = handle::lock(&self.supervisor).as_ref() {
@@ -137,10 +168,12 @@ impl Shared {
         // Release pairs with the Acquire swap in `drive_locked`.
         self.events_pending.store(true, Ordering::Release);
         park::wake(self.doorbell());
+        park::wake(&self.gate);
     }
 
-    /// Queues tasks built by `make` (called under the lock with fresh ids).
-    fn submit(&self, tasks: Vec<(i64, Vec<u8>, Sink)>) -> Result<()> {
+    /// Queues tasks and dispatches what fits into the rings. `caller_waits`:
+    /// the caller waits for these results at once (and helps collect them).
+    fn submit(&self, tasks: Vec<(i64, Vec<u8>, Sink)>, caller_waits: bool) -> Result<()> {
         if let Some((_, payload, _)) = tasks.iter().find(|(_, p, _)| p.len() > self.max_payload) {
             return Err(Error::ArgumentTooLarge {
                 size: payload.len(),
@@ -164,8 +197,15 @@ impl Shared {
             });
         }
         let mut actions = Actions::default();
-        core.drive(Vec::new(), &mut actions);
+        core.dispatch_pending(&mut actions);
         self.finish_pass(core, actions);
+        // SeqCst, with the store of `outstanding` in `finish_pass`: pairs with
+        // the SeqCst decrement and load in `HelperGuard::drop` (a Dekker
+        // pair: either we see the helper, or it sees our task).
+        if !caller_waits && self.helpers.load(Ordering::SeqCst) == 0 {
+            // Nobody spins for results: make sure the driver is not gated.
+            park::wake(&self.gate);
+        }
         Ok(())
     }
 }
@@ -173,6 +213,16 @@ impl Shared {
 fn driver_loop(shared: Arc<Shared>) {
     let mut spinner = Spinner::new();
     while !shared.stop.load(Ordering::Acquire) {
+        if shared.helpers.load(Ordering::Acquire) > 0 {
+            // A caller is spinning for its result and collecting as it goes:
+            // stay out of its way (and off the doorbell, so workers make no
+            // wake-up system calls) until it leaves.
+            park::sleep_unless(&shared.gate, None, || {
+                shared.helpers.load(Ordering::Acquire) == 0 || shared.stop.load(Ordering::Acquire)
+            });
+            spinner.reset();
+            continue;
+        }
         if shared.drive() {
             spinner.reset();
             continue;
@@ -304,6 +354,9 @@ impl Pool {
             supervisor: Mutex::new(None),
             max_payload,
             workers: n,
+            helpers: AtomicUsize::new(0),
+            gate: AtomicU32::new(0),
+            outstanding: AtomicUsize::new(0),
         });
         let weak = Arc::downgrade(&shared);
         let supervisor = Supervisor::start(segment_fd, parent_pid, move |event| {
@@ -393,7 +446,9 @@ impl Pool {
         A: Wire,
         R: Wire,
     {
-        self.apply_async(f, arg)?.get()
+        // The caller is about to wait (and help): the submission need not
+        // wake a gated driver, so a round trip makes no wake-up system call.
+        self.submit_one(f, arg, Callbacks::new(), true)?.get()
     }
 
     /// Submits `f(arg)` and returns at once (Python's `apply_async`).
@@ -442,6 +497,21 @@ impl Pool {
         A: Wire,
         R: Wire,
     {
+        self.submit_one(f, arg, callbacks, false)
+    }
+
+    fn submit_one<F, A, R>(
+        &self,
+        f: F,
+        arg: A,
+        callbacks: Callbacks<R>,
+        caller_waits: bool,
+    ) -> Result<AsyncResult<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
         let _ = f;
         let trampoline = task::offset_of(task::call_one::<F, A, R>);
         let cell = Cell::new(callbacks);
@@ -449,8 +519,9 @@ impl Pool {
             target: cell.clone(),
             tag: 0,
         };
+        let payload = crate::wire::encode_to_vec(&arg);
         self.shared
-            .submit(vec![(trampoline, crate::wire::encode_to_vec(&arg), sink)])?;
+            .submit(vec![(trampoline, payload, sink)], caller_waits)?;
         Ok(AsyncResult::new(cell, Arc::downgrade(&self.shared)))
     }
 
@@ -510,7 +581,7 @@ impl Pool {
                 )
             })
             .collect();
-        self.shared.submit(tasks)?;
+        self.shared.submit(tasks, false)?;
         Ok(AsyncResult::new(cell, Arc::downgrade(&self.shared)))
     }
 
@@ -685,7 +756,7 @@ impl Pool {
                 )
             })
             .collect();
-        self.shared.submit(tasks)?;
+        self.shared.submit(tasks, false)?;
         Ok(ImapUnordered {
             rx,
             chunks_left: chunks,
@@ -747,6 +818,7 @@ impl Drop for Pool {
         }
         self.shared.stop.store(true, Ordering::Release);
         park::wake(self.shared.doorbell());
+        park::wake(&self.shared.gate);
         // The doorbell may not be armed: make sure the driver sees `stop`.
         crate::sys::futex_wake_all(self.shared.doorbell());
         if let Some(driver) = self.driver.take() {
@@ -789,14 +861,17 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'_, A, R, I> {
             let cell = Cell::<Vec<R>>::new(Callbacks::new());
             let mut payload = Vec::new();
             chunk.encode(&mut payload);
-            self.pool.shared.submit(vec![(
-                self.trampoline,
-                payload,
-                Sink {
-                    target: cell.clone(),
-                    tag: 0,
-                },
-            )])?;
+            self.pool.shared.submit(
+                vec![(
+                    self.trampoline,
+                    payload,
+                    Sink {
+                        target: cell.clone(),
+                        tag: 0,
+                    },
+                )],
+                false,
+            )?;
             self.in_flight
                 .push_back(AsyncResult::new(cell, Arc::downgrade(&self.pool.shared)));
         }

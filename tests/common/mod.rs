@@ -9,6 +9,14 @@ use std::time::{Duration, Instant};
 /// A test: a name and a function that panics on failure.
 pub type Test = (&'static str, fn());
 
+/// `tests![a, b]`: the named test functions, with their names.
+macro_rules! tests {
+    ($($f:ident),* $(,)?) => {
+        &[$((stringify!($f), $f as fn())),*]
+    };
+}
+pub(crate) use tests;
+
 /// How long one test may take before the watchdog fails the run.
 pub const WATCHDOG: Duration = Duration::from_secs(120);
 
