@@ -245,12 +245,6 @@ impl Slot {
         "Tasks this worker finished; written by the worker."
     );
     atomic_field!(
-        running,
-        AtomicU64,
-        24,
-        "Id of the task the worker runs or ran last; written by the worker before each task."
-    );
-    atomic_field!(
         sleeping,
         AtomicU32,
         64,

@@ -12,11 +12,17 @@
 //!   claimed records, so the producer may overwrite them.
 //!
 //! Invariant: `released <= head <= tail` and `tail - released <= cap` (wrapping
-//! arithmetic). Because `head` and `tail` share one word, the producer can take
-//! back records the consumer has not claimed yet (`retract`), with a CAS that
-//! fails if the consumer claimed them first. That is how the parent moves queued
-//! tasks from a busy worker to an idle one, and how it knows, after a crash,
-//! exactly which tasks the dead worker had taken.
+//! arithmetic). Only the producer moves `tail`, only the consumer moves `head`
+//! and `released`; `head` and `tail` share one word so that either side reads
+//! a consistent pair with one load.
+//!
+//! Each record's `kind` is also an atomic word, an *ownership tag*: the
+//! protocol above the ring lets the producer take back a record the consumer
+//! has claimed but not started (`kind` CAS from "task" to "cancelled") and the
+//! consumer start it (CAS from "task" to "taken"); exactly one CAS wins. The
+//! record's bytes are not reused until the consumer releases them, so the tag
+//! can never be confused with a later record's (no ABA). See
+//! [`RingMemory::record_kind`].
 //!
 //! A record never wraps: when one does not fit before the end of the array the
 //! producer writes a padding record to the end and starts again at offset 0. No
@@ -119,6 +125,7 @@ impl RingMemory {
     }
 
     /// Capacity in bytes.
+    #[cfg(test)]
     pub(crate) fn capacity(&self) -> u32 {
         self.cap
     }
@@ -145,6 +152,24 @@ impl RingMemory {
     pub(crate) fn has_unclaimed(&self) -> bool {
         let (head, tail) = self.positions();
         head != tail
+    }
+
+    /// The `kind` word of the record at `position`, as an atomic: the
+    /// ownership tag. `None` if `position` cannot hold a record header (not
+    /// 8-aligned or too close to the end), which a caller treats as a
+    /// violation.
+    ///
+    /// Only meaningful while the record is published and not yet released.
+    pub(crate) fn record_kind(&self, position: u32) -> Option<&AtomicU32> {
+        let offset = position % self.cap;
+        if offset % 8 != 0 || offset as usize + HEADER_BYTES > self.cap as usize {
+            return None;
+        }
+        // SAFETY: `offset + 8 <= cap` (checked), 4-aligned (the data array is
+        // 8-aligned and offset is a multiple of 8, `kind` is at +4), valid for
+        // the life of this RingMemory; every process accesses a record's kind
+        // word only atomically once the record is published.
+        Some(unsafe { AtomicU32::from_ptr(self.data.add(offset as usize + 4).cast()) })
     }
 
     fn copy_in(&self, offset: u32, src: &[u8]) {
@@ -333,47 +358,13 @@ impl Producer {
     }
 
     /// The consumer's claim position, validated against what this side knows.
+    #[cfg(test)]
     pub(crate) fn head(&self) -> Result<u32, RingError> {
         // Acquire: pairs with the CAS in `Consumer::claim`; nothing is read
         // through it, but it orders our view of the claim before later retracts.
         let (head, tail) = split(self.mem.word().load(Ordering::Acquire));
         self.check_word(head, tail)?;
         Ok(head)
-    }
-
-    /// Takes back every published record at or after `position` that the consumer
-    /// has not claimed. Returns `true` when it took them back; `false` when the
-    /// consumer claimed past `position` first (then nothing changes).
-    pub(crate) fn retract_to(&mut self, position: u32) -> Result<bool, RingError> {
-        debug_assert_eq!(
-            self.pending, self.tail,
-            "retract only with nothing unpublished"
-        );
-        let word = self.mem.word();
-        let mut current = word.load(Ordering::Acquire);
-        loop {
-            let (head, tail) = split(current);
-            self.check_word(head, tail)?;
-            // `position` must lie in [head, tail].
-            if position.wrapping_sub(head) > tail.wrapping_sub(head) {
-                return Ok(false);
-            }
-            // AcqRel pairs with the consumer's claim CAS: whichever CAS wins
-            // decides who owns the records between `position` and `tail`.
-            match word.compare_exchange_weak(
-                current,
-                join(head, position),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    self.tail = position;
-                    self.pending = position;
-                    return Ok(true);
-                }
-                Err(seen) => current = seen,
-            }
-        }
     }
 }
 
@@ -382,6 +373,8 @@ impl Producer {
 pub(crate) struct Claimed {
     /// The validated header copy.
     pub header: RecordHeader,
+    /// Ring position of the header.
+    pub position: u32,
     payload_offset: u32,
 }
 
@@ -444,13 +437,13 @@ impl Consumer {
                     }
                     out.push(Claimed {
                         header,
+                        position: pos,
                         payload_offset: offset + HEADER_BYTES as u32,
                     });
                 }
                 pos = pos.wrapping_add(total);
             }
-            // Acquire on success: pairs with the producer's AcqRel `retract_to`
-            // CAS; whichever wins owns the records in [head, pos).
+            // Acquire on success: as the load above (pairs with `publish`).
             if word
                 .compare_exchange(
                     current,
@@ -463,7 +456,7 @@ impl Consumer {
                 self.head = pos;
                 return Ok(out.len() - start);
             }
-            // The producer published more or retracted: parse again.
+            // The producer published more: parse again.
         }
     }
 
@@ -570,7 +563,7 @@ mod tests {
     }
 
     #[test]
-    fn retract_takes_back_only_unclaimed_records() {
+    fn ownership_tags_let_exactly_one_side_win() {
         let mut ring = HeapRing::new(1024);
         let mem = ring.memory();
         let (mut p, mut c) = (Producer::new(mem), Consumer::new(mem));
@@ -579,13 +572,25 @@ mod tests {
             .collect();
         p.publish().unwrap();
         let mut claimed = Vec::new();
-        assert_eq!(c.claim(1, &mut claimed).unwrap(), 1);
-        // Record 0 is claimed: retracting to it must fail; to record 2 succeeds.
-        assert!(!p.retract_to(positions[0]).unwrap());
-        assert!(p.retract_to(positions[2]).unwrap());
-        claimed.clear();
-        assert_eq!(c.claim(usize::MAX, &mut claimed).unwrap(), 1);
-        assert_eq!(claimed[0].header.id, 1);
+        assert_eq!(c.claim(usize::MAX, &mut claimed).unwrap(), 4);
+        assert_eq!(claimed[3].position, positions[3]);
+        // Producer cancels record 3; consumer starts record 0 and then fails to
+        // start record 3.
+        let tag = |pos| mem.record_kind(pos).unwrap();
+        assert!(tag(positions[3])
+            .compare_exchange(1, 9, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok());
+        assert!(tag(positions[0])
+            .compare_exchange(1, 8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok());
+        assert!(tag(positions[3])
+            .compare_exchange(1, 8, Ordering::AcqRel, Ordering::Acquire)
+            .is_err());
+        assert!(tag(positions[0])
+            .compare_exchange(1, 9, Ordering::AcqRel, Ordering::Acquire)
+            .is_err());
+        assert!(mem.record_kind(4).is_none(), "unaligned");
+        assert!(mem.record_kind(1024 - 8).is_none(), "no room for a header");
         let (head, tail) = mem.positions();
         assert_eq!((p.head().unwrap(), head), (tail, tail));
     }

@@ -284,6 +284,14 @@ fn open_mapping(
 ) -> std::result::Result<Arc<Mapping>, String> {
     let mut opened = crate::pool_lock(&OPENED);
     if let Some(m) = opened.iter().find(|m| m.id.dev == dev && m.id.ino == ino) {
+        // The handle may come from an untrusted worker: its length must fit
+        // the memory we mapped, on this path as on the first.
+        if m.seg.len() < bytes {
+            return Err(format!(
+                "the array's memory holds {} bytes, the handle says {bytes}",
+                m.seg.len()
+            ));
+        }
         return Ok(m.clone());
     }
     // A miss: first forget arrays whose creator no longer holds them, so that
@@ -306,6 +314,13 @@ fn open_mapping(
         .write(true)
         .open(&path)
         .map_err(|e| format!("opening {path}: {e} (is the creating process alive?)"))?;
+    // Only a memfd sealed against resizing is an array: never map an
+    // arbitrary file a worker names, nor one that could shrink under us.
+    if !crate::sys::is_size_sealed(std::os::fd::AsFd::as_fd(&file)) {
+        return Err(format!(
+            "{path} is not a corepool array (not a size-sealed memfd)"
+        ));
+    }
     let fd_owned: OwnedFd = file.into();
     let seg = Segment::open(fd_owned).map_err(|e| e.to_string())?;
     let id = seg.identity().map_err(|e| e.to_string())?;
@@ -402,5 +417,33 @@ mod tests {
             SharedArray::<u64>::decode(&mut bytes.as_slice()).is_err(),
             "type mismatch"
         );
+    }
+
+    #[test]
+    fn hostile_handles_are_refused() {
+        let a = SharedArray::<u8>::new(4096).unwrap();
+        let mut bytes = Vec::new();
+        a.encode(&mut bytes);
+        // Decode once so the mapping is cached, then lie about the length.
+        SharedArray::<u8>::decode(&mut bytes.as_slice()).unwrap();
+        let (owner, fd, dev, ino, _, tag) =
+            <(i32, i32, u64, u64, u64, u64)>::decode(&mut bytes.as_slice()).unwrap();
+        let mut lying = Vec::new();
+        (owner, fd, dev, ino, 1u64 << 40, tag).encode(&mut lying);
+        assert!(
+            SharedArray::<u8>::decode(&mut lying.as_slice()).is_err(),
+            "cached path"
+        );
+        // A handle naming an ordinary file is refused.
+        let path = std::env::temp_dir().join(format!("corepool-test-{}", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(4096).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let file_fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let id = crate::sys::fstat(std::os::fd::AsFd::as_fd(&file)).unwrap();
+        let mut forged = Vec::new();
+        (owner, file_fd, id.dev, id.ino, 1u64, tag).encode(&mut forged);
+        let err = SharedArray::<u8>::decode(&mut forged.as_slice()).unwrap_err();
+        assert!(err.to_string().contains("not a corepool array"), "{err}");
     }
 }

@@ -61,6 +61,16 @@ pub(crate) fn seal_size(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether `fd` is a memfd whose size is sealed (shrink and grow): the only
+/// kind of file corepool maps on another process's word.
+pub(crate) fn is_size_sealed(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: plain fcntl; fails with EINVAL on anything but a memfd/shmem file.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    seals >= 0
+        && seals & (libc::F_SEAL_SHRINK | libc::F_SEAL_GROW)
+            == (libc::F_SEAL_SHRINK | libc::F_SEAL_GROW)
+}
+
 /// Size of the file behind `fd` and its (device, inode) identity.
 pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileId> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();

@@ -18,8 +18,15 @@ use crate::wire::{decode_exact, Wire};
 
 /// Record kinds of the task and result rings (`ring::KIND_PAD` is 0).
 pub(crate) mod kind {
-    /// Parent → worker: run trampoline `aux` on the payload; `id` is the task id.
+    /// Parent → worker: run trampoline `aux` on the payload; `id` is the task
+    /// id. The `kind` word is the record's ownership tag: the worker CASes it
+    /// to [`TAKEN`] before running the task, the parent to [`CANCELLED`] to
+    /// take the task back; exactly one wins.
     pub(crate) const TASK: u32 = 1;
+    /// A task record the worker has started.
+    pub(crate) const TAKEN: u32 = 5;
+    /// A task record the parent took back; the worker skips it.
+    pub(crate) const CANCELLED: u32 = 6;
     /// Worker → parent: the task returned; the payload is the encoded result.
     pub(crate) const OK: u32 = 2;
     /// Worker → parent: the task panicked; the payload is the message (UTF-8).
@@ -35,6 +42,8 @@ pub(crate) mod failure {
     pub(crate) const DECODE: u32 = 1;
     /// The result was larger than the result ring takes; `aux` is its size.
     pub(crate) const RESULT_TOO_LARGE: u32 = 2;
+    /// Any other error the trampoline returned; the payload is its message.
+    pub(crate) const TASK_ERROR: u32 = 3;
 }
 
 /// The signature every trampoline has.

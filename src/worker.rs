@@ -236,7 +236,7 @@ impl<'a> Server<'a> {
 
     fn run(mut self) -> Result<(), RingError> {
         let mut claimed: Vec<Claimed> = Vec::with_capacity(MAX_BATCH);
-        let mut payloads: Vec<Vec<u8>> = Vec::new();
+        let mut input = Vec::new();
         let mut out = Vec::new();
         let mut spinner = Spinner::new();
         loop {
@@ -261,31 +261,39 @@ impl<'a> Server<'a> {
                 continue;
             }
             spinner.reset();
-            // Copy every payload out first, then give the ring space back so the
-            // parent can refill it while we work.
-            if payloads.len() < claimed.len() {
-                payloads.resize_with(claimed.len(), Vec::new);
-            }
-            for (record, buf) in claimed.iter().zip(payloads.iter_mut()) {
-                self.tasks.read_payload(record, buf);
-            }
-            self.tasks.release();
             let started = Instant::now();
-            for (record, input) in claimed.iter().zip(payloads.iter()) {
-                // Tells the parent, should we die, which task was running:
-                // the rest of the batch was never started and is requeued.
-                // Release pairs with the parent's Acquire load after the reap.
-                self.slot
-                    .running()
-                    .store(record.header.id, Ordering::Release);
-                self.run_one(record, input, &mut out)?;
+            let mut ran = 0usize;
+            let ring = self.tasks.memory();
+            for record in &claimed {
+                let Some(tag) = ring.record_kind(record.position) else {
+                    return Err(RingError::Violation(
+                        "claimed record at an impossible position",
+                    ));
+                };
+                // Take the task unless the parent took it back first (to give
+                // it to an idle worker). AcqRel pairs with the parent's AcqRel
+                // CAS in `Core::balance`: exactly one of the two succeeds.
+                if tag
+                    .compare_exchange(kind::TASK, kind::TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
+                    continue;
+                }
+                self.tasks.read_payload(record, &mut input);
+                self.run_one(record, &input, &mut out)?;
                 // Publish each result at once: a crash later in the batch must
-                // not lose it, and the parent can deliver it while we go on.
+                // not lose it, and a waiting caller can take it while we go on.
                 self.results.publish()?;
+                ran += 1;
             }
+            // Only now may the parent reuse the batch's bytes: until the last
+            // tag CAS above, both sides still read and wrote them.
+            self.tasks.release();
             park::wake(self.doorbell);
-            self.adapt_batch(claimed.len(), started.elapsed().as_nanos() as f64);
-            self.done += claimed.len() as u64;
+            if ran > 0 {
+                self.adapt_batch(ran, started.elapsed().as_nanos() as f64);
+            }
+            self.done += ran as u64;
             self.slot.tasks_done().store(self.done, Ordering::Relaxed);
             if self.max_tasks > 0 && self.done >= self.max_tasks {
                 // Release pairs with the parent's Acquire load of `state`.
@@ -343,7 +351,7 @@ impl<'a> Server<'a> {
                 let code = if task::is_decode_error(&err) {
                     failure::DECODE
                 } else {
-                    0
+                    failure::TASK_ERROR
                 };
                 out.clear();
                 out.extend_from_slice(err.to_string().as_bytes());

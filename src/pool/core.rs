@@ -111,7 +111,6 @@ impl Worker {
         self.slot.fail_code().store(fail::NONE, Ordering::Relaxed);
         self.slot.shutdown().store(0, Ordering::Relaxed);
         self.slot.pid().store(0, Ordering::Relaxed);
-        self.slot.running().store(0, Ordering::Relaxed);
         self.tasks = Producer::new(self.slot.task_ring());
         self.results = Consumer::new(self.slot.result_ring());
         self.budget_left = budget;
@@ -315,28 +314,21 @@ impl Core {
                 });
             }
         }
-        // Split the in-flight list: tasks below the claim position were taken
-        // by the dead worker. Results are published after every task, so
-        // after the collect above the first taken task is the one that was
-        // running (if the `running` word names it); the rest never started.
-        let head = if w.violated {
-            None
-        } else {
-            w.tasks.head().ok()
-        };
-        let cap = w.tasks.memory().capacity();
-        // Acquire pairs with the worker's Release store before each task.
-        let running = w.slot.running().load(Ordering::Acquire);
+        // Split the in-flight list by each record's ownership tag: a task the
+        // dead worker had started (TAKEN) and not answered fails; the rest
+        // never started and are requeued. Results are published after every
+        // task, so after the collect above at most one task is TAKEN.
+        let ring = w.tasks.memory();
+        let violated = w.violated;
         let mut requeue = Vec::new();
         while let Some(f) = w.in_flight.pop_front() {
-            let taken = match head {
-                Some(h) => {
-                    let dist = h.wrapping_sub(f.position);
-                    dist != 0 && dist <= cap
-                }
-                None => true,
-            };
-            if taken && (f.task.id == running || head.is_none()) {
+            // Acquire pairs with the worker's AcqRel tag CAS (the process is
+            // reaped: no CAS can follow).
+            let taken = violated
+                || ring
+                    .record_kind(f.position)
+                    .is_none_or(|tag| tag.load(Ordering::Acquire) != kind::TASK);
+            if taken {
                 self.outstanding -= 1;
                 actions.completions.push((
                     f.task.sink,
@@ -546,6 +538,11 @@ impl Core {
 
     /// Moves queued tasks from a worker that has a backlog to one that has none,
     /// so that a few long tasks never leave a core idle while tasks wait.
+    ///
+    /// A task pushed to a worker stays the parent's to take back until the
+    /// worker starts it: both sides CAS the record's ownership tag (`TASK` to
+    /// `CANCELLED` here, `TASK` to `TAKEN` in the worker) and one wins. Tasks
+    /// a worker has claimed in a batch but not started can be moved too.
     fn balance(&mut self, actions: &mut Actions) {
         let someone_idle = self
             .workers
@@ -554,46 +551,64 @@ impl Core {
         if !someone_idle {
             return;
         }
-        let mut best: Option<(usize, usize)> = None; // (worker, unclaimed)
+        let mut best: Option<(usize, usize)> = None; // (worker, not started)
         for (i, w) in self.workers.iter().enumerate() {
             if w.phase != Phase::Ready || w.in_flight.is_empty() || w.violated {
                 continue;
             }
-            let Ok(head) = w.tasks.head() else { continue };
-            let cap = w.tasks.memory().capacity();
-            // Claimed tasks are a prefix of the in-flight list (ring order).
-            let claimed = w.in_flight.partition_point(|f| {
-                let d = head.wrapping_sub(f.position);
-                d != 0 && d <= cap
-            });
-            let unclaimed = w.in_flight.len() - claimed;
-            let busy = w.in_flight.len() > unclaimed;
-            if (unclaimed >= 2 || (unclaimed >= 1 && busy))
-                && best.is_none_or(|(_, u)| unclaimed > u)
-            {
-                best = Some((i, unclaimed));
+            let ring = w.tasks.memory();
+            // The worker starts tasks in order: the unstarted ones are a suffix.
+            let waiting = w
+                .in_flight
+                .iter()
+                .rev()
+                .take_while(|f| {
+                    // Acquire pairs with the worker's AcqRel tag CAS.
+                    ring.record_kind(f.position)
+                        .is_some_and(|tag| tag.load(Ordering::Acquire) == kind::TASK)
+                })
+                .count();
+            let busy = w.in_flight.len() > waiting;
+            if (waiting >= 2 || (waiting >= 1 && busy)) && best.is_none_or(|(_, n)| waiting > n) {
+                best = Some((i, waiting));
             }
         }
-        let Some((donor, unclaimed)) = best else {
-            return;
-        };
-        let take = unclaimed.div_ceil(2);
+        let Some((donor, waiting)) = best else { return };
         let w = &mut self.workers[donor];
-        let from = w.in_flight.len() - take;
-        let position = w.in_flight[from].position;
-        match w.tasks.retract_to(position) {
-            Ok(true) => {
-                let moved: Vec<InFlight> = w.in_flight.drain(from..).collect();
-                w.budget_left = w.budget_left.saturating_add(moved.len() as u64);
-                for f in moved.into_iter().rev() {
-                    self.pending.push_front(f.task);
-                }
-                actions.progress = true;
-                self.dispatch(actions);
+        let ring = w.tasks.memory();
+        let mut moved = Vec::new();
+        for _ in 0..waiting.div_ceil(2) {
+            let Some(last) = w.in_flight.back() else {
+                break;
+            };
+            let Some(tag) = ring.record_kind(last.position) else {
+                break;
+            };
+            // AcqRel pairs with the worker's AcqRel CAS in `Server::run`:
+            // exactly one of the two takes the task.
+            if tag
+                .compare_exchange(
+                    kind::TASK,
+                    kind::CANCELLED,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_err()
+            {
+                break; // the worker started it, and so every task before it
             }
-            Ok(false) => {}
-            Err(e) => self.violation(donor, e, actions),
+            moved.push(w.in_flight.pop_back().expect("back checked above").task);
         }
+        if moved.is_empty() {
+            return;
+        }
+        w.budget_left = w.budget_left.saturating_add(moved.len() as u64);
+        // `moved` is newest first: push_front keeps the original order.
+        for task in moved {
+            self.pending.push_front(task);
+        }
+        actions.progress = true;
+        self.dispatch(actions);
     }
 
     /// Cancels everything and kills every worker (`terminate`).
@@ -640,6 +655,10 @@ fn decode_result(
                 failure::RESULT_TOO_LARGE => Ok(Outcome::Err(Error::ResultTooLarge {
                     size: h.aux as usize,
                     max: results.memory().max_payload(),
+                })),
+                failure::TASK_ERROR => Ok(Outcome::Err(Error::Decode {
+                    type_name: "task",
+                    reason: message,
                 })),
                 failure::DECODE => Ok(Outcome::Err(Error::Decode {
                     type_name: "task arguments",
