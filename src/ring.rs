@@ -462,9 +462,21 @@ impl Consumer {
 
     /// Copies a claimed record's payload into `dst` (replacing its contents).
     pub(crate) fn read_payload(&self, record: &Claimed, dst: &mut Vec<u8>) {
+        let len = record.header.payload_len as usize;
         dst.clear();
-        dst.resize(record.header.payload_len as usize, 0);
-        self.mem.copy_out(record.payload_offset, dst);
+        dst.reserve(len);
+        debug_assert!(record.payload_offset as usize + len <= self.mem.cap as usize);
+        // SAFETY: `claim` validated that the payload lies inside the data
+        // array; `dst` has capacity for `len` bytes, which the copy fully
+        // initialises before `set_len` (no zero-fill pass first).
+        unsafe {
+            ptr::copy_nonoverlapping(
+                self.mem.data.add(record.payload_offset as usize),
+                dst.as_mut_ptr(),
+                len,
+            );
+            dst.set_len(len);
+        }
     }
 
     /// Lets the producer reuse everything claimed so far.

@@ -264,7 +264,9 @@ impl<'a> Server<'a> {
             let started = Instant::now();
             let mut ran = 0usize;
             let ring = self.tasks.memory();
-            for record in &claimed {
+            let last = claimed.len() - 1;
+            let mut released = false;
+            for (i, record) in claimed.iter().enumerate() {
                 let Some(tag) = ring.record_kind(record.position) else {
                     return Err(RingError::Violation(
                         "claimed record at an impossible position",
@@ -280,15 +282,22 @@ impl<'a> Server<'a> {
                     continue;
                 }
                 self.tasks.read_payload(record, &mut input);
+                if i == last {
+                    // Every tag of the batch is decided and every payload we
+                    // run is copied: the parent may refill while we work.
+                    self.tasks.release();
+                    released = true;
+                }
                 self.run_one(record, &input, &mut out)?;
                 // Publish each result at once: a crash later in the batch must
                 // not lose it, and a waiting caller can take it while we go on.
                 self.results.publish()?;
                 ran += 1;
             }
-            // Only now may the parent reuse the batch's bytes: until the last
-            // tag CAS above, both sides still read and wrote them.
-            self.tasks.release();
+            if !released {
+                // The last record was taken back: its tag is decided too.
+                self.tasks.release();
+            }
             park::wake(self.doorbell);
             if ran > 0 {
                 self.adapt_batch(ran, started.elapsed().as_nanos() as f64);

@@ -224,7 +224,7 @@ fn bench_map(
     let input: Vec<u64> = (0..n).collect();
     pool.map(noop, input[..1 << 16].to_vec(), None)?; // warm-up
     let t = Instant::now();
-    let out = pool.map(noop, input.clone(), None)?;
+    let out = pool.map(noop, input.iter().copied(), None)?;
     let corepool = row("map", "corepool", workers, n, t.elapsed(), "items/s");
     assert_eq!(out, input);
     bar.inc(1);

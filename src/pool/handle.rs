@@ -333,7 +333,13 @@ impl<R: Wire> Completion for MapCollector<R> {
                 }
                 // AcqRel: the last chunk sees every other chunk's store above.
                 if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    let all: Vec<R> = lock(&self.chunks).drain(..).flatten().flatten().collect();
+                    let mut chunks = lock(&self.chunks);
+                    let total = chunks.iter().flatten().map(Vec::len).sum();
+                    let mut all: Vec<R> = Vec::with_capacity(total);
+                    for chunk in chunks.drain(..).flatten() {
+                        all.extend(chunk);
+                    }
+                    drop(chunks);
                     self.cell.finish(Ok(all));
                 }
             }

@@ -525,8 +525,14 @@ impl Pool {
         Ok(AsyncResult::new(cell, Arc::downgrade(&self.shared)))
     }
 
-    /// Python's default chunk size, capped so that a chunk fits one message.
-    fn chunksize_for<A: Wire>(&self, items: &[A], chunksize: Option<usize>) -> Result<usize> {
+    /// Python's default chunk size (about four chunks per worker), capped so
+    /// that a chunk stays cache-sized and fits one ring message.
+    fn chunksize_for<A: Wire>(
+        &self,
+        len: usize,
+        first: Option<&A>,
+        chunksize: Option<usize>,
+    ) -> Result<usize> {
         if let Some(c) = chunksize {
             if c == 0 {
                 return Err(Error::InvalidConfig {
@@ -535,50 +541,75 @@ impl Pool {
             }
             return Ok(c);
         }
-        let mut size = items.len().div_ceil(self.workers() * 4).max(1);
-        if let Some(first) = items.first() {
+        let mut size = len.div_ceil(self.workers() * 4).max(1);
+        if let Some(first) = first {
             let mut probe = Vec::new();
             first.encode(&mut probe);
-            let fit = (self.shared.max_payload.saturating_sub(8) / 2) / probe.len().max(1);
-            size = size.min(fit.max(1));
+            let budget = (self.shared.max_payload.saturating_sub(8) / 2).min(1 << 18);
+            size = size.min((budget / probe.len().max(1)).max(1));
         }
         Ok(size)
     }
 
-    fn chunk_payloads<A: Wire>(items: &[A], chunksize: usize) -> Vec<Vec<u8>> {
-        items
-            .chunks(chunksize)
-            .map(|chunk| {
-                let mut out = Vec::with_capacity(8 + std::mem::size_of_val(chunk));
-                out.extend_from_slice(&(chunk.len() as u64).to_le_bytes());
-                A::encode_slice(chunk, &mut out);
-                out
-            })
-            .collect()
+    /// Encodes `items` into chunk payloads, streaming when the length is
+    /// known up front (no intermediate copy of the items).
+    fn encode_chunks<A: Wire>(
+        &self,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+    ) -> Result<Vec<Vec<u8>>> {
+        let iter = items.into_iter();
+        match iter.size_hint() {
+            (lo, Some(hi)) if lo == hi => self.encode_exact(iter, lo, chunksize),
+            _ => {
+                let all: Vec<A> = iter.collect();
+                let len = all.len();
+                self.encode_exact(all.into_iter(), len, chunksize)
+            }
+        }
+    }
+
+    fn encode_exact<A: Wire>(
+        &self,
+        iter: impl Iterator<Item = A>,
+        len: usize,
+        chunksize: Option<usize>,
+    ) -> Result<Vec<Vec<u8>>> {
+        let mut iter = iter.peekable();
+        let chunksize = self.chunksize_for(len, iter.peek(), chunksize)?;
+        let mut chunk: Vec<A> = Vec::with_capacity(chunksize.min(len));
+        let mut payloads = Vec::with_capacity(len.div_ceil(chunksize));
+        loop {
+            chunk.clear();
+            chunk.extend(iter.by_ref().take(chunksize));
+            if chunk.is_empty() {
+                return Ok(payloads);
+            }
+            let mut out = Vec::with_capacity(8 + std::mem::size_of_val(chunk.as_slice()));
+            out.extend_from_slice(&(chunk.len() as u64).to_le_bytes());
+            A::encode_slice(&chunk, &mut out);
+            payloads.push(out);
+        }
     }
 
     fn submit_chunks<A: Wire, R: Wire>(
         &self,
         trampoline: i64,
-        items: Vec<A>,
+        items: impl IntoIterator<Item = A>,
         chunksize: Option<usize>,
     ) -> Result<AsyncResult<Vec<R>>> {
-        let chunksize = self.chunksize_for(&items, chunksize)?;
-        let payloads = Self::chunk_payloads(&items, chunksize);
+        let payloads = self.encode_chunks(items, chunksize)?;
         let cell = Cell::new(Callbacks::new());
         let collector: Arc<dyn Completion> = MapCollector::<R>::new(payloads.len(), cell.clone());
         let tasks = payloads
             .into_iter()
             .enumerate()
             .map(|(i, p)| {
-                (
-                    trampoline,
-                    p,
-                    Sink {
-                        target: collector.clone(),
-                        tag: i as u64,
-                    },
-                )
+                let sink = Sink {
+                    target: collector.clone(),
+                    tag: i as u64,
+                };
+                (trampoline, p, sink)
             })
             .collect();
         self.shared.submit(tasks, false)?;
@@ -626,7 +657,7 @@ impl Pool {
         let _ = f;
         self.submit_chunks(
             task::offset_of(task::call_chunk::<F, A, R>),
-            items.into_iter().collect(),
+            items,
             chunksize,
         )
     }
@@ -678,7 +709,7 @@ impl Pool {
         let _ = f;
         self.submit_chunks(
             task::offset_of(task::call_star_chunk::<F, T, R>),
-            items.into_iter().collect(),
+            items,
             chunksize,
         )
     }
@@ -738,8 +769,7 @@ impl Pool {
     {
         let _ = f;
         let trampoline = task::offset_of(task::call_chunk::<F, A, R>);
-        let items: Vec<A> = items.into_iter().collect();
-        let payloads = Self::chunk_payloads(&items, chunksize.max(1));
+        let payloads = self.encode_chunks(items, Some(chunksize.max(1)))?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let sink: Arc<dyn Completion> = Arc::new(ChannelSink { tx });
         let chunks = payloads.len();
