@@ -76,4 +76,5 @@ pub(crate) fn pool_lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_,
 pub mod __private {
     //! Internals exposed for corepool's own benchmarks; not a stable API.
     pub use crate::ring::bench_support::*;
+    pub use crate::worker::{sabotage, Sabotage};
 }

@@ -172,6 +172,20 @@ impl RingMemory {
         Some(unsafe { AtomicU32::from_ptr(self.data.add(offset as usize + 4).cast()) })
     }
 
+    /// Overwrites the control word: a misbehaving peer, for tests.
+    pub(crate) fn force_word(&self, head: u32, tail: u32) {
+        self.word().store(join(head, tail), Ordering::Release);
+    }
+
+    /// Writes a header at `position` without any check but bounds: a
+    /// misbehaving peer, for tests.
+    pub(crate) fn force_record(&self, position: u32, header: &RecordHeader) {
+        let offset = position % self.cap;
+        let room = (self.cap - offset) as usize;
+        let bytes = bytemuck::bytes_of(header);
+        self.copy_in(offset, &bytes[..bytes.len().min(room)]);
+    }
+
     fn copy_in(&self, offset: u32, src: &[u8]) {
         debug_assert!(offset as usize + src.len() <= self.cap as usize);
         // SAFETY: callers check `offset + len <= cap`; the destination is in
@@ -669,6 +683,40 @@ mod tests {
             c.release();
         }
         producer.join().unwrap();
+    }
+
+    proptest::proptest! {
+        /// The parent's reader on arbitrary ring contents: never panics,
+        /// never yields a record outside the ring, and reads payloads in bounds.
+        #[test]
+        fn consumer_survives_arbitrary_memory(
+            data in proptest::collection::vec(0u8..=255, 256),
+            head in 0u32..512,
+            span in 0u32..600,
+            headers in proptest::collection::vec((0u32..300, 0u32..6, 0u32..300, 0u64..4), 0..8),
+        ) {
+            let mut ring = HeapRing::new(256);
+            let mem = ring.memory();
+            mem.copy_in(0, &data);
+            // Sprinkle plausible-looking headers so that parsing goes deep.
+            let mut at = head;
+            for (total, kind, payload_len, id) in headers {
+                let h = RecordHeader { total: total & !7, kind, payload_len, id, ..Default::default() };
+                mem.force_record(at, &h);
+                at = at.wrapping_add((total & !7).max(8));
+            }
+            mem.force_word(head, head.wrapping_add(span));
+            let mut c = Consumer { mem, head };
+            let mut out = Vec::new();
+            let mut buf = Vec::new();
+            if let Ok(n) = c.claim(usize::MAX, &mut out) {
+                proptest::prop_assert_eq!(n, out.len());
+                for r in &out {
+                    proptest::prop_assert!(r.payload_offset as usize + r.header.payload_len as usize <= 256);
+                    c.read_payload(r, &mut buf);
+                }
+            }
+        }
     }
 }
 

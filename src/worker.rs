@@ -137,6 +137,56 @@ fn take_panic_message() -> String {
         .unwrap_or_else(|| "unknown panic".to_string())
 }
 
+/// This worker's slot, for [`sabotage`] (a test hook).
+static OWN_SLOT: std::sync::OnceLock<Slot> = std::sync::OnceLock::new();
+
+/// How a deliberately misbehaving worker breaks the protocol (tests only).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+pub enum Sabotage {
+    /// Publish a result tail far beyond the ring's capacity.
+    TailOutOfRange,
+    /// Publish a result record for a task id the worker was never given.
+    UnknownTaskId,
+    /// Publish a record whose length runs past the end of the ring.
+    BadRecordLength,
+}
+
+/// Makes the calling worker write garbage into its own result ring, to test
+/// that the parent survives it. Returns false outside a worker.
+#[doc(hidden)]
+pub fn sabotage(how: Sabotage) -> bool {
+    let Some(slot) = OWN_SLOT.get() else {
+        return false;
+    };
+    let ring = slot.result_ring();
+    let (head, tail) = ring.positions();
+    match how {
+        Sabotage::TailOutOfRange => ring.force_word(head, tail.wrapping_add(1 << 31)),
+        Sabotage::UnknownTaskId => {
+            let header = RecordHeader {
+                total: 40,
+                kind: kind::OK,
+                payload_len: 8,
+                id: u64::MAX - 7,
+                ..Default::default()
+            };
+            ring.force_record(tail, &header);
+            ring.force_word(head, tail.wrapping_add(40));
+        }
+        Sabotage::BadRecordLength => {
+            let header = RecordHeader {
+                total: 1 << 30,
+                kind: kind::OK,
+                ..Default::default()
+            };
+            ring.force_record(tail, &header);
+            ring.force_word(head, tail.wrapping_add(64));
+        }
+    }
+    true
+}
+
 fn serve(token: Token) -> i32 {
     // The parent may have died between fork and now, before PDEATHSIG was armed
     // for us to notice: then there is nobody to serve.
@@ -157,6 +207,7 @@ fn serve(token: Token) -> i32 {
         return EXIT_START_FAILED;
     };
     slot.pid().store(std::process::id(), Ordering::Relaxed);
+    let _ = OWN_SLOT.set(slot);
     let doorbell = layout::doorbell(&seg);
     let fail_start = |code: u32| {
         slot.fail_code().store(code, Ordering::Relaxed);
