@@ -1,0 +1,80 @@
+//! Runs the examples that port the seed (cargo builds them before the tests)
+//! and checks what they print. Runs with its own `main`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// `target/<profile>/examples/<name>`, next to this test's own directory.
+fn example(name: &str) -> Command {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
+    let path: PathBuf = profile_dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run through `cargo test`, which builds examples",
+        path.display()
+    );
+    Command::new(path)
+}
+
+fn run(mut cmd: Command) -> String {
+    let out = cmd.output().expect("example runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn pool_callbacks_prints_like_the_seed() {
+    let out = run(example("pool_callbacks"));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("value = ")).count(),
+        6,
+        "{out}"
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("error-value = "))
+            .count(),
+        4,
+        "{out}"
+    );
+    assert_eq!(
+        lines.last().copied(),
+        Some("------------------end"),
+        "{out}"
+    );
+}
+
+fn cpu_bound_reports_a_speedup() {
+    let mut cmd = example("cpu_bound");
+    cmd.arg("5000000");
+    let out = run(cmd);
+    assert!(out.lines().any(|l| l.starts_with("speedup:")), "{out}");
+}
+
+fn numeric_checks_pass() {
+    let mut cmd = example("numeric");
+    cmd.arg("1000003");
+    let out = run(cmd);
+    assert!(out.contains("numeric: all checks passed"), "{out}");
+}
+
+fn main() {
+    common::run(common::tests![
+        pool_callbacks_prints_like_the_seed,
+        cpu_bound_reports_a_speedup,
+        numeric_checks_pass
+    ]);
+}
