@@ -100,7 +100,10 @@ pub(crate) struct Cell<T> {
     ready: AtomicBool,
     value: Mutex<Option<Result<T>>>,
     callbacks: Mutex<Callbacks<T>>,
+    has_callbacks: bool,
     changed: Condvar,
+    /// Threads blocked on `changed`; only changed with `value` locked.
+    blocked: AtomicUsize,
 }
 
 impl<T: Send + 'static> Cell<T> {
@@ -108,8 +111,10 @@ impl<T: Send + 'static> Cell<T> {
         Arc::new(Self {
             ready: AtomicBool::new(false),
             value: Mutex::new(None),
+            has_callbacks: callbacks.ok.is_some() || callbacks.err.is_some(),
             callbacks: Mutex::new(callbacks),
             changed: Condvar::new(),
+            blocked: AtomicUsize::new(0),
         })
     }
 
@@ -119,11 +124,13 @@ impl<T: Send + 'static> Cell<T> {
         if self.ready.load(Ordering::Acquire) {
             return;
         }
-        let callbacks = std::mem::take(&mut *lock(&self.callbacks));
-        match (&result, callbacks) {
-            (Ok(v), Callbacks { ok: Some(f), .. }) => f(v),
-            (Err(e), Callbacks { err: Some(f), .. }) => f(e),
-            _ => {}
+        if self.has_callbacks {
+            let callbacks = std::mem::take(&mut *lock(&self.callbacks));
+            match (&result, callbacks) {
+                (Ok(v), Callbacks { ok: Some(f), .. }) => f(v),
+                (Err(e), Callbacks { err: Some(f), .. }) => f(e),
+                _ => {}
+            }
         }
         let mut slot = lock(&self.value);
         if slot.is_none() {
@@ -131,8 +138,14 @@ impl<T: Send + 'static> Cell<T> {
             // Release pairs with the Acquire loads in `is_ready`.
             self.ready.store(true, Ordering::Release);
         }
+        // Waiters register under this lock before they check `ready`, so
+        // none is missed; and the common case (nobody blocked) makes no
+        // futex system call, which `notify_all` always would.
+        let blocked = self.blocked.load(Ordering::Relaxed) > 0;
         drop(slot);
-        self.changed.notify_all();
+        if blocked {
+            self.changed.notify_all();
+        }
     }
 
     fn is_ready(&self) -> bool {
@@ -270,23 +283,21 @@ impl<T: Send + 'static> AsyncResult<T> {
     }
 
     fn block_until(&self, deadline: Option<Instant>) -> bool {
-        let mut value = lock(&self.cell.value);
-        while !self.cell.is_ready() {
+        let cell = &self.cell;
+        let mut value = lock(&cell.value);
+        // Registered under the lock, before the check: see `Cell::finish`.
+        cell.blocked.fetch_add(1, Ordering::Relaxed);
+        let mut ready = true;
+        while !cell.is_ready() {
             match deadline {
-                None => {
-                    value = self
-                        .cell
-                        .changed
-                        .wait(value)
-                        .unwrap_or_else(|p| p.into_inner())
-                }
+                None => value = cell.changed.wait(value).unwrap_or_else(|p| p.into_inner()),
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        return false;
+                        ready = false;
+                        break;
                     }
-                    value = self
-                        .cell
+                    value = cell
                         .changed
                         .wait_timeout(value, left)
                         .unwrap_or_else(|p| p.into_inner())
@@ -294,7 +305,9 @@ impl<T: Send + 'static> AsyncResult<T> {
                 }
             }
         }
-        true
+        cell.blocked.fetch_sub(1, Ordering::Relaxed);
+        drop(value);
+        ready
     }
 }
 

@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     /// Signalled (with `core` held or just released) when workers start,
     /// stop, or the pool empties.
     lifecycle: Condvar,
+    /// Threads waiting on `lifecycle`; only changed with `core` locked.
+    lifecycle_waiters: AtomicUsize,
     events: Mutex<Vec<Event>>,
     events_pending: AtomicBool,
     /// Per slot: the driver should watch for it to finish starting.
@@ -86,6 +88,28 @@ impl Shared {
     pub(crate) fn helper(&self) -> HelperGuard<'_> {
         self.helpers.fetch_add(1, Ordering::SeqCst);
         HelperGuard(self)
+    }
+
+    /// Waits for a lifecycle change (workers started or stopped, tasks
+    /// answered), at most `timeout`.
+    fn wait_lifecycle<'a>(
+        &self,
+        core: MutexGuard<'a, Core>,
+        timeout: Option<Duration>,
+    ) -> MutexGuard<'a, Core> {
+        // Registered with `core` locked: see `finish_pass`.
+        self.lifecycle_waiters.fetch_add(1, Ordering::Relaxed);
+        let core = match timeout {
+            None => self.lifecycle.wait(core).unwrap_or_else(|p| p.into_inner()),
+            Some(t) => {
+                self.lifecycle
+                    .wait_timeout(core, t)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+        };
+        self.lifecycle_waiters.fetch_sub(1, Ordering::Relaxed);
+        core
     }
 
     fn doorbell(&self) -> &std::sync::atomic::AtomicU32 {
@@ -128,6 +152,10 @@ impl Shared {
         }
         // SeqCst: see `submit` and `HelperGuard::drop`.
         self.outstanding.store(core.outstanding, Ordering::SeqCst);
+        // Lifecycle waiters register with `core` locked, as we are: none is
+        // missed, and passes with nobody waiting make no futex system call.
+        let notify_lifecycle = (actions.lifecycle_changed || !actions.completions.is_empty())
+            && self.lifecycle_waiters.load(Ordering::Relaxed) > 0;
         drop(core);
         if !actions.spawn.is_empty() {
             if let Some(sup) = handle::lock(&self.supervisor).as_ref() {
@@ -139,7 +167,7 @@ impl Shared {
                 }
             }
         }
-        if actions.lifecycle_changed || !actions.completions.is_empty() {
+        if notify_lifecycle {
             self.lifecycle.notify_all();
         }
         for (sink, outcome) in actions.completions {
@@ -346,6 +374,7 @@ impl Pool {
             slots,
             core: Mutex::new(Core::new(workers, config.max_tasks_per_child)),
             lifecycle: Condvar::new(),
+            lifecycle_waiters: AtomicUsize::new(0),
             events: Mutex::new(Vec::new()),
             events_pending: AtomicBool::new(false),
             awaiting_start: (0..n).map(|_| AtomicBool::new(false)).collect(),
@@ -406,12 +435,7 @@ impl Pool {
                     ),
                 });
             }
-            core = self
-                .shared
-                .lifecycle
-                .wait_timeout(core, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            core = self.shared.wait_lifecycle(core, Some(left));
         }
     }
 
@@ -826,11 +850,7 @@ impl Pool {
             return Err(Error::JoinWhileOpen);
         }
         while !(core.all_stopped() && core.outstanding == 0) {
-            core = self
-                .shared
-                .lifecycle
-                .wait(core)
-                .unwrap_or_else(|p| p.into_inner());
+            core = self.shared.wait_lifecycle(core, None);
         }
         Ok(())
     }
