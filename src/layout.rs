@@ -245,6 +245,12 @@ impl Slot {
         "Tasks this worker finished; written by the worker."
     );
     atomic_field!(
+        fail_detail,
+        AtomicU64,
+        24,
+        "Detail of a failed start (the worker's fingerprint on a mismatch); written by the worker."
+    );
+    atomic_field!(
         sleeping,
         AtomicU32,
         64,

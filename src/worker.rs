@@ -216,7 +216,9 @@ fn serve(token: Token) -> i32 {
         park::wake(doorbell);
         EXIT_START_FAILED
     };
-    if header.fingerprint != fingerprint() {
+    let own = fingerprint();
+    if header.fingerprint != own {
+        slot.fail_detail().store(own, Ordering::Relaxed);
         return fail_start(fail::BINARY_MISMATCH);
     }
     install_panic_hook();

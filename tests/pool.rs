@@ -415,6 +415,29 @@ fn callbacks_run_without_anyone_waiting() {
     assert_eq!(got, (0..20u64).map(square).collect::<Vec<_>>());
 }
 
+/// CPU time (user + system, clock ticks) process `pid` has used.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3, utime 14, stime 15 (1-based).
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+fn an_idle_pool_costs_nothing() {
+    let pool = pool2();
+    assert_eq!(pool.map(square, 0..10_000u64, None).unwrap().len(), 10_000);
+    let pids = pool.pids();
+    let before: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect();
+    // The measurement window itself: idle for one second (not a sync point).
+    std::thread::sleep(Duration::from_secs(1));
+    for (pid, b) in pids.iter().zip(before) {
+        let used = cpu_ticks(*pid) - b;
+        // 1% of a core for a second is one 10 ms tick; allow rounding.
+        assert!(used <= 2, "worker {pid} used {used} ticks while idle");
+    }
+}
+
 fn main() {
     common::run(common::tests![
         apply_round_trips,
@@ -435,5 +458,6 @@ fn main() {
         a_dead_worker_fails_only_its_task_and_is_replaced,
         waits_longer_than_the_spin_budget_are_woken,
         callbacks_run_without_anyone_waiting,
+        an_idle_pool_costs_nothing,
     ]);
 }

@@ -109,6 +109,7 @@ impl Worker {
         self.slot.result_ring().reset();
         self.slot.state().store(state::STARTING, Ordering::Relaxed);
         self.slot.fail_code().store(fail::NONE, Ordering::Relaxed);
+        self.slot.fail_detail().store(0, Ordering::Relaxed);
         self.slot.shutdown().store(0, Ordering::Relaxed);
         self.slot.pid().store(0, Ordering::Relaxed);
         self.tasks = Producer::new(self.slot.task_ring());
@@ -273,13 +274,24 @@ impl Core {
                 // The worker exits by itself; its exit event does the rest.
                 let code = w.slot.fail_code().load(Ordering::Relaxed);
                 let reason = match code {
-                    fail::BINARY_MISMATCH => "its binary differs from the parent's (was the executable replaced? restart the program)".to_string(),
+                    fail::BINARY_MISMATCH => {
+                        w.start_error = Some(Error::BinaryMismatch {
+                            parent: crate::worker::fingerprint(),
+                            worker: w.slot.fail_detail().load(Ordering::Relaxed),
+                        });
+                        w.phase = Phase::Dying;
+                        actions.progress = true;
+                        return;
+                    }
                     fail::INITIALIZER_PANICKED => {
                         let mut claimed = Vec::new();
                         let mut message = String::from("the initializer panicked");
                         if let Ok(1) = w.results.claim(1, &mut claimed) {
                             w.results.read_payload(&claimed[0], &mut self.buf);
-                            message = format!("the initializer panicked: {}", String::from_utf8_lossy(&self.buf[..self.buf.len().min(4096)]));
+                            message = format!(
+                                "the initializer panicked: {}",
+                                String::from_utf8_lossy(&self.buf[..self.buf.len().min(4096)])
+                            );
                         }
                         message
                     }

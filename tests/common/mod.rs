@@ -58,6 +58,23 @@ pub fn children() -> Vec<(u32, char)> {
     children_of(std::process::id())
 }
 
+/// Other processes running this very executable: our workers, whether still
+/// our children or orphaned (reparented) after a bug.
+pub fn processes_of_this_binary() -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
+        return Vec::new();
+    };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+        .filter(|&pid| pid != me)
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == exe))
+        .collect()
+}
+
 /// This process's open descriptors.
 pub fn open_fds() -> BTreeSet<String> {
     std::fs::read_dir("/proc/self/fd")
@@ -121,6 +138,9 @@ pub fn run(tests: &[Test]) {
         let _ = watchdog.join();
         let leaks = std::panic::catch_unwind(|| {
             eventually("every child reaped", || children().is_empty());
+            eventually("no orphaned worker left", || {
+                processes_of_this_binary().is_empty()
+            });
             eventually("no descriptor leaked", || open_fds() == fds);
             let now = shm_entries();
             assert!(
