@@ -57,8 +57,97 @@ fn bad_record_length_kills_only_the_bad_worker() {
     check_survives(2);
 }
 
+fn other_children_of_the_program_are_left_alone() {
+    // A child that is not a worker: the pool must never reap it.
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    {
+        let pool = Pool::builder().workers(2).build().unwrap();
+        let _ = pool.apply(|_: u64| -> u64 { std::process::exit(3) }, 0);
+        assert_eq!(pool.apply(square, 3).unwrap(), 9);
+    }
+    assert!(
+        sleeper.try_wait().unwrap().is_none(),
+        "our own child is still ours, unreaped"
+    );
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+}
+
+const ROLE: &str = "COREPOOL_TEST_ROLE";
+
+/// In the child started by `workers_die_with_a_sigkilled_parent`: build a
+/// pool, report the workers' pids, and wait to be killed.
+fn play_doomed_parent() -> ! {
+    let pool = Pool::builder().workers(2).build().unwrap();
+    println!(
+        "{}",
+        pool.pids()
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    use std::io::Write;
+    std::io::stdout().flush().unwrap();
+    loop {
+        std::thread::park();
+    }
+}
+
+fn process_is_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+fn workers_die_with_a_sigkilled_parent() {
+    use std::io::BufRead;
+    // Orphans get reparented to us, so that we can reap them and the
+    // harness can see any that survive.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    let mut parent = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(ROLE, "doomed-parent")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(parent.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let workers: Vec<i32> = line
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(workers.len(), 2, "{line:?}");
+    parent.kill().unwrap(); // SIGKILL: no destructor runs
+    parent.wait().unwrap();
+    common::eventually("workers gone after their parent was SIGKILLed", || {
+        workers.iter().all(|&w| process_is_gone(w))
+    });
+    for w in workers {
+        // Reparented to us: reap them (ECHILD if already reaped is fine).
+        // SAFETY: waitpid on a specific pid with a null status pointer.
+        unsafe { libc::waitpid(w, std::ptr::null_mut(), 0) };
+    }
+    // SAFETY: as above.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0) };
+}
+
 fn main() {
+    if std::env::var_os(ROLE).is_some() {
+        corepool::init();
+        play_doomed_parent();
+    }
     common::run(common::tests![
+        other_children_of_the_program_are_left_alone,
+        workers_die_with_a_sigkilled_parent,
         tail_out_of_range_kills_only_the_bad_worker,
         unknown_task_id_kills_only_the_bad_worker,
         bad_record_length_kills_only_the_bad_worker,

@@ -323,7 +323,7 @@ fn pools_from_many_threads() {
 }
 
 fn many_pools_leave_no_zombies() {
-    for _ in 0..20 {
+    for _ in 0..100 {
         let pool = Pool::builder()
             .workers(2)
             .pinning(Pinning::None)
