@@ -493,6 +493,21 @@ impl Consumer {
         }
     }
 
+    /// A claimed record's payload as a [`crate::wire::Payload`]: inline
+    /// (no allocation) when small.
+    pub(crate) fn payload(&self, record: &Claimed) -> crate::wire::Payload {
+        let len = record.header.payload_len as usize;
+        if len <= 48 {
+            let mut inline = [0u8; 48];
+            self.mem.copy_out(record.payload_offset, &mut inline[..len]);
+            crate::wire::Payload::from_slice(&inline[..len])
+        } else {
+            let mut bytes = Vec::new();
+            self.read_payload(record, &mut bytes);
+            crate::wire::Payload::from_vec(bytes)
+        }
+    }
+
     /// Lets the producer reuse everything claimed so far.
     pub(crate) fn release(&mut self) {
         // Release pairs with the Acquire load in `Producer::write_with`: our

@@ -70,6 +70,33 @@ pub(crate) fn decode_exact<T: Wire>(mut bytes: &[u8]) -> Result<T> {
     Ok(value)
 }
 
+/// An encoded value in transit inside the parent: small ones (most task
+/// arguments and results) live inline, with no allocation.
+pub(crate) type Payload = smallvec::SmallVec<[u8; 48]>;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Encodes `value` into a [`Payload`]: through a reused scratch buffer, so a
+/// small value costs no allocation and a large one exactly one.
+pub(crate) fn encode_payload<T: Wire>(value: &T) -> Payload {
+    SCRATCH.with(|scratch| {
+        let Ok(mut buf) = scratch.try_borrow_mut() else {
+            // Re-entered from inside an encode (a Wire impl that submits
+            // tasks): fall back to a fresh buffer.
+            return Payload::from_vec(encode_to_vec(value));
+        };
+        buf.clear();
+        value.encode(&mut buf);
+        if buf.len() <= 48 {
+            Payload::from_slice(&buf)
+        } else {
+            Payload::from_vec(std::mem::take(&mut *buf))
+        }
+    })
+}
+
 /// Encodes `value` into a fresh buffer.
 pub(crate) fn encode_to_vec<T: Wire>(value: &T) -> Vec<u8> {
     let mut out = Vec::new();

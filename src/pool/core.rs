@@ -31,7 +31,7 @@ pub(crate) const MAX_START_FAILURES: u32 = 3;
 pub(crate) struct Task {
     pub id: u64,
     pub trampoline: i64,
-    pub payload: Vec<u8>,
+    pub payload: crate::wire::Payload,
     pub sink: Sink,
 }
 
@@ -649,11 +649,7 @@ fn decode_result(
 ) -> Result<Outcome, &'static str> {
     let h = record.header;
     match h.kind {
-        kind::OK => {
-            let mut bytes = Vec::new();
-            results.read_payload(record, &mut bytes);
-            Ok(Outcome::Ok(bytes))
-        }
+        kind::OK => Ok(Outcome::Ok(results.payload(record))),
         kind::PANICKED => {
             results.read_payload(record, buf);
             Ok(Outcome::Err(Error::Panicked {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub(crate) enum Outcome {
     /// The encoded result.
-    Ok(Vec<u8>),
+    Ok(crate::wire::Payload),
     /// The task failed.
     Err(Error),
 }

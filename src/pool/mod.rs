@@ -24,7 +24,7 @@ use crate::layout::{self, Header, Layout, Slot};
 use crate::park::{self, Spinner};
 use crate::shm::Segment;
 use crate::task::{self, StarFn};
-use crate::wire::Wire;
+use crate::wire::{Payload, Wire};
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -201,7 +201,11 @@ impl Shared {
 
     /// Queues tasks and dispatches what fits into the rings. `caller_waits`:
     /// the caller waits for these results at once (and helps collect them).
-    fn submit(&self, tasks: Vec<(i64, Vec<u8>, Sink)>, caller_waits: bool) -> Result<()> {
+    fn submit(
+        &self,
+        tasks: smallvec::SmallVec<[(i64, Payload, Sink); 1]>,
+        caller_waits: bool,
+    ) -> Result<()> {
         if let Some((_, payload, _)) = tasks.iter().find(|(_, p, _)| p.len() > self.max_payload) {
             return Err(Error::ArgumentTooLarge {
                 size: payload.len(),
@@ -543,9 +547,11 @@ impl Pool {
             target: cell.clone(),
             tag: 0,
         };
-        let payload = crate::wire::encode_to_vec(&arg);
-        self.shared
-            .submit(vec![(trampoline, payload, sink)], caller_waits)?;
+        let payload = crate::wire::encode_payload(&arg);
+        self.shared.submit(
+            smallvec::smallvec![(trampoline, payload, sink)],
+            caller_waits,
+        )?;
         Ok(AsyncResult::new(cell, Arc::downgrade(&self.shared)))
     }
 
@@ -581,7 +587,7 @@ impl Pool {
         &self,
         items: impl IntoIterator<Item = A>,
         chunksize: Option<usize>,
-    ) -> Result<Vec<Vec<u8>>> {
+    ) -> Result<Vec<Payload>> {
         let iter = items.into_iter();
         match iter.size_hint() {
             (lo, Some(hi)) if lo == hi => self.encode_exact(iter, lo, chunksize),
@@ -598,7 +604,7 @@ impl Pool {
         iter: impl Iterator<Item = A>,
         len: usize,
         chunksize: Option<usize>,
-    ) -> Result<Vec<Vec<u8>>> {
+    ) -> Result<Vec<Payload>> {
         let mut iter = iter.peekable();
         let chunksize = self.chunksize_for(len, iter.peek(), chunksize)?;
         let mut chunk: Vec<A> = Vec::with_capacity(chunksize.min(len));
@@ -612,7 +618,7 @@ impl Pool {
             let mut out = Vec::with_capacity(8 + std::mem::size_of_val(chunk.as_slice()));
             out.extend_from_slice(&(chunk.len() as u64).to_le_bytes());
             A::encode_slice(&chunk, &mut out);
-            payloads.push(out);
+            payloads.push(Payload::from_vec(out));
         }
     }
 
@@ -909,10 +915,9 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'_, A, R, I> {
                 break;
             }
             let cell = Cell::<Vec<R>>::new(Callbacks::new());
-            let mut payload = Vec::new();
-            chunk.encode(&mut payload);
+            let payload = crate::wire::encode_payload(&chunk);
             self.pool.shared.submit(
-                vec![(
+                smallvec::smallvec![(
                     self.trampoline,
                     payload,
                     Sink {
