@@ -151,6 +151,13 @@ pub enum Error {
     /// The pool was terminated or dropped before the task ran.
     #[error("the task was cancelled: the pool was terminated or dropped before it finished")]
     Cancelled,
+    /// The task ran longer than the pool's `task_timeout`; its worker was
+    /// killed and replaced.
+    #[error("the task ran longer than the pool's task timeout of {after:?}; its worker was killed and replaced: raise `task_timeout` or split the work")]
+    TaskTimedOut {
+        /// The limit it overran.
+        after: std::time::Duration,
+    },
     /// `get_timeout` ran out before the result arrived (the task goes on).
     #[error(
         "timed out waiting for the result; the task goes on: wait again, or raise the timeout"

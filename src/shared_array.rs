@@ -352,6 +352,9 @@ fn type_tag<T>() -> u64 {
 
 impl<T: Pod> Wire for SharedArray<T> {
     fn encode(&self, out: &mut Vec<u8>) {
+        // The handle names our descriptor: the array must live until the task
+        // that carries it is answered, even if the caller drops its copy.
+        crate::wire::keep_alive(self.map.clone());
         (
             self.map.owner,
             self.map.fd,

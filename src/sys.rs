@@ -249,7 +249,11 @@ pub(crate) fn eventfd_drain(fd: BorrowedFd<'_>) {
 
 /// Blocks until at least one of `fds` is readable (or hung up); returns, for each
 /// descriptor, whether it is. EINTR returns with nothing ready.
-pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], ready: &mut Vec<bool>) -> io::Result<()> {
+pub(crate) fn poll_readable(
+    fds: &[BorrowedFd<'_>],
+    ready: &mut Vec<bool>,
+    timeout: Option<Duration>,
+) -> io::Result<()> {
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
         .map(|fd| libc::pollfd {
@@ -259,7 +263,10 @@ pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], ready: &mut Vec<bool>) -> io
         })
         .collect();
     // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs.
-    let ret = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
+    let ms = timeout.map_or(-1, |t| {
+        t.as_millis().clamp(1, i32::MAX as u128) as libc::c_int
+    });
+    let ret = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
     ready.clear();
     if ret == -1 {
         let err = io::Error::last_os_error();
@@ -273,15 +280,25 @@ pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], ready: &mut Vec<bool>) -> io
     Ok(())
 }
 
-/// Sends `signal` to process `pid`. ESRCH (already gone) is not an error.
-pub(crate) fn kill(pid: i32, signal: i32) {
-    if pid <= 0 {
-        return; // never signal a process group or everyone by accident
+/// Sends `signal` to every process in process group `pgid` (a worker and
+/// whatever its tasks started). ESRCH (already gone) is not an error.
+pub(crate) fn kill_group(pgid: i32, signal: i32) {
+    if pgid <= 1 {
+        return; // never our own group, init's, or everyone
     }
     // SAFETY: plain syscall with integer arguments.
     unsafe {
-        libc::kill(pid, signal);
+        libc::kill(-pgid, signal);
     }
+}
+
+/// Makes the calling process the leader of a new process group, so that the
+/// processes its tasks start can be killed with it. Async-signal-safe: used
+/// between fork and exec.
+pub(crate) fn new_process_group() -> io::Result<()> {
+    // SAFETY: plain syscall with integer arguments.
+    check(unsafe { libc::setpgid(0, 0) } as libc::c_long)?;
+    Ok(())
 }
 
 /// The parent's pid, as the kernel sees it now.

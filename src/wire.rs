@@ -97,6 +97,24 @@ pub(crate) fn encode_payload<T: Wire>(value: &T) -> Payload {
     })
 }
 
+/// Values that must outlive the tasks being encoded on this thread (the
+/// memory behind a [`crate::SharedArray`] passed by value).
+pub(crate) type KeepAlive = Vec<std::sync::Arc<dyn std::any::Any + Send + Sync>>;
+
+thread_local! {
+    static KEEP_ALIVE: std::cell::RefCell<KeepAlive> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Called while encoding: keep `value` alive until the task is answered.
+pub(crate) fn keep_alive(value: std::sync::Arc<dyn std::any::Any + Send + Sync>) {
+    KEEP_ALIVE.with(|k| k.borrow_mut().push(value));
+}
+
+/// Takes what encodes on this thread asked to keep alive since the last call.
+pub(crate) fn take_keep_alive() -> KeepAlive {
+    KEEP_ALIVE.with(|k| std::mem::take(&mut *k.borrow_mut()))
+}
+
 /// Encodes `value` into a fresh buffer.
 pub(crate) fn encode_to_vec<T: Wire>(value: &T) -> Vec<u8> {
     let mut out = Vec::new();

@@ -5,7 +5,8 @@
 mod common;
 
 use corepool::__private::{sabotage, Sabotage};
-use corepool::{Error, Pool};
+use corepool::{Error, ExitCause, Pool, SharedArray};
+use std::time::Duration;
 
 fn square(x: u64) -> u64 {
     x * x
@@ -140,12 +141,137 @@ fn workers_die_with_a_sigkilled_parent() {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0) };
 }
 
+/// Dies on its first run (counted in shared memory), succeeds after.
+fn dies_once(counter: SharedArray<u64>) -> u64 {
+    let runs = counter.get(0).unwrap();
+    counter.set(0, runs + 1).unwrap();
+    if runs == 0 {
+        std::process::exit(1);
+    }
+    runs
+}
+
+fn retries_rerun_a_task_whose_worker_died() {
+    let pool = Pool::builder().workers(2).retries(1).build().unwrap();
+    let counter = SharedArray::<u64>::new(1).unwrap();
+    assert_eq!(pool.apply(dies_once, counter.clone()).unwrap(), 1);
+    assert_eq!(counter.get(0), Some(2));
+
+    let no_retry = Pool::builder().workers(2).build().unwrap();
+    let counter = SharedArray::<u64>::new(1).unwrap();
+    match no_retry.apply(dies_once, counter) {
+        Err(Error::WorkerDied {
+            cause: ExitCause::Code(1),
+            ..
+        }) => {}
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+}
+
+fn always_dies(counter: SharedArray<u64>) -> u64 {
+    counter.set(0, counter.get(0).unwrap() + 1).unwrap();
+    // SAFETY: dying is the point.
+    unsafe { libc::raise(libc::SIGKILL) };
+    0
+}
+
+fn a_task_that_kills_every_worker_fails_after_its_attempts() {
+    let pool = Pool::builder().workers(2).retries(3).build().unwrap();
+    let counter = SharedArray::<u64>::new(1).unwrap();
+    match pool.apply(always_dies, counter.clone()) {
+        Err(Error::WorkerDied {
+            cause: ExitCause::Signal(libc::SIGKILL),
+            ..
+        }) => {}
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    assert_eq!(
+        counter.get(0),
+        Some(4),
+        "one run and three retries, no more"
+    );
+    // The pool recovers once the poison is gone (respawns back off, then serve).
+    assert_eq!(pool.apply(square, 5).unwrap(), 25);
+}
+
+fn spin_forever(_: u64) -> u64 {
+    loop {
+        std::hint::spin_loop();
+    }
+}
+
+fn task_timeout_kills_and_replaces_the_worker() {
+    let pool = Pool::builder()
+        .workers(2)
+        .task_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let before = pool.pids();
+    let others: Vec<_> = (0..100u64)
+        .map(|i| pool.apply_async(square, i).unwrap())
+        .collect();
+    match pool.apply(spin_forever, 0) {
+        Err(Error::TaskTimedOut { after }) => assert_eq!(after, Duration::from_millis(200)),
+        other => panic!("expected TaskTimedOut, got {other:?}"),
+    }
+    for (i, h) in others.into_iter().enumerate() {
+        assert_eq!(h.get().unwrap(), (i * i) as u64);
+    }
+    common::eventually("replaced", || {
+        pool.pids().len() == 2 && pool.pids() != before
+    });
+    assert_eq!(pool.apply(square, 6).unwrap(), 36);
+}
+
+/// Starts a grandchild (`sleep`), reports its pid, then dies.
+fn start_grandchild_and_die(pids: SharedArray<u64>) -> u64 {
+    let child = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    pids.set(0, child.id() as u64).unwrap();
+    std::mem::forget(child);
+    // SAFETY: dying is the point.
+    unsafe { libc::raise(libc::SIGKILL) };
+    0
+}
+
+fn processes_a_task_started_die_with_its_worker() {
+    // Orphaned grandchildren would be reparented to us: we can reap them.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    let pool = Pool::builder().workers(1).build().unwrap();
+    let pids = SharedArray::<u64>::new(1).unwrap();
+    assert!(matches!(
+        pool.apply(start_grandchild_and_die, pids.clone()),
+        Err(Error::WorkerDied { .. })
+    ));
+    let grandchild = pids.get(0).unwrap() as i32;
+    assert!(grandchild > 0);
+    common::eventually("the task's own child was killed with its worker", || {
+        match std::fs::read_to_string(format!("/proc/{grandchild}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z')),
+        }
+    });
+    // SAFETY: waitpid on a specific pid; it may already be gone (ECHILD).
+    unsafe { libc::waitpid(grandchild, std::ptr::null_mut(), libc::WNOHANG) };
+    // SAFETY: as above.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0) };
+}
+
 fn main() {
     if std::env::var_os(ROLE).is_some() {
         corepool::init();
         play_doomed_parent();
     }
     common::run(common::tests![
+        retries_rerun_a_task_whose_worker_died,
+        a_task_that_kills_every_worker_fails_after_its_attempts,
+        task_timeout_kills_and_replaces_the_worker,
+        processes_a_task_started_die_with_its_worker,
         other_children_of_the_program_are_left_alone,
         workers_die_with_a_sigkilled_parent,
         tail_out_of_range_kills_only_the_bad_worker,

@@ -48,6 +48,8 @@ pub struct PoolBuilder {
     ring_bytes: u32,
     initializer: Option<i64>,
     max_tasks_per_child: u64,
+    retries: u32,
+    task_timeout: Option<Duration>,
     start_timeout: Duration,
 }
 
@@ -59,6 +61,8 @@ impl Default for PoolBuilder {
             ring_bytes: 1 << 20,
             initializer: None,
             max_tasks_per_child: 0,
+            retries: 0,
+            task_timeout: None,
             start_timeout: Duration::from_secs(30),
         }
     }
@@ -105,6 +109,24 @@ impl PoolBuilder {
         self
     }
 
+    /// Run a task again, up to `n` more times, when the worker running it
+    /// dies (for idempotent work only: the first run may have had effects).
+    /// A task that kills every worker it meets fails with
+    /// [`Error::WorkerDied`] once its attempts are spent. Default 0.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
+    }
+
+    /// Kill a worker whose task has run longer than `timeout`: the task fails
+    /// with [`Error::TaskTimedOut`] and a new worker takes the CPU. Measured
+    /// from when the parent first sees the task running (within microseconds
+    /// while it waits for results). Default: no limit.
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
     /// How long `build` waits for the workers to attach. Default 30 s.
     pub fn start_timeout(mut self, timeout: Duration) -> Self {
         self.start_timeout = timeout;
@@ -126,7 +148,11 @@ impl PoolBuilder {
             cpus,
             ring_bytes: self.ring_bytes,
             initializer: self.initializer,
-            max_tasks_per_child: self.max_tasks_per_child,
+            policy: super::FaultPolicy {
+                max_tasks_per_child: self.max_tasks_per_child,
+                retries: self.retries,
+                task_timeout: self.task_timeout,
+            },
             start_timeout: self.start_timeout,
         })
     }

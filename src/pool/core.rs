@@ -18,6 +18,7 @@ use crate::ring::{Claimed, Consumer, Producer, RecordHeader, RingError};
 use crate::task::{failure, kind};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 /// Tasks pushed to one worker and not yet answered, at most.
 const WINDOW: usize = 256;
@@ -33,6 +34,12 @@ pub(crate) struct Task {
     pub trampoline: i64,
     pub payload: crate::wire::Payload,
     pub sink: Sink,
+    /// Runs so far that ended with the worker's death (see `retries`).
+    pub attempts: u32,
+    /// What the arguments refer to and must outlive the task (shared by the
+    /// tasks of one submission). Never read: holding it is the point.
+    #[allow(dead_code)]
+    pub keep: Option<std::sync::Arc<crate::wire::KeepAlive>>,
 }
 
 #[derive(Debug)]
@@ -74,6 +81,13 @@ pub(crate) struct Worker {
     /// Scratch flags of one dispatch pass: records written / ring full.
     touched: bool,
     full: bool,
+    /// Deaths in a row without a result in between: drives respawn back-off.
+    crash_streak: u32,
+    /// The task the worker runs (the front of `in_flight`, tagged TAKEN)
+    /// and when the parent first saw it running: for task timeouts.
+    running: Option<(u64, Instant)>,
+    /// The task this worker was killed for overrunning its timeout.
+    timed_out: Option<u64>,
 }
 
 impl Worker {
@@ -94,6 +108,9 @@ impl Worker {
             violated: false,
             touched: false,
             full: false,
+            crash_streak: 0,
+            running: None,
+            timed_out: None,
         }
     }
 
@@ -125,8 +142,8 @@ impl Worker {
 pub(crate) struct Actions {
     /// Outcomes to deliver.
     pub completions: Vec<(Sink, Outcome)>,
-    /// Slots to (re)start.
-    pub spawn: Vec<(usize, Option<usize>)>,
+    /// Slots to (re)start: index, CPU, not before.
+    pub spawn: Vec<(usize, Option<usize>, Instant)>,
     /// Something changed that lifecycle waiters care about.
     pub lifecycle_changed: bool,
     /// Anything at all happened.
@@ -149,12 +166,27 @@ pub(crate) struct Core {
     /// Set when no worker can be started any more; new tasks fail with it.
     pub fatal: Option<Error>,
     pub max_tasks_per_child: u64,
+    /// How many times a task whose worker died is run again.
+    pub retries: u32,
+    /// Kill a worker whose task runs longer than this.
+    pub task_timeout: Option<Duration>,
+    /// When the earliest running task overruns its timeout: the driver
+    /// must look again by then.
+    pub next_deadline: Option<Instant>,
     claimed: Vec<Claimed>,
     buf: Vec<u8>,
 }
 
+/// What a pool does when workers fail: see [`crate::PoolBuilder`].
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct FaultPolicy {
+    pub max_tasks_per_child: u64,
+    pub retries: u32,
+    pub task_timeout: Option<Duration>,
+}
+
 impl Core {
-    pub(crate) fn new(workers: Vec<Worker>, max_tasks_per_child: u64) -> Self {
+    pub(crate) fn new(workers: Vec<Worker>, policy: FaultPolicy) -> Self {
         Self {
             pending: VecDeque::new(),
             workers,
@@ -163,7 +195,10 @@ impl Core {
             shutdown_sent: false,
             outstanding: 0,
             fatal: None,
-            max_tasks_per_child,
+            max_tasks_per_child: policy.max_tasks_per_child,
+            retries: policy.retries,
+            task_timeout: policy.task_timeout,
+            next_deadline: None,
             claimed: Vec::new(),
             buf: Vec::new(),
         }
@@ -209,6 +244,9 @@ impl Core {
                 self.collect(i, actions);
             }
         }
+        if self.task_timeout.is_some() {
+            self.check_timeouts(actions);
+        }
         self.dispatch(actions);
         if self.pending.is_empty() {
             self.balance(actions);
@@ -234,7 +272,7 @@ impl Core {
                 let w = &mut self.workers[index];
                 w.pid = pid;
                 w.phase = if self.terminating {
-                    crate::sys::kill(pid, libc::SIGKILL);
+                    crate::sys::kill_group(pid, libc::SIGKILL);
                     Phase::Dying
                 } else {
                     Phase::Starting
@@ -340,22 +378,41 @@ impl Core {
                 || ring
                     .record_kind(f.position)
                     .is_none_or(|tag| tag.load(Ordering::Acquire) != kind::TASK);
-            if taken {
+            let mut task = f.task;
+            if !taken {
+                requeue.push(task);
+            } else if w.timed_out == Some(task.id) {
+                self.outstanding -= 1;
+                let after = self.task_timeout.unwrap_or_default();
+                actions
+                    .completions
+                    .push((task.sink, Outcome::Err(Error::TaskTimedOut { after })));
+            } else if task.attempts < self.retries && !violated {
+                // For idempotent work: run it again, on whichever worker.
+                task.attempts += 1;
+                requeue.push(task);
+            } else {
                 self.outstanding -= 1;
                 actions.completions.push((
-                    f.task.sink,
+                    task.sink,
                     Outcome::Err(Error::WorkerDied {
                         pid,
                         cause: cause.clone(),
                     }),
                 ));
-            } else {
-                requeue.push(f.task);
             }
         }
         for task in requeue.into_iter().rev() {
             self.pending.push_front(task);
         }
+        // A planned exit (retirement, shutdown) resets the streak; any other
+        // death lengthens it, and with it the wait before the next respawn.
+        let w = &mut self.workers[index];
+        let planned = cause == ExitCause::Code(0)
+            && (self.shutdown_sent || w.slot.state().load(Ordering::Acquire) == state::RETIRING);
+        w.crash_streak = if planned { 0 } else { w.crash_streak + 1 };
+        w.running = None;
+        w.timed_out = None;
         self.after_exit(index, actions);
     }
 
@@ -382,7 +439,9 @@ impl Core {
             }
         } else {
             w.phase = Phase::Spawning;
-            actions.spawn.push((index, w.cpu));
+            actions
+                .spawn
+                .push((index, w.cpu, Instant::now() + backoff(w.crash_streak)));
         }
     }
 
@@ -413,7 +472,7 @@ impl Core {
             RingError::Violation(what) => what,
             RingError::TooLarge { .. } => "oversized record",
         };
-        crate::sys::kill(w.pid, libc::SIGKILL);
+        crate::sys::kill_group(w.pid, libc::SIGKILL);
         w.violated = true;
         w.phase = Phase::Dying;
         let pid = w.pid;
@@ -476,6 +535,7 @@ impl Core {
             }
             let w = &mut self.workers[index];
             w.results.release();
+            w.crash_streak = 0;
             // The worker may be waiting for room in its result ring.
             park::wake(w.slot.sleeping());
             actions.progress = true;
@@ -623,6 +683,49 @@ impl Core {
         self.dispatch(actions);
     }
 
+    /// Kills a worker whose task has run longer than the task timeout; its
+    /// exit event fails that task with [`Error::TaskTimedOut`].
+    fn check_timeouts(&mut self, actions: &mut Actions) {
+        let Some(limit) = self.task_timeout else {
+            return;
+        };
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        for w in &mut self.workers {
+            if w.phase != Phase::Ready || w.timed_out.is_some() {
+                continue;
+            }
+            let ring = w.tasks.memory();
+            // Results come back in order, so the running task is the front.
+            let running = w.in_flight.front().filter(|f| {
+                // Acquire pairs with the worker's AcqRel tag CAS.
+                ring.record_kind(f.position)
+                    .is_some_and(|t| t.load(Ordering::Acquire) == kind::TAKEN)
+            });
+            let Some(front) = running else {
+                w.running = None;
+                continue;
+            };
+            let since = match w.running {
+                Some((id, since)) if id == front.task.id => since,
+                _ => {
+                    w.running = Some((front.task.id, now));
+                    now
+                }
+            };
+            let deadline = since + limit;
+            if now >= deadline {
+                w.timed_out = Some(front.task.id);
+                crate::sys::kill_group(w.pid, libc::SIGKILL);
+                w.phase = Phase::Dying;
+                actions.progress = true;
+            } else {
+                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+            }
+        }
+        self.next_deadline = next;
+    }
+
     /// Cancels everything and kills every worker (`terminate`).
     pub(crate) fn terminate(&mut self, actions: &mut Actions) {
         self.open = false;
@@ -631,13 +734,23 @@ impl Core {
         for w in &mut self.workers {
             match w.phase {
                 Phase::Starting | Phase::Ready | Phase::Dying => {
-                    crate::sys::kill(w.pid, libc::SIGKILL);
+                    crate::sys::kill_group(w.pid, libc::SIGKILL);
                     w.phase = Phase::Dying;
                 }
                 Phase::Spawning => {} // killed when its Spawned event arrives
                 Phase::Stopped => {}
             }
         }
+    }
+}
+
+/// How long to wait before restarting a slot whose workers died `streak`
+/// times in a row: at once for the first death, then 10 ms doubling to 1 s,
+/// so that a task that kills every worker cannot make a fork loop.
+fn backoff(streak: u32) -> Duration {
+    match streak {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_millis(10u64 << (n - 2).min(7)).min(Duration::from_secs(1)),
     }
 }
 

@@ -16,7 +16,7 @@ mod supervisor;
 pub use builder::{Pinning, PoolBuilder};
 pub use handle::{AsyncResult, Callbacks};
 
-use self::core::{Actions, Core, Phase, Task, Worker};
+use self::core::{Actions, Core, FaultPolicy, Phase, Task, Worker};
 use self::handle::{Cell, ChannelSink, Completion, MapCollector, Sink};
 use self::supervisor::{Command_, Event, Supervisor};
 use crate::error::{Error, Result};
@@ -35,7 +35,7 @@ pub(crate) struct Config {
     cpus: Vec<Option<usize>>,
     ring_bytes: u32,
     initializer: Option<i64>,
-    max_tasks_per_child: u64,
+    policy: FaultPolicy,
     start_timeout: Duration,
 }
 
@@ -65,6 +65,10 @@ pub(crate) struct Shared {
     /// Tasks submitted and not answered, as of the last pass (a hint read
     /// without the lock).
     outstanding: AtomicUsize,
+    /// Nanoseconds after `epoch` when a running task overruns its timeout;
+    /// `u64::MAX` when none can.
+    next_deadline_ns: AtomicU64,
+    epoch: Instant,
 }
 
 /// Marks the current thread as a helper while it lives.
@@ -84,6 +88,18 @@ impl Drop for HelperGuard<'_> {
 }
 
 impl Shared {
+    /// How long the driver may sleep before a running task's timeout needs
+    /// checking (`None`: no deadline, sleep until woken).
+    fn until_deadline(&self) -> Option<Duration> {
+        let nanos = self.next_deadline_ns.load(Ordering::Acquire);
+        (nanos != u64::MAX).then(|| {
+            let deadline = self.epoch + Duration::from_nanos(nanos);
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_micros(100))
+        })
+    }
+
     /// Registers the caller as a helper until the guard drops.
     pub(crate) fn helper(&self) -> HelperGuard<'_> {
         self.helpers.fetch_add(1, Ordering::SeqCst);
@@ -152,6 +168,13 @@ impl Shared {
         }
         // SeqCst: see `submit` and `HelperGuard::drop`.
         self.outstanding.store(core.outstanding, Ordering::SeqCst);
+        let deadline = core.next_deadline.map_or(u64::MAX, |d| {
+            d.saturating_duration_since(self.epoch)
+                .as_nanos()
+                .min(u64::MAX as u128 - 1) as u64
+        });
+        // Release pairs with the Acquire load in `until_deadline`.
+        self.next_deadline_ns.store(deadline, Ordering::Release);
         // Lifecycle waiters register with `core` locked, as we are: none is
         // missed, and passes with nobody waiting make no futex system call.
         let notify_lifecycle = (actions.lifecycle_changed || !actions.completions.is_empty())
@@ -159,10 +182,11 @@ impl Shared {
         drop(core);
         if !actions.spawn.is_empty() {
             if let Some(sup) = handle::lock(&self.supervisor).as_ref() {
-                for (index, cpu) in &actions.spawn {
+                for &(index, cpu, not_before) in &actions.spawn {
                     sup.send(Command_::Spawn {
-                        index: *index,
-                        cpu: *cpu,
+                        index,
+                        cpu,
+                        not_before,
                     });
                 }
             }
@@ -212,6 +236,9 @@ impl Shared {
                 max: self.max_payload,
             });
         }
+        // Everything the encodes of this submission asked to keep alive.
+        let keep = crate::wire::take_keep_alive();
+        let keep = (!keep.is_empty()).then(|| Arc::new(keep));
         let mut core = self.lock();
         if let Some(e) = &core.fatal {
             return Err(e.clone());
@@ -226,6 +253,8 @@ impl Shared {
                 trampoline,
                 payload,
                 sink,
+                attempts: 0,
+                keep: keep.clone(),
             });
         }
         let mut actions = Actions::default();
@@ -249,7 +278,7 @@ fn driver_loop(shared: Arc<Shared>) {
             // A caller is spinning for its result and collecting as it goes:
             // stay out of its way (and off the doorbell, so workers make no
             // wake-up system calls) until it leaves.
-            park::sleep_unless(&shared.gate, None, || {
+            park::sleep_unless(&shared.gate, shared.until_deadline(), || {
                 shared.helpers.load(Ordering::Acquire) == 0 || shared.stop.load(Ordering::Acquire)
             });
             spinner.reset();
@@ -262,7 +291,9 @@ fn driver_loop(shared: Arc<Shared>) {
         if spinner.spin() {
             continue;
         }
-        park::sleep_unless(shared.doorbell(), None, || shared.has_work());
+        park::sleep_unless(shared.doorbell(), shared.until_deadline(), || {
+            shared.has_work()
+        });
         spinner.reset();
     }
 }
@@ -353,7 +384,7 @@ impl Pool {
                     0
                 },
                 initializer: config.initializer.unwrap_or(0),
-                max_tasks_per_child: config.max_tasks_per_child,
+                max_tasks_per_child: config.policy.max_tasks_per_child,
                 parent_pid,
                 _reserved: 0,
             },
@@ -361,10 +392,10 @@ impl Pool {
         let slots: Vec<Slot> = (0..n)
             .map(|i| Slot::new(&seg, &layout, i).expect("slot in layout"))
             .collect();
-        let budget = if config.max_tasks_per_child == 0 {
+        let budget = if config.policy.max_tasks_per_child == 0 {
             u64::MAX
         } else {
-            config.max_tasks_per_child
+            config.policy.max_tasks_per_child
         };
         let workers = slots
             .iter()
@@ -376,7 +407,7 @@ impl Pool {
         let shared = Arc::new(Shared {
             seg,
             slots,
-            core: Mutex::new(Core::new(workers, config.max_tasks_per_child)),
+            core: Mutex::new(Core::new(workers, config.policy)),
             lifecycle: Condvar::new(),
             lifecycle_waiters: AtomicUsize::new(0),
             events: Mutex::new(Vec::new()),
@@ -390,6 +421,8 @@ impl Pool {
             helpers: AtomicUsize::new(0),
             gate: AtomicU32::new(0),
             outstanding: AtomicUsize::new(0),
+            next_deadline_ns: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
         });
         let weak = Arc::downgrade(&shared);
         let supervisor = Supervisor::start(segment_fd, parent_pid, move |event| {
@@ -398,7 +431,11 @@ impl Pool {
             }
         })?;
         for (index, cpu) in config.cpus.iter().enumerate() {
-            supervisor.send(Command_::Spawn { index, cpu: *cpu });
+            supervisor.send(Command_::Spawn {
+                index,
+                cpu: *cpu,
+                not_before: Instant::now(),
+            });
         }
         *handle::lock(&shared.supervisor) = Some(supervisor);
         let driver_shared = shared.clone();
@@ -547,6 +584,7 @@ impl Pool {
             target: cell.clone(),
             tag: 0,
         };
+        crate::wire::take_keep_alive(); // nothing stale from a failed submission
         let payload = crate::wire::encode_payload(&arg);
         self.shared.submit(
             smallvec::smallvec![(trampoline, payload, sink)],
@@ -588,6 +626,7 @@ impl Pool {
         items: impl IntoIterator<Item = A>,
         chunksize: Option<usize>,
     ) -> Result<Vec<Payload>> {
+        crate::wire::take_keep_alive(); // nothing stale from a failed submission
         let iter = items.into_iter();
         match iter.size_hint() {
             (lo, Some(hi)) if lo == hi => self.encode_exact(iter, lo, chunksize),
@@ -915,6 +954,7 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'_, A, R, I> {
                 break;
             }
             let cell = Cell::<Vec<R>>::new(Callbacks::new());
+            crate::wire::take_keep_alive();
             let payload = crate::wire::encode_payload(&chunk);
             self.pool.shared.submit(
                 smallvec::smallvec![(

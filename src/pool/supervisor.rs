@@ -15,6 +15,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// What the supervisor reports.
 #[derive(Debug)]
@@ -37,6 +38,8 @@ pub(crate) enum Command_ {
     Spawn {
         index: usize,
         cpu: Option<usize>,
+        /// Back-off: do not start it before this instant.
+        not_before: Instant,
     },
     /// Kill every worker still running, reap them all, and end the thread.
     Exit,
@@ -106,12 +109,24 @@ fn run(
     report: &dyn Fn(Event),
 ) {
     let mut running: HashMap<usize, Running> = HashMap::new();
+    let mut delayed: Vec<(Instant, usize, Option<usize>)> = Vec::new();
     let mut ready = Vec::new();
     loop {
+        // Start the workers whose back-off has passed.
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = delayed.drain(..).partition(|(t, _, _)| *t <= now);
+        delayed = later;
+        for (_, index, cpu) in due {
+            start(segment_fd, parent_pid, index, cpu, &mut running, report);
+        }
+        let timeout = delayed
+            .iter()
+            .map(|(t, _, _)| t.saturating_duration_since(now))
+            .min();
         let indices: Vec<usize> = running.keys().copied().collect();
         let mut fds: Vec<BorrowedFd<'_>> = vec![wake];
         fds.extend(indices.iter().map(|i| running[i].pidfd.as_fd()));
-        if sys::poll_readable(&fds, &mut ready).is_err() {
+        if sys::poll_readable(&fds, &mut ready, timeout).is_err() {
             ready = vec![true; fds.len()]; // check everything rather than spin
         }
         let exited: Vec<usize> = indices
@@ -129,30 +144,20 @@ fn run(
         }
         while let Ok(command) = rx.try_recv() {
             match command {
-                Command_::Spawn { index, cpu } => match spawn(segment_fd, parent_pid, index, cpu) {
-                    Ok(child) => {
-                        let pid = child.id() as i32;
-                        match sys::pidfd_open(pid) {
-                            Ok(pidfd) => {
-                                running.insert(index, Running { child, pidfd });
-                                report(Event::Spawned { index, pid });
-                            }
-                            Err(e) => {
-                                let mut child = child;
-                                let _ = child.kill();
-                                let _ = child.wait();
-                                report(Event::SpawnFailed {
-                                    index,
-                                    error: Error::os("pidfd_open", e),
-                                });
-                            }
-                        }
+                Command_::Spawn {
+                    index,
+                    cpu,
+                    not_before,
+                } => {
+                    if not_before > Instant::now() {
+                        delayed.push((not_before, index, cpu));
+                    } else {
+                        start(segment_fd, parent_pid, index, cpu, &mut running, report);
                     }
-                    Err(error) => report(Event::SpawnFailed { index, error }),
-                },
+                }
                 Command_::Exit => {
                     for r in running.values() {
-                        sys::kill(r.child.id() as i32, libc::SIGKILL);
+                        sys::kill_group(r.child.id() as i32, libc::SIGKILL);
                     }
                     for (index, mut r) in running.drain() {
                         let pid = r.child.id() as i32;
@@ -170,32 +175,53 @@ fn run(
     }
 }
 
+fn start(
+    segment_fd: RawFd,
+    parent_pid: i32,
+    index: usize,
+    cpu: Option<usize>,
+    running: &mut HashMap<usize, Running>,
+    report: &dyn Fn(Event),
+) {
+    match spawn(segment_fd, parent_pid, index, cpu) {
+        Ok(child) => {
+            let pid = child.id() as i32;
+            match sys::pidfd_open(pid) {
+                Ok(pidfd) => {
+                    running.insert(index, Running { child, pidfd });
+                    report(Event::Spawned { index, pid });
+                }
+                Err(e) => {
+                    let mut child = child;
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    report(Event::SpawnFailed {
+                        index,
+                        error: Error::os("pidfd_open", e),
+                    });
+                }
+            }
+        }
+        Err(error) => report(Event::SpawnFailed { index, error }),
+    }
+}
+
 fn reap(running: &mut HashMap<usize, Running>, index: usize, report: &dyn Fn(Event)) {
     let Some(r) = running.get_mut(&index) else {
         return;
     };
+    // The worker has exited but is not reaped yet, so its pid (and process
+    // group id) cannot have been reused: kill whatever its tasks started.
+    sys::kill_group(r.child.id() as i32, libc::SIGKILL);
     // waitpid on this pid only; the pidfd said it exited, so this does not block.
-    match r.child.try_wait() {
-        Ok(Some(status)) => {
-            let pid = r.child.id() as i32;
-            running.remove(&index);
-            report(Event::Exited {
-                index,
-                pid,
-                cause: cause_of(status),
-            });
-        }
-        Ok(None) => {}
-        Err(_) => {
-            let pid = r.child.id() as i32;
-            running.remove(&index);
-            report(Event::Exited {
-                index,
-                pid,
-                cause: ExitCause::Signal(libc::SIGKILL),
-            });
-        }
-    }
+    let pid = r.child.id() as i32;
+    let cause = match r.child.try_wait() {
+        Ok(Some(status)) => cause_of(status),
+        Ok(None) => return,
+        Err(_) => ExitCause::Signal(libc::SIGKILL),
+    };
+    running.remove(&index);
+    report(Event::Exited { index, pid, cause });
 }
 
 fn cause_of(status: std::process::ExitStatus) -> ExitCause {
@@ -231,6 +257,8 @@ fn spawn(
                 sys::pin_self_to(cpu)?;
             }
             sys::set_parent_death_signal()?;
+            // Its own process group: processes its tasks start die with it.
+            sys::new_process_group()?;
             sys::clear_cloexec(segment_fd)?;
             Ok(())
         });
