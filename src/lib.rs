@@ -60,7 +60,9 @@ mod worker;
 pub mod info;
 
 pub use error::{Error, ExitCause, Result};
-pub use pool::{AsyncResult, Callbacks, Imap, ImapUnordered, Pinning, Pool, PoolBuilder};
+pub use pool::{
+    AsyncResult, Callbacks, Imap, ImapUnordered, Pinning, Pool, PoolBuilder, PoolStats,
+};
 pub use shared_array::SharedArray;
 pub use task::StarFn;
 pub use wire::{Plain, Serde, Wire};

@@ -119,6 +119,17 @@ impl RingMemory {
         unsafe { &*self.word }
     }
 
+    /// Whether the record at `position` lies below the consumer's release
+    /// position: its bytes may already hold a newer record, so its tag must
+    /// not be read. The word is the consumer's: a lie only misleads the caller
+    /// about the liar's own records.
+    pub(crate) fn is_released(&self, position: u32) -> bool {
+        // Acquire pairs with the Release store in `Consumer::release`.
+        let released = self.released().load(Ordering::Acquire);
+        let distance = released.wrapping_sub(position);
+        distance != 0 && distance <= self.cap
+    }
+
     fn released(&self) -> &AtomicU32 {
         // SAFETY: as in `word`.
         unsafe { &*self.released }
@@ -156,19 +167,22 @@ impl RingMemory {
 
     /// The `kind` word of the record at `position`, as an atomic: the
     /// ownership tag. `None` if `position` cannot hold a record header (not
-    /// 8-aligned or too close to the end), which a caller treats as a
-    /// violation.
+    /// 8-aligned or too close to the end): the worker treats that as a
+    /// violation, the parent as "not waiting".
     ///
-    /// Only meaningful while the record is published and not yet released.
+    /// Only meaningful while the record is published and not yet released
+    /// (see [`is_released`](Self::is_released)).
     pub(crate) fn record_kind(&self, position: u32) -> Option<&AtomicU32> {
         let offset = position % self.cap;
         if offset % 8 != 0 || offset as usize + HEADER_BYTES > self.cap as usize {
             return None;
         }
-        // SAFETY: `offset + 8 <= cap` (checked), 4-aligned (the data array is
-        // 8-aligned and offset is a multiple of 8, `kind` is at +4), valid for
-        // the life of this RingMemory; every process accesses a record's kind
-        // word only atomically once the record is published.
+        // SAFETY: `offset + HEADER_BYTES <= cap` (checked), 4-aligned (the
+        // data array is 8-aligned, offset a multiple of 8, `kind` at +4), valid
+        // for the life of this RingMemory. Once published the word is written
+        // only by these atomics; `Consumer::claim` also copies it as part of a
+        // header (a racing CAS can only make that copy stale, and the tag is
+        // decided by the CAS, never by the copy).
         Some(unsafe { AtomicU32::from_ptr(self.data.add(offset as usize + 4).cast()) })
     }
 
@@ -375,7 +389,7 @@ impl Producer {
     #[cfg(test)]
     pub(crate) fn head(&self) -> Result<u32, RingError> {
         // Acquire: pairs with the CAS in `Consumer::claim`; nothing is read
-        // through it, but it orders our view of the claim before later retracts.
+        // through it; tests use it to check positions.
         let (head, tail) = split(self.mem.word().load(Ordering::Acquire));
         self.check_word(head, tail)?;
         Ok(head)
@@ -510,7 +524,8 @@ impl Consumer {
 
     /// Lets the producer reuse everything claimed so far.
     pub(crate) fn release(&mut self) {
-        // Release pairs with the Acquire load in `Producer::write_with`: our
+        // Release pairs with the Acquire loads in `Producer::write`,
+        // `Producer::has_room` and `RingMemory::is_released`: our
         // reads of the claimed bytes happen before the producer overwrites them.
         self.mem.released().store(self.head, Ordering::Release);
     }

@@ -262,12 +262,52 @@ fn processes_a_task_started_die_with_its_worker() {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0) };
 }
 
+fn count_then_abort(arg: (SharedArray<u64>, Vec<u8>)) -> u64 {
+    let (runs, _) = arg;
+    runs.set(0, runs.get(0).unwrap() + 1).unwrap();
+    let end = std::time::Instant::now() + Duration::from_millis(50);
+    while std::time::Instant::now() < end {
+        std::hint::spin_loop();
+    }
+    std::process::abort();
+}
+
+fn page_sized(v: Vec<u8>) -> u64 {
+    v.len() as u64
+}
+
+fn a_crash_after_its_bytes_were_reused_still_fails_once() {
+    // Records of exactly 8 KiB: while the last task of a batch runs, its
+    // released bytes are refilled with a new record whose header lands on
+    // the old one. The parent must not read the new tag as the old task's.
+    let pool = Pool::builder().workers(1).build().unwrap();
+    let runs = SharedArray::<u64>::new(1).unwrap();
+    let crash = pool
+        .apply_async(count_then_abort, (runs.clone(), vec![0u8; 8112]))
+        .unwrap();
+    let rest: Vec<_> = (0..128)
+        .map(|_| pool.apply_async(page_sized, vec![1u8; 8152]).unwrap())
+        .collect();
+    assert!(matches!(
+        crash.get(),
+        Err(Error::WorkerDied {
+            cause: ExitCause::Signal(libc::SIGABRT),
+            ..
+        })
+    ));
+    for h in rest {
+        assert_eq!(h.get().unwrap(), 8152);
+    }
+    assert_eq!(runs.get(0), Some(1), "the crashing task ran exactly once");
+}
+
 fn main() {
     if std::env::var_os(ROLE).is_some() {
         corepool::init();
         play_doomed_parent();
     }
     common::run(common::tests![
+        a_crash_after_its_bytes_were_reused_still_fails_once,
         retries_rerun_a_task_whose_worker_died,
         a_task_that_kills_every_worker_fails_after_its_attempts,
         task_timeout_kills_and_replaces_the_worker,

@@ -5,9 +5,9 @@
 //! Each worker has a private list of the tasks pushed into its ring, in ring
 //! order (`in_flight`). Results come back in the same order, so each result
 //! must match the front of that list; anything else is a protocol violation.
-//! When a worker dies, the ring's claim position splits the list exactly:
-//! tasks below it were taken by the dead worker (they fail with
-//! `WorkerDied`), tasks at or above it were never seen (they are requeued).
+//! When a worker dies, each record's ownership tag splits the list exactly:
+//! the task it had taken and not answered fails with `WorkerDied` (or runs
+//! again, with `retries`), the tasks it never started are requeued.
 
 use super::handle::{Outcome, Sink};
 use super::supervisor::Event;
@@ -88,6 +88,9 @@ pub(crate) struct Worker {
     running: Option<(u64, Instant)>,
     /// The task this worker was killed for overrunning its timeout.
     timed_out: Option<u64>,
+    /// When the parent saw this slot's previous worker die: the replacement
+    /// time is measured from here to the new worker's first ready check.
+    replacing_since: Option<Instant>,
 }
 
 impl Worker {
@@ -111,6 +114,7 @@ impl Worker {
             crash_streak: 0,
             running: None,
             timed_out: None,
+            replacing_since: None,
         }
     }
 
@@ -173,6 +177,8 @@ pub(crate) struct Core {
     /// When the earliest running task overruns its timeout: the driver
     /// must look again by then.
     pub next_deadline: Option<Instant>,
+    /// Counters for [`crate::Pool::stats`].
+    pub stats: crate::pool::PoolStats,
     claimed: Vec<Claimed>,
     buf: Vec<u8>,
 }
@@ -199,6 +205,7 @@ impl Core {
             retries: policy.retries,
             task_timeout: policy.task_timeout,
             next_deadline: None,
+            stats: Default::default(),
             claimed: Vec::new(),
             buf: Vec::new(),
         }
@@ -305,6 +312,9 @@ impl Core {
                 w.phase = Phase::Ready;
                 w.start_failures = 0;
                 w.start_error = None;
+                if let Some(died) = w.replacing_since.take() {
+                    self.stats.record_replacement(died.elapsed());
+                }
                 actions.progress = true;
                 actions.lifecycle_changed = true;
             }
@@ -372,12 +382,7 @@ impl Core {
         let violated = w.violated;
         let mut requeue = Vec::new();
         while let Some(f) = w.in_flight.pop_front() {
-            // Acquire pairs with the worker's AcqRel tag CAS (the process is
-            // reaped: no CAS can follow).
-            let taken = violated
-                || ring
-                    .record_kind(f.position)
-                    .is_none_or(|tag| tag.load(Ordering::Acquire) != kind::TASK);
+            let taken = violated || !is_waiting(&ring, f.position);
             let mut task = f.task;
             if !taken {
                 requeue.push(task);
@@ -411,6 +416,7 @@ impl Core {
         let planned = cause == ExitCause::Code(0)
             && (self.shutdown_sent || w.slot.state().load(Ordering::Acquire) == state::RETIRING);
         w.crash_streak = if planned { 0 } else { w.crash_streak + 1 };
+        w.replacing_since = Some(Instant::now());
         w.running = None;
         w.timed_out = None;
         self.after_exit(index, actions);
@@ -439,6 +445,7 @@ impl Core {
             }
         } else {
             w.phase = Phase::Spawning;
+            self.stats.respawns += 1;
             actions
                 .spawn
                 .push((index, w.cpu, Instant::now() + backoff(w.crash_streak)));
@@ -634,11 +641,7 @@ impl Core {
                 .in_flight
                 .iter()
                 .rev()
-                .take_while(|f| {
-                    // Acquire pairs with the worker's AcqRel tag CAS.
-                    ring.record_kind(f.position)
-                        .is_some_and(|tag| tag.load(Ordering::Acquire) == kind::TASK)
-                })
+                .take_while(|f| is_waiting(&ring, f.position))
                 .count();
             let busy = w.in_flight.len() > waiting;
             if (waiting >= 2 || (waiting >= 1 && busy)) && best.is_none_or(|(_, n)| waiting > n) {
@@ -653,6 +656,8 @@ impl Core {
             let Some(last) = w.in_flight.back() else {
                 break;
             };
+            // Not released (checked by `is_waiting` above, and only this thread
+            // writes new records), so the tag is still this task's.
             let Some(tag) = ring.record_kind(last.position) else {
                 break;
             };
@@ -697,11 +702,10 @@ impl Core {
             }
             let ring = w.tasks.memory();
             // Results come back in order, so the running task is the front.
-            let running = w.in_flight.front().filter(|f| {
-                // Acquire pairs with the worker's AcqRel tag CAS.
-                ring.record_kind(f.position)
-                    .is_some_and(|t| t.load(Ordering::Acquire) == kind::TAKEN)
-            });
+            let running = w
+                .in_flight
+                .front()
+                .filter(|f| !is_waiting(&ring, f.position));
             let Some(front) = running else {
                 w.running = None;
                 continue;
@@ -742,6 +746,19 @@ impl Core {
             }
         }
     }
+}
+
+/// Whether the in-flight task record at `position` still waits to be started
+/// (its tag is TASK). A record below the release position was decided (the
+/// worker releases a batch only once every tag in it is), and since cancelled
+/// records leave the in-flight list, it was taken; its bytes may already
+/// hold a newer record, so its tag is not read.
+fn is_waiting(ring: &crate::ring::RingMemory, position: u32) -> bool {
+    !ring.is_released(position)
+        && ring
+            .record_kind(position)
+            // Acquire pairs with the worker's AcqRel tag CAS.
+            .is_some_and(|tag| tag.load(Ordering::Acquire) == kind::TASK)
 }
 
 /// How long to wait before restarting a slot whose workers died `streak`

@@ -4,9 +4,11 @@
 //! Three kinds of parent threads touch the pool's state, always under one lock
 //! ([`core::Core`]): the caller submitting work, a caller waiting for a result
 //! (it helps collect while it spins), and the pool's driver thread, which
-//! collects and dispatches when nobody else does and sleeps on the doorbell
-//! futex otherwise. A fourth, the supervisor thread, starts and reaps workers
-//! and reports to the others through an event queue.
+//! collects and dispatches when nobody else does. The driver sleeps on the
+//! doorbell futex in the segment (rung by workers) when idle, and on a private
+//! `gate` futex while a caller helps, so that round trips make no wake-up
+//! system call. A fourth, the supervisor thread, starts and reaps workers and
+//! reports to the others through an event queue.
 
 mod builder;
 mod core;
@@ -298,6 +300,41 @@ fn driver_loop(shared: Arc<Shared>) {
     }
 }
 
+/// What a pool has lived through: for monitoring, soak tests and benchmarks.
+///
+/// ```
+/// fn main() {
+///     corepool::init();
+///     let pool = corepool::Pool::new(1).unwrap();
+///     assert_eq!(pool.stats().respawns, 0);
+/// }
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// Workers started to replace one that exited (died, retired, timed out).
+    pub respawns: u64,
+    /// Time from the parent seeing a worker's death to its replacement being
+    /// ready, for the last (up to 1024) replacements, oldest first.
+    pub replacements: Vec<Duration>,
+}
+
+impl PoolStats {
+    fn record_replacement(&mut self, took: Duration) {
+        if self.replacements.len() == 1024 {
+            self.replacements.remove(0);
+        }
+        self.replacements.push(took);
+    }
+
+    /// The median of [`replacements`](Self::replacements), if any.
+    pub fn median_replacement(&self) -> Option<Duration> {
+        let mut sorted = self.replacements.clone();
+        sorted.sort_unstable();
+        sorted.get(sorted.len() / 2).copied()
+    }
+}
+
 /// A pool of worker processes, each pinned to its own CPU, fed through
 /// lock-free rings in shared memory.
 ///
@@ -478,6 +515,11 @@ impl Pool {
             }
             core = self.shared.wait_lifecycle(core, Some(left));
         }
+    }
+
+    /// Counters: respawns and replacement times.
+    pub fn stats(&self) -> PoolStats {
+        self.shared.lock().stats.clone()
     }
 
     /// Number of worker processes.
