@@ -26,17 +26,22 @@ enum Command {
     },
     /// Run the standard workloads on corepool, on threads and sequentially.
     Bench(cli::bench::BenchArgs),
+    /// Run checkable tasks while workers are killed; exit 0 only if nothing
+    /// was lost and nothing was wrong.
+    Soak(cli::soak::SoakArgs),
 }
 
 fn main() -> ExitCode {
     corepool::init();
     let args = Args::parse();
     let result = match args.command {
-        Command::Info { json } => cli::info::run(json),
-        Command::Bench(b) => cli::bench::run(&b),
+        Command::Info { json } => cli::info::run(json).map(|()| true),
+        Command::Bench(b) => cli::bench::run(&b).map(|()| true),
+        Command::Soak(s) => cli::soak::run(&s),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("corepool: {e}");
             ExitCode::FAILURE

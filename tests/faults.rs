@@ -301,12 +301,82 @@ fn a_crash_after_its_bytes_were_reused_still_fails_once() {
     assert_eq!(runs.get(0), Some(1), "the crashing task ran exactly once");
 }
 
+fn soak_under_chaos_loses_nothing() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_corepool"))
+        .args([
+            "soak",
+            "--tasks",
+            "20000",
+            "--work",
+            "20000",
+            "--kill-every-ms",
+            "10",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "soak failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().unwrap();
+    let summary: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(summary["lost"], 0, "{last}");
+    assert_eq!(summary["wrong"], 0, "{last}");
+    assert_eq!(summary["submitted"], 20000, "{last}");
+    for key in ["ok", "worker_died", "respawned"] {
+        assert!(summary[key].is_u64(), "{key} missing: {last}");
+    }
+}
+
+fn a_killed_soak_leaves_nothing_behind() {
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    let shm_before = common::shm_entries();
+    let mut soak = std::process::Command::new(env!("CARGO_BIN_EXE_corepool"))
+        .args(["soak", "--tasks", "100000000", "--json"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let soak_pid = soak.id();
+    // Wait until its workers exist, then kill the parent outright.
+    common::eventually("soak workers started", || {
+        common::descendants_of(soak_pid).len() >= 2
+    });
+    let workers = common::descendants_of(soak_pid);
+    soak.kill().unwrap();
+    soak.wait().unwrap();
+    common::eventually("soak's workers died with it", || {
+        workers.iter().all(|&w| {
+            std::fs::read_to_string(format!("/proc/{w}/stat")).map_or(true, |s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+        })
+    });
+    for w in workers {
+        // Reparented to us (subreaper): reap.
+        // SAFETY: waitpid on a specific pid.
+        unsafe { libc::waitpid(w as i32, std::ptr::null_mut(), 0) };
+    }
+    assert!(
+        common::shm_entries().is_subset(&shm_before),
+        "nothing left in /dev/shm"
+    );
+    // SAFETY: as above.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0) };
+}
+
 fn main() {
     if std::env::var_os(ROLE).is_some() {
         corepool::init();
         play_doomed_parent();
     }
     common::run(common::tests![
+        soak_under_chaos_loses_nothing,
+        a_killed_soak_leaves_nothing_behind,
         a_crash_after_its_bytes_were_reused_still_fails_once,
         retries_rerun_a_task_whose_worker_died,
         a_task_that_kills_every_worker_fails_after_its_attempts,

@@ -53,6 +53,11 @@ fn children_of(pid: u32) -> Vec<(u32, char)> {
     out
 }
 
+/// Children of process `pid` (live or zombie).
+pub fn descendants_of(pid: u32) -> Vec<u32> {
+    children_of(pid).into_iter().map(|(p, _)| p).collect()
+}
+
 /// Live and zombie children of this process.
 pub fn children() -> Vec<(u32, char)> {
     children_of(std::process::id())

@@ -1,0 +1,168 @@
+//! `corepool soak`: run many checkable tasks while workers get killed, and
+//! count what came back. For users who want to see the pool survive on their
+//! own machine, and for chaos tests from outside (kill any worker, any time).
+
+use corepool::{Error, Pool};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug)]
+pub struct SoakArgs {
+    /// How many tasks to run.
+    #[arg(long, default_value_t = 100_000)]
+    tasks: u64,
+    /// Worker processes. Default: one per allowed CPU.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Kill a random worker with SIGKILL every this many milliseconds (0: only
+    /// what others kill).
+    #[arg(long, default_value_t = 0)]
+    kill_every_ms: u64,
+    /// Times a task whose worker died is run again.
+    #[arg(long, default_value_t = 3)]
+    retries: u32,
+    /// Busy-loop iterations per task (so that kills land mid-task).
+    #[arg(long, default_value_t = 2_000)]
+    work: u64,
+    /// Print the summary as one JSON object on the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What each task must return for input `i`: a fixed mix of its bits.
+fn expected(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn checked_task(arg: (u64, u64)) -> u64 {
+    let (i, work) = arg;
+    let mut x = i;
+    for _ in 0..work {
+        x = std::hint::black_box(x.rotate_left(5) ^ 0x5bd1_e995);
+    }
+    std::hint::black_box(x);
+    expected(i)
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+struct Summary {
+    submitted: u64,
+    ok: u64,
+    wrong: u64,
+    worker_died: u64,
+    failed: u64,
+    lost: u64,
+    respawned: u64,
+    kills_sent: u64,
+    workers: usize,
+    seconds: f64,
+    rate: f64,
+    median_replacement_us: Option<f64>,
+}
+
+pub fn run(args: &SoakArgs) -> Result<bool, Error> {
+    if args.tasks == 0 {
+        return Err(Error::InvalidConfig {
+            what: "--tasks must be at least 1".into(),
+        });
+    }
+    let mut builder = Pool::builder().retries(args.retries);
+    if let Some(w) = args.workers {
+        builder = builder.workers(w);
+    }
+    let pool = builder.build()?;
+    let done = AtomicBool::new(false);
+    let kills = AtomicU64::new(0);
+    let mut s = Summary {
+        workers: pool.workers(),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        if args.kill_every_ms > 0 {
+            let (pool, done, kills) = (&pool, &done, &kills);
+            scope.spawn(move || {
+                let mut n: usize = 0;
+                while !done.load(Ordering::Acquire) {
+                    // The chaos cadence itself, not a synchronisation.
+                    std::thread::sleep(Duration::from_millis(args.kill_every_ms));
+                    let pids = pool.pids();
+                    if let Some(&pid) = pids.get(n % pids.len().max(1)) {
+                        // SAFETY: kill with integer arguments, on our own worker.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                        kills.fetch_add(1, Ordering::Relaxed);
+                    }
+                    n = n.wrapping_add(1);
+                }
+            });
+        }
+        let window = 4096u64;
+        let mut next = 0u64;
+        let mut in_flight = std::collections::VecDeque::new();
+        while next < args.tasks || !in_flight.is_empty() {
+            while next < args.tasks && (in_flight.len() as u64) < window {
+                match pool.apply_async(checked_task, (next, args.work)) {
+                    Ok(h) => in_flight.push_back((next, h)),
+                    Err(_) => s.lost += 1, // could not even submit
+                }
+                s.submitted += 1;
+                next += 1;
+            }
+            let Some((i, h)) = in_flight.pop_front() else {
+                continue;
+            };
+            // A watchdog per task: a result that never comes is "lost".
+            match h.get_timeout(Duration::from_secs(120)) {
+                Ok(v) if v == expected(i) => s.ok += 1,
+                Ok(_) => s.wrong += 1,
+                Err(Error::WorkerDied { .. }) => s.worker_died += 1,
+                Err(Error::Timeout) => s.lost += 1,
+                Err(_) => s.failed += 1,
+            }
+        }
+        done.store(true, Ordering::Release);
+    });
+    s.seconds = started.elapsed().as_secs_f64();
+    s.rate = s.submitted as f64 / s.seconds.max(1e-9);
+    s.kills_sent = kills.load(Ordering::Relaxed);
+    let stats = pool.stats();
+    s.respawned = stats.respawns;
+    s.median_replacement_us = stats.median_replacement().map(|d| d.as_secs_f64() * 1e6);
+    pool.close();
+    pool.join()?;
+    let passed = s.lost == 0 && s.wrong == 0;
+    if args.json {
+        println!("{}", serde_json::to_string(&s).unwrap_or_default());
+    } else {
+        println!("submitted    {}", s.submitted);
+        println!("ok           {}", s.ok);
+        println!("wrong        {}", s.wrong);
+        println!(
+            "worker_died  {}  (tasks whose worker died on all {} runs)",
+            s.worker_died,
+            args.retries + 1
+        );
+        println!("failed       {}", s.failed);
+        println!("lost         {}", s.lost);
+        println!(
+            "respawned    {}  (kills sent by this run: {})",
+            s.respawned, s.kills_sent
+        );
+        if let Some(us) = s.median_replacement_us {
+            println!("replacement  {us:.0} us median, from the parent seeing a death to the new worker ready");
+        }
+        println!("throughput   {:.0} tasks/s over {:.2} s", s.rate, s.seconds);
+        println!(
+            "{}",
+            if passed {
+                "PASS: nothing lost, nothing wrong"
+            } else {
+                "FAIL"
+            }
+        );
+    }
+    Ok(passed)
+}
