@@ -369,12 +369,95 @@ fn a_killed_soak_leaves_nothing_behind() {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0) };
 }
 
+fn busy_ms(ms: u64) -> u64 {
+    let end = std::time::Instant::now() + Duration::from_millis(ms);
+    while std::time::Instant::now() < end {
+        std::hint::spin_loop();
+    }
+    ms
+}
+
+fn an_idle_worker_killed_from_outside_is_replaced() {
+    let pool = Pool::builder().workers(2).build().unwrap();
+    let victim = pool.pids()[0];
+    // SAFETY: kill with integer arguments, on our own worker.
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    common::eventually("replaced", || {
+        pool.pids().len() == 2 && !pool.pids().contains(&victim)
+    });
+    assert_eq!(pool.map(square, 0..1000u64, None).unwrap().len(), 1000);
+    assert_eq!(pool.stats().respawns, 1);
+}
+
+fn workers_dying_together_are_all_resolved() {
+    let pool = Pool::builder().workers(2).build().unwrap();
+    let handles: Vec<_> = (0..40u64)
+        .map(|_| pool.apply_async(busy_ms, 20).unwrap())
+        .collect();
+    // Both die at once while running tasks: their SIGCHLDs would merge.
+    for pid in pool.pids() {
+        // SAFETY: kill with integer arguments, on our own worker.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let (mut ok, mut died) = (0, 0);
+    for h in handles {
+        match h.get() {
+            Ok(20) => ok += 1,
+            Err(Error::WorkerDied { .. }) => died += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(ok + died, 40);
+    assert!(died <= 2, "only the two running tasks may fail, {died} did");
+}
+
+fn terminate_while_workers_crash_ends_promptly() {
+    let pool = Pool::builder().workers(2).build().unwrap();
+    let handles: Vec<_> = (0..20u64)
+        .map(|_| pool.apply_async(busy_ms, 5).unwrap())
+        .collect();
+    for pid in pool.pids() {
+        // SAFETY: kill with integer arguments, on our own worker.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    pool.terminate();
+    pool.join().unwrap();
+    for h in handles {
+        assert!(matches!(
+            h.get(),
+            Ok(5) | Err(Error::Cancelled) | Err(Error::WorkerDied { .. })
+        ));
+    }
+}
+
+fn close_then_join_while_a_worker_crashes() {
+    let pool = Pool::builder().workers(2).build().unwrap();
+    let handles: Vec<_> = (0..20u64)
+        .map(|_| pool.apply_async(busy_ms, 5).unwrap())
+        .collect();
+    pool.close();
+    let victim = pool.pids()[0];
+    // SAFETY: kill with integer arguments, on our own worker.
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    pool.join().unwrap();
+    for h in handles {
+        assert!(
+            matches!(h.get(), Ok(5) | Err(Error::WorkerDied { .. })),
+            "every task has an outcome"
+        );
+    }
+}
+
 fn main() {
     if std::env::var_os(ROLE).is_some() {
         corepool::init();
         play_doomed_parent();
     }
     common::run(common::tests![
+        an_idle_worker_killed_from_outside_is_replaced,
+        workers_dying_together_are_all_resolved,
+        terminate_while_workers_crash_ends_promptly,
+        close_then_join_while_a_worker_crashes,
         soak_under_chaos_loses_nothing,
         a_killed_soak_leaves_nothing_behind,
         a_crash_after_its_bytes_were_reused_still_fails_once,
