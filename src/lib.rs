@@ -49,6 +49,7 @@ mod error;
 mod layout;
 mod park;
 mod pool;
+mod process;
 mod ring;
 mod shared_array;
 mod shm;
@@ -63,6 +64,7 @@ pub use error::{Error, ExitCause, Result};
 pub use pool::{
     AsyncResult, Callbacks, Imap, ImapUnordered, Pinning, Pool, PoolBuilder, PoolStats,
 };
+pub use process::{Process, ProcessBuilder};
 pub use shared_array::SharedArray;
 pub use task::StarFn;
 pub use wire::{Plain, Serde, Wire};

@@ -219,6 +219,21 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// Sends `signal` through a pidfd: never reaches a process that merely
+/// reused the pid. ESRCH (already exited) is not an error.
+pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) {
+    // SAFETY: plain syscall: a descriptor we hold, a signal number, no siginfo.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<u8>(),
+            0u32,
+        );
+    }
+}
+
 /// An `eventfd` used to wake a thread blocked in [`poll_readable`].
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall with integer arguments.

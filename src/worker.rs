@@ -38,6 +38,13 @@ pub(crate) const EXIT_PROTOCOL: i32 = 102;
 /// }
 /// ```
 pub fn init() {
+    if let Some(token) = std::env::var_os(crate::process::PROCESS_ENV) {
+        std::env::remove_var(crate::process::PROCESS_ENV);
+        let code = crate::process::serve_child(token.to_str().unwrap_or(""));
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        sys::exit_now(code);
+    }
     let Some(token) = std::env::var_os(WORKER_ENV) else {
         return;
     };
@@ -115,7 +122,7 @@ thread_local! {
 
 /// Replaces the default panic hook: the message and location travel to the
 /// parent as the task's error instead of being printed by the worker.
-fn install_panic_hook() {
+pub(crate) fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let payload = info.payload();
         let message = payload
@@ -131,7 +138,7 @@ fn install_panic_hook() {
     }));
 }
 
-fn take_panic_message() -> String {
+pub(crate) fn take_panic_message() -> String {
     LAST_PANIC
         .with(|p| p.borrow_mut().take())
         .unwrap_or_else(|| "unknown panic".to_string())

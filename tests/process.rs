@@ -1,0 +1,190 @@
+//! `Process`: every method, deaths, daemons, and no zombie or orphan after.
+//! Runs with its own `main`.
+
+mod common;
+
+use corepool::{Error, ExitCause, Process};
+use std::time::Duration;
+
+fn double(x: u64) -> u64 {
+    x * 2
+}
+
+fn spin_forever(_: u64) -> u64 {
+    loop {
+        std::hint::spin_loop();
+    }
+}
+
+fn busy_ms(ms: u64) -> u64 {
+    let end = std::time::Instant::now() + Duration::from_millis(ms);
+    while std::time::Instant::now() < end {
+        std::hint::spin_loop();
+    }
+    ms
+}
+
+fn start_join_returns_the_result() {
+    let p = Process::builder()
+        .name("doubler")
+        .start(double, 21)
+        .unwrap();
+    assert_eq!(p.name(), "doubler");
+    assert!(p.pid() > 0);
+    assert!(!p.is_daemon());
+    assert_eq!(p.join().unwrap(), 42);
+    let s = Process::start(
+        |v: Vec<String>| v.concat(),
+        vec!["a".to_string(), "b".to_string()],
+    )
+    .unwrap();
+    assert_eq!(s.join().unwrap(), "ab");
+}
+
+fn exit_codes_and_signals() {
+    let p = Process::start(double, 1).unwrap();
+    assert!(p.join_timeout(Duration::from_secs(30)));
+    assert_eq!(p.exit_code(), Some(ExitCause::Code(0)));
+    assert!(!p.is_alive());
+
+    let panics = Process::start(|_: u64| -> u64 { panic!("boom") }, 0).unwrap();
+    assert!(panics.join_timeout(Duration::from_secs(30)));
+    assert_eq!(
+        panics.exit_code(),
+        Some(ExitCause::Code(1)),
+        "like Python's exitcode 1"
+    );
+    assert!(matches!(panics.join(), Err(Error::Panicked { message }) if message.contains("boom")));
+
+    let killed = Process::start(spin_forever, 0).unwrap();
+    assert!(killed.is_alive());
+    assert!(!killed.join_timeout(Duration::from_millis(1)));
+    killed.kill();
+    assert!(killed.join_timeout(Duration::from_secs(30)));
+    assert_eq!(killed.exit_code(), Some(ExitCause::Signal(libc::SIGKILL)));
+    assert!(matches!(
+        killed.join(),
+        Err(Error::WorkerDied {
+            cause: ExitCause::Signal(9),
+            ..
+        })
+    ));
+
+    let terminated = Process::start(spin_forever, 0).unwrap();
+    terminated.terminate();
+    assert!(terminated.join_timeout(Duration::from_secs(30)));
+    assert_eq!(
+        terminated.exit_code(),
+        Some(ExitCause::Signal(libc::SIGTERM))
+    );
+
+    let quits = Process::start(|_: u64| -> u64 { std::process::exit(0) }, 0).unwrap();
+    assert!(
+        matches!(
+            quits.join(),
+            Err(Error::WorkerDied {
+                cause: ExitCause::Code(0),
+                ..
+            })
+        ),
+        "exit(0) without a result is not a success"
+    );
+}
+
+fn a_daemon_dies_with_its_handle_a_normal_process_does_not() {
+    let daemon = Process::builder()
+        .daemon(true)
+        .start(spin_forever, 0)
+        .unwrap();
+    let daemon_pid = daemon.pid();
+    drop(daemon);
+    common::eventually("the daemon was killed and reaped", || {
+        !std::path::Path::new(&format!("/proc/{daemon_pid}")).exists()
+    });
+
+    let normal = Process::builder().start(busy_ms, 100).unwrap();
+    let pid = normal.pid();
+    drop(normal);
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "still running after its handle is gone"
+    );
+    // It finishes on its own and is reaped without anyone joining: no zombie
+    // (the harness checks for children after the test).
+    common::eventually("reaped without a join", || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    });
+}
+
+fn pinned_processes_run_where_asked() {
+    let cpu = *corepool::info::allowed_cpus().unwrap().last().unwrap();
+    let p = Process::builder()
+        .cpu(cpu)
+        .start(|_: u64| corepool::info::allowed_cpus().unwrap(), 0)
+        .unwrap();
+    assert_eq!(p.join().unwrap(), vec![cpu]);
+    let bad = Process::builder().cpu(100_000).start(double, 1);
+    assert!(matches!(bad, Err(Error::CpuNotAllowed { .. })));
+}
+
+fn oversized_results_are_typed_errors() {
+    let p = Process::builder()
+        .max_result_bytes(4096)
+        .start(|n: u64| vec![0u8; n as usize], 10_000)
+        .unwrap();
+    assert!(matches!(p.join(), Err(Error::ResultTooLarge { size, max: 4096 }) if size > 10_000));
+}
+
+const ROLE: &str = "COREPOOL_TEST_ROLE";
+
+fn processes_die_with_a_sigkilled_parent() {
+    use std::io::BufRead;
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    let mut parent = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(ROLE, "doomed-parent")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(parent.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let child: i32 = line.trim().parse().unwrap();
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    common::eventually("the process died with its parent", || {
+        std::fs::read_to_string(format!("/proc/{child}/stat")).map_or(true, |s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+    });
+    // SAFETY: reparented to us (subreaper): reap it.
+    unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0) };
+}
+
+fn main() {
+    if std::env::var_os(ROLE).is_some() {
+        corepool::init();
+        let p = Process::start(spin_forever, 0).unwrap();
+        println!("{}", p.pid());
+        loop {
+            std::thread::park();
+        }
+    }
+    // The process thread and its eventfd live for the whole program once the
+    // first Process starts: start one now, so that the per-test descriptor
+    // check sees them in its baseline rather than as a leak.
+    corepool::init();
+    Process::start(double, 0).unwrap().join().unwrap();
+    common::run(common::tests![
+        start_join_returns_the_result,
+        exit_codes_and_signals,
+        a_daemon_dies_with_its_handle_a_normal_process_does_not,
+        pinned_processes_run_where_asked,
+        oversized_results_are_typed_errors,
+        processes_die_with_a_sigkilled_parent,
+    ]);
+}
