@@ -175,6 +175,14 @@ pub enum Error {
         /// The array's length.
         len: usize,
     },
+    /// A daemon already holds the pid file.
+    #[error("a daemon is already running (pid file {pid_file}, pid {}): stop it first, or use another pid file", .pid.map_or_else(|| "unknown".to_string(), |p| p.to_string()))]
+    AlreadyRunning {
+        /// The pid file.
+        pid_file: String,
+        /// The pid written in it, if readable.
+        pid: Option<i32>,
+    },
     /// An operating-system call failed.
     #[error("{op} failed: {reason}")]
     Os {

@@ -45,6 +45,7 @@
     unreachable_pub
 )]
 
+pub mod daemon;
 mod error;
 mod layout;
 mod park;
@@ -60,6 +61,7 @@ mod worker;
 
 pub mod info;
 
+pub use daemon::{Daemon, DaemonGuard};
 pub use error::{Error, ExitCause, Result};
 pub use pool::{
     AsyncResult, Callbacks, Imap, ImapUnordered, Pinning, Pool, PoolBuilder, PoolStats,

@@ -316,6 +316,65 @@ pub(crate) fn new_process_group() -> io::Result<()> {
     Ok(())
 }
 
+/// `fork()`: `Some(child)` in the parent, `None` in the child.
+///
+/// Only for a process with a single thread (the daemon path checks): the
+/// child of a multithreaded fork may find locks held forever.
+pub(crate) fn fork() -> io::Result<Option<i32>> {
+    // SAFETY: the caller guarantees this process has one thread, so the child
+    // inherits no lock held by a thread that does not exist there.
+    let pid = check(unsafe { libc::fork() } as libc::c_long)?;
+    Ok((pid != 0).then_some(pid as i32))
+}
+
+/// Waits for child `pid` to exit (reaps it), retrying on EINTR.
+pub(crate) fn wait_for(pid: i32) {
+    loop {
+        // SAFETY: waitpid on one specific child with a null status pointer.
+        let ret = unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        if ret != -1 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return;
+        }
+    }
+}
+
+/// `setsid()`: a new session and process group, no controlling terminal.
+pub(crate) fn setsid() -> io::Result<()> {
+    // SAFETY: no arguments.
+    check(unsafe { libc::setsid() } as libc::c_long)?;
+    Ok(())
+}
+
+/// Sets the file-creation mask.
+pub(crate) fn set_umask(mask: u32) {
+    // SAFETY: plain syscall with an integer argument.
+    unsafe {
+        libc::umask(mask as libc::mode_t);
+    }
+}
+
+/// `flock(fd, LOCK_EX | LOCK_NB)`: true if we now hold the lock.
+pub(crate) fn flock_exclusive_nonblocking(fd: RawFd) -> bool {
+    // SAFETY: plain syscall on a descriptor the caller holds.
+    unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// A close-on-exec pipe: (read end, write end).
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` is a valid array of two ints for the kernel to fill.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long)?;
+    // SAFETY: both descriptors were just returned to us.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `dup2(from, to)`.
+pub(crate) fn dup_onto(from: RawFd, to: RawFd) -> io::Result<()> {
+    // SAFETY: plain syscall; `to` is replaced atomically.
+    check(unsafe { libc::dup2(from, to) } as libc::c_long)?;
+    Ok(())
+}
+
 /// The parent's pid, as the kernel sees it now.
 pub(crate) fn getppid() -> i32 {
     // SAFETY: no arguments.

@@ -71,10 +71,50 @@ fn numeric_checks_pass() {
     assert!(out.contains("numeric: all checks passed"), "{out}");
 }
 
+fn the_daemon_starts_refuses_a_twin_and_stops() {
+    // The daemon is adopted by init; as a subreaper we adopt it instead, so
+    // that we can reap it and the harness can see it if it survives.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    let dir = std::env::temp_dir().join(format!("corepool-daemon-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (pid_file, log) = (dir.join("d.pid"), dir.join("d.log"));
+    let start = || {
+        let mut cmd = example("daemon");
+        cmd.args(["start", pid_file.to_str().unwrap(), log.to_str().unwrap()]);
+        cmd.output().unwrap()
+    };
+    assert!(start().status.success());
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    common::eventually("the daemon ticks", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("tick 0"))
+    });
+    let twin = start();
+    assert!(!twin.status.success(), "a second instance must refuse");
+    assert!(String::from_utf8_lossy(&twin.stderr).contains("already running"));
+    let mut stop = example("daemon");
+    stop.args(["stop", pid_file.to_str().unwrap()]);
+    assert!(run(stop).contains(&format!("stopped daemon pid {pid}")));
+    // SAFETY: it was reparented to us: reap it.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    assert!(!pid_file.exists(), "a clean stop removes the pid file");
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("stopping after"));
+    std::fs::remove_dir_all(&dir).unwrap();
+    // SAFETY: as above.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0) };
+}
+
 fn main() {
     common::run(common::tests![
         pool_callbacks_prints_like_the_seed,
         cpu_bound_reports_a_speedup,
-        numeric_checks_pass
+        numeric_checks_pass,
+        the_daemon_starts_refuses_a_twin_and_stops
     ]);
 }

@@ -1,0 +1,298 @@
+//! Unix daemons, as the seed describes them: detached from the terminal and
+//! the session, adopted by init, running in the background until told to stop.
+//!
+//! [`Daemon::start`] does the classic steps: fork (the parent returns to the
+//! shell), `setsid` (a new session, no controlling terminal), fork again (the
+//! daemon can never reacquire one), `chdir`, `umask`, standard streams to
+//! `/dev/null` or a log file, and a pid file held with an exclusive `flock`
+//! so that a second instance refuses to start. Unlike a pool worker or a
+//! [`crate::Process`], a daemon is meant to outlive its parent: it is the one
+//! orphan made on purpose.
+
+use crate::error::{Error, Result};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Configures and starts a daemon.
+///
+/// ```no_run
+/// fn main() -> Result<(), corepool::Error> {
+///     corepool::init();
+///     let _guard = corepool::Daemon::new()
+///         .pid_file("/tmp/ticker.pid")
+///         .log_file("/tmp/ticker.log")
+///         .start()?; // only the daemon returns from here
+///     loop {
+///         println!("tick");
+///         std::thread::sleep(std::time::Duration::from_secs(1));
+///     }
+/// }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Daemon {
+    pid_file: Option<PathBuf>,
+    log_file: Option<PathBuf>,
+    working_dir: PathBuf,
+    umask: u32,
+}
+
+impl Default for Daemon {
+    fn default() -> Self {
+        Self {
+            pid_file: None,
+            log_file: None,
+            working_dir: PathBuf::from("/"),
+            umask: 0o022,
+        }
+    }
+}
+
+/// Held by the running daemon: keeps the pid file locked, and removes it when
+/// dropped (a clean stop).
+#[derive(Debug)]
+pub struct DaemonGuard {
+    pid_file: Option<(PathBuf, File)>,
+}
+
+impl Drop for DaemonGuard {
+    fn drop(&mut self) {
+        if let Some((path, _file)) = self.pid_file.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn io_err(op: &'static str) -> impl Fn(std::io::Error) -> Error {
+    move |e| Error::Os {
+        op,
+        reason: e.to_string(),
+    }
+}
+
+impl Daemon {
+    /// The defaults: no pid file, output to `/dev/null`, working directory `/`,
+    /// umask `022`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Write the daemon's pid here and hold an exclusive lock on it for the
+    /// daemon's life; a second instance with the same pid file refuses to
+    /// start with [`Error::AlreadyRunning`]. Relative paths are resolved
+    /// before the daemon changes directory.
+    pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.pid_file = Some(path.into());
+        self
+    }
+
+    /// Send standard output and error here (appending) instead of `/dev/null`.
+    pub fn log_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.log_file = Some(path.into());
+        self
+    }
+
+    /// The daemon's working directory (default `/`, so that it keeps no
+    /// mount busy).
+    pub fn working_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.working_dir = dir.into();
+        self
+    }
+
+    /// The daemon's file-creation mask (default `0o022`).
+    pub fn umask(mut self, mask: u32) -> Self {
+        self.umask = mask;
+        self
+    }
+
+    /// Turns this process into a daemon. Returns **only in the daemon**; the
+    /// calling process exits with status 0 once the daemon is up (or returns
+    /// the error if it could not start).
+    ///
+    /// Call it at the start of `main` (after [`crate::init`]), before any
+    /// thread exists: forking a multithreaded process is unsound.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AlreadyRunning`] if the pid file is locked by a live daemon;
+    /// [`Error::InvalidConfig`] if threads are running; [`Error::Os`] for
+    /// files and system calls.
+    pub fn start(self) -> Result<DaemonGuard> {
+        if thread_count() != Some(1) {
+            return Err(Error::InvalidConfig {
+                what: "daemonize before starting any thread (and before building a pool): call it first in main, after corepool::init()".into(),
+            });
+        }
+        let abs = |p: &Path| -> Result<PathBuf> {
+            if p.is_absolute() {
+                Ok(p.to_path_buf())
+            } else {
+                Ok(std::env::current_dir().map_err(io_err("getcwd"))?.join(p))
+            }
+        };
+        // Lock the pid file here, in the caller, so that a second instance is
+        // told at once. The lock belongs to the open file, which the daemon
+        // inherits across both forks.
+        let pid_file = match &self.pid_file {
+            Some(p) => {
+                let path = abs(p)?;
+                Some((path.clone(), lock_pid_file(&path)?))
+            }
+            None => None,
+        };
+        let log = match &self.log_file {
+            Some(p) => Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(abs(p)?)
+                    .map_err(io_err("opening the log file"))?,
+            ),
+            None => None,
+        };
+        let (mut ready_rx, ready_tx) = pipe()?;
+        // First fork: the caller waits for word from the daemon, then exits.
+        match crate::sys::fork().map_err(io_err("fork"))? {
+            Some(child) => {
+                drop(ready_tx);
+                let mut word = String::new();
+                let _ = ready_rx.read_to_string(&mut word);
+                crate::sys::wait_for(child);
+                if word.trim() == "ok" {
+                    std::process::exit(0);
+                }
+                return Err(Error::Os {
+                    op: "starting the daemon",
+                    reason: word,
+                });
+            }
+            None => drop(ready_rx),
+        }
+        let mut ready_tx = ready_tx;
+        let result = (|| -> Result<()> {
+            crate::sys::setsid().map_err(io_err("setsid"))?;
+            // Second fork: the session leader exits, so the daemon can never
+            // acquire a controlling terminal again.
+            if crate::sys::fork().map_err(io_err("fork"))?.is_some() {
+                crate::sys::exit_now(0);
+            }
+            std::env::set_current_dir(&self.working_dir).map_err(io_err("chdir"))?;
+            crate::sys::set_umask(self.umask);
+            redirect_stdio(log.as_ref())?;
+            if let Some((_, file)) = &pid_file {
+                write_pid(file)?;
+            }
+            Ok(())
+        })();
+        let _ = write!(
+            ready_tx,
+            "{}",
+            match &result {
+                Ok(()) => "ok".to_string(),
+                Err(e) => e.to_string(),
+            }
+        );
+        drop(ready_tx);
+        match result {
+            Ok(()) => Ok(DaemonGuard { pid_file }),
+            Err(_) => crate::sys::exit_now(1),
+        }
+    }
+}
+
+/// Stops the daemon whose pid file is `path`: SIGTERM, then waits up to
+/// `timeout` for it to release the pid file's lock. Returns its pid.
+///
+/// # Errors
+///
+/// [`Error::Os`] if the file cannot be read or names no running daemon;
+/// [`Error::Timeout`] if it is still running after `timeout`.
+pub fn stop(path: impl AsRef<Path>, timeout: Duration) -> Result<i32> {
+    let path = path.as_ref();
+    let mut file = File::open(path).map_err(io_err("opening the pid file"))?;
+    if try_lock(&file) {
+        return Err(Error::Os {
+            op: "stopping the daemon",
+            reason: format!("no daemon holds {}", path.display()),
+        });
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(io_err("reading the pid file"))?;
+    let pid: i32 = text.trim().parse().map_err(|_| Error::Os {
+        op: "stopping the daemon",
+        reason: format!("{} does not hold a pid", path.display()),
+    })?;
+    // A pidfd taken while the lock proves the daemon alive cannot refer to
+    // a recycled pid; it becomes readable when the daemon exits.
+    let pidfd = crate::sys::pidfd_open(pid).map_err(io_err("pidfd_open"))?;
+    crate::sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&pidfd), libc::SIGTERM);
+    let deadline = Instant::now() + timeout;
+    let mut ready = Vec::new();
+    while !try_lock(&file) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::Timeout);
+        }
+        // Wait for the exit itself, not a polling tick; the lock goes with it.
+        crate::sys::poll_readable(&[std::os::fd::AsFd::as_fd(&pidfd)], &mut ready, Some(left))
+            .map_err(io_err("poll"))?;
+    }
+    Ok(pid)
+}
+
+fn thread_count() -> Option<usize> {
+    std::fs::read_dir("/proc/self/task").ok().map(|d| d.count())
+}
+
+fn lock_pid_file(path: &Path) -> Result<File> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_err("opening the pid file"))?;
+    if !try_lock(&file) {
+        let mut text = String::new();
+        let _ = file.read_to_string(&mut text);
+        return Err(Error::AlreadyRunning {
+            pid_file: path.display().to_string(),
+            pid: text.trim().parse().ok(),
+        });
+    }
+    Ok(file)
+}
+
+/// Takes the exclusive lock without blocking; false if someone holds it.
+fn try_lock(file: &File) -> bool {
+    crate::sys::flock_exclusive_nonblocking(file.as_raw_fd())
+}
+
+fn write_pid(file: &File) -> Result<()> {
+    let mut f = file;
+    f.set_len(0).map_err(io_err("truncating the pid file"))?;
+    f.rewind().map_err(io_err("writing the pid file"))?;
+    writeln!(f, "{}", std::process::id()).map_err(io_err("writing the pid file"))?;
+    f.sync_all().map_err(io_err("writing the pid file"))
+}
+
+fn pipe() -> Result<(File, File)> {
+    let (r, w) = crate::sys::pipe().map_err(io_err("pipe"))?;
+    Ok((File::from(r), File::from(w)))
+}
+
+fn redirect_stdio(log: Option<&File>) -> Result<()> {
+    let null = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(io_err("opening /dev/null"))?;
+    let out = log.unwrap_or(&null);
+    for (from, to) in [(&null, 0), (out, 1), (out, 2)] {
+        crate::sys::dup_onto(from.as_raw_fd(), to).map_err(io_err("dup2"))?;
+    }
+    Ok(())
+}
