@@ -110,11 +110,22 @@ fn the_daemon_starts_refuses_a_twin_and_stops() {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0) };
 }
 
+fn processes_reports_a_speedup() {
+    let mut cmd = example("processes");
+    cmd.arg("2000000");
+    let out = run(cmd);
+    assert!(
+        out.contains("two processes:") && out.contains("speedup:"),
+        "{out}"
+    );
+}
+
 fn main() {
     common::run(common::tests![
         pool_callbacks_prints_like_the_seed,
         cpu_bound_reports_a_speedup,
         numeric_checks_pass,
-        the_daemon_starts_refuses_a_twin_and_stops
+        the_daemon_starts_refuses_a_twin_and_stops,
+        processes_reports_a_speedup
     ]);
 }
