@@ -175,6 +175,9 @@ pub enum Error {
         /// The array's length.
         len: usize,
     },
+    /// The queue was closed.
+    #[error("the queue is closed: no more values will come (or go)")]
+    QueueClosed,
     /// A daemon already holds the pid file.
     #[error("a daemon is already running (pid file {pid_file}, pid {}): stop it first, or use another pid file", .pid.map_or_else(|| "unknown".to_string(), |p| p.to_string()))]
     AlreadyRunning {

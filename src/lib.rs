@@ -47,10 +47,12 @@
 
 pub mod daemon;
 mod error;
+mod handle;
 mod layout;
 mod park;
 mod pool;
 mod process;
+mod queue;
 mod ring;
 mod shared_array;
 mod shm;
@@ -67,6 +69,7 @@ pub use pool::{
     AsyncResult, Callbacks, Imap, ImapUnordered, Pinning, Pool, PoolBuilder, PoolStats,
 };
 pub use process::{Process, ProcessBuilder};
+pub use queue::Queue;
 pub use shared_array::SharedArray;
 pub use task::StarFn;
 pub use wire::{Plain, Serde, Wire};

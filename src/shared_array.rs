@@ -2,15 +2,13 @@
 //! writes in place, the zero-copy path for numeric work.
 
 use crate::error::{Error, Result};
-use crate::shm::Segment;
-use crate::sys::{self, FileId};
+use crate::handle::{type_tag, SharedSegment};
 use crate::wire::{decode_error, Wire};
 use bytemuck::Pod;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Range;
-use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Elements copied per block by [`SharedArray::fold_chunks`] and
 /// [`SharedArray::update_chunks`]: 32 KiB of `f64`, small enough for L1/L2.
@@ -47,7 +45,7 @@ const BLOCK_BYTES: usize = 32 * 1024;
 /// }
 /// ```
 pub struct SharedArray<T> {
-    map: Arc<Mapping>,
+    map: Arc<SharedSegment>,
     len: usize,
     _type: PhantomData<fn() -> T>,
 }
@@ -67,25 +65,10 @@ impl<T> fmt::Debug for SharedArray<T> {
         f.debug_struct("SharedArray")
             .field("type", &std::any::type_name::<T>())
             .field("len", &self.len)
-            .field("owner", &self.map.owner)
+            .field("owner", &self.map.owner())
             .finish()
     }
 }
-
-/// One mapping of an array's memfd in this process.
-#[derive(Debug)]
-struct Mapping {
-    seg: Segment,
-    id: FileId,
-    /// The process whose descriptor table holds `fd` (the creator).
-    owner: i32,
-    fd: i32,
-}
-
-/// Arrays this (worker) process has mapped from another one, so that a task
-/// stream over the same array maps it once.
-static OPENED: Mutex<Vec<Arc<Mapping>>> = Mutex::new(Vec::new());
-const MAX_OPENED: usize = 64;
 
 impl<T: Pod> SharedArray<T> {
     /// A zero-filled array of `len` elements.
@@ -104,15 +87,7 @@ impl<T: Pod> SharedArray<T> {
         let bytes = len.checked_mul(size).ok_or_else(|| Error::InvalidConfig {
             what: format!("{len} elements of {size} bytes overflow"),
         })?;
-        let seg = Segment::create(c"corepool-array", bytes.max(1))?;
-        let id = seg.identity()?;
-        let fd = seg.raw_fd();
-        let map = Arc::new(Mapping {
-            seg,
-            id,
-            owner: std::process::id() as i32,
-            fd,
-        });
+        let map = SharedSegment::create(c"corepool-array", bytes.max(1))?;
         Ok(Self {
             map,
             len,
@@ -156,7 +131,7 @@ impl<T: Pod> SharedArray<T> {
         // SAFETY: callers check `index <= len`; the mapping holds `len`
         // elements and is page-aligned, so the pointer is in bounds (or one
         // past the end) and aligned for T.
-        unsafe { self.map.seg.base().cast::<T>().add(index) }
+        unsafe { self.map.base().cast::<T>().add(index) }
     }
 
     /// The element at `index`, or `None` past the end.
@@ -274,108 +249,16 @@ impl<T: Pod> SharedArray<T> {
     }
 }
 
-/// Maps the array another process described, or reuses an earlier mapping.
-fn open_mapping(
-    owner: i32,
-    fd: i32,
-    dev: u64,
-    ino: u64,
-    bytes: usize,
-) -> std::result::Result<Arc<Mapping>, String> {
-    let mut opened = crate::pool_lock(&OPENED);
-    if let Some(m) = opened.iter().find(|m| m.id.dev == dev && m.id.ino == ino) {
-        // The handle may come from an untrusted worker: its length must fit
-        // the memory we mapped, on this path as on the first.
-        if m.seg.len() < bytes {
-            return Err(format!(
-                "the array's memory holds {} bytes, the handle says {bytes}",
-                m.seg.len()
-            ));
-        }
-        return Ok(m.clone());
-    }
-    // A miss: first forget arrays whose creator no longer holds them, so that
-    // their memory can be freed.
-    opened.retain(|m| {
-        std::fs::metadata(format!("/proc/{}/fd/{}", m.owner, m.fd))
-            .map(|md| {
-                use std::os::unix::fs::MetadataExt;
-                md.dev() == m.id.dev && md.ino() == m.id.ino
-            })
-            .unwrap_or(false)
-            || Arc::strong_count(m) > 1
-    });
-    if opened.len() >= MAX_OPENED {
-        opened.remove(0);
-    }
-    let path = format!("/proc/{owner}/fd/{fd}");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("opening {path}: {e} (is the creating process alive?)"))?;
-    // Only a memfd sealed against resizing is an array: never map an
-    // arbitrary file a worker names, nor one that could shrink under us.
-    if !crate::sys::is_size_sealed(std::os::fd::AsFd::as_fd(&file)) {
-        return Err(format!(
-            "{path} is not a corepool array (not a size-sealed memfd)"
-        ));
-    }
-    let fd_owned: OwnedFd = file.into();
-    let seg = Segment::open(fd_owned).map_err(|e| e.to_string())?;
-    let id = seg.identity().map_err(|e| e.to_string())?;
-    if id.dev != dev || id.ino != ino {
-        return Err(format!(
-            "{path} is no longer the array (it was closed and the number reused)"
-        ));
-    }
-    if seg.len() < bytes {
-        return Err(format!(
-            "the array's memory holds {} bytes, the handle says {bytes}",
-            seg.len()
-        ));
-    }
-    let raw = seg.raw_fd();
-    let _ = sys::set_cloexec(raw);
-    let m = Arc::new(Mapping { seg, id, owner, fd });
-    opened.push(m.clone());
-    Ok(m)
-}
-
-fn type_tag<T>() -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    std::any::type_name::<T>().hash(&mut h);
-    std::mem::size_of::<T>().hash(&mut h);
-    h.finish()
-}
-
 impl<T: Pod> Wire for SharedArray<T> {
     fn encode(&self, out: &mut Vec<u8>) {
-        // The handle names our descriptor: the array must live until the task
-        // that carries it is answered, even if the caller drops its copy.
-        crate::wire::keep_alive(self.map.clone());
-        (
-            self.map.owner,
-            self.map.fd,
-            self.map.id.dev,
-            self.map.id.ino,
-            self.len as u64,
-            type_tag::<T>(),
-        )
-            .encode(out);
+        self.map.encode(type_tag::<T>(), self.len as u64, out);
     }
 
     fn decode(input: &mut &[u8]) -> Result<Self> {
-        let (owner, fd, dev, ino, len, tag) = <(i32, i32, u64, u64, u64, u64)>::decode(input)?;
-        if tag != type_tag::<T>() {
-            return Err(decode_error::<Self>("the array holds another element type"));
-        }
+        let size = std::mem::size_of::<T>() as u64;
+        let (map, len) =
+            SharedSegment::decode::<Self>(input, type_tag::<T>(), |len| len.checked_mul(size))?;
         let len = usize::try_from(len).map_err(|_| decode_error::<Self>("length out of range"))?;
-        let bytes = len
-            .checked_mul(std::mem::size_of::<T>())
-            .ok_or_else(|| decode_error::<Self>("length overflows"))?;
-        let map = open_mapping(owner, fd, dev, ino, bytes).map_err(decode_error::<Self>)?;
         Ok(Self {
             map,
             len,

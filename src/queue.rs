@@ -1,0 +1,816 @@
+//! [`Queue`]: a bounded many-producer, many-consumer queue in shared memory,
+//! usable from the parent, pool workers and [`crate::Process`]es alike.
+//!
+//! # Algorithm
+//!
+//! Vyukov's bounded MPMC queue, with an owner in every slot. Each slot has a
+//! state word packing `seq` (the position it is ready for, 40 bits), a
+//! `phase` (EMPTY, WRITING, FULL, READING) and the `pid` of the process in
+//! the middle of writing or reading it (22 bits, Linux's largest pid_max).
+//!
+//! * put at position `t`: CAS the slot from `EMPTY(t)` to `WRITING(t, me)`,
+//!   advance `tail`, copy the value in, store `FULL(t)` (Release).
+//! * get at position `h`: CAS the slot from `FULL(h)` to `READING(h, me)`,
+//!   advance `head`, copy the value out, store `EMPTY(h + capacity)` (Release).
+//!
+//! Anyone who finds `head` or `tail` behind a slot that was already claimed
+//! helps it forward, so a process that dies between its claim and the index
+//! update blocks nobody. A process that dies *while* writing or reading leaves
+//! its slot WRITING or READING with its pid: the next process that meets the
+//! slot sees the owner is dead and repairs it (the value being written or
+//! read is lost with its process; everything else goes on). Since no lock is
+//! ever held, nothing can wedge the queue.
+//!
+//! Waiting is an event count per direction (`not_empty`, `not_full`): a
+//! sequence word plus a sleeper count; a waiter reads the sequence, announces
+//! itself, re-checks, and `FUTEX_WAIT`s on the sequence; a waker bumps the
+//! sequence and wakes only if someone sleeps.
+//!
+//! Every word read from the segment is validated (lengths against the slot
+//! size, pids against pid_max); the queue's processes are peers that may die
+//! at any instruction.
+
+use crate::error::{Error, Result};
+use crate::handle::{process_is_dead, type_tag, SharedSegment};
+use crate::park::Spinner;
+use crate::sys;
+use crate::wire::{decode_error, decode_exact, Wire};
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MAGIC: [u8; 8] = *b"COREQUEU";
+const VERSION: u32 = 1;
+
+const CLOSED_AT: usize = 64;
+const HEAD_AT: usize = 128;
+const TAIL_AT: usize = 192;
+const NOT_EMPTY_AT: usize = 256;
+const NOT_FULL_AT: usize = 320;
+const SLOTS_AT: usize = 4096;
+/// State word, length word, then the value.
+const SLOT_HEADER: usize = 16;
+
+const SEQ_BITS: u32 = 40;
+const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
+const PID_MASK: u64 = (1 << 22) - 1;
+
+/// Slot phases.
+const EMPTY: u64 = 0;
+const WRITING: u64 = 1;
+const FULL: u64 = 2;
+const READING: u64 = 3;
+
+fn pack(seq: u64, phase: u64, pid: u32) -> u64 {
+    ((seq & SEQ_MASK) << 24) | (phase << 22) | (u64::from(pid) & PID_MASK)
+}
+
+fn unpack(word: u64) -> (u64, u64, i32) {
+    (word >> 24, (word >> 22) & 3, (word & PID_MASK) as i32)
+}
+
+fn my_pid() -> u32 {
+    std::process::id()
+}
+
+/// The queue's header, written by the creator before the queue is shared.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Header {
+    magic: [u8; 8],
+    version: u32,
+    capacity: u32,
+    message_bytes: u32,
+    _reserved: u32,
+    type_tag: u64,
+}
+
+/// A bounded queue of `T` in shared memory: Python's `multiprocessing.Queue`,
+/// without a pipe or a feeder thread.
+///
+/// Clone it, or pass it to a task or a [`crate::Process`] as an argument: it
+/// crosses as a small handle and every copy talks to the same memory.
+///
+/// ```
+/// use corepool::{Process, Queue};
+///
+/// fn produce(q: Queue<u64>) {
+///     for i in 0..100 {
+///         q.put(&i).unwrap();
+///     }
+/// }
+///
+/// fn main() {
+///     corepool::init();
+///     let q = Queue::<u64>::new(16).unwrap();
+///     let producer = Process::start(produce, q.clone()).unwrap();
+///     let sum: u64 = (0..100).map(|_| q.get().unwrap()).sum();
+///     producer.join().unwrap();
+///     assert_eq!(sum, 4950);
+/// }
+/// ```
+pub struct Queue<T> {
+    map: Arc<SharedSegment>,
+    capacity: u64,
+    message_bytes: usize,
+    stride: usize,
+    _type: PhantomData<fn(T) -> T>,
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Self {
+            map: self.map.clone(),
+            capacity: self.capacity,
+            message_bytes: self.message_bytes,
+            stride: self.stride,
+            _type: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("type", &std::any::type_name::<T>())
+            .field("capacity", &self.capacity)
+            .field("message_bytes", &self.message_bytes)
+            .finish()
+    }
+}
+
+enum Put {
+    Done,
+    Full,
+}
+
+enum Got {
+    Value(Vec<u8>),
+    Empty,
+    /// A live producer is writing the next value: it will be there soon.
+    Busy,
+}
+
+fn stride_for(message_bytes: usize) -> usize {
+    (SLOT_HEADER + message_bytes).next_multiple_of(64)
+}
+
+impl<T: Wire> Queue<T> {
+    /// A queue of `capacity` values (rounded up to a power of two) of at most
+    /// 240 encoded bytes each.
+    ///
+    /// # Errors
+    ///
+    /// As [`with_message_bytes`](Self::with_message_bytes).
+    pub fn new(capacity: usize) -> Result<Self> {
+        Self::with_message_bytes(capacity, 240)
+    }
+
+    /// A queue of `capacity` values (rounded up to a power of two) of at most
+    /// `message_bytes` encoded bytes each.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a capacity of 0 or above 2^24, or a
+    /// message size of 0 or above 16 MiB; [`Error::SharedMemory`].
+    pub fn with_message_bytes(capacity: usize, message_bytes: usize) -> Result<Self> {
+        if capacity == 0 || capacity > 1 << 24 {
+            return Err(Error::InvalidConfig {
+                what: format!("queue capacity {capacity}: use 1 to 16777216"),
+            });
+        }
+        if message_bytes == 0 || message_bytes > 16 << 20 {
+            return Err(Error::InvalidConfig {
+                what: format!("message size {message_bytes}: use 1 byte to 16 MiB, and a SharedArray for bulk data"),
+            });
+        }
+        let capacity = capacity.next_power_of_two();
+        let stride = stride_for(message_bytes);
+        let bytes = capacity
+            .checked_mul(stride)
+            .and_then(|b| b.checked_add(SLOTS_AT))
+            .ok_or_else(|| Error::InvalidConfig {
+                what: "queue too large".into(),
+            })?;
+        let map = SharedSegment::create(c"corepool-queue", bytes)?;
+        let header = Header {
+            magic: MAGIC,
+            version: VERSION,
+            capacity: capacity as u32,
+            message_bytes: message_bytes as u32,
+            _reserved: 0,
+            type_tag: type_tag::<T>(),
+        };
+        let seg = map.segment();
+        let dst = seg
+            .at(0, std::mem::size_of::<Header>())
+            .expect("header fits");
+        // SAFETY: in bounds; the queue is not shared with anyone yet.
+        unsafe { dst.cast::<Header>().write_unaligned(header) };
+        let q = Self {
+            map,
+            capacity: capacity as u64,
+            message_bytes,
+            stride,
+            _type: PhantomData,
+        };
+        for i in 0..q.capacity {
+            q.slot_state(i).store(pack(i, EMPTY, 0), Ordering::Relaxed);
+        }
+        Ok(q)
+    }
+
+    fn word64(&self, offset: usize) -> &AtomicU64 {
+        let p = self
+            .map
+            .segment()
+            .at(offset, 8)
+            .expect("control words are in the header page");
+        // SAFETY: in bounds, 8-aligned (page-aligned base, offsets multiples
+        // of 8), lives as long as `self.map`; every process accesses it only
+        // atomically.
+        unsafe { AtomicU64::from_ptr(p.cast()) }
+    }
+
+    fn word32(&self, offset: usize) -> &AtomicU32 {
+        let p = self
+            .map
+            .segment()
+            .at(offset, 4)
+            .expect("control words are in the header page");
+        // SAFETY: as in `word64`, 4-aligned.
+        unsafe { AtomicU32::from_ptr(p.cast()) }
+    }
+
+    fn slot_base(&self, pos: u64) -> usize {
+        SLOTS_AT + (pos % self.capacity) as usize * self.stride
+    }
+
+    fn slot_state(&self, pos: u64) -> &AtomicU64 {
+        self.word64(self.slot_base(pos))
+    }
+
+    fn slot_len(&self, pos: u64) -> &AtomicU32 {
+        self.word32(self.slot_base(pos) + 8)
+    }
+
+    fn head(&self) -> &AtomicU64 {
+        self.word64(HEAD_AT)
+    }
+
+    fn tail(&self) -> &AtomicU64 {
+        self.word64(TAIL_AT)
+    }
+
+    /// Values it holds (a snapshot: others may be putting and getting).
+    pub fn len(&self) -> usize {
+        let head = self.head().load(Ordering::Acquire);
+        let tail = self.tail().load(Ordering::Acquire);
+        tail.saturating_sub(head).min(self.capacity) as usize
+    }
+
+    /// Whether it holds no value (a snapshot).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many values it can hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity as usize
+    }
+
+    /// Largest encoded value it takes.
+    pub fn message_bytes(&self) -> usize {
+        self.message_bytes
+    }
+
+    /// Closes it for everyone: `put` fails from now on, `get` drains what is
+    /// left and then fails with [`Error::QueueClosed`]. Wakes every waiter.
+    pub fn close(&self) {
+        // Release pairs with the Acquire loads in `is_closed`.
+        self.word32(CLOSED_AT).store(1, Ordering::Release);
+        for at in [NOT_EMPTY_AT, NOT_FULL_AT] {
+            self.word32(at).fetch_add(1, Ordering::Release);
+            sys::futex_wake_all(self.word32(at));
+        }
+    }
+
+    /// Whether [`close`](Self::close) was called (by any process).
+    pub fn is_closed(&self) -> bool {
+        self.word32(CLOSED_AT).load(Ordering::Acquire) != 0
+    }
+
+    fn encode_value(&self, value: &T) -> Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        value.encode(&mut bytes);
+        if bytes.len() > self.message_bytes {
+            return Err(Error::ArgumentTooLarge {
+                size: bytes.len(),
+                max: self.message_bytes,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Puts `value` if there is room now; `Ok(false)` if the queue is full.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::QueueClosed`]; [`Error::ArgumentTooLarge`] for a value whose
+    /// encoding exceeds [`message_bytes`](Self::message_bytes).
+    pub fn try_put(&self, value: &T) -> Result<bool> {
+        if self.is_closed() {
+            return Err(Error::QueueClosed);
+        }
+        let bytes = self.encode_value(value)?;
+        Ok(matches!(self.put_once(&bytes), Put::Done))
+    }
+
+    /// Puts `value`, waiting for room (Python's `put`).
+    ///
+    /// # Errors
+    ///
+    /// As [`try_put`](Self::try_put).
+    pub fn put(&self, value: &T) -> Result<()> {
+        self.put_until(value, None)
+    }
+
+    /// Puts `value`, waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] if there was no room in time; as
+    /// [`try_put`](Self::try_put).
+    pub fn put_timeout(&self, value: &T, timeout: Duration) -> Result<()> {
+        self.put_until(value, Some(Instant::now() + timeout))
+    }
+
+    fn put_until(&self, value: &T, deadline: Option<Instant>) -> Result<()> {
+        let bytes = self.encode_value(value)?;
+        let mut spinner = Spinner::new();
+        loop {
+            if self.is_closed() {
+                return Err(Error::QueueClosed);
+            }
+            if let Put::Done = self.put_once(&bytes) {
+                return Ok(());
+            }
+            if spinner.spin() {
+                continue;
+            }
+            if !self.wait(NOT_FULL_AT, deadline, None, || {
+                matches!(self.put_once(&bytes), Put::Done)
+            })? {
+                continue;
+            }
+            return Ok(());
+        }
+    }
+
+    /// Takes a value if one is there now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::QueueClosed`] once closed and drained; [`Error::Decode`] for
+    /// bytes that are not a `T` (a peer misbehaved).
+    pub fn try_get(&self) -> Result<Option<T>> {
+        match self.get_once() {
+            Got::Value(bytes) => decode_exact::<T>(&bytes).map(Some),
+            Got::Empty | Got::Busy if self.is_closed() && self.is_empty() => {
+                Err(Error::QueueClosed)
+            }
+            Got::Empty | Got::Busy => Ok(None),
+        }
+    }
+
+    /// Takes a value, waiting for one (Python's `get`).
+    ///
+    /// # Errors
+    ///
+    /// As [`try_get`](Self::try_get).
+    pub fn get(&self) -> Result<T> {
+        self.get_until(None)
+    }
+
+    /// Takes a value, waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] if none came in time; as [`try_get`](Self::try_get).
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
+        self.get_until(Some(Instant::now() + timeout))
+    }
+
+    fn get_until(&self, deadline: Option<Instant>) -> Result<T> {
+        let mut spinner = Spinner::new();
+        loop {
+            let busy = match self.get_once() {
+                Got::Value(bytes) => return decode_exact::<T>(&bytes),
+                Got::Empty => false,
+                Got::Busy => true,
+            };
+            if self.is_closed() && self.is_empty() {
+                return Err(Error::QueueClosed);
+            }
+            if spinner.spin() {
+                continue;
+            }
+            // A writer in the middle of a put is re-checked every millisecond
+            // (it may have died there); otherwise sleep until woken.
+            let poll = busy.then_some(Duration::from_millis(1));
+            let mut got = None;
+            self.wait(NOT_EMPTY_AT, deadline, poll, || match self.get_once() {
+                Got::Value(bytes) => {
+                    got = Some(bytes);
+                    true
+                }
+                _ => self.is_closed(),
+            })?;
+            if let Some(bytes) = got {
+                return decode_exact::<T>(&bytes);
+            }
+        }
+    }
+
+    /// The event-count wait: read the sequence, announce, re-check, sleep.
+    /// Returns whether `ready` succeeded at the re-check.
+    fn wait(
+        &self,
+        at: usize,
+        deadline: Option<Instant>,
+        poll: Option<Duration>,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<bool> {
+        let seq_word = self.word32(at);
+        let sleepers = self.word32(at + 4);
+        // Acquire pairs with the Release increment in `notify`.
+        let seq = seq_word.load(Ordering::Acquire);
+        sleepers.fetch_add(1, Ordering::SeqCst);
+        // SeqCst fence: pairs with the fence in `notify` (we see its state
+        // change, or it sees our sleeper count).
+        fence(Ordering::SeqCst);
+        let done = ready();
+        if !done {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                sleepers.fetch_sub(1, Ordering::SeqCst);
+                return Err(Error::Timeout);
+            }
+            let timeout = match (left, poll) {
+                (Some(l), Some(p)) => Some(l.min(p)),
+                (l, p) => l.or(p),
+            };
+            sys::futex_wait(seq_word, seq, timeout);
+        }
+        sleepers.fetch_sub(1, Ordering::SeqCst);
+        Ok(done)
+    }
+
+    fn notify(&self, at: usize) {
+        // Release pairs with the Acquire load in `wait`.
+        self.word32(at).fetch_add(1, Ordering::Release);
+        // SeqCst fence: pairs with the fence in `wait`.
+        fence(Ordering::SeqCst);
+        if self.word32(at + 4).load(Ordering::Relaxed) > 0 {
+            sys::futex_wake_all(self.word32(at));
+        }
+    }
+
+    fn put_once(&self, bytes: &[u8]) -> Put {
+        let me = my_pid();
+        loop {
+            // Acquire pairs with the AcqRel CASes that move `tail`.
+            let t = self.tail().load(Ordering::Acquire);
+            let state = self.slot_state(t);
+            let word = state.load(Ordering::Acquire);
+            let (seq, phase, pid) = unpack(word);
+            if seq == t & SEQ_MASK {
+                if phase != EMPTY {
+                    // Someone claimed t and has not moved `tail`: help.
+                    let _ =
+                        self.tail()
+                            .compare_exchange(t, t + 1, Ordering::AcqRel, Ordering::Acquire);
+                    continue;
+                }
+                // AcqRel: pairs with the consumer's Release store of EMPTY
+                // (its read is done) and orders our claim before our writes.
+                if state
+                    .compare_exchange(
+                        word,
+                        pack(t, WRITING, me),
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_err()
+                {
+                    continue;
+                }
+                let _ = self
+                    .tail()
+                    .compare_exchange(t, t + 1, Ordering::AcqRel, Ordering::Acquire);
+                let dst = self.slot_base(t) + SLOT_HEADER;
+                if let Some(p) = self.map.segment().at(dst, bytes.len()) {
+                    // SAFETY: in bounds (checked); the slot is ours (WRITING)
+                    // until we publish it below.
+                    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len()) };
+                }
+                self.slot_len(t)
+                    .store(bytes.len() as u32, Ordering::Relaxed);
+                // Release pairs with the consumer's AcqRel claim CAS: the
+                // value is written before the slot reads FULL.
+                state.store(pack(t, FULL, 0), Ordering::Release);
+                self.notify(NOT_EMPTY_AT);
+                return Put::Done;
+            }
+            if seq == t.wrapping_sub(self.capacity) & SEQ_MASK {
+                // The slot still holds (or is handing over) the previous lap.
+                match phase {
+                    READING | WRITING if process_is_dead(pid) => {
+                        // Its owner died mid-operation: free the slot for us.
+                        let _ = state.compare_exchange(
+                            word,
+                            pack(t, EMPTY, 0),
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        );
+                        continue;
+                    }
+                    READING => {
+                        std::hint::spin_loop(); // a reader is copying out
+                        continue;
+                    }
+                    _ => return Put::Full,
+                }
+            }
+            // `t` was stale (another producer moved on): look again. A slot
+            // that fits no lap while `tail` stands still is corrupt: report
+            // full rather than spin on it.
+            if self.tail().load(Ordering::Acquire) == t {
+                return Put::Full;
+            }
+        }
+    }
+
+    fn get_once(&self) -> Got {
+        let me = my_pid();
+        loop {
+            // Acquire pairs with the AcqRel CASes that move `head`.
+            let h = self.head().load(Ordering::Acquire);
+            let state = self.slot_state(h);
+            let word = state.load(Ordering::Acquire);
+            let (seq, phase, pid) = unpack(word);
+            if seq == h & SEQ_MASK {
+                match phase {
+                    FULL => {
+                        // AcqRel: pairs with the producer's Release store of
+                        // FULL (we see the value) and claims the slot.
+                        if state
+                            .compare_exchange(
+                                word,
+                                pack(h, READING, me),
+                                Ordering::AcqRel,
+                                Ordering::Acquire,
+                            )
+                            .is_err()
+                        {
+                            continue;
+                        }
+                        let _ = self.head().compare_exchange(
+                            h,
+                            h + 1,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        );
+                        let len = (self.slot_len(h).load(Ordering::Relaxed) as usize)
+                            .min(self.message_bytes);
+                        let mut out = vec![0u8; len];
+                        let src = self.slot_base(h) + SLOT_HEADER;
+                        if let Some(p) = self.map.segment().at(src, len) {
+                            // SAFETY: in bounds (checked); the slot is ours
+                            // (READING) until we free it below.
+                            unsafe { std::ptr::copy_nonoverlapping(p, out.as_mut_ptr(), len) };
+                        }
+                        // Release pairs with the producer's AcqRel claim CAS
+                        // one lap later: our read is done before it writes.
+                        state.store(pack(h + self.capacity, EMPTY, 0), Ordering::Release);
+                        self.notify(NOT_FULL_AT);
+                        return Got::Value(out);
+                    }
+                    EMPTY => return Got::Empty,
+                    WRITING if process_is_dead(pid) => {
+                        // The producer died mid-put: its value is lost; skip it.
+                        if state
+                            .compare_exchange(
+                                word,
+                                pack(h + self.capacity, EMPTY, 0),
+                                Ordering::AcqRel,
+                                Ordering::Acquire,
+                            )
+                            .is_ok()
+                        {
+                            let _ = self.head().compare_exchange(
+                                h,
+                                h + 1,
+                                Ordering::AcqRel,
+                                Ordering::Acquire,
+                            );
+                            self.notify(NOT_FULL_AT);
+                        }
+                        continue;
+                    }
+                    WRITING => return Got::Busy,
+                    _ => {
+                        // READING: another consumer took h; help `head` on.
+                        let _ = self.head().compare_exchange(
+                            h,
+                            h + 1,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        );
+                        continue;
+                    }
+                }
+            }
+            if seq == (h + self.capacity) & SEQ_MASK {
+                // Already consumed; `head` lags: help it on.
+                let _ = self
+                    .head()
+                    .compare_exchange(h, h + 1, Ordering::AcqRel, Ordering::Acquire);
+                continue;
+            }
+            // `h` was stale, or the slot is from an older lap still being
+            // handed over: look again.
+            if self.head().load(Ordering::Acquire) == h {
+                return Got::Empty;
+            }
+        }
+    }
+
+    /// Test hook: claims the next value as a consumer and dies there, leaving
+    /// its slot READING with this process's pid.
+    #[doc(hidden)]
+    pub fn claim_value_and_abort(&self) -> ! {
+        let h = self.head().load(Ordering::Acquire);
+        let _ = self.slot_state(h).compare_exchange(
+            pack(h, FULL, 0),
+            pack(h, READING, my_pid()),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        let _ = self
+            .head()
+            .compare_exchange(h, h + 1, Ordering::AcqRel, Ordering::Acquire);
+        std::process::abort()
+    }
+
+    /// Test hook: claims the next slot as a producer and dies there, leaving
+    /// it WRITING with this process's pid.
+    #[doc(hidden)]
+    pub fn claim_slot_and_abort(&self) -> ! {
+        let t = self.tail().load(Ordering::Acquire);
+        let _ = self.slot_state(t).compare_exchange(
+            pack(t, EMPTY, 0),
+            pack(t, WRITING, my_pid()),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        let _ = self
+            .tail()
+            .compare_exchange(t, t + 1, Ordering::AcqRel, Ordering::Acquire);
+        std::process::abort()
+    }
+}
+
+impl<T: Wire> Wire for Queue<T> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.map.encode(type_tag::<T>(), self.capacity, out);
+    }
+
+    fn decode(input: &mut &[u8]) -> Result<Self> {
+        let (map, capacity) =
+            SharedSegment::decode::<Self>(input, type_tag::<T>(), |_| Some(SLOTS_AT as u64))?;
+        let src = map
+            .segment()
+            .at(0, std::mem::size_of::<Header>())
+            .ok_or_else(|| decode_error::<Self>("too small"))?;
+        // SAFETY: in bounds; plain data copied once, then validated.
+        let header: Header = unsafe { src.cast::<Header>().read_unaligned() };
+        let message_bytes = header.message_bytes as usize;
+        let stride = stride_for(message_bytes);
+        let needed = (header.capacity as usize)
+            .checked_mul(stride)
+            .and_then(|b| b.checked_add(SLOTS_AT));
+        if header.magic != MAGIC
+            || header.version != VERSION
+            || header.type_tag != type_tag::<T>()
+            || u64::from(header.capacity) != capacity
+            || !header.capacity.is_power_of_two()
+            || message_bytes == 0
+            || message_bytes > 16 << 20
+            || needed.is_none_or(|n| n > map.segment().len())
+        {
+            return Err(decode_error::<Self>("not a queue of this type"));
+        }
+        Ok(Self {
+            map,
+            capacity,
+            message_bytes,
+            stride,
+            _type: PhantomData,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_pack_and_unpack() {
+        let w = pack(123_456_789, READING, 4_194_303);
+        assert_eq!(unpack(w), (123_456_789, READING, 4_194_303));
+        assert_eq!(
+            unpack(pack(SEQ_MASK + 5, FULL, 7)).0,
+            4,
+            "seq wraps at 40 bits"
+        );
+    }
+
+    #[test]
+    fn fifo_in_one_process() {
+        let q = Queue::<u64>::new(4).unwrap();
+        assert!(q.is_empty());
+        for i in 0..4 {
+            assert!(q.try_put(&i).unwrap());
+        }
+        assert!(!q.try_put(&9).unwrap(), "full");
+        assert_eq!(q.len(), 4);
+        for i in 0..4 {
+            assert_eq!(q.try_get().unwrap(), Some(i));
+        }
+        assert_eq!(q.try_get().unwrap(), None);
+        assert!(matches!(
+            q.get_timeout(Duration::from_millis(1)),
+            Err(Error::Timeout)
+        ));
+        q.put(&5).unwrap();
+        q.close();
+        assert!(matches!(q.put(&6), Err(Error::QueueClosed)));
+        assert_eq!(q.get().unwrap(), 5, "drains after close");
+        assert!(matches!(q.get(), Err(Error::QueueClosed)));
+    }
+
+    #[test]
+    fn oversized_values_are_refused() {
+        let q = Queue::<Vec<u8>>::with_message_bytes(2, 16).unwrap();
+        assert!(matches!(
+            q.put(&vec![0; 100]),
+            Err(Error::ArgumentTooLarge { size: 108, max: 16 })
+        ));
+        assert!(Queue::<u8>::new(0).is_err());
+    }
+
+    #[test]
+    fn threads_exchange_everything_exactly_once() {
+        let q = Queue::<u64>::new(8).unwrap();
+        let per = if cfg!(miri) { 20 } else { 20_000 };
+        std::thread::scope(|s| {
+            for p in 0..2u64 {
+                let q = q.clone();
+                s.spawn(move || {
+                    for i in 0..per {
+                        q.put(&(p * per + i)).unwrap();
+                    }
+                });
+            }
+            let consumers: Vec<_> = (0..2)
+                .map(|_| {
+                    let q = q.clone();
+                    s.spawn(move || (0..per).map(|_| q.get().unwrap()).collect::<Vec<u64>>())
+                })
+                .collect();
+            let mut all: Vec<u64> = consumers
+                .into_iter()
+                .flat_map(|c| c.join().unwrap())
+                .collect();
+            all.sort_unstable();
+            assert_eq!(all, (0..2 * per).collect::<Vec<_>>());
+        });
+    }
+
+    #[test]
+    fn a_handle_decodes_to_the_same_queue() {
+        let q = Queue::<String>::new(4).unwrap();
+        let mut bytes = Vec::new();
+        q.encode(&mut bytes);
+        let other = Queue::<String>::decode(&mut bytes.as_slice()).unwrap();
+        other.put(&"hi".to_string()).unwrap();
+        assert_eq!(q.get().unwrap(), "hi");
+        assert!(
+            Queue::<u64>::decode(&mut bytes.as_slice()).is_err(),
+            "type mismatch"
+        );
+    }
+}

@@ -1,0 +1,129 @@
+//! `Queue` across processes: Processes, pool workers and the parent, and
+//! peers that die in the middle of a put or a get. Runs with its own `main`.
+
+mod common;
+
+use corepool::{Error, Pool, Process, Queue};
+use std::time::Duration;
+
+fn produce(arg: (Queue<u64>, u64, u64)) -> u64 {
+    let (q, from, n) = arg;
+    for i in from..from + n {
+        q.put(&i).unwrap();
+    }
+    n
+}
+
+fn consume(arg: (Queue<u64>, u64)) -> u64 {
+    let (q, n) = arg;
+    (0..n).map(|_| q.get().unwrap()).sum()
+}
+
+fn many_producers_and_consumers_across_processes() {
+    let q = Queue::<u64>::new(64).unwrap();
+    let n = 20_000u64;
+    let producers: Vec<_> = (0..2)
+        .map(|p| Process::start(produce, (q.clone(), p * n, n)).unwrap())
+        .collect();
+    let consumers: Vec<_> = (0..2)
+        .map(|_| Process::start(consume, (q.clone(), n)).unwrap())
+        .collect();
+    for p in producers {
+        assert_eq!(p.join().unwrap(), n);
+    }
+    let total: u64 = consumers.into_iter().map(|c| c.join().unwrap()).sum();
+    assert_eq!(total, (0..2 * n).sum::<u64>(), "every value exactly once");
+    assert!(q.is_empty());
+}
+
+fn pool_workers_put_and_the_parent_gets() {
+    let pool = Pool::builder().workers(2).build().unwrap();
+    let q = Queue::<u64>::new(1024).unwrap();
+    let items: Vec<(Queue<u64>, u64)> = (0..500u64).map(|i| (q.clone(), i)).collect();
+    pool.map(
+        |(q, i): (Queue<u64>, u64)| q.put(&(i * 3)).unwrap(),
+        items,
+        None,
+    )
+    .unwrap();
+    let mut got: Vec<u64> = (0..500)
+        .map(|_| q.get_timeout(Duration::from_secs(30)).unwrap())
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..500u64).map(|i| i * 3).collect::<Vec<_>>());
+}
+
+fn a_producer_dying_mid_put_blocks_nobody() {
+    let q = Queue::<u64>::new(8).unwrap();
+    let dead = Process::start(
+        |q: Queue<u64>| -> u64 { q.claim_slot_and_abort() },
+        q.clone(),
+    )
+    .unwrap();
+    assert!(dead.join().is_err());
+    // The dead producer's slot is skipped; later values arrive.
+    let alive = Process::start(produce, (q.clone(), 100, 20)).unwrap();
+    let got: Vec<u64> = (0..20)
+        .map(|_| q.get_timeout(Duration::from_secs(30)).unwrap())
+        .collect();
+    assert_eq!(got, (100..120).collect::<Vec<_>>());
+    alive.join().unwrap();
+}
+
+fn a_consumer_dying_mid_get_blocks_nobody() {
+    let q = Queue::<u64>::new(4).unwrap();
+    for i in 0..4 {
+        q.put(&i).unwrap();
+    }
+    let dead = Process::start(
+        |q: Queue<u64>| -> u64 { q.claim_value_and_abort() },
+        q.clone(),
+    )
+    .unwrap();
+    assert!(dead.join().is_err());
+    // Value 0 died with its reader; the rest come out, and its slot is
+    // reused by later puts instead of wedging the queue.
+    assert_eq!(
+        (0..3).map(|_| q.get().unwrap()).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    for i in 10..14 {
+        q.put_timeout(&i, Duration::from_secs(30)).unwrap();
+    }
+    assert_eq!(
+        (0..4).map(|_| q.get().unwrap()).collect::<Vec<_>>(),
+        vec![10, 11, 12, 13]
+    );
+}
+
+fn blocked_calls_end_with_a_clear_error() {
+    let q = Queue::<u64>::new(1).unwrap();
+    assert!(matches!(
+        q.get_timeout(Duration::from_millis(20)),
+        Err(Error::Timeout)
+    ));
+    q.put(&1).unwrap();
+    assert!(matches!(
+        q.put_timeout(&2, Duration::from_millis(20)),
+        Err(Error::Timeout)
+    ));
+    // A consumer blocked in another process is released by close.
+    let empty = Queue::<u64>::new(1).unwrap();
+    let waiter = Process::start(|q: Queue<u64>| q.get().map_or(7, |_| 0), empty.clone()).unwrap();
+    empty.close();
+    assert_eq!(waiter.join().unwrap(), 7, "get returned QueueClosed");
+}
+
+fn main() {
+    corepool::init();
+    // The process thread's eventfd lives for the program: create it before
+    // the harness takes its descriptor baseline.
+    Process::start(|x: u64| x, 0).unwrap().join().unwrap();
+    common::run(common::tests![
+        many_producers_and_consumers_across_processes,
+        pool_workers_put_and_the_parent_gets,
+        a_producer_dying_mid_put_blocks_nobody,
+        a_consumer_dying_mid_get_blocks_nobody,
+        blocked_calls_end_with_a_clear_error,
+    ]);
+}
