@@ -175,6 +175,10 @@ pub enum Error {
         /// The array's length.
         len: usize,
     },
+    /// The other end of a pipe was closed, or its process died, and nothing
+    /// is left to receive.
+    #[error("end of stream: the other end of the pipe was closed or its process died")]
+    EndOfStream,
     /// The queue was closed.
     #[error("the queue is closed: no more values will come (or go)")]
     QueueClosed,

@@ -50,6 +50,7 @@ mod error;
 mod handle;
 mod layout;
 mod park;
+mod pipe;
 mod pool;
 mod process;
 mod queue;
@@ -65,6 +66,7 @@ pub mod info;
 
 pub use daemon::{Daemon, DaemonGuard};
 pub use error::{Error, ExitCause, Result};
+pub use pipe::{Pipe, PipeEnd};
 pub use pool::{
     AsyncResult, Callbacks, Imap, ImapUnordered, Pinning, Pool, PoolBuilder, PoolStats,
 };

@@ -288,8 +288,11 @@ impl ProcessBuilder {
                 return Err(Error::CpuNotAllowed { cpu, allowed });
             }
         }
+        crate::wire::take_keep_alive();
+        crate::pipe::take_transfers();
         let payload = crate::wire::encode_to_vec(&arg);
         let keep = crate::wire::take_keep_alive();
+        let transfers = crate::pipe::take_transfers();
         let arg_len = u32::try_from(payload.len()).map_err(|_| Error::ArgumentTooLarge {
             size: payload.len(),
             max: u32::MAX as usize,
@@ -336,6 +339,9 @@ impl ProcessBuilder {
                     "re-executing /proc/self/exe failed: {e}; check the process limit (ulimit -u)"
                 ),
             })?;
+        // Pipe ends passed in belong to the child from now on, even if it
+        // dies before it first touches them.
+        crate::pipe::assign_transfers(&transfers, pid);
         Ok(Process {
             name: self.name.unwrap_or_else(|| format!("Process-{pid}")),
             pid,

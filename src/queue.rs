@@ -157,7 +157,7 @@ fn stride_for(message_bytes: usize) -> usize {
     (SLOT_HEADER + message_bytes).next_multiple_of(64)
 }
 
-impl<T: Wire> Queue<T> {
+impl<T> Queue<T> {
     /// A queue of `capacity` values (rounded up to a power of two) of at most
     /// 240 encoded bytes each.
     ///
@@ -301,7 +301,9 @@ impl<T: Wire> Queue<T> {
     pub fn is_closed(&self) -> bool {
         self.word32(CLOSED_AT).load(Ordering::Acquire) != 0
     }
+}
 
+impl<T: Wire> Queue<T> {
     fn encode_value(&self, value: &T) -> Result<Vec<u8>> {
         let mut bytes = Vec::new();
         value.encode(&mut bytes);

@@ -1,9 +1,10 @@
-//! `Queue` across processes: Processes, pool workers and the parent, and
-//! peers that die in the middle of a put or a get. Runs with its own `main`.
+//! `Queue` and `Pipe` across processes: Processes, pool workers and the
+//! parent, and peers that die in the middle of a call. Runs with its own
+//! `main`.
 
 mod common;
 
-use corepool::{Error, Pool, Process, Queue};
+use corepool::{Error, Pipe, PipeEnd, Pool, Process, Queue};
 use std::time::Duration;
 
 fn produce(arg: (Queue<u64>, u64, u64)) -> u64 {
@@ -114,6 +115,99 @@ fn blocked_calls_end_with_a_clear_error() {
     assert_eq!(waiter.join().unwrap(), 7, "get returned QueueClosed");
 }
 
+fn echo(end: PipeEnd<u64>) -> u64 {
+    let mut n = 0;
+    while let Ok(v) = end.recv() {
+        end.send(&(v + 1)).unwrap();
+        n += 1;
+    }
+    n
+}
+
+fn duplex_ping_pong_and_end_of_stream() {
+    let (mine, theirs) = Pipe::duplex::<u64>().unwrap();
+    let child = Process::start(echo, theirs).unwrap();
+    for i in 0..1000 {
+        mine.send(&i).unwrap();
+        assert_eq!(mine.recv().unwrap(), i + 1);
+    }
+    assert!(matches!(
+        mine.recv_timeout(Duration::from_millis(10)),
+        Err(Error::Timeout)
+    ));
+    drop(mine); // the child's recv sees end of stream and it returns
+    assert_eq!(child.join().unwrap(), 1000);
+}
+
+fn send_three(end: PipeEnd<String>) {
+    for s in ["a", "b", "c"] {
+        end.send(&s.to_string()).unwrap();
+    }
+}
+
+fn one_way_pipes_drain_then_end() {
+    let (rx, tx) = Pipe::one_way::<String>().unwrap();
+    assert!(matches!(
+        rx.send(&"x".into()),
+        Err(Error::InvalidConfig { .. })
+    ));
+    assert!(matches!(tx.recv(), Err(Error::InvalidConfig { .. })));
+    let child = Process::start(send_three, tx).unwrap();
+    child.join().unwrap();
+    // The child dropped its end on return: what it sent is still there.
+    let got: Vec<String> = (0..3).map(|_| rx.recv().unwrap()).collect();
+    assert_eq!(got, vec!["a", "b", "c"]);
+    assert!(matches!(rx.recv(), Err(Error::EndOfStream)));
+}
+
+fn hold_forever(end: PipeEnd<u64>) -> u64 {
+    let _keep = end;
+    loop {
+        std::hint::spin_loop();
+    }
+}
+
+fn a_dead_peer_ends_blocked_calls() {
+    // recv blocked on a peer that is killed.
+    let (mine, theirs) = Pipe::duplex::<u64>().unwrap();
+    let child = Process::start(hold_forever, theirs).unwrap();
+    let killer = std::thread::spawn(move || {
+        child.kill();
+        child.join_timeout(Duration::from_secs(30))
+    });
+    assert!(
+        matches!(mine.recv(), Err(Error::EndOfStream)),
+        "no hang on a dead peer"
+    );
+    assert!(killer.join().unwrap());
+
+    // send blocked on a full pipe whose reader is killed.
+    let (mine, theirs) = Pipe::with_capacity::<u64>(2, 64, true).unwrap();
+    let child = Process::start(hold_forever, theirs).unwrap();
+    let killer = std::thread::spawn(move || {
+        child.kill();
+        child.join_timeout(Duration::from_secs(30))
+    });
+    let mut result = Ok(());
+    for i in 0..100 {
+        result = mine.send(&i);
+        if result.is_err() {
+            break;
+        }
+    }
+    assert!(matches!(result, Err(Error::EndOfStream)));
+    assert!(killer.join().unwrap());
+}
+
+fn close_is_end_of_stream_after_the_data() {
+    let (a, b) = Pipe::duplex::<u64>().unwrap();
+    a.send(&1).unwrap();
+    a.close();
+    assert_eq!(b.recv().unwrap(), 1);
+    assert!(matches!(b.recv(), Err(Error::EndOfStream)));
+    assert!(matches!(b.send(&2), Err(Error::EndOfStream)));
+}
+
 fn main() {
     corepool::init();
     // The process thread's eventfd lives for the program: create it before
@@ -125,5 +219,9 @@ fn main() {
         a_producer_dying_mid_put_blocks_nobody,
         a_consumer_dying_mid_get_blocks_nobody,
         blocked_calls_end_with_a_clear_error,
+        duplex_ping_pong_and_end_of_stream,
+        one_way_pipes_drain_then_end,
+        a_dead_peer_ends_blocked_calls,
+        close_is_end_of_stream_after_the_data,
     ]);
 }
