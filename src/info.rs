@@ -34,6 +34,8 @@ pub struct Machine {
 }
 
 /// The CPUs this process may run on (respects `taskset` and cgroup cpusets).
+/// Read from the calling thread: after [`pin_current_thread`], it is that
+/// one CPU.
 ///
 /// ```
 /// assert!(!corepool::info::allowed_cpus().unwrap().is_empty());
@@ -58,6 +60,34 @@ pub fn allowed_cpus() -> Result<Vec<usize>> {
 /// [`Error::Os`] if the process does not exist or may not be inspected.
 pub fn affinity_of(pid: i32) -> Result<Vec<usize>> {
     crate::sys::affinity_of(pid).map_err(|e| Error::os("sched_getaffinity", e))
+}
+
+/// Pins the calling thread to `cpu` (for example the thread that talks to a
+/// pinned worker, so that the two never share a core).
+///
+/// ```
+/// let cpu = corepool::info::allowed_cpus().unwrap()[0];
+/// std::thread::spawn(move || {
+///     corepool::info::pin_current_thread(cpu).unwrap();
+///     assert_eq!(corepool::info::current_cpu(), Some(cpu));
+/// })
+/// .join()
+/// .unwrap();
+/// ```
+///
+/// # Errors
+///
+/// [`Error::CpuNotAllowed`] outside the allowed set; [`Error::PinFailed`] if
+/// the kernel refuses.
+pub fn pin_current_thread(cpu: usize) -> Result<()> {
+    let allowed = allowed_cpus()?;
+    if !allowed.contains(&cpu) {
+        return Err(Error::CpuNotAllowed { cpu, allowed });
+    }
+    crate::sys::pin_self_to(cpu).map_err(|e| Error::PinFailed {
+        cpu,
+        reason: e.to_string(),
+    })
 }
 
 /// The CPU the calling thread runs on now.

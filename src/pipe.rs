@@ -140,7 +140,15 @@ impl<T> PipeEnd<T> {
         unsafe { AtomicU32::from_ptr(p.cast()) }
     }
 
-    /// Whether the other end is gone: closed, or its process died.
+    /// Whether the other end was closed: one atomic load, cheap enough for
+    /// every call.
+    fn peer_closed(&self) -> bool {
+        // Acquire pairs with the Release stores of holders.
+        self.holder(1 - self.side).load(Ordering::Acquire) == CLOSED
+    }
+
+    /// Whether the other end is gone: closed, or its process died. Reads
+    /// `/proc`, so only checked after waiting a while.
     fn peer_gone(&self) -> bool {
         // Acquire pairs with the Release stores of holders.
         match self.holder(1 - self.side).load(Ordering::Acquire) {
@@ -164,10 +172,12 @@ impl<T: Wire> PipeEnd<T> {
             what: "this end of a one-way pipe only receives: send on the other end".into(),
         })?;
         loop {
-            if self.peer_gone() {
+            if self.peer_closed() {
                 return Err(Error::EndOfStream);
             }
             match q.put_timeout(value, PEER_CHECK) {
+                // Full for a while: is anyone still reading?
+                Err(Error::Timeout) if self.peer_gone() => return Err(Error::EndOfStream),
                 Err(Error::Timeout) => continue,
                 Err(Error::QueueClosed) => return Err(Error::EndOfStream),
                 other => return other,
@@ -203,7 +213,7 @@ impl<T: Wire> PipeEnd<T> {
             if let Some(v) = q.try_get().map_err(eos)? {
                 return Ok(v);
             }
-            if self.peer_gone() {
+            if self.peer_closed() {
                 // Values sent before the end was closed still count.
                 return q.try_get().map_err(eos)?.ok_or(Error::EndOfStream);
             }
@@ -219,6 +229,10 @@ impl<T: Wire> PipeEnd<T> {
             };
             match q.get_timeout(slice) {
                 Ok(v) => return Ok(v),
+                // Nothing for a while: is anyone still sending?
+                Err(Error::Timeout) if self.peer_gone() => {
+                    return q.try_get().map_err(eos)?.ok_or(Error::EndOfStream);
+                }
                 Err(Error::Timeout) => continue,
                 Err(e) => return Err(eos(e)),
             }

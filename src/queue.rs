@@ -147,7 +147,7 @@ enum Put {
 }
 
 enum Got {
-    Value(Vec<u8>),
+    Value(crate::wire::Payload),
     Empty,
     /// A live producer is writing the next value: it will be there soon.
     Busy,
@@ -304,9 +304,9 @@ impl<T> Queue<T> {
 }
 
 impl<T: Wire> Queue<T> {
-    fn encode_value(&self, value: &T) -> Result<Vec<u8>> {
-        let mut bytes = Vec::new();
-        value.encode(&mut bytes);
+    fn encode_value(&self, value: &T) -> Result<crate::wire::Payload> {
+        // Inline (no allocation) for small values.
+        let bytes = crate::wire::encode_payload(value);
         if bytes.len() > self.message_bytes {
             return Err(Error::ArgumentTooLarge {
                 size: bytes.len(),
@@ -470,12 +470,17 @@ impl<T: Wire> Queue<T> {
         Ok(done)
     }
 
+    /// Wakes the waiters of one direction after a put or a get. Touches the
+    /// shared sequence word only when someone sleeps: the state change this
+    /// follows is ordered before our sleeper check by the fence, and a waiter
+    /// announces itself before its re-check, so one of the two sees the other.
     fn notify(&self, at: usize) {
-        // Release pairs with the Acquire load in `wait`.
-        self.word32(at).fetch_add(1, Ordering::Release);
         // SeqCst fence: pairs with the fence in `wait`.
         fence(Ordering::SeqCst);
         if self.word32(at + 4).load(Ordering::Relaxed) > 0 {
+            // Release pairs with the Acquire load in `wait`; a waiter that read
+            // the old value returns from FUTEX_WAIT at once.
+            self.word32(at).fetch_add(1, Ordering::Release);
             sys::futex_wake_all(self.word32(at));
         }
     }
@@ -587,12 +592,23 @@ impl<T: Wire> Queue<T> {
                         );
                         let len = (self.slot_len(h).load(Ordering::Relaxed) as usize)
                             .min(self.message_bytes);
-                        let mut out = vec![0u8; len];
                         let src = self.slot_base(h) + SLOT_HEADER;
+                        let mut out = crate::wire::Payload::new();
                         if let Some(p) = self.map.segment().at(src, len) {
-                            // SAFETY: in bounds (checked); the slot is ours
-                            // (READING) until we free it below.
-                            unsafe { std::ptr::copy_nonoverlapping(p, out.as_mut_ptr(), len) };
+                            let mut inline = [0u8; 48];
+                            if len <= inline.len() {
+                                // SAFETY: in bounds (checked); the slot is ours
+                                // (READING) until we free it below.
+                                unsafe {
+                                    std::ptr::copy_nonoverlapping(p, inline.as_mut_ptr(), len)
+                                };
+                                out = crate::wire::Payload::from_slice(&inline[..len]);
+                            } else {
+                                let mut v = vec![0u8; len];
+                                // SAFETY: as above.
+                                unsafe { std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), len) };
+                                out = crate::wire::Payload::from_vec(v);
+                            }
                         }
                         // Release pairs with the producer's AcqRel claim CAS
                         // one lap later: our read is done before it writes.

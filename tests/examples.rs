@@ -120,12 +120,20 @@ fn processes_reports_a_speedup() {
     );
 }
 
+fn queue_pipe_moves_and_checks_its_data() {
+    let mut cmd = example("queue_pipe");
+    cmd.args(["20000", "2000"]);
+    let out = run(cmd);
+    assert!(out.contains("queue_pipe: all checks passed"), "{out}");
+}
+
 fn main() {
     common::run(common::tests![
         pool_callbacks_prints_like_the_seed,
         cpu_bound_reports_a_speedup,
         numeric_checks_pass,
         the_daemon_starts_refuses_a_twin_and_stops,
-        processes_reports_a_speedup
+        processes_reports_a_speedup,
+        queue_pipe_moves_and_checks_its_data
     ]);
 }
