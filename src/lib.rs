@@ -59,6 +59,7 @@ mod shared_array;
 mod shm;
 mod sys;
 mod task;
+mod value;
 mod wire;
 mod worker;
 
@@ -74,6 +75,7 @@ pub use process::{Process, ProcessBuilder};
 pub use queue::Queue;
 pub use shared_array::SharedArray;
 pub use task::StarFn;
+pub use value::{Array, AtomicInt, AtomicValue, Value};
 pub use wire::{Plain, Serde, Wire};
 pub use worker::init;
 

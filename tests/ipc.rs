@@ -4,7 +4,7 @@
 
 mod common;
 
-use corepool::{Error, Pipe, PipeEnd, Pool, Process, Queue};
+use corepool::{AtomicValue, Error, Pipe, PipeEnd, Pool, Process, Queue, Value};
 use std::time::Duration;
 
 fn produce(arg: (Queue<u64>, u64, u64)) -> u64 {
@@ -208,6 +208,33 @@ fn close_is_end_of_stream_after_the_data() {
     assert!(matches!(b.send(&2), Err(Error::EndOfStream)));
 }
 
+fn bump(arg: (Value<u64>, AtomicValue<u64>)) -> u64 {
+    let (v, a) = arg;
+    for _ in 0..1000 {
+        v.update(|x| *x += 1);
+        a.fetch_add(1);
+    }
+    0
+}
+
+fn values_are_shared_and_a_dead_holder_cannot_wedge_them() {
+    let v = Value::new(0u64).unwrap();
+    let a = AtomicValue::<u64>::new(0).unwrap();
+    let kids: Vec<_> = (0..3)
+        .map(|_| Process::start(bump, (v.clone(), a.clone())).unwrap())
+        .collect();
+    for k in kids {
+        k.join().unwrap();
+    }
+    assert_eq!((v.get(), a.load()), (3000, 3000), "no update lost");
+    // A process dies holding the lock, in the middle of a write.
+    let dead = Process::start(|v: Value<u64>| -> u64 { v.lock_and_abort() }, v.clone()).unwrap();
+    assert!(dead.join().is_err());
+    assert_eq!(v.get(), 3000, "readers repair it");
+    v.update(|x| *x += 1);
+    assert_eq!(v.get(), 3001, "writers take the lock over");
+}
+
 fn main() {
     corepool::init();
     // The process thread's eventfd lives for the program: create it before
@@ -223,5 +250,6 @@ fn main() {
         one_way_pipes_drain_then_end,
         a_dead_peer_ends_blocked_calls,
         close_is_end_of_stream_after_the_data,
+        values_are_shared_and_a_dead_holder_cannot_wedge_them,
     ]);
 }
