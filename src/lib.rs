@@ -57,6 +57,7 @@ mod queue;
 mod ring;
 mod shared_array;
 mod shm;
+mod spawn;
 mod sys;
 mod task;
 mod value;

@@ -12,6 +12,7 @@
 
 use crate::error::{Error, ExitCause, Result};
 use crate::shm::Segment;
+use crate::spawn::{exit_cause, Reexec};
 use crate::sys;
 use crate::task;
 use crate::wire::{decode_exact, Wire};
@@ -19,8 +20,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command as OsCommand, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -146,7 +146,7 @@ fn reap_loop(rx: &crossbeam_channel::Receiver<Request>, wake: BorrowedFd<'_>) {
             if let Some((child, _)) = running.get_mut(&pid) {
                 // waitpid on this pid only: other children are not ours to reap.
                 let cause = match child.try_wait() {
-                    Ok(Some(status)) => cause_of(status),
+                    Ok(Some(status)) => exit_cause(status),
                     Ok(None) => continue,
                     Err(_) => ExitCause::Signal(libc::SIGKILL),
                 };
@@ -175,35 +175,14 @@ fn reap_loop(rx: &crossbeam_channel::Receiver<Request>, wake: BorrowedFd<'_>) {
     }
 }
 
-fn cause_of(status: std::process::ExitStatus) -> ExitCause {
-    match (status.signal(), status.code()) {
-        (Some(sig), _) => ExitCause::Signal(sig),
-        (None, Some(code)) => ExitCause::Code(code),
-        (None, None) => ExitCause::Code(-1),
-    }
-}
-
 fn spawn_child(fd: RawFd, cpu: Option<usize>) -> std::io::Result<Child> {
-    let mut command = OsCommand::new("/proc/self/exe");
-    command
-        .env(PROCESS_ENV, format!("v1:{fd}:{}", std::process::id()))
-        .stdin(Stdio::null());
-    if let Some(arg0) = std::env::args_os().next() {
-        command.arg0(arg0);
+    Reexec {
+        env: (PROCESS_ENV, format!("v1:{fd}:{}", std::process::id())),
+        keep_fd: fd,
+        cpu,
+        own_group: false,
     }
-    // SAFETY: runs between fork and exec and makes only raw system calls
-    // (sched_setaffinity, prctl, fcntl): async-signal-safe, no allocation.
-    unsafe {
-        command.pre_exec(move || {
-            if let Some(cpu) = cpu {
-                sys::pin_self_to(cpu)?;
-            }
-            sys::set_parent_death_signal()?;
-            sys::clear_cloexec(fd)?;
-            Ok(())
-        });
-    }
-    command.spawn()
+    .spawn()
 }
 
 /// Configures a [`Process`]: `Process::builder().name("x").daemon(true).start(f, arg)`.

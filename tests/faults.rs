@@ -98,15 +98,6 @@ fn play_doomed_parent() -> ! {
     }
 }
 
-fn process_is_gone(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-    }
-}
-
 fn workers_die_with_a_sigkilled_parent() {
     use std::io::BufRead;
     // Orphans get reparented to us, so that we can reap them and the
@@ -130,7 +121,7 @@ fn workers_die_with_a_sigkilled_parent() {
     parent.kill().unwrap(); // SIGKILL: no destructor runs
     parent.wait().unwrap();
     common::eventually("workers gone after their parent was SIGKILLed", || {
-        workers.iter().all(|&w| process_is_gone(w))
+        workers.iter().all(|&w| common::is_gone(w))
     });
     for w in workers {
         // Reparented to us: reap them (ECHILD if already reaped is fine).
@@ -249,12 +240,7 @@ fn processes_a_task_started_die_with_its_worker() {
     let grandchild = pids.get(0).unwrap() as i32;
     assert!(grandchild > 0);
     common::eventually("the task's own child was killed with its worker", || {
-        match std::fs::read_to_string(format!("/proc/{grandchild}/stat")) {
-            Err(_) => true,
-            Ok(stat) => stat
-                .rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim_start().starts_with('Z')),
-        }
+        common::is_gone(grandchild)
     });
     // SAFETY: waitpid on a specific pid; it may already be gone (ECHILD).
     unsafe { libc::waitpid(grandchild, std::ptr::null_mut(), libc::WNOHANG) };
@@ -349,12 +335,7 @@ fn a_killed_soak_leaves_nothing_behind() {
     soak.kill().unwrap();
     soak.wait().unwrap();
     common::eventually("soak's workers died with it", || {
-        workers.iter().all(|&w| {
-            std::fs::read_to_string(format!("/proc/{w}/stat")).map_or(true, |s| {
-                s.rsplit_once(')')
-                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-            })
-        })
+        workers.iter().all(|&w| common::is_gone(w as i32))
     });
     for w in workers {
         // Reparented to us (subreaper): reap.

@@ -154,10 +154,7 @@ fn processes_die_with_a_sigkilled_parent() {
     parent.kill().unwrap();
     parent.wait().unwrap();
     common::eventually("the process died with its parent", || {
-        std::fs::read_to_string(format!("/proc/{child}/stat")).map_or(true, |s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        })
+        common::is_gone(child)
     });
     // SAFETY: reparented to us (subreaper): reap it.
     unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };

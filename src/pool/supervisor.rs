@@ -8,12 +8,12 @@
 //! alone.
 
 use crate::error::{Error, ExitCause};
+use crate::spawn::{exit_cause, Reexec};
 use crate::sys;
 use crate::worker::{make_token, WORKER_ENV};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -164,7 +164,7 @@ fn run(
                         let cause = r
                             .child
                             .wait()
-                            .map(cause_of)
+                            .map(exit_cause)
                             .unwrap_or(ExitCause::Signal(libc::SIGKILL));
                         report(Event::Exited { index, pid, cause });
                     }
@@ -216,7 +216,7 @@ fn reap(running: &mut HashMap<usize, Running>, index: usize, report: &dyn Fn(Eve
     // waitpid on this pid only; the pidfd said it exited, so this does not block.
     let pid = r.child.id() as i32;
     let cause = match r.child.try_wait() {
-        Ok(Some(status)) => cause_of(status),
+        Ok(Some(status)) => exit_cause(status),
         Ok(None) => return,
         Err(_) => ExitCause::Signal(libc::SIGKILL),
     };
@@ -224,46 +224,21 @@ fn reap(running: &mut HashMap<usize, Running>, index: usize, report: &dyn Fn(Eve
     report(Event::Exited { index, pid, cause });
 }
 
-fn cause_of(status: std::process::ExitStatus) -> ExitCause {
-    match (status.signal(), status.code()) {
-        (Some(sig), _) => ExitCause::Signal(sig),
-        (None, Some(code)) => ExitCause::Code(code),
-        (None, None) => ExitCause::Code(-1),
-    }
-}
-
-/// Re-executes this binary as worker `index`. Between fork and exec the child
-/// only makes async-signal-safe system calls: pin, arm the parent-death
-/// signal, and let the segment descriptor survive exec.
+/// Re-executes this binary as worker `index`, pinned, in its own process
+/// group, with the segment descriptor.
 fn spawn(
     segment_fd: RawFd,
     parent_pid: i32,
     index: usize,
     cpu: Option<usize>,
 ) -> Result<Child, Error> {
-    let mut command = Command::new("/proc/self/exe");
-    command
-        .env(WORKER_ENV, make_token(segment_fd, index, parent_pid))
-        .stdin(Stdio::null());
-    if let Some(arg0) = std::env::args_os().next() {
-        command.arg0(arg0);
-    }
-    // SAFETY: the closure runs in the forked child before exec and only makes
-    // raw system calls (sched_setaffinity, prctl, fcntl), which are
-    // async-signal-safe; it allocates nothing and takes no locks.
-    unsafe {
-        command.pre_exec(move || {
-            if let Some(cpu) = cpu {
-                sys::pin_self_to(cpu)?;
-            }
-            sys::set_parent_death_signal()?;
-            // Its own process group: processes its tasks start die with it.
-            sys::new_process_group()?;
-            sys::clear_cloexec(segment_fd)?;
-            Ok(())
-        });
-    }
-    command.spawn().map_err(|e| match cpu {
+    let reexec = Reexec {
+        env: (WORKER_ENV, make_token(segment_fd, index, parent_pid)),
+        keep_fd: segment_fd,
+        cpu,
+        own_group: true,
+    };
+    reexec.spawn().map_err(|e| match cpu {
         Some(cpu) if e.raw_os_error() == Some(libc::EINVAL) => {
             Error::PinFailed { cpu, reason: e.to_string() }
         }

@@ -53,6 +53,14 @@ fn children_of(pid: u32) -> Vec<(u32, char)> {
     out
 }
 
+/// Whether process `pid` has ended (gone, or a zombie waiting to be reaped).
+pub fn is_gone(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+    })
+}
+
 /// Children of process `pid` (live or zombie).
 pub fn descendants_of(pid: u32) -> Vec<u32> {
     children_of(pid).into_iter().map(|(p, _)| p).collect()
