@@ -429,12 +429,69 @@ fn close_then_join_while_a_worker_crashes() {
     }
 }
 
+/// A marker file that makes `fragile_init` fail: set by the test after the
+/// pool started, so that only replacements fail to start.
+fn poison_path() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "corepool-poison-{}",
+        std::os::unix::process::parent_id()
+    ))
+}
+
+fn fragile_init() {
+    if poison_path().exists() {
+        panic!("replacement refused to start");
+    }
+}
+
+fn workers_that_cannot_restart_fail_pending_work_without_a_loop() {
+    let pool = Pool::builder()
+        .workers(2)
+        .initializer(fragile_init)
+        .build()
+        .unwrap();
+    let marker = std::env::temp_dir().join(format!("corepool-poison-{}", std::process::id()));
+    std::fs::write(&marker, b"").unwrap();
+    // Both workers die while tasks wait; every restart fails.
+    let stuck: Vec<_> = (0..2u64)
+        .map(|_| pool.apply_async(busy_ms, 60_000).unwrap())
+        .collect();
+    let queued: Vec<_> = (0..10u64)
+        .map(|i| pool.apply_async(square, i).unwrap())
+        .collect();
+    for pid in pool.pids() {
+        // SAFETY: kill with integer arguments, on our own worker.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    for h in stuck {
+        // Killed while running it, or never started before the kill.
+        assert!(matches!(h.get(), Err(Error::WorkerDied { .. } | Error::WorkerStart { .. })));
+    }
+    for h in queued {
+        match h.get() {
+            Err(Error::WorkerStart { reason, .. }) => {
+                assert!(reason.contains("refused to start"), "{reason}")
+            }
+            other => panic!("expected WorkerStart, got {other:?}"),
+        }
+    }
+    // Bounded: three failed starts per slot, then the pool gives up.
+    let respawns = pool.stats().respawns;
+    assert!(respawns <= 2 * 3, "{respawns} respawns: no busy loop");
+    assert!(
+        matches!(pool.apply_async(square, 1), Err(Error::WorkerStart { .. })),
+        "later work is refused"
+    );
+    std::fs::remove_file(marker).unwrap();
+}
+
 fn main() {
     if std::env::var_os(ROLE).is_some() {
         corepool::init();
         play_doomed_parent();
     }
     common::run(common::tests![
+        workers_that_cannot_restart_fail_pending_work_without_a_loop,
         an_idle_worker_killed_from_outside_is_replaced,
         workers_dying_together_are_all_resolved,
         terminate_while_workers_crash_ends_promptly,
