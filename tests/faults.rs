@@ -465,7 +465,10 @@ fn workers_that_cannot_restart_fail_pending_work_without_a_loop() {
     }
     for h in stuck {
         // Killed while running it, or never started before the kill.
-        assert!(matches!(h.get(), Err(Error::WorkerDied { .. } | Error::WorkerStart { .. })));
+        assert!(matches!(
+            h.get(),
+            Err(Error::WorkerDied { .. } | Error::WorkerStart { .. })
+        ));
     }
     for h in queued {
         match h.get() {
