@@ -1,4 +1,4 @@
-//! The `corepool` command: machine information and throughput benchmarks.
+//! The `corepool` command: machine information, benchmarks and a pinning tuner.
 
 mod cli;
 
@@ -9,7 +9,7 @@ use std::process::ExitCode;
 #[command(
     name = "corepool",
     version,
-    about = "Pinned worker processes over shared-memory rings: information and benchmarks"
+    about = "Pinned worker processes over shared-memory rings: information, benchmarks and a pinning tuner"
 )]
 struct Args {
     #[command(subcommand)]
@@ -24,8 +24,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run the standard workloads on corepool, on threads and sequentially.
+    /// Run the standard workloads on corepool, on threads and sequentially
+    /// (and on Python's multiprocessing with --vs-python), repeated; or, with
+    /// --scale, on 1..N workers.
     Bench(cli::bench::BenchArgs),
+    /// Show the topology (packages, cores, SMT siblings, NUMA nodes, caches),
+    /// sweep pinning layouts on a workload and recommend the best.
+    Pin(cli::pin::PinArgs),
     /// Run checkable tasks while workers are killed; exit 0 only if nothing
     /// was lost and nothing was wrong.
     Soak(cli::soak::SoakArgs),
@@ -34,10 +39,11 @@ enum Command {
 fn main() -> ExitCode {
     corepool::init();
     let args = Args::parse();
-    let result = match args.command {
-        Command::Info { json } => cli::info::run(json).map(|()| true),
+    let result: Result<bool, cli::CliError> = match args.command {
+        Command::Info { json } => cli::info::run(json).map(|()| true).map_err(Into::into),
         Command::Bench(b) => cli::bench::run(&b).map(|()| true),
-        Command::Soak(s) => cli::soak::run(&s),
+        Command::Pin(p) => cli::pin::run(&p).map(|()| true),
+        Command::Soak(s) => cli::soak::run(&s).map_err(Into::into),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+"""corepool's benchmark workloads on Python's multiprocessing.Pool.
+
+`corepool bench --vs-python` runs this script with `python3` and prints its rows
+beside corepool's; it can also be run on its own:
+
+    python3 scripts/bench_mp.py --workers 2 --repeat 5
+
+Each workload runs once as a warm-up (not reported), then `--repeat` times.
+Every row is one JSON object on its own line, with the keys of corepool's rows:
+workload, system ("python-mp"), workers, items, seconds, rate, unit, plus
+repeats, rate_min, rate_max, seconds_min, seconds_max and, where it matters, a
+note. `seconds` and `rate` are medians over the repeats; for `latency` the
+rate is the median round trip in ns of each repeat, and its median over the
+repeats. The first line (key "kind": "info") describes the interpreter.
+
+Workloads (the same as corepool's, sizes scaled to Python's speed; rates are
+per item, so ratios compare like with like):
+
+  apply_async  n no-op tasks submitted with apply_async, then every result collected
+  map          Pool.map of a no-op over n ints, Python's default chunksize
+  latency      n blocking Pool.apply round trips of a no-op; median in ns
+  cpu_loop     the seed's loop `x = x + 1`, n iterations in total, split into
+               --cpu-loop-tasks tasks (default 2, as in the seed); rate in
+               iterations/s
+  shared_sum   the sum of n doubles in a multiprocessing.Array (lock=False)
+               that every worker inherits, split into 4 parts per worker;
+               numpy sums each part if it is installed, else pure Python
+               (the row's note says which)
+
+Standard library only; numpy is optional.
+"""
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import struct
+import sys
+import time
+
+try:  # optional: only shared_sum uses it
+    import numpy as np
+except ImportError:  # pragma: no cover - depends on the machine
+    np = None
+
+WORKLOADS = ["apply_async", "map", "latency", "cpu_loop", "shared_sum"]
+
+# Full sizes. Python runs 10 to 1000 times slower than corepool per item, so
+# these are smaller than corepool's; every rate is per item, so the ratio is
+# fair whatever the count.
+FULL = {
+    "apply_async": 20_000,
+    "map": 4 << 20,
+    "latency": 1_000,
+    "cpu_loop": 10_000_000,  # in total
+    "shared_sum": 8 << 20,  # doubles (64 MiB) in pure Python
+}
+QUICK = {
+    "apply_async": 2_000,
+    "map": 1 << 20,
+    "latency": 200,
+    "cpu_loop": 2_000_000,
+    "shared_sum": 1 << 20,
+}
+
+_ARRAY = None  # the shared array, set in each worker by _init
+
+
+def _init(array):
+    global _ARRAY
+    _ARRAY = array
+
+
+def noop(x):
+    return x
+
+
+def count(n):
+    """The seed's loop."""
+    x = 0
+    for _ in range(n):
+        x = x + 1
+    return x
+
+
+def partial_sum(bounds):
+    start, end = bounds
+    if np is not None:
+        return float(np.frombuffer(_ARRAY, dtype=np.float64, count=end - start, offset=start * 8).sum())
+    view = memoryview(_ARRAY).cast("B").cast("d")
+    return float(sum(view[start:end]))
+
+
+def ns():
+    return time.perf_counter_ns()
+
+
+def bench_apply_async(pool, workers, n):
+    t = ns()
+    handles = [pool.apply_async(noop, (i,)) for i in range(n)]
+    total = sum(h.get() for h in handles)
+    seconds = (ns() - t) / 1e9
+    assert total == n * (n - 1) // 2
+    return seconds, n / seconds
+
+
+def bench_map(pool, workers, n, data):
+    t = ns()
+    out = pool.map(noop, data)
+    seconds = (ns() - t) / 1e9
+    assert len(out) == n and out[-1] == n - 1
+    return seconds, n / seconds
+
+
+def bench_latency(pool, workers, n):
+    samples = []
+    t0 = ns()
+    for i in range(n):
+        t = ns()
+        r = pool.apply(noop, (i,))
+        samples.append(ns() - t)
+        assert r == i
+    seconds = (ns() - t0) / 1e9
+    return seconds, float(statistics.median(samples))
+
+
+def bench_cpu_loop(pool, tasks, n):
+    parts = [n * (i + 1) // tasks - n * i // tasks for i in range(tasks)]
+    t = ns()
+    handles = [pool.apply_async(count, (p,)) for p in parts]
+    total = sum(h.get() for h in handles)
+    seconds = (ns() - t) / 1e9
+    assert total == n
+    return seconds, total / seconds
+
+
+def bench_shared_sum(pool, workers, n):
+    parts = workers * 4
+    bounds = [(n * p // parts, n * (p + 1) // parts) for p in range(parts)]
+    t = ns()
+    total = sum(pool.map(partial_sum, bounds, chunksize=1))
+    seconds = (ns() - t) / 1e9
+    assert total == float(n), total
+    return seconds, n / seconds
+
+
+UNITS = {
+    "apply_async": "tasks/s",
+    "map": "items/s",
+    "latency": "ns",
+    "cpu_loop": "iterations/s",
+    "shared_sum": "elements/s",
+}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="small sizes")
+    p.add_argument("--only", default="", help="comma-separated workloads")
+    for w in WORKLOADS:
+        p.add_argument("--" + w.replace("_", "-"), type=int, dest=w, default=None,
+                       help="items per run of %s (cpu_loop: iterations in total)" % w)
+    p.add_argument("--cpu-loop-tasks", type=int, default=2,
+                   help="tasks that share cpu_loop's iterations (default 2, as in the seed)")
+    a = p.parse_args()
+    if a.workers < 1 or a.repeat < 1 or a.cpu_loop_tasks < 1:
+        p.error("--workers, --repeat and --cpu-loop-tasks must be at least 1")
+    only = [w for w in a.only.split(",") if w]
+    for w in only:
+        if w not in WORKLOADS:
+            p.error("unknown workload %r: choose from %s" % (w, ", ".join(WORKLOADS)))
+    selected = [w for w in WORKLOADS if not only or w in only]
+    sizes = dict(QUICK if a.quick else FULL)
+    for w in WORKLOADS:
+        if getattr(a, w) is not None:
+            if getattr(a, w) < 1:
+                p.error("--%s must be at least 1" % w.replace("_", "-"))
+            sizes[w] = getattr(a, w)
+
+    print(json.dumps({
+        "kind": "info",
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "start_method": mp.get_start_method(),
+        "numpy": None if np is None else np.__version__,
+    }), flush=True)
+
+    array = None
+    if "shared_sum" in selected:
+        n = sizes["shared_sum"]
+        array = mp.Array("d", n, lock=False)
+        memoryview(array).cast("B")[:] = struct.pack("d", 1.0) * n
+    data = list(range(sizes["map"])) if "map" in selected else None
+
+    with mp.Pool(a.workers, initializer=_init, initargs=(array,)) as pool:
+        for w in selected:
+            n = sizes[w]
+            if w == "apply_async":
+                run = lambda n: bench_apply_async(pool, a.workers, n)
+            elif w == "map":
+                run = lambda n: bench_map(pool, a.workers, n, data[:n])
+            elif w == "latency":
+                run = lambda n: bench_latency(pool, a.workers, n)
+            elif w == "cpu_loop":
+                run = lambda n: bench_cpu_loop(pool, a.cpu_loop_tasks, n)
+            else:
+                run = lambda n: bench_shared_sum(pool, a.workers, n)
+            # Warm-up, not reported: a quarter of the size where the full size
+            # would take seconds in Python; the whole array for shared_sum so
+            # that every worker has mapped every page.
+            run(n if w in ("cpu_loop", "shared_sum") else max(n // 4, 1))
+            results = [run(n) for _ in range(a.repeat)]
+            seconds = [s for s, _ in results]
+            rates = [r for _, r in results]
+            items = n
+            row = {
+                "workload": w,
+                "system": "python-mp",
+                "workers": a.workers,
+                "items": items,
+                "seconds": statistics.median(seconds),
+                "rate": statistics.median(rates),
+                "unit": UNITS[w],
+                "repeats": a.repeat,
+                "rate_min": min(rates),
+                "rate_max": max(rates),
+                "seconds_min": min(seconds),
+                "seconds_max": max(seconds),
+            }
+            if w == "shared_sum":
+                row["note"] = ("numpy %s sums each part" % np.__version__ if np is not None
+                               else "pure-Python sum: numpy is not installed")
+            print(json.dumps(row), flush=True)
+        pool.close()
+        pool.join()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+//! The Python `multiprocessing` baseline: runs `scripts/bench_mp.py` with an
+//! interpreter (`python3` by default) and reads back its JSON rows.
+//!
+//! The script is the repository's `scripts/bench_mp.py` when that file exists
+//! (so edits take effect), else the copy compiled into this binary, written to
+//! a temporary file for the run.
+
+use super::CliError;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The script as it was when this binary was built.
+const EMBEDDED: &str = include_str!("../../scripts/bench_mp.py");
+
+/// Where the repository keeps it.
+fn repo_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_mp.py")
+}
+
+/// One row as the script prints it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct PyRow {
+    pub workload: String,
+    pub system: String,
+    pub workers: usize,
+    pub items: u64,
+    pub seconds: f64,
+    pub rate: f64,
+    pub unit: String,
+    pub repeats: usize,
+    pub rate_min: f64,
+    pub rate_max: f64,
+    pub seconds_min: f64,
+    pub seconds_max: f64,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// What the script says about the interpreter.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+pub struct PyInfo {
+    pub python: String,
+    #[serde(default)]
+    pub implementation: String,
+    #[serde(default)]
+    pub start_method: String,
+    #[serde(default)]
+    pub numpy: Option<String>,
+}
+
+/// The result of asking for the baseline.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The rows, in the script's order.
+    Rows { info: PyInfo, rows: Vec<PyRow> },
+    /// No interpreter: the message says what to do. Not an error.
+    Unavailable(String),
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub interpreter: String,
+    pub workers: usize,
+    pub repeat: usize,
+    pub quick: bool,
+    pub only: Vec<&'static str>,
+    /// Items per run for every workload, instead of the script's sizes.
+    pub size: Option<u64>,
+    /// Tasks that share cpu_loop's iterations.
+    pub cpu_loop_tasks: usize,
+    pub timeout: Duration,
+}
+
+/// Deletes the temporary copy of the script when the run ends.
+struct TempScript(PathBuf);
+
+impl Drop for TempScript {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn script() -> Result<(PathBuf, Option<TempScript>), CliError> {
+    let repo = repo_script();
+    if repo.is_file() {
+        return Ok((repo, None));
+    }
+    let path = std::env::temp_dir().join(format!("corepool-bench_mp-{}.py", std::process::id()));
+    std::fs::write(&path, EMBEDDED).map_err(|e| CliError::Write {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok((path.clone(), Some(TempScript(path))))
+}
+
+/// The script's path as the user would type it (for messages and docs).
+pub fn script_shown() -> String {
+    let repo = repo_script();
+    if repo.is_file() {
+        repo.display().to_string()
+    } else {
+        "the copy of scripts/bench_mp.py built into corepool".into()
+    }
+}
+
+/// Runs the script. A missing interpreter is [`Outcome::Unavailable`]; a
+/// script that fails, prints something unreadable or overruns the timeout is
+/// an error.
+pub fn run(req: &Request) -> Result<Outcome, CliError> {
+    let (path, _temp) = script()?;
+    let mut cmd = Command::new(&req.interpreter);
+    cmd.arg(&path)
+        .arg("--workers")
+        .arg(req.workers.to_string())
+        .arg("--repeat")
+        .arg(req.repeat.to_string());
+    if req.quick {
+        cmd.arg("--quick");
+    }
+    if !req.only.is_empty() {
+        cmd.arg("--only").arg(req.only.join(","));
+    }
+    if let Some(n) = req.size {
+        for w in ["apply-async", "map", "latency", "cpu-loop", "shared-sum"] {
+            cmd.arg(format!("--{w}")).arg(n.to_string());
+        }
+    }
+    cmd.arg("--cpu-loop-tasks")
+        .arg(req.cpu_loop_tasks.max(1).to_string());
+    // Python stays in our process group, so that Ctrl-C stops it and its
+    // workers along with us; a timeout kills them one by one (below).
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            return Ok(Outcome::Unavailable(format!(
+                "no Python interpreter at `{}` ({e}): the python-mp rows are skipped. Install Python 3 (e.g. `apt-get install python3`) or pass `--python /path/to/python3`",
+                req.interpreter
+            )));
+        }
+        Err(e) => {
+            return Err(CliError::Python(format!(
+                "starting `{}` failed: {e}",
+                req.interpreter
+            )))
+        }
+    };
+    let pid = child.id();
+    let stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        if let Some(out) = stdout {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(e) = stderr.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    });
+    let deadline = Instant::now() + req.timeout;
+    let mut lines = Vec::new();
+    let mut timed_out = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                timed_out = true;
+                // Python's pool workers first: once their parent is gone
+                // they would wait forever on a pipe they hold both ends of.
+                for worker in children_of(pid) {
+                    // SAFETY: kill(2) takes no pointers.
+                    unsafe {
+                        libc::kill(worker as i32, libc::SIGKILL);
+                    }
+                }
+                let _ = child.kill();
+                break;
+            }
+        }
+    }
+    let status = child.wait();
+    let _ = reader.join();
+    let err_text = err_reader.join().unwrap_or_default();
+    let tail: String = {
+        let lines: Vec<&str> = err_text.lines().collect();
+        lines[lines.len().saturating_sub(8)..].join("\n")
+    };
+    if timed_out {
+        return Err(CliError::Python(format!(
+            "`{} {}` ran longer than {:?} and was killed; run it by hand to see where it stops",
+            req.interpreter,
+            path.display(),
+            req.timeout
+        )));
+    }
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => {
+            return Err(CliError::Python(format!(
+                "`{} {}` {s}; its last error lines:\n{tail}",
+                req.interpreter,
+                path.display()
+            )))
+        }
+        Err(e) => return Err(CliError::Python(format!("waiting for Python: {e}"))),
+    }
+    parse(&lines)
+}
+
+/// The processes whose parent is `pid` (from `/proc/*/stat`).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // The command may contain spaces: the fields follow the last ')'.
+                    let rest = stat.rsplit_once(')')?.1.to_string();
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// Reads the script's output lines.
+pub fn parse(lines: &[String]) -> Result<Outcome, CliError> {
+    let mut info = PyInfo::default();
+    let mut rows = Vec::new();
+    for line in lines.iter().filter(|l| !l.trim().is_empty()) {
+        let value: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+            CliError::Python(format!("the script printed `{line}`, not JSON ({e})"))
+        })?;
+        if value.get("kind").and_then(|k| k.as_str()) == Some("info") {
+            info = serde_json::from_value(value)
+                .map_err(|e| CliError::Python(format!("unreadable info line `{line}`: {e}")))?;
+            continue;
+        }
+        let row: PyRow = serde_json::from_value(value)
+            .map_err(|e| CliError::Python(format!("unreadable row `{line}`: {e}")))?;
+        rows.push(row);
+    }
+    Ok(Outcome::Rows { info, rows })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_info_and_rows() {
+        let lines = vec![
+            r#"{"kind": "info", "python": "3.11.7", "implementation": "CPython", "start_method": "fork", "numpy": null}"#.to_string(),
+            r#"{"workload": "latency", "system": "python-mp", "workers": 2, "items": 10, "seconds": 0.1, "rate": 5000.0, "unit": "ns", "repeats": 1, "rate_min": 5000.0, "rate_max": 5000.0, "seconds_min": 0.1, "seconds_max": 0.1}"#.to_string(),
+        ];
+        let Outcome::Rows { info, rows } = parse(&lines).unwrap() else {
+            panic!("rows expected")
+        };
+        assert_eq!(info.python, "3.11.7");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].unit, "ns");
+        assert!(parse(&["oops".to_string()]).is_err());
+    }
+
+    #[test]
+    fn the_embedded_script_is_the_repository_one() {
+        if let Ok(text) = std::fs::read_to_string(repo_script()) {
+            assert_eq!(text, EMBEDDED);
+        }
+    }
+}

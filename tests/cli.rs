@@ -1,0 +1,469 @@
+//! The `corepool` command end to end: runs the built binary with tiny sizes
+//! and checks the structure of what it prints (never how fast anything was).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn corepool(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_corepool"))
+        .args(args)
+        .env_remove("COREPOOL_PYTHON")
+        .output()
+        .expect("the corepool binary runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs and expects success; returns stdout.
+fn ok(args: &[&str]) -> String {
+    let out = corepool(args);
+    assert!(
+        out.status.success(),
+        "corepool {args:?} failed: {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Runs and expects a clean failure (no panic); returns stderr.
+fn fails(args: &[&str]) -> String {
+    let out = corepool(args);
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "corepool {args:?} should fail\nstdout:\n{}",
+        text(&out.stdout)
+    );
+    assert!(
+        !err.contains("panicked"),
+        "corepool {args:?} panicked:\n{err}"
+    );
+    err
+}
+
+fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+fn has_python() -> bool {
+    Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn temp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("corepool-cli-{}-{name}", std::process::id()))
+}
+
+const ROW_KEYS: [&str; 18] = [
+    "workload",
+    "system",
+    "workers",
+    "items",
+    "seconds",
+    "rate",
+    "unit",
+    "repeats",
+    "rate_min",
+    "rate_max",
+    "seconds_min",
+    "seconds_max",
+    "cpu_model",
+    "cpus",
+    "cores",
+    "packages",
+    "allowed",
+    "pinning",
+];
+
+fn check_row(row: &serde_json::Value) {
+    for key in ROW_KEYS {
+        assert!(row.get(key).is_some(), "row lacks `{key}`: {row}");
+    }
+    let (min, med, max) = (
+        row["rate_min"].as_f64().unwrap(),
+        row["rate"].as_f64().unwrap(),
+        row["rate_max"].as_f64().unwrap(),
+    );
+    assert!(min <= med && med <= max, "median outside its range: {row}");
+    assert!(med > 0.0, "{row}");
+}
+
+#[test]
+fn bench_json_rows_carry_repeats_and_the_machine() {
+    let rows = json_lines(&ok(&[
+        "bench", "--quick", "--only", "latency", "--json", "--repeat", "2",
+    ]));
+    let systems: Vec<&str> = rows.iter().map(|r| r["system"].as_str().unwrap()).collect();
+    assert_eq!(systems, ["corepool", "threads"]);
+    for r in &rows {
+        check_row(r);
+        assert_eq!(r["workload"], "latency");
+        assert_eq!(r["unit"], "ns");
+        assert_eq!(r["repeats"], 2);
+    }
+    assert!(rows[0]["pinning"].as_str().unwrap().starts_with("per-cpu"));
+}
+
+#[test]
+fn bench_table_states_machine_pinning_and_runs() {
+    let out = ok(&[
+        "bench",
+        "--quick",
+        "--only",
+        "latency",
+        "--repeat",
+        "1",
+        "--pinning",
+        "none",
+    ]);
+    assert!(out.contains("machine:"), "{out}");
+    assert!(out.contains("allowed set"), "{out}");
+    assert!(out.contains("pinning none: unpinned"), "{out}");
+    assert!(
+        out.contains("1 measured per row after 1 warm-up run"),
+        "{out}"
+    );
+    assert!(out.contains("vs threads"), "{out}");
+}
+
+#[test]
+fn vs_python_adds_python_rows_and_ratios() {
+    if !has_python() {
+        // The other path is tested below; here there is nothing to compare.
+        let err = text(&corepool(&["bench", "--quick", "--only", "latency", "--vs-python"]).stderr);
+        assert!(err.contains("no Python interpreter"), "{err}");
+        return;
+    }
+    let rows = json_lines(&ok(&[
+        "bench",
+        "--quick",
+        "--only",
+        "cpu_loop,shared_sum",
+        "--size",
+        "20000",
+        "--json",
+        "--repeat",
+        "1",
+        "--vs-python",
+    ]));
+    let py: Vec<_> = rows.iter().filter(|r| r["system"] == "python-mp").collect();
+    assert_eq!(py.len(), 2, "{rows:?}");
+    for r in &py {
+        check_row(r);
+        assert!(r["pinning"].as_str().unwrap().contains("multiprocessing"));
+    }
+    for r in rows.iter().filter(|r| r["system"] == "corepool") {
+        assert!(r["vs_python"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["vs_threads"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let sum = py.iter().find(|r| r["workload"] == "shared_sum").unwrap();
+    assert_eq!(sum["unit"], "elements/s");
+    assert!(
+        sum["note"].as_str().unwrap().contains("numpy"),
+        "the row says whether numpy summed: {sum}"
+    );
+    // The table shows the ratio column.
+    let out = ok(&[
+        "bench",
+        "--quick",
+        "--only",
+        "latency",
+        "--repeat",
+        "1",
+        "--vs-python",
+    ]);
+    assert!(out.contains("vs python"), "{out}");
+    assert!(out.contains("python-mp"), "{out}");
+}
+
+#[test]
+fn vs_python_without_an_interpreter_says_so_and_succeeds() {
+    let out = corepool(&[
+        "bench",
+        "--quick",
+        "--only",
+        "latency",
+        "--json",
+        "--repeat",
+        "1",
+        "--vs-python",
+        "--python",
+        "/nonexistent/python3",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("no Python interpreter at `/nonexistent/python3`"),
+        "{err}"
+    );
+    assert!(err.contains("--python"), "says what to do: {err}");
+    let rows = json_lines(&text(&out.stdout));
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r["system"] != "python-mp"));
+    // The same through the environment.
+    let out = Command::new(env!("CARGO_BIN_EXE_corepool"))
+        .args([
+            "bench",
+            "--quick",
+            "--only",
+            "latency",
+            "--repeat",
+            "1",
+            "--vs-python",
+        ])
+        .env("COREPOOL_PYTHON", "/nonexistent/python3")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(text(&out.stderr).contains("no Python interpreter"));
+}
+
+#[test]
+fn a_failing_python_is_an_error_after_the_rows() {
+    let out = corepool(&[
+        "bench",
+        "--quick",
+        "--only",
+        "latency",
+        "--repeat",
+        "1",
+        "--vs-python",
+        "--python",
+        "/bin/false",
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("Python baseline failed"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(text(&out.stdout).contains("corepool"), "rows still printed");
+}
+
+#[test]
+fn a_hanging_python_is_killed_at_its_timeout() {
+    use std::os::unix::fs::PermissionsExt;
+    // An "interpreter" that never answers, with a child of its own (as
+    // Python's pool workers are).
+    let fake = temp("hang.sh");
+    std::fs::write(&fake, "#!/bin/sh\nsleep 300 &\nwait\n").unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = corepool(&[
+        "bench",
+        "--quick",
+        "--only",
+        "latency",
+        "--size",
+        "100",
+        "--repeat",
+        "1",
+        "--vs-python",
+        "--python",
+        fake.to_str().unwrap(),
+        "--python-timeout",
+        "1",
+    ]);
+    let _ = std::fs::remove_file(&fake);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("ran longer than 1s and was killed"), "{err}");
+}
+
+#[test]
+fn python_options_need_vs_python() {
+    let err = fails(&["bench", "--python", "python3"]);
+    assert!(err.contains("--vs-python"), "{err}");
+}
+
+/// Checks that every opened tag is closed in order (enough for the SVG we write).
+fn assert_well_formed(svg: &str) {
+    let mut stack: Vec<String> = Vec::new();
+    let mut rest = svg;
+    while let Some(start) = rest.find('<') {
+        let end = rest[start..].find('>').expect("unclosed tag") + start;
+        let tag = &rest[start + 1..end];
+        rest = &rest[end + 1..];
+        if let Some(name) = tag.strip_prefix('/') {
+            assert_eq!(
+                stack.pop().as_deref(),
+                Some(name.trim()),
+                "mismatched </{name}>"
+            );
+        } else if !tag.ends_with('/') {
+            let name: String = tag.chars().take_while(|c| !c.is_whitespace()).collect();
+            stack.push(name);
+        }
+    }
+    assert!(stack.is_empty(), "unclosed: {stack:?}");
+    assert!(
+        !svg.contains("NaN") && !svg.contains("inf"),
+        "non-numbers in the SVG"
+    );
+}
+
+#[test]
+fn scale_reports_efficiency_and_plots_every_curve() {
+    let path = temp("scale.svg");
+    let p = path.to_str().unwrap();
+    let rows = json_lines(&ok(&[
+        "bench",
+        "--quick",
+        "--scale",
+        "--only",
+        "apply_async,cpu_loop",
+        "--size",
+        "5000",
+        "--repeat",
+        "1",
+        "--workers",
+        "2",
+        "--json",
+        "--plot",
+        p,
+    ]));
+    // 2 workloads x 2 systems x 2 counts.
+    assert_eq!(rows.len(), 8, "{rows:?}");
+    for r in &rows {
+        check_row(r);
+        assert!(r["speedup"].as_f64().is_some(), "{r}");
+        assert!(r["efficiency"].as_f64().is_some(), "{r}");
+        if r["workers"] == 1 {
+            assert_eq!(r["speedup"].as_f64(), Some(1.0));
+        }
+    }
+    let svg = std::fs::read_to_string(&path).expect("the plot was written");
+    let _ = std::fs::remove_file(&path);
+    assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(200)]);
+    assert!(svg.trim_end().ends_with("</svg>"));
+    assert_well_formed(&svg);
+    // Each (workload, system) curve in the throughput and efficiency panels.
+    assert_eq!(
+        svg.matches(r#"<polyline class="curve""#).count(),
+        8,
+        "{svg}"
+    );
+    for system in ["corepool", "threads"] {
+        assert!(svg.contains(&format!(r#"data-system="{system}""#)));
+    }
+}
+
+#[test]
+fn scale_table_has_efficiency_columns() {
+    let out = ok(&[
+        "bench", "--quick", "--scale", "--only", "cpu_loop", "--size", "100000", "--repeat", "1",
+    ]);
+    assert!(out.contains("efficiency"), "{out}");
+    assert!(out.contains("speedup"), "{out}");
+}
+
+#[test]
+fn pin_json_sweeps_layouts_and_recommends_one() {
+    let out = ok(&[
+        "pin",
+        "--json",
+        "--quick",
+        "--workload",
+        "latency",
+        "--size",
+        "200",
+        "--repeat",
+        "2",
+        "--cpus",
+        "0",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    for key in [
+        "cpus",
+        "caches",
+        "numa_nodes",
+        "packages",
+        "cores",
+        "smt",
+        "allowed",
+    ] {
+        assert!(v["topology"].get(key).is_some(), "topology lacks {key}");
+    }
+    let layouts = v["layouts"].as_array().unwrap();
+    let names: Vec<&str> = layouts
+        .iter()
+        .map(|l| l["layout"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "none",
+            "per-cpu",
+            "compact",
+            "scatter",
+            "avoid-smt",
+            "cpus:0"
+        ]
+    );
+    for l in layouts {
+        assert!(l["median"].as_f64().unwrap() > 0.0, "{l}");
+        assert!(l["rust"].as_str().unwrap().starts_with("Pinning::"));
+    }
+    let rec = &v["recommendation"];
+    assert!(names.contains(&rec["layout"].as_str().unwrap()), "{rec}");
+    assert!(rec["builder"]
+        .as_str()
+        .unwrap()
+        .starts_with("Pool::builder()"));
+    assert!(rec["margin_over_runner_up"].as_f64().is_some(), "{rec}");
+    assert!(!rec["summary"].as_str().unwrap().is_empty());
+    assert_eq!(v["unit"], "ns");
+}
+
+#[test]
+fn pin_shows_the_topology() {
+    let out = ok(&["pin", "--topology"]);
+    for word in ["CPU model", "SMT siblings", "package", "allowed"] {
+        assert!(out.contains(word), "lacks {word}: {out}");
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(ok(&["pin", "--topology", "--json"]).trim()).unwrap();
+    assert!(!v["cpus"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn bad_input_is_a_message_that_says_what_to_do() {
+    let err = fails(&["bench", "--only", "nope"]);
+    assert!(
+        err.contains("unknown workload `nope`: choose from"),
+        "{err}"
+    );
+    let err = fails(&["bench", "--quick", "--repeat", "0"]);
+    assert!(err.contains("--repeat must be at least 1"), "{err}");
+    let err = fails(&["bench", "--workers", "0"]);
+    assert!(err.contains("at least 1"), "{err}");
+    let err = fails(&["bench", "--pinning", "sideways"]);
+    assert!(err.contains("per-cpu"), "{err}");
+    let err = fails(&["bench", "--plot", "x.svg"]);
+    assert!(err.contains("--scale"), "{err}");
+    let err = fails(&["bench", "--scale", "--plot", "x.png"]);
+    assert!(err.contains(".svg"), "{err}");
+    let err = fails(&["bench", "--scale", "--only", "latency"]);
+    assert!(err.contains("latency"), "{err}");
+    let err = fails(&["bench", "--pinning", "4096"]);
+    assert!(err.contains("allowed set"), "{err}");
+    let err = fails(&["pin", "--workload", "nope"]);
+    assert!(err.contains("choose from"), "{err}");
+    let err = fails(&["pin", "--cpus", "4096"]);
+    assert!(err.contains("allowed set"), "{err}");
+    let err = fails(&["pin", "--cpus", "x-y"]);
+    assert!(err.contains("CPU list"), "{err}");
+    let err = fails(&["pin", "--layouts", "0,1"]);
+    assert!(err.contains("--layouts"), "{err}");
+    let err = fails(&["pin", "--size", "0"]);
+    assert!(err.contains("--size"), "{err}");
+    let err = fails(&["bench", "--size", "0"]);
+    assert!(err.contains("--size"), "{err}");
+}
