@@ -363,7 +363,13 @@ impl Core {
         }
         let w = &mut self.workers[index];
         let started = was == Phase::Ready || (was == Phase::Dying && w.start_error.is_none());
-        if !started && !self.terminating && !self.shutdown_sent {
+        // A worker SIGKILLed while starting was killed from outside (a chaos
+        // test, the OOM killer), not broken: it restarts with back-off but
+        // does not count towards giving the slot up. Anything else that ends
+        // a start (a reported failure, an exit, a crash) does.
+        let killed_from_outside =
+            w.start_error.is_none() && cause == ExitCause::Signal(libc::SIGKILL);
+        if !started && !self.terminating && !self.shutdown_sent && !killed_from_outside {
             w.start_failures += 1;
             if w.start_error.is_none() {
                 w.start_error = Some(Error::WorkerStart {
