@@ -10,9 +10,9 @@ Each workload runs once as a warm-up (not reported), then `--repeat` times.
 Every row is one JSON object on its own line, with the keys of corepool's rows:
 workload, system ("python-mp"), workers, items, seconds, rate, unit, plus
 repeats, rate_min, rate_max, seconds_min, seconds_max and, where it matters, a
-note. `seconds` and `rate` are medians over the repeats; for `latency` the
-rate is the median round trip in ns of each repeat, and its median over the
-repeats. The first line (key "kind": "info") describes the interpreter.
+note. `seconds` and `rate` are medians over the repeats; for `latency` and
+`pipe_rtt` the rate is the median round trip in ns of each repeat, and its
+median over the repeats. The first line (key "kind": "info") describes the interpreter.
 
 Workloads (the same as corepool's, sizes scaled to Python's speed; rates are
 per item, so ratios compare like with like):
@@ -27,6 +27,14 @@ per item, so ratios compare like with like):
                that every worker inherits, split into 4 parts per worker;
                numpy sums each part if it is installed, else pure Python
                (the row's note says which)
+  queue        n 64-byte bytes objects from one producer Process to this
+               process through a multiprocessing.Queue; rate in messages/s
+               (the producer puts a marker first: its start-up is not timed)
+  pipe_rtt     n round trips of an int through multiprocessing.Pipe() with
+               one child Process that answers v + 1 (None ends it);
+               median in ns
+
+queue and pipe_rtt do not use the Pool: their rows say 1 worker.
 
 Standard library only; numpy is optional.
 """
@@ -46,7 +54,10 @@ try:  # optional: only shared_sum uses it
 except ImportError:  # pragma: no cover - depends on the machine
     np = None
 
-WORKLOADS = ["apply_async", "map", "latency", "cpu_loop", "shared_sum"]
+WORKLOADS = ["apply_async", "map", "latency", "cpu_loop", "shared_sum", "queue", "pipe_rtt"]
+
+# Not on the Pool: one child Process each.
+PAIR_WORKLOADS = ("queue", "pipe_rtt")
 
 # Full sizes. Python runs 10 to 1000 times slower than corepool per item, so
 # these are smaller than corepool's; every rate is per item, so the ratio is
@@ -57,6 +68,8 @@ FULL = {
     "latency": 1_000,
     "cpu_loop": 10_000_000,  # in total
     "shared_sum": 8 << 20,  # doubles (64 MiB) in pure Python
+    "queue": 50_000,
+    "pipe_rtt": 5_000,
 }
 QUICK = {
     "apply_async": 2_000,
@@ -64,6 +77,8 @@ QUICK = {
     "latency": 200,
     "cpu_loop": 2_000_000,
     "shared_sum": 1 << 20,
+    "queue": 20_000,
+    "pipe_rtt": 1_000,
 }
 
 _ARRAY = None  # the shared array, set in each worker by _init
@@ -92,6 +107,31 @@ def partial_sum(bounds):
         return float(np.frombuffer(_ARRAY, dtype=np.float64, count=end - start, offset=start * 8).sum())
     view = memoryview(_ARRAY).cast("B").cast("d")
     return float(sum(view[start:end]))
+
+
+READY = b"\xff" * 64
+PING_WARMUP = 100
+
+
+def message(i):
+    """Message i of queue: 64 bytes that start with i."""
+    return i.to_bytes(8, "little") * 8
+
+
+def produce(q, n):
+    q.put(READY)
+    for i in range(n):
+        q.put(message(i))
+
+
+def ponger(conn):
+    """Answers v with v + 1 until None (with fork, the child also holds the
+    parent's end, so closing it there would never reach the child as EOF)."""
+    while True:
+        v = conn.recv()
+        if v is None:
+            return
+        conn.send(v + 1)
 
 
 def ns():
@@ -147,12 +187,54 @@ def bench_shared_sum(pool, workers, n):
     return seconds, n / seconds
 
 
+def bench_queue(n):
+    q = mp.Queue(1024)
+    p = mp.Process(target=produce, args=(q, n))
+    p.start()
+    assert q.get() == READY
+    t = ns()
+    total = 0
+    for _ in range(n):
+        m = q.get()
+        assert len(m) == 64
+        total += int.from_bytes(m[:8], "little")
+    seconds = (ns() - t) / 1e9
+    p.join()
+    assert total == n * (n - 1) // 2
+    return seconds, n / seconds
+
+
+def bench_pipe_rtt(n):
+    mine, theirs = mp.Pipe()
+    p = mp.Process(target=ponger, args=(theirs,))
+    p.start()
+    theirs.close()
+    for i in range(PING_WARMUP):
+        mine.send(i)
+        assert mine.recv() == i + 1
+    samples = []
+    t0 = ns()
+    for i in range(n):
+        t = ns()
+        mine.send(i)
+        r = mine.recv()
+        samples.append(ns() - t)
+        assert r == i + 1
+    seconds = (ns() - t0) / 1e9
+    mine.send(None)
+    p.join()
+    mine.close()
+    return seconds, float(statistics.median(samples))
+
+
 UNITS = {
     "apply_async": "tasks/s",
     "map": "items/s",
     "latency": "ns",
     "cpu_loop": "iterations/s",
     "shared_sum": "elements/s",
+    "queue": "messages/s",
+    "pipe_rtt": "ns",
 }
 
 
@@ -208,6 +290,10 @@ def main():
                 run = lambda n: bench_latency(pool, a.workers, n)
             elif w == "cpu_loop":
                 run = lambda n: bench_cpu_loop(pool, a.cpu_loop_tasks, n)
+            elif w == "queue":
+                run = bench_queue
+            elif w == "pipe_rtt":
+                run = bench_pipe_rtt
             else:
                 run = lambda n: bench_shared_sum(pool, a.workers, n)
             # Warm-up, not reported: a quarter of the size where the full size
@@ -221,7 +307,7 @@ def main():
             row = {
                 "workload": w,
                 "system": "python-mp",
-                "workers": a.workers,
+                "workers": 1 if w in PAIR_WORKLOADS else a.workers,
                 "items": items,
                 "seconds": statistics.median(seconds),
                 "rate": statistics.median(rates),

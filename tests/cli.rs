@@ -115,6 +115,33 @@ fn bench_json_rows_carry_repeats_and_the_machine() {
 }
 
 #[test]
+fn bench_queue_and_pipe_rtt_rows() {
+    let rows = json_lines(&ok(&[
+        "bench",
+        "--quick",
+        "--only",
+        "queue,pipe_rtt",
+        "--repeat",
+        "1",
+        "--size",
+        "1000",
+        "--json",
+    ]));
+    let corepool: Vec<&serde_json::Value> =
+        rows.iter().filter(|r| r["system"] == "corepool").collect();
+    assert_eq!(corepool.len(), 2, "{rows:?}");
+    assert_eq!(corepool[0]["workload"], "queue");
+    assert_eq!(corepool[0]["unit"], "messages/s");
+    assert_eq!(corepool[1]["workload"], "pipe_rtt");
+    assert_eq!(corepool[1]["unit"], "ns");
+    for r in &rows {
+        check_row(r);
+        assert_eq!(r["items"], 1000);
+        assert_eq!(r["workers"], 1);
+    }
+}
+
+#[test]
 fn bench_table_states_machine_pinning_and_runs() {
     let out = ok(&[
         "bench",

@@ -12,7 +12,7 @@ use super::python::{self, Outcome, PyInfo};
 use super::stats::{median_u64, Summary};
 use super::topo::{cpu_list, Layout, Placement, Topology};
 use super::CliError;
-use corepool::{Pool, SharedArray};
+use corepool::{Pipe, PipeEnd, Plain, Pool, Process, Queue, SharedArray};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -29,11 +29,13 @@ pub struct BenchArgs {
     /// Print one JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
-    /// Run only these workloads (comma-separated: apply_async,map,latency,cpu_loop,shared_sum).
+    /// Run only these workloads (comma-separated:
+    /// apply_async,map,latency,cpu_loop,shared_sum,queue,pipe_rtt).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Items per run for every selected workload (cpu_loop: iterations in
-    /// total; shared_sum: array elements), instead of the default sizes.
+    /// total; shared_sum: array elements; queue: messages; pipe_rtt: round
+    /// trips), instead of the default sizes.
     #[arg(long)]
     size: Option<u64>,
     /// Measured runs of each workload, after one warm-up run that is not
@@ -80,14 +82,18 @@ pub enum Workload {
     Latency,
     CpuLoop,
     SharedSum,
+    Queue,
+    PipeRtt,
 }
 
-pub const WORKLOADS: [Workload; 5] = [
+pub const WORKLOADS: [Workload; 7] = [
     Workload::ApplyAsync,
     Workload::Map,
     Workload::Latency,
     Workload::CpuLoop,
     Workload::SharedSum,
+    Workload::Queue,
+    Workload::PipeRtt,
 ];
 
 impl Workload {
@@ -98,6 +104,8 @@ impl Workload {
             Workload::Latency => "latency",
             Workload::CpuLoop => "cpu_loop",
             Workload::SharedSum => "shared_sum",
+            Workload::Queue => "queue",
+            Workload::PipeRtt => "pipe_rtt",
         }
     }
 
@@ -108,12 +116,26 @@ impl Workload {
             Workload::Latency => "ns",
             Workload::CpuLoop => "iterations/s",
             Workload::SharedSum => "elements/s",
+            Workload::Queue => "messages/s",
+            Workload::PipeRtt => "ns",
         }
     }
 
-    /// For latency a smaller value is better.
+    /// For latency and pipe_rtt a smaller value is better.
     pub fn lower_is_better(self) -> bool {
-        self == Workload::Latency
+        matches!(self, Workload::Latency | Workload::PipeRtt)
+    }
+
+    /// Whether it runs on the pool's workers (and so depends on their count
+    /// and placement). queue and pipe_rtt run between this process and one
+    /// `corepool::Process` of their own.
+    pub fn uses_pool(self) -> bool {
+        !matches!(self, Workload::Queue | Workload::PipeRtt)
+    }
+
+    /// Whether --scale can sweep it: a throughput on the pool's workers.
+    pub fn scales(self) -> bool {
+        self.uses_pool() && !self.lower_is_better()
     }
 
     pub fn parse(s: &str) -> Result<Self, CliError> {
@@ -136,6 +158,8 @@ impl Workload {
             Workload::Latency => "blocking apply round trips, median",
             Workload::CpuLoop => "the seed's loop x = x + 1, split into tasks",
             Workload::SharedSum => "sum of a shared f64 array, 4 parts per worker",
+            Workload::Queue => "64-byte messages from one producer process through a Queue",
+            Workload::PipeRtt => "u64 ping-pong with a child process through a duplex Pipe, median",
         }
     }
 }
@@ -148,6 +172,8 @@ pub struct Sizes {
     pub latency: u64,
     pub cpu_loop: u64,
     pub shared_sum_elements: u64,
+    pub queue: u64,
+    pub pipe_rtt: u64,
 }
 
 impl Sizes {
@@ -158,6 +184,8 @@ impl Sizes {
             latency: 50_000,
             cpu_loop: 1_000_000_000,
             shared_sum_elements: 32 << 20, // 256 MiB
+            queue: 2_000_000,
+            pipe_rtt: 50_000,
         }
     }
 
@@ -168,6 +196,8 @@ impl Sizes {
             latency: 5_000,
             cpu_loop: 100_000_000,
             shared_sum_elements: 8 << 20, // 64 MiB
+            queue: 200_000,
+            pipe_rtt: 5_000,
         }
     }
 
@@ -178,6 +208,8 @@ impl Sizes {
             Workload::Latency => self.latency,
             Workload::CpuLoop => self.cpu_loop,
             Workload::SharedSum => self.shared_sum_elements,
+            Workload::Queue => self.queue,
+            Workload::PipeRtt => self.pipe_rtt,
         }
     }
 
@@ -188,6 +220,8 @@ impl Sizes {
             Workload::Latency => self.latency = n,
             Workload::CpuLoop => self.cpu_loop = n,
             Workload::SharedSum => self.shared_sum_elements = n,
+            Workload::Queue => self.queue = n,
+            Workload::PipeRtt => self.pipe_rtt = n,
         }
     }
 }
@@ -300,6 +334,218 @@ fn sum_ranges(a: &SharedArray<f64>, len: u64, parts: usize) -> Vec<(SharedArray<
         .collect()
 }
 
+/// One `queue` message: 64 bytes, copied as they are.
+type Message = Plain<[u64; 8]>;
+
+/// What the producer puts first, so that the timed part starts with the
+/// producer running (not with its start-up).
+const READY: [u64; 8] = [u64::MAX; 8];
+
+/// Queue slots, as many as the threads baseline's channel has.
+const QUEUE_CAPACITY: usize = 1024;
+
+/// Round trips before the timed ones of `pipe_rtt`.
+const PING_WARMUP: u64 = 100;
+
+/// Message `i` of `queue`: its words add up to `36 * i`.
+fn message(i: u64) -> [u64; 8] {
+    std::array::from_fn(|k| i.wrapping_mul(k as u64 + 1))
+}
+
+fn message_sum(m: &[u64; 8]) -> u64 {
+    m.iter().fold(0, |s, x| s.wrapping_add(*x))
+}
+
+/// The sum of the words of messages `0..n`.
+fn queue_checksum(n: u64) -> u64 {
+    triangle(n).wrapping_mul(36)
+}
+
+/// The producer process of `queue`: READY, then `n` messages. Returns how
+/// many it put.
+fn produce(arg: (Queue<Message>, u64)) -> u64 {
+    let (q, n) = arg;
+    if q.put(&Plain(READY)).is_err() {
+        return 0;
+    }
+    for i in 0..n {
+        if q.put(&Plain(message(i))).is_err() {
+            return i;
+        }
+    }
+    n
+}
+
+/// The child of `pipe_rtt`: answers every `v` with `v + 1` until the other
+/// end is closed; returns how many it answered.
+fn ponger(end: PipeEnd<u64>) -> u64 {
+    let mut n = 0;
+    while let Ok(v) = end.recv() {
+        if end.send(&(v + 1)).is_err() {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// The two CPUs of the two-party workloads: `(parent, child)`, different
+/// when at least two are allowed.
+pub fn pair_cpus() -> Result<(usize, usize), CliError> {
+    let cpus = corepool::info::allowed_cpus()?;
+    if cpus.is_empty() {
+        return Err(CliError::Wrong("no allowed CPU".into()));
+    }
+    Ok((cpus[0], cpus[1 % cpus.len()]))
+}
+
+/// Where the two parties of `queue` or `pipe_rtt` run, for the rows.
+fn pair_pinning(w: Workload, cpus: (usize, usize), threads: bool) -> String {
+    let (parent, child) = cpus;
+    match (w, threads) {
+        (Workload::Queue, false) => {
+            format!("producer process on CPU {child}; consumer (this thread) unpinned")
+        }
+        (Workload::Queue, true) => {
+            format!("producer thread on CPU {child}; consumer (this thread) unpinned")
+        }
+        (_, false) => format!("child process on CPU {child}; parent thread on CPU {parent}"),
+        (_, true) => format!("ponger thread on CPU {child}; pinger thread on CPU {parent}"),
+    }
+}
+
+/// `PING_WARMUP` untimed, then `n` timed round trips of `rt`, which sends
+/// its argument and returns the answer (`None`: the peer is gone).
+fn round_trips(n: u64, mut rt: impl FnMut(u64) -> Option<u64>) -> Result<Sample, CliError> {
+    for i in 0..PING_WARMUP {
+        check(rt(i) == Some(i + 1), "pipe_rtt warm-up answer")?;
+    }
+    let started = Instant::now();
+    let mut samples = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let t = Instant::now();
+        let r = rt(i);
+        samples.push(t.elapsed().as_nanos() as u64);
+        check(r == Some(i + 1), "pipe_rtt answer")?;
+    }
+    Ok(Sample {
+        items: n,
+        seconds: started.elapsed().as_secs_f64(),
+        value: median_u64(samples),
+    })
+}
+
+/// Runs `f` on a thread of its own, which it may pin: the caller's affinity
+/// stays as it was.
+fn on_own_thread(f: impl FnOnce() -> Result<Sample, CliError> + Send) -> Result<Sample, CliError> {
+    std::thread::scope(|s| {
+        s.spawn(f)
+            .join()
+            .unwrap_or_else(|_| Err(CliError::Wrong("the measuring thread panicked".into())))
+    })
+}
+
+fn queue_corepool(n: u64, cpus: (usize, usize)) -> Result<Sample, CliError> {
+    let q = Queue::<Message>::with_message_bytes(QUEUE_CAPACITY, 64)?;
+    let producer = Process::builder()
+        .cpu(cpus.1)
+        .start(produce, (q.clone(), n))?;
+    let first = q.get_timeout(Duration::from_secs(60));
+    check(
+        matches!(first, Ok(Plain(m)) if m == READY),
+        "queue: the producer did not start",
+    )?;
+    let t = Instant::now();
+    let mut sum = 0u64;
+    for _ in 0..n {
+        sum = sum.wrapping_add(message_sum(&q.get()?.0));
+    }
+    let s = Sample::rate(n, t.elapsed());
+    let sent = producer.join()?;
+    check(sent == n && sum == queue_checksum(n), "queue checksum")?;
+    Ok(s)
+}
+
+fn queue_threads(n: u64, cpus: (usize, usize)) -> Result<Sample, CliError> {
+    let (tx, rx) = crossbeam_channel::bounded::<[u64; 8]>(QUEUE_CAPACITY);
+    let producer = std::thread::spawn(move || {
+        let _ = corepool::info::pin_current_thread(cpus.1);
+        if tx.send(READY).is_err() {
+            return 0;
+        }
+        for i in 0..n {
+            if tx.send(message(i)).is_err() {
+                return i;
+            }
+        }
+        n
+    });
+    check(rx.recv().ok() == Some(READY), "threads queue: no producer")?;
+    let t = Instant::now();
+    let mut sum = 0u64;
+    for _ in 0..n {
+        let Ok(m) = rx.recv() else { break };
+        sum = sum.wrapping_add(message_sum(&m));
+    }
+    let s = Sample::rate(n, t.elapsed());
+    drop(rx);
+    let sent = producer.join().unwrap_or(0);
+    check(
+        sent == n && sum == queue_checksum(n),
+        "threads queue checksum",
+    )?;
+    Ok(s)
+}
+
+fn pipe_rtt_corepool(n: u64, cpus: (usize, usize)) -> Result<Sample, CliError> {
+    on_own_thread(move || {
+        let (mine, theirs) = Pipe::duplex::<u64>()?;
+        // The child first, while this thread may still run anywhere.
+        let child = Process::builder().cpu(cpus.1).start(ponger, theirs)?;
+        corepool::info::pin_current_thread(cpus.0)?;
+        let s = round_trips(n, |v| {
+            mine.send(&v).ok()?;
+            mine.recv().ok()
+        });
+        drop(mine); // end of stream: the child returns
+        let answered = child.join()?;
+        let s = s?;
+        check(answered == n + PING_WARMUP, "pipe_rtt: answers counted")?;
+        Ok(s)
+    })
+}
+
+fn pipe_rtt_threads(n: u64, cpus: (usize, usize)) -> Result<Sample, CliError> {
+    on_own_thread(move || {
+        let (to_ponger, from_pinger) = crossbeam_channel::bounded::<u64>(64);
+        let (to_pinger, from_ponger) = crossbeam_channel::bounded::<u64>(64);
+        let ponger = std::thread::spawn(move || {
+            let _ = corepool::info::pin_current_thread(cpus.1);
+            let mut answered = 0u64;
+            while let Ok(v) = from_pinger.recv() {
+                if to_pinger.send(v + 1).is_err() {
+                    break;
+                }
+                answered += 1;
+            }
+            answered
+        });
+        corepool::info::pin_current_thread(cpus.0)?;
+        let s = round_trips(n, |v| {
+            to_ponger.send(v).ok()?;
+            from_ponger.recv().ok()
+        });
+        drop(to_ponger);
+        let answered = ponger.join().unwrap_or(0);
+        let s = s?;
+        check(
+            answered == n + PING_WARMUP,
+            "threads pipe_rtt: answers counted",
+        )?;
+        Ok(s)
+    })
+}
+
 /// One run of `w` on a corepool pool. `tasks` is the number of cpu_loop tasks.
 pub fn corepool_once(
     w: Workload,
@@ -373,6 +619,8 @@ pub fn corepool_once(
             check(total == n as f64, "shared_sum total")?;
             Ok(s)
         }
+        Workload::Queue => queue_corepool(n, pair_cpus()?),
+        Workload::PipeRtt => pipe_rtt_corepool(n, pair_cpus()?),
     }
 }
 
@@ -451,6 +699,8 @@ fn threads_once(
             check(total == n as f64, "threads shared_sum total")?;
             Ok(s)
         }
+        Workload::Queue => queue_threads(n, pair_cpus()?),
+        Workload::PipeRtt => pipe_rtt_threads(n, pair_cpus()?),
     }
 }
 
@@ -489,7 +739,7 @@ fn sequential_once(
             check(total == n as f64, "sequential shared_sum")?;
             Ok(s)
         })()),
-        Workload::ApplyAsync | Workload::Latency => None,
+        Workload::ApplyAsync | Workload::Latency | Workload::Queue | Workload::PipeRtt => None,
     }
 }
 
@@ -611,12 +861,21 @@ fn plan(args: &BenchArgs) -> Result<Plan, CliError> {
     }
     selected.sort_by_key(|w| WORKLOADS.iter().position(|x| x == w));
     if args.scale {
-        if args.only.iter().any(|o| o.trim() == "latency") {
-            return Err(CliError::usage(
-                "--scale measures throughput, and latency is a single round trip: drop latency from --only",
-            ));
+        if let Some(w) = selected
+            .iter()
+            .find(|w| !w.scales() && !args.only.is_empty())
+        {
+            return Err(CliError::usage(format!(
+                "--scale measures throughput on 1..N pool workers, and {} {}: drop it from --only",
+                w.name(),
+                if w.uses_pool() {
+                    "is a single round trip"
+                } else {
+                    "runs between two processes, not on the pool"
+                }
+            )));
         }
-        selected.retain(|w| *w != Workload::Latency);
+        selected.retain(|w| w.scales());
     }
     let repeat = args.repeat.unwrap_or(if args.quick { 3 } else { 5 });
     if repeat == 0 {
@@ -885,6 +1144,8 @@ fn run_suite(args: &BenchArgs, plan: &Plan) -> Result<(), CliError> {
     // the canonical order whatever the run order.
     let run_order = [
         Workload::Latency,
+        Workload::PipeRtt,
+        Workload::Queue,
         Workload::CpuLoop,
         Workload::SharedSum,
         Workload::Map,
@@ -904,21 +1165,33 @@ fn run_suite(args: &BenchArgs, plan: &Plan) -> Result<(), CliError> {
             with_sequential,
             &bar,
         )?;
+        // queue and pipe_rtt: two parties, one process (or thread) besides
+        // this one, not the pool.
+        let (row_workers, corepool_pinning, threads_pinning) = if w.uses_pool() {
+            (workers, corepool_env.clone(), THREADS_PINNING.to_string())
+        } else {
+            let cpus = pair_cpus()?;
+            (
+                1,
+                env_for(&plan.topo, pair_pinning(w, cpus, false)),
+                pair_pinning(w, cpus, true),
+            )
+        };
         let mut got = vec![
             summarize(
                 w,
                 "corepool",
-                workers,
+                row_workers,
                 &s.corepool,
-                corepool_env.clone(),
+                corepool_pinning,
                 None,
             ),
             summarize(
                 w,
                 "threads",
-                workers,
+                row_workers,
                 &s.threads,
-                env_for(&plan.topo, THREADS_PINNING.into()),
+                env_for(&plan.topo, threads_pinning),
                 None,
             ),
         ];

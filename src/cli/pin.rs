@@ -179,6 +179,9 @@ fn default_size(w: Workload, quick: bool) -> u64 {
         (Workload::CpuLoop, true) => 40_000_000,
         (Workload::SharedSum, false) => 16 << 20,
         (Workload::SharedSum, true) => 4 << 20,
+        // Not swept (they do not run on the pool): bench's sizes.
+        (Workload::Queue | Workload::PipeRtt, false) => Sizes::full().get(w),
+        (Workload::Queue | Workload::PipeRtt, true) => Sizes::quick().get(w),
     }
 }
 
@@ -217,6 +220,12 @@ pub fn run(args: &PinArgs) -> Result<(), CliError> {
         return Ok(());
     }
     let w = Workload::parse(&args.workload)?;
+    if !w.uses_pool() {
+        return Err(CliError::usage(format!(
+            "{} runs between this process and one child process of its own, not on a pool, so the pool's layout does not change it: sweep apply_async, map, latency, cpu_loop or shared_sum",
+            w.name()
+        )));
+    }
     let layouts = layouts_of(args)?;
     let repeat = args.repeat.unwrap_or(if args.quick { 3 } else { 5 });
     if repeat == 0 {

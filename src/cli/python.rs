@@ -125,7 +125,15 @@ pub fn run(req: &Request) -> Result<Outcome, CliError> {
         cmd.arg("--only").arg(req.only.join(","));
     }
     if let Some(n) = req.size {
-        for w in ["apply-async", "map", "latency", "cpu-loop", "shared-sum"] {
+        for w in [
+            "apply-async",
+            "map",
+            "latency",
+            "cpu-loop",
+            "shared-sum",
+            "queue",
+            "pipe-rtt",
+        ] {
             cmd.arg(format!("--{w}")).arg(n.to_string());
         }
     }
