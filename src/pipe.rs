@@ -90,7 +90,7 @@ impl Pipe {
             None
         };
         let control = SharedSegment::create(c"corepool-pipe", 64)?;
-        let me = std::process::id();
+        let me = crate::sys::current_pid();
         let first = PipeEnd {
             side: 0,
             send: to_second.clone(),
@@ -285,7 +285,7 @@ fn eos(e: Error) -> Error {
 
 impl<T> Drop for PipeEnd<T> {
     fn drop(&mut self) {
-        let me = std::process::id();
+        let me = crate::sys::current_pid();
         // Only the process holding the end closes it: a copy dropped after
         // sending the end elsewhere leaves it open.
         if self
@@ -304,7 +304,7 @@ impl<T: Wire> Wire for PipeEnd<T> {
     fn encode(&self, out: &mut Vec<u8>) {
         // In transit: nobody holds it until a process decodes it, so the
         // sender dropping its copy does not close it.
-        let me = std::process::id();
+        let me = crate::sys::current_pid();
         let _ = self.holder(self.side).compare_exchange(
             me,
             IN_TRANSIT,

@@ -52,6 +52,9 @@ const NOT_FULL_AT: usize = 320;
 const SLOTS_AT: usize = 4096;
 /// State word, length word, then the value.
 const SLOT_HEADER: usize = 16;
+/// Values up to this size are copied out of a slot onto the stack; larger
+/// ones into one allocation.
+const INLINE_COPY: usize = 256;
 
 const SEQ_BITS: u32 = 40;
 const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
@@ -72,7 +75,7 @@ fn unpack(word: u64) -> (u64, u64, i32) {
 }
 
 fn my_pid() -> u32 {
-    std::process::id()
+    sys::current_pid()
 }
 
 /// The queue's header, written by the creator before the queue is shared.
@@ -146,8 +149,8 @@ enum Put {
     Full,
 }
 
-enum Got {
-    Value(crate::wire::Payload),
+enum Got<R> {
+    Value(R),
     Empty,
     /// A live producer is writing the next value: it will be there soon.
     Busy,
@@ -304,16 +307,19 @@ impl<T> Queue<T> {
 }
 
 impl<T: Wire> Queue<T> {
-    fn encode_value(&self, value: &T) -> Result<crate::wire::Payload> {
-        // Inline (no allocation) for small values.
-        let bytes = crate::wire::encode_payload(value);
-        if bytes.len() > self.message_bytes {
-            return Err(Error::ArgumentTooLarge {
-                size: bytes.len(),
-                max: self.message_bytes,
-            });
-        }
-        Ok(bytes)
+    /// Runs `f` on the encoding of `value`, which must fit a slot. Small
+    /// values are encoded into a reused thread-local buffer: a put allocates
+    /// nothing.
+    fn with_encoded<R>(&self, value: &T, f: impl FnOnce(&[u8]) -> Result<R>) -> Result<R> {
+        crate::wire::with_encoding(value, |bytes| {
+            if bytes.len() > self.message_bytes {
+                return Err(Error::ArgumentTooLarge {
+                    size: bytes.len(),
+                    max: self.message_bytes,
+                });
+            }
+            f(bytes)
+        })
     }
 
     /// Puts `value` if there is room now; `Ok(false)` if the queue is full.
@@ -326,8 +332,7 @@ impl<T: Wire> Queue<T> {
         if self.is_closed() {
             return Err(Error::QueueClosed);
         }
-        let bytes = self.encode_value(value)?;
-        Ok(matches!(self.put_once(&bytes), Put::Done))
+        self.with_encoded(value, |bytes| Ok(matches!(self.put_once(bytes), Put::Done)))
     }
 
     /// Puts `value`, waiting for room (Python's `put`).
@@ -350,25 +355,25 @@ impl<T: Wire> Queue<T> {
     }
 
     fn put_until(&self, value: &T, deadline: Option<Instant>) -> Result<()> {
-        let bytes = self.encode_value(value)?;
-        let mut spinner = Spinner::new();
-        loop {
-            if self.is_closed() {
-                return Err(Error::QueueClosed);
+        self.with_encoded(value, |bytes| {
+            let mut spinner = Spinner::new();
+            loop {
+                if self.is_closed() {
+                    return Err(Error::QueueClosed);
+                }
+                if let Put::Done = self.put_once(bytes) {
+                    return Ok(());
+                }
+                if spinner.spin() {
+                    continue;
+                }
+                if self.wait(NOT_FULL_AT, deadline, None, || {
+                    matches!(self.put_once(bytes), Put::Done)
+                })? {
+                    return Ok(());
+                }
             }
-            if let Put::Done = self.put_once(&bytes) {
-                return Ok(());
-            }
-            if spinner.spin() {
-                continue;
-            }
-            if !self.wait(NOT_FULL_AT, deadline, None, || {
-                matches!(self.put_once(&bytes), Put::Done)
-            })? {
-                continue;
-            }
-            return Ok(());
-        }
+        })
     }
 
     /// Takes a value if one is there now.
@@ -378,8 +383,8 @@ impl<T: Wire> Queue<T> {
     /// [`Error::QueueClosed`] once closed and drained; [`Error::Decode`] for
     /// bytes that are not a `T` (a peer misbehaved).
     pub fn try_get(&self) -> Result<Option<T>> {
-        match self.get_once() {
-            Got::Value(bytes) => decode_exact::<T>(&bytes).map(Some),
+        match self.get_once(decode_exact::<T>) {
+            Got::Value(value) => value.map(Some),
             Got::Empty | Got::Busy if self.is_closed() && self.is_empty() => {
                 Err(Error::QueueClosed)
             }
@@ -408,8 +413,8 @@ impl<T: Wire> Queue<T> {
     fn get_until(&self, deadline: Option<Instant>) -> Result<T> {
         let mut spinner = Spinner::new();
         loop {
-            let busy = match self.get_once() {
-                Got::Value(bytes) => return decode_exact::<T>(&bytes),
+            let busy = match self.get_once(decode_exact::<T>) {
+                Got::Value(value) => return value,
                 Got::Empty => false,
                 Got::Busy => true,
             };
@@ -423,15 +428,17 @@ impl<T: Wire> Queue<T> {
             // (it may have died there); otherwise sleep until woken.
             let poll = busy.then_some(Duration::from_millis(1));
             let mut got = None;
-            self.wait(NOT_EMPTY_AT, deadline, poll, || match self.get_once() {
-                Got::Value(bytes) => {
-                    got = Some(bytes);
-                    true
+            self.wait(NOT_EMPTY_AT, deadline, poll, || {
+                match self.get_once(decode_exact::<T>) {
+                    Got::Value(value) => {
+                        got = Some(value);
+                        true
+                    }
+                    _ => self.is_closed(),
                 }
-                _ => self.is_closed(),
             })?;
-            if let Some(bytes) = got {
-                return decode_exact::<T>(&bytes);
+            if let Some(value) = got {
+                return value;
             }
         }
     }
@@ -560,7 +567,9 @@ impl<T: Wire> Queue<T> {
         }
     }
 
-    fn get_once(&self) -> Got {
+    /// Takes the value at `head` if there is one, handing a private copy of
+    /// its bytes to `take` (never a reference into the segment).
+    fn get_once<R>(&self, take: impl FnOnce(&[u8]) -> R) -> Got<R> {
         let me = my_pid();
         loop {
             // Acquire pairs with the AcqRel CASes that move `head`.
@@ -593,28 +602,33 @@ impl<T: Wire> Queue<T> {
                         let len = (self.slot_len(h).load(Ordering::Relaxed) as usize)
                             .min(self.message_bytes);
                         let src = self.slot_base(h) + SLOT_HEADER;
-                        let mut out = crate::wire::Payload::new();
-                        if let Some(p) = self.map.segment().at(src, len) {
-                            let mut inline = [0u8; 48];
-                            if len <= inline.len() {
+                        // Copy out before freeing the slot; decode after, so
+                        // that producers are not kept waiting on it.
+                        let mut inline = [0u8; INLINE_COPY];
+                        let spilled: Vec<u8>;
+                        let copy: &[u8] = match self.map.segment().at(src, len) {
+                            Some(p) if len <= INLINE_COPY => {
                                 // SAFETY: in bounds (checked); the slot is ours
                                 // (READING) until we free it below.
                                 unsafe {
                                     std::ptr::copy_nonoverlapping(p, inline.as_mut_ptr(), len)
                                 };
-                                out = crate::wire::Payload::from_slice(&inline[..len]);
-                            } else {
+                                &inline[..len]
+                            }
+                            Some(p) => {
                                 let mut v = vec![0u8; len];
                                 // SAFETY: as above.
                                 unsafe { std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), len) };
-                                out = crate::wire::Payload::from_vec(v);
+                                spilled = v;
+                                &spilled
                             }
-                        }
+                            None => &[],
+                        };
                         // Release pairs with the producer's AcqRel claim CAS
                         // one lap later: our read is done before it writes.
                         state.store(pack(h + self.capacity, EMPTY, 0), Ordering::Release);
                         self.notify(NOT_FULL_AT);
-                        return Got::Value(out);
+                        return Got::Value(take(copy));
                     }
                     EMPTY => return Got::Empty,
                     WRITING if process_is_dead(pid) => {

@@ -418,3 +418,33 @@ pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and takes an integer.
     unsafe { libc::_exit(code) }
 }
+
+/// This process's pid, cached: `getpid` is a real system call (glibc stopped
+/// caching it), and the queue and pipe tag every slot they touch with it.
+/// A `pthread_atfork` child handler clears the cache, so a forked child
+/// (ours in the daemon path, or the user's own `fork`) asks the kernel again.
+pub(crate) fn current_pid() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Once;
+    static PID: AtomicU32 = AtomicU32::new(0);
+    static AT_FORK: Once = Once::new();
+
+    extern "C" fn forget_pid() {
+        // Relaxed: the child has one thread, the one running this handler.
+        PID.store(0, Ordering::Relaxed);
+    }
+
+    // Relaxed: the value is the same whichever thread stored it.
+    let cached = PID.load(Ordering::Relaxed);
+    if cached != 0 {
+        return cached;
+    }
+    AT_FORK.call_once(|| {
+        // SAFETY: registers a handler that only does an atomic store, which
+        // is async-signal-safe and valid in the child of a fork.
+        unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) };
+    });
+    let pid = std::process::id();
+    PID.store(pid, Ordering::Relaxed);
+    pid
+}

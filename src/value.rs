@@ -156,7 +156,7 @@ impl<T: Pod> Value<T> {
 
     fn lock(&self) {
         let lock = self.word(LOCK_AT);
-        let me = std::process::id();
+        let me = crate::sys::current_pid();
         let mut spinner = Spinner::new();
         loop {
             // Acquire pairs with the Release store in `unlock`.

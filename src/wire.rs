@@ -97,6 +97,20 @@ pub(crate) fn encode_payload<T: Wire>(value: &T) -> Payload {
     })
 }
 
+/// Runs `f` on the encoding of `value`, made in a reused thread-local buffer
+/// (a fresh one if re-entered from inside an encode): no allocation once the
+/// buffer has grown to the values' size.
+pub(crate) fn with_encoding<T: Wire, R>(value: &T, f: impl FnOnce(&[u8]) -> R) -> R {
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            value.encode(&mut buf);
+            f(&buf)
+        }
+        Err(_) => f(&encode_to_vec(value)),
+    })
+}
+
 /// Values that must outlive the tasks being encoded on this thread (the
 /// memory behind a [`crate::SharedArray`] passed by value).
 pub(crate) type KeepAlive = Vec<std::sync::Arc<dyn std::any::Any + Send + Sync>>;
