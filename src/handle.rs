@@ -171,6 +171,11 @@ pub(crate) fn process_is_dead(pid: i32) -> bool {
     if pid <= 0 {
         return true;
     }
+    if pid as u32 == crate::sys::current_pid() {
+        // Another thread of ours holds the slot or lock: alive by definition,
+        // and no `/proc` read on the contended path.
+        return false;
+    }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
         Ok(stat) => stat

@@ -833,6 +833,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "needs another process (its descriptor table, or a pid that is dead)"
+    )]
     fn a_handle_decodes_to_the_same_queue() {
         let q = Queue::<String>::new(4).unwrap();
         let mut bytes = Vec::new();

@@ -716,6 +716,8 @@ mod tests {
     }
 
     proptest::proptest! {
+        // Miri runs each case about 1000x slower: fewer cases there.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(if cfg!(miri) { 16 } else { 256 }))]
         /// The parent's reader on arbitrary ring contents: never panics,
         /// never yields a record outside the ring, and reads payloads in bounds.
         #[test]

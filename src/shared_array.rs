@@ -292,6 +292,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "needs another process (its descriptor table, or a pid that is dead)"
+    )]
     fn a_handle_decodes_to_the_same_memory() {
         let a = SharedArray::<f64>::new(10_000).unwrap();
         let mut bytes = Vec::new();
@@ -306,6 +310,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "needs another process (its descriptor table, or a pid that is dead)"
+    )]
     fn hostile_handles_are_refused() {
         let a = SharedArray::<u8>::new(4096).unwrap();
         let mut bytes = Vec::new();

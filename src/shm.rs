@@ -9,19 +9,33 @@
 //!
 //! The mapping is a [`memmap2::MmapRaw`]: a base pointer and a length. Nothing
 //! here ever forms a reference into the bytes.
+//!
+//! Under Miri, which runs neither `memfd_create` nor `mmap`, a segment is
+//! zeroed heap memory of the same size and alignment instead, so that the
+//! lock-free structures built on segments (the queue, shared values, the
+//! layout checks) run under Miri's checker in one process. Such a segment
+//! has no descriptor and cannot be handed to another process.
 
 use crate::error::{Error, Result};
 use crate::sys;
+#[cfg(not(miri))]
 use memmap2::MmapRaw;
 use std::ffi::CStr;
+#[cfg(not(miri))]
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+#[cfg(not(miri))]
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 /// A mapped, sealed memfd.
 #[derive(Debug)]
 pub(crate) struct Segment {
+    #[cfg(not(miri))]
     map: MmapRaw,
+    #[cfg(not(miri))]
     file: File,
+    #[cfg(miri)]
+    map: miri::Heap,
     len: usize,
 }
 
@@ -33,6 +47,20 @@ impl Segment {
                 what: "a shared segment needs at least one byte".into(),
             });
         }
+        #[cfg(miri)]
+        {
+            let _ = name;
+            return Ok(Self {
+                map: miri::Heap::zeroed(len),
+                len,
+            });
+        }
+        #[cfg(not(miri))]
+        Self::create_memfd(name, len)
+    }
+
+    #[cfg(not(miri))]
+    fn create_memfd(name: &CStr, len: usize) -> Result<Self> {
         let fd = sys::memfd_create(name).map_err(|e| Error::shm("memfd_create", e))?;
         let file = File::from(fd);
         file.set_len(len as u64)
@@ -46,6 +74,18 @@ impl Segment {
 
     /// Maps a segment whose descriptor this process inherited or opened. Takes
     /// ownership of `fd`. The size is the file's own, read once.
+    #[cfg(miri)]
+    pub(crate) fn open(fd: OwnedFd) -> Result<Self> {
+        drop(fd);
+        Err(Error::shm(
+            "mmap",
+            std::io::Error::other("Miri cannot map a descriptor"),
+        ))
+    }
+
+    /// Maps a segment whose descriptor this process inherited or opened. Takes
+    /// ownership of `fd`. The size is the file's own, read once.
+    #[cfg(not(miri))]
     pub(crate) fn open(fd: OwnedFd) -> Result<Self> {
         let file = File::from(fd);
         let id = sys::fstat(file.as_fd()).map_err(|e| Error::shm("fstat", e))?;
@@ -82,18 +122,39 @@ impl Segment {
     }
 
     /// The memfd, for handing to a child process.
+    #[cfg(not(miri))]
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
     }
 
     /// The raw descriptor number.
+    #[cfg(not(miri))]
     pub(crate) fn raw_fd(&self) -> RawFd {
         self.file.as_raw_fd()
     }
 
     /// `(device, inode)`: identifies the memfd across processes.
+    #[cfg(not(miri))]
     pub(crate) fn identity(&self) -> Result<sys::FileId> {
         sys::fstat(self.fd()).map_err(|e| Error::shm("fstat", e))
+    }
+
+    /// Under Miri: no descriptor (see the module's comment).
+    #[cfg(miri)]
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        -1
+    }
+
+    /// Under Miri: an identity made up from the address, unique while the
+    /// segment lives.
+    #[cfg(miri)]
+    pub(crate) fn identity(&self) -> Result<sys::FileId> {
+        Ok(sys::FileId {
+            dev: 0,
+            ino: self.base() as u64,
+            size: self.len as u64,
+            mtime_ns: 0,
+        })
     }
 
     /// Pointer to `offset`, checked against the length for `size` bytes.
@@ -113,11 +174,42 @@ unsafe impl Send for Segment {}
 // SAFETY: as above: no method hands out references into the bytes.
 unsafe impl Sync for Segment {}
 
+/// The heap stand-in for a mapping under Miri.
+#[cfg(miri)]
+mod miri {
+    use std::sync::atomic::AtomicU64;
+
+    /// Zeroed, page-aligned in spirit (8-aligned in fact, which is what the
+    /// structures on top rely on), handed out only as a raw pointer.
+    #[derive(Debug)]
+    pub(super) struct Heap(*mut [AtomicU64]);
+
+    impl Heap {
+        pub(super) fn zeroed(len: usize) -> Self {
+            let words: Box<[AtomicU64]> = (0..len.div_ceil(8)).map(|_| AtomicU64::new(0)).collect();
+            Self(Box::into_raw(words))
+        }
+
+        pub(super) fn as_mut_ptr(&self) -> *mut u8 {
+            self.0.cast()
+        }
+    }
+
+    impl Drop for Heap {
+        fn drop(&mut self) {
+            // SAFETY: `self.0` came from `Box::into_raw` in `zeroed` and is
+            // freed only here.
+            drop(unsafe { Box::from_raw(self.0) });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    #[cfg(not(miri))] // the file and its seals do not exist under Miri
     fn segment_is_zeroed_sized_and_sealed() {
         let seg = Segment::create(c"corepool-test", 1 << 16).unwrap();
         assert_eq!(seg.len(), 1 << 16);

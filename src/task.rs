@@ -71,9 +71,14 @@ pub(crate) fn offset_of(trampoline: Trampoline) -> i64 {
 /// is the start of a function with the `Trampoline` signature.
 pub(crate) unsafe fn from_offset(offset: i64) -> Trampoline {
     let address = (anchor as Trampoline as usize).wrapping_add(offset as usize);
-    // SAFETY: by the caller's contract `address` is a function of type
-    // `Trampoline` in this image; fn pointers and usize have the same size.
-    unsafe { std::mem::transmute::<usize, Trampoline>(address) }
+    // An integer-to-pointer cast, not a transmute of the integer: it picks up
+    // the provenance that `offset_of`'s pointer-to-integer cast exposed (Miri
+    // checks this; a transmuted integer would be a pointer to nothing).
+    let pointer = address as *const ();
+    // SAFETY: by the caller's contract `pointer` is a function of type
+    // `Trampoline` in this image; fn pointers and data pointers have the same
+    // size on every platform corepool runs on (Linux).
+    unsafe { std::mem::transmute::<*const (), Trampoline>(pointer) }
 }
 
 /// Materialises a value of the zero-sized function type `F`.

@@ -407,6 +407,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "needs another process (its descriptor table, or a pid that is dead)"
+    )]
     fn a_lock_held_by_a_dead_pid_is_taken_over() {
         let v = Value::new(7u64).unwrap();
         // Pretend a dead process holds the lock mid-write.

@@ -485,6 +485,8 @@ mod tests {
     }
 
     proptest::proptest! {
+        // Miri runs each case about 1000x slower: fewer cases there.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(if cfg!(miri) { 16 } else { 256 }))]
         #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(0u8..=255, 0..64)) {
             let _ = decode_exact::<Vec<String>>(&bytes);
