@@ -805,6 +805,18 @@ mod tests {
     }
 
     #[test]
+    fn values_of_every_size_up_to_the_slot_round_trip() {
+        // Under, at and over the stack copy (INLINE_COPY), and over the
+        // encoder's kept scratch (SCRATCH_KEEP): each path once.
+        let q = Queue::<Vec<u8>>::with_message_bytes(4, 100_000).unwrap();
+        for len in [0, 1, 200, INLINE_COPY - 8, INLINE_COPY, 5000, 99_000] {
+            let v: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            q.put(&v).unwrap();
+            assert_eq!(q.get().unwrap(), v, "{len} bytes");
+        }
+    }
+
+    #[test]
     fn threads_exchange_everything_exactly_once() {
         let q = Queue::<u64>::new(8).unwrap();
         let per = if cfg!(miri) { 20 } else { 20_000 };

@@ -99,17 +99,25 @@ pub(crate) fn encode_payload<T: Wire>(value: &T) -> Payload {
 
 /// Runs `f` on the encoding of `value`, made in a reused thread-local buffer
 /// (a fresh one if re-entered from inside an encode): no allocation once the
-/// buffer has grown to the values' size.
+/// buffer has grown to the values' size, up to [`SCRATCH_KEEP`].
 pub(crate) fn with_encoding<T: Wire, R>(value: &T, f: impl FnOnce(&[u8]) -> R) -> R {
     SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
         Ok(mut buf) => {
             buf.clear();
             value.encode(&mut buf);
-            f(&buf)
+            let result = f(&buf);
+            if buf.capacity() > SCRATCH_KEEP {
+                // A one-off large value: do not hold its memory per thread.
+                *buf = Vec::new();
+            }
+            result
         }
         Err(_) => f(&encode_to_vec(value)),
     })
 }
+
+/// The most scratch memory a thread keeps between encodes.
+const SCRATCH_KEEP: usize = 64 << 10;
 
 /// Values that must outlive the tasks being encoded on this thread (the
 /// memory behind a [`crate::SharedArray`] passed by value).
