@@ -166,6 +166,55 @@ fn always_dies(counter: SharedArray<u64>) -> u64 {
     0
 }
 
+/// A worker dies while callers wait: each waiting caller helps (and gates
+/// the driver), gets its answer and leaves with nothing outstanding. The
+/// replacement's start must still be applied with no new submission (a bug
+/// once left its `Spawned` event unapplied behind a gated driver). Racy by
+/// nature, so many rounds, with two threads burning CPU so that the callers
+/// are preempted in the window (without them it hid on an idle machine).
+fn a_replacement_is_applied_after_the_callers_leave() {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            });
+        }
+        // Stops the burners even when a round fails.
+        struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _stop = Stop(&stop);
+        replacement_rounds();
+    });
+}
+
+fn replacement_rounds() {
+    for round in 0..40 {
+        let pool = Pool::builder().workers(2).build().unwrap();
+        let counter = SharedArray::<u64>::new(1).unwrap();
+        let others: Vec<_> = (0..200u64)
+            .map(|i| pool.apply_async(square, i).unwrap())
+            .collect();
+        assert!(matches!(
+            pool.apply(always_dies, counter.clone()),
+            Err(Error::WorkerDied { .. })
+        ));
+        for (i, h) in others.into_iter().enumerate() {
+            assert_eq!(h.get().unwrap(), (i * i) as u64, "requeued, not lost");
+        }
+        common::eventually(
+            &format!("round {round}: the replacement is up with no new work"),
+            || pool.stats().replacements.len() == 1,
+        );
+    }
+}
+
 fn a_task_that_kills_every_worker_fails_after_its_attempts() {
     let pool = Pool::builder().workers(2).retries(3).build().unwrap();
     let counter = SharedArray::<u64>::new(1).unwrap();
@@ -504,6 +553,7 @@ fn main() {
         a_crash_after_its_bytes_were_reused_still_fails_once,
         retries_rerun_a_task_whose_worker_died,
         a_task_that_kills_every_worker_fails_after_its_attempts,
+        a_replacement_is_applied_after_the_callers_leave,
         task_timeout_kills_and_replaces_the_worker,
         processes_a_task_started_die_with_its_worker,
         other_children_of_the_program_are_left_alone,

@@ -79,11 +79,12 @@ pub(crate) struct HelperGuard<'a>(&'a Shared);
 impl Drop for HelperGuard<'_> {
     fn drop(&mut self) {
         // SeqCst: pairs with the SeqCst store of `outstanding` and load of
-        // `helpers` in `Shared::submit`.
-        if self.0.helpers.fetch_sub(1, Ordering::SeqCst) == 1
-            && self.0.outstanding.load(Ordering::SeqCst) > 0
-        {
-            // Work remains and nobody spins for it: the driver takes over.
+        // `helpers` in `Shared::submit`, and with the SeqCst store of
+        // `events_pending` in `Shared::report`.
+        if self.0.helpers.fetch_sub(1, Ordering::SeqCst) == 1 && self.0.driver_needed() {
+            // Something remains and nobody spins for it: the driver, gated
+            // while we helped, takes over. Not a wake-up per `apply`: an idle
+            // pool with its workers up needs no driver.
             park::wake(&self.0.gate);
         }
     }
@@ -217,10 +218,29 @@ impl Shared {
                 })
     }
 
+    /// Whether the driver has anything to do beyond waiting for the next
+    /// submission: tasks unanswered, supervisor events to apply, workers
+    /// starting (their readiness is noticed by a pass), results to collect.
+    /// A helper that leaves while this holds must ungate the driver, or a
+    /// replacement worker's `Spawned` event could sit unapplied until the
+    /// next submission.
+    fn driver_needed(&self) -> bool {
+        self.outstanding.load(Ordering::SeqCst) > 0
+            || self.events_pending.load(Ordering::SeqCst)
+            || self
+                .awaiting_start
+                .iter()
+                .any(|a| a.load(Ordering::Relaxed))
+            || self.has_work()
+    }
+
     fn report(&self, event: Event) {
         handle::lock(&self.events).push(event);
-        // Release pairs with the Acquire swap in `drive_locked`.
-        self.events_pending.store(true, Ordering::Release);
+        // SeqCst: Release pairs with the Acquire swap in `drive_locked`; the
+        // total order pairs it with the load in `driver_needed` (a helper
+        // leaving either sees the event or is gone before `wake(gate)` below
+        // looks for a gated driver).
+        self.events_pending.store(true, Ordering::SeqCst);
         park::wake(self.doorbell());
         park::wake(&self.gate);
     }
