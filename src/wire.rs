@@ -48,17 +48,34 @@ pub trait Wire: Sized + Send + 'static {
         }
     }
 
-    /// Decodes `n` values written by [`encode_slice`](Wire::encode_slice).
+    /// Decodes `n` values written by [`encode_slice`](Wire::encode_slice),
+    /// appending them to `out` (so that `map` can decode each chunk's results
+    /// straight into its output). Plain-data types override this with a
+    /// single copy. On an error, `out` may hold some of the values.
     #[doc(hidden)]
-    fn decode_vec(input: &mut &[u8], n: usize) -> Result<Vec<Self>> {
+    fn decode_extend(input: &mut &[u8], n: usize, out: &mut Vec<Self>) -> Result<()> {
         // Never trust `n` for the allocation: every element takes at least one
         // byte or is a zero-sized `()`, so cap by what is there.
-        let mut out = Vec::with_capacity(n.min(input.len()).min(1 << 20));
+        out.reserve(n.min(input.len()).min(1 << 20));
         for _ in 0..n {
             out.push(Self::decode(input)?);
         }
-        Ok(out)
+        Ok(())
     }
+}
+
+/// Decodes an encoded `Vec<T>` onto the end of `out`; the bytes must be used
+/// up. `map` collects each chunk's results this way, straight into its output.
+pub(crate) fn decode_vec_into<T: Wire>(mut bytes: &[u8], out: &mut Vec<T>) -> Result<()> {
+    let n = decode_len::<Vec<T>>(&mut bytes)?;
+    T::decode_extend(&mut bytes, n, out)?;
+    if !bytes.is_empty() {
+        return Err(decode_error::<Vec<T>>(format!(
+            "{} trailing bytes",
+            bytes.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Decodes a value that must use up all of `bytes`.
@@ -178,12 +195,30 @@ fn encode_pod_slice<P: Pod>(items: &[P], out: &mut Vec<u8>) {
 }
 
 /// Copies `n` plain values out of `input` (any alignment).
-fn decode_pod_vec<P: Pod, T>(input: &mut &[u8], n: usize) -> Result<Vec<P>> {
+/// Appends `n` values of plain data from their raw bytes: one copy, and no
+/// zero-fill pass over the destination first.
+fn decode_pod_extend<P: Pod, T>(input: &mut &[u8], n: usize, out: &mut Vec<P>) -> Result<()> {
     let bytes = n
         .checked_mul(std::mem::size_of::<P>())
         .ok_or_else(|| decode_error::<T>("length overflows"))?;
+    // Checked before anything is reserved: `n` is now known to be backed by
+    // bytes that are really there.
     let raw = take::<T>(input, bytes)?;
-    Ok(bytemuck::pod_collect_to_vec(raw))
+    out.reserve(n);
+    let start = out.len();
+    // SAFETY: `reserve` made room for `n` more `P`s after `start`, and the
+    // copy writes exactly `n * size_of::<P>()` bytes there (byte-wise, so the
+    // unaligned source is fine; the destination is a `P` array). Every bit
+    // pattern is a valid `P` (`Pod`), so all of `..start + n` is initialised.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            raw.as_ptr(),
+            out.as_mut_ptr().add(start).cast::<u8>(),
+            bytes,
+        );
+        out.set_len(start + n);
+    }
+    Ok(())
 }
 
 macro_rules! wire_for_numbers {
@@ -201,8 +236,8 @@ macro_rules! wire_for_numbers {
             fn encode_slice(items: &[Self], out: &mut Vec<u8>) {
                 encode_pod_slice(items, out);
             }
-            fn decode_vec(input: &mut &[u8], n: usize) -> Result<Vec<Self>> {
-                decode_pod_vec::<Self, Self>(input, n)
+            fn decode_extend(input: &mut &[u8], n: usize, out: &mut Vec<Self>) -> Result<()> {
+                decode_pod_extend::<Self, Self>(input, n, out)
             }
         }
     )*};
@@ -277,7 +312,9 @@ impl<T: Wire> Wire for Vec<T> {
     }
     fn decode(input: &mut &[u8]) -> Result<Self> {
         let len = decode_len::<Self>(input)?;
-        T::decode_vec(input, len)
+        let mut out = Vec::new();
+        T::decode_extend(input, len, &mut out)?;
+        Ok(out)
     }
 }
 
@@ -327,7 +364,8 @@ impl<T: Wire, const N: usize> Wire for [T; N] {
         T::encode_slice(self, out);
     }
     fn decode(input: &mut &[u8]) -> Result<Self> {
-        let items = T::decode_vec(input, N)?;
+        let mut items = Vec::with_capacity(N);
+        T::decode_extend(input, N, &mut items)?;
         items
             .try_into()
             .map_err(|_| decode_error::<Self>("wrong length"))
@@ -392,13 +430,16 @@ impl<T: Pod + Send> Wire for Plain<T> {
     fn encode_slice(items: &[Self], out: &mut Vec<u8>) {
         encode_pod_slice(Plain::peel_slice(items), out);
     }
-    fn decode_vec(input: &mut &[u8], n: usize) -> Result<Vec<Self>> {
-        Ok(decode_pod_vec::<T, Self>(input, n)?
-            .into_iter()
-            .map(Plain)
-            .collect())
+    fn decode_extend(input: &mut &[u8], n: usize, out: &mut Vec<Self>) -> Result<()> {
+        decode_pod_extend::<Self, Self>(input, n, out)
     }
 }
+
+// SAFETY: `Plain<T>` is `#[repr(transparent)]` over a `Zeroable` `T`.
+unsafe impl<T: Pod> bytemuck::Zeroable for Plain<T> {}
+// SAFETY: `#[repr(transparent)]` over a `Pod` `T`: the same size, alignment
+// and valid bit patterns, no padding; `Copy` and `'static` come with `T: Pod`.
+unsafe impl<T: Pod> Pod for Plain<T> {}
 
 /// Any serde type, encoded with postcard (compact, varint-based).
 ///

@@ -3,7 +3,7 @@
 
 mod common;
 
-use corepool::{Callbacks, Error, ExitCause, Pinning, Pool};
+use corepool::{Callbacks, Error, ExitCause, Pinning, Plain, Pool, SharedArray};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,6 +123,41 @@ fn map_family() {
     ));
     let failing = pool.map(fails_above_5, 0..10u64, Some(2));
     assert!(matches!(failing, Err(Error::Panicked { .. })));
+    // Results that are not plain data, and plain structs.
+    let strings = pool
+        .map(|x: u64| x.to_string(), 0..1000u64, Some(7))
+        .unwrap();
+    assert_eq!(
+        strings,
+        (0..1000u64).map(|x| x.to_string()).collect::<Vec<_>>()
+    );
+    let pairs = pool
+        .map(|x: u64| Plain([x, x + 1]), 0..1000u64, Some(64))
+        .unwrap();
+    assert!(pairs
+        .iter()
+        .enumerate()
+        .all(|(i, p)| p.0 == [i as u64, i as u64 + 1]));
+    // Chunks that come back out of order still land in order.
+    let flag = SharedArray::<u64>::new(1).unwrap();
+    let items: Vec<(SharedArray<u64>, u64)> = (0..64u64).map(|i| (flag.clone(), i)).collect();
+    let ordered = pool.map(first_waits_for_last, items, Some(1)).unwrap();
+    assert_eq!(ordered, (0..64u64).collect::<Vec<_>>());
+}
+
+/// Item 0 holds its worker until item 63 has run (or a while has passed,
+/// should 63 be queued behind it), so later chunks finish first.
+fn first_waits_for_last(arg: (SharedArray<u64>, u64)) -> u64 {
+    let (flag, i) = arg;
+    if i == 63 {
+        flag.set(0, 1).unwrap();
+    } else if i == 0 {
+        let give_up = std::time::Instant::now() + Duration::from_secs(2);
+        while flag.get(0).unwrap() == 0 && std::time::Instant::now() < give_up {
+            std::hint::spin_loop();
+        }
+    }
+    i
 }
 
 fn close_join_and_closed_errors() {

@@ -312,17 +312,36 @@ impl<T: Send + 'static> AsyncResult<T> {
 }
 
 /// Collects the chunks of a `map` into one `Vec`, in order.
+///
+/// Chunks usually come back in order: each is then decoded straight onto
+/// the end of the output, with no `Vec` of its own and no final
+/// concatenation (for plain data, one copy from the result bytes). A chunk
+/// that arrives early waits as the bytes it came in until its turn.
 pub(crate) struct MapCollector<R> {
-    chunks: Mutex<Vec<Option<Vec<R>>>>,
-    remaining: AtomicUsize,
+    state: Mutex<Collected<R>>,
     cell: Arc<Cell<Vec<R>>>,
 }
 
+struct Collected<R> {
+    /// The results of chunks `0..next`, in order.
+    out: Vec<R>,
+    next: usize,
+    /// Chunks that came early, by index.
+    early: Vec<Option<crate::wire::Payload>>,
+    failed: bool,
+}
+
 impl<R: Wire> MapCollector<R> {
-    pub(crate) fn new(chunks: usize, cell: Arc<Cell<Vec<R>>>) -> Arc<Self> {
+    /// `items` is the number of results expected in all: the output is
+    /// allocated once, up front.
+    pub(crate) fn new(chunks: usize, items: usize, cell: Arc<Cell<Vec<R>>>) -> Arc<Self> {
         let collector = Arc::new(Self {
-            chunks: Mutex::new((0..chunks).map(|_| None).collect()),
-            remaining: AtomicUsize::new(chunks),
+            state: Mutex::new(Collected {
+                out: Vec::with_capacity(items),
+                next: 0,
+                early: (0..chunks).map(|_| None).collect(),
+                failed: false,
+            }),
             cell,
         });
         if chunks == 0 {
@@ -334,28 +353,53 @@ impl<R: Wire> MapCollector<R> {
 
 impl<R: Wire> Completion for MapCollector<R> {
     fn complete(&self, tag: u64, outcome: Outcome) {
-        let chunk = match outcome {
-            Outcome::Ok(bytes) => decode_exact::<Vec<R>>(&bytes),
-            Outcome::Err(e) => Err(e),
-        };
-        match chunk {
-            Err(e) => self.cell.finish(Err(e)),
-            Ok(values) => {
-                if let Some(slot) = lock(&self.chunks).get_mut(tag as usize) {
-                    *slot = Some(values);
-                }
-                // AcqRel: the last chunk sees every other chunk's store above.
-                if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    let mut chunks = lock(&self.chunks);
-                    let total = chunks.iter().flatten().map(Vec::len).sum();
-                    let mut all: Vec<R> = Vec::with_capacity(total);
-                    for chunk in chunks.drain(..).flatten() {
-                        all.extend(chunk);
-                    }
-                    drop(chunks);
-                    self.cell.finish(Ok(all));
-                }
+        let mut state = lock(&self.state);
+        if state.failed {
+            return;
+        }
+        let index = tag as usize;
+        let bytes = match outcome {
+            Outcome::Ok(bytes) => bytes,
+            Outcome::Err(e) => {
+                state.failed = true;
+                drop(state);
+                return self.cell.finish(Err(e));
             }
+        };
+        let next = state.next;
+        match state.early.get_mut(index) {
+            Some(slot) if index > next => {
+                *slot = Some(bytes);
+                return;
+            }
+            Some(_) if index == next => {}
+            _ => return, // not a chunk of ours, or one already taken
+        }
+        let mut bytes = Some(bytes);
+        let chunks = state.early.len();
+        let mut result = Ok(());
+        while let Some(b) = bytes.take() {
+            let Collected { out, next, .. } = &mut *state;
+            result = crate::wire::decode_vec_into(&b, out);
+            *next += 1;
+            if result.is_err() || *next == chunks {
+                break;
+            }
+            let n = *next;
+            bytes = state.early[n].take();
+        }
+        match result {
+            Err(e) => {
+                state.failed = true;
+                drop(state);
+                self.cell.finish(Err(e));
+            }
+            Ok(()) if state.next == chunks => {
+                let all = std::mem::take(&mut state.out);
+                drop(state);
+                self.cell.finish(Ok(all));
+            }
+            Ok(()) => {}
         }
     }
 }

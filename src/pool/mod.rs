@@ -320,6 +320,12 @@ fn driver_loop(shared: Arc<Shared>) {
     }
 }
 
+/// The encoded chunks of a `map`-like call, and how many items they hold.
+struct Chunks {
+    payloads: Vec<Payload>,
+    items: usize,
+}
+
 /// What a pool has lived through: for monitoring, soak tests and benchmarks.
 ///
 /// ```
@@ -687,7 +693,7 @@ impl Pool {
         &self,
         items: impl IntoIterator<Item = A>,
         chunksize: Option<usize>,
-    ) -> Result<Vec<Payload>> {
+    ) -> Result<Chunks> {
         crate::wire::take_keep_alive(); // nothing stale from a failed submission
         let iter = items.into_iter();
         match iter.size_hint() {
@@ -705,17 +711,19 @@ impl Pool {
         iter: impl Iterator<Item = A>,
         len: usize,
         chunksize: Option<usize>,
-    ) -> Result<Vec<Payload>> {
+    ) -> Result<Chunks> {
         let mut iter = iter.peekable();
         let chunksize = self.chunksize_for(len, iter.peek(), chunksize)?;
         let mut chunk: Vec<A> = Vec::with_capacity(chunksize.min(len));
         let mut payloads = Vec::with_capacity(len.div_ceil(chunksize));
+        let mut items = 0;
         loop {
             chunk.clear();
             chunk.extend(iter.by_ref().take(chunksize));
             if chunk.is_empty() {
-                return Ok(payloads);
+                return Ok(Chunks { payloads, items });
             }
+            items += chunk.len();
             let mut out = Vec::with_capacity(8 + std::mem::size_of_val(chunk.as_slice()));
             out.extend_from_slice(&(chunk.len() as u64).to_le_bytes());
             A::encode_slice(&chunk, &mut out);
@@ -729,9 +737,10 @@ impl Pool {
         items: impl IntoIterator<Item = A>,
         chunksize: Option<usize>,
     ) -> Result<AsyncResult<Vec<R>>> {
-        let payloads = self.encode_chunks(items, chunksize)?;
+        let Chunks { payloads, items } = self.encode_chunks(items, chunksize)?;
         let cell = Cell::new(Callbacks::new());
-        let collector: Arc<dyn Completion> = MapCollector::<R>::new(payloads.len(), cell.clone());
+        let collector: Arc<dyn Completion> =
+            MapCollector::<R>::new(payloads.len(), items, cell.clone());
         let tasks = payloads
             .into_iter()
             .enumerate()
@@ -900,7 +909,7 @@ impl Pool {
     {
         let _ = f;
         let trampoline = task::offset_of(task::call_chunk::<F, A, R>);
-        let payloads = self.encode_chunks(items, Some(chunksize.max(1)))?;
+        let Chunks { payloads, .. } = self.encode_chunks(items, Some(chunksize.max(1)))?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let sink: Arc<dyn Completion> = Arc::new(ChannelSink { tx });
         let chunks = payloads.len();
