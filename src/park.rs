@@ -28,6 +28,13 @@ use std::time::{Duration, Instant};
 /// a long one would steal the core from the process it is waiting for.
 pub(crate) const SPIN_FOR: Duration = Duration::from_micros(50);
 
+/// The instant `timeout` from now, or `None` when that lies beyond what an
+/// `Instant` can represent (`Duration::MAX` and its like): such a wait has no
+/// deadline. `Instant::now() + timeout` would panic instead.
+pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
 /// Sleeper side: announce, fence, re-check, wait. Returns when `ready()` held
 /// at the re-check, or after a wake-up (possibly spurious) or `timeout`.
 pub(crate) fn sleep_unless(
@@ -143,5 +150,11 @@ mod tests {
             n += 1;
             assert!(n < 1_000_000);
         }
+    }
+
+    #[test]
+    fn an_endless_timeout_is_no_deadline() {
+        assert!(deadline_after(Duration::MAX).is_none());
+        assert!(deadline_after(Duration::from_secs(1)).is_some());
     }
 }
