@@ -439,9 +439,17 @@ impl<R: Wire> Process<R> {
     /// Waits at most `timeout` for it to end; returns whether it has
     /// (Python's `join(timeout)`).
     pub fn join_timeout(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::park::deadline_after(timeout);
         let mut exit = crate::pool_lock(&self.state.exit);
         while exit.is_none() {
+            let Some(deadline) = deadline else {
+                exit = self
+                    .state
+                    .exited
+                    .wait(exit)
+                    .unwrap_or_else(|p| p.into_inner());
+                continue;
+            };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;

@@ -723,7 +723,10 @@ impl Core {
                     now
                 }
             };
-            let deadline = since + limit;
+            // A limit past what an `Instant` holds never expires.
+            let Some(deadline) = since.checked_add(limit) else {
+                continue;
+            };
             if now >= deadline {
                 w.timed_out = Some(front.task.id);
                 crate::sys::kill_group(w.pid, libc::SIGKILL);

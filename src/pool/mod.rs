@@ -517,7 +517,7 @@ impl Pool {
 
     /// Waits until every worker is serving; on the first failure, tears down.
     fn wait_ready(&self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::park::deadline_after(timeout);
         let mut core = self.shared.lock();
         loop {
             if let Some(e) = core.workers.iter().find_map(|w| w.start_error.clone()) {
@@ -528,8 +528,8 @@ impl Pool {
             if core.workers.iter().all(|w| w.phase == Phase::Ready) {
                 return Ok(());
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
                 drop(core);
                 self.terminate();
                 return Err(Error::WorkerStart {
@@ -539,7 +539,7 @@ impl Pool {
                     ),
                 });
             }
-            core = self.shared.wait_lifecycle(core, Some(left));
+            core = self.shared.wait_lifecycle(core, left);
         }
     }
 
@@ -714,8 +714,11 @@ impl Pool {
     ) -> Result<Chunks> {
         let mut iter = iter.peekable();
         let chunksize = self.chunksize_for(len, iter.peek(), chunksize)?;
-        let mut chunk: Vec<A> = Vec::with_capacity(chunksize.min(len));
-        let mut payloads = Vec::with_capacity(len.div_ceil(chunksize));
+        // `len` comes from `size_hint`, which a faulty iterator may get wrong:
+        // preallocate no more than a sane amount and let the vectors grow.
+        const PREALLOCATE_AT_MOST: usize = 1 << 16;
+        let mut chunk: Vec<A> = Vec::with_capacity(chunksize.min(len).min(PREALLOCATE_AT_MOST));
+        let mut payloads = Vec::with_capacity(len.div_ceil(chunksize).min(PREALLOCATE_AT_MOST));
         let mut items = 0;
         loop {
             chunk.clear();
