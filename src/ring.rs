@@ -173,16 +173,19 @@ impl RingMemory {
     /// Only meaningful while the record is published and not yet released
     /// (see [`is_released`](Self::is_released)).
     pub(crate) fn record_kind(&self, position: u32) -> Option<&AtomicU32> {
-        let offset = position % self.cap;
-        if offset % 8 != 0 || offset as usize + HEADER_BYTES > self.cap as usize {
+        self.kind_at(position % self.cap, HEADER_BYTES)
+    }
+
+    /// The `kind` word of the record at byte `offset` of the array, if the
+    /// record is 8-aligned and `room` bytes from it lie inside the array.
+    fn kind_at(&self, offset: u32, room: usize) -> Option<&AtomicU32> {
+        if offset % 8 != 0 || offset as usize + room.max(8) > self.cap as usize {
             return None;
         }
-        // SAFETY: `offset + HEADER_BYTES <= cap` (checked), 4-aligned (the
+        // SAFETY: `offset + 8 <= cap` (checked), 4-aligned (the
         // data array is 8-aligned, offset a multiple of 8, `kind` at +4), valid
         // for the life of this RingMemory. Once published the word is written
-        // only by these atomics; `Consumer::claim` also copies it as part of a
-        // header (a racing CAS can only make that copy stale, and the tag is
-        // decided by the CAS, never by the copy).
+        // only by these atomics, and `read_header` reads it through one too.
         Some(unsafe { AtomicU32::from_ptr(self.data.add(offset as usize + 4).cast()) })
     }
 
@@ -219,12 +222,29 @@ impl RingMemory {
     /// Copies the header at `offset`. Near the end of the array only a short
     /// padding record fits (8..32 bytes): copy only what lies inside the array
     /// and leave the rest zero; `total` and `kind` are always in the first 8.
+    ///
+    /// `kind` is an ownership tag that the other side may CAS while we read,
+    /// so it is loaded atomically, never copied as plain bytes (a plain read
+    /// racing an atomic write is a data race).
     fn read_header(&self, offset: u32) -> RecordHeader {
         let mut header = RecordHeader::default();
         let room = (self.cap - offset) as usize;
+        let n = HEADER_BYTES.min(room);
         let bytes = bytemuck::bytes_of_mut(&mut header);
-        let n = bytes.len().min(room);
-        self.copy_out(offset, &mut bytes[..n]);
+        self.copy_out(offset, &mut bytes[..n.min(4)]); // total
+        if n > 8 {
+            self.copy_out(offset + 8, &mut bytes[8..n]); // payload_len onwards
+        }
+        // Relaxed: the Acquire load of the control word in `Consumer::claim`
+        // (partner: the Release CAS in `Producer::publish`) already orders
+        // the producer's header writes before this; a racing cancel CAS can
+        // only make the copy stale, and ownership is decided by CAS, never by
+        // the copy. `claim` only reads at 8-aligned offsets, 8 bytes or more
+        // from the end; should one not be, it reads as padding of length
+        // `total`, which `claim` then checks like any other.
+        header.kind = self
+            .kind_at(offset, 8)
+            .map_or(KIND_PAD, |k| k.load(Ordering::Relaxed));
         header
     }
 }
