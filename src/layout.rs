@@ -61,6 +61,20 @@ pub(crate) struct Layout {
     pub total: usize,
 }
 
+/// The most workers a pool may have: far more than any machine's CPUs, few
+/// enough that the per-worker tables stay small.
+pub(crate) const MAX_WORKERS: usize = 4096;
+
+/// Refuses a worker count outside `1..=MAX_WORKERS`.
+pub(crate) fn check_workers(workers: usize) -> Result<()> {
+    if workers == 0 || workers > MAX_WORKERS {
+        return Err(Error::InvalidConfig {
+            what: format!("{workers} workers: use 1 to {MAX_WORKERS}"),
+        });
+    }
+    Ok(())
+}
+
 impl Layout {
     /// Computes the layout, refusing sizes that are not powers of two in
     /// 4 KiB..=1 GiB or that overflow.
@@ -78,11 +92,7 @@ impl Layout {
                 });
             }
         }
-        if workers == 0 || workers > 4096 {
-            return Err(Error::InvalidConfig {
-                what: format!("{workers} workers: use 1 to 4096"),
-            });
-        }
+        check_workers(workers)?;
         let overflow = || Error::InvalidConfig {
             what: "rings too large for this many workers".into(),
         };

@@ -159,10 +159,10 @@ impl PoolBuilder {
 
     /// The CPU of each worker (`None`: unpinned).
     fn resolve_cpus(&self) -> Result<Vec<Option<usize>>> {
-        if self.workers == Some(0) {
-            return Err(Error::InvalidConfig {
-                what: "a pool needs at least one worker".into(),
-            });
+        // Before anything is sized by it: `workers(usize::MAX)` must be an
+        // error, not an allocation failure.
+        if let Some(n) = self.workers {
+            crate::layout::check_workers(n)?;
         }
         let allowed = sys::affinity_of(0).map_err(|e| Error::os("sched_getaffinity", e))?;
         let list = match &self.pinning {
