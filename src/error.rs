@@ -40,8 +40,9 @@ impl fmt::Display for ExitCause {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A configuration value is out of range.
-    #[error("invalid pool configuration: {what}")]
+    /// A configuration value or argument is out of range, or a call does not
+    /// fit the object (receiving on the sending end of a one-way pipe).
+    #[error("invalid configuration or argument: {what}")]
     InvalidConfig {
         /// What is wrong and what to use instead.
         what: String,
@@ -63,7 +64,7 @@ pub enum Error {
         reason: String,
     },
     /// Shared memory could not be created, sized or mapped.
-    #[error("shared memory: {op} failed: {reason}; free space in /dev/shm or ask for smaller rings (`ring_bytes`)")]
+    #[error("shared memory: {op} failed: {reason}; corepool's shared memory is anonymous and counts against RAM and the cgroup's memory limit: free memory, raise the limit, or ask for less (`ring_bytes` for a Pool; a smaller capacity, message size or array)")]
     SharedMemory {
         /// The step that failed.
         op: &'static str,
@@ -102,8 +103,9 @@ pub enum Error {
     /// `join` was called on a pool that is still open.
     #[error("`join` needs `close()` or `terminate()` first, as in Python")]
     JoinWhileOpen,
-    /// An encoded argument does not fit in the task ring.
-    #[error("an encoded argument of {size} bytes exceeds the {max}-byte message limit: raise `ring_bytes` on the builder, use a smaller `chunksize`, or pass large data in a `SharedArray`")]
+    /// An encoded argument or message does not fit the largest record of the
+    /// ring, queue or pipe it was sent through.
+    #[error("an encoded value of {size} bytes exceeds the {max}-byte message limit: raise the limit (`ring_bytes` on a Pool's builder, `message_bytes` for a Queue or Pipe), use a smaller `chunksize`, or pass large data in a `SharedArray`")]
     ArgumentTooLarge {
         /// The encoded size.
         size: usize,
@@ -111,7 +113,7 @@ pub enum Error {
         max: usize,
     },
     /// An encoded result does not fit in the result ring.
-    #[error("an encoded result of {size} bytes exceeds the {max}-byte message limit: raise `ring_bytes` on the builder, use a smaller `chunksize`, or return large data in a `SharedArray`")]
+    #[error("an encoded result of {size} bytes exceeds the {max}-byte message limit: raise `ring_bytes` on the Pool's builder, use a smaller `chunksize`, or return large data in a `SharedArray`")]
     ResultTooLarge {
         /// The encoded size.
         size: usize,
@@ -127,13 +129,14 @@ pub enum Error {
         reason: String,
     },
     /// The task panicked; the worker survived and goes on serving.
-    #[error("the task panicked: {message}")]
+    #[error("the task panicked: {message}; the worker goes on serving: fix the task, or handle this error per task")]
     Panicked {
         /// The panic message and location.
         message: String,
     },
-    /// The worker running the task died before returning its result.
-    #[error("worker pid {pid} died while running the task: {cause}")]
+    /// The process running the task (a pool worker or a [`crate::Process`])
+    /// died before returning its result.
+    #[error("process {pid} died before returning the task's result: {cause}; a pool replaces the worker, and `retries(n)` on its builder reruns idempotent tasks")]
     WorkerDied {
         /// The dead worker's pid.
         pid: i32,
@@ -141,7 +144,7 @@ pub enum Error {
         cause: ExitCause,
     },
     /// A worker broke the shared-memory protocol and was killed.
-    #[error("worker pid {pid} broke the shared-memory protocol ({what}) and was killed; its tasks failed")]
+    #[error("worker pid {pid} broke the shared-memory protocol ({what}) and was killed; its tasks failed: a task wrote over memory it does not own, or corepool has a bug (please report it)")]
     ProtocolViolation {
         /// The worker's pid.
         pid: i32,
@@ -149,7 +152,7 @@ pub enum Error {
         what: &'static str,
     },
     /// The pool was terminated or dropped before the task ran.
-    #[error("the task was cancelled: the pool was terminated or dropped before it finished")]
+    #[error("the task was cancelled: the pool was terminated or dropped before it finished; keep the pool until the results are in (`close()` then `join()` waits for them)")]
     Cancelled,
     /// The task ran longer than the pool's `task_timeout`; its worker was
     /// killed and replaced.
@@ -158,11 +161,14 @@ pub enum Error {
         /// The limit it overran.
         after: std::time::Duration,
     },
-    /// `get_timeout` ran out before the result arrived (the task goes on).
-    #[error(
-        "timed out waiting for the result; the task goes on: wait again, or raise the timeout"
-    )]
+    /// A `*_timeout` call ran out before it could complete. Nothing was lost:
+    /// a pool's task goes on running, a value not put is still the caller's.
+    #[error("timed out; nothing was lost and the task (if any) goes on: call again to wait longer, or raise the timeout")]
     Timeout,
+    /// The result was already taken by an earlier successful
+    /// [`AsyncResult::get_timeout`](crate::AsyncResult::get_timeout).
+    #[error("the result was already taken by an earlier `get_timeout`: use the value that call returned")]
+    ResultTaken,
     /// An index range outside a [`crate::SharedArray`].
     #[error(
         "range {start}..{end} is outside the array of length {len}: check the bounds you compute"
@@ -177,10 +183,10 @@ pub enum Error {
     },
     /// The other end of a pipe was closed, or its process died, and nothing
     /// is left to receive.
-    #[error("end of stream: the other end of the pipe was closed or its process died")]
+    #[error("end of stream: the other end of the pipe was closed or its process died: stop receiving, or (if more was expected) check how the peer ended, e.g. with `Process::join`")]
     EndOfStream,
     /// The queue was closed.
-    #[error("the queue is closed: no more values will come (or go)")]
+    #[error("the queue is closed: no more values will come (or go): stop here, or use a queue that is still open")]
     QueueClosed,
     /// A daemon already holds the pid file.
     #[error("a daemon is already running (pid file {pid_file}, pid {}): stop it first, or use another pid file", .pid.map_or_else(|| "unknown".to_string(), |p| p.to_string()))]
@@ -191,7 +197,7 @@ pub enum Error {
         pid: Option<i32>,
     },
     /// An operating-system call failed.
-    #[error("{op} failed: {reason}")]
+    #[error("{op} failed: {reason}; check the system's limits (`ulimit -n`, `ulimit -u`, memory) and permissions")]
     Os {
         /// The call.
         op: &'static str,

@@ -55,7 +55,14 @@ pub trait Wire: Sized + Send + 'static {
     #[doc(hidden)]
     fn decode_extend(input: &mut &[u8], n: usize, out: &mut Vec<Self>) -> Result<()> {
         // Never trust `n` for the allocation: every element takes at least one
-        // byte or is a zero-sized `()`, so cap by what is there.
+        // byte or is a zero-sized `()`, so cap by what is there. Zero-sized
+        // values take no bytes, so nothing but a cap stops a forged length
+        // from looping for ever.
+        if std::mem::size_of::<Self>() == 0 && n > MAX_ZERO_SIZED_VALUES {
+            return Err(decode_error::<Vec<Self>>(format!(
+                "{n} zero-sized values, more than the {MAX_ZERO_SIZED_VALUES} accepted: the sender is corrupt"
+            )));
+        }
         out.reserve(n.min(input.len()).min(1 << 20));
         for _ in 0..n {
             out.push(Self::decode(input)?);
@@ -64,10 +71,24 @@ pub trait Wire: Sized + Send + 'static {
     }
 }
 
-/// Decodes an encoded `Vec<T>` onto the end of `out`; the bytes must be used
-/// up. `map` collects each chunk's results this way, straight into its output.
-pub(crate) fn decode_vec_into<T: Wire>(mut bytes: &[u8], out: &mut Vec<T>) -> Result<()> {
+/// The longest sequence of zero-sized values (`Vec<()>`) that decodes: their
+/// encoding takes no bytes, so the length alone bounds the work.
+pub(crate) const MAX_ZERO_SIZED_VALUES: usize = 1 << 28;
+
+/// Decodes an encoded `Vec<T>` of at most `at_most` values onto the end of
+/// `out`; the bytes must be used up. `map` collects each chunk's results this
+/// way, straight into its output.
+pub(crate) fn decode_vec_into<T: Wire>(
+    mut bytes: &[u8],
+    at_most: usize,
+    out: &mut Vec<T>,
+) -> Result<()> {
     let n = decode_len::<Vec<T>>(&mut bytes)?;
+    if n > at_most {
+        return Err(decode_error::<Vec<T>>(format!(
+            "{n} results where at most {at_most} were due"
+        )));
+    }
     T::decode_extend(&mut bytes, n, out)?;
     if !bytes.is_empty() {
         return Err(decode_error::<Vec<T>>(format!(
@@ -441,6 +462,19 @@ unsafe impl<T: Pod> bytemuck::Zeroable for Plain<T> {}
 // and valid bit patterns, no padding; `Copy` and `'static` come with `T: Pod`.
 unsafe impl<T: Pod> Pod for Plain<T> {}
 
+/// The length word of a [`Serde`] value whose serialization failed.
+const SERIALIZE_FAILED: u64 = u64::MAX;
+
+/// Lets postcard append to a `Vec` it does not own, so that a failure leaves
+/// the bytes before it intact.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl Extend<u8> for Append<'_> {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
+        self.0.extend(bytes);
+    }
+}
+
 /// Any serde type, encoded with postcard (compact, varint-based).
 ///
 /// ```
@@ -463,22 +497,25 @@ where
         let at = out.len();
         encode_len(0, out);
         let body = out.len();
-        let taken = std::mem::take(out);
-        *out = match postcard::to_extend(&self.0, taken) {
-            Ok(v) => v,
-            // Serialize impls that fail (e.g. a map with non-string keys in
-            // some formats) cannot fail for postcard except on custom errors;
-            // encode an empty body, which decoding reports as an error.
+        let len = match postcard::to_extend(&self.0, Append(out)) {
+            Ok(_) => (out.len() - body) as u64,
+            // A `Serialize` impl may fail (a custom error; a sequence whose
+            // length is unknown up front, which postcard needs). `encode`
+            // cannot return an error, so write a marker that `decode` turns
+            // into a typed one, keeping whatever `out` held before.
             Err(_) => {
-                let mut v = Vec::new();
-                encode_len(0, &mut v);
-                v
+                out.truncate(body);
+                SERIALIZE_FAILED
             }
         };
-        let len = (out.len() - body) as u64;
         out[at..at + 8].copy_from_slice(&len.to_le_bytes());
     }
     fn decode(input: &mut &[u8]) -> Result<Self> {
+        if input.get(..8) == Some(&SERIALIZE_FAILED.to_le_bytes()[..]) {
+            return Err(decode_error::<Self>(
+                "the sender's `Serialize` impl failed (postcard needs every sequence's length up front)",
+            ));
+        }
         let len = decode_len::<Self>(input)?;
         let body = take::<Self>(input, len)?;
         postcard::from_bytes(body)
@@ -531,6 +568,49 @@ mod tests {
         assert!(decode_exact::<bool>(&[2]).is_err());
         assert!(decode_exact::<u32>(&[1, 2]).is_err());
         assert!(decode_exact::<u8>(&[1, 2]).is_err(), "trailing bytes");
+    }
+
+    #[test]
+    fn forged_counts_of_zero_sized_values_are_errors() {
+        let mut bytes = Vec::new();
+        u64::MAX.encode(&mut bytes);
+        // Without the cap this loops for ever: no byte is consumed per value.
+        assert!(decode_exact::<Vec<()>>(&bytes).is_err());
+        let mut out = Vec::new();
+        assert!(decode_vec_into::<u64>(&encode_to_vec(&vec![1u64, 2, 3]), 2, &mut out).is_err());
+        decode_vec_into::<u64>(&encode_to_vec(&vec![1u64, 2, 3]), 3, &mut out).unwrap();
+        assert_eq!(out, [1, 2, 3]);
+    }
+
+    /// Serializes as a sequence of unknown length, which postcard refuses.
+    #[derive(Debug)]
+    struct Unsized;
+
+    impl serde::Serialize for Unsized {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            use serde::ser::SerializeSeq;
+            let mut seq = s.serialize_seq(None)?;
+            seq.serialize_element(&1u8)?;
+            seq.end()
+        }
+    }
+
+    impl<'de> serde::Deserialize<'de> for Unsized {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            <Vec<u8>>::deserialize(d).map(|_| Unsized)
+        }
+    }
+
+    #[test]
+    fn a_failing_serialize_is_a_decode_error_and_keeps_what_came_before() {
+        let mut bytes = Vec::new();
+        7u32.encode(&mut bytes);
+        Serde(Unsized).encode(&mut bytes); // used to panic here
+        Serde(5u8).encode(&mut bytes);
+        let mut input = bytes.as_slice();
+        assert_eq!(u32::decode(&mut input).unwrap(), 7);
+        let err = Serde::<Unsized>::decode(&mut input).unwrap_err();
+        assert!(err.to_string().contains("Serialize"), "{err}");
     }
 
     proptest::proptest! {

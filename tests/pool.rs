@@ -473,6 +473,59 @@ fn an_idle_pool_costs_nothing() {
     }
 }
 
+fn worker_counts_out_of_range_are_config_errors() {
+    for n in [0, 4097, usize::MAX] {
+        for pinning in [Pinning::PerCpu, Pinning::None] {
+            let err = Pool::builder()
+                .workers(n)
+                .pinning(pinning)
+                .build()
+                .unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidConfig { what } if what.contains("1 to 4096")),
+                "{n} workers: {err}"
+            );
+        }
+    }
+}
+
+fn get_timeout_can_be_called_again() {
+    let pool = Pool::builder().workers(1).build().unwrap();
+    let gate = SharedArray::<u64>::new(1).unwrap();
+    let h = pool.apply_async(wait_for_gate, gate.clone()).unwrap();
+    // The task cannot finish before the gate opens: a timeout for sure.
+    assert_eq!(
+        h.get_timeout(Duration::from_millis(1)).unwrap_err(),
+        Error::Timeout
+    );
+    gate.set(0, 1).unwrap();
+    // Duration::MAX is "no deadline", never an overflow panic.
+    assert_eq!(h.get_timeout(Duration::MAX).unwrap(), 7);
+    assert_eq!(
+        h.get_timeout(Duration::MAX).unwrap_err(),
+        Error::ResultTaken
+    );
+    assert!(h.wait_timeout(Duration::MAX));
+}
+
+fn wait_for_gate(gate: SharedArray<u64>) -> u64 {
+    while gate.get(0) == Some(0) {
+        std::thread::yield_now();
+    }
+    7
+}
+
+fn endless_timeouts_are_no_timeouts() {
+    let pool = Pool::builder()
+        .workers(1)
+        .task_timeout(Duration::MAX)
+        .start_timeout(Duration::MAX)
+        .build()
+        .unwrap();
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+    assert_eq!(pool.map(square, 0..100u64, None).unwrap().len(), 100);
+}
+
 fn main() {
     common::run(common::tests![
         apply_round_trips,
@@ -494,5 +547,8 @@ fn main() {
         waits_longer_than_the_spin_budget_are_woken,
         callbacks_run_without_anyone_waiting,
         an_idle_pool_costs_nothing,
+        worker_counts_out_of_range_are_config_errors,
+        get_timeout_can_be_called_again,
+        endless_timeouts_are_no_timeouts,
     ]);
 }

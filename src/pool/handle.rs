@@ -153,7 +153,9 @@ impl<T: Send + 'static> Cell<T> {
     }
 
     fn take(&self) -> Result<T> {
-        lock(&self.value).take().unwrap_or(Err(Error::Cancelled))
+        // Called only once the cell is ready, so `None` means an earlier
+        // `get_timeout` took the result.
+        lock(&self.value).take().unwrap_or(Err(Error::ResultTaken))
     }
 }
 
@@ -224,7 +226,7 @@ impl<T: Send + 'static> AsyncResult<T> {
     /// Blocks until the task has finished or `timeout` passed; returns whether
     /// it finished. The task goes on either way.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.wait_until(Some(Instant::now() + timeout))
+        self.wait_until(crate::park::deadline_after(timeout))
     }
 
     /// Waits for the result and returns it.
@@ -238,14 +240,32 @@ impl<T: Send + 'static> AsyncResult<T> {
         self.cell.take()
     }
 
-    /// Waits at most `timeout` for the result.
+    /// Waits at most `timeout` for the result (Python's `get(timeout)`). After
+    /// a timeout the handle is still good: call again to wait longer.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::builder().workers(1).build()?;
+    ///     let h = pool.apply_async(|x: u64| x + 1, 41)?;
+    ///     let answer = loop {
+    ///         match h.get_timeout(Duration::from_millis(100)) {
+    ///             Err(corepool::Error::Timeout) => continue, // still running
+    ///             other => break other?,
+    ///         }
+    ///     };
+    ///     assert_eq!(answer, 42);
+    ///     Ok(())
+    /// }
+    /// ```
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`] if it did not come in time (the handle is consumed; to
-    /// keep waiting after a timeout use [`wait_timeout`](Self::wait_timeout)
-    /// and then [`get`](Self::get)); otherwise as [`get`](Self::get).
-    pub fn get_timeout(self, timeout: Duration) -> Result<T> {
+    /// [`Error::Timeout`] if it did not come in time; [`Error::ResultTaken`] if
+    /// an earlier call already returned it; otherwise as [`get`](Self::get).
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
         if self.wait_timeout(timeout) {
             self.cell.take()
         } else {
@@ -325,6 +345,8 @@ pub(crate) struct MapCollector<R> {
 struct Collected<R> {
     /// The results of chunks `0..next`, in order.
     out: Vec<R>,
+    /// How many results there are to be, in all.
+    items: usize,
     next: usize,
     /// Chunks that came early, by index.
     early: Vec<Option<crate::wire::Payload>>,
@@ -338,6 +360,7 @@ impl<R: Wire> MapCollector<R> {
         let collector = Arc::new(Self {
             state: Mutex::new(Collected {
                 out: Vec::with_capacity(items),
+                items,
                 next: 0,
                 early: (0..chunks).map(|_| None).collect(),
                 failed: false,
@@ -379,8 +402,11 @@ impl<R: Wire> Completion for MapCollector<R> {
         let chunks = state.early.len();
         let mut result = Ok(());
         while let Some(b) = bytes.take() {
-            let Collected { out, next, .. } = &mut *state;
-            result = crate::wire::decode_vec_into(&b, out);
+            let Collected {
+                out, next, items, ..
+            } = &mut *state;
+            let due = *items - out.len();
+            result = crate::wire::decode_vec_into(&b, due, out);
             *next += 1;
             if result.is_err() || *next == chunks {
                 break;
@@ -393,6 +419,17 @@ impl<R: Wire> Completion for MapCollector<R> {
                 state.failed = true;
                 drop(state);
                 self.cell.finish(Err(e));
+            }
+            Ok(()) if state.next == chunks && state.out.len() != state.items => {
+                let message = format!(
+                    "{} results for {} items: a worker returned too few",
+                    state.out.len(),
+                    state.items
+                );
+                state.failed = true;
+                drop(state);
+                self.cell
+                    .finish(Err(crate::wire::decode_error::<Vec<R>>(message)));
             }
             Ok(()) if state.next == chunks => {
                 let all = std::mem::take(&mut state.out);
