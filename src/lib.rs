@@ -24,15 +24,14 @@
 //! ## How it works
 //!
 //! A pool creates one sealed `memfd` segment holding, per worker, a task ring
-//! and a result ring ([`docs/protocol.md`]). Workers are this same executable
-//! re-executed (`/proc/self/exe`), recognised by [`init`], pinned before exec,
-//! and handed the segment as an inherited descriptor: nothing is ever left in
+//! and a result ring (`docs/protocol.md` in the repository describes every
+//! word of it). Workers are this same executable re-executed
+//! (`/proc/self/exe`), recognised by [`init`], pinned before exec, and handed
+//! the segment as an inherited descriptor: nothing is ever left in
 //! `/dev/shm`. Tasks name their function by its offset in the binary, so they
 //! must be `fn` items or closures that capture nothing.
 //!
 //! Linux only.
-//!
-//! [`docs/protocol.md`]: https://docs.rs/corepool
 
 // Doc examples that build a pool need their own `main` starting with
 // `corepool::init()`: workers re-execute the doctest binary.
