@@ -307,6 +307,9 @@ impl<'a> Server<'a> {
             }
             if self.tasks.claim(limit, &mut claimed)? == 0 {
                 self.tasks.release(); // padding may have been claimed
+                                      // Acquire (here and below) pairs with the parent's Release
+                                      // store of `shutdown` once the pool is closed and idle
+                                      // (`Core::drive` in pool/core.rs).
                 if self.slot.shutdown().load(Ordering::Acquire) != 0 {
                     return Ok(());
                 }

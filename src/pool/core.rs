@@ -261,6 +261,8 @@ impl Core {
         if !self.open && self.outstanding == 0 && !self.shutdown_sent {
             self.shutdown_sent = true;
             for w in &mut self.workers {
+                // Release pairs with the Acquire loads in the worker's
+                // serving loop (`Server::run` in worker.rs).
                 w.slot.shutdown().store(1, Ordering::Release);
                 park::wake(w.slot.sleeping());
                 if w.phase == Phase::Spawning {
@@ -419,6 +421,8 @@ impl Core {
         // A planned exit (retirement, shutdown) resets the streak; any other
         // death lengthens it, and with it the wait before the next respawn.
         let w = &mut self.workers[index];
+        // Acquire pairs with the worker's Release store of RETIRING
+        // (`Server::run` in worker.rs).
         let planned = cause == ExitCause::Code(0)
             && (self.shutdown_sent || w.slot.state().load(Ordering::Acquire) == state::RETIRING);
         w.crash_streak = if planned { 0 } else { w.crash_streak + 1 };

@@ -121,6 +121,7 @@ impl<T: Send + 'static> Cell<T> {
     /// Stores the final result (the first one wins), runs the callbacks, wakes
     /// the waiters.
     pub(crate) fn finish(&self, result: Result<T>) {
+        // Acquire pairs with the Release store below, in an earlier call.
         if self.ready.load(Ordering::Acquire) {
             return;
         }
@@ -149,6 +150,7 @@ impl<T: Send + 'static> Cell<T> {
     }
 
     fn is_ready(&self) -> bool {
+        // Acquire pairs with the Release store in `finish`: the value is in.
         self.ready.load(Ordering::Acquire)
     }
 

@@ -105,6 +105,9 @@ impl Shared {
 
     /// Registers the caller as a helper until the guard drops.
     pub(crate) fn helper(&self) -> HelperGuard<'_> {
+        // SeqCst: pairs with the SeqCst load in `Shared::submit` (a submitter
+        // that sees a helper leaves the doorbell alone) and the fetch_sub in
+        // `HelperGuard::drop`.
         self.helpers.fetch_add(1, Ordering::SeqCst);
         HelperGuard(self)
     }
@@ -155,6 +158,8 @@ impl Shared {
     /// Runs one pass of the state machine, then (lock released) delivers
     /// outcomes and asks the supervisor for workers.
     fn drive_locked(&self, mut core: MutexGuard<'_, Core>) -> bool {
+        // Acquire pairs with the SeqCst store in `report` (the events
+        // themselves sit behind the `events` lock).
         let events = if self.events_pending.swap(false, Ordering::Acquire) {
             std::mem::take(&mut *handle::lock(&self.events))
         } else {
@@ -204,6 +209,10 @@ impl Shared {
     }
 
     /// Whether the driver has anything to do (checked after announcing sleep).
+    ///
+    /// Acquire loads: `stop` pairs with the Release store in `Pool::drop`,
+    /// `events_pending` with the SeqCst store in `report`, a slot's state with
+    /// the worker's Release stores of READY and FAILED (`worker.rs`).
     fn has_work(&self) -> bool {
         self.stop.load(Ordering::Acquire)
             || self.events_pending.load(Ordering::Acquire)
@@ -224,6 +233,11 @@ impl Shared {
     /// A helper that leaves while this holds must ungate the driver, or a
     /// replacement worker's `Spawned` event could sit unapplied until the
     /// next submission.
+    ///
+    /// SeqCst loads: they pair with the SeqCst `fetch_sub` of `helpers` in
+    /// `HelperGuard::drop`, the store of `outstanding` in `finish_pass` and
+    /// of `events_pending` in `report`: either the leaving helper sees the
+    /// work, or whoever made it sees no helper and wakes the driver itself.
     fn driver_needed(&self) -> bool {
         self.outstanding.load(Ordering::SeqCst) > 0
             || self.events_pending.load(Ordering::SeqCst)
@@ -295,6 +309,9 @@ impl Shared {
 
 fn driver_loop(shared: Arc<Shared>) {
     let mut spinner = Spinner::new();
+    // Acquire loads: `stop` pairs with the Release store in `Pool::drop`;
+    // `helpers` with the SeqCst `fetch_sub` in `HelperGuard::drop`, which
+    // then wakes `gate` (the sleep-flag protocol of `park` closes the gap).
     while !shared.stop.load(Ordering::Acquire) {
         if shared.helpers.load(Ordering::Acquire) > 0 {
             // A caller is spinning for its result and collecting as it goes:
@@ -985,6 +1002,7 @@ impl Drop for Pool {
             self.terminate();
             let _ = self.join();
         }
+        // Release pairs with the Acquire loads in `driver_loop` and `has_work`.
         self.shared.stop.store(true, Ordering::Release);
         park::wake(self.shared.doorbell());
         park::wake(&self.shared.gate);
