@@ -443,15 +443,31 @@ impl<R: Wire> Completion for MapCollector<R> {
     }
 }
 
+/// A chunk's results, if there are as many as it had items: a worker that
+/// returns fewer or more is reported, never silently short.
+pub(crate) fn check_chunk<R>(values: Vec<R>, due: usize) -> Result<Vec<R>> {
+    if values.len() == due {
+        Ok(values)
+    } else {
+        Err(crate::wire::decode_error::<Vec<R>>(format!(
+            "{} results for a chunk of {due} items",
+            values.len()
+        )))
+    }
+}
+
 /// Sends each chunk's results to an `imap_unordered` iterator as they come.
 pub(crate) struct ChannelSink<R> {
     pub tx: crossbeam_channel::Sender<Result<Vec<R>>>,
 }
 
 impl<R: Wire> Completion for ChannelSink<R> {
-    fn complete(&self, _tag: u64, outcome: Outcome) {
+    /// `tag` is the number of results the chunk owes.
+    fn complete(&self, tag: u64, outcome: Outcome) {
         let chunk = match outcome {
-            Outcome::Ok(bytes) => decode_exact::<Vec<R>>(&bytes),
+            Outcome::Ok(bytes) => {
+                decode_exact::<Vec<R>>(&bytes).and_then(|values| check_chunk(values, tag as usize))
+            }
             Outcome::Err(e) => Err(e),
         };
         let _ = self.tx.send(chunk);

@@ -929,19 +929,24 @@ impl Pool {
     {
         let _ = f;
         let trampoline = task::offset_of(task::call_chunk::<F, A, R>);
-        let Chunks { payloads, .. } = self.encode_chunks(items, Some(chunksize.max(1)))?;
+        let chunksize = chunksize.max(1);
+        let Chunks { payloads, items } = self.encode_chunks(items, Some(chunksize))?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let sink: Arc<dyn Completion> = Arc::new(ChannelSink { tx });
         let chunks = payloads.len();
         let tasks = payloads
             .into_iter()
-            .map(|p| {
+            .enumerate()
+            .map(|(i, p)| {
+                // Every chunk is full but the last; the tag is how many
+                // results are due, which `ChannelSink` checks.
+                let due = chunksize.min(items - i * chunksize);
                 (
                     trampoline,
                     p,
                     Sink {
                         target: sink.clone(),
-                        tag: 0,
+                        tag: due as u64,
                     },
                 )
             })
@@ -1023,7 +1028,8 @@ pub struct Imap<'p, A, R, I> {
     trampoline: i64,
     source: I,
     chunksize: usize,
-    in_flight: VecDeque<AsyncResult<Vec<R>>>,
+    /// Each chunk submitted and not yet read, with how many results are due.
+    in_flight: VecDeque<(AsyncResult<Vec<R>>, usize)>,
     ready: VecDeque<R>,
     failed: bool,
     _args: std::marker::PhantomData<fn(A)>,
@@ -1048,6 +1054,7 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'_, A, R, I> {
             let cell = Cell::<Vec<R>>::new(Callbacks::new());
             crate::wire::take_keep_alive();
             let payload = crate::wire::encode_payload(&chunk);
+            let due = chunk.len();
             self.pool.shared.submit(
                 smallvec::smallvec![(
                     self.trampoline,
@@ -1059,8 +1066,10 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'_, A, R, I> {
                 )],
                 false,
             )?;
-            self.in_flight
-                .push_back(AsyncResult::new(cell, Arc::downgrade(&self.pool.shared)));
+            self.in_flight.push_back((
+                AsyncResult::new(cell, Arc::downgrade(&self.pool.shared)),
+                due,
+            ));
         }
         Ok(())
     }
@@ -1081,8 +1090,11 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
                 self.failed = true;
                 return Some(Err(e));
             }
-            let next = self.in_flight.pop_front()?;
-            match next.get() {
+            let (next, due) = self.in_flight.pop_front()?;
+            match next
+                .get()
+                .and_then(|values| handle::check_chunk(values, due))
+            {
                 Ok(values) => self.ready.extend(values),
                 Err(e) => {
                     self.failed = true;
