@@ -3,6 +3,26 @@
 use std::fmt;
 
 /// Why a worker process ended.
+///
+/// ```
+/// use corepool::{ExitCause, Process};
+///
+/// fn forever(_: u64) -> u64 {
+///     loop {
+///         std::hint::spin_loop();
+///     }
+/// }
+///
+/// fn main() -> corepool::Result<()> {
+///     corepool::init();
+///     let p = Process::start(forever, 0)?;
+///     p.kill();
+///     assert!(p.join_timeout(std::time::Duration::from_secs(30)));
+///     assert_eq!(p.exit_code(), Some(ExitCause::Signal(9)));
+///     assert!(ExitCause::Signal(9).to_string().contains("SIGKILL"));
+///     Ok(())
+/// }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExitCause {
     /// Killed by a signal (its number).
@@ -223,4 +243,14 @@ impl Error {
 }
 
 /// `Result<T, corepool::Error>`.
+///
+/// ```
+/// fn parse(workers: &str) -> corepool::Result<usize> {
+///     workers.parse().map_err(|e| corepool::Error::InvalidConfig {
+///         what: format!("workers = {workers:?}: {e}; give a positive number"),
+///     })
+/// }
+/// assert_eq!(parse("4").unwrap(), 4);
+/// assert!(parse("four").is_err());
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -78,17 +78,60 @@ impl<T> fmt::Debug for Callbacks<T> {
 
 impl<T> Callbacks<T> {
     /// No callbacks.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(1)?;
+    ///     // No callbacks: the same as `apply_async`.
+    ///     let h = pool.apply_async_with(|x: u64| x, 5, corepool::Callbacks::new())?;
+    ///     assert_eq!(h.get()?, 5);
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Called with the result when the task succeeds (Python's `callback`).
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(1)?;
+    ///     let (tx, rx) = mpsc::channel();
+    ///     let cb = corepool::Callbacks::new().on_success(move |v: &u64| tx.send(*v).unwrap());
+    ///     pool.apply_async_with(|x: u64| x * 3, 7, cb)?;
+    ///     assert_eq!(rx.recv().unwrap(), 21); // ran in this process, nobody called `get`
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn on_success(mut self, f: impl FnOnce(&T) + Send + 'static) -> Self {
         self.ok = Some(Box::new(f));
         self
     }
 
     /// Called with the error when the task fails (Python's `error_callback`).
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    ///
+    /// fn fails(n: u64) -> u64 {
+    ///     panic!("n = {n} is too big")
+    /// }
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(1)?;
+    ///     let (tx, rx) = mpsc::channel();
+    ///     let cb = corepool::Callbacks::new().on_error(move |e| tx.send(e.to_string()).unwrap());
+    ///     pool.apply_async_with(fails, 9, cb)?;
+    ///     assert!(rx.recv().unwrap().contains("n = 9 is too big"));
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn on_error(mut self, f: impl FnOnce(&Error) + Send + 'static) -> Self {
         self.err = Some(Box::new(f));
         self
@@ -207,12 +250,37 @@ impl<T: Send + 'static> AsyncResult<T> {
     }
 
     /// Whether the task has finished (successfully or not).
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(1)?;
+    ///     let h = pool.apply_async(|x: u64| x, 1)?;
+    ///     h.wait();
+    ///     assert!(h.ready());
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn ready(&self) -> bool {
         self.cell.is_ready()
     }
 
     /// `Some(true)` if it finished successfully, `Some(false)` if it failed,
     /// `None` while it runs (Python raises `ValueError` there).
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(1)?;
+    ///     let good = pool.apply_async(|x: u64| x, 1)?;
+    ///     let bad = pool.apply_async(|x: u64| -> u64 { panic!("bad {x}") }, 2)?;
+    ///     good.wait();
+    ///     bad.wait();
+    ///     assert_eq!(good.successful(), Some(true));
+    ///     assert_eq!(bad.successful(), Some(false));
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn successful(&self) -> Option<bool> {
         if !self.ready() {
             return None;
@@ -221,17 +289,54 @@ impl<T: Send + 'static> AsyncResult<T> {
     }
 
     /// Blocks until the task has finished.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(1)?;
+    ///     let h = pool.apply_async(|x: u64| x + 1, 1)?;
+    ///     h.wait(); // the result stays in the handle
+    ///     assert_eq!(h.get()?, 2);
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn wait(&self) {
         self.wait_until(None);
     }
 
     /// Blocks until the task has finished or `timeout` passed; returns whether
     /// it finished. The task goes on either way.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(1)?;
+    ///     let h = pool.apply_async(|x: u64| x + 1, 1)?;
+    ///     while !h.wait_timeout(Duration::from_millis(10)) {
+    ///         // not yet: do something else meanwhile
+    ///     }
+    ///     assert_eq!(h.get()?, 2);
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         self.wait_until(crate::park::deadline_after(timeout))
     }
 
     /// Waits for the result and returns it.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(1)?;
+    ///     assert_eq!(pool.apply_async(|s: String| s.len() as u64, "four".into())?.get()?, 4);
+    ///     let err = pool.apply_async(|x: u64| -> u64 { panic!("no {x}") }, 1)?.get().unwrap_err();
+    ///     assert!(matches!(err, corepool::Error::Panicked { message } if message.contains("no 1")));
+    ///     Ok(())
+    /// }
+    /// ```
     ///
     /// # Errors
     ///

@@ -371,6 +371,11 @@ impl PoolStats {
     }
 
     /// The median of [`replacements`](Self::replacements), if any.
+    ///
+    /// ```
+    /// let stats = corepool::PoolStats::default();
+    /// assert_eq!(stats.median_replacement(), None); // nothing replaced yet
+    /// ```
     pub fn median_replacement(&self) -> Option<Duration> {
         let mut sorted = self.replacements.clone();
         sorted.sort_unstable();
@@ -426,11 +431,29 @@ impl fmt::Debug for Pool {
 
 impl Pool {
     /// A builder with the defaults: one pinned worker per allowed CPU.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::builder().workers(1).build()?;
+    ///     assert_eq!(pool.workers(), 1);
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn builder() -> PoolBuilder {
         PoolBuilder::default()
     }
 
     /// `Pool(n)`: `n` workers with default settings.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(2)?;
+    ///     assert_eq!(pool.apply(|x: u64| x + 1, 1)?, 2);
+    ///     Ok(())
+    /// }
+    /// ```
     ///
     /// # Errors
     ///
@@ -561,21 +584,62 @@ impl Pool {
     }
 
     /// Counters: respawns and replacement times.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(1)?;
+    ///     assert!(pool.stats().replacements.is_empty()); // no worker has died
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn stats(&self) -> PoolStats {
         self.shared.lock().stats.clone()
     }
 
     /// Number of worker processes.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     assert_eq!(corepool::Pool::new(2)?.workers(), 2);
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn workers(&self) -> usize {
         self.shared.workers
     }
 
     /// The CPU each worker is pinned to (`None` when unpinned).
+    ///
+    /// ```
+    /// use corepool::{Pinning, Pool};
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pinned = Pool::builder().workers(1).build()?;
+    ///     assert!(pinned.cpus()[0].is_some()); // pinned to a CPU of the allowed set
+    ///     let free = Pool::builder().workers(1).pinning(Pinning::None).build()?;
+    ///     assert_eq!(free.cpus(), &[None]);
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn cpus(&self) -> &[Option<usize>] {
         &self.cpus
     }
 
     /// The pids of the workers running now (a slot being restarted is absent).
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(2)?;
+    ///     let pids = pool.pids();
+    ///     assert_eq!(pids.len(), 2);
+    ///     assert!(!pids.contains(&(std::process::id() as i32)));
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn pids(&self) -> Vec<i32> {
         let core = self.shared.lock();
         core.workers
@@ -586,6 +650,16 @@ impl Pool {
     }
 
     /// Runs `f(arg)` on a worker and waits for the result (Python's `apply`).
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(1)?;
+    ///     let shout = pool.apply(|s: String| s.to_uppercase(), "hi".to_string())?;
+    ///     assert_eq!(shout, "HI");
+    ///     Ok(())
+    /// }
+    /// ```
     ///
     /// # Errors
     ///
@@ -602,6 +676,19 @@ impl Pool {
     }
 
     /// Submits `f(arg)` and returns at once (Python's `apply_async`).
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(2)?;
+    ///     let handles: Vec<_> = (0..4u64)
+    ///         .map(|i| pool.apply_async(|x: u64| x * x, i))
+    ///         .collect::<corepool::Result<_>>()?;
+    ///     let squares: Vec<u64> = handles.into_iter().map(|h| h.get()).collect::<corepool::Result<_>>()?;
+    ///     assert_eq!(squares, [0, 1, 4, 9]);
+    ///     Ok(())
+    /// }
+    /// ```
     ///
     /// # Errors
     ///
@@ -780,6 +867,19 @@ impl Pool {
     /// chunks of `chunksize`; `None` picks Python's default (about four chunks
     /// per worker), capped so that a chunk fits one ring message.
     ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(2)?;
+    ///     let lengths = pool.map(|s: String| s.len() as u64, ["a", "bb", "ccc"].map(String::from), None)?;
+    ///     assert_eq!(lengths, [1, 2, 3]);
+    ///     // A panic in any item fails the whole map, as in Python.
+    ///     let failed = pool.map(|x: u64| 10 / x, [1u64, 0, 2], Some(1));
+    ///     assert!(matches!(failed, Err(corepool::Error::Panicked { .. })));
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
     /// # Errors
     ///
     /// The first failing chunk's error; [`Error::PoolClosed`],
@@ -799,6 +899,17 @@ impl Pool {
     }
 
     /// [`map`](Self::map) without waiting.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(2)?;
+    ///     let pending = pool.map_async(|x: u64| x + 1, 0..1000u64, None)?;
+    ///     // ... other work here ...
+    ///     assert_eq!(pending.get()?.iter().sum::<u64>(), 500_500);
+    ///     Ok(())
+    /// }
+    /// ```
     ///
     /// # Errors
     ///
@@ -851,6 +962,16 @@ impl Pool {
     }
 
     /// [`starmap`](Self::starmap) without waiting.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(2)?;
+    ///     let pending = pool.starmap_async(|a: u64, b: u64| a * b, vec![(2, 3), (4, 5)], None)?;
+    ///     assert_eq!(pending.get()?, [6, 20]);
+    ///     Ok(())
+    /// }
+    /// ```
     ///
     /// # Errors
     ///
@@ -913,6 +1034,19 @@ impl Pool {
     /// Like [`imap`](Self::imap), but yields results as they complete (Python's
     /// `imap_unordered`). All items are submitted at once.
     ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(2)?;
+    ///     let mut seen: Vec<u64> = pool
+    ///         .imap_unordered(|x: u64| x * 10, 0..6u64, 2)?
+    ///         .collect::<corepool::Result<_>>()?;
+    ///     seen.sort_unstable(); // they come as they finish
+    ///     assert_eq!(seen, [0, 10, 20, 30, 40, 50]);
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
     /// # Errors
     ///
     /// As [`map`](Self::map), at submission; a failing chunk yields its error.
@@ -962,6 +1096,19 @@ impl Pool {
 
     /// Stops taking work; workers exit once every submitted task is done
     /// (Python's `close`).
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(1)?;
+    ///     let h = pool.apply_async(|x: u64| x + 1, 1)?;
+    ///     pool.close();
+    ///     assert!(matches!(pool.apply(|x: u64| x, 0), Err(corepool::Error::PoolClosed)));
+    ///     pool.join()?; // waits for the work submitted before `close`
+    ///     assert_eq!(h.get()?, 2);
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn close(&self) {
         let mut core = self.shared.lock();
         core.open = false;
@@ -972,6 +1119,25 @@ impl Pool {
 
     /// Kills the workers now; unfinished tasks get [`Error::Cancelled`]
     /// (Python's `terminate`).
+    ///
+    /// ```
+    /// fn forever(_: u64) -> u64 {
+    ///     loop {
+    ///         std::hint::spin_loop();
+    ///     }
+    /// }
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(1)?;
+    ///     let stuck = pool.apply_async(forever, 0)?;
+    ///     pool.terminate();
+    ///     pool.join()?;
+    ///     assert_eq!(stuck.get().unwrap_err(), corepool::Error::Cancelled);
+    ///     assert!(pool.pids().is_empty());
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn terminate(&self) {
         let mut core = self.shared.lock();
         let mut actions = Actions::default();
@@ -980,6 +1146,18 @@ impl Pool {
     }
 
     /// Waits until every worker has exited (Python's `join`).
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(1)?;
+    ///     assert_eq!(pool.join(), Err(corepool::Error::JoinWhileOpen)); // as in Python
+    ///     pool.close();
+    ///     pool.join()?;
+    ///     assert!(pool.pids().is_empty()); // every worker has exited and been reaped
+    ///     Ok(())
+    /// }
+    /// ```
     ///
     /// # Errors
     ///
@@ -1023,6 +1201,18 @@ impl Drop for Pool {
 }
 
 /// The iterator [`Pool::imap`] returns: results in input order.
+///
+/// ```
+/// fn main() -> corepool::Result<()> {
+///     corepool::init();
+///     let pool = corepool::Pool::new(2)?;
+///     let mut results = pool.imap(|x: u64| x * x, 1..=1_000_000u64, 64);
+///     // Lazy: only the chunks ahead of the reader are in flight.
+///     let first: Vec<u64> = results.by_ref().take(3).collect::<corepool::Result<_>>()?;
+///     assert_eq!(first, [1, 4, 9]);
+///     Ok(())
+/// }
+/// ```
 pub struct Imap<'p, A, R, I> {
     pool: &'p Pool,
     trampoline: i64,
@@ -1106,6 +1296,18 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
 }
 
 /// The iterator [`Pool::imap_unordered`] returns: results as they complete.
+///
+/// ```
+/// fn main() -> corepool::Result<()> {
+///     corepool::init();
+///     let pool = corepool::Pool::new(2)?;
+///     let total: u64 = pool
+///         .imap_unordered(|x: u64| x * 2, 0..100u64, 10)?
+///         .sum::<corepool::Result<u64>>()?;
+///     assert_eq!(total, 9_900);
+///     Ok(())
+/// }
+/// ```
 pub struct ImapUnordered<R> {
     rx: crossbeam_channel::Receiver<Result<Vec<R>>>,
     chunks_left: usize,
