@@ -473,6 +473,31 @@ fn an_idle_pool_costs_nothing() {
     }
 }
 
+fn map_callbacks_run_once_with_the_whole_result() {
+    let pool = pool2();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx2 = tx.clone();
+    let cb = Callbacks::new()
+        .on_success(move |v: &Vec<u64>| tx.send(Ok(v.clone())).unwrap())
+        .on_error(move |e| tx2.send(Err(e.clone())).unwrap());
+    let h = pool
+        .map_async_with(square, 0..1000u64, Some(7), cb)
+        .unwrap();
+    let expected: Vec<u64> = (0..1000).map(|i| i * i).collect();
+    assert_eq!(rx.recv().unwrap().unwrap(), expected);
+    assert_eq!(h.get().unwrap(), expected);
+    assert!(rx.try_recv().is_err(), "the callback runs once");
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let cb = Callbacks::new().on_error(move |e| tx.send(e.clone()).unwrap());
+    let items: Vec<(u64, u64)> = (0..20).map(|i| (i, 0)).collect();
+    let h = pool
+        .starmap_async_with(|a: u64, b: u64| fails_above_5(a + b), items, Some(1), cb)
+        .unwrap();
+    assert!(matches!(rx.recv().unwrap(), Error::Panicked { message } if message.contains("n > 5")));
+    assert!(h.get().is_err());
+}
+
 fn worker_counts_out_of_range_are_config_errors() {
     for n in [0, 4097, usize::MAX] {
         for pinning in [Pinning::PerCpu, Pinning::None] {
@@ -548,6 +573,7 @@ fn main() {
         callbacks_run_without_anyone_waiting,
         an_idle_pool_costs_nothing,
         worker_counts_out_of_range_are_config_errors,
+        map_callbacks_run_once_with_the_whole_result,
         get_timeout_can_be_called_again,
         endless_timeouts_are_no_timeouts,
     ]);

@@ -843,9 +843,10 @@ impl Pool {
         trampoline: i64,
         items: impl IntoIterator<Item = A>,
         chunksize: Option<usize>,
+        callbacks: Callbacks<Vec<R>>,
     ) -> Result<AsyncResult<Vec<R>>> {
         let Chunks { payloads, items } = self.encode_chunks(items, chunksize)?;
-        let cell = Cell::new(Callbacks::new());
+        let cell = Cell::new(callbacks);
         let collector: Arc<dyn Completion> =
             MapCollector::<R>::new(payloads.len(), items, cell.clone());
         let tasks = payloads
@@ -925,11 +926,48 @@ impl Pool {
         A: Wire,
         R: Wire,
     {
+        self.map_async_with(f, items, chunksize, Callbacks::new())
+    }
+
+    /// [`map_async`](Self::map_async) with Python's `callback` (called once
+    /// with the whole result) and `error_callback` (with the first error).
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(2)?;
+    ///     let (tx, rx) = mpsc::channel();
+    ///     let cb = corepool::Callbacks::new()
+    ///         .on_success(move |squares: &Vec<u64>| tx.send(squares.iter().sum::<u64>()).unwrap());
+    ///     pool.map_async_with(|x: u64| x * x, 0..4u64, None, cb)?;
+    ///     assert_eq!(rx.recv().unwrap(), 14);
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map), at submission.
+    pub fn map_async_with<F, A, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+        callbacks: Callbacks<Vec<R>>,
+    ) -> Result<AsyncResult<Vec<R>>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
         let _ = f;
         self.submit_chunks(
             task::offset_of(task::call_chunk::<F, A, R>),
             items,
             chunksize,
+            callbacks,
         )
     }
 
@@ -987,11 +1025,47 @@ impl Pool {
         T: Wire,
         R: Wire,
     {
+        self.starmap_async_with(f, items, chunksize, Callbacks::new())
+    }
+
+    /// [`starmap_async`](Self::starmap_async) with Python's `callback` and
+    /// `error_callback`.
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(2)?;
+    ///     let (tx, rx) = mpsc::channel();
+    ///     let cb = corepool::Callbacks::new().on_error(move |e| tx.send(e.clone()).unwrap());
+    ///     pool.starmap_async_with(|a: u64, b: u64| a / b, vec![(4, 2), (1, 0)], None, cb)?;
+    ///     assert!(matches!(rx.recv().unwrap(), corepool::Error::Panicked { .. }));
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map), at submission.
+    pub fn starmap_async_with<F, T, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = T>,
+        chunksize: Option<usize>,
+        callbacks: Callbacks<Vec<R>>,
+    ) -> Result<AsyncResult<Vec<R>>>
+    where
+        F: StarFn<T, R>,
+        T: Wire,
+        R: Wire,
+    {
         let _ = f;
         self.submit_chunks(
             task::offset_of(task::call_star_chunk::<F, T, R>),
             items,
             chunksize,
+            callbacks,
         )
     }
 
