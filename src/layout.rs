@@ -6,6 +6,7 @@
 //! 256    parent doorbell (futex word, own cache line)
 //! 4096   slot 0: control block | task ring data | result ring data
 //! ...    slot 1, 2, ... every `slot_stride` bytes
+//! end    the initializer's encoded argument (`init_arg_len` bytes), if any
 //! ```
 //!
 //! Every position is an offset from the segment base, computed by both sides
@@ -20,7 +21,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 /// "COREPOOL".
 pub(crate) const MAGIC: [u8; 8] = *b"COREPOOL";
 /// Bumped on any change to the layout or the record protocol.
-pub(crate) const VERSION: u32 = 2;
+pub(crate) const VERSION: u32 = 3;
 /// Header flag: `initializer` holds a function offset.
 pub(crate) const FLAG_INITIALIZER: u32 = 1;
 
@@ -48,8 +49,12 @@ pub(crate) struct Header {
     /// 0 means unlimited.
     pub max_tasks_per_child: u64,
     pub parent_pid: i32,
-    pub _reserved: u32,
+    /// Length of the initializer's encoded argument, after the last slot.
+    pub init_arg_len: u32,
 }
+
+/// The largest encoded initializer argument a pool accepts.
+pub(crate) const MAX_INIT_ARG: usize = 16 << 20;
 
 /// Sizes and offsets derived from the header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +63,9 @@ pub(crate) struct Layout {
     pub task_ring_bytes: u32,
     pub result_ring_bytes: u32,
     pub slot_stride: usize,
+    /// Where the initializer's argument starts, and its length.
+    pub init_arg_offset: usize,
+    pub init_arg_len: usize,
     pub total: usize,
 }
 
@@ -82,6 +90,7 @@ impl Layout {
         workers: usize,
         task_ring_bytes: u32,
         result_ring_bytes: u32,
+        init_arg_len: usize,
     ) -> Result<Self> {
         for (name, bytes) in [("task", task_ring_bytes), ("result", result_ring_bytes)] {
             if !bytes.is_power_of_two() || !(4096..=1 << 30).contains(&bytes) {
@@ -93,6 +102,13 @@ impl Layout {
             }
         }
         check_workers(workers)?;
+        if init_arg_len > MAX_INIT_ARG {
+            return Err(Error::InvalidConfig {
+                what: format!(
+                    "an initializer argument of {init_arg_len} encoded bytes, over the {MAX_INIT_ARG}-byte limit: pass large data in a `SharedArray`"
+                ),
+            });
+        }
         let overflow = || Error::InvalidConfig {
             what: "rings too large for this many workers".into(),
         };
@@ -100,15 +116,20 @@ impl Layout {
             .checked_add(task_ring_bytes as usize)
             .and_then(|n| n.checked_add(result_ring_bytes as usize))
             .ok_or_else(overflow)?;
-        let total = slot_stride
+        let init_arg_offset = slot_stride
             .checked_mul(workers)
             .and_then(|n| n.checked_add(PAGE))
+            .ok_or_else(overflow)?;
+        let total = init_arg_offset
+            .checked_add(init_arg_len)
             .ok_or_else(overflow)?;
         Ok(Self {
             workers,
             task_ring_bytes,
             result_ring_bytes,
             slot_stride,
+            init_arg_offset,
+            init_arg_len,
             total,
         })
     }
@@ -151,11 +172,42 @@ pub(crate) fn read_header(seg: &Segment) -> Result<(Header, Layout)> {
         header.workers as usize,
         header.task_ring_bytes,
         header.result_ring_bytes,
+        header.init_arg_len as usize,
     )?;
     if layout.total > seg.len() || header.segment_bytes != seg.len() as u64 {
         return Err(bad("segment is smaller than its header says".into()));
     }
     Ok((header, layout))
+}
+
+/// Writes the initializer's encoded argument after the last slot. Only before
+/// any worker maps the segment.
+pub(crate) fn write_init_arg(seg: &Segment, layout: &Layout, bytes: &[u8]) -> Result<()> {
+    if bytes.len() != layout.init_arg_len {
+        return Err(Error::InvalidConfig {
+            what: "initializer argument does not match the layout".into(),
+        });
+    }
+    let dst = seg
+        .at(layout.init_arg_offset, bytes.len())
+        .ok_or_else(|| Error::InvalidConfig {
+            what: "initializer argument outside the segment".into(),
+        })?;
+    // SAFETY: `at` checked the range lies in the segment; no other process
+    // maps it yet, and `bytes` is our own memory, so they do not overlap.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
+    Ok(())
+}
+
+/// Copies the initializer's encoded argument out of the segment. `layout`
+/// came from `read_header`, which checked that it fits the segment.
+pub(crate) fn read_init_arg(seg: &Segment, layout: &Layout) -> Option<Vec<u8>> {
+    let src = seg.at(layout.init_arg_offset, layout.init_arg_len)?;
+    let mut out = vec![0u8; layout.init_arg_len];
+    // SAFETY: `at` checked the range lies in the segment; we copy bytes (the
+    // parent wrote them before this worker started) into our own vector.
+    unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
+    Some(out)
 }
 
 /// The parent's doorbell: a futex word workers ring after publishing results.
@@ -184,7 +236,7 @@ pub(crate) mod state {
 pub(crate) mod fail {
     pub(crate) const NONE: u32 = 0;
     pub(crate) const BINARY_MISMATCH: u32 = 1;
-    pub(crate) const INITIALIZER_PANICKED: u32 = 2;
+    pub(crate) const INITIALIZER_FAILED: u32 = 2;
 }
 
 /// One worker's part of the segment.
@@ -305,15 +357,18 @@ mod tests {
 
     #[test]
     fn layout_rejects_bad_sizes() {
-        assert!(Layout::new(2, 4096, 4096).is_ok());
-        assert!(Layout::new(2, 5000, 4096).is_err());
-        assert!(Layout::new(0, 4096, 4096).is_err());
-        assert!(Layout::new(4096, 1 << 30, 1 << 30).is_ok() || cfg!(target_pointer_width = "32"));
+        assert!(Layout::new(2, 4096, 4096, 0).is_ok());
+        assert!(Layout::new(2, 5000, 4096, 0).is_err());
+        assert!(Layout::new(0, 4096, 4096, 0).is_err());
+        assert!(Layout::new(2, 4096, 4096, MAX_INIT_ARG + 1).is_err());
+        assert!(
+            Layout::new(4096, 1 << 30, 1 << 30, 0).is_ok() || cfg!(target_pointer_width = "32")
+        );
     }
 
     #[test]
     fn header_round_trips_and_is_validated() {
-        let layout = Layout::new(2, 4096, 8192).unwrap();
+        let layout = Layout::new(2, 4096, 8192, 0).unwrap();
         let seg = Segment::create(c"corepool-test", layout.total).unwrap();
         assert!(read_header(&seg).is_err(), "no magic yet");
         let header = Header {

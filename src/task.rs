@@ -147,6 +147,16 @@ where
     Ok(())
 }
 
+/// Runs a worker initializer with its argument (Python's `initargs`).
+pub(crate) fn call_init_with<F, A>(input: &[u8], _: &mut Vec<u8>) -> Result<()>
+where
+    F: Fn(A) + Copy + Send + Sync + 'static,
+    A: Wire,
+{
+    conjure::<F>()(decode_exact::<A>(input)?);
+    Ok(())
+}
+
 /// A function that takes its arguments as a tuple spread out, as Python's
 /// `starmap` calls `f(*args)`. Implemented for `fn` items and non-capturing
 /// closures of one to six arguments.

@@ -234,8 +234,14 @@ fn serve(token: Token) -> i32 {
         // SAFETY: same binary (fingerprint checked above); the offset was made
         // by `offset_of` in the parent.
         let init = unsafe { task::from_offset(header.initializer) };
-        if catch_unwind(AssertUnwindSafe(|| init(&[], &mut Vec::new()))).is_err() {
-            let message = take_panic_message();
+        // `read_header` checked that the argument lies inside the segment.
+        let arg = layout::read_init_arg(&seg, &layout).unwrap_or_default();
+        let outcome = catch_unwind(AssertUnwindSafe(|| init(&arg, &mut Vec::new())));
+        if !matches!(outcome, Ok(Ok(()))) {
+            let message = match outcome {
+                Ok(Err(e)) => format!("the initializer's argument did not decode: {e}"),
+                _ => format!("the initializer panicked: {}", take_panic_message()),
+            };
             let rec = RecordHeader {
                 kind: kind::PANICKED,
                 id: u64::MAX,
@@ -243,7 +249,7 @@ fn serve(token: Token) -> i32 {
             };
             let _ = results.write(rec, message.as_bytes());
             let _ = results.publish();
-            return fail_start(fail::INITIALIZER_PANICKED);
+            return fail_start(fail::INITIALIZER_FAILED);
         }
     }
     // Release pairs with the parent's Acquire load of `state`.

@@ -296,6 +296,43 @@ fn initializer_panic_fails_build() {
     }
 }
 
+static SETTING: std::sync::OnceLock<(String, SharedArray<u64>)> = std::sync::OnceLock::new();
+
+fn remember(setting: (String, SharedArray<u64>)) {
+    // Count the initializer runs in the array the parent handed over.
+    let runs = setting.1.get(0).unwrap();
+    setting.1.set(0, runs + 1).unwrap();
+    SETTING.set(setting).unwrap();
+}
+
+fn recall(_: u64) -> (String, u64) {
+    let (name, runs) = SETTING.get().expect("the initializer ran");
+    (name.clone(), runs.get(0).unwrap())
+}
+
+fn initializer_with_hands_every_worker_its_argument() {
+    // The pool holds the only handle to the array: replacements started
+    // later must still be able to open it.
+    let runs = SharedArray::<u64>::new(1).unwrap();
+    let pool = Pool::builder()
+        .workers(2)
+        .max_tasks_per_child(3) // replacements must get the argument too
+        .initializer_with(remember, ("blue".to_string(), runs))
+        .build()
+        .unwrap();
+    let seen = pool.map(recall, 0..30u64, Some(1)).unwrap();
+    assert!(seen.iter().all(|s| s.0 == "blue"), "{seen:?}");
+    // Two first workers, then one per 3 tasks: more runs than workers.
+    assert!(seen.iter().any(|s| s.1 > 2), "{seen:?}");
+
+    let too_big = Pool::builder()
+        .workers(1)
+        .initializer_with(|_: Vec<u8>| {}, vec![0u8; 17 << 20])
+        .build()
+        .unwrap_err();
+    assert!(matches!(too_big, Error::InvalidConfig { .. }), "{too_big}");
+}
+
 fn max_tasks_per_child_replaces_workers_without_losing_work() {
     let pool = Pool::builder()
         .workers(2)
@@ -564,6 +601,7 @@ fn main() {
         oversized_arguments_and_results_are_typed_errors,
         initializer_runs_in_every_worker,
         initializer_panic_fails_build,
+        initializer_with_hands_every_worker_its_argument,
         max_tasks_per_child_replaces_workers_without_losing_work,
         long_tasks_do_not_leave_a_core_idle,
         pools_from_many_threads,

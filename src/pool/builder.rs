@@ -4,6 +4,7 @@ use super::Pool;
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::task;
+use crate::wire::Wire;
 use std::time::Duration;
 
 /// Where workers run.
@@ -27,6 +28,16 @@ pub enum Pinning {
     Cpus(Vec<usize>),
 }
 
+/// Shared objects an encoded value names, kept open (see `wire::keep_alive`).
+#[derive(Clone, Default)]
+struct KeptAlive(std::sync::Arc<crate::wire::KeepAlive>);
+
+impl std::fmt::Debug for KeptAlive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} shared object(s)", self.0.len())
+    }
+}
+
 /// Builds a [`Pool`]: `Pool::builder().workers(4).pinning(Pinning::None).build()?`.
 ///
 /// ```
@@ -47,6 +58,10 @@ pub struct PoolBuilder {
     pinning: Pinning,
     ring_bytes: u32,
     initializer: Option<i64>,
+    initializer_arg: Vec<u8>,
+    /// Shared objects the argument names (a `SharedArray`, a `Queue`): kept
+    /// open while the pool lives, for workers started later.
+    initializer_keep: KeptAlive,
     max_tasks_per_child: u64,
     retries: u32,
     task_timeout: Option<Duration>,
@@ -60,6 +75,8 @@ impl Default for PoolBuilder {
             pinning: Pinning::PerCpu,
             ring_bytes: 1 << 20,
             initializer: None,
+            initializer_arg: Vec::new(),
+            initializer_keep: KeptAlive::default(),
             max_tasks_per_child: 0,
             retries: 0,
             task_timeout: None,
@@ -99,6 +116,55 @@ impl PoolBuilder {
     {
         let _ = f;
         self.initializer = Some(task::offset_of(task::call_init::<F>));
+        self.initializer_arg.clear();
+        self.initializer_keep = KeptAlive::default();
+        self
+    }
+
+    /// [`initializer`](Self::initializer) with an argument, which every
+    /// worker (and every replacement) receives a copy of: Python's
+    /// `initializer(*initargs)`. Tasks cannot capture, so this is how workers
+    /// get their configuration. Replaces any earlier initializer. Shared
+    /// objects in the argument (a [`SharedArray`](crate::SharedArray), a
+    /// [`Queue`](crate::Queue)) stay open while the pool lives.
+    ///
+    /// ```
+    /// use std::sync::OnceLock;
+    ///
+    /// static GREETING: OnceLock<String> = OnceLock::new();
+    ///
+    /// fn setup(greeting: String) {
+    ///     GREETING.set(greeting).unwrap();
+    /// }
+    ///
+    /// fn greet(name: String) -> String {
+    ///     format!("{}, {name}", GREETING.get().unwrap())
+    /// }
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::builder()
+    ///         .workers(2)
+    ///         .initializer_with(setup, "hello".to_string())
+    ///         .build()?;
+    ///     assert_eq!(pool.apply(greet, "world".to_string())?, "hello, world");
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// An argument whose encoding exceeds 16 MiB makes `build` fail with
+    /// [`Error::InvalidConfig`]: pass large data in a
+    /// [`SharedArray`](crate::SharedArray).
+    pub fn initializer_with<F, A>(mut self, f: F, arg: A) -> Self
+    where
+        F: Fn(A) + Copy + Send + Sync + 'static,
+        A: Wire,
+    {
+        let _ = f;
+        self.initializer = Some(task::offset_of(task::call_init_with::<F, A>));
+        crate::wire::take_keep_alive(); // nothing stale from elsewhere
+        self.initializer_arg = crate::wire::encode_to_vec(&arg);
+        self.initializer_keep = KeptAlive(std::sync::Arc::new(crate::wire::take_keep_alive()));
         self
     }
 
@@ -148,6 +214,8 @@ impl PoolBuilder {
             cpus,
             ring_bytes: self.ring_bytes,
             initializer: self.initializer,
+            initializer_arg: self.initializer_arg,
+            initializer_keep: self.initializer_keep.0,
             policy: super::FaultPolicy {
                 max_tasks_per_child: self.max_tasks_per_child,
                 retries: self.retries,

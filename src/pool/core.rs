@@ -333,15 +333,16 @@ impl Core {
                         actions.progress = true;
                         return;
                     }
-                    fail::INITIALIZER_PANICKED => {
+                    fail::INITIALIZER_FAILED => {
                         let mut claimed = Vec::new();
-                        let mut message = String::from("the initializer panicked");
+                        let mut message = String::from("the initializer failed");
                         if let Ok(1) = w.results.claim(1, &mut claimed) {
+                            // The worker's own sentence ("the initializer
+                            // panicked: ..."), cut to a sane length.
                             w.results.read_payload(&claimed[0], &mut self.buf);
-                            message = format!(
-                                "the initializer panicked: {}",
+                            message =
                                 String::from_utf8_lossy(&self.buf[..self.buf.len().min(4096)])
-                            );
+                                    .into_owned();
                         }
                         message
                     }

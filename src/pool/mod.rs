@@ -37,6 +37,10 @@ pub(crate) struct Config {
     cpus: Vec<Option<usize>>,
     ring_bytes: u32,
     initializer: Option<i64>,
+    /// The initializer's encoded argument (empty for none).
+    initializer_arg: Vec<u8>,
+    /// What that argument names, kept open while the pool lives.
+    initializer_keep: Arc<crate::wire::KeepAlive>,
     policy: FaultPolicy,
     start_timeout: Duration,
 }
@@ -44,6 +48,9 @@ pub(crate) struct Config {
 /// State shared by the pool handle, its threads and its result handles.
 pub(crate) struct Shared {
     seg: Segment,
+    /// Shared objects the initializer's argument names: every worker,
+    /// replacements included, decodes it while the pool lives.
+    _initializer_keep: Arc<crate::wire::KeepAlive>,
     slots: Vec<Slot>,
     core: Mutex<Core>,
     /// Signalled (with `core` held or just released) when workers start,
@@ -467,7 +474,12 @@ impl Pool {
             return Err(Error::NotInitialized);
         }
         let n = config.cpus.len();
-        let layout = Layout::new(n, config.ring_bytes, config.ring_bytes)?;
+        let layout = Layout::new(
+            n,
+            config.ring_bytes,
+            config.ring_bytes,
+            config.initializer_arg.len(),
+        )?;
         let seg = Segment::create(c"corepool", layout.total)?;
         let parent_pid = std::process::id() as i32;
         layout::write_header(
@@ -489,9 +501,10 @@ impl Pool {
                 initializer: config.initializer.unwrap_or(0),
                 max_tasks_per_child: config.policy.max_tasks_per_child,
                 parent_pid,
-                _reserved: 0,
+                init_arg_len: layout.init_arg_len as u32,
             },
         );
+        layout::write_init_arg(&seg, &layout, &config.initializer_arg)?;
         let slots: Vec<Slot> = (0..n)
             .map(|i| Slot::new(&seg, &layout, i).expect("slot in layout"))
             .collect();
@@ -526,6 +539,7 @@ impl Pool {
             outstanding: AtomicUsize::new(0),
             next_deadline_ns: AtomicU64::new(u64::MAX),
             epoch: Instant::now(),
+            _initializer_keep: config.initializer_keep,
         });
         let weak = Arc::downgrade(&shared);
         let supervisor = Supervisor::start(segment_fd, parent_pid, move |event| {
