@@ -77,6 +77,27 @@ pub use shared_array::SharedArray;
 pub use task::StarFn;
 pub use value::{Array, AtomicInt, AtomicValue, Value};
 pub use wire::{Plain, Serde, Wire};
+
+/// The `bytemuck` this corepool is built with, so that your `Pod` types use
+/// the same version without a dependency of your own:
+///
+/// ```
+/// use corepool::bytemuck::{Pod, Zeroable};
+/// use corepool::{Plain, Wire};
+///
+/// #[repr(C)]
+/// #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+/// #[bytemuck(crate = "corepool::bytemuck")]
+/// struct Point {
+///     x: f64,
+///     y: f64,
+/// }
+///
+/// let mut bytes = Vec::new();
+/// Plain(Point { x: 1.0, y: 2.0 }).encode(&mut bytes);
+/// assert_eq!(bytes.len(), 16); // one copy, no serialization
+/// ```
+pub use bytemuck;
 pub use worker::init;
 
 /// Locks a mutex, recovering from poisoning (a panicking callback must not
