@@ -196,13 +196,28 @@ impl<T: Wire> PipeEnd<T> {
         self.recv_until(None)
     }
 
-    /// Receives the next value, waiting at most `timeout`.
+    /// Receives the next value, waiting at most `timeout`. A timeout too long
+    /// to represent as an [`Instant`] (such as [`Duration::MAX`]) waits
+    /// without limit, like [`recv`](Self::recv).
     ///
     /// # Errors
     ///
     /// [`Error::Timeout`] if none came in time; as [`recv`](Self::recv).
+    ///
+    /// ```
+    /// use corepool::{Error, Pipe};
+    /// use std::time::Duration;
+    ///
+    /// let (a, b) = Pipe::duplex::<u64>().unwrap();
+    /// assert!(matches!(
+    ///     b.recv_timeout(Duration::from_millis(1)),
+    ///     Err(Error::Timeout)
+    /// ));
+    /// a.send(&7).unwrap();
+    /// assert_eq!(b.recv_timeout(Duration::MAX).unwrap(), 7);
+    /// ```
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T> {
-        self.recv_until(Some(Instant::now() + timeout))
+        self.recv_until(crate::park::deadline_after(timeout))
     }
 
     fn recv_until(&self, deadline: Option<Instant>) -> Result<T> {

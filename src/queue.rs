@@ -32,7 +32,7 @@
 
 use crate::error::{Error, Result};
 use crate::handle::{process_is_dead, type_tag, SharedSegment};
-use crate::park::Spinner;
+use crate::park::{deadline_after, Spinner};
 use crate::sys;
 use crate::wire::{decode_error, decode_exact, Wire};
 use std::fmt;
@@ -344,14 +344,28 @@ impl<T: Wire> Queue<T> {
         self.put_until(value, None)
     }
 
-    /// Puts `value`, waiting at most `timeout` for room.
+    /// Puts `value`, waiting at most `timeout` for room. A timeout too long
+    /// to represent as an [`Instant`] (such as [`Duration::MAX`]) waits
+    /// without limit, like [`put`](Self::put).
     ///
     /// # Errors
     ///
     /// [`Error::Timeout`] if there was no room in time; as
     /// [`try_put`](Self::try_put).
+    ///
+    /// ```
+    /// use corepool::{Error, Queue};
+    /// use std::time::Duration;
+    ///
+    /// let q = Queue::<u64>::new(1).unwrap();
+    /// q.put_timeout(&1, Duration::MAX).unwrap(); // room: no wait at all
+    /// assert!(matches!(
+    ///     q.put_timeout(&2, Duration::from_millis(1)),
+    ///     Err(Error::Timeout)
+    /// ));
+    /// ```
     pub fn put_timeout(&self, value: &T, timeout: Duration) -> Result<()> {
-        self.put_until(value, Some(Instant::now() + timeout))
+        self.put_until(value, deadline_after(timeout))
     }
 
     fn put_until(&self, value: &T, deadline: Option<Instant>) -> Result<()> {
@@ -401,13 +415,28 @@ impl<T: Wire> Queue<T> {
         self.get_until(None)
     }
 
-    /// Takes a value, waiting at most `timeout`.
+    /// Takes a value, waiting at most `timeout`. A timeout too long to
+    /// represent as an [`Instant`] (such as [`Duration::MAX`]) waits without
+    /// limit, like [`get`](Self::get).
     ///
     /// # Errors
     ///
     /// [`Error::Timeout`] if none came in time; as [`try_get`](Self::try_get).
+    ///
+    /// ```
+    /// use corepool::{Error, Queue};
+    /// use std::time::Duration;
+    ///
+    /// let q = Queue::<u64>::new(4).unwrap();
+    /// assert!(matches!(
+    ///     q.get_timeout(Duration::from_millis(1)),
+    ///     Err(Error::Timeout)
+    /// ));
+    /// q.put(&7).unwrap();
+    /// assert_eq!(q.get_timeout(Duration::MAX).unwrap(), 7);
+    /// ```
     pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
-        self.get_until(Some(Instant::now() + timeout))
+        self.get_until(deadline_after(timeout))
     }
 
     fn get_until(&self, deadline: Option<Instant>) -> Result<T> {

@@ -115,6 +115,21 @@ fn blocked_calls_end_with_a_clear_error() {
     assert_eq!(waiter.join().unwrap(), 7, "get returned QueueClosed");
 }
 
+fn an_endless_timeout_waits_without_panicking() {
+    // `Instant::now() + Duration::MAX` overflows: such a timeout must mean
+    // "no deadline", and a call that need not wait returns at once.
+    let q = Queue::<u64>::new(2).unwrap();
+    q.put_timeout(&1, Duration::MAX).unwrap();
+    assert_eq!(q.get_timeout(Duration::MAX).unwrap(), 1);
+    let (a, b) = Pipe::duplex::<u64>().unwrap();
+    a.send(&2).unwrap();
+    assert_eq!(b.recv_timeout(Duration::MAX).unwrap(), 2);
+    // And one that must wait is released by the value it waits for.
+    let child = Process::start(produce, (q.clone(), 5, 1)).unwrap();
+    assert_eq!(q.get_timeout(Duration::MAX).unwrap(), 5);
+    assert_eq!(child.join().unwrap(), 1);
+}
+
 fn echo(end: PipeEnd<u64>) -> u64 {
     let mut n = 0;
     while let Ok(v) = end.recv() {
@@ -246,6 +261,7 @@ fn main() {
         a_producer_dying_mid_put_blocks_nobody,
         a_consumer_dying_mid_get_blocks_nobody,
         blocked_calls_end_with_a_clear_error,
+        an_endless_timeout_waits_without_panicking,
         duplex_ping_pong_and_end_of_stream,
         one_way_pipes_drain_then_end,
         a_dead_peer_ends_blocked_calls,
