@@ -28,7 +28,9 @@
 //!
 //! Every word read from the segment is validated (lengths against the slot
 //! size, pids against pid_max); the queue's processes are peers that may die
-//! at any instruction.
+//! at any instruction. Positions (`head`, `tail`, and the `seq` of a slot)
+//! are read from the segment too, so all arithmetic on them wraps: a garbage
+//! word can make the queue report full or empty, never overflow and panic.
 
 use crate::error::{Error, Result};
 use crate::handle::{process_is_dead, type_tag, SharedSegment};
@@ -271,6 +273,8 @@ impl<T> Queue<T> {
     pub fn len(&self) -> usize {
         let head = self.head().load(Ordering::Acquire);
         let tail = self.tail().load(Ordering::Acquire);
+        // Saturating, not wrapping: `head` never passes `tail`, and a garbage
+        // `head` beyond `tail` had better read as empty than as full.
         tail.saturating_sub(head).min(self.capacity) as usize
     }
 
@@ -532,9 +536,12 @@ impl<T: Wire> Queue<T> {
             if seq == t & SEQ_MASK {
                 if phase != EMPTY {
                     // Someone claimed t and has not moved `tail`: help.
-                    let _ =
-                        self.tail()
-                            .compare_exchange(t, t + 1, Ordering::AcqRel, Ordering::Acquire);
+                    let _ = self.tail().compare_exchange(
+                        t,
+                        t.wrapping_add(1),
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
                     continue;
                 }
                 // AcqRel: pairs with the consumer's Release store of EMPTY
@@ -550,9 +557,12 @@ impl<T: Wire> Queue<T> {
                 {
                     continue;
                 }
-                let _ = self
-                    .tail()
-                    .compare_exchange(t, t + 1, Ordering::AcqRel, Ordering::Acquire);
+                let _ = self.tail().compare_exchange(
+                    t,
+                    t.wrapping_add(1),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
                 let dst = self.slot_base(t) + SLOT_HEADER;
                 if let Some(p) = self.map.segment().at(dst, bytes.len()) {
                     // SAFETY: in bounds (checked); the slot is ours (WRITING)
@@ -624,7 +634,7 @@ impl<T: Wire> Queue<T> {
                         }
                         let _ = self.head().compare_exchange(
                             h,
-                            h + 1,
+                            h.wrapping_add(1),
                             Ordering::AcqRel,
                             Ordering::Acquire,
                         );
@@ -655,7 +665,10 @@ impl<T: Wire> Queue<T> {
                         };
                         // Release pairs with the producer's AcqRel claim CAS
                         // one lap later: our read is done before it writes.
-                        state.store(pack(h + self.capacity, EMPTY, 0), Ordering::Release);
+                        state.store(
+                            pack(h.wrapping_add(self.capacity), EMPTY, 0),
+                            Ordering::Release,
+                        );
                         self.notify(NOT_FULL_AT);
                         return Got::Value(take(copy));
                     }
@@ -665,7 +678,7 @@ impl<T: Wire> Queue<T> {
                         if state
                             .compare_exchange(
                                 word,
-                                pack(h + self.capacity, EMPTY, 0),
+                                pack(h.wrapping_add(self.capacity), EMPTY, 0),
                                 Ordering::AcqRel,
                                 Ordering::Acquire,
                             )
@@ -673,7 +686,7 @@ impl<T: Wire> Queue<T> {
                         {
                             let _ = self.head().compare_exchange(
                                 h,
-                                h + 1,
+                                h.wrapping_add(1),
                                 Ordering::AcqRel,
                                 Ordering::Acquire,
                             );
@@ -686,7 +699,7 @@ impl<T: Wire> Queue<T> {
                         // READING: another consumer took h; help `head` on.
                         let _ = self.head().compare_exchange(
                             h,
-                            h + 1,
+                            h.wrapping_add(1),
                             Ordering::AcqRel,
                             Ordering::Acquire,
                         );
@@ -694,11 +707,14 @@ impl<T: Wire> Queue<T> {
                     }
                 }
             }
-            if seq == (h + self.capacity) & SEQ_MASK {
+            if seq == h.wrapping_add(self.capacity) & SEQ_MASK {
                 // Already consumed; `head` lags: help it on.
-                let _ = self
-                    .head()
-                    .compare_exchange(h, h + 1, Ordering::AcqRel, Ordering::Acquire);
+                let _ = self.head().compare_exchange(
+                    h,
+                    h.wrapping_add(1),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
                 continue;
             }
             // `h` was stale, or the slot is from an older lap still being
@@ -720,9 +736,9 @@ impl<T: Wire> Queue<T> {
             Ordering::AcqRel,
             Ordering::Acquire,
         );
-        let _ = self
-            .head()
-            .compare_exchange(h, h + 1, Ordering::AcqRel, Ordering::Acquire);
+        let _ =
+            self.head()
+                .compare_exchange(h, h.wrapping_add(1), Ordering::AcqRel, Ordering::Acquire);
         std::process::abort()
     }
 
@@ -737,9 +753,9 @@ impl<T: Wire> Queue<T> {
             Ordering::AcqRel,
             Ordering::Acquire,
         );
-        let _ = self
-            .tail()
-            .compare_exchange(t, t + 1, Ordering::AcqRel, Ordering::Acquire);
+        let _ =
+            self.tail()
+                .compare_exchange(t, t.wrapping_add(1), Ordering::AcqRel, Ordering::Acquire);
         std::process::abort()
     }
 }
@@ -821,6 +837,31 @@ mod tests {
         assert!(matches!(q.put(&6), Err(Error::QueueClosed)));
         assert_eq!(q.get().unwrap(), 5, "drains after close");
         assert!(matches!(q.get(), Err(Error::QueueClosed)));
+    }
+
+    #[test]
+    fn positions_wrap_at_the_top_of_u64() {
+        // Positions come from shared memory: one at u64::MAX must wrap to 0
+        // (debug builds would panic on `+ 1`), and the queue go on working.
+        let q = Queue::<u64>::new(4).unwrap();
+        let top = u64::MAX;
+        q.head().store(top, Ordering::Relaxed);
+        q.tail().store(top, Ordering::Relaxed);
+        q.slot_state(top)
+            .store(pack(top, EMPTY, 0), Ordering::Relaxed);
+        assert!(q.try_put(&1).unwrap());
+        assert_eq!(q.tail().load(Ordering::Relaxed), 0, "tail wrapped");
+        assert!(q.try_put(&2).unwrap());
+        assert_eq!(q.try_get().unwrap(), Some(1));
+        assert_eq!(q.head().load(Ordering::Relaxed), 0, "head wrapped");
+        assert_eq!(q.try_get().unwrap(), Some(2));
+        assert_eq!(q.try_get().unwrap(), None);
+        // Garbage positions (head past tail): no panic, no value made up.
+        q.head().store(top - 1, Ordering::Relaxed);
+        q.tail().store(3, Ordering::Relaxed);
+        assert_eq!(q.try_get().unwrap(), None);
+        assert!(q.try_put(&3).is_ok());
+        assert!(q.len() <= q.capacity());
     }
 
     #[test]
