@@ -71,7 +71,18 @@ impl Pipe {
     }
 
     /// Connected ends with room for `capacity` values of up to
-    /// `message_bytes` encoded bytes in each direction.
+    /// `message_bytes` encoded bytes in each direction. As with
+    /// [`Queue::new`], the capacity is rounded up to the next power of two.
+    ///
+    /// ```
+    /// use corepool::Pipe;
+    ///
+    /// let (a, b) = Pipe::with_capacity::<u64>(3, 64, true).unwrap();
+    /// for i in 0..4 {
+    ///     a.send(&i).unwrap(); // room for 4: none of these waits
+    /// }
+    /// assert_eq!(b.recv().unwrap(), 0);
+    /// ```
     ///
     /// # Errors
     ///

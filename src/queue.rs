@@ -163,23 +163,51 @@ fn stride_for(message_bytes: usize) -> usize {
 }
 
 impl<T> Queue<T> {
-    /// A queue of `capacity` values (rounded up to a power of two) of at most
-    /// 240 encoded bytes each.
+    /// A queue of at least `capacity` values of at most 240 encoded bytes
+    /// each. The capacity is rounded up to the next power of two (5 becomes
+    /// 8); [`capacity`](Self::capacity) reports the real one, and that many
+    /// values fit before [`try_put`](Self::try_put) reports the queue full.
     ///
     /// # Errors
     ///
     /// As [`with_message_bytes`](Self::with_message_bytes).
+    ///
+    /// ```
+    /// use corepool::Queue;
+    ///
+    /// let q = Queue::<u64>::new(5).unwrap();
+    /// assert_eq!(q.capacity(), 8);
+    /// for i in 0..8 {
+    ///     assert!(q.try_put(&i).unwrap());
+    /// }
+    /// assert!(!q.try_put(&8).unwrap(), "full");
+    /// ```
     pub fn new(capacity: usize) -> Result<Self> {
         Self::with_message_bytes(capacity, 240)
     }
 
-    /// A queue of `capacity` values (rounded up to a power of two) of at most
-    /// `message_bytes` encoded bytes each.
+    /// A queue of at least `capacity` values of at most `message_bytes`
+    /// encoded bytes each. The capacity is rounded up to the next power of
+    /// two; [`capacity`](Self::capacity) reports the real one. Each slot takes
+    /// `message_bytes` plus a 16-byte header, rounded up to 64 bytes.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for a capacity of 0 or above 2^24, or a
-    /// message size of 0 or above 16 MiB; [`Error::SharedMemory`].
+    /// [`Error::InvalidConfig`] for a capacity of 0 or above 2^24 (checked
+    /// before rounding, so 2^24 itself is the largest), or a message size of
+    /// 0 or above 16 MiB; [`Error::SharedMemory`].
+    ///
+    /// ```
+    /// use corepool::{Error, Queue};
+    ///
+    /// let q = Queue::<Vec<u8>>::with_message_bytes(3, 1024).unwrap();
+    /// assert_eq!((q.capacity(), q.message_bytes()), (4, 1024));
+    /// assert!(matches!(
+    ///     q.put(&vec![0; 2000]),
+    ///     Err(Error::ArgumentTooLarge { .. })
+    /// ));
+    /// assert!(Queue::<u64>::with_message_bytes(0, 8).is_err());
+    /// ```
     pub fn with_message_bytes(capacity: usize, message_bytes: usize) -> Result<Self> {
         if capacity == 0 || capacity > 1 << 24 {
             return Err(Error::InvalidConfig {
@@ -283,7 +311,15 @@ impl<T> Queue<T> {
         self.len() == 0
     }
 
-    /// How many values it can hold.
+    /// How many values it can hold: the capacity asked for, rounded up to the
+    /// next power of two.
+    ///
+    /// ```
+    /// use corepool::Queue;
+    ///
+    /// assert_eq!(Queue::<u64>::new(8).unwrap().capacity(), 8);
+    /// assert_eq!(Queue::<u64>::new(9).unwrap().capacity(), 16);
+    /// ```
     pub fn capacity(&self) -> usize {
         self.capacity as usize
     }

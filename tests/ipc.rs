@@ -130,6 +130,24 @@ fn an_endless_timeout_waits_without_panicking() {
     assert_eq!(child.join().unwrap(), 1);
 }
 
+fn capacity_is_rounded_up_to_a_power_of_two() {
+    let q = Queue::<u64>::new(5).unwrap();
+    assert_eq!(q.capacity(), 8);
+    for i in 0..8 {
+        assert!(q.try_put(&i).unwrap(), "value {i} fits");
+    }
+    assert!(!q.try_put(&8).unwrap(), "the 9th finds it full");
+    assert_eq!(q.len(), 8);
+    // The same holds for a copy in another process.
+    let got = Process::start(|q: Queue<u64>| q.capacity() as u64, q.clone()).unwrap();
+    assert_eq!(got.join().unwrap(), 8);
+    assert_eq!(Queue::<u64>::new(1).unwrap().capacity(), 1);
+    assert!(matches!(
+        Queue::<u64>::new((1 << 24) + 1),
+        Err(Error::InvalidConfig { .. })
+    ));
+}
+
 fn echo(end: PipeEnd<u64>) -> u64 {
     let mut n = 0;
     while let Ok(v) = end.recv() {
@@ -262,6 +280,7 @@ fn main() {
         a_consumer_dying_mid_get_blocks_nobody,
         blocked_calls_end_with_a_clear_error,
         an_endless_timeout_waits_without_panicking,
+        capacity_is_rounded_up_to_a_power_of_two,
         duplex_ping_pong_and_end_of_stream,
         one_way_pipes_drain_then_end,
         a_dead_peer_ends_blocked_calls,
