@@ -154,19 +154,52 @@ impl<T> PipeEnd<T> {
     /// Whether the other end was closed: one atomic load, cheap enough for
     /// every call.
     fn peer_closed(&self) -> bool {
-        // Acquire pairs with the Release stores of holders.
+        // Acquire pairs with the Release of the stores and CASes that write
+        // CLOSED (`close`, `Drop`, `peer_gone`): what the peer sent before
+        // closing is visible once we see CLOSED.
         self.holder(1 - self.side).load(Ordering::Acquire) == CLOSED
     }
 
     /// Whether the other end is gone: closed, or its process died. Reads
-    /// `/proc`, so only checked after waiting a while.
+    /// `/proc`, so only checked after waiting a while (or when a caller asks
+    /// not to wait).
+    ///
+    /// A peer found dead is closed on its behalf, as its `Drop` would have:
+    /// from then on [`peer_closed`](Self::peer_closed) sees it in one load,
+    /// and waiters on our receiving queue wake with end of stream.
     fn peer_gone(&self) -> bool {
-        // Acquire pairs with the Release stores of holders.
-        match self.holder(1 - self.side).load(Ordering::Acquire) {
+        let word = self.holder(1 - self.side);
+        // Acquire pairs with the Release of every holder store and CAS
+        // (creation, `decode`, `assign_transfers`, `close`, `Drop`).
+        match word.load(Ordering::Acquire) {
             CLOSED => true,
             IN_TRANSIT => false,
-            pid => process_is_dead(pid as i32),
+            pid if process_is_dead(pid as i32) => {
+                // Only from the dead pid: a dead holder never comes back (its
+                // end can be handed on only by the holder itself), so the
+                // word cannot have been legitimately reassigned meanwhile.
+                // AcqRel: Release pairs with the Acquire loads in
+                // `peer_closed`/`peer_gone`; Acquire with the Release CAS
+                // that recorded the holder.
+                if word
+                    .compare_exchange(pid, CLOSED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    if let Some(q) = &self.recv {
+                        q.close();
+                    }
+                }
+                true
+            }
+            _ => false,
         }
+    }
+
+    /// The queue this end receives from.
+    fn receiving(&self) -> Result<&Queue<T>> {
+        self.recv.as_ref().ok_or_else(|| Error::InvalidConfig {
+            what: "this end of a one-way pipe only sends: receive on the other end".into(),
+        })
     }
 }
 
@@ -232,9 +265,7 @@ impl<T: Wire> PipeEnd<T> {
     }
 
     fn recv_until(&self, deadline: Option<Instant>) -> Result<T> {
-        let q = self.recv.as_ref().ok_or_else(|| Error::InvalidConfig {
-            what: "this end of a one-way pipe only sends: receive on the other end".into(),
-        })?;
+        let q = self.receiving()?;
         loop {
             if let Some(v) = q.try_get().map_err(eos)? {
                 return Ok(v);
@@ -265,10 +296,112 @@ impl<T: Wire> PipeEnd<T> {
         }
     }
 
+    /// Receives the next value if one is waiting, without waiting for it.
+    ///
+    /// `Ok(None)` means nothing is waiting and the other end may still send.
+    /// When nothing is waiting, this checks whether the other end's process
+    /// is alive, which reads `/proc`: to wait for a value, use
+    /// [`poll`](Self::poll) or [`recv_timeout`](Self::recv_timeout) rather
+    /// than calling this in a loop.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv): [`Error::EndOfStream`] once the other end is
+    /// closed or its process died and every value it sent was received;
+    /// [`Error::InvalidConfig`] on the send-only end of a one-way pipe;
+    /// [`Error::Decode`].
+    ///
+    /// ```
+    /// use corepool::{Error, Pipe};
+    ///
+    /// let (a, b) = Pipe::duplex::<u64>().unwrap();
+    /// assert_eq!(b.try_recv().unwrap(), None);
+    /// a.send(&7).unwrap();
+    /// assert_eq!(b.try_recv().unwrap(), Some(7));
+    /// drop(a);
+    /// assert!(matches!(b.try_recv(), Err(Error::EndOfStream)));
+    /// ```
+    pub fn try_recv(&self) -> Result<Option<T>> {
+        let q = self.receiving()?;
+        if let Some(v) = q.try_get().map_err(eos)? {
+            return Ok(Some(v));
+        }
+        if self.peer_gone() {
+            // Values sent before the end was closed still count.
+            return q
+                .try_get()
+                .map_err(eos)?
+                .ok_or(Error::EndOfStream)
+                .map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Waits at most `timeout` until [`recv`](Self::recv) would return
+    /// without waiting (Python's `Connection.poll`); never takes a value.
+    ///
+    /// `Ok(true)` when a value is waiting, and also, as in Python, when the
+    /// stream has ended (the other end is closed or its process died, and
+    /// nothing is left): the following `recv` then returns
+    /// [`Error::EndOfStream`] at once. `Ok(false)` when `timeout` passed
+    /// first. `Duration::ZERO` looks without waiting; a timeout too long to
+    /// represent as an [`Instant`] waits without limit. A peer that dies
+    /// while this waits is noticed within a few milliseconds.
+    ///
+    /// Another thread of this process receiving from the same end may take
+    /// the value between this call and yours.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] on the send-only end of a one-way pipe.
+    ///
+    /// ```
+    /// use corepool::{Error, Pipe};
+    /// use std::time::Duration;
+    ///
+    /// let (a, b) = Pipe::duplex::<u64>().unwrap();
+    /// assert!(!b.poll(Duration::from_millis(1)).unwrap());
+    /// a.send(&7).unwrap();
+    /// assert!(b.poll(Duration::ZERO).unwrap());
+    /// assert_eq!(b.recv().unwrap(), 7, "poll took nothing");
+    /// drop(a);
+    /// assert!(b.poll(Duration::MAX).unwrap(), "end of stream");
+    /// assert!(matches!(b.recv(), Err(Error::EndOfStream)));
+    /// ```
+    pub fn poll(&self, timeout: Duration) -> Result<bool> {
+        let q = self.receiving()?;
+        let deadline = crate::park::deadline_after(timeout);
+        loop {
+            if q.has_value() || self.peer_closed() || q.is_closed() {
+                return Ok(true);
+            }
+            let slice = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        // Last look: a dead peer is an end of stream too.
+                        return Ok(q.has_value() || self.peer_gone());
+                    }
+                    left.min(PEER_CHECK)
+                }
+                None => PEER_CHECK,
+            };
+            match q.wait_nonempty_until(crate::park::deadline_after(slice)) {
+                Ok(()) | Err(Error::QueueClosed) => return Ok(true),
+                // Nothing for a while: is anyone still sending?
+                Err(Error::Timeout) if self.peer_gone() => return Ok(true),
+                Err(Error::Timeout) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Closes this end: the other end reads what is left, then gets
     /// [`Error::EndOfStream`]. Dropping the end in the process that holds it
     /// does the same.
     pub fn close(&self) {
+        // Release pairs with the Acquire loads in `peer_closed`/`peer_gone`:
+        // everything we sent is visible to a peer that sees CLOSED.
         self.holder(self.side).store(CLOSED, Ordering::Release);
         if let Some(q) = &self.send {
             q.close();

@@ -151,6 +151,18 @@ enum Put {
     Full,
 }
 
+/// What stands at `head`.
+enum Front {
+    /// A value, in slot position `h`, whose state word reads `word`.
+    Full {
+        h: u64,
+        word: u64,
+    },
+    Empty,
+    /// A live producer is writing the next value: it will be there soon.
+    Busy,
+}
+
 enum Got<R> {
     Value(R),
     Empty,
@@ -564,24 +576,24 @@ impl<T: Wire> Queue<T> {
     fn put_once(&self, bytes: &[u8]) -> Put {
         let me = my_pid();
         loop {
-            // Acquire pairs with the AcqRel CASes that move `tail`.
+            // Acquire pairs with the AcqRel CASes that move `tail` (`help_tail`).
             let t = self.tail().load(Ordering::Acquire);
             let state = self.slot_state(t);
+            // Acquire pairs with the Release store of EMPTY in `get_once` and
+            // the AcqRel repair CASes (in `front` and below): a slot we see
+            // free was read out before we write it.
             let word = state.load(Ordering::Acquire);
             let (seq, phase, pid) = unpack(word);
             if seq == t & SEQ_MASK {
                 if phase != EMPTY {
                     // Someone claimed t and has not moved `tail`: help.
-                    let _ = self.tail().compare_exchange(
-                        t,
-                        t.wrapping_add(1),
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    );
+                    self.help_tail(t);
                     continue;
                 }
-                // AcqRel: pairs with the consumer's Release store of EMPTY
-                // (its read is done) and orders our claim before our writes.
+                // AcqRel: Acquire pairs with the consumer's Release store of
+                // EMPTY (its read is done before our write); Release pairs
+                // with the Acquire state loads here and in `front` (others
+                // see the slot claimed).
                 if state
                     .compare_exchange(
                         word,
@@ -593,12 +605,7 @@ impl<T: Wire> Queue<T> {
                 {
                     continue;
                 }
-                let _ = self.tail().compare_exchange(
-                    t,
-                    t.wrapping_add(1),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                );
+                self.help_tail(t);
                 let dst = self.slot_base(t) + SLOT_HEADER;
                 if let Some(p) = self.map.segment().at(dst, bytes.len()) {
                     // SAFETY: in bounds (checked); the slot is ours (WRITING)
@@ -607,8 +614,9 @@ impl<T: Wire> Queue<T> {
                 }
                 self.slot_len(t)
                     .store(bytes.len() as u32, Ordering::Relaxed);
-                // Release pairs with the consumer's AcqRel claim CAS: the
-                // value is written before the slot reads FULL.
+                // Release pairs with the Acquire state load in `front` and
+                // the consumer's AcqRel claim CAS in `get_once`: the value
+                // and its length are written before the slot reads FULL.
                 state.store(pack(t, FULL, 0), Ordering::Release);
                 self.notify(NOT_EMPTY_AT);
                 return Put::Done;
@@ -618,6 +626,9 @@ impl<T: Wire> Queue<T> {
                 match phase {
                     READING | WRITING if process_is_dead(pid) => {
                         // Its owner died mid-operation: free the slot for us.
+                        // AcqRel: Release pairs with the Acquire state loads
+                        // here and in `front`; Acquire with the dead owner's
+                        // AcqRel claim CAS.
                         let _ = state.compare_exchange(
                             word,
                             pack(t, EMPTY, 0),
@@ -636,81 +647,36 @@ impl<T: Wire> Queue<T> {
             // `t` was stale (another producer moved on): look again. A slot
             // that fits no lap while `tail` stands still is corrupt: report
             // full rather than spin on it.
+            // Acquire pairs with the AcqRel CASes that move `tail`.
             if self.tail().load(Ordering::Acquire) == t {
                 return Put::Full;
             }
         }
     }
 
-    /// Takes the value at `head` if there is one, handing a private copy of
-    /// its bytes to `take` (never a reference into the segment).
-    fn get_once<R>(&self, take: impl FnOnce(&[u8]) -> R) -> Got<R> {
-        let me = my_pid();
+    /// Finds the value at `head` without claiming it, helping `head` past
+    /// slots already claimed and skipping a slot whose producer died mid-put
+    /// (neither changes any value's place in line). A [`Front::Full`] may be
+    /// claimed by another consumer the next instant.
+    fn front(&self) -> Front {
         loop {
-            // Acquire pairs with the AcqRel CASes that move `head`.
+            // Acquire pairs with the AcqRel CASes that move `head` (`help_head`).
             let h = self.head().load(Ordering::Acquire);
             let state = self.slot_state(h);
+            // Acquire pairs with the Release stores of FULL (`put_once`) and
+            // EMPTY (`get_once`) and the AcqRel repair CASes.
             let word = state.load(Ordering::Acquire);
             let (seq, phase, pid) = unpack(word);
             if seq == h & SEQ_MASK {
                 match phase {
-                    FULL => {
-                        // AcqRel: pairs with the producer's Release store of
-                        // FULL (we see the value) and claims the slot.
-                        if state
-                            .compare_exchange(
-                                word,
-                                pack(h, READING, me),
-                                Ordering::AcqRel,
-                                Ordering::Acquire,
-                            )
-                            .is_err()
-                        {
-                            continue;
-                        }
-                        let _ = self.head().compare_exchange(
-                            h,
-                            h.wrapping_add(1),
-                            Ordering::AcqRel,
-                            Ordering::Acquire,
-                        );
-                        let len = (self.slot_len(h).load(Ordering::Relaxed) as usize)
-                            .min(self.message_bytes);
-                        let src = self.slot_base(h) + SLOT_HEADER;
-                        // Copy out before freeing the slot; decode after, so
-                        // that producers are not kept waiting on it.
-                        let mut inline = [0u8; INLINE_COPY];
-                        let spilled: Vec<u8>;
-                        let copy: &[u8] = match self.map.segment().at(src, len) {
-                            Some(p) if len <= INLINE_COPY => {
-                                // SAFETY: in bounds (checked); the slot is ours
-                                // (READING) until we free it below.
-                                unsafe {
-                                    std::ptr::copy_nonoverlapping(p, inline.as_mut_ptr(), len)
-                                };
-                                &inline[..len]
-                            }
-                            Some(p) => {
-                                let mut v = vec![0u8; len];
-                                // SAFETY: as above.
-                                unsafe { std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), len) };
-                                spilled = v;
-                                &spilled
-                            }
-                            None => &[],
-                        };
-                        // Release pairs with the producer's AcqRel claim CAS
-                        // one lap later: our read is done before it writes.
-                        state.store(
-                            pack(h.wrapping_add(self.capacity), EMPTY, 0),
-                            Ordering::Release,
-                        );
-                        self.notify(NOT_FULL_AT);
-                        return Got::Value(take(copy));
-                    }
-                    EMPTY => return Got::Empty,
+                    FULL => return Front::Full { h, word },
+                    EMPTY => return Front::Empty,
                     WRITING if process_is_dead(pid) => {
                         // The producer died mid-put: its value is lost; skip it.
+                        // AcqRel: Release pairs with the Acquire loads of the
+                        // state in `put_once` (the producer one lap later sees
+                        // the slot free); Acquire with the dead producer's
+                        // AcqRel claim CAS.
                         if state
                             .compare_exchange(
                                 word,
@@ -720,44 +686,151 @@ impl<T: Wire> Queue<T> {
                             )
                             .is_ok()
                         {
-                            let _ = self.head().compare_exchange(
-                                h,
-                                h.wrapping_add(1),
-                                Ordering::AcqRel,
-                                Ordering::Acquire,
-                            );
+                            self.help_head(h);
                             self.notify(NOT_FULL_AT);
                         }
                         continue;
                     }
-                    WRITING => return Got::Busy,
+                    WRITING => return Front::Busy,
                     _ => {
                         // READING: another consumer took h; help `head` on.
-                        let _ = self.head().compare_exchange(
-                            h,
-                            h.wrapping_add(1),
-                            Ordering::AcqRel,
-                            Ordering::Acquire,
-                        );
+                        self.help_head(h);
                         continue;
                     }
                 }
             }
             if seq == h.wrapping_add(self.capacity) & SEQ_MASK {
                 // Already consumed; `head` lags: help it on.
-                let _ = self.head().compare_exchange(
-                    h,
-                    h.wrapping_add(1),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                );
+                self.help_head(h);
                 continue;
             }
             // `h` was stale, or the slot is from an older lap still being
             // handed over: look again.
+            // Acquire pairs with the AcqRel CASes that move `head`.
             if self.head().load(Ordering::Acquire) == h {
-                return Got::Empty;
+                return Front::Empty;
             }
+        }
+    }
+
+    /// Moves `head` on from `h`, unless someone already did.
+    fn help_head(&self, h: u64) {
+        // AcqRel: Release pairs with the Acquire loads of `head` in `front`,
+        // `len` and `claim_value_and_abort` (whoever sees the new `head` sees
+        // the claim of slot `h` before it); Acquire pairs with the Release of
+        // whichever CAS moved it before us.
+        let _ =
+            self.head()
+                .compare_exchange(h, h.wrapping_add(1), Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Moves `tail` on from `t`, unless someone already did.
+    fn help_tail(&self, t: u64) {
+        // AcqRel: Release pairs with the Acquire loads of `tail` in
+        // `put_once`, `len` and `claim_slot_and_abort` (whoever sees the new
+        // `tail` sees the claim of slot `t` before it); Acquire pairs with
+        // the Release of whichever CAS moved it before us.
+        let _ =
+            self.tail()
+                .compare_exchange(t, t.wrapping_add(1), Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Whether a value is ready at the head now (a snapshot: another
+    /// consumer may take it first). Takes nothing.
+    pub(crate) fn has_value(&self) -> bool {
+        matches!(self.front(), Front::Full { .. })
+    }
+
+    /// Waits until a value is ready at the head, without taking it, with the
+    /// same spin-then-sleep as `get_until`.
+    ///
+    /// `Ok(())` once a value is ready (another consumer may still take it
+    /// first); [`Error::QueueClosed`] once closed and drained;
+    /// [`Error::Timeout`] at `deadline`.
+    pub(crate) fn wait_nonempty_until(&self, deadline: Option<Instant>) -> Result<()> {
+        let mut spinner = Spinner::new();
+        loop {
+            let busy = match self.front() {
+                Front::Full { .. } => return Ok(()),
+                Front::Empty => false,
+                Front::Busy => true,
+            };
+            if self.is_closed() && self.is_empty() {
+                return Err(Error::QueueClosed);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::Timeout);
+            }
+            if spinner.spin() {
+                continue;
+            }
+            // As in `get_until`: a live writer is re-checked every
+            // millisecond; otherwise sleep until woken. Whatever woke us, the
+            // top of the loop looks again.
+            let poll = busy.then_some(Duration::from_millis(1));
+            self.wait(NOT_EMPTY_AT, deadline, poll, || {
+                self.is_closed() || self.has_value()
+            })?;
+        }
+    }
+
+    /// Takes the value at `head` if there is one, handing a private copy of
+    /// its bytes to `take` (never a reference into the segment).
+    fn get_once<R>(&self, take: impl FnOnce(&[u8]) -> R) -> Got<R> {
+        let me = my_pid();
+        loop {
+            let (h, word) = match self.front() {
+                Front::Full { h, word } => (h, word),
+                Front::Empty => return Got::Empty,
+                Front::Busy => return Got::Busy,
+            };
+            let state = self.slot_state(h);
+            // AcqRel: Acquire pairs with the producer's Release store of FULL
+            // (we see the value); Release pairs with the Acquire loads of the
+            // state in `front` (others see the slot claimed).
+            if state
+                .compare_exchange(
+                    word,
+                    pack(h, READING, me),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_err()
+            {
+                continue;
+            }
+            self.help_head(h);
+            let len = (self.slot_len(h).load(Ordering::Relaxed) as usize).min(self.message_bytes);
+            let src = self.slot_base(h) + SLOT_HEADER;
+            // Copy out before freeing the slot; decode after, so that
+            // producers are not kept waiting on it.
+            let mut inline = [0u8; INLINE_COPY];
+            let spilled: Vec<u8>;
+            let copy: &[u8] = match self.map.segment().at(src, len) {
+                Some(p) if len <= INLINE_COPY => {
+                    // SAFETY: in bounds (checked); the slot is ours (READING)
+                    // until we free it below.
+                    unsafe { std::ptr::copy_nonoverlapping(p, inline.as_mut_ptr(), len) };
+                    &inline[..len]
+                }
+                Some(p) => {
+                    let mut v = vec![0u8; len];
+                    // SAFETY: as above.
+                    unsafe { std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), len) };
+                    spilled = v;
+                    &spilled
+                }
+                None => &[],
+            };
+            // Release pairs with the Acquire load of the state in `put_once`
+            // one lap later (and its AcqRel claim CAS): our read is done
+            // before it writes.
+            state.store(
+                pack(h.wrapping_add(self.capacity), EMPTY, 0),
+                Ordering::Release,
+            );
+            self.notify(NOT_FULL_AT);
+            return Got::Value(take(copy));
         }
     }
 
@@ -765,16 +838,16 @@ impl<T: Wire> Queue<T> {
     /// its slot READING with this process's pid.
     #[doc(hidden)]
     pub fn claim_value_and_abort(&self) -> ! {
+        // Acquire pairs with the AcqRel CASes that move `head`.
         let h = self.head().load(Ordering::Acquire);
+        // AcqRel: as the claim CAS in `get_once`.
         let _ = self.slot_state(h).compare_exchange(
             pack(h, FULL, 0),
             pack(h, READING, my_pid()),
             Ordering::AcqRel,
             Ordering::Acquire,
         );
-        let _ =
-            self.head()
-                .compare_exchange(h, h.wrapping_add(1), Ordering::AcqRel, Ordering::Acquire);
+        self.help_head(h);
         std::process::abort()
     }
 
@@ -782,16 +855,16 @@ impl<T: Wire> Queue<T> {
     /// it WRITING with this process's pid.
     #[doc(hidden)]
     pub fn claim_slot_and_abort(&self) -> ! {
+        // Acquire pairs with the AcqRel CASes that move `tail`.
         let t = self.tail().load(Ordering::Acquire);
+        // AcqRel: as the claim CAS in `put_once`.
         let _ = self.slot_state(t).compare_exchange(
             pack(t, EMPTY, 0),
             pack(t, WRITING, my_pid()),
             Ordering::AcqRel,
             Ordering::Acquire,
         );
-        let _ =
-            self.tail()
-                .compare_exchange(t, t.wrapping_add(1), Ordering::AcqRel, Ordering::Acquire);
+        self.help_tail(t);
         std::process::abort()
     }
 }
