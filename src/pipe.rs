@@ -114,7 +114,9 @@ impl Pipe {
             recv: to_second,
             control,
         };
-        // Release pairs with the Acquire loads in `peer_gone`.
+        // Release pairs with the Acquire loads in `peer_closed`/`peer_gone`
+        // and the Acquire side of the holder CASes (`Drop`, `encode`): the
+        // control segment is set up before anyone reads a holder.
         first.holder(0).store(me, Ordering::Release);
         first.holder(1).store(me, Ordering::Release);
         Ok((first, second))
@@ -429,6 +431,10 @@ pub(crate) fn assign_transfers(transfers: &[(Arc<SharedSegment>, u8)], pid: i32)
         if let Some(p) = control.segment().at(usize::from(*side) * 4, 4) {
             // SAFETY: in bounds, 4-aligned, lives as long as `control`.
             let word = unsafe { AtomicU32::from_ptr(p.cast()) };
+            // Only from IN_TRANSIT: the child may already have decoded the end
+            // (and recorded the same pid). AcqRel: Release pairs with the
+            // Acquire loads in `peer_closed`/`peer_gone` and the Acquire side
+            // of the child's CASes; Acquire with the Release CAS in `encode`.
             let _ =
                 word.compare_exchange(IN_TRANSIT, pid as u32, Ordering::AcqRel, Ordering::Acquire);
         }
@@ -446,7 +452,10 @@ impl<T> Drop for PipeEnd<T> {
     fn drop(&mut self) {
         let me = crate::sys::current_pid();
         // Only the process holding the end closes it: a copy dropped after
-        // sending the end elsewhere leaves it open.
+        // sending the end elsewhere leaves it open. AcqRel: Release pairs with
+        // the Acquire loads in the peer's `peer_closed`/`peer_gone` (what we
+        // sent is visible once it sees CLOSED); Acquire with the Release
+        // store or CAS that made us the holder.
         if self
             .holder(self.side)
             .compare_exchange(me, CLOSED, Ordering::AcqRel, Ordering::Acquire)
@@ -462,7 +471,9 @@ impl<T> Drop for PipeEnd<T> {
 impl<T: Wire> Wire for PipeEnd<T> {
     fn encode(&self, out: &mut Vec<u8>) {
         // In transit: nobody holds it until a process decodes it, so the
-        // sender dropping its copy does not close it.
+        // sender dropping its copy does not close it. AcqRel: Release pairs
+        // with the Acquire side of the CASes from IN_TRANSIT in `decode` and
+        // `assign_transfers`; Acquire with the Release that made us holder.
         let me = crate::sys::current_pid();
         let _ = self.holder(self.side).compare_exchange(
             me,
@@ -492,7 +503,10 @@ impl<T: Wire> Wire for PipeEnd<T> {
             recv,
             control,
         };
-        // Release pairs with the Acquire loads in `peer_gone`.
+        // Only from IN_TRANSIT: `assign_transfers` may have recorded us
+        // already. AcqRel: Release pairs with the Acquire loads in
+        // `peer_closed`/`peer_gone` and the Acquire side of the CAS in our
+        // `Drop`; Acquire with the Release CAS in the sender's `encode`.
         let _ = end.holder(side).compare_exchange(
             IN_TRANSIT,
             std::process::id(),

@@ -262,6 +262,8 @@ impl<T> Queue<T> {
             _type: PhantomData,
         };
         for i in 0..q.capacity {
+            // Relaxed: not shared yet; handing the queue to another thread or
+            // process (a spawn, a channel) orders these stores before its use.
             q.slot_state(i).store(pack(i, EMPTY, 0), Ordering::Relaxed);
         }
         Ok(q)
@@ -311,6 +313,8 @@ impl<T> Queue<T> {
 
     /// Values it holds (a snapshot: others may be putting and getting).
     pub fn len(&self) -> usize {
+        // Acquire (both) pairs with the AcqRel CASes in `help_head` and
+        // `help_tail`. `head` first: it never passes `tail`, which only grows.
         let head = self.head().load(Ordering::Acquire);
         let tail = self.tail().load(Ordering::Acquire);
         // Saturating, not wrapping: `head` never passes `tail`, and a garbage
@@ -347,6 +351,10 @@ impl<T> Queue<T> {
         // Release pairs with the Acquire loads in `is_closed`.
         self.word32(CLOSED_AT).store(1, Ordering::Release);
         for at in [NOT_EMPTY_AT, NOT_FULL_AT] {
+            // Release pairs with the Acquire load of the sequence in `wait`: a
+            // waiter that read the bumped sequence sees the queue closed at its
+            // re-check, and one that read the old value returns from
+            // FUTEX_WAIT at once. Woken unconditionally: close is rare.
             self.word32(at).fetch_add(1, Ordering::Release);
             sys::futex_wake_all(self.word32(at));
         }
@@ -354,6 +362,7 @@ impl<T> Queue<T> {
 
     /// Whether [`close`](Self::close) was called (by any process).
     pub fn is_closed(&self) -> bool {
+        // Acquire pairs with the Release store in `close`.
         self.word32(CLOSED_AT).load(Ordering::Acquire) != 0
     }
 }
@@ -535,8 +544,10 @@ impl<T: Wire> Queue<T> {
     ) -> Result<bool> {
         let seq_word = self.word32(at);
         let sleepers = self.word32(at + 4);
-        // Acquire pairs with the Release increment in `notify`.
+        // Acquire pairs with the Release increments in `notify` and `close`.
         let seq = seq_word.load(Ordering::Acquire);
+        // SeqCst, with the fence below: the announcement is ordered before
+        // our re-check; pairs with the fence and sleeper load in `notify`.
         sleepers.fetch_add(1, Ordering::SeqCst);
         // SeqCst fence: pairs with the fence in `notify` (we see its state
         // change, or it sees our sleeper count).
@@ -545,6 +556,7 @@ impl<T: Wire> Queue<T> {
         if !done {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left.is_some_and(|l| l.is_zero()) {
+                // SeqCst: as the decrement below.
                 sleepers.fetch_sub(1, Ordering::SeqCst);
                 return Err(Error::Timeout);
             }
@@ -554,6 +566,8 @@ impl<T: Wire> Queue<T> {
             };
             sys::futex_wait(seq_word, seq, timeout);
         }
+        // SeqCst for symmetry with the announcement; nothing pairs with it:
+        // a waker that still counts us costs one spurious wake, never a lost one.
         sleepers.fetch_sub(1, Ordering::SeqCst);
         Ok(done)
     }
@@ -565,6 +579,8 @@ impl<T: Wire> Queue<T> {
     fn notify(&self, at: usize) {
         // SeqCst fence: pairs with the fence in `wait`.
         fence(Ordering::SeqCst);
+        // Relaxed: the fence above orders it after our state change, and
+        // pairs with the waiter's SeqCst announcement and fence.
         if self.word32(at + 4).load(Ordering::Relaxed) > 0 {
             // Release pairs with the Acquire load in `wait`; a waiter that read
             // the old value returns from FUTEX_WAIT at once.
@@ -612,6 +628,7 @@ impl<T: Wire> Queue<T> {
                     // until we publish it below.
                     unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len()) };
                 }
+                // Relaxed: published by the Release store of FULL below.
                 self.slot_len(t)
                     .store(bytes.len() as u32, Ordering::Relaxed);
                 // Release pairs with the Acquire state load in `front` and
@@ -800,6 +817,8 @@ impl<T: Wire> Queue<T> {
                 continue;
             }
             self.help_head(h);
+            // Relaxed: ordered after the producer's store by our AcqRel claim,
+            // which read its Release store of FULL. Garbage is clamped.
             let len = (self.slot_len(h).load(Ordering::Relaxed) as usize).min(self.message_bytes);
             let src = self.slot_base(h) + SLOT_HEADER;
             // Copy out before freeing the slot; decode after, so that
