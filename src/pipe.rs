@@ -56,6 +56,17 @@ impl Pipe {
     /// # Errors
     ///
     /// [`Error::SharedMemory`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use corepool::Pipe;
+    ///
+    /// let (a, b) = Pipe::duplex::<u64>().unwrap();
+    /// a.send(&1).unwrap();
+    /// b.send(&2).unwrap();
+    /// assert_eq!((b.recv().unwrap(), a.recv().unwrap()), (1, 2));
+    /// ```
     pub fn duplex<T: Wire>() -> Result<(PipeEnd<T>, PipeEnd<T>)> {
         Self::with_capacity(64, 4096, true)
     }
@@ -66,6 +77,17 @@ impl Pipe {
     /// # Errors
     ///
     /// [`Error::SharedMemory`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use corepool::{Error, Pipe};
+    ///
+    /// let (rx, tx) = Pipe::one_way::<u64>().unwrap();
+    /// tx.send(&1).unwrap();
+    /// assert_eq!(rx.recv().unwrap(), 1);
+    /// assert!(matches!(rx.send(&2), Err(Error::InvalidConfig { .. })));
+    /// ```
     pub fn one_way<T: Wire>() -> Result<(PipeEnd<T>, PipeEnd<T>)> {
         Self::with_capacity(64, 4096, false)
     }
@@ -124,6 +146,28 @@ impl Pipe {
 }
 
 /// One end of a [`Pipe`] (Python's `Connection`).
+///
+/// Pass it to a [`crate::Process`] as an argument to hand it over: the
+/// process that decodes it holds it from then on, and dropping it there
+/// closes it.
+///
+/// ```
+/// use corepool::{Pipe, PipeEnd, Process};
+///
+/// fn double(end: PipeEnd<u64>) {
+///     let n = end.recv().unwrap();
+///     end.send(&(2 * n)).unwrap();
+/// }
+///
+/// fn main() {
+///     corepool::init();
+///     let (mine, theirs) = Pipe::duplex::<u64>().unwrap();
+///     let child = Process::start(double, theirs).unwrap();
+///     mine.send(&21).unwrap();
+///     assert_eq!(mine.recv().unwrap(), 42);
+///     child.join().unwrap();
+/// }
+/// ```
 pub struct PipeEnd<T> {
     side: u8,
     send: Option<Queue<T>>,
@@ -213,6 +257,18 @@ impl<T: Wire> PipeEnd<T> {
     /// [`Error::EndOfStream`] if the other end is closed or its process died;
     /// [`Error::InvalidConfig`] on the receive-only end of a one-way pipe;
     /// [`Error::ArgumentTooLarge`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use corepool::{Error, Pipe};
+    ///
+    /// let (a, b) = Pipe::duplex::<String>().unwrap();
+    /// a.send(&"hi".to_string()).unwrap();
+    /// assert_eq!(b.recv().unwrap(), "hi");
+    /// drop(b);
+    /// assert!(matches!(a.send(&"anyone?".to_string()), Err(Error::EndOfStream)));
+    /// ```
     pub fn send(&self, value: &T) -> Result<()> {
         let q = self.send.as_ref().ok_or_else(|| Error::InvalidConfig {
             what: "this end of a one-way pipe only receives: send on the other end".into(),
@@ -238,6 +294,18 @@ impl<T: Wire> PipeEnd<T> {
     /// [`Error::EndOfStream`] once the other end is closed or its process
     /// died and every value it sent was received; [`Error::InvalidConfig`] on
     /// the send-only end of a one-way pipe; [`Error::Decode`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use corepool::{Error, Pipe};
+    ///
+    /// let (a, b) = Pipe::duplex::<u64>().unwrap();
+    /// a.send(&1).unwrap();
+    /// drop(a);
+    /// assert_eq!(b.recv().unwrap(), 1, "sent before the close");
+    /// assert!(matches!(b.recv(), Err(Error::EndOfStream)));
+    /// ```
     pub fn recv(&self) -> Result<T> {
         self.recv_until(None)
     }
@@ -249,6 +317,8 @@ impl<T: Wire> PipeEnd<T> {
     /// # Errors
     ///
     /// [`Error::Timeout`] if none came in time; as [`recv`](Self::recv).
+    ///
+    /// # Examples
     ///
     /// ```
     /// use corepool::{Error, Pipe};
@@ -313,6 +383,8 @@ impl<T: Wire> PipeEnd<T> {
     /// [`Error::InvalidConfig`] on the send-only end of a one-way pipe;
     /// [`Error::Decode`].
     ///
+    /// # Examples
+    ///
     /// ```
     /// use corepool::{Error, Pipe};
     ///
@@ -356,6 +428,8 @@ impl<T: Wire> PipeEnd<T> {
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] on the send-only end of a one-way pipe.
+    ///
+    /// # Examples
     ///
     /// ```
     /// use corepool::{Error, Pipe};
@@ -401,6 +475,14 @@ impl<T: Wire> PipeEnd<T> {
     /// Closes this end: the other end reads what is left, then gets
     /// [`Error::EndOfStream`]. Dropping the end in the process that holds it
     /// does the same.
+    ///
+    /// ```
+    /// use corepool::{Error, Pipe};
+    ///
+    /// let (a, b) = Pipe::duplex::<u64>().unwrap();
+    /// a.close();
+    /// assert!(matches!(b.recv(), Err(Error::EndOfStream)));
+    /// ```
     pub fn close(&self) {
         // Release pairs with the Acquire loads in `peer_closed`/`peer_gone`:
         // everything we sent is visible to a peer that sees CLOSED.

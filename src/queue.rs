@@ -184,6 +184,8 @@ impl<T> Queue<T> {
     ///
     /// As [`with_message_bytes`](Self::with_message_bytes).
     ///
+    /// # Examples
+    ///
     /// ```
     /// use corepool::Queue;
     ///
@@ -208,6 +210,8 @@ impl<T> Queue<T> {
     /// [`Error::InvalidConfig`] for a capacity of 0 or above 2^24 (checked
     /// before rounding, so 2^24 itself is the largest), or a message size of
     /// 0 or above 16 MiB; [`Error::SharedMemory`].
+    ///
+    /// # Examples
     ///
     /// ```
     /// use corepool::{Error, Queue};
@@ -312,6 +316,15 @@ impl<T> Queue<T> {
     }
 
     /// Values it holds (a snapshot: others may be putting and getting).
+    ///
+    /// ```
+    /// use corepool::Queue;
+    ///
+    /// let q = Queue::<u64>::new(4).unwrap();
+    /// q.put(&1).unwrap();
+    /// q.put(&2).unwrap();
+    /// assert_eq!(q.len(), 2);
+    /// ```
     pub fn len(&self) -> usize {
         // Acquire (both) pairs with the AcqRel CASes in `help_head` and
         // `help_tail`. `head` first: it never passes `tail`, which only grows.
@@ -323,6 +336,15 @@ impl<T> Queue<T> {
     }
 
     /// Whether it holds no value (a snapshot).
+    ///
+    /// ```
+    /// use corepool::Queue;
+    ///
+    /// let q = Queue::<u64>::new(4).unwrap();
+    /// assert!(q.is_empty());
+    /// q.put(&1).unwrap();
+    /// assert!(!q.is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -341,12 +363,29 @@ impl<T> Queue<T> {
     }
 
     /// Largest encoded value it takes.
+    ///
+    /// ```
+    /// use corepool::Queue;
+    ///
+    /// assert_eq!(Queue::<u64>::new(4).unwrap().message_bytes(), 240);
+    /// ```
     pub fn message_bytes(&self) -> usize {
         self.message_bytes
     }
 
     /// Closes it for everyone: `put` fails from now on, `get` drains what is
     /// left and then fails with [`Error::QueueClosed`]. Wakes every waiter.
+    ///
+    /// ```
+    /// use corepool::{Error, Queue};
+    ///
+    /// let q = Queue::<u64>::new(4).unwrap();
+    /// q.put(&1).unwrap();
+    /// q.close();
+    /// assert!(matches!(q.put(&2), Err(Error::QueueClosed)));
+    /// assert_eq!(q.get().unwrap(), 1, "what was put is still there");
+    /// assert!(matches!(q.get(), Err(Error::QueueClosed)));
+    /// ```
     pub fn close(&self) {
         // Release pairs with the Acquire loads in `is_closed`.
         self.word32(CLOSED_AT).store(1, Ordering::Release);
@@ -361,6 +400,16 @@ impl<T> Queue<T> {
     }
 
     /// Whether [`close`](Self::close) was called (by any process).
+    ///
+    /// ```
+    /// use corepool::Queue;
+    ///
+    /// let q = Queue::<u64>::new(4).unwrap();
+    /// let other = q.clone();
+    /// assert!(!other.is_closed());
+    /// q.close();
+    /// assert!(other.is_closed());
+    /// ```
     pub fn is_closed(&self) -> bool {
         // Acquire pairs with the Release store in `close`.
         self.word32(CLOSED_AT).load(Ordering::Acquire) != 0
@@ -389,6 +438,16 @@ impl<T: Wire> Queue<T> {
     ///
     /// [`Error::QueueClosed`]; [`Error::ArgumentTooLarge`] for a value whose
     /// encoding exceeds [`message_bytes`](Self::message_bytes).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use corepool::Queue;
+    ///
+    /// let q = Queue::<u64>::new(1).unwrap();
+    /// assert!(q.try_put(&1).unwrap());
+    /// assert!(!q.try_put(&2).unwrap(), "full");
+    /// ```
     pub fn try_put(&self, value: &T) -> Result<bool> {
         if self.is_closed() {
             return Err(Error::QueueClosed);
@@ -401,6 +460,16 @@ impl<T: Wire> Queue<T> {
     /// # Errors
     ///
     /// As [`try_put`](Self::try_put).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use corepool::Queue;
+    ///
+    /// let q = Queue::<String>::new(4).unwrap();
+    /// q.put(&"hello".to_string()).unwrap();
+    /// assert_eq!(q.get().unwrap(), "hello");
+    /// ```
     pub fn put(&self, value: &T) -> Result<()> {
         self.put_until(value, None)
     }
@@ -413,6 +482,8 @@ impl<T: Wire> Queue<T> {
     ///
     /// [`Error::Timeout`] if there was no room in time; as
     /// [`try_put`](Self::try_put).
+    ///
+    /// # Examples
     ///
     /// ```
     /// use corepool::{Error, Queue};
@@ -457,6 +528,17 @@ impl<T: Wire> Queue<T> {
     ///
     /// [`Error::QueueClosed`] once closed and drained; [`Error::Decode`] for
     /// bytes that are not a `T` (a peer misbehaved).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use corepool::Queue;
+    ///
+    /// let q = Queue::<u64>::new(4).unwrap();
+    /// assert_eq!(q.try_get().unwrap(), None);
+    /// q.put(&1).unwrap();
+    /// assert_eq!(q.try_get().unwrap(), Some(1));
+    /// ```
     pub fn try_get(&self) -> Result<Option<T>> {
         match self.get_once(decode_exact::<T>) {
             Got::Value(value) => value.map(Some),
@@ -472,6 +554,16 @@ impl<T: Wire> Queue<T> {
     /// # Errors
     ///
     /// As [`try_get`](Self::try_get).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use corepool::Queue;
+    ///
+    /// let q = Queue::<(u32, String)>::new(4).unwrap();
+    /// q.put(&(1, "one".to_string())).unwrap();
+    /// assert_eq!(q.get().unwrap(), (1, "one".to_string()));
+    /// ```
     pub fn get(&self) -> Result<T> {
         self.get_until(None)
     }
@@ -483,6 +575,8 @@ impl<T: Wire> Queue<T> {
     /// # Errors
     ///
     /// [`Error::Timeout`] if none came in time; as [`try_get`](Self::try_get).
+    ///
+    /// # Examples
     ///
     /// ```
     /// use corepool::{Error, Queue};
