@@ -56,6 +56,17 @@ impl Pipe {
     /// # Errors
     ///
     /// [`Error::SharedMemory`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use corepool::Pipe;
+    ///
+    /// let (a, b) = Pipe::duplex::<u64>().unwrap();
+    /// a.send(&1).unwrap();
+    /// b.send(&2).unwrap();
+    /// assert_eq!((b.recv().unwrap(), a.recv().unwrap()), (1, 2));
+    /// ```
     pub fn duplex<T: Wire>() -> Result<(PipeEnd<T>, PipeEnd<T>)> {
         Self::with_capacity(64, 4096, true)
     }
@@ -66,12 +77,34 @@ impl Pipe {
     /// # Errors
     ///
     /// [`Error::SharedMemory`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use corepool::{Error, Pipe};
+    ///
+    /// let (rx, tx) = Pipe::one_way::<u64>().unwrap();
+    /// tx.send(&1).unwrap();
+    /// assert_eq!(rx.recv().unwrap(), 1);
+    /// assert!(matches!(rx.send(&2), Err(Error::InvalidConfig { .. })));
+    /// ```
     pub fn one_way<T: Wire>() -> Result<(PipeEnd<T>, PipeEnd<T>)> {
         Self::with_capacity(64, 4096, false)
     }
 
     /// Connected ends with room for `capacity` values of up to
-    /// `message_bytes` encoded bytes in each direction.
+    /// `message_bytes` encoded bytes in each direction. As with
+    /// [`Queue::new`], the capacity is rounded up to the next power of two.
+    ///
+    /// ```
+    /// use corepool::Pipe;
+    ///
+    /// let (a, b) = Pipe::with_capacity::<u64>(3, 64, true).unwrap();
+    /// for i in 0..4 {
+    ///     a.send(&i).unwrap(); // room for 4: none of these waits
+    /// }
+    /// assert_eq!(b.recv().unwrap(), 0);
+    /// ```
     ///
     /// # Errors
     ///
@@ -103,7 +136,9 @@ impl Pipe {
             recv: to_second,
             control,
         };
-        // Release pairs with the Acquire loads in `peer_gone`.
+        // Release pairs with the Acquire loads in `peer_closed`/`peer_gone`
+        // and the Acquire side of the holder CASes (`Drop`, `encode`): the
+        // control segment is set up before anyone reads a holder.
         first.holder(0).store(me, Ordering::Release);
         first.holder(1).store(me, Ordering::Release);
         Ok((first, second))
@@ -111,6 +146,28 @@ impl Pipe {
 }
 
 /// One end of a [`Pipe`] (Python's `Connection`).
+///
+/// Pass it to a [`crate::Process`] as an argument to hand it over: the
+/// process that decodes it holds it from then on, and dropping it there
+/// closes it.
+///
+/// ```
+/// use corepool::{Pipe, PipeEnd, Process};
+///
+/// fn double(end: PipeEnd<u64>) {
+///     let n = end.recv().unwrap();
+///     end.send(&(2 * n)).unwrap();
+/// }
+///
+/// fn main() {
+///     corepool::init();
+///     let (mine, theirs) = Pipe::duplex::<u64>().unwrap();
+///     let child = Process::start(double, theirs).unwrap();
+///     mine.send(&21).unwrap();
+///     assert_eq!(mine.recv().unwrap(), 42);
+///     child.join().unwrap();
+/// }
+/// ```
 pub struct PipeEnd<T> {
     side: u8,
     send: Option<Queue<T>>,
@@ -143,19 +200,52 @@ impl<T> PipeEnd<T> {
     /// Whether the other end was closed: one atomic load, cheap enough for
     /// every call.
     fn peer_closed(&self) -> bool {
-        // Acquire pairs with the Release stores of holders.
+        // Acquire pairs with the Release of the stores and CASes that write
+        // CLOSED (`close`, `Drop`, `peer_gone`): what the peer sent before
+        // closing is visible once we see CLOSED.
         self.holder(1 - self.side).load(Ordering::Acquire) == CLOSED
     }
 
     /// Whether the other end is gone: closed, or its process died. Reads
-    /// `/proc`, so only checked after waiting a while.
+    /// `/proc`, so only checked after waiting a while (or when a caller asks
+    /// not to wait).
+    ///
+    /// A peer found dead is closed on its behalf, as its `Drop` would have:
+    /// from then on [`peer_closed`](Self::peer_closed) sees it in one load,
+    /// and waiters on our receiving queue wake with end of stream.
     fn peer_gone(&self) -> bool {
-        // Acquire pairs with the Release stores of holders.
-        match self.holder(1 - self.side).load(Ordering::Acquire) {
+        let word = self.holder(1 - self.side);
+        // Acquire pairs with the Release of every holder store and CAS
+        // (creation, `decode`, `assign_transfers`, `close`, `Drop`).
+        match word.load(Ordering::Acquire) {
             CLOSED => true,
             IN_TRANSIT => false,
-            pid => process_is_dead(pid as i32),
+            pid if process_is_dead(pid as i32) => {
+                // Only from the dead pid: a dead holder never comes back (its
+                // end can be handed on only by the holder itself), so the
+                // word cannot have been legitimately reassigned meanwhile.
+                // AcqRel: Release pairs with the Acquire loads in
+                // `peer_closed`/`peer_gone`; Acquire with the Release CAS
+                // that recorded the holder.
+                if word
+                    .compare_exchange(pid, CLOSED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    if let Some(q) = &self.recv {
+                        q.close();
+                    }
+                }
+                true
+            }
+            _ => false,
         }
+    }
+
+    /// The queue this end receives from.
+    fn receiving(&self) -> Result<&Queue<T>> {
+        self.recv.as_ref().ok_or_else(|| Error::InvalidConfig {
+            what: "this end of a one-way pipe only sends: receive on the other end".into(),
+        })
     }
 }
 
@@ -167,6 +257,18 @@ impl<T: Wire> PipeEnd<T> {
     /// [`Error::EndOfStream`] if the other end is closed or its process died;
     /// [`Error::InvalidConfig`] on the receive-only end of a one-way pipe;
     /// [`Error::ArgumentTooLarge`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use corepool::{Error, Pipe};
+    ///
+    /// let (a, b) = Pipe::duplex::<String>().unwrap();
+    /// a.send(&"hi".to_string()).unwrap();
+    /// assert_eq!(b.recv().unwrap(), "hi");
+    /// drop(b);
+    /// assert!(matches!(a.send(&"anyone?".to_string()), Err(Error::EndOfStream)));
+    /// ```
     pub fn send(&self, value: &T) -> Result<()> {
         let q = self.send.as_ref().ok_or_else(|| Error::InvalidConfig {
             what: "this end of a one-way pipe only receives: send on the other end".into(),
@@ -192,23 +294,50 @@ impl<T: Wire> PipeEnd<T> {
     /// [`Error::EndOfStream`] once the other end is closed or its process
     /// died and every value it sent was received; [`Error::InvalidConfig`] on
     /// the send-only end of a one-way pipe; [`Error::Decode`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use corepool::{Error, Pipe};
+    ///
+    /// let (a, b) = Pipe::duplex::<u64>().unwrap();
+    /// a.send(&1).unwrap();
+    /// drop(a);
+    /// assert_eq!(b.recv().unwrap(), 1, "sent before the close");
+    /// assert!(matches!(b.recv(), Err(Error::EndOfStream)));
+    /// ```
     pub fn recv(&self) -> Result<T> {
         self.recv_until(None)
     }
 
-    /// Receives the next value, waiting at most `timeout`.
+    /// Receives the next value, waiting at most `timeout`. A timeout too long
+    /// to represent as an [`Instant`] (such as [`Duration::MAX`]) waits
+    /// without limit, like [`recv`](Self::recv).
     ///
     /// # Errors
     ///
     /// [`Error::Timeout`] if none came in time; as [`recv`](Self::recv).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use corepool::{Error, Pipe};
+    /// use std::time::Duration;
+    ///
+    /// let (a, b) = Pipe::duplex::<u64>().unwrap();
+    /// assert!(matches!(
+    ///     b.recv_timeout(Duration::from_millis(1)),
+    ///     Err(Error::Timeout)
+    /// ));
+    /// a.send(&7).unwrap();
+    /// assert_eq!(b.recv_timeout(Duration::MAX).unwrap(), 7);
+    /// ```
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T> {
-        self.recv_until(Some(Instant::now() + timeout))
+        self.recv_until(crate::park::deadline_after(timeout))
     }
 
     fn recv_until(&self, deadline: Option<Instant>) -> Result<T> {
-        let q = self.recv.as_ref().ok_or_else(|| Error::InvalidConfig {
-            what: "this end of a one-way pipe only sends: receive on the other end".into(),
-        })?;
+        let q = self.receiving()?;
         loop {
             if let Some(v) = q.try_get().map_err(eos)? {
                 return Ok(v);
@@ -239,10 +368,124 @@ impl<T: Wire> PipeEnd<T> {
         }
     }
 
+    /// Receives the next value if one is waiting, without waiting for it.
+    ///
+    /// `Ok(None)` means nothing is waiting and the other end may still send.
+    /// When nothing is waiting, this checks whether the other end's process
+    /// is alive, which reads `/proc`: to wait for a value, use
+    /// [`poll`](Self::poll) or [`recv_timeout`](Self::recv_timeout) rather
+    /// than calling this in a loop.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv): [`Error::EndOfStream`] once the other end is
+    /// closed or its process died and every value it sent was received;
+    /// [`Error::InvalidConfig`] on the send-only end of a one-way pipe;
+    /// [`Error::Decode`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use corepool::{Error, Pipe};
+    ///
+    /// let (a, b) = Pipe::duplex::<u64>().unwrap();
+    /// assert_eq!(b.try_recv().unwrap(), None);
+    /// a.send(&7).unwrap();
+    /// assert_eq!(b.try_recv().unwrap(), Some(7));
+    /// drop(a);
+    /// assert!(matches!(b.try_recv(), Err(Error::EndOfStream)));
+    /// ```
+    pub fn try_recv(&self) -> Result<Option<T>> {
+        let q = self.receiving()?;
+        if let Some(v) = q.try_get().map_err(eos)? {
+            return Ok(Some(v));
+        }
+        if self.peer_gone() {
+            // Values sent before the end was closed still count.
+            return q
+                .try_get()
+                .map_err(eos)?
+                .ok_or(Error::EndOfStream)
+                .map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Waits at most `timeout` until [`recv`](Self::recv) would return
+    /// without waiting (Python's `Connection.poll`); never takes a value.
+    ///
+    /// `Ok(true)` when a value is waiting, and also, as in Python, when the
+    /// stream has ended (the other end is closed or its process died, and
+    /// nothing is left): the following `recv` then returns
+    /// [`Error::EndOfStream`] at once. `Ok(false)` when `timeout` passed
+    /// first. `Duration::ZERO` looks without waiting; a timeout too long to
+    /// represent as an [`Instant`] waits without limit. A peer that dies
+    /// while this waits is noticed within a few milliseconds.
+    ///
+    /// Another thread of this process receiving from the same end may take
+    /// the value between this call and yours.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] on the send-only end of a one-way pipe.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use corepool::{Error, Pipe};
+    /// use std::time::Duration;
+    ///
+    /// let (a, b) = Pipe::duplex::<u64>().unwrap();
+    /// assert!(!b.poll(Duration::from_millis(1)).unwrap());
+    /// a.send(&7).unwrap();
+    /// assert!(b.poll(Duration::ZERO).unwrap());
+    /// assert_eq!(b.recv().unwrap(), 7, "poll took nothing");
+    /// drop(a);
+    /// assert!(b.poll(Duration::MAX).unwrap(), "end of stream");
+    /// assert!(matches!(b.recv(), Err(Error::EndOfStream)));
+    /// ```
+    pub fn poll(&self, timeout: Duration) -> Result<bool> {
+        let q = self.receiving()?;
+        let deadline = crate::park::deadline_after(timeout);
+        loop {
+            if q.has_value() || self.peer_closed() || q.is_closed() {
+                return Ok(true);
+            }
+            let slice = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        // Last look: a dead peer is an end of stream too.
+                        return Ok(q.has_value() || self.peer_gone());
+                    }
+                    left.min(PEER_CHECK)
+                }
+                None => PEER_CHECK,
+            };
+            match q.wait_nonempty_until(crate::park::deadline_after(slice)) {
+                Ok(()) | Err(Error::QueueClosed) => return Ok(true),
+                // Nothing for a while: is anyone still sending?
+                Err(Error::Timeout) if self.peer_gone() => return Ok(true),
+                Err(Error::Timeout) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Closes this end: the other end reads what is left, then gets
     /// [`Error::EndOfStream`]. Dropping the end in the process that holds it
     /// does the same.
+    ///
+    /// ```
+    /// use corepool::{Error, Pipe};
+    ///
+    /// let (a, b) = Pipe::duplex::<u64>().unwrap();
+    /// a.close();
+    /// assert!(matches!(b.recv(), Err(Error::EndOfStream)));
+    /// ```
     pub fn close(&self) {
+        // Release pairs with the Acquire loads in `peer_closed`/`peer_gone`:
+        // everything we sent is visible to a peer that sees CLOSED.
         self.holder(self.side).store(CLOSED, Ordering::Release);
         if let Some(q) = &self.send {
             q.close();
@@ -270,6 +513,10 @@ pub(crate) fn assign_transfers(transfers: &[(Arc<SharedSegment>, u8)], pid: i32)
         if let Some(p) = control.segment().at(usize::from(*side) * 4, 4) {
             // SAFETY: in bounds, 4-aligned, lives as long as `control`.
             let word = unsafe { AtomicU32::from_ptr(p.cast()) };
+            // Only from IN_TRANSIT: the child may already have decoded the end
+            // (and recorded the same pid). AcqRel: Release pairs with the
+            // Acquire loads in `peer_closed`/`peer_gone` and the Acquire side
+            // of the child's CASes; Acquire with the Release CAS in `encode`.
             let _ =
                 word.compare_exchange(IN_TRANSIT, pid as u32, Ordering::AcqRel, Ordering::Acquire);
         }
@@ -287,7 +534,10 @@ impl<T> Drop for PipeEnd<T> {
     fn drop(&mut self) {
         let me = crate::sys::current_pid();
         // Only the process holding the end closes it: a copy dropped after
-        // sending the end elsewhere leaves it open.
+        // sending the end elsewhere leaves it open. AcqRel: Release pairs with
+        // the Acquire loads in the peer's `peer_closed`/`peer_gone` (what we
+        // sent is visible once it sees CLOSED); Acquire with the Release
+        // store or CAS that made us the holder.
         if self
             .holder(self.side)
             .compare_exchange(me, CLOSED, Ordering::AcqRel, Ordering::Acquire)
@@ -303,7 +553,9 @@ impl<T> Drop for PipeEnd<T> {
 impl<T: Wire> Wire for PipeEnd<T> {
     fn encode(&self, out: &mut Vec<u8>) {
         // In transit: nobody holds it until a process decodes it, so the
-        // sender dropping its copy does not close it.
+        // sender dropping its copy does not close it. AcqRel: Release pairs
+        // with the Acquire side of the CASes from IN_TRANSIT in `decode` and
+        // `assign_transfers`; Acquire with the Release that made us holder.
         let me = crate::sys::current_pid();
         let _ = self.holder(self.side).compare_exchange(
             me,
@@ -333,7 +585,10 @@ impl<T: Wire> Wire for PipeEnd<T> {
             recv,
             control,
         };
-        // Release pairs with the Acquire loads in `peer_gone`.
+        // Only from IN_TRANSIT: `assign_transfers` may have recorded us
+        // already. AcqRel: Release pairs with the Acquire loads in
+        // `peer_closed`/`peer_gone` and the Acquire side of the CAS in our
+        // `Drop`; Acquire with the Release CAS in the sender's `encode`.
         let _ = end.holder(side).compare_exchange(
             IN_TRANSIT,
             std::process::id(),

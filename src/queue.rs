@@ -28,11 +28,13 @@
 //!
 //! Every word read from the segment is validated (lengths against the slot
 //! size, pids against pid_max); the queue's processes are peers that may die
-//! at any instruction.
+//! at any instruction. Positions (`head`, `tail`, and the `seq` of a slot)
+//! are read from the segment too, so all arithmetic on them wraps: a garbage
+//! word can make the queue report full or empty, never overflow and panic.
 
 use crate::error::{Error, Result};
 use crate::handle::{process_is_dead, type_tag, SharedSegment};
-use crate::park::Spinner;
+use crate::park::{deadline_after, Spinner};
 use crate::sys;
 use crate::wire::{decode_error, decode_exact, Wire};
 use std::fmt;
@@ -149,6 +151,18 @@ enum Put {
     Full,
 }
 
+/// What stands at `head`.
+enum Front {
+    /// A value, in slot position `h`, whose state word reads `word`.
+    Full {
+        h: u64,
+        word: u64,
+    },
+    Empty,
+    /// A live producer is writing the next value: it will be there soon.
+    Busy,
+}
+
 enum Got<R> {
     Value(R),
     Empty,
@@ -161,23 +175,55 @@ fn stride_for(message_bytes: usize) -> usize {
 }
 
 impl<T> Queue<T> {
-    /// A queue of `capacity` values (rounded up to a power of two) of at most
-    /// 240 encoded bytes each.
+    /// A queue of at least `capacity` values of at most 240 encoded bytes
+    /// each. The capacity is rounded up to the next power of two (5 becomes
+    /// 8); [`capacity`](Self::capacity) reports the real one, and that many
+    /// values fit before [`try_put`](Self::try_put) reports the queue full.
     ///
     /// # Errors
     ///
     /// As [`with_message_bytes`](Self::with_message_bytes).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use corepool::Queue;
+    ///
+    /// let q = Queue::<u64>::new(5).unwrap();
+    /// assert_eq!(q.capacity(), 8);
+    /// for i in 0..8 {
+    ///     assert!(q.try_put(&i).unwrap());
+    /// }
+    /// assert!(!q.try_put(&8).unwrap(), "full");
+    /// ```
     pub fn new(capacity: usize) -> Result<Self> {
         Self::with_message_bytes(capacity, 240)
     }
 
-    /// A queue of `capacity` values (rounded up to a power of two) of at most
-    /// `message_bytes` encoded bytes each.
+    /// A queue of at least `capacity` values of at most `message_bytes`
+    /// encoded bytes each. The capacity is rounded up to the next power of
+    /// two; [`capacity`](Self::capacity) reports the real one. Each slot takes
+    /// `message_bytes` plus a 16-byte header, rounded up to 64 bytes.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for a capacity of 0 or above 2^24, or a
-    /// message size of 0 or above 16 MiB; [`Error::SharedMemory`].
+    /// [`Error::InvalidConfig`] for a capacity of 0 or above 2^24 (checked
+    /// before rounding, so 2^24 itself is the largest), or a message size of
+    /// 0 or above 16 MiB; [`Error::SharedMemory`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use corepool::{Error, Queue};
+    ///
+    /// let q = Queue::<Vec<u8>>::with_message_bytes(3, 1024).unwrap();
+    /// assert_eq!((q.capacity(), q.message_bytes()), (4, 1024));
+    /// assert!(matches!(
+    ///     q.put(&vec![0; 2000]),
+    ///     Err(Error::ArgumentTooLarge { .. })
+    /// ));
+    /// assert!(Queue::<u64>::with_message_bytes(0, 8).is_err());
+    /// ```
     pub fn with_message_bytes(capacity: usize, message_bytes: usize) -> Result<Self> {
         if capacity == 0 || capacity > 1 << 24 {
             return Err(Error::InvalidConfig {
@@ -220,6 +266,8 @@ impl<T> Queue<T> {
             _type: PhantomData,
         };
         for i in 0..q.capacity {
+            // Relaxed: not shared yet; handing the queue to another thread or
+            // process (a spawn, a channel) orders these stores before its use.
             q.slot_state(i).store(pack(i, EMPTY, 0), Ordering::Relaxed);
         }
         Ok(q)
@@ -268,40 +316,102 @@ impl<T> Queue<T> {
     }
 
     /// Values it holds (a snapshot: others may be putting and getting).
+    ///
+    /// ```
+    /// use corepool::Queue;
+    ///
+    /// let q = Queue::<u64>::new(4).unwrap();
+    /// q.put(&1).unwrap();
+    /// q.put(&2).unwrap();
+    /// assert_eq!(q.len(), 2);
+    /// ```
     pub fn len(&self) -> usize {
+        // Acquire (both) pairs with the AcqRel CASes in `help_head` and
+        // `help_tail`. `head` first: it never passes `tail`, which only grows.
         let head = self.head().load(Ordering::Acquire);
         let tail = self.tail().load(Ordering::Acquire);
+        // Saturating, not wrapping: `head` never passes `tail`, and a garbage
+        // `head` beyond `tail` had better read as empty than as full.
         tail.saturating_sub(head).min(self.capacity) as usize
     }
 
     /// Whether it holds no value (a snapshot).
+    ///
+    /// ```
+    /// use corepool::Queue;
+    ///
+    /// let q = Queue::<u64>::new(4).unwrap();
+    /// assert!(q.is_empty());
+    /// q.put(&1).unwrap();
+    /// assert!(!q.is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// How many values it can hold.
+    /// How many values it can hold: the capacity asked for, rounded up to the
+    /// next power of two.
+    ///
+    /// ```
+    /// use corepool::Queue;
+    ///
+    /// assert_eq!(Queue::<u64>::new(8).unwrap().capacity(), 8);
+    /// assert_eq!(Queue::<u64>::new(9).unwrap().capacity(), 16);
+    /// ```
     pub fn capacity(&self) -> usize {
         self.capacity as usize
     }
 
     /// Largest encoded value it takes.
+    ///
+    /// ```
+    /// use corepool::Queue;
+    ///
+    /// assert_eq!(Queue::<u64>::new(4).unwrap().message_bytes(), 240);
+    /// ```
     pub fn message_bytes(&self) -> usize {
         self.message_bytes
     }
 
     /// Closes it for everyone: `put` fails from now on, `get` drains what is
     /// left and then fails with [`Error::QueueClosed`]. Wakes every waiter.
+    ///
+    /// ```
+    /// use corepool::{Error, Queue};
+    ///
+    /// let q = Queue::<u64>::new(4).unwrap();
+    /// q.put(&1).unwrap();
+    /// q.close();
+    /// assert!(matches!(q.put(&2), Err(Error::QueueClosed)));
+    /// assert_eq!(q.get().unwrap(), 1, "what was put is still there");
+    /// assert!(matches!(q.get(), Err(Error::QueueClosed)));
+    /// ```
     pub fn close(&self) {
         // Release pairs with the Acquire loads in `is_closed`.
         self.word32(CLOSED_AT).store(1, Ordering::Release);
         for at in [NOT_EMPTY_AT, NOT_FULL_AT] {
+            // Release pairs with the Acquire load of the sequence in `wait`: a
+            // waiter that read the bumped sequence sees the queue closed at its
+            // re-check, and one that read the old value returns from
+            // FUTEX_WAIT at once. Woken unconditionally: close is rare.
             self.word32(at).fetch_add(1, Ordering::Release);
             sys::futex_wake_all(self.word32(at));
         }
     }
 
     /// Whether [`close`](Self::close) was called (by any process).
+    ///
+    /// ```
+    /// use corepool::Queue;
+    ///
+    /// let q = Queue::<u64>::new(4).unwrap();
+    /// let other = q.clone();
+    /// assert!(!other.is_closed());
+    /// q.close();
+    /// assert!(other.is_closed());
+    /// ```
     pub fn is_closed(&self) -> bool {
+        // Acquire pairs with the Release store in `close`.
         self.word32(CLOSED_AT).load(Ordering::Acquire) != 0
     }
 }
@@ -328,6 +438,16 @@ impl<T: Wire> Queue<T> {
     ///
     /// [`Error::QueueClosed`]; [`Error::ArgumentTooLarge`] for a value whose
     /// encoding exceeds [`message_bytes`](Self::message_bytes).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use corepool::Queue;
+    ///
+    /// let q = Queue::<u64>::new(1).unwrap();
+    /// assert!(q.try_put(&1).unwrap());
+    /// assert!(!q.try_put(&2).unwrap(), "full");
+    /// ```
     pub fn try_put(&self, value: &T) -> Result<bool> {
         if self.is_closed() {
             return Err(Error::QueueClosed);
@@ -340,18 +460,44 @@ impl<T: Wire> Queue<T> {
     /// # Errors
     ///
     /// As [`try_put`](Self::try_put).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use corepool::Queue;
+    ///
+    /// let q = Queue::<String>::new(4).unwrap();
+    /// q.put(&"hello".to_string()).unwrap();
+    /// assert_eq!(q.get().unwrap(), "hello");
+    /// ```
     pub fn put(&self, value: &T) -> Result<()> {
         self.put_until(value, None)
     }
 
-    /// Puts `value`, waiting at most `timeout` for room.
+    /// Puts `value`, waiting at most `timeout` for room. A timeout too long
+    /// to represent as an [`Instant`] (such as [`Duration::MAX`]) waits
+    /// without limit, like [`put`](Self::put).
     ///
     /// # Errors
     ///
     /// [`Error::Timeout`] if there was no room in time; as
     /// [`try_put`](Self::try_put).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use corepool::{Error, Queue};
+    /// use std::time::Duration;
+    ///
+    /// let q = Queue::<u64>::new(1).unwrap();
+    /// q.put_timeout(&1, Duration::MAX).unwrap(); // room: no wait at all
+    /// assert!(matches!(
+    ///     q.put_timeout(&2, Duration::from_millis(1)),
+    ///     Err(Error::Timeout)
+    /// ));
+    /// ```
     pub fn put_timeout(&self, value: &T, timeout: Duration) -> Result<()> {
-        self.put_until(value, Some(Instant::now() + timeout))
+        self.put_until(value, deadline_after(timeout))
     }
 
     fn put_until(&self, value: &T, deadline: Option<Instant>) -> Result<()> {
@@ -382,6 +528,17 @@ impl<T: Wire> Queue<T> {
     ///
     /// [`Error::QueueClosed`] once closed and drained; [`Error::Decode`] for
     /// bytes that are not a `T` (a peer misbehaved).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use corepool::Queue;
+    ///
+    /// let q = Queue::<u64>::new(4).unwrap();
+    /// assert_eq!(q.try_get().unwrap(), None);
+    /// q.put(&1).unwrap();
+    /// assert_eq!(q.try_get().unwrap(), Some(1));
+    /// ```
     pub fn try_get(&self) -> Result<Option<T>> {
         match self.get_once(decode_exact::<T>) {
             Got::Value(value) => value.map(Some),
@@ -397,17 +554,44 @@ impl<T: Wire> Queue<T> {
     /// # Errors
     ///
     /// As [`try_get`](Self::try_get).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use corepool::Queue;
+    ///
+    /// let q = Queue::<(u32, String)>::new(4).unwrap();
+    /// q.put(&(1, "one".to_string())).unwrap();
+    /// assert_eq!(q.get().unwrap(), (1, "one".to_string()));
+    /// ```
     pub fn get(&self) -> Result<T> {
         self.get_until(None)
     }
 
-    /// Takes a value, waiting at most `timeout`.
+    /// Takes a value, waiting at most `timeout`. A timeout too long to
+    /// represent as an [`Instant`] (such as [`Duration::MAX`]) waits without
+    /// limit, like [`get`](Self::get).
     ///
     /// # Errors
     ///
     /// [`Error::Timeout`] if none came in time; as [`try_get`](Self::try_get).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use corepool::{Error, Queue};
+    /// use std::time::Duration;
+    ///
+    /// let q = Queue::<u64>::new(4).unwrap();
+    /// assert!(matches!(
+    ///     q.get_timeout(Duration::from_millis(1)),
+    ///     Err(Error::Timeout)
+    /// ));
+    /// q.put(&7).unwrap();
+    /// assert_eq!(q.get_timeout(Duration::MAX).unwrap(), 7);
+    /// ```
     pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
-        self.get_until(Some(Instant::now() + timeout))
+        self.get_until(deadline_after(timeout))
     }
 
     fn get_until(&self, deadline: Option<Instant>) -> Result<T> {
@@ -454,8 +638,10 @@ impl<T: Wire> Queue<T> {
     ) -> Result<bool> {
         let seq_word = self.word32(at);
         let sleepers = self.word32(at + 4);
-        // Acquire pairs with the Release increment in `notify`.
+        // Acquire pairs with the Release increments in `notify` and `close`.
         let seq = seq_word.load(Ordering::Acquire);
+        // SeqCst, with the fence below: the announcement is ordered before
+        // our re-check; pairs with the fence and sleeper load in `notify`.
         sleepers.fetch_add(1, Ordering::SeqCst);
         // SeqCst fence: pairs with the fence in `notify` (we see its state
         // change, or it sees our sleeper count).
@@ -464,6 +650,7 @@ impl<T: Wire> Queue<T> {
         if !done {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left.is_some_and(|l| l.is_zero()) {
+                // SeqCst: as the decrement below.
                 sleepers.fetch_sub(1, Ordering::SeqCst);
                 return Err(Error::Timeout);
             }
@@ -473,6 +660,8 @@ impl<T: Wire> Queue<T> {
             };
             sys::futex_wait(seq_word, seq, timeout);
         }
+        // SeqCst for symmetry with the announcement; nothing pairs with it:
+        // a waker that still counts us costs one spurious wake, never a lost one.
         sleepers.fetch_sub(1, Ordering::SeqCst);
         Ok(done)
     }
@@ -484,6 +673,8 @@ impl<T: Wire> Queue<T> {
     fn notify(&self, at: usize) {
         // SeqCst fence: pairs with the fence in `wait`.
         fence(Ordering::SeqCst);
+        // Relaxed: the fence above orders it after our state change, and
+        // pairs with the waiter's SeqCst announcement and fence.
         if self.word32(at + 4).load(Ordering::Relaxed) > 0 {
             // Release pairs with the Acquire load in `wait`; a waiter that read
             // the old value returns from FUTEX_WAIT at once.
@@ -495,21 +686,24 @@ impl<T: Wire> Queue<T> {
     fn put_once(&self, bytes: &[u8]) -> Put {
         let me = my_pid();
         loop {
-            // Acquire pairs with the AcqRel CASes that move `tail`.
+            // Acquire pairs with the AcqRel CASes that move `tail` (`help_tail`).
             let t = self.tail().load(Ordering::Acquire);
             let state = self.slot_state(t);
+            // Acquire pairs with the Release store of EMPTY in `get_once` and
+            // the AcqRel repair CASes (in `front` and below): a slot we see
+            // free was read out before we write it.
             let word = state.load(Ordering::Acquire);
             let (seq, phase, pid) = unpack(word);
             if seq == t & SEQ_MASK {
                 if phase != EMPTY {
                     // Someone claimed t and has not moved `tail`: help.
-                    let _ =
-                        self.tail()
-                            .compare_exchange(t, t + 1, Ordering::AcqRel, Ordering::Acquire);
+                    self.help_tail(t);
                     continue;
                 }
-                // AcqRel: pairs with the consumer's Release store of EMPTY
-                // (its read is done) and orders our claim before our writes.
+                // AcqRel: Acquire pairs with the consumer's Release store of
+                // EMPTY (its read is done before our write); Release pairs
+                // with the Acquire state loads here and in `front` (others
+                // see the slot claimed).
                 if state
                     .compare_exchange(
                         word,
@@ -521,19 +715,19 @@ impl<T: Wire> Queue<T> {
                 {
                     continue;
                 }
-                let _ = self
-                    .tail()
-                    .compare_exchange(t, t + 1, Ordering::AcqRel, Ordering::Acquire);
+                self.help_tail(t);
                 let dst = self.slot_base(t) + SLOT_HEADER;
                 if let Some(p) = self.map.segment().at(dst, bytes.len()) {
                     // SAFETY: in bounds (checked); the slot is ours (WRITING)
                     // until we publish it below.
                     unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len()) };
                 }
+                // Relaxed: published by the Release store of FULL below.
                 self.slot_len(t)
                     .store(bytes.len() as u32, Ordering::Relaxed);
-                // Release pairs with the consumer's AcqRel claim CAS: the
-                // value is written before the slot reads FULL.
+                // Release pairs with the Acquire state load in `front` and
+                // the consumer's AcqRel claim CAS in `get_once`: the value
+                // and its length are written before the slot reads FULL.
                 state.store(pack(t, FULL, 0), Ordering::Release);
                 self.notify(NOT_EMPTY_AT);
                 return Put::Done;
@@ -543,6 +737,9 @@ impl<T: Wire> Queue<T> {
                 match phase {
                     READING | WRITING if process_is_dead(pid) => {
                         // Its owner died mid-operation: free the slot for us.
+                        // AcqRel: Release pairs with the Acquire state loads
+                        // here and in `front`; Acquire with the dead owner's
+                        // AcqRel claim CAS.
                         let _ = state.compare_exchange(
                             word,
                             pack(t, EMPTY, 0),
@@ -561,9 +758,130 @@ impl<T: Wire> Queue<T> {
             // `t` was stale (another producer moved on): look again. A slot
             // that fits no lap while `tail` stands still is corrupt: report
             // full rather than spin on it.
+            // Acquire pairs with the AcqRel CASes that move `tail`.
             if self.tail().load(Ordering::Acquire) == t {
                 return Put::Full;
             }
+        }
+    }
+
+    /// Finds the value at `head` without claiming it, helping `head` past
+    /// slots already claimed and skipping a slot whose producer died mid-put
+    /// (neither changes any value's place in line). A [`Front::Full`] may be
+    /// claimed by another consumer the next instant.
+    fn front(&self) -> Front {
+        loop {
+            // Acquire pairs with the AcqRel CASes that move `head` (`help_head`).
+            let h = self.head().load(Ordering::Acquire);
+            let state = self.slot_state(h);
+            // Acquire pairs with the Release stores of FULL (`put_once`) and
+            // EMPTY (`get_once`) and the AcqRel repair CASes.
+            let word = state.load(Ordering::Acquire);
+            let (seq, phase, pid) = unpack(word);
+            if seq == h & SEQ_MASK {
+                match phase {
+                    FULL => return Front::Full { h, word },
+                    EMPTY => return Front::Empty,
+                    WRITING if process_is_dead(pid) => {
+                        // The producer died mid-put: its value is lost; skip it.
+                        // AcqRel: Release pairs with the Acquire loads of the
+                        // state in `put_once` (the producer one lap later sees
+                        // the slot free); Acquire with the dead producer's
+                        // AcqRel claim CAS.
+                        if state
+                            .compare_exchange(
+                                word,
+                                pack(h.wrapping_add(self.capacity), EMPTY, 0),
+                                Ordering::AcqRel,
+                                Ordering::Acquire,
+                            )
+                            .is_ok()
+                        {
+                            self.help_head(h);
+                            self.notify(NOT_FULL_AT);
+                        }
+                        continue;
+                    }
+                    WRITING => return Front::Busy,
+                    _ => {
+                        // READING: another consumer took h; help `head` on.
+                        self.help_head(h);
+                        continue;
+                    }
+                }
+            }
+            if seq == h.wrapping_add(self.capacity) & SEQ_MASK {
+                // Already consumed; `head` lags: help it on.
+                self.help_head(h);
+                continue;
+            }
+            // `h` was stale, or the slot is from an older lap still being
+            // handed over: look again.
+            // Acquire pairs with the AcqRel CASes that move `head`.
+            if self.head().load(Ordering::Acquire) == h {
+                return Front::Empty;
+            }
+        }
+    }
+
+    /// Moves `head` on from `h`, unless someone already did.
+    fn help_head(&self, h: u64) {
+        // AcqRel: Release pairs with the Acquire loads of `head` in `front`,
+        // `len` and `claim_value_and_abort` (whoever sees the new `head` sees
+        // the claim of slot `h` before it); Acquire pairs with the Release of
+        // whichever CAS moved it before us.
+        let _ =
+            self.head()
+                .compare_exchange(h, h.wrapping_add(1), Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Moves `tail` on from `t`, unless someone already did.
+    fn help_tail(&self, t: u64) {
+        // AcqRel: Release pairs with the Acquire loads of `tail` in
+        // `put_once`, `len` and `claim_slot_and_abort` (whoever sees the new
+        // `tail` sees the claim of slot `t` before it); Acquire pairs with
+        // the Release of whichever CAS moved it before us.
+        let _ =
+            self.tail()
+                .compare_exchange(t, t.wrapping_add(1), Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Whether a value is ready at the head now (a snapshot: another
+    /// consumer may take it first). Takes nothing.
+    pub(crate) fn has_value(&self) -> bool {
+        matches!(self.front(), Front::Full { .. })
+    }
+
+    /// Waits until a value is ready at the head, without taking it, with the
+    /// same spin-then-sleep as `get_until`.
+    ///
+    /// `Ok(())` once a value is ready (another consumer may still take it
+    /// first); [`Error::QueueClosed`] once closed and drained;
+    /// [`Error::Timeout`] at `deadline`.
+    pub(crate) fn wait_nonempty_until(&self, deadline: Option<Instant>) -> Result<()> {
+        let mut spinner = Spinner::new();
+        loop {
+            let busy = match self.front() {
+                Front::Full { .. } => return Ok(()),
+                Front::Empty => false,
+                Front::Busy => true,
+            };
+            if self.is_closed() && self.is_empty() {
+                return Err(Error::QueueClosed);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::Timeout);
+            }
+            if spinner.spin() {
+                continue;
+            }
+            // As in `get_until`: a live writer is re-checked every
+            // millisecond; otherwise sleep until woken. Whatever woke us, the
+            // top of the loop looks again.
+            let poll = busy.then_some(Duration::from_millis(1));
+            self.wait(NOT_EMPTY_AT, deadline, poll, || {
+                self.is_closed() || self.has_value()
+            })?;
         }
     }
 
@@ -572,111 +890,60 @@ impl<T: Wire> Queue<T> {
     fn get_once<R>(&self, take: impl FnOnce(&[u8]) -> R) -> Got<R> {
         let me = my_pid();
         loop {
-            // Acquire pairs with the AcqRel CASes that move `head`.
-            let h = self.head().load(Ordering::Acquire);
+            let (h, word) = match self.front() {
+                Front::Full { h, word } => (h, word),
+                Front::Empty => return Got::Empty,
+                Front::Busy => return Got::Busy,
+            };
             let state = self.slot_state(h);
-            let word = state.load(Ordering::Acquire);
-            let (seq, phase, pid) = unpack(word);
-            if seq == h & SEQ_MASK {
-                match phase {
-                    FULL => {
-                        // AcqRel: pairs with the producer's Release store of
-                        // FULL (we see the value) and claims the slot.
-                        if state
-                            .compare_exchange(
-                                word,
-                                pack(h, READING, me),
-                                Ordering::AcqRel,
-                                Ordering::Acquire,
-                            )
-                            .is_err()
-                        {
-                            continue;
-                        }
-                        let _ = self.head().compare_exchange(
-                            h,
-                            h + 1,
-                            Ordering::AcqRel,
-                            Ordering::Acquire,
-                        );
-                        let len = (self.slot_len(h).load(Ordering::Relaxed) as usize)
-                            .min(self.message_bytes);
-                        let src = self.slot_base(h) + SLOT_HEADER;
-                        // Copy out before freeing the slot; decode after, so
-                        // that producers are not kept waiting on it.
-                        let mut inline = [0u8; INLINE_COPY];
-                        let spilled: Vec<u8>;
-                        let copy: &[u8] = match self.map.segment().at(src, len) {
-                            Some(p) if len <= INLINE_COPY => {
-                                // SAFETY: in bounds (checked); the slot is ours
-                                // (READING) until we free it below.
-                                unsafe {
-                                    std::ptr::copy_nonoverlapping(p, inline.as_mut_ptr(), len)
-                                };
-                                &inline[..len]
-                            }
-                            Some(p) => {
-                                let mut v = vec![0u8; len];
-                                // SAFETY: as above.
-                                unsafe { std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), len) };
-                                spilled = v;
-                                &spilled
-                            }
-                            None => &[],
-                        };
-                        // Release pairs with the producer's AcqRel claim CAS
-                        // one lap later: our read is done before it writes.
-                        state.store(pack(h + self.capacity, EMPTY, 0), Ordering::Release);
-                        self.notify(NOT_FULL_AT);
-                        return Got::Value(take(copy));
-                    }
-                    EMPTY => return Got::Empty,
-                    WRITING if process_is_dead(pid) => {
-                        // The producer died mid-put: its value is lost; skip it.
-                        if state
-                            .compare_exchange(
-                                word,
-                                pack(h + self.capacity, EMPTY, 0),
-                                Ordering::AcqRel,
-                                Ordering::Acquire,
-                            )
-                            .is_ok()
-                        {
-                            let _ = self.head().compare_exchange(
-                                h,
-                                h + 1,
-                                Ordering::AcqRel,
-                                Ordering::Acquire,
-                            );
-                            self.notify(NOT_FULL_AT);
-                        }
-                        continue;
-                    }
-                    WRITING => return Got::Busy,
-                    _ => {
-                        // READING: another consumer took h; help `head` on.
-                        let _ = self.head().compare_exchange(
-                            h,
-                            h + 1,
-                            Ordering::AcqRel,
-                            Ordering::Acquire,
-                        );
-                        continue;
-                    }
-                }
-            }
-            if seq == (h + self.capacity) & SEQ_MASK {
-                // Already consumed; `head` lags: help it on.
-                let _ = self
-                    .head()
-                    .compare_exchange(h, h + 1, Ordering::AcqRel, Ordering::Acquire);
+            // AcqRel: Acquire pairs with the producer's Release store of FULL
+            // (we see the value); Release pairs with the Acquire loads of the
+            // state in `front` (others see the slot claimed).
+            if state
+                .compare_exchange(
+                    word,
+                    pack(h, READING, me),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_err()
+            {
                 continue;
             }
-            // `h` was stale, or the slot is from an older lap still being
-            // handed over: look again.
-            if self.head().load(Ordering::Acquire) == h {
-                return Got::Empty;
-            }
+            self.help_head(h);
+            // Relaxed: ordered after the producer's store by our AcqRel claim,
+            // which read its Release store of FULL. Garbage is clamped.
+            let len = (self.slot_len(h).load(Ordering::Relaxed) as usize).min(self.message_bytes);
+            let src = self.slot_base(h) + SLOT_HEADER;
+            // Copy out before freeing the slot; decode after, so that
+            // producers are not kept waiting on it.
+            let mut inline = [0u8; INLINE_COPY];
+            let spilled: Vec<u8>;
+            let copy: &[u8] = match self.map.segment().at(src, len) {
+                Some(p) if len <= INLINE_COPY => {
+                    // SAFETY: in bounds (checked); the slot is ours (READING)
+                    // until we free it below.
+                    unsafe { std::ptr::copy_nonoverlapping(p, inline.as_mut_ptr(), len) };
+                    &inline[..len]
+                }
+                Some(p) => {
+                    let mut v = vec![0u8; len];
+                    // SAFETY: as above.
+                    unsafe { std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), len) };
+                    spilled = v;
+                    &spilled
+                }
+                None => &[],
+            };
+            // Release pairs with the Acquire load of the state in `put_once`
+            // one lap later (and its AcqRel claim CAS): our read is done
+            // before it writes.
+            state.store(
+                pack(h.wrapping_add(self.capacity), EMPTY, 0),
+                Ordering::Release,
+            );
+            self.notify(NOT_FULL_AT);
+            return Got::Value(take(copy));
         }
     }
 
@@ -684,16 +951,16 @@ impl<T: Wire> Queue<T> {
     /// its slot READING with this process's pid.
     #[doc(hidden)]
     pub fn claim_value_and_abort(&self) -> ! {
+        // Acquire pairs with the AcqRel CASes that move `head`.
         let h = self.head().load(Ordering::Acquire);
+        // AcqRel: as the claim CAS in `get_once`.
         let _ = self.slot_state(h).compare_exchange(
             pack(h, FULL, 0),
             pack(h, READING, my_pid()),
             Ordering::AcqRel,
             Ordering::Acquire,
         );
-        let _ = self
-            .head()
-            .compare_exchange(h, h + 1, Ordering::AcqRel, Ordering::Acquire);
+        self.help_head(h);
         std::process::abort()
     }
 
@@ -701,16 +968,16 @@ impl<T: Wire> Queue<T> {
     /// it WRITING with this process's pid.
     #[doc(hidden)]
     pub fn claim_slot_and_abort(&self) -> ! {
+        // Acquire pairs with the AcqRel CASes that move `tail`.
         let t = self.tail().load(Ordering::Acquire);
+        // AcqRel: as the claim CAS in `put_once`.
         let _ = self.slot_state(t).compare_exchange(
             pack(t, EMPTY, 0),
             pack(t, WRITING, my_pid()),
             Ordering::AcqRel,
             Ordering::Acquire,
         );
-        let _ = self
-            .tail()
-            .compare_exchange(t, t + 1, Ordering::AcqRel, Ordering::Acquire);
+        self.help_tail(t);
         std::process::abort()
     }
 }
@@ -792,6 +1059,31 @@ mod tests {
         assert!(matches!(q.put(&6), Err(Error::QueueClosed)));
         assert_eq!(q.get().unwrap(), 5, "drains after close");
         assert!(matches!(q.get(), Err(Error::QueueClosed)));
+    }
+
+    #[test]
+    fn positions_wrap_at_the_top_of_u64() {
+        // Positions come from shared memory: one at u64::MAX must wrap to 0
+        // (debug builds would panic on `+ 1`), and the queue go on working.
+        let q = Queue::<u64>::new(4).unwrap();
+        let top = u64::MAX;
+        q.head().store(top, Ordering::Relaxed);
+        q.tail().store(top, Ordering::Relaxed);
+        q.slot_state(top)
+            .store(pack(top, EMPTY, 0), Ordering::Relaxed);
+        assert!(q.try_put(&1).unwrap());
+        assert_eq!(q.tail().load(Ordering::Relaxed), 0, "tail wrapped");
+        assert!(q.try_put(&2).unwrap());
+        assert_eq!(q.try_get().unwrap(), Some(1));
+        assert_eq!(q.head().load(Ordering::Relaxed), 0, "head wrapped");
+        assert_eq!(q.try_get().unwrap(), Some(2));
+        assert_eq!(q.try_get().unwrap(), None);
+        // Garbage positions (head past tail): no panic, no value made up.
+        q.head().store(top - 1, Ordering::Relaxed);
+        q.tail().store(3, Ordering::Relaxed);
+        assert_eq!(q.try_get().unwrap(), None);
+        assert!(q.try_put(&3).is_ok());
+        assert!(q.len() <= q.capacity());
     }
 
     #[test]

@@ -115,6 +115,39 @@ fn blocked_calls_end_with_a_clear_error() {
     assert_eq!(waiter.join().unwrap(), 7, "get returned QueueClosed");
 }
 
+fn an_endless_timeout_waits_without_panicking() {
+    // `Instant::now() + Duration::MAX` overflows: such a timeout must mean
+    // "no deadline", and a call that need not wait returns at once.
+    let q = Queue::<u64>::new(2).unwrap();
+    q.put_timeout(&1, Duration::MAX).unwrap();
+    assert_eq!(q.get_timeout(Duration::MAX).unwrap(), 1);
+    let (a, b) = Pipe::duplex::<u64>().unwrap();
+    a.send(&2).unwrap();
+    assert_eq!(b.recv_timeout(Duration::MAX).unwrap(), 2);
+    // And one that must wait is released by the value it waits for.
+    let child = Process::start(produce, (q.clone(), 5, 1)).unwrap();
+    assert_eq!(q.get_timeout(Duration::MAX).unwrap(), 5);
+    assert_eq!(child.join().unwrap(), 1);
+}
+
+fn capacity_is_rounded_up_to_a_power_of_two() {
+    let q = Queue::<u64>::new(5).unwrap();
+    assert_eq!(q.capacity(), 8);
+    for i in 0..8 {
+        assert!(q.try_put(&i).unwrap(), "value {i} fits");
+    }
+    assert!(!q.try_put(&8).unwrap(), "the 9th finds it full");
+    assert_eq!(q.len(), 8);
+    // The same holds for a copy in another process.
+    let got = Process::start(|q: Queue<u64>| q.capacity() as u64, q.clone()).unwrap();
+    assert_eq!(got.join().unwrap(), 8);
+    assert_eq!(Queue::<u64>::new(1).unwrap().capacity(), 1);
+    assert!(matches!(
+        Queue::<u64>::new((1 << 24) + 1),
+        Err(Error::InvalidConfig { .. })
+    ));
+}
+
 fn echo(end: PipeEnd<u64>) -> u64 {
     let mut n = 0;
     while let Ok(v) = end.recv() {
@@ -208,6 +241,82 @@ fn close_is_end_of_stream_after_the_data() {
     assert!(matches!(b.send(&2), Err(Error::EndOfStream)));
 }
 
+fn try_recv_and_poll_look_without_waiting_or_taking() {
+    let (a, b) = Pipe::duplex::<u64>().unwrap();
+    assert_eq!(b.try_recv().unwrap(), None, "nothing sent yet");
+    assert!(!b.poll(Duration::ZERO).unwrap());
+    assert!(
+        !b.poll(Duration::from_millis(5)).unwrap(),
+        "times out empty"
+    );
+    for i in 0..3 {
+        a.send(&i).unwrap();
+    }
+    assert!(b.poll(Duration::ZERO).unwrap());
+    assert!(
+        b.poll(Duration::from_secs(30)).unwrap(),
+        "polling twice takes nothing"
+    );
+    assert_eq!(b.try_recv().unwrap(), Some(0));
+    assert_eq!(b.recv().unwrap(), 1, "order kept");
+    assert!(b.poll(Duration::MAX).unwrap());
+    assert_eq!(b.try_recv().unwrap(), Some(2));
+    assert_eq!(b.try_recv().unwrap(), None);
+
+    // A value sent by another process while we poll wakes the poll.
+    let (rx, tx) = Pipe::one_way::<String>().unwrap();
+    let child = Process::start(send_three, tx).unwrap();
+    assert!(rx.poll(Duration::MAX).unwrap());
+    let got: Vec<String> = (0..3).map(|_| rx.recv().unwrap()).collect();
+    assert_eq!(got, vec!["a", "b", "c"], "poll lost or reordered nothing");
+    child.join().unwrap();
+    assert!(rx.poll(Duration::MAX).unwrap(), "end of stream");
+    assert!(matches!(rx.try_recv(), Err(Error::EndOfStream)));
+}
+
+fn try_recv_and_poll_after_the_peer_closes() {
+    let (a, b) = Pipe::duplex::<u64>().unwrap();
+    a.send(&1).unwrap();
+    drop(a);
+    assert!(b.poll(Duration::ZERO).unwrap(), "a value is left");
+    assert_eq!(b.try_recv().unwrap(), Some(1), "sent before the close");
+    assert!(
+        b.poll(Duration::ZERO).unwrap(),
+        "end of stream reads as ready"
+    );
+    assert!(b.poll(Duration::MAX).unwrap(), "and does not wait");
+    assert!(matches!(b.try_recv(), Err(Error::EndOfStream)));
+    assert!(matches!(b.recv(), Err(Error::EndOfStream)));
+
+    // The send-only end of a one-way pipe cannot receive, however it asks.
+    let (rx, tx) = Pipe::one_way::<u64>().unwrap();
+    assert!(matches!(tx.try_recv(), Err(Error::InvalidConfig { .. })));
+    assert!(matches!(
+        tx.poll(Duration::ZERO),
+        Err(Error::InvalidConfig { .. })
+    ));
+    tx.send(&5).unwrap();
+    assert_eq!(rx.try_recv().unwrap(), Some(5));
+}
+
+fn poll_returns_when_the_peer_process_dies() {
+    let (mine, theirs) = Pipe::duplex::<u64>().unwrap();
+    let child = Process::start(hold_forever, theirs).unwrap();
+    assert!(!mine.poll(Duration::ZERO).unwrap(), "alive and silent");
+    assert_eq!(mine.try_recv().unwrap(), None, "alive and silent");
+    let killer = std::thread::spawn(move || {
+        child.kill();
+        child.join_timeout(Duration::from_secs(30))
+    });
+    // No deadline: only the peer's death can end this wait.
+    assert!(mine.poll(Duration::MAX).unwrap(), "death is end of stream");
+    assert!(killer.join().unwrap());
+    assert!(mine.poll(Duration::ZERO).unwrap());
+    assert!(matches!(mine.try_recv(), Err(Error::EndOfStream)));
+    assert!(matches!(mine.recv(), Err(Error::EndOfStream)));
+    assert!(matches!(mine.send(&1), Err(Error::EndOfStream)));
+}
+
 fn bump(arg: (Value<u64>, AtomicValue<u64>)) -> u64 {
     let (v, a) = arg;
     for _ in 0..1000 {
@@ -246,10 +355,15 @@ fn main() {
         a_producer_dying_mid_put_blocks_nobody,
         a_consumer_dying_mid_get_blocks_nobody,
         blocked_calls_end_with_a_clear_error,
+        an_endless_timeout_waits_without_panicking,
+        capacity_is_rounded_up_to_a_power_of_two,
         duplex_ping_pong_and_end_of_stream,
         one_way_pipes_drain_then_end,
         a_dead_peer_ends_blocked_calls,
         close_is_end_of_stream_after_the_data,
+        try_recv_and_poll_look_without_waiting_or_taking,
+        try_recv_and_poll_after_the_peer_closes,
+        poll_returns_when_the_peer_process_dies,
         values_are_shared_and_a_dead_holder_cannot_wedge_them,
     ]);
 }
