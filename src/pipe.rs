@@ -186,6 +186,26 @@ impl<T> fmt::Debug for PipeEnd<T> {
 }
 
 impl<T> PipeEnd<T> {
+    /// Closes the end if this process holds it.
+    fn close_if_held(&self) {
+        let me = crate::sys::current_pid();
+        // Only the process holding the end closes it: a copy left after
+        // sending the end elsewhere must not close it under its new holder.
+        // AcqRel: Release pairs with the Acquire loads in the peer's
+        // `peer_closed`/`peer_gone` (what we sent is visible once it sees
+        // CLOSED); Acquire with the Release store or CAS that made us the
+        // holder.
+        if self
+            .holder(self.side)
+            .compare_exchange(me, CLOSED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            if let Some(q) = &self.send {
+                q.close();
+            }
+        }
+    }
+
     fn holder(&self, side: u8) -> &AtomicU32 {
         let p = self
             .control
@@ -350,6 +370,11 @@ impl<T: Wire> PipeEnd<T> {
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
+                        // A dead peer is the end of the stream, not a
+                        // timeout, even when the caller asked not to wait.
+                        if self.peer_gone() {
+                            return q.try_get().map_err(eos)?.ok_or(Error::EndOfStream);
+                        }
                         return Err(Error::Timeout);
                     }
                     left.min(PEER_CHECK)
@@ -474,7 +499,8 @@ impl<T: Wire> PipeEnd<T> {
 
     /// Closes this end: the other end reads what is left, then gets
     /// [`Error::EndOfStream`]. Dropping the end in the process that holds it
-    /// does the same.
+    /// does the same. In a process that has sent this end to another, it
+    /// does nothing: the end is the other process's to close.
     ///
     /// ```
     /// use corepool::{Error, Pipe};
@@ -484,12 +510,7 @@ impl<T: Wire> PipeEnd<T> {
     /// assert!(matches!(b.recv(), Err(Error::EndOfStream)));
     /// ```
     pub fn close(&self) {
-        // Release pairs with the Acquire loads in `peer_closed`/`peer_gone`:
-        // everything we sent is visible to a peer that sees CLOSED.
-        self.holder(self.side).store(CLOSED, Ordering::Release);
-        if let Some(q) = &self.send {
-            q.close();
-        }
+        self.close_if_held();
     }
 }
 
@@ -532,21 +553,7 @@ fn eos(e: Error) -> Error {
 
 impl<T> Drop for PipeEnd<T> {
     fn drop(&mut self) {
-        let me = crate::sys::current_pid();
-        // Only the process holding the end closes it: a copy dropped after
-        // sending the end elsewhere leaves it open. AcqRel: Release pairs with
-        // the Acquire loads in the peer's `peer_closed`/`peer_gone` (what we
-        // sent is visible once it sees CLOSED); Acquire with the Release
-        // store or CAS that made us the holder.
-        if self
-            .holder(self.side)
-            .compare_exchange(me, CLOSED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            if let Some(q) = &self.send {
-                q.close();
-            }
-        }
+        self.close_if_held();
     }
 }
 
@@ -591,7 +598,7 @@ impl<T: Wire> Wire for PipeEnd<T> {
         // `Drop`; Acquire with the Release CAS in the sender's `encode`.
         let _ = end.holder(side).compare_exchange(
             IN_TRANSIT,
-            std::process::id(),
+            crate::sys::current_pid(),
             Ordering::AcqRel,
             Ordering::Acquire,
         );

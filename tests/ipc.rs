@@ -172,6 +172,27 @@ fn duplex_ping_pong_and_end_of_stream() {
     assert_eq!(child.join().unwrap(), 1000);
 }
 
+fn echo_the_end_in(q: Queue<PipeEnd<u64>>) -> u64 {
+    echo(q.get().unwrap())
+}
+
+fn closing_an_end_sent_elsewhere_leaves_it_open() {
+    let (mine, theirs) = Pipe::duplex::<u64>().unwrap();
+    let q = Queue::<PipeEnd<u64>>::new(1).unwrap();
+    q.put(&theirs).unwrap(); // the child takes it from the queue
+    let child = Process::start(echo_the_end_in, q.clone()).unwrap();
+    // This copy no longer holds the end: neither `close` nor `drop` may
+    // close it under the child.
+    theirs.close();
+    drop(theirs);
+    for i in 0..10 {
+        mine.send(&i).unwrap();
+        assert_eq!(mine.recv().unwrap(), i + 1);
+    }
+    drop(mine);
+    assert_eq!(child.join().unwrap(), 10);
+}
+
 fn send_three(end: PipeEnd<String>) {
     for s in ["a", "b", "c"] {
         end.send(&s.to_string()).unwrap();
@@ -230,6 +251,16 @@ fn a_dead_peer_ends_blocked_calls() {
     }
     assert!(matches!(result, Err(Error::EndOfStream)));
     assert!(killer.join().unwrap());
+
+    // A peer known dead is the end of the stream even for a zero timeout.
+    let (mine, theirs) = Pipe::duplex::<u64>().unwrap();
+    let child = Process::start(hold_forever, theirs).unwrap();
+    child.kill();
+    assert!(child.join_timeout(Duration::from_secs(30)));
+    assert!(matches!(
+        mine.recv_timeout(Duration::ZERO),
+        Err(Error::EndOfStream)
+    ));
 }
 
 fn close_is_end_of_stream_after_the_data() {
@@ -358,6 +389,7 @@ fn main() {
         an_endless_timeout_waits_without_panicking,
         capacity_is_rounded_up_to_a_power_of_two,
         duplex_ping_pong_and_end_of_stream,
+        closing_an_end_sent_elsewhere_leaves_it_open,
         one_way_pipes_drain_then_end,
         a_dead_peer_ends_blocked_calls,
         close_is_end_of_stream_after_the_data,
