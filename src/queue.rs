@@ -602,15 +602,18 @@ impl<T: Wire> Queue<T> {
                 Got::Empty => false,
                 Got::Busy => true,
             };
-            if self.is_closed() && self.is_empty() {
+            let closed = self.is_closed();
+            if closed && self.is_empty() {
                 return Err(Error::QueueClosed);
             }
             if spinner.spin() {
                 continue;
             }
             // A writer in the middle of a put is re-checked every millisecond
-            // (it may have died there); otherwise sleep until woken.
-            let poll = busy.then_some(Duration::from_millis(1));
+            // (it may have died there), and so is a closed queue that still
+            // counts values (their writers are mid-put, or the words are
+            // garbage): never a busy loop. Otherwise sleep until woken.
+            let poll = (busy || closed).then_some(Duration::from_millis(1));
             let mut got = None;
             self.wait(NOT_EMPTY_AT, deadline, poll, || {
                 match self.get_once(decode_exact::<T>) {
@@ -618,7 +621,7 @@ impl<T: Wire> Queue<T> {
                         got = Some(value);
                         true
                     }
-                    _ => self.is_closed(),
+                    _ => self.is_closed() && self.is_empty(),
                 }
             })?;
             if let Some(value) = got {
@@ -878,9 +881,10 @@ impl<T: Wire> Queue<T> {
             // As in `get_until`: a live writer is re-checked every
             // millisecond; otherwise sleep until woken. Whatever woke us, the
             // top of the loop looks again.
-            let poll = busy.then_some(Duration::from_millis(1));
+            let closed = self.is_closed();
+            let poll = (busy || closed).then_some(Duration::from_millis(1));
             self.wait(NOT_EMPTY_AT, deadline, poll, || {
-                self.is_closed() || self.has_value()
+                self.has_value() || (self.is_closed() && self.is_empty())
             })?;
         }
     }
