@@ -372,6 +372,9 @@ mod sealed {
         fn load(a: &Self::Atomic) -> Self;
         fn store(a: &Self::Atomic, v: Self);
         fn fetch_add(a: &Self::Atomic, v: Self) -> Self;
+        fn fetch_sub(a: &Self::Atomic, v: Self) -> Self;
+        fn fetch_max(a: &Self::Atomic, v: Self) -> Self;
+        fn fetch_min(a: &Self::Atomic, v: Self) -> Self;
         fn swap(a: &Self::Atomic, v: Self) -> Self;
         fn compare_exchange(a: &Self::Atomic, current: Self, new: Self) -> Result<Self, Self>;
     }
@@ -394,6 +397,9 @@ macro_rules! atomic_int {
             fn load(a: &$a) -> $t { a.load(Ordering::SeqCst) }
             fn store(a: &$a, v: $t) { a.store(v, Ordering::SeqCst) }
             fn fetch_add(a: &$a, v: $t) -> $t { a.fetch_add(v, Ordering::SeqCst) }
+            fn fetch_sub(a: &$a, v: $t) -> $t { a.fetch_sub(v, Ordering::SeqCst) }
+            fn fetch_max(a: &$a, v: $t) -> $t { a.fetch_max(v, Ordering::SeqCst) }
+            fn fetch_min(a: &$a, v: $t) -> $t { a.fetch_min(v, Ordering::SeqCst) }
             fn swap(a: &$a, v: $t) -> $t { a.swap(v, Ordering::SeqCst) }
             fn compare_exchange(a: &$a, c: $t, n: $t) -> std::result::Result<$t, $t> {
                 a.compare_exchange(c, n, Ordering::SeqCst, Ordering::SeqCst)
@@ -474,6 +480,44 @@ impl<T: AtomicInt> AtomicValue<T> {
     /// Adds `delta` (wrapping) and returns the previous value.
     pub fn fetch_add(&self, delta: T) -> T {
         T::fetch_add(self.atomic(), delta)
+    }
+
+    /// Subtracts `delta` (wrapping) and returns the previous value.
+    ///
+    /// ```
+    /// let left = corepool::AtomicValue::<u32>::new(3).unwrap();
+    /// assert_eq!(left.fetch_sub(1), 3);
+    /// assert_eq!(left.fetch_sub(3), 2);
+    /// assert_eq!(left.load(), u32::MAX, "wraps");
+    /// ```
+    pub fn fetch_sub(&self, delta: T) -> T {
+        T::fetch_sub(self.atomic(), delta)
+    }
+
+    /// Sets the value to the larger of it and `value`; returns the previous
+    /// value. Several processes can keep a shared maximum this way.
+    ///
+    /// ```
+    /// let best = corepool::AtomicValue::<i64>::new(-5).unwrap();
+    /// assert_eq!(best.fetch_max(7), -5);
+    /// assert_eq!(best.fetch_max(3), 7);
+    /// assert_eq!(best.load(), 7);
+    /// ```
+    pub fn fetch_max(&self, value: T) -> T {
+        T::fetch_max(self.atomic(), value)
+    }
+
+    /// Sets the value to the smaller of it and `value`; returns the previous
+    /// value.
+    ///
+    /// ```
+    /// let low = corepool::AtomicValue::<u64>::new(10).unwrap();
+    /// assert_eq!(low.fetch_min(4), 10);
+    /// assert_eq!(low.fetch_min(9), 4);
+    /// assert_eq!(low.load(), 4);
+    /// ```
+    pub fn fetch_min(&self, value: T) -> T {
+        T::fetch_min(self.atomic(), value)
     }
 
     /// Replaces the value and returns the previous one.
@@ -663,5 +707,9 @@ mod tests {
         assert_eq!(a.compare_exchange(10, 11), Ok(10));
         assert_eq!(a.compare_exchange(10, 12), Err(11));
         assert_eq!(a.load(), 11);
+        assert_eq!(a.fetch_sub(4), 11);
+        assert_eq!(a.fetch_max(20), 7);
+        assert_eq!(a.fetch_min(-3), 20);
+        assert_eq!(a.load(), -3);
     }
 }
