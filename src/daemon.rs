@@ -154,7 +154,10 @@ impl Daemon {
         };
         let (mut ready_rx, ready_tx) = pipe()?;
         // First fork: the caller waits for word from the daemon, then exits.
-        match crate::sys::fork().map_err(io_err("fork"))? {
+        // SAFETY: this process has exactly one thread: `thread_count` said so
+        // above, and since then this thread has started none (opening files
+        // and a pipe starts no thread), and only a thread of ours could have.
+        match unsafe { crate::sys::fork() }.map_err(io_err("fork"))? {
             Some(child) => {
                 drop(ready_tx);
                 let mut word = String::new();
@@ -175,7 +178,13 @@ impl Daemon {
             crate::sys::setsid().map_err(io_err("setsid"))?;
             // Second fork: the session leader exits, so the daemon can never
             // acquire a controlling terminal again.
-            if crate::sys::fork().map_err(io_err("fork"))?.is_some() {
+            // SAFETY: this is the child of the first fork, which copied only
+            // the forking thread (the process's only one, see above), and it
+            // has started no thread since: `setsid` starts none.
+            if unsafe { crate::sys::fork() }
+                .map_err(io_err("fork"))?
+                .is_some()
+            {
                 crate::sys::exit_now(0);
             }
             std::env::set_current_dir(&self.working_dir).map_err(io_err("chdir"))?;
