@@ -197,9 +197,10 @@ pub fn run(req: &Request) -> Result<Outcome, CliError> {
                 // Python's pool workers first: once their parent is gone
                 // they would wait forever on a pipe they hold both ends of.
                 for worker in children_of(pid) {
-                    // SAFETY: kill(2) takes no pointers.
-                    unsafe {
-                        libc::kill(worker as i32, libc::SIGKILL);
+                    // Best effort: one that already exited (ESRCH) is fine,
+                    // and a pid beyond i32 cannot be a real one.
+                    if let Ok(worker) = i32::try_from(worker) {
+                        let _ = super::sys::kill(worker, libc::SIGKILL);
                     }
                 }
                 let _ = child.kill();
