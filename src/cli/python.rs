@@ -184,12 +184,17 @@ pub fn run(req: &Request) -> Result<Outcome, CliError> {
         }
         s
     });
-    let deadline = Instant::now() + req.timeout;
+    // `None`: a timeout too long to add to now (`--python-timeout` near
+    // u64::MAX seconds) means no deadline; `Instant + Duration` would panic.
+    let deadline = Instant::now().checked_add(req.timeout);
     let mut lines = Vec::new();
     let mut timed_out = false;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
+        let next = match deadline {
+            Some(deadline) => rx.recv_timeout(deadline.saturating_duration_since(Instant::now())),
+            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+        };
+        match next {
             Ok(line) => lines.push(line),
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
