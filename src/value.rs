@@ -106,18 +106,28 @@ impl<T: Pod> Value<T> {
     }
 
     /// The word-sized atomic at byte `at` of the value.
-    fn data_word(&self, at: usize) -> &AtomicU64 {
-        // SAFETY: `at + 8 <= size_of::<T>()`, and the segment holds DATA_AT +
-        // size_of::<T>() bytes; `at` is a multiple of 8 from an 8-aligned
-        // start. Every process accesses these bytes only atomically, and
-        // always with the same split into words and bytes (see `load_data`).
+    ///
+    /// # Safety
+    ///
+    /// `at` must be a multiple of 8 with `at + 8 <= size_of::<T>()`.
+    unsafe fn data_word(&self, at: usize) -> &AtomicU64 {
+        // SAFETY: the segment holds DATA_AT + size_of::<T>() bytes, so the
+        // caller's bound keeps the word inside it; a multiple of 8 from an
+        // 8-aligned start is aligned. It lives as long as `map`. Every process
+        // accesses these bytes only atomically, and always with the same
+        // split into words and bytes (see `load_data`).
         unsafe { AtomicU64::from_ptr(self.data().add(at).cast()) }
     }
 
     /// The byte-sized atomic at byte `at` of the value (the tail after the
     /// last whole word).
-    fn data_byte(&self, at: usize) -> &AtomicU8 {
-        // SAFETY: in bounds as in `data_word`; bytes need no alignment.
+    ///
+    /// # Safety
+    ///
+    /// `at < size_of::<T>()`.
+    unsafe fn data_byte(&self, at: usize) -> &AtomicU8 {
+        // SAFETY: in bounds by the caller's bound, as in `data_word`; bytes
+        // need no alignment.
         unsafe { AtomicU8::from_ptr(self.data().add(at)) }
     }
 
@@ -134,13 +144,18 @@ impl<T: Pod> Value<T> {
         let mut words = bytes.chunks_exact_mut(8);
         let mut at = 0;
         for word in &mut words {
+            // SAFETY: `at` counts whole 8-byte chunks of a `T`, so it is a
+            // multiple of 8 and the chunk ends within `size_of::<T>()`.
+            let atomic = unsafe { self.data_word(at) };
             // Relaxed: ordered by the caller's fences or lock (see above).
-            word.copy_from_slice(&self.data_word(at).load(Ordering::Relaxed).to_ne_bytes());
+            word.copy_from_slice(&atomic.load(Ordering::Relaxed).to_ne_bytes());
             at += 8;
         }
         for byte in words.into_remainder() {
+            // SAFETY: `at` indexes a byte of the tail, inside the `T`.
+            let atomic = unsafe { self.data_byte(at) };
             // Relaxed: as above.
-            *byte = self.data_byte(at).load(Ordering::Relaxed);
+            *byte = atomic.load(Ordering::Relaxed);
             at += 1;
         }
         value
@@ -156,15 +171,19 @@ impl<T: Pod> Value<T> {
         for word in &mut words {
             let mut w = [0u8; 8];
             w.copy_from_slice(word);
+            // SAFETY: as in `load_data`: a multiple of 8, the chunk inside
+            // the `T`.
+            let atomic = unsafe { self.data_word(at) };
             // Relaxed: ordered by the fence and the Release store in
             // `write_locked`.
-            self.data_word(at)
-                .store(u64::from_ne_bytes(w), Ordering::Relaxed);
+            atomic.store(u64::from_ne_bytes(w), Ordering::Relaxed);
             at += 8;
         }
         for &byte in words.remainder() {
+            // SAFETY: `at` indexes a byte of the tail, inside the `T`.
+            let atomic = unsafe { self.data_byte(at) };
             // Relaxed: as above.
-            self.data_byte(at).store(byte, Ordering::Relaxed);
+            atomic.store(byte, Ordering::Relaxed);
             at += 1;
         }
     }
