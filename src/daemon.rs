@@ -154,7 +154,10 @@ impl Daemon {
         };
         let (mut ready_rx, ready_tx) = pipe()?;
         // First fork: the caller waits for word from the daemon, then exits.
-        match crate::sys::fork().map_err(io_err("fork"))? {
+        // SAFETY: this process has exactly one thread: `thread_count` said so
+        // above, and since then this thread has started none (opening files
+        // and a pipe starts no thread), and only a thread of ours could have.
+        match unsafe { crate::sys::fork() }.map_err(io_err("fork"))? {
             Some(child) => {
                 drop(ready_tx);
                 let mut word = String::new();
@@ -175,7 +178,13 @@ impl Daemon {
             crate::sys::setsid().map_err(io_err("setsid"))?;
             // Second fork: the session leader exits, so the daemon can never
             // acquire a controlling terminal again.
-            if crate::sys::fork().map_err(io_err("fork"))?.is_some() {
+            // SAFETY: this is the child of the first fork, which copied only
+            // the forking thread (the process's only one, see above), and it
+            // has started no thread since: `setsid` starts none.
+            if unsafe { crate::sys::fork() }
+                .map_err(io_err("fork"))?
+                .is_some()
+            {
                 crate::sys::exit_now(0);
             }
             std::env::set_current_dir(&self.working_dir).map_err(io_err("chdir"))?;
@@ -229,15 +238,22 @@ pub fn stop(path: impl AsRef<Path>, timeout: Duration) -> Result<i32> {
     // a recycled pid; it becomes readable when the daemon exits.
     let pidfd = crate::sys::pidfd_open(pid).map_err(io_err("pidfd_open"))?;
     crate::sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&pidfd), libc::SIGTERM);
-    let deadline = Instant::now() + timeout;
+    // `None`: a timeout too long to add to now (`Duration::MAX`) waits forever.
+    let deadline = crate::park::deadline_after(timeout);
     let mut ready = Vec::new();
     while !try_lock(&file) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(Error::Timeout);
-        }
+        let left = match deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Error::Timeout);
+                }
+                Some(left)
+            }
+            None => None,
+        };
         // Wait for the exit itself, not a polling tick; the lock goes with it.
-        crate::sys::poll_readable(&[std::os::fd::AsFd::as_fd(&pidfd)], &mut ready, Some(left))
+        crate::sys::poll_readable(&[std::os::fd::AsFd::as_fd(&pidfd)], &mut ready, left)
             .map_err(io_err("poll"))?;
     }
     Ok(pid)
@@ -295,4 +311,55 @@ fn redirect_stdio(log: Option<&File>) -> Result<()> {
         crate::sys::dup_onto(from.as_raw_fd(), to).map_err(io_err("dup2"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    #[test]
+    #[cfg_attr(miri, ignore = "starts a process and locks a file")]
+    fn stop_with_an_endless_timeout_waits_for_the_exit() {
+        // `Instant::now() + Duration::MAX` panics; `stop` must wait without
+        // a deadline instead. A `sleep` stands in for the daemon, and a
+        // thread holds the pid file's lock until that child exits.
+        let path = std::env::temp_dir().join(format!("corepool-stop-{}.pid", std::process::id()));
+        let mut child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("run sleep");
+        let child_pid = child.id() as i32;
+        let child_fd = crate::sys::pidfd_open(child_pid).expect("pidfd_open");
+        let file = lock_pid_file(&path).expect("lock the pid file");
+        writeln!(&file, "{child_pid}").expect("write the pid");
+        let holder = std::thread::spawn(move || {
+            let _ = child.wait();
+            drop(file); // releases the lock, as the daemon's exit would
+        });
+        let (tx, rx) = mpsc::channel();
+        let stop_path = path.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(stop(&stop_path, Duration::MAX));
+        });
+        // Through a pidfd taken before anyone could reap the child: never
+        // reaches a process that reused its pid.
+        let kill_child =
+            || crate::sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&child_fd), libc::SIGKILL);
+        // A watchdog, not a timing check: a `stop` that never returns hangs.
+        let result = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(result) => result,
+            Err(e) => {
+                kill_child();
+                let _ = std::fs::remove_file(&path);
+                panic!("stop did not return ({e}): the watchdog fails the test");
+            }
+        };
+        if result.is_err() {
+            kill_child(); // it never sent SIGTERM: free the holder
+        }
+        holder.join().unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(result.unwrap(), child_pid);
+    }
 }

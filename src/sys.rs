@@ -22,9 +22,9 @@ fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
 /// `memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING)`: an anonymous file that
 /// never appears in `/dev/shm` and vanishes with its last descriptor or mapping.
 pub(crate) fn memfd_create(name: &CStr) -> io::Result<OwnedFd> {
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
     // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
-    let fd =
-        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
     check(fd as libc::c_long)?;
     // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -40,7 +40,6 @@ pub(crate) fn fallocate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
         let ret = unsafe { libc::fallocate(fd.as_raw_fd(), 0, 0, len) };
         match ret {
             0 => return Ok(()),
-            e if e == libc::EINTR => continue,
             _ => {
                 let err = io::Error::last_os_error();
                 if err.raw_os_error() == Some(libc::EINTR) {
@@ -114,10 +113,8 @@ pub(crate) fn set_cloexec(fd: RawFd) -> io::Result<()> {
 /// thread that forked it exits. Async-signal-safe: used between fork and exec.
 pub(crate) fn set_parent_death_signal() -> io::Result<()> {
     // SAFETY: plain prctl with integer arguments.
-    check(
-        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) }
-            as libc::c_long,
-    )?;
+    let ret = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+    check(ret as libc::c_long)?;
     Ok(())
 }
 
@@ -131,11 +128,10 @@ pub(crate) fn pin_self_to(cpu: usize) -> io::Result<()> {
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: `cpu < CPU_SETSIZE` (checked above), so the bit is inside `set`.
     unsafe { libc::CPU_SET(cpu, &mut set) };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
     // SAFETY: `set` is a valid cpu_set_t of the size we pass.
-    check(
-        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) }
-            as libc::c_long,
-    )?;
+    let ret = unsafe { libc::sched_setaffinity(0, size, &set) };
+    check(ret as libc::c_long)?;
     Ok(())
 }
 
@@ -143,11 +139,10 @@ pub(crate) fn pin_self_to(cpu: usize) -> io::Result<()> {
 pub(crate) fn affinity_of(pid: i32) -> io::Result<Vec<usize>> {
     // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
     // SAFETY: `set` is a valid out-pointer of the size we pass.
-    check(
-        unsafe { libc::sched_getaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) }
-            as libc::c_long,
-    )?;
+    let ret = unsafe { libc::sched_getaffinity(pid, size, &mut set) };
+    check(ret as libc::c_long)?;
     Ok((0..libc::CPU_SETSIZE as usize)
         // SAFETY: every `cpu` is below CPU_SETSIZE, inside `set`.
         .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
@@ -236,9 +231,9 @@ pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) {
 
 /// An `eventfd` used to wake a thread blocked in [`poll_readable`].
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
+    let flags = libc::EFD_CLOEXEC | libc::EFD_NONBLOCK;
     // SAFETY: plain syscall with integer arguments.
-    let fd =
-        check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) } as libc::c_long)?;
+    let fd = check(unsafe { libc::eventfd(0, flags) } as libc::c_long)?;
     // SAFETY: the kernel just returned this descriptor to us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
@@ -277,10 +272,11 @@ pub(crate) fn poll_readable(
             revents: 0,
         })
         .collect();
-    // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs.
     let ms = timeout.map_or(-1, |t| {
         t.as_millis().clamp(1, i32::MAX as u128) as libc::c_int
     });
+    // SAFETY: `pfds` is a valid, writable array of `pfds.len()` pollfd
+    // structs that outlives the call.
     let ret = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
     ready.clear();
     if ret == -1 {
@@ -318,9 +314,15 @@ pub(crate) fn new_process_group() -> io::Result<()> {
 
 /// `fork()`: `Some(child)` in the parent, `None` in the child.
 ///
-/// Only for a process with a single thread (the daemon path checks): the
-/// child of a multithreaded fork may find locks held forever.
-pub(crate) fn fork() -> io::Result<Option<i32>> {
+/// # Safety
+///
+/// The calling process must have exactly one thread, this one. The child of
+/// a multithreaded fork has only the forking thread, so a lock another
+/// thread held (the allocator's, stdio's, the environment's) stays held
+/// forever there, and its data may be half-updated: the child could then
+/// call only async-signal-safe functions until it execs. The daemon path
+/// checks the thread count before it forks.
+pub(crate) unsafe fn fork() -> io::Result<Option<i32>> {
     // SAFETY: the caller guarantees this process has one thread, so the child
     // inherits no lock held by a thread that does not exist there.
     let pid = check(unsafe { libc::fork() } as libc::c_long)?;

@@ -18,7 +18,7 @@ use crate::wire::{decode_error, Wire};
 use bytemuck::Pod;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{fence, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,26 +83,140 @@ impl<T: Pod> Value<T> {
             map,
             _type: PhantomData,
         };
-        v.write_data(value);
+        // Nobody else sees the segment yet; the sequence starts even (0).
+        v.store_data(&value);
         Ok(v)
     }
 
     fn word(&self, at: usize) -> &AtomicU32 {
-        let p = self.map.segment().at(at, 4).expect("control words fit");
-        // SAFETY: in bounds, 4-aligned, lives as long as `map`; every process
-        // accesses it only atomically.
-        unsafe { AtomicU32::from_ptr(p.cast()) }
+        // SAFETY: `at` is LOCK_AT or SEQ_AT: in bounds, since every segment
+        // behind a `Value` has at least DATA_AT bytes (sized in `new`, checked
+        // in `decode`), and 4-aligned, since the mapping is page-aligned (8 in
+        // Miri's stand-in). It lives as long as `map`, to which the reference
+        // is tied, and every process accesses it only atomically.
+        unsafe { AtomicU32::from_ptr(self.map.base().add(at).cast()) }
     }
 
-    fn data(&self) -> *mut T {
-        // SAFETY: DATA_AT + size_of::<T>() is inside the segment (sized in
-        // `new`, checked in `decode`) and 64-aligned, enough for any Pod.
-        unsafe { self.map.base().add(DATA_AT).cast() }
+    /// Where the value's bytes start: 64-aligned in a real mapping, 8-aligned
+    /// in Miri's stand-in, which is all that `load_data`/`store_data` need (they
+    /// never form a `&T` or a `*T` there, so `T`'s own alignment is no concern).
+    fn data(&self) -> *mut u8 {
+        // SAFETY: DATA_AT is inside the segment (see `word`).
+        unsafe { self.map.base().add(DATA_AT) }
     }
 
-    fn write_data(&self, value: T) {
-        // SAFETY: in bounds; written only by the lock holder; T is Pod.
-        unsafe { self.data().write_volatile(value) }
+    /// The word-sized atomic at byte `at` of the value.
+    ///
+    /// # Safety
+    ///
+    /// `at` must be a multiple of 8 with `at + 8 <= size_of::<T>()`.
+    unsafe fn data_word(&self, at: usize) -> &AtomicU64 {
+        // SAFETY: the segment holds DATA_AT + size_of::<T>() bytes, so the
+        // caller's bound keeps the word inside it; a multiple of 8 from an
+        // 8-aligned start is aligned. It lives as long as `map`. Every process
+        // accesses these bytes only atomically, and always with the same
+        // split into words and bytes (see `load_data`).
+        unsafe { AtomicU64::from_ptr(self.data().add(at).cast()) }
+    }
+
+    /// The byte-sized atomic at byte `at` of the value (the tail after the
+    /// last whole word).
+    ///
+    /// # Safety
+    ///
+    /// `at < size_of::<T>()`.
+    unsafe fn data_byte(&self, at: usize) -> &AtomicU8 {
+        // SAFETY: in bounds by the caller's bound, as in `data_word`; bytes
+        // need no alignment.
+        unsafe { AtomicU8::from_ptr(self.data().add(at)) }
+    }
+
+    /// Copies the value out, a relaxed atomic load per word (and per byte of
+    /// the tail). Atomic rather than volatile: a reader's copy races with a
+    /// writer by design (the sequence check throws a torn copy away), and a
+    /// race between plain or volatile accesses would be undefined behaviour
+    /// even when the result is discarded. Relaxed atomics are also what the
+    /// fences in `get` and `write_locked` order. Any bytes make a valid `T`
+    /// (it is `Pod`), so a torn copy is wrong but never unsound.
+    fn load_data(&self) -> T {
+        let mut value = T::zeroed();
+        let bytes = bytemuck::bytes_of_mut(&mut value);
+        let mut words = bytes.chunks_exact_mut(8);
+        let mut at = 0;
+        for word in &mut words {
+            // SAFETY: `at` counts whole 8-byte chunks of a `T`, so it is a
+            // multiple of 8 and the chunk ends within `size_of::<T>()`.
+            let atomic = unsafe { self.data_word(at) };
+            // Relaxed: ordered by the caller's fences or lock (see above).
+            word.copy_from_slice(&atomic.load(Ordering::Relaxed).to_ne_bytes());
+            at += 8;
+        }
+        for byte in words.into_remainder() {
+            // SAFETY: `at` indexes a byte of the tail, inside the `T`.
+            let atomic = unsafe { self.data_byte(at) };
+            // Relaxed: as above.
+            *byte = atomic.load(Ordering::Relaxed);
+            at += 1;
+        }
+        value
+    }
+
+    /// Copies `value` in, with the same split as `load_data`. Only the lock
+    /// holder calls it, between making the sequence odd and even again
+    /// (`write_locked`).
+    fn store_data(&self, value: &T) {
+        let bytes = bytemuck::bytes_of(value);
+        let mut words = bytes.chunks_exact(8);
+        let mut at = 0;
+        for word in &mut words {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(word);
+            // SAFETY: as in `load_data`: a multiple of 8, the chunk inside
+            // the `T`.
+            let atomic = unsafe { self.data_word(at) };
+            // Relaxed: ordered by the fence and the Release store in
+            // `write_locked`.
+            atomic.store(u64::from_ne_bytes(w), Ordering::Relaxed);
+            at += 8;
+        }
+        for &byte in words.remainder() {
+            // SAFETY: `at` indexes a byte of the tail, inside the `T`.
+            let atomic = unsafe { self.data_byte(at) };
+            // Relaxed: as above.
+            atomic.store(byte, Ordering::Relaxed);
+            at += 1;
+        }
+    }
+
+    /// Publishes `value`: the writer's half of the seqlock. The caller holds
+    /// the lock, which makes it the only writer of the sequence and the data.
+    ///
+    /// The sequence is odd while the data changes. Its odd store must be
+    /// visible before any data store is: a reader that copied a new word must
+    /// then see the sequence changed. A Release *store* of the odd value
+    /// would not do that (Release keeps earlier accesses before it, not later
+    /// ones); the Release *fence* after it does (Boehm, "Can seqlocks get
+    /// along with programming language memory models?", 2012; crossbeam's
+    /// `SeqLock::write`).
+    fn write_locked(&self, value: &T) {
+        let seq = self.word(SEQ_AT);
+        // Relaxed: the lock's Acquire (in `lock`) already made the last
+        // writer's sequence store visible, and nobody else writes it now.
+        // `| 1` rather than `+ 1`: even if the word holds an odd value (a
+        // writer died mid-write, or a process scribbled on it), it is odd
+        // during our write and even after.
+        let odd = seq.load(Ordering::Relaxed) | 1;
+        seq.store(odd, Ordering::Relaxed);
+        // Release fence: keeps the odd store above before the data stores
+        // below. Pairs with the Acquire fence in `get`: a reader whose copy
+        // saw any of our data stores then sees at least this odd value when
+        // it re-reads the sequence, and throws the copy away.
+        fence(Ordering::Release);
+        self.store_data(value);
+        // Release: publishes the data stores. Pairs with the Acquire load of
+        // the sequence at the top of `get`: a reader that sees this even
+        // value sees all of our data.
+        seq.store(odd.wrapping_add(1), Ordering::Release);
     }
 
     /// The current value. Never blocks on a writer for long: it copies and
@@ -112,15 +226,16 @@ impl<T: Pod> Value<T> {
         let seq = self.word(SEQ_AT);
         let mut spinner = Spinner::new();
         loop {
-            // Acquire pairs with the Release store that ends a write.
+            // Acquire: pairs with the Release store that ends a write in
+            // `write_locked`, so an even value comes with that write's data.
             let before = seq.load(Ordering::Acquire);
             if before % 2 == 0 {
-                // SAFETY: in bounds; a racing writer can only tear the copy,
-                // which the sequence check below detects; T is Pod.
-                let value = unsafe { self.data().read_volatile() };
-                // Acquire fence: orders the copy before the re-read of `seq`
-                // (pairs with the writer's Release store of the odd value).
+                let value = self.load_data();
+                // Acquire fence: keeps the copy above before the re-read of
+                // the sequence below. Pairs with the Release fence after the
+                // odd store in `write_locked`.
                 fence(Ordering::Acquire);
+                // Relaxed: ordered by the fence above.
                 if seq.load(Ordering::Relaxed) == before {
                     return value;
                 }
@@ -134,42 +249,49 @@ impl<T: Pod> Value<T> {
 
     /// Replaces the value.
     pub fn set(&self, value: T) {
-        self.update(|v| *v = value);
+        let _lock = self.lock();
+        self.write_locked(&value);
     }
 
     /// Changes the value under the lock and returns what `f` returns: the way
     /// to do read-modify-write (`+= 1`) from several processes.
+    ///
+    /// `f` works on a copy; the value changes only once it returns, so
+    /// readers keep seeing the old value meanwhile, and if `f` panics the
+    /// value stays as it was and the lock is released. `f` may call
+    /// [`Value::get`] on this value, but not `set` or `update`: the lock is
+    /// not reentrant.
     pub fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        self.lock();
-        let seq = self.word(SEQ_AT);
-        // Odd: writing. Release pairs with the readers' Acquire loads.
-        seq.fetch_add(1, Ordering::Release);
-        // SAFETY: in bounds; we hold the lock; T is Pod.
-        let mut value = unsafe { self.data().read_volatile() };
+        let _lock = self.lock();
+        // Under the lock, no write overlaps this copy.
+        let mut value = self.load_data();
         let out = f(&mut value);
-        self.write_data(value);
-        // Even again: Release pairs with the readers' Acquire loads.
-        seq.fetch_add(1, Ordering::Release);
-        self.unlock();
+        self.write_locked(&value);
         out
     }
 
-    fn lock(&self) {
+    /// Takes the lock, from a dead holder if need be; it is released when the
+    /// returned guard drops.
+    fn lock(&self) -> Locked<'_, T> {
         let lock = self.word(LOCK_AT);
         let me = crate::sys::current_pid();
         let mut spinner = Spinner::new();
         loop {
-            // Acquire pairs with the Release store in `unlock`.
+            // Acquire: pairs with the Release store in `unlock`, so the last
+            // holder's writes (data and sequence) are visible to us.
             match lock.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed) {
-                Ok(_) => return,
+                Ok(_) => return Locked(self),
                 Err(holder) if process_is_dead(holder as i32) => {
                     // The holder died in its critical section: take over.
+                    // Acquire: the dead holder never released, but its CAS
+                    // continued the release sequence of the `unlock` before
+                    // it, so this pairs with that Release store in `unlock`.
                     if lock
                         .compare_exchange(holder, me, Ordering::Acquire, Ordering::Relaxed)
                         .is_ok()
                     {
-                        self.restore_sequence();
-                        return;
+                        self.restore();
+                        return Locked(self);
                     }
                 }
                 Err(holder) => {
@@ -185,35 +307,55 @@ impl<T: Pod> Value<T> {
 
     fn unlock(&self) {
         let lock = self.word(LOCK_AT);
-        // Release pairs with the Acquire CAS in `lock`.
+        // Release: pairs with the Acquire CASes in `lock`, so the next holder
+        // sees our writes.
         lock.store(0, Ordering::Release);
         sys::futex_wake_all(lock);
     }
 
-    /// After taking the lock from a dead holder: an odd sequence (it died
-    /// mid-write) is made even, so readers stop waiting.
-    fn restore_sequence(&self) {
-        let seq = self.word(SEQ_AT);
-        if seq.load(Ordering::Acquire) % 2 == 1 {
-            seq.fetch_add(1, Ordering::Release);
-        }
+    /// After taking the lock from a dead holder, which may have died
+    /// mid-write (sequence odd, data half-written): writes back what it left
+    /// as a write of our own. The sequence ends even, so readers stop
+    /// waiting, and the bytes they then copy are ours, ordered by our
+    /// fence and Release store, not stores of a process that never
+    /// published them. For plain data, what it left is a valid `T`.
+    fn restore(&self) {
+        // Relaxed loads (in `load_data`): we hold the lock; the dead holder's
+        // stores reached memory before the kernel reaped it.
+        let left = self.load_data();
+        self.write_locked(&left);
     }
 
     fn repair_if_dead(&self) {
         let lock = self.word(LOCK_AT);
-        let holder = lock.load(Ordering::Acquire);
+        // Relaxed: only a hint of whom to check; `lock` decides with its own
+        // Acquire CAS.
+        let holder = lock.load(Ordering::Relaxed);
         if holder != 0 && process_is_dead(holder as i32) {
-            self.lock(); // takes it over and restores the sequence
-            self.unlock();
+            // Takes it over and restores the value; the guard unlocks.
+            drop(self.lock());
         }
     }
 
     /// Test hook: takes the lock, starts a write and dies there.
     #[doc(hidden)]
     pub fn lock_and_abort(&self) -> ! {
-        self.lock();
-        self.word(SEQ_AT).fetch_add(1, Ordering::Release);
+        let lock = self.lock();
+        std::mem::forget(lock);
+        let seq = self.word(SEQ_AT);
+        // Relaxed: a write that never ends; nobody is meant to see its data.
+        seq.store(seq.load(Ordering::Relaxed) | 1, Ordering::Relaxed);
         std::process::abort()
+    }
+}
+
+/// The lock of a [`Value`], held: unlocks when dropped, also when `update`'s
+/// closure panics.
+struct Locked<'a, T: Pod>(&'a Value<T>);
+
+impl<T: Pod> Drop for Locked<'_, T> {
+    fn drop(&mut self) {
+        self.0.unlock();
     }
 }
 
@@ -249,6 +391,9 @@ mod sealed {
         fn load(a: &Self::Atomic) -> Self;
         fn store(a: &Self::Atomic, v: Self);
         fn fetch_add(a: &Self::Atomic, v: Self) -> Self;
+        fn fetch_sub(a: &Self::Atomic, v: Self) -> Self;
+        fn fetch_max(a: &Self::Atomic, v: Self) -> Self;
+        fn fetch_min(a: &Self::Atomic, v: Self) -> Self;
         fn swap(a: &Self::Atomic, v: Self) -> Self;
         fn compare_exchange(a: &Self::Atomic, current: Self, new: Self) -> Result<Self, Self>;
     }
@@ -271,6 +416,9 @@ macro_rules! atomic_int {
             fn load(a: &$a) -> $t { a.load(Ordering::SeqCst) }
             fn store(a: &$a, v: $t) { a.store(v, Ordering::SeqCst) }
             fn fetch_add(a: &$a, v: $t) -> $t { a.fetch_add(v, Ordering::SeqCst) }
+            fn fetch_sub(a: &$a, v: $t) -> $t { a.fetch_sub(v, Ordering::SeqCst) }
+            fn fetch_max(a: &$a, v: $t) -> $t { a.fetch_max(v, Ordering::SeqCst) }
+            fn fetch_min(a: &$a, v: $t) -> $t { a.fetch_min(v, Ordering::SeqCst) }
             fn swap(a: &$a, v: $t) -> $t { a.swap(v, Ordering::SeqCst) }
             fn compare_exchange(a: &$a, c: $t, n: $t) -> std::result::Result<$t, $t> {
                 a.compare_exchange(c, n, Ordering::SeqCst, Ordering::SeqCst)
@@ -353,6 +501,44 @@ impl<T: AtomicInt> AtomicValue<T> {
         T::fetch_add(self.atomic(), delta)
     }
 
+    /// Subtracts `delta` (wrapping) and returns the previous value.
+    ///
+    /// ```
+    /// let left = corepool::AtomicValue::<u32>::new(3).unwrap();
+    /// assert_eq!(left.fetch_sub(1), 3);
+    /// assert_eq!(left.fetch_sub(3), 2);
+    /// assert_eq!(left.load(), u32::MAX, "wraps");
+    /// ```
+    pub fn fetch_sub(&self, delta: T) -> T {
+        T::fetch_sub(self.atomic(), delta)
+    }
+
+    /// Sets the value to the larger of it and `value`; returns the previous
+    /// value. Several processes can keep a shared maximum this way.
+    ///
+    /// ```
+    /// let best = corepool::AtomicValue::<i64>::new(-5).unwrap();
+    /// assert_eq!(best.fetch_max(7), -5);
+    /// assert_eq!(best.fetch_max(3), 7);
+    /// assert_eq!(best.load(), 7);
+    /// ```
+    pub fn fetch_max(&self, value: T) -> T {
+        T::fetch_max(self.atomic(), value)
+    }
+
+    /// Sets the value to the smaller of it and `value`; returns the previous
+    /// value.
+    ///
+    /// ```
+    /// let low = corepool::AtomicValue::<u64>::new(10).unwrap();
+    /// assert_eq!(low.fetch_min(4), 10);
+    /// assert_eq!(low.fetch_min(9), 4);
+    /// assert_eq!(low.load(), 4);
+    /// ```
+    pub fn fetch_min(&self, value: T) -> T {
+        T::fetch_min(self.atomic(), value)
+    }
+
     /// Replaces the value and returns the previous one.
     pub fn swap(&self, value: T) -> T {
         T::swap(self.atomic(), value)
@@ -422,6 +608,116 @@ mod tests {
         assert_eq!(v.get(), 8);
     }
 
+    /// Runs `body` on a thread and fails the test if it has not finished
+    /// within a generous bound: a lost unlock or a stuck sequence would
+    /// otherwise hang the whole run. A hang detector, not a timing check.
+    fn with_watchdog(body: impl FnOnce() + Send + 'static) {
+        let limit = Duration::from_secs(if cfg!(miri) { 3_600 } else { 120 });
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::spawn(move || {
+            body();
+            let _ = done_tx.send(());
+        });
+        match done_rx.recv_timeout(limit) {
+            Ok(()) => worker.join().unwrap(),
+            // The body panicked: report its panic.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                std::panic::resume_unwind(worker.join().unwrap_err())
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("hung for {limit:?}: the watchdog fails the test")
+            }
+        }
+    }
+
+    #[test]
+    fn readers_never_see_a_torn_value() {
+        // Every write stores eight equal words; a reader that ever copies
+        // unequal ones has accepted a copy that overlapped a write.
+        let writes: u64 = if cfg!(miri) { 60 } else { 100_000 };
+        with_watchdog(move || {
+            let v = Value::new([0u64; 8]).unwrap();
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let readers: Vec<_> = (0..2)
+                .map(|_| {
+                    let (v, done) = (v.clone(), done.clone());
+                    std::thread::spawn(move || {
+                        let mut last = 0;
+                        loop {
+                            // Acquire: pairs with the writer's Release store
+                            // of `done`; checked before the read so that the
+                            // read after it sees the last write.
+                            let finished = done.load(Ordering::Acquire);
+                            let x = v.get();
+                            assert!(x.iter().all(|&w| w == x[0]), "torn read: {x:?}");
+                            assert!(x[0] >= last, "went back from {last} to {}", x[0]);
+                            last = x[0];
+                            if finished {
+                                assert_eq!(last, writes);
+                                return;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for i in 1..=writes {
+                v.set([i; 8]);
+            }
+            // Release: pairs with the readers' Acquire loads of `done`.
+            done.store(true, Ordering::Release);
+            for r in readers {
+                r.join().unwrap();
+            }
+        });
+    }
+
+    #[test]
+    fn updates_from_threads_are_not_lost_and_odd_sizes_round_trip() {
+        let per: u32 = if cfg!(miri) { 20 } else { 10_000 };
+        with_watchdog(move || {
+            // 13 bytes: one word and a five-byte tail.
+            let v = Value::new([0u8; 13]).unwrap();
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let v = v.clone();
+                    std::thread::spawn(move || {
+                        for _ in 0..per {
+                            v.update(|x| {
+                                let n = u32::from_le_bytes([x[9], x[10], x[11], x[12]]) + 1;
+                                x[9..].copy_from_slice(&n.to_le_bytes());
+                                x[0] = x[0].wrapping_add(1);
+                            });
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let x = v.get();
+            assert_eq!(u32::from_le_bytes([x[9], x[10], x[11], x[12]]), 2 * per);
+            assert_eq!(x[0], (2 * per) as u8);
+        });
+    }
+
+    #[test]
+    fn a_panic_in_update_leaves_the_value_and_releases_the_lock() {
+        with_watchdog(|| {
+            let v = Value::new(1u64).unwrap();
+            let v2 = v.clone();
+            let r = std::panic::catch_unwind(move || {
+                v2.update(|x| {
+                    *x = 99;
+                    panic!("in the closure")
+                })
+            });
+            assert!(r.is_err());
+            assert_eq!(v.get(), 1, "the half-done change is dropped");
+            v.update(|x| *x += v.get()); // a reader inside `update` is fine
+            assert_eq!(v.get(), 2, "the lock was released");
+        });
+    }
+
     #[test]
     fn atomic_values_count() {
         let a = AtomicValue::<i64>::new(5).unwrap();
@@ -430,5 +726,9 @@ mod tests {
         assert_eq!(a.compare_exchange(10, 11), Ok(10));
         assert_eq!(a.compare_exchange(10, 12), Err(11));
         assert_eq!(a.load(), 11);
+        assert_eq!(a.fetch_sub(4), 11);
+        assert_eq!(a.fetch_max(20), 7);
+        assert_eq!(a.fetch_min(-3), 20);
+        assert_eq!(a.load(), -3);
     }
 }

@@ -7,6 +7,7 @@ pub mod plot;
 pub mod python;
 pub mod soak;
 pub mod stats;
+mod sys;
 pub mod topo;
 
 /// Everything a subcommand can fail with. Each message says what to do.

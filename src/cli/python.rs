@@ -184,12 +184,17 @@ pub fn run(req: &Request) -> Result<Outcome, CliError> {
         }
         s
     });
-    let deadline = Instant::now() + req.timeout;
+    // `None`: a timeout too long to add to now (`--python-timeout` near
+    // u64::MAX seconds) means no deadline; `Instant + Duration` would panic.
+    let deadline = Instant::now().checked_add(req.timeout);
     let mut lines = Vec::new();
     let mut timed_out = false;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
+        let next = match deadline {
+            Some(deadline) => rx.recv_timeout(deadline.saturating_duration_since(Instant::now())),
+            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+        };
+        match next {
             Ok(line) => lines.push(line),
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -197,9 +202,10 @@ pub fn run(req: &Request) -> Result<Outcome, CliError> {
                 // Python's pool workers first: once their parent is gone
                 // they would wait forever on a pipe they hold both ends of.
                 for worker in children_of(pid) {
-                    // SAFETY: kill(2) takes no pointers.
-                    unsafe {
-                        libc::kill(worker as i32, libc::SIGKILL);
+                    // Best effort: one that already exited (ESRCH) is fine,
+                    // and a pid beyond i32 cannot be a real one.
+                    if let Ok(worker) = i32::try_from(worker) {
+                        let _ = super::sys::kill(worker, libc::SIGKILL);
                     }
                 }
                 let _ = child.kill();
