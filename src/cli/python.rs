@@ -101,7 +101,13 @@ fn script() -> Result<(PathBuf, Option<TempScript>), CliError> {
 pub fn script_shown() -> String {
     let repo = repo_script();
     if repo.is_file() {
-        repo.display().to_string()
+        // Relative to the working directory when it lies below it, so that
+        // a table pasted into the README names no machine's paths.
+        let shown = std::env::current_dir()
+            .ok()
+            .and_then(|cwd| repo.strip_prefix(cwd).ok().map(Path::to_path_buf))
+            .unwrap_or(repo);
+        shown.display().to_string()
     } else {
         "the copy of scripts/bench_mp.py built into corepool".into()
     }
