@@ -80,8 +80,11 @@ pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileId> {
     Ok(FileId {
         dev: st.st_dev,
         ino: st.st_ino,
-        size: st.st_size as u64,
-        mtime_ns: (st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128) as u64,
+        // The kernel never reports a negative size; should it, the file
+        // counts as empty, which every caller treats as too small.
+        size: u64::try_from(st.st_size).unwrap_or(0),
+        // Only compared for equality: the wrap of a pre-1970 time is harmless.
+        mtime_ns: (i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec)) as u64,
     })
 }
 
