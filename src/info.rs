@@ -1,11 +1,41 @@
 //! What this machine offers: CPUs, the process's allowed set, and the topology
 //! `/sys` describes. Used by `corepool info` and handy for choosing a
 //! [`crate::Pinning`].
+//!
+//! ```
+//! use corepool::{info, Pinning};
+//!
+//! // Pin workers to the allowed CPUs of one package (socket).
+//! let m = info::machine()?;
+//! let first = m.allowed[0];
+//! let package = m.cpus.iter().find(|c| c.id == first).and_then(|c| c.package);
+//! let cpus: Vec<usize> = m
+//!     .cpus
+//!     .iter()
+//!     .filter(|c| m.allowed.contains(&c.id) && c.package == package)
+//!     .map(|c| c.id)
+//!     .collect();
+//! assert!(cpus.contains(&first));
+//! let pinning = Pinning::Cpus(cpus);
+//! assert_ne!(pinning, Pinning::PerCpu);
+//! # Ok::<(), corepool::Error>(())
+//! ```
 
 use crate::error::{Error, Result};
 use std::fs;
 
 /// One logical CPU as `/sys/devices/system/cpu` describes it.
+///
+/// ```
+/// let m = corepool::info::machine()?;
+/// for cpu in &m.cpus {
+///     assert!(m.online.contains(&cpu.id));
+///     // A CPU is one of its own SMT siblings (when the kernel lists them).
+///     let siblings = corepool::info::parse_cpu_list(&cpu.siblings).unwrap_or_default();
+///     assert!(siblings.is_empty() || siblings.contains(&cpu.id));
+/// }
+/// # Ok::<(), corepool::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Cpu {
     /// Logical CPU number.
@@ -21,6 +51,14 @@ pub struct Cpu {
 }
 
 /// The machine as seen from this process.
+///
+/// ```
+/// let m = corepool::info::machine()?;
+/// assert!(!m.allowed.is_empty());
+/// assert_eq!(m.allowed, corepool::info::allowed_cpus()?);
+/// assert_eq!(m.cpus.len(), m.online.len());
+/// # Ok::<(), corepool::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Machine {
     /// The CPU model name from `/proc/cpuinfo`.

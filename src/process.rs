@@ -217,6 +217,16 @@ impl Default for ProcessBuilder {
 impl ProcessBuilder {
     /// A name, for messages and `ps`-style listings (Python's `name`).
     /// Default `Process-<pid>`.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let p = corepool::Process::builder().name("doubler").start(|x: u32| x * 2, 4)?;
+    ///     assert_eq!(p.name(), "doubler");
+    ///     assert_eq!(p.join()?, 8);
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
@@ -226,12 +236,45 @@ impl ProcessBuilder {
     /// dropped (it ends with the scope that owns it); a non-daemon one keeps
     /// running, and is still reaped when it ends. Either way, none outlives
     /// the parent.
+    ///
+    /// ```
+    /// use corepool::Process;
+    ///
+    /// fn spin(_: u64) -> u64 {
+    ///     loop {
+    ///         std::hint::spin_loop()
+    ///     }
+    /// }
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let p = Process::builder().daemon(true).start(spin, 0)?;
+    ///     assert!(p.is_daemon() && p.is_alive());
+    ///     drop(p); // SIGKILLed here, then reaped by the process thread
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn daemon(mut self, daemon: bool) -> Self {
         self.daemon = daemon;
         self
     }
 
     /// Pin the process to this CPU before it starts.
+    ///
+    /// ```
+    /// use corepool::{info, Error, Process};
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let cpu = info::allowed_cpus()?[0];
+    ///     let p = Process::builder().cpu(cpu).start(|_: ()| info::allowed_cpus().unwrap(), ())?;
+    ///     assert_eq!(p.join()?, vec![cpu]);
+    ///     // A CPU outside the allowed set is refused before anything starts.
+    ///     let refused = Process::builder().cpu(usize::MAX).start(|x: u8| x, 0);
+    ///     assert!(matches!(refused, Err(Error::CpuNotAllowed { .. })));
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn cpu(mut self, cpu: usize) -> Self {
         self.cpu = Some(cpu);
         self
@@ -239,12 +282,38 @@ impl ProcessBuilder {
 
     /// Room for the encoded result (default 64 KiB); a larger result is an
     /// [`Error::ResultTooLarge`] from [`Process::join`].
+    ///
+    /// ```
+    /// use corepool::{Error, Process};
+    ///
+    /// fn zeros(n: u32) -> Vec<u8> {
+    ///     vec![0; n as usize]
+    /// }
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let small = Process::builder().max_result_bytes(64).start(zeros, 10)?;
+    ///     assert_eq!(small.join()?.len(), 10);
+    ///     let big = Process::builder().max_result_bytes(64).start(zeros, 1_000)?;
+    ///     assert!(matches!(big.join(), Err(Error::ResultTooLarge { .. })));
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn max_result_bytes(mut self, bytes: u32) -> Self {
         self.max_result_bytes = bytes;
         self
     }
 
     /// Starts `f(arg)` in a new process.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let p = corepool::Process::builder().start(|(a, b): (u64, u64)| a * b, (6, 7))?;
+    ///     assert_eq!(p.join()?, 42);
+    ///     Ok(())
+    /// }
+    /// ```
     ///
     /// # Errors
     ///
@@ -378,7 +447,17 @@ impl<R> fmt::Debug for Process<R> {
 }
 
 impl Process<()> {
-    /// A builder: name, daemon flag, CPU.
+    /// A builder: name, daemon flag, CPU, room for the result.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let p = corepool::Process::builder().name("square").start(|x: i64| x * x, -3)?;
+    ///     assert_eq!(p.name(), "square");
+    ///     assert_eq!(p.join()?, 9);
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn builder() -> ProcessBuilder {
         ProcessBuilder::default()
     }
@@ -387,6 +466,16 @@ impl Process<()> {
 impl<R: Wire> Process<R> {
     /// Starts `f(arg)` in a new process with default settings
     /// (`Process(target=f, args=(arg,)).start()`).
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let p = corepool::Process::start(|s: String| s.len(), "hello".to_string())?;
+    ///     assert!(!p.is_daemon());
+    ///     assert_eq!(p.join()?, 5);
+    ///     Ok(())
+    /// }
+    /// ```
     ///
     /// # Errors
     ///
@@ -400,21 +489,84 @@ impl<R: Wire> Process<R> {
     }
 
     /// The process's name.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let p = corepool::Process::start(|x: u8| x, 1)?;
+    ///     assert_eq!(p.name(), format!("Process-{}", p.pid())); // the default
+    ///     p.join()?;
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// Its pid (valid until it is reaped; signals go through a pidfd anyway).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn spin(_: u64) -> u64 {
+    ///     loop {
+    ///         std::hint::spin_loop()
+    ///     }
+    /// }
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let p = corepool::Process::start(spin, 0)?;
+    ///     assert_ne!(p.pid(), std::process::id() as i32);
+    ///     assert!(std::path::Path::new(&format!("/proc/{}", p.pid())).exists());
+    ///     p.kill();
+    ///     assert!(p.join_timeout(Duration::from_secs(10)));
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn pid(&self) -> i32 {
         self.pid
     }
 
     /// Whether it was started as a daemon.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let d = corepool::Process::builder().daemon(true).start(|x: u8| x, 1)?;
+    ///     assert!(d.is_daemon());
+    ///     assert_eq!(d.join()?, 1);
+    ///     let p = corepool::Process::start(|x: u8| x, 2)?;
+    ///     assert!(!p.is_daemon()); // the default
+    ///     assert_eq!(p.join()?, 2);
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn is_daemon(&self) -> bool {
         self.daemon
     }
 
     /// Whether it is still running.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn spin(_: u64) -> u64 {
+    ///     loop {
+    ///         std::hint::spin_loop()
+    ///     }
+    /// }
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let p = corepool::Process::start(spin, 0)?;
+    ///     assert!(p.is_alive());
+    ///     p.kill();
+    ///     assert!(p.join_timeout(Duration::from_secs(10)));
+    ///     assert!(!p.is_alive());
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn is_alive(&self) -> bool {
         crate::pool_lock(&self.state.exit).is_none()
     }
@@ -422,22 +574,101 @@ impl<R: Wire> Process<R> {
     /// How it ended: `None` while it runs; `Code(0)` after it returned,
     /// `Code(1)` after a panic (like Python's exit code 1 on an exception),
     /// `Signal(n)` when a signal ended it.
+    ///
+    /// ```
+    /// use corepool::{Error, ExitCause, Process};
+    /// use std::time::Duration;
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let ok = Process::start(|x: u32| x + 1, 1)?;
+    ///     assert!(ok.join_timeout(Duration::from_secs(10)));
+    ///     assert_eq!(ok.exit_code(), Some(ExitCause::Code(0)));
+    ///     assert_eq!(ok.join()?, 2);
+    ///
+    ///     let bad = Process::start(|_: u32| -> u32 { panic!("no") }, 0)?;
+    ///     assert!(bad.join_timeout(Duration::from_secs(10)));
+    ///     assert_eq!(bad.exit_code(), Some(ExitCause::Code(1)));
+    ///     assert!(matches!(bad.join(), Err(Error::Panicked { .. })));
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn exit_code(&self) -> Option<ExitCause> {
         crate::pool_lock(&self.state.exit).clone()
     }
 
     /// Sends SIGTERM (Python's `terminate`).
+    ///
+    /// ```
+    /// use corepool::{ExitCause, Process};
+    /// use std::time::Duration;
+    ///
+    /// fn spin(_: u64) -> u64 {
+    ///     loop {
+    ///         std::hint::spin_loop()
+    ///     }
+    /// }
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let p = Process::start(spin, 0)?;
+    ///     p.terminate();
+    ///     assert!(p.join_timeout(Duration::from_secs(10)));
+    ///     assert_eq!(p.exit_code(), Some(ExitCause::Signal(15)));
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn terminate(&self) {
         sys::pidfd_send_signal(self.state.pidfd.as_fd(), libc::SIGTERM);
     }
 
     /// Sends SIGKILL (Python's `kill`).
+    ///
+    /// ```
+    /// use corepool::{Error, ExitCause, Process};
+    /// use std::time::Duration;
+    ///
+    /// fn spin(_: u64) -> u64 {
+    ///     loop {
+    ///         std::hint::spin_loop()
+    ///     }
+    /// }
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let p = Process::start(spin, 0)?;
+    ///     p.kill();
+    ///     assert!(p.join_timeout(Duration::from_secs(10)));
+    ///     assert_eq!(p.exit_code(), Some(ExitCause::Signal(9)));
+    ///     assert!(matches!(p.join(), Err(Error::WorkerDied { .. })));
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn kill(&self) {
         sys::pidfd_send_signal(self.state.pidfd.as_fd(), libc::SIGKILL);
     }
 
     /// Waits at most `timeout` for it to end; returns whether it has
     /// (Python's `join(timeout)`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn spin(_: u64) -> u64 {
+    ///     loop {
+    ///         std::hint::spin_loop()
+    ///     }
+    /// }
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let p = corepool::Process::start(spin, 0)?;
+    ///     assert!(!p.join_timeout(Duration::from_millis(10))); // still spinning
+    ///     p.kill();
+    ///     assert!(p.join_timeout(Duration::from_secs(10)));
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn join_timeout(&self, timeout: Duration) -> bool {
         let deadline = crate::park::deadline_after(timeout);
         let mut exit = crate::pool_lock(&self.state.exit);
@@ -466,6 +697,23 @@ impl<R: Wire> Process<R> {
 
     /// Waits for it to end and returns what `f` returned (Python's `join`,
     /// with the result the target produced).
+    ///
+    /// ```
+    /// use corepool::{Error, Process};
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let p = Process::start(|v: Vec<u32>| v.iter().sum::<u32>(), vec![1, 2, 3])?;
+    ///     assert_eq!(p.join()?, 6);
+    ///
+    ///     let p = Process::start(|_: ()| -> u32 { panic!("boom") }, ())?;
+    ///     match p.join() {
+    ///         Err(Error::Panicked { message }) => assert!(message.contains("boom")),
+    ///         other => panic!("expected a panic, got {other:?}"),
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
     ///
     /// # Errors
     ///

@@ -73,6 +73,13 @@ impl<T> fmt::Debug for SharedArray<T> {
 impl<T: Pod> SharedArray<T> {
     /// A zero-filled array of `len` elements.
     ///
+    /// ```
+    /// let a = corepool::SharedArray::<u32>::new(3)?;
+    /// assert_eq!(a.to_vec(), vec![0, 0, 0]);
+    /// assert!(corepool::SharedArray::<()>::new(1).is_err()); // zero-sized elements
+    /// # Ok::<(), corepool::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`Error::SharedMemory`] when the memory cannot be reserved;
@@ -97,6 +104,12 @@ impl<T: Pod> SharedArray<T> {
 
     /// An array holding a copy of `data`.
     ///
+    /// ```
+    /// let a = corepool::SharedArray::from_slice(&[1.5f64, 2.5])?;
+    /// assert_eq!(a.to_vec(), vec![1.5, 2.5]);
+    /// # Ok::<(), corepool::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// As [`new`](Self::new).
@@ -107,11 +120,22 @@ impl<T: Pod> SharedArray<T> {
     }
 
     /// Number of elements.
+    ///
+    /// ```
+    /// assert_eq!(corepool::SharedArray::<u8>::new(5)?.len(), 5);
+    /// # Ok::<(), corepool::Error>(())
+    /// ```
     pub fn len(&self) -> usize {
         self.len
     }
 
     /// Whether the array has no elements.
+    ///
+    /// ```
+    /// assert!(corepool::SharedArray::<u8>::new(0)?.is_empty());
+    /// assert!(!corepool::SharedArray::from_slice(&[1u8])?.is_empty());
+    /// # Ok::<(), corepool::Error>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -135,6 +159,13 @@ impl<T: Pod> SharedArray<T> {
     }
 
     /// The element at `index`, or `None` past the end.
+    ///
+    /// ```
+    /// let a = corepool::SharedArray::from_slice(&[10i64, 20])?;
+    /// assert_eq!(a.get(1), Some(20));
+    /// assert_eq!(a.get(2), None);
+    /// # Ok::<(), corepool::Error>(())
+    /// ```
     pub fn get(&self, index: usize) -> Option<T> {
         if index >= self.len {
             return None;
@@ -145,6 +176,14 @@ impl<T: Pod> SharedArray<T> {
     }
 
     /// Sets the element at `index`.
+    ///
+    /// ```
+    /// let a = corepool::SharedArray::<i32>::new(2)?;
+    /// a.set(1, -7)?;
+    /// assert_eq!(a.to_vec(), vec![0, -7]);
+    /// assert!(matches!(a.set(2, 1), Err(corepool::Error::OutOfBounds { .. })));
+    /// # Ok::<(), corepool::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -157,6 +196,15 @@ impl<T: Pod> SharedArray<T> {
     }
 
     /// Copies `dst.len()` elements starting at `start` into `dst`.
+    ///
+    /// ```
+    /// let a = corepool::SharedArray::from_slice(&[1u16, 2, 3, 4])?;
+    /// let mut buf = [0u16; 2];
+    /// a.read_into(1, &mut buf)?;
+    /// assert_eq!(buf, [2, 3]);
+    /// assert!(a.read_into(3, &mut buf).is_err());
+    /// # Ok::<(), corepool::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -171,6 +219,13 @@ impl<T: Pod> SharedArray<T> {
 
     /// Copies the elements in `range` out.
     ///
+    /// ```
+    /// let a = corepool::SharedArray::from_slice(&[1u8, 2, 3, 4])?;
+    /// assert_eq!(a.read(1..3)?, vec![2, 3]);
+    /// assert!(a.read(2..5).is_err());
+    /// # Ok::<(), corepool::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`Error::OutOfBounds`] when the range does not fit.
@@ -182,6 +237,14 @@ impl<T: Pod> SharedArray<T> {
     }
 
     /// Copies `src` into the array starting at `start`.
+    ///
+    /// ```
+    /// let a = corepool::SharedArray::<u32>::new(4)?;
+    /// a.write(1, &[7, 8])?;
+    /// assert_eq!(a.to_vec(), vec![0, 7, 8, 0]);
+    /// assert!(a.write(3, &[1, 2]).is_err());
+    /// # Ok::<(), corepool::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -195,6 +258,12 @@ impl<T: Pod> SharedArray<T> {
     }
 
     /// A copy of the whole array.
+    ///
+    /// ```
+    /// let a = corepool::SharedArray::from_slice(&[3u64, 1, 2])?;
+    /// assert_eq!(a.to_vec(), vec![3, 1, 2]);
+    /// # Ok::<(), corepool::Error>(())
+    /// ```
     pub fn to_vec(&self) -> Vec<T> {
         self.read(0..self.len).unwrap_or_default()
     }
@@ -205,6 +274,13 @@ impl<T: Pod> SharedArray<T> {
 
     /// Folds over `range` block by block: each block is copied into a private
     /// buffer and passed to `f`. The way to reduce (sum, min, histogram).
+    ///
+    /// ```
+    /// let a = corepool::SharedArray::from_slice(&(1..=100u64).collect::<Vec<_>>())?;
+    /// let sum = a.fold_chunks(0..a.len(), 0, |acc, xs| acc + xs.iter().sum::<u64>())?;
+    /// assert_eq!(sum, 5050);
+    /// # Ok::<(), corepool::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -230,6 +306,13 @@ impl<T: Pod> SharedArray<T> {
 
     /// Updates `range` in place, block by block: each block is copied out,
     /// changed by `f`, and copied back.
+    ///
+    /// ```
+    /// let a = corepool::SharedArray::from_slice(&[1.0f32, 2.0, 3.0])?;
+    /// a.update_chunks(1..3, |xs| xs.iter_mut().for_each(|x| *x *= 10.0))?;
+    /// assert_eq!(a.to_vec(), vec![1.0, 20.0, 30.0]);
+    /// # Ok::<(), corepool::Error>(())
+    /// ```
     ///
     /// # Errors
     ///

@@ -88,12 +88,36 @@ impl Default for PoolBuilder {
 impl PoolBuilder {
     /// Number of worker processes. Default: one per allowed CPU (or per CPU
     /// listed in [`Pinning::Cpus`]).
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::builder().workers(2).build()?;
+    ///     assert_eq!(pool.workers(), 2);
+    ///     assert_eq!(pool.pids().len(), 2);
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = Some(n);
         self
     }
 
     /// Where workers run. Default [`Pinning::PerCpu`].
+    ///
+    /// ```
+    /// use corepool::{info, Pinning, Pool};
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let cpu = info::allowed_cpus()?[0];
+    ///     let pool = Pool::builder().workers(2).pinning(Pinning::Cpus(vec![cpu])).build()?;
+    ///     assert_eq!(pool.cpus(), &[Some(cpu), Some(cpu)]); // the list wraps around
+    ///     let free = Pool::builder().workers(1).pinning(Pinning::None).build()?;
+    ///     assert_eq!(free.cpus(), &[None]);
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn pinning(mut self, pinning: Pinning) -> Self {
         self.pinning = pinning;
         self
@@ -102,6 +126,21 @@ impl PoolBuilder {
     /// Bytes of each worker's task ring and of its result ring: a power of two
     /// from 4 KiB to 1 GiB. One message (a task's encoded arguments, a
     /// result) may take up to half of it. Default 1 MiB.
+    ///
+    /// ```
+    /// use corepool::{Error, Pool};
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = Pool::builder().workers(1).ring_bytes(4096).build()?;
+    ///     assert_eq!(pool.apply(|v: Vec<u8>| v.len(), vec![1u8; 100])?, 100);
+    ///     // An argument larger than half the ring cannot be sent.
+    ///     let big = pool.apply(|v: Vec<u8>| v.len(), vec![1u8; 4096]);
+    ///     assert!(matches!(big, Err(Error::ArgumentTooLarge { .. })));
+    ///     assert!(Pool::builder().ring_bytes(5000).build().is_err()); // not a power of two
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn ring_bytes(mut self, bytes: u32) -> Self {
         self.ring_bytes = bytes;
         self
@@ -110,6 +149,28 @@ impl PoolBuilder {
     /// A function each worker runs once before its first task (Python's
     /// `initializer`). If it panics the worker fails to start and `build`
     /// returns [`Error::WorkerStart`] with the panic message.
+    ///
+    /// ```
+    /// use corepool::{Error, Pool};
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    ///
+    /// static READY: AtomicBool = AtomicBool::new(false);
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     // Runs in each worker: the flag is set there, not here.
+    ///     let pool = Pool::builder()
+    ///         .workers(1)
+    ///         .initializer(|| READY.store(true, Ordering::Relaxed))
+    ///         .build()?;
+    ///     assert!(pool.apply(|_: ()| READY.load(Ordering::Relaxed), ())?);
+    ///     assert!(!READY.load(Ordering::Relaxed));
+    ///
+    ///     let failed = Pool::builder().workers(1).initializer(|| panic!("no config")).build();
+    ///     assert!(matches!(failed, Err(Error::WorkerStart { .. })));
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn initializer<F>(mut self, f: F) -> Self
     where
         F: Fn() + Copy + Send + Sync + 'static,
@@ -170,6 +231,17 @@ impl PoolBuilder {
 
     /// Replace each worker after it has run this many tasks (Python's
     /// `maxtasksperchild`); 0, the default, means never.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::builder().workers(1).max_tasks_per_child(1).build()?;
+    ///     let first = pool.apply(|_: ()| std::process::id(), ())?;
+    ///     let second = pool.apply(|_: ()| std::process::id(), ())?;
+    ///     assert_ne!(first, second); // a fresh worker ran the second task
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn max_tasks_per_child(mut self, n: u64) -> Self {
         self.max_tasks_per_child = n;
         self
@@ -179,6 +251,24 @@ impl PoolBuilder {
     /// dies (for idempotent work only: the first run may have had effects).
     /// A task that kills every worker it meets fails with
     /// [`Error::WorkerDied`] once its attempts are spent. Default 0.
+    ///
+    /// ```
+    /// use corepool::{Error, Pool};
+    ///
+    /// fn die(_: ()) -> u32 {
+    ///     std::process::exit(3) // the worker ends without a result
+    /// }
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = Pool::builder().workers(1).retries(1).build()?;
+    ///     // Run twice (on two workers), then given up.
+    ///     assert!(matches!(pool.apply(die, ()), Err(Error::WorkerDied { .. })));
+    ///     assert!(pool.stats().respawns >= 1); // the retry ran on a replacement
+    ///     assert_eq!(pool.apply(|x: u32| x + 1, 1)?, 2); // the pool goes on
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn retries(mut self, n: u32) -> Self {
         self.retries = n;
         self
@@ -188,18 +278,66 @@ impl PoolBuilder {
     /// with [`Error::TaskTimedOut`] and a new worker takes the CPU. Measured
     /// from when the parent first sees the task running (within microseconds
     /// while it waits for results). Default: no limit.
+    ///
+    /// ```
+    /// use corepool::{Error, Pool};
+    /// use std::time::Duration;
+    ///
+    /// fn spin(_: ()) -> u32 {
+    ///     loop {
+    ///         std::hint::spin_loop()
+    ///     }
+    /// }
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = Pool::builder()
+    ///         .workers(1)
+    ///         .task_timeout(Duration::from_millis(200))
+    ///         .build()?;
+    ///     assert!(matches!(pool.apply(spin, ()), Err(Error::TaskTimedOut { .. })));
+    ///     assert_eq!(pool.apply(|x: u32| x * 2, 21)?, 42); // on a new worker
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
         self
     }
 
     /// How long `build` waits for the workers to attach. Default 30 s.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::builder()
+    ///         .workers(1)
+    ///         .start_timeout(std::time::Duration::from_secs(60))
+    ///         .build()?;
+    ///     assert_eq!(pool.pids().len(), 1); // built: every worker attached in time
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn start_timeout(mut self, timeout: Duration) -> Self {
         self.start_timeout = timeout;
         self
     }
 
     /// Starts the workers and waits until every one is ready.
+    ///
+    /// ```
+    /// use corepool::{Error, Pinning, Pool};
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = Pool::builder().workers(2).build()?;
+    ///     assert_eq!(pool.map(|x: u64| x + 1, vec![1, 2, 3], None)?, vec![2, 3, 4]);
+    ///     // Bad settings fail before any worker starts.
+    ///     let bad = Pool::builder().pinning(Pinning::Cpus(vec![usize::MAX])).build();
+    ///     assert!(matches!(bad, Err(Error::CpuNotAllowed { .. })));
+    ///     Ok(())
+    /// }
+    /// ```
     ///
     /// # Errors
     ///
