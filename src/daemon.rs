@@ -52,6 +52,17 @@ impl Default for Daemon {
 
 /// Held by the running daemon: keeps the pid file locked, and removes it when
 /// dropped (a clean stop).
+///
+/// ```
+/// // In the daemon, `start` returns the guard; keep it for the daemon's life.
+/// // (A runnable version is `examples/daemon.rs`.)
+/// fn run() -> corepool::Result<()> {
+///     let _guard = corepool::Daemon::new().pid_file("/tmp/my.pid").start()?;
+///     // ... the daemon's work ...
+///     Ok(()) // the guard drops: the pid file is removed, the lock released
+/// }
+/// # let _ = run;
+/// ```
 #[derive(Debug)]
 pub struct DaemonGuard {
     pid_file: Option<(PathBuf, File)>,
@@ -75,6 +86,11 @@ fn io_err(op: &'static str) -> impl Fn(std::io::Error) -> Error {
 impl Daemon {
     /// The defaults: no pid file, output to `/dev/null`, working directory `/`,
     /// umask `022`.
+    ///
+    /// ```
+    /// let d = corepool::Daemon::new();
+    /// assert!(format!("{d:?}").contains("working_dir: \"/\""));
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
@@ -83,12 +99,22 @@ impl Daemon {
     /// daemon's life; a second instance with the same pid file refuses to
     /// start with [`Error::AlreadyRunning`]. Relative paths are resolved
     /// before the daemon changes directory.
+    ///
+    /// ```
+    /// let d = corepool::Daemon::new().pid_file("/run/user/ticker.pid");
+    /// assert!(format!("{d:?}").contains("ticker.pid"));
+    /// ```
     pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.pid_file = Some(path.into());
         self
     }
 
     /// Send standard output and error here (appending) instead of `/dev/null`.
+    ///
+    /// ```
+    /// let d = corepool::Daemon::new().log_file("ticker.log");
+    /// assert!(format!("{d:?}").contains("ticker.log"));
+    /// ```
     pub fn log_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.log_file = Some(path.into());
         self
@@ -96,12 +122,22 @@ impl Daemon {
 
     /// The daemon's working directory (default `/`, so that it keeps no
     /// mount busy).
+    ///
+    /// ```
+    /// let d = corepool::Daemon::new().working_dir("/var/lib/ticker");
+    /// assert!(format!("{d:?}").contains("/var/lib/ticker"));
+    /// ```
     pub fn working_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.working_dir = dir.into();
         self
     }
 
     /// The daemon's file-creation mask (default `0o022`).
+    ///
+    /// ```
+    /// let d = corepool::Daemon::new().umask(0o077); // files readable by the owner only
+    /// assert!(format!("{d:?}").contains(&0o077.to_string()));
+    /// ```
     pub fn umask(mut self, mask: u32) -> Self {
         self.umask = mask;
         self
@@ -113,6 +149,19 @@ impl Daemon {
     ///
     /// Call it at the start of `main` (after [`crate::init`]), before any
     /// thread exists: forking a multithreaded process is unsound.
+    ///
+    /// ```no_run
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let guard = corepool::Daemon::new()
+    ///         .pid_file("/tmp/ticker.pid")
+    ///         .log_file("/tmp/ticker.log")
+    ///         .start()?; // the shell's process exits here; the daemon goes on
+    ///     println!("daemon {} up", std::process::id()); // into the log file
+    ///     drop(guard); // removes the pid file
+    ///     Ok(())
+    /// }
+    /// ```
     ///
     /// # Errors
     ///
@@ -213,6 +262,17 @@ impl Daemon {
 
 /// Stops the daemon whose pid file is `path`: SIGTERM, then waits up to
 /// `timeout` for it to release the pid file's lock. Returns its pid.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// // No daemon holds this pid file: a clear error, nothing signalled.
+/// let path = std::env::temp_dir().join(format!("corepool-doc-{}.pid", std::process::id()));
+/// std::fs::write(&path, "12345\n").unwrap();
+/// let err = corepool::daemon::stop(&path, Duration::from_secs(5)).unwrap_err();
+/// assert!(err.to_string().contains("no daemon holds"), "{err}");
+/// std::fs::remove_file(&path).unwrap();
+/// ```
 ///
 /// # Errors
 ///

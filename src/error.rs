@@ -67,7 +67,8 @@ pub enum Error {
         /// What is wrong and what to use instead.
         what: String,
     },
-    /// `Pinning::Cpus` named a CPU this process may not run on.
+    /// A CPU was asked for (`Pinning::Cpus`, `ProcessBuilder::cpu`,
+    /// `info::pin_current_thread`) that this process may not run on.
     #[error("CPU {cpu} is not in this process's allowed set {allowed:?}: pick CPUs from that set (see `corepool info`), or widen it with taskset/cgroups")]
     CpuNotAllowed {
         /// The CPU asked for.

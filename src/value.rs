@@ -73,6 +73,20 @@ impl<T: Pod> fmt::Debug for Value<T> {
 impl<T: Pod> Value<T> {
     /// A shared value holding `value`.
     ///
+    /// ```
+    /// #[derive(Clone, Copy, Debug, PartialEq, corepool::bytemuck::Pod, corepool::bytemuck::Zeroable)]
+    /// #[bytemuck(crate = "corepool::bytemuck")]
+    /// #[repr(C)]
+    /// struct Progress {
+    ///     done: u64,
+    ///     failed: u64,
+    /// }
+    ///
+    /// let p = corepool::Value::new(Progress { done: 0, failed: 0 }).unwrap();
+    /// p.update(|p| p.done += 1);
+    /// assert_eq!(p.get(), Progress { done: 1, failed: 0 });
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`crate::Error::SharedMemory`].
@@ -222,6 +236,11 @@ impl<T: Pod> Value<T> {
     /// The current value. Never blocks on a writer for long: it copies and
     /// retries if a write overlapped, and takes the lock over from a writer
     /// that died mid-write.
+    ///
+    /// ```
+    /// let point = corepool::Value::new([1.5f64, -2.0]).unwrap();
+    /// assert_eq!(point.get(), [1.5, -2.0]);
+    /// ```
     pub fn get(&self) -> T {
         let seq = self.word(SEQ_AT);
         let mut spinner = Spinner::new();
@@ -248,6 +267,13 @@ impl<T: Pod> Value<T> {
     }
 
     /// Replaces the value.
+    ///
+    /// ```
+    /// let flags = corepool::Value::new(0u8).unwrap();
+    /// let seen_by_others = flags.clone(); // a clone (or a copy sent to a process) shares it
+    /// flags.set(0b101);
+    /// assert_eq!(seen_by_others.get(), 0b101);
+    /// ```
     pub fn set(&self, value: T) {
         let _lock = self.lock();
         self.write_locked(&value);
@@ -261,6 +287,18 @@ impl<T: Pod> Value<T> {
     /// value stays as it was and the lock is released. `f` may call
     /// [`Value::get`] on this value, but not `set` or `update`: the lock is
     /// not reentrant.
+    ///
+    /// ```
+    /// let stats = corepool::Value::new([0u64; 2]).unwrap(); // [count, sum]
+    /// for x in [3u64, 4, 5] {
+    ///     stats.update(|s| {
+    ///         s[0] += 1;
+    ///         s[1] += x;
+    ///     });
+    /// }
+    /// let mean = stats.update(|s| s[1] / s[0]); // returns what the closure returns
+    /// assert_eq!((stats.get(), mean), ([3, 12], 4));
+    /// ```
     pub fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         let _lock = self.lock();
         // Under the lock, no write overlaps this copy.
@@ -400,6 +438,14 @@ mod sealed {
 }
 
 /// The integer types an [`AtomicValue`] can hold: `u32`, `i32`, `u64`, `i64`.
+///
+/// ```
+/// fn shared_counter<T: corepool::AtomicInt>(start: T) -> corepool::AtomicValue<T> {
+///     corepool::AtomicValue::new(start).unwrap()
+/// }
+/// assert_eq!(shared_counter(5i32).load(), 5);
+/// assert_eq!(shared_counter(5u64).load(), 5);
+/// ```
 pub trait AtomicInt: sealed::Sealed + Send + Sync + 'static {}
 
 macro_rules! atomic_int {
@@ -466,6 +512,11 @@ impl<T: AtomicInt + fmt::Debug> fmt::Debug for AtomicValue<T> {
 impl<T: AtomicInt> AtomicValue<T> {
     /// A shared integer holding `value`.
     ///
+    /// ```
+    /// let hits = corepool::AtomicValue::<u64>::new(10).unwrap();
+    /// assert_eq!(hits.load(), 10);
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`crate::Error::SharedMemory`].
@@ -487,16 +538,32 @@ impl<T: AtomicInt> AtomicValue<T> {
     }
 
     /// The current value.
+    ///
+    /// ```
+    /// assert_eq!(corepool::AtomicValue::<i32>::new(-7).unwrap().load(), -7);
+    /// ```
     pub fn load(&self) -> T {
         T::load(self.atomic())
     }
 
     /// Replaces the value.
+    ///
+    /// ```
+    /// let v = corepool::AtomicValue::<u64>::new(0).unwrap();
+    /// v.store(42);
+    /// assert_eq!(v.load(), 42);
+    /// ```
     pub fn store(&self, value: T) {
         T::store(self.atomic(), value)
     }
 
     /// Adds `delta` (wrapping) and returns the previous value.
+    ///
+    /// ```
+    /// let n = corepool::AtomicValue::<u32>::new(u32::MAX).unwrap();
+    /// assert_eq!(n.fetch_add(2), u32::MAX);
+    /// assert_eq!(n.load(), 1, "wraps");
+    /// ```
     pub fn fetch_add(&self, delta: T) -> T {
         T::fetch_add(self.atomic(), delta)
     }
@@ -540,6 +607,12 @@ impl<T: AtomicInt> AtomicValue<T> {
     }
 
     /// Replaces the value and returns the previous one.
+    ///
+    /// ```
+    /// let v = corepool::AtomicValue::<i64>::new(1).unwrap();
+    /// assert_eq!(v.swap(2), 1);
+    /// assert_eq!(v.load(), 2);
+    /// ```
     pub fn swap(&self, value: T) -> T {
         T::swap(self.atomic(), value)
     }
@@ -571,6 +644,11 @@ impl<T: AtomicInt> Wire for AtomicValue<T> {
 }
 
 /// Python's `multiprocessing.Array`: a [`crate::SharedArray`].
+///
+/// ```
+/// let a = corepool::Array::<f64>::from_slice(&[1.0, 2.0]).unwrap();
+/// assert_eq!(a.to_vec(), [1.0, 2.0]);
+/// ```
 pub type Array<T> = crate::SharedArray<T>;
 
 #[cfg(test)]
