@@ -263,6 +263,24 @@ fn task_timeout_kills_and_replaces_the_worker() {
     assert_eq!(pool.apply(square, 6).unwrap(), 36);
 }
 
+/// A worker takes a task without telling the parent, so a pass may find the
+/// task still waiting and the next one never come: the timeout must still
+/// fire. Each round races the worker's take against the parent's last look.
+fn a_timeout_fires_for_a_task_taken_after_the_parent_looked() {
+    let pool = Pool::builder()
+        .workers(1)
+        .task_timeout(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    for round in 0..20 {
+        match pool.apply(spin_forever, round) {
+            Err(Error::TaskTimedOut { .. }) => {}
+            other => panic!("round {round}: expected TaskTimedOut, got {other:?}"),
+        }
+    }
+    assert_eq!(pool.apply(square, 6).unwrap(), 36);
+}
+
 /// Starts a grandchild (`sleep`), reports its pid, then dies.
 fn start_grandchild_and_die(pids: SharedArray<u64>) -> u64 {
     let child = std::process::Command::new("sleep")
@@ -555,6 +573,7 @@ fn main() {
         a_task_that_kills_every_worker_fails_after_its_attempts,
         a_replacement_is_applied_after_the_callers_leave,
         task_timeout_kills_and_replaces_the_worker,
+        a_timeout_fires_for_a_task_taken_after_the_parent_looked,
         processes_a_task_started_die_with_its_worker,
         other_children_of_the_program_are_left_alone,
         workers_die_with_a_sigkilled_parent,

@@ -276,8 +276,9 @@ impl PoolBuilder {
 
     /// Kill a worker whose task has run longer than `timeout`: the task fails
     /// with [`Error::TaskTimedOut`] and a new worker takes the CPU. Measured
-    /// from when the parent first sees the task running (within microseconds
-    /// while it waits for results). Default: no limit.
+    /// from when the parent first sees the task running (within about a
+    /// millisecond of its start). Being killed for a timeout does not count
+    /// as a crash, so the replacement starts at once. Default: no limit.
     ///
     /// ```
     /// use corepool::{Error, Pool};

@@ -419,13 +419,17 @@ impl Core {
         for task in requeue.into_iter().rev() {
             self.pending.push_front(task);
         }
-        // A planned exit (retirement, shutdown) resets the streak; any other
-        // death lengthens it, and with it the wait before the next respawn.
+        // A planned exit (retirement, shutdown, or our kill for a task
+        // timeout: the task's fault, not the worker's) resets the streak; any
+        // other death lengthens it, and with it the wait before the next
+        // respawn.
         let w = &mut self.workers[index];
         // Acquire pairs with the worker's Release store of RETIRING
         // (`Server::run` in worker.rs).
-        let planned = cause == ExitCause::Code(0)
-            && (self.shutdown_sent || w.slot.state().load(Ordering::Acquire) == state::RETIRING);
+        let planned = w.timed_out.is_some()
+            || (cause == ExitCause::Code(0)
+                && (self.shutdown_sent
+                    || w.slot.state().load(Ordering::Acquire) == state::RETIRING));
         w.crash_streak = if planned { 0 } else { w.crash_streak + 1 };
         w.replacing_since = Some(Instant::now());
         w.running = None;
@@ -719,6 +723,13 @@ impl Core {
                 .filter(|f| !is_waiting(&ring, f.position));
             let Some(front) = running else {
                 w.running = None;
+                if !w.in_flight.is_empty() {
+                    // The front still waits to be taken. The worker takes it
+                    // without telling us, so no wake-up may come before it
+                    // runs for ever: look again soon.
+                    let soon = now + TIMEOUT_POLL.min(limit);
+                    next = Some(next.map_or(soon, |n| n.min(soon)));
+                }
                 continue;
             };
             let since = match w.running {
@@ -778,6 +789,10 @@ fn is_waiting(ring: &crate::ring::RingMemory, position: u32) -> bool {
 /// How long to wait before restarting a slot whose workers died `streak`
 /// times in a row: at once for the first death, then 10 ms doubling to 1 s,
 /// so that a task that kills every worker cannot make a fork loop.
+/// How soon the driver looks again for a task that waited to be taken at its
+/// last look, when tasks have a timeout: the timeout's resolution then.
+const TIMEOUT_POLL: Duration = Duration::from_millis(1);
+
 fn backoff(streak: u32) -> Duration {
     match streak {
         0 | 1 => Duration::ZERO,
