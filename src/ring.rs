@@ -536,7 +536,7 @@ impl Consumer {
             self.mem.copy_out(record.payload_offset, &mut inline[..len]);
             crate::wire::Payload::from_slice(&inline[..len])
         } else {
-            let mut bytes = Vec::new();
+            let mut bytes = crate::wire::take_buffer(len);
             self.read_payload(record, &mut bytes);
             crate::wire::Payload::from_vec(bytes)
         }

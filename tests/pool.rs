@@ -535,6 +535,69 @@ fn map_callbacks_run_once_with_the_whole_result() {
     assert!(h.get().is_err());
 }
 
+/// Claims `claimed` items but yields `real`: `map` must trust what comes,
+/// not what was promised.
+struct Liar {
+    next: u64,
+    real: u64,
+    claimed: usize,
+}
+
+impl Iterator for Liar {
+    type Item = u64;
+    fn next(&mut self) -> Option<u64> {
+        (self.next < self.real).then(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.claimed, Some(self.claimed))
+    }
+}
+
+fn fails_at_700(x: u64) -> u64 {
+    assert!(x != 700, "item {x}");
+    x
+}
+
+fn map_streams_chunks_and_stops_at_a_failure() {
+    let pool = pool2();
+    // Many more chunks than are kept in flight (4 per worker).
+    let expected: Vec<u64> = (0..5000).map(|i| i * i).collect();
+    assert_eq!(pool.map(square, 0..5000u64, Some(7)).unwrap(), expected);
+    assert_eq!(
+        pool.starmap(
+            |a: u64, b: u64| a * b,
+            (0..5000u64).map(|i| (i, i)),
+            Some(3)
+        )
+        .unwrap(),
+        expected
+    );
+    // A failing chunk in the middle ends the map with its error...
+    match pool.map(fails_at_700, 0..5000u64, Some(10)) {
+        Err(Error::Panicked { message }) => assert!(message.contains("item 700"), "{message}"),
+        other => panic!("expected the panic, got {other:?}"),
+    }
+    // ... and the pool goes on.
+    assert_eq!(pool.map(square, 0..10u64, None).unwrap()[9], 81);
+    // Iterators that misreport their length.
+    for (real, claimed) in [(100, 1000), (1000, 100), (0, 50), (50, 0)] {
+        let liar = Liar {
+            next: 0,
+            real,
+            claimed,
+        };
+        let got = pool.map(square, liar, Some(16)).unwrap();
+        assert_eq!(
+            got,
+            (0..real).map(|i| i * i).collect::<Vec<_>>(),
+            "{real} vs {claimed}"
+        );
+    }
+}
+
 fn worker_counts_out_of_range_are_config_errors() {
     for n in [0, 4097, usize::MAX] {
         for pinning in [Pinning::PerCpu, Pinning::None] {
@@ -611,6 +674,7 @@ fn main() {
         callbacks_run_without_anyone_waiting,
         an_idle_pool_costs_nothing,
         worker_counts_out_of_range_are_config_errors,
+        map_streams_chunks_and_stops_at_a_failure,
         map_callbacks_run_once_with_the_whole_result,
         get_timeout_can_be_called_again,
         endless_timeouts_are_no_timeouts,

@@ -446,59 +446,127 @@ impl<T: Send + 'static> AsyncResult<T> {
 /// that arrives early waits as the bytes it came in until its turn.
 pub(crate) struct MapCollector<R> {
     state: Mutex<Collected<R>>,
+    /// Signalled when a chunk completes and somebody waits in
+    /// [`wait_completed`](Self::wait_completed).
+    progress: Condvar,
     cell: Arc<Cell<Vec<R>>>,
 }
 
 struct Collected<R> {
     /// The results of chunks `0..next`, in order.
     out: Vec<R>,
-    /// How many results there are to be, in all.
-    items: usize,
     next: usize,
-    /// Chunks that came early, by index.
-    early: Vec<Option<crate::wire::Payload>>,
+    /// Every chunk added so far: how many results it owes, and its encoded
+    /// results while they wait for the chunks before them.
+    chunks: Vec<(usize, Option<crate::wire::Payload>)>,
+    /// No chunk will be added any more.
+    sealed: bool,
+    /// Chunks answered, in any order (failed ones too).
+    completed: usize,
+    /// Threads blocked in `wait_completed`; only changed under this lock.
+    waiters: usize,
     failed: bool,
 }
 
 impl<R: Wire> MapCollector<R> {
-    /// `items` is the number of results expected in all: the output is
-    /// allocated once, up front.
-    pub(crate) fn new(chunks: usize, items: usize, cell: Arc<Cell<Vec<R>>>) -> Arc<Self> {
-        let collector = Arc::new(Self {
+    /// A collector expecting about `items` results (a hint for the output's
+    /// first allocation); chunks are added with [`add_chunk`](Self::add_chunk)
+    /// and the collection closed with [`seal`](Self::seal).
+    pub(crate) fn new(items: usize, cell: Arc<Cell<Vec<R>>>) -> Arc<Self> {
+        // The hint may come from a faulty `size_hint`: the output grows
+        // past this if need be.
+        const PREALLOCATE_AT_MOST: usize = 1 << 24;
+        Arc::new(Self {
             state: Mutex::new(Collected {
-                out: Vec::with_capacity(items),
-                items,
+                out: Vec::with_capacity(items.min(PREALLOCATE_AT_MOST)),
                 next: 0,
-                early: (0..chunks).map(|_| None).collect(),
+                chunks: Vec::new(),
+                sealed: false,
+                completed: 0,
+                waiters: 0,
                 failed: false,
             }),
+            progress: Condvar::new(),
             cell,
-        });
-        if chunks == 0 {
-            collector.cell.finish(Ok(Vec::new()));
-        }
-        collector
+        })
     }
-}
 
-impl<R: Wire> Completion for MapCollector<R> {
-    fn complete(&self, tag: u64, outcome: Outcome) {
+    /// Registers the next chunk, which owes `due` results; returns its tag.
+    /// Call before submitting it.
+    pub(crate) fn add_chunk(&self, due: usize) -> u64 {
         let mut state = lock(&self.state);
+        state.chunks.push((due, None));
+        (state.chunks.len() - 1) as u64
+    }
+
+    /// No more chunks: the result is complete once those added are in.
+    pub(crate) fn seal(&self) {
+        let mut state = lock(&self.state);
+        state.sealed = true;
+        self.finish_if_done(state);
+    }
+
+    /// Whether the collection has ended (all in, or failed).
+    pub(crate) fn ended(&self) -> bool {
+        self.cell.is_ready()
+    }
+
+    /// Blocks until at least `n` chunks have been answered or the collection
+    /// failed, helping `pool` collect results meanwhile (as
+    /// [`AsyncResult::wait`] does).
+    pub(crate) fn wait_completed(&self, n: usize, pool: &Shared) {
+        let reached = |s: &Collected<R>| s.completed >= n || s.failed;
+        {
+            let helping = pool.helper();
+            let mut spinner = Spinner::new();
+            loop {
+                if reached(&lock(&self.state)) {
+                    return;
+                }
+                pool.try_drive();
+                if !spinner.spin() {
+                    break;
+                }
+            }
+            // Hand over to the driver thread before sleeping.
+            drop(helping);
+        }
+        let mut state = lock(&self.state);
+        state.waiters += 1;
+        while !reached(&state) {
+            state = self.progress.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        state.waiters -= 1;
+    }
+
+    fn finish_if_done(&self, mut state: std::sync::MutexGuard<'_, Collected<R>>) {
+        if state.failed || !state.sealed || state.next < state.chunks.len() {
+            return;
+        }
+        let all = std::mem::take(&mut state.out);
+        drop(state);
+        self.cell.finish(Ok(all));
+    }
+
+    fn fail(&self, mut state: std::sync::MutexGuard<'_, Collected<R>>, e: Error) {
+        state.failed = true;
+        drop(state);
+        self.cell.finish(Err(e));
+    }
+
+    /// Takes one chunk's outcome; decodes every chunk that is now in order.
+    fn take(&self, mut state: std::sync::MutexGuard<'_, Collected<R>>, tag: u64, outcome: Outcome) {
         if state.failed {
             return;
         }
-        let index = tag as usize;
         let bytes = match outcome {
             Outcome::Ok(bytes) => bytes,
-            Outcome::Err(e) => {
-                state.failed = true;
-                drop(state);
-                return self.cell.finish(Err(e));
-            }
+            Outcome::Err(e) => return self.fail(state, e),
         };
+        let index = tag as usize;
         let next = state.next;
-        match state.early.get_mut(index) {
-            Some(slot) if index > next => {
+        match state.chunks.get_mut(index) {
+            Some((_, slot)) if index > next => {
                 *slot = Some(bytes);
                 return;
             }
@@ -506,45 +574,39 @@ impl<R: Wire> Completion for MapCollector<R> {
             _ => return, // not a chunk of ours, or one already taken
         }
         let mut bytes = Some(bytes);
-        let chunks = state.early.len();
-        let mut result = Ok(());
         while let Some(b) = bytes.take() {
             let Collected {
-                out, next, items, ..
+                out, next, chunks, ..
             } = &mut *state;
-            let due = *items - out.len();
-            result = crate::wire::decode_vec_into(&b, due, out);
-            *next += 1;
-            if result.is_err() || *next == chunks {
-                break;
+            let due = chunks[*next].0;
+            let before = out.len();
+            let decoded = crate::wire::decode_vec_into(&b, due, out);
+            if let Err(e) = decoded {
+                return self.fail(state, e);
             }
-            let n = *next;
-            bytes = state.early[n].take();
-        }
-        match result {
-            Err(e) => {
-                state.failed = true;
-                drop(state);
-                self.cell.finish(Err(e));
-            }
-            Ok(()) if state.next == chunks && state.out.len() != state.items => {
+            if out.len() - before != due {
                 let message = format!(
-                    "{} results for {} items: a worker returned too few",
-                    state.out.len(),
-                    state.items
+                    "{} results for a chunk of {due} items: a worker returned too few",
+                    out.len() - before
                 );
-                state.failed = true;
-                drop(state);
-                self.cell
-                    .finish(Err(crate::wire::decode_error::<Vec<R>>(message)));
+                return self.fail(state, crate::wire::decode_error::<Vec<R>>(message));
             }
-            Ok(()) if state.next == chunks => {
-                let all = std::mem::take(&mut state.out);
-                drop(state);
-                self.cell.finish(Ok(all));
-            }
-            Ok(()) => {}
+            *next += 1;
+            bytes = chunks.get_mut(*next).and_then(|(_, slot)| slot.take());
         }
+        self.finish_if_done(state);
+    }
+}
+
+impl<R: Wire> Completion for MapCollector<R> {
+    fn complete(&self, tag: u64, outcome: Outcome) {
+        let mut state = lock(&self.state);
+        state.completed += 1;
+        if state.waiters > 0 {
+            // The waiter re-checks under the lock we hold, once we drop it.
+            self.progress.notify_all();
+        }
+        self.take(state, tag, outcome);
     }
 }
 

@@ -344,10 +344,57 @@ fn driver_loop(shared: Arc<Shared>) {
     }
 }
 
-/// The encoded chunks of a `map`-like call, and how many items they hold.
-struct Chunks {
-    payloads: Vec<Payload>,
-    items: usize,
+/// How many chunks a blocking `map` keeps submitted per worker: enough that
+/// a worker finds the next chunk in its ring when it finishes one.
+const MAP_CHUNKS_AHEAD_PER_WORKER: usize = 4;
+
+/// A `map`'s items: the caller's iterator when it knows its length, else
+/// what it yielded, collected.
+enum Items<I, A> {
+    Exact(I),
+    Collected(std::vec::IntoIter<A>),
+}
+
+impl<A, I: Iterator<Item = A>> Iterator for Items<I, A> {
+    type Item = A;
+
+    fn next(&mut self) -> Option<A> {
+        match self {
+            Items::Exact(i) => i.next(),
+            Items::Collected(i) => i.next(),
+        }
+    }
+}
+
+/// Cuts a `map`'s items into encoded chunks of `chunksize`, one at a time.
+struct Chunker<A, I: Iterator<Item = A>> {
+    iter: std::iter::Peekable<I>,
+    chunksize: usize,
+    /// The number of items, as the iterator said (it may be wrong).
+    len_hint: usize,
+    /// The items of the chunk being encoded (reused).
+    chunk: Vec<A>,
+}
+
+impl<A: Wire, I: Iterator<Item = A>> Chunker<A, I> {
+    /// The next chunk's payload (its length, then the items) and how many
+    /// items it holds.
+    fn next_chunk(&mut self) -> Option<(Payload, usize)> {
+        // `len_hint` may be wrong: reserve no more than a sane amount.
+        const PREALLOCATE_AT_MOST: usize = 1 << 16;
+        self.chunk.clear();
+        self.chunk
+            .reserve(self.chunksize.min(self.len_hint).min(PREALLOCATE_AT_MOST));
+        self.chunk.extend(self.iter.by_ref().take(self.chunksize));
+        if self.chunk.is_empty() {
+            return None;
+        }
+        let size = std::mem::size_of_val(self.chunk.as_slice());
+        let mut out = crate::wire::take_buffer(8 + size);
+        out.extend_from_slice(&(self.chunk.len() as u64).to_le_bytes());
+        A::encode_slice(&self.chunk, &mut out);
+        Some((Payload::from_vec(out), self.chunk.len()))
+    }
 }
 
 /// What a pool has lived through: for monitoring, soak tests and benchmarks.
@@ -805,53 +852,35 @@ impl Pool {
         Ok(size)
     }
 
-    /// Encodes `items` into chunk payloads, streaming when the length is
-    /// known up front (no intermediate copy of the items).
-    fn encode_chunks<A: Wire>(
+    /// Cuts `items` into encoded chunks, one at a time (see [`Chunker`]).
+    /// An iterator that does not know its length exactly is collected
+    /// first, so that the default chunk size can be computed.
+    fn chunker<A: Wire, I: Iterator<Item = A>>(
         &self,
-        items: impl IntoIterator<Item = A>,
+        items: impl IntoIterator<Item = A, IntoIter = I>,
         chunksize: Option<usize>,
-    ) -> Result<Chunks> {
+    ) -> Result<Chunker<A, Items<I, A>>> {
         crate::wire::take_keep_alive(); // nothing stale from a failed submission
         let iter = items.into_iter();
-        match iter.size_hint() {
-            (lo, Some(hi)) if lo == hi => self.encode_exact(iter, lo, chunksize),
+        let (iter, len) = match iter.size_hint() {
+            (lo, Some(hi)) if lo == hi => (Items::Exact(iter), lo),
             _ => {
                 let all: Vec<A> = iter.collect();
                 let len = all.len();
-                self.encode_exact(all.into_iter(), len, chunksize)
+                (Items::Collected(all.into_iter()), len)
             }
-        }
-    }
-
-    fn encode_exact<A: Wire>(
-        &self,
-        iter: impl Iterator<Item = A>,
-        len: usize,
-        chunksize: Option<usize>,
-    ) -> Result<Chunks> {
+        };
         let mut iter = iter.peekable();
         let chunksize = self.chunksize_for(len, iter.peek(), chunksize)?;
-        // `len` comes from `size_hint`, which a faulty iterator may get wrong:
-        // preallocate no more than a sane amount and let the vectors grow.
-        const PREALLOCATE_AT_MOST: usize = 1 << 16;
-        let mut chunk: Vec<A> = Vec::with_capacity(chunksize.min(len).min(PREALLOCATE_AT_MOST));
-        let mut payloads = Vec::with_capacity(len.div_ceil(chunksize).min(PREALLOCATE_AT_MOST));
-        let mut items = 0;
-        loop {
-            chunk.clear();
-            chunk.extend(iter.by_ref().take(chunksize));
-            if chunk.is_empty() {
-                return Ok(Chunks { payloads, items });
-            }
-            items += chunk.len();
-            let mut out = Vec::with_capacity(8 + std::mem::size_of_val(chunk.as_slice()));
-            out.extend_from_slice(&(chunk.len() as u64).to_le_bytes());
-            A::encode_slice(&chunk, &mut out);
-            payloads.push(Payload::from_vec(out));
-        }
+        Ok(Chunker {
+            iter,
+            chunksize,
+            len_hint: len,
+            chunk: Vec::new(),
+        })
     }
 
+    /// `map_async`'s path: every chunk encoded and submitted at once.
     fn submit_chunks<A: Wire, R: Wire>(
         &self,
         trampoline: i64,
@@ -859,23 +888,55 @@ impl Pool {
         chunksize: Option<usize>,
         callbacks: Callbacks<Vec<R>>,
     ) -> Result<AsyncResult<Vec<R>>> {
-        let Chunks { payloads, items } = self.encode_chunks(items, chunksize)?;
+        let mut chunker = self.chunker(items, chunksize)?;
         let cell = Cell::new(callbacks);
-        let collector: Arc<dyn Completion> =
-            MapCollector::<R>::new(payloads.len(), items, cell.clone());
-        let tasks = payloads
-            .into_iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let sink = Sink {
-                    target: collector.clone(),
-                    tag: i as u64,
-                };
-                (trampoline, p, sink)
-            })
-            .collect();
+        let collector = MapCollector::<R>::new(chunker.len_hint, cell.clone());
+        let target: Arc<dyn Completion> = collector.clone();
+        let mut tasks = smallvec::SmallVec::new();
+        while let Some((payload, due)) = chunker.next_chunk() {
+            let sink = Sink {
+                target: target.clone(),
+                tag: collector.add_chunk(due),
+            };
+            tasks.push((trampoline, payload, sink));
+        }
+        collector.seal();
         self.shared.submit(tasks, false)?;
         Ok(AsyncResult::new(cell, Arc::downgrade(&self.shared)))
+    }
+
+    /// The blocking `map`'s path: chunks are encoded as the workers make
+    /// room, a few per worker ahead, so their buffers are recycled (memory
+    /// already faulted in) instead of all being allocated up front.
+    fn map_chunks<A: Wire, R: Wire>(
+        &self,
+        trampoline: i64,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+    ) -> Result<Vec<R>> {
+        let mut chunker = self.chunker(items, chunksize)?;
+        let cell = Cell::new(Callbacks::new());
+        let collector = MapCollector::<R>::new(chunker.len_hint, cell.clone());
+        let target: Arc<dyn Completion> = collector.clone();
+        let ahead = self.workers() * MAP_CHUNKS_AHEAD_PER_WORKER;
+        let mut submitted = 0;
+        while let Some((payload, due)) = chunker.next_chunk() {
+            if submitted >= ahead {
+                collector.wait_completed(submitted + 1 - ahead, &self.shared);
+            }
+            if collector.ended() {
+                break; // a chunk failed: submit nothing more
+            }
+            let sink = Sink {
+                target: target.clone(),
+                tag: collector.add_chunk(due),
+            };
+            self.shared
+                .submit(smallvec::smallvec![(trampoline, payload, sink)], true)?;
+            submitted += 1;
+        }
+        collector.seal();
+        AsyncResult::new(cell, Arc::downgrade(&self.shared)).get()
     }
 
     /// `f` over every item, in order (Python's `map`). Items are sent in
@@ -910,7 +971,12 @@ impl Pool {
         A: Wire,
         R: Wire,
     {
-        self.map_async(f, items, chunksize)?.get()
+        let _ = f;
+        self.map_chunks(
+            task::offset_of(task::call_chunk::<F, A, R>),
+            items,
+            chunksize,
+        )
     }
 
     /// [`map`](Self::map) without waiting.
@@ -1010,7 +1076,12 @@ impl Pool {
         T: Wire,
         R: Wire,
     {
-        self.starmap_async(f, items, chunksize)?.get()
+        let _ = f;
+        self.map_chunks(
+            task::offset_of(task::call_star_chunk::<F, T, R>),
+            items,
+            chunksize,
+        )
     }
 
     /// [`starmap`](Self::starmap) without waiting.
@@ -1152,27 +1223,19 @@ impl Pool {
         let _ = f;
         let trampoline = task::offset_of(task::call_chunk::<F, A, R>);
         let chunksize = chunksize.max(1);
-        let Chunks { payloads, items } = self.encode_chunks(items, Some(chunksize))?;
+        let mut chunker = self.chunker(items, Some(chunksize))?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let sink: Arc<dyn Completion> = Arc::new(ChannelSink { tx });
-        let chunks = payloads.len();
-        let tasks = payloads
-            .into_iter()
-            .enumerate()
-            .map(|(i, p)| {
-                // Every chunk is full but the last; the tag is how many
-                // results are due, which `ChannelSink` checks.
-                let due = chunksize.min(items - i * chunksize);
-                (
-                    trampoline,
-                    p,
-                    Sink {
-                        target: sink.clone(),
-                        tag: due as u64,
-                    },
-                )
-            })
-            .collect();
+        let mut tasks = smallvec::SmallVec::new();
+        while let Some((payload, due)) = chunker.next_chunk() {
+            // The tag is how many results are due, which `ChannelSink` checks.
+            let sink = Sink {
+                target: sink.clone(),
+                tag: due as u64,
+            };
+            tasks.push((trampoline, payload, sink));
+        }
+        let chunks = tasks.len();
         self.shared.submit(tasks, false)?;
         Ok(ImapUnordered {
             rx,
