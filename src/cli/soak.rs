@@ -86,6 +86,7 @@ pub fn run(args: &SoakArgs) -> Result<bool, Error> {
             let (pool, done, kills) = (&pool, &done, &kills);
             scope.spawn(move || {
                 let mut n: usize = 0;
+                // Acquire pairs with the Release store once the run ends.
                 while !done.load(Ordering::Acquire) {
                     // The chaos cadence itself, not a synchronisation.
                     std::thread::sleep(Duration::from_millis(args.kill_every_ms));
@@ -124,6 +125,7 @@ pub fn run(args: &SoakArgs) -> Result<bool, Error> {
                 Err(_) => s.failed += 1,
             }
         }
+        // Release pairs with the Acquire load in the killer thread's loop.
         done.store(true, Ordering::Release);
     });
     s.seconds = started.elapsed().as_secs_f64();

@@ -101,6 +101,7 @@ impl Shared {
     /// How long the driver may sleep before a running task's timeout needs
     /// checking (`None`: no deadline, sleep until woken).
     fn until_deadline(&self) -> Option<Duration> {
+        // Acquire pairs with the Release store in `finish_pass`.
         let nanos = self.next_deadline_ns.load(Ordering::Acquire);
         (nanos != u64::MAX).then(|| {
             let deadline = self.epoch + Duration::from_nanos(nanos);
