@@ -281,6 +281,27 @@ fn a_timeout_fires_for_a_task_taken_after_the_parent_looked() {
     assert_eq!(pool.apply(square, 6).unwrap(), 36);
 }
 
+/// Nobody waits for the result, so no caller drives the pool: the driver,
+/// asleep since the pool went idle, must learn of the new deadline.
+fn a_timeout_fires_with_nobody_waiting() {
+    let pool = Pool::builder()
+        .workers(1)
+        .task_timeout(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    for round in 0..5 {
+        // Shapes the scenario, synchronizes nothing: idle this long, the
+        // driver has given up spinning and sleeps on the doorbell with no
+        // deadline, which is where it used to stay.
+        std::thread::sleep(Duration::from_millis(20));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cb = corepool::Callbacks::new().on_error(move |e| tx.send(e.clone()).unwrap());
+        let _handle = pool.apply_async_with(spin_forever, round, cb).unwrap();
+        // Blocks without touching the pool; the watchdog fails a hang.
+        assert!(matches!(rx.recv().unwrap(), Error::TaskTimedOut { .. }));
+    }
+}
+
 /// Starts a grandchild (`sleep`), reports its pid, then dies.
 fn start_grandchild_and_die(pids: SharedArray<u64>) -> u64 {
     let child = std::process::Command::new("sleep")
@@ -574,6 +595,7 @@ fn main() {
         a_replacement_is_applied_after_the_callers_leave,
         task_timeout_kills_and_replaces_the_worker,
         a_timeout_fires_for_a_task_taken_after_the_parent_looked,
+        a_timeout_fires_with_nobody_waiting,
         processes_a_task_started_die_with_its_worker,
         other_children_of_the_program_are_left_alone,
         workers_die_with_a_sigkilled_parent,

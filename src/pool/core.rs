@@ -230,6 +230,11 @@ impl Core {
     /// submission path (collecting is left to the driver and to waiters).
     pub(crate) fn dispatch_pending(&mut self, actions: &mut Actions) {
         self.dispatch(actions);
+        if self.task_timeout.is_some() {
+            // What was just pushed must be timed: a deadline (or a look
+            // again soon), which `finish_pass` hands to the sleeping driver.
+            self.check_timeouts(actions);
+        }
     }
 
     /// All workers gone for good.
@@ -257,6 +262,10 @@ impl Core {
         self.dispatch(actions);
         if self.pending.is_empty() {
             self.balance(actions);
+        }
+        if self.task_timeout.is_some() {
+            // Again, for the tasks this pass pushed: a deadline for each.
+            self.check_timeouts(actions);
         }
         if !self.open && self.outstanding == 0 && !self.shutdown_sent {
             self.shutdown_sent = true;

@@ -189,8 +189,15 @@ impl Shared {
                 .as_nanos()
                 .min(u64::MAX as u128 - 1) as u64
         });
-        // Release pairs with the Acquire load in `until_deadline`.
-        self.next_deadline_ns.store(deadline, Ordering::Release);
+        // AcqRel: the Release half pairs with the Acquire load in
+        // `until_deadline`; the Acquire half reads the deadline it replaces.
+        let before = self.next_deadline_ns.swap(deadline, Ordering::AcqRel);
+        if deadline < before {
+            // The driver may be asleep with the later deadline (or none) it
+            // computed before, and a task that never ends sends no wake-up:
+            // have it look again. Costs a fence and a load when it is awake.
+            park::wake(self.doorbell());
+        }
         // Lifecycle waiters register with `core` locked, as we are: none is
         // missed, and passes with nobody waiting make no futex system call.
         let notify_lifecycle = (actions.lifecycle_changed || !actions.completions.is_empty())
