@@ -75,18 +75,19 @@ pub trait Wire: Sized + Send + 'static {
 /// encoding takes no bytes, so the length alone bounds the work.
 pub(crate) const MAX_ZERO_SIZED_VALUES: usize = 1 << 28;
 
-/// Decodes an encoded `Vec<T>` of at most `at_most` values onto the end of
+/// Decodes an encoded `Vec<T>` of exactly `due` values onto the end of
 /// `out`; the bytes must be used up. `map` collects each chunk's results this
-/// way, straight into its output.
+/// way, straight into its output; a count other than `due` is refused before
+/// anything is decoded.
 pub(crate) fn decode_vec_into<T: Wire>(
     mut bytes: &[u8],
-    at_most: usize,
+    due: usize,
     out: &mut Vec<T>,
 ) -> Result<()> {
     let n = decode_len::<Vec<T>>(&mut bytes)?;
-    if n > at_most {
+    if n != due {
         return Err(decode_error::<Vec<T>>(format!(
-            "{n} results where at most {at_most} were due"
+            "{n} results for a chunk of {due} items: the worker misbehaved"
         )));
     }
     T::decode_extend(&mut bytes, n, out)?;
@@ -646,6 +647,8 @@ mod tests {
         assert!(decode_exact::<Vec<()>>(&bytes).is_err());
         let mut out = Vec::new();
         assert!(decode_vec_into::<u64>(&encode_to_vec(&vec![1u64, 2, 3]), 2, &mut out).is_err());
+        assert!(decode_vec_into::<u64>(&encode_to_vec(&vec![1u64, 2, 3]), 4, &mut out).is_err());
+        assert!(out.is_empty(), "refused before decoding");
         decode_vec_into::<u64>(&encode_to_vec(&vec![1u64, 2, 3]), 3, &mut out).unwrap();
         assert_eq!(out, [1, 2, 3]);
     }
