@@ -256,15 +256,14 @@ impl Core {
                 self.collect(i, actions);
             }
         }
-        if self.task_timeout.is_some() {
-            self.check_timeouts(actions);
-        }
         self.dispatch(actions);
         if self.pending.is_empty() {
             self.balance(actions);
         }
         if self.task_timeout.is_some() {
-            // Again, for the tasks this pass pushed: a deadline for each.
+            // After dispatching, so that the tasks this pass pushed get a
+            // deadline (or a look again soon) too. Tasks pushed to a worker
+            // killed here were never taken: they are requeued.
             self.check_timeouts(actions);
         }
         if !self.open && self.outstanding == 0 && !self.shutdown_sent {
