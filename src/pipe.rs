@@ -14,7 +14,7 @@ use crate::handle::{process_is_dead, type_tag, SharedSegment};
 use crate::queue::Queue;
 use crate::wire::{decode_error, Wire};
 use std::fmt;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,13 @@ const CLOSED: u32 = u32::MAX;
 
 /// How often a waiting end checks whether its peer died.
 const PEER_CHECK: Duration = Duration::from_millis(5);
+
+/// Nanoseconds since this process first asked: a clock that fits an atomic.
+fn now_ns() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
 
 /// Creates connected ends.
 ///
@@ -129,12 +136,14 @@ impl Pipe {
             send: to_second.clone(),
             recv: Some(to_first.clone()),
             control: control.clone(),
+            next_peer_check: AtomicU64::new(0),
         };
         let second = PipeEnd {
             side: 1,
             send: Some(to_first),
             recv: to_second,
             control,
+            next_peer_check: AtomicU64::new(0),
         };
         // Release pairs with the Acquire loads in `peer_closed`/`peer_gone`
         // and the Acquire side of the holder CASes (`Drop`, `encode`): the
@@ -173,6 +182,8 @@ pub struct PipeEnd<T> {
     send: Option<Queue<T>>,
     recv: Option<Queue<T>>,
     control: Arc<SharedSegment>,
+    /// When `try_recv` may next read `/proc` for a dead peer (`now_ns`).
+    next_peer_check: AtomicU64,
 }
 
 impl<T> fmt::Debug for PipeEnd<T> {
@@ -396,10 +407,10 @@ impl<T: Wire> PipeEnd<T> {
     /// Receives the next value if one is waiting, without waiting for it.
     ///
     /// `Ok(None)` means nothing is waiting and the other end may still send.
-    /// When nothing is waiting, this checks whether the other end's process
-    /// is alive, which reads `/proc`: to wait for a value, use
-    /// [`poll`](Self::poll) or [`recv_timeout`](Self::recv_timeout) rather
-    /// than calling this in a loop.
+    /// A closed other end is seen at once; a dead process at the other end
+    /// within a few milliseconds (finding out reads `/proc`, so a loop of
+    /// `try_recv` does it at most every 5 ms). To wait for a value, use
+    /// [`poll`](Self::poll) or [`recv_timeout`](Self::recv_timeout).
     ///
     /// # Errors
     ///
@@ -425,7 +436,17 @@ impl<T: Wire> PipeEnd<T> {
         if let Some(v) = q.try_get().map_err(eos)? {
             return Ok(Some(v));
         }
-        if self.peer_gone() {
+        // A closed peer costs one load to see; a dead one a read of `/proc`,
+        // which a caller polling in a loop must not pay on every call.
+        let now = now_ns();
+        // Relaxed: a rate limit, not a synchronization; `peer_gone` does its
+        // own Acquire loads.
+        let due = now >= self.next_peer_check.load(Ordering::Relaxed);
+        if due {
+            let next = now.saturating_add(PEER_CHECK.as_nanos() as u64);
+            self.next_peer_check.store(next, Ordering::Relaxed);
+        }
+        if self.peer_closed() || (due && self.peer_gone()) {
             // Values sent before the end was closed still count.
             return q
                 .try_get()
@@ -591,6 +612,7 @@ impl<T: Wire> Wire for PipeEnd<T> {
             send,
             recv,
             control,
+            next_peer_check: AtomicU64::new(0),
         };
         // Only from IN_TRANSIT: `assign_transfers` may have recorded us
         // already. AcqRel: Release pairs with the Acquire loads in

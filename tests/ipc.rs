@@ -261,6 +261,21 @@ fn a_dead_peer_ends_blocked_calls() {
         mine.recv_timeout(Duration::ZERO),
         Err(Error::EndOfStream)
     ));
+
+    // A loop of try_recv sees a peer that died while it polled (its
+    // `/proc` look is rate-limited, not skipped).
+    let (mine, theirs) = Pipe::duplex::<u64>().unwrap();
+    let child = Process::start(hold_forever, theirs).unwrap();
+    assert_eq!(mine.try_recv().unwrap(), None, "alive, nothing sent");
+    child.kill();
+    assert!(child.join_timeout(Duration::from_secs(30)));
+    let end = loop {
+        match mine.try_recv() {
+            Ok(None) => std::hint::spin_loop(), // the watchdog bounds this
+            other => break other,
+        }
+    };
+    assert!(matches!(end, Err(Error::EndOfStream)), "{end:?}");
 }
 
 fn close_is_end_of_stream_after_the_data() {
