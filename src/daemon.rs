@@ -299,7 +299,7 @@ pub fn stop(path: impl AsRef<Path>, timeout: Duration) -> Result<i32> {
     let pidfd = crate::sys::pidfd_open(pid).map_err(io_err("pidfd_open"))?;
     crate::sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&pidfd), libc::SIGTERM);
     // `None`: a timeout too long to add to now (`Duration::MAX`) waits forever.
-    let deadline = crate::park::deadline_after(timeout);
+    let deadline = crate::shm::park::deadline_after(timeout);
     let mut ready = Vec::new();
     while !try_lock(&file) {
         let left = match deadline {

@@ -31,12 +31,13 @@ use std::fs;
 /// for cpu in &m.cpus {
 ///     assert!(m.online.contains(&cpu.id));
 ///     // A CPU is one of its own SMT siblings (when the kernel lists them).
-///     let siblings = corepool::info::parse_cpu_list(&cpu.siblings).unwrap_or_default();
-///     assert!(siblings.is_empty() || siblings.contains(&cpu.id));
+///     assert!(cpu.siblings.is_empty() || cpu.siblings.contains(&cpu.id));
 /// }
 /// # Ok::<(), corepool::Error>(())
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct Cpu {
     /// Logical CPU number.
     pub id: usize,
@@ -44,8 +45,9 @@ pub struct Cpu {
     pub package: Option<u32>,
     /// Core id within the package, if known.
     pub core: Option<u32>,
-    /// Logical CPUs sharing this core (SMT siblings), as the kernel lists them.
-    pub siblings: String,
+    /// Logical CPUs sharing this core (SMT siblings, this one included), in
+    /// ascending order; empty when the kernel does not say.
+    pub siblings: Vec<usize>,
     /// NUMA node, if known.
     pub numa_node: Option<u32>,
 }
@@ -59,7 +61,9 @@ pub struct Cpu {
 /// assert_eq!(m.cpus.len(), m.online.len());
 /// # Ok::<(), corepool::Error>(())
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct Machine {
     /// The CPU model name from `/proc/cpuinfo`.
     pub model: String,
@@ -208,7 +212,9 @@ pub fn machine() -> Result<Machine> {
                 package: read_trim(&format!("{base}/physical_package_id"))
                     .and_then(|s| s.parse().ok()),
                 core: read_trim(&format!("{base}/core_id")).and_then(|s| s.parse().ok()),
-                siblings: read_trim(&format!("{base}/thread_siblings_list")).unwrap_or_default(),
+                siblings: read_trim(&format!("{base}/thread_siblings_list"))
+                    .and_then(|list| parse_cpu_list(&list))
+                    .unwrap_or_default(),
                 numa_node: numa_node_of(id),
             }
         })

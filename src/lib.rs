@@ -44,26 +44,22 @@
     unreachable_pub
 )]
 
+// Layers, bottom up; every module imports only from the ones above it in
+// this list (docs/design.md draws them).
+mod child; // starting and identifying child processes
 pub mod daemon;
+mod entry;
 mod error;
-mod handle;
-mod layout;
-mod park;
-mod pipe;
-mod pool;
-mod process;
-mod queue;
-mod ring;
-mod shared_array;
-mod shm;
-mod spawn;
-mod sys;
-mod task;
-mod value;
-mod wire;
-mod worker;
-
 pub mod info;
+mod pipe;
+mod pool; // the process pool: facade, driver, supervisor, worker
+mod process; // Python's Process
+mod queue;
+mod shared_array;
+mod shm; // shared-memory building blocks: segment, ring, parking, handles
+mod sys; // the only module that makes system calls
+mod value;
+mod wire; // how values and functions cross processes // `init`: the first stop of every child
 
 pub use daemon::{Daemon, DaemonGuard};
 pub use error::{Error, ExitCause, Result};
@@ -74,9 +70,11 @@ pub use pool::{
 pub use process::{Process, ProcessBuilder};
 pub use queue::Queue;
 pub use shared_array::SharedArray;
-pub use task::StarFn;
 pub use value::{Array, AtomicInt, AtomicValue, Value};
-pub use wire::{Plain, Serde, Wire};
+pub use wire::task::StarFn;
+#[cfg(feature = "serde")]
+pub use wire::Serde;
+pub use wire::{Plain, Wire};
 
 /// The `bytemuck` this corepool is built with, so that your `Pod` types use
 /// the same version without a dependency of your own:
@@ -98,7 +96,7 @@ pub use wire::{Plain, Serde, Wire};
 /// assert_eq!(bytes.len(), 16); // one copy, no serialization
 /// ```
 pub use bytemuck;
-pub use worker::init;
+pub use entry::init;
 
 /// Locks a mutex, recovering from poisoning (a panicking callback must not
 /// wedge the pool).
@@ -109,6 +107,8 @@ pub(crate) fn pool_lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_,
 #[doc(hidden)]
 pub mod __private {
     //! Internals exposed for corepool's own benchmarks; not a stable API.
-    pub use crate::ring::bench_support::*;
-    pub use crate::worker::{sabotage, Sabotage};
+    pub use crate::shm::ring::bench_support::*;
 }
+
+#[cfg(feature = "fault-injection")]
+pub mod testing;

@@ -10,8 +10,8 @@
 //! and gets the same error: no call blocks on a dead peer.
 
 use crate::error::{Error, Result};
-use crate::handle::{process_is_dead, type_tag, SharedSegment};
 use crate::queue::Queue;
+use crate::shm::handle::{process_is_dead, type_tag, SharedSegment};
 use crate::wire::{decode_error, Wire};
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -364,7 +364,7 @@ impl<T: Wire> PipeEnd<T> {
     /// assert_eq!(b.recv_timeout(Duration::MAX).unwrap(), 7);
     /// ```
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T> {
-        self.recv_until(crate::park::deadline_after(timeout))
+        self.recv_until(crate::shm::park::deadline_after(timeout))
     }
 
     fn recv_until(&self, deadline: Option<Instant>) -> Result<T> {
@@ -492,7 +492,7 @@ impl<T: Wire> PipeEnd<T> {
     /// ```
     pub fn poll(&self, timeout: Duration) -> Result<bool> {
         let q = self.receiving()?;
-        let deadline = crate::park::deadline_after(timeout);
+        let deadline = crate::shm::park::deadline_after(timeout);
         loop {
             if q.has_value() || self.peer_closed() || q.is_closed() {
                 return Ok(true);
@@ -508,7 +508,7 @@ impl<T: Wire> PipeEnd<T> {
                 }
                 None => PEER_CHECK,
             };
-            match q.wait_nonempty_until(crate::park::deadline_after(slice)) {
+            match q.wait_nonempty_until(crate::shm::park::deadline_after(slice)) {
                 Ok(()) | Err(Error::QueueClosed) => return Ok(true),
                 // Nothing for a while: is anyone still sending?
                 Err(Error::Timeout) if self.peer_gone() => return Ok(true),

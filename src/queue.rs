@@ -33,8 +33,8 @@
 //! word can make the queue report full or empty, never overflow and panic.
 
 use crate::error::{Error, Result};
-use crate::handle::{process_is_dead, type_tag, SharedSegment};
-use crate::park::{deadline_after, Spinner};
+use crate::shm::handle::{process_is_dead, type_tag, SharedSegment};
+use crate::shm::park::{deadline_after, Spinner};
 use crate::sys;
 use crate::wire::{decode_error, decode_exact, Wire};
 use std::fmt;
@@ -953,8 +953,8 @@ impl<T: Wire> Queue<T> {
 
     /// Test hook: claims the next value as a consumer and dies there, leaving
     /// its slot READING with this process's pid.
-    #[doc(hidden)]
-    pub fn claim_value_and_abort(&self) -> ! {
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn claim_value_and_abort(&self) -> ! {
         // Acquire pairs with the AcqRel CASes that move `head`.
         let h = self.head().load(Ordering::Acquire);
         // AcqRel: as the claim CAS in `get_once`.
@@ -970,8 +970,8 @@ impl<T: Wire> Queue<T> {
 
     /// Test hook: claims the next slot as a producer and dies there, leaving
     /// it WRITING with this process's pid.
-    #[doc(hidden)]
-    pub fn claim_slot_and_abort(&self) -> ! {
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn claim_slot_and_abort(&self) -> ! {
         // Acquire pairs with the AcqRel CASes that move `tail`.
         let t = self.tail().load(Ordering::Acquire);
         // AcqRel: as the claim CAS in `put_once`.

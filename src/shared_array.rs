@@ -2,7 +2,7 @@
 //! writes in place, the zero-copy path for numeric work.
 
 use crate::error::{Error, Result};
-use crate::handle::{type_tag, SharedSegment};
+use crate::shm::handle::{type_tag, SharedSegment};
 use crate::wire::{decode_error, Wire};
 use bytemuck::Pod;
 use std::fmt;

@@ -11,8 +11,8 @@
 //! writer works) lets them copy the value and retry if it changed meanwhile.
 
 use crate::error::Result;
-use crate::handle::{process_is_dead, type_tag, SharedSegment};
-use crate::park::Spinner;
+use crate::shm::handle::{process_is_dead, type_tag, SharedSegment};
+use crate::shm::park::Spinner;
 use crate::sys;
 use crate::wire::{decode_error, Wire};
 use bytemuck::Pod;
@@ -376,8 +376,8 @@ impl<T: Pod> Value<T> {
     }
 
     /// Test hook: takes the lock, starts a write and dies there.
-    #[doc(hidden)]
-    pub fn lock_and_abort(&self) -> ! {
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn lock_and_abort(&self) -> ! {
         let lock = self.lock();
         std::mem::forget(lock);
         let seq = self.word(SEQ_AT);

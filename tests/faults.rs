@@ -4,7 +4,7 @@
 
 mod common;
 
-use corepool::__private::{sabotage, Sabotage};
+use corepool::testing::{sabotage, Sabotage};
 use corepool::{Error, ExitCause, Pool, SharedArray};
 use std::time::Duration;
 
@@ -375,69 +375,6 @@ fn a_crash_after_its_bytes_were_reused_still_fails_once() {
     assert_eq!(runs.get(0), Some(1), "the crashing task ran exactly once");
 }
 
-fn soak_under_chaos_loses_nothing() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_corepool"))
-        .args([
-            "soak",
-            "--tasks",
-            "20000",
-            "--work",
-            "20000",
-            "--kill-every-ms",
-            "10",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "soak failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let last = stdout.lines().last().unwrap();
-    let summary: serde_json::Value = serde_json::from_str(last).unwrap();
-    assert_eq!(summary["lost"], 0, "{last}");
-    assert_eq!(summary["wrong"], 0, "{last}");
-    assert_eq!(summary["submitted"], 20000, "{last}");
-    for key in ["ok", "worker_died", "respawned"] {
-        assert!(summary[key].is_u64(), "{key} missing: {last}");
-    }
-}
-
-fn a_killed_soak_leaves_nothing_behind() {
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
-    let shm_before = common::shm_entries();
-    let mut soak = std::process::Command::new(env!("CARGO_BIN_EXE_corepool"))
-        .args(["soak", "--tasks", "100000000", "--json"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let soak_pid = soak.id();
-    // Wait until its workers exist, then kill the parent outright.
-    common::eventually("soak workers started", || {
-        common::descendants_of(soak_pid).len() >= 2
-    });
-    let workers = common::descendants_of(soak_pid);
-    soak.kill().unwrap();
-    soak.wait().unwrap();
-    common::eventually("soak's workers died with it", || {
-        workers.iter().all(|&w| common::is_gone(w as i32))
-    });
-    for w in workers {
-        // Reparented to us (subreaper): reap.
-        // SAFETY: waitpid on a specific pid.
-        unsafe { libc::waitpid(w as i32, std::ptr::null_mut(), 0) };
-    }
-    assert!(
-        common::shm_entries().is_subset(&shm_before),
-        "nothing left in /dev/shm"
-    );
-    // SAFETY: as above.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0) };
-}
-
 fn busy_ms(ms: u64) -> u64 {
     let end = std::time::Instant::now() + Duration::from_millis(ms);
     while std::time::Instant::now() < end {
@@ -587,8 +524,6 @@ fn main() {
         workers_dying_together_are_all_resolved,
         terminate_while_workers_crash_ends_promptly,
         close_then_join_while_a_worker_crashes,
-        soak_under_chaos_loses_nothing,
-        a_killed_soak_leaves_nothing_behind,
         a_crash_after_its_bytes_were_reused_still_fails_once,
         retries_rerun_a_task_whose_worker_died,
         a_task_that_kills_every_worker_fails_after_its_attempts,

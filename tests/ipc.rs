@@ -57,7 +57,7 @@ fn pool_workers_put_and_the_parent_gets() {
 fn a_producer_dying_mid_put_blocks_nobody() {
     let q = Queue::<u64>::new(8).unwrap();
     let dead = Process::start(
-        |q: Queue<u64>| -> u64 { q.claim_slot_and_abort() },
+        |q: Queue<u64>| -> u64 { corepool::testing::abort_while_putting(&q) },
         q.clone(),
     )
     .unwrap();
@@ -77,7 +77,7 @@ fn a_consumer_dying_mid_get_blocks_nobody() {
         q.put(&i).unwrap();
     }
     let dead = Process::start(
-        |q: Queue<u64>| -> u64 { q.claim_value_and_abort() },
+        |q: Queue<u64>| -> u64 { corepool::testing::abort_while_getting(&q) },
         q.clone(),
     )
     .unwrap();
@@ -383,7 +383,11 @@ fn values_are_shared_and_a_dead_holder_cannot_wedge_them() {
     }
     assert_eq!((v.get(), a.load()), (3000, 3000), "no update lost");
     // A process dies holding the lock, in the middle of a write.
-    let dead = Process::start(|v: Value<u64>| -> u64 { v.lock_and_abort() }, v.clone()).unwrap();
+    let dead = Process::start(
+        |v: Value<u64>| -> u64 { corepool::testing::abort_while_locked(&v) },
+        v.clone(),
+    )
+    .unwrap();
     assert!(dead.join().is_err());
     assert_eq!(v.get(), 3000, "readers repair it");
     v.update(|x| *x += 1);

@@ -3,7 +3,7 @@
 use super::Pool;
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::task;
+use crate::wire::task;
 use crate::wire::Wire;
 use std::time::Duration;
 
@@ -369,7 +369,7 @@ impl PoolBuilder {
         // Before anything is sized by it: `workers(usize::MAX)` must be an
         // error, not an allocation failure.
         if let Some(n) = self.workers {
-            crate::layout::check_workers(n)?;
+            crate::pool::layout::check_workers(n)?;
         }
         let allowed = sys::affinity_of(0).map_err(|e| Error::os("sched_getaffinity", e))?;
         let list = match &self.pinning {

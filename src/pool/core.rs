@@ -12,10 +12,10 @@
 use super::handle::{Outcome, Sink};
 use super::supervisor::Event;
 use crate::error::{Error, ExitCause};
-use crate::layout::{fail, state, Slot};
-use crate::park;
-use crate::ring::{Claimed, Consumer, Producer, RecordHeader, RingError};
-use crate::task::{failure, kind};
+use crate::pool::layout::{fail, state, Slot};
+use crate::shm::park;
+use crate::shm::ring::{Claimed, Consumer, Producer, RecordHeader, RingError};
+use crate::wire::task::{failure, kind};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -334,7 +334,7 @@ impl Core {
                 let reason = match code {
                     fail::BINARY_MISMATCH => {
                         w.start_error = Some(Error::BinaryMismatch {
-                            parent: crate::worker::fingerprint(),
+                            parent: crate::child::fingerprint::fingerprint(),
                             worker: w.slot.fail_detail().load(Ordering::Relaxed),
                         });
                         w.phase = Phase::Dying;
@@ -786,7 +786,7 @@ impl Core {
 /// worker releases a batch only once every tag in it is), and since cancelled
 /// records leave the in-flight list, it was taken; its bytes may already
 /// hold a newer record, so its tag is not read.
-fn is_waiting(ring: &crate::ring::RingMemory, position: u32) -> bool {
+fn is_waiting(ring: &crate::shm::ring::RingMemory, position: u32) -> bool {
     !ring.is_released(position)
         && ring
             .record_kind(position)

@@ -2,7 +2,7 @@
 
 use super::Shared;
 use crate::error::{Error, Result};
-use crate::park::Spinner;
+use crate::shm::park::Spinner;
 use crate::wire::{decode_exact, Wire};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -322,7 +322,7 @@ impl<T: Send + 'static> AsyncResult<T> {
     /// }
     /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.wait_until(crate::park::deadline_after(timeout))
+        self.wait_until(crate::shm::park::deadline_after(timeout))
     }
 
     /// Waits for the result and returns it.

@@ -13,7 +13,9 @@
 mod builder;
 mod core;
 mod handle;
+pub(crate) mod layout;
 mod supervisor;
+pub(crate) mod worker;
 
 pub use builder::{Pinning, PoolBuilder};
 pub use handle::{AsyncResult, Callbacks};
@@ -22,11 +24,11 @@ use self::core::{Actions, Core, FaultPolicy, Phase, Task, Worker};
 use self::handle::{Cell, ChannelSink, Completion, MapCollector, Sink};
 use self::supervisor::{Command_, Event, Supervisor};
 use crate::error::{Error, Result};
-use crate::layout::{self, Header, Layout, Slot};
-use crate::park::{self, Spinner};
+use crate::shm::park::{self, Spinner};
 use crate::shm::Segment;
-use crate::task::{self, StarFn};
+use crate::wire::task::{self, StarFn};
 use crate::wire::{Payload, Wire};
+use layout::{Header, Layout, Slot};
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -525,7 +527,7 @@ impl Pool {
     }
 
     fn start(config: Config) -> Result<Self> {
-        if crate::worker::is_uninitialised_worker() {
+        if crate::pool::worker::is_uninitialised_worker() {
             return Err(Error::NotInitialized);
         }
         let n = config.cpus.len();
@@ -544,7 +546,7 @@ impl Pool {
                 version: layout::VERSION,
                 header_bytes: std::mem::size_of::<Header>() as u32,
                 segment_bytes: layout.total as u64,
-                fingerprint: crate::worker::fingerprint(),
+                fingerprint: crate::child::fingerprint::fingerprint(),
                 workers: n as u32,
                 task_ring_bytes: layout.task_ring_bytes,
                 result_ring_bytes: layout.result_ring_bytes,
@@ -626,7 +628,7 @@ impl Pool {
 
     /// Waits until every worker is serving; on the first failure, tears down.
     fn wait_ready(&self, timeout: Duration) -> Result<()> {
-        let deadline = crate::park::deadline_after(timeout);
+        let deadline = crate::shm::park::deadline_after(timeout);
         let mut core = self.shared.lock();
         loop {
             if let Some(e) = core.workers.iter().find_map(|w| w.start_error.clone()) {

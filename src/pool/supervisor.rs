@@ -7,10 +7,10 @@
 //! own pid: never `waitpid(-1)`, so other children of the program are left
 //! alone.
 
+use crate::child::spawn::{exit_cause, Reexec};
 use crate::error::{Error, ExitCause};
-use crate::spawn::{exit_cause, Reexec};
+use crate::pool::worker::{make_token, WORKER_ENV};
 use crate::sys;
-use crate::worker::{make_token, WORKER_ENV};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::process::Child;

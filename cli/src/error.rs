@@ -1,14 +1,4 @@
-//! Subcommands of the `corepool` binary.
-
-pub mod bench;
-pub mod info;
-pub mod pin;
-pub mod plot;
-pub mod python;
-pub mod soak;
-pub mod stats;
-mod sys;
-pub mod topo;
+//! The error every subcommand returns.
 
 /// Everything a subcommand can fail with. Each message says what to do.
 #[derive(Debug, thiserror::Error)]

@@ -10,12 +10,14 @@
 //! pidfd the moment it exits, whether or not anyone joins it (no zombies).
 //! Signals go through the pidfd, so they can never hit a recycled pid.
 
+use crate::child::spawn::{exit_cause, Reexec};
 use crate::error::{Error, ExitCause, Result};
 use crate::shm::Segment;
-use crate::spawn::{exit_cause, Reexec};
 use crate::sys;
-use crate::task;
+use crate::wire::task;
 use crate::wire::{decode_exact, Wire};
+
+pub(crate) mod child;
 use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
@@ -327,7 +329,8 @@ impl ProcessBuilder {
         R: Wire,
     {
         let _ = f;
-        if crate::worker::is_uninitialised_worker() || std::env::var_os(PROCESS_ENV).is_some() {
+        if crate::pool::worker::is_uninitialised_worker() || std::env::var_os(PROCESS_ENV).is_some()
+        {
             return Err(Error::NotInitialized);
         }
         if let Some(cpu) = self.cpu {
@@ -353,7 +356,7 @@ impl ProcessBuilder {
             magic: MAGIC,
             version: VERSION,
             arg_len,
-            fingerprint: crate::worker::fingerprint(),
+            fingerprint: crate::child::fingerprint::fingerprint(),
             trampoline: task::offset_of(task::call_one::<F, A, R>),
             result_cap: self.max_result_bytes,
             _reserved: 0,
@@ -670,7 +673,7 @@ impl<R: Wire> Process<R> {
     /// }
     /// ```
     pub fn join_timeout(&self, timeout: Duration) -> bool {
-        let deadline = crate::park::deadline_after(timeout);
+        let deadline = crate::shm::park::deadline_after(timeout);
         let mut exit = crate::pool_lock(&self.state.exit);
         while exit.is_none() {
             let Some(deadline) = deadline else {
@@ -790,76 +793,6 @@ fn read_header(seg: &Segment) -> Option<Header> {
     // SAFETY: in bounds; plain data, copied once, validated by the caller.
     let header: Header = unsafe { src.cast::<Header>().read_unaligned() };
     (header.magic == MAGIC && header.version == VERSION).then_some(header)
-}
-
-/// In a `Process` child: run the function the parent named and exit.
-pub(crate) fn serve_child(token: &str) -> i32 {
-    let mut parts = token.split(':');
-    let (Some("v1"), Some(fd), Some(parent)) = (parts.next(), parts.next(), parts.next()) else {
-        return 101;
-    };
-    let (Ok(fd), Ok(parent)) = (fd.parse::<RawFd>(), parent.parse::<i32>()) else {
-        return 101;
-    };
-    if sys::getppid() != parent {
-        return 101; // the parent died before we could be told
-    }
-    let _ = sys::set_cloexec(fd);
-    // SAFETY: the parent passed this descriptor to us alone.
-    let Ok(seg) = (unsafe { Segment::open_raw(fd) }) else {
-        return 101;
-    };
-    let Some(header) = read_header(&seg) else {
-        return 101;
-    };
-    if header.fingerprint != crate::worker::fingerprint() {
-        eprintln!(
-            "corepool: this process's binary differs from its parent's; not running the task"
-        );
-        return 101;
-    }
-    let Some(args) = seg.at(HEADER_BYTES, header.arg_len as usize) else {
-        return 101;
-    };
-    let mut input = vec![0u8; header.arg_len as usize];
-    // SAFETY: in bounds (checked by `at`); copied once.
-    unsafe { std::ptr::copy_nonoverlapping(args, input.as_mut_ptr(), input.len()) };
-    crate::worker::install_panic_hook();
-    // SAFETY: same binary (fingerprint checked); the offset comes from `offset_of`.
-    let trampoline = unsafe { task::from_offset(header.trampoline) };
-    let mut out = Vec::new();
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        trampoline(&input, &mut out)
-    }));
-    let (code, exit) = match outcome {
-        Ok(Ok(())) if out.len() <= header.result_cap as usize => (status::RETURNED, 0),
-        Ok(Ok(())) => {
-            let size = out.len();
-            out.clear();
-            result_len_word(&seg).store(size as u32, Ordering::Relaxed);
-            (status::TOO_LARGE, 0)
-        }
-        Ok(Err(e)) => {
-            out = e.to_string().into_bytes();
-            (status::FAILED, 1)
-        }
-        Err(_) => {
-            out = crate::worker::take_panic_message().into_bytes();
-            (status::PANICKED, 1)
-        }
-    };
-    out.truncate(header.result_cap as usize);
-    let at = HEADER_BYTES + (header.arg_len as usize).next_multiple_of(8);
-    if let Some(dst) = seg.at(at, out.len()) {
-        // SAFETY: in bounds (checked); the parent reads only after we exit.
-        unsafe { std::ptr::copy_nonoverlapping(out.as_ptr(), dst, out.len()) };
-        if code != status::TOO_LARGE {
-            result_len_word(&seg).store(out.len() as u32, Ordering::Relaxed);
-        }
-    }
-    // Release pairs with the parent's Acquire load in `read_result`.
-    status_word(&seg).store(code, Ordering::Release);
-    exit
 }
 
 #[cfg(test)]

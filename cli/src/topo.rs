@@ -2,7 +2,7 @@
 //! NUMA nodes, caches), and the pinning layouts `corepool pin` sweeps and
 //! `corepool bench --pinning` accepts.
 
-use super::CliError;
+use crate::CliError;
 use corepool::Pinning;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -133,7 +133,7 @@ impl Topology {
                 siblings: if c.siblings.is_empty() {
                     c.id.to_string()
                 } else {
-                    c.siblings.clone()
+                    cpu_list(&c.siblings)
                 },
                 allowed: m.allowed.contains(&c.id),
             })

@@ -6,10 +6,10 @@
 //! drift of the machine during the sweep hits every layout alike. Round 0 is
 //! a warm-up and is not counted.
 
-use super::bench::{corepool_once, range_of, Inputs, Sample, Sizes, Workload};
-use super::stats::Summary;
-use super::topo::{cpu_list, print_topology, Layout, Placement, Topology};
-use super::CliError;
+use crate::bench::{corepool_once, range_of, Inputs, Sample, Sizes, Workload};
+use crate::stats::Summary;
+use crate::topo::{cpu_list, print_topology, Layout, Placement, Topology};
+use crate::CliError;
 use corepool::Pool;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;

@@ -12,6 +12,8 @@
 //! left, and a bad value is an [`Error::Decode`], never a panic or an
 //! over-allocation.
 
+pub(crate) mod task;
+
 use crate::error::{Error, Result};
 use bytemuck::{Pod, TransparentWrapper};
 
@@ -532,12 +534,15 @@ unsafe impl<T: Pod> bytemuck::Zeroable for Plain<T> {}
 unsafe impl<T: Pod> Pod for Plain<T> {}
 
 /// The length word of a [`Serde`] value whose serialization failed.
+#[cfg(feature = "serde")]
 const SERIALIZE_FAILED: u64 = u64::MAX;
 
 /// Lets postcard append to a `Vec` it does not own, so that a failure leaves
 /// the bytes before it intact.
+#[cfg(feature = "serde")]
 struct Append<'a>(&'a mut Vec<u8>);
 
+#[cfg(feature = "serde")]
 impl Extend<u8> for Append<'_> {
     fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
         self.0.extend(bytes);
@@ -545,6 +550,8 @@ impl Extend<u8> for Append<'_> {
 }
 
 /// Any serde type, encoded with postcard (compact, varint-based).
+///
+/// Needs the `serde` feature (on by default).
 ///
 /// ```
 /// use corepool::{Serde, Wire};
@@ -554,9 +561,11 @@ impl Extend<u8> for Append<'_> {
 /// Serde(map.clone()).encode(&mut bytes);
 /// assert_eq!(Serde::<BTreeMap<String, u32>>::decode(&mut bytes.as_slice()).unwrap().0, map);
 /// ```
+#[cfg(feature = "serde")]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Serde<T>(pub T);
 
+#[cfg(feature = "serde")]
 impl<T> Wire for Serde<T>
 where
     T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,

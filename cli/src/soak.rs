@@ -94,7 +94,7 @@ pub fn run(args: &SoakArgs) -> Result<bool, Error> {
                     if let Some(&pid) = pids.get(n % pids.len().max(1)) {
                         // A worker that already died (ESRCH) is fine: the
                         // pool replaces it either way.
-                        let _ = super::sys::kill(pid, libc::SIGKILL);
+                        let _ = crate::sys::kill(pid, libc::SIGKILL);
                         kills.fetch_add(1, Ordering::Relaxed);
                     }
                     n = n.wrapping_add(1);

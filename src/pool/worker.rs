@@ -1,15 +1,15 @@
-//! The worker process: [`init`] recognises it, attaches to the pool's segment
+//! The pool worker process: [`crate::init`] recognises it, attaches to the pool's segment
 //! and serves tasks until told to stop. It never returns into the user's `main`.
 
+use super::layout::{self, fail, state, Header, Slot};
+use crate::child::fingerprint::fingerprint;
+use crate::child::panic::{install_panic_hook, take_panic_message};
 use crate::error::Error;
-use crate::layout::{self, fail, state, Header, Slot};
-use crate::park::{self, Spinner};
-use crate::ring::{Claimed, Consumer, Producer, RecordHeader, RingError};
+use crate::shm::park::{self, Spinner};
+use crate::shm::ring::{Claimed, Consumer, Producer, RecordHeader, RingError};
 use crate::shm::Segment;
 use crate::sys;
-use crate::task::{self, failure, kind};
-use std::cell::RefCell;
-use std::io::Write;
+use crate::wire::task::{self, failure, kind};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -23,35 +23,14 @@ pub(crate) const EXIT_START_FAILED: i32 = 101;
 /// Exit status of a worker that saw a broken ring from the parent.
 pub(crate) const EXIT_PROTOCOL: i32 = 102;
 
-/// Makes this process a corepool worker if it was started as one; otherwise
-/// returns at once and does nothing.
-///
-/// Call it as the **first statement of `main`** in every binary that builds a
-/// pool (programs, examples, integration tests with `harness = false`). A pool
-/// starts its workers by re-executing the current binary; in those processes
-/// `init` serves tasks and exits, and never returns into your `main`.
-///
-/// ```
-/// fn main() {
-///     corepool::init();
-///     // ... build pools and submit work ...
-/// }
-/// ```
-pub fn init() {
-    if let Some(token) = std::env::var_os(crate::process::PROCESS_ENV) {
-        std::env::remove_var(crate::process::PROCESS_ENV);
-        let code = crate::process::serve_child(token.to_str().unwrap_or(""));
-        let _ = std::io::stdout().flush();
-        let _ = std::io::stderr().flush();
-        sys::exit_now(code);
-    }
-    let Some(token) = std::env::var_os(WORKER_ENV) else {
-        return;
-    };
+/// In a process started as a pool worker (it has [`WORKER_ENV`]): serve
+/// until told to stop and return the exit status. `None` elsewhere.
+pub(crate) fn enter() -> Option<i32> {
+    let token = std::env::var_os(WORKER_ENV)?;
     // Removed at once, so that processes the worker's tasks start are not
     // mistaken for workers.
     std::env::remove_var(WORKER_ENV);
-    let code = match token.to_str().and_then(parse_token) {
+    Some(match token.to_str().and_then(parse_token) {
         Some(t) => serve(t),
         None => {
             eprintln!(
@@ -59,13 +38,10 @@ pub fn init() {
             );
             EXIT_START_FAILED
         }
-    };
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
-    sys::exit_now(code);
+    })
 }
 
-/// True in a process that was started as a worker but did not call [`init`]:
+/// True in a process that was started as a worker but did not call [`crate::init`]:
 /// building a pool there would start workers recursively.
 pub(crate) fn is_uninitialised_worker() -> bool {
     std::env::var_os(WORKER_ENV).is_some()
@@ -97,58 +73,12 @@ pub(crate) fn make_token(fd: i32, index: usize, parent: i32) -> String {
     format!("v1:{fd}:{index}:{parent}")
 }
 
-/// Identifies this binary: the executable file (device, inode, size, mtime),
-/// the crate and protocol versions, and where functions sit relative to each
-/// other. Parent and worker must agree.
-pub(crate) fn fingerprint() -> u64 {
-    use std::hash::{Hash, Hasher};
-    // DefaultHasher::new() uses fixed keys: the same value in every process.
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    if let Ok(file) = std::fs::File::open("/proc/self/exe") {
-        if let Ok(id) = sys::fstat(std::os::fd::AsFd::as_fd(&file)) {
-            (id.dev, id.ino, id.size, id.mtime_ns).hash(&mut h);
-        }
-    }
-    layout::VERSION.hash(&mut h);
-    env!("CARGO_PKG_VERSION").hash(&mut h);
-    let serve_fn: fn(Token) -> i32 = serve;
-    ((serve_fn as usize).wrapping_sub(task::anchor as task::Trampoline as usize)).hash(&mut h);
-    h.finish()
-}
-
-thread_local! {
-    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
-}
-
-/// Replaces the default panic hook: the message and location travel to the
-/// parent as the task's error instead of being printed by the worker.
-pub(crate) fn install_panic_hook() {
-    std::panic::set_hook(Box::new(|info| {
-        let payload = info.payload();
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "Box<dyn Any>".to_string());
-        let text = match info.location() {
-            Some(loc) => format!("{message} (at {}:{})", loc.file(), loc.line()),
-            None => message,
-        };
-        LAST_PANIC.with(|p| *p.borrow_mut() = Some(text));
-    }));
-}
-
-pub(crate) fn take_panic_message() -> String {
-    LAST_PANIC
-        .with(|p| p.borrow_mut().take())
-        .unwrap_or_else(|| "unknown panic".to_string())
-}
-
 /// This worker's slot, for [`sabotage`] (a test hook).
+#[cfg(feature = "fault-injection")]
 static OWN_SLOT: std::sync::OnceLock<Slot> = std::sync::OnceLock::new();
 
 /// How a deliberately misbehaving worker breaks the protocol (tests only).
-#[doc(hidden)]
+#[cfg(feature = "fault-injection")]
 #[derive(Clone, Copy, Debug)]
 pub enum Sabotage {
     /// Publish a result tail far beyond the ring's capacity.
@@ -161,7 +91,7 @@ pub enum Sabotage {
 
 /// Makes the calling worker write garbage into its own result ring, to test
 /// that the parent survives it. Returns false outside a worker.
-#[doc(hidden)]
+#[cfg(feature = "fault-injection")]
 pub fn sabotage(how: Sabotage) -> bool {
     let Some(slot) = OWN_SLOT.get() else {
         return false;
@@ -214,6 +144,7 @@ fn serve(token: Token) -> i32 {
         return EXIT_START_FAILED;
     };
     slot.pid().store(std::process::id(), Ordering::Relaxed);
+    #[cfg(feature = "fault-injection")]
     let _ = OWN_SLOT.set(slot);
     let doorbell = layout::doorbell(&seg);
     let fail_start = |code: u32| {

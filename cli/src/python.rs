@@ -5,7 +5,7 @@
 //! (so edits take effect), else the copy compiled into this binary, written to
 //! a temporary file for the run.
 
-use super::CliError;
+use crate::CliError;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The script as it was when this binary was built.
-const EMBEDDED: &str = include_str!("../../scripts/bench_mp.py");
+const EMBEDDED: &str = include_str!("../scripts/bench_mp.py");
 
 /// Where the repository keeps it.
 fn repo_script() -> PathBuf {
@@ -211,7 +211,7 @@ pub fn run(req: &Request) -> Result<Outcome, CliError> {
                     // Best effort: one that already exited (ESRCH) is fine,
                     // and a pid beyond i32 cannot be a real one.
                     if let Ok(worker) = i32::try_from(worker) {
-                        let _ = super::sys::kill(worker, libc::SIGKILL);
+                        let _ = crate::sys::kill(worker, libc::SIGKILL);
                     }
                 }
                 let _ = child.kill();

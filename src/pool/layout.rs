@@ -14,7 +14,7 @@
 //! See `docs/protocol.md` for the meaning of each word and who writes it.
 
 use crate::error::{Error, Result};
-use crate::ring::RingMemory;
+use crate::shm::ring::RingMemory;
 use crate::shm::Segment;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 

@@ -1,6 +1,17 @@
 //! The `corepool` command: machine information, benchmarks and a pinning tuner.
 
-mod cli;
+mod bench;
+mod error;
+mod info;
+mod pin;
+mod plot;
+mod python;
+mod soak;
+mod stats;
+mod sys;
+mod topo;
+
+use error::CliError;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -27,23 +38,23 @@ enum Command {
     /// Run the standard workloads on corepool, on threads and sequentially
     /// (and on Python's multiprocessing with --vs-python), repeated; or, with
     /// --scale, on 1..N workers.
-    Bench(cli::bench::BenchArgs),
+    Bench(bench::BenchArgs),
     /// Show the topology (packages, cores, SMT siblings, NUMA nodes, caches),
     /// sweep pinning layouts on a workload and recommend the best.
-    Pin(cli::pin::PinArgs),
+    Pin(pin::PinArgs),
     /// Run checkable tasks while workers are killed; exit 0 only if nothing
     /// was lost and nothing was wrong.
-    Soak(cli::soak::SoakArgs),
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> ExitCode {
     corepool::init();
     let args = Args::parse();
-    let result: Result<bool, cli::CliError> = match args.command {
-        Command::Info { json } => cli::info::run(json).map(|()| true).map_err(Into::into),
-        Command::Bench(b) => cli::bench::run(&b).map(|()| true),
-        Command::Pin(p) => cli::pin::run(&p).map(|()| true),
-        Command::Soak(s) => cli::soak::run(&s).map_err(Into::into),
+    let result: Result<bool, CliError> = match args.command {
+        Command::Info { json } => info::run(json).map(|()| true).map_err(Into::into),
+        Command::Bench(b) => bench::run(&b).map(|()| true),
+        Command::Pin(p) => pin::run(&p).map(|()| true),
+        Command::Soak(s) => soak::run(&s).map_err(Into::into),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

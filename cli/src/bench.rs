@@ -7,11 +7,11 @@
 //! `--scale` runs 1..N workers instead and reports parallel efficiency;
 //! `--plot` draws those curves.
 
-use super::plot::{self, Curve, Panel, Point};
-use super::python::{self, Outcome, PyInfo};
-use super::stats::{median_u64, Summary};
-use super::topo::{cpu_list, Layout, Placement, Topology};
-use super::CliError;
+use crate::plot::{self, Curve, Panel, Point};
+use crate::python::{self, Outcome, PyInfo};
+use crate::stats::{median_u64, Summary};
+use crate::topo::{cpu_list, Layout, Placement, Topology};
+use crate::CliError;
 use corepool::{Pipe, PipeEnd, Plain, Pool, Process, Queue, SharedArray};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;

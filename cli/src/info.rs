@@ -28,9 +28,9 @@ pub fn run(json: bool) -> Result<(), corepool::Error> {
             show(c.package),
             show(c.core),
             if c.siblings.is_empty() {
-                "-"
+                "-".to_string()
             } else {
-                &c.siblings
+                crate::topo::cpu_list(&c.siblings)
             },
             show(c.numa_node),
             if m.allowed.contains(&c.id) {

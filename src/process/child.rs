@@ -1,0 +1,89 @@
+//! The child side of a [`Process`](super::Process): read the function and
+//! argument the parent wrote, run it, write the outcome, exit.
+
+use super::{read_header, result_len_word, status, status_word, HEADER_BYTES, PROCESS_ENV};
+use crate::child::fingerprint::fingerprint;
+use crate::child::panic::{install_panic_hook, take_panic_message};
+use crate::shm::Segment;
+use crate::sys;
+use crate::wire::task;
+use std::os::fd::RawFd;
+use std::sync::atomic::Ordering;
+
+/// In a process started as a `Process` child (it has [`PROCESS_ENV`]): run
+/// its function and return the exit status. `None` elsewhere.
+pub(crate) fn enter() -> Option<i32> {
+    let token = std::env::var_os(PROCESS_ENV)?;
+    std::env::remove_var(PROCESS_ENV);
+    Some(serve_child(token.to_str().unwrap_or("")))
+}
+
+/// In a `Process` child: run the function the parent named and exit.
+fn serve_child(token: &str) -> i32 {
+    let mut parts = token.split(':');
+    let (Some("v1"), Some(fd), Some(parent)) = (parts.next(), parts.next(), parts.next()) else {
+        return 101;
+    };
+    let (Ok(fd), Ok(parent)) = (fd.parse::<RawFd>(), parent.parse::<i32>()) else {
+        return 101;
+    };
+    if sys::getppid() != parent {
+        return 101; // the parent died before we could be told
+    }
+    let _ = sys::set_cloexec(fd);
+    // SAFETY: the parent passed this descriptor to us alone.
+    let Ok(seg) = (unsafe { Segment::open_raw(fd) }) else {
+        return 101;
+    };
+    let Some(header) = read_header(&seg) else {
+        return 101;
+    };
+    if header.fingerprint != fingerprint() {
+        eprintln!(
+            "corepool: this process's binary differs from its parent's; not running the task"
+        );
+        return 101;
+    }
+    let Some(args) = seg.at(HEADER_BYTES, header.arg_len as usize) else {
+        return 101;
+    };
+    let mut input = vec![0u8; header.arg_len as usize];
+    // SAFETY: in bounds (checked by `at`); copied once.
+    unsafe { std::ptr::copy_nonoverlapping(args, input.as_mut_ptr(), input.len()) };
+    install_panic_hook();
+    // SAFETY: same binary (fingerprint checked); the offset comes from `offset_of`.
+    let trampoline = unsafe { task::from_offset(header.trampoline) };
+    let mut out = Vec::new();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        trampoline(&input, &mut out)
+    }));
+    let (code, exit) = match outcome {
+        Ok(Ok(())) if out.len() <= header.result_cap as usize => (status::RETURNED, 0),
+        Ok(Ok(())) => {
+            let size = out.len();
+            out.clear();
+            result_len_word(&seg).store(size as u32, Ordering::Relaxed);
+            (status::TOO_LARGE, 0)
+        }
+        Ok(Err(e)) => {
+            out = e.to_string().into_bytes();
+            (status::FAILED, 1)
+        }
+        Err(_) => {
+            out = take_panic_message().into_bytes();
+            (status::PANICKED, 1)
+        }
+    };
+    out.truncate(header.result_cap as usize);
+    let at = HEADER_BYTES + (header.arg_len as usize).next_multiple_of(8);
+    if let Some(dst) = seg.at(at, out.len()) {
+        // SAFETY: in bounds (checked); the parent reads only after we exit.
+        unsafe { std::ptr::copy_nonoverlapping(out.as_ptr(), dst, out.len()) };
+        if code != status::TOO_LARGE {
+            result_len_word(&seg).store(out.len() as u32, Ordering::Relaxed);
+        }
+    }
+    // Release pairs with the parent's Acquire load in `read_result`.
+    status_word(&seg).store(code, Ordering::Release);
+    exit
+}

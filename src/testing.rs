@@ -1,0 +1,29 @@
+//! Fault injection for corepool's own test suite: ways for a worker or a
+//! process holding a shared object to break the protocol or die at the worst
+//! moment, so that the tests can check the parent and the other processes
+//! survive it.
+//!
+//! Only built with the `fault-injection` feature, which no user needs: the
+//! published API has none of this.
+
+use crate::{Queue, Value, Wire};
+use bytemuck::Pod;
+
+pub use crate::pool::worker::{sabotage, Sabotage};
+
+/// Claims the next slot of `queue` as a producer and dies there (SIGABRT),
+/// leaving the slot half-written and owned by this process.
+pub fn abort_while_putting<T: Wire>(queue: &Queue<T>) -> ! {
+    queue.claim_slot_and_abort()
+}
+
+/// Claims the next value of `queue` as a consumer and dies there (SIGABRT),
+/// leaving the slot half-read and owned by this process.
+pub fn abort_while_getting<T: Wire>(queue: &Queue<T>) -> ! {
+    queue.claim_value_and_abort()
+}
+
+/// Takes `value`'s lock, starts a write and dies there (SIGABRT).
+pub fn abort_while_locked<T: Pod>(value: &Value<T>) -> ! {
+    value.lock_and_abort()
+}
