@@ -190,12 +190,14 @@ impl RingMemory {
     }
 
     /// Overwrites the control word: a misbehaving peer, for tests.
+    #[cfg(any(test, feature = "fault-injection"))]
     pub(crate) fn force_word(&self, head: u32, tail: u32) {
         self.word().store(join(head, tail), Ordering::Release);
     }
 
     /// Writes a header at `position` without any check but bounds: a
     /// misbehaving peer, for tests.
+    #[cfg(any(test, feature = "fault-injection"))]
     pub(crate) fn force_record(&self, position: u32, header: &RecordHeader) {
         let offset = position % self.cap;
         let room = (self.cap - offset) as usize;
