@@ -9,7 +9,7 @@
 //! the task it had taken and not answered fails with `WorkerDied` (or runs
 //! again, with `retries`), the tasks it never started are requeued.
 
-use super::handle::{Outcome, Sink};
+use super::sink::{Outcome, Sink};
 use super::supervisor::Event;
 use crate::error::{Error, ExitCause};
 use crate::pool::layout::{fail, state, Slot};
