@@ -16,7 +16,8 @@
 //!   lazy maps and their iterators;
 //! - `builder.rs`, `config.rs`: configuring a pool;
 //! - `driver.rs`: the state the parent threads share and the driver thread;
-//! - `core.rs`: the parent's state machine, run under the lock;
+//! - `core/`: the parent's state machine, run under the lock (its state and
+//!   pass, the workers' lifecycle, the tasks' way through the rings);
 //! - `supervisor.rs`: the thread that starts and reaps workers;
 //! - `chunk.rs`, `collect.rs`: a map's items cut into chunks, and the chunks'
 //!   results gathered;
