@@ -1,5 +1,7 @@
 //! Configuring a pool: [`PoolBuilder`] and [`Pinning`].
 
+use super::config::Config;
+use super::core::FaultPolicy;
 use super::Pool;
 use crate::error::{Error, Result};
 use crate::sys;
@@ -349,13 +351,13 @@ impl PoolBuilder {
     /// worker process whose `main` did not call [`crate::init`] first.
     pub fn build(self) -> Result<Pool> {
         let cpus = self.resolve_cpus()?;
-        Pool::start(super::Config {
+        Pool::start(Config {
             cpus,
             ring_bytes: self.ring_bytes,
             initializer: self.initializer,
             initializer_arg: self.initializer_arg,
             initializer_keep: self.initializer_keep.0,
-            policy: super::FaultPolicy {
+            policy: FaultPolicy {
                 max_tasks_per_child: self.max_tasks_per_child,
                 retries: self.retries,
                 task_timeout: self.task_timeout,

@@ -1,6 +1,10 @@
-//! Results on their way back: [`AsyncResult`] and the completion plumbing.
+//! One task's result on its way back: the [`Cell`] it lands in and the
+//! [`AsyncResult`] a caller waits on.
 
-use super::Shared;
+use super::driver::Shared;
+use super::lock;
+use super::sink::{Completion, Outcome};
+use super::Callbacks;
 use crate::error::{Error, Result};
 use crate::shm::park::Spinner;
 use crate::wire::{decode_exact, Wire};
@@ -9,137 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-/// What a worker sent back for one task, before decoding.
-#[derive(Debug)]
-pub(crate) enum Outcome {
-    /// The encoded result.
-    Ok(crate::wire::Payload),
-    /// The task failed.
-    Err(Error),
-}
-
-/// Something that receives task outcomes. `tag` tells apart the tasks of one
-/// receiver (the chunks of a `map`).
-pub(crate) trait Completion: Send + Sync {
-    /// Delivers one outcome. Runs in the parent, outside the pool's lock.
-    fn complete(&self, tag: u64, outcome: Outcome);
-}
-
-/// Where a task's outcome goes.
-#[derive(Clone)]
-pub(crate) struct Sink {
-    pub target: Arc<dyn Completion>,
-    pub tag: u64,
-}
-
-impl fmt::Debug for Sink {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sink")
-            .field("tag", &self.tag)
-            .finish_non_exhaustive()
-    }
-}
-
-type OkCallback<T> = Box<dyn FnOnce(&T) + Send>;
-type ErrCallback = Box<dyn FnOnce(&Error) + Send>;
-
-/// Callbacks for [`crate::Pool::apply_async_with`], Python's `callback` and
-/// `error_callback`. They run in the parent, on the pool thread that received
-/// the result, before the result becomes visible to `get`; keep them short.
-///
-/// ```
-/// let cb = corepool::Callbacks::<u64>::new()
-///     .on_success(|v| println!("value = {v}"))
-///     .on_error(|e| println!("error-value = {e}"));
-/// # drop(cb);
-/// ```
-pub struct Callbacks<T> {
-    ok: Option<OkCallback<T>>,
-    err: Option<ErrCallback>,
-}
-
-impl<T> Default for Callbacks<T> {
-    fn default() -> Self {
-        Self {
-            ok: None,
-            err: None,
-        }
-    }
-}
-
-impl<T> fmt::Debug for Callbacks<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Callbacks")
-            .field("on_success", &self.ok.is_some())
-            .field("on_error", &self.err.is_some())
-            .finish()
-    }
-}
-
-impl<T> Callbacks<T> {
-    /// No callbacks.
-    ///
-    /// ```
-    /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
-    ///     let pool = corepool::Pool::new(1)?;
-    ///     // No callbacks: the same as `apply_async`.
-    ///     let h = pool.apply_async_with(|x: u64| x, 5, corepool::Callbacks::new())?;
-    ///     assert_eq!(h.get()?, 5);
-    ///     Ok(())
-    /// }
-    /// ```
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Called with the result when the task succeeds (Python's `callback`).
-    ///
-    /// ```
-    /// use std::sync::mpsc;
-    ///
-    /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
-    ///     let pool = corepool::Pool::new(1)?;
-    ///     let (tx, rx) = mpsc::channel();
-    ///     let cb = corepool::Callbacks::new().on_success(move |v: &u64| tx.send(*v).unwrap());
-    ///     pool.apply_async_with(|x: u64| x * 3, 7, cb)?;
-    ///     assert_eq!(rx.recv().unwrap(), 21); // ran in this process, nobody called `get`
-    ///     Ok(())
-    /// }
-    /// ```
-    pub fn on_success(mut self, f: impl FnOnce(&T) + Send + 'static) -> Self {
-        self.ok = Some(Box::new(f));
-        self
-    }
-
-    /// Called with the error when the task fails (Python's `error_callback`).
-    ///
-    /// ```
-    /// use std::sync::mpsc;
-    ///
-    /// fn fails(n: u64) -> u64 {
-    ///     panic!("n = {n} is too big")
-    /// }
-    ///
-    /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
-    ///     let pool = corepool::Pool::new(1)?;
-    ///     let (tx, rx) = mpsc::channel();
-    ///     let cb = corepool::Callbacks::new().on_error(move |e| tx.send(e.to_string()).unwrap());
-    ///     pool.apply_async_with(fails, 9, cb)?;
-    ///     assert!(rx.recv().unwrap().contains("n = 9 is too big"));
-    ///     Ok(())
-    /// }
-    /// ```
-    pub fn on_error(mut self, f: impl FnOnce(&Error) + Send + 'static) -> Self {
-        self.err = Some(Box::new(f));
-        self
-    }
-}
-
 /// The slot a result lands in, and everyone waiting for it.
-pub(crate) struct Cell<T> {
+pub(super) struct Cell<T> {
     ready: AtomicBool,
     value: Mutex<Option<Result<T>>>,
     callbacks: Mutex<Callbacks<T>>,
@@ -150,7 +25,7 @@ pub(crate) struct Cell<T> {
 }
 
 impl<T: Send + 'static> Cell<T> {
-    pub(crate) fn new(callbacks: Callbacks<T>) -> Arc<Self> {
+    pub(super) fn new(callbacks: Callbacks<T>) -> Arc<Self> {
         Arc::new(Self {
             ready: AtomicBool::new(false),
             value: Mutex::new(None),
@@ -163,7 +38,7 @@ impl<T: Send + 'static> Cell<T> {
 
     /// Stores the final result (the first one wins), runs the callbacks, wakes
     /// the waiters.
-    pub(crate) fn finish(&self, result: Result<T>) {
+    pub(super) fn finish(&self, result: Result<T>) {
         // Acquire pairs with the Release store below, in an earlier call.
         if self.ready.load(Ordering::Acquire) {
             return;
@@ -192,7 +67,7 @@ impl<T: Send + 'static> Cell<T> {
         }
     }
 
-    fn is_ready(&self) -> bool {
+    pub(super) fn is_ready(&self) -> bool {
         // Acquire pairs with the Release store in `finish`: the value is in.
         self.ready.load(Ordering::Acquire)
     }
@@ -212,11 +87,6 @@ impl<R: Wire> Completion for Cell<R> {
         };
         self.finish(result);
     }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panicking callback must not make every later result unreachable.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The result of a task that is running: Python's `AsyncResult`.
@@ -245,7 +115,7 @@ impl<T> fmt::Debug for AsyncResult<T> {
 }
 
 impl<T: Send + 'static> AsyncResult<T> {
-    pub(crate) fn new(cell: Arc<Cell<T>>, pool: Weak<Shared>) -> Self {
+    pub(super) fn new(cell: Arc<Cell<T>>, pool: Weak<Shared>) -> Self {
         Self { cell, pool }
     }
 
@@ -435,198 +305,5 @@ impl<T: Send + 'static> AsyncResult<T> {
         cell.blocked.fetch_sub(1, Ordering::Relaxed);
         drop(value);
         ready
-    }
-}
-
-/// Collects the chunks of a `map` into one `Vec`, in order.
-///
-/// Chunks usually come back in order: each is then decoded straight onto
-/// the end of the output, with no `Vec` of its own and no final
-/// concatenation (for plain data, one copy from the result bytes). A chunk
-/// that arrives early waits as the bytes it came in until its turn.
-pub(crate) struct MapCollector<R> {
-    state: Mutex<Collected<R>>,
-    /// Signalled when a chunk completes and somebody waits in
-    /// [`wait_completed`](Self::wait_completed).
-    progress: Condvar,
-    cell: Arc<Cell<Vec<R>>>,
-}
-
-struct Collected<R> {
-    /// The results of chunks `0..next`, in order.
-    out: Vec<R>,
-    next: usize,
-    /// Every chunk added so far: how many results it owes, and its encoded
-    /// results while they wait for the chunks before them.
-    chunks: Vec<(usize, Option<crate::wire::Payload>)>,
-    /// No chunk will be added any more.
-    sealed: bool,
-    /// Chunks answered, in any order (failed ones too).
-    completed: usize,
-    /// Threads blocked in `wait_completed`; only changed under this lock.
-    waiters: usize,
-    failed: bool,
-}
-
-impl<R: Wire> MapCollector<R> {
-    /// A collector expecting about `items` results (a hint for the output's
-    /// first allocation); chunks are added with [`add_chunk`](Self::add_chunk)
-    /// and the collection closed with [`seal`](Self::seal).
-    pub(crate) fn new(items: usize, cell: Arc<Cell<Vec<R>>>) -> Arc<Self> {
-        // The hint may come from a faulty `size_hint`: the output grows
-        // past this if need be.
-        const PREALLOCATE_AT_MOST: usize = 1 << 24;
-        Arc::new(Self {
-            state: Mutex::new(Collected {
-                out: Vec::with_capacity(items.min(PREALLOCATE_AT_MOST)),
-                next: 0,
-                chunks: Vec::new(),
-                sealed: false,
-                completed: 0,
-                waiters: 0,
-                failed: false,
-            }),
-            progress: Condvar::new(),
-            cell,
-        })
-    }
-
-    /// Registers the next chunk, which owes `due` results; returns its tag.
-    /// Call before submitting it.
-    pub(crate) fn add_chunk(&self, due: usize) -> u64 {
-        let mut state = lock(&self.state);
-        state.chunks.push((due, None));
-        (state.chunks.len() - 1) as u64
-    }
-
-    /// No more chunks: the result is complete once those added are in.
-    pub(crate) fn seal(&self) {
-        let mut state = lock(&self.state);
-        state.sealed = true;
-        self.finish_if_done(state);
-    }
-
-    /// Whether the collection has ended (all in, or failed).
-    pub(crate) fn ended(&self) -> bool {
-        self.cell.is_ready()
-    }
-
-    /// Blocks until at least `n` chunks have been answered or the collection
-    /// failed, helping `pool` collect results meanwhile (as
-    /// [`AsyncResult::wait`] does).
-    pub(crate) fn wait_completed(&self, n: usize, pool: &Shared) {
-        let reached = |s: &Collected<R>| s.completed >= n || s.failed;
-        {
-            let helping = pool.helper();
-            let mut spinner = Spinner::new();
-            loop {
-                if reached(&lock(&self.state)) {
-                    return;
-                }
-                pool.try_drive();
-                if !spinner.spin() {
-                    break;
-                }
-            }
-            // Hand over to the driver thread before sleeping.
-            drop(helping);
-        }
-        let mut state = lock(&self.state);
-        state.waiters += 1;
-        while !reached(&state) {
-            state = self.progress.wait(state).unwrap_or_else(|p| p.into_inner());
-        }
-        state.waiters -= 1;
-    }
-
-    fn finish_if_done(&self, mut state: std::sync::MutexGuard<'_, Collected<R>>) {
-        if state.failed || !state.sealed || state.next < state.chunks.len() {
-            return;
-        }
-        let all = std::mem::take(&mut state.out);
-        drop(state);
-        self.cell.finish(Ok(all));
-    }
-
-    fn fail(&self, mut state: std::sync::MutexGuard<'_, Collected<R>>, e: Error) {
-        state.failed = true;
-        drop(state);
-        self.cell.finish(Err(e));
-    }
-
-    /// Takes one chunk's outcome; decodes every chunk that is now in order.
-    fn take(&self, mut state: std::sync::MutexGuard<'_, Collected<R>>, tag: u64, outcome: Outcome) {
-        if state.failed {
-            return;
-        }
-        let bytes = match outcome {
-            Outcome::Ok(bytes) => bytes,
-            Outcome::Err(e) => return self.fail(state, e),
-        };
-        let index = tag as usize;
-        let next = state.next;
-        match state.chunks.get_mut(index) {
-            Some((_, slot)) if index > next => {
-                *slot = Some(bytes);
-                return;
-            }
-            Some(_) if index == next => {}
-            _ => return, // not a chunk of ours, or one already taken
-        }
-        let mut bytes = Some(bytes);
-        while let Some(b) = bytes.take() {
-            let Collected {
-                out, next, chunks, ..
-            } = &mut *state;
-            if let Err(e) = crate::wire::decode_vec_into(&b, chunks[*next].0, out) {
-                return self.fail(state, e);
-            }
-            *next += 1;
-            bytes = chunks.get_mut(*next).and_then(|(_, slot)| slot.take());
-        }
-        self.finish_if_done(state);
-    }
-}
-
-impl<R: Wire> Completion for MapCollector<R> {
-    fn complete(&self, tag: u64, outcome: Outcome) {
-        let mut state = lock(&self.state);
-        state.completed += 1;
-        if state.waiters > 0 {
-            // The waiter re-checks under the lock we hold, once we drop it.
-            self.progress.notify_all();
-        }
-        self.take(state, tag, outcome);
-    }
-}
-
-/// A chunk's results, if there are as many as it had items: a worker that
-/// returns fewer or more is reported, never silently short.
-pub(crate) fn check_chunk<R>(values: Vec<R>, due: usize) -> Result<Vec<R>> {
-    if values.len() == due {
-        Ok(values)
-    } else {
-        Err(crate::wire::decode_error::<Vec<R>>(format!(
-            "{} results for a chunk of {due} items",
-            values.len()
-        )))
-    }
-}
-
-/// Sends each chunk's results to an `imap_unordered` iterator as they come.
-pub(crate) struct ChannelSink<R> {
-    pub tx: crossbeam_channel::Sender<Result<Vec<R>>>,
-}
-
-impl<R: Wire> Completion for ChannelSink<R> {
-    /// `tag` is the number of results the chunk owes.
-    fn complete(&self, tag: u64, outcome: Outcome) {
-        let chunk = match outcome {
-            Outcome::Ok(bytes) => {
-                decode_exact::<Vec<R>>(&bytes).and_then(|values| check_chunk(values, tag as usize))
-            }
-            Outcome::Err(e) => Err(e),
-        };
-        let _ = self.tx.send(chunk);
     }
 }

@@ -246,7 +246,7 @@ impl<'a> Server<'a> {
                 self.tasks.release(); // padding may have been claimed
                                       // Acquire (here and below) pairs with the parent's Release
                                       // store of `shutdown` once the pool is closed and idle
-                                      // (`Core::drive` in pool/core.rs).
+                                      // (`Core::drive` in pool/core/mod.rs).
                 if self.slot.shutdown().load(Ordering::Acquire) != 0 {
                     return Ok(());
                 }

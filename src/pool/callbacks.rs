@@ -1,0 +1,103 @@
+//! [`Callbacks`]: Python's `callback` and `error_callback`, run in the
+//! parent when a result arrives.
+
+use crate::error::Error;
+use std::fmt;
+
+type OkCallback<T> = Box<dyn FnOnce(&T) + Send>;
+type ErrCallback = Box<dyn FnOnce(&Error) + Send>;
+
+/// Callbacks for [`crate::Pool::apply_async_with`], Python's `callback` and
+/// `error_callback`. They run in the parent, on the pool thread that received
+/// the result, before the result becomes visible to `get`; keep them short.
+///
+/// ```
+/// let cb = corepool::Callbacks::<u64>::new()
+///     .on_success(|v| println!("value = {v}"))
+///     .on_error(|e| println!("error-value = {e}"));
+/// # drop(cb);
+/// ```
+pub struct Callbacks<T> {
+    pub(super) ok: Option<OkCallback<T>>,
+    pub(super) err: Option<ErrCallback>,
+}
+
+impl<T> Default for Callbacks<T> {
+    fn default() -> Self {
+        Self {
+            ok: None,
+            err: None,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Callbacks<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Callbacks")
+            .field("on_success", &self.ok.is_some())
+            .field("on_error", &self.err.is_some())
+            .finish()
+    }
+}
+
+impl<T> Callbacks<T> {
+    /// No callbacks.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(1)?;
+    ///     // No callbacks: the same as `apply_async`.
+    ///     let h = pool.apply_async_with(|x: u64| x, 5, corepool::Callbacks::new())?;
+    ///     assert_eq!(h.get()?, 5);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Called with the result when the task succeeds (Python's `callback`).
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(1)?;
+    ///     let (tx, rx) = mpsc::channel();
+    ///     let cb = corepool::Callbacks::new().on_success(move |v: &u64| tx.send(*v).unwrap());
+    ///     pool.apply_async_with(|x: u64| x * 3, 7, cb)?;
+    ///     assert_eq!(rx.recv().unwrap(), 21); // ran in this process, nobody called `get`
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn on_success(mut self, f: impl FnOnce(&T) + Send + 'static) -> Self {
+        self.ok = Some(Box::new(f));
+        self
+    }
+
+    /// Called with the error when the task fails (Python's `error_callback`).
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    ///
+    /// fn fails(n: u64) -> u64 {
+    ///     panic!("n = {n} is too big")
+    /// }
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(1)?;
+    ///     let (tx, rx) = mpsc::channel();
+    ///     let cb = corepool::Callbacks::new().on_error(move |e| tx.send(e.to_string()).unwrap());
+    ///     pool.apply_async_with(fails, 9, cb)?;
+    ///     assert!(rx.recv().unwrap().contains("n = 9 is too big"));
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn on_error(mut self, f: impl FnOnce(&Error) + Send + 'static) -> Self {
+        self.err = Some(Box::new(f));
+        self
+    }
+}

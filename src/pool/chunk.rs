@@ -1,0 +1,111 @@
+//! Cutting a `map`'s items into encoded chunks: [`Items`], [`Chunker`] and
+//! the default chunk size.
+
+use super::Pool;
+use crate::error::{Error, Result};
+use crate::wire::{Payload, Wire};
+
+/// A `map`'s items: the caller's iterator when it knows its length, else
+/// what it yielded, collected.
+pub(super) enum Items<I, A> {
+    Exact(I),
+    Collected(std::vec::IntoIter<A>),
+}
+
+impl<A, I: Iterator<Item = A>> Iterator for Items<I, A> {
+    type Item = A;
+
+    fn next(&mut self) -> Option<A> {
+        match self {
+            Items::Exact(i) => i.next(),
+            Items::Collected(i) => i.next(),
+        }
+    }
+}
+
+/// Cuts a `map`'s items into encoded chunks of `chunksize`, one at a time.
+pub(super) struct Chunker<A, I: Iterator<Item = A>> {
+    iter: std::iter::Peekable<I>,
+    chunksize: usize,
+    /// The number of items, as the iterator said (it may be wrong).
+    pub(super) len_hint: usize,
+    /// The items of the chunk being encoded (reused).
+    chunk: Vec<A>,
+}
+
+impl<A: Wire, I: Iterator<Item = A>> Chunker<A, I> {
+    /// The next chunk's payload (its length, then the items) and how many
+    /// items it holds.
+    pub(super) fn next_chunk(&mut self) -> Option<(Payload, usize)> {
+        // `len_hint` may be wrong: reserve no more than a sane amount.
+        const PREALLOCATE_AT_MOST: usize = 1 << 16;
+        self.chunk.clear();
+        self.chunk
+            .reserve(self.chunksize.min(self.len_hint).min(PREALLOCATE_AT_MOST));
+        self.chunk.extend(self.iter.by_ref().take(self.chunksize));
+        if self.chunk.is_empty() {
+            return None;
+        }
+        let size = std::mem::size_of_val(self.chunk.as_slice());
+        let mut out = crate::wire::take_buffer(8 + size);
+        out.extend_from_slice(&(self.chunk.len() as u64).to_le_bytes());
+        A::encode_slice(&self.chunk, &mut out);
+        Some((Payload::from_vec(out), self.chunk.len()))
+    }
+}
+
+impl Pool {
+    /// Python's default chunk size (about four chunks per worker), capped so
+    /// that a chunk stays cache-sized and fits one ring message.
+    fn chunksize_for<A: Wire>(
+        &self,
+        len: usize,
+        first: Option<&A>,
+        chunksize: Option<usize>,
+    ) -> Result<usize> {
+        if let Some(c) = chunksize {
+            if c == 0 {
+                return Err(Error::InvalidConfig {
+                    what: "chunksize must be at least 1".into(),
+                });
+            }
+            return Ok(c);
+        }
+        let mut size = len.div_ceil(self.workers() * 4).max(1);
+        if let Some(first) = first {
+            let mut probe = Vec::new();
+            first.encode(&mut probe);
+            let budget = (self.shared.max_payload.saturating_sub(8) / 2).min(1 << 18);
+            size = size.min((budget / probe.len().max(1)).max(1));
+        }
+        Ok(size)
+    }
+
+    /// Cuts `items` into encoded chunks, one at a time (see [`Chunker`]).
+    /// An iterator that does not know its length exactly is collected
+    /// first, so that the default chunk size can be computed.
+    pub(super) fn chunker<A: Wire, I: Iterator<Item = A>>(
+        &self,
+        items: impl IntoIterator<Item = A, IntoIter = I>,
+        chunksize: Option<usize>,
+    ) -> Result<Chunker<A, Items<I, A>>> {
+        crate::wire::take_keep_alive(); // nothing stale from a failed submission
+        let iter = items.into_iter();
+        let (iter, len) = match iter.size_hint() {
+            (lo, Some(hi)) if lo == hi => (Items::Exact(iter), lo),
+            _ => {
+                let all: Vec<A> = iter.collect();
+                let len = all.len();
+                (Items::Collected(all.into_iter()), len)
+            }
+        };
+        let mut iter = iter.peekable();
+        let chunksize = self.chunksize_for(len, iter.peek(), chunksize)?;
+        Ok(Chunker {
+            iter,
+            chunksize,
+            len_hint: len,
+            chunk: Vec::new(),
+        })
+    }
+}

@@ -1,0 +1,20 @@
+//! What a pool is started with: [`Config`], the settings [`PoolBuilder`]
+//! resolved.
+//!
+//! [`PoolBuilder`]: super::PoolBuilder
+
+use super::core::FaultPolicy;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(super) struct Config {
+    pub(super) cpus: Vec<Option<usize>>,
+    pub(super) ring_bytes: u32,
+    pub(super) initializer: Option<i64>,
+    /// The initializer's encoded argument (empty for none).
+    pub(super) initializer_arg: Vec<u8>,
+    /// What that argument names, kept open while the pool lives.
+    pub(super) initializer_keep: Arc<crate::wire::KeepAlive>,
+    pub(super) policy: FaultPolicy,
+    pub(super) start_timeout: Duration,
+}

@@ -1,0 +1,221 @@
+//! A worker slot's life as the parent sees it: the supervisor's events, a
+//! start noticed (or its failure), a death and what becomes of the tasks the
+//! worker held, then a restart with back-off, or giving the slot up.
+
+use super::tasks::is_waiting;
+use super::{Actions, Core, Phase};
+use crate::error::{Error, ExitCause};
+use crate::pool::layout::{fail, state};
+use crate::pool::sink::Outcome;
+use crate::pool::supervisor::Event;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Consecutive failed starts of one slot before the pool gives up on it.
+pub(crate) const MAX_START_FAILURES: u32 = 3;
+
+impl Core {
+    pub(super) fn on_event(&mut self, event: Event, actions: &mut Actions) {
+        actions.progress = true;
+        actions.lifecycle_changed = true;
+        match event {
+            Event::Spawned { index, pid } => {
+                let w = &mut self.workers[index];
+                w.pid = pid;
+                w.phase = if self.terminating {
+                    crate::sys::kill_group(pid, libc::SIGKILL);
+                    Phase::Dying
+                } else {
+                    Phase::Starting
+                };
+            }
+            Event::SpawnFailed { index, error } => {
+                let w = &mut self.workers[index];
+                w.start_failures += 1;
+                w.start_error = Some(error);
+                self.after_exit(index, actions);
+            }
+            Event::Exited { index, pid, cause } => {
+                if self.workers[index].pid != pid {
+                    return;
+                }
+                self.on_exit(index, pid, cause, actions);
+            }
+        }
+    }
+
+    pub(super) fn check_started(&mut self, index: usize, actions: &mut Actions) {
+        let w = &mut self.workers[index];
+        if w.phase != Phase::Starting {
+            return;
+        }
+        // Acquire pairs with the worker's Release store of `state`.
+        match w.slot.state().load(Ordering::Acquire) {
+            // A worker may serve its whole quota and retire before we look.
+            state::READY | state::RETIRING => {
+                w.phase = Phase::Ready;
+                w.start_failures = 0;
+                w.start_error = None;
+                if let Some(died) = w.replacing_since.take() {
+                    self.stats.record_replacement(died.elapsed());
+                }
+                actions.progress = true;
+                actions.lifecycle_changed = true;
+            }
+            state::FAILED => {
+                // The worker exits by itself; its exit event does the rest.
+                let code = w.slot.fail_code().load(Ordering::Relaxed);
+                let reason = match code {
+                    fail::BINARY_MISMATCH => {
+                        w.start_error = Some(Error::BinaryMismatch {
+                            parent: crate::child::fingerprint::fingerprint(),
+                            worker: w.slot.fail_detail().load(Ordering::Relaxed),
+                        });
+                        w.phase = Phase::Dying;
+                        actions.progress = true;
+                        return;
+                    }
+                    fail::INITIALIZER_FAILED => {
+                        let mut claimed = Vec::new();
+                        let mut message = String::from("the initializer failed");
+                        if let Ok(1) = w.results.claim(1, &mut claimed) {
+                            // The worker's own sentence ("the initializer
+                            // panicked: ..."), cut to a sane length.
+                            w.results.read_payload(&claimed[0], &mut self.buf);
+                            message =
+                                String::from_utf8_lossy(&self.buf[..self.buf.len().min(4096)])
+                                    .into_owned();
+                        }
+                        message
+                    }
+                    _ => "it could not attach to the shared segment".to_string(),
+                };
+                w.start_error = Some(Error::WorkerStart { index, reason });
+                w.phase = Phase::Dying;
+                actions.progress = true;
+            }
+            _ => {}
+        }
+    }
+
+    fn on_exit(&mut self, index: usize, pid: i32, cause: ExitCause, actions: &mut Actions) {
+        // It may have started, served and exited since the last pass.
+        self.check_started(index, actions);
+        let was = self.workers[index].phase;
+        if was == Phase::Ready || was == Phase::Dying {
+            // Results published before the death are good: take them first.
+            self.collect(index, actions);
+        }
+        let w = &mut self.workers[index];
+        let started = was == Phase::Ready || (was == Phase::Dying && w.start_error.is_none());
+        // A worker SIGKILLed while starting was killed from outside (a chaos
+        // test, the OOM killer), not broken: it restarts with back-off but
+        // does not count towards giving the slot up. Anything else that ends
+        // a start (a reported failure, an exit, a crash) does.
+        let killed_from_outside =
+            w.start_error.is_none() && cause == ExitCause::Signal(libc::SIGKILL);
+        if !started && !self.terminating && !self.shutdown_sent && !killed_from_outside {
+            w.start_failures += 1;
+            if w.start_error.is_none() {
+                w.start_error = Some(Error::WorkerStart {
+                    index,
+                    reason: format!(
+                        "process {pid} {cause} before attaching; is `corepool::init()` the first statement of `main`?"
+                    ),
+                });
+            }
+        }
+        // Split the in-flight list by each record's ownership tag: a task the
+        // dead worker had started (TAKEN) and not answered fails; the rest
+        // never started and are requeued. Results are published after every
+        // task, so after the collect above at most one task is TAKEN.
+        let ring = w.tasks.memory();
+        let violated = w.violated;
+        let mut requeue = Vec::new();
+        while let Some(f) = w.in_flight.pop_front() {
+            let taken = violated || !is_waiting(&ring, f.position);
+            let mut task = f.task;
+            if !taken {
+                requeue.push(task);
+            } else if w.timed_out == Some(task.id) {
+                self.outstanding -= 1;
+                let after = self.task_timeout.unwrap_or_default();
+                actions
+                    .completions
+                    .push((task.sink, Outcome::Err(Error::TaskTimedOut { after })));
+            } else if task.attempts < self.retries && !violated {
+                // For idempotent work: run it again, on whichever worker.
+                task.attempts += 1;
+                requeue.push(task);
+            } else {
+                self.outstanding -= 1;
+                actions.completions.push((
+                    task.sink,
+                    Outcome::Err(Error::WorkerDied {
+                        pid,
+                        cause: cause.clone(),
+                    }),
+                ));
+            }
+        }
+        for task in requeue.into_iter().rev() {
+            self.pending.push_front(task);
+        }
+        // A planned exit (retirement, shutdown, or our kill for a task
+        // timeout: the task's fault, not the worker's) resets the streak; any
+        // other death lengthens it, and with it the wait before the next
+        // respawn.
+        let w = &mut self.workers[index];
+        // Acquire pairs with the worker's Release store of RETIRING
+        // (`Server::run` in worker.rs).
+        let planned = w.timed_out.is_some()
+            || (cause == ExitCause::Code(0)
+                && (self.shutdown_sent
+                    || w.slot.state().load(Ordering::Acquire) == state::RETIRING));
+        w.crash_streak = if planned { 0 } else { w.crash_streak + 1 };
+        w.replacing_since = Some(Instant::now());
+        w.running = None;
+        w.timed_out = None;
+        self.after_exit(index, actions);
+    }
+
+    /// Decides whether a slot whose process is gone gets a new one.
+    fn after_exit(&mut self, index: usize, actions: &mut Actions) {
+        let budget = self.budget();
+        let wanted = !self.terminating && !self.shutdown_sent;
+        let w = &mut self.workers[index];
+        w.reset(budget);
+        if !wanted {
+            w.phase = Phase::Stopped;
+        } else if w.start_failures >= MAX_START_FAILURES {
+            w.phase = Phase::Stopped;
+            if self.workers.iter().all(|w| w.phase == Phase::Stopped) {
+                let error = self.workers[index]
+                    .start_error
+                    .clone()
+                    .unwrap_or(Error::WorkerStart {
+                        index,
+                        reason: "it failed to start repeatedly".into(),
+                    });
+                self.fail_everything(&error, actions);
+                self.fatal = Some(error);
+            }
+        } else {
+            w.phase = Phase::Spawning;
+            self.stats.respawns += 1;
+            actions
+                .spawn
+                .push((index, w.cpu, Instant::now() + backoff(w.crash_streak)));
+        }
+    }
+}
+
+/// How long to wait before restarting a slot whose workers died `streak`
+/// times in a row: at once for the first death, then 10 ms doubling to 1 s,
+/// so that a task that kills every worker cannot make a fork loop.
+fn backoff(streak: u32) -> Duration {
+    match streak {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_millis(10u64 << (n - 2).min(7)).min(Duration::from_secs(1)),
+    }
+}

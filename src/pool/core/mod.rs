@@ -1,0 +1,319 @@
+//! The parent's bookkeeping: which task is where, and what to do when results
+//! arrive or workers die. Everything here runs under the pool's lock, in
+//! whichever parent thread drives (the driver thread, a submitter, a waiter).
+//!
+//! Each worker has a private list of the tasks pushed into its ring, in ring
+//! order (`in_flight`). Results come back in the same order, so each result
+//! must match the front of that list; anything else is a protocol violation.
+//! When a worker dies, each record's ownership tag splits the list exactly:
+//! the task it had taken and not answered fails with `WorkerDied` (or runs
+//! again, with `retries`), the tasks it never started are requeued.
+//!
+//! This file holds the state and the pass that drives it; `lifecycle.rs`
+//! follows each worker slot through starts and deaths, `tasks.rs` moves
+//! tasks into the rings and results out of them.
+
+mod lifecycle;
+mod tasks;
+
+use super::sink::{Outcome, Sink};
+use super::supervisor::Event;
+use crate::error::Error;
+use crate::pool::layout::{fail, state, Slot};
+use crate::shm::park;
+use crate::shm::ring::{Claimed, Consumer, Producer};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// A task waiting in the parent or travelling to a worker.
+#[derive(Debug)]
+pub(super) struct Task {
+    pub id: u64,
+    pub trampoline: i64,
+    pub payload: crate::wire::Payload,
+    pub sink: Sink,
+    /// Runs so far that ended with the worker's death (see `retries`).
+    pub attempts: u32,
+    /// What the arguments refer to and must outlive the task (shared by the
+    /// tasks of one submission). Never read: holding it is the point.
+    #[allow(dead_code)]
+    pub keep: Option<std::sync::Arc<crate::wire::KeepAlive>>,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    position: u32,
+    task: Task,
+}
+
+/// Where a worker slot is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Asked the supervisor to start it.
+    Spawning,
+    /// Running, not yet attached.
+    Starting,
+    /// Serving.
+    Ready,
+    /// Killed or exiting; waiting for the supervisor to reap it.
+    Dying,
+    /// Gone and not coming back.
+    Stopped,
+}
+
+#[derive(Debug)]
+pub(super) struct Worker {
+    pub slot: Slot,
+    pub cpu: Option<usize>,
+    pub pid: i32,
+    pub phase: Phase,
+    tasks: Producer,
+    results: Consumer,
+    in_flight: VecDeque<InFlight>,
+    budget_left: u64,
+    pub start_failures: u32,
+    /// Why the last start failed.
+    pub start_error: Option<Error>,
+    /// The tasks of a worker that broke the protocol have been failed already.
+    violated: bool,
+    /// Scratch flags of one dispatch pass: records written / ring full.
+    touched: bool,
+    full: bool,
+    /// Deaths in a row without a result in between: drives respawn back-off.
+    crash_streak: u32,
+    /// The task the worker runs (the front of `in_flight`, tagged TAKEN)
+    /// and when the parent first saw it running: for task timeouts.
+    running: Option<(u64, Instant)>,
+    /// The task this worker was killed for overrunning its timeout.
+    timed_out: Option<u64>,
+    /// When the parent saw this slot's previous worker die: the replacement
+    /// time is measured from here to the new worker's first ready check.
+    replacing_since: Option<Instant>,
+}
+
+impl Worker {
+    pub(super) fn new(slot: Slot, cpu: Option<usize>, budget: u64) -> Self {
+        slot.task_ring().reset();
+        slot.result_ring().reset();
+        Self {
+            slot,
+            cpu,
+            pid: 0,
+            phase: Phase::Spawning,
+            tasks: Producer::new(slot.task_ring()),
+            results: Consumer::new(slot.result_ring()),
+            in_flight: VecDeque::new(),
+            budget_left: budget,
+            start_failures: 0,
+            start_error: None,
+            violated: false,
+            touched: false,
+            full: false,
+            crash_streak: 0,
+            running: None,
+            timed_out: None,
+            replacing_since: None,
+        }
+    }
+
+    fn accepts_tasks(&self) -> bool {
+        matches!(self.phase, Phase::Starting | Phase::Ready)
+            && self.budget_left > 0
+            && !self.violated
+    }
+
+    /// Resets the slot for a new process. Only once the old one is reaped.
+    fn reset(&mut self, budget: u64) {
+        self.slot.task_ring().reset();
+        self.slot.result_ring().reset();
+        self.slot.state().store(state::STARTING, Ordering::Relaxed);
+        self.slot.fail_code().store(fail::NONE, Ordering::Relaxed);
+        self.slot.fail_detail().store(0, Ordering::Relaxed);
+        self.slot.shutdown().store(0, Ordering::Relaxed);
+        self.slot.pid().store(0, Ordering::Relaxed);
+        self.tasks = Producer::new(self.slot.task_ring());
+        self.results = Consumer::new(self.slot.result_ring());
+        self.budget_left = budget;
+        self.violated = false;
+        self.pid = 0;
+    }
+}
+
+/// What a drive pass asks the caller to do outside the lock.
+#[derive(Debug, Default)]
+pub(super) struct Actions {
+    /// Outcomes to deliver.
+    pub completions: Vec<(Sink, Outcome)>,
+    /// Slots to (re)start: index, CPU, not before.
+    pub spawn: Vec<(usize, Option<usize>, Instant)>,
+    /// Something changed that lifecycle waiters care about.
+    pub lifecycle_changed: bool,
+    /// Anything at all happened.
+    pub progress: bool,
+}
+
+/// The parent's view of the whole pool.
+#[derive(Debug)]
+pub(super) struct Core {
+    pub pending: VecDeque<Task>,
+    pub workers: Vec<Worker>,
+    /// Accepting new tasks.
+    pub open: bool,
+    /// `terminate` was called: nothing is restarted, everything is cancelled.
+    pub terminating: bool,
+    /// Workers were told to exit once idle (after `close` and the last result).
+    pub shutdown_sent: bool,
+    /// Tasks submitted and not yet answered.
+    pub outstanding: usize,
+    /// Set when no worker can be started any more; new tasks fail with it.
+    pub fatal: Option<Error>,
+    pub max_tasks_per_child: u64,
+    /// How many times a task whose worker died is run again.
+    pub retries: u32,
+    /// Kill a worker whose task runs longer than this.
+    pub task_timeout: Option<Duration>,
+    /// When the earliest running task overruns its timeout: the driver
+    /// must look again by then.
+    pub next_deadline: Option<Instant>,
+    /// Counters for [`crate::Pool::stats`].
+    pub stats: crate::pool::PoolStats,
+    claimed: Vec<Claimed>,
+    buf: Vec<u8>,
+}
+
+/// What a pool does when workers fail: see [`crate::PoolBuilder`].
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct FaultPolicy {
+    pub max_tasks_per_child: u64,
+    pub retries: u32,
+    pub task_timeout: Option<Duration>,
+}
+
+impl Core {
+    pub(super) fn new(workers: Vec<Worker>, policy: FaultPolicy) -> Self {
+        Self {
+            pending: VecDeque::new(),
+            workers,
+            open: true,
+            terminating: false,
+            shutdown_sent: false,
+            outstanding: 0,
+            fatal: None,
+            max_tasks_per_child: policy.max_tasks_per_child,
+            retries: policy.retries,
+            task_timeout: policy.task_timeout,
+            next_deadline: None,
+            stats: Default::default(),
+            claimed: Vec::new(),
+            buf: Vec::new(),
+        }
+    }
+
+    fn budget(&self) -> u64 {
+        if self.max_tasks_per_child == 0 {
+            u64::MAX
+        } else {
+            self.max_tasks_per_child
+        }
+    }
+
+    /// Queues a task; dispatching happens in [`drive`](Self::drive) or
+    /// [`dispatch_pending`](Self::dispatch_pending).
+    pub(super) fn submit(&mut self, task: Task) {
+        self.outstanding += 1;
+        self.pending.push_back(task);
+    }
+
+    /// Moves queued tasks into rings: the cheap part of a pass, for the
+    /// submission path (collecting is left to the driver and to waiters).
+    pub(super) fn dispatch_pending(&mut self, actions: &mut Actions) {
+        self.dispatch(actions);
+        if self.task_timeout.is_some() {
+            // What was just pushed must be timed: a deadline (or a look
+            // again soon), which `finish_pass` hands to the sleeping driver.
+            self.check_timeouts(actions);
+        }
+    }
+
+    /// All workers gone for good.
+    pub(super) fn all_stopped(&self) -> bool {
+        self.workers.iter().all(|w| w.phase == Phase::Stopped)
+    }
+
+    /// One pass: apply supervisor events, notice started workers, collect
+    /// results, dispatch, balance, and shut down when closed and done.
+    pub(super) fn drive(&mut self, events: Vec<Event>, actions: &mut Actions) {
+        for event in events {
+            self.on_event(event, actions);
+        }
+        for i in 0..self.workers.len() {
+            self.check_started(i, actions);
+        }
+        for i in 0..self.workers.len() {
+            if matches!(self.workers[i].phase, Phase::Ready | Phase::Dying) {
+                self.collect(i, actions);
+            }
+        }
+        self.dispatch(actions);
+        if self.pending.is_empty() {
+            self.balance(actions);
+        }
+        if self.task_timeout.is_some() {
+            // After dispatching, so that the tasks this pass pushed get a
+            // deadline (or a look again soon) too. Tasks pushed to a worker
+            // killed here were never taken: they are requeued.
+            self.check_timeouts(actions);
+        }
+        if !self.open && self.outstanding == 0 && !self.shutdown_sent {
+            self.shutdown_sent = true;
+            for w in &mut self.workers {
+                // Release pairs with the Acquire loads in the worker's
+                // serving loop (`Server::run` in worker.rs).
+                w.slot.shutdown().store(1, Ordering::Release);
+                park::wake(w.slot.sleeping());
+                if w.phase == Phase::Spawning {
+                    w.phase = Phase::Stopped;
+                }
+            }
+            actions.lifecycle_changed = true;
+        }
+    }
+
+    /// Fails every pending and in-flight task with `error`.
+    pub(super) fn fail_everything(&mut self, error: &Error, actions: &mut Actions) {
+        for task in self.pending.drain(..) {
+            actions
+                .completions
+                .push((task.sink, Outcome::Err(error.clone())));
+            self.outstanding -= 1;
+        }
+        for w in &mut self.workers {
+            for f in w.in_flight.drain(..) {
+                actions
+                    .completions
+                    .push((f.task.sink, Outcome::Err(error.clone())));
+                self.outstanding -= 1;
+            }
+        }
+        actions.progress = true;
+        actions.lifecycle_changed = true;
+    }
+
+    /// Cancels everything and kills every worker (`terminate`).
+    pub(super) fn terminate(&mut self, actions: &mut Actions) {
+        self.open = false;
+        self.terminating = true;
+        self.fail_everything(&Error::Cancelled, actions);
+        for w in &mut self.workers {
+            match w.phase {
+                Phase::Starting | Phase::Ready | Phase::Dying => {
+                    crate::sys::kill_group(w.pid, libc::SIGKILL);
+                    w.phase = Phase::Dying;
+                }
+                Phase::Spawning => {} // killed when its Spawned event arrives
+                Phase::Stopped => {}
+            }
+        }
+    }
+}

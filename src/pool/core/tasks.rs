@@ -1,0 +1,343 @@
+//! Tasks through the rings: dispatching queued tasks to the least loaded
+//! worker, collecting and decoding results, moving tasks from a backlogged
+//! worker to an idle one, killing a worker whose task overran its timeout,
+//! and failing the tasks of a worker that broke the protocol.
+
+use super::{Actions, Core, InFlight, Phase};
+use crate::error::Error;
+use crate::pool::sink::Outcome;
+use crate::shm::park;
+use crate::shm::ring::{Claimed, Consumer, RecordHeader, RingError};
+use crate::wire::task::{failure, kind};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Tasks pushed to one worker and not yet answered, at most.
+const WINDOW: usize = 256;
+/// Results collected from one worker per pass, at most.
+const COLLECT_BATCH: usize = 256;
+
+impl Core {
+    /// Kills a worker that broke the protocol and fails its tasks.
+    fn violation(&mut self, index: usize, err: RingError, actions: &mut Actions) {
+        let w = &mut self.workers[index];
+        let what = match err {
+            RingError::Violation(what) => what,
+            RingError::TooLarge { .. } => "oversized record",
+        };
+        crate::sys::kill_group(w.pid, libc::SIGKILL);
+        w.violated = true;
+        w.phase = Phase::Dying;
+        let pid = w.pid;
+        for f in w.in_flight.drain(..) {
+            self.outstanding -= 1;
+            actions.completions.push((
+                f.task.sink,
+                Outcome::Err(Error::ProtocolViolation { pid, what }),
+            ));
+        }
+        actions.progress = true;
+    }
+
+    pub(super) fn collect(&mut self, index: usize, actions: &mut Actions) {
+        if self.workers[index].violated {
+            return;
+        }
+        loop {
+            let mut claimed = std::mem::take(&mut self.claimed);
+            claimed.clear();
+            let w = &mut self.workers[index];
+            let n = match w.results.claim(COLLECT_BATCH, &mut claimed) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.claimed = claimed;
+                    return self.violation(index, e, actions);
+                }
+            };
+            if n == 0 {
+                self.claimed = claimed;
+                w.results.release();
+                return;
+            }
+            for record in &claimed {
+                let w = &mut self.workers[index];
+                let matches = w
+                    .in_flight
+                    .front()
+                    .is_some_and(|f| f.task.id == record.header.id);
+                if !matches {
+                    self.claimed = claimed;
+                    return self.violation(
+                        index,
+                        RingError::Violation("result for a task the worker was not given"),
+                        actions,
+                    );
+                }
+                let task = w.in_flight.pop_front().expect("front checked above").task;
+                let outcome = match decode_result(&w.results, record, &mut self.buf) {
+                    Ok(outcome) => outcome,
+                    Err(what) => {
+                        // Put it back so the violation handler fails it too.
+                        w.in_flight.push_front(InFlight { position: 0, task });
+                        self.claimed = claimed;
+                        return self.violation(index, RingError::Violation(what), actions);
+                    }
+                };
+                self.outstanding -= 1;
+                actions.completions.push((task.sink, outcome));
+            }
+            let w = &mut self.workers[index];
+            w.results.release();
+            w.crash_streak = 0;
+            // The worker may be waiting for room in its result ring.
+            park::wake(w.slot.sleeping());
+            actions.progress = true;
+            self.claimed = claimed;
+        }
+    }
+
+    pub(super) fn dispatch(&mut self, actions: &mut Actions) {
+        if self.pending.is_empty() {
+            return;
+        }
+        for w in &mut self.workers {
+            w.touched = false;
+            w.full = false;
+        }
+        while let Some(task) = self.pending.pop_front() {
+            let target = self
+                .workers
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| w.accepts_tasks() && !w.full && w.in_flight.len() < WINDOW)
+                .min_by_key(|(_, w)| w.in_flight.len())
+                .map(|(i, _)| i);
+            let Some(i) = target else {
+                self.pending.push_front(task);
+                break;
+            };
+            let w = &mut self.workers[i];
+            let header = RecordHeader {
+                kind: kind::TASK,
+                id: task.id,
+                aux: task.trampoline as u64,
+                ..Default::default()
+            };
+            match w.tasks.write(header, &task.payload) {
+                Ok(Some(position)) => {
+                    w.in_flight.push_back(InFlight { position, task });
+                    w.budget_left -= 1;
+                    w.touched = true;
+                }
+                Ok(None) => {
+                    w.full = true;
+                    self.pending.push_front(task);
+                }
+                Err(RingError::TooLarge { record, max }) => {
+                    // Submission checks sizes, so this is only reachable if
+                    // rings differ in size; fail the task, not the pool.
+                    self.outstanding -= 1;
+                    actions.completions.push((
+                        task.sink,
+                        Outcome::Err(Error::ArgumentTooLarge { size: record, max }),
+                    ));
+                }
+                Err(e) => {
+                    self.pending.push_front(task);
+                    self.violation(i, e, actions);
+                }
+            }
+        }
+        for i in 0..self.workers.len() {
+            if self.workers[i].touched {
+                let w = &mut self.workers[i];
+                if let Err(e) = w.tasks.publish() {
+                    self.violation(i, e, actions);
+                    continue;
+                }
+                park::wake(w.slot.sleeping());
+                actions.progress = true;
+            }
+        }
+    }
+
+    /// Moves queued tasks from a worker that has a backlog to one that has none,
+    /// so that a few long tasks never leave a core idle while tasks wait.
+    ///
+    /// A task pushed to a worker stays the parent's to take back until the
+    /// worker starts it: both sides CAS the record's ownership tag (`TASK` to
+    /// `CANCELLED` here, `TASK` to `TAKEN` in the worker) and one wins. Tasks
+    /// a worker has claimed in a batch but not started can be moved too.
+    pub(super) fn balance(&mut self, actions: &mut Actions) {
+        let someone_idle = self
+            .workers
+            .iter()
+            .any(|w| w.accepts_tasks() && w.phase == Phase::Ready && w.in_flight.is_empty());
+        if !someone_idle {
+            return;
+        }
+        let mut best: Option<(usize, usize)> = None; // (worker, not started)
+        for (i, w) in self.workers.iter().enumerate() {
+            if w.phase != Phase::Ready || w.in_flight.is_empty() || w.violated {
+                continue;
+            }
+            let ring = w.tasks.memory();
+            // The worker starts tasks in order: the unstarted ones are a suffix.
+            let waiting = w
+                .in_flight
+                .iter()
+                .rev()
+                .take_while(|f| is_waiting(&ring, f.position))
+                .count();
+            let busy = w.in_flight.len() > waiting;
+            if (waiting >= 2 || (waiting >= 1 && busy)) && best.is_none_or(|(_, n)| waiting > n) {
+                best = Some((i, waiting));
+            }
+        }
+        let Some((donor, waiting)) = best else { return };
+        let w = &mut self.workers[donor];
+        let ring = w.tasks.memory();
+        let mut moved = Vec::new();
+        for _ in 0..waiting.div_ceil(2) {
+            let Some(last) = w.in_flight.back() else {
+                break;
+            };
+            // Not released (checked by `is_waiting` above, and only this thread
+            // writes new records), so the tag is still this task's.
+            let Some(tag) = ring.record_kind(last.position) else {
+                break;
+            };
+            // AcqRel pairs with the worker's AcqRel CAS in `Server::run`:
+            // exactly one of the two takes the task.
+            if tag
+                .compare_exchange(
+                    kind::TASK,
+                    kind::CANCELLED,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_err()
+            {
+                break; // the worker started it, and so every task before it
+            }
+            moved.push(w.in_flight.pop_back().expect("back checked above").task);
+        }
+        if moved.is_empty() {
+            return;
+        }
+        w.budget_left = w.budget_left.saturating_add(moved.len() as u64);
+        // `moved` is newest first: push_front keeps the original order.
+        for task in moved {
+            self.pending.push_front(task);
+        }
+        actions.progress = true;
+        self.dispatch(actions);
+    }
+
+    /// Kills a worker whose task has run longer than the task timeout; its
+    /// exit event fails that task with [`Error::TaskTimedOut`].
+    pub(super) fn check_timeouts(&mut self, actions: &mut Actions) {
+        let Some(limit) = self.task_timeout else {
+            return;
+        };
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        for w in &mut self.workers {
+            if w.phase != Phase::Ready || w.timed_out.is_some() {
+                continue;
+            }
+            let ring = w.tasks.memory();
+            // Results come back in order, so the running task is the front.
+            let running = w
+                .in_flight
+                .front()
+                .filter(|f| !is_waiting(&ring, f.position));
+            let Some(front) = running else {
+                w.running = None;
+                if !w.in_flight.is_empty() {
+                    // The front still waits to be taken. The worker takes it
+                    // without telling us, so no wake-up may come before it
+                    // runs for ever: look again soon.
+                    let soon = now + TIMEOUT_POLL.min(limit);
+                    next = Some(next.map_or(soon, |n| n.min(soon)));
+                }
+                continue;
+            };
+            let since = match w.running {
+                Some((id, since)) if id == front.task.id => since,
+                _ => {
+                    w.running = Some((front.task.id, now));
+                    now
+                }
+            };
+            // A limit past what an `Instant` holds never expires.
+            let Some(deadline) = since.checked_add(limit) else {
+                continue;
+            };
+            if now >= deadline {
+                w.timed_out = Some(front.task.id);
+                crate::sys::kill_group(w.pid, libc::SIGKILL);
+                w.phase = Phase::Dying;
+                actions.progress = true;
+            } else {
+                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+            }
+        }
+        self.next_deadline = next;
+    }
+}
+
+/// Whether the in-flight task record at `position` still waits to be started
+/// (its tag is TASK). A record below the release position was decided (the
+/// worker releases a batch only once every tag in it is), and since cancelled
+/// records leave the in-flight list, it was taken; its bytes may already
+/// hold a newer record, so its tag is not read.
+pub(super) fn is_waiting(ring: &crate::shm::ring::RingMemory, position: u32) -> bool {
+    !ring.is_released(position)
+        && ring
+            .record_kind(position)
+            // Acquire pairs with the worker's AcqRel tag CAS.
+            .is_some_and(|tag| tag.load(Ordering::Acquire) == kind::TASK)
+}
+
+/// How soon the driver looks again for a task that waited to be taken at its
+/// last look, when tasks have a timeout: the timeout's resolution then.
+const TIMEOUT_POLL: Duration = Duration::from_millis(1);
+
+/// Turns one result record into an outcome; `Err` names a protocol violation.
+fn decode_result(
+    results: &Consumer,
+    record: &Claimed,
+    buf: &mut Vec<u8>,
+) -> Result<Outcome, &'static str> {
+    let h = record.header;
+    match h.kind {
+        kind::OK => Ok(Outcome::Ok(results.payload(record))),
+        kind::PANICKED => {
+            results.read_payload(record, buf);
+            Ok(Outcome::Err(Error::Panicked {
+                message: String::from_utf8_lossy(buf).into_owned(),
+            }))
+        }
+        kind::FAILED => {
+            results.read_payload(record, buf);
+            let message = String::from_utf8_lossy(buf).into_owned();
+            match h.flags {
+                failure::RESULT_TOO_LARGE => Ok(Outcome::Err(Error::ResultTooLarge {
+                    size: h.aux as usize,
+                    max: results.memory().max_payload(),
+                })),
+                failure::TASK_ERROR => Ok(Outcome::Err(Error::Decode {
+                    type_name: "task",
+                    reason: message,
+                })),
+                failure::DECODE => Ok(Outcome::Err(Error::Decode {
+                    type_name: "task arguments",
+                    reason: message,
+                })),
+                _ => Err("unknown failure code in a result"),
+            }
+        }
+        _ => Err("unknown record kind in the result ring"),
+    }
+}

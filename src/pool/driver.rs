@@ -1,0 +1,361 @@
+//! The engine that drives [`Core`]: [`Shared`], the state every parent
+//! thread of a pool reaches, the helper gate that lets a waiting caller
+//! collect results itself, and [`driver_loop`], the thread that collects and
+//! dispatches when nobody else does.
+//!
+//! The driver sleeps on the doorbell futex in the segment (rung by workers)
+//! when idle, and on a private `gate` futex while a caller helps, so that
+//! round trips make no wake-up system call.
+
+use super::core::{Actions, Core, Phase, Task};
+use super::layout::{self, Slot};
+use super::lock;
+use super::sink::Sink;
+use super::supervisor::{Command_, Event, Supervisor};
+use crate::error::{Error, Result};
+use crate::shm::park::{self, Spinner};
+use crate::shm::Segment;
+use crate::wire::Payload;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// State shared by the pool handle, its threads and its result handles.
+pub(super) struct Shared {
+    seg: Segment,
+    /// Shared objects the initializer's argument names: every worker,
+    /// replacements included, decodes it while the pool lives.
+    _initializer_keep: Arc<crate::wire::KeepAlive>,
+    slots: Vec<Slot>,
+    core: Mutex<Core>,
+    /// Signalled (with `core` held or just released) when workers start,
+    /// stop, or the pool empties.
+    lifecycle: Condvar,
+    /// Threads waiting on `lifecycle`; only changed with `core` locked.
+    lifecycle_waiters: AtomicUsize,
+    events: Mutex<Vec<Event>>,
+    events_pending: AtomicBool,
+    /// Per slot: the driver should watch for it to finish starting.
+    awaiting_start: Vec<AtomicBool>,
+    next_id: AtomicU64,
+    pub(super) stop: AtomicBool,
+    pub(super) supervisor: Mutex<Option<Supervisor>>,
+    pub(super) max_payload: usize,
+    pub(super) workers: usize,
+    /// Callers spinning in a wait, collecting results themselves.
+    helpers: AtomicUsize,
+    /// The driver's futex word while it leaves the work to helpers.
+    pub(super) gate: AtomicU32,
+    /// Tasks submitted and not answered, as of the last pass (a hint read
+    /// without the lock).
+    outstanding: AtomicUsize,
+    /// Nanoseconds after `epoch` when a running task overruns its timeout;
+    /// `u64::MAX` when none can.
+    next_deadline_ns: AtomicU64,
+    epoch: Instant,
+}
+
+/// Marks the current thread as a helper while it lives.
+pub(super) struct HelperGuard<'a>(&'a Shared);
+
+impl Drop for HelperGuard<'_> {
+    fn drop(&mut self) {
+        // SeqCst: pairs with the SeqCst store of `outstanding` and load of
+        // `helpers` in `Shared::submit`, and with the SeqCst store of
+        // `events_pending` in `Shared::report`.
+        if self.0.helpers.fetch_sub(1, Ordering::SeqCst) == 1 && self.0.driver_needed() {
+            // Something remains and nobody spins for it: the driver, gated
+            // while we helped, takes over. Not a wake-up per `apply`: an idle
+            // pool with its workers up needs no driver.
+            park::wake(&self.0.gate);
+        }
+    }
+}
+
+impl Shared {
+    /// The state of a pool whose segment is `seg`, with one worker per slot
+    /// and `core` as its bookkeeping; the supervisor is set once started.
+    pub(super) fn new(
+        seg: Segment,
+        slots: Vec<Slot>,
+        core: Core,
+        max_payload: usize,
+        initializer_keep: Arc<crate::wire::KeepAlive>,
+    ) -> Self {
+        let workers = slots.len();
+        Self {
+            seg,
+            slots,
+            core: Mutex::new(core),
+            lifecycle: Condvar::new(),
+            lifecycle_waiters: AtomicUsize::new(0),
+            events: Mutex::new(Vec::new()),
+            events_pending: AtomicBool::new(false),
+            awaiting_start: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+            next_id: AtomicU64::new(1),
+            stop: AtomicBool::new(false),
+            supervisor: Mutex::new(None),
+            max_payload,
+            workers,
+            helpers: AtomicUsize::new(0),
+            gate: AtomicU32::new(0),
+            outstanding: AtomicUsize::new(0),
+            next_deadline_ns: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
+            _initializer_keep: initializer_keep,
+        }
+    }
+
+    /// How long the driver may sleep before a running task's timeout needs
+    /// checking (`None`: no deadline, sleep until woken).
+    fn until_deadline(&self) -> Option<Duration> {
+        // Acquire pairs with the Release store in `finish_pass`.
+        let nanos = self.next_deadline_ns.load(Ordering::Acquire);
+        (nanos != u64::MAX).then(|| {
+            let deadline = self.epoch + Duration::from_nanos(nanos);
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_micros(100))
+        })
+    }
+
+    /// Registers the caller as a helper until the guard drops.
+    pub(super) fn helper(&self) -> HelperGuard<'_> {
+        // SeqCst: pairs with the SeqCst load in `Shared::submit` (a submitter
+        // that sees a helper leaves the doorbell alone) and the fetch_sub in
+        // `HelperGuard::drop`.
+        self.helpers.fetch_add(1, Ordering::SeqCst);
+        HelperGuard(self)
+    }
+
+    /// Waits for a lifecycle change (workers started or stopped, tasks
+    /// answered), at most `timeout`.
+    pub(super) fn wait_lifecycle<'a>(
+        &self,
+        core: MutexGuard<'a, Core>,
+        timeout: Option<Duration>,
+    ) -> MutexGuard<'a, Core> {
+        // Registered with `core` locked: see `finish_pass`.
+        self.lifecycle_waiters.fetch_add(1, Ordering::Relaxed);
+        let core = match timeout {
+            None => self.lifecycle.wait(core).unwrap_or_else(|p| p.into_inner()),
+            Some(t) => {
+                self.lifecycle
+                    .wait_timeout(core, t)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+        };
+        self.lifecycle_waiters.fetch_sub(1, Ordering::Relaxed);
+        core
+    }
+
+    pub(super) fn doorbell(&self) -> &std::sync::atomic::AtomicU32 {
+        layout::doorbell(&self.seg)
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, Core> {
+        lock(&self.core)
+    }
+
+    /// Drives if the lock is free; never blocks.
+    pub(super) fn try_drive(&self) -> bool {
+        match self.core.try_lock() {
+            Ok(core) => self.drive_locked(core),
+            Err(std::sync::TryLockError::Poisoned(p)) => self.drive_locked(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => false,
+        }
+    }
+
+    fn drive(&self) -> bool {
+        self.drive_locked(self.lock())
+    }
+
+    /// Runs one pass of the state machine, then (lock released) delivers
+    /// outcomes and asks the supervisor for workers.
+    fn drive_locked(&self, mut core: MutexGuard<'_, Core>) -> bool {
+        // Acquire pairs with the SeqCst store in `report` (the events
+        // themselves sit behind the `events` lock).
+        let events = if self.events_pending.swap(false, Ordering::Acquire) {
+            std::mem::take(&mut *lock(&self.events))
+        } else {
+            Vec::new()
+        };
+        let mut actions = Actions::default();
+        core.drive(events, &mut actions);
+        self.finish_pass(core, actions)
+    }
+
+    pub(super) fn finish_pass(&self, core: MutexGuard<'_, Core>, actions: Actions) -> bool {
+        for (flag, w) in self.awaiting_start.iter().zip(core.workers.iter()) {
+            flag.store(w.phase == Phase::Starting, Ordering::Relaxed);
+        }
+        // SeqCst: see `submit` and `HelperGuard::drop`.
+        self.outstanding.store(core.outstanding, Ordering::SeqCst);
+        let deadline = core.next_deadline.map_or(u64::MAX, |d| {
+            d.saturating_duration_since(self.epoch)
+                .as_nanos()
+                .min(u64::MAX as u128 - 1) as u64
+        });
+        // AcqRel: the Release half pairs with the Acquire load in
+        // `until_deadline`; the Acquire half reads the deadline it replaces.
+        let before = self.next_deadline_ns.swap(deadline, Ordering::AcqRel);
+        if deadline < before {
+            // The driver may be asleep with the later deadline (or none) it
+            // computed before, and a task that never ends sends no wake-up:
+            // have it look again. Costs a fence and a load when it is awake.
+            park::wake(self.doorbell());
+        }
+        // Lifecycle waiters register with `core` locked, as we are: none is
+        // missed, and passes with nobody waiting make no futex system call.
+        let notify_lifecycle = (actions.lifecycle_changed || !actions.completions.is_empty())
+            && self.lifecycle_waiters.load(Ordering::Relaxed) > 0;
+        drop(core);
+        if !actions.spawn.is_empty() {
+            if let Some(sup) = lock(&self.supervisor).as_ref() {
+                for &(index, cpu, not_before) in &actions.spawn {
+                    sup.send(Command_::Spawn {
+                        index,
+                        cpu,
+                        not_before,
+                    });
+                }
+            }
+        }
+        if notify_lifecycle {
+            self.lifecycle.notify_all();
+        }
+        for (sink, outcome) in actions.completions {
+            sink.target.complete(sink.tag, outcome);
+        }
+        actions.progress
+    }
+
+    /// Whether the driver has anything to do (checked after announcing sleep).
+    ///
+    /// Acquire loads: `stop` pairs with the Release store in `Pool::drop`,
+    /// `events_pending` with the SeqCst store in `report`, a slot's state with
+    /// the worker's Release stores of READY and FAILED (`worker.rs`).
+    fn has_work(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+            || self.events_pending.load(Ordering::Acquire)
+            || self
+                .slots
+                .iter()
+                .zip(&self.awaiting_start)
+                .any(|(slot, awaiting)| {
+                    slot.result_ring().has_unclaimed()
+                        || (awaiting.load(Ordering::Relaxed)
+                            && slot.state().load(Ordering::Acquire) != layout::state::STARTING)
+                })
+    }
+
+    /// Whether the driver has anything to do beyond waiting for the next
+    /// submission: tasks unanswered, supervisor events to apply, workers
+    /// starting (their readiness is noticed by a pass), results to collect.
+    /// A helper that leaves while this holds must ungate the driver, or a
+    /// replacement worker's `Spawned` event could sit unapplied until the
+    /// next submission.
+    ///
+    /// SeqCst loads: they pair with the SeqCst `fetch_sub` of `helpers` in
+    /// `HelperGuard::drop`, the store of `outstanding` in `finish_pass` and
+    /// of `events_pending` in `report`: either the leaving helper sees the
+    /// work, or whoever made it sees no helper and wakes the driver itself.
+    fn driver_needed(&self) -> bool {
+        self.outstanding.load(Ordering::SeqCst) > 0
+            || self.events_pending.load(Ordering::SeqCst)
+            || self
+                .awaiting_start
+                .iter()
+                .any(|a| a.load(Ordering::Relaxed))
+            || self.has_work()
+    }
+
+    pub(super) fn report(&self, event: Event) {
+        lock(&self.events).push(event);
+        // SeqCst: Release pairs with the Acquire swap in `drive_locked`; the
+        // total order pairs it with the load in `driver_needed` (a helper
+        // leaving either sees the event or is gone before `wake(gate)` below
+        // looks for a gated driver).
+        self.events_pending.store(true, Ordering::SeqCst);
+        park::wake(self.doorbell());
+        park::wake(&self.gate);
+    }
+
+    /// Queues tasks and dispatches what fits into the rings. `caller_waits`:
+    /// the caller waits for these results at once (and helps collect them).
+    pub(super) fn submit(
+        &self,
+        tasks: smallvec::SmallVec<[(i64, Payload, Sink); 1]>,
+        caller_waits: bool,
+    ) -> Result<()> {
+        if let Some((_, payload, _)) = tasks.iter().find(|(_, p, _)| p.len() > self.max_payload) {
+            return Err(Error::ArgumentTooLarge {
+                size: payload.len(),
+                max: self.max_payload,
+            });
+        }
+        // Everything the encodes of this submission asked to keep alive.
+        let keep = crate::wire::take_keep_alive();
+        let keep = (!keep.is_empty()).then(|| Arc::new(keep));
+        let mut core = self.lock();
+        if let Some(e) = &core.fatal {
+            return Err(e.clone());
+        }
+        if !core.open {
+            return Err(Error::PoolClosed);
+        }
+        for (trampoline, payload, sink) in tasks {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            core.submit(Task {
+                id,
+                trampoline,
+                payload,
+                sink,
+                attempts: 0,
+                keep: keep.clone(),
+            });
+        }
+        let mut actions = Actions::default();
+        core.dispatch_pending(&mut actions);
+        self.finish_pass(core, actions);
+        // SeqCst, with the store of `outstanding` in `finish_pass`: pairs with
+        // the SeqCst decrement and load in `HelperGuard::drop` (a Dekker
+        // pair: either we see the helper, or it sees our task).
+        if !caller_waits && self.helpers.load(Ordering::SeqCst) == 0 {
+            // Nobody spins for results: make sure the driver is not gated.
+            park::wake(&self.gate);
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn driver_loop(shared: Arc<Shared>) {
+    let mut spinner = Spinner::new();
+    // Acquire loads: `stop` pairs with the Release store in `Pool::drop`;
+    // `helpers` with the SeqCst `fetch_sub` in `HelperGuard::drop`, which
+    // then wakes `gate` (the sleep-flag protocol of `park` closes the gap).
+    while !shared.stop.load(Ordering::Acquire) {
+        if shared.helpers.load(Ordering::Acquire) > 0 {
+            // A caller is spinning for its result and collecting as it goes:
+            // stay out of its way (and off the doorbell, so workers make no
+            // wake-up system calls) until it leaves.
+            park::sleep_unless(&shared.gate, shared.until_deadline(), || {
+                shared.helpers.load(Ordering::Acquire) == 0 || shared.stop.load(Ordering::Acquire)
+            });
+            spinner.reset();
+            continue;
+        }
+        if shared.drive() {
+            spinner.reset();
+            continue;
+        }
+        if spinner.spin() {
+            continue;
+        }
+        park::sleep_unless(shared.doorbell(), shared.until_deadline(), || {
+            shared.has_work()
+        });
+        spinner.reset();
+    }
+}

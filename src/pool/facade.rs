@@ -1,0 +1,502 @@
+//! [`Pool`] itself: starting it, its accessors, `apply` and its variants,
+//! `close`, `terminate`, `join` and the teardown on drop. The `map` family
+//! lives in `map.rs`, the lazy maps in `imap.rs`.
+
+use super::config::Config;
+use super::core::{Actions, Core, Phase, Worker};
+use super::driver::{driver_loop, Shared};
+use super::handle::Cell;
+use super::layout::{self, Header, Layout, Slot};
+use super::sink::Sink;
+use super::supervisor::{Command_, Supervisor};
+use super::{lock, AsyncResult, Callbacks, PoolBuilder, PoolStats};
+use crate::error::{Error, Result};
+use crate::shm::park;
+use crate::shm::Segment;
+use crate::wire::task;
+use crate::wire::Wire;
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A pool of worker processes, each pinned to its own CPU, fed through
+/// lock-free rings in shared memory.
+///
+/// Python's `multiprocessing.Pool`, method for method: [`apply`](Pool::apply),
+/// [`apply_async`](Pool::apply_async) (with callbacks through
+/// [`apply_async_with`](Pool::apply_async_with)), [`map`](Pool::map),
+/// [`map_async`](Pool::map_async), [`imap`](Pool::imap),
+/// [`imap_unordered`](Pool::imap_unordered), [`starmap`](Pool::starmap),
+/// [`close`](Pool::close), [`terminate`](Pool::terminate), [`join`](Pool::join).
+///
+/// Tasks are `fn` items or closures that capture nothing (a capturing closure
+/// does not compile); arguments and results implement [`Wire`].
+///
+/// Dropping a pool terminates it (like leaving Python's `with Pool() as p:`):
+/// unfinished tasks get [`Error::Cancelled`], every worker is killed and
+/// reaped. To finish the work first, `close()` then `join()`.
+///
+/// ```
+/// use corepool::Pool;
+///
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// fn main() -> Result<(), corepool::Error> {
+///     corepool::init();
+///     let pool = Pool::builder().workers(2).build()?;
+///     assert_eq!(pool.apply(square, 7)?, 49);
+///     assert_eq!(pool.map(square, 0..5u64, None)?, vec![0, 1, 4, 9, 16]);
+///     pool.close();
+///     pool.join()
+/// }
+/// ```
+pub struct Pool {
+    pub(super) shared: Arc<Shared>,
+    driver: Option<std::thread::JoinHandle<()>>,
+    cpus: Vec<Option<usize>>,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("workers", &self.shared.workers)
+            .field("cpus", &self.cpus)
+            .finish()
+    }
+}
+
+impl Pool {
+    /// A builder with the defaults: one pinned worker per allowed CPU.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::builder().workers(1).build()?;
+    ///     assert_eq!(pool.workers(), 1);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// `Pool(n)`: `n` workers with default settings.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(2)?;
+    ///     assert_eq!(pool.apply(|x: u64| x + 1, 1)?, 2);
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`PoolBuilder::build`].
+    pub fn new(workers: usize) -> Result<Self> {
+        Self::builder().workers(workers).build()
+    }
+
+    pub(super) fn start(config: Config) -> Result<Self> {
+        if crate::pool::worker::is_uninitialised_worker() {
+            return Err(Error::NotInitialized);
+        }
+        let n = config.cpus.len();
+        let layout = Layout::new(
+            n,
+            config.ring_bytes,
+            config.ring_bytes,
+            config.initializer_arg.len(),
+        )?;
+        let seg = Segment::create(c"corepool", layout.total)?;
+        let parent_pid = std::process::id() as i32;
+        layout::write_header(
+            &seg,
+            &Header {
+                magic: layout::MAGIC,
+                version: layout::VERSION,
+                header_bytes: std::mem::size_of::<Header>() as u32,
+                segment_bytes: layout.total as u64,
+                fingerprint: crate::child::fingerprint::fingerprint(),
+                workers: n as u32,
+                task_ring_bytes: layout.task_ring_bytes,
+                result_ring_bytes: layout.result_ring_bytes,
+                flags: if config.initializer.is_some() {
+                    layout::FLAG_INITIALIZER
+                } else {
+                    0
+                },
+                initializer: config.initializer.unwrap_or(0),
+                max_tasks_per_child: config.policy.max_tasks_per_child,
+                parent_pid,
+                init_arg_len: layout.init_arg_len as u32,
+            },
+        );
+        layout::write_init_arg(&seg, &layout, &config.initializer_arg)?;
+        let slots: Vec<Slot> = (0..n)
+            .map(|i| Slot::new(&seg, &layout, i).expect("slot in layout"))
+            .collect();
+        let budget = if config.policy.max_tasks_per_child == 0 {
+            u64::MAX
+        } else {
+            config.policy.max_tasks_per_child
+        };
+        let workers = slots
+            .iter()
+            .zip(&config.cpus)
+            .map(|(s, cpu)| Worker::new(*s, *cpu, budget))
+            .collect();
+        let max_payload = slots[0].task_ring().max_payload();
+        let segment_fd = seg.raw_fd();
+        let shared = Arc::new(Shared::new(
+            seg,
+            slots,
+            Core::new(workers, config.policy),
+            max_payload,
+            config.initializer_keep,
+        ));
+        let weak = Arc::downgrade(&shared);
+        let supervisor = Supervisor::start(segment_fd, parent_pid, move |event| {
+            if let Some(shared) = weak.upgrade() {
+                shared.report(event);
+            }
+        })?;
+        for (index, cpu) in config.cpus.iter().enumerate() {
+            supervisor.send(Command_::Spawn {
+                index,
+                cpu: *cpu,
+                not_before: Instant::now(),
+            });
+        }
+        *lock(&shared.supervisor) = Some(supervisor);
+        let driver_shared = shared.clone();
+        let driver = std::thread::Builder::new()
+            .name("corepool-driver".into())
+            .spawn(move || driver_loop(driver_shared))
+            .map_err(|e| Error::os("spawning the driver thread", e))?;
+        let pool = Pool {
+            shared,
+            driver: Some(driver),
+            cpus: config.cpus,
+        };
+        pool.wait_ready(config.start_timeout)?;
+        Ok(pool)
+    }
+
+    /// Waits until every worker is serving; on the first failure, tears down.
+    fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = crate::shm::park::deadline_after(timeout);
+        let mut core = self.shared.lock();
+        loop {
+            if let Some(e) = core.workers.iter().find_map(|w| w.start_error.clone()) {
+                drop(core);
+                self.terminate();
+                return Err(e);
+            }
+            if core.workers.iter().all(|w| w.phase == Phase::Ready) {
+                return Ok(());
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                drop(core);
+                self.terminate();
+                return Err(Error::WorkerStart {
+                    index: 0,
+                    reason: format!(
+                        "the workers did not attach within {timeout:?}; is `corepool::init()` the first statement of `main`?"
+                    ),
+                });
+            }
+            core = self.shared.wait_lifecycle(core, left);
+        }
+    }
+
+    /// Counters: respawns and replacement times.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(1)?;
+    ///     assert!(pool.stats().replacements.is_empty()); // no worker has died
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn stats(&self) -> PoolStats {
+        self.shared.lock().stats.clone()
+    }
+
+    /// Number of worker processes.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     assert_eq!(corepool::Pool::new(2)?.workers(), 2);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn workers(&self) -> usize {
+        self.shared.workers
+    }
+
+    /// The CPU each worker is pinned to (`None` when unpinned).
+    ///
+    /// ```
+    /// use corepool::{Pinning, Pool};
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pinned = Pool::builder().workers(1).build()?;
+    ///     assert!(pinned.cpus()[0].is_some()); // pinned to a CPU of the allowed set
+    ///     let free = Pool::builder().workers(1).pinning(Pinning::None).build()?;
+    ///     assert_eq!(free.cpus(), &[None]);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn cpus(&self) -> &[Option<usize>] {
+        &self.cpus
+    }
+
+    /// The pids of the workers running now (a slot being restarted is absent).
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(2)?;
+    ///     let pids = pool.pids();
+    ///     assert_eq!(pids.len(), 2);
+    ///     assert!(!pids.contains(&(std::process::id() as i32)));
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn pids(&self) -> Vec<i32> {
+        let core = self.shared.lock();
+        core.workers
+            .iter()
+            .filter(|w| matches!(w.phase, Phase::Starting | Phase::Ready))
+            .map(|w| w.pid)
+            .collect()
+    }
+
+    /// Runs `f(arg)` on a worker and waits for the result (Python's `apply`).
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(1)?;
+    ///     let shout = pool.apply(|s: String| s.to_uppercase(), "hi".to_string())?;
+    ///     assert_eq!(shout, "HI");
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`apply_async`](Self::apply_async) and [`AsyncResult::get`].
+    pub fn apply<F, A, R>(&self, f: F, arg: A) -> Result<R>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        // The caller is about to wait (and help): the submission need not
+        // wake a gated driver, so a round trip makes no wake-up system call.
+        self.submit_one(f, arg, Callbacks::new(), true)?.get()
+    }
+
+    /// Submits `f(arg)` and returns at once (Python's `apply_async`).
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(2)?;
+    ///     let handles: Vec<_> = (0..4u64)
+    ///         .map(|i| pool.apply_async(|x: u64| x * x, i))
+    ///         .collect::<corepool::Result<_>>()?;
+    ///     let squares: Vec<u64> = handles.into_iter().map(|h| h.get()).collect::<corepool::Result<_>>()?;
+    ///     assert_eq!(squares, [0, 1, 4, 9]);
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PoolClosed`] after `close`/`terminate`;
+    /// [`Error::ArgumentTooLarge`] when `arg` does not fit a ring message.
+    pub fn apply_async<F, A, R>(&self, f: F, arg: A) -> Result<AsyncResult<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        self.apply_async_with(f, arg, Callbacks::new())
+    }
+
+    /// [`apply_async`](Self::apply_async) with Python's `callback` and
+    /// `error_callback`.
+    ///
+    /// ```
+    /// use corepool::{Callbacks, Pool};
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// static SUM: AtomicU64 = AtomicU64::new(0);
+    ///
+    /// fn main() {
+    ///     corepool::init();
+    ///     let pool = Pool::new(1).unwrap();
+    ///     let cb = Callbacks::new().on_success(|v: &u64| { SUM.fetch_add(*v, Ordering::Relaxed); });
+    ///     pool.apply_async_with(|x: u64| x * 2, 21, cb).unwrap().wait();
+    ///     assert_eq!(SUM.load(Ordering::Relaxed), 42);
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`apply_async`](Self::apply_async).
+    pub fn apply_async_with<F, A, R>(
+        &self,
+        f: F,
+        arg: A,
+        callbacks: Callbacks<R>,
+    ) -> Result<AsyncResult<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        self.submit_one(f, arg, callbacks, false)
+    }
+
+    fn submit_one<F, A, R>(
+        &self,
+        f: F,
+        arg: A,
+        callbacks: Callbacks<R>,
+        caller_waits: bool,
+    ) -> Result<AsyncResult<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        let _ = f;
+        let trampoline = task::offset_of(task::call_one::<F, A, R>);
+        let cell = Cell::new(callbacks);
+        let sink = Sink {
+            target: cell.clone(),
+            tag: 0,
+        };
+        crate::wire::take_keep_alive(); // nothing stale from a failed submission
+        let payload = crate::wire::encode_payload(&arg);
+        self.shared.submit(
+            smallvec::smallvec![(trampoline, payload, sink)],
+            caller_waits,
+        )?;
+        Ok(AsyncResult::new(cell, Arc::downgrade(&self.shared)))
+    }
+
+    /// Stops taking work; workers exit once every submitted task is done
+    /// (Python's `close`).
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(1)?;
+    ///     let h = pool.apply_async(|x: u64| x + 1, 1)?;
+    ///     pool.close();
+    ///     assert!(matches!(pool.apply(|x: u64| x, 0), Err(corepool::Error::PoolClosed)));
+    ///     pool.join()?; // waits for the work submitted before `close`
+    ///     assert_eq!(h.get()?, 2);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn close(&self) {
+        let mut core = self.shared.lock();
+        core.open = false;
+        let mut actions = Actions::default();
+        core.drive(Vec::new(), &mut actions);
+        self.shared.finish_pass(core, actions);
+    }
+
+    /// Kills the workers now; unfinished tasks get [`Error::Cancelled`]
+    /// (Python's `terminate`).
+    ///
+    /// ```
+    /// fn forever(_: u64) -> u64 {
+    ///     loop {
+    ///         std::hint::spin_loop();
+    ///     }
+    /// }
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(1)?;
+    ///     let stuck = pool.apply_async(forever, 0)?;
+    ///     pool.terminate();
+    ///     pool.join()?;
+    ///     assert_eq!(stuck.get().unwrap_err(), corepool::Error::Cancelled);
+    ///     assert!(pool.pids().is_empty());
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn terminate(&self) {
+        let mut core = self.shared.lock();
+        let mut actions = Actions::default();
+        core.terminate(&mut actions);
+        self.shared.finish_pass(core, actions);
+    }
+
+    /// Waits until every worker has exited (Python's `join`).
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(1)?;
+    ///     assert_eq!(pool.join(), Err(corepool::Error::JoinWhileOpen)); // as in Python
+    ///     pool.close();
+    ///     pool.join()?;
+    ///     assert!(pool.pids().is_empty()); // every worker has exited and been reaped
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::JoinWhileOpen`] unless [`close`](Self::close) or
+    /// [`terminate`](Self::terminate) came first.
+    pub fn join(&self) -> Result<()> {
+        let mut core = self.shared.lock();
+        if core.open {
+            return Err(Error::JoinWhileOpen);
+        }
+        while !(core.all_stopped() && core.outstanding == 0) {
+            core = self.shared.wait_lifecycle(core, None);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let finished = {
+            let core = self.shared.lock();
+            core.all_stopped() && core.outstanding == 0
+        };
+        if !finished {
+            self.terminate();
+            let _ = self.join();
+        }
+        // Release pairs with the Acquire loads in `driver_loop` and `has_work`.
+        self.shared.stop.store(true, Ordering::Release);
+        park::wake(self.shared.doorbell());
+        park::wake(&self.shared.gate);
+        // The doorbell may not be armed: make sure the driver sees `stop`.
+        crate::sys::futex_wake_all(self.shared.doorbell());
+        if let Some(driver) = self.driver.take() {
+            let _ = driver.join();
+        }
+        if let Some(mut sup) = lock(&self.shared.supervisor).take() {
+            sup.stop();
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The `map` family of [`Pool`]: `map`, `map_async`, `starmap` and their
+//! callback variants, all sending their items in chunks.
+
+use super::collect::MapCollector;
+use super::handle::Cell;
+use super::sink::{Completion, Sink};
+use super::{AsyncResult, Callbacks, Pool};
+use crate::error::Result;
+use crate::wire::task::{self, StarFn};
+use crate::wire::Wire;
+use std::sync::Arc;
+
+/// How many chunks a blocking `map` keeps submitted per worker: enough that
+/// a worker finds the next chunk in its ring when it finishes one.
+const MAP_CHUNKS_AHEAD_PER_WORKER: usize = 4;
+
+impl Pool {
+    /// `map_async`'s path: every chunk encoded and submitted at once.
+    fn submit_chunks<A: Wire, R: Wire>(
+        &self,
+        trampoline: i64,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+        callbacks: Callbacks<Vec<R>>,
+    ) -> Result<AsyncResult<Vec<R>>> {
+        let mut chunker = self.chunker(items, chunksize)?;
+        let cell = Cell::new(callbacks);
+        let collector = MapCollector::<R>::new(chunker.len_hint, cell.clone());
+        let target: Arc<dyn Completion> = collector.clone();
+        let mut tasks = smallvec::SmallVec::new();
+        while let Some((payload, due)) = chunker.next_chunk() {
+            let sink = Sink {
+                target: target.clone(),
+                tag: collector.add_chunk(due),
+            };
+            tasks.push((trampoline, payload, sink));
+        }
+        collector.seal();
+        self.shared.submit(tasks, false)?;
+        Ok(AsyncResult::new(cell, Arc::downgrade(&self.shared)))
+    }
+
+    /// The blocking `map`'s path: chunks are encoded as the workers make
+    /// room, a few per worker ahead, so their buffers are recycled (memory
+    /// already faulted in) instead of all being allocated up front.
+    fn map_chunks<A: Wire, R: Wire>(
+        &self,
+        trampoline: i64,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+    ) -> Result<Vec<R>> {
+        let mut chunker = self.chunker(items, chunksize)?;
+        let cell = Cell::new(Callbacks::new());
+        let collector = MapCollector::<R>::new(chunker.len_hint, cell.clone());
+        let target: Arc<dyn Completion> = collector.clone();
+        let ahead = self.workers() * MAP_CHUNKS_AHEAD_PER_WORKER;
+        let mut submitted = 0;
+        while let Some((payload, due)) = chunker.next_chunk() {
+            if submitted >= ahead {
+                collector.wait_completed(submitted + 1 - ahead, &self.shared);
+            }
+            if collector.ended() {
+                break; // a chunk failed: submit nothing more
+            }
+            let sink = Sink {
+                target: target.clone(),
+                tag: collector.add_chunk(due),
+            };
+            self.shared
+                .submit(smallvec::smallvec![(trampoline, payload, sink)], true)?;
+            submitted += 1;
+        }
+        collector.seal();
+        AsyncResult::new(cell, Arc::downgrade(&self.shared)).get()
+    }
+
+    /// `f` over every item, in order (Python's `map`). Items are sent in
+    /// chunks of `chunksize`; `None` picks Python's default (about four chunks
+    /// per worker), capped so that a chunk fits one ring message.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(2)?;
+    ///     let lengths = pool.map(|s: String| s.len() as u64, ["a", "bb", "ccc"].map(String::from), None)?;
+    ///     assert_eq!(lengths, [1, 2, 3]);
+    ///     // A panic in any item fails the whole map, as in Python.
+    ///     let failed = pool.map(|x: u64| 10 / x, [1u64, 0, 2], Some(1));
+    ///     assert!(matches!(failed, Err(corepool::Error::Panicked { .. })));
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The first failing chunk's error; [`Error::PoolClosed`](crate::Error::PoolClosed),
+    /// [`Error::ArgumentTooLarge`](crate::Error::ArgumentTooLarge) at submission.
+    pub fn map<F, A, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+    ) -> Result<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        let _ = f;
+        self.map_chunks(
+            task::offset_of(task::call_chunk::<F, A, R>),
+            items,
+            chunksize,
+        )
+    }
+
+    /// [`map`](Self::map) without waiting.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(2)?;
+    ///     let pending = pool.map_async(|x: u64| x + 1, 0..1000u64, None)?;
+    ///     // ... other work here ...
+    ///     assert_eq!(pending.get()?.iter().sum::<u64>(), 500_500);
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map), at submission.
+    pub fn map_async<F, A, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+    ) -> Result<AsyncResult<Vec<R>>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        self.map_async_with(f, items, chunksize, Callbacks::new())
+    }
+
+    /// [`map_async`](Self::map_async) with Python's `callback` (called once
+    /// with the whole result) and `error_callback` (with the first error).
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(2)?;
+    ///     let (tx, rx) = mpsc::channel();
+    ///     let cb = corepool::Callbacks::new()
+    ///         .on_success(move |squares: &Vec<u64>| tx.send(squares.iter().sum::<u64>()).unwrap());
+    ///     pool.map_async_with(|x: u64| x * x, 0..4u64, None, cb)?;
+    ///     assert_eq!(rx.recv().unwrap(), 14);
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map), at submission.
+    pub fn map_async_with<F, A, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+        callbacks: Callbacks<Vec<R>>,
+    ) -> Result<AsyncResult<Vec<R>>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        let _ = f;
+        self.submit_chunks(
+            task::offset_of(task::call_chunk::<F, A, R>),
+            items,
+            chunksize,
+            callbacks,
+        )
+    }
+
+    /// `f(*args)` for every tuple, in order (Python's `starmap`).
+    ///
+    /// ```
+    /// fn main() {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(1).unwrap();
+    ///     let sums = pool.starmap(|a: u32, b: u32| a + b, vec![(1, 2), (3, 4)], None).unwrap();
+    ///     assert_eq!(sums, vec![3, 7]);
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map).
+    pub fn starmap<F, T, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = T>,
+        chunksize: Option<usize>,
+    ) -> Result<Vec<R>>
+    where
+        F: StarFn<T, R>,
+        T: Wire,
+        R: Wire,
+    {
+        let _ = f;
+        self.map_chunks(
+            task::offset_of(task::call_star_chunk::<F, T, R>),
+            items,
+            chunksize,
+        )
+    }
+
+    /// [`starmap`](Self::starmap) without waiting.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(2)?;
+    ///     let pending = pool.starmap_async(|a: u64, b: u64| a * b, vec![(2, 3), (4, 5)], None)?;
+    ///     assert_eq!(pending.get()?, [6, 20]);
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map), at submission.
+    pub fn starmap_async<F, T, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = T>,
+        chunksize: Option<usize>,
+    ) -> Result<AsyncResult<Vec<R>>>
+    where
+        F: StarFn<T, R>,
+        T: Wire,
+        R: Wire,
+    {
+        self.starmap_async_with(f, items, chunksize, Callbacks::new())
+    }
+
+    /// [`starmap_async`](Self::starmap_async) with Python's `callback` and
+    /// `error_callback`.
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(2)?;
+    ///     let (tx, rx) = mpsc::channel();
+    ///     let cb = corepool::Callbacks::new().on_error(move |e| tx.send(e.clone()).unwrap());
+    ///     pool.starmap_async_with(|a: u64, b: u64| a / b, vec![(4, 2), (1, 0)], None, cb)?;
+    ///     assert!(matches!(rx.recv().unwrap(), corepool::Error::Panicked { .. }));
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map), at submission.
+    pub fn starmap_async_with<F, T, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = T>,
+        chunksize: Option<usize>,
+        callbacks: Callbacks<Vec<R>>,
+    ) -> Result<AsyncResult<Vec<R>>>
+    where
+        F: StarFn<T, R>,
+        T: Wire,
+        R: Wire,
+    {
+        let _ = f;
+        self.submit_chunks(
+            task::offset_of(task::call_star_chunk::<F, T, R>),
+            items,
+            chunksize,
+            callbacks,
+        )
+    }
+}

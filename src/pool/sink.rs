@@ -1,0 +1,38 @@
+//! Where a task's outcome goes: the [`Outcome`] a worker sent back, the
+//! [`Completion`] that receives it, and the [`Sink`] a task carries to name
+//! its receiver.
+
+use crate::error::Error;
+use std::fmt;
+use std::sync::Arc;
+
+/// What a worker sent back for one task, before decoding.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    /// The encoded result.
+    Ok(crate::wire::Payload),
+    /// The task failed.
+    Err(Error),
+}
+
+/// Something that receives task outcomes. `tag` tells apart the tasks of one
+/// receiver (the chunks of a `map`).
+pub(super) trait Completion: Send + Sync {
+    /// Delivers one outcome. Runs in the parent, outside the pool's lock.
+    fn complete(&self, tag: u64, outcome: Outcome);
+}
+
+/// Where a task's outcome goes.
+#[derive(Clone)]
+pub(super) struct Sink {
+    pub target: Arc<dyn Completion>,
+    pub tag: u64,
+}
+
+impl fmt::Debug for Sink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sink")
+            .field("tag", &self.tag)
+            .finish_non_exhaustive()
+    }
+}
