@@ -10,6 +10,7 @@ mod soak;
 mod stats;
 mod sys;
 mod topo;
+mod workloads;
 
 use error::CliError;
 

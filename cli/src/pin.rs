@@ -6,16 +6,16 @@
 //! drift of the machine during the sweep hits every layout alike. Round 0 is
 //! a warm-up and is not counted.
 
-use crate::bench::{corepool_once, range_of, Inputs, Sample, Sizes, Workload};
-use crate::stats::Summary;
+use crate::stats::{range_of, Summary};
 use crate::topo::{cpu_list, print_topology, Layout, Placement, Topology};
+use crate::workloads::{corepool_once, Inputs, Sample, Sizes, Workload};
 use crate::CliError;
 use corepool::Pool;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 
 #[derive(clap::Args, Debug)]
-pub struct PinArgs {
+pub(crate) struct PinArgs {
     /// The workload to sweep: apply_async, map, latency, cpu_loop or shared_sum.
     #[arg(long, default_value = "apply_async")]
     workload: String,
@@ -209,7 +209,7 @@ fn advantage(a: f64, b: f64, lower_is_better: bool) -> f64 {
     }
 }
 
-pub fn run(args: &PinArgs) -> Result<(), CliError> {
+pub(crate) fn run(args: &PinArgs) -> Result<(), CliError> {
     let topo = Topology::read()?;
     if args.topology {
         if args.json {

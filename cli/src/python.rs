@@ -22,38 +22,38 @@ fn repo_script() -> PathBuf {
 
 /// One row as the script prints it.
 #[derive(Debug, Clone, serde::Deserialize)]
-pub struct PyRow {
-    pub workload: String,
-    pub system: String,
-    pub workers: usize,
-    pub items: u64,
-    pub seconds: f64,
-    pub rate: f64,
-    pub unit: String,
-    pub repeats: usize,
-    pub rate_min: f64,
-    pub rate_max: f64,
-    pub seconds_min: f64,
-    pub seconds_max: f64,
+pub(crate) struct PyRow {
+    pub(crate) workload: String,
+    pub(crate) system: String,
+    pub(crate) workers: usize,
+    pub(crate) items: u64,
+    pub(crate) seconds: f64,
+    pub(crate) rate: f64,
+    pub(crate) unit: String,
+    pub(crate) repeats: usize,
+    pub(crate) rate_min: f64,
+    pub(crate) rate_max: f64,
+    pub(crate) seconds_min: f64,
+    pub(crate) seconds_max: f64,
     #[serde(default)]
-    pub note: Option<String>,
+    pub(crate) note: Option<String>,
 }
 
 /// What the script says about the interpreter.
 #[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
-pub struct PyInfo {
-    pub python: String,
+pub(crate) struct PyInfo {
+    pub(crate) python: String,
     #[serde(default)]
-    pub implementation: String,
+    pub(crate) implementation: String,
     #[serde(default)]
-    pub start_method: String,
+    pub(crate) start_method: String,
     #[serde(default)]
-    pub numpy: Option<String>,
+    pub(crate) numpy: Option<String>,
 }
 
 /// The result of asking for the baseline.
 #[derive(Debug)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The rows, in the script's order.
     Rows { info: PyInfo, rows: Vec<PyRow> },
     /// No interpreter: the message says what to do. Not an error.
@@ -62,17 +62,17 @@ pub enum Outcome {
 
 /// What to run.
 #[derive(Debug, Clone)]
-pub struct Request {
-    pub interpreter: String,
-    pub workers: usize,
-    pub repeat: usize,
-    pub quick: bool,
-    pub only: Vec<&'static str>,
+pub(crate) struct Request {
+    pub(crate) interpreter: String,
+    pub(crate) workers: usize,
+    pub(crate) repeat: usize,
+    pub(crate) quick: bool,
+    pub(crate) only: Vec<&'static str>,
     /// Items per run for every workload, instead of the script's sizes.
-    pub size: Option<u64>,
+    pub(crate) size: Option<u64>,
     /// Tasks that share cpu_loop's iterations.
-    pub cpu_loop_tasks: usize,
-    pub timeout: Duration,
+    pub(crate) cpu_loop_tasks: usize,
+    pub(crate) timeout: Duration,
 }
 
 /// Deletes the temporary copy of the script when the run ends.
@@ -98,7 +98,7 @@ fn script() -> Result<(PathBuf, Option<TempScript>), CliError> {
 }
 
 /// The script's path as the user would type it (for messages and docs).
-pub fn script_shown() -> String {
+pub(crate) fn script_shown() -> String {
     let repo = repo_script();
     if repo.is_file() {
         // Relative to the working directory when it lies below it, so that
@@ -116,7 +116,7 @@ pub fn script_shown() -> String {
 /// Runs the script. A missing interpreter is [`Outcome::Unavailable`]; a
 /// script that fails, prints something unreadable or overruns the timeout is
 /// an error.
-pub fn run(req: &Request) -> Result<Outcome, CliError> {
+pub(crate) fn run(req: &Request) -> Result<Outcome, CliError> {
     let (path, _temp) = script()?;
     let mut cmd = Command::new(&req.interpreter);
     cmd.arg(&path)
@@ -269,7 +269,7 @@ fn children_of(pid: u32) -> Vec<u32> {
 }
 
 /// Reads the script's output lines.
-pub fn parse(lines: &[String]) -> Result<Outcome, CliError> {
+pub(crate) fn parse(lines: &[String]) -> Result<Outcome, CliError> {
     let mut info = PyInfo::default();
     let mut rows = Vec::new();
     for line in lines.iter().filter(|l| !l.trim().is_empty()) {

@@ -11,57 +11,57 @@ use std::str::FromStr;
 
 /// One allowed logical CPU and where it sits.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct CpuPlace {
-    pub id: usize,
-    pub package: u32,
-    pub core: u32,
-    pub numa_node: Option<u32>,
+pub(crate) struct CpuPlace {
+    pub(crate) id: usize,
+    pub(crate) package: u32,
+    pub(crate) core: u32,
+    pub(crate) numa_node: Option<u32>,
     /// The logical CPUs sharing this CPU's core, as the kernel lists them.
-    pub siblings: String,
-    pub allowed: bool,
+    pub(crate) siblings: String,
+    pub(crate) allowed: bool,
 }
 
 /// One cache as `/sys/devices/system/cpu/cpu*/cache/index*` describes it,
 /// merged over the CPUs that report it.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct Cache {
-    pub level: u32,
+pub(crate) struct Cache {
+    pub(crate) level: u32,
     #[serde(rename = "type")]
-    pub kind: String,
+    pub(crate) kind: String,
     /// As the kernel writes it (`32K`).
-    pub size: String,
-    pub size_bytes: Option<u64>,
+    pub(crate) size: String,
+    pub(crate) size_bytes: Option<u64>,
     /// How many distinct instances (one per `shared_cpu_list`).
-    pub instances: usize,
+    pub(crate) instances: usize,
     /// The CPU set of each instance (`0-1`).
-    pub shared_cpu_lists: Vec<String>,
+    pub(crate) shared_cpu_lists: Vec<String>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct NumaNode {
-    pub node: u32,
-    pub cpus: Vec<usize>,
+pub(crate) struct NumaNode {
+    pub(crate) node: u32,
+    pub(crate) cpus: Vec<usize>,
 }
 
 /// The machine, for choosing layouts and for the benchmark's header.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct Topology {
-    pub model: String,
+pub(crate) struct Topology {
+    pub(crate) model: String,
     /// Logical CPUs online.
-    pub cpus_online: usize,
+    pub(crate) cpus_online: usize,
     /// Physical packages (sockets) among the online CPUs.
-    pub packages: usize,
+    pub(crate) packages: usize,
     /// Physical cores among the online CPUs.
-    pub cores: usize,
+    pub(crate) cores: usize,
     /// Whether some core runs more than one logical CPU.
-    pub smt: bool,
+    pub(crate) smt: bool,
     /// This process's allowed set (`sched_getaffinity`).
-    pub allowed: Vec<usize>,
+    pub(crate) allowed: Vec<usize>,
     /// Physical cores that have at least one allowed CPU.
-    pub allowed_cores: usize,
-    pub cpus: Vec<CpuPlace>,
-    pub numa_nodes: Vec<NumaNode>,
-    pub caches: Vec<Cache>,
+    pub(crate) allowed_cores: usize,
+    pub(crate) cpus: Vec<CpuPlace>,
+    pub(crate) numa_nodes: Vec<NumaNode>,
+    pub(crate) caches: Vec<Cache>,
 }
 
 fn read_trim(path: &str) -> Option<String> {
@@ -120,7 +120,7 @@ fn read_caches(cpus: &[usize]) -> Vec<Cache> {
 impl Topology {
     /// Reads the topology of the online CPUs. CPUs whose package or core
     /// `/sys` does not tell count as a package 0 core of their own.
-    pub fn read() -> Result<Self, CliError> {
+    pub(crate) fn read() -> Result<Self, CliError> {
         let m = corepool::info::machine()?;
         let cpus: Vec<CpuPlace> = m
             .cpus
@@ -181,7 +181,7 @@ impl Topology {
     }
 
     /// Allowed CPUs with SMT siblings next to each other, package by package.
-    pub fn compact_order(&self) -> Vec<usize> {
+    pub(crate) fn compact_order(&self) -> Vec<usize> {
         let places = self.allowed_places();
         if places.is_empty() {
             return self.allowed.clone();
@@ -206,7 +206,7 @@ impl Topology {
 
     /// Allowed CPUs spread out: one per package in turn, then the next core
     /// of each package, and SMT siblings only after every core has one.
-    pub fn scatter_order(&self) -> Vec<usize> {
+    pub(crate) fn scatter_order(&self) -> Vec<usize> {
         let tree = self.tree();
         if tree.is_empty() {
             return self.allowed.clone();
@@ -228,7 +228,7 @@ impl Topology {
 
     /// One allowed CPU per physical core (the first of its siblings), package
     /// by package.
-    pub fn one_per_core(&self) -> Vec<usize> {
+    pub(crate) fn one_per_core(&self) -> Vec<usize> {
         let tree = self.tree();
         if tree.is_empty() {
             return self.allowed.clone();
@@ -242,7 +242,7 @@ impl Topology {
 
 /// A way to place workers on CPUs.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Layout {
+pub(crate) enum Layout {
     /// `Pinning::None`: the scheduler places the workers.
     None,
     /// `Pinning::PerCpu`: worker i on the i-th allowed CPU (the default).
@@ -258,7 +258,7 @@ pub enum Layout {
     Cpus(Vec<usize>),
 }
 
-pub const LAYOUT_HELP: &str =
+pub(crate) const LAYOUT_HELP: &str =
     "none, per-cpu, compact, scatter, avoid-smt, or a CPU list such as 0,2-3";
 
 impl FromStr for Layout {
@@ -282,7 +282,7 @@ impl FromStr for Layout {
 }
 
 /// Formats a sorted CPU list compactly: `0-3,8`.
-pub fn cpu_list(cpus: &[usize]) -> String {
+pub(crate) fn cpu_list(cpus: &[usize]) -> String {
     let mut out = String::new();
     let mut i = 0;
     while i < cpus.len() {
@@ -324,18 +324,18 @@ impl fmt::Display for Layout {
 
 /// A layout made concrete for a worker count.
 #[derive(Clone, Debug)]
-pub struct Placement {
-    pub pinning: Pinning,
-    pub workers: usize,
+pub(crate) struct Placement {
+    pub(crate) pinning: Pinning,
+    pub(crate) workers: usize,
     /// The CPU of each worker; `None` when unpinned.
-    pub cpus: Option<Vec<usize>>,
+    pub(crate) cpus: Option<Vec<usize>>,
     /// Something the user should know (workers capped, sharing CPUs).
-    pub note: Option<String>,
+    pub(crate) note: Option<String>,
 }
 
 impl Placement {
     /// `Pinning::Cpus(vec![0, 1])` and so on, as Rust source.
-    pub fn rust(&self) -> String {
+    pub(crate) fn rust(&self) -> String {
         match &self.pinning {
             Pinning::None => "Pinning::None".into(),
             Pinning::PerCpu => "Pinning::PerCpu".into(),
@@ -348,7 +348,7 @@ impl Placement {
 
     /// The set of CPUs used, sorted with repeats (to spot layouts that
     /// coincide); `None` when unpinned.
-    pub fn key(&self) -> Option<Vec<usize>> {
+    pub(crate) fn key(&self) -> Option<Vec<usize>> {
         self.cpus.as_ref().map(|c| {
             let mut c = c.clone();
             c.sort_unstable();
@@ -361,7 +361,11 @@ impl Layout {
     /// The workers and pinning for this layout; `workers` is `None` for the
     /// layout's own natural count (its CPU list's length; for compact and
     /// scatter, one per allowed physical core).
-    pub fn place(&self, topo: &Topology, workers: Option<usize>) -> Result<Placement, CliError> {
+    pub(crate) fn place(
+        &self,
+        topo: &Topology,
+        workers: Option<usize>,
+    ) -> Result<Placement, CliError> {
         if workers == Some(0) {
             return Err(CliError::usage("--workers must be at least 1"));
         }
@@ -436,7 +440,7 @@ impl Layout {
 }
 
 /// Prints the topology as tables.
-pub fn print_topology(t: &Topology) {
+pub(crate) fn print_topology(t: &Topology) {
     println!("CPU model:  {}", t.model);
     println!(
         "topology:   {} package(s), {} core(s), {} logical CPU(s){}, {} NUMA node(s)",
