@@ -13,7 +13,8 @@
 //!   suite, `bench/scale.rs` the sweep, `bench/vs_python.rs` the Python rows
 //!   and `bench/report.rs` the tables and JSON lines.
 //! - `pin` ([`pin`]): the topology, then a sweep of pinning layouts on one
-//!   workload and the layout to use, with its measured margin.
+//!   workload and the layout to use, with its measured margin;
+//!   `pin/recommend.rs` judges the runs and `pin/report.rs` prints them.
 //! - `soak` ([`soak`]): checkable tasks while workers are killed; exits 0
 //!   only if nothing was lost and nothing was wrong.
 //!
