@@ -2,7 +2,7 @@
 
 /// Everything a subcommand can fail with. Each message says what to do.
 #[derive(Debug, thiserror::Error)]
-pub enum CliError {
+pub(crate) enum CliError {
     /// The library refused or failed (building a pool, running a task).
     #[error(transparent)]
     Pool(#[from] corepool::Error),

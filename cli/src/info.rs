@@ -2,7 +2,7 @@
 
 use corepool::info;
 
-pub fn run(json: bool) -> Result<(), corepool::Error> {
+pub(crate) fn run(json: bool) -> Result<(), corepool::Error> {
     let m = info::machine()?;
     if json {
         println!("{}", serde_json::to_string(&m).unwrap_or_default());

@@ -1,4 +1,29 @@
-//! The `corepool` command: machine information, benchmarks and a pinning tuner.
+//! The `corepool` command: machine information, benchmarks, a pinning tuner
+//! and a chaos soak for the corepool library. `corepool --help` is the
+//! user's documentation; this says where each part lives.
+//!
+//! Subcommands:
+//! - `info` ([`info`]): the CPUs, this process's allowed set and the
+//!   topology, as a table or `--json`.
+//! - `bench` ([`mod@bench`]): the standard workloads on corepool, on rayon
+//!   threads and sequentially, repeated, with ratios; `--vs-python` adds
+//!   Python's `multiprocessing.Pool` ([`python`] runs `scripts/bench_mp.py`),
+//!   `--scale` sweeps 1..N workers and `--plot` draws the curves ([`plot`]).
+//!   `bench/args.rs` is the command line, `bench/suite.rs` the repeated
+//!   suite, `bench/scale.rs` the sweep, `bench/vs_python.rs` the Python rows
+//!   and `bench/report.rs` the tables and JSON lines.
+//! - `pin` ([`pin`]): the topology, then a sweep of pinning layouts on one
+//!   workload and the layout to use, with its measured margin;
+//!   `pin/recommend.rs` judges the runs and `pin/report.rs` prints them.
+//! - `soak` ([`soak`]): checkable tasks while workers are killed; exits 0
+//!   only if nothing was lost and nothing was wrong.
+//!
+//! Shared by `bench` and `pin`: [`workloads`] (what each workload is, and a
+//! runner each for corepool, threads and the calling thread), [`topo`] (the
+//! machine from `/sys`, and in `topo/layout.rs` where each pinning layout
+//! puts the workers) and [`stats`] (median, min, max). [`error`] is the
+//! error every subcommand returns; [`sys`] holds the command's only raw
+//! system calls.
 
 mod bench;
 mod error;
@@ -10,6 +35,7 @@ mod soak;
 mod stats;
 mod sys;
 mod topo;
+mod workloads;
 
 use error::CliError;
 

@@ -7,26 +7,26 @@ use std::fmt::Write as _;
 
 /// One measured point: the median and the range of the runs.
 #[derive(Clone, Copy, Debug)]
-pub struct Point {
-    pub x: f64,
-    pub y: f64,
-    pub lo: f64,
-    pub hi: f64,
+pub(crate) struct Point {
+    pub(crate) x: f64,
+    pub(crate) y: f64,
+    pub(crate) lo: f64,
+    pub(crate) hi: f64,
 }
 
 /// One system's curve.
 #[derive(Clone, Debug)]
-pub struct Curve {
-    pub label: String,
-    pub points: Vec<Point>,
+pub(crate) struct Curve {
+    pub(crate) label: String,
+    pub(crate) points: Vec<Point>,
 }
 
 /// One workload.
 #[derive(Clone, Debug)]
-pub struct Panel {
-    pub title: String,
-    pub unit: String,
-    pub curves: Vec<Curve>,
+pub(crate) struct Panel {
+    pub(crate) title: String,
+    pub(crate) unit: String,
+    pub(crate) curves: Vec<Curve>,
 }
 
 const PANEL_W: f64 = 460.0;
@@ -219,7 +219,7 @@ impl Area {
 
 /// The SVG document: one row per panel, throughput on the left, efficiency
 /// on the right, a legend on top.
-pub fn svg(panels: &[Panel], title: &str) -> String {
+pub(crate) fn svg(panels: &[Panel], title: &str) -> String {
     let width = 2.0 * PANEL_W;
     let height = HEADER + PANEL_H * panels.len().max(1) as f64;
     let mut out = String::new();

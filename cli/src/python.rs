@@ -2,15 +2,18 @@
 //! interpreter (`python3` by default) and reads back its JSON rows.
 //!
 //! The script is the repository's `scripts/bench_mp.py` when that file exists
-//! (so edits take effect), else the copy compiled into this binary, written to
-//! a temporary file for the run.
+//! (so edits take effect), else the copy compiled into this binary, written
+//! for the run into a fresh directory that only this user may enter, and
+//! removed with it afterwards.
 
 use crate::CliError;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use tempfile::TempDir;
 
 /// The script as it was when this binary was built.
 const EMBEDDED: &str = include_str!("../scripts/bench_mp.py");
@@ -22,38 +25,38 @@ fn repo_script() -> PathBuf {
 
 /// One row as the script prints it.
 #[derive(Debug, Clone, serde::Deserialize)]
-pub struct PyRow {
-    pub workload: String,
-    pub system: String,
-    pub workers: usize,
-    pub items: u64,
-    pub seconds: f64,
-    pub rate: f64,
-    pub unit: String,
-    pub repeats: usize,
-    pub rate_min: f64,
-    pub rate_max: f64,
-    pub seconds_min: f64,
-    pub seconds_max: f64,
+pub(crate) struct PyRow {
+    pub(crate) workload: String,
+    pub(crate) system: String,
+    pub(crate) workers: usize,
+    pub(crate) items: u64,
+    pub(crate) seconds: f64,
+    pub(crate) rate: f64,
+    pub(crate) unit: String,
+    pub(crate) repeats: usize,
+    pub(crate) rate_min: f64,
+    pub(crate) rate_max: f64,
+    pub(crate) seconds_min: f64,
+    pub(crate) seconds_max: f64,
     #[serde(default)]
-    pub note: Option<String>,
+    pub(crate) note: Option<String>,
 }
 
 /// What the script says about the interpreter.
 #[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
-pub struct PyInfo {
-    pub python: String,
+pub(crate) struct PyInfo {
+    pub(crate) python: String,
     #[serde(default)]
-    pub implementation: String,
+    pub(crate) implementation: String,
     #[serde(default)]
-    pub start_method: String,
+    pub(crate) start_method: String,
     #[serde(default)]
-    pub numpy: Option<String>,
+    pub(crate) numpy: Option<String>,
 }
 
 /// The result of asking for the baseline.
 #[derive(Debug)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The rows, in the script's order.
     Rows { info: PyInfo, rows: Vec<PyRow> },
     /// No interpreter: the message says what to do. Not an error.
@@ -62,43 +65,67 @@ pub enum Outcome {
 
 /// What to run.
 #[derive(Debug, Clone)]
-pub struct Request {
-    pub interpreter: String,
-    pub workers: usize,
-    pub repeat: usize,
-    pub quick: bool,
-    pub only: Vec<&'static str>,
+pub(crate) struct Request {
+    pub(crate) interpreter: String,
+    pub(crate) workers: usize,
+    pub(crate) repeat: usize,
+    pub(crate) quick: bool,
+    pub(crate) only: Vec<&'static str>,
     /// Items per run for every workload, instead of the script's sizes.
-    pub size: Option<u64>,
+    pub(crate) size: Option<u64>,
     /// Tasks that share cpu_loop's iterations.
-    pub cpu_loop_tasks: usize,
-    pub timeout: Duration,
+    pub(crate) cpu_loop_tasks: usize,
+    pub(crate) timeout: Duration,
 }
 
-/// Deletes the temporary copy of the script when the run ends.
-struct TempScript(PathBuf);
+/// The embedded script written out for one run. Its directory is fresh and
+/// private (mode 0700), so that no other user can plant a symlink or a
+/// different script at the path Python is given; dropping this removes both.
+#[derive(Debug)]
+struct WrittenScript {
+    path: PathBuf,
+    _dir: TempDir,
+}
 
-impl Drop for TempScript {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+impl WrittenScript {
+    fn new() -> Result<Self, CliError> {
+        let dir = tempfile::Builder::new()
+            .prefix("corepool-bench_mp-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()
+            .map_err(|e| CliError::Write {
+                path: std::env::temp_dir().display().to_string(),
+                reason: format!("making a private directory for the Python script: {e}"),
+            })?;
+        let path = dir.path().join("bench_mp.py");
+        // `create_new`: the directory is ours and empty, so nothing may be
+        // there already; if something is, fail rather than follow it.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(EMBEDDED.as_bytes()))
+            .map_err(|e| CliError::Write {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(WrittenScript { path, _dir: dir })
     }
 }
 
-fn script() -> Result<(PathBuf, Option<TempScript>), CliError> {
+/// The script to run, and the written copy to keep alive until Python is
+/// done with it (`None` for the repository's own file).
+fn script() -> Result<(PathBuf, Option<WrittenScript>), CliError> {
     let repo = repo_script();
     if repo.is_file() {
         return Ok((repo, None));
     }
-    let path = std::env::temp_dir().join(format!("corepool-bench_mp-{}.py", std::process::id()));
-    std::fs::write(&path, EMBEDDED).map_err(|e| CliError::Write {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    Ok((path.clone(), Some(TempScript(path))))
+    let written = WrittenScript::new()?;
+    Ok((written.path.clone(), Some(written)))
 }
 
 /// The script's path as the user would type it (for messages and docs).
-pub fn script_shown() -> String {
+pub(crate) fn script_shown() -> String {
     let repo = repo_script();
     if repo.is_file() {
         // Relative to the working directory when it lies below it, so that
@@ -116,7 +143,7 @@ pub fn script_shown() -> String {
 /// Runs the script. A missing interpreter is [`Outcome::Unavailable`]; a
 /// script that fails, prints something unreadable or overruns the timeout is
 /// an error.
-pub fn run(req: &Request) -> Result<Outcome, CliError> {
+pub(crate) fn run(req: &Request) -> Result<Outcome, CliError> {
     let (path, _temp) = script()?;
     let mut cmd = Command::new(&req.interpreter);
     cmd.arg(&path)
@@ -269,7 +296,7 @@ fn children_of(pid: u32) -> Vec<u32> {
 }
 
 /// Reads the script's output lines.
-pub fn parse(lines: &[String]) -> Result<Outcome, CliError> {
+pub(crate) fn parse(lines: &[String]) -> Result<Outcome, CliError> {
     let mut info = PyInfo::default();
     let mut rows = Vec::new();
     for line in lines.iter().filter(|l| !l.trim().is_empty()) {
@@ -312,5 +339,38 @@ mod tests {
         if let Ok(text) = std::fs::read_to_string(repo_script()) {
             assert_eq!(text, EMBEDDED);
         }
+    }
+
+    #[test]
+    fn the_embedded_script_is_written_into_a_fresh_private_directory() {
+        let first = WrittenScript::new().unwrap();
+        let dir = first.path.parent().unwrap().to_path_buf();
+        // The directory is a real one (not a symlink), made for this run
+        // under the temporary directory, and only its owner may enter it.
+        let meta = std::fs::symlink_metadata(&dir).unwrap();
+        assert!(meta.is_dir(), "{}", dir.display());
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o700,
+            "{}",
+            dir.display()
+        );
+        assert!(dir.starts_with(std::env::temp_dir()), "{}", dir.display());
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("corepool-bench_mp-"), "{name}");
+        // The script is the only thing in it, as it was compiled in.
+        let entries: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(entries.len(), 1);
+        assert!(std::fs::symlink_metadata(&first.path).unwrap().is_file());
+        assert_eq!(std::fs::read_to_string(&first.path).unwrap(), EMBEDDED);
+        // Each run gets a directory of its own, not a predictable name.
+        let second = WrittenScript::new().unwrap();
+        assert_ne!(second.path.parent().unwrap(), dir);
+        // Both go away with the run.
+        drop(first);
+        assert!(!dir.exists(), "{} was left behind", dir.display());
+        let second_dir = second.path.parent().unwrap().to_path_buf();
+        drop(second);
+        assert!(!second_dir.exists());
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug)]
-pub struct SoakArgs {
+pub(crate) struct SoakArgs {
     /// How many tasks to run.
     #[arg(long, default_value_t = 100_000)]
     tasks: u64,
@@ -63,7 +63,7 @@ struct Summary {
     median_replacement_us: Option<f64>,
 }
 
-pub fn run(args: &SoakArgs) -> Result<bool, Error> {
+pub(crate) fn run(args: &SoakArgs) -> Result<bool, Error> {
     if args.tasks == 0 {
         return Err(Error::InvalidConfig {
             what: "--tasks must be at least 1".into(),

@@ -1,121 +1,76 @@
-//! `corepool pin`: the topology, then a sweep of pinning layouts on one
-//! workload, and the layout to use with its measured margin.
-//!
-//! Layouts are measured in interleaved rounds (round r runs every layout once,
-//! each on a freshly built pool that gets a short warm-up of its own), so a
-//! drift of the machine during the sweep hits every layout alike. Round 0 is
-//! a warm-up and is not counted.
+//! `corepool pin`'s judgement: from the runs of every layout, which
+//! placements coincide, how noisy the machine is, which layout to use and by
+//! what margin.
 
-use crate::bench::{corepool_once, range_of, Inputs, Sample, Sizes, Workload};
 use crate::stats::Summary;
-use crate::topo::{cpu_list, print_topology, Layout, Placement, Topology};
-use crate::CliError;
-use corepool::Pool;
-use indicatif::{ProgressBar, ProgressStyle};
+use crate::topo::{Layout, Placement, Topology};
+use crate::workloads::Workload;
 use std::collections::BTreeMap;
-
-#[derive(clap::Args, Debug)]
-pub struct PinArgs {
-    /// The workload to sweep: apply_async, map, latency, cpu_loop or shared_sum.
-    #[arg(long, default_value = "apply_async")]
-    workload: String,
-    /// Items per run (cpu_loop: iterations in total). Default: a fraction of
-    /// a second's work (200,000 tasks for apply_async); smaller with --quick.
-    #[arg(long)]
-    size: Option<u64>,
-    /// Workers in every layout. Default: one per allowed CPU for none and
-    /// per-cpu, one per allowed physical core for compact, scatter and
-    /// avoid-smt, the list's length for --cpus.
-    #[arg(long)]
-    workers: Option<usize>,
-    /// Named layouts to sweep, comma-separated: none, per-cpu, compact, scatter, avoid-smt.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "none,per-cpu,compact,scatter,avoid-smt"
-    )]
-    layouts: Vec<String>,
-    /// Also sweep this explicit CPU list (such as 0,2-3); repeat the option for several.
-    #[arg(long = "cpus", value_name = "LIST")]
-    cpus: Vec<String>,
-    /// Measured rounds after one warm-up round. Default 5, or 3 with --quick.
-    #[arg(long)]
-    repeat: Option<usize>,
-    /// Small sizes: the sweep in a few seconds.
-    #[arg(long)]
-    quick: bool,
-    /// Print one JSON object (topology, every layout, the recommendation).
-    #[arg(long)]
-    json: bool,
-    /// Show the topology only; sweep nothing.
-    #[arg(long)]
-    topology: bool,
-}
 
 /// One layout's result.
 #[derive(Debug, Clone, serde::Serialize)]
-struct LayoutResult {
-    layout: String,
+pub(super) struct LayoutResult {
+    pub(super) layout: String,
     /// What to pass to `PoolBuilder::pinning`.
-    rust: String,
-    workers: usize,
+    pub(super) rust: String,
+    pub(super) workers: usize,
     /// The CPU of each worker; null when unpinned.
-    cpus: Option<Vec<usize>>,
-    median: f64,
-    min: f64,
-    max: f64,
+    pub(super) cpus: Option<Vec<usize>>,
+    pub(super) median: f64,
+    pub(super) min: f64,
+    pub(super) max: f64,
     /// Other layouts that place the workers on exactly the same CPUs.
-    same_as: Vec<String>,
+    pub(super) same_as: Vec<String>,
     /// This layout's median against the chosen placement's (the runs of all
     /// its identical layouts together): +0.12 = 12% better, -0.12 = 12%
     /// worse (for latency: in round-trip speed).
-    vs_chosen: f64,
+    pub(super) vs_chosen: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    note: Option<String>,
+    pub(super) note: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
-struct Recommendation {
-    layout: String,
-    rust: String,
-    workers: usize,
+pub(super) struct Recommendation {
+    pub(super) layout: String,
+    pub(super) rust: String,
+    pub(super) workers: usize,
     /// `Pool::builder()...` as Rust source.
-    builder: String,
-    median: f64,
-    unit: &'static str,
+    pub(super) builder: String,
+    pub(super) median: f64,
+    pub(super) unit: &'static str,
     /// The layout whose placement had the best median. The choice differs
     /// from it when its lead is not established: then the simplest of the
     /// placements that measure alike is chosen (the default first).
-    measured_best: String,
+    pub(super) measured_best: String,
     /// The best placement other than the chosen one, and the chosen one's
     /// margin over it (0.12 = 12% better; negative when a faster placement
     /// was not clearly faster); null when every layout coincides.
-    runner_up: Option<String>,
-    margin_over_runner_up: Option<f64>,
+    pub(super) runner_up: Option<String>,
+    pub(super) margin_over_runner_up: Option<f64>,
     /// The margin over every layout placed differently.
-    margin_over: BTreeMap<String, f64>,
+    pub(super) margin_over: BTreeMap<String, f64>,
     /// Whether the chosen placement's range of runs stays clear of the
     /// runner-up's.
-    clear_of_noise: bool,
+    pub(super) clear_of_noise: bool,
     /// Clear of the runner-up's range and by more than the noise.
-    established: bool,
+    pub(super) established: bool,
     /// The largest spread between medians of layouts that coincide: the
     /// run-to-run noise of this machine.
-    noise: Option<f64>,
-    summary: String,
+    pub(super) noise: Option<f64>,
+    pub(super) summary: String,
 }
 
 #[derive(Debug, serde::Serialize)]
-struct Report {
-    topology: Topology,
-    workload: &'static str,
-    unit: &'static str,
-    items: u64,
-    repeat: usize,
-    lower_is_better: bool,
-    layouts: Vec<LayoutResult>,
-    recommendation: Recommendation,
-    notes: Vec<String>,
+pub(super) struct Report {
+    pub(super) topology: Topology,
+    pub(super) workload: &'static str,
+    pub(super) unit: &'static str,
+    pub(super) items: u64,
+    pub(super) repeat: usize,
+    pub(super) lower_is_better: bool,
+    pub(super) layouts: Vec<LayoutResult>,
+    pub(super) recommendation: Recommendation,
+    pub(super) notes: Vec<String>,
 }
 
 /// Preference among layouts that measure alike: the default first, so that
@@ -131,75 +86,6 @@ fn preference(l: &Layout) -> usize {
     }
 }
 
-fn layouts_of(args: &PinArgs) -> Result<Vec<Layout>, CliError> {
-    let mut out: Vec<Layout> = Vec::new();
-    for name in args.layouts.iter().filter(|n| !n.trim().is_empty()) {
-        let l: Layout = name.parse().map_err(CliError::Usage)?;
-        if matches!(l, Layout::Cpus(_)) {
-            return Err(CliError::usage(format!(
-                "--layouts takes layout names; give the CPU list `{name}` with --cpus {name}"
-            )));
-        }
-        if !out.contains(&l) {
-            out.push(l);
-        }
-    }
-    for list in &args.cpus {
-        match corepool::info::parse_cpu_list(list) {
-            Some(cpus) if !cpus.is_empty() => {
-                let l = Layout::Cpus(cpus);
-                if !out.contains(&l) {
-                    out.push(l);
-                }
-            }
-            _ => {
-                return Err(CliError::usage(format!(
-                    "--cpus `{list}` is not a CPU list: write it as the kernel does, such as 0,2-3"
-                )))
-            }
-        }
-    }
-    if out.is_empty() {
-        return Err(CliError::usage(
-            "nothing to sweep: give --layouts (none, per-cpu, compact, scatter, avoid-smt) or --cpus LIST",
-        ));
-    }
-    Ok(out)
-}
-
-fn default_size(w: Workload, quick: bool) -> u64 {
-    match (w, quick) {
-        (Workload::ApplyAsync, false) => 200_000,
-        (Workload::ApplyAsync, true) => 20_000,
-        (Workload::Map, false) => 4 << 20,
-        (Workload::Map, true) => 1 << 20,
-        (Workload::Latency, false) => 20_000,
-        (Workload::Latency, true) => 2_000,
-        (Workload::CpuLoop, false) => 400_000_000,
-        (Workload::CpuLoop, true) => 40_000_000,
-        (Workload::SharedSum, false) => 16 << 20,
-        (Workload::SharedSum, true) => 4 << 20,
-        // Not swept (they do not run on the pool): bench's sizes.
-        (Workload::Queue | Workload::PipeRtt, false) => Sizes::full().get(w),
-        (Workload::Queue | Workload::PipeRtt, true) => Sizes::quick().get(w),
-    }
-}
-
-fn measure(
-    w: Workload,
-    placement: &Placement,
-    sizes: &Sizes,
-    warm: &Sizes,
-    inputs: &mut Inputs,
-) -> Result<Sample, CliError> {
-    let pool = Pool::builder()
-        .workers(placement.workers)
-        .pinning(placement.pinning.clone())
-        .build()?;
-    corepool_once(w, &pool, warm, inputs, placement.workers)?;
-    corepool_once(w, &pool, sizes, inputs, placement.workers)
-}
-
 /// How much better `a` is than `b` (positive: better).
 fn advantage(a: f64, b: f64, lower_is_better: bool) -> f64 {
     if lower_is_better {
@@ -209,89 +95,9 @@ fn advantage(a: f64, b: f64, lower_is_better: bool) -> f64 {
     }
 }
 
-pub fn run(args: &PinArgs) -> Result<(), CliError> {
-    let topo = Topology::read()?;
-    if args.topology {
-        if args.json {
-            println!("{}", serde_json::to_string(&topo).unwrap_or_default());
-        } else {
-            print_topology(&topo);
-        }
-        return Ok(());
-    }
-    let w = Workload::parse(&args.workload)?;
-    if !w.uses_pool() {
-        return Err(CliError::usage(format!(
-            "{} runs between this process and one child process of its own, not on a pool, so the pool's layout does not change it: sweep apply_async, map, latency, cpu_loop or shared_sum",
-            w.name()
-        )));
-    }
-    let layouts = layouts_of(args)?;
-    let repeat = args.repeat.unwrap_or(if args.quick { 3 } else { 5 });
-    if repeat == 0 {
-        return Err(CliError::usage("--repeat must be at least 1"));
-    }
-    let n = args.size.unwrap_or(default_size(w, args.quick));
-    if n == 0 {
-        return Err(CliError::usage("--size must be at least 1"));
-    }
-    let mut sizes = Sizes::quick();
-    sizes.set(w, n);
-    // Each measurement runs on a fresh pool: warm it up with an eighth of the
-    // work, or with the whole array for shared_sum, so that every worker has
-    // mapped every page before the timed run.
-    let mut warm = sizes.clone();
-    if w != Workload::SharedSum {
-        warm.set(w, (n / 8).max(1));
-    }
-    let placements: Vec<Placement> = layouts
-        .iter()
-        .map(|l| l.place(&topo, args.workers))
-        .collect::<Result<_, _>>()?;
-    if !args.json {
-        print_topology(&topo);
-        println!();
-        println!(
-            "sweep: {} ({}; {}), {n} items per run, {} layouts x {repeat} rounds after 1 warm-up round, interleaved",
-            w.name(),
-            w.describe(),
-            w.unit(),
-            layouts.len()
-        );
-    }
-    let bar = ProgressBar::new((repeat as u64 + 1) * layouts.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    let mut inputs = Inputs::default();
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); layouts.len()];
-    for round in 0..=repeat {
-        for (i, (l, p)) in layouts.iter().zip(&placements).enumerate() {
-            bar.set_message(if round == 0 {
-                format!("{l} warm-up")
-            } else {
-                format!("{l} round {round}/{repeat}")
-            });
-            let s = measure(w, p, &sizes, &warm, &mut inputs)?;
-            if round > 0 {
-                samples[i].push(s.value);
-            }
-            bar.inc(1);
-        }
-    }
-    bar.finish_and_clear();
-    let report = analyse(&topo, w, n, repeat, &layouts, &placements, &samples);
-    if args.json {
-        println!("{}", serde_json::to_string(&report).unwrap_or_default());
-    } else {
-        print_report(&report);
-    }
-    Ok(())
-}
-
-fn analyse(
+/// Judges a sweep: `samples[i]` are the measured runs of `layouts[i]`,
+/// placed as `placements[i]`.
+pub(super) fn analyse(
     topo: &Topology,
     w: Workload,
     items: u64,
@@ -533,66 +339,6 @@ fn analyse(
     }
 }
 
-fn value_text(v: f64, unit: &str) -> String {
-    if unit == "ns" {
-        return format!("{v:.0} ns");
-    }
-    match v {
-        r if r >= 1e9 => format!("{:.2} G{unit}", r / 1e9),
-        r if r >= 1e6 => format!("{:.2} M{unit}", r / 1e6),
-        r if r >= 1e3 => format!("{:.1} k{unit}", r / 1e3),
-        r => format!("{r:.0} {unit}"),
-    }
-}
-
-fn print_report(r: &Report) {
-    println!();
-    println!(
-        "{:<14} {:>7} {:<10} {:>18} {:>18} {:>10}",
-        "layout", "workers", "CPUs", "median", "range", "vs chosen"
-    );
-    for l in &r.layouts {
-        let cpus = l.cpus.as_ref().map_or("unpinned".to_string(), |c| {
-            let mut s = c.clone();
-            s.sort_unstable();
-            s.dedup();
-            cpu_list(&s)
-        });
-        let vs = if l.layout == r.recommendation.layout {
-            "chosen".to_string()
-        } else {
-            format!("{:+.1}%", l.vs_chosen * 100.0)
-        };
-        println!(
-            "{:<14} {:>7} {:<10} {:>18} {:>18} {:>10}{}",
-            l.layout,
-            l.workers,
-            cpus,
-            value_text(l.median, r.unit),
-            range_of(l.min, l.max, l.median, r.unit),
-            vs,
-            l.note
-                .as_ref()
-                .map_or(String::new(), |n| format!("  ({n})"))
-        );
-    }
-    println!();
-    println!(
-        "vs chosen: each layout's median against the chosen placement's (all runs of its identical layouts together); {}",
-        if r.lower_is_better {
-            "negative = slower round trips"
-        } else {
-            "negative = less throughput"
-        }
-    );
-    for n in &r.notes {
-        println!("note: {n}");
-    }
-    println!();
-    println!("recommendation: {}", r.recommendation.summary);
-    println!("  {}", r.recommendation.builder);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -675,22 +421,5 @@ mod tests {
         assert_eq!(r.recommendation.layout, "per-cpu");
         assert!(r.recommendation.margin_over_runner_up.unwrap() > 0.0);
         assert!(r.layouts[0].vs_chosen < 0.0);
-    }
-
-    #[test]
-    fn explicit_lists_go_through_cpus() {
-        let args = PinArgs {
-            workload: "latency".into(),
-            size: None,
-            workers: None,
-            layouts: vec!["0,1".into()],
-            cpus: vec![],
-            repeat: None,
-            quick: true,
-            json: true,
-            topology: false,
-        };
-        let err = layouts_of(&args).unwrap_err().to_string();
-        assert!(err.contains("--cpus"), "{err}");
     }
 }

@@ -1,67 +1,69 @@
 //! The machine's topology as `/sys` tells it (packages, cores, SMT siblings,
-//! NUMA nodes, caches), and the pinning layouts `corepool pin` sweeps and
-//! `corepool bench --pinning` accepts.
+//! NUMA nodes, caches): read, ordered for placing workers, and printed.
+//! [`layout`] turns it into the placements `corepool pin` and
+//! `corepool bench --pinning` use.
+
+mod layout;
+
+pub(crate) use layout::{Layout, Placement};
 
 use crate::CliError;
-use corepool::Pinning;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::fs;
-use std::str::FromStr;
 
 /// One allowed logical CPU and where it sits.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct CpuPlace {
-    pub id: usize,
-    pub package: u32,
-    pub core: u32,
-    pub numa_node: Option<u32>,
+pub(crate) struct CpuPlace {
+    pub(crate) id: usize,
+    pub(crate) package: u32,
+    pub(crate) core: u32,
+    pub(crate) numa_node: Option<u32>,
     /// The logical CPUs sharing this CPU's core, as the kernel lists them.
-    pub siblings: String,
-    pub allowed: bool,
+    pub(crate) siblings: String,
+    pub(crate) allowed: bool,
 }
 
 /// One cache as `/sys/devices/system/cpu/cpu*/cache/index*` describes it,
 /// merged over the CPUs that report it.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct Cache {
-    pub level: u32,
+pub(crate) struct Cache {
+    pub(crate) level: u32,
     #[serde(rename = "type")]
-    pub kind: String,
+    pub(crate) kind: String,
     /// As the kernel writes it (`32K`).
-    pub size: String,
-    pub size_bytes: Option<u64>,
+    pub(crate) size: String,
+    pub(crate) size_bytes: Option<u64>,
     /// How many distinct instances (one per `shared_cpu_list`).
-    pub instances: usize,
+    pub(crate) instances: usize,
     /// The CPU set of each instance (`0-1`).
-    pub shared_cpu_lists: Vec<String>,
+    pub(crate) shared_cpu_lists: Vec<String>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct NumaNode {
-    pub node: u32,
-    pub cpus: Vec<usize>,
+pub(crate) struct NumaNode {
+    pub(crate) node: u32,
+    pub(crate) cpus: Vec<usize>,
 }
 
 /// The machine, for choosing layouts and for the benchmark's header.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct Topology {
-    pub model: String,
+pub(crate) struct Topology {
+    pub(crate) model: String,
     /// Logical CPUs online.
-    pub cpus_online: usize,
+    pub(crate) cpus_online: usize,
     /// Physical packages (sockets) among the online CPUs.
-    pub packages: usize,
+    pub(crate) packages: usize,
     /// Physical cores among the online CPUs.
-    pub cores: usize,
+    pub(crate) cores: usize,
     /// Whether some core runs more than one logical CPU.
-    pub smt: bool,
+    pub(crate) smt: bool,
     /// This process's allowed set (`sched_getaffinity`).
-    pub allowed: Vec<usize>,
+    pub(crate) allowed: Vec<usize>,
     /// Physical cores that have at least one allowed CPU.
-    pub allowed_cores: usize,
-    pub cpus: Vec<CpuPlace>,
-    pub numa_nodes: Vec<NumaNode>,
-    pub caches: Vec<Cache>,
+    pub(crate) allowed_cores: usize,
+    pub(crate) cpus: Vec<CpuPlace>,
+    pub(crate) numa_nodes: Vec<NumaNode>,
+    pub(crate) caches: Vec<Cache>,
 }
 
 fn read_trim(path: &str) -> Option<String> {
@@ -120,7 +122,7 @@ fn read_caches(cpus: &[usize]) -> Vec<Cache> {
 impl Topology {
     /// Reads the topology of the online CPUs. CPUs whose package or core
     /// `/sys` does not tell count as a package 0 core of their own.
-    pub fn read() -> Result<Self, CliError> {
+    pub(crate) fn read() -> Result<Self, CliError> {
         let m = corepool::info::machine()?;
         let cpus: Vec<CpuPlace> = m
             .cpus
@@ -181,7 +183,7 @@ impl Topology {
     }
 
     /// Allowed CPUs with SMT siblings next to each other, package by package.
-    pub fn compact_order(&self) -> Vec<usize> {
+    fn compact_order(&self) -> Vec<usize> {
         let places = self.allowed_places();
         if places.is_empty() {
             return self.allowed.clone();
@@ -206,7 +208,7 @@ impl Topology {
 
     /// Allowed CPUs spread out: one per package in turn, then the next core
     /// of each package, and SMT siblings only after every core has one.
-    pub fn scatter_order(&self) -> Vec<usize> {
+    fn scatter_order(&self) -> Vec<usize> {
         let tree = self.tree();
         if tree.is_empty() {
             return self.allowed.clone();
@@ -228,7 +230,7 @@ impl Topology {
 
     /// One allowed CPU per physical core (the first of its siblings), package
     /// by package.
-    pub fn one_per_core(&self) -> Vec<usize> {
+    fn one_per_core(&self) -> Vec<usize> {
         let tree = self.tree();
         if tree.is_empty() {
             return self.allowed.clone();
@@ -240,49 +242,8 @@ impl Topology {
     }
 }
 
-/// A way to place workers on CPUs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Layout {
-    /// `Pinning::None`: the scheduler places the workers.
-    None,
-    /// `Pinning::PerCpu`: worker i on the i-th allowed CPU (the default).
-    PerCpu,
-    /// SMT siblings of one core first, then the next core, package by package.
-    Compact,
-    /// Across packages first, then cores, SMT siblings last.
-    Scatter,
-    /// One CPU per physical core, never two workers on SMT siblings; at most
-    /// as many workers as cores.
-    AvoidSmt,
-    /// An explicit list: worker i on `list[i % len]`.
-    Cpus(Vec<usize>),
-}
-
-pub const LAYOUT_HELP: &str =
-    "none, per-cpu, compact, scatter, avoid-smt, or a CPU list such as 0,2-3";
-
-impl FromStr for Layout {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "none" | "unpinned" => Ok(Layout::None),
-            "per-cpu" | "percpu" | "one-per-cpu" => Ok(Layout::PerCpu),
-            "compact" => Ok(Layout::Compact),
-            "scatter" | "spread" => Ok(Layout::Scatter),
-            "avoid-smt" | "no-smt" | "nosmt" | "one-per-core" => Ok(Layout::AvoidSmt),
-            other => match corepool::info::parse_cpu_list(other) {
-                Some(list) if !list.is_empty() => Ok(Layout::Cpus(list)),
-                _ => Err(format!(
-                    "`{s}` is not a layout: use one of {LAYOUT_HELP} (see `corepool pin` for this machine's CPUs)"
-                )),
-            },
-        }
-    }
-}
-
 /// Formats a sorted CPU list compactly: `0-3,8`.
-pub fn cpu_list(cpus: &[usize]) -> String {
+pub(crate) fn cpu_list(cpus: &[usize]) -> String {
     let mut out = String::new();
     let mut i = 0;
     while i < cpus.len() {
@@ -306,137 +267,8 @@ pub fn cpu_list(cpus: &[usize]) -> String {
     out
 }
 
-impl fmt::Display for Layout {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Layout::None => write!(f, "none"),
-            Layout::PerCpu => write!(f, "per-cpu"),
-            Layout::Compact => write!(f, "compact"),
-            Layout::Scatter => write!(f, "scatter"),
-            Layout::AvoidSmt => write!(f, "avoid-smt"),
-            Layout::Cpus(list) => {
-                let shown: Vec<String> = list.iter().map(|c| c.to_string()).collect();
-                write!(f, "cpus:{}", shown.join(","))
-            }
-        }
-    }
-}
-
-/// A layout made concrete for a worker count.
-#[derive(Clone, Debug)]
-pub struct Placement {
-    pub pinning: Pinning,
-    pub workers: usize,
-    /// The CPU of each worker; `None` when unpinned.
-    pub cpus: Option<Vec<usize>>,
-    /// Something the user should know (workers capped, sharing CPUs).
-    pub note: Option<String>,
-}
-
-impl Placement {
-    /// `Pinning::Cpus(vec![0, 1])` and so on, as Rust source.
-    pub fn rust(&self) -> String {
-        match &self.pinning {
-            Pinning::None => "Pinning::None".into(),
-            Pinning::PerCpu => "Pinning::PerCpu".into(),
-            Pinning::Cpus(list) => {
-                let shown: Vec<String> = list.iter().map(|c| c.to_string()).collect();
-                format!("Pinning::Cpus(vec![{}])", shown.join(", "))
-            }
-        }
-    }
-
-    /// The set of CPUs used, sorted with repeats (to spot layouts that
-    /// coincide); `None` when unpinned.
-    pub fn key(&self) -> Option<Vec<usize>> {
-        self.cpus.as_ref().map(|c| {
-            let mut c = c.clone();
-            c.sort_unstable();
-            c
-        })
-    }
-}
-
-impl Layout {
-    /// The workers and pinning for this layout; `workers` is `None` for the
-    /// layout's own natural count (its CPU list's length; for compact and
-    /// scatter, one per allowed physical core).
-    pub fn place(&self, topo: &Topology, workers: Option<usize>) -> Result<Placement, CliError> {
-        if workers == Some(0) {
-            return Err(CliError::usage("--workers must be at least 1"));
-        }
-        let take = |order: Vec<usize>, n: usize| -> Vec<usize> {
-            (0..n).map(|i| order[i % order.len()]).collect()
-        };
-        if topo.allowed.is_empty() {
-            return Err(CliError::usage(
-                "this process may run on no CPU at all: widen its allowed set (taskset, cgroups)",
-            ));
-        }
-        let mut note = None;
-        let (pinning, n, cpus) = match self {
-            Layout::None => {
-                let n = workers.unwrap_or(topo.allowed.len());
-                (Pinning::None, n, None)
-            }
-            Layout::PerCpu => {
-                let n = workers.unwrap_or(topo.allowed.len());
-                (Pinning::PerCpu, n, Some(take(topo.allowed.clone(), n)))
-            }
-            Layout::Compact | Layout::Scatter => {
-                let order = if *self == Layout::Compact {
-                    topo.compact_order()
-                } else {
-                    topo.scatter_order()
-                };
-                let n = workers.unwrap_or(topo.allowed_cores);
-                let cpus = take(order, n);
-                (Pinning::Cpus(cpus.clone()), n, Some(cpus))
-            }
-            Layout::AvoidSmt => {
-                let cores = topo.one_per_core();
-                let n = workers.unwrap_or(cores.len());
-                let n = if n > cores.len() {
-                    note = Some(format!(
-                        "capped at {} workers: one per physical core",
-                        cores.len()
-                    ));
-                    cores.len()
-                } else {
-                    n
-                };
-                let cpus = take(cores, n);
-                (Pinning::Cpus(cpus.clone()), n, Some(cpus))
-            }
-            Layout::Cpus(list) => {
-                if let Some(bad) = list.iter().find(|c| !topo.allowed.contains(c)) {
-                    return Err(CliError::usage(format!(
-                        "CPU {bad} is not in this process's allowed set {}: pick CPUs from it (see `corepool pin`), or widen it with taskset",
-                        cpu_list(&topo.allowed)
-                    )));
-                }
-                let n = workers.unwrap_or(list.len());
-                let cpus = take(list.clone(), n);
-                (Pinning::Cpus(list.clone()), n, Some(cpus))
-            }
-        };
-        if let Some(c) = &cpus {
-            let distinct: BTreeSet<_> = c.iter().collect();
-            if distinct.len() < c.len() && note.is_none() {
-                note = Some(format!("{} workers share {} CPUs", c.len(), distinct.len()));
-            }
-        }
-        Ok(Placement {
-            pinning,
-            workers: n,
-            cpus,
-            note,
-        })
-    }
-}
-
 /// Prints the topology as tables.
-pub fn print_topology(t: &Topology) {
+pub(crate) fn print_topology(t: &Topology) {
     println!("CPU model:  {}", t.model);
     println!(
         "topology:   {} package(s), {} core(s), {} logical CPU(s){}, {} NUMA node(s)",
@@ -513,7 +345,7 @@ mod tests {
     }
 
     /// 2 packages x 2 cores x 2 threads, Intel numbering: siblings are n and n+4.
-    fn two_socket_smt() -> Topology {
+    pub(super) fn two_socket_smt() -> Topology {
         let cpus = vec![
             place(0, 0, 0),
             place(1, 0, 1),
@@ -544,34 +376,11 @@ mod tests {
         assert_eq!(t.compact_order(), vec![0, 4, 1, 5, 2, 6, 3, 7]);
         assert_eq!(t.scatter_order(), vec![0, 2, 1, 3, 4, 6, 5, 7]);
         assert_eq!(t.one_per_core(), vec![0, 1, 2, 3]);
-        let p = Layout::Compact.place(&t, Some(2)).unwrap();
-        assert_eq!(p.cpus, Some(vec![0, 4]));
-        let p = Layout::Scatter.place(&t, Some(2)).unwrap();
-        assert_eq!(p.cpus, Some(vec![0, 2]));
-        let p = Layout::AvoidSmt.place(&t, Some(8)).unwrap();
-        assert_eq!(p.workers, 4);
-        assert!(p.note.is_some());
-        let p = Layout::Scatter.place(&t, None).unwrap();
-        assert_eq!(p.workers, 4);
     }
 
     #[test]
-    fn parses_layouts_and_lists() {
-        assert_eq!("none".parse::<Layout>(), Ok(Layout::None));
-        assert_eq!("Avoid-SMT".parse::<Layout>(), Ok(Layout::AvoidSmt));
-        assert_eq!("0,2-3".parse::<Layout>(), Ok(Layout::Cpus(vec![0, 2, 3])));
-        let err = "sideways".parse::<Layout>().unwrap_err();
-        assert!(err.contains("per-cpu"), "{err}");
+    fn cpu_lists_and_cache_sizes() {
         assert_eq!(cpu_list(&[0, 1, 2, 3, 8, 10, 11]), "0-3,8,10,11");
         assert_eq!(parse_size("32768K"), Some(32 << 20));
-    }
-
-    #[test]
-    fn rejects_cpus_outside_the_allowed_set() {
-        let mut t = two_socket_smt();
-        t.allowed = vec![0, 1];
-        let err = Layout::Cpus(vec![5]).place(&t, None).unwrap_err();
-        assert!(err.to_string().contains("allowed set"), "{err}");
-        assert!(Layout::PerCpu.place(&t, Some(0)).is_err());
     }
 }

@@ -1,0 +1,148 @@
+//! `corepool bench`'s command line, and the plan it makes: which workloads,
+//! at what sizes, how often, on how many workers.
+
+use crate::topo::{Layout, Topology};
+use crate::workloads::{Sizes, Workload, WORKLOADS};
+use crate::CliError;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct BenchArgs {
+    /// Worker processes (and threads for the baseline). Default: one per
+    /// allowed CPU. With --scale: the largest count.
+    #[arg(long)]
+    pub(super) workers: Option<usize>,
+    /// Small sizes: the whole suite in a few seconds.
+    #[arg(long)]
+    pub(super) quick: bool,
+    /// Print one JSON object per line instead of a table.
+    #[arg(long)]
+    pub(super) json: bool,
+    /// Run only these workloads (comma-separated:
+    /// apply_async,map,latency,cpu_loop,shared_sum,queue,pipe_rtt).
+    #[arg(long, value_delimiter = ',')]
+    pub(super) only: Vec<String>,
+    /// Items per run for every selected workload (cpu_loop: iterations in
+    /// total; shared_sum: array elements; queue: messages; pipe_rtt: round
+    /// trips), instead of the default sizes.
+    #[arg(long)]
+    pub(super) size: Option<u64>,
+    /// Measured runs of each workload, after one warm-up run that is not
+    /// counted. Default 5, or 3 with --quick.
+    #[arg(long)]
+    pub(super) repeat: Option<usize>,
+    /// Where corepool's workers run: none, per-cpu (default), compact,
+    /// scatter, avoid-smt, or a CPU list such as 0,2-3. `corepool pin` compares them.
+    #[arg(long, default_value = "per-cpu", value_parser = parse_layout)]
+    pub(super) pinning: Layout,
+    /// Also run every workload on Python's multiprocessing.Pool
+    /// (scripts/bench_mp.py) and print corepool's ratio to it.
+    #[arg(long)]
+    pub(super) vs_python: bool,
+    /// The Python interpreter for --vs-python. Default: $COREPOOL_PYTHON, else python3.
+    #[arg(long, value_name = "PATH", requires = "vs_python")]
+    pub(super) python: Option<String>,
+    /// Seconds the Python baseline may run before it is killed.
+    #[arg(
+        long,
+        default_value_t = 900,
+        value_name = "SECONDS",
+        requires = "vs_python"
+    )]
+    pub(super) python_timeout: u64,
+    /// Run 1, 2, ... N workers (N: --workers, default one per allowed CPU) and
+    /// print throughput and parallel efficiency for each count.
+    #[arg(long)]
+    pub(super) scale: bool,
+    /// With --scale: also draw the curves into this SVG file.
+    #[arg(long, value_name = "FILE.svg", requires = "scale")]
+    pub(super) plot: Option<PathBuf>,
+}
+
+fn parse_layout(s: &str) -> Result<Layout, String> {
+    s.parse()
+}
+/// Everything one `bench` invocation decided.
+pub(super) struct Plan {
+    pub(super) topo: Topology,
+    pub(super) selected: Vec<Workload>,
+    pub(super) sizes: Sizes,
+    pub(super) repeat: usize,
+    pub(super) max_workers: usize,
+    pub(super) python: Option<String>,
+}
+
+pub(super) fn plan(args: &BenchArgs) -> Result<Plan, CliError> {
+    let mut selected = Vec::new();
+    for name in &args.only {
+        let w = Workload::parse(name)?;
+        if !selected.contains(&w) {
+            selected.push(w);
+        }
+    }
+    if selected.is_empty() {
+        selected = WORKLOADS.to_vec();
+    }
+    selected.sort_by_key(|w| WORKLOADS.iter().position(|x| x == w));
+    if args.scale {
+        if let Some(w) = selected
+            .iter()
+            .find(|w| !w.scales() && !args.only.is_empty())
+        {
+            return Err(CliError::usage(format!(
+                "--scale measures throughput on 1..N pool workers, and {} {}: drop it from --only",
+                w.name(),
+                if w.uses_pool() {
+                    "is a single round trip"
+                } else {
+                    "runs between two processes, not on the pool"
+                }
+            )));
+        }
+        selected.retain(|w| w.scales());
+    }
+    let repeat = args.repeat.unwrap_or(if args.quick { 3 } else { 5 });
+    if repeat == 0 {
+        return Err(CliError::usage("--repeat must be at least 1"));
+    }
+    if args.workers == Some(0) {
+        return Err(CliError::usage("--workers must be at least 1"));
+    }
+    if let Some(p) = &args.plot {
+        if p.extension().and_then(|e| e.to_str()) != Some("svg") {
+            return Err(CliError::usage(format!(
+                "--plot writes SVG: give a file name ending in .svg, not `{}`",
+                p.display()
+            )));
+        }
+    }
+    let topo = Topology::read()?;
+    let max_workers = args.workers.unwrap_or(topo.allowed.len().max(1));
+    let python = args.vs_python.then(|| {
+        args.python
+            .clone()
+            .or_else(|| std::env::var("COREPOOL_PYTHON").ok())
+            .unwrap_or_else(|| "python3".to_string())
+    });
+    let mut sizes = if args.quick {
+        Sizes::quick()
+    } else {
+        Sizes::full()
+    };
+    if let Some(n) = args.size {
+        if n == 0 {
+            return Err(CliError::usage("--size must be at least 1"));
+        }
+        for w in WORKLOADS {
+            sizes.set(w, n);
+        }
+    }
+    Ok(Plan {
+        topo,
+        selected,
+        sizes,
+        repeat,
+        max_workers,
+        python,
+    })
+}

@@ -1,0 +1,326 @@
+//! What `corepool bench` reports: the rows (one per workload, system and
+//! worker count, with the machine and the placement), their order and
+//! ratios, and the tables and JSON lines they are printed as.
+
+use super::args::{BenchArgs, Plan};
+use crate::python::{self, PyInfo};
+use crate::stats::{range_of, Summary};
+use crate::topo::{cpu_list, Layout, Placement, Topology};
+use crate::workloads::{Sample, Workload, WORKLOADS};
+
+/// The machine and the placement, recorded in every row.
+#[derive(Clone, Debug, serde::Serialize)]
+pub(super) struct RowEnv {
+    pub(super) cpu_model: String,
+    /// Logical CPUs online.
+    pub(super) cpus: usize,
+    /// Physical cores online.
+    pub(super) cores: usize,
+    pub(super) packages: usize,
+    pub(super) smt: bool,
+    /// This process's allowed set.
+    pub(super) allowed: String,
+    /// Where this row's workers ran.
+    pub(super) pinning: String,
+}
+
+/// One reported row: the median of the measured runs, with their range.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(super) struct Row {
+    pub(super) workload: &'static str,
+    pub(super) system: String,
+    pub(super) workers: usize,
+    pub(super) items: u64,
+    pub(super) seconds: f64,
+    pub(super) rate: f64,
+    pub(super) unit: &'static str,
+    pub(super) repeats: usize,
+    pub(super) rate_min: f64,
+    pub(super) rate_max: f64,
+    pub(super) seconds_min: f64,
+    pub(super) seconds_max: f64,
+    /// With --scale: rate over this system's rate with one worker.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) speedup: Option<f64>,
+    /// With --scale: speedup divided by the worker count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) efficiency: Option<f64>,
+    /// This row's advantage over the threads row of the same workload (and
+    /// worker count): rate / threads' rate; for latency, threads' ns / ns.
+    /// Above 1 means better.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) vs_threads: Option<f64>,
+    /// The same against the python-mp row, with --vs-python.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) vs_python: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) note: Option<String>,
+    #[serde(flatten)]
+    pub(super) env: RowEnv,
+}
+
+pub(super) fn summarize(
+    w: Workload,
+    system: &str,
+    workers: usize,
+    samples: &[Sample],
+    env: RowEnv,
+    note: Option<String>,
+) -> Row {
+    let rates = Summary::of(&samples.iter().map(|s| s.value).collect::<Vec<_>>());
+    let secs = Summary::of(&samples.iter().map(|s| s.seconds).collect::<Vec<_>>());
+    Row {
+        workload: w.name(),
+        system: system.to_string(),
+        workers,
+        items: samples.first().map_or(0, |s| s.items),
+        seconds: secs.median,
+        rate: rates.median,
+        unit: w.unit(),
+        repeats: samples.len(),
+        rate_min: rates.min,
+        rate_max: rates.max,
+        seconds_min: secs.min,
+        seconds_max: secs.max,
+        speedup: None,
+        efficiency: None,
+        vs_threads: None,
+        vs_python: None,
+        note,
+        env,
+    }
+}
+
+pub(super) const SYSTEM_ORDER: [&str; 4] = ["corepool", "threads", "sequential", "python-mp"];
+
+pub(super) fn sort_rows(rows: &mut [Row]) {
+    rows.sort_by_key(|r| {
+        (
+            WORKLOADS.iter().position(|w| w.name() == r.workload),
+            SYSTEM_ORDER.iter().position(|s| *s == r.system),
+            r.workers,
+        )
+    });
+}
+
+pub(super) fn env_for(topo: &Topology, pinning: String) -> RowEnv {
+    RowEnv {
+        cpu_model: topo.model.clone(),
+        cpus: topo.cpus_online,
+        cores: topo.cores,
+        packages: topo.packages,
+        smt: topo.smt,
+        allowed: cpu_list(&topo.allowed),
+        pinning,
+    }
+}
+
+pub(super) fn placement_text(layout: &Layout, p: &Placement) -> String {
+    match &p.cpus {
+        None => format!("{layout}: unpinned"),
+        Some(c) => format!(
+            "{layout}: CPUs {}",
+            c.iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    }
+}
+
+pub(super) const THREADS_PINNING: &str = "none (rayon threads, not pinned)";
+pub(super) const SEQUENTIAL_PINNING: &str = "none (the calling thread)";
+pub(super) const PYTHON_PINNING: &str = "none (multiprocessing does not pin)";
+
+/// One JSON object per row and line.
+pub(super) fn print_json(rows: &[Row]) {
+    for r in rows {
+        println!("{}", serde_json::to_string(r).unwrap_or_default());
+    }
+}
+
+fn human(rate: f64) -> String {
+    match rate {
+        r if r >= 1e9 => format!("{:.2} G", r / 1e9),
+        r if r >= 1e6 => format!("{:.2} M", r / 1e6),
+        r if r >= 1e3 => format!("{:.1} k", r / 1e3),
+        r => format!("{r:.0} "),
+    }
+}
+
+/// `min-max`, in the unit of the median.
+fn range_text(r: &Row) -> String {
+    if r.repeats < 2 {
+        return "-".into();
+    }
+    range_of(r.rate_min, r.rate_max, r.rate, r.unit)
+}
+
+fn rate_text(r: &Row) -> String {
+    if r.unit == "ns" {
+        format!("{:.0} ns median", r.rate)
+    } else {
+        format!("{}{}", human(r.rate), r.unit)
+    }
+}
+
+/// How much better `r` is than `base` (above 1: better).
+fn advantage(r: &Row, base: &Row) -> f64 {
+    if r.unit == "ns" {
+        base.rate / r.rate.max(1e-9)
+    } else {
+        r.rate / base.rate.max(1e-9)
+    }
+}
+
+/// Fills `vs_threads` and `vs_python`: against the row of the same workload
+/// with the same worker count (or, for sequential rows, the suite's only one).
+pub(super) fn with_ratios(rows: &mut [Row]) {
+    let find = |rows: &[Row], r: &Row, system: &str| {
+        rows.iter()
+            .filter(|b| b.workload == r.workload && b.system == system)
+            .min_by_key(|b| b.workers.abs_diff(r.workers))
+            .map(|b| advantage(r, b))
+    };
+    let ratios: Vec<(Option<f64>, Option<f64>)> = rows
+        .iter()
+        .map(|r| (find(rows, r, "threads"), find(rows, r, "python-mp")))
+        .collect();
+    for (r, (t, p)) in rows.iter_mut().zip(ratios) {
+        r.vs_threads = t;
+        r.vs_python = p;
+    }
+}
+
+/// `r` against `base`: `2.00x` (higher is better) or `2.00x faster` for ns.
+fn ratio(r: &Row, base: Option<&Row>) -> String {
+    match base {
+        Some(b) if r.unit == "ns" => {
+            let x = b.rate / r.rate.max(1e-9);
+            if x >= 0.995 {
+                format!("{x:.2}x faster")
+            } else {
+                format!("{:.2}x slower", 1.0 / x.max(1e-12))
+            }
+        }
+        Some(b) => format!("{:.2}x", r.rate / b.rate.max(1e-9)),
+        None => "-".into(),
+    }
+}
+
+pub(super) fn print_header(
+    plan: &Plan,
+    placement: &Placement,
+    layout: &Layout,
+    py: Option<&PyInfo>,
+    args: &BenchArgs,
+) {
+    let t = &plan.topo;
+    println!(
+        "machine:  {}; {} CPU(s) on {} core(s), {} package(s){}; allowed set {}",
+        t.model,
+        t.cpus_online,
+        t.cores,
+        t.packages,
+        if t.smt { ", SMT" } else { ", no SMT" },
+        cpu_list(&t.allowed)
+    );
+    println!(
+        "corepool: {} worker processes, pinning {}{}",
+        placement.workers,
+        placement_text(layout, placement),
+        placement
+            .note
+            .as_ref()
+            .map_or(String::new(), |n| format!(" ({n})"))
+    );
+    println!(
+        "threads:  a rayon pool of {} unpinned threads in this process",
+        placement.workers
+    );
+    if let Some(info) = py {
+        println!(
+            "python:   {} {} multiprocessing.Pool({}), start method {}, numpy {}; sizes scaled down, rates per item",
+            info.implementation,
+            info.python,
+            placement.workers,
+            info.start_method,
+            info.numpy.as_deref().unwrap_or("not installed")
+        );
+        println!("          script: {}", python::script_shown());
+    }
+    println!(
+        "runs:     {} measured per row after 1 warm-up run (not counted){}; rate = median, range = min-max",
+        plan.repeat,
+        if args.quick { ", --quick sizes" } else { "" }
+    );
+    println!();
+}
+
+pub(super) fn print_table(rows: &[Row], vs_python: bool) {
+    print!(
+        "{:<12} {:<11} {:>7} {:>10} {:>9} {:>20} {:>15} {:>13}",
+        "workload", "system", "workers", "items", "seconds", "rate", "range", "vs threads"
+    );
+    if vs_python {
+        print!(" {:>13}", "vs python");
+    }
+    println!();
+    for r in rows {
+        let find = |system: &str| {
+            rows.iter()
+                .find(|t| t.workload == r.workload && t.system == system)
+        };
+        print!(
+            "{:<12} {:<11} {:>7} {:>10} {:>9.3} {:>20} {:>15} {:>13}",
+            r.workload,
+            r.system,
+            r.workers,
+            r.items,
+            r.seconds,
+            rate_text(r),
+            range_text(r),
+            ratio(r, find("threads"))
+        );
+        if vs_python {
+            print!(" {:>13}", ratio(r, find("python-mp")));
+        }
+        println!();
+    }
+    if let Some(note) = rows.iter().find_map(|r| {
+        (r.system == "python-mp")
+            .then_some(r.note.as_ref())
+            .flatten()
+            .filter(|n| n.contains("pure-Python"))
+    }) {
+        println!();
+        println!("python-mp shared_sum: {note}");
+    }
+}
+
+pub(super) fn print_scale_table(rows: &[Row]) {
+    println!(
+        "{:<12} {:<11} {:>7} {:>20} {:>15} {:>8} {:>10}",
+        "workload", "system", "workers", "rate", "range", "speedup", "efficiency"
+    );
+    let mut last = "";
+    for r in rows {
+        if !last.is_empty() && last != r.workload {
+            println!();
+        }
+        last = r.workload;
+        println!(
+            "{:<12} {:<11} {:>7} {:>20} {:>15} {:>8} {:>10}",
+            r.workload,
+            r.system,
+            r.workers,
+            rate_text(r),
+            range_text(r),
+            r.speedup.map_or("-".into(), |s| format!("{s:.2}x")),
+            r.efficiency
+                .map_or("-".into(), |e| format!("{:.0}%", e * 100.0))
+        );
+    }
+    println!();
+    println!("speedup: rate over the same system's rate with 1 worker; efficiency: speedup / workers (100% = linear)");
+}

@@ -1,0 +1,224 @@
+//! `--scale`: the throughput workloads on 1, 2, ... N workers, measured in
+//! interleaved rounds, with each system's speedup and parallel efficiency,
+//! and with `--plot` their curves as SVG.
+
+use super::args::{BenchArgs, Plan};
+use super::report::{
+    env_for, placement_text, print_header, print_json, print_scale_table, sort_rows, summarize,
+    with_ratios, Row, RowEnv, SYSTEM_ORDER, THREADS_PINNING,
+};
+use super::vs_python::{python_baseline, python_request};
+use super::{build_pool, progress, rayon_pool};
+use crate::plot::{self, Curve, Panel, Point};
+use crate::topo::Placement;
+use crate::workloads::{corepool_once, threads_once, Inputs, Sample, WORKLOADS};
+use crate::CliError;
+use corepool::Pool;
+
+fn with_scaling(mut rows: Vec<Row>) -> Vec<Row> {
+    let base: Vec<(String, &'static str, f64)> = rows
+        .iter()
+        .filter(|r| r.workers == 1)
+        .map(|r| (r.system.clone(), r.workload, r.rate))
+        .collect();
+    for r in &mut rows {
+        if let Some((_, _, one)) = base
+            .iter()
+            .find(|(s, w, _)| *s == r.system && *w == r.workload)
+        {
+            let speedup = r.rate / one.max(1e-12);
+            r.speedup = Some(speedup);
+            r.efficiency = Some(speedup / r.workers as f64);
+        }
+    }
+    rows
+}
+
+/// One worker count of a --scale run.
+struct ScaleSlot {
+    k: usize,
+    placement: Placement,
+    env: RowEnv,
+    live: Option<(Pool, rayon::ThreadPool)>,
+    corepool: Vec<Sample>,
+    threads: Vec<Sample>,
+}
+
+/// Pools for every worker count stay alive through the run when they hold
+/// at most this many workers in total; otherwise each measurement builds a
+/// fresh pool and warms it up first.
+const KEEP_ALIVE_WORKERS: usize = 64;
+
+pub(super) fn run_scale(args: &BenchArgs, plan: &Plan) -> Result<(), CliError> {
+    let counts: Vec<usize> = (1..=plan.max_workers).collect();
+    let keep = counts.iter().sum::<usize>() <= KEEP_ALIVE_WORKERS;
+    let bar = progress(counts.len() as u64 * plan.selected.len() as u64 * (plan.repeat as u64 + 1));
+    let mut rows = Vec::new();
+    let mut inputs = Inputs::default();
+    let mut notes = Vec::new();
+    let mut slots = Vec::new();
+    for &k in &counts {
+        let placement = args.pinning.place(&plan.topo, Some(k))?;
+        if let Some(n) = &placement.note {
+            notes.push(format!("{k} workers: {n}"));
+        }
+        let env = env_for(&plan.topo, placement_text(&args.pinning, &placement));
+        slots.push(ScaleSlot {
+            k,
+            placement,
+            env,
+            live: None,
+            corepool: Vec::new(),
+            threads: Vec::new(),
+        });
+    }
+    // Worker counts are interleaved: every round measures each count once,
+    // so that a drift of the machine during the run hits all counts alike.
+    // Round 0 is a warm-up and is not counted.
+    for &w in &plan.selected {
+        for round in 0..=plan.repeat {
+            for slot in &mut slots {
+                bar.set_message(format!(
+                    "{} {} workers, {}",
+                    w.name(),
+                    slot.k,
+                    if round == 0 {
+                        "warm-up".to_string()
+                    } else {
+                        format!("run {round}/{}", plan.repeat)
+                    }
+                ));
+                let fresh = slot.live.is_none();
+                if fresh {
+                    slot.live = Some((build_pool(&slot.placement)?, rayon_pool(slot.k)?));
+                }
+                if let Some((pool, threads)) = &slot.live {
+                    if fresh && round > 0 {
+                        corepool_once(w, pool, &plan.sizes, &mut inputs, slot.k)?;
+                        threads_once(w, threads, &plan.sizes, &mut inputs, slot.k)?;
+                    }
+                    let c = corepool_once(w, pool, &plan.sizes, &mut inputs, slot.k)?;
+                    let t = threads_once(w, threads, &plan.sizes, &mut inputs, slot.k)?;
+                    if round > 0 {
+                        slot.corepool.push(c);
+                        slot.threads.push(t);
+                    }
+                }
+                if !keep {
+                    slot.live = None;
+                }
+                bar.inc(1);
+            }
+        }
+        for slot in &mut slots {
+            rows.push(summarize(
+                w,
+                "corepool",
+                slot.placement.workers,
+                &slot.corepool,
+                slot.env.clone(),
+                None,
+            ));
+            rows.push(summarize(
+                w,
+                "threads",
+                slot.k,
+                &slot.threads,
+                env_for(&plan.topo, THREADS_PINNING.into()),
+                None,
+            ));
+            slot.corepool.clear();
+            slot.threads.clear();
+        }
+        inputs = Inputs::default();
+    }
+    drop(slots);
+    drop(inputs);
+    let mut py_failure = None;
+    let mut py_info = None;
+    if let Some(interpreter) = &plan.python {
+        for &k in &counts {
+            let req = python_request(plan, args, interpreter, k, k);
+            match python_baseline(&req, &plan.topo, &bar) {
+                Ok(Some((info, py_rows))) => {
+                    rows.extend(py_rows);
+                    py_info = Some(info);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    py_failure = Some(e);
+                    break;
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let mut rows = with_scaling(rows);
+    sort_rows(&mut rows);
+    with_ratios(&mut rows);
+    if args.json {
+        print_json(&rows);
+    } else {
+        let placement = args.pinning.place(&plan.topo, Some(plan.max_workers))?;
+        print_header(plan, &placement, &args.pinning, py_info.as_ref(), args);
+        for n in &notes {
+            println!("note: {n}");
+        }
+        print_scale_table(&rows);
+    }
+    if let Some(path) = &args.plot {
+        let svg = plot::svg(&scale_panels(&rows), &plot_title(plan));
+        std::fs::write(path, svg).map_err(|e| CliError::Write {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        if !args.json {
+            println!();
+            println!("plot: {}", path.display());
+        }
+    }
+    match py_failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn plot_title(plan: &Plan) -> String {
+    format!(
+        "corepool bench --scale: {}, {} CPUs, {} runs per point (median; bars: min-max)",
+        plan.topo.model, plan.topo.cpus_online, plan.repeat
+    )
+}
+
+fn scale_panels(rows: &[Row]) -> Vec<Panel> {
+    WORKLOADS
+        .iter()
+        .filter(|w| rows.iter().any(|r| r.workload == w.name()))
+        .map(|w| {
+            let curves = SYSTEM_ORDER
+                .iter()
+                .filter_map(|system| {
+                    let points: Vec<Point> = rows
+                        .iter()
+                        .filter(|r| r.workload == w.name() && r.system == *system)
+                        .map(|r| Point {
+                            x: r.workers as f64,
+                            y: r.rate,
+                            lo: r.rate_min,
+                            hi: r.rate_max,
+                        })
+                        .collect();
+                    (!points.is_empty()).then(|| Curve {
+                        label: system.to_string(),
+                        points,
+                    })
+                })
+                .collect();
+            Panel {
+                title: w.name().to_string(),
+                unit: w.unit().to_string(),
+                curves,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,182 @@
+//! The repeated-runs suite: every selected workload on corepool, threads and
+//! (where it means something) sequentially, a warm-up run and then
+//! `--repeat` measured runs each, then the Python baseline.
+
+use super::args::{BenchArgs, Plan};
+use super::report::{
+    env_for, placement_text, print_header, print_json, print_table, sort_rows, summarize,
+    with_ratios, SEQUENTIAL_PINNING, THREADS_PINNING,
+};
+use super::vs_python::{python_baseline, python_request};
+use super::{build_pool, progress, rayon_pool};
+use crate::workloads::{
+    corepool_once, pair_cpus, pair_pinning, sequential_once, threads_once, Inputs, Sample, Sizes,
+    Workload,
+};
+use crate::CliError;
+use corepool::Pool;
+use indicatif::ProgressBar;
+
+/// Samples of one workload on each local system: a warm-up run, then `repeat`.
+struct LocalSamples {
+    corepool: Vec<Sample>,
+    threads: Vec<Sample>,
+    sequential: Vec<Sample>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measure_local(
+    w: Workload,
+    pool: &Pool,
+    threads: &rayon::ThreadPool,
+    sizes: &Sizes,
+    inputs: &mut Inputs,
+    tasks: usize,
+    repeat: usize,
+    with_sequential: bool,
+    bar: &ProgressBar,
+) -> Result<LocalSamples, CliError> {
+    let mut out = LocalSamples {
+        corepool: Vec::new(),
+        threads: Vec::new(),
+        sequential: Vec::new(),
+    };
+    for run in 0..=repeat {
+        bar.set_message(if run == 0 {
+            format!("{} warm-up", w.name())
+        } else {
+            format!("{} run {run}/{repeat}", w.name())
+        });
+        // cpu_loop: sequential first, so that rayon threads still spinning
+        // after their run do not steal its core.
+        let seq = if with_sequential && w == Workload::CpuLoop {
+            sequential_once(w, sizes, inputs, tasks).transpose()?
+        } else {
+            None
+        };
+        let c = corepool_once(w, pool, sizes, inputs, tasks)?;
+        let t = threads_once(w, threads, sizes, inputs, tasks)?;
+        let seq = match seq {
+            Some(s) => Some(s),
+            None if with_sequential => sequential_once(w, sizes, inputs, tasks).transpose()?,
+            None => None,
+        };
+        if run > 0 {
+            out.corepool.push(c);
+            out.threads.push(t);
+            out.sequential.extend(seq);
+        }
+        bar.inc(1);
+    }
+    Ok(out)
+}
+
+pub(super) fn run_suite(args: &BenchArgs, plan: &Plan) -> Result<(), CliError> {
+    let placement = args.pinning.place(&plan.topo, Some(plan.max_workers))?;
+    let workers = placement.workers;
+    let pool = build_pool(&placement)?;
+    let threads = rayon_pool(workers)?;
+    let corepool_env = env_for(&plan.topo, placement_text(&args.pinning, &placement));
+    let bar = progress(plan.selected.len() as u64 * (plan.repeat as u64 + 1));
+    let mut rows = Vec::new();
+    let mut inputs = Inputs::default();
+    // Memory-hungry workloads last: many live handles leave the heap in a
+    // state that slows every later allocation-heavy row. Rows are printed in
+    // the canonical order whatever the run order.
+    let run_order = [
+        Workload::Latency,
+        Workload::PipeRtt,
+        Workload::Queue,
+        Workload::CpuLoop,
+        Workload::SharedSum,
+        Workload::Map,
+        Workload::ApplyAsync,
+    ];
+    for w in run_order.into_iter().filter(|w| plan.selected.contains(w)) {
+        let with_sequential = matches!(w, Workload::Map | Workload::CpuLoop | Workload::SharedSum);
+        // The seed's cpu_loop is two tasks.
+        let s = measure_local(
+            w,
+            &pool,
+            &threads,
+            &plan.sizes,
+            &mut inputs,
+            2,
+            plan.repeat,
+            with_sequential,
+            &bar,
+        )?;
+        // queue and pipe_rtt: two parties, one process (or thread) besides
+        // this one, not the pool.
+        let (row_workers, corepool_pinning, threads_pinning) = if w.uses_pool() {
+            (workers, corepool_env.clone(), THREADS_PINNING.to_string())
+        } else {
+            let cpus = pair_cpus()?;
+            (
+                1,
+                env_for(&plan.topo, pair_pinning(w, cpus, false)),
+                pair_pinning(w, cpus, true),
+            )
+        };
+        let mut got = vec![
+            summarize(
+                w,
+                "corepool",
+                row_workers,
+                &s.corepool,
+                corepool_pinning,
+                None,
+            ),
+            summarize(
+                w,
+                "threads",
+                row_workers,
+                &s.threads,
+                env_for(&plan.topo, threads_pinning),
+                None,
+            ),
+        ];
+        if !s.sequential.is_empty() {
+            got.push(summarize(
+                w,
+                "sequential",
+                1,
+                &s.sequential,
+                env_for(&plan.topo, SEQUENTIAL_PINNING.into()),
+                None,
+            ));
+        }
+        rows.extend(got);
+        // Free this workload's data before the next one.
+        inputs = Inputs::default();
+    }
+    // Python gets the machine to itself: stop our workers and threads first.
+    drop(pool);
+    drop(threads);
+    let mut py_info = None;
+    let mut py_failure = None;
+    if let Some(interpreter) = &plan.python {
+        let req = python_request(plan, args, interpreter, workers, 2);
+        match python_baseline(&req, &plan.topo, &bar) {
+            Ok(Some((info, py_rows))) => {
+                rows.extend(py_rows);
+                py_info = Some(info);
+            }
+            Ok(None) => {}
+            Err(e) => py_failure = Some(e),
+        }
+    }
+    bar.finish_and_clear();
+    sort_rows(&mut rows);
+    with_ratios(&mut rows);
+    if args.json {
+        print_json(&rows);
+    } else {
+        print_header(plan, &placement, &args.pinning, py_info.as_ref(), args);
+        print_table(&rows, plan.python.is_some());
+    }
+    match py_failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

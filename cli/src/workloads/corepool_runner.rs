@@ -1,0 +1,161 @@
+//! The workloads on corepool: tasks on a [`Pool`], and `queue` and
+//! `pipe_rtt` between this process and a [`Process`] of their own.
+
+use super::pair::{
+    message, message_sum, on_own_thread, pair_cpus, queue_checksum, round_trips, PING_WARMUP,
+    QUEUE_CAPACITY, READY,
+};
+use super::tasks::{check, count, loop_parts, noop, partial_sum, sum_ranges, triangle};
+use super::{Inputs, Sample, Sizes, Workload};
+use crate::stats::median_u64;
+use crate::CliError;
+use corepool::{Pipe, PipeEnd, Plain, Pool, Process, Queue};
+use std::time::{Duration, Instant};
+
+/// One `queue` message: 64 bytes, copied as they are.
+type Message = Plain<[u64; 8]>;
+
+/// The producer process of `queue`: READY, then `n` messages. Returns how
+/// many it put.
+fn produce(arg: (Queue<Message>, u64)) -> u64 {
+    let (q, n) = arg;
+    if q.put(&Plain(READY)).is_err() {
+        return 0;
+    }
+    for i in 0..n {
+        if q.put(&Plain(message(i))).is_err() {
+            return i;
+        }
+    }
+    n
+}
+
+/// The child of `pipe_rtt`: answers every `v` with `v + 1` until the other
+/// end is closed; returns how many it answered.
+fn ponger(end: PipeEnd<u64>) -> u64 {
+    let mut n = 0;
+    while let Ok(v) = end.recv() {
+        if end.send(&(v + 1)).is_err() {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+fn queue_corepool(n: u64, cpus: (usize, usize)) -> Result<Sample, CliError> {
+    let q = Queue::<Message>::with_message_bytes(QUEUE_CAPACITY, 64)?;
+    let producer = Process::builder()
+        .cpu(cpus.1)
+        .start(produce, (q.clone(), n))?;
+    let first = q.get_timeout(Duration::from_secs(60));
+    check(
+        matches!(first, Ok(Plain(m)) if m == READY),
+        "queue: the producer did not start",
+    )?;
+    let t = Instant::now();
+    let mut sum = 0u64;
+    for _ in 0..n {
+        sum = sum.wrapping_add(message_sum(&q.get()?.0));
+    }
+    let s = Sample::rate(n, t.elapsed());
+    let sent = producer.join()?;
+    check(sent == n && sum == queue_checksum(n), "queue checksum")?;
+    Ok(s)
+}
+
+fn pipe_rtt_corepool(n: u64, cpus: (usize, usize)) -> Result<Sample, CliError> {
+    on_own_thread(move || {
+        let (mine, theirs) = Pipe::duplex::<u64>()?;
+        // The child first, while this thread may still run anywhere.
+        let child = Process::builder().cpu(cpus.1).start(ponger, theirs)?;
+        corepool::info::pin_current_thread(cpus.0)?;
+        let s = round_trips(n, |v| {
+            mine.send(&v).ok()?;
+            mine.recv().ok()
+        });
+        drop(mine); // end of stream: the child returns
+        let answered = child.join()?;
+        let s = s?;
+        check(answered == n + PING_WARMUP, "pipe_rtt: answers counted")?;
+        Ok(s)
+    })
+}
+
+/// One run of `w` on a corepool pool. `tasks` is the number of cpu_loop tasks.
+pub(crate) fn corepool_once(
+    w: Workload,
+    pool: &Pool,
+    sizes: &Sizes,
+    inputs: &mut Inputs,
+    tasks: usize,
+) -> Result<Sample, CliError> {
+    let n = sizes.get(w);
+    match w {
+        Workload::ApplyAsync => {
+            let t = Instant::now();
+            let handles: Vec<_> = (0..n)
+                .map(|i| pool.apply_async(noop, i))
+                .collect::<Result<_, _>>()?;
+            let mut sum = 0u64;
+            for h in handles {
+                sum = sum.wrapping_add(h.get()?);
+            }
+            let s = Sample::rate(n, t.elapsed());
+            check(sum == triangle(n), "apply_async sum")?;
+            Ok(s)
+        }
+        Workload::Map => {
+            let input = inputs.map_input(n);
+            let t = Instant::now();
+            let out = pool.map(noop, input.iter().copied(), None)?;
+            let s = Sample::rate(n, t.elapsed());
+            check(out == input, "map output")?;
+            Ok(s)
+        }
+        Workload::Latency => {
+            for i in 0..100 {
+                pool.apply(noop, i)?; // wake the workers up
+            }
+            let started = Instant::now();
+            let mut samples = Vec::with_capacity(n as usize);
+            for i in 0..n {
+                let t = Instant::now();
+                let r = pool.apply(noop, i)?;
+                samples.push(t.elapsed().as_nanos() as u64);
+                check(r == i, "apply result")?;
+            }
+            Ok(Sample {
+                items: n,
+                seconds: started.elapsed().as_secs_f64(),
+                value: median_u64(samples),
+            })
+        }
+        Workload::CpuLoop => {
+            let parts = loop_parts(n, tasks);
+            let t = Instant::now();
+            let handles: Vec<_> = parts
+                .iter()
+                .map(|&p| pool.apply_async(count, p))
+                .collect::<Result<_, _>>()?;
+            let mut total = 0;
+            for h in handles {
+                total += h.get()?;
+            }
+            let s = Sample::rate(n, t.elapsed());
+            check(total == n, "cpu_loop count")?;
+            Ok(s)
+        }
+        Workload::SharedSum => {
+            let a = inputs.array(n)?;
+            let ranges = sum_ranges(&a, n, pool.workers() * 4);
+            let t = Instant::now();
+            let total: f64 = pool.map(partial_sum, ranges, Some(1))?.iter().sum();
+            let s = Sample::rate(n, t.elapsed());
+            check(total == n as f64, "shared_sum total")?;
+            Ok(s)
+        }
+        Workload::Queue => queue_corepool(n, pair_cpus()?),
+        Workload::PipeRtt => pipe_rtt_corepool(n, pair_cpus()?),
+    }
+}

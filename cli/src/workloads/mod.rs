@@ -1,0 +1,236 @@
+//! The standard workloads that `corepool bench` and `corepool pin` measure:
+//! what each one is ([`Workload`]), how big a run is ([`Sizes`]), the data
+//! runs share ([`Inputs`]) and what one timed run gives ([`Sample`]). Each
+//! system that runs them has a runner of its own: corepool's pool and
+//! processes, rayon threads, and the calling thread alone.
+
+mod corepool_runner;
+mod pair;
+mod sequential_runner;
+mod tasks;
+mod threads_runner;
+
+pub(crate) use corepool_runner::corepool_once;
+pub(crate) use pair::{pair_cpus, pair_pinning};
+pub(crate) use sequential_runner::sequential_once;
+pub(crate) use threads_runner::threads_once;
+
+use crate::CliError;
+use corepool::SharedArray;
+use std::time::Duration;
+
+/// The standard workloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Workload {
+    ApplyAsync,
+    Map,
+    Latency,
+    CpuLoop,
+    SharedSum,
+    Queue,
+    PipeRtt,
+}
+
+pub(crate) const WORKLOADS: [Workload; 7] = [
+    Workload::ApplyAsync,
+    Workload::Map,
+    Workload::Latency,
+    Workload::CpuLoop,
+    Workload::SharedSum,
+    Workload::Queue,
+    Workload::PipeRtt,
+];
+
+impl Workload {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Workload::ApplyAsync => "apply_async",
+            Workload::Map => "map",
+            Workload::Latency => "latency",
+            Workload::CpuLoop => "cpu_loop",
+            Workload::SharedSum => "shared_sum",
+            Workload::Queue => "queue",
+            Workload::PipeRtt => "pipe_rtt",
+        }
+    }
+
+    pub(crate) fn unit(self) -> &'static str {
+        match self {
+            Workload::ApplyAsync => "tasks/s",
+            Workload::Map => "items/s",
+            Workload::Latency => "ns",
+            Workload::CpuLoop => "iterations/s",
+            Workload::SharedSum => "elements/s",
+            Workload::Queue => "messages/s",
+            Workload::PipeRtt => "ns",
+        }
+    }
+
+    /// For latency and pipe_rtt a smaller value is better.
+    pub(crate) fn lower_is_better(self) -> bool {
+        matches!(self, Workload::Latency | Workload::PipeRtt)
+    }
+
+    /// Whether it runs on the pool's workers (and so depends on their count
+    /// and placement). queue and pipe_rtt run between this process and one
+    /// `corepool::Process` of their own.
+    pub(crate) fn uses_pool(self) -> bool {
+        !matches!(self, Workload::Queue | Workload::PipeRtt)
+    }
+
+    /// Whether --scale can sweep it: a throughput on the pool's workers.
+    pub(crate) fn scales(self) -> bool {
+        self.uses_pool() && !self.lower_is_better()
+    }
+
+    pub(crate) fn parse(s: &str) -> Result<Self, CliError> {
+        WORKLOADS
+            .iter()
+            .copied()
+            .find(|w| w.name() == s.trim())
+            .ok_or_else(|| {
+                CliError::usage(format!(
+                    "unknown workload `{s}`: choose from {}",
+                    WORKLOADS.map(Workload::name).join(", ")
+                ))
+            })
+    }
+
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Workload::ApplyAsync => "no-op tasks submitted with apply_async, then all collected",
+            Workload::Map => "map of a no-op over u64 items, default chunksize",
+            Workload::Latency => "blocking apply round trips, median",
+            Workload::CpuLoop => "the seed's loop x = x + 1, split into tasks",
+            Workload::SharedSum => "sum of a shared f64 array, 4 parts per worker",
+            Workload::Queue => "64-byte messages from one producer process through a Queue",
+            Workload::PipeRtt => "u64 ping-pong with a child process through a duplex Pipe, median",
+        }
+    }
+}
+
+/// Items per run of each workload. `cpu_loop` counts iterations in total.
+#[derive(Clone, Debug)]
+pub(crate) struct Sizes {
+    apply_async: u64,
+    map: u64,
+    latency: u64,
+    cpu_loop: u64,
+    shared_sum_elements: u64,
+    queue: u64,
+    pipe_rtt: u64,
+}
+
+impl Sizes {
+    pub(crate) fn full() -> Self {
+        Sizes {
+            apply_async: 500_000,
+            map: 4 << 20,
+            latency: 50_000,
+            cpu_loop: 1_000_000_000,
+            shared_sum_elements: 32 << 20, // 256 MiB
+            queue: 2_000_000,
+            pipe_rtt: 50_000,
+        }
+    }
+
+    pub(crate) fn quick() -> Self {
+        Sizes {
+            apply_async: 200_000,
+            map: 4 << 20,
+            latency: 5_000,
+            cpu_loop: 100_000_000,
+            shared_sum_elements: 8 << 20, // 64 MiB
+            queue: 200_000,
+            pipe_rtt: 5_000,
+        }
+    }
+
+    pub(crate) fn get(&self, w: Workload) -> u64 {
+        match w {
+            Workload::ApplyAsync => self.apply_async,
+            Workload::Map => self.map,
+            Workload::Latency => self.latency,
+            Workload::CpuLoop => self.cpu_loop,
+            Workload::SharedSum => self.shared_sum_elements,
+            Workload::Queue => self.queue,
+            Workload::PipeRtt => self.pipe_rtt,
+        }
+    }
+
+    pub(crate) fn set(&mut self, w: Workload, n: u64) {
+        match w {
+            Workload::ApplyAsync => self.apply_async = n,
+            Workload::Map => self.map = n,
+            Workload::Latency => self.latency = n,
+            Workload::CpuLoop => self.cpu_loop = n,
+            Workload::SharedSum => self.shared_sum_elements = n,
+            Workload::Queue => self.queue = n,
+            Workload::PipeRtt => self.pipe_rtt = n,
+        }
+    }
+}
+
+/// One timed run.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sample {
+    pub(crate) items: u64,
+    pub(crate) seconds: f64,
+    /// Items per second, or the median round trip in ns for latency.
+    pub(crate) value: f64,
+}
+
+impl Sample {
+    fn rate(items: u64, elapsed: Duration) -> Self {
+        let seconds = elapsed.as_secs_f64();
+        Sample {
+            items,
+            seconds,
+            value: items as f64 / seconds.max(1e-12),
+        }
+    }
+}
+
+/// Data that several runs share, made once.
+#[derive(Default)]
+pub(crate) struct Inputs {
+    map: Option<Vec<u64>>,
+    array: Option<SharedArray<f64>>,
+}
+
+impl Inputs {
+    /// `0..n` as a slice of the largest input made so far.
+    fn map_input(&mut self, n: u64) -> &[u64] {
+        let n = n as usize;
+        if self.map.as_ref().map_or(0, Vec::len) < n {
+            self.map = Some((0..n as u64).collect());
+        }
+        self.map.as_deref().map_or(&[], |m| &m[..n])
+    }
+
+    /// An array of at least `len` ones (the largest asked for so far).
+    fn array(&mut self, len: u64) -> Result<SharedArray<f64>, CliError> {
+        if let Some(a) = &self.array {
+            if a.len() >= len as usize {
+                return Ok(a.clone());
+            }
+        }
+        self.array = None; // free the old one first
+        let a = SharedArray::<f64>::new(len as usize)?;
+        a.update_chunks(0..len as usize, |xs| xs.iter_mut().for_each(|x| *x = 1.0))?;
+        self.array = Some(a.clone());
+        Ok(a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workloads_parse_by_name() {
+        assert_eq!(Workload::parse("map").unwrap(), Workload::Map);
+        let err = Workload::parse("nope").unwrap_err().to_string();
+        assert!(err.contains("apply_async"), "{err}");
+    }
+}
