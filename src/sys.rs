@@ -453,3 +453,39 @@ pub(crate) fn current_pid() -> u32 {
     PID.store(pid, Ordering::Relaxed);
     pid
 }
+
+// ---------------------------------------------------------------------------
+// Added for the child supervisor (src/child/supervisor.rs): a look at a
+// child's exit that does not reap it.
+// ---------------------------------------------------------------------------
+
+/// Whether child `pid` has exited, without reaping it (`waitid` with
+/// `WNOWAIT | WNOHANG`): while it stays unreaped its pid, and the process
+/// group it leads, cannot be reused. `Ok(false)` means it is still running;
+/// an error (ECHILD: not, or no longer, our child to wait for) is no answer
+/// about whether it lives.
+pub(crate) fn has_exited(pid: i32) -> io::Result<bool> {
+    loop {
+        // SAFETY: all-zero bytes are a valid siginfo_t (plain C data).
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid on one specific child, writing into a live siginfo_t.
+        let ret = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        if ret == 0 {
+            // With WNOHANG, si_pid stays 0 when no child has changed state.
+            // SAFETY: waitid filled (or left zeroed) the siginfo_t; reading
+            // si_pid of a SIGCHLD-style record is what the union is for.
+            return Ok(unsafe { info.si_pid() } != 0);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
+}

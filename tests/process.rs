@@ -3,7 +3,7 @@
 
 mod common;
 
-use corepool::{Error, ExitCause, Process};
+use corepool::{Error, ExitCause, Pinning, Pool, Process};
 use std::time::Duration;
 
 fn double(x: u64) -> u64 {
@@ -138,6 +138,48 @@ fn oversized_results_are_typed_errors() {
     assert!(matches!(p.join(), Err(Error::ResultTooLarge { size, max: 4096 }) if size > 10_000));
 }
 
+/// Pool workers and processes are children of one program, each under its
+/// own supervisor thread: each reaps only its own children (a worker's death
+/// must not take a process's exit, nor the other way round), and once both
+/// are done no child is left, zombie or not.
+fn a_pool_and_processes_reap_only_their_own() {
+    let pool = Pool::builder()
+        .workers(2)
+        .pinning(Pinning::None)
+        .build()
+        .unwrap();
+    let spinning = Process::start(spin_forever, 0).unwrap();
+    let unjoined = Process::start(double, 1).unwrap();
+    let unjoined_pid = unjoined.pid();
+    drop(unjoined); // finishes on its own; nobody joins it
+    assert_eq!(pool.apply(double, 4).unwrap(), 8);
+    common::eventually("both workers run", || pool.pids().len() == 2);
+
+    // A worker dies and is restarted: the process is untouched.
+    let before = pool.pids();
+    // SAFETY: kill with a pid of our own worker, which is running.
+    unsafe { libc::kill(before[0], libc::SIGKILL) };
+    common::eventually("the worker was replaced", || {
+        let now = pool.pids();
+        now.len() == 2 && !now.contains(&before[0])
+    });
+    assert_eq!(pool.apply(double, 5).unwrap(), 10);
+    assert!(spinning.is_alive(), "a worker's death reaped a process");
+
+    // The process's end is the process thread's to record, however many
+    // workers come and go.
+    spinning.kill();
+    assert!(spinning.join_timeout(Duration::from_secs(30)));
+    assert_eq!(spinning.exit_code(), Some(ExitCause::Signal(libc::SIGKILL)));
+    assert_eq!(pool.apply(double, 6).unwrap(), 12);
+    common::eventually("the unjoined process was reaped", || {
+        !std::path::Path::new(&format!("/proc/{unjoined_pid}")).exists()
+    });
+
+    drop(pool);
+    common::eventually("no children at all", || common::children().is_empty());
+}
+
 const ROLE: &str = "COREPOOL_TEST_ROLE";
 
 fn processes_die_with_a_sigkilled_parent() {
@@ -185,6 +227,7 @@ fn main() {
         a_daemon_dies_with_its_handle_a_normal_process_does_not,
         pinned_processes_run_where_asked,
         oversized_results_are_typed_errors,
+        a_pool_and_processes_reap_only_their_own,
         processes_die_with_a_sigkilled_parent,
     ]);
 }

@@ -1,20 +1,17 @@
-//! The supervisor thread: starts worker processes and reaps them.
+//! The pool's supervisor: the generic child supervisor
+//! ([`crate::child::supervisor`]) set up for one pool's workers, and its
+//! events translated into the pool's terms.
 //!
-//! It is the only thread that forks, and it lives as long as the pool, because
-//! `PR_SET_PDEATHSIG` fires when the *thread* that forked a child exits. It
-//! waits in `poll` on one pidfd per worker (readable when that worker exits)
-//! plus an eventfd for commands, and reaps each worker with `waitpid` on its
-//! own pid: never `waitpid(-1)`, so other children of the program are left
-//! alone.
+//! Each pool has its own supervisor thread (`corepool-supervisor`), which
+//! starts every worker (re-executed, pinned, in a process group of its own,
+//! with the segment descriptor) and reaps it through its pidfd; when a
+//! worker exits, whatever its tasks started dies with its process group.
 
-use crate::child::spawn::{exit_cause, Reexec};
+use crate::child::spawn::Reexec;
+use crate::child::supervisor::{self as generic, SpawnError};
 use crate::error::{Error, ExitCause};
 use crate::pool::worker::{make_token, WORKER_ENV};
-use crate::sys;
-use std::collections::HashMap;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
-use std::process::Child;
-use std::sync::Arc;
+use std::os::fd::RawFd;
 use std::time::Instant;
 
 /// What the supervisor reports.
@@ -45,12 +42,20 @@ pub(crate) enum Command_ {
     Exit,
 }
 
+/// Which worker a child is, and what it was pinned to (to explain a failed
+/// start).
+#[derive(Clone, Copy, Debug)]
+struct Worker {
+    index: usize,
+    cpu: Option<usize>,
+}
+
 /// The pool's handle on its supervisor thread.
 #[derive(Debug)]
 pub(crate) struct Supervisor {
-    tx: crossbeam_channel::Sender<Command_>,
-    wake: Arc<OwnedFd>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    inner: generic::Supervisor<Worker>,
+    segment_fd: RawFd,
+    parent_pid: i32,
 }
 
 impl Supervisor {
@@ -61,189 +66,78 @@ impl Supervisor {
         parent_pid: i32,
         report: impl Fn(Event) + Send + 'static,
     ) -> Result<Self, Error> {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let wake = Arc::new(sys::eventfd().map_err(|e| Error::os("eventfd", e))?);
-        let wake2 = wake.clone();
-        let thread = std::thread::Builder::new()
-            .name("corepool-supervisor".into())
-            .spawn(move || run(segment_fd, parent_pid, &rx, wake2.as_fd(), &report))
-            .map_err(|e| Error::os("spawning the supervisor thread", e))?;
+        let inner = generic::Supervisor::start("corepool-supervisor", move |event| {
+            report(translate(event));
+        })?;
         Ok(Self {
-            tx,
-            wake,
-            thread: Some(thread),
+            inner,
+            segment_fd,
+            parent_pid,
         })
     }
 
     /// Queues a command.
     pub(crate) fn send(&self, command: Command_) {
-        let _ = self.tx.send(command);
-        sys::eventfd_signal(self.wake.as_fd());
+        match command {
+            Command_::Spawn {
+                index,
+                cpu,
+                not_before,
+            } => {
+                self.inner.spawn(generic::Spawn {
+                    key: Worker { index, cpu },
+                    reexec: Reexec {
+                        env: (
+                            WORKER_ENV,
+                            make_token(self.segment_fd, index, self.parent_pid),
+                        ),
+                        keep_fd: self.segment_fd,
+                        cpu,
+                        own_group: true,
+                    },
+                    not_before,
+                });
+            }
+            Command_::Exit => self.inner.request_stop(),
+        }
     }
 
     /// Kills and reaps every worker, then ends the thread.
     pub(crate) fn stop(&mut self) {
         self.send(Command_::Exit);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.inner.join();
     }
 }
 
-impl Drop for Supervisor {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-struct Running {
-    child: Child,
-    pidfd: OwnedFd,
-}
-
-fn run(
-    segment_fd: RawFd,
-    parent_pid: i32,
-    rx: &crossbeam_channel::Receiver<Command_>,
-    wake: BorrowedFd<'_>,
-    report: &dyn Fn(Event),
-) {
-    let mut running: HashMap<usize, Running> = HashMap::new();
-    let mut delayed: Vec<(Instant, usize, Option<usize>)> = Vec::new();
-    let mut ready = Vec::new();
-    loop {
-        // Start the workers whose back-off has passed.
-        let now = Instant::now();
-        let (due, later): (Vec<_>, Vec<_>) = delayed.drain(..).partition(|(t, _, _)| *t <= now);
-        delayed = later;
-        for (_, index, cpu) in due {
-            start(segment_fd, parent_pid, index, cpu, &mut running, report);
-        }
-        let timeout = delayed
-            .iter()
-            .map(|(t, _, _)| t.saturating_duration_since(now))
-            .min();
-        let indices: Vec<usize> = running.keys().copied().collect();
-        let mut fds: Vec<BorrowedFd<'_>> = vec![wake];
-        fds.extend(indices.iter().map(|i| running[i].pidfd.as_fd()));
-        if sys::poll_readable(&fds, &mut ready, timeout).is_err() {
-            ready = vec![true; fds.len()]; // check everything rather than spin
-        }
-        let exited: Vec<usize> = indices
-            .iter()
-            .zip(ready.iter().skip(1))
-            .filter(|(_, r)| **r)
-            .map(|(i, _)| *i)
-            .collect();
-        drop(fds);
-        for index in exited {
-            reap(&mut running, index, report);
-        }
-        if ready.first().copied().unwrap_or(false) {
-            sys::eventfd_drain(wake);
-        }
-        while let Ok(command) = rx.try_recv() {
-            match command {
-                Command_::Spawn {
-                    index,
-                    cpu,
-                    not_before,
-                } => {
-                    if not_before > Instant::now() {
-                        delayed.push((not_before, index, cpu));
-                    } else {
-                        start(segment_fd, parent_pid, index, cpu, &mut running, report);
-                    }
-                }
-                Command_::Exit => {
-                    for r in running.values() {
-                        sys::kill_group(r.child.id() as i32, libc::SIGKILL);
-                    }
-                    for (index, mut r) in running.drain() {
-                        let pid = r.child.id() as i32;
-                        let cause = r
-                            .child
-                            .wait()
-                            .map(exit_cause)
-                            .unwrap_or(ExitCause::Signal(libc::SIGKILL));
-                        report(Event::Exited { index, pid, cause });
-                    }
-                    return;
-                }
-            }
-        }
-    }
-}
-
-fn start(
-    segment_fd: RawFd,
-    parent_pid: i32,
-    index: usize,
-    cpu: Option<usize>,
-    running: &mut HashMap<usize, Running>,
-    report: &dyn Fn(Event),
-) {
-    match spawn(segment_fd, parent_pid, index, cpu) {
-        Ok(child) => {
-            let pid = child.id() as i32;
-            match sys::pidfd_open(pid) {
-                Ok(pidfd) => {
-                    running.insert(index, Running { child, pidfd });
-                    report(Event::Spawned { index, pid });
-                }
-                Err(e) => {
-                    let mut child = child;
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    report(Event::SpawnFailed {
-                        index,
-                        error: Error::os("pidfd_open", e),
-                    });
-                }
-            }
-        }
-        Err(error) => report(Event::SpawnFailed { index, error }),
-    }
-}
-
-fn reap(running: &mut HashMap<usize, Running>, index: usize, report: &dyn Fn(Event)) {
-    let Some(r) = running.get_mut(&index) else {
-        return;
-    };
-    // The worker has exited but is not reaped yet, so its pid (and process
-    // group id) cannot have been reused: kill whatever its tasks started.
-    sys::kill_group(r.child.id() as i32, libc::SIGKILL);
-    // waitpid on this pid only; the pidfd said it exited, so this does not block.
-    let pid = r.child.id() as i32;
-    let cause = match r.child.try_wait() {
-        Ok(Some(status)) => exit_cause(status),
-        Ok(None) => return,
-        Err(_) => ExitCause::Signal(libc::SIGKILL),
-    };
-    running.remove(&index);
-    report(Event::Exited { index, pid, cause });
-}
-
-/// Re-executes this binary as worker `index`, pinned, in its own process
-/// group, with the segment descriptor.
-fn spawn(
-    segment_fd: RawFd,
-    parent_pid: i32,
-    index: usize,
-    cpu: Option<usize>,
-) -> Result<Child, Error> {
-    let reexec = Reexec {
-        env: (WORKER_ENV, make_token(segment_fd, index, parent_pid)),
-        keep_fd: segment_fd,
-        cpu,
-        own_group: true,
-    };
-    reexec.spawn().map_err(|e| match cpu {
-        Some(cpu) if e.raw_os_error() == Some(libc::EINVAL) => {
-            Error::PinFailed { cpu, reason: e.to_string() }
-        }
-        _ => Error::Spawn {
-            reason: format!("re-executing /proc/self/exe failed: {e}; check that the executable is still there and the process limit (ulimit -u) is not reached"),
+fn translate(event: generic::Event<Worker>) -> Event {
+    match event {
+        generic::Event::Spawned { key, pid, .. } => Event::Spawned {
+            index: key.index,
+            pid,
         },
-    })
+        generic::Event::SpawnFailed { key, error } => Event::SpawnFailed {
+            index: key.index,
+            error: spawn_error(key.cpu, error),
+        },
+        generic::Event::Exited { key, pid, cause } => Event::Exited {
+            index: key.index,
+            pid,
+            cause,
+        },
+    }
+}
+
+/// Says why a worker could not start: EINVAL from pinning means the CPU.
+fn spawn_error(cpu: Option<usize>, error: SpawnError) -> Error {
+    match error {
+        SpawnError::Pidfd(e) => Error::os("pidfd_open", e),
+        SpawnError::Exec(e) => match cpu {
+            Some(cpu) if e.raw_os_error() == Some(libc::EINVAL) => {
+                Error::PinFailed { cpu, reason: e.to_string() }
+            }
+            _ => Error::Spawn {
+                reason: format!("re-executing /proc/self/exe failed: {e}; check that the executable is still there and the process limit (ulimit -u) is not reached"),
+            },
+        },
+    }
 }

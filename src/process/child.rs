@@ -1,14 +1,14 @@
 //! The child side of a [`Process`](super::Process): read the function and
 //! argument the parent wrote, run it, write the outcome, exit.
 
-use super::{read_header, result_len_word, status, status_word, HEADER_BYTES, PROCESS_ENV};
+use super::segment::{self, status};
+use super::PROCESS_ENV;
 use crate::child::fingerprint::fingerprint;
 use crate::child::panic::{install_panic_hook, take_panic_message};
 use crate::shm::Segment;
 use crate::sys;
 use crate::wire::task;
 use std::os::fd::RawFd;
-use std::sync::atomic::Ordering;
 
 /// In a process started as a `Process` child (it has [`PROCESS_ENV`]): run
 /// its function and return the exit status. `None` elsewhere.
@@ -35,7 +35,7 @@ fn serve_child(token: &str) -> i32 {
     let Ok(seg) = (unsafe { Segment::open_raw(fd) }) else {
         return 101;
     };
-    let Some(header) = read_header(&seg) else {
+    let Some(header) = segment::read_header(&seg) else {
         return 101;
     };
     if header.fingerprint != fingerprint() {
@@ -44,12 +44,9 @@ fn serve_child(token: &str) -> i32 {
         );
         return 101;
     }
-    let Some(args) = seg.at(HEADER_BYTES, header.arg_len as usize) else {
+    let Some(input) = segment::read_argument(&seg, &header) else {
         return 101;
     };
-    let mut input = vec![0u8; header.arg_len as usize];
-    // SAFETY: in bounds (checked by `at`); copied once.
-    unsafe { std::ptr::copy_nonoverlapping(args, input.as_mut_ptr(), input.len()) };
     install_panic_hook();
     // SAFETY: same binary (fingerprint checked); the offset comes from `offset_of`.
     let trampoline = unsafe { task::from_offset(header.trampoline) };
@@ -57,12 +54,12 @@ fn serve_child(token: &str) -> i32 {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         trampoline(&input, &mut out)
     }));
+    let mut too_large_size = 0;
     let (code, exit) = match outcome {
         Ok(Ok(())) if out.len() <= header.result_cap as usize => (status::RETURNED, 0),
         Ok(Ok(())) => {
-            let size = out.len();
+            too_large_size = out.len();
             out.clear();
-            result_len_word(&seg).store(size as u32, Ordering::Relaxed);
             (status::TOO_LARGE, 0)
         }
         Ok(Err(e)) => {
@@ -74,16 +71,6 @@ fn serve_child(token: &str) -> i32 {
             (status::PANICKED, 1)
         }
     };
-    out.truncate(header.result_cap as usize);
-    let at = HEADER_BYTES + (header.arg_len as usize).next_multiple_of(8);
-    if let Some(dst) = seg.at(at, out.len()) {
-        // SAFETY: in bounds (checked); the parent reads only after we exit.
-        unsafe { std::ptr::copy_nonoverlapping(out.as_ptr(), dst, out.len()) };
-        if code != status::TOO_LARGE {
-            result_len_word(&seg).store(out.len() as u32, Ordering::Relaxed);
-        }
-    }
-    // Release pairs with the parent's Acquire load in `read_result`.
-    status_word(&seg).store(code, Ordering::Release);
+    segment::write_outcome(&seg, &header, code, &out, too_large_size);
     exit
 }

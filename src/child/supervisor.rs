@@ -1,0 +1,441 @@
+//! The child supervisor: one long-lived thread that starts children (this
+//! binary re-executed), watches them through their pidfds, reaps each one
+//! the moment it exits, and reports what happened. Pool workers and
+//! `Process` children both live under one.
+//!
+//! It is a thread of its own, and the only one that forks for its children,
+//! because `PR_SET_PDEATHSIG` fires when the *thread* that forked a child
+//! exits: it must live as long as they do. It waits in `poll` on one pidfd
+//! per child (readable when that child exits) plus an eventfd for requests,
+//! and reaps each child with `waitpid` on its own pid: never `waitpid(-1)`,
+//! so other children of the program are left alone.
+//!
+//! A child counts as exited only on a definite answer from the kernel
+//! (`waitid` says so); nothing is killed on a guess. A failed `poll` makes
+//! it look at every child that way, then retry after a growing pause rather
+//! than spin.
+
+use crate::child::spawn::{exit_cause, Reexec};
+use crate::error::{Error, ExitCause};
+use crate::sys;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the supervisor reports, from its own thread, for the child it
+/// started under `key`.
+#[derive(Debug)]
+pub(crate) enum Event<K> {
+    /// Started as `pid`; `pidfd` refers to it for good (signals sent
+    /// through it can never reach a process that reused the pid).
+    Spawned {
+        key: K,
+        pid: i32,
+        pidfd: Arc<OwnedFd>,
+    },
+    /// Could not be started; nothing of it is left running.
+    SpawnFailed { key: K, error: SpawnError },
+    /// Process `pid` ended and was reaped.
+    Exited { key: K, pid: i32, cause: ExitCause },
+}
+
+/// Why a child could not be started.
+#[derive(Debug)]
+pub(crate) enum SpawnError {
+    /// Re-executing failed: fork, exec, or a step between them (pinning,
+    /// the parent-death signal, the process group).
+    Exec(std::io::Error),
+    /// It started, but no pidfd could be opened for it, so it was killed
+    /// and reaped at once (a child we cannot watch is one we cannot reap).
+    Pidfd(std::io::Error),
+}
+
+/// A request to start a child.
+#[derive(Debug)]
+pub(crate) struct Spawn<K> {
+    /// What events about this child carry.
+    pub key: K,
+    /// How to start it.
+    pub reexec: Reexec,
+    /// Do not start it before this instant (a restart's back-off).
+    pub not_before: Instant,
+}
+
+enum Command<K> {
+    Spawn(Spawn<K>),
+    /// Kill every child, reap them all, end the thread.
+    Stop,
+}
+
+/// The handle on a supervisor thread. Dropping it stops the thread, which
+/// kills and reaps every child first.
+#[derive(Debug)]
+pub(crate) struct Supervisor<K> {
+    tx: crossbeam_channel::Sender<Command<K>>,
+    wake: Arc<OwnedFd>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<K> std::fmt::Debug for Command<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Spawn(_) => "Spawn",
+            Command::Stop => "Stop",
+        })
+    }
+}
+
+impl<K: Clone + Send + 'static> Supervisor<K> {
+    /// Starts the thread, named `thread_name`. `report` is called for every
+    /// event, on that thread, in order: a child's `Spawned` always comes
+    /// before its `Exited`.
+    pub(crate) fn start(
+        thread_name: &str,
+        report: impl FnMut(Event<K>) + Send + 'static,
+    ) -> Result<Self, Error> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let wake = Arc::new(sys::eventfd().map_err(|e| Error::os("eventfd", e))?);
+        let thread_wake = wake.clone();
+        let mut report = report;
+        let thread = std::thread::Builder::new()
+            .name(thread_name.into())
+            .spawn(move || run(&rx, thread_wake.as_fd(), &mut report))
+            .map_err(|e| Error::os("spawning the supervisor thread", e))?;
+        Ok(Self {
+            tx,
+            wake,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a request to start a child; its outcome arrives as an event.
+    /// Returns false if the thread has stopped (nothing will be started).
+    pub(crate) fn spawn(&self, request: Spawn<K>) -> bool {
+        let queued = self.tx.send(Command::Spawn(request)).is_ok();
+        sys::eventfd_signal(self.wake.as_fd());
+        queued
+    }
+}
+
+impl<K> Supervisor<K> {
+    /// Kills every child (its whole process group if it leads one), reaps
+    /// them all, reporting each exit, then ends the thread. Idempotent.
+    pub(crate) fn stop(&mut self) {
+        self.request_stop();
+        self.join();
+    }
+
+    /// Asks the thread to stop (as [`Supervisor::stop`]) without waiting.
+    pub(crate) fn request_stop(&self) {
+        let _ = self.tx.send(Command::Stop);
+        sys::eventfd_signal(self.wake.as_fd());
+    }
+
+    /// Waits for the thread to end (after a stop was requested).
+    pub(crate) fn join(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl<K> Drop for Supervisor<K> {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One child that has started and is not reaped yet.
+struct Running<K> {
+    key: K,
+    pid: i32,
+    child: std::process::Child,
+    pidfd: Arc<OwnedFd>,
+    /// It leads a process group: kill the group (whatever its tasks started)
+    /// when it exits or is stopped.
+    own_group: bool,
+}
+
+/// What a look at one child found.
+enum Look {
+    Running,
+    Exited(ExitCause),
+    /// The kernel gave no answer; look again later.
+    NoAnswer,
+}
+
+/// The pause after a failed `poll` (or a look that got no answer): short at
+/// first, growing while failures repeat, so that a persistent failure costs
+/// a wake-up every 100 ms rather than a spinning core.
+struct Backoff {
+    pause: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(1);
+    const MAX: Duration = Duration::from_millis(100);
+
+    fn new() -> Self {
+        Self { pause: Self::FIRST }
+    }
+
+    fn succeeded(&mut self) {
+        self.pause = Self::FIRST;
+    }
+
+    fn failed(&mut self) {
+        std::thread::sleep(self.pause);
+        self.pause = (self.pause * 2).min(Self::MAX);
+    }
+}
+
+fn run<K: Clone>(
+    rx: &crossbeam_channel::Receiver<Command<K>>,
+    wake: BorrowedFd<'_>,
+    report: &mut dyn FnMut(Event<K>),
+) {
+    let mut children: Vec<Running<K>> = Vec::new();
+    let mut delayed: Vec<Spawn<K>> = Vec::new();
+    let mut ready = Vec::new();
+    let mut backoff = Backoff::new();
+    loop {
+        // Start the children whose back-off has passed.
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = delayed.drain(..).partition(|s| s.not_before <= now);
+        delayed = later;
+        for request in due {
+            start(request, &mut children, report);
+        }
+        let timeout = delayed
+            .iter()
+            .map(|s| s.not_before.saturating_duration_since(now))
+            .min();
+
+        let mut fds: Vec<BorrowedFd<'_>> = vec![wake];
+        fds.extend(children.iter().map(|c| c.pidfd.as_fd()));
+        let polled = sys::poll_readable(&fds, &mut ready, timeout);
+        drop(fds);
+        // Which children to look at: those whose pidfd is readable, or, when
+        // poll failed, all of them (a look is a definite answer either way,
+        // so a live child is never taken for dead).
+        let to_look: Vec<bool> = match polled {
+            Ok(()) => ready.iter().skip(1).copied().collect(),
+            Err(_) => vec![true; children.len()],
+        };
+        let mut answered = polled.is_ok();
+        let mut at = 0;
+        let mut looks = to_look.into_iter();
+        while at < children.len() {
+            if !looks.next().unwrap_or(false) {
+                at += 1;
+                continue;
+            }
+            match look(&mut children[at]) {
+                Look::Running => at += 1,
+                Look::NoAnswer => {
+                    answered = false;
+                    at += 1;
+                }
+                Look::Exited(cause) => {
+                    // `remove`, not `swap_remove`: the remaining children keep
+                    // the order `looks` follows.
+                    let gone = children.remove(at);
+                    report(Event::Exited {
+                        key: gone.key,
+                        pid: gone.pid,
+                        cause,
+                    });
+                }
+            }
+        }
+        if answered {
+            backoff.succeeded();
+        } else {
+            backoff.failed();
+        }
+
+        // Drain before reading commands: a command sent after the drain
+        // signals the eventfd again, so none waits for another wake-up.
+        if polled.is_err() || ready.first().copied().unwrap_or(false) {
+            sys::eventfd_drain(wake);
+        }
+        while let Ok(command) = rx.try_recv() {
+            match command {
+                Command::Spawn(request) if request.not_before > Instant::now() => {
+                    delayed.push(request);
+                }
+                Command::Spawn(request) => start(request, &mut children, report),
+                Command::Stop => {
+                    stop_all(children, report);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Starts one child and reports how that went.
+fn start<K: Clone>(
+    request: Spawn<K>,
+    children: &mut Vec<Running<K>>,
+    report: &mut dyn FnMut(Event<K>),
+) {
+    let Spawn { key, reexec, .. } = request;
+    let own_group = reexec.own_group;
+    let mut child = match reexec.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            report(Event::SpawnFailed {
+                key,
+                error: SpawnError::Exec(e),
+            });
+            return;
+        }
+    };
+    let pid = child.id() as i32;
+    match sys::pidfd_open(pid) {
+        Ok(pidfd) => {
+            let pidfd = Arc::new(pidfd);
+            children.push(Running {
+                key: key.clone(),
+                pid,
+                child,
+                pidfd: pidfd.clone(),
+                own_group,
+            });
+            report(Event::Spawned { key, pid, pidfd });
+        }
+        Err(e) => {
+            // Not reaped yet, so its pid and group are still its own.
+            if own_group {
+                sys::kill_group(pid, libc::SIGKILL);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            report(Event::SpawnFailed {
+                key,
+                error: SpawnError::Pidfd(e),
+            });
+        }
+    }
+}
+
+/// Whether `running` has exited, and if so reaps it. Kills nothing that has
+/// not exited: its process group is killed (what its tasks started) only
+/// once the kernel says the leader exited, and before it is reaped, while
+/// its pid, and so its group id, cannot have been reused.
+fn look<K>(running: &mut Running<K>) -> Look {
+    match sys::has_exited(running.pid) {
+        Ok(false) => return Look::Running,
+        Ok(true) => {
+            if running.own_group {
+                sys::kill_group(running.pid, libc::SIGKILL);
+            }
+        }
+        // Not our child to wait for any more: something else in the program
+        // reaped it (a `waitpid(-1)`, SIGCHLD ignored). It is gone, with no
+        // cause to report; its pid may be reused, so no group kill.
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
+            return Look::Exited(ExitCause::Signal(libc::SIGKILL));
+        }
+        Err(_) => return Look::NoAnswer,
+    }
+    // waitpid on this pid only; it has exited, so this does not block.
+    match running.child.try_wait() {
+        Ok(Some(status)) => Look::Exited(exit_cause(status)),
+        Ok(None) => Look::NoAnswer,
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
+            Look::Exited(ExitCause::Signal(libc::SIGKILL))
+        }
+        Err(_) => Look::NoAnswer,
+    }
+}
+
+/// Kills every child (and its group) and reaps each, reporting its exit.
+fn stop_all<K>(children: Vec<Running<K>>, report: &mut dyn FnMut(Event<K>)) {
+    for c in &children {
+        if c.own_group {
+            sys::kill_group(c.pid, libc::SIGKILL);
+        } else {
+            sys::pidfd_send_signal(c.pidfd.as_fd(), libc::SIGKILL);
+        }
+    }
+    for mut c in children {
+        let cause = c
+            .child
+            .wait()
+            .map(exit_cause)
+            .unwrap_or(ExitCause::Signal(libc::SIGKILL));
+        report(Event::Exited {
+            key: c.key,
+            pid: c.pid,
+            cause,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+
+    /// A child in a process group of its own that runs until its stdin
+    /// closes, then exits with code 3.
+    fn waiting_child() -> Running<()> {
+        let child = Command::new("/bin/sh")
+            .args(["-c", "read line; exit 3"])
+            .stdin(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        Running {
+            key: (),
+            pid,
+            pidfd: Arc::new(sys::pidfd_open(pid).unwrap()),
+            child,
+            own_group: true,
+        }
+    }
+
+    fn wait_until_exited(running: &Running<()>) {
+        let mut ready = Vec::new();
+        while !ready.first().copied().unwrap_or(false) {
+            sys::poll_readable(&[running.pidfd.as_fd()], &mut ready, None).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_look_at_a_running_child_kills_nothing_and_reaps_nothing() {
+        let mut running = waiting_child();
+        assert!(matches!(look(&mut running), Look::Running));
+        assert!(matches!(look(&mut running), Look::Running));
+        // Still alive: it answers by exiting with its own code, not a signal.
+        running
+            .child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"go\n")
+            .unwrap();
+        wait_until_exited(&running);
+        assert!(matches!(
+            look(&mut running),
+            Look::Exited(ExitCause::Code(3))
+        ));
+    }
+
+    #[test]
+    fn a_child_reaped_behind_our_back_counts_as_gone() {
+        let mut running = waiting_child();
+        drop(running.child.stdin.take());
+        wait_until_exited(&running);
+        sys::wait_for(running.pid);
+        assert!(matches!(
+            look(&mut running),
+            Look::Exited(ExitCause::Signal(libc::SIGKILL))
+        ));
+    }
+}

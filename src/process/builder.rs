@@ -1,0 +1,189 @@
+//! [`ProcessBuilder`]: a [`Process`]'s settings (name, daemon flag, CPU,
+//! room for the result), and starting one: encode the argument into a new
+//! segment, have the process thread start the child, hand back the handle.
+
+use super::reaper::{self, Started};
+use super::{segment, Process, PROCESS_ENV};
+use crate::error::{Error, Result};
+use crate::wire::task;
+use crate::wire::Wire;
+use std::marker::PhantomData;
+
+/// Configures a [`Process`]: `Process::builder().name("x").daemon(true).start(f, arg)`.
+///
+/// ```
+/// fn main() {
+///     corepool::init();
+///     let p = corepool::Process::builder().name("adder").start(|x: u64| x + 1, 41).unwrap();
+///     assert_eq!(p.name(), "adder");
+///     assert_eq!(p.join().unwrap(), 42);
+/// }
+/// ```
+#[derive(Clone, Debug)]
+pub struct ProcessBuilder {
+    name: Option<String>,
+    daemon: bool,
+    cpu: Option<usize>,
+    max_result_bytes: u32,
+}
+
+impl Default for ProcessBuilder {
+    fn default() -> Self {
+        Self {
+            name: None,
+            daemon: false,
+            cpu: None,
+            max_result_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl ProcessBuilder {
+    /// A name, for messages and `ps`-style listings (Python's `name`).
+    /// Default `Process-<pid>`.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let p = corepool::Process::builder().name("doubler").start(|x: u32| x * 2, 4)?;
+    ///     assert_eq!(p.name(), "doubler");
+    ///     assert_eq!(p.join()?, 8);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Python's `daemon`: a daemon process is killed when its handle is
+    /// dropped (it ends with the scope that owns it); a non-daemon one keeps
+    /// running, and is still reaped when it ends. Either way, none outlives
+    /// the parent.
+    ///
+    /// ```
+    /// use corepool::Process;
+    ///
+    /// fn spin(_: u64) -> u64 {
+    ///     loop {
+    ///         std::hint::spin_loop()
+    ///     }
+    /// }
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let p = Process::builder().daemon(true).start(spin, 0)?;
+    ///     assert!(p.is_daemon() && p.is_alive());
+    ///     drop(p); // SIGKILLed here, then reaped by the process thread
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn daemon(mut self, daemon: bool) -> Self {
+        self.daemon = daemon;
+        self
+    }
+
+    /// Pin the process to this CPU before it starts.
+    ///
+    /// ```
+    /// use corepool::{info, Error, Process};
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let cpu = info::allowed_cpus()?[0];
+    ///     let p = Process::builder().cpu(cpu).start(|_: ()| info::allowed_cpus().unwrap(), ())?;
+    ///     assert_eq!(p.join()?, vec![cpu]);
+    ///     // A CPU outside the allowed set is refused before anything starts.
+    ///     let refused = Process::builder().cpu(usize::MAX).start(|x: u8| x, 0);
+    ///     assert!(matches!(refused, Err(Error::CpuNotAllowed { .. })));
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn cpu(mut self, cpu: usize) -> Self {
+        self.cpu = Some(cpu);
+        self
+    }
+
+    /// Room for the encoded result (default 64 KiB); a larger result is an
+    /// [`Error::ResultTooLarge`] from [`Process::join`].
+    ///
+    /// ```
+    /// use corepool::{Error, Process};
+    ///
+    /// fn zeros(n: u32) -> Vec<u8> {
+    ///     vec![0; n as usize]
+    /// }
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let small = Process::builder().max_result_bytes(64).start(zeros, 10)?;
+    ///     assert_eq!(small.join()?.len(), 10);
+    ///     let big = Process::builder().max_result_bytes(64).start(zeros, 1_000)?;
+    ///     assert!(matches!(big.join(), Err(Error::ResultTooLarge { .. })));
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn max_result_bytes(mut self, bytes: u32) -> Self {
+        self.max_result_bytes = bytes;
+        self
+    }
+
+    /// Starts `f(arg)` in a new process.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let p = corepool::Process::builder().start(|(a, b): (u64, u64)| a * b, (6, 7))?;
+    ///     assert_eq!(p.join()?, 42);
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotInitialized`] inside a process whose `main` did not call
+    /// [`crate::init`] first; [`Error::CpuNotAllowed`]; [`Error::SharedMemory`];
+    /// [`Error::Spawn`].
+    pub fn start<F, A, R>(self, f: F, arg: A) -> Result<Process<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        let _ = f;
+        if crate::pool::worker::is_uninitialised_worker() || std::env::var_os(PROCESS_ENV).is_some()
+        {
+            return Err(Error::NotInitialized);
+        }
+        if let Some(cpu) = self.cpu {
+            let allowed = crate::info::allowed_cpus()?;
+            if !allowed.contains(&cpu) {
+                return Err(Error::CpuNotAllowed { cpu, allowed });
+            }
+        }
+        crate::wire::take_keep_alive();
+        crate::pipe::take_transfers();
+        let payload = crate::wire::encode_to_vec(&arg);
+        let keep = crate::wire::take_keep_alive();
+        let transfers = crate::pipe::take_transfers();
+        let seg = segment::create(
+            task::offset_of(task::call_one::<F, A, R>),
+            &payload,
+            self.max_result_bytes,
+        )?;
+        let Started { pid, pidfd, exit } = reaper::spawn(seg.raw_fd(), self.cpu)?;
+        // Pipe ends passed in belong to the child from now on, even if it
+        // dies before it first touches them.
+        crate::pipe::assign_transfers(&transfers, pid);
+        Ok(Process {
+            name: self.name.unwrap_or_else(|| format!("Process-{pid}")),
+            pid,
+            daemon: self.daemon,
+            exit,
+            pidfd,
+            seg,
+            _keep: keep,
+            _result: PhantomData,
+        })
+    }
+}

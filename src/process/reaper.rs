@@ -1,0 +1,154 @@
+//! The program-wide thread that starts and reaps every [`Process`](super::Process):
+//! the child supervisor ([`crate::child::supervisor`]), named
+//! `corepool-processes`, started with the first process and living as long
+//! as the program.
+//!
+//! Living that long is what makes `PR_SET_PDEATHSIG` (armed for every child
+//! by [`Reexec`]) fire only when the program itself dies. The supervisor
+//! reaps each process the moment it exits and records how it ended here,
+//! whether or not anyone joins it.
+
+use crate::child::spawn::Reexec;
+use crate::child::supervisor::{Event, Spawn, SpawnError, Supervisor};
+use crate::error::{Error, ExitCause, Result};
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Instant;
+
+/// How a process ended, once it has: recorded by the supervisor thread the
+/// moment it reaps it.
+#[derive(Debug, Default)]
+pub(super) struct Exit {
+    cause: Mutex<Option<ExitCause>>,
+    reaped: Condvar,
+}
+
+impl Exit {
+    fn record(&self, cause: ExitCause) {
+        *crate::pool_lock(&self.cause) = Some(cause);
+        self.reaped.notify_all();
+    }
+
+    /// How it ended; `None` while it runs.
+    pub(super) fn cause(&self) -> Option<ExitCause> {
+        crate::pool_lock(&self.cause).clone()
+    }
+
+    /// Waits until it has ended; returns how.
+    pub(super) fn join(&self) -> ExitCause {
+        let mut cause = crate::pool_lock(&self.cause);
+        loop {
+            if let Some(cause) = cause.as_ref() {
+                return cause.clone();
+            }
+            cause = self.reaped.wait(cause).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Waits until it has ended, or until `deadline` if there is one;
+    /// returns how it ended, `None` once the deadline passed first.
+    pub(super) fn wait(&self, deadline: Option<Instant>) -> Option<ExitCause> {
+        let mut cause = crate::pool_lock(&self.cause);
+        loop {
+            if let Some(cause) = cause.as_ref() {
+                return Some(cause.clone());
+            }
+            cause = match deadline {
+                None => self.reaped.wait(cause).unwrap_or_else(|p| p.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    self.reaped
+                        .wait_timeout(cause, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+}
+
+/// A process the supervisor has started.
+pub(super) struct Started {
+    pub(super) pid: i32,
+    /// Refers to it for good: signals go through it.
+    pub(super) pidfd: Arc<OwnedFd>,
+    pub(super) exit: Arc<Exit>,
+}
+
+type Reply = std::result::Result<(i32, Arc<OwnedFd>), SpawnError>;
+
+/// What the supervisor keeps with each process: where to answer the
+/// request that started it, and where to record its end.
+#[derive(Clone, Debug)]
+struct Child {
+    reply: crossbeam_channel::Sender<Reply>,
+    exit: Arc<Exit>,
+}
+
+fn supervisor() -> Result<&'static Supervisor<Child>> {
+    static SUPERVISOR: OnceLock<std::result::Result<Supervisor<Child>, String>> = OnceLock::new();
+    SUPERVISOR
+        .get_or_init(|| {
+            Supervisor::start("corepool-processes", |event: Event<Child>| match event {
+                // The reply channel has room for its one answer: never blocks.
+                Event::Spawned { key, pid, pidfd } => {
+                    let _ = key.reply.send(Ok((pid, pidfd)));
+                }
+                Event::SpawnFailed { key, error } => {
+                    let _ = key.reply.send(Err(error));
+                }
+                Event::Exited { key, cause, .. } => key.exit.record(cause),
+            })
+            .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| Error::Spawn {
+            reason: format!("starting the process thread failed: {e}"),
+        })
+}
+
+/// Starts this binary again as a `Process` child, handing it `fd` (its
+/// segment) and pinning it to `cpu`, on the supervisor thread; returns once
+/// it runs.
+pub(super) fn spawn(fd: RawFd, cpu: Option<usize>) -> Result<Started> {
+    let supervisor = supervisor()?;
+    let gone = || Error::Spawn {
+        reason: "the process thread is gone".into(),
+    };
+    let (reply, answer) = crossbeam_channel::bounded(1);
+    let exit = Arc::new(Exit::default());
+    let queued = supervisor.spawn(Spawn {
+        key: Child {
+            reply,
+            exit: exit.clone(),
+        },
+        reexec: Reexec {
+            env: (
+                super::PROCESS_ENV,
+                format!("v1:{fd}:{}", std::process::id()),
+            ),
+            keep_fd: fd,
+            cpu,
+            own_group: false,
+        },
+        not_before: Instant::now(),
+    });
+    if !queued {
+        return Err(gone());
+    }
+    let (pid, pidfd) = answer.recv().map_err(|_| gone())?.map_err(|e| {
+        let reason = match e {
+            SpawnError::Exec(e) => format!(
+                "re-executing /proc/self/exe failed: {e}; check the process limit (ulimit -u)"
+            ),
+            SpawnError::Pidfd(e) => format!(
+                "the new process could not be watched (pidfd_open failed: {e}), so it was stopped"
+            ),
+        };
+        Error::Spawn { reason }
+    })?;
+    Ok(Started { pid, pidfd, exit })
+}
