@@ -36,7 +36,7 @@ impl fmt::Display for ExitCause {
         match *self {
             ExitCause::Signal(sig) => {
                 write!(f, "killed by {}", crate::sys::signal_name(sig))?;
-                if sig == libc::SIGKILL {
+                if sig == crate::sys::SIGKILL {
                     write!(f, "; if nobody sent it, the kernel's OOM killer may have: check `dmesg` and the task's memory use")?;
                 }
                 Ok(())

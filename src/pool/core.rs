@@ -289,7 +289,7 @@ impl Core {
                 let w = &mut self.workers[index];
                 w.pid = pid;
                 w.phase = if self.terminating {
-                    crate::sys::kill_group(pid, libc::SIGKILL);
+                    crate::sys::kill_group(pid, crate::sys::Signal::KILL);
                     Phase::Dying
                 } else {
                     Phase::Starting
@@ -379,7 +379,7 @@ impl Core {
         // does not count towards giving the slot up. Anything else that ends
         // a start (a reported failure, an exit, a crash) does.
         let killed_from_outside =
-            w.start_error.is_none() && cause == ExitCause::Signal(libc::SIGKILL);
+            w.start_error.is_none() && cause == ExitCause::Signal(crate::sys::SIGKILL);
         if !started && !self.terminating && !self.shutdown_sent && !killed_from_outside {
             w.start_failures += 1;
             if w.start_error.is_none() {
@@ -502,7 +502,7 @@ impl Core {
             RingError::Violation(what) => what,
             RingError::TooLarge { .. } => "oversized record",
         };
-        crate::sys::kill_group(w.pid, libc::SIGKILL);
+        crate::sys::kill_group(w.pid, crate::sys::Signal::KILL);
         w.violated = true;
         w.phase = Phase::Dying;
         let pid = w.pid;
@@ -753,7 +753,7 @@ impl Core {
             };
             if now >= deadline {
                 w.timed_out = Some(front.task.id);
-                crate::sys::kill_group(w.pid, libc::SIGKILL);
+                crate::sys::kill_group(w.pid, crate::sys::Signal::KILL);
                 w.phase = Phase::Dying;
                 actions.progress = true;
             } else {
@@ -771,7 +771,7 @@ impl Core {
         for w in &mut self.workers {
             match w.phase {
                 Phase::Starting | Phase::Ready | Phase::Dying => {
-                    crate::sys::kill_group(w.pid, libc::SIGKILL);
+                    crate::sys::kill_group(w.pid, crate::sys::Signal::KILL);
                     w.phase = Phase::Dying;
                 }
                 Phase::Spawning => {} // killed when its Spawned event arrives

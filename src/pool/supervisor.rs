@@ -157,7 +157,7 @@ fn run(
                 }
                 Command_::Exit => {
                     for r in running.values() {
-                        sys::kill_group(r.child.id() as i32, libc::SIGKILL);
+                        sys::kill_group(r.child.id() as i32, sys::Signal::KILL);
                     }
                     for (index, mut r) in running.drain() {
                         let pid = r.child.id() as i32;
@@ -165,7 +165,7 @@ fn run(
                             .child
                             .wait()
                             .map(exit_cause)
-                            .unwrap_or(ExitCause::Signal(libc::SIGKILL));
+                            .unwrap_or(ExitCause::Signal(sys::SIGKILL));
                         report(Event::Exited { index, pid, cause });
                     }
                     return;
@@ -212,13 +212,13 @@ fn reap(running: &mut HashMap<usize, Running>, index: usize, report: &dyn Fn(Eve
     };
     // The worker has exited but is not reaped yet, so its pid (and process
     // group id) cannot have been reused: kill whatever its tasks started.
-    sys::kill_group(r.child.id() as i32, libc::SIGKILL);
+    sys::kill_group(r.child.id() as i32, sys::Signal::KILL);
     // waitpid on this pid only; the pidfd said it exited, so this does not block.
     let pid = r.child.id() as i32;
     let cause = match r.child.try_wait() {
         Ok(Some(status)) => exit_cause(status),
         Ok(None) => return,
-        Err(_) => ExitCause::Signal(libc::SIGKILL),
+        Err(_) => ExitCause::Signal(sys::SIGKILL),
     };
     running.remove(&index);
     report(Event::Exited { index, pid, cause });
@@ -239,7 +239,7 @@ fn spawn(
         own_group: true,
     };
     reexec.spawn().map_err(|e| match cpu {
-        Some(cpu) if e.raw_os_error() == Some(libc::EINVAL) => {
+        Some(cpu) if e.raw_os_error() == Some(sys::EINVAL) => {
             Error::PinFailed { cpu, reason: e.to_string() }
         }
         _ => Error::Spawn {

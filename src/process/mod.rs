@@ -150,7 +150,7 @@ fn reap_loop(rx: &crossbeam_channel::Receiver<Request>, wake: BorrowedFd<'_>) {
                 let cause = match child.try_wait() {
                     Ok(Some(status)) => exit_cause(status),
                     Ok(None) => continue,
-                    Err(_) => ExitCause::Signal(libc::SIGKILL),
+                    Err(_) => ExitCause::Signal(sys::SIGKILL),
                 };
                 if let Some((_, state)) = running.remove(&pid) {
                     state.record(cause);
@@ -622,7 +622,7 @@ impl<R: Wire> Process<R> {
     /// }
     /// ```
     pub fn terminate(&self) {
-        sys::pidfd_send_signal(self.state.pidfd.as_fd(), libc::SIGTERM);
+        sys::pidfd_send_signal(self.state.pidfd.as_fd(), sys::Signal::TERM);
     }
 
     /// Sends SIGKILL (Python's `kill`).
@@ -648,7 +648,7 @@ impl<R: Wire> Process<R> {
     /// }
     /// ```
     pub fn kill(&self) {
-        sys::pidfd_send_signal(self.state.pidfd.as_fd(), libc::SIGKILL);
+        sys::pidfd_send_signal(self.state.pidfd.as_fd(), sys::Signal::KILL);
     }
 
     /// Waits at most `timeout` for it to end; returns whether it has
@@ -782,7 +782,7 @@ impl<R: Wire> Process<R> {
 impl<R> Drop for Process<R> {
     fn drop(&mut self) {
         if self.daemon && crate::pool_lock(&self.state.exit).is_none() {
-            sys::pidfd_send_signal(self.state.pidfd.as_fd(), libc::SIGKILL);
+            sys::pidfd_send_signal(self.state.pidfd.as_fd(), sys::Signal::KILL);
         }
         // Either way the process thread reaps it when it ends: no zombie.
     }
