@@ -77,10 +77,7 @@ impl Drop for DaemonGuard {
 }
 
 fn io_err(op: &'static str) -> impl Fn(std::io::Error) -> Error {
-    move |e| Error::Os {
-        op,
-        reason: e.to_string(),
-    }
+    move |e| Error::os(op, e)
 }
 
 impl Daemon {
@@ -217,7 +214,7 @@ impl Daemon {
                 }
                 return Err(Error::Os {
                     op: "starting the daemon",
-                    reason: word,
+                    source: std::io::Error::other(word),
                 });
             }
             None => drop(ready_rx),
@@ -284,7 +281,7 @@ pub fn stop(path: impl AsRef<Path>, timeout: Duration) -> Result<i32> {
     if try_lock(&file) {
         return Err(Error::Os {
             op: "stopping the daemon",
-            reason: format!("no daemon holds {}", path.display()),
+            source: std::io::Error::other(format!("no daemon holds {}", path.display())),
         });
     }
     let mut text = String::new();
@@ -292,7 +289,7 @@ pub fn stop(path: impl AsRef<Path>, timeout: Duration) -> Result<i32> {
         .map_err(io_err("reading the pid file"))?;
     let pid: i32 = text.trim().parse().map_err(|_| Error::Os {
         op: "stopping the daemon",
-        reason: format!("{} does not hold a pid", path.display()),
+        source: std::io::Error::other(format!("{} does not hold a pid", path.display())),
     })?;
     // A pidfd taken while the lock proves the daemon alive cannot refer to
     // a recycled pid; it becomes readable when the daemon exits.

@@ -240,10 +240,11 @@ fn spawn(
     };
     reexec.spawn().map_err(|e| match cpu {
         Some(cpu) if e.raw_os_error() == Some(sys::EINVAL) => {
-            Error::PinFailed { cpu, reason: e.to_string() }
+            Error::PinFailed { cpu, source: e }
         }
         _ => Error::Spawn {
             reason: format!("re-executing /proc/self/exe failed: {e}; check that the executable is still there and the process limit (ulimit -u) is not reached"),
+            source: Some(e),
         },
     })
 }

@@ -109,22 +109,25 @@ struct Reaper {
 }
 
 fn reaper() -> Result<&'static Reaper> {
-    static REAPER: OnceLock<std::result::Result<Reaper, String>> = OnceLock::new();
+    static REAPER: OnceLock<Result<Reaper>> = OnceLock::new();
+    let failed = |e: std::io::Error| Error::Spawn {
+        reason: format!("starting the process thread failed: {e}"),
+        source: Some(e),
+    };
     REAPER
         .get_or_init(|| {
             let (tx, rx) = crossbeam_channel::unbounded();
-            let wake = Arc::new(sys::eventfd().map_err(|e| e.to_string())?);
+            let wake = Arc::new(sys::eventfd().map_err(failed)?);
             let thread_wake = wake.clone();
             std::thread::Builder::new()
                 .name("corepool-processes".into())
                 .spawn(move || reap_loop(&rx, thread_wake.as_fd()))
-                .map_err(|e| e.to_string())?;
+                .map_err(failed)?;
             Ok(Reaper { tx, wake })
         })
         .as_ref()
-        .map_err(|e| Error::Spawn {
-            reason: format!("starting the process thread failed: {e}"),
-        })
+        // The failure is kept for every later call: each gets a copy.
+        .map_err(Error::clone)
 }
 
 fn reap_loop(rx: &crossbeam_channel::Receiver<Request>, wake: BorrowedFd<'_>) {
@@ -378,17 +381,20 @@ impl ProcessBuilder {
         })
         .map_err(|_| Error::Spawn {
             reason: "the process thread is gone".into(),
+            source: None,
         })?;
         sys::eventfd_signal(r.wake.as_fd());
         let (pid, state) = answer
             .recv()
             .map_err(|_| Error::Spawn {
                 reason: "the process thread is gone".into(),
+                source: None,
             })?
             .map_err(|e| Error::Spawn {
                 reason: format!(
                     "re-executing /proc/self/exe failed: {e}; check the process limit (ulimit -u)"
                 ),
+                source: Some(e),
             })?;
         // Pipe ends passed in belong to the child from now on, even if it
         // dies before it first touches them.
