@@ -12,7 +12,7 @@
 use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -77,10 +77,7 @@ impl Drop for DaemonGuard {
 }
 
 fn io_err(op: &'static str) -> impl Fn(std::io::Error) -> Error {
-    move |e| Error::Os {
-        op,
-        reason: e.to_string(),
-    }
+    move |e| Error::os(op, e)
 }
 
 impl Daemon {
@@ -217,7 +214,7 @@ impl Daemon {
                 }
                 return Err(Error::Os {
                     op: "starting the daemon",
-                    reason: word,
+                    source: std::io::Error::other(word),
                 });
             }
             None => drop(ready_rx),
@@ -284,7 +281,7 @@ pub fn stop(path: impl AsRef<Path>, timeout: Duration) -> Result<i32> {
     if try_lock(&file) {
         return Err(Error::Os {
             op: "stopping the daemon",
-            reason: format!("no daemon holds {}", path.display()),
+            source: std::io::Error::other(format!("no daemon holds {}", path.display())),
         });
     }
     let mut text = String::new();
@@ -292,12 +289,12 @@ pub fn stop(path: impl AsRef<Path>, timeout: Duration) -> Result<i32> {
         .map_err(io_err("reading the pid file"))?;
     let pid: i32 = text.trim().parse().map_err(|_| Error::Os {
         op: "stopping the daemon",
-        reason: format!("{} does not hold a pid", path.display()),
+        source: std::io::Error::other(format!("{} does not hold a pid", path.display())),
     })?;
     // A pidfd taken while the lock proves the daemon alive cannot refer to
     // a recycled pid; it becomes readable when the daemon exits.
     let pidfd = crate::sys::pidfd_open(pid).map_err(io_err("pidfd_open"))?;
-    crate::sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&pidfd), libc::SIGTERM);
+    crate::sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&pidfd), crate::sys::Signal::TERM);
     // `None`: a timeout too long to add to now (`Duration::MAX`) waits forever.
     let deadline = crate::shm::park::deadline_after(timeout);
     let mut ready = Vec::new();
@@ -344,7 +341,7 @@ fn lock_pid_file(path: &Path) -> Result<File> {
 
 /// Takes the exclusive lock without blocking; false if someone holds it.
 fn try_lock(file: &File) -> bool {
-    crate::sys::flock_exclusive_nonblocking(file.as_raw_fd())
+    crate::sys::flock_exclusive_nonblocking(file.as_fd())
 }
 
 fn write_pid(file: &File) -> Result<()> {
@@ -368,7 +365,7 @@ fn redirect_stdio(log: Option<&File>) -> Result<()> {
         .map_err(io_err("opening /dev/null"))?;
     let out = log.unwrap_or(&null);
     for (from, to) in [(&null, 0), (out, 1), (out, 2)] {
-        crate::sys::dup_onto(from.as_raw_fd(), to).map_err(io_err("dup2"))?;
+        crate::sys::dup_onto(from.as_fd(), to).map_err(io_err("dup2"))?;
     }
     Ok(())
 }
@@ -404,8 +401,12 @@ mod tests {
         });
         // Through a pidfd taken before anyone could reap the child: never
         // reaches a process that reused its pid.
-        let kill_child =
-            || crate::sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&child_fd), libc::SIGKILL);
+        let kill_child = || {
+            crate::sys::pidfd_send_signal(
+                std::os::fd::AsFd::as_fd(&child_fd),
+                crate::sys::Signal::KILL,
+            )
+        };
         // A watchdog, not a timing check: a `stop` that never returns hangs.
         let result = match rx.recv_timeout(Duration::from_secs(120)) {
             Ok(result) => result,

@@ -1,6 +1,7 @@
 //! The one error type of corepool.
 
 use std::fmt;
+use std::io;
 
 /// Why a worker process ended.
 ///
@@ -36,7 +37,7 @@ impl fmt::Display for ExitCause {
         match *self {
             ExitCause::Signal(sig) => {
                 write!(f, "killed by {}", crate::sys::signal_name(sig))?;
-                if sig == libc::SIGKILL {
+                if sig == crate::sys::SIGKILL {
                     write!(f, "; if nobody sent it, the kernel's OOM killer may have: check `dmesg` and the task's memory use")?;
                 }
                 Ok(())
@@ -57,7 +58,14 @@ impl fmt::Display for ExitCause {
 /// let err = corepool::Error::Panicked { message: "n > 5".into() };
 /// assert!(err.to_string().contains("n > 5"));
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+///
+/// A failed system call keeps the kernel's [`std::io::Error`] as the error's
+/// [`source`](std::error::Error::source) ([`Error::Os`],
+/// [`Error::SharedMemory`], [`Error::PinFailed`], [`Error::Spawn`]), so its
+/// `raw_os_error()` and `kind()` stay at hand. `Clone` copies that error by
+/// its kind, OS error number and message (an `io::Error` itself cannot be
+/// cloned); `==` compares the same three.
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A configuration value or argument is out of range, or a call does not
@@ -77,26 +85,32 @@ pub enum Error {
         allowed: Vec<usize>,
     },
     /// The kernel refused to pin a worker.
-    #[error("pinning a worker to CPU {cpu} failed: {reason}; use `Pinning::None` or another CPU")]
+    #[error("pinning a worker to CPU {cpu} failed: {source}; use `Pinning::None` or another CPU")]
     PinFailed {
         /// The CPU the worker was to run on.
         cpu: usize,
         /// The kernel's answer.
-        reason: String,
+        #[source]
+        source: io::Error,
     },
     /// Shared memory could not be created, sized or mapped.
-    #[error("shared memory: {op} failed: {reason}; corepool's shared memory is anonymous and counts against RAM and the cgroup's memory limit: free memory, raise the limit, or ask for less (`ring_bytes` for a Pool; a smaller capacity, message size or array)")]
+    #[error("shared memory: {op} failed: {source}; corepool's shared memory is anonymous and counts against RAM and the cgroup's memory limit: free memory, raise the limit, or ask for less (`ring_bytes` for a Pool; a smaller capacity, message size or array)")]
     SharedMemory {
         /// The step that failed.
         op: &'static str,
         /// The kernel's answer.
-        reason: String,
+        #[source]
+        source: io::Error,
     },
     /// A worker process could not be started.
     #[error("starting a worker failed: {reason}")]
     Spawn {
         /// What failed and what to do.
         reason: String,
+        /// The kernel's answer, when a system call failed (the message in
+        /// `reason` already quotes it).
+        #[source]
+        source: Option<io::Error>,
     },
     /// A worker started but did not come up.
     #[error("worker {index} failed to start: {reason}")]
@@ -218,30 +232,199 @@ pub enum Error {
         pid: Option<i32>,
     },
     /// An operating-system call failed.
-    #[error("{op} failed: {reason}; check the system's limits (`ulimit -n`, `ulimit -u`, memory) and permissions")]
+    ///
+    /// The kernel's answer is the error's [`source`](std::error::Error::source),
+    /// an [`std::io::Error`]:
+    ///
+    /// ```
+    /// use std::error::Error as _;
+    ///
+    /// // No process has pid i32::MAX: the kernel's pid limit is far below it.
+    /// let err = corepool::info::affinity_of(i32::MAX).unwrap_err();
+    /// assert!(matches!(err, corepool::Error::Os { op: "sched_getaffinity", .. }));
+    /// let io = err.source().and_then(|s| s.downcast_ref::<std::io::Error>()).unwrap();
+    /// assert_eq!(io.raw_os_error(), Some(3)); // ESRCH: no such process
+    /// ```
+    #[error("{op} failed: {source}; check the system's limits (`ulimit -n`, `ulimit -u`, memory) and permissions")]
     Os {
         /// The call.
         op: &'static str,
         /// The kernel's answer.
-        reason: String,
+        #[source]
+        source: io::Error,
     },
 }
 
 impl Error {
-    pub(crate) fn os(op: &'static str, err: std::io::Error) -> Self {
-        Error::Os {
-            op,
-            reason: err.to_string(),
-        }
+    pub(crate) fn os(op: &'static str, err: io::Error) -> Self {
+        Error::Os { op, source: err }
     }
 
-    pub(crate) fn shm(op: &'static str, err: std::io::Error) -> Self {
-        Error::SharedMemory {
-            op,
-            reason: err.to_string(),
+    pub(crate) fn shm(op: &'static str, err: io::Error) -> Self {
+        Error::SharedMemory { op, source: err }
+    }
+}
+
+/// A copy of `err` with the same kind, OS error number and message: what an
+/// error's clone keeps of the `io::Error` inside it.
+fn copy_io(err: &io::Error) -> io::Error {
+    match err.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(err.kind(), err.to_string()),
+    }
+}
+
+/// Whether two `io::Error`s agree on what [`copy_io`] keeps.
+fn same_io(a: &io::Error, b: &io::Error) -> bool {
+    a.kind() == b.kind() && a.raw_os_error() == b.raw_os_error() && a.to_string() == b.to_string()
+}
+
+impl Clone for Error {
+    fn clone(&self) -> Self {
+        match self {
+            Error::InvalidConfig { what } => Error::InvalidConfig { what: what.clone() },
+            Error::CpuNotAllowed { cpu, allowed } => Error::CpuNotAllowed {
+                cpu: *cpu,
+                allowed: allowed.clone(),
+            },
+            Error::PinFailed { cpu, source } => Error::PinFailed {
+                cpu: *cpu,
+                source: copy_io(source),
+            },
+            Error::SharedMemory { op, source } => Error::SharedMemory {
+                op,
+                source: copy_io(source),
+            },
+            Error::Spawn { reason, source } => Error::Spawn {
+                reason: reason.clone(),
+                source: source.as_ref().map(copy_io),
+            },
+            Error::WorkerStart { index, reason } => Error::WorkerStart {
+                index: *index,
+                reason: reason.clone(),
+            },
+            Error::NotInitialized => Error::NotInitialized,
+            Error::BinaryMismatch { parent, worker } => Error::BinaryMismatch {
+                parent: *parent,
+                worker: *worker,
+            },
+            Error::PoolClosed => Error::PoolClosed,
+            Error::JoinWhileOpen => Error::JoinWhileOpen,
+            Error::ArgumentTooLarge { size, max } => Error::ArgumentTooLarge {
+                size: *size,
+                max: *max,
+            },
+            Error::ResultTooLarge { size, max } => Error::ResultTooLarge {
+                size: *size,
+                max: *max,
+            },
+            Error::Decode { type_name, reason } => Error::Decode {
+                type_name,
+                reason: reason.clone(),
+            },
+            Error::Panicked { message } => Error::Panicked {
+                message: message.clone(),
+            },
+            Error::WorkerDied { pid, cause } => Error::WorkerDied {
+                pid: *pid,
+                cause: cause.clone(),
+            },
+            Error::ProtocolViolation { pid, what } => Error::ProtocolViolation { pid: *pid, what },
+            Error::Cancelled => Error::Cancelled,
+            Error::TaskTimedOut { after } => Error::TaskTimedOut { after: *after },
+            Error::Timeout => Error::Timeout,
+            Error::ResultTaken => Error::ResultTaken,
+            Error::OutOfBounds { start, end, len } => Error::OutOfBounds {
+                start: *start,
+                end: *end,
+                len: *len,
+            },
+            Error::EndOfStream => Error::EndOfStream,
+            Error::QueueClosed => Error::QueueClosed,
+            Error::AlreadyRunning { pid_file, pid } => Error::AlreadyRunning {
+                pid_file: pid_file.clone(),
+                pid: *pid,
+            },
+            Error::Os { op, source } => Error::Os {
+                op,
+                source: copy_io(source),
+            },
         }
     }
 }
+
+impl PartialEq for Error {
+    fn eq(&self, other: &Self) -> bool {
+        // Exhaustive over `self`, so that a new variant cannot be forgotten.
+        match self {
+            Error::InvalidConfig { what } => {
+                matches!(other, Error::InvalidConfig { what: w } if w == what)
+            }
+            Error::CpuNotAllowed { cpu, allowed } => {
+                matches!(other, Error::CpuNotAllowed { cpu: c, allowed: a } if c == cpu && a == allowed)
+            }
+            Error::PinFailed { cpu, source } => {
+                matches!(other, Error::PinFailed { cpu: c, source: s } if c == cpu && same_io(s, source))
+            }
+            Error::SharedMemory { op, source } => {
+                matches!(other, Error::SharedMemory { op: o, source: s } if o == op && same_io(s, source))
+            }
+            Error::Spawn { reason, source } => {
+                matches!(other, Error::Spawn { reason: r, source: s } if r == reason
+                && match (s, source) {
+                    (Some(a), Some(b)) => same_io(a, b),
+                    (a, b) => a.is_none() && b.is_none(),
+                })
+            }
+            Error::WorkerStart { index, reason } => {
+                matches!(other, Error::WorkerStart { index: i, reason: r } if i == index && r == reason)
+            }
+            Error::NotInitialized => matches!(other, Error::NotInitialized),
+            Error::BinaryMismatch { parent, worker } => {
+                matches!(other, Error::BinaryMismatch { parent: p, worker: w } if p == parent && w == worker)
+            }
+            Error::PoolClosed => matches!(other, Error::PoolClosed),
+            Error::JoinWhileOpen => matches!(other, Error::JoinWhileOpen),
+            Error::ArgumentTooLarge { size, max } => {
+                matches!(other, Error::ArgumentTooLarge { size: s, max: m } if s == size && m == max)
+            }
+            Error::ResultTooLarge { size, max } => {
+                matches!(other, Error::ResultTooLarge { size: s, max: m } if s == size && m == max)
+            }
+            Error::Decode { type_name, reason } => {
+                matches!(other, Error::Decode { type_name: t, reason: r } if t == type_name && r == reason)
+            }
+            Error::Panicked { message } => {
+                matches!(other, Error::Panicked { message: m } if m == message)
+            }
+            Error::WorkerDied { pid, cause } => {
+                matches!(other, Error::WorkerDied { pid: p, cause: c } if p == pid && c == cause)
+            }
+            Error::ProtocolViolation { pid, what } => {
+                matches!(other, Error::ProtocolViolation { pid: p, what: w } if p == pid && w == what)
+            }
+            Error::Cancelled => matches!(other, Error::Cancelled),
+            Error::TaskTimedOut { after } => {
+                matches!(other, Error::TaskTimedOut { after: a } if a == after)
+            }
+            Error::Timeout => matches!(other, Error::Timeout),
+            Error::ResultTaken => matches!(other, Error::ResultTaken),
+            Error::OutOfBounds { start, end, len } => {
+                matches!(other, Error::OutOfBounds { start: s, end: e, len: l } if s == start && e == end && l == len)
+            }
+            Error::EndOfStream => matches!(other, Error::EndOfStream),
+            Error::QueueClosed => matches!(other, Error::QueueClosed),
+            Error::AlreadyRunning { pid_file, pid } => {
+                matches!(other, Error::AlreadyRunning { pid_file: f, pid: p } if f == pid_file && p == pid)
+            }
+            Error::Os { op, source } => {
+                matches!(other, Error::Os { op: o, source: s } if o == op && same_io(s, source))
+            }
+        }
+    }
+}
+
+impl Eq for Error {}
 
 /// `Result<T, corepool::Error>`.
 ///
@@ -255,3 +438,85 @@ impl Error {
 /// assert!(parse("four").is_err());
 /// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    fn io_source(err: &Error) -> Option<&io::Error> {
+        err.source()?.downcast_ref::<io::Error>()
+    }
+
+    #[test]
+    fn os_errors_keep_the_kernels_answer_as_source() {
+        let err = Error::os(
+            "pidfd_open",
+            io::Error::from_raw_os_error(crate::sys::EINVAL),
+        );
+        assert_eq!(
+            io_source(&err).and_then(io::Error::raw_os_error),
+            Some(crate::sys::EINVAL)
+        );
+        // The message still says what failed, what the kernel said, and what to do.
+        let text = err.to_string();
+        assert!(text.starts_with("pidfd_open failed: "), "{text}");
+        assert!(
+            text.contains(&io::Error::from_raw_os_error(crate::sys::EINVAL).to_string()),
+            "{text}"
+        );
+        assert!(text.contains("ulimit"), "{text}");
+    }
+
+    #[test]
+    fn shared_memory_errors_keep_their_source() {
+        let err = Error::shm(
+            "memfd_create",
+            io::Error::from_raw_os_error(crate::sys::EINVAL),
+        );
+        assert_eq!(
+            io_source(&err).and_then(io::Error::raw_os_error),
+            Some(crate::sys::EINVAL)
+        );
+    }
+
+    #[test]
+    fn a_clone_keeps_kind_number_and_message() {
+        let by_number = Error::os("fork", io::Error::from_raw_os_error(crate::sys::EINVAL));
+        let copy = by_number.clone();
+        assert_eq!(copy, by_number);
+        assert_eq!(
+            io_source(&copy).and_then(io::Error::raw_os_error),
+            Some(crate::sys::EINVAL)
+        );
+
+        let by_text = Error::Spawn {
+            reason: "no thread".into(),
+            source: Some(io::Error::new(io::ErrorKind::WouldBlock, "try later")),
+        };
+        let copy = by_text.clone();
+        assert_eq!(copy, by_text);
+        let source = io_source(&copy).unwrap();
+        assert_eq!(source.kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(source.to_string(), "try later");
+    }
+
+    #[test]
+    fn different_answers_are_different_errors() {
+        let a = Error::os("fork", io::Error::from_raw_os_error(crate::sys::EINVAL));
+        let b = Error::os("fork", io::Error::other("elsewhere"));
+        assert_ne!(a, b);
+        assert_ne!(
+            a,
+            Error::os("setsid", io::Error::from_raw_os_error(crate::sys::EINVAL))
+        );
+        assert_eq!(Error::Timeout, Error::Timeout);
+        assert_ne!(Error::Timeout, Error::QueueClosed);
+    }
+
+    #[test]
+    fn errors_cross_threads() {
+        fn send_sync_static<T: Send + Sync + 'static>() {}
+        send_sync_static::<Error>();
+    }
+}

@@ -126,10 +126,7 @@ pub fn pin_current_thread(cpu: usize) -> Result<()> {
     if !allowed.contains(&cpu) {
         return Err(Error::CpuNotAllowed { cpu, allowed });
     }
-    crate::sys::pin_self_to(cpu).map_err(|e| Error::PinFailed {
-        cpu,
-        reason: e.to_string(),
-    })
+    crate::sys::pin_self_to(cpu).map_err(|e| Error::PinFailed { cpu, source: e })
 }
 
 /// The CPU the calling thread runs on now.

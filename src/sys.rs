@@ -1,82 +1,100 @@
-//! Every raw system call corepool makes, and nothing else.
+//! Every system call corepool makes, and nothing else.
 //!
-//! The rest of the crate calls these thin, safe wrappers; the `unsafe` needed to
-//! reach the kernel stays here. Errors come back as [`std::io::Error`] so that the
+//! The rest of the crate calls these thin wrappers. Almost all of them go
+//! through [`rustix`], whose typed, safe functions make the system call
+//! directly (no allocation, no C library state, so they are fine between
+//! fork and exec); the few that rustix does not wrap stay raw `libc` here,
+//! each saying why. Errors come back as [`std::io::Error`] so that the
 //! callers can wrap them in a typed [`crate::Error`] with advice attached.
 
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
-/// Converts a `-1`-on-error return value into an `io::Result`.
-fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
-    if ret == -1 {
-        Err(io::Error::last_os_error())
+use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
+use rustix::fs::{FallocateFlags, FlockOperation, MemfdFlags, Mode, SealFlags};
+use rustix::io::{Errno, FdFlags};
+use rustix::pipe::PipeFlags;
+use rustix::process::{Pid, PidfdFlags, WaitId, WaitIdOptions, WaitOptions};
+use rustix::thread::{futex, CpuSet};
+
+/// A signal to send ([`kill_group`], [`pidfd_send_signal`]): `Signal::KILL`,
+/// `Signal::TERM`.
+pub(crate) use rustix::process::Signal;
+
+/// SIGKILL's number, as [`crate::ExitCause::Signal`] reports it.
+pub(crate) const SIGKILL: i32 = Signal::KILL.as_raw();
+
+/// EINVAL's number, as [`io::Error::raw_os_error`] reports it.
+pub(crate) const EINVAL: i32 = Errno::INVAL.raw_os_error();
+/// "Not, or no longer, a child of ours to wait for", for `raw_os_error()` checks.
+pub(crate) const ECHILD: i32 = Errno::CHILD.raw_os_error();
+
+/// `pid` as a process id the kernel can name: positive. Zero and negative
+/// numbers mean "me" or "a group" to some calls, so callers decide what they
+/// do with them before asking for a `Pid`.
+fn positive_pid(pid: i32) -> Option<Pid> {
+    if pid > 0 {
+        Pid::from_raw(pid)
     } else {
-        Ok(ret)
+        None
     }
+}
+
+/// Sets a descriptor's flags (`FD_CLOEXEC`) by its number: `fd` is one this
+/// process was handed by number and holds open.
+fn set_fd_flags(fd: RawFd, flags: FdFlags) -> io::Result<()> {
+    if fd < 0 {
+        // -1 is not even representable as a `BorrowedFd`.
+        return Err(Errno::BADF.into());
+    }
+    // SAFETY: `fd` is not negative (checked above), and the callers pass a
+    // descriptor this process holds open (the segment it inherited); the
+    // borrow ends with this call. F_SETFD reads and writes no memory of ours.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    Ok(rustix::io::fcntl_setfd(fd, flags)?)
 }
 
 /// `memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING)`: an anonymous file that
 /// never appears in `/dev/shm` and vanishes with its last descriptor or mapping.
 pub(crate) fn memfd_create(name: &CStr) -> io::Result<OwnedFd> {
-    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
-    // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
-    check(fd as libc::c_long)?;
-    // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+    Ok(rustix::fs::memfd_create(name, flags)?)
 }
 
 /// Reserves `len` bytes of backing store so that a full tmpfs fails here, with an
 /// error, rather than as a SIGBUS on first touch later.
 pub(crate) fn fallocate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
-    let len = libc::off_t::try_from(len)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
-    loop {
-        // SAFETY: plain syscall on a descriptor we hold; no memory is passed.
-        let ret = unsafe { libc::fallocate(fd.as_raw_fd(), 0, 0, len) };
-        match ret {
-            0 => return Ok(()),
-            _ => {
-                let err = io::Error::last_os_error();
-                if err.raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                return Err(err);
-            }
-        }
+    if i64::try_from(len).is_err() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "segment too large",
+        ));
     }
+    rustix::io::retry_on_intr(|| rustix::fs::fallocate(fd, FallocateFlags::empty(), 0, len))?;
+    Ok(())
 }
 
 /// Seals a memfd against shrinking and growing (and further sealing), so that a
 /// worker cannot truncate the segment under the parent's mapping.
 pub(crate) fn seal_size(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-    // SAFETY: plain fcntl on a descriptor we hold.
-    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } as libc::c_long)?;
-    Ok(())
+    let seals = SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL;
+    Ok(rustix::fs::fcntl_add_seals(fd, seals)?)
 }
 
 /// Whether `fd` is a memfd whose size is sealed (shrink and grow): the only
 /// kind of file corepool maps on another process's word.
 pub(crate) fn is_size_sealed(fd: BorrowedFd<'_>) -> bool {
-    // SAFETY: plain fcntl; fails with EINVAL on anything but a memfd/shmem file.
-    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
-    seals >= 0
-        && seals & (libc::F_SEAL_SHRINK | libc::F_SEAL_GROW)
-            == (libc::F_SEAL_SHRINK | libc::F_SEAL_GROW)
+    // F_GET_SEALS fails with EINVAL on anything but a memfd/shmem file.
+    rustix::fs::fcntl_get_seals(fd)
+        .is_ok_and(|seals| seals.contains(SealFlags::SHRINK | SealFlags::GROW))
 }
 
 /// Size of the file behind `fd` and its (device, inode) identity.
 pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileId> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `st` is a valid out-pointer for one `stat`; fstat fills it on success.
-    check(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } as libc::c_long)?;
-    // SAFETY: fstat returned 0, so it initialised `st`.
-    let st = unsafe { st.assume_init() };
+    let st = rustix::fs::fstat(fd)?;
     Ok(FileId {
         dev: st.st_dev,
         ino: st.st_ino,
@@ -97,66 +115,54 @@ pub(crate) struct FileId {
     pub mtime_ns: u64,
 }
 
-/// Clears `FD_CLOEXEC`. Async-signal-safe: used between fork and exec.
+/// Clears `FD_CLOEXEC` on `fd`, a descriptor this process holds open.
+/// Async-signal-safe: used between fork and exec.
 pub(crate) fn clear_cloexec(fd: RawFd) -> io::Result<()> {
-    // SAFETY: plain fcntl; no memory is passed.
-    check(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } as libc::c_long)?;
-    Ok(())
+    set_fd_flags(fd, FdFlags::empty())
 }
 
-/// Sets `FD_CLOEXEC`, so that a descriptor a worker inherited is not handed on
-/// to processes the worker's tasks start.
+/// Sets `FD_CLOEXEC` on `fd`, a descriptor this process was handed, so that
+/// it is not passed on to processes the worker's tasks start.
 pub(crate) fn set_cloexec(fd: RawFd) -> io::Result<()> {
-    // SAFETY: plain fcntl; no memory is passed.
-    check(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } as libc::c_long)?;
-    Ok(())
+    set_fd_flags(fd, FdFlags::CLOEXEC)
 }
 
 /// `prctl(PR_SET_PDEATHSIG, SIGKILL)`: the kernel kills this process when the
 /// thread that forked it exits. Async-signal-safe: used between fork and exec.
 pub(crate) fn set_parent_death_signal() -> io::Result<()> {
-    // SAFETY: plain prctl with integer arguments.
-    let ret = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
-    check(ret as libc::c_long)?;
-    Ok(())
+    Ok(rustix::process::set_parent_process_death_signal(Some(
+        Signal::KILL,
+    ))?)
 }
 
 /// Pins the calling thread (and so, before exec, the whole new process) to `cpu`.
-/// Async-signal-safe: used between fork and exec.
+/// Async-signal-safe and allocation-free (the CPU set lives on the stack): used
+/// between fork and exec.
 pub(crate) fn pin_self_to(cpu: usize) -> io::Result<()> {
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    if cpu >= CpuSet::MAX_CPU {
+        return Err(Errno::INVAL.into());
     }
-    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu < CPU_SETSIZE` (checked above), so the bit is inside `set`.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    let size = std::mem::size_of::<libc::cpu_set_t>();
-    // SAFETY: `set` is a valid cpu_set_t of the size we pass.
-    let ret = unsafe { libc::sched_setaffinity(0, size, &set) };
-    check(ret as libc::c_long)?;
-    Ok(())
+    let mut set = CpuSet::new();
+    set.set(cpu);
+    Ok(rustix::thread::sched_setaffinity(None, &set)?)
 }
 
 /// The CPUs process (or thread) `pid` may run on; `pid == 0` means the caller.
 pub(crate) fn affinity_of(pid: i32) -> io::Result<Vec<usize>> {
-    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let size = std::mem::size_of::<libc::cpu_set_t>();
-    // SAFETY: `set` is a valid out-pointer of the size we pass.
-    let ret = unsafe { libc::sched_getaffinity(pid, size, &mut set) };
-    check(ret as libc::c_long)?;
-    Ok((0..libc::CPU_SETSIZE as usize)
-        // SAFETY: every `cpu` is below CPU_SETSIZE, inside `set`.
-        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+    let target = match pid {
+        0 => None,
+        // As the kernel answers for a pid it cannot find.
+        _ => Some(positive_pid(pid).ok_or(Errno::SRCH)?),
+    };
+    let set = rustix::thread::sched_getaffinity(target)?;
+    Ok((0..CpuSet::MAX_CPU)
+        .filter(|&cpu| set.is_set(cpu))
         .collect())
 }
 
 /// The CPU the calling thread runs on right now.
 pub(crate) fn current_cpu() -> Option<usize> {
-    // SAFETY: sched_getcpu takes no arguments.
-    let cpu = unsafe { libc::sched_getcpu() };
-    usize::try_from(cpu).ok()
+    Some(rustix::thread::sched_getcpu())
 }
 
 /// Waits while `*word == expected`, at most `timeout` (forever if `None`).
@@ -165,99 +171,51 @@ pub(crate) fn current_cpu() -> Option<usize> {
 /// The word must live in memory shared with the waker (it may be a `MAP_SHARED`
 /// mapping, so the futex is not `FUTEX_PRIVATE`).
 pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
-    let ts;
-    let ts_ptr = match timeout {
-        Some(d) => {
-            ts = libc::timespec {
-                tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
-                tv_nsec: d.subsec_nanos() as libc::c_long,
-            };
-            &ts as *const libc::timespec
-        }
-        None => std::ptr::null(),
-    };
-    // SAFETY: `word` is a valid, aligned u32 for the duration of the call; the
-    // timespec (if any) lives on this stack frame until the call returns. The
-    // result is ignored on purpose: EAGAIN, EINTR and ETIMEDOUT all mean "re-check".
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            expected,
-            ts_ptr,
-            std::ptr::null::<u32>(),
-            0u32,
-        );
-    }
+    let timeout = timeout.map(|d| Timespec {
+        tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: d.subsec_nanos().into(),
+    });
+    // The result is ignored on purpose: EAGAIN, EINTR and ETIMEDOUT all mean
+    // "re-check".
+    let _ = futex::wait(word, futex::Flags::empty(), expected, timeout.as_ref());
 }
 
 /// Wakes every waiter on `word`.
 pub(crate) fn futex_wake_all(word: &AtomicU32) {
-    // SAFETY: `word` is a valid, aligned u32; FUTEX_WAKE reads no other memory.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE,
-            i32::MAX,
-            0usize,
-            0usize,
-            0u32,
-        );
-    }
+    let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
 }
 
 /// `pidfd_open(pid)`: a descriptor that becomes readable when `pid` exits.
 /// Works on a zombie too, so there is no race with an early death.
 pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall with integer arguments.
-    let fd = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
-    // SAFETY: the kernel just returned this descriptor to us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    // The kernel answers EINVAL for a pid that is not positive.
+    let pid = positive_pid(pid).ok_or(Errno::INVAL)?;
+    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
 }
 
 /// Sends `signal` through a pidfd: never reaches a process that merely
 /// reused the pid. ESRCH (already exited) is not an error.
-pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) {
-    // SAFETY: plain syscall: a descriptor we hold, a signal number, no siginfo.
-    unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            signal,
-            std::ptr::null::<u8>(),
-            0u32,
-        );
-    }
+pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: Signal) {
+    let _ = rustix::process::pidfd_send_signal(pidfd, signal);
 }
 
 /// An `eventfd` used to wake a thread blocked in [`poll_readable`].
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
-    let flags = libc::EFD_CLOEXEC | libc::EFD_NONBLOCK;
-    // SAFETY: plain syscall with integer arguments.
-    let fd = check(unsafe { libc::eventfd(0, flags) } as libc::c_long)?;
-    // SAFETY: the kernel just returned this descriptor to us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
+    Ok(rustix::event::eventfd(0, flags)?)
 }
 
 /// Adds one to an eventfd's counter, waking its poller.
 pub(crate) fn eventfd_signal(fd: BorrowedFd<'_>) {
-    let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a live u64. A full counter (EAGAIN) already
-    // means "readable", which is all the poller needs.
-    unsafe {
-        libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8);
-    }
+    // A full counter (EAGAIN) already means "readable", which is all the
+    // poller needs.
+    let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
 }
 
 /// Resets an eventfd's counter to zero.
 pub(crate) fn eventfd_drain(fd: BorrowedFd<'_>) {
-    let mut buf: u64 = 0;
-    // SAFETY: reads at most 8 bytes into a live u64. EAGAIN (already zero) is fine.
-    unsafe {
-        libc::read(fd.as_raw_fd(), (&mut buf as *mut u64).cast(), 8);
-    }
+    // EAGAIN (already zero) is fine.
+    let _ = rustix::io::read(fd, &mut [0u8; 8]);
 }
 
 /// Blocks until at least one of `fds` is readable (or hung up); returns, for each
@@ -267,42 +225,41 @@ pub(crate) fn poll_readable(
     ready: &mut Vec<bool>,
     timeout: Option<Duration>,
 ) -> io::Result<()> {
-    let mut pfds: Vec<libc::pollfd> = fds
+    let mut pfds: Vec<PollFd<'_>> = fds
         .iter()
-        .map(|fd| libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
+        .map(|&fd| PollFd::from_borrowed_fd(fd, PollFlags::IN))
         .collect();
-    let ms = timeout.map_or(-1, |t| {
-        t.as_millis().clamp(1, i32::MAX as u128) as libc::c_int
-    });
-    // SAFETY: `pfds` is a valid, writable array of `pfds.len()` pollfd
-    // structs that outlives the call.
-    let ret = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
-    ready.clear();
-    if ret == -1 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EINTR) {
-            ready.resize(fds.len(), false);
-            return Ok(());
+    // Whole milliseconds, at least one, as poll(2) counts them: a sub-
+    // millisecond timeout does not become a busy loop.
+    let timeout = timeout.map(|t| {
+        let ms = t.as_millis().clamp(1, i32::MAX as u128) as i64;
+        Timespec {
+            tv_sec: ms / 1000,
+            tv_nsec: (ms % 1000) * 1_000_000,
         }
-        return Err(err);
+    });
+    ready.clear();
+    match rustix::event::poll(&mut pfds, timeout.as_ref()) {
+        Ok(_) => {
+            ready.extend(pfds.iter().map(|p| !p.revents().is_empty()));
+            Ok(())
+        }
+        Err(Errno::INTR) => {
+            ready.resize(fds.len(), false);
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
     }
-    ready.extend(pfds.iter().map(|p| p.revents != 0));
-    Ok(())
 }
 
 /// Sends `signal` to every process in process group `pgid` (a worker and
 /// whatever its tasks started). ESRCH (already gone) is not an error.
-pub(crate) fn kill_group(pgid: i32, signal: i32) {
+pub(crate) fn kill_group(pgid: i32, signal: Signal) {
     if pgid <= 1 {
         return; // never our own group, init's, or everyone
     }
-    // SAFETY: plain syscall with integer arguments.
-    unsafe {
-        libc::kill(-pgid, signal);
+    if let Some(pgid) = positive_pid(pgid) {
+        let _ = rustix::process::kill_process_group(pgid, signal);
     }
 }
 
@@ -310,12 +267,14 @@ pub(crate) fn kill_group(pgid: i32, signal: i32) {
 /// processes its tasks start can be killed with it. Async-signal-safe: used
 /// between fork and exec.
 pub(crate) fn new_process_group() -> io::Result<()> {
-    // SAFETY: plain syscall with integer arguments.
-    check(unsafe { libc::setpgid(0, 0) } as libc::c_long)?;
-    Ok(())
+    Ok(rustix::process::setpgid(None, None)?)
 }
 
 /// `fork()`: `Some(child)` in the parent, `None` in the child.
+///
+/// Raw libc: rustix offers fork only in its unstable `runtime` module, and
+/// that one skips the C library's `pthread_atfork` handlers, which
+/// [`current_pid`] relies on.
 ///
 /// # Safety
 ///
@@ -328,66 +287,70 @@ pub(crate) fn new_process_group() -> io::Result<()> {
 pub(crate) unsafe fn fork() -> io::Result<Option<i32>> {
     // SAFETY: the caller guarantees this process has one thread, so the child
     // inherits no lock held by a thread that does not exist there.
-    let pid = check(unsafe { libc::fork() } as libc::c_long)?;
-    Ok((pid != 0).then_some(pid as i32))
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        child => Ok(Some(child)),
+    }
 }
 
-/// Waits for child `pid` to exit (reaps it), retrying on EINTR.
+/// Waits for child `pid` (positive) to exit (reaps it), retrying on EINTR.
 pub(crate) fn wait_for(pid: i32) {
-    loop {
-        // SAFETY: waitpid on one specific child with a null status pointer.
-        let ret = unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-        if ret != -1 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return;
-        }
-    }
+    let Some(pid) = positive_pid(pid) else {
+        return; // zero or negative would wait for a whole group
+    };
+    let _ = rustix::io::retry_on_intr(|| rustix::process::waitpid(Some(pid), WaitOptions::empty()));
 }
 
 /// `setsid()`: a new session and process group, no controlling terminal.
 pub(crate) fn setsid() -> io::Result<()> {
-    // SAFETY: no arguments.
-    check(unsafe { libc::setsid() } as libc::c_long)?;
+    rustix::process::setsid()?;
     Ok(())
 }
 
 /// Sets the file-creation mask.
 pub(crate) fn set_umask(mask: u32) {
-    // SAFETY: plain syscall with an integer argument.
-    unsafe {
-        libc::umask(mask as libc::mode_t);
-    }
+    rustix::process::umask(Mode::from_raw_mode(mask));
 }
 
 /// `flock(fd, LOCK_EX | LOCK_NB)`: true if we now hold the lock.
-pub(crate) fn flock_exclusive_nonblocking(fd: RawFd) -> bool {
-    // SAFETY: plain syscall on a descriptor the caller holds.
-    unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) == 0 }
+pub(crate) fn flock_exclusive_nonblocking(fd: BorrowedFd<'_>) -> bool {
+    rustix::fs::flock(fd, FlockOperation::NonBlockingLockExclusive).is_ok()
 }
 
 /// A close-on-exec pipe: (read end, write end).
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: `fds` is a valid array of two ints for the kernel to fill.
-    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long)?;
-    // SAFETY: both descriptors were just returned to us.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?)
 }
 
-/// `dup2(from, to)`.
-pub(crate) fn dup_onto(from: RawFd, to: RawFd) -> io::Result<()> {
-    // SAFETY: plain syscall; `to` is replaced atomically.
-    check(unsafe { libc::dup2(from, to) } as libc::c_long)?;
+/// `dup2(from, to)` onto a standard stream: `to` is 0, 1 or 2 (anything else
+/// is refused with `InvalidInput`).
+pub(crate) fn dup_onto(from: BorrowedFd<'_>, to: RawFd) -> io::Result<()> {
+    match to {
+        0 => rustix::stdio::dup2_stdin(from)?,
+        1 => rustix::stdio::dup2_stdout(from)?,
+        2 => rustix::stdio::dup2_stderr(from)?,
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "only the standard streams (0, 1, 2) are replaced",
+            ))
+        }
+    }
     Ok(())
 }
 
-/// The parent's pid, as the kernel sees it now.
+/// The parent's pid, as the kernel sees it now (0 if there is none to see,
+/// as from inside a pid namespace whose parent is outside it).
 pub(crate) fn getppid() -> i32 {
-    // SAFETY: no arguments.
-    unsafe { libc::getppid() }
+    Pid::as_raw(rustix::process::getppid())
 }
 
 /// Names of signals, for messages.
 pub(crate) fn signal_name(sig: i32) -> String {
+    // Raw libc: strsignal is a C library function (a table of texts), not a
+    // system call; rustix and nix have no wrapper.
     // SAFETY: strsignal returns a pointer to a static or thread-local string,
     // valid until the next call on this thread; we copy it at once.
     let ptr = unsafe { libc::strsignal(sig) };
@@ -399,15 +362,15 @@ pub(crate) fn signal_name(sig: i32) -> String {
             .to_string_lossy()
             .into_owned()
     };
-    let short = match sig {
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGILL => "SIGILL",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGINT => "SIGINT",
+    let short = match Signal::from_named_raw(sig) {
+        Some(Signal::KILL) => "SIGKILL",
+        Some(Signal::SEGV) => "SIGSEGV",
+        Some(Signal::ABORT) => "SIGABRT",
+        Some(Signal::TERM) => "SIGTERM",
+        Some(Signal::BUS) => "SIGBUS",
+        Some(Signal::ILL) => "SIGILL",
+        Some(Signal::FPE) => "SIGFPE",
+        Some(Signal::INT) => "SIGINT",
         _ => "",
     };
     if short.is_empty() {
@@ -420,6 +383,7 @@ pub(crate) fn signal_name(sig: i32) -> String {
 /// Exits at once, without running destructors or atexit handlers: a worker that
 /// must not touch state it shares with the parent's stdio buffers on the way out.
 pub(crate) fn exit_now(code: i32) -> ! {
+    // Raw libc: rustix keeps `exit_group` in its unstable `runtime` module.
     // SAFETY: _exit never returns and takes an integer.
     unsafe { libc::_exit(code) }
 }
@@ -445,6 +409,8 @@ pub(crate) fn current_pid() -> u32 {
         return cached;
     }
     AT_FORK.call_once(|| {
+        // Raw libc: pthread_atfork registers with the C library's fork, not
+        // the kernel; rustix and nix have no wrapper.
         // SAFETY: registers a handler that only does an atomic store, which
         // is async-signal-safe and valid in the child of a fork.
         unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) };
@@ -465,27 +431,14 @@ pub(crate) fn current_pid() -> u32 {
 /// an error (ECHILD: not, or no longer, our child to wait for) is no answer
 /// about whether it lives.
 pub(crate) fn has_exited(pid: i32) -> io::Result<bool> {
+    let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::from(Errno::CHILD))?;
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
     loop {
-        // SAFETY: all-zero bytes are a valid siginfo_t (plain C data).
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: waitid on one specific child, writing into a live siginfo_t.
-        let ret = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-            )
-        };
-        if ret == 0 {
-            // With WNOHANG, si_pid stays 0 when no child has changed state.
-            // SAFETY: waitid filled (or left zeroed) the siginfo_t; reading
-            // si_pid of a SIGCHLD-style record is what the union is for.
-            return Ok(unsafe { info.si_pid() } != 0);
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            return Err(err);
+        // With NOHANG, `None` means no child of that pid has changed state.
+        match rustix::process::waitid(WaitId::Pid(pid), options) {
+            Ok(status) => return Ok(status.is_some()),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }

@@ -1,31 +1,34 @@
-//! The binary's only raw system calls. The library keeps its own in its
-//! private `sys` module, which the binary cannot reach; whatever `unsafe` the
-//! subcommands need lives here, behind safe wrappers.
+//! The binary's only system calls. The library keeps its own in its private
+//! `sys` module, which the binary cannot reach; the subcommands reach the
+//! kernel through the safe wrappers here (rustix underneath: no `unsafe`).
 
 use std::io;
 
-/// Sends `signal` to process `pid`.
+use rustix::process::{Pid, Signal};
+
+/// Sends `signal` to process `pid`; signal 0 only checks that it exists and
+/// may be signalled.
 ///
 /// Only to one process: `pid <= 0` is refused with
 /// [`io::ErrorKind::InvalidInput`], because `kill(0, …)` signals our own
-/// process group and `kill(-1, …)` every process we may signal.
+/// process group and `kill(-1, …)` every process we may signal. A number that
+/// names no signal is refused the same way, as the kernel would (`EINVAL`).
 ///
 /// A process that is already gone gives the `ESRCH` error
 /// (`raw_os_error() == Some(libc::ESRCH)`), which callers racing an exit can
 /// ignore.
 pub(crate) fn kill(pid: i32, signal: i32) -> io::Result<()> {
-    if pid <= 0 {
+    let Some(target) = Pid::from_raw(pid.max(0)) else {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("refusing to signal pid {pid}: it names a group of processes, not one"),
         ));
+    };
+    if signal == 0 {
+        return Ok(rustix::process::test_kill_process(target)?);
     }
-    // SAFETY: kill(2) takes two integers and touches no memory of ours;
-    // `pid > 0` names a single process.
-    if unsafe { libc::kill(pid, signal) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    let signal = Signal::from_named_raw(signal).ok_or(rustix::io::Errno::INVAL)?;
+    Ok(rustix::process::kill_process(target, signal)?)
 }
 
 #[cfg(test)]
@@ -43,5 +46,11 @@ mod tests {
     #[test]
     fn signal_zero_probes_ourselves() {
         kill(std::process::id() as i32, 0).unwrap();
+    }
+
+    #[test]
+    fn unknown_signals_are_refused() {
+        let err = kill(std::process::id() as i32, 12345).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 }

@@ -308,7 +308,7 @@ fn start<K: Clone>(
         Err(e) => {
             // Not reaped yet, so its pid and group are still its own.
             if own_group {
-                sys::kill_group(pid, libc::SIGKILL);
+                sys::kill_group(pid, crate::sys::Signal::KILL);
             }
             let _ = child.kill();
             let _ = child.wait();
@@ -329,14 +329,14 @@ fn look<K>(running: &mut Running<K>) -> Look {
         Ok(false) => return Look::Running,
         Ok(true) => {
             if running.own_group {
-                sys::kill_group(running.pid, libc::SIGKILL);
+                sys::kill_group(running.pid, crate::sys::Signal::KILL);
             }
         }
         // Not our child to wait for any more: something else in the program
         // reaped it (a `waitpid(-1)`, SIGCHLD ignored). It is gone, with no
         // cause to report; its pid may be reused, so no group kill.
-        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
-            return Look::Exited(ExitCause::Signal(libc::SIGKILL));
+        Err(e) if e.raw_os_error() == Some(crate::sys::ECHILD) => {
+            return Look::Exited(ExitCause::Signal(crate::sys::SIGKILL));
         }
         Err(_) => return Look::NoAnswer,
     }
@@ -344,8 +344,8 @@ fn look<K>(running: &mut Running<K>) -> Look {
     match running.child.try_wait() {
         Ok(Some(status)) => Look::Exited(exit_cause(status)),
         Ok(None) => Look::NoAnswer,
-        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
-            Look::Exited(ExitCause::Signal(libc::SIGKILL))
+        Err(e) if e.raw_os_error() == Some(crate::sys::ECHILD) => {
+            Look::Exited(ExitCause::Signal(crate::sys::SIGKILL))
         }
         Err(_) => Look::NoAnswer,
     }
@@ -355,9 +355,9 @@ fn look<K>(running: &mut Running<K>) -> Look {
 fn stop_all<K>(children: Vec<Running<K>>, report: &mut dyn FnMut(Event<K>)) {
     for c in &children {
         if c.own_group {
-            sys::kill_group(c.pid, libc::SIGKILL);
+            sys::kill_group(c.pid, crate::sys::Signal::KILL);
         } else {
-            sys::pidfd_send_signal(c.pidfd.as_fd(), libc::SIGKILL);
+            sys::pidfd_send_signal(c.pidfd.as_fd(), crate::sys::Signal::KILL);
         }
     }
     for mut c in children {
@@ -365,7 +365,7 @@ fn stop_all<K>(children: Vec<Running<K>>, report: &mut dyn FnMut(Event<K>)) {
             .child
             .wait()
             .map(exit_cause)
-            .unwrap_or(ExitCause::Signal(libc::SIGKILL));
+            .unwrap_or(ExitCause::Signal(crate::sys::SIGKILL));
         report(Event::Exited {
             key: c.key,
             pid: c.pid,
@@ -435,7 +435,7 @@ mod tests {
         sys::wait_for(running.pid);
         assert!(matches!(
             look(&mut running),
-            Look::Exited(ExitCause::Signal(libc::SIGKILL))
+            Look::Exited(ExitCause::Signal(crate::sys::SIGKILL))
         ));
     }
 }

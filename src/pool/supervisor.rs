@@ -132,11 +132,12 @@ fn spawn_error(cpu: Option<usize>, error: SpawnError) -> Error {
     match error {
         SpawnError::Pidfd(e) => Error::os("pidfd_open", e),
         SpawnError::Exec(e) => match cpu {
-            Some(cpu) if e.raw_os_error() == Some(libc::EINVAL) => {
-                Error::PinFailed { cpu, reason: e.to_string() }
+            Some(cpu) if e.raw_os_error() == Some(crate::sys::EINVAL) => {
+                Error::PinFailed { cpu, source: e }
             }
             _ => Error::Spawn {
                 reason: format!("re-executing /proc/self/exe failed: {e}; check that the executable is still there and the process limit (ulimit -u) is not reached"),
+                source: Some(e),
             },
         },
     }

@@ -257,7 +257,7 @@ impl<R: Wire> Process<R> {
     /// }
     /// ```
     pub fn terminate(&self) {
-        sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGTERM);
+        sys::pidfd_send_signal(self.pidfd.as_fd(), crate::sys::Signal::TERM);
     }
 
     /// Sends SIGKILL (Python's `kill`).
@@ -283,7 +283,7 @@ impl<R: Wire> Process<R> {
     /// }
     /// ```
     pub fn kill(&self) {
-        sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL);
+        sys::pidfd_send_signal(self.pidfd.as_fd(), crate::sys::Signal::KILL);
     }
 
     /// Waits at most `timeout` for it to end; returns whether it has
@@ -364,7 +364,7 @@ impl<R: Wire> Process<R> {
 impl<R> Drop for Process<R> {
     fn drop(&mut self) {
         if self.daemon && self.exit.cause().is_none() {
-            sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL);
+            sys::pidfd_send_signal(self.pidfd.as_fd(), crate::sys::Signal::KILL);
         }
         // Either way the process thread reaps it when it ends: no zombie.
     }

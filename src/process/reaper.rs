@@ -89,7 +89,7 @@ struct Child {
 }
 
 fn supervisor() -> Result<&'static Supervisor<Child>> {
-    static SUPERVISOR: OnceLock<std::result::Result<Supervisor<Child>, String>> = OnceLock::new();
+    static SUPERVISOR: OnceLock<Result<Supervisor<Child>>> = OnceLock::new();
     SUPERVISOR
         .get_or_init(|| {
             Supervisor::start("corepool-processes", |event: Event<Child>| match event {
@@ -102,12 +102,11 @@ fn supervisor() -> Result<&'static Supervisor<Child>> {
                 }
                 Event::Exited { key, cause, .. } => key.exit.record(cause),
             })
-            .map_err(|e| e.to_string())
         })
         .as_ref()
-        .map_err(|e| Error::Spawn {
-            reason: format!("starting the process thread failed: {e}"),
-        })
+        // The failure is kept for every later call: each gets a copy, with
+        // the system call's error as its source.
+        .map_err(Error::clone)
 }
 
 /// Starts this binary again as a `Process` child, handing it `fd` (its
@@ -117,6 +116,7 @@ pub(super) fn spawn(fd: RawFd, cpu: Option<usize>) -> Result<Started> {
     let supervisor = supervisor()?;
     let gone = || Error::Spawn {
         reason: "the process thread is gone".into(),
+        source: None,
     };
     let (reply, answer) = crossbeam_channel::bounded(1);
     let exit = Arc::new(Exit::default());
@@ -140,15 +140,24 @@ pub(super) fn spawn(fd: RawFd, cpu: Option<usize>) -> Result<Started> {
         return Err(gone());
     }
     let (pid, pidfd) = answer.recv().map_err(|_| gone())?.map_err(|e| {
-        let reason = match e {
-            SpawnError::Exec(e) => format!(
-                "re-executing /proc/self/exe failed: {e}; check the process limit (ulimit -u)"
+        let (reason, source) = match e {
+            SpawnError::Exec(e) => (
+                format!(
+                    "re-executing /proc/self/exe failed: {e}; check the process limit (ulimit -u)"
+                ),
+                e,
             ),
-            SpawnError::Pidfd(e) => format!(
-                "the new process could not be watched (pidfd_open failed: {e}), so it was stopped"
+            SpawnError::Pidfd(e) => (
+                format!(
+                    "the new process could not be watched (pidfd_open failed: {e}), so it was stopped"
+                ),
+                e,
             ),
         };
-        Error::Spawn { reason }
+        Error::Spawn {
+            reason,
+            source: Some(source),
+        }
     })?;
     Ok(Started { pid, pidfd, exit })
 }

@@ -103,7 +103,7 @@ pub(super) fn create(trampoline: i64, argument: &[u8], result_cap: u32) -> Resul
     let seg = Segment::create(c"corepool-process", len)?;
     let too_small = || crate::Error::SharedMemory {
         op: "sizing the process segment",
-        reason: format!("{len} bytes do not hold the header and argument"),
+        source: std::io::Error::other(format!("{len} bytes do not hold the header and argument")),
     };
     let dst = seg
         .at(0, std::mem::size_of::<Header>())

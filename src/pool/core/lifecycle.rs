@@ -23,7 +23,7 @@ impl Core {
                 let w = &mut self.workers[index];
                 w.pid = pid;
                 w.phase = if self.terminating {
-                    crate::sys::kill_group(pid, libc::SIGKILL);
+                    crate::sys::kill_group(pid, crate::sys::Signal::KILL);
                     Phase::Dying
                 } else {
                     Phase::Starting
@@ -113,7 +113,7 @@ impl Core {
         // does not count towards giving the slot up. Anything else that ends
         // a start (a reported failure, an exit, a crash) does.
         let killed_from_outside =
-            w.start_error.is_none() && cause == ExitCause::Signal(libc::SIGKILL);
+            w.start_error.is_none() && cause == ExitCause::Signal(crate::sys::SIGKILL);
         if !started && !self.terminating && !self.shutdown_sent && !killed_from_outside {
             w.start_failures += 1;
             if w.start_error.is_none() {

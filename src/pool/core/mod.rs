@@ -308,7 +308,7 @@ impl Core {
         for w in &mut self.workers {
             match w.phase {
                 Phase::Starting | Phase::Ready | Phase::Dying => {
-                    crate::sys::kill_group(w.pid, libc::SIGKILL);
+                    crate::sys::kill_group(w.pid, crate::sys::Signal::KILL);
                     w.phase = Phase::Dying;
                 }
                 Phase::Spawning => {} // killed when its Spawned event arrives
