@@ -4,8 +4,15 @@
 //! [`Daemon::start`] does the classic steps: fork (the parent returns to the
 //! shell), `setsid` (a new session, no controlling terminal), fork again (the
 //! daemon can never reacquire one), `chdir`, `umask`, standard streams to
-//! `/dev/null` or a log file, and a pid file held with an exclusive `flock`
-//! so that a second instance refuses to start. Unlike a pool worker or a
+//! `/dev/null` or a log file, and a pid file held with an exclusive lock so
+//! that a second instance refuses to start.
+//!
+//! The pid file is treated as something others may have tampered with: it
+//! is opened without following a symbolic link, must be a regular file owned
+//! by this user, is locked with a write lock (which a process that can only
+//! read the file cannot take), and records the daemon's start time beside
+//! its pid, so that [`stop`] never signals a process that merely reused the
+//! pid. Unlike a pool worker or a
 //! [`crate::Process`], a daemon is meant to outlive its parent: it is the one
 //! orphan made on purpose.
 
@@ -13,6 +20,7 @@ use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -277,8 +285,14 @@ impl Daemon {
 /// [`Error::Timeout`] if it is still running after `timeout`.
 pub fn stop(path: impl AsRef<Path>, timeout: Duration) -> Result<i32> {
     let path = path.as_ref();
-    let mut file = File::open(path).map_err(io_err("opening the pid file"))?;
-    if try_lock(&file) {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(crate::sys::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| pid_file_error(path, e))?;
+    if !crate::sys::ofd_lock_is_held(file.as_fd())
+        .map_err(io_err("checking the pid file's lock"))?
+    {
         return Err(Error::Os {
             op: "stopping the daemon",
             source: std::io::Error::other(format!("no daemon holds {}", path.display())),
@@ -287,18 +301,37 @@ pub fn stop(path: impl AsRef<Path>, timeout: Duration) -> Result<i32> {
     let mut text = String::new();
     file.read_to_string(&mut text)
         .map_err(io_err("reading the pid file"))?;
-    let pid: i32 = text.trim().parse().map_err(|_| Error::Os {
-        op: "stopping the daemon",
-        source: std::io::Error::other(format!("{} does not hold a pid", path.display())),
-    })?;
-    // A pidfd taken while the lock proves the daemon alive cannot refer to
-    // a recycled pid; it becomes readable when the daemon exits.
+    let Some(PidRecord { pid, started }) = PidRecord::parse(&text) else {
+        return Err(Error::Os {
+            op: "stopping the daemon",
+            source: std::io::Error::other(format!(
+                "{} does not hold a pid and a start time (\"<pid> <start time>\"); stop the daemon by hand",
+                path.display()
+            )),
+        });
+    };
+    // A pidfd names one process for good; checking its start time after
+    // opening it proves it is the daemon that wrote the file, not a later
+    // process that reused the pid. Only then is it signalled.
     let pidfd = crate::sys::pidfd_open(pid).map_err(io_err("pidfd_open"))?;
-    crate::sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&pidfd), crate::sys::Signal::TERM);
+    let now =
+        crate::sys::process_start_time(pid).map_err(io_err("reading the process's start time"))?;
+    if now != started {
+        return Err(Error::Os {
+            op: "stopping the daemon",
+            source: std::io::Error::other(format!(
+                "pid {pid} in {} is not the daemon that wrote it (that daemon is gone and the pid was reused): nothing was signalled",
+                path.display()
+            )),
+        });
+    }
+    crate::sys::pidfd_send_signal(pidfd.as_fd(), crate::sys::Signal::TERM);
     // `None`: a timeout too long to add to now (`Duration::MAX`) waits forever.
     let deadline = crate::shm::park::deadline_after(timeout);
     let mut ready = Vec::new();
-    while !try_lock(&file) {
+    while crate::sys::ofd_lock_is_held(file.as_fd())
+        .map_err(io_err("checking the pid file's lock"))?
+    {
         let left = match deadline {
             Some(deadline) => {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -310,10 +343,39 @@ pub fn stop(path: impl AsRef<Path>, timeout: Duration) -> Result<i32> {
             None => None,
         };
         // Wait for the exit itself, not a polling tick; the lock goes with it.
-        crate::sys::poll_readable(&[std::os::fd::AsFd::as_fd(&pidfd)], &mut ready, left)
-            .map_err(io_err("poll"))?;
+        crate::sys::poll_readable(&[pidfd.as_fd()], &mut ready, left).map_err(io_err("poll"))?;
     }
     Ok(pid)
+}
+
+/// What a pid file says: the daemon's pid and when it started (clock ticks
+/// since boot, as `/proc/<pid>/stat` has it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PidRecord {
+    pid: i32,
+    started: u64,
+}
+
+impl PidRecord {
+    fn parse(text: &str) -> Option<Self> {
+        let mut words = text.split_whitespace();
+        let pid = words.next()?.parse().ok().filter(|&p: &i32| p > 0)?;
+        let started = words.next()?.parse().ok()?;
+        words.next().is_none().then_some(Self { pid, started })
+    }
+}
+
+/// Says what is wrong with a pid file that could not be opened.
+fn pid_file_error(path: &Path, e: std::io::Error) -> Error {
+    if e.raw_os_error() == Some(crate::sys::ELOOP) {
+        return Error::InvalidConfig {
+            what: format!(
+                "the pid file {} is a symbolic link, which corepool never follows (it could point at any file): remove it, or use a pid file in a directory only you can write",
+                path.display()
+            ),
+        };
+    }
+    Error::os("opening the pid file", e)
 }
 
 fn thread_count() -> Option<usize> {
@@ -321,34 +383,68 @@ fn thread_count() -> Option<usize> {
 }
 
 fn lock_pid_file(path: &Path) -> Result<File> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(io_err("opening the pid file"))?;
-    if !try_lock(&file) {
+    let file = open_pid_file(path)?;
+    if !crate::sys::ofd_lock_exclusive(file.as_fd()).map_err(io_err("locking the pid file"))? {
         let mut text = String::new();
-        let _ = file.read_to_string(&mut text);
+        let _ = (&file).read_to_string(&mut text);
         return Err(Error::AlreadyRunning {
             pid_file: path.display().to_string(),
-            pid: text.trim().parse().ok(),
+            pid: PidRecord::parse(&text).map(|r| r.pid),
         });
     }
     Ok(file)
 }
 
-/// Takes the exclusive lock without blocking; false if someone holds it.
-fn try_lock(file: &File) -> bool {
-    crate::sys::flock_exclusive_nonblocking(file.as_fd())
+/// Opens (or creates, mode 0644) the pid file, never through a symbolic
+/// link, and only if it is a regular file of this user's: a file someone
+/// else owns could be held or rewritten by them.
+fn open_pid_file(path: &Path) -> Result<File> {
+    let mut options = OpenOptions::new();
+    options
+        .read(true)
+        .write(true)
+        .mode(0o644)
+        .custom_flags(crate::sys::O_NOFOLLOW);
+    let file = match options.clone().create_new(true).open(path) {
+        Ok(file) => file,
+        // Exists (a symbolic link too, dangling or not): open what is there,
+        // still without following a link.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            options.open(path).map_err(|e| pid_file_error(path, e))?
+        }
+        Err(e) => return Err(pid_file_error(path, e)),
+    };
+    let meta = file.metadata().map_err(io_err("checking the pid file"))?;
+    if !meta.file_type().is_file() {
+        return Err(Error::InvalidConfig {
+            what: format!(
+                "the pid file {} is not a regular file: choose another path",
+                path.display()
+            ),
+        });
+    }
+    let me = crate::sys::effective_uid();
+    if meta.uid() != me {
+        return Err(Error::InvalidConfig {
+            what: format!(
+                "the pid file {} belongs to uid {}, not to you (uid {me}), so its owner could hold or rewrite it: remove it, or use a pid file in a directory only you can write",
+                path.display(),
+                meta.uid()
+            ),
+        });
+    }
+    Ok(file)
 }
 
+/// Writes "<pid> <start time>" of this process (the daemon).
 fn write_pid(file: &File) -> Result<()> {
+    let pid = std::process::id() as i32;
+    let started =
+        crate::sys::process_start_time(pid).map_err(io_err("reading the daemon's start time"))?;
     let mut f = file;
     f.set_len(0).map_err(io_err("truncating the pid file"))?;
     f.rewind().map_err(io_err("writing the pid file"))?;
-    writeln!(f, "{}", std::process::id()).map_err(io_err("writing the pid file"))?;
+    writeln!(f, "{pid} {started}").map_err(io_err("writing the pid file"))?;
     f.sync_all().map_err(io_err("writing the pid file"))
 }
 
@@ -389,7 +485,8 @@ mod tests {
         let child_pid = child.id() as i32;
         let child_fd = crate::sys::pidfd_open(child_pid).expect("pidfd_open");
         let file = lock_pid_file(&path).expect("lock the pid file");
-        writeln!(&file, "{child_pid}").expect("write the pid");
+        let started = crate::sys::process_start_time(child_pid).expect("start time");
+        writeln!(&file, "{child_pid} {started}").expect("write the pid");
         let holder = std::thread::spawn(move || {
             let _ = child.wait();
             drop(file); // releases the lock, as the daemon's exit would
@@ -422,5 +519,105 @@ mod tests {
         holder.join().unwrap();
         let _ = std::fs::remove_file(&path);
         assert_eq!(result.unwrap(), child_pid);
+    }
+
+    fn temp_path(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("corepool-{name}-{}.pid", std::process::id()))
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "opens files")]
+    fn a_symbolic_link_at_the_pid_path_is_refused_and_its_target_untouched() {
+        let target = temp_path("victim");
+        let link = temp_path("link");
+        std::fs::write(&target, "precious\n").unwrap();
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = lock_pid_file(&link).unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+        // `stop` does not follow it either.
+        assert!(stop(&link, Duration::from_secs(1)).is_err());
+        std::fs::remove_file(&link).unwrap();
+        std::fs::remove_file(&target).unwrap();
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "opens files")]
+    fn a_new_pid_file_is_created_0644_and_a_reader_cannot_take_its_lock() {
+        let path = temp_path("mode");
+        let _ = std::fs::remove_file(&path);
+        let file = lock_pid_file(&path).expect("lock");
+        assert_eq!(file.metadata().unwrap().mode() & 0o777, 0o644);
+        drop(file);
+        // Someone who can only read the file cannot hold the daemon's lock:
+        // a write lock needs a descriptor open for writing.
+        let reader = File::open(&path).unwrap();
+        assert!(!matches!(
+            crate::sys::ofd_lock_exclusive(reader.as_fd()),
+            Ok(true)
+        ));
+        let file = lock_pid_file(&path).expect("the reader holds nothing");
+        drop((file, reader));
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "opens files")]
+    fn a_pid_file_of_another_user_is_refused() {
+        let path = temp_path("foreign");
+        let _ = std::fs::remove_file(&path);
+        std::fs::write(&path, "").unwrap();
+        // Only root can give a file away; elsewhere there is nothing to test.
+        if std::os::unix::fs::chown(&path, Some(65534), None).is_ok() {
+            let err = lock_pid_file(&path).unwrap_err();
+            assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
+            assert!(err.to_string().contains("belongs to uid 65534"), "{err}");
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "starts a process and locks a file")]
+    fn stop_never_signals_a_process_that_reused_the_pid() {
+        // The pid file names a live process, but with another start time:
+        // the daemon that wrote it is gone and its pid was reused.
+        let path = temp_path("reused");
+        let _ = std::fs::remove_file(&path);
+        let mut child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("run sleep");
+        let child_pid = child.id() as i32;
+        let started = crate::sys::process_start_time(child_pid).expect("start time");
+        let file = lock_pid_file(&path).expect("lock the pid file");
+        writeln!(&file, "{child_pid} {}", started.wrapping_add(1)).unwrap();
+        let result = stop(&path, Duration::from_secs(5));
+        let alive = child.try_wait().unwrap().is_none();
+        let _ = child.kill();
+        let _ = child.wait();
+        drop(file);
+        std::fs::remove_file(&path).unwrap();
+        let err = result.unwrap_err();
+        assert!(
+            err.to_string().contains("not the daemon that wrote it"),
+            "{err}"
+        );
+        assert!(alive, "the process that reused the pid was not signalled");
+    }
+
+    #[test]
+    fn pid_records_parse_strictly() {
+        assert_eq!(
+            PidRecord::parse("42 123456\n"),
+            Some(PidRecord {
+                pid: 42,
+                started: 123456
+            })
+        );
+        for bad in ["", "42", "42 x", "-1 5", "0 5", "42 5 6", "x 5"] {
+            assert_eq!(PidRecord::parse(bad), None, "{bad:?}");
+        }
     }
 }

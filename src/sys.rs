@@ -9,12 +9,12 @@
 
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
-use rustix::fs::{FallocateFlags, FlockOperation, MemfdFlags, Mode, SealFlags};
+use rustix::fs::{FallocateFlags, MemfdFlags, Mode, SealFlags};
 use rustix::io::{Errno, FdFlags};
 use rustix::pipe::PipeFlags;
 use rustix::process::{Pid, PidfdFlags, WaitId, WaitIdOptions, WaitOptions};
@@ -314,9 +314,79 @@ pub(crate) fn set_umask(mask: u32) {
     rustix::process::umask(Mode::from_raw_mode(mask));
 }
 
-/// `flock(fd, LOCK_EX | LOCK_NB)`: true if we now hold the lock.
-pub(crate) fn flock_exclusive_nonblocking(fd: BorrowedFd<'_>) -> bool {
-    rustix::fs::flock(fd, FlockOperation::NonBlockingLockExclusive).is_ok()
+/// An exclusive write lock on the whole file, without blocking, owned by
+/// the open file description (`F_OFD_SETLK`): `Ok(true)` if we now hold it,
+/// `Ok(false)` if another open file holds a conflicting lock.
+///
+/// Unlike `flock`, a write lock needs `fd` open for writing, so a process
+/// that can merely read the file cannot take it; unlike a classic `fcntl`
+/// lock, it belongs to the open file, so it survives `fork` (the daemon
+/// inherits the caller's lock) and is not dropped when some other
+/// descriptor of the same file is closed.
+pub(crate) fn ofd_lock_exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut lock = whole_file_lock(libc::F_WRLCK);
+    // SAFETY: fcntl on a live descriptor with a pointer to a live, fully
+    // initialised `flock`; the kernel only reads it for F_OFD_SETLK.
+    // (rustix wraps only process-associated `fcntl` locks, which a forked
+    // daemon would not inherit, so this one call stays raw.)
+    let ret = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &mut lock) };
+    if ret == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
+        _ => Err(err),
+    }
+}
+
+/// Whether another open file holds a lock that conflicts with an exclusive
+/// write lock on the whole file (`F_OFD_GETLK`). Works on a descriptor
+/// opened read-only.
+pub(crate) fn ofd_lock_is_held(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut lock = whole_file_lock(libc::F_WRLCK);
+    // SAFETY: as in `ofd_lock_exclusive`; for F_OFD_GETLK the kernel writes
+    // the conflicting lock (or F_UNLCK) back into our live `flock`.
+    let ret = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_GETLK, &mut lock) };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(lock.l_type != libc::F_UNLCK as libc::c_short)
+}
+
+fn whole_file_lock(kind: libc::c_int) -> libc::flock {
+    // SAFETY: all-zero bytes are a valid `flock` (plain C data): start 0,
+    // length 0 (the whole file, however it grows), pid 0 (required by the
+    // OFD commands).
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = kind as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    lock
+}
+
+/// `O_NOFOLLOW`, for [`std::os::unix::fs::OpenOptionsExt::custom_flags`]:
+/// opening a path whose last component is a symbolic link fails (ELOOP).
+pub(crate) const O_NOFOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
+
+/// ELOOP's number: what opening a symbolic link with [`O_NOFOLLOW`] fails with.
+pub(crate) const ELOOP: i32 = Errno::LOOP.raw_os_error();
+
+/// The effective user id of this process: the owner of the files it creates.
+pub(crate) fn effective_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// When process `pid` started, in clock ticks since boot (field 22 of
+/// `/proc/<pid>/stat`): with the pid, an identity no later process shares.
+/// An error means "could not tell", never "gone".
+pub(crate) fn process_start_time(pid: i32) -> io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces and parentheses: parse after the
+    // last ')'. Then state is field 3, so start time is the 20th after it.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+        .and_then(|field| field.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/<pid>/stat"))
 }
 
 /// A close-on-exec pipe: (read end, write end).
