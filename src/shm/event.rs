@@ -114,7 +114,7 @@ impl<'a> EventCount<'a> {
         // Release pairs with the Acquire load of the sequence in `wait`: a
         // waiter that read the bumped sequence sees the change (with
         // whatever Release store announced it, such as the closed word in
-        // `shm/mpmc.rs`) at its re-check, and one that read the old value
+        // `shm/mpmc/mod.rs`) at its re-check, and one that read the old value
         // returns from FUTEX_WAIT at once.
         self.sequence.fetch_add(1, Ordering::Release);
         sys::futex_wake_all(self.sequence);
