@@ -29,14 +29,16 @@
 //!
 //! A process that dies *while* writing or reading leaves its slot WRITING or
 //! READING with its pid: the next process that meets the slot sees the owner
-//! is dead (`/proc`, [`process_is_dead`](crate::shm::handle::process_is_dead)) and repairs it, the way a robust
-//! mutex hands a dead owner's lock on (`FUTEX_OWNER_DIED`, see `futex(2)`),
-//! but without a lock. A dead producer's slot is skipped by the next consumer
+//! is dead (in `/proc`:
+//! [`process_is_dead`](crate::shm::handle::process_is_dead)) and repairs it,
+//! the way a robust mutex hands a dead owner's lock on (`FUTEX_OWNER_DIED`,
+//! see `futex(2)`), but without a lock. A dead producer's slot is skipped by the next consumer
 //! and a dead consumer's freed by the next producer one lap later; the value
 //! being written or read is lost with its process, everything else goes on.
 //! Since no lock is ever held, nothing can wedge the queue.
 //!
-//! Waiting is an [`EventCount`](crate::shm::event::EventCount) per direction (`not_empty`, `not_full`).
+//! Waiting is an [`EventCount`](crate::shm::event::EventCount) per direction
+//! (`not_empty`, `not_full`).
 //!
 //! # Trust
 //!
