@@ -71,10 +71,14 @@ impl QueueMemory {
 }
 
 /// Queue memory on the heap: for unit tests, under Miri as natively.
+///
+/// Held as a raw pointer, not a `Box`: moving a `Box` would reassert
+/// unique ownership of the bytes and, under Miri's aliasing model, void the
+/// pointers that [`QueueMemory`]s made from it hold.
 #[cfg(test)]
 #[derive(Debug)]
 pub(super) struct HeapQueue {
-    buf: Box<[u64]>,
+    words: *mut [AtomicU64],
 }
 
 #[cfg(test)]
@@ -82,15 +86,26 @@ impl HeapQueue {
     /// Zeroed memory for a queue of `capacity` values of `message_bytes`.
     pub(super) fn new(capacity: usize, message_bytes: usize) -> Self {
         let bytes = bytes_for(capacity, message_bytes).expect("a test queue's size fits");
+        let words: Box<[AtomicU64]> = (0..bytes.div_ceil(8)).map(|_| AtomicU64::new(0)).collect();
         Self {
-            buf: vec![0u64; bytes.div_ceil(8)].into_boxed_slice(),
+            words: Box::into_raw(words),
         }
     }
 
     /// The memory. Valid while `self` lives.
-    pub(super) fn memory(&mut self) -> QueueMemory {
-        // SAFETY: the buffer is 8-byte aligned, `8 * len` bytes long, and
-        // lives as long as `self` (callers keep it alive).
-        unsafe { QueueMemory::new(self.buf.as_mut_ptr().cast(), self.buf.len() * 8) }
+    pub(super) fn memory(&self) -> QueueMemory {
+        // SAFETY: the words are 8-byte aligned, `8 * len` bytes long, and
+        // live as long as `self` (callers keep it alive); atomics allow the
+        // shared mutation.
+        unsafe { QueueMemory::new(self.words.cast(), self.words.len() * 8) }
+    }
+}
+
+#[cfg(test)]
+impl Drop for HeapQueue {
+    fn drop(&mut self) {
+        // SAFETY: `self.words` came from `Box::into_raw` in `new` and is
+        // freed only here.
+        drop(unsafe { Box::from_raw(self.words) });
     }
 }

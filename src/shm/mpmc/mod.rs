@@ -429,7 +429,7 @@ mod tests {
 
     /// A fresh queue and the heap memory it lives in (keep both).
     pub(super) fn heap_queue(capacity: usize, message_bytes: usize) -> (HeapQueue, ByteQueue) {
-        let mut heap = HeapQueue::new(capacity, message_bytes);
+        let heap = HeapQueue::new(capacity, message_bytes);
         // SAFETY: fresh memory, shared with no one yet.
         let q = unsafe { ByteQueue::create(heap.memory(), capacity, message_bytes, TAG) };
         (heap, q)
@@ -456,7 +456,7 @@ mod tests {
 
     #[test]
     fn a_queue_opens_only_as_what_it_was_made() {
-        let (mut heap, _q) = heap_queue(4, 64);
+        let (heap, _q) = heap_queue(4, 64);
         let mem = heap.memory();
         let q = ByteQueue::open(mem, TAG, 4).unwrap();
         assert_eq!((q.capacity(), q.message_bytes()), (4, 64));
