@@ -252,8 +252,10 @@ impl ByteQueue {
         // Release pairs with the Acquire loads in `is_closed`.
         self.mem.word32(CLOSED_AT).store(1, Ordering::Release);
         for at in [NOT_EMPTY_AT, NOT_FULL_AT] {
-            // Woken unconditionally: close is rare. A waiter sees the queue
-            // closed at its re-check, or returns from its sleep at once.
+            // Woken unconditionally: close is rare. The Release bump in
+            // `EventCount::notify_all` (shm/event.rs) pairs with the Acquire
+            // load of the sequence in `EventCount::wait`: a waiter sees the
+            // queue closed at its re-check, or returns from its sleep at once.
             self.mem.event(at).notify_all();
         }
     }
