@@ -14,13 +14,13 @@ pub use crate::pool::worker::{sabotage, Sabotage};
 /// Claims the next slot of `queue` as a producer and dies there (SIGABRT),
 /// leaving the slot half-written and owned by this process.
 pub fn abort_while_putting<T: Wire>(queue: &Queue<T>) -> ! {
-    queue.claim_slot_and_abort()
+    queue.byte_queue().claim_slot_and_abort()
 }
 
 /// Claims the next value of `queue` as a consumer and dies there (SIGABRT),
 /// leaving the slot half-read and owned by this process.
 pub fn abort_while_getting<T: Wire>(queue: &Queue<T>) -> ! {
-    queue.claim_value_and_abort()
+    queue.byte_queue().claim_value_and_abort()
 }
 
 /// Takes `value`'s lock, starts a write and dies there (SIGABRT).

@@ -1,10 +1,14 @@
 //! Shared-memory building blocks: the sealed memfd [`segment`], the
-//! single-producer/single-consumer byte [`ring`], spin-then-futex [`park`]ing,
-//! and shared objects' [`handle`]s that travel between processes.
+//! single-producer/single-consumer byte [`ring`], the many-producer,
+//! many-consumer byte queue [`mpmc`], spin-then-futex [`park`]ing and the
+//! futex [`event`] count, and shared objects' [`handle`]s that travel between
+//! processes.
 //!
 //! They know nothing about pools, tasks or processes.
 
+pub(crate) mod event;
 pub(crate) mod handle;
+pub(crate) mod mpmc;
 pub(crate) mod park;
 pub(crate) mod ring;
 pub(crate) mod segment;

@@ -1,0 +1,381 @@
+//! The slot protocol of the queue: claiming a slot by CAS on its state
+//! word, helping `head` and `tail` past claimed slots, and repairing slots
+//! whose owner died mid-operation. The parent module's docs describe the
+//! algorithm (Vyukov's bounded MPMC queue with an owner in every slot).
+//!
+//! A slot's state word packs `seq` (40 bits, the position the slot is ready
+//! for), its phase (2 bits) and the owner's pid (22 bits); the slot's length
+//! word and bytes are written and read only by the process whose pid the
+//! state word names.
+
+use super::{ByteQueue, INLINE_COPY, NOT_EMPTY_AT, NOT_FULL_AT, SLOT_HEADER};
+use crate::shm::handle::process_is_dead;
+use crate::sys;
+use std::sync::atomic::Ordering;
+
+const SEQ_BITS: u32 = 40;
+const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
+const PID_MASK: u64 = (1 << 22) - 1;
+
+/// Slot phases.
+const EMPTY: u64 = 0;
+const WRITING: u64 = 1;
+const FULL: u64 = 2;
+const READING: u64 = 3;
+
+fn pack(seq: u64, phase: u64, pid: u32) -> u64 {
+    ((seq & SEQ_MASK) << 24) | (phase << 22) | (u64::from(pid) & PID_MASK)
+}
+
+fn unpack(word: u64) -> (u64, u64, i32) {
+    (word >> 24, (word >> 22) & 3, (word & PID_MASK) as i32)
+}
+
+fn my_pid() -> u32 {
+    sys::current_pid()
+}
+
+/// What a put found.
+pub(super) enum Put {
+    Done,
+    Full,
+}
+
+/// What stands at `head`.
+pub(super) enum Front {
+    /// A value, in slot position `h`, whose state word reads `word`.
+    Full {
+        h: u64,
+        word: u64,
+    },
+    Empty,
+    /// A live producer is writing the next value: it will be there soon.
+    Busy,
+}
+
+/// What a get found.
+pub(super) enum Got<R> {
+    Value(R),
+    Empty,
+    /// A live producer is writing the next value: it will be there soon.
+    Busy,
+}
+
+impl ByteQueue {
+    /// Makes every slot free for the first lap.
+    pub(super) fn init_slots(&self) {
+        for i in 0..self.capacity {
+            // Relaxed: not shared yet; handing the queue to another thread or
+            // process (a spawn, a channel) orders these stores before its use.
+            self.slot_state(i)
+                .store(pack(i, EMPTY, 0), Ordering::Relaxed);
+        }
+    }
+
+    /// Claims the slot at `tail` if it is free for this lap, copies `bytes`
+    /// in and publishes them; frees a slot whose owner died on the way, and
+    /// helps `tail` past slots others claimed. `bytes` fit a slot (checked
+    /// by the caller).
+    pub(super) fn put_once(&self, bytes: &[u8]) -> Put {
+        let me = my_pid();
+        loop {
+            // Acquire pairs with the AcqRel CASes that move `tail` (`help_tail`).
+            let t = self.tail().load(Ordering::Acquire);
+            let state = self.slot_state(t);
+            // Acquire pairs with the Release store of EMPTY in `get_once` and
+            // the AcqRel repair CASes (in `front` and below): a slot we see
+            // free was read out before we write it.
+            let word = state.load(Ordering::Acquire);
+            let (seq, phase, pid) = unpack(word);
+            if seq == t & SEQ_MASK {
+                if phase != EMPTY {
+                    // Someone claimed t and has not moved `tail`: help.
+                    self.help_tail(t);
+                    continue;
+                }
+                // AcqRel: Acquire pairs with the consumer's Release store of
+                // EMPTY (its read is done before our write); Release pairs
+                // with the Acquire state loads here and in `front` (others
+                // see the slot claimed).
+                if state
+                    .compare_exchange(
+                        word,
+                        pack(t, WRITING, me),
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_err()
+                {
+                    continue;
+                }
+                self.help_tail(t);
+                let dst = self.slot_base(t) + SLOT_HEADER;
+                if let Some(p) = self.mem.at(dst, bytes.len()) {
+                    // SAFETY: in bounds (checked); the slot is ours (WRITING)
+                    // until we publish it below.
+                    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len()) };
+                }
+                // Relaxed: published by the Release store of FULL below.
+                self.slot_len(t)
+                    .store(bytes.len() as u32, Ordering::Relaxed);
+                // Release pairs with the Acquire state load in `front` and
+                // the consumer's AcqRel claim CAS in `get_once`: the value
+                // and its length are written before the slot reads FULL.
+                state.store(pack(t, FULL, 0), Ordering::Release);
+                self.mem.event(NOT_EMPTY_AT).notify();
+                return Put::Done;
+            }
+            if seq == t.wrapping_sub(self.capacity) & SEQ_MASK {
+                // The slot still holds (or is handing over) the previous lap.
+                match phase {
+                    READING | WRITING if process_is_dead(pid) => {
+                        // Its owner died mid-operation: free the slot for us.
+                        // AcqRel: Release pairs with the Acquire state loads
+                        // here and in `front`; Acquire with the dead owner's
+                        // AcqRel claim CAS.
+                        let _ = state.compare_exchange(
+                            word,
+                            pack(t, EMPTY, 0),
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        );
+                        continue;
+                    }
+                    READING => {
+                        std::hint::spin_loop(); // a reader is copying out
+                        continue;
+                    }
+                    _ => return Put::Full,
+                }
+            }
+            // `t` was stale (another producer moved on): look again. A slot
+            // that fits no lap while `tail` stands still is corrupt: report
+            // full rather than spin on it.
+            // Acquire pairs with the AcqRel CASes that move `tail`.
+            if self.tail().load(Ordering::Acquire) == t {
+                return Put::Full;
+            }
+        }
+    }
+
+    /// Finds the value at `head` without claiming it, helping `head` past
+    /// slots already claimed and skipping a slot whose producer died mid-put
+    /// (neither changes any value's place in line). A [`Front::Full`] may be
+    /// claimed by another consumer the next instant.
+    pub(super) fn front(&self) -> Front {
+        loop {
+            // Acquire pairs with the AcqRel CASes that move `head` (`help_head`).
+            let h = self.head().load(Ordering::Acquire);
+            let state = self.slot_state(h);
+            // Acquire pairs with the Release stores of FULL (`put_once`) and
+            // EMPTY (`get_once`) and the AcqRel repair CASes.
+            let word = state.load(Ordering::Acquire);
+            let (seq, phase, pid) = unpack(word);
+            if seq == h & SEQ_MASK {
+                match phase {
+                    FULL => return Front::Full { h, word },
+                    EMPTY => return Front::Empty,
+                    WRITING if process_is_dead(pid) => {
+                        // The producer died mid-put: its value is lost; skip it.
+                        // AcqRel: Release pairs with the Acquire loads of the
+                        // state in `put_once` (the producer one lap later sees
+                        // the slot free); Acquire with the dead producer's
+                        // AcqRel claim CAS.
+                        if state
+                            .compare_exchange(
+                                word,
+                                pack(h.wrapping_add(self.capacity), EMPTY, 0),
+                                Ordering::AcqRel,
+                                Ordering::Acquire,
+                            )
+                            .is_ok()
+                        {
+                            self.help_head(h);
+                            self.mem.event(NOT_FULL_AT).notify();
+                        }
+                        continue;
+                    }
+                    WRITING => return Front::Busy,
+                    _ => {
+                        // READING: another consumer took h; help `head` on.
+                        self.help_head(h);
+                        continue;
+                    }
+                }
+            }
+            if seq == h.wrapping_add(self.capacity) & SEQ_MASK {
+                // Already consumed; `head` lags: help it on.
+                self.help_head(h);
+                continue;
+            }
+            // `h` was stale, or the slot is from an older lap still being
+            // handed over: look again.
+            // Acquire pairs with the AcqRel CASes that move `head`.
+            if self.head().load(Ordering::Acquire) == h {
+                return Front::Empty;
+            }
+        }
+    }
+
+    /// Moves `head` on from `h`, unless someone already did.
+    fn help_head(&self, h: u64) {
+        // AcqRel: Release pairs with the Acquire loads of `head` in `front`,
+        // `len` (mpmc/mod.rs) and `claim_value_and_abort` (whoever sees the
+        // new `head` sees
+        // the claim of slot `h` before it); Acquire pairs with the Release of
+        // whichever CAS moved it before us.
+        let _ =
+            self.head()
+                .compare_exchange(h, h.wrapping_add(1), Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Moves `tail` on from `t`, unless someone already did.
+    fn help_tail(&self, t: u64) {
+        // AcqRel: Release pairs with the Acquire loads of `tail` in
+        // `put_once`, `len` (mpmc/mod.rs) and `claim_slot_and_abort`
+        // (whoever sees the new `tail` sees the claim of slot `t` before it);
+        // Acquire pairs with
+        // the Release of whichever CAS moved it before us.
+        let _ =
+            self.tail()
+                .compare_exchange(t, t.wrapping_add(1), Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Takes the value at `head` if there is one, handing a private copy of
+    /// its bytes to `take` (never a reference into the memory).
+    pub(super) fn get_once<R>(&self, take: impl FnOnce(&[u8]) -> R) -> Got<R> {
+        let me = my_pid();
+        loop {
+            let (h, word) = match self.front() {
+                Front::Full { h, word } => (h, word),
+                Front::Empty => return Got::Empty,
+                Front::Busy => return Got::Busy,
+            };
+            let state = self.slot_state(h);
+            // AcqRel: Acquire pairs with the producer's Release store of FULL
+            // (we see the value); Release pairs with the Acquire loads of the
+            // state in `front` (others see the slot claimed).
+            if state
+                .compare_exchange(
+                    word,
+                    pack(h, READING, me),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_err()
+            {
+                continue;
+            }
+            self.help_head(h);
+            // Relaxed: ordered after the producer's store by our AcqRel claim,
+            // which read its Release store of FULL. Garbage is clamped.
+            let len = (self.slot_len(h).load(Ordering::Relaxed) as usize).min(self.message_bytes);
+            let src = self.slot_base(h) + SLOT_HEADER;
+            // Copy out before freeing the slot; decode after, so that
+            // producers are not kept waiting on it.
+            let mut inline = [0u8; INLINE_COPY];
+            let spilled: Vec<u8>;
+            let copy: &[u8] = match self.mem.at(src, len) {
+                Some(p) if len <= INLINE_COPY => {
+                    // SAFETY: in bounds (checked); the slot is ours (READING)
+                    // until we free it below.
+                    unsafe { std::ptr::copy_nonoverlapping(p, inline.as_mut_ptr(), len) };
+                    &inline[..len]
+                }
+                Some(p) => {
+                    let mut v = vec![0u8; len];
+                    // SAFETY: as above.
+                    unsafe { std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), len) };
+                    spilled = v;
+                    &spilled
+                }
+                None => &[],
+            };
+            // Release pairs with the Acquire load of the state in `put_once`
+            // one lap later (and its AcqRel claim CAS): our read is done
+            // before it writes.
+            state.store(
+                pack(h.wrapping_add(self.capacity), EMPTY, 0),
+                Ordering::Release,
+            );
+            self.mem.event(NOT_FULL_AT).notify();
+            return Got::Value(take(copy));
+        }
+    }
+
+    /// Test hook: claims the next value as a consumer and dies there, leaving
+    /// its slot READING with this process's pid.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn claim_value_and_abort(&self) -> ! {
+        // Acquire pairs with the AcqRel CASes that move `head`.
+        let h = self.head().load(Ordering::Acquire);
+        // AcqRel: as the claim CAS in `get_once`.
+        let _ = self.slot_state(h).compare_exchange(
+            pack(h, FULL, 0),
+            pack(h, READING, my_pid()),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        self.help_head(h);
+        std::process::abort()
+    }
+
+    /// Test hook: claims the next slot as a producer and dies there, leaving
+    /// it WRITING with this process's pid.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn claim_slot_and_abort(&self) -> ! {
+        // Acquire pairs with the AcqRel CASes that move `tail`.
+        let t = self.tail().load(Ordering::Acquire);
+        // AcqRel: as the claim CAS in `put_once`.
+        let _ = self.slot_state(t).compare_exchange(
+            pack(t, EMPTY, 0),
+            pack(t, WRITING, my_pid()),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        self.help_tail(t);
+        std::process::abort()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shm::mpmc::tests::{get_u64, heap_queue, put_u64};
+
+    #[test]
+    fn states_pack_and_unpack() {
+        let w = pack(123_456_789, READING, 4_194_303);
+        assert_eq!(unpack(w), (123_456_789, READING, 4_194_303));
+        assert_eq!(
+            unpack(pack(SEQ_MASK + 5, FULL, 7)).0,
+            4,
+            "seq wraps at 40 bits"
+        );
+    }
+
+    #[test]
+    fn positions_wrap_at_the_top_of_u64() {
+        // Positions come from shared memory: one at u64::MAX must wrap to 0
+        // (debug builds would panic on `+ 1`), and the queue go on working.
+        let (_heap, q) = heap_queue(4, 8);
+        let top = u64::MAX;
+        q.head().store(top, Ordering::Relaxed);
+        q.tail().store(top, Ordering::Relaxed);
+        q.slot_state(top)
+            .store(pack(top, EMPTY, 0), Ordering::Relaxed);
+        assert!(put_u64(&q, 1));
+        assert_eq!(q.tail().load(Ordering::Relaxed), 0, "tail wrapped");
+        assert!(put_u64(&q, 2));
+        assert_eq!(get_u64(&q), Some(1));
+        assert_eq!(q.head().load(Ordering::Relaxed), 0, "head wrapped");
+        assert_eq!(get_u64(&q), Some(2));
+        assert_eq!(get_u64(&q), None);
+        // Garbage positions (head past tail): no panic, no value made up.
+        q.head().store(top - 1, Ordering::Relaxed);
+        q.tail().store(3, Ordering::Relaxed);
+        assert_eq!(get_u64(&q), None);
+        assert!(q.try_put(&3u64.to_le_bytes()).is_ok());
+        assert!(q.len() <= q.capacity() as usize);
+    }
+}

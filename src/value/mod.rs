@@ -1,0 +1,28 @@
+//! [`Value`] and [`AtomicValue`]: one value shared between processes, like
+//! Python's `multiprocessing.Value`.
+//!
+//! An [`AtomicValue`] holds an integer that every process updates with
+//! atomic instructions: nothing to lock, nothing to wedge. A [`Value`] holds
+//! any plain-data `T` behind a lock word that records the holder's pid: a
+//! process that dies holding it cannot wedge the others, because the next
+//! one to want the lock sees the holder is dead and takes it over (the value
+//! is then whatever the dead holder left, which for plain data is always a
+//! valid `T`). Readers do not lock at all: a sequence word (odd while a
+//! writer works) lets them copy the value and retry if it changed meanwhile.
+//!
+//! The two live in their own files: [`Value`] and its lock in `locked.rs`,
+//! [`AtomicValue`] in `atomic.rs`.
+
+mod atomic;
+mod locked;
+
+pub use atomic::{AtomicInt, AtomicValue};
+pub use locked::Value;
+
+/// Python's `multiprocessing.Array`: a [`crate::SharedArray`].
+///
+/// ```
+/// let a = corepool::Array::<f64>::from_slice(&[1.0, 2.0]).unwrap();
+/// assert_eq!(a.to_vec(), [1.0, 2.0]);
+/// ```
+pub type Array<T> = crate::SharedArray<T>;
