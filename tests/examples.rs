@@ -85,11 +85,15 @@ fn the_daemon_starts_refuses_a_twin_and_stops() {
         cmd.output().unwrap()
     };
     assert!(start().status.success());
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    // "<pid> <start time>": the start time lets `stop` tell the daemon from
+    // a later process that reused its pid.
+    let record = std::fs::read_to_string(&pid_file).unwrap();
+    let fields: Vec<u64> = record
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
+    assert_eq!(fields.len(), 2, "{record:?}");
+    let pid = fields[0] as i32;
     common::eventually("the daemon ticks", || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("tick 0"))
     });

@@ -28,6 +28,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg_attr(miri, ignore = "Miri's /proc/self/exe is not this test's binary")]
     fn fingerprint_is_stable_in_process() {
         assert_eq!(fingerprint(), fingerprint());
     }

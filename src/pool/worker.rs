@@ -434,10 +434,4 @@ mod tests {
         assert!(parse_token("v1:5:2").is_none());
         assert!(parse_token("v1:5:2:77:1").is_none());
     }
-
-    #[test]
-    #[cfg_attr(miri, ignore = "Miri's /proc/self/exe is not this test's binary")]
-    fn fingerprint_is_stable_in_process() {
-        assert_eq!(fingerprint(), fingerprint());
-    }
 }
