@@ -41,6 +41,33 @@ enum Either<L, R> {
 #[derive(Debug, Wire)]
 enum Never {}
 
+/// Field and variant names that clash with the generated code's own names.
+#[derive(Clone, Debug, PartialEq, Wire)]
+struct Clashing {
+    out: u8,
+    input: String,
+    __field0: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Wire)]
+enum Awkward<T>
+where
+    T: Clone,
+{
+    Ok(T),
+    Err { out: T, input: Clashing },
+    None,
+}
+
+#[derive(Clone, Debug, PartialEq, Wire)]
+struct EmptyBraces {}
+
+#[derive(Clone, Debug, PartialEq, Wire)]
+struct EmptyParens();
+
+#[derive(Clone, Debug, PartialEq, Wire)]
+struct Fixed<const N: usize>([u16; N]);
+
 /// The library reached through a re-export, as a crate wrapping corepool
 /// would.
 mod runtime {
@@ -110,6 +137,24 @@ fn derived_values_round_trip() {
     round_trip(Either::<u64, String>::Right("r".into()));
     round_trip(vec![Pair(1.5f32, 2.5), Pair(3.5, 4.5)]);
     round_trip(ThroughReexport { value: -4 });
+}
+
+fn awkward_names_and_shapes_round_trip() {
+    let clashing = Clashing {
+        out: 1,
+        input: "in".into(),
+        __field0: true,
+    };
+    round_trip(clashing.clone());
+    round_trip(Awkward::Ok(3i64));
+    round_trip(Awkward::Err {
+        out: 'x',
+        input: clashing,
+    });
+    round_trip(Awkward::<u8>::None);
+    round_trip(EmptyBraces {});
+    round_trip(EmptyParens());
+    round_trip(Fixed([1, 2, 3]));
 }
 
 fn the_encoding_is_the_fields_in_order_after_a_one_byte_tag() {
@@ -238,6 +283,7 @@ fn main() {
     corepool::init();
     common::run(common::tests![
         derived_values_round_trip,
+        awkward_names_and_shapes_round_trip,
         the_encoding_is_the_fields_in_order_after_a_one_byte_tag,
         unknown_tags_and_short_input_are_decode_errors,
         decoding_arbitrary_bytes_never_panics,
