@@ -61,6 +61,9 @@ mod sys; // the only module that makes system calls
 mod value;
 mod wire; // how values and functions cross processes // `init`: the first stop of every child
 
+/// `#[derive(Wire)]`: the derive macro shares the trait's name, as serde's do.
+#[cfg(feature = "derive")]
+pub use corepool_derive::Wire;
 pub use daemon::{Daemon, DaemonGuard};
 pub use error::{Error, ExitCause, Result};
 pub use pipe::{Pipe, PipeEnd};

@@ -30,6 +30,12 @@ use bytemuck::{Pod, TransparentWrapper};
 /// let back = <(u64, String, Vec<f64>)>::decode(&mut bytes.as_slice()).unwrap();
 /// assert_eq!(back, (7, "seven".to_string(), vec![1.5, 2.5]));
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot cross between processes: it does not implement `corepool::Wire`",
+    label = "not `Wire`",
+    note = "for your own struct or enum, add `#[derive(corepool::Wire)]` (all its fields must be `Wire`)",
+    note = "for a serde type, wrap it: `corepool::Serde(value)`; for a `bytemuck::Pod` type: `corepool::Plain(value)`"
+)]
 pub trait Wire: Sized + Send + 'static {
     /// Appends the encoding of `self` to `out`.
     fn encode(&self, out: &mut Vec<u8>);

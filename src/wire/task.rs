@@ -11,7 +11,9 @@
 //! arguments, calls the user's function and encodes the result. The user's
 //! function must be a zero-sized type — a `fn` item or a closure that captures
 //! nothing — so that the trampoline can conjure it in the worker. That is
-//! checked at compile time: a capturing closure does not compile.
+//! checked at compile time: a capturing closure fails `cargo build` with a
+//! message naming the fix ([`assert_captures_nothing`] says why `cargo check`
+//! cannot see it).
 
 use crate::error::{Error, Result};
 use crate::wire::{decode_exact, Wire};
@@ -81,15 +83,37 @@ pub(crate) unsafe fn from_offset(offset: i64) -> Trampoline {
     unsafe { std::mem::transmute::<*const (), Trampoline>(pointer) }
 }
 
+/// Fails the build when `F` is not zero-sized: when a task is a closure that
+/// captures variables. Evaluated in a `const` block, so the failure is a
+/// compile error, never a panic at run time.
+///
+/// This is a post-monomorphisation check: `cargo build` (and `cargo test`,
+/// `cargo run`) report it, `cargo check` and rust-analyzer do not. Stable Rust
+/// has no trait that only non-capturing closures implement, and `cargo check`
+/// never evaluates constants that depend on a generic parameter
+/// (rust-lang/rust#99682, by design), so nothing earlier is possible. The
+/// message names the fix; the closure's own `file:line:col` is in the type
+/// named in the note under it (`{closure@src/main.rs:10:30: 10:42}`), and the
+/// check is as close to the user's call as the trampolines allow.
+///
+/// A `const fn` so that an inline `const { assert_captures_nothing::<F>() }`
+/// can run it in any generic function: placed in the body of the public method
+/// the user calls, the compiler's "while instantiating" note points at the
+/// user's line instead of at corepool's source.
+pub(crate) const fn assert_captures_nothing<F>() {
+    assert!(
+        std::mem::size_of::<F>() == 0,
+        "this closure captures variables, so it cannot be a corepool task: a \
+         worker runs the task's code, not this closure value, and never sees \
+         what it captured. Pass the data in the task's argument instead \
+         (`pool.apply(|(x, k): (u64, u64)| x + k, (x, k))`), or make the task a \
+         `fn` item. The closure's file:line:col is in the type named below"
+    );
+}
+
 /// Materialises a value of the zero-sized function type `F`.
 fn conjure<F: Copy + 'static>() -> F {
-    const {
-        assert!(
-            std::mem::size_of::<F>() == 0,
-            "corepool tasks must be fn items or closures that capture nothing: \
-             pass data as arguments instead of capturing it"
-        )
-    };
+    const { assert_captures_nothing::<F>() };
     // SAFETY: `F` is zero-sized (asserted at compile time), so reading it from
     // a dangling, aligned, non-null pointer reads no memory. `F: Copy` and the
     // parent owned a value of `F` when it named this trampoline, so the type is
