@@ -225,6 +225,19 @@ pub enum Error {
         /// The kernel's answer.
         reason: String,
     },
+    /// A pool's callback (or a value's decoder run while delivering a
+    /// result) waited on that same pool: `get`, `apply`, `map`, `imap`,
+    /// `join`. Callbacks run on the thread that delivers results, so such a
+    /// wait could never end; the call fails at once instead.
+    #[error("a callback of this pool waited on the pool (`get`, `apply`, `map`, `imap`, `join`); callbacks run on the thread that delivers results, so the wait could never end: submit with `apply_async` from the callback and collect the results outside it")]
+    WaitInCallback,
+    /// The pool was created by another process: this is a `fork()`ed copy,
+    /// which cannot reach the pool's workers.
+    #[error("this pool belongs to process {owner}, not to this one (a `fork()`ed copy cannot reach its workers): build a new pool in this process")]
+    ForeignPool {
+        /// The pid of the process that created the pool.
+        owner: u32,
+    },
 }
 
 impl Error {
