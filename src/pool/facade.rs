@@ -47,7 +47,8 @@ use std::time::{Duration, Instant};
 /// that would submit or wait ([`apply`](Pool::apply), [`map`](Pool::map),
 /// [`AsyncResult::get`], [`join`](Pool::join), ...) fails with
 /// [`Error::ForeignPool`], [`close`](Pool::close) and
-/// [`terminate`](Pool::terminate) do nothing, [`pids`](Pool::pids) is empty,
+/// [`terminate`](Pool::terminate) do nothing, [`pids`](Pool::pids) is empty
+/// and [`stats`](Pool::stats) all zero,
 /// and dropping the copy (as returning from `main` does) leaves the
 /// parent's workers and tasks alone. Build a new pool in the child if it
 /// needs one.
