@@ -253,6 +253,19 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A pool's callback (or a value's decoder run while delivering a
+    /// result) waited on that same pool: `get`, `apply`, `map`, `imap`,
+    /// `join`. Callbacks run on the thread that delivers results, so such a
+    /// wait could never end; the call fails at once instead.
+    #[error("a callback of this pool waited on the pool (`get`, `apply`, `map`, `imap`, `join`); callbacks run on the thread that delivers results, so the wait could never end: submit with `apply_async` from the callback and collect the results outside it")]
+    WaitInCallback,
+    /// The pool was created by another process: this is a `fork()`ed copy,
+    /// which cannot reach the pool's workers.
+    #[error("this pool belongs to process {owner}, not to this one (a `fork()`ed copy cannot reach its workers): build a new pool in this process")]
+    ForeignPool {
+        /// The pid of the process that created the pool.
+        owner: u32,
+    },
 }
 
 impl Error {
@@ -349,6 +362,8 @@ impl Clone for Error {
                 op,
                 source: copy_io(source),
             },
+            Error::WaitInCallback => Error::WaitInCallback,
+            Error::ForeignPool { owner } => Error::ForeignPool { owner: *owner },
         }
     }
 }
@@ -419,6 +434,10 @@ impl PartialEq for Error {
             }
             Error::Os { op, source } => {
                 matches!(other, Error::Os { op: o, source: s } if o == op && same_io(s, source))
+            }
+            Error::WaitInCallback => matches!(other, Error::WaitInCallback),
+            Error::ForeignPool { owner } => {
+                matches!(other, Error::ForeignPool { owner: o } if o == owner)
             }
         }
     }

@@ -68,6 +68,7 @@ pub struct PoolBuilder {
     retries: u32,
     task_timeout: Option<Duration>,
     start_timeout: Duration,
+    max_queued: Option<usize>,
 }
 
 impl Default for PoolBuilder {
@@ -83,6 +84,7 @@ impl Default for PoolBuilder {
             retries: 0,
             task_timeout: None,
             start_timeout: Duration::from_secs(30),
+            max_queued: None,
         }
     }
 }
@@ -308,7 +310,12 @@ impl PoolBuilder {
         self
     }
 
-    /// How long `build` waits for the workers to attach. Default 30 s.
+    /// How long `build` waits for the workers to attach, and how long any
+    /// worker, a replacement too, may take to attach (its initializer
+    /// included) before it is killed: a start that overruns counts as a
+    /// failed start, so the slot is tried again with back-off and given up
+    /// after three in a row. No task is given to a worker before it has
+    /// attached. Default 30 s.
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
@@ -323,6 +330,43 @@ impl PoolBuilder {
     /// ```
     pub fn start_timeout(mut self, timeout: Duration) -> Self {
         self.start_timeout = timeout;
+        self
+    }
+
+    /// At most `n` tasks submitted and not yet answered: a submission that
+    /// would pass the bound blocks until enough tasks finish (or the pool is
+    /// closed, and then fails with [`Error::PoolClosed`]). Each queued task
+    /// costs some memory in the parent, so this bounds a producer that
+    /// submits faster than the workers go. A `map`'s chunks count one each.
+    /// Submissions made from a callback are never held back (a callback
+    /// must not block). Default: no bound.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::builder().workers(2).max_queued(16).build()?;
+    ///     // Many submissions, never more than 16 of them queued at once:
+    ///     // `apply_async` waits for room when the workers fall behind.
+    ///     let mut sum = 0;
+    ///     let mut handles = std::collections::VecDeque::new();
+    ///     for i in 0..30_000u64 {
+    ///         handles.push_back(pool.apply_async(|x: u64| x % 3, i)?);
+    ///         if handles.len() > 64 {
+    ///             sum += handles.pop_front().unwrap().get()?;
+    ///         }
+    ///     }
+    ///     for h in handles {
+    ///         sum += h.get()?;
+    ///     }
+    ///     assert_eq!(sum, 30_000);
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// `n` is at least 1: `max_queued(0)` makes `build` fail with
+    /// [`Error::InvalidConfig`].
+    pub fn max_queued(mut self, n: usize) -> Self {
+        self.max_queued = Some(n);
         self
     }
 
@@ -350,6 +394,11 @@ impl PoolBuilder {
     /// worker cannot start; [`Error::NotInitialized`] when called inside a
     /// worker process whose `main` did not call [`crate::init`] first.
     pub fn build(self) -> Result<Pool> {
+        if self.max_queued == Some(0) {
+            return Err(Error::InvalidConfig {
+                what: "max_queued must be at least 1 (or not set, for no bound)".into(),
+            });
+        }
         let cpus = self.resolve_cpus()?;
         Pool::start(Config {
             cpus,
@@ -361,6 +410,8 @@ impl PoolBuilder {
                 max_tasks_per_child: self.max_tasks_per_child,
                 retries: self.retries,
                 task_timeout: self.task_timeout,
+                start_timeout: Some(self.start_timeout),
+                max_queued: self.max_queued.unwrap_or(usize::MAX),
             },
             start_timeout: self.start_timeout,
         })

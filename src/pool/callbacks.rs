@@ -9,7 +9,31 @@ type ErrCallback = Box<dyn FnOnce(&Error) + Send>;
 
 /// Callbacks for [`crate::Pool::apply_async_with`], Python's `callback` and
 /// `error_callback`. They run in the parent, on the pool thread that received
-/// the result, before the result becomes visible to `get`; keep them short.
+/// the result (the pool's driver thread, or a caller helping inside `get`),
+/// before the result becomes visible to `get`; keep them short.
+///
+/// What a callback may do with its own pool:
+/// - **Panic.** The panic is caught and reported by the panic hook (by
+///   default, the usual `thread '…' panicked at …` line on stderr; install
+///   your own with [`std::panic::set_hook`] to route it). It affects nothing
+///   else: the task's own outcome is stored all the same, so `get` returns
+///   the value (or the task's error) as if the callback had returned, and
+///   the pool goes on delivering the other results.
+/// - **Submit** ([`apply_async`](crate::Pool::apply_async), `map_async`,
+///   ...), [`close`](crate::Pool::close), [`terminate`](crate::Pool::terminate):
+///   these work, and a submission there is never held back by
+///   [`max_queued`](crate::PoolBuilder::max_queued).
+/// - **Wait**: [`apply`](crate::Pool::apply), [`map`](crate::Pool::map),
+///   [`imap`](crate::Pool::imap)'s items, [`join`](crate::Pool::join),
+///   [`AsyncResult::get`](crate::AsyncResult::get) on a result not yet in:
+///   these fail at once with [`Error::WaitInCallback`], since the thread
+///   they would wait for is the one running the callback. Collect results
+///   outside the callback instead.
+/// - **Drop the last handle on the pool**: this returns at once; the pool's
+///   teardown (terminate, reap the workers) finishes on a thread of its own.
+///
+/// A decoder ([`Wire::decode`](crate::Wire::decode)) of a result type runs on
+/// the same thread: if it panics, that task fails with [`Error::Decode`].
 ///
 /// ```
 /// let cb = corepool::Callbacks::<u64>::new()

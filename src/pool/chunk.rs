@@ -64,12 +64,7 @@ impl Pool {
         chunksize: Option<usize>,
     ) -> Result<usize> {
         if let Some(c) = chunksize {
-            if c == 0 {
-                return Err(Error::InvalidConfig {
-                    what: "chunksize must be at least 1".into(),
-                });
-            }
-            return Ok(c);
+            return Ok(c); // checked by `check_chunksize`
         }
         let mut size = len.div_ceil(self.workers() * 4).max(1);
         if let Some(first) = first {
@@ -81,6 +76,23 @@ impl Pool {
         Ok(size)
     }
 
+    /// The one rule for every method's chunk size, checked before any item
+    /// is taken: at least 1, and at most the bytes of one ring message (a
+    /// chunk travels as one message, and the bound keeps a lazy map from
+    /// collecting without end).
+    pub(super) fn check_chunksize(&self, chunksize: usize) -> Result<usize> {
+        let max = self.shared.max_payload;
+        if (1..=max).contains(&chunksize) {
+            Ok(chunksize)
+        } else {
+            Err(Error::InvalidConfig {
+                what: format!(
+                    "chunksize {chunksize} is out of range: give 1 to {max} (a chunk travels as one ring message of at most {max} bytes; raise `ring_bytes` for more), or `None` for the default"
+                ),
+            })
+        }
+    }
+
     /// Cuts `items` into encoded chunks, one at a time (see [`Chunker`]).
     /// An iterator that does not know its length exactly is collected
     /// first, so that the default chunk size can be computed.
@@ -89,6 +101,9 @@ impl Pool {
         items: impl IntoIterator<Item = A, IntoIter = I>,
         chunksize: Option<usize>,
     ) -> Result<Chunker<A, Items<I, A>>> {
+        if let Some(c) = chunksize {
+            self.check_chunksize(c)?;
+        }
         crate::wire::take_keep_alive(); // nothing stale from a failed submission
         let iter = items.into_iter();
         let (iter, len) = match iter.size_hint() {

@@ -3,7 +3,7 @@
 //! as it comes, and [`check_chunk`] makes sure a chunk owes what it returns.
 
 use super::driver::Shared;
-use super::handle::Cell;
+use super::handle::{guarded_decode, Cell};
 use super::lock;
 use super::sink::{Completion, Outcome};
 use crate::error::{Error, Result};
@@ -151,7 +151,10 @@ impl<R: Wire> MapCollector<R> {
             let Collected {
                 out, next, chunks, ..
             } = &mut *state;
-            if let Err(e) = crate::wire::decode_vec_into(&b, chunks[*next].0, out) {
+            let due = chunks[*next].0;
+            if let Err(e) =
+                guarded_decode::<Vec<R>, _>(|| crate::wire::decode_vec_into(&b, due, out))
+            {
                 return self.fail(state, e);
             }
             *next += 1;
@@ -195,9 +198,8 @@ impl<R: Wire> Completion for ChannelSink<R> {
     /// `tag` is the number of results the chunk owes.
     fn complete(&self, tag: u64, outcome: Outcome) {
         let chunk = match outcome {
-            Outcome::Ok(bytes) => {
-                decode_exact::<Vec<R>>(&bytes).and_then(|values| check_chunk(values, tag as usize))
-            }
+            Outcome::Ok(bytes) => guarded_decode::<Vec<R>, _>(|| decode_exact::<Vec<R>>(&bytes))
+                .and_then(|values| check_chunk(values, tag as usize)),
             Outcome::Err(e) => Err(e),
         };
         let _ = self.tx.send(chunk);

@@ -16,9 +16,39 @@ use crate::error::{Error, Result};
 use crate::shm::park::{self, Spinner};
 use crate::shm::Segment;
 use crate::wire::Payload;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+thread_local! {
+    /// The pools whose outcomes this thread is delivering right now (so
+    /// whose callbacks and decoders run on it), as `Shared` addresses,
+    /// innermost last. A wait on one of them from here could never end.
+    static DELIVERING: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Marks the current thread as delivering `shared`'s outcomes while it lives.
+struct Delivering;
+
+impl Delivering {
+    fn enter(shared: &Shared) -> Self {
+        DELIVERING.with(|d| d.borrow_mut().push(shared as *const Shared as usize));
+        Delivering
+    }
+}
+
+impl Drop for Delivering {
+    fn drop(&mut self) {
+        DELIVERING.with(|d| d.borrow_mut().pop());
+    }
+}
+
+/// Whether the current thread is delivering the outcomes of the pool whose
+/// state is at `shared` (it runs one of its callbacks or decoders).
+pub(super) fn is_delivering(shared: *const Shared) -> bool {
+    DELIVERING.with(|d| d.borrow().contains(&(shared as usize)))
+}
 
 /// State shared by the pool handle, its threads and its result handles.
 pub(super) struct Shared {
@@ -53,6 +83,9 @@ pub(super) struct Shared {
     /// `u64::MAX` when none can.
     next_deadline_ns: AtomicU64,
     epoch: Instant,
+    /// The process that created the pool: in a `fork()`ed copy, nothing may
+    /// touch the workers, the rings or a lock another thread held at the fork.
+    owner: u32,
 }
 
 /// Marks the current thread as a helper while it lives.
@@ -102,8 +135,31 @@ impl Shared {
             outstanding: AtomicUsize::new(0),
             next_deadline_ns: AtomicU64::new(u64::MAX),
             epoch: Instant::now(),
+            owner: crate::sys::current_pid(),
             _initializer_keep: initializer_keep,
         }
+    }
+
+    /// `Ok` in the process that created the pool; in a `fork()`ed copy,
+    /// [`Error::ForeignPool`]. Checked before any lock is taken: a lock held
+    /// by another thread at the fork stays locked in the copy for ever.
+    pub(super) fn check_owner(&self) -> Result<()> {
+        if crate::sys::current_pid() == self.owner {
+            Ok(())
+        } else {
+            Err(Error::ForeignPool { owner: self.owner })
+        }
+    }
+
+    /// `Ok` if the current thread may block until this pool makes progress:
+    /// not in a `fork()`ed copy, and not inside one of its callbacks (which
+    /// run on the thread that makes the progress).
+    pub(super) fn check_can_wait(&self) -> Result<()> {
+        self.check_owner()?;
+        if is_delivering(self) {
+            return Err(Error::WaitInCallback);
+        }
+        Ok(())
     }
 
     /// How long the driver may sleep before a running task's timeout needs
@@ -158,8 +214,12 @@ impl Shared {
         lock(&self.core)
     }
 
-    /// Drives if the lock is free; never blocks.
+    /// Drives if the lock is free; never blocks. Does nothing in a
+    /// `fork()`ed copy of the pool.
     pub(super) fn try_drive(&self) -> bool {
+        if self.check_owner().is_err() {
+            return false;
+        }
         match self.core.try_lock() {
             Ok(core) => self.drive_locked(core),
             Err(std::sync::TryLockError::Poisoned(p)) => self.drive_locked(p.into_inner()),
@@ -192,7 +252,7 @@ impl Shared {
         }
         // SeqCst: see `submit` and `HelperGuard::drop`.
         self.outstanding.store(core.outstanding, Ordering::SeqCst);
-        let deadline = core.next_deadline.map_or(u64::MAX, |d| {
+        let deadline = core.next_deadline().map_or(u64::MAX, |d| {
             d.saturating_duration_since(self.epoch)
                 .as_nanos()
                 .min(u64::MAX as u128 - 1) as u64
@@ -225,8 +285,15 @@ impl Shared {
         if notify_lifecycle {
             self.lifecycle.notify_all();
         }
+        let _delivering = (!actions.completions.is_empty()).then(|| Delivering::enter(self));
         for (sink, outcome) in actions.completions {
-            sink.target.complete(sink.tag, outcome);
+            // Callbacks and decoders guard themselves (`Cell::finish`,
+            // `guarded_decode`); this catches what they cannot, such as a
+            // result's `Drop` that panics: the thread (often the driver)
+            // must live on to deliver the other outcomes.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                sink.target.complete(sink.tag, outcome)
+            }));
         }
         actions.progress
     }
@@ -284,11 +351,16 @@ impl Shared {
 
     /// Queues tasks and dispatches what fits into the rings. `caller_waits`:
     /// the caller waits for these results at once (and helps collect them).
+    ///
+    /// With a bound on queued tasks (`max_queued`), blocks while the pool
+    /// holds that many unanswered tasks, except in one of this pool's
+    /// callbacks, which must never block.
     pub(super) fn submit(
         &self,
         tasks: smallvec::SmallVec<[(i64, Payload, Sink); 1]>,
         caller_waits: bool,
     ) -> Result<()> {
+        self.check_owner()?;
         if let Some((_, payload, _)) = tasks.iter().find(|(_, p, _)| p.len() > self.max_payload) {
             return Err(Error::ArgumentTooLarge {
                 size: payload.len(),
@@ -298,35 +370,57 @@ impl Shared {
         // Everything the encodes of this submission asked to keep alive.
         let keep = crate::wire::take_keep_alive();
         let keep = (!keep.is_empty()).then(|| Arc::new(keep));
+        let may_block = !is_delivering(self);
+        let mut tasks = tasks.into_iter().peekable();
         let mut core = self.lock();
-        if let Some(e) = &core.fatal {
-            return Err(e.clone());
+        loop {
+            if let Some(e) = &core.fatal {
+                return Err(e.clone());
+            }
+            if !core.open {
+                return Err(Error::PoolClosed);
+            }
+            let room = if may_block {
+                core.max_queued.saturating_sub(core.outstanding)
+            } else {
+                usize::MAX
+            };
+            if room == 0 {
+                // Answers free room: make sure somebody collects them (a
+                // gated driver with no helper left would not), then wait
+                // for a pass that delivers some, or for `close`.
+                if self.helpers.load(Ordering::SeqCst) == 0 {
+                    park::wake(&self.gate);
+                }
+                core = self.wait_lifecycle(core, None);
+                continue;
+            }
+            for (trampoline, payload, sink) in tasks.by_ref().take(room) {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                core.submit(Task {
+                    id,
+                    trampoline,
+                    payload,
+                    sink,
+                    attempts: 0,
+                    keep: keep.clone(),
+                });
+            }
+            let mut actions = Actions::default();
+            core.dispatch_pending(&mut actions);
+            self.finish_pass(core, actions);
+            // SeqCst, with the store of `outstanding` in `finish_pass`: pairs
+            // with the SeqCst decrement and load in `HelperGuard::drop` (a
+            // Dekker pair: either we see the helper, or it sees our task).
+            if !caller_waits && self.helpers.load(Ordering::SeqCst) == 0 {
+                // Nobody spins for results: make sure the driver is not gated.
+                park::wake(&self.gate);
+            }
+            if tasks.peek().is_none() {
+                return Ok(());
+            }
+            core = self.lock();
         }
-        if !core.open {
-            return Err(Error::PoolClosed);
-        }
-        for (trampoline, payload, sink) in tasks {
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            core.submit(Task {
-                id,
-                trampoline,
-                payload,
-                sink,
-                attempts: 0,
-                keep: keep.clone(),
-            });
-        }
-        let mut actions = Actions::default();
-        core.dispatch_pending(&mut actions);
-        self.finish_pass(core, actions);
-        // SeqCst, with the store of `outstanding` in `finish_pass`: pairs with
-        // the SeqCst decrement and load in `HelperGuard::drop` (a Dekker
-        // pair: either we see the helper, or it sees our task).
-        if !caller_waits && self.helpers.load(Ordering::SeqCst) == 0 {
-            // Nobody spins for results: make sure the driver is not gated.
-            park::wake(&self.gate);
-        }
-        Ok(())
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::config::Config;
 use super::core::{Actions, Core, Phase, Worker};
-use super::driver::{driver_loop, Shared};
+use super::driver::{driver_loop, is_delivering, Shared};
 use super::handle::Cell;
 use super::layout::{self, Header, Layout, Slot};
 use super::sink::Sink;
@@ -35,7 +35,23 @@ use std::time::{Duration, Instant};
 ///
 /// Dropping a pool terminates it (like leaving Python's `with Pool() as p:`):
 /// unfinished tasks get [`Error::Cancelled`], every worker is killed and
-/// reaped. To finish the work first, `close()` then `join()`.
+/// reaped. To finish the work first, `close()` then `join()`. Dropping
+/// returns from any thread, a callback of the pool included (the last
+/// steps are then handed to a thread of their own).
+///
+/// # `fork()`
+///
+/// A pool belongs to the process that built it. A child made with `fork()`
+/// (without `exec`) gets a copy of the pool's memory but none of its
+/// threads, and the workers are not its children: in the child every call
+/// that would submit or wait ([`apply`](Pool::apply), [`map`](Pool::map),
+/// [`AsyncResult::get`], [`join`](Pool::join), ...) fails with
+/// [`Error::ForeignPool`], [`close`](Pool::close) and
+/// [`terminate`](Pool::terminate) do nothing, [`pids`](Pool::pids) is empty
+/// and [`stats`](Pool::stats) all zero,
+/// and dropping the copy (as returning from `main` does) leaves the
+/// parent's workers and tasks alone. Build a new pool in the child if it
+/// needs one.
 ///
 /// ```
 /// use corepool::Pool;
@@ -224,6 +240,9 @@ impl Pool {
     /// }
     /// ```
     pub fn stats(&self) -> PoolStats {
+        if self.shared.check_owner().is_err() {
+            return PoolStats::default(); // a `fork()`ed copy has no workers
+        }
         self.shared.lock().stats.clone()
     }
 
@@ -271,6 +290,9 @@ impl Pool {
     /// }
     /// ```
     pub fn pids(&self) -> Vec<i32> {
+        if self.shared.check_owner().is_err() {
+            return Vec::new(); // a `fork()`ed copy has no workers
+        }
         let core = self.shared.lock();
         core.workers
             .iter()
@@ -300,6 +322,8 @@ impl Pool {
         A: Wire,
         R: Wire,
     {
+        // Refused before anything is submitted (see `AsyncResult::get`).
+        self.shared.check_can_wait()?;
         // The caller is about to wait (and help): the submission need not
         // wake a gated driver, so a round trip makes no wake-up system call.
         self.submit_one(f, arg, Callbacks::new(), true)?.get()
@@ -323,7 +347,10 @@ impl Pool {
     /// # Errors
     ///
     /// [`Error::PoolClosed`] after `close`/`terminate`;
-    /// [`Error::ArgumentTooLarge`] when `arg` does not fit a ring message.
+    /// [`Error::ArgumentTooLarge`] when `arg` does not fit a ring message;
+    /// [`Error::ForeignPool`] in a `fork()`ed copy of the pool. With
+    /// [`PoolBuilder::max_queued`], blocks while the pool holds that many
+    /// unanswered tasks.
     pub fn apply_async<F, A, R>(&self, f: F, arg: A) -> Result<AsyncResult<R>>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
@@ -411,9 +438,16 @@ impl Pool {
     /// }
     /// ```
     pub fn close(&self) {
+        if self.shared.check_owner().is_err() {
+            return; // the workers are the parent's
+        }
         let mut core = self.shared.lock();
         core.open = false;
-        let mut actions = Actions::default();
+        let mut actions = Actions {
+            // Submitters blocked by `max_queued` must see the pool closed.
+            lifecycle_changed: true,
+            ..Actions::default()
+        };
         core.drive(Vec::new(), &mut actions);
         self.shared.finish_pass(core, actions);
     }
@@ -440,10 +474,10 @@ impl Pool {
     /// }
     /// ```
     pub fn terminate(&self) {
-        let mut core = self.shared.lock();
-        let mut actions = Actions::default();
-        core.terminate(&mut actions);
-        self.shared.finish_pass(core, actions);
+        if self.shared.check_owner().is_err() {
+            return; // the workers are the parent's
+        }
+        terminate_now(&self.shared);
     }
 
     /// Waits until every worker has exited (Python's `join`).
@@ -463,8 +497,11 @@ impl Pool {
     /// # Errors
     ///
     /// [`Error::JoinWhileOpen`] unless [`close`](Self::close) or
-    /// [`terminate`](Self::terminate) came first.
+    /// [`terminate`](Self::terminate) came first; [`Error::WaitInCallback`]
+    /// in a callback of this pool; [`Error::ForeignPool`] in a `fork()`ed
+    /// copy of it.
     pub fn join(&self) -> Result<()> {
+        self.shared.check_can_wait()?;
         let mut core = self.shared.lock();
         if core.open {
             return Err(Error::JoinWhileOpen);
@@ -478,25 +515,71 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        let finished = {
-            let core = self.shared.lock();
-            core.all_stopped() && core.outstanding == 0
-        };
-        if !finished {
-            self.terminate();
-            let _ = self.join();
+        if self.shared.check_owner().is_err() {
+            // A `fork()`ed copy: the driver and supervisor threads do not
+            // exist here and the workers are the parent's. Touch nothing
+            // (a lock held at the fork stays locked), join nothing.
+            std::mem::forget(self.driver.take());
+            return;
         }
-        // Release pairs with the Acquire loads in `driver_loop` and `has_work`.
-        self.shared.stop.store(true, Ordering::Release);
-        park::wake(self.shared.doorbell());
-        park::wake(&self.shared.gate);
-        // The doorbell may not be armed: make sure the driver sees `stop`.
-        crate::sys::futex_wake_all(self.shared.doorbell());
-        if let Some(driver) = self.driver.take() {
-            let _ = driver.join();
+        let driver = self.driver.take();
+        let on_driver = driver
+            .as_ref()
+            .is_some_and(|d| d.thread().id() == std::thread::current().id());
+        if on_driver || is_delivering(&*self.shared) {
+            // Dropped in a callback: the passes the teardown waits for are
+            // made by this very thread (the driver, or a caller helping in
+            // `get`) once the callback returns. Hand the teardown over.
+            let shared = self.shared.clone();
+            let handed = std::thread::Builder::new()
+                .name("corepool-teardown".into())
+                .spawn(move || teardown(&shared, driver));
+            if handed.is_err() {
+                // No thread to hand it to: do what needs no waiting; the
+                // supervisor thread ends with the process.
+                terminate_now(&self.shared);
+                stop_driver(&self.shared);
+            }
+            return;
         }
-        if let Some(mut sup) = lock(&self.shared.supervisor).take() {
-            sup.stop();
+        teardown(&self.shared, driver);
+    }
+}
+
+/// Cancels what is left and kills the workers; waits for nothing.
+fn terminate_now(shared: &Shared) {
+    let mut core = shared.lock();
+    let mut actions = Actions::default();
+    core.terminate(&mut actions);
+    shared.finish_pass(core, actions);
+}
+
+/// Tells the driver to stop; it sees the flag at its next look.
+fn stop_driver(shared: &Shared) {
+    // Release pairs with the Acquire loads in `driver_loop` and `has_work`.
+    shared.stop.store(true, Ordering::Release);
+    park::wake(shared.doorbell());
+    park::wake(&shared.gate);
+    // The doorbell may not be armed: make sure the driver sees `stop`.
+    crate::sys::futex_wake_all(shared.doorbell());
+}
+
+/// A pool's teardown: terminates unless finished, waits until every worker
+/// is reaped, then stops the driver and the supervisor.
+fn teardown(shared: &Shared, driver: Option<std::thread::JoinHandle<()>>) {
+    let finished = |core: &Core| core.all_stopped() && core.outstanding == 0;
+    if !finished(&shared.lock()) {
+        terminate_now(shared);
+        let mut core = shared.lock();
+        while !finished(&core) {
+            core = shared.wait_lifecycle(core, None);
         }
+    }
+    stop_driver(shared);
+    if let Some(driver) = driver {
+        let _ = driver.join();
+    }
+    if let Some(mut sup) = lock(&shared.supervisor).take() {
+        sup.stop();
     }
 }

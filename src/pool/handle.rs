@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::shm::park::Spinner;
 use crate::wire::{decode_exact, Wire};
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -45,11 +46,14 @@ impl<T: Send + 'static> Cell<T> {
         }
         if self.has_callbacks {
             let callbacks = std::mem::take(&mut *lock(&self.callbacks));
-            match (&result, callbacks) {
+            // A callback that panics must not take the delivering thread
+            // (often the driver) with it: the panic hook has reported it,
+            // and the task's own outcome is stored below all the same.
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(|| match (&result, callbacks) {
                 (Ok(v), Callbacks { ok: Some(f), .. }) => f(v),
                 (Err(e), Callbacks { err: Some(f), .. }) => f(e),
                 _ => {}
-            }
+            }));
         }
         let mut slot = lock(&self.value);
         if slot.is_none() {
@@ -82,11 +86,40 @@ impl<T: Send + 'static> Cell<T> {
 impl<R: Wire> Completion for Cell<R> {
     fn complete(&self, _tag: u64, outcome: Outcome) {
         let result = match outcome {
-            Outcome::Ok(bytes) => decode_exact::<R>(&bytes),
+            Outcome::Ok(bytes) => guarded_decode::<R, _>(|| decode_exact::<R>(&bytes)),
             Outcome::Err(e) => Err(e),
         };
         self.finish(result);
     }
+}
+
+/// Runs a decoder of the user's types in the parent: one that panics fails
+/// its own task with [`Error::Decode`] instead of unwinding the delivering
+/// thread (the panic hook has reported the panic itself).
+/// `Named` is the type the error names.
+pub(super) fn guarded_decode<Named, T>(decode: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(AssertUnwindSafe(decode)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        Err(crate::wire::decode_error::<Named>(format!(
+            "the decoder panicked: {message}"
+        )))
+    })
+}
+
+/// Why this thread may not wait on `pool`, if it may not: it runs one of the
+/// pool's callbacks ([`Error::WaitInCallback`]), or the pool belongs to
+/// another process ([`Error::ForeignPool`]).
+pub(super) fn refusal(pool: &Weak<Shared>) -> Option<Error> {
+    // Checked first, and also when the pool is gone: its `Shared` stays
+    // allocated while this `Weak` lives, so the address is still its own.
+    if super::driver::is_delivering(pool.as_ptr()) {
+        return Some(Error::WaitInCallback);
+    }
+    pool.upgrade()?.check_can_wait().err()
 }
 
 /// The result of a task that is running: Python's `AsyncResult`.
@@ -158,7 +191,8 @@ impl<T: Send + 'static> AsyncResult<T> {
         lock(&self.cell.value).as_ref().map(|r| r.is_ok())
     }
 
-    /// Blocks until the task has finished.
+    /// Blocks until the task has finished. In a callback of the task's pool,
+    /// or in a `fork()`ed copy of it, returns at once (see [`get`](Self::get)).
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
@@ -175,7 +209,8 @@ impl<T: Send + 'static> AsyncResult<T> {
     }
 
     /// Blocks until the task has finished or `timeout` passed; returns whether
-    /// it finished. The task goes on either way.
+    /// it finished. The task goes on either way. Returns `false` at once
+    /// where [`wait`](Self::wait) returns at once.
     ///
     /// ```
     /// use std::time::Duration;
@@ -212,8 +247,13 @@ impl<T: Send + 'static> AsyncResult<T> {
     ///
     /// The task's error: [`Error::Panicked`], [`Error::WorkerDied`],
     /// [`Error::Cancelled`], [`Error::Decode`], [`Error::ResultTooLarge`].
+    /// Without waiting: [`Error::WaitInCallback`] in a callback of the same
+    /// pool while the result is not in (the wait could never end),
+    /// [`Error::ForeignPool`] in a `fork()`ed copy of the pool.
     pub fn get(self) -> Result<T> {
-        self.wait();
+        if !self.wait_until(None) {
+            return Err(self.refusal().unwrap_or(Error::Timeout));
+        }
         self.cell.take()
     }
 
@@ -246,13 +286,25 @@ impl<T: Send + 'static> AsyncResult<T> {
         if self.wait_timeout(timeout) {
             self.cell.take()
         } else {
-            Err(Error::Timeout)
+            Err(self.refusal().unwrap_or(Error::Timeout))
         }
     }
 
+    /// Why this thread may not wait for the result, if it may not: it runs
+    /// a callback of the task's pool ([`Error::WaitInCallback`]), or the pool
+    /// belongs to another process ([`Error::ForeignPool`]).
+    fn refusal(&self) -> Option<Error> {
+        refusal(&self.pool)
+    }
+
+    /// Waits until the result is in or `deadline` passed; returns at once
+    /// (with `false`) when [`refusal`](Self::refusal) forbids waiting.
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
         if self.cell.is_ready() {
             return true;
+        }
+        if self.refusal().is_some() {
+            return false;
         }
         let Some(pool) = self.pool.upgrade() else {
             return self.block_until(deadline);

@@ -3,7 +3,7 @@
 
 use super::collect::{self, ChannelSink};
 use super::driver::Shared;
-use super::handle::Cell;
+use super::handle::{self, Cell};
 use super::sink::{Completion, Sink};
 use super::{AsyncResult, Callbacks, Pool};
 use crate::error::{Error, Result};
@@ -17,7 +17,10 @@ use std::sync::Arc;
 impl Pool {
     /// A lazy, ordered `map` (Python's `imap`): items are pulled from `items`
     /// and sent `chunksize` at a time, a few chunks per worker ahead of the
-    /// consumer, so an endless iterator works.
+    /// consumer, so an endless iterator works. A chunk size out of range (see
+    /// [`map`](Self::map)) makes the first item an
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig), taken before
+    /// any item; after an error the iterator ends.
     ///
     /// ```
     /// fn main() {
@@ -39,11 +42,16 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         let _ = f;
+        let (chunksize, invalid) = match self.check_chunksize(chunksize) {
+            Ok(c) => (c, None),
+            Err(e) => (1, Some(e)),
+        };
         Imap {
             pool: self,
             trampoline: task::offset_of(task::call_chunk::<F, A, R>),
             source: items.into_iter(),
-            chunksize: chunksize.max(1),
+            chunksize,
+            invalid,
             in_flight: VecDeque::new(),
             ready: VecDeque::new(),
             failed: false,
@@ -83,7 +91,6 @@ impl Pool {
     {
         let _ = f;
         let trampoline = task::offset_of(task::call_chunk::<F, A, R>);
-        let chunksize = chunksize.max(1);
         let mut chunker = self.chunker(items, Some(chunksize))?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let sink: Arc<dyn Completion> = Arc::new(ChannelSink { tx });
@@ -125,6 +132,8 @@ pub struct Imap<'p, A, R, I> {
     trampoline: i64,
     source: I,
     chunksize: usize,
+    /// A chunk size out of range: the first item.
+    invalid: Option<Error>,
     /// Each chunk submitted and not yet read, with how many results are due.
     in_flight: VecDeque<(AsyncResult<Vec<R>>, usize)>,
     ready: VecDeque<R>,
@@ -144,7 +153,12 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'_, A, R, I> {
     fn refill(&mut self) -> Result<()> {
         let ahead = self.pool.workers() * 4;
         while self.in_flight.len() < ahead {
-            let chunk: Vec<A> = self.source.by_ref().take(self.chunksize).collect();
+            // Pushed one by one: `collect` would reserve what an endless
+            // source's size hint claims, the whole chunk size at once.
+            let mut chunk: Vec<A> = Vec::with_capacity(self.chunksize.min(1 << 10));
+            for item in self.source.by_ref().take(self.chunksize) {
+                chunk.push(item);
+            }
             if chunk.is_empty() {
                 break;
             }
@@ -182,6 +196,14 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
             }
             if self.failed {
                 return None;
+            }
+            let refused = self
+                .invalid
+                .take()
+                .or_else(|| self.pool.shared.check_can_wait().err());
+            if let Some(e) = refused {
+                self.failed = true;
+                return Some(Err(e));
             }
             if let Err(e) = self.refill() {
                 self.failed = true;
@@ -240,6 +262,10 @@ impl<R: Wire> Iterator for ImapUnordered<R> {
             }
             if self.chunks_left == 0 {
                 return None;
+            }
+            if let Some(e) = handle::refusal(&self.pool) {
+                self.chunks_left = 0; // the iterator ends after the error
+                return Some(Err(e));
             }
             let mut spinner = Spinner::new();
             let chunk = loop {

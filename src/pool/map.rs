@@ -49,6 +49,8 @@ impl Pool {
         items: impl IntoIterator<Item = A>,
         chunksize: Option<usize>,
     ) -> Result<Vec<R>> {
+        // Refused before anything is submitted (see `AsyncResult::get`).
+        self.shared.check_can_wait()?;
         let mut chunker = self.chunker(items, chunksize)?;
         let cell = Cell::new(Callbacks::new());
         let collector = MapCollector::<R>::new(chunker.len_hint, cell.clone());
@@ -76,7 +78,11 @@ impl Pool {
 
     /// `f` over every item, in order (Python's `map`). Items are sent in
     /// chunks of `chunksize`; `None` picks Python's default (about four chunks
-    /// per worker), capped so that a chunk fits one ring message.
+    /// per worker), capped so that a chunk fits one ring message. Every
+    /// method that takes a chunk size accepts 1 up to the ring's largest
+    /// message in bytes (about half of `ring_bytes`), and fails with
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) otherwise,
+    /// before it takes any item.
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
@@ -94,7 +100,10 @@ impl Pool {
     /// # Errors
     ///
     /// The first failing chunk's error; [`Error::PoolClosed`](crate::Error::PoolClosed),
-    /// [`Error::ArgumentTooLarge`](crate::Error::ArgumentTooLarge) at submission.
+    /// [`Error::ArgumentTooLarge`](crate::Error::ArgumentTooLarge) at submission;
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a chunk size
+    /// out of range; [`Error::WaitInCallback`](crate::Error::WaitInCallback)
+    /// in a callback of this pool.
     pub fn map<F, A, R>(
         &self,
         f: F,

@@ -22,6 +22,7 @@ impl Core {
             Event::Spawned { index, pid } => {
                 let w = &mut self.workers[index];
                 w.pid = pid;
+                w.starting_since = Some(Instant::now());
                 w.phase = if self.terminating {
                     crate::sys::kill_group(pid, crate::sys::Signal::KILL);
                     Phase::Dying
@@ -96,6 +97,44 @@ impl Core {
             }
             _ => {}
         }
+    }
+
+    /// Kills a worker that has not attached within the start timeout (an
+    /// initializer that hangs): its exit counts as a failed start, so the
+    /// slot is tried again with back-off, and given up after
+    /// [`MAX_START_FAILURES`] in a row.
+    pub(super) fn check_start_timeouts(&mut self, actions: &mut Actions) {
+        self.start_deadline = None;
+        let Some(limit) = self.start_timeout else {
+            return;
+        };
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        for (index, w) in self.workers.iter_mut().enumerate() {
+            if w.phase != Phase::Starting {
+                continue;
+            }
+            // A limit past what an `Instant` holds never expires.
+            let Some(deadline) = w.starting_since.and_then(|t| t.checked_add(limit)) else {
+                continue;
+            };
+            if now < deadline {
+                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                continue;
+            }
+            crate::sys::kill_group(w.pid, crate::sys::Signal::KILL);
+            w.start_error = Some(Error::WorkerStart {
+                index,
+                reason: format!(
+                    "process {} did not attach within the start timeout of {limit:?} (does its initializer hang? is `corepool::init()` the first statement of `main`?)",
+                    w.pid
+                ),
+            });
+            w.phase = Phase::Dying;
+            actions.progress = true;
+            actions.lifecycle_changed = true;
+        }
+        self.start_deadline = next;
     }
 
     fn on_exit(&mut self, index: usize, pid: i32, cause: ExitCause, actions: &mut Actions) {

@@ -90,6 +90,9 @@ pub(super) struct Worker {
     /// When the parent saw this slot's previous worker die: the replacement
     /// time is measured from here to the new worker's first ready check.
     replacing_since: Option<Instant>,
+    /// When the parent learnt the current process runs (its `Spawned`
+    /// event): for the start timeout.
+    starting_since: Option<Instant>,
 }
 
 impl Worker {
@@ -114,13 +117,15 @@ impl Worker {
             running: None,
             timed_out: None,
             replacing_since: None,
+            starting_since: None,
         }
     }
 
+    /// Whether tasks may be pushed into this worker's ring. Only once it is
+    /// serving: a worker still starting (an initializer that hangs) would
+    /// hold them where balancing and timeouts do not look.
     fn accepts_tasks(&self) -> bool {
-        matches!(self.phase, Phase::Starting | Phase::Ready)
-            && self.budget_left > 0
-            && !self.violated
+        self.phase == Phase::Ready && self.budget_left > 0 && !self.violated
     }
 
     /// Resets the slot for a new process. Only once the old one is reaped.
@@ -175,7 +180,14 @@ pub(super) struct Core {
     pub task_timeout: Option<Duration>,
     /// When the earliest running task overruns its timeout: the driver
     /// must look again by then.
-    pub next_deadline: Option<Instant>,
+    task_deadline: Option<Instant>,
+    /// Kill a worker that has not attached this long after it was started.
+    pub start_timeout: Option<Duration>,
+    /// When the earliest starting worker overruns the start timeout.
+    start_deadline: Option<Instant>,
+    /// Tasks submitted and not answered, at most (`usize::MAX`: no bound);
+    /// see [`crate::PoolBuilder::max_queued`].
+    pub max_queued: usize,
     /// Counters for [`crate::Pool::stats`].
     pub stats: crate::pool::PoolStats,
     claimed: Vec<Claimed>,
@@ -183,11 +195,13 @@ pub(super) struct Core {
 }
 
 /// What a pool does when workers fail: see [`crate::PoolBuilder`].
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub(super) struct FaultPolicy {
     pub max_tasks_per_child: u64,
     pub retries: u32,
     pub task_timeout: Option<Duration>,
+    pub start_timeout: Option<Duration>,
+    pub max_queued: usize,
 }
 
 impl Core {
@@ -203,10 +217,22 @@ impl Core {
             max_tasks_per_child: policy.max_tasks_per_child,
             retries: policy.retries,
             task_timeout: policy.task_timeout,
-            next_deadline: None,
+            task_deadline: None,
+            start_timeout: policy.start_timeout,
+            start_deadline: None,
+            max_queued: policy.max_queued,
             stats: Default::default(),
             claimed: Vec::new(),
             buf: Vec::new(),
+        }
+    }
+
+    /// When the driver must look again even if nothing wakes it: the
+    /// earliest task or start deadline.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        match (self.task_deadline, self.start_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -250,6 +276,7 @@ impl Core {
         for i in 0..self.workers.len() {
             self.check_started(i, actions);
         }
+        self.check_start_timeouts(actions);
         for i in 0..self.workers.len() {
             if matches!(self.workers[i].phase, Phase::Ready | Phase::Dying) {
                 self.collect(i, actions);

@@ -283,7 +283,7 @@ impl Core {
                 next = Some(next.map_or(deadline, |n| n.min(deadline)));
             }
         }
-        self.next_deadline = next;
+        self.task_deadline = next;
     }
 }
 

@@ -1,0 +1,463 @@
+//! Faults of the pool's parent side: callbacks and decoders that panic, wait
+//! or drop the pool; replacements stuck starting; a `fork()`ed copy of a pool;
+//! chunk sizes out of range; a producer faster than the workers. Each test
+//! fails on the code before its fix (a hang is caught by the watchdog or a
+//! generous `recv_timeout`). Runs with its own `main`: workers re-execute
+//! this binary.
+
+mod common;
+
+use corepool::{AtomicValue, Callbacks, Error, Pool, Wire};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Far longer than any of these steps takes; only a hang reaches it.
+const HUNG: Duration = Duration::from_secs(60);
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// Waits (in the worker) until `gate` is opened, then returns 7.
+fn wait_for_gate(gate: AtomicValue<u64>) -> u64 {
+    while gate.load() == 0 {
+        std::thread::yield_now();
+    }
+    7
+}
+
+/// A result type whose decoder panics on 13 (a user's buggy `Wire`).
+#[derive(Debug, PartialEq)]
+struct Fragile(u64);
+
+impl Wire for Fragile {
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.0.encode(out);
+    }
+
+    fn decode(input: &mut &[u8]) -> corepool::Result<Self> {
+        let v = u64::decode(input)?;
+        assert!(v != 13, "the decoder of Fragile refuses 13");
+        Ok(Fragile(v))
+    }
+}
+
+fn fragile(x: u64) -> Fragile {
+    Fragile(x)
+}
+
+// ---- 1: a panicking callback or decoder affects only its own task ----------
+
+fn a_panicking_callback_affects_only_its_task() {
+    let pool = Pool::builder().workers(2).build().unwrap();
+    let ok_panics = Callbacks::new().on_success(|_: &u64| panic!("on_success fails on purpose"));
+    let err_panics = Callbacks::new().on_error(|_: &Error| panic!("on_error fails on purpose"));
+    let a = pool.apply_async_with(square, 6, ok_panics).unwrap();
+    let b = pool
+        .apply_async_with(|x: u64| -> u64 { panic!("task {x} fails") }, 1, err_panics)
+        .unwrap();
+    let others: Vec<_> = (0..100u64)
+        .map(|i| pool.apply_async(square, i).unwrap())
+        .collect();
+    // Delivered by the driver: nobody helps.
+    common::eventually("both outcomes stored", || a.ready() && b.ready());
+    assert_eq!(a.get(), Ok(36), "the task's own outcome is stored");
+    assert!(matches!(b.get(), Err(Error::Panicked { .. })));
+    for (i, h) in others.into_iter().enumerate() {
+        assert_eq!(h.get_timeout(HUNG), Ok((i * i) as u64));
+    }
+    // The driver lives on: a submission nobody helps with still completes.
+    let (tx, rx) = mpsc::channel();
+    let cb = Callbacks::new().on_success(move |v: &u64| tx.send(*v).unwrap());
+    pool.apply_async_with(square, 9, cb).unwrap();
+    assert_eq!(rx.recv_timeout(HUNG), Ok(81));
+    // Dropping the pool returns (the watchdog catches it otherwise).
+}
+
+fn a_panicking_callback_on_a_waiting_caller_affects_only_its_task() {
+    let pool = Pool::builder().workers(1).build().unwrap();
+    for i in 0..20u64 {
+        let cb = Callbacks::new().on_success(|_: &u64| panic!("on_success fails on purpose"));
+        // `get` helps deliver: the callback may run on this very thread.
+        let h = pool.apply_async_with(square, i, cb).unwrap();
+        assert_eq!(h.get(), Ok(i * i));
+    }
+    assert_eq!(pool.map(square, 0..10u64, None).unwrap().len(), 10);
+}
+
+fn a_panicking_decoder_fails_only_its_task() {
+    let pool = Pool::builder().workers(2).build().unwrap();
+    let bad = pool.apply_async(fragile, 13).unwrap();
+    let good = pool.apply_async(fragile, 12).unwrap();
+    common::eventually("both outcomes stored", || bad.ready() && good.ready());
+    assert!(
+        matches!(bad.get(), Err(Error::Decode { .. })),
+        "the decoder's panic is the task's decode error"
+    );
+    assert_eq!(good.get(), Ok(Fragile(12)));
+    assert!(matches!(
+        pool.map(fragile, 10..20u64, Some(3)),
+        Err(Error::Decode { .. })
+    ));
+    let unordered: Vec<_> = pool
+        .imap_unordered(fragile, 10..20u64, 2)
+        .unwrap()
+        .collect();
+    assert_eq!(unordered.len(), 9, "the chunk of 12 and 13 is one error");
+    assert_eq!(
+        unordered
+            .iter()
+            .filter(|r| matches!(r, Err(Error::Decode { .. })))
+            .count(),
+        1
+    );
+    assert_eq!(pool.apply(square, 5), Ok(25));
+}
+
+// ---- 13: waiting on the pool inside a callback fails at once ---------------
+
+/// Every waiting call a callback could make on `pool`, with what it returned.
+fn wait_in_callback(pool: &Pool, pending: corepool::AsyncResult<u64>) -> Vec<(&'static str, bool)> {
+    fn is_wait_error<T>(r: &Result<T, Error>) -> bool {
+        matches!(r, Err(Error::WaitInCallback))
+    }
+    let mut seen = vec![
+        ("apply", is_wait_error(&pool.apply(square, 2))),
+        ("map", is_wait_error(&pool.map(square, 0..4u64, None))),
+        (
+            "starmap",
+            is_wait_error(&pool.starmap(|a: u64, b: u64| a + b, vec![(1, 2)], None)),
+        ),
+        (
+            "imap",
+            matches!(
+                pool.imap(square, 0..4u64, 1).next(),
+                Some(Err(Error::WaitInCallback))
+            ),
+        ),
+    ];
+    let unordered = pool.imap_unordered(square, 0..4u64, 1);
+    seen.push((
+        "imap_unordered",
+        matches!(
+            unordered.map(|mut i| i.next()),
+            Ok(Some(Err(Error::WaitInCallback)))
+        ),
+    ));
+    let submitted = pool.apply_async(square, 3);
+    seen.push(("apply_async (no wait)", submitted.is_ok()));
+    if let Ok(h) = submitted {
+        seen.push(("apply_async().get", is_wait_error(&h.get())));
+    }
+    seen.push(("get on another handle", is_wait_error(&pending.get())));
+    seen
+}
+
+fn check_waits_fail(seen: Vec<(&'static str, bool)>) {
+    let wrong: Vec<_> = seen
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(what, _)| *what)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "calls that did not fail at once: {wrong:?}"
+    );
+}
+
+fn waiting_inside_a_callback_fails_at_once() {
+    let gate = AtomicValue::<u64>::new(0).unwrap();
+    for caller_helps in [false, true] {
+        let pool = Arc::new(Pool::builder().workers(2).build().unwrap());
+        // A task that stays pending while the callback runs.
+        let pending = pool.apply_async(wait_for_gate, gate.clone()).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let inner = pool.clone();
+        let cb = Callbacks::new().on_success(move |_: &u64| {
+            tx.send(wait_in_callback(&inner, pending)).unwrap();
+        });
+        let h = pool.apply_async_with(square, 4, cb).unwrap();
+        if caller_helps {
+            // The callback may run here, inside `get`, on this thread.
+            assert_eq!(h.get(), Ok(16));
+        }
+        check_waits_fail(rx.recv_timeout(HUNG).expect("the callback hung"));
+        gate.store(1);
+        // `close(); join()` from a callback fails too, and `close` works.
+        let (tx, rx) = mpsc::channel();
+        let inner = pool.clone();
+        let cb = Callbacks::new().on_success(move |_: &u64| {
+            inner.close();
+            tx.send(inner.join()).unwrap();
+        });
+        pool.apply_async_with(square, 5, cb).unwrap();
+        assert_eq!(rx.recv_timeout(HUNG), Ok(Err(Error::WaitInCallback)));
+        assert_eq!(pool.join(), Ok(()), "outside the callback, join works");
+        gate.store(0);
+    }
+}
+
+// ---- 14: dropping the last pool inside a callback returns ------------------
+
+fn dropping_the_last_pool_inside_a_callback_returns() {
+    for caller_helps in [false, true] {
+        let gate = AtomicValue::<u64>::new(0).unwrap();
+        let pool = Arc::new(Pool::builder().workers(2).build().unwrap());
+        let (tx, rx) = mpsc::channel();
+        let last = pool.clone();
+        let cb = Callbacks::new().on_success(move |v: &u64| {
+            drop(last); // the last reference: `Pool::drop` runs here
+            tx.send(*v).unwrap();
+        });
+        let h = pool
+            .apply_async_with(wait_for_gate, gate.clone(), cb)
+            .unwrap();
+        drop(pool);
+        gate.store(1);
+        if caller_helps {
+            assert_eq!(h.get(), Ok(7));
+        }
+        assert_eq!(
+            rx.recv_timeout(HUNG),
+            Ok(7),
+            "the drop in the callback returned"
+        );
+        // The harness checks that the workers are reaped.
+    }
+}
+
+// ---- 15: a fork()ed copy of a pool leaves the parent's workers alone -------
+
+/// In the forked child: every call fails with `ForeignPool`, and dropping the
+/// copy returns without touching the parent's workers. The exit code names
+/// the first check that failed.
+fn play_forked_child(pool: Pool, parents_task: corepool::AsyncResult<u64>) -> i32 {
+    let foreign = |r: Result<(), Error>| matches!(r, Err(Error::ForeignPool { .. }));
+    if !foreign(pool.apply(square, 3).map(drop)) {
+        return 10;
+    }
+    if !foreign(pool.map(square, 0..100u64, None).map(drop)) {
+        return 11;
+    }
+    if !foreign(pool.apply_async(square, 3).map(drop)) {
+        return 12;
+    }
+    if !foreign(parents_task.get().map(drop)) {
+        return 13;
+    }
+    if !foreign(pool.join()) {
+        return 14;
+    }
+    drop(pool);
+    0
+}
+
+fn a_forked_copy_of_a_pool_leaves_the_parents_workers_alone() {
+    let gate = AtomicValue::<u64>::new(0).unwrap();
+    let pool = Pool::builder().workers(2).build().unwrap();
+    let pids = pool.pids();
+    let in_flight = pool.apply_async(wait_for_gate, gate.clone()).unwrap();
+    let copy_of_task = pool.apply_async(wait_for_gate, gate.clone()).unwrap();
+    // SAFETY: the child runs only this thread's code and leaves with `_exit`.
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork failed");
+    if child == 0 {
+        let code = play_forked_child(pool, copy_of_task);
+        // SAFETY: ends the child at once, without the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    let exited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        common::eventually("the forked child exits", || {
+            // SAFETY: waits for our own child, without blocking.
+            unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) == child }
+        })
+    }));
+    if exited.is_err() {
+        // SAFETY: our own child, hung: kill and reap it before failing.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, &mut status, 0);
+        }
+        panic!("the forked child hung");
+    }
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child's checks failed: status {status:#x}"
+    );
+    gate.store(1);
+    assert_eq!(
+        in_flight.get_timeout(HUNG),
+        Ok(7),
+        "the parent's task survived"
+    );
+    assert_eq!(copy_of_task.get_timeout(HUNG), Ok(7));
+    assert_eq!(pool.pids(), pids, "the parent's workers were left alone");
+    assert_eq!(pool.stats().respawns, 0);
+    assert_eq!(pool.map(square, 0..100u64, None).unwrap().len(), 100);
+}
+
+// ---- 7: tasks are not stranded behind a replacement stuck starting ---------
+
+/// Initializer: the first two workers start; every later one hangs.
+fn hang_after_two_starts(starts: AtomicValue<u64>) {
+    if starts.fetch_add(1) >= 2 {
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
+/// A pool of two whose first worker was killed and whose replacement hangs
+/// in its initializer (the parent has seen it running).
+fn pool_with_a_stuck_replacement(start_timeout: Duration) -> (Pool, AtomicValue<u64>) {
+    let starts = AtomicValue::<u64>::new(0).unwrap();
+    let pool = Pool::builder()
+        .workers(2)
+        .initializer_with(hang_after_two_starts, starts.clone())
+        .start_timeout(start_timeout)
+        .build()
+        .unwrap();
+    let victim = pool.pids()[0];
+    // SAFETY: sends a signal to our own worker.
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    common::eventually("the replacement runs its initializer", || {
+        starts.load() >= 3 && pool.pids().len() == 2 && !pool.pids().contains(&victim)
+    });
+    (pool, starts)
+}
+
+fn tasks_are_not_stranded_behind_a_starting_replacement() {
+    let (pool, _starts) = pool_with_a_stuck_replacement(Duration::from_secs(30));
+    let handles: Vec<_> = (0..8u64)
+        .map(|i| pool.apply_async(square, i).unwrap())
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.get_timeout(HUNG), Ok((i * i) as u64), "task {i} stranded");
+    }
+}
+
+fn a_start_that_overruns_start_timeout_is_retried() {
+    let (pool, starts) = pool_with_a_stuck_replacement(Duration::from_secs(5));
+    // Killed at its start timeout and tried again.
+    common::eventually("the stuck start is retried", || starts.load() >= 4);
+    assert_eq!(pool.apply(square, 3), Ok(9), "the other worker serves");
+}
+
+// ---- one chunk-size rule for every method ----------------------------------
+
+fn chunk_sizes_out_of_range_fail_alike_everywhere() {
+    let pool = Pool::builder().workers(1).build().unwrap();
+    let invalid = |r: Result<(), Error>| matches!(r, Err(Error::InvalidConfig { .. }));
+    for chunksize in [0, usize::MAX, 1 << 40] {
+        assert!(
+            invalid(pool.map(square, 0..10u64, Some(chunksize)).map(drop)),
+            "map {chunksize}"
+        );
+        assert!(invalid(
+            pool.map_async(square, 0..10u64, Some(chunksize)).map(drop)
+        ));
+        assert!(invalid(
+            pool.starmap(|a: u64, b: u64| a + b, vec![(1, 2)], Some(chunksize))
+                .map(drop)
+        ));
+        assert!(invalid(
+            pool.imap_unordered(square, 0..10u64, chunksize).map(drop)
+        ));
+        // Endless input: refused before any chunk is collected.
+        let mut lazy = pool.imap(square, 0u64.., chunksize);
+        assert!(
+            matches!(lazy.next(), Some(Err(Error::InvalidConfig { .. }))),
+            "imap {chunksize}"
+        );
+        assert!(lazy.next().is_none());
+        assert!(invalid(
+            pool.imap_unordered(square, (0u64..).take(10), chunksize)
+                .map(drop)
+        ));
+    }
+    // The largest accepted size works.
+    assert_eq!(
+        pool.imap(square, 0u64.., 1000)
+            .take(3)
+            .collect::<Result<Vec<_>, _>>(),
+        Ok(vec![0, 1, 4])
+    );
+}
+
+// ---- max_queued: backpressure on submission --------------------------------
+
+/// Returns how many submissions the parent had counted when this task ended;
+/// the first task gives the submitter a moment to run ahead.
+fn report_submitted((submitted, first): (AtomicValue<u64>, bool)) -> u64 {
+    if first {
+        let until = std::time::Instant::now() + Duration::from_millis(200);
+        while std::time::Instant::now() < until && submitted.load() < 100 {
+            std::thread::yield_now();
+        }
+    }
+    submitted.load()
+}
+
+fn max_queued_bounds_the_tasks_queued_in_the_parent() {
+    const BOUND: u64 = 4;
+    let pool = Pool::builder()
+        .workers(1)
+        .max_queued(BOUND as usize)
+        .build()
+        .unwrap();
+    let submitted = AtomicValue::<u64>::new(0).unwrap();
+    let mut handles = Vec::new();
+    for i in 0..200u64 {
+        handles.push(
+            pool.apply_async(report_submitted, (submitted.clone(), i == 0))
+                .unwrap(),
+        );
+        submitted.store(i + 1);
+    }
+    for (i, h) in handles.into_iter().enumerate() {
+        // While task i ran, tasks i.. were all queued: at most BOUND of them.
+        let seen = h.get().unwrap();
+        assert!(seen <= i as u64 + BOUND, "task {i} saw {seen} submitted");
+    }
+    assert!(matches!(
+        Pool::builder().max_queued(0).build(),
+        Err(Error::InvalidConfig { .. })
+    ));
+}
+
+fn a_submitter_blocked_by_max_queued_wakes_on_terminate() {
+    let gate = AtomicValue::<u64>::new(0).unwrap();
+    let pool = Arc::new(Pool::builder().workers(1).max_queued(2).build().unwrap());
+    let held: Vec<_> = (0..2)
+        .map(|_| pool.apply_async(wait_for_gate, gate.clone()).unwrap())
+        .collect();
+    let submitter = {
+        let pool = pool.clone();
+        std::thread::spawn(move || pool.apply_async(square, 1).map(drop))
+    };
+    pool.terminate();
+    // Blocked or not when `terminate` came, it ends with the pool closed.
+    assert_eq!(submitter.join().unwrap(), Err(Error::PoolClosed));
+    for h in held {
+        assert_eq!(h.get(), Err(Error::Cancelled));
+    }
+}
+
+fn main() {
+    corepool::init();
+    common::run(common::tests![
+        a_panicking_callback_affects_only_its_task,
+        a_panicking_callback_on_a_waiting_caller_affects_only_its_task,
+        a_panicking_decoder_fails_only_its_task,
+        waiting_inside_a_callback_fails_at_once,
+        dropping_the_last_pool_inside_a_callback_returns,
+        a_forked_copy_of_a_pool_leaves_the_parents_workers_alone,
+        tasks_are_not_stranded_behind_a_starting_replacement,
+        a_start_that_overruns_start_timeout_is_retried,
+        chunk_sizes_out_of_range_fail_alike_everywhere,
+        max_queued_bounds_the_tasks_queued_in_the_parent,
+        a_submitter_blocked_by_max_queued_wakes_on_terminate,
+    ]);
+}
