@@ -131,8 +131,25 @@ fn queue_pipe_moves_and_checks_its_data() {
     assert!(out.contains("queue_pipe: all checks passed"), "{out}");
 }
 
+fn async_tokio_awaits_pool_results() {
+    let out = run(example("async_tokio"));
+    assert!(out.contains("primes below 200000: 17984"), "{out}");
+    assert!(
+        out.contains(
+            "primes below 10000, 20000, ...: [1229, 2262, 3245, 4203, 5133, 6057, 6935, 7837]"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("the runtime ticked 3 times"), "{out}");
+    assert!(
+        out.contains("a panicking task:") && out.contains("no 7"),
+        "{out}"
+    );
+}
+
 fn main() {
     common::run(common::tests![
+        async_tokio_awaits_pool_results,
         pool_callbacks_prints_like_the_seed,
         cpu_bound_reports_a_speedup,
         numeric_checks_pass,

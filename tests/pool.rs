@@ -651,8 +651,90 @@ fn endless_timeouts_are_no_timeouts() {
     assert_eq!(pool.map(square, 0..100u64, None).unwrap().len(), 100);
 }
 
+/// A minimal executor: poll, park until woken, repeat; counts the polls
+/// that returned `Pending`.
+fn block_on_counting<F: std::future::Future>(future: F) -> (F::Output, usize) {
+    use std::task::{Context, Poll, Wake};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    let mut pending = 0;
+    loop {
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(out) => return (out, pending),
+            Poll::Pending => {
+                pending += 1;
+                std::thread::park();
+            }
+        }
+    }
+}
+
+fn async_results_are_futures_woken_by_the_pool() {
+    let pool = Arc::new(pool2());
+    // A task that cannot finish before the first poll: it waits for a file
+    // the test creates only after the future has been polled once.
+    let flag = std::env::temp_dir().join(format!("corepool-future-{}", std::process::id()));
+    let _ = std::fs::remove_file(&flag);
+    fn wait_for(path: String) -> u64 {
+        while !std::path::Path::new(&path).exists() {
+            std::thread::yield_now();
+        }
+        7
+    }
+    let slow = pool
+        .apply_async(wait_for, flag.to_string_lossy().into_owned())
+        .unwrap();
+    let mut polled_once = false;
+    let future = std::future::poll_fn({
+        let mut slow = Some(slow);
+        let flag = flag.clone();
+        move |cx| {
+            let poll = std::pin::Pin::new(slow.as_mut().unwrap()).poll(cx);
+            if !polled_once {
+                polled_once = true;
+                std::fs::write(&flag, b"go").unwrap();
+            }
+            poll
+        }
+    });
+    use std::future::Future;
+    let (value, pending) = block_on_counting(future);
+    assert_eq!(value.unwrap(), 7);
+    assert!(pending >= 1, "the first poll came before the result");
+    std::fs::remove_file(&flag).unwrap();
+
+    // A map handle too, and a future woken by terminate with `Cancelled`.
+    let (all, _) = block_on_counting(pool.map_async(square, 0..100u64, None).unwrap());
+    assert_eq!(all.unwrap().len(), 100);
+    fn forever(_: u64) -> u64 {
+        loop {
+            std::thread::yield_now();
+        }
+    }
+    let stuck = pool.apply_async(forever, 0).unwrap();
+    let terminator = {
+        let pool = pool.clone();
+        std::thread::spawn(move || {
+            // Before or after the first poll, as it happens: the
+            // cancellation must reach the future either way.
+            pool.terminate();
+        })
+    };
+    let (cancelled, _) = block_on_counting(stuck);
+    terminator.join().unwrap();
+    assert_eq!(cancelled.unwrap_err(), Error::Cancelled);
+}
+
 fn main() {
     common::run(common::tests![
+        async_results_are_futures_woken_by_the_pool,
         apply_round_trips,
         apply_async_handles,
         panics_reach_the_error_callback_and_the_worker_survives,

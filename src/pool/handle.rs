@@ -1,5 +1,5 @@
 //! One task's result on its way back: the [`Cell`] it lands in and the
-//! [`AsyncResult`] a caller waits on.
+//! [`AsyncResult`] a caller waits on, blocking or as a [`Future`].
 
 use super::driver::Shared;
 use super::lock;
@@ -9,9 +9,12 @@ use crate::error::{Error, Result};
 use crate::shm::park::Spinner;
 use crate::wire::{decode_exact, Wire};
 use std::fmt;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// The slot a result lands in, and everyone waiting for it.
@@ -23,6 +26,11 @@ pub(super) struct Cell<T> {
     changed: Condvar,
     /// Threads blocked on `changed`; only changed with `value` locked.
     blocked: AtomicUsize,
+    /// The task awaiting the result as a [`Future`], if any.
+    waker: Mutex<Option<Waker>>,
+    /// Whether `waker` may hold a waker: lets `finish` skip its lock in the
+    /// common case where nobody awaits.
+    awaited: AtomicBool,
 }
 
 impl<T: Send + 'static> Cell<T> {
@@ -34,6 +42,8 @@ impl<T: Send + 'static> Cell<T> {
             callbacks: Mutex::new(callbacks),
             changed: Condvar::new(),
             blocked: AtomicUsize::new(0),
+            waker: Mutex::new(None),
+            awaited: AtomicBool::new(false),
         })
     }
 
@@ -69,6 +79,31 @@ impl<T: Send + 'static> Cell<T> {
         if blocked {
             self.changed.notify_all();
         }
+        // SeqCst fence pairs with the one in `register_waker`: either this
+        // load sees `awaited`, or the poller's re-check after its fence sees
+        // `ready` (stored above); so no awaiting task sleeps through it.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.awaited.load(Ordering::Relaxed) {
+            if let Some(waker) = lock(&self.waker).take() {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Keeps `waker` to be woken by [`finish`](Self::finish); returns whether
+    /// the result is in already (then nobody will wake it: poll again now).
+    fn register_waker(&self, waker: &Waker) -> bool {
+        {
+            let mut slot = lock(&self.waker);
+            match &mut *slot {
+                Some(old) if old.will_wake(waker) => {}
+                other => *other = Some(waker.clone()),
+            }
+        }
+        self.awaited.store(true, Ordering::Relaxed);
+        // SeqCst fence pairs with the one in `finish`.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.is_ready()
     }
 
     pub(super) fn is_ready(&self) -> bool {
@@ -357,5 +392,76 @@ impl<T: Send + 'static> AsyncResult<T> {
         cell.blocked.fetch_sub(1, Ordering::Relaxed);
         drop(value);
         ready
+    }
+}
+
+/// An [`AsyncResult`] is a [`Future`] of the task's result, for async
+/// programs on any executor (corepool depends on none): awaiting it never
+/// blocks a thread, and the pool's own driver thread wakes the awaiting task
+/// when the result comes in (after the task's callbacks ran, as for
+/// [`get`](AsyncResult::get)). The handles of
+/// [`map_async`](crate::Pool::map_async) and
+/// [`starmap_async`](crate::Pool::starmap_async) are `AsyncResult`s too.
+///
+/// ```
+/// use std::future::Future;
+/// use std::pin::pin;
+/// use std::sync::Arc;
+/// use std::task::{Context, Poll, Wake};
+///
+/// /// The smallest executor there is: poll, park until woken, repeat.
+/// fn block_on<F: Future>(future: F) -> F::Output {
+///     struct Unpark(std::thread::Thread);
+///     impl Wake for Unpark {
+///         fn wake(self: Arc<Self>) {
+///             self.0.unpark();
+///         }
+///     }
+///     let waker = Arc::new(Unpark(std::thread::current())).into();
+///     let mut cx = Context::from_waker(&waker);
+///     let mut future = pin!(future);
+///     loop {
+///         match future.as_mut().poll(&mut cx) {
+///             Poll::Ready(out) => return out,
+///             Poll::Pending => std::thread::park(),
+///         }
+///     }
+/// }
+///
+/// fn main() -> corepool::Result<()> {
+///     corepool::init();
+///     let pool = corepool::Pool::new(2)?;
+///     let one = pool.apply_async(|x: u64| x * 2, 21)?;
+///     let many = pool.map_async(|x: u64| x + 1, 0..100u64, None)?;
+///     let (one, many) = block_on(async { (one.await, many.await) });
+///     assert_eq!(one?, 42);
+///     assert_eq!(many?.len(), 100);
+///     Ok(())
+/// }
+/// ```
+///
+/// With tokio, `handle.await?` inside `#[tokio::main]` (see
+/// `examples/async_tokio.rs` in the repository). Polling after the result
+/// was returned gives [`Error::ResultTaken`]; in a `fork()`ed copy of the
+/// pool the future is ready at once with [`Error::ForeignPool`].
+impl<T: Send + 'static> Future for AsyncResult<T> {
+    type Output = Result<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        if self.cell.is_ready() {
+            return Poll::Ready(self.cell.take());
+        }
+        if let Some(Error::ForeignPool { owner }) = self.refusal() {
+            return Poll::Ready(Err(Error::ForeignPool { owner }));
+        }
+        // Help once without blocking: on a busy pool the result may be
+        // sitting in a ring that nobody is collecting this instant.
+        if let Some(pool) = self.pool.upgrade() {
+            pool.try_drive();
+        }
+        if self.cell.register_waker(cx.waker()) {
+            return Poll::Ready(self.cell.take());
+        }
+        Poll::Pending
     }
 }
