@@ -2,9 +2,11 @@
 //!
 //! A [`SharedSegment`] is a sealed memfd created by one process (its *owner*).
 //! Its handle on the wire is `(owner pid, fd number, device, inode, length,
-//! type tag)`; a receiving process opens `/proc/<owner>/fd/<fd>` and checks
-//! that it is the same file (device and inode), a memfd sealed against
-//! resizing, and large enough for the length the handle claims. Handles may
+//! type tag)`; a receiving process first names `/proc/<owner>/fd/<fd>`
+//! without opening it (`O_PATH`) and checks that it is a memfd and the same
+//! file (device and inode), only then opens it (without waiting) and checks
+//! that it is sealed against resizing and large enough for the length the
+//! handle claims. Handles may
 //! come from untrusted workers, so every check runs on every decode.
 //!
 //! A receiver keeps up to 64 mappings so that a stream of tasks over the same

@@ -407,6 +407,42 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "starts a process and reads /proc")]
+    fn a_slot_whose_owner_pid_was_reused_is_skipped() {
+        let (_heap, q) = heap_queue(4, 8);
+        // Slot 0 is being written by a live process, but not the one whose
+        // start time the slot recorded: the writer died and its pid was
+        // reused. The slot is skipped, not waited on for ever.
+        let mut other = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("start sleep");
+        let pid = other.id();
+        let real = crate::shm::owner::start_tag_of(pid as i32);
+        q.slot_state(0)
+            .store(pack(0, WRITING, pid), Ordering::Relaxed);
+        q.mem
+            .word32(q.slot_base(0) + 12)
+            .store(real.wrapping_add(1).max(1), Ordering::Relaxed);
+        q.tail().store(1, Ordering::Relaxed);
+        assert!(put_u64(&q, 5));
+        assert_eq!(get_u64(&q), Some(5));
+        // Under its own start time the same writer is alive: waited for.
+        q.slot_state(2)
+            .store(pack(2, WRITING, pid), Ordering::Relaxed);
+        q.mem
+            .word32(q.slot_base(2) + 12)
+            .store(real, Ordering::Relaxed);
+        q.tail().store(3, Ordering::Relaxed);
+        assert_eq!(get_u64(&q), None);
+        let _ = other.kill();
+        let _ = other.wait();
+        // Dead and reaped: skipped now.
+        assert!(put_u64(&q, 6));
+        assert_eq!(get_u64(&q), Some(6));
+    }
+
+    #[test]
     fn positions_wrap_at_the_top_of_u64() {
         // Positions come from shared memory: one at u64::MAX must wrap to 0
         // (debug builds would panic on `+ 1`), and the queue go on working.
