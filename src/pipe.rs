@@ -11,7 +11,8 @@
 
 use crate::error::{Error, Result};
 use crate::queue::Queue;
-use crate::shm::handle::{process_is_dead, type_tag, SharedSegment};
+use crate::shm::handle::{type_tag, SharedSegment};
+use crate::shm::owner::{self, holder_is_dead, OwnerTag};
 use crate::wire::{decode_error, Wire};
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -148,6 +149,8 @@ impl Pipe {
         // Release pairs with the Acquire loads in `peer_closed`/`peer_gone`
         // and the Acquire side of the holder CASes (`Drop`, `encode`): the
         // control segment is set up before anyone reads a holder.
+        first.holder_tag(0).record_mine();
+        first.holder_tag(1).record_mine();
         first.holder(0).store(me, Ordering::Release);
         first.holder(1).store(me, Ordering::Release);
         Ok((first, second))
@@ -206,15 +209,40 @@ impl<T> PipeEnd<T> {
         // `peer_closed`/`peer_gone` (what we sent is visible once it sees
         // CLOSED); Acquire with the Release store or CAS that made us the
         // holder.
-        if self
-            .holder(self.side)
-            .compare_exchange(me, CLOSED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
+        if self.give_up_if_held(me, CLOSED) {
             if let Some(q) = &self.send {
                 q.close();
             }
         }
+    }
+
+    /// Hands the end on from `me` to `next` (CLOSED or IN_TRANSIT) if this
+    /// process holds it, clearing our owner tag first so that the next
+    /// holder never inherits it. AcqRel as the callers say.
+    fn give_up_if_held(&self, me: u32, next: u32) -> bool {
+        let word = self.holder(self.side);
+        // Relaxed: a look at whether we hold it; only we move it away from
+        // our pid while we live, and the CAS below decides.
+        if word.load(Ordering::Relaxed) != me {
+            return false;
+        }
+        self.holder_tag(self.side).clear();
+        // AcqRel: see the callers (`close_if_held`, `encode`).
+        word.compare_exchange(me, next, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The owner tag (start time) of the process whose pid `holder(side)`
+    /// holds, in the control segment after the two holder words.
+    fn holder_tag(&self, side: u8) -> OwnerTag<'_> {
+        let p = self
+            .control
+            .segment()
+            .at(8 + usize::from(side) * 4, 4)
+            .expect("control words fit");
+        // SAFETY: in bounds, 4-aligned, lives as long as `control`; every
+        // process touches it only atomically.
+        OwnerTag::new(unsafe { AtomicU32::from_ptr(p.cast()) })
     }
 
     fn holder(&self, side: u8) -> &AtomicU32 {
@@ -248,10 +276,14 @@ impl<T> PipeEnd<T> {
         let word = self.holder(1 - self.side);
         // Acquire pairs with the Release of every holder store and CAS
         // (creation, `decode`, `assign_transfers`, `close`, `Drop`).
+        let tag = self.holder_tag(1 - self.side);
         match word.load(Ordering::Acquire) {
             CLOSED => true,
             IN_TRANSIT => false,
-            pid if process_is_dead(pid as i32) => {
+            // The tag is read after the holder word (both Acquire): it is
+            // that holder's, or UNKNOWN. A pid past i32::MAX is garbage.
+            // CLOSED is final, so the tag needs no forgetting.
+            pid if holder_is_dead(i32::try_from(pid).unwrap_or(-1), tag.read()) => {
                 // Only from the dead pid: a dead holder never comes back (its
                 // end can be handed on only by the holder itself), so the
                 // word cannot have been legitimately reassigned meanwhile.
@@ -559,8 +591,16 @@ pub(crate) fn assign_transfers(transfers: &[(Arc<SharedSegment>, u8)], pid: i32)
             // (and recorded the same pid). AcqRel: Release pairs with the
             // Acquire loads in `peer_closed`/`peer_gone` and the Acquire side
             // of the child's CASes; Acquire with the Release CAS in `encode`.
-            let _ =
-                word.compare_exchange(IN_TRANSIT, pid as u32, Ordering::AcqRel, Ordering::Acquire);
+            let tag = owner::start_tag_of(pid);
+            if word
+                .compare_exchange(IN_TRANSIT, pid as u32, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                if let Some(t) = control.segment().at(8 + usize::from(*side) * 4, 4) {
+                    // SAFETY: as above.
+                    OwnerTag::new(unsafe { AtomicU32::from_ptr(t.cast()) }).record(tag);
+                }
+            }
         }
     }
 }
@@ -584,13 +624,7 @@ impl<T: Wire> Wire for PipeEnd<T> {
         // sender dropping its copy does not close it. AcqRel: Release pairs
         // with the Acquire side of the CASes from IN_TRANSIT in `decode` and
         // `assign_transfers`; Acquire with the Release that made us holder.
-        let me = crate::sys::current_pid();
-        let _ = self.holder(self.side).compare_exchange(
-            me,
-            IN_TRANSIT,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+        let _ = self.give_up_if_held(crate::sys::current_pid(), IN_TRANSIT);
         TRANSFERS.with(|t| t.borrow_mut().push((self.control.clone(), self.side)));
         out.push(self.side);
         self.send.encode(out);
@@ -618,12 +652,18 @@ impl<T: Wire> Wire for PipeEnd<T> {
         // already. AcqRel: Release pairs with the Acquire loads in
         // `peer_closed`/`peer_gone` and the Acquire side of the CAS in our
         // `Drop`; Acquire with the Release CAS in the sender's `encode`.
-        let _ = end.holder(side).compare_exchange(
-            IN_TRANSIT,
-            crate::sys::current_pid(),
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+        if end
+            .holder(side)
+            .compare_exchange(
+                IN_TRANSIT,
+                crate::sys::current_pid(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        {
+            end.holder_tag(side).record_mine();
+        }
         Ok(end)
     }
 }

@@ -512,3 +512,100 @@ pub(crate) fn has_exited(pid: i32) -> io::Result<bool> {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Added for liveness (src/shm/owner.rs): whether a process is definitely
+// gone, what it is (state and start time), and the checks that keep a
+// hostile handle or environment from steering us.
+// ---------------------------------------------------------------------------
+
+/// Whether process `pid` definitely does not exist: `kill(pid, 0)` failed
+/// with ESRCH. Any other answer (success, EPERM for another user's process)
+/// means it exists, or that we cannot tell; a pid that is not positive names
+/// no single process, and is never "gone" here (callers decide about it).
+/// Needs no descriptor and no `/proc`.
+pub(crate) fn process_is_gone(pid: i32) -> bool {
+    positive_pid(pid).is_some_and(|pid| rustix::process::test_kill_process(pid) == Err(Errno::SRCH))
+}
+
+/// Process `pid`'s state letter (`R`, `S`, `Z` for a zombie, ...) and start
+/// time in clock ticks since boot (fields 3 and 22 of `/proc/<pid>/stat`).
+/// An error (no descriptor left, `/proc` hidden or absent) means "could not
+/// tell", never "gone".
+pub(crate) fn process_state_and_start_time(pid: i32) -> io::Result<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces and parentheses: parse after the
+    // last ')'. State is field 3, the first after it; start time the 20th.
+    let mut fields = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace())
+        .into_iter()
+        .flatten();
+    let state = fields.next().and_then(|s| s.chars().next());
+    let start = fields.nth(18).and_then(|field| field.parse().ok());
+    state
+        .zip(start)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/<pid>/stat"))
+}
+
+/// Whether this process runs with elevated privileges it did not inherit
+/// (a setuid, setgid or file-capability binary): the kernel's `AT_SECURE`
+/// auxiliary-vector entry. Such a process must not let its environment or
+/// inherited descriptors choose what it runs.
+pub(crate) fn is_secure_execution() -> bool {
+    // Raw libc: rustix reads the auxiliary vector only with its `param`
+    // feature, which corepool does not build.
+    // SAFETY: getauxval only reads the auxiliary vector the kernel gave this
+    // process; an absent entry returns 0.
+    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
+}
+
+/// `open(path, O_PATH | O_CLOEXEC)`: a descriptor that names the file without
+/// opening it for reading or writing. Nothing on the file runs: a FIFO does
+/// not wait for a peer, a device's driver is not called, a lease is not
+/// broken. Only `fstat`, `readlink` through `/proc/self/fd` and reopening
+/// work on it.
+pub(crate) fn open_path_only(path: &str) -> io::Result<OwnedFd> {
+    use rustix::fs::OFlags;
+    Ok(rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Whether `fd` (also one from [`open_path_only`]) is a regular file: not
+/// a FIFO, a device, a socket or a directory.
+pub(crate) fn is_regular_file(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok(rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile)
+}
+
+/// Where `/proc` says descriptor `fd` of this process points: a path, or
+/// `/memfd:<name> (deleted)` for a memfd.
+pub(crate) fn descriptor_target(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    let target = rustix::fs::readlink(format!("/proc/self/fd/{}", fd.as_raw_fd()), Vec::new())?;
+    Ok(target.into_bytes())
+}
+
+/// Opens the file `path_only` names for reading and writing, without
+/// waiting: `O_NONBLOCK`, so that a lease on it makes this fail with
+/// EWOULDBLOCK rather than wait for the lease holder, and `O_NOCTTY`.
+pub(crate) fn reopen_read_write(path_only: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    use rustix::fs::OFlags;
+    Ok(rustix::fs::open(
+        format!("/proc/self/fd/{}", path_only.as_raw_fd()),
+        OFlags::RDWR | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Stops this process (SIGSTOP) until someone sends it SIGCONT: for the
+/// test hooks that freeze a process in the middle of a claim.
+#[cfg(feature = "fault-injection")]
+pub(crate) fn stop_self() {
+    let me = Pid::from_raw(current_pid() as i32);
+    if let Some(me) = me {
+        let _ = rustix::process::kill_process(me, Signal::STOP);
+    }
+}

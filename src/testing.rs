@@ -27,3 +27,20 @@ pub fn abort_while_getting<T: Wire>(queue: &Queue<T>) -> ! {
 pub fn abort_while_locked<T: Pod>(value: &Value<T>) -> ! {
     value.lock_and_abort()
 }
+
+/// Makes this process's next queue claim (a put's or a get's) stop the
+/// process (SIGSTOP) right after it, holding the slot, until it is sent
+/// SIGCONT; then the put or get goes on as usual.
+pub fn stop_in_next_claim() {
+    crate::shm::mpmc::stop_after_next_claim()
+}
+
+/// The wire bytes of a `Value<u64>` handle naming descriptor `fd` of
+/// process `owner`, with identity (`dev`, `ino`): a handle a hostile worker
+/// could send, for decoding with [`Wire::decode`].
+pub fn forged_value_handle(owner: i32, fd: i32, dev: u64, ino: u64) -> Vec<u8> {
+    let tag = crate::shm::handle::type_tag::<Value<u64>>();
+    let mut out = Vec::new();
+    (owner, fd, dev, ino, 0u64, tag).encode(&mut out);
+    out
+}

@@ -30,6 +30,10 @@ pub(crate) fn enter() -> Option<i32> {
     // Removed at once, so that processes the worker's tasks start are not
     // mistaken for workers.
     std::env::remove_var(WORKER_ENV);
+    if sys::is_secure_execution() {
+        eprintln!("corepool: refusing worker mode in a setuid, setgid or setcap program");
+        return Some(EXIT_START_FAILED);
+    }
     Some(match token.to_str().and_then(parse_token) {
         Some(t) => serve(t),
         None => {

@@ -15,6 +15,12 @@ use std::os::fd::RawFd;
 pub(crate) fn enter() -> Option<i32> {
     let token = std::env::var_os(PROCESS_ENV)?;
     std::env::remove_var(PROCESS_ENV);
+    if sys::is_secure_execution() {
+        eprintln!(
+            "corepool: refusing to run a Process child in a setuid, setgid or setcap program"
+        );
+        return Some(101);
+    }
     Some(serve_child(token.to_str().unwrap_or("")))
 }
 

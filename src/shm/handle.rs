@@ -2,9 +2,11 @@
 //!
 //! A [`SharedSegment`] is a sealed memfd created by one process (its *owner*).
 //! Its handle on the wire is `(owner pid, fd number, device, inode, length,
-//! type tag)`; a receiving process opens `/proc/<owner>/fd/<fd>` and checks
-//! that it is the same file (device and inode), a memfd sealed against
-//! resizing, and large enough for the length the handle claims. Handles may
+//! type tag)`; a receiving process first names `/proc/<owner>/fd/<fd>`
+//! without opening it (`O_PATH`) and checks that it is a memfd and the same
+//! file (device and inode), only then opens it (without waiting) and checks
+//! that it is sealed against resizing and large enough for the length the
+//! handle claims. Handles may
 //! come from untrusted workers, so every check runs on every decode.
 //!
 //! A receiver keeps up to 64 mappings so that a stream of tasks over the same
@@ -16,7 +18,7 @@ use crate::shm::Segment;
 use crate::sys::{self, FileId};
 use crate::wire::{decode_error, Wire};
 use std::ffi::CStr;
-use std::os::fd::OwnedFd;
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 
 /// One mapping of a shared memfd in this process.
@@ -91,6 +93,10 @@ impl SharedSegment {
 }
 
 /// Maps the segment another process described, or reuses an earlier mapping.
+///
+/// The cache lock is held only to look up and to insert, never across a
+/// system call on a file the handle names: a hostile handle could otherwise
+/// stall every thread that decodes (often the driver).
 fn open(
     owner: i32,
     fd: i32,
@@ -98,45 +104,98 @@ fn open(
     ino: u64,
     bytes: usize,
 ) -> std::result::Result<Arc<SharedSegment>, String> {
+    let cached = crate::pool_lock(&OPENED)
+        .iter()
+        .find(|m| m.id.dev == dev && m.id.ino == ino)
+        .cloned();
+    if let Some(m) = cached {
+        return fits(m, bytes);
+    }
+    let fresh = Arc::new(open_uncached(owner, fd, dev, ino, bytes)?);
+    let closed = closed_by_their_owners();
     let mut opened = crate::pool_lock(&OPENED);
+    // Another thread may have mapped the same memory meanwhile: keep one.
     if let Some(m) = opened.iter().find(|m| m.id.dev == dev && m.id.ino == ino) {
-        // The handle may come from an untrusted worker: its length must fit
-        // the memory we mapped, on this path as on the first.
-        if m.seg.len() < bytes {
-            return Err(format!(
-                "the shared memory holds {} bytes, the handle says {bytes}",
-                m.seg.len()
-            ));
-        }
-        return Ok(m.clone());
+        return fits(m.clone(), bytes);
     }
     opened.retain(|m| {
-        std::fs::metadata(format!("/proc/{}/fd/{}", m.owner, m.fd))
-            .map(|md| {
-                use std::os::unix::fs::MetadataExt;
-                md.dev() == m.id.dev && md.ino() == m.id.ino
-            })
-            .unwrap_or(false)
-            || Arc::strong_count(m) > 1
+        Arc::strong_count(m) > 1 || !closed.iter().any(|&(d, i)| m.id.dev == d && m.id.ino == i)
     });
     if opened.len() >= MAX_OPENED {
         opened.remove(0);
     }
+    opened.push(fresh.clone());
+    Ok(fresh)
+}
+
+/// `m`, if its memory holds `bytes`: the handle may come from an untrusted
+/// worker, so its length is checked on the cached path as on the first.
+fn fits(m: Arc<SharedSegment>, bytes: usize) -> std::result::Result<Arc<SharedSegment>, String> {
+    if m.seg.len() < bytes {
+        return Err(format!(
+            "the shared memory holds {} bytes, the handle says {bytes}",
+            m.seg.len()
+        ));
+    }
+    Ok(m)
+}
+
+/// The (device, inode) of cached mappings whose owner no longer holds the
+/// descriptor, so that their memory can be freed. Looks at `/proc` without
+/// the cache lock.
+fn closed_by_their_owners() -> Vec<(u64, u64)> {
+    let entries: Vec<(i32, i32, u64, u64)> = crate::pool_lock(&OPENED)
+        .iter()
+        .map(|m| (m.owner, m.fd, m.id.dev, m.id.ino))
+        .collect();
+    entries
+        .into_iter()
+        .filter(|&(owner, fd, dev, ino)| {
+            !std::fs::metadata(format!("/proc/{owner}/fd/{fd}")).is_ok_and(|md| {
+                use std::os::unix::fs::MetadataExt;
+                md.dev() == dev && md.ino() == ino
+            })
+        })
+        .map(|(_, _, dev, ino)| (dev, ino))
+        .collect()
+}
+
+/// Maps `/proc/<owner>/fd/<fd>` after checking, before opening it for
+/// anything, that it is a memfd: never a FIFO, a device or a leased file,
+/// whose open could wait on someone else.
+fn open_uncached(
+    owner: i32,
+    fd: i32,
+    dev: u64,
+    ino: u64,
+    bytes: usize,
+) -> std::result::Result<SharedSegment, String> {
     let path = format!("/proc/{owner}/fd/{fd}");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
+    // O_PATH: names the file without opening it (nothing of the file's runs).
+    let named = sys::open_path_only(&path)
         .map_err(|e| format!("opening {path}: {e} (is the creating process alive?)"))?;
+    let is_memfd = sys::is_regular_file(named.as_fd()).unwrap_or(false)
+        && sys::descriptor_target(named.as_fd()).is_ok_and(|t| t.starts_with(b"/memfd:"));
+    if !is_memfd {
+        return Err(format!("{path} is not a corepool array (not a memfd)"));
+    }
+    let named_id = sys::fstat(named.as_fd()).map_err(|e| e.to_string())?;
+    if named_id.dev != dev || named_id.ino != ino {
+        return Err(format!(
+            "{path} is no longer the same memory (closed, and the number reused)"
+        ));
+    }
+    // Non-blocking: a lease on a memfd fails the open instead of waiting.
+    let file = sys::reopen_read_write(named.as_fd())
+        .map_err(|e| format!("opening {path} for writing: {e}"))?;
     // Only a memfd sealed against resizing: never map an arbitrary file a
     // worker names, nor one that could shrink under us.
-    if !sys::is_size_sealed(std::os::fd::AsFd::as_fd(&file)) {
+    if !sys::is_size_sealed(file.as_fd()) {
         return Err(format!(
             "{path} is not a corepool array (not a size-sealed memfd)"
         ));
     }
-    let fd_owned: OwnedFd = file.into();
-    let seg = Segment::open(fd_owned).map_err(|e| e.to_string())?;
+    let seg = Segment::open(file).map_err(|e| e.to_string())?;
     let id = seg.identity().map_err(|e| e.to_string())?;
     if id.dev != dev || id.ino != ino {
         return Err(format!(
@@ -149,10 +208,7 @@ fn open(
             seg.len()
         ));
     }
-    let _ = sys::set_cloexec(seg.raw_fd());
-    let m = Arc::new(SharedSegment { seg, id, owner, fd });
-    opened.push(m.clone());
-    Ok(m)
+    Ok(SharedSegment { seg, id, owner, fd })
 }
 
 /// A tag for type `T` (its name and size), so that a handle for one type is
@@ -163,24 +219,4 @@ pub(crate) fn type_tag<T>() -> u64 {
     std::any::type_name::<T>().hash(&mut h);
     std::mem::size_of::<T>().hash(&mut h);
     h.finish()
-}
-
-/// Whether process `pid` is gone (or a zombie): its claims on shared state
-/// can be repaired.
-pub(crate) fn process_is_dead(pid: i32) -> bool {
-    if pid <= 0 {
-        return true;
-    }
-    if pid as u32 == crate::sys::current_pid() {
-        // Another thread of ours holds the slot or lock: alive by definition,
-        // and no `/proc` read on the contended path.
-        return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next())
-            .is_none_or(|state| state == 'Z' || state == 'X'),
-    }
 }

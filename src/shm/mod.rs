@@ -1,7 +1,8 @@
 //! Shared-memory building blocks: the sealed memfd [`segment`], the
 //! single-producer/single-consumer byte [`ring`], the many-producer,
 //! many-consumer byte queue [`mpmc`], spin-then-futex [`park`]ing and the
-//! futex [`event`] count, and shared objects' [`handle`]s that travel between
+//! futex [`event`] count, the [`owner`] tags and liveness rule for claims
+//! that dead processes may leave behind, and shared objects' [`handle`]s that travel between
 //! processes.
 //!
 //! They know nothing about pools, tasks or processes.
@@ -9,6 +10,7 @@
 pub(crate) mod event;
 pub(crate) mod handle;
 pub(crate) mod mpmc;
+pub(crate) mod owner;
 pub(crate) mod park;
 pub(crate) mod ring;
 pub(crate) mod segment;

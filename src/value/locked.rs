@@ -2,14 +2,17 @@
 //! lock word that records the holder's pid and read without locking.
 //!
 //! Writers take the lock; a process that dies holding it cannot wedge the
-//! others, because the next one to want the lock sees the holder is dead and
+//! others, because the next one to want the lock sees the holder is
+//! definitely dead (by its pid and the [owner tag](crate::shm::owner) beside
+//! the lock word; a holder that cannot be checked counts as alive) and
 //! takes it over (the value is then whatever the dead holder left, which for
 //! plain data is always a valid `T`). Readers follow a sequence lock: a
 //! sequence word, odd while a writer works, lets them copy the value and
 //! retry if it changed meanwhile.
 
 use crate::error::Result;
-use crate::shm::handle::{process_is_dead, type_tag, SharedSegment};
+use crate::shm::handle::{type_tag, SharedSegment};
+use crate::shm::owner::{holder_is_dead, OwnerTag};
 use crate::shm::park::Spinner;
 use crate::sys;
 use crate::wire::{decode_error, Wire};
@@ -22,6 +25,8 @@ use std::time::Duration;
 
 const LOCK_AT: usize = 0;
 const SEQ_AT: usize = 4;
+/// The lock holder's owner tag (its start time), beside its pid in `LOCK_AT`.
+const OWNER_AT: usize = 8;
 const DATA_AT: usize = 64;
 
 /// A plain-data value shared between processes, behind a lock a dead holder
@@ -101,7 +106,7 @@ impl<T: Pod> Value<T> {
     }
 
     fn word(&self, at: usize) -> &AtomicU32 {
-        // SAFETY: `at` is LOCK_AT or SEQ_AT: in bounds, since every segment
+        // SAFETY: `at` is LOCK_AT, SEQ_AT or OWNER_AT: in bounds, since every segment
         // behind a `Value` has at least DATA_AT bytes (sized in `new`, checked
         // in `decode`), and 4-aligned, since the mapping is page-aligned (8 in
         // Miri's stand-in). It lives as long as `map`, to which the reference
@@ -314,24 +319,35 @@ impl<T: Pod> Value<T> {
         let mut spinner = Spinner::new();
         loop {
             // Acquire: pairs with the Release store in `unlock`, so the last
-            // holder's writes (data and sequence) are visible to us.
-            match lock.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed) {
-                Ok(_) => return Locked(self),
-                Err(holder) if process_is_dead(holder as i32) => {
-                    // The holder died in its critical section: take over.
-                    // Acquire: the dead holder never released, but its CAS
-                    // continued the release sequence of the `unlock` before
-                    // it, so this pairs with that Release store in `unlock`.
-                    if lock
-                        .compare_exchange(holder, me, Ordering::Acquire, Ordering::Relaxed)
-                        .is_ok()
-                    {
-                        self.restore();
-                        return Locked(self);
-                    }
+            // holder's writes (data and sequence) are visible to us. Acquire
+            // on failure too: the holder we read was recorded after an
+            // `unlock` that cleared the tag before its Release store, so the
+            // tag we then read is that holder's or UNKNOWN, never the last
+            // holder's.
+            match lock.compare_exchange(0, me, Ordering::Acquire, Ordering::Acquire) {
+                Ok(_) => {
+                    self.owner().record_mine();
+                    return Locked(self);
                 }
                 Err(holder) => {
-                    if !spinner.spin() {
+                    if let Some(tag) = self.dead_holder_tag(holder) {
+                        // The holder died in its critical section: take
+                        // over, its tag forgotten first so that ours
+                        // replaces it.
+                        self.owner().forget(tag);
+                        // Acquire: the dead holder never released, but its
+                        // CAS continued the release sequence of the `unlock`
+                        // before it, so this pairs with that Release store in
+                        // `unlock`.
+                        if lock
+                            .compare_exchange(holder, me, Ordering::Acquire, Ordering::Relaxed)
+                            .is_ok()
+                        {
+                            self.owner().record_mine();
+                            self.restore();
+                            return Locked(self);
+                        }
+                    } else if !spinner.spin() {
                         // Sleep a little on the lock word; a live holder
                         // wakes us when it unlocks.
                         sys::futex_wait(lock, holder, Some(Duration::from_millis(1)));
@@ -343,6 +359,7 @@ impl<T: Pod> Value<T> {
 
     fn unlock(&self) {
         let lock = self.word(LOCK_AT);
+        self.owner().clear();
         // Release: pairs with the Acquire CASes in `lock`, so the next holder
         // sees our writes.
         lock.store(0, Ordering::Release);
@@ -362,12 +379,28 @@ impl<T: Pod> Value<T> {
         self.write_locked(&left);
     }
 
+    /// The lock holder's owner tag.
+    fn owner(&self) -> OwnerTag<'_> {
+        OwnerTag::new(self.word(OWNER_AT))
+    }
+
+    /// `Some(its tag)` if `holder`, read from the lock word just before, is
+    /// definitely dead; `None` if it lives or cannot be checked.
+    fn dead_holder_tag(&self, holder: u32) -> Option<u32> {
+        // Read after the lock word, so the tag is `holder`'s or UNKNOWN.
+        let tag = self.owner().read();
+        // A pid past i32::MAX is garbage, as is a negative one.
+        let pid = i32::try_from(holder).unwrap_or(-1);
+        holder_is_dead(pid, tag).then_some(tag)
+    }
+
     fn repair_if_dead(&self) {
         let lock = self.word(LOCK_AT);
-        // Relaxed: only a hint of whom to check; `lock` decides with its own
-        // Acquire CAS.
-        let holder = lock.load(Ordering::Relaxed);
-        if holder != 0 && process_is_dead(holder as i32) {
+        // Acquire, as the failure side of the CAS in `lock`: the tag read
+        // next is this holder's or UNKNOWN. `lock` decides again with its
+        // own CAS.
+        let holder = lock.load(Ordering::Acquire);
+        if holder != 0 && self.dead_holder_tag(holder).is_some() {
             // Takes it over and restores the value; the guard unlocks.
             drop(self.lock());
         }
@@ -447,6 +480,32 @@ mod tests {
         assert_eq!(v.get(), 7, "a reader repairs it");
         v.set(8);
         assert_eq!(v.get(), 8);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "starts a process and reads /proc")]
+    fn a_lock_held_by_a_reused_pid_is_taken_over() {
+        with_watchdog(|| {
+            let v = Value::new(7u64).unwrap();
+            // The lock names a live process, but not the one that took it:
+            // the recorded start time differs, so the holder died and its
+            // pid went to another process.
+            let mut other = std::process::Command::new("sleep")
+                .arg("600")
+                .spawn()
+                .expect("start sleep");
+            let pid = other.id();
+            let real = crate::shm::owner::start_tag_of(pid as i32);
+            v.word(LOCK_AT).store(pid, Ordering::Relaxed);
+            v.word(OWNER_AT)
+                .store(real.wrapping_add(1).max(1), Ordering::Relaxed);
+            v.word(SEQ_AT).store(1, Ordering::Relaxed);
+            assert_eq!(v.get(), 7, "a reader repairs it");
+            v.update(|x| *x += 1);
+            assert_eq!(v.get(), 8, "a writer takes the lock");
+            let _ = other.kill();
+            let _ = other.wait();
+        });
     }
 
     /// Runs `body` on a thread and fails the test if it has not finished

@@ -29,10 +29,12 @@
 //!
 //! A process that dies *while* writing or reading leaves its slot WRITING or
 //! READING with its pid: the next process that meets the slot sees the owner
-//! is dead (in `/proc`:
-//! [`process_is_dead`](crate::shm::handle::process_is_dead)) and repairs it,
-//! the way a robust mutex hands a dead owner's lock on (`FUTEX_OWNER_DIED`,
-//! see `futex(2)`), but without a lock. A dead producer's slot is skipped by the next consumer
+//! is definitely dead ([`holder_is_dead`](crate::shm::owner::holder_is_dead):
+//! its pid names no process, a zombie, or a process with another start time
+//! than the slot's [owner tag](crate::shm::owner); a holder that cannot be
+//! checked counts as alive) and repairs it, the way a robust mutex hands a
+//! dead owner's lock on (`FUTEX_OWNER_DIED`, see `futex(2)`), but without a
+//! lock. A dead producer's slot is skipped by the next consumer
 //! and a dead consumer's freed by the next producer one lap later; the value
 //! being written or read is lost with its process, everything else goes on.
 //! Since no lock is ever held, nothing can wedge the queue.
@@ -62,15 +64,19 @@ mod slot;
 #[cfg(test)]
 use memory::HeapQueue;
 pub(crate) use memory::QueueMemory;
+#[cfg(feature = "fault-injection")]
+pub(crate) use slot::stop_after_next_claim;
 use slot::{Front, Got, Put};
 
 use crate::error::{Error, Result};
+use crate::shm::owner::OwnerTag;
 use crate::shm::park::Spinner;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const MAGIC: [u8; 8] = *b"COREQUEU";
-const VERSION: u32 = 1;
+/// 2: slots record their owner's tag (start time) beside the state word.
+const VERSION: u32 = 2;
 
 /// Where the control words lie, each on its own cache line.
 const CLOSED_AT: usize = 64;
@@ -82,7 +88,7 @@ const NOT_FULL_AT: usize = 320;
 /// Where the slots start: the header and control words fill the page before.
 /// Memory shorter than this is no queue.
 pub(crate) const SLOTS_AT: usize = 4096;
-/// State word, length word, then the value.
+/// State word (8 bytes), length word (4), owner tag (4), then the value.
 const SLOT_HEADER: usize = 16;
 /// Values up to this size are copied out of a slot onto the stack; larger
 /// ones into one allocation.
@@ -222,6 +228,12 @@ impl ByteQueue {
         self.mem.word32(self.slot_base(pos) + 8)
     }
 
+    /// The tag of the process named in the slot's state word while it
+    /// writes or reads it.
+    fn slot_owner(&self, pos: u64) -> OwnerTag<'_> {
+        OwnerTag::new(self.mem.word32(self.slot_base(pos) + 12))
+    }
+
     fn head(&self) -> &AtomicU64 {
         self.mem.word64(HEAD_AT)
     }
@@ -303,16 +315,24 @@ impl ByteQueue {
             if self.is_closed() {
                 return Err(Error::QueueClosed);
             }
-            if let Put::Done = self.put_once(bytes) {
-                return Ok(());
-            }
+            let busy = match self.put_once(bytes) {
+                Put::Done => return Ok(()),
+                Put::Full => false,
+                Put::Busy => true,
+            };
             if spinner.spin() {
                 continue;
             }
+            // A reader in the middle of a get on the slot we need is
+            // re-checked every millisecond (it may die there, and then no
+            // one wakes us); otherwise sleep until woken. Either way the
+            // wait ends at `deadline`, even while a live reader is stopped
+            // mid-copy.
+            let poll = busy.then_some(Duration::from_millis(1));
             if self
                 .mem
                 .event(NOT_FULL_AT)
-                .wait(deadline, None, || matches!(self.put_once(bytes), Put::Done))?
+                .wait(deadline, poll, || matches!(self.put_once(bytes), Put::Done))?
             {
                 return Ok(());
             }

@@ -4,13 +4,16 @@
 //! algorithm (Vyukov's bounded MPMC queue with an owner in every slot).
 //!
 //! A slot's state word packs `seq` (40 bits, the position the slot is ready
-//! for), its phase (2 bits) and the owner's pid (22 bits); the slot's length
-//! word and bytes are written and read only by the process whose pid the
-//! state word names.
+//! for), its phase (2 bits) and the owner's pid (22 bits); beside it, the
+//! owner's tag ([`OwnerTag`], its start time) tells that process from a
+//! later one with the same pid. The slot's length word and bytes are written
+//! and read only by the process whose pid the state word names.
 
 use super::{ByteQueue, INLINE_COPY, NOT_EMPTY_AT, NOT_FULL_AT, SLOT_HEADER};
-use crate::shm::handle::process_is_dead;
+use crate::shm::owner::holder_is_dead;
 use crate::sys;
+#[cfg(feature = "fault-injection")]
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 
 const SEQ_BITS: u32 = 40;
@@ -39,6 +42,34 @@ fn my_pid() -> u32 {
 pub(super) enum Put {
     Done,
     Full,
+    /// The slot the put needs is still being read out by a live consumer:
+    /// it will be free soon (or its consumer dies, and it is repaired).
+    Busy,
+}
+
+/// Test hook: the next claim this process makes (put or get) stops the
+/// process (SIGSTOP) right after it, holding the slot, until SIGCONT.
+#[cfg(feature = "fault-injection")]
+static STOP_AFTER_NEXT_CLAIM: AtomicBool = AtomicBool::new(false);
+
+/// Test hook: see [`STOP_AFTER_NEXT_CLAIM`].
+#[cfg(feature = "fault-injection")]
+pub(crate) fn stop_after_next_claim() {
+    // Relaxed: read by this process's own next claim, on this thread.
+    STOP_AFTER_NEXT_CLAIM.store(true, Ordering::Relaxed);
+}
+
+/// Stops here if [`stop_after_next_claim`] asked to.
+fn stop_if_asked() {
+    #[cfg(feature = "fault-injection")]
+    // Relaxed: a flag of this process, set by the test before its call. The
+    // load first, so that builds with the feature (benchmarks) do not pay
+    // an atomic swap on every claim.
+    if STOP_AFTER_NEXT_CLAIM.load(Ordering::Relaxed)
+        && STOP_AFTER_NEXT_CLAIM.swap(false, Ordering::Relaxed)
+    {
+        sys::stop_self();
+    }
 }
 
 /// What stands at `head`.
@@ -108,7 +139,9 @@ impl ByteQueue {
                 {
                     continue;
                 }
+                self.slot_owner(t).record_mine();
                 self.help_tail(t);
+                stop_if_asked();
                 let dst = self.slot_base(t) + SLOT_HEADER;
                 if let Some(p) = self.mem.at(dst, bytes.len()) {
                     // SAFETY: in bounds (checked); the slot is ours (WRITING)
@@ -118,6 +151,7 @@ impl ByteQueue {
                 // Relaxed: published by the Release store of FULL below.
                 self.slot_len(t)
                     .store(bytes.len() as u32, Ordering::Relaxed);
+                self.slot_owner(t).clear();
                 // Release pairs with the Acquire state load in `front` and
                 // the consumer's AcqRel claim CAS in `get_once`: the value
                 // and its length are written before the slot reads FULL.
@@ -128,7 +162,7 @@ impl ByteQueue {
             if seq == t.wrapping_sub(self.capacity) & SEQ_MASK {
                 // The slot still holds (or is handing over) the previous lap.
                 match phase {
-                    READING | WRITING if process_is_dead(pid) => {
+                    READING | WRITING if self.owner_is_dead(t, pid) => {
                         // Its owner died mid-operation: free the slot for us.
                         // AcqRel: Release pairs with the Acquire state loads
                         // here and in `front`; Acquire with the dead owner's
@@ -141,10 +175,9 @@ impl ByteQueue {
                         );
                         continue;
                     }
-                    READING => {
-                        std::hint::spin_loop(); // a reader is copying out
-                        continue;
-                    }
+                    // A live reader is copying out (or is stopped there): the
+                    // caller waits, minding its deadline.
+                    READING => return Put::Busy,
                     _ => return Put::Full,
                 }
             }
@@ -175,7 +208,7 @@ impl ByteQueue {
                 match phase {
                     FULL => return Front::Full { h, word },
                     EMPTY => return Front::Empty,
-                    WRITING if process_is_dead(pid) => {
+                    WRITING if self.owner_is_dead(h, pid) => {
                         // The producer died mid-put: its value is lost; skip it.
                         // AcqRel: Release pairs with the Acquire loads of the
                         // state in `put_once` (the producer one lap later sees
@@ -215,6 +248,20 @@ impl ByteQueue {
                 return Front::Empty;
             }
         }
+    }
+
+    /// Whether the owner `pid` of slot `pos` (read from its state word just
+    /// before) is definitely dead ([`holder_is_dead`], by its owner tag). If
+    /// so, the tag is forgotten, so that the caller's repair CAS on the state
+    /// word hands the next owner a slot without it.
+    fn owner_is_dead(&self, pos: u64, pid: i32) -> bool {
+        let owner = self.slot_owner(pos);
+        let tag = owner.read();
+        let dead = holder_is_dead(pid, tag);
+        if dead {
+            owner.forget(tag);
+        }
+        dead
     }
 
     /// Moves `head` on from `h`, unless someone already did.
@@ -266,7 +313,9 @@ impl ByteQueue {
             {
                 continue;
             }
+            self.slot_owner(h).record_mine();
             self.help_head(h);
+            stop_if_asked();
             // Relaxed: ordered after the producer's store by our AcqRel claim,
             // which read its Release store of FULL. Garbage is clamped.
             let len = (self.slot_len(h).load(Ordering::Relaxed) as usize).min(self.message_bytes);
@@ -291,6 +340,7 @@ impl ByteQueue {
                 }
                 None => &[],
             };
+            self.slot_owner(h).clear();
             // Release pairs with the Acquire load of the state in `put_once`
             // one lap later (and its AcqRel claim CAS): our read is done
             // before it writes.
@@ -316,6 +366,7 @@ impl ByteQueue {
             Ordering::AcqRel,
             Ordering::Acquire,
         );
+        self.slot_owner(h).record_mine();
         self.help_head(h);
         std::process::abort()
     }
@@ -333,6 +384,7 @@ impl ByteQueue {
             Ordering::AcqRel,
             Ordering::Acquire,
         );
+        self.slot_owner(t).record_mine();
         self.help_tail(t);
         std::process::abort()
     }
@@ -352,6 +404,42 @@ mod tests {
             4,
             "seq wraps at 40 bits"
         );
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "starts a process and reads /proc")]
+    fn a_slot_whose_owner_pid_was_reused_is_skipped() {
+        let (_heap, q) = heap_queue(4, 8);
+        // Slot 0 is being written by a live process, but not the one whose
+        // start time the slot recorded: the writer died and its pid was
+        // reused. The slot is skipped, not waited on for ever.
+        let mut other = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("start sleep");
+        let pid = other.id();
+        let real = crate::shm::owner::start_tag_of(pid as i32);
+        q.slot_state(0)
+            .store(pack(0, WRITING, pid), Ordering::Relaxed);
+        q.mem
+            .word32(q.slot_base(0) + 12)
+            .store(real.wrapping_add(1).max(1), Ordering::Relaxed);
+        q.tail().store(1, Ordering::Relaxed);
+        assert!(put_u64(&q, 5));
+        assert_eq!(get_u64(&q), Some(5));
+        // Under its own start time the same writer is alive: waited for.
+        q.slot_state(2)
+            .store(pack(2, WRITING, pid), Ordering::Relaxed);
+        q.mem
+            .word32(q.slot_base(2) + 12)
+            .store(real, Ordering::Relaxed);
+        q.tail().store(3, Ordering::Relaxed);
+        assert_eq!(get_u64(&q), None);
+        let _ = other.kill();
+        let _ = other.wait();
+        // Dead and reaped: skipped now.
+        assert!(put_u64(&q, 6));
+        assert_eq!(get_u64(&q), Some(6));
     }
 
     #[test]

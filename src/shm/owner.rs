@@ -1,0 +1,205 @@
+//! Who holds a claim on shared memory, and whether that holder is
+//! definitely dead: the one liveness rule every structure that repairs a
+//! dead process's claim (queue slots, `Value`'s lock, a pipe's holders)
+//! decides by.
+//!
+//! # Owner tags
+//!
+//! A claim names its holder by pid, packed into whatever word the structure
+//! claims with (a queue slot's state word, a lock word, a pipe's holder
+//! word). A pid alone cannot tell a live holder from a process that reused
+//! the pid of a dead one, so beside each such word lies a 32-bit *owner tag*
+//! word: the holder's start time (clock ticks since boot, from
+//! `/proc/<pid>/stat`) folded to a nonzero `u32`, or [`UNKNOWN`] (0).
+//!
+//! * A claimant wins the claim word first, then records its tag
+//!   ([`OwnerTag::record`]): until it does, the tag reads `UNKNOWN`.
+//! * A holder clears the tag ([`OwnerTag::clear`]) before its Release store
+//!   or CAS that gives the claim up, so the next claim never inherits it.
+//! * A process that repairs a dead holder's claim first clears the tag it
+//!   judged by ([`OwnerTag::forget`]), then CASes the claim word.
+//!
+//! So a tag that is not `UNKNOWN` belongs to the claim the checker read
+//! before it (the checker reads the claim word, then the tag, each with
+//! Acquire), and every repair is decided by a CAS on that claim word.
+//!
+//! # Dead
+//!
+//! [`holder_is_dead`] answers true only on a definite answer: the pid names
+//! no process (not positive, or `kill(pid, 0)` fails with ESRCH), the
+//! process is a zombie, or its start time differs from the recorded tag.
+//! Anything it cannot find out (EPERM, no descriptor left for `/proc`,
+//! `/proc` mounted `hidepid` or absent) counts as alive: a live holder's
+//! claim is never taken from it. The price is that a claim whose tag is
+//! `UNKNOWN` (its holder died in the instant between winning the claim and
+//! recording its tag, or could not read its own start time) is judged by
+//! pid alone, as before tags existed.
+
+use crate::sys;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// The tag of a claim whose holder's start time is not recorded.
+pub(crate) const UNKNOWN: u32 = 0;
+
+/// A start time folded to a tag: its low 32 bits (497 days of 10 ms ticks
+/// before it wraps), never [`UNKNOWN`].
+fn tag_from_start_time(ticks: u64) -> u32 {
+    match ticks as u32 {
+        UNKNOWN => 1,
+        tag => tag,
+    }
+}
+
+/// Process `pid`'s tag, or [`UNKNOWN`] if its start time cannot be read.
+pub(crate) fn start_tag_of(pid: i32) -> u32 {
+    sys::process_state_and_start_time(pid).map_or(UNKNOWN, |(_, start)| tag_from_start_time(start))
+}
+
+/// This process's tag, read once per process (a forked child has another
+/// pid, so it reads its own); [`UNKNOWN`] while it cannot be read.
+pub(crate) fn my_start_tag() -> u32 {
+    // pid in the high half, tag in the low half: one atomic word, so that a
+    // fork's child (new pid) never takes its parent's tag.
+    static CACHE: AtomicU64 = AtomicU64::new(0);
+    let me = sys::current_pid();
+    // Relaxed: the value is the same whichever thread stored it.
+    let cached = CACHE.load(Ordering::Relaxed);
+    if (cached >> 32) as u32 == me && cached as u32 != UNKNOWN {
+        return cached as u32;
+    }
+    let tag = start_tag_of(me as i32);
+    if tag != UNKNOWN {
+        // Relaxed: as above.
+        CACHE.store(u64::from(me) << 32 | u64::from(tag), Ordering::Relaxed);
+    }
+    tag
+}
+
+/// Whether the process that holds a claim as `pid`, with owner tag `tag`
+/// read after the claim, is definitely dead, so that its claim may be
+/// repaired. Both come from shared memory: any value is handled.
+pub(crate) fn holder_is_dead(pid: i32, tag: u32) -> bool {
+    if pid <= 0 {
+        // No single process has that pid: a torn or scribbled word, whose
+        // claim nobody can ever give up.
+        return true;
+    }
+    if pid as u32 == sys::current_pid() {
+        // Us (another thread), or a dead process whose pid we reused: only a
+        // recorded tag that is not ours says the latter. No `/proc` read on
+        // the contended path between our own threads.
+        let mine = my_start_tag();
+        return tag != UNKNOWN && mine != UNKNOWN && tag != mine;
+    }
+    if sys::process_is_gone(pid) {
+        return true;
+    }
+    match sys::process_state_and_start_time(pid) {
+        // A zombie never touches memory again; a different start time means
+        // the holder died and another process has its pid.
+        Ok((state, start)) => {
+            state == 'Z' || state == 'X' || (tag != UNKNOWN && tag_from_start_time(start) != tag)
+        }
+        // Could not tell (no descriptor left, `/proc` hidden): alive.
+        Err(_) => false,
+    }
+}
+
+/// The owner-tag word beside a claim word in shared memory.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OwnerTag<'a>(&'a AtomicU32);
+
+impl<'a> OwnerTag<'a> {
+    pub(crate) fn new(word: &'a AtomicU32) -> Self {
+        Self(word)
+    }
+
+    /// Records `tag` as the holder's, right after the claim was won (by the
+    /// holder, or by whoever handed it the claim).
+    pub(crate) fn record(self, tag: u32) {
+        // Release pairs with the Acquire load in `read`: a checker that sees
+        // this tag sees the claim it belongs to, so its repair CAS on the
+        // claim word fails if that claim has moved on.
+        self.0.store(tag, Ordering::Release);
+    }
+
+    /// Records this process as the holder.
+    pub(crate) fn record_mine(self) {
+        self.record(my_start_tag());
+    }
+
+    /// Clears the tag before the holder gives its claim up. The caller's
+    /// Release store or CAS on the claim word, right after, orders this
+    /// before the next claim.
+    pub(crate) fn clear(self) {
+        // Relaxed: ordered by the caller's Release on the claim word (see
+        // above), which pairs with the next checker's Acquire load of it.
+        self.0.store(UNKNOWN, Ordering::Relaxed);
+    }
+
+    /// The recorded tag; read after the claim word (Acquire), so that it
+    /// belongs to that claim or reads [`UNKNOWN`].
+    pub(crate) fn read(self) -> u32 {
+        // Acquire pairs with the Release store in `record`.
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Before repairing a claim judged dead by tag `seen`: clears that tag,
+    /// unless a newer claim already recorded its own.
+    pub(crate) fn forget(self, seen: u32) {
+        // Relaxed: the repair CAS on the claim word that follows (Release)
+        // orders it before the next claim, as in `clear`.
+        let _ = self
+            .0
+            .compare_exchange(seen, UNKNOWN, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg_attr(miri, ignore = "reads /proc and signals processes")]
+    fn only_a_definite_answer_is_dead() {
+        let me = sys::current_pid() as i32;
+        let mine = my_start_tag();
+        assert_ne!(mine, UNKNOWN, "our own start time is readable here");
+        assert!(!holder_is_dead(me, mine));
+        assert!(!holder_is_dead(me, UNKNOWN));
+        assert!(
+            holder_is_dead(me, mine.wrapping_add(1).max(1)),
+            "a dead process with our pid"
+        );
+        assert!(holder_is_dead(0, UNKNOWN));
+        assert!(holder_is_dead(-5, UNKNOWN));
+        // Above any pid_max: no such process.
+        assert!(holder_is_dead(i32::MAX - 1, UNKNOWN));
+
+        // Another live process: alive under its own tag or none, dead under
+        // another's (its pid was "reused").
+        let mut child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("start sleep");
+        let pid = child.id() as i32;
+        let tag = start_tag_of(pid);
+        assert_ne!(tag, UNKNOWN);
+        assert!(!holder_is_dead(pid, tag));
+        assert!(!holder_is_dead(pid, UNKNOWN));
+        assert!(holder_is_dead(pid, tag.wrapping_add(1).max(1)));
+        child.kill().expect("kill sleep");
+        // Until it is reaped it is a zombie: dead, whatever its tag. The
+        // exit takes a moment after SIGKILL: wait for it (a bounded check).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !sys::process_state_and_start_time(pid).is_ok_and(|(state, _)| state == 'Z') {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sleep never became a zombie"
+            );
+            std::thread::yield_now();
+        }
+        assert!(holder_is_dead(pid, tag));
+        child.wait().expect("reap sleep");
+    }
+}
