@@ -253,6 +253,16 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A value could not be encoded (its `Serialize` impl failed, or a
+    /// hand-written [`Wire`](crate::Wire) impl called
+    /// [`Encoder::fail`](crate::Encoder::fail)). Nothing was sent or stored.
+    #[error("encoding a {type_name} failed: {reason}; nothing was sent: fix the value or its `Serialize` impl (postcard needs every sequence's length up front), or send another type")]
+    Encode {
+        /// The type being encoded.
+        type_name: &'static str,
+        /// What was wrong, in the encoder's own words.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -349,6 +359,10 @@ impl Clone for Error {
                 op,
                 source: copy_io(source),
             },
+            Error::Encode { type_name, reason } => Error::Encode {
+                type_name,
+                reason: reason.clone(),
+            },
         }
     }
 }
@@ -419,6 +433,9 @@ impl PartialEq for Error {
             }
             Error::Os { op, source } => {
                 matches!(other, Error::Os { op: o, source: s } if o == op && same_io(s, source))
+            }
+            Error::Encode { type_name, reason } => {
+                matches!(other, Error::Encode { type_name: t, reason: r } if t == type_name && r == reason)
             }
         }
     }

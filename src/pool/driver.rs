@@ -287,6 +287,7 @@ impl Shared {
     pub(super) fn submit(
         &self,
         tasks: smallvec::SmallVec<[(i64, Payload, Sink); 1]>,
+        keep: crate::wire::KeepAlive,
         caller_waits: bool,
     ) -> Result<()> {
         if let Some((_, payload, _)) = tasks.iter().find(|(_, p, _)| p.len() > self.max_payload) {
@@ -296,7 +297,6 @@ impl Shared {
             });
         }
         // Everything the encodes of this submission asked to keep alive.
-        let keep = crate::wire::take_keep_alive();
         let keep = (!keep.is_empty()).then(|| Arc::new(keep));
         let mut core = self.lock();
         if let Some(e) = &core.fatal {
