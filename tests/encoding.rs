@@ -140,6 +140,47 @@ fn a_shared_array_put_outlives_a_pool_submission_on_the_same_thread() {
     assert_eq!(reader.join().unwrap(), 6);
 }
 
+/// A value far larger in memory (64 KiB) than its smallest encoding.
+type Huge = Option<[u64; 8192]>;
+
+/// A task result that writes its own record: a count of 2^20 `Huge` values
+/// over 500 KB of `None`s.
+#[derive(Debug)]
+struct Forged(#[allow(dead_code)] Vec<Huge>);
+
+impl corepool::Wire for Forged {
+    fn encode(&self, out: &mut corepool::Encoder) {
+        out.extend_from_slice(&(1u64 << 20).to_le_bytes());
+        let end = out.len() + 500_000;
+        out.resize(end, 0);
+    }
+
+    fn decode(input: &mut &[u8]) -> corepool::Result<Self> {
+        Vec::<Huge>::decode(input).map(Forged)
+    }
+}
+
+fn forge(_: ()) -> Forged {
+    Forged(Vec::new())
+}
+
+/// Once a 32 GB reservation in the parent, and an abort.
+fn a_forged_element_count_is_a_decode_error_not_an_allocation() {
+    let pool = Pool::new(1).unwrap();
+    let err = pool.apply(forge, ()).unwrap_err();
+    assert!(
+        matches!(&err, Error::Decode { reason, .. } if reason.contains("memory")),
+        "{err:?}"
+    );
+    let err = Process::builder()
+        .max_result_bytes(1 << 20)
+        .start(forge, ())
+        .unwrap()
+        .join()
+        .unwrap_err();
+    assert!(matches!(err, Error::Decode { .. }), "{err:?}");
+}
+
 fn main() {
     corepool::init();
     // The process thread's eventfd lives for the program: create it before
@@ -153,5 +194,6 @@ fn main() {
         a_process_refuses_an_argument_and_reports_a_result_that_cannot_be_encoded,
         an_initializer_argument_that_cannot_be_encoded_fails_the_build,
         a_shared_array_put_outlives_a_pool_submission_on_the_same_thread,
+        a_forged_element_count_is_a_decode_error_not_an_allocation,
     ]);
 }

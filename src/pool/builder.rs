@@ -221,7 +221,8 @@ impl PoolBuilder {
     ///
     /// An argument whose encoding exceeds 16 MiB makes `build` fail with
     /// [`Error::InvalidConfig`]: pass large data in a
-    /// [`SharedArray`](crate::SharedArray).
+    /// [`SharedArray`](crate::SharedArray). One that cannot be encoded makes
+    /// it fail with [`Error::Encode`](crate::Error::Encode).
     pub fn initializer_with<F, A>(mut self, f: F, arg: A) -> Self
     where
         F: Fn(A) + Copy + Send + Sync + 'static,

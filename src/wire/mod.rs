@@ -12,6 +12,7 @@
 //! left, and a bad value is an [`Error::Decode`], never a panic or an
 //! over-allocation.
 
+mod budget;
 mod encoder;
 pub(crate) mod task;
 
@@ -74,7 +75,11 @@ pub trait Wire: Sized + Send + 'static {
                 "{n} zero-sized values, more than the {MAX_ZERO_SIZED_VALUES} accepted: the sender is corrupt"
             )));
         }
-        out.reserve(n.min(input.len()).min(1 << 20));
+        // Nor for the memory: a value may take far more memory than its
+        // encoding (`None` of an `Option<[u64; 8192]>` is one byte), so the
+        // memory `n` values would take is charged before any is decoded.
+        budget::charge::<Vec<Self>>(n, std::mem::size_of::<Self>(), input.len())?;
+        out.reserve(n.min(input.len()));
         for _ in 0..n {
             out.push(Self::decode(input)?);
         }
@@ -90,11 +95,11 @@ pub(crate) const MAX_ZERO_SIZED_VALUES: usize = 1 << 28;
 /// `out`; the bytes must be used up. `map` collects each chunk's results this
 /// way, straight into its output; a count other than `due` is refused before
 /// anything is decoded.
-pub(crate) fn decode_vec_into<T: Wire>(
-    mut bytes: &[u8],
-    due: usize,
-    out: &mut Vec<T>,
-) -> Result<()> {
+pub(crate) fn decode_vec_into<T: Wire>(bytes: &[u8], due: usize, out: &mut Vec<T>) -> Result<()> {
+    budget::with_budget(bytes.len(), || decode_vec_into_budgeted(bytes, due, out))
+}
+
+fn decode_vec_into_budgeted<T: Wire>(mut bytes: &[u8], due: usize, out: &mut Vec<T>) -> Result<()> {
     let n = decode_len::<Vec<T>>(&mut bytes)?;
     if n != due {
         return Err(decode_error::<Vec<T>>(format!(
@@ -113,7 +118,7 @@ pub(crate) fn decode_vec_into<T: Wire>(
 
 /// Decodes a value that must use up all of `bytes`.
 pub(crate) fn decode_exact<T: Wire>(mut bytes: &[u8]) -> Result<T> {
-    let value = T::decode(&mut bytes)?;
+    let value = budget::with_budget(bytes.len(), || T::decode(&mut bytes))?;
     if !bytes.is_empty() {
         return Err(decode_error::<T>(format!("{} trailing bytes", bytes.len())));
     }
@@ -601,6 +606,44 @@ mod tests {
         assert_eq!(out, [1, 2, 3]);
     }
 
+    /// A value far larger in memory (64 KiB) than its smallest encoding
+    /// (`None`: one byte).
+    type Huge = Option<[u64; 8192]>;
+
+    /// An encoded `Vec<T>` claiming `n` values, followed by `body`.
+    fn forged_vec(n: u64, body: &[u8]) -> Vec<u8> {
+        let mut bytes = n.to_le_bytes().to_vec();
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    #[test]
+    fn forged_counts_of_large_values_are_errors_not_huge_allocations() {
+        // 2^20 claimed, 500 KB present: once a 32 GB reservation, an abort.
+        let bytes = forged_vec(1 << 20, &vec![0; 500_000]);
+        let err = decode_exact::<Vec<Huge>>(&bytes).unwrap_err();
+        assert!(err.to_string().contains("memory"), "{err}");
+        let mut out = Vec::new();
+        assert!(decode_vec_into::<Huge>(&bytes, 1 << 20, &mut out).is_err());
+        // As many as are there, each one byte on the wire, 64 KiB in memory:
+        // the budget is per decode, nested sequences included.
+        let bytes = forged_vec(500_000, &vec![0; 500_000]);
+        assert!(decode_exact::<Vec<Huge>>(&bytes).is_err());
+        let mut nested = forged_vec(100, &[]);
+        for _ in 0..100 {
+            nested.extend_from_slice(&forged_vec(200, &[0; 200]));
+        }
+        assert!(decode_exact::<Vec<Vec<Huge>>>(&nested).is_err());
+        // Outside an entry point, a sequence is held to the rule on its own.
+        assert!(Vec::<Huge>::decode(&mut forged_vec(1 << 20, &[0; 1000]).as_slice()).is_err());
+        // Honest values of the same type still decode.
+        let few: Vec<Huge> = vec![None; 100];
+        assert_eq!(
+            decode_exact::<Vec<Huge>>(&encode_to_vec(&few)).unwrap(),
+            few
+        );
+    }
+
     /// Serializes as a sequence of unknown length, which postcard refuses.
     #[derive(Debug)]
     struct Unsized;
@@ -659,8 +702,21 @@ mod tests {
         // Miri runs each case about 1000x slower: fewer cases there.
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(if cfg!(miri) { 16 } else { 256 }))]
         #[test]
+        fn forged_counts_never_allocate_beyond_the_budget(
+            n in 0u64..=u64::MAX,
+            body in proptest::collection::vec(0u8..=1, 0..256),
+        ) {
+            // A count claiming anything over bytes of `None`s and `Some`s.
+            let bytes = forged_vec(n, &body);
+            let _ = decode_exact::<Vec<Huge>>(&bytes);
+            let _ = decode_exact::<Vec<Option<Vec<Huge>>>>(&bytes);
+        }
+
+        #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(0u8..=255, 0..64)) {
             let _ = decode_exact::<Vec<String>>(&bytes);
+            let _ = decode_exact::<Vec<Huge>>(&bytes);
+            let _ = decode_exact::<Vec<Vec<Option<[u8; 4096]>>>>(&bytes);
             let _ = decode_exact::<(u8, Option<Vec<u64>>, char)>(&bytes);
             let _ = decode_exact::<Serde<Vec<(String, i32)>>>(&bytes);
         }
