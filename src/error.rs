@@ -266,6 +266,16 @@ pub enum Error {
         /// The pid of the process that created the pool.
         owner: u32,
     },
+    /// A value could not be encoded (its `Serialize` impl failed, or a
+    /// hand-written [`Wire`](crate::Wire) impl called
+    /// [`Encoder::fail`](crate::Encoder::fail)). Nothing was sent or stored.
+    #[error("encoding a {type_name} failed: {reason}; nothing was sent: fix the value or its `Serialize` impl (postcard needs every sequence's length up front), or send another type")]
+    Encode {
+        /// The type being encoded.
+        type_name: &'static str,
+        /// What was wrong, in the encoder's own words.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -364,6 +374,10 @@ impl Clone for Error {
             },
             Error::WaitInCallback => Error::WaitInCallback,
             Error::ForeignPool { owner } => Error::ForeignPool { owner: *owner },
+            Error::Encode { type_name, reason } => Error::Encode {
+                type_name,
+                reason: reason.clone(),
+            },
         }
     }
 }
@@ -438,6 +452,9 @@ impl PartialEq for Error {
             Error::WaitInCallback => matches!(other, Error::WaitInCallback),
             Error::ForeignPool { owner } => {
                 matches!(other, Error::ForeignPool { owner: o } if o == owner)
+            }
+            Error::Encode { type_name, reason } => {
+                matches!(other, Error::Encode { type_name: t, reason: r } if t == type_name && r == reason)
             }
         }
     }

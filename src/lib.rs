@@ -77,14 +77,14 @@ pub use value::{Array, AtomicInt, AtomicValue, Value};
 pub use wire::task::StarFn;
 #[cfg(feature = "serde")]
 pub use wire::Serde;
-pub use wire::{Plain, Wire};
+pub use wire::{Encoder, Plain, Wire};
 
 /// The `bytemuck` this corepool is built with, so that your `Pod` types use
 /// the same version without a dependency of your own:
 ///
 /// ```
 /// use corepool::bytemuck::{Pod, Zeroable};
-/// use corepool::{Plain, Wire};
+/// use corepool::{Encoder, Plain, Wire};
 ///
 /// #[repr(C)]
 /// #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
@@ -94,9 +94,9 @@ pub use wire::{Plain, Wire};
 ///     y: f64,
 /// }
 ///
-/// let mut bytes = Vec::new();
-/// Plain(Point { x: 1.0, y: 2.0 }).encode(&mut bytes);
-/// assert_eq!(bytes.len(), 16); // one copy, no serialization
+/// let mut out = Encoder::new();
+/// Plain(Point { x: 1.0, y: 2.0 }).encode(&mut out);
+/// assert_eq!(out.len(), 16); // one copy, no serialization
 /// ```
 pub use bytemuck;
 pub use entry::init;

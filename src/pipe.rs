@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::queue::Queue;
 use crate::shm::handle::{type_tag, SharedSegment};
 use crate::shm::owner::{self, holder_is_dead, OwnerTag};
-use crate::wire::{decode_error, Wire};
+use crate::wire::{decode_error, Encoder, Handover, Wire};
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -275,7 +275,7 @@ impl<T> PipeEnd<T> {
     fn peer_gone(&self) -> bool {
         let word = self.holder(1 - self.side);
         // Acquire pairs with the Release of every holder store and CAS
-        // (creation, `decode`, `assign_transfers`, `close`, `Drop`).
+        // (creation, `decode`, `EndInTransit::delivered_to`, `close`, `Drop`).
         let tag = self.holder_tag(1 - self.side);
         match word.load(Ordering::Acquire) {
             CLOSED => true,
@@ -567,24 +567,19 @@ impl<T: Wire> PipeEnd<T> {
     }
 }
 
-thread_local! {
-    /// Ends encoded on this thread since the last `take_transfers`: the
-    /// caller that knows which process receives them assigns it at once.
-    static TRANSFERS: std::cell::RefCell<Vec<(Arc<SharedSegment>, u8)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
+/// One end in transit: whoever starts the process that receives it records
+/// the new holder at once (see [`Handover`]).
+struct EndInTransit {
+    control: Arc<SharedSegment>,
+    side: u8,
 }
 
-/// Takes the ends encoded on this thread since the last call.
-pub(crate) fn take_transfers() -> Vec<(Arc<SharedSegment>, u8)> {
-    TRANSFERS.with(|t| std::mem::take(&mut *t.borrow_mut()))
-}
-
-/// Records that `pid` now holds the ends in `transfers` (a `Process` that
-/// was just started with them), so that its death is seen even if it dies
-/// before it first touches them.
-pub(crate) fn assign_transfers(transfers: &[(Arc<SharedSegment>, u8)], pid: i32) {
-    for (control, side) in transfers {
-        if let Some(p) = control.segment().at(usize::from(*side) * 4, 4) {
+impl Handover for EndInTransit {
+    /// Records that `pid` now holds the end (a `Process` that was just
+    /// started with it), so that its death is seen even if it dies before
+    /// it first touches the end.
+    fn delivered_to(&self, pid: i32) {
+        if let Some(p) = self.control.segment().at(usize::from(self.side) * 4, 4) {
             // SAFETY: in bounds, 4-aligned, lives as long as `control`.
             let word = unsafe { AtomicU32::from_ptr(p.cast()) };
             // Only from IN_TRANSIT: the child may already have decoded the end
@@ -596,7 +591,7 @@ pub(crate) fn assign_transfers(transfers: &[(Arc<SharedSegment>, u8)], pid: i32)
                 .compare_exchange(IN_TRANSIT, pid as u32, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                if let Some(t) = control.segment().at(8 + usize::from(*side) * 4, 4) {
+                if let Some(t) = self.control.segment().at(8 + usize::from(self.side) * 4, 4) {
                     // SAFETY: as above.
                     OwnerTag::new(unsafe { AtomicU32::from_ptr(t.cast()) }).record(tag);
                 }
@@ -619,13 +614,17 @@ impl<T> Drop for PipeEnd<T> {
 }
 
 impl<T: Wire> Wire for PipeEnd<T> {
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut Encoder) {
         // In transit: nobody holds it until a process decodes it, so the
         // sender dropping its copy does not close it. AcqRel: Release pairs
         // with the Acquire side of the CASes from IN_TRANSIT in `decode` and
-        // `assign_transfers`; Acquire with the Release that made us holder.
+        // `EndInTransit::delivered_to`; Acquire with the Release that made
+        // us holder.
         let _ = self.give_up_if_held(crate::sys::current_pid(), IN_TRANSIT);
-        TRANSFERS.with(|t| t.borrow_mut().push((self.control.clone(), self.side)));
+        out.hand_over(Box::new(EndInTransit {
+            control: self.control.clone(),
+            side: self.side,
+        }));
         out.push(self.side);
         self.send.encode(out);
         self.recv.encode(out);
@@ -648,7 +647,7 @@ impl<T: Wire> Wire for PipeEnd<T> {
             control,
             next_peer_check: AtomicU64::new(0),
         };
-        // Only from IN_TRANSIT: `assign_transfers` may have recorded us
+        // Only from IN_TRANSIT: `EndInTransit::delivered_to` may have recorded us
         // already. AcqRel: Release pairs with the Acquire loads in
         // `peer_closed`/`peer_gone` and the Acquire side of the CAS in our
         // `Drop`; Acquire with the Release CAS in the sender's `encode`.

@@ -11,10 +11,10 @@ use crate::error::{Error, Result};
 use crate::shm::handle::{type_tag, SharedSegment};
 use crate::shm::mpmc::{self, ByteQueue, QueueMemory};
 use crate::shm::park::deadline_after;
-use crate::wire::{decode_error, decode_exact, Wire};
+use crate::wire::{decode_error, decode_exact, Carried, Encoder, KeepAlive, Wire};
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A bounded queue of `T` in shared memory: Python's `multiprocessing.Queue`,
@@ -41,10 +41,17 @@ use std::time::{Duration, Instant};
 ///     assert_eq!(sum, 4950);
 /// }
 /// ```
+///
+/// A value that refers to shared objects (a [`crate::SharedArray`], another
+/// queue, a [`crate::PipeEnd`]) keeps them alive, once put, for as long as
+/// this handle or a clone of it lives in the putting process, so that a
+/// receiver can open them even if the sender dropped its own copy first.
 pub struct Queue<T> {
     /// Keeps the memory `queue` points into alive.
     map: Arc<SharedSegment>,
     queue: ByteQueue,
+    /// What the values put through this handle and its clones refer to.
+    kept: Arc<Mutex<KeepAlive>>,
     _type: PhantomData<fn(T) -> T>,
 }
 
@@ -53,6 +60,7 @@ impl<T> Clone for Queue<T> {
         Self {
             map: self.map.clone(),
             queue: self.queue,
+            kept: self.kept.clone(),
             _type: PhantomData,
         }
     }
@@ -148,8 +156,22 @@ impl<T> Queue<T> {
         Ok(Self {
             map,
             queue,
+            kept: Arc::default(),
             _type: PhantomData,
         })
+    }
+
+    /// Keeps what a value just put refers to (each object once).
+    fn keep(&self, carried: Carried) {
+        if carried.keep.is_empty() {
+            return;
+        }
+        let mut kept = crate::pool_lock(&self.kept);
+        for object in carried.keep {
+            if !kept.iter().any(|k| Arc::ptr_eq(k, &object)) {
+                kept.push(object);
+            }
+        }
     }
 
     /// Values it holds (a snapshot: others may be putting and getting).
@@ -243,7 +265,9 @@ impl<T: Wire> Queue<T> {
     /// # Errors
     ///
     /// [`Error::QueueClosed`]; [`Error::ArgumentTooLarge`] for a value whose
-    /// encoding exceeds [`message_bytes`](Self::message_bytes).
+    /// encoding exceeds [`message_bytes`](Self::message_bytes);
+    /// [`Error::Encode`] for one that cannot be encoded. Either way nothing
+    /// is stored.
     ///
     /// # Examples
     ///
@@ -258,7 +282,13 @@ impl<T: Wire> Queue<T> {
         if self.is_closed() {
             return Err(Error::QueueClosed);
         }
-        crate::wire::with_encoding(value, |bytes| self.queue.try_put(bytes))
+        crate::wire::with_encoding(value, |bytes, carried| {
+            let put = self.queue.try_put(bytes)?;
+            if put {
+                self.keep(carried);
+            }
+            Ok(put)
+        })
     }
 
     /// Puts `value`, waiting for room (Python's `put`).
@@ -309,7 +339,11 @@ impl<T: Wire> Queue<T> {
     /// Encodes `value` (small ones into a reused thread-local buffer: a put
     /// allocates nothing) and puts it, waiting until `deadline`.
     fn put_until(&self, value: &T, deadline: Option<Instant>) -> Result<()> {
-        crate::wire::with_encoding(value, |bytes| self.queue.put_until(bytes, deadline))
+        crate::wire::with_encoding(value, |bytes, carried| {
+            self.queue.put_until(bytes, deadline)?;
+            self.keep(carried);
+            Ok(())
+        })
     }
 
     /// Takes a value if one is there now.
@@ -406,7 +440,7 @@ impl<T: Wire> Queue<T> {
 }
 
 impl<T: Wire> Wire for Queue<T> {
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut Encoder) {
         self.map.encode(type_tag::<T>(), self.queue.capacity(), out);
     }
 
@@ -418,6 +452,7 @@ impl<T: Wire> Wire for Queue<T> {
         Ok(Self {
             map,
             queue,
+            kept: Arc::default(),
             _type: PhantomData,
         })
     }
@@ -509,8 +544,7 @@ mod tests {
     )]
     fn a_handle_decodes_to_the_same_queue() {
         let q = Queue::<String>::new(4).unwrap();
-        let mut bytes = Vec::new();
-        q.encode(&mut bytes);
+        let bytes = crate::wire::encode_to_vec(&q);
         let other = Queue::<String>::decode(&mut bytes.as_slice()).unwrap();
         other.put(&"hi".to_string()).unwrap();
         assert_eq!(q.get().unwrap(), "hi");

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::shm::handle::{type_tag, SharedSegment};
-use crate::wire::{decode_error, Wire};
+use crate::wire::{decode_error, Encoder, Wire};
 use bytemuck::Pod;
 use std::fmt;
 use std::marker::PhantomData;
@@ -333,7 +333,7 @@ impl<T: Pod> SharedArray<T> {
 }
 
 impl<T: Pod> Wire for SharedArray<T> {
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut Encoder) {
         self.map.encode(type_tag::<T>(), self.len as u64, out);
     }
 
@@ -381,8 +381,7 @@ mod tests {
     )]
     fn a_handle_decodes_to_the_same_memory() {
         let a = SharedArray::<f64>::new(10_000).unwrap();
-        let mut bytes = Vec::new();
-        a.encode(&mut bytes);
+        let bytes = crate::wire::encode_to_vec(&a);
         let b = SharedArray::<f64>::decode(&mut bytes.as_slice()).unwrap();
         b.set(9_999, 2.5).unwrap();
         assert_eq!(a.get(9_999), Some(2.5));
@@ -399,14 +398,12 @@ mod tests {
     )]
     fn hostile_handles_are_refused() {
         let a = SharedArray::<u8>::new(4096).unwrap();
-        let mut bytes = Vec::new();
-        a.encode(&mut bytes);
+        let bytes = crate::wire::encode_to_vec(&a);
         // Decode once so the mapping is cached, then lie about the length.
         SharedArray::<u8>::decode(&mut bytes.as_slice()).unwrap();
         let (owner, fd, dev, ino, _, tag) =
             <(i32, i32, u64, u64, u64, u64)>::decode(&mut bytes.as_slice()).unwrap();
-        let mut lying = Vec::new();
-        (owner, fd, dev, ino, 1u64 << 40, tag).encode(&mut lying);
+        let lying = crate::wire::encode_to_vec(&(owner, fd, dev, ino, 1u64 << 40, tag));
         assert!(
             SharedArray::<u8>::decode(&mut lying.as_slice()).is_err(),
             "cached path"
@@ -418,8 +415,7 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let file_fd = std::os::fd::AsRawFd::as_raw_fd(&file);
         let id = crate::sys::fstat(std::os::fd::AsFd::as_fd(&file)).unwrap();
-        let mut forged = Vec::new();
-        (owner, file_fd, id.dev, id.ino, 1u64, tag).encode(&mut forged);
+        let forged = crate::wire::encode_to_vec(&(owner, file_fd, id.dev, id.ino, 1u64, tag));
         let err = SharedArray::<u8>::decode(&mut forged.as_slice()).unwrap_err();
         assert!(err.to_string().contains("not a corepool array"), "{err}");
     }

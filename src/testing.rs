@@ -40,7 +40,8 @@ pub fn stop_in_next_claim() {
 /// could send, for decoding with [`Wire::decode`].
 pub fn forged_value_handle(owner: i32, fd: i32, dev: u64, ino: u64) -> Vec<u8> {
     let tag = crate::shm::handle::type_tag::<Value<u64>>();
-    let mut out = Vec::new();
+    let mut out = crate::Encoder::new();
     (owner, fd, dev, ino, 0u64, tag).encode(&mut out);
-    out
+    // Plain numbers: nothing to fail, nothing to keep alive.
+    out.finish().unwrap_or_default()
 }

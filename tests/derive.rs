@@ -81,9 +81,9 @@ struct ThroughReexport {
 }
 
 fn encode<T: Wire>(value: &T) -> Vec<u8> {
-    let mut out = Vec::new();
+    let mut out = corepool::Encoder::new();
     value.encode(&mut out);
-    out
+    out.finish().expect("plain data encodes")
 }
 
 fn decode_all<T: Wire>(mut bytes: &[u8]) -> corepool::Result<T> {
@@ -159,12 +159,16 @@ fn awkward_names_and_shapes_round_trip() {
 
 fn the_encoding_is_the_fields_in_order_after_a_one_byte_tag() {
     let order = an_order(3);
-    let mut fields = Vec::new();
+    let mut fields = corepool::Encoder::new();
     order.id.encode(&mut fields);
     order.customer.encode(&mut fields);
     order.weights.encode(&mut fields);
     order.gift.encode(&mut fields);
-    assert_eq!(encode(&order), fields, "no names, no framing");
+    assert_eq!(
+        encode(&order),
+        fields.finish().unwrap(),
+        "no names, no framing"
+    );
     assert!(encode(&Unit).is_empty());
     assert_eq!(encode(&Pair(1u16, 2u16)), [1, 0, 2, 0]);
     // The tag is the variant's index in declaration order.

@@ -32,7 +32,7 @@ fn wait_for_gate(gate: AtomicValue<u64>) -> u64 {
 struct Fragile(u64);
 
 impl Wire for Fragile {
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut corepool::Encoder) {
         self.0.encode(out);
     }
 

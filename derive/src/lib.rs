@@ -92,8 +92,7 @@ pub fn derive_wire(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
 /// The signature of the generated `encode`, in this one place: when the
 /// trait's signature changes, this is the line to change.
 fn encode_signature(krate: &Path) -> TokenStream {
-    let _ = krate; // the encoder type will be named through it
-    quote!(fn encode(&self, out: &mut ::std::vec::Vec<u8>))
+    quote!(fn encode(&self, out: &mut #krate::Encoder))
 }
 
 fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {

@@ -30,7 +30,7 @@ pub enum Pinning {
     Cpus(Vec<usize>),
 }
 
-/// Shared objects an encoded value names, kept open (see `wire::keep_alive`).
+/// Shared objects an encoded value names, kept open (see `wire::Encoder`).
 #[derive(Clone, Default)]
 struct KeptAlive(std::sync::Arc<crate::wire::KeepAlive>);
 
@@ -64,6 +64,8 @@ pub struct PoolBuilder {
     /// Shared objects the argument names (a `SharedArray`, a `Queue`): kept
     /// open while the pool lives, for workers started later.
     initializer_keep: KeptAlive,
+    /// Why the argument could not be encoded, for `build` to return.
+    initializer_error: Option<crate::Error>,
     max_tasks_per_child: u64,
     retries: u32,
     task_timeout: Option<Duration>,
@@ -80,6 +82,7 @@ impl Default for PoolBuilder {
             initializer: None,
             initializer_arg: Vec::new(),
             initializer_keep: KeptAlive::default(),
+            initializer_error: None,
             max_tasks_per_child: 0,
             retries: 0,
             task_timeout: None,
@@ -183,6 +186,7 @@ impl PoolBuilder {
         self.initializer = Some(task::offset_of(task::call_init::<F>));
         self.initializer_arg.clear();
         self.initializer_keep = KeptAlive::default();
+        self.initializer_error = None;
         self
     }
 
@@ -219,7 +223,8 @@ impl PoolBuilder {
     ///
     /// An argument whose encoding exceeds 16 MiB makes `build` fail with
     /// [`Error::InvalidConfig`]: pass large data in a
-    /// [`SharedArray`](crate::SharedArray).
+    /// [`SharedArray`](crate::SharedArray). One that cannot be encoded makes
+    /// it fail with [`Error::Encode`](crate::Error::Encode).
     pub fn initializer_with<F, A>(mut self, f: F, arg: A) -> Self
     where
         F: Fn(A) + Copy + Send + Sync + 'static,
@@ -227,9 +232,15 @@ impl PoolBuilder {
     {
         let _ = f;
         self.initializer = Some(task::offset_of(task::call_init_with::<F, A>));
-        crate::wire::take_keep_alive(); // nothing stale from elsewhere
-        self.initializer_arg = crate::wire::encode_to_vec(&arg);
-        self.initializer_keep = KeptAlive(std::sync::Arc::new(crate::wire::take_keep_alive()));
+        match crate::wire::encode_carried(&arg) {
+            Ok((bytes, carried)) => {
+                self.initializer_arg = bytes;
+                self.initializer_keep = KeptAlive(std::sync::Arc::new(carried.keep));
+                self.initializer_error = None;
+            }
+            // Reported by `build`.
+            Err(e) => self.initializer_error = Some(e),
+        }
         self
     }
 
@@ -398,6 +409,9 @@ impl PoolBuilder {
             return Err(Error::InvalidConfig {
                 what: "max_queued must be at least 1 (or not set, for no bound)".into(),
             });
+        }
+        if let Some(e) = self.initializer_error {
+            return Err(e);
         }
         let cpus = self.resolve_cpus()?;
         Pool::start(Config {

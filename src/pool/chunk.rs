@@ -3,7 +3,7 @@
 
 use super::Pool;
 use crate::error::{Error, Result};
-use crate::wire::{Payload, Wire};
+use crate::wire::{Encoder, KeepAlive, Payload, Wire};
 
 /// A `map`'s items: the caller's iterator when it knows its length, else
 /// what it yielded, collected.
@@ -34,9 +34,9 @@ pub(super) struct Chunker<A, I: Iterator<Item = A>> {
 }
 
 impl<A: Wire, I: Iterator<Item = A>> Chunker<A, I> {
-    /// The next chunk's payload (its length, then the items) and how many
-    /// items it holds.
-    pub(super) fn next_chunk(&mut self) -> Option<(Payload, usize)> {
+    /// The next chunk's payload (its length, then the items), how many
+    /// items it holds and what its encoding must keep alive.
+    pub(super) fn next_chunk(&mut self) -> Result<Option<(Payload, usize, KeepAlive)>> {
         // `len_hint` may be wrong: reserve no more than a sane amount.
         const PREALLOCATE_AT_MOST: usize = 1 << 16;
         self.chunk.clear();
@@ -44,13 +44,19 @@ impl<A: Wire, I: Iterator<Item = A>> Chunker<A, I> {
             .reserve(self.chunksize.min(self.len_hint).min(PREALLOCATE_AT_MOST));
         self.chunk.extend(self.iter.by_ref().take(self.chunksize));
         if self.chunk.is_empty() {
-            return None;
+            return Ok(None);
         }
         let size = std::mem::size_of_val(self.chunk.as_slice());
-        let mut out = crate::wire::take_buffer(8 + size);
+        let mut out = Encoder::from_vec(crate::wire::take_buffer(8 + size));
         out.extend_from_slice(&(self.chunk.len() as u64).to_le_bytes());
         A::encode_slice(&self.chunk, &mut out);
-        Some((Payload::from_vec(out), self.chunk.len()))
+        out.check()?;
+        let keep = out.take_carried().keep;
+        Ok(Some((
+            Payload::from_vec(out.take_bytes()),
+            self.chunk.len(),
+            keep,
+        )))
     }
 }
 
@@ -68,7 +74,7 @@ impl Pool {
         }
         let mut size = len.div_ceil(self.workers() * 4).max(1);
         if let Some(first) = first {
-            let mut probe = Vec::new();
+            let mut probe = Encoder::new();
             first.encode(&mut probe);
             let budget = (self.shared.max_payload.saturating_sub(8) / 2).min(1 << 18);
             size = size.min((budget / probe.len().max(1)).max(1));
@@ -104,7 +110,6 @@ impl Pool {
         if let Some(c) = chunksize {
             self.check_chunksize(c)?;
         }
-        crate::wire::take_keep_alive(); // nothing stale from a failed submission
         let iter = items.into_iter();
         let (iter, len) = match iter.size_hint() {
             (lo, Some(hi)) if lo == hi => (Items::Exact(iter), lo),

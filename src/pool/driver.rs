@@ -358,6 +358,7 @@ impl Shared {
     pub(super) fn submit(
         &self,
         tasks: smallvec::SmallVec<[(i64, Payload, Sink); 1]>,
+        keep: crate::wire::KeepAlive,
         caller_waits: bool,
     ) -> Result<()> {
         self.check_owner()?;
@@ -368,7 +369,6 @@ impl Shared {
             });
         }
         // Everything the encodes of this submission asked to keep alive.
-        let keep = crate::wire::take_keep_alive();
         let keep = (!keep.is_empty()).then(|| Arc::new(keep));
         let may_block = !is_delivering(self);
         let mut tasks = tasks.into_iter().peekable();

@@ -413,10 +413,10 @@ impl Pool {
             target: cell.clone(),
             tag: 0,
         };
-        crate::wire::take_keep_alive(); // nothing stale from a failed submission
-        let payload = crate::wire::encode_payload(&arg);
+        let (payload, carried) = crate::wire::encode_payload(&arg)?;
         self.shared.submit(
             smallvec::smallvec![(trampoline, payload, sink)],
+            carried.keep,
             caller_waits,
         )?;
         Ok(AsyncResult::new(cell, Arc::downgrade(&self.shared)))

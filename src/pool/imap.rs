@@ -95,7 +95,9 @@ impl Pool {
         let (tx, rx) = crossbeam_channel::unbounded();
         let sink: Arc<dyn Completion> = Arc::new(ChannelSink { tx });
         let mut tasks = smallvec::SmallVec::new();
-        while let Some((payload, due)) = chunker.next_chunk() {
+        let mut keep = Vec::new();
+        while let Some((payload, due, chunk_keep)) = chunker.next_chunk()? {
+            keep.extend(chunk_keep);
             // The tag is how many results are due, which `ChannelSink` checks.
             let sink = Sink {
                 target: sink.clone(),
@@ -104,7 +106,7 @@ impl Pool {
             tasks.push((trampoline, payload, sink));
         }
         let chunks = tasks.len();
-        self.shared.submit(tasks, false)?;
+        self.shared.submit(tasks, keep, false)?;
         Ok(ImapUnordered {
             rx,
             chunks_left: chunks,
@@ -163,8 +165,7 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'_, A, R, I> {
                 break;
             }
             let cell = Cell::<Vec<R>>::new(Callbacks::new());
-            crate::wire::take_keep_alive();
-            let payload = crate::wire::encode_payload(&chunk);
+            let (payload, carried) = crate::wire::encode_payload(&chunk)?;
             let due = chunk.len();
             self.pool.shared.submit(
                 smallvec::smallvec![(
@@ -175,6 +176,7 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'_, A, R, I> {
                         tag: 0,
                     },
                 )],
+                carried.keep,
                 false,
             )?;
             self.in_flight.push_back((

@@ -28,7 +28,9 @@ impl Pool {
         let collector = MapCollector::<R>::new(chunker.len_hint, cell.clone());
         let target: Arc<dyn Completion> = collector.clone();
         let mut tasks = smallvec::SmallVec::new();
-        while let Some((payload, due)) = chunker.next_chunk() {
+        let mut keep = Vec::new();
+        while let Some((payload, due, chunk_keep)) = chunker.next_chunk()? {
+            keep.extend(chunk_keep);
             let sink = Sink {
                 target: target.clone(),
                 tag: collector.add_chunk(due),
@@ -36,7 +38,7 @@ impl Pool {
             tasks.push((trampoline, payload, sink));
         }
         collector.seal();
-        self.shared.submit(tasks, false)?;
+        self.shared.submit(tasks, keep, false)?;
         Ok(AsyncResult::new(cell, Arc::downgrade(&self.shared)))
     }
 
@@ -57,7 +59,7 @@ impl Pool {
         let target: Arc<dyn Completion> = collector.clone();
         let ahead = self.workers() * MAP_CHUNKS_AHEAD_PER_WORKER;
         let mut submitted = 0;
-        while let Some((payload, due)) = chunker.next_chunk() {
+        while let Some((payload, due, keep)) = chunker.next_chunk()? {
             if submitted >= ahead {
                 collector.wait_completed(submitted + 1 - ahead, &self.shared);
             }
@@ -69,7 +71,7 @@ impl Pool {
                 tag: collector.add_chunk(due),
             };
             self.shared
-                .submit(smallvec::smallvec![(trampoline, payload, sink)], true)?;
+                .submit(smallvec::smallvec![(trampoline, payload, sink)], keep, true)?;
             submitted += 1;
         }
         collector.seal();

@@ -10,6 +10,7 @@ use crate::shm::ring::{Claimed, Consumer, Producer, RecordHeader, RingError};
 use crate::shm::Segment;
 use crate::sys;
 use crate::wire::task::{self, failure, kind};
+use crate::wire::Encoder;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -171,7 +172,7 @@ fn serve(token: Token) -> i32 {
         let init = unsafe { task::from_offset(header.initializer) };
         // `read_header` checked that the argument lies inside the segment.
         let arg = layout::read_init_arg(&seg, &layout).unwrap_or_default();
-        let outcome = catch_unwind(AssertUnwindSafe(|| init(&arg, &mut Vec::new())));
+        let outcome = catch_unwind(AssertUnwindSafe(|| init(&arg, &mut Encoder::new())));
         if !matches!(outcome, Ok(Ok(()))) {
             let message = match outcome {
                 Ok(Err(e)) => format!("the initializer's argument did not decode: {e}"),
@@ -210,6 +211,9 @@ struct Server<'a> {
     batch: usize,
     /// Smoothed nanoseconds per task.
     task_ns: f64,
+    /// What the results sent so far refer to (a `SharedArray` a task
+    /// created and returned): kept, so that the parent can open it.
+    result_keep: crate::wire::KeepAlive,
 }
 
 /// Claim batches aim to hold about this much work.
@@ -232,13 +236,14 @@ impl<'a> Server<'a> {
             done: 0,
             batch: 1,
             task_ns: BATCH_TARGET_NS,
+            result_keep: Vec::new(),
         }
     }
 
     fn run(mut self) -> Result<(), RingError> {
         let mut claimed: Vec<Claimed> = Vec::with_capacity(MAX_BATCH);
         let mut input = Vec::new();
-        let mut out = Vec::new();
+        let mut out = Encoder::new();
         let mut spinner = Spinner::new();
         loop {
             claimed.clear();
@@ -327,7 +332,7 @@ impl<'a> Server<'a> {
         &mut self,
         record: &Claimed,
         input: &[u8],
-        out: &mut Vec<u8>,
+        out: &mut Encoder,
     ) -> Result<(), RingError> {
         let id = record.header.id;
         if record.header.kind != kind::TASK {
@@ -336,8 +341,13 @@ impl<'a> Server<'a> {
         // SAFETY: the parent wrote this offset with `offset_of` in the same
         // binary (fingerprint checked at start).
         let trampoline = unsafe { task::from_offset(record.header.aux as i64) };
-        out.clear();
-        let outcome = catch_unwind(AssertUnwindSafe(|| trampoline(input, out)));
+        // What the last result referred to stays alive: the parent may open
+        // it at any time after claiming the result.
+        self.result_keep.extend(out.take_carried().keep);
+        out.reset();
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            trampoline(input, out).and_then(|()| out.check())
+        }));
         let max = self.results.memory().max_payload();
         let (header, payload): (RecordHeader, &[u8]) = match outcome {
             Ok(Ok(())) if out.len() <= max => (
@@ -346,7 +356,7 @@ impl<'a> Server<'a> {
                     id,
                     ..Default::default()
                 },
-                out,
+                &out[..],
             ),
             Ok(Ok(())) => {
                 let size = out.len() as u64;
@@ -358,16 +368,20 @@ impl<'a> Server<'a> {
                     aux: size,
                     ..Default::default()
                 };
-                (h, out)
+                (h, &out[..])
             }
             Ok(Err(err)) => {
-                let code = if task::is_decode_error(&err) {
-                    failure::DECODE
-                } else {
-                    failure::TASK_ERROR
+                let (code, message) = match err {
+                    // The result could not be encoded: the caller gets the
+                    // encoder's own message.
+                    Error::Encode { type_name, reason } => {
+                        (failure::ENCODE, format!("{type_name}: {reason}"))
+                    }
+                    err if task::is_decode_error(&err) => (failure::DECODE, err.to_string()),
+                    err => (failure::TASK_ERROR, err.to_string()),
                 };
                 out.clear();
-                out.extend_from_slice(err.to_string().as_bytes());
+                out.extend_from_slice(message.as_bytes());
                 out.truncate(max);
                 (
                     RecordHeader {
@@ -376,7 +390,7 @@ impl<'a> Server<'a> {
                         id,
                         ..Default::default()
                     },
-                    out,
+                    &out[..],
                 )
             }
             Err(_) => {
@@ -389,7 +403,7 @@ impl<'a> Server<'a> {
                         id,
                         ..Default::default()
                     },
-                    out,
+                    &out[..],
                 )
             }
         };

@@ -143,7 +143,8 @@ impl ProcessBuilder {
     ///
     /// [`Error::NotInitialized`] inside a process whose `main` did not call
     /// [`crate::init`] first; [`Error::CpuNotAllowed`]; [`Error::SharedMemory`];
-    /// [`Error::Spawn`].
+    /// [`Error::Spawn`]; [`Error::Encode`] for an argument that cannot be
+    /// encoded (nothing is started).
     pub fn start<F, A, R>(self, f: F, arg: A) -> Result<Process<R>>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
@@ -161,11 +162,9 @@ impl ProcessBuilder {
                 return Err(Error::CpuNotAllowed { cpu, allowed });
             }
         }
-        crate::wire::take_keep_alive();
-        crate::pipe::take_transfers();
-        let payload = crate::wire::encode_to_vec(&arg);
-        let keep = crate::wire::take_keep_alive();
-        let transfers = crate::pipe::take_transfers();
+        // Encoded before anything starts: a value that cannot be encoded
+        // starts nothing.
+        let (payload, carried) = crate::wire::encode_carried(&arg)?;
         let seg = segment::create(
             task::offset_of(task::call_one::<F, A, R>),
             &payload,
@@ -174,7 +173,9 @@ impl ProcessBuilder {
         let Started { pid, pidfd, exit } = reaper::spawn(seg.raw_fd(), self.cpu)?;
         // Pipe ends passed in belong to the child from now on, even if it
         // dies before it first touches them.
-        crate::pipe::assign_transfers(&transfers, pid);
+        for handover in &carried.handovers {
+            handover.delivered_to(pid);
+        }
         Ok(Process {
             name: self.name.unwrap_or_else(|| format!("Process-{pid}")),
             pid,
@@ -182,7 +183,7 @@ impl ProcessBuilder {
             exit,
             pidfd,
             seg,
-            _keep: keep,
+            _keep: carried.keep,
             _result: PhantomData,
         })
     }

@@ -7,7 +7,7 @@ use crate::child::fingerprint::fingerprint;
 use crate::child::panic::{install_panic_hook, take_panic_message};
 use crate::shm::Segment;
 use crate::sys;
-use crate::wire::task;
+use crate::wire::{task, Encoder};
 use std::os::fd::RawFd;
 
 /// In a process started as a `Process` child (it has [`PROCESS_ENV`]): run
@@ -56,9 +56,9 @@ fn serve_child(token: &str) -> i32 {
     install_panic_hook();
     // SAFETY: same binary (fingerprint checked); the offset comes from `offset_of`.
     let trampoline = unsafe { task::from_offset(header.trampoline) };
-    let mut out = Vec::new();
+    let mut out = Encoder::new();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        trampoline(&input, &mut out)
+        trampoline(&input, &mut out).and_then(|()| out.check())
     }));
     let mut too_large_size = 0;
     let (code, exit) = match outcome {
@@ -68,12 +68,20 @@ fn serve_child(token: &str) -> i32 {
             out.clear();
             (status::TOO_LARGE, 0)
         }
+        Ok(Err(crate::Error::Encode { type_name, reason })) => {
+            // The encoder's own message, for the parent's `Error::Encode`.
+            out.clear();
+            out.extend_from_slice(format!("{type_name}: {reason}").as_bytes());
+            (status::NOT_ENCODED, 1)
+        }
         Ok(Err(e)) => {
-            out = e.to_string().into_bytes();
+            out.clear();
+            out.extend_from_slice(e.to_string().as_bytes());
             (status::FAILED, 1)
         }
         Err(_) => {
-            out = take_panic_message().into_bytes();
+            out.clear();
+            out.extend_from_slice(take_panic_message().as_bytes());
             (status::PANICKED, 1)
         }
     };

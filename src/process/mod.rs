@@ -336,7 +336,9 @@ impl<R: Wire> Process<R> {
     ///
     /// [`Error::Panicked`] if `f` panicked; [`Error::WorkerDied`] if the
     /// process ended without a result (a signal, `exit`); [`Error::Decode`],
-    /// [`Error::ResultTooLarge`] for a result that cannot be read.
+    /// [`Error::ResultTooLarge`] for a result that cannot be read;
+    /// [`Error::Encode`] for one that could not be encoded (with the
+    /// encoder's message).
     pub fn join(self) -> Result<R> {
         let cause = self.exit.join();
         self.read_result(cause)
@@ -352,6 +354,10 @@ impl<R: Wire> Process<R> {
             Outcome::Panicked(message) => Err(Error::Panicked { message }),
             Outcome::Failed(reason) => Err(Error::Decode {
                 type_name: "process arguments",
+                reason,
+            }),
+            Outcome::NotEncoded(reason) => Err(Error::Encode {
+                type_name: "process result",
                 reason,
             }),
             Outcome::TooLarge { size, max } => Err(Error::ResultTooLarge { size, max }),

@@ -26,6 +26,8 @@ pub(super) mod status {
     pub(in crate::process) const PANICKED: u32 = 2;
     pub(in crate::process) const FAILED: u32 = 3;
     pub(in crate::process) const TOO_LARGE: u32 = 4;
+    /// The result could not be encoded; the result bytes are the message.
+    pub(in crate::process) const NOT_ENCODED: u32 = 5;
 }
 
 /// The header of a process segment, written by the parent before the child
@@ -63,6 +65,8 @@ pub(super) enum Outcome {
     Panicked(String),
     /// Its argument could not be decoded, for this reason.
     Failed(String),
+    /// Its result could not be encoded, for this reason.
+    NotEncoded(String),
     /// Its result, `size` bytes, did not fit in `max`.
     TooLarge { size: usize, max: usize },
     /// No outcome: the child died mid-task, or wrote garbage.
@@ -193,6 +197,7 @@ pub(super) fn read_outcome(seg: &Segment) -> Option<Outcome> {
         status::RETURNED => Outcome::Returned(bytes()?),
         status::PANICKED => Outcome::Panicked(text(bytes()?)),
         status::FAILED => Outcome::Failed(text(bytes()?)),
+        status::NOT_ENCODED => Outcome::NotEncoded(text(bytes()?)),
         status::TOO_LARGE => Outcome::TooLarge {
             size: len,
             max: header.result_cap as usize,

@@ -16,7 +16,7 @@
 use crate::error::Result;
 use crate::shm::Segment;
 use crate::sys::{self, FileId};
-use crate::wire::{decode_error, Wire};
+use crate::wire::{decode_error, Encoder, Wire};
 use std::ffi::CStr;
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
@@ -64,10 +64,11 @@ impl SharedSegment {
         self.owner
     }
 
-    /// Writes the handle. The segment is kept alive until the task that
-    /// carries the handle is answered, even if the caller drops its copy.
-    pub(crate) fn encode(self: &Arc<Self>, tag: u64, len: u64, out: &mut Vec<u8>) {
-        crate::wire::keep_alive(self.clone());
+    /// Writes the handle, and asks `out` to keep the segment alive while the
+    /// handle is in flight (its sender holds what `out` carries), so that
+    /// the receiver can open it even if the caller drops its copy.
+    pub(crate) fn encode(self: &Arc<Self>, tag: u64, len: u64, out: &mut Encoder) {
+        out.keep_alive(self.clone());
         (self.owner, self.fd, self.id.dev, self.id.ino, len, tag).encode(out);
     }
 

@@ -4,7 +4,7 @@
 
 use crate::error::Result;
 use crate::shm::handle::{type_tag, SharedSegment};
-use crate::wire::Wire;
+use crate::wire::{Encoder, Wire};
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -223,7 +223,7 @@ impl<T: AtomicInt> AtomicValue<T> {
 }
 
 impl<T: AtomicInt> Wire for AtomicValue<T> {
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut Encoder) {
         self.map.encode(type_tag::<AtomicValue<T>>(), 0, out);
     }
 

@@ -15,7 +15,7 @@ use crate::shm::handle::{type_tag, SharedSegment};
 use crate::shm::owner::{holder_is_dead, OwnerTag};
 use crate::shm::park::Spinner;
 use crate::sys;
-use crate::wire::{decode_error, Wire};
+use crate::wire::{decode_error, Encoder, Wire};
 use bytemuck::Pod;
 use std::fmt;
 use std::marker::PhantomData;
@@ -429,7 +429,7 @@ impl<T: Pod> Drop for Locked<'_, T> {
 }
 
 impl<T: Pod + Send> Wire for Value<T> {
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut Encoder) {
         self.map.encode(type_tag::<Value<T>>(), 0, out);
     }
 

@@ -12,7 +12,16 @@
 //! left, and a bad value is an [`Error::Decode`], never a panic or an
 //! over-allocation.
 
+mod budget;
+mod encoder;
 pub(crate) mod task;
+
+#[cfg(test)]
+pub(crate) use encoder::encode_to_vec;
+pub use encoder::Encoder;
+pub(crate) use encoder::{
+    encode_carried, encode_payload, with_encoding, Carried, Handover, KeepAlive,
+};
 
 use crate::error::{Error, Result};
 use bytemuck::{Pod, TransparentWrapper};
@@ -24,9 +33,10 @@ use bytemuck::{Pod, TransparentWrapper};
 /// [`Serde`] and [`crate::SharedArray`].
 ///
 /// ```
-/// use corepool::Wire;
-/// let mut bytes = Vec::new();
-/// (7u64, String::from("seven"), vec![1.5f64, 2.5]).encode(&mut bytes);
+/// use corepool::{Encoder, Wire};
+/// let mut out = Encoder::new();
+/// (7u64, String::from("seven"), vec![1.5f64, 2.5]).encode(&mut out);
+/// let bytes = out.finish().unwrap();
 /// let back = <(u64, String, Vec<f64>)>::decode(&mut bytes.as_slice()).unwrap();
 /// assert_eq!(back, (7, "seven".to_string(), vec![1.5, 2.5]));
 /// ```
@@ -38,7 +48,7 @@ use bytemuck::{Pod, TransparentWrapper};
 )]
 pub trait Wire: Sized + Send + 'static {
     /// Appends the encoding of `self` to `out`.
-    fn encode(&self, out: &mut Vec<u8>);
+    fn encode(&self, out: &mut Encoder);
 
     /// Decodes one value from the front of `input`, advancing it.
     ///
@@ -50,7 +60,7 @@ pub trait Wire: Sized + Send + 'static {
     /// Appends the encodings of `items`, one after another. Plain-data types
     /// override this with a single copy.
     #[doc(hidden)]
-    fn encode_slice(items: &[Self], out: &mut Vec<u8>) {
+    fn encode_slice(items: &[Self], out: &mut Encoder) {
         for item in items {
             item.encode(out);
         }
@@ -71,7 +81,11 @@ pub trait Wire: Sized + Send + 'static {
                 "{n} zero-sized values, more than the {MAX_ZERO_SIZED_VALUES} accepted: the sender is corrupt"
             )));
         }
-        out.reserve(n.min(input.len()).min(1 << 20));
+        // Nor for the memory: a value may take far more memory than its
+        // encoding (`None` of an `Option<[u64; 8192]>` is one byte), so the
+        // memory `n` values would take is charged before any is decoded.
+        budget::charge::<Vec<Self>>(n, std::mem::size_of::<Self>(), input.len())?;
+        out.reserve(n.min(input.len()));
         for _ in 0..n {
             out.push(Self::decode(input)?);
         }
@@ -87,11 +101,11 @@ pub(crate) const MAX_ZERO_SIZED_VALUES: usize = 1 << 28;
 /// `out`; the bytes must be used up. `map` collects each chunk's results this
 /// way, straight into its output; a count other than `due` is refused before
 /// anything is decoded.
-pub(crate) fn decode_vec_into<T: Wire>(
-    mut bytes: &[u8],
-    due: usize,
-    out: &mut Vec<T>,
-) -> Result<()> {
+pub(crate) fn decode_vec_into<T: Wire>(bytes: &[u8], due: usize, out: &mut Vec<T>) -> Result<()> {
+    budget::with_budget(bytes.len(), || decode_vec_into_budgeted(bytes, due, out))
+}
+
+fn decode_vec_into_budgeted<T: Wire>(mut bytes: &[u8], due: usize, out: &mut Vec<T>) -> Result<()> {
     let n = decode_len::<Vec<T>>(&mut bytes)?;
     if n != due {
         return Err(decode_error::<Vec<T>>(format!(
@@ -110,7 +124,7 @@ pub(crate) fn decode_vec_into<T: Wire>(
 
 /// Decodes a value that must use up all of `bytes`.
 pub(crate) fn decode_exact<T: Wire>(mut bytes: &[u8]) -> Result<T> {
-    let value = T::decode(&mut bytes)?;
+    let value = budget::with_budget(bytes.len(), || T::decode(&mut bytes))?;
     if !bytes.is_empty() {
         return Err(decode_error::<T>(format!("{} trailing bytes", bytes.len())));
     }
@@ -122,9 +136,12 @@ pub(crate) fn decode_exact<T: Wire>(mut bytes: &[u8]) -> Result<T> {
 /// `map` chunk) hand their buffer back to [`take_buffer`]'s pool when they
 /// drop, so the next chunk finds memory already faulted in.
 #[derive(Debug, Default)]
-pub(crate) struct Payload(smallvec::SmallVec<[u8; 48]>);
+pub(crate) struct Payload(smallvec::SmallVec<[u8; Payload::INLINE]>);
 
 impl Payload {
+    /// Payloads up to this many bytes live inline.
+    pub(crate) const INLINE: usize = 48;
+
     pub(crate) fn from_slice(bytes: &[u8]) -> Self {
         Self(smallvec::SmallVec::from_slice(bytes))
     }
@@ -189,76 +206,6 @@ fn recycle_buffer(mut buf: Vec<u8>) {
     }
 }
 
-thread_local! {
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Encodes `value` into a [`Payload`]: through a reused scratch buffer, so a
-/// small value costs no allocation and a large one exactly one.
-pub(crate) fn encode_payload<T: Wire>(value: &T) -> Payload {
-    SCRATCH.with(|scratch| {
-        let Ok(mut buf) = scratch.try_borrow_mut() else {
-            // Re-entered from inside an encode (a Wire impl that submits
-            // tasks): fall back to a fresh buffer.
-            return Payload::from_vec(encode_to_vec(value));
-        };
-        buf.clear();
-        value.encode(&mut buf);
-        if buf.len() <= 48 {
-            Payload::from_slice(&buf)
-        } else {
-            Payload::from_vec(std::mem::take(&mut *buf))
-        }
-    })
-}
-
-/// Runs `f` on the encoding of `value`, made in a reused thread-local buffer
-/// (a fresh one if re-entered from inside an encode): no allocation once the
-/// buffer has grown to the values' size, up to [`SCRATCH_KEEP`].
-pub(crate) fn with_encoding<T: Wire, R>(value: &T, f: impl FnOnce(&[u8]) -> R) -> R {
-    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-        Ok(mut buf) => {
-            buf.clear();
-            value.encode(&mut buf);
-            let result = f(&buf);
-            if buf.capacity() > SCRATCH_KEEP {
-                // A one-off large value: do not hold its memory per thread.
-                *buf = Vec::new();
-            }
-            result
-        }
-        Err(_) => f(&encode_to_vec(value)),
-    })
-}
-
-/// The most scratch memory a thread keeps between encodes.
-const SCRATCH_KEEP: usize = 64 << 10;
-
-/// Values that must outlive the tasks being encoded on this thread (the
-/// memory behind a [`crate::SharedArray`] passed by value).
-pub(crate) type KeepAlive = Vec<std::sync::Arc<dyn std::any::Any + Send + Sync>>;
-
-thread_local! {
-    static KEEP_ALIVE: std::cell::RefCell<KeepAlive> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Called while encoding: keep `value` alive until the task is answered.
-pub(crate) fn keep_alive(value: std::sync::Arc<dyn std::any::Any + Send + Sync>) {
-    KEEP_ALIVE.with(|k| k.borrow_mut().push(value));
-}
-
-/// Takes what encodes on this thread asked to keep alive since the last call.
-pub(crate) fn take_keep_alive() -> KeepAlive {
-    KEEP_ALIVE.with(|k| std::mem::take(&mut *k.borrow_mut()))
-}
-
-/// Encodes `value` into a fresh buffer.
-pub(crate) fn encode_to_vec<T: Wire>(value: &T) -> Vec<u8> {
-    let mut out = Vec::new();
-    value.encode(&mut out);
-    out
-}
-
 pub(crate) fn decode_error<T>(reason: impl Into<String>) -> Error {
     Error::Decode {
         type_name: std::any::type_name::<T>(),
@@ -283,12 +230,12 @@ fn decode_len<T>(input: &mut &[u8]) -> Result<usize> {
     usize::try_from(raw).map_err(|_| decode_error::<T>("length does not fit in usize"))
 }
 
-fn encode_len(len: usize, out: &mut Vec<u8>) {
+fn encode_len(len: usize, out: &mut Encoder) {
     out.extend_from_slice(&(len as u64).to_le_bytes());
 }
 
 /// Copies a slice of plain data as bytes.
-fn encode_pod_slice<P: Pod>(items: &[P], out: &mut Vec<u8>) {
+fn encode_pod_slice<P: Pod>(items: &[P], out: &mut Encoder) {
     out.extend_from_slice(bytemuck::cast_slice(items));
 }
 
@@ -323,7 +270,7 @@ macro_rules! wire_for_numbers {
     ($($t:ty),*) => {$(
         impl Wire for $t {
             #[inline]
-            fn encode(&self, out: &mut Vec<u8>) {
+            fn encode(&self, out: &mut Encoder) {
                 out.extend_from_slice(&self.to_le_bytes());
             }
             #[inline]
@@ -331,7 +278,7 @@ macro_rules! wire_for_numbers {
                 let bytes = take::<Self>(input, std::mem::size_of::<Self>())?;
                 Ok(<$t>::from_le_bytes(bytes.try_into().expect("exact size")))
             }
-            fn encode_slice(items: &[Self], out: &mut Vec<u8>) {
+            fn encode_slice(items: &[Self], out: &mut Encoder) {
                 encode_pod_slice(items, out);
             }
             fn decode_extend(input: &mut &[u8], n: usize, out: &mut Vec<Self>) -> Result<()> {
@@ -344,7 +291,7 @@ macro_rules! wire_for_numbers {
 wire_for_numbers!(u8, u16, u32, u64, u128, i8, i16, i32, i64, i128, f32, f64);
 
 impl Wire for usize {
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut Encoder) {
         (*self as u64).encode(out);
     }
     fn decode(input: &mut &[u8]) -> Result<Self> {
@@ -353,7 +300,7 @@ impl Wire for usize {
 }
 
 impl Wire for isize {
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut Encoder) {
         (*self as i64).encode(out);
     }
     fn decode(input: &mut &[u8]) -> Result<Self> {
@@ -362,7 +309,7 @@ impl Wire for isize {
 }
 
 impl Wire for bool {
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut Encoder) {
         out.push(u8::from(*self));
     }
     fn decode(input: &mut &[u8]) -> Result<Self> {
@@ -375,7 +322,7 @@ impl Wire for bool {
 }
 
 impl Wire for char {
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut Encoder) {
         u32::from(*self).encode(out);
     }
     fn decode(input: &mut &[u8]) -> Result<Self> {
@@ -385,14 +332,14 @@ impl Wire for char {
 }
 
 impl Wire for () {
-    fn encode(&self, _: &mut Vec<u8>) {}
+    fn encode(&self, _: &mut Encoder) {}
     fn decode(_: &mut &[u8]) -> Result<Self> {
         Ok(())
     }
 }
 
 impl Wire for String {
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut Encoder) {
         encode_len(self.len(), out);
         out.extend_from_slice(self.as_bytes());
     }
@@ -404,7 +351,7 @@ impl Wire for String {
 }
 
 impl<T: Wire> Wire for Vec<T> {
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut Encoder) {
         encode_len(self.len(), out);
         T::encode_slice(self, out);
     }
@@ -417,7 +364,7 @@ impl<T: Wire> Wire for Vec<T> {
 }
 
 impl<T: Wire> Wire for Option<T> {
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut Encoder) {
         match self {
             None => out.push(0),
             Some(v) => {
@@ -436,7 +383,7 @@ impl<T: Wire> Wire for Option<T> {
 }
 
 impl<T: Wire, E: Wire> Wire for std::result::Result<T, E> {
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut Encoder) {
         match self {
             Ok(v) => {
                 out.push(0);
@@ -458,7 +405,7 @@ impl<T: Wire, E: Wire> Wire for std::result::Result<T, E> {
 }
 
 impl<T: Wire, const N: usize> Wire for [T; N] {
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut Encoder) {
         T::encode_slice(self, out);
     }
     fn decode(input: &mut &[u8]) -> Result<Self> {
@@ -474,7 +421,7 @@ macro_rules! wire_for_tuples {
     ($(($($name:ident),+)),*) => {$(
         impl<$($name: Wire),+> Wire for ($($name,)+) {
             #[allow(non_snake_case)]
-            fn encode(&self, out: &mut Vec<u8>) {
+            fn encode(&self, out: &mut Encoder) {
                 let ($($name,)+) = self;
                 $($name.encode(out);)+
             }
@@ -500,13 +447,14 @@ wire_for_tuples!(
 /// copy. The zero-serialization path for your own `#[repr(C)]` structs.
 ///
 /// ```
-/// use corepool::{Plain, Wire};
+/// use corepool::{Encoder, Plain, Wire};
 /// #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 /// #[repr(C)]
 /// struct Point { x: f32, y: f32 }
 ///
-/// let mut bytes = Vec::new();
-/// vec![Plain(Point { x: 1.0, y: 2.0 })].encode(&mut bytes);
+/// let mut out = Encoder::new();
+/// vec![Plain(Point { x: 1.0, y: 2.0 })].encode(&mut out);
+/// let bytes = out.finish().unwrap();
 /// let back = Vec::<Plain<Point>>::decode(&mut bytes.as_slice()).unwrap();
 /// assert_eq!(back[0].0.y, 2.0);
 /// ```
@@ -518,14 +466,14 @@ pub struct Plain<T>(pub T);
 unsafe impl<T> TransparentWrapper<T> for Plain<T> {}
 
 impl<T: Pod + Send> Wire for Plain<T> {
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut Encoder) {
         out.extend_from_slice(bytemuck::bytes_of(&self.0));
     }
     fn decode(input: &mut &[u8]) -> Result<Self> {
         let bytes = take::<Self>(input, std::mem::size_of::<T>())?;
         Ok(Plain(bytemuck::pod_read_unaligned(bytes)))
     }
-    fn encode_slice(items: &[Self], out: &mut Vec<u8>) {
+    fn encode_slice(items: &[Self], out: &mut Encoder) {
         encode_pod_slice(Plain::peel_slice(items), out);
     }
     fn decode_extend(input: &mut &[u8], n: usize, out: &mut Vec<Self>) -> Result<()> {
@@ -539,12 +487,7 @@ unsafe impl<T: Pod> bytemuck::Zeroable for Plain<T> {}
 // and valid bit patterns, no padding; `Copy` and `'static` come with `T: Pod`.
 unsafe impl<T: Pod> Pod for Plain<T> {}
 
-/// The length word of a [`Serde`] value whose serialization failed.
-#[cfg(feature = "serde")]
-const SERIALIZE_FAILED: u64 = u64::MAX;
-
-/// Lets postcard append to a `Vec` it does not own, so that a failure leaves
-/// the bytes before it intact.
+/// Lets postcard append to a `Vec` it does not own.
 #[cfg(feature = "serde")]
 struct Append<'a>(&'a mut Vec<u8>);
 
@@ -560,11 +503,12 @@ impl Extend<u8> for Append<'_> {
 /// Needs the `serde` feature (on by default).
 ///
 /// ```
-/// use corepool::{Serde, Wire};
+/// use corepool::{Encoder, Serde, Wire};
 /// use std::collections::BTreeMap;
 /// let map: BTreeMap<String, u32> = [("a".to_string(), 1)].into();
-/// let mut bytes = Vec::new();
-/// Serde(map.clone()).encode(&mut bytes);
+/// let mut out = Encoder::new();
+/// Serde(map.clone()).encode(&mut out);
+/// let bytes = out.finish().unwrap();
 /// assert_eq!(Serde::<BTreeMap<String, u32>>::decode(&mut bytes.as_slice()).unwrap().0, map);
 /// ```
 #[cfg(feature = "serde")]
@@ -576,30 +520,32 @@ impl<T> Wire for Serde<T>
 where
     T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
 {
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut Encoder) {
         // Length-prefixed so that values can follow each other.
         let at = out.len();
         encode_len(0, out);
         let body = out.len();
-        let len = match postcard::to_extend(&self.0, Append(out)) {
-            Ok(_) => (out.len() - body) as u64,
-            // A `Serialize` impl may fail (a custom error; a sequence whose
-            // length is unknown up front, which postcard needs). `encode`
-            // cannot return an error, so write a marker that `decode` turns
-            // into a typed one, keeping whatever `out` held before.
-            Err(_) => {
-                out.truncate(body);
-                SERIALIZE_FAILED
+        match postcard::to_extend(&self.0, Append(out)) {
+            Ok(_) => {
+                let len = (out.len() - body) as u64;
+                out[at..at + 8].copy_from_slice(&len.to_le_bytes());
             }
-        };
-        out[at..at + 8].copy_from_slice(&len.to_le_bytes());
+            // A `Serialize` impl may fail (a custom error; a sequence whose
+            // length is unknown up front, which postcard needs): the sender
+            // returns the serializer's message and sends nothing.
+            Err(e) => {
+                out.truncate(at);
+                let hint = match e {
+                    postcard::Error::SerdeSerCustom => {
+                        " (the type's `Serialize` impl returned an error; postcard does not keep its message)"
+                    }
+                    _ => "",
+                };
+                out.fail::<Self>(format!("serializing with postcard failed: {e}{hint}"));
+            }
+        }
     }
     fn decode(input: &mut &[u8]) -> Result<Self> {
-        if input.get(..8) == Some(&SERIALIZE_FAILED.to_le_bytes()[..]) {
-            return Err(decode_error::<Self>(
-                "the sender's `Serialize` impl failed (postcard needs every sequence's length up front)",
-            ));
-        }
         let len = decode_len::<Self>(input)?;
         let body = take::<Self>(input, len)?;
         postcard::from_bytes(body)
@@ -644,8 +590,7 @@ mod tests {
 
     #[test]
     fn hostile_lengths_are_errors() {
-        let mut bytes = Vec::new();
-        u64::MAX.encode(&mut bytes);
+        let bytes = encode_to_vec(&u64::MAX);
         assert!(decode_exact::<Vec<u64>>(&bytes).is_err());
         assert!(decode_exact::<Vec<String>>(&bytes).is_err());
         assert!(decode_exact::<String>(&bytes).is_err());
@@ -656,8 +601,7 @@ mod tests {
 
     #[test]
     fn forged_counts_of_zero_sized_values_are_errors() {
-        let mut bytes = Vec::new();
-        u64::MAX.encode(&mut bytes);
+        let bytes = encode_to_vec(&u64::MAX);
         // Without the cap this loops for ever: no byte is consumed per value.
         assert!(decode_exact::<Vec<()>>(&bytes).is_err());
         let mut out = Vec::new();
@@ -666,6 +610,44 @@ mod tests {
         assert!(out.is_empty(), "refused before decoding");
         decode_vec_into::<u64>(&encode_to_vec(&vec![1u64, 2, 3]), 3, &mut out).unwrap();
         assert_eq!(out, [1, 2, 3]);
+    }
+
+    /// A value far larger in memory (64 KiB) than its smallest encoding
+    /// (`None`: one byte).
+    type Huge = Option<[u64; 8192]>;
+
+    /// An encoded `Vec<T>` claiming `n` values, followed by `body`.
+    fn forged_vec(n: u64, body: &[u8]) -> Vec<u8> {
+        let mut bytes = n.to_le_bytes().to_vec();
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    #[test]
+    fn forged_counts_of_large_values_are_errors_not_huge_allocations() {
+        // 2^20 claimed, 500 KB present: once a 32 GB reservation, an abort.
+        let bytes = forged_vec(1 << 20, &vec![0; 500_000]);
+        let err = decode_exact::<Vec<Huge>>(&bytes).unwrap_err();
+        assert!(err.to_string().contains("memory"), "{err}");
+        let mut out = Vec::new();
+        assert!(decode_vec_into::<Huge>(&bytes, 1 << 20, &mut out).is_err());
+        // As many as are there, each one byte on the wire, 64 KiB in memory:
+        // the budget is per decode, nested sequences included.
+        let bytes = forged_vec(500_000, &vec![0; 500_000]);
+        assert!(decode_exact::<Vec<Huge>>(&bytes).is_err());
+        let mut nested = forged_vec(100, &[]);
+        for _ in 0..100 {
+            nested.extend_from_slice(&forged_vec(200, &[0; 200]));
+        }
+        assert!(decode_exact::<Vec<Vec<Huge>>>(&nested).is_err());
+        // Outside an entry point, a sequence is held to the rule on its own.
+        assert!(Vec::<Huge>::decode(&mut forged_vec(1 << 20, &[0; 1000]).as_slice()).is_err());
+        // Honest values of the same type still decode.
+        let few: Vec<Huge> = vec![None; 100];
+        assert_eq!(
+            decode_exact::<Vec<Huge>>(&encode_to_vec(&few)).unwrap(),
+            few
+        );
     }
 
     /// Serializes as a sequence of unknown length, which postcard refuses.
@@ -688,15 +670,25 @@ mod tests {
     }
 
     #[test]
-    fn a_failing_serialize_is_a_decode_error_and_keeps_what_came_before() {
-        let mut bytes = Vec::new();
-        7u32.encode(&mut bytes);
-        Serde(Unsized).encode(&mut bytes); // used to panic here
-        Serde(5u8).encode(&mut bytes);
-        let mut input = bytes.as_slice();
-        assert_eq!(u32::decode(&mut input).unwrap(), 7);
-        let err = Serde::<Unsized>::decode(&mut input).unwrap_err();
-        assert!(err.to_string().contains("Serialize"), "{err}");
+    fn a_failing_serialize_is_an_encode_error_with_the_serializers_message() {
+        let mut out = Encoder::new();
+        7u32.encode(&mut out);
+        Serde(Unsized).encode(&mut out); // used to panic, then to write a marker
+        Serde(5u8).encode(&mut out);
+        let err = out.finish().unwrap_err();
+        assert!(
+            matches!(&err, Error::Encode { type_name, .. } if type_name.contains("Unsized")),
+            "{err:?}"
+        );
+        // postcard's own message, not a guess about a type mismatch.
+        assert!(err.to_string().contains("postcard"), "{err}");
+        assert!(encode_payload(&Serde(Unsized)).is_err());
+        assert!(with_encoding(&Serde(Unsized), |_, _| Ok(())).is_err());
+        // The thread's reused encoder is clean again.
+        assert_eq!(
+            decode_exact::<u8>(&encode_payload(&9u8).unwrap().0).unwrap(),
+            9
+        );
     }
 
     #[test]
@@ -716,8 +708,21 @@ mod tests {
         // Miri runs each case about 1000x slower: fewer cases there.
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(if cfg!(miri) { 16 } else { 256 }))]
         #[test]
+        fn forged_counts_never_allocate_beyond_the_budget(
+            n in 0u64..=u64::MAX,
+            body in proptest::collection::vec(0u8..=1, 0..256),
+        ) {
+            // A count claiming anything over bytes of `None`s and `Some`s.
+            let bytes = forged_vec(n, &body);
+            let _ = decode_exact::<Vec<Huge>>(&bytes);
+            let _ = decode_exact::<Vec<Option<Vec<Huge>>>>(&bytes);
+        }
+
+        #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(0u8..=255, 0..64)) {
             let _ = decode_exact::<Vec<String>>(&bytes);
+            let _ = decode_exact::<Vec<Huge>>(&bytes);
+            let _ = decode_exact::<Vec<Vec<Option<[u8; 4096]>>>>(&bytes);
             let _ = decode_exact::<(u8, Option<Vec<u64>>, char)>(&bytes);
             let _ = decode_exact::<Serde<Vec<(String, i32)>>>(&bytes);
         }

@@ -7,7 +7,7 @@
 //! distance of its *trampoline* from [`anchor`], a fixed function of this crate;
 //! the worker adds that distance to its own `anchor`.
 //!
-//! A trampoline is a monomorphised `fn(&[u8], &mut Vec<u8>)` that decodes the
+//! A trampoline is a monomorphised `fn(&[u8], &mut Encoder)` that decodes the
 //! arguments, calls the user's function and encodes the result. The user's
 //! function must be a zero-sized type — a `fn` item or a closure that captures
 //! nothing — so that the trampoline can conjure it in the worker. That is
@@ -16,7 +16,7 @@
 //! cannot see it).
 
 use crate::error::{Error, Result};
-use crate::wire::{decode_exact, Wire};
+use crate::wire::{decode_exact, Encoder, Wire};
 
 /// Record kinds of the task and result rings (`ring::KIND_PAD` is 0).
 pub(crate) mod kind {
@@ -46,14 +46,16 @@ pub(crate) mod failure {
     pub(crate) const RESULT_TOO_LARGE: u32 = 2;
     /// Any other error the trampoline returned; the payload is its message.
     pub(crate) const TASK_ERROR: u32 = 3;
+    /// The result could not be encoded; the payload is the encoder's message.
+    pub(crate) const ENCODE: u32 = 4;
 }
 
 /// The signature every trampoline has.
-pub(crate) type Trampoline = fn(&[u8], &mut Vec<u8>) -> Result<()>;
+pub(crate) type Trampoline = fn(&[u8], &mut Encoder) -> Result<()>;
 
 /// The fixed point function offsets are measured from.
 #[inline(never)]
-pub(crate) fn anchor(input: &[u8], _out: &mut Vec<u8>) -> Result<()> {
+pub(crate) fn anchor(input: &[u8], _out: &mut Encoder) -> Result<()> {
     // A body of its own, so that the linker cannot fold it into another function.
     std::hint::black_box(input.len() ^ 0xC0DE_9001);
     Ok(())
@@ -122,7 +124,7 @@ fn conjure<F: Copy + 'static>() -> F {
 }
 
 /// Calls `F` on one decoded argument.
-pub(crate) fn call_one<F, A, R>(input: &[u8], out: &mut Vec<u8>) -> Result<()>
+pub(crate) fn call_one<F, A, R>(input: &[u8], out: &mut Encoder) -> Result<()>
 where
     F: Fn(A) -> R + Copy + Send + Sync + 'static,
     A: Wire,
@@ -135,7 +137,7 @@ where
 }
 
 /// Calls `F` on every argument of a chunk, in order.
-pub(crate) fn call_chunk<F, A, R>(input: &[u8], out: &mut Vec<u8>) -> Result<()>
+pub(crate) fn call_chunk<F, A, R>(input: &[u8], out: &mut Encoder) -> Result<()>
 where
     F: Fn(A) -> R + Copy + Send + Sync + 'static,
     A: Wire,
@@ -149,7 +151,7 @@ where
 }
 
 /// Calls `F` with each tuple of a chunk spread into its arguments.
-pub(crate) fn call_star_chunk<F, T, R>(input: &[u8], out: &mut Vec<u8>) -> Result<()>
+pub(crate) fn call_star_chunk<F, T, R>(input: &[u8], out: &mut Encoder) -> Result<()>
 where
     F: StarFn<T, R>,
     T: Wire,
@@ -163,7 +165,7 @@ where
 }
 
 /// Runs a worker initializer.
-pub(crate) fn call_init<F>(_: &[u8], _: &mut Vec<u8>) -> Result<()>
+pub(crate) fn call_init<F>(_: &[u8], _: &mut Encoder) -> Result<()>
 where
     F: Fn() + Copy + Send + Sync + 'static,
 {
@@ -172,7 +174,7 @@ where
 }
 
 /// Runs a worker initializer with its argument (Python's `initargs`).
-pub(crate) fn call_init_with<F, A>(input: &[u8], _: &mut Vec<u8>) -> Result<()>
+pub(crate) fn call_init_with<F, A>(input: &[u8], _: &mut Encoder) -> Result<()>
 where
     F: Fn(A) + Copy + Send + Sync + 'static,
     A: Wire,
@@ -240,7 +242,7 @@ mod tests {
         let t = via(square);
         // SAFETY: offset taken in this very process.
         let back = unsafe { from_offset(offset_of(t)) };
-        let mut out = Vec::new();
+        let mut out = Encoder::new();
         back(&encode_to_vec(&7u64), &mut out).unwrap();
         assert_eq!(decode_exact::<u64>(&out).unwrap(), 49);
     }
@@ -251,7 +253,7 @@ mod tests {
             call_chunk::<F, u32, u32>
         }
         let t = via(|x| x + 1);
-        let mut out = Vec::new();
+        let mut out = Encoder::new();
         t(&encode_to_vec(&vec![1u32, 2, 3]), &mut out).unwrap();
         assert_eq!(decode_exact::<Vec<u32>>(&out).unwrap(), vec![2, 3, 4]);
 

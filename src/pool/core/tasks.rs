@@ -335,6 +335,10 @@ fn decode_result(
                     type_name: "task arguments",
                     reason: message,
                 })),
+                failure::ENCODE => Ok(Outcome::Err(Error::Encode {
+                    type_name: "task result",
+                    reason: message,
+                })),
                 _ => Err("unknown failure code in a result"),
             }
         }

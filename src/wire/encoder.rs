@@ -1,0 +1,300 @@
+//! [`Encoder`]: where a value's encoding goes, together with everything the
+//! encoding needs from its sender (shared objects to keep alive, pipe ends
+//! handed over, a failure), so that whoever sends the bytes takes those from
+//! the same place and none is left behind in a thread-local.
+
+use crate::error::{Error, Result};
+use crate::wire::{Payload, Wire};
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+
+/// Objects an encoding refers to and that must outlive it in flight (the
+/// memory behind a [`crate::SharedArray`] passed by value).
+pub(crate) type KeepAlive = Vec<Arc<dyn Any + Send + Sync>>;
+
+/// Something an encoding hands over to whichever process decodes it (one end
+/// of a [`crate::Pipe`]): the sender learns the receiver's pid when it starts
+/// it, and records it at once.
+pub(crate) trait Handover: Send + Sync {
+    /// The encoding was delivered to process `pid`.
+    fn delivered_to(&self, pid: i32);
+}
+
+/// What an encoded value carries besides its bytes: taken from the
+/// [`Encoder`] by whoever sends the bytes, and held as long as they are in
+/// flight.
+#[derive(Default)]
+pub(crate) struct Carried {
+    /// Objects the bytes refer to.
+    pub(crate) keep: KeepAlive,
+    /// Ends handed over to the receiver.
+    pub(crate) handovers: Vec<Box<dyn Handover>>,
+}
+
+impl fmt::Debug for Carried {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Carried")
+            .field("keep", &self.keep.len())
+            .field("handovers", &self.handovers.len())
+            .finish()
+    }
+}
+
+/// The output of [`Wire::encode`]: the encoded bytes, plus what the encoding
+/// needs from its sender.
+///
+/// It dereferences to the `Vec<u8>` of bytes, so an implementation appends
+/// with `out.push(..)` and `out.extend_from_slice(..)` and encodes its fields
+/// with `field.encode(out)`. A value that cannot be encoded says so with
+/// [`fail`](Self::fail) instead of panicking: the call that was sending it
+/// ([`crate::Queue::put`], a task submission, ...) then returns
+/// [`Error::Encode`] and sends nothing. Encoding shared objects
+/// ([`crate::SharedArray`], [`crate::Queue`], a [`crate::PipeEnd`], ...)
+/// also records, in the encoder, what must stay alive while the bytes are in
+/// flight; corepool's senders take that from the encoder with the bytes.
+///
+/// A hand-written `Wire` impl:
+///
+/// ```
+/// use corepool::{Encoder, Error, Wire};
+///
+/// /// A temperature in hundredths of a degree, at least absolute zero.
+/// #[derive(Debug, PartialEq)]
+/// struct Celsius(i32);
+///
+/// impl Wire for Celsius {
+///     fn encode(&self, out: &mut Encoder) {
+///         if self.0 < -27315 {
+///             // The sender's `put` or `apply` returns `Error::Encode`.
+///             out.fail::<Self>(format!("{} is below absolute zero", self.0));
+///             return;
+///         }
+///         self.0.encode(out); // or: out.extend_from_slice(&self.0.to_le_bytes())
+///     }
+///
+///     fn decode(input: &mut &[u8]) -> corepool::Result<Self> {
+///         i32::decode(input).map(Celsius)
+///     }
+/// }
+///
+/// let mut out = Encoder::new();
+/// Celsius(2150).encode(&mut out);
+/// let bytes = out.finish().unwrap();
+/// assert_eq!(Celsius::decode(&mut bytes.as_slice()).unwrap(), Celsius(2150));
+///
+/// let mut out = Encoder::new();
+/// Celsius(-30000).encode(&mut out);
+/// assert!(matches!(out.finish(), Err(Error::Encode { .. })));
+/// ```
+#[derive(Default)]
+pub struct Encoder {
+    bytes: Vec<u8>,
+    carried: Carried,
+    failure: Option<Error>,
+}
+
+impl fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Encoder")
+            .field("bytes", &self.bytes.len())
+            .field("carried", &self.carried)
+            .field("failure", &self.failure)
+            .finish()
+    }
+}
+
+impl std::ops::Deref for Encoder {
+    type Target = Vec<u8>;
+
+    fn deref(&self) -> &Vec<u8> {
+        &self.bytes
+    }
+}
+
+impl std::ops::DerefMut for Encoder {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.bytes
+    }
+}
+
+impl Encoder {
+    /// An empty encoder (allocates nothing until something is written).
+    pub const fn new() -> Self {
+        Self {
+            bytes: Vec::new(),
+            carried: Carried {
+                keep: Vec::new(),
+                handovers: Vec::new(),
+            },
+            failure: None,
+        }
+    }
+
+    /// Records that the value being encoded, of type `T`, cannot be encoded,
+    /// and why. The first failure is the one reported; the bytes written so
+    /// far are worthless once an encoding failed, and are never sent.
+    pub fn fail<T: ?Sized>(&mut self, reason: impl Into<String>) {
+        if self.failure.is_none() {
+            self.failure = Some(Error::Encode {
+                type_name: std::any::type_name::<T>(),
+                reason: reason.into(),
+            });
+        }
+    }
+
+    /// The failure recorded by [`fail`](Self::fail), if any.
+    pub fn failure(&self) -> Option<&Error> {
+        self.failure.as_ref()
+    }
+
+    /// The encoded bytes, or the failure recorded while encoding.
+    ///
+    /// Encoding a shared object (a [`crate::SharedArray`], ...) by hand this
+    /// way keeps nothing alive: the receiver can open it only while the
+    /// sender still holds it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Encode`] if a value could not be encoded.
+    pub fn finish(self) -> Result<Vec<u8>> {
+        match self.failure {
+            Some(e) => Err(e),
+            None => Ok(self.bytes),
+        }
+    }
+
+    /// An encoder writing after the bytes already in `bytes` (a recycled
+    /// buffer, or a prefix).
+    pub(crate) fn from_vec(bytes: Vec<u8>) -> Self {
+        Self {
+            bytes,
+            ..Self::new()
+        }
+    }
+
+    /// Called while encoding: keep `value` alive as long as the encoding is
+    /// in flight.
+    pub(crate) fn keep_alive(&mut self, value: Arc<dyn Any + Send + Sync>) {
+        self.carried.keep.push(value);
+    }
+
+    /// Called while encoding: `handover` goes to whichever process decodes
+    /// these bytes.
+    pub(crate) fn hand_over(&mut self, handover: Box<dyn Handover>) {
+        self.carried.handovers.push(handover);
+    }
+
+    /// `Err` with the recorded failure, if any (taking it, so that the
+    /// encoder can be reused).
+    pub(crate) fn check(&mut self) -> Result<()> {
+        match self.failure.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes what the encoding carries besides its bytes.
+    pub(crate) fn take_carried(&mut self) -> Carried {
+        std::mem::take(&mut self.carried)
+    }
+
+    /// Takes the bytes, leaving the encoder without a buffer.
+    pub(crate) fn take_bytes(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.bytes)
+    }
+
+    /// Empties it for the next value, keeping the bytes' capacity.
+    pub(crate) fn reset(&mut self) {
+        self.bytes.clear();
+        self.carried = Carried::default();
+        self.failure = None;
+    }
+}
+
+thread_local! {
+    /// A reused encoder per thread: a small value costs no allocation.
+    static SCRATCH: std::cell::RefCell<Encoder> = const { std::cell::RefCell::new(Encoder::new()) };
+}
+
+/// The most scratch memory a thread keeps between encodes.
+const SCRATCH_KEEP: usize = 64 << 10;
+
+/// Runs `f` on an empty encoder: this thread's reused one, or a fresh one if
+/// re-entered from inside an encode (a `Wire` impl that submits tasks).
+fn with_scratch<R>(f: impl FnOnce(&mut Encoder) -> R) -> R {
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut enc) => {
+            enc.reset();
+            let result = f(&mut enc);
+            if enc.capacity() > SCRATCH_KEEP {
+                // A one-off large value: do not hold its memory per thread.
+                *enc = Encoder::new();
+            } else {
+                // Nothing the value referred to outlives the call here.
+                enc.reset();
+            }
+            result
+        }
+        Err(_) => f(&mut Encoder::new()),
+    })
+}
+
+/// Encodes `value` into a [`Payload`] (through a reused scratch buffer, so a
+/// small value costs no allocation and a large one exactly one), with what
+/// the encoding carries.
+///
+/// # Errors
+///
+/// [`Error::Encode`] if the value could not be encoded.
+pub(crate) fn encode_payload<T: Wire>(value: &T) -> Result<(Payload, Carried)> {
+    with_scratch(|enc| {
+        value.encode(enc);
+        enc.check()?;
+        let payload = if enc.len() <= Payload::INLINE {
+            Payload::from_slice(enc)
+        } else {
+            Payload::from_vec(enc.take_bytes())
+        };
+        Ok((payload, enc.take_carried()))
+    })
+}
+
+/// Runs `f` on the encoding of `value` and what it carries, made in a reused
+/// thread-local buffer: no allocation once the buffer has grown to the
+/// values' size, up to [`SCRATCH_KEEP`]. `f` is not called if the value
+/// could not be encoded.
+///
+/// # Errors
+///
+/// [`Error::Encode`] if the value could not be encoded; `f`'s errors.
+pub(crate) fn with_encoding<T: Wire, R>(
+    value: &T,
+    f: impl FnOnce(&[u8], Carried) -> Result<R>,
+) -> Result<R> {
+    with_scratch(|enc| {
+        value.encode(enc);
+        enc.check()?;
+        let carried = enc.take_carried();
+        f(enc, carried)
+    })
+}
+
+/// Encodes `value` into a fresh buffer, with what it carries.
+///
+/// # Errors
+///
+/// [`Error::Encode`] if the value could not be encoded.
+pub(crate) fn encode_carried<T: Wire>(value: &T) -> Result<(Vec<u8>, Carried)> {
+    let mut enc = Encoder::new();
+    value.encode(&mut enc);
+    enc.check()?;
+    let carried = enc.take_carried();
+    Ok((enc.bytes, carried))
+}
+
+/// The bytes of `value` (tests only: what it carries is dropped).
+#[cfg(test)]
+pub(crate) fn encode_to_vec<T: Wire>(value: &T) -> Vec<u8> {
+    encode_carried(value).expect("encodes").0
+}

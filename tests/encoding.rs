@@ -1,0 +1,199 @@
+//! Encoding across processes: what a value's encoding carries (shared objects
+//! to keep alive, pipe ends handed over) travels with it, and a value that
+//! cannot be encoded is refused by the call that would send it, which stores
+//! and sends nothing. Runs with its own `main`.
+
+mod common;
+
+use corepool::{Error, Pipe, Pool, Process, Queue, Serde, SharedArray};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A reading whose `Serialize` fails when there is none: it asks for a
+/// sequence of unknown length, which postcard refuses.
+#[derive(Debug, PartialEq)]
+struct Reading(Option<u32>);
+
+/// postcard's own message for that.
+const BROKEN: &str = "The length of a sequence must be known";
+
+impl Serialize for Reading {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        match self.0 {
+            Some(v) => v.serialize(s),
+            None => s.serialize_seq(None)?.end(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Reading {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        u32::deserialize(d).map(|v| Reading(Some(v)))
+    }
+}
+
+fn good(v: u32) -> Serde<Reading> {
+    Serde(Reading(Some(v)))
+}
+
+fn bad() -> Serde<Reading> {
+    Serde(Reading(None))
+}
+
+/// `err` is the encoder's refusal, with the serializer's own message.
+fn assert_encode_error<T: std::fmt::Debug>(result: corepool::Result<T>) {
+    match result {
+        Err(e @ Error::Encode { .. }) => {
+            assert!(e.to_string().contains(BROKEN), "{e}");
+        }
+        other => panic!("expected Error::Encode, got {other:?}"),
+    }
+}
+
+fn a_queue_refuses_a_value_that_cannot_be_encoded_and_stores_nothing() {
+    let q = Queue::<Serde<Reading>>::new(1).unwrap();
+    assert_encode_error(q.put(&bad()));
+    assert_encode_error(q.try_put(&bad()));
+    assert_encode_error(q.put_timeout(&bad(), std::time::Duration::from_millis(1)));
+    assert!(q.is_empty(), "no poison stored");
+    // Capacity 1: a stored failure marker would make this report full.
+    assert!(q.try_put(&good(5)).unwrap());
+    assert_eq!(q.get().unwrap().0, Reading(Some(5)));
+}
+
+fn a_pipe_refuses_a_value_that_cannot_be_encoded_and_sends_nothing() {
+    let (a, b) = Pipe::duplex::<Serde<Reading>>().unwrap();
+    assert_encode_error(a.send(&bad()));
+    assert!(b.try_recv().unwrap().is_none(), "nothing sent");
+    a.send(&good(7)).unwrap();
+    assert_eq!(b.recv().unwrap().0, Reading(Some(7)));
+}
+
+fn reading_of(r: Serde<Reading>) -> u32 {
+    r.0 .0.unwrap_or(0)
+}
+
+fn measure(x: u32) -> Serde<Reading> {
+    Serde(Reading((x > 0).then_some(x)))
+}
+
+fn a_pool_refuses_arguments_that_cannot_be_encoded() {
+    let pool = Pool::new(1).unwrap();
+    assert_encode_error(pool.apply_async(reading_of, bad()));
+    assert_encode_error(pool.apply(reading_of, bad()));
+    assert_encode_error(pool.map(reading_of, [good(1), bad(), good(2)], Some(1)));
+    assert_encode_error(pool.map_async(reading_of, [good(1), bad()], Some(1)));
+    let mut lazy = pool.imap(reading_of, [bad()], 1);
+    assert_encode_error(lazy.next().unwrap());
+    assert_eq!(
+        pool.apply(reading_of, good(3)).unwrap(),
+        3,
+        "the pool goes on"
+    );
+}
+
+fn a_result_that_cannot_be_encoded_reaches_the_caller_with_the_message() {
+    let pool = Pool::new(1).unwrap();
+    let worker = pool.pids();
+    assert_encode_error(pool.apply(measure, 0));
+    assert_encode_error(pool.map(measure, [1, 0, 2], Some(3)));
+    assert_eq!(pool.apply(measure, 4).unwrap().0, Reading(Some(4)));
+    assert_eq!(pool.pids(), worker, "the worker survived");
+}
+
+fn a_process_refuses_an_argument_and_reports_a_result_that_cannot_be_encoded() {
+    let before = common::children().len();
+    assert_encode_error(Process::start(reading_of, bad()));
+    assert_eq!(common::children().len(), before, "nothing started");
+    assert_encode_error(Process::start(measure, 0).unwrap().join());
+    assert_eq!(
+        Process::start(measure, 8).unwrap().join().unwrap().0,
+        Reading(Some(8))
+    );
+}
+
+fn remember(_: Serde<Reading>) {}
+
+fn an_initializer_argument_that_cannot_be_encoded_fails_the_build() {
+    let built = Pool::builder()
+        .workers(1)
+        .initializer_with(remember, bad())
+        .build();
+    assert_encode_error(built);
+}
+
+fn sum_from_queue(q: Queue<SharedArray<u64>>) -> u64 {
+    q.get().unwrap().to_vec().iter().sum()
+}
+
+/// What a put keeps alive travels with the queue, not in a per-thread list
+/// that the next pool submission on the thread took (and freed with its
+/// answer).
+fn a_shared_array_put_outlives_a_pool_submission_on_the_same_thread() {
+    let pool = Pool::new(1).unwrap();
+    let q = Queue::<SharedArray<u64>>::new(4).unwrap();
+    let a = SharedArray::from_slice(&[1u64, 2, 3]).unwrap();
+    q.put(&a).unwrap();
+    drop(a); // the queue's copy is the only one left
+    assert_eq!(pool.apply(|x: u64| x + 1, 1).unwrap(), 2);
+    let reader = Process::start(sum_from_queue, q.clone()).unwrap();
+    assert_eq!(reader.join().unwrap(), 6);
+}
+
+/// A value far larger in memory (64 KiB) than its smallest encoding.
+type Huge = Option<[u64; 8192]>;
+
+/// A task result that writes its own record: a count of 2^20 `Huge` values
+/// over 500 KB of `None`s.
+#[derive(Debug)]
+struct Forged(#[allow(dead_code)] Vec<Huge>);
+
+impl corepool::Wire for Forged {
+    fn encode(&self, out: &mut corepool::Encoder) {
+        out.extend_from_slice(&(1u64 << 20).to_le_bytes());
+        let end = out.len() + 500_000;
+        out.resize(end, 0);
+    }
+
+    fn decode(input: &mut &[u8]) -> corepool::Result<Self> {
+        Vec::<Huge>::decode(input).map(Forged)
+    }
+}
+
+fn forge(_: ()) -> Forged {
+    Forged(Vec::new())
+}
+
+/// Once a 32 GB reservation in the parent, and an abort.
+fn a_forged_element_count_is_a_decode_error_not_an_allocation() {
+    let pool = Pool::new(1).unwrap();
+    let err = pool.apply(forge, ()).unwrap_err();
+    assert!(
+        matches!(&err, Error::Decode { reason, .. } if reason.contains("memory")),
+        "{err:?}"
+    );
+    let err = Process::builder()
+        .max_result_bytes(1 << 20)
+        .start(forge, ())
+        .unwrap()
+        .join()
+        .unwrap_err();
+    assert!(matches!(err, Error::Decode { .. }), "{err:?}");
+}
+
+fn main() {
+    corepool::init();
+    // The process thread's eventfd lives for the program: create it before
+    // the harness takes its descriptor baseline.
+    Process::start(|x: u64| x, 0).unwrap().join().unwrap();
+    common::run(common::tests![
+        a_queue_refuses_a_value_that_cannot_be_encoded_and_stores_nothing,
+        a_pipe_refuses_a_value_that_cannot_be_encoded_and_sends_nothing,
+        a_pool_refuses_arguments_that_cannot_be_encoded,
+        a_result_that_cannot_be_encoded_reaches_the_caller_with_the_message,
+        a_process_refuses_an_argument_and_reports_a_result_that_cannot_be_encoded,
+        an_initializer_argument_that_cannot_be_encoded_fails_the_build,
+        a_shared_array_put_outlives_a_pool_submission_on_the_same_thread,
+        a_forged_element_count_is_a_decode_error_not_an_allocation,
+    ]);
+}
