@@ -37,29 +37,26 @@
 // `corepool::init()`: workers re-execute the doctest binary.
 #![allow(clippy::needless_doctest_main)]
 #![cfg(target_os = "linux")]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    unsafe_op_in_unsafe_fn,
-    unreachable_pub
-)]
+#![warn(missing_debug_implementations, unsafe_op_in_unsafe_fn, unreachable_pub)]
+#![deny(missing_docs)]
 
-// Layers, bottom up; every module imports only from the ones above it in
+// Layers, bottom up: every module imports only from the ones before it in
 // this list (docs/design.md draws them).
-mod child; // starting and identifying child processes
-pub mod daemon;
-mod entry;
+mod sys; // the only module that makes system calls
+mod sync; // mutexes that survive a panicking holder
 mod error;
-pub mod info;
-mod pipe;
-mod pool; // the process pool: facade, driver, supervisor, worker
+pub mod info; // the machine: CPUs, the allowed set, pinning
+mod wire; // how values and functions cross processes
+mod shm; // shared-memory building blocks: segment, ring, parking, queue, handles
+mod child; // starting, supervising and identifying child processes
+mod pool; // the process pool: facade, driver, state machine, worker
 mod process; // Python's Process
 mod queue;
+mod pipe;
 mod shared_array;
-mod shm; // shared-memory building blocks: segment, ring, parking, handles
-mod sys; // the only module that makes system calls
 mod value;
-mod wire; // how values and functions cross processes // `init`: the first stop of every child
+pub mod daemon;
+mod entry; // `init`: the first stop of every child
 
 /// `#[derive(Wire)]`: the derive macro shares the trait's name, as serde's do.
 #[cfg(feature = "derive")]
@@ -100,12 +97,6 @@ pub use wire::{Encoder, Plain, Wire};
 /// ```
 pub use bytemuck;
 pub use entry::init;
-
-/// Locks a mutex, recovering from poisoning (a panicking callback must not
-/// wedge the pool).
-pub(crate) fn pool_lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 #[doc(hidden)]
 pub mod __private {

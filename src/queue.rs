@@ -166,7 +166,7 @@ impl<T> Queue<T> {
         if carried.keep.is_empty() {
             return;
         }
-        let mut kept = crate::pool_lock(&self.kept);
+        let mut kept = crate::sync::lock(&self.kept);
         for object in carried.keep {
             if !kept.iter().any(|k| Arc::ptr_eq(k, &object)) {
                 kept.push(object);

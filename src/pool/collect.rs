@@ -4,10 +4,10 @@
 
 use super::driver::Shared;
 use super::handle::{guarded_decode, Cell};
-use super::lock;
 use super::sink::{Completion, Outcome};
 use crate::error::{Error, Result};
 use crate::shm::park::Spinner;
+use crate::sync::lock;
 use crate::wire::{decode_exact, Wire};
 use std::sync::{Arc, Condvar, Mutex};
 

@@ -9,12 +9,12 @@
 
 use super::core::{Actions, Core, Phase, Task};
 use super::layout::{self, Slot};
-use super::lock;
 use super::sink::Sink;
 use super::supervisor::{Command_, Event, Supervisor};
 use crate::error::{Error, Result};
 use crate::shm::park::{self, Spinner};
 use crate::shm::Segment;
+use crate::sync::lock;
 use crate::wire::Payload;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};

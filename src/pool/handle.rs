@@ -2,11 +2,11 @@
 //! [`AsyncResult`] a caller waits on, blocking or as a [`Future`].
 
 use super::driver::Shared;
-use super::lock;
 use super::sink::{Completion, Outcome};
 use super::Callbacks;
 use crate::error::{Error, Result};
 use crate::shm::park::Spinner;
+use crate::sync::lock;
 use crate::wire::{decode_exact, Wire};
 use std::fmt;
 use std::future::Future;

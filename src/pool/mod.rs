@@ -50,11 +50,3 @@ pub use facade::Pool;
 pub use handle::AsyncResult;
 pub use imap::{Imap, ImapUnordered};
 pub use stats::PoolStats;
-
-use std::sync::{Mutex, MutexGuard};
-
-/// Locks one of the pool's mutexes, recovering from poisoning.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panicking callback must not make every later result unreachable.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}

@@ -25,18 +25,18 @@ pub(super) struct Exit {
 
 impl Exit {
     fn record(&self, cause: ExitCause) {
-        *crate::pool_lock(&self.cause) = Some(cause);
+        *crate::sync::lock(&self.cause) = Some(cause);
         self.reaped.notify_all();
     }
 
     /// How it ended; `None` while it runs.
     pub(super) fn cause(&self) -> Option<ExitCause> {
-        crate::pool_lock(&self.cause).clone()
+        crate::sync::lock(&self.cause).clone()
     }
 
     /// Waits until it has ended; returns how.
     pub(super) fn join(&self) -> ExitCause {
-        let mut cause = crate::pool_lock(&self.cause);
+        let mut cause = crate::sync::lock(&self.cause);
         loop {
             if let Some(cause) = cause.as_ref() {
                 return cause.clone();
@@ -48,7 +48,7 @@ impl Exit {
     /// Waits until it has ended, or until `deadline` if there is one;
     /// returns how it ended, `None` once the deadline passed first.
     pub(super) fn wait(&self, deadline: Option<Instant>) -> Option<ExitCause> {
-        let mut cause = crate::pool_lock(&self.cause);
+        let mut cause = crate::sync::lock(&self.cause);
         loop {
             if let Some(cause) = cause.as_ref() {
                 return Some(cause.clone());

@@ -105,7 +105,7 @@ fn open(
     ino: u64,
     bytes: usize,
 ) -> std::result::Result<Arc<SharedSegment>, String> {
-    let cached = crate::pool_lock(&OPENED)
+    let cached = crate::sync::lock(&OPENED)
         .iter()
         .find(|m| m.id.dev == dev && m.id.ino == ino)
         .cloned();
@@ -114,7 +114,7 @@ fn open(
     }
     let fresh = Arc::new(open_uncached(owner, fd, dev, ino, bytes)?);
     let closed = closed_by_their_owners();
-    let mut opened = crate::pool_lock(&OPENED);
+    let mut opened = crate::sync::lock(&OPENED);
     // Another thread may have mapped the same memory meanwhile: keep one.
     if let Some(m) = opened.iter().find(|m| m.id.dev == dev && m.id.ino == ino) {
         return fits(m.clone(), bytes);
@@ -145,7 +145,7 @@ fn fits(m: Arc<SharedSegment>, bytes: usize) -> std::result::Result<Arc<SharedSe
 /// descriptor, so that their memory can be freed. Looks at `/proc` without
 /// the cache lock.
 fn closed_by_their_owners() -> Vec<(u64, u64)> {
-    let entries: Vec<(i32, i32, u64, u64)> = crate::pool_lock(&OPENED)
+    let entries: Vec<(i32, i32, u64, u64)> = crate::sync::lock(&OPENED)
         .iter()
         .map(|m| (m.owner, m.fd, m.id.dev, m.id.ino))
         .collect();

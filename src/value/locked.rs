@@ -335,12 +335,16 @@ impl<T: Pod> Value<T> {
                         // over, its tag forgotten first so that ours
                         // replaces it.
                         self.owner().forget(tag);
-                        // Acquire: the dead holder never released, but its
-                        // CAS continued the release sequence of the `unlock`
-                        // before it, so this pairs with that Release store in
-                        // `unlock`.
+                        // AcqRel. Acquire: the dead holder never released,
+                        // but its CAS continued the release sequence of the
+                        // `unlock` before it, so this pairs with that Release
+                        // store in `unlock`. Release: orders `forget` above
+                        // before our pid, so a checker that reads our pid
+                        // (Acquire) never pairs it with the dead holder's tag
+                        // and takes the lock from us (as the queue's repair
+                        // CAS, shm/mpmc/slot.rs).
                         if lock
-                            .compare_exchange(holder, me, Ordering::Acquire, Ordering::Relaxed)
+                            .compare_exchange(holder, me, Ordering::AcqRel, Ordering::Relaxed)
                             .is_ok()
                         {
                             self.owner().record_mine();

@@ -181,7 +181,7 @@ static RECYCLED: std::sync::Mutex<(Vec<Vec<u8>>, usize)> = std::sync::Mutex::new
 /// pool has one large enough (its pages are already faulted in).
 pub(crate) fn take_buffer(capacity: usize) -> Vec<u8> {
     if capacity >= RECYCLE_MIN {
-        let mut pool = crate::pool_lock(&RECYCLED);
+        let mut pool = crate::sync::lock(&RECYCLED);
         if let Some(i) = pool.0.iter().position(|b| b.capacity() >= capacity) {
             let buf = pool.0.swap_remove(i);
             pool.1 -= buf.capacity();
@@ -199,7 +199,7 @@ fn recycle_buffer(mut buf: Vec<u8>) {
         return;
     }
     buf.clear();
-    let mut pool = crate::pool_lock(&RECYCLED);
+    let mut pool = crate::sync::lock(&RECYCLED);
     if pool.1 + capacity <= RECYCLE_KEEP {
         pool.1 += capacity;
         pool.0.push(buf);
@@ -697,7 +697,7 @@ mod tests {
         for _ in 0..300 {
             drop(Payload::from_vec(Vec::with_capacity(RECYCLE_MIN)));
         }
-        assert!(crate::pool_lock(&RECYCLED).1 <= RECYCLE_KEEP);
+        assert!(crate::sync::lock(&RECYCLED).1 <= RECYCLE_KEEP);
         let buf = take_buffer(RECYCLE_MIN);
         assert!(buf.capacity() >= RECYCLE_MIN && buf.is_empty());
         // Small payloads live inline and never reach the pool.
