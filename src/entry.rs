@@ -78,3 +78,16 @@ pub(crate) fn keep_linked() {
 pub fn init() {
     keep_linked();
 }
+
+#[cfg(test)]
+mod tests {
+    /// The library's own unit-test binary, under the standard harness: its
+    /// workers are recognised before libtest's `main`.
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri starts no processes")]
+    fn a_pool_works_in_the_librarys_own_unit_tests() {
+        let pool = crate::Pool::new(1).unwrap();
+        assert_eq!(pool.apply(|x: u64| x * 3, 14).unwrap(), 42);
+        crate::init(); // still harmless, in a parent
+    }
+}
