@@ -11,9 +11,12 @@
 //!
 //! Life before `main`: the C runtime and the standard library's own
 //! constructors (which record the arguments) have run; the Rust runtime's
-//! `main` set-up has not (the main thread has no name, stack overflow is a
-//! plain `SIGSEGV`). A child needs none of that. It flushes its standard
-//! streams itself and leaves with `_exit`, never returning to the C runtime.
+//! `main` set-up has not. A child does the parts of it that matter for
+//! itself (standard descriptors open, `SIGPIPE` ignored); the rest it goes
+//! without (the main thread has no name; a stack overflow is a plain
+//! `SIGSEGV`, without the runtime's one-line message). It flushes its
+//! standard streams itself and leaves with `_exit`, never returning to the C
+//! runtime.
 
 use crate::sys;
 use std::io::Write;
@@ -37,6 +40,12 @@ static ENTRY: extern "C" fn() = enter_before_main;
 /// Runs before `main` in every program linking corepool: in a child, serves
 /// and exits; elsewhere returns at once (two environment lookups).
 extern "C" fn enter_before_main() {
+    let is_child = std::env::var_os(crate::pool::worker::WORKER_ENV).is_some()
+        || std::env::var_os(crate::process::PROCESS_ENV).is_some();
+    if !is_child {
+        return;
+    }
+    sys::settle_like_the_rust_runtime();
     // No panic may unwind into the C runtime (that aborts): a panic here is a
     // start failure with the worker's start-failure status.
     let served = std::panic::catch_unwind(|| {

@@ -691,3 +691,34 @@ pub(crate) fn main_program_segments() -> Vec<ImageSegment> {
 pub(crate) fn main_program_segments() -> Vec<ImageSegment> {
     Vec::new()
 }
+
+// ---------------------------------------------------------------------------
+// Added for the child entry (src/entry.rs): children are recognised before
+// `main`, so before the Rust runtime's own set-up; these are the parts of it
+// a child needs.
+// ---------------------------------------------------------------------------
+
+/// What the Rust runtime does before `main` and a child, entered earlier,
+/// does for itself: descriptors 0, 1 and 2 are open (on `/dev/null` if they
+/// were closed, so that no descriptor the child opens later becomes its
+/// stdout), and `SIGPIPE` is ignored (a write to a closed pipe is an
+/// `EPIPE` error, not death).
+pub(crate) fn settle_like_the_rust_runtime() {
+    for fd in 0..3 {
+        // SAFETY: only asks whether the number is an open descriptor.
+        let probe = unsafe { BorrowedFd::borrow_raw(fd) };
+        if rustix::io::fcntl_getfd(probe) == Err(Errno::BADF) {
+            // The lowest free number: `fd` itself. Leaked on purpose: it
+            // stays open as that standard stream for the life of the process.
+            if let Ok(null) =
+                rustix::fs::open(c"/dev/null", rustix::fs::OFlags::RDWR, Mode::empty())
+            {
+                std::mem::forget(null);
+            }
+        }
+    }
+    // Raw libc: rustix keeps signal dispositions in its unstable `runtime`
+    // module.
+    // SAFETY: sets a disposition to SIG_IGN; no handler runs.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
