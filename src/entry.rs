@@ -1,29 +1,102 @@
-//! The entry of every child: [`init`] decides, before the user's `main` goes
-//! on, whether this process is a pool worker or a `Process` child, and if so
-//! serves and exits.
+//! The entry of every child: an ELF constructor that runs before `main` (and
+//! before the test harness, in a test binary) decides whether this process
+//! is a pool worker or a `Process` child, and if so serves and exits without
+//! ever returning into the program.
+//!
+//! Children are this executable re-executed. Recognising them before `main`
+//! means that no `main` can run in a child: not the program's, not libtest's
+//! (which would run the whole test suite again in every worker), not a doc
+//! test's or a benchmark's. [`init`] is kept, as a no-op, for programs that
+//! still call it.
+//!
+//! Life before `main`: the C runtime and the standard library's own
+//! constructors (which record the arguments) have run; the Rust runtime's
+//! `main` set-up has not. A child does the parts of it that matter for
+//! itself (standard descriptors open, `SIGPIPE` ignored); the rest it goes
+//! without (the main thread has no name; a stack overflow is a plain
+//! `SIGSEGV`, without the runtime's one-line message). It flushes its
+//! standard streams itself and leaves with `_exit`, never returning to the C
+//! runtime.
 
 use crate::sys;
 use std::io::Write;
 
-/// Makes this process a corepool worker if it was started as one; otherwise
-/// returns at once and does nothing.
+/// The constructor, as an entry in `.init_array`: the C runtime calls every
+/// such entry after loading the program and before `main`. It sits in plain
+/// `.init_array`, which runs after the prioritised `.init_array.NNNNN`
+/// entries, among them the standard library's, so `std::env` already works.
 ///
-/// Call it as the **first statement of `main`** in every binary that builds a
-/// pool (programs, examples, integration tests with `harness = false`). A pool
-/// starts its workers by re-executing the current binary; in those processes
-/// `init` serves tasks and exits, and never returns into your `main`.
-///
-/// ```
-/// fn main() {
-///     corepool::init();
-///     // ... build pools and submit work ...
-/// }
-/// ```
-pub fn init() {
-    let code = crate::process::child::enter().or_else(crate::pool::worker::enter);
-    if let Some(code) = code {
+/// The linker keeps a `#[used]` static only if it keeps the object file that
+/// holds it, and it drops object files of the corepool rlib that nothing
+/// references: [`keep_linked`], called wherever a child is started, is that
+/// reference.
+#[used]
+// SAFETY: `.init_array` holds pointers to functions taking no arguments (or
+// glibc's `(argc, argv, envp)`, which a C-ABI function ignores) and
+// returning nothing: exactly this static's type.
+#[unsafe(link_section = ".init_array")]
+static ENTRY: extern "C" fn() = enter_before_main;
+
+/// Runs before `main` in every program linking corepool: in a child, serves
+/// and exits; elsewhere returns at once (two environment lookups).
+extern "C" fn enter_before_main() {
+    let is_child = std::env::var_os(crate::pool::worker::WORKER_ENV).is_some()
+        || std::env::var_os(crate::process::PROCESS_ENV).is_some();
+    if !is_child {
+        return;
+    }
+    sys::settle_like_the_rust_runtime();
+    // No panic may unwind into the C runtime (that aborts): a panic here is a
+    // start failure with the worker's start-failure status.
+    let served = std::panic::catch_unwind(|| {
+        crate::process::child::enter().or_else(crate::pool::worker::enter)
+    })
+    .unwrap_or(Some(crate::pool::worker::EXIT_START_FAILED));
+    if let Some(code) = served {
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
         sys::exit_now(code);
+    }
+}
+
+/// Makes the linker keep [`ENTRY`]: called by everything that starts a
+/// child, so that a program that can start one always recognises its
+/// children. (The one reference from a lower layer up to this module.)
+#[inline]
+pub(crate) fn keep_linked() {
+    std::hint::black_box(&ENTRY);
+}
+
+/// Does nothing; kept so that programs written for earlier versions still
+/// compile. Calling it is harmless, anywhere, any number of times.
+///
+/// Workers and `Process` children are recognised before `main` runs (by a
+/// constructor that corepool links into every program that builds a pool or
+/// starts a process), so no `main` ever runs in a child: not the program's,
+/// not the test harness's. Pools work as they are in programs, examples,
+/// integration tests, unit tests, doc tests and benchmarks, with the
+/// standard test harness.
+///
+/// ```
+/// corepool::init(); // still fine, and no longer needed
+/// let pool = corepool::Pool::new(2)?;
+/// assert_eq!(pool.apply(|x: u64| x + 1, 1)?, 2);
+/// # Ok::<(), corepool::Error>(())
+/// ```
+#[inline]
+pub fn init() {
+    keep_linked();
+}
+
+#[cfg(test)]
+mod tests {
+    /// The library's own unit-test binary, under the standard harness: its
+    /// workers are recognised before libtest's `main`.
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri starts no processes")]
+    fn a_pool_works_in_the_librarys_own_unit_tests() {
+        let pool = crate::Pool::new(1).unwrap();
+        assert_eq!(pool.apply(|x: u64| x * 3, 14).unwrap(), 42);
+        crate::init(); // still harmless, in a parent
     }
 }

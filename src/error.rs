@@ -125,7 +125,7 @@ pub enum Error {
     #[error("this process is a corepool worker but `corepool::init()` was not the first statement of `main`: add it there")]
     NotInitialized,
     /// The worker binary is not the parent's.
-    #[error("the worker's binary differs from the parent's (fingerprint {parent:#x} vs {worker:#x}); was the executable replaced while running? Restart the program")]
+    #[error("the worker runs a different build than the parent (build fingerprint {parent:#x} in the parent, {worker:#x} in the worker): the executable was rebuilt or replaced in place since the parent started; restart the program")]
     BinaryMismatch {
         /// The parent's fingerprint.
         parent: u64,

@@ -12,29 +12,31 @@
 //!     (0..n).fold(0, |x, _| std::hint::black_box(x + 1))
 //! }
 //!
-//! fn main() -> Result<(), corepool::Error> {
-//!     corepool::init(); // first statement of main: workers start here
-//!     let pool = Pool::builder().build()?; // one pinned worker per CPU
-//!     let counts = pool.map(count, vec![1_000u64; 8], None)?;
-//!     assert!(counts.iter().all(|&c| c == 1_000));
-//!     Ok(())
-//! }
+//! let pool = Pool::builder().build()?; // one pinned worker per CPU
+//! let counts = pool.map(count, vec![1_000u64; 8], None)?;
+//! assert!(counts.iter().all(|&c| c == 1_000));
+//! # Ok::<(), corepool::Error>(())
 //! ```
+//!
+//! That is the whole set-up, in a program, a test (with the standard
+//! harness), a doc test or a benchmark: nothing to call first in `main`.
 //!
 //! ## How it works
 //!
 //! A pool creates one sealed `memfd` segment holding, per worker, a task ring
 //! and a result ring (`docs/protocol.md` in the repository describes every
 //! word of it). Workers are this same executable re-executed
-//! (`/proc/self/exe`), recognised by [`init`], pinned before exec, and handed
-//! the segment as an inherited descriptor: nothing is ever left in
-//! `/dev/shm`. Tasks name their function by its offset in the binary, so they
+//! (`/proc/self/exe`), pinned before exec, and handed the segment as an
+//! inherited descriptor: nothing is ever left in `/dev/shm`. A worker is
+//! recognised before `main` runs, by a constructor corepool links into every
+//! program that builds a pool or starts a process, so no `main` (yours, or
+//! the test harness's) ever runs in a worker; [`init`] is a no-op kept for
+//! older code. Tasks name their function by its offset in the binary, so they
 //! must be `fn` items or closures that capture nothing.
 //!
 //! Linux only.
 
-// Doc examples that build a pool need their own `main` starting with
-// `corepool::init()`: workers re-execute the doctest binary.
+// Some doc examples show a whole program, `main` included.
 #![allow(clippy::needless_doctest_main)]
 #![cfg(target_os = "linux")]
 #![warn(missing_debug_implementations, unsafe_op_in_unsafe_fn, unreachable_pub)]
@@ -56,7 +58,7 @@ mod pipe;
 mod shared_array;
 mod value;
 pub mod daemon;
-mod entry; // `init`: the first stop of every child
+mod entry; // the first stop of every child, before main
 
 /// `#[derive(Wire)]`: the derive macro shares the trait's name, as serde's do.
 #[cfg(feature = "derive")]

@@ -609,3 +609,116 @@ pub(crate) fn stop_self() {
         let _ = rustix::process::kill_process(me, Signal::STOP);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Added for the build fingerprint (src/child/fingerprint.rs): the loaded
+// image of the main program, as the dynamic loader mapped it.
+// ---------------------------------------------------------------------------
+
+/// One segment of the main program's loaded image.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ImageSegment {
+    /// `p_type`: `PT_NOTE`, `PT_LOAD`, ...
+    pub kind: u32,
+    /// `p_flags`: `PF_X` for executable code.
+    pub flags: u32,
+    /// Its bytes as mapped (the file's part, `p_filesz`): the main program
+    /// is never unloaded, so they live as long as the process.
+    pub bytes: &'static [u8],
+}
+
+/// `PT_NOTE`: a segment of ELF notes (the GNU build-id is one).
+pub(crate) const PT_NOTE: u32 = libc::PT_NOTE;
+/// `PT_LOAD`: a segment mapped from the file.
+pub(crate) const PT_LOAD: u32 = libc::PT_LOAD;
+/// `PF_X`: the segment holds executable code.
+pub(crate) const PF_X: u32 = libc::PF_X;
+
+/// The segments of the main program (not of its shared libraries), from the
+/// loader's own program headers: what is running, whatever happened to the
+/// file since. Empty if the loader reports nothing.
+#[cfg(not(miri))]
+pub(crate) fn main_program_segments() -> Vec<ImageSegment> {
+    use std::ffi::{c_int, c_void};
+
+    unsafe extern "C" fn first_object(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut c_void,
+    ) -> c_int {
+        // SAFETY: `data` is the `Vec` passed below, borrowed for the call;
+        // `info` points to the loader's description of one loaded object,
+        // valid during the callback. Its program headers describe segments
+        // the loader mapped at `dlpi_addr + p_vaddr`, at least `p_filesz`
+        // bytes each; the first object reported is the main program, which
+        // stays mapped for the life of the process.
+        unsafe {
+            let out = &mut *data.cast::<Vec<ImageSegment>>();
+            let info = &*info;
+            for i in 0..usize::from(info.dlpi_phnum) {
+                let header = &*info.dlpi_phdr.add(i);
+                let start = (info.dlpi_addr as usize).wrapping_add(header.p_vaddr as usize);
+                let len = header.p_filesz as usize;
+                if start == 0 || len == 0 {
+                    continue;
+                }
+                out.push(ImageSegment {
+                    kind: header.p_type,
+                    flags: header.p_flags,
+                    bytes: std::slice::from_raw_parts(start as *const u8, len),
+                });
+            }
+        }
+        1 // stop: only the first object, the main program
+    }
+
+    let mut segments: Vec<ImageSegment> = Vec::new();
+    // Raw libc: `dl_iterate_phdr` is the C library's loader interface, not a
+    // system call; rustix has no wrapper.
+    // SAFETY: the callback only reads what the loader hands it and writes to
+    // `segments`, which outlives the call.
+    unsafe {
+        libc::dl_iterate_phdr(
+            Some(first_object),
+            (&mut segments as *mut Vec<ImageSegment>).cast::<c_void>(),
+        );
+    }
+    segments
+}
+
+/// Miri has no dynamic loader to ask.
+#[cfg(miri)]
+pub(crate) fn main_program_segments() -> Vec<ImageSegment> {
+    Vec::new()
+}
+
+// ---------------------------------------------------------------------------
+// Added for the child entry (src/entry.rs): children are recognised before
+// `main`, so before the Rust runtime's own set-up; these are the parts of it
+// a child needs.
+// ---------------------------------------------------------------------------
+
+/// What the Rust runtime does before `main` and a child, entered earlier,
+/// does for itself: descriptors 0, 1 and 2 are open (on `/dev/null` if they
+/// were closed, so that no descriptor the child opens later becomes its
+/// stdout), and `SIGPIPE` is ignored (a write to a closed pipe is an
+/// `EPIPE` error, not death).
+pub(crate) fn settle_like_the_rust_runtime() {
+    for fd in 0..3 {
+        // SAFETY: only asks whether the number is an open descriptor.
+        let probe = unsafe { BorrowedFd::borrow_raw(fd) };
+        if rustix::io::fcntl_getfd(probe) == Err(Errno::BADF) {
+            // The lowest free number: `fd` itself. Leaked on purpose: it
+            // stays open as that standard stream for the life of the process.
+            if let Ok(null) =
+                rustix::fs::open(c"/dev/null", rustix::fs::OFlags::RDWR, Mode::empty())
+            {
+                std::mem::forget(null);
+            }
+        }
+    }
+    // Raw libc: rustix keeps signal dispositions in its unstable `runtime`
+    // module.
+    // SAFETY: sets a disposition to SIG_IGN; no handler runs.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}

@@ -1,5 +1,7 @@
-//! Panic capture in a child: a task's panic message and location travel to
-//! the parent as the task's error instead of being printed by the child.
+//! Panic capture in a child: a task's panic message, location and, when
+//! `RUST_BACKTRACE` asks for one, backtrace travel to the parent as the
+//! task's error instead of being printed by the child; a message too long
+//! for the room it travels in is cut, and says so.
 
 use std::cell::RefCell;
 
@@ -7,20 +9,27 @@ thread_local! {
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
-/// Replaces the default panic hook: the hook keeps the message and location
-/// for [`take_panic_message`] instead of printing them.
+/// Replaces the default panic hook: the hook keeps the message, location
+/// and (if `RUST_BACKTRACE` is set and not `0`, as for the default hook) a
+/// backtrace for [`take_panic_message`] instead of printing them.
 pub(crate) fn install_panic_hook() {
-    std::panic::set_hook(Box::new(|info| {
+    // Read once: the child inherits the parent's environment at its start.
+    let with_backtrace = std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
+    std::panic::set_hook(Box::new(move |info| {
         let payload = info.payload();
         let message = payload
             .downcast_ref::<&str>()
             .map(|s| (*s).to_string())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "Box<dyn Any>".to_string());
-        let text = match info.location() {
+        let mut text = match info.location() {
             Some(loc) => format!("{message} (at {}:{})", loc.file(), loc.line()),
             None => message,
         };
+        if with_backtrace {
+            let backtrace = std::backtrace::Backtrace::force_capture();
+            text.push_str(&format!("\n\nchild process backtrace:\n{backtrace}"));
+        }
         LAST_PANIC.with(|p| *p.borrow_mut() = Some(text));
     }));
 }
@@ -30,4 +39,67 @@ pub(crate) fn take_panic_message() -> String {
     LAST_PANIC
         .with(|p| p.borrow_mut().take())
         .unwrap_or_else(|| "unknown panic".to_string())
+}
+
+/// Cuts `message` (UTF-8 text) to at most `room` bytes, on a character
+/// boundary; if anything was cut, the end says how much
+/// (`… [cut: N bytes more]`), so that nobody takes a cut message for the
+/// whole one.
+pub(crate) fn fit_message(message: &mut Vec<u8>, room: usize) {
+    let total = message.len();
+    if total <= room {
+        return;
+    }
+    // The marker for `total` is at least as long as the one written, which
+    // counts fewer bytes: reserve that much.
+    let longest_marker = cut_marker(total).len();
+    let mut keep = room.saturating_sub(longest_marker);
+    while keep > 0 && !is_char_start(message[keep]) {
+        keep -= 1;
+    }
+    message.truncate(keep);
+    if room >= longest_marker {
+        message.extend_from_slice(cut_marker(total - keep).as_bytes());
+    }
+}
+
+fn cut_marker(bytes_cut: usize) -> String {
+    format!("… [cut: {bytes_cut} bytes more]")
+}
+
+/// Whether `byte` starts a UTF-8 character (is not a continuation byte).
+fn is_char_start(byte: u8) -> bool {
+    byte & 0xC0 != 0x80
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_that_fits_is_left_alone() {
+        let mut m = b"short".to_vec();
+        fit_message(&mut m, 5);
+        assert_eq!(m, b"short");
+    }
+
+    #[test]
+    fn a_cut_message_says_how_much_was_cut_and_fits() {
+        let mut m = "x".repeat(1000).into_bytes();
+        fit_message(&mut m, 100);
+        let text = String::from_utf8(m).unwrap();
+        assert!(text.len() <= 100, "{}", text.len());
+        let kept = text.find('…').unwrap();
+        assert!(text.ends_with(&format!("… [cut: {} bytes more]", 1000 - kept)));
+    }
+
+    #[test]
+    fn cuts_fall_on_character_boundaries() {
+        for room in 0..80 {
+            let mut m = "é€😀".repeat(20).into_bytes();
+            fit_message(&mut m, room);
+            assert!(m.len() <= room);
+            assert!(String::from_utf8(m).is_ok(), "room {room}");
+        }
+    }
 }

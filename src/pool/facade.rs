@@ -117,6 +117,7 @@ impl Pool {
     }
 
     pub(super) fn start(config: Config) -> Result<Self> {
+        crate::entry::keep_linked(); // workers are recognised before main
         if crate::pool::worker::is_uninitialised_worker() {
             return Err(Error::NotInitialized);
         }

@@ -3,7 +3,7 @@
 
 use super::layout::{self, fail, state, Header, Slot};
 use crate::child::fingerprint::fingerprint;
-use crate::child::panic::{install_panic_hook, take_panic_message};
+use crate::child::panic::{fit_message, install_panic_hook, take_panic_message};
 use crate::error::Error;
 use crate::shm::park::{self, Spinner};
 use crate::shm::ring::{Claimed, Consumer, Producer, RecordHeader, RingError};
@@ -129,24 +129,33 @@ pub fn sabotage(how: Sabotage) -> bool {
     true
 }
 
+/// A start failure before the worker found its slot, so the parent cannot
+/// be told: say it on stderr (a stray variable is otherwise a silent 101).
+fn stray(why: &str) -> i32 {
+    eprintln!(
+        "corepool: {WORKER_ENV} is set but {why}; this process is not a pool worker (unset {WORKER_ENV}), exiting with status {EXIT_START_FAILED}"
+    );
+    EXIT_START_FAILED
+}
+
 fn serve(token: Token) -> i32 {
     // The parent may have died between fork and now, before PDEATHSIG was armed
     // for us to notice: then there is nobody to serve.
     if sys::getppid() != token.parent {
-        return EXIT_START_FAILED;
+        return stray("its parent is not the pool that started it");
     }
     // Keep the segment descriptor away from processes our tasks start.
     let _ = sys::set_cloexec(token.fd);
     // SAFETY: the parent passed this descriptor to us, for us alone.
     let seg = match unsafe { Segment::open_raw(token.fd) } {
         Ok(seg) => seg,
-        Err(_) => return EXIT_START_FAILED,
+        Err(_) => return stray("its descriptor is not a pool's shared memory"),
     };
     let Ok((header, layout)) = layout::read_header(&seg) else {
-        return EXIT_START_FAILED;
+        return stray("its shared memory holds no pool");
     };
     let Some(slot) = Slot::new(&seg, &layout, token.index) else {
-        return EXIT_START_FAILED;
+        return stray("its slot is not in the pool");
     };
     slot.pid().store(std::process::id(), Ordering::Relaxed);
     #[cfg(feature = "fault-injection")]
@@ -183,7 +192,10 @@ fn serve(token: Token) -> i32 {
                 id: u64::MAX,
                 ..Default::default()
             };
-            let _ = results.write(rec, message.as_bytes());
+            let mut message = message.into_bytes();
+            // The parent reads at most 4096 bytes of it.
+            fit_message(&mut message, results.memory().max_payload().min(4096));
+            let _ = results.write(rec, &message);
             let _ = results.publish();
             return fail_start(fail::INITIALIZER_FAILED);
         }
@@ -382,7 +394,7 @@ impl<'a> Server<'a> {
                 };
                 out.clear();
                 out.extend_from_slice(message.as_bytes());
-                out.truncate(max);
+                fit_message(out, max);
                 (
                     RecordHeader {
                         kind: kind::FAILED,
@@ -396,7 +408,7 @@ impl<'a> Server<'a> {
             Err(_) => {
                 out.clear();
                 out.extend_from_slice(take_panic_message().as_bytes());
-                out.truncate(max);
+                fit_message(out, max);
                 (
                     RecordHeader {
                         kind: kind::PANICKED,

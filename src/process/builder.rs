@@ -152,6 +152,7 @@ impl ProcessBuilder {
         R: Wire,
     {
         let _ = f;
+        crate::entry::keep_linked(); // children are recognised before main
         if crate::pool::worker::is_uninitialised_worker() || std::env::var_os(PROCESS_ENV).is_some()
         {
             return Err(Error::NotInitialized);

@@ -4,7 +4,7 @@
 use super::segment::{self, status};
 use super::PROCESS_ENV;
 use crate::child::fingerprint::fingerprint;
-use crate::child::panic::{install_panic_hook, take_panic_message};
+use crate::child::panic::{fit_message, install_panic_hook, take_panic_message};
 use crate::shm::Segment;
 use crate::sys;
 use crate::wire::{task, Encoder};
@@ -24,29 +24,41 @@ pub(crate) fn enter() -> Option<i32> {
     Some(serve_child(token.to_str().unwrap_or("")))
 }
 
+/// A start failure before the child found its task, so the parent cannot
+/// be told why: say it on stderr rather than exit 101 in silence.
+fn stray(why: &str) -> i32 {
+    eprintln!(
+        "corepool: {PROCESS_ENV} is set but {why}; this process is not a corepool Process child (unset {PROCESS_ENV}), exiting with status 101"
+    );
+    101
+}
+
 /// In a `Process` child: run the function the parent named and exit.
 fn serve_child(token: &str) -> i32 {
     let mut parts = token.split(':');
     let (Some("v1"), Some(fd), Some(parent)) = (parts.next(), parts.next(), parts.next()) else {
-        return 101;
+        return stray("its value is malformed");
     };
     let (Ok(fd), Ok(parent)) = (fd.parse::<RawFd>(), parent.parse::<i32>()) else {
-        return 101;
+        return stray("its value is malformed");
     };
     if sys::getppid() != parent {
-        return 101; // the parent died before we could be told
+        // The parent died before we could be told, or never was.
+        return stray("its parent is not the one that started it");
     }
     let _ = sys::set_cloexec(fd);
     // SAFETY: the parent passed this descriptor to us alone.
     let Ok(seg) = (unsafe { Segment::open_raw(fd) }) else {
-        return 101;
+        return stray("its descriptor is not a process's shared memory");
     };
     let Some(header) = segment::read_header(&seg) else {
-        return 101;
+        return stray("its shared memory holds no task");
     };
     if header.fingerprint != fingerprint() {
         eprintln!(
-            "corepool: this process's binary differs from its parent's; not running the task"
+            "corepool: this process runs a different build than its parent (build fingerprint {:#x} in the parent, {:#x} here): the executable was rebuilt or replaced in place since the parent started; not running the task",
+            header.fingerprint,
+            fingerprint()
         );
         return 101;
     }
@@ -85,6 +97,9 @@ fn serve_child(token: &str) -> i32 {
             (status::PANICKED, 1)
         }
     };
+    if code != status::RETURNED {
+        fit_message(&mut out, header.result_cap as usize);
+    }
     segment::write_outcome(&seg, &header, code, &out, too_large_size);
     exit
 }
