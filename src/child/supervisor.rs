@@ -408,6 +408,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "Miri starts no processes")]
     fn a_look_at_a_running_child_kills_nothing_and_reaps_nothing() {
         let mut running = waiting_child();
         assert!(matches!(look(&mut running), Look::Running));
@@ -428,6 +429,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "Miri starts no processes")]
     fn a_child_reaped_behind_our_back_counts_as_gone() {
         let mut running = waiting_child();
         drop(running.child.stdin.take());
