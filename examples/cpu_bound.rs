@@ -62,8 +62,6 @@ fn run(n: u64) -> Result<(), corepool::Error> {
 }
 
 fn main() -> ExitCode {
-    corepool::init(); // first statement: workers re-execute this binary and start here
-
     let args: Vec<String> = std::env::args().collect();
     let program = args.first().map_or("cpu_bound", String::as_str);
     let n = match args.len() {

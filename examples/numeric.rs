@@ -143,8 +143,6 @@ fn run(len: usize) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    corepool::init(); // first statement: workers re-execute this binary and start here
-
     let args: Vec<String> = std::env::args().collect();
     let len = match args.get(1).map(|a| a.replace('_', "").parse::<usize>()) {
         None => DEFAULT_LEN,

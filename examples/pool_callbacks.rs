@@ -25,8 +25,6 @@ fn func(n: u64) -> String {
 }
 
 fn main() -> Result<(), corepool::Error> {
-    corepool::init(); // first statement: workers re-execute this binary and start here
-
     let pool = Pool::new(3)?;
     let mut handles = Vec::new();
     for n in 0..10u64 {

@@ -120,9 +120,10 @@ pub enum Error {
         /// Why, and what to do.
         reason: String,
     },
-    /// `corepool::init()` was not called first in `main`, so a worker process ran
-    /// the program's own `main` instead of serving tasks.
-    #[error("this process is a corepool worker but `corepool::init()` was not the first statement of `main`: add it there")]
+    /// A process started as a corepool worker ran the program's own code
+    /// instead of serving tasks: corepool's start-up hook (an `.init_array`
+    /// constructor, which needs no call from `main`) did not run in it.
+    #[error("this process was started as a corepool worker but is running the program instead of serving tasks: corepool's start-up hook did not run (was the binary linked without `.init_array` support?); please report it with how the program was built")]
     NotInitialized,
     /// The worker binary is not the parent's.
     #[error("the worker runs a different build than the parent (build fingerprint {parent:#x} in the parent, {worker:#x} in the worker): the executable was rebuilt or replaced in place since the parent started; restart the program")]

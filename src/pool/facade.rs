@@ -223,7 +223,7 @@ impl Pool {
                 return Err(Error::WorkerStart {
                     index: 0,
                     reason: format!(
-                        "the workers did not attach within {timeout:?}; is `corepool::init()` the first statement of `main`?"
+                        "the workers did not attach within {timeout:?}; their stderr may say why (an initializer that hangs? a machine out of processes or memory?)"
                     ),
                 });
             }

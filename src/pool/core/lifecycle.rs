@@ -126,7 +126,7 @@ impl Core {
             w.start_error = Some(Error::WorkerStart {
                 index,
                 reason: format!(
-                    "process {} did not attach within the start timeout of {limit:?} (does its initializer hang? is `corepool::init()` the first statement of `main`?)",
+                    "process {} did not attach within the start timeout of {limit:?} (does its initializer hang? its stderr may say why)",
                     w.pid
                 ),
             });
@@ -159,7 +159,7 @@ impl Core {
                 w.start_error = Some(Error::WorkerStart {
                     index,
                     reason: format!(
-                        "process {pid} {cause} before attaching; is `corepool::init()` the first statement of `main`?"
+                        "process {pid} {cause} before attaching; its stderr may say why"
                     ),
                 });
             }
