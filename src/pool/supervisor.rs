@@ -169,7 +169,7 @@ impl crate::pool::Pool {
     /// Test hook ([`crate::testing::fail_next_supervisor_polls`]): the next
     /// `n` `poll`s of this pool's supervisor thread fail.
     pub(crate) fn fail_next_supervisor_polls(&self, n: u32) {
-        if let Some(supervisor) = crate::pool::lock(&self.shared.supervisor).as_ref() {
+        if let Some(supervisor) = crate::sync::lock(&self.shared.supervisor).as_ref() {
             supervisor.fail_next_polls(n);
         }
     }
