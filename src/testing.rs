@@ -45,3 +45,11 @@ pub fn forged_value_handle(owner: i32, fd: i32, dev: u64, ino: u64) -> Vec<u8> {
     // Plain numbers: nothing to fail, nothing to keep alive.
     out.finish().unwrap_or_default()
 }
+
+/// Makes the next `n` `poll`s of `pool`'s supervisor thread fail, as the
+/// kernel would under a descriptor or memory shortage: the pool must kill
+/// nobody, keep serving, and count each failure in
+/// [`PoolStats::supervisor_errors`](crate::PoolStats::supervisor_errors).
+pub fn fail_next_supervisor_polls(pool: &crate::Pool, n: u32) {
+    pool.fail_next_supervisor_polls(n);
+}

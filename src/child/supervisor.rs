@@ -13,7 +13,8 @@
 //! A child counts as exited only on a definite answer from the kernel
 //! (`waitid` says so); nothing is killed on a guess. A failed `poll` makes
 //! it look at every child that way, then retry after a growing pause rather
-//! than spin.
+//! than spin, and it reports the failure ([`Event::WatchFailed`]) so that
+//! the owner can make it visible.
 
 use crate::child::spawn::{exit_cause, Reexec};
 use crate::error::{Error, ExitCause};
@@ -37,6 +38,11 @@ pub(crate) enum Event<K> {
     SpawnFailed { key: K, error: SpawnError },
     /// Process `pid` ended and was reaped.
     Exited { key: K, pid: i32, cause: ExitCause },
+    /// One round of watching the children failed (`poll`, or the `waitid`
+    /// that asks whether a child exited: EMFILE, ENOMEM, ...). Nobody was
+    /// killed or reaped for it; the supervisor looks again after a pause
+    /// that grows while failures repeat. Reported once per failed round.
+    WatchFailed { error: std::io::Error },
 }
 
 /// Why a child could not be started.
@@ -65,6 +71,9 @@ enum Command<K> {
     Spawn(Spawn<K>),
     /// Kill every child, reap them all, end the thread.
     Stop,
+    /// Test hook: make the next this many `poll`s fail.
+    #[cfg(feature = "fault-injection")]
+    FailPolls(u32),
 }
 
 /// The handle on a supervisor thread. Dropping it stops the thread, which
@@ -81,6 +90,8 @@ impl<K> std::fmt::Debug for Command<K> {
         f.write_str(match self {
             Command::Spawn(_) => "Spawn",
             Command::Stop => "Stop",
+            #[cfg(feature = "fault-injection")]
+            Command::FailPolls(_) => "FailPolls",
         })
     }
 }
@@ -131,6 +142,14 @@ impl<K> Supervisor<K> {
         sys::eventfd_signal(self.wake.as_fd());
     }
 
+    /// Test hook: the thread's next `n` `poll`s fail as if the kernel had
+    /// refused them (each is reported as [`Event::WatchFailed`]).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn fail_next_polls(&self, n: u32) {
+        let _ = self.tx.send(Command::FailPolls(n));
+        sys::eventfd_signal(self.wake.as_fd());
+    }
+
     /// Waits for the thread to end (after a stop was requested).
     pub(crate) fn join(&mut self) {
         if let Some(thread) = self.thread.take() {
@@ -160,8 +179,8 @@ struct Running<K> {
 enum Look {
     Running,
     Exited(ExitCause),
-    /// The kernel gave no answer; look again later.
-    NoAnswer,
+    /// The kernel gave no answer (this error); look again later.
+    NoAnswer(std::io::Error),
 }
 
 /// The pause after a failed `poll` (or a look that got no answer): short at
@@ -198,6 +217,8 @@ fn run<K: Clone>(
     let mut delayed: Vec<Spawn<K>> = Vec::new();
     let mut ready = Vec::new();
     let mut backoff = Backoff::new();
+    // Polls the test hook asked to fail (always 0 without `fault-injection`).
+    let mut polls_to_fail: u32 = 0;
     loop {
         // Start the children whose back-off has passed.
         let now = Instant::now();
@@ -213,16 +234,24 @@ fn run<K: Clone>(
 
         let mut fds: Vec<BorrowedFd<'_>> = vec![wake];
         fds.extend(children.iter().map(|c| c.pidfd.as_fd()));
-        let polled = sys::poll_readable(&fds, &mut ready, timeout);
+        let polled = if polls_to_fail > 0 {
+            polls_to_fail -= 1;
+            Err(std::io::Error::other(
+                "poll failed on purpose (a fault-injection test hook)",
+            ))
+        } else {
+            sys::poll_readable(&fds, &mut ready, timeout)
+        };
         drop(fds);
         // Which children to look at: those whose pidfd is readable, or, when
         // poll failed, all of them (a look is a definite answer either way,
         // so a live child is never taken for dead).
-        let to_look: Vec<bool> = match polled {
+        let to_look: Vec<bool> = match &polled {
             Ok(()) => ready.iter().skip(1).copied().collect(),
             Err(_) => vec![true; children.len()],
         };
-        let mut answered = polled.is_ok();
+        // The first failure of this round, reported once the round is over.
+        let mut failure = polled.as_ref().err().map(copy_error);
         let mut at = 0;
         let mut looks = to_look.into_iter();
         while at < children.len() {
@@ -232,8 +261,8 @@ fn run<K: Clone>(
             }
             match look(&mut children[at]) {
                 Look::Running => at += 1,
-                Look::NoAnswer => {
-                    answered = false;
+                Look::NoAnswer(error) => {
+                    failure.get_or_insert(error);
                     at += 1;
                 }
                 Look::Exited(cause) => {
@@ -248,10 +277,13 @@ fn run<K: Clone>(
                 }
             }
         }
-        if answered {
-            backoff.succeeded();
-        } else {
-            backoff.failed();
+        match failure {
+            None => backoff.succeeded(),
+            Some(error) => {
+                // Said before the pause, so the owner learns of it at once.
+                report(Event::WatchFailed { error });
+                backoff.failed();
+            }
         }
 
         // Drain before reading commands: a command sent after the drain
@@ -269,8 +301,19 @@ fn run<K: Clone>(
                     stop_all(children, report);
                     return;
                 }
+                #[cfg(feature = "fault-injection")]
+                Command::FailPolls(n) => polls_to_fail = n,
             }
         }
+    }
+}
+
+/// A copy of `error` for the report (an `io::Error` is not `Clone`): the
+/// OS error number when there is one, else the kind and the message.
+fn copy_error(error: &std::io::Error) -> std::io::Error {
+    match error.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => std::io::Error::new(error.kind(), error.to_string()),
     }
 }
 
@@ -338,16 +381,18 @@ fn look<K>(running: &mut Running<K>) -> Look {
         Err(e) if e.raw_os_error() == Some(crate::sys::ECHILD) => {
             return Look::Exited(ExitCause::Signal(crate::sys::SIGKILL));
         }
-        Err(_) => return Look::NoAnswer,
+        Err(e) => return Look::NoAnswer(e),
     }
     // waitpid on this pid only; it has exited, so this does not block.
     match running.child.try_wait() {
         Ok(Some(status)) => Look::Exited(exit_cause(status)),
-        Ok(None) => Look::NoAnswer,
+        Ok(None) => Look::NoAnswer(std::io::Error::other(
+            "waitpid found no exit for a child waitid said had exited",
+        )),
         Err(e) if e.raw_os_error() == Some(crate::sys::ECHILD) => {
             Look::Exited(ExitCause::Signal(crate::sys::SIGKILL))
         }
-        Err(_) => Look::NoAnswer,
+        Err(e) => Look::NoAnswer(e),
     }
 }
 

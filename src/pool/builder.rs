@@ -324,8 +324,10 @@ impl PoolBuilder {
     /// How long `build` waits for the workers to attach, and how long any
     /// worker, a replacement too, may take to attach (its initializer
     /// included) before it is killed: a start that overruns counts as a
-    /// failed start, so the slot is tried again with back-off and given up
-    /// after three in a row. No task is given to a worker before it has
+    /// failed start, so the slot is tried again with back-off, and after
+    /// three in a row rests before each further try (see
+    /// [`PoolStats::start_failures`](crate::PoolStats::start_failures)).
+    /// No task is given to a worker before it has
     /// attached. Default 30 s.
     ///
     /// ```

@@ -14,11 +14,27 @@ use std::time::Duration;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PoolStats {
-    /// Workers started to replace one that exited (died, retired, timed out).
+    /// Workers started to replace one that exited (died, retired, timed
+    /// out), or to try again a slot whose last start failed.
     pub respawns: u64,
     /// Time from the parent seeing a worker's death to its replacement being
     /// ready, for the last (up to 1024) replacements, oldest first.
     pub replacements: Vec<Duration>,
+    /// Worker starts that failed: the process could not be started (EMFILE,
+    /// EAGAIN, ...), or it failed or died before it attached. A slot whose
+    /// starts fail is tried again after 10 ms, doubling; after three in a
+    /// row it rests (2 s, doubling to a minute) before each further try, so
+    /// the pool comes back to full strength once the cause is gone. While
+    /// every slot rests, tasks fail with the start error.
+    pub start_failures: u64,
+    /// Times the supervisor thread could not watch the workers (a `poll` or
+    /// `waitid` that failed: EMFILE, ENOMEM, ...). Such a failure kills
+    /// nobody and loses nothing: the supervisor looks again after a pause
+    /// (1 ms, doubling to 100 ms while failures repeat), so a worker's death
+    /// may be noticed that much later.
+    pub supervisor_errors: u64,
+    /// What the last of [`supervisor_errors`](Self::supervisor_errors) was.
+    pub last_supervisor_error: Option<String>,
 }
 
 impl PoolStats {

@@ -11,14 +11,21 @@ use crate::child::spawn::Reexec;
 use crate::child::supervisor::{self as generic, SpawnError};
 use crate::error::{Error, ExitCause};
 use crate::pool::worker::{make_token, WORKER_ENV};
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What the supervisor reports.
 #[derive(Debug)]
 pub(crate) enum Event {
-    /// Worker `index` was started as `pid`.
-    Spawned { index: usize, pid: i32 },
+    /// Worker `index` was started as `pid`; `pidfd` refers to that process
+    /// for good: a signal sent through it never reaches a process that
+    /// reused the pid after the supervisor reaped this one.
+    Spawned {
+        index: usize,
+        pid: i32,
+        pidfd: Arc<OwnedFd>,
+    },
     /// Worker `index` could not be started.
     SpawnFailed { index: usize, error: Error },
     /// Worker `index`, process `pid`, ended and was reaped.
@@ -27,6 +34,10 @@ pub(crate) enum Event {
         pid: i32,
         cause: ExitCause,
     },
+    /// A round of watching the workers failed (a `poll` or `waitid` error,
+    /// said in `error`); nobody was killed, the supervisor tries again
+    /// after a pause.
+    WatchFailed { error: String },
 }
 
 /// What the supervisor is asked to do.
@@ -102,6 +113,12 @@ impl Supervisor {
         }
     }
 
+    /// Test hook: the supervisor thread's next `n` `poll`s fail.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn fail_next_polls(&self, n: u32) {
+        self.inner.fail_next_polls(n);
+    }
+
     /// Kills and reaps every worker, then ends the thread.
     pub(crate) fn stop(&mut self) {
         self.send(Command_::Exit);
@@ -111,9 +128,10 @@ impl Supervisor {
 
 fn translate(event: generic::Event<Worker>) -> Event {
     match event {
-        generic::Event::Spawned { key, pid, .. } => Event::Spawned {
+        generic::Event::Spawned { key, pid, pidfd } => Event::Spawned {
             index: key.index,
             pid,
+            pidfd,
         },
         generic::Event::SpawnFailed { key, error } => Event::SpawnFailed {
             index: key.index,
@@ -123,6 +141,9 @@ fn translate(event: generic::Event<Worker>) -> Event {
             index: key.index,
             pid,
             cause,
+        },
+        generic::Event::WatchFailed { error } => Event::WatchFailed {
+            error: format!("watching the workers failed: {error}; nobody was killed, the supervisor looks again after a pause"),
         },
     }
 }
@@ -140,5 +161,16 @@ fn spawn_error(cpu: Option<usize>, error: SpawnError) -> Error {
                 source: Some(e),
             },
         },
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl crate::pool::Pool {
+    /// Test hook ([`crate::testing::fail_next_supervisor_polls`]): the next
+    /// `n` `poll`s of this pool's supervisor thread fail.
+    pub(crate) fn fail_next_supervisor_polls(&self, n: u32) {
+        if let Some(supervisor) = crate::sync::lock(&self.shared.supervisor).as_ref() {
+            supervisor.fail_next_polls(n);
+        }
     }
 }

@@ -101,6 +101,8 @@ fn supervisor() -> Result<&'static Supervisor<Child>> {
                     let _ = key.reply.send(Err(error));
                 }
                 Event::Exited { key, cause, .. } => key.exit.record(cause),
+                // No `Process` API surfaces it (yet); nobody was harmed by it.
+                Event::WatchFailed { .. } => {}
             })
         })
         .as_ref()

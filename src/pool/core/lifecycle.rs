@@ -1,6 +1,16 @@
 //! A worker slot's life as the parent sees it: the supervisor's events, a
 //! start noticed (or its failure), a death and what becomes of the tasks the
-//! worker held, then a restart with back-off, or giving the slot up.
+//! worker held, then a restart with back-off, or a rest after repeated
+//! failed starts and a try again later.
+//!
+//! Failed starts are counted per slot, in a row. The first
+//! [`MAX_START_FAILURES`] are retried after 10 ms, doubling; then the slot
+//! rests (2 s, doubling to a minute between tries) so that a persistent
+//! failure costs one attempt now and then, not a fork loop, while a
+//! transient one (a descriptor shortage) costs the slot only until its next
+//! try. While every slot rests, no worker can run a task: pending tasks fail
+//! with the last start error and new ones are refused with it, until a
+//! worker is ready again.
 
 use super::tasks::is_waiting;
 use super::{Actions, Core, Phase};
@@ -11,20 +21,25 @@ use crate::pool::supervisor::Event;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// Consecutive failed starts of one slot before the pool gives up on it.
+/// Consecutive failed starts of one slot before it rests.
 pub(crate) const MAX_START_FAILURES: u32 = 3;
+
+/// The first rest of a slot whose starts keep failing, and the longest.
+const FIRST_REST: Duration = Duration::from_secs(2);
+const LONGEST_REST: Duration = Duration::from_secs(60);
 
 impl Core {
     pub(super) fn on_event(&mut self, event: Event, actions: &mut Actions) {
         actions.progress = true;
         actions.lifecycle_changed = true;
         match event {
-            Event::Spawned { index, pid } => {
+            Event::Spawned { index, pid, pidfd } => {
                 let w = &mut self.workers[index];
                 w.pid = pid;
+                w.pidfd = Some(pidfd);
                 w.starting_since = Some(Instant::now());
                 w.phase = if self.terminating {
-                    crate::sys::kill_group(pid, crate::sys::Signal::KILL);
+                    w.kill();
                     Phase::Dying
                 } else {
                     Phase::Starting
@@ -34,7 +49,12 @@ impl Core {
                 let w = &mut self.workers[index];
                 w.start_failures += 1;
                 w.start_error = Some(error);
+                self.stats.start_failures += 1;
                 self.after_exit(index, actions);
+            }
+            Event::WatchFailed { error } => {
+                self.stats.supervisor_errors += 1;
+                self.stats.last_supervisor_error = Some(error);
             }
             Event::Exited { index, pid, cause } => {
                 if self.workers[index].pid != pid {
@@ -60,6 +80,8 @@ impl Core {
                 if let Some(died) = w.replacing_since.take() {
                     self.stats.record_replacement(died.elapsed());
                 }
+                // A worker can run tasks again: the pool takes them again.
+                self.fatal = None;
                 actions.progress = true;
                 actions.lifecycle_changed = true;
             }
@@ -101,7 +123,7 @@ impl Core {
 
     /// Kills a worker that has not attached within the start timeout (an
     /// initializer that hangs): its exit counts as a failed start, so the
-    /// slot is tried again with back-off, and given up after
+    /// slot is tried again with back-off, and rests after
     /// [`MAX_START_FAILURES`] in a row.
     pub(super) fn check_start_timeouts(&mut self, actions: &mut Actions) {
         self.start_deadline = None;
@@ -122,7 +144,7 @@ impl Core {
                 next = Some(next.map_or(deadline, |n| n.min(deadline)));
                 continue;
             }
-            crate::sys::kill_group(w.pid, crate::sys::Signal::KILL);
+            w.kill();
             w.start_error = Some(Error::WorkerStart {
                 index,
                 reason: format!(
@@ -155,6 +177,7 @@ impl Core {
             w.start_error.is_none() && cause == ExitCause::Signal(crate::sys::SIGKILL);
         if !started && !self.terminating && !self.shutdown_sent && !killed_from_outside {
             w.start_failures += 1;
+            self.stats.start_failures += 1;
             if w.start_error.is_none() {
                 w.start_error = Some(Error::WorkerStart {
                     index,
@@ -218,17 +241,28 @@ impl Core {
         self.after_exit(index, actions);
     }
 
-    /// Decides whether a slot whose process is gone gets a new one.
+    /// Decides whether a slot whose process is gone gets a new one: at once
+    /// or after a back-off, or after a rest if its starts keep failing.
     fn after_exit(&mut self, index: usize, actions: &mut Actions) {
         let budget = self.budget();
         let wanted = !self.terminating && !self.shutdown_sent;
+        let now = Instant::now();
         let w = &mut self.workers[index];
         w.reset(budget);
         if !wanted {
             w.phase = Phase::Stopped;
         } else if w.start_failures >= MAX_START_FAILURES {
-            w.phase = Phase::Stopped;
-            if self.workers.iter().all(|w| w.phase == Phase::Stopped) {
+            w.phase = Phase::Resting;
+            let until = now.checked_add(rest(w.start_failures)).unwrap_or(now);
+            w.resting_until = Some(until);
+            self.rest_deadline = Some(self.rest_deadline.map_or(until, |d| d.min(until)));
+            let no_worker_left = self
+                .workers
+                .iter()
+                .all(|w| matches!(w.phase, Phase::Resting | Phase::Stopped));
+            if no_worker_left {
+                // Nothing can run the pending tasks before the next try,
+                // which may fail again: they fail now, with the reason.
                 let error = self.workers[index]
                     .start_error
                     .clone()
@@ -242,9 +276,38 @@ impl Core {
         } else {
             w.phase = Phase::Spawning;
             self.stats.respawns += 1;
-            actions
-                .spawn
-                .push((index, w.cpu, Instant::now() + backoff(w.crash_streak)));
+            // A failed start is not retried at once: what made it fail (a
+            // descriptor or process shortage) needs a moment to pass.
+            let delay = backoff(w.crash_streak).max(start_backoff(w.start_failures));
+            actions.spawn.push((index, w.cpu, now + delay));
+        }
+    }
+
+    /// Starts again every resting slot whose rest is over, and notes when
+    /// the next one is (for the driver's sleep).
+    pub(super) fn wake_rested(&mut self, actions: &mut Actions) {
+        self.rest_deadline = None;
+        if self.terminating || self.shutdown_sent {
+            return;
+        }
+        let now = Instant::now();
+        for (index, w) in self.workers.iter_mut().enumerate() {
+            if w.phase != Phase::Resting {
+                continue;
+            }
+            match w.resting_until {
+                Some(until) if until > now => {
+                    self.rest_deadline = Some(self.rest_deadline.map_or(until, |d| d.min(until)));
+                }
+                _ => {
+                    w.phase = Phase::Spawning;
+                    w.resting_until = None;
+                    self.stats.respawns += 1;
+                    actions.spawn.push((index, w.cpu, now));
+                    actions.progress = true;
+                    actions.lifecycle_changed = true;
+                }
+            }
         }
     }
 }
@@ -257,4 +320,20 @@ fn backoff(streak: u32) -> Duration {
         0 | 1 => Duration::ZERO,
         n => Duration::from_millis(10u64 << (n - 2).min(7)).min(Duration::from_secs(1)),
     }
+}
+
+/// How long to wait before starting a slot again after `failures` failed
+/// starts in a row: 10 ms doubling (to 1 s), none after a success.
+fn start_backoff(failures: u32) -> Duration {
+    match failures {
+        0 => Duration::ZERO,
+        n => Duration::from_millis(10u64 << (n - 1).min(7)).min(Duration::from_secs(1)),
+    }
+}
+
+/// How long a slot rests after `failures` failed starts in a row (at least
+/// [`MAX_START_FAILURES`]): [`FIRST_REST`], doubling to [`LONGEST_REST`].
+fn rest(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(MAX_START_FAILURES).min(6);
+    (FIRST_REST * (1 << doublings)).min(LONGEST_REST)
 }

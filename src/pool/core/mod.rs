@@ -15,6 +15,8 @@
 
 mod lifecycle;
 mod tasks;
+#[cfg(test)]
+mod tests;
 
 use super::sink::{Outcome, Sink};
 use super::supervisor::Event;
@@ -23,7 +25,9 @@ use crate::pool::layout::{fail, state, Slot};
 use crate::shm::park;
 use crate::shm::ring::{Claimed, Consumer, Producer};
 use std::collections::VecDeque;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A task waiting in the parent or travelling to a worker.
@@ -58,7 +62,11 @@ pub(super) enum Phase {
     Ready,
     /// Killed or exiting; waiting for the supervisor to reap it.
     Dying,
-    /// Gone and not coming back.
+    /// No process: its last [`MAX_START_FAILURES`](lifecycle::MAX_START_FAILURES)
+    /// starts in a row failed (a descriptor or process shortage, an
+    /// initializer that fails). Tried again at `resting_until`.
+    Resting,
+    /// Gone and not coming back (the pool is closing or terminated).
     Stopped,
 }
 
@@ -67,6 +75,10 @@ pub(super) struct Worker {
     pub slot: Slot,
     pub cpu: Option<usize>,
     pub pid: i32,
+    /// The current process's pidfd (from its `Spawned` event): the only way
+    /// the parent signals it, since the pid may belong to another process
+    /// once the supervisor has reaped this one.
+    pidfd: Option<Arc<OwnedFd>>,
     pub phase: Phase,
     tasks: Producer,
     results: Consumer,
@@ -93,6 +105,8 @@ pub(super) struct Worker {
     /// When the parent learnt the current process runs (its `Spawned`
     /// event): for the start timeout.
     starting_since: Option<Instant>,
+    /// When a `Resting` slot is tried again.
+    resting_until: Option<Instant>,
 }
 
 impl Worker {
@@ -103,6 +117,7 @@ impl Worker {
             slot,
             cpu,
             pid: 0,
+            pidfd: None,
             phase: Phase::Spawning,
             tasks: Producer::new(slot.task_ring()),
             results: Consumer::new(slot.result_ring()),
@@ -118,6 +133,19 @@ impl Worker {
             timed_out: None,
             replacing_since: None,
             starting_since: None,
+            resting_until: None,
+        }
+    }
+
+    /// SIGKILLs the slot's current process, through its pidfd: a signal
+    /// that can never reach a process that reused the pid, however late it
+    /// comes (the supervisor may have reaped ours since the last event).
+    /// What the worker started dies too: the supervisor kills the worker's
+    /// process group when it sees the leader exit, before reaping it, while
+    /// the group id is still the worker's own.
+    fn kill(&self) {
+        if let Some(pidfd) = &self.pidfd {
+            crate::sys::pidfd_send_signal(pidfd.as_fd(), crate::sys::Signal::KILL);
         }
     }
 
@@ -142,6 +170,7 @@ impl Worker {
         self.budget_left = budget;
         self.violated = false;
         self.pid = 0;
+        self.pidfd = None;
     }
 }
 
@@ -171,7 +200,8 @@ pub(super) struct Core {
     pub shutdown_sent: bool,
     /// Tasks submitted and not yet answered.
     pub outstanding: usize,
-    /// Set when no worker can be started any more; new tasks fail with it.
+    /// Set while every slot rests after failed starts (no worker can run a
+    /// task): new tasks fail with it. Cleared when a worker is ready again.
     pub fatal: Option<Error>,
     pub max_tasks_per_child: u64,
     /// How many times a task whose worker died is run again.
@@ -185,6 +215,8 @@ pub(super) struct Core {
     pub start_timeout: Option<Duration>,
     /// When the earliest starting worker overruns the start timeout.
     start_deadline: Option<Instant>,
+    /// When the earliest resting slot is to be tried again.
+    rest_deadline: Option<Instant>,
     /// Tasks submitted and not answered, at most (`usize::MAX`: no bound);
     /// see [`crate::PoolBuilder::max_queued`].
     pub max_queued: usize,
@@ -220,6 +252,7 @@ impl Core {
             task_deadline: None,
             start_timeout: policy.start_timeout,
             start_deadline: None,
+            rest_deadline: None,
             max_queued: policy.max_queued,
             stats: Default::default(),
             claimed: Vec::new(),
@@ -228,12 +261,12 @@ impl Core {
     }
 
     /// When the driver must look again even if nothing wakes it: the
-    /// earliest task or start deadline.
+    /// earliest task, start or rest deadline.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        match (self.task_deadline, self.start_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.task_deadline, self.start_deadline, self.rest_deadline]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn budget(&self) -> u64 {
@@ -277,6 +310,7 @@ impl Core {
             self.check_started(i, actions);
         }
         self.check_start_timeouts(actions);
+        self.wake_rested(actions);
         for i in 0..self.workers.len() {
             if matches!(self.workers[i].phase, Phase::Ready | Phase::Dying) {
                 self.collect(i, actions);
@@ -299,7 +333,7 @@ impl Core {
                 // serving loop (`Server::run` in worker.rs).
                 w.slot.shutdown().store(1, Ordering::Release);
                 park::wake(w.slot.sleeping());
-                if w.phase == Phase::Spawning {
+                if matches!(w.phase, Phase::Spawning | Phase::Resting) {
                     w.phase = Phase::Stopped;
                 }
             }
@@ -335,10 +369,11 @@ impl Core {
         for w in &mut self.workers {
             match w.phase {
                 Phase::Starting | Phase::Ready | Phase::Dying => {
-                    crate::sys::kill_group(w.pid, crate::sys::Signal::KILL);
+                    w.kill();
                     w.phase = Phase::Dying;
                 }
                 Phase::Spawning => {} // killed when its Spawned event arrives
+                Phase::Resting => w.phase = Phase::Stopped, // no process
                 Phase::Stopped => {}
             }
         }

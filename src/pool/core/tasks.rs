@@ -25,7 +25,7 @@ impl Core {
             RingError::Violation(what) => what,
             RingError::TooLarge { .. } => "oversized record",
         };
-        crate::sys::kill_group(w.pid, crate::sys::Signal::KILL);
+        w.kill();
         w.violated = true;
         w.phase = Phase::Dying;
         let pid = w.pid;
@@ -276,7 +276,7 @@ impl Core {
             };
             if now >= deadline {
                 w.timed_out = Some(front.task.id);
-                crate::sys::kill_group(w.pid, crate::sys::Signal::KILL);
+                w.kill();
                 w.phase = Phase::Dying;
                 actions.progress = true;
             } else {

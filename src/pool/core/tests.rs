@@ -1,0 +1,123 @@
+//! Unit tests of the parent's state machine that need no worker process:
+//! a `Core` over a real segment, with stand-in processes for its workers.
+
+use super::*;
+use crate::pool::layout::Layout;
+use crate::shm::Segment;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command};
+
+/// A one-worker `Core` and the segment its slot points into.
+struct Fixture {
+    // Declared first, dropped first: the slot points into `_seg`.
+    core: Core,
+    _seg: Segment,
+}
+
+fn fixture(start_timeout: Option<Duration>) -> Fixture {
+    let layout = Layout::new(1, 4096, 4096, 0).unwrap();
+    let seg = Segment::create(c"corepool-core-test", layout.total).unwrap();
+    let slot = Slot::new(&seg, &layout, 0).unwrap();
+    let policy = FaultPolicy {
+        max_tasks_per_child: 0,
+        retries: 0,
+        task_timeout: None,
+        start_timeout,
+        max_queued: usize::MAX,
+    };
+    let core = Core::new(vec![Worker::new(slot, None, u64::MAX)], policy);
+    Fixture { core, _seg: seg }
+}
+
+/// A live process leading its own process group: it stands for an
+/// unrelated process that was given a reaped worker's pid.
+fn bystander() -> Child {
+    Command::new("sleep")
+        .arg("600")
+        .process_group(0)
+        .spawn()
+        .unwrap()
+}
+
+/// The pidfd of a process that has exited and been reaped: what the parent
+/// holds for a worker the supervisor reaped after the parent's last look.
+fn reaped_pidfd() -> Arc<OwnedFd> {
+    let mut child = Command::new("true").spawn().unwrap();
+    let pidfd = crate::sys::pidfd_open(child.id() as i32).unwrap();
+    child.wait().unwrap();
+    Arc::new(pidfd)
+}
+
+/// Ends `bystander` with SIGTERM and checks that SIGTERM is what ended it:
+/// a SIGKILL sent earlier (by the code under test) would have won, since a
+/// pending SIGKILL ends the process before any later signal.
+fn assert_untouched(mut bystander: Child) {
+    let pidfd = crate::sys::pidfd_open(bystander.id() as i32).unwrap();
+    crate::sys::pidfd_send_signal(pidfd.as_fd(), crate::sys::Signal::TERM);
+    let status = bystander.wait().unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(crate::sys::Signal::TERM.as_raw()),
+        "the process that reused the pid was signalled: {status:?}"
+    );
+}
+
+/// Makes the slot look like it runs `pid` (`phase`), through `pidfd`.
+fn pretend_running(core: &mut Core, phase: Phase, pid: i32, pidfd: Arc<OwnedFd>) {
+    let w = &mut core.workers[0];
+    w.pid = pid;
+    w.pidfd = Some(pidfd);
+    w.phase = phase;
+    w.starting_since = Some(Instant::now());
+}
+
+#[test]
+fn terminate_never_signals_a_process_that_reused_a_reaped_workers_pid() {
+    let mut f = fixture(None);
+    let other = bystander();
+    pretend_running(&mut f.core, Phase::Ready, other.id() as i32, reaped_pidfd());
+    f.core.terminate(&mut Actions::default());
+    assert_eq!(f.core.workers[0].phase, Phase::Dying);
+    assert_untouched(other);
+}
+
+#[test]
+fn a_start_timeout_never_signals_a_process_that_reused_a_reaped_workers_pid() {
+    let mut f = fixture(Some(Duration::ZERO));
+    let other = bystander();
+    pretend_running(
+        &mut f.core,
+        Phase::Starting,
+        other.id() as i32,
+        reaped_pidfd(),
+    );
+    f.core.check_start_timeouts(&mut Actions::default());
+    assert_eq!(f.core.workers[0].phase, Phase::Dying, "the timeout fired");
+    assert_untouched(other);
+}
+
+#[test]
+fn a_spawn_seen_after_terminate_never_signals_a_process_that_reused_its_pid() {
+    let mut f = fixture(None);
+    f.core.terminate(&mut Actions::default());
+    let other = bystander();
+    let event = Event::Spawned {
+        index: 0,
+        pid: other.id() as i32,
+        pidfd: reaped_pidfd(),
+    };
+    f.core.on_event(event, &mut Actions::default());
+    assert_eq!(f.core.workers[0].phase, Phase::Dying);
+    assert_untouched(other);
+}
+
+#[test]
+fn a_kill_reaches_the_worker_through_its_pidfd() {
+    let mut f = fixture(None);
+    let mut worker = bystander();
+    let pidfd = Arc::new(crate::sys::pidfd_open(worker.id() as i32).unwrap());
+    pretend_running(&mut f.core, Phase::Ready, worker.id() as i32, pidfd);
+    f.core.terminate(&mut Actions::default());
+    let status = worker.wait().unwrap();
+    assert_eq!(status.signal(), Some(crate::sys::SIGKILL));
+}
