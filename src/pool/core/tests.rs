@@ -72,6 +72,7 @@ fn pretend_running(core: &mut Core, phase: Phase, pid: i32, pidfd: Arc<OwnedFd>)
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "Miri starts no processes")]
 fn terminate_never_signals_a_process_that_reused_a_reaped_workers_pid() {
     let mut f = fixture(None);
     let other = bystander();
@@ -82,6 +83,7 @@ fn terminate_never_signals_a_process_that_reused_a_reaped_workers_pid() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "Miri starts no processes")]
 fn a_start_timeout_never_signals_a_process_that_reused_a_reaped_workers_pid() {
     let mut f = fixture(Some(Duration::ZERO));
     let other = bystander();
@@ -97,6 +99,7 @@ fn a_start_timeout_never_signals_a_process_that_reused_a_reaped_workers_pid() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "Miri starts no processes")]
 fn a_spawn_seen_after_terminate_never_signals_a_process_that_reused_its_pid() {
     let mut f = fixture(None);
     f.core.terminate(&mut Actions::default());
@@ -112,6 +115,7 @@ fn a_spawn_seen_after_terminate_never_signals_a_process_that_reused_its_pid() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "Miri starts no processes")]
 fn a_kill_reaches_the_worker_through_its_pidfd() {
     let mut f = fixture(None);
     let mut worker = bystander();
