@@ -536,19 +536,28 @@ impl PoolBuilder {
             });
         }
         let n = self.workers.unwrap_or((list.len() / per_worker).max(1));
-        Ok((0..n)
-            .map(|worker| {
-                // `n` consecutive CPUs of the list, wrapping around it; a
-                // set holds each CPU once.
-                let mut set: Vec<usize> = (0..per_worker.min(list.len()))
-                    .map(|k| list[(worker.wrapping_mul(per_worker).wrapping_add(k)) % list.len()])
-                    .collect();
-                set.sort_unstable();
-                set.dedup();
-                set
-            })
-            .collect())
+        Ok(sets_over(&list, per_worker, n))
     }
+}
+
+/// `workers` sets of `per_worker` consecutive CPUs of `list` (not empty),
+/// worker `i`'s from `list[i * per_worker]` on, wrapping around it;
+/// ascending, each CPU once (so fewer than `per_worker` when the list is
+/// shorter).
+fn sets_over(list: &[usize], per_worker: usize, workers: usize) -> Vec<Vec<usize>> {
+    let len = list.len();
+    (0..workers)
+        .map(|worker| {
+            // Reduced before multiplying: no overflow for any `per_worker`.
+            let start = (worker % len) * (per_worker % len) % len;
+            let mut set: Vec<usize> = (0..per_worker.min(len))
+                .map(|k| list[(start + k) % len])
+                .collect();
+            set.sort_unstable();
+            set.dedup();
+            set
+        })
+        .collect()
 }
 
 /// `cpus` reordered so that each CPU's SMT siblings come right after it (in
@@ -568,4 +577,25 @@ fn siblings_together(cpus: &[usize]) -> Vec<usize> {
         }
     }
     ordered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sets_over;
+
+    #[test]
+    fn sets_take_consecutive_cpus_and_wrap_around() {
+        assert_eq!(sets_over(&[0, 1, 2, 3], 1, 5), [[0], [1], [2], [3], [0]]);
+        assert_eq!(sets_over(&[0, 1, 2, 3], 2, 3), [[0, 1], [2, 3], [0, 1]]);
+        assert_eq!(sets_over(&[0, 1, 2], 2, 3), [[0, 1], [0, 2], [1, 2]]);
+        // The list's order decides (SMT siblings put together), sets ascend.
+        assert_eq!(sets_over(&[0, 4, 1, 5], 2, 2), [[0, 4], [1, 5]]);
+        assert_eq!(sets_over(&[3, 1], 2, 1), [[1, 3]]);
+    }
+
+    #[test]
+    fn sets_larger_than_the_list_are_the_whole_list() {
+        assert_eq!(sets_over(&[2, 7], 4, 2), [[2, 7], [2, 7]]);
+        assert_eq!(sets_over(&[2, 7], usize::MAX, 3), [[2, 7], [2, 7], [2, 7]]);
+    }
 }
