@@ -52,6 +52,16 @@ pub struct Cpu {
     pub numa_node: Option<u32>,
 }
 
+/// The logical CPUs sharing `cpu`'s core (its SMT siblings, itself
+/// included), ascending; empty when the kernel does not say.
+pub(crate) fn siblings_of(cpu: usize) -> Vec<usize> {
+    read_trim(&format!(
+        "/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list"
+    ))
+    .and_then(|list| parse_cpu_list(&list))
+    .unwrap_or_default()
+}
+
 /// The machine as seen from this process.
 ///
 /// ```
@@ -126,7 +136,8 @@ pub fn pin_current_thread(cpu: usize) -> Result<()> {
     if !allowed.contains(&cpu) {
         return Err(Error::CpuNotAllowed { cpu, allowed });
     }
-    crate::sys::pin_self_to(cpu).map_err(|e| Error::PinFailed { cpu, source: e })
+    crate::sys::pin_self_to(&crate::sys::CpuMask::of(&[cpu]))
+        .map_err(|e| Error::PinFailed { cpu, source: e })
 }
 
 /// The CPU the calling thread runs on now.
@@ -209,9 +220,7 @@ pub fn machine() -> Result<Machine> {
                 package: read_trim(&format!("{base}/physical_package_id"))
                     .and_then(|s| s.parse().ok()),
                 core: read_trim(&format!("{base}/core_id")).and_then(|s| s.parse().ok()),
-                siblings: read_trim(&format!("{base}/thread_siblings_list"))
-                    .and_then(|list| parse_cpu_list(&list))
-                    .unwrap_or_default(),
+                siblings: siblings_of(id),
                 numa_node: numa_node_of(id),
             }
         })

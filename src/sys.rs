@@ -135,16 +135,48 @@ pub(crate) fn set_parent_death_signal() -> io::Result<()> {
     ))?)
 }
 
-/// Pins the calling thread (and so, before exec, the whole new process) to `cpu`.
-/// Async-signal-safe and allocation-free (the CPU set lives on the stack): used
-/// between fork and exec.
-pub(crate) fn pin_self_to(cpu: usize) -> io::Result<()> {
-    if cpu >= CpuSet::MAX_CPU {
-        return Err(Errno::INVAL.into());
+/// A set of CPUs in the kernel's fixed-size mask: `Copy` and allocation-free,
+/// so a child can be pinned to it between fork and exec.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CpuMask(CpuSet);
+
+impl CpuMask {
+    /// The set of `cpus`. A CPU the mask cannot hold (beyond the kernel's
+    /// `CPU_SETSIZE`) is left out: no allowed CPU is, and pinning to a set
+    /// left empty fails with EINVAL, as the kernel answers for such a CPU.
+    pub(crate) fn of(cpus: &[usize]) -> Self {
+        let mut set = CpuSet::new();
+        for &cpu in cpus.iter().filter(|&&cpu| cpu < CpuSet::MAX_CPU) {
+            set.set(cpu);
+        }
+        Self(set)
     }
-    let mut set = CpuSet::new();
-    set.set(cpu);
-    Ok(rustix::thread::sched_setaffinity(None, &set)?)
+
+    /// The CPUs in the set, ascending.
+    pub(crate) fn cpus(&self) -> Vec<usize> {
+        (0..CpuSet::MAX_CPU)
+            .filter(|&cpu| self.0.is_set(cpu))
+            .collect()
+    }
+
+    /// The lowest CPU in the set (to name it in an error).
+    pub(crate) fn first(&self) -> Option<usize> {
+        (0..CpuSet::MAX_CPU).find(|&cpu| self.0.is_set(cpu))
+    }
+}
+
+impl std::fmt::Debug for CpuMask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.cpus()).finish()
+    }
+}
+
+/// Pins the calling thread (and so, before exec, the whole new process) to
+/// the CPUs of `cpus`. Async-signal-safe and allocation-free (the mask is
+/// `Copy`, on the stack): used between fork and exec. An empty set fails
+/// with EINVAL.
+pub(crate) fn pin_self_to(cpus: &CpuMask) -> io::Result<()> {
+    Ok(rustix::thread::sched_setaffinity(None, &cpus.0)?)
 }
 
 /// The CPUs process (or thread) `pid` may run on; `pid == 0` means the caller.

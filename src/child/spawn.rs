@@ -15,8 +15,9 @@ pub(crate) struct Reexec {
     pub env: (&'static str, String),
     /// A descriptor the child inherits (it is close-on-exec in the parent).
     pub keep_fd: RawFd,
-    /// Pin the child to this CPU before it runs any code.
-    pub cpu: Option<usize>,
+    /// Pin the child to these CPUs before it runs any code (`None`: leave
+    /// it where the parent may run).
+    pub cpus: Option<sys::CpuMask>,
     /// Make the child a process-group leader, so that what it starts can be
     /// killed with it.
     pub own_group: bool,
@@ -32,7 +33,7 @@ impl Reexec {
         let Reexec {
             env,
             keep_fd,
-            cpu,
+            cpus,
             own_group,
         } = self;
         let mut command = Command::new("/proc/self/exe");
@@ -45,8 +46,8 @@ impl Reexec {
         // which are async-signal-safe; it allocates nothing, takes no locks.
         unsafe {
             command.pre_exec(move || {
-                if let Some(cpu) = cpu {
-                    sys::pin_self_to(cpu)?;
+                if let Some(cpus) = &cpus {
+                    sys::pin_self_to(cpus)?;
                 }
                 sys::set_parent_death_signal()?;
                 if own_group {

@@ -11,6 +11,11 @@ use std::time::Duration;
 
 /// Where workers run.
 ///
+/// Every thread a worker starts (a task's own threads, rayon's) inherits its
+/// pinning: with one CPU per worker, the default, they all share that CPU.
+/// Give tasks that use threads more with
+/// [`PoolBuilder::cpus_per_worker`], or use `Pinning::None`.
+///
 /// ```
 /// use corepool::Pinning;
 /// let p = Pinning::Cpus(vec![0]);
@@ -21,12 +26,18 @@ pub enum Pinning {
     /// One worker per CPU of the process's allowed set (`sched_getaffinity`,
     /// so `taskset` and cgroup cpusets are respected), each pinned to its own
     /// CPU before it starts. With more workers than CPUs they wrap around.
+    /// With [`cpus_per_worker(n)`](PoolBuilder::cpus_per_worker), one worker
+    /// per `n` allowed CPUs, each pinned to `n` of them (SMT siblings
+    /// together, when the kernel says which they are).
     #[default]
     PerCpu,
-    /// No pinning: the scheduler places workers.
+    /// No pinning: the scheduler places workers, and a worker's threads may
+    /// run on any CPU the parent may use.
     None,
     /// Worker `i` is pinned to `cpus[i % cpus.len()]`. Every CPU must be in
-    /// the allowed set.
+    /// the allowed set. With [`cpus_per_worker(n)`](PoolBuilder::cpus_per_worker),
+    /// worker `i` is pinned to the `n` CPUs from `cpus[i * n]` on (wrapping
+    /// around the list).
     Cpus(Vec<usize>),
 }
 
@@ -58,6 +69,7 @@ impl std::fmt::Debug for KeptAlive {
 pub struct PoolBuilder {
     workers: Option<usize>,
     pinning: Pinning,
+    cpus_per_worker: usize,
     ring_bytes: u32,
     initializer: Option<i64>,
     initializer_arg: Vec<u8>,
@@ -78,6 +90,7 @@ impl Default for PoolBuilder {
         Self {
             workers: None,
             pinning: Pinning::PerCpu,
+            cpus_per_worker: 1,
             ring_bytes: 1 << 20,
             initializer: None,
             initializer_arg: Vec::new(),
@@ -94,7 +107,8 @@ impl Default for PoolBuilder {
 
 impl PoolBuilder {
     /// Number of worker processes. Default: one per allowed CPU (or per CPU
-    /// listed in [`Pinning::Cpus`]).
+    /// listed in [`Pinning::Cpus`]), or per
+    /// [`cpus_per_worker`](Self::cpus_per_worker) of them; at least one.
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
@@ -110,7 +124,15 @@ impl PoolBuilder {
         self
     }
 
-    /// Where workers run. Default [`Pinning::PerCpu`].
+    /// Where workers run. Default [`Pinning::PerCpu`]: each worker on its own
+    /// CPU.
+    ///
+    /// Pinning holds for the whole worker process, every thread it starts
+    /// included: by default a task that starts threads (or uses rayon) runs
+    /// them all on its worker's one CPU, and
+    /// [`std::thread::available_parallelism`] says 1 inside it. For such
+    /// tasks use [`cpus_per_worker`](Self::cpus_per_worker), or
+    /// [`Pinning::None`].
     ///
     /// ```
     /// use corepool::{info, Pinning, Pool};
@@ -127,6 +149,48 @@ impl PoolBuilder {
     /// ```
     pub fn pinning(mut self, pinning: Pinning) -> Self {
         self.pinning = pinning;
+        self
+    }
+
+    /// Pin each worker to `n` CPUs instead of one, for tasks that run
+    /// threads of their own (rayon, `std::thread::scope`): inside a task
+    /// [`std::thread::available_parallelism`] then says `n`, so rayon's
+    /// default pool starts `n` threads, and they run side by side. Default 1.
+    ///
+    /// The CPUs come from the [`pinning`](Self::pinning) list (the allowed
+    /// set for [`Pinning::PerCpu`], ordered so that SMT siblings stay
+    /// together), `n` consecutive ones per worker, and the default worker
+    /// count becomes that list's length divided by `n` (at least one;
+    /// CPUs left over are not used). Given more workers than that, with
+    /// [`workers`](Self::workers), the sets wrap around the list as
+    /// single CPUs do, so workers share CPUs. A worker's set is smaller
+    /// than `n` only when the list is. With [`Pinning::None`] nobody is
+    /// pinned, and only the default worker count changes.
+    /// A replacement worker gets its slot's set again.
+    ///
+    /// ```
+    /// use corepool::{info, Pool};
+    ///
+    /// fn threads_seen(_: ()) -> usize {
+    ///     std::thread::available_parallelism().map_or(1, |n| n.get())
+    /// }
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let allowed = info::allowed_cpus()?;
+    ///     let pool = Pool::builder().cpus_per_worker(2).build()?;
+    ///     assert_eq!(pool.workers(), (allowed.len() / 2).max(1));
+    ///     let each = allowed.len().min(2);
+    ///     assert!(pool.cpu_sets().iter().all(|set| set.len() == each));
+    ///     assert_eq!(pool.apply(threads_seen, ())?, each);
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// `n` is at least 1: `cpus_per_worker(0)` makes `build` fail with
+    /// [`Error::InvalidConfig`].
+    pub fn cpus_per_worker(mut self, n: usize) -> Self {
+        self.cpus_per_worker = n;
         self
     }
 
@@ -415,9 +479,9 @@ impl PoolBuilder {
         if let Some(e) = self.initializer_error {
             return Err(e);
         }
-        let cpus = self.resolve_cpus()?;
+        let cpu_sets = self.resolve_cpu_sets()?;
         Pool::start(Config {
-            cpus,
+            cpu_sets,
             ring_bytes: self.ring_bytes,
             initializer: self.initializer,
             initializer_arg: self.initializer_arg,
@@ -433,19 +497,26 @@ impl PoolBuilder {
         })
     }
 
-    /// The CPU of each worker (`None`: unpinned).
-    fn resolve_cpus(&self) -> Result<Vec<Option<usize>>> {
+    /// The CPUs of each worker, ascending (empty: unpinned).
+    fn resolve_cpu_sets(&self) -> Result<Vec<Vec<usize>>> {
         // Before anything is sized by it: `workers(usize::MAX)` must be an
         // error, not an allocation failure.
         if let Some(n) = self.workers {
             crate::pool::layout::check_workers(n)?;
         }
+        let per_worker = self.cpus_per_worker;
+        if per_worker == 0 {
+            return Err(Error::InvalidConfig {
+                what: "cpus_per_worker must be at least 1: it is how many CPUs each worker is pinned to (1, the default, gives each its own CPU; for tasks that use threads give more, or use `Pinning::None`)".into(),
+            });
+        }
         let allowed = sys::affinity_of(0).map_err(|e| Error::os("sched_getaffinity", e))?;
         let list = match &self.pinning {
             Pinning::None => {
-                let n = self.workers.unwrap_or(allowed.len().max(1));
-                return Ok(vec![None; n]);
+                let n = self.workers.unwrap_or((allowed.len() / per_worker).max(1));
+                return Ok(vec![Vec::new(); n]);
             }
+            Pinning::PerCpu if per_worker > 1 => siblings_together(&allowed),
             Pinning::PerCpu => allowed.clone(),
             Pinning::Cpus(cpus) => {
                 if cpus.is_empty() {
@@ -464,7 +535,67 @@ impl PoolBuilder {
                 what: "this process may run on no CPU at all".into(),
             });
         }
-        let n = self.workers.unwrap_or(list.len());
-        Ok((0..n).map(|i| Some(list[i % list.len()])).collect())
+        let n = self.workers.unwrap_or((list.len() / per_worker).max(1));
+        Ok(sets_over(&list, per_worker, n))
+    }
+}
+
+/// `workers` sets of `per_worker` consecutive CPUs of `list` (not empty),
+/// worker `i`'s from `list[i * per_worker]` on, wrapping around it;
+/// ascending, each CPU once (so fewer than `per_worker` when the list is
+/// shorter).
+fn sets_over(list: &[usize], per_worker: usize, workers: usize) -> Vec<Vec<usize>> {
+    let len = list.len();
+    (0..workers)
+        .map(|worker| {
+            // Reduced before multiplying: no overflow for any `per_worker`.
+            let start = (worker % len) * (per_worker % len) % len;
+            let mut set: Vec<usize> = (0..per_worker.min(len))
+                .map(|k| list[(start + k) % len])
+                .collect();
+            set.sort_unstable();
+            set.dedup();
+            set
+        })
+        .collect()
+}
+
+/// `cpus` reordered so that each CPU's SMT siblings come right after it (in
+/// the order of their lowest member): consecutive CPUs of the result then
+/// fill whole cores. Unchanged when the kernel does not say.
+fn siblings_together(cpus: &[usize]) -> Vec<usize> {
+    let mut ordered: Vec<usize> = Vec::with_capacity(cpus.len());
+    for &cpu in cpus {
+        if ordered.contains(&cpu) {
+            continue;
+        }
+        ordered.push(cpu);
+        for sibling in crate::info::siblings_of(cpu) {
+            if sibling != cpu && cpus.contains(&sibling) && !ordered.contains(&sibling) {
+                ordered.push(sibling);
+            }
+        }
+    }
+    ordered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sets_over;
+
+    #[test]
+    fn sets_take_consecutive_cpus_and_wrap_around() {
+        assert_eq!(sets_over(&[0, 1, 2, 3], 1, 5), [[0], [1], [2], [3], [0]]);
+        assert_eq!(sets_over(&[0, 1, 2, 3], 2, 3), [[0, 1], [2, 3], [0, 1]]);
+        assert_eq!(sets_over(&[0, 1, 2], 2, 3), [[0, 1], [0, 2], [1, 2]]);
+        // The list's order decides (SMT siblings put together), sets ascend.
+        assert_eq!(sets_over(&[0, 4, 1, 5], 2, 2), [[0, 4], [1, 5]]);
+        assert_eq!(sets_over(&[3, 1], 2, 1), [[1, 3]]);
+    }
+
+    #[test]
+    fn sets_larger_than_the_list_are_the_whole_list() {
+        assert_eq!(sets_over(&[2, 7], 4, 2), [[2, 7], [2, 7]]);
+        assert_eq!(sets_over(&[2, 7], usize::MAX, 3), [[2, 7], [2, 7], [2, 7]]);
     }
 }

@@ -4,11 +4,14 @@
 //! [`PoolBuilder`]: super::PoolBuilder
 
 use super::core::FaultPolicy;
+use crate::sys::CpuMask;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub(super) struct Config {
-    pub(super) cpus: Vec<Option<usize>>,
+    /// The CPUs each worker is pinned to, ascending; empty for an unpinned
+    /// worker.
+    pub(super) cpu_sets: Vec<Vec<usize>>,
     pub(super) ring_bytes: u32,
     pub(super) initializer: Option<i64>,
     /// The initializer's encoded argument (empty for none).
@@ -17,4 +20,9 @@ pub(super) struct Config {
     pub(super) initializer_keep: Arc<crate::wire::KeepAlive>,
     pub(super) policy: FaultPolicy,
     pub(super) start_timeout: Duration,
+}
+
+/// The mask a worker pinned to `set` is started with (`None`: unpinned).
+pub(super) fn mask_of(set: &[usize]) -> Option<CpuMask> {
+    (!set.is_empty()).then(|| CpuMask::of(set))
 }

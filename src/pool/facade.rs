@@ -2,7 +2,7 @@
 //! `close`, `terminate`, `join` and the teardown on drop. The `map` family
 //! lives in `map.rs`, the lazy maps in `imap.rs`.
 
-use super::config::Config;
+use super::config::{mask_of, Config};
 use super::core::{Actions, Core, Phase, Worker};
 use super::driver::{driver_loop, is_delivering, Shared};
 use super::handle::Cell;
@@ -21,8 +21,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A pool of worker processes, each pinned to its own CPU, fed through
-/// lock-free rings in shared memory.
+/// A pool of worker processes, each pinned to its own CPU (or its own set of
+/// CPUs), fed through lock-free rings in shared memory.
 ///
 /// Python's `multiprocessing.Pool`, method for method: [`apply`](Pool::apply),
 /// [`apply_async`](Pool::apply_async) (with callbacks through
@@ -39,6 +39,19 @@ use std::time::{Duration, Instant};
 /// reaped. To finish the work first, `close()` then `join()`. Dropping
 /// returns from any thread, a callback of the pool included (the last
 /// steps are then handed to a thread of their own).
+///
+/// # Threads inside tasks
+///
+/// By default each worker is pinned to one CPU, and so is every thread it
+/// starts: a task that spawns threads, or uses rayon, runs them all on that
+/// one CPU, taking turns, and
+/// [`std::thread::available_parallelism`] (which reads the affinity mask,
+/// as rayon's default pool does) says 1 inside it. For such tasks give each
+/// worker several CPUs with
+/// [`PoolBuilder::cpus_per_worker`] (a task then sees, and rayon starts, that
+/// many threads), or leave the workers unpinned with
+/// [`Pinning::None`](crate::Pinning::None) (each then sees every CPU the
+/// parent may use: with several workers their threads compete for them).
 ///
 /// # `fork()`
 ///
@@ -71,6 +84,9 @@ use std::time::{Duration, Instant};
 pub struct Pool {
     pub(super) shared: Arc<Shared>,
     driver: Option<std::thread::JoinHandle<()>>,
+    /// Each worker's CPUs, ascending (empty: unpinned).
+    cpu_sets: Vec<Vec<usize>>,
+    /// Each worker's CPU when it is pinned to exactly one.
     cpus: Vec<Option<usize>>,
 }
 
@@ -78,7 +94,7 @@ impl fmt::Debug for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
             .field("workers", &self.shared.workers)
-            .field("cpus", &self.cpus)
+            .field("cpu_sets", &self.cpu_sets)
             .finish()
     }
 }
@@ -121,7 +137,7 @@ impl Pool {
         if crate::pool::worker::is_uninitialised_worker() {
             return Err(Error::NotInitialized);
         }
-        let n = config.cpus.len();
+        let n = config.cpu_sets.len();
         let layout = Layout::new(
             n,
             config.ring_bytes,
@@ -163,8 +179,8 @@ impl Pool {
         };
         let workers = slots
             .iter()
-            .zip(&config.cpus)
-            .map(|(s, cpu)| Worker::new(*s, *cpu, budget))
+            .zip(&config.cpu_sets)
+            .map(|(s, set)| Worker::new(*s, mask_of(set), budget))
             .collect();
         let max_payload = slots[0].task_ring().max_payload();
         let segment_fd = seg.raw_fd();
@@ -181,10 +197,10 @@ impl Pool {
                 shared.report(event);
             }
         })?;
-        for (index, cpu) in config.cpus.iter().enumerate() {
+        for (index, set) in config.cpu_sets.iter().enumerate() {
             supervisor.send(Command_::Spawn {
                 index,
-                cpu: *cpu,
+                cpu: mask_of(set),
                 not_before: Instant::now(),
             });
         }
@@ -197,7 +213,15 @@ impl Pool {
         let pool = Pool {
             shared,
             driver: Some(driver),
-            cpus: config.cpus,
+            cpus: config
+                .cpu_sets
+                .iter()
+                .map(|set| match set[..] {
+                    [cpu] => Some(cpu),
+                    _ => None,
+                })
+                .collect(),
+            cpu_sets: config.cpu_sets,
         };
         pool.wait_ready(config.start_timeout)?;
         Ok(pool)
@@ -261,7 +285,9 @@ impl Pool {
         self.shared.workers
     }
 
-    /// The CPU each worker is pinned to (`None` when unpinned).
+    /// The CPU each worker is pinned to, when that is exactly one CPU (the
+    /// default); `None` for an unpinned worker and for one pinned to several
+    /// CPUs ([`PoolBuilder::cpus_per_worker`]): see [`cpu_sets`](Self::cpu_sets).
     ///
     /// ```
     /// use corepool::{Pinning, Pool};
@@ -277,6 +303,32 @@ impl Pool {
     /// ```
     pub fn cpus(&self) -> &[Option<usize>] {
         &self.cpus
+    }
+
+    /// The CPUs each worker is pinned to, ascending; empty for an unpinned
+    /// worker ([`Pinning::None`](crate::Pinning::None)). A replacement
+    /// worker gets its slot's set again.
+    ///
+    /// ```
+    /// use corepool::{info, Pinning, Pool};
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let allowed = info::allowed_cpus()?;
+    ///     // One worker on every allowed CPU: its tasks' threads spread over them.
+    ///     let wide = Pool::builder().workers(1).cpus_per_worker(allowed.len()).build()?;
+    ///     assert_eq!(wide.cpu_sets(), &[allowed.clone()]);
+    ///     let seen = wide.apply(|_: ()| std::thread::available_parallelism().unwrap().get(), ())?;
+    ///     assert_eq!(seen, allowed.len());
+    ///     let one = Pool::builder().workers(1).build()?;
+    ///     assert_eq!(one.cpu_sets()[0].len(), 1); // the default: one CPU each
+    ///     let free = Pool::builder().workers(1).pinning(Pinning::None).build()?;
+    ///     assert!(free.cpu_sets()[0].is_empty());
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn cpu_sets(&self) -> &[Vec<usize>] {
+        &self.cpu_sets
     }
 
     /// The pids of the workers running now (a slot being restarted is absent).

@@ -11,6 +11,7 @@ use crate::child::spawn::Reexec;
 use crate::child::supervisor::{self as generic, SpawnError};
 use crate::error::{Error, ExitCause};
 use crate::pool::worker::{make_token, WORKER_ENV};
+use crate::sys::CpuMask;
 use std::os::fd::{OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Instant;
@@ -45,7 +46,9 @@ pub(crate) enum Event {
 pub(crate) enum Command_ {
     Spawn {
         index: usize,
-        cpu: Option<usize>,
+        /// The CPUs the worker is pinned to (`None`: unpinned). Named `cpu`
+        /// for the driver, which passes the slot's placement through.
+        cpu: Option<CpuMask>,
         /// Back-off: do not start it before this instant.
         not_before: Instant,
     },
@@ -58,7 +61,7 @@ pub(crate) enum Command_ {
 #[derive(Clone, Copy, Debug)]
 struct Worker {
     index: usize,
-    cpu: Option<usize>,
+    cpus: Option<CpuMask>,
 }
 
 /// The pool's handle on its supervisor thread.
@@ -96,14 +99,14 @@ impl Supervisor {
                 not_before,
             } => {
                 self.inner.spawn(generic::Spawn {
-                    key: Worker { index, cpu },
+                    key: Worker { index, cpus: cpu },
                     reexec: Reexec {
                         env: (
                             WORKER_ENV,
                             make_token(self.segment_fd, index, self.parent_pid),
                         ),
                         keep_fd: self.segment_fd,
-                        cpu,
+                        cpus: cpu,
                         own_group: true,
                     },
                     not_before,
@@ -135,7 +138,7 @@ fn translate(event: generic::Event<Worker>) -> Event {
         },
         generic::Event::SpawnFailed { key, error } => Event::SpawnFailed {
             index: key.index,
-            error: spawn_error(key.cpu, error),
+            error: spawn_error(key.cpus, error),
         },
         generic::Event::Exited { key, pid, cause } => Event::Exited {
             index: key.index,
@@ -148,11 +151,12 @@ fn translate(event: generic::Event<Worker>) -> Event {
     }
 }
 
-/// Says why a worker could not start: EINVAL from pinning means the CPU.
-fn spawn_error(cpu: Option<usize>, error: SpawnError) -> Error {
+/// Says why a worker could not start: EINVAL from pinning means the CPUs
+/// (named by the first of its set).
+fn spawn_error(cpus: Option<CpuMask>, error: SpawnError) -> Error {
     match error {
         SpawnError::Pidfd(e) => Error::os("pidfd_open", e),
-        SpawnError::Exec(e) => match cpu {
+        SpawnError::Exec(e) => match cpus.and_then(|set| set.first()) {
             Some(cpu) if e.raw_os_error() == Some(crate::sys::EINVAL) => {
                 Error::PinFailed { cpu, source: e }
             }

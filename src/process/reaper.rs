@@ -133,7 +133,7 @@ pub(super) fn spawn(fd: RawFd, cpu: Option<usize>) -> Result<Started> {
                 format!("v1:{fd}:{}", std::process::id()),
             ),
             keep_fd: fd,
-            cpu,
+            cpus: cpu.map(|cpu| crate::sys::CpuMask::of(&[cpu])),
             own_group: false,
         },
         not_before: Instant::now(),

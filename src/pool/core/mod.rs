@@ -24,6 +24,7 @@ use crate::error::Error;
 use crate::pool::layout::{fail, state, Slot};
 use crate::shm::park;
 use crate::shm::ring::{Claimed, Consumer, Producer};
+use crate::sys::CpuMask;
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
@@ -73,7 +74,8 @@ pub(super) enum Phase {
 #[derive(Debug)]
 pub(super) struct Worker {
     pub slot: Slot,
-    pub cpu: Option<usize>,
+    /// The CPUs its processes are pinned to (`None`: unpinned).
+    pub cpu: Option<CpuMask>,
     pub pid: i32,
     /// The current process's pidfd (from its `Spawned` event): the only way
     /// the parent signals it, since the pid may belong to another process
@@ -110,7 +112,7 @@ pub(super) struct Worker {
 }
 
 impl Worker {
-    pub(super) fn new(slot: Slot, cpu: Option<usize>, budget: u64) -> Self {
+    pub(super) fn new(slot: Slot, cpu: Option<CpuMask>, budget: u64) -> Self {
         slot.task_ring().reset();
         slot.result_ring().reset();
         Self {
@@ -179,8 +181,8 @@ impl Worker {
 pub(super) struct Actions {
     /// Outcomes to deliver.
     pub completions: Vec<(Sink, Outcome)>,
-    /// Slots to (re)start: index, CPU, not before.
-    pub spawn: Vec<(usize, Option<usize>, Instant)>,
+    /// Slots to (re)start: index, CPUs, not before.
+    pub spawn: Vec<(usize, Option<CpuMask>, Instant)>,
     /// Something changed that lifecycle waiters care about.
     pub lifecycle_changed: bool,
     /// Anything at all happened.
