@@ -34,9 +34,30 @@
 //! `UNKNOWN` (its holder died in the instant between winning the claim and
 //! recording its tag, or could not read its own start time) is judged by
 //! pid alone, as before tags existed.
+//!
+//! # Cost
+//!
+//! A look at `/proc` costs several microseconds, far more than the
+//! operation a waiter is waiting for: a reader that meets a slot its live
+//! writer is filling would otherwise pay that on every spin. So an answer
+//! "alive" is remembered per thread for [`ALIVE_FOR`] (the same holder, by
+//! pid and tag, is not looked at again before then); an answer "dead" is
+//! never remembered. A holder that dies is therefore found at most
+//! `ALIVE_FOR` after the last look that saw it alive.
 
 use crate::sys;
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a holder found alive is taken to be alive without looking
+/// again (per thread).
+pub(crate) const ALIVE_FOR: Duration = Duration::from_millis(1);
+
+thread_local! {
+    /// The last holder this thread found alive, and when: (pid, tag, at).
+    static LAST_ALIVE: Cell<Option<(i32, u32, Instant)>> = const { Cell::new(None) };
+}
 
 /// The tag of a claim whose holder's start time is not recorded.
 pub(crate) const UNKNOWN: u32 = 0;
@@ -91,18 +112,29 @@ pub(crate) fn holder_is_dead(pid: i32, tag: u32) -> bool {
         let mine = my_start_tag();
         return tag != UNKNOWN && mine != UNKNOWN && tag != mine;
     }
-    if sys::process_is_gone(pid) {
-        return true;
+    let now = Instant::now();
+    let seen_alive = LAST_ALIVE.with(|last| {
+        matches!(last.get(), Some((p, t, at)) if p == pid && t == tag && now.duration_since(at) < ALIVE_FOR)
+    });
+    if seen_alive {
+        return false;
     }
-    match sys::process_state_and_start_time(pid) {
-        // A zombie never touches memory again; a different start time means
-        // the holder died and another process has its pid.
-        Ok((state, start)) => {
-            state == 'Z' || state == 'X' || (tag != UNKNOWN && tag_from_start_time(start) != tag)
-        }
-        // Could not tell (no descriptor left, `/proc` hidden): alive.
-        Err(_) => false,
+    let dead = sys::process_is_gone(pid)
+        || match sys::process_state_and_start_time(pid) {
+            // A zombie never touches memory again; a different start time
+            // means the holder died and another process has its pid.
+            Ok((state, start)) => {
+                state == 'Z'
+                    || state == 'X'
+                    || (tag != UNKNOWN && tag_from_start_time(start) != tag)
+            }
+            // Could not tell (no descriptor left, `/proc` hidden): alive.
+            Err(_) => false,
+        };
+    if !dead {
+        LAST_ALIVE.with(|last| last.set(Some((pid, tag, now))));
     }
+    dead
 }
 
 /// The owner-tag word beside a claim word in shared memory.
