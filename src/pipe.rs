@@ -3,7 +3,10 @@
 //!
 //! Each direction is a [`Queue`]. A small control segment records which
 //! process holds each end: the creator at first, then whichever process
-//! decodes the end it was sent (an end in transit belongs to nobody).
+//! decodes the end it was sent (an end in transit belongs to nobody). Each
+//! transit has its own generation, so only the carrier of the current transit
+//! can end it: an end whose carrier never delivers it (a cancelled pool task)
+//! returns to its sender, or is closed if the sender no longer has it.
 //! Dropping an end in the process that holds it closes it; the other end then
 //! reads what is left and gets [`Error::EndOfStream`]. If the process holding
 //! an end dies, the other end notices within a few milliseconds of waiting
@@ -16,12 +19,24 @@ use crate::shm::owner::{self, holder_is_dead, OwnerTag};
 use crate::wire::{decode_error, Encoder, Handover, Wire};
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// An end's holder word: a pid, or one of these.
-const IN_TRANSIT: u32 = 0;
+/// An end's holder word: a pid (below `IN_TRANSIT`), `CLOSED`, or
+/// `IN_TRANSIT | generation` while the end is in transit: each transit its
+/// own generation, so that a late CAS meant for an earlier transit fails.
+const IN_TRANSIT: u32 = 1 << 31;
 const CLOSED: u32 = u32::MAX;
+/// Generations wrap below this, so that no transit word is `CLOSED`.
+const GENERATIONS: u32 = CLOSED - IN_TRANSIT;
+/// In an encoding: this encoding did not put the end in transit (its sender
+/// did not hold it), so whoever decodes it does not become its holder.
+const NOT_HANDED_OVER: u32 = 0;
+
+/// Whether holder word `word` says "in transit".
+const fn is_in_transit(word: u32) -> bool {
+    word & IN_TRANSIT != 0 && word != CLOSED
+}
 
 /// How often a waiting end checks whether its peer died.
 const PEER_CHECK: Duration = Duration::from_millis(5);
@@ -138,6 +153,7 @@ impl Pipe {
             recv: Some(to_first.clone()),
             control: control.clone(),
             next_peer_check: AtomicU64::new(0),
+            copy_alive: Arc::new(Mutex::new(true)),
         };
         let second = PipeEnd {
             side: 1,
@@ -145,6 +161,7 @@ impl Pipe {
             recv: to_second,
             control,
             next_peer_check: AtomicU64::new(0),
+            copy_alive: Arc::new(Mutex::new(true)),
         };
         // Release pairs with the Acquire loads in `peer_closed`/`peer_gone`
         // and the Acquire side of the holder CASes (`Drop`, `encode`): the
@@ -162,6 +179,11 @@ impl Pipe {
 /// Pass it to a [`crate::Process`] as an argument to hand it over: the
 /// process that decodes it holds it from then on, and dropping it there
 /// closes it.
+/// An end sent with a pool task that never gets to decode it (cancelled by
+/// [`crate::Pool::terminate`], or failing on an argument before it), or with
+/// a `Process` that could not be started, comes back: to the copy that sent
+/// it if that copy still exists, or else it is closed, so that the other end
+/// sees [`Error::EndOfStream`] instead of waiting for ever.
 ///
 /// ```
 /// use corepool::{Pipe, PipeEnd, Process};
@@ -187,6 +209,11 @@ pub struct PipeEnd<T> {
     control: Arc<SharedSegment>,
     /// When `try_recv` may next read `/proc` for a dead peer (`now_ns`).
     next_peer_check: AtomicU64,
+    /// `false` once this copy is dropped: an end it sent that comes back
+    /// undelivered then is closed instead of returned to it
+    /// (`EndInTransit::undelivered`). The lock also makes that return and
+    /// this copy's `Drop` exclusive, so that one of them closes the end.
+    copy_alive: Arc<Mutex<bool>>,
 }
 
 impl<T> fmt::Debug for PipeEnd<T> {
@@ -216,8 +243,8 @@ impl<T> PipeEnd<T> {
         }
     }
 
-    /// Hands the end on from `me` to `next` (CLOSED or IN_TRANSIT) if this
-    /// process holds it, clearing our owner tag first so that the next
+    /// Hands the end on from `me` to `next` (CLOSED or a transit word) if
+    /// this process holds it, clearing our owner tag first so that the next
     /// holder never inherits it. AcqRel as the callers say.
     fn give_up_if_held(&self, me: u32, next: u32) -> bool {
         let word = self.holder(self.side);
@@ -256,6 +283,19 @@ impl<T> PipeEnd<T> {
         unsafe { AtomicU32::from_ptr(p.cast()) }
     }
 
+    /// The count of transits of end `side`, in the control segment after the
+    /// owner tags: where each transit takes its generation from.
+    fn transits(&self, side: u8) -> &AtomicU32 {
+        let p = self
+            .control
+            .segment()
+            .at(16 + usize::from(side) * 4, 4)
+            .expect("control words fit");
+        // SAFETY: in bounds, 4-aligned, lives as long as `control`; every
+        // process touches it only atomically.
+        unsafe { AtomicU32::from_ptr(p.cast()) }
+    }
+
     /// Whether the other end was closed: one atomic load, cheap enough for
     /// every call.
     fn peer_closed(&self) -> bool {
@@ -275,14 +315,16 @@ impl<T> PipeEnd<T> {
     fn peer_gone(&self) -> bool {
         let word = self.holder(1 - self.side);
         // Acquire pairs with the Release of every holder store and CAS
-        // (creation, `decode`, `EndInTransit::delivered_to`, `close`, `Drop`).
+        // (creation, `decode`, `EndInTransit::delivered_to`/`undelivered`,
+        // `close`, `Drop`).
         let tag = self.holder_tag(1 - self.side);
         match word.load(Ordering::Acquire) {
             CLOSED => true,
-            IN_TRANSIT => false,
+            // In transit, or 0 (never written: garbage): nobody to look at.
+            w if is_in_transit(w) || w == 0 => false,
             // The tag is read after the holder word (both Acquire): it is
-            // that holder's, or UNKNOWN. A pid past i32::MAX is garbage.
-            // CLOSED is final, so the tag needs no forgetting.
+            // that holder's, or UNKNOWN. Below IN_TRANSIT, the word fits an
+            // i32. CLOSED is final, so the tag needs no forgetting.
             pid if holder_is_dead(i32::try_from(pid).unwrap_or(-1), tag.read()) => {
                 // Only from the dead pid: a dead holder never comes back (its
                 // end can be handed on only by the holder itself), so the
@@ -567,34 +609,92 @@ impl<T: Wire> PipeEnd<T> {
     }
 }
 
-/// One end in transit: whoever starts the process that receives it records
-/// the new holder at once (see [`Handover`]).
-struct EndInTransit {
+/// One end in transit, as its sender's encoding carries it: whoever starts
+/// the process that receives it records the new holder at once, and a carrier
+/// that ends without delivering it gives it back (see [`Handover`]). Both act
+/// only on this very transit (`transit`, the word the sender's encode wrote),
+/// so neither can undo a later one.
+struct EndInTransit<T> {
     control: Arc<SharedSegment>,
     side: u8,
+    /// `IN_TRANSIT | generation`, as the sender's encode wrote it.
+    transit: u32,
+    /// The process that sent it (the only one that holds this handover).
+    sender: u32,
+    /// The sender's copy (see `PipeEnd::copy_alive`).
+    copy_alive: Arc<Mutex<bool>>,
+    /// The queue the end sends into, closed if the end is closed on the
+    /// sender's behalf.
+    send: Option<Queue<T>>,
 }
 
-impl Handover for EndInTransit {
+impl<T> EndInTransit<T> {
+    fn holder(&self) -> Option<&AtomicU32> {
+        let p = self.control.segment().at(usize::from(self.side) * 4, 4)?;
+        // SAFETY: in bounds, 4-aligned, lives as long as `control`; every
+        // process touches it only atomically.
+        Some(unsafe { AtomicU32::from_ptr(p.cast()) })
+    }
+
+    fn holder_tag(&self) -> Option<OwnerTag<'_>> {
+        let p = self
+            .control
+            .segment()
+            .at(8 + usize::from(self.side) * 4, 4)?;
+        // SAFETY: as in `holder`.
+        Some(OwnerTag::new(unsafe { AtomicU32::from_ptr(p.cast()) }))
+    }
+
+    /// Moves the holder word from this transit to `next`: fails if the
+    /// transit is over (decoded, delivered, given back) whatever came since.
+    /// AcqRel: Release pairs with the Acquire loads in the peer's
+    /// `peer_closed`/`peer_gone` and the Acquire side of later holder CASes;
+    /// Acquire with the Release CAS in the sender's `encode`.
+    fn end_transit(&self, next: u32) -> bool {
+        self.holder().is_some_and(|word| {
+            word.compare_exchange(self.transit, next, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        })
+    }
+}
+
+impl<T: Wire> Handover for EndInTransit<T> {
     /// Records that `pid` now holds the end (a `Process` that was just
     /// started with it), so that its death is seen even if it dies before
     /// it first touches the end.
     fn delivered_to(&self, pid: i32) {
-        if let Some(p) = self.control.segment().at(usize::from(self.side) * 4, 4) {
-            // SAFETY: in bounds, 4-aligned, lives as long as `control`.
-            let word = unsafe { AtomicU32::from_ptr(p.cast()) };
-            // Only from IN_TRANSIT: the child may already have decoded the end
-            // (and recorded the same pid). AcqRel: Release pairs with the
-            // Acquire loads in `peer_closed`/`peer_gone` and the Acquire side
-            // of the child's CASes; Acquire with the Release CAS in `encode`.
-            let tag = owner::start_tag_of(pid);
-            if word
-                .compare_exchange(IN_TRANSIT, pid as u32, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                if let Some(t) = self.control.segment().at(8 + usize::from(self.side) * 4, 4) {
-                    // SAFETY: as above.
-                    OwnerTag::new(unsafe { AtomicU32::from_ptr(t.cast()) }).record(tag);
+        // Only from this transit: the child may already have decoded the end
+        // (and recorded itself), and even handed it on (a newer transit),
+        // which a late marking must not undo.
+        let tag = owner::start_tag_of(pid);
+        let Ok(pid) = u32::try_from(pid) else { return };
+        if pid != 0 && pid < IN_TRANSIT && self.end_transit(pid) {
+            if let Some(t) = self.holder_tag() {
+                t.record(tag);
+            }
+        }
+    }
+
+    /// The carrier ended without anyone decoding the end (a task cancelled
+    /// or failed before its argument was decoded, a start that failed): it
+    /// goes back to the sender's copy, or is closed if that copy is gone, so
+    /// that the peer is never left waiting on an end nobody can hold.
+    fn undelivered(&self) {
+        if crate::sys::current_pid() != self.sender {
+            return; // a forked copy of the carrier: not the sender's to undo
+        }
+        // Held while we decide, so that the copy's `Drop` either ran before
+        // (and we close) or runs after (and finds itself the holder).
+        let alive = crate::sync::lock(&self.copy_alive);
+        if *alive {
+            if self.end_transit(self.sender) {
+                if let Some(t) = self.holder_tag() {
+                    t.record_mine();
                 }
+            }
+        } else if self.end_transit(CLOSED) {
+            if let Some(q) = &self.send {
+                q.close();
             }
         }
     }
@@ -609,6 +709,11 @@ fn eos(e: Error) -> Error {
 
 impl<T> Drop for PipeEnd<T> {
     fn drop(&mut self) {
+        // Under the lock an undelivered transit of ours takes (see
+        // `EndInTransit::undelivered`): either it gave the end back before,
+        // and we close it here, or it sees us gone and closes it itself.
+        let mut alive = crate::sync::lock(&self.copy_alive);
+        *alive = false;
         self.close_if_held();
     }
 }
@@ -616,16 +721,33 @@ impl<T> Drop for PipeEnd<T> {
 impl<T: Wire> Wire for PipeEnd<T> {
     fn encode(&self, out: &mut Encoder) {
         // In transit: nobody holds it until a process decodes it, so the
-        // sender dropping its copy does not close it. AcqRel: Release pairs
-        // with the Acquire side of the CASes from IN_TRANSIT in `decode` and
-        // `EndInTransit::delivered_to`; Acquire with the Release that made
-        // us holder.
-        let _ = self.give_up_if_held(crate::sys::current_pid(), IN_TRANSIT);
-        out.hand_over(Box::new(EndInTransit {
-            control: self.control.clone(),
-            side: self.side,
-        }));
+        // sender dropping its copy does not close it. Relaxed count: it only
+        // has to differ from the generations around it; the CAS below
+        // publishes it. AcqRel CAS: Release pairs with the Acquire side of
+        // the CASes from this transit in `decode` and `EndInTransit`;
+        // Acquire with the Release that made us holder.
+        let me = crate::sys::current_pid();
+        let generation = self.transits(self.side).fetch_add(1, Ordering::Relaxed) % GENERATIONS;
+        let transit = IN_TRANSIT | generation;
+        let handed_over = self.give_up_if_held(me, transit);
+        if handed_over {
+            out.hand_over(Box::new(EndInTransit {
+                control: self.control.clone(),
+                side: self.side,
+                transit,
+                sender: me,
+                copy_alive: self.copy_alive.clone(),
+                send: self.send.clone(),
+            }));
+        }
         out.push(self.side);
+        // Whoever decodes these bytes takes over this transit, and only it.
+        let carried = if handed_over {
+            transit
+        } else {
+            NOT_HANDED_OVER
+        };
+        carried.encode(out);
         self.send.encode(out);
         self.recv.encode(out);
         self.control.encode(type_tag::<PipeEnd<T>>(), 0, out);
@@ -636,6 +758,7 @@ impl<T: Wire> Wire for PipeEnd<T> {
         if side > 1 {
             return Err(decode_error::<Self>("bad side"));
         }
+        let transit = u32::decode(input)?;
         let send = Option::<Queue<T>>::decode(input)?;
         let recv = Option::<Queue<T>>::decode(input)?;
         let (control, _) =
@@ -646,20 +769,25 @@ impl<T: Wire> Wire for PipeEnd<T> {
             recv,
             control,
             next_peer_check: AtomicU64::new(0),
+            copy_alive: Arc::new(Mutex::new(true)),
         };
-        // Only from IN_TRANSIT: `EndInTransit::delivered_to` may have recorded us
-        // already. AcqRel: Release pairs with the Acquire loads in
-        // `peer_closed`/`peer_gone` and the Acquire side of the CAS in our
-        // `Drop`; Acquire with the Release CAS in the sender's `encode`.
-        if end
-            .holder(side)
-            .compare_exchange(
-                IN_TRANSIT,
-                crate::sys::current_pid(),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_ok()
+        // Only from the transit these bytes carry (any other word, such as
+        // NOT_HANDED_OVER or garbage, claims nothing): `delivered_to` may
+        // have recorded us already, and a stale copy of the bytes must not
+        // take over a later transit. AcqRel: Release pairs with the Acquire
+        // loads in `peer_closed`/`peer_gone` and the Acquire side of the CAS
+        // in our `Drop`/`encode`; Acquire with the Release CAS in the
+        // sender's `encode`.
+        if is_in_transit(transit)
+            && end
+                .holder(side)
+                .compare_exchange(
+                    transit,
+                    crate::sys::current_pid(),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
         {
             end.holder_tag(side).record_mine();
         }

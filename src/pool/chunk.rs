@@ -51,7 +51,7 @@ impl<A: Wire, I: Iterator<Item = A>> Chunker<A, I> {
         out.extend_from_slice(&(self.chunk.len() as u64).to_le_bytes());
         A::encode_slice(&self.chunk, &mut out);
         out.check()?;
-        let keep = out.take_carried().keep;
+        let keep = out.take_carried().into_keep_alive();
         Ok(Some((
             Payload::from_vec(out.take_bytes()),
             self.chunk.len(),

@@ -470,7 +470,7 @@ impl Pool {
         let (payload, carried) = crate::wire::encode_payload(&arg)?;
         self.shared.submit(
             smallvec::smallvec![(trampoline, payload, sink)],
-            carried.keep,
+            carried.into_keep_alive(),
             caller_waits,
         )?;
         Ok(AsyncResult::new(cell, Arc::downgrade(&self.shared)))

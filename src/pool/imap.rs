@@ -176,7 +176,7 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'_, A, R, I> {
                         tag: 0,
                     },
                 )],
-                carried.keep,
+                carried.into_keep_alive(),
                 false,
             )?;
             self.in_flight.push_back((

@@ -166,6 +166,8 @@ impl ProcessBuilder {
         // Encoded before anything starts: a value that cannot be encoded
         // starts nothing.
         let (payload, carried) = crate::wire::encode_carried(&arg)?;
+        // Pipe ends passed in go back to us if no child is started with them.
+        let handovers = crate::wire::InFlight::new(carried.handovers);
         let seg = segment::create(
             task::offset_of(task::call_one::<F, A, R>),
             &payload,
@@ -174,9 +176,7 @@ impl ProcessBuilder {
         let Started { pid, pidfd, exit } = reaper::spawn(seg.raw_fd(), self.cpu)?;
         // Pipe ends passed in belong to the child from now on, even if it
         // dies before it first touches them.
-        for handover in &carried.handovers {
-            handover.delivered_to(pid);
-        }
+        handovers.delivered_to(pid);
         Ok(Process {
             name: self.name.unwrap_or_else(|| format!("Process-{pid}")),
             pid,

@@ -15,10 +15,54 @@ pub(crate) type KeepAlive = Vec<Arc<dyn Any + Send + Sync>>;
 
 /// Something an encoding hands over to whichever process decodes it (one end
 /// of a [`crate::Pipe`]): the sender learns the receiver's pid when it starts
-/// it, and records it at once.
+/// it, and records it at once; a carrier that ends without delivering the
+/// bytes (a cancelled task) gives it back.
+///
+/// Both act only on the transit this encoding started: once a process has
+/// decoded the bytes (and perhaps handed the end on), they do nothing.
 pub(crate) trait Handover: Send + Sync {
     /// The encoding was delivered to process `pid`.
     fn delivered_to(&self, pid: i32);
+
+    /// The encoding will never be delivered: its carrier was dropped,
+    /// cancelled or failed (called by [`InFlight`], in the sender).
+    fn undelivered(&self);
+}
+
+/// Handovers whose carrier's fate is known to the sender (a pool task, a
+/// `Process` being started): unless [`delivered_to`](Self::delivered_to) is
+/// called, dropping it calls [`Handover::undelivered`] on each, which does
+/// nothing for those a process decoded meanwhile. Carriers that cannot tell
+/// (a value put into a [`crate::Queue`], bytes encoded by hand) leave the
+/// handovers to whoever decodes the bytes, as plain [`Carried::handovers`].
+pub(crate) struct InFlight(Vec<Box<dyn Handover>>);
+
+impl InFlight {
+    /// Takes charge of `handovers`.
+    pub(crate) fn new(handovers: Vec<Box<dyn Handover>>) -> Self {
+        Self(handovers)
+    }
+
+    /// The carrier reached process `pid`.
+    pub(crate) fn delivered_to(mut self, pid: i32) {
+        for handover in std::mem::take(&mut self.0) {
+            handover.delivered_to(pid);
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        for handover in &self.0 {
+            handover.undelivered();
+        }
+    }
+}
+
+impl fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("InFlight").field(&self.0.len()).finish()
+    }
 }
 
 /// What an encoded value carries besides its bytes: taken from the
@@ -30,6 +74,19 @@ pub(crate) struct Carried {
     pub(crate) keep: KeepAlive,
     /// Ends handed over to the receiver.
     pub(crate) handovers: Vec<Box<dyn Handover>>,
+}
+
+impl Carried {
+    /// What a pool task must hold until its outcome: the kept objects, and
+    /// the handovers in an [`InFlight`], so that a task that ends before a
+    /// worker decoded its argument gives its pipe ends back.
+    pub(crate) fn into_keep_alive(self) -> KeepAlive {
+        let mut keep = self.keep;
+        if !self.handovers.is_empty() {
+            keep.push(Arc::new(InFlight::new(self.handovers)));
+        }
+        keep
+    }
 }
 
 impl fmt::Debug for Carried {
@@ -157,11 +214,9 @@ impl Encoder {
     /// # Errors
     ///
     /// [`Error::Encode`] if a value could not be encoded.
-    pub fn finish(self) -> Result<Vec<u8>> {
-        match self.failure {
-            Some(e) => Err(e),
-            None => Ok(self.bytes),
-        }
+    pub fn finish(mut self) -> Result<Vec<u8>> {
+        self.check()?;
+        Ok(self.bytes)
     }
 
     /// An encoder writing after the bytes already in `bytes` (a recycled
@@ -186,10 +241,14 @@ impl Encoder {
     }
 
     /// `Err` with the recorded failure, if any (taking it, so that the
-    /// encoder can be reused).
+    /// encoder can be reused). Bytes that failed are never sent: what they
+    /// handed over goes back to its senders.
     pub(crate) fn check(&mut self) -> Result<()> {
         match self.failure.take() {
-            Some(e) => Err(e),
+            Some(e) => {
+                drop(InFlight::new(std::mem::take(&mut self.carried.handovers)));
+                Err(e)
+            }
             None => Ok(()),
         }
     }
