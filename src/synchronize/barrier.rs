@@ -347,6 +347,33 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "judges a pid dead through the kernel")]
+    fn a_dead_party_breaks_the_barrier_for_a_waiter() {
+        let b = Barrier::new(3).unwrap();
+        // A party that arrived and died: above any pid_max, no such process.
+        let (pid, _) = b.slot(0);
+        pid.store(i32::MAX as u32 - 1, Ordering::Relaxed);
+        b.word(ARRIVED_AT).store(1, Ordering::Relaxed);
+        assert_eq!(
+            b.wait_timeout(Duration::from_secs(3_600)).unwrap_err(),
+            Error::BrokenBarrier,
+            "broken by the dead party, not by the timeout"
+        );
+        assert!(b.broken());
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "opens the segment through /proc")]
+    fn a_handle_keeps_the_parties() {
+        let b = Barrier::new(5).unwrap();
+        let bytes = crate::wire::encode_to_vec(&b);
+        let copy = Barrier::decode(&mut bytes.as_slice()).unwrap();
+        assert_eq!(copy.parties(), 5);
+        copy.abort();
+        assert!(b.broken(), "the same barrier");
+    }
+
+    #[test]
     fn out_of_range_parties_are_refused() {
         assert!(matches!(Barrier::new(0), Err(Error::InvalidConfig { .. })));
         assert!(matches!(

@@ -385,6 +385,18 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "opens the segment through /proc")]
+    fn a_handle_keeps_the_bound() {
+        let s = BoundedSemaphore::new(2).unwrap();
+        let bytes = crate::wire::encode_to_vec(&s);
+        let copy = BoundedSemaphore::decode(&mut bytes.as_slice()).unwrap();
+        assert_eq!(copy.bound(), 2);
+        assert!(copy.release().is_err());
+        copy.acquire().forget();
+        assert_eq!(s.value(), 1, "the same count");
+    }
+
+    #[test]
     fn a_release_wakes_a_waiting_thread() {
         let s = Semaphore::new(0).unwrap();
         std::thread::scope(|scope| {

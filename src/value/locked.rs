@@ -555,6 +555,30 @@ mod tests {
     }
 
     #[test]
+    fn a_guard_reads_and_writes_under_the_lock() {
+        let v = Value::new(10u32).unwrap();
+        let mut held = v.lock();
+        assert!(!held.previous_holder_died());
+        let now = held.get();
+        held.set(now + 5);
+        assert_eq!(v.get(), 15, "readers see it at once");
+        drop(held);
+        v.update(|x| *x += 1); // the lock was released
+        assert_eq!(v.lock().get(), 16);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "judges a pid dead through the kernel")]
+    fn a_guard_reports_a_dead_holder() {
+        let v = Value::new(7u64).unwrap();
+        v.word(LOCK_AT)
+            .store(i32::MAX as u32 - 1, Ordering::Relaxed);
+        let held = v.lock();
+        assert!(held.previous_holder_died());
+        assert_eq!(held.get(), 7);
+    }
+
+    #[test]
     #[cfg_attr(
         miri,
         ignore = "needs another process (its descriptor table, or a pid that is dead)"
