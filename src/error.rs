@@ -277,6 +277,23 @@ pub enum Error {
         /// What was wrong, in the encoder's own words.
         reason: String,
     },
+    /// A thread tried to take a [`Lock`](crate::Lock) (or a
+    /// [`Condition`](crate::Condition)'s lock) it already holds: waiting would
+    /// never end.
+    #[error("this thread already holds the lock, so waiting for it would never end: drop the guard first, or use an `RLock` to take it again")]
+    Deadlock,
+    /// A [`Barrier`](crate::Barrier) is broken: a wait timed out, `abort` was
+    /// called, or a party died while waiting.
+    #[error("the barrier is broken (a wait timed out, `abort` was called, or a party died while waiting): the parties cannot all meet at it any more; make a new barrier to start over")]
+    BrokenBarrier,
+    /// A `release` would take a semaphore past the most permits it holds (a
+    /// [`BoundedSemaphore`](crate::BoundedSemaphore)'s bound, `u32::MAX` for
+    /// a [`Semaphore`](crate::Semaphore)). Nothing was released.
+    #[error("releasing would take the semaphore past {limit} permits: release only permits that were acquired (a guard gives its own back when it drops)")]
+    SemaphoreOverflow {
+        /// The most permits the semaphore holds.
+        limit: u32,
+    },
 }
 
 impl Error {
@@ -379,6 +396,9 @@ impl Clone for Error {
                 type_name,
                 reason: reason.clone(),
             },
+            Error::Deadlock => Error::Deadlock,
+            Error::BrokenBarrier => Error::BrokenBarrier,
+            Error::SemaphoreOverflow { limit } => Error::SemaphoreOverflow { limit: *limit },
         }
     }
 }
@@ -456,6 +476,11 @@ impl PartialEq for Error {
             }
             Error::Encode { type_name, reason } => {
                 matches!(other, Error::Encode { type_name: t, reason: r } if t == type_name && r == reason)
+            }
+            Error::Deadlock => matches!(other, Error::Deadlock),
+            Error::BrokenBarrier => matches!(other, Error::BrokenBarrier),
+            Error::SemaphoreOverflow { limit } => {
+                matches!(other, Error::SemaphoreOverflow { limit: l } if l == limit)
             }
         }
     }

@@ -57,6 +57,7 @@ mod queue;
 mod pipe;
 mod shared_array;
 mod value;
+mod synchronize; // Python's multiprocessing.synchronize: locks, semaphores, events, barriers
 pub mod daemon;
 mod entry; // the first stop of every child, before main
 
@@ -72,7 +73,11 @@ pub use pool::{
 pub use process::{Process, ProcessBuilder};
 pub use queue::Queue;
 pub use shared_array::SharedArray;
-pub use value::{Array, AtomicInt, AtomicValue, Value};
+pub use synchronize::{
+    Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, Lock, LockGuard, RLock,
+    RLockGuard, Semaphore, SemaphoreGuard,
+};
+pub use value::{Array, AtomicInt, AtomicValue, Value, ValueGuard};
 pub use wire::task::StarFn;
 #[cfg(feature = "serde")]
 pub use wire::Serde;

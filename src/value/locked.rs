@@ -278,7 +278,7 @@ impl<T: Pod> Value<T> {
     /// assert_eq!(seen_by_others.get(), 0b101);
     /// ```
     pub fn set(&self, value: T) {
-        let _lock = self.lock();
+        let _lock = self.take_lock();
         self.write_locked(&value);
     }
 
@@ -303,7 +303,7 @@ impl<T: Pod> Value<T> {
     /// assert_eq!((stats.get(), mean), ([3, 12], 4));
     /// ```
     pub fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        let _lock = self.lock();
+        let _lock = self.take_lock();
         // Under the lock, no write overlaps this copy.
         let mut value = self.load_data();
         let out = f(&mut value);
@@ -311,9 +311,33 @@ impl<T: Pod> Value<T> {
         out
     }
 
+    /// Takes the value's lock for a compound update (Python's
+    /// `with v.get_lock(): ...`): while the guard lives, [`ValueGuard::get`]
+    /// and [`ValueGuard::set`] read and write under it, and no other
+    /// `set`, `update` or `lock` (in any process) runs. A holder that dies is
+    /// taken over, as for `update`. Readers ([`Value::get`]) never wait for
+    /// it.
+    ///
+    /// The lock is not reentrant: calling `set`, `update` or `lock` on this
+    /// value while the guard lives waits forever.
+    ///
+    /// ```
+    /// let balance = corepool::Value::new(100i64).unwrap();
+    /// let mut held = balance.lock();
+    /// let now = held.get();
+    /// if now >= 30 {
+    ///     held.set(now - 30); // check-then-act, with nobody in between
+    /// }
+    /// drop(held);
+    /// assert_eq!(balance.get(), 70);
+    /// ```
+    pub fn lock(&self) -> ValueGuard<'_, T> {
+        self.take_lock()
+    }
+
     /// Takes the lock, from a dead holder if need be; it is released when the
     /// returned guard drops.
-    fn lock(&self) -> Locked<'_, T> {
+    fn take_lock(&self) -> ValueGuard<'_, T> {
         let lock = self.word(LOCK_AT);
         let me = crate::sys::current_pid();
         let mut spinner = Spinner::new();
@@ -327,7 +351,7 @@ impl<T: Pod> Value<T> {
             match lock.compare_exchange(0, me, Ordering::Acquire, Ordering::Acquire) {
                 Ok(_) => {
                     self.owner().record_mine();
-                    return Locked(self);
+                    return ValueGuard::new(self, false);
                 }
                 Err(holder) => {
                     if let Some(tag) = self.dead_holder_tag(holder) {
@@ -349,7 +373,7 @@ impl<T: Pod> Value<T> {
                         {
                             self.owner().record_mine();
                             self.restore();
-                            return Locked(self);
+                            return ValueGuard::new(self, true);
                         }
                     } else if !spinner.spin() {
                         // Sleep a little on the lock word; a live holder
@@ -406,14 +430,14 @@ impl<T: Pod> Value<T> {
         let holder = lock.load(Ordering::Acquire);
         if holder != 0 && self.dead_holder_tag(holder).is_some() {
             // Takes it over and restores the value; the guard unlocks.
-            drop(self.lock());
+            drop(self.take_lock());
         }
     }
 
     /// Test hook: takes the lock, starts a write and dies there.
     #[cfg(feature = "fault-injection")]
     pub(crate) fn lock_and_abort(&self) -> ! {
-        let lock = self.lock();
+        let lock = self.take_lock();
         std::mem::forget(lock);
         let seq = self.word(SEQ_AT);
         // Relaxed: a write that never ends; nobody is meant to see its data.
@@ -422,13 +446,73 @@ impl<T: Pod> Value<T> {
     }
 }
 
-/// The lock of a [`Value`], held: unlocks when dropped, also when `update`'s
-/// closure panics.
-struct Locked<'a, T: Pod>(&'a Value<T>);
+/// The lock of a [`Value`], held (from [`Value::lock`]): reads and writes
+/// the value under it, and unlocks when dropped, also when a panic unwinds.
+/// Bound to the thread that took it (it is not `Send`).
+#[must_use = "the lock is released as soon as the guard drops"]
+pub struct ValueGuard<'a, T: Pod> {
+    value: &'a Value<T>,
+    owner_died: bool,
+    _thread_bound: PhantomData<*const ()>,
+}
 
-impl<T: Pod> Drop for Locked<'_, T> {
+impl<'a, T: Pod> ValueGuard<'a, T> {
+    fn new(value: &'a Value<T>, owner_died: bool) -> Self {
+        Self {
+            value,
+            owner_died,
+            _thread_bound: PhantomData,
+        }
+    }
+
+    /// The value (no write can overlap it while the lock is held).
+    ///
+    /// ```
+    /// let v = corepool::Value::new(5u32).unwrap();
+    /// assert_eq!(v.lock().get(), 5);
+    /// ```
+    pub fn get(&self) -> T {
+        // Under the lock, no write overlaps this copy.
+        self.value.load_data()
+    }
+
+    /// Replaces the value; readers see the new one at once.
+    ///
+    /// ```
+    /// let v = corepool::Value::new(5u32).unwrap();
+    /// v.lock().set(6);
+    /// assert_eq!(v.get(), 6);
+    /// ```
+    pub fn set(&mut self, value: T) {
+        self.value.write_locked(&value);
+    }
+
+    /// Whether this lock was taken over from a holder that died holding it
+    /// (the value is then what it left, which for plain data is a valid
+    /// `T`). A reader that met the dead writer first may have repaired the
+    /// lock already, so `false` does not prove that nobody died.
+    ///
+    /// ```
+    /// let v = corepool::Value::new(0u8).unwrap();
+    /// assert!(!v.lock().previous_holder_died());
+    /// ```
+    pub fn previous_holder_died(&self) -> bool {
+        self.owner_died
+    }
+}
+
+impl<T: Pod> fmt::Debug for ValueGuard<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ValueGuard")
+            .field("type", &std::any::type_name::<T>())
+            .field("previous_holder_died", &self.owner_died)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Pod> Drop for ValueGuard<'_, T> {
     fn drop(&mut self) {
-        self.0.unlock();
+        self.value.unlock();
     }
 }
 
@@ -468,6 +552,30 @@ mod tests {
             4.0
         );
         assert_eq!(v.get(), [4.0, 4.5]);
+    }
+
+    #[test]
+    fn a_guard_reads_and_writes_under_the_lock() {
+        let v = Value::new(10u32).unwrap();
+        let mut held = v.lock();
+        assert!(!held.previous_holder_died());
+        let now = held.get();
+        held.set(now + 5);
+        assert_eq!(v.get(), 15, "readers see it at once");
+        drop(held);
+        v.update(|x| *x += 1); // the lock was released
+        assert_eq!(v.lock().get(), 16);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "judges a pid dead through the kernel")]
+    fn a_guard_reports_a_dead_holder() {
+        let v = Value::new(7u64).unwrap();
+        v.word(LOCK_AT)
+            .store(i32::MAX as u32 - 1, Ordering::Relaxed);
+        let held = v.lock();
+        assert!(held.previous_holder_died());
+        assert_eq!(held.get(), 7);
     }
 
     #[test]

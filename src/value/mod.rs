@@ -17,7 +17,7 @@ mod atomic;
 mod locked;
 
 pub use atomic::{AtomicInt, AtomicValue};
-pub use locked::Value;
+pub use locked::{Value, ValueGuard};
 
 /// Python's `multiprocessing.Array`: a [`crate::SharedArray`].
 ///

@@ -1,0 +1,243 @@
+//! Python's synchronization tools across processes: mutual exclusion, a
+//! killed holder's lock handed over, events, conditions, barriers broken by
+//! a killed party, semaphores bounding concurrency.
+
+mod common;
+
+use corepool::{
+    AtomicValue, Barrier, Condition, Error, Event, Lock, Pool, Process, RLock, Semaphore, Value,
+};
+use std::time::Duration;
+
+/// Long enough never to be reached on a healthy run: a hang bound, not a
+/// timing check.
+const LONG: Duration = Duration::from_secs(60);
+
+const ROUNDS: u64 = 500;
+
+/// Adds `ROUNDS` to `by_lock` under `lock` (a read and a write that a
+/// lost update would show), and `ROUNDS` to `by_guard` under its own lock.
+fn add_rounds(arg: (Lock, Value<u64>, Value<u64>)) -> u64 {
+    let (lock, by_lock, by_guard) = arg;
+    for _ in 0..ROUNDS {
+        {
+            let _held = lock.acquire().unwrap();
+            let now = by_lock.get();
+            by_lock.set(now + 1);
+        }
+        let mut held = by_guard.lock();
+        let now = held.get();
+        held.set(now + 1);
+    }
+    0
+}
+
+fn a_lock_excludes_children_pool_tasks_and_the_parent() {
+    let lock = Lock::new().unwrap();
+    let (by_lock, by_guard) = (Value::new(0u64).unwrap(), Value::new(0u64).unwrap());
+    let shared = (lock.clone(), by_lock.clone(), by_guard.clone());
+    let kids: Vec<_> = (0..2)
+        .map(|_| Process::start(add_rounds, shared.clone()).unwrap())
+        .collect();
+    let pool = Pool::builder().workers(2).build().unwrap();
+    pool.map(add_rounds, vec![shared.clone(); 4], Some(1))
+        .unwrap();
+    add_rounds(shared);
+    for k in kids {
+        k.join().unwrap();
+    }
+    pool.close();
+    pool.join().unwrap();
+    assert_eq!(by_lock.get(), 7 * ROUNDS, "no update lost under the Lock");
+    assert_eq!(
+        by_guard.get(),
+        7 * ROUNDS,
+        "no update lost under Value::lock"
+    );
+}
+
+/// Takes the lock, says so, and waits to be killed.
+fn hold_lock_until_killed(arg: (Lock, Event, Event)) -> u64 {
+    let (lock, held, never) = arg;
+    let guard = lock.acquire().unwrap();
+    held.set();
+    never.wait();
+    drop(guard);
+    0
+}
+
+fn hold_rlock_until_killed(arg: (RLock, Event, Event)) -> u64 {
+    let (lock, held, never) = arg;
+    let outer = lock.acquire().unwrap();
+    let inner = lock.acquire().unwrap();
+    held.set();
+    never.wait();
+    drop((inner, outer));
+    0
+}
+
+fn a_killed_holders_lock_goes_to_the_next_owner_who_is_told() {
+    let (lock, held, never) = (
+        Lock::new().unwrap(),
+        Event::new().unwrap(),
+        Event::new().unwrap(),
+    );
+    let child = Process::start(
+        hold_lock_until_killed,
+        (lock.clone(), held.clone(), never.clone()),
+    )
+    .unwrap();
+    assert!(held.wait_timeout(LONG), "the child took the lock");
+    assert!(lock.try_acquire().is_none(), "a live holder keeps it");
+    child.kill();
+    assert!(child.join().is_err());
+    let guard = lock.acquire_timeout(LONG).unwrap();
+    assert!(guard.previous_holder_died());
+    drop(guard);
+    assert!(!lock.acquire().unwrap().previous_holder_died(), "told once");
+
+    let (rlock, held) = (RLock::new().unwrap(), Event::new().unwrap());
+    let child = Process::start(
+        hold_rlock_until_killed,
+        (rlock.clone(), held.clone(), never),
+    )
+    .unwrap();
+    assert!(held.wait_timeout(LONG));
+    child.kill();
+    assert!(child.join().is_err());
+    let guard = rlock.acquire_timeout(LONG).unwrap();
+    assert!(
+        guard.previous_holder_died(),
+        "re-entered twice, released by death"
+    );
+    drop(guard);
+    assert!(!rlock.acquire().unwrap().previous_holder_died());
+}
+
+/// Waits at the start barrier, then for the event.
+fn wait_for_go(arg: (Barrier, Event)) -> u64 {
+    let (start, go) = arg;
+    start.wait().unwrap();
+    u64::from(go.wait_timeout(LONG))
+}
+
+fn an_event_wakes_waiters_in_other_processes() {
+    let (start, go) = (Barrier::new(3).unwrap(), Event::new().unwrap());
+    let kids: Vec<_> = (0..2)
+        .map(|_| Process::start(wait_for_go, (start.clone(), go.clone())).unwrap())
+        .collect();
+    start.wait().unwrap();
+    go.set();
+    for k in kids {
+        assert_eq!(k.join().unwrap(), 1, "woken by the set, not the timeout");
+    }
+}
+
+fn produce_under_condition(arg: (Condition, Value<u64>)) -> u64 {
+    let (ready, items) = arg;
+    for _ in 0..3 {
+        let mut held = ready.acquire().unwrap();
+        items.set(items.get() + 1);
+        held.notify_all();
+    }
+    0
+}
+
+fn a_condition_wakes_a_waiter_in_another_process() {
+    let (ready, items) = (Condition::new().unwrap(), Value::new(0u64).unwrap());
+    let child = Process::start(produce_under_condition, (ready.clone(), items.clone())).unwrap();
+    let mut held = ready.acquire().unwrap();
+    assert!(held.wait_for(|| items.get() == 3, Some(LONG)));
+    drop(held);
+    child.join().unwrap();
+}
+
+/// 0 if the barrier let it pass, 1 if it broke.
+fn party(b: Barrier) -> u64 {
+    match b.wait_timeout(LONG) {
+        Ok(_) => 0,
+        Err(Error::BrokenBarrier) => 1,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn a_party_killed_at_the_barrier_breaks_it_for_the_others() {
+    // Three parties: a survivor, a victim, and one that never comes.
+    let b = Barrier::new(3).unwrap();
+    let survivor = Process::start(party, b.clone()).unwrap();
+    let victim = Process::start(party, b.clone()).unwrap();
+    common::eventually("both parties wait at the barrier", || b.n_waiting() == 2);
+    victim.kill();
+    assert!(victim.join().is_err());
+    assert_eq!(survivor.join().unwrap(), 1, "broken, not hung");
+    assert!(b.broken());
+    assert_eq!(b.wait().unwrap_err(), Error::BrokenBarrier);
+}
+
+fn barriers_pass_processes_generation_after_generation() {
+    fn rounds(b: Barrier) -> u64 {
+        (0..20).map(|_| u64::from(b.wait().unwrap())).sum()
+    }
+    let b = Barrier::new(3).unwrap();
+    let kids: Vec<_> = (0..2)
+        .map(|_| Process::start(rounds, b.clone()).unwrap())
+        .collect();
+    let mine = rounds(b.clone());
+    let total: u64 = mine + kids.into_iter().map(|k| k.join().unwrap()).sum::<u64>();
+    assert_eq!(total, 20 * 3, "indices 0, 1 and 2 every generation");
+}
+
+/// Enters the section guarded by the semaphore a few times, recording the
+/// most tasks ever inside at once.
+fn enter_section(arg: (Semaphore, AtomicValue<u64>, AtomicValue<u64>)) -> u64 {
+    let (slots, inside, most) = arg;
+    for _ in 0..200 {
+        let _permit = slots.acquire();
+        let now = inside.fetch_add(1) + 1;
+        most.fetch_max(now);
+        std::hint::black_box((0..100).sum::<u64>());
+        inside.fetch_sub(1);
+    }
+    0
+}
+
+fn a_semaphore_bounds_concurrency_across_processes() {
+    let slots = Semaphore::new(2).unwrap();
+    let (inside, most) = (
+        AtomicValue::new(0u64).unwrap(),
+        AtomicValue::new(0u64).unwrap(),
+    );
+    let shared = (slots.clone(), inside.clone(), most.clone());
+    let kids: Vec<_> = (0..3)
+        .map(|_| Process::start(enter_section, shared.clone()).unwrap())
+        .collect();
+    let pool = Pool::builder().workers(2).build().unwrap();
+    pool.map(enter_section, vec![shared.clone(); 2], Some(1))
+        .unwrap();
+    enter_section(shared);
+    for k in kids {
+        k.join().unwrap();
+    }
+    pool.close();
+    pool.join().unwrap();
+    assert!(most.load() <= 2, "at most two inside, saw {}", most.load());
+    assert!(most.load() >= 1);
+    assert_eq!(inside.load(), 0);
+    assert_eq!(slots.value(), 2, "every permit given back");
+}
+
+fn main() {
+    corepool::init();
+    // The process thread's eventfd lives for the program: create it before
+    // the harness takes its descriptor baseline.
+    Process::start(|x: u64| x, 0).unwrap().join().unwrap();
+    common::run(common::tests![
+        a_lock_excludes_children_pool_tasks_and_the_parent,
+        a_killed_holders_lock_goes_to_the_next_owner_who_is_told,
+        an_event_wakes_waiters_in_other_processes,
+        a_condition_wakes_a_waiter_in_another_process,
+        a_party_killed_at_the_barrier_breaks_it_for_the_others,
+        barriers_pass_processes_generation_after_generation,
+        a_semaphore_bounds_concurrency_across_processes,
+    ]);
+}
