@@ -9,7 +9,7 @@
 //! the child through its pidfd. So one `futex_waitv(2)` sleeps on all of
 //! them at once, and any put, close or exit wakes it: no polling loop. The
 //! event counts are joined with their own protocol
-//! ([`crate::shm::event`]), split in two: announce on every one, fence,
+//! (`shm/event.rs`), split in two: announce on every one, fence,
 //! re-check everything, sleep on all the words, withdraw.
 //!
 //! Two states announce themselves through no word, and are looked at

@@ -46,7 +46,7 @@ pub struct ProcessInfo {
 /// ```
 /// use corepool::{Pool, ProcessKind};
 ///
-/// let pool = Pool::builder().processes(1).build()?;
+/// let pool = Pool::builder().workers(1).build()?;
 /// let kind = pool.apply(|_: ()| corepool::current_process().kind, ())?;
 /// assert_eq!(kind, ProcessKind::PoolWorker { index: 0 });
 /// # Ok::<(), corepool::Error>(())
