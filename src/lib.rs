@@ -51,10 +51,12 @@ pub mod info; // the machine: CPUs, the allowed set, pinning
 mod wire; // how values and functions cross processes
 mod shm; // shared-memory building blocks: segment, ring, parking, queue, handles
 mod child; // starting, supervising and identifying child processes
+mod identity; // who this process is, and its parent
 mod pool; // the process pool: facade, driver, state machine, worker
 mod process; // Python's Process
 mod queue;
 mod pipe;
+pub mod connection; // waiting on several processes, pipes and queues
 mod shared_array;
 mod value;
 mod synchronize; // Python's multiprocessing.synchronize: locks, semaphores, events, barriers
@@ -66,11 +68,12 @@ mod entry; // the first stop of every child, before main
 pub use corepool_derive::Wire;
 pub use daemon::{Daemon, DaemonGuard};
 pub use error::{Error, ExitCause, Result};
+pub use identity::{current_process, parent_process, ProcessInfo, ProcessKind};
 pub use pipe::{Pipe, PipeEnd};
 pub use pool::{
     AsyncResult, Callbacks, Imap, ImapUnordered, Pinning, Pool, PoolBuilder, PoolStats,
 };
-pub use process::{Process, ProcessBuilder};
+pub use process::{active_children, Process, ProcessBuilder};
 pub use queue::Queue;
 pub use shared_array::SharedArray;
 pub use synchronize::{

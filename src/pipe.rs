@@ -352,6 +352,12 @@ impl<T> PipeEnd<T> {
             what: "this end of a one-way pipe only sends: receive on the other end".into(),
         })
     }
+
+    /// The queue this end receives from, if it receives: for waiting on it
+    /// along with other things (`crate::connection::wait`).
+    pub(crate) fn receiving_queue(&self) -> Option<&Queue<T>> {
+        self.recv.as_ref()
+    }
 }
 
 impl<T: Wire> PipeEnd<T> {

@@ -432,8 +432,8 @@ impl<T: Wire> Queue<T> {
         self.queue.wait_nonempty_until(deadline)
     }
 
-    /// The untyped queue underneath, for the test hooks in `crate::testing`.
-    #[cfg(feature = "fault-injection")]
+    /// The untyped queue underneath, for the test hooks in `crate::testing`
+    /// and for waiting on it along with other things (`crate::connection`).
     pub(crate) fn byte_queue(&self) -> &ByteQueue {
         &self.queue
     }

@@ -217,6 +217,62 @@ pub(crate) fn futex_wake_all(word: &AtomicU32) {
     let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
 }
 
+/// How many words one [`futex_wait_any`] takes (the kernel's
+/// `FUTEX_WAITV_MAX`).
+pub(crate) const FUTEX_WAIT_ANY_MAX: usize = 128;
+
+/// Waits while every `*word == expected` of `words`, at most `timeout`
+/// (forever if `None`): `futex_waitv(2)`, Linux 5.16 and later. Spurious
+/// returns are allowed; callers re-check their conditions. The words may
+/// live in shared mappings (not `FUTEX2_PRIVATE`).
+///
+/// # Errors
+///
+/// `ENOSYS` on an older kernel and `EINVAL` for more than
+/// [`FUTEX_WAIT_ANY_MAX`] words: the caller waits some other way. Wake-ups,
+/// timeouts, signals and a word that already changed are `Ok`.
+pub(crate) fn futex_wait_any(
+    words: &[(&AtomicU32, u32)],
+    timeout: Option<Duration>,
+) -> io::Result<()> {
+    let waiters: Vec<futex::Wait> = words
+        .iter()
+        .map(|&(word, expected)| {
+            let mut w = futex::Wait::new();
+            w.val = u64::from(expected);
+            w.uaddr = futex::WaitPtr::new(word.as_ptr().cast());
+            w.flags = futex::WaitFlags::SIZE_U32;
+            w
+        })
+        .collect();
+    // futex_waitv takes an absolute CLOCK_MONOTONIC deadline.
+    let deadline = timeout.map(|t| {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `now` is a valid timespec to write; CLOCK_MONOTONIC always exists.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        let nanos = u64::try_from(now.tv_nsec).unwrap_or(0) + u64::from(t.subsec_nanos());
+        Timespec {
+            tv_sec: i64::try_from(t.as_secs())
+                .unwrap_or(i64::MAX / 2)
+                .saturating_add(now.tv_sec)
+                .saturating_add((nanos / 1_000_000_000) as i64),
+            tv_nsec: (nanos % 1_000_000_000) as i64,
+        }
+    });
+    match futex::waitv(
+        &waiters,
+        futex::WaitvFlags::empty(),
+        deadline.as_ref(),
+        futex::ClockId::Monotonic,
+    ) {
+        Ok(_) | Err(Errno::AGAIN | Errno::TIMEDOUT | Errno::INTR) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// `pidfd_open(pid)`: a descriptor that becomes readable when `pid` exits.
 /// Works on a zombie too, so there is no race with an early death.
 pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {

@@ -16,7 +16,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 /// The environment variable that marks a worker process. Its value is
-/// `v1:<segment fd>:<slot index>:<parent pid>`.
+/// `v1:<segment fd>:<slot index>:<parent pid>[:<parent description>]`, the
+/// description as `crate::identity::describe_current` writes it.
 pub(crate) const WORKER_ENV: &str = "COREPOOL_WORKER";
 
 /// Exit status of a worker that failed to attach (see the slot's `fail_code`).
@@ -53,29 +54,42 @@ pub(crate) fn is_uninitialised_worker() -> bool {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Token {
+struct Token<'a> {
     fd: i32,
     index: usize,
     parent: i32,
+    /// Who the parent is, for `crate::parent_process`.
+    parent_description: Option<&'a str>,
 }
 
-fn parse_token(s: &str) -> Option<Token> {
-    let mut parts = s.split(':');
+fn parse_token(s: &str) -> Option<Token<'_>> {
+    // The description comes last and may itself hold ':'.
+    let mut parts = s.splitn(5, ':');
     if parts.next()? != "v1" {
         return None;
     }
     let fd = parts.next()?.parse().ok()?;
     let index = parts.next()?.parse().ok()?;
     let parent = parts.next()?.parse().ok()?;
-    parts
-        .next()
-        .is_none()
-        .then_some(Token { fd, index, parent })
+    let parent_description = match parts.next() {
+        None => None,
+        Some(d) => {
+            crate::identity::parse_description(d)?;
+            Some(d)
+        }
+    };
+    Some(Token {
+        fd,
+        index,
+        parent,
+        parent_description,
+    })
 }
 
 /// The token a parent passes to worker `index`.
 pub(crate) fn make_token(fd: i32, index: usize, parent: i32) -> String {
-    format!("v1:{fd}:{index}:{parent}")
+    let me = crate::identity::describe_current();
+    format!("v1:{fd}:{index}:{parent}:{me}")
 }
 
 /// This worker's slot, for [`sabotage`] (a test hook).
@@ -138,12 +152,15 @@ fn stray(why: &str) -> i32 {
     EXIT_START_FAILED
 }
 
-fn serve(token: Token) -> i32 {
+fn serve(token: Token<'_>) -> i32 {
     // The parent may have died between fork and now, before PDEATHSIG was armed
     // for us to notice: then there is nobody to serve.
     if sys::getppid() != token.parent {
         return stray("its parent is not the pool that started it");
     }
+    // Who we are, before any task can ask (`crate::current_process`).
+    let kind = crate::identity::ProcessKind::PoolWorker { index: token.index };
+    crate::identity::record_child(kind, None, token.parent, token.parent_description);
     // Keep the segment descriptor away from processes our tasks start.
     let _ = sys::set_cloexec(token.fd);
     // SAFETY: the parent passed this descriptor to us, for us alone.
@@ -458,10 +475,16 @@ mod tests {
 
     #[test]
     fn tokens_parse_strictly() {
-        let t = parse_token(&make_token(5, 2, 77)).unwrap();
+        let token = make_token(5, 2, 77);
+        let t = parse_token(&token).unwrap();
         assert_eq!((t.fd, t.index, t.parent), (5, 2, 77));
         assert!(parse_token("v2:5:2:77").is_none());
         assert!(parse_token("v1:5:2").is_none());
         assert!(parse_token("v1:5:2:77:1").is_none());
+        assert!(parse_token("v1:5:2:77").is_some(), "no description");
+        assert_eq!(
+            t.parent_description,
+            Some(crate::identity::describe_current().as_str())
+        );
     }
 }

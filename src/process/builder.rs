@@ -2,6 +2,7 @@
 //! room for the result), and starting one: encode the argument into a new
 //! segment, have the process thread start the child, hand back the handle.
 
+use super::introspect;
 use super::reaper::{self, Started};
 use super::{segment, Process, PROCESS_ENV};
 use crate::error::{Error, Result};
@@ -172,13 +173,18 @@ impl ProcessBuilder {
             task::offset_of(task::call_one::<F, A, R>),
             &payload,
             self.max_result_bytes,
+            &introspect::identity_for_child(self.name.as_deref()),
         )?;
         let Started { pid, pidfd, exit } = reaper::spawn(seg.raw_fd(), self.cpu)?;
         // Pipe ends passed in belong to the child from now on, even if it
         // dies before it first touches them.
         handovers.delivered_to(pid);
+        let name = self.name.unwrap_or_else(|| format!("Process-{pid}"));
+        // A child inherits a one-CPU affinity when it is not pinned itself.
+        let cpu = self.cpu.or(crate::identity::current_process().cpu);
+        introspect::register(pid, &name, cpu, exit.clone());
         Ok(Process {
-            name: self.name.unwrap_or_else(|| format!("Process-{pid}")),
+            name,
             pid,
             daemon: self.daemon,
             exit,

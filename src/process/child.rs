@@ -62,6 +62,9 @@ fn serve_child(token: &str) -> i32 {
         );
         return 101;
     }
+    // Who we are, before the task can ask (`crate::current_process`).
+    let identity = segment::read_identity(&seg, &header).unwrap_or_default();
+    super::introspect::record_child(&identity, parent);
     let Some(input) = segment::read_argument(&seg, &header) else {
         return 101;
     };

@@ -16,10 +16,12 @@
 
 mod builder;
 pub(crate) mod child;
+mod introspect;
 mod reaper;
 mod segment;
 
 pub use builder::ProcessBuilder;
+pub use introspect::active_children;
 
 use self::reaper::Exit;
 use self::segment::Outcome;
@@ -29,7 +31,8 @@ use crate::sys;
 use crate::wire::{decode_exact, Wire};
 use std::fmt;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -312,6 +315,29 @@ impl<R: Wire> Process<R> {
         self.exit.wait(deadline).is_some()
     }
 
+    /// A descriptor that becomes readable once the process has exited
+    /// (Python's `sentinel`): its pidfd, for your own `poll` or `epoll`
+    /// loop. It stays valid as long as this handle; do not close it. To wait
+    /// for several processes, pipes and queues at once, see
+    /// [`connection::wait`](crate::connection::wait).
+    ///
+    /// ```
+    /// use std::os::fd::AsRawFd;
+    /// use std::time::Duration;
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     let p = corepool::Process::start(|x: u8| x, 1)?;
+    ///     let mut fds = [libc::pollfd { fd: p.sentinel().as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+    ///     // SAFETY: one valid pollfd; -1 waits until it is readable.
+    ///     assert_eq!(unsafe { libc::poll(fds.as_mut_ptr(), 1, -1) }, 1);
+    ///     assert!(p.join_timeout(Duration::from_secs(60)), "it exited");
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn sentinel(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
     /// Waits for it to end and returns what `f` returned (Python's `join`,
     /// with the result the target produced).
     ///
@@ -342,6 +368,18 @@ impl<R: Wire> Process<R> {
     pub fn join(self) -> Result<R> {
         let cause = self.exit.join();
         self.read_result(cause)
+    }
+
+    /// Whether the process thread has recorded its end: then
+    /// [`is_alive`](Self::is_alive) is false and `join` does not wait.
+    pub(crate) fn has_ended(&self) -> bool {
+        self.exit.ended()
+    }
+
+    /// The futex word that turns from 0 to 1 when it has ended (see
+    /// [`has_ended`](Self::has_ended)).
+    pub(crate) fn ended_word(&self) -> &AtomicU32 {
+        self.exit.ended_word()
     }
 
     fn read_result(&self, cause: ExitCause) -> Result<R> {

@@ -12,6 +12,7 @@ use crate::child::spawn::Reexec;
 use crate::child::supervisor::{Event, Spawn, SpawnError, Supervisor};
 use crate::error::{Error, ExitCause, Result};
 use std::os::fd::{OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -21,12 +22,34 @@ use std::time::Instant;
 pub(super) struct Exit {
     cause: Mutex<Option<ExitCause>>,
     reaped: Condvar,
+    /// 0 while it runs, 1 once `cause` is recorded: a futex word, so that
+    /// `crate::connection::wait` can sleep on several processes (and queues)
+    /// at once.
+    ended: AtomicU32,
 }
 
 impl Exit {
     fn record(&self, cause: ExitCause) {
-        *crate::sync::lock(&self.cause) = Some(cause);
+        let mut recorded = crate::sync::lock(&self.cause);
+        *recorded = Some(cause);
+        // Under the lock, so that whoever sees the cause also sees the word
+        // (`join_timeout`, then `active_children`). Release pairs with the
+        // Acquire load in `ended`: whoever sees 1 finds the cause recorded.
+        self.ended.store(1, Ordering::Release);
+        drop(recorded);
         self.reaped.notify_all();
+        crate::sys::futex_wake_all(&self.ended);
+    }
+
+    /// The futex word that turns 1 once it has ended (and never back).
+    pub(super) fn ended_word(&self) -> &AtomicU32 {
+        &self.ended
+    }
+
+    /// Whether it has ended, in one load.
+    pub(super) fn ended(&self) -> bool {
+        // Acquire pairs with the Release store in `record`.
+        self.ended.load(Ordering::Acquire) == 1
     }
 
     /// How it ended; `None` while it runs.

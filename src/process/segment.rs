@@ -18,6 +18,11 @@ const VERSION: u32 = 1;
 pub(super) const HEADER_BYTES: usize = 4096;
 const STATUS_OFFSET: usize = 256;
 const RESULT_LEN_OFFSET: usize = 260;
+/// Where the child's identity lies (its name and its parent's description,
+/// for `crate::identity`): the rest of the header's page.
+const IDENTITY_OFFSET: usize = 512;
+/// The most identity bytes the header's page holds.
+pub(super) const IDENTITY_MAX: usize = HEADER_BYTES - IDENTITY_OFFSET;
 
 /// Child outcome codes in the segment's `status` word.
 pub(super) mod status {
@@ -46,7 +51,8 @@ pub(super) struct Header {
     pub(super) trampoline: i64,
     /// Room for the encoded result.
     pub(super) result_cap: u32,
-    _reserved: u32,
+    /// Bytes of identity at [`IDENTITY_OFFSET`] (at most [`IDENTITY_MAX`]).
+    pub(super) identity_len: u32,
 }
 
 impl Header {
@@ -87,9 +93,16 @@ fn result_len_word(seg: &Segment) -> Option<&AtomicU32> {
 }
 
 /// Parent: a new segment holding the header for `trampoline` and
-/// `argument`, with `result_cap` bytes of room for the result. Nothing else
-/// maps it yet.
-pub(super) fn create(trampoline: i64, argument: &[u8], result_cap: u32) -> Result<Segment> {
+/// `argument`, with `result_cap` bytes of room for the result, and the
+/// child's `identity` (cut to [`IDENTITY_MAX`] bytes). Nothing else maps it
+/// yet.
+pub(super) fn create(
+    trampoline: i64,
+    argument: &[u8],
+    result_cap: u32,
+    identity: &[u8],
+) -> Result<Segment> {
+    let identity = &identity[..identity.len().min(IDENTITY_MAX)];
     let arg_len = u32::try_from(argument.len()).map_err(|_| crate::Error::ArgumentTooLarge {
         size: argument.len(),
         max: u32::MAX as usize,
@@ -101,7 +114,7 @@ pub(super) fn create(trampoline: i64, argument: &[u8], result_cap: u32) -> Resul
         fingerprint: crate::child::fingerprint::fingerprint(),
         trampoline,
         result_cap,
-        _reserved: 0,
+        identity_len: identity.len() as u32,
     };
     let len = header.result_at() + result_cap as usize;
     let seg = Segment::create(c"corepool-process", len)?;
@@ -117,7 +130,23 @@ pub(super) fn create(trampoline: i64, argument: &[u8], result_cap: u32) -> Resul
     let dst = seg.at(HEADER_BYTES, argument.len()).ok_or_else(too_small)?;
     // SAFETY: in bounds (checked by `at`); not shared yet.
     unsafe { std::ptr::copy_nonoverlapping(argument.as_ptr(), dst, argument.len()) };
+    let dst = seg
+        .at(IDENTITY_OFFSET, identity.len())
+        .ok_or_else(too_small)?;
+    // SAFETY: in bounds (checked by `at`); not shared yet.
+    unsafe { std::ptr::copy_nonoverlapping(identity.as_ptr(), dst, identity.len()) };
     Ok(seg)
+}
+
+/// Child: a copy of the identity bytes the parent wrote (untrusted: the
+/// caller decodes and validates them).
+pub(super) fn read_identity(seg: &Segment, header: &Header) -> Option<Vec<u8>> {
+    let len = (header.identity_len as usize).min(IDENTITY_MAX);
+    let src = seg.at(IDENTITY_OFFSET, len)?;
+    let mut out = vec![0u8; len];
+    // SAFETY: in bounds (checked by `at`); copied once.
+    unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), len) };
+    Some(out)
 }
 
 /// Either side: the header, if it is one (right magic and version).
@@ -226,9 +255,10 @@ mod tests {
 
     #[test]
     fn outcomes_round_trip() {
-        let seg = create(0, b"argument", 16).unwrap();
+        let seg = create(0, b"argument", 16, b"who").unwrap();
         let header = read_header(&seg).unwrap();
         assert_eq!(read_argument(&seg, &header).unwrap(), b"argument");
+        assert_eq!(read_identity(&seg, &header).unwrap(), b"who");
         assert_eq!(read_outcome(&seg), Some(Outcome::Unfinished));
         write_outcome(&seg, &header, status::RETURNED, b"result", 0);
         assert_eq!(

@@ -91,6 +91,29 @@ impl<'a> EventCount<'a> {
         Ok(done)
     }
 
+    /// The first half of [`wait`](Self::wait), for a waiter that sleeps on
+    /// several event counts at once (`crate::connection::wait`, with one
+    /// `futex_waitv`): reads the sequence and announces a sleeper. The
+    /// caller then fences (SeqCst), re-checks its state, sleeps on the
+    /// returned word while it holds the returned value, and calls
+    /// [`withdraw`](Self::withdraw): the same protocol, split.
+    pub(crate) fn announce(&self) -> (&'a AtomicU32, u32) {
+        // Acquire pairs with the Release increments in `notify` and
+        // `notify_all`, as in `wait`.
+        let seq = self.sequence.load(Ordering::Acquire);
+        // SeqCst: as in `wait`; the caller's fence pairs with the one in
+        // `notify`.
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        (self.sequence, seq)
+    }
+
+    /// The second half of a split wait: the sleeper
+    /// [`announce`](Self::announce)d leaves.
+    pub(crate) fn withdraw(&self) {
+        // SeqCst for symmetry, as the decrement in `wait`.
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+    }
+
     /// The notifier's side, after a state change. Touches the shared
     /// sequence word only when someone sleeps: the state change this follows
     /// is ordered before our sleeper check by the fence, and a waiter

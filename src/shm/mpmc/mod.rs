@@ -408,6 +408,12 @@ impl ByteQueue {
         matches!(self.front(), Front::Full { .. })
     }
 
+    /// The event count a put announces on: for waiting on this queue along
+    /// with other things (`crate::connection::wait`).
+    pub(crate) fn not_empty(&self) -> crate::shm::event::EventCount<'_> {
+        self.mem.event(NOT_EMPTY_AT)
+    }
+
     /// Waits until a value is ready at the head, without taking it, with the
     /// same spin-then-sleep as `get_until`.
     ///
