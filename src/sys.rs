@@ -247,12 +247,7 @@ pub(crate) fn futex_wait_any(
         .collect();
     // futex_waitv takes an absolute CLOCK_MONOTONIC deadline.
     let deadline = timeout.map(|t| {
-        let mut now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `now` is a valid timespec to write; CLOCK_MONOTONIC always exists.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
         let nanos = u64::try_from(now.tv_nsec).unwrap_or(0) + u64::from(t.subsec_nanos());
         Timespec {
             tv_sec: i64::try_from(t.as_secs())
