@@ -202,6 +202,25 @@ impl<T> Queue<T> {
         self.queue.is_empty()
     }
 
+    /// Whether it holds as many values as it can (a snapshot: Python's
+    /// `full()`); a `put` now would wait, a `try_put` would refuse.
+    ///
+    /// ```
+    /// use corepool::Queue;
+    ///
+    /// let q = Queue::<u64>::new(2).unwrap();
+    /// assert!(!q.is_full());
+    /// q.put(&1).unwrap();
+    /// q.put(&2).unwrap();
+    /// assert!(q.is_full());
+    /// assert!(!q.try_put(&3).unwrap());
+    /// assert_eq!(q.get().unwrap(), 1);
+    /// assert!(!q.is_full());
+    /// ```
+    pub fn is_full(&self) -> bool {
+        self.len() >= self.capacity()
+    }
+
     /// How many values it can hold: the capacity asked for, rounded up to the
     /// next power of two.
     ///
