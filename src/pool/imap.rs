@@ -213,6 +213,7 @@ pub struct Imap<'p, A, R, I> {
 impl<A, R, I> fmt::Debug for Imap<'_, A, R, I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Imap")
+            .field("chunksize", &self.chunksize)
             .field("chunks_in_flight", &self.in_flight.len())
             .finish_non_exhaustive()
     }
