@@ -13,7 +13,7 @@
 //! }
 //!
 //! let pool = Pool::builder().build()?; // one pinned worker per CPU
-//! let counts = pool.map(count, vec![1_000u64; 8], None)?;
+//! let counts = pool.map(count, vec![1_000u64; 8])?;
 //! assert!(counts.iter().all(|&c| c == 1_000));
 //! # Ok::<(), corepool::Error>(())
 //! ```
@@ -71,7 +71,7 @@ pub use error::{Error, ExitCause, Result};
 pub use identity::{current_process, parent_process, ProcessInfo, ProcessKind};
 pub use pipe::{Pipe, PipeEnd};
 pub use pool::{
-    AsyncResult, Callbacks, Imap, ImapUnordered, Pinning, Pool, PoolBuilder, PoolStats,
+    AsyncResult, Callbacks, Chunked, Imap, ImapUnordered, Pinning, Pool, PoolBuilder, PoolStats,
 };
 pub use process::{active_children, Process, ProcessBuilder};
 pub use queue::Queue;

@@ -108,7 +108,7 @@ pub(crate) fn corepool_once(
         Workload::Map => {
             let input = inputs.map_input(n);
             let t = Instant::now();
-            let out = pool.map(noop, input.iter().copied(), None)?;
+            let out = pool.map(noop, input.iter().copied())?;
             let s = Sample::rate(n, t.elapsed());
             check(out == input, "map output")?;
             Ok(s)
@@ -150,7 +150,7 @@ pub(crate) fn corepool_once(
             let a = inputs.array(n)?;
             let ranges = sum_ranges(&a, n, pool.workers() * 4);
             let t = Instant::now();
-            let total: f64 = pool.map(partial_sum, ranges, Some(1))?.iter().sum();
+            let total: f64 = pool.chunked(1)?.map(partial_sum, ranges)?.iter().sum();
             let s = Sample::rate(n, t.elapsed());
             check(total == n as f64, "shared_sum total")?;
             Ok(s)
