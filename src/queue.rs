@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A bounded queue of `T` in shared memory: Python's `multiprocessing.Queue`,
-/// without a pipe or a feeder thread.
+/// without a pipe or a feeder thread. [`Queue::unbounded`] makes one that
+/// is never full.
 ///
 /// Clone it, or pass it to a task or a [`crate::Process`] as an argument: it
 /// crosses as a small handle and every copy talks to the same memory.

@@ -53,8 +53,9 @@ impl QueueMemory {
         let offset = offset.min(self.len);
         // SAFETY: offset <= len: the result stays inside the memory, and
         // lives as long as it.
+        let base = unsafe { self.base.add(offset) };
         Self {
-            base: unsafe { self.base.add(offset) },
+            base,
             len: self.len - offset,
         }
     }
