@@ -240,10 +240,13 @@ impl Rings {
             })
         }
         #[cfg(miri)]
-        Err(Error::SharedMemory {
-            op: "memfd_create",
-            source: io::Error::other("Miri cannot create files"),
-        })
+        {
+            let _ = geometry;
+            Err(Error::SharedMemory {
+                op: "memfd_create",
+                source: io::Error::other("Miri cannot create files"),
+            })
+        }
     }
 
     /// The rings of the queue another process laid out in `mem`, whose
