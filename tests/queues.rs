@@ -34,6 +34,38 @@ fn an_unbounded_queue_filled_by_an_exited_child_keeps_every_value() {
     assert!(matches!(q.try_get(), Ok(None)));
 }
 
+/// Bytes of memory the unbounded queue data files this process holds use.
+fn ring_memory_in_use() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| target.to_string_lossy().contains("corepool-queue-rings"))
+        })
+        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
+        .map(|md| md.blocks() * 512)
+        .sum()
+}
+
+fn drained_rings_give_their_memory_back() {
+    let q = Queue::<u64>::unbounded().unwrap();
+    let before = ring_memory_in_use();
+    let child = Process::start(produce, (q.clone(), 0, MANY)).unwrap();
+    assert_eq!(child.join().unwrap(), MANY);
+    let full = ring_memory_in_use().saturating_sub(before);
+    // 20 000 values fill rings of 256, 512, ... 16 384 slots of 64 bytes:
+    // about 8 MiB, half of it in the last ring.
+    assert!(full >= 4 << 20, "{full} bytes for {MANY} values");
+    assert!((0..MANY).all(|i| q.get().unwrap() == i));
+    let drained = ring_memory_in_use().saturating_sub(before);
+    assert!(
+        drained < full * 3 / 4,
+        "{drained} of {full} bytes still in use: the drained rings were not given back"
+    );
+}
+
 fn consumers_keep_up_with_a_growing_queue_across_processes() {
     let q = Queue::<u64>::unbounded().unwrap();
     let producers: Vec<_> = (0..2)
@@ -230,6 +262,7 @@ fn main() {
     Process::start(|x: u64| x, 0).unwrap().join().unwrap();
     common::run(common::tests![
         an_unbounded_queue_filled_by_an_exited_child_keeps_every_value,
+        drained_rings_give_their_memory_back,
         consumers_keep_up_with_a_growing_queue_across_processes,
         a_producer_killed_right_after_growing_loses_nothing,
         a_consumer_dying_mid_get_wedges_nothing,
