@@ -111,7 +111,7 @@ impl Ring {
             // Acquire pairs with the AcqRel CASes that move `tail` (`help_tail`).
             let t = self.tail().load(Ordering::Acquire);
             let state = self.slot_state(t);
-            // Acquire pairs with the Release store of EMPTY in `get_once` and
+            // Acquire pairs with the Release store of EMPTY in `read_claimed` and
             // the AcqRel repair CASes (in `front` and below): a slot we see
             // free was read out before we write it.
             let word = state.load(Ordering::Acquire);
@@ -169,7 +169,7 @@ impl Ring {
                     .store(bytes.len() as u32, Ordering::Relaxed);
                 self.slot_owner(t).clear();
                 // Release pairs with the Acquire state load in `front` and
-                // the consumer's AcqRel claim CAS in `get_once`: the value
+                // the consumer's AcqRel claim CAS in `claim`: the value
                 // and its length are written before the slot reads FULL.
                 state.store(pack(t, FULL, 0), Ordering::Release);
                 self.control.event(NOT_EMPTY_AT).notify();
@@ -389,7 +389,7 @@ impl Ring {
     pub(super) fn claim_value_and_abort(&self) -> ! {
         // Acquire pairs with the AcqRel CASes that move `head`.
         let h = self.head().load(Ordering::Acquire);
-        // AcqRel: as the claim CAS in `get_once`.
+        // AcqRel: as the claim CAS in `claim`.
         let _ = self.slot_state(h).compare_exchange(
             pack(h, FULL, 0),
             pack(h, READING, my_pid()),
