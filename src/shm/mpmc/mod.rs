@@ -42,6 +42,14 @@
 //! Waiting is an [`EventCount`](crate::shm::event::EventCount) per direction
 //! (`not_empty`, `not_full`).
 //!
+//! # Unbounded
+//!
+//! An unbounded queue is a chain of such rings, each twice as large as the
+//! one before, in a file that grows: a put that finds the newest ring full
+//! adds the next instead of waiting ([`unbounded`] has the protocol). Its
+//! rings can be closed to puts, which is why a put's claim is SeqCst and is
+//! followed by a look at the ring's `closed` word.
+//!
 //! # Trust
 //!
 //! Every word read from the memory is validated (lengths against the slot
