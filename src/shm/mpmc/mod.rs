@@ -220,8 +220,8 @@ impl ByteQueue {
             mem,
             (HEAD_AT, TAIL_AT, None),
             slots,
-            capacity,
-            message_bytes,
+            (capacity, message_bytes),
+            0,
         );
         Self {
             control: mem,
@@ -387,7 +387,11 @@ impl ByteQueue {
             match self.front()? {
                 (ring, Front::Full { h, word }) => {
                     if ring.claim(h, word) {
-                        return Ok(Got::Value(ring.read_claimed(h, take)));
+                        let value = ring.read_claimed(h, take);
+                        if let Kind::Unbounded(rings) = &self.kind {
+                            rings.after_read(&ring);
+                        }
+                        return Ok(Got::Value(value));
                     }
                 }
                 (_, Front::Empty) => return Ok(Got::Empty),

@@ -41,19 +41,22 @@ pub(super) struct Ring {
     pub(super) capacity: u64,
     pub(super) message_bytes: usize,
     stride: usize,
+    /// Its place in an unbounded queue's chain (0 for a bounded queue).
+    pub(super) index: u64,
 }
 
 impl Ring {
     /// A ring whose `head` and `tail` are the u64 words at `head_at` and
     /// `tail_at` of `control`, with `capacity` slots (a power of two) of
-    /// `message_bytes` at the start of `slots`. The caller checked that
-    /// `slots` holds them and that the offsets lie in `control`.
+    /// `message_bytes` at the start of `slots`, ring number `index` of its
+    /// queue. The caller checked that `slots` holds them and that the
+    /// offsets lie in `control`.
     pub(super) fn new(
         control: QueueMemory,
         (head_at, tail_at, closed_at): (usize, usize, Option<usize>),
         slots: QueueMemory,
-        capacity: u64,
-        message_bytes: usize,
+        (capacity, message_bytes): (u64, usize),
+        index: u64,
     ) -> Self {
         Self {
             control,
@@ -64,6 +67,7 @@ impl Ring {
             capacity,
             message_bytes,
             stride: stride_for(message_bytes),
+            index,
         }
     }
 

@@ -28,8 +28,9 @@
 //!   `closed` word (SeqCst); if closed, look at the head slot again
 //!   (SeqCst); still empty means no value will ever arrive in ring `k` (any
 //!   later claim sees the close and is given up), so CAS `head ring`
-//!   `k → k + 1`. The winner gives ring `k`'s memory back (`PUNCH_HOLE`)
-//!   unless a live process is still copying a value out of it.
+//!   `k → k + 1`. The winner gives the rings left behind back
+//!   (`PUNCH_HOLE`), in order, up to one a live process is still copying a
+//!   value out of; that process gives it back when its copy is done.
 //!
 //! A single producer's values therefore come out in order: it never puts
 //! into ring `k` after ring `k + 1`, and consumers never take from ring
@@ -70,6 +71,9 @@ const MAX_DATA_BYTES: u64 = 1 << 40;
 const FIRST_RING_BYTES: usize = 64 << 10;
 /// Rings start on page boundaries (each is mapped on its own).
 const PAGE: u64 = 4096;
+/// Rings below the one this u64 names have been given back (their memory
+/// punched out of the file).
+const GIVEN_BACK_AT: usize = 384;
 /// Where the data file's handle lies in the control memory (after the
 /// header): creator pid u32, its descriptor u32, device u64, inode u64.
 const DATA_FILE_AT: usize = 32;
@@ -330,8 +334,8 @@ impl Rings {
             self.control,
             ring_words(k),
             slots,
-            self.geometry.capacity(k),
-            self.geometry.message_bytes,
+            (self.geometry.capacity(k), self.geometry.message_bytes),
+            k as u64,
         ))
     }
 
@@ -455,232 +459,51 @@ impl Rings {
                 .compare_exchange(k, k + 1, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                self.retire(k as usize, &ring);
+                self.give_back();
             }
         }
         Err(corrupt())
     }
 
-    /// Gives ring `k`'s memory back, unless a live process is still copying
-    /// a value out of it (then it stays until the queue is dropped).
-    fn retire(&self, k: usize, ring: &Ring) {
-        if !ring.has_live_reader() {
-            let (offset, len) = self.geometry.range(k);
-            self.source.punch(k, offset, len);
+    /// Gives back the memory of the rings consumers have left, in order,
+    /// up to the first one a live process is still copying a value out of
+    /// (zeros would come out). Called by the consumer that leaves a ring and
+    /// by one that finishes a read in a ring already left, so the last
+    /// reader out gives its ring back. A caller that dies here leaves the
+    /// rest to the next.
+    fn give_back(&self) {
+        let given = self.control.word64(GIVEN_BACK_AT);
+        for _ in 0..MAX_RINGS {
+            // Acquire (both): pairs with the AcqRel CASes below and of
+            // `head ring` in `front`.
+            let j = given.load(Ordering::Acquire);
+            if j >= self.head_ring().load(Ordering::Acquire) {
+                return;
+            }
+            // No new reader can come to a ring consumers left (it holds no
+            // value any more): only those copying out now matter.
+            let Ok(ring) = self.ring(j) else { return };
+            if ring.has_live_reader() {
+                return;
+            }
+            let (offset, len) = self.geometry.range(ring.index as usize);
+            self.source.punch(ring.index as usize, offset, len);
+            // AcqRel: Release pairs with the Acquire load above (the next
+            // caller starts past this ring); Acquire with the CAS before.
+            let _ = given.compare_exchange(j, j + 1, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
+    /// After this process read a value out of `ring`: if consumers have
+    /// left that ring meanwhile, its memory may be waiting for this read.
+    pub(super) fn after_read(&self, ring: &Ring) {
+        // Acquire pairs with the AcqRel CAS of `head ring` in `front`.
+        if ring.index < self.head_ring().load(Ordering::Acquire) {
+            self.give_back();
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::{ByteQueue, Kind};
-    use super::*;
-    use crate::shm::mpmc::memory::HeapRings;
-
-    /// Control memory on the heap, kept alive by the test.
-    struct HeapControl(Box<[AtomicU64]>);
-
-    impl HeapControl {
-        fn new() -> Self {
-            Self((0..CONTROL_BYTES / 8).map(|_| AtomicU64::new(0)).collect())
-        }
-
-        fn memory(&self) -> QueueMemory {
-            // SAFETY: 8-aligned, CONTROL_BYTES long, alive while `self`.
-            unsafe { QueueMemory::new(self.0.as_ptr().cast_mut().cast(), CONTROL_BYTES) }
-        }
-    }
-
-    fn queue(control: &HeapControl, first: u64) -> ByteQueue {
-        ByteQueue {
-            control: control.memory(),
-            message_bytes: 8,
-            kind: Kind::Unbounded(std::sync::Arc::new(Rings::on_heap(
-                control.memory(),
-                first,
-                8,
-            ))),
-        }
-    }
-
-    fn rings(q: &ByteQueue) -> &Rings {
-        match &q.kind {
-            Kind::Unbounded(rings) => rings,
-            Kind::Bounded(_) => unreachable!(),
-        }
-    }
-
-    fn get(q: &ByteQueue) -> Option<u64> {
-        q.try_get(|b| u64::from_le_bytes(b.try_into().unwrap()))
-            .unwrap()
-    }
-
-    #[test]
-    fn rings_double_and_fit_the_range() {
-        let g = Geometry::new(first_capacity_for(240), 240).unwrap();
-        assert_eq!(g.first, 256, "64 KiB of 256-byte slots");
-        assert_eq!(g.range(0), (0, 64 << 10));
-        assert_eq!(g.range(1), (64 << 10, 128 << 10));
-        assert!(g.offsets[g.count] <= MAX_DATA_BYTES);
-        assert!(g.count < MAX_RINGS, "the range ends first");
-        let huge = Geometry::new(first_capacity_for(16 << 20), 16 << 20).unwrap();
-        assert_eq!(huge.first, 1);
-        assert_eq!(huge.range(0).0 % PAGE, 0);
-        assert_eq!(huge.range(1).0 % PAGE, 0, "rings start on pages");
-        assert!(
-            Geometry::new(1 << 30, 1 << 24).is_none(),
-            "not even one ring"
-        );
-        assert_eq!(ring_words(MAX_RINGS - 1).0 + RING_WORDS, CONTROL_BYTES);
-    }
-
-    #[test]
-    fn puts_never_fail_and_come_out_in_order() {
-        let control = HeapControl::new();
-        let q = queue(&control, 2);
-        let n: u64 = if cfg!(miri) { 40 } else { 2_000 };
-        for i in 0..n {
-            assert!(q.try_put(&i.to_le_bytes()).unwrap(), "never full");
-        }
-        assert_eq!(q.len(), n as usize);
-        assert_eq!(q.capacity(), u64::MAX);
-        for i in 0..n {
-            assert_eq!(get(&q), Some(i));
-        }
-        assert_eq!(get(&q), None);
-        assert!(q.is_empty());
-        assert!(rings(&q).punched() > 0, "drained rings were given back");
-    }
-
-    #[test]
-    fn interleaved_puts_and_gets_cross_rings_in_order() {
-        let control = HeapControl::new();
-        let q = queue(&control, 2);
-        let (mut next_in, mut next_out) = (0u64, 0u64);
-        for round in 0..if cfg!(miri) { 6 } else { 60 } {
-            for _ in 0..round % 7 + 1 {
-                q.try_put(&next_in.to_le_bytes()).unwrap();
-                next_in += 1;
-            }
-            for _ in 0..round % 5 {
-                if let Some(v) = get(&q) {
-                    assert_eq!(v, next_out);
-                    next_out += 1;
-                }
-            }
-        }
-        while let Some(v) = get(&q) {
-            assert_eq!(v, next_out);
-            next_out += 1;
-        }
-        assert_eq!(next_out, next_in);
-    }
-
-    #[test]
-    fn threads_exchange_everything_exactly_once() {
-        let control = HeapControl::new();
-        let q = queue(&control, 2);
-        let per = if cfg!(miri) { 15 } else { 20_000 };
-        std::thread::scope(|s| {
-            for p in 0..2u64 {
-                let q = q.clone();
-                s.spawn(move || {
-                    for i in 0..per {
-                        q.put_until(&(p * per + i).to_le_bytes(), None).unwrap();
-                    }
-                });
-            }
-            let consumers: Vec<_> = (0..2)
-                .map(|_| {
-                    let q = q.clone();
-                    s.spawn(move || {
-                        let mut seen = [0u64; 2];
-                        let mut got = Vec::new();
-                        for _ in 0..per {
-                            let v = q
-                                .get_until(|b| u64::from_le_bytes(b.try_into().unwrap()), None)
-                                .unwrap();
-                            // Each producer's values come out in its order.
-                            let p = (v / per) as usize;
-                            assert!(v >= seen[p]);
-                            seen[p] = v;
-                            got.push(v);
-                        }
-                        got
-                    })
-                })
-                .collect();
-            let mut all: Vec<u64> = consumers
-                .into_iter()
-                .flat_map(|c| c.join().unwrap())
-                .collect();
-            all.sort_unstable();
-            assert_eq!(all, (0..2 * per).collect::<Vec<_>>());
-        });
-    }
-
-    #[test]
-    fn a_grower_that_stopped_halfway_is_finished_by_the_next() {
-        let control = HeapControl::new();
-        let q = queue(&control, 2);
-        let r = rings(&q);
-        q.try_put(&1u64.to_le_bytes()).unwrap();
-        // A producer grew the file and closed ring 0, then died before
-        // moving `tail ring`.
-        let ring0 = r.ring(0).unwrap();
-        r.source
-            .ensure(1, r.geometry.range(1).0, r.geometry.range(1).1)
-            .unwrap();
-        ring0.close_for_puts();
-        q.try_put(&2u64.to_le_bytes()).unwrap();
-        assert_eq!(r.tail_ring().load(Ordering::Relaxed), 1, "moved on");
-        assert_eq!((get(&q), get(&q), get(&q)), (Some(1), Some(2), None));
-    }
-
-    #[test]
-    fn a_claim_that_finds_its_ring_closed_gives_the_position_up() {
-        let control = HeapControl::new();
-        let q = queue(&control, 4);
-        let r = rings(&q);
-        let ring0 = r.ring(0).unwrap();
-        ring0.close_for_puts();
-        // Straight into the ring, as a producer that read `tail ring` just
-        // before the close would.
-        assert!(matches!(ring0.put_once(&7u64.to_le_bytes()), Put::Closed));
-        assert_eq!(ring0.len(), 1, "tail moved past the given-up slot");
-        // The consumer skips it, finds ring 0 empty and closed, and leaves
-        // it (ring 1 exists: `ensure` came before the close in a real grow).
-        r.source
-            .ensure(1, r.geometry.range(1).0, r.geometry.range(1).1)
-            .unwrap();
-        assert_eq!(get(&q), None);
-        assert_eq!(r.head_ring().load(Ordering::Relaxed), 1);
-        q.try_put(&8u64.to_le_bytes()).unwrap();
-        assert_eq!(get(&q), Some(8));
-    }
-
-    #[test]
-    fn garbage_ring_words_are_an_error_not_a_touch() {
-        let control = HeapControl::new();
-        let q = queue(&control, 2);
-        let r = rings(&q);
-        r.tail_ring().store(u64::MAX, Ordering::Relaxed);
-        assert!(matches!(
-            q.try_put(&1u64.to_le_bytes()),
-            Err(Error::SharedMemory { .. })
-        ));
-        // A ring index in range whose memory does not exist (the file is
-        // too short for it).
-        r.tail_ring().store(5, Ordering::Relaxed);
-        assert!(q.try_put(&1u64.to_le_bytes()).is_err());
-        r.head_ring().store(7, Ordering::Relaxed);
-        assert!(q.try_get(|b| b.len()).is_err());
-        assert!(!q.has_value());
-        let _ = q.len();
-        let _: &HeapRings = match &r.source {
-            Source::Heap(h) => h,
-            #[cfg(not(miri))]
-            Source::File(_) => unreachable!(),
-        };
-    }
-}
+#[path = "unbounded_tests.rs"]
+mod tests;
