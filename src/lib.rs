@@ -55,6 +55,7 @@ mod identity; // who this process is, and its parent
 mod pool; // the process pool: facade, driver, state machine, worker
 mod process; // Python's Process
 mod queue;
+mod joinable_queue; // a Queue whose values are marked done: Python's JoinableQueue
 mod pipe;
 pub mod connection; // waiting on several processes, pipes and queues
 mod shared_array;
@@ -69,6 +70,7 @@ pub use corepool_derive::Wire;
 pub use daemon::{Daemon, DaemonGuard};
 pub use error::{Error, ExitCause, Result};
 pub use identity::{current_process, parent_process, ProcessInfo, ProcessKind};
+pub use joinable_queue::JoinableQueue;
 pub use pipe::{Pipe, PipeEnd};
 pub use pool::{
     AsyncResult, Callbacks, Chunked, Imap, ImapUnordered, Pinning, Pool, PoolBuilder, PoolStats,

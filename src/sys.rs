@@ -92,6 +92,44 @@ pub(crate) fn is_size_sealed(fd: BorrowedFd<'_>) -> bool {
         .is_ok_and(|seals| seals.contains(SealFlags::SHRINK | SealFlags::GROW))
 }
 
+/// Seals a memfd against shrinking (and further sealing) but not growing:
+/// the backing file of an unbounded queue, which its producers extend while
+/// every process keeps its mappings valid.
+pub(crate) fn seal_shrink_only(fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(rustix::fs::fcntl_add_seals(
+        fd,
+        SealFlags::SHRINK | SealFlags::SEAL,
+    )?)
+}
+
+/// Whether `fd` is a memfd sealed against shrinking: the file of an
+/// unbounded queue may grow but never shrink under a mapping.
+pub(crate) fn is_shrink_sealed(fd: BorrowedFd<'_>) -> bool {
+    // F_GET_SEALS fails with EINVAL on anything but a memfd/shmem file.
+    rustix::fs::fcntl_get_seals(fd).is_ok_and(|seals| seals.contains(SealFlags::SHRINK))
+}
+
+/// Reserves backing store for `len` bytes at `offset` (see [`fallocate`]),
+/// growing the file if it ends before them.
+pub(crate) fn fallocate_range(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    let too_large = || io::Error::new(io::ErrorKind::InvalidInput, "range too large");
+    offset
+        .checked_add(len)
+        .and_then(|end| i64::try_from(end).ok())
+        .ok_or_else(too_large)?;
+    rustix::io::retry_on_intr(|| rustix::fs::fallocate(fd, FallocateFlags::empty(), offset, len))?;
+    Ok(())
+}
+
+/// Gives the memory of `len` bytes at `offset` back (`FALLOC_FL_PUNCH_HOLE`):
+/// the file keeps its size, the range reads as zeros and costs nothing until
+/// written again.
+pub(crate) fn punch_hole(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+    rustix::io::retry_on_intr(|| rustix::fs::fallocate(fd, flags, offset, len))?;
+    Ok(())
+}
+
 /// Size of the file behind `fd` and its (device, inode) identity.
 pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileId> {
     let st = rustix::fs::fstat(fd)?;
