@@ -45,6 +45,13 @@ extern "C" fn enter_before_main() {
     if !is_child {
         return;
     }
+    // First of all, the parent-death signal (`posix_spawn` cannot arm it
+    // for us, see `child::spawn`): from here on the kernel kills this
+    // process when the thread that started it exits. Had that thread died
+    // already, this process was handed to another parent, and the pool
+    // worker's and the `Process` child's entries see it (they compare their
+    // parent's pid with the one the token names) and leave.
+    let _ = sys::set_parent_death_signal();
     sys::settle_like_the_rust_runtime();
     // No panic may unwind into the C runtime (that aborts): a panic here is a
     // start failure with the worker's start-failure status.
