@@ -7,11 +7,13 @@
 //! parent's size (20 ms for a replacement worker in a parent of 1 GiB, on
 //! the project's VM) and interrupts the parent's other threads with TLB
 //! shootdowns. What used to run between fork and exec runs elsewhere: the
-//! pinning on the spawning thread (the child inherits its CPUs), the process
-//! group and the descriptor to keep through `posix_spawn`'s own attributes,
-//! and the parent-death signal in the child itself, first thing on its way
-//! in ([`crate::entry`]), which then checks that its parent is still the
-//! one that started it.
+//! process group and the descriptor to keep through `posix_spawn`'s own
+//! attributes; the pinning and the parent-death signal in the child itself,
+//! first thing on its way in ([`crate::entry`]), which then checks that its
+//! parent is still the one that started it. (Pinning the spawning thread
+//! for the child to inherit would be simpler, but it puts the spawning
+//! thread on the child's CPU, where it waits for the child's whole start-up
+//! before it can start the next one.)
 
 use crate::error::ExitCause;
 use crate::sys;
@@ -36,26 +38,25 @@ pub(crate) struct Reexec {
     pub own_group: bool,
 }
 
-/// The calling thread pinned for a spawn; dropping it restores the CPUs
-/// the thread had before.
-struct PinnedForSpawn {
-    before: sys::CpuMask,
-}
+/// The environment variable that carries a child's CPUs (`0,3,5`) to its
+/// entry, which pins itself to them before any other code of corepool's or
+/// the program's runs, and removes the variable.
+pub(crate) const CPUS_ENV: &str = "COREPOOL_CPUS";
 
-impl PinnedForSpawn {
-    fn pin(cpus: &sys::CpuMask) -> std::io::Result<Self> {
-        let before = sys::CpuMask::of(&sys::affinity_of(0)?);
-        sys::pin_self_to(cpus)?;
-        Ok(Self { before })
+/// Checks that `cpus` holds a CPU the calling thread may run on (the
+/// kernel's EINVAL otherwise, as pinning would fail), and writes the set as
+/// [`CPUS_ENV`] wants it.
+fn cpus_for_child(cpus: &sys::CpuMask) -> std::io::Result<String> {
+    let allowed = sys::affinity_of(0)?;
+    let wanted = cpus.cpus();
+    if !wanted.iter().any(|cpu| allowed.contains(cpu)) {
+        return Err(std::io::Error::from_raw_os_error(sys::EINVAL));
     }
-}
-
-impl Drop for PinnedForSpawn {
-    fn drop(&mut self) {
-        // The set the thread had a moment ago: it cannot have become
-        // invalid, and if it did the thread merely stays on the child's CPUs.
-        let _ = sys::pin_self_to(&self.before);
-    }
+    Ok(wanted
+        .iter()
+        .map(|cpu| cpu.to_string())
+        .collect::<Vec<_>>()
+        .join(","))
 }
 
 /// `KEY=VALUE`, as the C library wants an environment entry.
@@ -72,12 +73,13 @@ fn env_entry(key: &OsStr, value: &OsStr) -> Option<CString> {
 
 impl Reexec {
     /// Re-executes `/proc/self/exe` and returns the child's pid once it has
-    /// exec'd. The child is pinned from its first instruction (the calling
-    /// thread is pinned to its CPUs for the spawn, then restored), in a
-    /// process group of its own if asked, with `keep_fd` inherited and
-    /// stdin on `/dev/null`. It arms its parent-death signal itself on the
-    /// way in, and that signal fires when the *calling thread* exits: call
-    /// this from a thread that lives as long as the child should.
+    /// exec'd: in a process group of its own if asked, with `keep_fd`
+    /// inherited and stdin on `/dev/null`. On its way in, before any code of
+    /// corepool's or the program's, the child pins itself to `cpus` (given
+    /// in [`CPUS_ENV`]; a set with no CPU this thread may use fails here,
+    /// with EINVAL as pinning would) and arms its parent-death signal, which
+    /// fires when the *calling thread* exits: call this from a thread that
+    /// lives as long as the child should.
     pub(crate) fn spawn(self) -> std::io::Result<i32> {
         let Reexec {
             env,
@@ -90,11 +92,16 @@ impl Reexec {
             .and_then(|a| CString::new(a.into_vec()).ok())
             .unwrap_or_else(|| c"corepool-child".to_owned());
         let mut envp: Vec<CString> = std::env::vars_os()
-            .filter(|(key, _)| key.as_bytes() != env.0.as_bytes())
+            .filter(|(key, _)| {
+                key.as_bytes() != env.0.as_bytes() && key.as_bytes() != CPUS_ENV.as_bytes()
+            })
             .filter_map(|(key, value)| env_entry(&key, &value))
             .collect();
         envp.extend(env_entry(OsStr::new(env.0), OsStr::new(&env.1)));
-        let _pinned = cpus.as_ref().map(PinnedForSpawn::pin).transpose()?;
+        if let Some(cpus) = &cpus {
+            let list = cpus_for_child(cpus)?;
+            envp.extend(env_entry(OsStr::new(CPUS_ENV), OsStr::new(&list)));
+        }
         sys::spawn_reexec(&sys::SpawnRequest {
             path: c"/proc/self/exe",
             argv: &[arg0],
@@ -111,5 +118,39 @@ pub(crate) fn exit_cause(status: std::process::ExitStatus) -> ExitCause {
         (Some(sig), _) => ExitCause::Signal(sig),
         (None, Some(code)) => ExitCause::Code(code),
         (None, None) => ExitCause::Code(-1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot read the affinity")]
+    fn a_child_is_told_its_cpus_only_when_one_is_usable() {
+        let allowed = sys::affinity_of(0).unwrap();
+        let first = allowed[0];
+        assert_eq!(
+            cpus_for_child(&sys::CpuMask::of(&[first])).unwrap(),
+            first.to_string()
+        );
+        // A set of several is written ascending, comma-separated.
+        if let [a, b, ..] = allowed[..] {
+            assert_eq!(
+                cpus_for_child(&sys::CpuMask::of(&[b, a])).unwrap(),
+                format!("{a},{b}")
+            );
+        }
+        // None of its CPUs usable: EINVAL, as pinning would answer (and as
+        // the pool turns into `Error::PinFailed`).
+        let outside = (0..1024).find(|cpu| !allowed.contains(cpu)).unwrap();
+        let err = cpus_for_child(&sys::CpuMask::of(&[outside])).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(sys::EINVAL));
+    }
+
+    #[test]
+    fn environment_entries_are_key_equals_value() {
+        let entry = env_entry(OsStr::new("A"), OsStr::new("b=c")).unwrap();
+        assert_eq!(entry.as_bytes(), b"A=b=c");
     }
 }
