@@ -115,6 +115,20 @@ pub(crate) struct FileId {
     pub mtime_ns: u64,
 }
 
+/// Clears `FD_CLOEXEC` on `fd`, a descriptor this process holds open.
+/// Async-signal-safe: used between fork and exec (the spawn path for C
+/// libraries whose `posix_spawn` cannot do it, see [`spawn_reexec`]).
+pub(crate) fn clear_cloexec(fd: RawFd) -> io::Result<()> {
+    set_fd_flags(fd, FdFlags::empty())
+}
+
+/// Makes the calling process the leader of a new process group, so that the
+/// processes its tasks start can be killed with it. Async-signal-safe: used
+/// between fork and exec (as [`clear_cloexec`]).
+pub(crate) fn new_process_group() -> io::Result<()> {
+    Ok(rustix::process::setpgid(None, None)?)
+}
+
 /// Sets `FD_CLOEXEC` on `fd`, a descriptor this process was handed, so that
 /// it is not passed on to processes the worker's tasks start.
 pub(crate) fn set_cloexec(fd: RawFd) -> io::Result<()> {
@@ -841,8 +855,8 @@ impl Drop for SpawnObjects {
 ///
 /// Raw libc: `posix_spawn` is a C library function (rustix has no spawn).
 /// Its file action `dup2(keep_fd, keep_fd)` clears `FD_CLOEXEC` in the child
-/// only (glibc 2.29 and later, musl), so the descriptor never reaches
-/// children that other threads start meanwhile.
+/// only, so the descriptor never reaches children that other threads start
+/// meanwhile; only where [`spawn_keeps_descriptors`] says so.
 pub(crate) fn spawn_reexec(request: &SpawnRequest<'_>) -> io::Result<i32> {
     let rc = |code: libc::c_int| match code {
         0 => Ok(()),
@@ -916,6 +930,31 @@ pub(crate) fn spawn_reexec(request: &SpawnRequest<'_>) -> io::Result<i32> {
         ))?;
     }
     Ok(pid)
+}
+
+/// Whether [`spawn_reexec`] can pass a descriptor on: glibc clears
+/// `FD_CLOEXEC` for a `dup2(fd, fd)` file action since 2.29 (Austin Group
+/// issue 411). Other C libraries, and older glibc, get `false`: the caller
+/// then forks and clears the flag itself between fork and exec.
+pub(crate) fn spawn_keeps_descriptors() -> bool {
+    #[cfg(target_env = "gnu")]
+    {
+        // Raw libc: a C library function (its version), not a system call.
+        // SAFETY: gnu_get_libc_version takes nothing and returns a pointer to
+        // a static NUL-terminated string such as "2.36".
+        let version = unsafe { CStr::from_ptr(libc::gnu_get_libc_version()) };
+        let mut parts = version
+            .to_str()
+            .unwrap_or("")
+            .split('.')
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        (major, minor) >= (2, 29)
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        false
+    }
 }
 
 /// `waitpid(pid, WNOHANG)`: child `pid`'s exit status if it has exited

@@ -2,7 +2,8 @@
 //! worker and `Process` children (never a bare fork of a threaded parent).
 //!
 //! The child is made with `posix_spawn` (`clone(CLONE_VM | CLONE_VFORK)`
-//! inside the C library), not `fork`: a fork copies the parent's page
+//! inside the C library), not `fork` (except with C libraries that cannot
+//! pass a descriptor through `posix_spawn`: [`fork_and_exec`]): a fork copies the parent's page
 //! tables and write-protects its memory, which costs in proportion to the
 //! parent's size (20 ms for a replacement worker in a parent of 1 GiB, on
 //! the project's VM) and interrupts the parent's other threads with TLB
@@ -102,14 +103,67 @@ impl Reexec {
             let list = cpus_for_child(cpus)?;
             envp.extend(env_entry(OsStr::new(CPUS_ENV), OsStr::new(&list)));
         }
-        sys::spawn_reexec(&sys::SpawnRequest {
+        let request = sys::SpawnRequest {
             path: c"/proc/self/exe",
             argv: &[arg0],
             envp: &envp,
             keep_fd,
             own_group,
-        })
+        };
+        if sys::spawn_keeps_descriptors() {
+            sys::spawn_reexec(&request)
+        } else {
+            fork_and_exec(&request, cpus)
+        }
     }
+}
+
+/// The spawn for C libraries whose `posix_spawn` cannot pass `keep_fd` on
+/// (glibc before 2.29, musl): `fork` and `exec` through `std`'s `Command`,
+/// with the same environment, and between the two only async-signal-safe
+/// system calls (pin, parent-death signal, process group, `keep_fd`'s
+/// close-on-exec flag cleared). Costs a copy of the parent's page tables.
+fn fork_and_exec(
+    request: &sys::SpawnRequest<'_>,
+    cpus: Option<sys::CpuMask>,
+) -> std::io::Result<i32> {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(OsStr::from_bytes(request.path.to_bytes()));
+    command.env_clear().stdin(std::process::Stdio::null());
+    for entry in request.envp {
+        let entry = entry.as_bytes();
+        if let Some(at) = entry.iter().position(|&b| b == b'=') {
+            command.env(
+                OsStr::from_bytes(&entry[..at]),
+                OsStr::from_bytes(&entry[at + 1..]),
+            );
+        }
+    }
+    if let Some((arg0, rest)) = request.argv.split_first() {
+        command.arg0(OsStr::from_bytes(arg0.as_bytes()));
+        command.args(rest.iter().map(|a| OsStr::from_bytes(a.as_bytes())));
+    }
+    let (keep_fd, own_group) = (request.keep_fd, request.own_group);
+    // SAFETY: the closure runs in the forked child before exec and only
+    // makes raw system calls (sched_setaffinity, prctl, setpgid, fcntl),
+    // which are async-signal-safe; it allocates nothing, takes no locks.
+    unsafe {
+        command.pre_exec(move || {
+            if let Some(cpus) = &cpus {
+                sys::pin_self_to(cpus)?;
+            }
+            sys::set_parent_death_signal()?;
+            if own_group {
+                sys::new_process_group()?;
+            }
+            sys::clear_cloexec(keep_fd)?;
+            Ok(())
+        });
+    }
+    // The child is reaped through its pid (`sys::try_wait`), like one made
+    // by `posix_spawn`; dropping `std`'s handle neither kills nor waits.
+    let child = command.spawn()?;
+    Ok(child.id() as i32)
 }
 
 /// How a reaped child ended.
@@ -146,6 +200,48 @@ mod tests {
         let outside = (0..1024).find(|cpu| !allowed.contains(cpu)).unwrap();
         let err = cpus_for_child(&sys::CpuMask::of(&[outside])).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(sys::EINVAL));
+    }
+
+    /// Both ways of starting a child (`posix_spawn`, and fork + exec for C
+    /// libraries that need it) give it the same start: the kept descriptor
+    /// open (close-on-exec here), stdin on /dev/null, its own process group
+    /// when asked, the environment as given.
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri starts no processes")]
+    fn both_spawn_paths_set_the_child_up_alike() {
+        use std::os::fd::AsRawFd;
+        let (kept, _other) = sys::pipe().unwrap();
+        let fd = kept.as_raw_fd();
+        sys::set_cloexec(fd).unwrap();
+        let script = format!(
+            "[ -e /proc/self/fd/{fd} ] || exit 3; \
+             [ \"$(readlink /proc/$$/fd/0)\" = /dev/null ] || exit 4; \
+             set -- $(cat /proc/$$/stat); [ \"$1\" = \"$5\" ] || exit 5; \
+             [ \"$COREPOOL_SPAWN_TEST\" = yes ] || exit 6; exit 7"
+        );
+        let argv = [
+            c"sh".to_owned(),
+            c"-c".to_owned(),
+            CString::new(script).unwrap(),
+        ];
+        let envp = [c"COREPOOL_SPAWN_TEST=yes".to_owned()];
+        let request = sys::SpawnRequest {
+            path: c"/bin/sh",
+            argv: &argv,
+            envp: &envp,
+            keep_fd: fd,
+            own_group: true,
+        };
+        let spawned = if sys::spawn_keeps_descriptors() {
+            Some(sys::spawn_reexec(&request).unwrap())
+        } else {
+            None
+        };
+        let forked = fork_and_exec(&request, None).unwrap();
+        for pid in spawned.into_iter().chain([forked]) {
+            let status = sys::wait_exit(pid).unwrap();
+            assert_eq!(exit_cause(status), ExitCause::Code(7), "pid {pid}");
+        }
     }
 
     #[test]
