@@ -144,7 +144,7 @@ fn bench_queue_and_pipe_rtt_rows() {
 #[test]
 fn bench_start_respawn_and_bulk_rows() {
     // --size does not reach these: their counts are fixed (--quick: 3
-    // starts, 10 kills, 16 tasks of 8 MiB).
+    // starts, 10 kills, 8 tasks of 8 MiB).
     let rows = json_lines(&ok(&[
         "bench",
         "--quick",
@@ -195,7 +195,7 @@ fn bench_start_respawn_and_bulk_rows() {
             }
             _ => {
                 assert_eq!(r["unit"], "B/s");
-                assert_eq!(r["items"], 16);
+                assert_eq!(r["items"], 8);
             }
         }
     }

@@ -206,7 +206,7 @@ impl Sizes {
             pipe_rtt: 5_000,
             start: 3,
             respawn: 10,
-            bulk: 16, // 128 MiB
+            bulk: 8, // 64 MiB
         }
     }
 
