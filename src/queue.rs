@@ -11,10 +11,11 @@ use crate::error::{Error, Result};
 use crate::shm::handle::{type_tag, SharedSegment};
 use crate::shm::mpmc::{self, ByteQueue, QueueMemory};
 use crate::shm::park::deadline_after;
-use crate::wire::{decode_error, decode_exact, Carried, Encoder, KeepAlive, Wire};
+use crate::shm::spill::{self, HANDLE_BYTES};
+use crate::wire::{decode_error, decode_exact, Carried, Encoder, Wire};
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A bounded queue of `T` in shared memory: Python's `multiprocessing.Queue`,
@@ -42,16 +43,41 @@ use std::time::{Duration, Instant};
 /// }
 /// ```
 ///
+/// A value of any size goes in: one whose encoding exceeds
+/// [`message_bytes`](Self::message_bytes) travels in a one-off shared
+/// segment of its own (a *spill*; the slot holds its handle), so the message
+/// size is a speed knob (a spill costs a memfd and a copy on each side),
+/// never a limit.
+///
 /// A value that refers to shared objects (a [`crate::SharedArray`], another
-/// queue, a [`crate::PipeEnd`]) keeps them alive, once put, for as long as
-/// this handle or a clone of it lives in the putting process, so that a
-/// receiver can open them even if the sender dropped its own copy first.
+/// queue, a [`crate::PipeEnd`]), or that spilled, stays receivable while it
+/// waits in the queue even if its sender drops its own copy first: the
+/// sender keeps each such object until every handle to it in flight was
+/// received, and no longer. A process that exits while something it sent
+/// still waits to be received waits for that up to 5 seconds
+/// (`EXIT_LINGER`), then exits: a receiver that comes later gets
+/// [`Error::Decode`] for that value.
+///
+/// ```
+/// use corepool::{Process, Queue};
+///
+/// fn produce(q: Queue<Vec<u8>>) {
+///     // 1 MiB through a queue of 240-byte slots: it spills, then returns.
+///     q.put(&vec![7u8; 1 << 20]).unwrap();
+/// }
+///
+/// fn main() {
+///     corepool::init();
+///     let q = Queue::<Vec<u8>>::new(4).unwrap();
+///     let producer = Process::start(produce, q.clone()).unwrap();
+///     assert_eq!(q.get().unwrap().len(), 1 << 20);
+///     producer.join().unwrap();
+/// }
+/// ```
 pub struct Queue<T> {
     /// Keeps the memory `queue` points into alive.
     map: Arc<SharedSegment>,
     queue: ByteQueue,
-    /// What the values put through this handle and its clones refer to.
-    kept: Arc<Mutex<KeepAlive>>,
     _type: PhantomData<fn(T) -> T>,
 }
 
@@ -60,7 +86,6 @@ impl<T> Clone for Queue<T> {
         Self {
             map: self.map.clone(),
             queue: self.queue,
-            kept: self.kept.clone(),
             _type: PhantomData,
         }
     }
@@ -81,12 +106,19 @@ fn memory_of(map: &SharedSegment) -> QueueMemory {
     // SAFETY: the segment's mapping is page-aligned and `len` bytes long; the
     // `Queue` that holds this memory also holds `map`, so the memory outlives
     // it. Other processes touch it only through their own `ByteQueue`.
-    unsafe { QueueMemory::new(map.base(), map.segment().len()) }
+    unsafe { QueueMemory::new(map.base(), map.usable_len()) }
+}
+
+/// What a `get` took from a slot: a value, or the handle of a spill to read
+/// once the slot is free again.
+enum Taken<T> {
+    Value(Result<T>),
+    Spill([u8; HANDLE_BYTES]),
 }
 
 impl<T> Queue<T> {
-    /// A queue of at least `capacity` values of at most 240 encoded bytes
-    /// each. The capacity is rounded up to the next power of two (5 becomes
+    /// A queue of at least `capacity` values, whose slots hold encodings of
+    /// up to 240 bytes (larger values spill, see [`Queue`]). The capacity is rounded up to the next power of two (5 becomes
     /// 8); [`capacity`](Self::capacity) reports the real one, and that many
     /// values fit before [`try_put`](Self::try_put) reports the queue full.
     ///
@@ -109,10 +141,12 @@ impl<T> Queue<T> {
     pub fn new(capacity: usize) -> Result<Self> {
         Self::with_message_bytes(capacity, 240)
     }
-    /// A queue of at least `capacity` values of at most `message_bytes`
-    /// encoded bytes each. The capacity is rounded up to the next power of
-    /// two; [`capacity`](Self::capacity) reports the real one. Each slot takes
-    /// `message_bytes` plus a 16-byte header, rounded up to 64 bytes.
+    /// A queue of at least `capacity` values, whose slots hold encodings of
+    /// up to `message_bytes` bytes in place; a larger value spills into a
+    /// segment of its own (see [`Queue`]). The capacity is rounded up to the
+    /// next power of two; [`capacity`](Self::capacity) reports the real one.
+    /// Each slot takes `message_bytes` plus 56 bytes (a 16-byte header and
+    /// room for a spill's handle), rounded up to 64 bytes.
     ///
     /// # Errors
     ///
@@ -127,11 +161,12 @@ impl<T> Queue<T> {
     ///
     /// let q = Queue::<Vec<u8>>::with_message_bytes(3, 1024).unwrap();
     /// assert_eq!((q.capacity(), q.message_bytes()), (4, 1024));
+    /// q.put(&vec![1; 2000]).unwrap(); // larger than a slot: it spills
+    /// assert_eq!(q.get().unwrap(), vec![1; 2000]);
     /// assert!(matches!(
-    ///     q.put(&vec![0; 2000]),
-    ///     Err(Error::ArgumentTooLarge { .. })
+    ///     Queue::<u64>::with_message_bytes(0, 8),
+    ///     Err(Error::InvalidConfig { .. })
     /// ));
-    /// assert!(Queue::<u64>::with_message_bytes(0, 8).is_err());
     /// ```
     pub fn with_message_bytes(capacity: usize, message_bytes: usize) -> Result<Self> {
         if capacity == 0 || capacity > 1 << 24 {
@@ -145,32 +180,77 @@ impl<T> Queue<T> {
             });
         }
         let capacity = capacity.next_power_of_two();
-        let bytes =
-            mpmc::bytes_for(capacity, message_bytes).ok_or_else(|| Error::InvalidConfig {
-                what: "queue too large".into(),
-            })?;
+        // Room for a spill's handle after the largest value held in place:
+        // a slot exactly that long holds a handle (see `put_encoded`).
+        let slot_bytes = message_bytes + HANDLE_BYTES;
+        let bytes = mpmc::bytes_for(capacity, slot_bytes).ok_or_else(|| Error::InvalidConfig {
+            what: "queue too large".into(),
+        })?;
         let map = SharedSegment::create(c"corepool-queue", bytes)?;
         // SAFETY: the segment is new: nobody else maps it yet.
         let queue =
-            unsafe { ByteQueue::create(memory_of(&map), capacity, message_bytes, type_tag::<T>()) };
+            unsafe { ByteQueue::create(memory_of(&map), capacity, slot_bytes, type_tag::<T>()) };
         Ok(Self {
             map,
             queue,
-            kept: Arc::default(),
             _type: PhantomData,
         })
     }
 
-    /// Keeps what a value just put refers to (each object once).
-    fn keep(&self, carried: Carried) {
-        if carried.keep.is_empty() {
-            return;
-        }
-        let mut kept = crate::sync::lock(&self.kept);
-        for object in carried.keep {
-            if !kept.iter().any(|k| Arc::ptr_eq(k, &object)) {
-                kept.push(object);
+    /// Puts one encoding through `put` (which answers whether it went in):
+    /// in place if it fits a slot's `message_bytes`, else as a spill whose
+    /// handle fills the slot exactly (`message_bytes + HANDLE_BYTES` bytes,
+    /// a length no value in place has). What the encoding carries counts as
+    /// sent only if it went in.
+    fn put_encoded(
+        &self,
+        bytes: &[u8],
+        mut carried: Carried,
+        put: impl FnOnce(&[u8]) -> Result<bool>,
+    ) -> Result<bool> {
+        crate::shm::handle::sweep();
+        let in_place = self.message_bytes();
+        if bytes.len() <= in_place {
+            let went_in = put(bytes)?;
+            if went_in {
+                carried.sent();
             }
+            return Ok(went_in);
+        }
+        let (handle, mut spilled) = spill::write(bytes)?;
+        let mut envelope = vec![0u8; in_place + HANDLE_BYTES];
+        envelope[..HANDLE_BYTES].copy_from_slice(&handle);
+        let went_in = put(&envelope)?;
+        if went_in {
+            carried.sent();
+            spilled.sent();
+        }
+        Ok(went_in)
+    }
+
+    /// Takes one slot's bytes apart (runs while the slot is claimed: a spill
+    /// is only noted, and read by [`finish_get`](Self::finish_get) after).
+    fn take(&self, bytes: &[u8]) -> Taken<T>
+    where
+        T: Wire,
+    {
+        if bytes.len() == self.queue.message_bytes() && bytes.len() >= HANDLE_BYTES {
+            let mut handle = [0u8; HANDLE_BYTES];
+            handle.copy_from_slice(&bytes[..HANDLE_BYTES]);
+            return Taken::Spill(handle);
+        }
+        Taken::Value(decode_exact::<T>(bytes))
+    }
+
+    /// The value a `get` took: decoded already, or read from its spill.
+    fn finish_get(taken: Taken<T>) -> Result<T>
+    where
+        T: Wire,
+    {
+        crate::shm::handle::sweep();
+        match taken {
+            Taken::Value(v) => v,
+            Taken::Spill(handle) => decode_exact::<T>(&spill::read(&handle)?),
         }
     }
 
@@ -234,7 +314,8 @@ impl<T> Queue<T> {
         self.queue.capacity() as usize
     }
 
-    /// Largest encoded value it takes.
+    /// Largest encoded value a slot holds in place; larger ones spill (see
+    /// [`Queue`]).
     ///
     /// ```
     /// use corepool::Queue;
@@ -242,7 +323,7 @@ impl<T> Queue<T> {
     /// assert_eq!(Queue::<u64>::new(4).unwrap().message_bytes(), 240);
     /// ```
     pub fn message_bytes(&self) -> usize {
-        self.queue.message_bytes()
+        self.queue.message_bytes().saturating_sub(HANDLE_BYTES)
     }
 
     /// Closes it for everyone: `put` fails from now on, `get` drains what is
@@ -283,10 +364,9 @@ impl<T: Wire> Queue<T> {
     ///
     /// # Errors
     ///
-    /// [`Error::QueueClosed`]; [`Error::ArgumentTooLarge`] for a value whose
-    /// encoding exceeds [`message_bytes`](Self::message_bytes);
-    /// [`Error::Encode`] for one that cannot be encoded. Either way nothing
-    /// is stored.
+    /// [`Error::QueueClosed`]; [`Error::Encode`] for a value that cannot be
+    /// encoded; [`Error::SharedMemory`] when a large value's spill cannot get
+    /// its memory. Either way nothing is stored.
     ///
     /// # Examples
     ///
@@ -302,11 +382,7 @@ impl<T: Wire> Queue<T> {
             return Err(Error::QueueClosed);
         }
         crate::wire::with_encoding(value, |bytes, carried| {
-            let put = self.queue.try_put(bytes)?;
-            if put {
-                self.keep(carried);
-            }
-            Ok(put)
+            self.put_encoded(bytes, carried, |b| self.queue.try_put(b))
         })
     }
 
@@ -359,10 +435,11 @@ impl<T: Wire> Queue<T> {
     /// allocates nothing) and puts it, waiting until `deadline`.
     fn put_until(&self, value: &T, deadline: Option<Instant>) -> Result<()> {
         crate::wire::with_encoding(value, |bytes, carried| {
-            self.queue.put_until(bytes, deadline)?;
-            self.keep(carried);
-            Ok(())
+            self.put_encoded(bytes, carried, |b| {
+                self.queue.put_until(b, deadline).map(|()| true)
+            })
         })
+        .map(|_| ())
     }
 
     /// Takes a value if one is there now.
@@ -383,7 +460,10 @@ impl<T: Wire> Queue<T> {
     /// assert_eq!(q.try_get().unwrap(), Some(1));
     /// ```
     pub fn try_get(&self) -> Result<Option<T>> {
-        self.queue.try_get(decode_exact::<T>)?.transpose()
+        self.queue
+            .try_get(|b| self.take(b))?
+            .map(Self::finish_get)
+            .transpose()
     }
 
     /// Takes a value, waiting for one (Python's `get`).
@@ -432,7 +512,7 @@ impl<T: Wire> Queue<T> {
     }
 
     fn get_until(&self, deadline: Option<Instant>) -> Result<T> {
-        self.queue.get_until(decode_exact::<T>, deadline)?
+        Self::finish_get(self.queue.get_until(|b| self.take(b), deadline)?)
     }
 
     /// Whether a value is ready at the head now (a snapshot: another
@@ -471,7 +551,6 @@ impl<T: Wire> Wire for Queue<T> {
         Ok(Self {
             map,
             queue,
-            kept: Arc::default(),
             _type: PhantomData,
         })
     }
@@ -507,12 +586,14 @@ mod tests {
     }
 
     #[test]
-    fn oversized_values_are_refused() {
+    #[cfg_attr(miri, ignore = "a spill is a memfd another process could open")]
+    fn oversized_values_spill() {
         let q = Queue::<Vec<u8>>::with_message_bytes(2, 16).unwrap();
-        assert!(matches!(
-            q.put(&vec![0; 100]),
-            Err(Error::ArgumentTooLarge { size: 108, max: 16 })
-        ));
+        q.put(&vec![3; 100]).unwrap();
+        assert!(q.try_put(&vec![4; 1 << 20]).unwrap());
+        assert!(!q.try_put(&vec![5; 100]).unwrap(), "full");
+        assert_eq!(q.get().unwrap(), vec![3; 100]);
+        assert_eq!(q.try_get().unwrap(), Some(vec![4; 1 << 20]));
         assert!(Queue::<u8>::new(0).is_err());
     }
 

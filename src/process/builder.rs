@@ -167,18 +167,30 @@ impl ProcessBuilder {
         // Encoded before anything starts: a value that cannot be encoded
         // starts nothing.
         let (payload, carried) = crate::wire::encode_carried(&arg)?;
+        let crate::wire::Carried {
+            keep,
+            handovers,
+            mut transits,
+        } = carried;
         // Pipe ends passed in go back to us if no child is started with them.
-        let handovers = crate::wire::InFlight::new(carried.handovers);
+        let handovers = crate::wire::InFlight::new(handovers);
+        // Room for at least a spill's handle: a larger result spills.
+        let room = self
+            .max_result_bytes
+            .max(crate::shm::spill::HANDLE_BYTES as u32);
         let seg = segment::create(
             task::offset_of(task::call_one::<F, A, R>),
             &payload,
-            self.max_result_bytes,
+            room,
             &introspect::identity_for_child(self.name.as_deref()),
         )?;
         let Started { pid, pidfd, exit } = reaper::spawn(seg.raw_fd(), self.cpu)?;
         // Pipe ends passed in belong to the child from now on, even if it
         // dies before it first touches them.
         handovers.delivered_to(pid);
+        // Shared objects in the argument: the child ends their transits by
+        // decoding them (until then, the `keep` below holds them anyway).
+        transits.sent();
         let name = self.name.unwrap_or_else(|| format!("Process-{pid}"));
         // A child inherits a one-CPU affinity when it is not pinned itself.
         let cpu = self.cpu.or(crate::identity::current_process().cpu);
@@ -190,7 +202,8 @@ impl ProcessBuilder {
             exit,
             pidfd,
             seg,
-            _keep: carried.keep,
+            taken: std::sync::Mutex::new(None),
+            _keep: keep,
             _result: PhantomData,
         })
     }

@@ -33,8 +33,8 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::AtomicU32;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The environment variable that marks a `Process` child: `v1:<fd>:<parent>`.
 pub(crate) const PROCESS_ENV: &str = "COREPOOL_PROCESS";
@@ -72,6 +72,9 @@ pub struct Process<R> {
     pidfd: Arc<OwnedFd>,
     /// Its argument going in, its outcome coming back.
     seg: Segment,
+    /// A spilled result read early (by `join_timeout` or `drop`), so that
+    /// the process, lingering for it, could exit.
+    taken: Mutex<Option<Outcome>>,
     _keep: crate::wire::KeepAlive,
     _result: PhantomData<fn() -> R>,
 }
@@ -312,6 +315,10 @@ impl<R: Wire> Process<R> {
     /// ```
     pub fn join_timeout(&self, timeout: Duration) -> bool {
         let deadline = crate::shm::park::deadline_after(timeout);
+        // A process whose result spilled waits for it to be read before it
+        // exits: read it now, so that it can.
+        self.wait_for_outcome(deadline);
+        self.take_spill_early();
         self.exit.wait(deadline).is_some()
     }
 
@@ -366,8 +373,17 @@ impl<R: Wire> Process<R> {
     /// [`Error::Encode`] for one that could not be encoded (with the
     /// encoder's message).
     pub fn join(self) -> Result<R> {
+        // The result is read and decoded as soon as it is written: a process
+        // whose result spilled, or names shared objects it created, waits
+        // for that before it exits.
+        self.wait_for_outcome(None);
+        let outcome = self.outcome();
+        let decoded = match &outcome {
+            Some(Outcome::Returned(bytes)) => Some(decode_exact::<R>(bytes)),
+            _ => None,
+        };
         let cause = self.exit.join();
-        self.read_result(cause)
+        self.read_result(cause, outcome, decoded)
     }
 
     /// Whether the process thread has recorded its end: then
@@ -382,13 +398,85 @@ impl<R: Wire> Process<R> {
         self.exit.ended_word()
     }
 
-    fn read_result(&self, cause: ExitCause) -> Result<R> {
+    /// Waits until the process has written its outcome or ended, or until
+    /// `deadline`.
+    fn wait_for_outcome(&self, deadline: Option<Instant>) {
+        loop {
+            if self.exit.ended() {
+                return;
+            }
+            let Some((status, code)) = segment::status_of(&self.seg) else {
+                return;
+            };
+            if code != segment::status::RUNNING {
+                return;
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                return;
+            }
+            // The child wakes the status word once written; the process
+            // thread wakes the ended word once reaped.
+            let words = [(self.exit.ended_word(), 0), (status, code)];
+            if sys::futex_wait_any(&words, left).is_err() {
+                // Before Linux 5.16: one word at a time, looking at the
+                // other every 10 ms.
+                let slice = left.map_or(Duration::from_millis(10), |l| {
+                    l.min(Duration::from_millis(10))
+                });
+                sys::futex_wait(status, code, Some(slice));
+            }
+        }
+    }
+
+    /// What the process left, its spill (if its result spilled) read.
+    fn outcome(&self) -> Option<Outcome> {
+        let taken = crate::sync::lock(&self.taken).take();
+        taken.or_else(|| self.outcome_unlocked())
+    }
+
+    /// If the result spilled and was not read yet, reads it into `taken`.
+    fn take_spill_early(&self) {
+        let spilled = segment::status_of(&self.seg)
+            .is_some_and(|(_, code)| code == segment::status::SPILLED);
+        if !spilled {
+            return;
+        }
+        let mut taken = crate::sync::lock(&self.taken);
+        if taken.is_none() {
+            *taken = self.outcome_unlocked();
+        }
+    }
+
+    /// [`outcome`](Self::outcome) without looking at `taken`.
+    fn outcome_unlocked(&self) -> Option<Outcome> {
+        Some(match segment::read_outcome(&self.seg)? {
+            Outcome::Spilled(handle) => match crate::shm::spill::read(&handle) {
+                Ok(bytes) => Outcome::Returned(bytes),
+                Err(e) => Outcome::SpillLost(e.to_string()),
+            },
+            other => other,
+        })
+    }
+
+    fn read_result(
+        &self,
+        cause: ExitCause,
+        outcome: Option<Outcome>,
+        decoded: Option<Result<R>>,
+    ) -> Result<R> {
         let died = || Error::WorkerDied {
             pid: self.pid,
             cause: cause.clone(),
         };
-        match segment::read_outcome(&self.seg).ok_or_else(died)? {
-            Outcome::Returned(bytes) if cause == ExitCause::Code(0) => decode_exact::<R>(&bytes),
+        match outcome.ok_or_else(died)? {
+            Outcome::Returned(_) if cause == ExitCause::Code(0) => {
+                decoded.unwrap_or_else(|| Err(died()))
+            }
+            Outcome::SpillLost(reason) if cause == ExitCause::Code(0) => Err(Error::Decode {
+                type_name: "process result",
+                reason,
+            }),
             Outcome::Panicked(message) => Err(Error::Panicked { message }),
             Outcome::Failed(reason) => Err(Error::Decode {
                 type_name: "process arguments",
@@ -400,13 +488,26 @@ impl<R: Wire> Process<R> {
             }),
             Outcome::TooLarge { size, max } => Err(Error::ResultTooLarge { size, max }),
             // Died mid-task, or returned but then exited abnormally.
-            Outcome::Returned(_) | Outcome::Unfinished => Err(died()),
+            Outcome::Returned(_)
+            | Outcome::Spilled(_)
+            | Outcome::SpillLost(_)
+            | Outcome::Unfinished => Err(died()),
         }
     }
 }
 
 impl<R> Drop for Process<R> {
     fn drop(&mut self) {
+        // A result that spilled and will never be read: let the process go
+        // now rather than after its wait at exit.
+        if crate::sync::lock(&self.taken).is_none() {
+            if let Some(Outcome::Spilled(handle)) = segment::status_of(&self.seg)
+                .filter(|&(_, code)| code == segment::status::SPILLED)
+                .and_then(|_| segment::read_outcome(&self.seg))
+            {
+                crate::shm::spill::discard(&handle);
+            }
+        }
         if self.daemon && self.exit.cause().is_none() {
             sys::pidfd_send_signal(self.pidfd.as_fd(), crate::sys::Signal::KILL);
         }

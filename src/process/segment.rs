@@ -33,6 +33,9 @@ pub(super) mod status {
     pub(in crate::process) const TOO_LARGE: u32 = 4;
     /// The result could not be encoded; the result bytes are the message.
     pub(in crate::process) const NOT_ENCODED: u32 = 5;
+    /// It returned a result larger than the room: the result bytes are the
+    /// handle of a spill holding it (`crate::shm::spill`).
+    pub(in crate::process) const SPILLED: u32 = 6;
 }
 
 /// The header of a process segment, written by the parent before the child
@@ -67,6 +70,10 @@ impl Header {
 pub(super) enum Outcome {
     /// The function returned this encoded result.
     Returned(Vec<u8>),
+    /// The function returned a result in the spill with this handle.
+    Spilled(Vec<u8>),
+    /// Its result spilled, and the spill could not be read (why).
+    SpillLost(String),
     /// It panicked with this message.
     Panicked(String),
     /// Its argument could not be decoded, for this reason.
@@ -201,15 +208,27 @@ pub(super) fn write_outcome(
         // Release pairs with the parent's Acquire load in `read_outcome`: the
         // result and its length are visible before the status says so.
         word.store(code, Ordering::Release);
+        // A parent in `join` waits on this word (`wait_for_outcome`).
+        crate::sys::futex_wake_all(word);
     }
 }
 
-/// Parent, after the child was reaped: what it left. `None` if the segment
-/// holds no valid header or the result does not fit in it.
+/// Parent: whether the child has written its outcome (the status word is
+/// set), and the word to wait on until it does.
+pub(super) fn status_of(seg: &Segment) -> Option<(&AtomicU32, u32)> {
+    let word = status_word(seg)?;
+    // Acquire pairs with the child's Release store in `write_outcome`.
+    let code = word.load(Ordering::Acquire);
+    Some((word, code))
+}
+
+/// Parent, once the status word is set or the child was reaped: what it
+/// left. `None` if the segment holds no valid header or the result does not
+/// fit in it.
 pub(super) fn read_outcome(seg: &Segment) -> Option<Outcome> {
     // Acquire pairs with the child's Release store of `status` in
-    // `write_outcome`; the child is reaped, so nothing changes under us.
-    // Untrusted: validate.
+    // `write_outcome`. The child may still run (lingering for its result's
+    // receivers): everything is copied once and validated.
     let code = status_word(seg)?.load(Ordering::Acquire);
     let len = result_len_word(seg)?.load(Ordering::Acquire) as usize;
     let header = read_header(seg)?;
@@ -224,6 +243,7 @@ pub(super) fn read_outcome(seg: &Segment) -> Option<Outcome> {
     let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
     Some(match code {
         status::RETURNED => Outcome::Returned(bytes()?),
+        status::SPILLED => Outcome::Spilled(bytes()?),
         status::PANICKED => Outcome::Panicked(text(bytes()?)),
         status::FAILED => Outcome::Failed(text(bytes()?)),
         status::NOT_ENCODED => Outcome::NotEncoded(text(bytes()?)),

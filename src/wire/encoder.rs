@@ -65,6 +65,47 @@ impl fmt::Debug for InFlight {
     }
 }
 
+/// One shared object's handle written into an encoding: the object counts
+/// it as in flight from the moment it is written (so that it stays alive for
+/// the receiver, see `shm::handle`), and [`abandon`](Self::abandon) takes
+/// that back when the bytes are never sent.
+pub(crate) trait Transit: Send + Sync {
+    /// The bytes holding this handle will not be sent after all.
+    fn abandon(&self);
+}
+
+/// The transits an encoding started, taken back on drop unless the bytes
+/// were [`sent`](Self::sent): an encoding that fails, or whose `put` finds
+/// the queue closed, leaves no count behind.
+#[derive(Default)]
+pub(crate) struct Transits(Vec<Arc<dyn Transit>>);
+
+impl Transits {
+    /// The bytes went out (into a ring, a queue slot, a process segment):
+    /// their receiver ends each transit by decoding its handle.
+    pub(crate) fn sent(&mut self) {
+        self.0.clear();
+    }
+
+    /// How many transits are pending.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Takes `other`'s transits into these.
+    pub(crate) fn append(&mut self, other: &mut Transits) {
+        self.0.append(&mut other.0);
+    }
+}
+
+impl Drop for Transits {
+    fn drop(&mut self) {
+        for transit in self.0.drain(..) {
+            transit.abandon();
+        }
+    }
+}
+
 /// What an encoded value carries besides its bytes: taken from the
 /// [`Encoder`] by whoever sends the bytes, and held as long as they are in
 /// flight.
@@ -74,16 +115,27 @@ pub(crate) struct Carried {
     pub(crate) keep: KeepAlive,
     /// Ends handed over to the receiver.
     pub(crate) handovers: Vec<Box<dyn Handover>>,
+    /// Shared objects' handles the bytes hold: abandoned when dropped
+    /// unless marked [`Transits::sent`].
+    pub(crate) transits: Transits,
 }
 
 impl Carried {
+    /// The bytes went out: their receiver ends the transits they started.
+    pub(crate) fn sent(&mut self) {
+        self.transits.sent();
+    }
+
     /// What a pool task must hold until its outcome: the kept objects, and
     /// the handovers in an [`InFlight`], so that a task that ends before a
-    /// worker decoded its argument gives its pipe ends back.
-    pub(crate) fn into_keep_alive(self) -> KeepAlive {
-        let mut keep = self.keep;
-        if !self.handovers.is_empty() {
-            keep.push(Arc::new(InFlight::new(self.handovers)));
+    /// worker decoded its argument gives its pipe ends back. The bytes count
+    /// as sent: a worker decodes them.
+    pub(crate) fn into_keep_alive(mut self) -> KeepAlive {
+        self.transits.sent();
+        let mut keep = std::mem::take(&mut self.keep);
+        let handovers = std::mem::take(&mut self.handovers);
+        if !handovers.is_empty() {
+            keep.push(Arc::new(InFlight::new(handovers)));
         }
         keep
     }
@@ -94,6 +146,7 @@ impl fmt::Debug for Carried {
         f.debug_struct("Carried")
             .field("keep", &self.keep.len())
             .field("handovers", &self.handovers.len())
+            .field("transits", &self.transits.len())
             .finish()
     }
 }
@@ -183,6 +236,7 @@ impl Encoder {
             carried: Carried {
                 keep: Vec::new(),
                 handovers: Vec::new(),
+                transits: Transits(Vec::new()),
             },
             failure: None,
         }
@@ -232,6 +286,12 @@ impl Encoder {
     /// in flight.
     pub(crate) fn keep_alive(&mut self, value: Arc<dyn Any + Send + Sync>) {
         self.carried.keep.push(value);
+    }
+
+    /// Called while encoding: a shared object's handle was written; `transit`
+    /// takes its in-flight count back if the bytes are never sent.
+    pub(crate) fn started_transit(&mut self, transit: Arc<dyn Transit>) {
+        self.carried.transits.0.push(transit);
     }
 
     /// Called while encoding: `handover` goes to whichever process decodes

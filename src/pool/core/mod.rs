@@ -44,6 +44,9 @@ pub(super) struct Task {
     /// tasks of one submission). Never read: holding it is the point.
     #[allow(dead_code)]
     pub keep: Option<std::sync::Arc<crate::wire::KeepAlive>>,
+    /// The spill holding the argument when it is larger than a ring message
+    /// (`payload` is then its handle): held until the outcome.
+    pub spill: Option<std::sync::Arc<crate::shm::handle::SharedSegment>>,
 }
 
 #[derive(Debug)]
@@ -112,6 +115,17 @@ pub(super) struct Worker {
 }
 
 impl Worker {
+    /// Whether its current process has exited (its pidfd is readable);
+    /// waits at most a millisecond for a process that runs.
+    fn has_exited(&self) -> bool {
+        let Some(pidfd) = &self.pidfd else {
+            return false;
+        };
+        let mut ready = Vec::with_capacity(1);
+        crate::sys::poll_readable(&[pidfd.as_fd()], &mut ready, Some(Duration::ZERO)).is_ok()
+            && ready.first() == Some(&true)
+    }
+
     pub(super) fn new(slot: Slot, cpu: Option<CpuMask>, budget: u64) -> Self {
         slot.task_ring().reset();
         slot.result_ring().reset();
