@@ -105,11 +105,14 @@ impl ProcessBuilder {
         self
     }
 
-    /// Room for the encoded result (default 64 KiB); a larger result is an
-    /// [`Error::ResultTooLarge`] from [`Process::join`].
+    /// Room for the encoded result in the process's own segment (default
+    /// 64 KiB). A larger result travels in a one-off shared segment (a
+    /// spill) that the child holds until the parent reads it in
+    /// [`Process::join`] (or [`Process::join_timeout`]), so this is a speed
+    /// knob, never a limit.
     ///
     /// ```
-    /// use corepool::{Error, Process};
+    /// use corepool::Process;
     ///
     /// fn zeros(n: u32) -> Vec<u8> {
     ///     vec![0; n as usize]
@@ -119,8 +122,8 @@ impl ProcessBuilder {
     ///     corepool::init();
     ///     let small = Process::builder().max_result_bytes(64).start(zeros, 10)?;
     ///     assert_eq!(small.join()?.len(), 10);
-    ///     let big = Process::builder().max_result_bytes(64).start(zeros, 1_000)?;
-    ///     assert!(matches!(big.join(), Err(Error::ResultTooLarge { .. })));
+    ///     let big = Process::builder().max_result_bytes(64).start(zeros, 1 << 20)?;
+    ///     assert_eq!(big.join()?.len(), 1 << 20); // spilled
     ///     Ok(())
     /// }
     /// ```
@@ -170,7 +173,7 @@ impl ProcessBuilder {
         let crate::wire::Carried {
             keep,
             handovers,
-            mut transits,
+            transits,
         } = carried;
         // Pipe ends passed in go back to us if no child is started with them.
         let handovers = crate::wire::InFlight::new(handovers);
@@ -188,9 +191,6 @@ impl ProcessBuilder {
         // Pipe ends passed in belong to the child from now on, even if it
         // dies before it first touches them.
         handovers.delivered_to(pid);
-        // Shared objects in the argument: the child ends their transits by
-        // decoding them (until then, the `keep` below holds them anyway).
-        transits.sent();
         let name = self.name.unwrap_or_else(|| format!("Process-{pid}"));
         // A child inherits a one-CPU affinity when it is not pinned itself.
         let cpu = self.cpu.or(crate::identity::current_process().cpu);
@@ -203,6 +203,7 @@ impl ProcessBuilder {
             pidfd,
             seg,
             taken: std::sync::Mutex::new(None),
+            transits,
             _keep: keep,
             _result: PhantomData,
         })

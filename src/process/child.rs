@@ -72,6 +72,7 @@ fn serve_child(token: &str) -> i32 {
     // SAFETY: same binary (fingerprint checked); the offset comes from `offset_of`.
     let trampoline = unsafe { task::from_offset(header.trampoline) };
     let mut out = Encoder::new();
+    segment::mark_argument_taken(&seg);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         trampoline(&input, &mut out).and_then(|()| out.check())
     }));

@@ -75,6 +75,9 @@ pub struct Process<R> {
     /// A spilled result read early (by `join_timeout` or `drop`), so that
     /// the process, lingering for it, could exit.
     taken: Mutex<Option<Outcome>>,
+    /// The in-flight counts of the shared objects in the argument: ended by
+    /// the child's decode, or taken back on drop if it died before it.
+    transits: crate::wire::Transits,
     _keep: crate::wire::KeepAlive,
     _result: PhantomData<fn() -> R>,
 }
@@ -498,6 +501,14 @@ impl<R: Wire> Process<R> {
 
 impl<R> Drop for Process<R> {
     fn drop(&mut self) {
+        // A child that ended without decoding its argument never will: its
+        // objects' counts come back (dropping `transits` unsent does that).
+        // Otherwise the child ended, or will end, their transits itself.
+        let decode_failed = segment::status_of(&self.seg)
+            .is_some_and(|(_, code)| code == segment::status::FAILED);
+        if !self.exit.ended() || (segment::argument_taken(&self.seg) && !decode_failed) {
+            self.transits.sent();
+        }
         // A result that spilled and will never be read: let the process go
         // now rather than after its wait at exit.
         if crate::sync::lock(&self.taken).is_none() {

@@ -18,6 +18,10 @@ const VERSION: u32 = 1;
 pub(super) const HEADER_BYTES: usize = 4096;
 const STATUS_OFFSET: usize = 256;
 const RESULT_LEN_OFFSET: usize = 260;
+/// Set by the child right before it decodes its argument: a child that
+/// died with it still 0 never decoded it (its shared objects' transits are
+/// then taken back by the parent).
+const ARGUMENT_TAKEN_OFFSET: usize = 264;
 /// Where the child's identity lies (its name and its parent's description,
 /// for `crate::identity`): the rest of the header's page.
 const IDENTITY_OFFSET: usize = 512;
@@ -91,6 +95,28 @@ fn status_word(seg: &Segment) -> Option<&AtomicU32> {
     // SAFETY: in bounds, 4-aligned (page-aligned base + 256), lives as long as
     // `seg`, and both processes access it only atomically.
     Some(unsafe { AtomicU32::from_ptr(p.cast()) })
+}
+
+fn argument_taken_word(seg: &Segment) -> Option<&AtomicU32> {
+    let p = seg.at(ARGUMENT_TAKEN_OFFSET, 4)?;
+    // SAFETY: as in `status_word`.
+    Some(unsafe { AtomicU32::from_ptr(p.cast()) })
+}
+
+/// Child: about to decode its argument.
+pub(super) fn mark_argument_taken(seg: &Segment) {
+    if let Some(word) = argument_taken_word(seg) {
+        // Relaxed: the parent reads it only after the child ended (reaped:
+        // the kernel orders the two).
+        word.store(1, Ordering::Relaxed);
+    }
+}
+
+/// Parent, once the child ended: whether it started decoding its argument
+/// (untrusted: a lying child can only make its own argument's objects
+/// linger, or be let go early).
+pub(super) fn argument_taken(seg: &Segment) -> bool {
+    argument_taken_word(seg).is_none_or(|w| w.load(Ordering::Relaxed) != 0)
 }
 
 fn result_len_word(seg: &Segment) -> Option<&AtomicU32> {

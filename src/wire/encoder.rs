@@ -126,18 +126,57 @@ impl Carried {
         self.transits.sent();
     }
 
-    /// What a pool task must hold until its outcome: the kept objects, and
-    /// the handovers in an [`InFlight`], so that a task that ends before a
-    /// worker decoded its argument gives its pipe ends back. The bytes count
-    /// as sent: a worker decodes them.
+    /// What a pool task must hold until its outcome: the kept objects, the
+    /// handovers in an [`InFlight`], so that a task that ends before a
+    /// worker decoded its argument gives its pipe ends back, and the
+    /// transits in a [`TaskTransits`], taken back likewise unless a worker
+    /// took the task ([`mark_delivered`]).
     pub(crate) fn into_keep_alive(mut self) -> KeepAlive {
-        self.transits.sent();
+        let transits = std::mem::take(&mut self.transits);
         let mut keep = std::mem::take(&mut self.keep);
+        if transits.len() > 0 {
+            keep.push(Arc::new(TaskTransits {
+                transits: std::sync::Mutex::new(transits),
+                delivered: std::sync::atomic::AtomicBool::new(false),
+            }));
+        }
         let handovers = std::mem::take(&mut self.handovers);
         if !handovers.is_empty() {
             keep.push(Arc::new(InFlight::new(handovers)));
         }
         keep
+    }
+}
+
+/// The transits of a pool submission's arguments, held with its tasks:
+/// taken back when the last task goes, unless a worker took one of them
+/// (then its decode ended them). A map's chunks share one: if a worker took
+/// any chunk, the transits of chunks cancelled before a worker took them
+/// are not taken back (their objects linger in the sender, within the
+/// lingering bound, instead of being let go early).
+pub(crate) struct TaskTransits {
+    transits: std::sync::Mutex<Transits>,
+    delivered: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for TaskTransits {
+    fn drop(&mut self) {
+        if self.delivered.load(std::sync::atomic::Ordering::Relaxed) {
+            crate::sync::lock(&self.transits).sent();
+        }
+        // Otherwise dropping `transits` unsent takes them back.
+    }
+}
+
+/// A worker took a task holding `keep` (it decodes, or decoded, its
+/// arguments).
+pub(crate) fn mark_delivered(keep: &KeepAlive) {
+    for object in keep {
+        if let Some(t) = (**object).downcast_ref::<TaskTransits>() {
+            // Relaxed: read in `Drop`, after the last holder let go (the
+            // `Arc`'s own synchronisation orders the two).
+            t.delivered.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 

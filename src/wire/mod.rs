@@ -21,6 +21,7 @@ pub(crate) use encoder::encode_to_vec;
 pub use encoder::Encoder;
 pub(crate) use encoder::{
     encode_carried, encode_payload, with_encoding, Carried, Handover, InFlight, KeepAlive, Transit,
+    Transits, mark_delivered,
 };
 
 use crate::error::{Error, Result};

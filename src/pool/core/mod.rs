@@ -49,6 +49,15 @@ pub(super) struct Task {
     pub spill: Option<std::sync::Arc<crate::shm::handle::SharedSegment>>,
 }
 
+impl Task {
+    /// A worker took this task: it decodes its arguments.
+    pub(super) fn mark_delivered(&self) {
+        if let Some(keep) = &self.keep {
+            crate::wire::mark_delivered(keep);
+        }
+    }
+}
+
 #[derive(Debug)]
 struct InFlight {
     position: u32,

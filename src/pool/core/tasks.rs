@@ -75,6 +75,16 @@ impl Core {
                     );
                 }
                 let entry = w.in_flight.pop_front().expect("front checked above");
+                // The worker took it: its decode ended the argument's
+                // transits. Unless its decode failed: then what it did not
+                // reach is never decoded, and is taken back (what it had
+                // decoded before the failure may then be counted down twice:
+                // at worst let go early, see `shm::handle`).
+                let decode_failed =
+                    record.header.kind == kind::FAILED && record.header.flags == failure::DECODE;
+                if !decode_failed {
+                    entry.task.mark_delivered();
+                }
                 if record.header.kind == kind::OK && record.header.flags & RECORD_SPILLED != 0 {
                     // The result is in a spill the worker holds until we
                     // open it here, before the record is released.
