@@ -723,6 +723,8 @@ impl<T> Drop for PipeEnd<T> {
         let mut alive = crate::sync::lock(&self.copy_alive);
         *alive = false;
         self.close_if_held();
+        drop(alive);
+        crate::shm::handle::dropping(&self.control);
     }
 }
 

@@ -91,6 +91,27 @@ impl<T> Clone for Queue<T> {
     }
 }
 
+impl<T> Drop for Queue<T> {
+    fn drop(&mut self) {
+        // The last copy of a queue no other process can have: what it still
+        // holds can never be received, so its spills are let go now rather
+        // than linger. (Shared objects named inside values linger within
+        // the bound, see `shm::handle`: finding them needs `T`'s decoder.)
+        crate::shm::handle::dropping(&self.map);
+        if Arc::strong_count(&self.map) != 1 || !self.map.is_private() {
+            return;
+        }
+        let slot = self.queue.message_bytes();
+        while let Ok(Some(spilled)) = self.queue.try_get(|b| {
+            (b.len() == slot && b.len() >= HANDLE_BYTES).then(|| b[..HANDLE_BYTES].to_vec())
+        }) {
+            if let Some(handle) = spilled {
+                spill::discard(&handle);
+            }
+        }
+    }
+}
+
 impl<T> fmt::Debug for Queue<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Queue")

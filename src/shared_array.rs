@@ -332,6 +332,20 @@ impl<T: Pod> SharedArray<T> {
     }
 }
 
+impl<T> Drop for SharedArray<T> {
+    fn drop(&mut self) {
+        crate::shm::handle::dropping(&self.map);
+    }
+}
+
+impl<T> SharedArray<T> {
+    /// Test hook: see `crate::testing::forge_in_flight`.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn forge_in_flight(&self, count: u32) {
+        self.map.forge_in_flight(count);
+    }
+}
+
 impl<T: Pod> Wire for SharedArray<T> {
     fn encode(&self, out: &mut Encoder) {
         self.map.encode(type_tag::<T>(), self.len as u64, out);

@@ -143,6 +143,17 @@ pub fn sabotage(how: Sabotage) -> bool {
     true
 }
 
+/// Set by [`exit_after_next_spill`]: exit right after the next spilled
+/// result is published (tests only).
+#[cfg(feature = "fault-injection")]
+static EXIT_AFTER_SPILL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes this worker exit right after it publishes its next spilled result.
+#[cfg(feature = "fault-injection")]
+pub(crate) fn exit_after_next_spill() {
+    EXIT_AFTER_SPILL.store(true, Ordering::Relaxed);
+}
+
 /// A start failure before the worker found its slot, so the parent cannot
 /// be told: say it on stderr (a stray variable is otherwise a silent 101).
 fn stray(why: &str) -> i32 {
@@ -342,6 +353,13 @@ impl<'a> Server<'a> {
                 // Publish each result at once: a crash later in the batch must
                 // not lose it, and a waiting caller can take it while we go on.
                 self.results.publish()?;
+                #[cfg(feature = "fault-injection")]
+                if crate::shm::handle::lingering_now()
+                    && EXIT_AFTER_SPILL.swap(false, Ordering::Relaxed)
+                {
+                    park::wake(self.doorbell);
+                    sys::exit_now(0);
+                }
                 ran += 1;
             }
             if !released {

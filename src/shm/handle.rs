@@ -62,6 +62,8 @@ pub(crate) struct SharedSegment {
     /// Whether this process wrote a handle to it (naming its descriptor):
     /// then it lingers on its last drop while handles are in flight.
     sent: AtomicBool,
+    /// Whether this process created it (rather than opened a handle).
+    created: bool,
 }
 
 /// Segments this process has mapped from another one.
@@ -199,6 +201,25 @@ pub(crate) fn linger_at_exit(bound: Duration) {
     }
 }
 
+/// Called as a shared object's handle drops its copy of `map`: if only the
+/// cache of opened mappings would hold it after this copy goes, and no
+/// handle to it is in flight (nothing more of it is coming), the mapping is
+/// forgotten, so that its memory can be freed. A stream of tasks over one
+/// array keeps it mapped: their handles are in flight while they queue.
+pub(crate) fn dropping(map: &Arc<SharedSegment>) {
+    // This copy and the cache's: 2. Anything more is still in use here.
+    if map.created || Arc::strong_count(map) != 2 || in_flight(&map.seg) {
+        return;
+    }
+    let forgotten = {
+        let mut opened = crate::sync::lock(&OPENED);
+        let at = opened.iter().position(|m| Arc::ptr_eq(m, map));
+        at.map(|at| opened.remove(at))
+    };
+    // Unmapped (or kept for its receivers) as the caller's copy goes.
+    drop(forgotten);
+}
+
 /// Keeps `seg` for its receivers (see the module docs).
 fn linger(seg: Segment) {
     let evicted = {
@@ -258,6 +279,7 @@ impl SharedSegment {
             owner: std::process::id() as i32,
             fd,
             sent: AtomicBool::new(false),
+            created: true,
         }))
     }
 
@@ -277,9 +299,23 @@ impl SharedSegment {
         self.seg.len() - TRAILER
     }
 
+    /// Whether no other process can have it: created here and no handle to
+    /// it ever written (a forked copy of this process aside).
+    pub(crate) fn is_private(&self) -> bool {
+        self.created && !self.sent.load(Ordering::Relaxed)
+    }
+
     /// The process whose descriptor this mapping came through.
     pub(crate) fn owner(&self) -> i32 {
         self.owner
+    }
+
+    /// Overwrites the in-flight count, as a hostile process could (tests).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn forge_in_flight(&self, count: u32) {
+        if let Some((word, _)) = trailer(&self.seg) {
+            word.store(count, Ordering::Release);
+        }
     }
 
     /// Handles to it in flight now (tests).
@@ -467,6 +503,7 @@ fn open_uncached(
         owner,
         fd,
         sent: AtomicBool::new(false),
+        created: false,
     })
 }
 
@@ -478,4 +515,78 @@ pub(crate) fn type_tag<T>() -> u64 {
     std::any::type_name::<T>().hash(&mut h);
     std::mem::size_of::<T>().hash(&mut h);
     h.finish()
+}
+
+#[cfg(all(test, not(miri)))]
+mod tests {
+    use super::*;
+
+    fn handle_of(seg: &Arc<SharedSegment>) -> (Vec<u8>, crate::wire::Carried) {
+        let mut out = Encoder::new();
+        seg.encode(7, 0, &mut out);
+        out.check().unwrap();
+        let carried = out.take_carried();
+        (out.take_bytes(), carried)
+    }
+
+    #[test]
+    fn a_handle_counts_in_flight_until_decoded_or_taken_back() {
+        let seg = SharedSegment::create(c"corepool-test", 100).unwrap();
+        assert_eq!(seg.usable_len(), 128);
+        let (bytes, mut carried) = handle_of(&seg);
+        assert_eq!(seg.in_flight_count(), 1);
+        carried.sent();
+        drop(carried);
+        let (opened, _) = SharedSegment::decode::<u8>(&mut bytes.as_slice(), 7, Some).unwrap();
+        assert_eq!(seg.in_flight_count(), 0, "the decode ended it");
+        drop(opened);
+        // Not sent: dropping what the encoding carries takes it back.
+        let (_, carried) = handle_of(&seg);
+        assert_eq!(seg.in_flight_count(), 1);
+        drop(carried);
+        assert_eq!(seg.in_flight_count(), 0);
+    }
+
+    #[test]
+    fn a_dropped_sender_lingers_until_its_receiver_opened_it() {
+        let seg = SharedSegment::create(c"corepool-test", 64).unwrap();
+        let id = (seg.id.dev, seg.id.ino);
+        let (bytes, mut carried) = handle_of(&seg);
+        carried.sent();
+        drop(carried);
+        drop(seg); // the sender's last copy, while in flight
+        let lingers = || crate::sync::lock(&LINGER).iter().any(|s| {
+            s.identity().is_ok_and(|i| (i.dev, i.ino) == id)
+        });
+        assert!(lingers(), "kept for the receiver");
+        let opened = SharedSegment::decode_one_off::<u8>(&mut bytes.as_slice(), 7, Some);
+        assert!(opened.is_ok(), "the receiver opens what its sender dropped");
+        sweep();
+        assert!(!lingers(), "let go once received");
+    }
+
+    #[test]
+    fn a_forged_count_only_lets_the_object_go_early() {
+        let seg = SharedSegment::create(c"corepool-test", 64).unwrap();
+        let (bytes, mut carried) = handle_of(&seg);
+        carried.sent();
+        drop(carried);
+        // A hostile process zeroes the count: the sender lets go at once.
+        trailer(&seg.seg).unwrap().0.store(0, Ordering::Release);
+        drop(seg);
+        let opened = SharedSegment::decode_one_off::<u8>(&mut bytes.as_slice(), 7, Some);
+        assert!(matches!(opened, Err(crate::Error::Decode { .. })));
+    }
+
+    #[test]
+    fn a_hostile_trailer_never_underflows() {
+        let seg = SharedSegment::create(c"corepool-test", 64).unwrap();
+        for _ in 0..3 {
+            count_down(&seg.seg);
+        }
+        assert_eq!(seg.in_flight_count(), 0, "saturates at 0");
+        trailer(&seg.seg).unwrap().0.store(u32::MAX, Ordering::Release);
+        count_up(&seg.seg);
+        assert_eq!(seg.in_flight_count(), u32::MAX, "saturates at the top");
+    }
 }
