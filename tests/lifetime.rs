@@ -43,7 +43,13 @@ fn a_receiver_opens_what_its_sender_dropped_first() {
     assert_eq!(sum(a), 4950);
     // Parent to child: the parent drops its copy before the child starts.
     q.put(&fresh(10)).unwrap();
-    assert_eq!(Process::start(get_and_sum, q.clone()).unwrap().join().unwrap(), 45);
+    assert_eq!(
+        Process::start(get_and_sum, q.clone())
+            .unwrap()
+            .join()
+            .unwrap(),
+        45
+    );
     // Through a pipe.
     let (rx, tx) = Pipe::one_way::<SharedArray<u64>>().unwrap();
     let p = Process::start(send_fresh_and_return, tx).unwrap();
@@ -68,8 +74,14 @@ fn holdings(_: u8) -> (usize, usize) {
 }
 
 fn assert_no_growth(what: &str, before: (usize, usize), after: (usize, usize)) {
-    assert!(after.0 <= before.0, "{what}: descriptors {before:?} -> {after:?}");
-    assert!(after.1 <= before.1 + 8, "{what}: mappings {before:?} -> {after:?}");
+    assert!(
+        after.0 <= before.0,
+        "{what}: descriptors {before:?} -> {after:?}"
+    );
+    assert!(
+        after.1 <= before.1 + 8,
+        "{what}: mappings {before:?} -> {after:?}"
+    );
 }
 
 fn nothing_grows_per_call_on_any_path() {
@@ -86,7 +98,10 @@ fn nothing_grows_per_call_on_any_path() {
             assert_eq!(sum(b.recv().unwrap()), 6);
             // Task argument and task result.
             assert_eq!(pool.apply(sum, fresh(4)).unwrap(), 6);
-            assert_eq!(sum(pool.apply(fresh, i % 5 + 1).unwrap()), (i % 5 + 1) * (i % 5) / 2);
+            assert_eq!(
+                sum(pool.apply(fresh, i % 5 + 1).unwrap()),
+                (i % 5 + 1) * (i % 5) / 2
+            );
         }
     };
     round(50);
@@ -118,8 +133,13 @@ fn objects_in_tasks_that_never_run_are_let_go() {
     // Arguments of tasks no worker took (cancelled by `terminate`) never
     // get decoded: their objects are let go with the tasks.
     let pool = Pool::new(1).unwrap();
-    let blocker = pool.apply_async(|ms: u64| std::thread::sleep(std::time::Duration::from_millis(ms)), 60_000);
-    let queued: Vec<_> = (0..5).map(|i| pool.apply_async(sum, fresh(i)).unwrap()).collect();
+    let blocker = pool.apply_async(
+        |ms: u64| std::thread::sleep(std::time::Duration::from_millis(ms)),
+        60_000,
+    );
+    let queued: Vec<_> = (0..5)
+        .map(|i| pool.apply_async(sum, fresh(i)).unwrap())
+        .collect();
     pool.terminate();
     drop(blocker);
     for h in queued {
@@ -145,7 +165,10 @@ fn a_forged_count_gives_a_typed_error_never_worse() {
     corepool::testing::forge_in_flight(&a, 0);
     drop(a);
     let got = Process::start(|q: Queue<SharedArray<u64>>| q.get().is_err(), q.clone());
-    assert!(got.unwrap().join().unwrap(), "a typed error in the receiver");
+    assert!(
+        got.unwrap().join().unwrap(),
+        "a typed error in the receiver"
+    );
     // A forged huge count: the sender keeps it (bounded), nothing breaks.
     let a = fresh(3);
     q.put(&a).unwrap();
@@ -153,7 +176,10 @@ fn a_forged_count_gives_a_typed_error_never_worse() {
     drop(a);
     let got = q.get().unwrap();
     assert_eq!(sum(got.clone()), 3);
-    assert!(corepool::testing::lingering_objects() >= 1, "kept for receivers");
+    assert!(
+        corepool::testing::lingering_objects() >= 1,
+        "kept for receivers"
+    );
     // Set back (the received copy shares the count): it goes.
     corepool::testing::forge_in_flight(&got, 0);
     drop(got);

@@ -155,8 +155,14 @@ fn holdings(_: u8) -> (usize, usize) {
 /// Asserts that what this process holds did not grow by more than a
 /// little over a loop (allocator arenas may map a few more).
 fn assert_no_growth(what: &str, before: (usize, usize), after: (usize, usize)) {
-    assert!(after.0 <= before.0, "{what}: descriptors {before:?} -> {after:?}");
-    assert!(after.1 <= before.1 + 8, "{what}: mappings {before:?} -> {after:?}");
+    assert!(
+        after.0 <= before.0,
+        "{what}: descriptors {before:?} -> {after:?}"
+    );
+    assert!(
+        after.1 <= before.1 + 8,
+        "{what}: mappings {before:?} -> {after:?}"
+    );
 }
 
 fn spills_leave_nothing_behind_over_thousands_of_calls() {

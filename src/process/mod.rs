@@ -440,8 +440,8 @@ impl<R: Wire> Process<R> {
 
     /// If the result spilled and was not read yet, reads it into `taken`.
     fn take_spill_early(&self) {
-        let spilled = segment::status_of(&self.seg)
-            .is_some_and(|(_, code)| code == segment::status::SPILLED);
+        let spilled =
+            segment::status_of(&self.seg).is_some_and(|(_, code)| code == segment::status::SPILLED);
         if !spilled {
             return;
         }
@@ -504,8 +504,8 @@ impl<R> Drop for Process<R> {
         // A child that ended without decoding its argument never will: its
         // objects' counts come back (dropping `transits` unsent does that).
         // Otherwise the child ended, or will end, their transits itself.
-        let decode_failed = segment::status_of(&self.seg)
-            .is_some_and(|(_, code)| code == segment::status::FAILED);
+        let decode_failed =
+            segment::status_of(&self.seg).is_some_and(|(_, code)| code == segment::status::FAILED);
         if !self.exit.ended() || (segment::argument_taken(&self.seg) && !decode_failed) {
             self.transits.sent();
         }

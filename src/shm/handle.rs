@@ -89,7 +89,12 @@ fn trailer(seg: &Segment) -> Option<(&AtomicU32, &AtomicU32)> {
     // page-aligned, `len - 64` a multiple of 64); the words live as long as
     // `seg`, to which the references are tied; every process touches them
     // only atomically.
-    Some(unsafe { (AtomicU32::from_ptr(p.cast()), AtomicU32::from_ptr(p.add(4).cast())) })
+    Some(unsafe {
+        (
+            AtomicU32::from_ptr(p.cast()),
+            AtomicU32::from_ptr(p.add(4).cast()),
+        )
+    })
 }
 
 /// Subtracts one from an in-flight count, never below 0; wakes a process
@@ -135,8 +140,9 @@ pub(crate) fn sweep() {
     }
     let freed: Vec<Segment> = {
         let mut linger = crate::sync::lock(&LINGER);
-        let (gone, kept): (Vec<Segment>, Vec<Segment>) =
-            std::mem::take(&mut *linger).into_iter().partition(|s| !in_flight(s));
+        let (gone, kept): (Vec<Segment>, Vec<Segment>) = std::mem::take(&mut *linger)
+            .into_iter()
+            .partition(|s| !in_flight(s));
         *linger = kept;
         LINGERING.store(linger.len(), Ordering::Relaxed);
         gone
@@ -184,7 +190,9 @@ pub(crate) fn linger_at_exit(bound: Duration) {
             let now = count.load(Ordering::Acquire);
             if now != 0 {
                 // A bounded slice: a forged waiter word may never wake us.
-                let slice = left.map_or(Duration::from_millis(100), |l| l.min(Duration::from_millis(100)));
+                let slice = left.map_or(Duration::from_millis(100), |l| {
+                    l.min(Duration::from_millis(100))
+                });
                 sys::futex_wait(count, now, Some(slice));
             }
             waiters.fetch_sub(1, Ordering::Relaxed);
@@ -369,7 +377,9 @@ impl SharedSegment {
     ) -> Result<(Self, u64)> {
         let (owner, fd, dev, ino, len, got) = <(i32, i32, u64, u64, u64, u64)>::decode(input)?;
         if got != tag {
-            return Err(decode_error::<T>("the handle is for another kind of object"));
+            return Err(decode_error::<T>(
+                "the handle is for another kind of object",
+            ));
         }
         let bytes = bytes_for(len)
             .and_then(|b| usize::try_from(b).ok())
@@ -555,9 +565,11 @@ mod tests {
         carried.sent();
         drop(carried);
         drop(seg); // the sender's last copy, while in flight
-        let lingers = || crate::sync::lock(&LINGER).iter().any(|s| {
-            s.identity().is_ok_and(|i| (i.dev, i.ino) == id)
-        });
+        let lingers = || {
+            crate::sync::lock(&LINGER)
+                .iter()
+                .any(|s| s.identity().is_ok_and(|i| (i.dev, i.ino) == id))
+        };
         assert!(lingers(), "kept for the receiver");
         let opened = SharedSegment::decode_one_off::<u8>(&mut bytes.as_slice(), 7, Some);
         assert!(opened.is_ok(), "the receiver opens what its sender dropped");
@@ -585,7 +597,10 @@ mod tests {
             count_down(&seg.seg);
         }
         assert_eq!(seg.in_flight_count(), 0, "saturates at 0");
-        trailer(&seg.seg).unwrap().0.store(u32::MAX, Ordering::Release);
+        trailer(&seg.seg)
+            .unwrap()
+            .0
+            .store(u32::MAX, Ordering::Release);
         count_up(&seg.seg);
         assert_eq!(seg.in_flight_count(), u32::MAX, "saturates at the top");
     }

@@ -175,7 +175,8 @@ pub(crate) fn mark_delivered(keep: &KeepAlive) {
         if let Some(t) = (**object).downcast_ref::<TaskTransits>() {
             // Relaxed: read in `Drop`, after the last holder let go (the
             // `Arc`'s own synchronisation orders the two).
-            t.delivered.store(true, std::sync::atomic::Ordering::Relaxed);
+            t.delivered
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
