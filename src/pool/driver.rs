@@ -367,18 +367,22 @@ impl Shared {
         // handle. Spilled before anything is queued, so that a failure
         // (no memory) submits nothing.
         let mut tasks = tasks;
-        let mut spills: smallvec::SmallVec<[Option<Arc<crate::shm::handle::SharedSegment>>; 1]> =
-            smallvec::SmallVec::new();
-        for (_, payload, _) in tasks.iter_mut() {
-            if payload.len() > self.max_payload {
-                let (handle, spill) = crate::shm::spill::write_held(payload)?;
-                *payload = Payload::from_slice(&handle);
-                spills.push(Some(spill));
-            } else {
-                spills.push(None);
+        // Nothing is allocated here unless something spills.
+        let mut spills = if tasks.iter().any(|(_, p, _)| p.len() > self.max_payload) {
+            let mut spills = Vec::with_capacity(tasks.len());
+            for (_, payload, _) in tasks.iter_mut() {
+                spills.push(if payload.len() > self.max_payload {
+                    let (handle, spill) = crate::shm::spill::write_held(payload)?;
+                    *payload = Payload::from_slice(&handle);
+                    Some(spill)
+                } else {
+                    None
+                });
             }
-        }
-        let mut spills = spills.into_iter();
+            Some(spills.into_iter())
+        } else {
+            None
+        };
         // Everything the encodes of this submission asked to keep alive.
         let keep = (!keep.is_empty()).then(|| Arc::new(keep));
         let may_block = !is_delivering(self);
@@ -415,7 +419,7 @@ impl Shared {
                     sink,
                     attempts: 0,
                     keep: keep.clone(),
-                    spill: spills.next().flatten(),
+                    spill: spills.as_mut().and_then(|s| s.next()).flatten(),
                 });
             }
             let mut actions = Actions::default();

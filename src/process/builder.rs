@@ -167,6 +167,7 @@ impl ProcessBuilder {
                 return Err(Error::CpuNotAllowed { cpu, allowed });
             }
         }
+        crate::shm::handle::sweep();
         // Encoded before anything starts: a value that cannot be encoded
         // starts nothing.
         let (payload, carried) = crate::wire::encode_carried(&arg)?;

@@ -386,6 +386,7 @@ impl<R: Wire> Process<R> {
             _ => None,
         };
         let cause = self.exit.join();
+        crate::shm::handle::sweep();
         self.read_result(cause, outcome, decoded)
     }
 
