@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 /// A checksum the compiler cannot skip.
 fn checksum(bytes: &[u8]) -> u64 {
-    bytes
-        .chunks(8)
-        .fold(0u64, |acc, c| acc.rotate_left(5) ^ c.iter().fold(0, |a, &b| a << 8 | b as u64))
+    bytes.chunks(8).fold(0u64, |acc, c| {
+        acc.rotate_left(5) ^ c.iter().fold(0, |a, &b| a << 8 | b as u64)
+    })
 }
 
 fn by_value(data: Vec<u8>) -> u64 {
@@ -43,7 +43,9 @@ fn median(runs: usize, mut f: impl FnMut()) -> Duration {
 
 fn main() -> corepool::Result<()> {
     corepool::init();
-    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>().expect("a number"));
+    let mut args = std::env::args()
+        .skip(1)
+        .map(|a| a.parse::<usize>().expect("a number"));
     let mib = args.next().unwrap_or(8);
     let calls = args.next().unwrap_or(40).max(1);
     let data: Vec<u8> = (0..mib << 20).map(|i| (i % 251) as u8).collect();

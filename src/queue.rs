@@ -231,22 +231,28 @@ impl<T> Queue<T> {
     ) -> Result<bool> {
         crate::shm::handle::sweep();
         let in_place = self.message_bytes();
-        if bytes.len() <= in_place {
-            let went_in = put(bytes)?;
-            if went_in {
-                carried.sent();
-            }
-            return Ok(went_in);
-        }
-        let (handle, mut spilled) = spill::write(bytes)?;
-        let mut envelope = vec![0u8; in_place + HANDLE_BYTES];
-        envelope[..HANDLE_BYTES].copy_from_slice(&handle);
-        let went_in = put(&envelope)?;
-        if went_in {
+        let went_in = if bytes.len() <= in_place {
+            put(bytes)
+        } else {
+            spill::write(bytes).and_then(|(handle, mut spilled)| {
+                let mut envelope = vec![0u8; in_place + HANDLE_BYTES];
+                envelope[..HANDLE_BYTES].copy_from_slice(&handle);
+                let went_in = put(&envelope)?;
+                if went_in {
+                    spilled.sent();
+                }
+                Ok(went_in)
+            })
+        };
+        if matches!(went_in, Ok(true)) {
+            // Pipe ends in it are the receiver's to take over.
             carried.sent();
-            spilled.sent();
+        } else {
+            // Full, closed, timed out or no memory: nothing was stored, so
+            // pipe ends in it go back to their senders.
+            carried.not_sent();
         }
-        Ok(went_in)
+        went_in
     }
 
     /// Takes one slot's bytes apart (runs while the slot is claimed: a spill

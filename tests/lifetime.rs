@@ -186,6 +186,26 @@ fn a_forged_count_gives_a_typed_error_never_worse() {
     assert_eq!(corepool::testing::lingering_objects(), 0);
 }
 
+fn a_pipe_end_whose_put_failed_is_still_its_senders() {
+    // A put that stores nothing (full, closed) hands nothing over: the end
+    // is still ours, so dropping it closes it and its peer sees the end of
+    // the stream instead of waiting for ever on an end in transit.
+    let q = Queue::<PipeEnd<u64>>::new(1).unwrap();
+    let (other, filler) = Pipe::duplex::<u64>().unwrap();
+    q.put(&filler).unwrap();
+    let (mine, theirs) = Pipe::duplex::<u64>().unwrap();
+    assert!(!q.try_put(&theirs).unwrap(), "full");
+    q.close();
+    assert!(matches!(q.put(&theirs), Err(Error::QueueClosed)));
+    theirs.send(&1).unwrap();
+    drop(theirs);
+    assert_eq!(mine.recv().unwrap(), 1);
+    assert!(matches!(mine.recv(), Err(Error::EndOfStream)));
+    // The one that went in is received, and is its receiver's.
+    drop(q.get().unwrap());
+    assert!(matches!(other.recv(), Err(Error::EndOfStream)));
+}
+
 fn main() {
     corepool::init();
     // The process thread's eventfd lives for the program: create it before
@@ -196,5 +216,6 @@ fn main() {
         nothing_grows_per_call_on_any_path,
         objects_in_tasks_that_never_run_are_let_go,
         a_forged_count_gives_a_typed_error_never_worse,
+        a_pipe_end_whose_put_failed_is_still_its_senders,
     ]);
 }

@@ -513,11 +513,14 @@ impl<'a> Server<'a> {
                 )
             }
         };
-        self.write_result(header, payload)?;
-        if sent {
+        let written = self.write_result(header, payload);
+        if sent && written.is_ok() {
             carried.sent();
+        } else {
+            // The result was replaced by a failure: pipe ends in it go back.
+            carried.not_sent();
         }
-        Ok(())
+        written
     }
 
     /// Writes a result, waiting for the parent to make room when the ring is full.

@@ -120,6 +120,10 @@ fn serve_child(token: &str) -> i32 {
     segment::write_outcome(&seg, &header, code, &out, too_large_size);
     if code == status::RETURNED || code == status::SPILLED {
         carried.sent();
+    } else {
+        // No result went out: pipe ends in it go back to us (and close as
+        // we exit).
+        carried.not_sent();
     }
     drop(carried);
     drop(out);

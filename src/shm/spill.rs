@@ -85,8 +85,15 @@ pub(crate) fn read_into(handle: &[u8], out: &mut Vec<u8>) -> Result<()> {
     let mut input = handle;
     let (seg, len) =
         SharedSegment::decode_one_off::<Spilled>(&mut input, type_tag::<Spilled>(), Some)?;
-    // `decode_one_off` checked that the segment holds `len` bytes.
+    // `decode_one_off` checked that the segment is `len` bytes long; a
+    // hostile sender's segment may still be sparse (sized, sealed, never
+    // written): allocate only for memory that is really there.
     let len = len as usize;
+    if !backed_by_memory(&seg, len) {
+        return Err(crate::wire::decode_error::<Spilled>(
+            "the spill is sparse: its size is not backed by memory",
+        ));
+    }
     let src = seg
         .segment()
         .at(0, len)
@@ -110,6 +117,15 @@ pub(crate) fn read_into(handle: &[u8], out: &mut Vec<u8>) -> Result<()> {
 pub(crate) fn discard(handle: &[u8]) {
     let mut input = handle;
     let _ = SharedSegment::decode_one_off::<Spilled>(&mut input, type_tag::<Spilled>(), Some);
+}
+
+/// Whether at least `len` bytes of `seg` are backed by memory (every spill
+/// corepool writes is reserved in full when created).
+fn backed_by_memory(seg: &SharedSegment, len: usize) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let fd = seg.segment().raw_fd();
+    std::fs::metadata(format!("/proc/self/fd/{fd}"))
+        .is_ok_and(|m| m.blocks().saturating_mul(512) >= len as u64)
 }
 
 /// The bytes of the spill whose handle starts `handle`.

@@ -126,6 +126,12 @@ impl Carried {
         self.transits.sent();
     }
 
+    /// The bytes will not go out after all: the pipe ends they handed over
+    /// go back to their senders (the transits are taken back on drop).
+    pub(crate) fn not_sent(&mut self) {
+        drop(InFlight::new(std::mem::take(&mut self.handovers)));
+    }
+
     /// What a pool task must hold until its outcome: the kept objects, the
     /// handovers in an [`InFlight`], so that a task that ends before a
     /// worker decoded its argument gives its pipe ends back, and the
