@@ -130,13 +130,6 @@ fn memory_of(map: &SharedSegment) -> QueueMemory {
     unsafe { QueueMemory::new(map.base(), map.usable_len()) }
 }
 
-/// What a `get` took from a slot: a value, or the handle of a spill to read
-/// once the slot is free again.
-enum Taken<T> {
-    Value(Result<T>),
-    Spill([u8; HANDLE_BYTES]),
-}
-
 impl<T> Queue<T> {
     /// A queue of at least `capacity` values, whose slots hold encodings of
     /// up to 240 bytes (larger values spill, see [`Queue`]). The capacity is rounded up to the next power of two (5 becomes
@@ -219,10 +212,12 @@ impl<T> Queue<T> {
     }
 
     /// Puts one encoding through `put` (which answers whether it went in):
-    /// in place if it fits a slot's `message_bytes`, else as a spill whose
-    /// handle fills the slot exactly (`message_bytes + HANDLE_BYTES` bytes,
-    /// a length no value in place has). What the encoding carries counts as
-    /// sent only if it went in.
+    /// in place if it fits a slot's `message_bytes` (a length compare: the
+    /// common case costs nothing more), else as a spill whose handle fills
+    /// the slot exactly (`message_bytes + HANDLE_BYTES` bytes, a length no
+    /// value in place has). What the encoding carries counts as sent only if
+    /// it went in; otherwise pipe ends in it go back to their senders.
+    #[inline]
     fn put_encoded(
         &self,
         bytes: &[u8],
@@ -230,55 +225,71 @@ impl<T> Queue<T> {
         put: impl FnOnce(&[u8]) -> Result<bool>,
     ) -> Result<bool> {
         crate::shm::handle::sweep();
-        let in_place = self.message_bytes();
-        let went_in = if bytes.len() <= in_place {
+        let went_in = if bytes.len() <= self.message_bytes() {
             put(bytes)
         } else {
-            spill::write(bytes).and_then(|(handle, mut spilled)| {
-                let mut envelope = vec![0u8; in_place + HANDLE_BYTES];
-                envelope[..HANDLE_BYTES].copy_from_slice(&handle);
-                let went_in = put(&envelope)?;
-                if went_in {
-                    spilled.sent();
-                }
-                Ok(went_in)
-            })
+            self.put_spilled(bytes, put)
         };
         if matches!(went_in, Ok(true)) {
-            // Pipe ends in it are the receiver's to take over.
             carried.sent();
         } else {
-            // Full, closed, timed out or no memory: nothing was stored, so
-            // pipe ends in it go back to their senders.
+            // Full, closed, timed out or no memory: nothing was stored.
             carried.not_sent();
         }
         went_in
     }
 
-    /// Takes one slot's bytes apart (runs while the slot is claimed: a spill
-    /// is only noted, and read by [`finish_get`](Self::finish_get) after).
-    fn take(&self, bytes: &[u8]) -> Taken<T>
+    /// Puts `bytes` as a spill (see [`put_encoded`](Self::put_encoded)).
+    #[cold]
+    fn put_spilled(&self, bytes: &[u8], put: impl FnOnce(&[u8]) -> Result<bool>) -> Result<bool> {
+        let (handle, mut spilled) = spill::write(bytes)?;
+        let mut envelope = vec![0u8; self.message_bytes() + HANDLE_BYTES];
+        envelope[..HANDLE_BYTES].copy_from_slice(&handle);
+        let went_in = put(&envelope)?;
+        if went_in {
+            spilled.sent();
+        }
+        Ok(went_in)
+    }
+
+    /// Decodes one slot's bytes (runs while the slot is claimed), unless
+    /// they are a spill's handle: that is copied into `spill` and read by
+    /// [`finish_get`](Self::finish_get) once the slot is free (the `Err`
+    /// returned for it is never seen).
+    #[inline]
+    fn take(&self, bytes: &[u8], spill: &std::cell::Cell<Option<[u8; HANDLE_BYTES]>>) -> Result<T>
     where
         T: Wire,
     {
         if bytes.len() == self.queue.message_bytes() && bytes.len() >= HANDLE_BYTES {
             let mut handle = [0u8; HANDLE_BYTES];
             handle.copy_from_slice(&bytes[..HANDLE_BYTES]);
-            return Taken::Spill(handle);
+            spill.set(Some(handle));
+            return Err(Error::QueueClosed);
         }
-        Taken::Value(decode_exact::<T>(bytes))
+        decode_exact::<T>(bytes)
     }
 
     /// The value a `get` took: decoded already, or read from its spill.
-    fn finish_get(taken: Taken<T>) -> Result<T>
+    #[inline]
+    fn finish_get(got: Result<T>, spill: Option<[u8; HANDLE_BYTES]>) -> Result<T>
+    where
+        T: Wire,
+    {
+        match spill {
+            None => got,
+            Some(handle) => Self::read_spill(&handle),
+        }
+    }
+
+    /// Reads and decodes a spilled value.
+    #[cold]
+    fn read_spill(handle: &[u8]) -> Result<T>
     where
         T: Wire,
     {
         crate::shm::handle::sweep();
-        match taken {
-            Taken::Value(v) => v,
-            Taken::Spill(handle) => decode_exact::<T>(&spill::read(&handle)?),
-        }
+        decode_exact::<T>(&spill::read(handle)?)
     }
 
     /// Values it holds (a snapshot: others may be putting and getting).
@@ -487,9 +498,9 @@ impl<T: Wire> Queue<T> {
     /// assert_eq!(q.try_get().unwrap(), Some(1));
     /// ```
     pub fn try_get(&self) -> Result<Option<T>> {
-        self.queue
-            .try_get(|b| self.take(b))?
-            .map(Self::finish_get)
+        let spill = std::cell::Cell::new(None);
+        let got = self.queue.try_get(|b| self.take(b, &spill))?;
+        got.map(|got| Self::finish_get(got, spill.get()))
             .transpose()
     }
 
@@ -539,7 +550,9 @@ impl<T: Wire> Queue<T> {
     }
 
     fn get_until(&self, deadline: Option<Instant>) -> Result<T> {
-        Self::finish_get(self.queue.get_until(|b| self.take(b), deadline)?)
+        let spill = std::cell::Cell::new(None);
+        let got = self.queue.get_until(|b| self.take(b, &spill), deadline)?;
+        Self::finish_get(got, spill.get())
     }
 
     /// Whether a value is ready at the head now (a snapshot: another

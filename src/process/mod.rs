@@ -296,7 +296,10 @@ impl<R: Wire> Process<R> {
     }
 
     /// Waits at most `timeout` for it to end; returns whether it has
-    /// (Python's `join(timeout)`).
+    /// (Python's `join(timeout)`). A result that spilled (larger than
+    /// [`max_result_bytes`](crate::ProcessBuilder::max_result_bytes)) is
+    /// read meanwhile and kept for [`join`](Self::join), so that the process,
+    /// which waits for that read, can exit.
     ///
     /// ```
     /// use std::time::Duration;
@@ -351,6 +354,34 @@ impl<R: Wire> Process<R> {
     /// Waits for it to end and returns what `f` returned (Python's `join`,
     /// with the result the target produced).
     ///
+    /// The result is read as soon as the process writes it, before it
+    /// exits: a result larger than
+    /// [`max_result_bytes`](crate::ProcessBuilder::max_result_bytes) (it
+    /// travels in a one-off shared segment), or one naming shared objects
+    /// the process created (a [`crate::SharedArray`] it returns), stays
+    /// readable although the process ends right after: it waits for this
+    /// read before it exits (at most 5 seconds, then it exits anyway and
+    /// such a result is lost, as [`Error::Decode`] or
+    /// [`Error::WorkerDied`]).
+    ///
+    /// ```
+    /// use corepool::{Process, SharedArray};
+    ///
+    /// fn squares(n: u64) -> SharedArray<u64> {
+    ///     let v: Vec<u64> = (0..n).map(|i| i * i).collect();
+    ///     SharedArray::from_slice(&v).unwrap() // created here, read by the parent
+    /// }
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let a = Process::start(squares, 4)?.join()?;
+    ///     assert_eq!(a.to_vec(), vec![0, 1, 4, 9]);
+    ///     let big = Process::start(|n: usize| vec![1u8; n], 1 << 20)?.join()?;
+    ///     assert_eq!(big.len(), 1 << 20);
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
     /// ```
     /// use corepool::{Error, Process};
     ///
@@ -371,8 +402,9 @@ impl<R: Wire> Process<R> {
     /// # Errors
     ///
     /// [`Error::Panicked`] if `f` panicked; [`Error::WorkerDied`] if the
-    /// process ended without a result (a signal, `exit`); [`Error::Decode`],
-    /// [`Error::ResultTooLarge`] for a result that cannot be read;
+    /// process ended without a result (a signal, `exit`); [`Error::Decode`]
+    /// for a result that cannot be read; [`Error::ResultTooLarge`] for one
+    /// larger than `max_result_bytes` that got no memory for its spill;
     /// [`Error::Encode`] for one that could not be encoded (with the
     /// encoder's message).
     pub fn join(self) -> Result<R> {

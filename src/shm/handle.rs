@@ -134,10 +134,15 @@ fn in_flight(seg: &Segment) -> bool {
 /// Lets go of lingering objects that nothing is in flight to any more. One
 /// atomic load when nothing lingers: callers run it on every send, receive
 /// and task.
+#[inline]
 pub(crate) fn sweep() {
-    if LINGERING.load(Ordering::Relaxed) == 0 {
-        return;
+    if LINGERING.load(Ordering::Relaxed) != 0 {
+        sweep_lingering();
     }
+}
+
+#[cold]
+fn sweep_lingering() {
     let freed: Vec<Segment> = {
         let mut linger = crate::sync::lock(&LINGER);
         let (gone, kept): (Vec<Segment>, Vec<Segment>) = std::mem::take(&mut *linger)

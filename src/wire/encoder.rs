@@ -83,6 +83,7 @@ pub(crate) struct Transits(Vec<Arc<dyn Transit>>);
 impl Transits {
     /// The bytes went out (into a ring, a queue slot, a process segment):
     /// their receiver ends each transit by decoding its handle.
+    #[inline]
     pub(crate) fn sent(&mut self) {
         self.0.clear();
     }
@@ -99,7 +100,17 @@ impl Transits {
 }
 
 impl Drop for Transits {
+    #[inline]
     fn drop(&mut self) {
+        if !self.0.is_empty() {
+            self.abandon_all();
+        }
+    }
+}
+
+impl Transits {
+    #[cold]
+    fn abandon_all(&mut self) {
         for transit in self.0.drain(..) {
             transit.abandon();
         }
@@ -122,6 +133,7 @@ pub(crate) struct Carried {
 
 impl Carried {
     /// The bytes went out: their receiver ends the transits they started.
+    #[inline]
     pub(crate) fn sent(&mut self) {
         self.transits.sent();
     }
@@ -129,7 +141,9 @@ impl Carried {
     /// The bytes will not go out after all: the pipe ends they handed over
     /// go back to their senders (the transits are taken back on drop).
     pub(crate) fn not_sent(&mut self) {
-        drop(InFlight::new(std::mem::take(&mut self.handovers)));
+        if !self.handovers.is_empty() {
+            drop(InFlight::new(std::mem::take(&mut self.handovers)));
+        }
     }
 
     /// What a pool task must hold until its outcome: the kept objects, the
