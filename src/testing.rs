@@ -61,9 +61,9 @@ pub fn lingering_objects() -> usize {
     crate::shm::handle::lingering()
 }
 
-/// In a pool worker: after publishing its next result that spilled, exit
-/// at once (status 0), without waiting for the parent to open the spill,
-/// as a worker that dies at that moment would. Call it from a task.
+/// In a pool worker: publish its next result that spilled with the spill
+/// already gone, and exit at once (status 0), as a worker that dies between
+/// publishing it and the parent opening it would. Call it from a task.
 pub fn exit_after_next_spilled_result() {
     crate::pool::worker::exit_after_next_spill();
 }

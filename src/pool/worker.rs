@@ -350,13 +350,21 @@ impl<'a> Server<'a> {
                     released = true;
                 }
                 self.run_one(record, &input, &mut out)?;
+                // As a worker that dies between publishing a spilled result
+                // and the parent opening it: the spill goes first, so that
+                // the parent's open surely fails.
+                #[cfg(feature = "fault-injection")]
+                let exit_now = crate::shm::handle::lingering_now()
+                    && EXIT_AFTER_SPILL.swap(false, Ordering::Relaxed);
+                #[cfg(feature = "fault-injection")]
+                if exit_now {
+                    crate::shm::handle::forget_lingering();
+                }
                 // Publish each result at once: a crash later in the batch must
                 // not lose it, and a waiting caller can take it while we go on.
                 self.results.publish()?;
                 #[cfg(feature = "fault-injection")]
-                if crate::shm::handle::lingering_now()
-                    && EXIT_AFTER_SPILL.swap(false, Ordering::Relaxed)
-                {
+                if exit_now {
                     park::wake(self.doorbell);
                     sys::exit_now(0);
                 }

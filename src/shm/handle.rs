@@ -162,6 +162,15 @@ pub(crate) fn lingering() -> usize {
     LINGERING.load(Ordering::Relaxed)
 }
 
+/// Lets go of every lingering object at once, as a process that dies does
+/// (tests).
+#[cfg(feature = "fault-injection")]
+pub(crate) fn forget_lingering() {
+    let gone = std::mem::take(&mut *crate::sync::lock(&LINGER));
+    LINGERING.store(0, Ordering::Relaxed);
+    drop(gone);
+}
+
 /// Whether this process keeps objects for receivers, after a sweep.
 pub(crate) fn lingering_now() -> bool {
     lingering() != 0

@@ -124,14 +124,17 @@ pub(super) struct Worker {
 }
 
 impl Worker {
-    /// Whether its current process has exited (its pidfd is readable);
-    /// waits at most a millisecond for a process that runs.
+    /// Whether its current process has exited (its pidfd is readable),
+    /// giving one that is exiting 10 ms to finish: its descriptors close a
+    /// moment before its pidfd turns readable. Only asked when a spilled
+    /// result does not open.
     fn has_exited(&self) -> bool {
         let Some(pidfd) = &self.pidfd else {
             return false;
         };
         let mut ready = Vec::with_capacity(1);
-        crate::sys::poll_readable(&[pidfd.as_fd()], &mut ready, Some(Duration::ZERO)).is_ok()
+        let grace = Some(Duration::from_millis(10));
+        crate::sys::poll_readable(&[pidfd.as_fd()], &mut ready, grace).is_ok()
             && ready.first() == Some(&true)
     }
 
