@@ -341,7 +341,7 @@ impl SharedSegment {
     }
 
     /// Handles to it in flight now (tests).
-    #[cfg(test)]
+    #[cfg(all(test, not(miri)))]
     pub(crate) fn in_flight_count(&self) -> u32 {
         trailer(&self.seg).map_or(0, |(c, _)| c.load(Ordering::Acquire))
     }
