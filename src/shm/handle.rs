@@ -72,7 +72,9 @@ const MAX_OPENED: usize = 64;
 
 /// Segments this process sent and dropped while handles to them were in
 /// flight, oldest first; [`LINGERING`] mirrors its length for a lock-free
-/// "nothing to sweep".
+/// "nothing to sweep" (Relaxed everywhere: a hint, stored under the lock; a
+/// stale 0 only delays a sweep to the next call, a stale non-zero costs one
+/// lock).
 static LINGER: Mutex<Vec<Segment>> = Mutex::new(Vec::new());
 static LINGERING: AtomicUsize = AtomicUsize::new(0);
 
@@ -262,6 +264,8 @@ impl Drop for SharedSegment {
     fn drop(&mut self) {
         // SAFETY: `seg` is taken once, here, and never touched again.
         let seg = unsafe { ManuallyDrop::take(&mut self.seg) };
+        // Relaxed: the last `Arc` drop (Acquire) orders every `encode`'s
+        // store of `sent` before this load.
         if self.sent.load(Ordering::Relaxed) && in_flight(&seg) {
             linger(seg);
         } else {
