@@ -75,3 +75,10 @@ pub fn exit_after_next_spilled_result() {
 pub fn forge_in_flight<T: Pod>(array: &crate::SharedArray<T>, count: u32) {
     array.forge_in_flight(count);
 }
+
+/// Waits until `process` has written its outcome (or ended), without
+/// reading it: a process whose result names shared objects or pipe ends is
+/// then waiting at its exit for that result to be read.
+pub fn wait_for_outcome<R: Wire>(process: &crate::Process<R>) {
+    process.wait_for_outcome_for_tests();
+}

@@ -206,6 +206,25 @@ fn a_pipe_end_whose_put_failed_is_still_its_senders() {
     assert!(matches!(other.recv(), Err(Error::EndOfStream)));
 }
 
+fn hand_back(end: PipeEnd<u64>) -> PipeEnd<u64> {
+    end
+}
+
+fn a_pipe_end_in_a_result_nobody_joins_is_closed() {
+    // The child returns the end it was given; nobody joins it. Dropping the
+    // handle while the child waits for its result to be read receives the
+    // result and drops it, so the end closes and its peer sees the end of
+    // the stream instead of waiting for ever on an end left in transit.
+    // (Dropped after the child is gone, the result cannot be opened any
+    // more and the end stays in transit: docs/protocol.md, "Transits".)
+    let (mine, theirs) = Pipe::duplex::<u64>().unwrap();
+    let p = Process::start(hand_back, theirs).unwrap();
+    // Done: it waits at its exit (at most 5 s) for its result to be read.
+    corepool::testing::wait_for_outcome(&p);
+    drop(p);
+    assert!(matches!(mine.recv(), Err(Error::EndOfStream)));
+}
+
 fn main() {
     corepool::init();
     // The process thread's eventfd lives for the program: create it before
@@ -217,5 +236,6 @@ fn main() {
         objects_in_tasks_that_never_run_are_let_go,
         a_forged_count_gives_a_typed_error_never_worse,
         a_pipe_end_whose_put_failed_is_still_its_senders,
+        a_pipe_end_in_a_result_nobody_joins_is_closed,
     ]);
 }

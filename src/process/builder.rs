@@ -206,6 +206,7 @@ impl ProcessBuilder {
             taken: std::sync::Mutex::new(None),
             transits,
             _keep: keep,
+            discard: super::discard_result::<R>,
             _result: PhantomData,
         })
     }

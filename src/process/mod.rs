@@ -79,7 +79,19 @@ pub struct Process<R> {
     /// the child's decode, or taken back on drop if it died before it.
     transits: crate::wire::Transits,
     _keep: crate::wire::KeepAlive,
+    /// Decodes a result and drops it (`discard_result::<R>`), for a result
+    /// nobody joins: pipe ends in it become ours and close, shared objects
+    /// in it are received, so that their peers and senders go on.
+    discard: fn(&[u8]),
     _result: PhantomData<fn() -> R>,
+}
+
+/// Decodes a result of type `R` and drops it; a decoder that panics or
+/// fails is ignored (the result was unwanted anyway).
+pub(crate) fn discard_result<R: Wire>(bytes: &[u8]) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drop(decode_exact::<R>(bytes));
+    }));
 }
 
 impl<R> fmt::Debug for Process<R> {
@@ -413,6 +425,8 @@ impl<R: Wire> Process<R> {
         // for that before it exits.
         self.wait_for_outcome(None);
         let outcome = self.outcome();
+        // Read: the drop that follows must not decode it again.
+        *crate::sync::lock(&self.taken) = Some(Outcome::Unfinished);
         let decoded = match &outcome {
             Some(Outcome::Returned(bytes)) => Some(decode_exact::<R>(bytes)),
             _ => None,
@@ -432,6 +446,13 @@ impl<R: Wire> Process<R> {
     /// [`has_ended`](Self::has_ended)).
     pub(crate) fn ended_word(&self) -> &AtomicU32 {
         self.exit.ended_word()
+    }
+
+    /// [`wait_for_outcome`](Self::wait_for_outcome) without a deadline,
+    /// for `crate::testing`.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn wait_for_outcome_for_tests(&self) {
+        self.wait_for_outcome(None);
     }
 
     /// Waits until the process has written its outcome or ended, or until
@@ -542,15 +563,26 @@ impl<R> Drop for Process<R> {
         if !self.exit.ended() || (segment::argument_taken(&self.seg) && !decode_failed) {
             self.transits.sent();
         }
-        // A result that spilled and will never be read: let the process go
-        // now rather than after its wait at exit.
-        if crate::sync::lock(&self.taken).is_none() {
-            if let Some(Outcome::Spilled(handle)) = segment::status_of(&self.seg)
-                .filter(|&(_, code)| code == segment::status::SPILLED)
-                .and_then(|_| segment::read_outcome(&self.seg))
-            {
-                crate::shm::spill::discard(&handle);
+        // A result nobody joined: a spilled one is let go (the process,
+        // waiting for it, can exit now); one held in place is decoded and
+        // dropped here, so that pipe ends in it close (their peers see the
+        // end of the stream) and shared objects in it are received.
+        let taken = crate::sync::lock(&self.taken).take();
+        let code = segment::status_of(&self.seg).map(|(_, code)| code);
+        match taken {
+            Some(Outcome::Returned(bytes)) => (self.discard)(&bytes),
+            Some(_) => {}
+            None if code == Some(segment::status::SPILLED) => {
+                if let Some(Outcome::Spilled(handle)) = segment::read_outcome(&self.seg) {
+                    crate::shm::spill::discard(&handle);
+                }
             }
+            None if code == Some(segment::status::RETURNED) => {
+                if let Some(Outcome::Returned(bytes)) = segment::read_outcome(&self.seg) {
+                    (self.discard)(&bytes);
+                }
+            }
+            None => {}
         }
         if self.daemon && self.exit.cause().is_none() {
             sys::pidfd_send_signal(self.pidfd.as_fd(), crate::sys::Signal::KILL);
