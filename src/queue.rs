@@ -4,8 +4,9 @@
 //!
 //! The queue itself, Vyukov's bounded MPMC queue over bytes with its
 //! dead-owner repair and event counts, is [`crate::shm::mpmc`]; this module
-//! encodes values into it and the queue into a handle that crosses to other
-//! processes.
+//! encodes values into it (one larger than a slot into a spill,
+//! [`crate::shm::spill`], whose handle fills the slot) and the queue into a
+//! handle that crosses to other processes.
 
 use crate::error::{Error, Result};
 use crate::shm::handle::{type_tag, SharedSegment};
