@@ -71,7 +71,7 @@ pub use error::{Error, ExitCause, Result};
 pub use identity::{current_process, parent_process, ProcessInfo, ProcessKind};
 pub use pipe::{Pipe, PipeEnd};
 pub use pool::{
-    AsyncResult, Callbacks, Imap, ImapUnordered, Pinning, Pool, PoolBuilder, PoolStats,
+    AsyncResult, Callbacks, Imap, ImapUnordered, Pinning, Pool, PoolBuilder, PoolStats, RawTask,
 };
 pub use process::{active_children, Process, ProcessBuilder};
 pub use queue::Queue;

@@ -1,0 +1,821 @@
+//! # corepool-mpi
+//!
+//! corepool's [`Pool`](corepool::Pool) across the nodes of an MPI job. The
+//! program is started by `mpirun`/`srun` as usual, and every rank runs it:
+//!
+//! ```no_run
+//! use corepool_mpi::Cluster;
+//!
+//! fn square(x: u64) -> u64 { x * x }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     corepool::init();
+//!     let cluster = Cluster::init()?; // only rank 0 gets past this line
+//!     let squares = cluster.map(square, 0..1000u64)?;
+//!     assert_eq!(squares[999], 998_001);
+//!     Ok(()) // dropping the cluster ends the job on every rank
+//! }
+//! ```
+//!
+//! [`Cluster::init`] returns on rank 0 only. Every other rank serves: it runs
+//! a local corepool pool pinned to its share of the node's CPUs, runs the
+//! tasks rank 0 sends, sends the results back, and exits when rank 0 drops
+//! its [`Cluster`], never running the rest of `main`, as a pool worker never
+//! does. Rank 0 computes too, on a local pool of its own.
+//!
+//! The vocabulary is the Pool's: [`apply`](Cluster::apply),
+//! [`apply_async`](Cluster::apply_async) (with corepool's
+//! [`Callbacks`](corepool::Callbacks)), [`map`](Cluster::map),
+//! [`starmap`](Cluster::starmap), [`imap`](Cluster::imap),
+//! [`imap_unordered`](Cluster::imap_unordered), and
+//! [`chunked`](Cluster::chunked) for a chunk size of your own, with the same
+//! task rules (`fn` items and closures that capture nothing), the same
+//! [`Wire`] encodings and the same errors (a task's panic is
+//! [`Error::Panicked`] at rank 0). Chunks are scheduled dynamically: each
+//! rank holds a few per worker and gets the next one when it answers, so a
+//! slow node never holds the job back.
+//!
+//! Large read-only inputs are given to every rank once with
+//! [`Cluster::broadcast`] (one `MPI_Bcast` into a shared array on each
+//! node); tasks carry its handle, not its data. [`Cluster::gather`] and
+//! [`Cluster::reduce`] run a task once on every rank.
+//!
+//! ## Threads and MPI
+//!
+//! Each rank starts one thread of corepool-mpi's own (`corepool-mpi`) that
+//! initializes MPI asking for `MPI_THREAD_FUNNELED`, makes every MPI call of
+//! the rank, and finalizes MPI. The user's threads, corepool's driver and
+//! supervisor threads and the pool's workers never call MPI; they hand work
+//! and results to that thread through a channel. Do not call MPI yourself in
+//! a program that uses corepool-mpi.
+//!
+//! `docs/scale-out.md` in the repository describes the model, launching,
+//! the fault semantics and the measured figures.
+
+#![cfg(target_os = "linux")]
+#![deny(missing_docs)]
+
+mod broadcast;
+mod comm;
+mod node;
+mod proto;
+mod result;
+mod transport;
+
+pub use broadcast::Broadcast;
+pub use result::ClusterResult;
+
+use comm::{Command, DoneFn, Started, Unit};
+use corepool::bytemuck::Pod;
+use corepool::{Callbacks, Encoder, Error, RawTask, Result, StarFn, Wire};
+use crossbeam_channel::Sender;
+use result::Slot;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Why [`Cluster::init`] failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// The ranks do not all run the same build.
+    #[error("the ranks do not run the same build: rank 0's executable hashes to {rank0:#018x}, but {}; copy the same binary to every node (a content hash is compared, so copies are fine) and launch it everywhere", describe_differing(.differing))]
+    BinaryMismatch {
+        /// Rank 0's content hash of its executable.
+        rank0: u64,
+        /// The ranks whose hash differs (or could not be read: 0), with it.
+        differing: Vec<(usize, u64)>,
+    },
+    /// A rank could not start its local pool.
+    #[error("rank {rank} could not start its local pool: {source}")]
+    Pool {
+        /// The rank.
+        rank: usize,
+        /// Why.
+        #[source]
+        source: Error,
+    },
+    /// MPI could not be started as corepool-mpi needs it.
+    #[error("MPI: {0}")]
+    Mpi(String),
+}
+
+fn describe_differing(differing: &[(usize, u64)]) -> String {
+    differing
+        .iter()
+        .map(|(rank, hash)| match hash {
+            0 => format!("rank {rank} could not read its executable"),
+            h => format!("rank {rank}'s hashes to {h:#018x}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How a cluster starts: see [`Cluster::builder`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    rank0_workers: Option<usize>,
+    ring_bytes: u32,
+    retries: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            rank0_workers: None,
+            ring_bytes: 1 << 22,
+            retries: 0,
+        }
+    }
+}
+
+impl Config {
+    /// Workers of rank 0's own pool; 0: rank 0 only submits and collects.
+    /// Default: its share of its node's CPUs, like every rank.
+    pub fn rank0_workers(mut self, n: usize) -> Self {
+        self.rank0_workers = Some(n);
+        self
+    }
+
+    /// `ring_bytes` of every rank's pool (a power of two): a task's encoded
+    /// argument may take up to about half of it. Default 4 MiB.
+    pub fn ring_bytes(mut self, bytes: u32) -> Self {
+        self.ring_bytes = bytes;
+        self
+    }
+
+    /// `retries` of every rank's pool: how many times a task whose worker
+    /// died is run again (on the same rank) before it fails with
+    /// [`Error::WorkerDied`]. Default 0.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
+    }
+
+    /// Starts the cluster with this configuration: see [`Cluster::init`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Cluster::init`].
+    pub fn init(self) -> std::result::Result<Cluster, ClusterError> {
+        Cluster::start(self)
+    }
+}
+
+static STARTED: AtomicBool = AtomicBool::new(false);
+
+/// Rank 0's handle on the whole job: a Pool whose workers are on every rank.
+///
+/// Dropping it ends the job: tasks still running are cancelled, every rank
+/// stops its pool and finalizes MPI, and the serving ranks exit with status
+/// 0. Keep it until `main` ends.
+pub struct Cluster {
+    commands: Sender<Command>,
+    comm: Option<std::thread::JoinHandle<std::result::Result<(), ClusterError>>>,
+    workers: Vec<usize>,
+    max_task_bytes: usize,
+    threading: mpi::Threading,
+}
+
+impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cluster")
+            .field("workers", &self.workers)
+            .finish()
+    }
+}
+
+/// One rank's part in a per-rank task ([`Cluster::gather`]): which of the
+/// computing ranks this is, and how many there are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// The rank running the task.
+    pub rank: usize,
+    /// This rank's index among the ranks that compute, from 0.
+    pub index: usize,
+    /// How many ranks compute.
+    pub count: usize,
+    /// Workers of this rank's pool.
+    pub workers: usize,
+}
+
+impl Shard {
+    /// This shard's part of `0..len` when it is cut into `count` nearly
+    /// equal consecutive ranges.
+    pub fn range_of(&self, len: usize) -> std::ops::Range<usize> {
+        (self.index * len / self.count)..((self.index + 1) * len / self.count)
+    }
+}
+
+impl Wire for Shard {
+    fn encode(&self, out: &mut Encoder) {
+        (self.rank, self.index, self.count, self.workers).encode(out);
+    }
+
+    fn decode(input: &mut &[u8]) -> Result<Self> {
+        let (rank, index, count, workers) = <(usize, usize, usize, usize)>::decode(input)?;
+        Ok(Self {
+            rank,
+            index,
+            count,
+            workers,
+        })
+    }
+}
+
+/// Decodes a task's result bytes; a panicking decoder is a decode error.
+fn decode_result<R: Wire>(bytes: Result<Vec<u8>>) -> Result<R> {
+    let bytes = bytes?;
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| proto::decode_exact::<R>(&bytes)))
+        .unwrap_or_else(|_| {
+            Err(Error::Decode {
+                type_name: std::any::type_name::<R>(),
+                reason: "its decoder panicked".into(),
+            })
+        })
+}
+
+/// Encodes `value` into fresh bytes.
+fn encode_value<A: Wire>(value: &A) -> Result<Vec<u8>> {
+    let mut out = Encoder::new();
+    value.encode(&mut out);
+    out.finish()
+}
+
+impl Cluster {
+    /// Starts MPI and the job's pools with the defaults. Returns on rank 0
+    /// only; every other rank serves, and exits when rank 0 drops the
+    /// cluster (or exits with status 1 if it could not start).
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::BinaryMismatch`] (on every rank) when the ranks do
+    /// not run the same executable; [`ClusterError::Pool`] when a rank
+    /// cannot start its pool; [`ClusterError::Mpi`] when MPI was already
+    /// initialized or grants less than `MPI_THREAD_FUNNELED`, or when
+    /// called twice.
+    pub fn init() -> std::result::Result<Self, ClusterError> {
+        Self::start(Config::default())
+    }
+
+    /// A configuration to start from.
+    pub fn builder() -> Config {
+        Config::default()
+    }
+
+    fn start(config: Config) -> std::result::Result<Self, ClusterError> {
+        if STARTED.swap(true, Ordering::SeqCst) {
+            return Err(ClusterError::Mpi(
+                "`Cluster::init` was called twice: MPI starts once per process".into(),
+            ));
+        }
+        let (commands, inbox) = crossbeam_channel::unbounded();
+        let to_self = commands.clone();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let comm = std::thread::Builder::new()
+            .name("corepool-mpi".into())
+            .spawn(move || comm::run(config, inbox, to_self, started_tx))
+            .map_err(|e| ClusterError::Mpi(format!("starting the MPI thread: {e}")))?;
+        match started_rx.recv() {
+            Ok(Ok(Started::Root {
+                workers,
+                max_task_bytes,
+                threading,
+                ..
+            })) => Ok(Self {
+                commands,
+                comm: Some(comm),
+                workers,
+                max_task_bytes,
+                threading,
+            }),
+            Ok(Ok(Started::Serving)) => {
+                drop(commands);
+                let code = match comm.join() {
+                    Ok(Ok(())) => 0,
+                    Ok(Err(e)) => {
+                        eprintln!("corepool-mpi: {e}");
+                        1
+                    }
+                    Err(_) => 1,
+                };
+                std::process::exit(code)
+            }
+            Ok(Err(e)) => {
+                let _ = comm.join();
+                if is_root_env() {
+                    Err(e)
+                } else {
+                    eprintln!("corepool-mpi: {e}");
+                    std::process::exit(1)
+                }
+            }
+            Err(_) => {
+                let _ = comm.join();
+                Err(ClusterError::Mpi("the MPI thread ended before the rank started".into()))
+            }
+        }
+    }
+
+    /// Number of ranks in the job.
+    pub fn ranks(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Workers of each rank's pool, by rank (rank 0's may be 0).
+    pub fn workers(&self) -> &[usize] {
+        &self.workers
+    }
+
+    /// The largest encoded argument (a task's, or a chunk of items) every
+    /// rank accepts.
+    pub fn max_task_bytes(&self) -> usize {
+        self.max_task_bytes
+    }
+
+    /// The MPI thread level the library granted (at least `Funneled`).
+    pub fn threading(&self) -> mpi::Threading {
+        self.threading
+    }
+
+    fn submit(&self, unit: Unit) -> Result<()> {
+        self.commands
+            .send(Command::Submit(unit))
+            .map_err(|_| Error::PoolClosed)
+    }
+
+    fn submit_one<R: Wire>(
+        &self,
+        task: RawTask,
+        encode: impl FnOnce() -> Result<Vec<u8>> + Send + 'static,
+        callbacks: Callbacks<R>,
+        target: Option<usize>,
+    ) -> Result<ClusterResult<R>> {
+        let slot = Slot::new();
+        let landing = slot.clone();
+        let done: DoneFn = Box::new(move |bytes| {
+            let result = decode_result::<R>(bytes);
+            if !callbacks.is_empty() {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    callbacks.run(&result)
+                }));
+            }
+            landing.finish(result);
+        });
+        self.submit(Unit {
+            task,
+            encode: Box::new(encode),
+            done,
+            target,
+        })?;
+        Ok(ClusterResult { slot })
+    }
+
+    /// Runs `f(arg)` on some rank and waits for the result.
+    ///
+    /// # Errors
+    ///
+    /// The task's error: [`Error::Panicked`], [`Error::WorkerDied`],
+    /// [`Error::ArgumentTooLarge`], ...
+    pub fn apply<F, A, R>(&self, f: F, arg: A) -> Result<R>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        self.apply_async(f, arg)?.get()
+    }
+
+    /// Submits `f(arg)` to some rank and returns at once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PoolClosed`] when the cluster's MPI thread has ended.
+    pub fn apply_async<F, A, R>(&self, f: F, arg: A) -> Result<ClusterResult<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        self.apply_async_with(f, arg, Callbacks::new())
+    }
+
+    /// [`apply_async`](Self::apply_async) with Python's `callback` and
+    /// `error_callback`, run at rank 0 on the MPI thread when the result
+    /// arrives (they must not wait on the cluster).
+    ///
+    /// # Errors
+    ///
+    /// As [`apply_async`](Self::apply_async).
+    pub fn apply_async_with<F, A, R>(
+        &self,
+        f: F,
+        arg: A,
+        callbacks: Callbacks<R>,
+    ) -> Result<ClusterResult<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        self.check_size(&arg)?;
+        self.submit_one(RawTask::one(f), move || encode_value(&arg), callbacks, None)
+    }
+
+    fn check_size<A: Wire>(&self, _arg: &A) -> Result<()> {
+        Ok(())
+    }
+
+    /// A view of the cluster whose `map` family sends chunks of `chunksize`
+    /// items (at least 1).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for 0.
+    pub fn chunked(&self, chunksize: usize) -> Result<Chunked<'_>> {
+        if chunksize == 0 {
+            return Err(Error::InvalidConfig {
+                what: "chunksize 0: give at least 1".into(),
+            });
+        }
+        Ok(Chunked {
+            cluster: self,
+            chunksize: Some(chunksize),
+        })
+    }
+
+    fn auto(&self) -> Chunked<'_> {
+        Chunked {
+            cluster: self,
+            chunksize: None,
+        }
+    }
+
+    /// `f` over every item, in order (Python's `map`), in chunks of about
+    /// four per worker of the whole cluster, each kept under 256 KiB.
+    ///
+    /// # Errors
+    ///
+    /// The first failing chunk's error (by position).
+    pub fn map<F, A, R>(&self, f: F, items: impl IntoIterator<Item = A>) -> Result<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        self.auto().map(f, items)
+    }
+
+    /// `f(*args)` for every tuple, in order (Python's `starmap`).
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map).
+    pub fn starmap<F, T, R>(&self, f: F, items: impl IntoIterator<Item = T>) -> Result<Vec<R>>
+    where
+        F: StarFn<T, R>,
+        T: Wire,
+        R: Wire,
+    {
+        self.auto().starmap(f, items)
+    }
+
+    /// `f` over every item, results yielded in order as they arrive
+    /// (Python's `imap`). Every chunk is submitted at once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PoolClosed`] at submission; each item's error as it comes.
+    pub fn imap<F, A, R>(&self, f: F, items: impl IntoIterator<Item = A>) -> Result<ClusterImap<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        self.auto().imap(f, items)
+    }
+
+    /// Like [`imap`](Self::imap), but yields results in the order they
+    /// arrive (Python's `imap_unordered`).
+    ///
+    /// # Errors
+    ///
+    /// As [`imap`](Self::imap).
+    pub fn imap_unordered<F, A, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = A>,
+    ) -> Result<ClusterImapUnordered<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        self.auto().imap_unordered(f, items)
+    }
+
+    /// Gives `data` to every rank once, into a shared array on each node,
+    /// and returns the handle tasks refer to it by.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SharedMemory`] when a rank has no room for it;
+    /// [`Error::PoolClosed`] when the MPI thread has ended.
+    pub fn broadcast<T: Pod>(&self, data: &[T]) -> Result<Broadcast<T>> {
+        let bytes: &[u8] = corepool::bytemuck::cast_slice(data);
+        let local = corepool::SharedArray::<u8>::from_slice(bytes)?;
+        let (reply, answer) = std::sync::mpsc::channel();
+        self.commands
+            .send(Command::Broadcast {
+                bytes: bytes.to_vec(),
+                reply,
+            })
+            .map_err(|_| Error::PoolClosed)?;
+        let handles = answer.recv().map_err(|_| Error::PoolClosed)??;
+        Ok(Broadcast::new(
+            Arc::new(broadcast::Copies { local, handles }),
+            data.len(),
+        ))
+    }
+
+    /// Runs `f((shard, arg))` once on every rank that computes, and returns
+    /// the results by rank: per-rank partial results (a rank's rows of a
+    /// matrix product, a partial sum) gathered at rank 0.
+    ///
+    /// # Errors
+    ///
+    /// The first rank's error (by rank).
+    pub fn gather<F, A, R>(&self, f: F, arg: A) -> Result<Vec<R>>
+    where
+        F: Fn((Shard, A)) -> R + Copy + Send + Sync + 'static,
+        A: Wire + Clone,
+        R: Wire,
+    {
+        let computing: Vec<usize> = (0..self.ranks()).filter(|&r| self.workers[r] > 0).collect();
+        let count = computing.len();
+        let mut pending = Vec::with_capacity(count);
+        for (index, &rank) in computing.iter().enumerate() {
+            let shard = Shard {
+                rank,
+                index,
+                count,
+                workers: self.workers[rank],
+            };
+            let arg = (shard, arg.clone());
+            pending.push(self.submit_one(
+                RawTask::one(f),
+                move || encode_value(&arg),
+                Callbacks::new(),
+                Some(rank),
+            )?);
+        }
+        pending.into_iter().map(ClusterResult::get).collect()
+    }
+
+    /// [`gather`](Self::gather), then `combine` folded over the per-rank
+    /// results at rank 0, in rank order.
+    ///
+    /// # Errors
+    ///
+    /// As [`gather`](Self::gather).
+    pub fn reduce<F, A, R>(&self, f: F, arg: A, combine: impl FnMut(R, R) -> R) -> Result<R>
+    where
+        F: Fn((Shard, A)) -> R + Copy + Send + Sync + 'static,
+        A: Wire + Clone,
+        R: Wire,
+    {
+        let parts = self.gather(f, arg)?;
+        parts.into_iter().reduce(combine).ok_or(Error::InvalidConfig {
+            what: "no rank computes".into(),
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Shutdown);
+        if let Some(comm) = self.comm.take() {
+            if let Ok(Err(e)) = comm.join() {
+                eprintln!("corepool-mpi: {e}");
+            }
+        }
+    }
+}
+
+/// Whether this process is rank 0 by the launcher's environment (used only
+/// when MPI could not say).
+fn is_root_env() -> bool {
+    ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok())
+        .map_or(true, |v| v == "0")
+}
+
+/// A [`Cluster`] whose `map` family uses a chunk size of its own: see
+/// [`Cluster::chunked`].
+#[derive(Debug, Clone, Copy)]
+pub struct Chunked<'a> {
+    cluster: &'a Cluster,
+    chunksize: Option<usize>,
+}
+
+impl Chunked<'_> {
+    fn chunksize_for<A: Wire>(&self, items: &[A]) -> usize {
+        if let Some(c) = self.chunksize {
+            return c;
+        }
+        let total: usize = self.cluster.workers.iter().sum();
+        let mut size = items.len().div_ceil(total.max(1) * 4).max(1);
+        if let Some(first) = items.first() {
+            let mut probe = Encoder::new();
+            first.encode(&mut probe);
+            let budget = (self.cluster.max_task_bytes.saturating_sub(8) / 2).min(1 << 18);
+            size = size.min((budget / probe.len().max(1)).max(1));
+        }
+        size
+    }
+
+    /// Submits every chunk; one slot per chunk, in order.
+    fn submit_chunks<A: Wire, R: Wire>(
+        &self,
+        task: RawTask,
+        items: impl IntoIterator<Item = A>,
+        on_chunk: impl Fn(usize) -> Option<Sender<(usize, Result<Vec<R>>)>>,
+    ) -> Result<Vec<ClusterResult<Vec<R>>>> {
+        let mut items: Vec<A> = items.into_iter().collect();
+        let chunksize = self.chunksize_for(&items);
+        let mut chunks = Vec::with_capacity(items.len().div_ceil(chunksize));
+        while !items.is_empty() {
+            let rest = items.split_off(chunksize.min(items.len()));
+            chunks.push(std::mem::replace(&mut items, rest));
+        }
+        let mut slots = Vec::with_capacity(chunks.len());
+        for (index, chunk) in chunks.into_iter().enumerate() {
+            let notify = on_chunk(index);
+            let slot = Slot::new();
+            let landing = slot.clone();
+            let done: DoneFn = Box::new(move |bytes| {
+                let result = decode_result::<Vec<R>>(bytes);
+                match notify {
+                    Some(tx) => {
+                        let _ = tx.send((index, result));
+                        landing.finish(Err(Error::ResultTaken));
+                    }
+                    None => landing.finish(result),
+                }
+            });
+            self.cluster.submit(Unit {
+                task,
+                encode: Box::new(move || encode_value(&chunk)),
+                done,
+                target: None,
+            })?;
+            slots.push(ClusterResult { slot });
+        }
+        Ok(slots)
+    }
+
+    /// As [`Cluster::map`], in chunks of this size.
+    ///
+    /// # Errors
+    ///
+    /// As [`Cluster::map`].
+    pub fn map<F, A, R>(&self, f: F, items: impl IntoIterator<Item = A>) -> Result<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        collect_in_order(self.submit_chunks(RawTask::chunk(f), items, |_| None)?)
+    }
+
+    /// As [`Cluster::starmap`], in chunks of this size.
+    ///
+    /// # Errors
+    ///
+    /// As [`Cluster::map`].
+    pub fn starmap<F, T, R>(&self, f: F, items: impl IntoIterator<Item = T>) -> Result<Vec<R>>
+    where
+        F: StarFn<T, R>,
+        T: Wire,
+        R: Wire,
+    {
+        collect_in_order(self.submit_chunks(RawTask::star_chunk(f), items, |_| None)?)
+    }
+
+    /// As [`Cluster::imap`], in chunks of this size.
+    ///
+    /// # Errors
+    ///
+    /// As [`Cluster::imap`].
+    pub fn imap<F, A, R>(&self, f: F, items: impl IntoIterator<Item = A>) -> Result<ClusterImap<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        let chunks = self.submit_chunks(RawTask::chunk(f), items, |_| None)?;
+        Ok(ClusterImap {
+            chunks: chunks.into_iter(),
+            current: Vec::new().into_iter(),
+        })
+    }
+
+    /// As [`Cluster::imap_unordered`], in chunks of this size.
+    ///
+    /// # Errors
+    ///
+    /// As [`Cluster::imap`].
+    pub fn imap_unordered<F, A, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = A>,
+    ) -> Result<ClusterImapUnordered<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let chunks = self.submit_chunks(RawTask::chunk(f), items, |_| Some(tx.clone()))?;
+        Ok(ClusterImapUnordered {
+            arrivals: rx,
+            left: chunks.len(),
+            current: Vec::new().into_iter(),
+        })
+    }
+}
+
+fn collect_in_order<R>(chunks: Vec<ClusterResult<Vec<R>>>) -> Result<Vec<R>> {
+    let mut out = Vec::new();
+    for chunk in chunks {
+        out.extend(chunk.get()?);
+    }
+    Ok(out)
+}
+
+/// The iterator of [`Cluster::imap`]: results in order, each as it arrives.
+pub struct ClusterImap<R> {
+    chunks: std::vec::IntoIter<ClusterResult<Vec<R>>>,
+    current: std::vec::IntoIter<R>,
+}
+
+impl<R> fmt::Debug for ClusterImap<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterImap")
+            .field("chunks_left", &self.chunks.len())
+            .finish()
+    }
+}
+
+impl<R> Iterator for ClusterImap<R> {
+    type Item = Result<R>;
+
+    fn next(&mut self) -> Option<Result<R>> {
+        loop {
+            if let Some(item) = self.current.next() {
+                return Some(Ok(item));
+            }
+            match self.chunks.next()?.get() {
+                Ok(items) => self.current = items.into_iter(),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+/// The iterator of [`Cluster::imap_unordered`]: results as they arrive.
+pub struct ClusterImapUnordered<R> {
+    arrivals: crossbeam_channel::Receiver<(usize, Result<Vec<R>>)>,
+    left: usize,
+    current: std::vec::IntoIter<R>,
+}
+
+impl<R> fmt::Debug for ClusterImapUnordered<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterImapUnordered")
+            .field("chunks_left", &self.left)
+            .finish()
+    }
+}
+
+impl<R> Iterator for ClusterImapUnordered<R> {
+    type Item = Result<R>;
+
+    fn next(&mut self) -> Option<Result<R>> {
+        loop {
+            if let Some(item) = self.current.next() {
+                return Some(Ok(item));
+            }
+            if self.left == 0 {
+                return None;
+            }
+            self.left -= 1;
+            match self.arrivals.recv() {
+                Ok((_, Ok(items))) => self.current = items.into_iter(),
+                Ok((_, Err(e))) => return Some(Err(e)),
+                Err(_) => return Some(Err(Error::Cancelled)),
+            }
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! [`ClusterResult`]: a task's result on its way back to rank 0, and the
+//! slot it lands in.
+
+use corepool::{Error, Result};
+use std::fmt;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Where one result lands, and whoever waits for it.
+pub(crate) struct Slot<T> {
+    value: Mutex<(bool, Option<Result<T>>)>,
+    changed: Condvar,
+}
+
+impl<T> Slot<T> {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            value: Mutex::new((false, None)),
+            changed: Condvar::new(),
+        })
+    }
+
+    /// Stores the result (the first one wins) and wakes the waiters.
+    pub(crate) fn finish(&self, result: Result<T>) {
+        let mut value = lock(&self.value);
+        if !value.0 {
+            *value = (true, Some(result));
+            self.changed.notify_all();
+        }
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        let mut value = lock(&self.value);
+        while !value.0 {
+            match deadline {
+                None => {
+                    value = self
+                        .changed
+                        .wait(value)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                }
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    value = self
+                        .changed
+                        .wait_timeout(value, left)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .0;
+                }
+            }
+        }
+        true
+    }
+
+    fn take(&self) -> Result<T> {
+        lock(&self.value).1.take().unwrap_or(Err(Error::ResultTaken))
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        lock(&self.value).0
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The result of [`Cluster::apply_async`](crate::Cluster::apply_async): like
+/// corepool's `AsyncResult`, for a task that may run on any rank.
+pub struct ClusterResult<T> {
+    pub(crate) slot: Arc<Slot<T>>,
+}
+
+impl<T> fmt::Debug for ClusterResult<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterResult")
+            .field("ready", &self.slot.is_ready())
+            .finish()
+    }
+}
+
+impl<T> ClusterResult<T> {
+    /// Waits for the result.
+    ///
+    /// # Errors
+    ///
+    /// The task's error ([`Error::Panicked`], [`Error::WorkerDied`], ...),
+    /// [`Error::Cancelled`] when the cluster was dropped first.
+    pub fn get(self) -> Result<T> {
+        self.slot.wait_until(None);
+        self.slot.take()
+    }
+
+    /// Waits at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] if the result is not in by then (call again); as
+    /// [`get`](Self::get) otherwise; [`Error::ResultTaken`] after an earlier
+    /// successful call.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
+        if !self.slot.wait_until(Instant::now().checked_add(timeout)) {
+            return Err(Error::Timeout);
+        }
+        self.slot.take()
+    }
+
+    /// Waits until the result is in, without taking it.
+    pub fn wait(&self) {
+        self.slot.wait_until(None);
+    }
+
+    /// Whether the result is in.
+    pub fn ready(&self) -> bool {
+        self.slot.is_ready()
+    }
+}
