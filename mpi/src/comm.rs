@@ -12,7 +12,7 @@ use crate::proto::{self, Control, TAG_CONTROL, TAG_RESULT, TAG_SHARED, TAG_STOPP
 use crate::transport::Transport;
 use crate::{ClusterError, Config};
 use corepool::{Error, Pinning, Pool, RawTask, Result, SharedArray, Wire};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use mpi::topology::Communicator;
 use mpi::traits::*;
 use std::collections::{HashMap, VecDeque};
@@ -151,9 +151,7 @@ fn start(
     let local_size = node.size() as usize;
     let mut masks = vec![0u64; node::MASK_WORDS * local_size];
     node.all_gather_into(&mask[..], &mut masks[..]);
-    let same = masks
-        .chunks(node::MASK_WORDS)
-        .all(|m| m == &mask[..]);
+    let same = masks.chunks(node::MASK_WORDS).all(|m| m == &mask[..]);
     let share = node::cpu_share(&allowed, same, node.rank() as usize, local_size);
     let want = if rank == 0 {
         config.rank0_workers.unwrap_or(share.len())
@@ -172,17 +170,16 @@ fn start(
             .map(Some)
     };
     let mine = [
-        pool.as_ref().map_or(0, |p| p.as_ref().map_or(0, Pool::workers)) as u64,
         pool.as_ref()
-            .map_or(0, |p| p.as_ref().map_or(u64::MAX, |p| p.max_task_bytes() as u64)),
+            .map_or(0, |p| p.as_ref().map_or(0, Pool::workers)) as u64,
+        pool.as_ref().map_or(0, |p| {
+            p.as_ref().map_or(u64::MAX, |p| p.max_task_bytes() as u64)
+        }),
         u64::from(pool.is_err()),
     ];
     let mut all = vec![0u64; 3 * ranks];
     world.all_gather_into(&mine[..], &mut all[..]);
-    let pool = pool.map_err(|e| ClusterError::Pool {
-        rank,
-        source: e,
-    })?;
+    let pool = pool.map_err(|e| ClusterError::Pool { rank, source: e })?;
     if let Some(failed) = all.chunks(3).position(|c| c[2] != 0) {
         return Err(ClusterError::Mpi(format!(
             "rank {failed} could not start its local pool (its own error says why)"
@@ -223,10 +220,8 @@ impl Idle {
         }
         let got = commands.recv_timeout(self.sleep);
         self.sleep = (self.sleep * 2).min(SLEEP_MAX);
-        match got {
-            Ok(c) => Some(c),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-        }
+        // A timeout, or no sender left (the cluster is going away): look again.
+        got.ok()
     }
 }
 
@@ -237,12 +232,26 @@ fn deliver(done: DoneFn, result: Result<Vec<u8>>) {
 }
 
 /// Submits `bytes` to the local pool; its outcome comes back as a command.
-fn run_locally(pool: &Pool, task: RawTask, unit: u64, bytes: Vec<u8>, to_self: &Sender<Command>) -> Result<()> {
+fn run_locally(
+    pool: &Pool,
+    task: RawTask,
+    unit: u64,
+    bytes: Vec<u8>,
+    to_self: &Sender<Command>,
+) -> Result<()> {
     let tx = to_self.clone();
     pool.submit_raw(task, bytes, move |result| {
         let _ = tx.send(Command::LocalDone { unit, result });
     })
 }
+
+/// A broadcast whose handles are being collected: one per rank, how many
+/// are still missing, and who waits for them.
+type Collecting = (
+    Vec<Vec<u8>>,
+    usize,
+    std::sync::mpsc::Sender<Result<Vec<Vec<u8>>>>,
+);
 
 /// Rank 0's dispatcher.
 struct Dispatcher {
@@ -256,7 +265,7 @@ struct Dispatcher {
     next_unit: u64,
     next_broadcast: u64,
     /// Broadcasts whose handles are being collected.
-    collecting: HashMap<u64, (Vec<Vec<u8>>, usize, std::sync::mpsc::Sender<Result<Vec<Vec<u8>>>>)>,
+    collecting: HashMap<u64, Collecting>,
 }
 
 impl Dispatcher {
@@ -339,7 +348,9 @@ impl Dispatcher {
         match tag {
             TAG_RESULT => match proto::open_result(bytes) {
                 Ok((unit, result)) => self.finished(from, unit, result),
-                Err(e) => eprintln!("corepool-mpi: rank 0: a malformed result from rank {from}: {e}"),
+                Err(e) => {
+                    eprintln!("corepool-mpi: rank 0: a malformed result from rank {from}: {e}")
+                }
             },
             TAG_SHARED => {
                 let parsed = (bytes.len() >= 8).then(|| {
@@ -348,14 +359,18 @@ impl Dispatcher {
                     (u64::from_le_bytes(id), bytes[8..].to_vec())
                 });
                 let Some((id, handle)) = parsed else { return };
-                let Some(entry) = self.collecting.get_mut(&id) else { return };
+                let Some(entry) = self.collecting.get_mut(&id) else {
+                    return;
+                };
                 if let Some(slot) = entry.0.get_mut(from) {
                     *slot = handle;
                 }
                 entry.1 -= 1;
                 if entry.1 == 0 {
                     if let Some((handles, _, reply)) = self.collecting.remove(&id) {
-                        let missing: Vec<usize> = (1..handles.len()).filter(|&r| handles[r].is_empty()).collect();
+                        let missing: Vec<usize> = (1..handles.len())
+                            .filter(|&r| handles[r].is_empty())
+                            .collect();
                         let result = if missing.is_empty() {
                             Ok(handles)
                         } else {
@@ -368,7 +383,9 @@ impl Dispatcher {
                     }
                 }
             }
-            other => eprintln!("corepool-mpi: rank 0: unexpected message tag {other} from rank {from}"),
+            other => {
+                eprintln!("corepool-mpi: rank 0: unexpected message tag {other} from rank {from}")
+            }
         }
     }
 
@@ -378,7 +395,9 @@ impl Dispatcher {
                 self.in_flight[rank] -= 1;
                 deliver(done, result);
             } else {
-                eprintln!("corepool-mpi: rank 0: rank {rank} answered unit {unit} of rank {ran_on}");
+                eprintln!(
+                    "corepool-mpi: rank 0: rank {rank} answered unit {unit} of rank {ran_on}"
+                );
                 self.running.insert(unit, (ran_on, done));
             }
         }
@@ -402,9 +421,13 @@ impl Dispatcher {
                     None => break,
                 },
             };
-            let Some((id, unit)) = self.waiting.pop_front() else { break };
+            let Some((id, unit)) = self.waiting.pop_front() else {
+                break;
+            };
             any = true;
-            let Unit { task, encode, done, .. } = unit;
+            let Unit {
+                task, encode, done, ..
+            } = unit;
             let bytes = match encoding_for(rank, encode) {
                 Ok(b) => b,
                 Err(e) => {
@@ -422,7 +445,11 @@ impl Dispatcher {
                     continue;
                 }
             } else {
-                transport.send(rank as i32, TAG_TASK, proto::seal_task(bytes, id, task.to_bits()));
+                transport.send(
+                    rank as i32,
+                    TAG_TASK,
+                    proto::seal_task(bytes, id, task.to_bits()),
+                );
             }
             self.in_flight[rank] += 1;
             self.running.insert(id, (rank, done));
@@ -478,7 +505,12 @@ impl Dispatcher {
 }
 
 /// A serving rank's loop: run what rank 0 sends, answer, until shutdown.
-fn serve(pool: Option<Pool>, transport: &mut Transport, commands: &Receiver<Command>, to_self: Sender<Command>) {
+fn serve(
+    pool: Option<Pool>,
+    transport: &mut Transport,
+    commands: &Receiver<Command>,
+    to_self: Sender<Command>,
+) {
     let rank = transport.world.rank();
     // Broadcast copies live until the job ends.
     let mut copies: Vec<SharedArray<u8>> = Vec::new();
@@ -532,7 +564,10 @@ fn serve(pool: Option<Pool>, transport: &mut Transport, commands: &Receiver<Comm
                         match usize::try_from(bytes) {
                             Ok(len) => {
                                 let mut data = vec![0u8; len];
-                                transport.world.process_at_rank(0).broadcast_into(&mut data[..]);
+                                transport
+                                    .world
+                                    .process_at_rank(0)
+                                    .broadcast_into(&mut data[..]);
                                 match SharedArray::<u8>::from_slice(&data) {
                                     Ok(array) => {
                                         let mut handle = corepool::Encoder::new();
@@ -550,7 +585,9 @@ fn serve(pool: Option<Pool>, transport: &mut Transport, commands: &Receiver<Comm
                         }
                         transport.send(0, TAG_SHARED, answer);
                     }
-                    Err(e) => eprintln!("corepool-mpi: rank {rank}: a malformed control frame: {e}"),
+                    Err(e) => {
+                        eprintln!("corepool-mpi: rank {rank}: a malformed control frame: {e}")
+                    }
                 },
                 other => eprintln!("corepool-mpi: rank {rank}: unexpected message tag {other}"),
             }

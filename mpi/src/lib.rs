@@ -226,13 +226,15 @@ impl Wire for Shard {
 /// Decodes a task's result bytes; a panicking decoder is a decode error.
 fn decode_result<R: Wire>(bytes: Result<Vec<u8>>) -> Result<R> {
     let bytes = bytes?;
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| proto::decode_exact::<R>(&bytes)))
-        .unwrap_or_else(|_| {
-            Err(Error::Decode {
-                type_name: std::any::type_name::<R>(),
-                reason: "its decoder panicked".into(),
-            })
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        proto::decode_exact::<R>(&bytes)
+    }))
+    .unwrap_or_else(|_| {
+        Err(Error::Decode {
+            type_name: std::any::type_name::<R>(),
+            reason: "its decoder panicked".into(),
         })
+    })
 }
 
 /// Encodes `value` into fresh bytes.
@@ -312,7 +314,9 @@ impl Cluster {
             }
             Err(_) => {
                 let _ = comm.join();
-                Err(ClusterError::Mpi("the MPI thread ended before the rank started".into()))
+                Err(ClusterError::Mpi(
+                    "the MPI thread ended before the rank started".into(),
+                ))
             }
         }
     }
@@ -585,9 +589,12 @@ impl Cluster {
         R: Wire,
     {
         let parts = self.gather(f, arg)?;
-        parts.into_iter().reduce(combine).ok_or(Error::InvalidConfig {
-            what: "no rank computes".into(),
-        })
+        parts
+            .into_iter()
+            .reduce(combine)
+            .ok_or(Error::InvalidConfig {
+                what: "no rank computes".into(),
+            })
     }
 }
 
@@ -605,10 +612,15 @@ impl Drop for Cluster {
 /// Whether this process is rank 0 by the launcher's environment (used only
 /// when MPI could not say).
 fn is_root_env() -> bool {
-    ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"]
-        .iter()
-        .find_map(|k| std::env::var(k).ok())
-        .map_or(true, |v| v == "0")
+    [
+        "OMPI_COMM_WORLD_RANK",
+        "PMI_RANK",
+        "PMIX_RANK",
+        "SLURM_PROCID",
+    ]
+    .iter()
+    .find_map(|k| std::env::var(k).ok())
+    .is_none_or(|v| v == "0")
 }
 
 /// A [`Cluster`] whose `map` family uses a chunk size of its own: see

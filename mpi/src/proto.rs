@@ -215,12 +215,17 @@ mod tests {
         let (unit, err) = open_result(seal_result(3, Err(panicked), 2)).unwrap();
         assert_eq!(unit, 3);
         let err = err.unwrap_err();
-        assert!(matches!(&err, Error::Panicked { message } if message.contains("boom") && message.contains("rank 2")));
+        assert!(
+            matches!(&err, Error::Panicked { message } if message.contains("boom") && message.contains("rank 2"))
+        );
         assert!(open_result(vec![0; 9]).is_ok());
         let mut bad_status = vec![0; 9];
         bad_status[8] = 7;
         assert!(open_result(bad_status).is_err());
-        assert_eq!(Control::parse(&Control::Shutdown.to_bytes()).unwrap(), Control::Shutdown);
+        assert_eq!(
+            Control::parse(&Control::Shutdown.to_bytes()).unwrap(),
+            Control::Shutdown
+        );
         assert!(Control::parse(&[9; 17]).is_err());
     }
 

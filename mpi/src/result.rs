@@ -56,7 +56,10 @@ impl<T> Slot<T> {
     }
 
     fn take(&self) -> Result<T> {
-        lock(&self.value).1.take().unwrap_or(Err(Error::ResultTaken))
+        lock(&self.value)
+            .1
+            .take()
+            .unwrap_or(Err(Error::ResultTaken))
     }
 
     pub(crate) fn is_ready(&self) -> bool {

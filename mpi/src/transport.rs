@@ -39,10 +39,10 @@ impl Transport {
         // completed), so the reference stays valid for as long as MPI uses
         // it; nothing writes the buffer meanwhile.
         let data: &'static [u8] = unsafe { &*buffer };
-        let request = self
-            .world
-            .process_at_rank(to)
-            .immediate_send_with_tag(StaticScope, data, tag);
+        let request =
+            self.world
+                .process_at_rank(to)
+                .immediate_send_with_tag(StaticScope, data, tag);
         self.sends.push(InFlight {
             request: Some(request),
             buffer,
