@@ -103,15 +103,14 @@ impl<T: Pod> Broadcast<T> {
     /// [`Error::OutOfBounds`] when `start..start + dst.len()` is not inside.
     pub fn read_into(&self, start: usize, dst: &mut [T]) -> Result<()> {
         let end = start.checked_add(dst.len()).filter(|&e| e <= self.len);
-        let Some(end) = end else {
+        if end.is_none() {
             return Err(Error::OutOfBounds {
                 start,
                 end: start.saturating_add(dst.len()),
                 len: self.len,
             });
-        };
+        }
         let size = std::mem::size_of::<T>();
-        let _ = end;
         self.copies
             .local
             .read_into(start * size, bytemuck::cast_slice_mut(dst))

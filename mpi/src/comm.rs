@@ -8,7 +8,9 @@
 
 use crate::broadcast::encoding_for;
 use crate::node;
-use crate::proto::{self, Control, TAG_CONTROL, TAG_RESULT, TAG_SHARED, TAG_STOPPED, TAG_TASK};
+use crate::proto::{
+    self, Control, TAG_CONTROL, TAG_FLOOR, TAG_RESULT, TAG_SHARED, TAG_STOPPED, TAG_TASK,
+};
 use crate::transport::Transport;
 use crate::{ClusterError, Config};
 use corepool::{Error, Pinning, Pool, RawTask, Result, SharedArray, Wire};
@@ -43,6 +45,13 @@ pub(crate) enum Command {
     Broadcast {
         bytes: Vec<u8>,
         reply: std::sync::mpsc::Sender<Result<Vec<Vec<u8>>>>,
+    },
+    /// Rank 0's user thread: measure bare MPI with rank `peer`
+    /// ([`Control::PingPong`] or [`Control::Stream`]); answer the time.
+    Floor {
+        peer: usize,
+        control: Control,
+        reply: std::sync::mpsc::Sender<Result<Duration>>,
     },
     /// Rank 0's user thread: the cluster is dropped.
     Shutdown,
@@ -339,6 +348,22 @@ impl Dispatcher {
                         .insert(id, (vec![Vec::new(); ranks], ranks - 1, reply));
                 }
             }
+            Command::Floor {
+                peer,
+                control,
+                reply,
+            } => {
+                if peer == 0 || peer >= self.limit.len() {
+                    let _ = reply.send(Err(Error::InvalidConfig {
+                        what: format!("rank {peer} is not a serving rank of this job"),
+                    }));
+                    return true;
+                }
+                transport.send(peer as i32, TAG_CONTROL, control.to_bytes());
+                let started = Instant::now();
+                floor(transport, peer as i32, &control, true);
+                let _ = reply.send(Ok(started.elapsed()));
+            }
             Command::Shutdown => return false,
         }
         true
@@ -585,6 +610,9 @@ fn serve(
                         }
                         transport.send(0, TAG_SHARED, answer);
                     }
+                    Ok(control @ (Control::PingPong { .. } | Control::Stream { .. })) => {
+                        floor(transport, 0, &control, false);
+                    }
                     Err(e) => {
                         eprintln!("corepool-mpi: rank {rank}: a malformed control frame: {e}")
                     }
@@ -597,6 +625,46 @@ fn serve(
             idle.event();
         } else {
             pending = idle.wait(commands);
+        }
+    }
+}
+
+/// The bare MPI measurements, with plain blocking sends and receives of
+/// byte buffers on [`TAG_FLOOR`]: what rsmpi alone does, nothing of
+/// corepool's in between. `leader` is rank 0's side.
+fn floor(transport: &mut Transport, peer: i32, control: &Control, leader: bool) {
+    let (bytes, rounds, ping_pong) = match *control {
+        Control::PingPong { bytes, rounds } => (bytes, rounds, true),
+        Control::Stream { bytes, rounds } => (bytes, rounds, false),
+        _ => return,
+    };
+    let Ok(len) = usize::try_from(bytes) else {
+        return;
+    };
+    let mut buf = vec![1u8; len];
+    let other = transport.world.process_at_rank(peer);
+    for _ in 0..rounds {
+        match (ping_pong, leader) {
+            (true, true) => {
+                other.send_with_tag(&buf[..], TAG_FLOOR);
+                other.receive_into_with_tag(&mut buf[..], TAG_FLOOR);
+            }
+            (true, false) => {
+                other.receive_into_with_tag(&mut buf[..], TAG_FLOOR);
+                other.send_with_tag(&buf[..], TAG_FLOOR);
+            }
+            (false, true) => other.send_with_tag(&buf[..], TAG_FLOOR),
+            (false, false) => {
+                other.receive_into_with_tag(&mut buf[..], TAG_FLOOR);
+            }
+        }
+    }
+    if !ping_pong {
+        let mut ack = [0u8; 1];
+        if leader {
+            other.receive_into_with_tag(&mut ack[..], TAG_FLOOR);
+        } else {
+            other.send_with_tag(&ack[..], TAG_FLOOR);
         }
     }
 }

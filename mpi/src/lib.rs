@@ -73,6 +73,7 @@ use result::Slot;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Why [`Cluster::init`] failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -428,6 +429,84 @@ impl Cluster {
 
     fn check_size<A: Wire>(&self, _arg: &A) -> Result<()> {
         Ok(())
+    }
+
+    /// Runs `f(arg)` on rank `rank`'s pool and waits for the result: a
+    /// task that must run there (rank 0 is this process's own pool).
+    ///
+    /// # Errors
+    ///
+    /// As [`apply`](Self::apply); [`Error::InvalidConfig`] for a rank that
+    /// does not exist or has no worker.
+    pub fn apply_on_rank<F, A, R>(&self, rank: usize, f: F, arg: A) -> Result<R>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        if self.workers.get(rank).is_none_or(|&w| w == 0) {
+            return Err(Error::InvalidConfig {
+                what: format!(
+                    "rank {rank} has no worker (workers by rank: {:?})",
+                    self.workers
+                ),
+            });
+        }
+        self.submit_one(
+            RawTask::one(f),
+            move || encode_value(&arg),
+            Callbacks::new(),
+            Some(rank),
+        )?
+        .get()
+    }
+
+    /// The bare MPI round trip between rank 0 and `rank`: `rounds`
+    /// ping-pongs of `bytes`-byte messages with plain blocking rsmpi sends
+    /// and receives, made by the MPI threads with nothing of corepool's in
+    /// between; returns the total time. The floor the cluster's own latency
+    /// compares to. Run it while the cluster is otherwise idle.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when `rank` is 0 or not in the job.
+    pub fn mpi_ping_pong(&self, rank: usize, bytes: usize, rounds: u64) -> Result<Duration> {
+        self.floor(
+            rank,
+            proto::Control::PingPong {
+                bytes: bytes as u64,
+                rounds,
+            },
+        )
+    }
+
+    /// The bare MPI send bandwidth from rank 0 to `rank`: `rounds`
+    /// messages of `bytes` with plain blocking rsmpi sends, then one
+    /// acknowledgement; returns the total time.
+    ///
+    /// # Errors
+    ///
+    /// As [`mpi_ping_pong`](Self::mpi_ping_pong).
+    pub fn mpi_stream(&self, rank: usize, bytes: usize, rounds: u64) -> Result<Duration> {
+        self.floor(
+            rank,
+            proto::Control::Stream {
+                bytes: bytes as u64,
+                rounds,
+            },
+        )
+    }
+
+    fn floor(&self, peer: usize, control: proto::Control) -> Result<Duration> {
+        let (reply, answer) = std::sync::mpsc::channel();
+        self.commands
+            .send(Command::Floor {
+                peer,
+                control,
+                reply,
+            })
+            .map_err(|_| Error::PoolClosed)?;
+        answer.recv().map_err(|_| Error::PoolClosed)?
     }
 
     /// A view of the cluster whose `map` family sends chunks of `chunksize`

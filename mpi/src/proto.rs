@@ -15,6 +15,9 @@ pub(crate) const TAG_RESULT: i32 = 3;
 pub(crate) const TAG_SHARED: i32 = 4;
 /// Rank k → rank 0: rank k has stopped and sends nothing more.
 pub(crate) const TAG_STOPPED: i32 = 5;
+/// Both ways: the bare MPI measurements ([`Control::PingPong`],
+/// [`Control::Stream`]), with plain blocking sends and receives.
+pub(crate) const TAG_FLOOR: i32 = 6;
 
 /// The trailer of a task frame: unit id (u64), task bits (i64). A trailer,
 /// not a header, so that the receiver truncates the frame into the
@@ -31,6 +34,11 @@ pub(crate) enum Control {
     /// Enter `MPI_Bcast` from rank 0 for `bytes` bytes, keep them in a local
     /// shared array under `id`, and answer its handle ([`TAG_SHARED`]).
     Broadcast { id: u64, bytes: u64 },
+    /// Echo `rounds` messages of `bytes` on [`TAG_FLOOR`], one at a time.
+    PingPong { bytes: u64, rounds: u64 },
+    /// Receive `rounds` messages of `bytes` on [`TAG_FLOOR`], then answer
+    /// one empty message.
+    Stream { bytes: u64, rounds: u64 },
 }
 
 impl Control {
@@ -39,6 +47,8 @@ impl Control {
         match *self {
             Control::Shutdown => (1u8, 0u64, 0u64).encode(&mut out),
             Control::Broadcast { id, bytes } => (2u8, id, bytes).encode(&mut out),
+            Control::PingPong { bytes, rounds } => (3u8, bytes, rounds).encode(&mut out),
+            Control::Stream { bytes, rounds } => (4u8, bytes, rounds).encode(&mut out),
         }
         out.to_vec()
     }
@@ -47,6 +57,8 @@ impl Control {
         match decode_exact::<(u8, u64, u64)>(bytes)? {
             (1, _, _) => Ok(Control::Shutdown),
             (2, id, bytes) => Ok(Control::Broadcast { id, bytes }),
+            (3, bytes, rounds) => Ok(Control::PingPong { bytes, rounds }),
+            (4, bytes, rounds) => Ok(Control::Stream { bytes, rounds }),
             (kind, _, _) => Err(bad(format!("unknown control frame {kind}"))),
         }
     }
