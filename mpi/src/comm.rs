@@ -75,9 +75,16 @@ const SPIN: Duration = Duration::from_micros(200);
 /// Its first and longest sleep between looks at MPI when idle.
 const SLEEP_MIN: Duration = Duration::from_micros(20);
 const SLEEP_MAX: Duration = Duration::from_millis(1);
-/// Units kept in flight per worker of a rank: the next chunk is there when
-/// a worker finishes one, and a slow rank holds at most this many.
+/// Units kept in flight per worker of a rank when they are long (their
+/// round trip is over [`SHORT_UNIT`]): the next chunk is there when a
+/// worker finishes one, and a slow rank holds no more than this many.
 const AHEAD_PER_WORKER: usize = 3;
+/// Units kept in flight per worker of a rank when they are short: enough
+/// to cover the network's round trip, which then dominates.
+const AHEAD_SHORT: usize = 32;
+/// A unit whose round trip (dispatch to result, smoothed) is under this
+/// is short.
+const SHORT_UNIT: Duration = Duration::from_micros(500);
 
 /// The MPI thread's body. Reports through `started` and returns when the
 /// rank is done (its universe dropped: MPI finalized).
@@ -269,8 +276,11 @@ struct Dispatcher {
     /// Units in flight per rank, and the most each may hold.
     in_flight: Vec<usize>,
     limit: Vec<usize>,
+    workers: Vec<usize>,
+    /// Each rank's smoothed unit round trip, in nanoseconds.
+    round_trip: Vec<f64>,
     waiting: VecDeque<(u64, Unit)>,
-    running: HashMap<u64, (usize, DoneFn)>,
+    running: HashMap<u64, (usize, Instant, DoneFn)>,
     next_unit: u64,
     next_broadcast: u64,
     /// Broadcasts whose handles are being collected.
@@ -284,6 +294,8 @@ impl Dispatcher {
             to_self,
             in_flight: vec![0; workers.len()],
             limit: workers.iter().map(|w| w * AHEAD_PER_WORKER).collect(),
+            round_trip: vec![f64::INFINITY; workers.len()],
+            workers,
             waiting: VecDeque::new(),
             running: HashMap::new(),
             next_unit: 0,
@@ -415,17 +427,37 @@ impl Dispatcher {
     }
 
     fn finished(&mut self, rank: usize, unit: u64, result: Result<Vec<u8>>) {
-        if let Some((ran_on, done)) = self.running.remove(&unit) {
+        if let Some((ran_on, sent, done)) = self.running.remove(&unit) {
             if ran_on == rank {
                 self.in_flight[rank] -= 1;
+                self.learn(rank, sent.elapsed());
                 deliver(done, result);
             } else {
                 eprintln!(
                     "corepool-mpi: rank 0: rank {rank} answered unit {unit} of rank {ran_on}"
                 );
-                self.running.insert(unit, (ran_on, done));
+                self.running.insert(unit, (ran_on, sent, done));
             }
         }
+    }
+
+    /// Folds a unit's round trip into the rank's estimate, and sizes its
+    /// window by it: deep for short units (the network's round trip is
+    /// then what limits), shallow for long ones (dynamic balance).
+    fn learn(&mut self, rank: usize, took: Duration) {
+        let took = took.as_nanos() as f64;
+        let estimate = &mut self.round_trip[rank];
+        *estimate = if estimate.is_finite() {
+            0.8 * *estimate + 0.2 * took
+        } else {
+            took
+        };
+        let ahead = if *estimate < SHORT_UNIT.as_nanos() as f64 {
+            AHEAD_SHORT
+        } else {
+            AHEAD_PER_WORKER
+        };
+        self.limit[rank] = self.workers[rank] * ahead;
     }
 
     /// The rank with the most room, relative to its size; `None` if all are full.
@@ -477,7 +509,7 @@ impl Dispatcher {
                 );
             }
             self.in_flight[rank] += 1;
-            self.running.insert(id, (rank, done));
+            self.running.insert(id, (rank, Instant::now(), done));
         }
         any
     }
@@ -519,7 +551,7 @@ impl Dispatcher {
                 self.finished(0, unit, result);
             }
         }
-        for (_, (_, done)) in self.running.drain() {
+        for (_, (_, _, done)) in self.running.drain() {
             deliver(done, Err(Error::Cancelled));
         }
         for (_, (_, _, reply)) in self.collecting.drain() {
