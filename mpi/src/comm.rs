@@ -372,9 +372,8 @@ impl Dispatcher {
                     return true;
                 }
                 transport.send(peer as i32, TAG_CONTROL, control.to_bytes());
-                let started = Instant::now();
-                floor(transport, peer as i32, &control, true);
-                let _ = reply.send(Ok(started.elapsed()));
+                let took = floor(transport, peer as i32, &control, true);
+                let _ = reply.send(Ok(took));
             }
             Command::Shutdown => return false,
         }
@@ -643,7 +642,7 @@ fn serve(
                         transport.send(0, TAG_SHARED, answer);
                     }
                     Ok(control @ (Control::PingPong { .. } | Control::Stream { .. })) => {
-                        floor(transport, 0, &control, false);
+                        let _ = floor(transport, 0, &control, false);
                     }
                     Err(e) => {
                         eprintln!("corepool-mpi: rank {rank}: a malformed control frame: {e}")
@@ -663,23 +662,28 @@ fn serve(
 
 /// The bare MPI measurements, with plain blocking sends and receives of
 /// byte buffers on [`TAG_FLOOR`]: what rsmpi alone does, nothing of
-/// corepool's in between. `leader` is rank 0's side.
-fn floor(transport: &mut Transport, peer: i32, control: &Control, leader: bool) {
+/// corepool's in between. `leader` is rank 0's side; it returns the median
+/// round trip of a ping-pong, the whole time of a stream.
+fn floor(transport: &mut Transport, peer: i32, control: &Control, leader: bool) -> Duration {
     let (bytes, rounds, ping_pong) = match *control {
         Control::PingPong { bytes, rounds } => (bytes, rounds, true),
         Control::Stream { bytes, rounds } => (bytes, rounds, false),
-        _ => return,
+        _ => return Duration::ZERO,
     };
     let Ok(len) = usize::try_from(bytes) else {
-        return;
+        return Duration::ZERO;
     };
     let mut buf = vec![1u8; len];
     let other = transport.world.process_at_rank(peer);
+    let started = Instant::now();
+    let mut trips = Vec::new();
     for _ in 0..rounds {
         match (ping_pong, leader) {
             (true, true) => {
+                let trip = Instant::now();
                 other.send_with_tag(&buf[..], TAG_FLOOR);
                 other.receive_into_with_tag(&mut buf[..], TAG_FLOOR);
+                trips.push(trip.elapsed());
             }
             (true, false) => {
                 other.receive_into_with_tag(&mut buf[..], TAG_FLOOR);
@@ -699,4 +703,9 @@ fn floor(transport: &mut Transport, peer: i32, control: &Control, leader: bool) 
             other.send_with_tag(&ack[..], TAG_FLOOR);
         }
     }
+    if trips.is_empty() {
+        return started.elapsed();
+    }
+    trips.sort_unstable();
+    trips[trips.len() / 2]
 }

@@ -464,7 +464,7 @@ impl Cluster {
     /// The bare MPI round trip between rank 0 and `rank`: `rounds`
     /// ping-pongs of `bytes`-byte messages with plain blocking rsmpi sends
     /// and receives, made by the MPI threads with nothing of corepool's in
-    /// between; returns the total time. The floor the cluster's own latency
+    /// between; returns the median round trip. The floor the cluster's own latency
     /// compares to. Run it while the cluster is otherwise idle.
     ///
     /// # Errors
@@ -733,12 +733,16 @@ impl Chunked<'_> {
         items: impl IntoIterator<Item = A>,
         on_chunk: impl Fn(usize) -> Option<Sender<(usize, Result<Vec<R>>)>>,
     ) -> Result<Vec<ClusterResult<Vec<R>>>> {
-        let mut items: Vec<A> = items.into_iter().collect();
+        let items: Vec<A> = items.into_iter().collect();
         let chunksize = self.chunksize_for(&items);
         let mut chunks = Vec::with_capacity(items.len().div_ceil(chunksize));
-        while !items.is_empty() {
-            let rest = items.split_off(chunksize.min(items.len()));
-            chunks.push(std::mem::replace(&mut items, rest));
+        let mut items = items.into_iter();
+        loop {
+            let chunk: Vec<A> = items.by_ref().take(chunksize).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            chunks.push(chunk);
         }
         let mut slots = Vec::with_capacity(chunks.len());
         for (index, chunk) in chunks.into_iter().enumerate() {
