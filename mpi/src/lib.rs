@@ -423,12 +423,7 @@ impl Cluster {
         A: Wire,
         R: Wire,
     {
-        self.check_size(&arg)?;
         self.submit_one(RawTask::one(f), move || encode_value(&arg), callbacks, None)
-    }
-
-    fn check_size<A: Wire>(&self, _arg: &A) -> Result<()> {
-        Ok(())
     }
 
     /// Runs `f(arg)` on rank `rank`'s pool and waits for the result: a
@@ -439,6 +434,25 @@ impl Cluster {
     /// As [`apply`](Self::apply); [`Error::InvalidConfig`] for a rank that
     /// does not exist or has no worker.
     pub fn apply_on_rank<F, A, R>(&self, rank: usize, f: F, arg: A) -> Result<R>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        self.apply_async_on_rank(rank, f, arg)?.get()
+    }
+
+    /// [`apply_on_rank`](Self::apply_on_rank) without waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`apply_on_rank`](Self::apply_on_rank), at submission.
+    pub fn apply_async_on_rank<F, A, R>(
+        &self,
+        rank: usize,
+        f: F,
+        arg: A,
+    ) -> Result<ClusterResult<R>>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Wire,
@@ -457,8 +471,7 @@ impl Cluster {
             move || encode_value(&arg),
             Callbacks::new(),
             Some(rank),
-        )?
-        .get()
+        )
     }
 
     /// The bare MPI round trip between rank 0 and `rank`: `rounds`

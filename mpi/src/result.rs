@@ -3,12 +3,20 @@
 
 use corepool::{Error, Result};
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+/// How long a waiter looks at a slot before it sleeps: a round trip to
+/// another rank on one node takes tens of µs, and a wake-up costs as much.
+const SPIN: Duration = Duration::from_micros(100);
 
 /// Where one result lands, and whoever waits for it.
 pub(crate) struct Slot<T> {
     value: Mutex<(bool, Option<Result<T>>)>,
+    /// Set (Release) once `value` holds the result: lets a waiter spin
+    /// without the lock.
+    ready: AtomicBool,
     changed: Condvar,
 }
 
@@ -16,6 +24,7 @@ impl<T> Slot<T> {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
             value: Mutex::new((false, None)),
+            ready: AtomicBool::new(false),
             changed: Condvar::new(),
         })
     }
@@ -25,11 +34,18 @@ impl<T> Slot<T> {
         let mut value = lock(&self.value);
         if !value.0 {
             *value = (true, Some(result));
+            // Release pairs with the Acquire load in `wait_until`'s spin.
+            self.ready.store(true, Ordering::Release);
             self.changed.notify_all();
         }
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        let spin_until = Instant::now() + SPIN;
+        // Acquire pairs with the Release store in `finish`.
+        while !self.ready.load(Ordering::Acquire) && Instant::now() < spin_until {
+            std::thread::yield_now();
+        }
         let mut value = lock(&self.value);
         while !value.0 {
             match deadline {
