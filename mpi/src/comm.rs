@@ -18,6 +18,7 @@ use crossbeam_channel::{Receiver, Sender};
 use mpi::topology::Communicator;
 use mpi::traits::*;
 use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 /// Encodes a task's argument (for the rank [`encoding_for`] names).
@@ -118,15 +119,34 @@ pub(crate) fn run(
                     threading,
                 }));
                 let mut root = Dispatcher::new(pool, workers, to_self);
-                root.run(&mut transport, &commands);
+                let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    root.run(&mut transport, &commands)
+                }));
+                end_job_if_panicked(ran, &transport);
             } else {
                 let _ = started.send(Ok(Started::Serving));
-                serve(pool, &mut transport, &commands, to_self);
+                let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    serve(pool, &mut transport, &commands, to_self)
+                }));
+                end_job_if_panicked(ran, &transport);
             }
             drop(transport); // completes every send before MPI ends
             drop(universe);
             Ok(())
         }
+    }
+}
+
+/// A panic of the MPI thread (a bug) must not leave rank 0's caller
+/// waiting forever for results that will never come: it ends the whole job
+/// (`MPI_Abort`), as a dead rank does.
+fn end_job_if_panicked(ran: std::thread::Result<()>, transport: &Transport) {
+    if ran.is_err() {
+        eprintln!(
+            "corepool-mpi: rank {}: the MPI thread panicked (a bug: please report it); ending the job",
+            transport.world.rank()
+        );
+        transport.world.abort(70);
     }
 }
 
@@ -401,7 +421,7 @@ impl Dispatcher {
                 if let Some(slot) = entry.0.get_mut(from) {
                     *slot = handle;
                 }
-                entry.1 -= 1;
+                entry.1 = entry.1.saturating_sub(1);
                 if entry.1 == 0 {
                     if let Some((handles, _, reply)) = self.collecting.remove(&id) {
                         let missing: Vec<usize> = (1..handles.len())

@@ -25,7 +25,7 @@
 //!
 //! The vocabulary is the Pool's: [`apply`](Cluster::apply),
 //! [`apply_async`](Cluster::apply_async) (with corepool's
-//! [`Callbacks`](corepool::Callbacks)), [`map`](Cluster::map),
+//! [`Callbacks`]), [`map`](Cluster::map),
 //! [`starmap`](Cluster::starmap), [`imap`](Cluster::imap),
 //! [`imap_unordered`](Cluster::imap_unordered), and
 //! [`chunked`](Cluster::chunked) for a chunk size of your own, with the same
