@@ -89,6 +89,21 @@ type Failure = Box<dyn std::error::Error>;
 /// Large arguments in flight at once in the bandwidth rows.
 const BANDWIDTH_WINDOW: usize = 4;
 
+/// The median of `n` timed round trips of `trip`, as (1, seconds).
+fn median_trip(
+    n: u64,
+    mut trip: impl FnMut() -> Result<(), Failure>,
+) -> Result<(u64, f64), Failure> {
+    let mut trips = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let t = Instant::now();
+        trip()?;
+        trips.push(t.elapsed());
+    }
+    trips.sort();
+    Ok((1, trips[trips.len() / 2].as_secs_f64()))
+}
+
 /// Runs `measure` `repeats` times; each returns (items, seconds).
 fn sample(
     repeats: usize,
@@ -257,29 +272,29 @@ pub(crate) fn run(options: &Options) -> Result<(), Failure> {
     let pieces: Vec<u64> = (0..parts)
         .map(|i| total * (i + 1) / parts - total * i / parts)
         .collect();
-    let s = sample(r, || {
+    // Alternated, cluster then local in each repeat, so that both see the
+    // same machine (other load moves the figures between repeats).
+    let mut on_cluster = Vec::new();
+    let mut on_local = Vec::new();
+    for _ in 0..r {
         let t = Instant::now();
         let done: u64 = cluster.chunked(1)?.map(count, pieces.clone())?.iter().sum();
-        if done != total {
+        on_cluster.push((total, t.elapsed().as_secs_f64()));
+        let t = Instant::now();
+        let local_done: u64 = local.map(count, pieces.clone(), Some(1))?.iter().sum();
+        on_local.push((total, t.elapsed().as_secs_f64()));
+        if done != total || local_done != total {
             return Err("cpu_loop gave a wrong count".into());
         }
-        Ok((total, t.elapsed().as_secs_f64()))
-    })?;
+    }
     ctx.push(
         "cpu_loop",
         "cluster",
         "iterations/s",
-        &s,
+        &on_cluster,
         "one task per piece, dynamically scheduled",
     );
-    let s = sample(r, || {
-        let t = Instant::now();
-        let done: u64 = local.map(count, pieces.clone(), Some(1))?.iter().sum();
-        if done != total {
-            return Err("cpu_loop gave a wrong count".into());
-        }
-        Ok((total, t.elapsed().as_secs_f64()))
-    })?;
+    let s = on_local;
     ctx.push(
         "cpu_loop",
         "corepool",
@@ -288,64 +303,27 @@ pub(crate) fn run(options: &Options) -> Result<(), Failure> {
         "local pool on rank 0",
     );
 
-    // latency: blocking round trips, rank 0 -> the last rank -> rank 0.
+    // latency and bandwidth: each repeat measures the cluster, the local
+    // pool and bare MPI one after the other, so that the three see the same
+    // machine (other load moves the figures between repeats).
     let n = ctx.sizes.round_trips;
-    let median_trip = |f: &mut dyn FnMut() -> Result<(), Failure>| -> Result<(u64, f64), Failure> {
-        let mut trips = Vec::with_capacity(n as usize);
-        for _ in 0..n {
-            let t = Instant::now();
-            f()?;
-            trips.push(t.elapsed());
-        }
-        trips.sort();
-        let median = trips[trips.len() / 2];
-        Ok((1, median.as_secs_f64()))
-    };
-    let s = sample(r, || {
-        median_trip(&mut || {
-            cluster.apply_on_rank(peer, noop, 1)?;
-            Ok(())
-        })
-    })?;
-    ctx.push(
-        "latency",
-        "cluster",
-        "ns",
-        &s,
-        &format!("apply on rank {peer}, median round trip"),
-    );
-    let s = sample(r, || {
-        median_trip(&mut || {
-            local.apply(noop, 1)?;
-            Ok(())
-        })
-    })?;
-    ctx.push(
-        "latency",
-        "corepool",
-        "ns",
-        &s,
-        "local apply, median round trip",
-    );
-    if peer > 0 {
-        let s = sample(r, || {
-            let median = cluster.mpi_ping_pong(peer, 8, n.max(1000))?;
-            Ok((1, median.as_secs_f64()))
-        })?;
-        ctx.push(
-            "latency",
-            "mpi",
-            "ns",
-            &s,
-            &format!("rsmpi 8-byte ping-pong with rank {peer}, median round trip"),
-        );
-    }
-
-    // bandwidth: large arguments rank 0 -> rank k, a few in flight (as
-    // the bare stream has its sends in flight back to back).
     let (bytes, sends) = (ctx.sizes.big_bytes, ctx.sizes.big_sends);
     let big = vec![7u8; bytes];
-    let s = sample(r, || {
+    let mut latency: [Vec<(u64, f64)>; 3] = Default::default();
+    let mut bandwidth: [Vec<(u64, f64)>; 3] = Default::default();
+    for _ in 0..r {
+        latency[0].push(median_trip(n, || {
+            cluster.apply_on_rank(peer, noop, 1)?;
+            Ok(())
+        })?);
+        latency[1].push(median_trip(n, || {
+            local.apply(noop, 1)?;
+            Ok(())
+        })?);
+        if peer > 0 {
+            let median = cluster.mpi_ping_pong(peer, 8, n.max(1000))?;
+            latency[2].push((1, median.as_secs_f64()));
+        }
         let t = Instant::now();
         let mut in_flight = std::collections::VecDeque::new();
         for _ in 0..sends {
@@ -362,19 +340,7 @@ pub(crate) fn run(options: &Options) -> Result<(), Failure> {
                 return Err("bandwidth: wrong length".into());
             }
         }
-        Ok((bytes as u64 * sends, t.elapsed().as_secs_f64()))
-    })?;
-    ctx.push(
-        "bandwidth",
-        "cluster",
-        "MB/s",
-        &s,
-        &format!(
-            "{} MiB arguments to rank {peer}, {BANDWIDTH_WINDOW} in flight",
-            bytes >> 20
-        ),
-    );
-    let s = sample(r, || {
+        bandwidth[0].push((bytes as u64 * sends, t.elapsed().as_secs_f64()));
         let t = Instant::now();
         let mut in_flight = std::collections::VecDeque::new();
         for _ in 0..sends {
@@ -387,26 +353,59 @@ pub(crate) fn run(options: &Options) -> Result<(), Failure> {
         for h in in_flight {
             h.get()?;
         }
-        Ok((bytes as u64 * sends, t.elapsed().as_secs_f64()))
-    })?;
+        bandwidth[1].push((bytes as u64 * sends, t.elapsed().as_secs_f64()));
+        if peer > 0 {
+            let d = cluster.mpi_stream(peer, bytes, sends)?;
+            bandwidth[2].push((bytes as u64 * sends, d.as_secs_f64()));
+        }
+    }
+    let [lat_cluster, lat_local, lat_mpi] = latency;
+    ctx.push(
+        "latency",
+        "cluster",
+        "ns",
+        &lat_cluster,
+        &format!("apply on rank {peer}, median round trip"),
+    );
+    ctx.push(
+        "latency",
+        "corepool",
+        "ns",
+        &lat_local,
+        "local apply, median round trip",
+    );
+    if peer > 0 {
+        ctx.push(
+            "latency",
+            "mpi",
+            "ns",
+            &lat_mpi,
+            &format!("rsmpi 8-byte ping-pong with rank {peer}, median round trip"),
+        );
+    }
+    let [bw_cluster, bw_local, bw_mpi] = bandwidth;
+    let mib = bytes >> 20;
+    ctx.push(
+        "bandwidth",
+        "cluster",
+        "MB/s",
+        &bw_cluster,
+        &format!("{mib} MiB arguments to rank {peer}, {BANDWIDTH_WINDOW} in flight"),
+    );
     ctx.push(
         "bandwidth",
         "corepool",
         "MB/s",
-        &s,
+        &bw_local,
         &format!("the same arguments to a local worker, {BANDWIDTH_WINDOW} in flight"),
     );
     if peer > 0 {
-        let s = sample(r, || {
-            let d = cluster.mpi_stream(peer, bytes, sends)?;
-            Ok((bytes as u64 * sends, d.as_secs_f64()))
-        })?;
         ctx.push(
             "bandwidth",
             "mpi",
             "MB/s",
-            &s,
-            &format!("rsmpi blocking sends of {} MiB to rank {peer}", bytes >> 20),
+            &bw_mpi,
+            &format!("rsmpi blocking sends of {mib} MiB to rank {peer}"),
         );
     }
 
