@@ -240,6 +240,8 @@ impl Cluster {
         A: Wire,
         R: Wire,
     {
+        // Refused before anything is submitted, as a pool does.
+        crate::result::check_can_wait()?;
         self.apply_async(f, arg)?.get()
     }
 
@@ -291,6 +293,7 @@ impl Cluster {
         A: Wire,
         R: Wire,
     {
+        crate::result::check_can_wait()?;
         self.apply_async_on_rank(rank, f, arg)?.get()
     }
 
@@ -363,6 +366,7 @@ impl Cluster {
     }
 
     fn floor(&self, peer: usize, control: proto::Control) -> Result<Duration> {
+        crate::result::check_can_wait()?;
         let (reply, answer) = std::sync::mpsc::channel();
         self.commands
             .send(Command::Floor {
@@ -470,6 +474,7 @@ impl Cluster {
     /// [`Error::SharedMemory`] when a rank has no room for it;
     /// [`Error::PoolClosed`] when the MPI thread has ended.
     pub fn broadcast<T: Pod>(&self, data: &[T]) -> Result<Broadcast<T>> {
+        crate::result::check_can_wait()?;
         let bytes: &[u8] = corepool::bytemuck::cast_slice(data);
         let local = corepool::SharedArray::<u8>::from_slice(bytes)?;
         let (reply, answer) = std::sync::mpsc::channel();
@@ -499,6 +504,7 @@ impl Cluster {
         A: Wire + Clone,
         R: Wire,
     {
+        crate::result::check_can_wait()?;
         let computing: Vec<usize> = (0..self.ranks()).filter(|&r| self.workers[r] > 0).collect();
         let count = computing.len();
         let mut pending = Vec::with_capacity(count);

@@ -91,6 +91,7 @@ pub(crate) fn run(
     to_self: Sender<Command>,
     started: std::sync::mpsc::Sender<std::result::Result<Started, ClusterError>>,
 ) -> std::result::Result<(), ClusterError> {
+    crate::result::mark_mpi_thread();
     let Some((universe, threading)) = mpi::initialize_with_threading(mpi::Threading::Funneled)
     else {
         let e = ClusterError::Mpi("MPI was already initialized in this process: call `Cluster::init` once, and do not initialize MPI yourself".into());

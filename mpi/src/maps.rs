@@ -89,6 +89,7 @@ impl Chunked<'_> {
         A: Wire,
         R: Wire,
     {
+        crate::result::check_can_wait()?;
         collect_in_order(self.submit_chunks(RawTask::chunk(f), items, |_| None)?)
     }
 
@@ -103,6 +104,7 @@ impl Chunked<'_> {
         T: Wire,
         R: Wire,
     {
+        crate::result::check_can_wait()?;
         collect_in_order(self.submit_chunks(RawTask::star_chunk(f), items, |_| None)?)
     }
 

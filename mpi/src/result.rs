@@ -7,6 +7,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+thread_local! {
+    /// Whether this thread is a rank's MPI thread, which delivers results
+    /// and runs callbacks: it must never wait for a result itself.
+    static ON_MPI_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as the MPI thread.
+pub(crate) fn mark_mpi_thread() {
+    ON_MPI_THREAD.with(|on| on.set(true));
+}
+
+/// [`Error::WaitInCallback`] on the MPI thread (in a callback), where a
+/// wait could never end: that thread is the one that would deliver.
+pub(crate) fn check_can_wait() -> Result<()> {
+    if ON_MPI_THREAD.with(std::cell::Cell::get) {
+        Err(Error::WaitInCallback)
+    } else {
+        Ok(())
+    }
+}
+
 /// How long a waiter looks at a slot before it sleeps: a round trip to
 /// another rank on one node takes tens of µs, and a wake-up costs as much.
 const SPIN: Duration = Duration::from_micros(100);
@@ -107,8 +128,10 @@ impl<T> ClusterResult<T> {
     /// # Errors
     ///
     /// The task's error ([`Error::Panicked`], [`Error::WorkerDied`], ...),
-    /// [`Error::Cancelled`] when the cluster was dropped first.
+    /// [`Error::Cancelled`] when the cluster was dropped first;
+    /// [`Error::WaitInCallback`] in a callback of the cluster.
     pub fn get(self) -> Result<T> {
+        check_can_wait()?;
         self.slot.wait_until(None);
         self.slot.take()
     }
@@ -121,19 +144,45 @@ impl<T> ClusterResult<T> {
     /// [`get`](Self::get) otherwise; [`Error::ResultTaken`] after an earlier
     /// successful call.
     pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
+        check_can_wait()?;
         if !self.slot.wait_until(Instant::now().checked_add(timeout)) {
             return Err(Error::Timeout);
         }
         self.slot.take()
     }
 
-    /// Waits until the result is in, without taking it.
+    /// Waits until the result is in, without taking it. In a callback of
+    /// the cluster (on its MPI thread) it returns at once: that thread is
+    /// the one that delivers results.
     pub fn wait(&self) {
+        if check_can_wait().is_err() {
+            return;
+        }
         self.slot.wait_until(None);
     }
 
     /// Whether the result is in.
     pub fn ready(&self) -> bool {
         self.slot.is_ready()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mpi_thread_may_not_wait() {
+        let slot = Slot::<u64>::new();
+        let pending = ClusterResult { slot: slot.clone() };
+        let refused = std::thread::spawn(move || {
+            mark_mpi_thread();
+            pending.get_timeout(Duration::from_secs(60))
+        })
+        .join()
+        .unwrap();
+        assert_eq!(refused, Err(Error::WaitInCallback));
+        slot.finish(Ok(5));
+        assert_eq!(ClusterResult { slot }.get(), Ok(5));
     }
 }
