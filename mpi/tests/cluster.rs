@@ -104,6 +104,33 @@ fn rank_program(scenario: &str) -> Result<(), Box<dyn std::error::Error>> {
             let h = cluster.apply_async_with(square, 9, cb)?;
             check(h.get()? == 81, "apply_async")?;
             check(rx.recv()? == 81, "callback")?;
+            for rank in 0..cluster.ranks() {
+                check(
+                    cluster.apply_on_rank(rank, square, 5)? == 25,
+                    "apply_on_rank",
+                )?;
+            }
+            let on_last = cluster.apply_async_on_rank(cluster.ranks() - 1, where_am_i, 10)?;
+            on_last.wait();
+            check(on_last.ready(), "ready after wait")?;
+            check(
+                on_last.get_timeout(std::time::Duration::from_secs(60))? > 0,
+                "get_timeout",
+            )?;
+            check(
+                matches!(
+                    on_last.get_timeout(std::time::Duration::ZERO),
+                    Err(Error::ResultTaken)
+                ),
+                "a result is taken once",
+            )?;
+            check(
+                matches!(
+                    cluster.apply_on_rank(99, square, 1),
+                    Err(Error::InvalidConfig { .. })
+                ),
+                "no rank 99",
+            )?;
             let squares = cluster.map(square, 0..10_000u64)?;
             check(
                 squares == (0..10_000u64).map(|x| x * x).collect::<Vec<_>>(),
