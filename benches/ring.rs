@@ -159,31 +159,38 @@ fn pool_end_to_end(c: &mut Criterion) {
             })
         });
         group.bench_with_input(BenchmarkId::new("map", n), &n, |b, &n| {
-            b.iter(|| pool.map(noop, 0..n, None).unwrap())
+            b.iter(|| pool.map(noop, 0..n).unwrap())
         });
         group.bench_with_input(BenchmarkId::new("map_async", n), &n, |b, &n| {
-            b.iter(|| pool.map_async(noop, 0..n, None).unwrap().get().unwrap())
+            b.iter(|| pool.map_async(noop, 0..n).unwrap().get().unwrap())
         });
         group.bench_with_input(BenchmarkId::new("imap", n), &n, |b, &n| {
-            b.iter(|| pool.imap(noop, 0..n, 256).map(Result::unwrap).sum::<u64>())
+            b.iter(|| {
+                pool.chunked(256)
+                    .unwrap()
+                    .imap(noop, 0..n)
+                    .map(Result::unwrap)
+                    .sum::<u64>()
+            })
         });
         group.bench_with_input(BenchmarkId::new("imap_unordered", n), &n, |b, &n| {
             b.iter(|| {
-                pool.imap_unordered(noop, 0..n, 256)
+                pool.chunked(256)
                     .unwrap()
+                    .imap_unordered(noop, 0..n)
                     .map(Result::unwrap)
                     .sum::<u64>()
             })
         });
         group.bench_with_input(BenchmarkId::new("starmap", n), &n, |b, &n| {
             b.iter(|| {
-                pool.starmap(|a: u64, b: u64| a + b, (0..n).map(|i| (i, i)), None)
+                pool.starmap(|a: u64, b: u64| a + b, (0..n).map(|i| (i, i)))
                     .unwrap()
             })
         });
         group.bench_with_input(BenchmarkId::new("starmap_async", n), &n, |b, &n| {
             b.iter(|| {
-                pool.starmap_async(|a: u64, b: u64| a + b, (0..n).map(|i| (i, i)), None)
+                pool.starmap_async(|a: u64, b: u64| a + b, (0..n).map(|i| (i, i)))
                     .unwrap()
                     .get()
                     .unwrap()

@@ -31,7 +31,7 @@ async fn main() -> corepool::Result<()> {
         ticks
     });
     let one = pool.apply_async(primes_below, 200_000)?;
-    let many = pool.map_async(primes_below, (1..=8).map(|k| k * 10_000), None)?;
+    let many = pool.map_async(primes_below, (1..=8).map(|k| k * 10_000))?;
     let (one, many) = tokio::join!(one, many);
     println!("primes below 200000: {}", one?);
     println!("primes below 10000, 20000, ...: {:?}", many?);

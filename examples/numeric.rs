@@ -95,7 +95,11 @@ fn run(len: usize) -> Result<(), Box<dyn std::error::Error>> {
     let parts = ranges(&array, pool.workers());
 
     let start = Instant::now();
-    let parallel: f64 = pool.map(partial_sum, parts.clone(), Some(1))?.iter().sum();
+    let parallel: f64 = pool
+        .chunked(1)?
+        .map(partial_sum, parts.clone())?
+        .iter()
+        .sum();
     println!("sum (pool):           {:8.3} s = {parallel}", secs(start));
 
     let start = Instant::now();
@@ -108,7 +112,7 @@ fn run(len: usize) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let start = Instant::now();
-    pool.map(scale, parts, Some(1))?;
+    pool.chunked(1)?.map(scale, parts)?;
     println!("scale x{FACTOR} (pool):      {:8.3} s", secs(start));
 
     pool.close();

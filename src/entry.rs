@@ -9,6 +9,11 @@
 //! test's or a benchmark's. [`init`] is kept, as a no-op, for programs that
 //! still call it.
 //!
+//! A child's first steps, before it is told apart as a worker or a
+//! `Process` child: it arms its parent-death signal and pins itself to the
+//! CPUs its parent named (`child::spawn` starts it with `posix_spawn`,
+//! which can do neither).
+//!
 //! Life before `main`: the C runtime and the standard library's own
 //! constructors (which record the arguments) have run; the Rust runtime's
 //! `main` set-up has not. A child does the parts of it that matter for
@@ -45,7 +50,18 @@ extern "C" fn enter_before_main() {
     if !is_child {
         return;
     }
+    // First of all, the parent-death signal (`posix_spawn` cannot arm it
+    // for us, see `child::spawn`): from here on the kernel kills this
+    // process when the thread that started it exits. Had that thread died
+    // already, this process was handed to another parent, and the pool
+    // worker's and the `Process` child's entries see it (they compare their
+    // parent's pid with the one the token names) and leave.
+    let _ = sys::set_parent_death_signal();
     sys::settle_like_the_rust_runtime();
+    if let Err(message) = pin_as_asked() {
+        eprintln!("corepool: {message}; this child cannot start");
+        sys::exit_now(crate::pool::worker::EXIT_START_FAILED);
+    }
     // No panic may unwind into the C runtime (that aborts): a panic here is a
     // start failure with the worker's start-failure status.
     let served = std::panic::catch_unwind(|| {
@@ -57,6 +73,26 @@ extern "C" fn enter_before_main() {
         let _ = std::io::stderr().flush();
         sys::exit_now(code);
     }
+}
+
+/// Pins this child to the CPUs its parent named in
+/// [`crate::child::spawn::CPUS_ENV`] (and removes the variable, so that
+/// processes its tasks start are not pinned by it). No variable: nothing to
+/// do.
+fn pin_as_asked() -> Result<(), String> {
+    let name = crate::child::spawn::CPUS_ENV;
+    let Some(list) = std::env::var_os(name) else {
+        return Ok(());
+    };
+    std::env::remove_var(name);
+    let text = list.to_string_lossy();
+    let cpus: Vec<usize> = text
+        .split(',')
+        .map(|cpu| cpu.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("{name}={text} is not a list of CPU numbers"))?;
+    sys::pin_self_to(&sys::CpuMask::of(&cpus))
+        .map_err(|e| format!("pinning to CPUs {text} failed: {e}"))
 }
 
 /// Makes the linker keep [`ENTRY`]: called by everything that starts a

@@ -13,7 +13,7 @@
 //! }
 //!
 //! let pool = Pool::builder().build()?; // one pinned worker per CPU
-//! let counts = pool.map(count, vec![1_000u64; 8], None)?;
+//! let counts = pool.map(count, vec![1_000u64; 8])?;
 //! assert!(counts.iter().all(|&c| c == 1_000));
 //! # Ok::<(), corepool::Error>(())
 //! ```
@@ -55,6 +55,7 @@ mod identity; // who this process is, and its parent
 mod pool; // the process pool: facade, driver, state machine, worker
 mod process; // Python's Process
 mod queue;
+mod joinable_queue; // a Queue whose values are marked done: Python's JoinableQueue
 mod pipe;
 pub mod connection; // waiting on several processes, pipes and queues
 mod shared_array;
@@ -69,9 +70,11 @@ pub use corepool_derive::Wire;
 pub use daemon::{Daemon, DaemonGuard};
 pub use error::{Error, ExitCause, Result};
 pub use identity::{current_process, parent_process, ProcessInfo, ProcessKind};
+pub use joinable_queue::JoinableQueue;
 pub use pipe::{Pipe, PipeEnd};
 pub use pool::{
-    AsyncResult, Callbacks, Imap, ImapUnordered, Pinning, Pool, PoolBuilder, PoolStats, RawTask,
+    AsyncResult, Callbacks, Chunked, Imap, ImapUnordered, Pinning, Pool, PoolBuilder, PoolStats,
+    RawTask,
 };
 pub use process::{active_children, Process, ProcessBuilder};
 pub use queue::Queue;

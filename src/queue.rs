@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A bounded queue of `T` in shared memory: Python's `multiprocessing.Queue`,
-/// without a pipe or a feeder thread.
+/// without a pipe or a feeder thread. [`Queue::unbounded`] makes one that
+/// is never full.
 ///
 /// Clone it, or pass it to a task or a [`crate::Process`] as an argument: it
 /// crosses as a small handle and every copy talks to the same memory.
@@ -59,7 +60,7 @@ impl<T> Clone for Queue<T> {
     fn clone(&self) -> Self {
         Self {
             map: self.map.clone(),
-            queue: self.queue,
+            queue: self.queue.clone(),
             kept: self.kept.clone(),
             _type: PhantomData,
         }
@@ -222,7 +223,8 @@ impl<T> Queue<T> {
     }
 
     /// How many values it can hold: the capacity asked for, rounded up to the
-    /// next power of two.
+    /// next power of two; `usize::MAX` for an [`unbounded`](Self::unbounded)
+    /// queue, which is never full.
     ///
     /// ```
     /// use corepool::Queue;
@@ -455,6 +457,90 @@ impl<T: Wire> Queue<T> {
     /// and for waiting on it along with other things (`crate::connection`).
     pub(crate) fn byte_queue(&self) -> &ByteQueue {
         &self.queue
+    }
+}
+
+/// Unbounded queues: Python's `multiprocessing.Queue()` without a maxsize.
+impl<T> Queue<T> {
+    /// A queue that is never full, of values of at most 240 encoded bytes
+    /// each: [`put`](Self::put) never waits and [`try_put`](Self::try_put)
+    /// never refuses. Python's `multiprocessing.Queue()` with no `maxsize`.
+    ///
+    /// It grows by adding a ring twice as large as the last one when the
+    /// newest ring is full, and gives a ring's memory back once it is
+    /// drained; [`capacity`](Self::capacity) is `usize::MAX` and
+    /// [`is_full`](Self::is_full) always `false`. It travels to pool tasks,
+    /// [`crate::Process`]es and through other queues like any queue, and a
+    /// process that grew it may exit or be killed without taking the memory
+    /// with it. Its limit is memory: a put that cannot grow it (out of
+    /// memory, or a terabyte of values) fails with [`Error::SharedMemory`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SharedMemory`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use corepool::{Process, Queue};
+    ///
+    /// fn produce(q: Queue<u64>) {
+    ///     for i in 0..10_000 {
+    ///         q.put(&i).unwrap(); // never waits for a consumer
+    ///     }
+    /// }
+    ///
+    /// fn main() {
+    ///     corepool::init();
+    ///     let q = Queue::<u64>::unbounded().unwrap();
+    ///     Process::start(produce, q.clone()).unwrap().join().unwrap();
+    ///     assert_eq!(q.len(), 10_000);
+    ///     assert!(!q.is_full());
+    ///     assert!((0..10_000).all(|i| q.get().unwrap() == i));
+    /// }
+    /// ```
+    pub fn unbounded() -> Result<Self> {
+        Self::unbounded_with_message_bytes(240)
+    }
+
+    /// An [`unbounded`](Self::unbounded) queue of values of at most
+    /// `message_bytes` encoded bytes each.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a message size of 0 or above 16 MiB;
+    /// [`Error::SharedMemory`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use corepool::{Error, Queue};
+    ///
+    /// let q = Queue::<Vec<u8>>::unbounded_with_message_bytes(1024).unwrap();
+    /// assert_eq!((q.capacity(), q.message_bytes()), (usize::MAX, 1024));
+    /// assert!(matches!(
+    ///     q.put(&vec![0; 2000]),
+    ///     Err(Error::ArgumentTooLarge { .. })
+    /// ));
+    /// assert!(Queue::<u64>::unbounded_with_message_bytes(0).is_err());
+    /// ```
+    pub fn unbounded_with_message_bytes(message_bytes: usize) -> Result<Self> {
+        if message_bytes == 0 || message_bytes > 16 << 20 {
+            return Err(Error::InvalidConfig {
+                what: format!("message size {message_bytes}: use 1 byte to 16 MiB, and a SharedArray for bulk data"),
+            });
+        }
+        let map = SharedSegment::create(c"corepool-queue", mpmc::UNBOUNDED_CONTROL_BYTES)?;
+        // SAFETY: the segment is new and zeroed: nobody else maps it yet.
+        let queue = unsafe {
+            ByteQueue::create_unbounded(memory_of(&map), message_bytes, type_tag::<T>())?
+        };
+        Ok(Self {
+            map,
+            queue,
+            kept: Arc::default(),
+            _type: PhantomData,
+        })
     }
 }
 

@@ -40,7 +40,7 @@ const BLOCK_BYTES: usize = 32 * 1024;
 ///     corepool::init();
 ///     let array = SharedArray::from_slice(&[1.0f64, 2.0, 3.0, 4.0]).unwrap();
 ///     let pool = Pool::new(2).unwrap();
-///     pool.map(scale, vec![(array.clone(), 0, 2), (array.clone(), 2, 4)], Some(1)).unwrap();
+///     pool.chunked(1).unwrap().map(scale, vec![(array.clone(), 0, 2), (array.clone(), 2, 4)]).unwrap();
 ///     assert_eq!(array.to_vec(), vec![2.0, 4.0, 6.0, 8.0]);
 /// }
 /// ```

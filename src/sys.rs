@@ -92,6 +92,44 @@ pub(crate) fn is_size_sealed(fd: BorrowedFd<'_>) -> bool {
         .is_ok_and(|seals| seals.contains(SealFlags::SHRINK | SealFlags::GROW))
 }
 
+/// Seals a memfd against shrinking (and further sealing) but not growing:
+/// the backing file of an unbounded queue, which its producers extend while
+/// every process keeps its mappings valid.
+pub(crate) fn seal_shrink_only(fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(rustix::fs::fcntl_add_seals(
+        fd,
+        SealFlags::SHRINK | SealFlags::SEAL,
+    )?)
+}
+
+/// Whether `fd` is a memfd sealed against shrinking: the file of an
+/// unbounded queue may grow but never shrink under a mapping.
+pub(crate) fn is_shrink_sealed(fd: BorrowedFd<'_>) -> bool {
+    // F_GET_SEALS fails with EINVAL on anything but a memfd/shmem file.
+    rustix::fs::fcntl_get_seals(fd).is_ok_and(|seals| seals.contains(SealFlags::SHRINK))
+}
+
+/// Reserves backing store for `len` bytes at `offset` (see [`fallocate`]),
+/// growing the file if it ends before them.
+pub(crate) fn fallocate_range(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    let too_large = || io::Error::new(io::ErrorKind::InvalidInput, "range too large");
+    offset
+        .checked_add(len)
+        .and_then(|end| i64::try_from(end).ok())
+        .ok_or_else(too_large)?;
+    rustix::io::retry_on_intr(|| rustix::fs::fallocate(fd, FallocateFlags::empty(), offset, len))?;
+    Ok(())
+}
+
+/// Gives the memory of `len` bytes at `offset` back (`FALLOC_FL_PUNCH_HOLE`):
+/// the file keeps its size, the range reads as zeros and costs nothing until
+/// written again.
+pub(crate) fn punch_hole(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+    rustix::io::retry_on_intr(|| rustix::fs::fallocate(fd, flags, offset, len))?;
+    Ok(())
+}
+
 /// Size of the file behind `fd` and its (device, inode) identity.
 pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileId> {
     let st = rustix::fs::fstat(fd)?;
@@ -116,9 +154,17 @@ pub(crate) struct FileId {
 }
 
 /// Clears `FD_CLOEXEC` on `fd`, a descriptor this process holds open.
-/// Async-signal-safe: used between fork and exec.
+/// Async-signal-safe: used between fork and exec (the spawn path for C
+/// libraries whose `posix_spawn` cannot do it, see [`spawn_reexec`]).
 pub(crate) fn clear_cloexec(fd: RawFd) -> io::Result<()> {
     set_fd_flags(fd, FdFlags::empty())
+}
+
+/// Makes the calling process the leader of a new process group, so that the
+/// processes its tasks start can be killed with it. Async-signal-safe: used
+/// between fork and exec (as [`clear_cloexec`]).
+pub(crate) fn new_process_group() -> io::Result<()> {
+    Ok(rustix::process::setpgid(None, None)?)
 }
 
 /// Sets `FD_CLOEXEC` on `fd`, a descriptor this process was handed, so that
@@ -128,7 +174,8 @@ pub(crate) fn set_cloexec(fd: RawFd) -> io::Result<()> {
 }
 
 /// `prctl(PR_SET_PDEATHSIG, SIGKILL)`: the kernel kills this process when the
-/// thread that forked it exits. Async-signal-safe: used between fork and exec.
+/// thread that started it exits. A child arms it itself, first thing on its
+/// way in (`entry.rs`).
 pub(crate) fn set_parent_death_signal() -> io::Result<()> {
     Ok(rustix::process::set_parent_process_death_signal(Some(
         Signal::KILL,
@@ -344,13 +391,6 @@ pub(crate) fn kill_group(pgid: i32, signal: Signal) {
     if let Some(pgid) = positive_pid(pgid) {
         let _ = rustix::process::kill_process_group(pgid, signal);
     }
-}
-
-/// Makes the calling process the leader of a new process group, so that the
-/// processes its tasks start can be killed with it. Async-signal-safe: used
-/// between fork and exec.
-pub(crate) fn new_process_group() -> io::Result<()> {
-    Ok(rustix::process::setpgid(None, None)?)
 }
 
 /// `fork()`: `Some(child)` in the parent, `None` in the child.
@@ -804,4 +844,182 @@ pub(crate) fn settle_like_the_rust_runtime() {
     // module.
     // SAFETY: sets a disposition to SIG_IGN; no handler runs.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+/// What [`spawn_reexec`] starts: `path` with `argv` and the whole
+/// environment `envp` (each `KEY=VALUE`), its stdin on `/dev/null`, and
+/// `keep_fd` inherited (it is close-on-exec here).
+pub(crate) struct SpawnRequest<'a> {
+    pub path: &'a CStr,
+    pub argv: &'a [std::ffi::CString],
+    pub envp: &'a [std::ffi::CString],
+    pub keep_fd: RawFd,
+    /// Make the child the leader of a new process group.
+    pub own_group: bool,
+}
+
+/// Frees a `posix_spawn` attribute or file-action object when dropped.
+struct SpawnObjects {
+    actions: libc::posix_spawn_file_actions_t,
+    attr: libc::posix_spawnattr_t,
+    actions_ready: bool,
+    attr_ready: bool,
+}
+
+impl Drop for SpawnObjects {
+    fn drop(&mut self) {
+        // SAFETY: each was initialised (the flag says so) and is destroyed
+        // once, here.
+        unsafe {
+            if self.actions_ready {
+                libc::posix_spawn_file_actions_destroy(&mut self.actions);
+            }
+            if self.attr_ready {
+                libc::posix_spawnattr_destroy(&mut self.attr);
+            }
+        }
+    }
+}
+
+/// `posix_spawn`: starts a child and returns its pid once it has exec'd (an
+/// exec failure is this call's error). The C library creates the child with
+/// `clone(CLONE_VM | CLONE_VFORK)`, so unlike `fork` it copies none of this
+/// process's page tables: starting a child costs the same in a parent of
+/// 1 GiB as in a small one, and makes no other thread of the parent take
+/// the TLB shootdowns of copy-on-write. The child starts with an empty
+/// signal mask and `SIGPIPE` at its default, and on the CPUs the calling
+/// thread may run on (pin the calling thread to pin the child from its
+/// first instruction).
+///
+/// Raw libc: `posix_spawn` is a C library function (rustix has no spawn).
+/// Its file action `dup2(keep_fd, keep_fd)` clears `FD_CLOEXEC` in the child
+/// only, so the descriptor never reaches children that other threads start
+/// meanwhile; only where [`spawn_keeps_descriptors`] says so.
+pub(crate) fn spawn_reexec(request: &SpawnRequest<'_>) -> io::Result<i32> {
+    let rc = |code: libc::c_int| match code {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    };
+    let mut argv: Vec<*mut libc::c_char> =
+        request.argv.iter().map(|a| a.as_ptr().cast_mut()).collect();
+    argv.push(std::ptr::null_mut());
+    let mut envp: Vec<*mut libc::c_char> =
+        request.envp.iter().map(|e| e.as_ptr().cast_mut()).collect();
+    envp.push(std::ptr::null_mut());
+    // SAFETY: both are plain C structs that their `_init` functions fill in
+    // before any other use; zeroed memory is a valid placeholder until then.
+    let mut objects: SpawnObjects = unsafe { std::mem::zeroed() };
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: every pointer handed over lives until this block ends: the
+    // objects in `objects`, the strings in `request` (NUL-terminated
+    // CStrings), the null-terminated pointer arrays `argv` and `envp`, and
+    // the sigsets on this stack. posix_spawn only reads them (the child
+    // copies nothing out of them after it execs).
+    unsafe {
+        rc(libc::posix_spawn_file_actions_init(&mut objects.actions))?;
+        objects.actions_ready = true;
+        rc(libc::posix_spawnattr_init(&mut objects.attr))?;
+        objects.attr_ready = true;
+        rc(libc::posix_spawn_file_actions_addopen(
+            &mut objects.actions,
+            0,
+            c"/dev/null".as_ptr(),
+            libc::O_RDONLY,
+            0,
+        ))?;
+        // EBADF here can only mean that `keep_fd`, open in this process, is
+        // numbered beyond the current RLIMIT_NOFILE (the C library checks
+        // that): descriptors are short, which `fork` reported as EMFILE.
+        rc(libc::posix_spawn_file_actions_adddup2(
+            &mut objects.actions,
+            request.keep_fd,
+            request.keep_fd,
+        ))
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EBADF) => io::Error::from_raw_os_error(libc::EMFILE),
+            _ => e,
+        })?;
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        rc(libc::posix_spawnattr_setsigmask(&mut objects.attr, &empty))?;
+        let mut defaults: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut defaults);
+        libc::sigaddset(&mut defaults, libc::SIGPIPE);
+        rc(libc::posix_spawnattr_setsigdefault(
+            &mut objects.attr,
+            &defaults,
+        ))?;
+        let mut flags = libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF;
+        if request.own_group {
+            rc(libc::posix_spawnattr_setpgroup(&mut objects.attr, 0))?;
+            flags |= libc::POSIX_SPAWN_SETPGROUP;
+        }
+        rc(libc::posix_spawnattr_setflags(
+            &mut objects.attr,
+            flags as libc::c_short,
+        ))?;
+        rc(libc::posix_spawn(
+            &mut pid,
+            request.path.as_ptr(),
+            &objects.actions,
+            &objects.attr,
+            argv.as_ptr(),
+            envp.as_ptr(),
+        ))?;
+    }
+    Ok(pid)
+}
+
+/// Whether [`spawn_reexec`] can pass a descriptor on: glibc clears
+/// `FD_CLOEXEC` for a `dup2(fd, fd)` file action since 2.29 (Austin Group
+/// issue 411). Other C libraries, and older glibc, get `false`: the caller
+/// then forks and clears the flag itself between fork and exec.
+pub(crate) fn spawn_keeps_descriptors() -> bool {
+    #[cfg(target_env = "gnu")]
+    {
+        // Raw libc: a C library function (its version), not a system call.
+        // SAFETY: gnu_get_libc_version takes nothing and returns a pointer to
+        // a static NUL-terminated string such as "2.36".
+        let version = unsafe { CStr::from_ptr(libc::gnu_get_libc_version()) };
+        let mut parts = version
+            .to_str()
+            .unwrap_or("")
+            .split('.')
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        (major, minor) >= (2, 29)
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        false
+    }
+}
+
+/// `waitpid(pid, WNOHANG)`: child `pid`'s exit status if it has exited
+/// (and reaps it), `None` while it runs. Retries on EINTR.
+pub(crate) fn try_wait(pid: i32) -> io::Result<Option<std::process::ExitStatus>> {
+    wait_status(pid, WaitOptions::NOHANG)
+}
+
+/// `waitpid(pid, 0)`: waits for child `pid` to exit, reaps it and returns
+/// its exit status. Retries on EINTR.
+pub(crate) fn wait_exit(pid: i32) -> io::Result<std::process::ExitStatus> {
+    wait_status(pid, WaitOptions::empty())?
+        .ok_or_else(|| io::Error::other("waitpid returned without a status"))
+}
+
+fn wait_status(pid: i32, options: WaitOptions) -> io::Result<Option<std::process::ExitStatus>> {
+    use std::os::unix::process::ExitStatusExt;
+    // Zero or negative would wait for a whole group.
+    let pid = positive_pid(pid).ok_or(Errno::CHILD)?;
+    let found = rustix::io::retry_on_intr(|| rustix::process::waitpid(Some(pid), options))?;
+    Ok(found.map(|(_, status)| std::process::ExitStatus::from_raw(status.as_raw())))
+}
+
+/// Sends `signal` to child `pid`, which must not be reaped yet (so the pid
+/// is still its own). ESRCH (already exited) is not an error.
+pub(crate) fn signal_child(pid: i32, signal: Signal) {
+    if let Some(pid) = positive_pid(pid) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
 }

@@ -276,10 +276,10 @@ fn derived_types_cross_to_workers_with_apply() {
 fn derived_types_cross_to_workers_with_map() {
     let pool = Pool::new(2).unwrap();
     let orders: Vec<Order> = (0..200).map(an_order).collect();
-    let verdicts = pool.map(judge, orders.clone(), Some(7)).unwrap();
+    let verdicts = pool.chunked(7).unwrap().map(judge, orders.clone()).unwrap();
     let expected: Vec<Verdict> = orders.into_iter().map(judge).collect();
     assert_eq!(verdicts, expected);
-    let units = pool.map(|u: Unit| u, vec![Unit; 10], None).unwrap();
+    let units = pool.map(|u: Unit| u, vec![Unit; 10]).unwrap();
     assert_eq!(units, vec![Unit; 10]);
 }
 

@@ -81,9 +81,17 @@ fn a_pool_refuses_arguments_that_cannot_be_encoded() {
     let pool = Pool::new(1).unwrap();
     assert_encode_error(pool.apply_async(reading_of, bad()));
     assert_encode_error(pool.apply(reading_of, bad()));
-    assert_encode_error(pool.map(reading_of, [good(1), bad(), good(2)], Some(1)));
-    assert_encode_error(pool.map_async(reading_of, [good(1), bad()], Some(1)));
-    let mut lazy = pool.imap(reading_of, [bad()], 1);
+    assert_encode_error(
+        pool.chunked(1)
+            .unwrap()
+            .map(reading_of, [good(1), bad(), good(2)]),
+    );
+    assert_encode_error(
+        pool.chunked(1)
+            .unwrap()
+            .map_async(reading_of, [good(1), bad()]),
+    );
+    let mut lazy = pool.imap(reading_of, [bad()]);
     assert_encode_error(lazy.next().unwrap());
     assert_eq!(
         pool.apply(reading_of, good(3)).unwrap(),
@@ -96,7 +104,7 @@ fn a_result_that_cannot_be_encoded_reaches_the_caller_with_the_message() {
     let pool = Pool::new(1).unwrap();
     let worker = pool.pids();
     assert_encode_error(pool.apply(measure, 0));
-    assert_encode_error(pool.map(measure, [1, 0, 2], Some(3)));
+    assert_encode_error(pool.chunked(3).unwrap().map(measure, [1, 0, 2]));
     assert_eq!(pool.apply(measure, 4).unwrap().0, Reading(Some(4)));
     assert_eq!(pool.pids(), worker, "the worker survived");
 }

@@ -42,7 +42,7 @@ fn check_survives(how: u8) {
         }
     }
     // The pool goes on, with a replacement.
-    assert_eq!(pool.map(square, 0..1000u64, None).unwrap().len(), 1000);
+    assert_eq!(pool.map(square, 0..1000u64).unwrap().len(), 1000);
     common::eventually("two workers again", || pool.pids().len() == 2);
 }
 
@@ -391,7 +391,7 @@ fn an_idle_worker_killed_from_outside_is_replaced() {
     common::eventually("replaced", || {
         pool.pids().len() == 2 && !pool.pids().contains(&victim)
     });
-    assert_eq!(pool.map(square, 0..1000u64, None).unwrap().len(), 1000);
+    assert_eq!(pool.map(square, 0..1000u64).unwrap().len(), 1000);
     assert_eq!(pool.stats().respawns, 1);
 }
 

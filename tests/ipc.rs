@@ -41,12 +41,8 @@ fn pool_workers_put_and_the_parent_gets() {
     let pool = Pool::builder().workers(2).build().unwrap();
     let q = Queue::<u64>::new(1024).unwrap();
     let items: Vec<(Queue<u64>, u64)> = (0..500u64).map(|i| (q.clone(), i)).collect();
-    pool.map(
-        |(q, i): (Queue<u64>, u64)| q.put(&(i * 3)).unwrap(),
-        items,
-        None,
-    )
-    .unwrap();
+    pool.map(|(q, i): (Queue<u64>, u64)| q.put(&(i * 3)).unwrap(), items)
+        .unwrap();
     let mut got: Vec<u64> = (0..500)
         .map(|_| q.get_timeout(Duration::from_secs(30)).unwrap())
         .collect();

@@ -88,51 +88,60 @@ fn panics_reach_the_error_callback_and_the_worker_survives() {
 fn map_family() {
     let pool = pool2();
     let expect: Vec<u64> = (0..10_000u64).map(square).collect();
-    assert_eq!(pool.map(square, 0..10_000u64, None).unwrap(), expect);
-    assert_eq!(pool.map(square, 0..10_000u64, Some(1)).unwrap(), expect);
+    assert_eq!(pool.map(square, 0..10_000u64).unwrap(), expect);
     assert_eq!(
-        pool.map(square, Vec::<u64>::new(), None).unwrap(),
+        pool.chunked(1).unwrap().map(square, 0..10_000u64).unwrap(),
+        expect
+    );
+    assert_eq!(
+        pool.map(square, Vec::<u64>::new()).unwrap(),
         Vec::<u64>::new()
     );
     assert_eq!(
-        pool.map_async(square, 0..100u64, Some(7))
+        pool.chunked(7)
+            .unwrap()
+            .map_async(square, 0..100u64)
             .unwrap()
             .get()
             .unwrap(),
         expect[..100]
     );
     let lazy: Vec<u64> = pool
-        .imap(square, 0..1000u64, 10)
+        .chunked(10)
+        .unwrap()
+        .imap(square, 0..1000u64)
         .map(Result::unwrap)
         .collect();
     assert_eq!(lazy, expect[..1000]);
     let mut unordered: Vec<u64> = pool
-        .imap_unordered(square, 0..1000u64, 10)
+        .chunked(10)
         .unwrap()
+        .imap_unordered(square, 0..1000u64)
         .map(Result::unwrap)
         .collect();
     unordered.sort_unstable();
     assert_eq!(unordered, expect[..1000]);
     let star = pool
-        .starmap(|a: u64, b: u64| a * b, (0..100u64).map(|i| (i, i)), None)
+        .starmap(|a: u64, b: u64| a * b, (0..100u64).map(|i| (i, i)))
         .unwrap();
     assert_eq!(star, expect[..100]);
-    assert!(matches!(
-        pool.map(square, 0..10u64, Some(0)),
-        Err(Error::InvalidConfig { .. })
-    ));
-    let failing = pool.map(fails_above_5, 0..10u64, Some(2));
+    assert!(matches!(pool.chunked(0), Err(Error::InvalidConfig { .. })));
+    let failing = pool.chunked(2).unwrap().map(fails_above_5, 0..10u64);
     assert!(matches!(failing, Err(Error::Panicked { .. })));
     // Results that are not plain data, and plain structs.
     let strings = pool
-        .map(|x: u64| x.to_string(), 0..1000u64, Some(7))
+        .chunked(7)
+        .unwrap()
+        .map(|x: u64| x.to_string(), 0..1000u64)
         .unwrap();
     assert_eq!(
         strings,
         (0..1000u64).map(|x| x.to_string()).collect::<Vec<_>>()
     );
     let pairs = pool
-        .map(|x: u64| Plain([x, x + 1]), 0..1000u64, Some(64))
+        .chunked(64)
+        .unwrap()
+        .map(|x: u64| Plain([x, x + 1]), 0..1000u64)
         .unwrap();
     assert!(pairs
         .iter()
@@ -141,7 +150,11 @@ fn map_family() {
     // Chunks that come back out of order still land in order.
     let flag = SharedArray::<u64>::new(1).unwrap();
     let items: Vec<(SharedArray<u64>, u64)> = (0..64u64).map(|i| (flag.clone(), i)).collect();
-    let ordered = pool.map(first_waits_for_last, items, Some(1)).unwrap();
+    let ordered = pool
+        .chunked(1)
+        .unwrap()
+        .map(first_waits_for_last, items)
+        .unwrap();
     assert_eq!(ordered, (0..64u64).collect::<Vec<_>>());
 }
 
@@ -274,10 +287,11 @@ fn initializer_runs_in_every_worker() {
         .build()
         .unwrap();
     let seen = pool
+        .chunked(1)
+        .unwrap()
         .map(
             |_: u64| std::env::var("COREPOOL_TEST_INIT").unwrap_or_default(),
             0..8u64,
-            Some(1),
         )
         .unwrap();
     assert!(seen.iter().all(|s| s == "ran"));
@@ -320,7 +334,7 @@ fn initializer_with_hands_every_worker_its_argument() {
         .initializer_with(remember, ("blue".to_string(), runs))
         .build()
         .unwrap();
-    let seen = pool.map(recall, 0..30u64, Some(1)).unwrap();
+    let seen = pool.chunked(1).unwrap().map(recall, 0..30u64).unwrap();
     assert!(seen.iter().all(|s| s.0 == "blue"), "{seen:?}");
     // Two first workers, then one per 3 tasks: more runs than workers.
     assert!(seen.iter().any(|s| s.1 > 2), "{seen:?}");
@@ -340,7 +354,9 @@ fn max_tasks_per_child_replaces_workers_without_losing_work() {
         .build()
         .unwrap();
     let pids: Vec<u64> = pool
-        .map(|_: u64| std::process::id() as u64, 0..200u64, Some(1))
+        .chunked(1)
+        .unwrap()
+        .map(|_: u64| std::process::id() as u64, 0..200u64)
         .unwrap();
     let distinct: std::collections::BTreeSet<_> = pids.iter().collect();
     assert!(
@@ -365,7 +381,7 @@ fn long_tasks_do_not_leave_a_core_idle() {
     }
     let mut items = vec![200u64];
     items.extend(std::iter::repeat_n(2u64, 60));
-    let pids = pool.map(work, items, Some(1)).unwrap();
+    let pids = pool.chunked(1).unwrap().map(work, items).unwrap();
     let long_pid = pids[0];
     let short_on_long = pids[1..].iter().filter(|&&p| p == long_pid).count();
     assert!(
@@ -450,7 +466,7 @@ fn a_dead_worker_fails_only_its_task_and_is_replaced() {
             "replacement pinned to its slot's CPU"
         );
     }
-    assert_eq!(pool.map(square, 0..100u64, None).unwrap().len(), 100);
+    assert_eq!(pool.map(square, 0..100u64).unwrap().len(), 100);
 }
 
 fn busy_ms(ms: u64) -> u64 {
@@ -498,7 +514,7 @@ fn cpu_ticks(pid: i32) -> u64 {
 
 fn an_idle_pool_costs_nothing() {
     let pool = pool2();
-    assert_eq!(pool.map(square, 0..10_000u64, None).unwrap().len(), 10_000);
+    assert_eq!(pool.map(square, 0..10_000u64).unwrap().len(), 10_000);
     let pids = pool.pids();
     let before: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect();
     // The measurement window itself: idle for one second (not a sync point).
@@ -518,7 +534,9 @@ fn map_callbacks_run_once_with_the_whole_result() {
         .on_success(move |v: &Vec<u64>| tx.send(Ok(v.clone())).unwrap())
         .on_error(move |e| tx2.send(Err(e.clone())).unwrap());
     let h = pool
-        .map_async_with(square, 0..1000u64, Some(7), cb)
+        .chunked(7)
+        .unwrap()
+        .map_async_with(square, 0..1000u64, cb)
         .unwrap();
     let expected: Vec<u64> = (0..1000).map(|i| i * i).collect();
     assert_eq!(rx.recv().unwrap().unwrap(), expected);
@@ -529,7 +547,9 @@ fn map_callbacks_run_once_with_the_whole_result() {
     let cb = Callbacks::new().on_error(move |e| tx.send(e.clone()).unwrap());
     let items: Vec<(u64, u64)> = (0..20).map(|i| (i, 0)).collect();
     let h = pool
-        .starmap_async_with(|a: u64, b: u64| fails_above_5(a + b), items, Some(1), cb)
+        .chunked(1)
+        .unwrap()
+        .starmap_async_with(|a: u64, b: u64| fails_above_5(a + b), items, cb)
         .unwrap();
     assert!(matches!(rx.recv().unwrap(), Error::Panicked { message } if message.contains("n > 5")));
     assert!(h.get().is_err());
@@ -565,23 +585,24 @@ fn map_streams_chunks_and_stops_at_a_failure() {
     let pool = pool2();
     // Many more chunks than are kept in flight (4 per worker).
     let expected: Vec<u64> = (0..5000).map(|i| i * i).collect();
-    assert_eq!(pool.map(square, 0..5000u64, Some(7)).unwrap(), expected);
     assert_eq!(
-        pool.starmap(
-            |a: u64, b: u64| a * b,
-            (0..5000u64).map(|i| (i, i)),
-            Some(3)
-        )
-        .unwrap(),
+        pool.chunked(7).unwrap().map(square, 0..5000u64).unwrap(),
+        expected
+    );
+    assert_eq!(
+        pool.chunked(3)
+            .unwrap()
+            .starmap(|a: u64, b: u64| a * b, (0..5000u64).map(|i| (i, i)))
+            .unwrap(),
         expected
     );
     // A failing chunk in the middle ends the map with its error...
-    match pool.map(fails_at_700, 0..5000u64, Some(10)) {
+    match pool.chunked(10).unwrap().map(fails_at_700, 0..5000u64) {
         Err(Error::Panicked { message }) => assert!(message.contains("item 700"), "{message}"),
         other => panic!("expected the panic, got {other:?}"),
     }
     // ... and the pool goes on.
-    assert_eq!(pool.map(square, 0..10u64, None).unwrap()[9], 81);
+    assert_eq!(pool.map(square, 0..10u64).unwrap()[9], 81);
     // Iterators that misreport their length.
     for (real, claimed) in [(100, 1000), (1000, 100), (0, 50), (50, 0)] {
         let liar = Liar {
@@ -589,7 +610,7 @@ fn map_streams_chunks_and_stops_at_a_failure() {
             real,
             claimed,
         };
-        let got = pool.map(square, liar, Some(16)).unwrap();
+        let got = pool.chunked(16).unwrap().map(square, liar).unwrap();
         assert_eq!(
             got,
             (0..real).map(|i| i * i).collect::<Vec<_>>(),
@@ -648,7 +669,7 @@ fn endless_timeouts_are_no_timeouts() {
         .build()
         .unwrap();
     assert_eq!(pool.apply(square, 3).unwrap(), 9);
-    assert_eq!(pool.map(square, 0..100u64, None).unwrap().len(), 100);
+    assert_eq!(pool.map(square, 0..100u64).unwrap().len(), 100);
 }
 
 /// A minimal executor: poll, park until woken, repeat; counts the polls
@@ -711,7 +732,7 @@ fn async_results_are_futures_woken_by_the_pool() {
     std::fs::remove_file(&flag).unwrap();
 
     // A map handle too, and a future woken by terminate with `Cancelled`.
-    let (all, _) = block_on_counting(pool.map_async(square, 0..100u64, None).unwrap());
+    let (all, _) = block_on_counting(pool.map_async(square, 0..100u64).unwrap());
     assert_eq!(all.unwrap().len(), 100);
     fn forever(_: u64) -> u64 {
         loop {
@@ -732,6 +753,71 @@ fn async_results_are_futures_woken_by_the_pool() {
     assert_eq!(cancelled.unwrap_err(), Error::Cancelled);
 }
 
+fn default_and_chosen_chunk_sizes_agree() {
+    let pool = pool2();
+    let items = || (0..1000u64).collect::<Vec<_>>();
+    let pairs = || (0..1000u64).map(|i| (i, i + 1)).collect::<Vec<_>>();
+    let add = |a: u64, b: u64| a + b;
+    let by_default = pool.map(square, items()).unwrap();
+    for chunksize in [1, 3, 64, 1000] {
+        let chosen = pool.chunked(chunksize).unwrap();
+        assert_eq!(chosen.chunksize(), chunksize);
+        assert_eq!(chosen.map(square, items()).unwrap(), by_default);
+        assert_eq!(
+            chosen.map_async(square, items()).unwrap().get().unwrap(),
+            by_default
+        );
+        assert_eq!(
+            chosen.starmap(add, pairs()).unwrap(),
+            pool.starmap(add, pairs()).unwrap()
+        );
+        assert_eq!(
+            chosen.starmap_async(add, pairs()).unwrap().get().unwrap(),
+            pool.starmap_async(add, pairs()).unwrap().get().unwrap()
+        );
+        let lazy: Result<Vec<u64>, _> = chosen.imap(square, items()).collect();
+        assert_eq!(lazy.unwrap(), by_default);
+        let mut unordered: Vec<u64> = chosen
+            .imap_unordered(square, items())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        unordered.sort_unstable();
+        assert_eq!(unordered, by_default);
+    }
+    let lazy: Result<Vec<u64>, _> = pool.imap(square, items()).collect();
+    assert_eq!(lazy.unwrap(), by_default);
+    let mut unordered: Vec<u64> = pool
+        .imap_unordered(square, items())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    unordered.sort_unstable();
+    assert_eq!(unordered, by_default);
+    assert!(matches!(pool.chunked(0), Err(Error::InvalidConfig { .. })));
+}
+
+fn lazy_maps_on_a_closed_pool_yield_one_error_and_end() {
+    let pool = pool2();
+    pool.close();
+    let mut ordered = pool.imap(square, 0..10u64);
+    assert_eq!(ordered.next(), Some(Err(Error::PoolClosed)));
+    assert_eq!(ordered.next(), None);
+    assert_eq!(ordered.next(), None, "it stays ended");
+    let mut unordered = pool.imap_unordered(square, 0..10u64);
+    assert_eq!(unordered.next(), Some(Err(Error::PoolClosed)));
+    assert_eq!(unordered.next(), None);
+    assert_eq!(unordered.next(), None, "it stays ended");
+    let chosen = pool.chunked(4).unwrap();
+    assert_eq!(
+        chosen.imap(square, 0u64..).collect::<Vec<_>>(),
+        [Err(Error::PoolClosed)]
+    );
+    assert_eq!(
+        chosen.imap_unordered(square, 0..10u64).collect::<Vec<_>>(),
+        [Err(Error::PoolClosed)]
+    );
+    pool.join().unwrap();
+}
+
 fn main() {
     common::run(common::tests![
         async_results_are_futures_woken_by_the_pool,
@@ -739,6 +825,8 @@ fn main() {
         apply_async_handles,
         panics_reach_the_error_callback_and_the_worker_survives,
         map_family,
+        default_and_chosen_chunk_sizes_agree,
+        lazy_maps_on_a_closed_pool_yield_one_error_and_end,
         close_join_and_closed_errors,
         terminate_cancels_pending_work,
         drop_with_work_pending_never_hangs,

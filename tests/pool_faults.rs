@@ -83,7 +83,7 @@ fn a_panicking_callback_on_a_waiting_caller_affects_only_its_task() {
         let h = pool.apply_async_with(square, i, cb).unwrap();
         assert_eq!(h.get(), Ok(i * i));
     }
-    assert_eq!(pool.map(square, 0..10u64, None).unwrap().len(), 10);
+    assert_eq!(pool.map(square, 0..10u64).unwrap().len(), 10);
 }
 
 fn a_panicking_decoder_fails_only_its_task() {
@@ -97,12 +97,13 @@ fn a_panicking_decoder_fails_only_its_task() {
     );
     assert_eq!(good.get(), Ok(Fragile(12)));
     assert!(matches!(
-        pool.map(fragile, 10..20u64, Some(3)),
+        pool.chunked(3).unwrap().map(fragile, 10..20u64),
         Err(Error::Decode { .. })
     ));
     let unordered: Vec<_> = pool
-        .imap_unordered(fragile, 10..20u64, 2)
+        .chunked(2)
         .unwrap()
+        .imap_unordered(fragile, 10..20u64)
         .collect();
     assert_eq!(unordered.len(), 9, "the chunk of 12 and 13 is one error");
     assert_eq!(
@@ -124,25 +125,24 @@ fn wait_in_callback(pool: &Pool, pending: corepool::AsyncResult<u64>) -> Vec<(&'
     }
     let mut seen = vec![
         ("apply", is_wait_error(&pool.apply(square, 2))),
-        ("map", is_wait_error(&pool.map(square, 0..4u64, None))),
+        ("map", is_wait_error(&pool.map(square, 0..4u64))),
         (
             "starmap",
-            is_wait_error(&pool.starmap(|a: u64, b: u64| a + b, vec![(1, 2)], None)),
+            is_wait_error(&pool.starmap(|a: u64, b: u64| a + b, vec![(1, 2)])),
         ),
         (
             "imap",
             matches!(
-                pool.imap(square, 0..4u64, 1).next(),
+                pool.imap(square, 0..4u64).next(),
                 Some(Err(Error::WaitInCallback))
             ),
         ),
     ];
-    let unordered = pool.imap_unordered(square, 0..4u64, 1);
     seen.push((
         "imap_unordered",
         matches!(
-            unordered.map(|mut i| i.next()),
-            Ok(Some(Err(Error::WaitInCallback)))
+            pool.imap_unordered(square, 0..4u64).next(),
+            Some(Err(Error::WaitInCallback))
         ),
     ));
     let submitted = pool.apply_async(square, 3);
@@ -237,7 +237,7 @@ fn play_forked_child(pool: Pool, parents_task: corepool::AsyncResult<u64>) -> i3
     if !foreign(pool.apply(square, 3).map(drop)) {
         return 10;
     }
-    if !foreign(pool.map(square, 0..100u64, None).map(drop)) {
+    if !foreign(pool.map(square, 0..100u64).map(drop)) {
         return 11;
     }
     if !foreign(pool.apply_async(square, 3).map(drop)) {
@@ -295,7 +295,7 @@ fn a_forked_copy_of_a_pool_leaves_the_parents_workers_alone() {
     assert_eq!(copy_of_task.get_timeout(HUNG), Ok(7));
     assert_eq!(pool.pids(), pids, "the parent's workers were left alone");
     assert_eq!(pool.stats().respawns, 0);
-    assert_eq!(pool.map(square, 0..100u64, None).unwrap().len(), 100);
+    assert_eq!(pool.map(square, 0..100u64).unwrap().len(), 100);
 }
 
 // ---- 7: tasks are not stranded behind a replacement stuck starting ---------
@@ -349,37 +349,19 @@ fn a_start_that_overruns_start_timeout_is_retried() {
 
 fn chunk_sizes_out_of_range_fail_alike_everywhere() {
     let pool = Pool::builder().workers(1).build().unwrap();
-    let invalid = |r: Result<(), Error>| matches!(r, Err(Error::InvalidConfig { .. }));
+    // Every method takes its size from `chunked`, which checks it before
+    // anything is allocated or any item taken (an endless input included).
     for chunksize in [0, usize::MAX, 1 << 40] {
         assert!(
-            invalid(pool.map(square, 0..10u64, Some(chunksize)).map(drop)),
-            "map {chunksize}"
+            matches!(pool.chunked(chunksize), Err(Error::InvalidConfig { .. })),
+            "chunked({chunksize})"
         );
-        assert!(invalid(
-            pool.map_async(square, 0..10u64, Some(chunksize)).map(drop)
-        ));
-        assert!(invalid(
-            pool.starmap(|a: u64, b: u64| a + b, vec![(1, 2)], Some(chunksize))
-                .map(drop)
-        ));
-        assert!(invalid(
-            pool.imap_unordered(square, 0..10u64, chunksize).map(drop)
-        ));
-        // Endless input: refused before any chunk is collected.
-        let mut lazy = pool.imap(square, 0u64.., chunksize);
-        assert!(
-            matches!(lazy.next(), Some(Err(Error::InvalidConfig { .. }))),
-            "imap {chunksize}"
-        );
-        assert!(lazy.next().is_none());
-        assert!(invalid(
-            pool.imap_unordered(square, (0u64..).take(10), chunksize)
-                .map(drop)
-        ));
     }
     // The largest accepted size works.
     assert_eq!(
-        pool.imap(square, 0u64.., 1000)
+        pool.chunked(1000)
+            .unwrap()
+            .imap(square, 0u64..)
             .take(3)
             .collect::<Result<Vec<_>, _>>(),
         Ok(vec![0, 1, 4])

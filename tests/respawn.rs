@@ -68,7 +68,7 @@ fn a_brief_descriptor_shortage_costs_no_worker_for_ever() {
     assert_eq!(pool.apply(square, 7), Ok(49), "the other worker serves");
     drop(shortage);
     common::eventually("two workers again", || pool.pids().len() == 2);
-    let squares = pool.map(square, 0..200u64, None).unwrap();
+    let squares = pool.map(square, 0..200u64).unwrap();
     assert_eq!(squares, (0..200u64).map(square).collect::<Vec<_>>());
 }
 
@@ -99,7 +99,7 @@ fn a_pool_that_lost_every_worker_to_a_shortage_comes_back() {
     drop(shortage);
     common::eventually("the pool serves again", || pool.apply(square, 3) == Ok(9));
     common::eventually("two workers again", || pool.pids().len() == 2);
-    assert_eq!(pool.map(square, 0..100u64, None).unwrap().len(), 100);
+    assert_eq!(pool.map(square, 0..100u64).unwrap().len(), 100);
 }
 
 /// Fault 4: a `poll` of the supervisor that fails kills nobody, the pool
@@ -115,7 +115,7 @@ fn a_failed_poll_kills_nobody_and_is_reported() {
     let last = stats.last_supervisor_error.unwrap_or_default();
     assert!(last.contains("fault-injection"), "{last}");
     assert_eq!(stats.respawns, 0, "no worker was replaced");
-    assert_eq!(pool.map(square, 0..200u64, None).unwrap().len(), 200);
+    assert_eq!(pool.map(square, 0..200u64).unwrap().len(), 200);
     let mut now = pool.pids();
     pids.sort_unstable();
     now.sort_unstable();

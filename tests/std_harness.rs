@@ -73,7 +73,7 @@ fn reaped(pid: i32) -> bool {
 #[test]
 fn map_in_a_standard_harness_test() {
     let pool = Pool::new(2).unwrap();
-    let squares = pool.map(square, 0..100u64, None).unwrap();
+    let squares = pool.map(square, 0..100u64).unwrap();
     assert_eq!(squares, (0..100u64).map(|x| x * x).collect::<Vec<_>>());
     let pids = pool.pids();
     drop(pool);
@@ -84,10 +84,7 @@ fn map_in_a_standard_harness_test() {
 fn apply_and_starmap_in_a_standard_harness_test() {
     let pool = Pool::new(2).unwrap();
     assert_eq!(pool.apply(square, 12).unwrap(), 144);
-    assert_eq!(
-        pool.starmap(add, vec![(1, 2), (3, 4)], None).unwrap(),
-        vec![3, 7]
-    );
+    assert_eq!(pool.starmap(add, vec![(1, 2), (3, 4)]).unwrap(), vec![3, 7]);
     let pids = pool.pids();
     drop(pool);
     check_no_leaks(&pids);

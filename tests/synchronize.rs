@@ -40,7 +40,9 @@ fn a_lock_excludes_children_pool_tasks_and_the_parent() {
         .map(|_| Process::start(add_rounds, shared.clone()).unwrap())
         .collect();
     let pool = Pool::builder().workers(2).build().unwrap();
-    pool.map(add_rounds, vec![shared.clone(); 4], Some(1))
+    pool.chunked(1)
+        .unwrap()
+        .map(add_rounds, vec![shared.clone(); 4])
         .unwrap();
     add_rounds(shared);
     for k in kids {
@@ -212,7 +214,9 @@ fn a_semaphore_bounds_concurrency_across_processes() {
         .map(|_| Process::start(enter_section, shared.clone()).unwrap())
         .collect();
     let pool = Pool::builder().workers(2).build().unwrap();
-    pool.map(enter_section, vec![shared.clone(); 2], Some(1))
+    pool.chunked(1)
+        .unwrap()
+        .map(enter_section, vec![shared.clone(); 2])
         .unwrap();
     enter_section(shared);
     for k in kids {

@@ -33,8 +33,18 @@ per item, so ratios compare like with like):
   pipe_rtt     n round trips of an int through multiprocessing.Pipe() with
                one child Process that answers v + 1 (None ends it);
                median in ns
+  start        n Pools of --workers started one after another, each timed
+               from the Pool() call until every worker has run its
+               initializer (a Barrier of workers + 1); median in ms. Two
+               rows: "python-mp" with the fork start method and
+               "python-mp-spawn" with spawn (row key "start_method"). Timed
+               before anything else, while this interpreter is small.
+  bulk         n tasks each taking an 8 MiB bytes object (pickled through
+               the Pool's pipes) and returning its length; rate in bytes/s
 
-queue and pipe_rtt do not use the Pool: their rows say 1 worker.
+queue and pipe_rtt do not use the Pool: their rows say 1 worker. corepool's
+respawn and bulk_shared have no Python rows (the names are accepted and
+skipped).
 
 Standard library only; numpy is optional.
 """
@@ -54,10 +64,17 @@ try:  # optional: only shared_sum uses it
 except ImportError:  # pragma: no cover - depends on the machine
     np = None
 
-WORKLOADS = ["apply_async", "map", "latency", "cpu_loop", "shared_sum", "queue", "pipe_rtt"]
+WORKLOADS = ["apply_async", "map", "latency", "cpu_loop", "shared_sum", "queue", "pipe_rtt",
+             "start", "respawn", "bulk", "bulk_shared"]
 
 # Not on the Pool: one child Process each.
 PAIR_WORKLOADS = ("queue", "pipe_rtt")
+
+# corepool's workloads that have no Python counterpart here.
+NOT_IN_PYTHON = ("respawn", "bulk_shared")
+
+# Bytes per bulk task.
+BULK_BYTES = 8 << 20
 
 # Full sizes. Python runs 10 to 1000 times slower than corepool per item, so
 # these are smaller than corepool's; every rate is per item, so the ratio is
@@ -70,6 +87,8 @@ FULL = {
     "shared_sum": 8 << 20,  # doubles (64 MiB) in pure Python
     "queue": 50_000,
     "pipe_rtt": 5_000,
+    "start": 5,  # pool starts per run, for each start method
+    "bulk": 16,  # tasks of 8 MiB
 }
 QUICK = {
     "apply_async": 2_000,
@@ -79,6 +98,8 @@ QUICK = {
     "shared_sum": 1 << 20,
     "queue": 20_000,
     "pipe_rtt": 1_000,
+    "start": 2,
+    "bulk": 4,
 }
 
 _ARRAY = None  # the shared array, set in each worker by _init
@@ -136,6 +157,37 @@ def ponger(conn):
 
 def ns():
     return time.perf_counter_ns()
+
+
+def _start_barrier(barrier):
+    """Each worker's initializer: the pool is ready when all have run it."""
+    barrier.wait(60)
+
+
+def bench_start(method, workers, n):
+    """n pools started with `method`; the median time until every worker
+    has run its initializer, in ms."""
+    ctx = mp.get_context(method)
+    times = []
+    t0 = ns()
+    for _ in range(n):
+        barrier = ctx.Barrier(workers + 1)
+        t = ns()
+        pool = ctx.Pool(workers, initializer=_start_barrier, initargs=(barrier,))
+        barrier.wait(60)
+        times.append((ns() - t) / 1e6)
+        pool.terminate()
+        pool.join()
+    return (ns() - t0) / 1e9, float(statistics.median(times))
+
+
+def bench_bulk(pool, n, blobs):
+    t = ns()
+    handles = [pool.apply_async(len, (b,)) for b in blobs[:n]]
+    total = sum(h.get() for h in handles)
+    seconds = (ns() - t) / 1e9
+    assert total == n * BULK_BYTES, total
+    return seconds, total / seconds
 
 
 def bench_apply_async(pool, workers, n):
@@ -235,6 +287,8 @@ UNITS = {
     "shared_sum": "elements/s",
     "queue": "messages/s",
     "pipe_rtt": "ns",
+    "start": "ms",
+    "bulk": "B/s",
 }
 
 
@@ -272,15 +326,51 @@ def main():
         "numpy": None if np is None else np.__version__,
     }), flush=True)
 
+    def emit(w, system, n, results, **extra):
+        seconds = [s for s, _ in results]
+        rates = [r for _, r in results]
+        row = {
+            "workload": w,
+            "system": system,
+            "workers": 1 if w in PAIR_WORKLOADS else a.workers,
+            "items": n,
+            "seconds": statistics.median(seconds),
+            "rate": statistics.median(rates),
+            "unit": UNITS[w],
+            "repeats": a.repeat,
+            "rate_min": min(rates),
+            "rate_max": max(rates),
+            "seconds_min": min(seconds),
+            "seconds_max": max(seconds),
+        }
+        row.update(extra)
+        print(json.dumps(row), flush=True)
+
+    # Pool starts first, while this interpreter is small (a forked pool
+    # copies its parent's page tables); one warm-up start each.
+    if "start" in selected:
+        n = sizes["start"]
+        for method, system in (("fork", "python-mp"), ("spawn", "python-mp-spawn")):
+            bench_start(method, a.workers, 1)
+            results = [bench_start(method, a.workers, n) for _ in range(a.repeat)]
+            emit("start", system, n, results, start_method=method)
+
+    on_pool = [w for w in selected if w != "start" and w not in NOT_IN_PYTHON]
+    if not on_pool:
+        return
     array = None
-    if "shared_sum" in selected:
+    if "shared_sum" in on_pool:
         n = sizes["shared_sum"]
         array = mp.Array("d", n, lock=False)
         memoryview(array).cast("B")[:] = struct.pack("d", 1.0) * n
-    data = list(range(sizes["map"])) if "map" in selected else None
+    data = list(range(sizes["map"])) if "map" in on_pool else None
 
     with mp.Pool(a.workers, initializer=_init, initargs=(array,)) as pool:
-        for w in selected:
+        # Made after the workers started: they need not inherit them.
+        blobs = None
+        if "bulk" in on_pool:
+            blobs = [bytes([i % 251 + 1]) * BULK_BYTES for i in range(sizes["bulk"])]
+        for w in on_pool:
             n = sizes[w]
             if w == "apply_async":
                 run = lambda n: bench_apply_async(pool, a.workers, n)
@@ -294,6 +384,8 @@ def main():
                 run = bench_queue
             elif w == "pipe_rtt":
                 run = bench_pipe_rtt
+            elif w == "bulk":
+                run = lambda n: bench_bulk(pool, n, blobs)
             else:
                 run = lambda n: bench_shared_sum(pool, a.workers, n)
             # Warm-up, not reported: a quarter of the size where the full size
@@ -301,27 +393,11 @@ def main():
             # that every worker has mapped every page.
             run(n if w in ("cpu_loop", "shared_sum") else max(n // 4, 1))
             results = [run(n) for _ in range(a.repeat)]
-            seconds = [s for s, _ in results]
-            rates = [r for _, r in results]
-            items = n
-            row = {
-                "workload": w,
-                "system": "python-mp",
-                "workers": 1 if w in PAIR_WORKLOADS else a.workers,
-                "items": items,
-                "seconds": statistics.median(seconds),
-                "rate": statistics.median(rates),
-                "unit": UNITS[w],
-                "repeats": a.repeat,
-                "rate_min": min(rates),
-                "rate_max": max(rates),
-                "seconds_min": min(seconds),
-                "seconds_max": max(seconds),
-            }
+            extra = {}
             if w == "shared_sum":
-                row["note"] = ("numpy %s sums each part" % np.__version__ if np is not None
-                               else "pure-Python sum: numpy is not installed")
-            print(json.dumps(row), flush=True)
+                extra["note"] = ("numpy %s sums each part" % np.__version__ if np is not None
+                                 else "pure-Python sum: numpy is not installed")
+            emit(w, "python-mp", n, results, **extra)
         pool.close()
         pool.join()
 

@@ -40,6 +40,10 @@ pub(crate) struct PyRow {
     pub(crate) seconds_max: f64,
     #[serde(default)]
     pub(crate) note: Option<String>,
+    /// The start method this row was timed with, when not the script's
+    /// default (the `start` rows: fork and spawn).
+    #[serde(default)]
+    pub(crate) start_method: Option<String>,
 }
 
 /// What the script says about the interpreter.

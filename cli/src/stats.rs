@@ -50,6 +50,9 @@ pub(crate) fn range_of(min: f64, max: f64, median: f64, unit: &str) -> String {
     if unit == "ns" {
         return format!("{min:.0}-{max:.0}");
     }
+    if unit == "ms" {
+        return format!("{min:.2}-{max:.2}");
+    }
     let (div, suffix) = match median {
         x if x >= 1e9 => (1e9, "G"),
         x if x >= 1e6 => (1e6, "M"),

@@ -142,6 +142,165 @@ fn bench_queue_and_pipe_rtt_rows() {
 }
 
 #[test]
+fn bench_start_respawn_and_bulk_rows() {
+    // --size does not reach these: their counts are fixed (--quick: 3
+    // starts, 10 kills, 8 tasks of 8 MiB).
+    let rows = json_lines(&ok(&[
+        "bench",
+        "--quick",
+        "--only",
+        "start,respawn,bulk,bulk_shared",
+        "--repeat",
+        "1",
+        "--size",
+        "100000",
+        "--json",
+    ]));
+    let shape: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["workload"].as_str().unwrap(),
+                r["system"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            ("start", "corepool"),
+            ("start", "threads"),
+            ("respawn", "corepool"),
+            ("bulk", "corepool"),
+            ("bulk", "threads"),
+            ("bulk_shared", "corepool"),
+            ("bulk_shared", "threads"),
+        ],
+        "{rows:?}"
+    );
+    for r in &rows {
+        check_row(r);
+        match r["workload"].as_str().unwrap() {
+            "start" => {
+                assert_eq!(r["unit"], "ms");
+                assert_eq!(r["items"], 3);
+                assert_eq!(r["workers"], rows[0]["workers"]);
+            }
+            "respawn" => {
+                assert_eq!(r["unit"], "ms");
+                assert_eq!(r["items"], 10);
+                assert_eq!(r["workers"], 1);
+                let p99 = r["p99"].as_f64().expect("respawn has a p99");
+                assert!(p99 >= r["rate"].as_f64().unwrap(), "{r}");
+            }
+            _ => {
+                assert_eq!(r["unit"], "B/s");
+                assert_eq!(r["items"], 8);
+            }
+        }
+    }
+    // A lower time is better: corepool's start ratio is threads' ms over its own.
+    let start = &rows[0];
+    let threads = &rows[1];
+    let expect = threads["rate"].as_f64().unwrap() / start["rate"].as_f64().unwrap();
+    let got = start["vs_threads"].as_f64().unwrap();
+    assert!((got - expect).abs() <= 1e-9 * expect.max(1.0), "{start}");
+}
+
+#[test]
+fn apply_async_has_a_threads_spawn_baseline() {
+    let out = ok(&[
+        "bench",
+        "--quick",
+        "--only",
+        "apply_async",
+        "--size",
+        "2000",
+        "--repeat",
+        "1",
+        "--json",
+    ]);
+    let rows = json_lines(&out);
+    let systems: Vec<&str> = rows.iter().map(|r| r["system"].as_str().unwrap()).collect();
+    assert_eq!(systems, ["corepool", "threads", "threads-spawn"]);
+    for r in &rows {
+        check_row(r);
+        assert_eq!(r["unit"], "tasks/s");
+        assert_eq!(r["items"], 2000);
+    }
+    assert!(rows[0]["vs_threads_spawn"].as_f64().unwrap() > 0.0);
+    assert!(rows[2]["note"].as_str().unwrap().contains("scope"));
+    // The table says how far corepool is from it.
+    let table = ok(&[
+        "bench",
+        "--quick",
+        "--only",
+        "apply_async",
+        "--size",
+        "2000",
+        "--repeat",
+        "1",
+    ]);
+    assert!(table.contains("threads-spawn"), "{table}");
+    assert!(table.contains("apply_async: corepool runs"), "{table}");
+}
+
+#[test]
+fn vs_python_times_pool_starts_with_fork_and_spawn_and_bulk() {
+    if !has_python() {
+        return; // the missing-interpreter path is tested below
+    }
+    let rows = json_lines(&ok(&[
+        "bench",
+        "--quick",
+        "--only",
+        "start,respawn,bulk",
+        "--repeat",
+        "1",
+        "--json",
+        "--vs-python",
+    ]));
+    let py: Vec<(&str, &str)> = rows
+        .iter()
+        .filter(|r| r["system"].as_str().unwrap().starts_with("python"))
+        .map(|r| {
+            (
+                r["workload"].as_str().unwrap(),
+                r["system"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    // respawn has no Python row.
+    assert_eq!(
+        py,
+        [
+            ("start", "python-mp"),
+            ("start", "python-mp-spawn"),
+            ("bulk", "python-mp"),
+        ],
+        "{rows:?}"
+    );
+    for r in &rows {
+        check_row(r);
+    }
+    let spawn = rows
+        .iter()
+        .find(|r| r["system"] == "python-mp-spawn")
+        .unwrap();
+    assert!(
+        spawn["note"].as_str().unwrap().contains("(spawn)"),
+        "{spawn}"
+    );
+    let fork = rows.iter().find(|r| r["system"] == "python-mp").unwrap();
+    assert!(fork["note"].as_str().unwrap().contains("(fork)"), "{fork}");
+    for r in rows.iter().filter(|r| r["system"] == "corepool") {
+        if r["workload"] != "respawn" {
+            assert!(r["vs_python"].as_f64().unwrap() > 0.0, "{r}");
+        }
+    }
+}
+
+#[test]
 fn bench_table_states_machine_pinning_and_runs() {
     let out = ok(&[
         "bench",
@@ -479,6 +638,10 @@ fn bad_input_is_a_message_that_says_what_to_do() {
     assert!(err.contains(".svg"), "{err}");
     let err = fails(&["bench", "--scale", "--only", "latency"]);
     assert!(err.contains("latency"), "{err}");
+    let err = fails(&["bench", "--scale", "--only", "start"]);
+    assert!(err.contains("start times starting workers"), "{err}");
+    let err = fails(&["bench", "--scale", "--only", "bulk"]);
+    assert!(err.contains("bulk"), "{err}");
     let err = fails(&["bench", "--pinning", "4096"]);
     assert!(err.contains("allowed set"), "{err}");
     let err = fails(&["pin", "--workload", "nope"]);

@@ -259,7 +259,7 @@ pub(crate) fn run(options: &Options) -> Result<(), Failure> {
     );
     let s = sample(r, || {
         let t = Instant::now();
-        let out = local.map(noop, 0..n, None)?;
+        let out = local.map(noop, 0..n)?;
         if out.len() as u64 != n {
             return Err("map gave a wrong answer".into());
         }
@@ -281,7 +281,7 @@ pub(crate) fn run(options: &Options) -> Result<(), Failure> {
         let done: u64 = cluster.chunked(1)?.map(count, pieces.clone())?.iter().sum();
         on_cluster.push((total, t.elapsed().as_secs_f64()));
         let t = Instant::now();
-        let local_done: u64 = local.map(count, pieces.clone(), Some(1))?.iter().sum();
+        let local_done: u64 = local.chunked(1)?.map(count, pieces.clone())?.iter().sum();
         on_local.push((total, t.elapsed().as_secs_f64()));
         if done != total || local_done != total {
             return Err("cpu_loop gave a wrong count".into());

@@ -168,7 +168,6 @@ impl<K> Drop for Supervisor<K> {
 struct Running<K> {
     key: K,
     pid: i32,
-    child: std::process::Child,
     pidfd: Arc<OwnedFd>,
     /// It leads a process group: kill the group (whatever its tasks started)
     /// when it exits or is stopped.
@@ -325,8 +324,8 @@ fn start<K: Clone>(
 ) {
     let Spawn { key, reexec, .. } = request;
     let own_group = reexec.own_group;
-    let mut child = match reexec.spawn() {
-        Ok(child) => child,
+    let pid = match reexec.spawn() {
+        Ok(pid) => pid,
         Err(e) => {
             report(Event::SpawnFailed {
                 key,
@@ -335,14 +334,12 @@ fn start<K: Clone>(
             return;
         }
     };
-    let pid = child.id() as i32;
     match sys::pidfd_open(pid) {
         Ok(pidfd) => {
             let pidfd = Arc::new(pidfd);
             children.push(Running {
                 key: key.clone(),
                 pid,
-                child,
                 pidfd: pidfd.clone(),
                 own_group,
             });
@@ -353,8 +350,8 @@ fn start<K: Clone>(
             if own_group {
                 sys::kill_group(pid, crate::sys::Signal::KILL);
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            sys::signal_child(pid, crate::sys::Signal::KILL);
+            let _ = sys::wait_exit(pid);
             report(Event::SpawnFailed {
                 key,
                 error: SpawnError::Pidfd(e),
@@ -384,7 +381,7 @@ fn look<K>(running: &mut Running<K>) -> Look {
         Err(e) => return Look::NoAnswer(e),
     }
     // waitpid on this pid only; it has exited, so this does not block.
-    match running.child.try_wait() {
+    match sys::try_wait(running.pid) {
         Ok(Some(status)) => Look::Exited(exit_cause(status)),
         Ok(None) => Look::NoAnswer(std::io::Error::other(
             "waitpid found no exit for a child waitid said had exited",
@@ -405,10 +402,8 @@ fn stop_all<K>(children: Vec<Running<K>>, report: &mut dyn FnMut(Event<K>)) {
             sys::pidfd_send_signal(c.pidfd.as_fd(), crate::sys::Signal::KILL);
         }
     }
-    for mut c in children {
-        let cause = c
-            .child
-            .wait()
+    for c in children {
+        let cause = sys::wait_exit(c.pid)
             .map(exit_cause)
             .unwrap_or(ExitCause::Signal(crate::sys::SIGKILL));
         report(Event::Exited {
@@ -428,21 +423,25 @@ mod tests {
 
     /// A child in a process group of its own that runs until its stdin
     /// closes, then exits with code 3.
-    fn waiting_child() -> Running<()> {
-        let child = Command::new("/bin/sh")
+    // The child is reaped through its pid by `look` or `sys::wait_for`, as
+    // the supervisor reaps its own, not through `std`'s handle.
+    #[allow(clippy::zombie_processes)]
+    fn waiting_child() -> (Running<()>, std::process::ChildStdin) {
+        let mut child = Command::new("/bin/sh")
             .args(["-c", "read line; exit 3"])
             .stdin(Stdio::piped())
             .process_group(0)
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
-        Running {
+        let stdin = child.stdin.take().unwrap();
+        let running = Running {
             key: (),
             pid,
             pidfd: Arc::new(sys::pidfd_open(pid).unwrap()),
-            child,
             own_group: true,
-        }
+        };
+        (running, stdin)
     }
 
     fn wait_until_exited(running: &Running<()>) {
@@ -455,17 +454,11 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore = "Miri starts no processes")]
     fn a_look_at_a_running_child_kills_nothing_and_reaps_nothing() {
-        let mut running = waiting_child();
+        let (mut running, mut stdin) = waiting_child();
         assert!(matches!(look(&mut running), Look::Running));
         assert!(matches!(look(&mut running), Look::Running));
         // Still alive: it answers by exiting with its own code, not a signal.
-        running
-            .child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"go\n")
-            .unwrap();
+        stdin.write_all(b"go\n").unwrap();
         wait_until_exited(&running);
         assert!(matches!(
             look(&mut running),
@@ -476,8 +469,8 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore = "Miri starts no processes")]
     fn a_child_reaped_behind_our_back_counts_as_gone() {
-        let mut running = waiting_child();
-        drop(running.child.stdin.take());
+        let (mut running, stdin) = waiting_child();
+        drop(stdin);
         wait_until_exited(&running);
         sys::wait_for(running.pid);
         assert!(matches!(

@@ -455,7 +455,7 @@ impl PoolBuilder {
     /// fn main() -> corepool::Result<()> {
     ///     corepool::init();
     ///     let pool = Pool::builder().workers(2).build()?;
-    ///     assert_eq!(pool.map(|x: u64| x + 1, vec![1, 2, 3], None)?, vec![2, 3, 4]);
+    ///     assert_eq!(pool.map(|x: u64| x + 1, vec![1, 2, 3])?, vec![2, 3, 4]);
     ///     // Bad settings fail before any worker starts.
     ///     let bad = Pool::builder().pinning(Pinning::Cpus(vec![usize::MAX])).build();
     ///     assert!(matches!(bad, Err(Error::CpuNotAllowed { .. })));

@@ -70,7 +70,7 @@ impl Pool {
         chunksize: Option<usize>,
     ) -> Result<usize> {
         if let Some(c) = chunksize {
-            return Ok(c); // checked by `check_chunksize`
+            return Ok(c); // checked by `Pool::chunked`
         }
         let mut size = len.div_ceil(self.workers() * 4).max(1);
         if let Some(first) = first {
@@ -82,9 +82,10 @@ impl Pool {
         Ok(size)
     }
 
-    /// The one rule for every method's chunk size, checked before any item
-    /// is taken: at least 1, and at most the bytes of one ring message (a
-    /// chunk travels as one message, and the bound keeps a lazy map from
+    /// The one rule for every method's chunk size, checked by
+    /// [`chunked`](Pool::chunked) before anything is allocated or any item
+    /// taken: at least 1, and at most the bytes of one ring message (a chunk
+    /// travels as one message, and the bound keeps a lazy map from
     /// collecting without end).
     pub(super) fn check_chunksize(&self, chunksize: usize) -> Result<usize> {
         let max = self.shared.max_payload;
@@ -93,7 +94,7 @@ impl Pool {
         } else {
             Err(Error::InvalidConfig {
                 what: format!(
-                    "chunksize {chunksize} is out of range: give 1 to {max} (a chunk travels as one ring message of at most {max} bytes; raise `ring_bytes` for more), or `None` for the default"
+                    "chunksize {chunksize} is out of range: give 1 to {max} (a chunk travels as one ring message of at most {max} bytes; raise `ring_bytes` for more), or call the pool's method itself for the default"
                 ),
             })
         }
@@ -107,9 +108,8 @@ impl Pool {
         items: impl IntoIterator<Item = A, IntoIter = I>,
         chunksize: Option<usize>,
     ) -> Result<Chunker<A, Items<I, A>>> {
-        if let Some(c) = chunksize {
-            self.check_chunksize(c)?;
-        }
+        // A given size comes from `Chunked`, which checked it.
+        debug_assert!(chunksize.is_none_or(|c| self.check_chunksize(c).is_ok()));
         let iter = items.into_iter();
         let (iter, len) = match iter.size_hint() {
             (lo, Some(hi)) if lo == hi => (Items::Exact(iter), lo),

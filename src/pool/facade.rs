@@ -30,6 +30,8 @@ use std::time::{Duration, Instant};
 /// [`map_async`](Pool::map_async), [`imap`](Pool::imap),
 /// [`imap_unordered`](Pool::imap_unordered), [`starmap`](Pool::starmap),
 /// [`close`](Pool::close), [`terminate`](Pool::terminate), [`join`](Pool::join).
+/// Python's `chunksize=` argument is a view: `pool.chunked(n)?.map(f, items)`
+/// (see [`chunked`](Pool::chunked)); without it every map picks a default.
 ///
 /// Tasks are `fn` items or closures that capture nothing (a capturing closure
 /// does not compile); arguments and results implement [`Wire`].
@@ -76,7 +78,7 @@ use std::time::{Duration, Instant};
 ///     corepool::init();
 ///     let pool = Pool::builder().workers(2).build()?;
 ///     assert_eq!(pool.apply(square, 7)?, 49);
-///     assert_eq!(pool.map(square, 0..5u64, None)?, vec![0, 1, 4, 9, 16]);
+///     assert_eq!(pool.map(square, 0..5u64)?, vec![0, 1, 4, 9, 16]);
 ///     pool.close();
 ///     pool.join()
 /// }

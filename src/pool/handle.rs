@@ -432,7 +432,7 @@ impl<T: Send + 'static> AsyncResult<T> {
 ///     corepool::init();
 ///     let pool = corepool::Pool::new(2)?;
 ///     let one = pool.apply_async(|x: u64| x * 2, 21)?;
-///     let many = pool.map_async(|x: u64| x + 1, 0..100u64, None)?;
+///     let many = pool.map_async(|x: u64| x + 1, 0..100u64)?;
 ///     let (one, many) = block_on(async { (one.await, many.await) });
 ///     assert_eq!(one?, 42);
 ///     assert_eq!(many?.len(), 100);

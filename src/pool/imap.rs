@@ -1,4 +1,5 @@
-//! Lazy maps: [`Pool::imap`] and [`Pool::imap_unordered`], and the
+//! Lazy maps: [`Pool::imap`] and [`Pool::imap_unordered`] (and their
+//! [`Chunked`](super::Chunked) twins, through one implementation), and the
 //! iterators they return, [`Imap`] and [`ImapUnordered`].
 
 use super::collect::{self, ChannelSink};
@@ -14,27 +15,23 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
+/// The chunk size of a lazy map unless the caller picks one (Python's
+/// `imap` default). A lazy map's source may be endless, so there is no
+/// length to divide among the workers as `map` does, and nothing says how
+/// long an item takes: one item per task gives the first result soonest and
+/// never holds a finished result back behind its chunk's slower items. Cheap
+/// items are better sent in chunks, through [`Pool::chunked`].
+const LAZY_DEFAULT_CHUNKSIZE: usize = 1;
+
 impl Pool {
-    /// A lazy, ordered `map` (Python's `imap`): items are pulled from `items`
-    /// and sent `chunksize` at a time, a few chunks per worker ahead of the
-    /// consumer, so an endless iterator works. A chunk size out of range (see
-    /// [`map`](Self::map)) makes the first item an
-    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig), taken before
-    /// any item; after an error the iterator ends.
-    ///
-    /// ```
-    /// fn main() {
-    ///     corepool::init();
-    ///     let pool = corepool::Pool::new(2).unwrap();
-    ///     let firsts: Vec<u64> = pool
-    ///         .imap(|x: u64| x * 10, 0.., 4)
-    ///         .take(3)
-    ///         .map(Result::unwrap)
-    ///         .collect();
-    ///     assert_eq!(firsts, vec![0, 10, 20]);
-    /// }
-    /// ```
-    pub fn imap<F, A, R, I>(&self, f: F, items: I, chunksize: usize) -> Imap<'_, A, R, I::IntoIter>
+    /// The one implementation of `imap`, for [`Pool`] (`chunksize` `None`:
+    /// the default) and [`Chunked`](super::Chunked) (a size it checked).
+    pub(super) fn imap_in_chunks<F, A, R, I>(
+        &self,
+        f: F,
+        items: I,
+        chunksize: Option<usize>,
+    ) -> Imap<'_, A, R, I::IntoIter>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Wire,
@@ -42,48 +39,26 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         let _ = f;
-        let (chunksize, invalid) = match self.check_chunksize(chunksize) {
-            Ok(c) => (c, None),
-            Err(e) => (1, Some(e)),
-        };
         Imap {
             pool: self,
             trampoline: task::offset_of(task::call_chunk::<F, A, R>),
             source: items.into_iter(),
-            chunksize,
-            invalid,
+            chunksize: chunksize.unwrap_or(LAZY_DEFAULT_CHUNKSIZE),
             in_flight: VecDeque::new(),
             ready: VecDeque::new(),
-            failed: false,
+            ended: false,
             _args: std::marker::PhantomData,
         }
     }
 
-    /// Like [`imap`](Self::imap), but yields results as they complete (Python's
-    /// `imap_unordered`). All items are submitted at once.
-    ///
-    /// ```
-    /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
-    ///     let pool = corepool::Pool::new(2)?;
-    ///     let mut seen: Vec<u64> = pool
-    ///         .imap_unordered(|x: u64| x * 10, 0..6u64, 2)?
-    ///         .collect::<corepool::Result<_>>()?;
-    ///     seen.sort_unstable(); // they come as they finish
-    ///     assert_eq!(seen, [0, 10, 20, 30, 40, 50]);
-    ///     Ok(())
-    /// }
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// As [`map`](Self::map), at submission; a failing chunk yields its error.
-    pub fn imap_unordered<F, A, R>(
+    /// The one implementation of `imap_unordered` (see
+    /// [`imap_in_chunks`](Self::imap_in_chunks)).
+    pub(super) fn imap_unordered_in_chunks<F, A, R>(
         &self,
         f: F,
         items: impl IntoIterator<Item = A>,
-        chunksize: usize,
-    ) -> Result<ImapUnordered<R>>
+        chunksize: Option<usize>,
+    ) -> ImapUnordered<R>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Wire,
@@ -91,9 +66,33 @@ impl Pool {
     {
         let _ = f;
         let trampoline = task::offset_of(task::call_chunk::<F, A, R>);
-        let mut chunker = self.chunker(items, Some(chunksize))?;
+        let chunksize = chunksize.unwrap_or(LAZY_DEFAULT_CHUNKSIZE);
         let (tx, rx) = crossbeam_channel::unbounded();
+        let mut iter = ImapUnordered {
+            rx,
+            chunks_left: 0,
+            ready: VecDeque::new(),
+            refused: None,
+            pool: Arc::downgrade(&self.shared),
+        };
         let sink: Arc<dyn Completion> = Arc::new(ChannelSink { tx });
+        match self.submit_unordered(trampoline, items, chunksize, &sink) {
+            Ok(chunks) => iter.chunks_left = chunks,
+            Err(e) => iter.refused = Some(e),
+        }
+        iter
+    }
+
+    /// Submits every chunk of `items` at once, each answering to `sink`;
+    /// returns how many chunks that made.
+    fn submit_unordered<A: Wire>(
+        &self,
+        trampoline: i64,
+        items: impl IntoIterator<Item = A>,
+        chunksize: usize,
+        sink: &Arc<dyn Completion>,
+    ) -> Result<usize> {
+        let mut chunker = self.chunker(items, Some(chunksize))?;
         let mut tasks = smallvec::SmallVec::new();
         let mut keep = Vec::new();
         while let Some((payload, due, chunk_keep)) = chunker.next_chunk()? {
@@ -107,22 +106,90 @@ impl Pool {
         }
         let chunks = tasks.len();
         self.shared.submit(tasks, keep, false)?;
-        Ok(ImapUnordered {
-            rx,
-            chunks_left: chunks,
-            ready: VecDeque::new(),
-            pool: Arc::downgrade(&self.shared),
-        })
+        Ok(chunks)
+    }
+
+    /// A lazy, ordered `map` (Python's `imap`): items are pulled from `items`
+    /// one per task (Python's default; [`chunked`](Self::chunked) sends
+    /// more), a few tasks per worker ahead of the consumer, so an endless
+    /// iterator works.
+    ///
+    /// Like [`imap_unordered`](Self::imap_unordered) it returns the iterator
+    /// itself, of `Result<R>`: what would fail the call (the pool closed,
+    /// an argument too large, waiting in a callback of this pool) is an
+    /// item instead, taken in turn, and the iterator ends after an error.
+    ///
+    /// ```
+    /// fn main() {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(2).unwrap();
+    ///     let firsts: Vec<u64> = pool
+    ///         .imap(|x: u64| x * 10, 0..)
+    ///         .take(3)
+    ///         .map(Result::unwrap)
+    ///         .collect();
+    ///     assert_eq!(firsts, vec![0, 10, 20]);
+    ///     pool.close();
+    ///     let mut refused = pool.imap(|x: u64| x, 0..3u64);
+    ///     assert_eq!(refused.next(), Some(Err(corepool::Error::PoolClosed)));
+    ///     assert_eq!(refused.next(), None);
+    /// }
+    /// ```
+    pub fn imap<F, A, R, I>(&self, f: F, items: I) -> Imap<'_, A, R, I::IntoIter>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+        I: IntoIterator<Item = A>,
+    {
+        self.imap_in_chunks(f, items, None)
+    }
+
+    /// Like [`imap`](Self::imap), but yields results as they complete (Python's
+    /// `imap_unordered`). All items are submitted at once, one per task
+    /// (Python's default; [`chunked`](Self::chunked) sends more).
+    ///
+    /// What would fail the submission (the pool closed, an argument too
+    /// large, ...) is the iterator's one item; a failing task's error is
+    /// yielded in its place among the others' results.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(2)?;
+    ///     let mut seen: Vec<u64> = pool
+    ///         .imap_unordered(|x: u64| x * 10, 0..6u64)
+    ///         .collect::<corepool::Result<_>>()?;
+    ///     seen.sort_unstable(); // they come as they finish
+    ///     assert_eq!(seen, [0, 10, 20, 30, 40, 50]);
+    ///     pool.close();
+    ///     let refused: Vec<_> = pool.imap_unordered(|x: u64| x, 0..3u64).collect();
+    ///     assert_eq!(refused, [Err(corepool::Error::PoolClosed)]);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn imap_unordered<F, A, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = A>,
+    ) -> ImapUnordered<R>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        self.imap_unordered_in_chunks(f, items, None)
     }
 }
 
-/// The iterator [`Pool::imap`] returns: results in input order.
+/// The iterator [`Pool::imap`] returns: results in input order, each a
+/// `Result<R>`; it ends after the first error.
 ///
 /// ```
 /// fn main() -> corepool::Result<()> {
 ///     corepool::init();
 ///     let pool = corepool::Pool::new(2)?;
-///     let mut results = pool.imap(|x: u64| x * x, 1..=1_000_000u64, 64);
+///     let mut results = pool.imap(|x: u64| x * x, 1..=1_000_000u64);
 ///     // Lazy: only the chunks ahead of the reader are in flight.
 ///     let first: Vec<u64> = results.by_ref().take(3).collect::<corepool::Result<_>>()?;
 ///     assert_eq!(first, [1, 4, 9]);
@@ -133,19 +200,20 @@ pub struct Imap<'p, A, R, I> {
     pool: &'p Pool,
     trampoline: i64,
     source: I,
+    /// Checked by [`Pool::chunked`] or the default.
     chunksize: usize,
-    /// A chunk size out of range: the first item.
-    invalid: Option<Error>,
     /// Each chunk submitted and not yet read, with how many results are due.
     in_flight: VecDeque<(AsyncResult<Vec<R>>, usize)>,
     ready: VecDeque<R>,
-    failed: bool,
+    /// After an error or the last result: `next` returns `None` for good.
+    ended: bool,
     _args: std::marker::PhantomData<fn(A)>,
 }
 
 impl<A, R, I> fmt::Debug for Imap<'_, A, R, I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Imap")
+            .field("chunksize", &self.chunksize)
             .field("chunks_in_flight", &self.in_flight.len())
             .finish_non_exhaustive()
     }
@@ -196,29 +264,29 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
             if let Some(r) = self.ready.pop_front() {
                 return Some(Ok(r));
             }
-            if self.failed {
+            if self.ended {
                 return None;
             }
-            let refused = self
-                .invalid
-                .take()
-                .or_else(|| self.pool.shared.check_can_wait().err());
-            if let Some(e) = refused {
-                self.failed = true;
+            let step = self
+                .pool
+                .shared
+                .check_can_wait()
+                .and_then(|()| self.refill());
+            if let Err(e) = step {
+                self.ended = true;
                 return Some(Err(e));
             }
-            if let Err(e) = self.refill() {
-                self.failed = true;
-                return Some(Err(e));
-            }
-            let (next, due) = self.in_flight.pop_front()?;
+            let Some((next, due)) = self.in_flight.pop_front() else {
+                self.ended = true; // the source is exhausted
+                return None;
+            };
             match next
                 .get()
                 .and_then(|values| collect::check_chunk(values, due))
             {
                 Ok(values) => self.ready.extend(values),
                 Err(e) => {
-                    self.failed = true;
+                    self.ended = true;
                     return Some(Err(e));
                 }
             }
@@ -226,14 +294,16 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
     }
 }
 
-/// The iterator [`Pool::imap_unordered`] returns: results as they complete.
+/// The iterator [`Pool::imap_unordered`] returns: results as they
+/// complete, each a `Result<R>`. A refused submission is its one item; a
+/// failing task's error comes among the other tasks' results.
 ///
 /// ```
 /// fn main() -> corepool::Result<()> {
 ///     corepool::init();
 ///     let pool = corepool::Pool::new(2)?;
 ///     let total: u64 = pool
-///         .imap_unordered(|x: u64| x * 2, 0..100u64, 10)?
+///         .imap_unordered(|x: u64| x * 2, 0..100u64)
 ///         .sum::<corepool::Result<u64>>()?;
 ///     assert_eq!(total, 9_900);
 ///     Ok(())
@@ -243,6 +313,8 @@ pub struct ImapUnordered<R> {
     rx: crossbeam_channel::Receiver<Result<Vec<R>>>,
     chunks_left: usize,
     ready: VecDeque<R>,
+    /// Why nothing was submitted: the one item.
+    refused: Option<Error>,
     pool: std::sync::Weak<Shared>,
 }
 
@@ -262,6 +334,9 @@ impl<R: Wire> Iterator for ImapUnordered<R> {
             if let Some(r) = self.ready.pop_front() {
                 return Some(Ok(r));
             }
+            if let Some(e) = self.refused.take() {
+                return Some(Err(e)); // with no chunk left, the last item
+            }
             if self.chunks_left == 0 {
                 return None;
             }
@@ -280,7 +355,10 @@ impl<R: Wire> Iterator for ImapUnordered<R> {
                 if !spinner.spin() {
                     match self.rx.recv() {
                         Ok(c) => break c,
-                        Err(_) => return Some(Err(Error::Cancelled)),
+                        Err(_) => {
+                            self.chunks_left = 0; // no result can come now
+                            return Some(Err(Error::Cancelled));
+                        }
                     }
                 }
             };
@@ -292,3 +370,7 @@ impl<R: Wire> Iterator for ImapUnordered<R> {
         }
     }
 }
+
+// Both end for good: `None` once, `None` ever after.
+impl<A: Wire, R: Wire, I: Iterator<Item = A>> std::iter::FusedIterator for Imap<'_, A, R, I> {}
+impl<R: Wire> std::iter::FusedIterator for ImapUnordered<R> {}

@@ -1,5 +1,7 @@
 //! The `map` family of [`Pool`]: `map`, `map_async`, `starmap` and their
-//! callback variants, all sending their items in chunks.
+//! callback variants, all sending their items in chunks: of the default
+//! size here, of the caller's through [`Chunked`](super::Chunked), both by
+//! the one implementation (`*_in_chunks`).
 
 use super::collect::MapCollector;
 use super::handle::Cell;
@@ -78,35 +80,9 @@ impl Pool {
         AsyncResult::new(cell, Arc::downgrade(&self.shared)).get()
     }
 
-    /// `f` over every item, in order (Python's `map`). Items are sent in
-    /// chunks of `chunksize`; `None` picks Python's default (about four chunks
-    /// per worker), capped so that a chunk fits one ring message. Every
-    /// method that takes a chunk size accepts 1 up to the ring's largest
-    /// message in bytes (about half of `ring_bytes`), and fails with
-    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) otherwise,
-    /// before it takes any item.
-    ///
-    /// ```
-    /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
-    ///     let pool = corepool::Pool::new(2)?;
-    ///     let lengths = pool.map(|s: String| s.len() as u64, ["a", "bb", "ccc"].map(String::from), None)?;
-    ///     assert_eq!(lengths, [1, 2, 3]);
-    ///     // A panic in any item fails the whole map, as in Python.
-    ///     let failed = pool.map(|x: u64| 10 / x, [1u64, 0, 2], Some(1));
-    ///     assert!(matches!(failed, Err(corepool::Error::Panicked { .. })));
-    ///     Ok(())
-    /// }
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// The first failing chunk's error; [`Error::PoolClosed`](crate::Error::PoolClosed),
-    /// [`Error::ArgumentTooLarge`](crate::Error::ArgumentTooLarge) at submission;
-    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a chunk size
-    /// out of range; [`Error::WaitInCallback`](crate::Error::WaitInCallback)
-    /// in a callback of this pool.
-    pub fn map<F, A, R>(
+    /// The one implementation of `map`, for [`Pool`] (`chunksize` `None`:
+    /// the default) and [`Chunked`](super::Chunked) (a size it checked).
+    pub(super) fn map_in_chunks<F, A, R>(
         &self,
         f: F,
         items: impl IntoIterator<Item = A>,
@@ -125,13 +101,114 @@ impl Pool {
         )
     }
 
+    /// The one implementation of `map_async_with` (see
+    /// [`map_in_chunks`](Self::map_in_chunks)).
+    pub(super) fn map_async_in_chunks<F, A, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+        callbacks: Callbacks<Vec<R>>,
+    ) -> Result<AsyncResult<Vec<R>>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        let _ = f;
+        self.submit_chunks(
+            task::offset_of(task::call_chunk::<F, A, R>),
+            items,
+            chunksize,
+            callbacks,
+        )
+    }
+
+    /// The one implementation of `starmap` (see
+    /// [`map_in_chunks`](Self::map_in_chunks)).
+    pub(super) fn starmap_in_chunks<F, T, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = T>,
+        chunksize: Option<usize>,
+    ) -> Result<Vec<R>>
+    where
+        F: StarFn<T, R>,
+        T: Wire,
+        R: Wire,
+    {
+        let _ = f;
+        self.map_chunks(
+            task::offset_of(task::call_star_chunk::<F, T, R>),
+            items,
+            chunksize,
+        )
+    }
+
+    /// The one implementation of `starmap_async_with` (see
+    /// [`map_in_chunks`](Self::map_in_chunks)).
+    pub(super) fn starmap_async_in_chunks<F, T, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = T>,
+        chunksize: Option<usize>,
+        callbacks: Callbacks<Vec<R>>,
+    ) -> Result<AsyncResult<Vec<R>>>
+    where
+        F: StarFn<T, R>,
+        T: Wire,
+        R: Wire,
+    {
+        let _ = f;
+        self.submit_chunks(
+            task::offset_of(task::call_star_chunk::<F, T, R>),
+            items,
+            chunksize,
+            callbacks,
+        )
+    }
+
+    /// `f` over every item, in order (Python's `map`). Items are sent in
+    /// chunks of Python's default size (about four chunks per worker),
+    /// capped so that a chunk fits one ring message and stays cache-sized;
+    /// to choose the size, use [`chunked`](Self::chunked):
+    /// `pool.chunked(n)?.map(f, items)`.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(2)?;
+    ///     let lengths = pool.map(|s: String| s.len() as u64, ["a", "bb", "ccc"].map(String::from))?;
+    ///     assert_eq!(lengths, [1, 2, 3]);
+    ///     // A panic in any item fails the whole map, as in Python.
+    ///     let failed = pool.map(|x: u64| 10 / x, [1u64, 0, 2]);
+    ///     assert!(matches!(failed, Err(corepool::Error::Panicked { .. })));
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The first failing chunk's error; [`Error::PoolClosed`](crate::Error::PoolClosed),
+    /// [`Error::ArgumentTooLarge`](crate::Error::ArgumentTooLarge) at submission;
+    /// [`Error::WaitInCallback`](crate::Error::WaitInCallback)
+    /// in a callback of this pool.
+    pub fn map<F, A, R>(&self, f: F, items: impl IntoIterator<Item = A>) -> Result<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        self.map_in_chunks(f, items, None)
+    }
+
     /// [`map`](Self::map) without waiting.
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
     ///     corepool::init();
     ///     let pool = corepool::Pool::new(2)?;
-    ///     let pending = pool.map_async(|x: u64| x + 1, 0..1000u64, None)?;
+    ///     let pending = pool.map_async(|x: u64| x + 1, 0..1000u64)?;
     ///     // ... other work here ...
     ///     assert_eq!(pending.get()?.iter().sum::<u64>(), 500_500);
     ///     Ok(())
@@ -145,14 +222,13 @@ impl Pool {
         &self,
         f: F,
         items: impl IntoIterator<Item = A>,
-        chunksize: Option<usize>,
     ) -> Result<AsyncResult<Vec<R>>>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Wire,
         R: Wire,
     {
-        self.map_async_with(f, items, chunksize, Callbacks::new())
+        self.map_async_with(f, items, Callbacks::new())
     }
 
     /// [`map_async`](Self::map_async) with Python's `callback` (called once
@@ -167,7 +243,7 @@ impl Pool {
     ///     let (tx, rx) = mpsc::channel();
     ///     let cb = corepool::Callbacks::new()
     ///         .on_success(move |squares: &Vec<u64>| tx.send(squares.iter().sum::<u64>()).unwrap());
-    ///     pool.map_async_with(|x: u64| x * x, 0..4u64, None, cb)?;
+    ///     pool.map_async_with(|x: u64| x * x, 0..4u64, cb)?;
     ///     assert_eq!(rx.recv().unwrap(), 14);
     ///     Ok(())
     /// }
@@ -180,7 +256,6 @@ impl Pool {
         &self,
         f: F,
         items: impl IntoIterator<Item = A>,
-        chunksize: Option<usize>,
         callbacks: Callbacks<Vec<R>>,
     ) -> Result<AsyncResult<Vec<R>>>
     where
@@ -188,22 +263,17 @@ impl Pool {
         A: Wire,
         R: Wire,
     {
-        let _ = f;
-        self.submit_chunks(
-            task::offset_of(task::call_chunk::<F, A, R>),
-            items,
-            chunksize,
-            callbacks,
-        )
+        self.map_async_in_chunks(f, items, None, callbacks)
     }
 
-    /// `f(*args)` for every tuple, in order (Python's `starmap`).
+    /// `f(*args)` for every tuple, in order (Python's `starmap`), in chunks
+    /// of [`map`](Self::map)'s default size.
     ///
     /// ```
     /// fn main() {
     ///     corepool::init();
     ///     let pool = corepool::Pool::new(1).unwrap();
-    ///     let sums = pool.starmap(|a: u32, b: u32| a + b, vec![(1, 2), (3, 4)], None).unwrap();
+    ///     let sums = pool.starmap(|a: u32, b: u32| a + b, vec![(1, 2), (3, 4)]).unwrap();
     ///     assert_eq!(sums, vec![3, 7]);
     /// }
     /// ```
@@ -211,23 +281,13 @@ impl Pool {
     /// # Errors
     ///
     /// As [`map`](Self::map).
-    pub fn starmap<F, T, R>(
-        &self,
-        f: F,
-        items: impl IntoIterator<Item = T>,
-        chunksize: Option<usize>,
-    ) -> Result<Vec<R>>
+    pub fn starmap<F, T, R>(&self, f: F, items: impl IntoIterator<Item = T>) -> Result<Vec<R>>
     where
         F: StarFn<T, R>,
         T: Wire,
         R: Wire,
     {
-        let _ = f;
-        self.map_chunks(
-            task::offset_of(task::call_star_chunk::<F, T, R>),
-            items,
-            chunksize,
-        )
+        self.starmap_in_chunks(f, items, None)
     }
 
     /// [`starmap`](Self::starmap) without waiting.
@@ -236,7 +296,7 @@ impl Pool {
     /// fn main() -> corepool::Result<()> {
     ///     corepool::init();
     ///     let pool = corepool::Pool::new(2)?;
-    ///     let pending = pool.starmap_async(|a: u64, b: u64| a * b, vec![(2, 3), (4, 5)], None)?;
+    ///     let pending = pool.starmap_async(|a: u64, b: u64| a * b, vec![(2, 3), (4, 5)])?;
     ///     assert_eq!(pending.get()?, [6, 20]);
     ///     Ok(())
     /// }
@@ -249,14 +309,13 @@ impl Pool {
         &self,
         f: F,
         items: impl IntoIterator<Item = T>,
-        chunksize: Option<usize>,
     ) -> Result<AsyncResult<Vec<R>>>
     where
         F: StarFn<T, R>,
         T: Wire,
         R: Wire,
     {
-        self.starmap_async_with(f, items, chunksize, Callbacks::new())
+        self.starmap_async_with(f, items, Callbacks::new())
     }
 
     /// [`starmap_async`](Self::starmap_async) with Python's `callback` and
@@ -270,7 +329,7 @@ impl Pool {
     ///     let pool = corepool::Pool::new(2)?;
     ///     let (tx, rx) = mpsc::channel();
     ///     let cb = corepool::Callbacks::new().on_error(move |e| tx.send(e.clone()).unwrap());
-    ///     pool.starmap_async_with(|a: u64, b: u64| a / b, vec![(4, 2), (1, 0)], None, cb)?;
+    ///     pool.starmap_async_with(|a: u64, b: u64| a / b, vec![(4, 2), (1, 0)], cb)?;
     ///     assert!(matches!(rx.recv().unwrap(), corepool::Error::Panicked { .. }));
     ///     Ok(())
     /// }
@@ -283,7 +342,6 @@ impl Pool {
         &self,
         f: F,
         items: impl IntoIterator<Item = T>,
-        chunksize: Option<usize>,
         callbacks: Callbacks<Vec<R>>,
     ) -> Result<AsyncResult<Vec<R>>>
     where
@@ -291,12 +349,6 @@ impl Pool {
         T: Wire,
         R: Wire,
     {
-        let _ = f;
-        self.submit_chunks(
-            task::offset_of(task::call_star_chunk::<F, T, R>),
-            items,
-            chunksize,
-            callbacks,
-        )
+        self.starmap_async_in_chunks(f, items, None, callbacks)
     }
 }

@@ -13,7 +13,8 @@
 //! The files, one job each:
 //! - `facade.rs`: [`Pool`] itself (start, accessors, `apply`, `close`,
 //!   `terminate`, `join`, drop); `map.rs` its `map` family, `imap.rs` its
-//!   lazy maps and their iterators;
+//!   lazy maps and their iterators, `chunked.rs` the [`Chunked`] view that
+//!   gives them a chunk size of the caller's;
 //! - `builder.rs`, `config.rs`: configuring a pool;
 //! - `driver.rs`: the state the parent threads share and the driver thread;
 //! - `core/`: the parent's state machine, run under the lock (its state and
@@ -30,6 +31,7 @@
 mod builder;
 mod callbacks;
 mod chunk;
+mod chunked;
 mod collect;
 mod config;
 mod core;
@@ -47,6 +49,7 @@ pub(crate) mod worker;
 
 pub use builder::{Pinning, PoolBuilder};
 pub use callbacks::Callbacks;
+pub use chunked::Chunked;
 pub use facade::Pool;
 pub use handle::AsyncResult;
 pub use imap::{Imap, ImapUnordered};

@@ -152,7 +152,9 @@ fn translate(event: generic::Event<Worker>) -> Event {
 }
 
 /// Says why a worker could not start: EINVAL from pinning means the CPUs
-/// (named by the first of its set).
+/// (named by the first of its set). Only the fork-and-exec spawn pins before
+/// exec; after `posix_spawn` the worker pins itself, and a failure there is
+/// a failed start (status 101, the reason on its stderr).
 fn spawn_error(cpus: Option<CpuMask>, error: SpawnError) -> Error {
     match error {
         SpawnError::Pidfd(e) => Error::os("pidfd_open", e),

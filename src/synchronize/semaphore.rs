@@ -219,7 +219,7 @@ macro_rules! semaphore_api {
 /// fn main() {
 ///     let slots = Semaphore::new(2).unwrap();
 ///     let pool = Pool::builder().workers(2).build().unwrap();
-///     let left = pool.map(guarded, vec![slots.clone(); 4], None).unwrap();
+///     let left = pool.map(guarded, vec![slots.clone(); 4]).unwrap();
 ///     assert!(left.iter().all(|&n| n <= 1));
 ///     assert_eq!(slots.value(), 2);
 /// }

@@ -19,12 +19,13 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     pub(super) json: bool,
     /// Run only these workloads (comma-separated:
-    /// apply_async,map,latency,cpu_loop,shared_sum,queue,pipe_rtt).
+    /// apply_async,map,latency,cpu_loop,shared_sum,queue,pipe_rtt,start,respawn,bulk,bulk_shared).
     #[arg(long, value_delimiter = ',')]
     pub(super) only: Vec<String>,
     /// Items per run for every selected workload (cpu_loop: iterations in
     /// total; shared_sum: array elements; queue: messages; pipe_rtt: round
-    /// trips), instead of the default sizes.
+    /// trips), instead of the default sizes. Not for start, respawn, bulk and
+    /// bulk_shared, whose counts are fixed (--quick makes them smaller).
     #[arg(long)]
     pub(super) size: Option<u64>,
     /// Measured runs of each workload, after one warm-up run that is not
@@ -92,11 +93,7 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan, CliError> {
             return Err(CliError::usage(format!(
                 "--scale measures throughput on 1..N pool workers, and {} {}: drop it from --only",
                 w.name(),
-                if w.uses_pool() {
-                    "is a single round trip"
-                } else {
-                    "runs between two processes, not on the pool"
-                }
+                w.not_scaled_because()
             )));
         }
         selected.retain(|w| w.scales());
@@ -133,7 +130,7 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan, CliError> {
         if n == 0 {
             return Err(CliError::usage("--size must be at least 1"));
         }
-        for w in WORKLOADS {
+        for w in WORKLOADS.into_iter().filter(|w| w.sized_by_option()) {
             sizes.set(w, n);
         }
     }

@@ -1,6 +1,10 @@
 //! `corepool bench`: the standard workloads, each on corepool, on an
 //! in-process thread pool (rayon) and, where it makes sense, sequentially, in
 //! the same run, so that ratios mean something on a small, noisy machine.
+//! `apply_async` also runs on rayon's `scope` + `spawn` (`threads-spawn`, no
+//! result channel: the fastest in-process pool); `start` times building a
+//! pool, `respawn` a killed worker's replacement, and `bulk`/`bulk_shared`
+//! 8 MiB arguments passed as vectors or through a `SharedArray`.
 //! With `--vs-python`, also on Python's `multiprocessing.Pool`
 //! (`scripts/bench_mp.py`). Every workload runs once as a warm-up that is not
 //! counted, then `--repeat` times; rows report the median, min and max.

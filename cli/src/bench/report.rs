@@ -53,6 +53,14 @@ pub(super) struct Row {
     /// The same against the python-mp row, with --vs-python.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) vs_python: Option<f64>,
+    /// The same against the threads-spawn row (apply_async only): rayon's
+    /// fastest way to run tasks, the floor for a task pool.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) vs_threads_spawn: Option<f64>,
+    /// For start and respawn: the 99th percentile of every timed event of
+    /// every measured run, in `unit`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) p99: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) note: Option<String>,
     #[serde(flatten)]
@@ -69,6 +77,10 @@ pub(super) fn summarize(
 ) -> Row {
     let rates = Summary::of(&samples.iter().map(|s| s.value).collect::<Vec<_>>());
     let secs = Summary::of(&samples.iter().map(|s| s.seconds).collect::<Vec<_>>());
+    let events: Vec<f64> = samples
+        .iter()
+        .flat_map(|s| s.events_ms.iter().copied())
+        .collect();
     Row {
         workload: w.name(),
         system: system.to_string(),
@@ -86,12 +98,38 @@ pub(super) fn summarize(
         efficiency: None,
         vs_threads: None,
         vs_python: None,
+        vs_threads_spawn: None,
+        p99: percentile(events, 0.99),
         note,
         env,
     }
 }
 
-pub(super) const SYSTEM_ORDER: [&str; 4] = ["corepool", "threads", "sequential", "python-mp"];
+/// The `q` quantile of `values` (nearest rank); `None` when there are none.
+pub(super) fn percentile(mut values: Vec<f64>, q: f64) -> Option<f64> {
+    values.retain(|v| v.is_finite());
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    Some(values[rank - 1])
+}
+
+/// Whether a smaller value is better in this row (latency, pipe_rtt, start,
+/// respawn).
+fn lower_is_better(r: &Row) -> bool {
+    Workload::parse(r.workload).is_ok_and(Workload::lower_is_better)
+}
+
+pub(super) const SYSTEM_ORDER: [&str; 6] = [
+    "corepool",
+    "threads",
+    "threads-spawn",
+    "sequential",
+    "python-mp",
+    "python-mp-spawn",
+];
 
 pub(super) fn sort_rows(rows: &mut [Row]) {
     rows.sort_by_key(|r| {
@@ -159,6 +197,8 @@ fn range_text(r: &Row) -> String {
 fn rate_text(r: &Row) -> String {
     if r.unit == "ns" {
         format!("{:.0} ns median", r.rate)
+    } else if r.unit == "ms" {
+        format!("{:.2} ms median", r.rate)
     } else {
         format!("{}{}", human(r.rate), r.unit)
     }
@@ -166,7 +206,7 @@ fn rate_text(r: &Row) -> String {
 
 /// How much better `r` is than `base` (above 1: better).
 fn advantage(r: &Row, base: &Row) -> f64 {
-    if r.unit == "ns" {
+    if lower_is_better(r) {
         base.rate / r.rate.max(1e-9)
     } else {
         r.rate / base.rate.max(1e-9)
@@ -182,20 +222,38 @@ pub(super) fn with_ratios(rows: &mut [Row]) {
             .min_by_key(|b| b.workers.abs_diff(r.workers))
             .map(|b| advantage(r, b))
     };
-    let ratios: Vec<(Option<f64>, Option<f64>)> = rows
+    let ratios: Vec<[Option<f64>; 3]> = rows
         .iter()
-        .map(|r| (find(rows, r, "threads"), find(rows, r, "python-mp")))
+        .map(|r| {
+            [
+                find(rows, r, "threads"),
+                find(rows, r, "python-mp"),
+                find(rows, r, "threads-spawn"),
+            ]
+        })
         .collect();
-    for (r, (t, p)) in rows.iter_mut().zip(ratios) {
+    for (r, [t, p, s]) in rows.iter_mut().zip(ratios) {
         r.vs_threads = t;
         r.vs_python = p;
+        r.vs_threads_spawn = s;
+    }
+}
+
+/// A ratio with two decimals, or two significant digits below 0.01 (a
+/// process pool moving 8 MiB against threads moving a pointer).
+fn times(x: f64) -> String {
+    if x > 0.0 && x < 0.01 {
+        let digits = (-x.log10()).ceil() as usize + 1;
+        format!("{x:.digits$}x")
+    } else {
+        format!("{x:.2}x")
     }
 }
 
 /// `r` against `base`: `2.00x` (higher is better) or `2.00x faster` for ns.
 fn ratio(r: &Row, base: Option<&Row>) -> String {
     match base {
-        Some(b) if r.unit == "ns" => {
+        Some(b) if lower_is_better(r) => {
             let x = b.rate / r.rate.max(1e-9);
             if x >= 0.995 {
                 format!("{x:.2}x faster")
@@ -203,7 +261,7 @@ fn ratio(r: &Row, base: Option<&Row>) -> String {
                 format!("{:.2}x slower", 1.0 / x.max(1e-12))
             }
         }
-        Some(b) => format!("{:.2}x", r.rate / b.rate.max(1e-9)),
+        Some(b) => times(r.rate / b.rate.max(1e-9)),
         None => "-".into(),
     }
 }
@@ -259,11 +317,11 @@ pub(super) fn print_header(
 
 pub(super) fn print_table(rows: &[Row], vs_python: bool) {
     print!(
-        "{:<12} {:<11} {:>7} {:>10} {:>9} {:>20} {:>15} {:>13}",
+        "{:<12} {:<15} {:>7} {:>10} {:>9} {:>20} {:>15} {:>15}",
         "workload", "system", "workers", "items", "seconds", "rate", "range", "vs threads"
     );
     if vs_python {
-        print!(" {:>13}", "vs python");
+        print!(" {:>15}", "vs python");
     }
     println!();
     for r in rows {
@@ -272,7 +330,7 @@ pub(super) fn print_table(rows: &[Row], vs_python: bool) {
                 .find(|t| t.workload == r.workload && t.system == system)
         };
         print!(
-            "{:<12} {:<11} {:>7} {:>10} {:>9.3} {:>20} {:>15} {:>13}",
+            "{:<12} {:<15} {:>7} {:>10} {:>9.3} {:>20} {:>15} {:>15}",
             r.workload,
             r.system,
             r.workers,
@@ -283,9 +341,34 @@ pub(super) fn print_table(rows: &[Row], vs_python: bool) {
             ratio(r, find("threads"))
         );
         if vs_python {
-            print!(" {:>13}", ratio(r, find("python-mp")));
+            print!(" {:>15}", ratio(r, find("python-mp")));
         }
         println!();
+    }
+    let mut notes = Vec::new();
+    for r in rows {
+        match (r.system.as_str(), r.workload) {
+            ("corepool", "apply_async") => {
+                if let Some(x) = r.vs_threads_spawn {
+                    notes.push(format!("apply_async: corepool runs {x:.2}x the rate of threads-spawn (rayon scope + spawn, no result channel: the fastest in-process pool)"));
+                }
+            }
+            ("corepool", "respawn") => {
+                if let Some(p99) = r.p99 {
+                    notes.push(format!("respawn: median {:.2} ms, p99 {p99:.2} ms over {} kills, from the SIGKILL to a task answered by the replacement", r.rate, r.items as usize * r.repeats));
+                }
+            }
+            ("python-mp-spawn", "start") => notes.push(
+                "start: python-mp forks its workers (start method fork), python-mp-spawn starts fresh interpreters (spawn)".into(),
+            ),
+            _ => {}
+        }
+    }
+    if !notes.is_empty() {
+        println!();
+        for n in notes {
+            println!("{n}");
+        }
     }
     if let Some(note) = rows.iter().find_map(|r| {
         (r.system == "python-mp")

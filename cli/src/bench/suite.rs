@@ -10,8 +10,8 @@ use super::report::{
 use super::vs_python::{python_baseline, python_request};
 use super::{build_pool, progress, rayon_pool};
 use crate::workloads::{
-    corepool_once, pair_cpus, pair_pinning, sequential_once, threads_once, Inputs, Sample, Sizes,
-    Workload,
+    corepool_once, pair_cpus, pair_pinning, sequential_once, threads_once, threads_spawn_once,
+    Inputs, Sample, Sizes, Workload,
 };
 use crate::CliError;
 use corepool::Pool;
@@ -21,6 +21,8 @@ use indicatif::ProgressBar;
 struct LocalSamples {
     corepool: Vec<Sample>,
     threads: Vec<Sample>,
+    /// apply_async only: rayon scope + spawn, no result channel.
+    threads_spawn: Vec<Sample>,
     sequential: Vec<Sample>,
 }
 
@@ -39,6 +41,7 @@ fn measure_local(
     let mut out = LocalSamples {
         corepool: Vec::new(),
         threads: Vec::new(),
+        threads_spawn: Vec::new(),
         sequential: Vec::new(),
     };
     for run in 0..=repeat {
@@ -55,7 +58,16 @@ fn measure_local(
             None
         };
         let c = corepool_once(w, pool, sizes, inputs, tasks)?;
-        let t = threads_once(w, threads, sizes, inputs, tasks)?;
+        let t = if w.has_threads_baseline() {
+            Some(threads_once(w, threads, sizes, inputs, tasks)?)
+        } else {
+            None
+        };
+        let spawn = if w == Workload::ApplyAsync {
+            Some(threads_spawn_once(threads, sizes)?)
+        } else {
+            None
+        };
         let seq = match seq {
             Some(s) => Some(s),
             None if with_sequential => sequential_once(w, sizes, inputs, tasks).transpose()?,
@@ -63,7 +75,8 @@ fn measure_local(
         };
         if run > 0 {
             out.corepool.push(c);
-            out.threads.push(t);
+            out.threads.extend(t);
+            out.threads_spawn.extend(spawn);
             out.sequential.extend(seq);
         }
         bar.inc(1);
@@ -83,7 +96,11 @@ pub(super) fn run_suite(args: &BenchArgs, plan: &Plan) -> Result<(), CliError> {
     // Memory-hungry workloads last: many live handles leave the heap in a
     // state that slows every later allocation-heavy row. Rows are printed in
     // the canonical order whatever the run order.
+    // start first of all: a small parent is what a program starting its pool
+    // usually is. The bulk rows last: they move 512 MiB per run.
     let run_order = [
+        Workload::Start,
+        Workload::Respawn,
         Workload::Latency,
         Workload::PipeRtt,
         Workload::Queue,
@@ -91,6 +108,8 @@ pub(super) fn run_suite(args: &BenchArgs, plan: &Plan) -> Result<(), CliError> {
         Workload::SharedSum,
         Workload::Map,
         Workload::ApplyAsync,
+        Workload::Bulk,
+        Workload::BulkShared,
     ];
     for w in run_order.into_iter().filter(|w| plan.selected.contains(w)) {
         let with_sequential = matches!(w, Workload::Map | Workload::CpuLoop | Workload::SharedSum);
@@ -108,7 +127,14 @@ pub(super) fn run_suite(args: &BenchArgs, plan: &Plan) -> Result<(), CliError> {
         )?;
         // queue and pipe_rtt: two parties, one process (or thread) besides
         // this one, not the pool.
-        let (row_workers, corepool_pinning, threads_pinning) = if w.uses_pool() {
+        let (row_workers, corepool_pinning, threads_pinning) = if w == Workload::Respawn {
+            // One worker, killed and replaced: on the first worker's place.
+            let place = match placement.cpus.as_ref().and_then(|c| c.first()) {
+                Some(cpu) => format!("{}: 1 worker on CPU {cpu}", args.pinning),
+                None => format!("{}: 1 worker, unpinned", args.pinning),
+            };
+            (1, env_for(&plan.topo, place), THREADS_PINNING.to_string())
+        } else if w.uses_pool() {
             (workers, corepool_env.clone(), THREADS_PINNING.to_string())
         } else {
             let cpus = pair_cpus()?;
@@ -118,24 +144,34 @@ pub(super) fn run_suite(args: &BenchArgs, plan: &Plan) -> Result<(), CliError> {
                 pair_pinning(w, cpus, true),
             )
         };
-        let mut got = vec![
-            summarize(
-                w,
-                "corepool",
-                row_workers,
-                &s.corepool,
-                corepool_pinning,
-                None,
-            ),
-            summarize(
+        let mut got = vec![summarize(
+            w,
+            "corepool",
+            row_workers,
+            &s.corepool,
+            corepool_pinning,
+            None,
+        )];
+        if !s.threads.is_empty() {
+            got.push(summarize(
                 w,
                 "threads",
                 row_workers,
                 &s.threads,
-                env_for(&plan.topo, threads_pinning),
+                env_for(&plan.topo, threads_pinning.clone()),
                 None,
-            ),
-        ];
+            ));
+        }
+        if !s.threads_spawn.is_empty() {
+            got.push(summarize(
+                w,
+                "threads-spawn",
+                row_workers,
+                &s.threads_spawn,
+                env_for(&plan.topo, threads_pinning),
+                Some("rayon scope + spawn, each result written to its own slot: no channel, no handle".into()),
+            ));
+        }
         if !s.sequential.is_empty() {
             got.push(summarize(
                 w,

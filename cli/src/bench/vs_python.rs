@@ -48,7 +48,9 @@ fn python_rows(
             }
             let mut note = r.note;
             if !info.python.is_empty() {
-                let py = format!("Python {} ({})", info.python, info.start_method);
+                // A row timed with a start method of its own says which.
+                let method = r.start_method.as_deref().unwrap_or(&info.start_method);
+                let py = format!("Python {} ({method})", info.python);
                 note = Some(match note {
                     Some(n) => format!("{py}; {n}"),
                     None => py,
@@ -71,6 +73,8 @@ fn python_rows(
                 efficiency: None,
                 vs_threads: None,
                 vs_python: None,
+                vs_threads_spawn: None,
+                p99: None,
                 note,
                 env: env_for(topo, PYTHON_PINNING.into()),
             })

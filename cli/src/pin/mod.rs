@@ -108,6 +108,12 @@ fn default_size(w: Workload, quick: bool) -> u64 {
         // Not swept (they do not run on the pool): bench's sizes.
         (Workload::Queue | Workload::PipeRtt, false) => Sizes::full().get(w),
         (Workload::Queue | Workload::PipeRtt, true) => Sizes::quick().get(w),
+        (Workload::Start | Workload::Respawn | Workload::Bulk | Workload::BulkShared, false) => {
+            Sizes::full().get(w)
+        }
+        (Workload::Start | Workload::Respawn | Workload::Bulk | Workload::BulkShared, true) => {
+            Sizes::quick().get(w)
+        }
     }
 }
 

@@ -1,15 +1,16 @@
 //! The workloads on corepool: tasks on a [`Pool`], and `queue` and
 //! `pipe_rtt` between this process and a [`Process`] of their own.
 
+use super::bulk::{corepool_bulk, pinning_like};
 use super::pair::{
     message, message_sum, on_own_thread, pair_cpus, queue_checksum, round_trips, PING_WARMUP,
     QUEUE_CAPACITY, READY,
 };
-use super::tasks::{check, count, loop_parts, noop, partial_sum, sum_ranges, triangle};
+use super::tasks::{check, count, loop_parts, noop, own_pid, partial_sum, sum_ranges, triangle};
 use super::{Inputs, Sample, Sizes, Workload};
 use crate::stats::median_u64;
 use crate::CliError;
-use corepool::{Pipe, PipeEnd, Plain, Pool, Process, Queue};
+use corepool::{Pinning, Pipe, PipeEnd, Plain, Pool, Process, Queue};
 use std::time::{Duration, Instant};
 
 /// One `queue` message: 64 bytes, copied as they are.
@@ -82,6 +83,53 @@ fn pipe_rtt_corepool(n: u64, cpus: (usize, usize)) -> Result<Sample, CliError> {
     })
 }
 
+/// `n` pools like `pool` built one after another: the time of each
+/// `build()`, which returns once every worker is ready to serve.
+fn start_corepool(pool: &Pool, n: u64) -> Result<Sample, CliError> {
+    let started = Instant::now();
+    let mut times = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let t = Instant::now();
+        let fresh = Pool::builder()
+            .workers(pool.workers())
+            .pinning(pinning_like(pool))
+            .build()?;
+        times.push(t.elapsed());
+        // Not timed: the fresh pool serves, then it is torn down.
+        check(fresh.apply(noop, i)? == i, "start: a fresh pool answers")?;
+    }
+    Ok(Sample::events(times, started.elapsed()))
+}
+
+/// `n` times: SIGKILL the one worker of a pool (its pid as a task reported
+/// it), then time until a task submitted after the kill is answered by the
+/// replacement. The pool retries a task the dying worker may have claimed
+/// in the moment between the signal and its death.
+fn respawn_corepool(pool: &Pool, n: u64) -> Result<Sample, CliError> {
+    let pinning = match pool.cpu_sets().first().and_then(|s| s.first()) {
+        Some(&cpu) => Pinning::Cpus(vec![cpu]),
+        None => Pinning::None,
+    };
+    let one = Pool::builder()
+        .workers(1)
+        .pinning(pinning)
+        .retries(3)
+        .build()?;
+    let mut pid = one.apply(own_pid, ())?;
+    let started = Instant::now();
+    let mut times = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let t = Instant::now();
+        crate::sys::kill(pid as i32, libc::SIGKILL)
+            .map_err(|e| CliError::Wrong(format!("respawn: killing worker {pid}: {e}")))?;
+        let replacement = one.apply(own_pid, ())?;
+        times.push(t.elapsed());
+        check(replacement != pid, "respawn: the replacement served")?;
+        pid = replacement;
+    }
+    Ok(Sample::events(times, started.elapsed()))
+}
+
 /// One run of `w` on a corepool pool. `tasks` is the number of cpu_loop tasks.
 pub(crate) fn corepool_once(
     w: Workload,
@@ -108,7 +156,7 @@ pub(crate) fn corepool_once(
         Workload::Map => {
             let input = inputs.map_input(n);
             let t = Instant::now();
-            let out = pool.map(noop, input.iter().copied(), None)?;
+            let out = pool.map(noop, input.iter().copied())?;
             let s = Sample::rate(n, t.elapsed());
             check(out == input, "map output")?;
             Ok(s)
@@ -129,6 +177,7 @@ pub(crate) fn corepool_once(
                 items: n,
                 seconds: started.elapsed().as_secs_f64(),
                 value: median_u64(samples),
+                events_ms: Vec::new(),
             })
         }
         Workload::CpuLoop => {
@@ -150,12 +199,15 @@ pub(crate) fn corepool_once(
             let a = inputs.array(n)?;
             let ranges = sum_ranges(&a, n, pool.workers() * 4);
             let t = Instant::now();
-            let total: f64 = pool.map(partial_sum, ranges, Some(1))?.iter().sum();
+            let total: f64 = pool.chunked(1)?.map(partial_sum, ranges)?.iter().sum();
             let s = Sample::rate(n, t.elapsed());
             check(total == n as f64, "shared_sum total")?;
             Ok(s)
         }
         Workload::Queue => queue_corepool(n, pair_cpus()?),
         Workload::PipeRtt => pipe_rtt_corepool(n, pair_cpus()?),
+        Workload::Start => start_corepool(pool, n),
+        Workload::Respawn => respawn_corepool(pool, n),
+        Workload::Bulk | Workload::BulkShared => corepool_bulk(w, pool, &mut inputs.bulk, n),
     }
 }

@@ -4,6 +4,7 @@
 //! system that runs them has a runner of its own: corepool's pool and
 //! processes, rayon threads, and the calling thread alone.
 
+mod bulk;
 mod corepool_runner;
 mod pair;
 mod sequential_runner;
@@ -13,7 +14,7 @@ mod threads_runner;
 pub(crate) use corepool_runner::corepool_once;
 pub(crate) use pair::{pair_cpus, pair_pinning};
 pub(crate) use sequential_runner::sequential_once;
-pub(crate) use threads_runner::threads_once;
+pub(crate) use threads_runner::{threads_once, threads_spawn_once};
 
 use crate::CliError;
 use corepool::SharedArray;
@@ -29,9 +30,13 @@ pub(crate) enum Workload {
     SharedSum,
     Queue,
     PipeRtt,
+    Start,
+    Respawn,
+    Bulk,
+    BulkShared,
 }
 
-pub(crate) const WORKLOADS: [Workload; 7] = [
+pub(crate) const WORKLOADS: [Workload; 11] = [
     Workload::ApplyAsync,
     Workload::Map,
     Workload::Latency,
@@ -39,6 +44,10 @@ pub(crate) const WORKLOADS: [Workload; 7] = [
     Workload::SharedSum,
     Workload::Queue,
     Workload::PipeRtt,
+    Workload::Start,
+    Workload::Respawn,
+    Workload::Bulk,
+    Workload::BulkShared,
 ];
 
 impl Workload {
@@ -51,6 +60,10 @@ impl Workload {
             Workload::SharedSum => "shared_sum",
             Workload::Queue => "queue",
             Workload::PipeRtt => "pipe_rtt",
+            Workload::Start => "start",
+            Workload::Respawn => "respawn",
+            Workload::Bulk => "bulk",
+            Workload::BulkShared => "bulk_shared",
         }
     }
 
@@ -63,12 +76,17 @@ impl Workload {
             Workload::SharedSum => "elements/s",
             Workload::Queue => "messages/s",
             Workload::PipeRtt => "ns",
+            Workload::Start | Workload::Respawn => "ms",
+            Workload::Bulk | Workload::BulkShared => "B/s",
         }
     }
 
-    /// For latency and pipe_rtt a smaller value is better.
+    /// For latency, pipe_rtt, start and respawn a smaller value is better.
     pub(crate) fn lower_is_better(self) -> bool {
-        matches!(self, Workload::Latency | Workload::PipeRtt)
+        matches!(
+            self,
+            Workload::Latency | Workload::PipeRtt | Workload::Start | Workload::Respawn
+        )
     }
 
     /// Whether it runs on the pool's workers (and so depends on their count
@@ -78,9 +96,38 @@ impl Workload {
         !matches!(self, Workload::Queue | Workload::PipeRtt)
     }
 
-    /// Whether --scale can sweep it: a throughput on the pool's workers.
+    /// Whether --scale can sweep it: a throughput on the pool's workers,
+    /// with the pool's default configuration.
     pub(crate) fn scales(self) -> bool {
-        self.uses_pool() && !self.lower_is_better()
+        matches!(
+            self,
+            Workload::ApplyAsync | Workload::Map | Workload::CpuLoop | Workload::SharedSum
+        )
+    }
+
+    /// Why --scale cannot sweep it (for the workloads it cannot).
+    pub(crate) fn not_scaled_because(self) -> &'static str {
+        match self {
+            Workload::Latency => "is a single round trip",
+            Workload::Queue | Workload::PipeRtt => "runs between two processes, not on the pool",
+            Workload::Start | Workload::Respawn => "times starting workers, not a throughput",
+            _ => "needs a pool configured for 8 MiB arguments",
+        }
+    }
+
+    /// Whether the threads baseline has this workload (threads never die, so
+    /// nothing is respawned).
+    pub(crate) fn has_threads_baseline(self) -> bool {
+        self != Workload::Respawn
+    }
+
+    /// Whether `--size` sets its count: start, respawn and the bulk
+    /// workloads have fixed counts (a pool start, a kill or 8 MiB each).
+    pub(crate) fn sized_by_option(self) -> bool {
+        !matches!(
+            self,
+            Workload::Start | Workload::Respawn | Workload::Bulk | Workload::BulkShared
+        )
     }
 
     pub(crate) fn parse(s: &str) -> Result<Self, CliError> {
@@ -105,11 +152,19 @@ impl Workload {
             Workload::SharedSum => "sum of a shared f64 array, 4 parts per worker",
             Workload::Queue => "64-byte messages from one producer process through a Queue",
             Workload::PipeRtt => "u64 ping-pong with a child process through a duplex Pipe, median",
+            Workload::Start => "build() until every worker is ready, median",
+            Workload::Respawn => "SIGKILL of a worker until its replacement serves, median",
+            Workload::Bulk => "tasks each taking an 8 MiB Vec<u8> and returning its length",
+            Workload::BulkShared => {
+                "the same 8 MiB blocks written into a SharedArray<u8>, tasks getting their range"
+            }
         }
     }
 }
 
-/// Items per run of each workload. `cpu_loop` counts iterations in total.
+/// Items per run of each workload. `cpu_loop` counts iterations in total,
+/// `start` pool starts, `respawn` workers killed, `bulk` and `bulk_shared`
+/// tasks of 8 MiB each.
 #[derive(Clone, Debug)]
 pub(crate) struct Sizes {
     apply_async: u64,
@@ -119,6 +174,9 @@ pub(crate) struct Sizes {
     shared_sum_elements: u64,
     queue: u64,
     pipe_rtt: u64,
+    start: u64,
+    respawn: u64,
+    bulk: u64,
 }
 
 impl Sizes {
@@ -131,6 +189,9 @@ impl Sizes {
             shared_sum_elements: 32 << 20, // 256 MiB
             queue: 2_000_000,
             pipe_rtt: 50_000,
+            start: 10,
+            respawn: 50,
+            bulk: 64, // 512 MiB
         }
     }
 
@@ -143,6 +204,9 @@ impl Sizes {
             shared_sum_elements: 8 << 20, // 64 MiB
             queue: 200_000,
             pipe_rtt: 5_000,
+            start: 3,
+            respawn: 10,
+            bulk: 8, // 64 MiB
         }
     }
 
@@ -155,6 +219,9 @@ impl Sizes {
             Workload::SharedSum => self.shared_sum_elements,
             Workload::Queue => self.queue,
             Workload::PipeRtt => self.pipe_rtt,
+            Workload::Start => self.start,
+            Workload::Respawn => self.respawn,
+            Workload::Bulk | Workload::BulkShared => self.bulk,
         }
     }
 
@@ -167,17 +234,24 @@ impl Sizes {
             Workload::SharedSum => self.shared_sum_elements = n,
             Workload::Queue => self.queue = n,
             Workload::PipeRtt => self.pipe_rtt = n,
+            Workload::Start => self.start = n,
+            Workload::Respawn => self.respawn = n,
+            Workload::Bulk | Workload::BulkShared => self.bulk = n,
         }
     }
 }
 
 /// One timed run.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Sample {
     pub(crate) items: u64,
     pub(crate) seconds: f64,
-    /// Items per second, or the median round trip in ns for latency.
+    /// Items per second (bytes per second for the bulk workloads), the
+    /// median round trip in ns for latency and pipe_rtt, the median time in
+    /// ms for start and respawn.
     pub(crate) value: f64,
+    /// For start and respawn: each timed event, in ms (for the p99).
+    pub(crate) events_ms: Vec<f64>,
 }
 
 impl Sample {
@@ -187,6 +261,18 @@ impl Sample {
             items,
             seconds,
             value: items as f64 / seconds.max(1e-12),
+            events_ms: Vec::new(),
+        }
+    }
+
+    /// A run of timed events (pool starts, replacements): their median.
+    fn events(times: Vec<Duration>, elapsed: Duration) -> Self {
+        let events_ms: Vec<f64> = times.iter().map(|t| t.as_secs_f64() * 1e3).collect();
+        Sample {
+            items: times.len() as u64,
+            seconds: elapsed.as_secs_f64(),
+            value: crate::stats::Summary::of(&events_ms).median,
+            events_ms,
         }
     }
 }
@@ -196,6 +282,8 @@ impl Sample {
 pub(crate) struct Inputs {
     map: Option<Vec<u64>>,
     array: Option<SharedArray<f64>>,
+    /// The bulk workloads' pool and array (see `bulk.rs`).
+    bulk: bulk::BulkInputs,
 }
 
 impl Inputs {

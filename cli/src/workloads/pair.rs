@@ -78,6 +78,7 @@ pub(super) fn round_trips(
         items: n,
         seconds: started.elapsed().as_secs_f64(),
         value: median_u64(samples),
+        events_ms: Vec::new(),
     })
 }
 

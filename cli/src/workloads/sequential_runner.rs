@@ -41,6 +41,13 @@ pub(crate) fn sequential_once(
             check(total == n as f64, "sequential shared_sum")?;
             Ok(s)
         })()),
-        Workload::ApplyAsync | Workload::Latency | Workload::Queue | Workload::PipeRtt => None,
+        Workload::ApplyAsync
+        | Workload::Latency
+        | Workload::Queue
+        | Workload::PipeRtt
+        | Workload::Start
+        | Workload::Respawn
+        | Workload::Bulk
+        | Workload::BulkShared => None,
     }
 }

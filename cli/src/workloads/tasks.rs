@@ -8,6 +8,11 @@ pub(super) fn noop(x: u64) -> u64 {
     x
 }
 
+/// The pid of the process that runs the task.
+pub(super) fn own_pid(_: ()) -> u32 {
+    std::process::id()
+}
+
 /// The seed's loop: `x = x + 1`, n times.
 pub(super) fn count(n: u64) -> u64 {
     let mut x = 0u64;

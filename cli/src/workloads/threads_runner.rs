@@ -2,6 +2,7 @@
 //! and crossbeam channels between two threads for `queue` and `pipe_rtt`.
 //! The in-process baseline corepool is compared with.
 
+use super::bulk::threads_bulk;
 use super::pair::{
     message, message_sum, on_own_thread, pair_cpus, queue_checksum, round_trips, PING_WARMUP,
     QUEUE_CAPACITY, READY,
@@ -10,6 +11,7 @@ use super::tasks::{check, count, loop_parts, noop, partial_sum, sum_ranges, tria
 use super::{Inputs, Sample, Sizes, Workload};
 use crate::stats::median_u64;
 use crate::CliError;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 fn queue_threads(n: u64, cpus: (usize, usize)) -> Result<Sample, CliError> {
@@ -74,6 +76,50 @@ fn pipe_rtt_threads(n: u64, cpus: (usize, usize)) -> Result<Sample, CliError> {
     })
 }
 
+/// `n` rayon pools of `threads`' size built one after another: the time
+/// until every thread of each has run (a broadcast answered).
+fn start_threads(threads: &rayon::ThreadPool, n: u64) -> Result<Sample, CliError> {
+    let started = Instant::now();
+    let mut times = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let t = Instant::now();
+        let fresh = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.current_num_threads())
+            .build()
+            .map_err(|e| CliError::Wrong(format!("start: rayon: {e}")))?;
+        let ran = fresh.broadcast(|_| 1u64).iter().sum::<u64>();
+        times.push(t.elapsed());
+        check(
+            ran == threads.current_num_threads() as u64,
+            "start: every thread ran",
+        )?;
+    }
+    Ok(Sample::events(times, started.elapsed()))
+}
+
+/// The fastest in-process way to run `n` no-op tasks: rayon `scope` and
+/// `spawn`, each result written into its own slot (no channel, no handle).
+/// The floor apply_async is measured against.
+pub(crate) fn threads_spawn_once(
+    threads: &rayon::ThreadPool,
+    sizes: &Sizes,
+) -> Result<Sample, CliError> {
+    let n = sizes.get(Workload::ApplyAsync);
+    let t = Instant::now();
+    let out: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+    threads.scope(|s| {
+        for (i, slot) in out.iter().enumerate() {
+            s.spawn(move |_| slot.store(noop(i as u64), Ordering::Relaxed));
+        }
+    });
+    let sum = out
+        .iter()
+        .fold(0u64, |s, x| s.wrapping_add(x.load(Ordering::Relaxed)));
+    let s = Sample::rate(n, t.elapsed());
+    check(sum == triangle(n), "threads-spawn sum")?;
+    Ok(s)
+}
+
 /// One run of `w` on rayon threads.
 pub(crate) fn threads_once(
     w: Workload,
@@ -129,6 +175,7 @@ pub(crate) fn threads_once(
                 items: n,
                 seconds: started.elapsed().as_secs_f64(),
                 value: median_u64(samples),
+                events_ms: Vec::new(),
             })
         }
         Workload::CpuLoop => {
@@ -151,5 +198,10 @@ pub(crate) fn threads_once(
         }
         Workload::Queue => queue_threads(n, pair_cpus()?),
         Workload::PipeRtt => pipe_rtt_threads(n, pair_cpus()?),
+        Workload::Start => start_threads(threads, n),
+        Workload::Respawn => Err(CliError::Wrong(
+            "respawn has no threads baseline: threads are never killed and replaced".into(),
+        )),
+        Workload::Bulk | Workload::BulkShared => threads_bulk(w, threads, &mut inputs.bulk, n),
     }
 }

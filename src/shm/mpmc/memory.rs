@@ -1,6 +1,7 @@
 //! Where a queue lives: [`QueueMemory`], a bounds-checked view of the bytes
 //! that hold a queue's header, control words and slots, in a shared segment
-//! in production and on the heap (`HeapQueue`) in unit tests.
+//! in production and on the heap (`HeapQueue`, and `HeapRings` for an
+//! unbounded queue's rings) in unit tests.
 
 #[cfg(test)]
 use super::bytes_for;
@@ -47,10 +48,22 @@ impl QueueMemory {
         Some(unsafe { self.base.add(offset) })
     }
 
+    /// The memory from `offset` on (empty if `offset` lies past the end).
+    pub(super) fn after(&self, offset: usize) -> Self {
+        let offset = offset.min(self.len);
+        // SAFETY: offset <= len: the result stays inside the memory, and
+        // lives as long as it.
+        let base = unsafe { self.base.add(offset) };
+        Self {
+            base,
+            len: self.len - offset,
+        }
+    }
+
     pub(super) fn word64(&self, offset: usize) -> &AtomicU64 {
         let p = self
             .at(offset, 8)
-            .expect("control words are in the header page");
+            .expect("word offsets are checked against the memory's size");
         // SAFETY: in bounds, 8-aligned (8-aligned base, offsets multiples of
         // 8), valid as long as `self` (`new`'s contract); every process
         // accesses it only atomically.
@@ -60,7 +73,7 @@ impl QueueMemory {
     pub(super) fn word32(&self, offset: usize) -> &AtomicU32 {
         let p = self
             .at(offset, 4)
-            .expect("control words are in the header page");
+            .expect("word offsets are checked against the memory's size");
         // SAFETY: as in `word64`, 4-aligned.
         unsafe { AtomicU32::from_ptr(p.cast()) }
     }
@@ -107,5 +120,62 @@ impl Drop for HeapQueue {
         // SAFETY: `self.words` came from `Box::into_raw` in `new` and is
         // freed only here.
         drop(unsafe { Box::from_raw(self.words) });
+    }
+}
+
+/// An unbounded queue's rings on the heap, for unit tests (under Miri too):
+/// ring `k` exists once [`ensure`](Self::ensure)d, as a file's range exists
+/// once the file has grown over it.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(super) struct HeapRings {
+    rings: std::sync::Mutex<Vec<Option<HeapBytes>>>,
+    /// How many rings were given back (`punch`).
+    pub(super) punched: std::sync::atomic::AtomicUsize,
+}
+
+/// One heap allocation, freed on drop (see [`HeapQueue`] for why raw).
+#[cfg(test)]
+#[derive(Debug)]
+struct HeapBytes(*mut [AtomicU64]);
+
+// SAFETY: a pointer to atomics, used as `HeapQueue`'s is.
+#[cfg(test)]
+unsafe impl Send for HeapBytes {}
+// SAFETY: as above.
+#[cfg(test)]
+unsafe impl Sync for HeapBytes {}
+
+#[cfg(test)]
+impl Drop for HeapBytes {
+    fn drop(&mut self) {
+        // SAFETY: from `Box::into_raw` in `HeapRings::ensure`, freed only here.
+        drop(unsafe { Box::from_raw(self.0) });
+    }
+}
+
+#[cfg(test)]
+impl HeapRings {
+    /// Makes ring `k` of `len` bytes exist (zeroed), if it does not yet.
+    pub(super) fn ensure(&self, k: usize, len: usize) {
+        let mut rings = crate::sync::lock(&self.rings);
+        if rings.len() <= k {
+            rings.resize_with(k + 1, || None);
+        }
+        if rings[k].is_none() {
+            let words: Box<[AtomicU64]> = (0..len.div_ceil(8)).map(|_| AtomicU64::new(0)).collect();
+            rings[k] = Some(HeapBytes(Box::into_raw(words)));
+        }
+    }
+
+    /// Ring `k`'s memory, if it exists and holds `len` bytes.
+    pub(super) fn memory(&self, k: usize, len: usize) -> Option<QueueMemory> {
+        let rings = crate::sync::lock(&self.rings);
+        let bytes = rings.get(k)?.as_ref()?;
+        (bytes.0.len() * 8 >= len).then(|| {
+            // SAFETY: 8-aligned, `8 * len` bytes, alive until `self` drops
+            // (rings are never freed before: `punch` only counts).
+            unsafe { QueueMemory::new(bytes.0.cast(), len) }
+        })
     }
 }

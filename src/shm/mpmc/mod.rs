@@ -1,7 +1,7 @@
-//! A bounded many-producer, many-consumer queue of byte strings in shared
-//! memory, whose producers and consumers are processes that may die at any
-//! instruction: the core of [`crate::Queue`], which adds the types and the
-//! handle.
+//! A many-producer, many-consumer queue of byte strings in shared memory,
+//! bounded or unbounded, whose producers and consumers are processes that
+//! may die at any instruction: the core of [`crate::Queue`], which adds the
+//! types and the handle.
 //!
 //! # Algorithm
 //!
@@ -42,6 +42,14 @@
 //! Waiting is an [`EventCount`](crate::shm::event::EventCount) per direction
 //! (`not_empty`, `not_full`).
 //!
+//! # Unbounded
+//!
+//! An unbounded queue is a chain of such rings, each twice as large as the
+//! one before, in a file that grows: a put that finds the newest ring full
+//! adds the next instead of waiting ([`unbounded`] has the protocol). Its
+//! rings can be closed to puts, which is why a put's claim is SeqCst and is
+//! followed by a look at the ring's `closed` word.
+//!
 //! # Trust
 //!
 //! Every word read from the memory is validated (lengths against the slot
@@ -52,35 +60,49 @@
 //!
 //! # Files
 //!
-//! This file lays the queue out in memory and waits; [`slot`] holds the
-//! lock-free slot protocol (claims, helping, dead-owner repair). The queue
-//! does not know where its memory lives: [`QueueMemory`] ([`memory`]) points
-//! into a [`SharedSegment`](crate::shm::handle::SharedSegment) in production
-//! and into the heap in unit tests.
+//! This file lays the queue out in memory and waits; [`ring`] says where one
+//! ring's words lie and [`slot`] holds the lock-free slot protocol on it
+//! (claims, helping, dead-owner repair). A bounded queue is one ring; an
+//! unbounded queue ([`unbounded`]) is a chain of rings, each twice as large
+//! as the one before, in a memfd that grows ([`growable`]). The queue does
+//! not know where its memory lives: [`QueueMemory`] ([`memory`]) points into
+//! a [`SharedSegment`](crate::shm::handle::SharedSegment) in production and
+//! into the heap in unit tests.
 
+#[cfg(not(miri))]
+mod growable;
 mod memory;
+mod ring;
 mod slot;
+mod unbounded;
 
 #[cfg(test)]
 use memory::HeapQueue;
 pub(crate) use memory::QueueMemory;
+use ring::{stride_for, Ring};
 #[cfg(feature = "fault-injection")]
 pub(crate) use slot::stop_after_next_claim;
 use slot::{Front, Got, Put};
+use unbounded::Rings;
+pub(crate) use unbounded::CONTROL_BYTES as UNBOUNDED_CONTROL_BYTES;
 
 use crate::error::{Error, Result};
-use crate::shm::owner::OwnerTag;
 use crate::shm::park::Spinner;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const MAGIC: [u8; 8] = *b"COREQUEU";
 /// 2: slots record their owner's tag (start time) beside the state word.
-const VERSION: u32 = 2;
+/// 3: slot state words are stored biased by the slot's index (zeroed memory
+/// is a ready ring); the header's flags say whether the queue is unbounded.
+const VERSION: u32 = 3;
 
 /// Where the control words lie, each on its own cache line.
 const CLOSED_AT: usize = 64;
+/// A bounded queue's `head`; an unbounded queue's head ring.
 const HEAD_AT: usize = 128;
+/// A bounded queue's `tail`; an unbounded queue's tail ring.
 const TAIL_AT: usize = 192;
 /// An event count: sequence word, then sleeper count.
 const NOT_EMPTY_AT: usize = 256;
@@ -88,11 +110,12 @@ const NOT_FULL_AT: usize = 320;
 /// Where the slots start: the header and control words fill the page before.
 /// Memory shorter than this is no queue.
 pub(crate) const SLOTS_AT: usize = 4096;
-/// State word (8 bytes), length word (4), owner tag (4), then the value.
-const SLOT_HEADER: usize = 16;
 /// Values up to this size are copied out of a slot onto the stack; larger
 /// ones into one allocation.
 pub(crate) const INLINE_COPY: usize = 256;
+
+/// Header flag: the queue is unbounded ([`unbounded`]).
+const FLAG_UNBOUNDED: u32 = 1;
 
 /// The queue's header, written by the creator before the queue is shared.
 #[repr(C)]
@@ -100,15 +123,35 @@ pub(crate) const INLINE_COPY: usize = 256;
 struct Header {
     magic: [u8; 8],
     version: u32,
+    /// A bounded queue's capacity; an unbounded queue's first ring's.
     capacity: u32,
     message_bytes: u32,
-    _reserved: u32,
+    /// [`FLAG_UNBOUNDED`], or 0.
+    flags: u32,
     /// The element type's tag, opaque here: checked on [`ByteQueue::open`].
     type_tag: u64,
 }
 
-fn stride_for(message_bytes: usize) -> usize {
-    (SLOT_HEADER + message_bytes).next_multiple_of(64)
+impl Header {
+    fn read(mem: &QueueMemory) -> std::result::Result<Self, String> {
+        let src = mem
+            .at(0, std::mem::size_of::<Header>())
+            .ok_or("too small")?;
+        // SAFETY: in bounds; plain data copied once, then validated. The
+        // header is written only before the queue is shared.
+        Ok(unsafe { src.cast::<Header>().read_unaligned() })
+    }
+
+    /// # Safety
+    ///
+    /// Nobody else uses `mem` yet.
+    unsafe fn write(self, mem: &QueueMemory) {
+        if let Some(dst) = mem.at(0, std::mem::size_of::<Header>()) {
+            // SAFETY: in bounds; the queue is not shared with anyone yet
+            // (the caller's contract).
+            unsafe { dst.cast::<Header>().write_unaligned(self) };
+        }
+    }
 }
 
 /// Bytes of memory a queue of `capacity` values of up to `message_bytes`
@@ -119,13 +162,25 @@ pub(crate) fn bytes_for(capacity: usize, message_bytes: usize) -> Option<usize> 
         .and_then(|b| b.checked_add(SLOTS_AT))
 }
 
+/// Whether `message_bytes` is a size a queue takes (1 byte to 16 MiB).
+fn message_size_ok(message_bytes: usize) -> bool {
+    (1..=16 << 20).contains(&message_bytes)
+}
+
 /// One process's view of a queue of byte strings in a [`QueueMemory`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct ByteQueue {
-    mem: QueueMemory,
-    capacity: u64,
+    control: QueueMemory,
     message_bytes: usize,
-    stride: usize,
+    kind: Kind,
+}
+
+#[derive(Clone, Debug)]
+enum Kind {
+    /// One ring, in the same memory as the control words.
+    Bounded(Ring),
+    /// A chain of rings in a growable file, and this process's mappings.
+    Unbounded(Arc<Rings>),
 }
 
 impl ByteQueue {
@@ -136,7 +191,8 @@ impl ByteQueue {
     ///
     /// # Safety
     ///
-    /// Nobody else uses `mem` yet: the header is written with a plain store.
+    /// Nobody else uses `mem` yet (the header is written with a plain
+    /// store), and it is zeroed (zeroed slots are free for the first lap).
     pub(crate) unsafe fn create(
         mem: QueueMemory,
         capacity: usize,
@@ -148,28 +204,71 @@ impl ByteQueue {
             version: VERSION,
             capacity: capacity as u32,
             message_bytes: message_bytes as u32,
-            _reserved: 0,
+            flags: 0,
             type_tag,
         };
-        let dst = mem
-            .at(0, std::mem::size_of::<Header>())
-            .expect("header fits");
-        // SAFETY: in bounds; the queue is not shared with anyone yet (the
-        // caller's contract).
-        unsafe { dst.cast::<Header>().write_unaligned(header) };
-        let q = Self {
+        // SAFETY: not shared yet (the caller's contract).
+        unsafe { header.write(&mem) };
+        Self::bounded(mem, capacity as u64, message_bytes)
+    }
+
+    /// The one ring of a bounded queue in `mem`, whose size the caller
+    /// checked.
+    fn bounded(mem: QueueMemory, capacity: u64, message_bytes: usize) -> Self {
+        let slots = mem.after(SLOTS_AT);
+        let ring = Ring::new(
             mem,
-            capacity: capacity as u64,
+            (HEAD_AT, TAIL_AT, None),
+            slots,
+            (capacity, message_bytes),
+            0,
+        );
+        Self {
+            control: mem,
             message_bytes,
-            stride: stride_for(message_bytes),
+            kind: Kind::Bounded(ring),
+        }
+    }
+
+    /// Lays out an empty unbounded queue of values of up to `message_bytes`
+    /// (checked by the caller: 1 to 16 MiB) whose control words are in `mem`
+    /// ([`UNBOUNDED_CONTROL_BYTES`] long), and creates the growable file its
+    /// rings live in.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SharedMemory`] if the file cannot be made.
+    ///
+    /// # Safety
+    ///
+    /// As [`create`](Self::create).
+    pub(crate) unsafe fn create_unbounded(
+        mem: QueueMemory,
+        message_bytes: usize,
+        type_tag: u64,
+    ) -> Result<Self> {
+        let rings = Rings::create(mem, message_bytes)?;
+        let header = Header {
+            magic: MAGIC,
+            version: VERSION,
+            capacity: rings.first_capacity() as u32,
+            message_bytes: message_bytes as u32,
+            flags: FLAG_UNBOUNDED,
+            type_tag,
         };
-        q.init_slots();
-        q
+        // SAFETY: not shared yet (the caller's contract).
+        unsafe { header.write(&mem) };
+        Ok(Self {
+            control: mem,
+            message_bytes,
+            kind: Kind::Unbounded(Arc::new(rings)),
+        })
     }
 
     /// The queue another process laid out in `mem` with
-    /// [`create`](Self::create), if its header says it is one of `capacity`
-    /// slots for the type tagged `type_tag` and fits `mem`.
+    /// [`create`](Self::create) or [`create_unbounded`](Self::create_unbounded),
+    /// if its header says it is one of `capacity` slots (`u64::MAX`:
+    /// unbounded) for the type tagged `type_tag` and fits `mem`.
     ///
     /// # Errors
     ///
@@ -178,37 +277,42 @@ impl ByteQueue {
         mem: QueueMemory,
         type_tag: u64,
         capacity: u64,
-    ) -> std::result::Result<Self, &'static str> {
-        let src = mem
-            .at(0, std::mem::size_of::<Header>())
-            .ok_or("too small")?;
-        // SAFETY: in bounds; plain data copied once, then validated. The
-        // header is written only before the queue is shared.
-        let header: Header = unsafe { src.cast::<Header>().read_unaligned() };
+    ) -> std::result::Result<Self, String> {
+        let header = Header::read(&mem)?;
         let message_bytes = header.message_bytes as usize;
-        let needed = bytes_for(header.capacity as usize, message_bytes);
+        let unbounded = header.flags == FLAG_UNBOUNDED;
         if header.magic != MAGIC
             || header.version != VERSION
             || header.type_tag != type_tag
-            || u64::from(header.capacity) != capacity
             || !header.capacity.is_power_of_two()
-            || message_bytes == 0
-            || message_bytes > 16 << 20
-            || needed.is_none_or(|n| mem.at(0, n).is_none())
+            || !message_size_ok(message_bytes)
+            || (header.flags & !FLAG_UNBOUNDED) != 0
+            || unbounded != (capacity == u64::MAX)
         {
-            return Err("not a queue of this type");
+            return Err("not a queue of this type".into());
         }
-        Ok(Self {
-            mem,
-            capacity,
-            message_bytes,
-            stride: stride_for(message_bytes),
-        })
+        if unbounded {
+            let rings = Rings::open(mem, u64::from(header.capacity), message_bytes)?;
+            return Ok(Self {
+                control: mem,
+                message_bytes,
+                kind: Kind::Unbounded(Arc::new(rings)),
+            });
+        }
+        let needed = bytes_for(header.capacity as usize, message_bytes);
+        if u64::from(header.capacity) != capacity || needed.is_none_or(|n| mem.at(0, n).is_none()) {
+            return Err("not a queue of this type".into());
+        }
+        Ok(Self::bounded(mem, capacity, message_bytes))
     }
 
-    /// How many values it holds when full.
+    /// How many values it holds when full; `u64::MAX` for an unbounded
+    /// queue, which is never full.
     pub(crate) fn capacity(&self) -> u64 {
-        self.capacity
+        match &self.kind {
+            Kind::Bounded(ring) => ring.capacity,
+            Kind::Unbounded(_) => u64::MAX,
+        }
     }
 
     /// Largest value it takes, in bytes.
@@ -216,41 +320,12 @@ impl ByteQueue {
         self.message_bytes
     }
 
-    fn slot_base(&self, pos: u64) -> usize {
-        SLOTS_AT + (pos % self.capacity) as usize * self.stride
-    }
-
-    fn slot_state(&self, pos: u64) -> &AtomicU64 {
-        self.mem.word64(self.slot_base(pos))
-    }
-
-    fn slot_len(&self, pos: u64) -> &AtomicU32 {
-        self.mem.word32(self.slot_base(pos) + 8)
-    }
-
-    /// The tag of the process named in the slot's state word while it
-    /// writes or reads it.
-    fn slot_owner(&self, pos: u64) -> OwnerTag<'_> {
-        OwnerTag::new(self.mem.word32(self.slot_base(pos) + 12))
-    }
-
-    fn head(&self) -> &AtomicU64 {
-        self.mem.word64(HEAD_AT)
-    }
-
-    fn tail(&self) -> &AtomicU64 {
-        self.mem.word64(TAIL_AT)
-    }
-
     /// Values it holds (a snapshot: others may be putting and getting).
     pub(crate) fn len(&self) -> usize {
-        // Acquire (both) pairs with the AcqRel CASes in `help_head` and
-        // `help_tail` (mpmc/slot.rs). `head` first: it never passes `tail`, which only grows.
-        let head = self.head().load(Ordering::Acquire);
-        let tail = self.tail().load(Ordering::Acquire);
-        // Saturating, not wrapping: `head` never passes `tail`, and a garbage
-        // `head` beyond `tail` had better read as empty than as full.
-        tail.saturating_sub(head).min(self.capacity) as usize
+        match &self.kind {
+            Kind::Bounded(ring) => ring.len() as usize,
+            Kind::Unbounded(rings) => usize::try_from(rings.len()).unwrap_or(usize::MAX),
+        }
     }
 
     /// Whether it holds no value (a snapshot).
@@ -262,20 +337,20 @@ impl ByteQueue {
     /// left and then fail with [`Error::QueueClosed`]. Wakes every waiter.
     pub(crate) fn close(&self) {
         // Release pairs with the Acquire loads in `is_closed`.
-        self.mem.word32(CLOSED_AT).store(1, Ordering::Release);
+        self.control.word32(CLOSED_AT).store(1, Ordering::Release);
         for at in [NOT_EMPTY_AT, NOT_FULL_AT] {
             // Woken unconditionally: close is rare. The Release bump in
             // `EventCount::notify_all` (shm/event.rs) pairs with the Acquire
             // load of the sequence in `EventCount::wait`: a waiter sees the
             // queue closed at its re-check, or returns from its sleep at once.
-            self.mem.event(at).notify_all();
+            self.control.event(at).notify_all();
         }
     }
 
     /// Whether [`close`](Self::close) was called (by any process).
     pub(crate) fn is_closed(&self) -> bool {
         // Acquire pairs with the Release store in `close`.
-        self.mem.word32(CLOSED_AT).load(Ordering::Acquire) != 0
+        self.control.word32(CLOSED_AT).load(Ordering::Acquire) != 0
     }
 
     /// `Err` unless `bytes` fit a slot: nothing larger may be copied in.
@@ -289,25 +364,64 @@ impl ByteQueue {
         Ok(())
     }
 
-    /// Puts `bytes` if there is room now; `Ok(false)` if the queue is full.
-    /// Does not look whether the queue is closed.
+    /// One attempt to put `bytes` (which fit a slot). An unbounded queue
+    /// grows instead of reporting full.
+    fn put_once(&self, bytes: &[u8]) -> Result<Put> {
+        match &self.kind {
+            Kind::Bounded(ring) => Ok(ring.put_once(bytes)),
+            Kind::Unbounded(rings) => rings.put(bytes).map(|()| Put::Done),
+        }
+    }
+
+    /// The ring at the head and what stands at its head.
+    fn front(&self) -> Result<(Ring, Front)> {
+        match &self.kind {
+            Kind::Bounded(ring) => Ok((*ring, ring.front())),
+            Kind::Unbounded(rings) => rings.front(),
+        }
+    }
+
+    /// One attempt to take the value at the head.
+    fn get_once<R>(&self, take: impl FnOnce(&[u8]) -> R) -> Result<Got<R>> {
+        loop {
+            match self.front()? {
+                (ring, Front::Full { h, word }) => {
+                    if ring.claim(h, word) {
+                        let value = ring.read_claimed(h, take);
+                        if let Kind::Unbounded(rings) = &self.kind {
+                            rings.after_read(&ring);
+                        }
+                        return Ok(Got::Value(value));
+                    }
+                }
+                (_, Front::Empty) => return Ok(Got::Empty),
+                (_, Front::Busy) => return Ok(Got::Busy),
+            }
+        }
+    }
+
+    /// Puts `bytes` if there is room now; `Ok(false)` if the queue is full
+    /// (never for an unbounded queue). Does not look whether the queue is
+    /// closed.
     ///
     /// # Errors
     ///
     /// [`Error::ArgumentTooLarge`] for more than
-    /// [`message_bytes`](Self::message_bytes).
+    /// [`message_bytes`](Self::message_bytes); an unbounded queue that cannot
+    /// grow: [`Error::SharedMemory`].
     pub(crate) fn try_put(&self, bytes: &[u8]) -> Result<bool> {
         self.check_fits(bytes)?;
-        Ok(matches!(self.put_once(bytes), Put::Done))
+        Ok(matches!(self.put_once(bytes)?, Put::Done))
     }
 
     /// Puts `bytes`, waiting for room until `deadline` (`None`: forever):
-    /// spins briefly, then sleeps on `not_full`.
+    /// spins briefly, then sleeps on `not_full`. An unbounded queue never
+    /// waits.
     ///
     /// # Errors
     ///
-    /// [`Error::QueueClosed`]; [`Error::Timeout`] at `deadline`;
-    /// [`Error::ArgumentTooLarge`] as [`try_put`](Self::try_put).
+    /// [`Error::QueueClosed`]; [`Error::Timeout`] at `deadline`; as
+    /// [`try_put`](Self::try_put).
     pub(crate) fn put_until(&self, bytes: &[u8], deadline: Option<Instant>) -> Result<()> {
         self.check_fits(bytes)?;
         let mut spinner = Spinner::new();
@@ -315,9 +429,9 @@ impl ByteQueue {
             if self.is_closed() {
                 return Err(Error::QueueClosed);
             }
-            let busy = match self.put_once(bytes) {
+            let busy = match self.put_once(bytes)? {
                 Put::Done => return Ok(()),
-                Put::Full => false,
+                Put::Full | Put::Closed => false,
                 Put::Busy => true,
             };
             if spinner.spin() {
@@ -329,11 +443,20 @@ impl ByteQueue {
             // wait ends at `deadline`, even while a live reader is stopped
             // mid-copy.
             let poll = busy.then_some(Duration::from_millis(1));
-            if self
-                .mem
-                .event(NOT_FULL_AT)
-                .wait(deadline, poll, || matches!(self.put_once(bytes), Put::Done))?
-            {
+            let mut failed = None;
+            let put = self.control.event(NOT_FULL_AT).wait(deadline, poll, || {
+                match self.put_once(bytes) {
+                    Ok(put) => matches!(put, Put::Done),
+                    Err(e) => {
+                        failed = Some(e);
+                        true
+                    }
+                }
+            })?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if put {
                 return Ok(());
             }
         }
@@ -344,9 +467,11 @@ impl ByteQueue {
     ///
     /// # Errors
     ///
-    /// [`Error::QueueClosed`] once closed and drained.
+    /// [`Error::QueueClosed`] once closed and drained; an unbounded queue
+    /// whose words name memory its file does not have (a peer scribbled on
+    /// them): [`Error::SharedMemory`].
     pub(crate) fn try_get<R>(&self, take: impl FnOnce(&[u8]) -> R) -> Result<Option<R>> {
-        match self.get_once(take) {
+        match self.get_once(take)? {
             Got::Value(value) => Ok(Some(value)),
             Got::Empty | Got::Busy if self.is_closed() && self.is_empty() => {
                 Err(Error::QueueClosed)
@@ -362,7 +487,7 @@ impl ByteQueue {
     /// # Errors
     ///
     /// [`Error::QueueClosed`] once closed and drained; [`Error::Timeout`] at
-    /// `deadline`.
+    /// `deadline`; as [`try_get`](Self::try_get).
     pub(crate) fn get_until<R>(
         &self,
         take: impl Fn(&[u8]) -> R,
@@ -370,7 +495,7 @@ impl ByteQueue {
     ) -> Result<R> {
         let mut spinner = Spinner::new();
         loop {
-            let busy = match self.get_once(&take) {
+            let busy = match self.get_once(&take)? {
                 Got::Value(value) => return Ok(value),
                 Got::Empty => false,
                 Got::Busy => true,
@@ -388,30 +513,35 @@ impl ByteQueue {
             // garbage): never a busy loop. Otherwise sleep until woken.
             let poll = (busy || closed).then_some(Duration::from_millis(1));
             let mut got = None;
-            self.mem
-                .event(NOT_EMPTY_AT)
-                .wait(deadline, poll, || match self.get_once(&take) {
-                    Got::Value(value) => {
-                        got = Some(value);
+            self.control.event(NOT_EMPTY_AT).wait(deadline, poll, || {
+                match self.get_once(&take) {
+                    Ok(Got::Value(value)) => {
+                        got = Some(Ok(value));
                         true
                     }
-                    _ => self.is_closed() && self.is_empty(),
-                })?;
-            if let Some(value) = got {
-                return Ok(value);
+                    Err(e) => {
+                        got = Some(Err(e));
+                        true
+                    }
+                    Ok(_) => self.is_closed() && self.is_empty(),
+                }
+            })?;
+            if let Some(got) = got {
+                return got;
             }
         }
     }
+
     /// Whether a value is ready at the head now (a snapshot: another
     /// consumer may take it first). Takes nothing.
     pub(crate) fn has_value(&self) -> bool {
-        matches!(self.front(), Front::Full { .. })
+        matches!(self.front(), Ok((_, Front::Full { .. })))
     }
 
     /// The event count a put announces on: for waiting on this queue along
     /// with other things (`crate::connection::wait`).
     pub(crate) fn not_empty(&self) -> crate::shm::event::EventCount<'_> {
-        self.mem.event(NOT_EMPTY_AT)
+        self.control.event(NOT_EMPTY_AT)
     }
 
     /// Waits until a value is ready at the head, without taking it, with the
@@ -423,7 +553,7 @@ impl ByteQueue {
     pub(crate) fn wait_nonempty_until(&self, deadline: Option<Instant>) -> Result<()> {
         let mut spinner = Spinner::new();
         loop {
-            let busy = match self.front() {
+            let busy = match self.front()?.1 {
                 Front::Full { .. } => return Ok(()),
                 Front::Empty => false,
                 Front::Busy => true,
@@ -442,9 +572,31 @@ impl ByteQueue {
             // top of the loop looks again.
             let closed = self.is_closed();
             let poll = (busy || closed).then_some(Duration::from_millis(1));
-            self.mem.event(NOT_EMPTY_AT).wait(deadline, poll, || {
+            self.control.event(NOT_EMPTY_AT).wait(deadline, poll, || {
                 self.has_value() || (self.is_closed() && self.is_empty())
             })?;
+        }
+    }
+
+    /// Test hook: claims the next value as a consumer and dies there.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn claim_value_and_abort(&self) -> ! {
+        match self.front() {
+            Ok((ring, _)) => ring.claim_value_and_abort(),
+            Err(_) => std::process::abort(),
+        }
+    }
+
+    /// Test hook: claims the next slot as a producer and dies there.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn claim_slot_and_abort(&self) -> ! {
+        let ring = match &self.kind {
+            Kind::Bounded(ring) => Ok(*ring),
+            Kind::Unbounded(rings) => rings.tail_ring_now(),
+        };
+        match ring {
+            Ok(ring) => ring.claim_slot_and_abort(),
+            Err(_) => std::process::abort(),
         }
     }
 }
@@ -454,6 +606,14 @@ mod tests {
     use super::*;
 
     const TAG: u64 = 0x7e57;
+
+    /// The one ring of a bounded queue.
+    pub(super) fn ring_of(q: &ByteQueue) -> Ring {
+        match &q.kind {
+            Kind::Bounded(ring) => *ring,
+            Kind::Unbounded(_) => unreachable!("a bounded queue"),
+        }
+    }
 
     /// A fresh queue and the heap memory it lives in (keep both).
     pub(super) fn heap_queue(capacity: usize, message_bytes: usize) -> (HeapQueue, ByteQueue) {
@@ -502,6 +662,7 @@ mod tests {
         let per = if cfg!(miri) { 20 } else { 20_000 };
         std::thread::scope(|s| {
             for p in 0..2u64 {
+                let q = q.clone();
                 s.spawn(move || {
                     for i in 0..per {
                         q.put_until(&(p * per + i).to_le_bytes(), None).unwrap();
@@ -510,6 +671,7 @@ mod tests {
             }
             let consumers: Vec<_> = (0..2)
                 .map(|_| {
+                    let q = q.clone();
                     s.spawn(move || {
                         (0..per)
                             .map(|_| {

@@ -1,4 +1,4 @@
-//! The slot protocol of the queue: claiming a slot by CAS on its state
+//! The slot protocol of one ring: claiming a slot by CAS on its state
 //! word, helping `head` and `tail` past claimed slots, and repairing slots
 //! whose owner died mid-operation. The parent module's docs describe the
 //! algorithm (Vyukov's bounded MPMC queue with an owner in every slot).
@@ -9,28 +9,27 @@
 //! later one with the same pid. The slot's length word and bytes are written
 //! and read only by the process whose pid the state word names.
 
-use super::{ByteQueue, INLINE_COPY, NOT_EMPTY_AT, NOT_FULL_AT, SLOT_HEADER};
+use super::ring::{Ring, SEQ_MASK, SLOT_HEADER};
+use super::{INLINE_COPY, NOT_EMPTY_AT, NOT_FULL_AT};
 use crate::shm::owner::holder_is_dead;
 use crate::sys;
 #[cfg(feature = "fault-injection")]
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 
-const SEQ_BITS: u32 = 40;
-const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
 const PID_MASK: u64 = (1 << 22) - 1;
 
 /// Slot phases.
-const EMPTY: u64 = 0;
-const WRITING: u64 = 1;
-const FULL: u64 = 2;
-const READING: u64 = 3;
+pub(super) const EMPTY: u64 = 0;
+pub(super) const WRITING: u64 = 1;
+pub(super) const FULL: u64 = 2;
+pub(super) const READING: u64 = 3;
 
-fn pack(seq: u64, phase: u64, pid: u32) -> u64 {
+pub(super) fn pack(seq: u64, phase: u64, pid: u32) -> u64 {
     ((seq & SEQ_MASK) << 24) | (phase << 22) | (u64::from(pid) & PID_MASK)
 }
 
-fn unpack(word: u64) -> (u64, u64, i32) {
+pub(super) fn unpack(word: u64) -> (u64, u64, i32) {
     (word >> 24, (word >> 22) & 3, (word & PID_MASK) as i32)
 }
 
@@ -45,6 +44,9 @@ pub(super) enum Put {
     /// The slot the put needs is still being read out by a live consumer:
     /// it will be free soon (or its consumer dies, and it is repaired).
     Busy,
+    /// The ring is closed to puts (an unbounded queue grew past it): put
+    /// into the next one. Nothing was stored.
+    Closed,
 }
 
 /// Test hook: the next claim this process makes (put or get) stops the
@@ -84,7 +86,7 @@ pub(super) enum Front {
     Busy,
 }
 
-/// What a get found.
+/// What an attempt to get found.
 pub(super) enum Got<R> {
     Value(R),
     Empty,
@@ -92,28 +94,24 @@ pub(super) enum Got<R> {
     Busy,
 }
 
-impl ByteQueue {
-    /// Makes every slot free for the first lap.
-    pub(super) fn init_slots(&self) {
-        for i in 0..self.capacity {
-            // Relaxed: not shared yet; handing the queue to another thread or
-            // process (a spawn, a channel) orders these stores before its use.
-            self.slot_state(i)
-                .store(pack(i, EMPTY, 0), Ordering::Relaxed);
-        }
-    }
-
+impl Ring {
     /// Claims the slot at `tail` if it is free for this lap, copies `bytes`
     /// in and publishes them; frees a slot whose owner died on the way, and
     /// helps `tail` past slots others claimed. `bytes` fit a slot (checked
     /// by the caller).
+    ///
+    /// In a ring that can be closed to puts (an unbounded queue's), a claim
+    /// is followed by a look at the `closed` word: a producer that finds the
+    /// ring closed after its claim gives its position up as a dead
+    /// producer's would be ([`Put::Closed`]), so that no value lands in a
+    /// ring its consumers have left.
     pub(super) fn put_once(&self, bytes: &[u8]) -> Put {
         let me = my_pid();
         loop {
             // Acquire pairs with the AcqRel CASes that move `tail` (`help_tail`).
             let t = self.tail().load(Ordering::Acquire);
             let state = self.slot_state(t);
-            // Acquire pairs with the Release store of EMPTY in `get_once` and
+            // Acquire pairs with the Release store of EMPTY in `read_claimed` and
             // the AcqRel repair CASes (in `front` and below): a slot we see
             // free was read out before we write it.
             let word = state.load(Ordering::Acquire);
@@ -124,15 +122,19 @@ impl ByteQueue {
                     self.help_tail(t);
                     continue;
                 }
-                // AcqRel: Acquire pairs with the consumer's Release store of
-                // EMPTY (its read is done before our write); Release pairs
-                // with the Acquire state loads here and in `front` (others
-                // see the slot claimed).
+                // SeqCst (an AcqRel that also takes part in the single
+                // order of SeqCst operations): Acquire pairs with the
+                // consumer's Release store of EMPTY (its read is done before
+                // our write); Release pairs with the state loads here and in
+                // `front` (others see the slot claimed); SeqCst pairs with the
+                // SeqCst load of the ring's `closed` word by a consumer that
+                // then loads this slot (`closed_for_puts`, then `front`):
+                // either we see the ring closed below, or it sees our claim.
                 if state
                     .compare_exchange(
                         word,
                         pack(t, WRITING, me),
-                        Ordering::AcqRel,
+                        Ordering::SeqCst,
                         Ordering::Acquire,
                     )
                     .is_err()
@@ -141,9 +143,23 @@ impl ByteQueue {
                 }
                 self.slot_owner(t).record_mine();
                 self.help_tail(t);
+                if self.closed_for_puts() {
+                    // Too late for this ring: give the position up as if we
+                    // had died here. The slot is ours (WRITING): a store.
+                    self.slot_owner(t).clear();
+                    // Release pairs with the Acquire state loads in `front`
+                    // and `put_once` (the skipped slot is seen free).
+                    state.store(
+                        pack(t.wrapping_add(self.capacity), EMPTY, 0),
+                        Ordering::Release,
+                    );
+                    // A consumer may be waiting on this slot (Busy).
+                    self.control.event(NOT_EMPTY_AT).notify();
+                    return Put::Closed;
+                }
                 stop_if_asked();
                 let dst = self.slot_base(t) + SLOT_HEADER;
-                if let Some(p) = self.mem.at(dst, bytes.len()) {
+                if let Some(p) = self.slots.at(dst, bytes.len()) {
                     // SAFETY: in bounds (checked); the slot is ours (WRITING)
                     // until we publish it below.
                     unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len()) };
@@ -153,10 +169,10 @@ impl ByteQueue {
                     .store(bytes.len() as u32, Ordering::Relaxed);
                 self.slot_owner(t).clear();
                 // Release pairs with the Acquire state load in `front` and
-                // the consumer's AcqRel claim CAS in `get_once`: the value
+                // the consumer's AcqRel claim CAS in `claim`: the value
                 // and its length are written before the slot reads FULL.
                 state.store(pack(t, FULL, 0), Ordering::Release);
-                self.mem.event(NOT_EMPTY_AT).notify();
+                self.control.event(NOT_EMPTY_AT).notify();
                 return Put::Done;
             }
             if seq == t.wrapping_sub(self.capacity) & SEQ_MASK {
@@ -201,8 +217,11 @@ impl ByteQueue {
             let h = self.head().load(Ordering::Acquire);
             let state = self.slot_state(h);
             // Acquire pairs with the Release stores of FULL (`put_once`) and
-            // EMPTY (`get_once`) and the AcqRel repair CASes.
-            let word = state.load(Ordering::Acquire);
+            // EMPTY (`read_claimed`) and the AcqRel repair CASes. SeqCst: a
+            // consumer that saw the ring closed (`closed_for_puts`, SeqCst)
+            // and then finds the slot empty here knows that any later claim
+            // of it sees the close (the SeqCst claim CAS in `put_once`).
+            let word = state.load(Ordering::SeqCst);
             let (seq, phase, pid) = unpack(word);
             if seq == h & SEQ_MASK {
                 match phase {
@@ -224,7 +243,7 @@ impl ByteQueue {
                             .is_ok()
                         {
                             self.help_head(h);
-                            self.mem.event(NOT_FULL_AT).notify();
+                            self.control.event(NOT_FULL_AT).notify();
                         }
                         continue;
                     }
@@ -288,78 +307,89 @@ impl ByteQueue {
                 .compare_exchange(t, t.wrapping_add(1), Ordering::AcqRel, Ordering::Acquire);
     }
 
-    /// Takes the value at `head` if there is one, handing a private copy of
-    /// its bytes to `take` (never a reference into the memory).
-    pub(super) fn get_once<R>(&self, take: impl FnOnce(&[u8]) -> R) -> Got<R> {
-        let me = my_pid();
-        loop {
-            let (h, word) = match self.front() {
-                Front::Full { h, word } => (h, word),
-                Front::Empty => return Got::Empty,
-                Front::Busy => return Got::Busy,
-            };
-            let state = self.slot_state(h);
-            // AcqRel: Acquire pairs with the producer's Release store of FULL
-            // (we see the value); Release pairs with the Acquire loads of the
-            // state in `front` (others see the slot claimed).
-            if state
-                .compare_exchange(
-                    word,
-                    pack(h, READING, me),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_err()
-            {
-                continue;
-            }
-            self.slot_owner(h).record_mine();
-            self.help_head(h);
-            stop_if_asked();
-            // Relaxed: ordered after the producer's store by our AcqRel claim,
-            // which read its Release store of FULL. Garbage is clamped.
-            let len = (self.slot_len(h).load(Ordering::Relaxed) as usize).min(self.message_bytes);
-            let src = self.slot_base(h) + SLOT_HEADER;
-            // Copy out before freeing the slot; decode after, so that
-            // producers are not kept waiting on it.
-            let mut inline = [0u8; INLINE_COPY];
-            let spilled: Vec<u8>;
-            let copy: &[u8] = match self.mem.at(src, len) {
-                Some(p) if len <= INLINE_COPY => {
-                    // SAFETY: in bounds (checked); the slot is ours (READING)
-                    // until we free it below.
-                    unsafe { std::ptr::copy_nonoverlapping(p, inline.as_mut_ptr(), len) };
-                    &inline[..len]
-                }
-                Some(p) => {
-                    let mut v = vec![0u8; len];
-                    // SAFETY: as above.
-                    unsafe { std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), len) };
-                    spilled = v;
-                    &spilled
-                }
-                None => &[],
-            };
-            self.slot_owner(h).clear();
-            // Release pairs with the Acquire load of the state in `put_once`
-            // one lap later (and its AcqRel claim CAS): our read is done
-            // before it writes.
-            state.store(
-                pack(h.wrapping_add(self.capacity), EMPTY, 0),
-                Ordering::Release,
-            );
-            self.mem.event(NOT_FULL_AT).notify();
-            return Got::Value(take(copy));
+    /// Claims the value [`front`](Self::front) found at `h` (its state word
+    /// read `word`) for this process, and helps `head` past it. `false` if
+    /// another consumer, or a repair, changed the slot first.
+    pub(super) fn claim(&self, h: u64, word: u64) -> bool {
+        let state = self.slot_state(h);
+        // AcqRel: Acquire pairs with the producer's Release store of FULL
+        // (we see the value); Release pairs with the Acquire loads of the
+        // state in `front` (others see the slot claimed).
+        if state
+            .compare_exchange(
+                word,
+                pack(h, READING, my_pid()),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            return false;
         }
+        self.slot_owner(h).record_mine();
+        self.help_head(h);
+        stop_if_asked();
+        true
+    }
+
+    /// Copies the value out of slot `h`, which this process
+    /// [`claim`](Self::claim)ed, frees the slot, and hands a private copy of
+    /// the bytes to `take` (never a reference into the memory).
+    pub(super) fn read_claimed<R>(&self, h: u64, take: impl FnOnce(&[u8]) -> R) -> R {
+        // Relaxed: ordered after the producer's store by our AcqRel claim,
+        // which read its Release store of FULL. Garbage is clamped.
+        let len = (self.slot_len(h).load(Ordering::Relaxed) as usize).min(self.message_bytes);
+        let src = self.slot_base(h) + SLOT_HEADER;
+        // Copy out before freeing the slot; decode after, so that
+        // producers are not kept waiting on it.
+        let mut inline = [0u8; INLINE_COPY];
+        let spilled: Vec<u8>;
+        let copy: &[u8] = match self.slots.at(src, len) {
+            Some(p) if len <= INLINE_COPY => {
+                // SAFETY: in bounds (checked); the slot is ours (READING)
+                // until we free it below.
+                unsafe { std::ptr::copy_nonoverlapping(p, inline.as_mut_ptr(), len) };
+                &inline[..len]
+            }
+            Some(p) => {
+                let mut v = vec![0u8; len];
+                // SAFETY: as above.
+                unsafe { std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), len) };
+                spilled = v;
+                &spilled
+            }
+            None => &[],
+        };
+        self.slot_owner(h).clear();
+        // Release pairs with the Acquire load of the state in `put_once`
+        // one lap later (and its claim CAS): our read is done before it
+        // writes.
+        self.slot_state(h).store(
+            pack(h.wrapping_add(self.capacity), EMPTY, 0),
+            Ordering::Release,
+        );
+        self.control.event(NOT_FULL_AT).notify();
+        take(copy)
+    }
+
+    /// Whether a live process is in the middle of reading a value out of
+    /// this ring (an unbounded queue frees a ring's memory only when none
+    /// is: it would read zeros).
+    pub(super) fn has_live_reader(&self) -> bool {
+        (0..self.capacity).any(|pos| {
+            // Acquire pairs with the AcqRel claim CAS in `claim`.
+            let (_, phase, pid) = unpack(self.slot_state(pos).load(Ordering::Acquire));
+            phase == READING && !holder_is_dead(pid, self.slot_owner(pos).read())
+        })
     }
 
     /// Test hook: claims the next value as a consumer and dies there, leaving
     /// its slot READING with this process's pid.
     #[cfg(feature = "fault-injection")]
-    pub(crate) fn claim_value_and_abort(&self) -> ! {
+    pub(super) fn claim_value_and_abort(&self) -> ! {
         // Acquire pairs with the AcqRel CASes that move `head`.
         let h = self.head().load(Ordering::Acquire);
-        // AcqRel: as the claim CAS in `get_once`.
+        // AcqRel: as the claim CAS in `claim`.
         let _ = self.slot_state(h).compare_exchange(
             pack(h, FULL, 0),
             pack(h, READING, my_pid()),
@@ -374,7 +404,7 @@ impl ByteQueue {
     /// Test hook: claims the next slot as a producer and dies there, leaving
     /// it WRITING with this process's pid.
     #[cfg(feature = "fault-injection")]
-    pub(crate) fn claim_slot_and_abort(&self) -> ! {
+    pub(super) fn claim_slot_and_abort(&self) -> ! {
         // Acquire pairs with the AcqRel CASes that move `tail`.
         let t = self.tail().load(Ordering::Acquire);
         // AcqRel: as the claim CAS in `put_once`.
@@ -393,7 +423,7 @@ impl ByteQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shm::mpmc::tests::{get_u64, heap_queue, put_u64};
+    use crate::shm::mpmc::tests::{get_u64, heap_queue, put_u64, ring_of};
 
     #[test]
     fn states_pack_and_unpack() {
@@ -409,7 +439,8 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore = "starts a process and reads /proc")]
     fn a_slot_whose_owner_pid_was_reused_is_skipped() {
-        let (_heap, q) = heap_queue(4, 8);
+        let (_heap, bq) = heap_queue(4, 8);
+        let q = ring_of(&bq);
         // Slot 0 is being written by a live process, but not the one whose
         // start time the slot recorded: the writer died and its pid was
         // reused. The slot is skipped, not waited on for ever.
@@ -421,28 +452,28 @@ mod tests {
         let real = crate::shm::owner::start_tag_of(pid as i32);
         q.slot_state(0)
             .store(pack(0, WRITING, pid), Ordering::Relaxed);
-        q.mem
+        q.slots
             .word32(q.slot_base(0) + 12)
             .store(real.wrapping_add(1).max(1), Ordering::Relaxed);
         q.tail().store(1, Ordering::Relaxed);
-        assert!(put_u64(&q, 5));
-        assert_eq!(get_u64(&q), Some(5));
+        assert!(put_u64(&bq, 5));
+        assert_eq!(get_u64(&bq), Some(5));
         // Under its own start time the same writer is alive: waited for.
         q.slot_state(2)
             .store(pack(2, WRITING, pid), Ordering::Relaxed);
-        q.mem
+        q.slots
             .word32(q.slot_base(2) + 12)
             .store(real, Ordering::Relaxed);
         q.tail().store(3, Ordering::Relaxed);
-        assert_eq!(get_u64(&q), None);
+        assert_eq!(get_u64(&bq), None);
         let _ = other.kill();
         let _ = other.wait();
         // Dead and reaped: skipped, once this thread asks again (a holder
         // found alive is taken as alive for `ALIVE_FOR` without a look).
-        assert!(put_u64(&q, 6));
+        assert!(put_u64(&bq, 6));
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            match get_u64(&q) {
+            match get_u64(&bq) {
                 Some(v) => break assert_eq!(v, 6),
                 None => assert!(
                     std::time::Instant::now() < deadline,
@@ -457,24 +488,25 @@ mod tests {
     fn positions_wrap_at_the_top_of_u64() {
         // Positions come from shared memory: one at u64::MAX must wrap to 0
         // (debug builds would panic on `+ 1`), and the queue go on working.
-        let (_heap, q) = heap_queue(4, 8);
+        let (_heap, bq) = heap_queue(4, 8);
+        let q = ring_of(&bq);
         let top = u64::MAX;
         q.head().store(top, Ordering::Relaxed);
         q.tail().store(top, Ordering::Relaxed);
         q.slot_state(top)
             .store(pack(top, EMPTY, 0), Ordering::Relaxed);
-        assert!(put_u64(&q, 1));
+        assert!(put_u64(&bq, 1));
         assert_eq!(q.tail().load(Ordering::Relaxed), 0, "tail wrapped");
-        assert!(put_u64(&q, 2));
-        assert_eq!(get_u64(&q), Some(1));
+        assert!(put_u64(&bq, 2));
+        assert_eq!(get_u64(&bq), Some(1));
         assert_eq!(q.head().load(Ordering::Relaxed), 0, "head wrapped");
-        assert_eq!(get_u64(&q), Some(2));
-        assert_eq!(get_u64(&q), None);
+        assert_eq!(get_u64(&bq), Some(2));
+        assert_eq!(get_u64(&bq), None);
         // Garbage positions (head past tail): no panic, no value made up.
         q.head().store(top - 1, Ordering::Relaxed);
         q.tail().store(3, Ordering::Relaxed);
-        assert_eq!(get_u64(&q), None);
-        assert!(q.try_put(&3u64.to_le_bytes()).is_ok());
-        assert!(q.len() <= q.capacity() as usize);
+        assert_eq!(get_u64(&bq), None);
+        assert!(bq.try_put(&3u64.to_le_bytes()).is_ok());
+        assert!(bq.len() <= bq.capacity() as usize);
     }
 }

@@ -26,7 +26,7 @@ fn digit_sum(x: u64) -> u64 {
 /// Whatever building the pool or running its tasks reports.
 pub fn sum_of_squares(n: u64, workers: usize) -> corepool::Result<u64> {
     let pool = Pool::new(workers)?;
-    Ok(pool.map(square, 0..n, None)?.into_iter().sum())
+    Ok(pool.map(square, 0..n)?.into_iter().sum())
 }
 
 /// The sum of the decimal digits of `x`, computed in a process of its own.

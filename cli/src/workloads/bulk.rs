@@ -1,0 +1,194 @@
+//! The bulk workloads, on every system: `bulk` passes each task an 8 MiB
+//! `Vec<u8>` and gets its length back; `bulk_shared` writes the same blocks
+//! into one `SharedArray<u8>` and passes each task a handle on its range.
+//! Together they show what moving large arguments costs, and when to switch
+//! to a shared array.
+
+use super::tasks::check;
+use super::{Sample, Workload};
+use crate::CliError;
+use corepool::{Pinning, Pool, SharedArray};
+use std::time::Instant;
+
+/// Bytes per task.
+pub(crate) const BULK_BYTES: usize = 8 << 20;
+
+/// Ring size of the bulk pool: a message may take half of it, and an 8 MiB
+/// argument plus its headers is just over 8 MiB.
+// TODO(spill): once large arguments spill through one-off segments, the
+// default configuration carries 8 MiB arguments: use `build_pool`'s pool and
+// drop this.
+const BULK_RING_BYTES: u32 = 32 << 20;
+
+/// What the bulk runs share, made once per workload.
+#[derive(Default)]
+pub(crate) struct BulkInputs {
+    pool: Option<Pool>,
+    array: Option<SharedArray<u8>>,
+}
+
+/// The placement of `pool`, for workloads that build pools of their own.
+pub(super) fn pinning_like(pool: &Pool) -> Pinning {
+    let sets = pool.cpu_sets();
+    if sets.iter().all(Vec::is_empty) {
+        Pinning::None
+    } else {
+        Pinning::Cpus(
+            sets.iter()
+                .map(|s| s.first().copied().unwrap_or(0))
+                .collect(),
+        )
+    }
+}
+
+impl BulkInputs {
+    /// The bulk pool: `like`'s workers and placement, rings for 8 MiB.
+    fn pool(&mut self, like: &Pool) -> Result<&Pool, CliError> {
+        if self.pool.is_none() {
+            let pool = Pool::builder()
+                .workers(like.workers())
+                .pinning(pinning_like(like))
+                .ring_bytes(BULK_RING_BYTES)
+                .build()?;
+            self.pool = Some(pool);
+        }
+        self.pool
+            .as_ref()
+            .ok_or_else(|| CliError::Wrong("bulk pool".into()))
+    }
+
+    /// An array of `tasks` blocks (the largest asked for so far).
+    fn array(&mut self, tasks: u64) -> Result<SharedArray<u8>, CliError> {
+        let len = tasks as usize * BULK_BYTES;
+        if let Some(a) = &self.array {
+            if a.len() >= len {
+                return Ok(a.clone());
+            }
+        }
+        self.array = None;
+        let a = SharedArray::<u8>::new(len)?;
+        self.array = Some(a.clone());
+        Ok(a)
+    }
+}
+
+/// Block `i`: 8 MiB of one non-zero byte (made outside the timed part).
+fn block(i: u64) -> Vec<u8> {
+    vec![(i % 251) as u8 + 1; BULK_BYTES]
+}
+
+fn blocks(tasks: u64) -> Vec<Vec<u8>> {
+    (0..tasks).map(block).collect()
+}
+
+fn byte_len(v: Vec<u8>) -> u64 {
+    v.len() as u64
+}
+
+fn range_len(arg: (SharedArray<u8>, u64, u64)) -> u64 {
+    let (a, start, end) = arg;
+    // The handle must reach the array; the length is what the task reports.
+    if (end as usize) > a.len() {
+        return 0;
+    }
+    end - start
+}
+
+fn bytes_rate(tasks: u64, started: Instant) -> Sample {
+    let seconds = started.elapsed().as_secs_f64();
+    Sample {
+        items: tasks,
+        seconds,
+        value: (tasks as usize * BULK_BYTES) as f64 / seconds.max(1e-12),
+        events_ms: Vec::new(),
+    }
+}
+
+fn expected(tasks: u64) -> u64 {
+    tasks * BULK_BYTES as u64
+}
+
+/// One run of `bulk` or `bulk_shared` on corepool.
+pub(super) fn corepool_bulk(
+    w: Workload,
+    like: &Pool,
+    inputs: &mut BulkInputs,
+    tasks: u64,
+) -> Result<Sample, CliError> {
+    let data = blocks(tasks);
+    let array = match w {
+        Workload::BulkShared => Some(inputs.array(tasks)?),
+        _ => None,
+    };
+    let pool = inputs.pool(like)?;
+    let started = Instant::now();
+    let handles: Vec<_> = match &array {
+        None => data
+            .into_iter()
+            .map(|v| pool.apply_async(byte_len, v))
+            .collect::<Result<_, _>>()?,
+        Some(a) => data
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let start = i * BULK_BYTES;
+                a.write(start, v)?;
+                pool.apply_async(
+                    range_len,
+                    (a.clone(), start as u64, (start + BULK_BYTES) as u64),
+                )
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let mut total = 0;
+    for h in handles {
+        total += h.get()?;
+    }
+    let s = bytes_rate(tasks, started);
+    check(total == expected(tasks), "bulk: lengths")?;
+    Ok(s)
+}
+
+/// One run of `bulk` or `bulk_shared` on rayon threads: the vectors are
+/// moved into the tasks (no copy), or written into the same shared array.
+pub(super) fn threads_bulk(
+    w: Workload,
+    threads: &rayon::ThreadPool,
+    inputs: &mut BulkInputs,
+    tasks: u64,
+) -> Result<Sample, CliError> {
+    let data = blocks(tasks);
+    let array = match w {
+        Workload::BulkShared => Some(inputs.array(tasks)?),
+        _ => None,
+    };
+    let started = Instant::now();
+    let mut receivers = Vec::with_capacity(data.len());
+    match &array {
+        None => {
+            for v in data {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                threads.spawn(move || {
+                    let _ = tx.send(byte_len(v));
+                });
+                receivers.push(rx);
+            }
+        }
+        Some(a) => {
+            for (i, v) in data.iter().enumerate() {
+                let start = i * BULK_BYTES;
+                a.write(start, v)?;
+                let arg = (a.clone(), start as u64, (start + BULK_BYTES) as u64);
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                threads.spawn(move || {
+                    let _ = tx.send(range_len(arg));
+                });
+                receivers.push(rx);
+            }
+        }
+    }
+    let total: u64 = receivers.iter().map(|rx| rx.recv().unwrap_or(0)).sum();
+    let s = bytes_rate(tasks, started);
+    check(total == expected(tasks), "threads bulk: lengths")?;
+    Ok(s)
+}

@@ -1,0 +1,245 @@
+//! The file an unbounded queue's rings live in ([`DataFile`]): a memfd
+//! sealed against shrinking but not growing, which any producer extends by
+//! a ring (`fallocate`) and every process maps one ring at a time.
+//!
+//! The file belongs to no process in particular: a producer that grows it
+//! and then dies takes nothing with it, since the growth is the file's, and
+//! every process that uses the queue holds its own descriptor. (A process
+//! that *opens* the queue for the first time names the file through its
+//! creator's descriptor table, `/proc/<creator>/fd/<n>`, with the same
+//! checks as [`SharedSegment`](crate::shm::handle::SharedSegment)'s handles,
+//! except that the file must be sealed against shrinking rather than
+//! against any resize.)
+//!
+//! Nothing in shared memory is trusted to say how long the file is: before
+//! a ring is mapped, `fstat` must show the file holds it, and since the file
+//! cannot shrink, a mapping checked once stays backed. A lie about the
+//! rings is an error, never a SIGBUS.
+
+use super::memory::QueueMemory;
+use super::unbounded::MAX_RINGS;
+use crate::error::{Error, Result};
+use crate::sys::{self, FileId};
+use memmap2::{MmapOptions, MmapRaw};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+/// One process's descriptor of a queue's data file and its mappings of the
+/// rings it has touched.
+#[derive(Debug)]
+pub(super) struct DataFile {
+    file: File,
+    id: FileId,
+    /// The process whose descriptor table holds `fd` (the creator).
+    owner: i32,
+    fd: i32,
+    /// Ring `k`'s mapping, once made.
+    maps: [OnceLock<MmapRaw>; MAX_RINGS],
+}
+
+/// Data files this process has open, so that every handle of one queue
+/// decoded here shares one descriptor and one set of mappings.
+static OPENED: Mutex<Vec<Weak<DataFile>>> = Mutex::new(Vec::new());
+
+impl DataFile {
+    /// A new file of `first_ring_bytes`, reserved, sealed against shrinking.
+    pub(super) fn create(first_ring_bytes: u64) -> Result<Arc<Self>> {
+        let fd = sys::memfd_create(c"corepool-queue-rings")
+            .map_err(|e| Error::shm("memfd_create", e))?;
+        let file = File::from(fd);
+        sys::fallocate_range(file.as_fd(), 0, first_ring_bytes)
+            .map_err(|e| Error::shm("fallocate (reserving the memory)", e))?;
+        sys::seal_shrink_only(file.as_fd())
+            .map_err(|e| Error::shm("sealing against shrinking", e))?;
+        let id = sys::fstat(file.as_fd()).map_err(|e| Error::shm("fstat", e))?;
+        let made = Arc::new(Self {
+            fd: file.as_raw_fd(),
+            file,
+            id,
+            owner: std::process::id() as i32,
+            maps: std::array::from_fn(|_| OnceLock::new()),
+        });
+        remember(&made);
+        Ok(made)
+    }
+
+    /// `(creator pid, descriptor, device, inode)`: what another process
+    /// needs to open the file.
+    pub(super) fn handle(&self) -> (u32, u32, u64, u64) {
+        (self.owner as u32, self.fd as u32, self.id.dev, self.id.ino)
+    }
+
+    /// The file the handle `(owner, fd, dev, ino)` names, already open in
+    /// this process or opened now.
+    ///
+    /// # Errors
+    ///
+    /// Why it cannot be opened (its creator is gone, it is not a queue's
+    /// data file).
+    pub(super) fn open(
+        owner: i32,
+        fd: i32,
+        dev: u64,
+        ino: u64,
+    ) -> std::result::Result<Arc<Self>, String> {
+        if let Some(open) = find(dev, ino) {
+            return Ok(open);
+        }
+        let opened = Arc::new(open_uncached(owner, fd, dev, ino)?);
+        remember(&opened);
+        Ok(opened)
+    }
+
+    /// Ring `k`'s memory: `len` bytes at `offset`, mapped on first use after
+    /// checking that the file holds them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SharedMemory`] if the file is shorter (the queue's words
+    /// lie) or the mapping fails.
+    pub(super) fn map(&self, k: usize, offset: u64, len: u64) -> Result<QueueMemory> {
+        let slot = self.maps.get(k).ok_or_else(|| too_short(offset, len, 0))?;
+        if slot.get().is_none() {
+            let size = sys::fstat(self.file.as_fd())
+                .map_err(|e| Error::shm("fstat", e))?
+                .size;
+            let fits = offset.checked_add(len).is_some_and(|end| end <= size);
+            let bytes = usize::try_from(len).ok().filter(|_| fits);
+            let bytes = bytes.ok_or_else(|| too_short(offset, len, size))?;
+            let map = MmapOptions::new()
+                .offset(offset)
+                .len(bytes)
+                .map_raw(&self.file)
+                .map_err(|e| Error::shm("mmap (a ring of an unbounded queue)", e))?;
+            // Another thread may have mapped it meanwhile: its mapping
+            // stays, ours is unmapped here.
+            let _ = slot.set(map);
+        }
+        let map = slot.get().ok_or_else(|| too_short(offset, len, 0))?;
+        // SAFETY: the mapping is page-aligned, `map.len()` bytes long and
+        // lives as long as `self`, which the queue holding this memory
+        // holds; the file cannot shrink (sealed), so every byte stays backed.
+        Ok(unsafe { QueueMemory::new(map.as_mut_ptr(), map.len()) })
+    }
+
+    /// Makes the file hold `len` bytes at `offset`, with their memory
+    /// reserved (`fallocate` extends the file; it never shrinks it).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SharedMemory`] when the memory cannot be had.
+    pub(super) fn ensure(&self, offset: u64, len: u64) -> Result<()> {
+        sys::fallocate_range(self.file.as_fd(), offset, len)
+            .map_err(|e| Error::shm("fallocate (growing an unbounded queue)", e))
+    }
+
+    /// Gives the memory of `len` bytes at `offset` back; the range reads as
+    /// zeros from now on. A failure only keeps the memory in use.
+    pub(super) fn punch(&self, offset: u64, len: u64) {
+        let _ = sys::punch_hole(self.file.as_fd(), offset, len);
+    }
+}
+
+fn too_short(offset: u64, len: u64, size: u64) -> Error {
+    Error::SharedMemory {
+        op: "mapping a ring of an unbounded queue",
+        source: io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the ring at {offset}+{len} lies past the file's {size} bytes (a process wrote over the queue)"),
+        ),
+    }
+}
+
+/// The data file `(dev, ino)` if this process has it open.
+fn find(dev: u64, ino: u64) -> Option<Arc<DataFile>> {
+    crate::sync::lock(&OPENED)
+        .iter()
+        .filter_map(Weak::upgrade)
+        .find(|f| f.id.dev == dev && f.id.ino == ino)
+}
+
+/// Adds `file` to the open files, forgetting those no handle uses any more.
+fn remember(file: &Arc<DataFile>) {
+    let mut opened = crate::sync::lock(&OPENED);
+    opened.retain(|f| f.strong_count() > 0);
+    opened.push(Arc::downgrade(file));
+}
+
+/// Opens `/proc/<owner>/fd/<fd>` after checking, before opening it for
+/// anything, that it is a memfd (never a FIFO, a device or a leased file,
+/// whose open could wait on someone else), and that it is the file the
+/// handle says and sealed against shrinking.
+fn open_uncached(owner: i32, fd: i32, dev: u64, ino: u64) -> std::result::Result<DataFile, String> {
+    let path = format!("/proc/{owner}/fd/{fd}");
+    // O_PATH: names the file without opening it (nothing of the file's runs).
+    let named = sys::open_path_only(&path)
+        .map_err(|e| format!("opening {path}: {e} (is the queue's creating process alive?)"))?;
+    let is_memfd = sys::is_regular_file(named.as_fd()).unwrap_or(false)
+        && sys::descriptor_target(named.as_fd()).is_ok_and(|t| t.starts_with(b"/memfd:"));
+    if !is_memfd {
+        return Err(format!("{path} is not a queue's memory (not a memfd)"));
+    }
+    let named_id = sys::fstat(named.as_fd()).map_err(|e| e.to_string())?;
+    if named_id.dev != dev || named_id.ino != ino {
+        return Err(format!(
+            "{path} is no longer the queue's memory (closed, and the number reused)"
+        ));
+    }
+    // Non-blocking: a lease on a memfd fails the open instead of waiting.
+    let file = File::from(
+        sys::reopen_read_write(named.as_fd())
+            .map_err(|e| format!("opening {path} for writing: {e}"))?,
+    );
+    // Never map a file that could shrink under the mapping.
+    if !sys::is_shrink_sealed(file.as_fd()) {
+        return Err(format!(
+            "{path} is not a queue's memory (not sealed against shrinking)"
+        ));
+    }
+    let id = sys::fstat(file.as_fd()).map_err(|e| e.to_string())?;
+    if id.dev != dev || id.ino != ino {
+        return Err(format!(
+            "{path} is no longer the queue's memory (closed, and the number reused)"
+        ));
+    }
+    Ok(DataFile {
+        fd,
+        file,
+        id,
+        owner,
+        maps: std::array::from_fn(|_| OnceLock::new()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ring_past_the_end_is_an_error_and_growth_makes_it_fit() {
+        let file = DataFile::create(8192).unwrap();
+        assert!(file.map(0, 0, 8192).is_ok());
+        assert!(matches!(
+            file.map(1, 8192, 4096),
+            Err(Error::SharedMemory { .. })
+        ));
+        file.ensure(8192, 4096).unwrap();
+        let ring = file.map(1, 8192, 4096).unwrap();
+        ring.word64(0)
+            .store(7, std::sync::atomic::Ordering::Relaxed);
+        file.punch(8192, 4096);
+        assert_eq!(
+            ring.word64(0).load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "given back: reads as zeros"
+        );
+        // It cannot shrink, and another handle of it opens the same file.
+        assert!(file.file.set_len(4096).is_err());
+        let (owner, fd, dev, ino) = file.handle();
+        let again = DataFile::open(owner as i32, fd as i32, dev, ino).unwrap();
+        assert!(Arc::ptr_eq(&file, &again), "one descriptor per process");
+        assert!(open_uncached(owner as i32, fd as i32, dev, ino + 1).is_err());
+    }
+}
