@@ -618,9 +618,15 @@ mod tests {
     #[test]
     fn a_refused_put_is_not_counted() {
         let q = JoinableQueue::<Vec<u8>>::with_message_bytes(1, 16).unwrap();
-        assert!(q.put(&vec![0; 100]).is_err());
         assert!(q.try_put(&vec![1]).unwrap());
+        // Full: refused, timed out; then closed: an error. None is counted.
         assert!(!q.try_put(&vec![2]).unwrap());
+        assert!(matches!(
+            q.put_timeout(&vec![3], Duration::ZERO),
+            Err(Error::Timeout)
+        ));
+        q.close();
+        assert!(q.put(&vec![4]).is_err());
         assert_eq!(q.unfinished(), 1);
         assert!(matches!(
             q.join_timeout(Duration::ZERO),
