@@ -338,12 +338,17 @@ impl<T: Send + 'static> AsyncResult<T> {
         if self.cell.is_ready() {
             return true;
         }
-        if self.refusal().is_some() {
+        // `refusal` spelt out, so that the pool is upgraded once (an atomic
+        // read-modify-write on its count) rather than twice per wait.
+        if super::driver::is_delivering(self.pool.as_ptr()) {
             return false;
         }
         let Some(pool) = self.pool.upgrade() else {
             return self.block_until(deadline);
         };
+        if pool.check_owner().is_err() {
+            return false;
+        }
         // Spin first, helping the pool collect results: a round trip is a few
         // microseconds, a futex sleep and wake-up tens of them.
         let helping = pool.helper();
