@@ -139,21 +139,24 @@ pub enum Error {
     /// `join` was called on a pool that is still open.
     #[error("`join` needs `close()` or `terminate()` first, as in Python")]
     JoinWhileOpen,
-    /// An encoded argument or message does not fit the largest record of the
-    /// ring, queue or pipe it was sent through.
-    #[error("an encoded value of {size} bytes exceeds the {max}-byte message limit: raise the limit (`ring_bytes` on a Pool's builder, `message_bytes` for a Queue or Pipe), use a smaller `chunksize`, or pass large data in a `SharedArray`")]
+    /// An encoded argument exceeds a hard limit: a `Process` argument over
+    /// 4 GiB (its length is a u32 in the process's segment). Values larger
+    /// than a ring message, a queue slot or a pipe message no longer are
+    /// errors: they travel in a one-off shared segment (a spill).
+    #[error("an encoded value of {size} bytes exceeds the {max}-byte limit; pass data this large in a `SharedArray`")]
     ArgumentTooLarge {
         /// The encoded size.
         size: usize,
-        /// The largest payload a task record can carry.
+        /// The limit.
         max: usize,
     },
-    /// An encoded result does not fit in the result ring.
-    #[error("an encoded result of {size} bytes exceeds the {max}-byte message limit: raise `ring_bytes` on the Pool's builder, use a smaller `chunksize`, or return large data in a `SharedArray`")]
+    /// An encoded result could not be sent: it was larger than a message
+    /// and its spill (a one-off shared segment) could not get its memory.
+    #[error("an encoded result of {size} bytes did not fit the {max}-byte message and could not get the memory for a spill of its own: free memory, or return large data in a `SharedArray`")]
     ResultTooLarge {
         /// The encoded size.
         size: usize,
-        /// The largest payload a result record can carry.
+        /// The largest payload a message could carry in place.
         max: usize,
     },
     /// Bytes did not decode as the expected type.

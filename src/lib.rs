@@ -74,6 +74,7 @@ pub use joinable_queue::JoinableQueue;
 pub use pipe::{Pipe, PipeEnd};
 pub use pool::{
     AsyncResult, Callbacks, Chunked, Imap, ImapUnordered, Pinning, Pool, PoolBuilder, PoolStats,
+    RawTask,
 };
 pub use process::{active_children, Process, ProcessBuilder};
 pub use queue::Queue;

@@ -367,7 +367,9 @@ impl<T: Wire> PipeEnd<T> {
     ///
     /// [`Error::EndOfStream`] if the other end is closed or its process died;
     /// [`Error::InvalidConfig`] on the receive-only end of a one-way pipe;
-    /// [`Error::ArgumentTooLarge`].
+    /// [`Error::Encode`]; [`Error::SharedMemory`] when a value larger than
+    /// the pipe's message size (it then travels in a one-off shared segment,
+    /// as in a [`crate::Queue`]) cannot get its memory.
     ///
     /// # Examples
     ///
@@ -721,6 +723,8 @@ impl<T> Drop for PipeEnd<T> {
         let mut alive = crate::sync::lock(&self.copy_alive);
         *alive = false;
         self.close_if_held();
+        drop(alive);
+        crate::shm::handle::dropping(&self.control);
     }
 }
 

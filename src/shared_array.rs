@@ -28,6 +28,14 @@ const BLOCK_BYTES: usize = 32 * 1024;
 /// same time get one of the values (or a torn mix of them), never undefined
 /// behaviour in this process: `T: Pod` makes every bit pattern valid.
 ///
+/// Any process may create one and send it on (a task may return one it
+/// made): it stays alive while some process holds it or a handle to it is
+/// in flight, and is freed once neither is true. Large data also crosses by
+/// value (a `Vec` larger than a message travels in a one-off shared segment
+/// of its own), but a `SharedArray` is the faster way for data a task reads
+/// more than once, that several tasks share or write back, or of several
+/// MiB per call: several times faster, see `docs/performance.md`.
+///
 /// ```
 /// use corepool::{Pool, SharedArray};
 ///
@@ -329,6 +337,20 @@ impl<T: Pod> SharedArray<T> {
             at += n;
         }
         Ok(())
+    }
+}
+
+impl<T> Drop for SharedArray<T> {
+    fn drop(&mut self) {
+        crate::shm::handle::dropping(&self.map);
+    }
+}
+
+impl<T> SharedArray<T> {
+    /// Test hook: see `crate::testing::forge_in_flight`.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn forge_in_flight(&self, count: u32) {
+        self.map.forge_in_flight(count);
     }
 }
 

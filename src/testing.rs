@@ -53,3 +53,32 @@ pub fn forged_value_handle(owner: i32, fd: i32, dev: u64, ino: u64) -> Vec<u8> {
 pub fn fail_next_supervisor_polls(pool: &crate::Pool, n: u32) {
     pool.fail_next_supervisor_polls(n);
 }
+
+/// How many shared objects this process keeps for receivers that have not
+/// opened them yet (sent, dropped here, still in flight): see the lifetime
+/// rule in `docs/protocol.md`.
+pub fn lingering_objects() -> usize {
+    crate::shm::handle::lingering()
+}
+
+/// In a pool worker: publish its next result that spilled with the spill
+/// already gone, and exit at once (status 0), as a worker that dies between
+/// publishing it and the parent opening it would. Call it from a task.
+pub fn exit_after_next_spilled_result() {
+    crate::pool::worker::exit_after_next_spill();
+}
+
+/// Sets the in-flight count of `array`'s segment to `count`, as a hostile
+/// process could: 0 lets the object go early (its receivers then get
+/// [`Error::Decode`](crate::Error::Decode)), a large value makes it linger
+/// until this process's bound.
+pub fn forge_in_flight<T: Pod>(array: &crate::SharedArray<T>, count: u32) {
+    array.forge_in_flight(count);
+}
+
+/// Waits until `process` has written its outcome (or ended), without
+/// reading it: a process whose result names shared objects or pipe ends is
+/// then waiting at its exit for that result to be read.
+pub fn wait_for_outcome<R: Wire>(process: &crate::Process<R>) {
+    process.wait_for_outcome_for_tests();
+}

@@ -196,18 +196,19 @@ impl PoolBuilder {
 
     /// Bytes of each worker's task ring and of its result ring: a power of two
     /// from 4 KiB to 1 GiB. One message (a task's encoded arguments, a
-    /// result) may take up to half of it. Default 1 MiB.
+    /// result) takes up to half of it in place; a larger one travels in a
+    /// one-off shared segment (a spill), so this is a speed knob, never a
+    /// limit. Default 1 MiB.
     ///
     /// ```
-    /// use corepool::{Error, Pool};
+    /// use corepool::Pool;
     ///
     /// fn main() -> corepool::Result<()> {
     ///     corepool::init();
     ///     let pool = Pool::builder().workers(1).ring_bytes(4096).build()?;
     ///     assert_eq!(pool.apply(|v: Vec<u8>| v.len(), vec![1u8; 100])?, 100);
-    ///     // An argument larger than half the ring cannot be sent.
-    ///     let big = pool.apply(|v: Vec<u8>| v.len(), vec![1u8; 4096]);
-    ///     assert!(matches!(big, Err(Error::ArgumentTooLarge { .. })));
+    ///     // An argument larger than half the ring spills: slower, but it goes.
+    ///     assert_eq!(pool.apply(|v: Vec<u8>| v.len(), vec![1u8; 4096])?, 4096);
     ///     assert!(Pool::builder().ring_bytes(5000).build().is_err()); // not a power of two
     ///     Ok(())
     /// }

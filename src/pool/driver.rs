@@ -362,12 +362,27 @@ impl Shared {
         caller_waits: bool,
     ) -> Result<()> {
         self.check_owner()?;
-        if let Some((_, payload, _)) = tasks.iter().find(|(_, p, _)| p.len() > self.max_payload) {
-            return Err(Error::ArgumentTooLarge {
-                size: payload.len(),
-                max: self.max_payload,
-            });
-        }
+        // An argument larger than a ring message travels in a spill of its
+        // own, held by its task until the outcome: the ring carries the
+        // handle. Spilled before anything is queued, so that a failure
+        // (no memory) submits nothing.
+        let mut tasks = tasks;
+        // Nothing is allocated here unless something spills.
+        let mut spills = if tasks.iter().any(|(_, p, _)| p.len() > self.max_payload) {
+            let mut spills = Vec::with_capacity(tasks.len());
+            for (_, payload, _) in tasks.iter_mut() {
+                spills.push(if payload.len() > self.max_payload {
+                    let (handle, spill) = crate::shm::spill::write_held(payload)?;
+                    *payload = Payload::from_slice(&handle);
+                    Some(spill)
+                } else {
+                    None
+                });
+            }
+            Some(spills.into_iter())
+        } else {
+            None
+        };
         // Everything the encodes of this submission asked to keep alive.
         let keep = (!keep.is_empty()).then(|| Arc::new(keep));
         let may_block = !is_delivering(self);
@@ -404,6 +419,7 @@ impl Shared {
                     sink,
                     attempts: 0,
                     keep: keep.clone(),
+                    spill: spills.as_mut().and_then(|s| s.next()).flatten(),
                 });
             }
             let mut actions = Actions::default();

@@ -403,7 +403,8 @@ impl Pool {
     /// # Errors
     ///
     /// [`Error::PoolClosed`] after `close`/`terminate`;
-    /// [`Error::ArgumentTooLarge`] when `arg` does not fit a ring message;
+    /// [`Error::Encode`] when `arg` cannot be encoded (an argument larger
+    /// than a ring message is no error: it travels in a spill);
     /// [`Error::ForeignPool`] in a `fork()`ed copy of the pool. With
     /// [`PoolBuilder::max_queued`], blocks while the pool holds that many
     /// unanswered tasks.

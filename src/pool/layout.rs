@@ -24,6 +24,10 @@ pub(crate) const MAGIC: [u8; 8] = *b"COREPOOL";
 pub(crate) const VERSION: u32 = 3;
 /// Header flag: `initializer` holds a function offset.
 pub(crate) const FLAG_INITIALIZER: u32 = 1;
+/// In a `TASK` or `OK` record's `flags`: the payload is not the value but
+/// the handle of a spill holding it (`crate::shm::spill`), because the value
+/// is larger than a ring message.
+pub(crate) const RECORD_SPILLED: u32 = 1;
 
 const PAGE: usize = 4096;
 const DOORBELL_OFFSET: usize = 256;

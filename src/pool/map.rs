@@ -190,7 +190,7 @@ impl Pool {
     /// # Errors
     ///
     /// The first failing chunk's error; [`Error::PoolClosed`](crate::Error::PoolClosed),
-    /// [`Error::ArgumentTooLarge`](crate::Error::ArgumentTooLarge) at submission;
+    /// [`Error::Encode`](crate::Error::Encode) for an item that cannot be encoded;
     /// [`Error::WaitInCallback`](crate::Error::WaitInCallback)
     /// in a callback of this pool.
     pub fn map<F, A, R>(&self, f: F, items: impl IntoIterator<Item = A>) -> Result<Vec<R>>

@@ -143,6 +143,17 @@ pub fn sabotage(how: Sabotage) -> bool {
     true
 }
 
+/// Set by [`exit_after_next_spill`]: exit right after the next spilled
+/// result is published (tests only).
+#[cfg(feature = "fault-injection")]
+static EXIT_AFTER_SPILL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes this worker exit right after it publishes its next spilled result.
+#[cfg(feature = "fault-injection")]
+pub(crate) fn exit_after_next_spill() {
+    EXIT_AFTER_SPILL.store(true, Ordering::Relaxed);
+}
+
 /// A start failure before the worker found its slot, so the parent cannot
 /// be told: say it on stderr (a stray variable is otherwise a silent 101).
 fn stray(why: &str) -> i32 {
@@ -220,10 +231,14 @@ fn serve(token: Token<'_>) -> i32 {
     // Release pairs with the parent's Acquire load of `state`.
     slot.state().store(state::READY, Ordering::Release);
     park::wake(doorbell);
-    match Server::new(&header, slot, results, doorbell).run() {
+    let code = match Server::new(&header, slot, results, doorbell).run() {
         Ok(()) => 0,
         Err(_) => EXIT_PROTOCOL,
-    }
+    };
+    // What our results (or our tasks' puts) sent and nobody opened yet:
+    // wait for it, bounded (the parent collects results as they come).
+    crate::shm::handle::linger_at_exit(crate::shm::handle::EXIT_LINGER);
+    code
 }
 
 /// The serving loop's state.
@@ -240,10 +255,13 @@ struct Server<'a> {
     batch: usize,
     /// Smoothed nanoseconds per task.
     task_ns: f64,
-    /// What the results sent so far refer to (a `SharedArray` a task
-    /// created and returned): kept, so that the parent can open it.
-    result_keep: crate::wire::KeepAlive,
+    /// A spilled argument's bytes (see `RECORD_SPILLED`).
+    spilled_input: Vec<u8>,
 }
+
+/// The most memory the worker keeps in its buffers between tasks: a one-off
+/// large argument or result does not stay resident.
+const BUFFER_KEEP: usize = 1 << 20;
 
 /// Claim batches aim to hold about this much work.
 const BATCH_TARGET_NS: f64 = 20_000.0;
@@ -265,7 +283,7 @@ impl<'a> Server<'a> {
             done: 0,
             batch: 1,
             task_ns: BATCH_TARGET_NS,
-            result_keep: Vec::new(),
+            spilled_input: Vec::new(),
         }
     }
 
@@ -291,7 +309,12 @@ impl<'a> Server<'a> {
                 if !spinner.spin() {
                     let ring = self.tasks.memory();
                     let shutdown = self.slot.shutdown();
-                    park::sleep_unless(self.slot.sleeping(), None, || {
+                    // While a result's spill (or an object it names) waits
+                    // for the parent to open it, look again now and then:
+                    // its memory goes as soon as it can.
+                    let recheck = crate::shm::handle::lingering_now()
+                        .then_some(std::time::Duration::from_millis(10));
+                    park::sleep_unless(self.slot.sleeping(), recheck, || {
                         ring.has_unclaimed() || shutdown.load(Ordering::Acquire) != 0
                     });
                     spinner.reset();
@@ -327,9 +350,24 @@ impl<'a> Server<'a> {
                     released = true;
                 }
                 self.run_one(record, &input, &mut out)?;
+                // As a worker that dies between publishing a spilled result
+                // and the parent opening it: the spill goes first, so that
+                // the parent's open surely fails.
+                #[cfg(feature = "fault-injection")]
+                let exit_now = crate::shm::handle::lingering_now()
+                    && EXIT_AFTER_SPILL.swap(false, Ordering::Relaxed);
+                #[cfg(feature = "fault-injection")]
+                if exit_now {
+                    crate::shm::handle::forget_lingering();
+                }
                 // Publish each result at once: a crash later in the batch must
                 // not lose it, and a waiting caller can take it while we go on.
                 self.results.publish()?;
+                #[cfg(feature = "fault-injection")]
+                if exit_now {
+                    park::wake(self.doorbell);
+                    sys::exit_now(0);
+                }
                 ran += 1;
             }
             if !released {
@@ -370,35 +408,82 @@ impl<'a> Server<'a> {
         // SAFETY: the parent wrote this offset with `offset_of` in the same
         // binary (fingerprint checked at start).
         let trampoline = unsafe { task::from_offset(record.header.aux as i64) };
-        // What the last result referred to stays alive: the parent may open
-        // it at any time after claiming the result.
-        self.result_keep.extend(out.take_carried().keep);
+        // Objects our earlier results sent, now opened by the parent.
+        crate::shm::handle::sweep();
         out.reset();
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            trampoline(input, out).and_then(|()| out.check())
-        }));
-        let max = self.results.memory().max_payload();
-        let (header, payload): (RecordHeader, &[u8]) = match outcome {
-            Ok(Ok(())) if out.len() <= max => (
-                RecordHeader {
-                    kind: kind::OK,
-                    id,
-                    ..Default::default()
-                },
-                &out[..],
-            ),
-            Ok(Ok(())) => {
-                let size = out.len() as u64;
-                out.clear();
-                let h = RecordHeader {
-                    kind: kind::FAILED,
-                    flags: failure::RESULT_TOO_LARGE,
-                    id,
-                    aux: size,
-                    ..Default::default()
-                };
-                (h, &out[..])
+        if out.capacity() > BUFFER_KEEP {
+            *out = Encoder::new();
+        }
+        let mut spilled_input = std::mem::take(&mut self.spilled_input);
+        let input = if record.header.flags & layout::RECORD_SPILLED != 0 {
+            match crate::shm::spill::read_into(input, &mut spilled_input) {
+                Ok(()) => Ok(&spilled_input[..]),
+                Err(e) => Err(e),
             }
+        } else {
+            Ok(input)
+        };
+        let outcome = match input {
+            Ok(input) => catch_unwind(AssertUnwindSafe(|| {
+                trampoline(input, out).and_then(|()| out.check())
+            })),
+            // Decoded as a failed argument: the parent gets `Error::Decode`.
+            Err(e) => Ok(Err(e)),
+        };
+        if spilled_input.capacity() <= BUFFER_KEEP {
+            spilled_input.clear();
+            self.spilled_input = spilled_input;
+        }
+        let max = self.results.memory().max_payload();
+        // What the result carries (the shared objects it names) counts as
+        // sent only if the result goes out as it is.
+        let mut carried = out.take_carried();
+        let mut sent = false;
+        let (header, payload): (RecordHeader, &[u8]) = match outcome {
+            Ok(Ok(())) if out.len() <= max => {
+                sent = true;
+                (
+                    RecordHeader {
+                        kind: kind::OK,
+                        id,
+                        ..Default::default()
+                    },
+                    &out[..],
+                )
+            }
+            Ok(Ok(())) => match crate::shm::spill::write(out) {
+                // Larger than a ring message: the record carries a spill's
+                // handle; we hold the spill until the parent opened it.
+                Ok((handle, mut spilled)) => {
+                    carried.transits.append(&mut spilled.transits);
+                    carried.keep.append(&mut spilled.keep);
+                    sent = true;
+                    out.clear();
+                    out.extend_from_slice(&handle);
+                    (
+                        RecordHeader {
+                            kind: kind::OK,
+                            flags: layout::RECORD_SPILLED,
+                            id,
+                            ..Default::default()
+                        },
+                        &out[..],
+                    )
+                }
+                // No memory for it: a real limit.
+                Err(_) => {
+                    let size = out.len() as u64;
+                    out.clear();
+                    let h = RecordHeader {
+                        kind: kind::FAILED,
+                        flags: failure::RESULT_TOO_LARGE,
+                        id,
+                        aux: size,
+                        ..Default::default()
+                    };
+                    (h, &out[..])
+                }
+            },
             Ok(Err(err)) => {
                 let (code, message) = match err {
                     // The result could not be encoded: the caller gets the
@@ -436,7 +521,14 @@ impl<'a> Server<'a> {
                 )
             }
         };
-        self.write_result(header, payload)
+        let written = self.write_result(header, payload);
+        if sent && written.is_ok() {
+            carried.sent();
+        } else {
+            // The result was replaced by a failure: pipe ends in it go back.
+            carried.not_sent();
+        }
+        written
     }
 
     /// Writes a result, waiting for the parent to make room when the ring is full.

@@ -105,11 +105,14 @@ impl ProcessBuilder {
         self
     }
 
-    /// Room for the encoded result (default 64 KiB); a larger result is an
-    /// [`Error::ResultTooLarge`] from [`Process::join`].
+    /// Room for the encoded result in the process's own segment (default
+    /// 64 KiB). A larger result travels in a one-off shared segment (a
+    /// spill) that the child holds until the parent reads it in
+    /// [`Process::join`] (or [`Process::join_timeout`]), so this is a speed
+    /// knob, never a limit.
     ///
     /// ```
-    /// use corepool::{Error, Process};
+    /// use corepool::Process;
     ///
     /// fn zeros(n: u32) -> Vec<u8> {
     ///     vec![0; n as usize]
@@ -119,8 +122,8 @@ impl ProcessBuilder {
     ///     corepool::init();
     ///     let small = Process::builder().max_result_bytes(64).start(zeros, 10)?;
     ///     assert_eq!(small.join()?.len(), 10);
-    ///     let big = Process::builder().max_result_bytes(64).start(zeros, 1_000)?;
-    ///     assert!(matches!(big.join(), Err(Error::ResultTooLarge { .. })));
+    ///     let big = Process::builder().max_result_bytes(64).start(zeros, 1 << 20)?;
+    ///     assert_eq!(big.join()?.len(), 1 << 20); // spilled
     ///     Ok(())
     /// }
     /// ```
@@ -164,15 +167,25 @@ impl ProcessBuilder {
                 return Err(Error::CpuNotAllowed { cpu, allowed });
             }
         }
+        crate::shm::handle::sweep();
         // Encoded before anything starts: a value that cannot be encoded
         // starts nothing.
         let (payload, carried) = crate::wire::encode_carried(&arg)?;
+        let crate::wire::Carried {
+            keep,
+            handovers,
+            transits,
+        } = carried;
         // Pipe ends passed in go back to us if no child is started with them.
-        let handovers = crate::wire::InFlight::new(carried.handovers);
+        let handovers = crate::wire::InFlight::new(handovers);
+        // Room for at least a spill's handle: a larger result spills.
+        let room = self
+            .max_result_bytes
+            .max(crate::shm::spill::HANDLE_BYTES as u32);
         let seg = segment::create(
             task::offset_of(task::call_one::<F, A, R>),
             &payload,
-            self.max_result_bytes,
+            room,
             &introspect::identity_for_child(self.name.as_deref()),
         )?;
         let Started { pid, pidfd, exit } = reaper::spawn(seg.raw_fd(), self.cpu)?;
@@ -190,7 +203,10 @@ impl ProcessBuilder {
             exit,
             pidfd,
             seg,
-            _keep: carried.keep,
+            taken: std::sync::Mutex::new(None),
+            transits,
+            _keep: keep,
+            discard: super::discard_result::<R>,
             _result: PhantomData,
         })
     }

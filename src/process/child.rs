@@ -72,17 +72,31 @@ fn serve_child(token: &str) -> i32 {
     // SAFETY: same binary (fingerprint checked); the offset comes from `offset_of`.
     let trampoline = unsafe { task::from_offset(header.trampoline) };
     let mut out = Encoder::new();
+    segment::mark_argument_taken(&seg);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         trampoline(&input, &mut out).and_then(|()| out.check())
     }));
     let mut too_large_size = 0;
+    // What the result carries (shared objects it names, a spill) counts as
+    // sent once the outcome is written; we then linger for its receiver.
+    let mut carried = out.take_carried();
     let (code, exit) = match outcome {
         Ok(Ok(())) if out.len() <= header.result_cap as usize => (status::RETURNED, 0),
-        Ok(Ok(())) => {
-            too_large_size = out.len();
-            out.clear();
-            (status::TOO_LARGE, 0)
-        }
+        Ok(Ok(())) => match crate::shm::spill::write(&out) {
+            Ok((handle, mut spilled)) if handle.len() <= header.result_cap as usize => {
+                out.clear();
+                out.extend_from_slice(&handle);
+                carried.keep.append(&mut spilled.keep);
+                carried.transits.append(&mut spilled.transits);
+                (status::SPILLED, 0)
+            }
+            // No memory for it (or no room for a handle): a real limit.
+            _ => {
+                too_large_size = out.len();
+                out.clear();
+                (status::TOO_LARGE, 0)
+            }
+        },
         Ok(Err(crate::Error::Encode { type_name, reason })) => {
             // The encoder's own message, for the parent's `Error::Encode`.
             out.clear();
@@ -104,5 +118,18 @@ fn serve_child(token: &str) -> i32 {
         fit_message(&mut out, header.result_cap as usize);
     }
     segment::write_outcome(&seg, &header, code, &out, too_large_size);
+    if code == status::RETURNED || code == status::SPILLED {
+        carried.sent();
+    } else {
+        // No result went out: pipe ends in it go back to us (and close as
+        // we exit).
+        carried.not_sent();
+    }
+    drop(carried);
+    drop(out);
+    // The parent reads the outcome as soon as it is written (`join`), which
+    // ends these transits; bounded, so that a parent that never joins does
+    // not keep us.
+    crate::shm::handle::linger_at_exit(crate::shm::handle::EXIT_LINGER);
     exit
 }

@@ -33,8 +33,8 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::AtomicU32;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The environment variable that marks a `Process` child: `v1:<fd>:<parent>`.
 pub(crate) const PROCESS_ENV: &str = "COREPOOL_PROCESS";
@@ -72,8 +72,26 @@ pub struct Process<R> {
     pidfd: Arc<OwnedFd>,
     /// Its argument going in, its outcome coming back.
     seg: Segment,
+    /// A spilled result read early (by `join_timeout` or `drop`), so that
+    /// the process, lingering for it, could exit.
+    taken: Mutex<Option<Outcome>>,
+    /// The in-flight counts of the shared objects in the argument: ended by
+    /// the child's decode, or taken back on drop if it died before it.
+    transits: crate::wire::Transits,
     _keep: crate::wire::KeepAlive,
+    /// Decodes a result and drops it (`discard_result::<R>`), for a result
+    /// nobody joins: pipe ends in it become ours and close, shared objects
+    /// in it are received, so that their peers and senders go on.
+    discard: fn(&[u8]),
     _result: PhantomData<fn() -> R>,
+}
+
+/// Decodes a result of type `R` and drops it; a decoder that panics or
+/// fails is ignored (the result was unwanted anyway).
+pub(crate) fn discard_result<R: Wire>(bytes: &[u8]) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drop(decode_exact::<R>(bytes));
+    }));
 }
 
 impl<R> fmt::Debug for Process<R> {
@@ -290,7 +308,10 @@ impl<R: Wire> Process<R> {
     }
 
     /// Waits at most `timeout` for it to end; returns whether it has
-    /// (Python's `join(timeout)`).
+    /// (Python's `join(timeout)`). A result that spilled (larger than
+    /// [`max_result_bytes`](crate::ProcessBuilder::max_result_bytes)) is
+    /// read meanwhile and kept for [`join`](Self::join), so that the process,
+    /// which waits for that read, can exit.
     ///
     /// ```
     /// use std::time::Duration;
@@ -312,6 +333,10 @@ impl<R: Wire> Process<R> {
     /// ```
     pub fn join_timeout(&self, timeout: Duration) -> bool {
         let deadline = crate::shm::park::deadline_after(timeout);
+        // A process whose result spilled waits for it to be read before it
+        // exits: read it now, so that it can.
+        self.wait_for_outcome(deadline);
+        self.take_spill_early();
         self.exit.wait(deadline).is_some()
     }
 
@@ -341,6 +366,34 @@ impl<R: Wire> Process<R> {
     /// Waits for it to end and returns what `f` returned (Python's `join`,
     /// with the result the target produced).
     ///
+    /// The result is read as soon as the process writes it, before it
+    /// exits: a result larger than
+    /// [`max_result_bytes`](crate::ProcessBuilder::max_result_bytes) (it
+    /// travels in a one-off shared segment), or one naming shared objects
+    /// the process created (a [`crate::SharedArray`] it returns), stays
+    /// readable although the process ends right after: it waits for this
+    /// read before it exits (at most 5 seconds, then it exits anyway and
+    /// such a result is lost, as [`Error::Decode`] or
+    /// [`Error::WorkerDied`]).
+    ///
+    /// ```
+    /// use corepool::{Process, SharedArray};
+    ///
+    /// fn squares(n: u64) -> SharedArray<u64> {
+    ///     let v: Vec<u64> = (0..n).map(|i| i * i).collect();
+    ///     SharedArray::from_slice(&v).unwrap() // created here, read by the parent
+    /// }
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let a = Process::start(squares, 4)?.join()?;
+    ///     assert_eq!(a.to_vec(), vec![0, 1, 4, 9]);
+    ///     let big = Process::start(|n: usize| vec![1u8; n], 1 << 20)?.join()?;
+    ///     assert_eq!(big.len(), 1 << 20);
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
     /// ```
     /// use corepool::{Error, Process};
     ///
@@ -361,13 +414,26 @@ impl<R: Wire> Process<R> {
     /// # Errors
     ///
     /// [`Error::Panicked`] if `f` panicked; [`Error::WorkerDied`] if the
-    /// process ended without a result (a signal, `exit`); [`Error::Decode`],
-    /// [`Error::ResultTooLarge`] for a result that cannot be read;
+    /// process ended without a result (a signal, `exit`); [`Error::Decode`]
+    /// for a result that cannot be read; [`Error::ResultTooLarge`] for one
+    /// larger than `max_result_bytes` that got no memory for its spill;
     /// [`Error::Encode`] for one that could not be encoded (with the
     /// encoder's message).
     pub fn join(self) -> Result<R> {
+        // The result is read and decoded as soon as it is written: a process
+        // whose result spilled, or names shared objects it created, waits
+        // for that before it exits.
+        self.wait_for_outcome(None);
+        let outcome = self.outcome();
+        // Read: the drop that follows must not decode it again.
+        *crate::sync::lock(&self.taken) = Some(Outcome::Unfinished);
+        let decoded = match &outcome {
+            Some(Outcome::Returned(bytes)) => Some(decode_exact::<R>(bytes)),
+            _ => None,
+        };
         let cause = self.exit.join();
-        self.read_result(cause)
+        crate::shm::handle::sweep();
+        self.read_result(cause, outcome, decoded)
     }
 
     /// Whether the process thread has recorded its end: then
@@ -382,13 +448,92 @@ impl<R: Wire> Process<R> {
         self.exit.ended_word()
     }
 
-    fn read_result(&self, cause: ExitCause) -> Result<R> {
+    /// [`wait_for_outcome`](Self::wait_for_outcome) without a deadline,
+    /// for `crate::testing`.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn wait_for_outcome_for_tests(&self) {
+        self.wait_for_outcome(None);
+    }
+
+    /// Waits until the process has written its outcome or ended, or until
+    /// `deadline`.
+    fn wait_for_outcome(&self, deadline: Option<Instant>) {
+        loop {
+            if self.exit.ended() {
+                return;
+            }
+            let Some((status, code)) = segment::status_of(&self.seg) else {
+                return;
+            };
+            if code != segment::status::RUNNING {
+                return;
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                return;
+            }
+            // The child wakes the status word once written; the process
+            // thread wakes the ended word once reaped.
+            let words = [(self.exit.ended_word(), 0), (status, code)];
+            if sys::futex_wait_any(&words, left).is_err() {
+                // Before Linux 5.16: one word at a time, looking at the
+                // other every 10 ms.
+                let slice = left.map_or(Duration::from_millis(10), |l| {
+                    l.min(Duration::from_millis(10))
+                });
+                sys::futex_wait(status, code, Some(slice));
+            }
+        }
+    }
+
+    /// What the process left, its spill (if its result spilled) read.
+    fn outcome(&self) -> Option<Outcome> {
+        let taken = crate::sync::lock(&self.taken).take();
+        taken.or_else(|| self.outcome_unlocked())
+    }
+
+    /// If the result spilled and was not read yet, reads it into `taken`.
+    fn take_spill_early(&self) {
+        let spilled =
+            segment::status_of(&self.seg).is_some_and(|(_, code)| code == segment::status::SPILLED);
+        if !spilled {
+            return;
+        }
+        let mut taken = crate::sync::lock(&self.taken);
+        if taken.is_none() {
+            *taken = self.outcome_unlocked();
+        }
+    }
+
+    /// [`outcome`](Self::outcome) without looking at `taken`.
+    fn outcome_unlocked(&self) -> Option<Outcome> {
+        Some(match segment::read_outcome(&self.seg)? {
+            Outcome::Spilled(handle) => match crate::shm::spill::read(&handle) {
+                Ok(bytes) => Outcome::Returned(bytes),
+                Err(e) => Outcome::SpillLost(e.to_string()),
+            },
+            other => other,
+        })
+    }
+
+    fn read_result(
+        &self,
+        cause: ExitCause,
+        outcome: Option<Outcome>,
+        decoded: Option<Result<R>>,
+    ) -> Result<R> {
         let died = || Error::WorkerDied {
             pid: self.pid,
             cause: cause.clone(),
         };
-        match segment::read_outcome(&self.seg).ok_or_else(died)? {
-            Outcome::Returned(bytes) if cause == ExitCause::Code(0) => decode_exact::<R>(&bytes),
+        match outcome.ok_or_else(died)? {
+            Outcome::Returned(_) if cause == ExitCause::Code(0) => {
+                decoded.unwrap_or_else(|| Err(died()))
+            }
+            Outcome::SpillLost(reason) if cause == ExitCause::Code(0) => Err(Error::Decode {
+                type_name: "process result",
+                reason,
+            }),
             Outcome::Panicked(message) => Err(Error::Panicked { message }),
             Outcome::Failed(reason) => Err(Error::Decode {
                 type_name: "process arguments",
@@ -400,13 +545,45 @@ impl<R: Wire> Process<R> {
             }),
             Outcome::TooLarge { size, max } => Err(Error::ResultTooLarge { size, max }),
             // Died mid-task, or returned but then exited abnormally.
-            Outcome::Returned(_) | Outcome::Unfinished => Err(died()),
+            Outcome::Returned(_)
+            | Outcome::Spilled(_)
+            | Outcome::SpillLost(_)
+            | Outcome::Unfinished => Err(died()),
         }
     }
 }
 
 impl<R> Drop for Process<R> {
     fn drop(&mut self) {
+        // A child that ended without decoding its argument never will: its
+        // objects' counts come back (dropping `transits` unsent does that).
+        // Otherwise the child ended, or will end, their transits itself.
+        let decode_failed =
+            segment::status_of(&self.seg).is_some_and(|(_, code)| code == segment::status::FAILED);
+        if !self.exit.ended() || (segment::argument_taken(&self.seg) && !decode_failed) {
+            self.transits.sent();
+        }
+        // A result nobody joined: a spilled one is let go (the process,
+        // waiting for it, can exit now); one held in place is decoded and
+        // dropped here, so that pipe ends in it close (their peers see the
+        // end of the stream) and shared objects in it are received.
+        let taken = crate::sync::lock(&self.taken).take();
+        let code = segment::status_of(&self.seg).map(|(_, code)| code);
+        match taken {
+            Some(Outcome::Returned(bytes)) => (self.discard)(&bytes),
+            Some(_) => {}
+            None if code == Some(segment::status::SPILLED) => {
+                if let Some(Outcome::Spilled(handle)) = segment::read_outcome(&self.seg) {
+                    crate::shm::spill::discard(&handle);
+                }
+            }
+            None if code == Some(segment::status::RETURNED) => {
+                if let Some(Outcome::Returned(bytes)) = segment::read_outcome(&self.seg) {
+                    (self.discard)(&bytes);
+                }
+            }
+            None => {}
+        }
         if self.daemon && self.exit.cause().is_none() {
             sys::pidfd_send_signal(self.pidfd.as_fd(), crate::sys::Signal::KILL);
         }

@@ -18,6 +18,10 @@ const VERSION: u32 = 1;
 pub(super) const HEADER_BYTES: usize = 4096;
 const STATUS_OFFSET: usize = 256;
 const RESULT_LEN_OFFSET: usize = 260;
+/// Set by the child right before it decodes its argument: a child that
+/// died with it still 0 never decoded it (its shared objects' transits are
+/// then taken back by the parent).
+const ARGUMENT_TAKEN_OFFSET: usize = 264;
 /// Where the child's identity lies (its name and its parent's description,
 /// for `crate::identity`): the rest of the header's page.
 const IDENTITY_OFFSET: usize = 512;
@@ -33,6 +37,9 @@ pub(super) mod status {
     pub(in crate::process) const TOO_LARGE: u32 = 4;
     /// The result could not be encoded; the result bytes are the message.
     pub(in crate::process) const NOT_ENCODED: u32 = 5;
+    /// It returned a result larger than the room: the result bytes are the
+    /// handle of a spill holding it (`crate::shm::spill`).
+    pub(in crate::process) const SPILLED: u32 = 6;
 }
 
 /// The header of a process segment, written by the parent before the child
@@ -67,6 +74,10 @@ impl Header {
 pub(super) enum Outcome {
     /// The function returned this encoded result.
     Returned(Vec<u8>),
+    /// The function returned a result in the spill with this handle.
+    Spilled(Vec<u8>),
+    /// Its result spilled, and the spill could not be read (why).
+    SpillLost(String),
     /// It panicked with this message.
     Panicked(String),
     /// Its argument could not be decoded, for this reason.
@@ -84,6 +95,28 @@ fn status_word(seg: &Segment) -> Option<&AtomicU32> {
     // SAFETY: in bounds, 4-aligned (page-aligned base + 256), lives as long as
     // `seg`, and both processes access it only atomically.
     Some(unsafe { AtomicU32::from_ptr(p.cast()) })
+}
+
+fn argument_taken_word(seg: &Segment) -> Option<&AtomicU32> {
+    let p = seg.at(ARGUMENT_TAKEN_OFFSET, 4)?;
+    // SAFETY: as in `status_word`.
+    Some(unsafe { AtomicU32::from_ptr(p.cast()) })
+}
+
+/// Child: about to decode its argument.
+pub(super) fn mark_argument_taken(seg: &Segment) {
+    if let Some(word) = argument_taken_word(seg) {
+        // Relaxed: the parent reads it only after the child ended (reaped:
+        // the kernel orders the two).
+        word.store(1, Ordering::Relaxed);
+    }
+}
+
+/// Parent, once the child ended: whether it started decoding its argument
+/// (untrusted: a lying child can only make its own argument's objects
+/// linger, or be let go early).
+pub(super) fn argument_taken(seg: &Segment) -> bool {
+    argument_taken_word(seg).is_none_or(|w| w.load(Ordering::Relaxed) != 0)
 }
 
 fn result_len_word(seg: &Segment) -> Option<&AtomicU32> {
@@ -201,15 +234,27 @@ pub(super) fn write_outcome(
         // Release pairs with the parent's Acquire load in `read_outcome`: the
         // result and its length are visible before the status says so.
         word.store(code, Ordering::Release);
+        // A parent in `join` waits on this word (`wait_for_outcome`).
+        crate::sys::futex_wake_all(word);
     }
 }
 
-/// Parent, after the child was reaped: what it left. `None` if the segment
-/// holds no valid header or the result does not fit in it.
+/// Parent: whether the child has written its outcome (the status word is
+/// set), and the word to wait on until it does.
+pub(super) fn status_of(seg: &Segment) -> Option<(&AtomicU32, u32)> {
+    let word = status_word(seg)?;
+    // Acquire pairs with the child's Release store in `write_outcome`.
+    let code = word.load(Ordering::Acquire);
+    Some((word, code))
+}
+
+/// Parent, once the status word is set or the child was reaped: what it
+/// left. `None` if the segment holds no valid header or the result does not
+/// fit in it.
 pub(super) fn read_outcome(seg: &Segment) -> Option<Outcome> {
     // Acquire pairs with the child's Release store of `status` in
-    // `write_outcome`; the child is reaped, so nothing changes under us.
-    // Untrusted: validate.
+    // `write_outcome`. The child may still run (lingering for its result's
+    // receivers): everything is copied once and validated.
     let code = status_word(seg)?.load(Ordering::Acquire);
     let len = result_len_word(seg)?.load(Ordering::Acquire) as usize;
     let header = read_header(seg)?;
@@ -224,6 +269,7 @@ pub(super) fn read_outcome(seg: &Segment) -> Option<Outcome> {
     let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
     Some(match code {
         status::RETURNED => Outcome::Returned(bytes()?),
+        status::SPILLED => Outcome::Spilled(bytes()?),
         status::PANICKED => Outcome::Panicked(text(bytes()?)),
         status::FAILED => Outcome::Failed(text(bytes()?)),
         status::NOT_ENCODED => Outcome::NotEncoded(text(bytes()?)),

@@ -1,13 +1,28 @@
-//! Shared segments that travel between processes as handles.
+//! Shared segments that travel between processes as handles, and how long
+//! they live.
 //!
-//! A [`SharedSegment`] is a sealed memfd created by one process (its *owner*).
-//! Its handle on the wire is `(owner pid, fd number, device, inode, length,
-//! type tag)`; a receiving process first names `/proc/<owner>/fd/<fd>`
-//! without opening it (`O_PATH`) and checks that it is a memfd and the same
-//! file (device and inode), only then opens it (without waiting) and checks
-//! that it is sealed against resizing and large enough for the length the
-//! handle claims. Handles may
-//! come from untrusted workers, so every check runs on every decode.
+//! A [`SharedSegment`] is a sealed memfd created by one process. Its handle
+//! on the wire is `(sender pid, fd number, device, inode, length, type tag)`,
+//! naming the *sending* process's own descriptor; a receiving process first
+//! names `/proc/<sender>/fd/<fd>` without opening it (`O_PATH`) and checks
+//! that it is a memfd and the same file (device and inode), only then opens
+//! it (without waiting) and checks that it is sealed against resizing and
+//! large enough for the length the handle claims. Handles may come from
+//! untrusted workers, so every check runs on every decode.
+//!
+//! **Lifetime.** The last 64 bytes of every such segment are a trailer
+//! holding an *in-flight count*: writing a handle ([`SharedSegment::encode`])
+//! adds one, decoding one subtracts one (saturating at 0), and an encoding
+//! that is never sent takes its one back ([`crate::wire::Transit`]). A
+//! process that sent the object and drops its last copy while the count is
+//! above 0 does not close it: the descriptor and mapping *linger* in a
+//! per-process list, swept on later activity ([`sweep`]), until the count
+//! reads 0. So a receiver can open what it was sent even if the sender
+//! dropped its copy first, and nothing is kept once nothing is in flight.
+//! The count lives in shared memory and is untrusted: a forged value can
+//! only make an object be let go early (its receiver then gets a typed
+//! decode error) or linger until the list's bound ([`MAX_LINGERING`]
+//! objects, the oldest let go first) or the process's exit.
 //!
 //! A receiver keeps up to 64 mappings so that a stream of tasks over the same
 //! array maps it once; on a miss it first forgets mappings whose owner no
@@ -16,36 +31,281 @@
 use crate::error::Result;
 use crate::shm::Segment;
 use crate::sys::{self, FileId};
-use crate::wire::{decode_error, Encoder, Wire};
+use crate::wire::{decode_error, Encoder, Transit, Wire};
 use std::ffi::CStr;
+use std::mem::ManuallyDrop;
 use std::os::fd::AsFd;
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Bytes of the trailer at the end of every shared object's segment.
+pub(crate) const TRAILER: usize = 64;
+
+/// The most objects one process keeps lingering for receivers; past it the
+/// oldest is let go (its receiver, if one ever comes, gets a decode error).
+pub(crate) const MAX_LINGERING: usize = 1024;
+
+/// How long a child (a `Process`, a pool worker) that is done waits at its
+/// exit for receivers of what it sent ([`linger_at_exit`]).
+pub(crate) const EXIT_LINGER: Duration = Duration::from_secs(5);
 
 /// One mapping of a shared memfd in this process.
 #[derive(Debug)]
 pub(crate) struct SharedSegment {
-    seg: Segment,
+    seg: ManuallyDrop<Segment>,
     id: FileId,
-    /// The process whose descriptor table holds `fd` (the creator).
+    /// The process whose descriptor this mapping was opened through, and
+    /// that descriptor (ourselves, for a segment we created).
     owner: i32,
     fd: i32,
+    /// Whether this process wrote a handle to it (naming its descriptor):
+    /// then it lingers on its last drop while handles are in flight.
+    sent: AtomicBool,
+    /// Whether this process created it (rather than opened a handle).
+    created: bool,
 }
 
 /// Segments this process has mapped from another one.
 static OPENED: Mutex<Vec<Arc<SharedSegment>>> = Mutex::new(Vec::new());
 const MAX_OPENED: usize = 64;
 
+/// Segments this process sent and dropped while handles to them were in
+/// flight, oldest first; [`LINGERING`] mirrors its length for a lock-free
+/// "nothing to sweep" (Relaxed everywhere: a hint, stored under the lock; a
+/// stale 0 only delays a sweep to the next call, a stale non-zero costs one
+/// lock).
+static LINGER: Mutex<Vec<Segment>> = Mutex::new(Vec::new());
+static LINGERING: AtomicUsize = AtomicUsize::new(0);
+
+/// The in-flight count and its waiter count, in `seg`'s trailer; `None` if
+/// the segment is too small or its size not a multiple of 64 (only a hostile
+/// file: every segment corepool creates has one).
+fn trailer(seg: &Segment) -> Option<(&AtomicU32, &AtomicU32)> {
+    let len = seg.len();
+    if len < TRAILER || len % TRAILER != 0 {
+        return None;
+    }
+    let p = seg.at(len - TRAILER, 8)?;
+    // SAFETY: in bounds (checked by `at`); 64-aligned (the mapping is
+    // page-aligned, `len - 64` a multiple of 64); the words live as long as
+    // `seg`, to which the references are tied; every process touches them
+    // only atomically.
+    Some(unsafe {
+        (
+            AtomicU32::from_ptr(p.cast()),
+            AtomicU32::from_ptr(p.add(4).cast()),
+        )
+    })
+}
+
+/// Subtracts one from an in-flight count, never below 0; wakes a process
+/// waiting for it at exit once it reaches 0.
+fn count_down(seg: &Segment) {
+    let Some((count, waiters)) = trailer(seg) else {
+        return;
+    };
+    // AcqRel: pairs with the sender's increment (`count_up`) and with the
+    // lingering owner's Acquire load in `sweep`.
+    let before = count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1));
+    if before == Ok(1) {
+        // SeqCst fence: pairs with the one in `wait_for_zero` (a waiter
+        // either sees 0 or is counted here before we look).
+        fence(Ordering::SeqCst);
+        if waiters.load(Ordering::Relaxed) != 0 {
+            sys::futex_wake_all(count);
+        }
+    }
+}
+
+/// Adds one to an in-flight count (saturating).
+fn count_up(seg: &Segment) {
+    if let Some((count, _)) = trailer(seg) {
+        // AcqRel: pairs with the receiver's decrement in `count_down`.
+        let _ = count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_add(1));
+    }
+}
+
+/// Whether handles to `seg` are in flight.
+fn in_flight(seg: &Segment) -> bool {
+    // Acquire: pairs with the receivers' AcqRel decrements: once 0 is read,
+    // every receiver has opened its own mapping.
+    trailer(seg).is_some_and(|(count, _)| count.load(Ordering::Acquire) != 0)
+}
+
+/// Lets go of lingering objects that nothing is in flight to any more. One
+/// atomic load when nothing lingers: callers run it on every send, receive
+/// and task.
+#[inline]
+pub(crate) fn sweep() {
+    if LINGERING.load(Ordering::Relaxed) != 0 {
+        sweep_lingering();
+    }
+}
+
+#[cold]
+fn sweep_lingering() {
+    let freed: Vec<Segment> = {
+        let mut linger = crate::sync::lock(&LINGER);
+        let (gone, kept): (Vec<Segment>, Vec<Segment>) = std::mem::take(&mut *linger)
+            .into_iter()
+            .partition(|s| !in_flight(s));
+        *linger = kept;
+        LINGERING.store(linger.len(), Ordering::Relaxed);
+        gone
+    };
+    // Unmapped and closed outside the lock.
+    drop(freed);
+}
+
+/// How many objects this process keeps for receivers, after a sweep.
+pub(crate) fn lingering() -> usize {
+    sweep();
+    LINGERING.load(Ordering::Relaxed)
+}
+
+/// Lets go of every lingering object at once, as a process that dies does
+/// (tests).
+#[cfg(feature = "fault-injection")]
+pub(crate) fn forget_lingering() {
+    let gone = std::mem::take(&mut *crate::sync::lock(&LINGER));
+    LINGERING.store(0, Ordering::Relaxed);
+    drop(gone);
+}
+
+/// Whether this process keeps objects for receivers, after a sweep.
+pub(crate) fn lingering_now() -> bool {
+    lingering() != 0
+}
+
+/// At a child's exit: waits until no object this process lingers for is in
+/// flight any more, or `bound` has passed (then they go with the process:
+/// a receiver that comes later gets a decode error). Returns at once when
+/// nothing lingers.
+pub(crate) fn linger_at_exit(bound: Duration) {
+    let deadline = Instant::now().checked_add(bound);
+    loop {
+        sweep();
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
+            return;
+        }
+        // Taken out of the list while we wait on it, so that no lock is
+        // held across the wait; put back if still in flight.
+        let Some(seg) = ({
+            let mut linger = crate::sync::lock(&LINGER);
+            (!linger.is_empty()).then(|| linger.remove(0))
+        }) else {
+            return;
+        };
+        if let Some((count, waiters)) = trailer(&seg) {
+            // Relaxed: ordered by the SeqCst fence that follows.
+            waiters.fetch_add(1, Ordering::Relaxed);
+            // SeqCst fence: pairs with the one in `count_down`.
+            fence(Ordering::SeqCst);
+            let now = count.load(Ordering::Acquire);
+            if now != 0 {
+                // A bounded slice: a forged waiter word may never wake us.
+                let slice = left.map_or(Duration::from_millis(100), |l| {
+                    l.min(Duration::from_millis(100))
+                });
+                sys::futex_wait(count, now, Some(slice));
+            }
+            waiters.fetch_sub(1, Ordering::Relaxed);
+        }
+        if in_flight(&seg) {
+            let mut linger = crate::sync::lock(&LINGER);
+            linger.push(seg);
+            LINGERING.store(linger.len(), Ordering::Relaxed);
+        } else {
+            drop(seg);
+            let linger = crate::sync::lock(&LINGER);
+            LINGERING.store(linger.len(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Called as a shared object's handle drops its copy of `map`: if only the
+/// cache of opened mappings would hold it after this copy goes, and no
+/// handle to it is in flight (nothing more of it is coming), the mapping is
+/// forgotten, so that its memory can be freed. A stream of tasks over one
+/// array keeps it mapped: their handles are in flight while they queue.
+pub(crate) fn dropping(map: &Arc<SharedSegment>) {
+    // This copy and the cache's: 2. Anything more is still in use here.
+    if map.created || Arc::strong_count(map) != 2 || in_flight(&map.seg) {
+        return;
+    }
+    let forgotten = {
+        let mut opened = crate::sync::lock(&OPENED);
+        let at = opened.iter().position(|m| Arc::ptr_eq(m, map));
+        at.map(|at| opened.remove(at))
+    };
+    // Unmapped (or kept for its receivers) as the caller's copy goes.
+    drop(forgotten);
+}
+
+/// Keeps `seg` for its receivers (see the module docs).
+fn linger(seg: Segment) {
+    let evicted = {
+        let mut linger = crate::sync::lock(&LINGER);
+        linger.push(seg);
+        let evicted = if linger.len() > MAX_LINGERING {
+            Some(linger.remove(0))
+        } else {
+            None
+        };
+        LINGERING.store(linger.len(), Ordering::Relaxed);
+        evicted
+    };
+    drop(evicted);
+}
+
+impl Drop for SharedSegment {
+    fn drop(&mut self) {
+        // SAFETY: `seg` is taken once, here, and never touched again.
+        let seg = unsafe { ManuallyDrop::take(&mut self.seg) };
+        // Relaxed: the last `Arc` drop (Acquire) orders every `encode`'s
+        // store of `sent` before this load.
+        if self.sent.load(Ordering::Relaxed) && in_flight(&seg) {
+            linger(seg);
+        } else {
+            drop(seg);
+        }
+        sweep();
+    }
+}
+
+/// An in-flight count taken back when the bytes holding the handle are not
+/// sent after all.
+struct Counted(Arc<SharedSegment>);
+
+impl Transit for Counted {
+    fn abandon(&self) {
+        count_down(&self.0.seg);
+    }
+}
+
 impl SharedSegment {
-    /// A new zero-filled segment of `bytes`, owned by this process.
+    /// A new zero-filled segment with room for `bytes`, created by this
+    /// process (the in-flight trailer comes after them).
     pub(crate) fn create(name: &CStr, bytes: usize) -> Result<Arc<Self>> {
-        let seg = Segment::create(name, bytes)?;
+        sweep();
+        let len = bytes
+            .checked_next_multiple_of(TRAILER)
+            .and_then(|b| b.checked_add(TRAILER))
+            .ok_or_else(|| crate::Error::InvalidConfig {
+                what: format!("a shared object of {bytes} bytes is too large"),
+            })?;
+        let seg = Segment::create(name, len)?;
         let id = seg.identity()?;
         let fd = seg.raw_fd();
         Ok(Arc::new(Self {
-            seg,
+            seg: ManuallyDrop::new(seg),
             id,
             owner: std::process::id() as i32,
             fd,
+            sent: AtomicBool::new(false),
+            created: true,
         }))
     }
 
@@ -54,28 +314,60 @@ impl SharedSegment {
         self.seg.base()
     }
 
-    /// The underlying segment (bounds-checked pointers).
+    /// The underlying segment (bounds-checked pointers; its length includes
+    /// the trailer, see [`usable_len`](Self::usable_len)).
     pub(crate) fn segment(&self) -> &Segment {
         &self.seg
     }
 
-    /// The creating process.
+    /// The bytes before the trailer: the object's own.
+    pub(crate) fn usable_len(&self) -> usize {
+        self.seg.len() - TRAILER
+    }
+
+    /// Whether no other process can have it: created here and no handle to
+    /// it ever written (a forked copy of this process aside).
+    pub(crate) fn is_private(&self) -> bool {
+        self.created && !self.sent.load(Ordering::Relaxed)
+    }
+
+    /// The process whose descriptor this mapping came through.
     pub(crate) fn owner(&self) -> i32 {
         self.owner
     }
 
-    /// Writes the handle, and asks `out` to keep the segment alive while the
-    /// handle is in flight (its sender holds what `out` carries), so that
-    /// the receiver can open it even if the caller drops its copy.
+    /// Overwrites the in-flight count, as a hostile process could (tests).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn forge_in_flight(&self, count: u32) {
+        if let Some((word, _)) = trailer(&self.seg) {
+            word.store(count, Ordering::Release);
+        }
+    }
+
+    /// Handles to it in flight now (tests).
+    #[cfg(all(test, not(miri)))]
+    pub(crate) fn in_flight_count(&self) -> u32 {
+        trailer(&self.seg).map_or(0, |(c, _)| c.load(Ordering::Acquire))
+    }
+
+    /// Writes the handle, naming this process's own descriptor, and counts
+    /// it in flight until a receiver decodes it (or `out`'s sender takes it
+    /// back, see [`crate::wire::Transit`]). The encoder also keeps the
+    /// object alive with the carrier, for carriers that hold it (pool tasks).
     pub(crate) fn encode(self: &Arc<Self>, tag: u64, len: u64, out: &mut Encoder) {
+        sweep();
+        self.sent.store(true, Ordering::Relaxed);
+        count_up(&self.seg);
+        out.started_transit(Arc::new(Counted(self.clone())));
         out.keep_alive(self.clone());
-        (self.owner, self.fd, self.id.dev, self.id.ino, len, tag).encode(out);
+        let me = std::process::id() as i32;
+        (me, self.seg.raw_fd(), self.id.dev, self.id.ino, len, tag).encode(out);
     }
 
     /// Reads a handle written by [`encode`](Self::encode) for a value of type
-    /// `T` with type tag `tag`; `bytes_for(len)` is the size the segment
+    /// `T` with type tag `tag`; `bytes_for(len)` is the size the object
     /// must have for that length (`None`: overflow). Returns the mapping and
-    /// the length.
+    /// the length, and ends the handle's transit.
     pub(crate) fn decode<T>(
         input: &mut &[u8],
         tag: u64,
@@ -89,6 +381,30 @@ impl SharedSegment {
             .and_then(|b| usize::try_from(b).ok())
             .ok_or_else(|| decode_error::<T>("length overflows"))?;
         let map = open(owner, fd, dev, ino, bytes).map_err(decode_error::<T>)?;
+        count_down(&map.seg);
+        sweep();
+        Ok((map, len))
+    }
+
+    /// As [`decode`](Self::decode), for a segment read once (a spill): its
+    /// mapping is not cached, so it goes as soon as the caller drops it.
+    pub(crate) fn decode_one_off<T>(
+        input: &mut &[u8],
+        tag: u64,
+        bytes_for: impl Fn(u64) -> Option<u64>,
+    ) -> Result<(Self, u64)> {
+        let (owner, fd, dev, ino, len, got) = <(i32, i32, u64, u64, u64, u64)>::decode(input)?;
+        if got != tag {
+            return Err(decode_error::<T>(
+                "the handle is for another kind of object",
+            ));
+        }
+        let bytes = bytes_for(len)
+            .and_then(|b| usize::try_from(b).ok())
+            .ok_or_else(|| decode_error::<T>("length overflows"))?;
+        let map = open_uncached(owner, fd, dev, ino, bytes).map_err(decode_error::<T>)?;
+        count_down(&map.seg);
+        sweep();
         Ok((map, len))
     }
 }
@@ -132,10 +448,10 @@ fn open(
 /// `m`, if its memory holds `bytes`: the handle may come from an untrusted
 /// worker, so its length is checked on the cached path as on the first.
 fn fits(m: Arc<SharedSegment>, bytes: usize) -> std::result::Result<Arc<SharedSegment>, String> {
-    if m.seg.len() < bytes {
+    if m.usable_len() < bytes {
         return Err(format!(
             "the shared memory holds {} bytes, the handle says {bytes}",
-            m.seg.len()
+            m.usable_len()
         ));
     }
     Ok(m)
@@ -203,13 +519,20 @@ fn open_uncached(
             "{path} is no longer the same memory (closed, and the number reused)"
         ));
     }
-    if seg.len() < bytes {
+    if trailer(&seg).is_none() || seg.len() - TRAILER < bytes {
         return Err(format!(
-            "the shared memory holds {} bytes, the handle says {bytes}",
+            "the shared memory holds {} bytes, the handle says {bytes} (and a 64-byte trailer)",
             seg.len()
         ));
     }
-    Ok(SharedSegment { seg, id, owner, fd })
+    Ok(SharedSegment {
+        seg: ManuallyDrop::new(seg),
+        id,
+        owner,
+        fd,
+        sent: AtomicBool::new(false),
+        created: false,
+    })
 }
 
 /// A tag for type `T` (its name and size), so that a handle for one type is
@@ -220,4 +543,83 @@ pub(crate) fn type_tag<T>() -> u64 {
     std::any::type_name::<T>().hash(&mut h);
     std::mem::size_of::<T>().hash(&mut h);
     h.finish()
+}
+
+#[cfg(all(test, not(miri)))]
+mod tests {
+    use super::*;
+
+    fn handle_of(seg: &Arc<SharedSegment>) -> (Vec<u8>, crate::wire::Carried) {
+        let mut out = Encoder::new();
+        seg.encode(7, 0, &mut out);
+        out.check().unwrap();
+        let carried = out.take_carried();
+        (out.take_bytes(), carried)
+    }
+
+    #[test]
+    fn a_handle_counts_in_flight_until_decoded_or_taken_back() {
+        let seg = SharedSegment::create(c"corepool-test", 100).unwrap();
+        assert_eq!(seg.usable_len(), 128);
+        let (bytes, mut carried) = handle_of(&seg);
+        assert_eq!(seg.in_flight_count(), 1);
+        carried.sent();
+        drop(carried);
+        let (opened, _) = SharedSegment::decode::<u8>(&mut bytes.as_slice(), 7, Some).unwrap();
+        assert_eq!(seg.in_flight_count(), 0, "the decode ended it");
+        drop(opened);
+        // Not sent: dropping what the encoding carries takes it back.
+        let (_, carried) = handle_of(&seg);
+        assert_eq!(seg.in_flight_count(), 1);
+        drop(carried);
+        assert_eq!(seg.in_flight_count(), 0);
+    }
+
+    #[test]
+    fn a_dropped_sender_lingers_until_its_receiver_opened_it() {
+        let seg = SharedSegment::create(c"corepool-test", 64).unwrap();
+        let id = (seg.id.dev, seg.id.ino);
+        let (bytes, mut carried) = handle_of(&seg);
+        carried.sent();
+        drop(carried);
+        drop(seg); // the sender's last copy, while in flight
+        let lingers = || {
+            crate::sync::lock(&LINGER)
+                .iter()
+                .any(|s| s.identity().is_ok_and(|i| (i.dev, i.ino) == id))
+        };
+        assert!(lingers(), "kept for the receiver");
+        let opened = SharedSegment::decode_one_off::<u8>(&mut bytes.as_slice(), 7, Some);
+        assert!(opened.is_ok(), "the receiver opens what its sender dropped");
+        sweep();
+        assert!(!lingers(), "let go once received");
+    }
+
+    #[test]
+    fn a_forged_count_only_lets_the_object_go_early() {
+        let seg = SharedSegment::create(c"corepool-test", 64).unwrap();
+        let (bytes, mut carried) = handle_of(&seg);
+        carried.sent();
+        drop(carried);
+        // A hostile process zeroes the count: the sender lets go at once.
+        trailer(&seg.seg).unwrap().0.store(0, Ordering::Release);
+        drop(seg);
+        let opened = SharedSegment::decode_one_off::<u8>(&mut bytes.as_slice(), 7, Some);
+        assert!(matches!(opened, Err(crate::Error::Decode { .. })));
+    }
+
+    #[test]
+    fn a_hostile_trailer_never_underflows() {
+        let seg = SharedSegment::create(c"corepool-test", 64).unwrap();
+        for _ in 0..3 {
+            count_down(&seg.seg);
+        }
+        assert_eq!(seg.in_flight_count(), 0, "saturates at 0");
+        trailer(&seg.seg)
+            .unwrap()
+            .0
+            .store(u32::MAX, Ordering::Release);
+        count_up(&seg.seg);
+        assert_eq!(seg.in_flight_count(), u32::MAX, "saturates at the top");
+    }
 }

@@ -2,8 +2,9 @@
 //! single-producer/single-consumer byte [`ring`], the many-producer,
 //! many-consumer byte queue [`mpmc`], spin-then-futex [`park`]ing and the
 //! futex [`event`] count, the [`owner`] tags and liveness rule for claims
-//! that dead processes may leave behind, and shared objects' [`handle`]s that travel between
-//! processes.
+//! that dead processes may leave behind, shared objects' [`handle`]s that travel between
+//! processes (and how long they live), and [`spill`]s, the one-off segments
+//! that carry values too large for their message.
 //!
 //! They know nothing about pools, tasks or processes.
 
@@ -14,5 +15,6 @@ pub(crate) mod owner;
 pub(crate) mod park;
 pub(crate) mod ring;
 pub(crate) mod segment;
+pub(crate) mod spill;
 
 pub(crate) use segment::Segment;

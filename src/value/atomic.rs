@@ -222,6 +222,12 @@ impl<T: AtomicInt> AtomicValue<T> {
     }
 }
 
+impl<T> Drop for AtomicValue<T> {
+    fn drop(&mut self) {
+        crate::shm::handle::dropping(&self.map);
+    }
+}
+
 impl<T: AtomicInt> Wire for AtomicValue<T> {
     fn encode(&self, out: &mut Encoder) {
         self.map.encode(type_tag::<AtomicValue<T>>(), 0, out);

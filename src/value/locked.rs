@@ -516,6 +516,12 @@ impl<T: Pod> Drop for ValueGuard<'_, T> {
     }
 }
 
+impl<T> Drop for Value<T> {
+    fn drop(&mut self) {
+        crate::shm::handle::dropping(&self.map);
+    }
+}
+
 impl<T: Pod + Send> Wire for Value<T> {
     fn encode(&self, out: &mut Encoder) {
         self.map.encode(type_tag::<Value<T>>(), 0, out);

@@ -65,6 +65,58 @@ impl fmt::Debug for InFlight {
     }
 }
 
+/// One shared object's handle written into an encoding: the object counts
+/// it as in flight from the moment it is written (so that it stays alive for
+/// the receiver, see `shm::handle`), and [`abandon`](Self::abandon) takes
+/// that back when the bytes are never sent.
+pub(crate) trait Transit: Send + Sync {
+    /// The bytes holding this handle will not be sent after all.
+    fn abandon(&self);
+}
+
+/// The transits an encoding started, taken back on drop unless the bytes
+/// were [`sent`](Self::sent): an encoding that fails, or whose `put` finds
+/// the queue closed, leaves no count behind.
+#[derive(Default)]
+pub(crate) struct Transits(Vec<Arc<dyn Transit>>);
+
+impl Transits {
+    /// The bytes went out (into a ring, a queue slot, a process segment):
+    /// their receiver ends each transit by decoding its handle.
+    #[inline]
+    pub(crate) fn sent(&mut self) {
+        self.0.clear();
+    }
+
+    /// How many transits are pending.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Takes `other`'s transits into these.
+    pub(crate) fn append(&mut self, other: &mut Transits) {
+        self.0.append(&mut other.0);
+    }
+}
+
+impl Drop for Transits {
+    #[inline]
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            self.abandon_all();
+        }
+    }
+}
+
+impl Transits {
+    #[cold]
+    fn abandon_all(&mut self) {
+        for transit in self.0.drain(..) {
+            transit.abandon();
+        }
+    }
+}
+
 /// What an encoded value carries besides its bytes: taken from the
 /// [`Encoder`] by whoever sends the bytes, and held as long as they are in
 /// flight.
@@ -74,18 +126,78 @@ pub(crate) struct Carried {
     pub(crate) keep: KeepAlive,
     /// Ends handed over to the receiver.
     pub(crate) handovers: Vec<Box<dyn Handover>>,
+    /// Shared objects' handles the bytes hold: abandoned when dropped
+    /// unless marked [`Transits::sent`].
+    pub(crate) transits: Transits,
 }
 
 impl Carried {
-    /// What a pool task must hold until its outcome: the kept objects, and
-    /// the handovers in an [`InFlight`], so that a task that ends before a
-    /// worker decoded its argument gives its pipe ends back.
-    pub(crate) fn into_keep_alive(self) -> KeepAlive {
-        let mut keep = self.keep;
+    /// The bytes went out: their receiver ends the transits they started.
+    #[inline]
+    pub(crate) fn sent(&mut self) {
+        self.transits.sent();
+    }
+
+    /// The bytes will not go out after all: the pipe ends they handed over
+    /// go back to their senders (the transits are taken back on drop).
+    pub(crate) fn not_sent(&mut self) {
         if !self.handovers.is_empty() {
-            keep.push(Arc::new(InFlight::new(self.handovers)));
+            drop(InFlight::new(std::mem::take(&mut self.handovers)));
+        }
+    }
+
+    /// What a pool task must hold until its outcome: the kept objects, the
+    /// handovers in an [`InFlight`], so that a task that ends before a
+    /// worker decoded its argument gives its pipe ends back, and the
+    /// transits in a [`TaskTransits`], taken back likewise unless a worker
+    /// took the task ([`mark_delivered`]).
+    pub(crate) fn into_keep_alive(mut self) -> KeepAlive {
+        let transits = std::mem::take(&mut self.transits);
+        let mut keep = std::mem::take(&mut self.keep);
+        if transits.len() > 0 {
+            keep.push(Arc::new(TaskTransits {
+                transits: std::sync::Mutex::new(transits),
+                delivered: std::sync::atomic::AtomicBool::new(false),
+            }));
+        }
+        let handovers = std::mem::take(&mut self.handovers);
+        if !handovers.is_empty() {
+            keep.push(Arc::new(InFlight::new(handovers)));
         }
         keep
+    }
+}
+
+/// The transits of a pool submission's arguments, held with its tasks:
+/// taken back when the last task goes, unless a worker took one of them
+/// (then its decode ended them). A map's chunks share one: if a worker took
+/// any chunk, the transits of chunks cancelled before a worker took them
+/// are not taken back (their objects linger in the sender, within the
+/// lingering bound, instead of being let go early).
+pub(crate) struct TaskTransits {
+    transits: std::sync::Mutex<Transits>,
+    delivered: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for TaskTransits {
+    fn drop(&mut self) {
+        if self.delivered.load(std::sync::atomic::Ordering::Relaxed) {
+            crate::sync::lock(&self.transits).sent();
+        }
+        // Otherwise dropping `transits` unsent takes them back.
+    }
+}
+
+/// A worker took a task holding `keep` (it decodes, or decoded, its
+/// arguments).
+pub(crate) fn mark_delivered(keep: &KeepAlive) {
+    for object in keep {
+        if let Some(t) = (**object).downcast_ref::<TaskTransits>() {
+            // Relaxed: read in `Drop`, after the last holder let go (the
+            // `Arc`'s own synchronisation orders the two).
+            t.delivered
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -94,6 +206,7 @@ impl fmt::Debug for Carried {
         f.debug_struct("Carried")
             .field("keep", &self.keep.len())
             .field("handovers", &self.handovers.len())
+            .field("transits", &self.transits.len())
             .finish()
     }
 }
@@ -183,6 +296,7 @@ impl Encoder {
             carried: Carried {
                 keep: Vec::new(),
                 handovers: Vec::new(),
+                transits: Transits(Vec::new()),
             },
             failure: None,
         }
@@ -232,6 +346,12 @@ impl Encoder {
     /// in flight.
     pub(crate) fn keep_alive(&mut self, value: Arc<dyn Any + Send + Sync>) {
         self.carried.keep.push(value);
+    }
+
+    /// Called while encoding: a shared object's handle was written; `transit`
+    /// takes its in-flight count back if the bytes are never sent.
+    pub(crate) fn started_transit(&mut self, transit: Arc<dyn Transit>) {
+        self.carried.transits.0.push(transit);
     }
 
     /// Called while encoding: `handover` goes to whichever process decodes

@@ -20,7 +20,8 @@ pub(crate) mod task;
 pub(crate) use encoder::encode_to_vec;
 pub use encoder::Encoder;
 pub(crate) use encoder::{
-    encode_carried, encode_payload, with_encoding, Carried, Handover, InFlight, KeepAlive,
+    encode_carried, encode_payload, mark_delivered, with_encoding, Carried, Handover, InFlight,
+    KeepAlive, Transit, Transits,
 };
 
 use crate::error::{Error, Result};

@@ -197,6 +197,11 @@ impl Core {
         while let Some(f) = w.in_flight.pop_front() {
             let taken = violated || !is_waiting(&ring, f.position);
             let mut task = f.task;
+            if taken {
+                // It may have decoded its argument: never take its transits
+                // back (at worst they linger, see `wire::TaskTransits`).
+                task.mark_delivered();
+            }
             if !taken {
                 requeue.push(task);
             } else if w.timed_out == Some(task.id) {

@@ -44,6 +44,18 @@ pub(super) struct Task {
     /// tasks of one submission). Never read: holding it is the point.
     #[allow(dead_code)]
     pub keep: Option<std::sync::Arc<crate::wire::KeepAlive>>,
+    /// The spill holding the argument when it is larger than a ring message
+    /// (`payload` is then its handle): held until the outcome.
+    pub spill: Option<std::sync::Arc<crate::shm::handle::SharedSegment>>,
+}
+
+impl Task {
+    /// A worker took this task: it decodes its arguments.
+    pub(super) fn mark_delivered(&self) {
+        if let Some(keep) = &self.keep {
+            crate::wire::mark_delivered(keep);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -112,6 +124,20 @@ pub(super) struct Worker {
 }
 
 impl Worker {
+    /// Whether its current process has exited (its pidfd is readable),
+    /// giving one that is exiting 10 ms to finish: its descriptors close a
+    /// moment before its pidfd turns readable. Only asked when a spilled
+    /// result does not open.
+    fn has_exited(&self) -> bool {
+        let Some(pidfd) = &self.pidfd else {
+            return false;
+        };
+        let mut ready = Vec::with_capacity(1);
+        let grace = Some(Duration::from_millis(10));
+        crate::sys::poll_readable(&[pidfd.as_fd()], &mut ready, grace).is_ok()
+            && ready.first() == Some(&true)
+    }
+
     pub(super) fn new(slot: Slot, cpu: Option<CpuMask>, budget: u64) -> Self {
         slot.task_ring().reset();
         slot.result_ring().reset();

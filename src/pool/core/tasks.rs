@@ -5,6 +5,7 @@
 
 use super::{Actions, Core, InFlight, Phase};
 use crate::error::Error;
+use crate::pool::layout::RECORD_SPILLED;
 use crate::pool::sink::Outcome;
 use crate::shm::park;
 use crate::shm::ring::{Claimed, Consumer, RecordHeader, RingError};
@@ -73,7 +74,54 @@ impl Core {
                         actions,
                     );
                 }
-                let task = w.in_flight.pop_front().expect("front checked above").task;
+                let entry = w.in_flight.pop_front().expect("front checked above");
+                // The worker took it: its decode ended the argument's
+                // transits. Unless its decode failed: then what it did not
+                // reach is never decoded, and is taken back (what it had
+                // decoded before the failure may then be counted down twice:
+                // at worst let go early, see `shm::handle`).
+                let decode_failed =
+                    record.header.kind == kind::FAILED && record.header.flags == failure::DECODE;
+                if !decode_failed {
+                    entry.task.mark_delivered();
+                }
+                if record.header.kind == kind::OK && record.header.flags & RECORD_SPILLED != 0 {
+                    // The result is in a spill the worker holds until we
+                    // open it here, before the record is released.
+                    w.results.read_payload(record, &mut self.buf);
+                    let read = crate::shm::spill::read(&self.buf);
+                    let died = read.is_err() && w.has_exited();
+                    match read {
+                        Ok(bytes) => {
+                            self.outstanding -= 1;
+                            let outcome = Outcome::Ok(crate::wire::Payload::from_vec(bytes));
+                            actions.completions.push((entry.task.sink, outcome));
+                            continue;
+                        }
+                        Err(_) if died => {
+                            // It died before we opened its result: the task
+                            // is handled as any task its worker died in
+                            // (`on_exit`: retried or `WorkerDied`, its tag
+                            // is TAKEN), and so is what followed it.
+                            self.workers[index].in_flight.push_front(entry);
+                            self.claimed = claimed;
+                            return;
+                        }
+                        Err(_) => {
+                            self.workers[index].in_flight.push_front(InFlight {
+                                position: 0,
+                                task: entry.task,
+                            });
+                            self.claimed = claimed;
+                            return self.violation(
+                                index,
+                                RingError::Violation("a spilled result's handle does not open"),
+                                actions,
+                            );
+                        }
+                    }
+                }
+                let task = entry.task;
                 let outcome = match decode_result(&w.results, record, &mut self.buf) {
                     Ok(outcome) => outcome,
                     Err(what) => {
@@ -121,6 +169,11 @@ impl Core {
                 kind: kind::TASK,
                 id: task.id,
                 aux: task.trampoline as u64,
+                flags: if task.spill.is_some() {
+                    RECORD_SPILLED
+                } else {
+                    0
+                },
                 ..Default::default()
             };
             match w.tasks.write(header, &task.payload) {

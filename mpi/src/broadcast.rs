@@ -1,0 +1,198 @@
+//! [`Broadcast`]: a large read-only array given to every rank once (one
+//! `MPI_Bcast` into a shared array on each node), that tasks then refer to
+//! by handle instead of carrying it in every message.
+
+use corepool::bytemuck::{self, Pod};
+use corepool::{Encoder, Error, Result, SharedArray, Wire};
+use std::cell::Cell;
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Range;
+use std::sync::Arc;
+
+thread_local! {
+    /// The rank a task is being encoded for, while the MPI thread encodes
+    /// it (`None` elsewhere: this process's own pool).
+    static DESTINATION: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Runs `encode` with [`Broadcast`]s encoding the handles of rank `rank`.
+pub(crate) fn encoding_for<R>(rank: usize, encode: impl FnOnce() -> R) -> R {
+    let before = DESTINATION.with(|d| d.replace(Some(rank)));
+    let result = encode();
+    DESTINATION.with(|d| d.set(before));
+    result
+}
+
+/// What every copy of one broadcast shares: this process's array, and on
+/// rank 0 each rank's handle to its own copy.
+pub(crate) struct Copies {
+    pub(crate) local: SharedArray<u8>,
+    /// Indexed by rank; empty in a worker, and rank 0's own entry is empty.
+    pub(crate) handles: Vec<Vec<u8>>,
+}
+
+/// An array of plain numbers on every rank, made by
+/// [`Cluster::broadcast`](crate::Cluster::broadcast): each node holds one
+/// copy in shared memory, which every worker of every rank on it maps.
+///
+/// Pass it (or a clone: a clone shares the copy) in a task's argument: on
+/// its way to a rank it becomes that rank's handle, a few dozen bytes,
+/// whatever the array's size. A task reads it with [`get`](Self::get),
+/// [`read`](Self::read), [`read_into`](Self::read_into) or
+/// [`fold_chunks`](Self::fold_chunks). It is read-only, and it lives until
+/// the [`Cluster`](crate::Cluster) ends.
+pub struct Broadcast<T> {
+    copies: Arc<Copies>,
+    len: usize,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Broadcast<T> {
+    fn clone(&self) -> Self {
+        Self {
+            copies: self.copies.clone(),
+            len: self.len,
+            _type: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Broadcast<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Broadcast")
+            .field("len", &self.len)
+            .field("type", &std::any::type_name::<T>())
+            .finish()
+    }
+}
+
+/// Elements copied per block by [`Broadcast::fold_chunks`].
+const BLOCK_BYTES: usize = 32 * 1024;
+
+impl<T: Pod> Broadcast<T> {
+    pub(crate) fn new(copies: Arc<Copies>, len: usize) -> Self {
+        Self {
+            copies,
+            len,
+            _type: PhantomData,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Element `index`, or `None` past the end.
+    pub fn get(&self, index: usize) -> Option<T> {
+        let mut one = [T::zeroed()];
+        self.read_into(index, &mut one).ok()?;
+        Some(one[0])
+    }
+
+    /// Copies the elements from `start` into `dst`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OutOfBounds`] when `start..start + dst.len()` is not inside.
+    pub fn read_into(&self, start: usize, dst: &mut [T]) -> Result<()> {
+        let end = start.checked_add(dst.len()).filter(|&e| e <= self.len);
+        if end.is_none() {
+            return Err(Error::OutOfBounds {
+                start,
+                end: start.saturating_add(dst.len()),
+                len: self.len,
+            });
+        }
+        let size = std::mem::size_of::<T>();
+        self.copies
+            .local
+            .read_into(start * size, bytemuck::cast_slice_mut(dst))
+    }
+
+    /// The elements of `range`, copied out.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OutOfBounds`] when `range` is not inside.
+    pub fn read(&self, range: Range<usize>) -> Result<Vec<T>> {
+        let mut out = vec![T::zeroed(); range.end.saturating_sub(range.start)];
+        self.read_into(range.start, &mut out)?;
+        Ok(out)
+    }
+
+    /// Folds `f` over the elements of `range` in cache-sized blocks, in
+    /// order.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OutOfBounds`] when `range` is not inside.
+    pub fn fold_chunks<Acc>(
+        &self,
+        range: Range<usize>,
+        init: Acc,
+        mut f: impl FnMut(Acc, &[T]) -> Acc,
+    ) -> Result<Acc> {
+        let block = (BLOCK_BYTES / std::mem::size_of::<T>().max(1)).max(1);
+        let mut buf = vec![T::zeroed(); block.min(range.end.saturating_sub(range.start))];
+        let mut acc = init;
+        let mut at = range.start;
+        while at < range.end {
+            let n = block.min(range.end - at);
+            self.read_into(at, &mut buf[..n])?;
+            acc = f(acc, &buf[..n]);
+            at += n;
+        }
+        Ok(acc)
+    }
+}
+
+impl<T: Pod> Wire for Broadcast<T> {
+    fn encode(&self, out: &mut Encoder) {
+        (std::mem::size_of::<T>() as u64, self.len as u64).encode(out);
+        match DESTINATION.with(Cell::get) {
+            Some(rank) if rank > 0 => match self.copies.handles.get(rank) {
+                Some(handle) if !handle.is_empty() => out.extend_from_slice(handle),
+                _ => out.fail::<Self>(format!(
+                    "rank {rank} holds no copy of this array: it was broadcast by another cluster, or decoded in a worker"
+                )),
+            },
+            _ => self.copies.local.encode(out),
+        }
+    }
+
+    fn decode(input: &mut &[u8]) -> Result<Self> {
+        let (size, len) = <(u64, u64)>::decode(input)?;
+        let bad = |reason: String| Error::Decode {
+            type_name: std::any::type_name::<Self>(),
+            reason,
+        };
+        if size != std::mem::size_of::<T>() as u64 {
+            return Err(bad(format!(
+                "elements of {size} bytes, not {}",
+                std::mem::size_of::<T>()
+            )));
+        }
+        let local = SharedArray::<u8>::decode(input)?;
+        let len = usize::try_from(len).map_err(|_| bad("length out of range".into()))?;
+        if len.checked_mul(std::mem::size_of::<T>()) != Some(local.len()) {
+            return Err(bad(format!(
+                "{len} elements do not fill the {} bytes shared",
+                local.len()
+            )));
+        }
+        Ok(Self::new(
+            Arc::new(Copies {
+                local,
+                handles: Vec::new(),
+            }),
+            len,
+        ))
+    }
+}

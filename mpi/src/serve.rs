@@ -1,0 +1,167 @@
+//! A serving rank's loop, run by its MPI thread: tasks from rank 0 go to
+//! the local pool, results go back; and the bare MPI measurements.
+
+use crate::comm::{run_locally, Command, Idle};
+use crate::proto::{
+    self, Control, TAG_CONTROL, TAG_FLOOR, TAG_RESULT, TAG_SHARED, TAG_STOPPED, TAG_TASK,
+};
+use crate::transport::Transport;
+use corepool::{Error, Pool, RawTask, SharedArray, Wire};
+use crossbeam_channel::{Receiver, Sender};
+use mpi::traits::*;
+use std::time::{Duration, Instant};
+
+/// A serving rank's loop: run what rank 0 sends, answer, until shutdown.
+pub(crate) fn serve(
+    pool: Option<Pool>,
+    transport: &mut Transport,
+    commands: &Receiver<Command>,
+    to_self: Sender<Command>,
+) {
+    let rank = transport.world.rank();
+    // Broadcast copies live until the job ends.
+    let mut copies: Vec<SharedArray<u8>> = Vec::new();
+    let mut idle = Idle::new();
+    let mut pending: Option<Command> = None;
+    loop {
+        let mut busy = false;
+        while let Some(command) = pending.take().or_else(|| commands.try_recv().ok()) {
+            busy = true;
+            if let Command::LocalDone { unit, result } = command {
+                transport.send(0, TAG_RESULT, proto::seal_result(unit, result, rank));
+            }
+        }
+        while let Some((from, tag, bytes)) = transport.receive() {
+            busy = true;
+            if from != 0 {
+                eprintln!("corepool-mpi: rank {rank}: ignoring a message from rank {from}");
+                continue;
+            }
+            match tag {
+                TAG_TASK => match proto::open_task(bytes) {
+                    Ok((unit, bits, arg)) => {
+                        // SAFETY: the bits come from `RawTask::to_bits` on
+                        // rank 0 (the only rank that sends tasks), and every
+                        // rank checked at start that it runs the very same
+                        // executable (content hash), so they name the same
+                        // trampoline here.
+                        let task = unsafe { RawTask::from_bits(bits) };
+                        let submitted = match &pool {
+                            Some(pool) => run_locally(pool, task, unit, arg, &to_self),
+                            None => Err(Error::PoolClosed),
+                        };
+                        if let Err(e) = submitted {
+                            transport.send(0, TAG_RESULT, proto::seal_result(unit, Err(e), rank));
+                        }
+                    }
+                    Err(e) => eprintln!("corepool-mpi: rank {rank}: a malformed task: {e}"),
+                },
+                TAG_CONTROL => match Control::parse(&bytes) {
+                    Ok(Control::Shutdown) => {
+                        if let Some(pool) = &pool {
+                            pool.terminate();
+                        }
+                        transport.send(0, TAG_STOPPED, Vec::new());
+                        transport.flush();
+                        drop(pool);
+                        return;
+                    }
+                    Ok(Control::Broadcast { id, bytes }) => {
+                        let mut answer = id.to_le_bytes().to_vec();
+                        match usize::try_from(bytes) {
+                            Ok(len) => {
+                                let mut data = vec![0u8; len];
+                                transport
+                                    .world
+                                    .process_at_rank(0)
+                                    .broadcast_into(&mut data[..]);
+                                match SharedArray::<u8>::from_slice(&data) {
+                                    Ok(array) => {
+                                        let mut handle = corepool::Encoder::new();
+                                        array.encode(&mut handle);
+                                        answer.extend_from_slice(&handle);
+                                        copies.push(array);
+                                    }
+                                    Err(e) => eprintln!("corepool-mpi: rank {rank}: no room for a broadcast copy of {len} bytes: {e}"),
+                                }
+                            }
+                            Err(_) => {
+                                eprintln!("corepool-mpi: rank {rank}: a broadcast of {bytes} bytes does not fit this machine");
+                                transport.world.abort(1);
+                            }
+                        }
+                        transport.send(0, TAG_SHARED, answer);
+                    }
+                    Ok(control @ (Control::PingPong { .. } | Control::Stream { .. })) => {
+                        let _ = floor(transport, 0, &control, false);
+                    }
+                    Err(e) => {
+                        eprintln!("corepool-mpi: rank {rank}: a malformed control frame: {e}")
+                    }
+                },
+                other => eprintln!("corepool-mpi: rank {rank}: unexpected message tag {other}"),
+            }
+        }
+        busy |= transport.progress();
+        if busy {
+            idle.event();
+        } else {
+            pending = idle.wait(commands);
+        }
+    }
+}
+
+/// The bare MPI measurements, with plain blocking sends and receives of
+/// byte buffers on [`TAG_FLOOR`]: what rsmpi alone does, nothing of
+/// corepool's in between. `leader` is rank 0's side; it returns the median
+/// round trip of a ping-pong, the whole time of a stream.
+pub(crate) fn floor(
+    transport: &mut Transport,
+    peer: i32,
+    control: &Control,
+    leader: bool,
+) -> Duration {
+    let (bytes, rounds, ping_pong) = match *control {
+        Control::PingPong { bytes, rounds } => (bytes, rounds, true),
+        Control::Stream { bytes, rounds } => (bytes, rounds, false),
+        _ => return Duration::ZERO,
+    };
+    let Ok(len) = usize::try_from(bytes) else {
+        return Duration::ZERO;
+    };
+    let mut buf = vec![1u8; len];
+    let other = transport.world.process_at_rank(peer);
+    let started = Instant::now();
+    let mut trips = Vec::new();
+    for _ in 0..rounds {
+        match (ping_pong, leader) {
+            (true, true) => {
+                let trip = Instant::now();
+                other.send_with_tag(&buf[..], TAG_FLOOR);
+                other.receive_into_with_tag(&mut buf[..], TAG_FLOOR);
+                trips.push(trip.elapsed());
+            }
+            (true, false) => {
+                other.receive_into_with_tag(&mut buf[..], TAG_FLOOR);
+                other.send_with_tag(&buf[..], TAG_FLOOR);
+            }
+            (false, true) => other.send_with_tag(&buf[..], TAG_FLOOR),
+            (false, false) => {
+                other.receive_into_with_tag(&mut buf[..], TAG_FLOOR);
+            }
+        }
+    }
+    if !ping_pong {
+        let mut ack = [0u8; 1];
+        if leader {
+            other.receive_into_with_tag(&mut ack[..], TAG_FLOOR);
+        } else {
+            other.send_with_tag(&ack[..], TAG_FLOOR);
+        }
+    }
+    if trips.is_empty() {
+        return started.elapsed();
+    }
+    trips.sort_unstable();
+    trips[trips.len() / 2]
+}

@@ -1,0 +1,515 @@
+//! Multi-rank tests: this executable launches `mpirun -n 2` (or 3) on
+//! itself with a scenario name, and each rank runs that scenario. Every
+//! launch runs under a watchdog: a job that hangs fails the test instead of
+//! hanging it.
+
+use corepool::{Callbacks, Error};
+use corepool_mpi::{Cluster, Shard};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The marker that tells a rank from the test driver.
+const RANK_PROGRAM: &str = "--rank-program";
+/// Longest a job may take before the watchdog fails the test.
+const WATCHDOG: Duration = Duration::from_secs(120);
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(RANK_PROGRAM) {
+        let scenario = args.get(2).cloned().unwrap_or_default();
+        if let Err(e) = rank_program(&scenario) {
+            eprintln!("scenario {scenario} failed: {e}");
+            std::process::exit(2);
+        }
+        return;
+    }
+    driver();
+}
+
+// ---------------------------------------------------------------- ranks
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+/// Busy for a while, then says which rank process ran it.
+fn where_am_i(spin: u64) -> i32 {
+    let mut x = 0u64;
+    for i in 0..spin {
+        x = std::hint::black_box(x.wrapping_add(i));
+    }
+    corepool::parent_process().map_or(-1, |p| p.pid)
+}
+
+fn fail_on_seven(x: u64) -> u64 {
+    assert!(x != 7, "seven is not allowed");
+    x
+}
+
+fn rank_pids((shard, ()): (Shard, ())) -> (u64, i32, i32) {
+    let rank_pid = corepool::parent_process().map_or(-1, |p| p.pid);
+    (shard.rank as u64, rank_pid, std::process::id() as i32)
+}
+
+fn die_on_rank_1((shard, ()): (Shard, ())) -> u64 {
+    if shard.rank == 1 {
+        // SAFETY: `raise` has no preconditions; the worker is meant to die.
+        unsafe { libc::raise(libc::SIGKILL) };
+    }
+    shard.rank as u64
+}
+
+fn sum_rows((shard, (a, n)): (Shard, (corepool_mpi::Broadcast<f64>, u64))) -> f64 {
+    let n = n as usize;
+    let rows = shard.range_of(n);
+    a.fold_chunks(rows.start * n..rows.end * n, 0.0, |s, xs| {
+        s + xs.iter().sum::<f64>()
+    })
+    .unwrap()
+}
+
+fn element((a, i): (corepool_mpi::Broadcast<f64>, u64)) -> f64 {
+    a.get(i as usize).unwrap_or(f64::NAN)
+}
+
+fn spin_forever(_: u64) -> u64 {
+    loop {
+        std::hint::spin_loop();
+    }
+}
+
+fn check(ok: bool, what: &str) -> Result<(), Box<dyn std::error::Error>> {
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("check failed: {what}").into())
+    }
+}
+
+fn rank_program(scenario: &str) -> Result<(), Box<dyn std::error::Error>> {
+    corepool::init();
+    let cluster = Cluster::init()?;
+    match scenario {
+        "api" => {
+            check(cluster.apply(square, 12)? == 144, "apply")?;
+            let (tx, rx) = mpsc::channel();
+            let cb = Callbacks::new().on_success(move |v: &u64| tx.send(*v).unwrap());
+            let h = cluster.apply_async_with(square, 9, cb)?;
+            check(h.get()? == 81, "apply_async")?;
+            check(rx.recv()? == 81, "callback")?;
+            for rank in 0..cluster.ranks() {
+                check(
+                    cluster.apply_on_rank(rank, square, 5)? == 25,
+                    "apply_on_rank",
+                )?;
+            }
+            let on_last = cluster.apply_async_on_rank(cluster.ranks() - 1, where_am_i, 10)?;
+            on_last.wait();
+            check(on_last.ready(), "ready after wait")?;
+            check(
+                on_last.get_timeout(std::time::Duration::from_secs(60))? > 0,
+                "get_timeout",
+            )?;
+            check(
+                matches!(
+                    on_last.get_timeout(std::time::Duration::ZERO),
+                    Err(Error::ResultTaken)
+                ),
+                "a result is taken once",
+            )?;
+            check(
+                matches!(
+                    cluster.apply_on_rank(99, square, 1),
+                    Err(Error::InvalidConfig { .. })
+                ),
+                "no rank 99",
+            )?;
+            let squares = cluster.map(square, 0..10_000u64)?;
+            check(
+                squares == (0..10_000u64).map(|x| x * x).collect::<Vec<_>>(),
+                "map in order",
+            )?;
+            let sums = cluster.starmap(add, (0..100u64).map(|i| (i, 1)))?;
+            check(sums == (1..=100).collect::<Vec<_>>(), "starmap")?;
+            let chunked = cluster.chunked(7)?.map(square, 0..100u64)?;
+            check(
+                chunked == (0..100u64).map(|x| x * x).collect::<Vec<_>>(),
+                "chunked map",
+            )?;
+            let lazy: Vec<u64> = cluster
+                .imap(square, 0..500u64)?
+                .collect::<corepool::Result<_>>()?;
+            check(
+                lazy == (0..500u64).map(|x| x * x).collect::<Vec<_>>(),
+                "imap",
+            )?;
+            let mut any: Vec<u64> = cluster
+                .chunked(3)?
+                .imap_unordered(square, 0..500u64)?
+                .collect::<corepool::Result<_>>()?;
+            any.sort_unstable();
+            check(any == lazy, "imap_unordered")?;
+            let ran_on = cluster
+                .chunked(1)?
+                .map(where_am_i, vec![2_000_000u64; 32])?;
+            let mut ranks: Vec<i32> = ran_on.clone();
+            ranks.sort_unstable();
+            ranks.dedup();
+            check(
+                ranks.len() == cluster.ranks(),
+                &format!("tasks ran on every rank: {ran_on:?}"),
+            )?;
+            match cluster.apply(fail_on_seven, 7) {
+                Err(Error::Panicked { message }) => {
+                    check(message.contains("seven is not allowed"), "panic message")?
+                }
+                other => return Err(format!("apply of a panicking task gave {other:?}").into()),
+            }
+            match cluster.chunked(1)?.map(fail_on_seven, 0..20u64) {
+                Err(Error::Panicked { .. }) => {}
+                other => return Err(format!("map with a panicking item gave {other:?}").into()),
+            }
+            check(cluster.apply(square, 3)? == 9, "goes on after a panic")?;
+            println!("API OK on {} ranks", cluster.ranks());
+        }
+        "broadcast" => {
+            let n = 300usize;
+            let a: Vec<f64> = (0..n * n).map(|i| (i % 17) as f64).collect();
+            let shared = cluster.broadcast(&a)?;
+            let parts = cluster.gather(sum_rows, (shared.clone(), n as u64))?;
+            check(parts.len() == cluster.ranks(), "one part per rank")?;
+            let total: f64 = parts.iter().sum();
+            check(total == a.iter().sum::<f64>(), "gathered sums")?;
+            let reduced = cluster.reduce(sum_rows, (shared.clone(), n as u64), |x, y| x + y)?;
+            check(reduced == total, "reduce")?;
+            let picks = cluster
+                .chunked(5)?
+                .map(element, (0..100u64).map(|i| (shared.clone(), i * 7)))?;
+            check(
+                picks == (0..100usize).map(|i| a[i * 7]).collect::<Vec<_>>(),
+                "tasks read the broadcast",
+            )?;
+            println!("BROADCAST OK");
+        }
+        "worker_killed" => {
+            match cluster.gather(die_on_rank_1, ()) {
+                Err(Error::WorkerDied { .. }) => {}
+                other => return Err(format!("a worker killed on rank 1 gave {other:?}").into()),
+            }
+            let squares = cluster.chunked(1)?.map(square, 0..50u64)?;
+            check(
+                squares == (0..50u64).map(|x| x * x).collect::<Vec<_>>(),
+                "works after a respawn",
+            )?;
+            let again = cluster.gather(rank_pids, ())?;
+            check(
+                again.len() == cluster.ranks(),
+                "every rank serves after a respawn",
+            )?;
+            println!("WORKER KILLED OK");
+        }
+        "rank_killed" | "sigterm" => {
+            let pids = cluster.gather(rank_pids, ())?;
+            let all: Vec<String> = pids
+                .iter()
+                .flat_map(|&(_, rank, worker)| [rank, worker])
+                .chain([std::process::id() as i32])
+                .map(|p| p.to_string())
+                .collect();
+            println!("PIDS {}", all.join(" "));
+            use std::io::Write;
+            std::io::stdout().flush()?;
+            if scenario == "rank_killed" {
+                let rank1 = pids
+                    .iter()
+                    .find(|p| p.0 == 1)
+                    .map(|p| p.1)
+                    .ok_or("no rank 1")?;
+                // SAFETY: `kill` has no memory preconditions.
+                unsafe { libc::kill(rank1, libc::SIGKILL) };
+            }
+            // Keep the job busy: it must be ended from outside.
+            let _ = cluster.chunked(1)?.map(spin_forever, 0..64u64);
+            println!("UNREACHABLE: the map returned");
+        }
+        other => return Err(format!("unknown scenario {other}").into()),
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- driver
+
+/// What a job printed and how it ended.
+struct Job {
+    status: std::process::ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+fn is_root() -> bool {
+    // SAFETY: `geteuid` has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `mpirun` with the flags this machine needs.
+fn mpirun(n: usize) -> Command {
+    let mut cmd = Command::new("mpirun");
+    if is_root() {
+        cmd.arg("--allow-run-as-root");
+    }
+    cmd.args(["--oversubscribe", "-n", &n.to_string()]);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs `cmd` under the watchdog; `on_line` sees each line of stdout as it
+/// comes, with the process's pid (to signal it).
+fn run(mut cmd: Command, mut on_line: impl FnMut(&str, u32)) -> Job {
+    let mut child = cmd
+        .spawn()
+        .expect("mpirun starts (is openmpi-bin installed?)");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel::<String>();
+    let out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let err = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(err), &mut s);
+        s
+    });
+    let deadline = Instant::now() + WATCHDOG;
+    let mut stdout = String::new();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) => {
+                on_line(&line, pid);
+                stdout.push_str(&line);
+                stdout.push('\n');
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let _ = reader.join();
+            while let Ok(line) = rx.try_recv() {
+                stdout.push_str(&line);
+                stdout.push('\n');
+            }
+            let stderr = err_reader.join().unwrap_or_default();
+            return Job {
+                status,
+                stdout,
+                stderr,
+            };
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("watchdog: the job did not end within {WATCHDOG:?}; stdout so far:\n{stdout}");
+        }
+    }
+}
+
+fn me() -> PathBuf {
+    std::env::current_exe().unwrap()
+}
+
+fn example(name: &str) -> PathBuf {
+    // target/<profile>/deps/cluster-<hash> -> target/<profile>/examples/<name>
+    me().parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name)
+}
+
+fn scenario(n: usize, name: &str) -> Job {
+    let mut cmd = mpirun(n);
+    cmd.arg(me()).args([RANK_PROGRAM, name]);
+    run(cmd, |_, _| {})
+}
+
+fn expect_ok(job: &Job, marker: &str) {
+    assert!(
+        job.status.success() && job.stdout.contains(marker),
+        "expected {marker:?} and success, got {:?}\nstdout:\n{}\nstderr:\n{}",
+        job.status,
+        job.stdout,
+        job.stderr
+    );
+}
+
+fn shm_entries() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie is dead for this purpose: it runs nothing and holds nothing.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+fn pids_of(stdout: &str) -> Vec<i32> {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("PIDS "))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits (bounded) until none of `pids` runs: the kernel reaps orphans
+/// asynchronously after their parent's death.
+fn assert_all_gone(pids: &[i32]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pids.iter().any(|&p| alive(p)) {
+        assert!(
+            Instant::now() < deadline,
+            "processes left behind: {:?}",
+            pids.iter().filter(|&&p| alive(p)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn test_api() {
+    expect_ok(&scenario(2, "api"), "API OK on 2 ranks");
+    expect_ok(&scenario(3, "api"), "API OK on 3 ranks");
+}
+
+fn test_broadcast() {
+    expect_ok(&scenario(2, "broadcast"), "BROADCAST OK");
+}
+
+fn test_worker_killed() {
+    expect_ok(&scenario(2, "worker_killed"), "WORKER KILLED OK");
+}
+
+fn test_rank_killed() {
+    let before = shm_entries();
+    let job = scenario(2, "rank_killed");
+    assert!(!job.status.success(), "a job whose rank died must fail");
+    let all = format!("{}{}", job.stdout, job.stderr);
+    assert!(all.contains("rank 1"), "the message names the rank:\n{all}");
+    assert!(!all.contains("UNREACHABLE"));
+    let pids = pids_of(&job.stdout);
+    assert!(pids.len() >= 5, "pids printed: {}", job.stdout);
+    assert_all_gone(&pids);
+    assert_eq!(shm_entries(), before, "nothing left in /dev/shm");
+}
+
+fn test_sigterm() {
+    let before = shm_entries();
+    let mut cmd = mpirun(2);
+    cmd.arg(me()).args([RANK_PROGRAM, "sigterm"]);
+    let job = run(cmd, |line, pid| {
+        if line.starts_with("PIDS ") {
+            // SAFETY: `kill` has no memory preconditions.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+    });
+    assert!(!job.status.success());
+    let pids = pids_of(&job.stdout);
+    assert!(pids.len() >= 5, "pids printed: {}", job.stdout);
+    assert_all_gone(&pids);
+    assert_eq!(shm_entries(), before, "nothing left in /dev/shm");
+}
+
+fn test_binary_mismatch() {
+    let dir = std::env::temp_dir().join(format!("corepool-mpi-mismatch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let other = dir.join("other-build");
+    let mut bytes = std::fs::read(me()).unwrap();
+    bytes.push(0); // another build: same code, another content hash
+    std::fs::write(&other, bytes).unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&other).unwrap().permissions(),
+        0o755,
+    );
+    std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut cmd = mpirun(1);
+    cmd.arg(me())
+        .args([RANK_PROGRAM, "api", ":", "-n", "1"])
+        .arg(&other)
+        .args([RANK_PROGRAM, "api"]);
+    let job = run(cmd, |_, _| {});
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!job.status.success());
+    assert!(
+        job.stderr.contains("do not run the same build") && job.stderr.contains("rank 1"),
+        "stderr:\n{}",
+        job.stderr
+    );
+    assert!(!job.stdout.contains("API OK"));
+}
+
+fn test_examples() {
+    for (name, marker) in [("mpi_pi", "pi ~ 3.1"), ("mpi_matvec", "matvec OK")] {
+        let path = example(name);
+        assert!(path.exists(), "{} is built by `cargo test`", path.display());
+        let mut cmd = mpirun(2);
+        cmd.arg(&path);
+        expect_ok(&run(cmd, |_, _| {}), marker);
+    }
+}
+
+fn driver() {
+    if Command::new("mpirun").arg("--version").output().is_err() {
+        panic!("mpirun not found: install Open MPI (`.ci/mpi-packages`, or apt-get install libopenmpi-dev openmpi-bin libclang-dev)");
+    }
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let tests: [(&str, fn()); 7] = [
+        ("api", test_api),
+        ("broadcast", test_broadcast),
+        ("worker_killed", test_worker_killed),
+        ("rank_killed", test_rank_killed),
+        ("sigterm", test_sigterm),
+        ("binary_mismatch", test_binary_mismatch),
+        ("examples", test_examples),
+    ];
+    for (name, test) in tests {
+        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        let start = Instant::now();
+        test();
+        println!("test {name} ... ok ({:.1?})", start.elapsed());
+    }
+}

@@ -1,0 +1,219 @@
+//! Tasks as bytes: a [`RawTask`] names a task's function portably between
+//! processes running the same executable, and [`Pool::submit_raw`] runs one
+//! on the pool with already encoded arguments. The hook a transport that
+//! carries tasks between machines (the `corepool-mpi` crate) is built on.
+
+use super::sink::{Completion, Outcome, Sink};
+use super::{Callbacks, Pool};
+use crate::error::Result;
+use crate::wire::task::{self, StarFn};
+use crate::wire::{Payload, Wire};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+/// A task's function, named the way corepool names it to its workers: by
+/// the distance of its decoding trampoline from a fixed function of the
+/// executable, which is the same in every process running the same build
+/// (wherever the loader placed the image).
+///
+/// Made from a typed function, turned into bits ([`to_bits`](Self::to_bits)),
+/// carried to another process of the same build, turned back
+/// ([`from_bits`](Self::from_bits)) and run there with
+/// [`Pool::submit_raw`]. The argument bytes are a [`Wire`] encoding: `A`'s
+/// for [`one`](Self::one), a `Vec<A>`'s for [`chunk`](Self::chunk) and a
+/// `Vec<T>`'s for [`star_chunk`](Self::star_chunk); the result bytes are
+/// `R`'s, or a `Vec<R>`'s for the chunks.
+///
+/// ```
+/// use corepool::{Pool, RawTask, Wire, Encoder};
+///
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// fn main() -> corepool::Result<()> {
+///     let pool = Pool::new(1)?;
+///     let bits = RawTask::one(square).to_bits(); // what crosses the network
+///     // SAFETY: the bits come from `to_bits` in this very executable.
+///     let task = unsafe { RawTask::from_bits(bits) };
+///     let mut arg = Encoder::new();
+///     7u64.encode(&mut arg);
+///     let (tx, rx) = std::sync::mpsc::channel();
+///     pool.submit_raw(task, arg.finish()?, move |result| tx.send(result).unwrap())?;
+///     let bytes = rx.recv().unwrap()?;
+///     assert_eq!(u64::decode(&mut bytes.as_slice())?, 49);
+///     Ok(())
+/// }
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RawTask {
+    offset: i64,
+}
+
+impl fmt::Debug for RawTask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawTask")
+            .field("offset", &self.offset)
+            .finish()
+    }
+}
+
+impl RawTask {
+    /// `f` on one argument (what `apply` sends).
+    pub fn one<F, A, R>(f: F) -> Self
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        const { task::assert_captures_nothing::<F>() };
+        let _ = f;
+        Self {
+            offset: task::offset_of(task::call_one::<F, A, R>),
+        }
+    }
+
+    /// `f` on every item of an encoded `Vec<A>`, giving a `Vec<R>` (a
+    /// chunk of `map`).
+    pub fn chunk<F, A, R>(f: F) -> Self
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Wire,
+        R: Wire,
+    {
+        const { task::assert_captures_nothing::<F>() };
+        let _ = f;
+        Self {
+            offset: task::offset_of(task::call_chunk::<F, A, R>),
+        }
+    }
+
+    /// `f(*t)` for every tuple `t` of an encoded `Vec<T>`, giving a `Vec<R>`
+    /// (a chunk of `starmap`).
+    pub fn star_chunk<F, T, R>(f: F) -> Self
+    where
+        F: StarFn<T, R>,
+        T: Wire,
+        R: Wire,
+    {
+        const { task::assert_captures_nothing::<F>() };
+        let _ = f;
+        Self {
+            offset: task::offset_of(task::call_star_chunk::<F, T, R>),
+        }
+    }
+
+    /// The portable name: meaningful only to a process running the very same
+    /// executable.
+    pub fn to_bits(self) -> i64 {
+        self.offset
+    }
+
+    /// The task named by `bits`.
+    ///
+    /// # Safety
+    ///
+    /// `bits` must come from [`to_bits`](Self::to_bits) in a process running
+    /// the very same executable (byte for byte: check a content hash of it
+    /// first, as `corepool-mpi` does when its ranks start). A worker jumps to
+    /// the address the bits name; any other value makes it run arbitrary
+    /// code.
+    pub unsafe fn from_bits(bits: i64) -> Self {
+        Self { offset: bits }
+    }
+}
+
+/// Hands a task's outcome, as bytes, to a caller's function once.
+struct RawSink<D> {
+    done: Mutex<Option<D>>,
+}
+
+impl<D: FnOnce(Result<Vec<u8>>) + Send> Completion for RawSink<D> {
+    fn complete(&self, _tag: u64, outcome: Outcome) {
+        let result = match outcome {
+            Outcome::Ok(bytes) => Ok(bytes.to_vec()),
+            Outcome::Err(e) => Err(e),
+        };
+        if let Some(done) = crate::sync::lock(&self.done).take() {
+            done(result);
+        }
+    }
+}
+
+impl Pool {
+    /// Runs `task` on encoded `arg` bytes and calls `done` once with the
+    /// encoded result (or the task's error: [`Error::Panicked`](crate::Error::Panicked),
+    /// [`Error::WorkerDied`](crate::Error::WorkerDied), [`Error::Decode`](crate::Error::Decode) for bytes that do not decode
+    /// as the task's argument, ...).
+    ///
+    /// `done` runs in this process on the thread that delivers results (the
+    /// pool's driver, or a caller waiting on the pool), as a callback does:
+    /// it must not wait on this pool. The worker decodes `arg` as untrusted
+    /// input. See [`RawTask`] for an example.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ArgumentTooLarge`](crate::Error::ArgumentTooLarge) when `arg` is longer than
+    /// [`max_task_bytes`](Self::max_task_bytes); [`Error::PoolClosed`](crate::Error::PoolClosed)
+    /// after `close`/`terminate`; [`Error::ForeignPool`](crate::Error::ForeignPool) in a `fork()`ed copy.
+    /// `done` is not called when submission fails.
+    pub fn submit_raw(
+        &self,
+        task: RawTask,
+        arg: Vec<u8>,
+        done: impl FnOnce(Result<Vec<u8>>) + Send + 'static,
+    ) -> Result<()> {
+        let target: Arc<dyn Completion> = Arc::new(RawSink {
+            done: Mutex::new(Some(done)),
+        });
+        let payload = if arg.len() <= Payload::INLINE {
+            Payload::from_slice(&arg)
+        } else {
+            Payload::from_vec(arg)
+        };
+        self.shared.submit(
+            smallvec::smallvec![(task.offset, payload, Sink { target, tag: 0 })],
+            Vec::new(),
+            false,
+        )
+    }
+
+    /// The largest argument a task may have, in encoded bytes (about half
+    /// of [`ring_bytes`](crate::PoolBuilder::ring_bytes)).
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     let pool = corepool::Pool::builder().workers(1).ring_bytes(1 << 16).build()?;
+    ///     assert!(pool.max_task_bytes() < 1 << 15);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn max_task_bytes(&self) -> usize {
+        self.shared.max_payload
+    }
+}
+
+impl<T> Callbacks<T> {
+    /// Runs the callback that fits `result` (`on_success` for a value,
+    /// `on_error` for an error), if there is one: for results that arrive
+    /// by another way than a [`Pool`] (from another machine).
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// static SEEN: AtomicU64 = AtomicU64::new(0);
+    ///
+    /// let cb = corepool::Callbacks::new().on_success(|v: &u64| { SEEN.store(*v, Ordering::Relaxed); });
+    /// cb.run(&Ok(5));
+    /// assert_eq!(SEEN.load(Ordering::Relaxed), 5);
+    /// ```
+    pub fn run(self, result: &Result<T>) {
+        match (result, self) {
+            (Ok(v), Callbacks { ok: Some(f), .. }) => f(v),
+            (Err(e), Callbacks { err: Some(f), .. }) => f(e),
+            _ => {}
+        }
+    }
+
+    /// Whether any callback is set.
+    pub fn is_empty(&self) -> bool {
+        self.ok.is_none() && self.err.is_none()
+    }
+}
