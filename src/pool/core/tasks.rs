@@ -231,7 +231,7 @@ impl Core {
         }
         let mut best: Option<(usize, usize)> = None; // (worker, not started)
         for (i, w) in self.workers.iter().enumerate() {
-            // A single task is never moved (see the test below), so skip its
+            // A single task is never moved (see the condition below), so skip its
             // ring: reading its record would pull the line from the worker's
             // core on every helping pass of an `apply`.
             if w.phase != Phase::Ready || w.in_flight.len() < 2 || w.violated {
