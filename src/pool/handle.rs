@@ -12,7 +12,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -21,11 +21,15 @@ use std::time::{Duration, Instant};
 pub(super) struct Cell<T> {
     ready: AtomicBool,
     value: Mutex<Option<Result<T>>>,
-    callbacks: Mutex<Callbacks<T>>,
-    has_callbacks: bool,
+    /// The task's callbacks, if it has any: boxed, so that the common
+    /// handle without them is a word here instead of two boxes and a lock.
+    /// A handle lives from submission to `get`, and a caller that submits
+    /// many tasks before collecting holds them all: its size is memory
+    /// touched (and page-faulted in) per task.
+    callbacks: Option<Box<Mutex<Callbacks<T>>>>,
     changed: Condvar,
     /// Threads blocked on `changed`; only changed with `value` locked.
-    blocked: AtomicUsize,
+    blocked: AtomicU32,
     /// The task awaiting the result as a [`Future`], if any.
     waker: Mutex<Option<Waker>>,
     /// Whether `waker` may hold a waker: lets `finish` skip its lock in the
@@ -38,10 +42,10 @@ impl<T: Send + 'static> Cell<T> {
         Arc::new(Self {
             ready: AtomicBool::new(false),
             value: Mutex::new(None),
-            has_callbacks: callbacks.ok.is_some() || callbacks.err.is_some(),
-            callbacks: Mutex::new(callbacks),
+            callbacks: (callbacks.ok.is_some() || callbacks.err.is_some())
+                .then(|| Box::new(Mutex::new(callbacks))),
             changed: Condvar::new(),
-            blocked: AtomicUsize::new(0),
+            blocked: AtomicU32::new(0),
             waker: Mutex::new(None),
             awaited: AtomicBool::new(false),
         })
@@ -54,8 +58,8 @@ impl<T: Send + 'static> Cell<T> {
         if self.ready.load(Ordering::Acquire) {
             return;
         }
-        if self.has_callbacks {
-            let callbacks = std::mem::take(&mut *lock(&self.callbacks));
+        if let Some(callbacks) = &self.callbacks {
+            let callbacks = std::mem::take(&mut *lock(callbacks));
             // A callback that panics must not take the delivering thread
             // (often the driver) with it: the panic hook has reported it,
             // and the task's own outcome is stored below all the same.
@@ -338,12 +342,17 @@ impl<T: Send + 'static> AsyncResult<T> {
         if self.cell.is_ready() {
             return true;
         }
-        if self.refusal().is_some() {
+        // `refusal` spelt out, so that the pool is upgraded once (an atomic
+        // read-modify-write on its count) rather than twice per wait.
+        if super::driver::is_delivering(self.pool.as_ptr()) {
             return false;
         }
         let Some(pool) = self.pool.upgrade() else {
             return self.block_until(deadline);
         };
+        if pool.check_owner().is_err() {
+            return false;
+        }
         // Spin first, helping the pool collect results: a round trip is a few
         // microseconds, a futex sleep and wake-up tens of them.
         let helping = pool.helper();

@@ -434,12 +434,19 @@ pub(crate) struct Consumer {
     mem: RingMemory,
     /// Our claim position: only this side moves it, so it is authoritative.
     head: u32,
+    /// The position we last stored into `released` (only this side writes
+    /// it): `release` skips a store that would not change it.
+    released: u32,
 }
 
 impl Consumer {
     /// A consumer for an empty, freshly reset ring.
     pub(crate) fn new(mem: RingMemory) -> Self {
-        Self { mem, head: 0 }
+        Self {
+            mem,
+            head: 0,
+            released: 0,
+        }
     }
 
     /// The memory this consumer reads.
@@ -545,11 +552,21 @@ impl Consumer {
     }
 
     /// Lets the producer reuse everything claimed so far.
+    ///
+    /// Stores only when something new was claimed: callers release after
+    /// every claim, an empty one included (a waiting worker, a parent
+    /// helping an `apply`), and a store of the same value would still take
+    /// the line from the producer, which reads it for every record it
+    /// writes. Unchanged, the line stays shared in both caches.
     pub(crate) fn release(&mut self) {
+        if self.released == self.head {
+            return;
+        }
         // Release pairs with the Acquire loads in `Producer::write`,
         // `Producer::has_room` and `RingMemory::is_released`: our
         // reads of the claimed bytes happen before the producer overwrites them.
         self.mem.released().store(self.head, Ordering::Release);
+        self.released = self.head;
     }
 }
 
@@ -760,7 +777,7 @@ mod tests {
                 at = at.wrapping_add((total & !7).max(8));
             }
             mem.force_word(head, head.wrapping_add(span));
-            let mut c = Consumer { mem, head };
+            let mut c = Consumer { mem, head, released: head };
             let mut out = Vec::new();
             let mut buf = Vec::new();
             if let Ok(n) = c.claim(usize::MAX, &mut out) {

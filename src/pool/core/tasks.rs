@@ -231,7 +231,10 @@ impl Core {
         }
         let mut best: Option<(usize, usize)> = None; // (worker, not started)
         for (i, w) in self.workers.iter().enumerate() {
-            if w.phase != Phase::Ready || w.in_flight.is_empty() || w.violated {
+            // A single task is never moved (see the condition below), so skip its
+            // ring: reading its record would pull the line from the worker's
+            // core on every helping pass of an `apply`.
+            if w.phase != Phase::Ready || w.in_flight.len() < 2 || w.violated {
                 continue;
             }
             let ring = w.tasks.memory();
