@@ -44,10 +44,12 @@
 //! keeps it while it holds the claim: so a live process at that pid that
 //! maps no part of the object's file (its `/proc/<pid>/maps` names no
 //! mapping with the device and inode that our own mapping of the claim word
-//! has) is not the holder, and the holder is dead. A tag still `UNKNOWN`
-//! after the look at the process's `stat` (a live holder in its instant has
-//! recorded its tag by then) is all that leads to that look; a listing that
-//! cannot be read counts as "maps it". Claims recorded on behalf of another
+//! has) is not the holder, and the holder is dead (a holder that unmapped
+//! the object could never give its claim up either). Only a tag still
+//! `UNKNOWN` when read again after the look at the process's `stat` leads
+//! to the two `maps` reads: a live holder in its instant has almost always
+//! recorded its tag by then, and one that has not maps the object anyway. A
+//! listing that cannot be read counts as "maps it". Claims recorded on behalf of another
 //! process, which may not map the object yet (a pipe end delivered to a
 //! starting child), are judged by pid alone ([`recorded_holder_is_dead`]).
 //!
@@ -57,8 +59,10 @@
 //! process ends or unmaps it. The kernel hands pids out in turn, so the pid
 //! must come round the whole pid space (`pid_max`: 32768 on some systems,
 //! 4194304 by default on 64-bit ones) while nobody looked at a claim whose
-//! holder is gone, and land on a process of the same program that maps the
-//! same object.
+//! holder is gone, and land on one of the few processes that map that very
+//! object. A claim recorded on another's behalf and left untagged
+//! (the recorder could not read the other's start time, or died between
+//! the two stores) looks alive under any later process with its pid.
 //!
 //! # Cost
 //!
@@ -68,7 +72,10 @@
 //! "alive" is remembered per thread for [`ALIVE_FOR`] (the same holder, by
 //! pid and tag, is not looked at again before then); an answer "dead" is
 //! never remembered. A holder that dies is therefore found at most
-//! `ALIVE_FOR` after the last look that saw it alive.
+//! `ALIVE_FOR` after the last look that saw it alive. An untagged claim's
+//! answer is remembered with the claim word's address, as it holds for that
+//! object only; its `maps` reads (longer, with the lines of two processes'
+//! memory maps) happen only for an untagged claim under a live pid.
 
 use crate::sys;
 use std::cell::Cell;
@@ -337,7 +344,11 @@ mod tests {
         // judged by it); with a claim on the heap, it cannot be told.
         assert!(!holder_is_dead(stranger, start_tag_of(stranger), word));
         let heap_word = AtomicU32::new(UNKNOWN);
-        assert!(!holder_is_dead(stranger, UNKNOWN, OwnerTag::new(&heap_word)));
+        assert!(!holder_is_dead(
+            stranger,
+            UNKNOWN,
+            OwnerTag::new(&heap_word)
+        ));
         // Nor by pid alone.
         assert!(!recorded_holder_is_dead(stranger, UNKNOWN));
 
