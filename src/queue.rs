@@ -657,8 +657,9 @@ impl<T> Queue<T> {
         let slot_bytes = message_bytes + HANDLE_BYTES;
         let map = SharedSegment::create(c"corepool-queue", mpmc::UNBOUNDED_CONTROL_BYTES)?;
         // SAFETY: the segment is new and zeroed: nobody else maps it yet.
-        let queue =
-            unsafe { ByteQueue::create_unbounded(memory_of(&map), slot_bytes, type_tag::<T>())? };
+        let queue = unsafe {
+            ByteQueue::create_unbounded(memory_of(&map), slot_bytes, type_tag::<T>())?
+        };
         Ok(Self {
             map,
             queue,
