@@ -15,7 +15,7 @@
 use crate::error::{Error, Result};
 use crate::queue::Queue;
 use crate::shm::handle::{type_tag, SharedSegment};
-use crate::shm::owner::{self, holder_is_dead, OwnerTag};
+use crate::shm::owner::{self, recorded_holder_is_dead, OwnerTag};
 use crate::wire::{decode_error, Encoder, Handover, Wire};
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -324,8 +324,11 @@ impl<T> PipeEnd<T> {
             w if is_in_transit(w) || w == 0 => false,
             // The tag is read after the holder word (both Acquire): it is
             // that holder's, or UNKNOWN. Below IN_TRANSIT, the word fits an
-            // i32. CLOSED is final, so the tag needs no forgetting.
-            pid if holder_is_dead(i32::try_from(pid).unwrap_or(-1), tag.read()) => {
+            // i32. CLOSED is final, so the tag needs no forgetting. The
+            // holder may be a starting child recorded on its behalf
+            // (`delivered_to`), which does not map the pipe yet: judged
+            // without the object's mapping.
+            pid if recorded_holder_is_dead(i32::try_from(pid).unwrap_or(-1), tag.read()) => {
                 // Only from the dead pid: a dead holder never comes back (its
                 // end can be handed on only by the holder itself), so the
                 // word cannot have been legitimately reassigned meanwhile.

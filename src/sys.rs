@@ -671,6 +671,100 @@ pub(crate) fn process_state_and_start_time(pid: i32) -> io::Result<(char, u64)> 
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/<pid>/stat"))
 }
 
+/// A mapped file as `/proc/<pid>/maps` names it: its device (`major:minor`,
+/// as the kernel prints it) and inode. The same file reads the same in every
+/// process's `maps`, whatever `fstat` says about it (an overlay's or another
+/// numbering of the device), so it is taken from our own `maps`
+/// ([`mapped_file_at`]), never built from `fstat`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MappedFile {
+    device: (u32, u32),
+    inode: u64,
+}
+
+/// One line of a `maps` file, `start-end perms offset major:minor inode
+/// [path]` (numbers hex but the inode): the address range and the file.
+/// `None` if the line does not read so.
+fn parse_maps_line(line: &[u8]) -> Option<(usize, usize, MappedFile)> {
+    let mut fields = line
+        .split(|&b| b == b' ')
+        .filter(|f| !f.is_empty())
+        .map(|f| std::str::from_utf8(f).ok());
+    let range = fields.next()??;
+    let _perms = fields.next()??;
+    let _offset = fields.next()??;
+    let device = fields.next()??;
+    let inode = fields.next()??;
+    let (start, end) = range.split_once('-')?;
+    let (major, minor) = device.split_once(':')?;
+    Some((
+        usize::from_str_radix(start, 16).ok()?,
+        usize::from_str_radix(end, 16).ok()?,
+        MappedFile {
+            device: (
+                u32::from_str_radix(major, 16).ok()?,
+                u32::from_str_radix(minor, 16).ok()?,
+            ),
+            inode: inode.trim_end().parse().ok()?,
+        },
+    ))
+}
+
+/// Calls `visit` with each line of `/proc/<who>/maps` (without its newline)
+/// until it returns `Some`. A line that does not parse is an error: a
+/// caller must not conclude from a listing it could not read whole.
+fn scan_maps<R>(
+    who: &str,
+    mut visit: impl FnMut(usize, usize, MappedFile) -> Option<R>,
+) -> io::Result<Option<R>> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(format!("/proc/{who}/maps"))?;
+    let mut lines = io::BufReader::new(file);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if lines.read_until(b'\n', &mut line)? == 0 {
+            return Ok(None);
+        }
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        let (start, end, file) = parse_maps_line(text).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/<pid>/maps")
+        })?;
+        if let Some(found) = visit(start, end, file) {
+            return Ok(Some(found));
+        }
+    }
+}
+
+/// The file whose mapping in this process holds address `addr`, from
+/// `/proc/self/maps`; `None` if no mapping of a file holds it (heap or other
+/// anonymous memory: inode 0). An error means "could not tell".
+pub(crate) fn mapped_file_at(addr: usize) -> io::Result<Option<MappedFile>> {
+    let found = scan_maps("self", |start, end, file| {
+        (start <= addr && addr < end).then_some(file)
+    })?;
+    Ok(found.filter(|file| file.inode != 0))
+}
+
+/// Whether process `pid` maps `file` anywhere (a line of its
+/// `/proc/<pid>/maps` names it). Each line is read under the process's
+/// memory-map lock, in address order, so a mapping it keeps throughout is
+/// listed. An error (not ours to read: another user's or a non-dumpable
+/// process, no descriptor left, `/proc` hidden or absent, the process gone)
+/// means "could not tell", never "does not map it".
+pub(crate) fn process_maps(pid: i32, file: MappedFile) -> io::Result<bool> {
+    if pid <= 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a process id",
+        ));
+    }
+    let found = scan_maps(&pid.to_string(), |_, _, mapped| {
+        (mapped == file).then_some(())
+    })?;
+    Ok(found.is_some())
+}
+
 /// Whether this process runs with elevated privileges it did not inherit
 /// (a setuid, setgid or file-capability binary): the kernel's `AT_SECURE`
 /// auxiliary-vector entry. Such a process must not let its environment or

@@ -23,6 +23,15 @@ pub fn abort_while_getting<T: Wire>(queue: &Queue<T>) -> ! {
     queue.byte_queue().claim_value_and_abort()
 }
 
+/// Claims the next slot of `queue` as a producer named `pid` with no owner
+/// tag and leaves it so: what a producer that died between winning the slot
+/// and recording its tag leaves behind, as a hostile process could forge it.
+/// The slot is repaired once `pid` is dead or a process that does not map
+/// the queue.
+pub fn forge_untagged_put_claim<T: Wire>(queue: &Queue<T>, pid: u32) {
+    queue.byte_queue().forge_untagged_claim(pid)
+}
+
 /// Takes `value`'s lock, starts a write and dies there (SIGABRT).
 pub fn abort_while_locked<T: Pod>(value: &Value<T>) -> ! {
     value.lock_and_abort()

@@ -127,6 +127,54 @@ fn a_pipe_peer_is_alive_to_a_process_at_its_descriptor_limit() {
     drop(mine);
 }
 
+/// A producer's claim with no owner tag (it died between winning the slot
+/// and recording its tag), forged here, naming a live process: repaired when
+/// that process does not map the queue (the holder's pid went to another
+/// process), waited for while it does (it may be the holder).
+fn an_untagged_claim_naming_a_live_unrelated_process_is_repaired() {
+    let q = Queue::<u64>::new(4).unwrap();
+    let mut stranger = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
+    corepool::testing::forge_untagged_put_claim(&q, stranger.id());
+    q.put(&7).unwrap();
+    // Another process takes the next value: it skips the forged slot.
+    let taker = Process::start(
+        |q: Queue<u64>| q.get_timeout(Duration::from_secs(30)).unwrap(),
+        q.clone(),
+    )
+    .unwrap();
+    assert_eq!(taker.join().unwrap(), 7);
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+
+    // Named for a live process that maps the queue: not repaired.
+    let (ready, go) = (Queue::<u64>::new(1).unwrap(), Queue::<u64>::new(1).unwrap());
+    let mapper = Process::start(
+        |(q, ready, go): (Queue<u64>, Queue<u64>, Queue<u64>)| {
+            ready.put(&1).unwrap();
+            let v = go.get().unwrap();
+            drop(q);
+            v
+        },
+        (q.clone(), ready.clone(), go.clone()),
+    )
+    .unwrap();
+    // Its argument, the queue, is mapped before it runs.
+    assert_eq!(ready.get_timeout(Duration::from_secs(30)).unwrap(), 1);
+    corepool::testing::forge_untagged_put_claim(&q, mapper.pid() as u32);
+    q.put(&8).unwrap();
+    assert!(matches!(
+        q.get_timeout(Duration::from_millis(200)),
+        Err(Error::Timeout)
+    ));
+    go.put(&0).unwrap();
+    assert_eq!(mapper.join().unwrap(), 0);
+    // Gone: repaired.
+    assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), 8);
+}
+
 fn a_stopped_then_killed_holder_is_repaired() {
     let q = Queue::<u64>::new(4).unwrap();
     let holder = Process::start(put_42_stopping_mid_put, q.clone()).unwrap();
@@ -258,6 +306,7 @@ fn main() {
     common::run(common::tests![
         a_live_holder_is_not_repaired_by_a_process_at_its_descriptor_limit,
         a_pipe_peer_is_alive_to_a_process_at_its_descriptor_limit,
+        an_untagged_claim_naming_a_live_unrelated_process_is_repaired,
         a_stopped_then_killed_holder_is_repaired,
         put_timeout_keeps_its_deadline_while_a_reader_is_stopped_mid_copy,
         a_handle_naming_a_fifo_is_refused_without_blocking,

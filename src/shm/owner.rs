@@ -27,13 +27,42 @@
 //!
 //! [`holder_is_dead`] answers true only on a definite answer: the pid names
 //! no process (not positive, or `kill(pid, 0)` fails with ESRCH), the
-//! process is a zombie, or its start time differs from the recorded tag.
-//! Anything it cannot find out (EPERM, no descriptor left for `/proc`,
-//! `/proc` mounted `hidepid` or absent) counts as alive: a live holder's
-//! claim is never taken from it. The price is that a claim whose tag is
-//! `UNKNOWN` (its holder died in the instant between winning the claim and
-//! recording its tag, or could not read its own start time) is judged by
-//! pid alone, as before tags existed.
+//! process is a zombie, its start time differs from the recorded tag, or
+//! (tag `UNKNOWN`) it does not map the object the claim lies in. Anything it
+//! cannot find out (EPERM, no descriptor left for `/proc`, `/proc` mounted
+//! `hidepid` or absent, a `maps` it may not read) counts as alive: a live
+//! holder's claim is never taken from it.
+//!
+//! # An unknown tag
+//!
+//! A claim whose tag reads `UNKNOWN` belongs to a holder in the instant
+//! between winning the claim and recording its tag, one that died there, or
+//! one that could not read its own start time (every process reads it when
+//! it first creates or maps a segment, so that a claim rarely has to). Its
+//! pid alone cannot tell the holder from a later process with that pid, but
+//! a holder wrote its claim through its mapping of the shared object and
+//! keeps it while it holds the claim: so a live process at that pid that
+//! maps no part of the object's file (its `/proc/<pid>/maps` names no
+//! mapping with the device and inode that our own mapping of the claim word
+//! has) is not the holder, and the holder is dead (a holder that unmapped
+//! the object could never give its claim up either). Only a tag still
+//! `UNKNOWN` when read again after the look at the process's `stat` leads
+//! to the two `maps` reads: a live holder in its instant has almost always
+//! recorded its tag by then, and one that has not maps the object anyway. A
+//! listing that cannot be read counts as "maps it". Claims recorded on behalf of another
+//! process, which may not map the object yet (a pipe end delivered to a
+//! starting child), are judged by pid alone ([`recorded_holder_is_dead`]).
+//!
+//! What remains: a holder that died in its instant (or could not read its
+//! start time), whose pid, before anyone looked at the claim, went to
+//! another live process that maps the same object, looks alive until that
+//! process ends or unmaps it. The kernel hands pids out in turn, so the pid
+//! must come round the whole pid space (`pid_max`: 32768 on some systems,
+//! 4194304 by default on 64-bit ones) while nobody looked at a claim whose
+//! holder is gone, and land on one of the few processes that map that very
+//! object. A claim recorded on another's behalf and left untagged
+//! (the recorder could not read the other's start time, or died between
+//! the two stores) looks alive under any later process with its pid.
 //!
 //! # Cost
 //!
@@ -43,7 +72,10 @@
 //! "alive" is remembered per thread for [`ALIVE_FOR`] (the same holder, by
 //! pid and tag, is not looked at again before then); an answer "dead" is
 //! never remembered. A holder that dies is therefore found at most
-//! `ALIVE_FOR` after the last look that saw it alive.
+//! `ALIVE_FOR` after the last look that saw it alive. An untagged claim's
+//! answer is remembered with the claim word's address, as it holds for that
+//! object only; its `maps` reads (longer, with the lines of two processes'
+//! memory maps) happen only for an untagged claim under a live pid.
 
 use crate::sys;
 use std::cell::Cell;
@@ -55,8 +87,9 @@ use std::time::{Duration, Instant};
 pub(crate) const ALIVE_FOR: Duration = Duration::from_millis(1);
 
 thread_local! {
-    /// The last holder this thread found alive, and when: (pid, tag, at).
-    static LAST_ALIVE: Cell<Option<(i32, u32, Instant)>> = const { Cell::new(None) };
+    /// The last holder this thread found alive, and when: (pid, tag, where
+    /// its claim lies if its tag is `UNKNOWN` (else 0), at).
+    static LAST_ALIVE: Cell<Option<(i32, u32, usize, Instant)>> = const { Cell::new(None) };
 }
 
 /// The tag of a claim whose holder's start time is not recorded.
@@ -97,9 +130,25 @@ pub(crate) fn my_start_tag() -> u32 {
 }
 
 /// Whether the process that holds a claim as `pid`, with owner tag `tag`
-/// read after the claim, is definitely dead, so that its claim may be
-/// repaired. Both come from shared memory: any value is handled.
-pub(crate) fn holder_is_dead(pid: i32, tag: u32) -> bool {
+/// read after the claim from `word` (the claim's tag word, in this
+/// process's mapping of the shared object the claim lies in), is definitely
+/// dead, so that its claim may be repaired. A holder maps the object while
+/// it holds the claim. Both numbers come from shared memory: any value is
+/// handled.
+pub(crate) fn holder_is_dead(pid: i32, tag: u32, word: OwnerTag<'_>) -> bool {
+    judge(pid, tag, Some(word))
+}
+
+/// As [`holder_is_dead`], for a claim that may name a process that does not
+/// map the object yet (recorded on its behalf by the process that started
+/// it): an `UNKNOWN` tag is judged by pid alone.
+pub(crate) fn recorded_holder_is_dead(pid: i32, tag: u32) -> bool {
+    judge(pid, tag, None)
+}
+
+/// [`holder_is_dead`]; `word` is `None` where the holder may not map the
+/// object.
+fn judge(pid: i32, tag: u32, word: Option<OwnerTag<'_>>) -> bool {
     if pid <= 0 {
         // No single process has that pid: a torn or scribbled word, whose
         // claim nobody can ever give up.
@@ -107,14 +156,20 @@ pub(crate) fn holder_is_dead(pid: i32, tag: u32) -> bool {
     }
     if pid as u32 == sys::current_pid() {
         // Us (another thread), or a dead process whose pid we reused: only a
-        // recorded tag that is not ours says the latter. No `/proc` read on
-        // the contended path between our own threads.
+        // recorded tag that is not ours says the latter (we map the object).
+        // No `/proc` read on the contended path between our own threads.
         let mine = my_start_tag();
         return tag != UNKNOWN && mine != UNKNOWN && tag != mine;
     }
+    // An answer found through the object's mapping holds for that object
+    // only: remembered with where the claim lies.
+    let site = match word {
+        Some(word) if tag == UNKNOWN => word.address(),
+        _ => 0,
+    };
     let now = Instant::now();
     let seen_alive = LAST_ALIVE.with(|last| {
-        matches!(last.get(), Some((p, t, at)) if p == pid && t == tag && now.duration_since(at) < ALIVE_FOR)
+        matches!(last.get(), Some((p, t, s, at)) if p == pid && t == tag && s == site && now.duration_since(at) < ALIVE_FOR)
     });
     if seen_alive {
         return false;
@@ -126,15 +181,37 @@ pub(crate) fn holder_is_dead(pid: i32, tag: u32) -> bool {
             Ok((state, start)) => {
                 state == 'Z'
                     || state == 'X'
-                    || (tag != UNKNOWN && tag_from_start_time(start) != tag)
+                    || if tag == UNKNOWN {
+                        word.is_some_and(|word| cannot_hold(pid, word))
+                    } else {
+                        tag_from_start_time(start) != tag
+                    }
             }
             // Could not tell (no descriptor left, `/proc` hidden): alive.
             Err(_) => false,
         };
     if !dead {
-        LAST_ALIVE.with(|last| last.set(Some((pid, tag, now))));
+        LAST_ALIVE.with(|last| last.set(Some((pid, tag, site, now))));
     }
     dead
+}
+
+/// Whether live process `pid` definitely maps no part of the shared object
+/// whose claim has tag word `word` (read `UNKNOWN`), so that it cannot be
+/// the claim's holder.
+fn cannot_hold(pid: i32, word: OwnerTag<'_>) -> bool {
+    // A live holder in the instant between its claim and its tag has
+    // recorded the tag by now (after a look at `/proc`): a tag that reads
+    // otherwise is that holder's or a later claim's, not dead by this look.
+    if word.read() != UNKNOWN {
+        return false;
+    }
+    match sys::mapped_file_at(word.address()) {
+        // "Maps it", or could not tell: alive.
+        Ok(Some(object)) => sys::process_maps(pid, object).is_ok_and(|maps_it| !maps_it),
+        // Not in a file's mapping (a test's heap memory), or could not tell.
+        _ => false,
+    }
 }
 
 /// The owner-tag word beside a claim word in shared memory.
@@ -144,6 +221,12 @@ pub(crate) struct OwnerTag<'a>(&'a AtomicU32);
 impl<'a> OwnerTag<'a> {
     pub(crate) fn new(word: &'a AtomicU32) -> Self {
         Self(word)
+    }
+
+    /// Where the word lies in this process: inside its mapping of the
+    /// shared object.
+    fn address(self) -> usize {
+        std::ptr::from_ref(self.0) as usize
     }
 
     /// Records `tag` as the holder's, right after the claim was won (by the
@@ -194,6 +277,11 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore = "reads /proc and signals processes")]
     fn only_a_definite_answer_is_dead() {
+        // A tag word on the heap: in no file's mapping, so an `UNKNOWN` tag
+        // is judged by pid alone here.
+        let heap_word = AtomicU32::new(UNKNOWN);
+        let word = OwnerTag::new(&heap_word);
+        let holder_is_dead = |pid, tag| holder_is_dead(pid, tag, word);
         let me = sys::current_pid() as i32;
         let mine = my_start_tag();
         assert_ne!(mine, UNKNOWN, "our own start time is readable here");
@@ -233,5 +321,62 @@ mod tests {
         }
         assert!(holder_is_dead(pid, tag));
         child.wait().expect("reap sleep");
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "maps a memfd, forks and reads /proc")]
+    fn an_untagged_claim_is_dead_for_a_live_process_that_does_not_map_its_object() {
+        let seg = crate::shm::Segment::create(c"owner-test", 4096).expect("a segment");
+        let p = seg.at(0, 4).expect("in bounds");
+        // SAFETY: in bounds, page-aligned, lives as long as `seg`; touched
+        // only atomically.
+        let word = OwnerTag::new(unsafe { AtomicU32::from_ptr(p.cast()) });
+        assert_eq!(word.read(), UNKNOWN);
+
+        // `sleep` maps nothing of ours: not the holder of a claim in `seg`.
+        let mut sleep = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("start sleep");
+        let stranger = sleep.id() as i32;
+        assert!(holder_is_dead(stranger, UNKNOWN, word));
+        // With its own tag it is alive, maps or not (a claim with a tag is
+        // judged by it); with a claim on the heap, it cannot be told.
+        assert!(!holder_is_dead(stranger, start_tag_of(stranger), word));
+        let heap_word = AtomicU32::new(UNKNOWN);
+        assert!(!holder_is_dead(
+            stranger,
+            UNKNOWN,
+            OwnerTag::new(&heap_word)
+        ));
+        // Nor by pid alone.
+        assert!(!recorded_holder_is_dead(stranger, UNKNOWN));
+
+        // A forked child keeps our mapping of `seg`: it may be the holder.
+        // SAFETY: the child only calls `pause` (async-signal-safe) until it
+        // is killed below.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            loop {
+                // SAFETY: waits for a signal; nothing else runs here.
+                unsafe { libc::pause() };
+            }
+        }
+        assert!(child > 0, "fork failed");
+        assert!(!holder_is_dead(child, UNKNOWN, word));
+        // A tag recorded after all (a live holder in its instant between
+        // claim and tag): alive, whoever maps what.
+        word.record(1);
+        assert!(!holder_is_dead(stranger, UNKNOWN, word));
+        word.clear();
+
+        // SAFETY: plain integers; `child` is our child, killed and reaped
+        // here only.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+        let _ = sleep.kill();
+        let _ = sleep.wait();
     }
 }

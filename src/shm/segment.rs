@@ -27,6 +27,14 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
+/// Reads (and caches) this process's owner tag before it can claim anything
+/// in shared memory: a claim made later, when `/proc` may be out of reach
+/// (no descriptor left), then still records it instead of `UNKNOWN`.
+#[cfg(not(miri))]
+fn read_start_tag_early() {
+    let _ = super::owner::my_start_tag();
+}
+
 /// A mapped, sealed memfd.
 #[derive(Debug)]
 pub(crate) struct Segment {
@@ -61,6 +69,7 @@ impl Segment {
 
     #[cfg(not(miri))]
     fn create_memfd(name: &CStr, len: usize) -> Result<Self> {
+        read_start_tag_early();
         let fd = sys::memfd_create(name).map_err(|e| Error::shm("memfd_create", e))?;
         let file = File::from(fd);
         file.set_len(len as u64)
@@ -87,6 +96,7 @@ impl Segment {
     /// ownership of `fd`. The size is the file's own, read once.
     #[cfg(not(miri))]
     pub(crate) fn open(fd: OwnedFd) -> Result<Self> {
+        read_start_tag_early();
         let file = File::from(fd);
         let id = sys::fstat(file.as_fd()).map_err(|e| Error::shm("fstat", e))?;
         let len = usize::try_from(id.size)

@@ -13,7 +13,7 @@ use super::{next_death_check, Words, DEATH_CHECK_FIRST};
 use crate::error::{Error, Result};
 use crate::shm::event::EventCount;
 use crate::shm::handle::type_tag;
-use crate::shm::owner::{holder_is_dead, my_start_tag};
+use crate::shm::owner::{holder_is_dead, my_start_tag, OwnerTag};
 use crate::shm::park::deadline_after;
 use crate::sys;
 use crate::wire::{Encoder, Wire};
@@ -263,16 +263,19 @@ impl Barrier {
             .word(ARRIVED_AT)
             .load(Ordering::Relaxed)
             .min(self.parties);
-        let parties: Vec<(u32, u32)> = (0..arrived)
+        let parties: Vec<(u32, u32, u32)> = (0..arrived)
             .map(|i| {
                 let (pid, tag) = self.slot(i);
-                (pid.load(Ordering::Relaxed), tag.load(Ordering::Relaxed))
+                (i, pid.load(Ordering::Relaxed), tag.load(Ordering::Relaxed))
             })
             .collect();
         lock.release();
-        parties
-            .into_iter()
-            .any(|(pid, tag)| holder_is_dead(i32::try_from(pid).unwrap_or(-1), tag))
+        // A waiting party maps the barrier: its slot's tag word, in our
+        // mapping, names the object.
+        parties.into_iter().any(|(i, pid, tag)| {
+            let word = OwnerTag::new(self.slot(i).1);
+            holder_is_dead(i32::try_from(pid).unwrap_or(-1), tag, word)
+        })
     }
 
     /// Breaks the barrier if `generation` is still waiting, and wakes

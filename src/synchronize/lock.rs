@@ -111,7 +111,7 @@ impl<'a> RawLock<'a> {
         let tag = self.owner().read();
         // A pid past i32::MAX is garbage, which `holder_is_dead` judges dead.
         let pid = i32::try_from(holder).unwrap_or(-1);
-        if !holder_is_dead(pid, tag) {
+        if !holder_is_dead(pid, tag, self.owner()) {
             return Err(holder);
         }
         // The holder died holding it: take over, its tag forgotten first so

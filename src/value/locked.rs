@@ -419,7 +419,7 @@ impl<T: Pod> Value<T> {
         let tag = self.owner().read();
         // A pid past i32::MAX is garbage, as is a negative one.
         let pid = i32::try_from(holder).unwrap_or(-1);
-        holder_is_dead(pid, tag).then_some(tag)
+        holder_is_dead(pid, tag, self.owner()).then_some(tag)
     }
 
     fn repair_if_dead(&self) {

@@ -599,6 +599,19 @@ impl ByteQueue {
             Err(_) => std::process::abort(),
         }
     }
+
+    /// Test hook: claims the next slot as a producer named `pid`, with no
+    /// owner tag, and leaves it so.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn forge_untagged_claim(&self, pid: u32) {
+        let ring = match &self.kind {
+            Kind::Bounded(ring) => Ok(*ring),
+            Kind::Unbounded(rings) => rings.tail_ring_now(),
+        };
+        if let Ok(ring) = ring {
+            ring.forge_untagged_claim(pid);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -276,7 +276,7 @@ impl Ring {
     fn owner_is_dead(&self, pos: u64, pid: i32) -> bool {
         let owner = self.slot_owner(pos);
         let tag = owner.read();
-        let dead = holder_is_dead(pid, tag);
+        let dead = holder_is_dead(pid, tag, owner);
         if dead {
             owner.forget(tag);
         }
@@ -379,7 +379,8 @@ impl Ring {
         (0..self.capacity).any(|pos| {
             // Acquire pairs with the AcqRel claim CAS in `claim`.
             let (_, phase, pid) = unpack(self.slot_state(pos).load(Ordering::Acquire));
-            phase == READING && !holder_is_dead(pid, self.slot_owner(pos).read())
+            let owner = self.slot_owner(pos);
+            phase == READING && !holder_is_dead(pid, owner.read(), owner)
         })
     }
 
@@ -417,6 +418,23 @@ impl Ring {
         self.slot_owner(t).record_mine();
         self.help_tail(t);
         std::process::abort()
+    }
+
+    /// Test hook: claims the next slot as a producer named `pid` and leaves
+    /// it WRITING with no tag (`UNKNOWN`), as a producer that died between
+    /// its claim and its tag would, or as a forger could write it.
+    #[cfg(feature = "fault-injection")]
+    pub(super) fn forge_untagged_claim(&self, pid: u32) {
+        // Acquire pairs with the AcqRel CASes that move `tail`.
+        let t = self.tail().load(Ordering::Acquire);
+        // AcqRel: as the claim CAS in `put_once`.
+        let _ = self.slot_state(t).compare_exchange(
+            pack(t, EMPTY, 0),
+            pack(t, WRITING, pid),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        self.help_tail(t);
     }
 }
 
