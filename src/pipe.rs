@@ -226,6 +226,21 @@ impl<T> fmt::Debug for PipeEnd<T> {
     }
 }
 
+#[cfg(feature = "fault-injection")]
+impl<T> PipeEnd<T> {
+    /// Clears the owner tag recorded for the other end's holder (see
+    /// `testing::forget_peer_tag`).
+    pub(crate) fn forget_peer_tag(&self) {
+        self.holder_tag(1 - self.side).clear();
+    }
+
+    /// Whether the other end is closed, in one load, without looking for a
+    /// dead holder.
+    pub(crate) fn peer_is_closed(&self) -> bool {
+        self.peer_closed()
+    }
+}
+
 impl<T> PipeEnd<T> {
     /// Closes the end if this process holds it.
     fn close_if_held(&self) {
@@ -704,6 +719,32 @@ impl<T: Wire> Handover for EndInTransit<T> {
                 }
             }
         } else if self.end_transit(CLOSED) {
+            if let Some(q) = &self.send {
+                q.close();
+            }
+        }
+    }
+
+    /// The child this end was delivered to is reaped: if the holder word
+    /// still names it (it never handed the end on, and did not close it, as
+    /// a SIGKILL or a crash prevents), the end is closed on its behalf now,
+    /// while its death is certain. Judging the word later by pid alone
+    /// could mistake a process that reused the pid for the holder when no
+    /// start time was recorded.
+    fn holder_exited(&self, pid: i32) {
+        let Ok(pid) = u32::try_from(pid) else { return };
+        if pid == 0 || pid >= IN_TRANSIT {
+            return;
+        }
+        // Only from the dead pid: a dead holder never comes back, and the
+        // end can be handed on only by its holder. AcqRel: Release pairs
+        // with the Acquire loads in the peer's `peer_closed`/`peer_gone`;
+        // Acquire with the Release CAS that recorded the holder.
+        let closed = self.holder().is_some_and(|word| {
+            word.compare_exchange(pid, CLOSED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        });
+        if closed {
             if let Some(q) = &self.send {
                 q.close();
             }

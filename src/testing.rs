@@ -32,6 +32,19 @@ pub fn forge_untagged_put_claim<T: Wire>(queue: &Queue<T>, pid: u32) {
     queue.byte_queue().forge_untagged_claim(pid)
 }
 
+/// Forgets the start time recorded for the process that holds the other
+/// end of `end`'s pipe, as if it could not be read when it was recorded: that
+/// holder is then judged by its pid alone, which a reused pid could fool.
+pub fn forget_peer_tag<T>(end: &crate::PipeEnd<T>) {
+    end.forget_peer_tag()
+}
+
+/// Whether the other end of `end`'s pipe is closed, in one load: without
+/// looking for a dead holder, as `recv` and `poll` would.
+pub fn peer_is_closed<T>(end: &crate::PipeEnd<T>) -> bool {
+    end.peer_is_closed()
+}
+
 /// Takes `value`'s lock, starts a write and dies there (SIGABRT).
 pub fn abort_while_locked<T: Pod>(value: &Value<T>) -> ! {
     value.lock_and_abort()

@@ -126,6 +126,29 @@ fn an_end_handed_on_twice_is_never_closed_early() {
     assert_eq!(early, 0, "runs where the end was closed under its holder");
 }
 
+/// Holds its end (decoded: it says so) until it is killed.
+fn hold_until_killed(end: PipeEnd<u64>) -> u64 {
+    end.send(&1).unwrap();
+    end.recv().unwrap_or(0)
+}
+
+fn an_end_held_by_a_reaped_child_is_closed_without_its_start_time() {
+    let (mine, theirs) = Pipe::duplex::<u64>().unwrap();
+    let child = Process::start(hold_until_killed, theirs).unwrap();
+    assert_eq!(mine.recv().unwrap(), 1, "the child decoded its end");
+    // As if its start time could not be read: judged by pid alone, a dead
+    // holder whose pid another process reused would look alive for ever.
+    corepool::testing::forget_peer_tag(&mine);
+    assert!(!corepool::testing::peer_is_closed(&mine));
+    child.kill();
+    assert!(child.join().is_err(), "killed");
+    // Its parent knows for certain that it died: the end it held was closed
+    // on its behalf when it was reaped, before `join` saw it end, without
+    // anyone asking /proc about its pid.
+    assert!(corepool::testing::peer_is_closed(&mine));
+    assert!(matches!(mine.recv(), Err(Error::EndOfStream)));
+}
+
 fn main() {
     corepool::init();
     // The process thread's eventfd lives for the program: create it before
@@ -136,5 +159,6 @@ fn main() {
         an_end_sent_with_a_task_failing_before_decode_ends_the_stream,
         an_end_whose_encoding_failed_is_still_its_senders,
         an_end_handed_on_twice_is_never_closed_early,
+        an_end_held_by_a_reaped_child_is_closed_without_its_start_time,
     ]);
 }

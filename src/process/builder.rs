@@ -190,8 +190,16 @@ impl ProcessBuilder {
         )?;
         let Started { pid, pidfd, exit } = reaper::spawn(seg.raw_fd(), self.cpu)?;
         // Pipe ends passed in belong to the child from now on, even if it
-        // dies before it first touches them.
-        handovers.delivered_to(pid);
+        // dies before it first touches them; those it still holds when it is
+        // reaped are closed on its behalf then.
+        let delivered = handovers.delivered_to(pid);
+        if !delivered.is_empty() {
+            exit.on_exit(move || {
+                for handover in delivered {
+                    handover.holder_exited(pid);
+                }
+            });
+        }
         let name = self.name.unwrap_or_else(|| format!("Process-{pid}"));
         // A child inherits a one-CPU affinity when it is not pinned itself.
         let cpu = self.cpu.or(crate::identity::current_process().cpu);

@@ -26,10 +26,42 @@ pub(super) struct Exit {
     /// `crate::connection::wait` can sleep on several processes (and queues)
     /// at once.
     ended: AtomicU32,
+    /// Run once, on the supervisor thread, when the process is reaped and
+    /// before its exit is published.
+    on_exit: Mutex<OnExit>,
+}
+
+/// What to do once a process is reaped; `reaped` once it ran.
+#[derive(Default)]
+struct OnExit {
+    actions: Vec<Box<dyn FnOnce() + Send>>,
+    reaped: bool,
+}
+
+impl std::fmt::Debug for OnExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnExit")
+            .field("actions", &self.actions.len())
+            .field("reaped", &self.reaped)
+            .finish()
+    }
 }
 
 impl Exit {
     fn record(&self, cause: ExitCause) {
+        // First what had to wait for a certain death (pipe ends the process
+        // still held), so that whoever sees it ended (`join`, `is_alive`)
+        // also sees those done.
+        let actions = {
+            let mut on_exit = crate::sync::lock(&self.on_exit);
+            on_exit.reaped = true;
+            std::mem::take(&mut on_exit.actions)
+        };
+        for action in actions {
+            // No user code runs here (pipe ends closed on a dead child's
+            // behalf), but a panic must not take the supervisor thread down.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(action));
+        }
         let mut recorded = crate::sync::lock(&self.cause);
         *recorded = Some(cause);
         // Under the lock, so that whoever sees the cause also sees the word
@@ -39,6 +71,17 @@ impl Exit {
         drop(recorded);
         self.reaped.notify_all();
         crate::sys::futex_wake_all(&self.ended);
+    }
+
+    /// Runs `action` once the process is reaped (now, if it already is).
+    pub(super) fn on_exit(&self, action: impl FnOnce() + Send + 'static) {
+        let mut pending = crate::sync::lock(&self.on_exit);
+        if !pending.reaped {
+            pending.actions.push(Box::new(action));
+            return;
+        }
+        drop(pending);
+        action();
     }
 
     /// The futex word that turns 1 once it has ended (and never back).

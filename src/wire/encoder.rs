@@ -27,6 +27,13 @@ pub(crate) trait Handover: Send + Sync {
     /// The encoding will never be delivered: its carrier was dropped,
     /// cancelled or failed (called by [`InFlight`], in the sender).
     fn undelivered(&self);
+
+    /// Process `pid`, which the encoding was [delivered
+    /// to](Self::delivered_to), has exited and been reaped (a definite
+    /// death, known to its parent): what it still holds of this transit is
+    /// closed on its behalf, whatever `/proc` could say of a pid that may
+    /// now be another process's.
+    fn holder_exited(&self, pid: i32);
 }
 
 /// Handovers whose carrier's fate is known to the sender (a pool task, a
@@ -43,11 +50,14 @@ impl InFlight {
         Self(handovers)
     }
 
-    /// The carrier reached process `pid`.
-    pub(crate) fn delivered_to(mut self, pid: i32) {
-        for handover in std::mem::take(&mut self.0) {
+    /// The carrier reached process `pid`; returns the handovers, for
+    /// [`Handover::holder_exited`] once that process is reaped.
+    pub(crate) fn delivered_to(mut self, pid: i32) -> Vec<Box<dyn Handover>> {
+        let handovers = std::mem::take(&mut self.0);
+        for handover in &handovers {
             handover.delivered_to(pid);
         }
+        handovers
     }
 }
 
