@@ -183,6 +183,14 @@ pub(crate) fn lingering_now() -> bool {
 /// a receiver that comes later gets a decode error). Returns at once when
 /// nothing lingers.
 pub(crate) fn linger_at_exit(bound: Duration) {
+    // Mappings this process received and sent on stay in the cache while a
+    // handle to them is in flight (`dropping`): let the cache go, so that
+    // those whose last user is gone move to the lingering list (their
+    // `Drop`) and are waited for below like the objects this process made.
+    // Without this, a child that handed back what it was given (a pipe end,
+    // an array) exited at once, and its receiver could no longer open it.
+    let cached = std::mem::take(&mut *crate::sync::lock(&OPENED));
+    drop(cached);
     let deadline = Instant::now().checked_add(bound);
     loop {
         sweep();
