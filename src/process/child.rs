@@ -51,6 +51,7 @@ fn serve_child(token: &str) -> i32 {
     let Ok(seg) = (unsafe { Segment::open_raw(fd) }) else {
         return stray("its descriptor is not a process's shared memory");
     };
+    let seg = std::sync::Arc::new(seg);
     let Some(header) = segment::read_header(&seg) else {
         return stray("its shared memory holds no task");
     };
@@ -72,7 +73,11 @@ fn serve_child(token: &str) -> i32 {
     // SAFETY: same binary (fingerprint checked); the offset comes from `offset_of`.
     let trampoline = unsafe { task::from_offset(header.trampoline) };
     let mut out = Encoder::new();
-    segment::mark_argument_taken(&seg);
+    // Once the argument is decoded (its objects received, their in-flight
+    // counts ended here), the parent must not take those counts back if we
+    // die: say so before the function runs.
+    let decoded = seg.clone();
+    task::after_next_decode(move || segment::mark_argument_decoded(&decoded));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         trampoline(&input, &mut out).and_then(|()| out.check())
     }));

@@ -560,7 +560,7 @@ impl<R> Drop for Process<R> {
         // Otherwise the child ended, or will end, their transits itself.
         let decode_failed =
             segment::status_of(&self.seg).is_some_and(|(_, code)| code == segment::status::FAILED);
-        if !self.exit.ended() || (segment::argument_taken(&self.seg) && !decode_failed) {
+        if !self.exit.ended() || (segment::argument_decoded(&self.seg) && !decode_failed) {
             self.transits.sent();
         }
         // A result nobody joined: a spilled one is let go (the process,

@@ -21,7 +21,7 @@ const RESULT_LEN_OFFSET: usize = 260;
 /// Set by the child right before it decodes its argument: a child that
 /// died with it still 0 never decoded it (its shared objects' transits are
 /// then taken back by the parent).
-const ARGUMENT_TAKEN_OFFSET: usize = 264;
+const ARGUMENT_DECODED_OFFSET: usize = 264;
 /// Where the child's identity lies (its name and its parent's description,
 /// for `crate::identity`): the rest of the header's page.
 const IDENTITY_OFFSET: usize = 512;
@@ -97,26 +97,31 @@ fn status_word(seg: &Segment) -> Option<&AtomicU32> {
     Some(unsafe { AtomicU32::from_ptr(p.cast()) })
 }
 
-fn argument_taken_word(seg: &Segment) -> Option<&AtomicU32> {
-    let p = seg.at(ARGUMENT_TAKEN_OFFSET, 4)?;
+fn argument_decoded_word(seg: &Segment) -> Option<&AtomicU32> {
+    let p = seg.at(ARGUMENT_DECODED_OFFSET, 4)?;
     // SAFETY: as in `status_word`.
     Some(unsafe { AtomicU32::from_ptr(p.cast()) })
 }
 
-/// Child: about to decode its argument.
-pub(super) fn mark_argument_taken(seg: &Segment) {
-    if let Some(word) = argument_taken_word(seg) {
+/// Child: its argument is decoded (its shared objects received).
+pub(super) fn mark_argument_decoded(seg: &Segment) {
+    if let Some(word) = argument_decoded_word(seg) {
         // Relaxed: the parent reads it only after the child ended (reaped:
         // the kernel orders the two).
         word.store(1, Ordering::Relaxed);
     }
 }
 
-/// Parent, once the child ended: whether it started decoding its argument
+/// Parent, once the child ended: whether it decoded its argument, so that
+/// the in-flight counts of the objects in it were ended by the child
 /// (untrusted: a lying child can only make its own argument's objects
-/// linger, or be let go early).
-pub(super) fn argument_taken(seg: &Segment) -> bool {
-    argument_taken_word(seg).is_none_or(|w| w.load(Ordering::Relaxed) != 0)
+/// linger, or be let go early). A child killed between its decode and this
+/// mark has its counts taken back twice: they stop at 0, and at worst an
+/// object also in flight elsewhere goes early (its receiver gets a typed
+/// decode error), where marking before the decode made every child killed
+/// while decoding leak its argument's objects in the parent.
+pub(super) fn argument_decoded(seg: &Segment) -> bool {
+    argument_decoded_word(seg).is_none_or(|w| w.load(Ordering::Relaxed) != 0)
 }
 
 fn result_len_word(seg: &Segment) -> Option<&AtomicU32> {

@@ -132,8 +132,29 @@ where
 {
     let f = conjure::<F>();
     let arg = decode_exact::<A>(input)?;
+    argument_decoded();
     f(arg).encode(out);
     Ok(())
+}
+
+thread_local! {
+    /// What to do once this thread's next argument is decoded, before the
+    /// function runs (a `Process` child tells its parent, see
+    /// `process::child`).
+    static AFTER_DECODE: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` once the next argument [`call_one`] decodes on this thread is
+/// decoded, before the function is called with it.
+pub(crate) fn after_next_decode(f: impl FnOnce() + 'static) {
+    AFTER_DECODE.with(|after| *after.borrow_mut() = Some(Box::new(f)));
+}
+
+fn argument_decoded() {
+    if let Some(f) = AFTER_DECODE.with(|after| after.borrow_mut().take()) {
+        f();
+    }
 }
 
 /// Calls `F` on every argument of a chunk, in order.
