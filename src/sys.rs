@@ -77,6 +77,53 @@ pub(crate) fn fallocate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Writes all of `bytes` into the file at `offset` (`pwrite`, retried on
+/// short writes and EINTR): filling a memfd this way copies into its pages
+/// without faulting them into a mapping one by one.
+pub(crate) fn pwrite_all(fd: BorrowedFd<'_>, mut bytes: &[u8], mut offset: u64) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let n = rustix::io::retry_on_intr(|| rustix::io::pwrite(fd, bytes, offset))?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+/// Reads exactly `len` bytes of the file at `offset` into the spare capacity
+/// of `out` (`pread`, retried on short reads and EINTR), which must have room
+/// for them; `out`'s length grows by what was read. A file that ends early
+/// is an `UnexpectedEof` error (what was read stays in `out`).
+pub(crate) fn pread_exact_into(
+    fd: BorrowedFd<'_>,
+    out: &mut Vec<u8>,
+    len: usize,
+    mut offset: u64,
+) -> io::Result<()> {
+    if out.capacity() - out.len() < len {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    let end = out.len() + len;
+    while out.len() < end {
+        let want = end - out.len();
+        let spare = &mut out.spare_capacity_mut()[..want];
+        let n = match rustix::io::pread(fd, spare, offset) {
+            Ok((filled, _)) => filled.len(),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        // SAFETY: `pread` initialized the first `n` spare bytes.
+        unsafe { out.set_len(out.len() + n) };
+        offset += n as u64;
+    }
+    Ok(())
+}
+
 /// Seals a memfd against shrinking and growing (and further sealing), so that a
 /// worker cannot truncate the segment under the parent's mapping.
 pub(crate) fn seal_size(fd: BorrowedFd<'_>) -> io::Result<()> {

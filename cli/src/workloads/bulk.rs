@@ -13,17 +13,11 @@ use std::time::Instant;
 /// Bytes per task.
 pub(crate) const BULK_BYTES: usize = 8 << 20;
 
-/// Ring size of the bulk pool: a message may take half of it, and an 8 MiB
-/// argument plus its headers is just over 8 MiB.
-// TODO(spill): once large arguments spill through one-off segments, the
-// default configuration carries 8 MiB arguments: use `build_pool`'s pool and
-// drop this.
-const BULK_RING_BYTES: u32 = 32 << 20;
-
-/// What the bulk runs share, made once per workload.
+/// What the bulk runs share, made once per workload. `bulk` runs on the
+/// suite's pool as configured by default: an 8 MiB argument is larger than a
+/// ring message, so each one travels in a spill of its own.
 #[derive(Default)]
 pub(crate) struct BulkInputs {
-    pool: Option<Pool>,
     array: Option<SharedArray<u8>>,
 }
 
@@ -42,21 +36,6 @@ pub(super) fn pinning_like(pool: &Pool) -> Pinning {
 }
 
 impl BulkInputs {
-    /// The bulk pool: `like`'s workers and placement, rings for 8 MiB.
-    fn pool(&mut self, like: &Pool) -> Result<&Pool, CliError> {
-        if self.pool.is_none() {
-            let pool = Pool::builder()
-                .workers(like.workers())
-                .pinning(pinning_like(like))
-                .ring_bytes(BULK_RING_BYTES)
-                .build()?;
-            self.pool = Some(pool);
-        }
-        self.pool
-            .as_ref()
-            .ok_or_else(|| CliError::Wrong("bulk pool".into()))
-    }
-
     /// An array of `tasks` blocks (the largest asked for so far).
     fn array(&mut self, tasks: u64) -> Result<SharedArray<u8>, CliError> {
         let len = tasks as usize * BULK_BYTES;
@@ -111,7 +90,7 @@ fn expected(tasks: u64) -> u64 {
 /// One run of `bulk` or `bulk_shared` on corepool.
 pub(super) fn corepool_bulk(
     w: Workload,
-    like: &Pool,
+    pool: &Pool,
     inputs: &mut BulkInputs,
     tasks: u64,
 ) -> Result<Sample, CliError> {
@@ -120,7 +99,6 @@ pub(super) fn corepool_bulk(
         Workload::BulkShared => Some(inputs.array(tasks)?),
         _ => None,
     };
-    let pool = inputs.pool(like)?;
     let started = Instant::now();
     let handles: Vec<_> = match &array {
         None => data

@@ -101,7 +101,12 @@ impl Workload {
     pub(crate) fn scales(self) -> bool {
         matches!(
             self,
-            Workload::ApplyAsync | Workload::Map | Workload::CpuLoop | Workload::SharedSum
+            Workload::ApplyAsync
+                | Workload::Map
+                | Workload::CpuLoop
+                | Workload::SharedSum
+                | Workload::Bulk
+                | Workload::BulkShared
         )
     }
 
@@ -110,8 +115,7 @@ impl Workload {
         match self {
             Workload::Latency => "is a single round trip",
             Workload::Queue | Workload::PipeRtt => "runs between two processes, not on the pool",
-            Workload::Start | Workload::Respawn => "times starting workers, not a throughput",
-            _ => "needs a pool configured for 8 MiB arguments",
+            _ => "times starting workers, not a throughput",
         }
     }
 
