@@ -175,7 +175,7 @@ pub enum Error {
     },
     /// The process running the task (a pool worker or a [`crate::Process`])
     /// died before returning its result.
-    #[error("process {pid} died before returning the task's result: {cause}; a pool replaces the worker, and `retries(n)` on its builder reruns idempotent tasks")]
+    #[error("process {pid} died before returning the task's result: {cause}; in a Pool the worker is replaced, and `retries(n)` on its builder reruns idempotent tasks")]
     WorkerDied {
         /// The dead worker's pid.
         pid: i32,
