@@ -905,6 +905,15 @@ pub(crate) const PF_X: u32 = libc::PF_X;
 pub(crate) fn main_program_segments() -> Vec<ImageSegment> {
     use std::ffi::{c_int, c_void};
 
+    /// The `dl_iterate_phdr` callback: records the first object's segments
+    /// into `data` and stops.
+    ///
+    /// # Safety
+    ///
+    /// `info` must point to a valid `dl_phdr_info` (with `dlpi_phnum`
+    /// program headers at `dlpi_phdr`) for the call, and `data` to a live
+    /// `Vec<ImageSegment>` nothing else borrows: what `dl_iterate_phdr`
+    /// passes, given the pointer below.
     unsafe extern "C" fn first_object(
         info: *mut libc::dl_phdr_info,
         _size: libc::size_t,

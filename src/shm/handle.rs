@@ -348,6 +348,8 @@ impl SharedSegment {
     #[cfg(feature = "fault-injection")]
     pub(crate) fn forge_in_flight(&self, count: u32) {
         if let Some((word, _)) = trailer(&self.seg) {
+            // Release pairs with the Acquire load in `in_flight`, as the
+            // real increments (`count_up`) do.
             word.store(count, Ordering::Release);
         }
     }
@@ -355,6 +357,8 @@ impl SharedSegment {
     /// Handles to it in flight now (tests).
     #[cfg(all(test, not(miri)))]
     pub(crate) fn in_flight_count(&self) -> u32 {
+        // Acquire pairs with the AcqRel updates in `count_up` and
+        // `count_down`.
         trailer(&self.seg).map_or(0, |(c, _)| c.load(Ordering::Acquire))
     }
 

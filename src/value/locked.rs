@@ -388,7 +388,7 @@ impl<T: Pod> Value<T> {
     fn unlock(&self) {
         let lock = self.word(LOCK_AT);
         self.owner().clear();
-        // Release: pairs with the Acquire CASes in `lock`, so the next holder
+        // Release: pairs with the Acquire CASes in `take_lock`, so the next holder
         // sees our writes.
         lock.store(0, Ordering::Release);
         sys::futex_wake_all(lock);
