@@ -53,6 +53,24 @@ fn fail_on_seven(x: u64) -> u64 {
     x
 }
 
+/// An argument whose encoder panics (on rank 0's MPI thread, which encodes
+/// each task for the rank it goes to).
+struct PanicsWhenEncoded;
+
+impl corepool::Wire for PanicsWhenEncoded {
+    fn encode(&self, _: &mut corepool::Encoder) {
+        panic!("deliberate panic in an encoder");
+    }
+
+    fn decode(_: &mut &[u8]) -> corepool::Result<Self> {
+        Ok(Self)
+    }
+}
+
+fn never_runs(_: PanicsWhenEncoded) -> u64 {
+    0
+}
+
 fn rank_pids((shard, ()): (Shard, ())) -> (u64, i32, i32) {
     let rank_pid = corepool::parent_process().map_or(-1, |p| p.pid);
     (shard.rank as u64, rank_pid, std::process::id() as i32)
@@ -123,6 +141,17 @@ fn rank_program(scenario: &str) -> Result<(), Box<dyn std::error::Error>> {
                     Err(Error::ResultTaken)
                 ),
                 "a result is taken once",
+            )?;
+            check(
+                matches!(
+                    cluster.apply(never_runs, PanicsWhenEncoded),
+                    Err(Error::Encode { .. })
+                ),
+                "a panicking encoder fails its task",
+            )?;
+            check(
+                cluster.apply(square, 3)? == 9,
+                "the cluster runs on after an encoder panicked",
             )?;
             check(
                 matches!(
