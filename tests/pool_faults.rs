@@ -263,7 +263,12 @@ fn a_forked_copy_of_a_pool_leaves_the_parents_workers_alone() {
     let child = unsafe { libc::fork() };
     assert!(child >= 0, "fork failed");
     if child == 0 {
-        let code = play_forked_child(pool, copy_of_task);
+        // A panic must not unwind out of the child: the harness would catch
+        // it and go on running the rest of the suite in this forked copy.
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            play_forked_child(pool, copy_of_task)
+        }))
+        .unwrap_or(99);
         // SAFETY: ends the child at once, without the parent's destructors.
         unsafe { libc::_exit(code) };
     }

@@ -17,9 +17,12 @@ thread_local! {
 }
 
 /// Runs `encode` with [`Broadcast`]s encoding the handles of rank `rank`.
-pub(crate) fn encoding_for<R>(rank: usize, encode: impl FnOnce() -> R) -> R {
+/// The encoder is the user's code run on the MPI thread: its panic is
+/// caught here (and the destination reset), so that it fails one task
+/// instead of unwinding the MPI thread, which would end the whole job.
+pub(crate) fn encoding_for<R>(rank: usize, encode: impl FnOnce() -> R) -> std::thread::Result<R> {
     let before = DESTINATION.with(|d| d.replace(Some(rank)));
-    let result = encode();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(encode));
     DESTINATION.with(|d| d.set(before));
     result
 }

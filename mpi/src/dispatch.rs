@@ -239,8 +239,17 @@ impl Dispatcher {
                 task, encode, done, ..
             } = unit;
             let bytes = match encoding_for(rank, encode) {
-                Ok(b) => b,
-                Err(e) => {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => {
+                    deliver(done, Err(e));
+                    continue;
+                }
+                Err(_) => {
+                    // The panic hook has printed the panic.
+                    let e = Error::Encode {
+                        type_name: "a task's argument",
+                        reason: "its encoder panicked".into(),
+                    };
                     deliver(done, Err(e));
                     continue;
                 }

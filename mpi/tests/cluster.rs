@@ -53,6 +53,24 @@ fn fail_on_seven(x: u64) -> u64 {
     x
 }
 
+/// An argument whose encoder panics (on rank 0's MPI thread, which encodes
+/// each task for the rank it goes to).
+struct PanicsWhenEncoded;
+
+impl corepool::Wire for PanicsWhenEncoded {
+    fn encode(&self, _: &mut corepool::Encoder) {
+        panic!("deliberate panic in an encoder");
+    }
+
+    fn decode(_: &mut &[u8]) -> corepool::Result<Self> {
+        Ok(Self)
+    }
+}
+
+fn never_runs(_: PanicsWhenEncoded) -> u64 {
+    0
+}
+
 fn rank_pids((shard, ()): (Shard, ())) -> (u64, i32, i32) {
     let rank_pid = corepool::parent_process().map_or(-1, |p| p.pid);
     (shard.rank as u64, rank_pid, std::process::id() as i32)
@@ -123,6 +141,17 @@ fn rank_program(scenario: &str) -> Result<(), Box<dyn std::error::Error>> {
                     Err(Error::ResultTaken)
                 ),
                 "a result is taken once",
+            )?;
+            check(
+                matches!(
+                    cluster.apply(never_runs, PanicsWhenEncoded),
+                    Err(Error::Encode { .. })
+                ),
+                "a panicking encoder fails its task",
+            )?;
+            check(
+                cluster.apply(square, 3)? == 9,
+                "the cluster runs on after an encoder panicked",
             )?;
             check(
                 matches!(
@@ -265,6 +294,9 @@ fn mpirun(n: usize) -> Command {
         cmd.arg("--allow-run-as-root");
     }
     cmd.args(["--oversubscribe", "-n", &n.to_string()]);
+    // Its own process group: the watchdog can end mpirun and every rank it
+    // started at once, even when mpirun itself no longer can.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -318,7 +350,11 @@ fn run(mut cmd: Command, mut on_line: impl FnMut(&str, u32)) -> Job {
             };
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
+            // The whole group: killing mpirun alone (SIGKILL) would orphan
+            // its ranks, which then spin on past the test.
+            // SAFETY: `kill` has no memory preconditions; `-pid` names the
+            // group `mpirun` leads (see `mpirun`).
+            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
             let _ = child.wait();
             panic!("watchdog: the job did not end within {WATCHDOG:?}; stdout so far:\n{stdout}");
         }
@@ -378,6 +414,26 @@ fn alive(pid: i32) -> bool {
             .starts_with('Z'),
         Err(_) => false,
     }
+}
+
+/// Other processes running this executable (ranks, their workers), found
+/// by `/proc/<pid>/exe`: orphans are no children of ours any more.
+fn ranks_of_this_binary() -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
+        return Vec::new();
+    };
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+                .filter(|&pid| pid != me)
+                .filter(|pid| {
+                    std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == exe)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn pids_of(stdout: &str) -> Vec<i32> {
@@ -508,8 +564,20 @@ fn driver() {
         if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
             continue;
         }
+        let shm_before = shm_entries();
         let start = Instant::now();
         test();
+        // Every test, not only the kill tests: no rank of this binary
+        // outlives its job, and the job leaves nothing in /dev/shm.
+        assert_all_gone(&ranks_of_this_binary());
+        let new_shm: Vec<_> = shm_entries()
+            .into_iter()
+            .filter(|e| !shm_before.contains(e))
+            .collect();
+        assert!(
+            new_shm.is_empty(),
+            "test {name} left in /dev/shm: {new_shm:?}"
+        );
         println!("test {name} ... ok ({:.1?})", start.elapsed());
     }
 }
