@@ -225,6 +225,27 @@ fn a_pipe_end_in_a_result_nobody_joins_is_closed() {
     assert!(matches!(mine.recv(), Err(Error::EndOfStream)));
 }
 
+fn hand_back_with_bulk(end: PipeEnd<u64>) -> (PipeEnd<u64>, Vec<u8>) {
+    (end, vec![7; 64 << 10])
+}
+
+fn a_pipe_end_in_a_spilled_result_nobody_joins_is_closed() {
+    // As above, with a result larger than the process's result room: it
+    // spills, and the spill is received and dropped the same way, so the
+    // end in it closes too instead of staying in transit for ever.
+    let (mine, theirs) = Pipe::duplex::<u64>().unwrap();
+    let p = Process::builder()
+        .max_result_bytes(4096)
+        .start(hand_back_with_bulk, theirs)
+        .unwrap();
+    corepool::testing::wait_for_outcome(&p);
+    drop(p);
+    // Bounded so that a regression fails instead of hanging; no duration is
+    // asserted.
+    let got = mine.recv_timeout(std::time::Duration::from_secs(60));
+    assert!(matches!(got, Err(Error::EndOfStream)), "{got:?}");
+}
+
 fn main() {
     corepool::init();
     // The process thread's eventfd lives for the program: create it before
@@ -237,5 +258,6 @@ fn main() {
         a_forged_count_gives_a_typed_error_never_worse,
         a_pipe_end_whose_put_failed_is_still_its_senders,
         a_pipe_end_in_a_result_nobody_joins_is_closed,
+        a_pipe_end_in_a_spilled_result_nobody_joins_is_closed,
     ]);
 }

@@ -563,10 +563,10 @@ impl<R> Drop for Process<R> {
         if !self.exit.ended() || (segment::argument_decoded(&self.seg) && !decode_failed) {
             self.transits.sent();
         }
-        // A result nobody joined: a spilled one is let go (the process,
-        // waiting for it, can exit now); one held in place is decoded and
-        // dropped here, so that pipe ends in it close (their peers see the
-        // end of the stream) and shared objects in it are received.
+        // A result nobody joined is decoded and dropped here, spilled or
+        // held in place, so that pipe ends in it close (their peers see the
+        // end of the stream) and shared objects in it are received; reading
+        // a spill also lets the process, waiting for it, exit now.
         let taken = crate::sync::lock(&self.taken).take();
         let code = segment::status_of(&self.seg).map(|(_, code)| code);
         match taken {
@@ -574,7 +574,11 @@ impl<R> Drop for Process<R> {
             Some(_) => {}
             None if code == Some(segment::status::SPILLED) => {
                 if let Some(Outcome::Spilled(handle)) = segment::read_outcome(&self.seg) {
-                    crate::shm::spill::discard(&handle);
+                    match crate::shm::spill::read(&handle) {
+                        Ok(bytes) => (self.discard)(&bytes),
+                        // Unreadable: at least end its transit.
+                        Err(_) => crate::shm::spill::discard(&handle),
+                    }
                 }
             }
             None if code == Some(segment::status::RETURNED) => {
