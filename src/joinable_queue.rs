@@ -339,6 +339,27 @@ impl<T> JoinableQueue<T> {
         let _ = self.task_done();
     }
 
+    /// Runs `put` with one value counted first (so that a consumer's
+    /// `task_done` can never find the count at zero), and takes the count
+    /// back unless the value went in: on an error, a refusal, or a panic of
+    /// the value's `Wire::encode`, which would otherwise leave `join`
+    /// waiting for a value that was never put.
+    fn counted(&self, put: impl FnOnce() -> Result<bool>) -> Result<bool> {
+        struct Uncount<'a, T>(&'a JoinableQueue<T>, bool);
+        impl<T> Drop for Uncount<'_, T> {
+            fn drop(&mut self) {
+                if !self.1 {
+                    self.0.uncount_one();
+                }
+            }
+        }
+        self.count_one();
+        let mut guard = Uncount(self, false);
+        let put = put();
+        guard.1 = matches!(put, Ok(true));
+        put
+    }
+
     /// Values in the queue (a snapshot), as [`Queue::len`]: not the
     /// [`unfinished`](Self::unfinished) count.
     ///
@@ -449,12 +470,7 @@ impl<T: Wire> JoinableQueue<T> {
     /// assert_eq!(q.unfinished(), 1);
     /// ```
     pub fn try_put(&self, value: &T) -> Result<bool> {
-        self.count_one();
-        let put = self.queue.try_put(value);
-        if !matches!(put, Ok(true)) {
-            self.uncount_one();
-        }
-        put
+        self.counted(|| self.queue.try_put(value))
     }
 
     /// Puts `value`, counting it as unfinished; waits for room as
@@ -476,8 +492,8 @@ impl<T: Wire> JoinableQueue<T> {
     /// q.join().unwrap();
     /// ```
     pub fn put(&self, value: &T) -> Result<()> {
-        self.count_one();
-        self.queue.put(value).inspect_err(|_| self.uncount_one())
+        self.counted(|| self.queue.put(value).map(|()| true))
+            .map(|_| ())
     }
 
     /// Puts `value` as [`put`](Self::put), waiting at most `timeout` for
@@ -502,10 +518,8 @@ impl<T: Wire> JoinableQueue<T> {
     /// assert_eq!(q.unfinished(), 1);
     /// ```
     pub fn put_timeout(&self, value: &T, timeout: Duration) -> Result<()> {
-        self.count_one();
-        self.queue
-            .put_timeout(value, timeout)
-            .inspect_err(|_| self.uncount_one())
+        self.counted(|| self.queue.put_timeout(value, timeout).map(|()| true))
+            .map(|_| ())
     }
 
     /// Takes a value if one is there now, as [`Queue::try_get`]. Mark it
@@ -613,6 +627,30 @@ mod tests {
         assert_eq!(q.unfinished(), 0);
         assert!(q.task_done().is_err(), "one too many");
         assert_eq!(q.unfinished(), 0, "and the count stays at zero");
+    }
+
+    #[test]
+    fn a_put_whose_encoder_panics_is_not_counted() {
+        struct Panicky;
+        impl Wire for Panicky {
+            fn encode(&self, _: &mut crate::Encoder) {
+                panic!("encode panics");
+            }
+            fn decode(_: &mut &[u8]) -> Result<Self> {
+                Ok(Panicky)
+            }
+        }
+        let q = JoinableQueue::<Panicky>::new(2).unwrap();
+        for put in [
+            (|q: &JoinableQueue<Panicky>| drop(q.put(&Panicky))) as fn(&JoinableQueue<Panicky>),
+            |q| drop(q.try_put(&Panicky)),
+            |q| drop(q.put_timeout(&Panicky, Duration::ZERO)),
+        ] {
+            let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| put(&q)));
+            assert!(panicked.is_err());
+            assert_eq!(q.unfinished(), 0, "join would wait for a value never put");
+        }
+        q.join_timeout(Duration::ZERO).unwrap();
     }
 
     #[test]
