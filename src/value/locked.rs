@@ -27,6 +27,9 @@ const LOCK_AT: usize = 0;
 const SEQ_AT: usize = 4;
 /// The lock holder's owner tag (its start time), beside its pid in `LOCK_AT`.
 const OWNER_AT: usize = 8;
+/// How many lockers sleep on the lock word: an unlock makes a futex wake only
+/// when some do (a dead sleeper leaves it high: a wasted wake, never a lost one).
+const SLEEPERS_AT: usize = 12;
 const DATA_AT: usize = 64;
 
 /// A plain-data value shared between processes, behind a lock a dead holder
@@ -106,7 +109,7 @@ impl<T: Pod> Value<T> {
     }
 
     fn word(&self, at: usize) -> &AtomicU32 {
-        // SAFETY: `at` is LOCK_AT, SEQ_AT or OWNER_AT: in bounds, since every segment
+        // SAFETY: `at` is LOCK_AT, SEQ_AT, OWNER_AT or SLEEPERS_AT: in bounds, since every segment
         // behind a `Value` has at least DATA_AT bytes (sized in `new`, checked
         // in `decode`), and 4-aligned, since the mapping is page-aligned (8 in
         // Miri's stand-in). It lives as long as `map`, to which the reference
@@ -353,6 +356,9 @@ impl<T: Pod> Value<T> {
                     self.owner().record_mine();
                     return ValueGuard::new(self, false);
                 }
+                // A short spin first, without looking at /proc: most
+                // holders release within it.
+                Err(_) if spinner.spin() => {}
                 Err(holder) => {
                     if let Some(tag) = self.dead_holder_tag(holder) {
                         // The holder died in its critical section: take
@@ -375,14 +381,28 @@ impl<T: Pod> Value<T> {
                             self.restore();
                             return ValueGuard::new(self, true);
                         }
-                    } else if !spinner.spin() {
-                        // Sleep a little on the lock word; a live holder
-                        // wakes us when it unlocks.
-                        sys::futex_wait(lock, holder, Some(Duration::from_millis(1)));
+                    } else {
+                        self.sleep_while_held(holder);
                     }
                 }
             }
         }
+    }
+
+    /// Sleeps a little on the lock word while `holder` holds it; a live
+    /// holder wakes us when it unlocks, the timeout brings us back to check
+    /// whether it died.
+    fn sleep_while_held(&self, holder: u32) {
+        let lock = self.word(LOCK_AT);
+        let sleepers = self.word(SLEEPERS_AT);
+        // SeqCst, with the SeqCst fence in `unlock`: either the unlocker
+        // sees our count and wakes us, or the kernel's re-read of the lock
+        // word inside `futex_wait` (ordered after this increment) sees the
+        // unlock and we do not sleep.
+        sleepers.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wait(lock, holder, Some(Duration::from_millis(1)));
+        // Relaxed: only a hint for unlockers; a stale count costs one wake.
+        sleepers.fetch_sub(1, Ordering::Relaxed);
     }
 
     fn unlock(&self) {
@@ -391,7 +411,12 @@ impl<T: Pod> Value<T> {
         // Release: pairs with the Acquire CASes in `take_lock`, so the next holder
         // sees our writes.
         lock.store(0, Ordering::Release);
-        sys::futex_wake_all(lock);
+        // SeqCst: the partner of the increment in `sleep_while_held` (see
+        // there); without sleepers an unlock makes no system call.
+        fence(Ordering::SeqCst);
+        if self.word(SLEEPERS_AT).load(Ordering::Relaxed) != 0 {
+            sys::futex_wake_all(lock);
+        }
     }
 
     /// After taking the lock from a dead holder, which may have died
