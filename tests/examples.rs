@@ -23,7 +23,7 @@ fn example(name: &str) -> Command {
 }
 
 fn run(mut cmd: Command) -> String {
-    let out = cmd.output().expect("example runs");
+    let out = common::output_within(&mut cmd, common::WATCHDOG);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),

@@ -241,19 +241,19 @@ fn a_cut_panic_message_says_it_was_cut() {
 /// it exits 101.
 #[test]
 fn a_stray_worker_variable_is_explained_before_main() {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .env("COREPOOL_WORKER", "v1:3:0:1")
-        .output()
-        .unwrap();
+    let out = common::output_within(
+        Command::new(std::env::current_exe().unwrap()).env("COREPOOL_WORKER", "v1:3:0:1"),
+        common::WATCHDOG,
+    );
     let (stdout, stderr) = texts(&out);
     assert_eq!(out.status.code(), Some(101), "{stderr}");
     assert!(stdout.is_empty(), "libtest ran in a worker: {stdout}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("COREPOOL_WORKER is set but"), "{stderr}");
-    let malformed = Command::new(std::env::current_exe().unwrap())
-        .env("COREPOOL_WORKER", "nonsense")
-        .output()
-        .unwrap();
+    let malformed = common::output_within(
+        Command::new(std::env::current_exe().unwrap()).env("COREPOOL_WORKER", "nonsense"),
+        common::WATCHDOG,
+    );
     let (stdout, stderr) = texts(&malformed);
     assert_eq!(malformed.status.code(), Some(101), "{stderr}");
     assert!(stdout.is_empty(), "{stdout}");
@@ -303,12 +303,13 @@ fn runs_filtered_and_single_threaded_each_test_once() {
 /// that none of its processes outlives it.
 fn run_self(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mark = format!("{}-{}", std::process::id(), unique());
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(args)
-        .envs(env.iter().copied())
-        .env(CHILD_RUN, &mark)
-        .output()
-        .unwrap();
+    let out = common::output_within(
+        Command::new(std::env::current_exe().unwrap())
+            .args(args)
+            .envs(env.iter().copied())
+            .env(CHILD_RUN, &mark),
+        common::WATCHDOG,
+    );
     common::eventually("no process of the run outlives it", || {
         processes_marked(&mark).is_empty()
     });

@@ -1,15 +1,23 @@
 //! The `corepool` command end to end: runs the built binary with tiny sizes
 //! and checks the structure of what it prints (never how fast anything was).
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::time::Duration;
+
+/// Longest one run of the binary may take before its watchdog fails the test.
+const LIMIT: Duration = Duration::from_secs(300);
 
 fn corepool(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_corepool"))
-        .args(args)
-        .env_remove("COREPOOL_PYTHON")
-        .output()
-        .expect("the corepool binary runs")
+    common::output_within(
+        Command::new(env!("CARGO_BIN_EXE_corepool"))
+            .args(args)
+            .env_remove("COREPOOL_PYTHON"),
+        LIMIT,
+    )
 }
 
 fn text(b: &[u8]) -> String {
@@ -397,19 +405,20 @@ fn vs_python_without_an_interpreter_says_so_and_succeeds() {
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r["system"] != "python-mp"));
     // The same through the environment.
-    let out = Command::new(env!("CARGO_BIN_EXE_corepool"))
-        .args([
-            "bench",
-            "--quick",
-            "--only",
-            "latency",
-            "--repeat",
-            "1",
-            "--vs-python",
-        ])
-        .env("COREPOOL_PYTHON", "/nonexistent/python3")
-        .output()
-        .unwrap();
+    let out = common::output_within(
+        Command::new(env!("CARGO_BIN_EXE_corepool"))
+            .args([
+                "bench",
+                "--quick",
+                "--only",
+                "latency",
+                "--repeat",
+                "1",
+                "--vs-python",
+            ])
+            .env("COREPOOL_PYTHON", "/nonexistent/python3"),
+        LIMIT,
+    );
     assert!(out.status.success());
     assert!(text(&out.stderr).contains("no Python interpreter"));
 }

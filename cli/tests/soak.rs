@@ -6,8 +6,8 @@
 mod common;
 
 fn soak_under_chaos_loses_nothing() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_corepool"))
-        .args([
+    let out = common::output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_corepool")).args([
             "soak",
             "--tasks",
             "20000",
@@ -16,9 +16,9 @@ fn soak_under_chaos_loses_nothing() {
             "--kill-every-ms",
             "10",
             "--json",
-        ])
-        .output()
-        .unwrap();
+        ]),
+        common::WATCHDOG,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -207,3 +207,68 @@ pub fn run(tests: &[Test]) {
         std::process::exit(101);
     }
 }
+
+/// `cmd.output()` under a watchdog: a command that has not ended within
+/// `limit` is killed, its whole process group with it, and the test fails
+/// saying so, instead of hanging the suite.
+pub fn output_within(cmd: &mut std::process::Command, limit: Duration) -> std::process::Output {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    // Its own process group, so the watchdog ends whatever it started too.
+    let mut child = cmd
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    let pid = child.id() as i32;
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let (exited_tx, exited_rx) = std::sync::mpsc::channel::<()>();
+    let waiter = std::thread::spawn(move || {
+        // WNOWAIT: learns of the exit without reaping, so the pid (and the
+        // group id) stays ours until `child.wait` below: the watchdog's kill
+        // can never reach a process that reused it.
+        // SAFETY: an all-zero `siginfo_t` is a valid out-parameter.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a valid, writable `siginfo_t`.
+        unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        let _ = exited_tx.send(());
+    });
+    let timed_out = exited_rx.recv_timeout(limit).is_err();
+    if timed_out {
+        // SAFETY: `kill` has no memory preconditions; the group's leader is
+        // our unreaped child, so `-pid` still names its group.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+    let _ = waiter.join();
+    let status = child.wait().expect("the command is reaped");
+    let output = std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    };
+    assert!(
+        !timed_out,
+        "watchdog: {cmd:?} did not end within {limit:?}; stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
