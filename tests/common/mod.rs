@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 pub type Test = (&'static str, fn());
 
 /// `tests![a, b]`: the named test functions, with their names.
+#[allow(unused_macros)] // the standard-harness tests use only the helpers
 macro_rules! tests {
     ($($f:ident),* $(,)?) => {
         &[$((stringify!($f), $f as fn())),*]
     };
 }
+#[allow(unused_imports)]
 pub(crate) use tests;
 
 /// How long one test may take before the watchdog fails the run.
