@@ -245,6 +245,12 @@ impl Idle {
         self.sleep = SLEEP_MIN;
     }
 
+    /// Whether the thread is still in its spin after the last event (the
+    /// next [`wait`](Self::wait) yields rather than sleeps).
+    pub(crate) fn spinning(&self) -> bool {
+        self.last_event.elapsed() < SPIN
+    }
+
     /// Waits a little for a command; returns it if one came.
     pub(crate) fn wait(&mut self, commands: &Receiver<Command>) -> Option<Command> {
         if self.last_event.elapsed() < SPIN {

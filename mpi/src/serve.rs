@@ -6,7 +6,7 @@ use crate::proto::{
     self, Control, TAG_CONTROL, TAG_FLOOR, TAG_RESULT, TAG_SHARED, TAG_STOPPED, TAG_TASK,
 };
 use crate::transport::Transport;
-use corepool::{Error, Pool, RawTask, SharedArray, Wire};
+use corepool::{Collector, Error, Pool, RawTask, SharedArray, Wire};
 use crossbeam_channel::{Receiver, Sender};
 use mpi::traits::*;
 use std::time::{Duration, Instant};
@@ -23,11 +23,21 @@ pub(crate) fn serve(
     let mut copies: Vec<SharedArray<u8>> = Vec::new();
     let mut idle = Idle::new();
     let mut pending: Option<Command> = None;
+    // Tasks given to the local pool and not answered yet.
+    let mut outstanding = 0usize;
+    // While the thread spins with tasks outstanding, it collects their
+    // results itself (the pool's driver stays asleep): a result goes from
+    // the worker's ring to MPI on this thread, with no hand-over.
+    let mut collector: Option<Collector<'_>> = None;
     loop {
         let mut busy = false;
+        if let Some(collector) = &collector {
+            busy |= collector.collect();
+        }
         while let Some(command) = pending.take().or_else(|| commands.try_recv().ok()) {
             busy = true;
             if let Command::LocalDone { unit, result } = command {
+                outstanding = outstanding.saturating_sub(1);
                 transport.send(0, TAG_RESULT, proto::seal_result(unit, result, rank));
             }
         }
@@ -50,14 +60,20 @@ pub(crate) fn serve(
                             Some(pool) => run_locally(pool, task, unit, arg, &to_self),
                             None => Err(Error::PoolClosed),
                         };
-                        if let Err(e) = submitted {
-                            transport.send(0, TAG_RESULT, proto::seal_result(unit, Err(e), rank));
+                        match submitted {
+                            Ok(()) => outstanding += 1,
+                            Err(e) => transport.send(
+                                0,
+                                TAG_RESULT,
+                                proto::seal_result(unit, Err(e), rank),
+                            ),
                         }
                     }
                     Err(e) => eprintln!("corepool-mpi: rank {rank}: a malformed task: {e}"),
                 },
                 TAG_CONTROL => match Control::parse(&bytes) {
                     Ok(Control::Shutdown) => {
+                        drop(collector);
                         if let Some(pool) = &pool {
                             pool.terminate();
                         }
@@ -105,8 +121,16 @@ pub(crate) fn serve(
         busy |= transport.progress();
         if busy {
             idle.event();
-        } else {
+        } else if idle.spinning() {
             pending = idle.wait(commands);
+        } else {
+            // About to sleep: the driver collects from now on (dropping the
+            // collector wakes it if results are due).
+            collector = None;
+            pending = idle.wait(commands);
+        }
+        if outstanding > 0 && collector.is_none() && idle.spinning() {
+            collector = pool.as_ref().map(Pool::collector);
         }
     }
 }
