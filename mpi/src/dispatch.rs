@@ -5,6 +5,7 @@
 use crate::broadcast::encoding_for;
 use crate::comm::{
     deliver, run_locally, Command, DoneFn, Idle, Unit, AHEAD_PER_WORKER, AHEAD_SHORT, SHORT_UNIT,
+    SHUTDOWN_BOUND,
 };
 use crate::proto::{self, Control, TAG_CONTROL, TAG_RESULT, TAG_SHARED, TAG_STOPPED, TAG_TASK};
 use crate::serve::floor;
@@ -289,7 +290,16 @@ impl Dispatcher {
         let mut stopped = vec![false; ranks];
         stopped[0] = true;
         let mut idle = Idle::new();
+        let deadline = Instant::now() + SHUTDOWN_BOUND;
         while !stopped.iter().all(|&s| s) {
+            if Instant::now() > deadline {
+                // A rank that neither answers nor died (a dead one ends the
+                // job through the launcher): finalizing would wait for it
+                // for ever, so end the job instead.
+                let silent: Vec<usize> = (0..ranks).filter(|&r| !stopped[r]).collect();
+                eprintln!("corepool-mpi: rank 0: ranks {silent:?} did not stop within {SHUTDOWN_BOUND:?} of the shutdown; ending the job");
+                transport.world.abort(1);
+            }
             let mut busy = transport.progress();
             while let Some((from, tag, bytes)) = transport.receive() {
                 busy = true;

@@ -2,11 +2,13 @@
 //! MPI calls: non-blocking sends (so that two ranks sending each other large
 //! messages at once never deadlock), polled receives.
 
+use crate::comm::SHUTDOWN_BOUND;
 use mpi::point_to_point::MatchedReceiveVec;
 use mpi::request::{Request, StaticScope};
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use mpi::Rank;
+use std::time::Instant;
 
 /// A send in flight and the buffer it reads.
 struct InFlight {
@@ -73,14 +75,23 @@ impl Transport {
         self.sends.len() != before
     }
 
-    /// Waits until every send has completed.
+    /// Waits until every send has completed, at most [`SHUTDOWN_BOUND`]:
+    /// past it the receiver hangs alive (a dead one ends the job through
+    /// the launcher), and the job is ended with `MPI_Abort`.
     pub(crate) fn flush(&mut self) {
-        for mut send in self.sends.drain(..) {
-            if let Some(request) = send.request.take() {
-                request.wait();
+        let deadline = Instant::now() + SHUTDOWN_BOUND;
+        while !self.sends.is_empty() {
+            if !self.progress() {
+                if Instant::now() > deadline {
+                    eprintln!(
+                        "corepool-mpi: rank {}: {} sends not taken within {SHUTDOWN_BOUND:?}; ending the job",
+                        self.world.rank(),
+                        self.sends.len()
+                    );
+                    self.world.abort(1);
+                }
+                std::thread::yield_now();
             }
-            // SAFETY: as in `progress`: the request has completed.
-            drop(unsafe { Box::from_raw(send.buffer) });
         }
     }
 
