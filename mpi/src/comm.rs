@@ -127,6 +127,7 @@ pub(crate) fn run(
                 end_job_if_panicked(ran, &transport);
             } else {
                 let _ = started.send(Ok(Started::Serving));
+                crate::serve::keep_large_buffers();
                 let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
                     crate::serve::serve(pool, &mut transport, &commands, to_self)
                 }));

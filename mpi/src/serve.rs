@@ -11,6 +11,37 @@ use crossbeam_channel::{Receiver, Sender};
 use mpi::traits::*;
 use std::time::{Duration, Instant};
 
+/// Has this process's allocator keep the memory of large buffers for the
+/// next ones, rather than map fresh pages for each (and fault every one of
+/// them in: about as costly as copying the bytes, measured) and unmap them
+/// when freed. Every task's argument is received into a buffer of its own
+/// that lives until the task ends, so large arguments allocate and free a
+/// few MiB each.
+///
+/// Only on a serving rank: its process runs nothing but corepool-mpi from
+/// `Cluster::init` on (rank 0's is the user's program, whose allocator is
+/// the user's business), so the cost, up to the trim threshold of free
+/// memory kept, is ours to choose. The pool's workers are processes of
+/// their own and are not affected.
+pub(crate) fn keep_large_buffers() {
+    #[cfg(target_env = "gnu")]
+    {
+        // glibc's largest mmap threshold on 64-bit: allocations below it
+        // come from the arenas, whose freed memory is reused.
+        const MMAP_THRESHOLD: libc::c_int = 32 << 20;
+        // Free memory at the top of an arena kept rather than returned.
+        const TRIM_THRESHOLD: libc::c_int = 256 << 20;
+        // SAFETY: mallopt only sets glibc's allocator parameters (globals
+        // read under its own locks); this is the only caller in the
+        // process, and a refused setting (0 returned) leaves glibc's
+        // defaults, which are correct, only slower.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+        }
+    }
+}
+
 /// A serving rank's loop: run what rank 0 sends, answer, until shutdown.
 pub(crate) fn serve(
     pool: Option<Pool>,
