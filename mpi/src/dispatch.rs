@@ -10,7 +10,7 @@ use crate::comm::{
 use crate::proto::{self, Control, TAG_CONTROL, TAG_RESULT, TAG_SHARED, TAG_STOPPED, TAG_TASK};
 use crate::serve::floor;
 use crate::transport::Transport;
-use corepool::{Error, Pool, Result};
+use corepool::{Collector, Error, Pool, Result};
 use crossbeam_channel::{Receiver, Sender};
 use mpi::traits::*;
 use std::collections::{HashMap, VecDeque};
@@ -62,11 +62,22 @@ impl Dispatcher {
     pub(crate) fn run(&mut self, transport: &mut Transport, commands: &Receiver<Command>) {
         let mut idle = Idle::new();
         let mut pending: Option<Command> = None;
+        // Out of `self` while the loop runs, so that a collector can borrow
+        // it; back in for the shutdown.
+        let pool = self.pool.take();
+        // As on a serving rank: while the thread spins with local units in
+        // flight, it collects their results itself (see `serve`).
+        let mut collector: Option<Collector<'_>> = None;
         loop {
             let mut busy = false;
+            if let Some(collector) = &collector {
+                busy |= collector.collect();
+            }
             while let Some(command) = pending.take().or_else(|| commands.try_recv().ok()) {
                 busy = true;
                 if !self.command(command, transport) {
+                    drop(collector);
+                    self.pool = pool;
                     self.shut_down(transport, commands);
                     return;
                 }
@@ -75,12 +86,19 @@ impl Dispatcher {
                 busy = true;
                 self.message(from as usize, tag, bytes);
             }
-            busy |= self.dispatch(transport);
+            busy |= self.dispatch(transport, pool.as_ref());
             busy |= transport.progress();
             if busy {
                 idle.event();
-            } else {
+            } else if !idle.spinning() {
+                // About to sleep: the pool's driver collects from now on.
+                collector = None;
+            }
+            if !busy {
                 pending = idle.wait(commands);
+            }
+            if self.in_flight[0] > 0 && collector.is_none() && idle.spinning() {
+                collector = pool.as_ref().map(Pool::collector);
             }
         }
     }
@@ -222,7 +240,7 @@ impl Dispatcher {
     }
 
     /// Sends waiting units to ranks with room; returns whether any went.
-    fn dispatch(&mut self, transport: &mut Transport) -> bool {
+    fn dispatch(&mut self, transport: &mut Transport, pool: Option<&Pool>) -> bool {
         let mut any = false;
         while let Some((_, unit)) = self.waiting.front() {
             let rank = match unit.target {
@@ -256,7 +274,7 @@ impl Dispatcher {
                 }
             };
             if rank == 0 {
-                let Some(pool) = &self.pool else {
+                let Some(pool) = pool else {
                     deliver(done, Err(Error::PoolClosed));
                     continue;
                 };
