@@ -75,6 +75,11 @@ impl Dispatcher {
             }
             while let Some(command) = pending.take().or_else(|| commands.try_recv().ok()) {
                 busy = true;
+                if matches!(command, Command::Broadcast { .. } | Command::Floor { .. }) {
+                    // Blocking MPI calls follow: the driver collects
+                    // meanwhile.
+                    collector = None;
+                }
                 if !self.command(command, transport) {
                     drop(collector);
                     self.pool = pool;
@@ -90,15 +95,16 @@ impl Dispatcher {
             busy |= transport.progress();
             if busy {
                 idle.event();
-            } else if !idle.spinning() {
+            }
+            if !idle.spinning() {
                 // About to sleep: the pool's driver collects from now on.
                 collector = None;
+            } else if self.in_flight[0] > 0 && collector.is_none() {
+                // Kept while the thread spins (see `serve`).
+                collector = pool.as_ref().map(Pool::collector);
             }
             if !busy {
                 pending = idle.wait(commands);
-            }
-            if self.in_flight[0] > 0 && collector.is_none() && idle.spinning() {
-                collector = pool.as_ref().map(Pool::collector);
             }
         }
     }

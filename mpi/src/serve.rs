@@ -87,6 +87,11 @@ pub(crate) fn serve(
                         // executable (content hash), so they name the same
                         // trampoline here.
                         let task = unsafe { RawTask::from_bits(bits) };
+                        if collector.is_none() {
+                            // Registered before the submission, which
+                            // then leaves the driver asleep.
+                            collector = pool.as_ref().map(Pool::collector);
+                        }
                         let submitted = match &pool {
                             Some(pool) => run_locally(pool, task, unit, arg, &to_self),
                             None => Err(Error::PoolClosed),
@@ -114,6 +119,9 @@ pub(crate) fn serve(
                         return;
                     }
                     Ok(Control::Broadcast { id, bytes }) => {
+                        // Blocking MPI calls follow: the driver collects
+                        // meanwhile.
+                        collector = None;
                         let mut answer = id.to_le_bytes().to_vec();
                         match usize::try_from(bytes) {
                             Ok(len) => {
@@ -140,6 +148,7 @@ pub(crate) fn serve(
                         transport.send(0, TAG_SHARED, answer);
                     }
                     Ok(control @ (Control::PingPong { .. } | Control::Stream { .. })) => {
+                        collector = None;
                         let _ = floor(transport, 0, &control, false);
                     }
                     Err(e) => {
@@ -152,16 +161,20 @@ pub(crate) fn serve(
         busy |= transport.progress();
         if busy {
             idle.event();
-        } else if idle.spinning() {
-            pending = idle.wait(commands);
-        } else {
+        }
+        if !idle.spinning() {
             // About to sleep: the driver collects from now on (dropping the
             // collector wakes it if results are due).
             collector = None;
-            pending = idle.wait(commands);
-        }
-        if outstanding > 0 && collector.is_none() && idle.spinning() {
+        } else if outstanding > 0 && collector.is_none() {
+            // Kept while the thread spins, even when nothing is
+            // outstanding for a moment: a submission with no collector
+            // registered wakes the driver (a system call and one more
+            // thread spinning on two CPUs).
             collector = pool.as_ref().map(Pool::collector);
+        }
+        if !busy {
+            pending = idle.wait(commands);
         }
     }
 }
