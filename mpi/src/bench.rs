@@ -51,6 +51,12 @@ fn count(n: u64) -> u64 {
     x
 }
 
+/// Waits `micros` µs without using the CPU: a task of a known length.
+fn nap(micros: u64) -> u64 {
+    std::thread::sleep(std::time::Duration::from_micros(micros));
+    micros
+}
+
 fn byte_len(bytes: Vec<u8>) -> u64 {
     bytes.len() as u64
 }
@@ -411,6 +417,35 @@ pub(crate) fn run(options: &Options) -> Result<(), Failure> {
                 &format!("rsmpi 8-byte ping-pong with rank {peer}, median round trip"),
             );
         }
+    }
+    // latency_1ms: the round trip of a task that takes 1 ms, which
+    // outlasts the MPI threads' spin: what the idle back-off adds to it.
+    if options.runs("latency_1ms") {
+        let (mut on_cluster, mut on_local) = (Vec::new(), Vec::new());
+        for _ in 0..r {
+            on_cluster.push(median_trip((n / 10).max(10), || {
+                cluster.apply_on_rank(peer, nap, 1000)?;
+                Ok(())
+            })?);
+            on_local.push(median_trip((n / 10).max(10), || {
+                local.apply(nap, 1000)?;
+                Ok(())
+            })?);
+        }
+        ctx.push(
+            "latency_1ms",
+            "cluster",
+            "ns",
+            &on_cluster,
+            &format!("apply on rank {peer} of a 1 ms task, median round trip"),
+        );
+        ctx.push(
+            "latency_1ms",
+            "corepool",
+            "ns",
+            &on_local,
+            "local apply of a 1 ms task, median round trip",
+        );
     }
     let [bw_cluster, bw_local, bw_mpi] = bandwidth;
     let mib = bytes >> 20;

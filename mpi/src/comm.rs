@@ -236,6 +236,9 @@ fn start(
 pub(crate) struct Idle {
     last_event: Instant,
     sleep: Duration,
+    /// The longest sleep for now: [`SLEEP_MAX`] unless the thread expects
+    /// a message sooner ([`expect_within`](Self::expect_within)).
+    cap: Duration,
 }
 
 impl Idle {
@@ -243,7 +246,20 @@ impl Idle {
         Self {
             last_event: Instant::now(),
             sleep: SLEEP_MIN,
+            cap: SLEEP_MAX,
         }
+    }
+
+    /// Caps the sleeps by what the thread waits for: results expected
+    /// about `round_trip` after they were sent (`None`: nothing expected).
+    /// A result that arrives while the thread sleeps waits for its next
+    /// look at MPI, so the sleeps stay under a sixteenth of the round trip
+    /// (which includes that wait): a 1 ms task's result waits about 100 µs
+    /// at most rather than up to [`SLEEP_MAX`] (measured: the round trip of
+    /// a 1 ms task took 4.3 ms with the plain back-off, 1.7–2.3 ms so).
+    /// Tasks of 16 ms and more keep the longest sleeps.
+    pub(crate) fn expect_within(&mut self, round_trip: Option<Duration>) {
+        self.cap = round_trip.map_or(SLEEP_MAX, |t| (t / 16).clamp(SLEEP_MIN, SLEEP_MAX));
     }
 
     pub(crate) fn event(&mut self) {
@@ -263,7 +279,7 @@ impl Idle {
             std::thread::yield_now();
             return None;
         }
-        let got = commands.recv_timeout(self.sleep);
+        let got = commands.recv_timeout(self.sleep.min(self.cap));
         self.sleep = (self.sleep * 2).min(SLEEP_MAX);
         // A timeout, or no sender left (the cluster is going away): look again.
         got.ok()

@@ -104,6 +104,9 @@ impl Dispatcher {
                 collector = pool.as_ref().map(Pool::collector);
             }
             if !busy {
+                if !idle.spinning() {
+                    idle.expect_within(self.expected_round_trip());
+                }
                 pending = idle.wait(commands);
             }
         }
@@ -236,6 +239,18 @@ impl Dispatcher {
             AHEAD_PER_WORKER
         };
         self.limit[rank] = self.workers[rank] * ahead;
+    }
+
+    /// The shortest smoothed round trip of the serving ranks with units in
+    /// flight (whose results come as MPI messages, seen only when the
+    /// thread looks); `None` when none has.
+    fn expected_round_trip(&self) -> Option<Duration> {
+        (1..self.in_flight.len())
+            .filter(|&r| self.in_flight[r] > 0)
+            .map(|r| self.round_trip[r])
+            .filter(|t| t.is_finite())
+            .min_by(f64::total_cmp)
+            .map(|nanos| Duration::from_nanos(nanos as u64))
     }
 
     /// The rank with the most room, relative to its size; `None` if all are full.

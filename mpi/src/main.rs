@@ -12,7 +12,7 @@ fn usage() -> ! {
          large-argument bandwidth row on the cluster (every rank's pool), beside\n\
          the same work on a local pool of as many workers on rank 0 and beside\n\
          the bare MPI floor (rsmpi ping-pong and send bandwidth). --only runs one\n\
-         workload (apply_async, map, cpu_loop, latency or bandwidth)."
+         workload (apply_async, map, cpu_loop, latency, latency_1ms or bandwidth)."
     );
     std::process::exit(2)
 }
