@@ -213,7 +213,10 @@ impl Pool {
 /// [`collect`](Self::collect) on every turn of the loop, and drop the
 /// collector before the thread sleeps or turns to something long, since
 /// nothing is collected meanwhile (dropping it wakes the driver if results
-/// are still due).
+/// are still due). Nor should the thread submit to a full pool with a
+/// [`max_queued`](crate::PoolBuilder::max_queued) bound while it holds a
+/// collector: the submission would wait for room that only its own
+/// collecting frees.
 ///
 /// ```
 /// use corepool::{Encoder, Pool, RawTask, Wire};
