@@ -73,8 +73,8 @@ pub use identity::{current_process, parent_process, ProcessInfo, ProcessKind};
 pub use joinable_queue::JoinableQueue;
 pub use pipe::{Pipe, PipeEnd};
 pub use pool::{
-    AsyncResult, Callbacks, Chunked, Imap, ImapUnordered, Pinning, Pool, PoolBuilder, PoolStats,
-    RawTask,
+    AsyncResult, Callbacks, Chunked, Collector, Imap, ImapUnordered, Pinning, Pool, PoolBuilder,
+    PoolStats, RawTask,
 };
 pub use process::{active_children, Process, ProcessBuilder};
 pub use queue::Queue;

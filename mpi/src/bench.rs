@@ -11,6 +11,14 @@ pub(crate) struct Options {
     pub(crate) quick: bool,
     pub(crate) json: bool,
     pub(crate) repeats: usize,
+    /// Run only this workload (for profiling one of them).
+    pub(crate) only: Option<String>,
+}
+
+impl Options {
+    fn runs(&self, workload: &str) -> bool {
+        self.only.as_deref().is_none_or(|only| only == workload)
+    }
 }
 
 /// One measured row, in the format of `corepool bench --json`.
@@ -41,6 +49,12 @@ fn count(n: u64) -> u64 {
         x = std::hint::black_box(x + 1);
     }
     x
+}
+
+/// Waits `micros` µs without using the CPU: a task of a known length.
+fn nap(micros: u64) -> u64 {
+    std::thread::sleep(std::time::Duration::from_micros(micros));
+    micros
 }
 
 fn byte_len(bytes: Vec<u8>) -> u64 {
@@ -203,105 +217,111 @@ pub(crate) fn run(options: &Options) -> Result<(), Failure> {
     let peer = cluster.ranks() - 1;
     let r = ctx.repeats;
 
-    // apply_async: no-op tasks submitted, then all collected.
-    let n = ctx.sizes.tasks;
-    let s = sample(r, || {
-        let t = Instant::now();
-        let handles = (0..n)
-            .map(|i| cluster.apply_async(noop, i))
-            .collect::<corepool::Result<Vec<_>>>()?;
-        for h in handles {
-            h.get()?;
-        }
-        Ok((n, t.elapsed().as_secs_f64()))
-    })?;
-    ctx.push(
-        "apply_async",
-        "cluster",
-        "tasks/s",
-        &s,
-        "no-op tasks on every rank",
-    );
-    let s = sample(r, || {
-        let t = Instant::now();
-        let handles = (0..n)
-            .map(|i| local.apply_async(noop, i))
-            .collect::<corepool::Result<Vec<_>>>()?;
-        for h in handles {
-            h.get()?;
-        }
-        Ok((n, t.elapsed().as_secs_f64()))
-    })?;
-    ctx.push(
-        "apply_async",
-        "corepool",
-        "tasks/s",
-        &s,
-        "local pool on rank 0",
-    );
-
-    // map: a no-op over u64 items, default chunks.
-    let n = ctx.sizes.items;
-    let s = sample(r, || {
-        let t = Instant::now();
-        let out = cluster.map(noop, 0..n)?;
-        if out.len() as u64 != n || out[n as usize - 1] != n - 1 {
-            return Err("map gave a wrong answer".into());
-        }
-        Ok((n, t.elapsed().as_secs_f64()))
-    })?;
-    ctx.push(
-        "map",
-        "cluster",
-        "items/s",
-        &s,
-        "chunks of up to 256 KiB, about 4 per worker",
-    );
-    let s = sample(r, || {
-        let t = Instant::now();
-        let out = local.map(noop, 0..n)?;
-        if out.len() as u64 != n {
-            return Err("map gave a wrong answer".into());
-        }
-        Ok((n, t.elapsed().as_secs_f64()))
-    })?;
-    ctx.push("map", "corepool", "items/s", &s, "local pool on rank 0");
-
-    // cpu_loop: the seed's loop split into tasks.
-    let (total, parts) = (ctx.sizes.loop_total, ctx.sizes.loop_tasks);
-    let pieces: Vec<u64> = (0..parts)
-        .map(|i| total * (i + 1) / parts - total * i / parts)
-        .collect();
-    // Alternated, cluster then local in each repeat, so that both see the
-    // same machine (other load moves the figures between repeats).
-    let mut on_cluster = Vec::new();
-    let mut on_local = Vec::new();
-    for _ in 0..r {
-        let t = Instant::now();
-        let done: u64 = cluster.chunked(1)?.map(count, pieces.clone())?.iter().sum();
-        on_cluster.push((total, t.elapsed().as_secs_f64()));
-        let t = Instant::now();
-        let local_done: u64 = local.chunked(1)?.map(count, pieces.clone())?.iter().sum();
-        on_local.push((total, t.elapsed().as_secs_f64()));
-        if done != total || local_done != total {
-            return Err("cpu_loop gave a wrong count".into());
-        }
+    if options.runs("apply_async") {
+        // apply_async: no-op tasks submitted, then all collected.
+        let n = ctx.sizes.tasks;
+        let s = sample(r, || {
+            let t = Instant::now();
+            let handles = (0..n)
+                .map(|i| cluster.apply_async(noop, i))
+                .collect::<corepool::Result<Vec<_>>>()?;
+            for h in handles {
+                h.get()?;
+            }
+            Ok((n, t.elapsed().as_secs_f64()))
+        })?;
+        ctx.push(
+            "apply_async",
+            "cluster",
+            "tasks/s",
+            &s,
+            "no-op tasks on every rank",
+        );
+        let s = sample(r, || {
+            let t = Instant::now();
+            let handles = (0..n)
+                .map(|i| local.apply_async(noop, i))
+                .collect::<corepool::Result<Vec<_>>>()?;
+            for h in handles {
+                h.get()?;
+            }
+            Ok((n, t.elapsed().as_secs_f64()))
+        })?;
+        ctx.push(
+            "apply_async",
+            "corepool",
+            "tasks/s",
+            &s,
+            "local pool on rank 0",
+        );
     }
-    ctx.push(
-        "cpu_loop",
-        "cluster",
-        "iterations/s",
-        &on_cluster,
-        "one task per piece, dynamically scheduled",
-    );
-    let s = on_local;
-    ctx.push(
-        "cpu_loop",
-        "corepool",
-        "iterations/s",
-        &s,
-        "local pool on rank 0",
-    );
+
+    if options.runs("map") {
+        // map: a no-op over u64 items, default chunks.
+        let n = ctx.sizes.items;
+        let s = sample(r, || {
+            let t = Instant::now();
+            let out = cluster.map(noop, 0..n)?;
+            if out.len() as u64 != n || out[n as usize - 1] != n - 1 {
+                return Err("map gave a wrong answer".into());
+            }
+            Ok((n, t.elapsed().as_secs_f64()))
+        })?;
+        ctx.push(
+            "map",
+            "cluster",
+            "items/s",
+            &s,
+            "chunks of up to 256 KiB, about 4 per worker",
+        );
+        let s = sample(r, || {
+            let t = Instant::now();
+            let out = local.map(noop, 0..n)?;
+            if out.len() as u64 != n {
+                return Err("map gave a wrong answer".into());
+            }
+            Ok((n, t.elapsed().as_secs_f64()))
+        })?;
+        ctx.push("map", "corepool", "items/s", &s, "local pool on rank 0");
+    }
+
+    if options.runs("cpu_loop") {
+        // cpu_loop: the seed's loop split into tasks.
+        let (total, parts) = (ctx.sizes.loop_total, ctx.sizes.loop_tasks);
+        let pieces: Vec<u64> = (0..parts)
+            .map(|i| total * (i + 1) / parts - total * i / parts)
+            .collect();
+        // Alternated, cluster then local in each repeat, so that both see the
+        // same machine (other load moves the figures between repeats).
+        let mut on_cluster = Vec::new();
+        let mut on_local = Vec::new();
+        for _ in 0..r {
+            let t = Instant::now();
+            let done: u64 = cluster.chunked(1)?.map(count, pieces.clone())?.iter().sum();
+            on_cluster.push((total, t.elapsed().as_secs_f64()));
+            let t = Instant::now();
+            let local_done: u64 = local.chunked(1)?.map(count, pieces.clone())?.iter().sum();
+            on_local.push((total, t.elapsed().as_secs_f64()));
+            if done != total || local_done != total {
+                return Err("cpu_loop gave a wrong count".into());
+            }
+        }
+        ctx.push(
+            "cpu_loop",
+            "cluster",
+            "iterations/s",
+            &on_cluster,
+            "one task per piece, dynamically scheduled",
+        );
+        let s = on_local;
+        ctx.push(
+            "cpu_loop",
+            "corepool",
+            "iterations/s",
+            &s,
+            "local pool on rank 0",
+        );
+    }
 
     // latency and bandwidth: each repeat measures the cluster, the local
     // pool and bare MPI one after the other, so that the three see the same
@@ -311,7 +331,11 @@ pub(crate) fn run(options: &Options) -> Result<(), Failure> {
     let big = vec![7u8; bytes];
     let mut latency: [Vec<(u64, f64)>; 3] = Default::default();
     let mut bandwidth: [Vec<(u64, f64)>; 3] = Default::default();
+    let (with_latency, with_bandwidth) = (options.runs("latency"), options.runs("bandwidth"));
     for _ in 0..r {
+        if !with_latency {
+            break;
+        }
         latency[0].push(median_trip(n, || {
             cluster.apply_on_rank(peer, noop, 1)?;
             Ok(())
@@ -324,16 +348,24 @@ pub(crate) fn run(options: &Options) -> Result<(), Failure> {
             let median = cluster.mpi_ping_pong(peer, 8, n.max(1000))?;
             latency[2].push((1, median.as_secs_f64()));
         }
+    }
+    for _ in 0..r {
+        if !with_bandwidth {
+            break;
+        }
+        // The arguments are made before the clock starts, as the bare MPI
+        // row's buffer is: the row measures moving data, not making it.
+        let args: Vec<Vec<u8>> = (0..sends).map(|_| big.clone()).collect();
         let t = Instant::now();
         let mut in_flight = std::collections::VecDeque::new();
-        for _ in 0..sends {
+        for arg in args {
             if in_flight.len() == BANDWIDTH_WINDOW {
                 let h: corepool_mpi::ClusterResult<u64> = in_flight.pop_front().ok_or("empty")?;
                 if h.get()? != bytes as u64 {
                     return Err("bandwidth: wrong length".into());
                 }
             }
-            in_flight.push_back(cluster.apply_async_on_rank(peer, byte_len, big.clone())?);
+            in_flight.push_back(cluster.apply_async_on_rank(peer, byte_len, arg)?);
         }
         for h in in_flight {
             if h.get()? != bytes as u64 {
@@ -341,14 +373,15 @@ pub(crate) fn run(options: &Options) -> Result<(), Failure> {
             }
         }
         bandwidth[0].push((bytes as u64 * sends, t.elapsed().as_secs_f64()));
+        let args: Vec<Vec<u8>> = (0..sends).map(|_| big.clone()).collect();
         let t = Instant::now();
         let mut in_flight = std::collections::VecDeque::new();
-        for _ in 0..sends {
+        for arg in args {
             if in_flight.len() == BANDWIDTH_WINDOW {
                 let h: corepool::AsyncResult<u64> = in_flight.pop_front().ok_or("empty")?;
                 h.get()?;
             }
-            in_flight.push_back(local.apply_async(byte_len, big.clone())?);
+            in_flight.push_back(local.apply_async(byte_len, arg)?);
         }
         for h in in_flight {
             h.get()?;
@@ -360,53 +393,86 @@ pub(crate) fn run(options: &Options) -> Result<(), Failure> {
         }
     }
     let [lat_cluster, lat_local, lat_mpi] = latency;
-    ctx.push(
-        "latency",
-        "cluster",
-        "ns",
-        &lat_cluster,
-        &format!("apply on rank {peer}, median round trip"),
-    );
-    ctx.push(
-        "latency",
-        "corepool",
-        "ns",
-        &lat_local,
-        "local apply, median round trip",
-    );
-    if peer > 0 {
+    if with_latency {
         ctx.push(
             "latency",
-            "mpi",
+            "cluster",
             "ns",
-            &lat_mpi,
-            &format!("rsmpi 8-byte ping-pong with rank {peer}, median round trip"),
+            &lat_cluster,
+            &format!("apply on rank {peer}, median round trip"),
+        );
+        ctx.push(
+            "latency",
+            "corepool",
+            "ns",
+            &lat_local,
+            "local apply, median round trip",
+        );
+        if peer > 0 {
+            ctx.push(
+                "latency",
+                "mpi",
+                "ns",
+                &lat_mpi,
+                &format!("rsmpi 8-byte ping-pong with rank {peer}, median round trip"),
+            );
+        }
+    }
+    // latency_1ms: the round trip of a task that takes 1 ms, which
+    // outlasts the MPI threads' spin: what the idle back-off adds to it.
+    if options.runs("latency_1ms") {
+        let (mut on_cluster, mut on_local) = (Vec::new(), Vec::new());
+        for _ in 0..r {
+            on_cluster.push(median_trip((n / 10).max(10), || {
+                cluster.apply_on_rank(peer, nap, 1000)?;
+                Ok(())
+            })?);
+            on_local.push(median_trip((n / 10).max(10), || {
+                local.apply(nap, 1000)?;
+                Ok(())
+            })?);
+        }
+        ctx.push(
+            "latency_1ms",
+            "cluster",
+            "ns",
+            &on_cluster,
+            &format!("apply on rank {peer} of a 1 ms task, median round trip"),
+        );
+        ctx.push(
+            "latency_1ms",
+            "corepool",
+            "ns",
+            &on_local,
+            "local apply of a 1 ms task, median round trip",
         );
     }
     let [bw_cluster, bw_local, bw_mpi] = bandwidth;
     let mib = bytes >> 20;
-    ctx.push(
-        "bandwidth",
-        "cluster",
-        "MB/s",
-        &bw_cluster,
-        &format!("{mib} MiB arguments to rank {peer}, {BANDWIDTH_WINDOW} in flight"),
-    );
-    ctx.push(
-        "bandwidth",
-        "corepool",
-        "MB/s",
-        &bw_local,
-        &format!("the same arguments to a local worker, {BANDWIDTH_WINDOW} in flight"),
-    );
-    if peer > 0 {
+    if with_bandwidth {
         ctx.push(
             "bandwidth",
-            "mpi",
+            "cluster",
             "MB/s",
-            &bw_mpi,
-            &format!("rsmpi blocking sends of {mib} MiB to rank {peer}"),
+            &bw_cluster,
+            &format!("{mib} MiB arguments to rank {peer}, {BANDWIDTH_WINDOW} in flight"),
         );
+        ctx.push(
+            "bandwidth",
+            "corepool",
+            "MB/s",
+            &bw_local,
+            &format!("the same arguments to a local worker, {BANDWIDTH_WINDOW} in flight"),
+        );
+        if peer > 0 {
+            ctx.push(
+                "bandwidth",
+                "mpi",
+                "MB/s",
+                &bw_mpi,
+                &format!("rsmpi blocking sends of {mib} MiB to rank {peer}"),
+            );
+        }
     }
 
     report(&ctx, options.json)?;

@@ -93,6 +93,9 @@ pub(crate) fn decode_result<R: Wire>(bytes: Result<Vec<u8>>) -> Result<R> {
 /// Encodes `value` into fresh bytes.
 pub(crate) fn encode_value<A: Wire>(value: &A) -> Result<Vec<u8>> {
     let mut out = Encoder::new();
+    // On the MPI thread: a spare buffer of an earlier large task, whose
+    // pages are already there.
+    *out = crate::transport::spare_buffer();
     value.encode(&mut out);
     out.finish()
 }

@@ -5,11 +5,12 @@
 use crate::broadcast::encoding_for;
 use crate::comm::{
     deliver, run_locally, Command, DoneFn, Idle, Unit, AHEAD_PER_WORKER, AHEAD_SHORT, SHORT_UNIT,
+    SHUTDOWN_BOUND,
 };
 use crate::proto::{self, Control, TAG_CONTROL, TAG_RESULT, TAG_SHARED, TAG_STOPPED, TAG_TASK};
 use crate::serve::floor;
 use crate::transport::Transport;
-use corepool::{Error, Pool, Result};
+use corepool::{Collector, Error, Pool, Result};
 use crossbeam_channel::{Receiver, Sender};
 use mpi::traits::*;
 use std::collections::{HashMap, VecDeque};
@@ -61,11 +62,27 @@ impl Dispatcher {
     pub(crate) fn run(&mut self, transport: &mut Transport, commands: &Receiver<Command>) {
         let mut idle = Idle::new();
         let mut pending: Option<Command> = None;
+        // Out of `self` while the loop runs, so that a collector can borrow
+        // it; back in for the shutdown.
+        let pool = self.pool.take();
+        // As on a serving rank: while the thread spins with local units in
+        // flight, it collects their results itself (see `serve`).
+        let mut collector: Option<Collector<'_>> = None;
         loop {
             let mut busy = false;
+            if let Some(collector) = &collector {
+                busy |= collector.collect();
+            }
             while let Some(command) = pending.take().or_else(|| commands.try_recv().ok()) {
                 busy = true;
+                if matches!(command, Command::Broadcast { .. } | Command::Floor { .. }) {
+                    // Blocking MPI calls follow: the driver collects
+                    // meanwhile.
+                    collector = None;
+                }
                 if !self.command(command, transport) {
+                    drop(collector);
+                    self.pool = pool;
                     self.shut_down(transport, commands);
                     return;
                 }
@@ -74,11 +91,22 @@ impl Dispatcher {
                 busy = true;
                 self.message(from as usize, tag, bytes);
             }
-            busy |= self.dispatch(transport);
+            busy |= self.dispatch(transport, pool.as_ref());
             busy |= transport.progress();
             if busy {
                 idle.event();
-            } else {
+            }
+            if !idle.spinning() {
+                // About to sleep: the pool's driver collects from now on.
+                collector = None;
+            } else if self.in_flight[0] > 0 && collector.is_none() {
+                // Kept while the thread spins (see `serve`).
+                collector = pool.as_ref().map(Pool::collector);
+            }
+            if !busy {
+                if !idle.spinning() {
+                    idle.expect_within(self.expected_round_trip());
+                }
                 pending = idle.wait(commands);
             }
         }
@@ -213,6 +241,18 @@ impl Dispatcher {
         self.limit[rank] = self.workers[rank] * ahead;
     }
 
+    /// The shortest smoothed round trip of the serving ranks with units in
+    /// flight (whose results come as MPI messages, seen only when the
+    /// thread looks); `None` when none has.
+    fn expected_round_trip(&self) -> Option<Duration> {
+        (1..self.in_flight.len())
+            .filter(|&r| self.in_flight[r] > 0)
+            .map(|r| self.round_trip[r])
+            .filter(|t| t.is_finite())
+            .min_by(f64::total_cmp)
+            .map(|nanos| Duration::from_nanos(nanos as u64))
+    }
+
     /// The rank with the most room, relative to its size; `None` if all are full.
     fn pick(&self) -> Option<usize> {
         (0..self.limit.len())
@@ -221,7 +261,7 @@ impl Dispatcher {
     }
 
     /// Sends waiting units to ranks with room; returns whether any went.
-    fn dispatch(&mut self, transport: &mut Transport) -> bool {
+    fn dispatch(&mut self, transport: &mut Transport, pool: Option<&Pool>) -> bool {
         let mut any = false;
         while let Some((_, unit)) = self.waiting.front() {
             let rank = match unit.target {
@@ -255,7 +295,7 @@ impl Dispatcher {
                 }
             };
             if rank == 0 {
-                let Some(pool) = &self.pool else {
+                let Some(pool) = pool else {
                     deliver(done, Err(Error::PoolClosed));
                     continue;
                 };
@@ -289,7 +329,16 @@ impl Dispatcher {
         let mut stopped = vec![false; ranks];
         stopped[0] = true;
         let mut idle = Idle::new();
+        let deadline = Instant::now() + SHUTDOWN_BOUND;
         while !stopped.iter().all(|&s| s) {
+            if Instant::now() > deadline {
+                // A rank that neither answers nor died (a dead one ends the
+                // job through the launcher): finalizing would wait for it
+                // for ever, so end the job instead.
+                let silent: Vec<usize> = (0..ranks).filter(|&r| !stopped[r]).collect();
+                eprintln!("corepool-mpi: rank 0: ranks {silent:?} did not stop within {SHUTDOWN_BOUND:?} of the shutdown; ending the job");
+                transport.world.abort(1);
+            }
             let mut busy = transport.progress();
             while let Some((from, tag, bytes)) = transport.receive() {
                 busy = true;

@@ -6,12 +6,13 @@ mod bench;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: mpirun -n N [--bind-to none] corepool-mpi bench [--quick] [--json] [--repeats R]\n\
+        "usage: mpirun -n N [--bind-to none] corepool-mpi bench [--quick] [--json] [--repeats R] [--only WORKLOAD]\n\
          \n\
          Runs apply_async, map, cpu_loop, a cross-rank round-trip latency and a\n\
          large-argument bandwidth row on the cluster (every rank's pool), beside\n\
          the same work on a local pool of as many workers on rank 0 and beside\n\
-         the bare MPI floor (rsmpi ping-pong and send bandwidth)."
+         the bare MPI floor (rsmpi ping-pong and send bandwidth). --only runs one\n\
+         workload (apply_async, map, cpu_loop, latency, latency_1ms or bandwidth)."
     );
     std::process::exit(2)
 }
@@ -35,6 +36,7 @@ fn main() {
                     .and_then(|r| r.parse().ok())
                     .unwrap_or_else(|| usage())
             }
+            "--only" => options.only = Some(rest.next().cloned().unwrap_or_else(|| usage())),
             _ => usage(),
         }
     }

@@ -3,7 +3,7 @@
 
 use corepool::{Error, Result};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,11 @@ pub(crate) struct Slot<T> {
     /// without the lock.
     ready: AtomicBool,
     changed: Condvar,
+    /// Waiters asleep on `changed`. Only changed and read with `value`
+    /// locked (the mutex orders it: Relaxed), so that `finish` makes the
+    /// wake-up system call only when somebody sleeps; a spinning waiter,
+    /// the common case of a short round trip, needs none.
+    sleepers: AtomicUsize,
 }
 
 impl<T> Slot<T> {
@@ -47,6 +52,7 @@ impl<T> Slot<T> {
             value: Mutex::new((false, None)),
             ready: AtomicBool::new(false),
             changed: Condvar::new(),
+            sleepers: AtomicUsize::new(0),
         })
     }
 
@@ -57,7 +63,9 @@ impl<T> Slot<T> {
             *value = (true, Some(result));
             // Release pairs with the Acquire load in `wait_until`'s spin.
             self.ready.store(true, Ordering::Release);
-            self.changed.notify_all();
+            if self.sleepers.load(Ordering::Relaxed) > 0 {
+                self.changed.notify_all();
+            }
         }
     }
 
@@ -69,6 +77,7 @@ impl<T> Slot<T> {
         }
         let mut value = lock(&self.value);
         while !value.0 {
+            self.sleepers.fetch_add(1, Ordering::Relaxed);
             match deadline {
                 None => {
                     value = self
@@ -79,6 +88,7 @@ impl<T> Slot<T> {
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
+                        self.sleepers.fetch_sub(1, Ordering::Relaxed);
                         return false;
                     }
                     value = self
@@ -88,6 +98,7 @@ impl<T> Slot<T> {
                         .0;
                 }
             }
+            self.sleepers.fetch_sub(1, Ordering::Relaxed);
         }
         true
     }

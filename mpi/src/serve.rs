@@ -6,10 +6,41 @@ use crate::proto::{
     self, Control, TAG_CONTROL, TAG_FLOOR, TAG_RESULT, TAG_SHARED, TAG_STOPPED, TAG_TASK,
 };
 use crate::transport::Transport;
-use corepool::{Error, Pool, RawTask, SharedArray, Wire};
+use corepool::{Collector, Error, Pool, RawTask, SharedArray, Wire};
 use crossbeam_channel::{Receiver, Sender};
 use mpi::traits::*;
 use std::time::{Duration, Instant};
+
+/// Has this process's allocator keep the memory of large buffers for the
+/// next ones, rather than map fresh pages for each (and fault every one of
+/// them in: about as costly as copying the bytes, measured) and unmap them
+/// when freed. Every task's argument is received into a buffer of its own
+/// that lives until the task ends, so large arguments allocate and free a
+/// few MiB each.
+///
+/// Only on a serving rank: its process runs nothing but corepool-mpi from
+/// `Cluster::init` on (rank 0's is the user's program, whose allocator is
+/// the user's business), so the cost, up to the trim threshold of free
+/// memory kept, is ours to choose. The pool's workers are processes of
+/// their own and are not affected.
+pub(crate) fn keep_large_buffers() {
+    #[cfg(target_env = "gnu")]
+    {
+        // glibc's largest mmap threshold on 64-bit: allocations below it
+        // come from the arenas, whose freed memory is reused.
+        const MMAP_THRESHOLD: libc::c_int = 32 << 20;
+        // Free memory at the top of an arena kept rather than returned.
+        const TRIM_THRESHOLD: libc::c_int = 256 << 20;
+        // SAFETY: mallopt only sets glibc's allocator parameters (globals
+        // read under its own locks); this is the only caller in the
+        // process, and a refused setting (0 returned) leaves glibc's
+        // defaults, which are correct, only slower.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+        }
+    }
+}
 
 /// A serving rank's loop: run what rank 0 sends, answer, until shutdown.
 pub(crate) fn serve(
@@ -23,11 +54,21 @@ pub(crate) fn serve(
     let mut copies: Vec<SharedArray<u8>> = Vec::new();
     let mut idle = Idle::new();
     let mut pending: Option<Command> = None;
+    // Tasks given to the local pool and not answered yet.
+    let mut outstanding = 0usize;
+    // While the thread spins with tasks outstanding, it collects their
+    // results itself (the pool's driver stays asleep): a result goes from
+    // the worker's ring to MPI on this thread, with no hand-over.
+    let mut collector: Option<Collector<'_>> = None;
     loop {
         let mut busy = false;
+        if let Some(collector) = &collector {
+            busy |= collector.collect();
+        }
         while let Some(command) = pending.take().or_else(|| commands.try_recv().ok()) {
             busy = true;
             if let Command::LocalDone { unit, result } = command {
+                outstanding = outstanding.saturating_sub(1);
                 transport.send(0, TAG_RESULT, proto::seal_result(unit, result, rank));
             }
         }
@@ -46,18 +87,29 @@ pub(crate) fn serve(
                         // executable (content hash), so they name the same
                         // trampoline here.
                         let task = unsafe { RawTask::from_bits(bits) };
+                        if collector.is_none() {
+                            // Registered before the submission, which
+                            // then leaves the driver asleep.
+                            collector = pool.as_ref().map(Pool::collector);
+                        }
                         let submitted = match &pool {
                             Some(pool) => run_locally(pool, task, unit, arg, &to_self),
                             None => Err(Error::PoolClosed),
                         };
-                        if let Err(e) = submitted {
-                            transport.send(0, TAG_RESULT, proto::seal_result(unit, Err(e), rank));
+                        match submitted {
+                            Ok(()) => outstanding += 1,
+                            Err(e) => transport.send(
+                                0,
+                                TAG_RESULT,
+                                proto::seal_result(unit, Err(e), rank),
+                            ),
                         }
                     }
                     Err(e) => eprintln!("corepool-mpi: rank {rank}: a malformed task: {e}"),
                 },
                 TAG_CONTROL => match Control::parse(&bytes) {
                     Ok(Control::Shutdown) => {
+                        drop(collector);
                         if let Some(pool) = &pool {
                             pool.terminate();
                         }
@@ -67,6 +119,9 @@ pub(crate) fn serve(
                         return;
                     }
                     Ok(Control::Broadcast { id, bytes }) => {
+                        // Blocking MPI calls follow: the driver collects
+                        // meanwhile.
+                        collector = None;
                         let mut answer = id.to_le_bytes().to_vec();
                         match usize::try_from(bytes) {
                             Ok(len) => {
@@ -93,6 +148,7 @@ pub(crate) fn serve(
                         transport.send(0, TAG_SHARED, answer);
                     }
                     Ok(control @ (Control::PingPong { .. } | Control::Stream { .. })) => {
+                        collector = None;
                         let _ = floor(transport, 0, &control, false);
                     }
                     Err(e) => {
@@ -105,7 +161,19 @@ pub(crate) fn serve(
         busy |= transport.progress();
         if busy {
             idle.event();
-        } else {
+        }
+        if !idle.spinning() {
+            // About to sleep: the driver collects from now on (dropping the
+            // collector wakes it if results are due).
+            collector = None;
+        } else if outstanding > 0 && collector.is_none() {
+            // Kept while the thread spins, even when nothing is
+            // outstanding for a moment: a submission with no collector
+            // registered wakes the driver (a system call and one more
+            // thread spinning on two CPUs).
+            collector = pool.as_ref().map(Pool::collector);
+        }
+        if !busy {
             pending = idle.wait(commands);
         }
     }

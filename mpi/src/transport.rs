@@ -1,19 +1,78 @@
 //! Point-to-point messages of bytes over MPI, for the one thread that makes
 //! MPI calls: non-blocking sends (so that two ranks sending each other large
-//! messages at once never deadlock), polled receives.
+//! messages at once never deadlock), polled receives; and the spare
+//! buffers large task frames are encoded into.
 
+use crate::comm::SHUTDOWN_BOUND;
 use mpi::point_to_point::MatchedReceiveVec;
 use mpi::request::{Request, StaticScope};
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use mpi::Rank;
+use std::time::Instant;
 
 /// A send in flight and the buffer it reads.
 struct InFlight {
     request: Option<Request<'static, [u8]>>,
-    /// The buffer `request` reads, leaked for its duration and freed once
-    /// the request has completed.
-    buffer: *mut [u8],
+    /// The buffer `request` reads, as the parts of its `Vec` (pointer,
+    /// length, capacity): leaked for the send's duration and taken back
+    /// once the request has completed.
+    buffer: (*mut u8, usize, usize),
+    /// Whether the buffer becomes a spare once sent.
+    keep: bool,
+}
+
+/// Task frames at least this large are encoded into spare buffers: the
+/// bandwidth of large arguments is what they are for (a few MiB freshly
+/// allocated cost as much in page faults as the copy into them).
+const SPARE_MIN: usize = 64 << 10;
+/// Spares kept at most, and the largest kept.
+const SPARES: usize = 4;
+const SPARE_MAX: usize = 64 << 20;
+
+thread_local! {
+    /// Buffers of large task frames whose sends completed, for the next
+    /// encodings on this thread (rank 0's MPI thread: it both encodes the
+    /// tasks and completes their sends).
+    static SPARE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer to encode a task's argument into: a spare one, with
+/// room, on the MPI thread after large sends; a new one otherwise.
+pub(crate) fn spare_buffer() -> Vec<u8> {
+    SPARE
+        .with(|spare| spare.borrow_mut().pop())
+        .unwrap_or_default()
+}
+
+fn keep_spare(mut buffer: Vec<u8>) {
+    if (SPARE_MIN..=SPARE_MAX).contains(&buffer.capacity()) {
+        buffer.clear();
+        SPARE.with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < SPARES {
+                spare.push(buffer);
+            }
+        });
+    }
+}
+
+impl InFlight {
+    /// Takes the buffer back once the send has completed.
+    ///
+    /// # Safety
+    ///
+    /// The request reading the buffer must have completed (MPI reads it no
+    /// more), and this is called once.
+    unsafe fn release(&self) {
+        let (ptr, len, capacity) = self.buffer;
+        // SAFETY: the parts come from a `Vec<u8>` leaked in `send`, taken
+        // back once (the caller's promise), after MPI's last read of it.
+        let buffer = unsafe { Vec::from_raw_parts(ptr, len, capacity) };
+        if self.keep {
+            keep_spare(buffer);
+        }
+    }
 }
 
 /// The world communicator and this rank's sends in flight. Not `Send`: it
@@ -31,14 +90,17 @@ impl Transport {
         }
     }
 
-    /// Starts sending `bytes` to `to` with `tag`; never blocks.
+    /// Starts sending `bytes` to `to` with `tag`; never blocks. A large
+    /// task frame's buffer becomes a spare once sent ([`spare_buffer`]).
     pub(crate) fn send(&mut self, to: Rank, tag: i32, bytes: Vec<u8>) {
-        let buffer: *mut [u8] = Box::into_raw(bytes.into_boxed_slice());
-        // SAFETY: `buffer` comes from `Box::into_raw` just above and is only
-        // freed in `progress` once MPI has finished reading it (its request
-        // completed), so the reference stays valid for as long as MPI uses
-        // it; nothing writes the buffer meanwhile.
-        let data: &'static [u8] = unsafe { &*buffer };
+        let keep = tag == crate::proto::TAG_TASK && bytes.capacity() >= SPARE_MIN;
+        let mut bytes = std::mem::ManuallyDrop::new(bytes);
+        let buffer = (bytes.as_mut_ptr(), bytes.len(), bytes.capacity());
+        // SAFETY: the `Vec` is leaked (ManuallyDrop) and only taken back in
+        // `InFlight::release` once MPI has finished reading it (its request
+        // completed), so its bytes stay valid and unwritten for as long as
+        // MPI uses them.
+        let data: &'static [u8] = unsafe { std::slice::from_raw_parts(buffer.0, buffer.1) };
         let request =
             self.world
                 .process_at_rank(to)
@@ -46,6 +108,7 @@ impl Transport {
         self.sends.push(InFlight {
             request: Some(request),
             buffer,
+            keep,
         });
     }
 
@@ -60,8 +123,8 @@ impl Transport {
                 Ok(_) => {
                     // SAFETY: the request has completed, so MPI no longer
                     // reads the buffer, and the only reference to it (held
-                    // by the request) is gone: the box is ours to free.
-                    drop(unsafe { Box::from_raw(send.buffer) });
+                    // by the request) is gone; the send leaves the list.
+                    unsafe { send.release() };
                     false
                 }
                 Err(request) => {
@@ -73,14 +136,23 @@ impl Transport {
         self.sends.len() != before
     }
 
-    /// Waits until every send has completed.
+    /// Waits until every send has completed, at most [`SHUTDOWN_BOUND`]:
+    /// past it the receiver hangs alive (a dead one ends the job through
+    /// the launcher), and the job is ended with `MPI_Abort`.
     pub(crate) fn flush(&mut self) {
-        for mut send in self.sends.drain(..) {
-            if let Some(request) = send.request.take() {
-                request.wait();
+        let deadline = Instant::now() + SHUTDOWN_BOUND;
+        while !self.sends.is_empty() {
+            if !self.progress() {
+                if Instant::now() > deadline {
+                    eprintln!(
+                        "corepool-mpi: rank {}: {} sends not taken within {SHUTDOWN_BOUND:?}; ending the job",
+                        self.world.rank(),
+                        self.sends.len()
+                    );
+                    self.world.abort(1);
+                }
+                std::thread::yield_now();
             }
-            // SAFETY: as in `progress`: the request has completed.
-            drop(unsafe { Box::from_raw(send.buffer) });
         }
     }
 

@@ -53,5 +53,5 @@ pub use chunked::Chunked;
 pub use facade::Pool;
 pub use handle::AsyncResult;
 pub use imap::{Imap, ImapUnordered};
-pub use remote::RawTask;
+pub use remote::{Collector, RawTask};
 pub use stats::PoolStats;

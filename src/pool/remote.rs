@@ -1,8 +1,11 @@
 //! Tasks as bytes: a [`RawTask`] names a task's function portably between
 //! processes running the same executable, and [`Pool::submit_raw`] runs one
 //! on the pool with already encoded arguments. The hook a transport that
-//! carries tasks between machines (the `corepool-mpi` crate) is built on.
+//! carries tasks between machines (the `corepool-mpi` crate) is built on,
+//! with [`Collector`], which lets that transport's thread collect the
+//! results itself instead of waiting for the pool's driver to hand them over.
 
+use super::driver::HelperGuard;
 use super::sink::{Completion, Outcome, Sink};
 use super::{Callbacks, Pool};
 use crate::error::Result;
@@ -188,6 +191,76 @@ impl Pool {
     /// ```
     pub fn max_task_bytes(&self) -> usize {
         self.shared.max_payload
+    }
+
+    /// Makes the calling thread collect this pool's results itself, for as
+    /// long as the [`Collector`] lives: see there.
+    pub fn collector(&self) -> Collector<'_> {
+        Collector {
+            pool: self,
+            _helping: self.shared.helper(),
+        }
+    }
+}
+
+/// A thread that collects a pool's results itself, as a caller waiting in
+/// [`AsyncResult::get`](crate::AsyncResult::get) does: while one lives, the
+/// pool's driver thread stays asleep and leaves the rings to it, so a result
+/// goes from the worker to its `done` (of [`Pool::submit_raw`]) or callback
+/// on this thread, with no hand-over between threads and no wake-up.
+///
+/// For a thread that polls anyway (a transport's event loop): call
+/// [`collect`](Self::collect) on every turn of the loop, and drop the
+/// collector before the thread sleeps or turns to something long, since
+/// nothing is collected meanwhile (dropping it wakes the driver if results
+/// are still due). Nor should the thread submit to a full pool with a
+/// [`max_queued`](crate::PoolBuilder::max_queued) bound while it holds a
+/// collector: the submission would wait for room that only its own
+/// collecting frees.
+///
+/// ```
+/// use corepool::{Encoder, Pool, RawTask, Wire};
+///
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// fn main() -> corepool::Result<()> {
+///     let pool = Pool::new(1)?;
+///     let mut arg = Encoder::new();
+///     7u64.encode(&mut arg);
+///     let (tx, rx) = std::sync::mpsc::channel();
+///     let collector = pool.collector();
+///     pool.submit_raw(RawTask::one(square), arg.finish()?, move |r| tx.send(r).unwrap())?;
+///     let bytes = loop {
+///         collector.collect(); // runs `done` here once the result is in
+///         if let Ok(result) = rx.try_recv() {
+///             break result?;
+///         }
+///         std::thread::yield_now();
+///     };
+///     drop(collector);
+///     assert_eq!(u64::decode(&mut bytes.as_slice())?, 49);
+///     Ok(())
+/// }
+/// ```
+pub struct Collector<'a> {
+    pool: &'a Pool,
+    /// Registered as a helper: the driver sleeps on its gate meanwhile.
+    _helping: HelperGuard<'a>,
+}
+
+impl fmt::Debug for Collector<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Collector").finish_non_exhaustive()
+    }
+}
+
+impl Collector<'_> {
+    /// Collects the results the workers have finished, delivers them on
+    /// this thread, and hands queued tasks to free workers; never blocks
+    /// (if another thread is doing the same this instant, it does nothing).
+    /// Returns whether anything happened.
+    pub fn collect(&self) -> bool {
+        self.pool.shared.try_drive()
     }
 }
 
