@@ -1173,3 +1173,25 @@ pub(crate) fn signal_child(pid: i32, signal: Signal) {
         let _ = rustix::process::kill_process(pid, signal);
     }
 }
+
+/// `madvise(MADV_HUGEPAGE)` over the whole 2 MiB blocks inside
+/// `addr..addr + len`: memory of this process's own (a large buffer about to
+/// be written) is then faulted in a 2 MiB block at a time where the kernel
+/// offers transparent huge pages, instead of one fault per 4 KiB page. Only
+/// advice: the contents do not change, and a kernel without THP (or with it
+/// off) refuses it harmlessly, so errors are ignored.
+pub(crate) fn advise_huge_pages(addr: *const u8, len: usize) {
+    const HUGE_PAGE: usize = 2 << 20;
+    let start = (addr as usize).next_multiple_of(HUGE_PAGE);
+    let end = (addr as usize).saturating_add(len) / HUGE_PAGE * HUGE_PAGE;
+    if end <= start {
+        return;
+    }
+    // SAFETY: MADV_HUGEPAGE only sets a flag on the mappings of the range
+    // (which lies inside memory the caller owns, as it says); it reads and
+    // writes no memory and changes no contents. rustix wraps `madvise` only
+    // behind its `mm` feature, which this crate does not enable.
+    unsafe {
+        libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+    }
+}
