@@ -1195,3 +1195,34 @@ pub(crate) fn advise_huge_pages(addr: *const u8, len: usize) {
         libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
     }
 }
+
+/// `madvise(MADV_POPULATE_WRITE)` over the whole pages inside
+/// `addr..addr + len`: faults them in writable now (Linux 5.14+), as a first
+/// write would, so that the write itself later takes no fault. Contents do
+/// not change (pages already present are left as they are; new ones are
+/// zero, as a first write would have found them).
+pub(crate) fn populate_write(addr: usize, len: usize) -> io::Result<()> {
+    const PAGE: usize = 4096;
+    let start = addr.next_multiple_of(PAGE);
+    let end = addr.saturating_add(len) / PAGE * PAGE;
+    if end <= start {
+        return Ok(());
+    }
+    // SAFETY: MADV_POPULATE_WRITE makes the kernel resolve write faults on
+    // the range without writing to it: no byte of user memory changes, so
+    // no Rust object (ours or, had the range been freed and reused, anyone
+    // else's) is affected. A range that is not mapped writable is refused
+    // (ENOMEM, EFAULT, EINVAL) and reported.
+    let rc = unsafe {
+        libc::madvise(
+            start as *mut libc::c_void,
+            end - start,
+            libc::MADV_POPULATE_WRITE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -23,6 +23,9 @@ pub(super) struct MapCollector<R> {
     /// [`wait_completed`](Self::wait_completed).
     progress: Condvar,
     cell: Arc<Cell<Vec<R>>>,
+    /// The output's memory as first allocated (address, bytes): fresh
+    /// memory a [`Prefault`](super::prefault::Prefault) may fault in ahead.
+    fresh: (usize, usize),
 }
 
 struct Collected<R> {
@@ -49,9 +52,15 @@ impl<R: Wire> MapCollector<R> {
         // The hint may come from a faulty `size_hint`: the output grows
         // past this if need be.
         const PREALLOCATE_AT_MOST: usize = 1 << 24;
+        let out = output_buffer::<R>(items.min(PREALLOCATE_AT_MOST));
+        let fresh = (
+            out.as_ptr() as usize,
+            out.capacity().saturating_mul(std::mem::size_of::<R>()),
+        );
         Arc::new(Self {
+            fresh,
             state: Mutex::new(Collected {
-                out: output_buffer(items.min(PREALLOCATE_AT_MOST)),
+                out,
                 next: 0,
                 chunks: Vec::new(),
                 sealed: false,
@@ -62,6 +71,12 @@ impl<R: Wire> MapCollector<R> {
             progress: Condvar::new(),
             cell,
         })
+    }
+
+    /// The output's memory as first allocated, for a
+    /// [`Prefault`](super::prefault::Prefault): (address, bytes).
+    pub(super) fn fresh_output(&self) -> (usize, usize) {
+        self.fresh
     }
 
     /// Registers the next chunk, which owes `due` results; returns its tag.
