@@ -4,6 +4,7 @@
 
 use super::driver::Shared;
 use super::handle::{guarded_decode, Cell};
+use super::prefault::Prefault;
 use super::sink::{Completion, Outcome};
 use crate::error::{Error, Result};
 use crate::shm::park::Spinner;
@@ -23,9 +24,9 @@ pub(super) struct MapCollector<R> {
     /// [`wait_completed`](Self::wait_completed).
     progress: Condvar,
     cell: Arc<Cell<Vec<R>>>,
-    /// The output's memory as first allocated (address, bytes): fresh
-    /// memory a [`Prefault`](super::prefault::Prefault) may fault in ahead.
-    fresh: (usize, usize),
+    /// Faulting the output's fresh memory in ahead of the results; stopped
+    /// (and its thread joined) before the output is handed over.
+    prefault: Mutex<Option<Prefault>>,
 }
 
 struct Collected<R> {
@@ -53,12 +54,12 @@ impl<R: Wire> MapCollector<R> {
         // past this if need be.
         const PREALLOCATE_AT_MOST: usize = 1 << 24;
         let out = output_buffer::<R>(items.min(PREALLOCATE_AT_MOST));
-        let fresh = (
+        let prefault = Prefault::start(
             out.as_ptr() as usize,
             out.capacity().saturating_mul(std::mem::size_of::<R>()),
         );
         Arc::new(Self {
-            fresh,
+            prefault: Mutex::new(prefault),
             state: Mutex::new(Collected {
                 out,
                 next: 0,
@@ -71,12 +72,6 @@ impl<R: Wire> MapCollector<R> {
             progress: Condvar::new(),
             cell,
         })
-    }
-
-    /// The output's memory as first allocated, for a
-    /// [`Prefault`](super::prefault::Prefault): (address, bytes).
-    pub(super) fn fresh_output(&self) -> (usize, usize) {
-        self.fresh
     }
 
     /// Registers the next chunk, which owes `due` results; returns its tag.
@@ -133,13 +128,22 @@ impl<R: Wire> MapCollector<R> {
         }
         let all = std::mem::take(&mut state.out);
         drop(state);
+        self.stop_prefault();
         self.cell.finish(Ok(all));
     }
 
     fn fail(&self, mut state: std::sync::MutexGuard<'_, Collected<R>>, e: Error) {
         state.failed = true;
         drop(state);
+        self.stop_prefault();
         self.cell.finish(Err(e));
+    }
+
+    /// Stops faulting the output in (at most one step's wait): the output is
+    /// about to be handed over, or dropped.
+    fn stop_prefault(&self) {
+        let prefault = lock(&self.prefault).take();
+        drop(prefault);
     }
 
     /// Takes one chunk's outcome; decodes every chunk that is now in order.

@@ -5,7 +5,6 @@
 
 use super::collect::MapCollector;
 use super::handle::Cell;
-use super::prefault::Prefault;
 use super::sink::{Completion, Sink};
 use super::{AsyncResult, Callbacks, Pool};
 use crate::error::Result;
@@ -60,10 +59,6 @@ impl Pool {
         let cell = Cell::new(Callbacks::new());
         let collector = MapCollector::<R>::new(chunker.len_hint, cell.clone());
         let target: Arc<dyn Completion> = collector.clone();
-        // Stopped and joined when this returns, before the output is the
-        // caller's (the output lives in the collector until then).
-        let (addr, bytes) = collector.fresh_output();
-        let _prefault = Prefault::start(addr, bytes);
         let ahead = self.workers() * MAP_CHUNKS_AHEAD_PER_WORKER;
         let mut submitted = 0;
         while let Some((payload, due, keep)) = chunker.next_chunk()? {

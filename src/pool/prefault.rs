@@ -1,6 +1,6 @@
-//! Faulting a blocking `map`'s fresh output memory in on a helper thread,
-//! ahead of the results decoded into it, so that the parent's critical path
-//! (the thread decoding results) does not stop to have pages zeroed.
+//! Faulting a `map`'s fresh output memory in on a helper thread, ahead of
+//! the results decoded into it, so that the parent's critical path (the
+//! thread decoding results) does not stop to have pages zeroed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
