@@ -19,6 +19,9 @@ const STEP_BYTES: usize = 2 << 20;
 pub(super) struct Prefault {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// The process that started the thread: a `fork()`ed copy has no such
+    /// thread to join.
+    owner: u32,
 }
 
 impl Prefault {
@@ -53,6 +56,7 @@ impl Prefault {
         Some(Self {
             stop,
             thread: Some(thread),
+            owner: crate::sys::current_pid(),
         })
     }
 }
@@ -60,8 +64,13 @@ impl Prefault {
 impl Drop for Prefault {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        if crate::sys::current_pid() == self.owner {
             let _ = thread.join();
+        } else {
+            std::mem::forget(thread); // a `fork()`ed copy: nothing to join
         }
     }
 }
