@@ -1173,3 +1173,56 @@ pub(crate) fn signal_child(pid: i32, signal: Signal) {
         let _ = rustix::process::kill_process(pid, signal);
     }
 }
+
+/// `madvise(MADV_HUGEPAGE)` over the whole 2 MiB blocks inside
+/// `addr..addr + len`: memory of this process's own (a large buffer about to
+/// be written) is then faulted in a 2 MiB block at a time where the kernel
+/// offers transparent huge pages, instead of one fault per 4 KiB page. Only
+/// advice: the contents do not change, and a kernel without THP (or with it
+/// off) refuses it harmlessly, so errors are ignored.
+pub(crate) fn advise_huge_pages(addr: *const u8, len: usize) {
+    const HUGE_PAGE: usize = 2 << 20;
+    let start = (addr as usize).next_multiple_of(HUGE_PAGE);
+    let end = (addr as usize).saturating_add(len) / HUGE_PAGE * HUGE_PAGE;
+    if end <= start {
+        return;
+    }
+    // SAFETY: MADV_HUGEPAGE only sets a flag on the mappings of the range
+    // (which lies inside memory the caller owns, as it says); it reads and
+    // writes no memory and changes no contents. rustix wraps `madvise` only
+    // behind its `mm` feature, which this crate does not enable.
+    unsafe {
+        libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+    }
+}
+
+/// `madvise(MADV_POPULATE_WRITE)` over the whole pages inside
+/// `addr..addr + len`: faults them in writable now (Linux 5.14+), as a first
+/// write would, so that the write itself later takes no fault. Contents do
+/// not change (pages already present are left as they are; new ones are
+/// zero, as a first write would have found them).
+pub(crate) fn populate_write(addr: usize, len: usize) -> io::Result<()> {
+    const PAGE: usize = 4096;
+    let start = addr.next_multiple_of(PAGE);
+    let end = addr.saturating_add(len) / PAGE * PAGE;
+    if end <= start {
+        return Ok(());
+    }
+    // SAFETY: MADV_POPULATE_WRITE makes the kernel resolve write faults on
+    // the range without writing to it: no byte of user memory changes, so
+    // no Rust object (ours or, had the range been freed and reused, anyone
+    // else's) is affected. A range that is not mapped writable is refused
+    // (ENOMEM, EFAULT, EINVAL) and reported.
+    let rc = unsafe {
+        libc::madvise(
+            start as *mut libc::c_void,
+            end - start,
+            libc::MADV_POPULATE_WRITE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -24,8 +24,10 @@ impl<A, I: Iterator<Item = A>> Iterator for Items<I, A> {
 }
 
 /// Cuts a `map`'s items into encoded chunks of `chunksize`, one at a time.
-pub(super) struct Chunker<A, I: Iterator<Item = A>> {
-    iter: std::iter::Peekable<I>,
+pub(super) struct Chunker<A, I> {
+    /// The first item, taken to size the chunks and not yet chunked.
+    first: Option<A>,
+    iter: Items<I, A>,
     chunksize: usize,
     /// The number of items, as the iterator said (it may be wrong).
     pub(super) len_hint: usize,
@@ -42,7 +44,16 @@ impl<A: Wire, I: Iterator<Item = A>> Chunker<A, I> {
         self.chunk.clear();
         self.chunk
             .reserve(self.chunksize.min(self.len_hint).min(PREALLOCATE_AT_MOST));
-        self.chunk.extend(self.iter.by_ref().take(self.chunksize));
+        self.chunk.extend(self.first.take());
+        let wanted = self.chunksize - self.chunk.len();
+        // One `extend` per variant (not through `Items::next`, nor a
+        // `Peekable`): an iterator that knows its exact length, such as a
+        // slice's, is then gathered by `Vec`'s bulk path (for plain data a
+        // vectorised copy) instead of item by item with a check per push.
+        match &mut self.iter {
+            Items::Exact(i) => self.chunk.extend(i.by_ref().take(wanted)),
+            Items::Collected(i) => self.chunk.extend(i.by_ref().take(wanted)),
+        }
         if self.chunk.is_empty() {
             return Ok(None);
         }
@@ -107,11 +118,11 @@ impl Pool {
         &self,
         items: impl IntoIterator<Item = A, IntoIter = I>,
         chunksize: Option<usize>,
-    ) -> Result<Chunker<A, Items<I, A>>> {
+    ) -> Result<Chunker<A, I>> {
         // A given size comes from `Chunked`, which checked it.
         debug_assert!(chunksize.is_none_or(|c| self.check_chunksize(c).is_ok()));
         let iter = items.into_iter();
-        let (iter, len) = match iter.size_hint() {
+        let (mut iter, len) = match iter.size_hint() {
             (lo, Some(hi)) if lo == hi => (Items::Exact(iter), lo),
             _ => {
                 let all: Vec<A> = iter.collect();
@@ -119,9 +130,10 @@ impl Pool {
                 (Items::Collected(all.into_iter()), len)
             }
         };
-        let mut iter = iter.peekable();
-        let chunksize = self.chunksize_for(len, iter.peek(), chunksize)?;
+        let first = iter.next();
+        let chunksize = self.chunksize_for(len, first.as_ref(), chunksize)?;
         Ok(Chunker {
+            first,
             iter,
             chunksize,
             len_hint: len,

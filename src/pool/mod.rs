@@ -20,8 +20,9 @@
 //! - `core/`: the parent's state machine, run under the lock (its state and
 //!   pass, the workers' lifecycle, the tasks' way through the rings);
 //! - `supervisor.rs`: the thread that starts and reaps workers;
-//! - `chunk.rs`, `collect.rs`: a map's items cut into chunks, and the chunks'
-//!   results gathered;
+//! - `chunk.rs`, `collect.rs`, `prefault.rs`: a map's items cut into chunks,
+//!   the chunks' results gathered, and the output's fresh memory faulted in
+//!   ahead of them;
 //! - `sink.rs`, `handle.rs`, `callbacks.rs`: where an outcome goes, the
 //!   [`AsyncResult`] a caller waits on, the [`Callbacks`] run on arrival;
 //! - `stats.rs`: [`PoolStats`];
@@ -41,6 +42,7 @@ mod handle;
 mod imap;
 pub(crate) mod layout;
 mod map;
+mod prefault;
 mod remote;
 mod sink;
 mod stats;
