@@ -273,6 +273,13 @@ pub(crate) fn pin_self_to(cpus: &CpuMask) -> io::Result<()> {
     Ok(rustix::thread::sched_setaffinity(None, &cpus.0)?)
 }
 
+/// Pins process `pid` (its main thread, which every thread it starts later
+/// inherits the mask from) to the CPUs of `cpus`.
+pub(crate) fn pin_process_to(pid: i32, cpus: &CpuMask) -> io::Result<()> {
+    let pid = Pid::from_raw(pid).ok_or(io::ErrorKind::InvalidInput)?;
+    Ok(rustix::thread::sched_setaffinity(Some(pid), &cpus.0)?)
+}
+
 /// The CPUs process (or thread) `pid` may run on; `pid == 0` means the caller.
 pub(crate) fn affinity_of(pid: i32) -> io::Result<Vec<usize>> {
     let target = match pid {

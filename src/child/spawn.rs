@@ -113,7 +113,17 @@ impl Reexec {
             own_group,
         };
         if sys::spawn_keeps_descriptors() {
-            sys::spawn_reexec(&request)
+            let pid = sys::spawn_reexec(&request)?;
+            if let Some(cpus) = &cpus {
+                // The child pins itself on its way in, but it may not have
+                // got there yet when the caller publishes its pid: pin it
+                // from here too, so a pid the pool shows always runs where
+                // it says. It cannot have been reaped (only our supervisor
+                // reaps), so the pid is still the child's. A failure is
+                // harmless: the child's own pin stands (or fails its start).
+                let _ = sys::pin_process_to(pid, cpus);
+            }
+            Ok(pid)
         } else {
             fork_and_exec(&request, cpus)
         }
