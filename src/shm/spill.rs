@@ -12,7 +12,9 @@
 //! copies the bytes out once and forgets the mapping (spills are not cached).
 //! Both copies go through the file (`pwrite` in, `pread` out), not the
 //! mapping: the kernel copies page by page with no page fault (and no page
-//! clear) per 4 KiB, which was most of a spill's cost.
+//! clear) per 4 KiB, which was most of a spill's cost. A pool task's argument,
+//! written by the parent its workers trust, is not copied out at all: the
+//! worker maps it and decodes it in place ([`open_from_parent`]).
 
 use crate::error::Result;
 use crate::shm::handle::{type_tag, SharedSegment};
@@ -161,11 +163,67 @@ fn copy_out(seg: &SharedSegment, len: usize, out: &mut Vec<u8>) -> Result<()> {
 
 /// Whether at least `len` bytes of `seg` are backed by memory (every spill
 /// corepool writes is reserved in full when created).
+#[cfg(not(miri))]
 fn backed_by_memory(seg: &SharedSegment, len: usize) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let fd = seg.segment().raw_fd();
-    std::fs::metadata(format!("/proc/self/fd/{fd}"))
-        .is_ok_and(|m| m.blocks().saturating_mul(512) >= len as u64)
+    crate::sys::allocated_bytes(seg.segment().fd()).is_ok_and(|bytes| bytes >= len as u64)
+}
+
+/// Under Miri (no files): heap memory is always backed.
+#[cfg(miri)]
+fn backed_by_memory(_: &SharedSegment, _: usize) -> bool {
+    true
+}
+
+/// A spill from a trusted sender, mapped here so that its bytes are decoded
+/// where they are (see [`open_from_parent`]); unmapped on drop.
+pub(crate) struct InPlace {
+    seg: SharedSegment,
+    len: usize,
+}
+
+impl InPlace {
+    /// The spilled bytes, in the sender's memory.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: `open_from_parent` checked that the mapping holds `len`
+        // bytes, and it lives as long as `self`, to which the slice is tied.
+        // Nobody writes them meanwhile: the sender is this process's parent,
+        // trusted by its children, which never writes a spill again once its
+        // handle went out (see `open_from_parent`).
+        unsafe { std::slice::from_raw_parts(self.seg.base(), self.len) }
+    }
+}
+
+/// Opens the spill whose handle starts `handle` for decoding in place, with
+/// the checks of [`read_into`] (so its mapping never holds a page that is not
+/// there already) and its pages mapped in one call: no copy into a buffer
+/// first. Ends the handle's transit.
+///
+/// Only for spills written by this process's parent (a pool task's
+/// argument): a child trusts its parent, which fills a spill before sending
+/// its handle and never writes it again (it only holds it until the task's
+/// outcome). A spill from anyone else (a worker's result, a queue's message)
+/// could change while it is decoded, and is copied out once with
+/// [`read_into`] instead.
+///
+/// # Errors
+///
+/// As [`read_into`].
+pub(crate) fn open_from_parent(handle: &[u8]) -> Result<InPlace> {
+    let mut input = handle;
+    let (seg, len) =
+        SharedSegment::decode_one_off::<Spilled>(&mut input, type_tag::<Spilled>(), Some)?;
+    let len = len as usize;
+    if !backed_by_memory(&seg, len) {
+        return Err(crate::wire::decode_error::<Spilled>(
+            "the spill is sparse: its size is not backed by memory",
+        ));
+    }
+    // SAFETY: the first `len` bytes of the mapping are in bounds (checked by
+    // `decode_one_off`); the mapping lives until `seg` drops, after this.
+    // A failure (an older kernel) leaves the pages to fault in as read.
+    #[cfg(not(miri))]
+    let _ = unsafe { crate::sys::populate_read(seg.base(), len) };
+    Ok(InPlace { seg, len })
 }
 
 /// The bytes of the spill whose handle starts `handle`.
@@ -201,6 +259,17 @@ mod tests {
         let (handle, carried) = write(b"never sent").unwrap();
         drop(carried);
         assert!(read(&handle).is_err());
+    }
+
+    #[test]
+    fn a_spill_opens_in_place_once() {
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let (handle, seg) = write_held(&bytes).unwrap();
+        let spill = open_from_parent(&handle).unwrap();
+        assert_eq!(spill.bytes(), &bytes[..]);
+        drop(spill);
+        drop(seg);
+        assert!(open_from_parent(&handle).is_err(), "gone with its holder");
     }
 
     #[test]
