@@ -139,6 +139,24 @@ pub(crate) fn is_size_sealed(fd: BorrowedFd<'_>) -> bool {
         .is_ok_and(|seals| seals.contains(SealFlags::SHRINK | SealFlags::GROW))
 }
 
+/// Seals a memfd against any change: writing (`F_SEAL_WRITE`), shrinking,
+/// growing and further sealing. Fails with EBUSY while a writable shared
+/// mapping of it exists anywhere: once it succeeds, no process can change a
+/// byte of it again.
+pub(crate) fn seal_contents(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let seals = SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL;
+    Ok(rustix::fs::fcntl_add_seals(fd, seals)?)
+}
+
+/// Whether `fd` is a memfd sealed by [`seal_contents`] (write, shrink and
+/// grow; `F_SEAL_FUTURE_WRITE` is not enough: a mapping made before it may
+/// still write).
+pub(crate) fn is_contents_sealed(fd: BorrowedFd<'_>) -> bool {
+    // F_GET_SEALS fails with EINVAL on anything but a memfd/shmem file.
+    rustix::fs::fcntl_get_seals(fd)
+        .is_ok_and(|seals| seals.contains(SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW))
+}
+
 /// Seals a memfd against shrinking (and further sealing) but not growing:
 /// the backing file of an unbounded queue, which its producers extend while
 /// every process keeps its mappings valid.
@@ -203,28 +221,6 @@ pub(crate) fn allocated_bytes(fd: BorrowedFd<'_>) -> io::Result<u64> {
 pub(crate) fn path_identity(path: &str) -> io::Result<(u64, u64)> {
     let st = rustix::fs::stat(path)?;
     Ok((st.st_dev, st.st_ino))
-}
-
-/// Asks the kernel to map every page of `len` bytes at `addr` for reading
-/// now (`MADV_POPULATE_READ`, Linux 5.14), in one call instead of a page
-/// fault per few pages as they are first read. Only a hint: an older kernel's
-/// `EINVAL` is ignored by the callers.
-///
-/// # Safety
-///
-/// `addr..addr + len` must lie within one live mapping of this process.
-pub(crate) unsafe fn populate_read(addr: *const u8, len: usize) -> io::Result<()> {
-    if len == 0 {
-        return Ok(());
-    }
-    // SAFETY: the caller guarantees a live mapping; populating only reads
-    // pages in, it changes no byte of the memory.
-    let rc = unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_POPULATE_READ) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// What `fstat` tells about a file: enough to recognise it again.
@@ -896,6 +892,17 @@ pub(crate) fn reopen_read_write(path_only: BorrowedFd<'_>) -> io::Result<OwnedFd
     Ok(rustix::fs::open(
         format!("/proc/self/fd/{}", path_only.as_raw_fd()),
         OFlags::RDWR | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Opens the file `path_only` names for reading only, without waiting (as
+/// [`reopen_read_write`]).
+pub(crate) fn reopen_read_only(path_only: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    use rustix::fs::OFlags;
+    Ok(rustix::fs::open(
+        format!("/proc/self/fd/{}", path_only.as_raw_fd()),
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
         Mode::empty(),
     )?)
 }

@@ -411,10 +411,10 @@ impl<'a> Server<'a> {
         if out.capacity() > BUFFER_KEEP {
             *out = Encoder::new();
         }
-        // A spilled argument is decoded where the parent wrote it (mapped
-        // for this task, unmapped after it): no copy into a buffer first.
+        // A spilled argument is decoded where the parent wrote it (sealed,
+        // mapped for this task, unmapped after it): no copy into a buffer.
         let spilled = (record.header.flags & layout::RECORD_SPILLED != 0)
-            .then(|| crate::shm::spill::open_from_parent(input));
+            .then(|| crate::shm::spill::open_sealed(input));
         let input = match &spilled {
             Some(Ok(spill)) => Ok(spill.bytes()),
             Some(Err(e)) => Err(e.clone()),
