@@ -114,6 +114,13 @@ impl<T> Drop for Queue<T> {
     }
 }
 
+/// What taking one slot gave: a value decoded in place, or the handle of
+/// the spill holding it (read once the slot is free).
+enum Taken<T> {
+    Value(Result<T>),
+    Spilled([u8; HANDLE_BYTES]),
+}
+
 impl<T> fmt::Debug for Queue<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Queue")
@@ -255,32 +262,30 @@ impl<T> Queue<T> {
     }
 
     /// Decodes one slot's bytes (runs while the slot is claimed), unless
-    /// they are a spill's handle: that is copied into `spill` and read by
-    /// [`finish_get`](Self::finish_get) once the slot is free (the `Err`
-    /// returned for it is never seen).
+    /// they are a spill's handle: that is copied out, to be read by
+    /// [`finish_get`](Self::finish_get) once the slot is free.
     #[inline]
-    fn take(&self, bytes: &[u8], spill: &std::cell::Cell<Option<[u8; HANDLE_BYTES]>>) -> Result<T>
+    fn take(&self, bytes: &[u8]) -> Taken<T>
     where
         T: Wire,
     {
         if bytes.len() == self.queue.message_bytes() && bytes.len() >= HANDLE_BYTES {
             let mut handle = [0u8; HANDLE_BYTES];
             handle.copy_from_slice(&bytes[..HANDLE_BYTES]);
-            spill.set(Some(handle));
-            return Err(Error::QueueClosed);
+            return Taken::Spilled(handle);
         }
-        decode_exact::<T>(bytes)
+        Taken::Value(decode_exact::<T>(bytes))
     }
 
     /// The value a `get` took: decoded already, or read from its spill.
     #[inline]
-    fn finish_get(got: Result<T>, spill: Option<[u8; HANDLE_BYTES]>) -> Result<T>
+    fn finish_get(taken: Taken<T>) -> Result<T>
     where
         T: Wire,
     {
-        match spill {
-            None => got,
-            Some(handle) => Self::read_spill(&handle),
+        match taken {
+            Taken::Value(got) => got,
+            Taken::Spilled(handle) => Self::read_spill(&handle),
         }
     }
 
@@ -501,10 +506,8 @@ impl<T: Wire> Queue<T> {
     /// assert_eq!(q.try_get().unwrap(), Some(1));
     /// ```
     pub fn try_get(&self) -> Result<Option<T>> {
-        let spill = std::cell::Cell::new(None);
-        let got = self.queue.try_get(|b| self.take(b, &spill))?;
-        got.map(|got| Self::finish_get(got, spill.get()))
-            .transpose()
+        let taken = self.queue.try_get(|b| self.take(b))?;
+        taken.map(Self::finish_get).transpose()
     }
 
     /// Takes a value, waiting for one (Python's `get`).
@@ -553,9 +556,7 @@ impl<T: Wire> Queue<T> {
     }
 
     fn get_until(&self, deadline: Option<Instant>) -> Result<T> {
-        let spill = std::cell::Cell::new(None);
-        let got = self.queue.get_until(|b| self.take(b, &spill), deadline)?;
-        Self::finish_get(got, spill.get())
+        Self::finish_get(self.queue.get_until(|b| self.take(b), deadline)?)
     }
 
     /// Whether a value is ready at the head now (a snapshot: another

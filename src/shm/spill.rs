@@ -359,6 +359,8 @@ mod tests {
             .open(&path)
             .unwrap();
         assert!(std::os::unix::fs::FileExt::write_at(&file, b"x", 0).is_err());
+        // SAFETY: the mapping must fail (the point); were it made, nothing
+        // would touch it before it drops.
         assert!(unsafe { memmap2::MmapMut::map_mut(&file) }.is_err());
         assert!(crate::sys::is_contents_sealed(held.file.as_fd()));
     }
