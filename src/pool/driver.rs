@@ -395,7 +395,11 @@ impl Shared {
         &self,
         arg: &A,
     ) -> Result<(Payload, crate::wire::Carried, Option<Arc<Held>>)> {
-        crate::wire::encode_payload_or_spill(arg, self.max_payload, crate::shm::spill::write_held)
+        crate::wire::encode_payload_or_spill(arg, self.max_payload, |head, rest| {
+            // As `submit`: a forked copy of the owner spills nothing.
+            self.check_owner()?;
+            crate::shm::spill::write_held(head, rest)
+        })
     }
 
     /// As [`submit`](Self::submit), for tasks whose arguments larger than a
