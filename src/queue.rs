@@ -220,24 +220,29 @@ impl<T> Queue<T> {
         })
     }
 
-    /// Puts one encoding through `put` (which answers whether it went in):
-    /// in place if it fits a slot's `message_bytes` (a length compare: the
-    /// common case costs nothing more), else as a spill whose handle fills
-    /// the slot exactly (`message_bytes + HANDLE_BYTES` bytes, a length no
-    /// value in place has). What the encoding carries counts as sent only if
-    /// it went in; otherwise pipe ends in it go back to their senders.
+    /// Puts one encoding, split as [`crate::Wire::encode_split`] leaves it
+    /// (its start in `head`, the rest borrowed from the value), through
+    /// `put` (which answers whether it went in): joined, in place, if it
+    /// fits a slot's `message_bytes` (a length compare: the common case
+    /// costs nothing more), else as a spill, filled from the two parts,
+    /// whose handle fills the slot exactly (`message_bytes + HANDLE_BYTES`
+    /// bytes, a length no value in place has). What the encoding carries
+    /// counts as sent only if it went in; otherwise pipe ends in it go back
+    /// to their senders.
     #[inline]
     fn put_encoded(
         &self,
-        bytes: &[u8],
+        head: &mut Encoder,
+        rest: &[u8],
         mut carried: Carried,
         put: impl FnOnce(&[u8]) -> Result<bool>,
     ) -> Result<bool> {
         crate::shm::handle::sweep();
-        let went_in = if bytes.len() <= self.message_bytes() {
-            put(bytes)
+        let went_in = if head.len() + rest.len() <= self.message_bytes() {
+            head.extend_from_slice(rest);
+            put(head)
         } else {
-            self.put_spilled(bytes, put)
+            self.put_spilled(head, rest, put)
         };
         if matches!(went_in, Ok(true)) {
             carried.sent();
@@ -250,8 +255,13 @@ impl<T> Queue<T> {
 
     /// Puts `bytes` as a spill (see [`put_encoded`](Self::put_encoded)).
     #[cold]
-    fn put_spilled(&self, bytes: &[u8], put: impl FnOnce(&[u8]) -> Result<bool>) -> Result<bool> {
-        let (handle, mut spilled) = spill::write(bytes)?;
+    fn put_spilled(
+        &self,
+        head: &[u8],
+        rest: &[u8],
+        put: impl FnOnce(&[u8]) -> Result<bool>,
+    ) -> Result<bool> {
+        let (handle, mut spilled) = spill::write_parts(head, rest)?;
         let mut envelope = vec![0u8; self.message_bytes() + HANDLE_BYTES];
         envelope[..HANDLE_BYTES].copy_from_slice(&handle);
         let went_in = put(&envelope)?;
@@ -427,8 +437,8 @@ impl<T: Wire> Queue<T> {
         if self.is_closed() {
             return Err(Error::QueueClosed);
         }
-        crate::wire::with_encoding(value, |bytes, carried| {
-            self.put_encoded(bytes, carried, |b| self.queue.try_put(b))
+        crate::wire::with_split_encoding(value, |head, rest, carried| {
+            self.put_encoded(head, rest, carried, |b| self.queue.try_put(b))
         })
     }
 
@@ -480,8 +490,8 @@ impl<T: Wire> Queue<T> {
     /// Encodes `value` (small ones into a reused thread-local buffer: a put
     /// allocates nothing) and puts it, waiting until `deadline`.
     fn put_until(&self, value: &T, deadline: Option<Instant>) -> Result<()> {
-        crate::wire::with_encoding(value, |bytes, carried| {
-            self.put_encoded(bytes, carried, |b| {
+        crate::wire::with_split_encoding(value, |head, rest, carried| {
+            self.put_encoded(head, rest, carried, |b| {
                 self.queue.put_until(b, deadline).map(|()| true)
             })
         })

@@ -42,10 +42,23 @@ struct Spilled;
 ///
 /// [`crate::Error::SharedMemory`] when the memory cannot be had.
 pub(crate) fn write(bytes: &[u8]) -> Result<(Vec<u8>, Carried)> {
-    let seg = SharedSegment::create(c"corepool-spill", bytes.len().max(1))?;
-    fill(&seg, bytes)?;
+    write_parts(bytes, &[])
+}
+
+/// As [`write`], for the bytes `head` then `rest` (a value's encoding
+/// split by [`crate::Wire::encode_split`]: the rest is copied here straight
+/// from the value).
+///
+/// # Errors
+///
+/// As [`write`].
+pub(crate) fn write_parts(head: &[u8], rest: &[u8]) -> Result<(Vec<u8>, Carried)> {
+    let len = head.len() + rest.len();
+    let seg = SharedSegment::create(c"corepool-spill", len.max(1))?;
+    fill(&seg, head, 0)?;
+    fill(&seg, rest, head.len())?;
     let mut out = Encoder::new();
-    seg.encode(type_tag::<Spilled>(), bytes.len() as u64, &mut out);
+    seg.encode(type_tag::<Spilled>(), len as u64, &mut out);
     out.check()?;
     let carried = out.take_carried();
     Ok((out.take_bytes(), carried))
@@ -144,21 +157,21 @@ pub(crate) fn discard(handle: &[u8]) {
     let _ = SharedSegment::decode_one_off::<Spilled>(&mut input, type_tag::<Spilled>(), Some);
 }
 
-/// Copies `bytes` into the start of the new spill `seg` with `pwrite`: the
+/// Copies `bytes` into the new spill `seg` at `offset` with `pwrite`: the
 /// kernel copies into the memfd's pages directly, where writing through the
 /// mapping would take a page fault (and a page clear) per 4 KiB.
 #[cfg(not(miri))]
-fn fill(seg: &SharedSegment, bytes: &[u8]) -> Result<()> {
-    crate::sys::pwrite_all(seg.segment().fd(), bytes, 0)
+fn fill(seg: &SharedSegment, bytes: &[u8], offset: usize) -> Result<()> {
+    crate::sys::pwrite_all(seg.segment().fd(), bytes, offset as u64)
         .map_err(|e| crate::Error::shm("filling a spill", e))
 }
 
 /// Under Miri (no files): through the mapping.
 #[cfg(miri)]
-fn fill(seg: &SharedSegment, bytes: &[u8]) -> Result<()> {
+fn fill(seg: &SharedSegment, bytes: &[u8], offset: usize) -> Result<()> {
     let dst = seg
         .segment()
-        .at(0, bytes.len())
+        .at(offset, bytes.len())
         .ok_or_else(|| crate::Error::SharedMemory {
             op: "sizing a spill",
             source: std::io::Error::other("the new segment is smaller than its bytes"),

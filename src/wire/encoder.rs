@@ -489,23 +489,27 @@ pub(crate) fn encode_payload_or_spill<T: Wire, H>(
     })
 }
 
-/// Runs `f` on the encoding of `value` and what it carries, made in a reused
-/// thread-local buffer: no allocation once the buffer has grown to the
-/// values' size, up to [`SCRATCH_KEEP`]. `f` is not called if the value
+/// Runs `f` on the encoding of `value`, split ([`Wire::encode_split`]),
+/// and what it carries: `f` gets the encoder holding the encoding's start,
+/// made in a reused thread-local buffer (no allocation once the buffer has
+/// grown to the values' size, up to [`SCRATCH_KEEP`]), and the rest,
+/// borrowed from the value; it joins them (appending the rest to the
+/// encoder) if it needs the whole, or copies the two parts to where they go
+/// (a spill) without an encoding copy first. `f` is not called if the value
 /// could not be encoded.
 ///
 /// # Errors
 ///
 /// [`Error::Encode`] if the value could not be encoded; `f`'s errors.
-pub(crate) fn with_encoding<T: Wire, R>(
+pub(crate) fn with_split_encoding<T: Wire, R>(
     value: &T,
-    f: impl FnOnce(&[u8], Carried) -> Result<R>,
+    f: impl FnOnce(&mut Encoder, &[u8], Carried) -> Result<R>,
 ) -> Result<R> {
     with_scratch(|enc| {
-        value.encode(enc);
+        let rest = value.encode_split(enc);
         enc.check()?;
         let carried = enc.take_carried();
-        f(enc, carried)
+        f(enc, rest, carried)
     })
 }
 

@@ -20,7 +20,7 @@ pub(crate) mod task;
 pub(crate) use encoder::encode_to_vec;
 pub use encoder::Encoder;
 pub(crate) use encoder::{
-    encode_carried, encode_payload, encode_payload_or_spill, mark_delivered, with_encoding,
+    encode_carried, encode_payload, encode_payload_or_spill, mark_delivered, with_split_encoding,
     Carried, Handover, InFlight, KeepAlive, Transit, Transits,
 };
 
@@ -789,7 +789,7 @@ mod tests {
         // postcard's own message, not a guess about a type mismatch.
         assert!(err.to_string().contains("postcard"), "{err}");
         assert!(encode_payload(&Serde(Unsized)).is_err());
-        assert!(with_encoding(&Serde(Unsized), |_, _| Ok(())).is_err());
+        assert!(with_split_encoding(&Serde(Unsized), |_, _, _| Ok(())).is_err());
         // The thread's reused encoder is clean again.
         assert_eq!(
             decode_exact::<u8>(&encode_payload(&9u8).unwrap().0).unwrap(),
