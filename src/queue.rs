@@ -114,6 +114,13 @@ impl<T> Drop for Queue<T> {
     }
 }
 
+/// What taking one slot gave: a value decoded in place, or the handle of
+/// the spill holding it (read once the slot is free).
+enum Taken<T> {
+    Value(Result<T>),
+    Spilled([u8; HANDLE_BYTES]),
+}
+
 impl<T> fmt::Debug for Queue<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Queue")
@@ -213,24 +220,29 @@ impl<T> Queue<T> {
         })
     }
 
-    /// Puts one encoding through `put` (which answers whether it went in):
-    /// in place if it fits a slot's `message_bytes` (a length compare: the
-    /// common case costs nothing more), else as a spill whose handle fills
-    /// the slot exactly (`message_bytes + HANDLE_BYTES` bytes, a length no
-    /// value in place has). What the encoding carries counts as sent only if
-    /// it went in; otherwise pipe ends in it go back to their senders.
+    /// Puts one encoding, split as [`crate::Wire::encode_split`] leaves it
+    /// (its start in `head`, the rest borrowed from the value), through
+    /// `put` (which answers whether it went in): joined, in place, if it
+    /// fits a slot's `message_bytes` (a length compare: the common case
+    /// costs nothing more), else as a spill, filled from the two parts,
+    /// whose handle fills the slot exactly (`message_bytes + HANDLE_BYTES`
+    /// bytes, a length no value in place has). What the encoding carries
+    /// counts as sent only if it went in; otherwise pipe ends in it go back
+    /// to their senders.
     #[inline]
     fn put_encoded(
         &self,
-        bytes: &[u8],
+        head: &mut Encoder,
+        rest: &[u8],
         mut carried: Carried,
         put: impl FnOnce(&[u8]) -> Result<bool>,
     ) -> Result<bool> {
         crate::shm::handle::sweep();
-        let went_in = if bytes.len() <= self.message_bytes() {
-            put(bytes)
+        let went_in = if head.len() + rest.len() <= self.message_bytes() {
+            head.extend_from_slice(rest);
+            put(head)
         } else {
-            self.put_spilled(bytes, put)
+            self.put_spilled(head, rest, put)
         };
         if matches!(went_in, Ok(true)) {
             carried.sent();
@@ -243,8 +255,13 @@ impl<T> Queue<T> {
 
     /// Puts `bytes` as a spill (see [`put_encoded`](Self::put_encoded)).
     #[cold]
-    fn put_spilled(&self, bytes: &[u8], put: impl FnOnce(&[u8]) -> Result<bool>) -> Result<bool> {
-        let (handle, mut spilled) = spill::write(bytes)?;
+    fn put_spilled(
+        &self,
+        head: &[u8],
+        rest: &[u8],
+        put: impl FnOnce(&[u8]) -> Result<bool>,
+    ) -> Result<bool> {
+        let (handle, mut spilled) = spill::write_parts(head, rest)?;
         let mut envelope = vec![0u8; self.message_bytes() + HANDLE_BYTES];
         envelope[..HANDLE_BYTES].copy_from_slice(&handle);
         let went_in = put(&envelope)?;
@@ -255,32 +272,30 @@ impl<T> Queue<T> {
     }
 
     /// Decodes one slot's bytes (runs while the slot is claimed), unless
-    /// they are a spill's handle: that is copied into `spill` and read by
-    /// [`finish_get`](Self::finish_get) once the slot is free (the `Err`
-    /// returned for it is never seen).
+    /// they are a spill's handle: that is copied out, to be read by
+    /// [`finish_get`](Self::finish_get) once the slot is free.
     #[inline]
-    fn take(&self, bytes: &[u8], spill: &std::cell::Cell<Option<[u8; HANDLE_BYTES]>>) -> Result<T>
+    fn take(&self, bytes: &[u8]) -> Taken<T>
     where
         T: Wire,
     {
         if bytes.len() == self.queue.message_bytes() && bytes.len() >= HANDLE_BYTES {
             let mut handle = [0u8; HANDLE_BYTES];
             handle.copy_from_slice(&bytes[..HANDLE_BYTES]);
-            spill.set(Some(handle));
-            return Err(Error::QueueClosed);
+            return Taken::Spilled(handle);
         }
-        decode_exact::<T>(bytes)
+        Taken::Value(decode_exact::<T>(bytes))
     }
 
     /// The value a `get` took: decoded already, or read from its spill.
     #[inline]
-    fn finish_get(got: Result<T>, spill: Option<[u8; HANDLE_BYTES]>) -> Result<T>
+    fn finish_get(taken: Taken<T>) -> Result<T>
     where
         T: Wire,
     {
-        match spill {
-            None => got,
-            Some(handle) => Self::read_spill(&handle),
+        match taken {
+            Taken::Value(got) => got,
+            Taken::Spilled(handle) => Self::read_spill(&handle),
         }
     }
 
@@ -422,8 +437,8 @@ impl<T: Wire> Queue<T> {
         if self.is_closed() {
             return Err(Error::QueueClosed);
         }
-        crate::wire::with_encoding(value, |bytes, carried| {
-            self.put_encoded(bytes, carried, |b| self.queue.try_put(b))
+        crate::wire::with_split_encoding(value, |head, rest, carried| {
+            self.put_encoded(head, rest, carried, |b| self.queue.try_put(b))
         })
     }
 
@@ -475,8 +490,8 @@ impl<T: Wire> Queue<T> {
     /// Encodes `value` (small ones into a reused thread-local buffer: a put
     /// allocates nothing) and puts it, waiting until `deadline`.
     fn put_until(&self, value: &T, deadline: Option<Instant>) -> Result<()> {
-        crate::wire::with_encoding(value, |bytes, carried| {
-            self.put_encoded(bytes, carried, |b| {
+        crate::wire::with_split_encoding(value, |head, rest, carried| {
+            self.put_encoded(head, rest, carried, |b| {
                 self.queue.put_until(b, deadline).map(|()| true)
             })
         })
@@ -501,10 +516,8 @@ impl<T: Wire> Queue<T> {
     /// assert_eq!(q.try_get().unwrap(), Some(1));
     /// ```
     pub fn try_get(&self) -> Result<Option<T>> {
-        let spill = std::cell::Cell::new(None);
-        let got = self.queue.try_get(|b| self.take(b, &spill))?;
-        got.map(|got| Self::finish_get(got, spill.get()))
-            .transpose()
+        let taken = self.queue.try_get(|b| self.take(b))?;
+        taken.map(Self::finish_get).transpose()
     }
 
     /// Takes a value, waiting for one (Python's `get`).
@@ -553,9 +566,7 @@ impl<T: Wire> Queue<T> {
     }
 
     fn get_until(&self, deadline: Option<Instant>) -> Result<T> {
-        let spill = std::cell::Cell::new(None);
-        let got = self.queue.get_until(|b| self.take(b, &spill), deadline)?;
-        Self::finish_get(got, spill.get())
+        Self::finish_get(self.queue.get_until(|b| self.take(b), deadline)?)
     }
 
     /// Whether a value is ready at the head now (a snapshot: another

@@ -139,6 +139,24 @@ pub(crate) fn is_size_sealed(fd: BorrowedFd<'_>) -> bool {
         .is_ok_and(|seals| seals.contains(SealFlags::SHRINK | SealFlags::GROW))
 }
 
+/// Seals a memfd against any change: writing (`F_SEAL_WRITE`), shrinking,
+/// growing and further sealing. Fails with EBUSY while a writable shared
+/// mapping of it exists anywhere: once it succeeds, no process can change a
+/// byte of it again.
+pub(crate) fn seal_contents(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let seals = SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL;
+    Ok(rustix::fs::fcntl_add_seals(fd, seals)?)
+}
+
+/// Whether `fd` is a memfd sealed by [`seal_contents`] (write, shrink and
+/// grow; `F_SEAL_FUTURE_WRITE` is not enough: a mapping made before it may
+/// still write).
+pub(crate) fn is_contents_sealed(fd: BorrowedFd<'_>) -> bool {
+    // F_GET_SEALS fails with EINVAL on anything but a memfd/shmem file.
+    rustix::fs::fcntl_get_seals(fd)
+        .is_ok_and(|seals| seals.contains(SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW))
+}
+
 /// Seals a memfd against shrinking (and further sealing) but not growing:
 /// the backing file of an unbounded queue, which its producers extend while
 /// every process keeps its mappings valid.
@@ -189,6 +207,20 @@ pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileId> {
         // Only compared for equality: the wrap of a pre-1970 time is harmless.
         mtime_ns: (i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec)) as u64,
     })
+}
+
+/// Bytes of memory really allocated to the file behind `fd` (its blocks):
+/// less than its size for a sparse file.
+pub(crate) fn allocated_bytes(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok(u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512))
+}
+
+/// The (device, inode) of the file `path` names, following symbolic links
+/// (`stat`): for `/proc/<pid>/fd/<n>`, the file that descriptor holds.
+pub(crate) fn path_identity(path: &str) -> io::Result<(u64, u64)> {
+    let st = rustix::fs::stat(path)?;
+    Ok((st.st_dev, st.st_ino))
 }
 
 /// What `fstat` tells about a file: enough to recognise it again.
@@ -867,6 +899,17 @@ pub(crate) fn reopen_read_write(path_only: BorrowedFd<'_>) -> io::Result<OwnedFd
     Ok(rustix::fs::open(
         format!("/proc/self/fd/{}", path_only.as_raw_fd()),
         OFlags::RDWR | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Opens the file `path_only` names for reading only, without waiting (as
+/// [`reopen_read_write`]).
+pub(crate) fn reopen_read_only(path_only: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    use rustix::fs::OFlags;
+    Ok(rustix::fs::open(
+        format!("/proc/self/fd/{}", path_only.as_raw_fd()),
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
         Mode::empty(),
     )?)
 }

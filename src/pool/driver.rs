@@ -13,6 +13,7 @@ use super::sink::Sink;
 use super::supervisor::{Command_, Event, Supervisor};
 use crate::error::{Error, Result};
 use crate::shm::park::{self, Spinner};
+use crate::shm::spill::Held;
 use crate::shm::Segment;
 use crate::sync::lock;
 use crate::wire::Payload;
@@ -368,21 +369,51 @@ impl Shared {
         // (no memory) submits nothing.
         let mut tasks = tasks;
         // Nothing is allocated here unless something spills.
-        let mut spills = if tasks.iter().any(|(_, p, _)| p.len() > self.max_payload) {
+        let spills = if tasks.iter().any(|(_, p, _)| p.len() > self.max_payload) {
             let mut spills = Vec::with_capacity(tasks.len());
             for (_, payload, _) in tasks.iter_mut() {
                 spills.push(if payload.len() > self.max_payload {
-                    let (handle, spill) = crate::shm::spill::write_held(payload)?;
+                    let (handle, spill) = crate::shm::spill::write_held(payload, &[])?;
                     *payload = Payload::from_slice(&handle);
                     Some(spill)
                 } else {
                     None
                 });
             }
-            Some(spills.into_iter())
+            Some(spills)
         } else {
             None
         };
+        self.submit_spilled(tasks, spills, keep, caller_waits)
+    }
+
+    /// Encodes one task's argument: into its payload, or, when larger than
+    /// a ring message, straight into a spill (copied once, see
+    /// `Wire::encode_split`), the payload then the spill's handle. Pass the
+    /// spill to [`submit_spilled`](Self::submit_spilled) with the task.
+    pub(super) fn encode_arg<A: crate::Wire>(
+        &self,
+        arg: &A,
+    ) -> Result<(Payload, crate::wire::Carried, Option<Arc<Held>>)> {
+        crate::wire::encode_payload_or_spill(arg, self.max_payload, |head, rest| {
+            // As `submit`: a forked copy of the owner spills nothing.
+            self.check_owner()?;
+            crate::shm::spill::write_held(head, rest)
+        })
+    }
+
+    /// As [`submit`](Self::submit), for tasks whose arguments larger than a
+    /// ring message are in spills already: `spills` holds one entry per task,
+    /// in order (`None` when nothing spilled).
+    pub(super) fn submit_spilled(
+        &self,
+        tasks: smallvec::SmallVec<[(i64, Payload, Sink); 1]>,
+        spills: Option<Vec<Option<Arc<Held>>>>,
+        keep: crate::wire::KeepAlive,
+        caller_waits: bool,
+    ) -> Result<()> {
+        self.check_owner()?;
+        let mut spills = spills.map(Vec::into_iter);
         // Everything the encodes of this submission asked to keep alive.
         let keep = (!keep.is_empty()).then(|| Arc::new(keep));
         let may_block = !is_delivering(self);

@@ -470,9 +470,10 @@ impl Pool {
             target: cell.clone(),
             tag: 0,
         };
-        let (payload, carried) = crate::wire::encode_payload(&arg)?;
-        self.shared.submit(
+        let (payload, carried, spill) = self.shared.encode_arg(&arg)?;
+        self.shared.submit_spilled(
             smallvec::smallvec![(trampoline, payload, sink)],
+            spill.map(|s| vec![Some(s)]),
             carried.into_keep_alive(),
             caller_waits,
         )?;

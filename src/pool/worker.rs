@@ -255,8 +255,6 @@ struct Server<'a> {
     batch: usize,
     /// Smoothed nanoseconds per task.
     task_ns: f64,
-    /// A spilled argument's bytes (see `RECORD_SPILLED`).
-    spilled_input: Vec<u8>,
 }
 
 /// The most memory the worker keeps in its buffers between tasks: a one-off
@@ -283,7 +281,6 @@ impl<'a> Server<'a> {
             done: 0,
             batch: 1,
             task_ns: BATCH_TARGET_NS,
-            spilled_input: Vec::new(),
         }
     }
 
@@ -414,14 +411,14 @@ impl<'a> Server<'a> {
         if out.capacity() > BUFFER_KEEP {
             *out = Encoder::new();
         }
-        let mut spilled_input = std::mem::take(&mut self.spilled_input);
-        let input = if record.header.flags & layout::RECORD_SPILLED != 0 {
-            match crate::shm::spill::read_into(input, &mut spilled_input) {
-                Ok(()) => Ok(&spilled_input[..]),
-                Err(e) => Err(e),
-            }
-        } else {
-            Ok(input)
+        // A spilled argument is decoded where the parent wrote it (sealed,
+        // mapped for this task, unmapped after it): no copy into a buffer.
+        let spilled = (record.header.flags & layout::RECORD_SPILLED != 0)
+            .then(|| crate::shm::spill::open_sealed(input));
+        let input = match &spilled {
+            Some(Ok(spill)) => Ok(spill.bytes()),
+            Some(Err(e)) => Err(e.clone()),
+            None => Ok(input),
         };
         let outcome = match input {
             Ok(input) => catch_unwind(AssertUnwindSafe(|| {
@@ -430,10 +427,7 @@ impl<'a> Server<'a> {
             // Decoded as a failed argument: the parent gets `Error::Decode`.
             Err(e) => Ok(Err(e)),
         };
-        if spilled_input.capacity() <= BUFFER_KEEP {
-            spilled_input.clear();
-            self.spilled_input = spilled_input;
-        }
+        drop(spilled);
         let max = self.results.memory().max_payload();
         // What the result carries (the shared objects it names) counts as
         // sent only if the result goes out as it is.

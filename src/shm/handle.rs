@@ -480,10 +480,7 @@ fn closed_by_their_owners() -> Vec<(u64, u64)> {
     entries
         .into_iter()
         .filter(|&(owner, fd, dev, ino)| {
-            !std::fs::metadata(format!("/proc/{owner}/fd/{fd}")).is_ok_and(|md| {
-                use std::os::unix::fs::MetadataExt;
-                md.dev() == dev && md.ino() == ino
-            })
+            !sys::path_identity(&format!("/proc/{owner}/fd/{fd}")).is_ok_and(|id| id == (dev, ino))
         })
         .map(|(_, _, dev, ino)| (dev, ino))
         .collect()

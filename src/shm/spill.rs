@@ -13,10 +13,18 @@
 //! Both copies go through the file (`pwrite` in, `pread` out), not the
 //! mapping: the kernel copies page by page with no page fault (and no page
 //! clear) per 4 KiB, which was most of a spill's cost.
+//!
+//! A pool task's argument, which its sender holds until the outcome, is a
+//! spill of a second kind ([`write_held`]): filled through the file, never
+//! mapped writable, then sealed against any change, so that the worker maps
+//! it read-only and decodes it in place ([`open_sealed`]), one copy and one
+//! set of fresh pages fewer. Nothing of it is counted in flight (no trailer
+//! to write), and its handle's type tag differs, so neither kind ever opens
+//! as the other.
 
 use crate::error::Result;
 use crate::shm::handle::{type_tag, SharedSegment};
-use crate::wire::{Carried, Encoder};
+use crate::wire::{Carried, Encoder, Wire};
 use std::sync::Arc;
 
 /// Bytes of a spill's handle on the wire.
@@ -34,37 +42,80 @@ struct Spilled;
 ///
 /// [`crate::Error::SharedMemory`] when the memory cannot be had.
 pub(crate) fn write(bytes: &[u8]) -> Result<(Vec<u8>, Carried)> {
-    let seg = SharedSegment::create(c"corepool-spill", bytes.len().max(1))?;
-    fill(&seg, bytes)?;
+    write_parts(bytes, &[])
+}
+
+/// As [`write`], for the bytes `head` then `rest` (a value's encoding
+/// split by [`crate::Wire::encode_split`]: the rest is copied here straight
+/// from the value).
+///
+/// # Errors
+///
+/// As [`write`].
+pub(crate) fn write_parts(head: &[u8], rest: &[u8]) -> Result<(Vec<u8>, Carried)> {
+    let len = head.len() + rest.len();
+    let seg = SharedSegment::create(c"corepool-spill", len.max(1))?;
+    fill(&seg, head, 0)?;
+    fill(&seg, rest, head.len())?;
     let mut out = Encoder::new();
-    seg.encode(type_tag::<Spilled>(), bytes.len() as u64, &mut out);
+    seg.encode(type_tag::<Spilled>(), len as u64, &mut out);
     out.check()?;
     let carried = out.take_carried();
     Ok((out.take_bytes(), carried))
 }
 
+/// The type a sealed spill's handle names (see [`write_held`]).
+struct SealedSpill;
+
 /// A spill held by its sender for as long as the message lives (a pool task
-/// until its outcome), with its handle; the handle is not counted in flight
-/// (the holder decides when the spill goes, see [`write`] for the other
-/// kind).
+/// until its outcome): a memfd filled with `pwrite`, never mapped, then
+/// sealed against any change ([`crate::sys::seal_contents`]), so that no
+/// process (its receiver, any other) can change a byte of it and its
+/// receiver decodes it in place ([`open_sealed`]). Its descriptor closes
+/// when the last copy drops; nothing of it is ever counted in flight (the
+/// holder decides when it goes).
+#[derive(Debug)]
+pub(crate) struct Held {
+    /// Never read here (the receiver opens it through `/proc`): holding it
+    /// is the point.
+    #[allow(dead_code)]
+    file: std::os::fd::OwnedFd,
+}
+
+/// A new sealed spill holding `head` then `rest` (see [`Held`]; two parts,
+/// so that a large value is copied here straight from its own memory, see
+/// [`crate::Wire::encode_split`]), and its handle.
 ///
 /// # Errors
 ///
-/// As [`write`].
-pub(crate) fn write_held(bytes: &[u8]) -> Result<(Vec<u8>, Arc<SharedSegment>)> {
-    let (handle, mut carried) = write(bytes)?;
-    let seg = carried
-        .keep
-        .pop()
-        .and_then(|k| k.downcast::<SharedSegment>().ok())
-        .ok_or_else(|| crate::Error::SharedMemory {
-            op: "holding a spill",
-            source: std::io::Error::other("the spill's encoding kept nothing"),
-        })?;
-    // Dropping `carried` unsent takes the in-flight count back: the holder,
-    // not the count, keeps this spill alive.
-    drop(carried);
-    Ok((handle, seg))
+/// [`crate::Error::SharedMemory`] when the memory cannot be had.
+pub(crate) fn write_held(head: &[u8], rest: &[u8]) -> Result<(Vec<u8>, Arc<Held>)> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let shm = |op| move |e| crate::Error::shm(op, e);
+    crate::shm::handle::sweep();
+    let file = crate::sys::memfd_create(c"corepool-spill").map_err(shm("memfd_create"))?;
+    // Written through the file, never a mapping: sealing against writes
+    // needs no writable mapping to exist, and the kernel allocates each page
+    // as it copies into it (no fault, no clear). A full memory cgroup is an
+    // error here, not a signal later.
+    crate::sys::pwrite_all(file.as_fd(), head, 0).map_err(shm("filling a spill"))?;
+    crate::sys::pwrite_all(file.as_fd(), rest, head.len() as u64)
+        .map_err(shm("filling a spill"))?;
+    let len = head.len() + rest.len();
+    crate::sys::seal_contents(file.as_fd()).map_err(shm("sealing a spill"))?;
+    let id = crate::sys::fstat(file.as_fd()).map_err(shm("fstat"))?;
+    let mut out = Encoder::new();
+    let me = std::process::id() as i32;
+    (
+        me,
+        file.as_raw_fd(),
+        id.dev,
+        id.ino,
+        len as u64,
+        type_tag::<SealedSpill>(),
+    )
+        .encode(&mut out);
+    Ok((out.take_bytes(), Arc::new(Held { file })))
 }
 
 /// Reads the spill whose handle starts `handle` into `out` (replacing what
@@ -106,21 +157,21 @@ pub(crate) fn discard(handle: &[u8]) {
     let _ = SharedSegment::decode_one_off::<Spilled>(&mut input, type_tag::<Spilled>(), Some);
 }
 
-/// Copies `bytes` into the start of the new spill `seg` with `pwrite`: the
+/// Copies `bytes` into the new spill `seg` at `offset` with `pwrite`: the
 /// kernel copies into the memfd's pages directly, where writing through the
 /// mapping would take a page fault (and a page clear) per 4 KiB.
 #[cfg(not(miri))]
-fn fill(seg: &SharedSegment, bytes: &[u8]) -> Result<()> {
-    crate::sys::pwrite_all(seg.segment().fd(), bytes, 0)
+fn fill(seg: &SharedSegment, bytes: &[u8], offset: usize) -> Result<()> {
+    crate::sys::pwrite_all(seg.segment().fd(), bytes, offset as u64)
         .map_err(|e| crate::Error::shm("filling a spill", e))
 }
 
 /// Under Miri (no files): through the mapping.
 #[cfg(miri)]
-fn fill(seg: &SharedSegment, bytes: &[u8]) -> Result<()> {
+fn fill(seg: &SharedSegment, bytes: &[u8], offset: usize) -> Result<()> {
     let dst = seg
         .segment()
-        .at(0, bytes.len())
+        .at(offset, bytes.len())
         .ok_or_else(|| crate::Error::SharedMemory {
             op: "sizing a spill",
             source: std::io::Error::other("the new segment is smaller than its bytes"),
@@ -161,11 +212,98 @@ fn copy_out(seg: &SharedSegment, len: usize, out: &mut Vec<u8>) -> Result<()> {
 
 /// Whether at least `len` bytes of `seg` are backed by memory (every spill
 /// corepool writes is reserved in full when created).
+#[cfg(not(miri))]
 fn backed_by_memory(seg: &SharedSegment, len: usize) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let fd = seg.segment().raw_fd();
-    std::fs::metadata(format!("/proc/self/fd/{fd}"))
-        .is_ok_and(|m| m.blocks().saturating_mul(512) >= len as u64)
+    crate::sys::allocated_bytes(seg.segment().fd()).is_ok_and(|bytes| bytes >= len as u64)
+}
+
+/// Under Miri (no files): heap memory is always backed.
+#[cfg(miri)]
+fn backed_by_memory(_: &SharedSegment, _: usize) -> bool {
+    true
+}
+
+/// A sealed spill mapped read-only here, so that its bytes are decoded
+/// where they are (see [`open_sealed`]); unmapped on drop.
+pub(crate) struct InPlace {
+    map: Option<memmap2::Mmap>,
+}
+
+impl InPlace {
+    /// The spilled bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+}
+
+/// Opens the sealed spill ([`write_held`]) whose handle starts `handle` for
+/// decoding in place: no copy into a buffer first, and its pages mapped in
+/// the same call. Validates like [`read_into`] and more, since its bytes
+/// are then read where they are: a memfd, the same file, sealed against
+/// writing, shrinking and growing (so no process can change or remove a
+/// byte while it is decoded), at least as long as the handle says and
+/// backed by memory (so that mapping it allocates nothing).
+///
+/// # Errors
+///
+/// [`crate::Error::Decode`] for a handle that does not validate or whose
+/// sender no longer holds the spill.
+pub(crate) fn open_sealed(handle: &[u8]) -> Result<InPlace> {
+    use std::os::fd::AsFd;
+    fn bad(reason: impl Into<String>) -> crate::Error {
+        crate::wire::decode_error::<SealedSpill>(reason)
+    }
+    let mut input = handle;
+    let (owner, fd, dev, ino, len, tag) = <(i32, i32, u64, u64, u64, u64)>::decode(&mut input)?;
+    if tag != type_tag::<SealedSpill>() {
+        return Err(bad("the handle is for another kind of object"));
+    }
+    let len = usize::try_from(len).map_err(|_| bad("length overflows"))?;
+    let path = format!("/proc/{owner}/fd/{fd}");
+    // As `shm::handle`: name the file first (`O_PATH`, nothing of it runs)
+    // and check it is a memfd and the same one, only then open it.
+    let named = crate::sys::open_path_only(&path)
+        .map_err(|e| bad(format!("opening {path}: {e} (is the sender alive?)")))?;
+    let is_memfd = crate::sys::is_regular_file(named.as_fd()).unwrap_or(false)
+        && crate::sys::descriptor_target(named.as_fd()).is_ok_and(|t| t.starts_with(b"/memfd:"));
+    if !is_memfd {
+        return Err(bad(format!("{path} is not a spill (not a memfd)")));
+    }
+    let same = |id: crate::sys::FileId| id.dev == dev && id.ino == ino;
+    if !crate::sys::fstat(named.as_fd()).is_ok_and(same) {
+        return Err(bad(format!("{path} is no longer the same spill")));
+    }
+    let file = crate::sys::reopen_read_only(named.as_fd())
+        .map_err(|e| bad(format!("opening {path}: {e}")))?;
+    if !crate::sys::is_contents_sealed(file.as_fd()) {
+        return Err(bad(format!("{path} is not a sealed spill")));
+    }
+    let id = crate::sys::fstat(file.as_fd()).map_err(|e| bad(e.to_string()))?;
+    if !same(id) || id.size < len as u64 {
+        return Err(bad(format!(
+            "{path} holds {} bytes, the handle says {len}",
+            id.size
+        )));
+    }
+    if !crate::sys::allocated_bytes(file.as_fd()).is_ok_and(|b| b >= len as u64) {
+        return Err(bad("the spill is sparse: its size is not backed by memory"));
+    }
+    if len == 0 {
+        return Ok(InPlace { map: None });
+    }
+    // SAFETY: the file is sealed against writing, shrinking and growing
+    // (checked above): no process can change its bytes or take its pages
+    // away while the mapping lives, which is what `Mmap`'s `&[u8]` needs.
+    // `populate`: its pages (all present, checked above) are mapped in this
+    // call, not one fault per few pages as they are read.
+    let map = unsafe {
+        memmap2::MmapOptions::new()
+            .len(len)
+            .populate()
+            .map(&std::fs::File::from(file))
+    }
+    .map_err(|e| bad(format!("mapping {path}: {e}")))?;
+    Ok(InPlace { map: Some(map) })
 }
 
 /// The bytes of the spill whose handle starts `handle`.
@@ -204,11 +342,55 @@ mod tests {
     }
 
     #[test]
-    fn a_held_spill_lives_with_its_holder() {
-        let (handle, seg) = write_held(b"held").unwrap();
-        assert_eq!(read(&handle).unwrap(), b"held");
-        assert_eq!(read(&handle).unwrap(), b"held", "held, not counted");
-        drop(seg);
-        assert!(read(&handle).is_err());
+    fn a_held_spill_opens_in_place_while_held() {
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let (handle, held) = write_held(&bytes[..1000], &bytes[1000..]).unwrap();
+        assert_eq!(handle.len(), HANDLE_BYTES);
+        let spill = open_sealed(&handle).unwrap();
+        assert_eq!(spill.bytes(), &bytes[..]);
+        assert_eq!(
+            open_sealed(&handle).unwrap().bytes(),
+            &bytes[..],
+            "held, not counted"
+        );
+        drop(spill);
+        drop(held);
+        assert!(open_sealed(&handle).is_err(), "gone with its holder");
+    }
+
+    #[test]
+    fn a_held_spill_cannot_be_changed_by_anyone() {
+        use std::os::fd::AsFd;
+        let (_handle, held) = write_held(b"sealed", &[]).unwrap();
+        let path = format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&held.file)
+        );
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        assert!(std::os::unix::fs::FileExt::write_at(&file, b"x", 0).is_err());
+        // SAFETY: the mapping must fail (the point); were it made, nothing
+        // would touch it before it drops.
+        assert!(unsafe { memmap2::MmapMut::map_mut(&file) }.is_err());
+        assert!(crate::sys::is_contents_sealed(held.file.as_fd()));
+    }
+
+    #[test]
+    fn each_kind_of_spill_opens_only_as_itself() {
+        let (held_handle, _held) = write_held(b"he", b"ld").unwrap();
+        assert!(
+            read(&held_handle).is_err(),
+            "a sealed spill's handle is not a counted one"
+        );
+        let (handle, mut carried) = write(b"counted").unwrap();
+        assert!(
+            open_sealed(&handle).is_err(),
+            "an unsealed spill never decodes in place"
+        );
+        carried.sent();
+        assert_eq!(read(&handle).unwrap(), b"counted");
     }
 }

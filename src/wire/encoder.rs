@@ -449,23 +449,67 @@ pub(crate) fn encode_payload<T: Wire>(value: &T) -> Result<(Payload, Carried)> {
     })
 }
 
-/// Runs `f` on the encoding of `value` and what it carries, made in a reused
-/// thread-local buffer: no allocation once the buffer has grown to the
-/// values' size, up to [`SCRATCH_KEEP`]. `f` is not called if the value
+/// As [`encode_payload`], except that a value whose encoding is longer than
+/// `max` goes to `spill` instead, as the start of its encoding and the rest
+/// borrowed from the value ([`Wire::encode_split`]): a large vector of plain
+/// numbers is then copied once, by `spill`, rather than into an encoding
+/// first. The payload is then what `spill` returned (the spill's handle),
+/// with what it holds. A value up to `max` costs what [`encode_payload`]
+/// costs.
+///
+/// # Errors
+///
+/// [`Error::Encode`] if the value could not be encoded; `spill`'s errors
+/// (what the encoding handed over then goes back to its senders).
+pub(crate) fn encode_payload_or_spill<T: Wire, H>(
+    value: &T,
+    max: usize,
+    spill: impl FnOnce(&[u8], &[u8]) -> Result<(Vec<u8>, H)>,
+) -> Result<(Payload, Carried, Option<H>)> {
+    with_scratch(|enc| {
+        let rest = value.encode_split(enc);
+        enc.check()?;
+        if enc.len() + rest.len() > max {
+            let mut carried = enc.take_carried();
+            return match spill(enc, rest) {
+                Ok((handle, held)) => Ok((Payload::from_slice(&handle), carried, Some(held))),
+                Err(e) => {
+                    carried.not_sent();
+                    Err(e)
+                }
+            };
+        }
+        enc.extend_from_slice(rest);
+        let payload = if enc.len() <= Payload::INLINE {
+            Payload::from_slice(enc)
+        } else {
+            Payload::from_vec(enc.take_bytes())
+        };
+        Ok((payload, enc.take_carried(), None))
+    })
+}
+
+/// Runs `f` on the encoding of `value`, split ([`Wire::encode_split`]),
+/// and what it carries: `f` gets the encoder holding the encoding's start,
+/// made in a reused thread-local buffer (no allocation once the buffer has
+/// grown to the values' size, up to [`SCRATCH_KEEP`]), and the rest,
+/// borrowed from the value; it joins them (appending the rest to the
+/// encoder) if it needs the whole, or copies the two parts to where they go
+/// (a spill) without an encoding copy first. `f` is not called if the value
 /// could not be encoded.
 ///
 /// # Errors
 ///
 /// [`Error::Encode`] if the value could not be encoded; `f`'s errors.
-pub(crate) fn with_encoding<T: Wire, R>(
+pub(crate) fn with_split_encoding<T: Wire, R>(
     value: &T,
-    f: impl FnOnce(&[u8], Carried) -> Result<R>,
+    f: impl FnOnce(&mut Encoder, &[u8], Carried) -> Result<R>,
 ) -> Result<R> {
     with_scratch(|enc| {
-        value.encode(enc);
+        let rest = value.encode_split(enc);
         enc.check()?;
         let carried = enc.take_carried();
-        f(enc, carried)
+        f(enc, rest, carried)
     })
 }
 

@@ -20,8 +20,8 @@ pub(crate) mod task;
 pub(crate) use encoder::encode_to_vec;
 pub use encoder::Encoder;
 pub(crate) use encoder::{
-    encode_carried, encode_payload, mark_delivered, with_encoding, Carried, Handover, InFlight,
-    KeepAlive, Transit, Transits,
+    encode_carried, encode_payload, encode_payload_or_spill, mark_delivered, with_split_encoding,
+    Carried, Handover, InFlight, KeepAlive, Transit, Transits,
 };
 
 use crate::error::{Error, Result};
@@ -65,6 +65,28 @@ pub trait Wire: Sized + Send + 'static {
         for item in items {
             item.encode(out);
         }
+    }
+
+    /// The bytes [`encode_slice`](Wire::encode_slice) writes for `items`
+    /// when they are the items' own memory (plain numbers, [`Plain`]), so
+    /// that a large value's sender can copy them straight to where they
+    /// travel; `None` for every other type.
+    #[doc(hidden)]
+    fn slice_bytes(items: &[Self]) -> Option<&[u8]> {
+        let _ = items;
+        None
+    }
+
+    /// Appends the start of the encoding of `self` to `out` and returns the
+    /// rest, borrowed from `self` (empty unless the value ends with plain
+    /// data, see [`slice_bytes`](Wire::slice_bytes)): the two together are
+    /// exactly what [`encode`](Wire::encode) writes. A large value's sender
+    /// then copies the rest once, into the memory it travels in, instead of
+    /// into an encoding first.
+    #[doc(hidden)]
+    fn encode_split(&self, out: &mut Encoder) -> &[u8] {
+        self.encode(out);
+        &[]
     }
 
     /// Decodes `n` values written by [`encode_slice`](Wire::encode_slice),
@@ -282,6 +304,10 @@ macro_rules! wire_for_numbers {
             fn encode_slice(items: &[Self], out: &mut Encoder) {
                 encode_pod_slice(items, out);
             }
+            fn slice_bytes(items: &[Self]) -> Option<&[u8]> {
+                // What `encode_pod_slice` copies.
+                Some(bytemuck::cast_slice(items))
+            }
             fn decode_extend(input: &mut &[u8], n: usize, out: &mut Vec<Self>) -> Result<()> {
                 decode_pod_extend::<Self, Self>(input, n, out)
             }
@@ -344,6 +370,10 @@ impl Wire for String {
         encode_len(self.len(), out);
         out.extend_from_slice(self.as_bytes());
     }
+    fn encode_split(&self, out: &mut Encoder) -> &[u8] {
+        encode_len(self.len(), out);
+        self.as_bytes()
+    }
     fn decode(input: &mut &[u8]) -> Result<Self> {
         let len = decode_len::<Self>(input)?;
         let bytes = take::<Self>(input, len)?;
@@ -355,6 +385,16 @@ impl<T: Wire> Wire for Vec<T> {
     fn encode(&self, out: &mut Encoder) {
         encode_len(self.len(), out);
         T::encode_slice(self, out);
+    }
+    fn encode_split(&self, out: &mut Encoder) -> &[u8] {
+        encode_len(self.len(), out);
+        match T::slice_bytes(self) {
+            Some(bytes) => bytes,
+            None => {
+                T::encode_slice(self, out);
+                &[]
+            }
+        }
     }
     fn decode(input: &mut &[u8]) -> Result<Self> {
         let len = decode_len::<Self>(input)?;
@@ -419,29 +459,37 @@ impl<T: Wire, const N: usize> Wire for [T; N] {
 }
 
 macro_rules! wire_for_tuples {
-    ($(($($name:ident),+)),*) => {$(
-        impl<$($name: Wire),+> Wire for ($($name,)+) {
+    ($(($($init:ident),*; $last:ident)),*) => {$(
+        impl<$($init: Wire,)* $last: Wire> Wire for ($($init,)* $last,) {
             #[allow(non_snake_case)]
             fn encode(&self, out: &mut Encoder) {
-                let ($($name,)+) = self;
-                $($name.encode(out);)+
+                let ($($init,)* $last,) = self;
+                $($init.encode(out);)*
+                $last.encode(out);
+            }
+            #[allow(non_snake_case)]
+            fn encode_split(&self, out: &mut Encoder) -> &[u8] {
+                // Every element but the last whole, the last split.
+                let ($($init,)* $last,) = self;
+                $($init.encode(out);)*
+                $last.encode_split(out)
             }
             fn decode(input: &mut &[u8]) -> Result<Self> {
-                Ok(($($name::decode(input)?,)+))
+                Ok(($($init::decode(input)?,)* $last::decode(input)?,))
             }
         }
     )*};
 }
 
 wire_for_tuples!(
-    (A),
-    (A, B),
-    (A, B, C),
-    (A, B, C, D),
-    (A, B, C, D, E),
-    (A, B, C, D, E, F),
-    (A, B, C, D, E, F, G),
-    (A, B, C, D, E, F, G, H)
+    (; A),
+    (A; B),
+    (A, B; C),
+    (A, B, C; D),
+    (A, B, C, D; E),
+    (A, B, C, D, E; F),
+    (A, B, C, D, E, F; G),
+    (A, B, C, D, E, F, G; H)
 );
 
 /// Any [`Pod`] value, sent as its raw bytes; a `Vec<Plain<T>>` crosses as one
@@ -476,6 +524,10 @@ impl<T: Pod + Send> Wire for Plain<T> {
     }
     fn encode_slice(items: &[Self], out: &mut Encoder) {
         encode_pod_slice(Plain::peel_slice(items), out);
+    }
+    fn slice_bytes(items: &[Self]) -> Option<&[u8]> {
+        // What `encode_pod_slice` copies.
+        Some(bytemuck::cast_slice(Plain::peel_slice(items)))
     }
     fn decode_extend(input: &mut &[u8], n: usize, out: &mut Vec<Self>) -> Result<()> {
         decode_pod_extend::<Self, Self>(input, n, out)
@@ -562,6 +614,59 @@ mod tests {
     fn round_trip<T: Wire + PartialEq + std::fmt::Debug>(value: T) {
         let bytes = encode_to_vec(&value);
         assert_eq!(decode_exact::<T>(&bytes).unwrap(), value);
+    }
+
+    /// What `encode_split` writes and returns, joined.
+    fn split_bytes<T: Wire>(value: &T) -> Vec<u8> {
+        let mut out = Encoder::new();
+        let rest = value.encode_split(&mut out);
+        let mut bytes = out.finish().unwrap();
+        bytes.extend_from_slice(rest);
+        bytes
+    }
+
+    #[test]
+    fn a_split_encoding_is_the_encoding() {
+        fn same<T: Wire>(value: T) {
+            assert_eq!(split_bytes(&value), encode_to_vec(&value));
+        }
+        same(vec![1u8, 2, 3]);
+        same(Vec::<u8>::new());
+        same(vec![1.5f64, -2.0]);
+        same(vec![Plain([1u16, 2]), Plain([3, 4])]);
+        same("text".to_string());
+        same(vec!["a".to_string(), "bc".to_string()]);
+        same((7u32, vec![9u8; 100]));
+        same((vec![1u8], 2u64, vec![3i32, 4]));
+        same((vec![1u8],));
+        same(Some(vec![1u8]));
+        same(());
+        same(42u64);
+        // Plain data at the end comes back borrowed, not copied.
+        let value = (1u8, vec![5u8; 1000]);
+        let mut out = Encoder::new();
+        let rest = value.encode_split(&mut out);
+        assert_eq!((out.len(), rest.len()), (1 + 8, 1000));
+    }
+
+    #[test]
+    fn a_payload_over_its_limit_goes_to_the_spill_in_two_parts() {
+        let value = (3u16, vec![7u8; 500]);
+        let whole = encode_to_vec(&value);
+        let (payload, _, spilled) =
+            encode_payload_or_spill(&value, whole.len(), |_, _| -> Result<(Vec<u8>, ())> {
+                panic!("fits: no spill")
+            })
+            .unwrap();
+        assert_eq!((&payload[..], spilled), (&whole[..], None));
+        let (payload, _, spilled) =
+            encode_payload_or_spill(&value, whole.len() - 1, |head, rest| {
+                assert_eq!([head, rest].concat(), whole);
+                assert_eq!(rest.len(), 500, "the vector's bytes, borrowed");
+                Ok((b"handle".to_vec(), 9))
+            })
+            .unwrap();
+        assert_eq!((&payload[..], spilled), (&b"handle"[..], Some(9)));
     }
 
     #[test]
@@ -684,7 +789,7 @@ mod tests {
         // postcard's own message, not a guess about a type mismatch.
         assert!(err.to_string().contains("postcard"), "{err}");
         assert!(encode_payload(&Serde(Unsized)).is_err());
-        assert!(with_encoding(&Serde(Unsized), |_, _| Ok(())).is_err());
+        assert!(with_split_encoding(&Serde(Unsized), |_, _, _| Ok(())).is_err());
         // The thread's reused encoder is clean again.
         assert_eq!(
             decode_exact::<u8>(&encode_payload(&9u8).unwrap().0).unwrap(),

@@ -46,7 +46,7 @@ pub(super) struct Task {
     pub keep: Option<std::sync::Arc<crate::wire::KeepAlive>>,
     /// The spill holding the argument when it is larger than a ring message
     /// (`payload` is then its handle): held until the outcome.
-    pub spill: Option<std::sync::Arc<crate::shm::handle::SharedSegment>>,
+    pub spill: Option<std::sync::Arc<crate::shm::spill::Held>>,
 }
 
 impl Task {
