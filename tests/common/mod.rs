@@ -101,15 +101,70 @@ pub fn open_fds() -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// Entries in /dev/shm.
+/// Entries in /dev/shm, less those a live process outside this one's tree
+/// maps or holds open: another job's entries (a concurrent MPI run's) are
+/// not this test's to count. An entry nobody holds counts, as does one this
+/// process or a descendant holds.
 pub fn shm_entries() -> BTreeSet<String> {
-    std::fs::read_dir("/dev/shm")
+    let all: BTreeSet<String> = std::fs::read_dir("/dev/shm")
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    if all.is_empty() {
+        return all;
+    }
+    let foreign = shm_held_outside_this_tree();
+    all.difference(&foreign).cloned().collect()
+}
+
+/// This process and all its descendants.
+fn this_tree() -> BTreeSet<u32> {
+    let mut tree = BTreeSet::from([std::process::id()]);
+    let mut frontier = vec![std::process::id()];
+    while let Some(pid) = frontier.pop() {
+        for child in descendants_of(pid) {
+            if tree.insert(child) {
+                frontier.push(child);
+            }
+        }
+    }
+    tree
+}
+
+/// Names in /dev/shm that processes outside [`this_tree`] map or hold open
+/// (as far as /proc lets us see: an unreadable process holds nothing here,
+/// so its entries still count against the test).
+fn shm_held_outside_this_tree() -> BTreeSet<String> {
+    let ours = this_tree();
+    let mut held = BTreeSet::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return held;
+    };
+    let pids = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()));
+    for pid in pids.filter(|pid| !ours.contains(pid)) {
+        if let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+            for line in maps.lines() {
+                if let Some((_, name)) = line.split_once("/dev/shm/") {
+                    held.insert(name.trim_end_matches(" (deleted)").to_string());
+                }
+            }
+        }
+        if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            for fd in fds.flatten() {
+                if let Ok(target) = std::fs::read_link(fd.path()) {
+                    if let Ok(name) = target.strip_prefix("/dev/shm") {
+                        held.insert(name.to_string_lossy().into_owned());
+                    }
+                }
+            }
+        }
+    }
+    held
 }
 
 /// Waits (at most 30 s) until `cond` holds; children take a moment to be reaped
