@@ -3,6 +3,9 @@
 //! launch runs under a watchdog: a job that hangs fails the test instead of
 //! hanging it.
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
 use corepool::{Callbacks, Error};
 use corepool_mpi::{Cluster, Shard};
 use std::io::{BufRead, BufReader};
@@ -391,16 +394,10 @@ fn expect_ok(job: &Job, marker: &str) {
     );
 }
 
+/// Entries in /dev/shm, sorted, less those another job (a concurrent MPI run
+/// outside this test's process tree) holds: see `common::shm_entries`.
 fn shm_entries() -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir("/dev/shm")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+    common::shm_entries().into_iter().collect()
 }
 
 fn alive(pid: i32) -> bool {
