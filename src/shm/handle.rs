@@ -29,6 +29,7 @@
 //! longer holds the descriptor, so their memory can be freed.
 
 use crate::error::Result;
+use crate::shm::peer::{self, Access};
 use crate::shm::Segment;
 use crate::sys::{self, FileId};
 use crate::wire::{decode_error, Encoder, Transit, Wire};
@@ -486,9 +487,9 @@ fn closed_by_their_owners() -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Maps `/proc/<owner>/fd/<fd>` after checking, before opening it for
-/// anything, that it is a memfd: never a FIFO, a device or a leased file,
-/// whose open could wait on someone else.
+/// Maps the segment a handle names (the checks every peer's memfd gets:
+/// [`peer::open_memfd`]), sealed against resizing and holding at least
+/// `bytes` before its trailer.
 fn open_uncached(
     owner: i32,
     fd: i32,
@@ -497,23 +498,7 @@ fn open_uncached(
     bytes: usize,
 ) -> std::result::Result<SharedSegment, String> {
     let path = format!("/proc/{owner}/fd/{fd}");
-    // O_PATH: names the file without opening it (nothing of the file's runs).
-    let named = sys::open_path_only(&path)
-        .map_err(|e| format!("opening {path}: {e} (is the creating process alive?)"))?;
-    let is_memfd = sys::is_regular_file(named.as_fd()).unwrap_or(false)
-        && sys::descriptor_target(named.as_fd()).is_ok_and(|t| t.starts_with(b"/memfd:"));
-    if !is_memfd {
-        return Err(format!("{path} is not a corepool array (not a memfd)"));
-    }
-    let named_id = sys::fstat(named.as_fd()).map_err(|e| e.to_string())?;
-    if named_id.dev != dev || named_id.ino != ino {
-        return Err(format!(
-            "{path} is no longer the same memory (closed, and the number reused)"
-        ));
-    }
-    // Non-blocking: a lease on a memfd fails the open instead of waiting.
-    let file = sys::reopen_read_write(named.as_fd())
-        .map_err(|e| format!("opening {path} for writing: {e}"))?;
+    let (file, _) = peer::open_memfd(owner, fd, (dev, ino), Access::ReadWrite, "a corepool array")?;
     // Only a memfd sealed against resizing: never map an arbitrary file a
     // worker names, nor one that could shrink under us.
     if !sys::is_size_sealed(file.as_fd()) {

@@ -3,7 +3,8 @@
 //! many-consumer byte queue [`mpmc`], spin-then-futex [`park`]ing and the
 //! futex [`event`] count, the [`owner`] tags and liveness rule for claims
 //! that dead processes may leave behind, shared objects' [`handle`]s that travel between
-//! processes (and how long they live), and [`spill`]s, the one-off segments
+//! processes (and how long they live) and the checks that open a [`peer`]'s
+//! memfd by one, and [`spill`]s, the one-off segments
 //! that carry values too large for their message.
 //!
 //! They know nothing about pools, tasks or processes.
@@ -13,6 +14,7 @@ pub(crate) mod handle;
 pub(crate) mod mpmc;
 pub(crate) mod owner;
 pub(crate) mod park;
+pub(crate) mod peer;
 pub(crate) mod ring;
 pub(crate) mod segment;
 pub(crate) mod spill;

@@ -260,26 +260,21 @@ pub(crate) fn open_sealed(handle: &[u8]) -> Result<InPlace> {
     }
     let len = usize::try_from(len).map_err(|_| bad("length overflows"))?;
     let path = format!("/proc/{owner}/fd/{fd}");
-    // As `shm::handle`: name the file first (`O_PATH`, nothing of it runs)
-    // and check it is a memfd and the same one, only then open it.
-    let named = crate::sys::open_path_only(&path)
-        .map_err(|e| bad(format!("opening {path}: {e} (is the sender alive?)")))?;
-    let is_memfd = crate::sys::is_regular_file(named.as_fd()).unwrap_or(false)
-        && crate::sys::descriptor_target(named.as_fd()).is_ok_and(|t| t.starts_with(b"/memfd:"));
-    if !is_memfd {
-        return Err(bad(format!("{path} is not a spill (not a memfd)")));
-    }
-    let same = |id: crate::sys::FileId| id.dev == dev && id.ino == ino;
-    if !crate::sys::fstat(named.as_fd()).is_ok_and(same) {
-        return Err(bad(format!("{path} is no longer the same spill")));
-    }
-    let file = crate::sys::reopen_read_only(named.as_fd())
-        .map_err(|e| bad(format!("opening {path}: {e}")))?;
+    let (file, _) = super::peer::open_memfd(
+        owner,
+        fd,
+        (dev, ino),
+        super::peer::Access::ReadOnly,
+        "a spill",
+    )
+    .map_err(bad)?;
     if !crate::sys::is_contents_sealed(file.as_fd()) {
         return Err(bad(format!("{path} is not a sealed spill")));
     }
+    // Its size again, now that it is sealed (the first look came before
+    // the seal was checked).
     let id = crate::sys::fstat(file.as_fd()).map_err(|e| bad(e.to_string()))?;
-    if !same(id) || id.size < len as u64 {
+    if id.size < len as u64 {
         return Err(bad(format!(
             "{path} holds {} bytes, the handle says {len}",
             id.size

@@ -19,6 +19,7 @@
 use super::memory::QueueMemory;
 use super::unbounded::MAX_RINGS;
 use crate::error::{Error, Result};
+use crate::shm::peer::{self, Access};
 use crate::sys::{self, FileId};
 use memmap2::{MmapOptions, MmapRaw};
 use std::fs::File;
@@ -167,41 +168,16 @@ fn remember(file: &Arc<DataFile>) {
     opened.push(Arc::downgrade(file));
 }
 
-/// Opens `/proc/<owner>/fd/<fd>` after checking, before opening it for
-/// anything, that it is a memfd (never a FIFO, a device or a leased file,
-/// whose open could wait on someone else), and that it is the file the
-/// handle says and sealed against shrinking.
+/// Opens the queue's file a handle names (the checks every peer's memfd
+/// gets: [`peer::open_memfd`]), and checks it is sealed against shrinking.
 fn open_uncached(owner: i32, fd: i32, dev: u64, ino: u64) -> std::result::Result<DataFile, String> {
-    let path = format!("/proc/{owner}/fd/{fd}");
-    // O_PATH: names the file without opening it (nothing of the file's runs).
-    let named = sys::open_path_only(&path)
-        .map_err(|e| format!("opening {path}: {e} (is the queue's creating process alive?)"))?;
-    let is_memfd = sys::is_regular_file(named.as_fd()).unwrap_or(false)
-        && sys::descriptor_target(named.as_fd()).is_ok_and(|t| t.starts_with(b"/memfd:"));
-    if !is_memfd {
-        return Err(format!("{path} is not a queue's memory (not a memfd)"));
-    }
-    let named_id = sys::fstat(named.as_fd()).map_err(|e| e.to_string())?;
-    if named_id.dev != dev || named_id.ino != ino {
-        return Err(format!(
-            "{path} is no longer the queue's memory (closed, and the number reused)"
-        ));
-    }
-    // Non-blocking: a lease on a memfd fails the open instead of waiting.
-    let file = File::from(
-        sys::reopen_read_write(named.as_fd())
-            .map_err(|e| format!("opening {path} for writing: {e}"))?,
-    );
+    let what = "a queue's memory";
+    let (file, id) = peer::open_memfd(owner, fd, (dev, ino), Access::ReadWrite, what)?;
+    let file = File::from(file);
     // Never map a file that could shrink under the mapping.
     if !sys::is_shrink_sealed(file.as_fd()) {
         return Err(format!(
-            "{path} is not a queue's memory (not sealed against shrinking)"
-        ));
-    }
-    let id = sys::fstat(file.as_fd()).map_err(|e| e.to_string())?;
-    if id.dev != dev || id.ino != ino {
-        return Err(format!(
-            "{path} is no longer the queue's memory (closed, and the number reused)"
+            "/proc/{owner}/fd/{fd} is not {what} (not sealed against shrinking)"
         ));
     }
     Ok(DataFile {
