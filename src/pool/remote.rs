@@ -135,7 +135,10 @@ impl<D: FnOnce(Result<Vec<u8>>) + Send> Completion for RawSink<D> {
             Outcome::Ok(bytes) => Ok(bytes.to_vec()),
             Outcome::Err(e) => Err(e),
         };
-        if let Some(done) = crate::sync::lock(&self.done).take() {
+        // Taken out first, so that the lock is released before the
+        // caller's code runs (an `if let` would hold it through `done`).
+        let done = crate::sync::lock(&self.done).take();
+        if let Some(done) = done {
             done(result);
         }
     }
