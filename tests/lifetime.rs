@@ -63,27 +63,6 @@ fn a_receiver_opens_what_its_sender_dropped_first() {
     assert_eq!(sum(pool.apply(fresh, 30).unwrap()), 435);
 }
 
-/// This process's memory mappings.
-fn mappings() -> usize {
-    std::fs::read_to_string("/proc/self/maps").map_or(0, |m| m.lines().count())
-}
-
-/// What a process holds: (descriptors, mappings).
-fn holdings(_: u8) -> (usize, usize) {
-    (common::open_fds().len(), mappings())
-}
-
-fn assert_no_growth(what: &str, before: (usize, usize), after: (usize, usize)) {
-    assert!(
-        after.0 <= before.0,
-        "{what}: descriptors {before:?} -> {after:?}"
-    );
-    assert!(
-        after.1 <= before.1 + 8,
-        "{what}: mappings {before:?} -> {after:?}"
-    );
-}
-
 fn nothing_grows_per_call_on_any_path() {
     let pool = Pool::new(1).unwrap();
     let q = Queue::<SharedArray<u64>>::new(4).unwrap();
@@ -105,11 +84,11 @@ fn nothing_grows_per_call_on_any_path() {
         }
     };
     round(50);
-    let parent = holdings(0);
-    let worker = pool.apply(holdings, 0).unwrap();
+    let parent = common::holdings(0);
+    let worker = pool.apply(common::holdings, 0).unwrap();
     round(2000);
-    assert_no_growth("parent", parent, holdings(0));
-    assert_no_growth("worker", worker, pool.apply(holdings, 0).unwrap());
+    common::assert_no_growth("parent", parent, common::holdings(0));
+    common::assert_no_growth("worker", worker, pool.apply(common::holdings, 0).unwrap());
     // Process argument and result: fewer rounds (a process each).
     let processes = |n: usize| {
         for _ in 0..n {
@@ -119,15 +98,15 @@ fn nothing_grows_per_call_on_any_path() {
         }
     };
     processes(5);
-    let parent = holdings(0);
+    let parent = common::holdings(0);
     processes(150);
     // A reaper thread may still be closing the last child's pidfd just
     // after `join` returned: wait for that one to go (a leak per process
     // would never settle: 150 of them).
     common::eventually("the last process's descriptors close", || {
-        holdings(0).0 <= parent.0
+        common::holdings(0).0 <= parent.0
     });
-    assert_no_growth("parent, processes", parent, holdings(0));
+    common::assert_no_growth("parent, processes", parent, common::holdings(0));
     assert_eq!(corepool::testing::lingering_objects(), 0);
 }
 

@@ -150,29 +150,6 @@ fn a_queue_dropped_with_spilled_values_frees_them() {
     assert_eq!(corepool::testing::lingering_objects(), 0);
 }
 
-/// This process's memory mappings.
-fn mappings() -> usize {
-    std::fs::read_to_string("/proc/self/maps").map_or(0, |m| m.lines().count())
-}
-
-/// What a process holds: (descriptors, mappings).
-fn holdings(_: u8) -> (usize, usize) {
-    (common::open_fds().len(), mappings())
-}
-
-/// Asserts that what this process holds did not grow by more than a
-/// little over a loop (allocator arenas may map a few more).
-fn assert_no_growth(what: &str, before: (usize, usize), after: (usize, usize)) {
-    assert!(
-        after.0 <= before.0,
-        "{what}: descriptors {before:?} -> {after:?}"
-    );
-    assert!(
-        after.1 <= before.1 + 8,
-        "{what}: mappings {before:?} -> {after:?}"
-    );
-}
-
 fn spills_leave_nothing_behind_over_thousands_of_calls() {
     // Small rings and slots, so that every message below spills.
     let pool = Pool::builder().workers(1).ring_bytes(4096).build().unwrap();
@@ -186,11 +163,11 @@ fn spills_leave_nothing_behind_over_thousands_of_calls() {
         }
     };
     round(50); // warm up: buffers, caches
-    let parent = holdings(0);
-    let worker = pool.apply(holdings, 0).unwrap();
+    let parent = common::holdings(0);
+    let worker = pool.apply(common::holdings, 0).unwrap();
     round(2000);
-    assert_no_growth("parent", parent, holdings(0));
-    assert_no_growth("worker", worker, pool.apply(holdings, 0).unwrap());
+    common::assert_no_growth("parent", parent, common::holdings(0));
+    common::assert_no_growth("worker", worker, pool.apply(common::holdings, 0).unwrap());
     assert_eq!(corepool::testing::lingering_objects(), 0);
 }
 

@@ -167,6 +167,31 @@ fn shm_held_outside_this_tree() -> BTreeSet<String> {
     held
 }
 
+/// This process's memory mappings.
+pub fn mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps").map_or(0, |m| m.lines().count())
+}
+
+/// What a process holds: (descriptors, mappings). Takes an argument so that
+/// a pool can run it on a worker.
+pub fn holdings(_: u8) -> (usize, usize) {
+    (open_fds().len(), mappings())
+}
+
+/// Asserts that what a process holds did not grow over a loop: no new
+/// descriptor, and no more than a few mappings (allocator arenas may map
+/// some more).
+pub fn assert_no_growth(what: &str, before: (usize, usize), after: (usize, usize)) {
+    assert!(
+        after.0 <= before.0,
+        "{what}: descriptors {before:?} -> {after:?}"
+    );
+    assert!(
+        after.1 <= before.1 + 8,
+        "{what}: mappings {before:?} -> {after:?}"
+    );
+}
+
 /// Waits (at most 30 s) until `cond` holds; children take a moment to be reaped
 /// after a pool's threads end. Polls: this is a check, not synchronisation.
 pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
