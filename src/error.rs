@@ -94,7 +94,7 @@ pub enum Error {
         source: io::Error,
     },
     /// Shared memory could not be created, sized or mapped.
-    #[error("shared memory: {op} failed: {source}; corepool's shared memory is anonymous and counts against RAM and the cgroup's memory limit: free memory, raise the limit, or ask for less (`ring_bytes` for a Pool; a smaller capacity, message size or array)")]
+    #[error("shared memory: {op} failed: {source}; {}", shm_advice(.source))]
     SharedMemory {
         /// The step that failed.
         op: &'static str,
@@ -306,6 +306,17 @@ impl Error {
 
     pub(crate) fn shm(op: &'static str, err: io::Error) -> Self {
         Error::SharedMemory { op, source: err }
+    }
+}
+
+/// What to do about a failed shared-memory step: each segment is a
+/// descriptor as well as memory, so a full descriptor table needs other
+/// advice than a memory limit does.
+fn shm_advice(err: &io::Error) -> &'static str {
+    match err.raw_os_error() {
+        Some(libc::EMFILE) => "this process has too many descriptors open (each shared segment or spill holds one while in use): close some, or raise its limit (`ulimit -n`, RLIMIT_NOFILE)",
+        Some(libc::ENFILE) => "the system's file table is full: close descriptors elsewhere, or raise `fs.file-max`",
+        _ => "corepool's shared memory is anonymous and counts against RAM and the cgroup's memory limit: free memory, raise the limit, or ask for less (`ring_bytes` for a Pool; a smaller capacity, message size or array)",
     }
 }
 
@@ -542,6 +553,27 @@ mod tests {
         assert_eq!(
             io_source(&err).and_then(io::Error::raw_os_error),
             Some(crate::sys::EINVAL)
+        );
+    }
+
+    #[test]
+    fn a_full_descriptor_table_is_told_apart_from_a_memory_limit() {
+        let says =
+            |code| Error::shm("memfd_create", io::Error::from_raw_os_error(code)).to_string();
+        assert!(
+            says(libc::EMFILE).contains("ulimit -n"),
+            "{}",
+            says(libc::EMFILE)
+        );
+        assert!(
+            says(libc::ENFILE).contains("fs.file-max"),
+            "{}",
+            says(libc::ENFILE)
+        );
+        assert!(
+            says(libc::ENOMEM).contains("free memory"),
+            "{}",
+            says(libc::ENOMEM)
         );
     }
 
