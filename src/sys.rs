@@ -29,6 +29,8 @@ pub(crate) const SIGKILL: i32 = Signal::KILL.as_raw();
 
 /// EINVAL's number, as [`io::Error::raw_os_error`] reports it.
 pub(crate) const EINVAL: i32 = Errno::INVAL.raw_os_error();
+/// EBUSY's number (a seal refused while a page is still referenced).
+pub(crate) const EBUSY: i32 = Errno::BUSY.raw_os_error();
 /// "Not, or no longer, a child of ours to wait for", for `raw_os_error()` checks.
 pub(crate) const ECHILD: i32 = Errno::CHILD.raw_os_error();
 

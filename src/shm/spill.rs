@@ -82,6 +82,10 @@ pub(crate) struct Held {
     file: std::os::fd::OwnedFd,
 }
 
+/// How many times a spill's sealing is asked for while the kernel answers
+/// EBUSY (each try waits up to about 150 ms in the kernel).
+const SEAL_TRIES: u32 = 4;
+
 /// A new sealed spill holding `head` then `rest` (see [`Held`]; two parts,
 /// so that a large value is copied here straight from its own memory, see
 /// [`crate::Wire::encode_split`]), and its handle.
@@ -102,7 +106,17 @@ pub(crate) fn write_held(head: &[u8], rest: &[u8]) -> Result<(Vec<u8>, Arc<Held>
     crate::sys::pwrite_all(file.as_fd(), rest, head.len() as u64)
         .map_err(shm("filling a spill"))?;
     let len = head.len() + rest.len();
-    crate::sys::seal_contents(file.as_fd()).map_err(shm("sealing a spill"))?;
+    // EBUSY: the kernel saw a page of the file still referenced beyond the
+    // page cache (it waits about 150 ms for such references to go, then
+    // gives up); seen once under heavy load. Nothing maps the file, so the
+    // reference is transient: ask again a few times before failing.
+    let mut tries = 0;
+    while let Err(e) = crate::sys::seal_contents(file.as_fd()) {
+        tries += 1;
+        if e.raw_os_error() != Some(crate::sys::EBUSY) || tries == SEAL_TRIES {
+            return Err(shm("sealing a spill")(e));
+        }
+    }
     let id = crate::sys::fstat(file.as_fd()).map_err(shm("fstat"))?;
     let mut out = Encoder::new();
     let me = std::process::id() as i32;
