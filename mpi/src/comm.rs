@@ -258,16 +258,7 @@ fn launcher_mismatch(world_size: usize) -> Option<ClusterError> {
     if launched <= 1 {
         return None;
     }
-    let library = mpi::environment::library_version().unwrap_or_default();
-    // (Open MPI counts the C string's NUL in its length.)
-    let library = library
-        .trim_end_matches('\0')
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let library = crate::mpi_library();
     Some(ClusterError::Mpi(format!(
         "the launcher started {launched} processes ({var}={launched}), but this one is alone in its MPI world: the program is built against another MPI library ({library}) than the launcher's; launch it with that library's own mpirun/mpiexec (Debian: mpirun.openmpi or mpirun.mpich), or rebuild it against the launcher's MPI (MPICC=mpicc.mpich or mpicc.openmpi, in a fresh target directory)"
     )))

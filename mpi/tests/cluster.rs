@@ -399,17 +399,7 @@ fn launcher() -> &'static Launcher {
 /// The MPI library this binary links, by its own description (callable
 /// before `MPI_Init`), in one line, and whose it is.
 fn linked_library() -> (Option<Flavor>, String) {
-    let text = mpi::environment::library_version().unwrap_or_default();
-    // "MPICH Version:\t4.0.2" or "Open MPI v4.1.4, package: ...".
-    // (Open MPI counts the C string's NUL in its length.)
-    let line = text
-        .trim_end_matches('\0')
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let line = corepool_mpi::mpi_library();
     let flavor = if line.starts_with("Open MPI") {
         Some(Flavor::OpenMpi)
     } else if ["MPICH", "MVAPICH", "Intel(R) MPI"]
@@ -623,14 +613,16 @@ fn test_rank_killed() {
     assert_eq!(shm_entries(), before, "nothing left in /dev/shm");
 }
 
-fn test_sigterm() {
+/// A signal to the launcher while every rank is busy ends the job, and
+/// nothing of it is left.
+fn launcher_signalled(signal: libc::c_int) {
     let before = shm_entries();
     let mut cmd = mpirun(2);
     cmd.arg(me()).args([RANK_PROGRAM, "sigterm"]);
     let job = run(cmd, |line, pid| {
         if line.starts_with("PIDS ") {
             // SAFETY: `kill` has no memory preconditions.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            unsafe { libc::kill(pid as i32, signal) };
         }
     });
     assert!(!job.status.success());
@@ -638,6 +630,15 @@ fn test_sigterm() {
     assert!(pids.len() >= 5, "pids printed: {}", job.stdout);
     assert_all_gone(&pids);
     assert_eq!(shm_entries(), before, "nothing left in /dev/shm");
+}
+
+fn test_sigterm() {
+    launcher_signalled(libc::SIGTERM);
+}
+
+/// Ctrl-C at the terminal: both launchers forward it to the ranks.
+fn test_sigint() {
+    launcher_signalled(libc::SIGINT);
 }
 
 fn test_binary_mismatch() {
@@ -696,12 +697,13 @@ fn driver() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let tests: [(&str, fn()); 7] = [
+    let tests: [(&str, fn()); 8] = [
         ("api", test_api),
         ("broadcast", test_broadcast),
         ("worker_killed", test_worker_killed),
         ("rank_killed", test_rank_killed),
         ("sigterm", test_sigterm),
+        ("sigint", test_sigint),
         ("binary_mismatch", test_binary_mismatch),
         ("examples", test_examples),
     ];
