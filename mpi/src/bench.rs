@@ -507,10 +507,18 @@ fn report(ctx: &Ctx<'_>, json: bool) -> Result<(), Failure> {
         "targets: cpu_loop cluster/local = {cpu:.3} (>= 0.9); latency {lat:.0} ns vs 2 x mpi + local = {bound:.0} ns ({:.2}x of the bound, <= 1); bandwidth cluster/mpi = {bw:.3} (>= 0.7); map cluster/local = {map:.3}",
         lat / bound
     );
+    // Which MPI the figures are of: Open MPI and MPICH differ in transport.
+    let mpi = format!(
+        "mpi: {}; thread level {:?}",
+        corepool_mpi::mpi_library(),
+        ctx.cluster.threading()
+    );
     if json {
         eprintln!("{text}");
+        eprintln!("{mpi}");
     } else {
         println!("{text}");
+        println!("{mpi}");
     }
     Ok(())
 }

@@ -162,6 +162,10 @@ fn start(
 ) -> std::result::Result<(Option<Pool>, Vec<usize>, usize), ClusterError> {
     let ranks = world.size() as usize;
     let rank = world.rank() as usize;
+    if let Some(e) = launcher_mismatch(ranks) {
+        // Alone in its world: no other rank waits in a collective below.
+        return Err(e);
+    }
     // Every rank takes part in every collective below, whatever it finds,
     // so that a failure on one rank never leaves the others waiting.
     let hash = node::executable_hash().unwrap_or(0);
@@ -230,6 +234,34 @@ fn start(
         return Err(ClusterError::Mpi("no rank has a worker".into()));
     }
     Ok((pool, workers, max_task_bytes))
+}
+
+/// Variables in which a launcher tells the processes it started how many
+/// there are: Open MPI's `mpirun`, and PMI's (MPICH's Hydra `mpiexec`,
+/// Intel MPI, Slurm's `srun --mpi=pmi2`). Only a launched process has them
+/// (Slurm's `SLURM_NTASKS` is also set for a batch script, so not that).
+const LAUNCHER_SIZE_VARS: [&str; 2] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"];
+
+/// A process alone in its MPI world although its launcher started several:
+/// the program was built against another MPI than the launcher's (say,
+/// MPICH's library under Open MPI's `mpirun`), so each process initialized
+/// as a singleton and would run the whole program on its own. Refused
+/// rather than run N times.
+fn launcher_mismatch(world_size: usize) -> Option<ClusterError> {
+    if world_size != 1 {
+        return None;
+    }
+    let (var, launched) = LAUNCHER_SIZE_VARS.iter().find_map(|&var| {
+        let n = std::env::var(var).ok()?.trim().parse::<usize>().ok()?;
+        Some((var, n))
+    })?;
+    if launched <= 1 {
+        return None;
+    }
+    let library = crate::mpi_library();
+    Some(ClusterError::Mpi(format!(
+        "the launcher started {launched} processes ({var}={launched}), but this one is alone in its MPI world: the program is built against another MPI library ({library}) than the launcher's; launch it with that library's own mpirun/mpiexec (Debian: mpirun.openmpi or mpirun.mpich), or rebuild it against the launcher's MPI (MPICC=mpicc.mpich or mpicc.openmpi, in a fresh target directory)"
+    )))
 }
 
 /// Sleeps or spins between looks, by how long the thread has been idle.

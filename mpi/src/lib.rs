@@ -99,6 +99,23 @@ pub enum ClusterError {
     Mpi(String),
 }
 
+/// The MPI library this program is linked with, as it describes itself
+/// (`MPI_Get_library_version`), in one line: `Open MPI v4.1.4, package:
+/// ...` or `MPICH Version: 4.0.2`. Callable before [`Cluster::init`] (MPI
+/// allows it before `MPI_Init`).
+pub fn mpi_library() -> String {
+    let text = mpi::environment::library_version().unwrap_or_default();
+    // Open MPI counts the C string's NUL in its length; MPICH's first line
+    // has a tab.
+    text.trim_end_matches('\0')
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn describe_differing(differing: &[(usize, u64)]) -> String {
     differing
         .iter()

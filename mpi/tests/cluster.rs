@@ -2,6 +2,13 @@
 //! itself with a scenario name, and each rank runs that scenario. Every
 //! launch runs under a watchdog: a job that hangs fails the test instead of
 //! hanging it.
+//!
+//! The launcher is `$COREPOOL_MPIRUN` (default `mpirun`): Open MPI's or
+//! MPICH's (Hydra), told apart by its `--version`, which also decides its
+//! flags and how it reports a dead rank. It must belong to the MPI this
+//! binary links (checked first): for MPICH beside Open MPI on Debian,
+//! `MPICC=mpicc.mpich COREPOOL_MPIRUN=mpirun.mpich cargo test -p
+//! corepool-mpi` in a target directory of its own.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -209,7 +216,11 @@ fn rank_program(scenario: &str) -> Result<(), Box<dyn std::error::Error>> {
                 other => return Err(format!("map with a panicking item gave {other:?}").into()),
             }
             check(cluster.apply(square, 3)? == 9, "goes on after a panic")?;
-            println!("API OK on {} ranks", cluster.ranks());
+            println!(
+                "API OK on {} ranks (thread level {:?})",
+                cluster.ranks(),
+                cluster.threading()
+            );
         }
         "broadcast" => {
             let n = 300usize;
@@ -255,15 +266,16 @@ fn rank_program(scenario: &str) -> Result<(), Box<dyn std::error::Error>> {
                 .chain([std::process::id() as i32])
                 .map(|p| p.to_string())
                 .collect();
+            let rank1 = pids
+                .iter()
+                .find(|p| p.0 == 1)
+                .map(|p| p.1)
+                .ok_or("no rank 1")?;
             println!("PIDS {}", all.join(" "));
+            println!("RANK1 {rank1}");
             use std::io::Write;
             std::io::stdout().flush()?;
             if scenario == "rank_killed" {
-                let rank1 = pids
-                    .iter()
-                    .find(|p| p.0 == 1)
-                    .map(|p| p.1)
-                    .ok_or("no rank 1")?;
                 // SAFETY: `kill` has no memory preconditions.
                 unsafe { libc::kill(rank1, libc::SIGKILL) };
             }
@@ -290,20 +302,120 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// `mpirun` with the flags this machine needs.
-fn mpirun(n: usize) -> Command {
-    let mut cmd = Command::new("mpirun");
-    if is_root() {
-        cmd.arg("--allow-run-as-root");
+/// Whose launcher (or library) it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    /// Open MPI's `mpirun`.
+    OpenMpi,
+    /// MPICH's Hydra (`mpiexec.hydra`; Debian's `mpirun.mpich`), which
+    /// Intel MPI and MVAPICH use too.
+    Hydra,
+}
+
+/// The launcher every job of this run goes through.
+struct Launcher {
+    program: String,
+    flavor: Flavor,
+    /// What its `--version` says, in one line.
+    version: String,
+}
+
+/// The variable naming the launcher.
+const LAUNCHER_VAR: &str = "COREPOOL_MPIRUN";
+
+impl Launcher {
+    /// `$COREPOOL_MPIRUN` or `mpirun`, by its `--version`.
+    fn find() -> Self {
+        let program = std::env::var(LAUNCHER_VAR).unwrap_or_else(|_| "mpirun".into());
+        let out = match Command::new(&program).arg("--version").output() {
+            Ok(out) => out,
+            Err(e) => panic!(
+                "{program} not found ({e}): install Open MPI (`.ci/mpi-packages`, or apt-get install libopenmpi-dev openmpi-bin libclang-dev), or set {LAUNCHER_VAR} to your MPI's launcher"
+            ),
+        };
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        let (flavor, version) = if let Some(line) = text.lines().find(|l| l.contains("Open MPI")) {
+            // "mpirun (Open MPI) 4.1.4"
+            (Flavor::OpenMpi, line.trim().to_string())
+        } else if text.contains("HYDRA") {
+            // "HYDRA build details:" then "    Version:   4.0.2"
+            let number = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Version:"))
+                .unwrap_or("(version unknown)")
+                .trim();
+            (Flavor::Hydra, format!("HYDRA {number}"))
+        } else {
+            panic!(
+                "{program} --version names neither Open MPI nor MPICH's Hydra; these tests know those two launchers (set {LAUNCHER_VAR}):\n{text}"
+            )
+        };
+        Self {
+            program,
+            flavor,
+            version,
+        }
     }
-    cmd.args(["--oversubscribe", "-n", &n.to_string()]);
-    // Its own process group: the watchdog can end mpirun and every rank it
-    // started at once, even when mpirun itself no longer can.
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
+
+    /// A job of `n` ranks, with the flags this machine needs.
+    fn command(&self, n: usize) -> Command {
+        let mut cmd = Command::new(&self.program);
+        if self.flavor == Flavor::OpenMpi {
+            // Open MPI refuses root without it, and more ranks than cores
+            // without `--oversubscribe`; Hydra does neither.
+            if is_root() {
+                cmd.arg("--allow-run-as-root");
+            }
+            cmd.arg("--oversubscribe");
+        }
+        cmd.args(["-n", &n.to_string()]);
+        // Its own process group: the watchdog can end the launcher and
+        // every rank it started at once, even when it no longer can.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Whether the launcher's report of a dead rank names it: Open MPI by
+    /// rank ("process rank 1 with PID ... exited on signal 9"), Hydra by pid
+    /// ("BAD TERMINATION ... PID 1234 RUNNING AT host").
+    fn names_dead_rank(&self, output: &str, rank: usize, pid: i32) -> bool {
+        match self.flavor {
+            Flavor::OpenMpi => output.contains(&format!("rank {rank}")),
+            Flavor::Hydra => output.contains(&format!("PID {pid} ")),
+        }
+    }
+}
+
+/// The launcher of this run, found once.
+fn launcher() -> &'static Launcher {
+    static LAUNCHER: std::sync::OnceLock<Launcher> = std::sync::OnceLock::new();
+    LAUNCHER.get_or_init(Launcher::find)
+}
+
+/// The MPI library this binary links, by its own description (callable
+/// before `MPI_Init`), in one line, and whose it is.
+fn linked_library() -> (Option<Flavor>, String) {
+    let line = corepool_mpi::mpi_library();
+    let flavor = if line.starts_with("Open MPI") {
+        Some(Flavor::OpenMpi)
+    } else if ["MPICH", "MVAPICH", "Intel(R) MPI"]
+        .iter()
+        .any(|name| line.contains(name))
+    {
+        Some(Flavor::Hydra)
+    } else {
+        None
+    };
+    (flavor, line)
+}
+
+/// A job of `n` ranks through this run's launcher.
+fn mpirun(n: usize) -> Command {
+    launcher().command(n)
 }
 
 /// Runs `cmd` under the watchdog; `on_line` sees each line of stdout as it
@@ -311,7 +423,7 @@ fn mpirun(n: usize) -> Command {
 fn run(mut cmd: Command, mut on_line: impl FnMut(&str, u32)) -> Job {
     let mut child = cmd
         .spawn()
-        .expect("mpirun starts (is openmpi-bin installed?)");
+        .unwrap_or_else(|e| panic!("{} does not start: {e}", launcher().program));
     let pid = child.id();
     let (tx, rx) = mpsc::channel::<String>();
     let out = child.stdout.take().unwrap();
@@ -460,8 +572,15 @@ fn assert_all_gone(pids: &[i32]) {
 }
 
 fn test_api() {
-    expect_ok(&scenario(2, "api"), "API OK on 2 ranks");
-    expect_ok(&scenario(3, "api"), "API OK on 3 ranks");
+    for n in [2, 3] {
+        let job = scenario(n, "api");
+        let marker = format!("API OK on {n} ranks");
+        expect_ok(&job, &marker);
+        // Which thread level this MPI granted, in the test's output.
+        if let Some(line) = job.stdout.lines().find(|l| l.starts_with(&marker)) {
+            println!("  {line}");
+        }
+    }
 }
 
 fn test_broadcast() {
@@ -477,22 +596,33 @@ fn test_rank_killed() {
     let job = scenario(2, "rank_killed");
     assert!(!job.status.success(), "a job whose rank died must fail");
     let all = format!("{}{}", job.stdout, job.stderr);
-    assert!(all.contains("rank 1"), "the message names the rank:\n{all}");
     assert!(!all.contains("UNREACHABLE"));
     let pids = pids_of(&job.stdout);
     assert!(pids.len() >= 5, "pids printed: {}", job.stdout);
+    let rank1: i32 = job
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RANK1 "))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("rank 1's pid printed");
+    assert!(
+        launcher().names_dead_rank(&all, 1, rank1),
+        "the message names the rank (rank 1, pid {rank1}):\n{all}"
+    );
     assert_all_gone(&pids);
     assert_eq!(shm_entries(), before, "nothing left in /dev/shm");
 }
 
-fn test_sigterm() {
+/// A signal to the launcher while every rank is busy ends the job, and
+/// nothing of it is left.
+fn launcher_signalled(signal: libc::c_int) {
     let before = shm_entries();
     let mut cmd = mpirun(2);
     cmd.arg(me()).args([RANK_PROGRAM, "sigterm"]);
     let job = run(cmd, |line, pid| {
         if line.starts_with("PIDS ") {
             // SAFETY: `kill` has no memory preconditions.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            unsafe { libc::kill(pid as i32, signal) };
         }
     });
     assert!(!job.status.success());
@@ -500,6 +630,15 @@ fn test_sigterm() {
     assert!(pids.len() >= 5, "pids printed: {}", job.stdout);
     assert_all_gone(&pids);
     assert_eq!(shm_entries(), before, "nothing left in /dev/shm");
+}
+
+fn test_sigterm() {
+    launcher_signalled(libc::SIGTERM);
+}
+
+/// Ctrl-C at the terminal: both launchers forward it to the ranks.
+fn test_sigint() {
+    launcher_signalled(libc::SIGINT);
 }
 
 fn test_binary_mismatch() {
@@ -541,19 +680,30 @@ fn test_examples() {
 }
 
 fn driver() {
-    if Command::new("mpirun").arg("--version").output().is_err() {
-        panic!("mpirun not found: install Open MPI (`.ci/mpi-packages`, or apt-get install libopenmpi-dev openmpi-bin libclang-dev)");
+    let launcher = launcher();
+    let (library_flavor, library) = linked_library();
+    if library_flavor.is_some_and(|f| f != launcher.flavor) {
+        // Each rank would start as a one-rank world of its own.
+        panic!(
+            "this test binary links {library}, but {} is {}: set {LAUNCHER_VAR} to the launcher of the MPI it was built with (Debian: mpirun.mpich for MPICH, mpirun.openmpi for Open MPI)",
+            launcher.program, launcher.version
+        );
     }
+    println!(
+        "corepool-mpi cluster tests on {library} (launcher {}: {})",
+        launcher.program, launcher.version
+    );
     let filter: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let tests: [(&str, fn()); 7] = [
+    let tests: [(&str, fn()); 8] = [
         ("api", test_api),
         ("broadcast", test_broadcast),
         ("worker_killed", test_worker_killed),
         ("rank_killed", test_rank_killed),
         ("sigterm", test_sigterm),
+        ("sigint", test_sigint),
         ("binary_mismatch", test_binary_mismatch),
         ("examples", test_examples),
     ];
