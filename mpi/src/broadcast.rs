@@ -45,6 +45,18 @@ pub(crate) struct Copies {
 /// [`read`](Self::read), [`read_into`](Self::read_into) or
 /// [`fold_chunks`](Self::fold_chunks). It is read-only, and it lives until
 /// the [`Cluster`](crate::Cluster) ends.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+/// let squares: Vec<u64> = (0..1000).map(|i| i * i).collect();
+/// let b = cluster.broadcast(&squares)?;
+/// let at = cluster.apply(|(b, i): (corepool_mpi::Broadcast<u64>, usize)| b.get(i), (b.clone(), 12))?;
+/// assert_eq!(at, Some(144));
+/// # Ok(()) }
+/// ```
 pub struct Broadcast<T> {
     copies: Arc<Copies>,
     len: usize,
@@ -83,16 +95,46 @@ impl<T: Pod> Broadcast<T> {
     }
 
     /// Number of elements.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// let b = cluster.broadcast(&[1.0f64, 2.0, 3.0])?;
+    /// assert_eq!(b.len(), 3);
+    /// # Ok(()) }
+    /// ```
     pub fn len(&self) -> usize {
         self.len
     }
 
     /// Whether it has no elements.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// let b = cluster.broadcast::<f32>(&[])?;
+    /// assert!(b.is_empty());
+    /// # Ok(()) }
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Element `index`, or `None` past the end.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// let b = cluster.broadcast(&[10u16, 20, 30])?;
+    /// assert_eq!((b.get(1), b.get(3)), (Some(20), None));
+    /// # Ok(()) }
+    /// ```
     pub fn get(&self, index: usize) -> Option<T> {
         let mut one = [T::zeroed()];
         self.read_into(index, &mut one).ok()?;
@@ -104,6 +146,19 @@ impl<T: Pod> Broadcast<T> {
     /// # Errors
     ///
     /// [`Error::OutOfBounds`] when `start..start + dst.len()` is not inside.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// let b = cluster.broadcast(&[1u8, 2, 3, 4])?;
+    /// let mut two = [0u8; 2];
+    /// b.read_into(2, &mut two)?;
+    /// assert_eq!(two, [3, 4]);
+    /// assert!(b.read_into(3, &mut two).is_err()); // past the end
+    /// # Ok(()) }
+    /// ```
     pub fn read_into(&self, start: usize, dst: &mut [T]) -> Result<()> {
         let end = start.checked_add(dst.len()).filter(|&e| e <= self.len);
         if end.is_none() {
@@ -124,6 +179,16 @@ impl<T: Pod> Broadcast<T> {
     /// # Errors
     ///
     /// [`Error::OutOfBounds`] when `range` is not inside.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// let b = cluster.broadcast(&[5i32, 6, 7])?;
+    /// assert_eq!(b.read(1..3)?, vec![6, 7]);
+    /// # Ok(()) }
+    /// ```
     pub fn read(&self, range: Range<usize>) -> Result<Vec<T>> {
         let mut out = vec![T::zeroed(); range.end.saturating_sub(range.start)];
         self.read_into(range.start, &mut out)?;
@@ -136,6 +201,17 @@ impl<T: Pod> Broadcast<T> {
     /// # Errors
     ///
     /// [`Error::OutOfBounds`] when `range` is not inside.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// let b = cluster.broadcast(&vec![1u32; 100_000])?;
+    /// let total = b.fold_chunks(0..100_000, 0u64, |acc, xs| acc + xs.len() as u64)?;
+    /// assert_eq!(total, 100_000);
+    /// # Ok(()) }
+    /// ```
     pub fn fold_chunks<Acc>(
         &self,
         range: Range<usize>,

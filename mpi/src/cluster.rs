@@ -22,6 +22,17 @@ static STARTED: AtomicBool = AtomicBool::new(false);
 /// Dropping it ends the job: tasks still running are cancelled, every rank
 /// stops its pool and finalizes MPI, and the serving ranks exit with status
 /// 0. Keep it until `main` ends.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+/// let squares = cluster.map(|x: u64| x * x, 0..100u64)?;
+/// assert_eq!(squares[9], 81);
+/// drop(cluster); // ends the job on every rank
+/// # Ok(()) }
+/// ```
 pub struct Cluster {
     commands: Sender<Command>,
     comm: Option<std::thread::JoinHandle<std::result::Result<(), ClusterError>>>,
@@ -40,6 +51,16 @@ impl fmt::Debug for Cluster {
 
 /// One rank's part in a per-rank task ([`Cluster::gather`]): which of the
 /// computing ranks this is, and how many there are.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+/// let parts = cluster.gather(|(shard, n): (corepool_mpi::Shard, usize)| shard.range_of(n).len(), 1000usize)?;
+/// assert_eq!(parts.iter().sum::<usize>(), 1000); // the shards cover 0..1000 once
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {
     /// The rank running the task.
@@ -55,6 +76,16 @@ pub struct Shard {
 impl Shard {
     /// This shard's part of `0..len` when it is cut into `count` nearly
     /// equal consecutive ranges.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use corepool_mpi::Shard;
+    /// let shard = Shard { rank: 1, index: 1, count: 3, workers: 2 };
+    /// assert_eq!(shard.range_of(10), 3..6);
+    /// # Ok(()) }
+    /// ```
     pub fn range_of(&self, len: usize) -> std::ops::Range<usize> {
         (self.index * len / self.count)..((self.index + 1) * len / self.count)
     }
@@ -112,11 +143,30 @@ impl Cluster {
     /// cannot start its pool; [`ClusterError::Mpi`] when MPI was already
     /// initialized or grants less than `MPI_THREAD_FUNNELED`, or when
     /// called twice.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// corepool::init(); // first in `main`, as for any corepool program
+    /// let cluster = corepool_mpi::Cluster::init()?; // only rank 0 gets past this line
+    /// assert_eq!(cluster.apply(|x: i32| x + 1, 41)?, 42);
+    /// # Ok(()) }
+    /// ```
     pub fn init() -> std::result::Result<Self, ClusterError> {
         Self::start(Config::default())
     }
 
     /// A configuration to start from.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::builder().retries(1).init()?;
+    /// assert_eq!(cluster.apply(|x: u8| x * 2, 21)?, 42);
+    /// # Ok(()) }
+    /// ```
     pub fn builder() -> Config {
         Config::default()
     }
@@ -178,22 +228,59 @@ impl Cluster {
     }
 
     /// Number of ranks in the job.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// assert_eq!(cluster.ranks(), cluster.workers().len());
+    /// # Ok(()) }
+    /// ```
     pub fn ranks(&self) -> usize {
         self.workers.len()
     }
 
     /// Workers of each rank's pool, by rank (rank 0's may be 0).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// let total: usize = cluster.workers().iter().sum();
+    /// assert!(total >= 1);
+    /// # Ok(()) }
+    /// ```
     pub fn workers(&self) -> &[usize] {
         &self.workers
     }
 
     /// The largest encoded argument (a task's, or a chunk of items) every
     /// rank accepts.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// assert!(cluster.max_task_bytes() > 1024);
+    /// # Ok(()) }
+    /// ```
     pub fn max_task_bytes(&self) -> usize {
         self.max_task_bytes
     }
 
     /// The MPI thread level the library granted (at least `Funneled`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// assert!(cluster.threading() >= mpi::Threading::Funneled);
+    /// # Ok(()) }
+    /// ```
     pub fn threading(&self) -> mpi::Threading {
         self.threading
     }
@@ -237,6 +324,18 @@ impl Cluster {
     ///
     /// The task's error: [`Error::Panicked`], [`Error::WorkerDied`],
     /// [`Error::ArgumentTooLarge`], ...
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// assert_eq!(cluster.apply(|s: String| s.len(), "four".to_string())?, 4);
+    /// // A task's panic comes back as an error, and the cluster goes on.
+    /// let e = cluster.apply(|_: ()| -> u8 { panic!("boom") }, ()).unwrap_err();
+    /// assert!(matches!(e, corepool::Error::Panicked { .. }));
+    /// # Ok(()) }
+    /// ```
     pub fn apply<F, A, R>(&self, f: F, arg: A) -> Result<R>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
@@ -253,6 +352,19 @@ impl Cluster {
     /// # Errors
     ///
     /// [`Error::PoolClosed`] when the cluster's MPI thread has ended.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// let pending: Vec<_> = (0..10u64)
+    ///     .map(|i| cluster.apply_async(|x: u64| x * x, i))
+    ///     .collect::<corepool::Result<_>>()?;
+    /// let squares: Vec<u64> = pending.into_iter().map(|r| r.get()).collect::<corepool::Result<_>>()?;
+    /// assert_eq!(squares[3], 9);
+    /// # Ok(()) }
+    /// ```
     pub fn apply_async<F, A, R>(&self, f: F, arg: A) -> Result<ClusterResult<R>>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
@@ -269,6 +381,18 @@ impl Cluster {
     /// # Errors
     ///
     /// As [`apply_async`](Self::apply_async).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// use corepool::Callbacks;
+    /// let callbacks = Callbacks::new().on_success(|x: &u64| println!("got {x}"));
+    /// let result = cluster.apply_async_with(|x: u64| x + 1, 1, callbacks)?;
+    /// assert_eq!(result.get()?, 2);
+    /// # Ok(()) }
+    /// ```
     pub fn apply_async_with<F, A, R>(
         &self,
         f: F,
@@ -290,6 +414,19 @@ impl Cluster {
     ///
     /// As [`apply`](Self::apply); [`Error::InvalidConfig`] for a rank that
     /// does not exist or has no worker.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// // Rank 0 is this process's own pool.
+    /// let pid = cluster.apply_on_rank(0, |_: ()| std::os::unix::process::parent_id(), ())?;
+    /// assert_eq!(pid, std::process::id());
+    /// // A rank that is not in the job is a typed error.
+    /// assert!(cluster.apply_on_rank(cluster.ranks(), |x: u8| x, 0).is_err());
+    /// # Ok(()) }
+    /// ```
     pub fn apply_on_rank<F, A, R>(&self, rank: usize, f: F, arg: A) -> Result<R>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
@@ -305,6 +442,17 @@ impl Cluster {
     /// # Errors
     ///
     /// As [`apply_on_rank`](Self::apply_on_rank), at submission.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// let last = cluster.ranks() - 1;
+    /// let result = cluster.apply_async_on_rank(last, |x: u32| x * 3, 14)?;
+    /// assert_eq!(result.get()?, 42);
+    /// # Ok(()) }
+    /// ```
     pub fn apply_async_on_rank<F, A, R>(
         &self,
         rank: usize,
@@ -341,6 +489,20 @@ impl Cluster {
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] when `rank` is 0 or not in the job.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// if cluster.ranks() > 1 {
+    ///     let round_trip = cluster.mpi_ping_pong(1, 8, 1000)?;
+    ///     println!("bare MPI round trip: {round_trip:?}");
+    /// } else {
+    ///     assert!(cluster.mpi_ping_pong(1, 8, 1000).is_err()); // no rank 1 to ask
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn mpi_ping_pong(&self, rank: usize, bytes: usize, rounds: u64) -> Result<Duration> {
         self.floor(
             rank,
@@ -358,6 +520,18 @@ impl Cluster {
     /// # Errors
     ///
     /// As [`mpi_ping_pong`](Self::mpi_ping_pong).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// if cluster.ranks() > 1 {
+    ///     let took = cluster.mpi_stream(1, 1 << 20, 16)?;
+    ///     println!("{:.0} MB/s", 16.0 * 1.048576 / took.as_secs_f64());
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn mpi_stream(&self, rank: usize, bytes: usize, rounds: u64) -> Result<Duration> {
         self.floor(
             rank,
@@ -387,6 +561,17 @@ impl Cluster {
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] for 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// let doubled = cluster.chunked(10)?.map(|x: u64| x * 2, 0..100u64)?;
+    /// assert_eq!(doubled[99], 198);
+    /// assert!(cluster.chunked(0).is_err());
+    /// # Ok(()) }
+    /// ```
     pub fn chunked(&self, chunksize: usize) -> Result<Chunked<'_>> {
         if chunksize == 0 {
             return Err(Error::InvalidConfig {
@@ -412,6 +597,16 @@ impl Cluster {
     /// # Errors
     ///
     /// The first failing chunk's error (by position).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// let squares = cluster.map(|x: u64| x * x, 0..1000u64)?;
+    /// assert_eq!(squares[999], 998_001); // in order
+    /// # Ok(()) }
+    /// ```
     pub fn map<F, A, R>(&self, f: F, items: impl IntoIterator<Item = A>) -> Result<Vec<R>>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
@@ -426,6 +621,16 @@ impl Cluster {
     /// # Errors
     ///
     /// As [`map`](Self::map).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// let sums = cluster.starmap(|a: u32, b: u32| a + b, vec![(1, 2), (3, 4)])?;
+    /// assert_eq!(sums, vec![3, 7]);
+    /// # Ok(()) }
+    /// ```
     pub fn starmap<F, T, R>(&self, f: F, items: impl IntoIterator<Item = T>) -> Result<Vec<R>>
     where
         F: StarFn<T, R>,
@@ -441,6 +646,19 @@ impl Cluster {
     /// # Errors
     ///
     /// [`Error::PoolClosed`] at submission; each item's error as it comes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// let mut running = 0;
+    /// for square in cluster.imap(|x: u64| x * x, 0..100u64)? {
+    ///     running += square?; // in order, each as soon as its chunk is in
+    /// }
+    /// assert_eq!(running, 328_350);
+    /// # Ok(()) }
+    /// ```
     pub fn imap<F, A, R>(&self, f: F, items: impl IntoIterator<Item = A>) -> Result<ClusterImap<R>>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
@@ -456,6 +674,19 @@ impl Cluster {
     /// # Errors
     ///
     /// As [`imap`](Self::imap).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// let mut all: Vec<u64> = cluster
+    ///     .imap_unordered(|x: u64| x + 1, 0..100u64)?
+    ///     .collect::<corepool::Result<_>>()?;
+    /// all.sort_unstable();
+    /// assert_eq!(all, (1..=100).collect::<Vec<u64>>());
+    /// # Ok(()) }
+    /// ```
     pub fn imap_unordered<F, A, R>(
         &self,
         f: F,
@@ -476,6 +707,23 @@ impl Cluster {
     ///
     /// [`Error::SharedMemory`] when a rank has no room for it;
     /// [`Error::PoolClosed`] when the MPI thread has ended.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// use corepool_mpi::Broadcast;
+    /// let table = cluster.broadcast(&(0..10_000u32).collect::<Vec<_>>())?;
+    /// // Tasks carry the handle, not the 40 KB.
+    /// let sum = |(t, from, to): (Broadcast<u32>, usize, usize)| -> u64 {
+    ///     t.fold_chunks(from..to, 0u64, |acc, xs| acc + xs.iter().map(|&x| u64::from(x)).sum::<u64>())
+    ///         .unwrap_or(0)
+    /// };
+    /// let parts = cluster.map(sum, (0..10).map(|i| (table.clone(), i * 1000, (i + 1) * 1000)))?;
+    /// assert_eq!(parts.iter().sum::<u64>(), 49_995_000);
+    /// # Ok(()) }
+    /// ```
     pub fn broadcast<T: Pod>(&self, data: &[T]) -> Result<Broadcast<T>> {
         crate::result::check_can_wait()?;
         let bytes: &[u8] = corepool::bytemuck::cast_slice(data);
@@ -501,6 +749,17 @@ impl Cluster {
     /// # Errors
     ///
     /// The first rank's error (by rank).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// use corepool_mpi::Shard;
+    /// let ranks = cluster.gather(|(shard, _): (Shard, ())| shard.rank, ())?;
+    /// assert_eq!(ranks[0], 0);
+    /// # Ok(()) }
+    /// ```
     pub fn gather<F, A, R>(&self, f: F, arg: A) -> Result<Vec<R>>
     where
         F: Fn((Shard, A)) -> R + Copy + Send + Sync + 'static,
@@ -535,6 +794,18 @@ impl Cluster {
     /// # Errors
     ///
     /// As [`gather`](Self::gather).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// use corepool_mpi::Shard;
+    /// // Each computing rank sums its share of 0..1000; rank 0 adds the parts.
+    /// let part = |(shard, n): (Shard, u64)| -> u64 { shard.range_of(n as usize).map(|i| i as u64).sum() };
+    /// assert_eq!(cluster.reduce(part, 1000, |a, b| a + b)?, 499_500);
+    /// # Ok(()) }
+    /// ```
     pub fn reduce<F, A, R>(&self, f: F, arg: A, combine: impl FnMut(R, R) -> R) -> Result<R>
     where
         F: Fn((Shard, A)) -> R + Copy + Send + Sync + 'static,

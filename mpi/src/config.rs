@@ -4,6 +4,15 @@
 use crate::{Cluster, ClusterError};
 
 /// How a cluster starts: see [`Cluster::builder`].
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cluster = corepool_mpi::Cluster::builder().ring_bytes(1 << 23).retries(2).init()?;
+/// assert_eq!(cluster.apply(|x: u8| x, 7)?, 7);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Config {
     pub(crate) rank0_workers: Option<usize>,
@@ -24,6 +33,16 @@ impl Default for Config {
 impl Config {
     /// Workers of rank 0's own pool; 0: rank 0 only submits and collects.
     /// Default: its share of its node's CPUs, like every rank.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // Rank 0 computes too by default; with 0 it only submits and collects.
+    /// let cluster = corepool_mpi::Cluster::builder().rank0_workers(1).init()?;
+    /// assert_eq!(cluster.workers()[0], 1);
+    /// # Ok(()) }
+    /// ```
     pub fn rank0_workers(mut self, n: usize) -> Self {
         self.rank0_workers = Some(n);
         self
@@ -31,6 +50,15 @@ impl Config {
 
     /// `ring_bytes` of every rank's pool (a power of two): a task's encoded
     /// argument may take up to about half of it. Default 4 MiB.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::builder().ring_bytes(1 << 20).init()?;
+    /// assert!(cluster.max_task_bytes() < 1 << 20);
+    /// # Ok(()) }
+    /// ```
     pub fn ring_bytes(mut self, bytes: u32) -> Self {
         self.ring_bytes = bytes;
         self
@@ -39,6 +67,16 @@ impl Config {
     /// `retries` of every rank's pool: how many times a task whose worker
     /// died is run again (on the same rank) before it fails with
     /// [`Error::WorkerDied`](corepool::Error::WorkerDied). Default 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // A task whose worker dies runs once more before it fails.
+    /// let cluster = corepool_mpi::Cluster::builder().retries(1).init()?;
+    /// assert_eq!(cluster.apply(|x: u8| x + 1, 1)?, 2);
+    /// # Ok(()) }
+    /// ```
     pub fn retries(mut self, n: u32) -> Self {
         self.retries = n;
         self
@@ -49,6 +87,15 @@ impl Config {
     /// # Errors
     ///
     /// As [`Cluster::init`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::builder().init()?; // as `Cluster::init()`
+    /// assert_eq!(cluster.ranks(), cluster.workers().len());
+    /// # Ok(()) }
+    /// ```
     pub fn init(self) -> std::result::Result<Cluster, ClusterError> {
         Cluster::start(self)
     }

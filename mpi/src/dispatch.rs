@@ -131,10 +131,15 @@ impl Dispatcher {
                     };
                     transport.send(to as i32, TAG_CONTROL, control.to_bytes());
                 }
-                transport
-                    .world
-                    .process_at_rank(0)
-                    .broadcast_into(&mut bytes[..]);
+                // An empty array has nothing to send (and Open MPI takes a
+                // zero-length `MPI_Bcast` of a dangling buffer for a bad
+                // argument, fatal to the job): every rank skips it alike.
+                if !bytes.is_empty() {
+                    transport
+                        .world
+                        .process_at_rank(0)
+                        .broadcast_into(&mut bytes[..]);
+                }
                 if ranks == 1 {
                     let _ = reply.send(Ok(vec![Vec::new()]));
                 } else {

@@ -74,6 +74,22 @@ pub use maps::{Chunked, ClusterImap, ClusterImapUnordered};
 pub use result::ClusterResult;
 
 /// Why [`Cluster::init`] failed.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// match corepool_mpi::Cluster::init() {
+///     Ok(cluster) => assert!(cluster.ranks() >= 1),
+///     Err(e) => {
+///         // Each variant's message says what to do (`BinaryMismatch`: copy
+///         // the same binary everywhere; `Mpi`: the launcher or library).
+///         eprintln!("{e}");
+///         std::process::exit(1);
+///     }
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClusterError {
@@ -103,6 +119,15 @@ pub enum ClusterError {
 /// (`MPI_Get_library_version`), in one line: `Open MPI v4.1.4, package:
 /// ...` or `MPICH Version: 4.0.2`. Callable before [`Cluster::init`] (MPI
 /// allows it before `MPI_Init`).
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let library = corepool_mpi::mpi_library(); // callable before `Cluster::init`
+/// assert!(library.contains("MPI"), "{library}");
+/// # Ok(()) }
+/// ```
 pub fn mpi_library() -> String {
     let text = mpi::environment::library_version().unwrap_or_default();
     // Open MPI counts the C string's NUL in its length; MPICH's first line

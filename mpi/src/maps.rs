@@ -12,6 +12,16 @@ use std::fmt;
 
 /// A [`Cluster`] whose `map` family uses a chunk size of its own: see
 /// [`Cluster::chunked`].
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+/// let chunked = cluster.chunked(64)?;
+/// assert_eq!(chunked.map(|x: u32| x % 7, 0..640u32)?.len(), 640);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct Chunked<'a> {
     pub(crate) cluster: &'a Cluster,
@@ -83,6 +93,16 @@ impl Chunked<'_> {
     /// # Errors
     ///
     /// As [`Cluster::map`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// let out = cluster.chunked(100)?.map(|x: u64| x + 1, 0..1000u64)?;
+    /// assert_eq!(out[0], 1);
+    /// # Ok(()) }
+    /// ```
     pub fn map<F, A, R>(&self, f: F, items: impl IntoIterator<Item = A>) -> Result<Vec<R>>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
@@ -98,6 +118,16 @@ impl Chunked<'_> {
     /// # Errors
     ///
     /// As [`Cluster::map`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// let out = cluster.chunked(2)?.starmap(|a: u8, b: u8| a * b, vec![(2, 3), (4, 5), (6, 7)])?;
+    /// assert_eq!(out, vec![6, 20, 42]);
+    /// # Ok(()) }
+    /// ```
     pub fn starmap<F, T, R>(&self, f: F, items: impl IntoIterator<Item = T>) -> Result<Vec<R>>
     where
         F: StarFn<T, R>,
@@ -113,6 +143,16 @@ impl Chunked<'_> {
     /// # Errors
     ///
     /// As [`Cluster::imap`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// let firsts: Vec<u64> = cluster.chunked(10)?.imap(|x: u64| x * 10, 0..100u64)?.take(3).collect::<corepool::Result<_>>()?;
+    /// assert_eq!(firsts, vec![0, 10, 20]);
+    /// # Ok(()) }
+    /// ```
     pub fn imap<F, A, R>(&self, f: F, items: impl IntoIterator<Item = A>) -> Result<ClusterImap<R>>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
@@ -131,6 +171,16 @@ impl Chunked<'_> {
     /// # Errors
     ///
     /// As [`Cluster::imap`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// let n = cluster.chunked(10)?.imap_unordered(|x: u64| x, 0..100u64)?.count();
+    /// assert_eq!(n, 100);
+    /// # Ok(()) }
+    /// ```
     pub fn imap_unordered<F, A, R>(
         &self,
         f: F,
@@ -160,6 +210,16 @@ fn collect_in_order<R>(chunks: Vec<ClusterResult<Vec<R>>>) -> Result<Vec<R>> {
 }
 
 /// The iterator of [`Cluster::imap`]: results in order, each as it arrives.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+/// let it: corepool_mpi::ClusterImap<u64> = cluster.imap(|x: u64| x, 0..5u64)?;
+/// assert_eq!(it.collect::<corepool::Result<Vec<_>>>()?, vec![0, 1, 2, 3, 4]);
+/// # Ok(()) }
+/// ```
 pub struct ClusterImap<R> {
     chunks: std::vec::IntoIter<ClusterResult<Vec<R>>>,
     current: std::vec::IntoIter<R>,
@@ -190,6 +250,17 @@ impl<R> Iterator for ClusterImap<R> {
 }
 
 /// The iterator of [`Cluster::imap_unordered`]: results as they arrive.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+/// let it: corepool_mpi::ClusterImapUnordered<u64> = cluster.imap_unordered(|x: u64| x, 0..5u64)?;
+/// let sum: u64 = it.map(|r| r.unwrap_or(0)).sum();
+/// assert_eq!(sum, 10);
+/// # Ok(()) }
+/// ```
 pub struct ClusterImapUnordered<R> {
     arrivals: crossbeam_channel::Receiver<(usize, Result<Vec<R>>)>,
     left: usize,

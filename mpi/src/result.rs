@@ -121,6 +121,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The result of [`Cluster::apply_async`](crate::Cluster::apply_async): like
 /// corepool's `AsyncResult`, for a task that may run on any rank.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+/// let result = cluster.apply_async(|x: u64| x * 2, 21)?;
+/// result.wait();
+/// assert!(result.ready());
+/// assert_eq!(result.get()?, 42);
+/// # Ok(()) }
+/// ```
 pub struct ClusterResult<T> {
     pub(crate) slot: Arc<Slot<T>>,
 }
@@ -141,6 +153,15 @@ impl<T> ClusterResult<T> {
     /// The task's error ([`Error::Panicked`], [`Error::WorkerDied`], ...),
     /// [`Error::Cancelled`] when the cluster was dropped first;
     /// [`Error::WaitInCallback`] in a callback of the cluster.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// assert_eq!(cluster.apply_async(|x: i64| -x, 5)?.get()?, -5);
+    /// # Ok(()) }
+    /// ```
     pub fn get(self) -> Result<T> {
         check_can_wait()?;
         self.slot.wait_until(None);
@@ -154,6 +175,18 @@ impl<T> ClusterResult<T> {
     /// [`Error::Timeout`] if the result is not in by then (call again); as
     /// [`get`](Self::get) otherwise; [`Error::ResultTaken`] after an earlier
     /// successful call.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// use std::time::Duration;
+    /// let result = cluster.apply_async(|x: u8| x, 9)?;
+    /// assert_eq!(result.get_timeout(Duration::from_secs(60))?, 9);
+    /// assert!(result.get_timeout(Duration::from_secs(1)).is_err()); // already taken
+    /// # Ok(()) }
+    /// ```
     pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
         check_can_wait()?;
         if !self.slot.wait_until(Instant::now().checked_add(timeout)) {
@@ -165,6 +198,17 @@ impl<T> ClusterResult<T> {
     /// Waits until the result is in, without taking it. In a callback of
     /// the cluster (on its MPI thread) it returns at once: that thread is
     /// the one that delivers results.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// let result = cluster.apply_async(|x: u8| x, 1)?;
+    /// result.wait();
+    /// assert!(result.ready());
+    /// # Ok(()) }
+    /// ```
     pub fn wait(&self) {
         if check_can_wait().is_err() {
             return;
@@ -173,6 +217,17 @@ impl<T> ClusterResult<T> {
     }
 
     /// Whether the result is in.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
+    /// let result = cluster.apply_async(|x: u8| x, 1)?;
+    /// let _ = result.ready(); // true once the result is in; never blocks
+    /// assert_eq!(result.get()?, 1);
+    /// # Ok(()) }
+    /// ```
     pub fn ready(&self) -> bool {
         self.slot.is_ready()
     }

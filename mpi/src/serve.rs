@@ -126,10 +126,13 @@ pub(crate) fn serve(
                         match usize::try_from(bytes) {
                             Ok(len) => {
                                 let mut data = vec![0u8; len];
-                                transport
-                                    .world
-                                    .process_at_rank(0)
-                                    .broadcast_into(&mut data[..]);
+                                // Skipped for an empty array, as rank 0 does.
+                                if len > 0 {
+                                    transport
+                                        .world
+                                        .process_at_rank(0)
+                                        .broadcast_into(&mut data[..]);
+                                }
                                 match SharedArray::<u8>::from_slice(&data) {
                                     Ok(array) => {
                                         let mut handle = corepool::Encoder::new();

@@ -94,6 +94,11 @@ fn die_on_rank_1((shard, ()): (Shard, ())) -> u64 {
     shard.rank as u64
 }
 
+/// The length of a broadcast as a task sees it.
+fn broadcast_len((_, b): (Shard, corepool_mpi::Broadcast<f64>)) -> u64 {
+    b.len() as u64
+}
+
 fn sum_rows((shard, (a, n)): (Shard, (corepool_mpi::Broadcast<f64>, u64))) -> f64 {
     let n = n as usize;
     let rows = shard.range_of(n);
@@ -239,6 +244,11 @@ fn rank_program(scenario: &str) -> Result<(), Box<dyn std::error::Error>> {
                 picks == (0..100usize).map(|i| a[i * 7]).collect::<Vec<_>>(),
                 "tasks read the broadcast",
             )?;
+            // An empty array is a broadcast like any other (it used to abort
+            // the job: a zero-length MPI_Bcast of a dangling buffer).
+            let empty = cluster.broadcast::<f64>(&[])?;
+            let lens = cluster.gather(broadcast_len, empty)?;
+            check(lens == vec![0; cluster.ranks()], "an empty broadcast")?;
             println!("BROADCAST OK");
         }
         "worker_killed" => {
