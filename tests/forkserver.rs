@@ -1,0 +1,240 @@
+//! Pools whose workers are forked by the fork server
+//! (`StartMethod::ForkServer`): they work, their workers are this process's
+//! children and pinned, replacements come from the fork server too, a dead
+//! or stopped fork server costs a fallback or a restart (never a hang), and
+//! the program's death takes the fork server and its workers with it.
+//!
+//! Each test stops the fork server at its end, so that the harness's checks
+//! (no child, no process of this binary left) hold.
+
+mod common;
+
+use corepool::{Pinning, Pool, StartMethod};
+use std::time::Duration;
+
+/// Set in this process only after the fork server started: a worker forked
+/// by it does not see it (it has the fork server's environment), an exec'd
+/// one does.
+const LATE_VAR: &str = "COREPOOL_TEST_SET_AFTER_THE_FORK_SERVER";
+
+/// Tells this test binary to act as the program whose death is tested.
+const DOOMED_PARENT: &str = "COREPOOL_TEST_DOOMED_PARENT";
+
+fn sees_late_var(_: ()) -> bool {
+    std::env::var_os(LATE_VAR).is_some()
+}
+
+fn own_pid(_: ()) -> i32 {
+    std::process::id() as i32
+}
+
+fn parent_pid(_: ()) -> u32 {
+    std::os::unix::process::parent_id()
+}
+
+fn forked_pool(workers: usize, pinning: Pinning) -> Pool {
+    Pool::builder()
+        .workers(workers)
+        .pinning(pinning)
+        .start_method(StartMethod::ForkServer)
+        .retries(3)
+        .build()
+        .expect("a fork-server pool builds")
+}
+
+fn signal(pid: i32, signal: i32) {
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(pid, signal) };
+}
+
+/// The parent pid `/proc` shows for `pid`.
+fn ppid_of(pid: i32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = stat.rsplit_once(')').unwrap().1;
+    after_name
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Stops the fork server (a test's last step) and checks it is reaped.
+fn stop(zygote: Option<i32>) {
+    corepool::stop_fork_server();
+    assert_eq!(corepool::fork_server_pid(), None);
+    if let Some(zygote) = zygote {
+        assert!(!common::children()
+            .iter()
+            .any(|&(pid, _)| pid as i32 == zygote));
+    }
+}
+
+fn a_fork_server_pool_works_and_its_workers_are_ours_and_pinned() {
+    std::env::remove_var(LATE_VAR);
+    let first = forked_pool(2, Pinning::PerCpu);
+    let zygote = corepool::fork_server_pid().expect("the first pool started the fork server");
+    assert_eq!(ppid_of(zygote), std::process::id());
+    let squares: Vec<u64> = (0..100).map(|x| x * x).collect();
+    assert_eq!(first.map(|x: u64| x * x, 0..100u64).unwrap(), squares);
+    drop(first);
+    std::env::set_var(LATE_VAR, "1");
+    let pool = forked_pool(2, Pinning::PerCpu);
+    // The same fork server served the second pool.
+    assert_eq!(corepool::fork_server_pid(), Some(zygote));
+    assert_eq!(pool.apply(|x: u64| x + 1, 41).unwrap(), 42);
+    for (pid, set) in pool.pids().into_iter().zip(pool.cpu_sets().to_vec()) {
+        // Our children, not the fork server's, and pinned where the pool says.
+        assert_eq!(ppid_of(pid), std::process::id(), "worker {pid}");
+        assert_eq!(corepool::info::affinity_of(pid).unwrap(), set);
+    }
+    assert_eq!(pool.apply(parent_pid, ()).unwrap(), std::process::id());
+    // Forked from the fork server: its environment, not this process's now.
+    assert!(!pool.apply(sees_late_var, ()).unwrap());
+    let exec = Pool::builder().workers(1).build().unwrap();
+    assert!(
+        exec.apply(sees_late_var, ()).unwrap(),
+        "an exec'd worker sees it"
+    );
+    drop((pool, exec));
+    std::env::remove_var(LATE_VAR);
+    stop(Some(zygote));
+}
+
+fn an_unpinned_fork_server_pool_works() {
+    let pool = forked_pool(2, Pinning::None);
+    let zygote = corepool::fork_server_pid();
+    let sum: u64 = pool.map(|x: u64| x, 0..1000u64).unwrap().iter().sum();
+    assert_eq!(sum, 499_500);
+    drop(pool);
+    stop(zygote);
+}
+
+fn a_killed_worker_is_replaced_through_the_fork_server() {
+    std::env::remove_var(LATE_VAR);
+    let pool = forked_pool(1, Pinning::PerCpu);
+    let zygote = corepool::fork_server_pid();
+    std::env::set_var(LATE_VAR, "1");
+    let mut pid = pool.apply(own_pid, ()).unwrap();
+    for _ in 0..3 {
+        signal(pid, libc::SIGKILL);
+        let replacement = pool.apply(own_pid, ()).unwrap();
+        assert_ne!(replacement, pid);
+        assert_eq!(ppid_of(replacement), std::process::id());
+        // From the same fork server, not exec'd.
+        assert!(!pool.apply(sees_late_var, ()).unwrap());
+        pid = replacement;
+    }
+    assert_eq!(corepool::fork_server_pid(), zygote);
+    assert!(pool.stats().respawns >= 3);
+    drop(pool);
+    std::env::remove_var(LATE_VAR);
+    stop(zygote);
+}
+
+fn a_killed_fork_server_is_replaced() {
+    let pool = forked_pool(1, Pinning::PerCpu);
+    let zygote = corepool::fork_server_pid().expect("running");
+    signal(zygote, libc::SIGKILL);
+    // Reaped by the fork-server thread, not left a zombie.
+    common::eventually("the killed fork server is reaped", || {
+        !common::children()
+            .iter()
+            .any(|&(pid, _)| pid as i32 == zygote)
+    });
+    assert_eq!(corepool::fork_server_pid(), None);
+    // A replacement worker: through a new fork server (or exec, had the
+    // death been noticed only in the middle of the request).
+    let pid = pool.apply(own_pid, ()).unwrap();
+    signal(pid, libc::SIGKILL);
+    assert_ne!(pool.apply(own_pid, ()).unwrap(), pid);
+    let again = corepool::fork_server_pid().expect("started again on next use");
+    assert_ne!(again, zygote);
+    // A new pool uses it.
+    let other = forked_pool(2, Pinning::PerCpu);
+    assert_eq!(other.apply(|x: u32| x * 2, 21).unwrap(), 42);
+    assert_eq!(corepool::fork_server_pid(), Some(again));
+    drop((pool, other));
+    stop(Some(again));
+}
+
+fn a_stopped_fork_server_makes_spawns_fall_back_not_hang() {
+    let pool = forked_pool(1, Pinning::PerCpu);
+    let zygote = corepool::fork_server_pid().expect("running");
+    signal(zygote, libc::SIGSTOP);
+    let pid = pool.apply(own_pid, ()).unwrap();
+    signal(pid, libc::SIGKILL);
+    // The request times out, the stopped fork server is killed, and the
+    // worker is exec'd instead.
+    let replacement = pool.apply(own_pid, ()).unwrap();
+    assert_ne!(replacement, pid);
+    common::eventually("the hung fork server is killed and reaped", || {
+        !common::children()
+            .iter()
+            .any(|&(pid, _)| pid as i32 == zygote)
+    });
+    drop(pool);
+    stop(None);
+}
+
+/// As a program of its own (this binary, with [`DOOMED_PARENT`]): a
+/// fork-server pool, its fork server's and workers' pids on stdout, then
+/// death by SIGKILL.
+fn doomed_parent() -> ! {
+    let pool = forked_pool(2, Pinning::PerCpu);
+    let mut pids = pool.pids();
+    pids.push(corepool::fork_server_pid().expect("running"));
+    assert_eq!(pool.apply(|x: u8| x, 7).unwrap(), 7);
+    println!(
+        "{}",
+        pids.iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    signal(std::process::id() as i32, libc::SIGKILL);
+    unreachable!("SIGKILL sent to ourselves");
+}
+
+fn the_programs_death_takes_the_fork_server_and_workers_with_it() {
+    let exe = std::env::current_exe().unwrap();
+    let mut command = std::process::Command::new(exe);
+    command.env(DOOMED_PARENT, "1");
+    let output = common::output_within(&mut command, Duration::from_secs(60));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let pids: Vec<i32> = text
+        .split_whitespace()
+        .map(|p| p.parse().expect("a pid"))
+        .collect();
+    assert_eq!(
+        pids.len(),
+        3,
+        "stdout: {text}; stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for pid in pids {
+        common::eventually("the fork server and workers die with their program", || {
+            common::is_gone(pid)
+        });
+    }
+}
+
+fn main() {
+    if std::env::var_os(DOOMED_PARENT).is_some() {
+        doomed_parent();
+    }
+    // The fork-server thread lives as long as the program, with its wake-up
+    // descriptor: started before the harness takes its baseline.
+    drop(forked_pool(1, Pinning::None));
+    corepool::stop_fork_server();
+    common::run(common::tests![
+        a_fork_server_pool_works_and_its_workers_are_ours_and_pinned,
+        an_unpinned_fork_server_pool_works,
+        a_killed_worker_is_replaced_through_the_fork_server,
+        a_killed_fork_server_is_replaced,
+        a_stopped_fork_server_makes_spawns_fall_back_not_hang,
+        the_programs_death_takes_the_fork_server_and_workers_with_it,
+    ]);
+}
