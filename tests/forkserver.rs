@@ -177,6 +177,74 @@ fn a_stopped_fork_server_makes_spawns_fall_back_not_hang() {
     stop(None);
 }
 
+/// In a worker: what glibc's `fork` would have left right in the child,
+/// redone by the fork server by hand. The thread id cached in the main
+/// thread's descriptor is the worker's own (another thread signals the main
+/// thread through it: `pthread_kill` with signal 0 only checks), and the
+/// main thread has a robust-mutex list registered with the kernel.
+fn glibc_state_is_the_childs_own(_: ()) -> (i32, i32, bool) {
+    // SAFETY: pthread_self has no preconditions.
+    let main = unsafe { libc::pthread_self() } as usize;
+    let from_other_thread = std::thread::spawn(move || {
+        // SAFETY: `main` is this process's main thread, alive: it is
+        // joining this thread.
+        unsafe { libc::pthread_kill(main as libc::pthread_t, 0) }
+    })
+    .join()
+    .unwrap();
+    let mut tid_address: *mut libc::c_int = std::ptr::null_mut();
+    // SAFETY: PR_GET_TID_ADDRESS writes one pointer to the location given.
+    unsafe { libc::prctl(libc::PR_GET_TID_ADDRESS, &mut tid_address as *mut _) };
+    // SAFETY: the kernel says glibc registered this address, in the main
+    // thread's descriptor, alive; this is the main thread.
+    let cached = unsafe { std::ptr::read_volatile(tid_address) };
+    // SAFETY: gettid has no preconditions.
+    let real = unsafe { libc::gettid() };
+    let (mut head, mut len): (usize, usize) = (0, 0);
+    // SAFETY: writes one pointer and one size to the locations given.
+    unsafe { libc::syscall(libc::SYS_get_robust_list, 0, &mut head, &mut len) };
+    (from_other_thread, cached - real, head != 0 && len > 0)
+}
+
+fn a_forked_worker_has_glibcs_fork_bookkeeping_done() {
+    let pool = forked_pool(1, Pinning::PerCpu);
+    let zygote = corepool::fork_server_pid();
+    assert_eq!(
+        pool.apply(glibc_state_is_the_childs_own, ()).unwrap(),
+        (0, 0, true)
+    );
+    drop(pool);
+    stop(zygote);
+}
+
+fn workers_outlive_the_thread_and_pool_that_started_the_fork_server() {
+    // The fork server started by a pool built on a short-lived thread; that
+    // pool (and its supervisor thread) gone before the next is built.
+    let first = std::thread::spawn(|| forked_pool(1, Pinning::PerCpu))
+        .join()
+        .unwrap();
+    let zygote = corepool::fork_server_pid().expect("running");
+    let pool = forked_pool(2, Pinning::PerCpu);
+    drop(first);
+    std::thread::spawn(|| ()).join().unwrap();
+    let pids = pool.pids();
+    // Every worker alive and serving: no parent-death signal fired.
+    for _ in 0..pids.len() * 4 {
+        assert!(pids.contains(&pool.apply(own_pid, ()).unwrap()));
+    }
+    assert_eq!(pool.stats().respawns, 0);
+    // A replacement still comes from the same fork server.
+    signal(pids[0], libc::SIGKILL);
+    common::eventually("the killed worker is replaced", || {
+        let now = pool.pids();
+        now.len() == pids.len() && !now.contains(&pids[0])
+    });
+    assert_eq!(pool.map(|x: u32| x + 1, 0..10u32).unwrap().len(), 10);
+    assert_eq!(corepool::fork_server_pid(), Some(zygote));
+    drop(pool);
+    stop(Some(zygote));
+}
+
 /// As a program of its own (this binary, with [`DOOMED_PARENT`]): a
 /// fork-server pool, its fork server's and workers' pids on stdout, then
 /// death by SIGKILL.
@@ -233,6 +301,8 @@ fn main() {
         a_fork_server_pool_works_and_its_workers_are_ours_and_pinned,
         an_unpinned_fork_server_pool_works,
         a_killed_worker_is_replaced_through_the_fork_server,
+        a_forked_worker_has_glibcs_fork_bookkeeping_done,
+        workers_outlive_the_thread_and_pool_that_started_the_fork_server,
         a_killed_fork_server_is_replaced,
         a_stopped_fork_server_makes_spawns_fall_back_not_hang,
         the_programs_death_takes_the_fork_server_and_workers_with_it,
