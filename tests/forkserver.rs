@@ -32,6 +32,27 @@ fn parent_pid(_: ()) -> u32 {
     std::os::unix::process::parent_id()
 }
 
+/// A worker's open descriptors, by number and the kind of file each names
+/// (not the inode); the segment's number is the parent's, which differs
+/// between pools, so it is listed without it.
+fn open_descriptors(_: ()) -> Vec<String> {
+    let mut fds: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            let target = target.to_string_lossy();
+            match target.split([':', '[']).next().unwrap_or("") {
+                "/memfd" => "the segment".to_string(),
+                kind if kind.starts_with("/proc/") => "this listing".to_string(),
+                kind => format!("{}->{kind}", e.file_name().to_string_lossy()),
+            }
+        })
+        .collect();
+    fds.sort();
+    fds
+}
+
 fn forked_pool(workers: usize, pinning: Pinning) -> Pool {
     Pool::builder()
         .workers(workers)
@@ -95,6 +116,12 @@ fn a_fork_server_pool_works_and_its_workers_are_ours_and_pinned() {
     assert!(
         exec.apply(sees_late_var, ()).unwrap(),
         "an exec'd worker sees it"
+    );
+    // Nothing of the fork server's is left open in a worker: the same
+    // descriptors as an exec'd worker's (the listing's own included).
+    assert_eq!(
+        pool.apply(open_descriptors, ()).unwrap(),
+        exec.apply(open_descriptors, ()).unwrap()
     );
     drop((pool, exec));
     std::env::remove_var(LATE_VAR);
