@@ -88,7 +88,12 @@ pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a new zygote may take to say it is ready (it is exec'd: on a
 /// loaded machine that can take seconds).
-const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// After a zygote failed to start (no hello in time, or the start itself
+/// failed), spawns use exec for this long before another start is tried:
+/// a zygote that cannot start must not cost every spawn [`HELLO_TIMEOUT`].
+const START_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
 /// After a hung zygote is killed: how long a child it may have forked has
 /// to report itself before it is given up.
@@ -160,6 +165,8 @@ struct State {
     /// How many spawns fell back to exec, and why the last one did.
     fallbacks: u64,
     last_fallback: Option<String>,
+    /// No zygote start before this instant (after one failed).
+    no_start_before: Option<Instant>,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
@@ -169,6 +176,7 @@ static STATE: Mutex<State> = Mutex::new(State {
     unusable: None,
     fallbacks: 0,
     last_fallback: None,
+    no_start_before: None,
 });
 
 /// Starts `reexec`'s child through the fork server: its pid once it runs,
@@ -212,7 +220,16 @@ fn spawn_locked(state: &mut State, reexec: &Reexec) -> Result<i32, Refusal> {
     }
     let zygote = match state.zygote.take() {
         Some(zygote) => zygote,
-        None => start_zygote(state)?,
+        None => {
+            if state.no_start_before.is_some_and(|t| Instant::now() < t) {
+                return Err(Refusal::Fallback(
+                    "the fork server failed to start a moment ago".into(),
+                ));
+            }
+            let started = start_zygote(state);
+            state.no_start_before = started.is_err().then(|| Instant::now() + START_RETRY_PAUSE);
+            started?
+        }
     };
     let (result, health) = request(&zygote, reexec);
     match health {
@@ -666,4 +683,29 @@ fn finish_without_zygote(
         reap_unused(pid);
     }
     (Err(std::io::Error::other(why.clone())), Health::Broken(why))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Under the library's own unit-test harness (many threads): a pool's
+    /// workers come from the fork server, without a fallback to exec.
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri starts no processes")]
+    fn a_fork_server_pool_in_the_librarys_unit_tests() {
+        let (fallbacks_before, _) = fallbacks();
+        let pool = crate::Pool::builder()
+            .workers(2)
+            .start_method(StartMethod::ForkServer)
+            .build()
+            .unwrap();
+        assert_eq!(pool.apply(|x: u64| x * 2, 21).unwrap(), 42);
+        assert!(fork_server_pid().is_some());
+        let (fallbacks_after, why) = fallbacks();
+        assert_eq!(fallbacks_after, fallbacks_before, "fell back: {why:?}");
+        drop(pool);
+        assert!(stop_fork_server());
+        assert_eq!(fork_server_pid(), None);
+    }
 }
