@@ -316,6 +316,27 @@ fn the_programs_death_takes_the_fork_server_and_workers_with_it() {
     }
 }
 
+/// A stray or forged fork-server variable never makes this binary a fork
+/// server: a malformed one is said on stderr, one naming another parent is
+/// a quiet exit; both with the start-failure status, before `main`.
+fn a_stray_fork_server_variable_is_refused() {
+    let exe = std::env::current_exe().unwrap();
+    for (value, says) in [("junk", true), ("v1:0:1", false)] {
+        let mut command = std::process::Command::new(&exe);
+        command.env("COREPOOL_FORKSERVER", value);
+        let output = common::output_within(&mut command, Duration::from_secs(60));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(101), "{value}: {stderr}");
+        assert_eq!(
+            stderr.contains("is not a fork server"),
+            says,
+            "{value}: {stderr}"
+        );
+        // No test ran: the entry left before `main`.
+        assert!(output.stdout.is_empty(), "{value}");
+    }
+}
+
 fn main() {
     if std::env::var_os(DOOMED_PARENT).is_some() {
         doomed_parent();
@@ -333,5 +354,6 @@ fn main() {
         a_killed_fork_server_is_replaced,
         a_stopped_fork_server_makes_spawns_fall_back_not_hang,
         the_programs_death_takes_the_fork_server_and_workers_with_it,
+        a_stray_fork_server_variable_is_refused,
     ]);
 }

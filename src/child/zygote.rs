@@ -151,6 +151,13 @@ pub(crate) fn serve(enter_role: EnterRole, start_failed: i32) -> ! {
     let token = std::env::var_os(ZYGOTE_ENV).unwrap_or_default();
     // Gone at once: the children forked from here must not see it.
     std::env::remove_var(ZYGOTE_ENV);
+    if sys::is_secure_execution() {
+        // As workers and `Process` children do (the trust model in
+        // docs/protocol.md): no child mode in a setuid, setgid or setcap
+        // program, where the variable may come from someone else.
+        eprintln!("corepool: refusing fork-server mode in a setuid, setgid or setcap program");
+        sys::exit_now(start_failed);
+    }
     let Some((fd, parent)) = token.to_str().and_then(parse_token) else {
         eprintln!("corepool: malformed {ZYGOTE_ENV} token; this process is not a fork server (unset {ZYGOTE_ENV})");
         sys::exit_now(start_failed);
