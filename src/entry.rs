@@ -48,7 +48,7 @@ use std::io::Write;
 static ENTRY: extern "C" fn() = enter_before_main;
 
 /// Runs before `main` in every program linking corepool: in a child, serves
-/// and exits; elsewhere returns at once (two environment lookups).
+/// and exits; elsewhere returns at once (three environment lookups).
 extern "C" fn enter_before_main() {
     let is_zygote = crate::child::zygote::is_zygote();
     let is_child = is_zygote
