@@ -14,6 +14,11 @@
 //! CPUs its parent named (`child::spawn` starts it with `posix_spawn`,
 //! which can do neither).
 //!
+//! A third kind of child is the fork server (`child::zygote`): recognised
+//! here too, it never serves a role itself but forks children that do, each
+//! going on from the same point an exec'd child reaches here (set up by the
+//! zygote as this entry and `posix_spawn` would have).
+//!
 //! Life before `main`: the C runtime and the standard library's own
 //! constructors (which record the arguments) have run; the Rust runtime's
 //! `main` set-up has not. A child does the parts of it that matter for
@@ -43,9 +48,11 @@ use std::io::Write;
 static ENTRY: extern "C" fn() = enter_before_main;
 
 /// Runs before `main` in every program linking corepool: in a child, serves
-/// and exits; elsewhere returns at once (two environment lookups).
+/// and exits; elsewhere returns at once (three environment lookups).
 extern "C" fn enter_before_main() {
-    let is_child = std::env::var_os(crate::pool::worker::WORKER_ENV).is_some()
+    let is_zygote = crate::child::zygote::is_zygote();
+    let is_child = is_zygote
+        || std::env::var_os(crate::pool::worker::WORKER_ENV).is_some()
         || std::env::var_os(crate::process::PROCESS_ENV).is_some();
     if !is_child {
         return;
@@ -58,21 +65,29 @@ extern "C" fn enter_before_main() {
     // parent's pid with the one the token names) and leave.
     let _ = sys::set_parent_death_signal();
     sys::settle_like_the_rust_runtime();
+    if is_zygote {
+        // The fork server: forks children that go on in `serve_role`, as if
+        // they had been exec'd and had come this far; never returns.
+        crate::child::zygote::serve(serve_role, crate::pool::worker::EXIT_START_FAILED);
+    }
     if let Err(message) = pin_as_asked() {
         eprintln!("corepool: {message}; this child cannot start");
         sys::exit_now(crate::pool::worker::EXIT_START_FAILED);
     }
-    // No panic may unwind into the C runtime (that aborts): a panic here is a
-    // start failure with the worker's start-failure status.
-    let served = std::panic::catch_unwind(|| {
-        crate::process::child::enter().or_else(crate::pool::worker::enter)
-    })
-    .unwrap_or(Some(crate::pool::worker::EXIT_START_FAILED));
-    if let Some(code) = served {
+    if let Some(code) = serve_role() {
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
         sys::exit_now(code);
     }
+}
+
+/// Serves as the worker or `Process` child this process was started as,
+/// and returns its exit status (`None`: neither). No panic may unwind into
+/// the C runtime (that aborts): a panic here is a start failure with the
+/// worker's start-failure status.
+fn serve_role() -> Option<i32> {
+    std::panic::catch_unwind(|| crate::process::child::enter().or_else(crate::pool::worker::enter))
+        .unwrap_or(Some(crate::pool::worker::EXIT_START_FAILED))
 }
 
 /// Pins this child to the CPUs its parent named in

@@ -109,6 +109,7 @@ pub use wire::{Encoder, Plain, Wire};
 /// assert_eq!(out.len(), 16); // one copy, no serialization
 /// ```
 pub use bytemuck;
+pub use child::forkserver::{fork_server_pid, stop_fork_server, StartMethod};
 pub use entry::init;
 
 #[doc(hidden)]

@@ -669,14 +669,18 @@ pub(crate) fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// [`current_pid`]'s cache (0: not known yet). Module-level so that a child
+/// made by the fork server's raw `clone`, which runs no `pthread_atfork`
+/// handler, can clear it too ([`forget_cached_pid`]).
+static PID: AtomicU32 = AtomicU32::new(0);
+
 /// This process's pid, cached: `getpid` is a real system call (glibc stopped
 /// caching it), and the queue and pipe tag every slot they touch with it.
 /// A `pthread_atfork` child handler clears the cache, so a forked child
 /// (ours in the daemon path, or the user's own `fork`) asks the kernel again.
 pub(crate) fn current_pid() -> u32 {
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::Ordering;
     use std::sync::Once;
-    static PID: AtomicU32 = AtomicU32::new(0);
     static AT_FORK: Once = Once::new();
 
     extern "C" fn forget_pid() {
@@ -1277,4 +1281,370 @@ pub(crate) fn populate_write(addr: usize, len: usize) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+// ---------------------------------------------------------------------------
+// Added for the fork server (src/child/forkserver.rs and src/child/zygote.rs):
+// unix sockets that carry descriptors, and the fork that makes the pool's
+// process the parent (`clone(CLONE_PARENT)`), with the bookkeeping glibc's own
+// `fork` does for the child redone by hand.
+// ---------------------------------------------------------------------------
+
+/// EMSGSIZE's number: a fork-server message too long for its reader.
+pub(crate) const EMSGSIZE: i32 = Errno::MSGSIZE.raw_os_error();
+
+/// The most descriptors one fork-server message carries.
+pub(crate) const MAX_PASSED_FDS: usize = 2;
+
+/// A connected pair of close-on-exec `SOCK_SEQPACKET` unix sockets: each
+/// send is one message that one receive reads whole, and a peer that closes
+/// (or dies) reads as end-of-file.
+pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// Sends `bytes` as one message on `socket`, with `fds` attached
+/// (`SCM_RIGHTS`: the receiver gets descriptors of its own for the same open
+/// files). `MSG_NOSIGNAL`: a peer that is gone is EPIPE, never SIGPIPE.
+pub(crate) fn send_message(
+    socket: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    use std::mem::MaybeUninit;
+    if fds.len() > MAX_PASSED_FDS {
+        return Err(Errno::INVAL.into());
+    }
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_PASSED_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(Errno::INVAL.into());
+    }
+    let iov = [io::IoSlice::new(bytes)];
+    let sent = rustix::io::retry_on_intr(|| {
+        rustix::net::sendmsg(socket, &iov, &mut control, SendFlags::NOSIGNAL)
+    })?;
+    if sent != bytes.len() {
+        // A SOCK_SEQPACKET message goes whole or not at all.
+        return Err(Errno::MSGSIZE.into());
+    }
+    Ok(())
+}
+
+/// Receives one message into `buf` and the descriptors attached to it (at
+/// most [`MAX_PASSED_FDS`], close-on-exec here). `Ok(None)`: the peer closed
+/// (end-of-file). A message longer than `buf`, or more descriptors than
+/// room for them, is EMSGSIZE (the descriptors that did arrive are closed).
+pub(crate) fn receive_message(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
+    use std::mem::MaybeUninit;
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_PASSED_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let got = rustix::io::retry_on_intr(|| {
+        rustix::net::recvmsg(socket, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)
+    })?;
+    let mut fds = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    if got
+        .flags
+        .intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC)
+    {
+        return Err(Errno::MSGSIZE.into());
+    }
+    if got.bytes == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((got.bytes, fds)))
+}
+
+/// Waits until `fd` is readable (or its peer hung up), at most until
+/// `deadline`: whether it is.
+pub(crate) fn readable_before(
+    fd: BorrowedFd<'_>,
+    deadline: std::time::Instant,
+) -> io::Result<bool> {
+    let mut ready = Vec::with_capacity(1);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        poll_readable(&[fd], &mut ready, Some(left))?;
+        if ready.first().copied().unwrap_or(false) {
+            return Ok(true);
+        }
+    }
+}
+
+/// Puts a duplicate of `fd` on descriptor number `target` exactly
+/// (`dup2`), without close-on-exec there: how a forked child gets the
+/// descriptor its token names. `target` may be open (it is closed first).
+///
+/// Raw libc: rustix's `dup2` wants `target` as an `OwnedFd`, which a number
+/// that may not be open is not.
+pub(crate) fn dup_onto_number(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
+    if target < 0 {
+        return Err(Errno::BADF.into());
+    }
+    // SAFETY: dup2 takes two integers and touches no memory of ours. Whatever
+    // `target` held is the forked child's to replace: the zygote's own
+    // descriptors there were closed or moved first.
+    match unsafe { libc::dup2(fd.as_raw_fd(), target) } {
+        -1 => Err(io::Error::last_os_error()),
+        _ => Ok(()),
+    }
+}
+
+/// A close-on-exec duplicate of `fd` numbered above `floor`.
+pub(crate) fn dup_above(fd: BorrowedFd<'_>, floor: RawFd) -> io::Result<OwnedFd> {
+    Ok(rustix::io::fcntl_dupfd_cloexec(fd, floor + 1)?)
+}
+
+/// Clears [`current_pid`]'s cache, as its `pthread_atfork` handler does in
+/// the child of a C-library `fork`.
+pub(crate) fn forget_cached_pid() {
+    // Relaxed: called by the only thread of a newly forked child.
+    PID.store(0, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// How many threads this process has (`/proc/self/task`).
+pub(crate) fn thread_count() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+/// The kernel's `struct robust_list_head` (include/uapi/linux/futex.h): the
+/// head of the list of robust mutexes a thread holds, registered with
+/// `set_robust_list`.
+#[repr(C)]
+struct RobustListHead {
+    /// The first held mutex's entry, or the head itself when none is held.
+    next: *const std::ffi::c_void,
+    futex_offset: std::ffi::c_long,
+    /// A mutex being taken or released right now (null when none is).
+    pending: *const std::ffi::c_void,
+}
+
+/// What [`fork_as_sibling`] redoes by hand of glibc's `fork` (2.34 and
+/// later: `_Fork` in sysdeps/nptl/_Fork.c): where the thread's TCB keeps its
+/// cached thread id, and its robust-mutex list head. Found through the
+/// kernel (glibc registered both at start-up, `__tls_init_tp`), and checked.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ForkBookkeeping {
+    /// `&THREAD_SELF->tid`: glibc's `set_tid_address` at start-up made it the
+    /// kernel's `clear_child_tid`.
+    tid_address: usize,
+    /// `&THREAD_SELF->robust_head` and its size, as `set_robust_list` took them.
+    robust_head: usize,
+    robust_len: usize,
+}
+
+impl ForkBookkeeping {
+    /// Finds and checks both addresses for the calling thread, which must be
+    /// the process's only one (checked too). An error says what failed: the
+    /// fork server is then not used.
+    pub(crate) fn of_this_thread() -> Result<Self, String> {
+        match thread_count() {
+            Ok(1) => {}
+            Ok(n) => return Err(format!("the fork server has {n} threads, not 1")),
+            Err(e) => return Err(format!("counting the fork server's threads: {e}")),
+        }
+        let tid_address = match rustix::thread::get_clear_child_tid_address() {
+            Ok(Some(address)) => address.as_ptr() as usize,
+            Ok(None) => return Err("the C library registered no thread-id address".into()),
+            Err(e) => {
+                return Err(format!(
+                    "prctl(PR_GET_TID_ADDRESS) failed ({e}; the kernel needs CONFIG_CHECKPOINT_RESTORE)"
+                ))
+            }
+        };
+        let me = rustix::thread::gettid().as_raw_nonzero().get();
+        // SAFETY: the kernel says glibc registered this address of its own
+        // thread descriptor, which lives as long as the thread; reading an
+        // aligned i32 there changes nothing.
+        let cached = unsafe { std::ptr::read_volatile(tid_address as *const i32) };
+        if tid_address % std::mem::align_of::<i32>() != 0 || cached != me {
+            return Err(format!(
+                "the thread-id address holds {cached}, not this thread's id {me}"
+            ));
+        }
+        let mut head: usize = 0;
+        let mut len: usize = 0;
+        // Raw libc: rustix does not wrap the robust-list calls.
+        // SAFETY: get_robust_list(0, ...) writes one pointer and one size to
+        // the two locations given, both ours.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_get_robust_list,
+                0 as libc::c_long,
+                &mut head as *mut usize,
+                &mut len as *mut usize,
+            )
+        };
+        if rc != 0 {
+            return Err(format!(
+                "get_robust_list failed: {}",
+                io::Error::last_os_error()
+            ));
+        }
+        if head == 0
+            || len != std::mem::size_of::<RobustListHead>()
+            || head % std::mem::align_of::<RobustListHead>() != 0
+        {
+            return Err(format!(
+                "unexpected robust-list head {head:#x} ({len} bytes)"
+            ));
+        }
+        // SAFETY: the kernel says this thread registered this head, of the
+        // size of the kernel's struct (checked above); it lives in glibc's
+        // thread descriptor for the thread's life. Only read.
+        let list = unsafe { std::ptr::read_volatile(head as *const RobustListHead) };
+        if list.next as usize != head || !list.pending.is_null() {
+            return Err("the fork server holds a robust mutex".into());
+        }
+        Ok(Self {
+            tid_address,
+            robust_head: head,
+            robust_len: len,
+        })
+    }
+}
+
+/// `fork` with the child made a child of *this process's parent*
+/// (`CLONE_PARENT`), which reaps it and gets its `SIGCHLD`: `Some(child)` here,
+/// `None` in the child. Exactly what glibc 2.36's `_Fork` does, with
+/// `CLONE_PARENT` added: `clone(CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID |
+/// SIGCHLD)` with the TCB's thread-id word as `child_tid` (so the child's
+/// TCB holds its own id, as `pthread_kill`, the recursive and error-checking
+/// mutexes and `pthread_self`'s users read it), then, in the child,
+/// `set_robust_list` on the TCB's (empty) head, since the kernel gives a new
+/// task none. `current_pid`'s cache is cleared, as its `pthread_atfork`
+/// handler would.
+///
+/// What it leaves out of the C library's `fork`, and why that is sound in a
+/// single-threaded process: no `pthread_atfork` handler runs (corepool's
+/// one, `current_pid`'s, is redone here; the zygote runs no code of anyone
+/// else's that registers any: see `child::zygote`); the `pthread_once` fork
+/// generation is not bumped (it matters only to a `pthread_once` running at
+/// the fork, impossible with one thread, which is here); the dynamic
+/// loader's locks are not reset (held only inside `dlopen` or a TLS
+/// allocation, where the one thread is not); no other thread's stack is
+/// reclaimed (there is none); the stdio and malloc locks glibc resets only
+/// for a multithreaded fork. `raise` and `abort` ask the kernel for the
+/// thread id since glibc 2.34 anyway, and Rust's `std` locks are futex words
+/// that hold no thread id.
+///
+/// Raw libc: rustix has no `clone` (its `fork` is in the unstable runtime
+/// module and cannot pass `CLONE_PARENT`).
+///
+/// # Safety
+///
+/// The calling process must have exactly one thread, the calling one, and
+/// `book` must come from [`ForkBookkeeping::of_this_thread`] on it. The
+/// child must not return into code that relies on being the original
+/// process (it runs on a copy of the caller's stack, as after `fork`).
+pub(crate) unsafe fn fork_as_sibling(book: &ForkBookkeeping) -> io::Result<Option<i32>> {
+    let flags = (libc::CLONE_PARENT
+        | libc::CLONE_CHILD_SETTID
+        | libc::CLONE_CHILD_CLEARTID
+        | libc::SIGCHLD) as libc::c_ulong;
+    let no_stack: libc::c_ulong = 0; // the child runs on a copy of ours, as after fork
+    let no_parent_tid: libc::c_ulong = 0;
+    let no_tls: libc::c_ulong = 0;
+    let child_tid = book.tid_address as libc::c_ulong;
+    // The argument order of the legacy `clone` differs between
+    // architectures (glibc's arch-fork.h); these are the two that cover
+    // every architecture corepool is built for.
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller guarantees one thread, so the child inherits no lock
+    // held by a thread it lacks; without CLONE_VM the child gets a copy of
+    // the address space, so `child_tid` (the TCB's tid word) is written in
+    // the child's copy only.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags,
+            no_stack,
+            no_parent_tid,
+            child_tid,
+            no_tls,
+        )
+    };
+    #[cfg(any(
+        target_arch = "aarch64",
+        target_arch = "riscv64",
+        target_arch = "powerpc64",
+        target_arch = "arm",
+        target_arch = "x86"
+    ))]
+    // SAFETY: as above; these use the CLONE_BACKWARDS order (tls before
+    // child_tid).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags,
+            no_stack,
+            no_parent_tid,
+            no_tls,
+            child_tid,
+        )
+    };
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64",
+        target_arch = "powerpc64",
+        target_arch = "arm",
+        target_arch = "x86"
+    )))]
+    let rc: libc::c_long = {
+        let _ = (flags, no_stack, no_parent_tid, no_tls, child_tid);
+        // SAFETY: sets errno, a thread-local of ours.
+        unsafe { *libc::__errno_location() = libc::ENOSYS };
+        -1
+    };
+    match rc {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            // SAFETY: registers the TCB's robust-list head, which lives as long
+            // as this (only) thread, and which was empty in the parent
+            // (checked by `of_this_thread`), so this child holds no robust
+            // mutex either: what `_Fork` does in the child.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_set_robust_list,
+                    book.robust_head as libc::c_ulong,
+                    book.robust_len as libc::c_ulong,
+                );
+            }
+            forget_cached_pid();
+            Ok(None)
+        }
+        child => Ok(Some(child as i32)),
+    }
+}
+
+/// Whether `fd` is readable (or hung up) right now, without waiting: a
+/// pidfd's "has it exited".
+pub(crate) fn readable_now(fd: BorrowedFd<'_>) -> bool {
+    let mut pfds = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(rustix::event::poll(&mut pfds, Some(&now)), Ok(n) if n > 0)
 }

@@ -16,6 +16,7 @@
 //! thread on the child's CPU, where it waits for the child's whole start-up
 //! before it can start the next one.)
 
+use crate::child::forkserver::{Refusal, StartMethod};
 use crate::error::ExitCause;
 use crate::sys;
 use std::ffi::{CString, OsStr, OsString};
@@ -127,6 +128,21 @@ impl Reexec {
         } else {
             fork_and_exec(&request, cpus)
         }
+    }
+
+    /// Starts the child as `method` says: through the fork server
+    /// (`child::forkserver`), falling back to [`Reexec::spawn`] whenever the
+    /// fork server cannot be used, or by re-executing. Either way the child
+    /// is ours, set up alike, and its pid returned once it runs.
+    pub(crate) fn spawn_using(self, method: StartMethod) -> std::io::Result<i32> {
+        if method == StartMethod::ForkServer {
+            match crate::child::forkserver::spawn(&self) {
+                Ok(pid) => return Ok(pid),
+                Err(Refusal::Failed(e)) => return Err(e),
+                Err(Refusal::Fallback(_)) => {}
+            }
+        }
+        self.spawn()
     }
 }
 

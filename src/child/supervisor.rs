@@ -16,6 +16,7 @@
 //! than spin, and it reports the failure ([`Event::WatchFailed`]) so that
 //! the owner can make it visible.
 
+use crate::child::forkserver::StartMethod;
 use crate::child::spawn::{exit_cause, Reexec};
 use crate::error::{Error, ExitCause};
 use crate::sys;
@@ -104,13 +105,22 @@ impl<K: Clone + Send + 'static> Supervisor<K> {
         thread_name: &str,
         report: impl FnMut(Event<K>) + Send + 'static,
     ) -> Result<Self, Error> {
+        Self::start_using(thread_name, StartMethod::Spawn, report)
+    }
+
+    /// [`Supervisor::start`], starting every child as `method` says.
+    pub(crate) fn start_using(
+        thread_name: &str,
+        method: StartMethod,
+        report: impl FnMut(Event<K>) + Send + 'static,
+    ) -> Result<Self, Error> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let wake = Arc::new(sys::eventfd().map_err(|e| Error::os("eventfd", e))?);
         let thread_wake = wake.clone();
         let mut report = report;
         let thread = std::thread::Builder::new()
             .name(thread_name.into())
-            .spawn(move || run(&rx, thread_wake.as_fd(), &mut report))
+            .spawn(move || run(&rx, thread_wake.as_fd(), method, &mut report))
             .map_err(|e| Error::os("spawning the supervisor thread", e))?;
         Ok(Self {
             tx,
@@ -210,6 +220,7 @@ impl Backoff {
 fn run<K: Clone>(
     rx: &crossbeam_channel::Receiver<Command<K>>,
     wake: BorrowedFd<'_>,
+    method: StartMethod,
     report: &mut dyn FnMut(Event<K>),
 ) {
     let mut children: Vec<Running<K>> = Vec::new();
@@ -224,7 +235,7 @@ fn run<K: Clone>(
         let (due, later): (Vec<_>, Vec<_>) = delayed.drain(..).partition(|s| s.not_before <= now);
         delayed = later;
         for request in due {
-            start(request, &mut children, report);
+            start(request, method, &mut children, report);
         }
         let timeout = delayed
             .iter()
@@ -295,7 +306,7 @@ fn run<K: Clone>(
                 Command::Spawn(request) if request.not_before > Instant::now() => {
                     delayed.push(request);
                 }
-                Command::Spawn(request) => start(request, &mut children, report),
+                Command::Spawn(request) => start(request, method, &mut children, report),
                 Command::Stop => {
                     stop_all(children, report);
                     return;
@@ -319,12 +330,13 @@ fn copy_error(error: &std::io::Error) -> std::io::Error {
 /// Starts one child and reports how that went.
 fn start<K: Clone>(
     request: Spawn<K>,
+    method: StartMethod,
     children: &mut Vec<Running<K>>,
     report: &mut dyn FnMut(Event<K>),
 ) {
     let Spawn { key, reexec, .. } = request;
     let own_group = reexec.own_group;
-    let pid = match reexec.spawn() {
+    let pid = match reexec.spawn_using(method) {
         Ok(pid) => pid,
         Err(e) => {
             report(Event::SpawnFailed {

@@ -3,6 +3,7 @@
 use super::config::Config;
 use super::core::FaultPolicy;
 use super::Pool;
+use crate::child::forkserver::StartMethod;
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::wire::task;
@@ -83,6 +84,7 @@ pub struct PoolBuilder {
     task_timeout: Option<Duration>,
     start_timeout: Duration,
     max_queued: Option<usize>,
+    start_method: StartMethod,
 }
 
 impl Default for PoolBuilder {
@@ -101,6 +103,7 @@ impl Default for PoolBuilder {
             task_timeout: None,
             start_timeout: Duration::from_secs(30),
             max_queued: None,
+            start_method: StartMethod::Spawn,
         }
     }
 }
@@ -448,6 +451,32 @@ impl PoolBuilder {
         self
     }
 
+    /// How workers, replacements included, are started: [`StartMethod::Spawn`]
+    /// (the default) starts this executable anew for each;
+    /// [`StartMethod::ForkServer`] forks each from the program's fork server,
+    /// one more process started with the first pool that asks for it and
+    /// living until the program exits (or [`stop_fork_server`](crate::stop_fork_server)):
+    /// a worker starts several times faster, but with the environment and
+    /// working directory the program had when the fork server started. See
+    /// [`StartMethod`].
+    ///
+    /// ```
+    /// use corepool::{Pool, StartMethod};
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     let pool = Pool::builder()
+    ///         .workers(2)
+    ///         .start_method(StartMethod::ForkServer)
+    ///         .build()?;
+    ///     assert_eq!(pool.apply(|x: u64| x + 1, 41)?, 42);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.start_method = method;
+        self
+    }
+
     /// Starts the workers and waits until every one is ready.
     ///
     /// ```
@@ -495,6 +524,7 @@ impl PoolBuilder {
                 max_queued: self.max_queued.unwrap_or(usize::MAX),
             },
             start_timeout: self.start_timeout,
+            start_method: self.start_method,
         })
     }
 

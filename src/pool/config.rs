@@ -20,6 +20,8 @@ pub(super) struct Config {
     pub(super) initializer_keep: Arc<crate::wire::KeepAlive>,
     pub(super) policy: FaultPolicy,
     pub(super) start_timeout: Duration,
+    /// How workers are started.
+    pub(super) start_method: crate::child::forkserver::StartMethod,
 }
 
 /// The mask a worker pinned to `set` is started with (`None`: unpinned).

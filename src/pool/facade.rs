@@ -194,11 +194,12 @@ impl Pool {
             config.initializer_keep,
         ));
         let weak = Arc::downgrade(&shared);
-        let supervisor = Supervisor::start(segment_fd, parent_pid, move |event| {
-            if let Some(shared) = weak.upgrade() {
-                shared.report(event);
-            }
-        })?;
+        let supervisor =
+            Supervisor::start(segment_fd, parent_pid, config.start_method, move |event| {
+                if let Some(shared) = weak.upgrade() {
+                    shared.report(event);
+                }
+            })?;
         for (index, set) in config.cpu_sets.iter().enumerate() {
             supervisor.send(Command_::Spawn {
                 index,

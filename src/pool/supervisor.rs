@@ -3,10 +3,12 @@
 //! events translated into the pool's terms.
 //!
 //! Each pool has its own supervisor thread (`corepool-supervisor`), which
-//! starts every worker (re-executed, pinned, in a process group of its own,
-//! with the segment descriptor) and reaps it through its pidfd; when a
-//! worker exits, whatever its tasks started dies with its process group.
+//! starts every worker (re-executed, or forked by the fork server with
+//! [`StartMethod::ForkServer`]; pinned, in a process group of its own, with
+//! the segment descriptor) and reaps it through its pidfd; when a worker
+//! exits, whatever its tasks started dies with its process group.
 
+use crate::child::forkserver::StartMethod;
 use crate::child::spawn::Reexec;
 use crate::child::supervisor::{self as generic, SpawnError};
 use crate::error::{Error, ExitCause};
@@ -78,11 +80,13 @@ impl Supervisor {
     pub(crate) fn start(
         segment_fd: RawFd,
         parent_pid: i32,
+        start_method: StartMethod,
         report: impl Fn(Event) + Send + 'static,
     ) -> Result<Self, Error> {
-        let inner = generic::Supervisor::start("corepool-supervisor", move |event| {
-            report(translate(event));
-        })?;
+        let inner =
+            generic::Supervisor::start_using("corepool-supervisor", start_method, move |event| {
+                report(translate(event));
+            })?;
         Ok(Self {
             inner,
             segment_fd,

@@ -122,8 +122,10 @@ fn lower_is_better(r: &Row) -> bool {
     Workload::parse(r.workload).is_ok_and(Workload::lower_is_better)
 }
 
-pub(super) const SYSTEM_ORDER: [&str; 6] = [
+pub(super) const SYSTEM_ORDER: [&str; 8] = [
     "corepool",
+    "corepool-forkserver",
+    "corepool-forkserver-first",
     "threads",
     "threads-spawn",
     "sequential",
@@ -317,7 +319,7 @@ pub(super) fn print_header(
 
 pub(super) fn print_table(rows: &[Row], vs_python: bool) {
     print!(
-        "{:<12} {:<15} {:>7} {:>10} {:>9} {:>20} {:>15} {:>15}",
+        "{:<12} {:<25} {:>7} {:>10} {:>9} {:>20} {:>15} {:>15}",
         "workload", "system", "workers", "items", "seconds", "rate", "range", "vs threads"
     );
     if vs_python {
@@ -330,7 +332,7 @@ pub(super) fn print_table(rows: &[Row], vs_python: bool) {
                 .find(|t| t.workload == r.workload && t.system == system)
         };
         print!(
-            "{:<12} {:<15} {:>7} {:>10} {:>9.3} {:>20} {:>15} {:>15}",
+            "{:<12} {:<25} {:>7} {:>10} {:>9.3} {:>20} {:>15} {:>15}",
             r.workload,
             r.system,
             r.workers,

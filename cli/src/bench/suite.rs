@@ -10,8 +10,8 @@ use super::report::{
 use super::vs_python::{python_baseline, python_request};
 use super::{build_pool, progress, rayon_pool};
 use crate::workloads::{
-    corepool_once, pair_cpus, pair_pinning, sequential_once, threads_once, threads_spawn_once,
-    Inputs, Sample, Sizes, Workload,
+    corepool_forkserver_once, corepool_once, pair_cpus, pair_pinning, sequential_once,
+    threads_once, threads_spawn_once, Inputs, Sample, Sizes, Workload,
 };
 use crate::CliError;
 use corepool::Pool;
@@ -24,6 +24,10 @@ struct LocalSamples {
     /// apply_async only: rayon scope + spawn, no result channel.
     threads_spawn: Vec<Sample>,
     sequential: Vec<Sample>,
+    /// start and respawn with the fork server: while it runs, and (start)
+    /// the first pool, its start included.
+    forkserver: Vec<Sample>,
+    forkserver_first: Vec<Sample>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -43,6 +47,8 @@ fn measure_local(
         threads: Vec::new(),
         threads_spawn: Vec::new(),
         sequential: Vec::new(),
+        forkserver: Vec::new(),
+        forkserver_first: Vec::new(),
     };
     for run in 0..=repeat {
         bar.set_message(if run == 0 {
@@ -58,6 +64,8 @@ fn measure_local(
             None
         };
         let c = corepool_once(w, pool, sizes, inputs, tasks)?;
+        // Right after the exec'd runs, alternated with them run by run.
+        let forked = corepool_forkserver_once(w, pool, sizes)?;
         let t = if w.has_threads_baseline() {
             Some(threads_once(w, threads, sizes, inputs, tasks)?)
         } else {
@@ -78,6 +86,10 @@ fn measure_local(
             out.threads.extend(t);
             out.threads_spawn.extend(spawn);
             out.sequential.extend(seq);
+            if let Some(forked) = forked {
+                out.forkserver.push(forked.warm);
+                out.forkserver_first.extend(forked.first);
+            }
         }
         bar.inc(1);
     }
@@ -149,9 +161,33 @@ pub(super) fn run_suite(args: &BenchArgs, plan: &Plan) -> Result<(), CliError> {
             "corepool",
             row_workers,
             &s.corepool,
-            corepool_pinning,
+            corepool_pinning.clone(),
             None,
         )];
+        if !s.forkserver.is_empty() {
+            got.push(summarize(
+                w,
+                "corepool-forkserver",
+                row_workers,
+                &s.forkserver,
+                corepool_pinning.clone(),
+                Some(if w == Workload::Start {
+                    "StartMethod::ForkServer, its fork server already running".into()
+                } else {
+                    "StartMethod::ForkServer: the replacement forked by the fork server".into()
+                }),
+            ));
+        }
+        if !s.forkserver_first.is_empty() {
+            got.push(summarize(
+                w,
+                "corepool-forkserver-first",
+                row_workers,
+                &s.forkserver_first,
+                corepool_pinning.clone(),
+                Some("StartMethod::ForkServer, a program's first pool: the fork server's own start included".into()),
+            ));
+        }
         if !s.threads.is_empty() {
             got.push(summarize(
                 w,

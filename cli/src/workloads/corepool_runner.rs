@@ -10,7 +10,7 @@ use super::tasks::{check, count, loop_parts, noop, own_pid, partial_sum, sum_ran
 use super::{Inputs, Sample, Sizes, Workload};
 use crate::stats::median_u64;
 use crate::CliError;
-use corepool::{Pinning, Pipe, PipeEnd, Plain, Pool, Process, Queue};
+use corepool::{Pinning, Pipe, PipeEnd, Plain, Pool, Process, Queue, StartMethod};
 use std::time::{Duration, Instant};
 
 /// One `queue` message: 64 bytes, copied as they are.
@@ -83,9 +83,10 @@ fn pipe_rtt_corepool(n: u64, cpus: (usize, usize)) -> Result<Sample, CliError> {
     })
 }
 
-/// `n` pools like `pool` built one after another: the time of each
-/// `build()`, which returns once every worker is ready to serve.
-fn start_corepool(pool: &Pool, n: u64) -> Result<Sample, CliError> {
+/// `n` pools like `pool` built one after another, their workers started as
+/// `method` says: the time of each `build()`, which returns once every
+/// worker is ready to serve.
+fn start_corepool(pool: &Pool, n: u64, method: StartMethod) -> Result<Sample, CliError> {
     let started = Instant::now();
     let mut times = Vec::with_capacity(n as usize);
     for i in 0..n {
@@ -93,6 +94,7 @@ fn start_corepool(pool: &Pool, n: u64) -> Result<Sample, CliError> {
         let fresh = Pool::builder()
             .workers(pool.workers())
             .pinning(pinning_like(pool))
+            .start_method(method)
             .build()?;
         times.push(t.elapsed());
         // Not timed: the fresh pool serves, then it is torn down.
@@ -105,7 +107,7 @@ fn start_corepool(pool: &Pool, n: u64) -> Result<Sample, CliError> {
 /// it), then time until a task submitted after the kill is answered by the
 /// replacement. The pool retries a task the dying worker may have claimed
 /// in the moment between the signal and its death.
-fn respawn_corepool(pool: &Pool, n: u64) -> Result<Sample, CliError> {
+fn respawn_corepool(pool: &Pool, n: u64, method: StartMethod) -> Result<Sample, CliError> {
     let pinning = match pool.cpu_sets().first().and_then(|s| s.first()) {
         Some(&cpu) => Pinning::Cpus(vec![cpu]),
         None => Pinning::None,
@@ -114,6 +116,7 @@ fn respawn_corepool(pool: &Pool, n: u64) -> Result<Sample, CliError> {
         .workers(1)
         .pinning(pinning)
         .retries(3)
+        .start_method(method)
         .build()?;
     let mut pid = one.apply(own_pid, ())?;
     let started = Instant::now();
@@ -206,8 +209,45 @@ pub(crate) fn corepool_once(
         }
         Workload::Queue => queue_corepool(n, pair_cpus()?),
         Workload::PipeRtt => pipe_rtt_corepool(n, pair_cpus()?),
-        Workload::Start => start_corepool(pool, n),
-        Workload::Respawn => respawn_corepool(pool, n),
+        Workload::Start => start_corepool(pool, n, StartMethod::Spawn),
+        Workload::Respawn => respawn_corepool(pool, n, StartMethod::Spawn),
         Workload::Bulk | Workload::BulkShared => corepool_bulk(w, pool, &mut inputs.bulk, n),
+    }
+}
+
+/// What one run of start or respawn gives with the fork server
+/// (`StartMethod::ForkServer`).
+pub(crate) struct ForkServerSamples {
+    /// Pools built (start) or workers replaced (respawn) while the fork
+    /// server runs.
+    pub(crate) warm: Sample,
+    /// start only: the first pool of a program, the fork server's own
+    /// start included (it is stopped before, so every run times one).
+    pub(crate) first: Option<Sample>,
+}
+
+/// One run of start or respawn (`None` for the other workloads) with the
+/// workers forked by the fork server.
+pub(crate) fn corepool_forkserver_once(
+    w: Workload,
+    pool: &Pool,
+    sizes: &Sizes,
+) -> Result<Option<ForkServerSamples>, CliError> {
+    let n = sizes.get(w);
+    match w {
+        Workload::Start => {
+            corepool::stop_fork_server();
+            let first = start_corepool(pool, 1, StartMethod::ForkServer)?;
+            let warm = start_corepool(pool, n, StartMethod::ForkServer)?;
+            Ok(Some(ForkServerSamples {
+                warm,
+                first: Some(first),
+            }))
+        }
+        Workload::Respawn => Ok(Some(ForkServerSamples {
+            warm: respawn_corepool(pool, n, StartMethod::ForkServer)?,
+            first: None,
+        })),
+        _ => Ok(None),
     }
 }

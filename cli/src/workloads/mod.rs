@@ -11,7 +11,7 @@ mod sequential_runner;
 mod tasks;
 mod threads_runner;
 
-pub(crate) use corepool_runner::corepool_once;
+pub(crate) use corepool_runner::{corepool_forkserver_once, corepool_once};
 pub(crate) use pair::{pair_cpus, pair_pinning};
 pub(crate) use sequential_runner::sequential_once;
 pub(crate) use threads_runner::{threads_once, threads_spawn_once};

@@ -1,0 +1,711 @@
+//! The fork server, parent side: [`StartMethod`], the one zygote of the
+//! program (`child::zygote`, started lazily, restarted when it is found
+//! dead) and the request that has it fork a child for us.
+//!
+//! Why: an exec'd child pays about a millisecond of CPU before `main` (the
+//! dynamic loader, relocations, the C library's CPU detection), which a
+//! child forked from an already started zygote skips. Why not a fork of the
+//! pool's process itself: it is multithreaded and may be large (see
+//! `child::spawn`); the zygote is neither.
+//!
+//! The zygote is started by a thread of its own, `corepool-forkserver`, that
+//! lives as long as the program: the zygote's parent-death signal, and that
+//! of every child it forks (their parent is that same thread, through
+//! `CLONE_PARENT`), fire when *that thread* exits. It also reaps the zygote
+//! when it dies. The children themselves are ours like exec'd ones: the
+//! supervisor that asked for them reaps them.
+//!
+//! Every failure of the zygote (dead, not answering within
+//! [`REQUEST_TIMEOUT`], a different build) makes the spawn fall back to
+//! exec, never hang; a dead zygote is replaced at the next spawn.
+
+use crate::child::spawn::Reexec;
+use crate::child::zygote;
+use crate::sys;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How a pool starts its worker processes
+/// ([`PoolBuilder::start_method`](crate::PoolBuilder::start_method)).
+///
+/// - [`Spawn`](StartMethod::Spawn), the default: each worker is this
+///   executable started anew (`posix_spawn` of `/proc/self/exe`), with the
+///   parent's environment and working directory of the moment.
+/// - [`ForkServer`](StartMethod::ForkServer): Python's `forkserver`. The
+///   first pool that uses it starts one more process, the *fork server*
+///   (this executable, started once, single-threaded), and every worker
+///   from then on is forked from it: a worker starts in a fraction of the
+///   time, as it skips the executable's loading and the C library's
+///   start-up. Workers are still children of *this* process (reaped,
+///   killed and replaced exactly as with `Spawn`), pinned, in a process
+///   group of their own.
+///
+/// With `ForkServer`, a worker gets the environment variables, working
+/// directory, umask, resource limits and standard output and error that
+/// this process had **when the fork server started** (the first pool that
+/// used it), not those of the moment: as in Python, change them before the
+/// first pool, or use `Spawn`. The fork server lives until the program
+/// exits (or [`stop_fork_server`]); it dies with the program, whatever
+/// ends it. If it cannot be used (it died, does not answer, or cannot fork
+/// soundly on this system), workers are started with `Spawn` instead, and
+/// a dead fork server is started again at the next worker's start.
+///
+/// ```
+/// use corepool::{Pool, StartMethod};
+///
+/// fn main() -> corepool::Result<()> {
+///     let pool = Pool::builder()
+///         .workers(2)
+///         .start_method(StartMethod::ForkServer)
+///         .build()?;
+///     assert_eq!(pool.map(|x: u64| x * 2, vec![1, 2, 3])?, vec![2, 4, 6]);
+///     // Workers are children of this process, as with the default.
+///     let parent = pool.apply(|_: ()| std::os::unix::process::parent_id(), ())?;
+///     assert_eq!(parent, std::process::id());
+///     drop(pool);
+///     assert!(corepool::fork_server_pid().is_some()); // it outlives the pool
+///     corepool::stop_fork_server(); // optional: it dies with the program anyway
+///     assert_eq!(corepool::fork_server_pid(), None);
+///     Ok(())
+/// }
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum StartMethod {
+    /// Each worker is this executable started anew (the default).
+    #[default]
+    Spawn,
+    /// Each worker is forked from the program's fork server, started on
+    /// first use.
+    ForkServer,
+}
+
+/// How long a request may wait for the zygote's answer before the zygote is
+/// taken for hung: killed, and the spawn falls back to exec. A fork of the
+/// small zygote takes well under a millisecond; this is for a stopped or
+/// wedged one.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a new zygote may take to say it is ready (it is exec'd: on a
+/// loaded machine that can take seconds).
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// After a zygote failed to start (no hello in time, or the start itself
+/// failed), spawns use exec for this long before another start is tried:
+/// a zygote that cannot start must not cost every spawn [`HELLO_TIMEOUT`].
+const START_RETRY_PAUSE: Duration = Duration::from_secs(5);
+
+/// After a hung zygote is killed: how long a child it may have forked has
+/// to report itself before it is given up.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// Why the fork server did not start a child.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// The fork server cannot be used now (the reason): start the child
+    /// with exec instead. Nothing of the attempt is left running.
+    Fallback(String),
+    /// The fork server works, but this child could not be started (the
+    /// fork failed, or the child's set-up did): what exec would have
+    /// answered too. Nothing is left running.
+    Failed(std::io::Error),
+}
+
+/// The running zygote, as the parent holds it.
+#[derive(Debug)]
+struct Zygote {
+    pid: i32,
+    pidfd: Arc<OwnedFd>,
+    socket: OwnedFd,
+}
+
+impl Zygote {
+    /// Kills it (the fork-server thread, which watches its pidfd, reaps it).
+    fn discard(self) {
+        sys::pidfd_send_signal(self.pidfd.as_fd(), sys::Signal::KILL);
+    }
+
+    fn has_exited(&self) -> bool {
+        sys::readable_now(self.pidfd.as_fd())
+    }
+}
+
+/// What the fork-server thread is asked to do.
+enum ThreadCommand {
+    /// Start a zygote and hand it over.
+    Start(crossbeam_channel::Sender<std::io::Result<Zygote>>),
+    /// Kill and reap every zygote it started, then say so.
+    ReapAll(crossbeam_channel::Sender<()>),
+}
+
+/// The fork-server thread's handle.
+struct Thread {
+    tx: crossbeam_channel::Sender<ThreadCommand>,
+    wake: Arc<OwnedFd>,
+}
+
+impl Thread {
+    fn ask(&self, command: ThreadCommand) -> bool {
+        let sent = self.tx.send(command).is_ok();
+        sys::eventfd_signal(self.wake.as_fd());
+        sent
+    }
+}
+
+/// The program's fork server.
+struct State {
+    /// The process this state belongs to (0: none yet): a `fork()`ed copy of
+    /// the program has no fork-server thread and must not talk to the
+    /// original's zygote.
+    owner: u32,
+    thread: Option<Thread>,
+    zygote: Option<Zygote>,
+    /// Why the fork server can never be used in this process, once known.
+    unusable: Option<String>,
+    /// How many spawns fell back to exec, and why the last one did.
+    fallbacks: u64,
+    last_fallback: Option<String>,
+    /// No zygote start before this instant (after one failed).
+    no_start_before: Option<Instant>,
+}
+
+static STATE: Mutex<State> = Mutex::new(State {
+    owner: 0,
+    thread: None,
+    zygote: None,
+    unusable: None,
+    fallbacks: 0,
+    last_fallback: None,
+    no_start_before: None,
+});
+
+/// Starts `reexec`'s child through the fork server: its pid once it runs,
+/// set up as an exec'd one would be.
+pub(crate) fn spawn(reexec: &Reexec) -> Result<i32, Refusal> {
+    let mut state = crate::sync::lock(&STATE);
+    let spawned = spawn_locked(&mut state, reexec);
+    if let Err(Refusal::Fallback(why)) = &spawned {
+        state.fallbacks += 1;
+        state.last_fallback = Some(why.clone());
+    }
+    spawned
+}
+
+/// How many spawns fell back to exec in this process, and why the last did
+/// (for tests and diagnostics).
+#[allow(dead_code)] // read by the unit tests
+pub(crate) fn fallbacks() -> (u64, Option<String>) {
+    let state = crate::sync::lock(&STATE);
+    (state.fallbacks, state.last_fallback.clone())
+}
+
+fn spawn_locked(state: &mut State, reexec: &Reexec) -> Result<i32, Refusal> {
+    let me = sys::current_pid();
+    if state.owner == 0 {
+        state.owner = me;
+    } else if state.owner != me {
+        return Err(Refusal::Fallback(
+            "a fork()ed copy of the program has no fork server".into(),
+        ));
+    }
+    if let Some(why) = &state.unusable {
+        return Err(Refusal::Fallback(why.clone()));
+    }
+    // A zygote found dead before the request is replaced at once; one that
+    // dies during it makes this spawn fall back, and the next replace it.
+    if state.zygote.as_ref().is_some_and(Zygote::has_exited) {
+        if let Some(dead) = state.zygote.take() {
+            dead.discard();
+        }
+    }
+    let zygote = match state.zygote.take() {
+        Some(zygote) => zygote,
+        None => {
+            if state.no_start_before.is_some_and(|t| Instant::now() < t) {
+                return Err(Refusal::Fallback(
+                    "the fork server failed to start a moment ago".into(),
+                ));
+            }
+            let started = start_zygote(state);
+            state.no_start_before = started.is_err().then(|| Instant::now() + START_RETRY_PAUSE);
+            started?
+        }
+    };
+    let (result, health) = request(&zygote, reexec);
+    match health {
+        Health::Fine => state.zygote = Some(zygote),
+        Health::Broken(_) => zygote.discard(),
+    }
+    match (result, health) {
+        (Ok(pid), _) => Ok(pid),
+        (Err(e), Health::Fine) => Err(Refusal::Failed(e)),
+        (Err(_), Health::Broken(why)) => Err(Refusal::Fallback(why)),
+    }
+}
+
+/// The fork server's pid, while one runs (started by the first pool built
+/// with [`StartMethod::ForkServer`], living until the program exits or
+/// [`stop_fork_server`]).
+///
+/// ```
+/// // No pool asked for one yet in this program.
+/// assert_eq!(corepool::fork_server_pid(), None);
+/// ```
+pub fn fork_server_pid() -> Option<i32> {
+    let state = crate::sync::lock(&STATE);
+    if state.owner != sys::current_pid() {
+        return None;
+    }
+    state
+        .zygote
+        .as_ref()
+        .filter(|z| !z.has_exited())
+        .map(|z| z.pid)
+}
+
+/// Stops the fork server, if one runs, and waits until it is reaped;
+/// returns whether one ran. Workers it started are not affected (they are
+/// this process's children, not its own). A later pool built with
+/// [`StartMethod::ForkServer`] starts a new one.
+///
+/// Not needed before exiting: the fork server dies with the program. It is
+/// for a program that wants no process of its own left besides its pools'
+/// workers (a test that counts children, say).
+///
+/// ```
+/// assert!(!corepool::stop_fork_server()); // none ran
+/// ```
+pub fn stop_fork_server() -> bool {
+    let mut state = crate::sync::lock(&STATE);
+    if state.owner != sys::current_pid() {
+        return false;
+    }
+    let ran = state.zygote.take().is_some_and(|z| !z.has_exited());
+    if let Some(thread) = &state.thread {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if thread.ask(ThreadCommand::ReapAll(tx)) {
+            let _ = rx.recv();
+        }
+    }
+    ran
+}
+
+/// Starts a zygote (and, the first time, the thread that is its parent)
+/// and waits for it to say it is ready.
+fn start_zygote(state: &mut State) -> Result<Zygote, Refusal> {
+    if state.thread.is_none() {
+        state.thread = Some(
+            start_thread()
+                .map_err(|e| Refusal::Fallback(format!("starting the fork-server thread: {e}")))?,
+        );
+    }
+    let Some(thread) = &state.thread else {
+        return Err(Refusal::Fallback("no fork-server thread".into()));
+    };
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    if !thread.ask(ThreadCommand::Start(tx)) {
+        return Err(Refusal::Fallback("the fork-server thread is gone".into()));
+    }
+    let zygote = match rx.recv() {
+        Ok(Ok(zygote)) => zygote,
+        Ok(Err(e)) => return Err(Refusal::Fallback(format!("starting the fork server: {e}"))),
+        Err(_) => return Err(Refusal::Fallback("the fork-server thread is gone".into())),
+    };
+    let deadline = Instant::now() + HELLO_TIMEOUT;
+    let mut hello = [0u8; 512];
+    let said = match sys::readable_before(zygote.socket.as_fd(), deadline) {
+        Ok(true) => sys::receive_message(zygote.socket.as_fd(), &mut hello),
+        Ok(false) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let text = match said {
+        Ok(Some((len, _))) => String::from_utf8_lossy(&hello[..len]).into_owned(),
+        _ => {
+            zygote.discard();
+            return Err(Refusal::Fallback(
+                "the fork server did not say it was ready".into(),
+            ));
+        }
+    };
+    let ours = crate::child::fingerprint::fingerprint();
+    match text.split_once(' ') {
+        Some(("v1", rest)) if rest.strip_prefix("ok ") == Some(&ours.to_string()) => Ok(zygote),
+        Some(("v1", rest)) if rest.starts_with("ok ") => {
+            zygote.discard();
+            let why = "the fork server runs a different build than this process".to_string();
+            state.unusable = Some(why.clone());
+            Err(Refusal::Fallback(why))
+        }
+        Some(("v1", rest)) if rest.starts_with("no ") => {
+            zygote.discard();
+            let why = format!("the fork server cannot fork here: {}", &rest[3..]);
+            state.unusable = Some(why.clone());
+            Err(Refusal::Fallback(why))
+        }
+        _ => {
+            zygote.discard();
+            Err(Refusal::Fallback(format!(
+                "the fork server said {text:?} on starting"
+            )))
+        }
+    }
+}
+
+/// The fork-server thread: starts zygotes when asked (so that it is their
+/// parent, and their children's, for good) and reaps each when it exits.
+fn start_thread() -> std::io::Result<Thread> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let wake = Arc::new(sys::eventfd()?);
+    let thread_wake = wake.clone();
+    // Never joined: it lives as long as the program, which is what the
+    // parent-death signals of the zygote and its children rely on.
+    std::thread::Builder::new()
+        .name("corepool-forkserver".into())
+        .spawn(move || serve_thread(&rx, thread_wake.as_fd()))?;
+    Ok(Thread { tx, wake })
+}
+
+fn serve_thread(rx: &crossbeam_channel::Receiver<ThreadCommand>, wake: BorrowedFd<'_>) {
+    // The zygotes this thread started and has not reaped.
+    let mut zygotes: Vec<(i32, Arc<OwnedFd>)> = Vec::new();
+    let mut ready = Vec::new();
+    loop {
+        let mut fds = vec![wake];
+        fds.extend(zygotes.iter().map(|(_, pidfd)| pidfd.as_fd()));
+        if sys::poll_readable(&fds, &mut ready, None).is_err() {
+            // Nothing to lose by waiting: look again after a pause.
+            std::thread::sleep(Duration::from_millis(10));
+            ready = vec![true; fds.len()];
+        }
+        drop(fds);
+        let mut flags = ready.iter().skip(1);
+        zygotes.retain(|&(pid, _)| {
+            // A readable pidfd: it exited; reap it (waitpid on its pid only).
+            !(flags.next().copied().unwrap_or(false) && matches!(sys::try_wait(pid), Ok(Some(_))))
+        });
+        sys::eventfd_drain(wake);
+        while let Ok(command) = rx.try_recv() {
+            match command {
+                ThreadCommand::Start(reply) => {
+                    let started = start_zygote_process();
+                    if let Ok(zygote) = &started {
+                        zygotes.push((zygote.pid, zygote.pidfd.clone()));
+                    }
+                    if let Err(crossbeam_channel::SendError(Ok(zygote))) = reply.send(started) {
+                        zygote.discard();
+                    }
+                }
+                ThreadCommand::ReapAll(reply) => {
+                    for (pid, pidfd) in zygotes.drain(..) {
+                        sys::pidfd_send_signal(pidfd.as_fd(), sys::Signal::KILL);
+                        let _ = sys::wait_exit(pid);
+                    }
+                    let _ = reply.send(());
+                }
+            }
+        }
+    }
+}
+
+/// Starts the zygote process: this executable, with the zygote's variable
+/// and one end of a socket pair, in a process group of its own (so that a
+/// terminal's Ctrl-C reaches it only through its parent's death).
+fn start_zygote_process() -> std::io::Result<Zygote> {
+    let (ours, theirs) = sys::seqpacket_pair()?;
+    let token = zygote::make_token(theirs.as_raw_fd(), std::process::id() as i32);
+    let pid = Reexec {
+        env: (zygote::ZYGOTE_ENV, token),
+        keep_fd: theirs.as_raw_fd(),
+        cpus: None,
+        own_group: true,
+    }
+    .spawn()?;
+    drop(theirs);
+    match sys::pidfd_open(pid) {
+        Ok(pidfd) => Ok(Zygote {
+            pid,
+            pidfd: Arc::new(pidfd),
+            socket: ours,
+        }),
+        Err(e) => {
+            // Not reaped yet, so the pid is still its own.
+            sys::signal_child(pid, sys::Signal::KILL);
+            let _ = sys::wait_exit(pid);
+            Err(e)
+        }
+    }
+}
+
+/// Whether the zygote can serve the next request.
+#[derive(Debug)]
+enum Health {
+    Fine,
+    /// Dead, hung or out of step (why): to be discarded.
+    Broken(String),
+}
+
+/// What the zygote answered a request.
+enum Reply {
+    Forked(i32),
+    Refused(std::io::Error),
+}
+
+/// What the child said on its report socket.
+enum Report {
+    /// Its pid, and 0 or the errno of its set-up that failed (it exits then).
+    Started { pid: i32, errno: i32 },
+    /// The socket closed with nothing said: no child will report.
+    Closed,
+}
+
+/// Reads the zygote's answer, waiting at most until `deadline`.
+fn await_reply(zygote: &Zygote, deadline: Instant) -> Result<Reply, String> {
+    match sys::readable_before(zygote.socket.as_fd(), deadline) {
+        Ok(true) => read_reply(zygote),
+        Ok(false) => Err("the fork server did not answer in time".into()),
+        Err(e) => Err(format!("waiting for the fork server: {e}")),
+    }
+}
+
+fn read_reply(zygote: &Zygote) -> Result<Reply, String> {
+    let mut buf = [0u8; 64];
+    let len = match sys::receive_message(zygote.socket.as_fd(), &mut buf) {
+        Ok(Some((len, _))) => len,
+        Ok(None) => return Err("the fork server closed its socket (it died)".into()),
+        Err(e) => return Err(format!("reading the fork server's answer: {e}")),
+    };
+    let text = String::from_utf8_lossy(&buf[..len]);
+    let number = |prefix: &str| {
+        text.strip_prefix(prefix)
+            .and_then(|n| n.parse::<i32>().ok())
+    };
+    if let Some(pid) = number("ok ").filter(|&pid| pid > 0) {
+        Ok(Reply::Forked(pid))
+    } else if let Some(errno) = number("err ") {
+        Ok(Reply::Refused(std::io::Error::from_raw_os_error(errno)))
+    } else {
+        Err(format!("the fork server answered {text:?}"))
+    }
+}
+
+fn read_report(report: &OwnedFd) -> Report {
+    let mut buf = [0u8; 8];
+    match sys::receive_message(report.as_fd(), &mut buf) {
+        Ok(Some((8, _))) => {
+            let word =
+                |at: usize| i32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+            match word(0) {
+                pid if pid > 0 => Report::Started {
+                    pid,
+                    errno: word(4),
+                },
+                _ => Report::Closed,
+            }
+        }
+        _ => Report::Closed,
+    }
+}
+
+/// Kills and reaps a child of ours that will not be used (it never
+/// entered its role; not reaped yet, so the pid is still its own).
+fn reap_unused(pid: i32) {
+    sys::signal_child(pid, sys::Signal::KILL);
+    let _ = sys::wait_exit(pid);
+}
+
+/// The request for one child: its pid once it has reported (and been told
+/// to go), or why not, and whether the zygote can go on serving.
+fn request(zygote: &Zygote, reexec: &Reexec) -> (std::io::Result<i32>, Health) {
+    let (report, theirs) = match sys::seqpacket_pair() {
+        Ok(pair) => pair,
+        Err(e) => return (Err(e), Health::Fine),
+    };
+    // An unpinned child gets the CPUs the spawning thread may use now, as an
+    // exec'd child inherits them.
+    let cpus = match &reexec.cpus {
+        Some(mask) => mask.cpus(),
+        None => sys::affinity_of(0).unwrap_or_default(),
+    };
+    if reexec.cpus.is_some() && cpus.is_empty() {
+        return (
+            Err(std::io::Error::from_raw_os_error(sys::EINVAL)),
+            Health::Fine,
+        );
+    }
+    let message = zygote::encode_request(
+        reexec.env.0,
+        &reexec.env.1,
+        &cpus,
+        reexec.own_group,
+        reexec.keep_fd,
+        std::process::id() as i32,
+    );
+    if reexec.keep_fd < 0 {
+        return (
+            Err(std::io::Error::from_raw_os_error(sys::EINVAL)),
+            Health::Fine,
+        );
+    }
+    // SAFETY: the caller holds `keep_fd` open for the child (the pool's
+    // segment) until the spawn returns; the borrow ends before that.
+    let keep = unsafe { BorrowedFd::borrow_raw(reexec.keep_fd) };
+    if let Err(e) = sys::send_message(zygote.socket.as_fd(), &message, &[keep, theirs.as_fd()]) {
+        let why = format!("sending a request to the fork server failed: {e}");
+        return (Err(e), Health::Broken(why));
+    }
+    // Only the zygote, and the child it forks, hold the other end now: its
+    // end-of-file says that no child will report.
+    drop(theirs);
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    let mut forked: Option<i32> = None;
+    let mut broken: Option<String> = None;
+    let mut ready = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return hung(zygote, &report, forked);
+        }
+        // The zygote's socket only until its answer came (or it closed).
+        let listen_to_zygote = forked.is_none() && broken.is_none();
+        let mut fds = vec![report.as_fd()];
+        if listen_to_zygote {
+            fds.push(zygote.socket.as_fd());
+        }
+        if let Err(e) = sys::poll_readable(&fds, &mut ready, Some(left)) {
+            let why = format!("waiting for the fork server: {e}");
+            return finish_without_zygote(zygote, &report, forked, why);
+        }
+        if ready.first().copied().unwrap_or(false) {
+            let started = read_report(&report);
+            // Keep the zygote in step: its answer to this request is read
+            // before the next request is sent.
+            if listen_to_zygote {
+                match await_reply(zygote, deadline) {
+                    Ok(Reply::Forked(pid)) => forked = Some(pid),
+                    Ok(Reply::Refused(e)) => return (Err(e), health(broken)),
+                    Err(why) => broken = Some(why),
+                }
+            }
+            return match started {
+                Report::Started { pid, errno: 0 } => {
+                    // A child dead before it reads this is still ours: the
+                    // supervisor reaps it and reports its exit.
+                    let _ = sys::send_message(report.as_fd(), b"g", &[]);
+                    (Ok(pid), health(broken))
+                }
+                Report::Started { pid, errno } => {
+                    // It exits at once after a failed set-up.
+                    let _ = sys::wait_exit(pid);
+                    (
+                        Err(std::io::Error::from_raw_os_error(errno)),
+                        health(broken),
+                    )
+                }
+                Report::Closed => match forked {
+                    // Forked, but gone before it reported (killed from
+                    // outside): ours to reap.
+                    Some(pid) => {
+                        reap_unused(pid);
+                        let e = std::io::Error::other("the forked child died before it was set up");
+                        (Err(e), health(broken))
+                    }
+                    None => {
+                        let why = broken.unwrap_or_else(|| {
+                            "the fork server closed the child's socket without an answer".into()
+                        });
+                        (Err(std::io::Error::other(why.clone())), Health::Broken(why))
+                    }
+                },
+            };
+        }
+        if listen_to_zygote && ready.get(1).copied().unwrap_or(false) {
+            match read_reply(zygote) {
+                Ok(Reply::Forked(pid)) => forked = Some(pid),
+                // Nothing was forked: the report socket closes unread.
+                Ok(Reply::Refused(e)) => return (Err(e), Health::Fine),
+                // Dead or out of step; a child it forked still reports.
+                Err(why) => broken = Some(why),
+            }
+        }
+    }
+}
+
+fn health(broken: Option<String>) -> Health {
+    match broken {
+        None => Health::Fine,
+        Some(why) => Health::Broken(why),
+    }
+}
+
+/// The zygote did not answer in time: it is killed (so it forks nothing
+/// more), and a child it may have forked gets [`GRACE`] to report.
+fn hung(zygote: &Zygote, report: &OwnedFd, forked: Option<i32>) -> (std::io::Result<i32>, Health) {
+    sys::pidfd_send_signal(zygote.pidfd.as_fd(), sys::Signal::KILL);
+    let why = format!(
+        "the fork server did not answer within {} s",
+        REQUEST_TIMEOUT.as_secs()
+    );
+    finish_without_zygote(zygote, report, forked, why)
+}
+
+/// Ends a request whose zygote is broken (`why`): a child that reports
+/// within [`GRACE`] is used; one that does not is killed and reaped if its
+/// pid is known (otherwise it never gets its "go", and exits by itself).
+fn finish_without_zygote(
+    zygote: &Zygote,
+    report: &OwnedFd,
+    mut forked: Option<i32>,
+    why: String,
+) -> (std::io::Result<i32>, Health) {
+    let grace = Instant::now() + GRACE;
+    if matches!(sys::readable_before(report.as_fd(), grace), Ok(true)) {
+        match read_report(report) {
+            Report::Started { pid, errno: 0 } => {
+                let _ = sys::send_message(report.as_fd(), b"g", &[]);
+                return (Ok(pid), Health::Broken(why));
+            }
+            Report::Started { pid, .. } => {
+                // Reaped here: its pid must not be looked up again below.
+                let _ = sys::wait_exit(pid);
+                return (Err(std::io::Error::other(why.clone())), Health::Broken(why));
+            }
+            Report::Closed => {}
+        }
+    }
+    if forked.is_none() {
+        // Its answer may still sit in the socket, unread.
+        let soon = Instant::now() + Duration::from_millis(100);
+        if let Ok(Reply::Forked(pid)) = await_reply(zygote, soon) {
+            forked = Some(pid);
+        }
+    }
+    if let Some(pid) = forked {
+        reap_unused(pid);
+    }
+    (Err(std::io::Error::other(why.clone())), Health::Broken(why))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Under the library's own unit-test harness (many threads): a pool's
+    /// workers come from the fork server, without a fallback to exec.
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri starts no processes")]
+    fn a_fork_server_pool_in_the_librarys_unit_tests() {
+        let (fallbacks_before, _) = fallbacks();
+        let pool = crate::Pool::builder()
+            .workers(2)
+            .start_method(StartMethod::ForkServer)
+            .build()
+            .unwrap();
+        assert_eq!(pool.apply(|x: u64| x * 2, 21).unwrap(), 42);
+        assert!(fork_server_pid().is_some());
+        let (fallbacks_after, why) = fallbacks();
+        assert_eq!(fallbacks_after, fallbacks_before, "fell back: {why:?}");
+        drop(pool);
+        assert!(stop_fork_server());
+        assert_eq!(fork_server_pid(), None);
+    }
+}

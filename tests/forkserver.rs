@@ -1,0 +1,359 @@
+//! Pools whose workers are forked by the fork server
+//! (`StartMethod::ForkServer`): they work, their workers are this process's
+//! children and pinned, replacements come from the fork server too, a dead
+//! or stopped fork server costs a fallback or a restart (never a hang), and
+//! the program's death takes the fork server and its workers with it.
+//!
+//! Each test stops the fork server at its end, so that the harness's checks
+//! (no child, no process of this binary left) hold.
+
+mod common;
+
+use corepool::{Pinning, Pool, StartMethod};
+use std::time::Duration;
+
+/// Set in this process only after the fork server started: a worker forked
+/// by it does not see it (it has the fork server's environment), an exec'd
+/// one does.
+const LATE_VAR: &str = "COREPOOL_TEST_SET_AFTER_THE_FORK_SERVER";
+
+/// Tells this test binary to act as the program whose death is tested.
+const DOOMED_PARENT: &str = "COREPOOL_TEST_DOOMED_PARENT";
+
+fn sees_late_var(_: ()) -> bool {
+    std::env::var_os(LATE_VAR).is_some()
+}
+
+fn own_pid(_: ()) -> i32 {
+    std::process::id() as i32
+}
+
+fn parent_pid(_: ()) -> u32 {
+    std::os::unix::process::parent_id()
+}
+
+/// A worker's open descriptors, by number and the kind of file each names
+/// (not the inode); the segment's number is the parent's, which differs
+/// between pools, so it is listed without it.
+fn open_descriptors(_: ()) -> Vec<String> {
+    let mut fds: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            let target = target.to_string_lossy();
+            match target.split([':', '[']).next().unwrap_or("") {
+                "/memfd" => "the segment".to_string(),
+                kind if kind.starts_with("/proc/") => "this listing".to_string(),
+                kind => format!("{}->{kind}", e.file_name().to_string_lossy()),
+            }
+        })
+        .collect();
+    fds.sort();
+    fds
+}
+
+fn forked_pool(workers: usize, pinning: Pinning) -> Pool {
+    Pool::builder()
+        .workers(workers)
+        .pinning(pinning)
+        .start_method(StartMethod::ForkServer)
+        .retries(3)
+        .build()
+        .expect("a fork-server pool builds")
+}
+
+fn signal(pid: i32, signal: i32) {
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(pid, signal) };
+}
+
+/// The parent pid `/proc` shows for `pid`.
+fn ppid_of(pid: i32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = stat.rsplit_once(')').unwrap().1;
+    after_name
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Stops the fork server (a test's last step) and checks it is reaped.
+fn stop(zygote: Option<i32>) {
+    corepool::stop_fork_server();
+    assert_eq!(corepool::fork_server_pid(), None);
+    if let Some(zygote) = zygote {
+        assert!(!common::children()
+            .iter()
+            .any(|&(pid, _)| pid as i32 == zygote));
+    }
+}
+
+fn a_fork_server_pool_works_and_its_workers_are_ours_and_pinned() {
+    std::env::remove_var(LATE_VAR);
+    let first = forked_pool(2, Pinning::PerCpu);
+    let zygote = corepool::fork_server_pid().expect("the first pool started the fork server");
+    assert_eq!(ppid_of(zygote), std::process::id());
+    let squares: Vec<u64> = (0..100).map(|x| x * x).collect();
+    assert_eq!(first.map(|x: u64| x * x, 0..100u64).unwrap(), squares);
+    drop(first);
+    std::env::set_var(LATE_VAR, "1");
+    let pool = forked_pool(2, Pinning::PerCpu);
+    // The same fork server served the second pool.
+    assert_eq!(corepool::fork_server_pid(), Some(zygote));
+    assert_eq!(pool.apply(|x: u64| x + 1, 41).unwrap(), 42);
+    for (pid, set) in pool.pids().into_iter().zip(pool.cpu_sets().to_vec()) {
+        // Our children, not the fork server's, and pinned where the pool says.
+        assert_eq!(ppid_of(pid), std::process::id(), "worker {pid}");
+        assert_eq!(corepool::info::affinity_of(pid).unwrap(), set);
+    }
+    assert_eq!(pool.apply(parent_pid, ()).unwrap(), std::process::id());
+    // Forked from the fork server: its environment, not this process's now.
+    assert!(!pool.apply(sees_late_var, ()).unwrap());
+    let exec = Pool::builder().workers(1).build().unwrap();
+    assert!(
+        exec.apply(sees_late_var, ()).unwrap(),
+        "an exec'd worker sees it"
+    );
+    // Nothing of the fork server's is left open in a worker: the same
+    // descriptors as an exec'd worker's (the listing's own included).
+    assert_eq!(
+        pool.apply(open_descriptors, ()).unwrap(),
+        exec.apply(open_descriptors, ()).unwrap()
+    );
+    drop((pool, exec));
+    std::env::remove_var(LATE_VAR);
+    stop(Some(zygote));
+}
+
+fn an_unpinned_fork_server_pool_works() {
+    let pool = forked_pool(2, Pinning::None);
+    let zygote = corepool::fork_server_pid();
+    let sum: u64 = pool.map(|x: u64| x, 0..1000u64).unwrap().iter().sum();
+    assert_eq!(sum, 499_500);
+    drop(pool);
+    stop(zygote);
+}
+
+fn a_killed_worker_is_replaced_through_the_fork_server() {
+    std::env::remove_var(LATE_VAR);
+    let pool = forked_pool(1, Pinning::PerCpu);
+    let zygote = corepool::fork_server_pid();
+    std::env::set_var(LATE_VAR, "1");
+    let mut pid = pool.apply(own_pid, ()).unwrap();
+    for _ in 0..3 {
+        signal(pid, libc::SIGKILL);
+        let replacement = pool.apply(own_pid, ()).unwrap();
+        assert_ne!(replacement, pid);
+        assert_eq!(ppid_of(replacement), std::process::id());
+        // From the same fork server, not exec'd.
+        assert!(!pool.apply(sees_late_var, ()).unwrap());
+        pid = replacement;
+    }
+    assert_eq!(corepool::fork_server_pid(), zygote);
+    assert!(pool.stats().respawns >= 3);
+    drop(pool);
+    std::env::remove_var(LATE_VAR);
+    stop(zygote);
+}
+
+fn a_killed_fork_server_is_replaced() {
+    let pool = forked_pool(1, Pinning::PerCpu);
+    let zygote = corepool::fork_server_pid().expect("running");
+    signal(zygote, libc::SIGKILL);
+    // Reaped by the fork-server thread, not left a zombie.
+    common::eventually("the killed fork server is reaped", || {
+        !common::children()
+            .iter()
+            .any(|&(pid, _)| pid as i32 == zygote)
+    });
+    assert_eq!(corepool::fork_server_pid(), None);
+    // A replacement worker: through a new fork server (or exec, had the
+    // death been noticed only in the middle of the request).
+    let pid = pool.apply(own_pid, ()).unwrap();
+    signal(pid, libc::SIGKILL);
+    assert_ne!(pool.apply(own_pid, ()).unwrap(), pid);
+    let again = corepool::fork_server_pid().expect("started again on next use");
+    assert_ne!(again, zygote);
+    // A new pool uses it.
+    let other = forked_pool(2, Pinning::PerCpu);
+    assert_eq!(other.apply(|x: u32| x * 2, 21).unwrap(), 42);
+    assert_eq!(corepool::fork_server_pid(), Some(again));
+    drop((pool, other));
+    stop(Some(again));
+}
+
+fn a_stopped_fork_server_makes_spawns_fall_back_not_hang() {
+    let pool = forked_pool(1, Pinning::PerCpu);
+    let zygote = corepool::fork_server_pid().expect("running");
+    signal(zygote, libc::SIGSTOP);
+    let pid = pool.apply(own_pid, ()).unwrap();
+    signal(pid, libc::SIGKILL);
+    // The request times out, the stopped fork server is killed, and the
+    // worker is exec'd instead.
+    let replacement = pool.apply(own_pid, ()).unwrap();
+    assert_ne!(replacement, pid);
+    common::eventually("the hung fork server is killed and reaped", || {
+        !common::children()
+            .iter()
+            .any(|&(pid, _)| pid as i32 == zygote)
+    });
+    drop(pool);
+    stop(None);
+}
+
+/// In a worker: what glibc's `fork` would have left right in the child,
+/// redone by the fork server by hand. The thread id cached in the main
+/// thread's descriptor is the worker's own (another thread signals the main
+/// thread through it: `pthread_kill` with signal 0 only checks), and the
+/// main thread has a robust-mutex list registered with the kernel.
+fn glibc_state_is_the_childs_own(_: ()) -> (i32, i32, bool) {
+    // SAFETY: pthread_self has no preconditions.
+    let main = unsafe { libc::pthread_self() } as usize;
+    let from_other_thread = std::thread::spawn(move || {
+        // SAFETY: `main` is this process's main thread, alive: it is
+        // joining this thread.
+        unsafe { libc::pthread_kill(main as libc::pthread_t, 0) }
+    })
+    .join()
+    .unwrap();
+    let mut tid_address: *mut libc::c_int = std::ptr::null_mut();
+    // SAFETY: PR_GET_TID_ADDRESS writes one pointer to the location given.
+    unsafe { libc::prctl(libc::PR_GET_TID_ADDRESS, &mut tid_address as *mut _) };
+    // SAFETY: the kernel says glibc registered this address, in the main
+    // thread's descriptor, alive; this is the main thread.
+    let cached = unsafe { std::ptr::read_volatile(tid_address) };
+    // SAFETY: gettid has no preconditions.
+    let real = unsafe { libc::gettid() };
+    let (mut head, mut len): (usize, usize) = (0, 0);
+    // SAFETY: writes one pointer and one size to the locations given.
+    unsafe { libc::syscall(libc::SYS_get_robust_list, 0, &mut head, &mut len) };
+    (from_other_thread, cached - real, head != 0 && len > 0)
+}
+
+fn a_forked_worker_has_glibcs_fork_bookkeeping_done() {
+    let pool = forked_pool(1, Pinning::PerCpu);
+    let zygote = corepool::fork_server_pid();
+    assert_eq!(
+        pool.apply(glibc_state_is_the_childs_own, ()).unwrap(),
+        (0, 0, true)
+    );
+    drop(pool);
+    stop(zygote);
+}
+
+fn workers_outlive_the_thread_and_pool_that_started_the_fork_server() {
+    // The fork server started by a pool built on a short-lived thread; that
+    // pool (and its supervisor thread) gone before the next is built.
+    let first = std::thread::spawn(|| forked_pool(1, Pinning::PerCpu))
+        .join()
+        .unwrap();
+    let zygote = corepool::fork_server_pid().expect("running");
+    let pool = forked_pool(2, Pinning::PerCpu);
+    drop(first);
+    std::thread::spawn(|| ()).join().unwrap();
+    let pids = pool.pids();
+    // Every worker alive and serving: no parent-death signal fired.
+    for _ in 0..pids.len() * 4 {
+        assert!(pids.contains(&pool.apply(own_pid, ()).unwrap()));
+    }
+    assert_eq!(pool.stats().respawns, 0);
+    // A replacement still comes from the same fork server.
+    signal(pids[0], libc::SIGKILL);
+    common::eventually("the killed worker is replaced", || {
+        let now = pool.pids();
+        now.len() == pids.len() && !now.contains(&pids[0])
+    });
+    assert_eq!(pool.map(|x: u32| x + 1, 0..10u32).unwrap().len(), 10);
+    assert_eq!(corepool::fork_server_pid(), Some(zygote));
+    drop(pool);
+    stop(Some(zygote));
+}
+
+/// As a program of its own (this binary, with [`DOOMED_PARENT`]): a
+/// fork-server pool, its fork server's and workers' pids on stdout, then
+/// death by SIGKILL.
+fn doomed_parent() -> ! {
+    let pool = forked_pool(2, Pinning::PerCpu);
+    let mut pids = pool.pids();
+    pids.push(corepool::fork_server_pid().expect("running"));
+    assert_eq!(pool.apply(|x: u8| x, 7).unwrap(), 7);
+    println!(
+        "{}",
+        pids.iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    signal(std::process::id() as i32, libc::SIGKILL);
+    unreachable!("SIGKILL sent to ourselves");
+}
+
+fn the_programs_death_takes_the_fork_server_and_workers_with_it() {
+    let exe = std::env::current_exe().unwrap();
+    let mut command = std::process::Command::new(exe);
+    command.env(DOOMED_PARENT, "1");
+    let output = common::output_within(&mut command, Duration::from_secs(60));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let pids: Vec<i32> = text
+        .split_whitespace()
+        .map(|p| p.parse().expect("a pid"))
+        .collect();
+    assert_eq!(
+        pids.len(),
+        3,
+        "stdout: {text}; stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for pid in pids {
+        common::eventually("the fork server and workers die with their program", || {
+            common::is_gone(pid)
+        });
+    }
+}
+
+/// A stray or forged fork-server variable never makes this binary a fork
+/// server: a malformed one is said on stderr, one naming another parent is
+/// a quiet exit; both with the start-failure status, before `main`.
+fn a_stray_fork_server_variable_is_refused() {
+    let exe = std::env::current_exe().unwrap();
+    for (value, says) in [("junk", true), ("v1:0:1", false)] {
+        let mut command = std::process::Command::new(&exe);
+        command.env("COREPOOL_FORKSERVER", value);
+        let output = common::output_within(&mut command, Duration::from_secs(60));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(101), "{value}: {stderr}");
+        assert_eq!(
+            stderr.contains("is not a fork server"),
+            says,
+            "{value}: {stderr}"
+        );
+        // No test ran: the entry left before `main`.
+        assert!(output.stdout.is_empty(), "{value}");
+    }
+}
+
+fn main() {
+    if std::env::var_os(DOOMED_PARENT).is_some() {
+        doomed_parent();
+    }
+    // The fork-server thread lives as long as the program, with its wake-up
+    // descriptor: started before the harness takes its baseline.
+    drop(forked_pool(1, Pinning::None));
+    corepool::stop_fork_server();
+    common::run(common::tests![
+        a_fork_server_pool_works_and_its_workers_are_ours_and_pinned,
+        an_unpinned_fork_server_pool_works,
+        a_killed_worker_is_replaced_through_the_fork_server,
+        a_forked_worker_has_glibcs_fork_bookkeeping_done,
+        workers_outlive_the_thread_and_pool_that_started_the_fork_server,
+        a_killed_fork_server_is_replaced,
+        a_stopped_fork_server_makes_spawns_fall_back_not_hang,
+        the_programs_death_takes_the_fork_server_and_workers_with_it,
+        a_stray_fork_server_variable_is_refused,
+    ]);
+}
