@@ -15,11 +15,12 @@
 //! when it dies. The children themselves are ours like exec'd ones: the
 //! supervisor that asked for them reaps them.
 //!
-//! A spawn that finds no zygote ready never waits for one: it asks the
-//! thread to start one (if none is starting) and execs its own child
-//! meanwhile, so that the program's first fork-server pool costs what an
-//! exec'd one does, the zygote's own start running beside it; the spawns
-//! after its hello use it.
+//! A spawn that finds no zygote never waits for one: it asks the thread to
+//! start one and execs its own child meanwhile, the zygote's start running
+//! beside it (on another CPU); the spawns after it wait a little for the
+//! zygote's hello ([`STARTING_WAIT`]) and use it, or exec if it is late.
+//! So the program's first fork-server pool costs no more than an exec'd
+//! one.
 //!
 //! Every failure of the zygote (dead, not answering within
 //! [`REQUEST_TIMEOUT`], a different build) makes the spawn fall back to
@@ -102,6 +103,11 @@ pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// loaded machine that can take seconds). Spawns do not wait for it (they
 /// exec meanwhile); [`fork_server_pid`] does.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a spawn waits for the hello of a zygote that an earlier spawn
+/// started, before it execs its child instead: a few times what a zygote
+/// on an idle machine takes to start.
+const STARTING_WAIT: Duration = Duration::from_millis(5);
 
 /// After a zygote failed to start (no hello in time, or the start itself
 /// failed), spawns use exec for this long before another start is tried:
@@ -257,8 +263,16 @@ fn spawn_locked(state: &mut State, reexec: &Reexec) -> Result<i32, Refusal> {
         }
     }
     if state.zygote.is_none() {
-        // Without waiting: a hello not yet come leaves it starting.
-        advance_start(state, None)?;
+        // A start an earlier spawn began: its hello is due about now, and a
+        // short wait for it costs less than another exec beside it (on a
+        // machine with few CPUs, the exec'd children and the zygote's own
+        // start compete for them). A hello not come by then leaves it
+        // starting, and this child is exec'd.
+        let wait = state
+            .starting
+            .as_ref()
+            .map(|_| Instant::now() + STARTING_WAIT);
+        advance_start(state, wait)?;
     }
     let Some(zygote) = state.zygote.take() else {
         if state.starting.is_some() {
