@@ -327,8 +327,8 @@ pub fn fork_server_pid() -> Option<i32> {
         .map(|z| z.pid)
 }
 
-/// Stops the fork server, if one runs, and waits until it is reaped;
-/// returns whether one ran. Workers it started are not affected (they are
+/// Stops the fork server, if one runs (or is still starting), and waits
+/// until it is reaped; returns whether one ran. Workers it started are not affected (they are
 /// this process's children, not its own). A later pool built with
 /// [`StartMethod::ForkServer`] starts a new one.
 ///
