@@ -80,6 +80,13 @@ fn ppid_of(pid: i32) -> u32 {
         .unwrap()
 }
 
+/// Starts the fork server, as a first pool does, and waits until it is
+/// ready: the pools built after this get their workers from it.
+fn ready_fork_server() -> i32 {
+    drop(forked_pool(1, Pinning::None));
+    corepool::fork_server_pid().expect("the fork server starts")
+}
+
 /// Stops the fork server (a test's last step) and checks it is reaped.
 fn stop(zygote: Option<i32>) {
     corepool::stop_fork_server();
@@ -93,11 +100,18 @@ fn stop(zygote: Option<i32>) {
 
 fn a_fork_server_pool_works_and_its_workers_are_ours_and_pinned() {
     std::env::remove_var(LATE_VAR);
+    // The first pool does not wait for the fork server it starts: it works
+    // while the fork server is still starting (its workers exec'd meanwhile).
     let first = forked_pool(2, Pinning::PerCpu);
-    let zygote = corepool::fork_server_pid().expect("the first pool started the fork server");
-    assert_eq!(ppid_of(zygote), std::process::id());
     let squares: Vec<u64> = (0..100).map(|x| x * x).collect();
     assert_eq!(first.map(|x: u64| x * x, 0..100u64).unwrap(), squares);
+    for (pid, set) in first.pids().into_iter().zip(first.cpu_sets().to_vec()) {
+        assert_eq!(ppid_of(pid), std::process::id(), "worker {pid}");
+        assert_eq!(corepool::info::affinity_of(pid).unwrap(), set);
+    }
+    // Waits for the fork server's hello.
+    let zygote = corepool::fork_server_pid().expect("the first pool started the fork server");
+    assert_eq!(ppid_of(zygote), std::process::id());
     drop(first);
     std::env::set_var(LATE_VAR, "1");
     let pool = forked_pool(2, Pinning::PerCpu);
@@ -129,8 +143,8 @@ fn a_fork_server_pool_works_and_its_workers_are_ours_and_pinned() {
 }
 
 fn an_unpinned_fork_server_pool_works() {
+    let zygote = Some(ready_fork_server());
     let pool = forked_pool(2, Pinning::None);
-    let zygote = corepool::fork_server_pid();
     let sum: u64 = pool.map(|x: u64| x, 0..1000u64).unwrap().iter().sum();
     assert_eq!(sum, 499_500);
     drop(pool);
@@ -185,6 +199,30 @@ fn a_killed_fork_server_is_replaced() {
     stop(Some(again));
 }
 
+/// A fork server stopped while it is still starting (right after the
+/// first pool's build, before its hello) is killed and reaped all the
+/// same, and the next pool starts another.
+fn a_fork_server_stopped_while_starting_is_reaped() {
+    let pool = forked_pool(1, Pinning::PerCpu);
+    let workers = pool.pids();
+    corepool::stop_fork_server();
+    assert_eq!(corepool::fork_server_pid(), None);
+    // Only the pool's worker is left a child of ours.
+    let children: Vec<i32> = common::children()
+        .into_iter()
+        .map(|(pid, _)| pid as i32)
+        .collect();
+    assert_eq!(children, workers);
+    assert_eq!(pool.apply(|x: u8| x + 1, 1).unwrap(), 2);
+    drop(pool);
+    let again = ready_fork_server();
+    assert_eq!(
+        forked_pool(1, Pinning::None).apply(|x: u8| x, 3).unwrap(),
+        3
+    );
+    stop(Some(again));
+}
+
 fn a_stopped_fork_server_makes_spawns_fall_back_not_hang() {
     let pool = forked_pool(1, Pinning::PerCpu);
     let zygote = corepool::fork_server_pid().expect("running");
@@ -234,8 +272,9 @@ fn glibc_state_is_the_childs_own(_: ()) -> (i32, i32, bool) {
 }
 
 fn a_forked_worker_has_glibcs_fork_bookkeeping_done() {
+    let zygote = Some(ready_fork_server());
     let pool = forked_pool(1, Pinning::PerCpu);
-    let zygote = corepool::fork_server_pid();
+    assert_eq!(corepool::fork_server_pid(), zygote);
     assert_eq!(
         pool.apply(glibc_state_is_the_childs_own, ()).unwrap(),
         (0, 0, true)
@@ -276,9 +315,10 @@ fn workers_outlive_the_thread_and_pool_that_started_the_fork_server() {
 /// fork-server pool, its fork server's and workers' pids on stdout, then
 /// death by SIGKILL.
 fn doomed_parent() -> ! {
+    let zygote = ready_fork_server();
     let pool = forked_pool(2, Pinning::PerCpu);
     let mut pids = pool.pids();
-    pids.push(corepool::fork_server_pid().expect("running"));
+    pids.push(zygote);
     assert_eq!(pool.apply(|x: u8| x, 7).unwrap(), 7);
     println!(
         "{}",
@@ -352,6 +392,7 @@ fn main() {
         a_forked_worker_has_glibcs_fork_bookkeeping_done,
         workers_outlive_the_thread_and_pool_that_started_the_fork_server,
         a_killed_fork_server_is_replaced,
+        a_fork_server_stopped_while_starting_is_reaped,
         a_stopped_fork_server_makes_spawns_fall_back_not_hang,
         the_programs_death_takes_the_fork_server_and_workers_with_it,
         a_stray_fork_server_variable_is_refused,

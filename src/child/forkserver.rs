@@ -1,6 +1,6 @@
 //! The fork server, parent side: [`StartMethod`], the one zygote of the
-//! program (`child::zygote`, started lazily, restarted when it is found
-//! dead) and the request that has it fork a child for us.
+//! program (`child::zygote`, started lazily in the background, restarted
+//! when it is found dead) and the request that has it fork a child for us.
 //!
 //! Why: an exec'd child pays about a millisecond of CPU before `main` (the
 //! dynamic loader, relocations, the C library's CPU detection), which a
@@ -15,13 +15,23 @@
 //! when it dies. The children themselves are ours like exec'd ones: the
 //! supervisor that asked for them reaps them.
 //!
+//! A spawn that finds no zygote never waits for one: it asks the thread to
+//! start one and execs its own child meanwhile, the zygote's start running
+//! beside it (on another CPU); the spawns after it wait a little for the
+//! zygote's hello ([`STARTING_WAIT`]) and use it, or exec if it is late.
+//! So the program's first fork-server pool costs no more than an exec'd
+//! one.
+//!
 //! Every failure of the zygote (dead, not answering within
 //! [`REQUEST_TIMEOUT`], a different build) makes the spawn fall back to
 //! exec, never hang; a dead zygote is replaced at the next spawn.
 
+mod request;
+
 use crate::child::spawn::Reexec;
 use crate::child::zygote;
 use crate::sys;
+use request::{request, Health};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,11 +45,14 @@ use std::time::{Duration, Instant};
 /// - [`ForkServer`](StartMethod::ForkServer): Python's `forkserver`. The
 ///   first pool that uses it starts one more process, the *fork server*
 ///   (this executable, started once, single-threaded), and every worker
-///   from then on is forked from it: a worker starts in a fraction of the
-///   time, as it skips the executable's loading and the C library's
-///   start-up. Workers are still children of *this* process (reaped,
-///   killed and replaced exactly as with `Spawn`), pinned, in a process
-///   group of their own.
+///   started once it is ready is forked from it: a worker starts in a
+///   fraction of the time, as it skips the executable's loading and the C
+///   library's start-up. No pool waits for the fork server: it starts in
+///   the background, and the workers started meanwhile (the first pool's,
+///   typically) are started as with `Spawn`, so that the first pool costs
+///   no more than with `Spawn`. Workers are still children of *this*
+///   process (reaped, killed and replaced exactly as with `Spawn`), pinned,
+///   in a process group of their own.
 ///
 /// With `ForkServer`, a worker gets the environment variables, working
 /// directory, umask, resource limits and standard output and error that
@@ -87,17 +100,19 @@ pub enum StartMethod {
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a new zygote may take to say it is ready (it is exec'd: on a
-/// loaded machine that can take seconds).
+/// loaded machine that can take seconds). Spawns do not wait for it (they
+/// exec meanwhile); [`fork_server_pid`] does.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a spawn waits for the hello of a zygote that an earlier spawn
+/// started, before it execs its child instead: a few times what a zygote
+/// on an idle machine takes to start.
+const STARTING_WAIT: Duration = Duration::from_millis(5);
 
 /// After a zygote failed to start (no hello in time, or the start itself
 /// failed), spawns use exec for this long before another start is tried:
 /// a zygote that cannot start must not cost every spawn [`HELLO_TIMEOUT`].
 const START_RETRY_PAUSE: Duration = Duration::from_secs(5);
-
-/// After a hung zygote is killed: how long a child it may have forked has
-/// to report itself before it is given up.
-const GRACE: Duration = Duration::from_secs(5);
 
 /// Why the fork server did not start a child.
 #[derive(Debug)]
@@ -109,6 +124,9 @@ pub(crate) enum Refusal {
     /// fork failed, or the child's set-up did): what exec would have
     /// answered too. Nothing is left running.
     Failed(std::io::Error),
+    /// No zygote is ready yet; one is starting (this spawn may have started
+    /// it): start the child with exec meanwhile. Not a failure.
+    Starting,
 }
 
 /// The running zygote, as the parent holds it.
@@ -165,8 +183,22 @@ struct State {
     /// How many spawns fell back to exec, and why the last one did.
     fallbacks: u64,
     last_fallback: Option<String>,
+    /// How many children the zygote forked for this process.
+    forked: u64,
     /// No zygote start before this instant (after one failed).
     no_start_before: Option<Instant>,
+    /// The zygote being started, until its hello is read.
+    starting: Option<Starting>,
+}
+
+/// A zygote asked of the fork-server thread and not yet ready.
+struct Starting {
+    /// The thread's answer: the zygote process, once started.
+    reply: crossbeam_channel::Receiver<std::io::Result<Zygote>>,
+    /// The zygote, once the thread handed it over.
+    zygote: Option<Zygote>,
+    /// Its hello must have come by then.
+    deadline: Instant,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
@@ -176,7 +208,9 @@ static STATE: Mutex<State> = Mutex::new(State {
     unusable: None,
     fallbacks: 0,
     last_fallback: None,
+    forked: 0,
     no_start_before: None,
+    starting: None,
 });
 
 /// Starts `reexec`'s child through the fork server: its pid once it runs,
@@ -184,11 +218,21 @@ static STATE: Mutex<State> = Mutex::new(State {
 pub(crate) fn spawn(reexec: &Reexec) -> Result<i32, Refusal> {
     let mut state = crate::sync::lock(&STATE);
     let spawned = spawn_locked(&mut state, reexec);
-    if let Err(Refusal::Fallback(why)) = &spawned {
-        state.fallbacks += 1;
-        state.last_fallback = Some(why.clone());
+    match &spawned {
+        Ok(_) => state.forked += 1,
+        Err(Refusal::Fallback(why)) => {
+            state.fallbacks += 1;
+            state.last_fallback = Some(why.clone());
+        }
+        Err(_) => {}
     }
     spawned
+}
+
+/// How many children the zygote forked for this process (for tests).
+#[allow(dead_code)] // read by the unit tests
+pub(crate) fn forked_children() -> u64 {
+    crate::sync::lock(&STATE).forked
 }
 
 /// How many spawns fell back to exec in this process, and why the last did
@@ -218,18 +262,29 @@ fn spawn_locked(state: &mut State, reexec: &Reexec) -> Result<i32, Refusal> {
             dead.discard();
         }
     }
-    let zygote = match state.zygote.take() {
-        Some(zygote) => zygote,
-        None => {
-            if state.no_start_before.is_some_and(|t| Instant::now() < t) {
-                return Err(Refusal::Fallback(
-                    "the fork server failed to start a moment ago".into(),
-                ));
-            }
-            let started = start_zygote(state);
-            state.no_start_before = started.is_err().then(|| Instant::now() + START_RETRY_PAUSE);
-            started?
+    if state.zygote.is_none() {
+        // A start an earlier spawn began: its hello is due about now, and a
+        // short wait for it costs less than another exec beside it (on a
+        // machine with few CPUs, the exec'd children and the zygote's own
+        // start compete for them). A hello not come by then leaves it
+        // starting, and this child is exec'd.
+        let wait = state
+            .starting
+            .as_ref()
+            .map(|_| Instant::now() + STARTING_WAIT);
+        advance_start(state, wait)?;
+    }
+    let Some(zygote) = state.zygote.take() else {
+        if state.starting.is_some() {
+            return Err(Refusal::Starting);
         }
+        if state.no_start_before.is_some_and(|t| Instant::now() < t) {
+            return Err(Refusal::Fallback(
+                "the fork server failed to start a moment ago".into(),
+            ));
+        }
+        begin_start(state)?;
+        return Err(Refusal::Starting);
     };
     let (result, health) = request(&zygote, reexec);
     match health {
@@ -247,14 +302,23 @@ fn spawn_locked(state: &mut State, reexec: &Reexec) -> Result<i32, Refusal> {
 /// with [`StartMethod::ForkServer`], living until the program exits or
 /// [`stop_fork_server`]).
 ///
+/// The fork server starts in the background (that first pool's workers are
+/// started without it meanwhile): if it is still starting, this waits until
+/// it is ready, or found unable to start, and the pools built after it
+/// returns a pid get their workers from it.
+///
 /// ```
 /// // No pool asked for one yet in this program.
 /// assert_eq!(corepool::fork_server_pid(), None);
 /// ```
 pub fn fork_server_pid() -> Option<i32> {
-    let state = crate::sync::lock(&STATE);
+    let mut state = crate::sync::lock(&STATE);
     if state.owner != sys::current_pid() {
         return None;
+    }
+    if state.zygote.is_none() {
+        // Waiting at most until the start's own deadline.
+        let _ = advance_start(&mut state, Some(Instant::now() + HELLO_TIMEOUT));
     }
     state
         .zygote
@@ -263,8 +327,8 @@ pub fn fork_server_pid() -> Option<i32> {
         .map(|z| z.pid)
 }
 
-/// Stops the fork server, if one runs, and waits until it is reaped;
-/// returns whether one ran. Workers it started are not affected (they are
+/// Stops the fork server, if one runs (or is still starting), and waits
+/// until it is reaped; returns whether one ran. Workers it started are not affected (they are
 /// this process's children, not its own). A later pool built with
 /// [`StartMethod::ForkServer`] starts a new one.
 ///
@@ -280,7 +344,16 @@ pub fn stop_fork_server() -> bool {
     if state.owner != sys::current_pid() {
         return false;
     }
-    let ran = state.zygote.take().is_some_and(|z| !z.has_exited());
+    let mut ran = state.zygote.take().is_some_and(|z| !z.has_exited());
+    // A zygote still starting is killed too: dropping the answer's receiver
+    // makes the thread kill one it starts from now on, and the reaping
+    // below covers one it already handed over.
+    if let Some(starting) = state.starting.take() {
+        ran = true;
+        if let Some(zygote) = starting.zygote {
+            zygote.discard();
+        }
+    }
     if let Some(thread) = &state.thread {
         let (tx, rx) = crossbeam_channel::bounded(1);
         if thread.ask(ThreadCommand::ReapAll(tx)) {
@@ -290,64 +363,139 @@ pub fn stop_fork_server() -> bool {
     ran
 }
 
-/// Starts a zygote (and, the first time, the thread that is its parent)
-/// and waits for it to say it is ready.
-fn start_zygote(state: &mut State) -> Result<Zygote, Refusal> {
+/// Asks the fork-server thread (started the first time) for a zygote,
+/// without waiting: the zygote is [`Starting`] until its hello is read
+/// ([`advance_start`]).
+fn begin_start(state: &mut State) -> Result<(), Refusal> {
     if state.thread.is_none() {
-        state.thread = Some(
-            start_thread()
-                .map_err(|e| Refusal::Fallback(format!("starting the fork-server thread: {e}")))?,
-        );
+        match start_thread() {
+            Ok(thread) => state.thread = Some(thread),
+            Err(e) => {
+                return Err(start_failed(
+                    state,
+                    format!("starting the fork-server thread: {e}"),
+                ))
+            }
+        }
     }
     let Some(thread) = &state.thread else {
-        return Err(Refusal::Fallback("no fork-server thread".into()));
+        return Err(start_failed(state, "no fork-server thread".into()));
     };
     let (tx, rx) = crossbeam_channel::bounded(1);
     if !thread.ask(ThreadCommand::Start(tx)) {
-        return Err(Refusal::Fallback("the fork-server thread is gone".into()));
+        return Err(start_failed(state, "the fork-server thread is gone".into()));
     }
-    let zygote = match rx.recv() {
-        Ok(Ok(zygote)) => zygote,
-        Ok(Err(e)) => return Err(Refusal::Fallback(format!("starting the fork server: {e}"))),
-        Err(_) => return Err(Refusal::Fallback("the fork-server thread is gone".into())),
+    state.starting = Some(Starting {
+        reply: rx,
+        zygote: None,
+        deadline: Instant::now() + HELLO_TIMEOUT,
+    });
+    Ok(())
+}
+
+/// A zygote's start failed (why): no other is tried for
+/// [`START_RETRY_PAUSE`], and the spawn falls back to exec.
+fn start_failed(state: &mut State, why: String) -> Refusal {
+    state.starting = None;
+    state.no_start_before = Some(Instant::now() + START_RETRY_PAUSE);
+    Refusal::Fallback(why)
+}
+
+/// Moves a starting zygote on: the thread's answer and then the zygote's
+/// hello, each read if it has come (waiting for them until `wait_until`,
+/// if given, and never past the start's own deadline). A zygote whose hello
+/// is read and right becomes `state.zygote`; one that failed, or whose
+/// deadline passed, is discarded, and the failure returned. Nothing
+/// starting, or still starting: `Ok`.
+fn advance_start(state: &mut State, wait_until: Option<Instant>) -> Result<(), Refusal> {
+    let Some(starting) = state.starting.as_mut() else {
+        return Ok(());
     };
-    let deadline = Instant::now() + HELLO_TIMEOUT;
-    let mut hello = [0u8; 512];
-    let said = match sys::readable_before(zygote.socket.as_fd(), deadline) {
-        Ok(true) => sys::receive_message(zygote.socket.as_fd(), &mut hello),
-        Ok(false) => Ok(None),
-        Err(e) => Err(e),
-    };
-    let text = match said {
-        Ok(Some((len, _))) => String::from_utf8_lossy(&hello[..len]).into_owned(),
-        _ => {
-            zygote.discard();
-            return Err(Refusal::Fallback(
-                "the fork server did not say it was ready".into(),
-            ));
+    let until = wait_until.map(|t| t.min(starting.deadline));
+    if starting.zygote.is_none() {
+        let answer = match until {
+            None => starting.reply.try_recv().map_err(|e| e.is_disconnected()),
+            Some(t) => starting
+                .reply
+                .recv_deadline(t)
+                .map_err(|e| e.is_disconnected()),
+        };
+        match answer {
+            Ok(Ok(zygote)) => starting.zygote = Some(zygote),
+            Ok(Err(e)) => {
+                return Err(start_failed(
+                    state,
+                    format!("starting the fork server: {e}"),
+                ))
+            }
+            Err(true) => return Err(start_failed(state, "the fork-server thread is gone".into())),
+            // Not started yet: the thread is alive, so it answers soon.
+            Err(false) if Instant::now() < starting.deadline => return Ok(()),
+            Err(false) => {
+                // A dropped receiver makes the thread kill the zygote.
+                return Err(start_failed(
+                    state,
+                    "the fork-server thread did not start the fork server in time".into(),
+                ));
+            }
         }
+    }
+    let Some(zygote) = starting.zygote.as_ref() else {
+        return Ok(());
+    };
+    let hello_came = match until {
+        None => sys::readable_now(zygote.socket.as_fd()),
+        Some(t) => matches!(sys::readable_before(zygote.socket.as_fd(), t), Ok(true)),
+    };
+    if !hello_came && Instant::now() < starting.deadline {
+        return Ok(());
+    }
+    let Some(zygote) = state.starting.take().and_then(|s| s.zygote) else {
+        return Ok(());
+    };
+    if !hello_came {
+        zygote.discard();
+        return Err(start_failed(
+            state,
+            "the fork server did not say it was ready".into(),
+        ));
+    }
+    match read_hello(state, &zygote) {
+        Ok(()) => {
+            state.no_start_before = None;
+            state.zygote = Some(zygote);
+            Ok(())
+        }
+        Err(why) => {
+            zygote.discard();
+            Err(start_failed(state, why))
+        }
+    }
+}
+
+/// Reads the zygote's hello (it has come) and checks it: the same build as
+/// ours, and able to fork here. A build or system it can never work with
+/// makes the fork server unusable in this process.
+fn read_hello(state: &mut State, zygote: &Zygote) -> Result<(), String> {
+    let mut hello = [0u8; 512];
+    let text = match sys::receive_message(zygote.socket.as_fd(), &mut hello) {
+        Ok(Some((len, _))) => String::from_utf8_lossy(&hello[..len]).into_owned(),
+        _ => return Err("the fork server did not say it was ready".into()),
     };
     let ours = crate::child::fingerprint::fingerprint();
     match text.split_once(' ') {
-        Some(("v1", rest)) if rest.strip_prefix("ok ") == Some(&ours.to_string()) => Ok(zygote),
+        Some(("v1", rest)) if rest.strip_prefix("ok ") == Some(&ours.to_string()) => Ok(()),
         Some(("v1", rest)) if rest.starts_with("ok ") => {
-            zygote.discard();
             let why = "the fork server runs a different build than this process".to_string();
             state.unusable = Some(why.clone());
-            Err(Refusal::Fallback(why))
+            Err(why)
         }
         Some(("v1", rest)) if rest.starts_with("no ") => {
-            zygote.discard();
             let why = format!("the fork server cannot fork here: {}", &rest[3..]);
             state.unusable = Some(why.clone());
-            Err(Refusal::Fallback(why))
+            Err(why)
         }
-        _ => {
-            zygote.discard();
-            Err(Refusal::Fallback(format!(
-                "the fork server said {text:?} on starting"
-            )))
-        }
+        _ => Err(format!("the fork server said {text:?} on starting")),
     }
 }
 
@@ -436,272 +584,35 @@ fn start_zygote_process() -> std::io::Result<Zygote> {
     }
 }
 
-/// Whether the zygote can serve the next request.
-#[derive(Debug)]
-enum Health {
-    Fine,
-    /// Dead, hung or out of step (why): to be discarded.
-    Broken(String),
-}
-
-/// What the zygote answered a request.
-enum Reply {
-    Forked(i32),
-    Refused(std::io::Error),
-}
-
-/// What the child said on its report socket.
-enum Report {
-    /// Its pid, and 0 or the errno of its set-up that failed (it exits then).
-    Started { pid: i32, errno: i32 },
-    /// The socket closed with nothing said: no child will report.
-    Closed,
-}
-
-/// Reads the zygote's answer, waiting at most until `deadline`.
-fn await_reply(zygote: &Zygote, deadline: Instant) -> Result<Reply, String> {
-    match sys::readable_before(zygote.socket.as_fd(), deadline) {
-        Ok(true) => read_reply(zygote),
-        Ok(false) => Err("the fork server did not answer in time".into()),
-        Err(e) => Err(format!("waiting for the fork server: {e}")),
-    }
-}
-
-fn read_reply(zygote: &Zygote) -> Result<Reply, String> {
-    let mut buf = [0u8; 64];
-    let len = match sys::receive_message(zygote.socket.as_fd(), &mut buf) {
-        Ok(Some((len, _))) => len,
-        Ok(None) => return Err("the fork server closed its socket (it died)".into()),
-        Err(e) => return Err(format!("reading the fork server's answer: {e}")),
-    };
-    let text = String::from_utf8_lossy(&buf[..len]);
-    let number = |prefix: &str| {
-        text.strip_prefix(prefix)
-            .and_then(|n| n.parse::<i32>().ok())
-    };
-    if let Some(pid) = number("ok ").filter(|&pid| pid > 0) {
-        Ok(Reply::Forked(pid))
-    } else if let Some(errno) = number("err ") {
-        Ok(Reply::Refused(std::io::Error::from_raw_os_error(errno)))
-    } else {
-        Err(format!("the fork server answered {text:?}"))
-    }
-}
-
-fn read_report(report: &OwnedFd) -> Report {
-    let mut buf = [0u8; 8];
-    match sys::receive_message(report.as_fd(), &mut buf) {
-        Ok(Some((8, _))) => {
-            let word =
-                |at: usize| i32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
-            match word(0) {
-                pid if pid > 0 => Report::Started {
-                    pid,
-                    errno: word(4),
-                },
-                _ => Report::Closed,
-            }
-        }
-        _ => Report::Closed,
-    }
-}
-
-/// Kills and reaps a child of ours that will not be used (it never
-/// entered its role; not reaped yet, so the pid is still its own).
-fn reap_unused(pid: i32) {
-    sys::signal_child(pid, sys::Signal::KILL);
-    let _ = sys::wait_exit(pid);
-}
-
-/// The request for one child: its pid once it has reported (and been told
-/// to go), or why not, and whether the zygote can go on serving.
-fn request(zygote: &Zygote, reexec: &Reexec) -> (std::io::Result<i32>, Health) {
-    let (report, theirs) = match sys::seqpacket_pair() {
-        Ok(pair) => pair,
-        Err(e) => return (Err(e), Health::Fine),
-    };
-    // An unpinned child gets the CPUs the spawning thread may use now, as an
-    // exec'd child inherits them.
-    let cpus = match &reexec.cpus {
-        Some(mask) => mask.cpus(),
-        None => sys::affinity_of(0).unwrap_or_default(),
-    };
-    if reexec.cpus.is_some() && cpus.is_empty() {
-        return (
-            Err(std::io::Error::from_raw_os_error(sys::EINVAL)),
-            Health::Fine,
-        );
-    }
-    let message = zygote::encode_request(
-        reexec.env.0,
-        &reexec.env.1,
-        &cpus,
-        reexec.own_group,
-        reexec.keep_fd,
-        std::process::id() as i32,
-    );
-    if reexec.keep_fd < 0 {
-        return (
-            Err(std::io::Error::from_raw_os_error(sys::EINVAL)),
-            Health::Fine,
-        );
-    }
-    // SAFETY: the caller holds `keep_fd` open for the child (the pool's
-    // segment) until the spawn returns; the borrow ends before that.
-    let keep = unsafe { BorrowedFd::borrow_raw(reexec.keep_fd) };
-    if let Err(e) = sys::send_message(zygote.socket.as_fd(), &message, &[keep, theirs.as_fd()]) {
-        let why = format!("sending a request to the fork server failed: {e}");
-        return (Err(e), Health::Broken(why));
-    }
-    // Only the zygote, and the child it forks, hold the other end now: its
-    // end-of-file says that no child will report.
-    drop(theirs);
-    let deadline = Instant::now() + REQUEST_TIMEOUT;
-    let mut forked: Option<i32> = None;
-    let mut broken: Option<String> = None;
-    let mut ready = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return hung(zygote, &report, forked);
-        }
-        // The zygote's socket only until its answer came (or it closed).
-        let listen_to_zygote = forked.is_none() && broken.is_none();
-        let mut fds = vec![report.as_fd()];
-        if listen_to_zygote {
-            fds.push(zygote.socket.as_fd());
-        }
-        if let Err(e) = sys::poll_readable(&fds, &mut ready, Some(left)) {
-            let why = format!("waiting for the fork server: {e}");
-            return finish_without_zygote(zygote, &report, forked, why);
-        }
-        if ready.first().copied().unwrap_or(false) {
-            let started = read_report(&report);
-            // Keep the zygote in step: its answer to this request is read
-            // before the next request is sent.
-            if listen_to_zygote {
-                match await_reply(zygote, deadline) {
-                    Ok(Reply::Forked(pid)) => forked = Some(pid),
-                    Ok(Reply::Refused(e)) => return (Err(e), health(broken)),
-                    Err(why) => broken = Some(why),
-                }
-            }
-            return match started {
-                Report::Started { pid, errno: 0 } => {
-                    // A child dead before it reads this is still ours: the
-                    // supervisor reaps it and reports its exit.
-                    let _ = sys::send_message(report.as_fd(), b"g", &[]);
-                    (Ok(pid), health(broken))
-                }
-                Report::Started { pid, errno } => {
-                    // It exits at once after a failed set-up.
-                    let _ = sys::wait_exit(pid);
-                    (
-                        Err(std::io::Error::from_raw_os_error(errno)),
-                        health(broken),
-                    )
-                }
-                Report::Closed => match forked {
-                    // Forked, but gone before it reported (killed from
-                    // outside): ours to reap.
-                    Some(pid) => {
-                        reap_unused(pid);
-                        let e = std::io::Error::other("the forked child died before it was set up");
-                        (Err(e), health(broken))
-                    }
-                    None => {
-                        let why = broken.unwrap_or_else(|| {
-                            "the fork server closed the child's socket without an answer".into()
-                        });
-                        (Err(std::io::Error::other(why.clone())), Health::Broken(why))
-                    }
-                },
-            };
-        }
-        if listen_to_zygote && ready.get(1).copied().unwrap_or(false) {
-            match read_reply(zygote) {
-                Ok(Reply::Forked(pid)) => forked = Some(pid),
-                // Nothing was forked: the report socket closes unread.
-                Ok(Reply::Refused(e)) => return (Err(e), Health::Fine),
-                // Dead or out of step; a child it forked still reports.
-                Err(why) => broken = Some(why),
-            }
-        }
-    }
-}
-
-fn health(broken: Option<String>) -> Health {
-    match broken {
-        None => Health::Fine,
-        Some(why) => Health::Broken(why),
-    }
-}
-
-/// The zygote did not answer in time: it is killed (so it forks nothing
-/// more), and a child it may have forked gets [`GRACE`] to report.
-fn hung(zygote: &Zygote, report: &OwnedFd, forked: Option<i32>) -> (std::io::Result<i32>, Health) {
-    sys::pidfd_send_signal(zygote.pidfd.as_fd(), sys::Signal::KILL);
-    let why = format!(
-        "the fork server did not answer within {} s",
-        REQUEST_TIMEOUT.as_secs()
-    );
-    finish_without_zygote(zygote, report, forked, why)
-}
-
-/// Ends a request whose zygote is broken (`why`): a child that reports
-/// within [`GRACE`] is used; one that does not is killed and reaped if its
-/// pid is known (otherwise it never gets its "go", and exits by itself).
-fn finish_without_zygote(
-    zygote: &Zygote,
-    report: &OwnedFd,
-    mut forked: Option<i32>,
-    why: String,
-) -> (std::io::Result<i32>, Health) {
-    let grace = Instant::now() + GRACE;
-    if matches!(sys::readable_before(report.as_fd(), grace), Ok(true)) {
-        match read_report(report) {
-            Report::Started { pid, errno: 0 } => {
-                let _ = sys::send_message(report.as_fd(), b"g", &[]);
-                return (Ok(pid), Health::Broken(why));
-            }
-            Report::Started { pid, .. } => {
-                // Reaped here: its pid must not be looked up again below.
-                let _ = sys::wait_exit(pid);
-                return (Err(std::io::Error::other(why.clone())), Health::Broken(why));
-            }
-            Report::Closed => {}
-        }
-    }
-    if forked.is_none() {
-        // Its answer may still sit in the socket, unread.
-        let soon = Instant::now() + Duration::from_millis(100);
-        if let Ok(Reply::Forked(pid)) = await_reply(zygote, soon) {
-            forked = Some(pid);
-        }
-    }
-    if let Some(pid) = forked {
-        reap_unused(pid);
-    }
-    (Err(std::io::Error::other(why.clone())), Health::Broken(why))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Under the library's own unit-test harness (many threads): a pool's
-    /// workers come from the fork server, without a fallback to exec.
+    /// Under the library's own unit-test harness (many threads): the first
+    /// pool does not wait for the fork server (its worker is exec'd while
+    /// the fork server starts), and the next pool's workers come from the
+    /// fork server, without a fallback to exec.
     #[test]
     #[cfg_attr(miri, ignore = "Miri starts no processes")]
     fn a_fork_server_pool_in_the_librarys_unit_tests() {
         let (fallbacks_before, _) = fallbacks();
-        let pool = crate::Pool::builder()
-            .workers(2)
-            .start_method(StartMethod::ForkServer)
-            .build()
-            .unwrap();
-        assert_eq!(pool.apply(|x: u64| x * 2, 21).unwrap(), 42);
+        let forked_before = forked_children();
+        let builder = || {
+            crate::Pool::builder()
+                .workers(2)
+                .start_method(StartMethod::ForkServer)
+        };
+        let first = builder().workers(1).build().unwrap();
+        assert_eq!(first.apply(|x: u64| x * 2, 21).unwrap(), 42);
+        // Its one spawn found no fork server and asked for one: it could
+        // not have been ready for that spawn.
+        assert_eq!(forked_children(), forked_before);
+        drop(first);
+        // Waits for the fork server's hello.
         assert!(fork_server_pid().is_some());
+        let pool = builder().build().unwrap();
+        assert_eq!(pool.apply(|x: u64| x * 2, 21).unwrap(), 42);
+        assert_eq!(forked_children(), forked_before + 2);
         let (fallbacks_after, why) = fallbacks();
         assert_eq!(fallbacks_after, fallbacks_before, "fell back: {why:?}");
         drop(pool);

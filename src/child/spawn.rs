@@ -132,14 +132,15 @@ impl Reexec {
 
     /// Starts the child as `method` says: through the fork server
     /// (`child::forkserver`), falling back to [`Reexec::spawn`] whenever the
-    /// fork server cannot be used, or by re-executing. Either way the child
+    /// fork server cannot be used or is still starting, or by re-executing. Either way the child
     /// is ours, set up alike, and its pid returned once it runs.
     pub(crate) fn spawn_using(self, method: StartMethod) -> std::io::Result<i32> {
         if method == StartMethod::ForkServer {
             match crate::child::forkserver::spawn(&self) {
                 Ok(pid) => return Ok(pid),
                 Err(Refusal::Failed(e)) => return Err(e),
-                Err(Refusal::Fallback(_)) => {}
+                // Exec'd meanwhile: the zygote's start runs beside it.
+                Err(Refusal::Fallback(_) | Refusal::Starting) => {}
             }
         }
         self.spawn()

@@ -238,16 +238,42 @@ pub(crate) fn corepool_forkserver_once(
         Workload::Start => {
             corepool::stop_fork_server();
             let first = start_corepool(pool, 1, StartMethod::ForkServer)?;
+            // The first pool does not wait for the fork server it starts
+            // (its workers are exec'd meanwhile): wait here, so that every
+            // warm pool is forked.
+            ready_fork_server()?;
             let warm = start_corepool(pool, n, StartMethod::ForkServer)?;
             Ok(Some(ForkServerSamples {
                 warm,
                 first: Some(first),
             }))
         }
-        Workload::Respawn => Ok(Some(ForkServerSamples {
-            warm: respawn_corepool(pool, n, StartMethod::ForkServer)?,
-            first: None,
-        })),
+        Workload::Respawn => {
+            // Running before the timed pool's worker is built: every
+            // replacement is forked.
+            ready_fork_server()?;
+            Ok(Some(ForkServerSamples {
+                warm: respawn_corepool(pool, n, StartMethod::ForkServer)?,
+                first: None,
+            }))
+        }
         _ => Ok(None),
     }
+}
+
+/// Has the fork server started (a first pool starts it), and waits until it
+/// is ready.
+fn ready_fork_server() -> Result<(), CliError> {
+    if corepool::fork_server_pid().is_none() {
+        drop(
+            Pool::builder()
+                .workers(1)
+                .pinning(Pinning::None)
+                .start_method(StartMethod::ForkServer)
+                .build()?,
+        );
+    }
+    corepool::fork_server_pid()
+        .map(drop)
+        .ok_or_else(|| CliError::Wrong("the fork server did not start".into()))
 }
