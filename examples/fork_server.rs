@@ -1,7 +1,7 @@
 //! Pools whose workers are forked by the fork server
 //! (`StartMethod::ForkServer`), against the default (each worker exec'd):
-//! the time to build a pool of two workers, the first one (the fork
-//! server's own start included) and later ones.
+//! the time to build a pool of two workers, the first one (built while the
+//! fork server starts: its first worker is exec'd) and later ones.
 //!
 //! `cargo run --release --example fork_server`
 
@@ -26,7 +26,7 @@ fn median(mut times: Vec<Duration>) -> Duration {
 fn main() -> corepool::Result<()> {
     let first = build(StartMethod::ForkServer)?;
     println!(
-        "fork server: first pool {:.2} ms (its start included), fork server pid {:?}",
+        "fork server: first pool {:.2} ms (built while the fork server starts), fork server pid {:?}",
         first.as_secs_f64() * 1e3,
         corepool::fork_server_pid()
     );
