@@ -432,6 +432,85 @@ fn a_submitter_blocked_by_max_queued_wakes_on_terminate() {
     }
 }
 
+// ---- submissions: nothing stranded, nothing lost ----------------------------
+
+/// Raises `flag` (in the worker) and returns 1.
+fn raise(flag: AtomicValue<u64>) -> u64 {
+    flag.store(1);
+    1
+}
+
+/// A callback run by the driver waits for a task submitted while it runs: that
+/// task must reach a worker without waiting for the callback (it would wait
+/// for ever). A design that leaves submissions for the driver to dispatch
+/// (a submission inbox was tried) must hand them off while caller code runs.
+fn a_task_submitted_while_a_callback_waits_for_it_is_dispatched() {
+    let pool = Pool::builder().workers(2).build().unwrap();
+    let flag = AtomicValue::new(0u64).unwrap();
+    let (started_tx, started_rx) = mpsc::channel();
+    let (seen_tx, seen_rx) = mpsc::channel();
+    let watched = flag.clone();
+    let cb = Callbacks::new().on_success(move |_: &u64| {
+        started_tx.send(()).unwrap();
+        let deadline = std::time::Instant::now() + HUNG;
+        while watched.load() == 0 && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        seen_tx.send(watched.load()).unwrap();
+    });
+    // Nobody waits on it: the driver delivers it, and its callback runs there.
+    let first = pool.apply_async_with(square, 3, cb).unwrap();
+    started_rx.recv_timeout(HUNG).unwrap();
+    let second = pool.apply_async(raise, flag).unwrap();
+    assert_eq!(
+        seen_rx.recv_timeout(HUNG).unwrap(),
+        1,
+        "the task waited for the callback"
+    );
+    assert_eq!(first.get(), Ok(9));
+    assert_eq!(second.get(), Ok(1));
+}
+
+/// Squares `x`, except for the doomed values, whose worker exits.
+fn square_or_die(x: u64) -> u64 {
+    if x % 1000 == 999 {
+        std::process::exit(1);
+    }
+    x * x
+}
+
+/// Threads submitting at once while workers die: every task is answered
+/// once, and only the task a worker died running fails.
+fn many_submitters_and_dying_workers_lose_no_task() {
+    let pool = Arc::new(Pool::builder().workers(2).build().unwrap());
+    let per_thread = 1000u64;
+    let submitters: Vec<_> = (0..4u64)
+        .map(|t| {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                (t * per_thread..(t + 1) * per_thread)
+                    .map(|x| (x, pool.apply_async(square_or_die, x).unwrap()))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for s in submitters {
+        for (x, h) in s.join().unwrap() {
+            match h.get() {
+                Ok(v) => assert_eq!(v, x * x),
+                Err(Error::WorkerDied { .. }) => {
+                    assert_eq!(
+                        x % 1000,
+                        999,
+                        "task {x} failed with a worker it did not kill"
+                    )
+                }
+                Err(e) => panic!("task {x}: {e}"),
+            }
+        }
+    }
+}
+
 fn main() {
     corepool::init();
     common::run(common::tests![
@@ -446,5 +525,7 @@ fn main() {
         chunk_sizes_out_of_range_fail_alike_everywhere,
         max_queued_bounds_the_tasks_queued_in_the_parent,
         a_submitter_blocked_by_max_queued_wakes_on_terminate,
+        a_task_submitted_while_a_callback_waits_for_it_is_dispatched,
+        many_submitters_and_dying_workers_lose_no_task,
     ]);
 }
