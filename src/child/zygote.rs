@@ -258,10 +258,15 @@ fn become_child(request: Request, socket: OwnedFd, enter_role: EnterRole, start_
     // The kept descriptor goes under the number the token names; the report
     // socket must not sit there.
     let report = if report.as_raw_fd() == target_fd {
-        match sys::dup_above(report.as_fd(), target_fd) {
-            Ok(moved) => moved, // the old number is closed as `report` drops
-            Err(_) => sys::exit_now(start_failed),
-        }
+        let Ok(moved) = sys::dup_above(report.as_fd(), target_fd) else {
+            sys::exit_now(start_failed);
+        };
+        // Closed now, not at the end of this function: the number is the
+        // kept descriptor's from the `dup2` below, and a shadowed `report`
+        // would otherwise own it too (and close it, were this ever to
+        // return).
+        drop(report);
+        moved
     } else {
         report
     };
