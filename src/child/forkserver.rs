@@ -31,7 +31,7 @@ mod request;
 use crate::child::spawn::Reexec;
 use crate::child::zygote;
 use crate::sys;
-use request::{request, Health};
+use request::{is_set_up_failure, request, Health};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -121,8 +121,9 @@ pub(crate) enum Refusal {
     /// with exec instead. Nothing of the attempt is left running.
     Fallback(String),
     /// The fork server works, but this child could not be started (the
-    /// fork failed, or the child's set-up did): what exec would have
-    /// answered too. Nothing is left running.
+    /// fork failed): what exec would have answered too. (A failed set-up
+    /// of the forked child is a [`Refusal::Fallback`]: the zygote's limits
+    /// are the program's of the past.) Nothing is left running.
     Failed(std::io::Error),
     /// No zygote is ready yet; one is starting (this spawn may have started
     /// it): start the child with exec meanwhile. Not a failure.
@@ -293,6 +294,10 @@ fn spawn_locked(state: &mut State, reexec: &Reexec) -> Result<i32, Refusal> {
     }
     match (result, health) {
         (Ok(pid), _) => Ok(pid),
+        // The zygote is fine, but it could not set this child up as the
+        // program is now (a descriptor number beyond the zygote's older
+        // descriptor limit, say): exec can.
+        (Err(e), Health::Fine) if is_set_up_failure(&e) => Err(Refusal::Fallback(e.to_string())),
         (Err(e), Health::Fine) => Err(Refusal::Failed(e)),
         (Err(_), Health::Broken(why)) => Err(Refusal::Fallback(why)),
     }

@@ -175,10 +175,7 @@ pub(super) fn request(zygote: &Zygote, reexec: &Reexec) -> (std::io::Result<i32>
                 Report::Started { pid, errno } => {
                     // It exits at once after a failed set-up.
                     let _ = sys::wait_exit(pid);
-                    (
-                        Err(std::io::Error::from_raw_os_error(errno)),
-                        health(broken),
-                    )
+                    (Err(set_up_failed(errno)), health(broken))
                 }
                 Report::Closed => match forked {
                     // Forked, but gone before it reported (killed from
@@ -207,6 +204,34 @@ pub(super) fn request(zygote: &Zygote, reexec: &Reexec) -> (std::io::Result<i32>
             }
         }
     }
+}
+
+/// A forked child's set-up failed with `errno` (its process group, or its
+/// descriptor under the number the token names). Not what exec would
+/// answer: the zygote's state (its descriptor limit, say) is that of the
+/// program's past, so the caller execs the child instead
+/// ([`is_set_up_failure`]).
+#[derive(Debug)]
+struct SetUpFailed(i32);
+
+impl std::fmt::Display for SetUpFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cause = std::io::Error::from_raw_os_error(self.0);
+        write!(f, "the forked child's set-up failed: {cause}")
+    }
+}
+
+impl std::error::Error for SetUpFailed {}
+
+fn set_up_failed(errno: i32) -> std::io::Error {
+    std::io::Error::other(SetUpFailed(errno))
+}
+
+/// Whether `error` is a forked child's failed set-up.
+pub(super) fn is_set_up_failure(error: &std::io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<SetUpFailed>())
 }
 
 fn health(broken: Option<String>) -> Health {
