@@ -63,7 +63,20 @@ fn set_fd_flags(fd: RawFd, flags: FdFlags) -> io::Result<()> {
 /// never appears in `/dev/shm` and vanishes with its last descriptor or mapping.
 pub(crate) fn memfd_create(name: &CStr) -> io::Result<OwnedFd> {
     let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
-    Ok(rustix::fs::memfd_create(name, flags)?)
+    above_stdio(rustix::fs::memfd_create(name, flags)?)
+}
+
+/// `fd`, moved to a number above 2 if it got one of the standard streams'
+/// (a program that closed its stdin gets its next descriptor as 0): a
+/// child's start-up puts `/dev/null` on 0 and keeps its streams on 1 and 2,
+/// so a segment there would be replaced in the child (which then refuses
+/// the pool as not its shared memory) or written to as stderr.
+fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    // The original closes as `fd` drops.
+    Ok(rustix::io::fcntl_dupfd_cloexec(&fd, 3)?)
 }
 
 /// Reserves `len` bytes of backing store so that a full tmpfs fails here, with an
@@ -1473,11 +1486,16 @@ impl ForkBookkeeping {
             }
         };
         let me = rustix::thread::gettid().as_raw_nonzero().get();
-        // SAFETY: the kernel says glibc registered this address of its own
-        // thread descriptor, which lives as long as the thread; reading an
-        // aligned i32 there changes nothing.
+        if tid_address % std::mem::align_of::<i32>() != 0 {
+            return Err(format!(
+                "the thread-id address {tid_address:#x} is not aligned for an i32"
+            ));
+        }
+        // SAFETY: the kernel says glibc registered this address (non-null,
+        // checked aligned above) of its own thread descriptor, which lives
+        // as long as the thread; reading an i32 there changes nothing.
         let cached = unsafe { std::ptr::read_volatile(tid_address as *const i32) };
-        if tid_address % std::mem::align_of::<i32>() != 0 || cached != me {
+        if cached != me {
             return Err(format!(
                 "the thread-id address holds {cached}, not this thread's id {me}"
             ));

@@ -511,6 +511,29 @@ fn many_submitters_and_dying_workers_lose_no_task() {
     }
 }
 
+/// A program that closed its stdin: the pool's segment gets the lowest free
+/// descriptor, 0, where a child's start-up puts `/dev/null`; every worker
+/// then refused the descriptor as not a pool's and no pool could be built.
+fn a_program_with_stdin_closed_builds_pools() {
+    // SAFETY: plain descriptor calls on numbers this test owns; the harness
+    // runs one test at a time, and stdin is put back before it returns.
+    let saved = unsafe { libc::dup(0) };
+    assert!(saved > 2, "dup of stdin");
+    // SAFETY: as above.
+    unsafe { libc::close(0) };
+    let built = Pool::builder().workers(2).build().and_then(|pool| {
+        let out = pool.map(square, 0..100u64);
+        drop(pool);
+        out
+    });
+    // SAFETY: as above: stdin back, the saved copy closed.
+    unsafe {
+        libc::dup2(saved, 0);
+        libc::close(saved);
+    }
+    assert_eq!(built.unwrap()[99], 9801);
+}
+
 fn main() {
     corepool::init();
     common::run(common::tests![
@@ -527,5 +550,6 @@ fn main() {
         a_submitter_blocked_by_max_queued_wakes_on_terminate,
         a_task_submitted_while_a_callback_waits_for_it_is_dispatched,
         many_submitters_and_dying_workers_lose_no_task,
+        a_program_with_stdin_closed_builds_pools,
     ]);
 }
