@@ -1666,3 +1666,54 @@ pub(crate) fn readable_now(fd: BorrowedFd<'_>) -> bool {
     };
     matches!(rustix::event::poll(&mut pfds, Some(&now)), Ok(n) if n > 0)
 }
+
+/// What a process may do, as far as the calling thread can read it: its
+/// user and group ids (real, effective, saved), supplementary groups,
+/// capabilities, `no_new_privs` and seccomp mode. A child inherits these
+/// from the thread that made it, so the fork server compares the spawning
+/// thread's with those of the thread that started the zygote: a program
+/// that dropped privileges or sandboxed itself since must not get workers
+/// forked with the old ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Privileges {
+    uids: [u32; 3],
+    gids: [u32; 3],
+    groups: Vec<u32>,
+    caps: rustix::thread::CapabilitySets,
+    no_new_privs: bool,
+    seccomp: Option<rustix::thread::SecureComputingMode>,
+}
+
+impl Privileges {
+    /// The calling thread's, or why they could not all be read (which the
+    /// fork server takes for a difference: unknown is not the same).
+    pub(crate) fn of_this_thread() -> io::Result<Self> {
+        let (mut ruid, mut euid, mut suid) = (0, 0, 0);
+        let (mut rgid, mut egid, mut sgid) = (0, 0, 0);
+        // Raw libc: rustix has no getresuid/getresgid. Per thread at the
+        // kernel, which is what a child inherits.
+        // SAFETY: each call writes three ids to the locations given, all
+        // ours.
+        let ids = unsafe {
+            libc::getresuid(&mut ruid, &mut euid, &mut suid) == 0
+                && libc::getresgid(&mut rgid, &mut egid, &mut sgid) == 0
+        };
+        if !ids {
+            return Err(io::Error::last_os_error());
+        }
+        let groups = rustix::process::getgroups()?
+            .into_iter()
+            .map(|g| g.as_raw())
+            .collect();
+        Ok(Self {
+            uids: [ruid, euid, suid],
+            gids: [rgid, egid, sgid],
+            groups,
+            caps: rustix::thread::capabilities(None)?,
+            no_new_privs: rustix::thread::no_new_privs()?,
+            // A filter that forbids asking is a sandbox too: recorded as
+            // unknown, which equals only another unknown.
+            seccomp: rustix::thread::secure_computing_mode().ok(),
+        })
+    }
+}

@@ -19,6 +19,9 @@ const LATE_VAR: &str = "COREPOOL_TEST_SET_AFTER_THE_FORK_SERVER";
 
 /// Tells this test binary to act as the program whose death is tested.
 const DOOMED_PARENT: &str = "COREPOOL_TEST_DOOMED_PARENT";
+/// Set in a child run of this binary that sandboxes itself after its fork
+/// server started (see [`sandboxed_parent`]).
+const SANDBOXED_PARENT: &str = "COREPOOL_TEST_SANDBOXED_PARENT";
 
 fn sees_late_var(_: ()) -> bool {
     std::env::var_os(LATE_VAR).is_some()
@@ -356,6 +359,50 @@ fn the_programs_death_takes_the_fork_server_and_workers_with_it() {
     }
 }
 
+/// `no_new_privs` of the calling process's thread, as `/proc` shows it.
+fn no_new_privs(_: ()) -> String {
+    std::fs::read_to_string("/proc/thread-self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("NoNewPrivs:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// As a program of its own (this binary, with [`SANDBOXED_PARENT`]): starts
+/// the fork server, then sets `no_new_privs` (a sandbox's first step, which
+/// no thread can undo), then builds a fork-server pool and prints what its
+/// worker has, and whether a fork server still runs.
+fn sandboxed_parent() -> ! {
+    ready_fork_server();
+    // SAFETY: a prctl with integer arguments, on this thread only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    assert_eq!(rc, 0, "PR_SET_NO_NEW_PRIVS");
+    let pool = forked_pool(1, Pinning::None);
+    let worker = pool.apply(no_new_privs, ()).unwrap();
+    drop(pool);
+    println!("{worker} {:?}", corepool::fork_server_pid());
+    std::process::exit(0);
+}
+
+/// A program that sandboxes itself after its fork server started gets
+/// sandboxed workers: its fork server (started unsandboxed) is retired and
+/// workers are exec'd from then on (found in review: forked workers kept
+/// the fork server's older credentials, capabilities and `no_new_privs`).
+fn a_program_that_sandboxes_itself_gets_sandboxed_workers() {
+    let exe = std::env::current_exe().unwrap();
+    let mut command = std::process::Command::new(exe);
+    command.env(SANDBOXED_PARENT, "1");
+    let output = common::output_within(&mut command, Duration::from_secs(60));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        text.trim(),
+        "1 None",
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// A stray or forged fork-server variable never makes this binary a fork
 /// server: a malformed one is said on stderr, one naming another parent is
 /// a quiet exit; both with the start-failure status, before `main`.
@@ -381,6 +428,9 @@ fn main() {
     if std::env::var_os(DOOMED_PARENT).is_some() {
         doomed_parent();
     }
+    if std::env::var_os(SANDBOXED_PARENT).is_some() {
+        sandboxed_parent();
+    }
     // The fork-server thread lives as long as the program, with its wake-up
     // descriptor: started before the harness takes its baseline.
     drop(forked_pool(1, Pinning::None));
@@ -396,5 +446,6 @@ fn main() {
         a_stopped_fork_server_makes_spawns_fall_back_not_hang,
         the_programs_death_takes_the_fork_server_and_workers_with_it,
         a_stray_fork_server_variable_is_refused,
+        a_program_that_sandboxes_itself_gets_sandboxed_workers,
     ]);
 }

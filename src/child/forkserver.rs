@@ -58,7 +58,12 @@ use std::time::{Duration, Instant};
 /// directory, umask, resource limits and standard output and error that
 /// this process had **when the fork server started** (the first pool that
 /// used it), not those of the moment: as in Python, change them before the
-/// first pool, or use `Spawn`. The fork server lives until the program
+/// first pool, or use `Spawn`. Credentials, capabilities, `no_new_privs` and
+/// the seccomp mode are checked instead: a program that changed them since
+/// (dropped root, sandboxed itself) gets its workers exec'd from then on,
+/// with what it has now. (Not checked: a seccomp filter stacked on an
+/// earlier one, Landlock, namespaces, cgroups: change those before the
+/// first fork-server pool.) The fork server lives until the program
 /// exits (or [`stop_fork_server`]); it dies with the program, whatever
 /// ends it. If it cannot be used (it died, does not answer, or cannot fork
 /// soundly on this system), workers are started with `Spawn` instead, and
@@ -136,6 +141,9 @@ struct Zygote {
     pid: i32,
     pidfd: Arc<OwnedFd>,
     socket: OwnedFd,
+    /// What the thread that started it could do, which it and every child
+    /// it forks inherited (see [`sys::Privileges`]).
+    privileges: std::io::Result<sys::Privileges>,
 }
 
 impl Zygote {
@@ -287,6 +295,19 @@ fn spawn_locked(state: &mut State, reexec: &Reexec) -> Result<i32, Refusal> {
         begin_start(state)?;
         return Err(Refusal::Starting);
     };
+    // A program that dropped privileges or sandboxed itself since the
+    // zygote started (setuid, capabilities, no_new_privs, seccomp) must not
+    // get workers with the old ones, which it could not even kill. Such
+    // changes last, and no_new_privs and seccomp are per thread (the
+    // fork-server thread keeps the old ones): exec from now on. Dropping
+    // the zygote closes its socket, which ends it even when the program
+    // may no longer signal it.
+    if !same_privileges(&zygote) {
+        drop(zygote);
+        let why = "the program's credentials, capabilities or sandbox changed since the fork server started: workers are exec'd from now on".to_string();
+        state.unusable = Some(why.clone());
+        return Err(Refusal::Fallback(why));
+    }
     let (result, health) = request(&zygote, reexec);
     match health {
         Health::Fine => state.zygote = Some(zygote),
@@ -300,6 +321,15 @@ fn spawn_locked(state: &mut State, reexec: &Reexec) -> Result<i32, Refusal> {
         (Err(e), Health::Fine) if is_set_up_failure(&e) => Err(Refusal::Fallback(e.to_string())),
         (Err(e), Health::Fine) => Err(Refusal::Failed(e)),
         (Err(_), Health::Broken(why)) => Err(Refusal::Fallback(why)),
+    }
+}
+
+/// Whether the spawning thread may do exactly what the zygote's starter
+/// could: anything unreadable on either side counts as a difference.
+fn same_privileges(zygote: &Zygote) -> bool {
+    match (&zygote.privileges, sys::Privileges::of_this_thread()) {
+        (Ok(then), Ok(now)) => *then == now,
+        _ => false,
     }
 }
 
@@ -564,6 +594,8 @@ fn serve_thread(rx: &crossbeam_channel::Receiver<ThreadCommand>, wake: BorrowedF
 /// and one end of a socket pair, in a process group of its own (so that a
 /// terminal's Ctrl-C reaches it only through its parent's death).
 fn start_zygote_process() -> std::io::Result<Zygote> {
+    // Read on this thread, the one the zygote inherits from.
+    let privileges = sys::Privileges::of_this_thread();
     let (ours, theirs) = sys::seqpacket_pair()?;
     let token = zygote::make_token(theirs.as_raw_fd(), std::process::id() as i32);
     let pid = Reexec {
@@ -579,6 +611,7 @@ fn start_zygote_process() -> std::io::Result<Zygote> {
             pid,
             pidfd: Arc::new(pidfd),
             socket: ours,
+            privileges,
         }),
         Err(e) => {
             // Not reaped yet, so the pid is still its own.
