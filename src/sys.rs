@@ -254,6 +254,17 @@ pub(crate) fn clear_cloexec(fd: RawFd) -> io::Result<()> {
     set_fd_flags(fd, FdFlags::empty())
 }
 
+/// Closes descriptor number `fd` of this process, which must own nothing
+/// that refers to it: used between fork and exec (as [`clear_cloexec`]),
+/// where the child drops what it must not inherit. Async-signal-safe.
+pub(crate) fn close_number(fd: RawFd) {
+    // Raw libc: rustix's `close` takes an `OwnedFd`'s number by contract of
+    // ownership, which a bare number in a forked child is not.
+    // SAFETY: in the forked child before exec nothing of the program runs
+    // again, so no owner of `fd` is left to use or close it.
+    unsafe { libc::close(fd) };
+}
+
 /// Makes the calling process the leader of a new process group, so that the
 /// processes its tasks start can be killed with it. Async-signal-safe: used
 /// between fork and exec (as [`clear_cloexec`]).
@@ -1075,6 +1086,37 @@ pub(crate) struct SpawnRequest<'a> {
     pub keep_fd: RawFd,
     /// Make the child the leader of a new process group.
     pub own_group: bool,
+    /// Descriptors of this process (without close-on-exec) that the child
+    /// must not inherit (the fork server's: [`inheritable_descriptors`]).
+    pub close: &'a [RawFd],
+}
+
+/// This process's descriptors above the standard three that an exec'd child
+/// would inherit (no close-on-exec), `keep` excepted: what the fork server
+/// must not hold for the program's life, nor pass to every child it forks.
+/// A best effort: a descriptor opened meanwhile by another thread without
+/// close-on-exec may be missed, one closed meanwhile is skipped by the
+/// spawn.
+pub(crate) fn inheritable_descriptors(keep: RawFd) -> Vec<RawFd> {
+    let Ok(listing) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    // Collected first: the listing's own descriptor (close-on-exec) is
+    // closed before the flags are read.
+    let numbers: Vec<RawFd> = listing
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect();
+    numbers
+        .into_iter()
+        .filter(|&fd| fd > 2 && fd != keep)
+        .filter(|&fd| {
+            // SAFETY: only reads the flags of a number, which may no longer
+            // be open (EBADF: skipped).
+            let probe = unsafe { BorrowedFd::borrow_raw(fd) };
+            matches!(rustix::io::fcntl_getfd(probe), Ok(flags) if !flags.contains(rustix::io::FdFlags::CLOEXEC))
+        })
+        .collect()
 }
 
 /// Frees a `posix_spawn` attribute or file-action object when dropped.
@@ -1149,6 +1191,14 @@ pub(crate) fn spawn_reexec(request: &SpawnRequest<'_>) -> io::Result<i32> {
         // EBADF here can only mean that `keep_fd`, open in this process, is
         // numbered beyond the current RLIMIT_NOFILE (the C library checks
         // that): descriptors are short, which `fork` reported as EMFILE.
+        for &fd in request.close {
+            // glibc ignores EBADF of a close action (a descriptor closed
+            // meanwhile by another thread).
+            rc(libc::posix_spawn_file_actions_addclose(
+                &mut objects.actions,
+                fd,
+            ))?;
+        }
         rc(libc::posix_spawn_file_actions_adddup2(
             &mut objects.actions,
             request.keep_fd,

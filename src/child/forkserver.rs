@@ -63,7 +63,10 @@ use std::time::{Duration, Instant};
 /// (dropped root, sandboxed itself) gets its workers exec'd from then on,
 /// with what it has now. (Not checked: a seccomp filter stacked on an
 /// earlier one, Landlock, namespaces, cgroups: change those before the
-/// first fork-server pool.) The fork server lives until the program
+/// first fork-server pool.) Descriptors: a forked worker inherits none of
+/// the program's but its pool's (the fork server starts without those the
+/// program holds without close-on-exec), where an exec'd one inherits those
+/// open at its start. The fork server lives until the program
 /// exits (or [`stop_fork_server`]); it dies with the program, whatever
 /// ends it. If it cannot be used (it died, does not answer, or cannot fork
 /// soundly on this system), workers are started with `Spawn` instead, and
@@ -598,13 +601,18 @@ fn start_zygote_process() -> std::io::Result<Zygote> {
     let privileges = sys::Privileges::of_this_thread();
     let (ours, theirs) = sys::seqpacket_pair()?;
     let token = zygote::make_token(theirs.as_raw_fd(), std::process::id() as i32);
+    // Only the standard streams and its socket: a descriptor the program
+    // holds now without close-on-exec (a pipe's write end, say) must not
+    // stay open in the zygote, and in every child it forks, after the
+    // program closed it.
+    let inherited = sys::inheritable_descriptors(theirs.as_raw_fd());
     let pid = Reexec {
         env: (zygote::ZYGOTE_ENV, token),
         keep_fd: theirs.as_raw_fd(),
         cpus: None,
         own_group: true,
     }
-    .spawn()?;
+    .spawn_closing(&inherited)?;
     drop(theirs);
     match sys::pidfd_open(pid) {
         Ok(pidfd) => Ok(Zygote {

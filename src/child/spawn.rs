@@ -85,6 +85,12 @@ impl Reexec {
     /// fires when the *calling thread* exits: call this from a thread that
     /// lives as long as the child should.
     pub(crate) fn spawn(self) -> std::io::Result<i32> {
+        self.spawn_closing(&[])
+    }
+
+    /// [`Reexec::spawn`], with `close` (descriptors of ours without
+    /// close-on-exec) not inherited by the child.
+    pub(crate) fn spawn_closing(self, close: &[RawFd]) -> std::io::Result<i32> {
         let Reexec {
             env,
             keep_fd,
@@ -112,6 +118,7 @@ impl Reexec {
             envp: &envp,
             keep_fd,
             own_group,
+            close,
         };
         if sys::spawn_keeps_descriptors() {
             let pid = sys::spawn_reexec(&request)?;
@@ -173,8 +180,9 @@ fn fork_and_exec(
         command.args(rest.iter().map(|a| OsStr::from_bytes(a.as_bytes())));
     }
     let (keep_fd, own_group) = (request.keep_fd, request.own_group);
+    let close = request.close.to_vec();
     // SAFETY: the closure runs in the forked child before exec and only
-    // makes raw system calls (sched_setaffinity, prctl, setpgid, fcntl),
+    // makes raw system calls (sched_setaffinity, prctl, setpgid, close, fcntl),
     // which are async-signal-safe; it allocates nothing, takes no locks.
     unsafe {
         command.pre_exec(move || {
@@ -184,6 +192,9 @@ fn fork_and_exec(
             sys::set_parent_death_signal()?;
             if own_group {
                 sys::new_process_group()?;
+            }
+            for &fd in &close {
+                sys::close_number(fd);
             }
             sys::clear_cloexec(keep_fd)?;
             Ok(())
@@ -247,6 +258,7 @@ mod tests {
             envp: &envp,
             keep_fd: fd,
             own_group: true,
+            close: &[],
         };
         let spawned = if sys::spawn_keeps_descriptors() {
             Some(sys::spawn_reexec(&request).unwrap())
