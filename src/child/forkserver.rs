@@ -311,6 +311,15 @@ fn spawn_locked(state: &mut State, reexec: &Reexec) -> Result<i32, Refusal> {
         state.unusable = Some(why.clone());
         return Err(Refusal::Fallback(why));
     }
+    // A stopped zygote (SIGSTOP, a debugger) would answer only after the
+    // request's timeout, the slot empty meanwhile: seen stopped, it is
+    // retired and this child exec'd at once, as a timeout would end. What
+    // cannot be read is asked as usual (the timeout still bounds it).
+    if matches!(sys::process_state_and_start_time(zygote.pid), Ok((state, _)) if state == 'T' || state == 't')
+    {
+        zygote.discard();
+        return Err(Refusal::Fallback("the fork server is stopped".into()));
+    }
     let (result, health) = request(&zygote, reexec);
     match health {
         Health::Fine => state.zygote = Some(zygote),
@@ -350,19 +359,26 @@ fn same_privileges(zygote: &Zygote) -> bool {
 /// assert_eq!(corepool::fork_server_pid(), None);
 /// ```
 pub fn fork_server_pid() -> Option<i32> {
-    let mut state = crate::sync::lock(&STATE);
-    if state.owner != sys::current_pid() {
-        return None;
+    loop {
+        let mut state = crate::sync::lock(&STATE);
+        if state.owner != sys::current_pid() {
+            return None;
+        }
+        if state.zygote.is_none() && state.starting.is_some() {
+            // Short waits, the lock let go between them so that other
+            // pools' spawns go on meanwhile; the start's own deadline ends
+            // it (`advance_start` then gives it up).
+            let _ = advance_start(&mut state, Some(Instant::now() + STARTING_WAIT));
+            if state.zygote.is_none() && state.starting.is_some() {
+                continue;
+            }
+        }
+        return state
+            .zygote
+            .as_ref()
+            .filter(|z| !z.has_exited())
+            .map(|z| z.pid);
     }
-    if state.zygote.is_none() {
-        // Waiting at most until the start's own deadline.
-        let _ = advance_start(&mut state, Some(Instant::now() + HELLO_TIMEOUT));
-    }
-    state
-        .zygote
-        .as_ref()
-        .filter(|z| !z.has_exited())
-        .map(|z| z.pid)
 }
 
 /// Stops the fork server, if one runs (or is still starting), and waits
