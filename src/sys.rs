@@ -76,7 +76,7 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
         return Ok(fd);
     }
     // The original closes as `fd` drops.
-    Ok(rustix::io::fcntl_dupfd_cloexec(&fd, 3)?)
+    dup_above(std::os::fd::AsFd::as_fd(&fd), 2)
 }
 
 /// Reserves `len` bytes of backing store so that a full tmpfs fails here, with an
@@ -1364,12 +1364,15 @@ pub(crate) const MAX_PASSED_FDS: usize = 2;
 /// (or dies) reads as end-of-file.
 pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     use rustix::net::{AddressFamily, SocketFlags, SocketType};
-    Ok(rustix::net::socketpair(
+    let (a, b) = rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
         SocketFlags::CLOEXEC,
         None,
-    )?)
+    )?;
+    // Above the standard streams, as a memfd: the zygote's end is the
+    // descriptor it keeps through its own start-up.
+    Ok((above_stdio(a)?, above_stdio(b)?))
 }
 
 /// Sends `bytes` as one message on `socket`, with `fds` attached

@@ -315,7 +315,7 @@ fn spawn_locked(state: &mut State, reexec: &Reexec) -> Result<i32, Refusal> {
     // request's timeout, the slot empty meanwhile: seen stopped, it is
     // retired and this child exec'd at once, as a timeout would end. What
     // cannot be read is asked as usual (the timeout still bounds it).
-    if matches!(sys::process_state_and_start_time(zygote.pid), Ok((state, _)) if state == 'T' || state == 't')
+    if matches!(sys::process_state_and_start_time(zygote.pid), Ok((letter, _)) if letter == 'T' || letter == 't')
     {
         zygote.discard();
         return Err(Refusal::Fallback("the fork server is stopped".into()));

@@ -166,6 +166,17 @@ pub(super) fn request(zygote: &Zygote, reexec: &Reexec) -> (std::io::Result<i32>
                 }
             }
             return match started {
+                // The child's word against the zygote's: a pid that is not
+                // the one forked would make the supervisor watch, and one
+                // day kill, a process that is not ours.
+                Report::Started { pid, .. } if forked.is_some_and(|f| f != pid) => {
+                    if let Some(f) = forked {
+                        reap_unused(f);
+                    }
+                    let why =
+                        format!("the forked child reported pid {pid}, not the forked {forked:?}");
+                    (Err(std::io::Error::other(why.clone())), Health::Broken(why))
+                }
                 Report::Started { pid, errno: 0 } => {
                     // A child dead before it reads this is still ours: the
                     // supervisor reaps it and reports its exit.
@@ -264,6 +275,8 @@ fn finish_without_zygote(
     let grace = Instant::now() + GRACE;
     if matches!(sys::readable_before(report.as_fd(), grace), Ok(true)) {
         match read_report(report) {
+            // Not the forked child's pid: the forked one is reaped below.
+            Report::Started { pid, .. } if forked.is_some_and(|f| f != pid) => {}
             Report::Started { pid, errno: 0 } => {
                 let _ = sys::send_message(report.as_fd(), b"g", &[]);
                 return (Ok(pid), Health::Broken(why));
