@@ -320,6 +320,18 @@ fn shm_advice(err: &io::Error) -> &'static str {
     }
 }
 
+/// What to do about a child process that could not be started, by the
+/// kernel's answer: a full descriptor table (the spawn needs a few: a
+/// socket, a pidfd) needs other advice than a process limit does.
+pub(crate) fn spawn_advice(err: &io::Error) -> &'static str {
+    match err.raw_os_error() {
+        Some(libc::EMFILE) => "this process has too many descriptors open (starting a child takes a few): close some, or raise its limit (`ulimit -n`, RLIMIT_NOFILE)",
+        Some(libc::ENFILE) => "the system's file table is full: close descriptors elsewhere, or raise `fs.file-max`",
+        Some(libc::EAGAIN) => "the process limit is reached: raise `ulimit -u` (RLIMIT_NPROC) or the cgroup's `pids.max`, or start fewer processes",
+        _ => "check that the executable is still there and the process limit (`ulimit -u`) is not reached",
+    }
+}
+
 /// A copy of `err` with the same kind, OS error number and message: what an
 /// error's clone keeps of the `io::Error` inside it.
 fn copy_io(err: &io::Error) -> io::Error {
@@ -575,6 +587,15 @@ mod tests {
             "{}",
             says(libc::ENOMEM)
         );
+    }
+
+    #[test]
+    fn a_spawn_failure_is_advised_by_its_cause() {
+        let says = |code| spawn_advice(&io::Error::from_raw_os_error(code));
+        assert!(says(libc::EMFILE).contains("ulimit -n"));
+        assert!(says(libc::ENFILE).contains("fs.file-max"));
+        assert!(says(libc::EAGAIN).contains("ulimit -u"));
+        assert!(says(libc::ENOENT).contains("executable"));
     }
 
     #[test]

@@ -1107,9 +1107,16 @@ pub(crate) fn inheritable_descriptors(keep: RawFd) -> Vec<RawFd> {
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
         .collect();
+    // A number at or above the soft descriptor limit (open from before the
+    // limit was lowered) cannot be named in a spawn's close action (the C
+    // library refuses it, EBADF, and the whole spawn with it): such a
+    // descriptor stays inherited.
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .map_or(RawFd::MAX, |n| RawFd::try_from(n).unwrap_or(RawFd::MAX));
     numbers
         .into_iter()
-        .filter(|&fd| fd > 2 && fd != keep)
+        .filter(|&fd| fd > 2 && fd != keep && fd < limit)
         .filter(|&fd| {
             // SAFETY: only reads the flags of a number, which may no longer
             // be open (EBADF: skipped).

@@ -167,7 +167,10 @@ fn spawn_error(cpus: Option<CpuMask>, error: SpawnError) -> Error {
                 Error::PinFailed { cpu, source: e }
             }
             _ => Error::Spawn {
-                reason: format!("re-executing /proc/self/exe failed: {e}; check that the executable is still there and the process limit (ulimit -u) is not reached"),
+                reason: format!(
+                    "starting a worker process failed: {e}; {}",
+                    crate::error::spawn_advice(&e)
+                ),
                 source: Some(e),
             },
         },

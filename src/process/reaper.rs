@@ -211,7 +211,8 @@ pub(super) fn spawn(fd: RawFd, cpu: Option<usize>) -> Result<Started> {
         let (reason, source) = match e {
             SpawnError::Exec(e) => (
                 format!(
-                    "re-executing /proc/self/exe failed: {e}; check the process limit (ulimit -u)"
+                    "re-executing /proc/self/exe failed: {e}; {}",
+                    crate::error::spawn_advice(&e)
                 ),
                 e,
             ),
