@@ -437,8 +437,17 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 
 /// Sends `signal` through a pidfd: never reaches a process that merely
 /// reused the pid. ESRCH (already exited) is not an error.
-pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: Signal) {
-    let _ = rustix::process::pidfd_send_signal(pidfd, signal);
+///
+/// Returns false only when the kernel refused for lack of permission
+/// (EPERM): the program changed its credentials since it started that
+/// process (it dropped root, say), or the process changed its own. Such a
+/// process cannot be killed by us at all, and whoever would wait for its
+/// death must not. Every other answer returns true.
+pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: Signal) -> bool {
+    !matches!(
+        rustix::process::pidfd_send_signal(pidfd, signal),
+        Err(Errno::PERM)
+    )
 }
 
 /// An `eventfd` used to wake a thread blocked in [`poll_readable`].
@@ -496,12 +505,20 @@ pub(crate) fn poll_readable(
 
 /// Sends `signal` to every process in process group `pgid` (a worker and
 /// whatever its tasks started). ESRCH (already gone) is not an error.
-pub(crate) fn kill_group(pgid: i32, signal: Signal) {
+///
+/// Returns false only when the kernel refused for lack of permission
+/// (EPERM, which `kill` answers only if no process of the group could be
+/// signalled), as [`pidfd_send_signal`] does.
+pub(crate) fn kill_group(pgid: i32, signal: Signal) -> bool {
     if pgid <= 1 {
-        return; // never our own group, init's, or everyone
+        return true; // never our own group, init's, or everyone
     }
-    if let Some(pgid) = positive_pid(pgid) {
-        let _ = rustix::process::kill_process_group(pgid, signal);
+    match positive_pid(pgid) {
+        Some(pgid) => !matches!(
+            rustix::process::kill_process_group(pgid, signal),
+            Err(Errno::PERM)
+        ),
+        None => true,
     }
 }
 

@@ -534,7 +534,97 @@ fn a_program_with_stdin_closed_builds_pools() {
     assert_eq!(built.unwrap()[99], 9801);
 }
 
+/// Set in the environment of the program that
+/// `a_pool_whose_program_dropped_privileges_ends_anyway` starts.
+const UNKILLABLE_PARENT: &str = "COREPOOL_TEST_UNKILLABLE_PARENT";
+
+/// Says it started, then runs until it is killed from outside.
+fn run_until_killed(started: AtomicValue<u64>) -> u64 {
+    started.store(1);
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// The program of `a_pool_whose_program_dropped_privileges_ends_anyway`:
+/// starts a never-ending task as root, becomes `nobody`, terminates the
+/// pool and prints the worker's pid, the abandoned count and whether the
+/// task was cancelled.
+fn unkillable_parent() -> ! {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    // The worker will outlive this program holding its standard streams:
+    // give it /dev/null, so that the test's reader of our stdout sees its
+    // end when we exit, and keep our stdout for the answer.
+    // SAFETY: descriptor calls on our own standard streams; `answer` takes
+    // the one fresh close-on-exec copy, owned by nothing else.
+    let mut answer = unsafe {
+        let copy = libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3);
+        assert!(copy >= 0, "F_DUPFD_CLOEXEC");
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        assert!(null >= 0 && libc::dup2(null, 1) == 1 && libc::dup2(null, 2) == 2);
+        libc::close(null);
+        std::fs::File::from_raw_fd(copy)
+    };
+    let pool = Pool::new(1).unwrap();
+    let started = AtomicValue::new(0u64).unwrap();
+    let task = pool.apply_async(run_until_killed, started.clone()).unwrap();
+    // Bounded by the watchdog of the test that started this program.
+    while started.load() == 0 {
+        std::thread::yield_now();
+    }
+    let worker = pool.pids()[0];
+    // SAFETY: plain system calls with integer arguments; glibc applies them
+    // to every thread of the process, the pool's included.
+    let dropped = unsafe {
+        libc::setresgid(65534, 65534, 65534) == 0 && libc::setresuid(65534, 65534, 65534) == 0
+    };
+    assert!(dropped, "setresuid: {}", std::io::Error::last_os_error());
+    pool.terminate();
+    pool.join().unwrap();
+    let cancelled = matches!(task.get(), Err(Error::Cancelled));
+    writeln!(answer, "{worker} {} {cancelled}", pool.stats().abandoned).unwrap();
+    drop(pool);
+    std::process::exit(0);
+}
+
+/// A program that drops its privileges after building a pool can no longer
+/// kill that pool's workers (they still run as the old user). `terminate`,
+/// `join` and drop used to wait for ever for a death that never came; the
+/// pool now gives such a worker up (counted in `PoolStats::abandoned`, its
+/// task cancelled) and ends. The worker outlives the program, as
+/// docs/fault-model.md says: the test ends it, as root.
+fn a_pool_whose_program_dropped_privileges_ends_anyway() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: dropping privileges needs root");
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let mut command = std::process::Command::new(exe);
+    command.env(UNKILLABLE_PARENT, "1");
+    let output = common::output_within(&mut command, HUNG);
+    let text = String::from_utf8_lossy(&output.stdout);
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let worker: i32 = match fields.first().and_then(|p| p.parse().ok()) {
+        Some(pid) => pid,
+        None => panic!(
+            "no output: {text:?}; stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    };
+    // End the stray worker before any assertion can fail.
+    // SAFETY: a signal to a pid the program just printed; we are root.
+    unsafe { libc::kill(worker, libc::SIGKILL) };
+    common::eventually("the abandoned worker is gone", || common::is_gone(worker));
+    assert_eq!(fields[1..], ["1", "true"], "{text}");
+    assert!(output.status.success(), "{output:?}");
+}
+
 fn main() {
+    if std::env::var_os(UNKILLABLE_PARENT).is_some() {
+        unkillable_parent();
+    }
     corepool::init();
     common::run(common::tests![
         a_panicking_callback_affects_only_its_task,
@@ -551,5 +641,6 @@ fn main() {
         a_task_submitted_while_a_callback_waits_for_it_is_dispatched,
         many_submitters_and_dying_workers_lose_no_task,
         a_program_with_stdin_closed_builds_pools,
+        a_pool_whose_program_dropped_privileges_ends_anyway,
     ]);
 }

@@ -406,15 +406,27 @@ fn look<K>(running: &mut Running<K>) -> Look {
 }
 
 /// Kills every child (and its group) and reaps each, reporting its exit.
+///
+/// A child the kernel will not let us kill (EPERM: the program dropped
+/// its privileges after starting it) is not waited for here, since that
+/// wait could last for ever; it is handed to [`reap_when_it_ends`] and
+/// reported by nobody (its owner gave it up when its own kill was refused).
 fn stop_all<K>(children: Vec<Running<K>>, report: &mut dyn FnMut(Event<K>)) {
-    for c in &children {
-        if c.own_group {
-            sys::kill_group(c.pid, crate::sys::Signal::KILL);
+    let mut killable = Vec::with_capacity(children.len());
+    let mut unkillable = Vec::new();
+    for c in children {
+        // The group first (what its tasks started), then the leader itself
+        // through its pidfd: refused only if both are.
+        let group = c.own_group && sys::kill_group(c.pid, crate::sys::Signal::KILL);
+        let leader = sys::pidfd_send_signal(c.pidfd.as_fd(), crate::sys::Signal::KILL);
+        if group || leader {
+            killable.push(c);
         } else {
-            sys::pidfd_send_signal(c.pidfd.as_fd(), crate::sys::Signal::KILL);
+            unkillable.push(c.pid);
         }
     }
-    for c in children {
+    reap_when_it_ends(unkillable);
+    for c in killable {
         let cause = sys::wait_exit(c.pid)
             .map(exit_cause)
             .unwrap_or(ExitCause::Signal(crate::sys::SIGKILL));
@@ -424,6 +436,26 @@ fn stop_all<K>(children: Vec<Running<K>>, report: &mut dyn FnMut(Event<K>)) {
             cause,
         });
     }
+}
+
+/// Reaps `pids`, children we may no longer signal, whenever they end, on a
+/// detached thread of their own that waits in `waitpid` (no CPU, one
+/// thread for all of them): no zombie is left even so. They outlive the
+/// program if it ends first (the parent-death signal is refused across
+/// the credentials too); `docs/fault-model.md` says so. Without a thread
+/// (none could be started) each stays a zombie from its end until the
+/// program's.
+fn reap_when_it_ends(pids: Vec<i32>) {
+    if pids.is_empty() {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("corepool-reap-unkillable".into())
+        .spawn(move || {
+            for pid in pids {
+                let _ = sys::wait_exit(pid);
+            }
+        });
 }
 
 #[cfg(test)]

@@ -35,6 +35,15 @@ pub struct PoolStats {
     pub supervisor_errors: u64,
     /// What the last of [`supervisor_errors`](Self::supervisor_errors) was.
     pub last_supervisor_error: Option<String>,
+    /// Workers the pool could not kill when it ended (`terminate`, or drop
+    /// before the tasks were done), because the program dropped the
+    /// privileges that signalling them needs (`setuid` to another user,
+    /// say) after they started. They were given up rather than waited for:
+    /// their tasks failed with [`Error::Cancelled`](crate::Error::Cancelled),
+    /// each exits when its task ends (or outlives the program if that never
+    /// happens) and is reaped then. Drop privileges before building a pool
+    /// to keep this at 0.
+    pub abandoned: u64,
 }
 
 impl PoolStats {

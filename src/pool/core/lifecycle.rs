@@ -38,12 +38,15 @@ impl Core {
                 w.pid = pid;
                 w.pidfd = Some(pidfd);
                 w.starting_since = Some(Instant::now());
-                w.phase = if self.terminating {
-                    w.kill();
-                    Phase::Dying
-                } else {
-                    Phase::Starting
-                };
+                w.phase = Phase::Starting;
+                if self.terminating {
+                    if w.kill() {
+                        w.phase = Phase::Dying;
+                    } else {
+                        w.abandon();
+                        self.stats.abandoned += 1;
+                    }
+                }
             }
             Event::SpawnFailed { index, error } => {
                 let w = &mut self.workers[index];

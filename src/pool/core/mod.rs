@@ -171,10 +171,34 @@ impl Worker {
     /// What the worker started dies too: the supervisor kills the worker's
     /// process group when it sees the leader exit, before reaping it, while
     /// the group id is still the worker's own.
-    fn kill(&self) {
-        if let Some(pidfd) = &self.pidfd {
-            crate::sys::pidfd_send_signal(pidfd.as_fd(), crate::sys::Signal::KILL);
+    ///
+    /// Returns false if the kernel refused (the program dropped the
+    /// privileges it needs to signal this process since it started it).
+    fn kill(&self) -> bool {
+        match &self.pidfd {
+            Some(pidfd) => crate::sys::pidfd_send_signal(pidfd.as_fd(), crate::sys::Signal::KILL),
+            None => true,
         }
+    }
+
+    /// Gives up a process we may not kill, when the pool is ending: the slot
+    /// counts as stopped at once, so that `terminate`, `join` and drop do not
+    /// wait for a death that only the process itself can choose (its task
+    /// may never end). Its tasks have been failed already; it is told to
+    /// leave once the tasks in its ring are done, instead of waiting for
+    /// more; its exit, if it ever comes, no longer matches the slot (`pid`
+    /// 0) and is ignored; the supervisor reaps it whenever it ends.
+    fn abandon(&mut self) {
+        // Release pairs with the Acquire loads of `shutdown` in the worker's
+        // serving loop (`Server::run` in worker.rs).
+        self.slot.shutdown().store(1, Ordering::Release);
+        park::wake(self.slot.sleeping());
+        self.phase = Phase::Stopped;
+        self.pid = 0;
+        self.pidfd = None;
+        self.running = None;
+        self.timed_out = None;
+        self.starting_since = None;
     }
 
     /// Whether tasks may be pushed into this worker's ring. Only once it is
@@ -397,8 +421,12 @@ impl Core {
         for w in &mut self.workers {
             match w.phase {
                 Phase::Starting | Phase::Ready | Phase::Dying => {
-                    w.kill();
-                    w.phase = Phase::Dying;
+                    if w.kill() {
+                        w.phase = Phase::Dying;
+                    } else {
+                        w.abandon();
+                        self.stats.abandoned += 1;
+                    }
                 }
                 Phase::Spawning => {} // killed when its Spawned event arrives
                 Phase::Resting => w.phase = Phase::Stopped, // no process
