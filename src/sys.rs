@@ -88,8 +88,120 @@ pub(crate) fn fallocate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
             "segment too large",
         ));
     }
+    check_memory_for(len)?;
     rustix::io::retry_on_intr(|| rustix::fs::fallocate(fd, FallocateFlags::empty(), 0, len))?;
     Ok(())
+}
+
+/// Reservations from this size up are checked against the memory available
+/// first ([`check_memory_for`]); smaller ones are not worth reading `/proc`
+/// for (a spill of a few megabytes is made thousands of times a second).
+const CHECKED_RESERVATION: u64 = 64 << 20;
+
+/// Refuses to reserve `len` bytes of shared memory that the machine (or
+/// this process's memory cgroup) does not have. A memfd's pages belong to
+/// no process, so `fallocate` past the memory available does not fail: the
+/// OOM killer ends some other process instead (a user trial lost its shell
+/// and other programs' workers to `SharedArray::new` of a terabyte). What
+/// cannot be read counts as enough: the check only ever turns a certain
+/// OOM into an error.
+fn check_memory_for(len: u64) -> io::Result<()> {
+    if len < CHECKED_RESERVATION {
+        return Ok(());
+    }
+    match memory_available() {
+        Some((available, whose)) if len > available => Err(io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!(
+                "{len} bytes of shared memory asked for, {available} available ({whose}): \
+                 reserving them would make the kernel's OOM killer end some process; \
+                 ask for less, or free memory first"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// [`memory_available`], for tests that must not ask the kernel for more
+/// memory than there is when the figure cannot be read.
+#[cfg(test)]
+pub(crate) fn memory_available_for_tests() -> Option<(u64, &'static str)> {
+    memory_available()
+}
+
+/// The bytes this process may still allocate, and what limits it: the
+/// machine's (`MemAvailable` plus free swap in `/proc/meminfo`) or its
+/// memory cgroup's (v2 `memory.max` less `memory.current`, v1
+/// `memory.limit_in_bytes` less `memory.usage_in_bytes`, for the cgroup and
+/// each of its ancestors), whichever is smaller. `None` if none of it
+/// could be read.
+fn memory_available() -> Option<(u64, &'static str)> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+    let field = |name: &str| -> Option<u64> {
+        let line = meminfo.as_deref()?.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        kib.checked_mul(1024)
+    };
+    let machine = field("MemAvailable:").map(|m| m.saturating_add(field("SwapFree:").unwrap_or(0)));
+    let cgroup = cgroup_memory_left();
+    match (machine, cgroup) {
+        (Some(m), Some(c)) if c < m => Some((c, "the memory cgroup's limit")),
+        (Some(m), _) => Some((m, "MemAvailable and free swap")),
+        (None, Some(c)) => Some((c, "the memory cgroup's limit")),
+        (None, None) => None,
+    }
+}
+
+/// The least room left under any memory limit of this process's cgroup or
+/// its ancestors (cgroup v2 or v1); `None` if there is no limit or none
+/// could be read.
+fn cgroup_memory_left() -> Option<u64> {
+    let membership = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let read =
+        |path: &str| -> Option<u64> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
+    let mut least: Option<u64> = None;
+    for line in membership.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let (root, limit_file, usage_file) = if id == "0" && controllers.is_empty() {
+            ("/sys/fs/cgroup", "memory.max", "memory.current")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            (
+                "/sys/fs/cgroup/memory",
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+            )
+        } else {
+            continue;
+        };
+        // The cgroup itself, then each ancestor up to the root.
+        let mut dir = path.trim_end_matches('/').to_string();
+        loop {
+            let at = format!("{root}{dir}");
+            // "max" (v2) or a huge number (v1) means no limit: no parse, or
+            // a room larger than any machine.
+            if let (Some(limit), Some(used)) = (
+                read(&format!("{at}/{limit_file}")),
+                read(&format!("{at}/{usage_file}")),
+            ) {
+                let room = limit.saturating_sub(used);
+                least = Some(least.map_or(room, |l| l.min(room)));
+            }
+            match dir.rfind('/') {
+                Some(cut) if !dir.is_empty() => dir.truncate(cut),
+                _ => break,
+            }
+        }
+    }
+    least
 }
 
 /// Writes all of `bytes` into the file at `offset` (`pwrite`, retried on
@@ -197,6 +309,7 @@ pub(crate) fn fallocate_range(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::
         .checked_add(len)
         .and_then(|end| i64::try_from(end).ok())
         .ok_or_else(too_large)?;
+    check_memory_for(len)?;
     rustix::io::retry_on_intr(|| rustix::fs::fallocate(fd, FallocateFlags::empty(), offset, len))?;
     Ok(())
 }

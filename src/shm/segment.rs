@@ -219,6 +219,24 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(not(miri))] // no memfd under Miri
+    fn a_segment_larger_than_the_memory_available_is_refused_before_it_is_reserved() {
+        // Without a figure to check against, the reservation would go to the
+        // kernel and the OOM killer: never try that here.
+        let Some((available, _)) = sys::memory_available_for_tests() else {
+            return;
+        };
+        let len = available
+            .saturating_mul(2)
+            .max(1 << 40)
+            .min(i64::MAX as u64 / 2) as usize;
+        let err = Segment::create(c"corepool-test", len).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Error::SharedMemory { .. }), "{err:?}");
+        assert!(text.contains("available") && text.contains("OOM"), "{text}");
+    }
+
+    #[test]
     #[cfg(not(miri))] // the file and its seals do not exist under Miri
     fn segment_is_zeroed_sized_and_sealed() {
         let seg = Segment::create(c"corepool-test", 1 << 16).unwrap();
