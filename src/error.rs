@@ -25,11 +25,17 @@ use std::io;
 /// }
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ExitCause {
     /// Killed by a signal (its number).
     Signal(i32),
     /// Exited with this status code.
     Code(i32),
+    /// It ended, but how is unknown: something else in the program reaped
+    /// it first. The usual reason is SIGCHLD set to `SIG_IGN` (or a handler
+    /// with `SA_NOCLDWAIT`), with which the kernel discards every child's
+    /// exit status; a `waitpid(-1)` elsewhere in the program does the same.
+    Unknown,
 }
 
 impl fmt::Display for ExitCause {
@@ -44,6 +50,7 @@ impl fmt::Display for ExitCause {
             }
             ExitCause::Code(0) => write!(f, "exited with status 0 before returning a result"),
             ExitCause::Code(code) => write!(f, "exited with status {code}"),
+            ExitCause::Unknown => write!(f, "ended, its exit status unknown: something else in this program reaped it (SIGCHLD set to SIG_IGN or SA_NOCLDWAIT makes the kernel discard children's statuses; so does a `waitpid(-1)`): leave SIGCHLD at its default to see how children end"),
         }
     }
 }

@@ -209,6 +209,39 @@ fn processes_die_with_a_sigkilled_parent() {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0) };
 }
 
+/// A program that ignores SIGCHLD (servers do; it is also inherited): the
+/// kernel then discards every child's exit status, so nobody can learn how
+/// a child ended. A `Process` that returned still gives its result, and
+/// a death is reported as `ExitCause::Unknown` with advice, where both used
+/// to be "killed by SIGKILL" with a hint at the OOM killer (user trial).
+fn children_of_a_program_that_ignores_sigchld() {
+    struct Restore;
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: restores the default disposition of SIGCHLD.
+            unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
+        }
+    }
+    // SAFETY: sets the disposition of SIGCHLD; restored on every exit of
+    // this function, a failed assertion's unwinding included.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    let _restore = Restore;
+    let p = Process::start(double, 21).unwrap();
+    assert_eq!(p.join().unwrap(), 42);
+    let pool = Pool::new(1).unwrap();
+    let exits = pool
+        .apply_async(|code: i32| -> u64 { std::process::exit(code) }, 3)
+        .unwrap();
+    match exits.get() {
+        Err(Error::WorkerDied { cause, .. }) => {
+            assert_eq!(cause, ExitCause::Unknown);
+            assert!(cause.to_string().contains("SIGCHLD"), "{cause}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(pool.apply(double, 4).unwrap(), 8, "the worker was replaced");
+}
+
 fn main() {
     if std::env::var_os(ROLE).is_some() {
         corepool::init();
@@ -231,5 +264,6 @@ fn main() {
         oversized_results_spill,
         a_pool_and_processes_reap_only_their_own,
         processes_die_with_a_sigkilled_parent,
+        children_of_a_program_that_ignores_sigchld,
     ]);
 }

@@ -151,6 +151,10 @@ pub(crate) fn error_to_bytes(err: &Error, rank: i32) -> Vec<u8> {
             pid,
             cause: ExitCause::Code(code),
         } => (3, String::new(), i64::from(*pid), i64::from(*code)),
+        Error::WorkerDied {
+            pid,
+            cause: ExitCause::Unknown,
+        } => (11, String::new(), i64::from(*pid), 0),
         Error::Decode { type_name, reason } => (4, on(&format!("{type_name}: {reason}")), 0, 0),
         Error::ResultTooLarge { size, max } => (5, String::new(), *size as i64, *max as i64),
         Error::ArgumentTooLarge { size, max } => (6, String::new(), *size as i64, *max as i64),
@@ -198,6 +202,10 @@ pub(crate) fn error_from_bytes(bytes: &[u8]) -> Result<Error> {
         },
         8 => Error::Cancelled,
         9 => Error::PoolClosed,
+        11 => Error::WorkerDied {
+            pid: int(a)?,
+            cause: ExitCause::Unknown,
+        },
         10 => Error::Encode {
             type_name: "a value on a serving rank",
             reason: message,
@@ -248,6 +256,10 @@ mod tests {
             cause: ExitCause::Signal(9),
         };
         assert_eq!(error_from_bytes(&error_to_bytes(&died, 1)).unwrap(), died);
+        for cause in [ExitCause::Code(3), ExitCause::Unknown] {
+            let died = Error::WorkerDied { pid: 12, cause };
+            assert_eq!(error_from_bytes(&error_to_bytes(&died, 1)).unwrap(), died);
+        }
         assert_eq!(
             error_from_bytes(&error_to_bytes(&Error::Cancelled, 1)).unwrap(),
             Error::Cancelled

@@ -388,7 +388,7 @@ fn look<K>(running: &mut Running<K>) -> Look {
         // reaped it (a `waitpid(-1)`, SIGCHLD ignored). It is gone, with no
         // cause to report; its pid may be reused, so no group kill.
         Err(e) if e.raw_os_error() == Some(crate::sys::ECHILD) => {
-            return Look::Exited(ExitCause::Signal(crate::sys::SIGKILL));
+            return Look::Exited(ExitCause::Unknown);
         }
         Err(e) => return Look::NoAnswer(e),
     }
@@ -398,9 +398,7 @@ fn look<K>(running: &mut Running<K>) -> Look {
         Ok(None) => Look::NoAnswer(std::io::Error::other(
             "waitpid found no exit for a child waitid said had exited",
         )),
-        Err(e) if e.raw_os_error() == Some(crate::sys::ECHILD) => {
-            Look::Exited(ExitCause::Signal(crate::sys::SIGKILL))
-        }
+        Err(e) if e.raw_os_error() == Some(crate::sys::ECHILD) => Look::Exited(ExitCause::Unknown),
         Err(e) => Look::NoAnswer(e),
     }
 }
@@ -427,9 +425,13 @@ fn stop_all<K>(children: Vec<Running<K>>, report: &mut dyn FnMut(Event<K>)) {
     }
     reap_when_it_ends(unkillable);
     for c in killable {
-        let cause = sys::wait_exit(c.pid)
-            .map(exit_cause)
-            .unwrap_or(ExitCause::Signal(crate::sys::SIGKILL));
+        let cause = match sys::wait_exit(c.pid) {
+            Ok(status) => exit_cause(status),
+            // Reaped by something else in the program (SIGCHLD ignored).
+            Err(e) if e.raw_os_error() == Some(crate::sys::ECHILD) => ExitCause::Unknown,
+            // We sent it SIGKILL above, and it may not be waited for.
+            Err(_) => ExitCause::Signal(crate::sys::SIGKILL),
+        };
         report(Event::Exited {
             key: c.key,
             pid: c.pid,

@@ -527,13 +527,19 @@ impl<R: Wire> Process<R> {
             cause: cause.clone(),
         };
         match outcome.ok_or_else(died)? {
-            Outcome::Returned(_) if cause == ExitCause::Code(0) => {
+            // A child that wrote its result and then ended in a way nobody
+            // could learn (SIGCHLD ignored) is taken at its word.
+            Outcome::Returned(_) if matches!(cause, ExitCause::Code(0) | ExitCause::Unknown) => {
                 decoded.unwrap_or_else(|| Err(died()))
             }
-            Outcome::SpillLost(reason) if cause == ExitCause::Code(0) => Err(Error::Decode {
-                type_name: "process result",
-                reason,
-            }),
+            Outcome::SpillLost(reason)
+                if matches!(cause, ExitCause::Code(0) | ExitCause::Unknown) =>
+            {
+                Err(Error::Decode {
+                    type_name: "process result",
+                    reason,
+                })
+            }
             Outcome::Panicked(message) => Err(Error::Panicked { message }),
             Outcome::Failed(reason) => Err(Error::Decode {
                 type_name: "process arguments",

@@ -239,7 +239,7 @@ impl Core {
         // Acquire pairs with the worker's Release store of RETIRING
         // (`Server::run` in worker.rs).
         let planned = w.timed_out.is_some()
-            || (cause == ExitCause::Code(0)
+            || (matches!(cause, ExitCause::Code(0) | ExitCause::Unknown)
                 && (self.shutdown_sent
                     || w.slot.state().load(Ordering::Acquire) == state::RETIRING));
         w.crash_streak = if planned { 0 } else { w.crash_streak + 1 };
