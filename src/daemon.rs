@@ -189,29 +189,49 @@ impl Daemon {
         // Lock the pid file here, in the caller, so that a second instance is
         // told at once. The lock belongs to the open file, which the daemon
         // inherits across both forks.
+        let mut created_pid_file = None;
         let pid_file = match &self.pid_file {
             Some(p) => {
                 let path = abs(p)?;
-                Some((path.clone(), lock_pid_file(&path)?))
+                let existed = std::fs::symlink_metadata(&path).is_ok();
+                let file = lock_pid_file(&path)?;
+                if !existed {
+                    created_pid_file = Some(path.clone());
+                }
+                Some((path, file))
             }
             None => None,
         };
-        let log = match &self.log_file {
-            Some(p) => Some(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(abs(p)?)
-                    .map_err(io_err("opening the log file"))?,
-            ),
-            None => None,
+        // A start that fails leaves no pid file it created behind (a user
+        // trial found an empty one after a log file that could not be
+        // opened); one that was there before stays as it was.
+        let remove_created = || {
+            if let Some(path) = &created_pid_file {
+                let _ = std::fs::remove_file(path);
+            }
         };
-        let (mut ready_rx, ready_tx) = pipe()?;
+        let before_fork = (|| -> Result<_> {
+            let log = match &self.log_file {
+                Some(p) => Some(
+                    OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(abs(p)?)
+                        .map_err(io_err("opening the log file"))?,
+                ),
+                None => None,
+            };
+            Ok((log, pipe()?))
+        })();
+        let (log, (mut ready_rx, ready_tx)) = before_fork.inspect_err(|_| remove_created())?;
         // First fork: the caller waits for word from the daemon, then exits.
         // SAFETY: this process has exactly one thread: `thread_count` said so
         // above, and since then this thread has started none (opening files
         // and a pipe starts no thread), and only a thread of ours could have.
-        match unsafe { crate::sys::fork() }.map_err(io_err("fork"))? {
+        match unsafe { crate::sys::fork() }
+            .map_err(io_err("fork"))
+            .inspect_err(|_| remove_created())?
+        {
             Some(child) => {
                 drop(ready_tx);
                 let mut word = String::new();
@@ -220,6 +240,7 @@ impl Daemon {
                 if word.trim() == "ok" {
                     std::process::exit(0);
                 }
+                remove_created();
                 return Err(Error::Os {
                     op: "starting the daemon",
                     source: std::io::Error::other(word),

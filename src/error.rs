@@ -167,15 +167,16 @@ pub enum Error {
         max: usize,
     },
     /// Bytes did not decode as the expected type.
-    #[error("decoding a {type_name} failed: {reason}; the two sides disagree about a type (a bug), or a worker misbehaved")]
+    #[error("decoding a {type_name} failed: {reason}{}", decode_advice(.reason))]
     Decode {
         /// The type being decoded.
         type_name: &'static str,
         /// What was wrong.
         reason: String,
     },
-    /// The task panicked; the worker survived and goes on serving.
-    #[error("the task panicked: {message}; the worker goes on serving: fix the task, or handle this error per task")]
+    /// The task panicked. A pool's worker survives it and goes on serving;
+    /// a [`Process`](crate::Process) ends with status 1, as in Python.
+    #[error("the task panicked: {message}; fix the task, or handle this error per task (a pool's worker survives the panic and goes on serving)")]
     Panicked {
         /// The panic message and location.
         message: String,
@@ -207,9 +208,10 @@ pub enum Error {
         /// The limit it overran.
         after: std::time::Duration,
     },
-    /// A `*_timeout` call ran out before it could complete. Nothing was lost:
-    /// a pool's task goes on running, a value not put is still the caller's.
-    #[error("timed out; nothing was lost and the task (if any) goes on: call again to wait longer, or raise the timeout")]
+    /// A `*_timeout` call ran out before it could complete. The timeout
+    /// itself loses nothing: a pool's task goes on running, a value not put
+    /// is still the caller's.
+    #[error("timed out; the timeout itself lost nothing (a pool's task goes on, a value not put is still yours): call again to wait longer, or raise the timeout")]
     Timeout,
     /// The result was already taken by an earlier successful
     /// [`AsyncResult::get_timeout`](crate::AsyncResult::get_timeout).
@@ -256,7 +258,7 @@ pub enum Error {
     /// let io = err.source().and_then(|s| s.downcast_ref::<std::io::Error>()).unwrap();
     /// assert_eq!(io.raw_os_error(), Some(3)); // ESRCH: no such process
     /// ```
-    #[error("{op} failed: {source}; check the system's limits (`ulimit -n`, `ulimit -u`, memory) and permissions")]
+    #[error("{op} failed: {source}; {}", os_advice(.source))]
     Os {
         /// The call.
         op: &'static str,
@@ -324,6 +326,35 @@ fn shm_advice(err: &io::Error) -> &'static str {
         Some(libc::EMFILE) => "this process has too many descriptors open (each shared segment or spill holds one while in use): close some, or raise its limit (`ulimit -n`, RLIMIT_NOFILE)",
         Some(libc::ENFILE) => "the system's file table is full: close descriptors elsewhere, or raise `fs.file-max`",
         _ => "corepool's shared memory is anonymous and counts against RAM and the cgroup's memory limit: free memory, raise the limit, or ask for less (`ring_bytes` for a Pool; a smaller capacity, message size or array)",
+    }
+}
+
+/// The advice after a decode failure's reason, once: a reason that is itself
+/// a nested decode failure carries it already (a user trial read it twice).
+fn decode_advice(reason: &str) -> &'static str {
+    if reason.contains(DECODE_ADVICE) {
+        ""
+    } else {
+        DECODE_ADVICE
+    }
+}
+
+const DECODE_ADVICE: &str = "; if the value's own `Wire::decode` refused it, see why above; otherwise the two sides disagree about the type (a bug), or a worker misbehaved";
+
+/// What to do about a failed system call, by the kernel's answer: a limit
+/// needs other advice than a missing file or a refused permission does (a
+/// user trial was told to check `ulimit` about a file that did not exist).
+fn os_advice(err: &io::Error) -> &'static str {
+    match err.raw_os_error() {
+        Some(libc::EMFILE) => "this process has too many descriptors open: close some, or raise its limit (`ulimit -n`, RLIMIT_NOFILE)",
+        Some(libc::ENFILE) => "the system's file table is full: close descriptors elsewhere, or raise `fs.file-max`",
+        Some(libc::EAGAIN) => "a resource limit is reached (processes: `ulimit -u`, the cgroup's `pids.max`; or memory): retry later, or raise it",
+        Some(libc::ENOMEM) => "the kernel is out of memory for it: free memory, or ask for less",
+        Some(libc::ENOENT | libc::ENOTDIR) => "a file or directory it needs does not exist: check the path",
+        Some(libc::EACCES | libc::EPERM | libc::EROFS) => "permission denied: check the file's owner and mode, or the process's privileges",
+        Some(libc::ESRCH) => "no such process: it has already ended",
+        Some(libc::ENOSPC) => "no space left: free some on the file system (or raise the limit) it writes to",
+        _ => "check what the message above names",
     }
 }
 
@@ -560,7 +591,33 @@ mod tests {
             text.contains(&io::Error::from_raw_os_error(crate::sys::EINVAL).to_string()),
             "{text}"
         );
-        assert!(text.contains("ulimit"), "{text}");
+        assert!(text.contains("check what"), "{text}");
+    }
+
+    #[test]
+    fn os_errors_advise_by_the_kernels_answer() {
+        let advice = |errno| Error::os("open", io::Error::from_raw_os_error(errno)).to_string();
+        assert!(advice(libc::ENOENT).contains("does not exist"));
+        assert!(
+            !advice(libc::ENOENT).contains("ulimit"),
+            "a missing file is no limit"
+        );
+        assert!(advice(libc::EMFILE).contains("ulimit -n"));
+        assert!(advice(libc::EACCES).contains("permission"));
+    }
+
+    #[test]
+    fn a_nested_decode_failure_gives_its_advice_once() {
+        let inner = Error::Decode {
+            type_name: "Fussy",
+            reason: "seven refused".into(),
+        };
+        let outer = Error::Decode {
+            type_name: "task arguments",
+            reason: inner.to_string(),
+        };
+        let text = outer.to_string();
+        assert_eq!(text.matches("disagree").count(), 1, "{text}");
     }
 
     #[test]

@@ -242,7 +242,51 @@ fn children_of_a_program_that_ignores_sigchld() {
     assert_eq!(pool.apply(double, 4).unwrap(), 8, "the worker was replaced");
 }
 
+/// Set for the program of `a_daemon_that_cannot_start_leaves_no_pid_file`.
+const FAILING_DAEMON: &str = "COREPOOL_TEST_FAILING_DAEMON";
+
+/// Single-threaded (nothing has started a thread yet): a daemon start that
+/// fails on its log file. Prints whether it failed and whether the pid
+/// file exists afterwards.
+fn failing_daemon(pid_file: std::ffi::OsString) -> ! {
+    let started = corepool::Daemon::new()
+        .pid_file(&pid_file)
+        .log_file("/nonexistent-dir/corepool-test.log")
+        .start();
+    println!(
+        "{} {}",
+        started.is_err(),
+        std::path::Path::new(&pid_file).exists()
+    );
+    std::process::exit(0);
+}
+
+/// A daemon start that fails (here: its log file cannot be opened) leaves
+/// no pid file it created behind (a user trial found an empty one).
+fn a_daemon_that_cannot_start_leaves_no_pid_file() {
+    let pid_file = std::env::temp_dir().join(format!(
+        "corepool-failing-daemon-{}.pid",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&pid_file);
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command.env(FAILING_DAEMON, &pid_file);
+    let output = common::output_within(&mut command, Duration::from_secs(60));
+    let existed = pid_file.exists();
+    let _ = std::fs::remove_file(&pid_file);
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "true false",
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!existed);
+}
+
 fn main() {
+    if let Some(pid_file) = std::env::var_os(FAILING_DAEMON) {
+        failing_daemon(pid_file);
+    }
     if std::env::var_os(ROLE).is_some() {
         corepool::init();
         let p = Process::start(spin_forever, 0).unwrap();
@@ -265,5 +309,6 @@ fn main() {
         a_pool_and_processes_reap_only_their_own,
         processes_die_with_a_sigkilled_parent,
         children_of_a_program_that_ignores_sigchld,
+        a_daemon_that_cannot_start_leaves_no_pid_file,
     ]);
 }
