@@ -648,6 +648,20 @@ fn worker_counts_out_of_range_are_config_errors() {
     }
 }
 
+/// A zero task timeout would fail every task on a killed worker: refused
+/// at `build`, like `max_queued(0)` (user trial).
+fn a_zero_task_timeout_is_a_config_error() {
+    let err = Pool::builder()
+        .workers(1)
+        .task_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidConfig { what } if what.contains("task_timeout")),
+        "{err}"
+    );
+}
+
 fn get_timeout_can_be_called_again() {
     let pool = Pool::builder().workers(1).build().unwrap();
     let gate = SharedArray::<u64>::new(1).unwrap();
@@ -857,6 +871,7 @@ fn main() {
         callbacks_run_without_anyone_waiting,
         an_idle_pool_costs_nothing,
         worker_counts_out_of_range_are_config_errors,
+        a_zero_task_timeout_is_a_config_error,
         map_streams_chunks_and_stops_at_a_failure,
         map_callbacks_run_once_with_the_whole_result,
         get_timeout_can_be_called_again,

@@ -362,6 +362,12 @@ impl PoolBuilder {
     /// from when the parent first sees the task running (within about a
     /// millisecond of its start). Being killed for a timeout does not count
     /// as a crash, so the replacement starts at once. Default: no limit.
+    /// A zero timeout makes `build` fail with [`Error::InvalidConfig`].
+    ///
+    /// The clock starts when the task runs: a task waiting in the ring of a
+    /// worker that is stopped (SIGSTOP) is not timed; it waits until the
+    /// worker is continued, or until the worker dies and the task is
+    /// requeued, or until a worker that runs out of work takes it.
     ///
     /// ```
     /// use corepool::{Error, Pool};
@@ -504,6 +510,13 @@ impl PoolBuilder {
         if self.max_queued == Some(0) {
             return Err(Error::InvalidConfig {
                 what: "max_queued must be at least 1 (or not set, for no bound)".into(),
+            });
+        }
+        // A zero timeout would fail every task, each on a killed worker: a
+        // mistake, refused like `max_queued(0)` (found by a user trial).
+        if self.task_timeout == Some(Duration::ZERO) {
+            return Err(Error::InvalidConfig {
+                what: "task_timeout must be longer than zero (or not set, for no limit)".into(),
             });
         }
         if let Some(e) = self.initializer_error {
