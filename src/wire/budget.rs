@@ -14,9 +14,12 @@ use std::cell::Cell;
 
 /// Decoded memory allowed per byte of input.
 const BYTES_PER_INPUT_BYTE: usize = 64;
-/// Decoded memory always allowed, however short the input: room for a few
-/// values that are large in memory but small on the wire.
-const FLOOR: usize = 16 << 20;
+/// Decoded memory always allowed, however short the input: room for real
+/// values that are large in memory but small on the wire (a user trial's
+/// 200,000 `None`s of an `Option<[u64; 16]>`, 53 MB from 200 KB, were
+/// refused under the earlier 16 MiB), while a forged count still cannot
+/// make a receiver reserve more than this plus the multiple of its input.
+const FLOOR: usize = 256 << 20;
 
 thread_local! {
     /// Bytes the decode in progress on this thread may still allocate for
@@ -52,9 +55,10 @@ pub(super) fn charge<T>(n: usize, size: usize, input_left: usize) -> Result<()> 
         let available = left.get().unwrap_or_else(|| budget_for(input_left));
         if wanted > available {
             return Err(decode_error::<T>(format!(
-                "{n} values of {size} bytes would take {wanted} bytes of memory, more than the \\
-                 {available} allowed for {input_left} bytes of input: the sender is corrupt \\
-                 (or sends values far larger in memory than on the wire: send fewer per message)"
+                "{n} values of {size} bytes would take {wanted} bytes of memory, more than the \
+                 {available} allowed for {input_left} bytes of input (256 MiB, or 64 bytes per \
+                 byte of input if more): the sender is corrupt, or sends values far larger in \
+                 memory than on the wire (send fewer per message)"
             )));
         }
         if let Some(budget) = left.get() {

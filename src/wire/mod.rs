@@ -756,6 +756,18 @@ mod tests {
         );
     }
 
+    #[test]
+    #[cfg_attr(miri, ignore = "decodes 200,000 values")]
+    fn real_values_far_larger_in_memory_than_on_the_wire_decode() {
+        // A user trial's value: 200,000 `None`s, 200 KB on the wire and
+        // 27 MB in memory (136 bytes each), once refused by the budget.
+        let nones: Vec<Option<[u64; 16]>> = vec![None; 200_000];
+        assert_eq!(
+            decode_exact::<Vec<Option<[u64; 16]>>>(&encode_to_vec(&nones)).unwrap(),
+            nones
+        );
+    }
+
     /// Serializes as a sequence of unknown length, which postcard refuses.
     #[derive(Debug)]
     struct Unsized;
