@@ -116,9 +116,9 @@ pub fn sabotage(how: Sabotage) -> bool {
         return false;
     };
     let ring = slot.result_ring();
-    let (head, tail) = ring.positions();
+    let (_, tail) = ring.positions();
     match how {
-        Sabotage::TailOutOfRange => ring.force_word(head, tail.wrapping_add(1 << 31)),
+        Sabotage::TailOutOfRange => ring.force_tail(tail.wrapping_add(1 << 31)),
         Sabotage::UnknownTaskId => {
             let header = RecordHeader {
                 total: 40,
@@ -128,7 +128,7 @@ pub fn sabotage(how: Sabotage) -> bool {
                 ..Default::default()
             };
             ring.force_record(tail, &header);
-            ring.force_word(head, tail.wrapping_add(40));
+            ring.force_tail(tail.wrapping_add(40));
         }
         Sabotage::BadRecordLength => {
             let header = RecordHeader {
@@ -137,7 +137,7 @@ pub fn sabotage(how: Sabotage) -> bool {
                 ..Default::default()
             };
             ring.force_record(tail, &header);
-            ring.force_word(head, tail.wrapping_add(64));
+            ring.force_tail(tail.wrapping_add(64));
         }
     }
     true
