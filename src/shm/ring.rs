@@ -1008,6 +1008,82 @@ mod tests {
 #[allow(unreachable_pub)]
 pub mod bench_support {
     use super::*;
+    use std::sync::Arc;
+
+    /// The producing end of a heap ring shared by two threads: for
+    /// cross-core round-trip benchmarks of the ring alone.
+    #[derive(Debug)]
+    pub struct RingSender {
+        _ring: Arc<HeapRing>,
+        producer: Producer,
+    }
+
+    /// The consuming end of a ring made by [`ring_channel`].
+    #[derive(Debug)]
+    pub struct RingReceiver {
+        ring: Arc<HeapRing>,
+        consumer: Consumer,
+        claimed: Vec<Claimed>,
+        buf: Vec<u8>,
+    }
+
+    /// Both ends of one heap ring of `cap` bytes (a power of two, 64..=2^30).
+    pub fn ring_channel(cap: u32) -> (RingSender, RingReceiver) {
+        let mut ring = HeapRing::new(cap);
+        let mem = ring.memory();
+        let ring = Arc::new(ring);
+        (
+            RingSender {
+                _ring: ring.clone(),
+                producer: Producer::new(mem),
+            },
+            RingReceiver {
+                ring,
+                consumer: Consumer::new(mem),
+                claimed: Vec::new(),
+                buf: Vec::new(),
+            },
+        )
+    }
+
+    impl RingSender {
+        /// Writes and publishes one record of kind 1 (a task); false when full.
+        pub fn send(&mut self, id: u64, payload: &[u8]) -> bool {
+            let header = RecordHeader {
+                kind: 1,
+                id,
+                ..Default::default()
+            };
+            let sent = matches!(self.producer.write(header, payload), Ok(Some(_)));
+            let _ = self.producer.publish();
+            sent
+        }
+    }
+
+    impl RingReceiver {
+        /// Claims at most one record and, as a pool worker does, takes it
+        /// with a CAS of its tag (`take`), copies its payload, releases it
+        /// and calls `f` on it. Returns whether there was one.
+        pub fn recv(&mut self, take: bool, mut f: impl FnMut(u64, &[u8])) -> bool {
+            self.claimed.clear();
+            if !matches!(self.consumer.claim(1, &mut self.claimed), Ok(1)) {
+                self.consumer.release();
+                return false;
+            }
+            let record = self.claimed[0];
+            if take {
+                let mem = self.consumer.memory();
+                let _ = mem
+                    .record_kind(record.position)
+                    .map(|t| t.compare_exchange(1, 5, Ordering::AcqRel, Ordering::Acquire));
+            }
+            self.consumer.read_payload(&record, &mut self.buf);
+            self.consumer.release();
+            f(record.header.id, &self.buf);
+            let _ = &self.ring;
+            true
+        }
+    }
 
     /// Producer and consumer of one heap ring, used from one thread.
     #[derive(Debug)]
