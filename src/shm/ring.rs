@@ -1021,7 +1021,7 @@ pub mod bench_support {
     /// The consuming end of a ring made by [`ring_channel`].
     #[derive(Debug)]
     pub struct RingReceiver {
-        ring: Arc<HeapRing>,
+        _ring: Arc<HeapRing>,
         consumer: Consumer,
         claimed: Vec<Claimed>,
         buf: Vec<u8>,
@@ -1038,7 +1038,7 @@ pub mod bench_support {
                 producer: Producer::new(mem),
             },
             RingReceiver {
-                ring,
+                _ring: ring,
                 consumer: Consumer::new(mem),
                 claimed: Vec::new(),
                 buf: Vec::new(),
@@ -1080,7 +1080,6 @@ pub mod bench_support {
             self.consumer.read_payload(&record, &mut self.buf);
             self.consumer.release();
             f(record.header.id, &self.buf);
-            let _ = &self.ring;
             true
         }
     }
