@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 /// "COREPOOL".
 pub(crate) const MAGIC: [u8; 8] = *b"COREPOOL";
 /// Bumped on any change to the layout or the record protocol.
-pub(crate) const VERSION: u32 = 3;
+pub(crate) const VERSION: u32 = 4;
 /// Header flag: `initializer` holds a function offset.
 pub(crate) const FLAG_INITIALIZER: u32 = 1;
 /// In a `TASK` or `OK` record's `flags`: the payload is not the value but
@@ -319,7 +319,7 @@ impl Slot {
     atomic_field!(
         sleeping,
         AtomicU32,
-        64,
+        192,
         "The worker's futex word: 1 while it sleeps or is about to."
     );
     atomic_field!(
@@ -329,29 +329,35 @@ impl Slot {
         "Set to 1 by the parent: exit once the task ring is empty."
     );
 
-    fn ring(&self, word: usize, released: usize, data: usize, cap: u32) -> RingMemory {
+    /// A ring whose producer's word is at `producer` and whose consumer's
+    /// words (`head`, then `released`) are at `consumer`.
+    fn ring(&self, producer: usize, consumer: usize, data: usize, cap: u32) -> RingMemory {
         // SAFETY: all offsets lie inside this slot (control block words at
-        // 192..=384, data after SLOT_CONTROL_BYTES, sizes from the validated
+        // 256..=644, data after SLOT_CONTROL_BYTES, sizes from the validated
         // layout), are aligned, and the segment outlives the slot.
         unsafe {
             RingMemory::new(
-                self.base.add(word).cast(),
-                self.base.add(released).cast(),
+                self.base.add(producer).cast(),
+                self.base.add(consumer).cast(),
+                self.base.add(consumer + 4).cast(),
                 self.base.add(data),
                 cap,
             )
         }
     }
 
-    /// Parent → worker: tasks.
+    /// Parent → worker: tasks. The parent's `tail` and the worker's `head`
+    /// and `released` each have a 128-byte block of their own: a line
+    /// written by one side is never pulled into the other's cache with a
+    /// neighbour the other reads (adjacent-line prefetch works on pairs).
     pub(crate) fn task_ring(&self) -> RingMemory {
-        self.ring(192, 256, SLOT_CONTROL_BYTES, self.layout.task_ring_bytes)
+        self.ring(256, 384, SLOT_CONTROL_BYTES, self.layout.task_ring_bytes)
     }
 
-    /// Worker → parent: results.
+    /// Worker → parent: results. Laid out as the task ring.
     pub(crate) fn result_ring(&self) -> RingMemory {
         let data = SLOT_CONTROL_BYTES + self.layout.task_ring_bytes as usize;
-        self.ring(320, 384, data, self.layout.result_ring_bytes)
+        self.ring(512, 640, data, self.layout.result_ring_bytes)
     }
 }
 

@@ -3,18 +3,28 @@
 //!
 //! # Algorithm
 //!
-//! The ring is a power-of-two byte array plus two control words:
+//! The ring is a power-of-two byte array plus three control words, each
+//! written by exactly one side with plain stores (no read-modify-write):
 //!
-//! * `word` packs the consumer's claim position (`head`, high 32 bits) and the
-//!   producer's publish position (`tail`, low 32 bits). Positions are byte
-//!   counters that wrap at 2^32; `pos % cap` is the byte offset.
-//! * `released` is the position up to which the consumer has finished *reading*
-//!   claimed records, so the producer may overwrite them.
+//! * `tail`, the producer's publish position, alone on the producer's cache
+//!   line;
+//! * `head`, the consumer's claim position, and `released`, the position up
+//!   to which the consumer has finished *reading* claimed records (so the
+//!   producer may overwrite them), together on the consumer's cache line.
 //!
-//! Invariant: `released <= head <= tail` and `tail - released <= cap` (wrapping
-//! arithmetic). Only the producer moves `tail`, only the consumer moves `head`
-//! and `released`; `head` and `tail` share one word so that either side reads
-//! a consistent pair with one load.
+//! Positions are byte counters that wrap at 2^32; `pos % cap` is the byte
+//! offset. Invariant: `released <= head <= tail` and `tail - released <= cap`
+//! (wrapping arithmetic).
+//!
+//! Each side keeps its own positions privately (they are authoritative) and
+//! never reads its own words back: the producer reads only `released`, the
+//! consumer only `tail`. A round trip so moves each control line once, from
+//! its writer to its reader; the consumer's line moves only when the producer
+//! runs out of room, as the producer remembers the last `released` it saw and
+//! loads it again only then. (With `head` and `tail` packed in one word that
+//! both sides CASed, the side polling the word lost its line on every claim
+//! and every publish.) `head` is written for monitors only
+//! ([`RingMemory::has_unclaimed`]).
 //!
 //! Each record's `kind` is also an atomic word, an *ownership tag*: the
 //! protocol above the ring lets the producer take back a record the consumer
@@ -31,8 +41,8 @@
 //! # Trust
 //!
 //! The two sides share this memory with another process that may be buggy or
-//! hostile. Every position and header read from the ring is copied once, then
-//! validated; a broken invariant is reported as [`RingError::Violation`] and the
+//! hostile, which may write anything into any word. Every position and header
+//! read from the ring is copied once, then validated; a broken invariant is reported as [`RingError::Violation`] and the
 //! caller kills the other side. No reference is ever formed into the data array:
 //! bytes are copied in and out through raw pointers.
 //!
@@ -40,7 +50,7 @@
 //! in unit tests and points into the pool's shared segment in production.
 
 use std::ptr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Size of a record header in bytes.
 pub(crate) const HEADER_BYTES: usize = std::mem::size_of::<RecordHeader>();
@@ -82,7 +92,8 @@ pub(crate) enum RingError {
 /// the heap buffer of a test) must outlive every `RingMemory` made from it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RingMemory {
-    word: *const AtomicU64,
+    tail: *const AtomicU32,
+    head: *const AtomicU32,
     released: *const AtomicU32,
     data: *mut u8,
     cap: u32,
@@ -96,27 +107,45 @@ unsafe impl Send for RingMemory {}
 unsafe impl Sync for RingMemory {}
 
 impl RingMemory {
+    /// The ring whose producer publishes into `tail`, whose consumer claims
+    /// into `head` and releases into `released`, over the `cap` bytes at
+    /// `data`. For speed, `tail` should have a cache line of its own and
+    /// `head` and `released` share another (see the module doc).
+    ///
     /// # Safety
     ///
-    /// `word` and `released` must point to 8- and 4-byte aligned words, and
-    /// `data` to `cap` bytes, all valid for reads and writes for as long as this
-    /// value or any copy of it is used. `cap` must be a power of two between 64
-    /// and 2^30. Other processes may access the same memory concurrently, but
-    /// only through atomics (control words) or byte copies (data).
-    pub(crate) unsafe fn new(word: *mut u64, released: *mut u32, data: *mut u8, cap: u32) -> Self {
+    /// `tail`, `head` and `released` must point to 4-byte aligned words, and
+    /// `data` (8-byte aligned) to `cap` bytes, all valid for reads and writes
+    /// for as long as this value or any copy of it is used. `cap` must be a
+    /// power of two between 64 and 2^30. Other processes may access the same
+    /// memory concurrently, but only through atomics (control words) or byte
+    /// copies (data).
+    pub(crate) unsafe fn new(
+        tail: *mut u32,
+        head: *mut u32,
+        released: *mut u32,
+        data: *mut u8,
+        cap: u32,
+    ) -> Self {
         debug_assert!(cap.is_power_of_two() && (64..=1 << 30).contains(&cap));
         Self {
-            word: word.cast(),
+            tail: tail.cast(),
+            head: head.cast(),
             released: released.cast(),
             data,
             cap,
         }
     }
 
-    fn word(&self) -> &AtomicU64 {
+    fn tail(&self) -> &AtomicU32 {
         // SAFETY: `new`'s contract: aligned, valid for the life of this value,
         // and only accessed atomically by everyone.
-        unsafe { &*self.word }
+        unsafe { &*self.tail }
+    }
+
+    fn head(&self) -> &AtomicU32 {
+        // SAFETY: as in `tail`.
+        unsafe { &*self.head }
     }
 
     /// Whether the record at `position` lies below the consumer's release
@@ -131,7 +160,7 @@ impl RingMemory {
     }
 
     fn released(&self) -> &AtomicU32 {
-        // SAFETY: as in `word`.
+        // SAFETY: as in `tail`.
         unsafe { &*self.released }
     }
 
@@ -146,17 +175,22 @@ impl RingMemory {
         self.cap as usize / 2 - HEADER_BYTES
     }
 
-    /// Resets both control words to an empty ring. Only while neither side runs.
+    /// Resets the control words to an empty ring. Only while neither side runs.
     pub(crate) fn reset(&self) {
-        self.word().store(0, Ordering::Relaxed);
+        self.tail().store(0, Ordering::Relaxed);
+        self.head().store(0, Ordering::Relaxed);
         self.released().store(0, Ordering::Relaxed);
     }
 
-    /// `(head, tail)` as they are now. For monitoring; validates nothing.
+    /// `(head, tail)` as they are now, from two loads (not one consistent
+    /// snapshot). For monitoring; validates nothing.
     pub(crate) fn positions(&self) -> (u32, u32) {
-        // Acquire pairs with the Release CAS in `Producer::publish`, so a
+        // Relaxed: `head` is informational (see `Consumer::claim`); nothing
+        // is read through it.
+        let head = self.head().load(Ordering::Relaxed);
+        // Acquire pairs with the Release store in `Producer::publish`, so a
         // caller that sees a tail also sees the records below it.
-        split(self.word().load(Ordering::Acquire))
+        (head, self.tail().load(Ordering::Acquire))
     }
 
     /// True when records wait to be claimed.
@@ -189,10 +223,19 @@ impl RingMemory {
         Some(unsafe { AtomicU32::from_ptr(self.data.add(offset as usize + 4).cast()) })
     }
 
-    /// Overwrites the control word: a misbehaving peer, for tests.
+    /// Overwrites the publish position: a misbehaving producer, for tests.
     #[cfg(any(test, feature = "fault-injection"))]
-    pub(crate) fn force_word(&self, head: u32, tail: u32) {
-        self.word().store(join(head, tail), Ordering::Release);
+    pub(crate) fn force_tail(&self, tail: u32) {
+        // Release, as `Producer::publish`: the forced records are visible.
+        self.tail().store(tail, Ordering::Release);
+    }
+
+    /// Overwrites the consumer's positions: a misbehaving consumer, for tests.
+    #[cfg(test)]
+    pub(crate) fn force_consumer(&self, head: u32, released: u32) {
+        self.head().store(head, Ordering::Relaxed);
+        // Release, as `Consumer::release`.
+        self.released().store(released, Ordering::Release);
     }
 
     /// Writes a header at `position` without any check but bounds: a
@@ -237,8 +280,8 @@ impl RingMemory {
         if n > 8 {
             self.copy_out(offset + 8, &mut bytes[8..n]); // payload_len onwards
         }
-        // Relaxed: the Acquire load of the control word in `Consumer::claim`
-        // (partner: the Release CAS in `Producer::publish`) already orders
+        // Relaxed: the Acquire load of `tail` in `Consumer::claim` (partner:
+        // the Release store in `Producer::publish`) already orders
         // the producer's header writes before this; a racing cancel CAS can
         // only make the copy stale, and ownership is decided by CAS, never by
         // the copy. `claim` only reads at 8-aligned offsets, 8 bytes or more
@@ -249,14 +292,6 @@ impl RingMemory {
             .map_or(KIND_PAD, |k| k.load(Ordering::Relaxed));
         header
     }
-}
-
-fn split(word: u64) -> (u32, u32) {
-    ((word >> 32) as u32, word as u32)
-}
-
-fn join(head: u32, tail: u32) -> u64 {
-    (u64::from(head) << 32) | u64::from(tail)
 }
 
 fn round8(n: usize) -> usize {
@@ -276,6 +311,10 @@ pub(crate) struct Producer {
     tail: u32,
     /// Where the next record goes; `pending - tail` bytes are written but unpublished.
     pending: u32,
+    /// The consumer's release position as last loaded and validated: everything
+    /// below it may be overwritten. It only grows, so room it shows is real;
+    /// the shared word is loaded again only when it shows too little.
+    released: u32,
 }
 
 impl Producer {
@@ -285,6 +324,7 @@ impl Producer {
             mem,
             tail: 0,
             pending: 0,
+            released: 0,
         }
     }
 
@@ -310,22 +350,13 @@ impl Producer {
                 max: cap / 2,
             });
         }
-        // Acquire pairs with the Release store in `Consumer::release`: the
-        // consumer has finished reading everything below `released`.
-        let released = self.mem.released().load(Ordering::Acquire);
-        let used = self.pending.wrapping_sub(released) as usize;
-        if used > cap {
-            return Err(RingError::Violation(
-                "released position is ahead of the producer",
-            ));
-        }
         let offset = (self.pending % self.mem.cap) as usize;
         let pad = if offset + total > cap {
             cap - offset
         } else {
             0
         };
-        if cap - used < pad + total {
+        if !self.room_for(pad + total)? {
             return Ok(None);
         }
         if pad > 0 {
@@ -350,14 +381,51 @@ impl Producer {
         Ok(Some(at))
     }
 
+    /// Whether `need` more bytes fit after `pending`: first by the release
+    /// position last seen, then, only if that shows too little, by the
+    /// shared word loaded again (which takes its cache line from the
+    /// consumer).
+    fn room_for(&mut self, need: usize) -> Result<bool, RingError> {
+        let cap = self.mem.cap as usize;
+        if cap - self.used() >= need {
+            return Ok(true);
+        }
+        self.released = self.load_released()?;
+        Ok(cap - self.used() >= need)
+    }
+
+    /// Bytes between the release position last seen and `pending`: written
+    /// and not yet released. At most `cap`: `write` keeps it so, and
+    /// `released` only moves towards `tail`.
+    fn used(&self) -> usize {
+        let used = self.pending.wrapping_sub(self.released) as usize;
+        debug_assert!(used <= self.mem.cap as usize);
+        used
+    }
+
+    /// The consumer's release position, validated: it may only have moved
+    /// forwards from the one last seen, and not past what we published.
+    fn load_released(&self) -> Result<u32, RingError> {
+        // Acquire pairs with the Release store in `Consumer::release`: the
+        // consumer has finished reading everything below `released`.
+        let released = self.mem.released().load(Ordering::Acquire);
+        let moved = released.wrapping_sub(self.released);
+        if moved <= self.tail.wrapping_sub(self.released) {
+            return Ok(released);
+        }
+        if self.released.wrapping_sub(released) <= self.mem.cap {
+            return Err(RingError::Violation("released position moved backwards"));
+        }
+        Err(RingError::Violation(
+            "released position is ahead of the producer",
+        ))
+    }
+
     /// Whether a record with `payload_len` bytes would fit right now. A
     /// producer waiting for room re-checks this after announcing its sleep.
     pub(crate) fn has_room(&self, payload_len: usize) -> bool {
         let total = record_size(payload_len);
         let cap = self.mem.cap as usize;
-        // Acquire pairs with the Release store in `Consumer::release`.
-        let released = self.mem.released().load(Ordering::Acquire);
-        let used = self.pending.wrapping_sub(released) as usize;
         let offset = (self.pending % self.mem.cap) as usize;
         let pad = if offset + total > cap {
             cap - offset
@@ -366,54 +434,40 @@ impl Producer {
         };
         // A garbage `released` reads as "room", and the write that follows
         // reports the violation.
-        used > cap || cap - used >= pad + total
+        let Ok(released) = self.load_released() else {
+            return true;
+        };
+        cap - self.pending.wrapping_sub(released) as usize >= pad + total
     }
 
     /// Makes every written record visible to the consumer. Returns whether
     /// anything was published.
+    ///
+    /// A plain store: only this side writes `tail`, and it never reads the
+    /// word back (its own copy is authoritative), so there is nothing to
+    /// validate and no consumer write to race with. The `Result` stays for
+    /// callers written against protocols that had one.
     pub(crate) fn publish(&mut self) -> Result<bool, RingError> {
         if self.pending == self.tail {
             return Ok(false);
         }
-        let word = self.mem.word();
-        let mut current = word.load(Ordering::Relaxed);
-        loop {
-            let (head, tail) = split(current);
-            self.check_word(head, tail)?;
-            // Release pairs with the Acquire load in `Consumer::claim`: the
-            // record bytes written above are visible before the new tail.
-            match word.compare_exchange_weak(
-                current,
-                join(head, self.pending),
-                Ordering::Release,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    self.tail = self.pending;
-                    return Ok(true);
-                }
-                Err(seen) => current = seen,
-            }
-        }
+        // Release pairs with the Acquire loads of `tail` in `Consumer::claim`
+        // and `RingMemory::positions`: the record bytes written above (the
+        // `TASK` tag included) are visible before the new tail.
+        self.mem.tail().store(self.pending, Ordering::Release);
+        self.tail = self.pending;
+        Ok(true)
     }
 
-    fn check_word(&self, head: u32, tail: u32) -> Result<(), RingError> {
-        if tail != self.tail {
-            return Err(RingError::Violation("consumer changed the producer's tail"));
-        }
-        if tail.wrapping_sub(head) > self.mem.cap {
-            return Err(RingError::Violation("claim position outside the ring"));
-        }
-        Ok(())
-    }
-
-    /// The consumer's claim position, validated against what this side knows.
+    /// The consumer's claim position, checked to lie within what we published.
     #[cfg(test)]
     pub(crate) fn head(&self) -> Result<u32, RingError> {
-        // Acquire: pairs with the CAS in `Consumer::claim`; nothing is read
-        // through it; tests use it to check positions.
-        let (head, tail) = split(self.mem.word().load(Ordering::Acquire));
-        self.check_word(head, tail)?;
+        // Relaxed: `head` is informational (see `Consumer::claim`); tests
+        // use it to check positions.
+        let head = self.mem.head().load(Ordering::Relaxed);
+        if self.tail.wrapping_sub(head) > self.mem.cap {
+            return Err(RingError::Violation("claim position outside the ring"));
+        }
         Ok(head)
     }
 }
@@ -457,64 +511,54 @@ impl Consumer {
     /// Claims up to `max` records (padding does not count), appending them to
     /// `out`. The claimed records stay readable until [`release`](Self::release).
     /// Returns the number claimed; 0 when the ring is empty.
+    ///
+    /// Only this side moves `head`: claiming is a load of `tail`, a parse, and
+    /// a plain store of the new `head`, never a read-modify-write.
     pub(crate) fn claim(&mut self, max: usize, out: &mut Vec<Claimed>) -> Result<usize, RingError> {
         let cap = self.mem.cap;
-        let word = self.mem.word();
         let start = out.len();
-        loop {
-            out.truncate(start);
-            // Acquire pairs with the Release CAS in `Producer::publish`: the
-            // records below `tail` are fully written.
-            let current = word.load(Ordering::Acquire);
-            let (head, tail) = split(current);
-            if head != self.head {
-                return Err(RingError::Violation("producer changed the consumer's head"));
-            }
-            let available = tail.wrapping_sub(head);
-            if available > cap {
-                return Err(RingError::Violation("publish position outside the ring"));
-            }
-            if available == 0 {
-                return Ok(0);
-            }
-            let mut pos = head;
-            while pos != tail && out.len() - start < max {
-                let offset = pos % cap;
-                let left = tail.wrapping_sub(pos);
-                let header = self.mem.read_header(offset);
-                let total = header.total;
-                if total < 8 || total % 8 != 0 || total > left || offset + total > cap {
-                    return Err(RingError::Violation("record length out of range"));
-                }
-                if header.kind != KIND_PAD {
-                    if (total as usize) < HEADER_BYTES
-                        || record_size(header.payload_len as usize) != total as usize
-                    {
-                        return Err(RingError::Violation("payload length does not match record"));
-                    }
-                    out.push(Claimed {
-                        header,
-                        position: pos,
-                        payload_offset: offset + HEADER_BYTES as u32,
-                    });
-                }
-                pos = pos.wrapping_add(total);
-            }
-            // Acquire on success: as the load above (pairs with `publish`).
-            if word
-                .compare_exchange(
-                    current,
-                    join(pos, tail),
-                    Ordering::Acquire,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-            {
-                self.head = pos;
-                return Ok(out.len() - start);
-            }
-            // The producer published more: parse again.
+        // Acquire pairs with the Release store in `Producer::publish`: the
+        // records below `tail` are fully written.
+        let tail = self.mem.tail().load(Ordering::Acquire);
+        let head = self.head;
+        let available = tail.wrapping_sub(head);
+        if available > cap {
+            return Err(RingError::Violation("publish position outside the ring"));
         }
+        if available == 0 {
+            return Ok(0);
+        }
+        let mut pos = head;
+        while pos != tail && out.len() - start < max {
+            let offset = pos % cap;
+            let left = tail.wrapping_sub(pos);
+            let header = self.mem.read_header(offset);
+            let total = header.total;
+            if total < 8 || total % 8 != 0 || total > left || offset + total > cap {
+                out.truncate(start);
+                return Err(RingError::Violation("record length out of range"));
+            }
+            if header.kind != KIND_PAD {
+                if (total as usize) < HEADER_BYTES
+                    || record_size(header.payload_len as usize) != total as usize
+                {
+                    out.truncate(start);
+                    return Err(RingError::Violation("payload length does not match record"));
+                }
+                out.push(Claimed {
+                    header,
+                    position: pos,
+                    payload_offset: offset + HEADER_BYTES as u32,
+                });
+            }
+            pos = pos.wrapping_add(total);
+        }
+        self.head = pos;
+        // Relaxed: `head` is for monitors only (`RingMemory::has_unclaimed`);
+        // the producer learns what it may overwrite from `released`, never
+        // from `head`, and nothing is read through it.
+        self.mem.head().store(pos, Ordering::Relaxed);
+        Ok(out.len() - start)
     }
 
     /// Copies a claimed record's payload into `dst` (replacing its contents).
@@ -556,15 +600,15 @@ impl Consumer {
     /// Stores only when something new was claimed: callers release after
     /// every claim, an empty one included (a waiting worker, a parent
     /// helping an `apply`), and a store of the same value would still take
-    /// the line from the producer, which reads it for every record it
-    /// writes. Unchanged, the line stays shared in both caches.
+    /// the line back from a producer that has just read it.
     pub(crate) fn release(&mut self) {
         if self.released == self.head {
             return;
         }
-        // Release pairs with the Acquire loads in `Producer::write`,
-        // `Producer::has_room` and `RingMemory::is_released`: our
-        // reads of the claimed bytes happen before the producer overwrites them.
+        // Release pairs with the Acquire loads in `Producer::load_released`
+        // (for `write` and `has_room`) and `RingMemory::is_released`: our
+        // reads of the claimed bytes, and our tag CASes, happen before the
+        // producer overwrites them.
         self.mem.released().store(self.head, Ordering::Release);
         self.released = self.head;
     }
@@ -582,8 +626,9 @@ impl HeapRing {
     /// A zeroed ring of `cap` data bytes (a power of two, 64..=2^30).
     pub(crate) fn new(cap: u32) -> Self {
         assert!(cap.is_power_of_two() && (64..=1 << 30).contains(&cap));
-        // Two control words on separate cache lines, then the data.
-        let words = 16 + cap as usize / 8;
+        // The producer's line, the consumer's line (128 bytes apart, as in
+        // the pool's slots), then the data.
+        let words = 32 + cap as usize / 8;
         Self {
             buf: vec![0u64; words].into_boxed_slice(),
             cap,
@@ -593,9 +638,18 @@ impl HeapRing {
     /// The ring's memory. Valid while `self` lives.
     pub(crate) fn memory(&mut self) -> RingMemory {
         let base = self.buf.as_mut_ptr();
-        // SAFETY: the buffer holds 16 control words then `cap` bytes; it is
+        let consumer = base.wrapping_add(16).cast::<u32>();
+        // SAFETY: the buffer holds 32 control words then `cap` bytes; it is
         // 8-byte aligned, and lives as long as `self` (callers keep it alive).
-        unsafe { RingMemory::new(base, base.add(8).cast(), base.add(16).cast(), self.cap) }
+        unsafe {
+            RingMemory::new(
+                base.cast(),
+                consumer,
+                consumer.add(1),
+                base.add(32).cast(),
+                self.cap,
+            )
+        }
     }
 }
 
@@ -690,32 +744,165 @@ mod tests {
         assert_eq!((p.head().unwrap(), head), (tail, tail));
     }
 
+    fn violation(result: Result<impl std::fmt::Debug, RingError>) -> &'static str {
+        match result {
+            Err(RingError::Violation(what)) => what,
+            other => panic!("expected a violation, got {other:?}"),
+        }
+    }
+
+    /// Writes records of 40 bytes until the ring is full; returns how many.
+    fn fill(p: &mut Producer) -> Result<u64, RingError> {
+        let mut n = 0;
+        while p.write(header(n), &[7; 8])?.is_some() {
+            n += 1;
+        }
+        p.publish()?;
+        Ok(n)
+    }
+
     #[test]
-    fn garbage_positions_are_violations_not_crashes() {
+    fn consumer_refuses_a_tail_beyond_capacity_or_behind_its_head() {
         let mut ring = HeapRing::new(256);
         let mem = ring.memory();
         let (mut p, mut c) = (Producer::new(mem), Consumer::new(mem));
         p.write(header(1), &[0; 8]).unwrap();
         p.publish().unwrap();
-        // A hostile consumer moves the tail; the producer notices.
-        mem.word().store(join(0, 9999), Ordering::Relaxed);
-        assert!(matches!(p.publish(), Ok(false)));
-        assert!(p.head().is_err());
-        // A hostile producer publishes a tail beyond capacity.
-        mem.word().store(join(0, 4096), Ordering::Relaxed);
         let mut out = Vec::new();
-        assert!(c.claim(8, &mut out).is_err());
-        // A valid tail over a corrupt header.
-        mem.word().store(join(0, 40), Ordering::Relaxed);
-        mem.copy_in(
+        assert_eq!(c.claim(8, &mut out), Ok(1));
+        // A hostile producer publishes a tail beyond capacity...
+        mem.force_tail(40 + 4096);
+        out.clear();
+        assert_eq!(
+            violation(c.claim(8, &mut out)),
+            "publish position outside the ring"
+        );
+        // ... or moves it back below what we claimed.
+        mem.force_tail(32);
+        assert_eq!(
+            violation(c.claim(8, &mut out)),
+            "publish position outside the ring"
+        );
+        assert!(out.is_empty());
+        // Exactly `cap` ahead is a full ring, not a violation (the records
+        // there are then checked like any other).
+        mem.force_tail(40 + 256);
+        assert_eq!(
+            violation(c.claim(8, &mut out)),
+            "record length out of range"
+        );
+        assert!(out.is_empty(), "nothing claimed from a broken batch");
+    }
+
+    #[test]
+    fn consumer_refuses_corrupt_headers_under_a_valid_tail() {
+        let mut ring = HeapRing::new(256);
+        let mem = ring.memory();
+        let mut c = Consumer::new(mem);
+        let mut out = Vec::new();
+        mem.force_tail(40);
+        mem.force_record(
             0,
-            bytemuck::bytes_of(&RecordHeader {
+            &RecordHeader {
                 total: 4000,
                 kind: 1,
                 ..Default::default()
-            }),
+            },
         );
-        assert!(c.claim(8, &mut out).is_err());
+        assert_eq!(
+            violation(c.claim(8, &mut out)),
+            "record length out of range"
+        );
+        mem.force_record(
+            0,
+            &RecordHeader {
+                total: 40,
+                kind: 1,
+                payload_len: 9,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            violation(c.claim(8, &mut out)),
+            "payload length does not match record"
+        );
+    }
+
+    #[test]
+    fn producer_refuses_a_release_position_that_moved_backwards() {
+        let mut ring = HeapRing::new(256);
+        let mem = ring.memory();
+        let (mut p, mut c) = (Producer::new(mem), Consumer::new(mem));
+        let mut out = Vec::new();
+        let n = fill(&mut p).unwrap();
+        assert_eq!(c.claim(usize::MAX, &mut out), Ok(n as usize));
+        c.release();
+        // The producer sees the release when it needs the room.
+        assert!(fill(&mut p).unwrap() > 0);
+        let (head, _) = mem.positions();
+        mem.force_consumer(head, head.wrapping_sub(8));
+        assert_eq!(violation(fill(&mut p)), "released position moved backwards");
+    }
+
+    #[test]
+    fn producer_refuses_a_release_position_past_what_it_published() {
+        for (bad, what) in [
+            (1u32 << 31, "released position is ahead of the producer"),
+            (6 * 40 + 8, "released position is ahead of the producer"),
+            (u32::MAX - 7, "released position moved backwards"),
+        ] {
+            let mut ring = HeapRing::new(256);
+            let mem = ring.memory();
+            let mut p = Producer::new(mem);
+            assert_eq!(fill(&mut p), Ok(6));
+            mem.force_consumer(0, bad);
+            assert!(p.has_room(8), "garbage reads as room...");
+            assert_eq!(
+                violation(p.write(header(9), &[0; 8])),
+                what,
+                "... and the write reports it (released = {bad})"
+            );
+        }
+        // A record written but not yet published is not the consumer's to
+        // release either.
+        let mut ring = HeapRing::new(256);
+        let mem = ring.memory();
+        let (mut p, mut c) = (Producer::new(mem), Consumer::new(mem));
+        assert_eq!(fill(&mut p), Ok(6));
+        let mut out = Vec::new();
+        assert_eq!(c.claim(usize::MAX, &mut out), Ok(6));
+        c.release();
+        let at = p.write(header(7), &[0; 8]).unwrap().unwrap();
+        mem.force_consumer(at, at + 40);
+        assert_eq!(
+            violation(fill(&mut p)),
+            "released position is ahead of the producer"
+        );
+    }
+
+    #[test]
+    fn garbage_in_a_sides_own_words_misleads_nobody() {
+        // Each side keeps its positions privately and never reads its own
+        // word back: what the other side scribbles there changes nothing.
+        let mut ring = HeapRing::new(256);
+        let mem = ring.memory();
+        let (mut p, mut c) = (Producer::new(mem), Consumer::new(mem));
+        let mut out = Vec::new();
+        for round in 0..20u64 {
+            p.write(header(round), &round.to_le_bytes())
+                .unwrap()
+                .unwrap();
+            // A hostile consumer writes into `tail`: the next publish
+            // replaces it.
+            mem.force_tail(9999);
+            p.publish().unwrap();
+            // A hostile producer writes into `head`: the consumer never reads it.
+            mem.head().store(12345, Ordering::Relaxed);
+            out.clear();
+            assert_eq!(c.claim(usize::MAX, &mut out), Ok(1));
+            assert_eq!(out[0].header.id, round);
+            c.release();
+        }
     }
 
     #[test]
@@ -776,7 +963,7 @@ mod tests {
                 mem.force_record(at, &h);
                 at = at.wrapping_add((total & !7).max(8));
             }
-            mem.force_word(head, head.wrapping_add(span));
+            mem.force_tail(head.wrapping_add(span));
             let mut c = Consumer { mem, head, released: head };
             let mut out = Vec::new();
             let mut buf = Vec::new();
@@ -788,6 +975,31 @@ mod tests {
                 }
             }
         }
+
+        /// The producer against a consumer that stores arbitrary release
+        /// positions between its writes: never panics, never loses track
+        /// of its room (`Producer::used` asserts it in debug builds), and
+        /// once it reports a violation it is in a state the caller kills.
+        #[test]
+        fn producer_survives_arbitrary_release_positions(
+            ops in proptest::collection::vec((0usize..100, proptest::option::of(0u32..600)), 1..60),
+        ) {
+            let mut ring = HeapRing::new(256);
+            let mem = ring.memory();
+            let mut p = Producer::new(mem);
+            for (len, release) in ops {
+                if let Some(offset) = release {
+                    // Somewhere around what was published, often legitimate.
+                    let (_, tail) = mem.positions();
+                    mem.force_consumer(0, tail.wrapping_sub(offset).wrapping_add(300));
+                }
+                let written = p.write(header(1), &vec![1u8; len]);
+                let published = p.publish();
+                if written.is_err() || published.is_err() {
+                    break;
+                }
+            }
+        }
     }
 }
 
@@ -796,6 +1008,81 @@ mod tests {
 #[allow(unreachable_pub)]
 pub mod bench_support {
     use super::*;
+    use std::sync::Arc;
+
+    /// The producing end of a heap ring shared by two threads: for
+    /// cross-core round-trip benchmarks of the ring alone.
+    #[derive(Debug)]
+    pub struct RingSender {
+        _ring: Arc<HeapRing>,
+        producer: Producer,
+    }
+
+    /// The consuming end of a ring made by [`ring_channel`].
+    #[derive(Debug)]
+    pub struct RingReceiver {
+        _ring: Arc<HeapRing>,
+        consumer: Consumer,
+        claimed: Vec<Claimed>,
+        buf: Vec<u8>,
+    }
+
+    /// Both ends of one heap ring of `cap` bytes (a power of two, 64..=2^30).
+    pub fn ring_channel(cap: u32) -> (RingSender, RingReceiver) {
+        let mut ring = HeapRing::new(cap);
+        let mem = ring.memory();
+        let ring = Arc::new(ring);
+        (
+            RingSender {
+                _ring: ring.clone(),
+                producer: Producer::new(mem),
+            },
+            RingReceiver {
+                _ring: ring,
+                consumer: Consumer::new(mem),
+                claimed: Vec::new(),
+                buf: Vec::new(),
+            },
+        )
+    }
+
+    impl RingSender {
+        /// Writes and publishes one record of kind 1 (a task); false when full.
+        pub fn send(&mut self, id: u64, payload: &[u8]) -> bool {
+            let header = RecordHeader {
+                kind: 1,
+                id,
+                ..Default::default()
+            };
+            let sent = matches!(self.producer.write(header, payload), Ok(Some(_)));
+            let _ = self.producer.publish();
+            sent
+        }
+    }
+
+    impl RingReceiver {
+        /// Claims at most one record and, as a pool worker does, takes it
+        /// with a CAS of its tag (`take`), copies its payload, releases it
+        /// and calls `f` on it. Returns whether there was one.
+        pub fn recv(&mut self, take: bool, mut f: impl FnMut(u64, &[u8])) -> bool {
+            self.claimed.clear();
+            if !matches!(self.consumer.claim(1, &mut self.claimed), Ok(1)) {
+                self.consumer.release();
+                return false;
+            }
+            let record = self.claimed[0];
+            if take {
+                let mem = self.consumer.memory();
+                let _ = mem
+                    .record_kind(record.position)
+                    .map(|t| t.compare_exchange(1, 5, Ordering::AcqRel, Ordering::Acquire));
+            }
+            self.consumer.read_payload(&record, &mut self.buf);
+            self.consumer.release();
+            f(record.header.id, &self.buf);
+            true
+        }
+    }
 
     /// Producer and consumer of one heap ring, used from one thread.
     #[derive(Debug)]
