@@ -8,8 +8,10 @@ use super::prefault::Prefault;
 use super::sink::{Completion, Outcome};
 use crate::error::{Error, Result};
 use crate::shm::park::Spinner;
+use crate::shm::ring::{Claimed, Consumer};
 use crate::sync::lock;
 use crate::wire::{decode_exact, Wire};
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Condvar, Mutex};
 
 /// Collects the chunks of a `map` into one `Vec`, in order.
@@ -43,6 +45,8 @@ struct Collected<R> {
     /// Threads blocked in `wait_completed`; only changed under this lock.
     waiters: usize,
     failed: bool,
+    /// The output was handed to the result.
+    handed_over: bool,
 }
 
 impl<R: Wire> MapCollector<R> {
@@ -68,6 +72,7 @@ impl<R: Wire> MapCollector<R> {
                 completed: 0,
                 waiters: 0,
                 failed: false,
+                handed_over: false,
             }),
             progress: Condvar::new(),
             cell,
@@ -123,9 +128,12 @@ impl<R: Wire> MapCollector<R> {
     }
 
     fn finish_if_done(&self, mut state: std::sync::MutexGuard<'_, Collected<R>>) {
-        if state.failed || !state.sealed || state.next < state.chunks.len() {
+        if state.failed || state.handed_over || !state.sealed || state.next < state.chunks.len() {
             return;
         }
+        // Once: the last chunk may have been absorbed before `seal` and be
+        // delivered after it.
+        state.handed_over = true;
         let all = std::mem::take(&mut state.out);
         drop(state);
         self.stop_prefault();
@@ -157,15 +165,17 @@ impl<R: Wire> MapCollector<R> {
         };
         let index = tag as usize;
         let next = state.next;
-        match state.chunks.get_mut(index) {
+        let mut bytes = match state.chunks.get_mut(index) {
             Some((_, slot)) if index > next => {
                 *slot = Some(bytes);
                 return;
             }
-            Some(_) if index == next => {}
-            _ => return, // not a chunk of ours, or one already taken
-        }
-        let mut bytes = Some(bytes);
+            Some(_) if index == next => Some(bytes),
+            // Absorbed (copied into the output under the pool's lock, see
+            // `absorb`): what arrived early behind it may be next now.
+            Some(_) => state.chunks.get_mut(next).and_then(|(_, slot)| slot.take()),
+            None => return, // not a chunk of ours
+        };
         while let Some(b) = bytes.take() {
             let Collected {
                 out, next, chunks, ..
@@ -192,6 +202,56 @@ impl<R: Wire> Completion for MapCollector<R> {
             self.progress.notify_all();
         }
         self.take(state, tag, outcome);
+    }
+
+    /// Plain results of the chunk next in order: one copy from the ring
+    /// straight onto the end of the output (no copy into a buffer, no
+    /// decode pass). The count and the length are checked before anything
+    /// is copied; anything else (another type, a chunk out of order, a
+    /// count or length that lies, a busy collector) is left to the general
+    /// path, which copies the result out and reports what is wrong with it.
+    /// Delivery (`complete`) then only does the bookkeeping.
+    fn absorb(&self, tag: u64, ring: &Consumer, record: &Claimed) -> bool {
+        let Some(plain) = crate::wire::plain_of::<R>() else {
+            return false;
+        };
+        // Never wait here, under the pool's lock: whoever holds the
+        // collector may be decoding a whole chunk.
+        let Ok(mut state) = self.state.try_lock() else {
+            return false;
+        };
+        if state.failed || tag as usize != state.next {
+            return false;
+        }
+        let Some(&(due, _)) = state.chunks.get(state.next) else {
+            return false;
+        };
+        let expected = plain.bytes_for(due).and_then(|b| b.checked_add(8));
+        if expected != Some(record.header.payload_len as usize) {
+            return false;
+        }
+        let mut count = [MaybeUninit::<u8>::uninit(); 8];
+        if !ring.copy_payload_into(record, 0, &mut count) {
+            return false;
+        }
+        // SAFETY: `copy_payload_into` returned true: it wrote all 8 bytes.
+        let count = u64::from_le_bytes(unsafe {
+            std::mem::transmute::<[MaybeUninit<u8>; 8], [u8; 8]>(count)
+        });
+        if count != due as u64 {
+            return false;
+        }
+        // SAFETY: `copy_payload_into` writes every byte of the slice it is
+        // given when it returns true.
+        let copied = unsafe {
+            plain.extend_with(&mut state.out, due, |dst| {
+                ring.copy_payload_into(record, 8, dst)
+            })
+        };
+        if copied {
+            state.next += 1;
+        }
+        copied
     }
 }
 
@@ -238,5 +298,121 @@ impl<R: Wire> Completion for ChannelSink<R> {
             Outcome::Err(e) => Err(e),
         };
         let _ = self.tx.send(chunk);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::Callbacks;
+    use crate::shm::ring::{HeapRing, Producer, RecordHeader};
+    use crate::wire::task::kind;
+    use crate::wire::Payload;
+
+    /// What a map's cell received: the whole output, or the error.
+    type Received<R> = Arc<Mutex<Option<Result<Vec<R>>>>>;
+
+    fn collector<R: Wire + Clone>(items: usize) -> (Arc<MapCollector<R>>, Received<R>) {
+        let received: Received<R> = Arc::new(Mutex::new(None));
+        let (ok, err) = (received.clone(), received.clone());
+        let callbacks = Callbacks::new()
+            .on_success(move |v: &Vec<R>| *lock(&ok) = Some(Ok(v.clone())))
+            .on_error(move |e| *lock(&err) = Some(Err(e.clone())));
+        (MapCollector::new(items, Cell::new(callbacks)), received)
+    }
+
+    /// An encoded `Vec<u64>` claiming `count` values, followed by `values`.
+    fn chunk_bytes(count: u64, values: &[u64]) -> Vec<u8> {
+        let mut bytes = count.to_le_bytes().to_vec();
+        for v in values {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        bytes
+    }
+
+    /// `payloads` as result records of one ring, claimed.
+    fn claimed(ring: &mut HeapRing, payloads: &[Vec<u8>]) -> (Consumer, Vec<Claimed>) {
+        let mem = ring.memory();
+        let (mut producer, mut consumer) = (Producer::new(mem), Consumer::new(mem));
+        for (id, payload) in payloads.iter().enumerate() {
+            let header = RecordHeader {
+                kind: kind::OK,
+                id: id as u64,
+                ..Default::default()
+            };
+            assert!(producer.write(header, payload).unwrap().is_some());
+        }
+        producer.publish().unwrap();
+        let mut records = Vec::new();
+        consumer.claim(usize::MAX, &mut records).unwrap();
+        assert_eq!(records.len(), payloads.len());
+        (consumer, records)
+    }
+
+    #[test]
+    fn plain_results_are_absorbed_only_when_in_order_and_honest() {
+        let (map, received) = collector::<u64>(5);
+        let (first, second) = (map.add_chunk(3), map.add_chunk(2));
+        map.seal();
+        let mut ring = HeapRing::new(4096);
+        let (ring, records) = claimed(
+            &mut ring,
+            &[
+                chunk_bytes(2, &[30, 40]),         // the second chunk, early
+                chunk_bytes(4, &[1, 2, 3]),        // a count that lies
+                chunk_bytes(u64::MAX, &[1, 2, 3]), // a forged huge count
+                chunk_bytes(3, &[1, 2]),           // a value short
+                chunk_bytes(3, &[1, 2, 3, 4]),     // a value too many
+                chunk_bytes(3, &[10, 20, 0]),      // honest
+                chunk_bytes(2, &[30, 40]),         // honest, now in order
+            ],
+        );
+        assert!(!map.absorb(second, &ring, &records[0]), "out of order");
+        for (lie, record) in records[1..5].iter().enumerate() {
+            assert!(!map.absorb(first, &ring, record), "lie {lie} absorbed");
+        }
+        assert!(map.absorb(first, &ring, &records[5]));
+        assert!(map.absorb(second, &ring, &records[6]));
+        assert!(!map.absorb(second, &ring, &records[6]), "taken once");
+        assert!(
+            lock(&received).is_none(),
+            "nothing handed over under the pool's lock"
+        );
+        // Delivery, in either order, only does the bookkeeping: once.
+        map.complete(second, Outcome::Ok(Payload::default()));
+        map.complete(first, Outcome::Ok(Payload::default()));
+        let got = lock(&received).take();
+        assert_eq!(got.unwrap().unwrap(), [10, 20, 0, 30, 40]);
+    }
+
+    #[test]
+    fn a_lying_result_left_to_the_general_path_fails_the_map() {
+        let (map, received) = collector::<u64>(4);
+        let (first, second) = (map.add_chunk(2), map.add_chunk(2));
+        map.seal();
+        let mut ring = HeapRing::new(4096);
+        let (ring, records) = claimed(
+            &mut ring,
+            &[chunk_bytes(2, &[1, 2]), chunk_bytes(3, &[3, 4])],
+        );
+        assert!(map.absorb(first, &ring, &records[0]));
+        assert!(!map.absorb(second, &ring, &records[1]));
+        // The general path: copied out, decoded, refused.
+        map.complete(second, Outcome::Ok(ring.payload(&records[1])));
+        map.complete(first, Outcome::Ok(Payload::default()));
+        let got = lock(&received).take();
+        assert!(matches!(got, Some(Err(Error::Decode { .. }))), "{got:?}");
+    }
+
+    #[test]
+    fn results_that_are_not_plain_data_are_never_absorbed() {
+        let (map, _) = collector::<String>(1);
+        let tag = map.add_chunk(1);
+        let mut ring = HeapRing::new(4096);
+        let mut bytes = 1u64.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&1u64.to_le_bytes());
+        bytes.push(b'x');
+        let (ring, records) = claimed(&mut ring, &[bytes]);
+        assert!(!map.absorb(tag, &ring, &records[0]));
     }
 }
