@@ -108,28 +108,50 @@ impl<T> PlainLayout<T> {
         n: usize,
         fill: impl FnOnce(&mut [MaybeUninit<u8>]) -> bool,
     ) -> bool {
-        let Some(bytes) = n.checked_mul(size_of::<T>()) else {
-            return false;
-        };
         out.reserve(n);
         let start = out.len();
-        // SAFETY: `reserve` made room for `n` more values, `bytes` bytes of
-        // spare capacity, viewed as bytes that may be uninitialised.
+        // SAFETY: `fill`'s contract is ours.
+        if !unsafe { self.fill_spare(out, start, n, fill) } {
+            return false;
+        }
+        // SAFETY: `fill_spare` returned true: the `n` values after the
+        // length are written whole, and any bytes are a valid `T` (the proof).
+        unsafe { out.set_len(start + n) };
+        true
+    }
+
+    /// Has `fill` write `n` values into `out`'s spare capacity, starting at
+    /// index `at` (at or past the length), without changing the length:
+    /// false, nothing asked of `fill`, unless they fit in the capacity; else
+    /// what `fill` returns. Once true, the values `at..at + n` are valid
+    /// (any bits are a valid `T`), for a `set_len` over them when the values
+    /// before them are too.
+    ///
+    /// # Safety
+    ///
+    /// As [`extend_with`](Self::extend_with): on true, `fill` has written
+    /// every byte of the slice it was given.
+    pub(crate) unsafe fn fill_spare(
+        self,
+        out: &mut Vec<T>,
+        at: usize,
+        n: usize,
+        fill: impl FnOnce(&mut [MaybeUninit<u8>]) -> bool,
+    ) -> bool {
+        let fits = at >= out.len() && at.checked_add(n).is_some_and(|end| end <= out.capacity());
+        let Some(bytes) = n.checked_mul(size_of::<T>()).filter(|_| fits) else {
+            return false;
+        };
+        // SAFETY: `at..at + n` lies in the allocation's capacity and past
+        // the length (checked above): memory of `n` values that nothing else
+        // refers to, viewed as bytes that may be uninitialised.
         let spare = unsafe {
             std::slice::from_raw_parts_mut(
-                out.spare_capacity_mut()
-                    .as_mut_ptr()
-                    .cast::<MaybeUninit<u8>>(),
+                out.as_mut_ptr().add(at).cast::<MaybeUninit<u8>>(),
                 bytes,
             )
         };
-        if !fill(spare) {
-            return false;
-        }
-        // SAFETY: `fill` wrote all `n * size_of::<T>()` bytes (this
-        // function's contract), and any bytes are a valid `T` (the proof).
-        unsafe { out.set_len(start + n) };
-        true
+        fill(spare)
     }
 }
 
