@@ -16,10 +16,14 @@ use std::sync::{Arc, Condvar, Mutex};
 
 /// Collects the chunks of a `map` into one `Vec`, in order.
 ///
-/// Chunks usually come back in order: each is then decoded straight onto
-/// the end of the output, with no `Vec` of its own and no final
-/// concatenation (for plain data, one copy from the result bytes). A chunk
-/// that arrives early waits as the bytes it came in until its turn.
+/// Plain results (numbers, `Plain<T>`) are copied from the result ring
+/// straight to their place in the output while the pool's lock is held
+/// ([`absorb`](Completion::absorb)): onto its end when the chunk is next in
+/// order, into its spare capacity when it came early, the length moving over
+/// it once the chunks before it are in. Other results are decoded straight
+/// onto the end of the output, with no `Vec` of their own and no final
+/// concatenation; one that arrives early waits as the bytes it came in until
+/// its turn.
 pub(super) struct MapCollector<R> {
     state: Mutex<Collected<R>>,
     /// Signalled when a chunk completes and somebody waits in
