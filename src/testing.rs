@@ -10,6 +10,7 @@ use crate::{Queue, Value, Wire};
 use bytemuck::Pod;
 
 pub use crate::pool::worker::{sabotage, Sabotage};
+pub use crate::wire::task::forged::{forge_chunk_results, ChunkLie};
 
 /// Claims the next slot of `queue` as a producer and dies there (SIGABRT),
 /// leaving the slot half-written and owned by this process.

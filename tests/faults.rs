@@ -4,7 +4,7 @@
 
 mod common;
 
-use corepool::testing::{sabotage, Sabotage};
+use corepool::testing::{forge_chunk_results, sabotage, ChunkLie, Sabotage};
 use corepool::{Error, ExitCause, Pool, SharedArray};
 use std::time::Duration;
 
@@ -56,6 +56,41 @@ fn unknown_task_id_kills_only_the_bad_worker() {
 
 fn bad_record_length_kills_only_the_bad_worker() {
     check_survives(2);
+}
+
+/// Returns `x`; at 550 makes its chunk's results lie (`lie` picks how; 4
+/// and above: honest).
+fn lies_at_550((x, lie): (u64, u8)) -> u64 {
+    let how = match lie {
+        0 => ChunkLie::CountTooHigh,
+        1 => ChunkLie::CountHuge,
+        2 => ChunkLie::ValueMissing,
+        3 => ChunkLie::ValueExtra,
+        _ => return x,
+    };
+    if x == 550 {
+        forge_chunk_results(how);
+    }
+    x
+}
+
+/// Plain results are copied from the result ring straight into the map's
+/// output, after checks of their count and length: a chunk whose results
+/// lie about either fails the map (as a decode error, as before the copy
+/// went straight to the output), never a short, long or garbled output;
+/// the honest chunks around it are unaffected and the pool goes on.
+fn lying_chunk_results_fail_the_map_not_the_parent() {
+    let pool = Pool::builder().workers(2).build().unwrap();
+    for lie in 0..4u8 {
+        let items: Vec<(u64, u8)> = (0..1000u64).map(|x| (x, lie)).collect();
+        match pool.chunked(100).unwrap().map(lies_at_550, items) {
+            Err(Error::Decode { .. }) => {}
+            other => panic!("lie {lie}: expected a decode error, got {other:?}"),
+        }
+        let honest: Vec<(u64, u8)> = (0..1000u64).map(|x| (x, u8::MAX)).collect();
+        let out = pool.chunked(100).unwrap().map(lies_at_550, honest).unwrap();
+        assert_eq!(out, (0..1000u64).collect::<Vec<_>>());
+    }
 }
 
 fn other_children_of_the_program_are_left_alone() {
@@ -537,5 +572,6 @@ fn main() {
         tail_out_of_range_kills_only_the_bad_worker,
         unknown_task_id_kills_only_the_bad_worker,
         bad_record_length_kills_only_the_bad_worker,
+        lying_chunk_results_fail_the_map_not_the_parent,
     ]);
 }

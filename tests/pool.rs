@@ -158,6 +158,98 @@ fn map_family() {
     assert_eq!(ordered, (0..64u64).collect::<Vec<_>>());
 }
 
+/// Plain items and results of every width (gathered straight into a chunk's
+/// encoding, read and written in place by the worker, copied from the result
+/// ring straight into the output), mixed with items or results that are not
+/// plain (the general path on one side only), through every map method.
+fn plain_data_of_every_width_maps_in_one_pass() {
+    let pool = pool2();
+    let n = 5000u64;
+    let bytes = pool.map(|x: u64| x as u8, 0..n).unwrap();
+    assert_eq!(bytes, (0..n).map(|x| x as u8).collect::<Vec<_>>());
+    let halves = pool
+        .map(|x: i16| f32::from(x) / 2.0, -1000..1000i16)
+        .unwrap();
+    assert!(halves
+        .iter()
+        .zip(-1000..1000i16)
+        .all(|(h, x)| *h == f32::from(x) / 2.0));
+    let wide = pool
+        .chunked(33)
+        .unwrap()
+        .map(|x: u128| x << 64 | 1, (0..n).map(u128::from))
+        .unwrap();
+    assert!(wide
+        .iter()
+        .zip(0..n)
+        .all(|(w, x)| *w == u128::from(x) << 64 | 1));
+    // An odd size (3 bytes): unaligned in every chunk but the first.
+    let triples = pool
+        .chunked(17)
+        .unwrap()
+        .map(
+            |p: Plain<[u8; 3]>| Plain([p.0[2], p.0[1], p.0[0]]),
+            (0..n).map(|x| Plain([x as u8, (x >> 8) as u8, 7])),
+        )
+        .unwrap();
+    assert!(triples
+        .iter()
+        .zip(0..n)
+        .all(|(t, x)| t.0 == [7, (x >> 8) as u8, x as u8]));
+    // Plain in, not plain out; and the other way round.
+    let text = pool
+        .chunked(9)
+        .unwrap()
+        .map(|x: f64| format!("{x}"), [0.5f64, -1.25])
+        .unwrap();
+    assert_eq!(text, ["0.5", "-1.25"]);
+    let lengths = pool
+        .map(|s: String| s.len() as u32, (0..300).map(|i| "x".repeat(i)))
+        .unwrap();
+    assert_eq!(lengths, (0..300u32).collect::<Vec<_>>());
+    // An iterator that does not know its length, and the other methods.
+    let odd: Vec<u32> = pool
+        .map(|x: u32| x * 3, (0..n as u32).filter(|x| x % 2 == 1))
+        .unwrap();
+    assert_eq!(
+        odd,
+        (0..n as u32)
+            .filter(|x| x % 2 == 1)
+            .map(|x| x * 3)
+            .collect::<Vec<_>>()
+    );
+    let pending = pool.map_async(|x: i64| -x, -500..500i64).unwrap();
+    assert_eq!(
+        pending.get().unwrap(),
+        (-500..500i64).map(|x| -x).collect::<Vec<_>>()
+    );
+    let lazy: Vec<u16> = pool
+        .chunked(64)
+        .unwrap()
+        .imap(|x: u16| x.wrapping_mul(3), 0..2000u16)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        lazy,
+        (0..2000u16).map(|x| x.wrapping_mul(3)).collect::<Vec<_>>()
+    );
+    let mut unordered: Vec<u8> = pool
+        .chunked(64)
+        .unwrap()
+        .imap_unordered(|x: u8| x / 2, 0..=255u8)
+        .map(Result::unwrap)
+        .collect();
+    unordered.sort_unstable();
+    assert_eq!(unordered, (0..=255u8).map(|x| x / 2).collect::<Vec<_>>());
+    let star = pool
+        .starmap(
+            |a: u32, b: u32| u64::from(a) * u64::from(b),
+            (0..100u32).map(|i| (i, i + 1)),
+        )
+        .unwrap();
+    assert_eq!(star, (0..100u64).map(|i| i * (i + 1)).collect::<Vec<_>>());
+}
+
 /// Item 0 holds its worker until item 63 has run (or a while has passed,
 /// should 63 be queued behind it), so later chunks finish first.
 fn first_waits_for_last(arg: (SharedArray<u64>, u64)) -> u64 {
@@ -852,6 +944,7 @@ fn main() {
         apply_async_handles,
         panics_reach_the_error_callback_and_the_worker_survives,
         map_family,
+        plain_data_of_every_width_maps_in_one_pass,
         default_and_chosen_chunk_sizes_agree,
         lazy_maps_on_a_closed_pool_yield_one_error_and_end,
         close_join_and_closed_errors,

@@ -8,16 +8,22 @@ use super::prefault::Prefault;
 use super::sink::{Completion, Outcome};
 use crate::error::{Error, Result};
 use crate::shm::park::Spinner;
+use crate::shm::ring::{Claimed, Consumer};
 use crate::sync::lock;
 use crate::wire::{decode_exact, Wire};
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Condvar, Mutex};
 
 /// Collects the chunks of a `map` into one `Vec`, in order.
 ///
-/// Chunks usually come back in order: each is then decoded straight onto
-/// the end of the output, with no `Vec` of its own and no final
-/// concatenation (for plain data, one copy from the result bytes). A chunk
-/// that arrives early waits as the bytes it came in until its turn.
+/// Plain results (numbers, `Plain<T>`) are copied from the result ring
+/// straight to their place in the output while the pool's lock is held
+/// ([`absorb`](Completion::absorb)): onto its end when the chunk is next in
+/// order, into its spare capacity when it came early, the length moving over
+/// it once the chunks before it are in. Other results are decoded straight
+/// onto the end of the output, with no `Vec` of their own and no final
+/// concatenation; one that arrives early waits as the bytes it came in until
+/// its turn.
 pub(super) struct MapCollector<R> {
     state: Mutex<Collected<R>>,
     /// Signalled when a chunk completes and somebody waits in
@@ -29,13 +35,29 @@ pub(super) struct MapCollector<R> {
     prefault: Mutex<Option<Prefault>>,
 }
 
+/// One chunk of a map, as the collector sees it.
+struct Chunk {
+    /// How many results it owes.
+    due: usize,
+    /// Where its results start in the output.
+    start: usize,
+    /// Its encoded results, when they arrived before the chunks ahead of it
+    /// (or could not be absorbed): decoded when their turn comes.
+    early: Option<crate::wire::Payload>,
+    /// Its results are in the output already, beyond the output's length:
+    /// copied there by [`MapCollector::absorb`] before the chunks ahead of
+    /// it came in; the length moves over them when their turn comes.
+    in_place: bool,
+}
+
 struct Collected<R> {
     /// The results of chunks `0..next`, in order.
     out: Vec<R>,
     next: usize,
-    /// Every chunk added so far: how many results it owes, and its encoded
-    /// results while they wait for the chunks before them.
-    chunks: Vec<(usize, Option<crate::wire::Payload>)>,
+    /// Every chunk added so far.
+    chunks: Vec<Chunk>,
+    /// Results the chunks added so far owe, in all.
+    owed: usize,
     /// No chunk will be added any more.
     sealed: bool,
     /// Chunks answered, in any order (failed ones too).
@@ -43,6 +65,8 @@ struct Collected<R> {
     /// Threads blocked in `wait_completed`; only changed under this lock.
     waiters: usize,
     failed: bool,
+    /// The output was handed to the result.
+    handed_over: bool,
 }
 
 impl<R: Wire> MapCollector<R> {
@@ -64,10 +88,12 @@ impl<R: Wire> MapCollector<R> {
                 out,
                 next: 0,
                 chunks: Vec::new(),
+                owed: 0,
                 sealed: false,
                 completed: 0,
                 waiters: 0,
                 failed: false,
+                handed_over: false,
             }),
             progress: Condvar::new(),
             cell,
@@ -78,7 +104,14 @@ impl<R: Wire> MapCollector<R> {
     /// Call before submitting it.
     pub(super) fn add_chunk(&self, due: usize) -> u64 {
         let mut state = lock(&self.state);
-        state.chunks.push((due, None));
+        let start = state.owed;
+        state.owed = start.saturating_add(due);
+        state.chunks.push(Chunk {
+            due,
+            start,
+            early: None,
+            in_place: false,
+        });
         (state.chunks.len() - 1) as u64
     }
 
@@ -123,9 +156,12 @@ impl<R: Wire> MapCollector<R> {
     }
 
     fn finish_if_done(&self, mut state: std::sync::MutexGuard<'_, Collected<R>>) {
-        if state.failed || !state.sealed || state.next < state.chunks.len() {
+        if state.failed || state.handed_over || !state.sealed || state.next < state.chunks.len() {
             return;
         }
+        // Once: the last chunk may have been absorbed before `seal` and be
+        // delivered after it.
+        state.handed_over = true;
         let all = std::mem::take(&mut state.out);
         drop(state);
         self.stop_prefault();
@@ -157,29 +193,60 @@ impl<R: Wire> MapCollector<R> {
         };
         let index = tag as usize;
         let next = state.next;
-        match state.chunks.get_mut(index) {
-            Some((_, slot)) if index > next => {
-                *slot = Some(bytes);
-                return;
-            }
-            Some(_) if index == next => {}
-            _ => return, // not a chunk of ours, or one already taken
+        let Some(chunk) = state.chunks.get_mut(index) else {
+            return; // not a chunk of ours
+        };
+        // An absorbed chunk's outcome is an empty payload: its results are
+        // in the output already (at or behind `next`).
+        if !chunk.in_place && index >= next {
+            chunk.early = Some(bytes);
         }
-        let mut bytes = Some(bytes);
-        while let Some(b) = bytes.take() {
-            let Collected {
-                out, next, chunks, ..
-            } = &mut *state;
-            let due = chunks[*next].0;
-            if let Err(e) =
-                guarded_decode::<Vec<R>, _>(|| crate::wire::decode_vec_into(&b, due, out))
-            {
-                return self.fail(state, e);
-            }
-            *next += 1;
-            bytes = chunks.get_mut(*next).and_then(|(_, slot)| slot.take());
+        if index > next {
+            return;
+        }
+        if let Err(e) = Self::advance(&mut state, true) {
+            return self.fail(state, e);
         }
         self.finish_if_done(state);
+    }
+}
+
+impl<R: Wire> MapCollector<R> {
+    /// Moves `next` over the chunks now in order: those absorbed in place
+    /// (the output's length moves over their results) and, with `decode`,
+    /// those that arrived as bytes (decoded onto the end of the output).
+    /// Without `decode` (under the pool's lock) it stops at the first of
+    /// those.
+    fn advance(state: &mut Collected<R>, decode: bool) -> Result<()> {
+        loop {
+            let Collected {
+                out, next, chunks, ..
+            } = state;
+            let Some(chunk) = chunks.get_mut(*next) else {
+                return Ok(());
+            };
+            if chunk.in_place {
+                let end = chunk.start + chunk.due;
+                if out.len() != chunk.start || end > out.capacity() {
+                    // Cannot be: every chunk ahead of it owed and gave
+                    // exactly its `due`. Refused, never assumed.
+                    return Err(crate::wire::decode_error::<Vec<R>>("results out of place"));
+                }
+                // SAFETY: `absorb` wrote all `due` values of this chunk at
+                // `start..end` of the spare capacity (through the plain
+                // layout proof: every byte written, any bits a valid `R`),
+                // the output was never reallocated since (every reserve is
+                // for a chunk ending before it, inside the capacity), and
+                // the length is exactly `start` (checked above).
+                unsafe { out.set_len(end) };
+            } else if let Some(bytes) = chunk.early.take_if(|_| decode) {
+                let due = chunk.due;
+                guarded_decode::<Vec<R>, _>(|| crate::wire::decode_vec_into(&bytes, due, out))?;
+            } else {
+                return Ok(());
+            }
+            *next += 1;
+        }
     }
 }
 
@@ -193,6 +260,82 @@ impl<R: Wire> Completion for MapCollector<R> {
         }
         self.take(state, tag, outcome);
     }
+
+    /// Plain results: one copy from the ring straight to their place in
+    /// the output (no copy into a buffer, no decode pass): onto its end for
+    /// the chunk next in order, into its spare capacity for one that came
+    /// early (when it fits: the output is never reallocated under it). The
+    /// count and the length are checked before anything is copied; anything
+    /// else (another type, a count or length that lies, an output too
+    /// small, a busy collector) is left to the general path, which copies
+    /// the result out and reports what is wrong with it. Delivery
+    /// (`complete`) then only does the bookkeeping.
+    fn absorb(&self, tag: u64, ring: &Consumer, record: &Claimed) -> bool {
+        let Some(plain) = crate::wire::plain_of::<R>() else {
+            return false;
+        };
+        // Never wait here, under the pool's lock: whoever holds the
+        // collector may be decoding a whole chunk.
+        let Ok(mut guard) = self.state.try_lock() else {
+            return false;
+        };
+        let state = &mut *guard;
+        let index = tag as usize;
+        if state.failed || index < state.next {
+            return false;
+        }
+        let Some(chunk) = state.chunks.get(index) else {
+            return false;
+        };
+        if chunk.in_place || chunk.early.is_some() {
+            return false;
+        }
+        let (due, start) = (chunk.due, chunk.start);
+        if !plain_results_fit(plain, due, ring, record) {
+            return false;
+        }
+        let copy = |dst: &mut [MaybeUninit<u8>]| ring.copy_payload_into(record, 8, dst);
+        if index == state.next {
+            // SAFETY: `copy_payload_into` writes every byte of the slice it
+            // is given when it returns true.
+            if !unsafe { plain.extend_with(&mut state.out, due, copy) } {
+                return false;
+            }
+            state.next += 1;
+            // What was absorbed behind it is in order now. An error (which
+            // cannot be) stops here and is reported at delivery.
+            let _ = Self::advance(state, false);
+            return true;
+        }
+        // SAFETY: as above.
+        if !unsafe { plain.fill_spare(&mut state.out, start, due, copy) } {
+            return false;
+        }
+        state.chunks[index].in_place = true;
+        true
+    }
+}
+
+/// Whether a result record holds exactly `due` plain values as an encoded
+/// `Vec`: its length, then its count, checked (the count copied once).
+fn plain_results_fit<R>(
+    plain: crate::wire::PlainLayout<R>,
+    due: usize,
+    ring: &Consumer,
+    record: &Claimed,
+) -> bool {
+    let expected = plain.bytes_for(due).and_then(|b| b.checked_add(8));
+    if expected != Some(record.header.payload_len as usize) {
+        return false;
+    }
+    let mut count = [MaybeUninit::<u8>::uninit(); 8];
+    if !ring.copy_payload_into(record, 0, &mut count) {
+        return false;
+    }
+    // SAFETY: `copy_payload_into` returned true: it wrote all 8 bytes.
+    let count =
+        u64::from_le_bytes(unsafe { std::mem::transmute::<[MaybeUninit<u8>; 8], [u8; 8]>(count) });
+    count == due as u64
 }
 
 /// A map's output, with room for `items` results. It is fresh memory,
@@ -238,5 +381,168 @@ impl<R: Wire> Completion for ChannelSink<R> {
             Outcome::Err(e) => Err(e),
         };
         let _ = self.tx.send(chunk);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::Callbacks;
+    use crate::shm::ring::{HeapRing, Producer, RecordHeader};
+    use crate::wire::task::kind;
+    use crate::wire::Payload;
+
+    /// What a map's cell received: the whole output, or the error.
+    type Received<R> = Arc<Mutex<Option<Result<Vec<R>>>>>;
+
+    fn collector<R: Wire + Clone>(items: usize) -> (Arc<MapCollector<R>>, Received<R>) {
+        let received: Received<R> = Arc::new(Mutex::new(None));
+        let (ok, err) = (received.clone(), received.clone());
+        let callbacks = Callbacks::new()
+            .on_success(move |v: &Vec<R>| *lock(&ok) = Some(Ok(v.clone())))
+            .on_error(move |e| *lock(&err) = Some(Err(e.clone())));
+        (MapCollector::new(items, Cell::new(callbacks)), received)
+    }
+
+    /// An encoded `Vec<u64>` claiming `count` values, followed by `values`.
+    fn chunk_bytes(count: u64, values: &[u64]) -> Vec<u8> {
+        let mut bytes = count.to_le_bytes().to_vec();
+        for v in values {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        bytes
+    }
+
+    /// `payloads` as result records of one ring, claimed.
+    fn claimed(ring: &mut HeapRing, payloads: &[Vec<u8>]) -> (Consumer, Vec<Claimed>) {
+        let mem = ring.memory();
+        let (mut producer, mut consumer) = (Producer::new(mem), Consumer::new(mem));
+        for (id, payload) in payloads.iter().enumerate() {
+            let header = RecordHeader {
+                kind: kind::OK,
+                id: id as u64,
+                ..Default::default()
+            };
+            assert!(producer.write(header, payload).unwrap().is_some());
+        }
+        producer.publish().unwrap();
+        let mut records = Vec::new();
+        consumer.claim(usize::MAX, &mut records).unwrap();
+        assert_eq!(records.len(), payloads.len());
+        (consumer, records)
+    }
+
+    #[test]
+    fn plain_results_are_absorbed_in_place_only_when_honest() {
+        let (map, received) = collector::<u64>(5);
+        let (first, second) = (map.add_chunk(3), map.add_chunk(2));
+        map.seal();
+        let mut ring = HeapRing::new(4096);
+        let (ring, records) = claimed(
+            &mut ring,
+            &[
+                chunk_bytes(2, &[30, 40]),         // the second chunk, early
+                chunk_bytes(4, &[1, 2, 3]),        // a count that lies
+                chunk_bytes(u64::MAX, &[1, 2, 3]), // a forged huge count
+                chunk_bytes(3, &[1, 2]),           // a value short
+                chunk_bytes(3, &[1, 2, 3, 4]),     // a value too many
+                chunk_bytes(3, &[10, 20, 0]),      // honest
+            ],
+        );
+        assert!(map.absorb(second, &ring, &records[0]), "early, into place");
+        assert!(!map.absorb(second, &ring, &records[0]), "taken once");
+        for (lie, record) in records[1..5].iter().enumerate() {
+            assert!(!map.absorb(first, &ring, record), "lie {lie} absorbed");
+        }
+        assert!(map.absorb(first, &ring, &records[5]));
+        assert!(
+            lock(&received).is_none(),
+            "nothing handed over under the pool's lock"
+        );
+        // Delivery, in either order, only does the bookkeeping (the first
+        // hands the complete output over) and hands over once.
+        map.complete(second, Outcome::Ok(Payload::default()));
+        let got = lock(&received).take();
+        assert_eq!(got.unwrap().unwrap(), [10, 20, 0, 30, 40]);
+        map.complete(first, Outcome::Ok(Payload::default()));
+        assert!(lock(&received).is_none(), "handed over once");
+    }
+
+    #[test]
+    fn results_that_came_as_bytes_wait_behind_an_absorbed_chunk() {
+        let (map, received) = collector::<u64>(6);
+        let tags: Vec<u64> = (0..3).map(|_| map.add_chunk(2)).collect();
+        map.seal();
+        let mut ring = HeapRing::new(4096);
+        let (ring, records) = claimed(
+            &mut ring,
+            &[chunk_bytes(2, &[1, 2]), chunk_bytes(2, &[5, 6])],
+        );
+        // The second chunk arrives the general way, the third in place,
+        // then the first in order: the second must still be decoded.
+        map.complete(
+            tags[1],
+            Outcome::Ok(Payload::from_slice(&chunk_bytes(2, &[3, 4]))),
+        );
+        assert!(map.absorb(tags[2], &ring, &records[1]));
+        assert!(map.absorb(tags[0], &ring, &records[0]));
+        map.complete(tags[2], Outcome::Ok(Payload::default()));
+        map.complete(tags[0], Outcome::Ok(Payload::default()));
+        let got = lock(&received).take();
+        assert_eq!(got.unwrap().unwrap(), [1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn an_early_chunk_beyond_the_output_takes_the_general_path() {
+        // A length hint of 1: the output's capacity does not reach the
+        // second chunk, which must not be written past it.
+        let (map, received) = collector::<u64>(1);
+        let (first, second) = (map.add_chunk(2), map.add_chunk(2));
+        map.seal();
+        let mut ring = HeapRing::new(4096);
+        let (ring, records) = claimed(
+            &mut ring,
+            &[chunk_bytes(2, &[1, 2]), chunk_bytes(2, &[3, 4])],
+        );
+        assert!(!map.absorb(second, &ring, &records[1]), "past the capacity");
+        assert!(
+            map.absorb(first, &ring, &records[0]),
+            "in order: the output grows"
+        );
+        map.complete(second, Outcome::Ok(ring.payload(&records[1])));
+        map.complete(first, Outcome::Ok(Payload::default()));
+        let got = lock(&received).take();
+        assert_eq!(got.unwrap().unwrap(), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_lying_result_left_to_the_general_path_fails_the_map() {
+        let (map, received) = collector::<u64>(4);
+        let (first, second) = (map.add_chunk(2), map.add_chunk(2));
+        map.seal();
+        let mut ring = HeapRing::new(4096);
+        let (ring, records) = claimed(
+            &mut ring,
+            &[chunk_bytes(2, &[1, 2]), chunk_bytes(3, &[3, 4])],
+        );
+        assert!(map.absorb(first, &ring, &records[0]));
+        assert!(!map.absorb(second, &ring, &records[1]));
+        // The general path: copied out, decoded, refused.
+        map.complete(second, Outcome::Ok(ring.payload(&records[1])));
+        map.complete(first, Outcome::Ok(Payload::default()));
+        let got = lock(&received).take();
+        assert!(matches!(got, Some(Err(Error::Decode { .. }))), "{got:?}");
+    }
+
+    #[test]
+    fn results_that_are_not_plain_data_are_never_absorbed() {
+        let (map, _) = collector::<String>(1);
+        let tag = map.add_chunk(1);
+        let mut ring = HeapRing::new(4096);
+        let mut bytes = 1u64.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&1u64.to_le_bytes());
+        bytes.push(b'x');
+        let (ring, records) = claimed(&mut ring, &[bytes]);
+        assert!(!map.absorb(tag, &ring, &records[0]));
     }
 }

@@ -614,6 +614,45 @@ impl Consumer {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Partial payload reads: a claimed payload copied piece by piece straight to
+// where it is wanted (a `map`'s results into its output), with no copy into
+// a buffer first. Built on the same raw copies as `read_payload`.
+// ---------------------------------------------------------------------------
+
+impl Consumer {
+    /// Copies `dst.len()` bytes of a claimed record's payload, starting
+    /// `skip` bytes into it, into `dst`. Returns false, copying nothing,
+    /// unless they all lie inside the payload; on true every byte of `dst`
+    /// is written. The bytes are whatever the producer wrote (it may even
+    /// be writing them still): the caller validates what it copied.
+    pub(crate) fn copy_payload_into(
+        &self,
+        record: &Claimed,
+        skip: usize,
+        dst: &mut [std::mem::MaybeUninit<u8>],
+    ) -> bool {
+        let len = record.header.payload_len as usize;
+        if skip.checked_add(dst.len()).is_none_or(|end| end > len) {
+            return false;
+        }
+        debug_assert!(record.payload_offset as usize + len <= self.mem.cap as usize);
+        // SAFETY: `claim` validated that the whole payload lies inside the
+        // data array, and `skip + dst.len()` is within the payload (checked
+        // above); `dst` is valid for `dst.len()` bytes of writes. The source
+        // may be written concurrently by a misbehaving peer: bytes are
+        // copied, never referenced.
+        unsafe {
+            ptr::copy_nonoverlapping(
+                self.mem.data.add(record.payload_offset as usize + skip),
+                dst.as_mut_ptr().cast::<u8>(),
+                dst.len(),
+            );
+        }
+        true
+    }
+}
+
 /// A ring whose memory is a heap allocation: for unit tests, benchmarks and
 /// in-process use.
 #[derive(Debug)]

@@ -14,6 +14,7 @@
 
 mod budget;
 mod encoder;
+mod plain;
 pub(crate) mod task;
 
 #[cfg(test)]
@@ -23,6 +24,11 @@ pub(crate) use encoder::{
     encode_carried, encode_payload, encode_payload_or_spill, mark_delivered, with_split_encoding,
     Carried, Handover, InFlight, KeepAlive, Transit, Transits,
 };
+// Named by `Wire::plain`, a hidden method of the public trait: public for
+// that, but never named outside corepool (nor constructible there).
+#[doc(hidden)]
+#[allow(unreachable_pub)]
+pub use plain::PlainLayout;
 
 use crate::error::{Error, Result};
 use bytemuck::{Pod, TransparentWrapper};
@@ -89,6 +95,14 @@ pub trait Wire: Sized + Send + 'static {
         &[]
     }
 
+    /// The proof that this type is plain data (its encoding is its memory,
+    /// any bits are a valid value), for the one-pass copies of `map`;
+    /// `None` for every other type. Only corepool can make the proof.
+    #[doc(hidden)]
+    fn plain() -> Option<PlainLayout<Self>> {
+        None
+    }
+
     /// Decodes `n` values written by [`encode_slice`](Wire::encode_slice),
     /// appending them to `out` (so that `map` can decode each chunk's results
     /// straight into its output). Plain-data types override this with a
@@ -114,6 +128,12 @@ pub trait Wire: Sized + Send + 'static {
         }
         Ok(())
     }
+}
+
+/// `T`'s plain-data proof when it has one and its values take bytes (the
+/// one-pass paths count values by their bytes).
+pub(crate) fn plain_of<T: Wire>() -> Option<PlainLayout<T>> {
+    T::plain().filter(|p| p.size() > 0)
 }
 
 /// The longest sequence of zero-sized values (`Vec<()>`) that decodes: their
@@ -310,6 +330,11 @@ macro_rules! wire_for_numbers {
             }
             fn decode_extend(input: &mut &[u8], n: usize, out: &mut Vec<Self>) -> Result<()> {
                 decode_pod_extend::<Self, Self>(input, n, out)
+            }
+            fn plain() -> Option<PlainLayout<Self>> {
+                // `encode_slice` copies the memory (little-endian targets:
+                // the same bytes as `to_le_bytes`).
+                Some(PlainLayout::of())
             }
         }
     )*};
@@ -531,6 +556,10 @@ impl<T: Pod + Send> Wire for Plain<T> {
     }
     fn decode_extend(input: &mut &[u8], n: usize, out: &mut Vec<Self>) -> Result<()> {
         decode_pod_extend::<Self, Self>(input, n, out)
+    }
+    fn plain() -> Option<PlainLayout<Self>> {
+        // Its memory, as `encode`/`encode_slice` copy it.
+        Some(PlainLayout::of())
     }
 }
 

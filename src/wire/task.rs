@@ -16,7 +16,7 @@
 //! cannot see it).
 
 use crate::error::{Error, Result};
-use crate::wire::{decode_exact, Encoder, Wire};
+use crate::wire::{decode_error, decode_exact, plain_of, Encoder, PlainLayout, Wire};
 
 /// Record kinds of the task and result rings (`ring::KIND_PAD` is 0).
 pub(crate) mod kind {
@@ -164,11 +164,7 @@ where
     A: Wire,
     R: Wire,
 {
-    let f = conjure::<F>();
-    let args = decode_exact::<Vec<A>>(input)?;
-    let results: Vec<R> = args.into_iter().map(f).collect();
-    results.encode(out);
-    Ok(())
+    run_chunk(input, out, conjure::<F>())
 }
 
 /// Calls `F` with each tuple of a chunk spread into its arguments.
@@ -179,10 +175,109 @@ where
     R: Wire,
 {
     let f = conjure::<F>();
-    let args = decode_exact::<Vec<T>>(input)?;
-    let results: Vec<R> = args.into_iter().map(|t| f.call_star(t)).collect();
-    results.encode(out);
+    run_chunk(input, out, |t: T| f.call_star(t))
+}
+
+/// Decodes a chunk's arguments (an encoded `Vec<A>`), calls `f` on each in
+/// order and encodes the results as a `Vec<R>`. Plain data is read straight
+/// from the arguments' encoding and written straight into the results'
+/// (see [`PlainLayout`]): one pass, with no `Vec` of arguments or results.
+fn run_chunk<A: Wire, R: Wire>(
+    input: &[u8],
+    out: &mut Encoder,
+    f: impl FnMut(A) -> R,
+) -> Result<()> {
+    match plain_of::<A>() {
+        Some(plain) => {
+            let body = plain_chunk_body::<A>(plain, input)?;
+            let args = plain.values(body);
+            let n = args.len();
+            encode_results(args.map(f), n, out);
+        }
+        None => {
+            let args = decode_exact::<Vec<A>>(input)?;
+            let n = args.len();
+            encode_results(args.into_iter().map(f), n, out);
+        }
+    }
     Ok(())
+}
+
+/// The values' bytes of an encoded `Vec` of plain data: its count, then
+/// exactly that many values.
+fn plain_chunk_body<A>(plain: PlainLayout<A>, input: &[u8]) -> Result<&[u8]> {
+    let Some((count, body)) = input.split_first_chunk::<8>() else {
+        return Err(decode_error::<Vec<A>>("no count"));
+    };
+    let count = u64::from_le_bytes(*count);
+    let bytes = usize::try_from(count).ok().and_then(|n| plain.bytes_for(n));
+    if bytes != Some(body.len()) {
+        return Err(decode_error::<Vec<A>>(format!(
+            "{count} values in {} bytes",
+            body.len()
+        )));
+    }
+    Ok(body)
+}
+
+/// Encodes the `n` values `results` yields as a `Vec<R>`; plain results go
+/// straight into the encoding as `f` returns them.
+fn encode_results<R: Wire>(results: impl Iterator<Item = R>, n: usize, out: &mut Encoder) {
+    match plain_of::<R>() {
+        Some(plain) => {
+            out.extend_from_slice(&(n as u64).to_le_bytes());
+            let written = plain.extend_bytes(out, results, n);
+            debug_assert_eq!(written, n, "an exact-size iterator");
+            #[cfg(feature = "fault-injection")]
+            forged::apply(out, plain.size());
+        }
+        None => results.collect::<Vec<R>>().encode(out),
+    }
+}
+
+/// Chunk results that lie about themselves, for tests of the parent's
+/// checks (see `testing::forge_chunk_results`).
+#[cfg(feature = "fault-injection")]
+pub(crate) mod forged {
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    /// How the results of the chunk being run lie (tests only).
+    #[derive(Clone, Copy, Debug)]
+    pub enum ChunkLie {
+        /// One more value counted than written.
+        CountTooHigh,
+        /// A count of `u64::MAX`.
+        CountHuge,
+        /// The last value's bytes left out, the count unchanged.
+        ValueMissing,
+        /// One more value written, and counted, than the chunk had items.
+        ValueExtra,
+    }
+
+    /// 0: none; else the lie's position in `ChunkLie` plus one.
+    static NEXT: AtomicU8 = AtomicU8::new(0);
+
+    /// Makes this worker's current chunk (plain results only) send its
+    /// results with `lie`. Call it from the task's function.
+    pub fn forge_chunk_results(lie: ChunkLie) {
+        NEXT.store(lie as u8 + 1, Ordering::Relaxed);
+    }
+
+    /// Applies the lie asked for, once, to the encoded results in `out`.
+    pub(super) fn apply(out: &mut Vec<u8>, size: usize) {
+        let count = |out: &mut Vec<u8>, n: u64| out[..8].copy_from_slice(&n.to_le_bytes());
+        let n = u64::from_le_bytes(out[..8].try_into().expect("a count"));
+        match NEXT.swap(0, Ordering::Relaxed) {
+            1 => count(out, n + 1),
+            2 => count(out, u64::MAX),
+            3 => out.truncate(out.len().saturating_sub(size).max(8)),
+            4 => {
+                out.extend(std::iter::repeat_n(0, size));
+                count(out, n + 1);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Runs a worker initializer.

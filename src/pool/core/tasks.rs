@@ -122,6 +122,15 @@ impl Core {
                     }
                 }
                 let task = entry.task;
+                if record.header.kind == kind::OK
+                    && task.sink.target.absorb(task.sink.tag, &w.results, record)
+                {
+                    // Copied into its receiver's output already.
+                    self.outstanding -= 1;
+                    let outcome = Outcome::Ok(crate::wire::Payload::default());
+                    actions.completions.push((task.sink, outcome));
+                    continue;
+                }
                 let outcome = match decode_result(&w.results, record, &mut self.buf) {
                     Ok(outcome) => outcome,
                     Err(what) => {
