@@ -181,7 +181,7 @@ pub(crate) fn run(req: &Request) -> Result<Outcome, CliError> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = match cmd.spawn() {
+    let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e)
             if matches!(
@@ -201,9 +201,12 @@ pub(crate) fn run(req: &Request) -> Result<Outcome, CliError> {
             )))
         }
     };
-    let pid = child.id();
-    let stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
+    let mut child = PythonTree {
+        child,
+        waited: false,
+    };
+    let stdout = child.child.stdout.take();
+    let mut stderr = child.child.stderr.take();
     let (tx, rx) = mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
         if let Some(out) = stdout {
@@ -236,16 +239,7 @@ pub(crate) fn run(req: &Request) -> Result<Outcome, CliError> {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 timed_out = true;
-                // Python's pool workers first: once their parent is gone
-                // they would wait forever on a pipe they hold both ends of.
-                for worker in children_of(pid) {
-                    // Best effort: one that already exited (ESRCH) is fine,
-                    // and a pid beyond i32 cannot be a real one.
-                    if let Ok(worker) = i32::try_from(worker) {
-                        let _ = crate::sys::kill(worker, libc::SIGKILL);
-                    }
-                }
-                let _ = child.kill();
+                child.kill();
                 break;
             }
         }
@@ -277,6 +271,47 @@ pub(crate) fn run(req: &Request) -> Result<Outcome, CliError> {
         Err(e) => return Err(CliError::Python(format!("waiting for Python: {e}"))),
     }
     parse(&lines)
+}
+
+/// The Python baseline's process and, through it, its pool workers, until
+/// it has been waited for. Dropped before that (an error or a panic on the
+/// way out of [`run`]), it kills them all, so that corepool never leaves a
+/// Python baseline running behind it.
+#[derive(Debug)]
+struct PythonTree {
+    child: std::process::Child,
+    waited: bool,
+}
+
+impl PythonTree {
+    /// Kills Python's pool workers, then Python.
+    fn kill(&mut self) {
+        // The workers first: once their parent is gone they would wait
+        // forever on a pipe they hold both ends of.
+        for worker in children_of(self.child.id()) {
+            // Best effort: one that already exited (ESRCH) is fine, and a
+            // pid beyond i32 cannot be a real one.
+            if let Ok(worker) = i32::try_from(worker) {
+                let _ = crate::sys::kill(worker, libc::SIGKILL);
+            }
+        }
+        let _ = self.child.kill();
+    }
+
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        let status = self.child.wait();
+        self.waited = true;
+        status
+    }
+}
+
+impl Drop for PythonTree {
+    fn drop(&mut self) {
+        if !self.waited {
+            self.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// The processes whose parent is `pid` (from `/proc/*/stat`).

@@ -9,6 +9,7 @@ use super::report::{
 };
 use super::vs_python::{python_baseline, python_request};
 use super::{build_pool, progress, rayon_pool};
+use crate::output::outln;
 use crate::plot::{self, Curve, Panel, Point};
 use crate::topo::Placement;
 use crate::workloads::{corepool_once, threads_once, Inputs, Sample, WORKLOADS};
@@ -157,14 +158,14 @@ pub(super) fn run_scale(args: &BenchArgs, plan: &Plan) -> Result<(), CliError> {
     sort_rows(&mut rows);
     with_ratios(&mut rows);
     if args.json {
-        print_json(&rows);
+        print_json(&rows)?;
     } else {
         let placement = args.pinning.place(&plan.topo, Some(plan.max_workers))?;
-        print_header(plan, &placement, &args.pinning, py_info.as_ref(), args);
+        print_header(plan, &placement, &args.pinning, py_info.as_ref(), args)?;
         for n in &notes {
-            println!("note: {n}");
+            outln!("note: {n}")?;
         }
-        print_scale_table(&rows);
+        print_scale_table(&rows)?;
     }
     if let Some(path) = &args.plot {
         let svg = plot::svg(&scale_panels(&rows), &plot_title(plan));
@@ -173,8 +174,8 @@ pub(super) fn run_scale(args: &BenchArgs, plan: &Plan) -> Result<(), CliError> {
             reason: e.to_string(),
         })?;
         if !args.json {
-            println!();
-            println!("plot: {}", path.display());
+            outln!()?;
+            outln!("plot: {}", path.display())?;
         }
     }
     match py_failure {

@@ -242,10 +242,10 @@ pub(super) fn run_suite(args: &BenchArgs, plan: &Plan) -> Result<(), CliError> {
     sort_rows(&mut rows);
     with_ratios(&mut rows);
     if args.json {
-        print_json(&rows);
+        print_json(&rows)?;
     } else {
-        print_header(plan, &placement, &args.pinning, py_info.as_ref(), args);
-        print_table(&rows, plan.python.is_some());
+        print_header(plan, &placement, &args.pinning, py_info.as_ref(), args)?;
+        print_table(&rows, plan.python.is_some())?;
     }
     match py_failure {
         Some(e) => Err(e),

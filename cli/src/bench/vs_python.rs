@@ -95,7 +95,7 @@ pub(super) fn python_baseline(
     ));
     match python::run(req)? {
         Outcome::Unavailable(msg) => {
-            bar.suspend(|| eprintln!("corepool: {msg}"));
+            bar.suspend(|| crate::output::warn(format_args!("corepool: {msg}")));
             Ok(None)
         }
         Outcome::Rows { info, rows } => {

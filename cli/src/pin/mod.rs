@@ -11,6 +11,7 @@
 mod recommend;
 mod report;
 
+use crate::output::outln;
 use crate::topo::{print_topology, Layout, Placement, Topology};
 use crate::workloads::{corepool_once, Inputs, Sample, Sizes, Workload};
 use crate::CliError;
@@ -136,9 +137,9 @@ pub(crate) fn run(args: &PinArgs) -> Result<(), CliError> {
     let topo = Topology::read()?;
     if args.topology {
         if args.json {
-            println!("{}", serde_json::to_string(&topo).unwrap_or_default());
+            outln!("{}", serde_json::to_string(&topo).unwrap_or_default())?;
         } else {
-            print_topology(&topo);
+            print_topology(&topo)?;
         }
         return Ok(());
     }
@@ -172,15 +173,15 @@ pub(crate) fn run(args: &PinArgs) -> Result<(), CliError> {
         .map(|l| l.place(&topo, args.workers))
         .collect::<Result<_, _>>()?;
     if !args.json {
-        print_topology(&topo);
-        println!();
-        println!(
+        print_topology(&topo)?;
+        outln!()?;
+        outln!(
             "sweep: {} ({}; {}), {n} items per run, {} layouts x {repeat} rounds after 1 warm-up round, interleaved",
             w.name(),
             w.describe(),
             w.unit(),
             layouts.len()
-        );
+        )?;
     }
     let bar = ProgressBar::new((repeat as u64 + 1) * layouts.len() as u64);
     bar.set_style(
@@ -207,9 +208,9 @@ pub(crate) fn run(args: &PinArgs) -> Result<(), CliError> {
     bar.finish_and_clear();
     let report = analyse(&topo, w, n, repeat, &layouts, &placements, &samples);
     if args.json {
-        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+        outln!("{}", serde_json::to_string(&report).unwrap_or_default())?;
     } else {
-        print_report(&report);
+        print_report(&report)?;
     }
     Ok(())
 }
