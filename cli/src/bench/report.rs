@@ -245,7 +245,7 @@ pub(super) fn with_ratios(rows: &mut [Row]) {
 }
 
 /// A ratio with two decimals, or two significant digits below 0.01 (a
-/// process pool moving 8 MiB against threads moving a pointer).
+/// process pool against threads by orders of magnitude).
 fn times(x: f64) -> String {
     if x > 0.0 && x < 0.01 {
         let digits = (-x.log10()).ceil() as usize + 1;
@@ -368,6 +368,11 @@ pub(super) fn print_table(rows: &[Row], vs_python: bool) -> Result<(), CliError>
             ("corepool", "respawn") => {
                 if let Some(p99) = r.p99 {
                     notes.push(format!("respawn: median {:.2} ms, p99 {p99:.2} ms over {} kills, from the SIGKILL to a task answered by the replacement", r.rate, r.items as usize * r.repeats));
+                }
+            }
+            ("threads", "bulk") => {
+                if let Some(n) = &r.note {
+                    notes.push(format!("bulk: {n}"));
                 }
             }
             ("python-mp-spawn", "start") => notes.push(

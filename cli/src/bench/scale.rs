@@ -12,7 +12,9 @@ use super::{build_pool, progress, rayon_pool};
 use crate::output::outln;
 use crate::plot::{self, Curve, Panel, Point};
 use crate::topo::Placement;
-use crate::workloads::{corepool_once, threads_once, Inputs, Sample, WORKLOADS};
+use crate::workloads::{
+    corepool_once, threads_once, Inputs, Sample, Workload, THREADS_BULK_NOTE, WORKLOADS,
+};
 use crate::CliError;
 use corepool::Pool;
 
@@ -126,7 +128,7 @@ pub(super) fn run_scale(args: &BenchArgs, plan: &Plan) -> Result<(), CliError> {
                 slot.k,
                 &slot.threads,
                 env_for(&plan.topo, THREADS_PINNING.into()),
-                None,
+                (w == Workload::Bulk).then(|| THREADS_BULK_NOTE.into()),
             ));
             slot.corepool.clear();
             slot.threads.clear();
