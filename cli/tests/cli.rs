@@ -681,3 +681,22 @@ fn bad_input_is_a_message_that_says_what_to_do() {
     let err = fails(&["bench", "--size", "0"]);
     assert!(err.contains("--size"), "{err}");
 }
+
+#[test]
+fn pin_sweeps_only_the_workloads_its_help_lists() {
+    let help = ok(&["pin", "--help"]);
+    let listed = "apply_async, map, latency, cpu_loop or shared_sum";
+    assert!(help.contains(listed), "{help}");
+    for w in [
+        "start",
+        "respawn",
+        "bulk",
+        "bulk_shared",
+        "queue",
+        "pipe_rtt",
+    ] {
+        let err = fails(&["pin", "--quick", "--workload", w]);
+        assert!(err.contains(listed), "{w}: {err}");
+        assert!(!err.contains("round trips"), "{w}: {err}");
+    }
+}

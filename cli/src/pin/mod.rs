@@ -58,6 +58,41 @@ pub(crate) struct PinArgs {
     topology: bool,
 }
 
+/// The workloads `pin` sweeps, as `--help` lists them: work done on the
+/// pool's workers, whose speed depends on where they run. The others time
+/// starting workers (start, respawn), run between two processes of their
+/// own (queue, pipe_rtt) or move 8 MiB arguments (bulk, bulk_shared).
+const SWEPT: [Workload; 5] = [
+    Workload::ApplyAsync,
+    Workload::Map,
+    Workload::Latency,
+    Workload::CpuLoop,
+    Workload::SharedSum,
+];
+
+/// `--workload`, if `pin` sweeps it; otherwise a message naming the ones it
+/// does.
+fn swept_workload(name: &str) -> Result<Workload, CliError> {
+    let choices = "apply_async, map, latency, cpu_loop or shared_sum";
+    let Ok(w) = Workload::parse(name) else {
+        return Err(CliError::usage(format!(
+            "unknown workload `{name}`: choose from {choices}"
+        )));
+    };
+    if SWEPT.contains(&w) {
+        return Ok(w);
+    }
+    let why = match w {
+        Workload::Queue | Workload::PipeRtt => "runs between this process and one child process of its own, not on a pool, so the pool's layout does not change it".to_string(),
+        Workload::Start | Workload::Respawn => format!("times starting workers, not work done on them (`corepool bench --only {} --pinning LAYOUT` times it for one layout)", w.name()),
+        _ => format!("is not one of them (`corepool bench --only {} --pinning LAYOUT` measures it on one layout)", w.name()),
+    };
+    Err(CliError::usage(format!(
+        "pin sweeps one of {choices}; {} {why}",
+        w.name()
+    )))
+}
+
 fn layouts_of(args: &PinArgs) -> Result<Vec<Layout>, CliError> {
     let mut out: Vec<Layout> = Vec::new();
     for name in args.layouts.iter().filter(|n| !n.trim().is_empty()) {
@@ -143,13 +178,7 @@ pub(crate) fn run(args: &PinArgs) -> Result<(), CliError> {
         }
         return Ok(());
     }
-    let w = Workload::parse(&args.workload)?;
-    if !w.uses_pool() {
-        return Err(CliError::usage(format!(
-            "{} runs between this process and one child process of its own, not on a pool, so the pool's layout does not change it: sweep apply_async, map, latency, cpu_loop or shared_sum",
-            w.name()
-        )));
-    }
+    let w = swept_workload(&args.workload)?;
     let layouts = layouts_of(args)?;
     let repeat = args.repeat.unwrap_or(if args.quick { 3 } else { 5 });
     if repeat == 0 {
@@ -218,6 +247,31 @@ pub(crate) fn run(args: &PinArgs) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_listed_workloads_are_swept() {
+        for w in SWEPT {
+            assert_eq!(swept_workload(w.name()).unwrap(), w);
+        }
+        for name in [
+            "start",
+            "respawn",
+            "bulk",
+            "bulk_shared",
+            "queue",
+            "pipe_rtt",
+        ] {
+            let err = swept_workload(name).unwrap_err().to_string();
+            assert!(
+                err.contains("apply_async, map, latency, cpu_loop or shared_sum"),
+                "{err}"
+            );
+            assert!(err.contains(name), "{err}");
+        }
+        let err = swept_workload("nope").unwrap_err().to_string();
+        assert!(err.contains("choose from apply_async"), "{err}");
+        assert!(!err.contains("bulk"), "lists only what pin sweeps: {err}");
+    }
 
     #[test]
     fn explicit_lists_go_through_cpus() {
