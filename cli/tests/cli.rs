@@ -650,6 +650,19 @@ fn bad_input_is_a_message_that_says_what_to_do() {
     );
     let err = fails(&["bench", "--quick", "--repeat", "0"]);
     assert!(err.contains("--repeat must be at least 1"), "{err}");
+    let err = fails(&[
+        "bench",
+        "--quick",
+        "--only",
+        "latency",
+        "--vs-python",
+        "--python-timeout",
+        "0",
+    ]);
+    assert!(
+        err.contains("--python-timeout must be at least 1 second"),
+        "{err}"
+    );
     let err = fails(&["bench", "--workers", "0"]);
     assert!(err.contains("at least 1"), "{err}");
     let err = fails(&["bench", "--pinning", "sideways"]);

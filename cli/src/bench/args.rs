@@ -43,7 +43,7 @@ pub(crate) struct BenchArgs {
     /// The Python interpreter for --vs-python. Default: $COREPOOL_PYTHON, else python3.
     #[arg(long, value_name = "PATH", requires = "vs_python")]
     pub(super) python: Option<String>,
-    /// Seconds the Python baseline may run before it is killed.
+    /// Seconds the Python baseline may run before it is killed (at least 1).
     #[arg(
         long,
         default_value_t = 900,
@@ -101,6 +101,13 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan, CliError> {
     let repeat = args.repeat.unwrap_or(if args.quick { 3 } else { 5 });
     if repeat == 0 {
         return Err(CliError::usage("--repeat must be at least 1"));
+    }
+    if args.python_timeout == 0 {
+        // Refused rather than read as "no time at all" or "no limit": either
+        // would be a guess, and a zero is more likely a slip.
+        return Err(CliError::usage(
+            "--python-timeout must be at least 1 second: it is how long the Python baseline may run before it is killed",
+        ));
     }
     if args.workers == Some(0) {
         return Err(CliError::usage("--workers must be at least 1"));

@@ -25,7 +25,7 @@ pub(super) fn python_request(
         only: plan.selected.iter().map(|w| w.name()).collect(),
         size: args.size,
         cpu_loop_tasks,
-        timeout: Duration::from_secs(args.python_timeout.max(1)),
+        timeout: Duration::from_secs(args.python_timeout),
     }
 }
 
