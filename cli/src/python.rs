@@ -63,14 +63,27 @@ pub(crate) struct PyInfo {
 pub(crate) enum Outcome {
     /// The rows, in the script's order.
     Rows { info: PyInfo, rows: Vec<PyRow> },
-    /// No interpreter: the message says what to do. Not an error.
+    /// No Python installed (the default `python3` is not there): the message
+    /// says what to do. Not an error.
     Unavailable(String),
+}
+
+/// The interpreter to run the script with, and who chose it.
+#[derive(Debug, Clone)]
+pub(crate) struct Interpreter {
+    /// A path, or a name looked up in `$PATH`.
+    pub(crate) path: String,
+    /// The option or variable that named it (`--python`,
+    /// `$COREPOOL_PYTHON`); `None` for the default `python3`. A named
+    /// interpreter that cannot be started is an error, a missing default
+    /// only skips the baseline.
+    pub(crate) named_by: Option<&'static str>,
 }
 
 /// What to run.
 #[derive(Debug, Clone)]
 pub(crate) struct Request {
-    pub(crate) interpreter: String,
+    pub(crate) interpreter: Interpreter,
     pub(crate) workers: usize,
     pub(crate) repeat: usize,
     pub(crate) quick: bool,
@@ -144,12 +157,16 @@ pub(crate) fn script_shown() -> String {
     }
 }
 
-/// Runs the script. A missing interpreter is [`Outcome::Unavailable`]; a
-/// script that fails, prints something unreadable or overruns the timeout is
-/// an error.
+/// Runs the script. A missing default interpreter is
+/// [`Outcome::Unavailable`]; a named one that cannot be started (missing, not
+/// executable) is an error, as one that runs and fails is: the user asked for
+/// that interpreter, so the same `--python` reports the same way whether the
+/// path is wrong or the program is not a Python. A script that fails, prints
+/// something unreadable or overruns the timeout is an error.
 pub(crate) fn run(req: &Request) -> Result<Outcome, CliError> {
     let (path, _temp) = script()?;
-    let mut cmd = Command::new(&req.interpreter);
+    let interpreter = &req.interpreter.path;
+    let mut cmd = Command::new(interpreter);
     cmd.arg(&path)
         .arg("--workers")
         .arg(req.workers.to_string())
@@ -189,15 +206,18 @@ pub(crate) fn run(req: &Request) -> Result<Outcome, CliError> {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
             ) =>
         {
-            return Ok(Outcome::Unavailable(format!(
-                "no Python interpreter at `{}` ({e}): the python-mp rows are skipped. Install Python 3 (e.g. `apt-get install python3`) or pass `--python /path/to/python3`",
-                req.interpreter
-            )));
+            return match req.interpreter.named_by {
+                None => Ok(Outcome::Unavailable(format!(
+                    "no Python interpreter at `{interpreter}` ({e}): the python-mp rows are skipped. Install Python 3 (e.g. `apt-get install python3`) or pass `--python /path/to/python3`"
+                ))),
+                Some(by) => Err(CliError::Python(format!(
+                    "no Python interpreter at `{interpreter}` ({e}), which {by} names: give {by} the path of a Python 3 interpreter, or leave it out to use `python3`"
+                ))),
+            };
         }
         Err(e) => {
             return Err(CliError::Python(format!(
-                "starting `{}` failed: {e}",
-                req.interpreter
+                "starting `{interpreter}` failed: {e}"
             )))
         }
     };
@@ -254,7 +274,7 @@ pub(crate) fn run(req: &Request) -> Result<Outcome, CliError> {
     if timed_out {
         return Err(CliError::Python(format!(
             "`{} {}` ran longer than {:?} and was killed; run it by hand to see where it stops",
-            req.interpreter,
+            interpreter,
             path.display(),
             req.timeout
         )));
@@ -264,7 +284,7 @@ pub(crate) fn run(req: &Request) -> Result<Outcome, CliError> {
         Ok(s) => {
             return Err(CliError::Python(format!(
                 "`{} {}` {s}; its last error lines:\n{tail}",
-                req.interpreter,
+                interpreter,
                 path.display()
             )))
         }

@@ -394,7 +394,42 @@ fn vs_python_adds_python_rows_and_ratios() {
 }
 
 #[test]
-fn vs_python_without_an_interpreter_says_so_and_succeeds() {
+fn vs_python_without_python_installed_says_so_and_succeeds() {
+    // No `python3` on the PATH: the default interpreter is missing, which
+    // skips the baseline with a warning.
+    let empty = temp("no-python-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = common::output_within(
+        Command::new(env!("CARGO_BIN_EXE_corepool"))
+            .args([
+                "bench",
+                "--quick",
+                "--only",
+                "latency",
+                "--json",
+                "--repeat",
+                "1",
+                "--vs-python",
+            ])
+            .env_remove("COREPOOL_PYTHON")
+            .env("PATH", &empty),
+        LIMIT,
+    );
+    let _ = std::fs::remove_dir(&empty);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("no Python interpreter at `python3`"), "{err}");
+    assert!(err.contains("rows are skipped"), "{err}");
+    assert!(err.contains("--python"), "says what to do: {err}");
+    let rows = json_lines(&text(&out.stdout));
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r["system"] != "python-mp"));
+}
+
+#[test]
+fn a_named_python_that_is_missing_is_an_error_as_a_failing_one_is() {
+    // The user named the interpreter: a wrong path fails the command as
+    // `/bin/false` (below) does, after corepool's rows.
     let out = corepool(&[
         "bench",
         "--quick",
@@ -407,16 +442,16 @@ fn vs_python_without_an_interpreter_says_so_and_succeeds() {
         "--python",
         "/nonexistent/python3",
     ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let err = text(&out.stderr);
     assert!(
         err.contains("no Python interpreter at `/nonexistent/python3`"),
         "{err}"
     );
     assert!(err.contains("--python"), "says what to do: {err}");
+    assert!(!err.contains("panicked"), "{err}");
     let rows = json_lines(&text(&out.stdout));
-    assert_eq!(rows.len(), 2);
-    assert!(rows.iter().all(|r| r["system"] != "python-mp"));
+    assert_eq!(rows.len(), 2, "corepool's rows are still printed");
     // The same through the environment.
     let out = common::output_within(
         Command::new(env!("CARGO_BIN_EXE_corepool"))
@@ -432,8 +467,10 @@ fn vs_python_without_an_interpreter_says_so_and_succeeds() {
             .env("COREPOOL_PYTHON", "/nonexistent/python3"),
         LIMIT,
     );
-    assert!(out.status.success());
-    assert!(text(&out.stderr).contains("no Python interpreter"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("no Python interpreter"), "{err}");
+    assert!(err.contains("$COREPOOL_PYTHON"), "{err}");
 }
 
 #[test]
@@ -449,7 +486,7 @@ fn a_failing_python_is_an_error_after_the_rows() {
         "--python",
         "/bin/false",
     ]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("Python baseline failed"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
