@@ -601,6 +601,74 @@ fn scale_reports_efficiency_and_plots_every_curve() {
 }
 
 #[test]
+fn an_unwritable_plot_fails_before_the_sweep() {
+    let out = corepool(&[
+        "bench",
+        "--quick",
+        "--scale",
+        "--only",
+        "cpu_loop",
+        "--size",
+        "1000",
+        "--repeat",
+        "1",
+        "--workers",
+        "1",
+        "--json",
+        "--plot",
+        "/nonexistent/x.svg",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("writing /nonexistent/x.svg failed"), "{err}");
+    assert!(err.contains("directory exists"), "says what to do: {err}");
+    // Nothing was measured, so no row was printed.
+    assert_eq!(text(&out.stdout), "", "the sweep ran first");
+    // A directory is no plot file either.
+    let dir = temp("plot-dir");
+    std::fs::create_dir_all(dir.join("x.svg")).unwrap();
+    let err = fails(&[
+        "bench",
+        "--quick",
+        "--scale",
+        "--only",
+        "cpu_loop",
+        "--size",
+        "1000",
+        "--repeat",
+        "1",
+        "--workers",
+        "1",
+        "--plot",
+        dir.join("x.svg").to_str().unwrap(),
+    ]);
+    assert!(err.contains("it is a directory"), "{err}");
+    // A plot that can be written is, and nothing else is left beside it.
+    std::fs::remove_dir(dir.join("x.svg")).unwrap();
+    ok(&[
+        "bench",
+        "--quick",
+        "--scale",
+        "--only",
+        "cpu_loop",
+        "--size",
+        "1000",
+        "--repeat",
+        "1",
+        "--workers",
+        "1",
+        "--plot",
+        dir.join("x.svg").to_str().unwrap(),
+    ]);
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["x.svg"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn scale_table_has_efficiency_columns() {
     let out = ok(&[
         "bench", "--quick", "--scale", "--only", "cpu_loop", "--size", "100000", "--repeat", "1",
