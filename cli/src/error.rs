@@ -23,10 +23,20 @@ pub(crate) enum CliError {
     /// The Python baseline ran but failed.
     #[error("the Python baseline failed: {0}")]
     Python(String),
+    /// Standard output could not be written: its reader went away (a closed
+    /// pipe, see [`CliError::is_broken_pipe`]) or it is full or broken.
+    #[error("cannot write the output: {0}")]
+    Output(std::io::Error),
 }
 
 impl CliError {
     pub(crate) fn usage(msg: impl Into<String>) -> Self {
         CliError::Usage(msg.into())
+    }
+
+    /// Whether this is standard output's reader having gone away, which ends
+    /// the command quietly (as `cat` or `ls` end) rather than as a failure.
+    pub(crate) fn is_broken_pipe(&self) -> bool {
+        matches!(self, CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
     }
 }

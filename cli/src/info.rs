@@ -1,28 +1,34 @@
 //! `corepool info`.
 
+use crate::output::outln;
+use crate::CliError;
 use corepool::info;
 
-pub(crate) fn run(json: bool) -> Result<(), corepool::Error> {
+pub(crate) fn run(json: bool) -> Result<(), CliError> {
     let m = info::machine()?;
     if json {
-        println!("{}", serde_json::to_string(&m).unwrap_or_default());
+        outln!("{}", serde_json::to_string(&m).unwrap_or_default())?;
         return Ok(());
     }
-    println!("CPU model:    {}", m.model);
-    println!("online CPUs:  {} ({:?})", m.online.len(), m.online);
-    println!(
+    outln!("CPU model:    {}", m.model)?;
+    outln!("online CPUs:  {} ({:?})", m.online.len(), m.online)?;
+    outln!(
         "allowed set:  {} ({:?})  <- the default pool runs one pinned worker on each",
         m.allowed.len(),
         m.allowed
-    );
-    println!();
-    println!(
+    )?;
+    outln!()?;
+    outln!(
         "{:>4}  {:>7}  {:>4}  {:>9}  {:>4}  allowed",
-        "cpu", "package", "core", "siblings", "numa"
-    );
+        "cpu",
+        "package",
+        "core",
+        "siblings",
+        "numa"
+    )?;
     for c in &m.cpus {
         let show = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
-        println!(
+        outln!(
             "{:>4}  {:>7}  {:>4}  {:>9}  {:>4}  {}",
             c.id,
             show(c.package),
@@ -38,7 +44,7 @@ pub(crate) fn run(json: bool) -> Result<(), corepool::Error> {
             } else {
                 "no"
             }
-        );
+        )?;
     }
     Ok(())
 }

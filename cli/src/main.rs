@@ -22,12 +22,14 @@
 //! runner each for corepool, threads and the calling thread), [`topo`] (the
 //! machine from `/sys`, and in `topo/layout.rs` where each pinning layout
 //! puts the workers) and [`stats`] (median, min, max). [`error`] is the
-//! error every subcommand returns; [`sys`] holds the command's only raw
-//! system calls.
+//! error every subcommand returns; [`output`] is every write to standard
+//! output (fallible: a closed pipe ends the command quietly, never a panic);
+//! [`sys`] holds the command's only raw system calls.
 
 mod bench;
 mod error;
 mod info;
+mod output;
 mod pin;
 mod plot;
 mod python;
@@ -46,7 +48,8 @@ use std::process::ExitCode;
 #[command(
     name = "corepool",
     version,
-    about = "Pinned worker processes over shared-memory rings: information, benchmarks and a pinning tuner"
+    about = "Pinned worker processes over shared-memory rings: information, benchmarks and a pinning tuner",
+    after_help = "Exit status: 0 on success; 1 on a failure (said on stderr) or a soak that lost or got wrong results; 2 on a command line that cannot be parsed; 141 (128 + SIGPIPE, as for `cat` or `ls`) when the reader of the output went away, e.g. `corepool bench --json | head -1`: the command stops quietly, its workers and any Python baseline ended."
 )]
 struct Args {
     #[command(subcommand)]
@@ -76,17 +79,21 @@ enum Command {
 fn main() -> ExitCode {
     corepool::init();
     let args = Args::parse();
+    // Each subcommand has dropped its pools (and ended any Python child) by
+    // the time it returns, whatever it returns.
     let result: Result<bool, CliError> = match args.command {
-        Command::Info { json } => info::run(json).map(|()| true).map_err(Into::into),
+        Command::Info { json } => info::run(json).map(|()| true),
         Command::Bench(b) => bench::run(&b).map(|()| true),
         Command::Pin(p) => pin::run(&p).map(|()| true),
-        Command::Soak(s) => soak::run(&s).map_err(Into::into),
-    };
+        Command::Soak(s) => soak::run(&s),
+    }
+    .and_then(|passed| output::flush().map(|()| passed));
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
+        Err(e) if e.is_broken_pipe() => ExitCode::from(output::BROKEN_PIPE_STATUS),
         Err(e) => {
-            eprintln!("corepool: {e}");
+            output::warn(format_args!("corepool: {e}"));
             ExitCode::FAILURE
         }
     }

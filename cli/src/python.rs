@@ -63,14 +63,27 @@ pub(crate) struct PyInfo {
 pub(crate) enum Outcome {
     /// The rows, in the script's order.
     Rows { info: PyInfo, rows: Vec<PyRow> },
-    /// No interpreter: the message says what to do. Not an error.
+    /// No Python installed (the default `python3` is not there): the message
+    /// says what to do. Not an error.
     Unavailable(String),
+}
+
+/// The interpreter to run the script with, and who chose it.
+#[derive(Debug, Clone)]
+pub(crate) struct Interpreter {
+    /// A path, or a name looked up in `$PATH`.
+    pub(crate) path: String,
+    /// The option or variable that named it (`--python`,
+    /// `$COREPOOL_PYTHON`); `None` for the default `python3`. A named
+    /// interpreter that cannot be started is an error, a missing default
+    /// only skips the baseline.
+    pub(crate) named_by: Option<&'static str>,
 }
 
 /// What to run.
 #[derive(Debug, Clone)]
 pub(crate) struct Request {
-    pub(crate) interpreter: String,
+    pub(crate) interpreter: Interpreter,
     pub(crate) workers: usize,
     pub(crate) repeat: usize,
     pub(crate) quick: bool,
@@ -144,12 +157,16 @@ pub(crate) fn script_shown() -> String {
     }
 }
 
-/// Runs the script. A missing interpreter is [`Outcome::Unavailable`]; a
-/// script that fails, prints something unreadable or overruns the timeout is
-/// an error.
+/// Runs the script. A missing default interpreter is
+/// [`Outcome::Unavailable`]; a named one that cannot be started (missing, not
+/// executable) is an error, as one that runs and fails is: the user asked for
+/// that interpreter, so the same `--python` reports the same way whether the
+/// path is wrong or the program is not a Python. A script that fails, prints
+/// something unreadable or overruns the timeout is an error.
 pub(crate) fn run(req: &Request) -> Result<Outcome, CliError> {
     let (path, _temp) = script()?;
-    let mut cmd = Command::new(&req.interpreter);
+    let interpreter = &req.interpreter.path;
+    let mut cmd = Command::new(interpreter);
     cmd.arg(&path)
         .arg("--workers")
         .arg(req.workers.to_string())
@@ -181,7 +198,7 @@ pub(crate) fn run(req: &Request) -> Result<Outcome, CliError> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = match cmd.spawn() {
+    let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e)
             if matches!(
@@ -189,21 +206,27 @@ pub(crate) fn run(req: &Request) -> Result<Outcome, CliError> {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
             ) =>
         {
-            return Ok(Outcome::Unavailable(format!(
-                "no Python interpreter at `{}` ({e}): the python-mp rows are skipped. Install Python 3 (e.g. `apt-get install python3`) or pass `--python /path/to/python3`",
-                req.interpreter
-            )));
+            return match req.interpreter.named_by {
+                None => Ok(Outcome::Unavailable(format!(
+                    "no Python interpreter at `{interpreter}` ({e}): the python-mp rows are skipped. Install Python 3 (e.g. `apt-get install python3`) or pass `--python /path/to/python3`"
+                ))),
+                Some(by) => Err(CliError::Python(format!(
+                    "no Python interpreter at `{interpreter}` ({e}), which {by} names: give {by} the path of a Python 3 interpreter, or leave it out to use `python3`"
+                ))),
+            };
         }
         Err(e) => {
             return Err(CliError::Python(format!(
-                "starting `{}` failed: {e}",
-                req.interpreter
+                "starting `{interpreter}` failed: {e}"
             )))
         }
     };
-    let pid = child.id();
-    let stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
+    let mut child = PythonTree {
+        child,
+        waited: false,
+    };
+    let stdout = child.child.stdout.take();
+    let mut stderr = child.child.stderr.take();
     let (tx, rx) = mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
         if let Some(out) = stdout {
@@ -236,16 +259,7 @@ pub(crate) fn run(req: &Request) -> Result<Outcome, CliError> {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 timed_out = true;
-                // Python's pool workers first: once their parent is gone
-                // they would wait forever on a pipe they hold both ends of.
-                for worker in children_of(pid) {
-                    // Best effort: one that already exited (ESRCH) is fine,
-                    // and a pid beyond i32 cannot be a real one.
-                    if let Ok(worker) = i32::try_from(worker) {
-                        let _ = crate::sys::kill(worker, libc::SIGKILL);
-                    }
-                }
-                let _ = child.kill();
+                child.kill();
                 break;
             }
         }
@@ -260,7 +274,7 @@ pub(crate) fn run(req: &Request) -> Result<Outcome, CliError> {
     if timed_out {
         return Err(CliError::Python(format!(
             "`{} {}` ran longer than {:?} and was killed; run it by hand to see where it stops",
-            req.interpreter,
+            interpreter,
             path.display(),
             req.timeout
         )));
@@ -270,13 +284,54 @@ pub(crate) fn run(req: &Request) -> Result<Outcome, CliError> {
         Ok(s) => {
             return Err(CliError::Python(format!(
                 "`{} {}` {s}; its last error lines:\n{tail}",
-                req.interpreter,
+                interpreter,
                 path.display()
             )))
         }
         Err(e) => return Err(CliError::Python(format!("waiting for Python: {e}"))),
     }
     parse(&lines)
+}
+
+/// The Python baseline's process and, through it, its pool workers, until
+/// it has been waited for. Dropped before that (an error or a panic on the
+/// way out of [`run`]), it kills them all, so that corepool never leaves a
+/// Python baseline running behind it.
+#[derive(Debug)]
+struct PythonTree {
+    child: std::process::Child,
+    waited: bool,
+}
+
+impl PythonTree {
+    /// Kills Python's pool workers, then Python.
+    fn kill(&mut self) {
+        // The workers first: once their parent is gone they would wait
+        // forever on a pipe they hold both ends of.
+        for worker in children_of(self.child.id()) {
+            // Best effort: one that already exited (ESRCH) is fine, and a
+            // pid beyond i32 cannot be a real one.
+            if let Ok(worker) = i32::try_from(worker) {
+                let _ = crate::sys::kill(worker, libc::SIGKILL);
+            }
+        }
+        let _ = self.child.kill();
+    }
+
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        let status = self.child.wait();
+        self.waited = true;
+        status
+    }
+}
+
+impl Drop for PythonTree {
+    fn drop(&mut self) {
+        if !self.waited {
+            self.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// The processes whose parent is `pid` (from `/proc/*/stat`).

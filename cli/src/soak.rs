@@ -2,6 +2,8 @@
 //! count what came back. For users who want to see the pool survive on their
 //! own machine, and for chaos tests from outside (kill any worker, any time).
 
+use crate::output::outln;
+use crate::CliError;
 use corepool::{Error, Pool};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -63,11 +65,12 @@ struct Summary {
     median_replacement_us: Option<f64>,
 }
 
-pub(crate) fn run(args: &SoakArgs) -> Result<bool, Error> {
+pub(crate) fn run(args: &SoakArgs) -> Result<bool, CliError> {
     if args.tasks == 0 {
         return Err(Error::InvalidConfig {
             what: "--tasks must be at least 1".into(),
-        });
+        }
+        .into());
     }
     let mut builder = Pool::builder().retries(args.retries);
     if let Some(w) = args.workers {
@@ -138,34 +141,35 @@ pub(crate) fn run(args: &SoakArgs) -> Result<bool, Error> {
     pool.join()?;
     let passed = s.lost == 0 && s.wrong == 0;
     if args.json {
-        println!("{}", serde_json::to_string(&s).unwrap_or_default());
+        outln!("{}", serde_json::to_string(&s).unwrap_or_default())?;
     } else {
-        println!("submitted    {}", s.submitted);
-        println!("ok           {}", s.ok);
-        println!("wrong        {}", s.wrong);
-        println!(
+        outln!("submitted    {}", s.submitted)?;
+        outln!("ok           {}", s.ok)?;
+        outln!("wrong        {}", s.wrong)?;
+        outln!(
             "worker_died  {}  (tasks whose worker died on all {} runs)",
             s.worker_died,
             args.retries + 1
-        );
-        println!("failed       {}", s.failed);
-        println!("lost         {}", s.lost);
-        println!(
+        )?;
+        outln!("failed       {}", s.failed)?;
+        outln!("lost         {}", s.lost)?;
+        outln!(
             "respawned    {}  (kills sent by this run: {})",
-            s.respawned, s.kills_sent
-        );
+            s.respawned,
+            s.kills_sent
+        )?;
         if let Some(us) = s.median_replacement_us {
-            println!("replacement  {us:.0} us median, from the parent seeing a death to the new worker ready");
+            outln!("replacement  {us:.0} us median, from the parent seeing a death to the new worker ready")?;
         }
-        println!("throughput   {:.0} tasks/s over {:.2} s", s.rate, s.seconds);
-        println!(
+        outln!("throughput   {:.0} tasks/s over {:.2} s", s.rate, s.seconds)?;
+        outln!(
             "{}",
             if passed {
                 "PASS: nothing lost, nothing wrong"
             } else {
                 "FAIL"
             }
-        );
+        )?;
     }
     Ok(passed)
 }

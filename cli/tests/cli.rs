@@ -206,9 +206,17 @@ fn bench_start_respawn_and_bulk_rows() {
                 let p99 = r["p99"].as_f64().expect("respawn has a p99");
                 assert!(p99 >= r["rate"].as_f64().unwrap(), "{r}");
             }
-            _ => {
+            workload => {
                 assert_eq!(r["unit"], "B/s");
                 assert_eq!(r["items"], 8);
+                if workload == "bulk" && r["system"] == "threads" {
+                    // The baseline copies each vector for its task, as
+                    // corepool's tasks get copies: not a moved pointer.
+                    let note = r["note"]
+                        .as_str()
+                        .expect("the threads bulk row says what it does");
+                    assert!(note.contains("own copy"), "{r}");
+                }
             }
         }
     }
@@ -386,7 +394,42 @@ fn vs_python_adds_python_rows_and_ratios() {
 }
 
 #[test]
-fn vs_python_without_an_interpreter_says_so_and_succeeds() {
+fn vs_python_without_python_installed_says_so_and_succeeds() {
+    // No `python3` on the PATH: the default interpreter is missing, which
+    // skips the baseline with a warning.
+    let empty = temp("no-python-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = common::output_within(
+        Command::new(env!("CARGO_BIN_EXE_corepool"))
+            .args([
+                "bench",
+                "--quick",
+                "--only",
+                "latency",
+                "--json",
+                "--repeat",
+                "1",
+                "--vs-python",
+            ])
+            .env_remove("COREPOOL_PYTHON")
+            .env("PATH", &empty),
+        LIMIT,
+    );
+    let _ = std::fs::remove_dir(&empty);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("no Python interpreter at `python3`"), "{err}");
+    assert!(err.contains("rows are skipped"), "{err}");
+    assert!(err.contains("--python"), "says what to do: {err}");
+    let rows = json_lines(&text(&out.stdout));
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r["system"] != "python-mp"));
+}
+
+#[test]
+fn a_named_python_that_is_missing_is_an_error_as_a_failing_one_is() {
+    // The user named the interpreter: a wrong path fails the command as
+    // `/bin/false` (below) does, after corepool's rows.
     let out = corepool(&[
         "bench",
         "--quick",
@@ -399,16 +442,16 @@ fn vs_python_without_an_interpreter_says_so_and_succeeds() {
         "--python",
         "/nonexistent/python3",
     ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let err = text(&out.stderr);
     assert!(
         err.contains("no Python interpreter at `/nonexistent/python3`"),
         "{err}"
     );
     assert!(err.contains("--python"), "says what to do: {err}");
+    assert!(!err.contains("panicked"), "{err}");
     let rows = json_lines(&text(&out.stdout));
-    assert_eq!(rows.len(), 2);
-    assert!(rows.iter().all(|r| r["system"] != "python-mp"));
+    assert_eq!(rows.len(), 2, "corepool's rows are still printed");
     // The same through the environment.
     let out = common::output_within(
         Command::new(env!("CARGO_BIN_EXE_corepool"))
@@ -424,8 +467,10 @@ fn vs_python_without_an_interpreter_says_so_and_succeeds() {
             .env("COREPOOL_PYTHON", "/nonexistent/python3"),
         LIMIT,
     );
-    assert!(out.status.success());
-    assert!(text(&out.stderr).contains("no Python interpreter"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("no Python interpreter"), "{err}");
+    assert!(err.contains("$COREPOOL_PYTHON"), "{err}");
 }
 
 #[test]
@@ -441,7 +486,7 @@ fn a_failing_python_is_an_error_after_the_rows() {
         "--python",
         "/bin/false",
     ]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("Python baseline failed"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
@@ -556,6 +601,74 @@ fn scale_reports_efficiency_and_plots_every_curve() {
 }
 
 #[test]
+fn an_unwritable_plot_fails_before_the_sweep() {
+    let out = corepool(&[
+        "bench",
+        "--quick",
+        "--scale",
+        "--only",
+        "cpu_loop",
+        "--size",
+        "1000",
+        "--repeat",
+        "1",
+        "--workers",
+        "1",
+        "--json",
+        "--plot",
+        "/nonexistent/x.svg",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("writing /nonexistent/x.svg failed"), "{err}");
+    assert!(err.contains("directory exists"), "says what to do: {err}");
+    // Nothing was measured, so no row was printed.
+    assert_eq!(text(&out.stdout), "", "the sweep ran first");
+    // A directory is no plot file either.
+    let dir = temp("plot-dir");
+    std::fs::create_dir_all(dir.join("x.svg")).unwrap();
+    let err = fails(&[
+        "bench",
+        "--quick",
+        "--scale",
+        "--only",
+        "cpu_loop",
+        "--size",
+        "1000",
+        "--repeat",
+        "1",
+        "--workers",
+        "1",
+        "--plot",
+        dir.join("x.svg").to_str().unwrap(),
+    ]);
+    assert!(err.contains("it is a directory"), "{err}");
+    // A plot that can be written is, and nothing else is left beside it.
+    std::fs::remove_dir(dir.join("x.svg")).unwrap();
+    ok(&[
+        "bench",
+        "--quick",
+        "--scale",
+        "--only",
+        "cpu_loop",
+        "--size",
+        "1000",
+        "--repeat",
+        "1",
+        "--workers",
+        "1",
+        "--plot",
+        dir.join("x.svg").to_str().unwrap(),
+    ]);
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["x.svg"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn scale_table_has_efficiency_columns() {
     let out = ok(&[
         "bench", "--quick", "--scale", "--only", "cpu_loop", "--size", "100000", "--repeat", "1",
@@ -642,6 +755,19 @@ fn bad_input_is_a_message_that_says_what_to_do() {
     );
     let err = fails(&["bench", "--quick", "--repeat", "0"]);
     assert!(err.contains("--repeat must be at least 1"), "{err}");
+    let err = fails(&[
+        "bench",
+        "--quick",
+        "--only",
+        "latency",
+        "--vs-python",
+        "--python-timeout",
+        "0",
+    ]);
+    assert!(
+        err.contains("--python-timeout must be at least 1 second"),
+        "{err}"
+    );
     let err = fails(&["bench", "--workers", "0"]);
     assert!(err.contains("at least 1"), "{err}");
     let err = fails(&["bench", "--pinning", "sideways"]);
@@ -672,4 +798,23 @@ fn bad_input_is_a_message_that_says_what_to_do() {
     assert!(err.contains("--size"), "{err}");
     let err = fails(&["bench", "--size", "0"]);
     assert!(err.contains("--size"), "{err}");
+}
+
+#[test]
+fn pin_sweeps_only_the_workloads_its_help_lists() {
+    let help = ok(&["pin", "--help"]);
+    let listed = "apply_async, map, latency, cpu_loop or shared_sum";
+    assert!(help.contains(listed), "{help}");
+    for w in [
+        "start",
+        "respawn",
+        "bulk",
+        "bulk_shared",
+        "queue",
+        "pipe_rtt",
+    ] {
+        let err = fails(&["pin", "--quick", "--workload", w]);
+        assert!(err.contains(listed), "{w}: {err}");
+        assert!(!err.contains("round trips"), "{w}: {err}");
+    }
 }

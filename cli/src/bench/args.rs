@@ -1,6 +1,7 @@
 //! `corepool bench`'s command line, and the plan it makes: which workloads,
 //! at what sizes, how often, on how many workers.
 
+use crate::python::Interpreter;
 use crate::topo::{Layout, Topology};
 use crate::workloads::{Sizes, Workload, WORKLOADS};
 use crate::CliError;
@@ -37,13 +38,16 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value = "per-cpu", value_parser = parse_layout)]
     pub(super) pinning: Layout,
     /// Also run every workload on Python's multiprocessing.Pool
-    /// (scripts/bench_mp.py) and print corepool's ratio to it.
+    /// (scripts/bench_mp.py) and print corepool's ratio to it. Needs a Python
+    /// 3 interpreter: without one (no python3 installed), the Python rows are
+    /// skipped with a warning; an interpreter named with --python or
+    /// $COREPOOL_PYTHON that cannot run is an error (exit status 1).
     #[arg(long)]
     pub(super) vs_python: bool,
     /// The Python interpreter for --vs-python. Default: $COREPOOL_PYTHON, else python3.
     #[arg(long, value_name = "PATH", requires = "vs_python")]
     pub(super) python: Option<String>,
-    /// Seconds the Python baseline may run before it is killed.
+    /// Seconds the Python baseline may run before it is killed (at least 1).
     #[arg(
         long,
         default_value_t = 900,
@@ -70,7 +74,7 @@ pub(super) struct Plan {
     pub(super) sizes: Sizes,
     pub(super) repeat: usize,
     pub(super) max_workers: usize,
-    pub(super) python: Option<String>,
+    pub(super) python: Option<Interpreter>,
 }
 
 pub(super) fn plan(args: &BenchArgs) -> Result<Plan, CliError> {
@@ -102,6 +106,13 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan, CliError> {
     if repeat == 0 {
         return Err(CliError::usage("--repeat must be at least 1"));
     }
+    if args.python_timeout == 0 {
+        // Refused rather than read as "no time at all" or "no limit": either
+        // would be a guess, and a zero is more likely a slip.
+        return Err(CliError::usage(
+            "--python-timeout must be at least 1 second: it is how long the Python baseline may run before it is killed",
+        ));
+    }
     if args.workers == Some(0) {
         return Err(CliError::usage("--workers must be at least 1"));
     }
@@ -116,10 +127,22 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan, CliError> {
     let topo = Topology::read()?;
     let max_workers = args.workers.unwrap_or(topo.allowed.len().max(1));
     let python = args.vs_python.then(|| {
+        let named = |path: String, by| Interpreter {
+            path,
+            named_by: Some(by),
+        };
         args.python
             .clone()
-            .or_else(|| std::env::var("COREPOOL_PYTHON").ok())
-            .unwrap_or_else(|| "python3".to_string())
+            .map(|p| named(p, "--python"))
+            .or_else(|| {
+                std::env::var("COREPOOL_PYTHON")
+                    .ok()
+                    .map(|p| named(p, "$COREPOOL_PYTHON"))
+            })
+            .unwrap_or_else(|| Interpreter {
+                path: "python3".to_string(),
+                named_by: None,
+            })
     });
     let mut sizes = if args.quick {
         Sizes::quick()

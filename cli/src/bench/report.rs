@@ -3,10 +3,12 @@
 //! ratios, and the tables and JSON lines they are printed as.
 
 use super::args::{BenchArgs, Plan};
+use crate::output::{out, outln};
 use crate::python::{self, PyInfo};
 use crate::stats::{range_of, Summary};
 use crate::topo::{cpu_list, Layout, Placement, Topology};
 use crate::workloads::{Sample, Workload, WORKLOADS};
+use crate::CliError;
 
 /// The machine and the placement, recorded in every row.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -173,10 +175,11 @@ pub(super) const SEQUENTIAL_PINNING: &str = "none (the calling thread)";
 pub(super) const PYTHON_PINNING: &str = "none (multiprocessing does not pin)";
 
 /// One JSON object per row and line.
-pub(super) fn print_json(rows: &[Row]) {
+pub(super) fn print_json(rows: &[Row]) -> Result<(), CliError> {
     for r in rows {
-        println!("{}", serde_json::to_string(r).unwrap_or_default());
+        outln!("{}", serde_json::to_string(r).unwrap_or_default())?;
     }
+    Ok(())
 }
 
 fn human(rate: f64) -> String {
@@ -242,7 +245,7 @@ pub(super) fn with_ratios(rows: &mut [Row]) {
 }
 
 /// A ratio with two decimals, or two significant digits below 0.01 (a
-/// process pool moving 8 MiB against threads moving a pointer).
+/// process pool against threads by orders of magnitude).
 fn times(x: f64) -> String {
     if x > 0.0 && x < 0.01 {
         let digits = (-x.log10()).ceil() as usize + 1;
@@ -274,9 +277,9 @@ pub(super) fn print_header(
     layout: &Layout,
     py: Option<&PyInfo>,
     args: &BenchArgs,
-) {
+) -> Result<(), CliError> {
     let t = &plan.topo;
-    println!(
+    outln!(
         "machine:  {}; {} CPU(s) on {} core(s), {} package(s){}; allowed set {}",
         t.model,
         t.cpus_online,
@@ -284,8 +287,8 @@ pub(super) fn print_header(
         t.packages,
         if t.smt { ", SMT" } else { ", no SMT" },
         cpu_list(&t.allowed)
-    );
-    println!(
+    )?;
+    outln!(
         "corepool: {} worker processes, pinning {}{}",
         placement.workers,
         placement_text(layout, placement),
@@ -293,45 +296,52 @@ pub(super) fn print_header(
             .note
             .as_ref()
             .map_or(String::new(), |n| format!(" ({n})"))
-    );
-    println!(
+    )?;
+    outln!(
         "threads:  a rayon pool of {} unpinned threads in this process",
         placement.workers
-    );
+    )?;
     if let Some(info) = py {
-        println!(
+        outln!(
             "python:   {} {} multiprocessing.Pool({}), start method {}, numpy {}; sizes scaled down, rates per item",
             info.implementation,
             info.python,
             placement.workers,
             info.start_method,
             info.numpy.as_deref().unwrap_or("not installed")
-        );
-        println!("          script: {}", python::script_shown());
+        )?;
+        outln!("          script: {}", python::script_shown())?;
     }
-    println!(
+    outln!(
         "runs:     {} measured per row after 1 warm-up run (not counted){}; rate = median, range = min-max",
         plan.repeat,
         if args.quick { ", --quick sizes" } else { "" }
-    );
-    println!();
+    )?;
+    outln!()
 }
 
-pub(super) fn print_table(rows: &[Row], vs_python: bool) {
-    print!(
+pub(super) fn print_table(rows: &[Row], vs_python: bool) -> Result<(), CliError> {
+    out!(
         "{:<12} {:<25} {:>7} {:>10} {:>9} {:>20} {:>15} {:>15}",
-        "workload", "system", "workers", "items", "seconds", "rate", "range", "vs threads"
-    );
+        "workload",
+        "system",
+        "workers",
+        "items",
+        "seconds",
+        "rate",
+        "range",
+        "vs threads"
+    )?;
     if vs_python {
-        print!(" {:>15}", "vs python");
+        out!(" {:>15}", "vs python")?;
     }
-    println!();
+    outln!()?;
     for r in rows {
         let find = |system: &str| {
             rows.iter()
                 .find(|t| t.workload == r.workload && t.system == system)
         };
-        print!(
+        out!(
             "{:<12} {:<25} {:>7} {:>10} {:>9.3} {:>20} {:>15} {:>15}",
             r.workload,
             r.system,
@@ -341,11 +351,11 @@ pub(super) fn print_table(rows: &[Row], vs_python: bool) {
             rate_text(r),
             range_text(r),
             ratio(r, find("threads"))
-        );
+        )?;
         if vs_python {
-            print!(" {:>15}", ratio(r, find("python-mp")));
+            out!(" {:>15}", ratio(r, find("python-mp")))?;
         }
-        println!();
+        outln!()?;
     }
     let mut notes = Vec::new();
     for r in rows {
@@ -360,6 +370,11 @@ pub(super) fn print_table(rows: &[Row], vs_python: bool) {
                     notes.push(format!("respawn: median {:.2} ms, p99 {p99:.2} ms over {} kills, from the SIGKILL to a task answered by the replacement", r.rate, r.items as usize * r.repeats));
                 }
             }
+            ("threads", "bulk") => {
+                if let Some(n) = &r.note {
+                    notes.push(format!("bulk: {n}"));
+                }
+            }
             ("python-mp-spawn", "start") => notes.push(
                 "start: python-mp forks its workers (start method fork), python-mp-spawn starts fresh interpreters (spawn)".into(),
             ),
@@ -367,9 +382,9 @@ pub(super) fn print_table(rows: &[Row], vs_python: bool) {
         }
     }
     if !notes.is_empty() {
-        println!();
+        outln!()?;
         for n in notes {
-            println!("{n}");
+            outln!("{n}")?;
         }
     }
     if let Some(note) = rows.iter().find_map(|r| {
@@ -378,23 +393,30 @@ pub(super) fn print_table(rows: &[Row], vs_python: bool) {
             .flatten()
             .filter(|n| n.contains("pure-Python"))
     }) {
-        println!();
-        println!("python-mp shared_sum: {note}");
+        outln!()?;
+        outln!("python-mp shared_sum: {note}")?;
     }
+    Ok(())
 }
 
-pub(super) fn print_scale_table(rows: &[Row]) {
-    println!(
+pub(super) fn print_scale_table(rows: &[Row]) -> Result<(), CliError> {
+    outln!(
         "{:<12} {:<11} {:>7} {:>20} {:>15} {:>8} {:>10}",
-        "workload", "system", "workers", "rate", "range", "speedup", "efficiency"
-    );
+        "workload",
+        "system",
+        "workers",
+        "rate",
+        "range",
+        "speedup",
+        "efficiency"
+    )?;
     let mut last = "";
     for r in rows {
         if !last.is_empty() && last != r.workload {
-            println!();
+            outln!()?;
         }
         last = r.workload;
-        println!(
+        outln!(
             "{:<12} {:<11} {:>7} {:>20} {:>15} {:>8} {:>10}",
             r.workload,
             r.system,
@@ -404,8 +426,8 @@ pub(super) fn print_scale_table(rows: &[Row]) {
             r.speedup.map_or("-".into(), |s| format!("{s:.2}x")),
             r.efficiency
                 .map_or("-".into(), |e| format!("{:.0}%", e * 100.0))
-        );
+        )?;
     }
-    println!();
-    println!("speedup: rate over the same system's rate with 1 worker; efficiency: speedup / workers (100% = linear)");
+    outln!()?;
+    outln!("speedup: rate over the same system's rate with 1 worker; efficiency: speedup / workers (100% = linear)")
 }

@@ -9,11 +9,17 @@ use super::report::{
 };
 use super::vs_python::{python_baseline, python_request};
 use super::{build_pool, progress, rayon_pool};
+use crate::output::outln;
 use crate::plot::{self, Curve, Panel, Point};
 use crate::topo::Placement;
-use crate::workloads::{corepool_once, threads_once, Inputs, Sample, WORKLOADS};
+use crate::workloads::{
+    corepool_once, threads_once, Inputs, Sample, Workload, THREADS_BULK_NOTE, WORKLOADS,
+};
 use crate::CliError;
 use corepool::Pool;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 fn with_scaling(mut rows: Vec<Row>) -> Vec<Row> {
     let base: Vec<(String, &'static str, f64)> = rows
@@ -34,6 +40,68 @@ fn with_scaling(mut rows: Vec<Row>) -> Vec<Row> {
     rows
 }
 
+/// `--plot`'s file, made ready before the sweep so that a path that cannot
+/// be written fails at once, not after minutes of measuring: a temporary
+/// file in the plot's directory (which proves it exists and is writable),
+/// renamed onto the path once the SVG is in it. Until then an older plot at
+/// the path is left as it was, and dropping this (a failed run) removes the
+/// temporary file.
+struct PlotFile {
+    path: PathBuf,
+    temp: tempfile::NamedTempFile,
+}
+
+impl PlotFile {
+    fn create(path: &Path) -> Result<Self, CliError> {
+        let failed = |reason: String| CliError::Write {
+            path: path.display().to_string(),
+            reason,
+        };
+        if path.is_dir() {
+            return Err(failed("it is a directory".into()));
+        }
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let temp = tempfile::Builder::new()
+            .prefix(".corepool-plot-")
+            .suffix(".svg.tmp")
+            // What `fs::write` would give the file: 0666 less the umask.
+            .permissions(std::fs::Permissions::from_mode(0o666))
+            .tempfile_in(dir)
+            .map_err(|e| {
+                failed(if dir.is_dir() {
+                    // Without the temporary name tempfile adds to it.
+                    let why = std::io::Error::from(e.kind());
+                    format!("cannot create a file in {}: {why}", dir.display())
+                } else {
+                    format!("{} is not a directory", dir.display())
+                })
+            })?;
+        Ok(PlotFile {
+            path: path.to_path_buf(),
+            temp,
+        })
+    }
+
+    fn write(mut self, svg: &str) -> Result<(), CliError> {
+        let failed = |reason: String| CliError::Write {
+            path: self.path.display().to_string(),
+            reason,
+        };
+        self.temp
+            .write_all(svg.as_bytes())
+            .and_then(|()| self.temp.flush())
+            .map_err(|e| failed(e.to_string()))?;
+        let path = self.path.clone();
+        self.temp
+            .persist(&path)
+            .map_err(|e| failed(e.error.to_string()))?;
+        Ok(())
+    }
+}
+
 /// One worker count of a --scale run.
 struct ScaleSlot {
     k: usize,
@@ -50,6 +118,7 @@ struct ScaleSlot {
 const KEEP_ALIVE_WORKERS: usize = 64;
 
 pub(super) fn run_scale(args: &BenchArgs, plan: &Plan) -> Result<(), CliError> {
+    let plot_file = args.plot.as_deref().map(PlotFile::create).transpose()?;
     let counts: Vec<usize> = (1..=plan.max_workers).collect();
     let keep = counts.iter().sum::<usize>() <= KEEP_ALIVE_WORKERS;
     let bar = progress(counts.len() as u64 * plan.selected.len() as u64 * (plan.repeat as u64 + 1));
@@ -125,7 +194,7 @@ pub(super) fn run_scale(args: &BenchArgs, plan: &Plan) -> Result<(), CliError> {
                 slot.k,
                 &slot.threads,
                 env_for(&plan.topo, THREADS_PINNING.into()),
-                None,
+                (w == Workload::Bulk).then(|| THREADS_BULK_NOTE.into()),
             ));
             slot.corepool.clear();
             slot.threads.clear();
@@ -156,25 +225,27 @@ pub(super) fn run_scale(args: &BenchArgs, plan: &Plan) -> Result<(), CliError> {
     let mut rows = with_scaling(rows);
     sort_rows(&mut rows);
     with_ratios(&mut rows);
+    // The plot first: it is a file of its own, kept even if the reader of
+    // the table has gone away. A failure to write it is reported after the
+    // table, which it does not stop.
+    let plotted = plot_file
+        .map(|file| file.write(&plot::svg(&scale_panels(&rows), &plot_title(plan))))
+        .transpose();
     if args.json {
-        print_json(&rows);
+        print_json(&rows)?;
     } else {
         let placement = args.pinning.place(&plan.topo, Some(plan.max_workers))?;
-        print_header(plan, &placement, &args.pinning, py_info.as_ref(), args);
+        print_header(plan, &placement, &args.pinning, py_info.as_ref(), args)?;
         for n in &notes {
-            println!("note: {n}");
+            outln!("note: {n}")?;
         }
-        print_scale_table(&rows);
+        print_scale_table(&rows)?;
     }
+    plotted?;
     if let Some(path) = &args.plot {
-        let svg = plot::svg(&scale_panels(&rows), &plot_title(plan));
-        std::fs::write(path, svg).map_err(|e| CliError::Write {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
         if !args.json {
-            println!();
-            println!("plot: {}", path.display());
+            outln!()?;
+            outln!("plot: {}", path.display())?;
         }
     }
     match py_failure {

@@ -11,7 +11,7 @@ use super::vs_python::{python_baseline, python_request};
 use super::{build_pool, progress, rayon_pool};
 use crate::workloads::{
     corepool_forkserver_once, corepool_once, pair_cpus, pair_pinning, sequential_once,
-    threads_once, threads_spawn_once, Inputs, Sample, Sizes, Workload,
+    threads_once, threads_spawn_once, Inputs, Sample, Sizes, Workload, THREADS_BULK_NOTE,
 };
 use crate::CliError;
 use corepool::Pool;
@@ -195,7 +195,7 @@ pub(super) fn run_suite(args: &BenchArgs, plan: &Plan) -> Result<(), CliError> {
                 row_workers,
                 &s.threads,
                 env_for(&plan.topo, threads_pinning.clone()),
-                None,
+                (w == Workload::Bulk).then(|| THREADS_BULK_NOTE.into()),
             ));
         }
         if !s.threads_spawn.is_empty() {
@@ -242,10 +242,10 @@ pub(super) fn run_suite(args: &BenchArgs, plan: &Plan) -> Result<(), CliError> {
     sort_rows(&mut rows);
     with_ratios(&mut rows);
     if args.json {
-        print_json(&rows);
+        print_json(&rows)?;
     } else {
-        print_header(plan, &placement, &args.pinning, py_info.as_ref(), args);
-        print_table(&rows, plan.python.is_some());
+        print_header(plan, &placement, &args.pinning, py_info.as_ref(), args)?;
+        print_table(&rows, plan.python.is_some())?;
     }
     match py_failure {
         Some(e) => Err(e),

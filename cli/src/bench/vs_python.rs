@@ -3,7 +3,7 @@
 
 use super::args::{BenchArgs, Plan};
 use super::report::{env_for, Row, PYTHON_PINNING};
-use crate::python::{self, Outcome, PyInfo};
+use crate::python::{self, Interpreter, Outcome, PyInfo};
 use crate::topo::Topology;
 use crate::workloads::Workload;
 use crate::CliError;
@@ -13,19 +13,19 @@ use std::time::Duration;
 pub(super) fn python_request(
     plan: &Plan,
     args: &BenchArgs,
-    interpreter: &str,
+    interpreter: &Interpreter,
     workers: usize,
     cpu_loop_tasks: usize,
 ) -> python::Request {
     python::Request {
-        interpreter: interpreter.to_string(),
+        interpreter: interpreter.clone(),
         workers,
         repeat: plan.repeat,
         quick: args.quick,
         only: plan.selected.iter().map(|w| w.name()).collect(),
         size: args.size,
         cpu_loop_tasks,
-        timeout: Duration::from_secs(args.python_timeout.max(1)),
+        timeout: Duration::from_secs(args.python_timeout),
     }
 }
 
@@ -82,8 +82,8 @@ fn python_rows(
         .collect()
 }
 
-/// Runs the Python baseline; `Ok(None)` with a printed message when there is
-/// no interpreter.
+/// Runs the Python baseline; `Ok(None)` with a warning on stderr when there
+/// is no Python (the default `python3` is not installed).
 pub(super) fn python_baseline(
     req: &python::Request,
     topo: &Topology,
@@ -95,7 +95,7 @@ pub(super) fn python_baseline(
     ));
     match python::run(req)? {
         Outcome::Unavailable(msg) => {
-            bar.suspend(|| eprintln!("corepool: {msg}"));
+            bar.suspend(|| crate::output::warn(format_args!("corepool: {msg}")));
             Ok(None)
         }
         Outcome::Rows { info, rows } => {

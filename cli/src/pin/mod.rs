@@ -11,6 +11,7 @@
 mod recommend;
 mod report;
 
+use crate::output::outln;
 use crate::topo::{print_topology, Layout, Placement, Topology};
 use crate::workloads::{corepool_once, Inputs, Sample, Sizes, Workload};
 use crate::CliError;
@@ -55,6 +56,41 @@ pub(crate) struct PinArgs {
     /// Show the topology only; sweep nothing.
     #[arg(long)]
     topology: bool,
+}
+
+/// The workloads `pin` sweeps, as `--help` lists them: work done on the
+/// pool's workers, whose speed depends on where they run. The others time
+/// starting workers (start, respawn), run between two processes of their
+/// own (queue, pipe_rtt) or move 8 MiB arguments (bulk, bulk_shared).
+const SWEPT: [Workload; 5] = [
+    Workload::ApplyAsync,
+    Workload::Map,
+    Workload::Latency,
+    Workload::CpuLoop,
+    Workload::SharedSum,
+];
+
+/// `--workload`, if `pin` sweeps it; otherwise a message naming the ones it
+/// does.
+fn swept_workload(name: &str) -> Result<Workload, CliError> {
+    let choices = "apply_async, map, latency, cpu_loop or shared_sum";
+    let Ok(w) = Workload::parse(name) else {
+        return Err(CliError::usage(format!(
+            "unknown workload `{name}`: choose from {choices}"
+        )));
+    };
+    if SWEPT.contains(&w) {
+        return Ok(w);
+    }
+    let why = match w {
+        Workload::Queue | Workload::PipeRtt => "runs between this process and one child process of its own, not on a pool, so the pool's layout does not change it".to_string(),
+        Workload::Start | Workload::Respawn => format!("times starting workers, not work done on them (`corepool bench --only {} --pinning LAYOUT` times it for one layout)", w.name()),
+        _ => format!("is not one of them (`corepool bench --only {} --pinning LAYOUT` measures it on one layout)", w.name()),
+    };
+    Err(CliError::usage(format!(
+        "pin sweeps one of {choices}; {} {why}",
+        w.name()
+    )))
 }
 
 fn layouts_of(args: &PinArgs) -> Result<Vec<Layout>, CliError> {
@@ -136,19 +172,13 @@ pub(crate) fn run(args: &PinArgs) -> Result<(), CliError> {
     let topo = Topology::read()?;
     if args.topology {
         if args.json {
-            println!("{}", serde_json::to_string(&topo).unwrap_or_default());
+            outln!("{}", serde_json::to_string(&topo).unwrap_or_default())?;
         } else {
-            print_topology(&topo);
+            print_topology(&topo)?;
         }
         return Ok(());
     }
-    let w = Workload::parse(&args.workload)?;
-    if !w.uses_pool() {
-        return Err(CliError::usage(format!(
-            "{} runs between this process and one child process of its own, not on a pool, so the pool's layout does not change it: sweep apply_async, map, latency, cpu_loop or shared_sum",
-            w.name()
-        )));
-    }
+    let w = swept_workload(&args.workload)?;
     let layouts = layouts_of(args)?;
     let repeat = args.repeat.unwrap_or(if args.quick { 3 } else { 5 });
     if repeat == 0 {
@@ -172,15 +202,15 @@ pub(crate) fn run(args: &PinArgs) -> Result<(), CliError> {
         .map(|l| l.place(&topo, args.workers))
         .collect::<Result<_, _>>()?;
     if !args.json {
-        print_topology(&topo);
-        println!();
-        println!(
+        print_topology(&topo)?;
+        outln!()?;
+        outln!(
             "sweep: {} ({}; {}), {n} items per run, {} layouts x {repeat} rounds after 1 warm-up round, interleaved",
             w.name(),
             w.describe(),
             w.unit(),
             layouts.len()
-        );
+        )?;
     }
     let bar = ProgressBar::new((repeat as u64 + 1) * layouts.len() as u64);
     bar.set_style(
@@ -207,9 +237,9 @@ pub(crate) fn run(args: &PinArgs) -> Result<(), CliError> {
     bar.finish_and_clear();
     let report = analyse(&topo, w, n, repeat, &layouts, &placements, &samples);
     if args.json {
-        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+        outln!("{}", serde_json::to_string(&report).unwrap_or_default())?;
     } else {
-        print_report(&report);
+        print_report(&report)?;
     }
     Ok(())
 }
@@ -217,6 +247,31 @@ pub(crate) fn run(args: &PinArgs) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_listed_workloads_are_swept() {
+        for w in SWEPT {
+            assert_eq!(swept_workload(w.name()).unwrap(), w);
+        }
+        for name in [
+            "start",
+            "respawn",
+            "bulk",
+            "bulk_shared",
+            "queue",
+            "pipe_rtt",
+        ] {
+            let err = swept_workload(name).unwrap_err().to_string();
+            assert!(
+                err.contains("apply_async, map, latency, cpu_loop or shared_sum"),
+                "{err}"
+            );
+            assert!(err.contains(name), "{err}");
+        }
+        let err = swept_workload("nope").unwrap_err().to_string();
+        assert!(err.contains("choose from apply_async"), "{err}");
+        assert!(!err.contains("bulk"), "lists only what pin sweeps: {err}");
+    }
 
     #[test]
     fn explicit_lists_go_through_cpus() {

@@ -2,8 +2,10 @@
 //! notes, and the recommendation with the `Pool::builder()` line to use.
 
 use super::recommend::Report;
+use crate::output::outln;
 use crate::stats::range_of;
 use crate::topo::cpu_list;
+use crate::CliError;
 
 fn value_text(v: f64, unit: &str) -> String {
     if unit == "ns" {
@@ -17,12 +19,17 @@ fn value_text(v: f64, unit: &str) -> String {
     }
 }
 
-pub(super) fn print_report(r: &Report) {
-    println!();
-    println!(
+pub(super) fn print_report(r: &Report) -> Result<(), CliError> {
+    outln!()?;
+    outln!(
         "{:<14} {:>7} {:<10} {:>18} {:>18} {:>10}",
-        "layout", "workers", "CPUs", "median", "range", "vs chosen"
-    );
+        "layout",
+        "workers",
+        "CPUs",
+        "median",
+        "range",
+        "vs chosen"
+    )?;
     for l in &r.layouts {
         let cpus = l.cpus.as_ref().map_or("unpinned".to_string(), |c| {
             let mut s = c.clone();
@@ -35,7 +42,7 @@ pub(super) fn print_report(r: &Report) {
         } else {
             format!("{:+.1}%", l.vs_chosen * 100.0)
         };
-        println!(
+        outln!(
             "{:<14} {:>7} {:<10} {:>18} {:>18} {:>10}{}",
             l.layout,
             l.workers,
@@ -46,21 +53,21 @@ pub(super) fn print_report(r: &Report) {
             l.note
                 .as_ref()
                 .map_or(String::new(), |n| format!("  ({n})"))
-        );
+        )?;
     }
-    println!();
-    println!(
+    outln!()?;
+    outln!(
         "vs chosen: each layout's median against the chosen placement's (all runs of its identical layouts together); {}",
         if r.lower_is_better {
             "negative = slower round trips"
         } else {
             "negative = less throughput"
         }
-    );
+    )?;
     for n in &r.notes {
-        println!("note: {n}");
+        outln!("note: {n}")?;
     }
-    println!();
-    println!("recommendation: {}", r.recommendation.summary);
-    println!("  {}", r.recommendation.builder);
+    outln!()?;
+    outln!("recommendation: {}", r.recommendation.summary)?;
+    outln!("  {}", r.recommendation.builder)
 }

@@ -7,6 +7,7 @@ mod layout;
 
 pub(crate) use layout::{Layout, Placement};
 
+use crate::output::outln;
 use crate::CliError;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -268,9 +269,9 @@ pub(crate) fn cpu_list(cpus: &[usize]) -> String {
 }
 
 /// Prints the topology as tables.
-pub(crate) fn print_topology(t: &Topology) {
-    println!("CPU model:  {}", t.model);
-    println!(
+pub(crate) fn print_topology(t: &Topology) -> Result<(), CliError> {
+    outln!("CPU model:  {}", t.model)?;
+    outln!(
         "topology:   {} package(s), {} core(s), {} logical CPU(s){}, {} NUMA node(s)",
         t.packages,
         t.cores,
@@ -281,20 +282,24 @@ pub(crate) fn print_topology(t: &Topology) {
             ", no SMT siblings"
         },
         t.numa_nodes.len().max(1)
-    );
-    println!(
+    )?;
+    outln!(
         "allowed:    {} ({} CPUs on {} core(s))",
         cpu_list(&t.allowed),
         t.allowed.len(),
         t.allowed_cores
-    );
-    println!();
-    println!(
+    )?;
+    outln!()?;
+    outln!(
         "{:>4}  {:>7}  {:>4}  {:>12}  {:>4}  allowed",
-        "cpu", "package", "core", "SMT siblings", "numa"
-    );
+        "cpu",
+        "package",
+        "core",
+        "SMT siblings",
+        "numa"
+    )?;
     for c in &t.cpus {
-        println!(
+        outln!(
             "{:>4}  {:>7}  {:>4}  {:>12}  {:>4}  {}",
             c.id,
             c.package,
@@ -302,31 +307,35 @@ pub(crate) fn print_topology(t: &Topology) {
             c.siblings,
             c.numa_node.map_or("-".into(), |n| n.to_string()),
             if c.allowed { "yes" } else { "no" }
-        );
+        )?;
     }
     if !t.numa_nodes.is_empty() {
-        println!();
+        outln!()?;
         for n in &t.numa_nodes {
-            println!("NUMA node {}: CPUs {}", n.node, cpu_list(&n.cpus));
+            outln!("NUMA node {}: CPUs {}", n.node, cpu_list(&n.cpus))?;
         }
     }
     if !t.caches.is_empty() {
-        println!();
-        println!(
+        outln!()?;
+        outln!(
             "{:<5} {:<12} {:>8} {:>9}  shared by",
-            "cache", "type", "size", "instances"
-        );
+            "cache",
+            "type",
+            "size",
+            "instances"
+        )?;
         for c in &t.caches {
-            println!(
+            outln!(
                 "L{:<4} {:<12} {:>8} {:>9}  {}",
                 c.level,
                 c.kind,
                 c.size,
                 c.instances,
                 c.shared_cpu_lists.join(" | ")
-            );
+            )?;
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]

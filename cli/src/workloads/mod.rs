@@ -11,6 +11,7 @@ mod sequential_runner;
 mod tasks;
 mod threads_runner;
 
+pub(crate) use bulk::THREADS_BULK_NOTE;
 pub(crate) use corepool_runner::{corepool_forkserver_once, corepool_once};
 pub(crate) use pair::{pair_cpus, pair_pinning};
 pub(crate) use sequential_runner::sequential_once;
