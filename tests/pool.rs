@@ -934,6 +934,25 @@ fn lazy_maps_on_a_closed_pool_yield_one_error_and_end() {
         chosen.imap_unordered(square, 0..10u64).collect::<Vec<_>>(),
         [Err(Error::PoolClosed)]
     );
+    // No items change nothing: a closed pool refuses the call, as Python's
+    // does (a user trial's `map` of nothing returned `Ok([])`).
+    assert_eq!(pool.map(square, 0..0u64), Err(Error::PoolClosed));
+    assert!(matches!(
+        pool.map_async(square, 0..0u64),
+        Err(Error::PoolClosed)
+    ));
+    assert_eq!(
+        pool.starmap(|a: u64, b: u64| a + b, Vec::<(u64, u64)>::new()),
+        Err(Error::PoolClosed)
+    );
+    assert_eq!(
+        pool.imap(square, 0..0u64).collect::<Vec<_>>(),
+        [Err(Error::PoolClosed)]
+    );
+    assert_eq!(
+        pool.imap_unordered(square, 0..0u64).collect::<Vec<_>>(),
+        [Err(Error::PoolClosed)]
+    );
     pool.join().unwrap();
 }
 

@@ -163,6 +163,22 @@ impl Shared {
         Ok(())
     }
 
+    /// `Ok` while the pool takes work: [`Error::PoolClosed`] after `close`
+    /// or `terminate`, the pool's fatal error if it has one. A map of no
+    /// items submits nothing, so it asks here first: Python's `map` on a
+    /// closed pool fails whatever its input (a user trial got `Ok([])`).
+    pub(super) fn check_open(&self) -> Result<()> {
+        self.check_owner()?;
+        let core = self.lock();
+        if let Some(e) = &core.fatal {
+            return Err(e.clone());
+        }
+        if !core.open {
+            return Err(Error::PoolClosed);
+        }
+        Ok(())
+    }
+
     /// How long the driver may sleep before a running task's timeout needs
     /// checking (`None`: no deadline, sleep until woken).
     fn until_deadline(&self) -> Option<Duration> {

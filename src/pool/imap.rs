@@ -47,6 +47,7 @@ impl Pool {
             in_flight: VecDeque::new(),
             ready: VecDeque::new(),
             ended: false,
+            asked: false,
             _args: std::marker::PhantomData,
         }
     }
@@ -92,6 +93,7 @@ impl Pool {
         chunksize: usize,
         sink: &Arc<dyn Completion>,
     ) -> Result<usize> {
+        self.shared.check_open()?; // refused even with no items, as `map` is
         let mut chunker = self.chunker(items, Some(chunksize))?;
         let mut tasks = smallvec::SmallVec::new();
         let mut keep = Vec::new();
@@ -207,6 +209,10 @@ pub struct Imap<'p, A, R, I> {
     ready: VecDeque<R>,
     /// After an error or the last result: `next` returns `None` for good.
     ended: bool,
+    /// Whether `next` has asked the pool yet: the first call checks that
+    /// it is open, so that a source of no items on a closed pool is
+    /// refused too, as `map` is.
+    asked: bool,
     _args: std::marker::PhantomData<fn(A)>,
 }
 
@@ -267,10 +273,18 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
             if self.ended {
                 return None;
             }
+            let first = !std::mem::replace(&mut self.asked, true);
             let step = self
                 .pool
                 .shared
                 .check_can_wait()
+                .and_then(|()| {
+                    if first {
+                        self.pool.shared.check_open()
+                    } else {
+                        Ok(())
+                    }
+                })
                 .and_then(|()| self.refill());
             if let Err(e) = step {
                 self.ended = true;

@@ -25,6 +25,7 @@ impl Pool {
         chunksize: Option<usize>,
         callbacks: Callbacks<Vec<R>>,
     ) -> Result<AsyncResult<Vec<R>>> {
+        self.shared.check_open()?;
         let mut chunker = self.chunker(items, chunksize)?;
         let cell = Cell::new(callbacks);
         let collector = MapCollector::<R>::new(chunker.len_hint, cell.clone());
@@ -55,6 +56,7 @@ impl Pool {
     ) -> Result<Vec<R>> {
         // Refused before anything is submitted (see `AsyncResult::get`).
         self.shared.check_can_wait()?;
+        self.shared.check_open()?;
         let mut chunker = self.chunker(items, chunksize)?;
         let cell = Cell::new(Callbacks::new());
         let collector = MapCollector::<R>::new(chunker.len_hint, cell.clone());
