@@ -79,6 +79,18 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     dup_above(std::os::fd::AsFd::as_fd(&fd), 2)
 }
 
+/// `CLOCK_MONOTONIC_COARSE` as time since boot: a few nanoseconds through
+/// the vDSO, at the resolution of the scheduler's tick (1-10 ms). For
+/// timings that may be that coarse on paths hot enough that a precise
+/// clock read would show.
+pub(crate) fn coarse_now() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
+
 /// Reserves `len` bytes of backing store so that a full tmpfs fails here, with an
 /// error, rather than as a SIGBUS on first touch later.
 pub(crate) fn fallocate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {

@@ -534,6 +534,40 @@ fn a_program_with_stdin_closed_builds_pools() {
     assert_eq!(built.unwrap()[99], 9801);
 }
 
+/// Whether process `pid` is stopped (state `T` in `/proc`).
+fn is_stopped(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('T'))
+    })
+}
+
+/// Tasks pushed to a worker that is then stopped (SIGSTOP) before it starts
+/// them go to the idle worker instead of waiting beside it until the
+/// stopped one is continued (a user trial's last one waited 15 s, and would
+/// have for ever without SIGCONT); the stopped worker serves again once
+/// continued.
+fn tasks_are_not_stranded_behind_a_stopped_worker() {
+    let pool = Pool::builder().workers(2).build().unwrap();
+    assert_eq!(pool.map(square, 0..100u64).unwrap()[99], 9801);
+    let stopped = pool.pids()[0];
+    // SAFETY: a signal to our own worker, which the pool still holds.
+    unsafe { libc::kill(stopped, libc::SIGSTOP) };
+    common::eventually("the worker is stopped", || is_stopped(stopped));
+    let handles: Vec<_> = (0..4u64)
+        .map(|x| pool.apply_async(square, x).unwrap())
+        .collect();
+    for (x, h) in (0..4u64).zip(handles) {
+        assert_eq!(h.get_timeout(HUNG), Ok(x * x), "task {x}");
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(stopped, libc::SIGCONT) };
+    for x in 0..20u64 {
+        assert_eq!(pool.apply(square, x).unwrap(), x * x);
+    }
+    assert!(pool.pids().contains(&stopped), "continued, not replaced");
+}
+
 /// Set in the environment of the program that
 /// `a_pool_whose_program_dropped_privileges_ends_anyway` starts.
 const UNKILLABLE_PARENT: &str = "COREPOOL_TEST_UNKILLABLE_PARENT";
@@ -642,5 +676,6 @@ fn main() {
         many_submitters_and_dying_workers_lose_no_task,
         a_program_with_stdin_closed_builds_pools,
         a_pool_whose_program_dropped_privileges_ends_anyway,
+        tasks_are_not_stranded_behind_a_stopped_worker,
     ]);
 }

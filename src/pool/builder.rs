@@ -365,9 +365,8 @@ impl PoolBuilder {
     /// A zero timeout makes `build` fail with [`Error::InvalidConfig`].
     ///
     /// The clock starts when the task runs: a task waiting in the ring of a
-    /// worker that is stopped (SIGSTOP) is not timed; it waits until the
-    /// worker is continued, or until the worker dies and the task is
-    /// requeued, or until a worker that runs out of work takes it.
+    /// worker that is stopped (SIGSTOP) is not timed; while another worker
+    /// is idle it goes to that one after at most 50 ms.
     ///
     /// ```
     /// use corepool::{Error, Pool};

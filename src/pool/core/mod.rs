@@ -121,6 +121,23 @@ pub(super) struct Worker {
     starting_since: Option<Instant>,
     /// When a `Resting` slot is tried again.
     resting_until: Option<Instant>,
+    /// This worker's only task in flight, as balancing last saw it: given
+    /// to an idle worker if this one does not start it in time.
+    lone: Option<LoneTask>,
+    /// The position of a lone task taken back from this worker because it
+    /// did not start it (it is stopped, or starved of CPU): it gets no
+    /// task until it has moved past that record, which proves it runs.
+    stalled_at: Option<u32>,
+}
+
+/// A worker's only task in flight, when balancing first saw it alone, and
+/// whether it was seen started since (then it is never looked at again).
+#[derive(Clone, Copy, Debug)]
+struct LoneTask {
+    id: u64,
+    /// `sys::coarse_now` at the first look.
+    since: Duration,
+    started: bool,
 }
 
 impl Worker {
@@ -162,6 +179,8 @@ impl Worker {
             replacing_since: None,
             starting_since: None,
             resting_until: None,
+            lone: None,
+            stalled_at: None,
         }
     }
 
@@ -205,7 +224,10 @@ impl Worker {
     /// serving: a worker still starting (an initializer that hangs) would
     /// hold them where balancing and timeouts do not look.
     fn accepts_tasks(&self) -> bool {
-        self.phase == Phase::Ready && self.budget_left > 0 && !self.violated
+        self.phase == Phase::Ready
+            && self.budget_left > 0
+            && !self.violated
+            && self.stalled_at.is_none()
     }
 
     /// Resets the slot for a new process. Only once the old one is reaped.
@@ -223,6 +245,8 @@ impl Worker {
         self.violated = false;
         self.pid = 0;
         self.pidfd = None;
+        self.lone = None;
+        self.stalled_at = None;
     }
 }
 
@@ -269,6 +293,13 @@ pub(super) struct Core {
     start_deadline: Option<Instant>,
     /// When the earliest resting slot is to be tried again.
     rest_deadline: Option<Instant>,
+    /// When balancing must look again at a worker's lone task that has not
+    /// started (see `Core::stuck_lone_task`).
+    lone_deadline: Option<Instant>,
+    /// The same moment read from both clocks when the core was made:
+    /// converts a `sys::coarse_now` reading into an `Instant` with no
+    /// precise clock read.
+    epoch: (Instant, Duration),
     /// Tasks submitted and not answered, at most (`usize::MAX`: no bound);
     /// see [`crate::PoolBuilder::max_queued`].
     pub max_queued: usize,
@@ -305,6 +336,8 @@ impl Core {
             start_timeout: policy.start_timeout,
             start_deadline: None,
             rest_deadline: None,
+            lone_deadline: None,
+            epoch: (Instant::now(), crate::sys::coarse_now()),
             max_queued: policy.max_queued,
             stats: Default::default(),
             claimed: Vec::new(),
@@ -315,10 +348,15 @@ impl Core {
     /// When the driver must look again even if nothing wakes it: the
     /// earliest task, start or rest deadline.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        [self.task_deadline, self.start_deadline, self.rest_deadline]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.task_deadline,
+            self.start_deadline,
+            self.rest_deadline,
+            self.lone_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn budget(&self) -> u64 {

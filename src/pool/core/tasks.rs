@@ -3,7 +3,7 @@
 //! worker to an idle one, killing a worker whose task overran its timeout,
 //! and failing the tasks of a worker that broke the protocol.
 
-use super::{Actions, Core, InFlight, Phase};
+use super::{Actions, Core, InFlight, LoneTask, Phase};
 use crate::error::Error;
 use crate::pool::layout::RECORD_SPILLED;
 use crate::pool::sink::Outcome;
@@ -157,6 +157,7 @@ impl Core {
         if self.pending.is_empty() {
             return;
         }
+        self.unstall();
         for w in &mut self.workers {
             w.touched = false;
             w.full = false;
@@ -236,6 +237,7 @@ impl Core {
             .iter()
             .any(|w| w.accepts_tasks() && w.phase == Phase::Ready && w.in_flight.is_empty());
         if !someone_idle {
+            self.lone_deadline = None;
             return;
         }
         let mut best: Option<(usize, usize)> = None; // (worker, not started)
@@ -259,7 +261,13 @@ impl Core {
                 best = Some((i, waiting));
             }
         }
-        let Some((donor, waiting)) = best else { return };
+        let (donor, waiting) = match best {
+            Some(found) => found,
+            None => match self.stuck_lone_task() {
+                Some(donor) => (donor, 1),
+                None => return,
+            },
+        };
         let w = &mut self.workers[donor];
         let ring = w.tasks.memory();
         let mut moved = Vec::new();
@@ -297,6 +305,81 @@ impl Core {
         }
         actions.progress = true;
         self.dispatch(actions);
+    }
+
+    /// A worker holding one task it has not started for
+    /// [`LONE_TASK_PATIENCE`] while another is idle: the worker is stopped
+    /// (SIGSTOP) or starved of CPU, since a serving one starts a task within
+    /// microseconds, and the task goes to the idle one instead of waiting
+    /// for it (a user trial's task waited 15 s beside an idle worker, until
+    /// the stopped one was continued). The donor takes no task until it has
+    /// moved past the one taken back.
+    ///
+    /// Timed with the coarse clock and looked at only once per patience
+    /// period: a blocking `apply` (one busy worker, one idle) pays a few
+    /// nanoseconds a pass, and the record's line is not pulled from the
+    /// worker's core on every pass. Sets `lone_deadline` so that the driver
+    /// looks again even if nothing else wakes it.
+    fn stuck_lone_task(&mut self) -> Option<usize> {
+        let now = crate::sys::coarse_now();
+        let mut next: Option<Duration> = None;
+        let mut stuck = None;
+        for (i, w) in self.workers.iter_mut().enumerate() {
+            let lone = match w.in_flight.front() {
+                Some(f) if w.in_flight.len() == 1 && w.phase == Phase::Ready && !w.violated => f,
+                _ => {
+                    w.lone = None;
+                    continue;
+                }
+            };
+            let seen = match w.lone {
+                Some(seen) if seen.id == lone.task.id => seen,
+                _ => {
+                    w.lone = Some(LoneTask {
+                        id: lone.task.id,
+                        since: now,
+                        started: false,
+                    });
+                    let due = now + LONE_TASK_PATIENCE;
+                    next = Some(next.map_or(due, |n| n.min(due)));
+                    continue;
+                }
+            };
+            if seen.started {
+                continue;
+            }
+            let due = seen.since + LONE_TASK_PATIENCE;
+            if now < due {
+                next = Some(next.map_or(due, |n| n.min(due)));
+                continue;
+            }
+            if stuck.is_none() && is_waiting(&w.tasks.memory(), lone.position) {
+                stuck = Some(i);
+                w.stalled_at = Some(lone.position);
+                w.lone = None;
+            } else {
+                w.lone = Some(LoneTask {
+                    started: true,
+                    ..seen
+                });
+            }
+        }
+        let (epoch, coarse_epoch) = self.epoch;
+        self.lone_deadline = next.map(|n| epoch + n.saturating_sub(coarse_epoch));
+        stuck
+    }
+
+    /// Lets a worker whose lone task was taken back have tasks again once
+    /// it has moved past that record: it runs again (continued, or given
+    /// the CPU back).
+    fn unstall(&mut self) {
+        for w in &mut self.workers {
+            if let Some(position) = w.stalled_at {
+                if w.tasks.memory().is_released(position) {
+                    w.stalled_at = None;
+                }
+            }
+        }
     }
 
     /// Kills a worker whose task has run longer than the task timeout; its
@@ -364,6 +447,10 @@ pub(super) fn is_waiting(ring: &crate::shm::ring::RingMemory, position: u32) -> 
             // Acquire pairs with the worker's AcqRel tag CAS.
             .is_some_and(|tag| tag.load(Ordering::Acquire) == kind::TASK)
 }
+
+/// How long a worker's only task may wait unstarted while another worker
+/// is idle before it is given to the idle one (`Core::stuck_lone_task`).
+const LONE_TASK_PATIENCE: Duration = Duration::from_millis(50);
 
 /// How soon the driver looks again for a task that waited to be taken at its
 /// last look, when tasks have a timeout: the timeout's resolution then.
