@@ -133,12 +133,16 @@ impl Core {
         let Some(limit) = self.start_timeout else {
             return;
         };
-        let now = Instant::now();
+        // The clock is read only if a worker is starting: this runs on every
+        // pass, a waiting caller's helping passes included, where a read
+        // costs a visible share of a round trip on a VM.
+        let mut now: Option<Instant> = None;
         let mut next: Option<Instant> = None;
         for (index, w) in self.workers.iter_mut().enumerate() {
             if w.phase != Phase::Starting {
                 continue;
             }
+            let now = *now.get_or_insert_with(Instant::now);
             // A limit past what an `Instant` holds never expires.
             let Some(deadline) = w.starting_since.and_then(|t| t.checked_add(limit)) else {
                 continue;
@@ -298,11 +302,13 @@ impl Core {
         if self.terminating || self.shutdown_sent {
             return;
         }
-        let now = Instant::now();
+        // Read only if a slot rests (see `check_start_timeouts`).
+        let mut now: Option<Instant> = None;
         for (index, w) in self.workers.iter_mut().enumerate() {
             if w.phase != Phase::Resting {
                 continue;
             }
+            let now = *now.get_or_insert_with(Instant::now);
             match w.resting_until {
                 Some(until) if until > now => {
                     self.rest_deadline = Some(self.rest_deadline.map_or(until, |d| d.min(until)));
