@@ -33,6 +33,10 @@ pub(super) struct MapCollector<R> {
     /// Faulting the output's fresh memory in ahead of the results; stopped
     /// (and its thread joined) before the output is handed over.
     prefault: Mutex<Option<Prefault>>,
+    /// Whether `R` is plain data, asked once here on the caller's thread:
+    /// `Wire::plain` is the user's to override, and [`absorb`](Self::absorb)
+    /// runs under the pool's lock, where a panic of theirs must not land.
+    plain: Option<crate::wire::PlainLayout<R>>,
 }
 
 /// One chunk of a map, as the collector sees it.
@@ -83,6 +87,7 @@ impl<R: Wire> MapCollector<R> {
             out.capacity().saturating_mul(std::mem::size_of::<R>()),
         );
         Arc::new(Self {
+            plain: crate::wire::plain_of::<R>(),
             prefault: Mutex::new(prefault),
             state: Mutex::new(Collected {
                 out,
@@ -271,7 +276,7 @@ impl<R: Wire> Completion for MapCollector<R> {
     /// the result out and reports what is wrong with it. Delivery
     /// (`complete`) then only does the bookkeeping.
     fn absorb(&self, tag: u64, ring: &Consumer, record: &Claimed) -> bool {
-        let Some(plain) = crate::wire::plain_of::<R>() else {
+        let Some(plain) = self.plain else {
             return false;
         };
         // Never wait here, under the pool's lock: whoever holds the

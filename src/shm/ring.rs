@@ -24,7 +24,11 @@
 //! loads it again only then. (With `head` and `tail` packed in one word that
 //! both sides CASed, the side polling the word lost its line on every claim
 //! and every publish.) `head` is written for monitors only
-//! ([`RingMemory::has_unclaimed`]).
+//! ([`RingMemory::has_unclaimed`]): the parent's driver asks it whether a
+//! worker's results wait before it sleeps. A hostile worker can write
+//! its result ring's `head` to make that answer "yes" for ever, which keeps
+//! the driver passing (CPU spent, nothing taken or lost: the passes claim
+//! through the parent's private position and find nothing).
 //!
 //! Each record's `kind` is also an atomic word, an *ownership tag*: the
 //! protocol above the ring lets the producer take back a record the consumer

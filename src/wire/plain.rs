@@ -60,16 +60,21 @@ impl<T> PlainLayout<T> {
         max: usize,
     ) -> usize {
         let size = size_of::<T>();
-        let Some(bytes) = max.checked_mul(size) else {
-            return 0; // cannot be: `max` values of a chunk are in memory
-        };
-        out.reserve(bytes);
+        let mut items = items.take(max);
+        // Room for the values known to come (all of them for a slice or a
+        // range), never for `max` on trust: a chunk size far above the
+        // items there must not reserve gigabytes (found in review).
+        let known = items.size_hint().0;
+        out.reserve(known.saturating_mul(size));
         let start = out.len();
         let base = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
         let mut written = 0usize;
-        for item in items.take(max) {
-            // SAFETY: `reserve` made room for `max * size` bytes after
-            // `start`, and `written < max`, so the `size` bytes at
+        // The values known to come, in the room reserved for them: the
+        // tight loop (a vectorised copy for a slice's items). At most
+        // `known` are taken, whatever the iterator then yields.
+        for item in items.by_ref().take(known) {
+            // SAFETY: `reserve` made room for `known * size` bytes after
+            // `start`, and `written < known`, so the `size` bytes at
             // `written * size` are inside it; unaligned, hence
             // `write_unaligned`.
             unsafe { base.add(written * size).cast::<T>().write_unaligned(item) };
@@ -79,6 +84,26 @@ impl<T> PlainLayout<T> {
         // were written just above, each as a whole `T`, which has no padding
         // (the proof), so every one of those bytes is initialised.
         unsafe { out.set_len(start + written * size) };
+        // Any more (an iterator that did not know its length), growing as
+        // they come.
+        for item in items {
+            if out.capacity() - out.len() < size {
+                out.reserve(size); // amortised: it doubles
+            }
+            let at = out.len();
+            // SAFETY: the spare capacity holds at least `size` bytes
+            // (ensured just above); unaligned, hence `write_unaligned`.
+            // Those bytes are then initialised, written as a whole `T`
+            // without padding (the proof), so the length may cover them.
+            unsafe {
+                out.spare_capacity_mut()
+                    .as_mut_ptr()
+                    .cast::<T>()
+                    .write_unaligned(item);
+                out.set_len(at + size);
+            }
+            written += 1;
+        }
         written
     }
 
@@ -158,6 +183,28 @@ impl<T> PlainLayout<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chunk_size_far_above_the_items_reserves_only_for_the_items() {
+        // Found in review: room for `max` values was reserved on trust, so
+        // a huge chunk size over a few large values reserved gigabytes (and
+        // a `max` whose bytes overflow ended the chunk with nothing).
+        let plain = PlainLayout::<[u8; 4096]>::of();
+        let mut out = Vec::new();
+        let items = (0..3u8).map(|i| [i; 4096]);
+        assert_eq!(plain.extend_bytes(&mut out, items, usize::MAX / 2), 3);
+        assert_eq!(out.len(), 3 * 4096);
+        assert!(out.capacity() < 1 << 20, "{}", out.capacity());
+        assert_eq!(out[2 * 4096], 2);
+        // An iterator that does not know its length grows as it goes.
+        let mut out = Vec::new();
+        let unknown = (0..1000u32).filter(|_| true);
+        assert_eq!(
+            PlainLayout::<u32>::of().extend_bytes(&mut out, unknown, 10_000),
+            1000
+        );
+        assert_eq!(&out[4 * 999..], &999u32.to_ne_bytes());
+    }
 
     #[test]
     fn bytes_round_trip_through_the_proof() {
