@@ -17,7 +17,7 @@ use std::io;
 /// fn main() -> corepool::Result<()> {
 ///     corepool::init();
 ///     let p = Process::start(forever, 0)?;
-///     p.kill();
+///     p.kill()?;
 ///     assert!(p.join_timeout(std::time::Duration::from_secs(30)));
 ///     assert_eq!(p.exit_code(), Some(ExitCause::Signal(9)));
 ///     assert!(ExitCause::Signal(9).to_string().contains("SIGKILL"));
@@ -258,7 +258,7 @@ pub enum Error {
     /// let io = err.source().and_then(|s| s.downcast_ref::<std::io::Error>()).unwrap();
     /// assert_eq!(io.raw_os_error(), Some(3)); // ESRCH: no such process
     /// ```
-    #[error("{op} failed: {source}; {}", os_advice(.source))]
+    #[error("{op} failed: {source}; {}", os_advice(op, .source))]
     Os {
         /// The call.
         op: &'static str,
@@ -344,8 +344,9 @@ const DECODE_ADVICE: &str = "; if the value's own `Wire::decode` refused it, see
 /// What to do about a failed system call, by the kernel's answer: a limit
 /// needs other advice than a missing file or a refused permission does (a
 /// user trial was told to check `ulimit` about a file that did not exist).
-fn os_advice(err: &io::Error) -> &'static str {
+fn os_advice(op: &str, err: &io::Error) -> &'static str {
     match err.raw_os_error() {
+        Some(libc::EPERM) if op.starts_with("kill") => "the process runs with credentials this program no longer has (it dropped them since starting it, or the process changed its own): signal it from a process with those privileges",
         Some(libc::EMFILE) => "this process has too many descriptors open: close some, or raise its limit (`ulimit -n`, RLIMIT_NOFILE)",
         Some(libc::ENFILE) => "the system's file table is full: close descriptors elsewhere, or raise `fs.file-max`",
         Some(libc::EAGAIN) => "a resource limit is reached (processes: `ulimit -u`, the cgroup's `pids.max`; or memory): retry later, or raise it",

@@ -561,18 +561,24 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 }
 
 /// Sends `signal` through a pidfd: never reaches a process that merely
-/// reused the pid. ESRCH (already exited) is not an error.
+/// reused the pid. ESRCH (already exited and reaped) is not an error, as
+/// for `std::process::Child::kill`: the signal's purpose is served.
 ///
-/// Returns false only when the kernel refused for lack of permission
-/// (EPERM): the program changed its credentials since it started that
-/// process (it dropped root, say), or the process changed its own. Such a
-/// process cannot be killed by us at all, and whoever would wait for its
-/// death must not. Every other answer returns true.
+/// The one error in practice is EPERM: the program changed its
+/// credentials since it started that process (it dropped root, say), or
+/// the process changed its own. Such a process cannot be signalled by us
+/// at all, and whoever would wait for its death must not.
+pub(crate) fn pidfd_signal(pidfd: BorrowedFd<'_>, signal: Signal) -> io::Result<()> {
+    match rustix::process::pidfd_send_signal(pidfd, signal) {
+        Ok(()) | Err(Errno::SRCH) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// [`pidfd_signal`] for the engine's own kills: false only when the kernel
+/// refused for lack of permission (EPERM), true for every other answer.
 pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: Signal) -> bool {
-    !matches!(
-        rustix::process::pidfd_send_signal(pidfd, signal),
-        Err(Errno::PERM)
-    )
+    !matches!(pidfd_signal(pidfd, signal), Err(err) if err.raw_os_error() == Some(libc::EPERM))
 }
 
 /// An `eventfd` used to wake a thread blocked in [`poll_readable`].

@@ -169,7 +169,7 @@ fn a_process_killed_while_waited_on_is_ready() {
     let q = Queue::<u64>::new(4).unwrap();
     std::thread::scope(|s| {
         let waiter = s.spawn(|| wait(&[&q as &dyn Waitable, &p], None));
-        p.kill();
+        p.kill().unwrap();
         assert_eq!(waiter.join().unwrap(), [1]);
     });
     assert!(!p.is_alive());

@@ -222,7 +222,7 @@ fn a_dead_peer_ends_blocked_calls() {
     let (mine, theirs) = Pipe::duplex::<u64>().unwrap();
     let child = Process::start(hold_forever, theirs).unwrap();
     let killer = std::thread::spawn(move || {
-        child.kill();
+        child.kill().unwrap();
         child.join_timeout(Duration::from_secs(30))
     });
     assert!(
@@ -235,7 +235,7 @@ fn a_dead_peer_ends_blocked_calls() {
     let (mine, theirs) = Pipe::with_capacity::<u64>(2, 64, true).unwrap();
     let child = Process::start(hold_forever, theirs).unwrap();
     let killer = std::thread::spawn(move || {
-        child.kill();
+        child.kill().unwrap();
         child.join_timeout(Duration::from_secs(30))
     });
     let mut result = Ok(());
@@ -251,7 +251,7 @@ fn a_dead_peer_ends_blocked_calls() {
     // A peer known dead is the end of the stream even for a zero timeout.
     let (mine, theirs) = Pipe::duplex::<u64>().unwrap();
     let child = Process::start(hold_forever, theirs).unwrap();
-    child.kill();
+    child.kill().unwrap();
     assert!(child.join_timeout(Duration::from_secs(30)));
     assert!(matches!(
         mine.recv_timeout(Duration::ZERO),
@@ -263,7 +263,7 @@ fn a_dead_peer_ends_blocked_calls() {
     let (mine, theirs) = Pipe::duplex::<u64>().unwrap();
     let child = Process::start(hold_forever, theirs).unwrap();
     assert_eq!(mine.try_recv().unwrap(), None, "alive, nothing sent");
-    child.kill();
+    child.kill().unwrap();
     assert!(child.join_timeout(Duration::from_secs(30)));
     let end = loop {
         match mine.try_recv() {
@@ -347,7 +347,7 @@ fn poll_returns_when_the_peer_process_dies() {
     assert!(!mine.poll(Duration::ZERO).unwrap(), "alive and silent");
     assert_eq!(mine.try_recv().unwrap(), None, "alive and silent");
     let killer = std::thread::spawn(move || {
-        child.kill();
+        child.kill().unwrap();
         child.join_timeout(Duration::from_secs(30))
     });
     // No deadline: only the peer's death can end this wait.

@@ -135,7 +135,7 @@ fn objects_in_tasks_that_never_run_are_let_go() {
     // A process that dies before decoding its argument.
     let q = Queue::<SharedArray<u64>>::new(1).unwrap();
     let p = Process::start(hold_queue, q.clone()).unwrap();
-    p.kill();
+    p.kill().unwrap();
     let _ = p.join();
     drop(q);
     assert_eq!(corepool::testing::lingering_objects(), 0);

@@ -179,7 +179,7 @@ fn a_stopped_then_killed_holder_is_repaired() {
     let q = Queue::<u64>::new(4).unwrap();
     let holder = Process::start(put_42_stopping_mid_put, q.clone()).unwrap();
     common::eventually("the producer stopped mid-put", || is_stopped(holder.pid()));
-    holder.kill();
+    holder.kill().unwrap();
     assert!(holder.join().is_err());
     // Dead (and reaped): its slot is skipped, the queue goes on.
     q.put(&7).unwrap();

@@ -62,7 +62,7 @@ fn exit_codes_and_signals() {
     let killed = Process::start(spin_forever, 0).unwrap();
     assert!(killed.is_alive());
     assert!(!killed.join_timeout(Duration::from_millis(1)));
-    killed.kill();
+    killed.kill().unwrap();
     assert!(killed.join_timeout(Duration::from_secs(30)));
     assert_eq!(killed.exit_code(), Some(ExitCause::Signal(libc::SIGKILL)));
     assert!(matches!(
@@ -74,7 +74,7 @@ fn exit_codes_and_signals() {
     ));
 
     let terminated = Process::start(spin_forever, 0).unwrap();
-    terminated.terminate();
+    terminated.terminate().unwrap();
     assert!(terminated.join_timeout(Duration::from_secs(30)));
     assert_eq!(
         terminated.exit_code(),
@@ -170,7 +170,7 @@ fn a_pool_and_processes_reap_only_their_own() {
 
     // The process's end is the process thread's to record, however many
     // workers come and go.
-    spinning.kill();
+    spinning.kill().unwrap();
     assert!(spinning.join_timeout(Duration::from_secs(30)));
     assert_eq!(spinning.exit_code(), Some(ExitCause::Signal(libc::SIGKILL)));
     assert_eq!(pool.apply(double, 6).unwrap(), 12);
@@ -283,7 +283,93 @@ fn a_daemon_that_cannot_start_leaves_no_pid_file() {
     assert!(!existed);
 }
 
+/// Set in the environment of the program that
+/// `a_process_the_program_can_no_longer_signal_says_so` starts.
+const DROPPED_PRIVILEGES: &str = "COREPOOL_TEST_DROPPED_PRIVILEGES";
+
+/// The program of `a_process_the_program_can_no_longer_signal_says_so`:
+/// starts a never-ending process as root, becomes `nobody`, then prints
+/// the child's pid and what `kill` and `terminate` answered.
+fn dropped_privileges() -> ! {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    // The child outlives this program holding its standard streams: give
+    // it /dev/null, so that the test's reader of our stdout sees its end
+    // when we exit, and keep our stdout for the answer.
+    // SAFETY: descriptor calls on our own standard streams; `answer` takes
+    // the one fresh close-on-exec copy, owned by nothing else.
+    let mut answer = unsafe {
+        let copy = libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3);
+        assert!(copy >= 0, "F_DUPFD_CLOEXEC");
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        assert!(null >= 0 && libc::dup2(null, 1) == 1 && libc::dup2(null, 2) == 2);
+        libc::close(null);
+        std::fs::File::from_raw_fd(copy)
+    };
+    corepool::init();
+    let p = Process::start(spin_forever, 0).unwrap();
+    // SAFETY: plain system calls with integer arguments; glibc applies them
+    // to every thread of the process.
+    let dropped = unsafe {
+        libc::setresgid(65534, 65534, 65534) == 0 && libc::setresuid(65534, 65534, 65534) == 0
+    };
+    assert!(dropped, "setresuid: {}", std::io::Error::last_os_error());
+    let refused = |r: corepool::Result<()>| match r {
+        Err(Error::Os { source, .. }) => source.raw_os_error() == Some(libc::EPERM),
+        _ => false,
+    };
+    let kill = p.kill();
+    let message = kill
+        .as_ref()
+        .map_err(|e| e.to_string())
+        .err()
+        .unwrap_or_default();
+    let answers = (refused(kill), refused(p.terminate()), p.is_alive());
+    writeln!(answer, "{} {answers:?}", p.pid()).unwrap();
+    writeln!(answer, "{message}").unwrap();
+    std::process::exit(0);
+}
+
+/// A program that dropped its privileges after starting a `Process` can no
+/// longer signal it: `kill` and `terminate` used to return as if they had,
+/// and a `join` after them waited for ever. They now say the kernel
+/// refused, with advice (the child is ended by the test, as root).
+fn a_process_the_program_can_no_longer_signal_says_so() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: dropping privileges needs root");
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let mut command = std::process::Command::new(exe);
+    command.env(DROPPED_PRIVILEGES, "1");
+    let output = common::output_within(&mut command, Duration::from_secs(60));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let child: i32 = match text.split_whitespace().next().and_then(|p| p.parse().ok()) {
+        Some(pid) => pid,
+        None => panic!(
+            "no output: {text:?}; stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    };
+    // End the stray child before any assertion can fail.
+    // SAFETY: a signal to a pid the program just printed; we are root.
+    unsafe { libc::kill(child, libc::SIGKILL) };
+    common::eventually("the unkillable child is gone", || common::is_gone(child));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0].split_once(' ').unwrap().1,
+        "(true, true, true)",
+        "{text}"
+    );
+    assert!(lines[1].contains("credentials"), "advice: {text}");
+    assert!(output.status.success(), "{output:?}");
+}
+
 fn main() {
+    if std::env::var_os(DROPPED_PRIVILEGES).is_some() {
+        dropped_privileges();
+    }
     if let Some(pid_file) = std::env::var_os(FAILING_DAEMON) {
         failing_daemon(pid_file);
     }
@@ -310,5 +396,6 @@ fn main() {
         processes_die_with_a_sigkilled_parent,
         children_of_a_program_that_ignores_sigchld,
         a_daemon_that_cannot_start_leaves_no_pid_file,
+        a_process_the_program_can_no_longer_signal_says_so,
     ]);
 }

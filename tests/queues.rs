@@ -108,7 +108,7 @@ fn a_producer_killed_right_after_growing_loses_nothing() {
     let n = 256 + 512 + 1;
     let child = Process::start(put_then_wait, (q.clone(), n, ready.clone())).unwrap();
     assert_eq!(ready.get_timeout(Duration::from_secs(60)).unwrap(), n);
-    child.kill();
+    child.kill().unwrap();
     assert!(child.join().is_err(), "killed");
     for i in 0..n {
         assert_eq!(q.get().unwrap(), i);

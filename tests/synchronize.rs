@@ -91,7 +91,7 @@ fn a_killed_holders_lock_goes_to_the_next_owner_who_is_told() {
     .unwrap();
     assert!(held.wait_timeout(LONG), "the child took the lock");
     assert!(lock.try_acquire().is_none(), "a live holder keeps it");
-    child.kill();
+    child.kill().unwrap();
     assert!(child.join().is_err());
     let guard = lock.acquire_timeout(LONG).unwrap();
     assert!(guard.previous_holder_died());
@@ -105,7 +105,7 @@ fn a_killed_holders_lock_goes_to_the_next_owner_who_is_told() {
     )
     .unwrap();
     assert!(held.wait_timeout(LONG));
-    child.kill();
+    child.kill().unwrap();
     assert!(child.join().is_err());
     let guard = rlock.acquire_timeout(LONG).unwrap();
     assert!(
@@ -169,7 +169,7 @@ fn a_party_killed_at_the_barrier_breaks_it_for_the_others() {
     let survivor = Process::start(party, b.clone()).unwrap();
     let victim = Process::start(party, b.clone()).unwrap();
     common::eventually("both parties wait at the barrier", || b.n_waiting() == 2);
-    victim.kill();
+    victim.kill().unwrap();
     assert!(victim.join().is_err());
     assert_eq!(survivor.join().unwrap(), 1, "broken, not hung");
     assert!(b.broken());

@@ -140,7 +140,7 @@ fn an_end_held_by_a_reaped_child_is_closed_without_its_start_time() {
     // holder whose pid another process reused would look alive for ever.
     corepool::testing::forget_peer_tag(&mine);
     assert!(!corepool::testing::peer_is_closed(&mine));
-    child.kill();
+    child.kill().unwrap();
     assert!(child.join().is_err(), "killed");
     // Its parent knows for certain that it died: the end it held was closed
     // on its behalf when it was reaped, before `join` saw it end, without

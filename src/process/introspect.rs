@@ -61,7 +61,7 @@ pub(super) fn register(pid: i32, name: &str, cpu: Option<usize>, exit: Arc<Exit>
 ///     assert!(done.join_timeout(Duration::from_secs(60)));
 ///     let names: Vec<String> = corepool::active_children().into_iter().map(|c| c.name).collect();
 ///     assert_eq!(names, ["spinner"]);
-///     running.kill();
+///     running.kill()?;
 ///     assert!(running.join_timeout(Duration::from_secs(60)));
 ///     assert!(corepool::active_children().is_empty());
 ///     Ok(())

@@ -56,7 +56,7 @@ pub(crate) const PROCESS_ENV: &str = "COREPOOL_PROCESS";
 ///
 ///     let stuck = Process::start(|_: u64| -> u64 { loop { std::hint::spin_loop() } }, 0).unwrap();
 ///     assert!(stuck.is_alive());
-///     stuck.kill();
+///     stuck.kill().unwrap();
 ///     assert!(stuck.join_timeout(std::time::Duration::from_secs(10)));
 ///     assert_eq!(stuck.exit_code(), Some(ExitCause::Signal(9)));
 ///     assert!(matches!(stuck.join(), Err(Error::WorkerDied { .. })));
@@ -178,7 +178,7 @@ impl<R: Wire> Process<R> {
     ///     let p = corepool::Process::start(spin, 0)?;
     ///     assert_ne!(p.pid(), std::process::id() as i32);
     ///     assert!(std::path::Path::new(&format!("/proc/{}", p.pid())).exists());
-    ///     p.kill();
+    ///     p.kill()?;
     ///     assert!(p.join_timeout(Duration::from_secs(10)));
     ///     Ok(())
     /// }
@@ -220,7 +220,7 @@ impl<R: Wire> Process<R> {
     ///     corepool::init();
     ///     let p = corepool::Process::start(spin, 0)?;
     ///     assert!(p.is_alive());
-    ///     p.kill();
+    ///     p.kill()?;
     ///     assert!(p.join_timeout(Duration::from_secs(10)));
     ///     assert!(!p.is_alive());
     ///     Ok(())
@@ -258,6 +258,12 @@ impl<R: Wire> Process<R> {
 
     /// Sends SIGTERM (Python's `terminate`).
     ///
+    /// A process that has already ended counts as signalled. The error
+    /// [`Error::Os`] means the kernel refused (EPERM): this program changed
+    /// its credentials since it started the process (it dropped root, say),
+    /// or the process changed its own; nothing else can stop it then, so do
+    /// not [`join`](Self::join) it without a timeout.
+    ///
     /// ```
     /// use corepool::{ExitCause, Process};
     /// use std::time::Duration;
@@ -271,17 +277,18 @@ impl<R: Wire> Process<R> {
     /// fn main() -> corepool::Result<()> {
     ///     corepool::init();
     ///     let p = Process::start(spin, 0)?;
-    ///     p.terminate();
+    ///     p.terminate()?;
     ///     assert!(p.join_timeout(Duration::from_secs(10)));
     ///     assert_eq!(p.exit_code(), Some(ExitCause::Signal(15)));
     ///     Ok(())
     /// }
     /// ```
-    pub fn terminate(&self) {
-        sys::pidfd_send_signal(self.pidfd.as_fd(), crate::sys::Signal::TERM);
+    pub fn terminate(&self) -> Result<()> {
+        self.signal(crate::sys::Signal::TERM, "kill (SIGTERM)")
     }
 
-    /// Sends SIGKILL (Python's `kill`).
+    /// Sends SIGKILL (Python's `kill`). Errors as for
+    /// [`terminate`](Self::terminate).
     ///
     /// ```
     /// use corepool::{Error, ExitCause, Process};
@@ -296,15 +303,21 @@ impl<R: Wire> Process<R> {
     /// fn main() -> corepool::Result<()> {
     ///     corepool::init();
     ///     let p = Process::start(spin, 0)?;
-    ///     p.kill();
+    ///     p.kill()?;
     ///     assert!(p.join_timeout(Duration::from_secs(10)));
     ///     assert_eq!(p.exit_code(), Some(ExitCause::Signal(9)));
     ///     assert!(matches!(p.join(), Err(Error::WorkerDied { .. })));
     ///     Ok(())
     /// }
     /// ```
-    pub fn kill(&self) {
-        sys::pidfd_send_signal(self.pidfd.as_fd(), crate::sys::Signal::KILL);
+    pub fn kill(&self) -> Result<()> {
+        self.signal(crate::sys::Signal::KILL, "kill (SIGKILL)")
+    }
+
+    /// Sends `signal` (`op` names it in an error). A process that has
+    /// already ended counts as signalled, as for `std`'s `Child::kill`.
+    fn signal(&self, signal: crate::sys::Signal, op: &'static str) -> Result<()> {
+        sys::pidfd_signal(self.pidfd.as_fd(), signal).map_err(|source| Error::Os { op, source })
     }
 
     /// Waits at most `timeout` for it to end; returns whether it has
@@ -326,7 +339,7 @@ impl<R: Wire> Process<R> {
     ///     corepool::init();
     ///     let p = corepool::Process::start(spin, 0)?;
     ///     assert!(!p.join_timeout(Duration::from_millis(10))); // still spinning
-    ///     p.kill();
+    ///     p.kill()?;
     ///     assert!(p.join_timeout(Duration::from_secs(10)));
     ///     Ok(())
     /// }
