@@ -60,7 +60,18 @@ impl fmt::Debug for RawTask {
 }
 
 impl RawTask {
-    /// `f` on one argument (what `apply` sends).
+    /// `f` on one argument (what `apply` sends). The same function gives
+    /// the same bits; different functions (or the same one through another
+    /// kind) different bits:
+    ///
+    /// ```
+    /// use corepool::RawTask;
+    /// fn square(x: u64) -> u64 { x * x }
+    /// fn cube(x: u64) -> u64 { x * x * x }
+    /// assert_eq!(RawTask::one(square), RawTask::one(square));
+    /// assert_ne!(RawTask::one(square), RawTask::one(cube));
+    /// assert_ne!(RawTask::one(square), RawTask::chunk(square));
+    /// ```
     pub fn one<F, A, R>(f: F) -> Self
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
@@ -76,6 +87,23 @@ impl RawTask {
 
     /// `f` on every item of an encoded `Vec<A>`, giving a `Vec<R>` (a
     /// chunk of `map`).
+    ///
+    /// ```
+    /// use corepool::{Encoder, Pool, RawTask, Wire};
+    ///
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     let pool = Pool::new(1)?;
+    ///     let mut arg = Encoder::new();
+    ///     vec![1u64, 2, 3].encode(&mut arg);
+    ///     let (tx, rx) = std::sync::mpsc::channel();
+    ///     pool.submit_raw(RawTask::chunk(square), arg.finish()?, move |r| tx.send(r).unwrap())?;
+    ///     let bytes = rx.recv().unwrap()?;
+    ///     assert_eq!(Vec::<u64>::decode(&mut bytes.as_slice())?, [1, 4, 9]);
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn chunk<F, A, R>(f: F) -> Self
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
@@ -91,6 +119,23 @@ impl RawTask {
 
     /// `f(*t)` for every tuple `t` of an encoded `Vec<T>`, giving a `Vec<R>`
     /// (a chunk of `starmap`).
+    ///
+    /// ```
+    /// use corepool::{Encoder, Pool, RawTask, Wire};
+    ///
+    /// fn add(a: u64, b: u64) -> u64 { a + b }
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     let pool = Pool::new(1)?;
+    ///     let mut arg = Encoder::new();
+    ///     vec![(1u64, 2u64), (10, 20)].encode(&mut arg);
+    ///     let (tx, rx) = std::sync::mpsc::channel();
+    ///     pool.submit_raw(RawTask::star_chunk(add), arg.finish()?, move |r| tx.send(r).unwrap())?;
+    ///     let bytes = rx.recv().unwrap()?;
+    ///     assert_eq!(Vec::<u64>::decode(&mut bytes.as_slice())?, [3, 30]);
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn star_chunk<F, T, R>(f: F) -> Self
     where
         F: StarFn<T, R>,
@@ -106,6 +151,14 @@ impl RawTask {
 
     /// The portable name: meaningful only to a process running the very same
     /// executable.
+    ///
+    /// ```
+    /// use corepool::RawTask;
+    /// fn square(x: u64) -> u64 { x * x }
+    /// let bits = RawTask::one(square).to_bits();
+    /// // SAFETY: the bits come from `to_bits` in this very executable.
+    /// assert_eq!(unsafe { RawTask::from_bits(bits) }, RawTask::one(square));
+    /// ```
     pub fn to_bits(self) -> i64 {
         self.offset
     }
@@ -153,7 +206,23 @@ impl Pool {
     /// `done` runs in this process on the thread that delivers results (the
     /// pool's driver, or a caller waiting on the pool), as a callback does:
     /// it must not wait on this pool. The worker decodes `arg` as untrusted
-    /// input. See [`RawTask`] for an example.
+    /// input.
+    ///
+    /// ```
+    /// use corepool::{Encoder, Error, Pool, RawTask, Wire};
+    ///
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     let pool = Pool::new(1)?;
+    ///     let (tx, rx) = std::sync::mpsc::channel();
+    ///     // Three bytes are no `u64`: the worker refuses them, the pool lives on.
+    ///     pool.submit_raw(RawTask::one(square), vec![1, 2, 3], move |r| tx.send(r).unwrap())?;
+    ///     assert!(matches!(rx.recv().unwrap(), Err(Error::Decode { .. })));
+    ///     assert_eq!(pool.apply(square, 3)?, 9);
+    ///     Ok(())
+    /// }
+    /// ```
     ///
     /// # Errors
     ///
@@ -198,6 +267,17 @@ impl Pool {
 
     /// Makes the calling thread collect this pool's results itself, for as
     /// long as the [`Collector`] lives: see there.
+    ///
+    /// ```
+    /// fn main() -> corepool::Result<()> {
+    ///     let pool = corepool::Pool::new(1)?;
+    ///     let collector = pool.collector();
+    ///     collector.collect(); // nothing submitted: nothing to deliver
+    ///     drop(collector); // before waiting on the pool: the driver takes over
+    ///     assert_eq!(pool.apply(|x: u64| x + 1, 1)?, 2);
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn collector(&self) -> Collector<'_> {
         Collector {
             pool: self,
@@ -261,7 +341,7 @@ impl Collector<'_> {
     /// Collects the results the workers have finished, delivers them on
     /// this thread, and hands queued tasks to free workers; never blocks
     /// (if another thread is doing the same this instant, it does nothing).
-    /// Returns whether anything happened.
+    /// Returns whether anything happened. See [`Collector`] for an example.
     pub fn collect(&self) -> bool {
         self.pool.shared.try_drive()
     }
@@ -289,6 +369,12 @@ impl<T> Callbacks<T> {
     }
 
     /// Whether any callback is set.
+    ///
+    /// ```
+    /// use corepool::Callbacks;
+    /// assert!(Callbacks::<u64>::new().is_empty());
+    /// assert!(!Callbacks::<u64>::new().on_error(|e| eprintln!("{e}")).is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.ok.is_none() && self.err.is_none()
     }

@@ -99,6 +99,10 @@ impl Barrier {
     }
 
     /// The number of parties it waits for.
+    ///
+    /// ```
+    /// assert_eq!(corepool::Barrier::new(3).unwrap().parties(), 3);
+    /// ```
     pub fn parties(&self) -> u32 {
         self.parties
     }
@@ -153,6 +157,25 @@ impl Barrier {
     /// # Errors
     ///
     /// [`Error::BrokenBarrier`] when it is (or becomes) broken.
+    ///
+    /// ```
+    /// use corepool::{Barrier, Process};
+    ///
+    /// fn meet(barrier: Barrier) -> u32 {
+    ///     barrier.wait().unwrap()
+    /// }
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let barrier = Barrier::new(2)?;
+    ///     let other = Process::start(meet, barrier.clone())?;
+    ///     let mine = barrier.wait()?;
+    ///     let mut indices = [mine, other.join()?];
+    ///     indices.sort();
+    ///     assert_eq!(indices, [0, 1]); // each party another index
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn wait(&self) -> Result<u32> {
         self.wait_until(None)
     }

@@ -57,6 +57,24 @@ pub struct Condition {
 
 /// The [`Lock`] of a [`Condition`], held: wait and notify through it.
 /// Released when dropped.
+///
+/// ```
+/// use corepool::{Condition, Value};
+///
+/// let ready = Value::new(0u32).unwrap();
+/// let c = Condition::new().unwrap();
+/// std::thread::scope(|s| {
+///     s.spawn(|| {
+///         let mut held = c.acquire().unwrap();
+///         ready.set(1);
+///         held.notify_all();
+///     });
+///     let mut held = c.acquire().unwrap();
+///     while ready.get() == 0 {
+///         held.wait();
+///     }
+/// });
+/// ```
 #[derive(Debug)]
 #[must_use = "the lock is released as soon as the guard drops"]
 pub struct ConditionGuard<'a> {
@@ -101,6 +119,13 @@ impl Condition {
     }
 
     /// The lock this condition waits with.
+    ///
+    /// ```
+    /// let c = corepool::Condition::new().unwrap();
+    /// let held = c.acquire().unwrap();
+    /// assert!(c.lock().try_acquire().is_none()); // taking the condition took its lock
+    /// drop(held);
+    /// ```
     pub fn lock(&self) -> &Lock {
         &self.lock
     }
@@ -117,6 +142,12 @@ impl Condition {
     }
 
     /// Takes the lock, as [`Lock::acquire`].
+    ///
+    /// ```
+    /// let c = corepool::Condition::new().unwrap();
+    /// let mut held = c.acquire().unwrap();
+    /// held.notify(); // nobody waits: nothing happens
+    /// ```
     ///
     /// # Errors
     ///
@@ -143,6 +174,11 @@ impl Condition {
 impl ConditionGuard<'_> {
     /// Whether the lock was last taken (by `acquire`, or on waking from a
     /// wait) from a holder that died holding it.
+    ///
+    /// ```
+    /// let c = corepool::Condition::new().unwrap();
+    /// assert!(!c.acquire().unwrap().previous_holder_died());
+    /// ```
     pub fn previous_holder_died(&self) -> bool {
         self.held.previous_holder_died()
     }

@@ -241,6 +241,14 @@ pub struct Lock {
 
 /// A held [`Lock`]: released when dropped, also when a panic unwinds.
 /// Bound to the thread that took it (it is not `Send`).
+///
+/// ```
+/// let lock = corepool::Lock::new().unwrap();
+/// let held = lock.acquire().unwrap();
+/// assert!(lock.try_acquire().is_none()); // not reentrant
+/// drop(held);
+/// assert!(lock.try_acquire().is_some());
+/// ```
 #[derive(Debug)]
 #[must_use = "the lock is released as soon as the guard drops"]
 pub struct LockGuard<'a> {
@@ -401,6 +409,21 @@ pub struct RLock {
 
 /// A held [`RLock`] (one level of it): released when the last guard of the
 /// holding thread drops. Bound to that thread (not `Send`).
+///
+/// ```
+/// let lock = corepool::RLock::new().unwrap();
+/// let outer = lock.acquire().unwrap();
+/// let inner = lock.acquire().unwrap(); // the same thread may take it again
+/// drop(inner);
+/// std::thread::scope(|s| {
+///     // Still held by this thread: another one cannot take it.
+///     s.spawn(|| assert!(lock.try_acquire().is_none()));
+/// });
+/// drop(outer);
+/// std::thread::scope(|s| {
+///     s.spawn(|| assert!(lock.try_acquire().is_some()));
+/// });
+/// ```
 #[derive(Debug)]
 #[must_use = "the lock is released as soon as the guard drops"]
 pub struct RLockGuard<'a> {

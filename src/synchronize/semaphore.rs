@@ -90,6 +90,14 @@ impl Permits {
 
 /// A taken permit of a [`Semaphore`] or [`BoundedSemaphore`]: given back when
 /// dropped, also when a panic unwinds.
+///
+/// ```
+/// let s = corepool::Semaphore::new(1).unwrap();
+/// let permit = s.acquire();
+/// assert!(s.try_acquire().is_none());
+/// drop(permit);
+/// assert_eq!(s.value(), 1);
+/// ```
 #[derive(Debug)]
 #[must_use = "the permit is given back as soon as the guard drops"]
 pub struct SemaphoreGuard<'a> {
@@ -315,6 +323,12 @@ impl BoundedSemaphore {
     }
 
     /// The most permits it holds (its starting value).
+    ///
+    /// ```
+    /// let s = corepool::BoundedSemaphore::new(2).unwrap();
+    /// let _taken = s.acquire();
+    /// assert_eq!((s.value(), s.bound()), (1, 2));
+    /// ```
     pub fn bound(&self) -> u32 {
         self.permits.limit
     }

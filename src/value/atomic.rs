@@ -217,6 +217,13 @@ impl<T: AtomicInt> AtomicValue<T> {
     /// # Errors
     ///
     /// The value found, when it was not `current`.
+    ///
+    /// ```
+    /// let owner = corepool::AtomicValue::<u32>::new(0).unwrap();
+    /// assert_eq!(owner.compare_exchange(0, 7), Ok(0)); // claimed
+    /// assert_eq!(owner.compare_exchange(0, 9), Err(7)); // someone has it
+    /// assert_eq!(owner.load(), 7);
+    /// ```
     pub fn compare_exchange(&self, current: T, new: T) -> std::result::Result<T, T> {
         T::compare_exchange(self.atomic(), current, new)
     }

@@ -474,6 +474,29 @@ impl<T: Pod> Value<T> {
 /// The lock of a [`Value`], held (from [`Value::lock`]): reads and writes
 /// the value under it, and unlocks when dropped, also when a panic unwinds.
 /// Bound to the thread that took it (it is not `Send`).
+///
+/// ```
+/// use corepool::{Process, Value};
+///
+/// fn deposit(account: Value<i64>) {
+///     let mut held = account.lock();
+///     let balance = held.get();
+///     held.set(balance + 10); // nobody else reads or writes in between
+/// }
+///
+/// fn main() -> corepool::Result<()> {
+///     corepool::init();
+///     let account = Value::new(0i64)?;
+///     let children: Vec<_> = (0..3)
+///         .map(|_| Process::start(deposit, account.clone()))
+///         .collect::<corepool::Result<_>>()?;
+///     for child in children {
+///         child.join()?;
+///     }
+///     assert_eq!(account.get(), 30);
+///     Ok(())
+/// }
+/// ```
 #[must_use = "the lock is released as soon as the guard drops"]
 pub struct ValueGuard<'a, T: Pod> {
     value: &'a Value<T>,

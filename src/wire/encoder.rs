@@ -300,6 +300,15 @@ impl std::ops::DerefMut for Encoder {
 
 impl Encoder {
     /// An empty encoder (allocates nothing until something is written).
+    ///
+    /// ```
+    /// use corepool::{Encoder, Wire};
+    /// let mut out = Encoder::new();
+    /// assert!(out.is_empty());
+    /// 3u32.encode(&mut out);
+    /// assert_eq!(out.finish()?, 3u32.to_le_bytes());
+    /// # Ok::<(), corepool::Error>(())
+    /// ```
     pub const fn new() -> Self {
         Self {
             bytes: Vec::new(),
@@ -315,6 +324,36 @@ impl Encoder {
     /// Records that the value being encoded, of type `T`, cannot be encoded,
     /// and why. The first failure is the one reported; the bytes written so
     /// far are worthless once an encoding failed, and are never sent.
+    ///
+    /// A hand-written [`Wire`](crate::Wire) impl calls it for a value it
+    /// cannot represent; the task or message carrying the value then fails
+    /// with [`Error::Encode`] naming `T` and the reason, before anything is
+    /// sent:
+    ///
+    /// ```
+    /// use corepool::{Encoder, Error, Wire};
+    ///
+    /// /// A count the wire format keeps in 16 bits.
+    /// struct Small(u32);
+    ///
+    /// impl Wire for Small {
+    ///     fn encode(&self, out: &mut Encoder) {
+    ///         match u16::try_from(self.0) {
+    ///             Ok(v) => v.encode(out),
+    ///             Err(_) => out.fail::<Self>(format!("{} does not fit in 16 bits", self.0)),
+    ///         }
+    ///     }
+    ///     fn decode(input: &mut &[u8]) -> corepool::Result<Self> {
+    ///         Ok(Small(u16::decode(input)?.into()))
+    ///     }
+    /// }
+    ///
+    /// let mut out = Encoder::new();
+    /// Small(70_000).encode(&mut out);
+    /// assert!(matches!(out.failure(), Some(Error::Encode { .. })));
+    /// let err = out.finish().unwrap_err();
+    /// assert!(err.to_string().contains("does not fit in 16 bits"));
+    /// ```
     pub fn fail<T: ?Sized>(&mut self, reason: impl Into<String>) {
         if self.failure.is_none() {
             self.failure = Some(Error::Encode {
@@ -324,7 +363,16 @@ impl Encoder {
         }
     }
 
-    /// The failure recorded by [`fail`](Self::fail), if any.
+    /// The failure recorded by [`fail`](Self::fail), if any: a `Wire` impl
+    /// of a container may check it to stop encoding the rest early.
+    ///
+    /// ```
+    /// let mut out = corepool::Encoder::new();
+    /// assert!(out.failure().is_none());
+    /// out.fail::<u8>("not today");
+    /// out.fail::<u8>("the first failure is the one kept");
+    /// assert!(out.failure().unwrap().to_string().contains("not today"));
+    /// ```
     pub fn failure(&self) -> Option<&Error> {
         self.failure.as_ref()
     }
@@ -338,6 +386,15 @@ impl Encoder {
     /// # Errors
     ///
     /// [`Error::Encode`] if a value could not be encoded.
+    ///
+    /// ```
+    /// use corepool::{Encoder, Wire};
+    /// let mut out = Encoder::new();
+    /// (1u8, String::from("x")).encode(&mut out);
+    /// let bytes = out.finish()?;
+    /// assert_eq!(<(u8, String)>::decode(&mut bytes.as_slice())?, (1, "x".to_string()));
+    /// # Ok::<(), corepool::Error>(())
+    /// ```
     pub fn finish(mut self) -> Result<Vec<u8>> {
         self.check()?;
         Ok(self.bytes)
