@@ -269,8 +269,7 @@ fn a_handle_naming_a_leased_file_is_refused_without_waiting_for_the_lease() {
 }
 
 fn a_setuid_binary_refuses_worker_mode() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !common::is_root() {
         eprintln!("skipped: making a setuid binary needs root");
         return;
     }

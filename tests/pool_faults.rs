@@ -586,20 +586,8 @@ fn run_until_killed(started: AtomicValue<u64>) -> u64 {
 /// task was cancelled.
 fn unkillable_parent() -> ! {
     use std::io::Write;
-    use std::os::fd::FromRawFd;
-    // The worker will outlive this program holding its standard streams:
-    // give it /dev/null, so that the test's reader of our stdout sees its
-    // end when we exit, and keep our stdout for the answer.
-    // SAFETY: descriptor calls on our own standard streams; `answer` takes
-    // the one fresh close-on-exec copy, owned by nothing else.
-    let mut answer = unsafe {
-        let copy = libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3);
-        assert!(copy >= 0, "F_DUPFD_CLOEXEC");
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        assert!(null >= 0 && libc::dup2(null, 1) == 1 && libc::dup2(null, 2) == 2);
-        libc::close(null);
-        std::fs::File::from_raw_fd(copy)
-    };
+    // The worker will outlive this program: keep our stdout for the answer.
+    let mut answer = common::answer_on_private_stdout();
     let pool = Pool::new(1).unwrap();
     let started = AtomicValue::new(0u64).unwrap();
     let task = pool.apply_async(run_until_killed, started.clone()).unwrap();
@@ -608,12 +596,7 @@ fn unkillable_parent() -> ! {
         std::thread::yield_now();
     }
     let worker = pool.pids()[0];
-    // SAFETY: plain system calls with integer arguments; glibc applies them
-    // to every thread of the process, the pool's included.
-    let dropped = unsafe {
-        libc::setresgid(65534, 65534, 65534) == 0 && libc::setresuid(65534, 65534, 65534) == 0
-    };
-    assert!(dropped, "setresuid: {}", std::io::Error::last_os_error());
+    common::become_nobody();
     pool.terminate();
     pool.join().unwrap();
     let cancelled = matches!(task.get(), Err(Error::Cancelled));
@@ -629,8 +612,7 @@ fn unkillable_parent() -> ! {
 /// task cancelled) and ends. The worker outlives the program, as
 /// docs/fault-model.md says: the test ends it, as root.
 fn a_pool_whose_program_dropped_privileges_ends_anyway() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !common::is_root() {
         eprintln!("skipped: dropping privileges needs root");
         return;
     }

@@ -292,28 +292,10 @@ const DROPPED_PRIVILEGES: &str = "COREPOOL_TEST_DROPPED_PRIVILEGES";
 /// the child's pid and what `kill` and `terminate` answered.
 fn dropped_privileges() -> ! {
     use std::io::Write;
-    use std::os::fd::FromRawFd;
-    // The child outlives this program holding its standard streams: give
-    // it /dev/null, so that the test's reader of our stdout sees its end
-    // when we exit, and keep our stdout for the answer.
-    // SAFETY: descriptor calls on our own standard streams; `answer` takes
-    // the one fresh close-on-exec copy, owned by nothing else.
-    let mut answer = unsafe {
-        let copy = libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3);
-        assert!(copy >= 0, "F_DUPFD_CLOEXEC");
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        assert!(null >= 0 && libc::dup2(null, 1) == 1 && libc::dup2(null, 2) == 2);
-        libc::close(null);
-        std::fs::File::from_raw_fd(copy)
-    };
+    let mut answer = common::answer_on_private_stdout();
     corepool::init();
     let p = Process::start(spin_forever, 0).unwrap();
-    // SAFETY: plain system calls with integer arguments; glibc applies them
-    // to every thread of the process.
-    let dropped = unsafe {
-        libc::setresgid(65534, 65534, 65534) == 0 && libc::setresuid(65534, 65534, 65534) == 0
-    };
-    assert!(dropped, "setresuid: {}", std::io::Error::last_os_error());
+    common::become_nobody();
     let refused = |r: corepool::Result<()>| match r {
         Err(Error::Os { source, .. }) => source.raw_os_error() == Some(libc::EPERM),
         _ => false,
@@ -335,8 +317,7 @@ fn dropped_privileges() -> ! {
 /// and a `join` after them waited for ever. They now say the kernel
 /// refused, with advice (the child is ended by the test, as root).
 fn a_process_the_program_can_no_longer_signal_says_so() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !common::is_root() {
         eprintln!("skipped: dropping privileges needs root");
         return;
     }

@@ -354,3 +354,38 @@ pub fn output_within(cmd: &mut std::process::Command, limit: Duration) -> std::p
     );
     output
 }
+
+/// For a test program that leaves a child running when it exits: points
+/// this process's stdout and stderr at /dev/null (the child inherited them
+/// and would otherwise keep the test's pipe open past our exit) and returns
+/// a close-on-exec copy of the old stdout to print the answer on.
+pub fn answer_on_private_stdout() -> std::fs::File {
+    use std::os::fd::FromRawFd;
+    // SAFETY: descriptor calls on our own standard streams; the file takes
+    // the one fresh close-on-exec copy, owned by nothing else.
+    unsafe {
+        let copy = libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3);
+        assert!(copy >= 0, "F_DUPFD_CLOEXEC");
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        assert!(null >= 0 && libc::dup2(null, 1) == 1 && libc::dup2(null, 2) == 2);
+        libc::close(null);
+        std::fs::File::from_raw_fd(copy)
+    }
+}
+
+/// Makes the whole process (every thread: glibc applies the calls to all)
+/// user and group `nobody`, for good. Needs root.
+pub fn become_nobody() {
+    // SAFETY: plain system calls with integer arguments.
+    let dropped = unsafe {
+        libc::setresgid(65534, 65534, 65534) == 0 && libc::setresuid(65534, 65534, 65534) == 0
+    };
+    assert!(dropped, "setresuid: {}", std::io::Error::last_os_error());
+}
+
+/// Whether this process runs as root (the privilege-dropping tests skip
+/// otherwise).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
