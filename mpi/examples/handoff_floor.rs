@@ -150,6 +150,9 @@ fn main() {
             }
             caller.join().expect("the caller thread")
         };
-        println!("{row:<24} median round trip {:>8.2} µs", median(trips).as_secs_f64() * 1e6);
+        println!(
+            "{row:<24} median round trip {:>8.2} µs",
+            median(trips).as_secs_f64() * 1e6
+        );
     }
 }
