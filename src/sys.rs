@@ -915,6 +915,14 @@ pub(crate) fn process_is_gone(pid: i32) -> bool {
     positive_pid(pid).is_some_and(|pid| rustix::process::test_kill_process(pid) == Err(Errno::SRCH))
 }
 
+/// Whether process `pid` has definitely ended: gone ([`process_is_gone`]),
+/// or a zombie waiting to be reaped. For a child that finds it was
+/// reparented: did the parent that started it end (nobody to serve, nothing
+/// to say), or is it the child of someone else? "Could not tell" is false.
+pub(crate) fn process_has_ended(pid: i32) -> bool {
+    process_is_gone(pid) || matches!(process_state_and_start_time(pid), Ok(('Z', _)))
+}
+
 /// Process `pid`'s state letter (`R`, `S`, `Z` for a zombie, ...) and start
 /// time in clock ticks since boot (fields 3 and 22 of `/proc/<pid>/stat`).
 /// An error (no descriptor left, `/proc` hidden or absent) means "could not

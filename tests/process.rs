@@ -283,6 +283,32 @@ fn a_daemon_that_cannot_start_leaves_no_pid_file() {
     assert!(!existed);
 }
 
+/// A `Process` child that starts after the program that started it ended
+/// (`main` returned right after `Process::start`) used to print that its
+/// environment variable was set by mistake and should be unset. It now
+/// leaves quietly; a process whose named parent lives but is not its parent
+/// still says why it refuses.
+fn a_process_child_whose_program_ended_leaves_quietly() {
+    let exe = std::env::current_exe().unwrap();
+    // A parent that has ended: a child of ours, reaped.
+    let mut ended = std::process::Command::new("true").spawn().unwrap();
+    let gone = ended.id();
+    ended.wait().unwrap();
+    // A parent that lives but is not the child's: pid 1.
+    for (parent, should_complain) in [(gone, false), (1, true)] {
+        let mut command = std::process::Command::new(&exe);
+        command.env("COREPOOL_PROCESS", format!("v1:3:{parent}"));
+        let output = common::output_within(&mut command, Duration::from_secs(60));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            stderr.contains("is not a corepool Process child"),
+            should_complain,
+            "parent {parent}: {stderr}"
+        );
+        assert_eq!(output.status.code(), Some(101), "parent {parent}");
+    }
+}
+
 /// Set in the environment of the program that
 /// `a_process_the_program_can_no_longer_signal_says_so` starts.
 const DROPPED_PRIVILEGES: &str = "COREPOOL_TEST_DROPPED_PRIVILEGES";
@@ -378,5 +404,6 @@ fn main() {
         children_of_a_program_that_ignores_sigchld,
         a_daemon_that_cannot_start_leaves_no_pid_file,
         a_process_the_program_can_no_longer_signal_says_so,
+        a_process_child_whose_program_ended_leaves_quietly,
     ]);
 }

@@ -43,7 +43,13 @@ fn serve_child(token: &str) -> i32 {
         return stray("its value is malformed");
     };
     if sys::getppid() != parent {
-        // The parent died before we could be told, or never was.
+        if sys::process_has_ended(parent) {
+            // The program ended while we started (its running `Process`es
+            // are killed at its end; we were not yet there to be killed):
+            // nobody waits for us, and nothing is wrong. Leave quietly.
+            return 101;
+        }
+        // Our parent is someone else: the variable was inherited or set.
         return stray("its parent is not the one that started it");
     }
     let _ = sys::set_cloexec(fd);
