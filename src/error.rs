@@ -48,7 +48,6 @@ impl fmt::Display for ExitCause {
                 }
                 Ok(())
             }
-            ExitCause::Code(0) => write!(f, "exited with status 0 before returning a result"),
             ExitCause::Code(code) => write!(f, "exited with status {code}"),
             ExitCause::Unknown => write!(f, "ended, its exit status unknown: something else in this program reaped it (SIGCHLD set to SIG_IGN or SA_NOCLDWAIT makes the kernel discard children's statuses; so does a `waitpid(-1)`): leave SIGCHLD at its default to see how children end"),
         }

@@ -403,6 +403,24 @@ fn initializer_panic_fails_build() {
     }
 }
 
+/// An initializer that ends the worker with `exit(0)` fails the build with
+/// a message that says so (it read "exited with status 0 before returning
+/// a result before attaching": a task's wording, twice).
+fn initializer_exit_fails_build_saying_so() {
+    let r = Pool::builder()
+        .workers(1)
+        .initializer(|| std::process::exit(0))
+        .build();
+    match r {
+        Err(Error::WorkerStart { reason, .. }) => {
+            assert!(reason.contains("exited with status 0"), "{reason}");
+            assert!(reason.contains("initializer"), "{reason}");
+            assert!(!reason.contains("result"), "{reason}");
+        }
+        other => panic!("expected WorkerStart, got {other:?}"),
+    }
+}
+
 static SETTING: std::sync::OnceLock<(String, SharedArray<u64>)> = std::sync::OnceLock::new();
 
 fn remember(setting: (String, SharedArray<u64>)) {
@@ -973,6 +991,7 @@ fn main() {
         oversized_arguments_and_results_spill,
         initializer_runs_in_every_worker,
         initializer_panic_fails_build,
+        initializer_exit_fails_build_saying_so,
         initializer_with_hands_every_worker_its_argument,
         max_tasks_per_child_replaces_workers_without_losing_work,
         long_tasks_do_not_leave_a_core_idle,

@@ -189,7 +189,7 @@ impl Core {
                 w.start_error = Some(Error::WorkerStart {
                     index,
                     reason: format!(
-                        "process {pid} {cause} before attaching; its stderr may say why"
+                        "process {pid} {cause} before it was ready to serve (its initializer, if the pool has one, or code that runs before `main` ended it); its stderr may say why"
                     ),
                 });
             }
