@@ -182,12 +182,16 @@ pub enum Error {
     },
     /// The process running the task (a pool worker or a [`crate::Process`])
     /// died before returning its result.
-    #[error("process {pid} died before returning the task's result: {cause}; in a Pool the worker is replaced, and `retries(n)` on its builder reruns idempotent tasks")]
+    #[error("process {pid}{} died before returning the task's result: {cause}; in a Pool the worker is replaced, and `retries(n)` on its builder reruns idempotent tasks", on_rank(*.rank))]
     WorkerDied {
-        /// The dead worker's pid.
+        /// The dead worker's pid (on its rank's node when `rank` is set).
         pid: i32,
         /// How it ended.
         cause: ExitCause,
+        /// The MPI rank whose worker it was, for a task that `corepool-mpi`
+        /// ran on another rank (or on rank 0's own pool); `None` for this
+        /// program's own pools and `Process`es.
+        rank: Option<u32>,
     },
     /// A worker broke the shared-memory protocol and was killed.
     #[error("worker pid {pid} broke the shared-memory protocol ({what}) and was killed; its tasks failed: a task wrote over memory it does not own, or corepool has a bug (please report it)")]
@@ -343,6 +347,11 @@ const DECODE_ADVICE: &str = "; if the value's own `Wire::decode` refused it, see
 /// What to do about a failed system call, by the kernel's answer: a limit
 /// needs other advice than a missing file or a refused permission does (a
 /// user trial was told to check `ulimit` about a file that did not exist).
+/// " on rank N" for an error that happened on an MPI rank.
+fn on_rank(rank: Option<u32>) -> String {
+    rank.map(|r| format!(" on rank {r}")).unwrap_or_default()
+}
+
 fn os_advice(op: &str, err: &io::Error) -> &'static str {
     match err.raw_os_error() {
         Some(libc::EPERM) if op.starts_with("kill") => "the process runs with credentials this program no longer has (it dropped them since starting it, or the process changed its own): signal it from a process with those privileges",
@@ -430,9 +439,10 @@ impl Clone for Error {
             Error::Panicked { message } => Error::Panicked {
                 message: message.clone(),
             },
-            Error::WorkerDied { pid, cause } => Error::WorkerDied {
+            Error::WorkerDied { pid, cause, rank } => Error::WorkerDied {
                 pid: *pid,
                 cause: cause.clone(),
+                rank: *rank,
             },
             Error::ProtocolViolation { pid, what } => Error::ProtocolViolation { pid: *pid, what },
             Error::Cancelled => Error::Cancelled,
@@ -511,8 +521,8 @@ impl PartialEq for Error {
             Error::Panicked { message } => {
                 matches!(other, Error::Panicked { message: m } if m == message)
             }
-            Error::WorkerDied { pid, cause } => {
-                matches!(other, Error::WorkerDied { pid: p, cause: c } if p == pid && c == cause)
+            Error::WorkerDied { pid, cause, rank } => {
+                matches!(other, Error::WorkerDied { pid: p, cause: c, rank: r } if p == pid && c == cause && r == rank)
             }
             Error::ProtocolViolation { pid, what } => {
                 matches!(other, Error::ProtocolViolation { pid: p, what: w } if p == pid && w == what)

@@ -334,6 +334,7 @@ pub(crate) fn run_locally(
 ) -> Result<()> {
     let tx = to_self.clone();
     pool.submit_raw(task, bytes, move |result| {
+        let result = result.map_err(crate::proto::on_rank_zero);
         let _ = tx.send(Command::LocalDone { unit, result });
     })
 }

@@ -169,7 +169,7 @@ impl Dispatcher {
 
     fn message(&mut self, from: usize, tag: i32, bytes: Vec<u8>) {
         match tag {
-            TAG_RESULT => match proto::open_result(bytes) {
+            TAG_RESULT => match proto::open_result(bytes, from as u32) {
                 Ok((unit, result)) => self.finished(from, unit, result),
                 Err(e) => {
                     eprintln!("corepool-mpi: rank 0: a malformed result from rank {from}: {e}")

@@ -124,16 +124,50 @@ pub(crate) fn seal_result(unit: u64, outcome: Result<Vec<u8>>, rank: i32) -> Vec
     bytes
 }
 
-/// Splits a result frame into (unit, outcome).
-pub(crate) fn open_result(mut frame: Vec<u8>) -> Result<(u64, Result<Vec<u8>>)> {
+/// Splits a result frame from rank `from` into (unit, outcome).
+pub(crate) fn open_result(mut frame: Vec<u8>, from: u32) -> Result<(u64, Result<Vec<u8>>)> {
     let (at, trailer) = split_trailer(&frame, RESULT_TRAILER)?;
     let unit = u64_at(trailer, 0);
     let status = trailer[8];
     frame.truncate(at);
     match status {
         0 => Ok((unit, Ok(frame))),
-        1 => Ok((unit, Err(error_from_bytes(&frame)?))),
+        1 => Ok((unit, Err(with_rank(error_from_bytes(&frame)?, from)))),
         other => Err(bad(format!("result status {other}"))),
+    }
+}
+
+/// A worker's death on rank `rank` names the rank (its pid is of that
+/// rank's node); other errors unchanged.
+fn with_rank(err: Error, rank: u32) -> Error {
+    match err {
+        Error::WorkerDied { pid, cause, .. } => Error::WorkerDied {
+            pid,
+            cause,
+            rank: Some(rank),
+        },
+        other => other,
+    }
+}
+
+/// `err` of a task rank 0's own pool ran, as the cluster reports it: named
+/// the way a serving rank's errors are ([`error_to_bytes`], [`open_result`]),
+/// so that where a task failed never depends on which rank took it.
+pub(crate) fn on_rank_zero(err: Error) -> Error {
+    let on = |text: String| format!("{text} (on rank 0)");
+    match with_rank(err, 0) {
+        Error::Panicked { message } => Error::Panicked {
+            message: on(message),
+        },
+        Error::Decode { type_name, reason } => Error::Decode {
+            type_name,
+            reason: on(reason),
+        },
+        Error::Encode { type_name, reason } => Error::Encode {
+            type_name,
+            reason: on(reason),
+        },
+        other => other,
     }
 }
 
@@ -146,14 +180,17 @@ pub(crate) fn error_to_bytes(err: &Error, rank: i32) -> Vec<u8> {
         Error::WorkerDied {
             pid,
             cause: ExitCause::Signal(sig),
+            ..
         } => (2, String::new(), i64::from(*pid), i64::from(*sig)),
         Error::WorkerDied {
             pid,
             cause: ExitCause::Code(code),
+            ..
         } => (3, String::new(), i64::from(*pid), i64::from(*code)),
         Error::WorkerDied {
             pid,
             cause: ExitCause::Unknown,
+            ..
         } => (11, String::new(), i64::from(*pid), 0),
         Error::Decode { type_name, reason } => (4, on(&format!("{type_name}: {reason}")), 0, 0),
         Error::ResultTooLarge { size, max } => (5, String::new(), *size as i64, *max as i64),
@@ -180,10 +217,12 @@ pub(crate) fn error_from_bytes(bytes: &[u8]) -> Result<Error> {
         2 => Error::WorkerDied {
             pid: int(a)?,
             cause: ExitCause::Signal(int(b)?),
+            rank: None,
         },
         3 => Error::WorkerDied {
             pid: int(a)?,
             cause: ExitCause::Code(int(b)?),
+            rank: None,
         },
         4 => Error::Decode {
             type_name: "a value on a serving rank",
@@ -205,6 +244,7 @@ pub(crate) fn error_from_bytes(bytes: &[u8]) -> Result<Error> {
         11 => Error::WorkerDied {
             pid: int(a)?,
             cause: ExitCause::Unknown,
+            rank: None,
         },
         10 => Error::Encode {
             type_name: "a value on a serving rank",
@@ -228,20 +268,20 @@ mod tests {
         assert_eq!(open_task(frame).unwrap(), (7, -42, vec![1, 2, 3]));
         assert!(open_task(vec![0; 3]).is_err());
         let ok = seal_result(9, Ok(vec![5]), 1);
-        assert_eq!(open_result(ok).unwrap().1.unwrap(), vec![5]);
+        assert_eq!(open_result(ok, 1).unwrap().1.unwrap(), vec![5]);
         let panicked = Error::Panicked {
             message: "boom".into(),
         };
-        let (unit, err) = open_result(seal_result(3, Err(panicked), 2)).unwrap();
+        let (unit, err) = open_result(seal_result(3, Err(panicked), 2), 2).unwrap();
         assert_eq!(unit, 3);
         let err = err.unwrap_err();
         assert!(
             matches!(&err, Error::Panicked { message } if message.contains("boom") && message.contains("rank 2"))
         );
-        assert!(open_result(vec![0; 9]).is_ok());
+        assert!(open_result(vec![0; 9], 1).is_ok());
         let mut bad_status = vec![0; 9];
         bad_status[8] = 7;
-        assert!(open_result(bad_status).is_err());
+        assert!(open_result(bad_status, 1).is_err());
         assert_eq!(
             Control::parse(&Control::Shutdown.to_bytes()).unwrap(),
             Control::Shutdown
@@ -251,15 +291,27 @@ mod tests {
 
     #[test]
     fn errors_keep_their_variant() {
-        let died = Error::WorkerDied {
-            pid: 12,
-            cause: ExitCause::Signal(9),
-        };
-        assert_eq!(error_from_bytes(&error_to_bytes(&died, 1)).unwrap(), died);
-        for cause in [ExitCause::Code(3), ExitCause::Unknown] {
-            let died = Error::WorkerDied { pid: 12, cause };
-            assert_eq!(error_from_bytes(&error_to_bytes(&died, 1)).unwrap(), died);
+        for cause in [ExitCause::Signal(9), ExitCause::Code(3), ExitCause::Unknown] {
+            let died = |rank| Error::WorkerDied {
+                pid: 12,
+                cause: cause.clone(),
+                rank,
+            };
+            let frame = seal_result(5, Err(died(None)), 1);
+            let (_, got) = open_result(frame, 1).unwrap();
+            assert_eq!(got.unwrap_err(), died(Some(1)), "the rank it came from");
+            assert!(died(Some(1))
+                .to_string()
+                .contains("process 12 on rank 1 died"));
+            assert_eq!(on_rank_zero(died(None)), died(Some(0)));
         }
+        let panicked = on_rank_zero(Error::Panicked {
+            message: "boom".into(),
+        });
+        assert!(
+            panicked.to_string().contains("boom (on rank 0)"),
+            "{panicked}"
+        );
         assert_eq!(
             error_from_bytes(&error_to_bytes(&Error::Cancelled, 1)).unwrap(),
             Error::Cancelled

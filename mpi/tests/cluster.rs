@@ -212,9 +212,21 @@ fn rank_program(scenario: &str) -> Result<(), Box<dyn std::error::Error>> {
             )?;
             match cluster.apply(fail_on_seven, 7) {
                 Err(Error::Panicked { message }) => {
-                    check(message.contains("seven is not allowed"), "panic message")?
+                    check(message.contains("seven is not allowed"), "panic message")?;
+                    check(message.contains("(on rank "), "the panic names its rank")?
                 }
                 other => return Err(format!("apply of a panicking task gave {other:?}").into()),
+            }
+            // Rank 0's own pool names itself as the serving ranks do.
+            match cluster.apply_on_rank(0, fail_on_seven, 7) {
+                Err(Error::Panicked { message }) => {
+                    check(message.contains("(on rank 0)"), "a panic on rank 0 says so")?
+                }
+                other => {
+                    return Err(
+                        format!("apply on rank 0 of a panicking task gave {other:?}").into(),
+                    )
+                }
             }
             match cluster.chunked(1)?.map(fail_on_seven, 0..20u64) {
                 Err(Error::Panicked { .. }) => {}
@@ -253,7 +265,7 @@ fn rank_program(scenario: &str) -> Result<(), Box<dyn std::error::Error>> {
         }
         "worker_killed" => {
             match cluster.gather(die_on_rank_1, ()) {
-                Err(Error::WorkerDied { .. }) => {}
+                Err(Error::WorkerDied { rank: Some(1), .. }) => {}
                 other => return Err(format!("a worker killed on rank 1 gave {other:?}").into()),
             }
             let squares = cluster.chunked(1)?.map(square, 0..50u64)?;

@@ -538,6 +538,7 @@ impl<R: Wire> Process<R> {
         let died = || Error::WorkerDied {
             pid: self.pid,
             cause: cause.clone(),
+            rank: None,
         };
         match outcome.ok_or_else(died)? {
             // A child that wrote its result and then ended in a way nobody

@@ -228,6 +228,7 @@ impl Core {
                     Outcome::Err(Error::WorkerDied {
                         pid,
                         cause: cause.clone(),
+                        rank: None,
                     }),
                 ));
             }
