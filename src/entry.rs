@@ -65,6 +65,8 @@ extern "C" fn enter_before_main() {
     // parent's pid with the one the token names) and leave.
     let _ = sys::set_parent_death_signal();
     sys::settle_like_the_rust_runtime();
+    // As `ps` and `pgrep` show it: the program's name, not `exe`.
+    sys::name_after_program();
     if is_zygote {
         // The fork server: forks children that go on in `serve_role`, as if
         // they had been exec'd and had come this far; never returns.

@@ -412,6 +412,33 @@ pub(crate) fn set_parent_death_signal() -> io::Result<()> {
     ))?)
 }
 
+/// Names this process (its main thread: call it before any other starts)
+/// after the program, as `ps`, `top` and `pgrep` show it: a child is
+/// started through `/proc/self/exe`, and the kernel names a process after
+/// the file it executed, so every worker would otherwise be `exe`. The
+/// name is the last component of `argv[0]` (the program's name, which the
+/// child is given), cut to the kernel's 15 bytes.
+pub(crate) fn name_after_program() {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(arg0) = std::env::args_os().next() else {
+        return;
+    };
+    let base = arg0
+        .as_bytes()
+        .rsplit(|&b| b == b'/')
+        .next()
+        .unwrap_or_default();
+    let mut name: Vec<u8> = base.iter().copied().filter(|&b| b != 0).take(15).collect();
+    if name.is_empty() {
+        return;
+    }
+    name.push(0);
+    if let Ok(name) = std::ffi::CStr::from_bytes_with_nul(&name) {
+        // A failure leaves the kernel's name: nothing depends on it.
+        let _ = rustix::thread::set_name(name);
+    }
+}
+
 /// A set of CPUs in the kernel's fixed-size mask: `Copy` and allocation-free,
 /// so a child can be pinned to it between fork and exec.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -421,6 +421,17 @@ fn initializer_exit_fails_build_saying_so() {
     }
 }
 
+/// Workers are named after the program in `ps`, `top` and `pgrep`, as
+/// Python's workers are (they were all `exe`, the file the kernel saw
+/// executed: `/proc/self/exe`).
+fn workers_are_named_after_the_program() {
+    let pool = Pool::new(1).unwrap();
+    let comm = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    let mine = comm(std::process::id() as i32);
+    assert_ne!(mine.trim(), "exe");
+    assert_eq!(comm(pool.pids()[0]), mine);
+}
+
 static SETTING: std::sync::OnceLock<(String, SharedArray<u64>)> = std::sync::OnceLock::new();
 
 fn remember(setting: (String, SharedArray<u64>)) {
@@ -992,6 +1003,7 @@ fn main() {
         initializer_runs_in_every_worker,
         initializer_panic_fails_build,
         initializer_exit_fails_build_saying_so,
+        workers_are_named_after_the_program,
         initializer_with_hands_every_worker_its_argument,
         max_tasks_per_child_replaces_workers_without_losing_work,
         long_tasks_do_not_leave_a_core_idle,
