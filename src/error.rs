@@ -354,6 +354,7 @@ fn on_rank(rank: Option<u32>) -> String {
 
 fn os_advice(op: &str, err: &io::Error) -> &'static str {
     match err.raw_os_error() {
+        Some(libc::EAGAIN) if op.starts_with("spawning") => "the limit on processes is reached (`ulimit -u`, RLIMIT_NPROC, counts every thread of the user's processes too; or the cgroup's `pids.max`): raise it, or run fewer processes and threads",
         Some(libc::EPERM) if op.starts_with("kill") => "the process runs with credentials this program no longer has (it dropped them since starting it, or the process changed its own): signal it from a process with those privileges",
         Some(libc::EMFILE) => "this process has too many descriptors open: close some, or raise its limit (`ulimit -n`, RLIMIT_NOFILE)",
         Some(libc::ENFILE) => "the system's file table is full: close descriptors elsewhere, or raise `fs.file-max`",
@@ -582,6 +583,17 @@ mod tests {
 
     fn io_source(err: &Error) -> Option<&io::Error> {
         err.source()?.downcast_ref::<io::Error>()
+    }
+
+    #[test]
+    fn os_advice_follows_the_call_where_the_errno_alone_misleads() {
+        let eagain = || io::Error::from_raw_os_error(libc::EAGAIN);
+        let thread = Error::os("spawning the supervisor thread", eagain()).to_string();
+        assert!(thread.contains("counts every thread"), "{thread}");
+        let eperm = io::Error::from_raw_os_error(libc::EPERM);
+        let kill = Error::os("kill (SIGKILL)", eperm).to_string();
+        assert!(kill.contains("credentials"), "{kill}");
+        assert!(!kill.contains("file's owner"), "{kill}");
     }
 
     #[test]
