@@ -264,6 +264,12 @@ impl<R: Wire> Process<R> {
     /// or the process changed its own; nothing else can stop it then, so do
     /// not [`join`](Self::join) it without a timeout.
     ///
+    /// A program that ignores SIGTERM (`SIG_IGN`) passes that on to its
+    /// children, since an ignored signal stays ignored across exec (as in
+    /// Python): `terminate` cannot stop them then, [`kill`](Self::kill) can.
+    /// After either, `join` returns [`Error::WorkerDied`] with the signal as
+    /// its `cause`.
+    ///
     /// ```
     /// use corepool::{ExitCause, Process};
     /// use std::time::Duration;
