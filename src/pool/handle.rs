@@ -280,7 +280,15 @@ impl<T> Drop for Cell<T> {
 impl<R: Wire> Completion for Cell<R> {
     fn complete(&self, _tag: u64, outcome: Outcome) {
         let result = match outcome {
-            Outcome::Ok(bytes) => guarded_decode::<R, _>(|| decode_exact::<R>(&bytes)),
+            Outcome::Ok(bytes) => match crate::wire::plain_of::<R>() {
+                // Plain data is its own bytes: one unaligned read, no
+                // decoder (and no decoding budget) to set up.
+                Some(plain) if bytes.len() == plain.size() => match plain.values(&bytes).next() {
+                    Some(value) => Ok(value),
+                    None => guarded_decode::<R, _>(|| decode_exact::<R>(&bytes)),
+                },
+                _ => guarded_decode::<R, _>(|| decode_exact::<R>(&bytes)),
+            },
             Outcome::Err(e) => Err(e),
         };
         self.finish(result);
