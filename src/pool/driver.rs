@@ -7,7 +7,7 @@
 //! when idle, and on a private `gate` futex while a caller helps, so that
 //! round trips make no wake-up system call.
 
-use super::core::{Actions, Core, Phase, Task};
+use super::core::{Actions, Core, Phase};
 use super::layout::{self, Slot};
 use super::sink::Sink;
 use super::supervisor::{Command_, Event, Supervisor};
@@ -68,7 +68,6 @@ pub(super) struct Shared {
     events_pending: AtomicBool,
     /// Per slot: the driver should watch for it to finish starting.
     awaiting_start: Vec<AtomicBool>,
-    next_id: AtomicU64,
     pub(super) stop: AtomicBool,
     pub(super) supervisor: Mutex<Option<Supervisor>>,
     pub(super) max_payload: usize,
@@ -126,7 +125,6 @@ impl Shared {
             events: Mutex::new(Vec::new()),
             events_pending: AtomicBool::new(false),
             awaiting_start: (0..workers).map(|_| AtomicBool::new(false)).collect(),
-            next_id: AtomicU64::new(1),
             stop: AtomicBool::new(false),
             supervisor: Mutex::new(None),
             max_payload,
@@ -458,16 +456,8 @@ impl Shared {
                 continue;
             }
             for (trampoline, payload, sink) in tasks.by_ref().take(room) {
-                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                core.submit(Task {
-                    id,
-                    trampoline,
-                    payload,
-                    sink,
-                    attempts: 0,
-                    keep: keep.clone(),
-                    spill: spills.as_mut().and_then(|s| s.next()).flatten(),
-                });
+                let spill = spills.as_mut().and_then(|s| s.next()).flatten();
+                core.submit(trampoline, payload, sink, keep.clone(), spill);
             }
             let mut actions = Actions::default();
             core.dispatch_pending(&mut actions);

@@ -15,7 +15,7 @@ use crate::shm::park;
 use crate::shm::Segment;
 use crate::sync::lock;
 use crate::wire::task;
-use crate::wire::Wire;
+use crate::wire::{Payload, Wire};
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -471,13 +471,33 @@ impl Pool {
             target: cell.clone(),
             tag: 0,
         };
-        let (payload, carried, spill) = self.shared.encode_arg(&arg)?;
-        self.shared.submit_spilled(
-            smallvec::smallvec![(trampoline, payload, sink)],
-            spill.map(|s| vec![Some(s)]),
-            carried.into_keep_alive(),
-            caller_waits,
-        )?;
+        match crate::wire::plain_of::<A>() {
+            // Plain data is its own bytes, and carries nothing to keep
+            // alive: no encoder to set up (most tiny tasks take a number).
+            Some(plain) if plain.size() <= Payload::INLINE.min(self.shared.max_payload) => {
+                // SAFETY: the proof says `A` has no padding, so all of its
+                // `size_of::<A>()` bytes are initialised, and its encoding
+                // is exactly those bytes. `arg` lives to the end of the call.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts((&arg as *const A).cast::<u8>(), plain.size())
+                };
+                self.shared.submit_spilled(
+                    smallvec::smallvec![(trampoline, Payload::from_slice(bytes), sink)],
+                    None,
+                    Vec::new(),
+                    caller_waits,
+                )?;
+            }
+            _ => {
+                let (payload, carried, spill) = self.shared.encode_arg(&arg)?;
+                self.shared.submit_spilled(
+                    smallvec::smallvec![(trampoline, payload, sink)],
+                    spill.map(|s| vec![Some(s)]),
+                    carried.into_keep_alive(),
+                    caller_waits,
+                )?;
+            }
+        }
         Ok(AsyncResult::new(cell, Arc::downgrade(&self.shared)))
     }
 

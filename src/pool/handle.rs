@@ -8,58 +8,139 @@ use crate::error::{Error, Result};
 use crate::shm::park::Spinner;
 use crate::sync::lock;
 use crate::wire::{decode_exact, Wire};
+use std::cell::UnsafeCell;
 use std::fmt;
 use std::future::Future;
+use std::mem::MaybeUninit;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-/// The slot a result lands in, and everyone waiting for it.
-pub(super) struct Cell<T> {
-    ready: AtomicBool,
-    value: Mutex<Option<Result<T>>>,
-    /// The task's callbacks, if it has any: boxed, so that the common
-    /// handle without them is a word here instead of two boxes and a lock.
-    /// A handle lives from submission to `get`, and a caller that submits
-    /// many tasks before collecting holds them all: its size is memory
-    /// touched (and page-faulted in) per task.
-    callbacks: Option<Box<Mutex<Callbacks<T>>>>,
-    changed: Condvar,
-    /// Threads blocked on `changed`; only changed with `value` locked.
-    blocked: AtomicU32,
-    /// The task awaiting the result as a [`Future`], if any.
-    waker: Mutex<Option<Waker>>,
-    /// Whether `waker` may hold a waker: lets `finish` skip its lock in the
-    /// common case where nobody awaits.
-    awaited: AtomicBool,
+/// Bits of a [`Cell`]'s `state` word.
+mod bit {
+    /// A [`finish`](super::Cell::finish) claimed the cell: the first one wins.
+    pub(super) const CLAIMED: u32 = 1;
+    /// The result is stored in `value`.
+    pub(super) const READY: u32 = 1 << 1;
+    /// The stored result is `Ok` (for `successful`, without reading it).
+    pub(super) const OK: u32 = 1 << 2;
+    /// A caller took the result out of `value`.
+    pub(super) const TAKEN: u32 = 1 << 3;
+    /// A thread sleeps (futex) on the word until `READY`.
+    pub(super) const SLEEPING: u32 = 1 << 4;
+    /// A waker may sit in the cell's extras.
+    pub(super) const AWAITED: u32 = 1 << 5;
 }
 
-impl<T: Send + 'static> Cell<T> {
+/// The slot a result lands in, and everyone waiting for it.
+///
+/// A handle lives from submission to `get`, and a caller that submits many
+/// tasks before collecting holds them all: its size is memory touched (and
+/// page-faulted in) per task, and its lines cross cores twice (written by
+/// the submitter, completed by whichever thread collects, read back by
+/// `get`). So it is one state word, the result (its error boxed: errors are
+/// rare, and an `Error` is six words) and one pointer to what few handles
+/// need (callbacks, a waker): 48 bytes with its `Arc` for a `u64` result,
+/// against 120 with a lock, a condition variable and a waker slot inline.
+/// Sleepers wait on the state word itself (a futex), and every hand-over is
+/// one read-modify-write of it.
+pub(super) struct Cell<T> {
+    /// [`bit`]s. `CLAIMED`, `READY`, `OK`, `TAKEN` are set once each and
+    /// never cleared; `SLEEPING` and `AWAITED` only announce waiters.
+    state: AtomicU32,
+    /// Written once by the claiming `finish`, before `READY`; read (moved
+    /// out) once, by whoever sets `TAKEN` on a `READY` cell.
+    value: UnsafeCell<MaybeUninit<std::result::Result<T, Box<Error>>>>,
+    /// Null, or an [`Extras`] from `Box::into_raw` that the cell owns: made
+    /// at once for a task with callbacks, by the first `poll` otherwise.
+    extras: AtomicPtr<Extras<T>>,
+}
+
+/// What few handles need: the task's callbacks, a waker to wake.
+struct Extras<T> {
+    callbacks: Mutex<Callbacks<T>>,
+    waker: Mutex<Option<Waker>>,
+}
+
+// SAFETY: the cell hands a `T` from the thread that finishes it to the one
+// that takes it (so `T: Send`), and shares no `&T` between threads except
+// through `successful`, which reads the state word only. `value` is written
+// by one thread (the `CLAIMED` winner) before `READY` is published with
+// Release, and read by one thread (the `TAKEN` winner) after an Acquire of
+// `READY`: the state word's RMWs order every access. The extras are behind
+// locks; callbacks are `Send`.
+unsafe impl<T: Send> Sync for Cell<T> {}
+
+impl<T> Cell<T> {
     pub(super) fn new(callbacks: Callbacks<T>) -> Arc<Self> {
+        let extras = if callbacks.ok.is_some() || callbacks.err.is_some() {
+            Box::into_raw(Box::new(Extras {
+                callbacks: Mutex::new(callbacks),
+                waker: Mutex::new(None),
+            }))
+        } else {
+            std::ptr::null_mut()
+        };
         Arc::new(Self {
-            ready: AtomicBool::new(false),
-            value: Mutex::new(None),
-            callbacks: (callbacks.ok.is_some() || callbacks.err.is_some())
-                .then(|| Box::new(Mutex::new(callbacks))),
-            changed: Condvar::new(),
-            blocked: AtomicU32::new(0),
-            waker: Mutex::new(None),
-            awaited: AtomicBool::new(false),
+            state: AtomicU32::new(0),
+            value: UnsafeCell::new(MaybeUninit::uninit()),
+            extras: AtomicPtr::new(extras),
         })
+    }
+
+    /// The extras, if made.
+    fn extras(&self) -> Option<&Extras<T>> {
+        // Acquire pairs with the Release half of the CAS in `extras_or_make`
+        // (or with `Arc::new`'s publication of the cell, for extras made
+        // with it): the box's contents are visible.
+        let extras = self.extras.load(Ordering::Acquire);
+        // SAFETY: non-null, it came from `Box::into_raw` and is freed only by
+        // the cell's `Drop`, which cannot run while `&self` lives.
+        unsafe { extras.as_ref() }
+    }
+
+    /// The extras, made now if they were not.
+    fn extras_or_make(&self) -> &Extras<T> {
+        if let Some(extras) = self.extras() {
+            return extras;
+        }
+        let made = Box::into_raw(Box::new(Extras {
+            callbacks: Mutex::new(Callbacks::default()),
+            waker: Mutex::new(None),
+        }));
+        // AcqRel: the Release half publishes the box's contents to the
+        // Acquire load in `extras`; the Acquire half (on failure) sees the
+        // other maker's.
+        match self.extras.compare_exchange(
+            std::ptr::null_mut(),
+            made,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            // SAFETY: `made` is ours and now the cell's (freed in `Drop`).
+            Ok(_) => unsafe { &*made },
+            Err(theirs) => {
+                // SAFETY: `made` was never shared: ours to free.
+                drop(unsafe { Box::from_raw(made) });
+                // SAFETY: as in `extras`: the cell owns it until `Drop`.
+                unsafe { &*theirs }
+            }
+        }
     }
 
     /// Stores the final result (the first one wins), runs the callbacks, wakes
     /// the waiters.
     pub(super) fn finish(&self, result: Result<T>) {
-        // Acquire pairs with the Release store below, in an earlier call.
-        if self.ready.load(Ordering::Acquire) {
+        // Relaxed: the claim orders nothing by itself; only the one thread
+        // that sets `CLAIMED` goes on to write `value`.
+        if self.state.fetch_or(bit::CLAIMED, Ordering::Relaxed) & bit::CLAIMED != 0 {
             return;
         }
-        if let Some(callbacks) = &self.callbacks {
-            let callbacks = std::mem::take(&mut *lock(callbacks));
+        if let Some(extras) = self.extras() {
+            let callbacks = std::mem::take(&mut *lock(&extras.callbacks));
             // A callback that panics must not take the delivering thread
             // (often the driver) with it: the panic hook has reported it,
             // and the task's own outcome is stored below all the same.
@@ -69,26 +150,21 @@ impl<T: Send + 'static> Cell<T> {
                 _ => {}
             }));
         }
-        let mut slot = lock(&self.value);
-        if slot.is_none() {
-            *slot = Some(result);
-            // Release pairs with the Acquire loads in `is_ready`.
-            self.ready.store(true, Ordering::Release);
+        let ok = if result.is_ok() { bit::OK } else { 0 };
+        // SAFETY: this thread set `CLAIMED`, so it is the only writer, and
+        // nobody reads `value` before `READY`, published below.
+        unsafe { (*self.value.get()).write(result.map_err(Box::new)) };
+        // SeqCst RMW: its Release half pairs with the Acquire loads of
+        // `READY` (`is_ready`, `take`); being one RMW of the word, it is
+        // ordered with a sleeper's `SLEEPING` CAS and a poller's `AWAITED`
+        // fetch_or: either we see their bit here and wake them, or they see
+        // `READY` in what their RMW returns.
+        let before = self.state.fetch_or(bit::READY | ok, Ordering::SeqCst);
+        if before & bit::SLEEPING != 0 {
+            crate::sys::futex_wake_all(&self.state);
         }
-        // Waiters register under this lock before they check `ready`, so
-        // none is missed; and the common case (nobody blocked) makes no
-        // futex system call, which `notify_all` always would.
-        let blocked = self.blocked.load(Ordering::Relaxed) > 0;
-        drop(slot);
-        if blocked {
-            self.changed.notify_all();
-        }
-        // SeqCst fence pairs with the one in `register_waker`: either this
-        // load sees `awaited`, or the poller's re-check after its fence sees
-        // `ready` (stored above); so no awaiting task sleeps through it.
-        std::sync::atomic::fence(Ordering::SeqCst);
-        if self.awaited.load(Ordering::Relaxed) {
-            if let Some(waker) = lock(&self.waker).take() {
+        if before & bit::AWAITED != 0 {
+            if let Some(waker) = self.extras().and_then(|e| lock(&e.waker).take()) {
                 waker.wake();
             }
         }
@@ -97,35 +173,122 @@ impl<T: Send + 'static> Cell<T> {
     /// Keeps `waker` to be woken by [`finish`](Self::finish); returns whether
     /// the result is in already (then nobody will wake it: poll again now).
     fn register_waker(&self, waker: &Waker) -> bool {
+        let extras = self.extras_or_make();
         {
-            let mut slot = lock(&self.waker);
+            let mut slot = lock(&extras.waker);
             match &mut *slot {
                 Some(old) if old.will_wake(waker) => {}
                 other => *other = Some(waker.clone()),
             }
         }
-        self.awaited.store(true, Ordering::Relaxed);
-        // SeqCst fence pairs with the one in `finish`.
-        std::sync::atomic::fence(Ordering::SeqCst);
-        self.is_ready()
+        // SeqCst RMW, after the waker is stored: see `finish`.
+        self.state.fetch_or(bit::AWAITED, Ordering::SeqCst) & bit::READY != 0
     }
 
     pub(super) fn is_ready(&self) -> bool {
-        // Acquire pairs with the Release store in `finish`: the value is in.
-        self.ready.load(Ordering::Acquire)
+        // Acquire pairs with the Release half of `finish`'s RMW.
+        self.state.load(Ordering::Acquire) & bit::READY != 0
+    }
+
+    /// Whether the stored result is `Ok`; `None` before it is in and once
+    /// it was taken.
+    fn successful(&self) -> Option<bool> {
+        let state = self.state.load(Ordering::Acquire);
+        (state & bit::READY != 0 && state & bit::TAKEN == 0).then_some(state & bit::OK != 0)
     }
 
     fn take(&self) -> Result<T> {
-        // Called only once the cell is ready, so `None` means an earlier
-        // `get_timeout` took the result.
-        lock(&self.value).take().unwrap_or(Err(Error::ResultTaken))
+        // Acquire pairs with the Release half of `finish`'s RMW: `value` is
+        // written. Called only once the cell is ready, so `TAKEN` (or, were
+        // it ever called early, no `READY`) means an earlier `get_timeout`
+        // took the result.
+        let mut state = self.state.load(Ordering::Acquire);
+        loop {
+            if state & bit::READY == 0 || state & bit::TAKEN != 0 {
+                return Err(Error::ResultTaken);
+            }
+            match self.state.compare_exchange_weak(
+                state,
+                state | bit::TAKEN,
+                Ordering::Acquire,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(now) => state = now,
+            }
+        }
+        // SAFETY: `READY` is set (and its write seen, Acquire above) and
+        // this thread set `TAKEN`: it is the only reader, and `Drop` will
+        // not drop the value again.
+        let value = unsafe { (*self.value.get()).assume_init_read() };
+        value.map_err(|e| *e)
+    }
+
+    /// Sleeps on the state word until the result is in or `deadline`
+    /// passed; returns whether it is in.
+    fn sleep_until(&self, deadline: Option<Instant>) -> bool {
+        loop {
+            // Acquire: as `is_ready`.
+            let state = self.state.load(Ordering::Acquire);
+            if state & bit::READY != 0 {
+                return true;
+            }
+            let left = match deadline {
+                None => None,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    Some(left)
+                }
+            };
+            if state & bit::SLEEPING == 0 {
+                // SeqCst RMW: announced before the sleep, ordered with
+                // `finish`'s RMW (see there).
+                if let Err(_changed) = self.state.compare_exchange(
+                    state,
+                    state | bit::SLEEPING,
+                    Ordering::SeqCst,
+                    Ordering::Relaxed,
+                ) {
+                    continue;
+                }
+            }
+            // Returns at once if the word moved on (`READY` stored) since.
+            crate::sys::futex_wait(&self.state, state | bit::SLEEPING, left);
+        }
+    }
+}
+
+impl<T> Drop for Cell<T> {
+    fn drop(&mut self) {
+        let state = *self.state.get_mut();
+        if state & bit::READY != 0 && state & bit::TAKEN == 0 {
+            // SAFETY: `READY`: written; not `TAKEN`: not moved out. `&mut
+            // self`: nobody else can reach it.
+            unsafe { self.value.get_mut().assume_init_drop() };
+        }
+        let extras = *self.extras.get_mut();
+        if !extras.is_null() {
+            // SAFETY: from `Box::into_raw`, owned by the cell, freed once.
+            drop(unsafe { Box::from_raw(extras) });
+        }
     }
 }
 
 impl<R: Wire> Completion for Cell<R> {
     fn complete(&self, _tag: u64, outcome: Outcome) {
         let result = match outcome {
-            Outcome::Ok(bytes) => guarded_decode::<R, _>(|| decode_exact::<R>(&bytes)),
+            Outcome::Ok(bytes) => match crate::wire::plain_of::<R>() {
+                // Plain data is its own bytes: one unaligned read, no
+                // decoder (and no decoding budget) to set up.
+                Some(plain) if bytes.len() == plain.size() => match plain.values(&bytes).next() {
+                    Some(value) => Ok(value),
+                    None => guarded_decode::<R, _>(|| decode_exact::<R>(&bytes)),
+                },
+                _ => guarded_decode::<R, _>(|| decode_exact::<R>(&bytes)),
+            },
             Outcome::Err(e) => Err(e),
         };
         self.finish(result);
@@ -181,7 +344,7 @@ pub struct AsyncResult<T> {
 impl<T> fmt::Debug for AsyncResult<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncResult")
-            .field("ready", &self.cell.ready.load(Ordering::Relaxed))
+            .field("ready", &self.cell.is_ready())
             .finish()
     }
 }
@@ -224,10 +387,7 @@ impl<T: Send + 'static> AsyncResult<T> {
     /// }
     /// ```
     pub fn successful(&self) -> Option<bool> {
-        if !self.ready() {
-            return None;
-        }
-        lock(&self.cell.value).as_ref().map(|r| r.is_ok())
+        self.cell.successful()
     }
 
     /// Blocks until the task has finished. In a callback of the task's pool,
@@ -376,31 +536,7 @@ impl<T: Send + 'static> AsyncResult<T> {
     }
 
     fn block_until(&self, deadline: Option<Instant>) -> bool {
-        let cell = &self.cell;
-        let mut value = lock(&cell.value);
-        // Registered under the lock, before the check: see `Cell::finish`.
-        cell.blocked.fetch_add(1, Ordering::Relaxed);
-        let mut ready = true;
-        while !cell.is_ready() {
-            match deadline {
-                None => value = cell.changed.wait(value).unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        ready = false;
-                        break;
-                    }
-                    value = cell
-                        .changed
-                        .wait_timeout(value, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
-            }
-        }
-        cell.blocked.fetch_sub(1, Ordering::Relaxed);
-        drop(value);
-        ready
+        self.cell.sleep_until(deadline)
     }
 }
 
@@ -472,5 +608,137 @@ impl<T: Send + 'static> Future for AsyncResult<T> {
             return Poll::Ready(self.cell.take());
         }
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The cell alone, without a pool: what Miri checks (no system call is
+    //! made on these paths, except where a test says so).
+
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    #[test]
+    fn a_handle_is_small() {
+        // The `Arc`'s two counts and the cell: one cache line for a small
+        // result, where a lock, a condition variable and a waker slot took
+        // 120 bytes.
+        assert!(std::mem::size_of::<Cell<u64>>() <= 32);
+        assert!(std::mem::size_of::<Cell<u64>>() + 2 * std::mem::size_of::<usize>() <= 64);
+    }
+
+    #[test]
+    fn the_first_finish_wins_and_the_result_is_taken_once() {
+        let cell = Cell::<String>::new(Callbacks::new());
+        assert!(!cell.is_ready());
+        assert_eq!(cell.successful(), None);
+        cell.finish(Ok("first".into()));
+        cell.finish(Ok("second".into())); // dropped, not stored
+        cell.finish(Err(Error::Cancelled));
+        assert!(cell.is_ready());
+        assert_eq!(cell.successful(), Some(true));
+        assert_eq!(cell.take(), Ok("first".to_string()));
+        assert_eq!(cell.take(), Err(Error::ResultTaken));
+        assert_eq!(cell.successful(), None);
+    }
+
+    #[test]
+    fn an_error_is_stored_and_an_untaken_result_is_dropped_with_the_cell() {
+        let failed = Cell::<Vec<u8>>::new(Callbacks::new());
+        failed.finish(Err(Error::Cancelled));
+        assert_eq!(failed.successful(), Some(false));
+        assert_eq!(failed.take(), Err(Error::Cancelled));
+        // Miri reports a leak if the value (a heap `Vec`) is not dropped.
+        let untaken = Cell::<Vec<u8>>::new(Callbacks::new());
+        untaken.finish(Ok(vec![1, 2, 3]));
+        drop(untaken);
+        // Nor is anything dropped that was never stored.
+        drop(Cell::<Vec<u8>>::new(Callbacks::new()));
+    }
+
+    #[test]
+    fn callbacks_run_once_before_the_result_is_visible_and_may_panic() {
+        static SEEN: AtomicUsize = AtomicUsize::new(0);
+        let cell = Cell::new(Callbacks::new().on_success(|v: &u64| {
+            SEEN.fetch_add(*v as usize, Ordering::Relaxed);
+        }));
+        let probe = cell.clone();
+        let cell2 = Cell::new(Callbacks::<u64>::new().on_error(move |_| {
+            // The result is not visible while its callback runs.
+            assert!(!probe.is_ready());
+            panic!("an error callback that panics, on purpose");
+        }));
+        cell.finish(Ok(5));
+        cell.finish(Ok(7));
+        assert_eq!(SEEN.load(Ordering::Relaxed), 5);
+        assert_eq!(cell.take(), Ok(5));
+        cell2.finish(Err(Error::Cancelled));
+        assert_eq!(cell2.take(), Err(Error::Cancelled));
+    }
+
+    /// Counts its wake-ups.
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_registered_waker_is_woken_once_by_the_result() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let cell = Cell::<u64>::new(Callbacks::new());
+        assert!(!cell.register_waker(&waker));
+        assert!(!cell.register_waker(&waker)); // the same waker: kept
+        cell.finish(Ok(1));
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        // Registered after the result came: told to poll again now.
+        assert!(cell.register_waker(&waker));
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        assert_eq!(cell.take(), Ok(1));
+    }
+
+    #[test]
+    fn a_result_finished_on_another_thread_is_seen_whole() {
+        for _ in 0..if cfg!(miri) { 4 } else { 100 } {
+            let cell = Cell::<Vec<u64>>::new(Callbacks::new());
+            let count = Arc::new(Count(AtomicUsize::new(0)));
+            let waker = Waker::from(count.clone());
+            let finisher = {
+                let cell = cell.clone();
+                std::thread::spawn(move || cell.finish(Ok(vec![1, 2, 3])))
+            };
+            let registered_late = cell.register_waker(&waker);
+            while !cell.is_ready() {
+                std::hint::spin_loop();
+            }
+            finisher.join().unwrap();
+            assert_eq!(cell.take(), Ok(vec![1, 2, 3]));
+            // Either the finisher saw the waker, or the registration saw
+            // the result: never neither.
+            assert_eq!(
+                count.0.load(Ordering::Relaxed) + usize::from(registered_late),
+                1
+            );
+        }
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "sleeps on a futex (a system call)")]
+    fn a_sleeper_is_woken_by_the_result_and_a_deadline_ends_a_sleep() {
+        let cell = Cell::<u64>::new(Callbacks::new());
+        let soon = Some(Instant::now() + Duration::from_millis(1));
+        assert!(!cell.sleep_until(soon));
+        let sleeper = {
+            let cell = cell.clone();
+            std::thread::spawn(move || cell.sleep_until(None))
+        };
+        cell.finish(Ok(3));
+        assert!(sleeper.join().unwrap());
+        assert_eq!(cell.take(), Ok(3));
     }
 }

@@ -203,7 +203,7 @@ impl Core {
         let mut requeue = Vec::new();
         while let Some(f) = w.in_flight.pop_front() {
             let taken = violated || !is_waiting(&ring, f.position);
-            let mut task = f.task;
+            let mut task = f;
             if taken {
                 // It may have decoded its argument: never take its transits
                 // back (at worst they linger, see `wire::TaskTransits`).

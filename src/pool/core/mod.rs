@@ -25,6 +25,7 @@ use crate::pool::layout::{fail, state, Slot};
 use crate::shm::park;
 use crate::shm::ring::{Claimed, Consumer, Producer};
 use crate::sys::CpuMask;
+use crate::wire::Payload;
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
@@ -32,36 +33,123 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A task waiting in the parent or travelling to a worker.
+///
+/// Small on purpose: a submitter far ahead of the workers queues hundreds
+/// of thousands of these (`pending`), each written by the submitting thread
+/// and read back later, often by another; and every task in a ring has one
+/// in its worker's `in_flight`, written by the thread that dispatched it and
+/// read by the one that collects its result. 80 bytes (a tiny argument
+/// inline, what is rare behind one pointer), where it took 120, and 128 in
+/// flight.
 #[derive(Debug)]
 pub(super) struct Task {
     pub id: u64,
     pub trampoline: i64,
-    pub payload: crate::wire::Payload,
+    pub arg: TaskArg,
     pub sink: Sink,
+    /// What few tasks hold (see [`TaskExtras`]); `None` for most.
+    extras: Option<Box<TaskExtras>>,
     /// Runs so far that ended with the worker's death (see `retries`).
     pub attempts: u32,
-    /// What the arguments refer to and must outlive the task (shared by the
-    /// tasks of one submission). Never read: holding it is the point.
-    #[allow(dead_code)]
-    pub keep: Option<std::sync::Arc<crate::wire::KeepAlive>>,
-    /// The spill holding the argument when it is larger than a ring message
-    /// (`payload` is then its handle): held until the outcome.
-    pub spill: Option<std::sync::Arc<crate::shm::spill::Held>>,
+    /// Where its record is in its worker's task ring, while in flight.
+    pub position: u32,
 }
 
-impl Task {
-    /// A worker took this task: it decodes its arguments.
-    pub(super) fn mark_delivered(&self) {
-        if let Some(keep) = &self.keep {
-            crate::wire::mark_delivered(keep);
+/// What a task holds only when its argument needs it.
+#[derive(Debug)]
+struct TaskExtras {
+    /// What the arguments refer to and must outlive the task (shared by the
+    /// tasks of one submission). Never read: holding it is the point.
+    keep: Option<Arc<crate::wire::KeepAlive>>,
+    /// The spill holding the argument when it is larger than a ring message
+    /// (the argument is then its handle): held until the outcome.
+    #[allow(dead_code)]
+    spill: Option<Arc<crate::shm::spill::Held>>,
+}
+
+/// A task's encoded argument while the parent holds it: a tiny one (a
+/// number, a pair of them: what the tasks that are cheap enough for their
+/// bookkeeping to matter take) in the task itself, anything longer in the
+/// encoder's payload behind one pointer.
+pub(super) enum TaskArg {
+    /// The first `len` bytes of `bytes`.
+    Inline {
+        len: u8,
+        bytes: [u8; TaskArg::INLINE],
+    },
+    /// Longer than [`TaskArg::INLINE`] bytes.
+    Boxed(Box<Payload>),
+}
+
+impl TaskArg {
+    /// Arguments up to this many bytes live in the task.
+    pub(super) const INLINE: usize = 22;
+
+    pub(super) fn new(payload: Payload) -> Self {
+        if payload.len() <= Self::INLINE {
+            let mut bytes = [0; Self::INLINE];
+            bytes[..payload.len()].copy_from_slice(&payload);
+            Self::Inline {
+                len: payload.len() as u8,
+                bytes,
+            }
+        } else {
+            Self::Boxed(Box::new(payload))
+        }
+    }
+
+    /// The encoded argument.
+    pub(super) fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Boxed(payload) => payload,
         }
     }
 }
 
-#[derive(Debug)]
-struct InFlight {
-    position: u32,
-    task: Task,
+impl std::fmt::Debug for TaskArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskArg")
+            .field("len", &self.bytes().len())
+            .finish()
+    }
+}
+
+impl Task {
+    /// A task not yet run, whose argument `payload` refers to what `keep`
+    /// holds, and is the handle of `spill` when it spilled.
+    pub(super) fn new(
+        id: u64,
+        trampoline: i64,
+        payload: Payload,
+        sink: Sink,
+        keep: Option<Arc<crate::wire::KeepAlive>>,
+        spill: Option<Arc<crate::shm::spill::Held>>,
+    ) -> Self {
+        let extras =
+            (keep.is_some() || spill.is_some()).then(|| Box::new(TaskExtras { keep, spill }));
+        Self {
+            id,
+            trampoline,
+            arg: TaskArg::new(payload),
+            sink,
+            extras,
+            attempts: 0,
+            position: 0,
+        }
+    }
+
+    /// Whether its argument travels in a spill (the ring carries the handle).
+    pub(super) fn spilled(&self) -> bool {
+        self.extras.as_ref().is_some_and(|e| e.spill.is_some())
+    }
+
+    /// A worker took this task: it decodes its arguments.
+    pub(super) fn mark_delivered(&self) {
+        if let Some(keep) = self.extras.as_ref().and_then(|e| e.keep.as_ref()) {
+            crate::wire::mark_delivered(keep);
+        }
+    }
 }
 
 /// Where a worker slot is in its life.
@@ -96,7 +184,7 @@ pub(super) struct Worker {
     pub phase: Phase,
     tasks: Producer,
     results: Consumer,
-    in_flight: VecDeque<InFlight>,
+    in_flight: VecDeque<Task>,
     budget_left: u64,
     pub start_failures: u32,
     /// Why the last start failed.
@@ -267,6 +355,10 @@ pub(super) struct Actions {
 #[derive(Debug)]
 pub(super) struct Core {
     pub pending: VecDeque<Task>,
+    /// The id the next submitted task gets: counted under the pool's lock,
+    /// which the submitter holds anyway (an atomic beside the driver's
+    /// flags cost a contended line per task).
+    next_id: u64,
     pub workers: Vec<Worker>,
     /// Accepting new tasks.
     pub open: bool,
@@ -323,6 +415,7 @@ impl Core {
     pub(super) fn new(workers: Vec<Worker>, policy: FaultPolicy) -> Self {
         Self {
             pending: VecDeque::new(),
+            next_id: 1,
             workers,
             open: true,
             terminating: false,
@@ -367,11 +460,22 @@ impl Core {
         }
     }
 
-    /// Queues a task; dispatching happens in [`drive`](Self::drive) or
+    /// Queues a task (see [`Task::new`]) under a fresh id; dispatching
+    /// happens in [`drive`](Self::drive) or
     /// [`dispatch_pending`](Self::dispatch_pending).
-    pub(super) fn submit(&mut self, task: Task) {
+    pub(super) fn submit(
+        &mut self,
+        trampoline: i64,
+        payload: Payload,
+        sink: Sink,
+        keep: Option<Arc<crate::wire::KeepAlive>>,
+        spill: Option<Arc<crate::shm::spill::Held>>,
+    ) {
+        let id = self.next_id;
+        self.next_id += 1;
         self.outstanding += 1;
-        self.pending.push_back(task);
+        self.pending
+            .push_back(Task::new(id, trampoline, payload, sink, keep, spill));
     }
 
     /// Moves queued tasks into rings: the cheap part of a pass, for the
@@ -443,7 +547,7 @@ impl Core {
             for f in w.in_flight.drain(..) {
                 actions
                     .completions
-                    .push((f.task.sink, Outcome::Err(error.clone())));
+                    .push((f.sink, Outcome::Err(error.clone())));
                 self.outstanding -= 1;
             }
         }

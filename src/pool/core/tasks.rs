@@ -3,7 +3,7 @@
 //! worker to an idle one, killing a worker whose task overran its timeout,
 //! and failing the tasks of a worker that broke the protocol.
 
-use super::{Actions, Core, InFlight, LoneTask, Phase};
+use super::{Actions, Core, LoneTask, Phase};
 use crate::error::Error;
 use crate::pool::layout::RECORD_SPILLED;
 use crate::pool::sink::Outcome;
@@ -32,10 +32,9 @@ impl Core {
         let pid = w.pid;
         for f in w.in_flight.drain(..) {
             self.outstanding -= 1;
-            actions.completions.push((
-                f.task.sink,
-                Outcome::Err(Error::ProtocolViolation { pid, what }),
-            ));
+            actions
+                .completions
+                .push((f.sink, Outcome::Err(Error::ProtocolViolation { pid, what })));
         }
         actions.progress = true;
     }
@@ -65,7 +64,7 @@ impl Core {
                 let matches = w
                     .in_flight
                     .front()
-                    .is_some_and(|f| f.task.id == record.header.id);
+                    .is_some_and(|f| f.id == record.header.id);
                 if !matches {
                     self.claimed = claimed;
                     return self.violation(
@@ -83,7 +82,7 @@ impl Core {
                 let decode_failed =
                     record.header.kind == kind::FAILED && record.header.flags == failure::DECODE;
                 if !decode_failed {
-                    entry.task.mark_delivered();
+                    entry.mark_delivered();
                 }
                 if record.header.kind == kind::OK && record.header.flags & RECORD_SPILLED != 0 {
                     // The result is in a spill the worker holds until we
@@ -95,7 +94,7 @@ impl Core {
                         Ok(bytes) => {
                             self.outstanding -= 1;
                             let outcome = Outcome::Ok(crate::wire::Payload::from_vec(bytes));
-                            actions.completions.push((entry.task.sink, outcome));
+                            actions.completions.push((entry.sink, outcome));
                             continue;
                         }
                         Err(_) if died => {
@@ -108,10 +107,7 @@ impl Core {
                             return;
                         }
                         Err(_) => {
-                            self.workers[index].in_flight.push_front(InFlight {
-                                position: 0,
-                                task: entry.task,
-                            });
+                            self.workers[index].in_flight.push_front(entry);
                             self.claimed = claimed;
                             return self.violation(
                                 index,
@@ -121,7 +117,7 @@ impl Core {
                         }
                     }
                 }
-                let task = entry.task;
+                let task = entry;
                 if record.header.kind == kind::OK
                     && task.sink.target.absorb(task.sink.tag, &w.results, record)
                 {
@@ -135,7 +131,7 @@ impl Core {
                     Ok(outcome) => outcome,
                     Err(what) => {
                         // Put it back so the violation handler fails it too.
-                        w.in_flight.push_front(InFlight { position: 0, task });
+                        w.in_flight.push_front(task);
                         self.claimed = claimed;
                         return self.violation(index, RingError::Violation(what), actions);
                     }
@@ -162,7 +158,11 @@ impl Core {
             w.touched = false;
             w.full = false;
         }
-        while let Some(task) = self.pending.pop_front() {
+        while !self.pending.is_empty() {
+            // The worker is chosen before the task is taken out: when every
+            // window is full (a submitter far ahead of the workers), the
+            // queue's front, cold memory, is left alone instead of being
+            // read and written back on every submission.
             let target = self
                 .workers
                 .iter()
@@ -171,7 +171,9 @@ impl Core {
                 .min_by_key(|(_, w)| w.in_flight.len())
                 .map(|(i, _)| i);
             let Some(i) = target else {
-                self.pending.push_front(task);
+                break;
+            };
+            let Some(task) = self.pending.pop_front() else {
                 break;
             };
             let w = &mut self.workers[i];
@@ -179,16 +181,14 @@ impl Core {
                 kind: kind::TASK,
                 id: task.id,
                 aux: task.trampoline as u64,
-                flags: if task.spill.is_some() {
-                    RECORD_SPILLED
-                } else {
-                    0
-                },
+                flags: if task.spilled() { RECORD_SPILLED } else { 0 },
                 ..Default::default()
             };
-            match w.tasks.write(header, &task.payload) {
+            match w.tasks.write(header, task.arg.bytes()) {
                 Ok(Some(position)) => {
-                    w.in_flight.push_back(InFlight { position, task });
+                    let mut task = task;
+                    task.position = position;
+                    w.in_flight.push_back(task);
                     w.budget_left -= 1;
                     w.touched = true;
                 }
@@ -293,7 +293,7 @@ impl Core {
             {
                 break; // the worker started it, and so every task before it
             }
-            moved.push(w.in_flight.pop_back().expect("back checked above").task);
+            moved.push(w.in_flight.pop_back().expect("back checked above"));
         }
         if moved.is_empty() {
             return;
@@ -333,10 +333,10 @@ impl Core {
                 }
             };
             let seen = match w.lone {
-                Some(seen) if seen.id == lone.task.id => seen,
+                Some(seen) if seen.id == lone.id => seen,
                 _ => {
                     w.lone = Some(LoneTask {
-                        id: lone.task.id,
+                        id: lone.id,
                         since: now,
                         started: false,
                     });
@@ -412,9 +412,9 @@ impl Core {
                 continue;
             };
             let since = match w.running {
-                Some((id, since)) if id == front.task.id => since,
+                Some((id, since)) if id == front.id => since,
                 _ => {
-                    w.running = Some((front.task.id, now));
+                    w.running = Some((front.id, now));
                     now
                 }
             };
@@ -423,7 +423,7 @@ impl Core {
                 continue;
             };
             if now >= deadline {
-                w.timed_out = Some(front.task.id);
+                w.timed_out = Some(front.id);
                 w.kill();
                 w.phase = Phase::Dying;
                 actions.progress = true;

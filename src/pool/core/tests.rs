@@ -125,3 +125,17 @@ fn a_kill_reaches_the_worker_through_its_pidfd() {
     let status = worker.wait().unwrap();
     assert_eq!(status.signal(), Some(crate::sys::SIGKILL));
 }
+
+#[test]
+fn a_task_is_small() {
+    // See `Task`: queued by the hundred thousand, and moved between cores.
+    assert!(std::mem::size_of::<TaskArg>() <= 24);
+    assert!(std::mem::size_of::<Task>() <= 80);
+    let arg = TaskArg::new(Payload::from_slice(&[7; TaskArg::INLINE]));
+    assert!(matches!(arg, TaskArg::Inline { .. }));
+    assert_eq!(arg.bytes(), &[7; TaskArg::INLINE]);
+    let arg = TaskArg::new(Payload::from_slice(&[8; TaskArg::INLINE + 1]));
+    assert!(matches!(arg, TaskArg::Boxed(_)));
+    assert_eq!(arg.bytes(), &[8; TaskArg::INLINE + 1]);
+    assert_eq!(TaskArg::new(Payload::default()).bytes(), &[] as &[u8]);
+}
