@@ -90,6 +90,12 @@ use std::sync::Arc;
 pub(crate) const HEADER_BYTES: usize = std::mem::size_of::<RecordHeader>();
 /// The record kind reserved for padding at the end of the array.
 pub(crate) const KIND_PAD: u32 = 0;
+/// Records start at multiples of this, a cache line: a header and a payload
+/// of up to 32 bytes (a small task or result) lie in one line, the one the
+/// consumer polls, so a round trip moves one line per direction. (Records
+/// at multiples of 8 straddled two lines more often than not, and the
+/// consumer fetched the second only after the stamp in the first.)
+pub(crate) const RECORD_ALIGN: usize = 64;
 /// Room the producer keeps free beyond every record: the stamp word it zeroes
 /// there before the record is published (one record boundary's worth).
 pub(crate) const GUARD_BYTES: usize = 8;
@@ -102,7 +108,8 @@ const KIND_AT: u32 = 4;
 const NO_POSITION: u32 = u32::MAX;
 
 /// The fixed header in front of every record. All fields are little-endian
-/// native integers; the record (header + payload) is padded to 8 bytes.
+/// native integers; the record (header + payload) is padded to whole cache
+/// lines ([`record_size`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct RecordHeader {
@@ -193,7 +200,7 @@ impl RingMemory {
     /// `tail`, `head` and `released` must point to 4-byte aligned words, and
     /// `data` (8-byte aligned) to `cap` bytes, all valid for reads and writes
     /// for as long as this value or any copy of it is used. `cap` must be a
-    /// power of two between 64 and 2^30. Other processes may access the same
+    /// power of two between 128 and 2^30. Other processes may access the same
     /// memory concurrently, but only through atomics (control words, stamps
     /// and kinds) or byte copies (the rest of the data).
     pub(crate) unsafe fn new(
@@ -203,7 +210,7 @@ impl RingMemory {
         data: *mut u8,
         cap: u32,
     ) -> Self {
-        debug_assert!(cap.is_power_of_two() && (64..=1 << 30).contains(&cap));
+        debug_assert!(cap.is_power_of_two() && (128..=1 << 30).contains(&cap));
         Self {
             tail: tail.cast(),
             head: head.cast(),
@@ -399,13 +406,10 @@ impl RingMemory {
     }
 }
 
-fn round8(n: usize) -> usize {
-    (n + 7) & !7
-}
-
-/// Total record size for a payload of `payload_len` bytes.
+/// Total record size for a payload of `payload_len` bytes: header and
+/// payload rounded up to whole cache lines ([`RECORD_ALIGN`]).
 pub(crate) fn record_size(payload_len: usize) -> usize {
-    round8(HEADER_BYTES + payload_len)
+    (HEADER_BYTES + payload_len).next_multiple_of(RECORD_ALIGN)
 }
 
 /// The writing side of a ring.
@@ -468,7 +472,7 @@ impl Producer {
             return Ok(None);
         }
         if pad > 0 {
-            // A pad is a stamp and a kind (8..cap/2 bytes, so they fit): it
+            // A pad is a stamp and a kind (whole lines, fewer than cap/2): it
             // runs to the end of the array.
             self.mem
                 .header_word(offset as u32, KIND_AT)
@@ -485,14 +489,15 @@ impl Producer {
         self.mem
             .copy_in(offset + 8, &bytemuck::bytes_of(&header)[8..]);
         self.mem.copy_in(offset + HEADER_BYTES as u32, payload);
-        // The record's padding too, so that every word of the record is
-        // written whole: a plain write over part of a word that a stamp or
-        // kind of an earlier lap's record used trips Miri's weak-memory
-        // emulation (an interpreter error, not undefined behaviour).
-        let tail = total - HEADER_BYTES - payload.len();
-        if tail > 0 {
-            let end = offset + (total - tail) as u32;
-            self.mem.copy_in(end, &[0u8; 8][..tail]);
+        // Up to the next multiple of 8 too, so that every 4-byte word where
+        // an earlier lap's record could have had its stamp or kind is written
+        // whole or not at all: a plain write over part of one trips Miri's
+        // weak-memory emulation (an interpreter error, not undefined
+        // behaviour).
+        let ragged = payload.len().next_multiple_of(8) - payload.len();
+        if ragged > 0 {
+            let end = offset + (HEADER_BYTES + payload.len()) as u32;
+            self.mem.copy_in(end, &[0u8; 8][..ragged]);
         }
         // Relaxed: published by the stamp's Release store (`seal`, `publish`).
         self.mem
@@ -902,9 +907,9 @@ pub(crate) struct HeapRing {
 }
 
 impl HeapRing {
-    /// A zeroed ring of `cap` data bytes (a power of two, 64..=2^30).
+    /// A zeroed ring of `cap` data bytes (a power of two, 128..=2^30).
     pub(crate) fn new(cap: u32) -> Self {
-        assert!(cap.is_power_of_two() && (64..=1 << 30).contains(&cap));
+        assert!(cap.is_power_of_two() && (128..=1 << 30).contains(&cap));
         // The producer's line, the consumer's line (128 bytes apart, as in
         // the pool's slots), then the data.
         let words = 32 + cap as usize / 8;
@@ -983,7 +988,7 @@ mod tests {
         assert_eq!(
             err,
             RingError::TooLarge {
-                record: 96,
+                record: 128,
                 max: 64
             }
         );
@@ -1030,7 +1035,8 @@ mod tests {
         }
     }
 
-    /// Writes records of 40 bytes until the ring is full; returns how many.
+    /// Writes records with 8-byte payloads until the ring is full; returns
+    /// how many.
     fn fill(p: &mut Producer) -> Result<u64, RingError> {
         let mut n = 0;
         while p.write(header(n), &[7; 8])?.is_some() {
@@ -1049,10 +1055,11 @@ mod tests {
         p.publish().unwrap();
         let mut out = Vec::new();
         assert_eq!(c.claim(8, &mut out), Ok(1));
-        assert_eq!(mem.positions(), (40, 40));
+        let r = record_size(8) as u32;
+        assert_eq!(mem.positions(), (r, r));
         // A hostile producer publishes a tail beyond capacity, or behind our
         // head: the consumer never reads it.
-        for garbage in [40 + 4096, 32, 40 + 256, 41] {
+        for garbage in [r + 4096, 32, r + 256, r + 1] {
             mem.force_tail(garbage);
             out.clear();
             assert_eq!(c.claim(8, &mut out), Ok(0));
@@ -1060,22 +1067,22 @@ mod tests {
         }
         // The stamp of another lap's record at our offset: not yet.
         let mut forged = RecordHeader {
-            stamp: stamp_for(40 + 256),
+            stamp: stamp_for(r + 256),
             kind: 1,
             payload_len: 8,
             ..Default::default()
         };
-        mem.force_record(40, &forged);
+        mem.force_record(r, &forged);
         assert_eq!(c.claim(8, &mut out), Ok(0));
         assert!(!c.has_record());
-        forged.stamp = stamp_for(40u32.wrapping_sub(3 * 256));
-        mem.force_record(40, &forged);
+        forged.stamp = stamp_for(r.wrapping_sub(3 * 256));
+        mem.force_record(r, &forged);
         assert_eq!(c.claim(8, &mut out), Ok(0));
         // A stamp of no record at this offset: a violation, which
         // `has_record` shows so that the consumer claims and finds it.
-        for broken in [stamp_for(48), 40, stamp_for(40) + 2, u32::MAX] {
+        for broken in [stamp_for(r + 8), r, stamp_for(r) + 2, u32::MAX] {
             forged.stamp = broken;
-            mem.force_record(40, &forged);
+            mem.force_record(r, &forged);
             assert!(c.has_record(), "stamp {broken}");
             assert_eq!(
                 violation(c.claim(8, &mut out)),
@@ -1084,11 +1091,11 @@ mod tests {
             assert!(out.is_empty());
         }
         // Stamped right: claimed.
-        forged.stamp = stamp_for(40);
-        mem.force_record(40, &forged);
+        forged.stamp = stamp_for(r);
+        mem.force_record(r, &forged);
         assert!(c.has_record());
         assert_eq!(c.claim(8, &mut out), Ok(1));
-        assert_eq!(out[0].position, 40);
+        assert_eq!(out[0].position, r);
     }
 
     #[test]
@@ -1234,7 +1241,7 @@ mod tests {
         let mut ring = HeapRing::new(256);
         let mem = ring.memory();
         let mut p = Producer::new(mem);
-        assert_eq!(fill(&mut p), Ok(6));
+        assert_eq!(fill(&mut p), Ok(3));
         mem.reset();
         // A new pair of sides: the first stamp word is zeroed, the next
         // ones are zeroed ahead as records are written.
@@ -1247,7 +1254,7 @@ mod tests {
         p.publish().unwrap();
         assert_eq!(c.claim(usize::MAX, &mut out), Ok(1));
         assert_eq!(out[0].header.id, 77);
-        assert_eq!(c.claim(usize::MAX, &mut out), Ok(0), "the old record at 40");
+        assert_eq!(c.claim(usize::MAX, &mut out), Ok(0), "the old record after it");
     }
 
     #[test]
@@ -1265,13 +1272,13 @@ mod tests {
         assert!(mem.has_record_at(at()));
         let mut out = Vec::new();
         assert_eq!(c.claim(8, &mut out), Ok(1));
-        assert_eq!(at(), 40);
+        assert_eq!(at(), record_size(8) as u32);
         assert!(!mem.has_record_at(at()));
         // The other side scribbles in `head`: the mirror is ours.
         mem.force_head(0);
         assert!(!mem.has_record_at(at()));
         mem.force_record(
-            40,
+            record_size(8) as u32,
             &RecordHeader {
                 stamp: 7,
                 ..Default::default()
@@ -1301,15 +1308,17 @@ mod tests {
 
     #[test]
     fn producer_refuses_a_release_position_past_what_it_published() {
+        // A 256-byte ring holds three records of a line (and the guard).
+        let r = record_size(8) as u32;
         for (bad, what) in [
             (1u32 << 31, "released position is ahead of the producer"),
-            (6 * 40 + 8, "released position is ahead of the producer"),
+            (3 * r + 8, "released position is ahead of the producer"),
             (u32::MAX - 7, "released position moved backwards"),
         ] {
             let mut ring = HeapRing::new(256);
             let mem = ring.memory();
             let mut p = Producer::new(mem);
-            assert_eq!(fill(&mut p), Ok(6));
+            assert_eq!(fill(&mut p), Ok(3));
             mem.force_consumer(0, bad);
             assert!(p.has_room(8), "garbage reads as room...");
             assert_eq!(
@@ -1323,12 +1332,12 @@ mod tests {
         let mut ring = HeapRing::new(256);
         let mem = ring.memory();
         let (mut p, mut c) = (Producer::new(mem), Consumer::new(mem));
-        assert_eq!(fill(&mut p), Ok(6));
+        assert_eq!(fill(&mut p), Ok(3));
         let mut out = Vec::new();
-        assert_eq!(c.claim(usize::MAX, &mut out), Ok(6));
+        assert_eq!(c.claim(usize::MAX, &mut out), Ok(3));
         c.release();
         let at = p.write(header(7), &[0; 8]).unwrap().unwrap();
-        mem.force_consumer(at, at + 40);
+        mem.force_consumer(at, at + r);
         assert_eq!(
             violation(fill(&mut p)),
             "released position is ahead of the producer"
@@ -1534,7 +1543,7 @@ pub mod bench_support {
         buf: Vec<u8>,
     }
 
-    /// Both ends of one heap ring of `cap` bytes (a power of two, 64..=2^30).
+    /// Both ends of one heap ring of `cap` bytes (a power of two, 128..=2^30).
     pub fn ring_channel(cap: u32) -> (RingSender, RingReceiver) {
         let mut ring = HeapRing::new(cap);
         let mem = ring.memory();
@@ -1602,7 +1611,7 @@ pub mod bench_support {
     }
 
     impl LocalRing {
-        /// A ring of `cap` bytes (a power of two, 64..=2^30).
+        /// A ring of `cap` bytes (a power of two, 128..=2^30).
         pub fn new(cap: u32) -> Self {
             let mut ring = HeapRing::new(cap);
             let mem = ring.memory();
