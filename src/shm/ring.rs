@@ -12,7 +12,7 @@
 //! stores it after the rest of the record, with Release. The consumer polls
 //! the stamp at its own claim position and takes the record once the stamp
 //! names that position (Acquire). A round trip so moves one cache line per
-//! direction, the record's own. (Until protocol version 4 the consumer polled
+//! direction, the record's own. (Up to protocol version 4 the consumer polled
 //! a `tail` word and fetched the record's line only once that said it was
 //! there: two lines in turn, about 50–100 ns more per direction.)
 //!
@@ -26,6 +26,14 @@
 //! producer keeps [`GUARD_BYTES`] of room beyond every record, so the ring
 //! never fills completely. The parent zeroes the first stamp word when it
 //! resets a ring for a new worker ([`RingMemory::reset`]).
+//!
+//! Records start at whole cache lines ([`RECORD_ALIGN`]), so a small record
+//! is one line, and the zero-ahead word of the next one starts the next
+//! line. x86 makes stores visible in order, so a zero-ahead store into a
+//! line the producer does not own yet would hold up the stamp behind it by
+//! that line's ownership request; the producer therefore zeroes the word a
+//! line further on right *after* each stamp (`Producer::prezero`), and the
+//! next record, if it is one line long, finds its zero-ahead done.
 //!
 //! `write` stamps a record at once unless it is the first since the last
 //! `publish`: that one's stamp is withheld until `publish`. The consumer
@@ -52,7 +60,7 @@
 //! ([`Consumer::has_record`], [`RingMemory::has_record_at`]); the parent's
 //! driver, which asks without the pool's lock, reads the parent's claim
 //! position from a mirror in the parent's own memory
-//! ([`Consumer::with_position_mirror`]). (Until version 4 it asked `head !=
+//! ([`Consumer::with_position_mirror`]). (Up to version 4 it asked `head !=
 //! tail`, and a worker that wrote its result ring's `head` kept the driver
 //! passing for ever.)
 //!
@@ -427,6 +435,10 @@ pub(crate) struct Producer {
     /// below it may be overwritten. It only grows, so room it shows is real;
     /// the shared word is loaded again only when it shows too little.
     released: u32,
+    /// A position whose stamp word we zeroed after the last stamp, a line
+    /// past the end of the records: if the next record ends there, its
+    /// zero-ahead store is done already and does not hold up its stamp.
+    prezeroed: Option<u32>,
 }
 
 impl Producer {
@@ -437,6 +449,7 @@ impl Producer {
             tail: 0,
             pending: 0,
             released: 0,
+            prezeroed: None,
         }
     }
 
@@ -514,18 +527,43 @@ impl Producer {
     fn seal(&mut self, total: u32) {
         let at = self.pending;
         let next = at.wrapping_add(total);
-        // Relaxed: ordered before the consumer's first look at `next` by this
-        // record's stamp (Release, below or in `publish`), which the consumer
-        // loads (Acquire) before it moves to `next`.
-        self.mem
-            .header_word(next % self.mem.cap, STAMP_AT)
-            .store(0, Ordering::Relaxed);
+        if self.prezeroed != Some(next) {
+            self.zero(next);
+        }
+        self.pending = next;
         if at != self.tail {
             // The consumer cannot get past the unstamped first record of the
             // batch: stamping the rest now shows nothing early.
             self.stamp(at);
+            self.prezero();
         }
-        self.pending = next;
+    }
+
+    /// Zeroes the stamp word at `position`, which lies in room we own.
+    fn zero(&self, position: u32) {
+        // Relaxed: ordered before the consumer's first look at `position` by
+        // the stamp of the record that ends there (Release, in `seal` or
+        // `publish`, after this), which the consumer loads (Acquire) before
+        // it moves on to `position`.
+        self.mem
+            .header_word(position % self.mem.cap, STAMP_AT)
+            .store(0, Ordering::Relaxed);
+    }
+
+    /// After a stamp: zeroes the stamp word a line past `pending`, if the
+    /// room last seen covers it, so that a next record of one line finds its
+    /// zero-ahead store done. Done after the stamp, it never holds the stamp
+    /// up (x86 makes stores visible in order, so a zero-ahead store into
+    /// another line just before a stamp delays the stamp by that line's
+    /// ownership request).
+    fn prezero(&mut self) {
+        let target = self.pending.wrapping_add(RECORD_ALIGN as u32);
+        let end = target.wrapping_add(GUARD_BYTES as u32);
+        self.prezeroed = None;
+        if end.wrapping_sub(self.released) as usize <= self.mem.cap as usize {
+            self.zero(target);
+            self.prezeroed = Some(target);
+        }
     }
 
     /// Publishes the record at `at`, whose bytes are written.
@@ -612,6 +650,7 @@ impl Producer {
             return Ok(false);
         }
         self.stamp(self.tail);
+        self.prezero();
         // Relaxed: `tail` is for monitors only; the consumer learns what is
         // published from the stamps.
         self.mem.tail().store(self.pending, Ordering::Relaxed);
@@ -1254,7 +1293,11 @@ mod tests {
         p.publish().unwrap();
         assert_eq!(c.claim(usize::MAX, &mut out), Ok(1));
         assert_eq!(out[0].header.id, 77);
-        assert_eq!(c.claim(usize::MAX, &mut out), Ok(0), "the old record after it");
+        assert_eq!(
+            c.claim(usize::MAX, &mut out),
+            Ok(0),
+            "the old record after it"
+        );
     }
 
     #[test]
