@@ -77,6 +77,13 @@ pub fn fail_next_supervisor_polls(pool: &crate::Pool, n: u32) {
     pool.fail_next_supervisor_polls(n);
 }
 
+/// Whether `pool`'s driver thread would find something to do now (what it
+/// re-checks after announcing its sleep): an idle pool's driver must come
+/// to rest whatever its workers write into words the parent does not read.
+pub fn driver_has_work(pool: &crate::Pool) -> bool {
+    pool.driver_has_work()
+}
+
 /// How many shared objects this process keeps for receivers that have not
 /// opened them yet (sent, dropped here, still in flight): see the lifetime
 /// rule in `docs/protocol.md`.

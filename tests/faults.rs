@@ -4,7 +4,7 @@
 
 mod common;
 
-use corepool::testing::{forge_chunk_results, sabotage, ChunkLie, Sabotage};
+use corepool::testing::{driver_has_work, forge_chunk_results, sabotage, ChunkLie, Sabotage};
 use corepool::{Error, ExitCause, Pool, SharedArray};
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ fn square(x: u64) -> u64 {
 
 fn misbehave(how: u8) -> u64 {
     let how = match how {
-        0 => Sabotage::TailOutOfRange,
+        0 => Sabotage::StampOutOfRange,
         1 => Sabotage::UnknownTaskId,
         _ => Sabotage::BadRecordLength,
     };
@@ -46,7 +46,7 @@ fn check_survives(how: u8) {
     common::eventually("two workers again", || pool.pids().len() == 2);
 }
 
-fn tail_out_of_range_kills_only_the_bad_worker() {
+fn stamp_out_of_range_kills_only_the_bad_worker() {
     check_survives(0);
 }
 
@@ -56,6 +56,33 @@ fn unknown_task_id_kills_only_the_bad_worker() {
 
 fn bad_record_length_kills_only_the_bad_worker() {
     check_survives(2);
+}
+
+/// Writes garbage into its result ring's `head` and `tail`, then answers.
+fn scribble_head(x: u64) -> u64 {
+    assert!(sabotage(Sabotage::GarbageInHead), "runs in a worker");
+    x + 1
+}
+
+/// A worker that writes garbage into its result ring's `head` (the
+/// parent's monitor word) and `tail` (its own) changes nothing: the parent
+/// reads neither, the task's result arrives, nobody is killed, and the
+/// driver comes to rest. (Until protocol version 5 the driver asked
+/// `head != tail` before it slept, and a garbage `head` kept it passing,
+/// burning a core, for as long as the pool lived.)
+fn garbage_in_a_result_head_keeps_nobody_busy() {
+    let pool = Pool::builder().workers(2).build().unwrap();
+    let pids = pool.pids();
+    for i in 0..20u64 {
+        assert_eq!(pool.apply(scribble_head, i).unwrap(), i + 1);
+    }
+    common::eventually("the driver at rest", || !driver_has_work(&pool));
+    for _ in 0..1000 {
+        assert!(!driver_has_work(&pool), "the driver stays at rest");
+    }
+    assert_eq!(pool.map(square, 0..1000u64).unwrap().len(), 1000);
+    assert_eq!(pool.pids(), pids, "nobody was killed");
+    common::eventually("the driver at rest", || !driver_has_work(&pool));
 }
 
 /// Returns `x`; at 550 makes its chunk's results lie (`lie` picks how; 4
@@ -569,9 +596,10 @@ fn main() {
         processes_a_task_started_die_with_its_worker,
         other_children_of_the_program_are_left_alone,
         workers_die_with_a_sigkilled_parent,
-        tail_out_of_range_kills_only_the_bad_worker,
+        stamp_out_of_range_kills_only_the_bad_worker,
         unknown_task_id_kills_only_the_bad_worker,
         bad_record_length_kills_only_the_bad_worker,
+        garbage_in_a_result_head_keeps_nobody_busy,
         lying_chunk_results_fail_the_map_not_the_parent,
     ]);
 }

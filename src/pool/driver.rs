@@ -68,6 +68,9 @@ pub(super) struct Shared {
     events_pending: AtomicBool,
     /// Per slot: the driver should watch for it to finish starting.
     awaiting_start: Vec<AtomicBool>,
+    /// Per slot: the parent's claim position in the result ring, mirrored
+    /// by the core's consumer (`has_work` asks there without the lock).
+    result_positions: Vec<Option<Arc<AtomicU32>>>,
     pub(super) stop: AtomicBool,
     pub(super) supervisor: Mutex<Option<Supervisor>>,
     pub(super) max_payload: usize,
@@ -116,6 +119,7 @@ impl Shared {
         initializer_keep: Arc<crate::wire::KeepAlive>,
     ) -> Self {
         let workers = slots.len();
+        let result_positions = core.result_position_mirrors();
         Self {
             seg,
             slots,
@@ -125,6 +129,7 @@ impl Shared {
             events: Mutex::new(Vec::new()),
             events_pending: AtomicBool::new(false),
             awaiting_start: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+            result_positions,
             stop: AtomicBool::new(false),
             supervisor: Mutex::new(None),
             max_payload,
@@ -317,7 +322,17 @@ impl Shared {
     ///
     /// Acquire loads: `stop` pairs with the Release store in `Pool::drop`,
     /// `events_pending` with the SeqCst store in `report`, a slot's state with
-    /// the worker's Release stores of READY and FAILED (`worker.rs`).
+    /// the worker's Release stores of READY and FAILED (`worker.rs`), a
+    /// result stamp (in `has_record_at`) with the worker's Release store of
+    /// it (`Producer::stamp`).
+    ///
+    /// Results wait when a record is stamped at the parent's own claim
+    /// position, read from its mirror in parent memory (Relaxed: a stale
+    /// position only shows an older record, so at worst one pass too many;
+    /// the pass then sees the core's own position under the lock). A worker
+    /// cannot keep this true: a stamp it forges there is claimed, and a
+    /// broken one ends in a violation, after which the mirror names no
+    /// position until the slot is reset.
     fn has_work(&self) -> bool {
         self.stop.load(Ordering::Acquire)
             || self.events_pending.load(Ordering::Acquire)
@@ -325,10 +340,12 @@ impl Shared {
                 .slots
                 .iter()
                 .zip(&self.awaiting_start)
-                .any(|(slot, awaiting)| {
-                    slot.result_ring().has_unclaimed()
-                        || (awaiting.load(Ordering::Relaxed)
-                            && slot.state().load(Ordering::Acquire) != layout::state::STARTING)
+                .zip(&self.result_positions)
+                .any(|((slot, awaiting), position)| {
+                    position.as_ref().is_some_and(|at| {
+                        slot.result_ring().has_record_at(at.load(Ordering::Relaxed))
+                    }) || (awaiting.load(Ordering::Relaxed)
+                        && slot.state().load(Ordering::Acquire) != layout::state::STARTING)
                 })
     }
 
@@ -504,5 +521,14 @@ pub(super) fn driver_loop(shared: Arc<Shared>) {
             shared.has_work()
         });
         spinner.reset();
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl crate::pool::Pool {
+    /// Test hook ([`crate::testing::driver_has_work`]): what the driver
+    /// re-checks before it sleeps.
+    pub(crate) fn driver_has_work(&self) -> bool {
+        self.shared.has_work()
     }
 }

@@ -9,6 +9,20 @@
 //! end    the initializer's encoded argument (`init_arg_len` bytes), if any
 //! ```
 //!
+//! A slot's control block, by offset (who writes each word):
+//!
+//! ```text
+//! 0      state, 4 pid, 8 fail_code, 16 tasks_done, 24 fail_detail   (worker)
+//! 128    shutdown (parent)           192  sleeping (futex word, both)
+//! 256    task ring tail (parent)     384  task ring head, 388 released (worker)
+//! 512    result ring tail (worker)   640  result ring head, 644 released (parent)
+//! ```
+//!
+//! Since protocol version 5 each ring's `tail` and `head` are monitor words
+//! that neither side reads: a record publishes itself with the stamp in its
+//! header (`shm/ring.rs`), so a round trip moves the record's cache line and,
+//! when the producer runs short of room, the consumer's `released`.
+//!
 //! Every position is an offset from the segment base, computed by both sides
 //! from the header's sizes with checked arithmetic; no pointer is ever stored.
 //! See `docs/protocol.md` for the meaning of each word and who writes it.
@@ -21,7 +35,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 /// "COREPOOL".
 pub(crate) const MAGIC: [u8; 8] = *b"COREPOOL";
 /// Bumped on any change to the layout or the record protocol.
-pub(crate) const VERSION: u32 = 4;
+pub(crate) const VERSION: u32 = 5;
 /// Header flag: `initializer` holds a function offset.
 pub(crate) const FLAG_INITIALIZER: u32 = 1;
 /// In a `TASK` or `OK` record's `flags`: the payload is not the value but
@@ -329,8 +343,8 @@ impl Slot {
         "Set to 1 by the parent: exit once the task ring is empty."
     );
 
-    /// A ring whose producer's word is at `producer` and whose consumer's
-    /// words (`head`, then `released`) are at `consumer`.
+    /// A ring whose producer's word (`tail`) is at `producer` and whose
+    /// consumer's words (`head`, then `released`) are at `consumer`.
     fn ring(&self, producer: usize, consumer: usize, data: usize, cap: u32) -> RingMemory {
         // SAFETY: all offsets lie inside this slot (control block words at
         // 256..=644, data after SLOT_CONTROL_BYTES, sizes from the validated
@@ -350,6 +364,9 @@ impl Slot {
     /// and `released` each have a 128-byte block of their own: a line
     /// written by one side is never pulled into the other's cache with a
     /// neighbour the other reads (adjacent-line prefetch works on pairs).
+    /// Since protocol version 5 `tail` and `head` are monitor words, read by
+    /// neither side: records publish themselves (a stamp in each header,
+    /// see `shm/ring.rs`), and only `released` crosses over.
     pub(crate) fn task_ring(&self) -> RingMemory {
         self.ring(256, 384, SLOT_CONTROL_BYTES, self.layout.task_ring_bytes)
     }

@@ -6,6 +6,8 @@ use crate::child::fingerprint::fingerprint;
 use crate::child::panic::{fit_message, install_panic_hook, take_panic_message};
 use crate::error::Error;
 use crate::shm::park::{self, Spinner};
+#[cfg(feature = "fault-injection")]
+use crate::shm::ring::stamp_for;
 use crate::shm::ring::{Claimed, Consumer, Producer, RecordHeader, RingError};
 use crate::shm::Segment;
 use crate::sys;
@@ -100,12 +102,17 @@ static OWN_SLOT: std::sync::OnceLock<Slot> = std::sync::OnceLock::new();
 #[cfg(feature = "fault-injection")]
 #[derive(Clone, Copy, Debug)]
 pub enum Sabotage {
-    /// Publish a result tail far beyond the ring's capacity.
-    TailOutOfRange,
+    /// Publish a result record whose stamp names no position of it (since
+    /// protocol version 5 the parent reads stamps, not the ring's `tail`).
+    StampOutOfRange,
     /// Publish a result record for a task id the worker was never given.
     UnknownTaskId,
     /// Publish a record whose length runs past the end of the ring.
     BadRecordLength,
+    /// Write garbage into the result ring's `head` and `tail`, the monitor
+    /// words: the parent reads neither, so nothing may come of it (until
+    /// protocol version 5 a garbage `head` kept the parent's driver busy).
+    GarbageInHead,
 }
 
 /// Makes the calling worker write garbage into its own result ring, to test
@@ -116,28 +123,28 @@ pub fn sabotage(how: Sabotage) -> bool {
         return false;
     };
     let ring = slot.result_ring();
+    // Our own producer writes `tail` on every publish, and it publishes each
+    // result at once: where the next record goes, the parent's next look.
     let (_, tail) = ring.positions();
+    let forged = |kind, payload_len, id, stamp| {
+        let header = RecordHeader {
+            stamp,
+            kind,
+            payload_len,
+            id,
+            ..Default::default()
+        };
+        ring.force_record(tail, &header);
+    };
     match how {
-        Sabotage::TailOutOfRange => ring.force_tail(tail.wrapping_add(1 << 31)),
-        Sabotage::UnknownTaskId => {
-            let header = RecordHeader {
-                total: 40,
-                kind: kind::OK,
-                payload_len: 8,
-                id: u64::MAX - 7,
-                ..Default::default()
-            };
-            ring.force_record(tail, &header);
-            ring.force_tail(tail.wrapping_add(40));
+        Sabotage::StampOutOfRange => {
+            forged(kind::OK, 8, 1, stamp_for(tail.wrapping_add(1 << 31)) + 2)
         }
-        Sabotage::BadRecordLength => {
-            let header = RecordHeader {
-                total: 1 << 30,
-                kind: kind::OK,
-                ..Default::default()
-            };
-            ring.force_record(tail, &header);
-            ring.force_tail(tail.wrapping_add(64));
+        Sabotage::UnknownTaskId => forged(kind::OK, 8, u64::MAX - 7, stamp_for(tail)),
+        Sabotage::BadRecordLength => forged(kind::OK, 1 << 30, 1, stamp_for(tail)),
+        Sabotage::GarbageInHead => {
+            ring.force_head(tail.wrapping_add(0x1234_5678));
+            ring.force_tail(tail.wrapping_sub(0x0bad_cafe));
         }
     }
     true
@@ -313,15 +320,19 @@ impl<'a> Server<'a> {
                     return Ok(());
                 }
                 if !spinner.spin() {
-                    let ring = self.tasks.memory();
+                    let tasks = &self.tasks;
                     let shutdown = self.slot.shutdown();
                     // While a result's spill (or an object it names) waits
                     // for the parent to open it, look again now and then:
                     // its memory goes as soon as it can.
                     let recheck = crate::shm::handle::lingering_now()
                         .then_some(std::time::Duration::from_millis(10));
+                    // The stamp at our claim position: the parent stamps a
+                    // task, then wakes us (`park`'s fences order its stamp
+                    // before its look at `sleeping`, and our announcement
+                    // before this look at the stamp).
                     park::sleep_unless(self.slot.sleeping(), recheck, || {
-                        ring.has_unclaimed() || shutdown.load(Ordering::Acquire) != 0
+                        tasks.has_record() || shutdown.load(Ordering::Acquire) != 0
                     });
                     spinner.reset();
                 }

@@ -253,7 +253,10 @@ impl Worker {
             pidfd: None,
             phase: Phase::Spawning,
             tasks: Producer::new(slot.task_ring()),
-            results: Consumer::new(slot.result_ring()),
+            results: Consumer::with_position_mirror(
+                slot.result_ring(),
+                Arc::new(std::sync::atomic::AtomicU32::new(0)),
+            ),
             in_flight: VecDeque::new(),
             budget_left: budget,
             start_failures: 0,
@@ -328,7 +331,10 @@ impl Worker {
         self.slot.shutdown().store(0, Ordering::Relaxed);
         self.slot.pid().store(0, Ordering::Relaxed);
         self.tasks = Producer::new(self.slot.task_ring());
-        self.results = Consumer::new(self.slot.result_ring());
+        self.results = match self.results.position_mirror() {
+            Some(mirror) => Consumer::with_position_mirror(self.slot.result_ring(), mirror),
+            None => Consumer::new(self.slot.result_ring()),
+        };
         self.budget_left = budget;
         self.violated = false;
         self.pid = 0;
@@ -412,6 +418,17 @@ pub(super) struct FaultPolicy {
 }
 
 impl Core {
+    /// Per worker, where the parent's claim position in its result ring is
+    /// mirrored: for `Shared::has_work`, which asks without the lock whether
+    /// results wait (`ring::RingMemory::has_record_at`). Parent memory, so
+    /// that no worker can make the answer "yes" for ever.
+    pub(super) fn result_position_mirrors(&self) -> Vec<Option<Arc<std::sync::atomic::AtomicU32>>> {
+        self.workers
+            .iter()
+            .map(|w| w.results.position_mirror())
+            .collect()
+    }
+
     pub(super) fn new(workers: Vec<Worker>, policy: FaultPolicy) -> Self {
         Self {
             pending: VecDeque::new(),
