@@ -258,6 +258,19 @@ fn a_stray_worker_variable_is_explained_before_main() {
     assert_eq!(malformed.status.code(), Some(101), "{stderr}");
     assert!(stdout.is_empty(), "{stdout}");
     assert!(stderr.contains("malformed COREPOOL_WORKER"), "{stderr}");
+    // A worker whose pool's program has ended (a replacement started as
+    // the program exited) leaves without a word: nothing is wrong.
+    let mut ended = Command::new("true").spawn().unwrap();
+    let gone = ended.id();
+    ended.wait().unwrap();
+    let orphan = common::output_within(
+        Command::new(std::env::current_exe().unwrap())
+            .env("COREPOOL_WORKER", format!("v1:3:0:{gone}")),
+        common::WATCHDOG,
+    );
+    let (stdout, stderr) = texts(&orphan);
+    assert_eq!(orphan.status.code(), Some(101), "{stderr}");
+    assert!(stdout.is_empty() && stderr.is_empty(), "{stdout} {stderr}");
 }
 
 /// This binary again, filtered to one test, then with `--test-threads=1`:

@@ -174,6 +174,11 @@ fn serve(token: Token<'_>) -> i32 {
     // The parent may have died between fork and now, before PDEATHSIG was armed
     // for us to notice: then there is nobody to serve.
     if sys::getppid() != token.parent {
+        if sys::process_has_ended(token.parent) {
+            // The program ended while we started (a replacement started as
+            // it exited): nobody to serve, and nothing is wrong.
+            return EXIT_START_FAILED;
+        }
         return stray("its parent is not the pool that started it");
     }
     // Who we are, before any task can ask (`crate::current_process`).
