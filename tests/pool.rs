@@ -1000,11 +1000,19 @@ fn imap_unordered_pulls_its_source_lazily() {
     assert!(early.next().unwrap().is_ok());
     drop(early);
     assert_eq!(pool.apply(square, 3), Ok(9));
-    // Closed midway: the results in flight come, then the refusal, last.
-    let mut midway = pool.imap_unordered(square, 0u64..);
-    assert!(midway.next().unwrap().is_ok());
+    // Closed midway: the results in flight come, then the refusal, last
+    // (for `imap`, in turn).
+    let mut ordered = pool.imap(square, 0u64..);
+    assert_eq!(ordered.next(), Some(Ok(0)));
+    let mut unordered = pool.imap_unordered(square, 0u64..);
+    assert!(unordered.next().unwrap().is_ok());
     pool.close();
-    let rest: Vec<_> = midway.collect();
+    let rest: Vec<_> = ordered.collect();
+    let (last, before) = rest.split_last().unwrap();
+    assert_eq!(last, &Err(Error::PoolClosed), "{rest:?}");
+    let squares: Vec<_> = (1..=before.len() as u64).map(|x| Ok(square(x))).collect();
+    assert_eq!(before, squares, "the results in flight, in order");
+    let rest: Vec<_> = unordered.collect();
     assert_eq!(rest.last(), Some(&Err(Error::PoolClosed)), "{rest:?}");
     assert!(rest[..rest.len() - 1].iter().all(Result::is_ok), "{rest:?}");
     assert!(rest.len() as u64 <= window + 1, "{} items", rest.len());

@@ -127,6 +127,7 @@ impl Pool {
             feed: Feed::new::<F, R>(self, items.into_iter(), chunksize),
             in_flight: VecDeque::new(),
             ready: VecDeque::new(),
+            refused: None,
             ended: false,
         }
     }
@@ -164,8 +165,9 @@ impl Pool {
     ///
     /// Like [`imap_unordered`](Self::imap_unordered) it returns the iterator
     /// itself, of `Result<R>`: what would fail the call (the pool closed,
-    /// an argument too large, waiting in a callback of this pool) is an
-    /// item instead, taken in turn, and the iterator ends after an error.
+    /// an argument that cannot be encoded, waiting in a callback of this
+    /// pool) is an item instead, taken in turn (after the results of the
+    /// items before it), and the iterator ends after an error.
     ///
     /// # Where the source is pulled
     ///
@@ -295,6 +297,9 @@ pub struct Imap<'p, A, R, I> {
     /// Each chunk submitted and not yet read, with how many results are due.
     in_flight: VecDeque<(AsyncResult<Vec<R>>, usize)>,
     ready: VecDeque<R>,
+    /// Why a submission was refused: nothing more is pulled, and it is the
+    /// last item, in turn after the results of the chunks in flight.
+    refused: Option<Error>,
     /// After an error or the last result: `next` returns `None` for good.
     ended: bool,
 }
@@ -309,21 +314,25 @@ impl<A, R, I> fmt::Debug for Imap<'_, A, R, I> {
 }
 
 impl<A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'_, A, R, I> {
-    /// Pulls one chunk from the source and submits it; `Ok(false)` when the
-    /// source has ended.
-    fn pull_one(&mut self) -> Result<bool> {
+    /// Pulls one chunk from the source and submits it (a refusal is kept
+    /// for its turn); `false` when the source has ended.
+    fn pull_one(&mut self) -> bool {
         let Some(chunk) = self.feed.pull() else {
-            return Ok(false);
+            return false;
         };
         let cell = Cell::<Vec<R>>::new(Callbacks::new());
         let sink = Sink {
             target: cell.clone(),
             tag: 0,
         };
-        self.feed.submit(&chunk, sink)?;
-        let handle = AsyncResult::new(cell, Arc::downgrade(&self.feed.pool.shared));
-        self.in_flight.push_back((handle, chunk.len()));
-        Ok(true)
+        match self.feed.submit(&chunk, sink) {
+            Ok(()) => {
+                let handle = AsyncResult::new(cell, Arc::downgrade(&self.feed.pool.shared));
+                self.in_flight.push_back((handle, chunk.len()));
+            }
+            Err(e) => self.refused = Some(e),
+        }
+        true
     }
 
     /// Ends the iteration with `e` as its last item.
@@ -350,16 +359,18 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
             // The chunk owed next is handed back as soon as it is in: the
             // source is pulled only while it is not.
             let owed_is_in = self.in_flight.front().is_some_and(|(h, _)| h.ready());
-            if !owed_is_in && self.feed.may_pull(self.in_flight.len()) {
-                match self.pull_one() {
-                    Ok(true) => continue,
-                    Ok(false) => {} // the source has ended
-                    Err(e) => return self.end_with(e),
-                }
+            if !owed_is_in
+                && self.refused.is_none()
+                && self.feed.may_pull(self.in_flight.len())
+                && self.pull_one()
+            {
+                continue;
             }
             let Some((owed, due)) = self.in_flight.pop_front() else {
-                self.ended = true; // the source has ended and all is read
-                return None;
+                // All is read: the source has ended, or a submission was
+                // refused, its error coming now.
+                self.ended = true;
+                return self.refused.take().map(Err);
             };
             // Helping the pool collect, and going on helping while a slow
             // callback of another task holds up whoever delivers.
