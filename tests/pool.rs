@@ -966,7 +966,8 @@ const HUNG: Duration = Duration::from_secs(60);
 /// panicked with "capacity overflow"), and still answers every item once.
 fn imap_unordered_pulls_its_source_lazily() {
     let pool = pool2();
-    let window = pool.workers() as u64 * 4;
+    // The most a lazy map keeps in flight (64 chunks per worker).
+    let window = pool.workers() as u64 * 64;
     let pulled = std::rc::Rc::new(std::cell::Cell::new(0u64));
     let counted = pulled.clone();
     let endless = (0u64..).inspect(move |_| counted.set(counted.get() + 1));
