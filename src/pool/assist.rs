@@ -124,6 +124,9 @@ impl Assist {
 /// answered, a result in), or the sleep may not see it. The caller checked
 /// that it may wait on `pool` here (`Shared::check_can_wait`).
 pub(super) fn wait_helping(pool: &Shared, mut reached: impl FnMut() -> bool) {
+    if reached() {
+        return; // no helper to register, no driver to ungate after
+    }
     let assist = &pool.assist;
     let mut spin = true;
     loop {
