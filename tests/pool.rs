@@ -985,6 +985,146 @@ fn lazy_maps_on_a_closed_pool_yield_one_error_and_end() {
     pool.join().unwrap();
 }
 
+// ---- the lazy maps: pulled a window ahead, results handed back when in ----
+
+/// Far longer than any step here takes; only a hang reaches it.
+const HUNG: Duration = Duration::from_secs(60);
+
+/// `imap_unordered` pulls its source a window ahead of the consumer, as
+/// `imap` does (it used to collect the whole source first: an endless one
+/// panicked with "capacity overflow"), and still answers every item once.
+fn imap_unordered_pulls_its_source_lazily() {
+    let pool = pool2();
+    // The most a lazy map keeps in flight (64 chunks per worker).
+    let window = pool.workers() as u64 * 64;
+    let pulled = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let counted = pulled.clone();
+    let endless = (0u64..).inspect(move |_| counted.set(counted.get() + 1));
+    let three: Vec<u64> = pool
+        .imap_unordered(square, endless)
+        .take(3)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(three.len(), 3);
+    assert!(
+        pulled.get() <= 3 + window,
+        "{} items pulled for 3 results",
+        pulled.get()
+    );
+    let chunks = pool.chunked(4).unwrap();
+    let three = chunks.imap_unordered(square, 0u64..).take(3).count();
+    assert_eq!(three, 3);
+    // Every item once, in any order, chunked or not.
+    for chunksize in [1, 7] {
+        let mut all: Vec<u64> = pool
+            .chunked(chunksize)
+            .unwrap()
+            .imap_unordered(square, 0..1000u64)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        all.sort_unstable();
+        assert_eq!(all, (0..1000u64).map(square).collect::<Vec<_>>());
+    }
+    // Dropped early with work in flight: the pool goes on.
+    let mut early = pool.imap_unordered(square, 0..10_000_000u64);
+    assert!(early.next().unwrap().is_ok());
+    drop(early);
+    assert_eq!(pool.apply(square, 3), Ok(9));
+    // Closed midway: the results in flight come, then the refusal, last
+    // (for `imap`, in turn).
+    let mut ordered = pool.imap(square, 0u64..);
+    assert_eq!(ordered.next(), Some(Ok(0)));
+    let mut unordered = pool.imap_unordered(square, 0u64..);
+    assert!(unordered.next().unwrap().is_ok());
+    pool.close();
+    let rest: Vec<_> = ordered.collect();
+    let (last, before) = rest.split_last().unwrap();
+    assert_eq!(last, &Err(Error::PoolClosed), "{rest:?}");
+    let squares: Vec<_> = (1..=before.len() as u64).map(|x| Ok(square(x))).collect();
+    assert_eq!(before, squares, "the results in flight, in order");
+    let rest: Vec<_> = unordered.collect();
+    assert_eq!(rest.last(), Some(&Err(Error::PoolClosed)), "{rest:?}");
+    assert!(rest[..rest.len() - 1].iter().all(Result::is_ok), "{rest:?}");
+    assert!(rest.len() as u64 <= window + 1, "{} items", rest.len());
+    pool.join().unwrap();
+}
+
+/// Counts the tasks that ran, for a source that waits on them.
+fn counted_run((x, ran): (u64, corepool::AtomicValue<u64>)) -> u64 {
+    ran.fetch_add(1);
+    x
+}
+
+/// `imap` hands back the result it owes once it is in, before it pulls
+/// more: it used to pull its whole window first, waiting on a slow source
+/// while a result sat ready. The source here is slow in a way tied to the
+/// pool's progress: item `k` comes once `k` tasks have run. With one
+/// worker, task `k` runs only after result `k - 1` is in the result ring,
+/// so a map that hands back what is in is never more than two items ahead
+/// of its consumer; the old one was always its window (4) ahead.
+fn imap_hands_back_a_result_that_is_in_before_pulling_more() {
+    let pool = Pool::builder().workers(1).build().unwrap();
+    let ran = corepool::AtomicValue::new(0u64).unwrap();
+    let pulled = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let (counted, source_ran) = (pulled.clone(), ran.clone());
+    let slow = (0u64..).map(move |k| {
+        let deadline = std::time::Instant::now() + HUNG;
+        while source_ran.load() < k {
+            assert!(std::time::Instant::now() < deadline, "task {k} never ran");
+            std::thread::yield_now();
+        }
+        counted.set(k + 1);
+        (k, source_ran.clone())
+    });
+    let mut results = pool.imap(counted_run, slow);
+    let mut ahead = Vec::new();
+    for k in 0..20u64 {
+        assert_eq!(results.next(), Some(Ok(k)));
+        ahead.push(pulled.get() - (k + 1));
+    }
+    // Allow for a result that was not in yet when `next` looked (the
+    // driver may be between taking it from the ring and handing it over).
+    assert!(
+        ahead.iter().any(|&a| a <= 2),
+        "items pulled ahead of the consumer at each result: {ahead:?}"
+    );
+}
+
+/// A slow callback of one task does not hold back the results of a `map`,
+/// `imap` or `imap_unordered` waiting on the same pool: they used to wait
+/// for the driver thread, busy running the callback. The callback here is
+/// blocked until they returned.
+fn a_slow_callback_does_not_hold_back_the_maps() {
+    let pool = pool2();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let cb = Callbacks::new().on_success(move |_: &u64| {
+        started_tx.send(()).unwrap();
+        // Dropped (and the release refused) if the maps never returned.
+        let _ = release_rx.recv_timeout(HUNG);
+    });
+    // Nobody waits on it: the driver delivers it, and is stuck in it.
+    let slow = pool.apply_async_with(square, 3, cb).unwrap();
+    started_rx.recv_timeout(HUNG).unwrap();
+    let squares: Vec<u64> = (0..1000u64).map(square).collect();
+    assert_eq!(pool.map(square, 0..1000u64).unwrap(), squares);
+    let lazy: Vec<u64> = pool
+        .imap(square, 0..1000u64)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(lazy, squares);
+    let mut unordered: Vec<u64> = pool
+        .imap_unordered(square, 0..1000u64)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    unordered.sort_unstable();
+    assert_eq!(unordered, squares);
+    release_tx
+        .send(())
+        .expect("the maps returned while the callback still ran");
+    assert_eq!(slow.get(), Ok(9));
+}
+
 fn main() {
     common::run(common::tests![
         async_results_are_futures_woken_by_the_pool,
@@ -1019,5 +1159,8 @@ fn main() {
         map_callbacks_run_once_with_the_whole_result,
         get_timeout_can_be_called_again,
         endless_timeouts_are_no_timeouts,
+        imap_unordered_pulls_its_source_lazily,
+        imap_hands_back_a_result_that_is_in_before_pulling_more,
+        a_slow_callback_does_not_hold_back_the_maps,
     ]);
 }

@@ -289,7 +289,8 @@ impl<'p> Chunked<'p> {
         self.pool.imap_in_chunks(f, items, Some(self.chunksize))
     }
 
-    /// [`Pool::imap_unordered`] in chunks of this view's size.
+    /// [`Pool::imap_unordered`] in chunks of this view's size: as lazy,
+    /// with fewer, larger tasks.
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
@@ -303,15 +304,12 @@ impl<'p> Chunked<'p> {
     ///     Ok(())
     /// }
     /// ```
-    pub fn imap_unordered<F, A, R>(
-        &self,
-        f: F,
-        items: impl IntoIterator<Item = A>,
-    ) -> ImapUnordered<R>
+    pub fn imap_unordered<F, A, R, I>(&self, f: F, items: I) -> ImapUnordered<'p, A, R, I::IntoIter>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Wire,
         R: Wire,
+        I: IntoIterator<Item = A>,
     {
         self.pool
             .imap_unordered_in_chunks(f, items, Some(self.chunksize))

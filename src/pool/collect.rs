@@ -7,12 +7,11 @@ use super::handle::{guarded_decode, Cell};
 use super::prefault::Prefault;
 use super::sink::{Completion, Outcome};
 use crate::error::{Error, Result};
-use crate::shm::park::Spinner;
 use crate::shm::ring::{Claimed, Consumer};
 use crate::sync::lock;
 use crate::wire::{decode_exact, Wire};
 use std::mem::MaybeUninit;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 
 /// Collects the chunks of a `map` into one `Vec`, in order.
 ///
@@ -26,9 +25,6 @@ use std::sync::{Arc, Condvar, Mutex};
 /// its turn.
 pub(super) struct MapCollector<R> {
     state: Mutex<Collected<R>>,
-    /// Signalled when a chunk completes and somebody waits in
-    /// [`wait_completed`](Self::wait_completed).
-    progress: Condvar,
     cell: Arc<Cell<Vec<R>>>,
     /// Faulting the output's fresh memory in ahead of the results; stopped
     /// (and its thread joined) before the output is handed over.
@@ -66,8 +62,6 @@ struct Collected<R> {
     sealed: bool,
     /// Chunks answered, in any order (failed ones too).
     completed: usize,
-    /// Threads blocked in `wait_completed`; only changed under this lock.
-    waiters: usize,
     failed: bool,
     /// The output was handed to the result.
     handed_over: bool,
@@ -96,11 +90,9 @@ impl<R: Wire> MapCollector<R> {
                 owed: 0,
                 sealed: false,
                 completed: 0,
-                waiters: 0,
                 failed: false,
                 handed_over: false,
             }),
-            progress: Condvar::new(),
             cell,
         })
     }
@@ -133,31 +125,14 @@ impl<R: Wire> MapCollector<R> {
     }
 
     /// Blocks until at least `n` chunks have been answered or the collection
-    /// failed, helping `pool` collect results meanwhile (as
-    /// [`AsyncResult::wait`](super::AsyncResult::wait) does).
+    /// failed, helping `pool` collect results meanwhile, and going on
+    /// helping while a slow callback holds up whoever delivers (see
+    /// [`wait_helping`](super::assist::wait_helping)).
     pub(super) fn wait_completed(&self, n: usize, pool: &Shared) {
-        let reached = |s: &Collected<R>| s.completed >= n || s.failed;
-        {
-            let helping = pool.helper();
-            let mut spinner = Spinner::new();
-            loop {
-                if reached(&lock(&self.state)) {
-                    return;
-                }
-                pool.try_drive();
-                if !spinner.spin() {
-                    break;
-                }
-            }
-            // Hand over to the driver thread before sleeping.
-            drop(helping);
-        }
-        let mut state = lock(&self.state);
-        state.waiters += 1;
-        while !reached(&state) {
-            state = self.progress.wait(state).unwrap_or_else(|p| p.into_inner());
-        }
-        state.waiters -= 1;
+        super::assist::wait_helping(pool, || {
+            let state = lock(&self.state);
+            state.completed >= n || state.failed
+        });
     }
 
     fn finish_if_done(&self, mut state: std::sync::MutexGuard<'_, Collected<R>>) {
@@ -259,10 +234,6 @@ impl<R: Wire> Completion for MapCollector<R> {
     fn complete(&self, tag: u64, outcome: Outcome) {
         let mut state = lock(&self.state);
         state.completed += 1;
-        if state.waiters > 0 {
-            // The waiter re-checks under the lock we hold, once we drop it.
-            self.progress.notify_all();
-        }
         self.take(state, tag, outcome);
     }
 

@@ -7,6 +7,7 @@
 //! when idle, and on a private `gate` futex while a caller helps, so that
 //! round trips make no wake-up system call.
 
+use super::assist::Assist;
 use super::core::{Actions, Core, Phase};
 use super::layout::{self, Slot};
 use super::sink::Sink;
@@ -89,6 +90,8 @@ pub(super) struct Shared {
     /// The process that created the pool: in a `fork()`ed copy, nothing may
     /// touch the workers, the rings or a lock another thread held at the fork.
     owner: u32,
+    /// Deliveries in progress, for callers waiting in `assist::wait_helping`.
+    pub(super) assist: Assist,
 }
 
 /// Marks the current thread as a helper while it lives.
@@ -140,6 +143,7 @@ impl Shared {
             next_deadline_ns: AtomicU64::new(u64::MAX),
             epoch: Instant::now(),
             owner: crate::sys::current_pid(),
+            assist: Assist::new(),
             _initializer_keep: initializer_keep,
         }
     }
@@ -306,6 +310,7 @@ impl Shared {
             self.lifecycle.notify_all();
         }
         let _delivering = (!actions.completions.is_empty()).then(|| Delivering::enter(self));
+        let _delivery = (!actions.completions.is_empty()).then(|| self.assist.delivering());
         for (sink, outcome) in actions.completions {
             // Callbacks and decoders guard themselves (`Cell::finish`,
             // `guarded_decode`); this catches what they cannot, such as a

@@ -1,19 +1,22 @@
 //! Lazy maps: [`Pool::imap`] and [`Pool::imap_unordered`] (and their
 //! [`Chunked`](super::Chunked) twins, through one implementation), and the
-//! iterators they return, [`Imap`] and [`ImapUnordered`].
+//! iterators they return, [`Imap`] and [`ImapUnordered`]. Both pull their
+//! source a chunk at a time on the consumer's thread ([`Feed`]), a bounded
+//! window ahead, and hand back a result that is in before they ask the
+//! source for more.
 
+use super::assist::wait_helping;
 use super::collect::{self, ChannelSink};
-use super::driver::Shared;
-use super::handle::{self, Cell};
+use super::handle::Cell;
 use super::sink::{Completion, Sink};
 use super::{AsyncResult, Callbacks, Pool};
 use crate::error::{Error, Result};
-use crate::shm::park::Spinner;
 use crate::wire::task;
 use crate::wire::Wire;
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The chunk size of a lazy map unless the caller picks one (Python's
 /// `imap` default). A lazy map's source may be endless, so there is no
@@ -22,6 +25,134 @@ use std::sync::Arc;
 /// never holds a finished result back behind its chunk's slower items. Cheap
 /// items are better sent in chunks, through [`Pool::chunked`].
 const LAZY_DEFAULT_CHUNKSIZE: usize = 1;
+
+/// How many chunks a lazy map keeps submitted and unread per worker, at
+/// least: enough that a worker finds its next task waiting, few enough that
+/// an endless (or huge) source is pulled only a little ahead of the consumer
+/// and that little work is left to finish in vain when the consumer stops
+/// early.
+const LAZY_MIN_CHUNKS_AHEAD_PER_WORKER: usize = 4;
+
+/// How many at most: while chunks come back fast, a window of 4 per worker
+/// leaves the workers waiting on round trips (an `imap` of 200,000 no-op
+/// tasks on two busy vCPUs made about 90,000 items/s with 4, 300,000 to
+/// 550,000 with up to 64), so the window grows to hold about
+/// [`LAZY_WORK_AHEAD`] of the pool's work, up to this bound.
+const LAZY_MAX_CHUNKS_AHEAD_PER_WORKER: usize = 64;
+
+/// The pool's work a lazy map keeps in flight ahead of its consumer, judged
+/// by how fast chunks have come back: tiny tasks fill the window to its
+/// most, tasks of a millisecond or more keep it at its least.
+const LAZY_WORK_AHEAD: Duration = Duration::from_millis(1);
+
+/// A lazy map's source, pulled a chunk at a time on the consumer's thread,
+/// and the submission of each chunk.
+struct Feed<'p, A, I> {
+    pool: &'p Pool,
+    trampoline: i64,
+    source: I,
+    /// Checked by [`Pool::chunked`], or the default.
+    chunksize: usize,
+    /// Chunks submitted and not yet handed back, at most: between
+    /// `window_bounds`, after how fast chunks come back (`took_chunk`).
+    window: usize,
+    window_bounds: (usize, usize),
+    /// When the consumer last took a chunk's outcome.
+    last_taken: Option<Instant>,
+    /// The time between two chunks taken, a moving average (nanoseconds).
+    chunk_interval_ns: f64,
+    /// The source returned `None`: it is not asked again.
+    exhausted: bool,
+    /// Whether the consumer asked for an item yet: the first call checks
+    /// that the pool is open, so that a source of no items on a closed pool
+    /// is refused too, as `map` is.
+    asked: bool,
+    _args: std::marker::PhantomData<fn(A)>,
+}
+
+impl<'p, A: Wire, I: Iterator<Item = A>> Feed<'p, A, I> {
+    fn new<F, R>(pool: &'p Pool, source: I, chunksize: Option<usize>) -> Self
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        R: Wire,
+    {
+        Self {
+            pool,
+            trampoline: task::offset_of(task::call_chunk::<F, A, R>),
+            source,
+            chunksize: chunksize.unwrap_or(LAZY_DEFAULT_CHUNKSIZE),
+            window: pool.workers() * LAZY_MIN_CHUNKS_AHEAD_PER_WORKER,
+            window_bounds: (
+                pool.workers() * LAZY_MIN_CHUNKS_AHEAD_PER_WORKER,
+                pool.workers() * LAZY_MAX_CHUNKS_AHEAD_PER_WORKER,
+            ),
+            last_taken: None,
+            chunk_interval_ns: 0.0,
+            exhausted: false,
+            asked: false,
+            _args: std::marker::PhantomData,
+        }
+    }
+
+    /// What each call to `next` checks first: that this thread may wait on
+    /// the pool (not in one of its callbacks, not in a `fork()`ed copy),
+    /// and on the first call that the pool takes work.
+    fn check(&mut self) -> Result<()> {
+        self.pool.shared.check_can_wait()?;
+        if !std::mem::replace(&mut self.asked, true) {
+            self.pool.shared.check_open()?;
+        }
+        Ok(())
+    }
+
+    /// The consumer took a chunk's outcome: the window follows how fast
+    /// they come (chunks per [`LAZY_WORK_AHEAD`], within its bounds). The
+    /// interval includes the consumer's own time: a slow consumer needs no
+    /// more work ahead.
+    fn took_chunk(&mut self) {
+        let now = Instant::now();
+        let Some(last) = self.last_taken.replace(now) else {
+            return;
+        };
+        let ns = now.saturating_duration_since(last).as_nanos() as f64;
+        self.chunk_interval_ns = if self.chunk_interval_ns == 0.0 {
+            ns
+        } else {
+            0.8 * self.chunk_interval_ns + 0.2 * ns
+        };
+        let wanted = LAZY_WORK_AHEAD.as_nanos() as f64 / self.chunk_interval_ns.max(1.0);
+        let (least, most) = self.window_bounds;
+        self.window = (wanted as usize).clamp(least, most);
+    }
+
+    /// Whether another chunk may be pulled with `in_flight` unread.
+    fn may_pull(&self, in_flight: usize) -> bool {
+        !self.exhausted && in_flight < self.window
+    }
+
+    /// The next chunk of the source (`None`, for good, once it ends). This
+    /// is where the consumer's thread waits on the source.
+    fn pull(&mut self) -> Option<Vec<A>> {
+        // Pushed one by one: `collect` would reserve what an endless
+        // source's size hint claims, the whole chunk size at once.
+        let mut chunk: Vec<A> = Vec::with_capacity(self.chunksize.min(1 << 10));
+        for item in self.source.by_ref().take(self.chunksize) {
+            chunk.push(item);
+        }
+        self.exhausted = chunk.is_empty();
+        (!chunk.is_empty()).then_some(chunk)
+    }
+
+    /// Submits one chunk, its outcome going to `sink`.
+    fn submit(&self, chunk: &Vec<A>, sink: Sink) -> Result<()> {
+        let (payload, carried) = crate::wire::encode_payload(chunk)?;
+        self.pool.shared.submit(
+            smallvec::smallvec![(self.trampoline, payload, sink)],
+            carried.into_keep_alive(),
+            false,
+        )
+    }
+}
 
 impl Pool {
     /// The one implementation of `imap`, for [`Pool`] (`chunksize` `None`:
@@ -40,86 +171,89 @@ impl Pool {
     {
         let _ = f;
         Imap {
-            pool: self,
-            trampoline: task::offset_of(task::call_chunk::<F, A, R>),
-            source: items.into_iter(),
-            chunksize: chunksize.unwrap_or(LAZY_DEFAULT_CHUNKSIZE),
+            feed: Feed::new::<F, R>(self, items.into_iter(), chunksize),
             in_flight: VecDeque::new(),
             ready: VecDeque::new(),
+            refused: None,
             ended: false,
-            asked: false,
-            _args: std::marker::PhantomData,
         }
     }
 
     /// The one implementation of `imap_unordered` (see
     /// [`imap_in_chunks`](Self::imap_in_chunks)).
-    pub(super) fn imap_unordered_in_chunks<F, A, R>(
+    pub(super) fn imap_unordered_in_chunks<F, A, R, I>(
         &self,
         f: F,
-        items: impl IntoIterator<Item = A>,
+        items: I,
         chunksize: Option<usize>,
-    ) -> ImapUnordered<R>
+    ) -> ImapUnordered<'_, A, R, I::IntoIter>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Wire,
         R: Wire,
+        I: IntoIterator<Item = A>,
     {
         let _ = f;
-        let trampoline = task::offset_of(task::call_chunk::<F, A, R>);
-        let chunksize = chunksize.unwrap_or(LAZY_DEFAULT_CHUNKSIZE);
         let (tx, rx) = crossbeam_channel::unbounded();
-        let mut iter = ImapUnordered {
+        ImapUnordered {
+            feed: Feed::new::<F, R>(self, items.into_iter(), chunksize),
+            sink: Arc::new(ChannelSink { tx }),
             rx,
-            chunks_left: 0,
+            in_flight: 0,
             ready: VecDeque::new(),
             refused: None,
-            pool: Arc::downgrade(&self.shared),
-        };
-        let sink: Arc<dyn Completion> = Arc::new(ChannelSink { tx });
-        match self.submit_unordered(trampoline, items, chunksize, &sink) {
-            Ok(chunks) => iter.chunks_left = chunks,
-            Err(e) => iter.refused = Some(e),
+            ended: false,
         }
-        iter
-    }
-
-    /// Submits every chunk of `items` at once, each answering to `sink`;
-    /// returns how many chunks that made.
-    fn submit_unordered<A: Wire>(
-        &self,
-        trampoline: i64,
-        items: impl IntoIterator<Item = A>,
-        chunksize: usize,
-        sink: &Arc<dyn Completion>,
-    ) -> Result<usize> {
-        self.shared.check_open()?; // refused even with no items, as `map` is
-        let mut chunker = self.chunker(items, Some(chunksize))?;
-        let mut tasks = smallvec::SmallVec::new();
-        let mut keep = Vec::new();
-        while let Some((payload, due, chunk_keep)) = chunker.next_chunk()? {
-            keep.extend(chunk_keep);
-            // The tag is how many results are due, which `ChannelSink` checks.
-            let sink = Sink {
-                target: sink.clone(),
-                tag: due as u64,
-            };
-            tasks.push((trampoline, payload, sink));
-        }
-        let chunks = tasks.len();
-        self.shared.submit(tasks, keep, false)?;
-        Ok(chunks)
     }
 
     /// A lazy, ordered `map` (Python's `imap`): items are pulled from `items`
     /// one per task (Python's default; [`chunked`](Self::chunked) sends
-    /// more), a few tasks per worker ahead of the consumer, so an endless
-    /// iterator works.
+    /// more), so an endless iterator works.
     ///
     /// Like [`imap_unordered`](Self::imap_unordered) it returns the iterator
     /// itself, of `Result<R>`: what would fail the call (the pool closed,
-    /// an argument too large, waiting in a callback of this pool) is an
-    /// item instead, taken in turn, and the iterator ends after an error.
+    /// an argument that cannot be encoded, waiting in a callback of this
+    /// pool) is an item instead, taken in turn (after the results of the
+    /// items before it), and the iterator ends after an error.
+    ///
+    /// # Where the source is pulled
+    ///
+    /// There is no feeder thread (the source need not be `Send`): `items`
+    /// is pulled on the consumer's thread, inside `next`, a bounded window
+    /// ahead of the results handed back: 4 chunks per worker while results
+    /// take a millisecond or more to come, growing to 64 per worker (about
+    /// a millisecond of the pool's work) while they come faster. `next` returns
+    /// the result it owes as soon as it is in; only while it is not does
+    /// `next` pull more (and wait in the source's own `next` if that
+    /// blocks). So a slow source delays a result that is ready by at most
+    /// one of its own waits, and never holds back one that was in before.
+    ///
+    /// A source that waits for the map's own results (a work list fed by
+    /// the consumer, a crawler) deadlocks: `next` may be waiting in the
+    /// source for an item that the consumer would only send after `next`
+    /// returned. Feed such a loop another way, for instance one task per
+    /// item with [`apply_async`](Self::apply_async):
+    ///
+    /// ```
+    /// use std::collections::VecDeque;
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     let pool = corepool::Pool::new(2)?;
+    ///     let square = |x: u64| x * x;
+    ///     let mut pending = VecDeque::from([pool.apply_async(square, 1)?]);
+    ///     let mut seen = Vec::new();
+    ///     while let Some(handle) = pending.pop_front() {
+    ///         let v = handle.get()?;
+    ///         seen.push(v);
+    ///         if v < 1000 {
+    ///             // Each result decides the next input.
+    ///             pending.push_back(pool.apply_async(square, v + 1)?);
+    ///         }
+    ///     }
+    ///     assert_eq!(seen, [1, 4, 25, 676, 458_329]);
+    ///     Ok(())
+    /// }
+    /// ```
     ///
     /// ```
     /// fn main() {
@@ -147,13 +281,22 @@ impl Pool {
         self.imap_in_chunks(f, items, None)
     }
 
-    /// Like [`imap`](Self::imap), but yields results as they complete (Python's
-    /// `imap_unordered`). All items are submitted at once, one per task
-    /// (Python's default; [`chunked`](Self::chunked) sends more).
+    /// Like [`imap`](Self::imap), but yields results as they complete
+    /// (Python's `imap_unordered`): just as lazy, one item per task
+    /// (Python's default; [`chunked`](Self::chunked) sends more), the same
+    /// bounded window in flight, so an endless iterator works. The
+    /// source is pulled on the consumer's thread as `imap`'s is, with the
+    /// same caveat for a source that waits for the map's own results (see
+    /// "Where the source is pulled" under [`imap`](Self::imap)): `next` hands back
+    /// whatever result is in before it asks the source for more.
     ///
-    /// What would fail the submission (the pool closed, an argument too
-    /// large, ...) is the iterator's one item; a failing task's error is
-    /// yielded in its place among the others' results.
+    /// Every item's result comes exactly once. A failing task's error is
+    /// yielded in its place among the others' results, and the iteration
+    /// goes on. What refuses a submission (the pool closed, an argument
+    /// that cannot be encoded) stops the pulling: the results of the chunks
+    /// already in flight come first, then that error, last. On a closed
+    /// pool it is the one item. Dropping the iterator early pulls nothing
+    /// more; the tasks in flight finish and their results are dropped.
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
@@ -164,21 +307,21 @@ impl Pool {
     ///         .collect::<corepool::Result<_>>()?;
     ///     seen.sort_unstable(); // they come as they finish
     ///     assert_eq!(seen, [0, 10, 20, 30, 40, 50]);
+    ///     // Lazy: an endless source works.
+    ///     let three = pool.imap_unordered(|x: u64| x, 0u64..).take(3).count();
+    ///     assert_eq!(three, 3);
     ///     pool.close();
     ///     let refused: Vec<_> = pool.imap_unordered(|x: u64| x, 0..3u64).collect();
     ///     assert_eq!(refused, [Err(corepool::Error::PoolClosed)]);
     ///     Ok(())
     /// }
     /// ```
-    pub fn imap_unordered<F, A, R>(
-        &self,
-        f: F,
-        items: impl IntoIterator<Item = A>,
-    ) -> ImapUnordered<R>
+    pub fn imap_unordered<F, A, R, I>(&self, f: F, items: I) -> ImapUnordered<'_, A, R, I::IntoIter>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Wire,
         R: Wire,
+        I: IntoIterator<Item = A>,
     {
         self.imap_unordered_in_chunks(f, items, None)
     }
@@ -199,66 +342,52 @@ impl Pool {
 /// }
 /// ```
 pub struct Imap<'p, A, R, I> {
-    pool: &'p Pool,
-    trampoline: i64,
-    source: I,
-    /// Checked by [`Pool::chunked`] or the default.
-    chunksize: usize,
+    feed: Feed<'p, A, I>,
     /// Each chunk submitted and not yet read, with how many results are due.
     in_flight: VecDeque<(AsyncResult<Vec<R>>, usize)>,
     ready: VecDeque<R>,
+    /// Why a submission was refused: nothing more is pulled, and it is the
+    /// last item, in turn after the results of the chunks in flight.
+    refused: Option<Error>,
     /// After an error or the last result: `next` returns `None` for good.
     ended: bool,
-    /// Whether `next` has asked the pool yet: the first call checks that
-    /// it is open, so that a source of no items on a closed pool is
-    /// refused too, as `map` is.
-    asked: bool,
-    _args: std::marker::PhantomData<fn(A)>,
 }
 
 impl<A, R, I> fmt::Debug for Imap<'_, A, R, I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Imap")
-            .field("chunksize", &self.chunksize)
+            .field("chunksize", &self.feed.chunksize)
             .field("chunks_in_flight", &self.in_flight.len())
             .finish_non_exhaustive()
     }
 }
 
 impl<A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'_, A, R, I> {
-    fn refill(&mut self) -> Result<()> {
-        let ahead = self.pool.workers() * 4;
-        while self.in_flight.len() < ahead {
-            // Pushed one by one: `collect` would reserve what an endless
-            // source's size hint claims, the whole chunk size at once.
-            let mut chunk: Vec<A> = Vec::with_capacity(self.chunksize.min(1 << 10));
-            for item in self.source.by_ref().take(self.chunksize) {
-                chunk.push(item);
+    /// Pulls one chunk from the source and submits it (a refusal is kept
+    /// for its turn); `false` when the source has ended.
+    fn pull_one(&mut self) -> bool {
+        let Some(chunk) = self.feed.pull() else {
+            return false;
+        };
+        let cell = Cell::<Vec<R>>::new(Callbacks::new());
+        let sink = Sink {
+            target: cell.clone(),
+            tag: 0,
+        };
+        match self.feed.submit(&chunk, sink) {
+            Ok(()) => {
+                let handle = AsyncResult::new(cell, Arc::downgrade(&self.feed.pool.shared));
+                self.in_flight.push_back((handle, chunk.len()));
             }
-            if chunk.is_empty() {
-                break;
-            }
-            let cell = Cell::<Vec<R>>::new(Callbacks::new());
-            let (payload, carried) = crate::wire::encode_payload(&chunk)?;
-            let due = chunk.len();
-            self.pool.shared.submit(
-                smallvec::smallvec![(
-                    self.trampoline,
-                    payload,
-                    Sink {
-                        target: cell.clone(),
-                        tag: 0,
-                    },
-                )],
-                carried.into_keep_alive(),
-                false,
-            )?;
-            self.in_flight.push_back((
-                AsyncResult::new(cell, Arc::downgrade(&self.pool.shared)),
-                due,
-            ));
+            Err(e) => self.refused = Some(e),
         }
-        Ok(())
+        true
+    }
+
+    /// Ends the iteration with `e` as its last item.
+    fn end_with(&mut self, e: Error) -> Option<Result<R>> {
+        self.ended = true;
+        Some(Err(e))
     }
 }
 
@@ -266,51 +395,54 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
     type Item = Result<R>;
 
     fn next(&mut self) -> Option<Result<R>> {
+        if let Some(r) = self.ready.pop_front() {
+            return Some(Ok(r));
+        }
+        if self.ended {
+            return None;
+        }
+        if let Err(e) = self.feed.check() {
+            return self.end_with(e);
+        }
         loop {
-            if let Some(r) = self.ready.pop_front() {
-                return Some(Ok(r));
+            // The chunk owed next is handed back as soon as it is in: the
+            // source is pulled only while it is not.
+            let owed_is_in = self.in_flight.front().is_some_and(|(h, _)| h.ready());
+            if !owed_is_in
+                && self.refused.is_none()
+                && self.feed.may_pull(self.in_flight.len())
+                && self.pull_one()
+            {
+                continue;
             }
-            if self.ended {
-                return None;
-            }
-            let first = !std::mem::replace(&mut self.asked, true);
-            let step = self
-                .pool
-                .shared
-                .check_can_wait()
-                .and_then(|()| {
-                    if first {
-                        self.pool.shared.check_open()
-                    } else {
-                        Ok(())
-                    }
-                })
-                .and_then(|()| self.refill());
-            if let Err(e) = step {
+            let Some((owed, due)) = self.in_flight.pop_front() else {
+                // All is read: the source has ended, or a submission was
+                // refused, its error coming now.
                 self.ended = true;
-                return Some(Err(e));
-            }
-            let Some((next, due)) = self.in_flight.pop_front() else {
-                self.ended = true; // the source is exhausted
-                return None;
+                return self.refused.take().map(Err);
             };
-            match next
+            // Helping the pool collect, and going on helping while a slow
+            // callback of another task holds up whoever delivers.
+            wait_helping(&self.feed.pool.shared, || owed.ready());
+            self.feed.took_chunk();
+            match owed
                 .get()
                 .and_then(|values| collect::check_chunk(values, due))
             {
                 Ok(values) => self.ready.extend(values),
-                Err(e) => {
-                    self.ended = true;
-                    return Some(Err(e));
-                }
+                Err(e) => return self.end_with(e),
+            }
+            if let Some(r) = self.ready.pop_front() {
+                return Some(Ok(r));
             }
         }
     }
 }
 
 /// The iterator [`Pool::imap_unordered`] returns: results as they
-/// complete, each a `Result<R>`. A refused submission is its one item; a
-/// failing task's error comes among the other tasks' results.
+/// complete, each a `Result<R>`. A failing task's error comes among the
+/// other tasks' results; a refused submission stops the pulling and comes
+/// last (on a closed pool, it is the one item).
 ///
 /// ```
 /// fn main() -> corepool::Result<()> {
@@ -323,68 +455,102 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
 ///     Ok(())
 /// }
 /// ```
-pub struct ImapUnordered<R> {
+pub struct ImapUnordered<'p, A, R, I> {
+    feed: Feed<'p, A, I>,
+    /// Where every chunk's outcome goes: decoded, then sent to `rx`.
+    sink: Arc<dyn Completion>,
     rx: crossbeam_channel::Receiver<Result<Vec<R>>>,
-    chunks_left: usize,
+    /// Chunks submitted whose outcome has not been received.
+    in_flight: usize,
     ready: VecDeque<R>,
-    /// Why nothing was submitted: the one item.
+    /// Why a submission was refused: nothing more is pulled, and it is the
+    /// last item, after the results of the chunks in flight.
     refused: Option<Error>,
-    pool: std::sync::Weak<Shared>,
+    /// After the last item: `next` returns `None` for good.
+    ended: bool,
 }
 
-impl<R> fmt::Debug for ImapUnordered<R> {
+impl<A, R, I> fmt::Debug for ImapUnordered<'_, A, R, I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ImapUnordered")
-            .field("chunks_left", &self.chunks_left)
+            .field("chunksize", &self.feed.chunksize)
+            .field("chunks_in_flight", &self.in_flight)
             .finish_non_exhaustive()
     }
 }
 
-impl<R: Wire> Iterator for ImapUnordered<R> {
+impl<A: Wire, R: Wire, I: Iterator<Item = A>> ImapUnordered<'_, A, R, I> {
+    /// Pulls one chunk from the source and submits it (a refusal is kept
+    /// for the end); `false` when the source has ended.
+    fn pull_one(&mut self) -> bool {
+        let Some(chunk) = self.feed.pull() else {
+            return false;
+        };
+        // The tag is how many results are due, which `ChannelSink` checks.
+        let sink = Sink {
+            target: self.sink.clone(),
+            tag: chunk.len() as u64,
+        };
+        match self.feed.submit(&chunk, sink) {
+            Ok(()) => self.in_flight += 1,
+            Err(e) => self.refused = Some(e),
+        }
+        true
+    }
+
+    /// Takes one chunk's outcome: its results to hand out, or its error.
+    fn take(&mut self, chunk: Result<Vec<R>>) -> Option<Result<R>> {
+        self.in_flight -= 1;
+        self.feed.took_chunk();
+        match chunk {
+            Ok(values) => {
+                self.ready.extend(values);
+                self.ready.pop_front().map(Ok)
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for ImapUnordered<'_, A, R, I> {
     type Item = Result<R>;
 
     fn next(&mut self) -> Option<Result<R>> {
+        if let Some(r) = self.ready.pop_front() {
+            return Some(Ok(r));
+        }
+        if self.ended {
+            return None;
+        }
+        if let Err(e) = self.feed.check() {
+            // Refused before anything (a closed pool) or now (in a callback
+            // of this pool, where no result can come): the last item.
+            self.ended = true;
+            return Some(Err(e));
+        }
         loop {
-            if let Some(r) = self.ready.pop_front() {
-                return Some(Ok(r));
-            }
-            if let Some(e) = self.refused.take() {
-                return Some(Err(e)); // with no chunk left, the last item
-            }
-            if self.chunks_left == 0 {
-                return None;
-            }
-            if let Some(e) = handle::refusal(&self.pool) {
-                self.chunks_left = 0; // the iterator ends after the error
-                return Some(Err(e));
-            }
-            let mut spinner = Spinner::new();
-            let chunk = loop {
-                if let Ok(c) = self.rx.try_recv() {
-                    break c;
+            // Whatever is in is handed back before the source is pulled.
+            if let Ok(chunk) = self.rx.try_recv() {
+                match self.take(chunk) {
+                    Some(item) => return Some(item),
+                    None => continue, // a chunk of no results
                 }
-                if let Some(pool) = self.pool.upgrade() {
-                    pool.try_drive();
-                }
-                if !spinner.spin() {
-                    match self.rx.recv() {
-                        Ok(c) => break c,
-                        Err(_) => {
-                            self.chunks_left = 0; // no result can come now
-                            return Some(Err(Error::Cancelled));
-                        }
-                    }
-                }
-            };
-            self.chunks_left -= 1;
-            match chunk {
-                Ok(values) => self.ready.extend(values),
-                Err(e) => return Some(Err(e)),
             }
+            if self.refused.is_none() && self.feed.may_pull(self.in_flight) && self.pull_one() {
+                continue;
+            }
+            if self.in_flight == 0 {
+                self.ended = true;
+                return self.refused.take().map(Err);
+            }
+            wait_helping(&self.feed.pool.shared, || !self.rx.is_empty());
         }
     }
 }
 
 // Both end for good: `None` once, `None` ever after.
 impl<A: Wire, R: Wire, I: Iterator<Item = A>> std::iter::FusedIterator for Imap<'_, A, R, I> {}
-impl<R: Wire> std::iter::FusedIterator for ImapUnordered<R> {}
+impl<A: Wire, R: Wire, I: Iterator<Item = A>> std::iter::FusedIterator
+    for ImapUnordered<'_, A, R, I>
+{
+}

@@ -79,7 +79,11 @@ impl Pool {
             submitted += 1;
         }
         collector.seal();
-        AsyncResult::new(cell, Arc::downgrade(&self.shared)).get()
+        let result = AsyncResult::new(cell, Arc::downgrade(&self.shared));
+        // Helping the pool collect, and going on helping while a slow
+        // callback of another task holds up whoever delivers.
+        super::assist::wait_helping(&self.shared, || result.ready());
+        result.get()
     }
 
     /// The one implementation of `map`, for [`Pool`] (`chunksize` `None`:

@@ -17,6 +17,8 @@
 //!   gives them a chunk size of the caller's;
 //! - `builder.rs`, `config.rs`: configuring a pool;
 //! - `driver.rs`: the state the parent threads share and the driver thread;
+//!   `assist.rs` how a waiting caller helps it, and goes on helping while
+//!   a slow callback holds up whoever delivers;
 //! - `core/`: the parent's state machine, run under the lock (its state and
 //!   pass, the workers' lifecycle, the tasks' way through the rings);
 //! - `supervisor.rs`: the thread that starts and reaps workers;
@@ -29,6 +31,7 @@
 //! - `layout.rs`, `worker.rs`: the shared segment's layout, and the worker
 //!   process's side of it.
 
+mod assist;
 mod builder;
 mod callbacks;
 mod chunk;
