@@ -29,8 +29,9 @@
 mod request;
 
 use crate::child::spawn::Reexec;
-use crate::child::zygote;
+use crate::child::zygote::{self, Hello};
 use crate::sys;
+use crate::sys::inherit;
 use request::{is_set_up_failure, request, Health};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
@@ -147,6 +148,8 @@ struct Zygote {
     /// What the thread that started it could do, which it and every child
     /// it forks inherited (see [`sys::Privileges`]).
     privileges: std::io::Result<sys::Privileges>,
+    /// What it said it has when it was ready (`None`: before its hello).
+    hello: Option<Hello>,
 }
 
 impl Zygote {
@@ -197,6 +200,9 @@ struct State {
     last_fallback: Option<String>,
     /// How many children the zygote forked for this process.
     forked: u64,
+    /// How many zygotes were retired because the program's environment or
+    /// stack limit changed since they started.
+    restarts: u64,
     /// No zygote start before this instant (after one failed).
     no_start_before: Option<Instant>,
     /// The zygote being started, until its hello is read.
@@ -221,6 +227,7 @@ static STATE: Mutex<State> = Mutex::new(State {
     fallbacks: 0,
     last_fallback: None,
     forked: 0,
+    restarts: 0,
     no_start_before: None,
     starting: None,
 });
@@ -245,6 +252,13 @@ pub(crate) fn spawn(reexec: &Reexec) -> Result<i32, Refusal> {
 #[allow(dead_code)] // read by the unit tests
 pub(crate) fn forked_children() -> u64 {
     crate::sync::lock(&STATE).forked
+}
+
+/// How many zygotes were started again because the program's environment
+/// or stack limit changed (for tests).
+#[allow(dead_code)] // read by the unit tests
+pub(crate) fn restarts() -> u64 {
+    crate::sync::lock(&STATE).restarts
 }
 
 /// How many spawns fell back to exec in this process, and why the last did
@@ -320,7 +334,41 @@ fn spawn_locked(state: &mut State, reexec: &Reexec) -> Result<i32, Refusal> {
         zygote.discard();
         return Err(Refusal::Fallback("the fork server is stopped".into()));
     }
-    let (result, health) = request(&zygote, reexec);
+    // What a forked child gets from the zygote and cannot be given
+    // otherwise must be what an exec'd child of the program of the moment
+    // would get.
+    let status = match inherit::thread_status() {
+        Ok(status) => status,
+        Err(e) => {
+            state.zygote = Some(zygote);
+            return Err(Refusal::Fallback(format!(
+                "/proc/thread-self/status unreadable: {e}"
+            )));
+        }
+    };
+    let limits = inherit::limits();
+    let Some(hello) = zygote.hello else {
+        zygote.discard();
+        return Err(Refusal::Fallback("the fork server never said hello".into()));
+    };
+    if zygote::fixed_fingerprint(&status) != hello.fixed {
+        // Per thread, some of it (namespaces): a zygote started again by
+        // the fork-server thread could have the old ones. Exec from now on.
+        drop(zygote);
+        let why = "the program's namespaces, control groups, root directory, execution domain, security bits or seccomp filters changed since the fork server started: workers are exec'd from now on".to_string();
+        state.unusable = Some(why.clone());
+        return Err(Refusal::Fallback(why));
+    }
+    // Process-wide, and read only at exec (by the loader, the C library,
+    // the program's libraries' constructors; the kernel, for the stack):
+    // a zygote started again has the program's of the moment.
+    if zygote::environment_fingerprint() != hello.environment {
+        return Err(restart(state, zygote, "the environment changed"));
+    }
+    if limits[inherit::LIMIT_STACK] != hello.stack_limit {
+        return Err(restart(state, zygote, "the stack's resource limit changed"));
+    }
+    let (result, health) = request(&zygote, reexec, &status, &limits);
     match health {
         Health::Fine => state.zygote = Some(zygote),
         Health::Broken(_) => zygote.discard(),
@@ -342,6 +390,19 @@ fn same_privileges(zygote: &Zygote) -> bool {
     match (&zygote.privileges, sys::Privileges::of_this_thread()) {
         (Ok(then), Ok(now)) => *then == now,
         _ => false,
+    }
+}
+
+/// Retires a zygote whose start-time state is no longer the program's
+/// (`why`) and starts another, which will have the program's of the
+/// moment; this spawn execs meanwhile.
+fn restart(state: &mut State, zygote: Zygote, why: &str) -> Refusal {
+    zygote.discard();
+    state.restarts += 1;
+    let why = format!("{why} since the fork server started: it is started again");
+    match begin_start(state) {
+        Ok(()) => Refusal::Fallback(why),
+        Err(refusal) => refusal,
     }
 }
 
@@ -504,7 +565,7 @@ fn advance_start(state: &mut State, wait_until: Option<Instant>) -> Result<(), R
     if !hello_came && Instant::now() < starting.deadline {
         return Ok(());
     }
-    let Some(zygote) = state.starting.take().and_then(|s| s.zygote) else {
+    let Some(mut zygote) = state.starting.take().and_then(|s| s.zygote) else {
         return Ok(());
     };
     if !hello_came {
@@ -514,7 +575,7 @@ fn advance_start(state: &mut State, wait_until: Option<Instant>) -> Result<(), R
             "the fork server did not say it was ready".into(),
         ));
     }
-    match read_hello(state, &zygote) {
+    match read_hello(state, &mut zygote) {
         Ok(()) => {
             state.no_start_before = None;
             state.zygote = Some(zygote);
@@ -530,21 +591,27 @@ fn advance_start(state: &mut State, wait_until: Option<Instant>) -> Result<(), R
 /// Reads the zygote's hello (it has come) and checks it: the same build as
 /// ours, and able to fork here. A build or system it can never work with
 /// makes the fork server unusable in this process.
-fn read_hello(state: &mut State, zygote: &Zygote) -> Result<(), String> {
-    let mut hello = [0u8; 512];
-    let text = match sys::receive_message(zygote.socket.as_fd(), &mut hello) {
-        Ok(Some((len, _))) => String::from_utf8_lossy(&hello[..len]).into_owned(),
+fn read_hello(state: &mut State, zygote: &mut Zygote) -> Result<(), String> {
+    let mut buf = [0u8; 512];
+    let text = match sys::receive_message(zygote.socket.as_fd(), &mut buf) {
+        Ok(Some((len, _))) => String::from_utf8_lossy(&buf[..len]).into_owned(),
         _ => return Err("the fork server did not say it was ready".into()),
     };
     let ours = crate::child::fingerprint::fingerprint();
     match text.split_once(' ') {
-        Some(("v1", rest)) if rest.strip_prefix("ok ") == Some(&ours.to_string()) => Ok(()),
-        Some(("v1", rest)) if rest.starts_with("ok ") => {
-            let why = "the fork server runs a different build than this process".to_string();
-            state.unusable = Some(why.clone());
-            Err(why)
-        }
-        Some(("v1", rest)) if rest.starts_with("no ") => {
+        Some(("v2", rest)) if rest.starts_with("ok ") => match Hello::parse(&rest[3..]) {
+            Some(hello) if hello.build == ours => {
+                zygote.hello = Some(hello);
+                Ok(())
+            }
+            Some(_) => {
+                let why = "the fork server runs a different build than this process".to_string();
+                state.unusable = Some(why.clone());
+                Err(why)
+            }
+            None => Err(format!("the fork server said {text:?} on starting")),
+        },
+        Some(("v2", rest)) if rest.starts_with("no ") => {
             let why = format!("the fork server cannot fork here: {}", &rest[3..]);
             state.unusable = Some(why.clone());
             Err(why)
@@ -636,6 +703,7 @@ fn start_zygote_process() -> std::io::Result<Zygote> {
             pidfd: Arc::new(pidfd),
             socket: ours,
             privileges,
+            hello: None,
         }),
         Err(e) => {
             // Not reaped yet, so the pid is still its own.
