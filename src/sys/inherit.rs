@@ -87,10 +87,20 @@ pub(crate) struct ThreadStatus {
     pub seccomp_filters: Option<u64>,
 }
 
+/// A `/proc` file's text, read with room for it from the start (its size
+/// is shown as 0: `std::fs::read_to_string` would `stat` it and read it in
+/// growing pieces, a system call each).
+fn read_proc(path: &str) -> io::Result<String> {
+    use std::io::Read;
+    let mut text = String::with_capacity(4096);
+    std::fs::File::open(path)?.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// The calling thread's [`ThreadStatus`] (one read of
 /// `/proc/thread-self/status`; `Umask` needs Linux 4.7).
 pub(crate) fn thread_status() -> io::Result<ThreadStatus> {
-    let text = std::fs::read_to_string("/proc/thread-self/status")?;
+    let text = read_proc("/proc/thread-self/status")?;
     let field = |name: &str| {
         text.lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
@@ -311,6 +321,13 @@ const PR_GET_MDWE: libc::c_int = 66;
 pub(crate) fn fixed_context(status: &ThreadStatus) -> String {
     use std::fmt::Write;
     let mut out = String::with_capacity(512);
+    // One lookup of the thread's directory, not one per namespace (a new
+    // thread's `/proc` entries are made on first use).
+    let dir = rustix::fs::open(
+        "/proc/thread-self/ns",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    );
     for ns in [
         "cgroup",
         "ipc",
@@ -321,15 +338,18 @@ pub(crate) fn fixed_context(status: &ThreadStatus) -> String {
         "user",
         "uts",
     ] {
-        let path = format!("/proc/thread-self/ns/{ns}");
-        match rustix::fs::readlink(path.as_str(), Vec::new()) {
+        let target = dir
+            .as_ref()
+            .map_err(|e| *e)
+            .and_then(|dir| rustix::fs::readlinkat(dir, ns, Vec::new()));
+        match target {
             Ok(target) => {
                 let _ = write!(out, "{} ", target.to_string_lossy());
             }
             Err(_) => out.push_str("? "),
         }
     }
-    match std::fs::read_to_string("/proc/thread-self/cgroup") {
+    match read_proc("/proc/thread-self/cgroup") {
         Ok(groups) => out.push_str(groups.trim()),
         Err(_) => out.push('?'),
     }
