@@ -1543,11 +1543,20 @@ pub(crate) fn populate_write(addr: usize, len: usize) -> io::Result<()> {
 // `fork` does for the child redone by hand.
 // ---------------------------------------------------------------------------
 
+/// EBADF's number: a descriptor to pass to the fork server closed meanwhile.
+pub(crate) const EBADF: i32 = Errno::BADF.raw_os_error();
+
 /// EMSGSIZE's number: a fork-server message too long for its reader.
 pub(crate) const EMSGSIZE: i32 = Errno::MSGSIZE.raw_os_error();
 
-/// The most descriptors one fork-server message carries.
-pub(crate) const MAX_PASSED_FDS: usize = 2;
+/// The most descriptors one fork-server message carries: a request's kept
+/// descriptor, report socket and working directory, and the program's
+/// standard output and error and descriptors without close-on-exec, which
+/// the forked child inherits as an exec'd one would (more: the child is
+/// exec'd).
+pub(crate) const MAX_PASSED_FDS: usize = 32;
+
+pub(crate) mod inherit;
 
 /// A connected pair of close-on-exec `SOCK_SEQPACKET` unix sockets: each
 /// send is one message that one receive reads whole, and a peer that closes

@@ -142,13 +142,15 @@ fn other_children_of_the_program_are_left_alone() {
 const ROLE: &str = "COREPOOL_TEST_ROLE";
 
 /// In the child started by `workers_die_with_a_sigkilled_parent`: build a
-/// pool, report the workers' pids, and wait to be killed.
+/// pool, report the workers' pids and its fork server's (the default start
+/// method's, started by that pool), and wait to be killed.
 fn play_doomed_parent() -> ! {
     let pool = Pool::builder().workers(2).build().unwrap();
+    let mut pids = pool.pids();
+    pids.extend(corepool::fork_server_pid());
     println!(
         "{}",
-        pool.pids()
-            .iter()
+        pids.iter()
             .map(|p| p.to_string())
             .collect::<Vec<_>>()
             .join(" ")
@@ -179,7 +181,8 @@ fn workers_die_with_a_sigkilled_parent() {
         .split_whitespace()
         .map(|p| p.parse().unwrap())
         .collect();
-    assert_eq!(workers.len(), 2, "{line:?}");
+    // Two workers, and the program's fork server, which dies with it too.
+    assert_eq!(workers.len(), 3, "{line:?}");
     parent.kill().unwrap(); // SIGKILL: no destructor runs
     parent.wait().unwrap();
     common::eventually("workers gone after their parent was SIGKILLed", || {

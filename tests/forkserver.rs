@@ -1,8 +1,11 @@
 //! Pools whose workers are forked by the fork server
 //! (`StartMethod::ForkServer`): they work, their workers are this process's
-//! children and pinned, replacements come from the fork server too, a dead
-//! or stopped fork server costs a fallback or a restart (never a hang), and
-//! the program's death takes the fork server and its workers with it.
+//! children and pinned, replacements come from the fork server too, a
+//! worker starts with what an exec'd one would inherit from the program of
+//! the moment (environment, working directory, umask, limits, signals,
+//! scheduling, standard streams, descriptors), a dead or stopped fork
+//! server costs a fallback or a restart (never a hang), and the program's
+//! death takes the fork server and its workers with it.
 //!
 //! Each test stops the fork server at its end, so that the harness's checks
 //! (no child, no process of this binary left) hold.
@@ -12,9 +15,8 @@ mod common;
 use corepool::{Pinning, Pool, StartMethod};
 use std::time::Duration;
 
-/// Set in this process only after the fork server started: a worker forked
-/// by it does not see it (it has the fork server's environment), an exec'd
-/// one does.
+/// Set in this process only after the fork server started: every worker
+/// sees it, as an exec'd one would.
 const LATE_VAR: &str = "COREPOOL_TEST_SET_AFTER_THE_FORK_SERVER";
 
 /// Tells this test binary to act as the program whose death is tested.
@@ -22,6 +24,9 @@ const DOOMED_PARENT: &str = "COREPOOL_TEST_DOOMED_PARENT";
 /// Set in a child run of this binary that sandboxes itself after its fork
 /// server started (see [`sandboxed_parent`]).
 const SANDBOXED_PARENT: &str = "COREPOOL_TEST_SANDBOXED_PARENT";
+/// Set in a child run of this binary that changes its execution domain
+/// after its fork server started (see [`personality_parent`]).
+const PERSONALITY_PARENT: &str = "COREPOOL_TEST_PERSONALITY_PARENT";
 
 fn sees_late_var(_: ()) -> bool {
     std::env::var_os(LATE_VAR).is_some()
@@ -54,6 +59,39 @@ fn open_descriptors(_: ()) -> Vec<String> {
         .collect();
     fds.sort();
     fds
+}
+
+/// Where the vDSO is mapped in process `pid` (`self`: the caller): chosen
+/// at random at exec, so a child forked from the fork server has the fork
+/// server's, and an exec'd one (almost surely) another.
+fn vdso_of(pid: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_default()
+        .lines()
+        .find(|line| line.ends_with("[vdso]"))
+        .and_then(|line| line.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn own_vdso(_: ()) -> String {
+    vdso_of("self")
+}
+
+/// Whether every worker of `pool` was forked from the fork server `zygote`.
+fn all_forked_from(pool: &Pool, zygote: i32) -> bool {
+    let theirs = vdso_of(&zygote.to_string());
+    !theirs.is_empty()
+        && pool
+            .pids()
+            .iter()
+            .all(|pid| vdso_of(&pid.to_string()) == theirs)
+}
+
+/// Whether address-space randomisation is on (the vDSO test above tells
+/// an exec'd worker from a forked one only then).
+fn randomised() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/randomize_va_space").is_ok_and(|v| v.trim() != "0")
 }
 
 fn forked_pool(workers: usize, pinning: Pinning) -> Pool {
@@ -102,7 +140,6 @@ fn stop(zygote: Option<i32>) {
 }
 
 fn a_fork_server_pool_works_and_its_workers_are_ours_and_pinned() {
-    std::env::remove_var(LATE_VAR);
     // The first pool does not wait for the fork server it starts: it works
     // while the fork server is still starting (its workers exec'd meanwhile).
     let first = forked_pool(2, Pinning::PerCpu);
@@ -116,10 +153,10 @@ fn a_fork_server_pool_works_and_its_workers_are_ours_and_pinned() {
     let zygote = corepool::fork_server_pid().expect("the first pool started the fork server");
     assert_eq!(ppid_of(zygote), std::process::id());
     drop(first);
-    std::env::set_var(LATE_VAR, "1");
     let pool = forked_pool(2, Pinning::PerCpu);
     // The same fork server served the second pool.
     assert_eq!(corepool::fork_server_pid(), Some(zygote));
+    assert!(all_forked_from(&pool, zygote));
     assert_eq!(pool.apply(|x: u64| x + 1, 41).unwrap(), 42);
     for (pid, set) in pool.pids().into_iter().zip(pool.cpu_sets().to_vec()) {
         // Our children, not the fork server's, and pinned where the pool says.
@@ -127,26 +164,47 @@ fn a_fork_server_pool_works_and_its_workers_are_ours_and_pinned() {
         assert_eq!(corepool::info::affinity_of(pid).unwrap(), set);
     }
     assert_eq!(pool.apply(parent_pid, ()).unwrap(), std::process::id());
-    // Forked from the fork server: its environment, not this process's now.
-    assert!(!pool.apply(sees_late_var, ()).unwrap());
-    let exec = Pool::builder().workers(1).build().unwrap();
-    assert!(
-        exec.apply(sees_late_var, ()).unwrap(),
-        "an exec'd worker sees it"
-    );
-    // Nothing of the fork server's is left open in a worker: its
-    // descriptors are some of an exec'd worker's (the listing's own
-    // included), which may also hold what this program had open without
-    // close-on-exec (the fork server was started without those).
+    let exec = Pool::builder()
+        .workers(1)
+        .start_method(StartMethod::Spawn)
+        .build()
+        .unwrap();
+    if randomised() {
+        assert_ne!(
+            exec.apply(own_vdso, ()).unwrap(),
+            vdso_of(&zygote.to_string())
+        );
+    }
+    // A forked worker holds what an exec'd one holds: nothing of the fork
+    // server's, and what this program has open without close-on-exec.
     let forked_fds = pool.apply(open_descriptors, ()).unwrap();
     let exec_fds = exec.apply(open_descriptors, ()).unwrap();
-    assert!(
-        forked_fds.iter().all(|fd| exec_fds.contains(fd)),
-        "forked {forked_fds:?}, exec'd {exec_fds:?}"
-    );
+    assert_eq!(forked_fds, exec_fds);
     drop((pool, exec));
-    std::env::remove_var(LATE_VAR);
     stop(Some(zygote));
+}
+
+/// A program that changes its environment between two pools gets workers
+/// that see the new one: the fork server (started with the old one, which
+/// the dynamic loader, the C library and the program's libraries read at
+/// start) is started again, the worker meanwhile exec'd, and the next pool
+/// is forked from the new fork server.
+fn a_changed_environment_starts_the_fork_server_again() {
+    std::env::remove_var(LATE_VAR);
+    let zygote = ready_fork_server();
+    std::env::set_var(LATE_VAR, "1");
+    let pool = forked_pool(1, Pinning::None);
+    assert!(pool.apply(sees_late_var, ()).unwrap());
+    drop(pool);
+    let again = corepool::fork_server_pid().expect("started again");
+    assert_ne!(again, zygote);
+    let pool = forked_pool(2, Pinning::None);
+    assert!(all_forked_from(&pool, again));
+    assert!(pool.apply(sees_late_var, ()).unwrap());
+    assert_eq!(corepool::fork_server_pid(), Some(again));
+    drop(pool);
+    std::env::remove_var(LATE_VAR);
+    stop(Some(again));
 }
 
 fn an_unpinned_fork_server_pool_works() {
@@ -159,10 +217,8 @@ fn an_unpinned_fork_server_pool_works() {
 }
 
 fn a_killed_worker_is_replaced_through_the_fork_server() {
-    std::env::remove_var(LATE_VAR);
+    let zygote = ready_fork_server();
     let pool = forked_pool(1, Pinning::PerCpu);
-    let zygote = corepool::fork_server_pid();
-    std::env::set_var(LATE_VAR, "1");
     let mut pid = pool.apply(own_pid, ()).unwrap();
     for _ in 0..3 {
         signal(pid, libc::SIGKILL);
@@ -170,14 +226,13 @@ fn a_killed_worker_is_replaced_through_the_fork_server() {
         assert_ne!(replacement, pid);
         assert_eq!(ppid_of(replacement), std::process::id());
         // From the same fork server, not exec'd.
-        assert!(!pool.apply(sees_late_var, ()).unwrap());
+        assert!(all_forked_from(&pool, zygote));
         pid = replacement;
     }
-    assert_eq!(corepool::fork_server_pid(), zygote);
+    assert_eq!(corepool::fork_server_pid(), Some(zygote));
     assert!(pool.stats().respawns >= 3);
     drop(pool);
-    std::env::remove_var(LATE_VAR);
-    stop(zygote);
+    stop(Some(zygote));
 }
 
 fn a_killed_fork_server_is_replaced() {
@@ -409,16 +464,31 @@ fn a_program_that_sandboxes_itself_gets_sandboxed_workers() {
 
 /// A descriptor the program holds without close-on-exec when the fork
 /// server starts (a pipe made by `libc::pipe`, say) is not kept open by the
-/// fork server for the program's life, nor given to the workers it forks:
-/// once the program closes its write end, the reader sees end-of-file
-/// (found in review: it never did).
+/// fork server for the program's life: once the program closes its write
+/// end, and no worker holds it, the reader sees end-of-file (found in
+/// review: it never did). Workers forked while it is open get it, under its
+/// number, as exec'd ones would.
 fn a_descriptor_open_when_the_fork_server_starts_is_not_kept_by_it() {
     let mut ends = [0; 2];
     // SAFETY: pipe writes two new descriptors into `ends`, ours.
     assert_eq!(unsafe { libc::pipe(ends.as_mut_ptr()) }, 0);
     let zygote = ready_fork_server();
     let pool = forked_pool(1, Pinning::None);
-    assert_eq!(pool.apply(|x: u8| x, 1).unwrap(), 1);
+    assert!(all_forked_from(&pool, zygote));
+    let write_end = ends[1];
+    let theirs = pool
+        .apply(
+            |fd: i32| {
+                std::fs::read_link(format!("/proc/self/fd/{fd}"))
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            },
+            write_end,
+        )
+        .unwrap();
+    let ours = std::fs::read_link(format!("/proc/self/fd/{write_end}")).unwrap();
+    assert_eq!(theirs, ours.to_string_lossy());
+    drop(pool);
     // SAFETY: the write end is ours; closed once.
     unsafe { libc::close(ends[1]) };
     let mut byte = [0u8; 1];
@@ -439,8 +509,220 @@ fn a_descriptor_open_when_the_fork_server_starts_is_not_kept_by_it() {
     assert_eq!(n, 0, "end-of-file");
     // SAFETY: the read end is ours; closed once.
     unsafe { libc::close(ends[0]) };
-    drop(pool);
     stop(Some(zygote));
+}
+
+/// What a worker inherited, as it sees it: working directory, umask (from
+/// `/proc`), the core and CPU-time limits, ignored and blocked signals,
+/// nice value, timer slack, and where its standard output goes.
+#[derive(Debug, PartialEq, Eq, Clone, corepool::Wire)]
+struct Inherited {
+    cwd: String,
+    umask: String,
+    core_limit: u64,
+    cpu_limit: u64,
+    stack_limit: u64,
+    ignored: String,
+    blocked: String,
+    nice: i32,
+    timer_slack: i64,
+    stdout: String,
+}
+
+fn status_field(name: &str) -> String {
+    std::fs::read_to_string("/proc/thread-self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn soft_limit(resource: libc::__rlimit_resource_t) -> u64 {
+    // SAFETY: writes one rlimit to our stack.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        libc::getrlimit(resource, &mut limit);
+        limit.rlim_cur
+    }
+}
+
+fn set_soft_limit(resource: libc::__rlimit_resource_t, soft: u64) {
+    // SAFETY: reads and writes one rlimit on our stack.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        libc::getrlimit(resource, &mut limit);
+        limit.rlim_cur = soft;
+        assert_eq!(libc::setrlimit(resource, &limit), 0, "setrlimit");
+    }
+}
+
+fn what_i_inherited(_: ()) -> Inherited {
+    Inherited {
+        cwd: std::env::current_dir()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned(),
+        umask: status_field("Umask"),
+        core_limit: soft_limit(libc::RLIMIT_CORE),
+        cpu_limit: soft_limit(libc::RLIMIT_CPU),
+        stack_limit: soft_limit(libc::RLIMIT_STACK),
+        ignored: status_field("SigIgn"),
+        blocked: status_field("SigBlk"),
+        // SAFETY: reads the calling thread's nice value.
+        nice: unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) },
+        // SAFETY: reads the calling thread's timer slack.
+        timer_slack: i64::from(unsafe { libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0) }),
+        stdout: std::fs::read_link("/proc/self/fd/1")
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned(),
+    }
+}
+
+/// A worker forked after the program changed its working directory, umask,
+/// resource limits, ignored signals, standard output, and (on the thread
+/// that builds the pool) its nice value, timer slack and signal mask, has
+/// the new ones, as an exec'd worker does: from the same fork server, not
+/// by an exec (Python's `forkserver` gives the old ones).
+fn a_forked_worker_inherits_what_the_program_has_now() {
+    let zygote = ready_fork_server();
+    let dir = std::env::temp_dir().join(format!("corepool-forkserver-cwd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("stdout");
+    let out_file = std::fs::File::create(&out).unwrap();
+    let home = std::env::current_dir().unwrap();
+    let (core, cpu) = (soft_limit(libc::RLIMIT_CORE), soft_limit(libc::RLIMIT_CPU));
+    std::env::set_current_dir(&dir).unwrap();
+    // SAFETY: plain system calls on this process's own state, each undone
+    // below: umask, a limit, a disposition, standard output.
+    let (old_umask, saved_stdout) = unsafe {
+        let old = libc::umask(0o063);
+        libc::signal(libc::SIGUSR2, libc::SIG_IGN);
+        let saved = libc::dup(1);
+        use std::os::fd::AsRawFd;
+        libc::dup2(out_file.as_raw_fd(), 1);
+        (old, saved)
+    };
+    set_soft_limit(libc::RLIMIT_CORE, 4096);
+    set_soft_limit(libc::RLIMIT_CPU, 1_000_000);
+    let (from_pool, exec) = std::thread::spawn(move || {
+        // This thread's own: nice, timer slack and signal mask, which the
+        // pool's supervisor thread (and so each worker) inherits.
+        // SAFETY: per-thread settings of this short-lived thread only.
+        unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, 0, 3);
+            libc::prctl(libc::PR_SET_TIMERSLACK, 123_456, 0, 0, 0);
+            let mut blocked: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut blocked);
+            libc::sigaddset(&mut blocked, libc::SIGUSR1);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &blocked, std::ptr::null_mut());
+        }
+        let pool = forked_pool(1, Pinning::None);
+        let forked = pool.apply(what_i_inherited, ()).unwrap();
+        let all_forked = all_forked_from(&pool, zygote);
+        drop(pool);
+        let exec = Pool::builder()
+            .workers(1)
+            .start_method(StartMethod::Spawn)
+            .build()
+            .unwrap()
+            .apply(what_i_inherited, ())
+            .unwrap();
+        ((forked, all_forked), exec)
+    })
+    .join()
+    .unwrap();
+    // SAFETY: undoes the changes above.
+    unsafe {
+        libc::dup2(saved_stdout, 1);
+        libc::close(saved_stdout);
+        libc::umask(old_umask);
+        libc::signal(libc::SIGUSR2, libc::SIG_DFL);
+    }
+    set_soft_limit(libc::RLIMIT_CORE, core);
+    set_soft_limit(libc::RLIMIT_CPU, cpu);
+    std::env::set_current_dir(&home).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let (forked, all_forked) = from_pool;
+    assert!(all_forked, "the worker was exec'd");
+    assert_eq!(forked, exec);
+    assert_eq!(forked.cwd, dir.to_string_lossy());
+    assert_eq!(forked.umask, "0063");
+    assert_eq!((forked.core_limit, forked.cpu_limit), (4096, 1_000_000));
+    let sigusr2 = 1u64 << (libc::SIGUSR2 - 1);
+    assert_ne!(
+        u64::from_str_radix(&forked.ignored, 16).unwrap() & sigusr2,
+        0
+    );
+    // An exec'd worker starts with no signal blocked.
+    assert_eq!(u64::from_str_radix(&forked.blocked, 16).unwrap(), 0);
+    assert_eq!((forked.nice, forked.timer_slack), (3, 123_456));
+    assert_eq!(forked.stdout, out.to_string_lossy());
+    assert_eq!(corepool::fork_server_pid(), Some(zygote));
+    stop(Some(zygote));
+}
+
+/// The stack's limit is read at exec (the room for a process's main stack):
+/// a program that changes it between two pools gets its fork server started
+/// again, so that workers have the new one.
+fn a_changed_stack_limit_starts_the_fork_server_again() {
+    let zygote = ready_fork_server();
+    let stack = soft_limit(libc::RLIMIT_STACK);
+    let wanted = if stack == 16 << 20 {
+        32 << 20
+    } else {
+        16 << 20
+    };
+    set_soft_limit(libc::RLIMIT_STACK, wanted);
+    drop(forked_pool(1, Pinning::None));
+    let again = corepool::fork_server_pid().expect("started again");
+    let pool = forked_pool(1, Pinning::None);
+    let seen = pool.apply(what_i_inherited, ()).unwrap().stack_limit;
+    let forked = all_forked_from(&pool, again);
+    drop(pool);
+    set_soft_limit(libc::RLIMIT_STACK, stack);
+    assert_ne!(again, zygote);
+    assert!(forked);
+    assert_eq!(seen, wanted);
+    stop(None);
+}
+
+/// As a program of its own (this binary, with [`PERSONALITY_PARENT`]):
+/// starts the fork server, then changes its execution domain (which the
+/// kernel applies at exec: a forked worker cannot be given it), then builds
+/// a fork-server pool and prints its worker's domain, and whether a fork
+/// server still runs.
+fn personality_parent() -> ! {
+    ready_fork_server();
+    // SAFETY: sets this thread's execution domain; no memory involved.
+    unsafe { libc::personality(libc::ADDR_NO_RANDOMIZE as libc::c_ulong) };
+    let pool = forked_pool(1, Pinning::None);
+    // SAFETY: 0xffffffff only reads the execution domain.
+    let worker = pool
+        .apply(|_: ()| unsafe { libc::personality(0xffff_ffff) }, ())
+        .unwrap();
+    drop(pool);
+    println!("{worker:x} {:?}", corepool::fork_server_pid());
+    std::process::exit(0);
+}
+
+/// A program that changes what a forked worker cannot be given (its
+/// execution domain here; its namespaces, control groups, root directory,
+/// security bits or seccomp filters alike) gets exec'd workers from then
+/// on, with the new one.
+fn a_changed_execution_domain_makes_workers_execd() {
+    let exe = std::env::current_exe().unwrap();
+    let mut command = std::process::Command::new(exe);
+    command.env(PERSONALITY_PARENT, "1");
+    let output = common::output_within(&mut command, Duration::from_secs(60));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        text.trim(),
+        format!("{:x} None", libc::ADDR_NO_RANDOMIZE),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// A stray or forged fork-server variable never makes this binary a fork
@@ -471,12 +753,19 @@ fn main() {
     if std::env::var_os(SANDBOXED_PARENT).is_some() {
         sandboxed_parent();
     }
+    if std::env::var_os(PERSONALITY_PARENT).is_some() {
+        personality_parent();
+    }
     // The fork-server thread lives as long as the program, with its wake-up
     // descriptor: started before the harness takes its baseline.
     drop(forked_pool(1, Pinning::None));
     corepool::stop_fork_server();
     common::run(common::tests![
         a_fork_server_pool_works_and_its_workers_are_ours_and_pinned,
+        a_changed_environment_starts_the_fork_server_again,
+        a_forked_worker_inherits_what_the_program_has_now,
+        a_changed_stack_limit_starts_the_fork_server_again,
+        a_changed_execution_domain_makes_workers_execd,
         an_unpinned_fork_server_pool_works,
         a_killed_worker_is_replaced_through_the_fork_server,
         a_forked_worker_has_glibcs_fork_bookkeeping_done,

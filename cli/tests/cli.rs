@@ -177,11 +177,11 @@ fn bench_start_respawn_and_bulk_rows() {
         shape,
         [
             ("start", "corepool"),
-            ("start", "corepool-forkserver"),
-            ("start", "corepool-forkserver-first"),
+            ("start", "corepool-spawn"),
+            ("start", "corepool-first"),
             ("start", "threads"),
             ("respawn", "corepool"),
-            ("respawn", "corepool-forkserver"),
+            ("respawn", "corepool-spawn"),
             ("bulk", "corepool"),
             ("bulk", "threads"),
             ("bulk_shared", "corepool"),
@@ -195,7 +195,7 @@ fn bench_start_respawn_and_bulk_rows() {
             "start" => {
                 assert_eq!(r["unit"], "ms");
                 // A program's first pool is timed once per run.
-                let first = r["system"] == "corepool-forkserver-first";
+                let first = r["system"] == "corepool-first";
                 assert_eq!(r["items"], if first { 1 } else { 3 });
                 assert_eq!(r["workers"], rows[0]["workers"]);
             }

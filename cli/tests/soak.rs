@@ -39,6 +39,7 @@ fn a_killed_soak_leaves_nothing_behind() {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
     let shm_before = common::shm_entries();
+    let ours_before: Vec<u32> = common::children().iter().map(|&(pid, _)| pid).collect();
     let mut soak = std::process::Command::new(env!("CARGO_BIN_EXE_corepool"))
         .args(["soak", "--tasks", "100000000", "--json"])
         .stdout(std::process::Stdio::null())
@@ -52,10 +53,20 @@ fn a_killed_soak_leaves_nothing_behind() {
     let workers = common::descendants_of(soak_pid);
     soak.kill().unwrap();
     soak.wait().unwrap();
-    common::eventually("soak's workers died with it", || {
-        workers.iter().all(|&w| common::is_gone(w as i32))
+    // Its workers, and its fork server (the default start method's, which
+    // may have started after `workers` was read), were reparented to us.
+    let orphans: Vec<u32> = common::children()
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .filter(|pid| !ours_before.contains(pid))
+        .collect();
+    common::eventually("soak's workers and fork server died with it", || {
+        workers
+            .iter()
+            .chain(&orphans)
+            .all(|&w| common::is_gone(w as i32))
     });
-    for w in workers {
+    for w in workers.into_iter().chain(orphans) {
         // Reparented to us (subreaper): reap.
         // SAFETY: waitpid on a specific pid.
         unsafe { libc::waitpid(w as i32, std::ptr::null_mut(), 0) };

@@ -29,8 +29,9 @@
 mod request;
 
 use crate::child::spawn::Reexec;
-use crate::child::zygote;
+use crate::child::zygote::{self, Hello};
 use crate::sys;
+use crate::sys::inherit;
 use request::{is_set_up_failure, request, Health};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
@@ -39,53 +40,68 @@ use std::time::{Duration, Instant};
 /// How a pool starts its worker processes
 /// ([`PoolBuilder::start_method`](crate::PoolBuilder::start_method)).
 ///
-/// - [`Spawn`](StartMethod::Spawn), the default: each worker is this
-///   executable started anew (`posix_spawn` of `/proc/self/exe`), with the
-///   parent's environment and working directory of the moment.
-/// - [`ForkServer`](StartMethod::ForkServer): Python's `forkserver`. The
-///   first pool that uses it starts one more process, the *fork server*
-///   (this executable, started once, single-threaded), and every worker
-///   started once it is ready is forked from it: a worker starts in a
-///   fraction of the time, as it skips the executable's loading and the C
-///   library's start-up. No pool waits for the fork server: it starts in
-///   the background, and the workers started meanwhile (the first pool's,
-///   typically) are started as with `Spawn`, so that the first pool costs
-///   no more than with `Spawn`. Workers are still children of *this*
-///   process (reaped, killed and replaced exactly as with `Spawn`), pinned,
-///   in a process group of their own.
+/// - [`ForkServer`](StartMethod::ForkServer), the default (Python's
+///   `forkserver`, Linux's default since Python 3.14): the first pool
+///   starts one more process, the *fork server* (this executable, started
+///   once, single-threaded), and every worker started once it is ready is
+///   forked from it: a worker starts in a fraction of the time of an exec,
+///   as it skips the executable's loading and the C library's start-up. No
+///   pool waits for the fork server: it starts in the background, and the
+///   workers started meanwhile (the first pool's, typically) are exec'd, so
+///   that the first pool costs no more than with `Spawn`.
+/// - [`Spawn`](StartMethod::Spawn): each worker is this executable started
+///   anew (`posix_spawn` of `/proc/self/exe`).
 ///
-/// With `ForkServer`, a worker gets the environment variables, working
-/// directory, umask, resource limits and standard output and error that
-/// this process had **when the fork server started** (the first pool that
-/// used it), not those of the moment: as in Python, change them before the
-/// first pool, or use `Spawn`. Credentials, capabilities, `no_new_privs` and
-/// the seccomp mode are checked instead: a program that changed them since
-/// (dropped root, sandboxed itself) gets its workers exec'd from then on,
-/// with what it has now. (Not checked: a seccomp filter stacked on an
-/// earlier one, Landlock, namespaces, cgroups: change those before the
-/// first fork-server pool.) Descriptors: a forked worker inherits none of
-/// the program's but its pool's (the fork server starts without those the
-/// program holds without close-on-exec), where an exec'd one inherits those
-/// open at its start. The fork server lives until the program
-/// exits (or [`stop_fork_server`]); it dies with the program, whatever
-/// ends it. If it cannot be used (it died, does not answer, or cannot fork
-/// soundly on this system), workers are started with `Spawn` instead, and
-/// a dead fork server is started again at the next worker's start.
+/// Either way, workers are children of *this* process (reaped, killed and
+/// replaced alike), pinned, in a process group of their own, and start
+/// with what an exec'd child of the program **of the moment** inherits:
+/// unlike Python's fork server, a forked worker is given the program's
+/// working directory, umask, resource limits, ignored signals (and an
+/// empty signal mask), nice value and scheduling policy, I/O priority,
+/// timer slack, huge-page setting, standard output and error, and
+/// descriptors without close-on-exec of the moment it starts (those of the
+/// spawning thread, for what is per thread). What a fork cannot give is
+/// compared before each worker instead:
+/// - the environment and the stack's limit (read at start, by the dynamic
+///   loader, the C library, the program's libraries' constructors, the
+///   kernel): a program that changed them gets its fork server started
+///   again (the workers started meanwhile are exec'd), so workers always
+///   see the program's environment of the moment;
+/// - credentials, capabilities, `no_new_privs`, the seccomp mode and
+///   filters, namespaces, control groups, root directory, execution domain
+///   (`personality`), security bits: a program that changed them (dropped
+///   root, sandboxed itself) gets its workers exec'd from then on.
+///
+/// Not seen: a Landlock domain the program entered after its fork server
+/// started (no system call tells), and `pthread_atfork` handlers that its
+/// libraries' constructors registered (the fork server's child runs none):
+/// a program that restricts itself with Landlock, or that links such a
+/// library, calls [`stop_fork_server`] after or uses `Spawn`. The fork
+/// server lives until the program exits (or [`stop_fork_server`]); it dies
+/// with the program, whatever ends it. If it cannot be used (it died, does
+/// not answer, or cannot fork soundly on this system), workers are exec'd
+/// instead, and a dead fork server is started again at the next worker's
+/// start.
 ///
 /// ```
 /// use corepool::{Pool, StartMethod};
 ///
 /// fn main() -> corepool::Result<()> {
-///     let pool = Pool::builder()
-///         .workers(2)
-///         .start_method(StartMethod::ForkServer)
-///         .build()?;
+///     // The default; `.start_method(StartMethod::Spawn)` execs each worker.
+///     assert_eq!(StartMethod::default(), StartMethod::ForkServer);
+///     let pool = Pool::builder().workers(2).build()?;
 ///     assert_eq!(pool.map(|x: u64| x * 2, vec![1, 2, 3])?, vec![2, 4, 6]);
-///     // Workers are children of this process, as with the default.
+///     // Workers are children of this process, whichever the method.
 ///     let parent = pool.apply(|_: ()| std::os::unix::process::parent_id(), ())?;
 ///     assert_eq!(parent, std::process::id());
 ///     drop(pool);
-///     assert!(corepool::fork_server_pid().is_some()); // it outlives the pool
+///     // A worker sees the program's environment of the moment.
+///     std::env::set_var("STAGE", "two");
+///     let pool = Pool::builder().workers(1).build()?;
+///     let stage = pool.apply(|_: ()| std::env::var("STAGE").unwrap_or_default(), ())?;
+///     assert_eq!(stage, "two");
+///     drop(pool);
+///     assert!(corepool::fork_server_pid().is_some()); // it outlives the pools
 ///     corepool::stop_fork_server(); // optional: it dies with the program anyway
 ///     assert_eq!(corepool::fork_server_pid(), None);
 ///     Ok(())
@@ -93,11 +109,11 @@ use std::time::{Duration, Instant};
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum StartMethod {
-    /// Each worker is this executable started anew (the default).
-    #[default]
+    /// Each worker is this executable started anew.
     Spawn,
     /// Each worker is forked from the program's fork server, started on
-    /// first use.
+    /// first use (the default).
+    #[default]
     ForkServer,
 }
 
@@ -147,6 +163,8 @@ struct Zygote {
     /// What the thread that started it could do, which it and every child
     /// it forks inherited (see [`sys::Privileges`]).
     privileges: std::io::Result<sys::Privileges>,
+    /// What it said it has when it was ready (`None`: before its hello).
+    hello: Option<Hello>,
 }
 
 impl Zygote {
@@ -197,6 +215,9 @@ struct State {
     last_fallback: Option<String>,
     /// How many children the zygote forked for this process.
     forked: u64,
+    /// How many zygotes were retired because the program's environment or
+    /// stack limit changed since they started.
+    restarts: u64,
     /// No zygote start before this instant (after one failed).
     no_start_before: Option<Instant>,
     /// The zygote being started, until its hello is read.
@@ -221,6 +242,7 @@ static STATE: Mutex<State> = Mutex::new(State {
     fallbacks: 0,
     last_fallback: None,
     forked: 0,
+    restarts: 0,
     no_start_before: None,
     starting: None,
 });
@@ -245,6 +267,13 @@ pub(crate) fn spawn(reexec: &Reexec) -> Result<i32, Refusal> {
 #[allow(dead_code)] // read by the unit tests
 pub(crate) fn forked_children() -> u64 {
     crate::sync::lock(&STATE).forked
+}
+
+/// How many zygotes were started again because the program's environment
+/// or stack limit changed (for tests).
+#[allow(dead_code)] // read by the unit tests
+pub(crate) fn restarts() -> u64 {
+    crate::sync::lock(&STATE).restarts
 }
 
 /// How many spawns fell back to exec in this process, and why the last did
@@ -320,7 +349,41 @@ fn spawn_locked(state: &mut State, reexec: &Reexec) -> Result<i32, Refusal> {
         zygote.discard();
         return Err(Refusal::Fallback("the fork server is stopped".into()));
     }
-    let (result, health) = request(&zygote, reexec);
+    // What a forked child gets from the zygote and cannot be given
+    // otherwise must be what an exec'd child of the program of the moment
+    // would get.
+    let status = match inherit::thread_status() {
+        Ok(status) => status,
+        Err(e) => {
+            state.zygote = Some(zygote);
+            return Err(Refusal::Fallback(format!(
+                "/proc/thread-self/status unreadable: {e}"
+            )));
+        }
+    };
+    let limits = inherit::limits();
+    let Some(hello) = zygote.hello else {
+        zygote.discard();
+        return Err(Refusal::Fallback("the fork server never said hello".into()));
+    };
+    if zygote::fixed_fingerprint(&status) != hello.fixed {
+        // Per thread, some of it (namespaces): a zygote started again by
+        // the fork-server thread could have the old ones. Exec from now on.
+        drop(zygote);
+        let why = "the program's namespaces, control groups, root directory, execution domain, security bits or seccomp filters changed since the fork server started: workers are exec'd from now on".to_string();
+        state.unusable = Some(why.clone());
+        return Err(Refusal::Fallback(why));
+    }
+    // Process-wide, and read only at exec (by the loader, the C library,
+    // the program's libraries' constructors; the kernel, for the stack):
+    // a zygote started again has the program's of the moment.
+    if zygote::environment_fingerprint() != hello.environment {
+        return Err(restart(state, zygote, "the environment changed"));
+    }
+    if limits[inherit::LIMIT_STACK] != hello.stack_limit {
+        return Err(restart(state, zygote, "the stack's resource limit changed"));
+    }
+    let (result, health) = request(&zygote, reexec, &status, &limits);
     match health {
         Health::Fine => state.zygote = Some(zygote),
         Health::Broken(_) => zygote.discard(),
@@ -345,9 +408,22 @@ fn same_privileges(zygote: &Zygote) -> bool {
     }
 }
 
+/// Retires a zygote whose start-time state is no longer the program's
+/// (`why`) and starts another, which will have the program's of the
+/// moment; this spawn execs meanwhile.
+fn restart(state: &mut State, zygote: Zygote, why: &str) -> Refusal {
+    zygote.discard();
+    state.restarts += 1;
+    let why = format!("{why} since the fork server started: it is started again");
+    match begin_start(state) {
+        Ok(()) => Refusal::Fallback(why),
+        Err(refusal) => refusal,
+    }
+}
+
 /// The fork server's pid, while one runs (started by the first pool built
-/// with [`StartMethod::ForkServer`], living until the program exits or
-/// [`stop_fork_server`]).
+/// with [`StartMethod::ForkServer`], the default, living until the program
+/// exits or [`stop_fork_server`]).
 ///
 /// The fork server starts in the background (that first pool's workers are
 /// started without it meanwhile): if it is still starting, this waits until
@@ -504,7 +580,7 @@ fn advance_start(state: &mut State, wait_until: Option<Instant>) -> Result<(), R
     if !hello_came && Instant::now() < starting.deadline {
         return Ok(());
     }
-    let Some(zygote) = state.starting.take().and_then(|s| s.zygote) else {
+    let Some(mut zygote) = state.starting.take().and_then(|s| s.zygote) else {
         return Ok(());
     };
     if !hello_came {
@@ -514,7 +590,7 @@ fn advance_start(state: &mut State, wait_until: Option<Instant>) -> Result<(), R
             "the fork server did not say it was ready".into(),
         ));
     }
-    match read_hello(state, &zygote) {
+    match read_hello(state, &mut zygote) {
         Ok(()) => {
             state.no_start_before = None;
             state.zygote = Some(zygote);
@@ -530,21 +606,27 @@ fn advance_start(state: &mut State, wait_until: Option<Instant>) -> Result<(), R
 /// Reads the zygote's hello (it has come) and checks it: the same build as
 /// ours, and able to fork here. A build or system it can never work with
 /// makes the fork server unusable in this process.
-fn read_hello(state: &mut State, zygote: &Zygote) -> Result<(), String> {
-    let mut hello = [0u8; 512];
-    let text = match sys::receive_message(zygote.socket.as_fd(), &mut hello) {
-        Ok(Some((len, _))) => String::from_utf8_lossy(&hello[..len]).into_owned(),
+fn read_hello(state: &mut State, zygote: &mut Zygote) -> Result<(), String> {
+    let mut buf = [0u8; 512];
+    let text = match sys::receive_message(zygote.socket.as_fd(), &mut buf) {
+        Ok(Some((len, _))) => String::from_utf8_lossy(&buf[..len]).into_owned(),
         _ => return Err("the fork server did not say it was ready".into()),
     };
     let ours = crate::child::fingerprint::fingerprint();
     match text.split_once(' ') {
-        Some(("v1", rest)) if rest.strip_prefix("ok ") == Some(&ours.to_string()) => Ok(()),
-        Some(("v1", rest)) if rest.starts_with("ok ") => {
-            let why = "the fork server runs a different build than this process".to_string();
-            state.unusable = Some(why.clone());
-            Err(why)
-        }
-        Some(("v1", rest)) if rest.starts_with("no ") => {
+        Some(("v2", rest)) if rest.starts_with("ok ") => match Hello::parse(&rest[3..]) {
+            Some(hello) if hello.build == ours => {
+                zygote.hello = Some(hello);
+                Ok(())
+            }
+            Some(_) => {
+                let why = "the fork server runs a different build than this process".to_string();
+                state.unusable = Some(why.clone());
+                Err(why)
+            }
+            None => Err(format!("the fork server said {text:?} on starting")),
+        },
+        Some(("v2", rest)) if rest.starts_with("no ") => {
             let why = format!("the fork server cannot fork here: {}", &rest[3..]);
             state.unusable = Some(why.clone());
             Err(why)
@@ -636,6 +718,7 @@ fn start_zygote_process() -> std::io::Result<Zygote> {
             pidfd: Arc::new(pidfd),
             socket: ours,
             privileges,
+            hello: None,
         }),
         Err(e) => {
             // Not reaped yet, so the pid is still its own.
@@ -650,35 +733,46 @@ fn start_zygote_process() -> std::io::Result<Zygote> {
 mod tests {
     use super::*;
 
-    /// Under the library's own unit-test harness (many threads): the first
-    /// pool does not wait for the fork server (its worker is exec'd while
-    /// the fork server starts), and the next pool's workers come from the
-    /// fork server, without a fallback to exec.
+    /// Where the vDSO is mapped in process `pid`: chosen at random at exec,
+    /// so a child forked from the fork server has the fork server's.
+    fn vdso_of(pid: i32) -> String {
+        std::fs::read_to_string(format!("/proc/{pid}/maps"))
+            .unwrap_or_default()
+            .lines()
+            .find(|line| line.ends_with("[vdso]"))
+            .and_then(|line| line.split_whitespace().next())
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Under the library's own unit-test harness (many threads, other tests
+    /// building pools meanwhile, all on the default fork server): a pool
+    /// built once the fork server is ready gets its workers from it.
     #[test]
     #[cfg_attr(miri, ignore = "Miri starts no processes")]
     fn a_fork_server_pool_in_the_librarys_unit_tests() {
-        let (fallbacks_before, _) = fallbacks();
-        let forked_before = forked_children();
         let builder = || {
             crate::Pool::builder()
                 .workers(2)
                 .start_method(StartMethod::ForkServer)
         };
+        // Starts the fork server if no other test did (its one worker is
+        // then exec'd while the fork server starts).
         let first = builder().workers(1).build().unwrap();
         assert_eq!(first.apply(|x: u64| x * 2, 21).unwrap(), 42);
-        // Its one spawn found no fork server and asked for one: it could
-        // not have been ready for that spawn.
-        assert_eq!(forked_children(), forked_before);
         drop(first);
         // Waits for the fork server's hello.
-        assert!(fork_server_pid().is_some());
+        let zygote = fork_server_pid().expect("the fork server runs");
         let pool = builder().build().unwrap();
         assert_eq!(pool.apply(|x: u64| x * 2, 21).unwrap(), 42);
-        assert_eq!(forked_children(), forked_before + 2);
-        let (fallbacks_after, why) = fallbacks();
-        assert_eq!(fallbacks_after, fallbacks_before, "fell back: {why:?}");
+        let theirs = vdso_of(zygote);
+        assert!(!theirs.is_empty());
+        for pid in pool.pids() {
+            assert_eq!(vdso_of(pid), theirs, "worker {pid} was exec'd");
+        }
         drop(pool);
         assert!(stop_fork_server());
-        assert_eq!(fork_server_pid(), None);
+        // Another test's pool may have started a new one since.
+        assert_ne!(fork_server_pid(), Some(zygote));
     }
 }

@@ -1,5 +1,7 @@
-//! Starting this binary again as a child: the one way corepool creates
-//! worker and `Process` children (never a bare fork of a threaded parent).
+//! Starting this binary again as a child: how corepool creates `Process`
+//! children, the fork server itself, and workers when the fork server
+//! (`child::forkserver`, the default start method) does not serve them
+//! (never a bare fork of a threaded parent).
 //!
 //! The child is made with `posix_spawn` (`clone(CLONE_VM | CLONE_VFORK)`
 //! inside the C library), not `fork` (except with C libraries that cannot

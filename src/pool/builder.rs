@@ -103,7 +103,7 @@ impl Default for PoolBuilder {
             task_timeout: None,
             start_timeout: Duration::from_secs(30),
             max_queued: None,
-            start_method: StartMethod::Spawn,
+            start_method: StartMethod::default(),
         }
     }
 }
@@ -456,24 +456,26 @@ impl PoolBuilder {
         self
     }
 
-    /// How workers, replacements included, are started: [`StartMethod::Spawn`]
-    /// (the default) starts this executable anew for each;
-    /// [`StartMethod::ForkServer`] forks each from the program's fork server,
-    /// one more process started with the first pool that asks for it and
-    /// living until the program exits (or [`stop_fork_server`](crate::stop_fork_server)):
-    /// a worker starts several times faster, but with the environment and
-    /// working directory the program had when the fork server started. See
-    /// [`StartMethod`].
+    /// How workers, replacements included, are started:
+    /// [`StartMethod::ForkServer`] (the default) forks each from the
+    /// program's fork server, one more process started with the first pool
+    /// and living until the program exits (or
+    /// [`stop_fork_server`](crate::stop_fork_server)): a worker starts
+    /// several times faster than by exec, with what an exec'd worker would
+    /// inherit from the program of the moment; [`StartMethod::Spawn`] starts
+    /// this executable anew for each. See [`StartMethod`].
     ///
     /// ```
     /// use corepool::{Pool, StartMethod};
     ///
     /// fn main() -> corepool::Result<()> {
+    ///     // Every worker exec'd: no fork server process in this program.
     ///     let pool = Pool::builder()
     ///         .workers(2)
-    ///         .start_method(StartMethod::ForkServer)
+    ///         .start_method(StartMethod::Spawn)
     ///         .build()?;
     ///     assert_eq!(pool.apply(|x: u64| x + 1, 41)?, 42);
+    ///     assert_eq!(corepool::fork_server_pid(), None);
     ///     Ok(())
     /// }
     /// ```

@@ -73,6 +73,17 @@ pub fn children() -> Vec<(u32, char)> {
     children_of(std::process::id())
 }
 
+/// Live and zombie children of this process but the program's fork server
+/// (the default start method's, which lives as long as the program, not
+/// as a pool): what a test's pools and processes left.
+pub fn children_but_the_fork_server() -> Vec<(u32, char)> {
+    let fork_server = corepool::fork_server_pid();
+    children()
+        .into_iter()
+        .filter(|&(pid, _)| Some(pid as i32) != fork_server)
+        .collect()
+}
+
 /// Other processes running this very executable: our workers, whether still
 /// our children or orphaned (reparented) after a bug.
 pub fn processes_of_this_binary() -> Vec<u32> {
@@ -219,6 +230,10 @@ pub fn run(tests: &[Test]) {
         .collect();
     println!("\nrunning {} tests", selected.len());
     for (name, test) in selected {
+        // The program's fork server (the default start method's) lives as
+        // long as the program, not as a test: running before the baseline,
+        // its process and descriptors are the baseline's.
+        let fork_server = ready_fork_server();
         let fds = open_fds();
         let shm = shm_entries();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
@@ -233,9 +248,21 @@ pub fn run(tests: &[Test]) {
         let _ = done_tx.send(());
         let _ = watchdog.join();
         let leaks = std::panic::catch_unwind(|| {
-            eventually("every child reaped", || children().is_empty());
+            // A fork server the test had started again (its environment
+            // changed, or it was killed) is stopped: its descriptors are
+            // not the baseline's. The one of the baseline is counted
+            // explicitly, and only it.
+            if corepool::fork_server_pid() != fork_server {
+                corepool::stop_fork_server();
+            }
+            eventually("every child reaped", || {
+                children_but_the_fork_server().is_empty()
+            });
+            let fork_server = corepool::fork_server_pid();
             eventually("no orphaned worker left", || {
-                processes_of_this_binary().is_empty()
+                processes_of_this_binary()
+                    .iter()
+                    .all(|&pid| Some(pid as i32) == fork_server)
             });
             let leaked = || {
                 open_fds()
@@ -288,6 +315,19 @@ pub fn run(tests: &[Test]) {
     if failed > 0 {
         std::process::exit(101);
     }
+}
+
+/// Has the program's fork server started (as its first pool does) and
+/// waits until it is ready: its pid, `None` if it cannot start here.
+pub fn ready_fork_server() -> Option<i32> {
+    if corepool::fork_server_pid().is_none() {
+        let first = corepool::Pool::builder()
+            .workers(1)
+            .pinning(corepool::Pinning::None)
+            .build();
+        drop(first);
+    }
+    corepool::fork_server_pid()
 }
 
 /// `cmd.output()` under a watchdog: a command that has not ended within

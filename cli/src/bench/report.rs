@@ -126,8 +126,8 @@ fn lower_is_better(r: &Row) -> bool {
 
 pub(super) const SYSTEM_ORDER: [&str; 8] = [
     "corepool",
-    "corepool-forkserver",
-    "corepool-forkserver-first",
+    "corepool-spawn",
+    "corepool-first",
     "threads",
     "threads-spawn",
     "sequential",

@@ -10,7 +10,7 @@ use super::report::{
 use super::vs_python::{python_baseline, python_request};
 use super::{build_pool, progress, rayon_pool};
 use crate::workloads::{
-    corepool_forkserver_once, corepool_once, pair_cpus, pair_pinning, sequential_once,
+    corepool_once, corepool_other_starts_once, pair_cpus, pair_pinning, sequential_once,
     threads_once, threads_spawn_once, Inputs, Sample, Sizes, Workload, THREADS_BULK_NOTE,
 };
 use crate::CliError;
@@ -26,8 +26,8 @@ struct LocalSamples {
     sequential: Vec<Sample>,
     /// start and respawn with the fork server: while it runs, and (start)
     /// the first pool, its start included.
-    forkserver: Vec<Sample>,
-    forkserver_first: Vec<Sample>,
+    spawn: Vec<Sample>,
+    first: Vec<Sample>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -47,8 +47,8 @@ fn measure_local(
         threads: Vec::new(),
         threads_spawn: Vec::new(),
         sequential: Vec::new(),
-        forkserver: Vec::new(),
-        forkserver_first: Vec::new(),
+        spawn: Vec::new(),
+        first: Vec::new(),
     };
     for run in 0..=repeat {
         bar.set_message(if run == 0 {
@@ -64,8 +64,8 @@ fn measure_local(
             None
         };
         let c = corepool_once(w, pool, sizes, inputs, tasks)?;
-        // Right after the exec'd runs, alternated with them run by run.
-        let forked = corepool_forkserver_once(w, pool, sizes)?;
+        // Right after the default's runs, alternated with them run by run.
+        let others = corepool_other_starts_once(w, pool, sizes)?;
         let t = if w.has_threads_baseline() {
             Some(threads_once(w, threads, sizes, inputs, tasks)?)
         } else {
@@ -86,9 +86,9 @@ fn measure_local(
             out.threads.extend(t);
             out.threads_spawn.extend(spawn);
             out.sequential.extend(seq);
-            if let Some(forked) = forked {
-                out.forkserver.push(forked.warm);
-                out.forkserver_first.extend(forked.first);
+            if let Some(others) = others {
+                out.spawn.push(others.spawn);
+                out.first.extend(others.first);
             }
         }
         bar.inc(1);
@@ -164,28 +164,28 @@ pub(super) fn run_suite(args: &BenchArgs, plan: &Plan) -> Result<(), CliError> {
             corepool_pinning.clone(),
             None,
         )];
-        if !s.forkserver.is_empty() {
+        if !s.spawn.is_empty() {
             got.push(summarize(
                 w,
-                "corepool-forkserver",
+                "corepool-spawn",
                 row_workers,
-                &s.forkserver,
+                &s.spawn,
                 corepool_pinning.clone(),
                 Some(if w == Workload::Start {
-                    "StartMethod::ForkServer, its fork server already running".into()
+                    "StartMethod::Spawn: each worker exec'd".into()
                 } else {
-                    "StartMethod::ForkServer: the replacement forked by the fork server".into()
+                    "StartMethod::Spawn: the replacement exec'd".into()
                 }),
             ));
         }
-        if !s.forkserver_first.is_empty() {
+        if !s.first.is_empty() {
             got.push(summarize(
                 w,
-                "corepool-forkserver-first",
+                "corepool-first",
                 row_workers,
-                &s.forkserver_first,
+                &s.first,
                 corepool_pinning.clone(),
-                Some("StartMethod::ForkServer, a program's first pool: the fork server's own start included".into()),
+                Some("the default start method, a program's first pool: the fork server's own start included".into()),
             ));
         }
         if !s.threads.is_empty() {

@@ -209,54 +209,57 @@ pub(crate) fn corepool_once(
         }
         Workload::Queue => queue_corepool(n, pair_cpus()?),
         Workload::PipeRtt => pipe_rtt_corepool(n, pair_cpus()?),
-        Workload::Start => start_corepool(pool, n, StartMethod::Spawn),
-        Workload::Respawn => respawn_corepool(pool, n, StartMethod::Spawn),
+        // The default start method (the fork server), running before the
+        // timed pools are built: a program's pools after its first.
+        Workload::Start => {
+            ready_fork_server()?;
+            start_corepool(pool, n, StartMethod::default())
+        }
+        Workload::Respawn => {
+            ready_fork_server()?;
+            respawn_corepool(pool, n, StartMethod::default())
+        }
         Workload::Bulk | Workload::BulkShared => corepool_bulk(w, pool, &mut inputs.bulk, n),
     }
 }
 
-/// What one run of start or respawn gives with the fork server
-/// (`StartMethod::ForkServer`).
-pub(crate) struct ForkServerSamples {
-    /// Pools built (start) or workers replaced (respawn) while the fork
-    /// server runs.
-    pub(crate) warm: Sample,
-    /// start only: the first pool of a program, the fork server's own
-    /// start included (it is stopped before, so every run times one).
+/// What one run of start or respawn gives besides the default's warm
+/// rows: workers exec'd (`StartMethod::Spawn`), and a program's first pool.
+pub(crate) struct OtherStartSamples {
+    /// Pools built (start) or workers replaced (respawn) by exec.
+    pub(crate) spawn: Sample,
+    /// start only: the first pool of a program, with the default start
+    /// method, the fork server's own start included (it is stopped before,
+    /// so every run times one).
     pub(crate) first: Option<Sample>,
 }
 
 /// One run of start or respawn (`None` for the other workloads) with the
-/// workers forked by the fork server.
-pub(crate) fn corepool_forkserver_once(
+/// workers exec'd, and for start a program's first pool.
+pub(crate) fn corepool_other_starts_once(
     w: Workload,
     pool: &Pool,
     sizes: &Sizes,
-) -> Result<Option<ForkServerSamples>, CliError> {
+) -> Result<Option<OtherStartSamples>, CliError> {
     let n = sizes.get(w);
     match w {
         Workload::Start => {
+            let spawn = start_corepool(pool, n, StartMethod::Spawn)?;
             corepool::stop_fork_server();
-            let first = start_corepool(pool, 1, StartMethod::ForkServer)?;
+            let first = start_corepool(pool, 1, StartMethod::default())?;
             // The first pool does not wait for the fork server it starts
-            // (its workers are exec'd meanwhile): wait here, so that every
-            // warm pool is forked.
+            // (its workers are exec'd meanwhile): wait here, so that the
+            // next run's default pools are all forked.
             ready_fork_server()?;
-            let warm = start_corepool(pool, n, StartMethod::ForkServer)?;
-            Ok(Some(ForkServerSamples {
-                warm,
+            Ok(Some(OtherStartSamples {
+                spawn,
                 first: Some(first),
             }))
         }
-        Workload::Respawn => {
-            // Running before the timed pool's worker is built: every
-            // replacement is forked.
-            ready_fork_server()?;
-            Ok(Some(ForkServerSamples {
-                warm: respawn_corepool(pool, n, StartMethod::ForkServer)?,
-                first: None,
-            }))
-        }
+        Workload::Respawn => Ok(Some(OtherStartSamples {
+            spawn: respawn_corepool(pool, n, StartMethod::Spawn)?,
+            first: None,
+        })),
         _ => Ok(None),
     }
 }
@@ -269,7 +272,7 @@ fn ready_fork_server() -> Result<(), CliError> {
             Pool::builder()
                 .workers(1)
                 .pinning(Pinning::None)
-                .start_method(StartMethod::ForkServer)
+                .start_method(StartMethod::default())
                 .build()?,
         );
     }

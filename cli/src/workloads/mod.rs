@@ -12,7 +12,7 @@ mod tasks;
 mod threads_runner;
 
 pub(crate) use bulk::THREADS_BULK_NOTE;
-pub(crate) use corepool_runner::{corepool_forkserver_once, corepool_once};
+pub(crate) use corepool_runner::{corepool_once, corepool_other_starts_once};
 pub(crate) use pair::{pair_cpus, pair_pinning};
 pub(crate) use sequential_runner::sequential_once;
 pub(crate) use threads_runner::{threads_once, threads_spawn_once};

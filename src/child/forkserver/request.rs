@@ -6,9 +6,10 @@
 
 use super::{Zygote, REQUEST_TIMEOUT};
 use crate::child::spawn::Reexec;
-use crate::child::zygote;
+use crate::child::zygote::{self, Inherited};
 use crate::sys;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use crate::sys::inherit::{self, Limits, ThreadStatus};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 /// After a hung zygote is killed: how long a child it may have forked has
@@ -27,6 +28,9 @@ pub(super) enum Health {
 enum Reply {
     Forked(i32),
     Refused(std::io::Error),
+    /// It could not take the program's resource limits, or receive the
+    /// descriptors (errno): a zygote started again can.
+    Stale(i32),
 }
 
 /// What the child said on its report socket.
@@ -62,6 +66,8 @@ fn read_reply(zygote: &Zygote) -> Result<Reply, String> {
         Ok(Reply::Forked(pid))
     } else if let Some(errno) = number("err ") {
         Ok(Reply::Refused(std::io::Error::from_raw_os_error(errno)))
+    } else if let Some(errno) = number("stale ") {
+        Ok(Reply::Stale(errno))
     } else {
         Err(format!("the fork server answered {text:?}"))
     }
@@ -92,9 +98,53 @@ fn reap_unused(pid: i32) {
     let _ = sys::wait_exit(pid);
 }
 
+/// What an exec'd child started by the calling thread now would inherit
+/// (`status` and `limits` read already), and the descriptors it would hold
+/// besides its kept one: its working directory, and those to go under
+/// `fd_targets`' numbers (standard output and error among them).
+fn inherited_now(
+    status: &ThreadStatus,
+    limits: &Limits,
+    keep_fd: RawFd,
+) -> std::io::Result<(Inherited, OwnedFd)> {
+    let fd_targets = inherit::inherited_descriptors(keep_fd)?;
+    if zygote::FIXED_FDS + fd_targets.len() > sys::MAX_PASSED_FDS {
+        return Err(std::io::Error::from_raw_os_error(sys::EMSGSIZE));
+    }
+    let inherited = Inherited {
+        umask: status.umask,
+        ignored_signals: status.ignored_signals,
+        limits: *limits,
+        scheduling: inherit::scheduling_for_a_child()?,
+        io_priority: inherit::io_priority()?,
+        timer_slack: inherit::timer_slack()?,
+        huge_pages_disabled: inherit::huge_pages_disabled()?,
+        fd_targets,
+    };
+    Ok((inherited, inherit::open_working_directory()?))
+}
+
 /// The request for one child: its pid once it has reported (and been told
 /// to go), or why not, and whether the zygote can go on serving.
-pub(super) fn request(zygote: &Zygote, reexec: &Reexec) -> (std::io::Result<i32>, Health) {
+pub(super) fn request(
+    zygote: &Zygote,
+    reexec: &Reexec,
+    status: &ThreadStatus,
+    limits: &Limits,
+) -> (std::io::Result<i32>, Health) {
+    if reexec.keep_fd < 0 {
+        return (
+            Err(std::io::Error::from_raw_os_error(sys::EINVAL)),
+            Health::Fine,
+        );
+    }
+    // What cannot be read or sent (too many descriptors to pass, a
+    // directory that cannot be opened) is not an error an exec would have:
+    // the child is exec'd.
+    let (inherited, cwd) = match inherited_now(status, limits, reexec.keep_fd) {
+        Ok(found) => found,
+        Err(e) => return (Err(set_up_failed_because(e)), Health::Fine),
+    };
     let (report, theirs) = match sys::seqpacket_pair() {
         Ok(pair) => pair,
         Err(e) => return (Err(e), Health::Fine),
@@ -118,20 +168,31 @@ pub(super) fn request(zygote: &Zygote, reexec: &Reexec) -> (std::io::Result<i32>
         reexec.own_group,
         reexec.keep_fd,
         std::process::id() as i32,
+        &inherited,
     );
-    if reexec.keep_fd < 0 {
-        return (
-            Err(std::io::Error::from_raw_os_error(sys::EINVAL)),
-            Health::Fine,
-        );
-    }
     // SAFETY: the caller holds `keep_fd` open for the child (the pool's
     // segment) until the spawn returns; the borrow ends before that.
     let keep = unsafe { BorrowedFd::borrow_raw(reexec.keep_fd) };
-    if let Err(e) = sys::send_message(zygote.socket.as_fd(), &message, &[keep, theirs.as_fd()]) {
+    let mut fds = vec![keep, theirs.as_fd(), cwd.as_fd()];
+    // SAFETY: numbers just listed as open in this process; one another
+    // thread closes meanwhile makes the send fail with EBADF (below), and
+    // the borrows end with the send.
+    fds.extend(
+        inherited
+            .fd_targets
+            .iter()
+            .map(|&fd| unsafe { BorrowedFd::borrow_raw(fd) }),
+    );
+    if let Err(e) = sys::send_message(zygote.socket.as_fd(), &message, &fds) {
+        // A descriptor closed since it was listed: nothing was sent.
+        if e.raw_os_error() == Some(sys::EBADF) {
+            return (Err(set_up_failed_because(e)), Health::Fine);
+        }
         let why = format!("sending a request to the fork server failed: {e}");
         return (Err(e), Health::Broken(why));
     }
+    drop(fds);
+    drop(cwd);
     // Only the zygote, and the child it forks, hold the other end now: its
     // end-of-file says that no child will report.
     drop(theirs);
@@ -162,6 +223,7 @@ pub(super) fn request(zygote: &Zygote, reexec: &Reexec) -> (std::io::Result<i32>
                 match await_reply(zygote, deadline) {
                     Ok(Reply::Forked(pid)) => forked = Some(pid),
                     Ok(Reply::Refused(e)) => return (Err(e), health(broken)),
+                    Ok(Reply::Stale(errno)) => return stale(errno),
                     Err(why) => broken = Some(why),
                 }
             }
@@ -210,6 +272,7 @@ pub(super) fn request(zygote: &Zygote, reexec: &Reexec) -> (std::io::Result<i32>
                 Ok(Reply::Forked(pid)) => forked = Some(pid),
                 // Nothing was forked: the report socket closes unread.
                 Ok(Reply::Refused(e)) => return (Err(e), Health::Fine),
+                Ok(Reply::Stale(errno)) => return stale(errno),
                 // Dead or out of step; a child it forked still reports.
                 Err(why) => broken = Some(why),
             }
@@ -236,6 +299,22 @@ impl std::error::Error for SetUpFailed {}
 
 fn set_up_failed(errno: i32) -> std::io::Error {
     std::io::Error::other(SetUpFailed(errno))
+}
+
+/// [`set_up_failed`] for an error of ours on the way to a request.
+fn set_up_failed_because(error: std::io::Error) -> std::io::Error {
+    set_up_failed(error.raw_os_error().unwrap_or(sys::EINVAL))
+}
+
+/// The zygote could not take the program's state (errno): nothing was
+/// forked; it is retired (a new one inherits the program's), and the child
+/// exec'd.
+fn stale(errno: i32) -> (std::io::Result<i32>, Health) {
+    let why = format!(
+        "the fork server could not take the program's resource limits or descriptors ({})",
+        std::io::Error::from_raw_os_error(errno)
+    );
+    (Err(set_up_failed(errno)), Health::Broken(why))
 }
 
 /// Whether `error` is a forked child's failed set-up.
