@@ -1,5 +1,5 @@
 //! Pools whose workers are forked by the fork server
-//! (`StartMethod::ForkServer`), against the default (each worker exec'd):
+//! (`StartMethod::ForkServer`), against `StartMethod::Spawn` (each worker exec'd):
 //! the time to build a pool of two workers, the first one (built while the
 //! fork server starts: its first worker is exec'd) and later ones.
 //!
