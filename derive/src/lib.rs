@@ -133,14 +133,24 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     let (impl_generics, type_generics, where_clause) = generics.split_for_impl();
     let name = &input.ident;
     let encode_signature = encode_signature(&krate);
+    // Each value of a derived type is one level of nesting, counted while
+    // it is encoded or decoded: a value nested deeper than corepool's limit
+    // (a long recursive chain, or forged bytes) fails with an error instead
+    // of overflowing the stack of the thread decoding it.
     Ok(quote! {
         #[automatically_derived]
         impl #impl_generics #krate::Wire for #name #type_generics #where_clause {
             #encode_signature {
+                let ::core::option::Option::Some(_corepool_level) =
+                    #krate::Encoder::__enter_level::<Self>(out)
+                else {
+                    return;
+                };
                 #encode_body
             }
 
             fn decode(input: &mut &[u8]) -> #krate::Result<Self> {
+                let _corepool_level = #krate::Encoder::__enter_decode_level::<Self>()?;
                 #decode_body
             }
         }
@@ -213,12 +223,10 @@ fn struct_bodies(krate: &Path, fields: &Fields) -> (TokenStream, TokenStream) {
         };
         quote!(#encode(&self.#member, out);)
     });
-    // A struct without fields neither writes nor reads anything.
-    let unused_out = fields.is_empty().then(|| quote!(let _ = &out;));
+    // A struct without fields reads nothing.
     let unused_input = fields.is_empty().then(|| quote!(let _ = &input;));
     let construct = construct(krate, fields);
     let encode_body = quote! {
-        #unused_out
         #(#encodes)*
     };
     let decode_body = quote! {

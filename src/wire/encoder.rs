@@ -4,7 +4,7 @@
 //! the same place and none is left behind in a thread-local.
 
 use crate::error::{Error, Result};
-use crate::wire::{Payload, Wire};
+use crate::wire::{catch_encode_panic, Payload, Wire};
 use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
@@ -377,6 +377,29 @@ impl Encoder {
         self.failure.as_ref()
     }
 
+    /// Called first by every `#[derive(Wire)]` `encode`: one more level of
+    /// nesting of `T`, held until the result drops; `None` (the encoding has
+    /// failed) when the value nests too deeply, or once the encoding has
+    /// failed otherwise. Not an API: the derive macro's, kept here so that
+    /// the generated code names nothing but `Encoder`.
+    #[doc(hidden)]
+    pub fn __enter_level<T: ?Sized>(&mut self) -> Option<impl Sized> {
+        crate::wire::nesting::encode_level::<T>(self)
+    }
+
+    /// Called first by every `#[derive(Wire)]` `decode`: one more level of
+    /// nesting of `T`, held until the result drops, or [`Error::Decode`]
+    /// when the value nests too deeply. Not an API, as
+    /// [`__enter_level`](Self::__enter_level).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] naming `T` past the nesting limit.
+    #[doc(hidden)]
+    pub fn __enter_decode_level<T: ?Sized>() -> Result<impl Sized> {
+        crate::wire::nesting::decode_level::<T>()
+    }
+
     /// The encoded bytes, or the failure recorded while encoding.
     ///
     /// Encoding a shared object (a [`crate::SharedArray`], ...) by hand this
@@ -495,7 +518,7 @@ fn with_scratch<R>(f: impl FnOnce(&mut Encoder) -> R) -> R {
 /// [`Error::Encode`] if the value could not be encoded.
 pub(crate) fn encode_payload<T: Wire>(value: &T) -> Result<(Payload, Carried)> {
     with_scratch(|enc| {
-        value.encode(enc);
+        encode_guarded(value, enc);
         enc.check()?;
         let payload = if enc.len() <= Payload::INLINE {
             Payload::from_slice(enc)
@@ -524,7 +547,7 @@ pub(crate) fn encode_payload_or_spill<T: Wire, H>(
     spill: impl FnOnce(&[u8], &[u8]) -> Result<(Vec<u8>, H)>,
 ) -> Result<(Payload, Carried, Option<H>)> {
     with_scratch(|enc| {
-        let rest = value.encode_split(enc);
+        let rest = encode_split_guarded(value, enc);
         enc.check()?;
         if enc.len() + rest.len() > max {
             let mut carried = enc.take_carried();
@@ -563,7 +586,7 @@ pub(crate) fn with_split_encoding<T: Wire, R>(
     f: impl FnOnce(&mut Encoder, &[u8], Carried) -> Result<R>,
 ) -> Result<R> {
     with_scratch(|enc| {
-        let rest = value.encode_split(enc);
+        let rest = encode_split_guarded(value, enc);
         enc.check()?;
         let carried = enc.take_carried();
         f(enc, rest, carried)
@@ -577,10 +600,23 @@ pub(crate) fn with_split_encoding<T: Wire, R>(
 /// [`Error::Encode`] if the value could not be encoded.
 pub(crate) fn encode_carried<T: Wire>(value: &T) -> Result<(Vec<u8>, Carried)> {
     let mut enc = Encoder::new();
-    value.encode(&mut enc);
+    encode_guarded(value, &mut enc);
     enc.check()?;
     let carried = enc.take_carried();
     Ok((enc.bytes, carried))
+}
+
+/// Encodes `value` into `out`; a user's `Wire` code that panics meanwhile
+/// is recorded in `out` as an [`Error::Encode`] naming `T` (so that
+/// [`Encoder::check`] returns it) instead of unwinding into the caller.
+pub(crate) fn encode_guarded<T: Wire>(value: &T, out: &mut Encoder) {
+    catch_encode_panic::<T, _>(out, |out| value.encode(out));
+}
+
+/// As [`encode_guarded`], for [`Wire::encode_split`]: the rest of the
+/// encoding, borrowed from `value` (empty if it panicked).
+fn encode_split_guarded<'v, T: Wire>(value: &'v T, out: &mut Encoder) -> &'v [u8] {
+    catch_encode_panic::<T, _>(out, |out| value.encode_split(out)).unwrap_or(&[])
 }
 
 /// The bytes of `value` (tests only: what it carries is dropped).
