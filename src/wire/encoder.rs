@@ -613,6 +613,12 @@ pub(crate) fn encode_guarded<T: Wire>(value: &T, out: &mut Encoder) {
     catch_encode_panic::<T, _>(out, |out| value.encode(out));
 }
 
+/// As [`encode_guarded`], for the items of a slice ([`Wire::encode_slice`],
+/// the body of a `map` chunk).
+pub(crate) fn encode_slice_guarded<T: Wire>(items: &[T], out: &mut Encoder) {
+    catch_encode_panic::<T, _>(out, |out| T::encode_slice(items, out));
+}
+
 /// As [`encode_guarded`], for [`Wire::encode_split`]: the rest of the
 /// encoding, borrowed from `value` (empty if it panicked).
 fn encode_split_guarded<'v, T: Wire>(value: &'v T, out: &mut Encoder) -> &'v [u8] {

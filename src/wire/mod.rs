@@ -22,8 +22,8 @@ pub(crate) mod task;
 pub(crate) use encoder::encode_to_vec;
 pub use encoder::Encoder;
 pub(crate) use encoder::{
-    encode_carried, encode_guarded, encode_payload, encode_payload_or_spill, mark_delivered,
-    with_split_encoding, Carried, Handover, InFlight, KeepAlive, Transit, Transits,
+    encode_carried, encode_guarded, encode_payload, encode_payload_or_spill, encode_slice_guarded,
+    mark_delivered, with_split_encoding, Carried, Handover, InFlight, KeepAlive, Transit, Transits,
 };
 // Named by `Wire::plain`, a hidden method of the public trait: public for
 // that, but never named outside corepool (nor constructible there).
