@@ -60,6 +60,11 @@ use syn::{Attribute, Data, DataEnum, DeriveInput, Fields, GenericParam, LitStr, 
 ///   panic; so is any other malformed input.
 /// * Every type parameter gets a `Wire` bound: `struct Pair<T> { a: T, b: T }`
 ///   is `Wire` when `T` is.
+/// * Each value of a derived type is one level of nesting: a value nested
+///   more than 128 levels deep (a long chain of a recursive type) is refused
+///   with `Error::Encode` by its sender and `Error::Decode` by its receiver,
+///   instead of overflowing the stack of the thread decoding it (see
+///   "How deep a value may nest" on the `Wire` trait).
 ///
 /// Both ends of the wire are always the same binary (workers re-execute the
 /// parent), so the format needs no versioning: reorder fields freely.

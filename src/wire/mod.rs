@@ -49,6 +49,56 @@ use bytemuck::{Pod, TransparentWrapper};
 /// let back = <(u64, String, Vec<f64>)>::decode(&mut bytes.as_slice()).unwrap();
 /// assert_eq!(back, (7, "seven".to_string(), vec![1.5, 2.5]));
 /// ```
+///
+/// # How deep a value may nest
+///
+/// A value may nest at most **128 levels** of `#[derive(Wire)]` types (a
+/// recursive `struct Node { v: u64, kids: Vec<Node> }`: a chain of 128
+/// nodes crosses, one of 129 does not). Decoding recurses once per level,
+/// and results are decoded on threads with 2 MiB stacks (corepool's own,
+/// or yours waiting in `get`), so a deeper value could overflow one and
+/// abort the whole program. Instead, the sender refuses it with
+/// [`Error::Encode`] before anything is sent, and the receiver refuses a
+/// deeper encoding (a corrupt or hostile sender's) with [`Error::Decode`]:
+/// only that task or message fails. A decode whose levels take more than
+/// 1 MiB of stack (a large array inside a recursive type; debug builds
+/// take several times the stack of release builds) is refused too, as is
+/// a [`Serde`] value whose deserializing would.
+///
+/// Send deeper data flattened: the nodes in a `Vec`, each naming its
+/// children by index, cross at any size and depth:
+///
+/// ```
+/// use corepool::{Encoder, Error, Wire};
+///
+/// #[derive(Debug, PartialEq, Wire)]
+/// struct Node { v: u64, kids: Vec<Node> }
+///
+/// /// The same tree, flattened: node `i` is `nodes[i]`, its kids by index.
+/// #[derive(Debug, PartialEq, Wire)]
+/// struct Flat { nodes: Vec<(u64, Vec<u32>)> }
+///
+/// let deep = (1..1000).fold(Node { v: 0, kids: vec![] }, |n, v| Node { v, kids: vec![n] });
+/// let mut out = Encoder::new();
+/// deep.encode(&mut out);
+/// assert!(matches!(out.finish(), Err(Error::Encode { .. })));
+///
+/// let flat = Flat { nodes: (0..1000).map(|v| (v, if v > 0 { vec![v as u32 - 1] } else { vec![] })).collect() };
+/// let mut out = Encoder::new();
+/// flat.encode(&mut out);
+/// let bytes = out.finish()?;
+/// assert_eq!(Flat::decode(&mut bytes.as_slice())?, flat);
+/// # Ok::<(), corepool::Error>(())
+/// ```
+///
+/// # When an impl panics
+///
+/// A hand-written `encode` or `decode` should not panic (an `encode` calls
+/// [`Encoder::fail`], a `decode` returns [`Error::Decode`]). If one does,
+/// the value's sender gets [`Error::Encode`], its receiver
+/// [`Error::Decode`], each naming the type and quoting the panic; the panic
+/// never unwinds out of corepool into the caller, and a pool's worker goes
+/// on serving.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot cross between processes: it does not implement `corepool::Wire`",
     label = "not `Wire`",
