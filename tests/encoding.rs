@@ -208,8 +208,6 @@ impl corepool::Wire for Bomb {
     }
 }
 
-use corepool::Wire as _;
-
 /// `result` is an `Error::Encode` (or `Decode`, as `decode` says) that
 /// names `Bomb` and says its `Wire` impl panicked, with the panic's message.
 fn assert_bomb_error<T: std::fmt::Debug>(result: corepool::Result<T>, decode: bool, message: &str) {
