@@ -139,18 +139,14 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     let name = &input.ident;
     let encode_signature = encode_signature(&krate);
     // Each value of a derived type is one level of nesting, counted while
-    // it is encoded or decoded: a value nested deeper than corepool's limit
-    // (a long recursive chain, or forged bytes) fails with an error instead
-    // of overflowing the stack of the thread decoding it.
+    // it is encoded (see `counted_encode`) or decoded: a value nested deeper
+    // than corepool's limit (a long recursive chain, or forged bytes) fails
+    // with an error instead of overflowing the stack of the thread decoding
+    // it.
     Ok(quote! {
         #[automatically_derived]
         impl #impl_generics #krate::Wire for #name #type_generics #where_clause {
             #encode_signature {
-                let ::core::option::Option::Some(_corepool_level) =
-                    #krate::Encoder::__enter_level::<Self>(out)
-                else {
-                    return;
-                };
                 #encode_body
             }
 
@@ -216,6 +212,19 @@ fn wire_call(krate: &Path, ty: &Type, method: &str) -> TokenStream {
     quote_spanned!(ty.span()=> <#ty as #krate::Wire>::#method)
 }
 
+/// An `encode` body inside one level of nesting, counted in the encoder:
+/// a value nested deeper than a receiver decodes fails with
+/// `Error::Encode` before it is sent.
+fn counted_encode(krate: &Path, body: TokenStream) -> TokenStream {
+    quote! {
+        if !#krate::Encoder::__enter_level::<Self>(out) {
+            return;
+        }
+        #body
+        #krate::Encoder::__leave_level(out);
+    }
+}
+
 fn struct_bodies(krate: &Path, fields: &Fields) -> (TokenStream, TokenStream) {
     let encodes = fields.iter().enumerate().map(|(index, field)| {
         let encode = wire_call(krate, &field.ty, "encode");
@@ -231,9 +240,7 @@ fn struct_bodies(krate: &Path, fields: &Fields) -> (TokenStream, TokenStream) {
     // A struct without fields reads nothing.
     let unused_input = fields.is_empty().then(|| quote!(let _ = &input;));
     let construct = construct(krate, fields);
-    let encode_body = quote! {
-        #(#encodes)*
-    };
+    let encode_body = counted_encode(krate, quote!(#(#encodes)*));
     let decode_body = quote! {
         #unused_input
         ::core::result::Result::Ok(Self #construct)
@@ -311,7 +318,7 @@ fn enum_bodies(krate: &Path, data: &DataEnum) -> (TokenStream, TokenStream) {
         // No value of an enum without variants exists to be encoded.
         quote!(match *self {})
     } else {
-        quote!(match self { #(#encode_arms)* })
+        counted_encode(krate, quote!(match self { #(#encode_arms)* }))
     };
     let decode_body = quote! {
         match <#tag_type as #krate::Wire>::decode(input)? {

@@ -272,6 +272,9 @@ pub struct Encoder {
     bytes: Vec<u8>,
     carried: Carried,
     failure: Option<Error>,
+    /// Levels of `#[derive(Wire)]` types being encoded into it (see
+    /// [`__enter_level`](Self::__enter_level)).
+    depth: u32,
 }
 
 impl fmt::Debug for Encoder {
@@ -280,6 +283,7 @@ impl fmt::Debug for Encoder {
             .field("bytes", &self.bytes.len())
             .field("carried", &self.carried)
             .field("failure", &self.failure)
+            .field("depth", &self.depth)
             .finish()
     }
 }
@@ -318,6 +322,7 @@ impl Encoder {
                 transits: Transits(Vec::new()),
             },
             failure: None,
+            depth: 0,
         }
     }
 
@@ -377,14 +382,37 @@ impl Encoder {
         self.failure.as_ref()
     }
 
-    /// Called first by every `#[derive(Wire)]` `encode`: one more level of
-    /// nesting of `T`, held until the result drops; `None` (the encoding has
-    /// failed) when the value nests too deeply, or once the encoding has
-    /// failed otherwise. Not an API: the derive macro's, kept here so that
-    /// the generated code names nothing but `Encoder`.
+    /// Called first by every `#[derive(Wire)]` `encode`: enters one more
+    /// level of nesting of `T` and returns `true`, or returns `false` (the
+    /// encoding has failed: skip the value) when that is more levels than a
+    /// receiver decodes, or once the encoding has failed otherwise. Each
+    /// `true` is matched by a [`__leave_level`](Self::__leave_level) at the
+    /// end of that `encode` (a panic in between leaves the count high, and
+    /// the encoding is worthless then anyway: corepool records the panic as
+    /// its failure). Not an API: the derive macro's, kept here so that the
+    /// generated code names nothing but `Encoder`. The count lives in the
+    /// encoder, not a thread-local: it costs a `Vec` of a million small
+    /// derived values nothing measurable.
     #[doc(hidden)]
-    pub fn __enter_level<T: ?Sized>(&mut self) -> Option<impl Sized> {
-        crate::wire::nesting::encode_level::<T>(self)
+    #[inline]
+    pub fn __enter_level<T: ?Sized>(&mut self) -> bool {
+        if self.failure.is_some() {
+            return false;
+        }
+        if self.depth >= crate::wire::MAX_NESTING {
+            crate::wire::nesting::fail_too_deep::<T>(self);
+            return false;
+        }
+        self.depth += 1;
+        true
+    }
+
+    /// Ends the level a `true` [`__enter_level`](Self::__enter_level)
+    /// entered. Not an API.
+    #[doc(hidden)]
+    #[inline]
+    pub fn __leave_level(&mut self) {
+        self.depth = self.depth.saturating_sub(1);
     }
 
     /// Called first by every `#[derive(Wire)]` `decode`: one more level of
@@ -396,6 +424,7 @@ impl Encoder {
     ///
     /// [`Error::Decode`] naming `T` past the nesting limit.
     #[doc(hidden)]
+    #[inline]
     pub fn __enter_decode_level<T: ?Sized>() -> Result<impl Sized> {
         crate::wire::nesting::decode_level::<T>()
     }
@@ -478,6 +507,7 @@ impl Encoder {
         self.bytes.clear();
         self.carried = Carried::default();
         self.failure = None;
+        self.depth = 0;
     }
 }
 

@@ -27,7 +27,7 @@ pub(crate) use encoder::{
 };
 // Named by `Wire::plain`, a hidden method of the public trait: public for
 // that, but never named outside corepool (nor constructible there).
-use nesting::{catch_decode_panic, catch_encode_panic};
+use nesting::{catch_decode_panic, catch_encode_panic, MAX_NESTING};
 #[doc(hidden)]
 #[allow(unreachable_pub)]
 pub use plain::PlainLayout;
@@ -735,7 +735,6 @@ where
         let body = take::<Self>(input, len)?;
         // postcard recurses once per level of a recursive serde type, with
         // no limit of its own: bounded here by the stack it may use.
-        let _stack = nesting::StackStart::mark();
         let exceeded = std::cell::Cell::new(false);
         let mut deserializer =
             postcard::Deserializer::from_flavor(nesting::StackBound::new(body, &exceeded));

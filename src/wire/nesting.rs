@@ -43,29 +43,38 @@ pub(crate) const MAX_NESTING: u32 = 128;
 /// half is for what the thread used before the decode, and the last level.
 pub(crate) const STACK_BUDGET: usize = 1 << 20;
 
-thread_local! {
-    /// Levels of derived types being decoded on this thread.
-    static DECODING: Cell<u32> = const { Cell::new(0) };
-    /// Levels of derived types being encoded on this thread.
-    static ENCODING: Cell<u32> = const { Cell::new(0) };
-    /// The stack address where this thread's outermost decode level began;
-    /// 0 outside one.
-    static STACK_START: Cell<usize> = const { Cell::new(0) };
+/// This thread's decoding nesting: one thread-local for all of it, so that
+/// a level costs one lookup (a `Vec` of a million small derived values
+/// enters a million levels). Encoding counts its levels in the `Encoder`.
+struct Nesting {
+    /// Levels of derived types being decoded.
+    decoding: Cell<u32>,
+    /// The stack address where the outermost decode level began
+    /// (meaningful while `decoding` is above 0).
+    decode_start: Cell<usize>,
 }
 
-/// An address in the caller's stack frame (not inlined: the frame is the
-/// caller's child, just below it).
-#[inline(never)]
+thread_local! {
+    static NESTING: Nesting = const {
+        Nesting {
+            decoding: Cell::new(0),
+            decode_start: Cell::new(0),
+        }
+    };
+}
+
+/// An address in the current stack frame.
+#[inline(always)]
 fn stack_address() -> usize {
     let marker = 0u8;
     std::hint::black_box(&marker) as *const u8 as usize
 }
 
-/// Stack used since the outermost decode level began (0 outside one, and
-/// under Miri, which places locals anywhere, not on a stack).
-fn stack_used() -> usize {
-    let start = STACK_START.with(Cell::get);
-    if cfg!(miri) || start == 0 {
+/// Stack used since `start`, an earlier [`stack_address`] of this thread
+/// (0 under Miri, which places locals anywhere, not on a stack).
+#[inline(always)]
+fn stack_used_since(start: usize) -> usize {
+    if cfg!(miri) {
         return 0;
     }
     // The stack grows down on every target corepool runs on (Linux on
@@ -73,66 +82,18 @@ fn stack_used() -> usize {
     start.saturating_sub(stack_address())
 }
 
-/// Marks the stack where the outermost decode level begins, until dropped:
-/// does nothing inside a level already marked.
-pub(crate) struct StackStart {
-    /// Whether this one marked it (and clears it on drop).
-    marked: bool,
-}
-
-impl StackStart {
-    pub(crate) fn mark() -> Self {
-        let marked = STACK_START.with(|start| {
-            if start.get() != 0 {
-                return false;
-            }
-            start.set(stack_address());
-            true
-        });
-        Self { marked }
-    }
-}
-
-impl Drop for StackStart {
-    fn drop(&mut self) {
-        if self.marked {
-            // `try_with`: a `Cell<usize>` has no destructor, so the key is
-            // always there, but a drop must never panic.
-            let _ = STACK_START.try_with(|start| start.set(0));
-        }
-    }
-}
-
-/// One level of nesting, counted while it lives: dropped at the end of the
-/// level's `decode` or `encode`, by `?`, a return or a panic unwinding.
+/// One level of decoding, counted while it lives: dropped at the end of the
+/// level's `decode`, by `?`, a return or a panic unwinding.
 #[must_use = "the level ends when this is dropped"]
-pub(crate) struct Level {
-    depth: &'static std::thread::LocalKey<Cell<u32>>,
-    // Dropped after the count: the outermost decode level's stack mark.
-    _stack: Option<StackStart>,
-}
+pub(crate) struct DecodeLevel(());
 
-impl Drop for Level {
+impl Drop for DecodeLevel {
+    #[inline]
     fn drop(&mut self) {
-        let _ = self
-            .depth
-            .try_with(|depth| depth.set(depth.get().saturating_sub(1)));
+        // `try_with`: the state has no destructor, so it is always there,
+        // but a drop must never panic.
+        let _ = NESTING.try_with(|n| n.decoding.set(n.decoding.get().saturating_sub(1)));
     }
-}
-
-/// Enters one more level on `key`'s counter: the level (held until it
-/// drops) and the depth reached.
-fn enter(key: &'static std::thread::LocalKey<Cell<u32>>) -> (Level, u32) {
-    let depth = key.with(|depth| {
-        let deeper = depth.get().saturating_add(1);
-        depth.set(deeper);
-        deeper
-    });
-    let level = Level {
-        depth: key,
-        _stack: None,
-    };
-    (level, depth)
 }
 
 /// What a user with a deeper value should do.
@@ -148,53 +109,62 @@ const ADVICE: &str = "send a deep structure flattened instead (its nodes in a `V
 ///
 /// [`Error::Decode`](crate::Error::Decode) naming `T` when the value nests
 /// too deeply.
-pub(crate) fn decode_level<T: ?Sized>() -> Result<Level> {
-    let (mut level, depth) = enter(&DECODING);
-    if depth == 1 {
-        level._stack = Some(StackStart::mark());
-    }
+#[inline]
+pub(crate) fn decode_level<T: ?Sized>() -> Result<DecodeLevel> {
+    let (depth, used) = NESTING.with(|n| {
+        let depth = n.decoding.get().saturating_add(1);
+        n.decoding.set(depth);
+        if depth == 1 {
+            n.decode_start.set(stack_address());
+            return (depth, 0);
+        }
+        (depth, stack_used_since(n.decode_start.get()))
+    });
+    let level = DecodeLevel(());
     if depth > MAX_NESTING {
-        return Err(decode_error::<T>(format!(
-            "the value nests more than {MAX_NESTING} levels of `#[derive(Wire)]` types deep, \
-             more than corepool decodes (deeper would risk overflowing the decoding thread's \
-             stack): the sender is corrupt, or it sent a recursive value this deep; {ADVICE}"
-        )));
+        return Err(too_deep::<T>());
     }
-    let used = stack_used();
     if used > STACK_BUDGET {
-        return Err(decode_error::<T>(format!(
-            "after {depth} levels of `#[derive(Wire)]` types the decode has used {} KiB of \
-             stack, more than the {} KiB corepool allows (deeper would risk overflowing the \
-             decoding thread's stack): the sender is corrupt, or it sent a recursive value \
-             whose levels are this large (a large array inside a recursive type; debug \
-             builds take several times the stack of release builds); box large fields \
-             into a `Vec`, or {ADVICE}",
-            used >> 10,
-            STACK_BUDGET >> 10
-        )));
+        return Err(too_much_stack::<T>(depth, used));
     }
     Ok(level)
 }
 
-/// Called first by every derived `encode`: one more level of nesting of
-/// `T`, or `None` (having recorded [`Error::Encode`](crate::Error::Encode)
-/// in `out`) if that is more than [`MAX_NESTING`], which the receiver would
-/// refuse; `None` too once the encoding has failed, so that the rest of a
-/// failed value is skipped.
-pub(crate) fn encode_level<T: ?Sized>(out: &mut Encoder) -> Option<Level> {
-    if out.failure().is_some() {
-        return None;
-    }
-    let (level, depth) = enter(&ENCODING);
-    if depth > MAX_NESTING {
-        out.fail::<T>(format!(
-            "the value nests more than {MAX_NESTING} levels of `#[derive(Wire)]` types deep, \
-             more than corepool decodes (deeper would risk overflowing the receiving thread's \
-             stack), so it is not sent; {ADVICE}"
-        ));
-        return None;
-    }
-    Some(level)
+#[cold]
+#[inline(never)]
+fn too_deep<T: ?Sized>() -> crate::Error {
+    decode_error::<T>(format!(
+        "the value nests more than {MAX_NESTING} levels of `#[derive(Wire)]` types deep, \
+         more than corepool decodes (deeper would risk overflowing the decoding thread's \
+         stack): the sender is corrupt, or it sent a recursive value this deep; {ADVICE}"
+    ))
+}
+
+#[cold]
+#[inline(never)]
+fn too_much_stack<T: ?Sized>(depth: u32, used: usize) -> crate::Error {
+    decode_error::<T>(format!(
+        "after {depth} levels of `#[derive(Wire)]` types the decode has used {} KiB of \
+         stack, more than the {} KiB corepool allows (deeper would risk overflowing the \
+         decoding thread's stack): the sender is corrupt, or it sent a recursive value \
+         whose levels are this large (a large array inside a recursive type; debug \
+         builds take several times the stack of release builds); box large fields \
+         into a `Vec`, or {ADVICE}",
+        used >> 10,
+        STACK_BUDGET >> 10
+    ))
+}
+
+/// Records in `out` that a value of `T` nests more levels deep than a
+/// receiver decodes (see [`Encoder::__enter_level`]).
+#[cold]
+#[inline(never)]
+pub(crate) fn fail_too_deep<T: ?Sized>(out: &mut Encoder) {
+    out.fail::<T>(format!(
+        "the value nests more than {MAX_NESTING} levels of `#[derive(Wire)]` types deep, \
+         more than corepool decodes (deeper would risk overflowing the receiving thread's \
+         stack), so it is not sent; {ADVICE}"
+    ));
 }
 
 /// The text of a panic's payload.
@@ -243,13 +213,15 @@ pub(crate) fn catch_encode_panic<T, R>(
 /// Bounds the stack that postcard, which has no depth limit of its own, may
 /// use while it deserializes a `Serde<T>`: a postcard input flavor that, at
 /// every byte it reads, measures the stack used since the outermost decode
-/// level began (see [`StackStart`], which `Serde::decode` marks), and
-/// refuses to go on past [`STACK_BUDGET`]. Every level of a recursive serde
+/// level began (or since it was made, outside one), and refuses to go on
+/// past [`STACK_BUDGET`]. Every level of a recursive serde
 /// type reads at least a byte (a tag, a length), so a forged or too deep
 /// value stops there, with a decode error.
 #[cfg(feature = "serde")]
 pub(crate) struct StackBound<'de> {
     input: postcard::de_flavors::Slice<'de>,
+    /// Where the stack is measured from.
+    start: usize,
     /// Set when the bound stopped deserializing.
     exceeded: &'de Cell<bool>,
 }
@@ -258,14 +230,22 @@ pub(crate) struct StackBound<'de> {
 impl<'de> StackBound<'de> {
     /// A flavor reading `input`; `exceeded` is set if the bound stops it.
     pub(crate) fn new(input: &'de [u8], exceeded: &'de Cell<bool>) -> Self {
+        let start = NESTING.with(|n| {
+            if n.decoding.get() > 0 {
+                n.decode_start.get()
+            } else {
+                stack_address()
+            }
+        });
         Self {
             input: postcard::de_flavors::Slice::new(input),
+            start,
             exceeded,
         }
     }
 
     fn check(&self) -> postcard::Result<()> {
-        if stack_used() > STACK_BUDGET {
+        if stack_used_since(self.start) > STACK_BUDGET {
             self.exceeded.set(true);
             return Err(postcard::Error::DeserializeBadEncoding);
         }
@@ -314,9 +294,9 @@ mod tests {
 
     impl Wire for List {
         fn encode(&self, out: &mut Encoder) {
-            let Some(_level) = Encoder::__enter_level::<Self>(out) else {
+            if !out.__enter_level::<Self>() {
                 return;
-            };
+            }
             match self {
                 List::End => 0u8.encode(out),
                 List::Cons(kids) => {
@@ -324,6 +304,7 @@ mod tests {
                     kids.encode(out);
                 }
             }
+            out.__leave_level();
         }
         fn decode(input: &mut &[u8]) -> Result<Self> {
             let _level = Encoder::__enter_decode_level::<Self>()?;
@@ -362,12 +343,9 @@ mod tests {
             .unwrap()
     }
 
-    fn depth_now() -> (u32, u32, usize) {
-        (
-            DECODING.with(Cell::get),
-            ENCODING.with(Cell::get),
-            STACK_START.with(Cell::get),
-        )
+    /// Levels being decoded on this thread.
+    fn depth_now() -> u32 {
+        NESTING.with(|n| n.decoding.get())
     }
 
     #[test]
@@ -390,7 +368,7 @@ mod tests {
                     if type_name.ends_with("List") && reason.contains("flattened")),
                 "{err}"
             );
-            assert_eq!(depth_now(), (0, 0, 0), "every level unwound");
+            assert_eq!(depth_now(), 0, "every level unwound");
         });
     }
 
@@ -409,7 +387,7 @@ mod tests {
             })
             .unwrap_err();
             assert!(matches!(err, Error::Decode { .. }), "{err}");
-            assert_eq!(depth_now(), (0, 0, 0));
+            assert_eq!(depth_now(), 0);
             // The thread decodes on as before.
             assert_eq!(decode_exact::<List>(&[0]).unwrap(), List::End);
         });
@@ -442,7 +420,7 @@ mod tests {
                     && reason.contains("thirteen does not encode")),
             "{err}"
         );
-        assert_eq!(depth_now(), (0, 0, 0));
+        assert_eq!(depth_now(), 0);
         // The thread's reused encoder is clean again.
         let bytes = encode_payload(&inside(14)).unwrap().0;
         let err = decode_exact::<(List, Vec<Bomb>)>(&bytes).unwrap_err();
@@ -452,7 +430,7 @@ mod tests {
                     && reason.contains("fourteen does not decode")),
             "{err}"
         );
-        assert_eq!(depth_now(), (0, 0, 0));
+        assert_eq!(depth_now(), 0);
         let bytes = encode_payload(&inside(15)).unwrap().0;
         assert_eq!(
             decode_exact::<(List, Vec<Bomb>)>(&bytes).unwrap().1[0].0,
@@ -469,11 +447,12 @@ mod tests {
         struct Fat(Box<[u8; 1 << 16]>, Vec<Fat>);
         impl Wire for Fat {
             fn encode(&self, out: &mut Encoder) {
-                let Some(_level) = Encoder::__enter_level::<Self>(out) else {
+                if !out.__enter_level::<Self>() {
                     return;
-                };
+                }
                 self.0.as_slice().to_vec().encode(out);
                 self.1.encode(out);
+                out.__leave_level();
             }
             fn decode(input: &mut &[u8]) -> Result<Self> {
                 let _level = Encoder::__enter_decode_level::<Self>()?;
@@ -495,7 +474,7 @@ mod tests {
                 matches!(&err, Error::Decode { reason, .. } if reason.contains("KiB of stack")),
                 "{err}"
             );
-            assert_eq!(depth_now(), (0, 0, 0));
+            assert_eq!(depth_now(), 0);
         });
     }
 
@@ -526,7 +505,7 @@ mod tests {
                 matches!(&err, Error::Decode { reason, .. } if reason.contains("KiB of stack")),
                 "{err}"
             );
-            assert_eq!(depth_now(), (0, 0, 0));
+            assert_eq!(depth_now(), 0);
             // A tree of ordinary depth still decodes.
             let mut tree = Tree::Leaf;
             for _ in 0..100 {
