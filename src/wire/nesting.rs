@@ -23,8 +23,9 @@ use std::cell::Cell;
 /// `struct Node { v: u64, kids: Vec<Node> }` chain of 128 nodes crosses,
 /// one of 129 does not (serde_json's default limit is also 128).
 ///
-/// Measured on the decoding side (x86-64; `tests/derive.rs` runs these
-/// shapes to the limit on a 2 MiB thread): a level of that `Node` takes
+/// Measured on the decoding side (x86-64, a leaf recording the deepest
+/// stack address reached; `tests/derive.rs` decodes that `Node` at the
+/// limit on the driver thread): a level of that `Node` takes
 /// 2.0 KiB of stack in a debug build and 0.5 KiB in release; a JSON-like
 /// enum (`Arr(Vec<Json>)`, `Obj(Vec<(String, Json)>)`, ...) 3.8 and 0.55
 /// KiB; a struct of eight fields (strings, a `[u64; 16]`, a tuple,
