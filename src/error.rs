@@ -282,10 +282,11 @@ pub enum Error {
         /// The pid of the process that created the pool.
         owner: u32,
     },
-    /// A value could not be encoded (its `Serialize` impl failed, or a
+    /// A value could not be encoded (its `Serialize` impl failed, a
     /// hand-written [`Wire`](crate::Wire) impl called
-    /// [`Encoder::fail`](crate::Encoder::fail)). Nothing was sent or stored.
-    #[error("encoding a {type_name} failed: {reason}; nothing was sent: fix the value or its `Serialize` impl (postcard needs every sequence's length up front), or send another type")]
+    /// [`Encoder::fail`](crate::Encoder::fail) or panicked, or the value
+    /// nests deeper than a receiver decodes). Nothing was sent or stored.
+    #[error("encoding a {type_name} failed: {reason}; nothing was sent")]
     Encode {
         /// The type being encoded.
         type_name: &'static str,

@@ -283,6 +283,151 @@ fn derived_types_cross_to_workers_with_map() {
     assert_eq!(units, vec![Unit; 10]);
 }
 
+// ---- nesting: a value too deep for the receiver's stack is an error ------
+
+/// Recursive through `Vec`: a chain of these is as deep as it is long.
+#[derive(Clone, Debug, PartialEq, Wire)]
+struct Node {
+    v: u64,
+    kids: Vec<Node>,
+}
+
+/// The most levels of derived types corepool decodes (documented on `Wire`).
+const MAX_NESTING: u64 = 128;
+
+/// A chain of `depth` nodes.
+fn chain(depth: u64) -> Node {
+    (1..depth).fold(Node { v: 0, kids: vec![] }, |n, v| Node {
+        v,
+        kids: vec![n],
+    })
+}
+
+fn depth_of(node: &Node) -> u64 {
+    std::iter::successors(Some(node), |n| n.kids.first()).count() as u64
+}
+
+/// Sends the encoding of a `Node` chain of its depth without building one
+/// (written byte by byte, as a misbehaving worker could), and decodes as a
+/// `Node`, keeping its depth.
+#[derive(Debug, PartialEq)]
+struct ForgedChain(u64);
+
+impl Wire for ForgedChain {
+    fn encode(&self, out: &mut corepool::Encoder) {
+        for v in (1..self.0).rev() {
+            v.encode(out);
+            1u64.encode(out); // one kid
+        }
+        0u64.encode(out);
+        0u64.encode(out); // no kids
+    }
+    fn decode(input: &mut &[u8]) -> corepool::Result<Self> {
+        Node::decode(input).map(|n| ForgedChain(depth_of(&n)))
+    }
+}
+
+/// An error that names `Node`, the limit and what to do. (A worker's
+/// decode error reaches the parent as one about the task's arguments,
+/// quoting the worker's.)
+fn is_nesting_error(err: &Error) -> bool {
+    let text = err.to_string();
+    matches!(err, Error::Decode { .. } | Error::Encode { .. })
+        && text.contains("derive::Node")
+        && text.contains("128 levels")
+        && text.contains("flattened")
+}
+
+fn a_value_at_the_nesting_limit_crosses_both_ways() {
+    assert_eq!(
+        encode(&ForgedChain(MAX_NESTING)),
+        encode(&chain(MAX_NESTING))
+    );
+    let pool = Pool::new(2).unwrap();
+    let deepest = pool.apply(chain, MAX_NESTING).unwrap();
+    assert_eq!(deepest, chain(MAX_NESTING));
+    assert_eq!(pool.apply(|n: Node| depth_of(&n), deepest), Ok(MAX_NESTING));
+    // Decoded by the driver thread (2 MiB of stack), nobody helping.
+    let handle = pool.apply_async(chain, MAX_NESTING).unwrap();
+    common::eventually("the result delivered", || handle.ready());
+    assert_eq!(depth_of(&handle.get().unwrap()), MAX_NESTING);
+    let chains = pool.map(chain, [1, MAX_NESTING - 1, MAX_NESTING]).unwrap();
+    assert_eq!(
+        chains.iter().map(depth_of).collect::<Vec<_>>(),
+        [1, 127, 128]
+    );
+}
+
+fn a_value_nested_too_deeply_is_refused_by_its_sender() {
+    let pool = Pool::new(1).unwrap();
+    let worker = pool.pids();
+    // A result: the worker refuses to send it (user trial 2: a chain 5,000
+    // deep once killed the parent, decoding it on its driver thread).
+    for depth in [MAX_NESTING + 1, 5_000] {
+        let err = pool.apply(chain, depth).unwrap_err();
+        assert!(
+            matches!(err, Error::Encode { .. }) && is_nesting_error(&err),
+            "{err}"
+        );
+    }
+    // An argument: refused before anything is sent.
+    let err = pool
+        .apply(|n: Node| depth_of(&n), chain(MAX_NESTING + 1))
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Encode { .. }) && is_nesting_error(&err),
+        "{err}"
+    );
+    let err = pool
+        .map(
+            |n: Node| depth_of(&n),
+            vec![chain(2), chain(MAX_NESTING + 1)],
+        )
+        .unwrap_err();
+    assert!(is_nesting_error(&err), "{err}");
+    assert_eq!(pool.pids(), worker, "no worker died");
+    assert_eq!(pool.apply(|n: Node| depth_of(&n), chain(3)), Ok(3));
+}
+
+fn a_forged_deep_value_fails_only_its_task() {
+    let pool = Pool::new(1).unwrap();
+    let worker = pool.pids();
+    // 100,000 levels in 1.6 MB: decoded, once, until the stack overflowed.
+    let forged = 100_000;
+    // A result, decoded by the driver thread, nobody helping.
+    let handle = pool.apply_async(ForgedChain, forged).unwrap();
+    common::eventually("the result delivered", || handle.ready());
+    let err = handle.get().unwrap_err();
+    assert!(
+        matches!(err, Error::Decode { .. }) && is_nesting_error(&err),
+        "{err}"
+    );
+    // Or by the caller's thread.
+    let err = pool.apply(ForgedChain, forged).unwrap_err();
+    assert!(
+        matches!(err, Error::Decode { .. }) && is_nesting_error(&err),
+        "{err}"
+    );
+    // An argument, decoded by the worker.
+    let err = pool
+        .apply(|c: ForgedChain| c.0, ForgedChain(forged))
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Decode { .. }) && is_nesting_error(&err),
+        "{err}"
+    );
+    // Just below the limit, forged or not, it is a value like any other.
+    assert_eq!(
+        pool.apply(ForgedChain, MAX_NESTING),
+        Ok(ForgedChain(MAX_NESTING))
+    );
+    assert_eq!(
+        pool.apply(|c: ForgedChain| c.0, ForgedChain(MAX_NESTING)),
+        Ok(MAX_NESTING)
+    );
+    assert_eq!(pool.pids(), worker, "no worker died");
+}
+
 fn main() {
     corepool::init();
     common::run(common::tests![
@@ -293,5 +438,8 @@ fn main() {
         decoding_arbitrary_bytes_never_panics,
         derived_types_cross_to_workers_with_apply,
         derived_types_cross_to_workers_with_map,
+        a_value_at_the_nesting_limit_crosses_both_ways,
+        a_value_nested_too_deeply_is_refused_by_its_sender,
+        a_forged_deep_value_fails_only_its_task,
     ]);
 }

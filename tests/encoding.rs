@@ -189,6 +189,80 @@ fn a_forged_element_count_is_a_decode_error_not_an_allocation() {
     assert!(matches!(err, Error::Decode { .. }), "{err:?}");
 }
 
+// ---- a panic in a user's `Wire` code is the encode or decode error -------
+
+/// A hand-written `Wire` whose `encode` panics for 13 and whose `decode`
+/// panics for 14.
+#[derive(Debug, PartialEq)]
+struct Bomb(u64);
+
+impl corepool::Wire for Bomb {
+    fn encode(&self, out: &mut corepool::Encoder) {
+        assert_ne!(self.0, 13, "thirteen does not encode");
+        self.0.encode(out);
+    }
+    fn decode(input: &mut &[u8]) -> corepool::Result<Self> {
+        let v = u64::decode(input)?;
+        assert_ne!(v, 14, "fourteen does not decode");
+        Ok(Bomb(v))
+    }
+}
+
+/// `result` is an `Error::Encode` (or `Decode`, as `decode` says) that
+/// names `Bomb` and says its `Wire` impl panicked, with the panic's message.
+fn assert_bomb_error<T: std::fmt::Debug>(result: corepool::Result<T>, decode: bool, message: &str) {
+    let err = result.unwrap_err();
+    let text = err.to_string();
+    let kind_ok = if decode {
+        matches!(err, Error::Decode { .. })
+    } else {
+        matches!(err, Error::Encode { .. })
+    };
+    assert!(
+        kind_ok,
+        "wanted {}: {err:?}",
+        if decode { "Decode" } else { "Encode" }
+    );
+    assert!(
+        text.contains("Bomb") && text.contains("impl panicked") && text.contains(message),
+        "{text}"
+    );
+}
+
+fn a_panic_in_wire_code_is_an_encode_or_decode_error_wherever_it_happens() {
+    let pool = Pool::new(1).unwrap();
+    let worker = pool.pids();
+    // User trial 2: the four cases gave four different outcomes, one of
+    // them the panic itself, in the caller.
+    assert_bomb_error(pool.apply(|b: Bomb| b.0, Bomb(13)), false, "thirteen");
+    assert_bomb_error(pool.apply(|b: Bomb| b.0, Bomb(14)), true, "fourteen");
+    assert_bomb_error(pool.apply(Bomb, 13), false, "thirteen");
+    assert_bomb_error(pool.apply(Bomb, 14), true, "fourteen");
+    // Asynchronously, and in bulk.
+    assert_bomb_error(pool.apply_async(|b: Bomb| b.0, Bomb(13)), false, "thirteen");
+    let h = pool.apply_async(Bomb, 14).unwrap();
+    assert_bomb_error(h.get(), true, "fourteen");
+    let args: Vec<Bomb> = (10..20).map(Bomb).collect();
+    assert_bomb_error(pool.map(|b: Bomb| b.0, args), false, "thirteen");
+    let args: Vec<Bomb> = [10, 14, 15].into_iter().map(Bomb).collect();
+    assert_bomb_error(pool.map(|b: Bomb| b.0, args), true, "fourteen");
+    assert_bomb_error(pool.map(Bomb, [12, 13]), false, "thirteen");
+    assert_bomb_error(pool.map(Bomb, [14, 15]), true, "fourteen");
+    let mut lazy = pool.imap(|b: Bomb| b.0, [Bomb(13)]);
+    assert_bomb_error(lazy.next().unwrap(), false, "thirteen");
+    // Elsewhere too.
+    let q = Queue::<Bomb>::new(2).unwrap();
+    assert_bomb_error(q.put(&Bomb(13)), false, "thirteen");
+    q.put(&Bomb(14)).unwrap();
+    assert_bomb_error(q.get(), true, "fourteen");
+    assert_bomb_error(Process::start(|b: Bomb| b.0, Bomb(13)), false, "thirteen");
+    assert_bomb_error(Process::start(Bomb, 13).unwrap().join(), false, "thirteen");
+    assert_bomb_error(Process::start(Bomb, 14).unwrap().join(), true, "fourteen");
+    // Nothing else was affected.
+    assert_eq!(pool.apply(Bomb, 12), Ok(Bomb(12)));
+    assert_eq!(pool.pids(), worker, "no worker died");
+}
+
 fn main() {
     corepool::init();
     // The process thread's eventfd lives for the program: create it before
@@ -203,5 +277,6 @@ fn main() {
         an_initializer_argument_that_cannot_be_encoded_fails_the_build,
         a_shared_array_put_outlives_a_pool_submission_on_the_same_thread,
         a_forged_element_count_is_a_decode_error_not_an_allocation,
+        a_panic_in_wire_code_is_an_encode_or_decode_error_wherever_it_happens,
     ]);
 }

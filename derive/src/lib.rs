@@ -60,6 +60,11 @@ use syn::{Attribute, Data, DataEnum, DeriveInput, Fields, GenericParam, LitStr, 
 ///   panic; so is any other malformed input.
 /// * Every type parameter gets a `Wire` bound: `struct Pair<T> { a: T, b: T }`
 ///   is `Wire` when `T` is.
+/// * Each value of a derived type is one level of nesting: a value nested
+///   more than 128 levels deep (a long chain of a recursive type) is refused
+///   with `Error::Encode` by its sender and `Error::Decode` by its receiver,
+///   instead of overflowing the stack of the thread decoding it (see
+///   "How deep a value may nest" on the `Wire` trait).
 ///
 /// Both ends of the wire are always the same binary (workers re-execute the
 /// parent), so the format needs no versioning: reorder fields freely.
@@ -133,6 +138,11 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     let (impl_generics, type_generics, where_clause) = generics.split_for_impl();
     let name = &input.ident;
     let encode_signature = encode_signature(&krate);
+    // Each value of a derived type is one level of nesting, counted while
+    // it is encoded (see `counted_encode`) or decoded: a value nested deeper
+    // than corepool's limit (a long recursive chain, or forged bytes) fails
+    // with an error instead of overflowing the stack of the thread decoding
+    // it.
     Ok(quote! {
         #[automatically_derived]
         impl #impl_generics #krate::Wire for #name #type_generics #where_clause {
@@ -141,6 +151,7 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
             }
 
             fn decode(input: &mut &[u8]) -> #krate::Result<Self> {
+                let _corepool_level = #krate::Encoder::__enter_decode_level::<Self>()?;
                 #decode_body
             }
         }
@@ -201,6 +212,19 @@ fn wire_call(krate: &Path, ty: &Type, method: &str) -> TokenStream {
     quote_spanned!(ty.span()=> <#ty as #krate::Wire>::#method)
 }
 
+/// An `encode` body inside one level of nesting, counted in the encoder:
+/// a value nested deeper than a receiver decodes fails with
+/// `Error::Encode` before it is sent.
+fn counted_encode(krate: &Path, body: TokenStream) -> TokenStream {
+    quote! {
+        if !#krate::Encoder::__enter_level::<Self>(out) {
+            return;
+        }
+        #body
+        #krate::Encoder::__leave_level(out);
+    }
+}
+
 fn struct_bodies(krate: &Path, fields: &Fields) -> (TokenStream, TokenStream) {
     let encodes = fields.iter().enumerate().map(|(index, field)| {
         let encode = wire_call(krate, &field.ty, "encode");
@@ -213,14 +237,10 @@ fn struct_bodies(krate: &Path, fields: &Fields) -> (TokenStream, TokenStream) {
         };
         quote!(#encode(&self.#member, out);)
     });
-    // A struct without fields neither writes nor reads anything.
-    let unused_out = fields.is_empty().then(|| quote!(let _ = &out;));
+    // A struct without fields reads nothing.
     let unused_input = fields.is_empty().then(|| quote!(let _ = &input;));
     let construct = construct(krate, fields);
-    let encode_body = quote! {
-        #unused_out
-        #(#encodes)*
-    };
+    let encode_body = counted_encode(krate, quote!(#(#encodes)*));
     let decode_body = quote! {
         #unused_input
         ::core::result::Result::Ok(Self #construct)
@@ -298,7 +318,7 @@ fn enum_bodies(krate: &Path, data: &DataEnum) -> (TokenStream, TokenStream) {
         // No value of an enum without variants exists to be encoded.
         quote!(match *self {})
     } else {
-        quote!(match self { #(#encode_arms)* })
+        counted_encode(krate, quote!(match self { #(#encode_arms)* }))
     };
     let decode_body = quote! {
         match <#tag_type as #krate::Wire>::decode(input)? {

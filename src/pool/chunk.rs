@@ -63,7 +63,7 @@ impl<A: Wire, I: Iterator<Item = A>> Chunker<A, I> {
         let size = std::mem::size_of_val(self.chunk.as_slice());
         let mut out = Encoder::from_vec(crate::wire::take_buffer(8 + size));
         out.extend_from_slice(&(self.chunk.len() as u64).to_le_bytes());
-        A::encode_slice(&self.chunk, &mut out);
+        crate::wire::encode_slice_guarded(&self.chunk, &mut out);
         out.check()?;
         let keep = out.take_carried().into_keep_alive();
         Ok(Some((
@@ -117,7 +117,7 @@ impl Pool {
         let mut size = len.div_ceil(self.workers() * 4).max(1);
         if let Some(first) = first {
             let mut probe = Encoder::new();
-            first.encode(&mut probe);
+            crate::wire::encode_guarded(first, &mut probe);
             let budget = (self.shared.max_payload.saturating_sub(8) / 2).min(1 << 18);
             size = size.min((budget / probe.len().max(1)).max(1));
         }

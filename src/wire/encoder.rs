@@ -4,7 +4,7 @@
 //! the same place and none is left behind in a thread-local.
 
 use crate::error::{Error, Result};
-use crate::wire::{Payload, Wire};
+use crate::wire::{catch_encode_panic, Payload, Wire};
 use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
@@ -272,6 +272,9 @@ pub struct Encoder {
     bytes: Vec<u8>,
     carried: Carried,
     failure: Option<Error>,
+    /// Levels of `#[derive(Wire)]` types being encoded into it (see
+    /// [`__enter_level`](Self::__enter_level)).
+    depth: u32,
 }
 
 impl fmt::Debug for Encoder {
@@ -280,6 +283,7 @@ impl fmt::Debug for Encoder {
             .field("bytes", &self.bytes.len())
             .field("carried", &self.carried)
             .field("failure", &self.failure)
+            .field("depth", &self.depth)
             .finish()
     }
 }
@@ -318,6 +322,7 @@ impl Encoder {
                 transits: Transits(Vec::new()),
             },
             failure: None,
+            depth: 0,
         }
     }
 
@@ -375,6 +380,53 @@ impl Encoder {
     /// ```
     pub fn failure(&self) -> Option<&Error> {
         self.failure.as_ref()
+    }
+
+    /// Called first by every `#[derive(Wire)]` `encode`: enters one more
+    /// level of nesting of `T` and returns `true`, or returns `false` (the
+    /// encoding has failed: skip the value) when that is more levels than a
+    /// receiver decodes, or once the encoding has failed otherwise. Each
+    /// `true` is matched by a [`__leave_level`](Self::__leave_level) at the
+    /// end of that `encode` (a panic in between leaves the count high, and
+    /// the encoding is worthless then anyway: corepool records the panic as
+    /// its failure). Not an API: the derive macro's, kept here so that the
+    /// generated code names nothing but `Encoder`. The count lives in the
+    /// encoder, not a thread-local: it costs a `Vec` of a million small
+    /// derived values nothing measurable.
+    #[doc(hidden)]
+    #[inline]
+    pub fn __enter_level<T: ?Sized>(&mut self) -> bool {
+        if self.failure.is_some() {
+            return false;
+        }
+        if self.depth >= crate::wire::MAX_NESTING {
+            crate::wire::nesting::fail_too_deep::<T>(self);
+            return false;
+        }
+        self.depth += 1;
+        true
+    }
+
+    /// Ends the level a `true` [`__enter_level`](Self::__enter_level)
+    /// entered. Not an API.
+    #[doc(hidden)]
+    #[inline]
+    pub fn __leave_level(&mut self) {
+        self.depth = self.depth.saturating_sub(1);
+    }
+
+    /// Called first by every `#[derive(Wire)]` `decode`: one more level of
+    /// nesting of `T`, held until the result drops, or [`Error::Decode`]
+    /// when the value nests too deeply. Not an API, as
+    /// [`__enter_level`](Self::__enter_level).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] naming `T` past the nesting limit.
+    #[doc(hidden)]
+    #[inline]
+    pub fn __enter_decode_level<T: ?Sized>() -> Result<impl Sized> {
+        crate::wire::nesting::decode_level::<T>()
     }
 
     /// The encoded bytes, or the failure recorded while encoding.
@@ -455,6 +507,7 @@ impl Encoder {
         self.bytes.clear();
         self.carried = Carried::default();
         self.failure = None;
+        self.depth = 0;
     }
 }
 
@@ -495,7 +548,7 @@ fn with_scratch<R>(f: impl FnOnce(&mut Encoder) -> R) -> R {
 /// [`Error::Encode`] if the value could not be encoded.
 pub(crate) fn encode_payload<T: Wire>(value: &T) -> Result<(Payload, Carried)> {
     with_scratch(|enc| {
-        value.encode(enc);
+        encode_guarded(value, enc);
         enc.check()?;
         let payload = if enc.len() <= Payload::INLINE {
             Payload::from_slice(enc)
@@ -524,7 +577,7 @@ pub(crate) fn encode_payload_or_spill<T: Wire, H>(
     spill: impl FnOnce(&[u8], &[u8]) -> Result<(Vec<u8>, H)>,
 ) -> Result<(Payload, Carried, Option<H>)> {
     with_scratch(|enc| {
-        let rest = value.encode_split(enc);
+        let rest = encode_split_guarded(value, enc);
         enc.check()?;
         if enc.len() + rest.len() > max {
             let mut carried = enc.take_carried();
@@ -563,7 +616,7 @@ pub(crate) fn with_split_encoding<T: Wire, R>(
     f: impl FnOnce(&mut Encoder, &[u8], Carried) -> Result<R>,
 ) -> Result<R> {
     with_scratch(|enc| {
-        let rest = value.encode_split(enc);
+        let rest = encode_split_guarded(value, enc);
         enc.check()?;
         let carried = enc.take_carried();
         f(enc, rest, carried)
@@ -577,10 +630,29 @@ pub(crate) fn with_split_encoding<T: Wire, R>(
 /// [`Error::Encode`] if the value could not be encoded.
 pub(crate) fn encode_carried<T: Wire>(value: &T) -> Result<(Vec<u8>, Carried)> {
     let mut enc = Encoder::new();
-    value.encode(&mut enc);
+    encode_guarded(value, &mut enc);
     enc.check()?;
     let carried = enc.take_carried();
     Ok((enc.bytes, carried))
+}
+
+/// Encodes `value` into `out`; a user's `Wire` code that panics meanwhile
+/// is recorded in `out` as an [`Error::Encode`] naming `T` (so that
+/// [`Encoder::check`] returns it) instead of unwinding into the caller.
+pub(crate) fn encode_guarded<T: Wire>(value: &T, out: &mut Encoder) {
+    catch_encode_panic::<T, _>(out, |out| value.encode(out));
+}
+
+/// As [`encode_guarded`], for the items of a slice ([`Wire::encode_slice`],
+/// the body of a `map` chunk).
+pub(crate) fn encode_slice_guarded<T: Wire>(items: &[T], out: &mut Encoder) {
+    catch_encode_panic::<T, _>(out, |out| T::encode_slice(items, out));
+}
+
+/// As [`encode_guarded`], for [`Wire::encode_split`]: the rest of the
+/// encoding, borrowed from `value` (empty if it panicked).
+fn encode_split_guarded<'v, T: Wire>(value: &'v T, out: &mut Encoder) -> &'v [u8] {
+    catch_encode_panic::<T, _>(out, |out| value.encode_split(out)).unwrap_or(&[])
 }
 
 /// The bytes of `value` (tests only: what it carries is dropped).

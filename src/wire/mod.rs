@@ -14,6 +14,7 @@
 
 mod budget;
 mod encoder;
+pub(crate) mod nesting;
 mod plain;
 pub(crate) mod task;
 
@@ -21,11 +22,12 @@ pub(crate) mod task;
 pub(crate) use encoder::encode_to_vec;
 pub use encoder::Encoder;
 pub(crate) use encoder::{
-    encode_carried, encode_payload, encode_payload_or_spill, mark_delivered, with_split_encoding,
-    Carried, Handover, InFlight, KeepAlive, Transit, Transits,
+    encode_carried, encode_guarded, encode_payload, encode_payload_or_spill, encode_slice_guarded,
+    mark_delivered, with_split_encoding, Carried, Handover, InFlight, KeepAlive, Transit, Transits,
 };
 // Named by `Wire::plain`, a hidden method of the public trait: public for
 // that, but never named outside corepool (nor constructible there).
+use nesting::{catch_decode_panic, catch_encode_panic, MAX_NESTING};
 #[doc(hidden)]
 #[allow(unreachable_pub)]
 pub use plain::PlainLayout;
@@ -47,11 +49,62 @@ use bytemuck::{Pod, TransparentWrapper};
 /// let back = <(u64, String, Vec<f64>)>::decode(&mut bytes.as_slice()).unwrap();
 /// assert_eq!(back, (7, "seven".to_string(), vec![1.5, 2.5]));
 /// ```
+///
+/// # How deep a value may nest
+///
+/// A value may nest at most **128 levels** of `#[derive(Wire)]` types (a
+/// recursive `struct Node { v: u64, kids: Vec<Node> }`: a chain of 128
+/// nodes crosses, one of 129 does not). Decoding recurses once per level,
+/// and results are decoded on threads with 2 MiB stacks (corepool's own,
+/// or yours waiting in `get`), so a deeper value could overflow one and
+/// abort the whole program. Instead, the sender refuses it with
+/// [`Error::Encode`] before anything is sent, and the receiver refuses a
+/// deeper encoding (a corrupt or hostile sender's) with [`Error::Decode`]:
+/// only that task or message fails. A decode whose levels take more than
+/// 1 MiB of stack (a large array inside a recursive type; debug builds
+/// take several times the stack of release builds) is refused too, as is
+/// a [`Serde`] value whose deserializing would.
+///
+/// Send deeper data flattened: the nodes in a `Vec`, each naming its
+/// children by index, cross at any size and depth:
+///
+/// ```
+/// use corepool::{Encoder, Error, Wire};
+///
+/// #[derive(Debug, PartialEq, Wire)]
+/// struct Node { v: u64, kids: Vec<Node> }
+///
+/// /// The same tree, flattened: node `i` is `nodes[i]`, its kids by index.
+/// #[derive(Debug, PartialEq, Wire)]
+/// struct Flat { nodes: Vec<(u64, Vec<u32>)> }
+///
+/// let deep = (1..1000).fold(Node { v: 0, kids: vec![] }, |n, v| Node { v, kids: vec![n] });
+/// let mut out = Encoder::new();
+/// deep.encode(&mut out);
+/// assert!(matches!(out.finish(), Err(Error::Encode { .. })));
+///
+/// let flat = Flat { nodes: (0..1000).map(|v| (v, if v > 0 { vec![v as u32 - 1] } else { vec![] })).collect() };
+/// let mut out = Encoder::new();
+/// flat.encode(&mut out);
+/// let bytes = out.finish()?;
+/// assert_eq!(Flat::decode(&mut bytes.as_slice())?, flat);
+/// # Ok::<(), corepool::Error>(())
+/// ```
+///
+/// # When an impl panics
+///
+/// A hand-written `encode` or `decode` should not panic (an `encode` calls
+/// [`Encoder::fail`], a `decode` returns [`Error::Decode`]). If one does,
+/// the value's sender gets [`Error::Encode`], its receiver
+/// [`Error::Decode`], each naming the type and quoting the panic; the panic
+/// never unwinds out of corepool into the caller, and a pool's worker goes
+/// on serving.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot cross between processes: it does not implement `corepool::Wire`",
     label = "not `Wire`",
     note = "for your own struct or enum, add `#[derive(corepool::Wire)]` (all its fields must be `Wire`)",
-    note = "for a serde type, wrap it: `corepool::Serde(value)`; for a `bytemuck::Pod` type: `corepool::Plain(value)`"
+    note = "for a serde type, wrap it: `corepool::Serde(value)`; for a `bytemuck::Pod` type: `corepool::Plain(value)`",
+    note = "a function that never returns (`-> !`) can say so with `-> std::convert::Infallible`, which is `Wire`"
 )]
 pub trait Wire: Sized + Send + 'static {
     /// Appends the encoding of `self` to `out`.
@@ -145,7 +198,9 @@ pub(crate) const MAX_ZERO_SIZED_VALUES: usize = 1 << 28;
 /// way, straight into its output; a count other than `due` is refused before
 /// anything is decoded.
 pub(crate) fn decode_vec_into<T: Wire>(bytes: &[u8], due: usize, out: &mut Vec<T>) -> Result<()> {
-    budget::with_budget(bytes.len(), || decode_vec_into_budgeted(bytes, due, out))
+    catch_decode_panic::<Vec<T>, _>(|| {
+        budget::with_budget(bytes.len(), || decode_vec_into_budgeted(bytes, due, out))
+    })
 }
 
 fn decode_vec_into_budgeted<T: Wire>(mut bytes: &[u8], due: usize, out: &mut Vec<T>) -> Result<()> {
@@ -165,9 +220,11 @@ fn decode_vec_into_budgeted<T: Wire>(mut bytes: &[u8], due: usize, out: &mut Vec
     Ok(())
 }
 
-/// Decodes a value that must use up all of `bytes`.
+/// Decodes a value that must use up all of `bytes`. A user's `Wire` code
+/// that panics meanwhile makes it an [`Error::Decode`] naming `T`.
 pub(crate) fn decode_exact<T: Wire>(mut bytes: &[u8]) -> Result<T> {
-    let value = budget::with_budget(bytes.len(), || T::decode(&mut bytes))?;
+    let value =
+        catch_decode_panic::<T, _>(|| budget::with_budget(bytes.len(), || T::decode(&mut bytes)))?;
     if !bytes.is_empty() {
         return Err(decode_error::<T>(format!("{} trailing bytes", bytes.len())));
     }
@@ -249,7 +306,7 @@ fn recycle_buffer(mut buf: Vec<u8>) {
     }
 }
 
-pub(crate) fn decode_error<T>(reason: impl Into<String>) -> Error {
+pub(crate) fn decode_error<T: ?Sized>(reason: impl Into<String>) -> Error {
     Error::Decode {
         type_name: std::any::type_name::<T>(),
         reason: reason.into(),
@@ -387,6 +444,48 @@ impl Wire for () {
     fn encode(&self, _: &mut Encoder) {}
     fn decode(_: &mut &[u8]) -> Result<Self> {
         Ok(())
+    }
+}
+
+/// No value of `Infallible` exists: nothing is ever encoded, and decoding
+/// one always fails. It is the result type of a function that never returns
+/// (a server loop run as a [`Process`](crate::Process) until it is killed),
+/// where `-> !` is not allowed (`!` is not a type on stable Rust, so it
+/// cannot be `Wire`):
+///
+/// ```
+/// use corepool::{Pipe, PipeEnd, Process};
+/// use std::convert::Infallible;
+/// use std::time::Duration;
+///
+/// /// Doubles every number it receives, for ever.
+/// fn serve(end: PipeEnd<u64>) -> Infallible {
+///     loop {
+///         if let Ok(n) = end.recv() {
+///             let _ = end.send(&(2 * n));
+///         }
+///     }
+/// }
+///
+/// fn main() -> corepool::Result<()> {
+///     corepool::init();
+///     let (mine, theirs) = Pipe::duplex::<u64>()?;
+///     let server = Process::start(serve, theirs)?;
+///     mine.send(&21)?;
+///     assert_eq!(mine.recv()?, 42);
+///     server.kill()?; // the only way it ends
+///     assert!(server.join_timeout(Duration::from_secs(10)));
+///     Ok(())
+/// }
+/// ```
+impl Wire for std::convert::Infallible {
+    fn encode(&self, _: &mut Encoder) {
+        match *self {}
+    }
+    fn decode(_: &mut &[u8]) -> Result<Self> {
+        Err(decode_error::<Self>(
+            "no value of this type exists, so none can be decoded: the sender is corrupt",
+        ))
     }
 }
 
@@ -623,16 +722,37 @@ where
                     }
                     _ => "",
                 };
-                out.fail::<Self>(format!("serializing with postcard failed: {e}{hint}"));
+                out.fail::<Self>(format!(
+                    "serializing with postcard failed: {e}{hint}: fix the value or its \
+                     `Serialize` impl (postcard needs every sequence's length up front), or send \
+                     another type"
+                ));
             }
         }
     }
     fn decode(input: &mut &[u8]) -> Result<Self> {
         let len = decode_len::<Self>(input)?;
         let body = take::<Self>(input, len)?;
-        postcard::from_bytes(body)
+        // postcard recurses once per level of a recursive serde type, with
+        // no limit of its own: bounded here by the stack it may use.
+        let exceeded = std::cell::Cell::new(false);
+        let mut deserializer =
+            postcard::Deserializer::from_flavor(nesting::StackBound::new(body, &exceeded));
+        <T as serde::Deserialize>::deserialize(&mut deserializer)
             .map(Serde)
-            .map_err(|e| decode_error::<Self>(e.to_string()))
+            .map_err(|e| {
+                if exceeded.get() {
+                    decode_error::<Self>(format!(
+                        "the value nests so deeply that deserializing it would take more than {} \
+                     KiB of stack (postcard has no depth limit of its own): the sender is \
+                     corrupt, or it sent a recursive value this deep; send a deep structure \
+                     flattened instead",
+                        nesting::STACK_BUDGET >> 10
+                    ))
+                } else {
+                    decode_error::<Self>(e.to_string())
+                }
+            })
     }
 }
 
@@ -714,6 +834,15 @@ mod tests {
         round_trip(());
         round_trip(Serde(vec![(1u8, String::from("z"))]));
         round_trip(vec![Plain([1u16, 2])]);
+    }
+
+    #[test]
+    fn no_infallible_value_decodes() {
+        let err = decode_exact::<std::convert::Infallible>(&[]).unwrap_err();
+        assert!(matches!(err, Error::Decode { .. }), "{err}");
+        assert!(decode_exact::<std::result::Result<u8, std::convert::Infallible>>(&[1]).is_err());
+        // What a function returning `Result<u8, Infallible>` sends.
+        round_trip::<std::result::Result<u8, std::convert::Infallible>>(Ok(7));
     }
 
     #[test]

@@ -16,7 +16,9 @@
 //! cannot see it).
 
 use crate::error::{Error, Result};
-use crate::wire::{decode_error, decode_exact, plain_of, Encoder, PlainLayout, Wire};
+use crate::wire::{
+    decode_error, decode_exact, encode_guarded, plain_of, Encoder, PlainLayout, Wire,
+};
 
 /// Record kinds of the task and result rings (`ring::KIND_PAD` is 0).
 pub(crate) mod kind {
@@ -131,9 +133,14 @@ where
     R: Wire,
 {
     let f = conjure::<F>();
+    // A user's `Wire` code that panics is this task's `Error::Decode` or
+    // `Error::Encode` (caught in `decode_exact` and `encode_guarded`); a
+    // panic in `f` is the task's own (`Error::Panicked`, caught by the
+    // worker).
     let arg = decode_exact::<A>(input)?;
     argument_decoded();
-    f(arg).encode(out);
+    let result = f(arg);
+    encode_guarded(&result, out);
     Ok(())
 }
 
@@ -231,7 +238,12 @@ fn encode_results<R: Wire>(results: impl Iterator<Item = R>, n: usize, out: &mut
             #[cfg(feature = "fault-injection")]
             forged::apply(out, plain.size());
         }
-        None => results.collect::<Vec<R>>().encode(out),
+        None => {
+            // All of them first: a panic in `f` is the task's, one in
+            // encoding them an `Error::Encode`.
+            let results: Vec<R> = results.collect();
+            encode_guarded(&results, out);
+        }
     }
 }
 
