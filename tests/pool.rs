@@ -1127,6 +1127,39 @@ fn a_slow_callback_does_not_hold_back_the_maps() {
     assert_eq!(slow.get(), Ok(9));
 }
 
+/// Outlasts a waiting caller's spin (about 50 µs), so that its `get` goes
+/// to sleep: how long it takes does not matter, only that it is longer.
+fn nap_then_square(x: u64) -> u64 {
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    x * x
+}
+
+/// As `a_slow_callback_does_not_hold_back_the_maps`, for `get` and
+/// `wait_timeout` of a task that outlasts their spin: they slept until the
+/// driver, stuck in another task's callback, delivered their result.
+fn a_slow_callback_does_not_hold_back_a_get() {
+    let pool = pool2();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let cb = Callbacks::new().on_success(move |_: &u64| {
+        started_tx.send(()).unwrap();
+        // Dropped (and the release refused) if the gets never returned.
+        let _ = release_rx.recv_timeout(HUNG);
+    });
+    let slow = pool.apply_async_with(square, 3, cb).unwrap();
+    started_rx.recv_timeout(HUNG).unwrap();
+    let h = pool.apply_async(nap_then_square, 7).unwrap();
+    assert_eq!(h.get(), Ok(49));
+    let h = pool.apply_async(nap_then_square, 8).unwrap();
+    assert!(h.wait_timeout(HUNG), "the result came");
+    assert_eq!(h.get(), Ok(64));
+    assert_eq!(pool.apply(nap_then_square, 9), Ok(81));
+    release_tx
+        .send(())
+        .expect("the gets returned while the callback still ran");
+    assert_eq!(slow.get(), Ok(9));
+}
+
 fn main() {
     common::run(common::tests![
         async_results_are_futures_woken_by_the_pool,
@@ -1164,5 +1197,6 @@ fn main() {
         imap_unordered_pulls_its_source_lazily,
         imap_hands_back_a_result_that_is_in_before_pulling_more,
         a_slow_callback_does_not_hold_back_the_maps,
+        a_slow_callback_does_not_hold_back_a_get,
     ]);
 }

@@ -1,6 +1,6 @@
 //! Waiting for results without leaning on one thread: a caller that waits
-//! (a `map`, a lazy map's `next`) helps collect, as `AsyncResult::get`
-//! does, and goes on helping while the thread delivering outcomes (the
+//! (a `map`, a lazy map's `next`, `AsyncResult::get` once its spin is
+//! over) helps collect, and goes on helping while the thread delivering outcomes (the
 //! driver, or another helper) is held up in a slow callback of some other
 //! task, instead of sleeping until that callback returns.
 //!
@@ -14,7 +14,7 @@ use crate::shm::park::Spinner;
 use crate::sync::lock;
 use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a waiter naps between looks at the rings while a delivery is in
 /// progress: a delivery takes microseconds unless a callback is slow, and a
@@ -123,12 +123,24 @@ impl Assist {
 /// `reached` must become true only through an outcome's delivery (a chunk
 /// answered, a result in), or the sleep may not see it. The caller checked
 /// that it may wait on `pool` here (`Shared::check_can_wait`).
-pub(super) fn wait_helping(pool: &Shared, mut reached: impl FnMut() -> bool) {
+pub(super) fn wait_helping(pool: &Shared, reached: impl FnMut() -> bool) {
+    wait_helping_until(pool, None, true, reached);
+}
+
+/// [`wait_helping`] that gives up at `deadline` (returns whether `reached`
+/// held), and spins first only if `spin_first` (a caller that has spun
+/// already, as `AsyncResult::wait_until` has, goes straight to sleep).
+pub(super) fn wait_helping_until(
+    pool: &Shared,
+    deadline: Option<Instant>,
+    spin_first: bool,
+    mut reached: impl FnMut() -> bool,
+) -> bool {
     if reached() {
-        return; // no helper to register, no driver to ungate after
+        return true; // no helper to register, no driver to ungate after
     }
     let assist = &pool.assist;
-    let mut spin = true;
+    let mut spin = spin_first;
     loop {
         if spin {
             // A round trip is a few microseconds, a futex sleep and wake-up
@@ -137,7 +149,7 @@ pub(super) fn wait_helping(pool: &Shared, mut reached: impl FnMut() -> bool) {
             let mut spinner = Spinner::new();
             loop {
                 if reached() {
-                    return;
+                    return true;
                 }
                 pool.try_drive();
                 if !spinner.spin() {
@@ -145,9 +157,16 @@ pub(super) fn wait_helping(pool: &Shared, mut reached: impl FnMut() -> bool) {
                 }
             }
         }
+        let left = match deadline {
+            None => None,
+            Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => return reached(),
+            },
+        };
         // Asleep until a delivery starts (or ends, with our outcome maybe).
-        if assist.sleep(None, true, &mut reached) {
-            return;
+        if assist.sleep(left, true, &mut reached) {
+            return true;
         }
         if !assist.delivery_in_progress() {
             spin = false;
@@ -157,8 +176,11 @@ pub(super) fn wait_helping(pool: &Shared, mut reached: impl FnMut() -> bool) {
         // pile up in the rings: collect them ourselves (and deliver them, on
         // this thread), then nap briefly, woken early when it ends.
         spin = pool.try_drive();
-        if !spin && assist.sleep(Some(LOOK_AGAIN_WHILE_DELIVERING), false, &mut reached) {
-            return;
+        let nap = left.map_or(LOOK_AGAIN_WHILE_DELIVERING, |left| {
+            left.min(LOOK_AGAIN_WHILE_DELIVERING)
+        });
+        if !spin && assist.sleep(Some(nap), false, &mut reached) {
+            return true;
         }
     }
 }

@@ -526,13 +526,25 @@ impl<T: Send + 'static> AsyncResult<T> {
                 return false;
             }
             if !spinner.spin() {
-                // Hand over to the driver thread, then sleep.
+                // Hand over to the driver thread, then sleep until our
+                // result is delivered, or a delivery starts: one held up in
+                // another task's slow callback would hold ours back, so we
+                // then collect from the rings ourselves (`assist`).
                 drop(helping);
-                drop(pool);
-                return self.block_until(deadline);
+                return self.sleep_helping(&pool, deadline);
             }
         }
         true
+    }
+
+    /// The slow path of [`wait_until`](Self::wait_until), out of line so
+    /// that the spin's code stays as small as it was (`latency` measured
+    /// about 5% slower with it inlined).
+    #[cold]
+    #[inline(never)]
+    fn sleep_helping(&self, pool: &Shared, deadline: Option<Instant>) -> bool {
+        let cell = &self.cell;
+        super::assist::wait_helping_until(pool, deadline, false, || cell.is_ready())
     }
 
     fn block_until(&self, deadline: Option<Instant>) -> bool {
