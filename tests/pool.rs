@@ -1092,22 +1092,32 @@ fn imap_hands_back_a_result_that_is_in_before_pulling_more() {
     );
 }
 
+/// Submits `square(3)` with a callback that blocks the thread delivering it
+/// (nobody waits on it: the driver) until the returned sender sends, or
+/// the watchdog's time passed (then the sender's send fails: the test's
+/// waits did not return while the callback ran). Returns once the callback
+/// runs.
+fn a_callback_stuck_until_released(
+    pool: &Pool,
+) -> (corepool::AsyncResult<u64>, std::sync::mpsc::Sender<()>) {
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let cb = Callbacks::new().on_success(move |_: &u64| {
+        started_tx.send(()).unwrap();
+        let _ = release_rx.recv_timeout(HUNG);
+    });
+    let slow = pool.apply_async_with(square, 3, cb).unwrap();
+    started_rx.recv_timeout(HUNG).unwrap();
+    (slow, release_tx)
+}
+
 /// A slow callback of one task does not hold back the results of a `map`,
 /// `imap` or `imap_unordered` waiting on the same pool: they used to wait
 /// for the driver thread, busy running the callback. The callback here is
 /// blocked until they returned.
 fn a_slow_callback_does_not_hold_back_the_maps() {
     let pool = pool2();
-    let (started_tx, started_rx) = std::sync::mpsc::channel();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let cb = Callbacks::new().on_success(move |_: &u64| {
-        started_tx.send(()).unwrap();
-        // Dropped (and the release refused) if the maps never returned.
-        let _ = release_rx.recv_timeout(HUNG);
-    });
-    // Nobody waits on it: the driver delivers it, and is stuck in it.
-    let slow = pool.apply_async_with(square, 3, cb).unwrap();
-    started_rx.recv_timeout(HUNG).unwrap();
+    let (slow, release_tx) = a_callback_stuck_until_released(&pool);
     let squares: Vec<u64> = (0..1000u64).map(square).collect();
     assert_eq!(pool.map(square, 0..1000u64).unwrap(), squares);
     let lazy: Vec<u64> = pool
@@ -1139,15 +1149,7 @@ fn nap_then_square(x: u64) -> u64 {
 /// driver, stuck in another task's callback, delivered their result.
 fn a_slow_callback_does_not_hold_back_a_get() {
     let pool = pool2();
-    let (started_tx, started_rx) = std::sync::mpsc::channel();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let cb = Callbacks::new().on_success(move |_: &u64| {
-        started_tx.send(()).unwrap();
-        // Dropped (and the release refused) if the gets never returned.
-        let _ = release_rx.recv_timeout(HUNG);
-    });
-    let slow = pool.apply_async_with(square, 3, cb).unwrap();
-    started_rx.recv_timeout(HUNG).unwrap();
+    let (slow, release_tx) = a_callback_stuck_until_released(&pool);
     let h = pool.apply_async(nap_then_square, 7).unwrap();
     assert_eq!(h.get(), Ok(49));
     let h = pool.apply_async(nap_then_square, 8).unwrap();
