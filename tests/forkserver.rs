@@ -26,6 +26,10 @@ const DOOMED_PARENT: &str = "COREPOOL_TEST_DOOMED_PARENT";
 const SANDBOXED_PARENT: &str = "COREPOOL_TEST_SANDBOXED_PARENT";
 /// Set in a child run of this binary that changes its execution domain
 /// after its fork server started (see [`personality_parent`]).
+/// Set in the environment of the program that
+/// `a_low_descriptor_limit_still_builds_fork_server_pools` starts.
+const FEW_DESCRIPTORS_PARENT: &str = "COREPOOL_TEST_FEW_DESCRIPTORS_PARENT";
+
 const PERSONALITY_PARENT: &str = "COREPOOL_TEST_PERSONALITY_PARENT";
 
 fn sees_late_var(_: ()) -> bool {
@@ -746,7 +750,44 @@ fn a_stray_fork_server_variable_is_refused() {
     }
 }
 
+/// The program of `a_low_descriptor_limit_still_builds_fork_server_pools`,
+/// started under a low descriptor limit: three fork-server pools, a map on
+/// each.
+fn few_descriptors_parent() -> ! {
+    let pools: Vec<Pool> = (0..3).map(|_| forked_pool(2, Pinning::None)).collect();
+    for pool in &pools {
+        assert_eq!(pool.map(|x: u64| x + 1, 0..100u64).unwrap().len(), 100);
+    }
+    drop(pools);
+    println!("ok");
+    std::process::exit(0);
+}
+
+/// Under a low descriptor limit (`ulimit -n 64`, or anything up to a few
+/// hundred) a forked child could not move its report socket above the
+/// descriptors it places and died in silence: every pool build failed with
+/// a message about the process limit. Such a child now says why and the
+/// parent execs it instead.
+fn a_low_descriptor_limit_still_builds_fork_server_pools() {
+    let exe = std::env::current_exe().unwrap();
+    let mut command = std::process::Command::new("bash");
+    command
+        .args(["-c", "ulimit -n 64 && exec \"$0\""])
+        .arg(exe)
+        .env(FEW_DESCRIPTORS_PARENT, "1");
+    let output = common::output_within(&mut command, Duration::from_secs(60));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "ok",
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 fn main() {
+    if std::env::var_os(FEW_DESCRIPTORS_PARENT).is_some() {
+        few_descriptors_parent();
+    }
     if std::env::var_os(DOOMED_PARENT).is_some() {
         doomed_parent();
     }
@@ -766,6 +807,7 @@ fn main() {
         a_forked_worker_inherits_what_the_program_has_now,
         a_changed_stack_limit_starts_the_fork_server_again,
         a_changed_execution_domain_makes_workers_execd,
+        a_low_descriptor_limit_still_builds_fork_server_pools,
         an_unpinned_fork_server_pool_works,
         a_killed_worker_is_replaced_through_the_fork_server,
         a_forked_worker_has_glibcs_fork_bookkeeping_done,

@@ -581,12 +581,21 @@ fn become_child(
     // The report socket must not sit where a descriptor goes.
     let highest = highest_target(&placements);
     let report = if report.as_raw_fd() <= highest {
-        let Ok(moved) = sys::dup_above(report.as_fd(), highest) else {
-            sys::exit_now(start_failed);
-        };
-        // Closed now: the number is another descriptor's from below.
-        drop(report);
-        moved
+        match sys::dup_above(report.as_fd(), highest) {
+            Ok(moved) => {
+                // Closed now: the number is another descriptor's from below.
+                drop(report);
+                moved
+            }
+            Err(e) => {
+                // No number above the targets (a descriptor limit at or
+                // below them): nothing is placed, and the error reported
+                // below makes the parent exec this child instead. Exiting
+                // in silence made it a failed start.
+                failed.get_or_insert(e);
+                report
+            }
+        }
     } else {
         report
     };
