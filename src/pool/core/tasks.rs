@@ -26,15 +26,22 @@ impl Core {
             RingError::Violation(what) => what,
             RingError::TooLarge { .. } => "oversized record",
         };
-        w.kill();
-        w.violated = true;
-        w.phase = Phase::Dying;
         let pid = w.pid;
         for f in w.in_flight.drain(..) {
             self.outstanding -= 1;
             actions
                 .completions
                 .push((f.sink, Outcome::Err(Error::ProtocolViolation { pid, what })));
+        }
+        if w.kill() {
+            w.violated = true;
+            w.phase = Phase::Dying;
+        } else {
+            // Not ours to kill any more (EPERM: the program dropped its
+            // privileges): given up, as `terminate` gives such a worker up
+            // (fault-model row 20), rather than Dying for ever.
+            w.abandon();
+            self.stats.abandoned += 1;
         }
         actions.progress = true;
     }
@@ -390,7 +397,8 @@ impl Core {
         };
         let now = Instant::now();
         let mut next: Option<Instant> = None;
-        for w in &mut self.workers {
+        let mut unkillable = Vec::new();
+        for (index, w) in self.workers.iter_mut().enumerate() {
             if w.phase != Phase::Ready || w.timed_out.is_some() {
                 continue;
             }
@@ -424,14 +432,43 @@ impl Core {
             };
             if now >= deadline {
                 w.timed_out = Some(front.id);
-                w.kill();
-                w.phase = Phase::Dying;
+                if w.kill() {
+                    w.phase = Phase::Dying;
+                } else {
+                    unkillable.push(index);
+                }
                 actions.progress = true;
             } else {
                 next = Some(next.map_or(deadline, |n| n.min(deadline)));
             }
         }
         self.task_deadline = next;
+        for index in unkillable {
+            self.give_up_timed_out(index, limit, actions);
+        }
+    }
+
+    /// A worker whose task timed out but that this program may no longer
+    /// kill (EPERM: it dropped its privileges since, fault-model row 20):
+    /// no exit event will come to fail the task. It fails now with
+    /// [`Error::TaskTimedOut`], the worker's other tasks are cancelled, and
+    /// the worker is given up, as `terminate` gives such a worker up.
+    fn give_up_timed_out(&mut self, index: usize, after: Duration, actions: &mut Actions) {
+        let w = &mut self.workers[index];
+        let timed_out = w.timed_out;
+        for task in w.in_flight.drain(..) {
+            // It may have decoded its argument: never take its transits back.
+            task.mark_delivered();
+            self.outstanding -= 1;
+            let error = if Some(task.id) == timed_out {
+                Error::TaskTimedOut { after }
+            } else {
+                Error::Cancelled
+            };
+            actions.completions.push((task.sink, Outcome::Err(error)));
+        }
+        w.abandon();
+        self.stats.abandoned += 1;
     }
 }
 
