@@ -572,6 +572,10 @@ fn tasks_are_not_stranded_behind_a_stopped_worker() {
 /// `a_pool_whose_program_dropped_privileges_ends_anyway` starts.
 const UNKILLABLE_PARENT: &str = "COREPOOL_TEST_UNKILLABLE_PARENT";
 
+/// Set in the environment of the program that
+/// `a_timed_out_task_on_a_worker_we_may_not_kill_fails_anyway` starts.
+const UNKILLABLE_TIMEOUT: &str = "COREPOOL_TEST_UNKILLABLE_TIMEOUT";
+
 /// Says it started, then runs until it is killed from outside.
 fn run_until_killed(started: AtomicValue<u64>) -> u64 {
     started.store(1);
@@ -637,7 +641,103 @@ fn a_pool_whose_program_dropped_privileges_ends_anyway() {
     assert!(output.status.success(), "{output:?}");
 }
 
+/// Set in the parent only (workers are other processes): a `Bomb` dropped
+/// there panics.
+static BOMBS_ARMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A result whose `Drop` panics in the parent.
+#[derive(corepool::Wire)]
+struct Bomb(u64);
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        if BOMBS_ARMED.load(std::sync::atomic::Ordering::Relaxed) {
+            panic!("a result's Drop panics on purpose");
+        }
+    }
+}
+
+fn make_bomb(x: u64) -> Bomb {
+    Bomb(x)
+}
+
+/// A result nobody took (its handle dropped before it came) is dropped by
+/// the thread delivering it, often the driver: a `Drop` of the user's that
+/// panics there must not end that thread. It used to be dropped just after
+/// the guard around the delivery, and the panic ended the driver.
+fn a_result_whose_drop_panics_does_not_end_the_driver() {
+    let pool = Pool::builder().workers(1).build().unwrap();
+    BOMBS_ARMED.store(true, std::sync::atomic::Ordering::Relaxed);
+    for i in 0..20u64 {
+        drop(pool.apply_async(make_bomb, i).unwrap());
+    }
+    // Delivered by the driver: nobody helps.
+    let (tx, rx) = mpsc::channel();
+    let cb = Callbacks::new().on_success(move |v: &u64| tx.send(*v).unwrap());
+    pool.apply_async_with(square, 9, cb).unwrap();
+    assert_eq!(rx.recv_timeout(HUNG), Ok(81), "the driver lives on");
+    BOMBS_ARMED.store(false, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The program of `a_timed_out_task_on_a_worker_we_may_not_kill_fails_anyway`:
+/// as `unkillable_parent`, with a task timeout and no `terminate`: prints
+/// the worker's pid, what the task's `get` gave and the abandoned count.
+fn unkillable_timeout() -> ! {
+    use std::io::Write;
+    let mut answer = common::answer_on_private_stdout();
+    let pool = Pool::builder()
+        .workers(1)
+        .task_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let started = AtomicValue::new(0u64).unwrap();
+    let task = pool.apply_async(run_until_killed, started.clone()).unwrap();
+    // Bounded by the watchdog of the test that started this program.
+    while started.load() == 0 {
+        std::thread::yield_now();
+    }
+    let worker = pool.pids()[0];
+    common::become_nobody();
+    let timed_out = matches!(task.get(), Err(Error::TaskTimedOut { .. }));
+    writeln!(answer, "{worker} {timed_out} {}", pool.stats().abandoned).unwrap();
+    drop(pool);
+    std::process::exit(0);
+}
+
+/// A task that overran its timeout on a worker the program may no longer
+/// kill (it dropped its privileges) waited for ever: the worker was marked
+/// dying and its exit, which alone failed the task, never came. The task
+/// now fails with `TaskTimedOut` and the worker is given up.
+fn a_timed_out_task_on_a_worker_we_may_not_kill_fails_anyway() {
+    if !common::is_root() {
+        eprintln!("skipped: dropping privileges needs root");
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let mut command = std::process::Command::new(exe);
+    command.env(UNKILLABLE_TIMEOUT, "1");
+    let output = common::output_within(&mut command, HUNG);
+    let text = String::from_utf8_lossy(&output.stdout);
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let worker: i32 = match fields.first().and_then(|p| p.parse().ok()) {
+        Some(pid) => pid,
+        None => panic!(
+            "no output: {text:?}; stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    };
+    // End the stray worker before any assertion can fail.
+    // SAFETY: a signal to a pid the program just printed; we are root.
+    unsafe { libc::kill(worker, libc::SIGKILL) };
+    common::eventually("the abandoned worker is gone", || common::is_gone(worker));
+    assert_eq!(fields[1..], ["true", "1"], "{text}");
+    assert!(output.status.success(), "{output:?}");
+}
+
 fn main() {
+    if std::env::var_os(UNKILLABLE_TIMEOUT).is_some() {
+        unkillable_timeout();
+    }
     if std::env::var_os(UNKILLABLE_PARENT).is_some() {
         unkillable_parent();
     }
@@ -659,5 +759,7 @@ fn main() {
         a_program_with_stdin_closed_builds_pools,
         a_pool_whose_program_dropped_privileges_ends_anyway,
         tasks_are_not_stranded_behind_a_stopped_worker,
+        a_result_whose_drop_panics_does_not_end_the_driver,
+        a_timed_out_task_on_a_worker_we_may_not_kill_fails_anyway,
     ]);
 }

@@ -3,7 +3,7 @@
 //! as it comes, and [`check_chunk`] makes sure a chunk owes what it returns.
 
 use super::driver::Shared;
-use super::handle::{guarded_decode, Cell};
+use super::handle::Cell;
 use super::prefault::Prefault;
 use super::sink::{Completion, Outcome};
 use crate::error::{Error, Result};
@@ -221,7 +221,7 @@ impl<R: Wire> MapCollector<R> {
                 unsafe { out.set_len(end) };
             } else if let Some(bytes) = chunk.early.take_if(|_| decode) {
                 let due = chunk.due;
-                guarded_decode::<Vec<R>, _>(|| crate::wire::decode_vec_into(&bytes, due, out))?;
+                crate::wire::decode_vec_into(&bytes, due, out)?;
             } else {
                 return Ok(());
             }
@@ -352,8 +352,9 @@ impl<R: Wire> Completion for ChannelSink<R> {
     /// `tag` is the number of results the chunk owes.
     fn complete(&self, tag: u64, outcome: Outcome) {
         let chunk = match outcome {
-            Outcome::Ok(bytes) => guarded_decode::<Vec<R>, _>(|| decode_exact::<Vec<R>>(&bytes))
-                .and_then(|values| check_chunk(values, tag as usize)),
+            Outcome::Ok(bytes) => {
+                decode_exact::<Vec<R>>(&bytes).and_then(|values| check_chunk(values, tag as usize))
+            }
             Outcome::Err(e) => Err(e),
         };
         let _ = self.tx.send(chunk);

@@ -313,12 +313,19 @@ impl Shared {
         let _delivery = (!actions.completions.is_empty()).then(|| self.assist.delivering());
         for (sink, outcome) in actions.completions {
             // Callbacks and decoders guard themselves (`Cell::finish`,
-            // `guarded_decode`); this catches what they cannot, such as a
-            // result's `Drop` that panics: the thread (often the driver)
-            // must live on to deliver the other outcomes.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                sink.target.complete(sink.tag, outcome)
-            }));
+            // `wire::decode_exact`); this catches what they cannot, such as
+            // a result's `Drop` that panics: the thread (often the driver)
+            // must live on to deliver the other outcomes. `move`: the sink
+            // may hold the last reference to a result nobody took, which
+            // is then dropped in here, not after. A panic's payload is
+            // forgotten, not dropped: its own `Drop` could panic too.
+            if let Err(payload) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                    sink.target.complete(sink.tag, outcome)
+                }))
+            {
+                std::mem::forget(payload);
+            }
         }
         actions.progress
     }

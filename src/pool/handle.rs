@@ -143,12 +143,17 @@ impl<T> Cell<T> {
             let callbacks = std::mem::take(&mut *lock(&extras.callbacks));
             // A callback that panics must not take the delivering thread
             // (often the driver) with it: the panic hook has reported it,
-            // and the task's own outcome is stored below all the same.
-            let _ = std::panic::catch_unwind(AssertUnwindSafe(|| match (&result, callbacks) {
-                (Ok(v), Callbacks { ok: Some(f), .. }) => f(v),
-                (Err(e), Callbacks { err: Some(f), .. }) => f(e),
-                _ => {}
-            }));
+            // and the task's own outcome is stored below all the same. Its
+            // payload is forgotten, not dropped: its `Drop` could panic too.
+            if let Err(payload) =
+                std::panic::catch_unwind(AssertUnwindSafe(|| match (&result, callbacks) {
+                    (Ok(v), Callbacks { ok: Some(f), .. }) => f(v),
+                    (Err(e), Callbacks { err: Some(f), .. }) => f(e),
+                    _ => {}
+                }))
+            {
+                std::mem::forget(payload);
+            }
         }
         let ok = if result.is_ok() { bit::OK } else { 0 };
         // SAFETY: this thread set `CLAIMED`, so it is the only writer, and
@@ -193,6 +198,8 @@ impl<T> Cell<T> {
     /// Whether the stored result is `Ok`; `None` before it is in and once
     /// it was taken.
     fn successful(&self) -> Option<bool> {
+        // Acquire pairs with the Release half of `finish`'s RMW (only its
+        // bits are read here, no `value`).
         let state = self.state.load(Ordering::Acquire);
         (state & bit::READY != 0 && state & bit::TAKEN == 0).then_some(state & bit::OK != 0)
     }
@@ -285,31 +292,14 @@ impl<R: Wire> Completion for Cell<R> {
                 // decoder (and no decoding budget) to set up.
                 Some(plain) if bytes.len() == plain.size() => match plain.values(&bytes).next() {
                     Some(value) => Ok(value),
-                    None => guarded_decode::<R, _>(|| decode_exact::<R>(&bytes)),
+                    None => decode_exact::<R>(&bytes),
                 },
-                _ => guarded_decode::<R, _>(|| decode_exact::<R>(&bytes)),
+                _ => decode_exact::<R>(&bytes),
             },
             Outcome::Err(e) => Err(e),
         };
         self.finish(result);
     }
-}
-
-/// Runs a decoder of the user's types in the parent: one that panics fails
-/// its own task with [`Error::Decode`] instead of unwinding the delivering
-/// thread (the panic hook has reported the panic itself).
-/// `Named` is the type the error names.
-pub(super) fn guarded_decode<Named, T>(decode: impl FnOnce() -> Result<T>) -> Result<T> {
-    std::panic::catch_unwind(AssertUnwindSafe(decode)).unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic without a message".into());
-        Err(crate::wire::decode_error::<Named>(format!(
-            "the decoder panicked: {message}"
-        )))
-    })
 }
 
 /// Why this thread may not wait on `pool`, if it may not: it runs one of the
@@ -608,12 +598,14 @@ impl<T: Send + 'static> Future for AsyncResult<T> {
         if self.cell.is_ready() {
             return Poll::Ready(self.cell.take());
         }
-        if let Some(Error::ForeignPool { owner }) = self.refusal() {
-            return Poll::Ready(Err(Error::ForeignPool { owner }));
-        }
-        // Help once without blocking: on a busy pool the result may be
-        // sitting in a ring that nobody is collecting this instant.
+        // One upgrade of the pool for both (an atomic read-modify-write on
+        // its count each): a `fork()`ed copy refuses, and otherwise helps
+        // once without blocking: on a busy pool the result may be sitting
+        // in a ring that nobody is collecting this instant.
         if let Some(pool) = self.pool.upgrade() {
+            if let Err(foreign) = pool.check_owner() {
+                return Poll::Ready(Err(foreign));
+            }
             pool.try_drive();
         }
         if self.cell.register_waker(cx.waker()) {

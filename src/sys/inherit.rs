@@ -7,7 +7,7 @@
 //! thread cannot change for another), so that the fork server can compare.
 
 use rustix::fs::{Mode, OFlags};
-use rustix::io::{Errno, FdFlags};
+use rustix::io::Errno;
 use rustix::process::{Resource, Rlimit};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
@@ -407,10 +407,11 @@ pub(crate) fn inherited_descriptors(but: RawFd) -> io::Result<Vec<RawFd>> {
         .filter(|&fd| fd > 0 && fd != but)
         .collect();
     numbers.retain(|&fd| {
-        // SAFETY: only reads the flags of a number, which may no longer be
-        // open (EBADF: skipped).
-        let probe = unsafe { BorrowedFd::borrow_raw(fd) };
-        matches!(rustix::io::fcntl_getfd(probe), Ok(flags) if !flags.contains(FdFlags::CLOEXEC))
+        // A raw call on the number, not a borrowed descriptor: it may no
+        // longer be open (-1, EBADF: skipped), which a `BorrowedFd` may not
+        // be. SAFETY: F_GETFD reads flags only; any number is allowed.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        flags >= 0 && flags & libc::FD_CLOEXEC == 0
     });
     numbers.sort_unstable();
     Ok(numbers)
