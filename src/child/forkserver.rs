@@ -102,7 +102,7 @@ use std::time::{Duration, Instant};
 ///     assert_eq!(stage, "two");
 ///     drop(pool);
 ///     assert!(corepool::fork_server_pid().is_some()); // it outlives the pools
-///     corepool::stop_fork_server(); // optional: it dies with the program anyway
+///     corepool::stop_fork_server(); // optional: it dies with the program anyway, reaped by init
 ///     assert_eq!(corepool::fork_server_pid(), None);
 ///     Ok(())
 /// }
@@ -462,9 +462,13 @@ pub fn fork_server_pid() -> Option<i32> {
 /// this process's children, not its own). A later pool built with
 /// [`StartMethod::ForkServer`] starts a new one.
 ///
-/// Not needed before exiting: the fork server dies with the program. It is
-/// for a program that wants no process of its own left besides its pools'
-/// workers (a test that counts children, say).
+/// Not needed before exiting: the fork server dies with the program. But
+/// it dies *after* the program (the kernel's parent-death signal), so for
+/// an instant it is an orphan, and a zombie until `init` (or the nearest
+/// subreaper) reaps it, as any child that outlives its parent by a moment;
+/// Python's fork server does the same. Call this before `main` returns to
+/// reap it yourself, or when a program wants no process of its own left
+/// besides its pools' workers (a test that counts children, say).
 ///
 /// ```
 /// assert!(!corepool::stop_fork_server()); // none ran
