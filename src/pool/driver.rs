@@ -317,14 +317,19 @@ impl Shared {
             // a result's `Drop` that panics: the thread (often the driver)
             // must live on to deliver the other outcomes. `move`: the sink
             // may hold the last reference to a result nobody took, which
-            // is then dropped in here, not after. A panic's payload is
-            // forgotten, not dropped: its own `Drop` could panic too.
+            // is then dropped in here, not after.
             if let Err(payload) =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
                     sink.target.complete(sink.tag, outcome)
                 }))
             {
-                std::mem::forget(payload);
+                // Dropped under a guard of its own: a payload's `Drop` could
+                // panic too (that second payload alone is forgotten).
+                if let Err(again) =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload)))
+                {
+                    std::mem::forget(again);
+                }
             }
         }
         actions.progress

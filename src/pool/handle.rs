@@ -143,8 +143,7 @@ impl<T> Cell<T> {
             let callbacks = std::mem::take(&mut *lock(&extras.callbacks));
             // A callback that panics must not take the delivering thread
             // (often the driver) with it: the panic hook has reported it,
-            // and the task's own outcome is stored below all the same. Its
-            // payload is forgotten, not dropped: its `Drop` could panic too.
+            // and the task's own outcome is stored below all the same.
             if let Err(payload) =
                 std::panic::catch_unwind(AssertUnwindSafe(|| match (&result, callbacks) {
                     (Ok(v), Callbacks { ok: Some(f), .. }) => f(v),
@@ -152,7 +151,13 @@ impl<T> Cell<T> {
                     _ => {}
                 }))
             {
-                std::mem::forget(payload);
+                // Dropped under a guard of its own: a payload's `Drop` could
+                // panic too (that second payload alone is forgotten).
+                if let Err(again) =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload)))
+                {
+                    std::mem::forget(again);
+                }
             }
         }
         let ok = if result.is_ok() { bit::OK } else { 0 };
