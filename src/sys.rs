@@ -412,6 +412,19 @@ pub(crate) fn set_parent_death_signal() -> io::Result<()> {
     ))?)
 }
 
+/// Registers `handler` to run when the program exits through `exit` (main
+/// returning, `std::process::exit`), not on `_exit` or a signal. glibc's
+/// `atexit` ties the handler to the object that registered it (run at its
+/// `dlclose` too, should a library be unloaded).
+pub(crate) fn at_exit(handler: extern "C" fn()) -> io::Result<()> {
+    // SAFETY: `handler` is a plain `extern "C" fn()` that lives as long as
+    // this object does, which is all `atexit` asks.
+    match unsafe { libc::atexit(handler) } {
+        0 => Ok(()),
+        _ => Err(io::Error::from(io::ErrorKind::OutOfMemory)),
+    }
+}
+
 /// Names this process (its main thread: call it before any other starts)
 /// after the program, as `ps`, `top` and `pgrep` show it: a child is
 /// started through `/proc/self/exe`, and the kernel names a process after

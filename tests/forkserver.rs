@@ -5,7 +5,8 @@
 //! the moment (environment, working directory, umask, limits, signals,
 //! scheduling, standard streams, descriptors), a dead or stopped fork
 //! server costs a fallback or a restart (never a hang), and the program's
-//! death takes the fork server and its workers with it.
+//! death takes the fork server and its workers with it (and its exit
+//! reaps them itself).
 //!
 //! Each test stops the fork server at its end, so that the harness's checks
 //! (no child, no process of this binary left) hold.
@@ -31,6 +32,9 @@ const SANDBOXED_PARENT: &str = "COREPOOL_TEST_SANDBOXED_PARENT";
 const FEW_DESCRIPTORS_PARENT: &str = "COREPOOL_TEST_FEW_DESCRIPTORS_PARENT";
 
 const PERSONALITY_PARENT: &str = "COREPOOL_TEST_PERSONALITY_PARENT";
+/// Set in a child run of this binary that exits with a pool, a process and
+/// its fork server alive (see [`exiting_parent`]).
+const EXITING_PARENT: &str = "COREPOOL_TEST_EXITING_PARENT";
 
 fn sees_late_var(_: ()) -> bool {
     std::env::var_os(LATE_VAR).is_some()
@@ -422,6 +426,95 @@ fn the_programs_death_takes_the_fork_server_and_workers_with_it() {
     }
 }
 
+/// A pool nobody drops: what a library keeping one in a `static` has.
+static KEPT_POOL: std::sync::OnceLock<Pool> = std::sync::OnceLock::new();
+
+fn wait_for_ever(_: ()) {
+    loop {
+        std::thread::park();
+    }
+}
+
+/// As a program of its own (this binary, with [`EXITING_PARENT`]): a pool
+/// kept in a `static`, a running `Process` and the fork server, their pids on
+/// stdout, then `std::process::exit` with all of them alive. (The first
+/// argument says how: `exit` or a return from `main`.)
+fn exiting_parent() -> ! {
+    let zygote = ready_fork_server();
+    let pool = KEPT_POOL.get_or_init(|| forked_pool(2, Pinning::None));
+    assert_eq!(pool.apply(|x: u8| x, 7).unwrap(), 7);
+    let process = corepool::Process::builder()
+        .start(wait_for_ever, ())
+        .unwrap();
+    let mut pids = pool.pids();
+    pids.push(zygote);
+    pids.push(process.pid());
+    std::mem::forget(process);
+    println!(
+        "{}",
+        pids.iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    std::process::exit(0);
+}
+
+/// Whether `pid` is a child of this process (a zombie included), without
+/// reaping it.
+fn is_my_child(pid: i32) -> bool {
+    // SAFETY: a zeroed siginfo_t is a valid out-parameter for waitid.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid on one pid, WNOWAIT: nothing is reaped; `info` is ours.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    r == 0
+}
+
+fn a_program_that_exits_with_children_alive_reaps_them_itself() {
+    // Orphans are reparented to us (a subreaper), as they would be to
+    // `init`: any child the program left to the parent-death signal shows
+    // up as ours once it ended.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    let exe = std::env::current_exe().unwrap();
+    let mut command = std::process::Command::new(exe);
+    command.env(EXITING_PARENT, "1");
+    let output = common::output_within(&mut command, Duration::from_secs(60));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let pids: Vec<i32> = text
+        .split_whitespace()
+        .map(|p| p.parse().expect("a pid"))
+        .collect();
+    let adopted: Vec<i32> = pids.iter().copied().filter(|&p| is_my_child(p)).collect();
+    for &pid in &adopted {
+        // Reap what the program left us, so the harness's checks hold.
+        // SAFETY: waitpid on a specific pid with a null status pointer.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    }
+    // SAFETY: as above.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0) };
+    assert_eq!(
+        pids.len(),
+        4,
+        "stdout: {text}; stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{:?}", output.status);
+    assert!(
+        adopted.is_empty(),
+        "left to be reaped by the subreaper: {adopted:?} of {pids:?}"
+    );
+}
+
 /// `no_new_privs` of the calling process's thread, as `/proc` shows it.
 fn no_new_privs(_: ()) -> String {
     std::fs::read_to_string("/proc/thread-self/status")
@@ -791,6 +884,9 @@ fn main() {
     if std::env::var_os(DOOMED_PARENT).is_some() {
         doomed_parent();
     }
+    if std::env::var_os(EXITING_PARENT).is_some() {
+        exiting_parent();
+    }
     if std::env::var_os(SANDBOXED_PARENT).is_some() {
         sandboxed_parent();
     }
@@ -816,6 +912,7 @@ fn main() {
         a_fork_server_stopped_while_starting_is_reaped,
         a_stopped_fork_server_makes_spawns_fall_back_not_hang,
         the_programs_death_takes_the_fork_server_and_workers_with_it,
+        a_program_that_exits_with_children_alive_reaps_them_itself,
         a_stray_fork_server_variable_is_refused,
         a_program_that_sandboxes_itself_gets_sandboxed_workers,
         a_descriptor_open_when_the_fork_server_starts_is_not_kept_by_it,

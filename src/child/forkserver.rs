@@ -78,7 +78,8 @@ use std::time::{Duration, Instant};
 /// a program that restricts itself with Landlock, or that links such a
 /// library, calls [`stop_fork_server`] after or uses `Spawn`. The fork
 /// server lives until the program exits (or [`stop_fork_server`]); it dies
-/// with the program, whatever ends it. If it cannot be used (it died, does
+/// with the program, whatever ends it, and is reaped by the program itself
+/// when it exits normally. If it cannot be used (it died, does
 /// not answer, or cannot fork soundly on this system), workers are exec'd
 /// instead, and a dead fork server is started again at the next worker's
 /// start.
@@ -102,7 +103,7 @@ use std::time::{Duration, Instant};
 ///     assert_eq!(stage, "two");
 ///     drop(pool);
 ///     assert!(corepool::fork_server_pid().is_some()); // it outlives the pools
-///     corepool::stop_fork_server(); // optional: it dies with the program anyway, reaped by init
+///     corepool::stop_fork_server(); // optional: the program's exit reaps it anyway
 ///     assert_eq!(corepool::fork_server_pid(), None);
 ///     Ok(())
 /// }
@@ -462,13 +463,14 @@ pub fn fork_server_pid() -> Option<i32> {
 /// this process's children, not its own). A later pool built with
 /// [`StartMethod::ForkServer`] starts a new one.
 ///
-/// Not needed before exiting: the fork server dies with the program. But
-/// it dies *after* the program (the kernel's parent-death signal), so for
-/// an instant it is an orphan, and a zombie until `init` (or the nearest
-/// subreaper) reaps it, as any child that outlives its parent by a moment;
-/// Python's fork server does the same. Call this before `main` returns to
-/// reap it yourself, or when a program wants no process of its own left
-/// besides its pools' workers (a test that counts children, say).
+/// Not needed before exiting: when the program exits (`main` returns, or
+/// `std::process::exit`), an exit handler kills and reaps the fork server,
+/// as it does every pool's workers still running then; and whatever ends
+/// the program otherwise (a signal, `_exit`), the kernel's parent-death
+/// signal kills it. Call this when a program wants no process of its own
+/// left besides its pools' workers (a test that counts children, say), or
+/// before it restricts itself in a way the fork server cannot see (see
+/// [`StartMethod::ForkServer`]).
 ///
 /// ```
 /// assert!(!corepool::stop_fork_server()); // none ran
@@ -650,6 +652,19 @@ fn start_thread() -> std::io::Result<Thread> {
     std::thread::Builder::new()
         .name("corepool-forkserver".into())
         .spawn(move || serve_thread(&rx, thread_wake.as_fd()))?;
+    // At the program's exit, the zygotes are killed and reaped by us rather
+    // than by `init` after their parent-death signal (see `exit_hook`).
+    // Registered for good: the thread never ends.
+    let (exit_tx, exit_wake) = (tx.clone(), wake.clone());
+    std::mem::forget(crate::child::exit_hook::register(Arc::new(
+        move |deadline| {
+            let (reaped_tx, reaped) = crossbeam_channel::bounded(1);
+            if exit_tx.send(ThreadCommand::ReapAll(reaped_tx)).is_ok() {
+                sys::eventfd_signal(exit_wake.as_fd());
+                let _ = reaped.recv_deadline(deadline);
+            }
+        },
+    )));
     Ok(Thread { tx, wake })
 }
 

@@ -16,6 +16,7 @@
 //! than spin, and it reports the failure ([`Event::WatchFailed`]) so that
 //! the owner can make it visible.
 
+use crate::child::exit_hook;
 use crate::child::forkserver::StartMethod;
 use crate::child::spawn::{exit_cause, Reexec};
 use crate::error::{Error, ExitCause};
@@ -84,6 +85,11 @@ pub(crate) struct Supervisor<K> {
     tx: crossbeam_channel::Sender<Command<K>>,
     wake: Arc<OwnedFd>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Stops it at the program's exit if it still runs then (a pool in a
+    /// `static`, `std::process::exit` with pools alive): its children are
+    /// reaped by us, not left to `init` (see [`exit_hook`]). Dropped after
+    /// the thread ended.
+    _at_exit: exit_hook::Registration,
 }
 
 impl<K> std::fmt::Debug for Command<K> {
@@ -117,15 +123,28 @@ impl<K: Clone + Send + 'static> Supervisor<K> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let wake = Arc::new(sys::eventfd().map_err(|e| Error::os("eventfd", e))?);
         let thread_wake = wake.clone();
+        // Disconnected when the thread ends: what a stop at exit waits for.
+        let (ended_tx, ended) = crossbeam_channel::bounded::<()>(0);
         let mut report = report;
         let thread = std::thread::Builder::new()
             .name(thread_name.into())
-            .spawn(move || run(&rx, thread_wake.as_fd(), method, &mut report))
+            .spawn(move || {
+                let _ended = ended_tx;
+                run(&rx, thread_wake.as_fd(), method, &mut report);
+            })
             .map_err(|e| Error::os("spawning the supervisor thread", e))?;
+        let (stop_tx, stop_wake) = (tx.clone(), wake.clone());
+        let at_exit = exit_hook::register(Arc::new(move |deadline| {
+            let _ = stop_tx.send(Command::Stop);
+            sys::eventfd_signal(stop_wake.as_fd());
+            // Ends with the thread (every child reaped) or at the deadline.
+            let _ = ended.recv_deadline(deadline);
+        }));
         Ok(Self {
             tx,
             wake,
             thread: Some(thread),
+            _at_exit: at_exit,
         })
     }
 
