@@ -70,8 +70,11 @@ pub(crate) fn memfd_create(name: &CStr) -> io::Result<OwnedFd> {
 /// (a program that closed its stdin gets its next descriptor as 0): a
 /// child's start-up puts `/dev/null` on 0 and keeps its streams on 1 and 2,
 /// so a segment there would be replaced in the child (which then refuses
-/// the pool as not its shared memory) or written to as stderr.
-fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+/// the pool as not its shared memory) or written to as stderr; and in the
+/// parent, a program that closed its streams would have its own `println!`
+/// written into our eventfd (adding to its counter), pidfd or pipe. Every
+/// descriptor the engine keeps is made here.
+pub(crate) fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     if fd.as_raw_fd() > 2 {
         return Ok(fd);
     }
@@ -597,7 +600,7 @@ pub(crate) fn futex_wait_any(
 pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // The kernel answers EINVAL for a pid that is not positive.
     let pid = positive_pid(pid).ok_or(Errno::INVAL)?;
-    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
+    above_stdio(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
 }
 
 /// Sends `signal` through a pidfd: never reaches a process that merely
@@ -624,7 +627,7 @@ pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: Signal) -> bool {
 /// An `eventfd` used to wake a thread blocked in [`poll_readable`].
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
-    Ok(rustix::event::eventfd(0, flags)?)
+    above_stdio(rustix::event::eventfd(0, flags)?)
 }
 
 /// Adds one to an eventfd's counter, waking its poller.
@@ -814,7 +817,8 @@ pub(crate) fn process_start_time(pid: i32) -> io::Result<u64> {
 
 /// A close-on-exec pipe: (read end, write end).
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    Ok(rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?)
+    let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+    Ok((above_stdio(read)?, above_stdio(write)?))
 }
 
 /// `dup2(from, to)` onto a standard stream: `to` is 0, 1 or 2 (anything else
@@ -1096,7 +1100,7 @@ pub(crate) fn is_secure_execution() -> bool {
 /// work on it.
 pub(crate) fn open_path_only(path: &str) -> io::Result<OwnedFd> {
     use rustix::fs::OFlags;
-    Ok(rustix::fs::open(
+    above_stdio(rustix::fs::open(
         path,
         OFlags::PATH | OFlags::CLOEXEC,
         Mode::empty(),
@@ -1122,7 +1126,7 @@ pub(crate) fn descriptor_target(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
 /// EWOULDBLOCK rather than wait for the lease holder, and `O_NOCTTY`.
 pub(crate) fn reopen_read_write(path_only: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     use rustix::fs::OFlags;
-    Ok(rustix::fs::open(
+    above_stdio(rustix::fs::open(
         format!("/proc/self/fd/{}", path_only.as_raw_fd()),
         OFlags::RDWR | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
         Mode::empty(),
@@ -1133,7 +1137,7 @@ pub(crate) fn reopen_read_write(path_only: BorrowedFd<'_>) -> io::Result<OwnedFd
 /// [`reopen_read_write`]).
 pub(crate) fn reopen_read_only(path_only: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     use rustix::fs::OFlags;
-    Ok(rustix::fs::open(
+    above_stdio(rustix::fs::open(
         format!("/proc/self/fd/{}", path_only.as_raw_fd()),
         OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
         Mode::empty(),
