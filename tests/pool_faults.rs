@@ -557,6 +557,58 @@ fn a_program_with_its_standard_streams_closed_builds_pools() {
     assert_eq!(taken, Vec::<i32>::new(), "descriptors the pool put on 0-2");
 }
 
+/// Set in the environment of the program that
+/// `a_program_run_through_the_dynamic_loader_is_told_why_it_has_no_pool`
+/// starts.
+const THROUGH_THE_LOADER: &str = "COREPOOL_TEST_THROUGH_THE_LOADER";
+
+/// The x86-64 and aarch64 dynamic loaders' usual paths.
+const LOADERS: [&str; 2] = ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"];
+
+/// The program of that test: what building a pool and starting a process
+/// say, one line each.
+fn through_the_loader() -> ! {
+    let pool = Pool::new(1).map(|_| ()).map_err(|e| e.to_string());
+    let process = corepool::Process::builder()
+        .start(square, 3u64)
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    println!("{pool:?}\n{process:?}");
+    std::process::exit(0);
+}
+
+/// A program started through the dynamic loader (`ld.so ./program`) has the
+/// loader as its executable, so a child (the executable run again) would
+/// run the loader with no program: it used to fail after a start-up
+/// timeout-like wait with "exited with status 0 before it was ready",
+/// blaming an initializer. As for corepool inside a Python extension, the
+/// pool and the process refuse at once, naming both files.
+fn a_program_run_through_the_dynamic_loader_is_told_why_it_has_no_pool() {
+    let Some(loader) = LOADERS.iter().find(|l| std::path::Path::new(l).exists()) else {
+        eprintln!("skipped: no dynamic loader at a known path");
+        return;
+    };
+    let mut command = std::process::Command::new(loader);
+    command
+        .arg(std::env::current_exe().unwrap())
+        .env(THROUGH_THE_LOADER, "1");
+    let output = common::output_within(&mut command, HUNG);
+    let text = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "{text}; stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in lines {
+        assert!(line.starts_with("Err(\"starting a worker failed: corepool starts its children by running this program's executable again, but the executable is "), "{line}");
+        assert!(line.contains(loader.rsplit('/').next().unwrap()), "{line}");
+        assert!(line.contains("must be run directly"), "{line}");
+    }
+    assert!(output.status.success(), "{output:?}");
+}
+
 /// Whether process `pid` is stopped (state `T` in `/proc`).
 fn is_stopped(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
@@ -764,6 +816,9 @@ fn main() {
     if std::env::var_os(UNKILLABLE_PARENT).is_some() {
         unkillable_parent();
     }
+    if std::env::var_os(THROUGH_THE_LOADER).is_some() {
+        through_the_loader();
+    }
     corepool::init();
     common::run(common::tests![
         a_panicking_callback_affects_only_its_task,
@@ -780,6 +835,7 @@ fn main() {
         a_task_submitted_while_a_callback_waits_for_it_is_dispatched,
         many_submitters_and_dying_workers_lose_no_task,
         a_program_with_its_standard_streams_closed_builds_pools,
+        a_program_run_through_the_dynamic_loader_is_told_why_it_has_no_pool,
         a_pool_whose_program_dropped_privileges_ends_anyway,
         tasks_are_not_stranded_behind_a_stopped_worker,
         a_result_whose_drop_panics_does_not_end_the_driver,
