@@ -131,8 +131,7 @@ fn check_memory_for(len: u64) -> io::Result<()> {
             io::ErrorKind::OutOfMemory,
             format!(
                 "{len} bytes of shared memory asked for, {available} available ({whose}): \
-                 reserving them would make the kernel's OOM killer end some process; \
-                 ask for less, or free memory first"
+                 reserving them would make the kernel's OOM killer end some process"
             ),
         )),
         _ => Ok(()),
