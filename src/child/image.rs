@@ -51,10 +51,12 @@ fn why_not_reexecutable() -> Option<String> {
     ))
 }
 
-/// The file (device numbers, inode) and path of the mapping on one line of
-/// `/proc/self/maps`, if it holds `addr`:
-/// `start-end perms offset major:minor inode path`.
-fn mapping_at(line: &str, addr: usize) -> Option<(((u32, u32), u64), String)> {
+/// A mapped file as `/proc/self/maps` names it: (device numbers, inode).
+type FileIdentity = ((u32, u32), u64);
+
+/// The file and path of the mapping on one line of `/proc/self/maps`, if it
+/// holds `addr`: `start-end perms offset major:minor inode path`.
+fn mapping_at(line: &str, addr: usize) -> Option<(FileIdentity, String)> {
     let mut fields = line.split_whitespace();
     let (start, end) = fields.next()?.split_once('-')?;
     let start = usize::from_str_radix(start, 16).ok()?;
