@@ -46,6 +46,9 @@ impl fmt::Display for ExitCause {
                 if sig == crate::sys::SIGKILL {
                     write!(f, "; if nobody sent it, the kernel's OOM killer may have: check `dmesg` and the task's memory use")?;
                 }
+                if sig == crate::sys::SIGABRT && cfg!(panic = "abort") {
+                    write!(f, "; this program is built with `panic = \"abort\"`, so a panic in a task ends its process: the panic's message is on the program's stderr (build with `panic = \"unwind\"` to get it as `Error::Panicked`)")?;
+                }
                 Ok(())
             }
             ExitCause::Code(code) => write!(f, "exited with status {code}"),

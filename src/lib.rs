@@ -34,6 +34,58 @@
 //! older code. Tasks name their function by its offset in the binary, so they
 //! must be `fn` items or closures that capture nothing.
 //!
+//! Children run the program's *executable*, so corepool must be linked into
+//! it: in a library loaded by another program (a Python extension, a
+//! plugin), or in a program started through the dynamic loader (`ld.so
+//! ./program`), pools and processes refuse to start with
+//! [`Error::Spawn`] saying so.
+//!
+//! ## A pool inside a library
+//!
+//! A library that computes with a pool of its own keeps one per process:
+//! built on first use, shared by every caller, rebuilt in a child the
+//! program forks (a pool belongs to the process that built it; in a forked
+//! copy it answers [`Error::ForeignPool`]). Nothing needs dropping: when the
+//! program exits, its workers are killed and reaped by the program itself.
+//!
+//! ```
+//! use corepool::Pool;
+//! use std::sync::{Arc, Mutex};
+//!
+//! /// This process's pool, built on first use.
+//! fn pool() -> corepool::Result<Arc<Pool>> {
+//!     static POOL: Mutex<Option<(u32, Arc<Pool>)>> = Mutex::new(None);
+//!     let mut slot = POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+//!     match &*slot {
+//!         Some((pid, pool)) if *pid == std::process::id() => Ok(pool.clone()),
+//!         // None yet, or the parent's (this process is a fork of it): a
+//!         // forked copy of a pool drops without touching its workers.
+//!         _ => {
+//!             let pool = Arc::new(Pool::builder().build()?);
+//!             *slot = Some((std::process::id(), pool.clone()));
+//!             Ok(pool)
+//!         }
+//!     }
+//! }
+//!
+//! /// The library's API: callers never see the pool.
+//! pub fn mean(values: &[f64]) -> corepool::Result<f64> {
+//!     let chunks: Vec<Vec<f64>> = values.chunks(4096).map(<[f64]>::to_vec).collect();
+//!     let sums = pool()?.map(|c: Vec<f64>| c.iter().sum::<f64>(), chunks)?;
+//!     Ok(sums.iter().sum::<f64>() / values.len() as f64)
+//! }
+//!
+//! assert_eq!(mean(&[1.0, 2.0, 3.0, 6.0])?, 3.0);
+//! # Ok::<(), corepool::Error>(())
+//! ```
+//!
+//! With `panic = "abort"` in the program's profile, a panic ends the
+//! process it happens in: a task's panic ends its worker (the caller gets
+//! [`Error::WorkerDied`], the message is on stderr, and the pool replaces
+//! the worker), and a panic in a callback or a `Wire` impl run by the
+//! parent ends the program. Build with the default `panic = "unwind"` for
+//! [`Error::Panicked`], [`Error::Encode`] and [`Error::Decode`].
+//!
 //! Linux only.
 
 // Some doc examples show a whole program, `main` included.

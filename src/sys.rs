@@ -26,6 +26,8 @@ pub(crate) use rustix::process::Signal;
 
 /// SIGKILL's number, as [`crate::ExitCause::Signal`] reports it.
 pub(crate) const SIGKILL: i32 = Signal::KILL.as_raw();
+/// SIGABRT's number: how a child built with `panic = "abort"` ends on a panic.
+pub(crate) const SIGABRT: i32 = Signal::ABORT.as_raw();
 
 /// EINVAL's number, as [`io::Error::raw_os_error`] reports it.
 pub(crate) const EINVAL: i32 = Errno::INVAL.raw_os_error();
@@ -70,8 +72,11 @@ pub(crate) fn memfd_create(name: &CStr) -> io::Result<OwnedFd> {
 /// (a program that closed its stdin gets its next descriptor as 0): a
 /// child's start-up puts `/dev/null` on 0 and keeps its streams on 1 and 2,
 /// so a segment there would be replaced in the child (which then refuses
-/// the pool as not its shared memory) or written to as stderr.
-fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+/// the pool as not its shared memory) or written to as stderr; and in the
+/// parent, a program that closed its streams would have its own `println!`
+/// written into our eventfd (adding to its counter), pidfd or pipe. Every
+/// descriptor the engine keeps is made here.
+pub(crate) fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     if fd.as_raw_fd() > 2 {
         return Ok(fd);
     }
@@ -126,8 +131,7 @@ fn check_memory_for(len: u64) -> io::Result<()> {
             io::ErrorKind::OutOfMemory,
             format!(
                 "{len} bytes of shared memory asked for, {available} available ({whose}): \
-                 reserving them would make the kernel's OOM killer end some process; \
-                 ask for less, or free memory first"
+                 reserving them would make the kernel's OOM killer end some process"
             ),
         )),
         _ => Ok(()),
@@ -361,6 +365,11 @@ pub(crate) fn allocated_bytes(fd: BorrowedFd<'_>) -> io::Result<u64> {
 pub(crate) fn path_identity(path: &str) -> io::Result<(u64, u64)> {
     let st = rustix::fs::stat(path)?;
     Ok((st.st_dev, st.st_ino))
+}
+
+/// A device number's (major, minor) parts, as `/proc/<pid>/maps` writes them.
+pub(crate) fn device_numbers(dev: u64) -> (u32, u32) {
+    (rustix::fs::major(dev), rustix::fs::minor(dev))
 }
 
 /// What `fstat` tells about a file: enough to recognise it again.
@@ -597,7 +606,7 @@ pub(crate) fn futex_wait_any(
 pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // The kernel answers EINVAL for a pid that is not positive.
     let pid = positive_pid(pid).ok_or(Errno::INVAL)?;
-    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
+    above_stdio(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
 }
 
 /// Sends `signal` through a pidfd: never reaches a process that merely
@@ -624,7 +633,7 @@ pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: Signal) -> bool {
 /// An `eventfd` used to wake a thread blocked in [`poll_readable`].
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
-    Ok(rustix::event::eventfd(0, flags)?)
+    above_stdio(rustix::event::eventfd(0, flags)?)
 }
 
 /// Adds one to an eventfd's counter, waking its poller.
@@ -814,7 +823,8 @@ pub(crate) fn process_start_time(pid: i32) -> io::Result<u64> {
 
 /// A close-on-exec pipe: (read end, write end).
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    Ok(rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?)
+    let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+    Ok((above_stdio(read)?, above_stdio(write)?))
 }
 
 /// `dup2(from, to)` onto a standard stream: `to` is 0, 1 or 2 (anything else
@@ -1096,7 +1106,7 @@ pub(crate) fn is_secure_execution() -> bool {
 /// work on it.
 pub(crate) fn open_path_only(path: &str) -> io::Result<OwnedFd> {
     use rustix::fs::OFlags;
-    Ok(rustix::fs::open(
+    above_stdio(rustix::fs::open(
         path,
         OFlags::PATH | OFlags::CLOEXEC,
         Mode::empty(),
@@ -1122,7 +1132,7 @@ pub(crate) fn descriptor_target(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
 /// EWOULDBLOCK rather than wait for the lease holder, and `O_NOCTTY`.
 pub(crate) fn reopen_read_write(path_only: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     use rustix::fs::OFlags;
-    Ok(rustix::fs::open(
+    above_stdio(rustix::fs::open(
         format!("/proc/self/fd/{}", path_only.as_raw_fd()),
         OFlags::RDWR | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
         Mode::empty(),
@@ -1133,7 +1143,7 @@ pub(crate) fn reopen_read_write(path_only: BorrowedFd<'_>) -> io::Result<OwnedFd
 /// [`reopen_read_write`]).
 pub(crate) fn reopen_read_only(path_only: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     use rustix::fs::OFlags;
-    Ok(rustix::fs::open(
+    above_stdio(rustix::fs::open(
         format!("/proc/self/fd/{}", path_only.as_raw_fd()),
         OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
         Mode::empty(),

@@ -263,6 +263,55 @@ fn a_panic_in_wire_code_is_an_encode_or_decode_error_wherever_it_happens() {
     assert_eq!(pool.pids(), worker, "no worker died");
 }
 
+/// A serde type whose `Serialize` panics for 13 and whose `Deserialize`
+/// panics for 14.
+#[derive(Debug, PartialEq)]
+struct Grenade(u32);
+
+impl Serialize for Grenade {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        assert_ne!(self.0, 13, "thirteen does not serialize");
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Grenade {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u32::deserialize(d)?;
+        assert_ne!(v, 14, "fourteen does not deserialize");
+        Ok(Grenade(v))
+    }
+}
+
+fn grenade_back(g: Serde<Grenade>) -> u32 {
+    g.0 .0
+}
+
+/// A panic in the serde impls a `Serde` wrapper runs is reported as the
+/// `Serialize` or `Deserialize` impl's (a user trial was told to fix a
+/// `Wire::encode` impl it never wrote).
+fn a_panic_in_serde_code_names_the_serde_impl() {
+    let q = Queue::<Serde<Grenade>>::new(1).unwrap();
+    let err = q.put(&Serde(Grenade(13))).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::Encode { .. }), "{err:?}");
+    assert!(text.contains("`Serialize` impl panicked"), "{text}");
+    assert!(text.contains("thirteen does not serialize"), "{text}");
+    q.put(&Serde(Grenade(14))).unwrap();
+    let err = q.get().unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::Decode { .. }), "{err:?}");
+    assert!(text.contains("`Deserialize` impl panicked"), "{text}");
+    assert!(text.contains("fourteen does not deserialize"), "{text}");
+    let pool = Pool::new(1).unwrap();
+    assert_eq!(pool.apply(grenade_back, Serde(Grenade(7))).unwrap(), 7);
+    let err = pool.apply(grenade_back, Serde(Grenade(14))).unwrap_err();
+    assert!(
+        err.to_string().contains("`Deserialize` impl panicked"),
+        "{err}"
+    );
+}
+
 fn main() {
     corepool::init();
     // The process thread's eventfd lives for the program: create it before
@@ -278,5 +327,6 @@ fn main() {
         a_shared_array_put_outlives_a_pool_submission_on_the_same_thread,
         a_forged_element_count_is_a_decode_error_not_an_allocation,
         a_panic_in_wire_code_is_an_encode_or_decode_error_wherever_it_happens,
+        a_panic_in_serde_code_names_the_serde_impl,
     ]);
 }

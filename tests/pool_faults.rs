@@ -511,27 +511,102 @@ fn many_submitters_and_dying_workers_lose_no_task() {
     }
 }
 
-/// A program that closed its stdin: the pool's segment gets the lowest free
-/// descriptor, 0, where a child's start-up puts `/dev/null`; every worker
-/// then refused the descriptor as not a pool's and no pool could be built.
-fn a_program_with_stdin_closed_builds_pools() {
+/// Whether descriptor `fd` is open in this process.
+fn is_open(fd: i32) -> bool {
+    // SAFETY: F_GETFD reads nothing of ours; a closed number is EBADF.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
+/// A program that closed its standard streams. Its stdin: the pool's
+/// segment got the lowest free descriptor, 0, where a child's start-up puts
+/// `/dev/null`; every worker then refused the descriptor as not a pool's and
+/// no pool could be built. All three: the pool's eventfd and pidfds took 0,
+/// 1 and 2, and the program's own `println!` went into them (a user trial).
+/// None of the engine's descriptors may land there.
+fn a_program_with_its_standard_streams_closed_builds_pools() {
     // SAFETY: plain descriptor calls on numbers this test owns; the harness
-    // runs one test at a time, and stdin is put back before it returns.
-    let saved = unsafe { libc::dup(0) };
-    assert!(saved > 2, "dup of stdin");
-    // SAFETY: as above.
-    unsafe { libc::close(0) };
+    // runs one test at a time, prints nothing while it runs, and the
+    // streams are put back before it returns.
+    let saved: Vec<i32> = (0..3)
+        .map(|fd| unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) })
+        .collect();
+    assert!(saved.iter().all(|&fd| fd > 2), "saving the streams");
+    for fd in 0..3 {
+        // SAFETY: as above.
+        unsafe { libc::close(fd) };
+    }
+    let mut taken = Vec::new();
     let built = Pool::builder().workers(2).build().and_then(|pool| {
         let out = pool.map(square, 0..100u64);
+        // A replacement (a new pidfd) too.
+        // SAFETY: a signal to our own worker, which the pool still holds.
+        unsafe { libc::kill(pool.pids()[0], libc::SIGKILL) };
+        let again = pool.map(square, 0..100u64);
+        taken = (0..3).filter(|&fd| is_open(fd)).collect();
         drop(pool);
-        out
+        out.and(again)
     });
-    // SAFETY: as above: stdin back, the saved copy closed.
+    // SAFETY: as above: the streams back, the saved copies closed.
     unsafe {
-        libc::dup2(saved, 0);
-        libc::close(saved);
+        for (fd, copy) in saved.into_iter().enumerate() {
+            libc::dup2(copy, fd as i32);
+            libc::close(copy);
+        }
     }
     assert_eq!(built.unwrap()[99], 9801);
+    assert_eq!(taken, Vec::<i32>::new(), "descriptors the pool put on 0-2");
+}
+
+/// Set in the environment of the program that
+/// `a_program_run_through_the_dynamic_loader_is_told_why_it_has_no_pool`
+/// starts.
+const THROUGH_THE_LOADER: &str = "COREPOOL_TEST_THROUGH_THE_LOADER";
+
+/// The x86-64 and aarch64 dynamic loaders' usual paths.
+const LOADERS: [&str; 2] = ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"];
+
+/// The program of that test: what building a pool and starting a process
+/// say, one line each.
+fn through_the_loader() -> ! {
+    let pool = Pool::new(1).map(|_| ()).map_err(|e| e.to_string());
+    let process = corepool::Process::builder()
+        .start(square, 3u64)
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    println!("{pool:?}\n{process:?}");
+    std::process::exit(0);
+}
+
+/// A program started through the dynamic loader (`ld.so ./program`) has the
+/// loader as its executable, so a child (the executable run again) would
+/// run the loader with no program: it used to fail after a start-up
+/// timeout-like wait with "exited with status 0 before it was ready",
+/// blaming an initializer. As for corepool inside a Python extension, the
+/// pool and the process refuse at once, naming both files.
+fn a_program_run_through_the_dynamic_loader_is_told_why_it_has_no_pool() {
+    let Some(loader) = LOADERS.iter().find(|l| std::path::Path::new(l).exists()) else {
+        eprintln!("skipped: no dynamic loader at a known path");
+        return;
+    };
+    let mut command = std::process::Command::new(loader);
+    command
+        .arg(std::env::current_exe().unwrap())
+        .env(THROUGH_THE_LOADER, "1");
+    let output = common::output_within(&mut command, HUNG);
+    let text = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "{text}; stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in lines {
+        assert!(line.starts_with("Err(\"starting a worker failed: corepool starts its children by running this program's executable again, but the executable is "), "{line}");
+        assert!(line.contains(loader.rsplit('/').next().unwrap()), "{line}");
+        assert!(line.contains("must be run directly"), "{line}");
+    }
+    assert!(output.status.success(), "{output:?}");
 }
 
 /// Whether process `pid` is stopped (state `T` in `/proc`).
@@ -741,6 +816,9 @@ fn main() {
     if std::env::var_os(UNKILLABLE_PARENT).is_some() {
         unkillable_parent();
     }
+    if std::env::var_os(THROUGH_THE_LOADER).is_some() {
+        through_the_loader();
+    }
     corepool::init();
     common::run(common::tests![
         a_panicking_callback_affects_only_its_task,
@@ -756,7 +834,8 @@ fn main() {
         a_submitter_blocked_by_max_queued_wakes_on_terminate,
         a_task_submitted_while_a_callback_waits_for_it_is_dispatched,
         many_submitters_and_dying_workers_lose_no_task,
-        a_program_with_stdin_closed_builds_pools,
+        a_program_with_its_standard_streams_closed_builds_pools,
+        a_program_run_through_the_dynamic_loader_is_told_why_it_has_no_pool,
         a_pool_whose_program_dropped_privileges_ends_anyway,
         tasks_are_not_stranded_behind_a_stopped_worker,
         a_result_whose_drop_panics_does_not_end_the_driver,

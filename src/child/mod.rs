@@ -9,6 +9,7 @@
 pub(crate) mod exit_hook;
 pub(crate) mod fingerprint;
 pub(crate) mod forkserver;
+pub(crate) mod image;
 pub(crate) mod panic;
 pub(crate) mod spawn;
 pub(crate) mod supervisor;

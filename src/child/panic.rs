@@ -1,7 +1,9 @@
 //! Panic capture in a child: a task's panic message, location and, when
 //! `RUST_BACKTRACE` asks for one, backtrace travel to the parent as the
 //! task's error instead of being printed by the child; a message too long
-//! for the room it travels in is cut, and says so.
+//! for the room it travels in is cut, and says so. In a program built with
+//! `panic = "abort"` nothing can travel (the child aborts as the hook
+//! returns): the message is printed on stderr instead.
 
 use std::cell::RefCell;
 
@@ -29,6 +31,17 @@ pub(crate) fn install_panic_hook() {
         if with_backtrace {
             let backtrace = std::backtrace::Backtrace::force_capture();
             text.push_str(&format!("\n\nchild process backtrace:\n{backtrace}"));
+        }
+        if cfg!(panic = "abort") {
+            // The process aborts as this hook returns: nobody would take
+            // the message, so it goes where the default hook's would.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "corepool child process {} panicked, and this program is built with `panic = \"abort\"`: {text}",
+                std::process::id()
+            );
+            return;
         }
         LAST_PANIC.with(|p| *p.borrow_mut() = Some(text));
     }));

@@ -139,6 +139,7 @@ impl Pool {
         if crate::pool::worker::is_uninitialised_worker() {
             return Err(Error::NotInitialized);
         }
+        crate::child::image::check_reexecutable()?;
         let n = config.cpu_sets.len();
         let layout = Layout::new(
             n,

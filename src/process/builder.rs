@@ -161,6 +161,7 @@ impl ProcessBuilder {
         {
             return Err(Error::NotInitialized);
         }
+        crate::child::image::check_reexecutable()?;
         if let Some(cpu) = self.cpu {
             let allowed = crate::info::allowed_cpus()?;
             if !allowed.contains(&cpu) {

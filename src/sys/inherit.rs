@@ -375,7 +375,7 @@ pub(crate) fn fixed_context(status: &ThreadStatus) -> String {
 /// close-on-exec): a forked child `fchdir`s to it, which needs no path
 /// (the directory may have been renamed, or removed).
 pub(crate) fn open_working_directory() -> io::Result<OwnedFd> {
-    Ok(rustix::fs::open(
+    super::above_stdio(rustix::fs::open(
         ".",
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),

@@ -706,8 +706,24 @@ where
         let at = out.len();
         encode_len(0, out);
         let body = out.len();
-        match postcard::to_extend(&self.0, Append(out)) {
-            Ok(_) => {
+        // A panic in the type's `Serialize` is reported as that, not as a
+        // `Wire` impl's (the user wrote none).
+        let serialized = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            postcard::to_extend(&self.0, Append(&mut *out)).map(|_| ())
+        }));
+        let serialized = match serialized {
+            Ok(serialized) => serialized,
+            Err(payload) => {
+                out.truncate(at);
+                out.fail::<Self>(format!(
+                    "the type's `Serialize` impl panicked: {}",
+                    nesting::panic_text(&*payload)
+                ));
+                return;
+            }
+        };
+        match serialized {
+            Ok(()) => {
                 let len = (out.len() - body) as u64;
                 out[at..at + 8].copy_from_slice(&len.to_le_bytes());
             }
@@ -738,21 +754,29 @@ where
         let exceeded = std::cell::Cell::new(false);
         let mut deserializer =
             postcard::Deserializer::from_flavor(nesting::StackBound::new(body, &exceeded));
-        <T as serde::Deserialize>::deserialize(&mut deserializer)
-            .map(Serde)
-            .map_err(|e| {
-                if exceeded.get() {
-                    decode_error::<Self>(format!(
-                        "the value nests so deeply that deserializing it would take more than {} \
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            <T as serde::Deserialize>::deserialize(&mut deserializer)
+        }))
+        .map_err(|payload| {
+            decode_error::<Self>(format!(
+                "the type's `Deserialize` impl panicked: {}",
+                nesting::panic_text(&*payload)
+            ))
+        })?
+        .map(Serde)
+        .map_err(|e| {
+            if exceeded.get() {
+                decode_error::<Self>(format!(
+                    "the value nests so deeply that deserializing it would take more than {} \
                      KiB of stack (postcard has no depth limit of its own): the sender is \
                      corrupt, or it sent a recursive value this deep; send a deep structure \
                      flattened instead",
-                        nesting::STACK_BUDGET >> 10
-                    ))
-                } else {
-                    decode_error::<Self>(e.to_string())
-                }
-            })
+                    nesting::STACK_BUDGET >> 10
+                ))
+            } else {
+                decode_error::<Self>(e.to_string())
+            }
+        })
     }
 }
 

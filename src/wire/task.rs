@@ -107,11 +107,14 @@ pub(crate) unsafe fn from_offset(offset: i64) -> Trampoline {
 pub(crate) const fn assert_captures_nothing<F>() {
     assert!(
         std::mem::size_of::<F>() == 0,
-        "this closure captures variables, so it cannot be a corepool task: a \
-         worker runs the task's code, not this closure value, and never sees \
-         what it captured. Pass the data in the task's argument instead \
-         (`pool.apply(|(x, k): (u64, u64)| x + k, (x, k))`), or make the task a \
-         `fn` item. The closure's file:line:col is in the type named below"
+        "a corepool task must be a `fn` item or a closure that captures \
+         nothing: this one captures variables (or is a `fn` pointer or boxed \
+         closure chosen at run time), and a worker runs the task's code, never \
+         this value, so it would not see them. Pass the data in the task's \
+         argument instead (`pool.apply(|(x, k): (u64, u64)| x + k, (x, k))`; \
+         adding `move` does not help), or choose between `fn` items with a \
+         `match` around the calls. A closure's file:line:col is in the type \
+         named below"
     );
 }
 
