@@ -518,20 +518,25 @@ mod tests {
             .is_err(),
             "punching a hole"
         );
-        // SAFETY (each mapping below): it must fail, or be made read-only
-        // and never written; nothing else touches it before it drops.
+        // SAFETY: the mapping must fail (the point); were it made, nothing
+        // would touch it before it drops.
         assert!(unsafe { memmap2::MmapMut::map_mut(&file) }.is_err(), "map");
         let read_only = std::fs::File::open(&path).unwrap();
+        // SAFETY: a read-only view of a file nobody here writes meanwhile
+        // (the creator's block was written above); never read.
         let map = unsafe { memmap2::Mmap::map(&read_only) }.unwrap();
         assert!(map.make_mut().is_err(), "mprotect to writable");
+        // SAFETY: as above.
         let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
         assert!(map.make_mut().is_err(), "mprotect, opened read-write");
+        // SAFETY: as above.
         let map = unsafe { memmap2::Mmap::map(&read_only) }.unwrap();
         // SAFETY: MADV_REMOVE on our own read-only mapping, which must be
         // refused; were it not, only the arena's bytes would change.
         let removed = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::Remove) };
         assert!(removed.is_err(), "MADV_REMOVE");
         // A private writable mapping copies on write: the file is untouched.
+        // SAFETY: a private copy, ours alone.
         let mut private = unsafe { memmap2::MmapOptions::new().map_copy(&file) }.unwrap();
         private[0] = 6;
         assert!(open(&handle).unwrap().bytes().iter().all(|&b| b == 5));
