@@ -1992,3 +1992,30 @@ impl Privileges {
         })
     }
 }
+
+// ---------------------------------------------------------------------------
+// Added for the pool's argument arena (src/shm/arena.rs):
+
+/// Seals a memfd so that no one gains write access to it any more
+/// (`F_SEAL_FUTURE_WRITE`: `write`, `pwrite`, a new writable shared mapping,
+/// an `mprotect` that would make a read-only shared mapping writable, a hole
+/// punched in it, all refused, whoever asks and through whichever
+/// descriptor), nor shrinks or grows it, nor changes its seals. The
+/// writable mappings that exist when it is added keep writing: the one the
+/// caller made before is then the only way in.
+pub(crate) fn seal_future_writes(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let seals = SealFlags::FUTURE_WRITE | SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL;
+    Ok(rustix::fs::fcntl_add_seals(fd, seals)?)
+}
+
+/// Whether `fd` is a memfd nobody may gain write access to any more
+/// (`F_SEAL_WRITE` or `F_SEAL_FUTURE_WRITE`) and whose size is sealed
+/// (shrink and grow): what a reader needs to trust that only the mappings
+/// made before the seal, its creator's, may change it.
+pub(crate) fn is_future_write_sealed(fd: BorrowedFd<'_>) -> bool {
+    // F_GET_SEALS fails with EINVAL on anything but a memfd/shmem file.
+    rustix::fs::fcntl_get_seals(fd).is_ok_and(|seals| {
+        seals.contains(SealFlags::SHRINK | SealFlags::GROW)
+            && seals.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE)
+    })
+}

@@ -84,6 +84,13 @@ pub fn driver_has_work(pool: &crate::Pool) -> bool {
     pool.driver_has_work()
 }
 
+/// Bytes of `pool`'s argument arena kept for ever (blocks of tasks that
+/// left a worker which may still read them) and free; `None` before the
+/// pool's first large argument made it (or with none).
+pub fn arg_arena_usage(pool: &crate::Pool) -> Option<(usize, usize)> {
+    pool.arg_arena_usage()
+}
+
 /// How many shared objects this process keeps for receivers that have not
 /// opened them yet (sent, dropped here, still in flight): see the lifetime
 /// rule in `docs/protocol.md`.

@@ -85,7 +85,11 @@ pub struct PoolBuilder {
     start_timeout: Duration,
     max_queued: Option<usize>,
     start_method: StartMethod,
+    arg_arena_bytes: usize,
 }
+
+/// The default [`PoolBuilder::arg_arena_bytes`]: eight 8 MiB arguments.
+const DEFAULT_ARG_ARENA_BYTES: usize = 64 << 20;
 
 impl Default for PoolBuilder {
     fn default() -> Self {
@@ -104,6 +108,7 @@ impl Default for PoolBuilder {
             start_timeout: Duration::from_secs(30),
             max_queued: None,
             start_method: StartMethod::default(),
+            arg_arena_bytes: DEFAULT_ARG_ARENA_BYTES,
         }
     }
 }
@@ -484,6 +489,35 @@ impl PoolBuilder {
         self
     }
 
+    /// Bytes of the pool's argument arena: one shared memory file, made at
+    /// the first argument larger than a ring message (see
+    /// [`ring_bytes`](Self::ring_bytes)), that such arguments are copied
+    /// into and the workers decode from in place. A copy into memory written
+    /// before costs about half of one into new memory (a one-off segment
+    /// per argument), so this is a speed knob: an argument that finds no
+    /// room (the arena full of arguments still queued or running, or one
+    /// larger than the arena) travels in a segment of its own, as with
+    /// `0`, which turns the arena off. Memory is committed as it is first
+    /// written, and stays so while the pool lives. Default 64 MiB.
+    ///
+    /// ```
+    /// use corepool::Pool;
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = Pool::builder().workers(1).arg_arena_bytes(16 << 20).build()?;
+    ///     // 8 MiB: larger than a ring message, copied into the arena.
+    ///     assert_eq!(pool.apply(|v: Vec<u8>| v.len(), vec![1u8; 8 << 20])?, 8 << 20);
+    ///     // Larger than the arena: a segment of its own, just as well.
+    ///     assert_eq!(pool.apply(|v: Vec<u8>| v.len(), vec![1u8; 20 << 20])?, 20 << 20);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn arg_arena_bytes(mut self, bytes: usize) -> Self {
+        self.arg_arena_bytes = bytes;
+        self
+    }
+
     /// Starts the workers and waits until every one is ready.
     ///
     /// ```
@@ -539,6 +573,7 @@ impl PoolBuilder {
             },
             start_timeout: self.start_timeout,
             start_method: self.start_method,
+            arg_arena_bytes: self.arg_arena_bytes,
         })
     }
 

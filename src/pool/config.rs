@@ -22,6 +22,9 @@ pub(super) struct Config {
     pub(super) start_timeout: Duration,
     /// How workers are started.
     pub(super) start_method: crate::child::forkserver::StartMethod,
+    /// Bytes of the argument arena (0: none, every large argument spills
+    /// into a memfd of its own).
+    pub(super) arg_arena_bytes: usize,
 }
 
 /// The mask a worker pinned to `set` is started with (`None`: unpinned).

@@ -13,6 +13,7 @@ use super::layout::{self, Slot};
 use super::sink::Sink;
 use super::supervisor::{Command_, Event, Supervisor};
 use crate::error::{Error, Result};
+use crate::shm::arena::Arena;
 use crate::shm::park::{self, Spinner};
 use crate::shm::spill::Held;
 use crate::shm::Segment;
@@ -20,7 +21,7 @@ use crate::sync::lock;
 use crate::wire::Payload;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 thread_local! {
@@ -92,6 +93,13 @@ pub(super) struct Shared {
     owner: u32,
     /// Deliveries in progress, for callers waiting in `assist::wait_helping`.
     pub(super) assist: Assist,
+    /// Bytes of the argument arena (0: none).
+    arena_bytes: usize,
+    /// The argument arena, made at the first argument that spills (`None`
+    /// inside: none, or it could not be made, and arguments spill into
+    /// memfds of their own). Blocks hold it too: it outlives the pool while
+    /// a task's block is out.
+    arena: OnceLock<Option<Arc<Arena>>>,
 }
 
 /// Marks the current thread as a helper while it lives.
@@ -120,6 +128,7 @@ impl Shared {
         core: Core,
         max_payload: usize,
         initializer_keep: Arc<crate::wire::KeepAlive>,
+        arena_bytes: usize,
     ) -> Self {
         let workers = slots.len();
         let result_positions = core.result_position_mirrors();
@@ -145,7 +154,25 @@ impl Shared {
             owner: crate::sys::current_pid(),
             assist: Assist::new(),
             _initializer_keep: initializer_keep,
+            arena_bytes,
+            arena: OnceLock::new(),
         }
+    }
+
+    /// The argument arena, made now if this is the first argument to spill;
+    /// `None` without one. Only in the process that owns the pool (callers
+    /// check first).
+    fn arena(&self) -> Option<&Arc<Arena>> {
+        self.arena
+            .get_or_init(|| {
+                // Under Miri (no files), and with a zero size: none. Should
+                // it fail (no memory, no descriptor), arguments spill one by
+                // one, as without it.
+                (self.arena_bytes > 0 && !cfg!(miri))
+                    .then(|| Arena::create(self.arena_bytes).ok())
+                    .flatten()
+            })
+            .as_ref()
     }
 
     /// `Ok` in the process that created the pool; in a `fork()`ed copy,
@@ -411,17 +438,18 @@ impl Shared {
         caller_waits: bool,
     ) -> Result<()> {
         self.check_owner()?;
-        // An argument larger than a ring message travels in a spill of its
-        // own, held by its task until the outcome: the ring carries the
-        // handle. Spilled before anything is queued, so that a failure
-        // (no memory) submits nothing.
+        // An argument larger than a ring message travels in a block of the
+        // arena or a spill of its own, held by its task until the outcome:
+        // the ring carries the handle. Spilled before anything is queued,
+        // so that a failure (no memory) submits nothing.
         let mut tasks = tasks;
         // Nothing is allocated here unless something spills.
         let spills = if tasks.iter().any(|(_, p, _)| p.len() > self.max_payload) {
             let mut spills = Vec::with_capacity(tasks.len());
             for (_, payload, _) in tasks.iter_mut() {
                 spills.push(if payload.len() > self.max_payload {
-                    let (handle, spill) = crate::shm::spill::write_held(payload, &[])?;
+                    let (handle, spill) =
+                        crate::shm::spill::write_held(self.arena(), payload, &[])?;
                     *payload = Payload::from_slice(&handle);
                     Some(spill)
                 } else {
@@ -436,9 +464,10 @@ impl Shared {
     }
 
     /// Encodes one task's argument: into its payload, or, when larger than
-    /// a ring message, straight into a spill (copied once, see
-    /// `Wire::encode_split`), the payload then the spill's handle. Pass the
-    /// spill to [`submit_spilled`](Self::submit_spilled) with the task.
+    /// a ring message, straight into a block of the arena or a spill
+    /// (copied once, see `Wire::encode_split`), the payload then the
+    /// handle. Pass the spill to [`submit_spilled`](Self::submit_spilled)
+    /// with the task.
     pub(super) fn encode_arg<A: crate::Wire>(
         &self,
         arg: &A,
@@ -446,7 +475,7 @@ impl Shared {
         crate::wire::encode_payload_or_spill(arg, self.max_payload, |head, rest| {
             // As `submit`: a forked copy of the owner spills nothing.
             self.check_owner()?;
-            crate::shm::spill::write_held(head, rest)
+            crate::shm::spill::write_held(self.arena(), head, rest)
         })
     }
 
@@ -547,5 +576,11 @@ impl crate::pool::Pool {
     /// re-checks before it sleeps.
     pub(crate) fn driver_has_work(&self) -> bool {
         self.shared.has_work()
+    }
+
+    /// Test hook ([`crate::testing::arg_arena_usage`]): bytes of the
+    /// argument arena kept for ever and free, `None` before it is made.
+    pub(crate) fn arg_arena_usage(&self) -> Option<(usize, usize)> {
+        self.shared.arena.get()?.as_ref().map(|a| a.usage())
     }
 }

@@ -193,6 +193,7 @@ impl Pool {
             Core::new(workers, config.policy),
             max_payload,
             config.initializer_keep,
+            config.arg_arena_bytes,
         ));
         let weak = Arc::downgrade(&shared);
         let supervisor =

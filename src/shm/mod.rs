@@ -5,10 +5,12 @@
 //! that dead processes may leave behind, shared objects' [`handle`]s that travel between
 //! processes (and how long they live) and the checks that open a [`peer`]'s
 //! memfd by one, and [`spill`]s, the one-off segments
-//! that carry values too large for their message.
+//! that carry values too large for their message, and a pool's argument
+//! [`arena`], one memfd its large task arguments are copied into.
 //!
 //! They know nothing about pools, tasks or processes.
 
+pub(crate) mod arena;
 pub(crate) mod event;
 pub(crate) mod handle;
 pub(crate) mod mpmc;

@@ -20,7 +20,10 @@
 //! it read-only and decodes it in place ([`open_sealed`]), one copy and one
 //! set of fresh pages fewer. Nothing of it is counted in flight (no trailer
 //! to write), and its handle's type tag differs, so neither kind ever opens
-//! as the other.
+//! as the other. When its pool has an argument arena with room
+//! ([`crate::shm::arena`]), such an argument goes into a block of it
+//! instead, copied into pages written before; the handle then names the
+//! arena and the block, and [`open_sealed`] opens either kind.
 
 use crate::error::Result;
 use crate::shm::handle::{type_tag, SharedSegment};
@@ -68,18 +71,49 @@ pub(crate) fn write_parts(head: &[u8], rest: &[u8]) -> Result<(Vec<u8>, Carried)
 struct SealedSpill;
 
 /// A spill held by its sender for as long as the message lives (a pool task
-/// until its outcome): a memfd filled with `pwrite`, never mapped, then
-/// sealed against any change ([`crate::sys::seal_contents`]), so that no
-/// process (its receiver, any other) can change a byte of it and its
-/// receiver decodes it in place ([`open_sealed`]). Its descriptor closes
-/// when the last copy drops; nothing of it is ever counted in flight (the
-/// holder decides when it goes).
+/// until its outcome), either
+/// - a memfd filled with `pwrite`, never mapped, then sealed against any
+///   change ([`crate::sys::seal_contents`]), so that no process (its
+///   receiver, any other) can change a byte of it and its receiver decodes
+///   it in place ([`open_sealed`]); its descriptor closes when the last
+///   copy drops; or
+/// - a block of its pool's argument arena ([`crate::shm::arena::Block`]),
+///   given back to the arena when the last copy drops (unless
+///   [`kept for ever`](Held::keep_for_ever)).
+///
+/// Nothing of it is ever counted in flight (the holder decides when it
+/// goes).
 #[derive(Debug)]
 pub(crate) struct Held {
-    /// Never read here (the receiver opens it through `/proc`): holding it
-    /// is the point.
-    #[allow(dead_code)]
-    file: std::os::fd::OwnedFd,
+    place: Place,
+}
+
+/// Where a held spill's bytes are.
+#[derive(Debug)]
+enum Place {
+    /// A one-off sealed memfd. Never read here (the receiver opens it
+    /// through `/proc`): holding it is the point.
+    File(#[allow(dead_code)] std::os::fd::OwnedFd),
+    /// A block of an arena.
+    Block(crate::shm::arena::Block),
+}
+
+impl Held {
+    /// Its receiver may still be reading it and nobody will say when it
+    /// stops (its worker was given up, or killed and not yet reaped): an
+    /// arena block is then never given back (the arena loses that space).
+    /// A one-off memfd needs nothing: no process can change it.
+    pub(crate) fn keep_for_ever(&self) {
+        if let Place::Block(block) = &self.place {
+            block.keep_for_ever();
+        }
+    }
+
+    /// Whether it is a block of an arena (for tests).
+    #[cfg(test)]
+    pub(crate) fn in_arena(&self) -> bool {
+        matches!(self.place, Place::Block(_))
+    }
 }
 
 /// How many times a spill's sealing is asked for while the kernel answers
@@ -88,13 +122,24 @@ const SEAL_TRIES: u32 = 4;
 
 /// A new sealed spill holding `head` then `rest` (see [`Held`]; two parts,
 /// so that a large value is copied here straight from its own memory, see
-/// [`crate::Wire::encode_split`]), and its handle.
+/// [`crate::Wire::encode_split`]), and its handle: a block of `arena` when
+/// it has room (a copy into pages written before, where a new memfd's are
+/// fresh), else a one-off sealed memfd, so that a full arena fails nothing
+/// and waits for nothing.
 ///
 /// # Errors
 ///
 /// [`crate::Error::SharedMemory`] when the memory cannot be had.
-pub(crate) fn write_held(head: &[u8], rest: &[u8]) -> Result<(Vec<u8>, Arc<Held>)> {
+pub(crate) fn write_held(
+    arena: Option<&Arc<crate::shm::arena::Arena>>,
+    head: &[u8],
+    rest: &[u8],
+) -> Result<(Vec<u8>, Arc<Held>)> {
     use std::os::fd::{AsFd, AsRawFd};
+    if let Some((handle, block)) = arena.and_then(|a| a.write(head, rest)) {
+        let place = Place::Block(block);
+        return Ok((handle, Arc::new(Held { place })));
+    }
     let shm = |op| move |e| crate::Error::shm(op, e);
     crate::shm::handle::sweep();
     let file = crate::sys::memfd_create(c"corepool-spill").map_err(shm("memfd_create"))?;
@@ -129,7 +174,8 @@ pub(crate) fn write_held(head: &[u8], rest: &[u8]) -> Result<(Vec<u8>, Arc<Held>
         type_tag::<SealedSpill>(),
     )
         .encode(&mut out);
-    Ok((out.take_bytes(), Arc::new(Held { file })))
+    let place = Place::File(file);
+    Ok((out.take_bytes(), Arc::new(Held { place })))
 }
 
 /// Reads the spill whose handle starts `handle` into `out` (replacing what
@@ -238,15 +284,20 @@ fn backed_by_memory(_: &SharedSegment, _: usize) -> bool {
 }
 
 /// A sealed spill mapped read-only here, so that its bytes are decoded
-/// where they are (see [`open_sealed`]); unmapped on drop.
+/// where they are (see [`open_sealed`]); unmapped on drop (an arena block's
+/// mapping, the whole arena's, stays for the next task).
 pub(crate) struct InPlace {
     map: Option<memmap2::Mmap>,
+    block: Option<crate::shm::arena::BlockView>,
 }
 
 impl InPlace {
     /// The spilled bytes.
     pub(crate) fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
+        match &self.block {
+            Some(block) => block.bytes(),
+            None => self.map.as_deref().unwrap_or(&[]),
+        }
     }
 }
 
@@ -256,7 +307,9 @@ impl InPlace {
 /// are then read where they are: a memfd, the same file, sealed against
 /// writing, shrinking and growing (so no process can change or remove a
 /// byte while it is decoded), at least as long as the handle says and
-/// backed by memory (so that mapping it allocates nothing).
+/// backed by memory (so that mapping it allocates nothing). A handle of an
+/// arena block ([`write_held`]) opens the block instead, the arena
+/// mapped on first use and checked as [`crate::shm::arena`] says.
 ///
 /// # Errors
 ///
@@ -269,6 +322,13 @@ pub(crate) fn open_sealed(handle: &[u8]) -> Result<InPlace> {
     }
     let mut input = handle;
     let (owner, fd, dev, ino, len, tag) = <(i32, i32, u64, u64, u64, u64)>::decode(&mut input)?;
+    if tag == type_tag::<crate::shm::arena::ArenaBlock>() {
+        let block = crate::shm::arena::open_block((owner, fd, dev, ino), len, &mut input)?;
+        return Ok(InPlace {
+            map: None,
+            block: Some(block),
+        });
+    }
     if tag != type_tag::<SealedSpill>() {
         return Err(bad("the handle is for another kind of object"));
     }
@@ -298,7 +358,10 @@ pub(crate) fn open_sealed(handle: &[u8]) -> Result<InPlace> {
         return Err(bad("the spill is sparse: its size is not backed by memory"));
     }
     if len == 0 {
-        return Ok(InPlace { map: None });
+        return Ok(InPlace {
+            map: None,
+            block: None,
+        });
     }
     // SAFETY: the file is sealed against writing, shrinking and growing
     // (checked above): no process can change its bytes or take its pages
@@ -312,7 +375,10 @@ pub(crate) fn open_sealed(handle: &[u8]) -> Result<InPlace> {
             .map(&std::fs::File::from(file))
     }
     .map_err(|e| bad(format!("mapping {path}: {e}")))?;
-    Ok(InPlace { map: Some(map) })
+    Ok(InPlace {
+        map: Some(map),
+        block: None,
+    })
 }
 
 /// The bytes of the spill whose handle starts `handle`.
@@ -353,7 +419,7 @@ mod tests {
     #[test]
     fn a_held_spill_opens_in_place_while_held() {
         let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        let (handle, held) = write_held(&bytes[..1000], &bytes[1000..]).unwrap();
+        let (handle, held) = write_held(None, &bytes[..1000], &bytes[1000..]).unwrap();
         assert_eq!(handle.len(), HANDLE_BYTES);
         let spill = open_sealed(&handle).unwrap();
         assert_eq!(spill.bytes(), &bytes[..]);
@@ -370,10 +436,13 @@ mod tests {
     #[test]
     fn a_held_spill_cannot_be_changed_by_anyone() {
         use std::os::fd::AsFd;
-        let (_handle, held) = write_held(b"sealed", &[]).unwrap();
+        let (_handle, held) = write_held(None, b"sealed", &[]).unwrap();
+        let Place::File(held_file) = &held.place else {
+            panic!("no arena given: a one-off memfd");
+        };
         let path = format!(
             "/proc/self/fd/{}",
-            std::os::fd::AsRawFd::as_raw_fd(&held.file)
+            std::os::fd::AsRawFd::as_raw_fd(held_file)
         );
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -384,12 +453,12 @@ mod tests {
         // SAFETY: the mapping must fail (the point); were it made, nothing
         // would touch it before it drops.
         assert!(unsafe { memmap2::MmapMut::map_mut(&file) }.is_err());
-        assert!(crate::sys::is_contents_sealed(held.file.as_fd()));
+        assert!(crate::sys::is_contents_sealed(held_file.as_fd()));
     }
 
     #[test]
     fn each_kind_of_spill_opens_only_as_itself() {
-        let (held_handle, _held) = write_held(b"he", b"ld").unwrap();
+        let (held_handle, _held) = write_held(None, b"he", b"ld").unwrap();
         assert!(
             read(&held_handle).is_err(),
             "a sealed spill's handle is not a counted one"
@@ -401,5 +470,25 @@ mod tests {
         );
         carried.sent();
         assert_eq!(read(&handle).unwrap(), b"counted");
+    }
+
+    #[test]
+    fn a_held_spill_goes_into_the_arena_while_it_has_room() {
+        let arena = crate::shm::arena::Arena::create(64 * 1024).unwrap();
+        let bytes: Vec<u8> = (0..40_000u32).map(|i| (i % 253) as u8).collect();
+        let (handle, held) = write_held(Some(&arena), &bytes[..7], &bytes[7..]).unwrap();
+        assert!(held.in_arena());
+        assert_eq!(open_sealed(&handle).unwrap().bytes(), &bytes[..]);
+        assert!(
+            read(&handle).is_err(),
+            "an arena block is not a counted spill"
+        );
+        // No room for a second one: a one-off memfd, as good.
+        let (other, spare) = write_held(Some(&arena), &bytes, &[]).unwrap();
+        assert!(!spare.in_arena());
+        assert_eq!(open_sealed(&other).unwrap().bytes(), &bytes[..]);
+        drop(held);
+        let (_again, held) = write_held(Some(&arena), &bytes, &[]).unwrap();
+        assert!(held.in_arena(), "room again once the first was dropped");
     }
 }

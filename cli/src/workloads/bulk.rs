@@ -18,7 +18,9 @@ pub(crate) const THREADS_BULK_NOTE: &str = "each rayon task gets its own copy of
 
 /// What the bulk runs share, made once per workload. `bulk` runs on the
 /// suite's pool as configured by default: an 8 MiB argument is larger than a
-/// ring message, so each one travels in a spill of its own.
+/// ring message, so each one is copied into a block of the pool's argument
+/// arena (64 MiB by default: seven such arguments at once, a one-off spill
+/// for any beyond) and decoded by its worker from there.
 #[derive(Default)]
 pub(crate) struct BulkInputs {
     array: Option<SharedArray<u8>>,

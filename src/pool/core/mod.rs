@@ -63,7 +63,6 @@ struct TaskExtras {
     keep: Option<Arc<crate::wire::KeepAlive>>,
     /// The spill holding the argument when it is larger than a ring message
     /// (the argument is then its handle): held until the outcome.
-    #[allow(dead_code)]
     spill: Option<Arc<crate::shm::spill::Held>>,
 }
 
@@ -142,6 +141,15 @@ impl Task {
     /// Whether its argument travels in a spill (the ring carries the handle).
     pub(super) fn spilled(&self) -> bool {
         self.extras.as_ref().is_some_and(|e| e.spill.is_some())
+    }
+
+    /// The task leaves a worker that may still be reading its argument
+    /// (given up, or killed and not yet reaped): its arena block, if it has
+    /// one, is never given back.
+    pub(super) fn keep_spill_for_ever(&self) {
+        if let Some(spill) = self.extras.as_ref().and_then(|e| e.spill.as_ref()) {
+            spill.keep_for_ever();
+        }
     }
 
     /// A worker took this task: it decodes its arguments.
@@ -562,6 +570,8 @@ impl Core {
         }
         for w in &mut self.workers {
             for f in w.in_flight.drain(..) {
+                // Its worker is killed or given up after this, not dead yet.
+                f.keep_spill_for_ever();
                 actions
                     .completions
                     .push((f.sink, Outcome::Err(error.clone())));

@@ -28,6 +28,8 @@ impl Core {
         };
         let pid = w.pid;
         for f in w.in_flight.drain(..) {
+            // Its worker is killed or given up below, not dead yet.
+            f.keep_spill_for_ever();
             self.outstanding -= 1;
             actions
                 .completions
@@ -458,7 +460,9 @@ impl Core {
         let timed_out = w.timed_out;
         for task in w.in_flight.drain(..) {
             // It may have decoded its argument: never take its transits back.
+            // Its worker lives on: its argument's block is never reused.
             task.mark_delivered();
+            task.keep_spill_for_ever();
             self.outstanding -= 1;
             let error = if Some(task.id) == timed_out {
                 Error::TaskTimedOut { after }

@@ -1,0 +1,266 @@
+//! A pool's argument arena: task arguments larger than a ring message are
+//! copied into one sealed memfd per pool and decoded by the workers in
+//! place; a block is reused once its task's outcome is in, never while a
+//! worker may still read it; no room means a one-off spill, never a failure
+//! or a wait; nothing is left behind (the harness checks descriptors and
+//! `/dev/shm` after each test).
+
+mod common;
+
+use corepool::{AtomicValue, Error, Pool};
+
+const MIB: usize = 1 << 20;
+
+/// `len` bytes that are not all alike (a lost or shifted block shows).
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+}
+
+/// How this worker got its argument, judged from its memory map while the
+/// task runs: a one-off spill is mapped for the task alone.
+#[derive(Debug, PartialEq, Eq, corepool::Wire)]
+enum Came {
+    Arena,
+    OneOff,
+}
+
+fn came() -> Came {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    if maps.contains("memfd:corepool-spill") {
+        Came::OneOff
+    } else {
+        assert!(maps.contains("memfd:corepool-arena"), "neither kind mapped");
+        Came::Arena
+    }
+}
+
+/// The argument's checksum and how it came.
+fn sum_and_way(v: Vec<u8>) -> (u64, Came) {
+    (v.iter().map(|&b| u64::from(b)).sum(), came())
+}
+
+fn sum(v: &[u8]) -> u64 {
+    v.iter().map(|&b| u64::from(b)).sum()
+}
+
+/// As `sum_and_way`, after waiting for `gate` to open (set to 1).
+fn gated((v, gate): (Vec<u8>, AtomicValue<u64>)) -> (u64, Came) {
+    // Bounded by the harness's watchdog; the test opens it.
+    while gate.load() == 0 {
+        std::thread::yield_now();
+    }
+    sum_and_way(v)
+}
+
+/// Says it started, then waits for a gate nobody opens (terminated).
+fn started_then_stuck((v, started): (Vec<u8>, AtomicValue<u64>)) -> u64 {
+    started.store(1);
+    loop {
+        std::hint::black_box(&v);
+        std::thread::park();
+    }
+}
+
+/// Dies on its first run (`once` still 0), returns the checksum on the next.
+fn die_once((v, once): (Vec<u8>, AtomicValue<u64>)) -> u64 {
+    if once.swap(1) == 0 {
+        std::process::abort();
+    }
+    sum(&v)
+}
+
+fn aborts(_: Vec<u8>) -> u64 {
+    std::process::abort()
+}
+
+fn arguments_go_through_the_arena_and_its_blocks_are_reused() {
+    // 24 MiB holds two 8 MiB arguments: twenty in turn reuse the same
+    // blocks, each once its outcome is in.
+    let pool = Pool::builder()
+        .workers(1)
+        .arg_arena_bytes(24 * MIB)
+        .build()
+        .unwrap();
+    assert_eq!(
+        corepool::testing::arg_arena_usage(&pool),
+        None,
+        "made lazily"
+    );
+    for i in 0..20u8 {
+        let data = pattern(8 * MIB, i);
+        assert_eq!(
+            pool.apply(sum_and_way, data.clone()).unwrap(),
+            (sum(&data), Came::Arena)
+        );
+    }
+    assert_eq!(
+        corepool::testing::arg_arena_usage(&pool),
+        Some((0, 24 * MIB)),
+        "every block back, none kept"
+    );
+    // In flight together: both fit, both come back.
+    let handles: Vec<_> = (0..2u8)
+        .map(|i| pool.apply_async(sum_and_way, pattern(8 * MIB, i)).unwrap())
+        .collect();
+    for (i, h) in (0..2u8).zip(handles) {
+        assert_eq!(h.get().unwrap().0, sum(&pattern(8 * MIB, i)));
+    }
+    // `map` chunks that spill take the arena too.
+    let items: Vec<Vec<u8>> = (0..4u8).map(|i| pattern(MIB, i)).collect();
+    let got = pool.map(sum_and_way, items.clone()).unwrap();
+    assert_eq!(
+        got,
+        items
+            .iter()
+            .map(|v| (sum(v), Came::Arena))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        corepool::testing::arg_arena_usage(&pool),
+        Some((0, 24 * MIB))
+    );
+}
+
+fn a_full_arena_or_a_larger_value_spills_one_off() {
+    // 12 MiB: one 8 MiB argument at a time.
+    let pool = Pool::builder()
+        .workers(1)
+        .arg_arena_bytes(12 * MIB)
+        .build()
+        .unwrap();
+    let gate = AtomicValue::new(0u64).unwrap();
+    let first = pattern(8 * MIB, 1);
+    let second = pattern(8 * MIB, 2);
+    let a = pool
+        .apply_async(gated, (first.clone(), gate.clone()))
+        .unwrap();
+    // The first holds its block until its outcome, which waits for the gate.
+    let b = pool.apply_async(sum_and_way, second.clone()).unwrap();
+    gate.store(1);
+    assert_eq!(a.get().unwrap(), (sum(&first), Came::Arena));
+    assert_eq!(b.get().unwrap(), (sum(&second), Came::OneOff));
+    // Larger than the whole arena.
+    let big = pattern(16 * MIB, 3);
+    assert_eq!(
+        pool.apply(sum_and_way, big.clone()).unwrap(),
+        (sum(&big), Came::OneOff)
+    );
+    assert_eq!(
+        pool.apply(sum_and_way, first.clone()).unwrap(),
+        (sum(&first), Came::Arena)
+    );
+    // No arena at all.
+    let none = Pool::builder()
+        .workers(1)
+        .arg_arena_bytes(0)
+        .build()
+        .unwrap();
+    assert_eq!(
+        none.apply(sum_and_way, first.clone()).unwrap(),
+        (sum(&first), Came::OneOff)
+    );
+    assert_eq!(corepool::testing::arg_arena_usage(&none), None);
+}
+
+fn a_worker_death_returns_the_block_and_a_retry_keeps_it() {
+    let pool = Pool::builder()
+        .workers(1)
+        .arg_arena_bytes(16 * MIB)
+        .build()
+        .unwrap();
+    // Dies with the argument mapped: the task fails, its block comes back
+    // once the worker is known dead.
+    let got = pool.apply(aborts, pattern(8 * MIB, 4));
+    assert!(matches!(got, Err(Error::WorkerDied { .. })), "{got:?}");
+    assert_eq!(
+        corepool::testing::arg_arena_usage(&pool),
+        Some((0, 16 * MIB))
+    );
+    // The replacement maps the arena anew and decodes from the same block.
+    let data = pattern(8 * MIB, 5);
+    assert_eq!(
+        pool.apply(sum_and_way, data.clone()).unwrap(),
+        (sum(&data), Came::Arena)
+    );
+    // A retried task keeps its block (and its bytes) until its final outcome.
+    let pool = Pool::builder()
+        .workers(1)
+        .retries(1)
+        .arg_arena_bytes(16 * MIB)
+        .build()
+        .unwrap();
+    for seed in 0..3u8 {
+        let once = AtomicValue::new(0u64).unwrap();
+        let data = pattern(8 * MIB, seed);
+        assert_eq!(
+            pool.apply(die_once, (data.clone(), once)).unwrap(),
+            sum(&data)
+        );
+    }
+    assert_eq!(
+        corepool::testing::arg_arena_usage(&pool),
+        Some((0, 16 * MIB))
+    );
+}
+
+fn a_terminated_task_never_gives_its_block_back() {
+    // `terminate` fails the task before its worker is dead: the worker may
+    // still be reading the block, so it is never reused.
+    let pool = Pool::builder()
+        .workers(1)
+        .arg_arena_bytes(16 * MIB)
+        .build()
+        .unwrap();
+    let started = AtomicValue::new(0u64).unwrap();
+    let task = pool
+        .apply_async(started_then_stuck, (pattern(8 * MIB, 6), started.clone()))
+        .unwrap();
+    // Bounded by the harness's watchdog.
+    while started.load() == 0 {
+        std::thread::yield_now();
+    }
+    pool.terminate();
+    pool.join().unwrap();
+    assert!(matches!(task.get(), Err(Error::Cancelled)));
+    let (kept, free) = corepool::testing::arg_arena_usage(&pool).unwrap();
+    assert!(kept >= 8 * MIB, "kept {kept}");
+    assert_eq!(kept + free, 16 * MIB);
+}
+
+fn thousands_of_arguments_leave_nothing_behind() {
+    // Small rings, so that a 4 KiB argument spills: every one through the
+    // arena, nothing grows.
+    let pool = Pool::builder()
+        .workers(2)
+        .ring_bytes(4096)
+        .arg_arena_bytes(MIB)
+        .build()
+        .unwrap();
+    let value = pattern(4096, 7);
+    let round = |n: usize| {
+        let handles: Vec<_> = (0..n)
+            .map(|_| pool.apply_async(sum_and_way, value.clone()).unwrap())
+            .collect();
+        for h in handles {
+            assert_eq!(h.get().unwrap().0, sum(&value));
+        }
+    };
+    round(50); // warm up: buffers, caches, the arena's mapping
+    let parent = common::holdings(0);
+    let worker = pool.apply(common::holdings, 0).unwrap();
+    round(2000);
+    common::assert_no_growth("parent", parent, common::holdings(0));
+    common::assert_no_growth("worker", worker, pool.apply(common::holdings, 0).unwrap());
+    assert_eq!(corepool::testing::arg_arena_usage(&pool), Some((0, MIB)));
+}
+
+fn main() {
+    corepool::init();
+    common::run(common::tests![
+        arguments_go_through_the_arena_and_its_blocks_are_reused,
+        a_full_arena_or_a_larger_value_spills_one_off,
+        a_worker_death_returns_the_block_and_a_retry_keeps_it,
+        a_terminated_task_never_gives_its_block_back,
+        thousands_of_arguments_leave_nothing_behind,
+    ]);
+}
