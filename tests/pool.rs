@@ -771,8 +771,9 @@ fn worker_counts_out_of_range_are_config_errors() {
     }
 }
 
-/// A zero task timeout would fail every task on a killed worker: refused
-/// at `build`, like `max_queued(0)` (user trial).
+/// A zero task timeout would fail every task on a killed worker, a zero
+/// start timeout every worker's start (with advice about initializers):
+/// both refused at `build`, like `max_queued(0)` (user trials).
 fn a_zero_task_timeout_is_a_config_error() {
     let err = Pool::builder()
         .workers(1)
@@ -781,6 +782,15 @@ fn a_zero_task_timeout_is_a_config_error() {
         .unwrap_err();
     assert!(
         matches!(&err, Error::InvalidConfig { what } if what.contains("task_timeout")),
+        "{err}"
+    );
+    let err = Pool::builder()
+        .workers(1)
+        .start_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidConfig { what } if what.contains("start_timeout")),
         "{err}"
     );
 }
