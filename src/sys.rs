@@ -367,11 +367,6 @@ pub(crate) fn path_identity(path: &str) -> io::Result<(u64, u64)> {
     Ok((st.st_dev, st.st_ino))
 }
 
-/// A device number's (major, minor) parts, as `/proc/<pid>/maps` writes them.
-pub(crate) fn device_numbers(dev: u64) -> (u32, u32) {
-    (rustix::fs::major(dev), rustix::fs::minor(dev))
-}
-
 /// What `fstat` tells about a file: enough to recognise it again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct FileId {

@@ -35,6 +35,9 @@ const PERSONALITY_PARENT: &str = "COREPOOL_TEST_PERSONALITY_PARENT";
 /// Set in a child run of this binary that exits with a pool, a process and
 /// its fork server alive (see [`exiting_parent`]).
 const EXITING_PARENT: &str = "COREPOOL_TEST_EXITING_PARENT";
+/// Set in a child run of this binary whose own exit handler drops a pool
+/// (see [`dropping_parent`]).
+const DROPPING_PARENT: &str = "COREPOOL_TEST_DROPPING_PARENT";
 
 fn sees_late_var(_: ()) -> bool {
     std::env::var_os(LATE_VAR).is_some()
@@ -462,6 +465,48 @@ fn exiting_parent() -> ! {
     std::process::exit(0);
 }
 
+/// A pool that a C exit handler of the program's own drops, after
+/// corepool's exit hook stopped its workers.
+static DROPPED_AT_EXIT: std::sync::Mutex<Option<Pool>> = std::sync::Mutex::new(None);
+
+extern "C" fn drop_the_pool_at_exit() {
+    // What a C++ static destructor or a library's own `atexit` would do.
+    let pool = DROPPED_AT_EXIT.lock().ok().and_then(|mut p| p.take());
+    drop(pool);
+    println!("dropped");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
+
+/// As a program of its own (this binary, with [`DROPPING_PARENT`]): an exit
+/// handler registered before any pool (so run after corepool's hook, which
+/// stops the pool's workers), which drops a pool.
+fn dropping_parent() -> ! {
+    // SAFETY: registers a plain `extern "C" fn()` that lives for the program.
+    assert_eq!(unsafe { libc::atexit(drop_the_pool_at_exit) }, 0);
+    let pool = forked_pool(2, Pinning::None);
+    assert_eq!(pool.apply(|x: u8| x, 7).unwrap(), 7);
+    *DROPPED_AT_EXIT.lock().unwrap() = Some(pool);
+    std::process::exit(0);
+}
+
+/// A pool dropped by the program's own exit handler, after corepool's hook
+/// had stopped its workers, waited for ever for the replacements it asked
+/// for (the supervisor had ended); and the drop, run after glibc destroyed
+/// the thread's locals, aborted on a thread-local access (a review).
+fn a_pool_dropped_after_the_exit_hook_ends() {
+    let exe = std::env::current_exe().unwrap();
+    let mut command = std::process::Command::new(exe);
+    command.env(DROPPING_PARENT, "1");
+    let output = common::output_within(&mut command, Duration::from_secs(60));
+    assert!(
+        output.status.success() && String::from_utf8_lossy(&output.stdout).contains("dropped"),
+        "{:?}; stderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Whether `pid` is a child of this process (a zombie included), without
 /// reaping it.
 fn is_my_child(pid: i32) -> bool {
@@ -887,6 +932,9 @@ fn main() {
     if std::env::var_os(EXITING_PARENT).is_some() {
         exiting_parent();
     }
+    if std::env::var_os(DROPPING_PARENT).is_some() {
+        dropping_parent();
+    }
     if std::env::var_os(SANDBOXED_PARENT).is_some() {
         sandboxed_parent();
     }
@@ -913,6 +961,7 @@ fn main() {
         a_stopped_fork_server_makes_spawns_fall_back_not_hang,
         the_programs_death_takes_the_fork_server_and_workers_with_it,
         a_program_that_exits_with_children_alive_reaps_them_itself,
+        a_pool_dropped_after_the_exit_hook_ends,
         a_stray_fork_server_variable_is_refused,
         a_program_that_sandboxes_itself_gets_sandboxed_workers,
         a_descriptor_open_when_the_fork_server_starts_is_not_kept_by_it,

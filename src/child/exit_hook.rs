@@ -31,9 +31,15 @@ use std::time::{Duration, Instant};
 /// still covers it.
 const EXIT_DEADLINE: Duration = Duration::from_secs(2);
 
-/// An owner's stop: kill its children, reap them, and return by the
-/// deadline (whether or not they were all reaped by then).
-pub(crate) type Stop = Arc<dyn Fn(Instant) + Send + Sync>;
+/// An owner's stop, in two steps so that every owner is asked before any
+/// is waited for (one slow owner must not use up the others' time): the
+/// call asks it to kill and reap its children, without waiting; the
+/// [`Wait`] it returns waits for that until the deadline (whether or not
+/// they were all reaped by then).
+pub(crate) type Stop = Arc<dyn Fn() -> Wait + Send + Sync>;
+
+/// The second step of a [`Stop`].
+pub(crate) type Wait = Box<dyn FnOnce(Instant)>;
 
 /// The owners to stop at exit, and the process they belong to.
 struct Registry {
@@ -96,9 +102,8 @@ extern "C" fn run_at_exit() {
     let _ = std::panic::catch_unwind(stop_all_owners);
 }
 
-/// Stops every registered owner of this process, newest first (a pool
-/// built inside a task of another is stopped before its host), until the
-/// shared deadline.
+/// Asks every registered owner of this process to stop, newest first, then
+/// waits for each until the shared deadline.
 fn stop_all_owners() {
     let owners: Vec<Stop> = {
         let registry = match REGISTRY.try_lock() {
@@ -118,8 +123,9 @@ fn stop_all_owners() {
             .collect()
     };
     let deadline = Instant::now() + EXIT_DEADLINE;
-    for stop in owners {
-        stop(deadline);
+    let waits: Vec<Wait> = owners.iter().map(|stop| stop()).collect();
+    for wait in waits {
+        wait(deadline);
     }
 }
 
@@ -132,11 +138,13 @@ mod tests {
     #[cfg_attr(miri, ignore = "registers a C exit handler")]
     fn a_dropped_registration_is_not_stopped_and_a_live_one_is() {
         static STOPPED: AtomicUsize = AtomicUsize::new(0);
-        let gone = register(Arc::new(|_| {
+        let gone = register(Arc::new(|| {
             STOPPED.fetch_add(100, Ordering::Relaxed);
+            Box::new(|_| {}) as Wait
         }));
-        let live = register(Arc::new(|_| {
+        let live = register(Arc::new(|| {
             STOPPED.fetch_add(1, Ordering::Relaxed);
+            Box::new(|_| {}) as Wait
         }));
         drop(gone);
         // Other tests of this binary may hold registrations of their own
@@ -152,7 +160,7 @@ mod tests {
         };
         assert_eq!(ours.len(), 1);
         for stop in ours {
-            stop(Instant::now());
+            stop()(Instant::now());
         }
         assert_eq!(STOPPED.load(Ordering::Relaxed), 1);
         let live_id = live.id;

@@ -656,15 +656,16 @@ fn start_thread() -> std::io::Result<Thread> {
     // than by `init` after their parent-death signal (see `exit_hook`).
     // Registered for good: the thread never ends.
     let (exit_tx, exit_wake) = (tx.clone(), wake.clone());
-    std::mem::forget(crate::child::exit_hook::register(Arc::new(
-        move |deadline| {
-            let (reaped_tx, reaped) = crossbeam_channel::bounded(1);
-            if exit_tx.send(ThreadCommand::ReapAll(reaped_tx)).is_ok() {
-                sys::eventfd_signal(exit_wake.as_fd());
+    std::mem::forget(crate::child::exit_hook::register(Arc::new(move || {
+        let (reaped_tx, reaped) = crossbeam_channel::bounded(1);
+        let asked = exit_tx.send(ThreadCommand::ReapAll(reaped_tx)).is_ok();
+        sys::eventfd_signal(exit_wake.as_fd());
+        Box::new(move |deadline| {
+            if asked {
                 let _ = reaped.recv_deadline(deadline);
             }
-        },
-    )));
+        }) as crate::child::exit_hook::Wait
+    })));
     Ok(Thread { tx, wake })
 }
 

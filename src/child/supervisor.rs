@@ -73,6 +73,12 @@ enum Command<K> {
     Spawn(Spawn<K>),
     /// Kill every child, reap them all, end the thread.
     Stop,
+    /// The program is exiting: kill every child, reap them all, say so on
+    /// the channel, and from then on refuse every spawn at once (reported
+    /// as failed, so that an owner still waiting for a child, a pool being
+    /// dropped after the exit hook ran, gets an answer instead of waiting
+    /// for ever). The thread runs on.
+    StopForExit(crossbeam_channel::Sender<()>),
     /// Test hook: make the next this many `poll`s fail.
     #[cfg(feature = "fault-injection")]
     FailPolls(u32),
@@ -97,6 +103,7 @@ impl<K> std::fmt::Debug for Command<K> {
         f.write_str(match self {
             Command::Spawn(_) => "Spawn",
             Command::Stop => "Stop",
+            Command::StopForExit(_) => "StopForExit",
             #[cfg(feature = "fault-injection")]
             Command::FailPolls(_) => "FailPolls",
         })
@@ -134,11 +141,23 @@ impl<K: Clone + Send + 'static> Supervisor<K> {
             })
             .map_err(|e| Error::os("spawning the supervisor thread", e))?;
         let (stop_tx, stop_wake) = (tx.clone(), wake.clone());
-        let at_exit = exit_hook::register(Arc::new(move |deadline| {
-            let _ = stop_tx.send(Command::Stop);
+        let at_exit = exit_hook::register(Arc::new(move || {
+            let (reaped_tx, reaped) = crossbeam_channel::bounded(1);
+            // Refused: the thread has ended, nothing of it is left to stop.
+            let asked = stop_tx.send(Command::StopForExit(reaped_tx)).is_ok();
             sys::eventfd_signal(stop_wake.as_fd());
-            // Ends with the thread (every child reaped) or at the deadline.
-            let _ = ended.recv_deadline(deadline);
+            let ended = ended.clone();
+            Box::new(move |deadline: Instant| {
+                if asked {
+                    // Every child reaped, or the thread ended meanwhile
+                    // (the reply's sender dropped with it).
+                    crossbeam_channel::select! {
+                        recv(reaped) -> _ => {},
+                        recv(ended) -> _ => {},
+                        default(deadline.saturating_duration_since(Instant::now())) => {},
+                    }
+                }
+            }) as exit_hook::Wait
         }));
         Ok(Self {
             tx,
@@ -248,6 +267,8 @@ fn run<K: Clone>(
     let mut backoff = Backoff::new();
     // Polls the test hook asked to fail (always 0 without `fault-injection`).
     let mut polls_to_fail: u32 = 0;
+    // The program's exit began (`Command::StopForExit`): no more children.
+    let mut exiting = false;
     loop {
         // Start the children whose back-off has passed.
         let now = Instant::now();
@@ -322,6 +343,7 @@ fn run<K: Clone>(
         }
         while let Ok(command) = rx.try_recv() {
             match command {
+                Command::Spawn(request) if exiting => refuse_for_exit(request, report),
                 Command::Spawn(request) if request.not_before > Instant::now() => {
                     delayed.push(request);
                 }
@@ -330,11 +352,30 @@ fn run<K: Clone>(
                     stop_all(children, report);
                     return;
                 }
+                Command::StopForExit(reaped) => {
+                    exiting = true;
+                    stop_all(std::mem::take(&mut children), report);
+                    for request in delayed.drain(..) {
+                        refuse_for_exit(request, report);
+                    }
+                    let _ = reaped.send(());
+                }
                 #[cfg(feature = "fault-injection")]
                 Command::FailPolls(n) => polls_to_fail = n,
             }
         }
     }
+}
+
+/// Answers a spawn asked for after the program's exit began: refused, at
+/// once, so that its owner does not wait for a child that will never come.
+fn refuse_for_exit<K>(request: Spawn<K>, report: &mut dyn FnMut(Event<K>)) {
+    report(Event::SpawnFailed {
+        key: request.key,
+        error: SpawnError::Exec(std::io::Error::other(
+            "the program is exiting: no child is started once its exit began",
+        )),
+    });
 }
 
 /// A copy of `error` for the report (an `io::Error` is not `Clone`): the

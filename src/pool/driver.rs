@@ -36,21 +36,26 @@ struct Delivering;
 
 impl Delivering {
     fn enter(shared: &Shared) -> Self {
-        DELIVERING.with(|d| d.borrow_mut().push(shared as *const Shared as usize));
+        // `try_with`: a pool may be used after this thread's locals were
+        // destroyed (from an `atexit` handler or a C++ static destructor:
+        // glibc's `exit` destroys them first); it is then simply unmarked.
+        let _ = DELIVERING.try_with(|d| d.borrow_mut().push(shared as *const Shared as usize));
         Delivering
     }
 }
 
 impl Drop for Delivering {
     fn drop(&mut self) {
-        DELIVERING.with(|d| d.borrow_mut().pop());
+        let _ = DELIVERING.try_with(|d| d.borrow_mut().pop());
     }
 }
 
 /// Whether the current thread is delivering the outcomes of the pool whose
 /// state is at `shared` (it runs one of its callbacks or decoders).
 pub(super) fn is_delivering(shared: *const Shared) -> bool {
-    DELIVERING.with(|d| d.borrow().contains(&(shared as usize)))
+    DELIVERING
+        .try_with(|d| d.borrow().contains(&(shared as usize)))
+        .unwrap_or(false)
 }
 
 /// State shared by the pool handle, its threads and its result handles.
