@@ -63,6 +63,15 @@ impl Assist {
         Delivery(self)
     }
 
+    /// Tells the waiters that a delivery which did not count itself (one
+    /// whose completions all deliver at once, `Completion::delivers_at_once`)
+    /// has ended: the outcome one waits for may have been among them. Costs
+    /// a fence and a load when nobody waits, where counting the delivery
+    /// costs two read-modify-writes, two fences and two loads.
+    pub(super) fn delivered(&self) {
+        self.nudge();
+    }
+
     /// Wakes the waiters asleep in [`wait_helping`], if any.
     fn nudge(&self) {
         // SeqCst fence: pairs with the one in `wait_helping` after it counts
