@@ -8,6 +8,9 @@
 //! in [`wait_helping`] when one starts or ends: at its start, so that a
 //! waiter looks for results itself while the delivery lasts; at its end,
 //! because the outcome it waits for may have been among those delivered.
+//! A delivery that cannot take long (only results that deliver at once,
+//! `Completion::delivers_at_once`) is not counted, only announced at its
+//! end ([`Assist::delivered`]): there is nothing to help with while it lasts.
 
 use super::driver::Shared;
 use crate::shm::park::Spinner;
