@@ -8,6 +8,9 @@
 //! in [`wait_helping`] when one starts or ends: at its start, so that a
 //! waiter looks for results itself while the delivery lasts; at its end,
 //! because the outcome it waits for may have been among those delivered.
+//! A delivery that cannot take long (only results that deliver at once,
+//! `Completion::delivers_at_once`) is not counted, only announced at its
+//! end ([`Assist::delivered`]): there is nothing to help with while it lasts.
 
 use super::driver::Shared;
 use crate::shm::park::Spinner;
@@ -61,6 +64,15 @@ impl Assist {
         self.delivering.fetch_add(1, Ordering::SeqCst);
         self.nudge();
         Delivery(self)
+    }
+
+    /// Tells the waiters that a delivery which did not count itself (one
+    /// whose completions all deliver at once, `Completion::delivers_at_once`)
+    /// has ended: the outcome one waits for may have been among them. Costs
+    /// a fence and a load when nobody waits, where counting the delivery
+    /// costs two read-modify-writes, two fences and two loads.
+    pub(super) fn delivered(&self) {
+        self.nudge();
     }
 
     /// Wakes the waiters asleep in [`wait_helping`], if any.

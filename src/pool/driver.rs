@@ -291,8 +291,12 @@ impl Shared {
     /// outcomes and asks the supervisor for workers.
     fn drive_locked(&self, mut core: MutexGuard<'_, Core>) -> bool {
         // Acquire pairs with the SeqCst store in `report` (the events
-        // themselves sit behind the `events` lock).
-        let events = if self.events_pending.swap(false, Ordering::Acquire) {
+        // themselves sit behind the `events` lock). Loaded before it is
+        // swapped: nearly every pass finds no event, and a swap is a locked
+        // read-modify-write on the critical path of every round trip.
+        let events = if self.events_pending.load(Ordering::Acquire)
+            && self.events_pending.swap(false, Ordering::Acquire)
+        {
             std::mem::take(&mut *lock(&self.events))
         } else {
             Vec::new()
@@ -306,8 +310,17 @@ impl Shared {
         for (flag, w) in self.awaiting_start.iter().zip(core.workers.iter()) {
             flag.store(w.phase == Phase::Starting, Ordering::Relaxed);
         }
-        // SeqCst: see `submit` and `HelperGuard::drop`.
-        self.outstanding.store(core.outstanding, Ordering::SeqCst);
+        // Both words below are written only here, with `core` locked as now:
+        // a Relaxed load returns the last value stored, and a store that
+        // would not change it is skipped (each is a locked instruction, and
+        // most helping passes change neither).
+        if self.outstanding.load(Ordering::Relaxed) != core.outstanding {
+            // SeqCst: see `submit` and `HelperGuard::drop`. Skipped when
+            // unchanged: the value those loads see is then this one already,
+            // stored (SeqCst) under the lock we hold, so before our later
+            // SeqCst loads in the single total order.
+            self.outstanding.store(core.outstanding, Ordering::SeqCst);
+        }
         let deadline = core.next_deadline().map_or(u64::MAX, |d| {
             d.saturating_duration_since(self.epoch)
                 .as_nanos()
@@ -315,7 +328,11 @@ impl Shared {
         });
         // AcqRel: the Release half pairs with the Acquire load in
         // `until_deadline`; the Acquire half reads the deadline it replaces.
-        let before = self.next_deadline_ns.swap(deadline, Ordering::AcqRel);
+        let before = if self.next_deadline_ns.load(Ordering::Relaxed) == deadline {
+            deadline
+        } else {
+            self.next_deadline_ns.swap(deadline, Ordering::AcqRel)
+        };
         if deadline < before {
             // The driver may be asleep with the later deadline (or none) it
             // computed before, and a task that never ends sends no wake-up:
@@ -341,8 +358,18 @@ impl Shared {
         if notify_lifecycle {
             self.lifecycle.notify_all();
         }
-        let _delivering = (!actions.completions.is_empty()).then(|| Delivering::enter(self));
-        let _delivery = (!actions.completions.is_empty()).then(|| self.assist.delivering());
+        let delivers = !actions.completions.is_empty();
+        // A delivery that cannot take long (an `apply`'s plain result, no
+        // callback) is not counted as in progress, only announced when over
+        // (`Assist::delivered`): three read-modify-writes and a fence fewer
+        // between a result's arrival and its caller's next task.
+        let at_once = delivers
+            && actions
+                .completions
+                .iter()
+                .all(|(sink, _)| sink.target.delivers_at_once());
+        let _delivering = delivers.then(|| Delivering::enter(self));
+        let delivery = (delivers && !at_once).then(|| self.assist.delivering());
         for (sink, outcome) in actions.completions {
             // Callbacks and decoders guard themselves (`Cell::finish`,
             // `wire::decode_exact`); this catches what they cannot, such as
@@ -363,6 +390,10 @@ impl Shared {
                     std::mem::forget(again);
                 }
             }
+        }
+        drop(delivery);
+        if at_once {
+            self.assist.delivered();
         }
         actions.progress
     }

@@ -385,7 +385,8 @@ impl Pool {
         self.shared.check_can_wait()?;
         // The caller is about to wait (and help): the submission need not
         // wake a gated driver, so a round trip makes no wake-up system call.
-        self.submit_one(f, arg, Callbacks::new(), true)?.get()
+        let cell = self.submit_one(f, arg, Callbacks::new(), true)?;
+        super::handle::wait_and_take(&cell, &self.shared)
     }
 
     /// Submits `f(arg)` and returns at once (Python's `apply_async`).
@@ -451,7 +452,8 @@ impl Pool {
         A: Wire,
         R: Wire,
     {
-        self.submit_one(f, arg, callbacks, false)
+        let cell = self.submit_one(f, arg, callbacks, false)?;
+        Ok(AsyncResult::new(cell, Arc::downgrade(&self.shared)))
     }
 
     fn submit_one<F, A, R>(
@@ -460,7 +462,7 @@ impl Pool {
         arg: A,
         callbacks: Callbacks<R>,
         caller_waits: bool,
-    ) -> Result<AsyncResult<R>>
+    ) -> Result<Arc<Cell<R>>>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Wire,
@@ -500,7 +502,7 @@ impl Pool {
                 )?;
             }
         }
-        Ok(AsyncResult::new(cell, Arc::downgrade(&self.shared)))
+        Ok(cell)
     }
 
     /// Stops taking work; workers exit once every submitted task is done

@@ -32,6 +32,14 @@ pub(super) trait Completion: Send + Sync {
         let _ = (tag, ring, record);
         false
     }
+
+    /// Whether delivering an outcome here is over in moments, whatever it
+    /// is: no callback, no decoder of the user's, nothing that may block.
+    /// Waiters need not be told when such a delivery starts (they would
+    /// only help collect while it lasts), only when it ends.
+    fn delivers_at_once(&self) -> bool {
+        false
+    }
 }
 
 /// Where a task's outcome goes.

@@ -355,8 +355,11 @@ impl Worker {
 /// What a drive pass asks the caller to do outside the lock.
 #[derive(Debug, Default)]
 pub(super) struct Actions {
-    /// Outcomes to deliver.
-    pub completions: Vec<(Sink, Outcome)>,
+    /// Outcomes to deliver. One inline: a pass that collects an `apply`'s
+    /// result allocates nothing for it (a heap buffer per pass cost an
+    /// allocation and a free between the result's arrival and the caller's
+    /// next task).
+    pub completions: smallvec::SmallVec<[(Sink, Outcome); 1]>,
     /// Slots to (re)start: index, CPUs, not before.
     pub spawn: Vec<(usize, Option<CpuMask>, Instant)>,
     /// Something changed that lifecycle waiters care about.

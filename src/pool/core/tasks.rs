@@ -330,7 +330,9 @@ impl Core {
     /// worker's core on every pass. Sets `lone_deadline` so that the driver
     /// looks again even if nothing else wakes it.
     fn stuck_lone_task(&mut self) -> Option<usize> {
-        let now = crate::sys::coarse_now();
+        // Read only once a worker holds a lone task: the pass that collects
+        // an `apply`'s result finds none, and it is on the round trip.
+        let mut now: Option<Duration> = None;
         let mut next: Option<Duration> = None;
         let mut stuck = None;
         for (i, w) in self.workers.iter_mut().enumerate() {
@@ -341,6 +343,7 @@ impl Core {
                     continue;
                 }
             };
+            let now = *now.get_or_insert_with(crate::sys::coarse_now);
             let seen = match w.lone {
                 Some(seen) if seen.id == lone.id => seen,
                 _ => {
