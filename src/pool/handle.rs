@@ -403,6 +403,13 @@ fn sleep_helping<T: Send + 'static>(
 
 /// The result of a task that is running: Python's `AsyncResult`.
 ///
+/// Dropping it (or a future awaiting it: `tokio::time::timeout`, `select!`,
+/// an aborted task) detaches from the task without cancelling it, as in
+/// Python: the task still runs and holds its worker, its callbacks still
+/// run, and [`Pool::join`](crate::Pool::join) waits for it. Bound tasks with
+/// [`task_timeout`](crate::PoolBuilder::task_timeout), or end them all with
+/// [`Pool::terminate`](crate::Pool::terminate).
+///
 /// ```
 /// fn main() {
 ///     corepool::init();
