@@ -47,7 +47,7 @@ impl fmt::Display for ExitCause {
                     write!(f, "; if nobody sent it, the kernel's OOM killer may have: check `dmesg` and the task's memory use")?;
                 }
                 if sig == crate::sys::SIGABRT && cfg!(panic = "abort") {
-                    write!(f, "; this program is built with `panic = \"abort\"`, so a panic in a task ends its process: the panic's message is on the program's stderr (build with `panic = \"unwind\"` to get it as `Error::Panicked`)")?;
+                    write!(f, "; this program is built with `panic = \"abort\"`, so a panic ends the process it happens in: one outside the task itself (in a `Wire` impl, an initializer) has its message on the program's stderr")?;
                 }
                 Ok(())
             }
@@ -177,8 +177,13 @@ pub enum Error {
         reason: String,
     },
     /// The task panicked. A pool's worker survives it and goes on serving;
-    /// a [`Process`](crate::Process) ends with status 1, as in Python.
-    #[error("the task panicked: {message}; fix the task, or handle this error per task (a pool's worker survives the panic and goes on serving)")]
+    /// a [`Process`](crate::Process) ends with status 1, as in Python. In
+    /// a program built with `panic = "abort"` the worker sends this, then
+    /// aborts, and the pool replaces it.
+    #[error(
+        "the task panicked: {message}; fix the task, or handle this error per task ({})",
+        after_panic()
+    )]
     Panicked {
         /// The panic message and location.
         message: String,
@@ -322,6 +327,15 @@ impl Error {
 
     pub(crate) fn shm(op: &'static str, err: io::Error) -> Self {
         Error::SharedMemory { op, source: err }
+    }
+}
+
+/// What became of the worker after a task's panic.
+fn after_panic() -> &'static str {
+    if cfg!(panic = "abort") {
+        "this program is built with `panic = \"abort\"`: the worker ended with the panic and the pool replaces it"
+    } else {
+        "a pool's worker survives the panic and goes on serving"
     }
 }
 

@@ -80,11 +80,11 @@
 //! ```
 //!
 //! With `panic = "abort"` in the program's profile, a panic ends the
-//! process it happens in: a task's panic ends its worker (the caller gets
-//! [`Error::WorkerDied`], the message is on stderr, and the pool replaces
-//! the worker), and a panic in a callback or a `Wire` impl run by the
-//! parent ends the program. Build with the default `panic = "unwind"` for
-//! [`Error::Panicked`], [`Error::Encode`] and [`Error::Decode`].
+//! process it happens in: a task's panic still reaches the caller as
+//! [`Error::Panicked`] (the worker sends it before it aborts, and the pool
+//! replaces the worker), but a panic in a callback or a `Wire` impl run by
+//! the parent ends the program. Build with the default `panic = "unwind"`
+//! for those to be caught ([`Error::Encode`], [`Error::Decode`]).
 //!
 //! Linux only.
 

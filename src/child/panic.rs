@@ -2,13 +2,50 @@
 //! `RUST_BACKTRACE` asks for one, backtrace travel to the parent as the
 //! task's error instead of being printed by the child; a message too long
 //! for the room it travels in is cut, and says so. In a program built with
-//! `panic = "abort"` nothing can travel (the child aborts as the hook
-//! returns): the message is printed on stderr instead.
+//! `panic = "abort"` the child aborts as the hook returns: the hook sends
+//! the message as the running task's outcome itself ([`with_abort_report`]),
+//! or prints it on stderr outside a task.
 
 use std::cell::RefCell;
 
+/// What reports a panic's message to the parent before the process aborts
+/// (see [`with_abort_report`]); true when it was reported.
+type AbortReport = Box<dyn FnMut(&str) -> bool>;
+
 thread_local! {
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// The running task's [`AbortReport`], under `panic = "abort"`.
+    static BEFORE_ABORT: RefCell<Option<AbortReport>> = const { RefCell::new(None) };
+}
+
+/// Runs `task`; should it panic in a program built with `panic = "abort"`
+/// (where no `catch_unwind` ever returns: the process aborts as the hook
+/// returns), the hook first gives the panic's text to `report`, which
+/// writes the task's outcome where the parent reads it, so that the
+/// caller gets `Error::Panicked` as it would with unwinding. With
+/// `panic = "unwind"` `report` is never kept, nor called.
+pub(crate) fn with_abort_report<R>(
+    report: impl FnMut(&str) -> bool + 'static,
+    task: impl FnOnce() -> R,
+) -> R {
+    if !cfg!(panic = "abort") {
+        return task();
+    }
+    let _ = BEFORE_ABORT.try_with(|r| *r.borrow_mut() = Some(Box::new(report)));
+    let result = task();
+    let _ = BEFORE_ABORT.try_with(|r| r.borrow_mut().take());
+    result
+}
+
+/// Under `panic = "abort"`: the running task's report, given `text`;
+/// whether it reported.
+fn report_before_abort(text: &str) -> bool {
+    BEFORE_ABORT
+        .try_with(|r| match r.try_borrow_mut() {
+            Ok(mut report) => report.as_mut().is_some_and(|report| report(text)),
+            Err(_) => false,
+        })
+        .unwrap_or(false)
 }
 
 /// Replaces the default panic hook: the hook keeps the message, location
@@ -33,8 +70,13 @@ pub(crate) fn install_panic_hook() {
             text.push_str(&format!("\n\nchild process backtrace:\n{backtrace}"));
         }
         if cfg!(panic = "abort") {
-            // The process aborts as this hook returns: nobody would take
-            // the message, so it goes where the default hook's would.
+            // The process aborts as this hook returns: the task's report
+            // sends the message to the parent as the task's outcome; with
+            // none (a panic outside a task), it goes where the default
+            // hook's would.
+            if report_before_abort(&text) {
+                return;
+            }
             use std::io::Write;
             let _ = writeln!(
                 std::io::stderr(),

@@ -456,10 +456,25 @@ impl<'a> Server<'a> {
             Some(Err(e)) => Err(e.clone()),
             None => Ok(input),
         };
+        // Under `panic = "abort"`, the hook publishes the task's PANICKED
+        // record through this before the process ends.
+        let server = std::ptr::from_mut(self).cast::<Server<'static>>();
+        let report = move |text: &str| {
+            // SAFETY: called only by the panic hook on this thread while
+            // the task below runs (`with_abort_report` drops it after), when
+            // this frame's `&mut self` is not used (the task uses `input`
+            // and `out` only), and the process aborts right after: nothing
+            // else touches the server meanwhile. `'static` is never relied
+            // on: the reference ends with this call.
+            let server = unsafe { &mut *server };
+            server.publish_panic_before_abort(id, text)
+        };
         let outcome = match input {
-            Ok(input) => catch_unwind(AssertUnwindSafe(|| {
-                trampoline(input, out).and_then(|()| out.check())
-            })),
+            Ok(input) => crate::child::panic::with_abort_report(report, || {
+                catch_unwind(AssertUnwindSafe(|| {
+                    trampoline(input, out).and_then(|()| out.check())
+                }))
+            }),
             // Decoded as a failed argument: the parent gets `Error::Decode`.
             Err(e) => Ok(Err(e)),
         };
@@ -562,6 +577,25 @@ impl<'a> Server<'a> {
     }
 
     /// Writes a result, waiting for the parent to make room when the ring is full.
+    /// Publishes task `id`'s PANICKED record with `text`, and wakes the
+    /// parent: what a panic does under `panic = "abort"`, just before the
+    /// process ends (the parent collects a dead worker's results before it
+    /// fails its tasks, so the caller gets `Error::Panicked`, not
+    /// `WorkerDied`, and no retry runs it again). Whether it was published.
+    fn publish_panic_before_abort(&mut self, id: u64, text: &str) -> bool {
+        let mut message = text.as_bytes().to_vec();
+        fit_message(&mut message, self.results.memory().max_payload());
+        let header = RecordHeader {
+            kind: kind::PANICKED,
+            id,
+            ..Default::default()
+        };
+        let published =
+            self.write_result(header, &message).is_ok() && self.results.publish().is_ok();
+        park::wake(self.doorbell);
+        published
+    }
+
     fn write_result(&mut self, header: RecordHeader, payload: &[u8]) -> Result<(), RingError> {
         let mut spinner = Spinner::new();
         loop {

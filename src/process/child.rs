@@ -84,9 +84,20 @@ fn serve_child(token: &str) -> i32 {
     // die: say so before the function runs.
     let decoded = seg.clone();
     task::after_next_decode(move || segment::mark_argument_decoded(&decoded));
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        trampoline(&input, &mut out).and_then(|()| out.check())
-    }));
+    // Under `panic = "abort"`, the hook writes the PANICKED outcome
+    // through this before the process ends.
+    let (report_seg, report_header) = (seg.clone(), header);
+    let report = move |text: &str| {
+        let mut message = text.as_bytes().to_vec();
+        fit_message(&mut message, report_header.result_cap as usize);
+        segment::write_outcome(&report_seg, &report_header, status::PANICKED, &message, 0);
+        true
+    };
+    let outcome = crate::child::panic::with_abort_report(report, || {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            trampoline(&input, &mut out).and_then(|()| out.check())
+        }))
+    });
     let mut too_large_size = 0;
     // What the result carries (shared objects it names, a spill) counts as
     // sent once the outcome is written; we then linger for its receiver.
