@@ -257,7 +257,7 @@ fn rank_program(scenario: &str) -> Result<(), Box<dyn std::error::Error>> {
                     cluster.apply_on_rank(last, sum_in_arena, pattern(1 << 20, 9))?;
                 check(in_arena, "a large argument is received into the arena")?;
             }
-            let sizes = [1 << 20, 3 << 20, 300 << 10, 100 << 10, 1 << 20, 2 << 20];
+            let sizes = [1 << 20, 3 << 20, 300 << 10, 40 << 10, 100 << 10, 2 << 20];
             let handles = sizes
                 .iter()
                 .enumerate()
