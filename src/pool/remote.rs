@@ -309,6 +309,23 @@ impl Pool {
     ///
     /// An `arg` of another pool (of the same process) still runs: its bytes
     /// are copied and submitted as [`submit_raw`](Self::submit_raw) would.
+    /// See [`raw_argument`](Self::raw_argument) for the whole way.
+    ///
+    /// ```
+    /// use corepool::{Error, Pool, RawTask};
+    ///
+    /// fn length(v: Vec<u8>) -> u64 { v.len() as u64 }
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     let pool = Pool::new(1)?;
+    ///     if let Some(arg) = pool.raw_argument(16) {
+    ///         // More bytes than were lent: refused, the memory goes back.
+    ///         let refused = pool.submit_raw_argument(RawTask::one(length), arg, 17, |_| {});
+    ///         assert!(matches!(refused, Err(Error::ArgumentTooLarge { size: 17, max: 16 })));
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
     ///
     /// # Errors
     ///
