@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 /// Has this process's allocator keep the memory of large buffers for the
 /// next ones, rather than map fresh pages for each (and fault every one of
 /// them in: about as costly as copying the bytes, measured) and unmap them
-/// when freed. Every task's argument is received into a buffer of its own
-/// that lives until the task ends, so large arguments allocate and free a
-/// few MiB each.
+/// when freed. A task's argument that does not go into the pool's argument
+/// arena (smaller than [`IN_ARENA_MIN`], or the arena full) is received
+/// into a buffer of its own that lives until the task ends, so
+/// large arguments then allocate and free a few MiB each.
 ///
 /// Only on a serving rank: its process runs nothing but corepool-mpi from
 /// `Cluster::init` on (rank 0's is the user's program, whose allocator is
