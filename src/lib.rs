@@ -126,7 +126,7 @@ pub use joinable_queue::JoinableQueue;
 pub use pipe::{Pipe, PipeEnd};
 pub use pool::{
     AsyncResult, Callbacks, Chunked, Collector, Imap, ImapUnordered, Pinning, Pool, PoolBuilder,
-    PoolStats, RawTask,
+    PoolStats, RawArgument, RawTask,
 };
 pub use process::{active_children, Process, ProcessBuilder};
 pub use queue::Queue;

@@ -254,6 +254,171 @@ fn thousands_of_arguments_leave_nothing_behind() {
     assert_eq!(corepool::testing::arg_arena_usage(&pool), Some((0, MIB)));
 }
 
+/// `value` encoded, as a transport would receive it.
+fn encoded(value: &Vec<u8>) -> Vec<u8> {
+    let mut out = corepool::Encoder::new();
+    corepool::Wire::encode(value, &mut out);
+    out.finish().unwrap()
+}
+
+/// Submits `arg`'s first `len` bytes and waits for the decoded result.
+fn run_raw_argument(pool: &Pool, arg: corepool::RawArgument<'_>, len: usize) -> (u64, Came) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let task = corepool::RawTask::one(sum_and_way);
+    pool.submit_raw_argument(task, arg, len, move |r| tx.send(r).unwrap())
+        .unwrap();
+    let bytes = rx.recv().unwrap().unwrap();
+    corepool::Wire::decode(&mut bytes.as_slice()).unwrap()
+}
+
+fn a_raw_argument_is_filled_in_place_and_decoded_from_the_arena() {
+    let pool = Pool::builder()
+        .workers(1)
+        .arg_arena_bytes(16 * MIB)
+        .build()
+        .unwrap();
+    for seed in 0..6u8 {
+        // 1 MiB fits a ring message: it goes through the arena all the same,
+        // followed by a trailer nobody reads.
+        let data = pattern(MIB, seed);
+        let bytes = encoded(&data);
+        let mut arg = pool.raw_argument(bytes.len() + 16).unwrap();
+        assert_eq!(arg.len(), bytes.len() + 16);
+        arg[..bytes.len()].copy_from_slice(&bytes);
+        arg[bytes.len()..].fill(0xee);
+        assert_eq!(
+            run_raw_argument(&pool, arg, bytes.len()),
+            (sum(&data), Came::Arena)
+        );
+        assert_eq!(
+            corepool::testing::arg_arena_usage(&pool),
+            Some((0, 16 * MIB)),
+            "the block is back once the outcome is in"
+        );
+    }
+    // Four in flight at once, each in its own block.
+    let (tx, rx) = std::sync::mpsc::channel();
+    for seed in 0..4u8 {
+        let bytes = encoded(&pattern(2 * MIB, seed));
+        let mut arg = pool.raw_argument(bytes.len()).unwrap();
+        arg.copy_from_slice(&bytes);
+        let tx = tx.clone();
+        pool.submit_raw_argument(
+            corepool::RawTask::one(sum_and_way),
+            arg,
+            bytes.len(),
+            move |r| tx.send((seed, r)).unwrap(),
+        )
+        .unwrap();
+    }
+    for _ in 0..4 {
+        let (seed, r) = rx.recv().unwrap();
+        let got: (u64, Came) = corepool::Wire::decode(&mut r.unwrap().as_slice()).unwrap();
+        assert_eq!(got.0, sum(&pattern(2 * MIB, seed)));
+    }
+    assert_eq!(
+        corepool::testing::arg_arena_usage(&pool),
+        Some((0, 16 * MIB))
+    );
+}
+
+fn a_raw_argument_needs_room_and_gives_it_back_unsubmitted() {
+    let pool = Pool::builder()
+        .workers(1)
+        .arg_arena_bytes(8 * MIB)
+        .build()
+        .unwrap();
+    assert!(
+        pool.raw_argument(8 * MIB + 1).is_none(),
+        "larger than the arena"
+    );
+    let first = pool.raw_argument(6 * MIB).unwrap();
+    assert!(pool.raw_argument(4 * MIB).is_none(), "no room left");
+    drop(first);
+    assert_eq!(
+        corepool::testing::arg_arena_usage(&pool),
+        Some((0, 8 * MIB)),
+        "dropped unsubmitted: given back"
+    );
+    // A length past the memory is refused, and the memory comes back.
+    let arg = pool.raw_argument(1024).unwrap();
+    let (tx, _rx) = std::sync::mpsc::channel::<corepool::Result<Vec<u8>>>();
+    let task = corepool::RawTask::one(sum_and_way);
+    let refused = pool.submit_raw_argument(task, arg, 1025, move |r| tx.send(r).unwrap());
+    assert!(matches!(
+        refused,
+        Err(Error::ArgumentTooLarge {
+            size: 1025,
+            max: 1024
+        })
+    ));
+    // So does a closed pool's.
+    let arg = pool.raw_argument(1024).unwrap();
+    pool.close();
+    let refused = pool.submit_raw_argument(task, arg, 8, |_| panic!("not called"));
+    assert!(matches!(refused, Err(Error::PoolClosed)), "{refused:?}");
+    pool.join().unwrap();
+    assert_eq!(
+        corepool::testing::arg_arena_usage(&pool),
+        Some((0, 8 * MIB))
+    );
+    // No arena: none, and `submit_raw` takes the bytes instead.
+    let none = Pool::builder()
+        .workers(1)
+        .arg_arena_bytes(0)
+        .build()
+        .unwrap();
+    assert!(none.raw_argument(16).is_none());
+}
+
+fn a_raw_argument_of_another_pool_is_copied() {
+    let ours = Pool::builder().workers(1).build().unwrap();
+    let other = Pool::builder().workers(1).build().unwrap();
+    let data = pattern(MIB, 9);
+    let bytes = encoded(&data);
+    let mut arg = other.raw_argument(bytes.len()).unwrap();
+    arg.copy_from_slice(&bytes);
+    assert_eq!(run_raw_argument(&ours, arg, bytes.len()).0, sum(&data));
+    let (kept, free) = corepool::testing::arg_arena_usage(&other).unwrap();
+    assert_eq!(kept, 0);
+    assert!(
+        other.raw_argument(free).is_some(),
+        "given back after the copy"
+    );
+}
+
+fn a_terminated_raw_argument_task_never_gives_its_block_back() {
+    let pool = Pool::builder()
+        .workers(1)
+        .arg_arena_bytes(16 * MIB)
+        .build()
+        .unwrap();
+    let started = AtomicValue::new(0u64).unwrap();
+    let mut out = corepool::Encoder::new();
+    corepool::Wire::encode(&(pattern(8 * MIB, 6), started.clone()), &mut out);
+    let bytes = out.finish().unwrap();
+    let mut arg = pool.raw_argument(bytes.len()).unwrap();
+    arg.copy_from_slice(&bytes);
+    let (tx, rx) = std::sync::mpsc::channel();
+    pool.submit_raw_argument(
+        corepool::RawTask::one(started_then_stuck),
+        arg,
+        bytes.len(),
+        move |r| tx.send(r).unwrap(),
+    )
+    .unwrap();
+    // Bounded by the harness's watchdog.
+    while started.load() == 0 {
+        std::thread::yield_now();
+    }
+    pool.terminate();
+    pool.join().unwrap();
+    assert!(matches!(rx.recv().unwrap(), Err(Error::Cancelled)));
+    let (kept, free) = corepool::testing::arg_arena_usage(&pool).unwrap();
+    assert!(kept >= 8 * MIB, "kept {kept}");
+    assert_eq!(kept + free, 16 * MIB);
+}
+
 fn main() {
     corepool::init();
     common::run(common::tests![
@@ -262,5 +427,9 @@ fn main() {
         a_worker_death_returns_the_block_and_a_retry_keeps_it,
         a_terminated_task_never_gives_its_block_back,
         thousands_of_arguments_leave_nothing_behind,
+        a_raw_argument_is_filled_in_place_and_decoded_from_the_arena,
+        a_raw_argument_needs_room_and_gives_it_back_unsubmitted,
+        a_raw_argument_of_another_pool_is_copied,
+        a_terminated_raw_argument_task_never_gives_its_block_back,
     ]);
 }

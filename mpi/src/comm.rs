@@ -332,9 +332,18 @@ pub(crate) fn run_locally(
     bytes: Vec<u8>,
     to_self: &Sender<Command>,
 ) -> Result<()> {
+    pool.submit_raw(task, bytes, local_done(unit, to_self))
+}
+
+/// What the local pool calls with unit `unit`'s outcome: hands it back to
+/// the MPI thread as a command.
+pub(crate) fn local_done(
+    unit: u64,
+    to_self: &Sender<Command>,
+) -> impl FnOnce(Result<Vec<u8>>) + Send + 'static {
     let tx = to_self.clone();
-    pool.submit_raw(task, bytes, move |result| {
+    move |result| {
         let result = result.map_err(crate::proto::on_rank_zero);
         let _ = tx.send(Command::LocalDone { unit, result });
-    })
+    }
 }

@@ -106,11 +106,16 @@ pub(crate) fn seal_task(mut arg: Vec<u8>, unit: u64, task_bits: i64) -> Vec<u8> 
 
 /// Splits a task frame into (unit, task bits, argument bytes).
 pub(crate) fn open_task(mut frame: Vec<u8>) -> Result<(u64, i64, Vec<u8>)> {
-    let (at, trailer) = split_trailer(&frame, TASK_TRAILER)?;
-    let unit = u64_at(trailer, 0);
-    let bits = u64_at(trailer, 8) as i64;
+    let (unit, bits, at) = read_task_trailer(&frame)?;
     frame.truncate(at);
     Ok((unit, bits, frame))
+}
+
+/// A task frame's (unit, task bits, length of its argument bytes), read
+/// where the frame lies (the argument stays where it was received).
+pub(crate) fn read_task_trailer(frame: &[u8]) -> Result<(u64, i64, usize)> {
+    let (at, trailer) = split_trailer(frame, TASK_TRAILER)?;
+    Ok((u64_at(trailer, 0), u64_at(trailer, 8) as i64, at))
 }
 
 /// A result frame for `outcome`.
@@ -265,7 +270,9 @@ mod tests {
     #[test]
     fn frames_round_trip_and_short_ones_are_refused() {
         let frame = seal_task(vec![1, 2, 3], 7, -42);
+        assert_eq!(read_task_trailer(&frame).unwrap(), (7, -42, 3));
         assert_eq!(open_task(frame).unwrap(), (7, -42, vec![1, 2, 3]));
+        assert!(read_task_trailer(&[0; 15]).is_err());
         assert!(open_task(vec![0; 3]).is_err());
         let ok = seal_result(9, Ok(vec![5]), 1);
         assert_eq!(open_result(ok, 1).unwrap().1.unwrap(), vec![5]);

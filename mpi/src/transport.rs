@@ -158,9 +158,51 @@ impl Transport {
 
     /// The next message that has arrived, if any: (source, tag, bytes).
     pub(crate) fn receive(&self) -> Option<(Rank, i32, Vec<u8>)> {
-        let matched = self.world.any_process().immediate_matched_probe()?;
-        let (bytes, status) = matched.matched_receive_vec::<u8>();
-        Some((status.source_rank(), status.tag(), bytes))
+        Some(self.probe()?.receive_vec())
+    }
+
+    /// The next message that has arrived, if any, matched (no other receive
+    /// takes it) but not received yet: its caller chooses where it goes.
+    pub(crate) fn probe(&self) -> Option<Incoming> {
+        let (message, status) = self.world.any_process().immediate_matched_probe()?;
+        Some(Incoming { message, status })
+    }
+}
+
+/// A message matched by [`Transport::probe`], to receive once, either way.
+/// Received it must be (rsmpi panics at a matched message dropped
+/// unreceived): each way takes it by value.
+pub(crate) struct Incoming {
+    message: mpi::point_to_point::Message,
+    status: mpi::point_to_point::Status,
+}
+
+impl Incoming {
+    pub(crate) fn source(&self) -> Rank {
+        self.status.source_rank()
+    }
+
+    pub(crate) fn tag(&self) -> i32 {
+        self.status.tag()
+    }
+
+    /// Its length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        usize::try_from(self.status.count(u8::equivalent_datatype())).unwrap_or(0)
+    }
+
+    /// Receives it into a new buffer: (source, tag, bytes).
+    pub(crate) fn receive_vec(self) -> (Rank, i32, Vec<u8>) {
+        let (bytes, status) = (self.message, self.status).matched_receive_vec::<u8>();
+        (status.source_rank(), status.tag(), bytes)
+    }
+
+    /// Receives it into the start of `buf`, which holds at least
+    /// [`len`](Self::len) bytes (MPI refuses a shorter one: an error that
+    /// ends the job); returns the bytes received.
+    pub(crate) fn receive_into(self, buf: &mut [u8]) -> usize {
+        let status = self.message.matched_receive_into(buf);
+        usize::try_from(status.count(u8::equivalent_datatype())).unwrap_or(0)
     }
 }
 

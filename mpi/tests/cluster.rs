@@ -112,6 +112,16 @@ fn element((a, i): (corepool_mpi::Broadcast<f64>, u64)) -> f64 {
     a.get(i as usize).unwrap_or(f64::NAN)
 }
 
+/// The argument's checksum, and whether this worker has its pool's
+/// argument arena mapped (a large argument is received straight into it).
+fn sum_in_arena(v: Vec<u8>) -> (u64, bool) {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    (
+        v.iter().map(|&b| u64::from(b)).sum(),
+        maps.contains("memfd:corepool-arena"),
+    )
+}
+
 fn spin_forever(_: u64) -> u64 {
     loop {
         std::hint::spin_loop();
@@ -233,6 +243,36 @@ fn rank_program(scenario: &str) -> Result<(), Box<dyn std::error::Error>> {
                 other => return Err(format!("map with a panicking item gave {other:?}").into()),
             }
             check(cluster.apply(square, 3)? == 9, "goes on after a panic")?;
+            // Large arguments to a serving rank go into its arena (with
+            // the default 4 MiB rings, 1 MiB would fit a ring message);
+            // smaller ones through its ring; all of them intact.
+            let last = cluster.ranks() - 1;
+            let pattern = |len: usize, seed: usize| -> Vec<u8> {
+                (0..len).map(|i| ((i + seed) % 251) as u8).collect()
+            };
+            if last > 0 {
+                // First (no argument yet was larger than a ring message,
+                // which would spill into the arena however it came).
+                let (_, in_arena) =
+                    cluster.apply_on_rank(last, sum_in_arena, pattern(1 << 20, 9))?;
+                check(in_arena, "a large argument is received into the arena")?;
+            }
+            let sizes = [1 << 20, 3 << 20, 300 << 10, 40 << 10, 100 << 10, 2 << 20];
+            let handles = sizes
+                .iter()
+                .enumerate()
+                .map(|(seed, &len)| {
+                    cluster.apply_async_on_rank(last, sum_in_arena, pattern(len, seed))
+                })
+                .collect::<corepool::Result<Vec<_>>>()?;
+            for (seed, (h, &len)) in handles.into_iter().zip(&sizes).enumerate() {
+                let want: u64 = pattern(len, seed).iter().map(|&b| u64::from(b)).sum();
+                let (got, _) = h.get()?;
+                check(
+                    got == want,
+                    &format!("a {len}-byte argument arrives intact"),
+                )?;
+            }
             println!(
                 "API OK on {} ranks (thread level {:?})",
                 cluster.ranks(),

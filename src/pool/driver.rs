@@ -167,7 +167,7 @@ impl Shared {
     /// The argument arena, made now if this is the first argument to spill;
     /// `None` without one. Only in the process that owns the pool (callers
     /// check first).
-    fn arena(&self) -> Option<&Arc<Arena>> {
+    pub(super) fn arena(&self) -> Option<&Arc<Arena>> {
         self.arena
             .get_or_init(|| {
                 // Under Miri (no files), and with a zero size: none. Should

@@ -58,5 +58,5 @@ pub use chunked::Chunked;
 pub use facade::Pool;
 pub use handle::AsyncResult;
 pub use imap::{Imap, ImapUnordered};
-pub use remote::{Collector, RawTask};
+pub use remote::{Collector, RawArgument, RawTask};
 pub use stats::PoolStats;

@@ -3,7 +3,9 @@
 //! on the pool with already encoded arguments. The hook a transport that
 //! carries tasks between machines (the `corepool-mpi` crate) is built on,
 //! with [`Collector`], which lets that transport's thread collect the
-//! results itself instead of waiting for the pool's driver to hand them over.
+//! results itself instead of waiting for the pool's driver to hand them over,
+//! and [`RawArgument`], memory of the pool's argument arena that such a
+//! transport receives a large argument straight into.
 
 use super::driver::HelperGuard;
 use super::sink::{Completion, Outcome, Sink};
@@ -251,6 +253,126 @@ impl Pool {
         )
     }
 
+    /// `len` bytes of this pool's argument arena for a task's encoded
+    /// argument, to fill in place (a transport receives the argument's bytes
+    /// straight into them) and then run with
+    /// [`submit_raw_argument`](Self::submit_raw_argument): the worker decodes
+    /// them where they are, with no copy into its ring on the way.
+    ///
+    /// `None` when the arena has no free block of that size (it is full of
+    /// arguments still queued or running, or smaller than `len`), when the
+    /// pool has no arena ([`arg_arena_bytes`](crate::PoolBuilder::arg_arena_bytes)
+    /// of 0), or in a `fork()`ed copy of the pool's process: then pass the
+    /// bytes to [`submit_raw`](Self::submit_raw), which takes any size.
+    /// Dropped unsubmitted, the memory goes back to the arena.
+    ///
+    /// ```
+    /// use corepool::{Encoder, Pool, RawTask, Wire};
+    ///
+    /// fn total(v: Vec<u8>) -> u64 { v.iter().map(|&b| u64::from(b)).sum() }
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     let pool = Pool::new(1)?;
+    ///     let mut encoded = Encoder::new();
+    ///     vec![3u8; 1 << 20].encode(&mut encoded);
+    ///     let encoded = encoded.finish()?; // as a transport would receive it
+    ///     let (tx, rx) = std::sync::mpsc::channel();
+    ///     let done = move |r| tx.send(r).unwrap();
+    ///     match pool.raw_argument(encoded.len()) {
+    ///         Some(mut arg) => {
+    ///             arg.copy_from_slice(&encoded); // a receive, in a transport
+    ///             pool.submit_raw_argument(RawTask::one(total), arg, encoded.len(), done)?
+    ///         }
+    ///         None => pool.submit_raw(RawTask::one(total), encoded, done)?,
+    ///     }
+    ///     let bytes = rx.recv().unwrap()?;
+    ///     assert_eq!(u64::decode(&mut bytes.as_slice())?, 3 << 20);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn raw_argument(&self, len: usize) -> Option<RawArgument<'_>> {
+        self.shared.check_owner().ok()?;
+        let reserved = self.shared.arena()?.reserve(len)?;
+        Some(RawArgument {
+            reserved,
+            _pool: std::marker::PhantomData,
+        })
+    }
+
+    /// Runs `task` on the first `len` bytes of `arg` (see
+    /// [`raw_argument`](Self::raw_argument)) and calls `done` once with the
+    /// encoded result, as [`submit_raw`](Self::submit_raw) does. The ring
+    /// carries only the memory's handle; the memory is the task's until its
+    /// outcome is in (and kept for ever, never reused, if a worker that may
+    /// still read it is given up). The bytes after the first `len` (a
+    /// transport's trailer, say) are never looked at.
+    ///
+    /// An `arg` of another pool (of the same process) still runs: its bytes
+    /// are copied and submitted as [`submit_raw`](Self::submit_raw) would.
+    /// See [`raw_argument`](Self::raw_argument) for the whole way.
+    ///
+    /// ```
+    /// use corepool::{Error, Pool, RawTask};
+    ///
+    /// fn length(v: Vec<u8>) -> u64 { v.len() as u64 }
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     let pool = Pool::new(1)?;
+    ///     if let Some(arg) = pool.raw_argument(16) {
+    ///         // More bytes than were lent: refused, the memory goes back.
+    ///         let refused = pool.submit_raw_argument(RawTask::one(length), arg, 17, |_| {});
+    ///         assert!(matches!(refused, Err(Error::ArgumentTooLarge { size: 17, max: 16 })));
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ArgumentTooLarge`](crate::Error::ArgumentTooLarge) when `len`
+    /// is more than `arg` holds; otherwise as [`submit_raw`](Self::submit_raw)
+    /// ([`Error::PoolClosed`](crate::Error::PoolClosed) after
+    /// `close`/`terminate`, ...). `done` is not called when submission
+    /// fails; the memory goes back to the arena.
+    pub fn submit_raw_argument(
+        &self,
+        task: RawTask,
+        arg: RawArgument<'_>,
+        len: usize,
+        done: impl FnOnce(Result<Vec<u8>>) + Send + 'static,
+    ) -> Result<()> {
+        // First: in a `fork()`ed copy, `arg` has no bytes (ForeignPool, not
+        // ArgumentTooLarge).
+        self.shared.check_owner()?;
+        let Some(bytes) = arg.get(..len) else {
+            return Err(crate::Error::ArgumentTooLarge {
+                size: len,
+                max: arg.len(),
+            });
+        };
+        let ours = self
+            .shared
+            .arena()
+            .is_some_and(|arena| Arc::ptr_eq(arena, arg.reserved.arena()));
+        if !ours {
+            return self.submit_raw(task, bytes.to_vec(), done);
+        }
+        let target: Arc<dyn Completion> = Arc::new(RawSink {
+            done: Mutex::new(Some(done)),
+        });
+        let (handle, held) = crate::shm::spill::hold_reserved(arg.reserved, len);
+        self.shared.submit_spilled(
+            smallvec::smallvec![(
+                task.offset,
+                Payload::from_slice(&handle),
+                Sink { target, tag: 0 }
+            )],
+            Some(vec![Some(held)]),
+            Vec::new(),
+            false,
+        )
+    }
+
     /// The largest argument a task may have, in encoded bytes (about half
     /// of [`ring_bytes`](crate::PoolBuilder::ring_bytes)).
     ///
@@ -283,6 +405,43 @@ impl Pool {
             pool: self,
             _helping: self.shared.helper(),
         }
+    }
+}
+
+/// Memory of a pool's argument arena for one task's encoded argument, to
+/// fill in place and submit with [`Pool::submit_raw_argument`] (see
+/// [`Pool::raw_argument`], with an example). It derefs to its bytes: as
+/// many as were asked for, holding whatever the memory held before (an
+/// earlier argument, or zeros) until written. Dropped unsubmitted, the
+/// memory goes back to the arena.
+///
+/// Nothing but this process can write the arena, and no worker reads this
+/// memory before it is submitted. In a `fork()`ed copy of the process, where
+/// the arena is not mapped, it derefs to no bytes at all.
+pub struct RawArgument<'pool> {
+    reserved: crate::shm::arena::Reserved,
+    _pool: std::marker::PhantomData<&'pool Pool>,
+}
+
+impl fmt::Debug for RawArgument<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawArgument")
+            .field("len", &self.reserved.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for RawArgument<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.reserved.bytes()
+    }
+}
+
+impl std::ops::DerefMut for RawArgument<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.reserved.bytes_mut()
     }
 }
 

@@ -163,6 +163,80 @@ impl Drop for Block {
     }
 }
 
+/// A block of the arena reserved for its creator to fill in place (see
+/// [`Arena::reserve`]): nobody reads it (no handle to it exists yet) and
+/// nobody else writes it, so the creator may hold a `&mut [u8]` over it.
+/// Dropped, it gives its block back; [`into_prefix`](Self::into_prefix)
+/// turns it into a task's [`Block`] and the handle a worker opens.
+#[derive(Debug)]
+pub(crate) struct Reserved {
+    block: Block,
+    /// Bytes asked for: the block's first (its size rounded up to
+    /// [`ALIGN`] is the block's).
+    len: usize,
+}
+
+impl Reserved {
+    /// Bytes asked for.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The arena it is a block of.
+    pub(crate) fn arena(&self) -> &Arc<Arena> {
+        &self.block.arena
+    }
+
+    /// Where its bytes are mapped here, or `None` in a `fork()`ed copy of
+    /// the arena's process (where the arena is not mapped: `MADV_DONTFORK`).
+    fn base(&self) -> Option<*mut u8> {
+        let arena = &self.block.arena;
+        (crate::sys::current_pid() == arena.creator)
+            // SAFETY: `offset` lies inside the mapping (`take` carved the
+            // block out of `0..arena.len`).
+            .then(|| unsafe { arena.map.as_mut_ptr().add(self.block.offset) })
+    }
+
+    /// Its bytes (whatever the block held before: a previous argument of
+    /// this process, or zeros); empty in a `fork()`ed copy.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self.base() {
+            // SAFETY: `len` bytes from `base` lie inside the block (`len` is
+            // at most its size) and so inside the mapping, which lives while
+            // `self.block` holds the arena; in this process (checked by
+            // `base`), where it is mapped. Nothing writes the block but
+            // through `&mut self`, which this `&self` excludes, and no
+            // worker has its handle yet.
+            Some(base) => unsafe { std::slice::from_raw_parts(base, self.len) },
+            None => &[],
+        }
+    }
+
+    /// Its bytes, to fill; empty in a `fork()`ed copy.
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        match self.base() {
+            // SAFETY: as in `bytes`; and the block is ours alone: taken
+            // from the free list under its lock, given back only when
+            // `self.block` drops; no handle to it exists (so no worker reads
+            // it: the last task that owned it had its outcome in, which its
+            // worker published after its decode ended); no other slice over
+            // it exists (this borrows `self` mutably).
+            Some(base) => unsafe { std::slice::from_raw_parts_mut(base, self.len) },
+            None => &mut [],
+        }
+    }
+
+    /// The task's block and the handle of its first `len` bytes (at most
+    /// [`len`](Self::len): more is cut to that, so that a handle never
+    /// names bytes of another block). From here on the block is the task's
+    /// and never written again while it is held.
+    pub(crate) fn into_prefix(self, len: usize) -> (Vec<u8>, Block) {
+        let len = len.min(self.len);
+        let handle = self.block.arena.handle(self.block.offset, len);
+        (handle, self.block)
+    }
+}
+
 impl Arena {
     /// A new arena of `len` bytes (sparse: nothing committed yet), mapped
     /// read-write here and sealed against any other writer.
@@ -202,14 +276,15 @@ impl Arena {
         }))
     }
 
-    /// Copies `head` then `rest` into a free block and returns its handle
-    /// and the block; `None` when no block of that size is free (the caller
-    /// spills another way). Only in the process that made the arena.
-    pub(crate) fn write(self: &Arc<Self>, head: &[u8], rest: &[u8]) -> Option<(Vec<u8>, Block)> {
+    /// A free block of at least `len` bytes, ours alone to fill in place
+    /// ([`Reserved::bytes_mut`]) before it is turned into a task's block
+    /// ([`Reserved::into_prefix`]); `None` when no block of that size is
+    /// free (the caller spills another way). Only in the process that made
+    /// the arena. Dropped unused, the block goes back to the arena.
+    pub(crate) fn reserve(self: &Arc<Self>, len: usize) -> Option<Reserved> {
         if crate::sys::current_pid() != self.creator {
             return None;
         }
-        let len = head.len().checked_add(rest.len())?;
         let reserved = len.max(1).checked_next_multiple_of(ALIGN)?;
         let (offset, untouched_from) = {
             let mut extents = lock(&self.extents);
@@ -222,27 +297,39 @@ impl Arena {
             reserved,
             kept: AtomicBool::new(false),
         };
-        let base = self.map.as_mut_ptr() as usize;
         let end = offset + reserved;
         if end > untouched_from {
             // Pages never written: fault them in, writable, in one call
-            // rather than one fault per page during the copy. Advice only:
-            // should it fail, the copy faults them in itself.
+            // rather than one fault per page while they are filled. Advice
+            // only: should it fail, the writes fault them in themselves.
             let from = offset.max(untouched_from);
+            let base = self.map.as_mut_ptr() as usize;
             let _ = crate::sys::populate_write(base + from, end - from);
         }
-        // SAFETY: `offset..offset + len` lies inside the mapping (`take`
-        // carved it out of `0..self.len`), which lives while `self` does;
-        // the block is ours alone (taken from the free list under its lock,
-        // given back only when `block` drops), so no worker reads it now
-        // (the last task that owned it had its outcome in, which its worker
-        // published after its decode ended) and nothing else here writes
-        // it. The sources are the caller's slices, never inside the arena.
-        unsafe {
-            let dst = (base as *mut u8).add(offset);
-            std::ptr::copy_nonoverlapping(head.as_ptr(), dst, head.len());
-            std::ptr::copy_nonoverlapping(rest.as_ptr(), dst.add(head.len()), rest.len());
+        Some(Reserved { block, len })
+    }
+
+    /// Copies `head` then `rest` into a free block and returns its handle
+    /// and the block; `None` when no block of that size is free (the caller
+    /// spills another way). Only in the process that made the arena.
+    pub(crate) fn write(self: &Arc<Self>, head: &[u8], rest: &[u8]) -> Option<(Vec<u8>, Block)> {
+        let len = head.len().checked_add(rest.len())?;
+        let mut reserved = self.reserve(len)?;
+        let dst = reserved.bytes_mut();
+        // `reserve` checked that this is the arena's process: `dst` is the
+        // `len` bytes asked for (the check keeps the split and the copies
+        // from panicking whatever happens).
+        if dst.len() != len {
+            return None;
         }
+        let (dst_head, dst_rest) = dst.split_at_mut(head.len());
+        dst_head.copy_from_slice(head);
+        dst_rest.copy_from_slice(rest);
+        Some(reserved.into_prefix(len))
+    }
+
+    /// The handle of the `len` bytes at `offset` (a block's first).
+    fn handle(&self, offset: usize, len: usize) -> Vec<u8> {
         let mut out = Encoder::new();
         (
             self.creator as i32,
@@ -254,7 +341,7 @@ impl Arena {
         )
             .encode(&mut out);
         (offset as u64).encode(&mut out);
-        Some((out.take_bytes(), block))
+        out.take_bytes()
     }
 
     /// Bytes in blocks kept for ever, and bytes free (for tests).
@@ -421,6 +508,82 @@ mod tests {
         // Reused from the start: the same (warm) pages.
         let (again, _block) = arena.write(b"second", &[]).unwrap();
         assert_eq!(handle_parts(&again).2, handle_parts(&handle).2);
+    }
+
+    #[test]
+    fn a_reserved_block_is_filled_in_place_and_its_prefix_opens() {
+        let arena = Arena::create(256 * KIB).unwrap();
+        let mut reserved = arena.reserve(100 * KIB + 16).unwrap();
+        assert_eq!(reserved.len(), 100 * KIB + 16);
+        let bytes: Vec<u8> = (0..100 * KIB + 16).map(|i| (i % 251) as u8).collect();
+        reserved.bytes_mut().copy_from_slice(&bytes);
+        assert_eq!(reserved.bytes(), &bytes[..]);
+        // The handle names the first 100 KiB only (a trailer follows them).
+        let (handle, block) = reserved.into_prefix(100 * KIB);
+        assert_eq!(open(&handle).unwrap().bytes(), &bytes[..100 * KIB]);
+        assert_eq!(arena.usage(), (0, 256 * KIB - 100 * KIB - 64));
+        drop(block);
+        assert_eq!(arena.usage(), (0, 256 * KIB), "given back with the block");
+    }
+
+    #[test]
+    fn a_prefix_longer_than_the_reservation_is_cut_to_it() {
+        let arena = Arena::create(64 * KIB).unwrap();
+        let reserved = arena.reserve(100).unwrap();
+        let (handle, _block) = reserved.into_prefix(64 * KIB);
+        assert_eq!(handle_parts(&handle).1, 100, "never past the block");
+    }
+
+    #[test]
+    fn a_dropped_reservation_gives_its_block_back() {
+        let arena = Arena::create(64 * KIB).unwrap();
+        let reserved = arena.reserve(64 * KIB).unwrap();
+        assert!(arena.reserve(1).is_none(), "all of it is reserved");
+        assert!(arena.write(b"x", &[]).is_none());
+        drop(reserved);
+        assert_eq!(arena.usage(), (0, 64 * KIB));
+        assert!(arena.reserve(64 * KIB).is_some());
+    }
+
+    #[test]
+    fn a_reserved_block_kept_for_ever_is_never_given_back() {
+        let arena = Arena::create(64 * KIB).unwrap();
+        let mut reserved = arena.reserve(32 * KIB).unwrap();
+        reserved.bytes_mut().fill(3);
+        let (handle, block) = reserved.into_prefix(32 * KIB);
+        block.keep_for_ever();
+        drop(block);
+        assert_eq!(arena.usage(), (32 * KIB, 32 * KIB));
+        // The next reservation goes elsewhere; the kept bytes stay.
+        let mut other = arena.reserve(32 * KIB).unwrap();
+        other.bytes_mut().fill(4);
+        assert!(open(&handle).unwrap().bytes().iter().all(|&b| b == 3));
+        assert!(arena.reserve(1).is_none(), "the kept half is lost");
+    }
+
+    #[test]
+    fn a_forked_copy_reserves_nothing_and_sees_no_bytes() {
+        let arena = Arena::create(64 * KIB).unwrap();
+        let mut reserved = arena.reserve(8 * KIB).unwrap();
+        // SAFETY: the child makes no allocation or lock beyond what
+        // `reserve`'s refusal and `bytes_mut` need (a pid check, and the
+        // pid cache reset by the fork handler `current_pid` installed), then
+        // `_exit`s.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork");
+        match child {
+            0 => {
+                let refused = arena.reserve(8).is_none();
+                let empty = reserved.bytes_mut().is_empty();
+                // SAFETY: ends the child at once.
+                unsafe { libc::_exit(i32::from(!(refused && empty))) };
+            }
+            pid => {
+                let status = crate::sys::wait_exit(pid).unwrap();
+                assert_eq!(status.code(), Some(0), "the copy reserved or wrote");
+            }
+        }
+        assert_eq!(reserved.bytes_mut().len(), 8 * KIB);
     }
 
     #[test]

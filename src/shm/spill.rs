@@ -178,6 +178,19 @@ pub(crate) fn write_held(
     Ok((out.take_bytes(), Arc::new(Held { place })))
 }
 
+/// The held spill of the first `len` bytes of an arena block its holder
+/// filled in place ([`crate::shm::arena::Reserved`]; `len` is cut to the
+/// bytes reserved), and its handle: as [`write_held`] gives for the same
+/// bytes, with no copy.
+pub(crate) fn hold_reserved(
+    reserved: crate::shm::arena::Reserved,
+    len: usize,
+) -> (Vec<u8>, Arc<Held>) {
+    let (handle, block) = reserved.into_prefix(len);
+    let place = Place::Block(block);
+    (handle, Arc::new(Held { place }))
+}
+
 /// Reads the spill whose handle starts `handle` into `out` (replacing what
 /// it held), after validating the handle: a memfd, the same file, sealed
 /// size, and a length within the bytes present (so `out` never grows past
