@@ -54,6 +54,10 @@ use std::sync::{Arc, Mutex};
 /// Blocks start on a cache line.
 const ALIGN: usize = 64;
 
+/// The page size the arena allocates its memory in (x86-64 and the usual
+/// aarch64 kernels; a larger page only makes an allocation round up less).
+const PAGE: usize = 4096;
+
 /// The type an arena block's handle names, so that no other handle decodes
 /// as one (see [`crate::shm::handle::type_tag`]).
 pub(crate) struct ArenaBlock;
@@ -299,12 +303,29 @@ impl Arena {
         };
         let end = offset + reserved;
         if end > untouched_from {
-            // Pages never written: fault them in, writable, in one call
-            // rather than one fault per page while they are filled. Advice
-            // only: should it fail, the writes fault them in themselves.
-            let from = offset.max(untouched_from);
+            // Pages never written: allocate them now, through the file, so
+            // that a machine (or memory cgroup) without the memory is an
+            // answer here, not a SIGBUS on a write into the mapping later
+            // (the file is sparse, and `vm.overcommit_memory = 2` or a full
+            // cgroup refuses a page at its first write). The block goes
+            // back and the caller spills another way, which fails with an
+            // error if the memory truly is not there.
+            let from = offset.max(untouched_from) / PAGE * PAGE;
+            let to = end.next_multiple_of(PAGE).min(self.len);
+            if crate::sys::fallocate_range(self.file.as_fd(), from as u64, (to - from) as u64)
+                .is_err()
+            {
+                // Later reservations of this range allocate it again
+                // (`fallocate` of allocated pages changes nothing).
+                let mut extents = lock(&self.extents);
+                extents.touched = extents.touched.min(from);
+                return None;
+            }
+            // Then map them in, writable, in one call rather than one
+            // fault per page while they are filled. Advice only: should it
+            // fail, the writes fault them in themselves (the pages exist).
             let base = self.map.as_mut_ptr() as usize;
-            let _ = crate::sys::populate_write(base + from, end - from);
+            let _ = crate::sys::populate_write(base + from, to - from);
         }
         Some(Reserved { block, len })
     }
@@ -447,6 +468,19 @@ fn view_of(key: (i32, i32, u64, u64)) -> Result<Arc<View>> {
 /// is a memfd nobody but its creator can write.
 fn open_view(key: (i32, i32, u64, u64)) -> Result<View> {
     let (owner, fd, dev, ino) = key;
+    // Only the parent's arena (or our own, in the creator): its bytes stay
+    // put under our decode because its creator, the parent, never rewrites
+    // a block a task of ours still owns. Another process's sealed memfd (a
+    // handle forged to name one) has no such promise: its creator may
+    // write it while we read.
+    let owner_pid = u32::try_from(owner).ok();
+    if owner_pid != Some(std::os::unix::process::parent_id())
+        && owner_pid != Some(std::process::id())
+    {
+        return Err(bad(format!(
+            "the arena belongs to process {owner}, not to this worker's parent"
+        )));
+    }
     let (file, _) = super::peer::open_memfd(
         owner,
         fd,
@@ -640,6 +674,21 @@ mod tests {
         assert!(open_block(key, u64::MAX, &mut &forge(2)[..]).is_err());
         assert!(open_block(key, 2, &mut &forge(u64::MAX)[..]).is_err());
         assert!(open_block(key, 0, &mut &[][..]).is_err(), "no offset");
+    }
+
+    #[test]
+    fn an_arena_of_another_process_than_the_parent_is_refused() {
+        let arena = Arena::create(64 * KIB).unwrap();
+        let (handle, _block) = arena.write(b"x", &[]).unwrap();
+        let ((_, fd, dev, ino), _, _) = handle_parts(&handle);
+        // Named as pid 1's: neither our parent (the test harness's) nor us.
+        let Err(err) = open_view((1, fd, dev, ino)) else {
+            panic!("opened an arena named as pid 1's");
+        };
+        assert!(
+            err.to_string().contains("not to this worker's parent"),
+            "{err}"
+        );
     }
 
     #[test]
