@@ -35,6 +35,39 @@ fn soak_under_chaos_loses_nothing() {
     }
 }
 
+/// The summary of a `soak --json` run that must have passed.
+fn passing_summary(out: &std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "soak failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().expect("a summary line");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("not JSON ({e}): {last}"))
+}
+
+fn the_killer_does_not_outlive_the_work() {
+    // A kill interval far longer than the work (u64::MAX ms: for ever) used
+    // to be slept out after the last task, and counted in the throughput:
+    // now the run ends with its work, under the watchdog, and no kill was
+    // sent (the first would have come after the work).
+    let out = common::output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_corepool")).args([
+            "soak",
+            "--tasks",
+            "1000",
+            "--kill-every-ms",
+            "18446744073709551615",
+            "--json",
+        ]),
+        common::WATCHDOG,
+    );
+    let summary = passing_summary(&out);
+    assert_eq!(summary["kills_sent"], 0, "{summary}");
+    assert_eq!(summary["ok"], 1000, "{summary}");
+}
+
 fn a_killed_soak_leaves_nothing_behind() {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
@@ -83,5 +116,6 @@ fn main() {
     common::run(common::tests![
         soak_under_chaos_loses_nothing,
         a_killed_soak_leaves_nothing_behind,
+        the_killer_does_not_outlive_the_work,
     ]);
 }
