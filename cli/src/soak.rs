@@ -118,10 +118,14 @@ pub(crate) fn run(args: &SoakArgs) -> Result<bool, CliError> {
     let stats = pool.stats();
     s.respawned = stats.respawns;
     s.median_replacement_us = stats.median_replacement().map(|d| d.as_secs_f64() * 1e6);
-    pool.close();
-    pool.join()?;
+    // The summary first: whatever happens to the workers now (one may be
+    // stopped, SIGSTOP, and never exit by itself), every result is in.
     let passed = s.lost == 0 && s.wrong == 0;
     print_summary(args, &s, passed)?;
+    // Nothing is left to wait for, so the workers are killed rather than
+    // asked to finish: `close` + `join` would wait for ever on a stopped one.
+    pool.terminate();
+    pool.join()?;
     Ok(passed)
 }
 
