@@ -94,7 +94,7 @@ fn main() -> ExitCode {
         Err(e) if e.is_broken_pipe() => ExitCode::from(output::BROKEN_PIPE_STATUS),
         Err(e) => {
             output::warn(format_args!("corepool: {e}"));
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_status())
         }
     }
 }

@@ -818,3 +818,30 @@ fn pin_sweeps_only_the_workloads_its_help_lists() {
         assert!(!err.contains("round trips"), "{w}: {err}");
     }
 }
+
+#[test]
+fn a_size_that_cannot_fit_is_refused_naming_size() {
+    // Far beyond any machine's memory: refused before anything is
+    // allocated, never an allocation failure's abort (exit 134).
+    for w in ["map", "apply_async", "latency", "shared_sum"] {
+        let out = corepool(&[
+            "bench",
+            "--only",
+            w,
+            "--size",
+            "1000000000000000",
+            "--repeat",
+            "1",
+        ]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{w}: {err}");
+        assert!(
+            err.contains("--size 1000000000000000 needs about"),
+            "{w}: {err}"
+        );
+        assert!(err.contains("give a smaller --size"), "{w}: {err}");
+        assert_eq!(text(&out.stdout), "", "{w}: nothing was measured");
+    }
+    let err = fails(&["pin", "--workload", "map", "--size", "18446744073709551615"]);
+    assert!(err.contains("--size 18446744073709551615 needs"), "{err}");
+}

@@ -157,6 +157,7 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan, CliError> {
             sizes.set(w, n);
         }
     }
+    crate::workloads::check_fits(&sizes, &selected, args.size)?;
     Ok(Plan {
         topo,
         selected,

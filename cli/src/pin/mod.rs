@@ -190,6 +190,7 @@ pub(crate) fn run(args: &PinArgs) -> Result<(), CliError> {
     }
     let mut sizes = Sizes::quick();
     sizes.set(w, n);
+    crate::workloads::check_fits(&sizes, &[w], args.size)?;
     // Each measurement runs on a fresh pool: warm it up with an eighth of the
     // work, or with the whole array for shared_sum, so that every worker has
     // mapped every page before the timed run.
