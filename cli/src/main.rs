@@ -24,9 +24,11 @@
 //! puts the workers) and [`stats`] (median, min, max). [`error`] is the
 //! error every subcommand returns; [`output`] is every write to standard
 //! output (fallible: a closed pipe ends the command quietly, never a panic);
-//! [`sys`] holds the command's only raw system calls.
+//! [`sys`] holds the command's only raw system calls; [`cleanup`] removes
+//! temporary files when a signal ends the command.
 
 mod bench;
+mod cleanup;
 mod error;
 mod info;
 mod output;
@@ -79,6 +81,7 @@ enum Command {
 fn main() -> ExitCode {
     corepool::init();
     let args = Args::parse();
+    cleanup::install();
     // Each subcommand has dropped its pools (and ended any Python child) by
     // the time it returns, whatever it returns.
     let result: Result<bool, CliError> = match args.command {

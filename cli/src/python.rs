@@ -101,11 +101,16 @@ pub(crate) struct Request {
 #[derive(Debug)]
 struct WrittenScript {
     path: PathBuf,
+    /// Removes the directory if a signal ends the run (declared first:
+    /// dropped, and so forgotten, before the directory goes).
+    _on_signal: crate::cleanup::Registered,
     _dir: TempDir,
 }
 
 impl WrittenScript {
     fn new() -> Result<Self, CliError> {
+        // Registered for a signal's cleanup only once it holds the script:
+        // a signal in between leaves an empty private directory at worst.
         let dir = tempfile::Builder::new()
             .prefix("corepool-bench_mp-")
             .permissions(std::fs::Permissions::from_mode(0o700))
@@ -126,7 +131,11 @@ impl WrittenScript {
                 path: path.display().to_string(),
                 reason: e.to_string(),
             })?;
-        Ok(WrittenScript { path, _dir: dir })
+        Ok(WrittenScript {
+            path,
+            _on_signal: crate::cleanup::Registered::new(dir.path().to_path_buf()),
+            _dir: dir,
+        })
     }
 }
 

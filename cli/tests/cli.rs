@@ -845,3 +845,54 @@ fn a_size_that_cannot_fit_is_refused_naming_size() {
     let err = fails(&["pin", "--workload", "map", "--size", "18446744073709551615"]);
     assert!(err.contains("--size 18446744073709551615 needs"), "{err}");
 }
+
+#[test]
+fn a_signal_mid_sweep_leaves_no_temporary_plot_file() {
+    use std::os::unix::process::ExitStatusExt;
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let dir = temp(&format!("plot-signal-{signal}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let plot = dir.join("x.svg");
+        // Long enough to be interrupted: the signal ends it.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_corepool"))
+            .args([
+                "bench",
+                "--scale",
+                "--only",
+                "cpu_loop",
+                "--size",
+                "100000000000",
+                "--workers",
+                "1",
+                "--plot",
+                plot.to_str().unwrap(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let entries = || std::fs::read_dir(&dir).unwrap().count();
+        common::eventually("the temporary plot file exists", || entries() == 1);
+        // SAFETY: kill has no memory preconditions; the pid is our unreaped
+        // child's.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waited = std::thread::spawn(move || {
+            let status = child.wait();
+            let _ = tx.send(());
+            status
+        });
+        if rx.recv_timeout(LIMIT).is_err() {
+            panic!("the signal did not end the sweep");
+        }
+        let status = waited.join().unwrap().unwrap();
+        assert_eq!(status.signal(), Some(signal), "{status:?}");
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -45,10 +45,12 @@ fn with_scaling(mut rows: Vec<Row>) -> Vec<Row> {
 /// file in the plot's directory (which proves it exists and is writable),
 /// renamed onto the path once the SVG is in it. Until then an older plot at
 /// the path is left as it was, and dropping this (a failed run) removes the
-/// temporary file.
+/// temporary file, as [`crate::cleanup`] does when a signal ends the run.
 struct PlotFile {
     path: PathBuf,
     temp: tempfile::NamedTempFile,
+    /// Removes the temporary file if a signal ends the run.
+    _on_signal: crate::cleanup::Registered,
 }
 
 impl PlotFile {
@@ -81,6 +83,7 @@ impl PlotFile {
             })?;
         Ok(PlotFile {
             path: path.to_path_buf(),
+            _on_signal: crate::cleanup::Registered::new(temp.path().to_path_buf()),
             temp,
         })
     }
