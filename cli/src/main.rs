@@ -82,6 +82,7 @@ fn main() -> ExitCode {
     corepool::init();
     let args = Args::parse();
     cleanup::install();
+    cleanup::watch_stdout();
     // Each subcommand has dropped its pools (and ended any Python child) by
     // the time it returns, whatever it returns.
     let result: Result<bool, CliError> = match args.command {

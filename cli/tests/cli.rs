@@ -135,13 +135,15 @@ fn bench_queue_and_pipe_rtt_rows() {
         "1000",
         "--json",
     ]));
+    // Rows come in the order the workloads run (each printed once
+    // measured): pipe_rtt's before queue's.
     let corepool: Vec<&serde_json::Value> =
         rows.iter().filter(|r| r["system"] == "corepool").collect();
     assert_eq!(corepool.len(), 2, "{rows:?}");
-    assert_eq!(corepool[0]["workload"], "queue");
-    assert_eq!(corepool[0]["unit"], "messages/s");
-    assert_eq!(corepool[1]["workload"], "pipe_rtt");
-    assert_eq!(corepool[1]["unit"], "ns");
+    assert_eq!(corepool[0]["workload"], "pipe_rtt");
+    assert_eq!(corepool[0]["unit"], "ns");
+    assert_eq!(corepool[1]["workload"], "queue");
+    assert_eq!(corepool[1]["unit"], "messages/s");
     for r in &rows {
         check_row(r);
         assert_eq!(r["items"], 1000);
@@ -895,4 +897,56 @@ fn a_signal_mid_sweep_leaves_no_temporary_plot_file() {
         assert!(left.is_empty(), "left behind: {left:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+#[test]
+fn rows_are_printed_as_measured_and_a_gone_reader_ends_the_run() {
+    use std::io::BufRead;
+    // start runs first and is not sized by --size; then cpu_loop's runs
+    // would take many minutes. Only streamed rows let the reader take its
+    // first line and go, as `| head -1` does; the run ends when it goes.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corepool"))
+        .args([
+            "bench",
+            "--quick",
+            "--only",
+            "start,cpu_loop",
+            "--size",
+            "100000000000",
+            "--repeat",
+            "1",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = {
+        let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        line
+    }; // the reader goes away here
+    let row: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(row["workload"], "start", "{first}");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pid = child.id() as i32;
+    let waited = std::thread::spawn(move || {
+        let status = child.wait();
+        let _ = tx.send(());
+        status
+    });
+    if rx.recv_timeout(LIMIT).is_err() {
+        // SAFETY: kill has no memory preconditions; the pid is our child's,
+        // not yet reaped (its waiter has not returned).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = waited.join();
+        panic!("the run went on after its reader had gone");
+    }
+    let status = waited.join().unwrap().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        status.code() == Some(141) || status.signal() == Some(libc::SIGPIPE),
+        "quietly, as SIGPIPE ends `cat`: {status:?}"
+    );
 }

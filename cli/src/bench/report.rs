@@ -320,7 +320,8 @@ pub(super) fn print_header(
     outln!()
 }
 
-pub(super) fn print_table(rows: &[Row], vs_python: bool) -> Result<(), CliError> {
+/// The table's column titles, printed before the first row.
+pub(super) fn print_table_head(vs_python: bool) -> Result<(), CliError> {
     out!(
         "{:<12} {:<25} {:>7} {:>10} {:>9} {:>20} {:>15} {:>15}",
         "workload",
@@ -335,7 +336,11 @@ pub(super) fn print_table(rows: &[Row], vs_python: bool) -> Result<(), CliError>
     if vs_python {
         out!(" {:>15}", "vs python")?;
     }
-    outln!()?;
+    outln!()
+}
+
+/// Rows of the table: one workload's as it is measured, or all of them.
+pub(super) fn print_table_rows(rows: &[Row], vs_python: bool) -> Result<(), CliError> {
     for r in rows {
         let find = |system: &str| {
             rows.iter()
@@ -357,6 +362,11 @@ pub(super) fn print_table(rows: &[Row], vs_python: bool) -> Result<(), CliError>
         }
         outln!()?;
     }
+    Ok(())
+}
+
+/// The notes under the table, from every row.
+pub(super) fn print_table_notes(rows: &[Row]) -> Result<(), CliError> {
     let mut notes = Vec::new();
     for r in rows {
         match (r.system.as_str(), r.workload) {
