@@ -6,7 +6,8 @@ pub(crate) enum CliError {
     /// The library refused or failed (building a pool, running a task).
     #[error(transparent)]
     Pool(#[from] corepool::Error),
-    /// A command-line value that cannot work.
+    /// A command-line value that cannot work (exit status 2, as clap's own
+    /// errors: the command line must change).
     #[error("{0}")]
     Usage(String),
     /// Sizes (`--size`) whose run cannot fit in this process's memory:
@@ -42,7 +43,7 @@ impl CliError {
     /// line that cannot work (as clap's own errors), 1 for a failed run.
     pub(crate) fn exit_status(&self) -> u8 {
         match self {
-            CliError::TooLarge(_) => 2,
+            CliError::Usage(_) | CliError::TooLarge(_) => 2,
             _ => 1,
         }
     }

@@ -51,7 +51,7 @@ use std::process::ExitCode;
     name = "corepool",
     version,
     about = "Pinned worker processes over shared-memory rings: information, benchmarks and a pinning tuner",
-    after_help = "Exit status: 0 on success; 1 on a failure (said on stderr) or a soak that lost or got wrong results; 2 on a command line that cannot be parsed; 141 (128 + SIGPIPE, as for `cat` or `ls`) when the reader of the output went away, e.g. `corepool bench --json | head -1`: the command stops quietly, its workers and any Python baseline ended."
+    after_help = "Exit status: 0 on success; 1 on a run that failed (said on stderr: a pool, a write or the Python baseline failed) or a soak that lost or got wrong results; 2 on a command line that cannot work (an unknown option or workload, a value out of range, a --size this machine cannot hold), said on stderr before anything runs; 141 (128 + SIGPIPE, as for `cat` or `ls`) when the reader of the output went away, e.g. `corepool bench --json | head -1`: the command stops quietly, its workers and any Python baseline ended."
 )]
 struct Args {
     #[command(subcommand)]

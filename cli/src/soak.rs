@@ -67,10 +67,7 @@ struct Summary {
 
 pub(crate) fn run(args: &SoakArgs) -> Result<bool, CliError> {
     if args.tasks == 0 {
-        return Err(Error::InvalidConfig {
-            what: "--tasks must be at least 1".into(),
-        }
-        .into());
+        return Err(CliError::usage("--tasks must be at least 1"));
     }
     let mut builder = Pool::builder().retries(args.retries);
     if let Some(w) = args.workers {

@@ -803,6 +803,33 @@ fn bad_input_is_a_message_that_says_what_to_do() {
 }
 
 #[test]
+fn every_bad_command_line_exits_2() {
+    // Refused by clap or by the command: the same status, so that a script
+    // can tell a mistyped command from a run that failed (1).
+    for args in [
+        &["bench", "--pinning", "foo"][..],
+        &["pin", "--layouts", "foo"],
+        &["bench", "--size", "0"],
+        &["bench", "--repeat", "0"],
+        &["bench", "--workers", "0"],
+        &["bench", "--scale", "--plot", "x.png"],
+        &["bench", "--only", "foo"],
+        &["bench", "--scale", "--only", "latency"],
+        &["pin", "--workload", "queue"],
+        &["soak", "--tasks", "0"],
+        &["bench", "--quik"],
+    ] {
+        let out = corepool(args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
 fn pin_sweeps_only_the_workloads_its_help_lists() {
     let help = ok(&["pin", "--help"]);
     let listed = "apply_async, map, latency, cpu_loop or shared_sum";
