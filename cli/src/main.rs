@@ -31,6 +31,7 @@ mod bench;
 mod cleanup;
 mod error;
 mod info;
+mod numbers;
 mod output;
 mod pin;
 mod plot;

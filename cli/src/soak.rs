@@ -11,20 +11,20 @@ use std::time::{Duration, Instant};
 #[derive(clap::Args, Debug)]
 pub(crate) struct SoakArgs {
     /// How many tasks to run.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 100_000, allow_negative_numbers = true, value_parser = crate::numbers::at_least_one::<u64>)]
     tasks: u64,
     /// Worker processes. Default: one per allowed CPU.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::at_least_one::<usize>)]
     workers: Option<usize>,
     /// Kill a random worker with SIGKILL every this many milliseconds (0: only
     /// what others kill).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = crate::numbers::zero_or_more::<u64>)]
     kill_every_ms: u64,
     /// Times a task whose worker died is run again.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true, value_parser = crate::numbers::zero_or_more::<u32>)]
     retries: u32,
     /// Busy-loop iterations per task (so that kills land mid-task).
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(long, default_value_t = 2_000, allow_negative_numbers = true, value_parser = crate::numbers::zero_or_more::<u64>)]
     work: u64,
     /// Print the summary as one JSON object on the last line.
     #[arg(long)]

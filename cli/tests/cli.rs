@@ -818,6 +818,8 @@ fn every_bad_command_line_exits_2() {
         &["pin", "--workload", "queue"],
         &["soak", "--tasks", "0"],
         &["bench", "--quik"],
+        &["bench", "--size", "-1"],
+        &["soak", "--retries", "-1"],
     ] {
         let out = corepool(args);
         assert_eq!(
@@ -976,4 +978,19 @@ fn rows_are_printed_as_measured_and_a_gone_reader_ends_the_run() {
         status.code() == Some(141) || status.signal() == Some(libc::SIGPIPE),
         "quietly, as SIGPIPE ends `cat`: {status:?}"
     );
+}
+
+#[test]
+fn negative_counts_and_near_miss_workloads_get_useful_messages() {
+    let err = fails(&["bench", "--size", "-1"]);
+    assert!(err.contains("invalid value '-1' for '--size"), "{err}");
+    assert!(err.contains("must be at least 1"), "{err}");
+    let err = fails(&["bench", "--workers", "-2"]);
+    assert!(err.contains("must be at least 1"), "{err}");
+    let err = fails(&["soak", "--kill-every-ms", "-5"]);
+    assert!(err.contains("must be 0 or more"), "{err}");
+    let err = fails(&["bench", "--only", "apply-async"]);
+    assert!(err.contains("did you mean `apply_async`?"), "{err}");
+    let err = fails(&["pin", "--workload", "cpu-loop"]);
+    assert!(err.contains("did you mean `cpu_loop`?"), "{err}");
 }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 pub(crate) struct BenchArgs {
     /// Worker processes (and threads for the baseline). Default: one per
     /// allowed CPU. With --scale: the largest count.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::at_least_one::<usize>)]
     pub(super) workers: Option<usize>,
     /// Small sizes: the whole suite in a few seconds.
     #[arg(long)]
@@ -27,11 +27,11 @@ pub(crate) struct BenchArgs {
     /// total; shared_sum: array elements; queue: messages; pipe_rtt: round
     /// trips), instead of the default sizes. Not for start, respawn, bulk and
     /// bulk_shared, whose counts are fixed (--quick makes them smaller).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::at_least_one::<u64>)]
     pub(super) size: Option<u64>,
     /// Measured runs of each workload, after one warm-up run that is not
     /// counted. Default 5, or 3 with --quick.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::at_least_one::<usize>)]
     pub(super) repeat: Option<usize>,
     /// Where corepool's workers run: none, per-cpu (default), compact,
     /// scatter, avoid-smt, or a CPU list such as 0,2-3. `corepool pin` compares them.
@@ -52,7 +52,9 @@ pub(crate) struct BenchArgs {
         long,
         default_value_t = 900,
         value_name = "SECONDS",
-        requires = "vs_python"
+        requires = "vs_python",
+        allow_negative_numbers = true,
+        value_parser = crate::numbers::at_least_one::<u64>
     )]
     pub(super) python_timeout: u64,
     /// Run 1, 2, ... N workers (N: --workers, default one per allowed CPU) and

@@ -143,9 +143,12 @@ impl Workload {
             .copied()
             .find(|w| w.name() == s.trim())
             .ok_or_else(|| {
+                let names = WORKLOADS.map(Workload::name);
+                let hint = crate::numbers::did_you_mean(s, &names)
+                    .map_or(String::new(), |n| format!(" (did you mean `{n}`?)"));
                 CliError::usage(format!(
-                    "unknown workload `{s}`: choose from {}",
-                    WORKLOADS.map(Workload::name).join(", ")
+                    "unknown workload `{s}`{hint}: choose from {}",
+                    names.join(", ")
                 ))
             })
     }
