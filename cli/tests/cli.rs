@@ -431,7 +431,7 @@ fn vs_python_without_python_installed_says_so_and_succeeds() {
 #[test]
 fn a_named_python_that_is_missing_is_an_error_as_a_failing_one_is() {
     // The user named the interpreter: a wrong path fails the command as
-    // `/bin/false` (below) does, after corepool's rows.
+    // `/bin/false` (below) does, before anything is measured.
     let out = corepool(&[
         "bench",
         "--quick",
@@ -453,7 +453,7 @@ fn a_named_python_that_is_missing_is_an_error_as_a_failing_one_is() {
     assert!(err.contains("--python"), "says what to do: {err}");
     assert!(!err.contains("panicked"), "{err}");
     let rows = json_lines(&text(&out.stdout));
-    assert_eq!(rows.len(), 2, "corepool's rows are still printed");
+    assert!(rows.is_empty(), "checked before measuring: {rows:?}");
     // The same through the environment.
     let out = common::output_within(
         Command::new(env!("CARGO_BIN_EXE_corepool"))
@@ -476,7 +476,7 @@ fn a_named_python_that_is_missing_is_an_error_as_a_failing_one_is() {
 }
 
 #[test]
-fn a_failing_python_is_an_error_after_the_rows() {
+fn a_failing_python_is_an_error_before_anything_is_measured() {
     let out = corepool(&[
         "bench",
         "--quick",
@@ -491,8 +491,40 @@ fn a_failing_python_is_an_error_after_the_rows() {
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("Python baseline failed"), "{err}");
+    assert!(err.contains("nothing was measured"), "{err}");
+    assert!(err.contains("(it printed nothing on stderr)"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    assert!(text(&out.stdout).contains("corepool"), "rows still printed");
+    assert_eq!(text(&out.stdout), "", "checked before measuring");
+}
+
+#[test]
+fn an_empty_python_setting_means_unset() {
+    // `COREPOOL_PYTHON=` and `--python ''` are the default `python3`, which
+    // is missing from this PATH: a warning, not "no interpreter at ``".
+    let empty = temp("empty-python-setting");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = common::output_within(
+        Command::new(env!("CARGO_BIN_EXE_corepool"))
+            .args([
+                "bench",
+                "--quick",
+                "--only",
+                "latency",
+                "--json",
+                "--repeat",
+                "1",
+                "--vs-python",
+                "--python",
+                "",
+            ])
+            .env("COREPOOL_PYTHON", "")
+            .env("PATH", &empty),
+        LIMIT,
+    );
+    let _ = std::fs::remove_dir(&empty);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("no Python interpreter at `python3`"), "{err}");
 }
 
 #[test]

@@ -6,6 +6,7 @@ use crate::topo::{Layout, Topology};
 use crate::workloads::{Sizes, Workload, WORKLOADS};
 use crate::CliError;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct BenchArgs {
@@ -133,12 +134,16 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan, CliError> {
             path,
             named_by: Some(by),
         };
+        // An empty value is no value (as `COREPOOL_PYTHON= corepool ...`
+        // means), not a path.
         args.python
             .clone()
+            .filter(|p| !p.is_empty())
             .map(|p| named(p, "--python"))
             .or_else(|| {
                 std::env::var("COREPOOL_PYTHON")
                     .ok()
+                    .filter(|p| !p.is_empty())
                     .map(|p| named(p, "$COREPOOL_PYTHON"))
             })
             .unwrap_or_else(|| Interpreter {
@@ -146,6 +151,20 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan, CliError> {
                 named_by: None,
             })
     });
+    // The interpreter is checked before anything is measured: a wrong path
+    // found after minutes of corepool's rows would waste them.
+    let python = match python {
+        Some(interp) => {
+            match crate::python::probe(&interp, Duration::from_secs(args.python_timeout))? {
+                None => Some(interp),
+                Some(unavailable) => {
+                    crate::output::warn(format_args!("corepool: {unavailable}"));
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     let mut sizes = if args.quick {
         Sizes::quick()
     } else {
