@@ -166,6 +166,25 @@ pub(crate) fn script_shown() -> String {
     }
 }
 
+/// `cmd` as a shell command line, every argument included, to run by hand.
+fn command_line(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| {
+            let a = a.to_string_lossy();
+            let plain = !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./,=:+@".contains(&b));
+            if plain {
+                a.into_owned()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// `tail`'s lines for a message, or a note that there were none.
 fn error_lines(tail: &str) -> String {
     if tail.trim().is_empty() {
@@ -306,6 +325,7 @@ pub(crate) fn run(req: &Request) -> Result<Outcome, CliError> {
     }
     cmd.arg("--cpu-loop-tasks")
         .arg(req.cpu_loop_tasks.max(1).to_string());
+    let shown = command_line(&cmd);
     // Python stays in our process group, so that Ctrl-C stops it and its
     // workers along with us; a timeout kills them one by one (below).
     cmd.stdin(Stdio::null())
@@ -364,19 +384,15 @@ pub(crate) fn run(req: &Request) -> Result<Outcome, CliError> {
     let tail = error_lines(&last_lines(&err_text));
     if timed_out {
         return Err(CliError::Python(format!(
-            "`{} {}` ran longer than {:?} and was killed; run it by hand to see where it stops",
-            interpreter,
-            path.display(),
-            req.timeout
+            "`{}` ran longer than {:?} and was killed; run it by hand to see where it stops",
+            shown, req.timeout
         )));
     }
     match status {
         Ok(s) if s.success() => {}
         Ok(s) => {
             return Err(CliError::Python(format!(
-                "`{} {}` {s}; its last error lines:\n{tail}",
-                interpreter,
-                path.display()
+                "`{shown}` {s}; its last error lines:\n{tail}"
             )))
         }
         Err(e) => return Err(CliError::Python(format!("waiting for Python: {e}"))),

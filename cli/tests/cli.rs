@@ -1026,3 +1026,39 @@ fn negative_counts_and_near_miss_workloads_get_useful_messages() {
     let err = fails(&["pin", "--workload", "cpu-loop"]);
     assert!(err.contains("did you mean `cpu_loop`?"), "{err}");
 }
+
+#[test]
+fn a_python_that_hangs_in_the_script_is_shown_with_its_arguments() {
+    use std::os::unix::fs::PermissionsExt;
+    // Passes the interpreter check (`-c ...`), then hangs in the script.
+    let fake = temp("hang-in-script.sh");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\nif [ \"$1\" = -c ]; then exit 0; fi\nsleep 300 &\nwait\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = corepool(&[
+        "bench",
+        "--quick",
+        "--only",
+        "latency",
+        "--size",
+        "100",
+        "--repeat",
+        "1",
+        "--vs-python",
+        "--python",
+        fake.to_str().unwrap(),
+        "--python-timeout",
+        "1",
+    ]);
+    let _ = std::fs::remove_file(&fake);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("ran longer than 1s and was killed"), "{err}");
+    // The command as it ran, to run by hand.
+    for arg in ["--repeat 1", "--quick", "--only latency", "--latency 100"] {
+        assert!(err.contains(arg), "lacks `{arg}`: {err}");
+    }
+}
