@@ -72,7 +72,7 @@ fn temp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("corepool-cli-{}-{name}", std::process::id()))
 }
 
-const ROW_KEYS: [&str; 18] = [
+const ROW_KEYS: [&str; 19] = [
     "workload",
     "system",
     "workers",
@@ -80,6 +80,7 @@ const ROW_KEYS: [&str; 18] = [
     "seconds",
     "rate",
     "unit",
+    "lower_is_better",
     "repeats",
     "rate_min",
     "rate_max",
@@ -117,6 +118,7 @@ fn bench_json_rows_carry_repeats_and_the_machine() {
         check_row(r);
         assert_eq!(r["workload"], "latency");
         assert_eq!(r["unit"], "ns");
+        assert_eq!(r["lower_is_better"], true, "rate is a median time");
         assert_eq!(r["repeats"], 2);
     }
     assert!(rows[0]["pinning"].as_str().unwrap().starts_with("per-cpu"));

@@ -36,6 +36,9 @@ pub(super) struct Row {
     pub(super) seconds: f64,
     pub(super) rate: f64,
     pub(super) unit: &'static str,
+    /// Whether `rate` is a time (latency, pipe_rtt, start, respawn: a
+    /// median in `unit`), where smaller is better, as `pin --json` says.
+    pub(super) lower_is_better: bool,
     pub(super) repeats: usize,
     pub(super) rate_min: f64,
     pub(super) rate_max: f64,
@@ -91,6 +94,7 @@ pub(super) fn summarize(
         seconds: secs.median,
         rate: rates.median,
         unit: w.unit(),
+        lower_is_better: w.lower_is_better(),
         repeats: samples.len(),
         rate_min: rates.min,
         rate_max: rates.max,

@@ -63,6 +63,7 @@ fn python_rows(
                 seconds: r.seconds,
                 rate: r.rate,
                 unit: w.unit(),
+                lower_is_better: w.lower_is_better(),
                 repeats: r.repeats,
                 rate_min: r.rate_min,
                 rate_max: r.rate_max,
