@@ -119,6 +119,10 @@ fn bench_json_rows_carry_repeats_and_the_machine() {
         assert_eq!(r["workload"], "latency");
         assert_eq!(r["unit"], "ns");
         assert_eq!(r["lower_is_better"], true, "rate is a median time");
+        assert!(
+            r["load_1m"].as_f64().is_some(),
+            "the load it ran under: {r}"
+        );
         assert_eq!(r["repeats"], 2);
     }
     assert!(rows[0]["pinning"].as_str().unwrap().starts_with("per-cpu"));
@@ -345,6 +349,7 @@ fn bench_table_states_machine_pinning_and_runs() {
         "{out}"
     );
     assert!(out.contains("vs threads"), "{out}");
+    assert!(out.contains("(1 min)"), "the load: {out}");
 }
 
 #[test]

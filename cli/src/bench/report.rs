@@ -24,6 +24,20 @@ pub(super) struct RowEnv {
     pub(super) allowed: String,
     /// Where this row's workers ran.
     pub(super) pinning: String,
+    /// The 1-minute load average when the row was made (`/proc/loadavg`):
+    /// runs on a loaded machine differ many times over, and this says so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) load_1m: Option<f64>,
+}
+
+/// The 1-minute load average, if `/proc/loadavg` can be read.
+pub(super) fn load_1m() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// One reported row: the median of the measured runs, with their range.
@@ -158,6 +172,7 @@ pub(super) fn env_for(topo: &Topology, pinning: String) -> RowEnv {
         smt: topo.smt,
         allowed: cpu_list(&topo.allowed),
         pinning,
+        load_1m: load_1m(),
     }
 }
 
@@ -284,13 +299,14 @@ pub(super) fn print_header(
 ) -> Result<(), CliError> {
     let t = &plan.topo;
     outln!(
-        "machine:  {}; {} CPU(s) on {} core(s), {} package(s){}; allowed set {}",
+        "machine:  {}; {} CPU(s) on {} core(s), {} package(s){}; allowed set {}{}",
         t.model,
         t.cpus_online,
         t.cores,
         t.packages,
         if t.smt { ", SMT" } else { ", no SMT" },
-        cpu_list(&t.allowed)
+        cpu_list(&t.allowed),
+        load_1m().map_or(String::new(), |l| format!("; load {l:.2} (1 min)"))
     )?;
     outln!(
         "corepool: {} worker processes, pinning {}{}",
