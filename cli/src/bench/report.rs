@@ -298,13 +298,20 @@ pub(super) fn print_header(
     args: &BenchArgs,
 ) -> Result<(), CliError> {
     let t = &plan.topo;
+    let shape = if t.known {
+        format!(
+            "{} CPU(s) on {} core(s), {} package(s){}",
+            t.cpus_online,
+            t.cores,
+            t.packages,
+            if t.smt { ", SMT" } else { ", no SMT" }
+        )
+    } else {
+        t.shape()
+    };
     outln!(
-        "machine:  {}; {} CPU(s) on {} core(s), {} package(s){}; allowed set {}{}",
+        "machine:  {}; {shape}; allowed set {}{}",
         t.model,
-        t.cpus_online,
-        t.cores,
-        t.packages,
-        if t.smt { ", SMT" } else { ", no SMT" },
         cpu_list(&t.allowed),
         load_1m().map_or(String::new(), |l| format!("; load {l:.2} (1 min)"))
     )?;

@@ -255,12 +255,16 @@ pub(super) fn analyse(
             names.join(", ")
         ));
     }
-    if !topo.smt {
+    if !topo.known {
+        notes.push(
+            "the topology is unknown here (/sys/devices/system/cpu does not describe it): avoid-smt, compact and scatter assumed one CPU per core and one package".to_string(),
+        );
+    } else if !topo.smt {
         notes.push(
             "no SMT siblings here: avoid-smt cannot differ from one worker per CPU".to_string(),
         );
     }
-    if topo.packages < 2 {
+    if topo.known && topo.packages < 2 {
         notes.push("one package: scatter and compact differ only through SMT siblings".to_string());
     }
     let what = if low {
@@ -375,6 +379,7 @@ mod tests {
 
     fn topo() -> Topology {
         Topology {
+            known: true,
             model: "test".into(),
             cpus_online: 2,
             packages: 1,
@@ -419,6 +424,37 @@ mod tests {
         assert!(r.recommendation.clear_of_noise);
         assert!(r.recommendation.noise.unwrap() > 0.0);
         assert_eq!(r.layouts[1].same_as, vec!["compact".to_string()]);
+    }
+
+    #[test]
+    fn an_unknown_topology_is_not_stated_as_fact() {
+        let t = Topology {
+            known: false,
+            ..topo()
+        };
+        let shape = t.shape();
+        assert!(shape.starts_with("unknown"), "{shape}");
+        assert!(!shape.contains("no SMT"), "{shape}");
+        let r = analyse(
+            &t,
+            Workload::ApplyAsync,
+            10,
+            1,
+            &[Layout::None],
+            &[placement(None)],
+            &[vec![1.0]],
+        );
+        assert!(
+            r.notes.iter().any(|n| n.contains("unknown")),
+            "{:?}",
+            r.notes
+        );
+        assert!(
+            !r.notes.iter().any(|n| n.contains("no SMT")),
+            "{:?}",
+            r.notes
+        );
+        assert!(topo().shape().contains("no SMT siblings"));
     }
 
     #[test]
