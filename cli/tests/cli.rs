@@ -1069,3 +1069,49 @@ fn a_python_that_hangs_in_the_script_is_shown_with_its_arguments() {
         assert!(err.contains(arg), "lacks `{arg}`: {err}");
     }
 }
+
+#[test]
+fn a_plot_onto_a_symlink_writes_through_it() {
+    let dir = temp("plot-symlink");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("other")).unwrap();
+    std::fs::write(dir.join("other/real.svg"), "old").unwrap();
+    std::os::unix::fs::symlink("other/real.svg", dir.join("link.svg")).unwrap();
+    let sweep = |plot: &std::path::Path| {
+        corepool(&[
+            "bench",
+            "--quick",
+            "--scale",
+            "--only",
+            "cpu_loop",
+            "--size",
+            "1000",
+            "--repeat",
+            "1",
+            "--workers",
+            "1",
+            "--plot",
+            plot.to_str().unwrap(),
+        ])
+    };
+    let out = sweep(&dir.join("link.svg"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let link = std::fs::symlink_metadata(dir.join("link.svg")).unwrap();
+    assert!(link.file_type().is_symlink(), "the link was replaced");
+    let svg = std::fs::read_to_string(dir.join("other/real.svg")).unwrap();
+    assert!(svg.contains("<svg"), "the link's target got the plot");
+    // A link to a device is refused, never replaced.
+    std::os::unix::fs::symlink("/dev/null", dir.join("null.svg")).unwrap();
+    let out = sweep(&dir.join("null.svg"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not a regular file"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(std::fs::symlink_metadata(dir.join("null.svg"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -62,6 +62,23 @@ impl PlotFile {
         if path.is_dir() {
             return Err(failed("it is a directory".into()));
         }
+        // A symlink is written through, not replaced by the rename: the
+        // file it names gets the plot, and the link stays.
+        let resolved;
+        let path = if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            resolved = std::fs::canonicalize(path).map_err(|e| {
+                failed(format!(
+                    "it is a symlink to a file that cannot be reached ({e}); give the file's own path"
+                ))
+            })?;
+            resolved.as_path()
+        } else {
+            path
+        };
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+            // A device or a socket: renaming onto it would replace it.
+            return Err(failed(format!("{} is not a regular file", path.display())));
+        }
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
