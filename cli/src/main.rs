@@ -79,9 +79,30 @@ enum Command {
     Soak(soak::SoakArgs),
 }
 
+/// Prints clap's answer (help, version, or a usage error) and exits with
+/// its status; help that cannot be written (a full disk, a closed pipe) is
+/// reported as any other output would be.
+fn clap_exit(e: &clap::Error) -> ExitCode {
+    use std::io::Write;
+    let printed = e.print().and_then(|()| std::io::stdout().flush());
+    match printed {
+        Err(w) if w.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::from(output::BROKEN_PIPE_STATUS)
+        }
+        Err(w) => {
+            output::warn(format_args!("corepool: {}", CliError::Output(w)));
+            ExitCode::FAILURE
+        }
+        Ok(()) => ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2)),
+    }
+}
+
 fn main() -> ExitCode {
     corepool::init();
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => return clap_exit(&e),
+    };
     cleanup::install();
     cleanup::watch_stdout();
     // Each subcommand has dropped its pools (and ended any Python child) by

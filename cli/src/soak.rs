@@ -163,9 +163,12 @@ fn print_summary(args: &SoakArgs, s: &Summary, passed: bool) -> Result<(), CliEr
         outln!("ok           {}", s.ok)?;
         outln!("wrong        {}", s.wrong)?;
         outln!(
-            "worker_died  {}  (tasks whose worker died on all {} runs)",
+            "worker_died  {}  (tasks whose worker died on {})",
             s.worker_died,
-            args.retries + 1
+            match args.retries {
+                0 => "their only run".to_string(),
+                r => format!("all {} runs", u64::from(r) + 1),
+            }
         )?;
         outln!("failed       {}", s.failed)?;
         outln!("lost         {}", s.lost)?;

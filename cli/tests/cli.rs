@@ -1115,3 +1115,48 @@ fn a_plot_onto_a_symlink_writes_through_it() {
         .is_symlink());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn help_that_cannot_be_written_is_a_failure() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_corepool"))
+        .arg("--help")
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cannot write the output"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn tables_count_in_good_grammar() {
+    let out = ok(&[
+        "bench",
+        "--quick",
+        "--only",
+        "latency",
+        "--repeat",
+        "1",
+        "--workers",
+        "1",
+    ]);
+    assert!(out.contains("1 worker process,"), "{out}");
+    assert!(out.contains("1 unpinned thread "), "{out}");
+    assert!(out.contains("per-cpu: CPU "), "one CPU, not `CPUs`: {out}");
+    assert!(
+        !out.contains("1.00x faster"),
+        "a baseline against itself: {out}"
+    );
+    assert!(out.contains("baseline"), "{out}");
+    let soak = ok(&["soak", "--tasks", "10", "--retries", "0"]);
+    assert!(soak.contains("on their only run"), "{soak}");
+    let soak = ok(&["soak", "--tasks", "10", "--retries", "4294967295"]);
+    assert!(soak.contains("on all 4294967296 runs"), "{soak}");
+}

@@ -180,7 +180,8 @@ pub(super) fn placement_text(layout: &Layout, p: &Placement) -> String {
     match &p.cpus {
         None => format!("{layout}: unpinned"),
         Some(c) => format!(
-            "{layout}: CPUs {}",
+            "{layout}: {} {}",
+            if c.len() == 1 { "CPU" } else { "CPUs" },
             c.iter()
                 .map(|c| c.to_string())
                 .collect::<Vec<_>>()
@@ -274,9 +275,11 @@ fn times(x: f64) -> String {
     }
 }
 
-/// `r` against `base`: `2.00x` (higher is better) or `2.00x faster` for ns.
+/// `r` against `base`: `2.00x` (higher is better) or `2.00x faster` for ns;
+/// `baseline` for the base itself.
 fn ratio(r: &Row, base: Option<&Row>) -> String {
     match base {
+        Some(b) if b.system == r.system => "baseline".into(),
         Some(b) if lower_is_better(r) => {
             let x = b.rate / r.rate.max(1e-9);
             if x >= 0.995 {
@@ -316,8 +319,8 @@ pub(super) fn print_header(
         load_1m().map_or(String::new(), |l| format!("; load {l:.2} (1 min)"))
     )?;
     outln!(
-        "corepool: {} worker processes, pinning {}{}",
-        placement.workers,
+        "corepool: {}, pinning {}{}",
+        crate::output::count(placement.workers, "worker process", "worker processes"),
         placement_text(layout, placement),
         placement
             .note
@@ -325,8 +328,8 @@ pub(super) fn print_header(
             .map_or(String::new(), |n| format!(" ({n})"))
     )?;
     outln!(
-        "threads:  a rayon pool of {} unpinned threads in this process",
-        placement.workers
+        "threads:  a rayon pool of {} in this process",
+        crate::output::count(placement.workers, "unpinned thread", "unpinned threads")
     )?;
     if let Some(info) = py {
         outln!(
@@ -350,7 +353,7 @@ pub(super) fn print_header(
 /// The table's column titles, printed before the first row.
 pub(super) fn print_table_head(vs_python: bool) -> Result<(), CliError> {
     out!(
-        "{:<12} {:<25} {:>7} {:>10} {:>9} {:>20} {:>15} {:>15}",
+        "{:<12} {:<15} {:>7} {:>10} {:>9} {:>20} {:>15} {:>15}",
         "workload",
         "system",
         "workers",
@@ -374,7 +377,7 @@ pub(super) fn print_table_rows(rows: &[Row], vs_python: bool) -> Result<(), CliE
                 .find(|t| t.workload == r.workload && t.system == system)
         };
         out!(
-            "{:<12} {:<25} {:>7} {:>10} {:>9.3} {:>20} {:>15} {:>15}",
+            "{:<12} {:<15} {:>7} {:>10} {:>9.3} {:>20} {:>15} {:>15}",
             r.workload,
             r.system,
             r.workers,
@@ -404,7 +407,10 @@ pub(super) fn print_table_notes(rows: &[Row]) -> Result<(), CliError> {
             }
             ("corepool", "respawn") => {
                 if let Some(p99) = r.p99 {
-                    notes.push(format!("respawn: median {:.2} ms, p99 {p99:.2} ms over {} kills, from the SIGKILL to a task answered by the replacement", r.rate, r.items as usize * r.repeats));
+                    let kills = r.items as usize * r.repeats;
+                    // Under 100 kills the 99th percentile is the slowest.
+                    let tail = if kills < 100 { "slowest" } else { "p99" };
+                    notes.push(format!("respawn: median {:.2} ms, {tail} {p99:.2} ms over {kills} kills, from the SIGKILL to a task answered by the replacement", r.rate));
                 }
             }
             ("threads", "bulk") => {

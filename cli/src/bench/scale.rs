@@ -276,8 +276,10 @@ pub(super) fn run_scale(args: &BenchArgs, plan: &Plan) -> Result<(), CliError> {
 
 fn plot_title(plan: &Plan) -> String {
     format!(
-        "corepool bench --scale: {}, {} CPUs, {} runs per point (median; bars: min-max)",
-        plan.topo.model, plan.topo.cpus_online, plan.repeat
+        "corepool bench --scale: {}, {}, {} per point (median; bars: min-max)",
+        plan.topo.model,
+        crate::output::count(plan.topo.cpus_online, "CPU", "CPUs"),
+        crate::output::count(plan.repeat, "run", "runs")
     )
 }
 

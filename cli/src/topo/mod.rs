@@ -312,10 +312,10 @@ pub(crate) fn print_topology(t: &Topology) -> Result<(), CliError> {
     outln!("CPU model:  {}", t.model)?;
     outln!("topology:   {}", t.shape())?;
     outln!(
-        "allowed:    {} ({} CPUs on {} core(s))",
+        "allowed:    {} ({} on {})",
         cpu_list(&t.allowed),
-        t.allowed.len(),
-        t.allowed_cores
+        crate::output::count(t.allowed.len(), "CPU", "CPUs"),
+        crate::output::count(t.allowed_cores, "core", "cores")
     )?;
     outln!()?;
     outln!(
