@@ -4,11 +4,6 @@
 //! still registered here, then ends the process with that same signal (the
 //! shell still sees 130 for Ctrl-C). Registered paths are the `--plot`
 //! temporary file and the built-in Python script's directory.
-//!
-//! A second thread ends the command the same way, by SIGPIPE (exit status
-//! 141 to a shell), as soon as standard output's reader goes away: a run
-//! between two rows may be minutes long, and `bench --json | head -1` has
-//! all it wants after the first.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -36,19 +31,6 @@ pub(crate) fn install() {
                 let _ = signal_hook::low_level::emulate_default_handler(signal);
                 std::process::exit(128 + signal);
             }
-        });
-}
-
-/// Starts the thread that ends the command once nobody reads its output.
-pub(crate) fn watch_stdout() {
-    let _ = std::thread::Builder::new()
-        .name("corepool-stdout".into())
-        .spawn(|| {
-            crate::sys::wait_until_stdout_reader_gone();
-            remove_all();
-            // SIGPIPE's default action (Rust ignores it): end as `cat` would.
-            let _ = signal_hook::low_level::emulate_default_handler(libc::SIGPIPE);
-            std::process::exit(i32::from(crate::output::BROKEN_PIPE_STATUS));
         });
 }
 

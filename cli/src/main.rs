@@ -104,7 +104,6 @@ fn main() -> ExitCode {
         Err(e) => return clap_exit(&e),
     };
     cleanup::install();
-    cleanup::watch_stdout();
     // Each subcommand has dropped its pools (and ended any Python child) by
     // the time it returns, whatever it returns.
     let result: Result<bool, CliError> = match args.command {

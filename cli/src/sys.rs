@@ -31,28 +31,6 @@ pub(crate) fn kill(pid: i32, signal: i32) -> io::Result<()> {
     Ok(rustix::process::kill_process(target, signal)?)
 }
 
-/// Blocks until standard output is a pipe or socket whose reader has gone
-/// away (`poll` reports `POLLERR` or `POLLHUP` on its write end, which it
-/// does whatever events are asked for: none are). Never returns for a file,
-/// a terminal that stays, or `/dev/null`; returns at once if `poll` fails.
-pub(crate) fn wait_until_stdout_reader_gone() {
-    use rustix::event::{PollFd, PollFlags};
-    let stdout = std::io::stdout();
-    loop {
-        let mut fds = [PollFd::new(&stdout, PollFlags::empty())];
-        match rustix::event::poll(&mut fds, None) {
-            Ok(_) if fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP) => return,
-            Ok(_) | Err(rustix::io::Errno::INTR) => continue,
-            Err(_) => {
-                // Nothing to watch (a closed descriptor): never report.
-                loop {
-                    std::thread::park();
-                }
-            }
-        }
-    }
-}
-
 /// This process's address-space limit (`ulimit -v`) in bytes, `None` when
 /// it has none.
 pub(crate) fn address_space_limit() -> Option<u64> {
