@@ -6,9 +6,14 @@ pub(crate) enum CliError {
     /// The library refused or failed (building a pool, running a task).
     #[error(transparent)]
     Pool(#[from] corepool::Error),
-    /// A command-line value that cannot work.
+    /// A command-line value that cannot work (exit status 2, as clap's own
+    /// errors: the command line must change).
     #[error("{0}")]
     Usage(String),
+    /// Sizes (`--size`) whose run cannot fit in this process's memory:
+    /// refused before anything is allocated.
+    #[error("{0}")]
+    TooLarge(String),
     /// Writing an output file failed.
     #[error("writing {path} failed: {reason}; check that its directory exists and is writable")]
     Write {
@@ -32,6 +37,15 @@ pub(crate) enum CliError {
 impl CliError {
     pub(crate) fn usage(msg: impl Into<String>) -> Self {
         CliError::Usage(msg.into())
+    }
+
+    /// The exit status this error ends the command with: 2 for a command
+    /// line that cannot work (as clap's own errors), 1 for a failed run.
+    pub(crate) fn exit_status(&self) -> u8 {
+        match self {
+            CliError::Usage(_) | CliError::TooLarge(_) => 2,
+            _ => 1,
+        }
     }
 
     /// Whether this is standard output's reader having gone away, which ends

@@ -24,11 +24,14 @@
 //! puts the workers) and [`stats`] (median, min, max). [`error`] is the
 //! error every subcommand returns; [`output`] is every write to standard
 //! output (fallible: a closed pipe ends the command quietly, never a panic);
-//! [`sys`] holds the command's only raw system calls.
+//! [`sys`] holds the command's only raw system calls; [`cleanup`] removes
+//! temporary files when a signal ends the command.
 
 mod bench;
+mod cleanup;
 mod error;
 mod info;
+mod numbers;
 mod output;
 mod pin;
 mod plot;
@@ -49,7 +52,7 @@ use std::process::ExitCode;
     name = "corepool",
     version,
     about = "Pinned worker processes over shared-memory rings: information, benchmarks and a pinning tuner",
-    after_help = "Exit status: 0 on success; 1 on a failure (said on stderr) or a soak that lost or got wrong results; 2 on a command line that cannot be parsed; 141 (128 + SIGPIPE, as for `cat` or `ls`) when the reader of the output went away, e.g. `corepool bench --json | head -1`: the command stops quietly, its workers and any Python baseline ended."
+    after_help = "Exit status: 0 on success; 1 on a run that failed (said on stderr: a pool, a write or the Python baseline failed) or a soak that lost or got wrong results; 2 on a command line that cannot work (an unknown option or workload, a value out of range, a --size this machine cannot hold), said on stderr before anything runs; 141 (128 + SIGPIPE, as for `cat` or `ls`) when the reader of the output went away, e.g. `corepool bench --json | head -1`: the command stops quietly, its workers and any Python baseline ended."
 )]
 struct Args {
     #[command(subcommand)]
@@ -76,9 +79,31 @@ enum Command {
     Soak(soak::SoakArgs),
 }
 
+/// Prints clap's answer (help, version, or a usage error) and exits with
+/// its status; help that cannot be written (a full disk, a closed pipe) is
+/// reported as any other output would be.
+fn clap_exit(e: &clap::Error) -> ExitCode {
+    use std::io::Write;
+    let printed = e.print().and_then(|()| std::io::stdout().flush());
+    match printed {
+        Err(w) if w.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::from(output::BROKEN_PIPE_STATUS)
+        }
+        Err(w) => {
+            output::warn(format_args!("corepool: {}", CliError::Output(w)));
+            ExitCode::FAILURE
+        }
+        Ok(()) => ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2)),
+    }
+}
+
 fn main() -> ExitCode {
     corepool::init();
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => return clap_exit(&e),
+    };
+    cleanup::install();
     // Each subcommand has dropped its pools (and ended any Python child) by
     // the time it returns, whatever it returns.
     let result: Result<bool, CliError> = match args.command {
@@ -94,7 +119,7 @@ fn main() -> ExitCode {
         Err(e) if e.is_broken_pipe() => ExitCode::from(output::BROKEN_PIPE_STATUS),
         Err(e) => {
             output::warn(format_args!("corepool: {e}"));
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_status())
         }
     }
 }

@@ -40,6 +40,11 @@ fn write_to(out: &mut impl Write, args: fmt::Arguments<'_>) -> Result<(), CliErr
     out.write_fmt(args).map_err(CliError::Output)
 }
 
+/// `n` and the noun that fits it: `1 CPU`, `2 CPUs`.
+pub(crate) fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// Writes one line to standard error. Standard error is where failures are
 /// reported, so a failure to write there has nowhere left to go: it is
 /// ignored rather than turned into a panic as `eprintln!` would.

@@ -101,11 +101,16 @@ pub(crate) struct Request {
 #[derive(Debug)]
 struct WrittenScript {
     path: PathBuf,
+    /// Removes the directory if a signal ends the run (declared first:
+    /// dropped, and so forgotten, before the directory goes).
+    _on_signal: crate::cleanup::Registered,
     _dir: TempDir,
 }
 
 impl WrittenScript {
     fn new() -> Result<Self, CliError> {
+        // Registered for a signal's cleanup only once it holds the script:
+        // a signal in between leaves an empty private directory at worst.
         let dir = tempfile::Builder::new()
             .prefix("corepool-bench_mp-")
             .permissions(std::fs::Permissions::from_mode(0o700))
@@ -126,7 +131,11 @@ impl WrittenScript {
                 path: path.display().to_string(),
                 reason: e.to_string(),
             })?;
-        Ok(WrittenScript { path, _dir: dir })
+        Ok(WrittenScript {
+            path,
+            _on_signal: crate::cleanup::Registered::new(dir.path().to_path_buf()),
+            _dir: dir,
+        })
     }
 }
 
@@ -154,6 +163,129 @@ pub(crate) fn script_shown() -> String {
         shown.display().to_string()
     } else {
         "the copy of scripts/bench_mp.py built into corepool".into()
+    }
+}
+
+/// `cmd` as a shell command line, every argument included, to run by hand.
+fn command_line(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| {
+            let a = a.to_string_lossy();
+            let plain = !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./,=:+@".contains(&b));
+            if plain {
+                a.into_owned()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `tail`'s lines for a message, or a note that there were none.
+fn error_lines(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        "(it printed nothing on stderr)".into()
+    } else {
+        tail.to_string()
+    }
+}
+
+/// Checks, before anything is measured, that the interpreter starts and
+/// has `multiprocessing`: `Ok(None)` when it does, `Ok(Some(message))` when
+/// the default `python3` is not installed (the rows are skipped), and an
+/// error when a named interpreter is missing or fails, or when it does not
+/// answer within `timeout`.
+pub(crate) fn probe(interp: &Interpreter, timeout: Duration) -> Result<Option<String>, CliError> {
+    let path = &interp.path;
+    let shown = format!("{path} -c 'import sys, multiprocessing'");
+    let child = Command::new(path)
+        .args(["-c", "import sys, multiprocessing"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn();
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            return missing(interp, &e).map(|o| match o {
+                Outcome::Unavailable(msg) => Some(msg),
+                Outcome::Rows { .. } => None,
+            })
+        }
+    };
+    let mut tree = PythonTree {
+        child,
+        waited: false,
+    };
+    let mut stderr = tree.child.stderr.take();
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(e) = stderr.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    });
+    let deadline = Instant::now().checked_add(timeout);
+    let status = loop {
+        match tree.child.try_wait() {
+            Ok(Some(status)) => {
+                tree.waited = true;
+                break Ok(status);
+            }
+            Ok(None) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                tree.kill();
+                let _ = tree.wait();
+                break Err(format!(
+                    "`{shown}` ran longer than {timeout:?} and was killed: is it a Python 3 interpreter?"
+                ));
+            }
+            // A poll at a human cadence: the check takes tens of ms.
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => break Err(format!("waiting for `{shown}`: {e}")),
+        }
+    };
+    let err_text = err_reader.join().unwrap_or_default();
+    match status {
+        Ok(s) if s.success() => Ok(None),
+        Ok(s) => Err(CliError::Python(format!(
+            "`{shown}` {s}, so nothing was measured; {}its last error lines:\n{}",
+            interp
+                .named_by
+                .map_or(String::new(), |by| format!("check what {by} names; ")),
+            error_lines(&last_lines(&err_text))
+        ))),
+        Err(msg) => Err(CliError::Python(msg)),
+    }
+}
+
+fn last_lines(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(8)..].join("\n")
+}
+
+/// An interpreter that could not be started (`e`): skipped if it is the
+/// default, an error if the user named it.
+fn missing(interp: &Interpreter, e: &std::io::Error) -> Result<Outcome, CliError> {
+    let interpreter = &interp.path;
+    if !matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+    ) {
+        return Err(CliError::Python(format!(
+            "starting `{interpreter}` failed: {e}"
+        )));
+    }
+    match interp.named_by {
+        None => Ok(Outcome::Unavailable(format!(
+            "no Python interpreter at `{interpreter}` ({e}): the python-mp rows are skipped. Install Python 3 (e.g. `apt-get install python3`) or pass `--python /path/to/python3`"
+        ))),
+        Some(by) => Err(CliError::Python(format!(
+            "no Python interpreter at `{interpreter}` ({e}), which {by} names: give {by} the path of a Python 3 interpreter, or leave it out to use `python3`"
+        ))),
     }
 }
 
@@ -193,6 +325,7 @@ pub(crate) fn run(req: &Request) -> Result<Outcome, CliError> {
     }
     cmd.arg("--cpu-loop-tasks")
         .arg(req.cpu_loop_tasks.max(1).to_string());
+    let shown = command_line(&cmd);
     // Python stays in our process group, so that Ctrl-C stops it and its
     // workers along with us; a timeout kills them one by one (below).
     cmd.stdin(Stdio::null())
@@ -200,26 +333,7 @@ pub(crate) fn run(req: &Request) -> Result<Outcome, CliError> {
         .stderr(Stdio::piped());
     let child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
-            ) =>
-        {
-            return match req.interpreter.named_by {
-                None => Ok(Outcome::Unavailable(format!(
-                    "no Python interpreter at `{interpreter}` ({e}): the python-mp rows are skipped. Install Python 3 (e.g. `apt-get install python3`) or pass `--python /path/to/python3`"
-                ))),
-                Some(by) => Err(CliError::Python(format!(
-                    "no Python interpreter at `{interpreter}` ({e}), which {by} names: give {by} the path of a Python 3 interpreter, or leave it out to use `python3`"
-                ))),
-            };
-        }
-        Err(e) => {
-            return Err(CliError::Python(format!(
-                "starting `{interpreter}` failed: {e}"
-            )))
-        }
+        Err(e) => return missing(&req.interpreter, &e),
     };
     let mut child = PythonTree {
         child,
@@ -267,25 +381,18 @@ pub(crate) fn run(req: &Request) -> Result<Outcome, CliError> {
     let status = child.wait();
     let _ = reader.join();
     let err_text = err_reader.join().unwrap_or_default();
-    let tail: String = {
-        let lines: Vec<&str> = err_text.lines().collect();
-        lines[lines.len().saturating_sub(8)..].join("\n")
-    };
+    let tail = error_lines(&last_lines(&err_text));
     if timed_out {
         return Err(CliError::Python(format!(
-            "`{} {}` ran longer than {:?} and was killed; run it by hand to see where it stops",
-            interpreter,
-            path.display(),
-            req.timeout
+            "`{}` ran longer than {:?} and was killed; run it by hand to see where it stops",
+            shown, req.timeout
         )));
     }
     match status {
         Ok(s) if s.success() => {}
         Ok(s) => {
             return Err(CliError::Python(format!(
-                "`{} {}` {s}; its last error lines:\n{tail}",
-                interpreter,
-                path.display()
+                "`{shown}` {s}; its last error lines:\n{tail}"
             )))
         }
         Err(e) => return Err(CliError::Python(format!("waiting for Python: {e}"))),

@@ -5,26 +5,26 @@
 use crate::output::outln;
 use crate::CliError;
 use corepool::{Error, Pool};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct SoakArgs {
     /// How many tasks to run.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 100_000, allow_negative_numbers = true, value_parser = crate::numbers::at_least_one::<u64>)]
     tasks: u64,
     /// Worker processes. Default: one per allowed CPU.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::at_least_one::<usize>)]
     workers: Option<usize>,
     /// Kill a random worker with SIGKILL every this many milliseconds (0: only
     /// what others kill).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = crate::numbers::zero_or_more::<u64>)]
     kill_every_ms: u64,
     /// Times a task whose worker died is run again.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true, value_parser = crate::numbers::zero_or_more::<u32>)]
     retries: u32,
     /// Busy-loop iterations per task (so that kills land mid-task).
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(long, default_value_t = 2_000, allow_negative_numbers = true, value_parser = crate::numbers::zero_or_more::<u64>)]
     work: u64,
     /// Print the summary as one JSON object on the last line.
     #[arg(long)]
@@ -67,32 +67,33 @@ struct Summary {
 
 pub(crate) fn run(args: &SoakArgs) -> Result<bool, CliError> {
     if args.tasks == 0 {
-        return Err(Error::InvalidConfig {
-            what: "--tasks must be at least 1".into(),
-        }
-        .into());
+        return Err(CliError::usage("--tasks must be at least 1"));
     }
     let mut builder = Pool::builder().retries(args.retries);
     if let Some(w) = args.workers {
         builder = builder.workers(w);
     }
     let pool = builder.build()?;
-    let done = AtomicBool::new(false);
     let kills = AtomicU64::new(0);
     let mut s = Summary {
         workers: pool.workers(),
         ..Default::default()
     };
     let started = Instant::now();
+    // Dropping the sender (when the results are all in) wakes the killer at
+    // once, rather than after its current interval: a run ends with its work.
+    let (work_done, killer_wakes) = crossbeam_channel::bounded::<()>(0);
     std::thread::scope(|scope| {
         if args.kill_every_ms > 0 {
-            let (pool, done, kills) = (&pool, &done, &kills);
+            let (pool, kills) = (&pool, &kills);
+            // An interval too long to add to now waits for the end alone.
+            let interval = Duration::from_millis(args.kill_every_ms);
             scope.spawn(move || {
                 let mut n: usize = 0;
-                // Acquire pairs with the Release store once the run ends.
-                while !done.load(Ordering::Acquire) {
-                    // The chaos cadence itself, not a synchronisation.
-                    std::thread::sleep(Duration::from_millis(args.kill_every_ms));
+                // The chaos cadence itself; a disconnect is the end of the work.
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                    killer_wakes.recv_timeout(interval)
+                {
                     let pids = pool.pids();
                     if let Some(&pid) = pids.get(n % pids.len().max(1)) {
                         // A worker that already died (ESRCH) is fine: the
@@ -104,42 +105,57 @@ pub(crate) fn run(args: &SoakArgs) -> Result<bool, CliError> {
                 }
             });
         }
-        let window = 4096u64;
-        let mut next = 0u64;
-        let mut in_flight = std::collections::VecDeque::new();
-        while next < args.tasks || !in_flight.is_empty() {
-            while next < args.tasks && (in_flight.len() as u64) < window {
-                match pool.apply_async(checked_task, (next, args.work)) {
-                    Ok(h) => in_flight.push_back((next, h)),
-                    Err(_) => s.lost += 1, // could not even submit
-                }
-                s.submitted += 1;
-                next += 1;
-            }
-            let Some((i, h)) = in_flight.pop_front() else {
-                continue;
-            };
-            // A watchdog per task: a result that never comes is "lost".
-            match h.get_timeout(Duration::from_secs(120)) {
-                Ok(v) if v == expected(i) => s.ok += 1,
-                Ok(_) => s.wrong += 1,
-                Err(Error::WorkerDied { .. }) => s.worker_died += 1,
-                Err(Error::Timeout) => s.lost += 1,
-                Err(_) => s.failed += 1,
-            }
-        }
-        // Release pairs with the Acquire load in the killer thread's loop.
-        done.store(true, Ordering::Release);
+        run_tasks(&pool, args, &mut s);
+        // The rate covers the tasks, not the killer's wind-down.
+        s.seconds = started.elapsed().as_secs_f64();
+        drop(work_done);
     });
-    s.seconds = started.elapsed().as_secs_f64();
     s.rate = s.submitted as f64 / s.seconds.max(1e-9);
     s.kills_sent = kills.load(Ordering::Relaxed);
     let stats = pool.stats();
     s.respawned = stats.respawns;
     s.median_replacement_us = stats.median_replacement().map(|d| d.as_secs_f64() * 1e6);
-    pool.close();
-    pool.join()?;
+    // The summary first: whatever happens to the workers now (one may be
+    // stopped, SIGSTOP, and never exit by itself), every result is in.
     let passed = s.lost == 0 && s.wrong == 0;
+    print_summary(args, &s, passed)?;
+    // Nothing is left to wait for, so the workers are killed rather than
+    // asked to finish: `close` + `join` would wait for ever on a stopped one.
+    pool.terminate();
+    pool.join()?;
+    Ok(passed)
+}
+
+/// Submits the tasks through a window of 4096 in flight and counts what
+/// comes back.
+fn run_tasks(pool: &Pool, args: &SoakArgs, s: &mut Summary) {
+    let window = 4096u64;
+    let mut next = 0u64;
+    let mut in_flight = std::collections::VecDeque::new();
+    while next < args.tasks || !in_flight.is_empty() {
+        while next < args.tasks && (in_flight.len() as u64) < window {
+            match pool.apply_async(checked_task, (next, args.work)) {
+                Ok(h) => in_flight.push_back((next, h)),
+                Err(_) => s.lost += 1, // could not even submit
+            }
+            s.submitted += 1;
+            next += 1;
+        }
+        let Some((i, h)) = in_flight.pop_front() else {
+            continue;
+        };
+        // A watchdog per task: a result that never comes is "lost".
+        match h.get_timeout(Duration::from_secs(120)) {
+            Ok(v) if v == expected(i) => s.ok += 1,
+            Ok(_) => s.wrong += 1,
+            Err(Error::WorkerDied { .. }) => s.worker_died += 1,
+            Err(Error::Timeout) => s.lost += 1,
+            Err(_) => s.failed += 1,
+        }
+    }
+}
+
+fn print_summary(args: &SoakArgs, s: &Summary, passed: bool) -> Result<(), CliError> {
     if args.json {
         outln!("{}", serde_json::to_string(&s).unwrap_or_default())?;
     } else {
@@ -147,9 +163,12 @@ pub(crate) fn run(args: &SoakArgs) -> Result<bool, CliError> {
         outln!("ok           {}", s.ok)?;
         outln!("wrong        {}", s.wrong)?;
         outln!(
-            "worker_died  {}  (tasks whose worker died on all {} runs)",
+            "worker_died  {}  (tasks whose worker died on {})",
             s.worker_died,
-            args.retries + 1
+            match args.retries {
+                0 => "their only run".to_string(),
+                r => format!("all {} runs", u64::from(r) + 1),
+            }
         )?;
         outln!("failed       {}", s.failed)?;
         outln!("lost         {}", s.lost)?;
@@ -171,5 +190,5 @@ pub(crate) fn run(args: &SoakArgs) -> Result<bool, CliError> {
             }
         )?;
     }
-    Ok(passed)
+    Ok(())
 }

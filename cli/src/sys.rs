@@ -31,6 +31,12 @@ pub(crate) fn kill(pid: i32, signal: i32) -> io::Result<()> {
     Ok(rustix::process::kill_process(target, signal)?)
 }
 
+/// This process's address-space limit (`ulimit -v`) in bytes, `None` when
+/// it has none.
+pub(crate) fn address_space_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::As).current
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,7 +72,7 @@ fn temp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("corepool-cli-{}-{name}", std::process::id()))
 }
 
-const ROW_KEYS: [&str; 18] = [
+const ROW_KEYS: [&str; 19] = [
     "workload",
     "system",
     "workers",
@@ -80,6 +80,7 @@ const ROW_KEYS: [&str; 18] = [
     "seconds",
     "rate",
     "unit",
+    "lower_is_better",
     "repeats",
     "rate_min",
     "rate_max",
@@ -117,6 +118,11 @@ fn bench_json_rows_carry_repeats_and_the_machine() {
         check_row(r);
         assert_eq!(r["workload"], "latency");
         assert_eq!(r["unit"], "ns");
+        assert_eq!(r["lower_is_better"], true, "rate is a median time");
+        assert!(
+            r["load_1m"].as_f64().is_some(),
+            "the load it ran under: {r}"
+        );
         assert_eq!(r["repeats"], 2);
     }
     assert!(rows[0]["pinning"].as_str().unwrap().starts_with("per-cpu"));
@@ -135,13 +141,15 @@ fn bench_queue_and_pipe_rtt_rows() {
         "1000",
         "--json",
     ]));
+    // Rows come in the order the workloads run (each printed once
+    // measured): pipe_rtt's before queue's.
     let corepool: Vec<&serde_json::Value> =
         rows.iter().filter(|r| r["system"] == "corepool").collect();
     assert_eq!(corepool.len(), 2, "{rows:?}");
-    assert_eq!(corepool[0]["workload"], "queue");
-    assert_eq!(corepool[0]["unit"], "messages/s");
-    assert_eq!(corepool[1]["workload"], "pipe_rtt");
-    assert_eq!(corepool[1]["unit"], "ns");
+    assert_eq!(corepool[0]["workload"], "pipe_rtt");
+    assert_eq!(corepool[0]["unit"], "ns");
+    assert_eq!(corepool[1]["workload"], "queue");
+    assert_eq!(corepool[1]["unit"], "messages/s");
     for r in &rows {
         check_row(r);
         assert_eq!(r["items"], 1000);
@@ -341,6 +349,7 @@ fn bench_table_states_machine_pinning_and_runs() {
         "{out}"
     );
     assert!(out.contains("vs threads"), "{out}");
+    assert!(out.contains("(1 min)"), "the load: {out}");
 }
 
 #[test]
@@ -429,7 +438,7 @@ fn vs_python_without_python_installed_says_so_and_succeeds() {
 #[test]
 fn a_named_python_that_is_missing_is_an_error_as_a_failing_one_is() {
     // The user named the interpreter: a wrong path fails the command as
-    // `/bin/false` (below) does, after corepool's rows.
+    // `/bin/false` (below) does, before anything is measured.
     let out = corepool(&[
         "bench",
         "--quick",
@@ -451,7 +460,7 @@ fn a_named_python_that_is_missing_is_an_error_as_a_failing_one_is() {
     assert!(err.contains("--python"), "says what to do: {err}");
     assert!(!err.contains("panicked"), "{err}");
     let rows = json_lines(&text(&out.stdout));
-    assert_eq!(rows.len(), 2, "corepool's rows are still printed");
+    assert!(rows.is_empty(), "checked before measuring: {rows:?}");
     // The same through the environment.
     let out = common::output_within(
         Command::new(env!("CARGO_BIN_EXE_corepool"))
@@ -474,7 +483,7 @@ fn a_named_python_that_is_missing_is_an_error_as_a_failing_one_is() {
 }
 
 #[test]
-fn a_failing_python_is_an_error_after_the_rows() {
+fn a_failing_python_is_an_error_before_anything_is_measured() {
     let out = corepool(&[
         "bench",
         "--quick",
@@ -489,8 +498,40 @@ fn a_failing_python_is_an_error_after_the_rows() {
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("Python baseline failed"), "{err}");
+    assert!(err.contains("nothing was measured"), "{err}");
+    assert!(err.contains("(it printed nothing on stderr)"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    assert!(text(&out.stdout).contains("corepool"), "rows still printed");
+    assert_eq!(text(&out.stdout), "", "checked before measuring");
+}
+
+#[test]
+fn an_empty_python_setting_means_unset() {
+    // `COREPOOL_PYTHON=` and `--python ''` are the default `python3`, which
+    // is missing from this PATH: a warning, not "no interpreter at ``".
+    let empty = temp("empty-python-setting");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = common::output_within(
+        Command::new(env!("CARGO_BIN_EXE_corepool"))
+            .args([
+                "bench",
+                "--quick",
+                "--only",
+                "latency",
+                "--json",
+                "--repeat",
+                "1",
+                "--vs-python",
+                "--python",
+                "",
+            ])
+            .env("COREPOOL_PYTHON", "")
+            .env("PATH", &empty),
+        LIMIT,
+    );
+    let _ = std::fs::remove_dir(&empty);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("no Python interpreter at `python3`"), "{err}");
 }
 
 #[test]
@@ -801,6 +842,35 @@ fn bad_input_is_a_message_that_says_what_to_do() {
 }
 
 #[test]
+fn every_bad_command_line_exits_2() {
+    // Refused by clap or by the command: the same status, so that a script
+    // can tell a mistyped command from a run that failed (1).
+    for args in [
+        &["bench", "--pinning", "foo"][..],
+        &["pin", "--layouts", "foo"],
+        &["bench", "--size", "0"],
+        &["bench", "--repeat", "0"],
+        &["bench", "--workers", "0"],
+        &["bench", "--scale", "--plot", "x.png"],
+        &["bench", "--only", "foo"],
+        &["bench", "--scale", "--only", "latency"],
+        &["pin", "--workload", "queue"],
+        &["soak", "--tasks", "0"],
+        &["bench", "--quik"],
+        &["bench", "--size", "-1"],
+        &["soak", "--retries", "-1"],
+    ] {
+        let out = corepool(args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
 fn pin_sweeps_only_the_workloads_its_help_lists() {
     let help = ok(&["pin", "--help"]);
     let listed = "apply_async, map, latency, cpu_loop or shared_sum";
@@ -817,4 +887,274 @@ fn pin_sweeps_only_the_workloads_its_help_lists() {
         assert!(err.contains(listed), "{w}: {err}");
         assert!(!err.contains("round trips"), "{w}: {err}");
     }
+}
+
+#[test]
+fn a_size_that_cannot_fit_is_refused_naming_size() {
+    // Far beyond any machine's memory: refused before anything is
+    // allocated, never an allocation failure's abort (exit 134).
+    for w in ["map", "apply_async", "latency", "shared_sum"] {
+        let out = corepool(&[
+            "bench",
+            "--only",
+            w,
+            "--size",
+            "1000000000000000",
+            "--repeat",
+            "1",
+        ]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{w}: {err}");
+        assert!(
+            err.contains("--size 1000000000000000 needs about"),
+            "{w}: {err}"
+        );
+        assert!(err.contains("give a smaller --size"), "{w}: {err}");
+        assert_eq!(text(&out.stdout), "", "{w}: nothing was measured");
+    }
+    let err = fails(&["pin", "--workload", "map", "--size", "18446744073709551615"]);
+    assert!(err.contains("--size 18446744073709551615 needs"), "{err}");
+}
+
+#[test]
+fn a_signal_mid_sweep_leaves_no_temporary_plot_file() {
+    use std::os::unix::process::ExitStatusExt;
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let dir = temp(&format!("plot-signal-{signal}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let plot = dir.join("x.svg");
+        // Long enough to be interrupted: the signal ends it.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_corepool"))
+            .args([
+                "bench",
+                "--scale",
+                "--only",
+                "cpu_loop",
+                "--size",
+                "100000000000",
+                "--workers",
+                "1",
+                "--plot",
+                plot.to_str().unwrap(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let entries = || std::fs::read_dir(&dir).unwrap().count();
+        common::eventually("the temporary plot file exists", || entries() == 1);
+        // SAFETY: kill has no memory preconditions; the pid is our unreaped
+        // child's.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waited = std::thread::spawn(move || {
+            let status = child.wait();
+            let _ = tx.send(());
+            status
+        });
+        if rx.recv_timeout(LIMIT).is_err() {
+            panic!("the signal did not end the sweep");
+        }
+        let status = waited.join().unwrap().unwrap();
+        assert_eq!(status.signal(), Some(signal), "{status:?}");
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn rows_are_printed_as_measured_and_a_gone_reader_ends_the_run() {
+    use std::io::BufRead;
+    // cpu_loop runs before map, and is quick at this size; map then takes
+    // a while. Streamed, cpu_loop's rows come first, the reader takes one
+    // and goes, as `| head -1` does, and map's first row finds it gone:
+    // 141. Printed at the end (as before), every row fitted in the pipe
+    // before the reader read any, and the run exited 0.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corepool"))
+        .args([
+            "bench",
+            "--quick",
+            "--only",
+            "cpu_loop,map",
+            "--size",
+            "10000000",
+            "--repeat",
+            "1",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = {
+        let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        line
+    }; // the reader goes away here
+    let row: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(row["workload"], "cpu_loop", "{first}");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pid = child.id() as i32;
+    let waited = std::thread::spawn(move || {
+        let status = child.wait();
+        let _ = tx.send(());
+        status
+    });
+    if rx.recv_timeout(LIMIT).is_err() {
+        // SAFETY: kill has no memory preconditions; the pid is our child's,
+        // not yet reaped (its waiter has not returned).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = waited.join();
+        panic!("the run went on after its reader had gone");
+    }
+    let status = waited.join().unwrap().unwrap();
+    assert_eq!(status.code(), Some(141), "quietly, as SIGPIPE would");
+}
+
+#[test]
+fn negative_counts_and_near_miss_workloads_get_useful_messages() {
+    let err = fails(&["bench", "--size", "-1"]);
+    assert!(err.contains("invalid value '-1' for '--size"), "{err}");
+    assert!(err.contains("must be at least 1"), "{err}");
+    let err = fails(&["bench", "--workers", "-2"]);
+    assert!(err.contains("must be at least 1"), "{err}");
+    let err = fails(&["soak", "--kill-every-ms", "-5"]);
+    assert!(err.contains("must be 0 or more"), "{err}");
+    let err = fails(&["bench", "--only", "apply-async"]);
+    assert!(err.contains("did you mean `apply_async`?"), "{err}");
+    let err = fails(&["pin", "--workload", "cpu-loop"]);
+    assert!(err.contains("did you mean `cpu_loop`?"), "{err}");
+}
+
+#[test]
+fn a_python_that_hangs_in_the_script_is_shown_with_its_arguments() {
+    use std::os::unix::fs::PermissionsExt;
+    // Passes the interpreter check (`-c ...`), then hangs in the script.
+    let fake = temp("hang-in-script.sh");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\nif [ \"$1\" = -c ]; then exit 0; fi\nsleep 300 &\nwait\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = corepool(&[
+        "bench",
+        "--quick",
+        "--only",
+        "latency",
+        "--size",
+        "100",
+        "--repeat",
+        "1",
+        "--vs-python",
+        "--python",
+        fake.to_str().unwrap(),
+        "--python-timeout",
+        "1",
+    ]);
+    let _ = std::fs::remove_file(&fake);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("ran longer than 1s and was killed"), "{err}");
+    // The command as it ran, to run by hand.
+    for arg in ["--repeat 1", "--quick", "--only latency", "--latency 100"] {
+        assert!(err.contains(arg), "lacks `{arg}`: {err}");
+    }
+}
+
+#[test]
+fn a_plot_onto_a_symlink_writes_through_it() {
+    let dir = temp("plot-symlink");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("other")).unwrap();
+    std::fs::write(dir.join("other/real.svg"), "old").unwrap();
+    std::os::unix::fs::symlink("other/real.svg", dir.join("link.svg")).unwrap();
+    let sweep = |plot: &std::path::Path| {
+        corepool(&[
+            "bench",
+            "--quick",
+            "--scale",
+            "--only",
+            "cpu_loop",
+            "--size",
+            "1000",
+            "--repeat",
+            "1",
+            "--workers",
+            "1",
+            "--plot",
+            plot.to_str().unwrap(),
+        ])
+    };
+    let out = sweep(&dir.join("link.svg"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let link = std::fs::symlink_metadata(dir.join("link.svg")).unwrap();
+    assert!(link.file_type().is_symlink(), "the link was replaced");
+    let svg = std::fs::read_to_string(dir.join("other/real.svg")).unwrap();
+    assert!(svg.contains("<svg"), "the link's target got the plot");
+    // A link to a device is refused, never replaced.
+    std::os::unix::fs::symlink("/dev/null", dir.join("null.svg")).unwrap();
+    let out = sweep(&dir.join("null.svg"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not a regular file"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(std::fs::symlink_metadata(dir.join("null.svg"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn help_that_cannot_be_written_is_a_failure() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_corepool"))
+        .arg("--help")
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cannot write the output"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn tables_count_in_good_grammar() {
+    let out = ok(&[
+        "bench",
+        "--quick",
+        "--only",
+        "latency",
+        "--repeat",
+        "1",
+        "--workers",
+        "1",
+    ]);
+    assert!(out.contains("1 worker process,"), "{out}");
+    assert!(out.contains("1 unpinned thread "), "{out}");
+    assert!(out.contains("per-cpu: CPU "), "one CPU, not `CPUs`: {out}");
+    assert!(
+        !out.contains("1.00x faster"),
+        "a baseline against itself: {out}"
+    );
+    assert!(out.contains("baseline"), "{out}");
+    let soak = ok(&["soak", "--tasks", "10", "--retries", "0"]);
+    assert!(soak.contains("on their only run"), "{soak}");
+    let soak = ok(&["soak", "--tasks", "10", "--retries", "4294967295"]);
+    assert!(soak.contains("on all 4294967296 runs"), "{soak}");
 }

@@ -6,12 +6,13 @@ use crate::topo::{Layout, Topology};
 use crate::workloads::{Sizes, Workload, WORKLOADS};
 use crate::CliError;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct BenchArgs {
     /// Worker processes (and threads for the baseline). Default: one per
     /// allowed CPU. With --scale: the largest count.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::at_least_one::<usize>)]
     pub(super) workers: Option<usize>,
     /// Small sizes: the whole suite in a few seconds.
     #[arg(long)]
@@ -27,11 +28,11 @@ pub(crate) struct BenchArgs {
     /// total; shared_sum: array elements; queue: messages; pipe_rtt: round
     /// trips), instead of the default sizes. Not for start, respawn, bulk and
     /// bulk_shared, whose counts are fixed (--quick makes them smaller).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::at_least_one::<u64>)]
     pub(super) size: Option<u64>,
     /// Measured runs of each workload, after one warm-up run that is not
     /// counted. Default 5, or 3 with --quick.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::at_least_one::<usize>)]
     pub(super) repeat: Option<usize>,
     /// Where corepool's workers run: none, per-cpu (default), compact,
     /// scatter, avoid-smt, or a CPU list such as 0,2-3. `corepool pin` compares them.
@@ -48,13 +49,15 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "PATH", requires = "vs_python")]
     pub(super) python: Option<String>,
     /// Seconds the Python baseline may run before it is killed (at least 1).
+    /// Default 900, or 120 with --quick (where it takes a few seconds).
     #[arg(
         long,
-        default_value_t = 900,
         value_name = "SECONDS",
-        requires = "vs_python"
+        requires = "vs_python",
+        allow_negative_numbers = true,
+        value_parser = crate::numbers::at_least_one::<u64>
     )]
-    pub(super) python_timeout: u64,
+    pub(super) python_timeout: Option<u64>,
     /// Run 1, 2, ... N workers (N: --workers, default one per allowed CPU) and
     /// print throughput and parallel efficiency for each count.
     #[arg(long)]
@@ -62,6 +65,18 @@ pub(crate) struct BenchArgs {
     /// With --scale: also draw the curves into this SVG file.
     #[arg(long, value_name = "FILE.svg", requires = "scale")]
     pub(super) plot: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    /// How long the Python baseline may run: `--python-timeout`, else 900
+    /// s, or 120 s with `--quick`, whose Python side takes a few seconds:
+    /// a stuck Python should not cost a quick run 15 minutes.
+    pub(super) fn python_timeout(&self) -> Duration {
+        Duration::from_secs(
+            self.python_timeout
+                .unwrap_or(if self.quick { 120 } else { 900 }),
+        )
+    }
 }
 
 fn parse_layout(s: &str) -> Result<Layout, String> {
@@ -106,7 +121,7 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan, CliError> {
     if repeat == 0 {
         return Err(CliError::usage("--repeat must be at least 1"));
     }
-    if args.python_timeout == 0 {
+    if args.python_timeout == Some(0) {
         // Refused rather than read as "no time at all" or "no limit": either
         // would be a guess, and a zero is more likely a slip.
         return Err(CliError::usage(
@@ -131,12 +146,16 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan, CliError> {
             path,
             named_by: Some(by),
         };
+        // An empty value is no value (as `COREPOOL_PYTHON= corepool ...`
+        // means), not a path.
         args.python
             .clone()
+            .filter(|p| !p.is_empty())
             .map(|p| named(p, "--python"))
             .or_else(|| {
                 std::env::var("COREPOOL_PYTHON")
                     .ok()
+                    .filter(|p| !p.is_empty())
                     .map(|p| named(p, "$COREPOOL_PYTHON"))
             })
             .unwrap_or_else(|| Interpreter {
@@ -144,6 +163,18 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan, CliError> {
                 named_by: None,
             })
     });
+    // The interpreter is checked before anything is measured: a wrong path
+    // found after minutes of corepool's rows would waste them.
+    let python = match python {
+        Some(interp) => match crate::python::probe(&interp, args.python_timeout())? {
+            None => Some(interp),
+            Some(unavailable) => {
+                crate::output::warn(format_args!("corepool: {unavailable}"));
+                None
+            }
+        },
+        None => None,
+    };
     let mut sizes = if args.quick {
         Sizes::quick()
     } else {
@@ -157,6 +188,7 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan, CliError> {
             sizes.set(w, n);
         }
     }
+    crate::workloads::check_fits(&sizes, &selected, args.size)?;
     Ok(Plan {
         topo,
         selected,
@@ -165,4 +197,31 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan, CliError> {
         max_workers,
         python,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn parse(args: &[&str]) -> BenchArgs {
+        Cli::parse_from(std::iter::once("bench").chain(args.iter().copied())).bench
+    }
+
+    #[test]
+    fn quick_runs_give_python_a_shorter_timeout() {
+        assert_eq!(parse(&[]).python_timeout(), Duration::from_secs(900));
+        assert_eq!(
+            parse(&["--quick"]).python_timeout(),
+            Duration::from_secs(120)
+        );
+        let named = parse(&["--quick", "--vs-python", "--python-timeout", "7"]);
+        assert_eq!(named.python_timeout(), Duration::from_secs(7));
+    }
 }

@@ -24,6 +24,20 @@ pub(super) struct RowEnv {
     pub(super) allowed: String,
     /// Where this row's workers ran.
     pub(super) pinning: String,
+    /// The 1-minute load average when the row was made (`/proc/loadavg`):
+    /// runs on a loaded machine differ many times over, and this says so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) load_1m: Option<f64>,
+}
+
+/// The 1-minute load average, if `/proc/loadavg` can be read.
+pub(super) fn load_1m() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// One reported row: the median of the measured runs, with their range.
@@ -36,6 +50,9 @@ pub(super) struct Row {
     pub(super) seconds: f64,
     pub(super) rate: f64,
     pub(super) unit: &'static str,
+    /// Whether `rate` is a time (latency, pipe_rtt, start, respawn: a
+    /// median in `unit`), where smaller is better, as `pin --json` says.
+    pub(super) lower_is_better: bool,
     pub(super) repeats: usize,
     pub(super) rate_min: f64,
     pub(super) rate_max: f64,
@@ -91,6 +108,7 @@ pub(super) fn summarize(
         seconds: secs.median,
         rate: rates.median,
         unit: w.unit(),
+        lower_is_better: w.lower_is_better(),
         repeats: samples.len(),
         rate_min: rates.min,
         rate_max: rates.max,
@@ -154,6 +172,7 @@ pub(super) fn env_for(topo: &Topology, pinning: String) -> RowEnv {
         smt: topo.smt,
         allowed: cpu_list(&topo.allowed),
         pinning,
+        load_1m: load_1m(),
     }
 }
 
@@ -161,7 +180,8 @@ pub(super) fn placement_text(layout: &Layout, p: &Placement) -> String {
     match &p.cpus {
         None => format!("{layout}: unpinned"),
         Some(c) => format!(
-            "{layout}: CPUs {}",
+            "{layout}: {} {}",
+            if c.len() == 1 { "CPU" } else { "CPUs" },
             c.iter()
                 .map(|c| c.to_string())
                 .collect::<Vec<_>>()
@@ -255,9 +275,11 @@ fn times(x: f64) -> String {
     }
 }
 
-/// `r` against `base`: `2.00x` (higher is better) or `2.00x faster` for ns.
+/// `r` against `base`: `2.00x` (higher is better) or `2.00x faster` for ns;
+/// `baseline` for the base itself.
 fn ratio(r: &Row, base: Option<&Row>) -> String {
     match base {
+        Some(b) if b.system == r.system => "baseline".into(),
         Some(b) if lower_is_better(r) => {
             let x = b.rate / r.rate.max(1e-9);
             if x >= 0.995 {
@@ -279,18 +301,26 @@ pub(super) fn print_header(
     args: &BenchArgs,
 ) -> Result<(), CliError> {
     let t = &plan.topo;
+    let shape = if t.known {
+        format!(
+            "{} CPU(s) on {} core(s), {} package(s){}",
+            t.cpus_online,
+            t.cores,
+            t.packages,
+            if t.smt { ", SMT" } else { ", no SMT" }
+        )
+    } else {
+        t.shape()
+    };
     outln!(
-        "machine:  {}; {} CPU(s) on {} core(s), {} package(s){}; allowed set {}",
+        "machine:  {}; {shape}; allowed set {}{}",
         t.model,
-        t.cpus_online,
-        t.cores,
-        t.packages,
-        if t.smt { ", SMT" } else { ", no SMT" },
-        cpu_list(&t.allowed)
+        cpu_list(&t.allowed),
+        load_1m().map_or(String::new(), |l| format!("; load {l:.2} (1 min)"))
     )?;
     outln!(
-        "corepool: {} worker processes, pinning {}{}",
-        placement.workers,
+        "corepool: {}, pinning {}{}",
+        crate::output::count(placement.workers, "worker process", "worker processes"),
         placement_text(layout, placement),
         placement
             .note
@@ -298,8 +328,8 @@ pub(super) fn print_header(
             .map_or(String::new(), |n| format!(" ({n})"))
     )?;
     outln!(
-        "threads:  a rayon pool of {} unpinned threads in this process",
-        placement.workers
+        "threads:  a rayon pool of {} in this process",
+        crate::output::count(placement.workers, "unpinned thread", "unpinned threads")
     )?;
     if let Some(info) = py {
         outln!(
@@ -320,9 +350,10 @@ pub(super) fn print_header(
     outln!()
 }
 
-pub(super) fn print_table(rows: &[Row], vs_python: bool) -> Result<(), CliError> {
+/// The table's column titles, printed before the first row.
+pub(super) fn print_table_head(vs_python: bool) -> Result<(), CliError> {
     out!(
-        "{:<12} {:<25} {:>7} {:>10} {:>9} {:>20} {:>15} {:>15}",
+        "{:<12} {:<15} {:>7} {:>10} {:>9} {:>20} {:>15} {:>15}",
         "workload",
         "system",
         "workers",
@@ -335,14 +366,18 @@ pub(super) fn print_table(rows: &[Row], vs_python: bool) -> Result<(), CliError>
     if vs_python {
         out!(" {:>15}", "vs python")?;
     }
-    outln!()?;
+    outln!()
+}
+
+/// Rows of the table: one workload's as it is measured, or all of them.
+pub(super) fn print_table_rows(rows: &[Row], vs_python: bool) -> Result<(), CliError> {
     for r in rows {
         let find = |system: &str| {
             rows.iter()
                 .find(|t| t.workload == r.workload && t.system == system)
         };
         out!(
-            "{:<12} {:<25} {:>7} {:>10} {:>9.3} {:>20} {:>15} {:>15}",
+            "{:<12} {:<15} {:>7} {:>10} {:>9.3} {:>20} {:>15} {:>15}",
             r.workload,
             r.system,
             r.workers,
@@ -357,6 +392,11 @@ pub(super) fn print_table(rows: &[Row], vs_python: bool) -> Result<(), CliError>
         }
         outln!()?;
     }
+    Ok(())
+}
+
+/// The notes under the table, from every row.
+pub(super) fn print_table_notes(rows: &[Row]) -> Result<(), CliError> {
     let mut notes = Vec::new();
     for r in rows {
         match (r.system.as_str(), r.workload) {
@@ -367,7 +407,10 @@ pub(super) fn print_table(rows: &[Row], vs_python: bool) -> Result<(), CliError>
             }
             ("corepool", "respawn") => {
                 if let Some(p99) = r.p99 {
-                    notes.push(format!("respawn: median {:.2} ms, p99 {p99:.2} ms over {} kills, from the SIGKILL to a task answered by the replacement", r.rate, r.items as usize * r.repeats));
+                    let kills = r.items as usize * r.repeats;
+                    // Under 100 kills the 99th percentile is the slowest.
+                    let tail = if kills < 100 { "slowest" } else { "p99" };
+                    notes.push(format!("respawn: median {:.2} ms, {tail} {p99:.2} ms over {kills} kills, from the SIGKILL to a task answered by the replacement", r.rate));
                 }
             }
             ("threads", "bulk") => {

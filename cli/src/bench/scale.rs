@@ -45,10 +45,12 @@ fn with_scaling(mut rows: Vec<Row>) -> Vec<Row> {
 /// file in the plot's directory (which proves it exists and is writable),
 /// renamed onto the path once the SVG is in it. Until then an older plot at
 /// the path is left as it was, and dropping this (a failed run) removes the
-/// temporary file.
+/// temporary file, as [`crate::cleanup`] does when a signal ends the run.
 struct PlotFile {
     path: PathBuf,
     temp: tempfile::NamedTempFile,
+    /// Removes the temporary file if a signal ends the run.
+    _on_signal: crate::cleanup::Registered,
 }
 
 impl PlotFile {
@@ -59,6 +61,23 @@ impl PlotFile {
         };
         if path.is_dir() {
             return Err(failed("it is a directory".into()));
+        }
+        // A symlink is written through, not replaced by the rename: the
+        // file it names gets the plot, and the link stays.
+        let resolved;
+        let path = if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            resolved = std::fs::canonicalize(path).map_err(|e| {
+                failed(format!(
+                    "it is a symlink to a file that cannot be reached ({e}); give the file's own path"
+                ))
+            })?;
+            resolved.as_path()
+        } else {
+            path
+        };
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+            // A device or a socket: renaming onto it would replace it.
+            return Err(failed(format!("{} is not a regular file", path.display())));
         }
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
@@ -81,6 +100,7 @@ impl PlotFile {
             })?;
         Ok(PlotFile {
             path: path.to_path_buf(),
+            _on_signal: crate::cleanup::Registered::new(temp.path().to_path_buf()),
             temp,
         })
     }
@@ -256,8 +276,10 @@ pub(super) fn run_scale(args: &BenchArgs, plan: &Plan) -> Result<(), CliError> {
 
 fn plot_title(plan: &Plan) -> String {
     format!(
-        "corepool bench --scale: {}, {} CPUs, {} runs per point (median; bars: min-max)",
-        plan.topo.model, plan.topo.cpus_online, plan.repeat
+        "corepool bench --scale: {}, {}, {} per point (median; bars: min-max)",
+        plan.topo.model,
+        crate::output::count(plan.topo.cpus_online, "CPU", "CPUs"),
+        crate::output::count(plan.repeat, "run", "runs")
     )
 }
 

@@ -1,11 +1,13 @@
-//! The repeated-runs suite: every selected workload on corepool, threads and
-//! (where it means something) sequentially, a warm-up run and then
-//! `--repeat` measured runs each, then the Python baseline.
+//! The repeated-runs suite: the Python baseline first (with the machine to
+//! itself), then every selected workload on corepool, threads and (where it
+//! means something) sequentially, a warm-up run and then `--repeat`
+//! measured runs each; each workload's rows are printed as soon as it has
+//! been measured, in the order the workloads run.
 
 use super::args::{BenchArgs, Plan};
 use super::report::{
-    env_for, placement_text, print_header, print_json, print_table, sort_rows, summarize,
-    with_ratios, SEQUENTIAL_PINNING, THREADS_PINNING,
+    env_for, placement_text, print_header, print_json, print_table_head, print_table_notes,
+    print_table_rows, sort_rows, summarize, with_ratios, SEQUENTIAL_PINNING, THREADS_PINNING,
 };
 use super::vs_python::{python_baseline, python_request};
 use super::{build_pool, progress, rayon_pool};
@@ -99,10 +101,34 @@ fn measure_local(
 pub(super) fn run_suite(args: &BenchArgs, plan: &Plan) -> Result<(), CliError> {
     let placement = args.pinning.place(&plan.topo, Some(plan.max_workers))?;
     let workers = placement.workers;
+    let bar = progress(plan.selected.len() as u64 * (plan.repeat as u64 + 1));
+    // Python first, with the machine to itself (no workers or threads of
+    // ours yet), so that every row can be printed with its ratios as soon
+    // as its workload is measured. A baseline that fails is reported after
+    // corepool's rows, which are still measured.
+    let mut python_rows = Vec::new();
+    let mut py_info = None;
+    let mut py_failure = None;
+    if let Some(interpreter) = &plan.python {
+        let req = python_request(plan, args, interpreter, workers, 2);
+        match python_baseline(&req, &plan.topo, &bar) {
+            Ok(Some((info, py_rows))) => {
+                python_rows = py_rows;
+                py_info = Some(info);
+            }
+            Ok(None) => {}
+            Err(e) => py_failure = Some(e),
+        }
+    }
     let pool = build_pool(&placement)?;
     let threads = rayon_pool(workers)?;
     let corepool_env = env_for(&plan.topo, placement_text(&args.pinning, &placement));
-    let bar = progress(plan.selected.len() as u64 * (plan.repeat as u64 + 1));
+    if !args.json {
+        bar.suspend(|| -> Result<(), CliError> {
+            print_header(plan, &placement, &args.pinning, py_info.as_ref(), args)?;
+            print_table_head(plan.python.is_some())
+        })?;
+    }
     let mut rows = Vec::new();
     let mut inputs = Inputs::default();
     // Memory-hungry workloads last: many live handles leave the heap in a
@@ -218,34 +244,33 @@ pub(super) fn run_suite(args: &BenchArgs, plan: &Plan) -> Result<(), CliError> {
                 None,
             ));
         }
+        // This workload's rows, printed now (a reader such as `head -1` may
+        // have all it wants), with their ratios to threads and Python.
+        got.extend(
+            python_rows
+                .iter()
+                .filter(|r| r.workload == w.name())
+                .cloned(),
+        );
+        sort_rows(&mut got);
+        with_ratios(&mut got);
+        bar.suspend(|| {
+            if args.json {
+                print_json(&got)
+            } else {
+                print_table_rows(&got, plan.python.is_some())
+            }
+        })?;
         rows.extend(got);
         // Free this workload's data before the next one.
         inputs = Inputs::default();
     }
-    // Python gets the machine to itself: stop our workers and threads first.
     drop(pool);
     drop(threads);
-    let mut py_info = None;
-    let mut py_failure = None;
-    if let Some(interpreter) = &plan.python {
-        let req = python_request(plan, args, interpreter, workers, 2);
-        match python_baseline(&req, &plan.topo, &bar) {
-            Ok(Some((info, py_rows))) => {
-                rows.extend(py_rows);
-                py_info = Some(info);
-            }
-            Ok(None) => {}
-            Err(e) => py_failure = Some(e),
-        }
-    }
     bar.finish_and_clear();
-    sort_rows(&mut rows);
-    with_ratios(&mut rows);
-    if args.json {
-        print_json(&rows)?;
-    } else {
-        print_header(plan, &placement, &args.pinning, py_info.as_ref(), args)?;
-        print_table(&rows, plan.python.is_some())?;
+    if !args.json {
+        sort_rows(&mut rows);
+        print_table_notes(&rows)?;
     }
     match py_failure {
         Some(e) => Err(e),

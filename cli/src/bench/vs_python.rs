@@ -8,7 +8,6 @@ use crate::topo::Topology;
 use crate::workloads::Workload;
 use crate::CliError;
 use indicatif::ProgressBar;
-use std::time::Duration;
 
 pub(super) fn python_request(
     plan: &Plan,
@@ -25,7 +24,7 @@ pub(super) fn python_request(
         only: plan.selected.iter().map(|w| w.name()).collect(),
         size: args.size,
         cpu_loop_tasks,
-        timeout: Duration::from_secs(args.python_timeout),
+        timeout: args.python_timeout(),
     }
 }
 
@@ -64,6 +63,7 @@ fn python_rows(
                 seconds: r.seconds,
                 rate: r.rate,
                 unit: w.unit(),
+                lower_is_better: w.lower_is_better(),
                 repeats: r.repeats,
                 rate_min: r.rate_min,
                 rate_max: r.rate_max,

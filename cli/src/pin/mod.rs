@@ -27,12 +27,12 @@ pub(crate) struct PinArgs {
     workload: String,
     /// Items per run (cpu_loop: iterations in total). Default: a fraction of
     /// a second's work (200,000 tasks for apply_async); smaller with --quick.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::at_least_one::<u64>)]
     size: Option<u64>,
     /// Workers in every layout. Default: one per allowed CPU for none and
     /// per-cpu, one per allowed physical core for compact, scatter and
     /// avoid-smt, the list's length for --cpus.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::at_least_one::<usize>)]
     workers: Option<usize>,
     /// Named layouts to sweep, comma-separated: none, per-cpu, compact, scatter, avoid-smt.
     #[arg(
@@ -45,7 +45,7 @@ pub(crate) struct PinArgs {
     #[arg(long = "cpus", value_name = "LIST")]
     cpus: Vec<String>,
     /// Measured rounds after one warm-up round. Default 5, or 3 with --quick.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::at_least_one::<usize>)]
     repeat: Option<usize>,
     /// Small sizes: the sweep in a few seconds.
     #[arg(long)]
@@ -75,8 +75,11 @@ const SWEPT: [Workload; 5] = [
 fn swept_workload(name: &str) -> Result<Workload, CliError> {
     let choices = "apply_async, map, latency, cpu_loop or shared_sum";
     let Ok(w) = Workload::parse(name) else {
+        let names = SWEPT.map(Workload::name);
+        let hint = crate::numbers::did_you_mean(name, &names)
+            .map_or(String::new(), |n| format!(" (did you mean `{n}`?)"));
         return Err(CliError::usage(format!(
-            "unknown workload `{name}`: choose from {choices}"
+            "unknown workload `{name}`{hint}: choose from {choices}"
         )));
     };
     if SWEPT.contains(&w) {
@@ -190,6 +193,7 @@ pub(crate) fn run(args: &PinArgs) -> Result<(), CliError> {
     }
     let mut sizes = Sizes::quick();
     sizes.set(w, n);
+    crate::workloads::check_fits(&sizes, &[w], args.size)?;
     // Each measurement runs on a fresh pool: warm it up with an eighth of the
     // work, or with the whole array for shared_sum, so that every worker has
     // mapped every page before the timed run.

@@ -178,13 +178,25 @@ pub(super) fn analyse(
             && noise.is_none_or(|n| advantage(pooled[a].median, pooled[g].median, low) > n)
     };
     // The choice: among the measured best and every placement it does not
-    // clearly beat, the simplest (the default first).
+    // clearly beat, the simplest (the default first); but never one with
+    // fewer workers than the measured best, whose lead in noise is no reason
+    // to shrink the pool (mixed counts come from --workers or --cpus).
+    let best_workers = placements[rep[best_group]].workers;
     let chosen_group = order
         .iter()
         .copied()
         .filter(|&g| g == best_group || !established(best_group, g))
+        .filter(|&g| placements[rep[g]].workers >= best_workers)
         .min_by_key(|&g| preference(&layouts[rep[g]]))
         .unwrap_or(best_group);
+    // Whether the tie-break had simpler layouts to choose from and passed
+    // them over for their fewer workers.
+    let fewer_passed_over = order.iter().any(|&g| {
+        g != chosen_group
+            && !established(best_group, g)
+            && placements[rep[g]].workers < best_workers
+            && preference(&layouts[rep[g]]) < preference(&layouts[rep[chosen_group]])
+    });
     let chosen = rep[chosen_group];
     let chosen_median = pooled[chosen_group].median;
     let results: Vec<LayoutResult> = (0..layouts.len())
@@ -243,12 +255,16 @@ pub(super) fn analyse(
             names.join(", ")
         ));
     }
-    if !topo.smt {
+    if !topo.known {
+        notes.push(
+            "the topology is unknown here (/sys/devices/system/cpu does not describe it): avoid-smt, compact and scatter assumed one CPU per core and one package".to_string(),
+        );
+    } else if !topo.smt {
         notes.push(
             "no SMT siblings here: avoid-smt cannot differ from one worker per CPU".to_string(),
         );
     }
-    if topo.packages < 2 {
+    if topo.known && topo.packages < 2 {
         notes.push("one package: scatter and compact differ only through SMT siblings".to_string());
     }
     let what = if low {
@@ -291,11 +307,16 @@ pub(super) fn analyse(
             ))
         ),
         (Some(r), Some(m)) if chosen_group == best_group => format!(
-            "{}: {:.1}% {what} than the next placement, {}, but not established ({}); it is also the simplest, so use it",
+            "{}: {:.1}% {what} than the next placement, {}, but not established ({}); {}, so use it",
             name(chosen_group),
             m * 100.0,
             name(r),
-            why_not(chosen_group, r)
+            why_not(chosen_group, r),
+            if fewer_passed_over {
+                "the simpler layouts run fewer workers"
+            } else {
+                "it is also the simplest"
+            }
         ),
         (Some(_), Some(_)) => format!(
             "{}: {} measured {:.1}% {what}, but that is not established ({}), so keep the simpler {}",
@@ -358,6 +379,7 @@ mod tests {
 
     fn topo() -> Topology {
         Topology {
+            known: true,
             model: "test".into(),
             cpus_online: 2,
             packages: 1,
@@ -402,6 +424,76 @@ mod tests {
         assert!(r.recommendation.clear_of_noise);
         assert!(r.recommendation.noise.unwrap() > 0.0);
         assert_eq!(r.layouts[1].same_as, vec!["compact".to_string()]);
+    }
+
+    #[test]
+    fn an_unknown_topology_is_not_stated_as_fact() {
+        let t = Topology {
+            known: false,
+            ..topo()
+        };
+        let shape = t.shape();
+        assert!(shape.starts_with("unknown"), "{shape}");
+        assert!(!shape.contains("no SMT"), "{shape}");
+        let r = analyse(
+            &t,
+            Workload::ApplyAsync,
+            10,
+            1,
+            &[Layout::None],
+            &[placement(None)],
+            &[vec![1.0]],
+        );
+        assert!(
+            r.notes.iter().any(|n| n.contains("unknown")),
+            "{:?}",
+            r.notes
+        );
+        assert!(
+            !r.notes.iter().any(|n| n.contains("no SMT")),
+            "{:?}",
+            r.notes
+        );
+        assert!(topo().shape().contains("no SMT siblings"));
+    }
+
+    #[test]
+    fn a_tie_never_shrinks_the_pool() {
+        // The trial's sweep: none on 2 workers measured 70% more than one
+        // worker on CPU 1, in overlapping ranges; the "simpler" CPU list
+        // must not win with half the workers.
+        let layouts = vec![Layout::None, Layout::Cpus(vec![0]), Layout::Cpus(vec![1])];
+        let one = |cpu: usize| Placement {
+            workers: 1,
+            ..placement(Some(vec![cpu]))
+        };
+        let placements = vec![placement(None), one(0), one(1)];
+        let samples = vec![
+            vec![1.35, 3.59, 3.77],
+            vec![0.81, 1.01, 3.73],
+            vec![1.50, 2.10, 3.81],
+        ];
+        let r = analyse(
+            &topo(),
+            Workload::CpuLoop,
+            10,
+            3,
+            &layouts,
+            &placements,
+            &samples,
+        );
+        assert_eq!(
+            r.recommendation.layout, "none",
+            "{}",
+            r.recommendation.summary
+        );
+        assert_eq!(r.recommendation.workers, 2);
+        assert!(!r.recommendation.established);
+        assert!(
+            r.recommendation.summary.contains("fewer workers"),
+            "{}",
+            r.recommendation.summary
+        );
     }
 
     #[test]

@@ -169,7 +169,11 @@ impl Layout {
         if let Some(c) = &cpus {
             let distinct: BTreeSet<_> = c.iter().collect();
             if distinct.len() < c.len() && note.is_none() {
-                note = Some(format!("{} workers share {} CPUs", c.len(), distinct.len()));
+                note = Some(format!(
+                    "{} workers share {}",
+                    c.len(),
+                    crate::output::count(distinct.len(), "CPU", "CPUs")
+                ));
             }
         }
         Ok(Placement {

@@ -58,6 +58,11 @@ pub(crate) struct Topology {
     pub(crate) cores: usize,
     /// Whether some core runs more than one logical CPU.
     pub(crate) smt: bool,
+    /// Whether `/sys` told every CPU's package and core. When it does not
+    /// (a container masking `/sys/devices/system/cpu`), packages, cores and
+    /// `smt` are a guess (one CPU per core, one package), and are said to be.
+    #[serde(rename = "topology_known")]
+    pub(crate) known: bool,
     /// This process's allowed set (`sched_getaffinity`).
     pub(crate) allowed: Vec<usize>,
     /// Physical cores that have at least one allowed CPU.
@@ -155,7 +160,12 @@ impl Topology {
             }
         }
         let caches = read_caches(&m.online);
+        let known = m
+            .cpus
+            .iter()
+            .all(|c| c.package.is_some() && c.core.is_some());
         Ok(Topology {
+            known,
             model: m.model,
             cpus_online: cpus.len(),
             packages: packages.len().max(1),
@@ -268,26 +278,44 @@ pub(crate) fn cpu_list(cpus: &[usize]) -> String {
     out
 }
 
+impl Topology {
+    /// The topology in one line; when `/sys` did not tell it, says so
+    /// rather than state the guess as fact.
+    pub(crate) fn shape(&self) -> String {
+        if !self.known {
+            return format!(
+                "unknown (/sys/devices/system/cpu does not describe it): {} logical CPU(s), assumed one per core",
+                self.cpus_online
+            );
+        }
+        format!(
+            "{} package(s), {} core(s), {} logical CPU(s){}, {}",
+            self.packages,
+            self.cores,
+            self.cpus_online,
+            if self.smt {
+                ", SMT on"
+            } else {
+                ", no SMT siblings"
+            },
+            if self.numa_nodes.is_empty() {
+                "NUMA nodes unknown".to_string()
+            } else {
+                format!("{} NUMA node(s)", self.numa_nodes.len())
+            }
+        )
+    }
+}
+
 /// Prints the topology as tables.
 pub(crate) fn print_topology(t: &Topology) -> Result<(), CliError> {
     outln!("CPU model:  {}", t.model)?;
+    outln!("topology:   {}", t.shape())?;
     outln!(
-        "topology:   {} package(s), {} core(s), {} logical CPU(s){}, {} NUMA node(s)",
-        t.packages,
-        t.cores,
-        t.cpus_online,
-        if t.smt {
-            ", SMT on"
-        } else {
-            ", no SMT siblings"
-        },
-        t.numa_nodes.len().max(1)
-    )?;
-    outln!(
-        "allowed:    {} ({} CPUs on {} core(s))",
+        "allowed:    {} ({} on {})",
         cpu_list(&t.allowed),
-        t.allowed.len(),
-        t.allowed_cores
+        crate::output::count(t.allowed.len(), "CPU", "CPUs"),
+        crate::output::count(t.allowed_cores, "core", "cores")
     )?;
     outln!()?;
     outln!(
@@ -298,13 +326,15 @@ pub(crate) fn print_topology(t: &Topology) -> Result<(), CliError> {
         "SMT siblings",
         "numa"
     )?;
+    // Unknown places are `-`, as `corepool info` shows them.
+    let place = |v: String| if t.known { v } else { "-".into() };
     for c in &t.cpus {
         outln!(
             "{:>4}  {:>7}  {:>4}  {:>12}  {:>4}  {}",
             c.id,
-            c.package,
-            c.core,
-            c.siblings,
+            place(c.package.to_string()),
+            place(c.core.to_string()),
+            place(c.siblings.clone()),
             c.numa_node.map_or("-".into(), |n| n.to_string()),
             if c.allowed { "yes" } else { "no" }
         )?;
@@ -366,6 +396,7 @@ mod tests {
             place(7, 1, 1),
         ];
         Topology {
+            known: true,
             model: "test".into(),
             cpus_online: 8,
             packages: 2,

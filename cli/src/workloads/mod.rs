@@ -6,6 +6,7 @@
 
 mod bulk;
 mod corepool_runner;
+mod memory;
 mod pair;
 mod sequential_runner;
 mod tasks;
@@ -13,6 +14,7 @@ mod threads_runner;
 
 pub(crate) use bulk::THREADS_BULK_NOTE;
 pub(crate) use corepool_runner::{corepool_once, corepool_other_starts_once};
+pub(crate) use memory::check_fits;
 pub(crate) use pair::{pair_cpus, pair_pinning};
 pub(crate) use sequential_runner::sequential_once;
 pub(crate) use threads_runner::{threads_once, threads_spawn_once};
@@ -141,9 +143,12 @@ impl Workload {
             .copied()
             .find(|w| w.name() == s.trim())
             .ok_or_else(|| {
+                let names = WORKLOADS.map(Workload::name);
+                let hint = crate::numbers::did_you_mean(s, &names)
+                    .map_or(String::new(), |n| format!(" (did you mean `{n}`?)"));
                 CliError::usage(format!(
-                    "unknown workload `{s}`: choose from {}",
-                    WORKLOADS.map(Workload::name).join(", ")
+                    "unknown workload `{s}`{hint}: choose from {}",
+                    names.join(", ")
                 ))
             })
     }
@@ -309,7 +314,13 @@ impl Inputs {
             }
         }
         self.array = None; // free the old one first
-        let a = SharedArray::<f64>::new(len as usize)?;
+        let a = usize::try_from(len)
+            .ok()
+            .map(SharedArray::<f64>::new)
+            .unwrap_or(Err(corepool::Error::InvalidConfig {
+                what: "an array longer than this machine's address space".into(),
+            }))
+            .map_err(|e| memory::array_failed(len, &e))?;
         a.update_chunks(0..len as usize, |xs| xs.iter_mut().for_each(|x| *x = 1.0))?;
         self.array = Some(a.clone());
         Ok(a)
