@@ -132,6 +132,14 @@ fn ppid_of(pid: i32) -> u32 {
         .unwrap()
 }
 
+/// Runs this test binary again as a program of its own, its role given by
+/// the environment variable `role`, under a watchdog: what it printed.
+fn run_self_as(role: &str) -> std::process::Output {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command.env(role, "1");
+    common::output_within(&mut command, Duration::from_secs(60))
+}
+
 /// Starts the fork server, as a first pool does, and waits until it is
 /// ready: the pools built after this get their workers from it.
 fn ready_fork_server() -> i32 {
@@ -407,10 +415,7 @@ fn doomed_parent() -> ! {
 }
 
 fn the_programs_death_takes_the_fork_server_and_workers_with_it() {
-    let exe = std::env::current_exe().unwrap();
-    let mut command = std::process::Command::new(exe);
-    command.env(DOOMED_PARENT, "1");
-    let output = common::output_within(&mut command, Duration::from_secs(60));
+    let output = run_self_as(DOOMED_PARENT);
     let text = String::from_utf8_lossy(&output.stdout);
     let pids: Vec<i32> = text
         .split_whitespace()
@@ -495,10 +500,7 @@ fn dropping_parent() -> ! {
 /// for (the supervisor had ended); and the drop, run after glibc destroyed
 /// the thread's locals, aborted on a thread-local access (a review).
 fn a_pool_dropped_after_the_exit_hook_ends() {
-    let exe = std::env::current_exe().unwrap();
-    let mut command = std::process::Command::new(exe);
-    command.env(DROPPING_PARENT, "1");
-    let output = common::output_within(&mut command, Duration::from_secs(60));
+    let output = run_self_as(DROPPING_PARENT);
     assert!(
         output.status.success() && String::from_utf8_lossy(&output.stdout).contains("dropped"),
         "{:?}; stderr: {}",
@@ -530,10 +532,7 @@ fn a_program_that_exits_with_children_alive_reaps_them_itself() {
     // up as ours once it ended.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
-    let exe = std::env::current_exe().unwrap();
-    let mut command = std::process::Command::new(exe);
-    command.env(EXITING_PARENT, "1");
-    let output = common::output_within(&mut command, Duration::from_secs(60));
+    let output = run_self_as(EXITING_PARENT);
     let text = String::from_utf8_lossy(&output.stdout);
     let pids: Vec<i32> = text
         .split_whitespace()
@@ -591,10 +590,7 @@ fn sandboxed_parent() -> ! {
 /// workers are exec'd from then on (found in review: forked workers kept
 /// the fork server's older credentials, capabilities and `no_new_privs`).
 fn a_program_that_sandboxes_itself_gets_sandboxed_workers() {
-    let exe = std::env::current_exe().unwrap();
-    let mut command = std::process::Command::new(exe);
-    command.env(SANDBOXED_PARENT, "1");
-    let output = common::output_within(&mut command, Duration::from_secs(60));
+    let output = run_self_as(SANDBOXED_PARENT);
     let text = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
         text.trim(),
@@ -854,10 +850,7 @@ fn personality_parent() -> ! {
 /// security bits or seccomp filters alike) gets exec'd workers from then
 /// on, with the new one.
 fn a_changed_execution_domain_makes_workers_execd() {
-    let exe = std::env::current_exe().unwrap();
-    let mut command = std::process::Command::new(exe);
-    command.env(PERSONALITY_PARENT, "1");
-    let output = common::output_within(&mut command, Duration::from_secs(60));
+    let output = run_self_as(PERSONALITY_PARENT);
     let text = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
         text.trim(),
