@@ -132,14 +132,6 @@ fn ppid_of(pid: i32) -> u32 {
         .unwrap()
 }
 
-/// Runs this test binary again as a program of its own, its role given by
-/// the environment variable `role`, under a watchdog: what it printed.
-fn run_self_as(role: &str) -> std::process::Output {
-    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
-    command.env(role, "1");
-    common::output_within(&mut command, Duration::from_secs(60))
-}
-
 /// Starts the fork server, as a first pool does, and waits until it is
 /// ready: the pools built after this get their workers from it.
 fn ready_fork_server() -> i32 {
@@ -415,7 +407,7 @@ fn doomed_parent() -> ! {
 }
 
 fn the_programs_death_takes_the_fork_server_and_workers_with_it() {
-    let output = run_self_as(DOOMED_PARENT);
+    let output = common::run_self_as(DOOMED_PARENT, Duration::from_secs(60));
     let text = String::from_utf8_lossy(&output.stdout);
     let pids: Vec<i32> = text
         .split_whitespace()
@@ -500,7 +492,7 @@ fn dropping_parent() -> ! {
 /// for (the supervisor had ended); and the drop, run after glibc destroyed
 /// the thread's locals, aborted on a thread-local access (a review).
 fn a_pool_dropped_after_the_exit_hook_ends() {
-    let output = run_self_as(DROPPING_PARENT);
+    let output = common::run_self_as(DROPPING_PARENT, Duration::from_secs(60));
     assert!(
         output.status.success() && String::from_utf8_lossy(&output.stdout).contains("dropped"),
         "{:?}; stderr: {}",
@@ -532,7 +524,7 @@ fn a_program_that_exits_with_children_alive_reaps_them_itself() {
     // up as ours once it ended.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
-    let output = run_self_as(EXITING_PARENT);
+    let output = common::run_self_as(EXITING_PARENT, Duration::from_secs(60));
     let text = String::from_utf8_lossy(&output.stdout);
     let pids: Vec<i32> = text
         .split_whitespace()
@@ -590,7 +582,7 @@ fn sandboxed_parent() -> ! {
 /// workers are exec'd from then on (found in review: forked workers kept
 /// the fork server's older credentials, capabilities and `no_new_privs`).
 fn a_program_that_sandboxes_itself_gets_sandboxed_workers() {
-    let output = run_self_as(SANDBOXED_PARENT);
+    let output = common::run_self_as(SANDBOXED_PARENT, Duration::from_secs(60));
     let text = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
         text.trim(),
@@ -850,7 +842,7 @@ fn personality_parent() -> ! {
 /// security bits or seccomp filters alike) gets exec'd workers from then
 /// on, with the new one.
 fn a_changed_execution_domain_makes_workers_execd() {
-    let output = run_self_as(PERSONALITY_PARENT);
+    let output = common::run_self_as(PERSONALITY_PARENT, Duration::from_secs(60));
     let text = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
         text.trim(),

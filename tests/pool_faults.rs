@@ -684,6 +684,25 @@ fn unkillable_parent() -> ! {
     std::process::exit(0);
 }
 
+/// Runs this binary as the program `role` names, which prints the pid of a
+/// worker it could no longer kill first, and ends that stray worker (we are
+/// root) before any assertion can fail: the program's output and its text.
+fn run_unkillable_parent(role: &str) -> (std::process::Output, String) {
+    let output = common::run_self_as(role, HUNG);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let worker: i32 = match text.split_whitespace().next().and_then(|p| p.parse().ok()) {
+        Some(pid) => pid,
+        None => panic!(
+            "no output: {text:?}; stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    };
+    // SAFETY: a signal to a pid the program just printed; we are root.
+    unsafe { libc::kill(worker, libc::SIGKILL) };
+    common::eventually("the abandoned worker is gone", || common::is_gone(worker));
+    (output, text)
+}
+
 /// A program that drops its privileges after building a pool can no longer
 /// kill that pool's workers (they still run as the old user). `terminate`,
 /// `join` and drop used to wait for ever for a death that never came; the
@@ -695,23 +714,8 @@ fn a_pool_whose_program_dropped_privileges_ends_anyway() {
         eprintln!("skipped: dropping privileges needs root");
         return;
     }
-    let exe = std::env::current_exe().unwrap();
-    let mut command = std::process::Command::new(exe);
-    command.env(UNKILLABLE_PARENT, "1");
-    let output = common::output_within(&mut command, HUNG);
-    let text = String::from_utf8_lossy(&output.stdout);
+    let (output, text) = run_unkillable_parent(UNKILLABLE_PARENT);
     let fields: Vec<&str> = text.split_whitespace().collect();
-    let worker: i32 = match fields.first().and_then(|p| p.parse().ok()) {
-        Some(pid) => pid,
-        None => panic!(
-            "no output: {text:?}; stderr: {}",
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    };
-    // End the stray worker before any assertion can fail.
-    // SAFETY: a signal to a pid the program just printed; we are root.
-    unsafe { libc::kill(worker, libc::SIGKILL) };
-    common::eventually("the abandoned worker is gone", || common::is_gone(worker));
     assert_eq!(fields[1..], ["1", "true"], "{text}");
     assert!(output.status.success(), "{output:?}");
 }
@@ -788,23 +792,8 @@ fn a_timed_out_task_on_a_worker_we_may_not_kill_fails_anyway() {
         eprintln!("skipped: dropping privileges needs root");
         return;
     }
-    let exe = std::env::current_exe().unwrap();
-    let mut command = std::process::Command::new(exe);
-    command.env(UNKILLABLE_TIMEOUT, "1");
-    let output = common::output_within(&mut command, HUNG);
-    let text = String::from_utf8_lossy(&output.stdout);
+    let (output, text) = run_unkillable_parent(UNKILLABLE_TIMEOUT);
     let fields: Vec<&str> = text.split_whitespace().collect();
-    let worker: i32 = match fields.first().and_then(|p| p.parse().ok()) {
-        Some(pid) => pid,
-        None => panic!(
-            "no output: {text:?}; stderr: {}",
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    };
-    // End the stray worker before any assertion can fail.
-    // SAFETY: a signal to a pid the program just printed; we are root.
-    unsafe { libc::kill(worker, libc::SIGKILL) };
-    common::eventually("the abandoned worker is gone", || common::is_gone(worker));
     assert_eq!(fields[1..], ["true", "1"], "{text}");
     assert!(output.status.success(), "{output:?}");
 }

@@ -395,6 +395,15 @@ pub fn output_within(cmd: &mut std::process::Command, limit: Duration) -> std::p
     output
 }
 
+/// Runs this test binary again as a program of its own, its role given by
+/// the environment variable `role`, under a watchdog of `limit`: what it
+/// printed.
+pub fn run_self_as(role: &str, limit: Duration) -> std::process::Output {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command.env(role, "1");
+    output_within(&mut command, limit)
+}
+
 /// For a test program that leaves a child running when it exits: points
 /// this process's stdout and stderr at /dev/null (the child inherited them
 /// and would otherwise keep the test's pipe open past our exit) and returns
