@@ -357,6 +357,8 @@ fn a_raw_argument_needs_room_and_gives_it_back_unsubmitted() {
     pool.close();
     let refused = pool.submit_raw_argument(task, arg, 8, |_| panic!("not called"));
     assert!(matches!(refused, Err(Error::PoolClosed)), "{refused:?}");
+    // And a closed pool lends no memory to fill for nothing (a user trial).
+    assert!(pool.raw_argument(1024).is_none());
     pool.join().unwrap();
     assert_eq!(
         corepool::testing::arg_arena_usage(&pool),

@@ -508,8 +508,13 @@ impl PoolBuilder {
     /// per argument), so this is a speed knob: an argument that finds no
     /// room (the arena full of arguments still queued or running, or one
     /// larger than the arena) travels in a segment of its own, as with
-    /// `0`, which turns the arena off. Memory is committed as it is first
-    /// written, and stays so while the pool lives. Default 64 MiB.
+    /// `0`, which turns the arena off; so does a size the machine cannot
+    /// map. Memory is committed as it is first written, and stays so while
+    /// the pool lives. Default 64 MiB. A segment of its own holds a
+    /// descriptor while its task is queued or running: a program that
+    /// queues hundreds of large arguments at once with the arena full (or
+    /// off) may meet its descriptor limit (`Error::SharedMemory` with
+    /// EMFILE); bound the queue with [`max_queued`](Self::max_queued).
     ///
     /// ```
     /// use corepool::Pool;

@@ -262,8 +262,11 @@ impl Pool {
     /// `None` when the arena has no free block of that size (it is full of
     /// arguments still queued or running, or smaller than `len`), when the
     /// pool has no arena ([`arg_arena_bytes`](crate::PoolBuilder::arg_arena_bytes)
-    /// of 0), or in a `fork()`ed copy of the pool's process: then pass the
-    /// bytes to [`submit_raw`](Self::submit_raw), which takes any size.
+    /// of 0, or one too large to be made), when the pool is closed or
+    /// terminated (nothing could be submitted), or in a `fork()`ed copy of
+    /// the pool's process: then pass the bytes to
+    /// [`submit_raw`](Self::submit_raw), which takes any size (and says why
+    /// it cannot run them).
     /// Dropped unsubmitted, the memory goes back to the arena.
     ///
     /// ```
@@ -291,7 +294,9 @@ impl Pool {
     /// }
     /// ```
     pub fn raw_argument(&self, len: usize) -> Option<RawArgument<'_>> {
-        self.shared.check_owner().ok()?;
+        // `check_open` checks the owner too; a closed pool would only
+        // refuse the filled bytes later.
+        self.shared.check_open().ok()?;
         let reserved = self.shared.arena()?.reserve(len)?;
         Some(RawArgument {
             reserved,

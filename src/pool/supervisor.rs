@@ -168,7 +168,7 @@ fn spawn_error(cpus: Option<CpuMask>, error: SpawnError) -> Error {
             }
             _ => Error::Spawn {
                 reason: format!(
-                    "starting a worker process failed: {e}; {}",
+                    "the kernel refused a new process: {e}; {}",
                     crate::error::spawn_advice(&e)
                 ),
                 source: Some(e),
