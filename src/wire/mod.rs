@@ -342,13 +342,26 @@ fn encode_pod_slice<P: Pod>(items: &[P], out: &mut Encoder) {
 /// Copies `n` plain values out of `input` (any alignment).
 /// Appends `n` values of plain data from their raw bytes: one copy, and no
 /// zero-fill pass over the destination first.
-fn decode_pod_extend<P: Pod, T>(input: &mut &[u8], n: usize, out: &mut Vec<P>) -> Result<()> {
-    let bytes = n
-        .checked_mul(std::mem::size_of::<P>())
-        .ok_or_else(|| decode_error::<T>("length overflows"))?;
+///
+/// Errors name the sequence (`Vec<P>`), not `P`: `n` came from the
+/// sequence's length prefix, so that is what a forged or truncated input
+/// got wrong.
+fn decode_pod_extend<P: Pod>(input: &mut &[u8], n: usize, out: &mut Vec<P>) -> Result<()> {
+    let size = std::mem::size_of::<P>();
+    let bytes = n.checked_mul(size).ok_or_else(|| {
+        decode_error::<Vec<P>>(format!(
+            "a length of {n} values of {size} bytes overflows: the input is corrupt"
+        ))
+    })?;
+    if input.len() < bytes {
+        return Err(decode_error::<Vec<P>>(format!(
+            "a length of {n} values needs {bytes} bytes, {} left: the input is truncated or corrupt",
+            input.len()
+        )));
+    }
     // Checked before anything is reserved: `n` is now known to be backed by
     // bytes that are really there.
-    let raw = take::<T>(input, bytes)?;
+    let raw = take::<Vec<P>>(input, bytes)?;
     out.reserve(n);
     let start = out.len();
     // SAFETY: `reserve` made room for `n` more `P`s after `start`, and the
@@ -386,7 +399,7 @@ macro_rules! wire_for_numbers {
                 Some(bytemuck::cast_slice(items))
             }
             fn decode_extend(input: &mut &[u8], n: usize, out: &mut Vec<Self>) -> Result<()> {
-                decode_pod_extend::<Self, Self>(input, n, out)
+                decode_pod_extend(input, n, out)
             }
             fn plain() -> Option<PlainLayout<Self>> {
                 // `encode_slice` copies the memory (little-endian targets:
@@ -654,7 +667,7 @@ impl<T: Pod + Send> Wire for Plain<T> {
         Some(bytemuck::cast_slice(Plain::peel_slice(items)))
     }
     fn decode_extend(input: &mut &[u8], n: usize, out: &mut Vec<Self>) -> Result<()> {
-        decode_pod_extend::<Self, Self>(input, n, out)
+        decode_pod_extend(input, n, out)
     }
     fn plain() -> Option<PlainLayout<Self>> {
         // Its memory, as `encode`/`encode_slice` copy it.
@@ -909,6 +922,23 @@ mod tests {
         let mut bytes = n.to_le_bytes().to_vec();
         bytes.extend_from_slice(body);
         bytes
+    }
+
+    #[test]
+    fn a_forged_length_of_plain_values_is_named_as_the_sequences_length() {
+        // A user trial's raw argument of 16 bytes of 0xff, decoded as a
+        // `Vec<u8>`: the error once said "decoding a u8 failed: needs
+        // 18446744073709551615 bytes", blaming a byte for the length prefix.
+        let err = decode_exact::<Vec<u8>>(&forged_vec(u64::MAX, &[0xff; 8])).unwrap_err();
+        let Error::Decode { type_name, reason } = &err else {
+            panic!("{err:?}")
+        };
+        assert!(type_name.ends_with("Vec<u8>"), "{type_name}");
+        assert!(reason.contains("a length of 18446744073709551615"), "{reason}");
+        assert!(reason.contains("8 left"), "{reason}");
+        let err = decode_exact::<Vec<u64>>(&forged_vec(u64::MAX, &[])).unwrap_err();
+        assert!(err.to_string().contains("overflows"), "{err}");
+        assert!(err.to_string().contains("Vec<u64>"), "{err}");
     }
 
     #[test]
