@@ -346,6 +346,8 @@ fn shm_advice(err: &io::Error) -> &'static str {
     match err.raw_os_error() {
         Some(libc::EMFILE) => "this process has too many descriptors open (each shared segment or spill holds one while in use): close some, or raise its limit (`ulimit -n`, RLIMIT_NOFILE)",
         Some(libc::ENFILE) => "the system's file table is full: close descriptors elsewhere, or raise `fs.file-max`",
+        Some(libc::EFBIG) => "shared memory is a file, and this process's file-size limit (`ulimit -f`, RLIMIT_FSIZE) is below the size asked for: raise it (`ulimit -f unlimited`), or ask for less (`ring_bytes` for a Pool; a smaller capacity, message size or array)",
+        Some(libc::ENOMEM) => "corepool's shared memory is anonymous and counts against RAM and the cgroup's memory limit, and its mapping against the address-space limit (`ulimit -v`, RLIMIT_AS): free memory, raise the limit, or ask for less (`ring_bytes` for a Pool; a smaller capacity, message size or array)",
         _ => "corepool's shared memory is anonymous and counts against RAM and the cgroup's memory limit: free memory, raise the limit, or ask for less (`ring_bytes` for a Pool; a smaller capacity, message size or array)",
     }
 }
@@ -372,7 +374,7 @@ fn on_rank(rank: Option<u32>) -> String {
 
 fn os_advice(op: &str, err: &io::Error) -> &'static str {
     match err.raw_os_error() {
-        Some(libc::EAGAIN) if op.starts_with("spawning") => "the limit on processes is reached (`ulimit -u`, RLIMIT_NPROC, counts every thread of the user's processes too; or the cgroup's `pids.max`): raise it, or run fewer processes and threads",
+        Some(libc::EAGAIN) if op.starts_with("spawning") => "the limit on processes is reached (`ulimit -u`, RLIMIT_NPROC, counts every thread of the user's processes too; or the cgroup's `pids.max`), or, for a thread, the address-space limit (`ulimit -v`, RLIMIT_AS) leaves no room for its stack: raise it, or run fewer processes and threads",
         Some(libc::EPERM) if op.starts_with("kill") => "the process runs with credentials this program no longer has (it dropped them since starting it, or the process changed its own): signal it from a process with those privileges",
         Some(libc::EMFILE) => "this process has too many descriptors open: close some, or raise its limit (`ulimit -n`, RLIMIT_NOFILE)",
         Some(libc::ENFILE) => "the system's file table is full: close descriptors elsewhere, or raise `fs.file-max`",

@@ -934,7 +934,10 @@ mod tests {
             panic!("{err:?}")
         };
         assert!(type_name.ends_with("Vec<u8>"), "{type_name}");
-        assert!(reason.contains("a length of 18446744073709551615"), "{reason}");
+        assert!(
+            reason.contains("a length of 18446744073709551615"),
+            "{reason}"
+        );
         assert!(reason.contains("8 left"), "{reason}");
         let err = decode_exact::<Vec<u64>>(&forged_vec(u64::MAX, &[])).unwrap_err();
         assert!(err.to_string().contains("overflows"), "{err}");
