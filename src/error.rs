@@ -190,7 +190,7 @@ pub enum Error {
     },
     /// The process running the task (a pool worker or a [`crate::Process`])
     /// died before returning its result.
-    #[error("process {pid}{} died before returning the task's result: {cause}; in a Pool the worker is replaced, and `retries(n)` on its builder reruns idempotent tasks", on_rank(*.rank))]
+    #[error("process {pid}{} died before returning the task's result: {cause}; if it was a Pool's worker, the pool replaces it, and `retries(n)` on the pool's builder reruns idempotent tasks", on_rank(*.rank))]
     WorkerDied {
         /// The dead worker's pid (on its rank's node when `rank` is set).
         pid: i32,
@@ -222,7 +222,7 @@ pub enum Error {
     /// A `*_timeout` call ran out before it could complete. The timeout
     /// itself loses nothing: a pool's task goes on running, a value not put
     /// is still the caller's.
-    #[error("timed out; the timeout itself lost nothing (a pool's task goes on, a value not put is still yours): call again to wait longer, or raise the timeout")]
+    #[error("timed out; the timeout itself lost nothing (what was waited for goes on: a task keeps running, a value not put is still yours, a queue's unfinished items stay counted): call again to wait longer, or raise the timeout")]
     Timeout,
     /// The result was already taken by an earlier successful
     /// [`AsyncResult::get_timeout`](crate::AsyncResult::get_timeout).
