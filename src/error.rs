@@ -190,7 +190,7 @@ pub enum Error {
     },
     /// The process running the task (a pool worker or a [`crate::Process`])
     /// died before returning its result.
-    #[error("process {pid}{} died before returning the task's result: {cause}; in a Pool the worker is replaced, and `retries(n)` on its builder reruns idempotent tasks", on_rank(*.rank))]
+    #[error("process {pid}{} died before returning the task's result: {cause}; if it was a Pool's worker, the pool replaces it, and `retries(n)` on the pool's builder reruns idempotent tasks", on_rank(*.rank))]
     WorkerDied {
         /// The dead worker's pid (on its rank's node when `rank` is set).
         pid: i32,
@@ -222,7 +222,7 @@ pub enum Error {
     /// A `*_timeout` call ran out before it could complete. The timeout
     /// itself loses nothing: a pool's task goes on running, a value not put
     /// is still the caller's.
-    #[error("timed out; the timeout itself lost nothing (a pool's task goes on, a value not put is still yours): call again to wait longer, or raise the timeout")]
+    #[error("timed out; the timeout itself lost nothing (what was waited for goes on: a task keeps running, a value not put is still yours, a queue's unfinished items stay counted): call again to wait longer, or raise the timeout")]
     Timeout,
     /// The result was already taken by an earlier successful
     /// [`AsyncResult::get_timeout`](crate::AsyncResult::get_timeout).
@@ -346,6 +346,8 @@ fn shm_advice(err: &io::Error) -> &'static str {
     match err.raw_os_error() {
         Some(libc::EMFILE) => "this process has too many descriptors open (each shared segment or spill holds one while in use): close some, or raise its limit (`ulimit -n`, RLIMIT_NOFILE)",
         Some(libc::ENFILE) => "the system's file table is full: close descriptors elsewhere, or raise `fs.file-max`",
+        Some(libc::EFBIG) => "shared memory is a file, and this process's file-size limit (`ulimit -f`, RLIMIT_FSIZE) is below the size asked for: raise it (`ulimit -f unlimited`), or ask for less (`ring_bytes` for a Pool; a smaller capacity, message size or array)",
+        Some(libc::ENOMEM) => "corepool's shared memory is anonymous and counts against RAM and the cgroup's memory limit, and its mapping against the address-space limit (`ulimit -v`, RLIMIT_AS): free memory, raise the limit, or ask for less (`ring_bytes` for a Pool; a smaller capacity, message size or array)",
         _ => "corepool's shared memory is anonymous and counts against RAM and the cgroup's memory limit: free memory, raise the limit, or ask for less (`ring_bytes` for a Pool; a smaller capacity, message size or array)",
     }
 }
@@ -372,7 +374,7 @@ fn on_rank(rank: Option<u32>) -> String {
 
 fn os_advice(op: &str, err: &io::Error) -> &'static str {
     match err.raw_os_error() {
-        Some(libc::EAGAIN) if op.starts_with("spawning") => "the limit on processes is reached (`ulimit -u`, RLIMIT_NPROC, counts every thread of the user's processes too; or the cgroup's `pids.max`): raise it, or run fewer processes and threads",
+        Some(libc::EAGAIN) if op.starts_with("spawning") => "the limit on processes is reached (`ulimit -u`, RLIMIT_NPROC, counts every thread of the user's processes too; or the cgroup's `pids.max`), or, for a thread, the address-space limit (`ulimit -v`, RLIMIT_AS) leaves no room for its stack: raise it, or run fewer processes and threads",
         Some(libc::EPERM) if op.starts_with("kill") => "the process runs with credentials this program no longer has (it dropped them since starting it, or the process changed its own): signal it from a process with those privileges",
         Some(libc::EMFILE) => "this process has too many descriptors open: close some, or raise its limit (`ulimit -n`, RLIMIT_NOFILE)",
         Some(libc::ENFILE) => "the system's file table is full: close descriptors elsewhere, or raise `fs.file-max`",

@@ -96,6 +96,29 @@ pub(crate) fn coarse_now() -> Duration {
     )
 }
 
+/// Refuses to make a file reach `end` bytes past this process's file-size
+/// limit (RLIMIT_FSIZE, `ulimit -f`), with the kernel's own answer, EFBIG.
+/// Asking the kernel instead gets EFBIG *and* SIGXFSZ, whose default
+/// action ends the whole program without a word (a user trial under
+/// `ulimit -f 4000` lost its program in `Pool::build`; Python ignores the
+/// signal at start-up, and a library may not change a process's signal
+/// dispositions). Every call that grows a memfd (`ftruncate`, `fallocate`,
+/// `pwrite`) asks this first. A limit that cannot be read counts as none.
+fn check_file_size_limit(end: u64) -> io::Result<()> {
+    match rustix::process::getrlimit(rustix::process::Resource::Fsize).current {
+        Some(limit) if end > limit => Err(io::Error::from_raw_os_error(libc::EFBIG)),
+        _ => Ok(()),
+    }
+}
+
+/// Sets the size of the file behind `fd` (`ftruncate`), within the
+/// file-size limit ([`check_file_size_limit`]).
+pub(crate) fn set_file_len(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    check_file_size_limit(len)?;
+    rustix::io::retry_on_intr(|| rustix::fs::ftruncate(fd, len))?;
+    Ok(())
+}
+
 /// Reserves `len` bytes of backing store so that a full tmpfs fails here, with an
 /// error, rather than as a SIGBUS on first touch later.
 pub(crate) fn fallocate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
@@ -105,6 +128,7 @@ pub(crate) fn fallocate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
             "segment too large",
         ));
     }
+    check_file_size_limit(len)?;
     check_memory_for(len)?;
     rustix::io::retry_on_intr(|| rustix::fs::fallocate(fd, FallocateFlags::empty(), 0, len))?;
     Ok(())
@@ -224,6 +248,8 @@ fn cgroup_memory_left() -> Option<u64> {
 /// short writes and EINTR): filling a memfd this way copies into its pages
 /// without faulting them into a mapping one by one.
 pub(crate) fn pwrite_all(fd: BorrowedFd<'_>, mut bytes: &[u8], mut offset: u64) -> io::Result<()> {
+    let end = offset.checked_add(bytes.len() as u64);
+    check_file_size_limit(end.ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?)?;
     while !bytes.is_empty() {
         let n = rustix::io::retry_on_intr(|| rustix::io::pwrite(fd, bytes, offset))?;
         if n == 0 {
@@ -325,6 +351,7 @@ pub(crate) fn fallocate_range(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::
         .checked_add(len)
         .and_then(|end| i64::try_from(end).ok())
         .ok_or_else(too_large)?;
+    check_file_size_limit(offset + len)?;
     check_memory_for(len)?;
     rustix::io::retry_on_intr(|| rustix::fs::fallocate(fd, FallocateFlags::empty(), offset, len))?;
     Ok(())

@@ -428,6 +428,37 @@ fn a_forged_deep_value_fails_only_its_task() {
     assert_eq!(pool.pids(), worker, "no worker died");
 }
 
+/// A recursive enum through `Box`, as numeric code writes expression trees.
+#[derive(Clone, Debug, PartialEq, Wire)]
+enum Expr {
+    Num(f64),
+    Add(Box<Expr>, Box<Expr>),
+    Neg(Box<Expr>),
+}
+
+fn eval(e: Expr) -> f64 {
+    match e {
+        Expr::Num(x) => x,
+        Expr::Add(a, b) => eval(*a) + eval(*b),
+        Expr::Neg(a) => -eval(*a),
+    }
+}
+
+/// `Box` is `Wire` (a user trial's recursive enum needed it), and a boxed
+/// chain counts towards the nesting limit as a `Vec` one does.
+fn a_recursive_enum_through_box_crosses_and_is_held_to_the_nesting_limit() {
+    let e = Expr::Add(
+        Box::new(Expr::Num(1.5)),
+        Box::new(Expr::Neg(Box::new(Expr::Num(0.5)))),
+    );
+    round_trip(e.clone());
+    let pool = Pool::new(1).unwrap();
+    assert_eq!(pool.apply(eval, e), Ok(1.0));
+    let deep = (1..MAX_NESTING + 1).fold(Expr::Num(1.0), |e, _| Expr::Neg(Box::new(e)));
+    let err = pool.apply(eval, deep).unwrap_err();
+    assert!(err.to_string().contains("derive::Expr"), "{err}");
+}
+
 fn main() {
     corepool::init();
     common::run(common::tests![
@@ -441,5 +472,6 @@ fn main() {
         a_value_at_the_nesting_limit_crosses_both_ways,
         a_value_nested_too_deeply_is_refused_by_its_sender,
         a_forged_deep_value_fails_only_its_task,
+        a_recursive_enum_through_box_crosses_and_is_held_to_the_nesting_limit,
     ]);
 }

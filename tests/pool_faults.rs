@@ -798,6 +798,42 @@ fn a_timed_out_task_on_a_worker_we_may_not_kill_fails_anyway() {
     assert!(output.status.success(), "{output:?}");
 }
 
+const SMALL_FILE_LIMIT: &str = "COREPOOL_TEST_SMALL_FILE_LIMIT";
+
+/// The program of `a_file_size_limit_is_an_error_not_a_signal`: under a
+/// 64 KiB file-size limit, what building a pool and making an array say.
+fn small_file_limit() -> ! {
+    let limit = libc::rlimit {
+        rlim_cur: 64 << 10,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a plain system call on a struct that lives across it.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &limit) }, 0);
+    let efbig = |e: &Error| {
+        matches!(e, Error::SharedMemory { source, .. } if source.raw_os_error() == Some(libc::EFBIG))
+            && e.to_string().contains("ulimit -f")
+    };
+    let pool = Pool::new(1);
+    let array = corepool::SharedArray::<u8>::new(1 << 20);
+    println!(
+        "pool {} array {}",
+        pool.as_ref().err().is_some_and(efbig),
+        array.as_ref().err().is_some_and(efbig)
+    );
+    std::process::exit(0);
+}
+
+/// Under `ulimit -f`, growing a shared-memory file past the limit made the
+/// kernel send SIGXFSZ, whose default action ended the program without a
+/// word (a user trial: `ulimit -f 4000` killed it in `Pool::build`). Now
+/// the limit is asked first and the call is a typed error naming it.
+fn a_file_size_limit_is_an_error_not_a_signal() {
+    let output = common::run_self_as(SMALL_FILE_LIMIT, HUNG);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(text.trim(), "pool true array true", "{output:?}");
+}
+
 fn main() {
     if std::env::var_os(UNKILLABLE_TIMEOUT).is_some() {
         unkillable_timeout();
@@ -807,6 +843,9 @@ fn main() {
     }
     if std::env::var_os(THROUGH_THE_LOADER).is_some() {
         through_the_loader();
+    }
+    if std::env::var_os(SMALL_FILE_LIMIT).is_some() {
+        small_file_limit();
     }
     corepool::init();
     common::run(common::tests![
@@ -829,5 +868,6 @@ fn main() {
         tasks_are_not_stranded_behind_a_stopped_worker,
         a_result_whose_drop_panics_does_not_end_the_driver,
         a_timed_out_task_on_a_worker_we_may_not_kill_fails_anyway,
+        a_file_size_limit_is_an_error_not_a_signal,
     ]);
 }

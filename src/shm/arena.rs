@@ -253,7 +253,7 @@ impl Arena {
         let shm = |op| move |e| Error::shm(op, e);
         let file = crate::sys::memfd_create(c"corepool-arena").map_err(shm("memfd_create"))?;
         let file = std::fs::File::from(file);
-        file.set_len(len as u64).map_err(shm("sizing the arena"))?;
+        crate::sys::set_file_len(file.as_fd(), len as u64).map_err(shm("sizing the arena"))?;
         let map = memmap2::MmapOptions::new()
             .len(len)
             .map_raw(&file)

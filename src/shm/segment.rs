@@ -72,8 +72,7 @@ impl Segment {
         read_start_tag_early();
         let fd = sys::memfd_create(name).map_err(|e| Error::shm("memfd_create", e))?;
         let file = File::from(fd);
-        file.set_len(len as u64)
-            .map_err(|e| Error::shm("ftruncate", e))?;
+        sys::set_file_len(file.as_fd(), len as u64).map_err(|e| Error::shm("ftruncate", e))?;
         sys::fallocate(file.as_fd(), len as u64)
             .map_err(|e| Error::shm("fallocate (reserving the memory)", e))?;
         sys::seal_size(file.as_fd()).map_err(|e| Error::shm("sealing the size", e))?;

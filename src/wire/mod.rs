@@ -38,16 +38,25 @@ use bytemuck::{Pod, TransparentWrapper};
 /// A value that can travel between the parent and its workers.
 ///
 /// Implemented for the primitive numbers, `bool`, `char`, `()`, `String`,
-/// `Vec<T>`, `Option<T>`, `Result<T, E>`, arrays, tuples up to 8, [`Plain`],
-/// [`Serde`] and [`crate::SharedArray`].
+/// `Vec<T>`, `VecDeque<T>`, `Box<T>`, `Option<T>`, `Result<T, E>`,
+/// `HashMap`, `BTreeMap`, `HashSet`, `BTreeSet`, arrays, tuples up to 8,
+/// [`Plain`], [`Serde`] and [`crate::SharedArray`]; your own types with
+/// `#[derive(Wire)]`.
 ///
 /// ```
 /// use corepool::{Encoder, Wire};
+/// use std::collections::HashMap;
 /// let mut out = Encoder::new();
 /// (7u64, String::from("seven"), vec![1.5f64, 2.5]).encode(&mut out);
 /// let bytes = out.finish().unwrap();
 /// let back = <(u64, String, Vec<f64>)>::decode(&mut bytes.as_slice()).unwrap();
 /// assert_eq!(back, (7, "seven".to_string(), vec![1.5, 2.5]));
+///
+/// let counts = HashMap::from([("a".to_string(), 1u32), ("b".to_string(), 2)]);
+/// let mut out = Encoder::new();
+/// counts.encode(&mut out);
+/// let bytes = out.finish().unwrap();
+/// assert_eq!(HashMap::decode(&mut bytes.as_slice()).unwrap(), counts);
 /// ```
 ///
 /// # How deep a value may nest
@@ -342,13 +351,26 @@ fn encode_pod_slice<P: Pod>(items: &[P], out: &mut Encoder) {
 /// Copies `n` plain values out of `input` (any alignment).
 /// Appends `n` values of plain data from their raw bytes: one copy, and no
 /// zero-fill pass over the destination first.
-fn decode_pod_extend<P: Pod, T>(input: &mut &[u8], n: usize, out: &mut Vec<P>) -> Result<()> {
-    let bytes = n
-        .checked_mul(std::mem::size_of::<P>())
-        .ok_or_else(|| decode_error::<T>("length overflows"))?;
+///
+/// Errors name the sequence (`Vec<P>`), not `P`: `n` came from the
+/// sequence's length prefix, so that is what a forged or truncated input
+/// got wrong.
+fn decode_pod_extend<P: Pod>(input: &mut &[u8], n: usize, out: &mut Vec<P>) -> Result<()> {
+    let size = std::mem::size_of::<P>();
+    let bytes = n.checked_mul(size).ok_or_else(|| {
+        decode_error::<Vec<P>>(format!(
+            "a length of {n} values of {size} bytes overflows: the input is corrupt"
+        ))
+    })?;
+    if input.len() < bytes {
+        return Err(decode_error::<Vec<P>>(format!(
+            "a length of {n} values needs {bytes} bytes, {} left: the input is truncated or corrupt",
+            input.len()
+        )));
+    }
     // Checked before anything is reserved: `n` is now known to be backed by
     // bytes that are really there.
-    let raw = take::<T>(input, bytes)?;
+    let raw = take::<Vec<P>>(input, bytes)?;
     out.reserve(n);
     let start = out.len();
     // SAFETY: `reserve` made room for `n` more `P`s after `start`, and the
@@ -386,7 +408,7 @@ macro_rules! wire_for_numbers {
                 Some(bytemuck::cast_slice(items))
             }
             fn decode_extend(input: &mut &[u8], n: usize, out: &mut Vec<Self>) -> Result<()> {
-                decode_pod_extend::<Self, Self>(input, n, out)
+                decode_pod_extend(input, n, out)
             }
             fn plain() -> Option<PlainLayout<Self>> {
                 // `encode_slice` copies the memory (little-endian targets:
@@ -528,6 +550,116 @@ impl<T: Wire> Wire for Vec<T> {
     }
 }
 
+/// As the `T` it holds: a `Box` only moves the value to the heap, so that
+/// recursive enums can be `Wire` (each level still counts towards the
+/// nesting limit above, through the derived impl that holds the `Box`).
+impl<T: Wire> Wire for Box<T> {
+    fn encode(&self, out: &mut Encoder) {
+        (**self).encode(out);
+    }
+    fn encode_split(&self, out: &mut Encoder) -> &[u8] {
+        (**self).encode_split(out)
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self> {
+        T::decode(input).map(Box::new)
+    }
+}
+
+/// As a `Vec<T>` of its items, front to back.
+impl<T: Wire> Wire for std::collections::VecDeque<T> {
+    fn encode(&self, out: &mut Encoder) {
+        let (front, back) = self.as_slices();
+        encode_len(self.len(), out);
+        T::encode_slice(front, out);
+        T::encode_slice(back, out);
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self> {
+        Vec::<T>::decode(input).map(Self::from)
+    }
+}
+
+/// Decodes a sequence of `n` values (the count read by the caller) through
+/// `Vec`'s checks: the memory budget and the cap on zero-sized values hold
+/// for maps and sets as for vectors, whatever count a sender forged.
+fn decode_items<T: Wire>(input: &mut &[u8]) -> Result<Vec<T>> {
+    let n = decode_len::<Vec<T>>(input)?;
+    let mut items = Vec::new();
+    T::decode_extend(input, n, &mut items)?;
+    Ok(items)
+}
+
+/// Encodes a map as its length, then each key followed by its value, in the
+/// map's order of iteration.
+fn encode_entries<'a, K: Wire, V: Wire>(
+    len: usize,
+    entries: impl Iterator<Item = (&'a K, &'a V)>,
+    out: &mut Encoder,
+) {
+    encode_len(len, out);
+    for (k, v) in entries {
+        k.encode(out);
+        v.encode(out);
+    }
+}
+
+/// Encodes a set as its length, then each item, in its order of iteration.
+fn encode_items<'a, T: Wire>(len: usize, items: impl Iterator<Item = &'a T>, out: &mut Encoder) {
+    encode_len(len, out);
+    for item in items {
+        item.encode(out);
+    }
+}
+
+/// Its entries, as a `Vec<(K, V)>` would carry them. A key that comes twice
+/// (only a corrupt sender writes one) keeps its last value.
+impl<K, V, S> Wire for std::collections::HashMap<K, V, S>
+where
+    K: Wire + Eq + std::hash::Hash,
+    V: Wire,
+    S: std::hash::BuildHasher + Default + Send + 'static,
+{
+    fn encode(&self, out: &mut Encoder) {
+        encode_entries(self.len(), self.iter(), out);
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self> {
+        Ok(decode_items::<(K, V)>(input)?.into_iter().collect())
+    }
+}
+
+/// Its entries in key order, as a `Vec<(K, V)>` would carry them.
+impl<K: Wire + Ord, V: Wire> Wire for std::collections::BTreeMap<K, V> {
+    fn encode(&self, out: &mut Encoder) {
+        encode_entries(self.len(), self.iter(), out);
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self> {
+        Ok(decode_items::<(K, V)>(input)?.into_iter().collect())
+    }
+}
+
+/// Its items, as a `Vec<T>` would carry them.
+impl<T, S> Wire for std::collections::HashSet<T, S>
+where
+    T: Wire + Eq + std::hash::Hash,
+    S: std::hash::BuildHasher + Default + Send + 'static,
+{
+    fn encode(&self, out: &mut Encoder) {
+        encode_items(self.len(), self.iter(), out);
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self> {
+        Ok(decode_items::<T>(input)?.into_iter().collect())
+    }
+}
+
+/// Its items in order, as a `Vec<T>` would carry them.
+impl<T: Wire + Ord> Wire for std::collections::BTreeSet<T> {
+    fn encode(&self, out: &mut Encoder) {
+        encode_items(self.len(), self.iter(), out);
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self> {
+        Ok(decode_items::<T>(input)?.into_iter().collect())
+    }
+}
+
 impl<T: Wire> Wire for Option<T> {
     fn encode(&self, out: &mut Encoder) {
         match self {
@@ -654,7 +786,7 @@ impl<T: Pod + Send> Wire for Plain<T> {
         Some(bytemuck::cast_slice(Plain::peel_slice(items)))
     }
     fn decode_extend(input: &mut &[u8], n: usize, out: &mut Vec<Self>) -> Result<()> {
-        decode_pod_extend::<Self, Self>(input, n, out)
+        decode_pod_extend(input, n, out)
     }
     fn plain() -> Option<PlainLayout<Self>> {
         // Its memory, as `encode`/`encode_slice` copy it.
@@ -909,6 +1041,63 @@ mod tests {
         let mut bytes = n.to_le_bytes().to_vec();
         bytes.extend_from_slice(body);
         bytes
+    }
+
+    #[test]
+    fn boxes_deques_maps_and_sets_round_trip() {
+        use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+        fn round_trip<T: Wire + PartialEq + std::fmt::Debug>(value: T) {
+            assert_eq!(decode_exact::<T>(&encode_to_vec(&value)).unwrap(), value);
+        }
+        round_trip(Box::new((1u64, String::from("x"))));
+        round_trip(Box::new(vec![7u8; 100]));
+        let mut deque: VecDeque<u32> = (0..10).collect();
+        deque.rotate_left(3); // two slices inside
+        round_trip(deque.clone());
+        assert_eq!(encode_to_vec(&deque), encode_to_vec(&Vec::from(deque)));
+        round_trip(HashMap::from([(1u64, vec![1.5f64]), (2, vec![])]));
+        round_trip(BTreeMap::from([("k".to_string(), Some(3i32))]));
+        round_trip(HashSet::from([3u16, 4, 5]));
+        round_trip(BTreeSet::from([[1u8; 4], [2; 4]]));
+        round_trip(HashMap::<u8, u8>::new());
+    }
+
+    #[test]
+    fn forged_counts_of_maps_and_sets_are_errors() {
+        use std::collections::{BTreeMap, HashSet};
+        // Zero-sized items take no bytes: without the cap a forged count
+        // loops for ever, as for `Vec<()>`.
+        assert!(decode_exact::<HashSet<()>>(&forged_vec(u64::MAX, &[])).is_err());
+        assert!(decode_exact::<BTreeMap<(), ()>>(&forged_vec(u64::MAX, &[])).is_err());
+        assert!(decode_exact::<BTreeMap<u64, u64>>(&forged_vec(1 << 40, &[0; 64])).is_err());
+        // A key that comes twice keeps its last value.
+        let twice = [
+            forged_vec(2, &[]),
+            encode_to_vec(&(1u8, 10u8)),
+            encode_to_vec(&(1u8, 20u8)),
+        ];
+        let map = decode_exact::<BTreeMap<u8, u8>>(&twice.concat()).unwrap();
+        assert_eq!(map, BTreeMap::from([(1, 20)]));
+    }
+
+    #[test]
+    fn a_forged_length_of_plain_values_is_named_as_the_sequences_length() {
+        // A user trial's raw argument of 16 bytes of 0xff, decoded as a
+        // `Vec<u8>`: the error once said "decoding a u8 failed: needs
+        // 18446744073709551615 bytes", blaming a byte for the length prefix.
+        let err = decode_exact::<Vec<u8>>(&forged_vec(u64::MAX, &[0xff; 8])).unwrap_err();
+        let Error::Decode { type_name, reason } = &err else {
+            panic!("{err:?}")
+        };
+        assert!(type_name.ends_with("Vec<u8>"), "{type_name}");
+        assert!(
+            reason.contains("a length of 18446744073709551615"),
+            "{reason}"
+        );
+        assert!(reason.contains("8 left"), "{reason}");
+        let err = decode_exact::<Vec<u64>>(&forged_vec(u64::MAX, &[])).unwrap_err();
+        assert!(err.to_string().contains("overflows"), "{err}");
+        assert!(err.to_string().contains("Vec<u64>"), "{err}");
     }
 
     #[test]

@@ -1,12 +1,12 @@
 // `#[derive(Wire)]` on a struct with a field that is not `Wire`: reported on
 // that field.
 
-use std::collections::HashMap;
+use std::path::PathBuf;
 
 #[derive(corepool::Wire)]
 struct Job {
     id: u64,
-    index: HashMap<String, u64>,
+    input: PathBuf,
 }
 
 fn main() {}
