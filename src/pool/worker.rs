@@ -7,7 +7,7 @@ use crate::child::panic::{fit_message, install_panic_hook, take_panic_message};
 use crate::error::Error;
 use crate::shm::park::{self, Spinner};
 #[cfg(feature = "fault-injection")]
-use crate::shm::ring::stamp_for;
+use crate::shm::ring::{stamp_for, HEADER_BYTES};
 use crate::shm::ring::{Claimed, Consumer, Producer, RecordHeader, RingError};
 use crate::shm::Segment;
 use crate::sys;
@@ -97,6 +97,9 @@ pub(crate) fn make_token(fd: i32, index: usize, parent: i32) -> String {
 /// This worker's slot, for [`sabotage`] (a test hook).
 #[cfg(feature = "fault-injection")]
 static OWN_SLOT: std::sync::OnceLock<Slot> = std::sync::OnceLock::new();
+/// The address of the parent's doorbell, for [`Sabotage::Scribble`].
+#[cfg(feature = "fault-injection")]
+static OWN_DOORBELL: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 
 /// How a deliberately misbehaving worker breaks the protocol (tests only).
 #[cfg(feature = "fault-injection")]
@@ -113,6 +116,11 @@ pub enum Sabotage {
     /// words: the parent reads neither, so nothing may come of it (until
     /// protocol version 5 a garbage `head` kept the parent's driver busy).
     GarbageInHead,
+    /// Hand this worker's writable memory to the function, which may write
+    /// anything into it: its slot (control block, task ring, result ring)
+    /// as bytes, the task ring's size, and the parent's doorbell
+    /// (`testing::worker_memory`).
+    Scribble(fn(&[std::sync::atomic::AtomicU8], usize, &std::sync::atomic::AtomicU32)),
 }
 
 /// Makes the calling worker write garbage into its own result ring, to test
@@ -145,6 +153,27 @@ pub fn sabotage(how: Sabotage) -> bool {
         Sabotage::GarbageInHead => {
             ring.force_head(tail.wrapping_add(0x1234_5678));
             ring.force_tail(tail.wrapping_sub(0x0bad_cafe));
+        }
+        Sabotage::Scribble(scribble) => {
+            let Some(&doorbell) = OWN_DOORBELL.get() else {
+                return false;
+            };
+            // A ring's largest payload is half its bytes less a header.
+            let bytes = |max_payload: usize| 2 * (max_payload + HEADER_BYTES);
+            let task_ring_bytes = bytes(slot.task_ring().max_payload());
+            let len = 4096 + task_ring_bytes + bytes(ring.max_payload());
+            // SAFETY: the slot starts at its `state` word and spans its
+            // control page and both rings, inside the segment, which stays
+            // mapped while the worker serves; every byte is accessed through
+            // atomics. `doorbell` is the address of the segment's doorbell.
+            let (bytes, doorbell) = unsafe {
+                let base = slot.state().as_ptr().cast::<std::sync::atomic::AtomicU8>();
+                (
+                    std::slice::from_raw_parts(base, len),
+                    &*(doorbell as *const std::sync::atomic::AtomicU32),
+                )
+            };
+            scribble(bytes, task_ring_bytes, doorbell);
         }
     }
     true
@@ -201,6 +230,8 @@ fn serve(token: Token<'_>) -> i32 {
     #[cfg(feature = "fault-injection")]
     let _ = OWN_SLOT.set(slot);
     let doorbell = layout::doorbell(&seg);
+    #[cfg(feature = "fault-injection")]
+    let _ = OWN_DOORBELL.set(std::ptr::from_ref(doorbell) as usize);
     let fail_start = |code: u32| {
         slot.fail_code().store(code, Ordering::Relaxed);
         // Release pairs with the parent's Acquire load of `state`.
