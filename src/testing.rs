@@ -142,14 +142,20 @@ fn bytes_of(seg: &Segment) -> &[AtomicU8] {
     unsafe { std::slice::from_raw_parts(base, seg.len()) }
 }
 
-/// What a pool worker can write of the pool's segment, for a test that
-/// makes it write garbage there ([`worker_memory`]).
+/// What a pool worker maps of the pool's segment, for a test that makes
+/// it write garbage there ([`worker_memory`]).
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerMemory {
-    /// The worker's slot: its control block (the words at
+    /// The whole segment, as every worker maps it: the header (page 0,
+    /// with the parent's doorbell at 256), every worker's slot, and the
+    /// initializer's argument after the last slot.
+    pub segment: &'static [AtomicU8],
+    /// This worker's slot: its control block (the words at
     /// [`WORKER_CONTROL_WORDS`]), then its task ring's bytes, then its
     /// result ring's.
     pub slot: &'static [AtomicU8],
+    /// Where `slot` starts in `segment`.
+    pub slot_at: usize,
     /// Where the task ring's bytes start in `slot`, and their length.
     pub task_ring: (usize, usize),
     /// Where the result ring's bytes start in `slot`, and their length.
@@ -174,38 +180,36 @@ pub const fn record_stamp(position: u32) -> u32 {
     crate::shm::ring::stamp_for(position)
 }
 
-/// In a pool worker: the memory it shares with the parent and may write,
-/// for a test to write garbage into. `None` outside a worker. The
-/// references last as long as the worker serves, which is as long as it
-/// lives.
+/// In a pool worker: the memory it shares with the parent (and the other
+/// workers) and may write, for a test to write garbage into. `None`
+/// outside a worker. The references last as long as the worker serves,
+/// which is as long as it lives.
 pub fn worker_memory() -> Option<WorkerMemory> {
-    static FOUND: std::sync::OnceLock<(usize, usize, usize, usize)> = std::sync::OnceLock::new();
-    fn keep(slot: &[AtomicU8], task_ring_bytes: usize, doorbell: &AtomicU32) {
-        let _ = FOUND.set((
-            slot.as_ptr() as usize,
-            slot.len(),
-            task_ring_bytes,
-            std::ptr::from_ref(doorbell) as usize,
-        ));
+    static FOUND: std::sync::OnceLock<[usize; 5]> = std::sync::OnceLock::new();
+    fn keep(segment: &[AtomicU8], slot_at: usize, task_ring: usize, result_ring: usize) {
+        let base = segment.as_ptr() as usize;
+        let _ = FOUND.set([base, segment.len(), slot_at, task_ring, result_ring]);
     }
     if FOUND.get().is_none() && !sabotage(Sabotage::Scribble(keep)) {
         return None;
     }
-    let &(slot, len, task_ring_bytes, doorbell) = FOUND.get()?;
-    // SAFETY: the addresses the worker handed over, of its slot and
-    // doorbell in the pool's segment, which stays mapped as long as the
-    // worker serves (its whole life); accessed only through atomics.
-    let (slot, doorbell) = unsafe {
-        (
-            std::slice::from_raw_parts(slot as *const AtomicU8, len),
-            &*(doorbell as *const AtomicU32),
-        )
-    };
+    let &[base, len, slot_at, task_ring, result_ring] = FOUND.get()?;
+    // SAFETY: the segment the worker handed over, which stays mapped as
+    // long as the worker serves (its whole life); accessed only through
+    // atomics.
+    let segment = unsafe { std::slice::from_raw_parts(base as *const AtomicU8, len) };
     let control = 4096;
+    let slot = segment.get(slot_at..slot_at + control + task_ring + result_ring)?;
+    let doorbell = segment.get(256..260)?;
+    // SAFETY: 4 bytes at offset 256 of a page-aligned mapping: an aligned
+    // word, which every process accesses only atomically.
+    let doorbell = unsafe { AtomicU32::from_ptr(doorbell.as_ptr().cast_mut().cast()) };
     Some(WorkerMemory {
+        segment,
         slot,
-        task_ring: (control, task_ring_bytes),
-        result_ring: (control + task_ring_bytes, len - control - task_ring_bytes),
+        slot_at,
+        task_ring: (control, task_ring),
+        result_ring: (control + task_ring, result_ring),
         doorbell,
     })
 }

@@ -97,9 +97,9 @@ pub(crate) fn make_token(fd: i32, index: usize, parent: i32) -> String {
 /// This worker's slot, for [`sabotage`] (a test hook).
 #[cfg(feature = "fault-injection")]
 static OWN_SLOT: std::sync::OnceLock<Slot> = std::sync::OnceLock::new();
-/// The address of the parent's doorbell, for [`Sabotage::Scribble`].
+/// The address and length of the pool's segment, for [`Sabotage::Scribble`].
 #[cfg(feature = "fault-injection")]
-static OWN_DOORBELL: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+static OWN_SEGMENT: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
 
 /// How a deliberately misbehaving worker breaks the protocol (tests only).
 #[cfg(feature = "fault-injection")]
@@ -116,11 +116,11 @@ pub enum Sabotage {
     /// words: the parent reads neither, so nothing may come of it (until
     /// protocol version 5 a garbage `head` kept the parent's driver busy).
     GarbageInHead,
-    /// Hand this worker's writable memory to the function, which may write
-    /// anything into it: its slot (control block, task ring, result ring)
-    /// as bytes, the task ring's size, and the parent's doorbell
-    /// (`testing::worker_memory`).
-    Scribble(fn(&[std::sync::atomic::AtomicU8], usize, &std::sync::atomic::AtomicU32)),
+    /// Hand the memory this worker maps to the function, which may write
+    /// anything into it: the whole pool segment as bytes, where this
+    /// worker's slot starts in it, and the sizes of its task and result
+    /// rings (`testing::worker_memory`).
+    Scribble(fn(&[std::sync::atomic::AtomicU8], usize, usize, usize)),
 }
 
 /// Makes the calling worker write garbage into its own result ring, to test
@@ -155,25 +155,19 @@ pub fn sabotage(how: Sabotage) -> bool {
             ring.force_tail(tail.wrapping_sub(0x0bad_cafe));
         }
         Sabotage::Scribble(scribble) => {
-            let Some(&doorbell) = OWN_DOORBELL.get() else {
+            let Some(&(base, len)) = OWN_SEGMENT.get() else {
                 return false;
             };
             // A ring's largest payload is half its bytes less a header.
             let bytes = |max_payload: usize| 2 * (max_payload + HEADER_BYTES);
+            let slot_at = slot.state().as_ptr() as usize - base;
             let task_ring_bytes = bytes(slot.task_ring().max_payload());
-            let len = 4096 + task_ring_bytes + bytes(ring.max_payload());
-            // SAFETY: the slot starts at its `state` word and spans its
-            // control page and both rings, inside the segment, which stays
-            // mapped while the worker serves; every byte is accessed through
-            // atomics. `doorbell` is the address of the segment's doorbell.
-            let (bytes, doorbell) = unsafe {
-                let base = slot.state().as_ptr().cast::<std::sync::atomic::AtomicU8>();
-                (
-                    std::slice::from_raw_parts(base, len),
-                    &*(doorbell as *const std::sync::atomic::AtomicU32),
-                )
+            // SAFETY: the whole segment, which stays mapped while the worker
+            // serves (its whole life); every byte is accessed through atomics.
+            let segment = unsafe {
+                std::slice::from_raw_parts(base as *const std::sync::atomic::AtomicU8, len)
             };
-            scribble(bytes, task_ring_bytes, doorbell);
+            scribble(segment, slot_at, task_ring_bytes, bytes(ring.max_payload()));
         }
     }
     true
@@ -231,7 +225,7 @@ fn serve(token: Token<'_>) -> i32 {
     let _ = OWN_SLOT.set(slot);
     let doorbell = layout::doorbell(&seg);
     #[cfg(feature = "fault-injection")]
-    let _ = OWN_DOORBELL.set(std::ptr::from_ref(doorbell) as usize);
+    let _ = OWN_SEGMENT.set((seg.base() as usize, seg.len()));
     let fail_start = |code: u32| {
         slot.fail_code().store(code, Ordering::Relaxed);
         // Release pairs with the parent's Acquire load of `state`.
