@@ -22,7 +22,8 @@
 //! `COREPOOL_CHAOS_SEEDS=n` runs `n` seeds per test (default: a few, to stay
 //! within CI's budget); `COREPOOL_CHAOS_SEED=s` replays seed `s` alone, and
 //! `COREPOOL_CHAOS_FIRST=s` starts the run at seed `s`. A failure prints its
-//! seed. Runs with its own `main`.
+//! seed; `COREPOOL_CHAOS_VERBOSE=1` prints each pool round's configuration
+//! and what its hostile tasks do. Runs with its own `main`.
 
 mod common;
 
@@ -448,6 +449,9 @@ fn hostile((seed, slot, tainted): (u64, u64, SharedArray<u64>)) -> Answer {
         70..=95 => Hostility::Die,
         _ => Hostility::Hang,
     };
+    if std::env::var_os("COREPOOL_CHAOS_VERBOSE").is_some() {
+        eprintln!("chaos: hostile task {slot} in {pid}: {how:?}");
+    }
     let most = if rng.chance(50) { 4 } else { 64 };
     let lies = 1 + rng.below(most);
     for _ in 0..lies {
@@ -497,6 +501,9 @@ fn pool_round(seed: u64) {
     }
     if rng.chance(20) {
         builder = builder.retries(1);
+    }
+    if std::env::var_os("COREPOOL_CHAOS_VERBOSE").is_some() {
+        eprintln!("chaos: seed {seed}: {builder:?}");
     }
     let pool = within(
         CALL_LIMIT,
