@@ -451,6 +451,15 @@ impl<T> JoinableQueue<T> {
     }
 }
 
+#[cfg(feature = "fault-injection")]
+impl<T> JoinableQueue<T> {
+    /// The segments its holders share: the count's and the queue's
+    /// (`testing::joinable_queue_memory`).
+    pub(crate) fn shared_segments(&self) -> Vec<&crate::shm::Segment> {
+        vec![self.count.segment(), self.queue.shared_segment()]
+    }
+}
+
 impl<T: Wire> JoinableQueue<T> {
     /// Puts `value` if there is room now, counting it as unfinished; as
     /// [`Queue::try_put`].

@@ -234,6 +234,15 @@ impl<T> PipeEnd<T> {
         self.holder_tag(1 - self.side).clear();
     }
 
+    /// The segments this end shares with its peer: the control segment
+    /// and its queues' (`testing::pipe_memory`).
+    pub(crate) fn shared_segments(&self) -> Vec<&crate::shm::Segment> {
+        let queues = self.send.iter().chain(self.recv.iter());
+        std::iter::once(self.control.segment())
+            .chain(queues.map(|q| q.shared_segment()))
+            .collect()
+    }
+
     /// Whether the other end is closed, in one load, without looking for a
     /// dead holder.
     pub(crate) fn peer_is_closed(&self) -> bool {

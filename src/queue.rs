@@ -592,6 +592,15 @@ impl<T: Wire> Queue<T> {
     }
 }
 
+#[cfg(feature = "fault-injection")]
+impl<T> Queue<T> {
+    /// The queue's shared segment, which any process holding it may write
+    /// anything into (`testing::queue_memory`).
+    pub(crate) fn shared_segment(&self) -> &crate::shm::Segment {
+        self.map.segment()
+    }
+}
+
 /// Unbounded queues: Python's `multiprocessing.Queue()` without a maxsize.
 impl<T> Queue<T> {
     /// A queue that is never full, whose slots hold values of up to 240

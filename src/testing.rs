@@ -6,8 +6,10 @@
 //! Only built with the `fault-injection` feature, which no user needs: the
 //! published API has none of this.
 
-use crate::{Queue, Value, Wire};
+use crate::shm::Segment;
+use crate::{JoinableQueue, PipeEnd, Queue, Value, Wire};
 use bytemuck::Pod;
+use std::sync::atomic::{AtomicU32, AtomicU8};
 
 pub use crate::pool::worker::{sabotage, Sabotage};
 pub use crate::wire::task::forged::{forge_chunk_results, ChunkLie};
@@ -98,6 +100,16 @@ pub fn lingering_objects() -> usize {
     crate::shm::handle::lingering()
 }
 
+/// Lets go at once of every object this process keeps for receivers (see
+/// [`lingering_objects`]), as its exit would, and of the mappings of other
+/// processes' objects it caches and nothing uses: what a test does after a
+/// hostile process forged in-flight counts (then both stay, bounded, by
+/// design), so that their descriptors and memory are not counted as leaked.
+pub fn forget_lingering_objects() {
+    crate::shm::handle::forget_unused_mappings();
+    crate::shm::handle::forget_lingering();
+}
+
 /// In a pool worker: publish its next result that spilled with the spill
 /// already gone, and exit at once (status 0), as a worker that dies between
 /// publishing it and the parent opening it would. Call it from a task.
@@ -118,4 +130,110 @@ pub fn forge_in_flight<T: Pod>(array: &crate::SharedArray<T>, count: u32) {
 /// then waiting at its exit for that result to be read.
 pub fn wait_for_outcome<R: Wire>(process: &crate::Process<R>) {
     process.wait_for_outcome_for_tests();
+}
+
+/// The bytes of `seg`, as a process mapping it may write them: any byte,
+/// at any time, through atomics.
+fn bytes_of(seg: &Segment) -> &[AtomicU8] {
+    let base = seg.base().cast::<AtomicU8>();
+    // SAFETY: the mapping spans `len` bytes from `base` and stays mapped as
+    // long as `seg` is borrowed; other processes write it concurrently, so
+    // it is only ever accessed through atomics here.
+    unsafe { std::slice::from_raw_parts(base, seg.len()) }
+}
+
+/// What a pool worker maps of the pool's segment, for a test that makes
+/// it write garbage there ([`worker_memory`]).
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerMemory {
+    /// The whole segment, as every worker maps it: the header (page 0,
+    /// with the parent's doorbell at 256), every worker's slot, and the
+    /// initializer's argument after the last slot.
+    pub segment: &'static [AtomicU8],
+    /// This worker's slot: its control block (the words at
+    /// [`WORKER_CONTROL_WORDS`]), then its task ring's bytes, then its
+    /// result ring's.
+    pub slot: &'static [AtomicU8],
+    /// Where `slot` starts in `segment`.
+    pub slot_at: usize,
+    /// Where the task ring's bytes start in `slot`, and their length.
+    pub task_ring: (usize, usize),
+    /// Where the result ring's bytes start in `slot`, and their length.
+    pub result_ring: (usize, usize),
+    /// The parent's doorbell: the futex word workers ring after results.
+    pub doorbell: &'static AtomicU32,
+}
+
+/// Offsets of the words of a worker's control block (`pool/layout.rs`):
+/// state, pid, fail code, tasks done, fail detail, shutdown, sleeping, the
+/// task ring's tail, head and released, the result ring's tail, head and
+/// released.
+pub const WORKER_CONTROL_WORDS: [usize; 13] =
+    [0, 4, 8, 16, 24, 128, 192, 256, 384, 388, 512, 640, 644];
+
+/// Where a record's header keeps its stamp, kind, payload length, flags,
+/// id and aux (`shm/ring.rs`); records start at multiples of 64 bytes.
+pub const RECORD_FIELDS: [usize; 6] = [0, 4, 8, 12, 16, 24];
+
+/// The stamp a record at ring position `position` carries when published.
+pub const fn record_stamp(position: u32) -> u32 {
+    crate::shm::ring::stamp_for(position)
+}
+
+/// In a pool worker: the memory it shares with the parent (and the other
+/// workers) and may write, for a test to write garbage into. `None`
+/// outside a worker. The references last as long as the worker serves,
+/// which is as long as it lives.
+pub fn worker_memory() -> Option<WorkerMemory> {
+    static FOUND: std::sync::OnceLock<[usize; 5]> = std::sync::OnceLock::new();
+    fn keep(segment: &[AtomicU8], slot_at: usize, task_ring: usize, result_ring: usize) {
+        let base = segment.as_ptr() as usize;
+        let _ = FOUND.set([base, segment.len(), slot_at, task_ring, result_ring]);
+    }
+    if FOUND.get().is_none() && !sabotage(Sabotage::Scribble(keep)) {
+        return None;
+    }
+    let &[base, len, slot_at, task_ring, result_ring] = FOUND.get()?;
+    // SAFETY: the segment the worker handed over, which stays mapped as
+    // long as the worker serves (its whole life); accessed only through
+    // atomics.
+    let segment = unsafe { std::slice::from_raw_parts(base as *const AtomicU8, len) };
+    let control = 4096;
+    let slot = segment.get(slot_at..slot_at + control + task_ring + result_ring)?;
+    let doorbell = segment.get(256..260)?;
+    // SAFETY: 4 bytes at offset 256 of a page-aligned mapping: an aligned
+    // word, which every process accesses only atomically.
+    let doorbell = unsafe { AtomicU32::from_ptr(doorbell.as_ptr().cast_mut().cast()) };
+    Some(WorkerMemory {
+        segment,
+        slot,
+        slot_at,
+        task_ring: (control, task_ring),
+        result_ring: (control + task_ring, result_ring),
+        doorbell,
+    })
+}
+
+/// In a `Process` child: its segment (header, argument, outcome words,
+/// result room), which it may write anything into. `None` elsewhere.
+pub fn process_memory() -> Option<&'static [AtomicU8]> {
+    crate::process::child::own_segment().map(bytes_of)
+}
+
+/// The shared memory of `queue` (its header and ring: what every process
+/// holding it may write). The rings an unbounded queue grows into are not
+/// included.
+pub fn queue_memory<T>(queue: &Queue<T>) -> Vec<&[AtomicU8]> {
+    vec![bytes_of(queue.shared_segment())]
+}
+
+/// The shared memory of `queue`: its unfinished count's and its queue's.
+pub fn joinable_queue_memory<T>(queue: &JoinableQueue<T>) -> Vec<&[AtomicU8]> {
+    queue.shared_segments().into_iter().map(bytes_of).collect()
+}
+
+/// The shared memory of `end`'s pipe: the control segment (holders,
+/// closed flags) and the queues under it.
+pub fn pipe_memory<T>(end: &PipeEnd<T>) -> Vec<&[AtomicU8]> {
+    end.shared_segments().into_iter().map(bytes_of).collect()
 }

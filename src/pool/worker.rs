@@ -7,7 +7,7 @@ use crate::child::panic::{fit_message, install_panic_hook, take_panic_message};
 use crate::error::Error;
 use crate::shm::park::{self, Spinner};
 #[cfg(feature = "fault-injection")]
-use crate::shm::ring::stamp_for;
+use crate::shm::ring::{stamp_for, HEADER_BYTES};
 use crate::shm::ring::{Claimed, Consumer, Producer, RecordHeader, RingError};
 use crate::shm::Segment;
 use crate::sys;
@@ -97,6 +97,9 @@ pub(crate) fn make_token(fd: i32, index: usize, parent: i32) -> String {
 /// This worker's slot, for [`sabotage`] (a test hook).
 #[cfg(feature = "fault-injection")]
 static OWN_SLOT: std::sync::OnceLock<Slot> = std::sync::OnceLock::new();
+/// The address and length of the pool's segment, for [`Sabotage::Scribble`].
+#[cfg(feature = "fault-injection")]
+static OWN_SEGMENT: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
 
 /// How a deliberately misbehaving worker breaks the protocol (tests only).
 #[cfg(feature = "fault-injection")]
@@ -113,6 +116,11 @@ pub enum Sabotage {
     /// words: the parent reads neither, so nothing may come of it (until
     /// protocol version 5 a garbage `head` kept the parent's driver busy).
     GarbageInHead,
+    /// Hand the memory this worker maps to the function, which may write
+    /// anything into it: the whole pool segment as bytes, where this
+    /// worker's slot starts in it, and the sizes of its task and result
+    /// rings (`testing::worker_memory`).
+    Scribble(fn(&[std::sync::atomic::AtomicU8], usize, usize, usize)),
 }
 
 /// Makes the calling worker write garbage into its own result ring, to test
@@ -145,6 +153,21 @@ pub fn sabotage(how: Sabotage) -> bool {
         Sabotage::GarbageInHead => {
             ring.force_head(tail.wrapping_add(0x1234_5678));
             ring.force_tail(tail.wrapping_sub(0x0bad_cafe));
+        }
+        Sabotage::Scribble(scribble) => {
+            let Some(&(base, len)) = OWN_SEGMENT.get() else {
+                return false;
+            };
+            // A ring's largest payload is half its bytes less a header.
+            let bytes = |max_payload: usize| 2 * (max_payload + HEADER_BYTES);
+            let slot_at = slot.state().as_ptr() as usize - base;
+            let task_ring_bytes = bytes(slot.task_ring().max_payload());
+            // SAFETY: the whole segment, which stays mapped while the worker
+            // serves (its whole life); every byte is accessed through atomics.
+            let segment = unsafe {
+                std::slice::from_raw_parts(base as *const std::sync::atomic::AtomicU8, len)
+            };
+            scribble(segment, slot_at, task_ring_bytes, bytes(ring.max_payload()));
         }
     }
     true
@@ -201,6 +224,8 @@ fn serve(token: Token<'_>) -> i32 {
     #[cfg(feature = "fault-injection")]
     let _ = OWN_SLOT.set(slot);
     let doorbell = layout::doorbell(&seg);
+    #[cfg(feature = "fault-injection")]
+    let _ = OWN_SEGMENT.set((seg.base() as usize, seg.len()));
     let fail_start = |code: u32| {
         slot.fail_code().store(code, Ordering::Relaxed);
         // Release pairs with the parent's Acquire load of `state`.

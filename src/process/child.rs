@@ -24,6 +24,17 @@ pub(crate) fn enter() -> Option<i32> {
     Some(serve_child(token.to_str().unwrap_or("")))
 }
 
+/// This child's segment, for `testing::process_memory` (a test hook).
+#[cfg(feature = "fault-injection")]
+static OWN_SEGMENT: std::sync::OnceLock<std::sync::Arc<Segment>> = std::sync::OnceLock::new();
+
+/// In a `Process` child: its segment (header, argument, outcome words and
+/// result room), which it may write anything into. `None` elsewhere.
+#[cfg(feature = "fault-injection")]
+pub(crate) fn own_segment() -> Option<&'static Segment> {
+    OWN_SEGMENT.get().map(|seg| &**seg)
+}
+
 /// A start failure before the child found its task, so the parent cannot
 /// be told why: say it on stderr rather than exit 101 in silence.
 fn stray(why: &str) -> i32 {
@@ -58,6 +69,8 @@ fn serve_child(token: &str) -> i32 {
         return stray("its descriptor is not a process's shared memory");
     };
     let seg = std::sync::Arc::new(seg);
+    #[cfg(feature = "fault-injection")]
+    let _ = OWN_SEGMENT.set(seg.clone());
     let Some(header) = segment::read_header(&seg) else {
         return stray("its shared memory holds no task");
     };

@@ -174,6 +174,24 @@ pub(crate) fn forget_lingering() {
     drop(gone);
 }
 
+/// Forgets every cached mapping of another process's object that nothing
+/// here uses any more (tests): a forged in-flight count keeps one cached
+/// (bounded by [`MAX_OPENED`]) until its owner closes it and a later miss
+/// looks.
+#[cfg(feature = "fault-injection")]
+pub(crate) fn forget_unused_mappings() {
+    let unused: Vec<Arc<SharedSegment>> = {
+        let mut opened = crate::sync::lock(&OPENED);
+        let (unused, used) = std::mem::take(&mut *opened)
+            .into_iter()
+            .partition(|m| Arc::strong_count(m) == 1);
+        *opened = used;
+        unused
+    };
+    // Unmapped (or kept for their receivers) outside the lock.
+    drop(unused);
+}
+
 /// Whether this process keeps objects for receivers, after a sweep.
 pub(crate) fn lingering_now() -> bool {
     lingering() != 0
