@@ -343,21 +343,150 @@ pub(super) fn check_chunk<R>(values: Vec<R>, due: usize) -> Result<Vec<R>> {
     }
 }
 
+/// Copies a chunk's plain results (exactly `due` of them, checked) from
+/// the result ring into a `Vec` of their own: the one copy, from shared
+/// memory, then nothing to decode. `None` if they are not what the chunk
+/// owes, for the general path to report.
+fn absorb_plain_chunk<R>(
+    plain: crate::wire::PlainLayout<R>,
+    due: usize,
+    ring: &Consumer,
+    record: &Claimed,
+) -> Option<Vec<R>> {
+    if !plain_results_fit(plain, due, ring, record) {
+        return None;
+    }
+    let mut values = Vec::new();
+    let copy = |dst: &mut [MaybeUninit<u8>]| ring.copy_payload_into(record, 8, dst);
+    // SAFETY: `copy_payload_into` writes every byte of the slice it is
+    // given when it returns true.
+    unsafe { plain.extend_with(&mut values, due, copy) }.then_some(values)
+}
+
+/// A chunk's outcome as its results: decoded, and exactly as many as it
+/// had items.
+fn decode_chunk<R: Wire>(outcome: Outcome, due: usize) -> Result<Vec<R>> {
+    match outcome {
+        Outcome::Ok(bytes) => {
+            decode_exact::<Vec<R>>(&bytes).and_then(|values| check_chunk(values, due))
+        }
+        Outcome::Err(e) => Err(e),
+    }
+}
+
+/// One chunk of an `imap`: its results go to the chunk's own cell. Plain
+/// results are copied from the result ring straight into their `Vec`
+/// ([`absorb`](Completion::absorb), as [`MapCollector`] does), with no copy
+/// into a buffer and no decode pass; others are decoded at delivery.
+pub(super) struct LazyChunk<R> {
+    cell: Arc<Cell<Vec<R>>>,
+    /// How many results the chunk owes.
+    due: usize,
+    /// Asked once, on the caller's thread (see [`MapCollector`]'s field).
+    plain: Option<crate::wire::PlainLayout<R>>,
+    /// The results absorbed under the pool's lock, until their delivery.
+    absorbed: Mutex<Option<Vec<R>>>,
+}
+
+impl<R: Wire> LazyChunk<R> {
+    pub(super) fn new(cell: Arc<Cell<Vec<R>>>, due: usize) -> Arc<Self> {
+        Arc::new(Self {
+            cell,
+            due,
+            plain: crate::wire::plain_of::<R>(),
+            absorbed: Mutex::new(None),
+        })
+    }
+}
+
+impl<R: Wire> Completion for LazyChunk<R> {
+    fn complete(&self, _tag: u64, outcome: Outcome) {
+        let absorbed = lock(&self.absorbed).take();
+        let result = match (outcome, absorbed) {
+            // An absorbed chunk's outcome is an empty payload.
+            (Outcome::Ok(_), Some(values)) => Ok(values),
+            (outcome, _) => decode_chunk(outcome, self.due),
+        };
+        self.cell.finish(result);
+    }
+
+    /// Plain results, checked, copied once from the ring into their `Vec`;
+    /// anything else is left to the general path (see
+    /// [`MapCollector::absorb`]).
+    fn absorb(&self, _tag: u64, ring: &Consumer, record: &Claimed) -> bool {
+        let Some(plain) = self.plain else {
+            return false;
+        };
+        let Ok(mut absorbed) = self.absorbed.try_lock() else {
+            return false;
+        };
+        if absorbed.is_some() {
+            return false; // one outcome per chunk: a second is not ours
+        }
+        *absorbed = absorb_plain_chunk(plain, self.due, ring, record);
+        absorbed.is_some()
+    }
+
+    fn delivers_at_once(&self) -> bool {
+        // Plain results are in already, or fail to decode at once; the
+        // cell has no callbacks (`imap` makes it with none).
+        self.plain.is_some()
+    }
+}
+
 /// Sends each chunk's results to an `imap_unordered` iterator as they come.
+/// Plain results are absorbed from the result ring as [`LazyChunk`]'s are,
+/// and sent at their delivery.
 pub(super) struct ChannelSink<R> {
-    pub tx: crossbeam_channel::Sender<Result<Vec<R>>>,
+    tx: crossbeam_channel::Sender<Result<Vec<R>>>,
+    /// Asked once, on the caller's thread (see [`MapCollector`]'s field).
+    plain: Option<crate::wire::PlainLayout<R>>,
+    /// Chunks absorbed under the pool's lock and not delivered yet, in the
+    /// order they were absorbed: each delivery of an absorbed chunk (an
+    /// empty payload) sends the oldest. Which chunk's results go first does
+    /// not matter to an unordered map; that each delivery sends one does.
+    absorbed: Mutex<std::collections::VecDeque<Vec<R>>>,
+}
+
+impl<R: Wire> ChannelSink<R> {
+    pub(super) fn new(tx: crossbeam_channel::Sender<Result<Vec<R>>>) -> Arc<Self> {
+        Arc::new(Self {
+            tx,
+            plain: crate::wire::plain_of::<R>(),
+            absorbed: Mutex::new(std::collections::VecDeque::new()),
+        })
+    }
 }
 
 impl<R: Wire> Completion for ChannelSink<R> {
     /// `tag` is the number of results the chunk owes.
     fn complete(&self, tag: u64, outcome: Outcome) {
-        let chunk = match outcome {
-            Outcome::Ok(bytes) => {
-                decode_exact::<Vec<R>>(&bytes).and_then(|values| check_chunk(values, tag as usize))
-            }
-            Outcome::Err(e) => Err(e),
+        let absorbed = match &outcome {
+            Outcome::Ok(bytes) if bytes.is_empty() => lock(&self.absorbed).pop_front(),
+            _ => None,
+        };
+        let chunk = match absorbed {
+            Some(values) => Ok(values),
+            None => decode_chunk(outcome, tag as usize),
         };
         let _ = self.tx.send(chunk);
+    }
+
+    /// As [`LazyChunk::absorb`]; `tag` is the number of results owed.
+    fn absorb(&self, tag: u64, ring: &Consumer, record: &Claimed) -> bool {
+        let Some(plain) = self.plain else {
+            return false;
+        };
+        let Ok(mut absorbed) = self.absorbed.try_lock() else {
+            return false;
+        };
+        match absorb_plain_chunk(plain, tag as usize, ring, record) {
+            Some(values) => {
+                absorbed.push_back(values);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -509,6 +638,67 @@ mod tests {
         map.complete(first, Outcome::Ok(Payload::default()));
         let got = lock(&received).take();
         assert!(matches!(got, Some(Err(Error::Decode { .. }))), "{got:?}");
+    }
+
+    #[test]
+    fn an_imap_chunk_absorbs_plain_results_only_when_honest() {
+        let received: Received<u64> = Arc::new(Mutex::new(None));
+        let (ok, err) = (received.clone(), received.clone());
+        let callbacks = Callbacks::new()
+            .on_success(move |v: &Vec<u64>| *lock(&ok) = Some(Ok(v.clone())))
+            .on_error(move |e| *lock(&err) = Some(Err(e.clone())));
+        let chunk = LazyChunk::new(Cell::new(callbacks), 3);
+        let mut ring = HeapRing::new(4096);
+        let (ring, records) = claimed(
+            &mut ring,
+            &[
+                chunk_bytes(4, &[1, 2, 3]), // a count that lies
+                chunk_bytes(3, &[1, 2]),    // a value short
+                chunk_bytes(3, &[7, 8, 9]), // honest
+            ],
+        );
+        assert!(!chunk.absorb(0, &ring, &records[0]));
+        assert!(!chunk.absorb(0, &ring, &records[1]));
+        assert!(chunk.absorb(0, &ring, &records[2]));
+        assert!(!chunk.absorb(0, &ring, &records[2]), "taken once");
+        assert!(
+            lock(&received).is_none(),
+            "nothing delivered under the lock"
+        );
+        chunk.complete(0, Outcome::Ok(Payload::default()));
+        assert_eq!(lock(&received).take().unwrap().unwrap(), [7, 8, 9]);
+        // Not absorbed: the general path decodes and checks the count.
+        let received: Received<u64> = Arc::new(Mutex::new(None));
+        let (ok, err) = (received.clone(), received.clone());
+        let callbacks = Callbacks::new()
+            .on_success(move |v: &Vec<u64>| *lock(&ok) = Some(Ok(v.clone())))
+            .on_error(move |e| *lock(&err) = Some(Err(e.clone())));
+        let chunk = LazyChunk::new(Cell::new(callbacks), 3);
+        chunk.complete(0, Outcome::Ok(ring.payload(&records[1])));
+        let got = lock(&received).take();
+        assert!(matches!(got, Some(Err(Error::Decode { .. }))), "{got:?}");
+    }
+
+    #[test]
+    fn an_unordered_imap_sends_one_message_per_chunk_absorbed_or_not() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let sink = ChannelSink::<u64>::new(tx);
+        let mut ring = HeapRing::new(4096);
+        let (ring, records) = claimed(
+            &mut ring,
+            &[chunk_bytes(2, &[1, 2]), chunk_bytes(2, &[3, 4])],
+        );
+        assert!(sink.absorb(2, &ring, &records[0]));
+        assert!(!sink.absorb(3, &ring, &records[1]), "owes 3, holds 2");
+        assert!(rx.is_empty(), "sent at delivery, not under the lock");
+        sink.complete(2, Outcome::Ok(Payload::default()));
+        assert_eq!(rx.try_recv().unwrap().unwrap(), [1, 2]);
+        sink.complete(3, Outcome::Ok(ring.payload(&records[1])));
+        assert!(matches!(rx.try_recv(), Ok(Err(Error::Decode { .. }))));
+        // An empty payload that was never absorbed is refused, not lost.
+        sink.complete(2, Outcome::Ok(Payload::default()));
+        assert!(matches!(rx.try_recv(), Ok(Err(Error::Decode { .. }))));
+        assert!(rx.is_empty());
     }
 
     #[test]

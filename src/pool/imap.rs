@@ -6,13 +6,13 @@
 //! source for more.
 
 use super::assist::wait_helping;
-use super::collect::{self, ChannelSink};
+use super::collect::{self, ChannelSink, LazyChunk};
 use super::handle::Cell;
 use super::sink::{Completion, Sink};
 use super::{AsyncResult, Callbacks, Pool};
 use crate::error::{Error, Result};
 use crate::wire::task;
-use crate::wire::Wire;
+use crate::wire::{KeepAlive, Payload, PlainLayout, Wire};
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
@@ -67,8 +67,15 @@ struct Feed<'p, A, I> {
     /// that the pool is open, so that a source of no items on a closed pool
     /// is refused too, as `map` is.
     asked: bool,
+    /// A small plain chunk's bytes are gathered here (and copied into an
+    /// inline payload): no allocation per chunk of one item.
+    scratch: Vec<u8>,
     _args: std::marker::PhantomData<fn(A)>,
 }
+
+/// A chunk pulled from a lazy map's source and encoded: its payload, how
+/// many items it holds and what its encoding must keep alive.
+type PulledChunk = (Payload, usize, KeepAlive);
 
 impl<'p, A: Wire, I: Iterator<Item = A>> Feed<'p, A, I> {
     fn new<F, R>(pool: &'p Pool, source: I, chunksize: Option<usize>) -> Self
@@ -90,6 +97,7 @@ impl<'p, A: Wire, I: Iterator<Item = A>> Feed<'p, A, I> {
             chunk_interval_ns: 0.0,
             exhausted: false,
             asked: false,
+            scratch: Vec::new(),
             _args: std::marker::PhantomData,
         }
     }
@@ -130,29 +138,81 @@ impl<'p, A: Wire, I: Iterator<Item = A>> Feed<'p, A, I> {
         !self.exhausted && in_flight < self.window
     }
 
-    /// The next chunk of the source (`None`, for good, once it ends). This
-    /// is where the consumer's thread waits on the source.
-    fn pull(&mut self) -> Option<Vec<A>> {
+    /// The next chunk of the source, encoded (`None`, for good, once it
+    /// ends; an item that cannot be encoded is the error). This is where the
+    /// consumer's thread waits on the source.
+    fn pull(&mut self) -> Option<Result<PulledChunk>> {
+        if let Some(plain) = crate::wire::plain_of::<A>() {
+            return self.pull_plain(plain).map(Ok);
+        }
         // Pushed one by one: `collect` would reserve what an endless
         // source's size hint claims, the whole chunk size at once.
-        let mut chunk: Vec<A> = Vec::with_capacity(self.chunksize.min(1 << 10));
+        let mut chunk: Vec<A> = Vec::with_capacity(self.chunksize.min(PULL_RESERVE_AT_MOST));
         for item in self.source.by_ref().take(self.chunksize) {
             chunk.push(item);
         }
         self.exhausted = chunk.is_empty();
-        (!chunk.is_empty()).then_some(chunk)
+        if chunk.is_empty() {
+            return None;
+        }
+        Some(
+            crate::wire::encode_payload(&chunk)
+                .map(|(payload, carried)| (payload, chunk.len(), carried.into_keep_alive())),
+        )
+    }
+
+    /// [`pull`](Self::pull) for plain data: the items are gathered straight
+    /// into the chunk's encoding (the count, then their bytes), as `map`'s
+    /// chunker does, instead of into a `Vec` that is then encoded. Room is
+    /// reserved a bounded step at a time, never for a whole chunk on the
+    /// source's word.
+    fn pull_plain(&mut self, plain: PlainLayout<A>) -> Option<PulledChunk> {
+        let mut out = std::mem::take(&mut self.scratch);
+        if out.capacity() == 0 {
+            out = crate::wire::take_buffer(
+                8 + self.chunksize.min(PULL_RESERVE_AT_MOST) * plain.size(),
+            );
+        }
+        out.clear();
+        out.extend_from_slice(&0u64.to_le_bytes()); // the count, once known
+        let mut n = 0;
+        while n < self.chunksize {
+            let step = (self.chunksize - n).min(n.max(PULL_RESERVE_AT_MOST));
+            let got = plain.extend_bytes(&mut out, self.source.by_ref(), step);
+            n += got;
+            if got < step {
+                break; // the source returned `None`: the chunk ends here
+            }
+        }
+        self.exhausted = n == 0;
+        if n == 0 {
+            self.scratch = out;
+            return None;
+        }
+        out[..8].copy_from_slice(&(n as u64).to_le_bytes());
+        let payload = if out.len() <= Payload::INLINE {
+            let payload = Payload::from_slice(&out);
+            self.scratch = out;
+            payload
+        } else {
+            Payload::from_vec(out)
+        };
+        Some((payload, n, KeepAlive::default()))
     }
 
     /// Submits one chunk, its outcome going to `sink`.
-    fn submit(&self, chunk: &Vec<A>, sink: Sink) -> Result<()> {
-        let (payload, carried) = crate::wire::encode_payload(chunk)?;
+    fn submit(&self, payload: Payload, keep: KeepAlive, sink: Sink) -> Result<()> {
         self.pool.shared.submit(
             smallvec::smallvec![(self.trampoline, payload, sink)],
-            carried.into_keep_alive(),
+            keep,
             false,
         )
     }
 }
+
+/// The most items a lazy map reserves room for at once while it pulls a
+/// chunk: an endless source's size hint claims the whole chunk size.
+const PULL_RESERVE_AT_MOST: usize = 1 << 10;
 
 impl Pool {
     /// The one implementation of `imap`, for [`Pool`] (`chunksize` `None`:
@@ -173,7 +233,7 @@ impl Pool {
         Imap {
             feed: Feed::new::<F, R>(self, items.into_iter(), chunksize),
             in_flight: VecDeque::new(),
-            ready: VecDeque::new(),
+            ready: Vec::new().into_iter(),
             refused: None,
             ended: false,
         }
@@ -197,10 +257,10 @@ impl Pool {
         let (tx, rx) = crossbeam_channel::unbounded();
         ImapUnordered {
             feed: Feed::new::<F, R>(self, items.into_iter(), chunksize),
-            sink: Arc::new(ChannelSink { tx }),
+            sink: ChannelSink::new(tx),
             rx,
             in_flight: 0,
-            ready: VecDeque::new(),
+            ready: Vec::new().into_iter(),
             refused: None,
             ended: false,
         }
@@ -345,7 +405,9 @@ pub struct Imap<'p, A, R, I> {
     feed: Feed<'p, A, I>,
     /// Each chunk submitted and not yet read, with how many results are due.
     in_flight: VecDeque<(AsyncResult<Vec<R>>, usize)>,
-    ready: VecDeque<R>,
+    /// The results of the chunk being handed out (taken as they are, not
+    /// copied into a queue).
+    ready: std::vec::IntoIter<R>,
     /// Why a submission was refused: nothing more is pulled, and it is the
     /// last item, in turn after the results of the chunks in flight.
     refused: Option<Error>,
@@ -366,18 +428,23 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'_, A, R, I> {
     /// Pulls one chunk from the source and submits it (a refusal is kept
     /// for its turn); `false` when the source has ended.
     fn pull_one(&mut self) -> bool {
-        let Some(chunk) = self.feed.pull() else {
-            return false;
+        let (payload, due, keep) = match self.feed.pull() {
+            None => return false,
+            Some(Ok(chunk)) => chunk,
+            Some(Err(e)) => {
+                self.refused = Some(e);
+                return true;
+            }
         };
         let cell = Cell::<Vec<R>>::new(Callbacks::new());
         let sink = Sink {
-            target: cell.clone(),
+            target: LazyChunk::new(cell.clone(), due),
             tag: 0,
         };
-        match self.feed.submit(&chunk, sink) {
+        match self.feed.submit(payload, keep, sink) {
             Ok(()) => {
                 let handle = AsyncResult::new(cell, Arc::downgrade(&self.feed.pool.shared));
-                self.in_flight.push_back((handle, chunk.len()));
+                self.in_flight.push_back((handle, due));
             }
             Err(e) => self.refused = Some(e),
         }
@@ -395,7 +462,7 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
     type Item = Result<R>;
 
     fn next(&mut self) -> Option<Result<R>> {
-        if let Some(r) = self.ready.pop_front() {
+        if let Some(r) = self.ready.next() {
             return Some(Ok(r));
         }
         if self.ended {
@@ -429,10 +496,10 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
                 .get()
                 .and_then(|values| collect::check_chunk(values, due))
             {
-                Ok(values) => self.ready.extend(values),
+                Ok(values) => self.ready = values.into_iter(),
                 Err(e) => return self.end_with(e),
             }
-            if let Some(r) = self.ready.pop_front() {
+            if let Some(r) = self.ready.next() {
                 return Some(Ok(r));
             }
         }
@@ -462,7 +529,8 @@ pub struct ImapUnordered<'p, A, R, I> {
     rx: crossbeam_channel::Receiver<Result<Vec<R>>>,
     /// Chunks submitted whose outcome has not been received.
     in_flight: usize,
-    ready: VecDeque<R>,
+    /// The results of the chunk being handed out.
+    ready: std::vec::IntoIter<R>,
     /// Why a submission was refused: nothing more is pulled, and it is the
     /// last item, after the results of the chunks in flight.
     refused: Option<Error>,
@@ -483,15 +551,20 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> ImapUnordered<'_, A, R, I> {
     /// Pulls one chunk from the source and submits it (a refusal is kept
     /// for the end); `false` when the source has ended.
     fn pull_one(&mut self) -> bool {
-        let Some(chunk) = self.feed.pull() else {
-            return false;
+        let (payload, due, keep) = match self.feed.pull() {
+            None => return false,
+            Some(Ok(chunk)) => chunk,
+            Some(Err(e)) => {
+                self.refused = Some(e);
+                return true;
+            }
         };
         // The tag is how many results are due, which `ChannelSink` checks.
         let sink = Sink {
             target: self.sink.clone(),
-            tag: chunk.len() as u64,
+            tag: due as u64,
         };
-        match self.feed.submit(&chunk, sink) {
+        match self.feed.submit(payload, keep, sink) {
             Ok(()) => self.in_flight += 1,
             Err(e) => self.refused = Some(e),
         }
@@ -504,8 +577,8 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> ImapUnordered<'_, A, R, I> {
         self.feed.took_chunk();
         match chunk {
             Ok(values) => {
-                self.ready.extend(values);
-                self.ready.pop_front().map(Ok)
+                self.ready = values.into_iter();
+                self.ready.next().map(Ok)
             }
             Err(e) => Some(Err(e)),
         }
@@ -516,7 +589,7 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for ImapUnordered<'_, A, 
     type Item = Result<R>;
 
     fn next(&mut self) -> Option<Result<R>> {
-        if let Some(r) = self.ready.pop_front() {
+        if let Some(r) = self.ready.next() {
             return Some(Ok(r));
         }
         if self.ended {
