@@ -306,38 +306,57 @@ impl Shared {
         self.finish_pass(core, actions)
     }
 
-    pub(super) fn finish_pass(&self, core: MutexGuard<'_, Core>, actions: Actions) -> bool {
+    pub(super) fn finish_pass(&self, mut core: MutexGuard<'_, Core>, actions: Actions) -> bool {
         for (flag, w) in self.awaiting_start.iter().zip(core.workers.iter()) {
             flag.store(w.phase == Phase::Starting, Ordering::Relaxed);
         }
         // Both words below are written only here, with `core` locked as now:
         // a Relaxed load returns the last value stored, and a store that
-        // would not change it is skipped (each is a locked instruction, and
-        // most helping passes change neither).
-        if self.outstanding.load(Ordering::Relaxed) != core.outstanding {
-            // SeqCst: see `submit` and `HelperGuard::drop`. Skipped when
-            // unchanged: the value those loads see is then this one already,
-            // stored (SeqCst) under the lock we hold, so before our later
-            // SeqCst loads in the single total order.
+        // would not change it is skipped (most helping passes change
+        // neither). Neither is written with a read-modify-write, nor with a
+        // SeqCst store unless the Dekker pair below needs it: each is a
+        // locked instruction, and the pass that collects an `apply`'s result
+        // changes both, on the round trip's way back.
+        let outstanding = self.outstanding.load(Ordering::Relaxed);
+        if core.outstanding > outstanding {
+            // SeqCst: see `submit` and `HelperGuard::drop`. New work is
+            // what a leaving helper must not miss (it ungates the driver
+            // for it), so only a rise needs the total order.
             self.outstanding.store(core.outstanding, Ordering::SeqCst);
+        } else if core.outstanding < outstanding {
+            // Release: a fall only lets a leaving helper leave the driver
+            // gated; one that reads the higher value before it ungates the
+            // driver needlessly (a spare pass, no lost work). Skipped when
+            // unchanged: the value those SeqCst loads see is then this one
+            // already, stored under the lock we hold, before our later
+            // SeqCst loads in the single total order.
+            self.outstanding.store(core.outstanding, Ordering::Release);
         }
-        let deadline = core.next_deadline().map_or(u64::MAX, |d| {
-            d.saturating_duration_since(self.epoch)
-                .as_nanos()
-                .min(u64::MAX as u128 - 1) as u64
-        });
-        // AcqRel: the Release half pairs with the Acquire load in
-        // `until_deadline`; the Acquire half reads the deadline it replaces.
-        let before = if self.next_deadline_ns.load(Ordering::Relaxed) == deadline {
-            deadline
-        } else {
-            self.next_deadline_ns.swap(deadline, Ordering::AcqRel)
-        };
-        if deadline < before {
-            // The driver may be asleep with the later deadline (or none) it
-            // computed before, and a task that never ends sends no wake-up:
-            // have it look again. Costs a fence and a load when it is awake.
-            park::wake(self.doorbell());
+        // The deadline as an `Instant` is compared first: converting it to
+        // nanoseconds costs more than the rest of a quiet pass's finish, and
+        // while a blocking `apply`'s task runs it is the same every pass.
+        let deadline = core.next_deadline();
+        if deadline != core.published_deadline {
+            core.published_deadline = deadline;
+            let deadline = deadline.map_or(u64::MAX, |d| {
+                d.saturating_duration_since(self.epoch)
+                    .as_nanos()
+                    .min(u64::MAX as u128 - 1) as u64
+            });
+            let before = self.next_deadline_ns.load(Ordering::Relaxed);
+            if deadline != before {
+                // Release pairs with the Acquire load in `until_deadline`.
+                // A store, not a swap: only this code writes the word, under
+                // the lock, so the load above read the value it replaces.
+                self.next_deadline_ns.store(deadline, Ordering::Release);
+            }
+            if deadline < before {
+                // The driver may be asleep with the later deadline (or
+                // none) it computed before, and a task that never ends
+                // sends no wake-up: have it look again. Costs a fence and a
+                // load when it is awake.
+                park::wake(self.doorbell());
+            }
         }
         // Lifecycle waiters register with `core` locked, as we are: none is
         // missed, and passes with nobody waiting make no futex system call.
@@ -368,7 +387,9 @@ impl Shared {
                 .completions
                 .iter()
                 .all(|(sink, _)| sink.target.delivers_at_once());
-        let _delivering = delivers.then(|| Delivering::enter(self));
+        // Nothing of the user's runs in a delivery at once (no callback, no
+        // decoder): no thread-local mark to make and take down for it.
+        let _delivering = (delivers && !at_once).then(|| Delivering::enter(self));
         let delivery = (delivers && !at_once).then(|| self.assist.delivering());
         for (sink, outcome) in actions.completions {
             // Callbacks and decoders guard themselves (`Cell::finish`,

@@ -246,6 +246,7 @@ impl Core {
             .iter()
             .any(|w| w.accepts_tasks() && w.phase == Phase::Ready && w.in_flight.is_empty());
         if !someone_idle {
+            self.lone_due = None;
             self.lone_deadline = None;
             return;
         }
@@ -376,8 +377,13 @@ impl Core {
                 });
             }
         }
-        let (epoch, coarse_epoch) = self.epoch;
-        self.lone_deadline = next.map(|n| epoch + n.saturating_sub(coarse_epoch));
+        // Converted only when it moved: while a blocking `apply`'s task
+        // runs, every helping pass finds the same one.
+        if next != self.lone_due {
+            self.lone_due = next;
+            let (epoch, coarse_epoch) = self.epoch;
+            self.lone_deadline = next.map(|n| epoch + n.saturating_sub(coarse_epoch));
+        }
         stuck
     }
 
