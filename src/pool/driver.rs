@@ -306,7 +306,7 @@ impl Shared {
         self.finish_pass(core, actions)
     }
 
-    pub(super) fn finish_pass(&self, mut core: MutexGuard<'_, Core>, actions: Actions) -> bool {
+    pub(super) fn finish_pass(&self, core: MutexGuard<'_, Core>, actions: Actions) -> bool {
         for (flag, w) in self.awaiting_start.iter().zip(core.workers.iter()) {
             flag.store(w.phase == Phase::Starting, Ordering::Relaxed);
         }
@@ -332,31 +332,23 @@ impl Shared {
             // SeqCst loads in the single total order.
             self.outstanding.store(core.outstanding, Ordering::Release);
         }
-        // The deadline as an `Instant` is compared first: converting it to
-        // nanoseconds costs more than the rest of a quiet pass's finish, and
-        // while a blocking `apply`'s task runs it is the same every pass.
-        let deadline = core.next_deadline();
-        if deadline != core.published_deadline {
-            core.published_deadline = deadline;
-            let deadline = deadline.map_or(u64::MAX, |d| {
-                d.saturating_duration_since(self.epoch)
-                    .as_nanos()
-                    .min(u64::MAX as u128 - 1) as u64
-            });
-            let before = self.next_deadline_ns.load(Ordering::Relaxed);
-            if deadline != before {
-                // Release pairs with the Acquire load in `until_deadline`.
-                // A store, not a swap: only this code writes the word, under
-                // the lock, so the load above read the value it replaces.
-                self.next_deadline_ns.store(deadline, Ordering::Release);
-            }
-            if deadline < before {
-                // The driver may be asleep with the later deadline (or
-                // none) it computed before, and a task that never ends
-                // sends no wake-up: have it look again. Costs a fence and a
-                // load when it is awake.
-                park::wake(self.doorbell());
-            }
+        let deadline = core.next_deadline().map_or(u64::MAX, |d| {
+            d.saturating_duration_since(self.epoch)
+                .as_nanos()
+                .min(u64::MAX as u128 - 1) as u64
+        });
+        let before = self.next_deadline_ns.load(Ordering::Relaxed);
+        if deadline != before {
+            // Release pairs with the Acquire load in `until_deadline`. A
+            // store, not a swap: only this code writes the word, under the
+            // lock, so the load above read the value it replaces.
+            self.next_deadline_ns.store(deadline, Ordering::Release);
+        }
+        if deadline < before {
+            // The driver may be asleep with the later deadline (or none) it
+            // computed before, and a task that never ends sends no wake-up:
+            // have it look again. Costs a fence and a load when it is awake.
+            park::wake(self.doorbell());
         }
         // Lifecycle waiters register with `core` locked, as we are: none is
         // missed, and passes with nobody waiting make no futex system call.
@@ -435,27 +427,44 @@ impl Shared {
     /// broken one ends in a violation, after which the mirror names no
     /// position until the slot is reset.
     fn has_work(&self) -> bool {
+        self.has_work_but_results()
+            || self
+                .slots
+                .iter()
+                .zip(&self.result_positions)
+                .any(|(slot, position)| {
+                    position.as_ref().is_some_and(|at| {
+                        slot.result_ring().has_record_at(at.load(Ordering::Relaxed))
+                    })
+                })
+    }
+
+    /// [`has_work`](Self::has_work) without its look at the result rings:
+    /// the pool stops, supervisor events wait, a starting worker is ready.
+    fn has_work_but_results(&self) -> bool {
         self.stop.load(Ordering::Acquire)
             || self.events_pending.load(Ordering::Acquire)
             || self
                 .slots
                 .iter()
                 .zip(&self.awaiting_start)
-                .zip(&self.result_positions)
-                .any(|((slot, awaiting), position)| {
-                    position.as_ref().is_some_and(|at| {
-                        slot.result_ring().has_record_at(at.load(Ordering::Relaxed))
-                    }) || (awaiting.load(Ordering::Relaxed)
-                        && slot.state().load(Ordering::Acquire) != layout::state::STARTING)
+                .any(|(slot, awaiting)| {
+                    awaiting.load(Ordering::Relaxed)
+                        && slot.state().load(Ordering::Acquire) != layout::state::STARTING
                 })
     }
 
     /// Whether the driver has anything to do beyond waiting for the next
     /// submission: tasks unanswered, supervisor events to apply, workers
-    /// starting (their readiness is noticed by a pass), results to collect.
-    /// A helper that leaves while this holds must ungate the driver, or a
-    /// replacement worker's `Spawned` event could sit unapplied until the
-    /// next submission.
+    /// starting (their readiness is noticed by a pass). A helper that leaves
+    /// while this holds must ungate the driver, or a replacement worker's
+    /// `Spawned` event could sit unapplied until the next submission.
+    ///
+    /// Results in the rings are not looked for: with no task unanswered
+    /// there is none to collect, and a record there anyway answers no task
+    /// (a violation the next pass finds). Looking would read the line after
+    /// the last result, which the worker wrote last (a cache miss between a
+    /// blocking `apply`'s result and its return).
     ///
     /// SeqCst loads: they pair with the SeqCst `fetch_sub` of `helpers` in
     /// `HelperGuard::drop`, the store of `outstanding` in `finish_pass` and
@@ -468,7 +477,7 @@ impl Shared {
                 .awaiting_start
                 .iter()
                 .any(|a| a.load(Ordering::Relaxed))
-            || self.has_work()
+            || self.has_work_but_results()
     }
 
     pub(super) fn report(&self, event: Event) {

@@ -197,7 +197,9 @@ impl<T> Cell<T> {
         // ordered with a sleeper's `SLEEPING` CAS and a poller's `AWAITED`
         // fetch_or: either we see their bit here and wake them, or they see
         // `READY` in what their RMW returns.
-        let before = self.state.fetch_or(claim | bit::READY | ok, Ordering::SeqCst);
+        let before = self
+            .state
+            .fetch_or(claim | bit::READY | ok, Ordering::SeqCst);
         if before & bit::SLEEPING != 0 {
             crate::sys::futex_wake_all(&self.state);
         }

@@ -405,13 +405,6 @@ pub(super) struct Core {
     /// When balancing must look again at a worker's lone task that has not
     /// started (see `Core::stuck_lone_task`).
     lone_deadline: Option<Instant>,
-    /// `lone_deadline` on the coarse clock, as `Core::stuck_lone_task`
-    /// computed it (converted only when it changes).
-    lone_due: Option<Duration>,
-    /// The [`next_deadline`](Self::next_deadline) that `Shared::finish_pass`
-    /// last handed to the driver (`None`: none), so that an unchanged one
-    /// is not converted and compared again every pass.
-    pub published_deadline: Option<Instant>,
     /// The same moment read from both clocks when the core was made:
     /// converts a `sys::coarse_now` reading into an `Instant` with no
     /// precise clock read.
@@ -465,8 +458,6 @@ impl Core {
             start_deadline: None,
             rest_deadline: None,
             lone_deadline: None,
-            lone_due: None,
-            published_deadline: None,
             epoch: (Instant::now(), crate::sys::coarse_now()),
             max_queued: policy.max_queued,
             stats: Default::default(),
@@ -534,10 +525,8 @@ impl Core {
     /// One pass: apply supervisor events, notice started workers, collect
     /// results, dispatch, balance, and shut down when closed and done.
     pub(super) fn drive(&mut self, events: Vec<Event>, actions: &mut Actions) {
-        if !events.is_empty() {
-            for event in events {
-                self.on_event(event, actions);
-            }
+        for event in events {
+            self.on_event(event, actions);
         }
         for i in 0..self.workers.len() {
             self.check_started(i, actions);
