@@ -312,27 +312,38 @@ impl Shared {
         }
         // Both words below are written only here, with `core` locked as now:
         // a Relaxed load returns the last value stored, and a store that
-        // would not change it is skipped (each is a locked instruction, and
-        // most helping passes change neither).
-        if self.outstanding.load(Ordering::Relaxed) != core.outstanding {
-            // SeqCst: see `submit` and `HelperGuard::drop`. Skipped when
-            // unchanged: the value those loads see is then this one already,
-            // stored (SeqCst) under the lock we hold, so before our later
-            // SeqCst loads in the single total order.
+        // would not change it is skipped (most helping passes change
+        // neither). Neither is written with a read-modify-write, nor with a
+        // SeqCst store unless the Dekker pair below needs it: each is a
+        // locked instruction, and the pass that collects an `apply`'s result
+        // changes both, on the round trip's way back.
+        let outstanding = self.outstanding.load(Ordering::Relaxed);
+        if core.outstanding > outstanding {
+            // SeqCst: see `submit` and `HelperGuard::drop`. New work is
+            // what a leaving helper must not miss (it ungates the driver
+            // for it), so only a rise needs the total order.
             self.outstanding.store(core.outstanding, Ordering::SeqCst);
+        } else if core.outstanding < outstanding {
+            // Release: a fall only lets a leaving helper leave the driver
+            // gated; one that reads the higher value before it ungates the
+            // driver needlessly (a spare pass, no lost work). Skipped when
+            // unchanged: the value those SeqCst loads see is then this one
+            // already, stored under the lock we hold, before our later
+            // SeqCst loads in the single total order.
+            self.outstanding.store(core.outstanding, Ordering::Release);
         }
         let deadline = core.next_deadline().map_or(u64::MAX, |d| {
             d.saturating_duration_since(self.epoch)
                 .as_nanos()
                 .min(u64::MAX as u128 - 1) as u64
         });
-        // AcqRel: the Release half pairs with the Acquire load in
-        // `until_deadline`; the Acquire half reads the deadline it replaces.
-        let before = if self.next_deadline_ns.load(Ordering::Relaxed) == deadline {
-            deadline
-        } else {
-            self.next_deadline_ns.swap(deadline, Ordering::AcqRel)
-        };
+        let before = self.next_deadline_ns.load(Ordering::Relaxed);
+        if deadline != before {
+            // Release pairs with the Acquire load in `until_deadline`. A
+            // store, not a swap: only this code writes the word, under the
+            // lock, so the load above read the value it replaces.
+            self.next_deadline_ns.store(deadline, Ordering::Release);
+        }
         if deadline < before {
             // The driver may be asleep with the later deadline (or none) it
             // computed before, and a task that never ends sends no wake-up:
@@ -368,7 +379,9 @@ impl Shared {
                 .completions
                 .iter()
                 .all(|(sink, _)| sink.target.delivers_at_once());
-        let _delivering = delivers.then(|| Delivering::enter(self));
+        // Nothing of the user's runs in a delivery at once (no callback, no
+        // decoder): no thread-local mark to make and take down for it.
+        let _delivering = (delivers && !at_once).then(|| Delivering::enter(self));
         let delivery = (delivers && !at_once).then(|| self.assist.delivering());
         for (sink, outcome) in actions.completions {
             // Callbacks and decoders guard themselves (`Cell::finish`,
@@ -414,27 +427,44 @@ impl Shared {
     /// broken one ends in a violation, after which the mirror names no
     /// position until the slot is reset.
     fn has_work(&self) -> bool {
+        self.has_work_but_results()
+            || self
+                .slots
+                .iter()
+                .zip(&self.result_positions)
+                .any(|(slot, position)| {
+                    position.as_ref().is_some_and(|at| {
+                        slot.result_ring().has_record_at(at.load(Ordering::Relaxed))
+                    })
+                })
+    }
+
+    /// [`has_work`](Self::has_work) without its look at the result rings:
+    /// the pool stops, supervisor events wait, a starting worker is ready.
+    fn has_work_but_results(&self) -> bool {
         self.stop.load(Ordering::Acquire)
             || self.events_pending.load(Ordering::Acquire)
             || self
                 .slots
                 .iter()
                 .zip(&self.awaiting_start)
-                .zip(&self.result_positions)
-                .any(|((slot, awaiting), position)| {
-                    position.as_ref().is_some_and(|at| {
-                        slot.result_ring().has_record_at(at.load(Ordering::Relaxed))
-                    }) || (awaiting.load(Ordering::Relaxed)
-                        && slot.state().load(Ordering::Acquire) != layout::state::STARTING)
+                .any(|(slot, awaiting)| {
+                    awaiting.load(Ordering::Relaxed)
+                        && slot.state().load(Ordering::Acquire) != layout::state::STARTING
                 })
     }
 
     /// Whether the driver has anything to do beyond waiting for the next
     /// submission: tasks unanswered, supervisor events to apply, workers
-    /// starting (their readiness is noticed by a pass), results to collect.
-    /// A helper that leaves while this holds must ungate the driver, or a
-    /// replacement worker's `Spawned` event could sit unapplied until the
-    /// next submission.
+    /// starting (their readiness is noticed by a pass). A helper that leaves
+    /// while this holds must ungate the driver, or a replacement worker's
+    /// `Spawned` event could sit unapplied until the next submission.
+    ///
+    /// Results in the rings are not looked for: with no task unanswered
+    /// there is none to collect, and a record there anyway answers no task
+    /// (a violation the next pass finds). Looking would read the line after
+    /// the last result, which the worker wrote last (a cache miss between a
+    /// blocking `apply`'s result and its return).
     ///
     /// SeqCst loads: they pair with the SeqCst `fetch_sub` of `helpers` in
     /// `HelperGuard::drop`, the store of `outstanding` in `finish_pass` and
@@ -447,7 +477,7 @@ impl Shared {
                 .awaiting_start
                 .iter()
                 .any(|a| a.load(Ordering::Relaxed))
-            || self.has_work()
+            || self.has_work_but_results()
     }
 
     pub(super) fn report(&self, event: Event) {

@@ -139,6 +139,33 @@ impl<T> Cell<T> {
         if self.state.fetch_or(bit::CLAIMED, Ordering::Relaxed) & bit::CLAIMED != 0 {
             return;
         }
+        self.store_claimed(result, 0);
+    }
+
+    /// [`finish`](Self::finish) with one read-modify-write instead of two:
+    /// the claim is published with the result. For a cell that is the sink
+    /// of one task: its outcome is delivered once, so the claim has no
+    /// rival to beat (a finish that came before, in this thread or one
+    /// ordered before it, is still seen, and this one then does nothing).
+    ///
+    /// # Safety
+    ///
+    /// No other `finish` or `finish_sole` of this cell may run at the same
+    /// time: both would write `value`.
+    unsafe fn finish_sole(&self, result: Result<T>) {
+        // Relaxed: only an earlier finish, ordered before us by whatever
+        // ordered the two calls, can have set it.
+        if self.state.load(Ordering::Relaxed) & bit::CLAIMED != 0 {
+            return;
+        }
+        self.store_claimed(result, bit::CLAIMED);
+    }
+
+    /// The claiming finisher's part: runs the callbacks, writes the result,
+    /// publishes it (with `claim`, the bits still to set), wakes the waiters.
+    /// Only the thread that claimed the cell (or, through `finish_sole`,
+    /// the only one finishing it) calls this.
+    fn store_claimed(&self, result: Result<T>, claim: u32) {
         if let Some(extras) = self.extras() {
             let callbacks = std::mem::take(&mut *lock(&extras.callbacks));
             // A callback that panics must not take the delivering thread
@@ -161,15 +188,18 @@ impl<T> Cell<T> {
             }
         }
         let ok = if result.is_ok() { bit::OK } else { 0 };
-        // SAFETY: this thread set `CLAIMED`, so it is the only writer, and
-        // nobody reads `value` before `READY`, published below.
+        // SAFETY: this thread set `CLAIMED` (or is the only finisher, see
+        // `finish_sole`), so it is the only writer, and nobody reads `value`
+        // before `READY`, published below.
         unsafe { (*self.value.get()).write(result.map_err(Box::new)) };
         // SeqCst RMW: its Release half pairs with the Acquire loads of
         // `READY` (`is_ready`, `take`); being one RMW of the word, it is
         // ordered with a sleeper's `SLEEPING` CAS and a poller's `AWAITED`
         // fetch_or: either we see their bit here and wake them, or they see
         // `READY` in what their RMW returns.
-        let before = self.state.fetch_or(bit::READY | ok, Ordering::SeqCst);
+        let before = self
+            .state
+            .fetch_or(claim | bit::READY | ok, Ordering::SeqCst);
         if before & bit::SLEEPING != 0 {
             crate::sys::futex_wake_all(&self.state);
         }
@@ -303,7 +333,11 @@ impl<R: Wire> Completion for Cell<R> {
             },
             Outcome::Err(e) => Err(e),
         };
-        self.finish(result);
+        // SAFETY: a cell is the sink of one task (`Pool::submit_one`,
+        // `Imap::pull_one`; a map's cell is finished by its collector, not
+        // here), and a task's outcome is delivered once, by the one thread
+        // that took its `Sink` out of the task: nothing else finishes it.
+        unsafe { self.finish_sole(result) };
     }
 
     /// Plain data decodes with one read; a cell without extras has no

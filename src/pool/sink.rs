@@ -36,7 +36,9 @@ pub(super) trait Completion: Send + Sync {
     /// Whether delivering an outcome here is over in moments, whatever it
     /// is: no callback, no decoder of the user's, nothing that may block.
     /// Waiters need not be told when such a delivery starts (they would
-    /// only help collect while it lasts), only when it ends.
+    /// only help collect while it lasts), only when it ends; nor is the
+    /// delivering thread marked as running the pool's code (nothing of the
+    /// user's runs that could wait on the pool).
     fn delivers_at_once(&self) -> bool {
         false
     }

@@ -52,11 +52,27 @@ impl Core {
         if self.workers[index].violated {
             return;
         }
+        let mut first = true;
         loop {
+            let w = &mut self.workers[index];
+            if !first && w.in_flight.is_empty() {
+                // Every task answered: no look at the next record's line
+                // now. The worker wrote it last (its zero-ahead), so the
+                // look is a cache miss, and it would come between an
+                // `apply`'s result and its delivery. A record there now
+                // answers no task: the next pass claims it and finds the
+                // violation (`Shared::has_work` sees it and asks for one).
+                return;
+            }
+            first = false;
+            // No more records than tasks in flight (at least one, so that
+            // an unsolicited record is claimed and found out): the claim
+            // then stops at the last answer without reading the stamp
+            // beyond it (the same cache miss).
+            let batch = w.in_flight.len().clamp(1, COLLECT_BATCH);
             let mut claimed = std::mem::take(&mut self.claimed);
             claimed.clear();
-            let w = &mut self.workers[index];
-            let n = match w.results.claim(COLLECT_BATCH, &mut claimed) {
+            let n = match w.results.claim(batch, &mut claimed) {
                 Ok(n) => n,
                 Err(e) => {
                     self.claimed = claimed;
