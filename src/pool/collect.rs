@@ -501,12 +501,18 @@ mod tests {
     /// What a map's cell received: the whole output, or the error.
     type Received<R> = Arc<Mutex<Option<Result<Vec<R>>>>>;
 
-    fn collector<R: Wire + Clone>(items: usize) -> (Arc<MapCollector<R>>, Received<R>) {
+    /// Callbacks that record the outcome they are given, and where.
+    fn recording<R: Wire + Clone>() -> (Callbacks<Vec<R>>, Received<R>) {
         let received: Received<R> = Arc::new(Mutex::new(None));
         let (ok, err) = (received.clone(), received.clone());
         let callbacks = Callbacks::new()
             .on_success(move |v: &Vec<R>| *lock(&ok) = Some(Ok(v.clone())))
             .on_error(move |e| *lock(&err) = Some(Err(e.clone())));
+        (callbacks, received)
+    }
+
+    fn collector<R: Wire + Clone>(items: usize) -> (Arc<MapCollector<R>>, Received<R>) {
+        let (callbacks, received) = recording();
         (MapCollector::new(items, Cell::new(callbacks)), received)
     }
 
@@ -642,11 +648,7 @@ mod tests {
 
     #[test]
     fn an_imap_chunk_absorbs_plain_results_only_when_honest() {
-        let received: Received<u64> = Arc::new(Mutex::new(None));
-        let (ok, err) = (received.clone(), received.clone());
-        let callbacks = Callbacks::new()
-            .on_success(move |v: &Vec<u64>| *lock(&ok) = Some(Ok(v.clone())))
-            .on_error(move |e| *lock(&err) = Some(Err(e.clone())));
+        let (callbacks, received) = recording::<u64>();
         let chunk = LazyChunk::new(Cell::new(callbacks), 3);
         let mut ring = HeapRing::new(4096);
         let (ring, records) = claimed(
@@ -668,11 +670,7 @@ mod tests {
         chunk.complete(0, Outcome::Ok(Payload::default()));
         assert_eq!(lock(&received).take().unwrap().unwrap(), [7, 8, 9]);
         // Not absorbed: the general path decodes and checks the count.
-        let received: Received<u64> = Arc::new(Mutex::new(None));
-        let (ok, err) = (received.clone(), received.clone());
-        let callbacks = Callbacks::new()
-            .on_success(move |v: &Vec<u64>| *lock(&ok) = Some(Ok(v.clone())))
-            .on_error(move |e| *lock(&err) = Some(Err(e.clone())));
+        let (callbacks, received) = recording::<u64>();
         let chunk = LazyChunk::new(Cell::new(callbacks), 3);
         chunk.complete(0, Outcome::Ok(ring.payload(&records[1])));
         let got = lock(&received).take();
