@@ -1080,6 +1080,22 @@ mod tests {
         assert_eq!(map, BTreeMap::from([(1, 20)]));
     }
 
+    /// review22: `Plain<T>` of a zero-sized `T` (`()` and `[u8; 0]` are
+    /// `Pod`) decodes through `decode_pod_extend`, which has no cap on
+    /// zero-sized values: 8 bytes of input make a `Vec` (or, through it, a
+    /// `VecDeque`) of 2^64 - 1 values, which a receiver then iterates for
+    /// ever. `Vec<()>` is refused (`MAX_ZERO_SIZED_VALUES`).
+    #[test]
+    #[ignore = "review22: demonstrates a gap (run with --ignored); fails until fixed"]
+    fn review22_a_forged_count_of_zero_sized_plain_values_is_refused() {
+        use std::collections::VecDeque;
+        assert!(decode_exact::<Vec<()>>(&forged_vec(u64::MAX, &[])).is_err());
+        let got = decode_exact::<Vec<Plain<()>>>(&forged_vec(u64::MAX, &[]));
+        assert!(got.is_err(), "Ok with {:?} values", got.map(|v| v.len()));
+        let got = decode_exact::<VecDeque<Plain<[u8; 0]>>>(&forged_vec(u64::MAX, &[]));
+        assert!(got.is_err(), "Ok with {:?} values", got.map(|v| v.len()));
+    }
+
     #[test]
     fn a_forged_length_of_plain_values_is_named_as_the_sequences_length() {
         // A user trial's raw argument of 16 bytes of 0xff, decoded as a
