@@ -222,7 +222,11 @@ impl Shared {
     /// checking (`None`: no deadline, sleep until woken).
     fn until_deadline(&self) -> Option<Duration> {
         // Acquire pairs with the Release store in `finish_pass`.
-        let nanos = self.next_deadline_ns.load(Ordering::Acquire);
+        self.until_deadline_ns(self.next_deadline_ns.load(Ordering::Acquire))
+    }
+
+    /// [`until_deadline`](Self::until_deadline) for a deadline already read.
+    fn until_deadline_ns(&self, nanos: u64) -> Option<Duration> {
         (nanos != u64::MAX).then(|| {
             let deadline = self.epoch + Duration::from_nanos(nanos);
             deadline
@@ -629,9 +633,18 @@ pub(super) fn driver_loop(shared: Arc<Shared>) {
         if spinner.spin() {
             continue;
         }
-        park::sleep_unless(shared.doorbell(), shared.until_deadline(), || {
-            shared.has_work()
-        });
+        // The deadline is read before the sleep announces itself, so a pass
+        // that moves it earlier in between wakes nobody (its `wake` sees no
+        // sleeper): the re-check looks at it again. SeqCst fences of `park`
+        // order our announcement before that load and the pass's store
+        // before its look at the word; Acquire pairs with the Release store
+        // in `finish_pass`.
+        let deadline_ns = shared.next_deadline_ns.load(Ordering::Acquire);
+        park::sleep_unless(
+            shared.doorbell(),
+            shared.until_deadline_ns(deadline_ns),
+            || shared.has_work() || shared.next_deadline_ns.load(Ordering::Acquire) < deadline_ns,
+        );
         spinner.reset();
     }
 }
