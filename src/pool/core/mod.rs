@@ -238,19 +238,19 @@ struct LoneTask {
 
 impl Worker {
     /// Whether its current process has exited (its pidfd is readable),
-    /// giving one that is exiting 250 ms to finish: its descriptors close a
+    /// giving one that is exiting 50 ms to finish: its descriptors close a
     /// moment before its pidfd turns readable, and on an overloaded machine
-    /// that moment lasted over 10 ms (a flaky test: a worker dying after
-    /// its spilled result was judged a protocol violation, not a death).
-    /// Only asked when a spilled result does not open, at most once per
-    /// worker's life (either answer ends it), so the wait under the lock
-    /// is rare.
+    /// (load 12) that moment outlasted the 10 ms given before (a flaky
+    /// test: a worker dying after its spilled result was judged a protocol
+    /// violation, not a death). Only asked when a spilled result does not
+    /// open, at most once per worker's life (either answer ends it); the
+    /// wait holds the pool's lock, so it stays short.
     fn has_exited(&self) -> bool {
         let Some(pidfd) = &self.pidfd else {
             return false;
         };
         let mut ready = Vec::with_capacity(1);
-        let grace = Some(Duration::from_millis(250));
+        let grace = Some(Duration::from_millis(50));
         crate::sys::poll_readable(&[pidfd.as_fd()], &mut ready, grace).is_ok()
             && ready.first() == Some(&true)
     }
