@@ -267,6 +267,11 @@ impl<T: Pod> Value<T> {
             } else if !spinner.spin() {
                 // A write in progress for a while: is its writer alive?
                 self.repair_if_dead();
+                // Then a short sleep, so that a writer off its CPU (behind a
+                // CPU hog, where the spinner stops yielding) gets it back;
+                // a writer does not wake readers, so this wait is bounded
+                // by time rather than by a futex.
+                std::thread::sleep(std::time::Duration::from_micros(20));
                 spinner.reset();
             }
         }
