@@ -125,18 +125,16 @@ thread_local! {
     static YIELDS: Cell<YieldRecord> = const { Cell::new(YieldRecord::FINE) };
 }
 
-/// Whether this thread may yield now (see [`YieldRecord`]). A thread whose
-/// thread-locals are gone (at its exit) yields as before.
-fn may_yield_now() -> bool {
-    YIELDS
-        .try_with(|r| r.get().may_yield(Instant::now()))
-        .unwrap_or(true)
+/// Whether this thread may yield at `now` (see [`YieldRecord`]). A thread
+/// whose thread-locals are gone (at its exit) yields as before.
+fn may_yield_at(now: Instant) -> bool {
+    YIELDS.try_with(|r| r.get().may_yield(now)).unwrap_or(true)
 }
 
-/// Yields this thread's CPU; returns whether the waiter should stop
-/// yielding and sleep instead (see [`YieldRecord::after_yield`]).
-fn yield_and_judge() -> bool {
-    let before = Instant::now();
+/// Yields this thread's CPU (it is `before` now); returns whether the
+/// waiter should stop yielding and sleep instead (see
+/// [`YieldRecord::after_yield`]).
+fn yield_and_judge(before: Instant) -> bool {
     std::thread::yield_now();
     let now = Instant::now();
     YIELDS
@@ -191,11 +189,12 @@ impl Spinner {
             }
             return true;
         }
-        let started = *self.started.get_or_insert_with(Instant::now);
-        if started.elapsed() >= self.budget || !may_yield_now() {
+        let now = Instant::now();
+        let started = *self.started.get_or_insert(now);
+        if now - started >= self.budget || !may_yield_at(now) {
             return false;
         }
-        !yield_and_judge()
+        !yield_and_judge(now)
     }
 }
 
