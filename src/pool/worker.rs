@@ -212,7 +212,17 @@ fn serve(token: Token<'_>) -> i32 {
     // SAFETY: the parent passed this descriptor to us, for us alone.
     let seg = match unsafe { Segment::open_raw(token.fd) } {
         Ok(seg) => seg,
-        Err(_) => return stray("its descriptor is not a pool's shared memory"),
+        Err(e) => {
+            // Our parent is the pool that started us (checked above), so
+            // this is a limit (`ulimit -v` refusing the mapping, say), not a
+            // stray variable: say what failed, not "unset COREPOOL_WORKER"
+            // (a user trial under `ulimit -v` read that advice).
+            eprintln!(
+                "corepool: pool worker {} could not map its pool's shared memory: {e}; exiting with status {EXIT_START_FAILED}",
+                token.index
+            );
+            return EXIT_START_FAILED;
+        }
     };
     let Ok((header, layout)) = layout::read_header(&seg) else {
         return stray("its shared memory holds no pool");
