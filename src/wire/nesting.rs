@@ -183,7 +183,8 @@ pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 pub(crate) fn catch_decode_panic<T, R>(decode: impl FnOnce() -> Result<R>) -> Result<R> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|payload| {
         Err(decode_error::<T>(format!(
-            "a `Wire::decode` impl panicked while decoding it (a `decode` should return \
+            "a `Wire::decode` impl panicked while decoding it, or code it runs (a key's \
+             `Hash` or `Ord` in a map or set; a `decode` should return \
              `Err(Error::Decode)` for input it cannot take): {}",
             panic_text(&*payload)
         )))
