@@ -240,7 +240,7 @@ fn serve(token: Token<'_>) -> i32 {
         slot.fail_code().store(code, Ordering::Relaxed);
         // Release pairs with the parent's Acquire load of `state`.
         slot.state().store(state::FAILED, Ordering::Release);
-        park::wake(doorbell);
+        park::wake_leaving_flag(doorbell);
         EXIT_START_FAILED
     };
     let own = fingerprint();
@@ -277,7 +277,7 @@ fn serve(token: Token<'_>) -> i32 {
     }
     // Release pairs with the parent's Acquire load of `state`.
     slot.state().store(state::READY, Ordering::Release);
-    park::wake(doorbell);
+    park::wake_leaving_flag(doorbell);
     let code = match Server::new(&header, slot, results, doorbell).run() {
         Ok(()) => 0,
         Err(_) => EXIT_PROTOCOL,
@@ -430,7 +430,7 @@ impl<'a> Server<'a> {
                 self.results.publish()?;
                 #[cfg(feature = "fault-injection")]
                 if exit_now {
-                    park::wake(self.doorbell);
+                    park::wake_leaving_flag(self.doorbell);
                     sys::exit_now(0);
                 }
                 ran += 1;
@@ -439,7 +439,7 @@ impl<'a> Server<'a> {
                 // The last record was taken back: its tag is decided too.
                 self.tasks.release();
             }
-            park::wake(self.doorbell);
+            park::wake_leaving_flag(self.doorbell);
             let ended = Instant::now();
             if let (Some(started), true) = (started, ran > 0) {
                 let elapsed = ended.saturating_duration_since(started);
@@ -451,7 +451,7 @@ impl<'a> Server<'a> {
             if self.max_tasks > 0 && self.done >= self.max_tasks {
                 // Release pairs with the parent's Acquire load of `state`.
                 self.slot.state().store(state::RETIRING, Ordering::Release);
-                park::wake(self.doorbell);
+                park::wake_leaving_flag(self.doorbell);
                 return Ok(());
             }
         }
@@ -627,7 +627,7 @@ impl<'a> Server<'a> {
         };
         let published =
             self.write_result(header, &message).is_ok() && self.results.publish().is_ok();
-        park::wake(self.doorbell);
+        park::wake_leaving_flag(self.doorbell);
         published
     }
 
@@ -639,7 +639,7 @@ impl<'a> Server<'a> {
             }
             // Full: let the parent see what we have, then wait for it.
             self.results.publish()?;
-            park::wake(self.doorbell);
+            park::wake_leaving_flag(self.doorbell);
             if !spinner.spin() {
                 let results = &self.results;
                 park::sleep_unless(self.slot.sleeping(), None, || {

@@ -2,22 +2,38 @@
 //!
 //! # The sleep-flag protocol
 //!
-//! A sleeper and a waker share a futex word (0 = awake, 1 = asleep or about to).
+//! A sleeper and its wakers share a futex word: bit 0 is the sleep flag (1 =
+//! asleep or about to be), the bits above it a wake-up count. One thread
+//! sleeps on a word; only it sets the flag.
 //!
 //! ```text
 //! sleeper                              waker
-//! word = 1                             publish the data (Release)
+//! s = word | 1; word = s               publish the data (Release)
 //! fence(SeqCst)   ---- pairs with ---- fence(SeqCst)
-//! re-check the condition               if word == 1: word = 0, FUTEX_WAKE
-//! if still false: FUTEX_WAIT(word, 1)
-//! word = 0
+//! re-check the condition               if word & 1: change the word, FUTEX_WAKE
+//! if still false: FUTEX_WAIT(word, s)
+//! word &= !1
 //! ```
 //!
 //! The two fences order each side's store before its load, so at least one of
 //! them sees the other: either the sleeper's re-check sees the data, or the
-//! waker sees the flag and wakes it. Skip either fence and a wake-up can be lost.
-//! `FUTEX_WAIT` returns at once if the word is no longer 1, which closes the
-//! window between the re-check and the wait.
+//! waker sees the flag, changes the word and wakes it. `FUTEX_WAIT` returns at
+//! once if the word is no longer `s`, which closes the window between the
+//! re-check and the wait. Skip either fence and a wake-up can be lost.
+//!
+//! A waker changes the word in one of two ways:
+//! - [`wake`] clears the flag, so that the wakers after it make no system
+//!   call until the sleeper sleeps again. For a waker that cannot die
+//!   without the sleeper: a thread of the sleeper's process, or a parent
+//!   waking its worker.
+//! - [`wake_leaving_flag`] adds to the count and leaves the flag set. For a
+//!   waker that may die at any instruction while the sleeper lives on (a
+//!   worker waking its parent): had it cleared the flag and died before its
+//!   `FUTEX_WAKE`, every later waker would see no sleeper and the sleeper
+//!   would sleep on with work waiting (`corepool soak`, which kills a worker
+//!   every 10 ms, stalled so for up to two minutes). Left set, the flag
+//!   makes the next waker wake it. The cost: a system call per such wake-up
+//!   until the sleeper has run and cleared the flag.
 
 use crate::sys;
 use std::cell::Cell;
@@ -36,6 +52,10 @@ pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
     Instant::now().checked_add(timeout)
 }
 
+/// The sleep flag (bit 0 of a futex word); the bits above it count
+/// [`wake_leaving_flag`]'s wake-ups.
+const ASLEEP: u32 = 1;
+
 /// Sleeper side: announce, fence, re-check, wait. Returns when `ready()` held
 /// at the re-check, or after a wake-up (possibly spurious) or `timeout`.
 pub(crate) fn sleep_unless(
@@ -43,21 +63,48 @@ pub(crate) fn sleep_unless(
     timeout: Option<Duration>,
     mut ready: impl FnMut() -> bool,
 ) {
-    word.store(1, Ordering::Relaxed);
-    // SeqCst fence: pairs with the fence in `wake`.
+    // Plain load and store: with the flag clear no waker writes the word
+    // (both kinds act only on a set flag), and only this thread sets it.
+    let announced = word.load(Ordering::Relaxed) | ASLEEP;
+    word.store(announced, Ordering::Relaxed);
+    // SeqCst fence: pairs with the fences in `wake` and `wake_leaving_flag`.
     fence(Ordering::SeqCst);
     if !ready() {
-        sys::futex_wait(word, 1, timeout);
+        sys::futex_wait(word, announced, timeout);
     }
-    word.store(0, Ordering::Relaxed);
+    // An RMW: a `wake_leaving_flag` may add to the count meanwhile, which a
+    // plain store could take back into the past (harmless, as this thread
+    // looks again anyway, but the count is then not a count).
+    word.fetch_and(!ASLEEP, Ordering::Relaxed);
 }
 
-/// Waker side: call after publishing. Costs a fence and a load when nobody
-/// sleeps; a system call only when somebody does.
+/// Waker side, for a waker that cannot die without the sleeper (see the
+/// module's doc): call after publishing. Clears the flag, so that other
+/// wakers make no system call until the sleeper sleeps again. Costs a fence
+/// and a load when nobody sleeps; a system call only when somebody does.
 pub(crate) fn wake(word: &AtomicU32) {
     // SeqCst fence: pairs with the fence in `sleep_unless`.
     fence(Ordering::SeqCst);
-    if word.load(Ordering::Relaxed) != 0 && word.swap(0, Ordering::Relaxed) != 0 {
+    if word.load(Ordering::Relaxed) & ASLEEP != 0
+        && word.fetch_and(!ASLEEP, Ordering::Relaxed) & ASLEEP != 0
+    {
+        sys::futex_wake_all(word);
+    }
+}
+
+/// Waker side, for a waker that may die at any instruction while the
+/// sleeper lives on (see the module's doc): call after publishing. Leaves
+/// the flag set for the sleeper to clear, so that a waker killed before its
+/// `FUTEX_WAKE` loses no wake-up: the next waker makes it. Costs a fence and
+/// a load when nobody sleeps; a system call for every wake-up while
+/// somebody does.
+pub(crate) fn wake_leaving_flag(word: &AtomicU32) {
+    // SeqCst fence: pairs with the fence in `sleep_unless`.
+    fence(Ordering::SeqCst);
+    if word.load(Ordering::Relaxed) & ASLEEP != 0 {
+        // The sleeper's `FUTEX_WAIT` compares with the value it announced:
+        // changed, it returns at once if it had not slept yet.
+        word.fetch_add(ASLEEP << 1, Ordering::Relaxed);
         sys::futex_wake_all(word);
     }
 }
@@ -228,6 +275,66 @@ mod tests {
             flag.store(false, Ordering::Release);
         }
         waker.join().unwrap();
+    }
+
+    #[test]
+    fn no_wake_up_is_lost_with_wakers_leaving_the_flag() {
+        let rounds = if cfg!(miri) { 10 } else { 2_000 };
+        let word = Arc::new(AtomicU32::new(0));
+        let flag = Arc::new(AtomicBool::new(false));
+        let (w2, f2) = (word.clone(), flag.clone());
+        let waker = std::thread::spawn(move || {
+            for _ in 0..rounds {
+                while f2.load(Ordering::Acquire) {
+                    std::hint::spin_loop();
+                }
+                f2.store(true, Ordering::Release); // publish
+                wake_leaving_flag(&w2);
+            }
+        });
+        for _ in 0..rounds {
+            while !flag.load(Ordering::Acquire) {
+                sleep_unless(&word, None, || flag.load(Ordering::Acquire));
+            }
+            flag.store(false, Ordering::Release);
+        }
+        waker.join().unwrap();
+        assert_eq!(
+            word.load(Ordering::Relaxed) & ASLEEP,
+            0,
+            "the sleeper clears its flag"
+        );
+    }
+
+    #[test]
+    fn a_waker_that_dies_before_its_futex_wake_loses_no_wake_up() {
+        // A worker killed between changing the word and its FUTEX_WAKE
+        // (`corepool soak` kills one every 10 ms) did only the first half
+        // of a wake-up: the flag it leaves set makes the next waker do it.
+        let word = Arc::new(AtomicU32::new(0));
+        let flag = Arc::new(AtomicBool::new(false));
+        let (w2, f2) = (word.clone(), flag.clone());
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let _sleeper = std::thread::spawn(move || {
+            while !f2.load(Ordering::Acquire) {
+                sleep_unless(&w2, None, || f2.load(Ordering::Acquire));
+            }
+            let _ = done_tx.send(());
+        });
+        while word.load(Ordering::Relaxed) & ASLEEP == 0 {
+            std::thread::yield_now();
+        }
+        flag.store(true, Ordering::Release); // publish
+                                             // The dying waker's half: its fence and its change of the word.
+        fence(Ordering::SeqCst);
+        word.fetch_add(ASLEEP << 1, Ordering::Relaxed);
+        // The next waker, which sees the flag whether or not the sleeper
+        // has woken yet (only the sleeper clears it).
+        wake_leaving_flag(&word);
+        assert!(
+            done.recv_timeout(Duration::from_secs(60)).is_ok(),
+            "the sleeper was left asleep"
+        );
     }
 
     #[test]
