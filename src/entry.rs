@@ -87,9 +87,23 @@ extern "C" fn enter_before_main() {
 /// and returns its exit status (`None`: neither). No panic may unwind into
 /// the C runtime (that aborts): a panic here is a start failure with the
 /// worker's start-failure status.
+///
+/// After the role, the pools and the fork server that its code started and
+/// never stopped (a library's pool in a `static`, a pool a task built) are
+/// stopped and their processes reaped: the process ends with `_exit`, which
+/// runs no `atexit` handler, and their parent-death signal would leave them
+/// as zombies for `init` (a program running as PID 1 that does not reap
+/// piled them up: a user trial).
 fn serve_role() -> Option<i32> {
-    std::panic::catch_unwind(|| crate::process::child::enter().or_else(crate::pool::worker::enter))
-        .unwrap_or(Some(crate::pool::worker::EXIT_START_FAILED))
+    let code = std::panic::catch_unwind(|| {
+        crate::process::child::enter().or_else(crate::pool::worker::enter)
+    })
+    .unwrap_or(Some(crate::pool::worker::EXIT_START_FAILED));
+    if code.is_some() {
+        // A panic in an owner's stop leaves the rest to the kernel's signal.
+        let _ = std::panic::catch_unwind(crate::child::exit_hook::stop_all_owners);
+    }
+    code
 }
 
 /// Pins this child to the CPUs its parent named in

@@ -184,6 +184,43 @@ fn a_pool_and_processes_reap_only_their_own() {
     });
 }
 
+/// A child's task that uses a pool kept in a `static`, as a library's
+/// global pool is (never dropped), and reports the processes it started:
+/// the pool's workers and the child's own fork server.
+fn uses_a_pool_in_a_static(n: u64) -> Vec<i32> {
+    static POOL: std::sync::OnceLock<Pool> = std::sync::OnceLock::new();
+    let pool = POOL.get_or_init(|| Pool::new(2).expect("a pool in the child"));
+    assert_eq!(pool.apply(double, n).unwrap(), 2 * n);
+    let mut started = pool.pids();
+    started.extend(corepool::fork_server_pid());
+    started
+}
+
+/// Whether `pid` is gone for good (not even a zombie): `kill(pid, 0)` fails
+/// with ESRCH.
+fn gone(pid: i32) -> bool {
+    // SAFETY: signal 0 checks existence only; nothing is sent.
+    unsafe { libc::kill(pid, 0) == -1 && *libc::__errno_location() == libc::ESRCH }
+}
+
+/// A `Process` child ends with `_exit`, which runs no `atexit` handler:
+/// the pools and the fork server its code started were left to their
+/// parent-death signal, zombies for `init` (a program running as PID 1 that
+/// does not reap piled them up: a user trial). The child now stops and
+/// reaps them itself at the end of its role: by the time `join` returns
+/// they are gone.
+fn a_process_childs_own_pools_are_reaped_before_it_ends() {
+    let child = Process::start(uses_a_pool_in_a_static, 21).unwrap();
+    let started = child.join().unwrap();
+    assert_eq!(
+        started.len(),
+        3,
+        "two workers and a fork server: {started:?}"
+    );
+    let left: Vec<i32> = started.into_iter().filter(|&pid| !gone(pid)).collect();
+    assert!(left.is_empty(), "left for init: {left:?}");
+}
+
 const ROLE: &str = "COREPOOL_TEST_ROLE";
 
 fn processes_die_with_a_sigkilled_parent() {
@@ -407,5 +444,6 @@ fn main() {
         a_daemon_that_cannot_start_leaves_no_pid_file,
         a_process_the_program_can_no_longer_signal_says_so,
         a_process_child_whose_program_ended_leaves_quietly,
+        a_process_childs_own_pools_are_reaped_before_it_ends,
     ]);
 }

@@ -103,8 +103,12 @@ extern "C" fn run_at_exit() {
 }
 
 /// Asks every registered owner of this process to stop, newest first, then
-/// waits for each until the shared deadline.
-fn stop_all_owners() {
+/// waits for each until the shared deadline. The `atexit` handler's work;
+/// also called by a corepool child at the end of its role, which ends the
+/// process with `_exit` (no `atexit` handler runs): a pool or fork server
+/// its task started is stopped and reaped then, not left to the
+/// parent-death signal and whoever reaps orphans.
+pub(crate) fn stop_all_owners() {
     let owners: Vec<Stop> = {
         let registry = match REGISTRY.try_lock() {
             Ok(registry) => registry,
