@@ -343,7 +343,9 @@ pub(crate) fn local_done(
 ) -> impl FnOnce(Result<Vec<u8>>) + Send + 'static {
     let tx = to_self.clone();
     move |result| {
-        let result = result.map_err(crate::proto::on_rank_zero);
+        // Unlabelled: rank 0 names itself in `Dispatcher::finished`, a
+        // serving rank in `proto::error_to_bytes` (labelling here named
+        // rank 0 on every rank: "(on rank 0) (on rank 1)", a user trial).
         let _ = tx.send(Command::LocalDone { unit, result });
     }
 }

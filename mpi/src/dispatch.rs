@@ -213,6 +213,13 @@ impl Dispatcher {
     }
 
     fn finished(&mut self, rank: usize, unit: u64, result: Result<Vec<u8>>) {
+        // A remote rank's errors arrive named by it (`proto::error_to_bytes`);
+        // rank 0's own pool's come unlabelled (`comm::local_done`).
+        let result = if rank == 0 {
+            result.map_err(proto::on_rank_zero)
+        } else {
+            result
+        };
         if let Some((ran_on, sent, done)) = self.running.remove(&unit) {
             if ran_on == rank {
                 self.in_flight[rank] -= 1;

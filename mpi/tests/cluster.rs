@@ -238,6 +238,21 @@ fn rank_program(scenario: &str) -> Result<(), Box<dyn std::error::Error>> {
                     )
                 }
             }
+            // And a serving rank names itself alone (it was labelled rank 0
+            // as well: "(on rank 0) (on rank 1)").
+            if cluster.ranks() > 1 {
+                match cluster.apply_on_rank(1, fail_on_seven, 7) {
+                    Err(Error::Panicked { message }) => check(
+                        message.contains("(on rank 1)") && !message.contains("(on rank 0)"),
+                        &format!("a panic on rank 1 names rank 1 alone: {message}"),
+                    )?,
+                    other => {
+                        return Err(
+                            format!("apply on rank 1 of a panicking task gave {other:?}").into(),
+                        )
+                    }
+                }
+            }
             match cluster.chunked(1)?.map(fail_on_seven, 0..20u64) {
                 Err(Error::Panicked { .. }) => {}
                 other => return Err(format!("map with a panicking item gave {other:?}").into()),
