@@ -1102,6 +1102,44 @@ fn imap_hands_back_a_result_that_is_in_before_pulling_more() {
     );
 }
 
+fn panics_on_three(x: u64) -> u64 {
+    assert_ne!(x, 3, "three");
+    x
+}
+
+/// A failing task is one item of `imap`, in its place, and the results after
+/// it still come (Python's `imap` raises at that item and lets the loop go
+/// on; `Cluster::imap` did, `Pool::imap` used to end there, dropping the
+/// rest of a loop that records errors: a user trial). Chunked, a failing
+/// chunk is one error in place of its items.
+fn imap_goes_on_after_a_failing_task() {
+    let pool = Pool::new(2).unwrap();
+    let results: Vec<corepool::Result<u64>> = pool.imap(panics_on_three, 0..10u64).collect();
+    assert_eq!(results.len(), 10, "{results:?}");
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Err(Error::Panicked { message }) if i == 3 => assert!(message.contains("three")),
+            Ok(v) if i != 3 => assert_eq!(*v, i as u64),
+            other => panic!("item {i}: {other:?}"),
+        }
+    }
+    let chunked: Vec<corepool::Result<u64>> = pool
+        .chunked(2)
+        .unwrap()
+        .imap(panics_on_three, 0..10u64)
+        .collect();
+    // Items 2 and 3 share a chunk: one error in their place.
+    assert_eq!(chunked.len(), 9, "{chunked:?}");
+    assert!(matches!(chunked[2], Err(Error::Panicked { .. })));
+    assert_eq!(chunked[3], Ok(4));
+    assert_eq!(chunked[8], Ok(9));
+    // The pool's own end still ends it: nothing after a refusal.
+    pool.close();
+    let mut refused = pool.imap(panics_on_three, 0..10u64);
+    assert_eq!(refused.next(), Some(Err(Error::PoolClosed)));
+    assert_eq!(refused.next(), None);
+}
+
 /// Submits `square(3)` with a callback that blocks the thread delivering it
 /// (nobody waits on it: the driver) until the returned sender sends, or
 /// the watchdog's time passed (then the sender's send fails: the test's
@@ -1208,6 +1246,7 @@ fn main() {
         endless_timeouts_are_no_timeouts,
         imap_unordered_pulls_its_source_lazily,
         imap_hands_back_a_result_that_is_in_before_pulling_more,
+        imap_goes_on_after_a_failing_task,
         a_slow_callback_does_not_hold_back_the_maps,
         a_slow_callback_does_not_hold_back_a_get,
     ]);

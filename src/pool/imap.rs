@@ -274,7 +274,22 @@ impl Pool {
     /// itself, of `Result<R>`: what would fail the call (the pool closed,
     /// an argument that cannot be encoded, waiting in a callback of this
     /// pool) is an item instead, taken in turn (after the results of the
-    /// items before it), and the iterator ends after an error.
+    /// items before it), and the iterator ends after it. A task that fails
+    /// (panics, times out, its worker dies) is its error in its place, and
+    /// the results after it still come, as with Python's `imap`:
+    ///
+    /// ```
+    /// fn main() {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(2).unwrap();
+    ///     let results: Vec<corepool::Result<u64>> = pool
+    ///         .imap(|x: u64| if x == 2 { panic!("two") } else { x }, 0..5u64)
+    ///         .collect();
+    ///     assert_eq!(results.len(), 5);
+    ///     assert!(matches!(results[2], Err(corepool::Error::Panicked { .. })));
+    ///     assert_eq!(results[4], Ok(4));
+    /// }
+    /// ```
     ///
     /// # Where the source is pulled
     ///
@@ -388,7 +403,10 @@ impl Pool {
 }
 
 /// The iterator [`Pool::imap`] returns: results in input order, each a
-/// `Result<R>`; it ends after the first error.
+/// `Result<R>`. A failing task's error comes in its place and the results
+/// after it still come, as with Python's `imap` (with `chunked(n)`, a
+/// failing chunk is one error in place of its items); an error of the
+/// pool's own (terminated, closed, no worker can start) is the last item.
 ///
 /// ```
 /// fn main() -> corepool::Result<()> {
@@ -497,6 +515,11 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
                 .and_then(|values| collect::check_chunk(values, due))
             {
                 Ok(values) => self.ready = values.into_iter(),
+                // One task's failure is its item, as Python's `imap` raises
+                // at that item and lets the loop go on (and as
+                // `corepool_mpi::Cluster::imap` does): ending here dropped
+                // every later result of a loop that records errors.
+                Err(e) if fails_one_task(&e) => return Some(Err(e)),
                 Err(e) => return self.end_with(e),
             }
             if let Some(r) = self.ready.next() {
@@ -504,6 +527,24 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
             }
         }
     }
+}
+
+/// Whether `e` is one task's (or chunk's) failure, after which the other
+/// tasks' results still come: the task panicked, returned or received
+/// something that does not encode, decode or fit, timed out, or its worker
+/// died or broke the protocol. Anything else (the pool terminated or
+/// closed, no worker can start) is the pool's, and ends the iteration.
+fn fails_one_task(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Panicked { .. }
+            | Error::Decode { .. }
+            | Error::Encode { .. }
+            | Error::ResultTooLarge { .. }
+            | Error::WorkerDied { .. }
+            | Error::ProtocolViolation { .. }
+            | Error::TaskTimedOut { .. }
+    )
 }
 
 /// The iterator [`Pool::imap_unordered`] returns: results as they
