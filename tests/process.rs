@@ -221,6 +221,30 @@ fn a_process_childs_own_pools_are_reaped_before_it_ends() {
     assert!(left.is_empty(), "left for init: {left:?}");
 }
 
+/// Set in the environment of the program that
+/// `a_panicking_process_says_so_on_stderr` starts.
+const UNJOINED_PANIC: &str = "COREPOOL_TEST_UNJOINED_PANIC";
+
+fn panics_with_a_message(_: u64) -> u64 {
+    panic!("the lost diagnostic");
+}
+
+/// A `Process` whose function panics prints the message on its stderr, as a
+/// panicking thread does and as Python prints a failing process's
+/// traceback: a child that nobody joins failed unseen (a user trial).
+fn a_panicking_process_says_so_on_stderr() {
+    let out = common::output_within(
+        std::process::Command::new(std::env::current_exe().unwrap()).env(UNJOINED_PANIC, "1"),
+        common::WATCHDOG,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("panicked: the lost diagnostic"),
+        "stderr: {stderr}"
+    );
+}
+
 const ROLE: &str = "COREPOOL_TEST_ROLE";
 
 fn processes_die_with_a_sigkilled_parent() {
@@ -419,6 +443,13 @@ fn main() {
     if let Some(pid_file) = std::env::var_os(FAILING_DAEMON) {
         failing_daemon(pid_file);
     }
+    if std::env::var_os(UNJOINED_PANIC).is_some() {
+        corepool::init();
+        let child = Process::start(panics_with_a_message, 0).unwrap();
+        // Nobody joins: the program waits for the end without looking.
+        assert!(child.join_timeout(Duration::from_secs(60)));
+        std::process::exit(0);
+    }
     if std::env::var_os(ROLE).is_some() {
         corepool::init();
         let p = Process::start(spin_forever, 0).unwrap();
@@ -445,5 +476,6 @@ fn main() {
         a_process_the_program_can_no_longer_signal_says_so,
         a_process_child_whose_program_ended_leaves_quietly,
         a_process_childs_own_pools_are_reaped_before_it_ends,
+        a_panicking_process_says_so_on_stderr,
     ]);
 }

@@ -144,8 +144,18 @@ fn serve_child(token: &str) -> i32 {
             (status::FAILED, 1)
         }
         Err(_) => {
+            let message = take_panic_message();
+            // On stderr as well, as a panicking thread's message is, and as
+            // Python prints a failing `Process`'s traceback: a child that
+            // nobody joins failed unseen (a user trial). `join` still gets
+            // it as `Error::Panicked`.
+            let me = crate::current_process();
+            eprintln!(
+                "corepool: process {:?} (pid {}) panicked: {message}",
+                me.name, me.pid
+            );
             out.clear();
-            out.extend_from_slice(take_panic_message().as_bytes());
+            out.extend_from_slice(message.as_bytes());
             (status::PANICKED, 1)
         }
     };
