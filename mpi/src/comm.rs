@@ -204,13 +204,17 @@ fn start(
     let pool = if want == 0 {
         Ok(None)
     } else {
-        Pool::builder()
+        let builder = Pool::builder()
             .workers(want)
             .pinning(Pinning::Cpus(share))
             .ring_bytes(config.ring_bytes)
-            .retries(config.retries)
-            .build()
-            .map(Some)
+            .retries(config.retries);
+        match config.task_timeout {
+            Some(timeout) => builder.task_timeout(timeout),
+            None => builder,
+        }
+        .build()
+        .map(Some)
     };
     let mine = [
         pool.as_ref()

@@ -1,5 +1,5 @@
 //! [`Config`]: how a cluster starts (rank 0's workers, the pools' ring
-//! size and retries).
+//! size, retries and task timeout).
 
 use crate::{Cluster, ClusterError};
 
@@ -18,6 +18,7 @@ pub struct Config {
     pub(crate) rank0_workers: Option<usize>,
     pub(crate) ring_bytes: u32,
     pub(crate) retries: u32,
+    pub(crate) task_timeout: Option<std::time::Duration>,
 }
 
 impl Default for Config {
@@ -26,6 +27,7 @@ impl Default for Config {
             rank0_workers: None,
             ring_bytes: 1 << 22,
             retries: 0,
+            task_timeout: None,
         }
     }
 }
@@ -79,6 +81,35 @@ impl Config {
     /// ```
     pub fn retries(mut self, n: u32) -> Self {
         self.retries = n;
+        self
+    }
+
+    /// `task_timeout` of every rank's pool: a task that runs longer has its
+    /// worker killed and fails with
+    /// [`Error::TaskTimedOut`](corepool::Error::TaskTimedOut) at rank 0; the
+    /// rank goes on with a new worker. Default: none. It bounds a task, not
+    /// a rank: one that is stopped or wedged as a whole answers nothing, so
+    /// bound that wait at rank 0 (`get_timeout`) or with the launcher's
+    /// timeout (docs/scale-out.md, "Faults").
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// let cluster = corepool_mpi::Cluster::builder()
+    ///     .task_timeout(Duration::from_millis(200))
+    ///     .init()?;
+    /// let stuck = |_: u8| -> u8 { std::thread::sleep(Duration::from_secs(60)); 0 };
+    /// assert!(matches!(
+    ///     cluster.apply(stuck, 1),
+    ///     Err(corepool::Error::TaskTimedOut { .. })
+    /// ));
+    /// assert_eq!(cluster.apply(|x: u8| x + 1, 1)?, 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn task_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.task_timeout = Some(timeout);
         self
     }
 
