@@ -313,7 +313,7 @@ pub enum Error {
     /// A `release` would take a semaphore past the most permits it holds (a
     /// [`BoundedSemaphore`](crate::BoundedSemaphore)'s bound, `u32::MAX` for
     /// a [`Semaphore`](crate::Semaphore)). Nothing was released.
-    #[error("releasing would take the semaphore past {limit} permits: release only permits that were acquired (a guard gives its own back when it drops)")]
+    #[error("releasing would take the semaphore past its bound of {limit}: release only permits that were acquired (a guard gives its own back when it drops)")]
     SemaphoreOverflow {
         /// The most permits the semaphore holds.
         limit: u32,
