@@ -267,8 +267,10 @@ impl<R: Wire> Process<R> {
     /// A program that ignores SIGTERM (`SIG_IGN`) passes that on to its
     /// children, since an ignored signal stays ignored across exec (as in
     /// Python): `terminate` cannot stop them then, [`kill`](Self::kill) can.
-    /// After either, `join` returns [`Error::WorkerDied`] with the signal as
-    /// its `cause`.
+    /// Likewise a stopped process (SIGSTOP, a debugger) gets SIGTERM only
+    /// once it continues: `terminate` returns `Ok` and the process runs on
+    /// stopped; `kill` ends it at once. After either, `join` returns
+    /// [`Error::WorkerDied`] with the signal as its `cause`.
     ///
     /// ```
     /// use corepool::{ExitCause, Process};
