@@ -149,29 +149,35 @@ impl Pool {
         )?;
         let seg = Segment::create(c"corepool", layout.total)?;
         let parent_pid = std::process::id() as i32;
-        layout::write_header(
-            &seg,
-            &Header {
-                magic: layout::MAGIC,
-                version: layout::VERSION,
-                header_bytes: std::mem::size_of::<Header>() as u32,
-                segment_bytes: layout.total as u64,
-                fingerprint: crate::child::fingerprint::fingerprint(),
-                workers: n as u32,
-                task_ring_bytes: layout.task_ring_bytes,
-                result_ring_bytes: layout.result_ring_bytes,
-                flags: if config.initializer.is_some() {
-                    layout::FLAG_INITIALIZER
-                } else {
-                    0
-                },
-                initializer: config.initializer.unwrap_or(0),
-                max_tasks_per_child: config.policy.max_tasks_per_child,
-                parent_pid,
-                init_arg_len: layout.init_arg_len as u32,
+        let header = Header {
+            magic: layout::MAGIC,
+            version: layout::VERSION,
+            header_bytes: std::mem::size_of::<Header>() as u32,
+            segment_bytes: layout.total as u64,
+            fingerprint: crate::child::fingerprint::fingerprint(),
+            workers: n as u32,
+            task_ring_bytes: layout.task_ring_bytes,
+            result_ring_bytes: layout.result_ring_bytes,
+            flags: if config.initializer.is_some() {
+                layout::FLAG_INITIALIZER
+            } else {
+                0
             },
-        );
+            initializer: config.initializer.unwrap_or(0),
+            max_tasks_per_child: config.policy.max_tasks_per_child,
+            parent_pid,
+            init_arg_len: layout.init_arg_len as u32,
+        };
+        // The segment's copies are for monitors: every worker maps the
+        // segment writable and may change them.
+        layout::write_header(&seg, &header);
         layout::write_init_arg(&seg, &layout, &config.initializer_arg)?;
+        // What workers start from: a sealed copy no process can change.
+        let pristine = layout::write_pristine(
+            &header,
+            layout::FileIdentity::of(&seg)?,
+            &config.initializer_arg,
+        )?;
         let slots: Vec<Slot> = (0..n)
             .map(|i| Slot::new(&seg, &layout, i).expect("slot in layout"))
             .collect();
@@ -196,12 +202,17 @@ impl Pool {
             config.arg_arena_bytes,
         ));
         let weak = Arc::downgrade(&shared);
-        let supervisor =
-            Supervisor::start(segment_fd, parent_pid, config.start_method, move |event| {
+        let supervisor = Supervisor::start(
+            segment_fd,
+            pristine,
+            parent_pid,
+            config.start_method,
+            move |event| {
                 if let Some(shared) = weak.upgrade() {
                     shared.report(event);
                 }
-            })?;
+            },
+        )?;
         for (index, set) in config.cpu_sets.iter().enumerate() {
             supervisor.send(Command_::Spawn {
                 index,

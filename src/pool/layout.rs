@@ -166,17 +166,109 @@ pub(crate) fn write_header(seg: &Segment, header: &Header) {
     unsafe { dst.cast::<Header>().write_unaligned(*header) }
 }
 
-/// Reads a copy of the header and checks it against the segment.
+/// Reads a copy of the segment's header and checks it against the segment
+/// (workers start from [`read_pristine`]: a worker may write anything here).
+#[cfg(test)]
 pub(crate) fn read_header(seg: &Segment) -> Result<(Header, Layout)> {
-    let bad = |what: String| Error::WorkerStart {
-        index: usize::MAX,
-        reason: what,
-    };
     let src = seg
         .at(0, std::mem::size_of::<Header>())
-        .ok_or_else(|| bad("segment smaller than its header".into()))?;
+        .ok_or_else(|| bad_header("segment smaller than its header".into()))?;
     // SAFETY: in bounds; the header is plain data, copied once, then validated.
     let header: Header = unsafe { src.cast::<Header>().read_unaligned() };
+    check_header(header, seg)
+}
+
+fn bad_header(what: String) -> Error {
+    Error::WorkerStart {
+        index: usize::MAX,
+        reason: what,
+    }
+}
+
+/// Which file a pool's memfd is, as `fstat` says: what a worker checks the
+/// descriptors it was given against (a descriptor that is not its pool's is
+/// refused).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct FileIdentity {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileIdentity {
+    /// The identity of `seg`'s memfd.
+    pub(crate) fn of(seg: &Segment) -> Result<Self> {
+        let id = seg.identity()?;
+        Ok(Self {
+            dev: id.dev,
+            ino: id.ino,
+        })
+    }
+}
+
+/// What a worker starts from, read from the pool's sealed memfd
+/// ([`write_pristine`]).
+#[derive(Debug)]
+pub(crate) struct Pristine {
+    pub header: Header,
+    pub layout: Layout,
+    /// The initializer's encoded argument.
+    pub init_arg: Vec<u8>,
+}
+
+/// Writes the header, the segment's identity and the initializer's
+/// argument into a new memfd sealed against any change (written with
+/// `pwrite`, never mapped writable): what every worker starts from, since
+/// a worker may write anything into the segment, which every worker maps
+/// writable. The parent holds the returned descriptor for the pool's life
+/// and passes it to each worker as it passes the segment's.
+pub(crate) fn write_pristine(
+    header: &Header,
+    segment: FileIdentity,
+    init_arg: &[u8],
+) -> Result<std::os::fd::OwnedFd> {
+    let mut head = bytemuck::bytes_of(header).to_vec();
+    head.extend_from_slice(bytemuck::bytes_of(&segment));
+    crate::shm::spill::write_sealed_file(c"corepool-header", &head, init_arg)
+}
+
+/// Worker: what it starts from, out of the sealed memfd `file` the parent
+/// passed (refused unless it is sealed against any change), checked against
+/// the segment `seg` (its identity and size).
+pub(crate) fn read_pristine(file: std::os::fd::OwnedFd, seg: &Segment) -> Result<Pristine> {
+    use std::os::fd::AsFd;
+    let size = crate::sys::fstat(file.as_fd())
+        .map_err(|e| bad_header(format!("the pool's header: {e}")))?
+        .size;
+    let size = usize::try_from(size).map_err(|_| bad_header("the pool's header is huge".into()))?;
+    let map =
+        crate::shm::spill::map_sealed_file(file, size, "the pool's header").map_err(bad_header)?;
+    let bytes = map.bytes();
+    let header_len = std::mem::size_of::<Header>();
+    let ids_end = header_len + std::mem::size_of::<FileIdentity>();
+    let head = bytes
+        .get(..ids_end)
+        .ok_or_else(|| bad_header("the pool's header is short".into()))?;
+    let header: Header = bytemuck::pod_read_unaligned(&head[..header_len]);
+    let segment: FileIdentity = bytemuck::pod_read_unaligned(&head[header_len..]);
+    if FileIdentity::of(seg)? != segment {
+        return Err(bad_header("the segment is not the pool's".into()));
+    }
+    let (header, layout) = check_header(header, seg)?;
+    let init_arg = bytes
+        .get(ids_end..ids_end + layout.init_arg_len)
+        .ok_or_else(|| bad_header("the initializer's argument is short".into()))?
+        .to_vec();
+    Ok(Pristine {
+        header,
+        layout,
+        init_arg,
+    })
+}
+
+/// Checks a copy of the header against the segment.
+fn check_header(header: Header, seg: &Segment) -> Result<(Header, Layout)> {
+    let bad = bad_header;
     if header.magic != MAGIC {
         return Err(bad("segment has no corepool magic".into()));
     }
@@ -215,17 +307,6 @@ pub(crate) fn write_init_arg(seg: &Segment, layout: &Layout, bytes: &[u8]) -> Re
     // maps it yet, and `bytes` is our own memory, so they do not overlap.
     unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
     Ok(())
-}
-
-/// Copies the initializer's encoded argument out of the segment. `layout`
-/// came from `read_header`, which checked that it fits the segment.
-pub(crate) fn read_init_arg(seg: &Segment, layout: &Layout) -> Option<Vec<u8>> {
-    let src = seg.at(layout.init_arg_offset, layout.init_arg_len)?;
-    let mut out = vec![0u8; layout.init_arg_len];
-    // SAFETY: `at` checked the range lies in the segment; we copy bytes (the
-    // parent wrote them before this worker started) into our own vector.
-    unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
-    Some(out)
 }
 
 /// The parent's doorbell: a futex word workers ring after publishing results.
@@ -414,5 +495,40 @@ mod tests {
         let slot = Slot::new(&seg, &layout, 1).unwrap();
         assert_eq!(slot.result_ring().capacity(), 8192);
         assert!(Slot::new(&seg, &layout, 2).is_none());
+    }
+
+    /// Workers start from the sealed copy, and refuse a copy that could be
+    /// changed or a segment that is not the one it names.
+    #[test]
+    #[cfg(not(miri))] // no memfd under Miri
+    fn the_sealed_header_is_checked_against_its_segment() {
+        let layout = Layout::new(1, 4096, 4096, 3).unwrap();
+        let seg = Segment::create(c"corepool-test", layout.total).unwrap();
+        let header = Header {
+            magic: MAGIC,
+            version: VERSION,
+            header_bytes: std::mem::size_of::<Header>() as u32,
+            segment_bytes: layout.total as u64,
+            workers: 1,
+            task_ring_bytes: 4096,
+            result_ring_bytes: 4096,
+            init_arg_len: 3,
+            ..Default::default()
+        };
+        let id = FileIdentity::of(&seg).unwrap();
+        let read = read_pristine(write_pristine(&header, id, b"arg").unwrap(), &seg).unwrap();
+        assert_eq!((read.layout, &read.init_arg[..]), (layout, &b"arg"[..]));
+        // The segment's own header is never read: it may hold anything.
+        assert!(read_header(&seg).is_err());
+        let other = Segment::create(c"corepool-test", layout.total).unwrap();
+        let copy = write_pristine(&header, id, b"arg").unwrap();
+        assert!(read_pristine(copy, &other).is_err(), "another segment");
+        // The same bytes in a memfd that is not sealed: refused.
+        let open = crate::sys::memfd_create(c"corepool-test").unwrap();
+        let mut bytes = bytemuck::bytes_of(&header).to_vec();
+        bytes.extend_from_slice(bytemuck::bytes_of(&id));
+        bytes.extend_from_slice(b"arg");
+        crate::sys::pwrite_all(std::os::fd::AsFd::as_fd(&open), &bytes, 0).unwrap();
+        assert!(read_pristine(open, &seg).is_err(), "not sealed");
     }
 }

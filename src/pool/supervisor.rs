@@ -14,7 +14,7 @@ use crate::child::supervisor::{self as generic, SpawnError};
 use crate::error::{Error, ExitCause};
 use crate::pool::worker::{make_token, WORKER_ENV};
 use crate::sys::CpuMask;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -71,6 +71,10 @@ struct Worker {
 pub(crate) struct Supervisor {
     inner: generic::Supervisor<Worker>,
     segment_fd: RawFd,
+    /// The sealed header and initializer argument every worker starts from
+    /// (`layout::write_pristine`), passed to each beside the segment;
+    /// closed with the pool.
+    pristine: OwnedFd,
     parent_pid: i32,
 }
 
@@ -79,6 +83,7 @@ impl Supervisor {
     /// supervisor thread.
     pub(crate) fn start(
         segment_fd: RawFd,
+        pristine: OwnedFd,
         parent_pid: i32,
         start_method: StartMethod,
         report: impl Fn(Event) + Send + 'static,
@@ -90,6 +95,7 @@ impl Supervisor {
         Ok(Self {
             inner,
             segment_fd,
+            pristine,
             parent_pid,
         })
     }
@@ -107,9 +113,14 @@ impl Supervisor {
                     reexec: Reexec {
                         env: (
                             WORKER_ENV,
-                            make_token(self.segment_fd, index, self.parent_pid),
+                            make_token(
+                                self.segment_fd,
+                                index,
+                                self.parent_pid,
+                                self.pristine.as_raw_fd(),
+                            ),
                         ),
-                        keep_fd: self.segment_fd,
+                        keep_fds: vec![self.segment_fd, self.pristine.as_raw_fd()],
                         cpus: cpu,
                         own_group: true,
                     },

@@ -13,13 +13,18 @@ use crate::shm::Segment;
 use crate::sys;
 use crate::wire::task::{self, failure, kind};
 use crate::wire::Encoder;
+use std::os::fd::FromRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 /// The environment variable that marks a worker process. Its value is
-/// `v1:<segment fd>:<slot index>:<parent pid>[:<parent description>]`, the
-/// description as `crate::identity::describe_current` writes it.
+/// `v1:<segment fd>:<slot index>:<parent pid>[:<header fd>[:<parent
+/// description>]]`: the header descriptor is the sealed memfd holding the
+/// header and the initializer's argument (`layout::write_pristine`), the
+/// description as `crate::identity::describe_current` writes it. A token
+/// without a header descriptor parses (a stray variable is then refused
+/// for what it is) but starts no worker.
 pub(crate) const WORKER_ENV: &str = "COREPOOL_WORKER";
 
 /// Exit status of a worker that failed to attach (see the slot's `fail_code`).
@@ -60,19 +65,25 @@ struct Token<'a> {
     fd: i32,
     index: usize,
     parent: i32,
+    /// The sealed header's descriptor: a number other than `fd`'s.
+    header_fd: Option<i32>,
     /// Who the parent is, for `crate::parent_process`.
     parent_description: Option<&'a str>,
 }
 
 fn parse_token(s: &str) -> Option<Token<'_>> {
     // The description comes last and may itself hold ':'.
-    let mut parts = s.splitn(5, ':');
+    let mut parts = s.splitn(6, ':');
     if parts.next()? != "v1" {
         return None;
     }
     let fd = parts.next()?.parse().ok()?;
     let index = parts.next()?.parse().ok()?;
     let parent = parts.next()?.parse().ok()?;
+    let header_fd = match parts.next() {
+        None => None,
+        Some(n) => Some(n.parse().ok().filter(|&n: &i32| n >= 0 && n != fd)?),
+    };
     let parent_description = match parts.next() {
         None => None,
         Some(d) => {
@@ -84,14 +95,15 @@ fn parse_token(s: &str) -> Option<Token<'_>> {
         fd,
         index,
         parent,
+        header_fd,
         parent_description,
     })
 }
 
 /// The token a parent passes to worker `index`.
-pub(crate) fn make_token(fd: i32, index: usize, parent: i32) -> String {
+pub(crate) fn make_token(fd: i32, index: usize, parent: i32, header_fd: i32) -> String {
     let me = crate::identity::describe_current();
-    format!("v1:{fd}:{index}:{parent}:{me}")
+    format!("v1:{fd}:{index}:{parent}:{header_fd}:{me}")
 }
 
 /// This worker's slot, for [`sabotage`] (a test hook).
@@ -207,8 +219,15 @@ fn serve(token: Token<'_>) -> i32 {
     // Who we are, before any task can ask (`crate::current_process`).
     let kind = crate::identity::ProcessKind::PoolWorker { index: token.index };
     crate::identity::record_child(kind, None, token.parent, token.parent_description);
-    // Keep the segment descriptor away from processes our tasks start.
+    let Some(header_fd) = token.header_fd else {
+        return stray("its token names no pool header");
+    };
+    // Keep the descriptors away from processes our tasks start.
     let _ = sys::set_cloexec(token.fd);
+    let _ = sys::set_cloexec(header_fd);
+    // SAFETY: the parent passed this descriptor to us, for us alone; the
+    // token's parse made sure it is not the segment's.
+    let header_file = unsafe { std::os::fd::OwnedFd::from_raw_fd(header_fd) };
     // SAFETY: the parent passed this descriptor to us, for us alone.
     let seg = match unsafe { Segment::open_raw(token.fd) } {
         Ok(seg) => seg,
@@ -224,7 +243,14 @@ fn serve(token: Token<'_>) -> i32 {
             return EXIT_START_FAILED;
         }
     };
-    let Ok((header, layout)) = layout::read_header(&seg) else {
+    // From the parent's sealed copy, never the segment's: a worker may
+    // have written anything there.
+    let Ok(layout::Pristine {
+        header,
+        layout,
+        init_arg,
+    }) = layout::read_pristine(header_file, &seg)
+    else {
         return stray("its shared memory holds no pool");
     };
     let Some(slot) = Slot::new(&seg, &layout, token.index) else {
@@ -254,9 +280,7 @@ fn serve(token: Token<'_>) -> i32 {
         // SAFETY: same binary (fingerprint checked above); the offset was made
         // by `offset_of` in the parent.
         let init = unsafe { task::from_offset(header.initializer) };
-        // `read_header` checked that the argument lies inside the segment.
-        let arg = layout::read_init_arg(&seg, &layout).unwrap_or_default();
-        let outcome = catch_unwind(AssertUnwindSafe(|| init(&arg, &mut Encoder::new())));
+        let outcome = catch_unwind(AssertUnwindSafe(|| init(&init_arg, &mut Encoder::new())));
         if !matches!(outcome, Ok(Ok(()))) {
             let message = match outcome {
                 Ok(Err(e)) => format!("the initializer's argument did not decode: {e}"),
@@ -666,13 +690,21 @@ mod tests {
 
     #[test]
     fn tokens_parse_strictly() {
-        let token = make_token(5, 2, 77);
+        let token = make_token(5, 2, 77, 6);
         let t = parse_token(&token).unwrap();
-        assert_eq!((t.fd, t.index, t.parent), (5, 2, 77));
+        assert_eq!((t.fd, t.index, t.parent, t.header_fd), (5, 2, 77, Some(6)));
         assert!(parse_token("v2:5:2:77").is_none());
         assert!(parse_token("v1:5:2").is_none());
-        assert!(parse_token("v1:5:2:77:1").is_none());
-        assert!(parse_token("v1:5:2:77").is_some(), "no description");
+        assert!(parse_token("v1:5:2:77:6:1").is_none(), "a bad description");
+        assert!(
+            parse_token("v1:5:2:77:x").is_none(),
+            "a bad header descriptor"
+        );
+        assert!(parse_token("v1:5:2:77:-1").is_none(), "a negative one");
+        assert!(parse_token("v1:5:2:77:5").is_none(), "the segment's twice");
+        assert!(parse_token("v1:5:2:77:6").is_some(), "no description");
+        let bare = parse_token("v1:5:2:77").unwrap();
+        assert_eq!(bare.header_fd, None, "a stray variable still parses");
         assert_eq!(
             t.parent_description,
             Some(crate::identity::describe_current().as_str())
