@@ -6,13 +6,12 @@ use super::config::{mask_of, Config};
 use super::core::{Actions, Core, Phase, Worker};
 use super::driver::{driver_loop, is_delivering, Shared};
 use super::handle::Cell;
-use super::layout::{self, Header, Layout, Slot};
+use super::layout::{self, Header, Layout, PoolMemory, Slot};
 use super::sink::Sink;
 use super::supervisor::{Command_, Supervisor};
 use super::{AsyncResult, Callbacks, PoolBuilder, PoolStats};
 use crate::error::{Error, Result};
 use crate::shm::park;
-use crate::shm::Segment;
 use crate::sync::lock;
 use crate::wire::task;
 use crate::wire::{Payload, Wire};
@@ -147,7 +146,7 @@ impl Pool {
             config.ring_bytes,
             config.initializer_arg.len(),
         )?;
-        let seg = Segment::create(c"corepool", layout.total)?;
+        let memory = PoolMemory::create(&layout)?;
         let parent_pid = std::process::id() as i32;
         let header = Header {
             magic: layout::MAGIC,
@@ -168,18 +167,16 @@ impl Pool {
             parent_pid,
             init_arg_len: layout.init_arg_len as u32,
         };
-        // The segment's copies are for monitors: every worker maps the
-        // segment writable and may change them.
-        layout::write_header(&seg, &header);
-        layout::write_init_arg(&seg, &layout, &config.initializer_arg)?;
-        // What workers start from: a sealed copy no process can change.
-        let pristine = layout::write_pristine(
-            &header,
-            layout::FileIdentity::of(&seg)?,
-            &config.initializer_arg,
-        )?;
+        // The common segment's copy is for monitors: every worker maps that
+        // segment writable and may change it.
+        layout::write_header(memory.common(), &header);
+        // What workers start from: a sealed copy no process can change,
+        // naming the segments that are the pool's.
+        let pristine =
+            layout::write_pristine(&header, &memory.identities()?, &config.initializer_arg)?;
+        // Each slot's base, computed once: the parent's paths use these.
         let slots: Vec<Slot> = (0..n)
-            .map(|i| Slot::new(&seg, &layout, i).expect("slot in layout"))
+            .map(|i| memory.slot(i).expect("slot in layout"))
             .collect();
         let budget = if config.policy.max_tasks_per_child == 0 {
             u64::MAX
@@ -192,9 +189,9 @@ impl Pool {
             .map(|(s, set)| Worker::new(*s, mask_of(set), budget))
             .collect();
         let max_payload = slots[0].task_ring().max_payload();
-        let segment_fd = seg.raw_fd();
+        let descriptors = memory.descriptors();
         let shared = Arc::new(Shared::new(
-            seg,
+            memory,
             slots,
             Core::new(workers, config.policy),
             max_payload,
@@ -203,7 +200,7 @@ impl Pool {
         ));
         let weak = Arc::downgrade(&shared);
         let supervisor = Supervisor::start(
-            segment_fd,
+            descriptors,
             pristine,
             parent_pid,
             config.start_method,

@@ -70,7 +70,8 @@ struct Worker {
 #[derive(Debug)]
 pub(crate) struct Supervisor {
     inner: generic::Supervisor<Worker>,
-    segment_fd: RawFd,
+    /// The common segment's descriptor, and each slot segment's.
+    segments: (RawFd, Vec<RawFd>),
     /// The sealed header and initializer argument every worker starts from
     /// (`layout::write_pristine`), passed to each beside the segment;
     /// closed with the pool.
@@ -82,7 +83,7 @@ impl Supervisor {
     /// Starts the thread. `report` is called for every event, from the
     /// supervisor thread.
     pub(crate) fn start(
-        segment_fd: RawFd,
+        segments: (RawFd, Vec<RawFd>),
         pristine: OwnedFd,
         parent_pid: i32,
         start_method: StartMethod,
@@ -94,7 +95,7 @@ impl Supervisor {
             })?;
         Ok(Self {
             inner,
-            segment_fd,
+            segments,
             pristine,
             parent_pid,
         })
@@ -108,19 +109,18 @@ impl Supervisor {
                 cpu,
                 not_before,
             } => {
+                // Its own slot's segment only: it cannot reach another's.
+                let (common, ref slots) = self.segments;
+                let slot = slots.get(index).copied().unwrap_or(-1);
+                let header = self.pristine.as_raw_fd();
                 self.inner.spawn(generic::Spawn {
                     key: Worker { index, cpus: cpu },
                     reexec: Reexec {
                         env: (
                             WORKER_ENV,
-                            make_token(
-                                self.segment_fd,
-                                index,
-                                self.parent_pid,
-                                self.pristine.as_raw_fd(),
-                            ),
+                            make_token(slot, index, self.parent_pid, header, common),
                         ),
-                        keep_fds: vec![self.segment_fd, self.pristine.as_raw_fd()],
+                        keep_fds: vec![slot, common, header],
                         cpus: cpu,
                         own_group: true,
                     },
