@@ -5,7 +5,8 @@
 //! Each pool has its own supervisor thread (`corepool-supervisor`), which
 //! starts every worker (re-executed, or forked by the fork server with
 //! [`StartMethod::ForkServer`]; pinned, in a process group of its own, with
-//! the segment descriptor) and reaps it through its pidfd; when a worker
+//! its slot segment's, the common segment's and the sealed header's
+//! descriptors, never another slot's) and reaps it through its pidfd; when a worker
 //! exits, whatever its tasks started dies with its process group.
 
 use crate::child::forkserver::StartMethod;

@@ -1,5 +1,5 @@
-//! The pool worker process: [`crate::init`] recognises it, attaches to the pool's segment
-//! and serves tasks until told to stop. It never returns into the user's `main`.
+//! The pool worker process: [`crate::init`] recognises it, attaches to its
+//! slot and the pool's common segment, and serves tasks until told to stop. It never returns into the user's `main`.
 
 use super::layout::{self, fail, state, Header, Slot};
 use crate::child::fingerprint::fingerprint;
