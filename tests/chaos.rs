@@ -1322,6 +1322,38 @@ fn a_worker_cannot_answer_for_another_workers_task() {
     }
 }
 
+/// How many slot segments this process maps, and holds descriptors of.
+fn slots_within_reach(_: u64) -> (usize, usize) {
+    let is_slot = |name: &str| name.contains("memfd:corepool-slot");
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+    let mapped = maps.lines().filter(|line| is_slot(line)).count();
+    let held = std::fs::read_dir("/proc/self/fd")
+        .expect("fd")
+        .flatten()
+        .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+        .filter(|target| is_slot(&target.to_string_lossy()))
+        .count();
+    (mapped, held)
+}
+
+/// Each worker maps one slot segment, its own, and holds no descriptor of
+/// another's: the other workers' rings are out of its reach.
+fn a_worker_maps_only_its_own_slot() {
+    let pool = Pool::builder()
+        .workers(3)
+        .pinning(corepool::Pinning::None)
+        .build()
+        .unwrap();
+    for (mapped, held) in pool.map(slots_within_reach, 0..30u64).unwrap() {
+        assert_eq!((mapped, held), (1, 1), "slots mapped and held by a worker");
+    }
+    let (mapped, held) = slots_within_reach(0);
+    assert!(
+        mapped >= 3 && held >= 3,
+        "the parent maps and holds all three"
+    );
+}
+
 fn main() {
     corepool::init();
     // The process thread's eventfd lives for the program: create it before
@@ -1333,6 +1365,7 @@ fn main() {
         a_worker_rewriting_the_header_costs_only_its_own_tasks,
         a_worker_rewriting_the_initializer_argument_changes_no_other_worker,
         a_worker_cannot_answer_for_another_workers_task,
+        a_worker_maps_only_its_own_slot,
         pool_workers_scribbling_their_memory,
         process_children_scribbling_their_outcome,
         queue_peers_scribbling_its_memory,
