@@ -1306,12 +1306,12 @@ pub(crate) fn settle_like_the_rust_runtime() {
 
 /// What [`spawn_reexec`] starts: `path` with `argv` and the whole
 /// environment `envp` (each `KEY=VALUE`), its stdin on `/dev/null`, and
-/// `keep_fd` inherited (it is close-on-exec here).
+/// `keep_fds` inherited (they are close-on-exec here).
 pub(crate) struct SpawnRequest<'a> {
     pub path: &'a CStr,
     pub argv: &'a [std::ffi::CString],
     pub envp: &'a [std::ffi::CString],
-    pub keep_fd: RawFd,
+    pub keep_fds: &'a [RawFd],
     /// Make the child the leader of a new process group.
     pub own_group: bool,
     /// Descriptors of this process (without close-on-exec) that the child
@@ -1388,7 +1388,7 @@ impl Drop for SpawnObjects {
 /// first instruction).
 ///
 /// Raw libc: `posix_spawn` is a C library function (rustix has no spawn).
-/// Its file action `dup2(keep_fd, keep_fd)` clears `FD_CLOEXEC` in the child
+/// Its file action `dup2(fd, fd)` for each of `keep_fds` clears `FD_CLOEXEC` in the child
 /// only, so the descriptor never reaches children that other threads start
 /// meanwhile; only where [`spawn_keeps_descriptors`] says so.
 pub(crate) fn spawn_reexec(request: &SpawnRequest<'_>) -> io::Result<i32> {
@@ -1423,7 +1423,7 @@ pub(crate) fn spawn_reexec(request: &SpawnRequest<'_>) -> io::Result<i32> {
             libc::O_RDONLY,
             0,
         ))?;
-        // EBADF here can only mean that `keep_fd`, open in this process, is
+        // EBADF here can only mean that a kept descriptor, open in this process, is
         // numbered beyond the current RLIMIT_NOFILE (the C library checks
         // that): descriptors are short, which `fork` reported as EMFILE.
         for &fd in request.close {
@@ -1434,15 +1434,17 @@ pub(crate) fn spawn_reexec(request: &SpawnRequest<'_>) -> io::Result<i32> {
                 fd,
             ))?;
         }
-        rc(libc::posix_spawn_file_actions_adddup2(
-            &mut objects.actions,
-            request.keep_fd,
-            request.keep_fd,
-        ))
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::EBADF) => io::Error::from_raw_os_error(libc::EMFILE),
-            _ => e,
-        })?;
+        for &fd in request.keep_fds {
+            rc(libc::posix_spawn_file_actions_adddup2(
+                &mut objects.actions,
+                fd,
+                fd,
+            ))
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::EBADF) => io::Error::from_raw_os_error(libc::EMFILE),
+                _ => e,
+            })?;
+        }
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         rc(libc::posix_spawnattr_setsigmask(&mut objects.attr, &empty))?;

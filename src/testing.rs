@@ -142,20 +142,20 @@ fn bytes_of(seg: &Segment) -> &[AtomicU8] {
     unsafe { std::slice::from_raw_parts(base, seg.len()) }
 }
 
-/// What a pool worker maps of the pool's segment, for a test that makes
-/// it write garbage there ([`worker_memory`]).
+/// What a pool worker maps of the pool's shared memory, for a test that
+/// makes it write garbage there ([`worker_memory`]).
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerMemory {
-    /// The whole segment, as every worker maps it: the header (page 0,
-    /// with the parent's doorbell at 256), every worker's slot, and the
-    /// initializer's argument after the last slot.
+    /// The pool's common segment, as every worker maps it: a copy of the
+    /// header for monitors (no worker reads it), and the parent's doorbell
+    /// at 256. Nothing else of the pool's: other workers' slots and the
+    /// initializer's argument are in memory this worker does not map.
     pub segment: &'static [AtomicU8],
-    /// This worker's slot: its control block (the words at
+    /// This worker's slot, a segment of its own that only it and the
+    /// parent map: its control block (the words at
     /// [`WORKER_CONTROL_WORDS`]), then its task ring's bytes, then its
     /// result ring's.
     pub slot: &'static [AtomicU8],
-    /// Where `slot` starts in `segment`.
-    pub slot_at: usize,
     /// Where the task ring's bytes start in `slot`, and their length.
     pub task_ring: (usize, usize),
     /// Where the result ring's bytes start in `slot`, and their length.
@@ -185,21 +185,33 @@ pub const fn record_stamp(position: u32) -> u32 {
 /// outside a worker. The references last as long as the worker serves,
 /// which is as long as it lives.
 pub fn worker_memory() -> Option<WorkerMemory> {
-    static FOUND: std::sync::OnceLock<[usize; 5]> = std::sync::OnceLock::new();
-    fn keep(segment: &[AtomicU8], slot_at: usize, task_ring: usize, result_ring: usize) {
-        let base = segment.as_ptr() as usize;
-        let _ = FOUND.set([base, segment.len(), slot_at, task_ring, result_ring]);
+    static FOUND: std::sync::OnceLock<[usize; 6]> = std::sync::OnceLock::new();
+    fn keep(segment: &[AtomicU8], slot: &[AtomicU8], task_ring: usize, result_ring: usize) {
+        let (common, own) = (segment.as_ptr() as usize, slot.as_ptr() as usize);
+        let found = [
+            common,
+            segment.len(),
+            own,
+            slot.len(),
+            task_ring,
+            result_ring,
+        ];
+        let _ = FOUND.set(found);
     }
     if FOUND.get().is_none() && !sabotage(Sabotage::Scribble(keep)) {
         return None;
     }
-    let &[base, len, slot_at, task_ring, result_ring] = FOUND.get()?;
-    // SAFETY: the segment the worker handed over, which stays mapped as
+    let &[common, common_len, own, own_len, task_ring, result_ring] = FOUND.get()?;
+    // SAFETY: the segments the worker handed over, which stay mapped as
     // long as the worker serves (its whole life); accessed only through
     // atomics.
-    let segment = unsafe { std::slice::from_raw_parts(base as *const AtomicU8, len) };
+    let (segment, slot) = unsafe {
+        (
+            std::slice::from_raw_parts(common as *const AtomicU8, common_len),
+            std::slice::from_raw_parts(own as *const AtomicU8, own_len),
+        )
+    };
     let control = 4096;
-    let slot = segment.get(slot_at..slot_at + control + task_ring + result_ring)?;
     let doorbell = segment.get(256..260)?;
     // SAFETY: 4 bytes at offset 256 of a page-aligned mapping: an aligned
     // word, which every process accesses only atomically.
@@ -207,7 +219,6 @@ pub fn worker_memory() -> Option<WorkerMemory> {
     Some(WorkerMemory {
         segment,
         slot,
-        slot_at,
         task_ring: (control, task_ring),
         result_ring: (control + task_ring, result_ring),
         doorbell,

@@ -1151,15 +1151,15 @@ fn shared_arrays_with_forged_in_flight_counts() {
 }
 
 // ---------------------------------------------------------------------------
-// Beyond its own slot: known gaps (run with COREPOOL_CHAOS_KNOWN_GAPS=1)
+// Beyond its own slot (once known gaps, run apart with
+// COREPOOL_CHAOS_KNOWN_GAPS=1)
 //
-// A worker maps the whole pool segment, read-write: the header the
-// replacements start from, the initializer's argument, and every other
-// worker's slot. These tests show what it can do there; they fail until
-// workers start from a sealed copy of the header and the initializer's
-// argument (the first two) and each worker maps only its own slot (the
-// third), so the default run leaves them out: move each to the default
-// list once its fix lands.
+// A worker used to map the whole pool segment, read-write: the header the
+// replacements started from, the initializer's argument, and every other
+// worker's slot. These tests try what such a worker did there. Workers now
+// start from a sealed copy of the header and the initializer's argument,
+// and each maps only the common segment (a copy of the header, the
+// doorbell) and its own slot, so all three pass and run by default.
 
 fn wait_spinning(ms: u64) {
     let end = Instant::now() + Duration::from_millis(ms);
@@ -1213,15 +1213,16 @@ fn setting(_: u64) -> u64 {
     SETTING.get().copied().unwrap_or(0)
 }
 
-/// Overwrites the initializer's argument (after the last slot: this
-/// worker's slot is the last of two when it sits at the higher address),
-/// then dies.
+/// Overwrites the initializer's argument where the pool segment used to
+/// hold it (after the common page and two slots), if this worker maps
+/// memory there, then dies.
 fn change_the_setting(_: u64) -> u64 {
     let mem = worker_memory().expect("runs in a worker");
-    let stride = mem.slot.len();
-    let init_arg_at = 4096 + 2 * stride;
-    for (i, byte) in 7u64.to_le_bytes().into_iter().enumerate() {
-        mem.segment[init_arg_at + i].store(byte, Ordering::Relaxed);
+    let init_arg_at = 4096 + 2 * mem.slot.len();
+    if let Some(arg) = mem.segment.get(init_arg_at..init_arg_at + 8) {
+        for (byte, value) in arg.iter().zip(7u64.to_le_bytes()) {
+            byte.store(value, Ordering::Relaxed);
+        }
     }
     std::process::exit(1);
 }
@@ -1259,16 +1260,20 @@ fn slow_double(x: u64) -> u64 {
 }
 
 /// Publishes, in the *other* worker's result ring, a result for the task
-/// that worker is running: the value 999.
+/// that worker is running: the value 999. The neighbour's slot is looked
+/// for where the pool segment used to hold it (after the common page, one
+/// slot after another); a worker that maps no memory there forges nothing.
 fn forge_the_neighbours_result(_: u64) -> u64 {
     let mem = worker_memory().expect("runs in a worker");
     let stride = mem.slot.len();
-    let other_at = if mem.slot_at == 4096 {
-        4096 + stride
-    } else {
-        4096
+    let own = mem.slot.as_ptr();
+    let Some(other) = [4096, 4096 + stride]
+        .into_iter()
+        .filter_map(|at| mem.segment.get(at..at + stride))
+        .find(|slot| slot.as_ptr() != own)
+    else {
+        return 0;
     };
-    let other = &mem.segment[other_at..other_at + stride];
     let (task_at, task_cap) = mem.task_ring;
     let (result_at, result_cap) = mem.result_ring;
     // The neighbour's running task: a record tagged TAKEN (5).
@@ -1317,6 +1322,38 @@ fn a_worker_cannot_answer_for_another_workers_task() {
     }
 }
 
+/// How many slot segments this process maps, and holds descriptors of.
+fn slots_within_reach(_: u64) -> (usize, usize) {
+    let is_slot = |name: &str| name.contains("memfd:corepool-slot");
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+    let mapped = maps.lines().filter(|line| is_slot(line)).count();
+    let held = std::fs::read_dir("/proc/self/fd")
+        .expect("fd")
+        .flatten()
+        .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+        .filter(|target| is_slot(&target.to_string_lossy()))
+        .count();
+    (mapped, held)
+}
+
+/// Each worker maps one slot segment, its own, and holds no descriptor of
+/// another's: the other workers' rings are out of its reach.
+fn a_worker_maps_only_its_own_slot() {
+    let pool = Pool::builder()
+        .workers(3)
+        .pinning(corepool::Pinning::None)
+        .build()
+        .unwrap();
+    for (mapped, held) in pool.map(slots_within_reach, 0..30u64).unwrap() {
+        assert_eq!((mapped, held), (1, 1), "slots mapped and held by a worker");
+    }
+    let (mapped, held) = slots_within_reach(0);
+    assert!(
+        mapped >= 3 && held >= 3,
+        "the parent maps and holds all three"
+    );
+}
+
 fn main() {
     corepool::init();
     // The process thread's eventfd lives for the program: create it before
@@ -1324,15 +1361,11 @@ fn main() {
     Process::start(|x: u64| x, 0).unwrap().join().unwrap();
     install_panic_recorder();
     start_watchdog();
-    if std::env::var_os("COREPOOL_CHAOS_KNOWN_GAPS").is_some() {
-        common::run(common::tests![
-            a_worker_rewriting_the_header_costs_only_its_own_tasks,
-            a_worker_rewriting_the_initializer_argument_changes_no_other_worker,
-            a_worker_cannot_answer_for_another_workers_task,
-        ]);
-        return;
-    }
     common::run(common::tests![
+        a_worker_rewriting_the_header_costs_only_its_own_tasks,
+        a_worker_rewriting_the_initializer_argument_changes_no_other_worker,
+        a_worker_cannot_answer_for_another_workers_task,
+        a_worker_maps_only_its_own_slot,
         pool_workers_scribbling_their_memory,
         process_children_scribbling_their_outcome,
         queue_peers_scribbling_its_memory,

@@ -726,7 +726,7 @@ fn start_zygote_process() -> std::io::Result<Zygote> {
     let inherited = sys::inheritable_descriptors(theirs.as_raw_fd());
     let pid = Reexec {
         env: (zygote::ZYGOTE_ENV, token),
-        keep_fd: theirs.as_raw_fd(),
+        keep_fds: vec![theirs.as_raw_fd()],
         cpus: None,
         own_group: true,
     }

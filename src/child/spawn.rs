@@ -32,8 +32,9 @@ pub(crate) struct Reexec {
     /// The environment variable that tells `corepool::init` what to be, and
     /// its value.
     pub env: (&'static str, String),
-    /// A descriptor the child inherits (it is close-on-exec in the parent).
-    pub keep_fd: RawFd,
+    /// The descriptors the child inherits, each under its own number (they
+    /// are close-on-exec in the parent). A token in `env` names them.
+    pub keep_fds: Vec<RawFd>,
     /// Pin the child to these CPUs before it runs any code (`None`: leave
     /// it where the parent may run).
     pub cpus: Option<sys::CpuMask>,
@@ -79,7 +80,7 @@ fn env_entry(key: &OsStr, value: &OsStr) -> Option<CString> {
 
 impl Reexec {
     /// Re-executes `/proc/self/exe` and returns the child's pid once it has
-    /// exec'd: in a process group of its own if asked, with `keep_fd`
+    /// exec'd: in a process group of its own if asked, with `keep_fds`
     /// inherited and stdin on `/dev/null`. On its way in, before any code of
     /// corepool's or the program's, the child pins itself to `cpus` (given
     /// in [`CPUS_ENV`]; an empty set fails here, with EINVAL as pinning
@@ -95,7 +96,7 @@ impl Reexec {
     pub(crate) fn spawn_closing(self, close: &[RawFd]) -> std::io::Result<i32> {
         let Reexec {
             env,
-            keep_fd,
+            keep_fds,
             cpus,
             own_group,
         } = self;
@@ -118,7 +119,7 @@ impl Reexec {
             path: c"/proc/self/exe",
             argv: &[arg0],
             envp: &envp,
-            keep_fd,
+            keep_fds: &keep_fds,
             own_group,
             close,
         };
@@ -156,11 +157,11 @@ impl Reexec {
     }
 }
 
-/// The spawn for C libraries whose `posix_spawn` cannot pass `keep_fd` on
+/// The spawn for C libraries whose `posix_spawn` cannot pass `keep_fds` on
 /// (glibc before 2.29, musl): `fork` and `exec` through `std`'s `Command`,
 /// with the same environment, and between the two only async-signal-safe
-/// system calls (pin, parent-death signal, process group, `keep_fd`'s
-/// close-on-exec flag cleared). Costs a copy of the parent's page tables.
+/// system calls (pin, parent-death signal, process group, `keep_fds`'
+/// close-on-exec flags cleared). Costs a copy of the parent's page tables.
 fn fork_and_exec(
     request: &sys::SpawnRequest<'_>,
     cpus: Option<sys::CpuMask>,
@@ -181,7 +182,7 @@ fn fork_and_exec(
         command.arg0(OsStr::from_bytes(arg0.as_bytes()));
         command.args(rest.iter().map(|a| OsStr::from_bytes(a.as_bytes())));
     }
-    let (keep_fd, own_group) = (request.keep_fd, request.own_group);
+    let (keep_fds, own_group) = (request.keep_fds.to_vec(), request.own_group);
     let close = request.close.to_vec();
     // SAFETY: the closure runs in the forked child before exec and only
     // makes raw system calls (sched_setaffinity, prctl, setpgid, close, fcntl),
@@ -198,7 +199,9 @@ fn fork_and_exec(
             for &fd in &close {
                 sys::close_number(fd);
             }
-            sys::clear_cloexec(keep_fd)?;
+            for &fd in &keep_fds {
+                sys::clear_cloexec(fd)?;
+            }
             Ok(())
         });
     }
@@ -258,7 +261,7 @@ mod tests {
             path: c"/bin/sh",
             argv: &argv,
             envp: &envp,
-            keep_fd: fd,
+            keep_fds: &[fd],
             own_group: true,
             close: &[],
         };

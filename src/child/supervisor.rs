@@ -70,7 +70,8 @@ pub(crate) struct Spawn<K> {
 }
 
 enum Command<K> {
-    Spawn(Spawn<K>),
+    /// Boxed: a request is far larger than the other commands.
+    Spawn(Box<Spawn<K>>),
     /// Kill every child, reap them all, end the thread.
     Stop,
     /// The program is exiting: kill every child, reap them all, say so on
@@ -170,7 +171,7 @@ impl<K: Clone + Send + 'static> Supervisor<K> {
     /// Queues a request to start a child; its outcome arrives as an event.
     /// Returns false if the thread has stopped (nothing will be started).
     pub(crate) fn spawn(&self, request: Spawn<K>) -> bool {
-        let queued = self.tx.send(Command::Spawn(request)).is_ok();
+        let queued = self.tx.send(Command::Spawn(Box::new(request))).is_ok();
         sys::eventfd_signal(self.wake.as_fd());
         queued
     }
@@ -343,11 +344,11 @@ fn run<K: Clone>(
         }
         while let Ok(command) = rx.try_recv() {
             match command {
-                Command::Spawn(request) if exiting => refuse_for_exit(request, report),
+                Command::Spawn(request) if exiting => refuse_for_exit(*request, report),
                 Command::Spawn(request) if request.not_before > Instant::now() => {
-                    delayed.push(request);
+                    delayed.push(*request);
                 }
-                Command::Spawn(request) => start(request, method, &mut children, report),
+                Command::Spawn(request) => start(*request, method, &mut children, report),
                 Command::Stop => {
                     stop_all(children, report);
                     return;

@@ -14,11 +14,12 @@
 //!   cannot be given otherwise: see [`Hello`]), or `v2 no <why>` when it
 //!   cannot fork soundly here (then it exits);
 //! - parent -> zygote, per child: the fields of [`Request`] separated by NUL
-//!   bytes, with descriptors attached: the one the child keeps, the child's
-//!   end of a socket pair whose other end the parent holds (the child's
-//!   *report* socket), the program's working directory, and the program's
-//!   standard output and error and other descriptors without close-on-exec
-//!   (an exec'd child would inherit them), each to go under its number;
+//!   bytes, with descriptors attached: the (first) one the child keeps, the
+//!   child's end of a socket pair whose other end the parent holds (the
+//!   child's *report* socket), the program's working directory, and the
+//!   program's standard output and error and other descriptors without
+//!   close-on-exec (an exec'd child would inherit them), then the other
+//!   ones the child keeps, each to go under its number;
 //! - zygote -> parent, per request: `ok <pid>`, `err <errno>` (the fork
 //!   failed), or `stale <errno>` (the zygote could not take the program's
 //!   resource limits, or receive the descriptors: the parent starts another

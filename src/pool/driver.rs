@@ -16,7 +16,6 @@ use crate::error::{Error, Result};
 use crate::shm::arena::Arena;
 use crate::shm::park::{self, Spinner};
 use crate::shm::spill::Held;
-use crate::shm::Segment;
 use crate::sync::lock;
 use crate::wire::Payload;
 use std::cell::RefCell;
@@ -60,7 +59,8 @@ pub(super) fn is_delivering(shared: *const Shared) -> bool {
 
 /// State shared by the pool handle, its threads and its result handles.
 pub(super) struct Shared {
-    seg: Segment,
+    /// The segments `slots` point into, and the doorbell's.
+    seg: layout::PoolMemory,
     /// Shared objects the initializer's argument names: every worker,
     /// replacements included, decodes it while the pool lives.
     _initializer_keep: Arc<crate::wire::KeepAlive>,
@@ -128,7 +128,7 @@ impl Shared {
     /// The state of a pool whose segment is `seg`, with one worker per slot
     /// and `core` as its bookkeeping; the supervisor is set once started.
     pub(super) fn new(
-        seg: Segment,
+        seg: layout::PoolMemory,
         slots: Vec<Slot>,
         core: Core,
         max_payload: usize,
@@ -267,7 +267,7 @@ impl Shared {
     }
 
     pub(super) fn doorbell(&self) -> &std::sync::atomic::AtomicU32 {
-        layout::doorbell(&self.seg)
+        self.seg.doorbell()
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, Core> {

@@ -6,13 +6,12 @@ use super::config::{mask_of, Config};
 use super::core::{Actions, Core, Phase, Worker};
 use super::driver::{driver_loop, is_delivering, Shared};
 use super::handle::Cell;
-use super::layout::{self, Header, Layout, Slot};
+use super::layout::{self, Header, Layout, PoolMemory, Slot};
 use super::sink::Sink;
 use super::supervisor::{Command_, Supervisor};
 use super::{AsyncResult, Callbacks, PoolBuilder, PoolStats};
 use crate::error::{Error, Result};
 use crate::shm::park;
-use crate::shm::Segment;
 use crate::sync::lock;
 use crate::wire::task;
 use crate::wire::{Payload, Wire};
@@ -147,33 +146,37 @@ impl Pool {
             config.ring_bytes,
             config.initializer_arg.len(),
         )?;
-        let seg = Segment::create(c"corepool", layout.total)?;
+        let memory = PoolMemory::create(&layout)?;
         let parent_pid = std::process::id() as i32;
-        layout::write_header(
-            &seg,
-            &Header {
-                magic: layout::MAGIC,
-                version: layout::VERSION,
-                header_bytes: std::mem::size_of::<Header>() as u32,
-                segment_bytes: layout.total as u64,
-                fingerprint: crate::child::fingerprint::fingerprint(),
-                workers: n as u32,
-                task_ring_bytes: layout.task_ring_bytes,
-                result_ring_bytes: layout.result_ring_bytes,
-                flags: if config.initializer.is_some() {
-                    layout::FLAG_INITIALIZER
-                } else {
-                    0
-                },
-                initializer: config.initializer.unwrap_or(0),
-                max_tasks_per_child: config.policy.max_tasks_per_child,
-                parent_pid,
-                init_arg_len: layout.init_arg_len as u32,
+        let header = Header {
+            magic: layout::MAGIC,
+            version: layout::VERSION,
+            header_bytes: std::mem::size_of::<Header>() as u32,
+            segment_bytes: layout.total as u64,
+            fingerprint: crate::child::fingerprint::fingerprint(),
+            workers: n as u32,
+            task_ring_bytes: layout.task_ring_bytes,
+            result_ring_bytes: layout.result_ring_bytes,
+            flags: if config.initializer.is_some() {
+                layout::FLAG_INITIALIZER
+            } else {
+                0
             },
-        );
-        layout::write_init_arg(&seg, &layout, &config.initializer_arg)?;
+            initializer: config.initializer.unwrap_or(0),
+            max_tasks_per_child: config.policy.max_tasks_per_child,
+            parent_pid,
+            init_arg_len: layout.init_arg_len as u32,
+        };
+        // The common segment's copy is for monitors: every worker maps that
+        // segment writable and may change it.
+        layout::write_header(memory.common(), &header);
+        // What workers start from: a sealed copy no process can change,
+        // naming the segments that are the pool's.
+        let pristine =
+            layout::write_pristine(&header, &memory.identities()?, &config.initializer_arg)?;
+        // Each slot's base, computed once: the parent's paths use these.
         let slots: Vec<Slot> = (0..n)
-            .map(|i| Slot::new(&seg, &layout, i).expect("slot in layout"))
+            .map(|i| memory.slot(i).expect("slot in layout"))
             .collect();
         let budget = if config.policy.max_tasks_per_child == 0 {
             u64::MAX
@@ -186,9 +189,9 @@ impl Pool {
             .map(|(s, set)| Worker::new(*s, mask_of(set), budget))
             .collect();
         let max_payload = slots[0].task_ring().max_payload();
-        let segment_fd = seg.raw_fd();
+        let descriptors = memory.descriptors();
         let shared = Arc::new(Shared::new(
-            seg,
+            memory,
             slots,
             Core::new(workers, config.policy),
             max_payload,
@@ -196,12 +199,17 @@ impl Pool {
             config.arg_arena_bytes,
         ));
         let weak = Arc::downgrade(&shared);
-        let supervisor =
-            Supervisor::start(segment_fd, parent_pid, config.start_method, move |event| {
+        let supervisor = Supervisor::start(
+            descriptors,
+            pristine,
+            parent_pid,
+            config.start_method,
+            move |event| {
                 if let Some(shared) = weak.upgrade() {
                     shared.report(event);
                 }
-            })?;
+            },
+        )?;
         for (index, set) in config.cpu_sets.iter().enumerate() {
             supervisor.send(Command_::Spawn {
                 index,

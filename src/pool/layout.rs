@@ -1,12 +1,17 @@
-//! The pool segment's layout: a header, the parent's doorbell, then one slot per
-//! worker holding its control block and its two rings.
+//! The pool's shared memory and its layout, split by writer so that a worker
+//! can write only what is its own: a small *common* segment every worker
+//! maps (a copy of the header, for monitors, and the parent's doorbell,
+//! which every worker rings); one *slot* segment per worker, its control
+//! block and its two rings, mapped by the parent and that worker only; and a
+//! memfd sealed against any change holding the header, the identities of
+//! the pool's segments and the initializer's argument, which every worker
+//! starts from ([`write_pristine`]).
 //!
 //! ```text
-//! 0      Header (magic, version, sizes, fingerprint, initializer, ...)
-//! 256    parent doorbell (futex word, own cache line)
-//! 4096   slot 0: control block | task ring data | result ring data
-//! ...    slot 1, 2, ... every `slot_stride` bytes
-//! end    the initializer's encoded argument (`init_arg_len` bytes), if any
+//! common segment (4096 bytes)    slot segment of worker i (slot_bytes)
+//! 0      Header (a copy)         0      control block (4096 bytes)
+//! 256    parent doorbell         4096   task ring data
+//!                                4096 + task_ring_bytes   result ring data
 //! ```
 //!
 //! A slot's control block, by offset (who writes each word):
@@ -23,19 +28,20 @@
 //! header (`shm/ring.rs`), so a round trip moves the record's cache line and,
 //! when the producer runs short of room, the consumer's `released`.
 //!
-//! Every position is an offset from the segment base, computed by both sides
+//! Every position is an offset from a segment's base, computed by both sides
 //! from the header's sizes with checked arithmetic; no pointer is ever stored.
 //! See `docs/protocol.md` for the meaning of each word and who writes it.
 
 use crate::error::{Error, Result};
 use crate::shm::ring::RingMemory;
 use crate::shm::Segment;
+use std::os::fd::{OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
 /// "COREPOOL".
 pub(crate) const MAGIC: [u8; 8] = *b"COREPOOL";
 /// Bumped on any change to the layout or the record protocol.
-pub(crate) const VERSION: u32 = 5;
+pub(crate) const VERSION: u32 = 6;
 /// Header flag: `initializer` holds a function offset.
 pub(crate) const FLAG_INITIALIZER: u32 = 1;
 /// In a `TASK` or `OK` record's `flags`: the payload is not the value but
@@ -46,15 +52,19 @@ pub(crate) const RECORD_SPILLED: u32 = 1;
 const PAGE: usize = 4096;
 const DOORBELL_OFFSET: usize = 256;
 const SLOT_CONTROL_BYTES: usize = PAGE;
+/// The common segment's size: the header's copy and the doorbell.
+const COMMON_BYTES: usize = PAGE;
 
-/// The segment header, written once by the parent before any worker starts and
-/// only read (as a copy) afterwards.
+/// The pool's header, written once by the parent before any worker starts
+/// (into the sealed memfd workers start from, and a copy into the common
+/// segment for monitors) and only read (as a copy) afterwards.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct Header {
     pub magic: [u8; 8],
     pub version: u32,
     pub header_bytes: u32,
+    /// The common segment's size.
     pub segment_bytes: u64,
     /// Identifies the parent's binary; the worker refuses to serve on mismatch.
     pub fingerprint: u64,
@@ -67,23 +77,25 @@ pub(crate) struct Header {
     /// 0 means unlimited.
     pub max_tasks_per_child: u64,
     pub parent_pid: i32,
-    /// Length of the initializer's encoded argument, after the last slot.
+    /// Length of the initializer's encoded argument, at the end of the
+    /// sealed memfd.
     pub init_arg_len: u32,
 }
 
 /// The largest encoded initializer argument a pool accepts.
 pub(crate) const MAX_INIT_ARG: usize = 16 << 20;
 
-/// Sizes and offsets derived from the header.
+/// Sizes derived from the header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Layout {
     pub workers: usize,
     pub task_ring_bytes: u32,
     pub result_ring_bytes: u32,
-    pub slot_stride: usize,
-    /// Where the initializer's argument starts, and its length.
-    pub init_arg_offset: usize,
+    /// Each slot segment's size: control block and both rings.
+    pub slot_bytes: usize,
+    /// The initializer's argument's length.
     pub init_arg_len: usize,
+    /// The common segment's size.
     pub total: usize,
 }
 
@@ -130,34 +142,29 @@ impl Layout {
         let overflow = || Error::InvalidConfig {
             what: "rings too large for this many workers".into(),
         };
-        let slot_stride = SLOT_CONTROL_BYTES
+        let slot_bytes = SLOT_CONTROL_BYTES
             .checked_add(task_ring_bytes as usize)
             .and_then(|n| n.checked_add(result_ring_bytes as usize))
             .ok_or_else(overflow)?;
-        let init_arg_offset = slot_stride
+        // All slots together must still be addressable.
+        slot_bytes
             .checked_mul(workers)
-            .and_then(|n| n.checked_add(PAGE))
-            .ok_or_else(overflow)?;
-        let total = init_arg_offset
-            .checked_add(init_arg_len)
+            .and_then(|n| n.checked_add(COMMON_BYTES))
             .ok_or_else(overflow)?;
         Ok(Self {
             workers,
             task_ring_bytes,
             result_ring_bytes,
-            slot_stride,
-            init_arg_offset,
+            slot_bytes,
             init_arg_len,
-            total,
+            total: COMMON_BYTES,
         })
-    }
-
-    fn slot_offset(&self, index: usize) -> usize {
-        PAGE + index * self.slot_stride
     }
 }
 
-/// Writes the header. Only before any worker maps the segment.
+/// Writes the header's copy into the common segment, for monitors (no
+/// worker reads it: any worker may change it). Only before any worker maps
+/// the segment.
 pub(crate) fn write_header(seg: &Segment, header: &Header) {
     let dst = seg
         .at(0, std::mem::size_of::<Header>())
@@ -166,17 +173,178 @@ pub(crate) fn write_header(seg: &Segment, header: &Header) {
     unsafe { dst.cast::<Header>().write_unaligned(*header) }
 }
 
-/// Reads a copy of the header and checks it against the segment.
+/// Reads the copy of the header in the common segment and checks it
+/// against the segment (workers start from [`read_pristine`]: a worker may
+/// write anything here).
+#[cfg(test)]
 pub(crate) fn read_header(seg: &Segment) -> Result<(Header, Layout)> {
-    let bad = |what: String| Error::WorkerStart {
-        index: usize::MAX,
-        reason: what,
-    };
     let src = seg
         .at(0, std::mem::size_of::<Header>())
-        .ok_or_else(|| bad("segment smaller than its header".into()))?;
+        .ok_or_else(|| bad_header("segment smaller than its header".into()))?;
     // SAFETY: in bounds; the header is plain data, copied once, then validated.
     let header: Header = unsafe { src.cast::<Header>().read_unaligned() };
+    check_header(header, seg)
+}
+
+fn bad_header(what: String) -> Error {
+    Error::WorkerStart {
+        index: usize::MAX,
+        reason: what,
+    }
+}
+
+/// Which file a pool's memfd is, as `fstat` says: what a worker checks the
+/// descriptors it was given against (a descriptor that is not its pool's is
+/// refused).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct FileIdentity {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileIdentity {
+    /// The identity of `seg`'s memfd.
+    pub(crate) fn of(seg: &Segment) -> Result<Self> {
+        let id = seg.identity()?;
+        Ok(Self {
+            dev: id.dev,
+            ino: id.ino,
+        })
+    }
+}
+
+/// The pool's shared memory, parent side: the common segment and every
+/// slot's segment, alive as long as the pool (the parent's [`Slot`]s point
+/// into them). Each worker maps the common segment and its own slot's.
+#[derive(Debug)]
+pub(crate) struct PoolMemory {
+    common: Segment,
+    slots: Vec<Segment>,
+    layout: Layout,
+}
+
+impl PoolMemory {
+    /// Creates the common segment and one segment per slot, zero-filled.
+    pub(crate) fn create(layout: &Layout) -> Result<Self> {
+        let common = Segment::create(c"corepool", layout.total)?;
+        let slots = (0..layout.workers)
+            .map(|_| Segment::create(c"corepool-slot", layout.slot_bytes))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            common,
+            slots,
+            layout: *layout,
+        })
+    }
+
+    /// The segment every worker maps.
+    pub(crate) fn common(&self) -> &Segment {
+        &self.common
+    }
+
+    /// Worker `index`'s slot; its base is computed here, once.
+    pub(crate) fn slot(&self, index: usize) -> Option<Slot> {
+        Slot::new(self.slots.get(index)?, &self.layout)
+    }
+
+    /// The parent's doorbell.
+    pub(crate) fn doorbell(&self) -> &AtomicU32 {
+        doorbell(&self.common)
+    }
+
+    /// The identities of the common segment, then of each slot's, in
+    /// order: what [`write_pristine`] records.
+    pub(crate) fn identities(&self) -> Result<Vec<FileIdentity>> {
+        std::iter::once(&self.common)
+            .chain(&self.slots)
+            .map(FileIdentity::of)
+            .collect()
+    }
+
+    /// The descriptors a worker is given: the common segment's, and each
+    /// slot's (worker `i` gets the `i`th only).
+    pub(crate) fn descriptors(&self) -> (RawFd, Vec<RawFd>) {
+        let slots = self.slots.iter().map(Segment::raw_fd).collect();
+        (self.common.raw_fd(), slots)
+    }
+}
+
+/// What a worker starts from, read from the pool's sealed memfd
+/// ([`write_pristine`]).
+#[derive(Debug)]
+pub(crate) struct Pristine {
+    pub header: Header,
+    pub layout: Layout,
+    /// The identity of this worker's slot segment.
+    pub slot: FileIdentity,
+    /// The initializer's encoded argument.
+    pub init_arg: Vec<u8>,
+}
+
+/// Writes the header, the identities of the pool's segments (the common
+/// one, then each slot's, as [`PoolMemory::identities`] gives them) and the
+/// initializer's argument into a new memfd sealed against any change
+/// (written with `pwrite`, never mapped writable): what every worker starts
+/// from, since a worker may write anything into the common segment. The
+/// parent holds the returned descriptor for the pool's life and passes it
+/// to each worker beside its segments'.
+pub(crate) fn write_pristine(
+    header: &Header,
+    identities: &[FileIdentity],
+    init_arg: &[u8],
+) -> Result<OwnedFd> {
+    let mut head = bytemuck::bytes_of(header).to_vec();
+    head.extend_from_slice(bytemuck::cast_slice(identities));
+    crate::shm::spill::write_sealed_file(c"corepool-header", &head, init_arg)
+}
+
+/// Worker `index`: what it starts from, out of the sealed memfd `file` the
+/// parent passed (refused unless it is sealed against any change), checked
+/// against the common segment `common` (its identity and size). The slot
+/// segment's identity comes back for the worker to check its own against.
+pub(crate) fn read_pristine(file: OwnedFd, common: &Segment, index: usize) -> Result<Pristine> {
+    use std::os::fd::AsFd;
+    let size = crate::sys::fstat(file.as_fd())
+        .map_err(|e| bad_header(format!("the pool's header: {e}")))?
+        .size;
+    let size = usize::try_from(size).map_err(|_| bad_header("the pool's header is huge".into()))?;
+    let map =
+        crate::shm::spill::map_sealed_file(file, size, "the pool's header").map_err(bad_header)?;
+    let bytes = map.bytes();
+    let short = || bad_header("the pool's header is short".into());
+    let header_len = std::mem::size_of::<Header>();
+    let header: Header = bytemuck::pod_read_unaligned(bytes.get(..header_len).ok_or_else(short)?);
+    let (header, layout) = check_header(header, common)?;
+    let id_len = std::mem::size_of::<FileIdentity>();
+    let identity = |i: usize| -> Result<FileIdentity> {
+        let at = header_len + i * id_len;
+        let id = bytes.get(at..at + id_len).ok_or_else(short)?;
+        Ok(bytemuck::pod_read_unaligned(id))
+    };
+    if identity(0)? != FileIdentity::of(common)? {
+        return Err(bad_header("the common segment is not the pool's".into()));
+    }
+    if index >= layout.workers {
+        return Err(bad_header("the slot is not in the pool".into()));
+    }
+    let slot = identity(1 + index)?;
+    let arg_at = header_len + (1 + layout.workers) * id_len;
+    let init_arg = bytes
+        .get(arg_at..arg_at + layout.init_arg_len)
+        .ok_or_else(|| bad_header("the initializer's argument is short".into()))?
+        .to_vec();
+    Ok(Pristine {
+        header,
+        layout,
+        slot,
+        init_arg,
+    })
+}
+
+/// Checks a copy of the header against the common segment.
+fn check_header(header: Header, seg: &Segment) -> Result<(Header, Layout)> {
+    let bad = bad_header;
     if header.magic != MAGIC {
         return Err(bad("segment has no corepool magic".into()));
     }
@@ -196,36 +364,6 @@ pub(crate) fn read_header(seg: &Segment) -> Result<(Header, Layout)> {
         return Err(bad("segment is smaller than its header says".into()));
     }
     Ok((header, layout))
-}
-
-/// Writes the initializer's encoded argument after the last slot. Only before
-/// any worker maps the segment.
-pub(crate) fn write_init_arg(seg: &Segment, layout: &Layout, bytes: &[u8]) -> Result<()> {
-    if bytes.len() != layout.init_arg_len {
-        return Err(Error::InvalidConfig {
-            what: "initializer argument does not match the layout".into(),
-        });
-    }
-    let dst = seg
-        .at(layout.init_arg_offset, bytes.len())
-        .ok_or_else(|| Error::InvalidConfig {
-            what: "initializer argument outside the segment".into(),
-        })?;
-    // SAFETY: `at` checked the range lies in the segment; no other process
-    // maps it yet, and `bytes` is our own memory, so they do not overlap.
-    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
-    Ok(())
-}
-
-/// Copies the initializer's encoded argument out of the segment. `layout`
-/// came from `read_header`, which checked that it fits the segment.
-pub(crate) fn read_init_arg(seg: &Segment, layout: &Layout) -> Option<Vec<u8>> {
-    let src = seg.at(layout.init_arg_offset, layout.init_arg_len)?;
-    let mut out = vec![0u8; layout.init_arg_len];
-    // SAFETY: `at` checked the range lies in the segment; we copy bytes (the
-    // parent wrote them before this worker started) into our own vector.
-    unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
-    Some(out)
 }
 
 /// The parent's doorbell: a futex word workers ring after publishing results.
@@ -257,7 +395,7 @@ pub(crate) mod fail {
     pub(crate) const INITIALIZER_FAILED: u32 = 2;
 }
 
-/// One worker's part of the segment.
+/// One worker's slot: its segment's control block and rings.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Slot {
     base: *mut u8,
@@ -274,8 +412,8 @@ macro_rules! atomic_field {
     ($name:ident, $ty:ty, $offset:expr, $doc:literal) => {
         #[doc = $doc]
         pub(crate) fn $name(&self) -> &$ty {
-            // SAFETY: `base` points at a slot of `SLOT_CONTROL_BYTES` inside the
-            // segment (checked in `Slot::new`); the offset is aligned and in
+            // SAFETY: `base` points at a slot segment of `slot_bytes`, more
+            // than `SLOT_CONTROL_BYTES` (checked in `Slot::new`); the offset is aligned and in
             // the control block; the segment outlives the Slot by the caller's
             // contract; every process accesses the word only atomically.
             unsafe { <$ty>::from_ptr(self.base.add($offset).cast()) }
@@ -284,16 +422,13 @@ macro_rules! atomic_field {
 }
 
 impl Slot {
-    /// The slot of worker `index`.
+    /// The slot held by `seg`, a slot segment of `layout`'s size or more.
     ///
     /// The returned value points into `seg`: the caller keeps `seg` alive as
-    /// long as the slot (the pool and the worker both hold their segment for
+    /// long as the slot (the pool and the worker both hold their segments for
     /// their whole life).
-    pub(crate) fn new(seg: &Segment, layout: &Layout, index: usize) -> Option<Self> {
-        if index >= layout.workers {
-            return None;
-        }
-        let base = seg.at(layout.slot_offset(index), layout.slot_stride)?;
+    pub(crate) fn new(seg: &Segment, layout: &Layout) -> Option<Self> {
+        let base = seg.at(0, layout.slot_bytes)?;
         Some(Self {
             base,
             layout: *layout,
@@ -393,26 +528,67 @@ mod tests {
         );
     }
 
-    #[test]
-    fn header_round_trips_and_is_validated() {
-        let layout = Layout::new(2, 4096, 8192, 0).unwrap();
-        let seg = Segment::create(c"corepool-test", layout.total).unwrap();
-        assert!(read_header(&seg).is_err(), "no magic yet");
-        let header = Header {
+    fn header_for(layout: &Layout) -> Header {
+        Header {
             magic: MAGIC,
             version: VERSION,
             header_bytes: std::mem::size_of::<Header>() as u32,
             segment_bytes: layout.total as u64,
-            workers: 2,
-            task_ring_bytes: 4096,
-            result_ring_bytes: 8192,
+            workers: layout.workers as u32,
+            task_ring_bytes: layout.task_ring_bytes,
+            result_ring_bytes: layout.result_ring_bytes,
+            init_arg_len: layout.init_arg_len as u32,
             ..Default::default()
-        };
-        write_header(&seg, &header);
-        let (_, read) = read_header(&seg).unwrap();
+        }
+    }
+
+    #[test]
+    fn header_round_trips_and_is_validated() {
+        let layout = Layout::new(2, 4096, 8192, 0).unwrap();
+        let memory = PoolMemory::create(&layout).unwrap();
+        assert!(read_header(memory.common()).is_err(), "no magic yet");
+        write_header(memory.common(), &header_for(&layout));
+        let (_, read) = read_header(memory.common()).unwrap();
         assert_eq!(read, layout);
-        let slot = Slot::new(&seg, &layout, 1).unwrap();
+        let slot = memory.slot(1).unwrap();
         assert_eq!(slot.result_ring().capacity(), 8192);
-        assert!(Slot::new(&seg, &layout, 2).is_none());
+        assert!(memory.slot(2).is_none());
+    }
+
+    /// Workers start from the sealed copy, and refuse a copy that could be
+    /// changed or a segment that is not one it names.
+    #[test]
+    #[cfg(not(miri))] // no memfd under Miri
+    fn the_sealed_header_is_checked_against_the_segments() {
+        let layout = Layout::new(2, 4096, 4096, 3).unwrap();
+        let memory = PoolMemory::create(&layout).unwrap();
+        let header = header_for(&layout);
+        let ids = memory.identities().unwrap();
+        assert_eq!(ids.len(), 3, "the common segment and two slots");
+        let sealed = || write_pristine(&header, &ids, b"arg").unwrap();
+        let read = read_pristine(sealed(), memory.common(), 1).unwrap();
+        assert_eq!((read.layout, &read.init_arg[..]), (layout, &b"arg"[..]));
+        assert_eq!(read.slot, ids[2], "worker 1's slot");
+        assert!(
+            read_pristine(sealed(), memory.common(), 2).is_err(),
+            "no slot 2"
+        );
+        // The common segment's own header is never read: it may hold anything.
+        assert!(read_header(memory.common()).is_err());
+        let other = PoolMemory::create(&layout).unwrap();
+        assert!(
+            read_pristine(sealed(), other.common(), 0).is_err(),
+            "another pool"
+        );
+        // The same bytes in a memfd that is not sealed: refused.
+        let open = crate::sys::memfd_create(c"corepool-test").unwrap();
+        let mut bytes = bytemuck::bytes_of(&header).to_vec();
+        bytes.extend_from_slice(bytemuck::cast_slice(&ids));
+        bytes.extend_from_slice(b"arg");
+        crate::sys::pwrite_all(std::os::fd::AsFd::as_fd(&open), &bytes, 0).unwrap();
+        assert!(
+            read_pristine(open, memory.common(), 0).is_err(),
+            "not sealed"
+        );
     }
 }

@@ -5,7 +5,7 @@
 //! ([`core::Core`]): the caller submitting work, a caller waiting for a result
 //! (it helps collect while it spins), and the pool's driver thread, which
 //! collects and dispatches when nobody else does. The driver sleeps on the
-//! doorbell futex in the segment (rung by workers) when idle, and on a private
+//! doorbell futex in the common segment (rung by workers) when idle, and on a private
 //! `gate` futex while a caller helps, so that round trips make no wake-up
 //! system call. A fourth, the supervisor thread, starts and reaps workers and
 //! reports to the others through an event queue.
@@ -28,8 +28,9 @@
 //! - `sink.rs`, `handle.rs`, `callbacks.rs`: where an outcome goes, the
 //!   [`AsyncResult`] a caller waits on, the [`Callbacks`] run on arrival;
 //! - `stats.rs`: [`PoolStats`];
-//! - `layout.rs`, `worker.rs`: the shared segment's layout, and the worker
-//!   process's side of it.
+//! - `layout.rs`, `worker.rs`: the pool's shared segments (split by writer:
+//!   a common one, one per worker slot, a sealed one workers start from)
+//!   and their layout, and the worker process's side of them.
 
 mod assist;
 mod builder;

@@ -5,7 +5,8 @@
 //! Each pool has its own supervisor thread (`corepool-supervisor`), which
 //! starts every worker (re-executed, or forked by the fork server with
 //! [`StartMethod::ForkServer`]; pinned, in a process group of its own, with
-//! the segment descriptor) and reaps it through its pidfd; when a worker
+//! its slot segment's, the common segment's and the sealed header's
+//! descriptors, never another slot's) and reaps it through its pidfd; when a worker
 //! exits, whatever its tasks started dies with its process group.
 
 use crate::child::forkserver::StartMethod;
@@ -14,7 +15,7 @@ use crate::child::supervisor::{self as generic, SpawnError};
 use crate::error::{Error, ExitCause};
 use crate::pool::worker::{make_token, WORKER_ENV};
 use crate::sys::CpuMask;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -70,7 +71,12 @@ struct Worker {
 #[derive(Debug)]
 pub(crate) struct Supervisor {
     inner: generic::Supervisor<Worker>,
-    segment_fd: RawFd,
+    /// The common segment's descriptor, and each slot segment's.
+    segments: (RawFd, Vec<RawFd>),
+    /// The sealed header and initializer argument every worker starts from
+    /// (`layout::write_pristine`), passed to each beside the segment;
+    /// closed with the pool.
+    pristine: OwnedFd,
     parent_pid: i32,
 }
 
@@ -78,7 +84,8 @@ impl Supervisor {
     /// Starts the thread. `report` is called for every event, from the
     /// supervisor thread.
     pub(crate) fn start(
-        segment_fd: RawFd,
+        segments: (RawFd, Vec<RawFd>),
+        pristine: OwnedFd,
         parent_pid: i32,
         start_method: StartMethod,
         report: impl Fn(Event) + Send + 'static,
@@ -89,7 +96,8 @@ impl Supervisor {
             })?;
         Ok(Self {
             inner,
-            segment_fd,
+            segments,
+            pristine,
             parent_pid,
         })
     }
@@ -102,14 +110,18 @@ impl Supervisor {
                 cpu,
                 not_before,
             } => {
+                // Its own slot's segment only: it cannot reach another's.
+                let (common, ref slots) = self.segments;
+                let slot = slots.get(index).copied().unwrap_or(-1);
+                let header = self.pristine.as_raw_fd();
                 self.inner.spawn(generic::Spawn {
                     key: Worker { index, cpus: cpu },
                     reexec: Reexec {
                         env: (
                             WORKER_ENV,
-                            make_token(self.segment_fd, index, self.parent_pid),
+                            make_token(slot, index, self.parent_pid, header, common),
                         ),
-                        keep_fd: self.segment_fd,
+                        keep_fds: vec![slot, common, header],
                         cpus: cpu,
                         own_group: true,
                     },

@@ -1,5 +1,5 @@
-//! The pool worker process: [`crate::init`] recognises it, attaches to the pool's segment
-//! and serves tasks until told to stop. It never returns into the user's `main`.
+//! The pool worker process: [`crate::init`] recognises it, attaches to its
+//! slot and the pool's common segment, and serves tasks until told to stop. It never returns into the user's `main`.
 
 use super::layout::{self, fail, state, Header, Slot};
 use crate::child::fingerprint::fingerprint;
@@ -13,13 +13,20 @@ use crate::shm::Segment;
 use crate::sys;
 use crate::wire::task::{self, failure, kind};
 use crate::wire::Encoder;
+use std::os::fd::FromRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 /// The environment variable that marks a worker process. Its value is
-/// `v1:<segment fd>:<slot index>:<parent pid>[:<parent description>]`, the
-/// description as `crate::identity::describe_current` writes it.
+/// `v1:<slot fd>:<slot index>:<parent pid>[:<header fd>:<common fd>[:<parent
+/// description>]]`: the slot segment (this worker's control block and
+/// rings), the sealed memfd holding the header, the identities of the
+/// pool's segments and the initializer's argument (`layout::write_pristine`),
+/// and the common segment (the doorbell); the description as
+/// `crate::identity::describe_current` writes it. A token without the
+/// descriptors after the pid parses (a stray variable is then refused for
+/// what it is) but starts no worker.
 pub(crate) const WORKER_ENV: &str = "COREPOOL_WORKER";
 
 /// Exit status of a worker that failed to attach (see the slot's `fail_code`).
@@ -60,19 +67,34 @@ struct Token<'a> {
     fd: i32,
     index: usize,
     parent: i32,
+    /// The sealed header's descriptor and the common segment's: numbers
+    /// other than `fd`'s and each other's.
+    more_fds: Option<(i32, i32)>,
     /// Who the parent is, for `crate::parent_process`.
     parent_description: Option<&'a str>,
 }
 
 fn parse_token(s: &str) -> Option<Token<'_>> {
     // The description comes last and may itself hold ':'.
-    let mut parts = s.splitn(5, ':');
+    let mut parts = s.splitn(7, ':');
     if parts.next()? != "v1" {
         return None;
     }
     let fd = parts.next()?.parse().ok()?;
     let index = parts.next()?.parse().ok()?;
     let parent = parts.next()?.parse().ok()?;
+    let more_fds = match parts.next() {
+        None => None,
+        Some(header) => {
+            let header: i32 = header.parse().ok()?;
+            let common: i32 = parts.next()?.parse().ok()?;
+            let distinct = header != fd && common != fd && header != common;
+            if header < 0 || common < 0 || !distinct {
+                return None;
+            }
+            Some((header, common))
+        }
+    };
     let parent_description = match parts.next() {
         None => None,
         Some(d) => {
@@ -84,22 +106,25 @@ fn parse_token(s: &str) -> Option<Token<'_>> {
         fd,
         index,
         parent,
+        more_fds,
         parent_description,
     })
 }
 
-/// The token a parent passes to worker `index`.
-pub(crate) fn make_token(fd: i32, index: usize, parent: i32) -> String {
+/// The token a parent passes to worker `index`: its slot segment's
+/// descriptor `fd`, the sealed header's, and the common segment's.
+pub(crate) fn make_token(fd: i32, index: usize, parent: i32, header: i32, common: i32) -> String {
     let me = crate::identity::describe_current();
-    format!("v1:{fd}:{index}:{parent}:{me}")
+    format!("v1:{fd}:{index}:{parent}:{header}:{common}:{me}")
 }
 
 /// This worker's slot, for [`sabotage`] (a test hook).
 #[cfg(feature = "fault-injection")]
 static OWN_SLOT: std::sync::OnceLock<Slot> = std::sync::OnceLock::new();
-/// The address and length of the pool's segment, for [`Sabotage::Scribble`].
+/// The address and length of the pool's common segment and of this
+/// worker's slot segment, for [`Sabotage::Scribble`].
 #[cfg(feature = "fault-injection")]
-static OWN_SEGMENT: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+static OWN_SEGMENTS: std::sync::OnceLock<[(usize, usize); 2]> = std::sync::OnceLock::new();
 
 /// How a deliberately misbehaving worker breaks the protocol (tests only).
 #[cfg(feature = "fault-injection")]
@@ -117,10 +142,10 @@ pub enum Sabotage {
     /// protocol version 5 a garbage `head` kept the parent's driver busy).
     GarbageInHead,
     /// Hand the memory this worker maps to the function, which may write
-    /// anything into it: the whole pool segment as bytes, where this
-    /// worker's slot starts in it, and the sizes of its task and result
-    /// rings (`testing::worker_memory`).
-    Scribble(fn(&[std::sync::atomic::AtomicU8], usize, usize, usize)),
+    /// anything into it: the pool's common segment (a copy of the header,
+    /// the doorbell) and this worker's slot segment as bytes, and the sizes
+    /// of its task and result rings (`testing::worker_memory`).
+    Scribble(fn(&[std::sync::atomic::AtomicU8], &[std::sync::atomic::AtomicU8], usize, usize)),
 }
 
 /// Makes the calling worker write garbage into its own result ring, to test
@@ -155,19 +180,18 @@ pub fn sabotage(how: Sabotage) -> bool {
             ring.force_tail(tail.wrapping_sub(0x0bad_cafe));
         }
         Sabotage::Scribble(scribble) => {
-            let Some(&(base, len)) = OWN_SEGMENT.get() else {
+            let Some(&[common, own]) = OWN_SEGMENTS.get() else {
                 return false;
             };
             // A ring's largest payload is half its bytes less a header.
             let bytes = |max_payload: usize| 2 * (max_payload + HEADER_BYTES);
-            let slot_at = slot.state().as_ptr() as usize - base;
             let task_ring_bytes = bytes(slot.task_ring().max_payload());
-            // SAFETY: the whole segment, which stays mapped while the worker
+            // SAFETY: whole segments, which stay mapped while the worker
             // serves (its whole life); every byte is accessed through atomics.
-            let segment = unsafe {
+            let [common, own] = [common, own].map(|(base, len)| unsafe {
                 std::slice::from_raw_parts(base as *const std::sync::atomic::AtomicU8, len)
-            };
-            scribble(segment, slot_at, task_ring_bytes, bytes(ring.max_payload()));
+            });
+            scribble(common, own, task_ring_bytes, bytes(ring.max_payload()));
         }
     }
     true
@@ -207,11 +231,25 @@ fn serve(token: Token<'_>) -> i32 {
     // Who we are, before any task can ask (`crate::current_process`).
     let kind = crate::identity::ProcessKind::PoolWorker { index: token.index };
     crate::identity::record_child(kind, None, token.parent, token.parent_description);
-    // Keep the segment descriptor away from processes our tasks start.
-    let _ = sys::set_cloexec(token.fd);
-    // SAFETY: the parent passed this descriptor to us, for us alone.
-    let seg = match unsafe { Segment::open_raw(token.fd) } {
-        Ok(seg) => seg,
+    let Some((header_fd, common_fd)) = token.more_fds else {
+        return stray("its token names no pool header");
+    };
+    // Keep the descriptors away from processes our tasks start.
+    for fd in [token.fd, header_fd, common_fd] {
+        let _ = sys::set_cloexec(fd);
+    }
+    // SAFETY: the parent passed these descriptors to us, for us alone; the
+    // token's parse made sure the three numbers differ.
+    let (header_file, common_file) = unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(header_fd),
+            std::os::fd::OwnedFd::from_raw_fd(common_fd),
+        )
+    };
+    // SAFETY: as above.
+    let own = unsafe { Segment::open_raw(token.fd) };
+    let (own, common) = match own.and_then(|own| Ok((own, Segment::open(common_file)?))) {
+        Ok(segments) => segments,
         Err(e) => {
             // Our parent is the pool that started us (checked above), so
             // this is a limit (`ulimit -v` refusing the mapping, say), not a
@@ -224,18 +262,30 @@ fn serve(token: Token<'_>) -> i32 {
             return EXIT_START_FAILED;
         }
     };
-    let Ok((header, layout)) = layout::read_header(&seg) else {
+    // From the parent's sealed copy, never the common segment's: a worker
+    // may have written anything there. It names the segments that are the
+    // pool's: ours must be the slot it names for our index.
+    let Ok(layout::Pristine {
+        header,
+        layout,
+        slot: slot_identity,
+        init_arg,
+    }) = layout::read_pristine(header_file, &common, token.index)
+    else {
         return stray("its shared memory holds no pool");
     };
-    let Some(slot) = Slot::new(&seg, &layout, token.index) else {
+    if layout::FileIdentity::of(&own).ok() != Some(slot_identity) {
+        return stray("its slot is not the pool's");
+    }
+    let Some(slot) = Slot::new(&own, &layout) else {
         return stray("its slot is not in the pool");
     };
     slot.pid().store(std::process::id(), Ordering::Relaxed);
     #[cfg(feature = "fault-injection")]
     let _ = OWN_SLOT.set(slot);
-    let doorbell = layout::doorbell(&seg);
+    let doorbell = layout::doorbell(&common);
     #[cfg(feature = "fault-injection")]
-    let _ = OWN_SEGMENT.set((seg.base() as usize, seg.len()));
+    let _ = OWN_SEGMENTS.set([&common, &own].map(|seg| (seg.base() as usize, seg.len())));
     let fail_start = |code: u32| {
         slot.fail_code().store(code, Ordering::Relaxed);
         // Release pairs with the parent's Acquire load of `state`.
@@ -254,9 +304,7 @@ fn serve(token: Token<'_>) -> i32 {
         // SAFETY: same binary (fingerprint checked above); the offset was made
         // by `offset_of` in the parent.
         let init = unsafe { task::from_offset(header.initializer) };
-        // `read_header` checked that the argument lies inside the segment.
-        let arg = layout::read_init_arg(&seg, &layout).unwrap_or_default();
-        let outcome = catch_unwind(AssertUnwindSafe(|| init(&arg, &mut Encoder::new())));
+        let outcome = catch_unwind(AssertUnwindSafe(|| init(&init_arg, &mut Encoder::new())));
         if !matches!(outcome, Ok(Ok(()))) {
             let message = match outcome {
                 Ok(Err(e)) => format!("the initializer's argument did not decode: {e}"),
@@ -666,13 +714,29 @@ mod tests {
 
     #[test]
     fn tokens_parse_strictly() {
-        let token = make_token(5, 2, 77);
+        let token = make_token(5, 2, 77, 6, 7);
         let t = parse_token(&token).unwrap();
-        assert_eq!((t.fd, t.index, t.parent), (5, 2, 77));
+        assert_eq!(
+            (t.fd, t.index, t.parent, t.more_fds),
+            (5, 2, 77, Some((6, 7)))
+        );
         assert!(parse_token("v2:5:2:77").is_none());
         assert!(parse_token("v1:5:2").is_none());
-        assert!(parse_token("v1:5:2:77:1").is_none());
-        assert!(parse_token("v1:5:2:77").is_some(), "no description");
+        assert!(
+            parse_token("v1:5:2:77:6:7:1").is_none(),
+            "a bad description"
+        );
+        assert!(
+            parse_token("v1:5:2:77:x:7").is_none(),
+            "a bad header descriptor"
+        );
+        assert!(parse_token("v1:5:2:77:6").is_none(), "no common descriptor");
+        assert!(parse_token("v1:5:2:77:-1:7").is_none(), "a negative one");
+        assert!(parse_token("v1:5:2:77:5:7").is_none(), "the slot's twice");
+        assert!(parse_token("v1:5:2:77:6:6").is_none(), "one for two");
+        assert!(parse_token("v1:5:2:77:6:7").is_some(), "no description");
+        let bare = parse_token("v1:5:2:77").unwrap();
+        assert_eq!(bare.more_fds, None, "a stray variable still parses");
         assert_eq!(
             t.parent_description,
             Some(crate::identity::describe_current().as_str())

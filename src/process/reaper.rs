@@ -198,7 +198,7 @@ pub(super) fn spawn(fd: RawFd, cpu: Option<usize>) -> Result<Started> {
                 super::PROCESS_ENV,
                 format!("v1:{fd}:{}", std::process::id()),
             ),
-            keep_fd: fd,
+            keep_fds: vec![fd],
             cpus: cpu.map(|cpu| crate::sys::CpuMask::of(&[cpu])),
             own_group: false,
         },

@@ -140,29 +140,10 @@ pub(crate) fn write_held(
         let place = Place::Block(block);
         return Ok((handle, Arc::new(Held { place })));
     }
-    let shm = |op| move |e| crate::Error::shm(op, e);
     crate::shm::handle::sweep();
-    let file = crate::sys::memfd_create(c"corepool-spill").map_err(shm("memfd_create"))?;
-    // Written through the file, never a mapping: sealing against writes
-    // needs no writable mapping to exist, and the kernel allocates each page
-    // as it copies into it (no fault, no clear). A full memory cgroup is an
-    // error here, not a signal later.
-    crate::sys::pwrite_all(file.as_fd(), head, 0).map_err(shm("filling a spill"))?;
-    crate::sys::pwrite_all(file.as_fd(), rest, head.len() as u64)
-        .map_err(shm("filling a spill"))?;
+    let file = write_sealed_file(c"corepool-spill", head, rest)?;
     let len = head.len() + rest.len();
-    // EBUSY: the kernel saw a page of the file still referenced beyond the
-    // page cache (it waits about 150 ms for such references to go, then
-    // gives up); seen once under heavy load. Nothing maps the file, so the
-    // reference is transient: ask again a few times before failing.
-    let mut tries = 0;
-    while let Err(e) = crate::sys::seal_contents(file.as_fd()) {
-        tries += 1;
-        if e.raw_os_error() != Some(crate::sys::EBUSY) || tries == SEAL_TRIES {
-            return Err(shm("sealing a spill")(e));
-        }
-    }
-    let id = crate::sys::fstat(file.as_fd()).map_err(shm("fstat"))?;
+    let id = crate::sys::fstat(file.as_fd()).map_err(|e| crate::Error::shm("fstat", e))?;
     let mut out = Encoder::new();
     let me = std::process::id() as i32;
     (
@@ -176,6 +157,43 @@ pub(crate) fn write_held(
         .encode(&mut out);
     let place = Place::File(file);
     Ok((out.take_bytes(), Arc::new(Held { place })))
+}
+
+/// A new memfd named `name` holding `head` then `rest`, sealed against any
+/// change (writing, shrinking, growing, further seals): what [`write_held`]
+/// holds, and what a pool's workers start from (`pool::layout`). Its
+/// descriptor is close-on-exec and above the standard three.
+///
+/// # Errors
+///
+/// [`crate::Error::SharedMemory`] when the memory cannot be had.
+pub(crate) fn write_sealed_file(
+    name: &std::ffi::CStr,
+    head: &[u8],
+    rest: &[u8],
+) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsFd;
+    let shm = |op| move |e| crate::Error::shm(op, e);
+    let file = crate::sys::memfd_create(name).map_err(shm("memfd_create"))?;
+    // Written through the file, never a mapping: sealing against writes
+    // needs no writable mapping to exist, and the kernel allocates each page
+    // as it copies into it (no fault, no clear). A full memory cgroup is an
+    // error here, not a signal later.
+    crate::sys::pwrite_all(file.as_fd(), head, 0).map_err(shm("filling a spill"))?;
+    crate::sys::pwrite_all(file.as_fd(), rest, head.len() as u64)
+        .map_err(shm("filling a spill"))?;
+    // EBUSY: the kernel saw a page of the file still referenced beyond the
+    // page cache (it waits about 150 ms for such references to go, then
+    // gives up); seen once under heavy load. Nothing maps the file, so the
+    // reference is transient: ask again a few times before failing.
+    let mut tries = 0;
+    while let Err(e) = crate::sys::seal_contents(file.as_fd()) {
+        tries += 1;
+        if e.raw_os_error() != Some(crate::sys::EBUSY) || tries == SEAL_TRIES {
+            return Err(shm("sealing a spill")(e));
+        }
+    }
+    Ok(file)
 }
 
 /// The held spill of the first `len` bytes of an arena block its holder
@@ -329,7 +347,6 @@ impl InPlace {
 /// [`crate::Error::Decode`] for a handle that does not validate or whose
 /// sender no longer holds the spill.
 pub(crate) fn open_sealed(handle: &[u8]) -> Result<InPlace> {
-    use std::os::fd::AsFd;
     fn bad(reason: impl Into<String>) -> crate::Error {
         crate::wire::decode_error::<SealedSpill>(reason)
     }
@@ -355,20 +372,39 @@ pub(crate) fn open_sealed(handle: &[u8]) -> Result<InPlace> {
         "a spill",
     )
     .map_err(bad)?;
+    map_sealed_file(file, len, &path).map_err(bad)
+}
+
+/// Maps the first `len` bytes of `file` read-only for reading in place,
+/// after checking what [`open_sealed`] says: a memfd sealed against
+/// writing, shrinking and growing, at least `len` bytes long and backed by
+/// memory. `what` names the file in the reason of a refusal.
+///
+/// # Errors
+///
+/// The reason, when the file is not such a memfd or cannot be mapped.
+pub(crate) fn map_sealed_file(
+    file: std::os::fd::OwnedFd,
+    len: usize,
+    what: &str,
+) -> std::result::Result<InPlace, String> {
+    use std::os::fd::AsFd;
     if !crate::sys::is_contents_sealed(file.as_fd()) {
-        return Err(bad(format!("{path} is not a sealed spill")));
+        return Err(format!("{what} is not a sealed spill"));
     }
     // Its size again, now that it is sealed (the first look came before
     // the seal was checked).
-    let id = crate::sys::fstat(file.as_fd()).map_err(|e| bad(e.to_string()))?;
+    let id = crate::sys::fstat(file.as_fd()).map_err(|e| e.to_string())?;
     if id.size < len as u64 {
-        return Err(bad(format!(
-            "{path} holds {} bytes, the handle says {len}",
+        return Err(format!(
+            "{what} holds {} bytes, the handle says {len}",
             id.size
-        )));
+        ));
     }
     if !crate::sys::allocated_bytes(file.as_fd()).is_ok_and(|b| b >= len as u64) {
-        return Err(bad("the spill is sparse: its size is not backed by memory"));
+        return Err(format!(
+            "{what} is sparse: its size is not backed by memory"
+        ));
     }
     if len == 0 {
         return Ok(InPlace {
@@ -387,7 +423,7 @@ pub(crate) fn open_sealed(handle: &[u8]) -> Result<InPlace> {
             .populate()
             .map(&std::fs::File::from(file))
     }
-    .map_err(|e| bad(format!("mapping {path}: {e}")))?;
+    .map_err(|e| format!("mapping {what}: {e}"))?;
     Ok(InPlace {
         map: Some(map),
         block: None,

@@ -100,14 +100,20 @@ fn reap_unused(pid: i32) {
 
 /// What an exec'd child started by the calling thread now would inherit
 /// (`status` and `limits` read already), and the descriptors it would hold
-/// besides its kept one: its working directory, and those to go under
-/// `fd_targets`' numbers (standard output and error among them).
+/// besides its first kept one: its working directory, and those to go under
+/// `fd_targets`' numbers (standard output and error among them, and the
+/// other kept ones, `also_kept`, last).
 fn inherited_now(
     status: &ThreadStatus,
     limits: &Limits,
     keep_fd: RawFd,
+    also_kept: &[RawFd],
 ) -> std::io::Result<(Inherited, OwnedFd)> {
-    let fd_targets = inherit::inherited_descriptors(keep_fd)?;
+    let mut fd_targets = inherit::inherited_descriptors(keep_fd)?;
+    // A kept descriptor is close-on-exec here, so not listed; were one not,
+    // it must still be sent once.
+    fd_targets.retain(|fd| !also_kept.contains(fd));
+    fd_targets.extend_from_slice(also_kept);
     if zygote::FIXED_FDS + fd_targets.len() > sys::MAX_PASSED_FDS {
         return Err(std::io::Error::from_raw_os_error(sys::EMSGSIZE));
     }
@@ -132,16 +138,21 @@ pub(super) fn request(
     status: &ThreadStatus,
     limits: &Limits,
 ) -> (std::io::Result<i32>, Health) {
-    if reexec.keep_fd < 0 {
-        return (
-            Err(std::io::Error::from_raw_os_error(sys::EINVAL)),
-            Health::Fine,
-        );
-    }
+    // The first kept descriptor goes as the request's own; the others go
+    // with those the child inherits, each under its number.
+    let (keep_fd, also_kept) = match reexec.keep_fds.split_first() {
+        Some((&first, rest)) if reexec.keep_fds.iter().all(|&fd| fd >= 0) => (first, rest),
+        _ => {
+            return (
+                Err(std::io::Error::from_raw_os_error(sys::EINVAL)),
+                Health::Fine,
+            )
+        }
+    };
     // What cannot be read or sent (too many descriptors to pass, a
     // directory that cannot be opened) is not an error an exec would have:
     // the child is exec'd.
-    let (inherited, cwd) = match inherited_now(status, limits, reexec.keep_fd) {
+    let (inherited, cwd) = match inherited_now(status, limits, keep_fd, also_kept) {
         Ok(found) => found,
         Err(e) => return (Err(set_up_failed_because(e)), Health::Fine),
     };
@@ -166,13 +177,13 @@ pub(super) fn request(
         &reexec.env.1,
         &cpus,
         reexec.own_group,
-        reexec.keep_fd,
+        keep_fd,
         std::process::id() as i32,
         &inherited,
     );
     // SAFETY: the caller holds `keep_fd` open for the child (the pool's
     // segment) until the spawn returns; the borrow ends before that.
-    let keep = unsafe { BorrowedFd::borrow_raw(reexec.keep_fd) };
+    let keep = unsafe { BorrowedFd::borrow_raw(keep_fd) };
     let mut fds = vec![keep, theirs.as_fd(), cwd.as_fd()];
     // SAFETY: numbers just listed as open in this process; one another
     // thread closes meanwhile makes the send fail with EBADF (below), and

@@ -16,8 +16,8 @@ struct Fixture {
 
 fn fixture(start_timeout: Option<Duration>) -> Fixture {
     let layout = Layout::new(1, 4096, 4096, 0).unwrap();
-    let seg = Segment::create(c"corepool-core-test", layout.total).unwrap();
-    let slot = Slot::new(&seg, &layout, 0).unwrap();
+    let seg = Segment::create(c"corepool-core-test", layout.slot_bytes).unwrap();
+    let slot = Slot::new(&seg, &layout).unwrap();
     let policy = FaultPolicy {
         max_tasks_per_child: 0,
         retries: 0,
