@@ -547,7 +547,7 @@ fn pool_round(seed: u64) {
                 || format!("seed {seed}: imap"),
                 || pool.imap(honest, imap_items.clone()).collect::<Vec<_>>(),
             );
-            // One outcome per item, but the iterator ends after an error.
+            // One outcome per item; an error of the pool's own ends it early.
             let ended_early = got.last().is_some_and(|r| r.is_err());
             assert!(
                 got.len() == n || (ended_early && got.len() < n),

@@ -571,7 +571,12 @@ impl Pool {
         terminate_now(&self.shared);
     }
 
-    /// Waits until every worker has exited (Python's `join`).
+    /// Waits until every worker has exited (Python's `join`), and until a
+    /// callback that is running returns: as with Python's, a callback that
+    /// blocks until the caller goes on after `join` (one that sends into a
+    /// full bounded channel drained only after it) makes `join` wait for
+    /// ever. Dropping the pool waits for it the same way;
+    /// [`terminate`](Self::terminate) itself returns at once.
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
