@@ -245,6 +245,45 @@ fn a_panicking_process_says_so_on_stderr() {
     );
 }
 
+/// Set in the environment of the program that
+/// `a_panicking_process_with_a_broken_stderr_still_reports_its_panic`
+/// starts.
+const BROKEN_STDERR: &str = "COREPOOL_TEST_BROKEN_STDERR";
+
+/// That program: its stderr a pipe nobody reads (closed: EPIPE), it joins a
+/// panicking `Process` and exits 0 if `join` said `Panicked`, 1 otherwise.
+fn join_a_panic_with_a_broken_stderr() -> ! {
+    corepool::init();
+    let mut ends = [0; 2];
+    // SAFETY: plain descriptor calls on numbers this program owns; after
+    // them its stderr (2) is the write end of a pipe whose read end is
+    // closed.
+    unsafe {
+        assert_eq!(libc::pipe(ends.as_mut_ptr()), 0);
+        libc::close(ends[0]);
+        libc::dup2(ends[1], 2);
+        libc::close(ends[1]);
+    }
+    let joined = Process::start(panics_with_a_message, 0).unwrap().join();
+    std::process::exit(i32::from(!matches!(joined, Err(Error::Panicked { .. }))));
+}
+
+/// The message printed for a panicking `Process` must not cost its outcome:
+/// printed with `eprintln!`, it panicked on a closed stderr (EPIPE; a full
+/// disk gives ENOSPC) before the outcome was written, and `join` said
+/// `WorkerDied` (found by review).
+fn a_panicking_process_with_a_broken_stderr_still_reports_its_panic() {
+    let out = common::output_within(
+        std::process::Command::new(std::env::current_exe().unwrap()).env(BROKEN_STDERR, "1"),
+        common::WATCHDOG,
+    );
+    assert!(
+        out.status.success(),
+        "join did not say Panicked: {:?}",
+        out.status
+    );
+}
+
 const ROLE: &str = "COREPOOL_TEST_ROLE";
 
 fn processes_die_with_a_sigkilled_parent() {
@@ -443,6 +482,9 @@ fn main() {
     if let Some(pid_file) = std::env::var_os(FAILING_DAEMON) {
         failing_daemon(pid_file);
     }
+    if std::env::var_os(BROKEN_STDERR).is_some() {
+        join_a_panic_with_a_broken_stderr();
+    }
     if std::env::var_os(UNJOINED_PANIC).is_some() {
         corepool::init();
         let child = Process::start(panics_with_a_message, 0).unwrap();
@@ -477,5 +519,6 @@ fn main() {
         a_process_child_whose_program_ended_leaves_quietly,
         a_process_childs_own_pools_are_reaped_before_it_ends,
         a_panicking_process_says_so_on_stderr,
+        a_panicking_process_with_a_broken_stderr_still_reports_its_panic,
     ]);
 }

@@ -59,6 +59,10 @@ pub(super) fn is_delivering(shared: *const Shared) -> bool {
 
 /// State shared by the pool handle, its threads and its result handles.
 pub(super) struct Shared {
+    /// First, so that it is dropped first (fields drop in order): its
+    /// thread may still start a worker with the raw descriptors of `seg`,
+    /// which must not be closed (or their numbers reused) before it ends.
+    pub(super) supervisor: Mutex<Option<Supervisor>>,
     /// The segments `slots` point into, and the doorbell's.
     seg: layout::PoolMemory,
     /// Shared objects the initializer's argument names: every worker,
@@ -79,7 +83,6 @@ pub(super) struct Shared {
     /// by the core's consumer (`has_work` asks there without the lock).
     result_positions: Vec<Option<Arc<AtomicU32>>>,
     pub(super) stop: AtomicBool,
-    pub(super) supervisor: Mutex<Option<Supervisor>>,
     pub(super) max_payload: usize,
     pub(super) workers: usize,
     /// Callers spinning in a wait, collecting results themselves.

@@ -176,8 +176,14 @@ impl Pool {
             layout::write_pristine(&header, &memory.identities()?, &config.initializer_arg)?;
         // Each slot's base, computed once: the parent's paths use these.
         let slots: Vec<Slot> = (0..n)
-            .map(|i| memory.slot(i).expect("slot in layout"))
-            .collect();
+            .map(|i| {
+                memory.slot(i).ok_or_else(|| Error::InvalidConfig {
+                    what: format!(
+                        "worker slot {i} does not fit the pool's memory (a corepool bug: please report it with the pool's settings)"
+                    ),
+                })
+            })
+            .collect::<Result<_>>()?;
         let budget = if config.policy.max_tasks_per_child == 0 {
             u64::MAX
         } else {

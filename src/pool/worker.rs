@@ -80,7 +80,9 @@ fn parse_token(s: &str) -> Option<Token<'_>> {
     if parts.next()? != "v1" {
         return None;
     }
-    let fd = parts.next()?.parse().ok()?;
+    // A descriptor number is never negative (one would reach
+    // `OwnedFd::from_raw_fd`, which asserts it is not -1).
+    let fd: i32 = parts.next()?.parse().ok().filter(|fd: &i32| *fd >= 0)?;
     let index = parts.next()?.parse().ok()?;
     let parent = parts.next()?.parse().ok()?;
     let more_fds = match parts.next() {
@@ -732,6 +734,7 @@ mod tests {
         );
         assert!(parse_token("v1:5:2:77:6").is_none(), "no common descriptor");
         assert!(parse_token("v1:5:2:77:-1:7").is_none(), "a negative one");
+        assert!(parse_token("v1:-1:2:77:6:7").is_none(), "a negative slot");
         assert!(parse_token("v1:5:2:77:5:7").is_none(), "the slot's twice");
         assert!(parse_token("v1:5:2:77:6:6").is_none(), "one for two");
         assert!(parse_token("v1:5:2:77:6:7").is_some(), "no description");

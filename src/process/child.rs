@@ -8,6 +8,7 @@ use crate::child::panic::{fit_message, install_panic_hook, take_panic_message};
 use crate::shm::Segment;
 use crate::sys;
 use crate::wire::{task, Encoder};
+use std::io::Write;
 use std::os::fd::RawFd;
 
 /// In a process started as a `Process` child (it has [`PROCESS_ENV`]): run
@@ -144,18 +145,8 @@ fn serve_child(token: &str) -> i32 {
             (status::FAILED, 1)
         }
         Err(_) => {
-            let message = take_panic_message();
-            // On stderr as well, as a panicking thread's message is, and as
-            // Python prints a failing `Process`'s traceback: a child that
-            // nobody joins failed unseen (a user trial). `join` still gets
-            // it as `Error::Panicked`.
-            let me = crate::current_process();
-            eprintln!(
-                "corepool: process {:?} (pid {}) panicked: {message}",
-                me.name, me.pid
-            );
             out.clear();
-            out.extend_from_slice(message.as_bytes());
+            out.extend_from_slice(take_panic_message().as_bytes());
             (status::PANICKED, 1)
         }
     };
@@ -163,6 +154,21 @@ fn serve_child(token: &str) -> i32 {
         fit_message(&mut out, header.result_cap as usize);
     }
     segment::write_outcome(&seg, &header, code, &out, too_large_size);
+    if code == status::PANICKED {
+        // On stderr as well, as a panicking thread's message is, and as
+        // Python prints a failing `Process`'s traceback: a child that nobody
+        // joins failed unseen (a user trial). After the outcome, and without
+        // `eprintln!` (which panics when stderr is a closed pipe or a full
+        // disk): `join` gets `Error::Panicked` whatever stderr is.
+        let me = crate::current_process();
+        let _ = writeln!(
+            std::io::stderr(),
+            "corepool: process {:?} (pid {}) panicked: {}",
+            me.name,
+            me.pid,
+            String::from_utf8_lossy(&out)
+        );
+    }
     if code == status::RETURNED || code == status::SPILLED {
         carried.sent();
     } else {

@@ -33,7 +33,9 @@
 //!   would sleep on with work waiting (`corepool soak`, which kills a worker
 //!   every 10 ms, stalled so for up to two minutes). Left set, the flag
 //!   makes the next waker wake it. The cost: a system call per such wake-up
-//!   until the sleeper has run and cleared the flag.
+//!   until the sleeper has run and cleared the flag. A waker *stopped*
+//!   (SIGSTOP) at that point is neither: what it published waits for the
+//!   next waker, or for it to continue and make its `FUTEX_WAKE`.
 
 use crate::sys;
 use std::cell::Cell;
@@ -63,8 +65,12 @@ pub(crate) fn sleep_unless(
     timeout: Option<Duration>,
     mut ready: impl FnMut() -> bool,
 ) {
-    // Plain load and store: with the flag clear no waker writes the word
-    // (both kinds act only on a set flag), and only this thread sets it.
+    // Plain load and store. Only this thread sets the flag, and a waker
+    // writes the word only after seeing it set, so the one write that can
+    // land between our load and store is a stale waker's (it saw the flag
+    // of our previous sleep). Our store may undo it, harmlessly: that
+    // waker loaded the word before our store, so its fence precedes ours
+    // in the SeqCst order and our re-check sees what it published.
     let announced = word.load(Ordering::Relaxed) | ASLEEP;
     word.store(announced, Ordering::Relaxed);
     // SeqCst fence: pairs with the fences in `wake` and `wake_leaving_flag`.

@@ -185,9 +185,12 @@ pub(super) fn request(
     // segment) until the spawn returns; the borrow ends before that.
     let keep = unsafe { BorrowedFd::borrow_raw(keep_fd) };
     let mut fds = vec![keep, theirs.as_fd(), cwd.as_fd()];
-    // SAFETY: numbers just listed as open in this process; one another
-    // thread closes meanwhile makes the send fail with EBADF (below), and
-    // the borrows end with the send.
+    // SAFETY: numbers just listed as open in this process (the program's
+    // inherited descriptors), or the request's other kept ones (a pool's
+    // sealed header and common segment), which the caller holds open until
+    // the spawn returns, as `keep_fd`; one another thread closes meanwhile
+    // makes the send fail with EBADF (below), and the borrows end with the
+    // send.
     fds.extend(
         inherited
             .fd_targets
