@@ -117,6 +117,10 @@ impl PoolBuilder {
     /// Number of worker processes. Default: one per allowed CPU (or per CPU
     /// listed in [`Pinning::Cpus`]), or per
     /// [`cpus_per_worker`](Self::cpus_per_worker) of them; at least one.
+    /// Each worker costs the program two descriptors (its slot's memory and
+    /// its pidfd; the pool two more): under the usual `ulimit -n` of 1024,
+    /// a pool of about 500 workers fails to build with an error that says
+    /// so.
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
