@@ -799,12 +799,14 @@ fn fits(m: Arc<SharedSegment>, bytes: usize) -> std::result::Result<Arc<SharedSe
     Ok(m)
 }
 
-/// The (device, inode) of cached mappings whose owner no longer holds the
-/// descriptor, so that their memory can be freed. Looks at `/proc` without
-/// the cache lock.
+/// The (device, inode) of cached mappings that nothing here uses and whose
+/// owner no longer holds the descriptor, so that their memory can be freed
+/// (one in use stays cached anyway: not worth a look). Looks at `/proc`
+/// without the cache lock.
 fn closed_by_their_owners() -> Vec<(u64, u64)> {
     let entries: Vec<(i32, i32, u64, u64)> = crate::sync::lock(&OPENED)
         .iter()
+        .filter(|m| Arc::strong_count(m) == 1)
         .map(|m| (m.owner, m.fd, m.id.dev, m.id.ino))
         .collect();
     entries
