@@ -111,6 +111,14 @@ static OPENED: Mutex<Vec<Arc<SharedSegment>>> = Mutex::new(Vec::new());
 static CACHED: AtomicUsize = AtomicUsize::new(0);
 const MAX_OPENED: usize = 64;
 
+/// Whether the cache may hold mappings nothing here uses (kept ones): set
+/// by [`dropping`] as it keeps one, cleared by [`tidy_cache`] when it found
+/// none, so that [`sweep`] on a queue's or a task's hot path costs one load
+/// while nothing is kept. Relaxed: a hint. A set that races with a clear is
+/// lost until the next drop, miss or idle check, which let such a mapping
+/// go as well.
+static MAY_KEEP: AtomicBool = AtomicBool::new(false);
+
 /// Segments this process sent and dropped while handles to them were in
 /// flight, oldest first; [`LINGERING`] mirrors its length for a lock-free
 /// "nothing to sweep" (Relaxed everywhere: a hint, stored under the lock; a
@@ -206,14 +214,14 @@ fn in_flight(seg: &Segment) -> bool {
 
 /// Lets go of lingering objects that nothing is in flight to any more, and
 /// of kept mappings their creator let go or past the cache's byte bound
-/// ([`tidy_cache`]). Two atomic loads when nothing lingers and nothing is
-/// cached: callers run it on every send, receive and task.
+/// ([`tidy_cache`]). Three atomic loads when nothing lingers and nothing is
+/// kept: callers run it on every send, receive and task.
 #[inline]
 pub(crate) fn sweep() {
     if LINGERING.load(Ordering::Relaxed) != 0 {
         sweep_lingering();
     }
-    if CACHED.load(Ordering::Relaxed) != 0 {
+    if MAY_KEEP.load(Ordering::Relaxed) {
         tidy_cache(false);
     }
     if UNCOUNTING.load(Ordering::Relaxed) != 0 {
@@ -296,6 +304,7 @@ fn tidy_cache(idle: bool) -> Option<Duration> {
         let kept_bytes: usize = opened.iter().filter(|m| kept(m)).map(|m| m.seg.len()).sum();
         let mut over = kept_bytes.saturating_sub(keep_bytes());
         let mut gone = Vec::new();
+        let mut still_kept = false;
         opened.retain(|m| {
             if !kept(m) {
                 return true;
@@ -309,9 +318,11 @@ fn tidy_cache(idle: bool) -> Option<Duration> {
             }
             let expiry = used_ns.saturating_add(keep_ns);
             next_expiry = Some(next_expiry.map_or(expiry, |e| e.min(expiry)));
+            still_kept = true;
             true
         });
         CACHED.store(opened.len(), Ordering::Relaxed);
+        MAY_KEEP.store(still_kept, Ordering::Relaxed);
         gone
     };
     // Unmapped (or kept for their receivers) outside the lock.
@@ -467,6 +478,7 @@ pub(crate) fn dropping(map: &Arc<SharedSegment>) {
     }
     map.touch();
     if in_flight(&map.seg) || !released_by_creator(&map.seg) {
+        MAY_KEEP.store(true, Ordering::Relaxed);
         return;
     }
     let forgotten = {
@@ -963,11 +975,11 @@ mod tests {
         let seg = SharedSegment::create(c"corepool-test", 4096).unwrap();
         let id = (seg.id.dev, seg.id.ino);
         let first = receive_and_drop(&seg);
-        sweep();
+        let _ = tidy_cache(false);
         assert!(cached(id), "kept after its last handle dropped");
         assert_eq!(receive_and_drop(&seg), first, "the next handle reuses it");
         drop(seg); // the creator lets go: it marks the trailer
-        sweep();
+        let _ = tidy_cache(false);
         assert!(!cached(id), "let go once its creator did");
     }
 
@@ -979,7 +991,7 @@ mod tests {
         assert!(cached(id));
         // A hostile holder marks it let go while its creator holds it.
         released_mark(&seg.seg).unwrap().store(1, Ordering::Release);
-        sweep();
+        let _ = tidy_cache(false);
         assert!(!cached(id), "let go early");
         // Mapped again, the same memory.
         // SAFETY: in bounds of the 4096 usable bytes; this test's memory.
@@ -1005,7 +1017,7 @@ mod tests {
             m.last_used.store(at, Ordering::Relaxed);
         };
         stale(0);
-        sweep();
+        let _ = tidy_cache(false);
         assert!(cached(id), "a sweep keeps what is merely old");
         // Used just now: kept, and the idle check says when to look again.
         stale(u64::try_from(sys::coarse_now().as_nanos()).unwrap());
