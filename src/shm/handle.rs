@@ -24,23 +24,25 @@
 //! decode error) or linger until the list's bound ([`MAX_LINGERING`]
 //! objects, the oldest let go first) or the process's exit.
 //!
-//! **Received mappings are kept.** A receiver keeps what it mapped in a
-//! cache ([`MAX_OPENED`] entries, least recently used first) after its last
-//! handle drops, so that an iterative kernel that sends the same arrays
-//! call after call maps them once: unmapping and mapping again re-faults
-//! every page (a user trial's Jacobi stencil spent 20-30% of its time in
-//! page faults). A kept mapping holds the object's memory alive, so it is
-//! let go as soon as it is likely useless:
+//! **Received mappings are kept** ([`cache`]). A receiver keeps what it
+//! mapped in a cache ([`MAX_OPENED`](cache::MAX_OPENED) entries, least
+//! recently used first) after its last handle drops, so that an iterative
+//! kernel that sends the same arrays call after call maps them once:
+//! unmapping and mapping again re-faults every page (a user trial's Jacobi
+//! stencil spent 20-30% of its time in page faults). A kept mapping holds
+//! the object's memory alive, so it is let go as soon as it is likely
+//! useless:
 //! - when its creator has let go of it: the creator marks the trailer as it
 //!   drops its last copy ([`RELEASED_WORD`]), and a receiver looks at the
 //!   mark as its own last handle drops ([`dropping`]) and on each
 //!   [`sweep`]; a cache miss also forgets mappings whose sender no longer
 //!   holds the descriptor (`/proc`);
-//! - when evicted: past [`MAX_OPENED`] entries or [`keep_bytes`] bytes of
-//!   mappings nothing here uses, the least recently used go first;
+//! - when evicted: past [`MAX_OPENED`](cache::MAX_OPENED) entries or
+//!   [`keep_bytes`](cache::keep_bytes) bytes of mappings nothing here uses,
+//!   the least recently used go first;
 //! - when its process goes idle: a pool worker asks [`idle_recheck`] before
 //!   it sleeps for want of tasks, and what it has not used for
-//!   [`IDLE_KEEP`] goes.
+//!   [`IDLE_KEEP`](cache::IDLE_KEEP) goes.
 //!
 //! The mark is untrusted like the count: a forged mark only makes a
 //! receiver map the object again; a cleared one only keeps a freed object
@@ -48,6 +50,11 @@
 //! very file the handle names (same device and inode, and the open
 //! descriptor keeps the inode from being reused), so it never reads
 //! another object's memory.
+
+mod cache;
+
+pub(crate) use cache::{dropping, forget_unused_mappings, idle_recheck};
+use cache::{open, tidy_cache, CACHED, MAY_KEEP, OPENED};
 
 use crate::error::Result;
 use crate::shm::peer::{self, Access, OpenError};
@@ -72,14 +79,6 @@ pub(crate) const MAX_LINGERING: usize = 1024;
 /// exit for receivers of what it sent ([`linger_at_exit`]).
 pub(crate) const EXIT_LINGER: Duration = Duration::from_secs(5);
 
-/// How long a pool worker that sleeps for want of tasks keeps mappings it
-/// received and no longer uses ([`idle_recheck`]). Mapping 32 MiB again
-/// and faulting its pages in costs a few milliseconds, so keeping them
-/// for a second bounds what an idle pause costs a kernel that resumes to
-/// well under 1%; and a worker that sleeps pins freed memory for at most
-/// this long.
-pub(crate) const IDLE_KEEP: Duration = Duration::from_secs(1);
-
 /// The trailer's word that the creator sets as it lets go of its last copy
 /// (an index in 4-byte words: after the in-flight count and its waiters).
 const RELEASED_WORD: usize = 2;
@@ -102,22 +101,6 @@ pub(crate) struct SharedSegment {
     /// ([`sys::coarse_now`], in nanoseconds): for [`idle_recheck`].
     last_used: AtomicU64,
 }
-
-/// Segments this process has mapped from another one, least recently used
-/// first; [`CACHED`] mirrors its length for a lock-free "nothing cached"
-/// (Relaxed, stored under the lock: a stale value delays a look or costs a
-/// lock, as for [`LINGERING`]).
-static OPENED: Mutex<Vec<Arc<SharedSegment>>> = Mutex::new(Vec::new());
-static CACHED: AtomicUsize = AtomicUsize::new(0);
-const MAX_OPENED: usize = 64;
-
-/// Whether the cache may hold mappings nothing here uses (kept ones): set
-/// by [`dropping`] as it keeps one, cleared by [`tidy_cache`] when it found
-/// none, so that [`sweep`] on a queue's or a task's hot path costs one load
-/// while nothing is kept. Relaxed: a hint. A set that races with a clear is
-/// lost until the next drop, miss or idle check, which let such a mapping
-/// go as well.
-static MAY_KEEP: AtomicBool = AtomicBool::new(false);
 
 /// Segments this process sent and dropped while handles to them were in
 /// flight, oldest first; [`LINGERING`] mirrors its length for a lock-free
@@ -269,90 +252,6 @@ fn count_down_later_ones() {
     }
 }
 
-/// The most bytes of received mappings that nothing here uses that this
-/// process keeps ([`tidy_cache`]): an eighth of the machine's memory, at
-/// most 4 GiB (1 GiB if the memory cannot be read). While their creator
-/// holds them, kept mappings cost no memory (the pages are the creator's
-/// anyway), only address space and page tables; once it lets go, a kept
-/// one pins the object's memory until the next sweep, cache miss or idle
-/// check sees the mark, and this bounds that. An eighth leaves room for an
-/// iterative kernel's arrays in all but the largest problems.
-pub(crate) fn keep_bytes() -> usize {
-    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *BYTES.get_or_init(|| {
-        let eighth = sys::physical_memory().map_or(1 << 30, |m| m / 8);
-        usize::try_from(eighth.min(4 << 30)).unwrap_or(1 << 30)
-    })
-}
-
-/// Lets go of the kept mappings (held by the cache alone) that are done
-/// with: those their creator marked let go, those past [`keep_bytes`] (the
-/// least recently used first) and, when `idle`, those unused for
-/// [`IDLE_KEEP`]. Returns how long until the next kept one would reach
-/// [`IDLE_KEEP`] (`None`: none is kept). One lock and a look at each of at
-/// most [`MAX_OPENED`] entries (two atomic loads each).
-fn tidy_cache(idle: bool) -> Option<Duration> {
-    let now = sys::coarse_now();
-    let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
-    let keep_ns = u64::try_from(IDLE_KEEP.as_nanos()).unwrap_or(u64::MAX);
-    let mut next_expiry: Option<u64> = None;
-    let gone: Vec<Arc<SharedSegment>> = {
-        let mut opened = crate::sync::lock(&OPENED);
-        // Only this lock hands out copies of the cache's `Arc`s, so a count
-        // of 1 seen under it stays 1 until we let go of the lock.
-        let kept = |m: &Arc<SharedSegment>| Arc::strong_count(m) == 1;
-        let kept_bytes: usize = opened.iter().filter(|m| kept(m)).map(|m| m.seg.len()).sum();
-        let mut over = kept_bytes.saturating_sub(keep_bytes());
-        let mut gone = Vec::new();
-        let mut still_kept = false;
-        opened.retain(|m| {
-            if !kept(m) {
-                return true;
-            }
-            let used_ns = m.last_used.load(Ordering::Relaxed);
-            let stale = idle && now_ns.saturating_sub(used_ns) >= keep_ns;
-            if over > 0 || stale || released_by_creator(&m.seg) {
-                over = over.saturating_sub(m.seg.len());
-                gone.push(m.clone());
-                return false;
-            }
-            let expiry = used_ns.saturating_add(keep_ns);
-            next_expiry = Some(next_expiry.map_or(expiry, |e| e.min(expiry)));
-            still_kept = true;
-            true
-        });
-        CACHED.store(opened.len(), Ordering::Relaxed);
-        MAY_KEEP.store(still_kept, Ordering::Relaxed);
-        gone
-    };
-    // Unmapped (or kept for their receivers) outside the lock.
-    drop(gone);
-    next_expiry.map(|e| Duration::from_nanos(e.saturating_sub(now_ns)))
-}
-
-/// Before a pool worker sleeps for want of tasks: lets go of what it no
-/// longer needs, and says how long it may sleep before it should look
-/// again (`None`: until woken). While a result's spill (or an object it
-/// names) waits for the parent to open it, every 10 ms: its memory goes as
-/// soon as it can. While it keeps received mappings nothing uses, until the
-/// oldest has been unused for [`IDLE_KEEP`]: then it goes, so that an idle
-/// worker does not pin freed arrays' memory for ever. Cheap beside the
-/// futex wait it precedes: an atomic load when nothing is kept, else one
-/// lock and at most [`MAX_OPENED`] entries to look at.
-pub(crate) fn idle_recheck() -> Option<Duration> {
-    let lingering = lingering_now().then_some(Duration::from_millis(10));
-    let kept = if CACHED.load(Ordering::Relaxed) != 0 {
-        // At least a coarse tick: the clock may not have moved yet.
-        tidy_cache(true).map(|d| d.max(Duration::from_millis(10)))
-    } else {
-        None
-    };
-    match (lingering, kept) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
 #[cold]
 fn sweep_lingering() {
     let freed: Vec<Segment> = {
@@ -381,24 +280,6 @@ pub(crate) fn forget_lingering() {
     let gone = std::mem::take(&mut *crate::sync::lock(&LINGER));
     LINGERING.store(0, Ordering::Relaxed);
     drop(gone);
-}
-
-/// Forgets every cached mapping of another process's object that nothing
-/// here uses any more: when their address space is wanted, and in tests
-/// (a forged in-flight count or mark keeps one cached, bounded by
-/// [`MAX_OPENED`], until its owner closes it and a later miss looks).
-pub(crate) fn forget_unused_mappings() {
-    let unused: Vec<Arc<SharedSegment>> = {
-        let mut opened = crate::sync::lock(&OPENED);
-        let (unused, used) = std::mem::take(&mut *opened)
-            .into_iter()
-            .partition(|m| Arc::strong_count(m) == 1);
-        *opened = used;
-        CACHED.store(opened.len(), Ordering::Relaxed);
-        unused
-    };
-    // Unmapped (or kept for their receivers) outside the lock.
-    drop(unused);
 }
 
 /// Whether this process keeps objects for receivers, after a sweep.
@@ -463,33 +344,6 @@ pub(crate) fn linger_at_exit(bound: Duration) {
             LINGERING.store(linger.len(), Ordering::Relaxed);
         }
     }
-}
-
-/// Called as a shared object's handle drops its copy of `map`: if only the
-/// cache of opened mappings would hold it after this copy goes, the mapping
-/// is kept there for the next handle to it (see the module docs), unless
-/// its creator has let go of it and no handle to it is in flight: then
-/// nothing more of it is coming, and it is forgotten, so that its memory
-/// can be freed. One atomic load or two when it is kept.
-pub(crate) fn dropping(map: &Arc<SharedSegment>) {
-    // This copy and the cache's: 2. Anything more is still in use here.
-    if map.created || Arc::strong_count(map) != 2 {
-        return;
-    }
-    map.touch();
-    if in_flight(&map.seg) || !released_by_creator(&map.seg) {
-        MAY_KEEP.store(true, Ordering::Relaxed);
-        return;
-    }
-    let forgotten = {
-        let mut opened = crate::sync::lock(&OPENED);
-        let at = opened.iter().position(|m| Arc::ptr_eq(m, map));
-        let forgotten = at.map(|at| opened.remove(at));
-        CACHED.store(opened.len(), Ordering::Relaxed);
-        forgotten
-    };
-    // Unmapped (or kept for its receivers) as the caller's copy goes.
-    drop(forgotten);
 }
 
 /// Keeps `seg` for its receivers (see the module docs).
@@ -734,101 +588,10 @@ const OPEN_STEP: &str = "opening a shared object a handle names";
 /// opened what a handle names (EMFILE, ENFILE, ENOMEM), rather than a
 /// handle that does not open: the sender is not to blame.
 pub(crate) fn is_own_limit(err: &crate::Error) -> bool {
-    matches!(err, crate::Error::SharedMemory { op, source } if *op == OPEN_STEP && peer::is_own_limit(source))
-}
-
-/// Maps the segment another process described, or reuses an earlier mapping.
-///
-/// The cache lock is held only to look up and to insert, never across a
-/// system call on a file the handle names: a hostile handle could otherwise
-/// stall every thread that decodes (often the driver).
-fn open(
-    owner: i32,
-    fd: i32,
-    dev: u64,
-    ino: u64,
-    bytes: usize,
-) -> std::result::Result<Arc<SharedSegment>, OpenError> {
-    let cached = {
-        let mut opened = crate::sync::lock(&OPENED);
-        let at = opened
-            .iter()
-            .position(|m| m.id.dev == dev && m.id.ino == ino);
-        // Used now: to the back, the most recently used end.
-        at.map(|at| {
-            let m = opened.remove(at);
-            opened.push(m.clone());
-            m
-        })
-    };
-    if let Some(m) = cached {
-        return Ok(fits(m, bytes)?);
+    match err {
+        crate::Error::SharedMemory { op, source } => *op == OPEN_STEP && peer::is_own_limit(source),
+        _ => false,
     }
-    let fresh = Arc::new(open_uncached(owner, fd, dev, ino, bytes)?);
-    let closed = closed_by_their_owners();
-    let mut opened = crate::sync::lock(&OPENED);
-    // Another thread may have mapped the same memory meanwhile: keep one.
-    if let Some(m) = opened.iter().find(|m| m.id.dev == dev && m.id.ino == ino) {
-        return Ok(fits(m.clone(), bytes)?);
-    }
-    // Kept ones whose sender closed them, or whose creator let them go.
-    let mut gone: Vec<Arc<SharedSegment>> = Vec::new();
-    opened.retain(|m| {
-        let done = Arc::strong_count(m) == 1
-            && (released_by_creator(&m.seg)
-                || closed.iter().any(|&(d, i)| m.id.dev == d && m.id.ino == i));
-        if done {
-            gone.push(m.clone());
-        }
-        !done
-    });
-    if opened.len() >= MAX_OPENED {
-        // The least recently used that nothing here uses, else the least
-        // recently used (its users keep their mapping; only the cache
-        // forgets it).
-        let at = opened
-            .iter()
-            .position(|m| Arc::strong_count(m) == 1)
-            .unwrap_or(0);
-        gone.push(opened.remove(at));
-    }
-    opened.push(fresh.clone());
-    CACHED.store(opened.len(), Ordering::Relaxed);
-    drop(opened);
-    // Unmapped (or kept for their receivers) outside the lock.
-    drop(gone);
-    Ok(fresh)
-}
-
-/// `m`, if its memory holds `bytes`: the handle may come from an untrusted
-/// worker, so its length is checked on the cached path as on the first.
-fn fits(m: Arc<SharedSegment>, bytes: usize) -> std::result::Result<Arc<SharedSegment>, String> {
-    if m.usable_len() < bytes {
-        return Err(format!(
-            "the shared memory holds {} bytes, the handle says {bytes}",
-            m.usable_len()
-        ));
-    }
-    Ok(m)
-}
-
-/// The (device, inode) of cached mappings that nothing here uses and whose
-/// owner no longer holds the descriptor, so that their memory can be freed
-/// (one in use stays cached anyway: not worth a look). Looks at `/proc`
-/// without the cache lock.
-fn closed_by_their_owners() -> Vec<(u64, u64)> {
-    let entries: Vec<(i32, i32, u64, u64)> = crate::sync::lock(&OPENED)
-        .iter()
-        .filter(|m| Arc::strong_count(m) == 1)
-        .map(|m| (m.owner, m.fd, m.id.dev, m.id.ino))
-        .collect();
-    entries
-        .into_iter()
-        .filter(|&(owner, fd, dev, ino)| {
-            !sys::path_identity(&format!("/proc/{owner}/fd/{fd}")).is_ok_and(|id| id == (dev, ino))
-        })
-        .map(|(_, _, dev, ino)| (dev, ino))
-        .collect()
 }
 
 /// Maps the segment a handle names (the checks every peer's memfd gets:
@@ -891,6 +654,7 @@ pub(crate) fn type_tag<T>() -> u64 {
 
 #[cfg(all(test, not(miri)))]
 mod tests {
+    use super::cache::IDLE_KEEP;
     use super::*;
 
     fn handle_of(seg: &Arc<SharedSegment>) -> (Vec<u8>, crate::wire::Carried) {
