@@ -36,6 +36,24 @@ const BLOCK_BYTES: usize = 32 * 1024;
 /// more than once, that several tasks share or write back, or of several
 /// MiB per call: several times faster, see `docs/performance.md`.
 ///
+/// **Iterative kernels** (a stencil, a solver sweeping the same arrays call
+/// after call) map each array once per worker: a worker keeps the mapping
+/// of an array it received after the task's copies drop, and reuses it for
+/// the next task that names the array, so its pages are not faulted in
+/// again. It lets the mapping go when the array's creator drops its last
+/// copy, when newer arrays push it out of the worker's cache (64 arrays,
+/// and at most an eighth of the machine's memory, up to 4 GiB, of arrays
+/// no task there uses), or after the worker has been idle for a second.
+/// In such kernels, copy bands out with [`read_into`](Self::read_into) into
+/// a buffer the task keeps between calls (a `thread_local!`) rather than
+/// with [`read`](Self::read), which allocates and faults a fresh `Vec` each
+/// time: a user trial's stencil ran about 30% faster so.
+///
+/// Each array holds one file descriptor (and one mapping) in the process
+/// that made it while it lives, and in each process that maps it: a
+/// program that keeps thousands of arrays at once may need a higher
+/// `ulimit -n`.
+///
 /// ```
 /// use corepool::{Pool, SharedArray};
 ///
@@ -81,6 +99,13 @@ impl<T> fmt::Debug for SharedArray<T> {
 impl<T: Pod> SharedArray<T> {
     /// A zero-filled array of `len` elements.
     ///
+    /// Its memory is reserved (committed) at creation, so that a full
+    /// tmpfs or a memory limit is an error here rather than a crash at the
+    /// first touch; creating a large array takes as long as the kernel
+    /// needs to find that memory. An array that this process's address-space
+    /// limit (`ulimit -v`) leaves no room to map is refused at once, before
+    /// any memory is reserved.
+    ///
     /// ```
     /// let a = corepool::SharedArray::<u32>::new(3)?;
     /// assert_eq!(a.to_vec(), vec![0, 0, 0]);
@@ -90,7 +115,8 @@ impl<T: Pod> SharedArray<T> {
     ///
     /// # Errors
     ///
-    /// [`Error::SharedMemory`] when the memory cannot be reserved;
+    /// [`Error::SharedMemory`] when the memory cannot be reserved or mapped
+    /// (its advice names the limit: RAM, the cgroup, `ulimit -v`, `ulimit -n`);
     /// [`Error::InvalidConfig`] for a zero-sized `T` or a size that overflows.
     pub fn new(len: usize) -> Result<Self> {
         let size = std::mem::size_of::<T>();
@@ -204,6 +230,9 @@ impl<T: Pod> SharedArray<T> {
     }
 
     /// Copies `dst.len()` elements starting at `start` into `dst`.
+    ///
+    /// The way to read in a loop: reuse `dst` from call to call (see
+    /// iterative kernels in [`SharedArray`]'s docs).
     ///
     /// ```
     /// let a = corepool::SharedArray::from_slice(&[1u16, 2, 3, 4])?;

@@ -244,6 +244,45 @@ fn cgroup_memory_left() -> Option<u64> {
     least
 }
 
+/// The machine's physical memory in bytes (`sysconf(_SC_PHYS_PAGES)` times
+/// the page size), `None` if it cannot be read.
+pub(crate) fn physical_memory() -> Option<u64> {
+    // Raw libc: sysconf is the C library's (rustix has no wrapper for it).
+    // SAFETY: sysconf reads a configuration value and has no preconditions.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let pages = u64::try_from(pages).ok().filter(|&p| p > 0)?;
+    pages.checked_mul(u64::try_from(page).ok().filter(|&p| p > 0)?)
+}
+
+/// Room left under this process's address-space limit (RLIMIT_AS,
+/// `ulimit -v`): the limit less the address space mapped now (`VmSize` in
+/// `/proc/self/status`). `None` when there is no limit or it cannot be read.
+pub(crate) fn address_space_left() -> Option<u64> {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::As).current?;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmSize:"))?;
+    let kib: u64 = line["VmSize:".len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(limit.saturating_sub(kib.checked_mul(1024)?))
+}
+
+/// Whether this process has an address-space limit (RLIMIT_AS, `ulimit
+/// -v`): one `getrlimit`, to skip reading `/proc` when it has none.
+pub(crate) fn has_address_space_limit() -> bool {
+    rustix::process::getrlimit(rustix::process::Resource::As)
+        .current
+        .is_some()
+}
+
 /// Writes all of `bytes` into the file at `offset` (`pwrite`, retried on
 /// short writes and EINTR): filling a memfd this way copies into its pages
 /// without faulting them into a mapping one by one.

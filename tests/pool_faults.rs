@@ -846,7 +846,67 @@ fn a_file_size_limit_is_an_error_not_a_signal() {
     assert_eq!(text.trim(), "pool true array true", "{output:?}");
 }
 
+const SMALL_ADDRESS_SPACE: &str = "COREPOOL_TEST_SMALL_ADDRESS_SPACE";
+
+/// The address space this process maps now (`VmSize`), in bytes.
+fn address_space_now() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmSize:")).unwrap();
+    let kib: u64 = line["VmSize:".len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kib * 1024
+}
+
+/// The program of `an_address_space_limit_fails_an_array_before_reserving_it`:
+/// under an address-space limit 256 MiB above what it maps now, what making
+/// arrays past the limit, past the room left, and within it says.
+fn small_address_space() -> ! {
+    let limit = libc::rlimit {
+        rlim_cur: address_space_now() + (256 << 20),
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a plain system call on a struct that lives across it.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) }, 0);
+    // ENOMEM with the `ulimit -v` advice, from the check made before the
+    // memory is reserved (its step says so): nothing was committed.
+    let refused_early = |e: &Error| {
+        matches!(e, Error::SharedMemory { op, source }
+            if source.raw_os_error() == Some(libc::ENOMEM) && op.contains("before reserving"))
+            && e.to_string().contains("ulimit -v")
+    };
+    // 8 GiB, as in the user trial: past the limit itself.
+    let huge = corepool::SharedArray::<f64>::new(1 << 30);
+    // 512 MiB: past the room the limit leaves.
+    let over = corepool::SharedArray::<u8>::new(512 << 20);
+    let small = corepool::SharedArray::<u8>::new(1 << 20);
+    println!(
+        "huge {} over {} small {}",
+        huge.as_ref().err().is_some_and(refused_early),
+        over.as_ref().err().is_some_and(refused_early),
+        small.is_ok_and(|a| a.len() == 1 << 20),
+    );
+    std::process::exit(0);
+}
+
+/// Under `ulimit -v`, `SharedArray::new` reserved (committed) all of its
+/// memory before the mmap that the limit refused: 8 GiB of RAM for 1.6-2.6 s
+/// in a user trial. Now the limit's room is looked at first, and the same
+/// typed error comes at once.
+fn an_address_space_limit_fails_an_array_before_reserving_it() {
+    let output = common::run_self_as(SMALL_ADDRESS_SPACE, HUNG);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(text.trim(), "huge true over true small true", "{output:?}");
+}
+
 fn main() {
+    if std::env::var_os(SMALL_ADDRESS_SPACE).is_some() {
+        small_address_space();
+    }
     if std::env::var_os(UNKILLABLE_TIMEOUT).is_some() {
         unkillable_timeout();
     }
@@ -881,5 +941,6 @@ fn main() {
         a_result_whose_drop_panics_does_not_end_the_driver,
         a_timed_out_task_on_a_worker_we_may_not_kill_fails_anyway,
         a_file_size_limit_is_an_error_not_a_signal,
+        an_address_space_limit_fails_an_array_before_reserving_it,
     ]);
 }

@@ -135,6 +135,72 @@ fn a_worker_dying_before_its_spilled_result_is_read_is_a_worker_death() {
     }
 }
 
+const FEW_DESCRIPTORS: &str = "COREPOOL_TEST_FEW_DESCRIPTORS";
+
+fn worker_pid(_: u8) -> u32 {
+    std::process::id()
+}
+
+fn lingering_in_worker(_: u8) -> u64 {
+    corepool::testing::lingering_objects() as u64
+}
+
+/// The program of `a_parent_out_of_descriptors_fails_the_task_not_the_worker`
+/// (it lowers its own descriptor limit, so it runs as a process of its own).
+fn few_descriptors() -> ! {
+    let pool = Pool::new(1).unwrap();
+    let worker = pool.apply(worker_pid, 0).unwrap();
+    assert!(pool.apply(make, MIB as u64).unwrap() == pattern(MIB, 3));
+    // SAFETY: plain descriptor and rlimit calls on values that live across
+    // them.
+    let old = unsafe {
+        let lowest_free = libc::dup(0);
+        libc::close(lowest_free);
+        let mut old = std::mem::zeroed::<libc::rlimit>();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut old), 0);
+        let low = libc::rlimit {
+            rlim_cur: lowest_free as libc::rlim_t,
+            rlim_max: old.rlim_max,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &low), 0);
+        old
+    };
+    let got = pool.apply(make, MIB as u64);
+    // SAFETY: as above.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &old) };
+    let typed = matches!(&got, Err(Error::SharedMemory { source, .. })
+        if source.raw_os_error() == Some(libc::EMFILE))
+        && got.as_ref().unwrap_err().to_string().contains("ulimit -n");
+    // The same worker serves on, and the spill it kept for the result the
+    // parent could not open is let go once the parent can open it.
+    let next = pool.apply(make, MIB as u64);
+    let same = pool.apply(worker_pid, 0).ok() == Some(worker);
+    let lingering = pool.apply(lingering_in_worker, 0);
+    println!(
+        "typed {typed} next {} same {same} lingering {lingering:?}",
+        next.is_ok_and(|v| v == pattern(MIB, 3)),
+    );
+    if !typed {
+        println!("{got:?}");
+    }
+    std::process::exit(0);
+}
+
+/// When the parent itself is out of descriptors (`ulimit -n`) as it opens
+/// an honest worker's spilled result, the task fails with a typed error
+/// whose advice names the limit; the worker was judged a protocol violator
+/// and killed (review22, after a 250 ms wait under the pool's lock).
+fn a_parent_out_of_descriptors_fails_the_task_not_the_worker() {
+    let output = common::run_self_as(FEW_DESCRIPTORS, std::time::Duration::from_secs(60));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        text.trim(),
+        "typed true next true same true lingering Ok(0)",
+        "{output:?}"
+    );
+}
+
 fn a_queue_dropped_with_spilled_values_frees_them() {
     // Never shared: nobody can get what it holds, so its spills go with it
     // (the harness checks that no descriptor is left).
@@ -172,6 +238,9 @@ fn spills_leave_nothing_behind_over_thousands_of_calls() {
 }
 
 fn main() {
+    if std::env::var_os(FEW_DESCRIPTORS).is_some() {
+        few_descriptors();
+    }
     corepool::init();
     // The process thread's eventfd lives for the program: create it before
     // the harness takes its descriptor baseline.
@@ -183,5 +252,6 @@ fn main() {
         a_worker_dying_before_its_spilled_result_is_read_is_a_worker_death,
         a_queue_dropped_with_spilled_values_frees_them,
         spills_leave_nothing_behind_over_thousands_of_calls,
+        a_parent_out_of_descriptors_fails_the_task_not_the_worker,
     ]);
 }

@@ -413,10 +413,10 @@ impl<'a> Server<'a> {
                     let tasks = &self.tasks;
                     let shutdown = self.slot.shutdown();
                     // While a result's spill (or an object it names) waits
-                    // for the parent to open it, look again now and then:
-                    // its memory goes as soon as it can.
-                    let recheck = crate::shm::handle::lingering_now()
-                        .then_some(std::time::Duration::from_millis(10));
+                    // for the parent to open it, or received arrays are
+                    // kept mapped, look again now and then: memory nobody
+                    // needs goes as soon as it can.
+                    let recheck = crate::shm::handle::idle_recheck();
                     // The stamp at our claim position: the parent stamps a
                     // task, then wakes us (`park`'s fences order its stamp
                     // before its look at `sleeping`, and our announcement

@@ -24,19 +24,47 @@
 //! decode error) or linger until the list's bound ([`MAX_LINGERING`]
 //! objects, the oldest let go first) or the process's exit.
 //!
-//! A receiver keeps up to 64 mappings so that a stream of tasks over the same
-//! array maps it once; on a miss it first forgets mappings whose owner no
-//! longer holds the descriptor, so their memory can be freed.
+//! **Received mappings are kept** ([`cache`]). A receiver keeps what it
+//! mapped in a cache ([`MAX_OPENED`](cache::MAX_OPENED) entries, least
+//! recently used first) after its last handle drops, so that an iterative
+//! kernel that sends the same arrays call after call maps them once:
+//! unmapping and mapping again re-faults every page (a user trial's Jacobi
+//! stencil spent 20-30% of its time in page faults). A kept mapping holds
+//! the object's memory alive, so it is let go as soon as it is likely
+//! useless:
+//! - when its creator has let go of it: the creator marks the trailer as it
+//!   drops its last copy ([`RELEASED_WORD`]), and a receiver looks at the
+//!   mark as its own last handle drops ([`dropping`]) and on each
+//!   [`sweep`]; a cache miss also forgets mappings whose sender no longer
+//!   holds the descriptor (`/proc`);
+//! - when evicted: past [`MAX_OPENED`](cache::MAX_OPENED) entries or
+//!   [`keep_bytes`](cache::keep_bytes) bytes of mappings nothing here uses,
+//!   the least recently used go first;
+//! - when its process goes idle: a pool worker asks [`idle_recheck`] before
+//!   it sleeps for want of tasks, and what it has not used for
+//!   [`IDLE_KEEP`](cache::IDLE_KEEP) goes.
+//!
+//! The mark is untrusted like the count: a forged mark only makes a
+//! receiver map the object again; a cleared one only keeps a freed object
+//! until one of the other rules lets it go. A kept mapping is always of the
+//! very file the handle names (same device and inode, and the open
+//! descriptor keeps the inode from being reused), so it never reads
+//! another object's memory.
+
+mod cache;
+
+pub(crate) use cache::{dropping, forget_unused_mappings, idle_recheck};
+use cache::{open, tidy_cache, CACHED, MAY_KEEP, OPENED};
 
 use crate::error::Result;
-use crate::shm::peer::{self, Access};
+use crate::shm::peer::{self, Access, OpenError};
 use crate::shm::Segment;
 use crate::sys::{self, FileId};
 use crate::wire::{decode_error, Encoder, Transit, Wire};
 use std::ffi::CStr;
 use std::mem::ManuallyDrop;
 use std::os::fd::AsFd;
-use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,6 +78,10 @@ pub(crate) const MAX_LINGERING: usize = 1024;
 /// How long a child (a `Process`, a pool worker) that is done waits at its
 /// exit for receivers of what it sent ([`linger_at_exit`]).
 pub(crate) const EXIT_LINGER: Duration = Duration::from_secs(5);
+
+/// The trailer's word that the creator sets as it lets go of its last copy
+/// (an index in 4-byte words: after the in-flight count and its waiters).
+const RELEASED_WORD: usize = 2;
 
 /// One mapping of a shared memfd in this process.
 #[derive(Debug)]
@@ -65,11 +97,10 @@ pub(crate) struct SharedSegment {
     sent: AtomicBool,
     /// Whether this process created it (rather than opened a handle).
     created: bool,
+    /// When it was last decoded or dropped by a user here
+    /// ([`sys::coarse_now`], in nanoseconds): for [`idle_recheck`].
+    last_used: AtomicU64,
 }
-
-/// Segments this process has mapped from another one.
-static OPENED: Mutex<Vec<Arc<SharedSegment>>> = Mutex::new(Vec::new());
-const MAX_OPENED: usize = 64;
 
 /// Segments this process sent and dropped while handles to them were in
 /// flight, oldest first; [`LINGERING`] mirrors its length for a lock-free
@@ -78,6 +109,16 @@ const MAX_OPENED: usize = 64;
 /// lock).
 static LINGER: Mutex<Vec<Segment>> = Mutex::new(Vec::new());
 static LINGERING: AtomicUsize = AtomicUsize::new(0);
+
+/// Handles this process received but could not open for want of its own
+/// descriptors or memory (`is_own_limit`): their transit is not ended yet,
+/// so their senders keep the objects. Ended by a later [`sweep`] once the
+/// open succeeds (or the object is gone); at most [`MAX_UNCOUNTED`], the
+/// oldest given up first (its sender then keeps it until its own bound or
+/// exit). [`UNCOUNTING`] mirrors the length as [`LINGERING`] does.
+static UNCOUNTED: Mutex<Vec<(i32, i32, u64, u64)>> = Mutex::new(Vec::new());
+static UNCOUNTING: AtomicUsize = AtomicUsize::new(0);
+const MAX_UNCOUNTED: usize = 64;
 
 /// The in-flight count and its waiter count, in `seg`'s trailer; `None` if
 /// the segment is too small or its size not a multiple of 64 (only a hostile
@@ -98,6 +139,26 @@ fn trailer(seg: &Segment) -> Option<(&AtomicU32, &AtomicU32)> {
             AtomicU32::from_ptr(p.add(4).cast()),
         )
     })
+}
+
+/// The trailer's creator-released mark in `seg` (see the module docs);
+/// `None` as for [`trailer`].
+fn released_mark(seg: &Segment) -> Option<&AtomicU32> {
+    let len = seg.len();
+    if len < TRAILER || len % TRAILER != 0 {
+        return None;
+    }
+    let p = seg.at(len - TRAILER + 4 * RELEASED_WORD, 4)?;
+    // SAFETY: in bounds (checked by `at`); 4-aligned (a 64-aligned trailer
+    // plus a multiple of 4); the word lives as long as `seg`, to which the
+    // reference is tied; every process touches it only atomically.
+    Some(unsafe { AtomicU32::from_ptr(p.cast()) })
+}
+
+/// Whether the creator of `seg` has marked it let go (a hint: untrusted).
+fn released_by_creator(seg: &Segment) -> bool {
+    // Acquire: pairs with the creator's Release store in `Drop`.
+    released_mark(seg).is_some_and(|w| w.load(Ordering::Acquire) != 0)
 }
 
 /// Subtracts one from an in-flight count, never below 0; wakes a process
@@ -134,13 +195,60 @@ fn in_flight(seg: &Segment) -> bool {
     trailer(seg).is_some_and(|(count, _)| count.load(Ordering::Acquire) != 0)
 }
 
-/// Lets go of lingering objects that nothing is in flight to any more. One
-/// atomic load when nothing lingers: callers run it on every send, receive
-/// and task.
+/// Lets go of lingering objects that nothing is in flight to any more, and
+/// of kept mappings their creator let go or past the cache's byte bound
+/// ([`tidy_cache`]). Three atomic loads when nothing lingers and nothing is
+/// kept: callers run it on every send, receive and task.
 #[inline]
 pub(crate) fn sweep() {
     if LINGERING.load(Ordering::Relaxed) != 0 {
         sweep_lingering();
+    }
+    if MAY_KEEP.load(Ordering::Relaxed) {
+        tidy_cache(false);
+    }
+    if UNCOUNTING.load(Ordering::Relaxed) != 0 {
+        count_down_later_ones();
+    }
+}
+
+/// Remembers a handle this process could not open for its own reasons, to
+/// end its transit later ([`UNCOUNTED`]).
+fn count_down_later(handle: (i32, i32, u64, u64)) {
+    let mut later = crate::sync::lock(&UNCOUNTED);
+    if later.len() >= MAX_UNCOUNTED {
+        later.remove(0);
+    }
+    later.push(handle);
+    UNCOUNTING.store(later.len(), Ordering::Relaxed);
+}
+
+/// Ends the transit of the handles [`count_down_later`] kept, as far as
+/// they open now; keeps those this process still cannot open. No lock is
+/// held across the opens.
+#[cold]
+fn count_down_later_ones() {
+    let handles = {
+        let mut later = crate::sync::lock(&UNCOUNTED);
+        UNCOUNTING.store(0, Ordering::Relaxed);
+        std::mem::take(&mut *later)
+    };
+    let mut still = Vec::new();
+    for (owner, fd, dev, ino) in handles {
+        match open_uncached(owner, fd, dev, ino, 0) {
+            Ok(seg) => count_down(&seg.seg),
+            Err(OpenError::OwnLimit { .. }) => still.push((owner, fd, dev, ino)),
+            // Gone, or not the same file any more: nothing to end.
+            Err(OpenError::Refused(_)) => {}
+        }
+    }
+    if !still.is_empty() {
+        let mut later = crate::sync::lock(&UNCOUNTED);
+        still.append(&mut later);
+        let excess = still.len().saturating_sub(MAX_UNCOUNTED);
+        still.drain(..excess);
+        *later = still;
+        UNCOUNTING.store(later.len(), Ordering::Relaxed);
     }
 }
 
@@ -174,24 +282,6 @@ pub(crate) fn forget_lingering() {
     drop(gone);
 }
 
-/// Forgets every cached mapping of another process's object that nothing
-/// here uses any more (tests): a forged in-flight count keeps one cached
-/// (bounded by [`MAX_OPENED`]) until its owner closes it and a later miss
-/// looks.
-#[cfg(feature = "fault-injection")]
-pub(crate) fn forget_unused_mappings() {
-    let unused: Vec<Arc<SharedSegment>> = {
-        let mut opened = crate::sync::lock(&OPENED);
-        let (unused, used) = std::mem::take(&mut *opened)
-            .into_iter()
-            .partition(|m| Arc::strong_count(m) == 1);
-        *opened = used;
-        unused
-    };
-    // Unmapped (or kept for their receivers) outside the lock.
-    drop(unused);
-}
-
 /// Whether this process keeps objects for receivers, after a sweep.
 pub(crate) fn lingering_now() -> bool {
     lingering() != 0
@@ -208,7 +298,11 @@ pub(crate) fn linger_at_exit(bound: Duration) {
     // `Drop`) and are waited for below like the objects this process made.
     // Without this, a child that handed back what it was given (a pipe end,
     // an array) exited at once, and its receiver could no longer open it.
-    let cached = std::mem::take(&mut *crate::sync::lock(&OPENED));
+    let cached = {
+        let mut opened = crate::sync::lock(&OPENED);
+        CACHED.store(0, Ordering::Relaxed);
+        std::mem::take(&mut *opened)
+    };
     drop(cached);
     let deadline = Instant::now().checked_add(bound);
     loop {
@@ -252,25 +346,6 @@ pub(crate) fn linger_at_exit(bound: Duration) {
     }
 }
 
-/// Called as a shared object's handle drops its copy of `map`: if only the
-/// cache of opened mappings would hold it after this copy goes, and no
-/// handle to it is in flight (nothing more of it is coming), the mapping is
-/// forgotten, so that its memory can be freed. A stream of tasks over one
-/// array keeps it mapped: their handles are in flight while they queue.
-pub(crate) fn dropping(map: &Arc<SharedSegment>) {
-    // This copy and the cache's: 2. Anything more is still in use here.
-    if map.created || Arc::strong_count(map) != 2 || in_flight(&map.seg) {
-        return;
-    }
-    let forgotten = {
-        let mut opened = crate::sync::lock(&OPENED);
-        let at = opened.iter().position(|m| Arc::ptr_eq(m, map));
-        at.map(|at| opened.remove(at))
-    };
-    // Unmapped (or kept for its receivers) as the caller's copy goes.
-    drop(forgotten);
-}
-
 /// Keeps `seg` for its receivers (see the module docs).
 fn linger(seg: Segment) {
     let evicted = {
@@ -293,7 +368,15 @@ impl Drop for SharedSegment {
         let seg = unsafe { ManuallyDrop::take(&mut self.seg) };
         // Relaxed: the last `Arc` drop (Acquire) orders every `encode`'s
         // store of `sent` before this load.
-        if self.sent.load(Ordering::Relaxed) && in_flight(&seg) {
+        let sent = self.sent.load(Ordering::Relaxed);
+        if self.created && sent {
+            // Receivers that keep a mapping of it may let it go now.
+            // Release pairs with the Acquire load in `released_by_creator`.
+            if let Some(mark) = released_mark(&seg) {
+                mark.store(1, Ordering::Release);
+            }
+        }
+        if sent && in_flight(&seg) {
             linger(seg);
         } else {
             drop(seg);
@@ -323,6 +406,7 @@ impl SharedSegment {
             .ok_or_else(|| crate::Error::InvalidConfig {
                 what: format!("a shared object of {bytes} bytes is too large"),
             })?;
+        check_address_space_for(len)?;
         let seg = Segment::create(name, len)?;
         let id = seg.identity()?;
         let fd = seg.raw_fd();
@@ -333,7 +417,15 @@ impl SharedSegment {
             fd,
             sent: AtomicBool::new(false),
             created: true,
+            last_used: AtomicU64::new(0),
         }))
+    }
+
+    /// Notes that a user here decoded or dropped it now (for
+    /// [`idle_recheck`]; Relaxed: a hint read under the cache lock).
+    fn touch(&self) {
+        let now = u64::try_from(sys::coarse_now().as_nanos()).unwrap_or(u64::MAX);
+        self.last_used.store(now, Ordering::Relaxed);
     }
 
     /// The mapping's base address.
@@ -411,7 +503,13 @@ impl SharedSegment {
         let bytes = bytes_for(len)
             .and_then(|b| usize::try_from(b).ok())
             .ok_or_else(|| decode_error::<T>("length overflows"))?;
-        let map = open(owner, fd, dev, ino, bytes).map_err(decode_error::<T>)?;
+        let map = open(owner, fd, dev, ino, bytes).map_err(|e| {
+            if matches!(e, OpenError::OwnLimit { .. }) {
+                count_down_later((owner, fd, dev, ino));
+            }
+            e.into_error::<T>(OPEN_STEP)
+        })?;
+        map.touch();
         count_down(&map.seg);
         sweep();
         Ok((map, len))
@@ -433,76 +531,67 @@ impl SharedSegment {
         let bytes = bytes_for(len)
             .and_then(|b| usize::try_from(b).ok())
             .ok_or_else(|| decode_error::<T>("length overflows"))?;
-        let map = open_uncached(owner, fd, dev, ino, bytes).map_err(decode_error::<T>)?;
+        let map = open_uncached(owner, fd, dev, ino, bytes).map_err(|e| {
+            if matches!(e, OpenError::OwnLimit { .. }) {
+                count_down_later((owner, fd, dev, ino));
+            }
+            e.into_error::<T>(OPEN_STEP)
+        })?;
         count_down(&map.seg);
         sweep();
         Ok((map, len))
     }
 }
 
-/// Maps the segment another process described, or reuses an earlier mapping.
-///
-/// The cache lock is held only to look up and to insert, never across a
-/// system call on a file the handle names: a hostile handle could otherwise
-/// stall every thread that decodes (often the driver).
-fn open(
-    owner: i32,
-    fd: i32,
-    dev: u64,
-    ino: u64,
-    bytes: usize,
-) -> std::result::Result<Arc<SharedSegment>, String> {
-    let cached = crate::sync::lock(&OPENED)
-        .iter()
-        .find(|m| m.id.dev == dev && m.id.ino == ino)
-        .cloned();
-    if let Some(m) = cached {
-        return fits(m, bytes);
+/// Segments from this size up are checked against the address-space
+/// limit's room before their memory is reserved ([`check_address_space_for`]);
+/// smaller ones are not worth reading `/proc` for (spills are made
+/// thousands of times a second), and a refused mmap of them wastes little.
+const CHECKED_MAPPING: usize = 64 << 20;
+
+/// Refuses at once a segment that this process's address-space limit
+/// (`ulimit -v`, RLIMIT_AS) leaves no room to map. Creation reserves the
+/// memory (`fallocate`, so that a full tmpfs is an error there) before it
+/// maps it: under the limit, a user trial's 8 GiB array committed 8 GiB of
+/// RAM for 1.6-2.6 s before the mmap failed. The error is the one the mmap
+/// would give (ENOMEM, whose advice names `ulimit -v`); the step's name says
+/// it was checked first. Costs one `getrlimit` without a limit; with one,
+/// a read of `/proc/self/status` for segments from [`CHECKED_MAPPING`] up.
+fn check_address_space_for(len: usize) -> Result<()> {
+    // Under Miri segments are heap memory, and it cannot make the calls.
+    if cfg!(miri) || !sys::has_address_space_limit() {
+        return Ok(());
     }
-    let fresh = Arc::new(open_uncached(owner, fd, dev, ino, bytes)?);
-    let closed = closed_by_their_owners();
-    let mut opened = crate::sync::lock(&OPENED);
-    // Another thread may have mapped the same memory meanwhile: keep one.
-    if let Some(m) = opened.iter().find(|m| m.id.dev == dev && m.id.ino == ino) {
-        return fits(m.clone(), bytes);
+    let too_large = |left: Option<u64>| left.is_some_and(|left| len as u64 > left);
+    if len < CHECKED_MAPPING || !too_large(sys::address_space_left()) {
+        return Ok(());
     }
-    opened.retain(|m| {
-        Arc::strong_count(m) > 1 || !closed.iter().any(|&(d, i)| m.id.dev == d && m.id.ino == i)
-    });
-    if opened.len() >= MAX_OPENED {
-        opened.remove(0);
+    // Mappings this process keeps (see the module docs) take address
+    // space too: let go of those nothing uses, and look again.
+    if CACHED.load(Ordering::Relaxed) != 0 {
+        forget_unused_mappings();
+        if !too_large(sys::address_space_left()) {
+            return Ok(());
+        }
     }
-    opened.push(fresh.clone());
-    Ok(fresh)
+    Err(crate::Error::shm(
+        "mmap (the address-space limit, checked before reserving the memory)",
+        std::io::Error::from_raw_os_error(libc::ENOMEM),
+    ))
 }
 
-/// `m`, if its memory holds `bytes`: the handle may come from an untrusted
-/// worker, so its length is checked on the cached path as on the first.
-fn fits(m: Arc<SharedSegment>, bytes: usize) -> std::result::Result<Arc<SharedSegment>, String> {
-    if m.usable_len() < bytes {
-        return Err(format!(
-            "the shared memory holds {} bytes, the handle says {bytes}",
-            m.usable_len()
-        ));
-    }
-    Ok(m)
-}
+/// The step named in the error when this process cannot open or map what a
+/// handle names for want of its own descriptors or memory.
+const OPEN_STEP: &str = "opening a shared object a handle names";
 
-/// The (device, inode) of cached mappings whose owner no longer holds the
-/// descriptor, so that their memory can be freed. Looks at `/proc` without
-/// the cache lock.
-fn closed_by_their_owners() -> Vec<(u64, u64)> {
-    let entries: Vec<(i32, i32, u64, u64)> = crate::sync::lock(&OPENED)
-        .iter()
-        .map(|m| (m.owner, m.fd, m.id.dev, m.id.ino))
-        .collect();
-    entries
-        .into_iter()
-        .filter(|&(owner, fd, dev, ino)| {
-            !sys::path_identity(&format!("/proc/{owner}/fd/{fd}")).is_ok_and(|id| id == (dev, ino))
-        })
-        .map(|(_, _, dev, ino)| (dev, ino))
-        .collect()
+/// Whether `err` is this process's own want of descriptors or memory as it
+/// opened what a handle names (EMFILE, ENFILE, ENOMEM), rather than a
+/// handle that does not open: the sender is not to blame.
+pub(crate) fn is_own_limit(err: &crate::Error) -> bool {
+    match err {
+        crate::Error::SharedMemory { op, source } => *op == OPEN_STEP && peer::is_own_limit(source),
+        _ => false,
+    }
 }
 
 /// Maps the segment a handle names (the checks every peer's memfd gets:
@@ -514,28 +603,33 @@ fn open_uncached(
     dev: u64,
     ino: u64,
     bytes: usize,
-) -> std::result::Result<SharedSegment, String> {
+) -> std::result::Result<SharedSegment, OpenError> {
     let path = format!("/proc/{owner}/fd/{fd}");
     let (file, _) = peer::open_memfd(owner, fd, (dev, ino), Access::ReadWrite, "a corepool array")?;
     // Only a memfd sealed against resizing: never map an arbitrary file a
     // worker names, nor one that could shrink under us.
     if !sys::is_size_sealed(file.as_fd()) {
-        return Err(format!(
+        return Err(OpenError::Refused(format!(
             "{path} is not a corepool array (not a size-sealed memfd)"
-        ));
+        )));
     }
-    let seg = Segment::open(file).map_err(|e| e.to_string())?;
-    let id = seg.identity().map_err(|e| e.to_string())?;
+    let seg = Segment::open(file).map_err(|e| match e {
+        crate::Error::SharedMemory { op, source } => OpenError::from_call(op.into(), source),
+        other => OpenError::Refused(other.to_string()),
+    })?;
+    let id = seg
+        .identity()
+        .map_err(|e| OpenError::Refused(e.to_string()))?;
     if id.dev != dev || id.ino != ino {
-        return Err(format!(
+        return Err(OpenError::Refused(format!(
             "{path} is no longer the same memory (closed, and the number reused)"
-        ));
+        )));
     }
     if trailer(&seg).is_none() || seg.len() - TRAILER < bytes {
-        return Err(format!(
+        return Err(OpenError::Refused(format!(
             "the shared memory holds {} bytes, the handle says {bytes} (and a 64-byte trailer)",
             seg.len()
-        ));
+        )));
     }
     Ok(SharedSegment {
         seg: ManuallyDrop::new(seg),
@@ -544,6 +638,7 @@ fn open_uncached(
         fd,
         sent: AtomicBool::new(false),
         created: false,
+        last_used: AtomicU64::new(0),
     })
 }
 
@@ -559,6 +654,7 @@ pub(crate) fn type_tag<T>() -> u64 {
 
 #[cfg(all(test, not(miri)))]
 mod tests {
+    use super::cache::IDLE_KEEP;
     use super::*;
 
     fn handle_of(seg: &Arc<SharedSegment>) -> (Vec<u8>, crate::wire::Carried) {
@@ -618,6 +714,85 @@ mod tests {
         drop(seg);
         let opened = SharedSegment::decode_one_off::<u8>(&mut bytes.as_slice(), 7, Some);
         assert!(matches!(opened, Err(crate::Error::Decode { .. })));
+    }
+
+    fn cached(id: (u64, u64)) -> bool {
+        crate::sync::lock(&OPENED)
+            .iter()
+            .any(|m| (m.id.dev, m.id.ino) == id)
+    }
+
+    /// Sends `seg` to this process, decodes it and drops the received copy
+    /// as a `SharedArray` does; returns the received mapping's base.
+    fn receive_and_drop(seg: &Arc<SharedSegment>) -> usize {
+        let (bytes, mut carried) = handle_of(seg);
+        carried.sent();
+        drop(carried);
+        let (opened, _) = SharedSegment::decode::<u8>(&mut bytes.as_slice(), 7, Some).unwrap();
+        let base = opened.base() as usize;
+        dropping(&opened);
+        drop(opened);
+        base
+    }
+
+    #[test]
+    fn a_received_mapping_is_kept_until_its_creator_lets_go() {
+        let seg = SharedSegment::create(c"corepool-test", 4096).unwrap();
+        let id = (seg.id.dev, seg.id.ino);
+        let first = receive_and_drop(&seg);
+        let _ = tidy_cache(false);
+        assert!(cached(id), "kept after its last handle dropped");
+        assert_eq!(receive_and_drop(&seg), first, "the next handle reuses it");
+        drop(seg); // the creator lets go: it marks the trailer
+        let _ = tidy_cache(false);
+        assert!(!cached(id), "let go once its creator did");
+    }
+
+    #[test]
+    fn a_forged_mark_only_costs_a_new_mapping() {
+        let seg = SharedSegment::create(c"corepool-test", 4096).unwrap();
+        let id = (seg.id.dev, seg.id.ino);
+        receive_and_drop(&seg);
+        assert!(cached(id));
+        // A hostile holder marks it let go while its creator holds it.
+        released_mark(&seg.seg).unwrap().store(1, Ordering::Release);
+        let _ = tidy_cache(false);
+        assert!(!cached(id), "let go early");
+        // Mapped again, the same memory.
+        // SAFETY: in bounds of the 4096 usable bytes; this test's memory.
+        unsafe { seg.base().add(100).write_volatile(42) };
+        let (bytes, mut carried) = handle_of(&seg);
+        carried.sent();
+        drop(carried);
+        let (again, _) = SharedSegment::decode::<u8>(&mut bytes.as_slice(), 7, Some).unwrap();
+        // SAFETY: as above, in the receiver's mapping of the same file.
+        assert_eq!(unsafe { again.base().add(100).read_volatile() }, 42);
+    }
+
+    #[test]
+    fn an_idle_process_lets_go_of_what_it_kept() {
+        let seg = SharedSegment::create(c"corepool-test", 4096).unwrap();
+        let id = (seg.id.dev, seg.id.ino);
+        receive_and_drop(&seg);
+        assert!(cached(id));
+        // Busy: kept, however long ago it was used.
+        let stale = |at: u64| {
+            let opened = crate::sync::lock(&OPENED);
+            let m = opened.iter().find(|m| (m.id.dev, m.id.ino) == id).unwrap();
+            m.last_used.store(at, Ordering::Relaxed);
+        };
+        stale(0);
+        let _ = tidy_cache(false);
+        assert!(cached(id), "a sweep keeps what is merely old");
+        // Used just now: kept, and the idle check says when to look again.
+        stale(u64::try_from(sys::coarse_now().as_nanos()).unwrap());
+        let again = idle_recheck();
+        assert!(cached(id));
+        assert!(again.is_some_and(|d| d <= IDLE_KEEP), "{again:?}");
+        // Unused for IDLE_KEEP: an idle process lets go of it.
+        stale(0);
+        let _ = idle_recheck();
+        assert!(!cached(id), "let go when idle");
     }
 
     #[test]

@@ -4,7 +4,83 @@
 //! before the caller checks the seals its kind needs.
 
 use crate::sys;
+use std::fmt;
+use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+
+/// Why a peer's memfd did not open: the handle's doing, or this process's
+/// own want of descriptors or memory. Telling them apart needs the system
+/// call's errno, so it travels typed: a parent out of descriptors (`ulimit
+/// -n`) must not judge an honest worker's handle a protocol violation.
+#[derive(Debug)]
+pub(crate) enum OpenError {
+    /// The handle names nothing this process may open and map: gone,
+    /// not a memfd, another file, missing seals. The message says which.
+    Refused(String),
+    /// This process could not open or map it for want of its own
+    /// resources ([`is_own_limit`]): the step and the kernel's answer.
+    OwnLimit {
+        /// The step that failed ("opening /proc/N/fd/M", "mmap").
+        op: String,
+        /// The kernel's answer: EMFILE, ENFILE or ENOMEM.
+        source: io::Error,
+    },
+}
+
+/// Whether `err` says this process ran out of something of its own
+/// (descriptors: EMFILE, ENFILE; memory or address space: ENOMEM) rather
+/// than that the file a handle names is wrong or gone.
+pub(crate) fn is_own_limit(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM)
+    )
+}
+
+impl OpenError {
+    /// A failed system call at step `op`: [`OpenError::OwnLimit`] for this
+    /// process's own limits, else refused with `op` and the error.
+    pub(crate) fn from_call(op: String, source: io::Error) -> Self {
+        if is_own_limit(&source) {
+            OpenError::OwnLimit { op, source }
+        } else {
+            OpenError::Refused(format!("{op}: {source}"))
+        }
+    }
+
+    /// The crate's error: a decode error of `T` for a refused handle, a
+    /// shared-memory error (errno and its advice: `ulimit -n`, free
+    /// memory) for this process's own limits. `step` names the object's
+    /// open in the latter ("opening a shared object a handle names").
+    pub(crate) fn into_error<T>(self, step: &'static str) -> crate::Error {
+        match self {
+            OpenError::Refused(reason) => crate::wire::decode_error::<T>(reason),
+            OpenError::OwnLimit { source, .. } => crate::Error::shm(step, source),
+        }
+    }
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::Refused(reason) => f.write_str(reason),
+            OpenError::OwnLimit { op, source } => write!(f, "{op}: {source}"),
+        }
+    }
+}
+
+/// For callers that only report the reason (queues, the arena).
+impl From<OpenError> for String {
+    fn from(e: OpenError) -> Self {
+        e.to_string()
+    }
+}
+
+impl From<String> for OpenError {
+    fn from(reason: String) -> Self {
+        OpenError::Refused(reason)
+    }
+}
 
 /// How the file is reopened.
 #[derive(Clone, Copy, Debug)]
@@ -25,25 +101,40 @@ pub(crate) enum Access {
 ///
 /// # Errors
 ///
-/// A message saying which check failed, for the caller's typed error.
+/// [`OpenError::OwnLimit`] when this process is out of descriptors or
+/// memory; else [`OpenError::Refused`] with a message saying which check
+/// failed, for the caller's typed error.
 pub(crate) fn open_memfd(
     owner: i32,
     fd: i32,
     (dev, ino): (u64, u64),
     access: Access,
     what: &str,
-) -> Result<(OwnedFd, sys::FileId), String> {
+) -> Result<(OwnedFd, sys::FileId), OpenError> {
     let path = format!("/proc/{owner}/fd/{fd}");
     // O_PATH: names the file without opening it (nothing of the file's runs).
-    let named = sys::open_path_only(&path)
-        .map_err(|e| format!("opening {path}: {e} (is the process holding {what} alive?)"))?;
+    let named = sys::open_path_only(&path).map_err(|e| {
+        if is_own_limit(&e) {
+            OpenError::from_call(format!("opening {path}"), e)
+        } else {
+            OpenError::Refused(format!(
+                "opening {path}: {e} (is the process holding {what} alive?)"
+            ))
+        }
+    })?;
     let is_memfd = sys::is_regular_file(named.as_fd()).unwrap_or(false)
         && sys::descriptor_target(named.as_fd()).is_ok_and(|t| t.starts_with(b"/memfd:"));
     if !is_memfd {
-        return Err(format!("{path} is not {what} (not a memfd)"));
+        return Err(OpenError::Refused(format!(
+            "{path} is not {what} (not a memfd)"
+        )));
     }
     let same = |id: &sys::FileId| id.dev == dev && id.ino == ino;
-    let reused = || format!("{path} is no longer {what} (closed, and the number reused)");
+    let reused = || {
+        OpenError::Refused(format!(
+            "{path} is no longer {what} (closed, and the number reused)"
+        ))
+    };
     if !sys::fstat(named.as_fd()).is_ok_and(|id| same(&id)) {
         return Err(reused());
     }
@@ -51,8 +142,8 @@ pub(crate) fn open_memfd(
         Access::ReadWrite => sys::reopen_read_write(named.as_fd()),
         Access::ReadOnly => sys::reopen_read_only(named.as_fd()),
     }
-    .map_err(|e| format!("opening {path}: {e}"))?;
-    let id = sys::fstat(file.as_fd()).map_err(|e| e.to_string())?;
+    .map_err(|e| OpenError::from_call(format!("opening {path}"), e))?;
+    let id = sys::fstat(file.as_fd()).map_err(|e| OpenError::from_call("fstat".into(), e))?;
     if !same(&id) {
         return Err(reused());
     }

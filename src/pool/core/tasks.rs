@@ -114,7 +114,10 @@ impl Core {
                     // open it here, before the record is released.
                     w.results.read_payload(record, &mut self.buf);
                     let read = crate::shm::spill::read(&self.buf);
-                    let died = read.is_err() && w.has_exited();
+                    // Out of descriptors or memory here (`ulimit -n`): not
+                    // the worker's doing, and no wait to see it exit.
+                    let ours = read.as_ref().is_err_and(crate::shm::handle::is_own_limit);
+                    let died = read.is_err() && !ours && w.has_exited();
                     match read {
                         Ok(bytes) => {
                             self.outstanding -= 1;
@@ -130,6 +133,15 @@ impl Core {
                             self.workers[index].in_flight.push_front(entry);
                             self.claimed = claimed;
                             return;
+                        }
+                        Err(err) if ours => {
+                            // This process is out of descriptors or memory
+                            // (`ulimit -n`): the worker did nothing wrong.
+                            // The task fails with the error and its advice;
+                            // the worker goes on.
+                            self.outstanding -= 1;
+                            actions.completions.push((entry.sink, Outcome::Err(err)));
+                            continue;
                         }
                         Err(_) => {
                             self.workers[index].in_flight.push_front(entry);
