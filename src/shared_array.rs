@@ -468,6 +468,9 @@ mod tests {
         let id = crate::sys::fstat(std::os::fd::AsFd::as_fd(&file)).unwrap();
         let forged = crate::wire::encode_to_vec(&(owner, file_fd, id.dev, id.ino, 1u64, tag));
         let err = SharedArray::<u8>::decode(&mut forged.as_slice()).unwrap_err();
-        assert!(err.to_string().contains("not a corepool array"), "{err}");
+        assert!(
+            err.to_string().contains("is not a corepool shared object"),
+            "{err}"
+        );
     }
 }

@@ -605,12 +605,21 @@ fn open_uncached(
     bytes: usize,
 ) -> std::result::Result<SharedSegment, OpenError> {
     let path = format!("/proc/{owner}/fd/{fd}");
-    let (file, _) = peer::open_memfd(owner, fd, (dev, ino), Access::ReadWrite, "a corepool array")?;
+    let (file, _) = peer::open_memfd(
+        owner,
+        fd,
+        (dev, ino),
+        Access::ReadWrite,
+        // Read in "is the process holding ... alive?" when the sender is
+        // gone: a queue record that spilled is the common case (a user
+        // trial's "join the producers, then drain"), and the 5 s it waits.
+        "a corepool shared object (an array, a queue, a pipe end, or a value too large for its message, which a process that exits keeps for at most 5 s)",
+    )?;
     // Only a memfd sealed against resizing: never map an arbitrary file a
     // worker names, nor one that could shrink under us.
     if !sys::is_size_sealed(file.as_fd()) {
         return Err(OpenError::Refused(format!(
-            "{path} is not a corepool array (not a size-sealed memfd)"
+            "{path} is not a corepool shared object (not a size-sealed memfd)"
         )));
     }
     let seg = Segment::open(file).map_err(|e| match e {

@@ -97,7 +97,7 @@ pub(crate) enum Access {
 /// name; the reopen is non-blocking, so a lease fails it instead of
 /// waiting. The returned descriptor is checked again (`dev`/`ino`), so a
 /// number closed and reused in between is caught. `what` names the object
-/// in the messages ("a corepool array").
+/// in the messages ("a corepool shared object ...").
 ///
 /// # Errors
 ///
