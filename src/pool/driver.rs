@@ -494,13 +494,12 @@ impl Shared {
         // leaving either sees the event or is gone before `wake(gate)` below
         // looks for a gated driver).
         self.events_pending.store(true, Ordering::SeqCst);
-        park::wake(self.doorbell());
-        // And once more without looking at the flag: the doorbell is in
-        // memory every worker writes, and one may have cleared the flag of
-        // the sleeping driver (a worker rings with `wake_leaving_flag`, so
-        // only a lying one does). Events are rare (a worker started or
-        // ended), and one of them is that liar's death.
-        crate::sys::futex_wake_all(self.doorbell());
+        // Without looking at the flag: the doorbell is in memory every
+        // worker writes, and one may have cleared the flag of the sleeping
+        // driver (a worker rings with `wake_leaving_flag`, so only a lying
+        // one does). Events are rare (a worker started or ended), and one
+        // of them is that liar's death.
+        park::wake_regardless(self.doorbell());
         park::wake(&self.gate);
     }
 

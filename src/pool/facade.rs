@@ -660,10 +660,10 @@ fn terminate_now(shared: &Shared) {
 fn stop_driver(shared: &Shared) {
     // Release pairs with the Acquire loads in `driver_loop` and `has_work`.
     shared.stop.store(true, Ordering::Release);
-    park::wake(shared.doorbell());
+    // Whatever the doorbell's flag says (a worker may have written it):
+    // the driver must see `stop`.
+    park::wake_regardless(shared.doorbell());
     park::wake(&shared.gate);
-    // The doorbell may not be armed: make sure the driver sees `stop`.
-    crate::sys::futex_wake_all(shared.doorbell());
 }
 
 /// A pool's teardown: terminates unless finished, waits until every worker

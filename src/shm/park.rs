@@ -98,6 +98,17 @@ pub(crate) fn wake(word: &AtomicU32) {
     }
 }
 
+/// Waker side, for a waker that cannot trust the flag (the word is in
+/// memory that other processes may write wrongly): clears it and makes the
+/// `FUTEX_WAKE` whatever it said. One system call always: for rare
+/// wake-ups that must not be lost (a supervisor event, a stop).
+pub(crate) fn wake_regardless(word: &AtomicU32) {
+    // SeqCst fence: pairs with the fence in `sleep_unless`.
+    fence(Ordering::SeqCst);
+    word.fetch_and(!ASLEEP, Ordering::Relaxed);
+    sys::futex_wake_all(word);
+}
+
 /// Waker side, for a waker that may die at any instruction while the
 /// sleeper lives on (see the module's doc): call after publishing. Leaves
 /// the flag set for the sleeper to clear, so that a waker killed before its
