@@ -100,6 +100,19 @@ fn active_children_lists_the_running_ones() {
     assert!(corepool::active_children().is_empty());
 }
 
+fn a_daemon_whose_handle_dropped_is_not_listed() {
+    let daemon = Process::builder()
+        .name("daemon")
+        .daemon(true)
+        .start(spin, ())
+        .unwrap();
+    assert_eq!(corepool::active_children().len(), 1);
+    // Dropping a daemon's handle kills it: from then on it is gone for the
+    // program, reaped or not yet.
+    drop(daemon);
+    assert!(corepool::active_children().is_empty());
+}
+
 fn wait_reports_an_exited_process() {
     let go = Queue::<u8>::new(1).unwrap();
     let first = Process::start(until_told, go.clone()).unwrap();
@@ -186,6 +199,7 @@ fn main() {
         a_process_child_knows_itself_and_its_parent,
         a_pool_worker_knows_its_index_and_cpu,
         active_children_lists_the_running_ones,
+        a_daemon_whose_handle_dropped_is_not_listed,
         wait_reports_an_exited_process,
         wait_reports_a_pipe_with_a_message,
         wait_reports_a_queue_with_a_value,

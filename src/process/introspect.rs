@@ -33,6 +33,14 @@ pub(super) fn register(pid: i32, name: &str, cpu: Option<usize>, exit: Arc<Exit>
     });
 }
 
+/// Forgets a child this process has just killed because its daemon handle
+/// dropped: nobody can join it any more, and it is gone for the program's
+/// purposes even before the process thread reaps it (a user trial saw
+/// `active_children` still list it just after the drop).
+pub(super) fn forget(exit: &Arc<Exit>) {
+    crate::sync::lock(&CHILDREN).retain(|c| !Arc::ptr_eq(&c.exit, exit) && !c.exit.ended());
+}
+
 /// The [`Process`](crate::Process) children of this process that are still
 /// running (Python's `active_children()`), in the order they started.
 ///
@@ -43,7 +51,8 @@ pub(super) fn register(pid: i32, name: &str, cpu: Option<usize>, exit: Arc<Exit>
 /// them, and [`Pool::pids`](crate::Pool::pids) lists them), and a worker
 /// is no handle of yours to join or kill. A child counts as running until
 /// it has been reaped, so one that has just exited may still be listed for
-/// a moment.
+/// a moment; a daemon whose handle dropped (which kills it) is not listed
+/// from the drop on.
 ///
 /// ```
 /// use corepool::Process;

@@ -618,6 +618,7 @@ impl<R> Drop for Process<R> {
         }
         if self.daemon && self.exit.cause().is_none() {
             sys::pidfd_send_signal(self.pidfd.as_fd(), crate::sys::Signal::KILL);
+            introspect::forget(&self.exit);
         }
         // Either way the process thread reaps it when it ends: no zombie.
     }
