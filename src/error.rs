@@ -209,8 +209,9 @@ pub enum Error {
         /// The check that failed.
         what: &'static str,
     },
-    /// The pool was terminated or dropped before the task ran.
-    #[error("the task was cancelled: the pool was terminated or dropped before it finished; keep the pool until the results are in (`close()` then `join()` waits for them)")]
+    /// The pool (or, in `corepool-mpi`, the cluster) that ran the task was
+    /// terminated or dropped before the task finished.
+    #[error("the task was cancelled: its pool or cluster was terminated or dropped before it finished; keep it until the results are in (a pool's `close()` then `join()` waits for them)")]
     Cancelled,
     /// The task ran longer than the pool's `task_timeout`; its worker was
     /// killed and replaced.
