@@ -586,9 +586,12 @@ mod tests {
         bytes.extend_from_slice(bytemuck::cast_slice(&ids));
         bytes.extend_from_slice(b"arg");
         crate::sys::pwrite_all(std::os::fd::AsFd::as_fd(&open), &bytes, 0).unwrap();
+        let refused = read_pristine(open, memory.common(), 0)
+            .unwrap_err()
+            .to_string();
         assert!(
-            read_pristine(open, memory.common(), 0).is_err(),
-            "not sealed"
+            refused.contains("the pool's header is not sealed against writing"),
+            "{refused}"
         );
     }
 }

@@ -390,7 +390,7 @@ pub(crate) fn map_sealed_file(
 ) -> std::result::Result<InPlace, String> {
     use std::os::fd::AsFd;
     if !crate::sys::is_contents_sealed(file.as_fd()) {
-        return Err(format!("{what} is not a sealed spill"));
+        return Err(format!("{what} is not sealed against writing and resizing"));
     }
     // Its size again, now that it is sealed (the first look came before
     // the seal was checked).
