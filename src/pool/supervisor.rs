@@ -112,7 +112,14 @@ impl Supervisor {
             } => {
                 // Its own slot's segment only: it cannot reach another's.
                 let (common, ref slots) = self.segments;
-                let slot = slots.get(index).copied().unwrap_or(-1);
+                let Some(&slot) = slots.get(index) else {
+                    // Indices come from the pool itself, below its worker
+                    // count, which is the number of slot segments: a bug
+                    // here, never input. Start nothing rather than a worker
+                    // without memory (tests catch it).
+                    debug_assert!(false, "worker index {index} has no slot segment");
+                    return;
+                };
                 let header = self.pristine.as_raw_fd();
                 self.inner.spawn(generic::Spawn {
                     key: Worker { index, cpus: cpu },
