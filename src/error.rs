@@ -111,8 +111,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// A worker process could not be started.
-    #[error("starting a worker failed: {reason}")]
+    /// A child process (a pool worker or a [`Process`](crate::Process)) could
+    /// not be started.
+    #[error("starting a child process failed: {reason}")]
     Spawn {
         /// What failed and what to do.
         reason: String,
@@ -169,7 +170,7 @@ pub enum Error {
         max: usize,
     },
     /// Bytes did not decode as the expected type.
-    #[error("decoding a {type_name} failed: {reason}{}", decode_advice(.reason))]
+    #[error("could not decode {type_name}: {reason}{}", decode_advice(.reason))]
     Decode {
         /// The type being decoded.
         type_name: &'static str,
@@ -215,7 +216,7 @@ pub enum Error {
     Cancelled,
     /// The task ran longer than the pool's `task_timeout`; its worker was
     /// killed and replaced.
-    #[error("the task ran longer than the pool's task timeout of {after:?}; its worker was killed and replaced: raise `task_timeout` or split the work")]
+    #[error("the task did not finish within the pool's task timeout of {after:?} (it ran long, or its worker was stopped or starved of CPU); its worker was killed and replaced: raise `task_timeout` or split the work, or find what stopped the worker")]
     TaskTimedOut {
         /// The limit it overran.
         after: std::time::Duration,

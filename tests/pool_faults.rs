@@ -614,7 +614,7 @@ fn a_program_run_through_the_dynamic_loader_is_told_why_it_has_no_pool() {
         String::from_utf8_lossy(&output.stderr)
     );
     for line in lines {
-        assert!(line.starts_with("Err(\"starting a worker failed: corepool starts its children by running this program's executable again, but the executable is "), "{line}");
+        assert!(line.starts_with("Err(\"starting a child process failed: corepool starts its children by running this program's executable again, but the executable is "), "{line}");
         assert!(line.contains(loader.rsplit('/').next().unwrap()), "{line}");
         assert!(line.contains("must be run directly"), "{line}");
     }
