@@ -859,6 +859,16 @@ fn every_bad_command_line_exits_2() {
         &["bench", "--quik"],
         &["bench", "--size", "-1"],
         &["soak", "--retries", "-1"],
+        // Beyond the library's limit of workers per pool: refused by the
+        // command before anything runs, not a failed run (trial25 F4).
+        &["bench", "--workers", "100000", "--quick"],
+        &["bench", "--scale", "--workers", "4097", "--only", "map"],
+        &["pin", "--workers", "4097", "--quick"],
+        &["soak", "--workers", "0"],
+        &["soak", "--workers", "4097"],
+        // --size with only workloads of fixed counts sizes nothing.
+        &["bench", "--only", "start", "--size", "5", "--quick"],
+        &["bench", "--only", "respawn,bulk,bulk_shared", "--size", "5"],
     ] {
         let out = corepool(args);
         assert_eq!(
@@ -1026,6 +1036,23 @@ fn negative_counts_and_near_miss_workloads_get_useful_messages() {
     assert!(err.contains("must be at least 1"), "{err}");
     let err = fails(&["soak", "--kill-every-ms", "-5"]);
     assert!(err.contains("must be 0 or more"), "{err}");
+    let err = fails(&["bench", "--workers", "100000", "--quick"]);
+    assert!(err.contains("must be at most 4096"), "{err}");
+    assert!(
+        !err.contains("invalid configuration"),
+        "the command's own words: {err}"
+    );
+    let err = fails(&["soak", "--workers", "0"]);
+    assert!(err.contains("must be at least 1"), "{err}");
+    let err = fails(&["bench", "--only", "start,bulk", "--size", "5", "--quick"]);
+    assert!(
+        err.contains("--size 5 sizes nothing here: start, bulk run fixed counts"),
+        "{err}"
+    );
+    let many = vec!["0"; 4097].join(",");
+    let err = fails(&["pin", "--quick", "--cpus", &many]);
+    assert!(err.contains("--cpus (a list of 4097)"), "{err}");
+    assert!(err.contains("limit of 4096"), "{err}");
     let err = fails(&["bench", "--only", "apply-async"]);
     assert!(err.contains("did you mean `apply_async`?"), "{err}");
     let err = fails(&["pin", "--workload", "cpu-loop"]);
