@@ -25,7 +25,8 @@
 //! error every subcommand returns; [`output`] is every write to standard
 //! output (fallible: a closed pipe ends the command quietly, never a panic);
 //! [`sys`] holds the command's only raw system calls; [`cleanup`] removes
-//! temporary files when a signal ends the command.
+//! temporary files and ends the Python baseline (with [`proctree`], which
+//! kills a process with all it started) when a signal ends the command.
 
 mod bench;
 mod cleanup;
@@ -35,6 +36,7 @@ mod numbers;
 mod output;
 mod pin;
 mod plot;
+mod proctree;
 mod python;
 mod soak;
 mod stats;
@@ -113,6 +115,9 @@ fn main() -> ExitCode {
         Command::Soak(s) => soak::run(&s),
     }
     .and_then(|passed| output::flush().map(|()| passed));
+    // A signal's cleanup under way (killing the Python baseline) finishes,
+    // and ends the process, before this exit can cut it short.
+    let _settled = cleanup::settle();
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

@@ -23,6 +23,30 @@ where
     s.parse().map_err(|e: T::Err| e.to_string())
 }
 
+/// The most workers one pool may have: the library's limit, which it
+/// reports as an invalid configuration only once the run has begun; the
+/// command refuses more before anything runs (a test checks the two agree).
+pub(crate) const MAX_WORKERS: usize = 4096;
+
+/// The message for a worker count above [`MAX_WORKERS`].
+pub(crate) fn too_many_workers(n: usize) -> String {
+    format!("{n} workers is more than corepool's limit of {MAX_WORKERS} per pool: give at most {MAX_WORKERS}")
+}
+
+/// A worker count (`--workers`): 1 to [`MAX_WORKERS`].
+pub(crate) fn worker_count(s: &str) -> Result<usize, String> {
+    let n: usize = at_least_one(s)?;
+    if n == 0 {
+        return Err("must be at least 1".into());
+    }
+    if n > MAX_WORKERS {
+        return Err(format!(
+            "must be at most {MAX_WORKERS}, corepool's limit of workers per pool"
+        ));
+    }
+    Ok(n)
+}
+
 /// A count that may be 0.
 pub(crate) fn zero_or_more<T: FromStr>(s: &str) -> Result<T, String>
 where
@@ -75,6 +99,24 @@ mod tests {
         assert_eq!(zero_or_more::<u32>("-2").unwrap_err(), "must be 0 or more");
         assert_eq!(at_least_one::<usize>("7").unwrap(), 7);
         assert!(at_least_one::<u64>("x").is_err());
+    }
+
+    #[test]
+    fn worker_counts_stop_at_the_librarys_limit() {
+        assert_eq!(worker_count("1").unwrap(), 1);
+        assert_eq!(worker_count(&MAX_WORKERS.to_string()).unwrap(), MAX_WORKERS);
+        assert!(worker_count("0").unwrap_err().contains("at least 1"));
+        assert!(worker_count("-3").unwrap_err().contains("at least 1"));
+        let err = worker_count(&(MAX_WORKERS + 1).to_string()).unwrap_err();
+        assert!(err.contains("at most 4096"), "{err}");
+        // The library refuses one more than our limit, before starting any
+        // worker: the two limits agree.
+        let lib = corepool::Pool::builder()
+            .workers(MAX_WORKERS + 1)
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(lib.contains(&format!("use 1 to {MAX_WORKERS}")), "{lib}");
     }
 
     #[test]

@@ -202,13 +202,14 @@ fn error_lines(tail: &str) -> String {
 pub(crate) fn probe(interp: &Interpreter, timeout: Duration) -> Result<Option<String>, CliError> {
     let path = &interp.path;
     let shown = format!("{path} -c 'import sys, multiprocessing'");
-    let child = Command::new(path)
-        .args(["-c", "import sys, multiprocessing"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn();
-    let child = match child {
+    let child = crate::cleanup::Child::spawn(
+        Command::new(path)
+            .args(["-c", "import sys, multiprocessing"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let mut child = match child {
         Ok(c) => c,
         Err(e) => {
             return missing(interp, &e).map(|o| match o {
@@ -217,11 +218,7 @@ pub(crate) fn probe(interp: &Interpreter, timeout: Duration) -> Result<Option<St
             })
         }
     };
-    let mut tree = PythonTree {
-        child,
-        waited: false,
-    };
-    let mut stderr = tree.child.stderr.take();
+    let mut stderr = child.process().stderr.take();
     let err_reader = std::thread::spawn(move || {
         let mut s = String::new();
         if let Some(e) = stderr.as_mut() {
@@ -231,14 +228,11 @@ pub(crate) fn probe(interp: &Interpreter, timeout: Duration) -> Result<Option<St
     });
     let deadline = Instant::now().checked_add(timeout);
     let status = loop {
-        match tree.child.try_wait() {
-            Ok(Some(status)) => {
-                tree.waited = true;
-                break Ok(status);
-            }
+        match child.try_wait() {
+            Ok(Some(status)) => break Ok(status),
             Ok(None) if deadline.is_some_and(|d| Instant::now() >= d) => {
-                tree.kill();
-                let _ = tree.wait();
+                child.kill();
+                let _ = child.wait();
                 break Err(format!(
                     "`{shown}` ran longer than {timeout:?} and was killed: is it a Python 3 interpreter?"
                 ));
@@ -326,21 +320,20 @@ pub(crate) fn run(req: &Request) -> Result<Outcome, CliError> {
     cmd.arg("--cpu-loop-tasks")
         .arg(req.cpu_loop_tasks.max(1).to_string());
     let shown = command_line(&cmd);
-    // Python stays in our process group, so that Ctrl-C stops it and its
-    // workers along with us; a timeout kills them one by one (below).
+    // Python stays in our process group, so that a Ctrl-C reaches it and
+    // its workers as it reaches us. But Python may hang on the
+    // KeyboardInterrupt (multiprocessing.Pool does), so the signal's
+    // cleanup kills the whole tree too (see `cleanup::Child`), as a timeout
+    // does (below) and as SIGTERM or SIGHUP to corepool alone needs.
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let child = match cmd.spawn() {
+    let mut child = match crate::cleanup::Child::spawn(&mut cmd) {
         Ok(c) => c,
         Err(e) => return missing(&req.interpreter, &e),
     };
-    let mut child = PythonTree {
-        child,
-        waited: false,
-    };
-    let stdout = child.child.stdout.take();
-    let mut stderr = child.child.stderr.take();
+    let stdout = child.process().stdout.take();
+    let mut stderr = child.process().stderr.take();
     let (tx, rx) = mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
         if let Some(out) = stdout {
@@ -398,67 +391,6 @@ pub(crate) fn run(req: &Request) -> Result<Outcome, CliError> {
         Err(e) => return Err(CliError::Python(format!("waiting for Python: {e}"))),
     }
     parse(&lines)
-}
-
-/// The Python baseline's process and, through it, its pool workers, until
-/// it has been waited for. Dropped before that (an error or a panic on the
-/// way out of [`run`]), it kills them all, so that corepool never leaves a
-/// Python baseline running behind it.
-#[derive(Debug)]
-struct PythonTree {
-    child: std::process::Child,
-    waited: bool,
-}
-
-impl PythonTree {
-    /// Kills Python's pool workers, then Python.
-    fn kill(&mut self) {
-        // The workers first: once their parent is gone they would wait
-        // forever on a pipe they hold both ends of.
-        for worker in children_of(self.child.id()) {
-            // Best effort: one that already exited (ESRCH) is fine, and a
-            // pid beyond i32 cannot be a real one.
-            if let Ok(worker) = i32::try_from(worker) {
-                let _ = crate::sys::kill(worker, libc::SIGKILL);
-            }
-        }
-        let _ = self.child.kill();
-    }
-
-    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        let status = self.child.wait();
-        self.waited = true;
-        status
-    }
-}
-
-impl Drop for PythonTree {
-    fn drop(&mut self) {
-        if !self.waited {
-            self.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// The processes whose parent is `pid` (from `/proc/*/stat`).
-fn children_of(pid: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
-        .filter(|child| {
-            std::fs::read_to_string(format!("/proc/{child}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    // The command may contain spaces: the fields follow the last ')'.
-                    let rest = stat.rsplit_once(')')?.1.to_string();
-                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
-                == Some(pid)
-        })
-        .collect()
 }
 
 /// Reads the script's output lines.

@@ -14,7 +14,8 @@ pub(crate) struct SoakArgs {
     #[arg(long, default_value_t = 100_000, allow_negative_numbers = true, value_parser = crate::numbers::at_least_one::<u64>)]
     tasks: u64,
     /// Worker processes. Default: one per allowed CPU.
-    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::at_least_one::<usize>)]
+    /// At most 4096.
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::worker_count)]
     workers: Option<usize>,
     /// Kill a random worker with SIGKILL every this many milliseconds (0: only
     /// what others kill).

@@ -31,6 +31,44 @@ pub(crate) fn kill(pid: i32, signal: i32) -> io::Result<()> {
     Ok(rustix::process::kill_process(target, signal)?)
 }
 
+/// Waits until our child `pid` has exited, without reaping it (`WNOWAIT`):
+/// its pid stays ours, so whoever still holds it may signal it safely, until
+/// the reap that follows. With `block` false, only checks: `Ok(false)` while
+/// it runs. A child reaped already is `ECHILD`.
+pub(crate) fn exited_unreaped(pid: u32, block: bool) -> io::Result<bool> {
+    use rustix::process::{waitid, WaitId, WaitIdOptions};
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or(rustix::io::Errno::INVAL)?;
+    let mut options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT;
+    if !block {
+        options |= WaitIdOptions::NOHANG;
+    }
+    loop {
+        match waitid(WaitId::Pid(pid), options) {
+            Ok(status) => return Ok(block || status.is_some()),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Reaps our child `pid` if it has exited: `Ok(true)` when reaped (or
+/// reaped already by someone else, `ECHILD`), `Ok(false)` while it runs.
+pub(crate) fn try_reap(pid: u32) -> io::Result<bool> {
+    use rustix::process::{waitpid, WaitOptions};
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or(rustix::io::Errno::INVAL)?;
+    match waitpid(Some(pid), WaitOptions::NOHANG) {
+        Ok(reaped) => Ok(reaped.is_some()),
+        Err(rustix::io::Errno::CHILD) => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// This process's address-space limit (`ulimit -v`) in bytes, `None` when
 /// it has none.
 pub(crate) fn address_space_limit() -> Option<u64> {

@@ -159,8 +159,9 @@ fn bench_queue_and_pipe_rtt_rows() {
 
 #[test]
 fn bench_start_respawn_and_bulk_rows() {
-    // --size does not reach these: their counts are fixed (--quick: 3
-    // starts, 10 kills, 8 tasks of 8 MiB).
+    // Their counts are fixed (--quick: 3 starts, 10 kills, 8 tasks of 8
+    // MiB): --size given with only these is refused (exit 2, see
+    // every_bad_command_line_exits_2).
     let rows = json_lines(&ok(&[
         "bench",
         "--quick",
@@ -168,8 +169,6 @@ fn bench_start_respawn_and_bulk_rows() {
         "start,respawn,bulk,bulk_shared",
         "--repeat",
         "1",
-        "--size",
-        "100000",
         "--json",
     ]));
     let shape: Vec<(&str, &str)> = rows
@@ -859,6 +858,16 @@ fn every_bad_command_line_exits_2() {
         &["bench", "--quik"],
         &["bench", "--size", "-1"],
         &["soak", "--retries", "-1"],
+        // Beyond the library's limit of workers per pool: refused by the
+        // command before anything runs, not a failed run (trial25 F4).
+        &["bench", "--workers", "100000", "--quick"],
+        &["bench", "--scale", "--workers", "4097", "--only", "map"],
+        &["pin", "--workers", "4097", "--quick"],
+        &["soak", "--workers", "0"],
+        &["soak", "--workers", "4097"],
+        // --size with only workloads of fixed counts sizes nothing.
+        &["bench", "--only", "start", "--size", "5", "--quick"],
+        &["bench", "--only", "respawn,bulk,bulk_shared", "--size", "5"],
     ] {
         let out = corepool(args);
         assert_eq!(
@@ -1026,6 +1035,23 @@ fn negative_counts_and_near_miss_workloads_get_useful_messages() {
     assert!(err.contains("must be at least 1"), "{err}");
     let err = fails(&["soak", "--kill-every-ms", "-5"]);
     assert!(err.contains("must be 0 or more"), "{err}");
+    let err = fails(&["bench", "--workers", "100000", "--quick"]);
+    assert!(err.contains("must be at most 4096"), "{err}");
+    assert!(
+        !err.contains("invalid configuration"),
+        "the command's own words: {err}"
+    );
+    let err = fails(&["soak", "--workers", "0"]);
+    assert!(err.contains("must be at least 1"), "{err}");
+    let err = fails(&["bench", "--only", "start,bulk", "--size", "5", "--quick"]);
+    assert!(
+        err.contains("--size 5 sizes nothing here: start, bulk run fixed counts"),
+        "{err}"
+    );
+    let many = vec!["0"; 4097].join(",");
+    let err = fails(&["pin", "--quick", "--cpus", &many]);
+    assert!(err.contains("--cpus (a list of 4097)"), "{err}");
+    assert!(err.contains("limit of 4096"), "{err}");
     let err = fails(&["bench", "--only", "apply-async"]);
     assert!(err.contains("did you mean `apply_async`?"), "{err}");
     let err = fails(&["pin", "--workload", "cpu-loop"]);
@@ -1157,4 +1183,168 @@ fn tables_count_in_good_grammar() {
     assert!(soak.contains("on their only run"), "{soak}");
     let soak = ok(&["soak", "--tasks", "10", "--retries", "4294967295"]);
     assert!(soak.contains("on all 4294967296 runs"), "{soak}");
+}
+
+/// The processes of process group `pgid`, live or zombie, as (pid, state,
+/// command line).
+fn group_members(pgid: u32) -> Vec<(u32, char, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // The command may contain spaces: the fields follow the last ')'.
+            let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+            let state = fields.next()?.chars().next()?;
+            let group: u32 = fields.nth(1)?.parse().ok()?;
+            (group == pgid).then(|| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|b| text(&b).replace('\0', " "))
+                    .unwrap_or_default();
+                (pid, state, cmdline)
+            })
+        })
+        .collect()
+}
+
+/// Polls `cond` until it holds or `limit` passes (then `false`): a check
+/// under a watchdog, not synchronisation.
+fn within(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while !cond() {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+/// SIGKILLs what is left of a process group if the test fails on the way.
+struct GroupGuard(u32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if !group_members(self.0).is_empty() {
+            // SAFETY: kill has no memory preconditions; the group still has
+            // members, so its id is still this group's.
+            unsafe { libc::kill(-(self.0 as i32), libc::SIGKILL) };
+        }
+    }
+}
+
+/// Runs `corepool bench --vs-python --quick` (with `--python python` if
+/// given) in a process group of its own, sends `signal` to the group
+/// (Ctrl-C) or to corepool alone once the baseline runs with its workers,
+/// and checks that corepool ends by that signal leaving no process of its
+/// group behind.
+fn signal_mid_baseline(python: Option<&str>, signal: i32, whole_group: bool) {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_corepool"));
+    cmd.args([
+        "bench",
+        "--vs-python",
+        "--quick",
+        "--only",
+        "map,apply_async,latency",
+    ]);
+    if let Some(python) = python {
+        cmd.args(["--python", python]);
+    }
+    let mut child = cmd
+        .env_remove("COREPOOL_PYTHON")
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pgid = child.id();
+    let guard = GroupGuard(pgid);
+    // The baseline is running with its pool's workers: a process of the
+    // group running the script, and a child of it.
+    let baseline_has_workers = || {
+        let members = group_members(pgid);
+        members.iter().any(|(python, _, cmd)| {
+            cmd.contains("bench_mp.py")
+                && common::descendants_of(*python)
+                    .iter()
+                    .any(|w| members.iter().any(|(m, _, _)| m == w))
+        })
+    };
+    assert!(
+        within(LIMIT, baseline_has_workers),
+        "signal {signal}: the Python baseline never started its workers: {:?}",
+        group_members(pgid)
+    );
+    let target = if whole_group {
+        -(pgid as i32)
+    } else {
+        pgid as i32
+    };
+    // SAFETY: kill has no memory preconditions; corepool is our unreaped
+    // child, so its pid and its group's id are still its own.
+    unsafe { libc::kill(target, signal) };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let status = child.wait();
+        let _ = tx.send(());
+        status
+    });
+    if rx.recv_timeout(LIMIT).is_err() {
+        drop(guard);
+        panic!("signal {signal}: corepool did not end");
+    }
+    let status = waiter.join().unwrap().unwrap();
+    assert_eq!(status.signal(), Some(signal), "{status:?}");
+    // What corepool killed dies at once; the zombies of the baseline's
+    // workers are reaped by init, which may take it a moment.
+    let gone = within(Duration::from_secs(30), || group_members(pgid).is_empty());
+    assert!(
+        gone,
+        "signal {signal}: left in corepool's process group: {:?}",
+        group_members(pgid)
+    );
+    drop(guard);
+}
+
+#[test]
+fn a_fatal_signal_leaves_no_python_baseline_behind() {
+    if !has_python() {
+        eprintln!("skipped: no python3, so no Python baseline to end");
+        return;
+    }
+    // Ctrl-C reaches the whole process group: Python and its workers get it
+    // too (Python may then hang in the KeyboardInterrupt, as
+    // multiprocessing.Pool does). SIGTERM or SIGHUP to corepool alone
+    // reaches only corepool, which must end the baseline itself.
+    for (signal, whole_group) in [
+        (libc::SIGINT, true),
+        (libc::SIGTERM, false),
+        (libc::SIGHUP, false),
+    ] {
+        signal_mid_baseline(None, signal, whole_group);
+    }
+}
+
+#[test]
+fn a_fatal_signal_ends_a_baseline_that_ignores_it() {
+    use std::os::unix::fs::PermissionsExt;
+    // A baseline that hangs whatever it is sent, as a Python stuck in a
+    // KeyboardInterrupt does, with a "worker" of its own that ignores the
+    // signals too: only corepool's cleanup can end them. (It answers the
+    // interpreter check at once.)
+    let fake = temp("stubborn-python.sh");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\n[ \"$1\" = -c ] && exit 0\ntrap '' INT TERM HUP PIPE\nsleep 300 &\nwhile :; do wait; done\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (signal, whole_group) in [(libc::SIGINT, true), (libc::SIGTERM, false)] {
+        signal_mid_baseline(Some(fake.to_str().unwrap()), signal, whole_group);
+    }
+    let _ = std::fs::remove_file(&fake);
 }

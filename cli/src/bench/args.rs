@@ -12,7 +12,8 @@ use std::time::Duration;
 pub(crate) struct BenchArgs {
     /// Worker processes (and threads for the baseline). Default: one per
     /// allowed CPU. With --scale: the largest count.
-    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::at_least_one::<usize>)]
+    /// At most 4096.
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::worker_count)]
     pub(super) workers: Option<usize>,
     /// Small sizes: the whole suite in a few seconds.
     #[arg(long)]
@@ -27,7 +28,8 @@ pub(crate) struct BenchArgs {
     /// Items per run for every selected workload (cpu_loop: iterations in
     /// total; shared_sum: array elements; queue: messages; pipe_rtt: round
     /// trips), instead of the default sizes. Not for start, respawn, bulk and
-    /// bulk_shared, whose counts are fixed (--quick makes them smaller).
+    /// bulk_shared, whose counts are fixed (--quick makes them smaller):
+    /// given with only those, it is refused.
     #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::at_least_one::<u64>)]
     pub(super) size: Option<u64>,
     /// Measured runs of each workload, after one warm-up run that is not
@@ -127,6 +129,17 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan, CliError> {
         return Err(CliError::usage(
             "--python-timeout must be at least 1 second: it is how long the Python baseline may run before it is killed",
         ));
+    }
+    if let Some(n) = args.size {
+        // As for any other option that cannot work: refused, not ignored.
+        if !selected.iter().any(|w| w.sized_by_option()) {
+            let names: Vec<&str> = selected.iter().map(|w| w.name()).collect();
+            return Err(CliError::usage(format!(
+                "--size {n} sizes nothing here: {} {} fixed counts (--quick makes them smaller); drop --size, or add a workload it sizes to --only",
+                names.join(", "),
+                if names.len() == 1 { "runs" } else { "run" }
+            )));
+        }
     }
     if args.workers == Some(0) {
         return Err(CliError::usage("--workers must be at least 1"));

@@ -407,7 +407,7 @@ pub(super) fn print_table_notes(rows: &[Row]) -> Result<(), CliError> {
             }
             ("corepool", "respawn") => {
                 if let Some(p99) = r.p99 {
-                    let kills = r.items as usize * r.repeats;
+                    let kills = (r.items as usize).saturating_mul(r.repeats);
                     // Under 100 kills the 99th percentile is the slowest.
                     let tail = if kills < 100 { "slowest" } else { "p99" };
                     notes.push(format!("respawn: median {:.2} ms, {tail} {p99:.2} ms over {kills} kills, from the SIGKILL to a task answered by the replacement", r.rate));

@@ -141,7 +141,11 @@ pub(super) fn run_scale(args: &BenchArgs, plan: &Plan) -> Result<(), CliError> {
     let plot_file = args.plot.as_deref().map(PlotFile::create).transpose()?;
     let counts: Vec<usize> = (1..=plan.max_workers).collect();
     let keep = counts.iter().sum::<usize>() <= KEEP_ALIVE_WORKERS;
-    let bar = progress(counts.len() as u64 * plan.selected.len() as u64 * (plan.repeat as u64 + 1));
+    let bar = progress(
+        (counts.len() as u64)
+            .saturating_mul(plan.selected.len() as u64)
+            .saturating_mul((plan.repeat as u64).saturating_add(1)),
+    );
     let mut rows = Vec::new();
     let mut inputs = Inputs::default();
     let mut notes = Vec::new();

@@ -101,7 +101,10 @@ fn measure_local(
 pub(super) fn run_suite(args: &BenchArgs, plan: &Plan) -> Result<(), CliError> {
     let placement = args.pinning.place(&plan.topo, Some(plan.max_workers))?;
     let workers = placement.workers;
-    let bar = progress(plan.selected.len() as u64 * (plan.repeat as u64 + 1));
+    // Saturating: any --repeat is accepted (a huge one only runs long).
+    let bar = progress(
+        (plan.selected.len() as u64).saturating_mul((plan.repeat as u64).saturating_add(1)),
+    );
     // Python first, with the machine to itself (no workers or threads of
     // ours yet), so that every row can be printed with its ratios as soon
     // as its workload is measured. A baseline that fails is reported after

@@ -32,7 +32,8 @@ pub(crate) struct PinArgs {
     /// Workers in every layout. Default: one per allowed CPU for none and
     /// per-cpu, one per allowed physical core for compact, scatter and
     /// avoid-smt, the list's length for --cpus.
-    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::at_least_one::<usize>)]
+    /// At most 4096.
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::worker_count)]
     workers: Option<usize>,
     /// Named layouts to sweep, comma-separated: none, per-cpu, compact, scatter, avoid-smt.
     #[arg(
@@ -216,7 +217,12 @@ pub(crate) fn run(args: &PinArgs) -> Result<(), CliError> {
             layouts.len()
         )?;
     }
-    let bar = ProgressBar::new((repeat as u64 + 1) * layouts.len() as u64);
+    // Saturating: any --repeat is accepted (a huge one only runs long).
+    let bar = ProgressBar::new(
+        (repeat as u64)
+            .saturating_add(1)
+            .saturating_mul(layouts.len() as u64),
+    );
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())

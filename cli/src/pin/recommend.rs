@@ -73,6 +73,25 @@ pub(super) struct Report {
     pub(super) notes: Vec<String>,
 }
 
+/// Whether a placement puts more workers than CPUs: pinned, on fewer
+/// distinct CPUs than it has workers (`cpus:1,1`); unpinned, more workers
+/// than the CPUs this process may use.
+fn oversubscribed(p: &Placement, allowed: usize) -> bool {
+    match &p.cpus {
+        Some(cpus) => cpus.iter().collect::<std::collections::BTreeSet<_>>().len() < p.workers,
+        None => p.workers > allowed,
+    }
+}
+
+/// The tie-break among placements that measure alike, smallest first: one
+/// that gives every worker a CPU of its own before one that crowds
+/// workers onto shared CPUs (that never wins a tie: its only claim would
+/// be a lead that is not established), then the simplest, by
+/// [`preference`].
+fn tie_break(l: &Layout, p: &Placement, allowed: usize) -> (bool, usize) {
+    (oversubscribed(p, allowed), preference(l))
+}
+
 /// Preference among layouts that measure alike: the default first, so that
 /// "no change" wins a tie.
 fn preference(l: &Layout) -> usize {
@@ -107,6 +126,8 @@ pub(super) fn analyse(
     samples: &[Vec<f64>],
 ) -> Report {
     let low = w.lower_is_better();
+    let allowed = topo.allowed.len();
+    let rank = |g_rep: usize| tie_break(&layouts[g_rep], &placements[g_rep], allowed);
     let stats: Vec<Summary> = samples.iter().map(|s| Summary::of(s)).collect();
     let same = |i: usize, j: usize| {
         placements[i].key() == placements[j].key() && placements[i].workers == placements[j].workers
@@ -155,7 +176,7 @@ pub(super) fn analyse(
     order.sort_by(|&a, &b| {
         let d = advantage(pooled[a].median, pooled[b].median, low);
         if d.abs() < 1e-3 {
-            preference(&layouts[rep[a]]).cmp(&preference(&layouts[rep[b]]))
+            rank(rep[a]).cmp(&rank(rep[b]))
         } else if d > 0.0 {
             std::cmp::Ordering::Less
         } else {
@@ -178,16 +199,17 @@ pub(super) fn analyse(
             && noise.is_none_or(|n| advantage(pooled[a].median, pooled[g].median, low) > n)
     };
     // The choice: among the measured best and every placement it does not
-    // clearly beat, the simplest (the default first); but never one with
-    // fewer workers than the measured best, whose lead in noise is no reason
-    // to shrink the pool (mixed counts come from --workers or --cpus).
+    // clearly beat, the first by `tie_break` (no shared CPUs, then the
+    // simplest, the default first); but never one with fewer workers than
+    // the measured best, whose lead in noise is no reason to shrink the pool
+    // (mixed counts come from --workers or --cpus).
     let best_workers = placements[rep[best_group]].workers;
     let chosen_group = order
         .iter()
         .copied()
         .filter(|&g| g == best_group || !established(best_group, g))
         .filter(|&g| placements[rep[g]].workers >= best_workers)
-        .min_by_key(|&g| preference(&layouts[rep[g]]))
+        .min_by_key(|&g| rank(rep[g]))
         .unwrap_or(best_group);
     // Whether the tie-break had simpler layouts to choose from and passed
     // them over for their fewer workers.
@@ -195,7 +217,7 @@ pub(super) fn analyse(
         g != chosen_group
             && !established(best_group, g)
             && placements[rep[g]].workers < best_workers
-            && preference(&layouts[rep[g]]) < preference(&layouts[rep[chosen_group]])
+            && rank(rep[g]) < rank(rep[chosen_group])
     });
     let chosen = rep[chosen_group];
     let chosen_median = pooled[chosen_group].median;
@@ -319,12 +341,23 @@ pub(super) fn analyse(
             }
         ),
         (Some(_), Some(_)) => format!(
-            "{}: {} measured {:.1}% {what}, but that is not established ({}), so keep the simpler {}",
+            "{}: {} measured {:.1}% {what}, but that is not established ({}), so keep {}",
             name(chosen_group),
             layouts[rep[best_group]],
             advantage(pooled[best_group].median, chosen_median, low) * 100.0,
             why_not(best_group, chosen_group),
-            layouts[chosen]
+            if oversubscribed(&placements[rep[best_group]], allowed)
+                && !oversubscribed(p, allowed)
+            {
+                format!(
+                    "{}, which gives each worker a CPU of its own ({} puts {} workers on fewer CPUs)",
+                    layouts[chosen],
+                    layouts[rep[best_group]],
+                    placements[rep[best_group]].workers
+                )
+            } else {
+                format!("the simpler {}", layouts[chosen])
+            }
         ),
         _ => format!(
             "every layout places the workers identically here: keep {} ({})",
@@ -494,6 +527,103 @@ mod tests {
             "{}",
             r.recommendation.summary
         );
+    }
+
+    /// The trial's sweep (trial25 F8): `--cpus 0 --cpus 1,1 --layouts none`
+    /// on 2 CPUs, in overlapping ranges.
+    fn crowded_sweep(samples: Vec<Vec<f64>>) -> Report {
+        let layouts = vec![
+            Layout::None,
+            Layout::Cpus(vec![0]),
+            Layout::Cpus(vec![1, 1]),
+        ];
+        let placements = vec![
+            placement(None),
+            Placement {
+                workers: 1,
+                ..placement(Some(vec![0]))
+            },
+            placement(Some(vec![1, 1])),
+        ];
+        analyse(
+            &topo(),
+            Workload::ApplyAsync,
+            10,
+            3,
+            &layouts,
+            &placements,
+            &samples,
+        )
+    }
+
+    #[test]
+    fn a_layout_that_crowds_workers_never_wins_a_tie() {
+        // none measured best, cpus:1,1 (two workers on CPU 1) close behind:
+        // none stays, however "simple" the list is.
+        let r = crowded_sweep(vec![
+            vec![1.40, 1.65, 1.80],
+            vec![1.10, 1.25, 1.30],
+            vec![1.30, 1.51, 1.70],
+        ]);
+        assert_eq!(
+            r.recommendation.layout, "none",
+            "{}",
+            r.recommendation.summary
+        );
+        assert!(!r.recommendation.established);
+        // cpus:1,1 measured best, but not clearly: none, which gives each
+        // worker a CPU of its own, is chosen, and the summary says why.
+        let r = crowded_sweep(vec![
+            vec![1.30, 1.51, 1.70],
+            vec![1.10, 1.25, 1.30],
+            vec![1.40, 1.65, 1.80],
+        ]);
+        assert_eq!(
+            r.recommendation.layout, "none",
+            "{}",
+            r.recommendation.summary
+        );
+        assert_eq!(r.recommendation.measured_best, "cpus:1,1");
+        assert!(
+            r.recommendation.summary.contains(
+                "which gives each worker a CPU of its own (cpus:1,1 puts 2 workers on fewer CPUs)"
+            ),
+            "{}",
+            r.recommendation.summary
+        );
+        // A crowded layout clearly faster (ranges apart) is still chosen:
+        // that is a measurement, not a tie.
+        let r = crowded_sweep(vec![
+            vec![1.00, 1.05, 1.10],
+            vec![0.80, 0.85, 0.90],
+            vec![2.00, 2.10, 2.20],
+        ]);
+        assert_eq!(r.recommendation.layout, "cpus:1,1");
+        assert!(r.recommendation.established);
+    }
+
+    #[test]
+    fn the_tie_break_order() {
+        let allowed = 2;
+        let two = placement(Some(vec![0, 1]));
+        let crowded = placement(Some(vec![1, 1]));
+        let unpinned = placement(None);
+        let unpinned_crowded = Placement {
+            workers: 3,
+            ..placement(None)
+        };
+        let order = [
+            tie_break(&Layout::PerCpu, &two, allowed),
+            tie_break(&Layout::AvoidSmt, &two, allowed),
+            tie_break(&Layout::Scatter, &two, allowed),
+            tie_break(&Layout::Compact, &two, allowed),
+            tie_break(&Layout::Cpus(vec![0, 1]), &two, allowed),
+            tie_break(&Layout::None, &unpinned, allowed),
+            tie_break(&Layout::PerCpu, &crowded, allowed),
+            tie_break(&Layout::Cpus(vec![1, 1]), &crowded, allowed),
+            tie_break(&Layout::None, &unpinned_crowded, allowed),
+        ];
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
     }
 
     #[test]

@@ -166,6 +166,18 @@ impl Layout {
                 (Pinning::Cpus(list.clone()), n, Some(cpus))
             }
         };
+        if n > crate::numbers::MAX_WORKERS {
+            // A CPU list longer than the limit, or an allowed set larger
+            // than it (the default is one worker per allowed CPU).
+            let layout = match self {
+                Layout::Cpus(list) => format!("--cpus (a list of {})", list.len()),
+                named => named.to_string(),
+            };
+            return Err(CliError::usage(format!(
+                "{layout}: {}; give fewer with --workers",
+                crate::numbers::too_many_workers(n)
+            )));
+        }
         if let Some(c) = &cpus {
             let distinct: BTreeSet<_> = c.iter().collect();
             if distinct.len() < c.len() && note.is_none() {

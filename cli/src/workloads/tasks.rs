@@ -45,9 +45,10 @@ pub(super) fn triangle(n: u64) -> u64 {
 
 /// `tasks` loop tasks that together count to `total`.
 pub(super) fn loop_parts(total: u64, tasks: usize) -> Vec<u64> {
-    let tasks = tasks.max(1) as u64;
+    // In u128: `total * (i + 1)` overflows u64 for a --size near u64::MAX.
+    let (total, tasks) = (u128::from(total), tasks.max(1) as u128);
     (0..tasks)
-        .map(|i| total * (i + 1) / tasks - total * i / tasks)
+        .map(|i| (total * (i + 1) / tasks - total * i / tasks) as u64)
         .collect()
 }
 
@@ -88,5 +89,11 @@ mod tests {
         assert_eq!(loop_parts(10, 3).iter().sum::<u64>(), 10);
         assert_eq!(loop_parts(10, 3).len(), 3);
         assert_eq!(loop_parts(7, 0), vec![7]);
+        // Any --size is accepted: the largest splits without overflow.
+        let parts = loop_parts(u64::MAX, 3);
+        assert_eq!(
+            parts.iter().map(|&p| u128::from(p)).sum::<u128>(),
+            u128::from(u64::MAX)
+        );
     }
 }
