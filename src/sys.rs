@@ -546,6 +546,11 @@ impl CpuMask {
             .collect()
     }
 
+    /// Whether `cpu` is in the set.
+    pub(crate) fn contains(&self, cpu: usize) -> bool {
+        cpu < CpuSet::MAX_CPU && self.0.is_set(cpu)
+    }
+
     /// The lowest CPU in the set (to name it in an error).
     pub(crate) fn first(&self) -> Option<usize> {
         (0..CpuSet::MAX_CPU).find(|&cpu| self.0.is_set(cpu))
@@ -587,8 +592,15 @@ pub(crate) fn affinity_of(pid: i32) -> io::Result<Vec<usize>> {
 }
 
 /// The CPU the calling thread runs on right now.
+///
+/// glibc's `sched_getcpu`, not rustix's: glibc reads the CPU from the
+/// thread's registered rseq area (a load), where rustix makes the `getcpu`
+/// system call, 50-100 ns on a VM; the pool asks on every dispatch.
 pub(crate) fn current_cpu() -> Option<usize> {
-    Some(rustix::thread::sched_getcpu())
+    // SAFETY: `sched_getcpu` takes no arguments and only reads the calling
+    // thread's own state; -1 (with errno set) means it could not tell.
+    let cpu = unsafe { libc::sched_getcpu() };
+    usize::try_from(cpu).ok()
 }
 
 /// Waits while `*word == expected`, at most `timeout` (forever if `None`).

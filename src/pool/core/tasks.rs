@@ -3,7 +3,7 @@
 //! worker to an idle one, killing a worker whose task overran its timeout,
 //! and failing the tasks of a worker that broke the protocol.
 
-use super::{Actions, Core, LoneTask, Phase};
+use super::{Actions, Core, LoneTask, Phase, Worker};
 use crate::error::Error;
 use crate::pool::layout::RECORD_SPILLED;
 use crate::pool::sink::Outcome;
@@ -195,6 +195,21 @@ impl Core {
             w.touched = false;
             w.full = false;
         }
+        // Of the workers with the fewest tasks, one not pinned to the CPU
+        // this thread runs on. A blocking `apply`'s caller spins for its
+        // result; sent to the worker that shares its CPU, every round trip
+        // became two context switches (24 µs on an AMD EPYC VM, where the
+        // first worker, the tie's old winner, shared the caller's CPU in
+        // most runs) instead of two cache-line transfers (0.35-0.5 µs).
+        // One look per dispatch (a vDSO call), none with a single worker.
+        let here = if self.workers.len() > 1 {
+            crate::sys::current_cpu()
+        } else {
+            None
+        };
+        let shares_my_cpu = |w: &Worker| {
+            here.is_some_and(|cpu| w.cpu.as_ref().is_some_and(|mask| mask.contains(cpu)))
+        };
         while !self.pending.is_empty() {
             // The worker is chosen before the task is taken out: when every
             // window is full (a submitter far ahead of the workers), the
@@ -205,7 +220,7 @@ impl Core {
                 .iter()
                 .enumerate()
                 .filter(|(_, w)| w.accepts_tasks() && !w.full && w.in_flight.len() < WINDOW)
-                .min_by_key(|(_, w)| w.in_flight.len())
+                .min_by_key(|(_, w)| (w.in_flight.len(), shares_my_cpu(w)))
                 .map(|(i, _)| i);
             let Some(i) = target else {
                 break;
