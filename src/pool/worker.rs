@@ -401,7 +401,11 @@ impl<'a> Server<'a> {
             // parent wrote last (its zero-ahead), which costs a cache miss
             // on the round trip. A burst that arrived meanwhile is claimed
             // in full on the next turn, timed from this one.
-            let mut limit = if self.went_on_at.is_some() { self.batch } else { 1 };
+            let mut limit = if self.went_on_at.is_some() {
+                self.batch
+            } else {
+                1
+            };
             if self.max_tasks > 0 {
                 limit = limit.min((self.max_tasks - self.done) as usize);
             }
