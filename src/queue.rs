@@ -4,15 +4,15 @@
 //!
 //! The queue itself, Vyukov's bounded MPMC queue over bytes with its
 //! dead-owner repair and event counts, is [`crate::shm::mpmc`]; this module
-//! encodes values into it (one larger than a slot into a spill,
-//! [`crate::shm::spill`], whose handle fills the slot) and the queue into a
-//! handle that crosses to other processes.
+//! encodes values into it (one larger than a slot into the queue's value
+//! file, [`crate::shm::values`], whose record fills the slot) and the queue
+//! into a handle that crosses to other processes.
 
 use crate::error::{Error, Result};
-use crate::shm::handle::{type_tag, SharedSegment};
+use crate::shm::handle::{type_tag, SharedSegment, OPEN_STEP};
 use crate::shm::mpmc::{self, ByteQueue, QueueMemory};
 use crate::shm::park::deadline_after;
-use crate::shm::spill::{self, HANDLE_BYTES};
+use crate::shm::values::{ValueFile, RECORD_BYTES};
 use crate::wire::{decode_error, decode_exact, Carried, Encoder, Wire};
 use std::fmt;
 use std::marker::PhantomData;
@@ -46,17 +46,26 @@ use std::time::{Duration, Instant};
 /// ```
 ///
 /// A value of any size goes in: one whose encoding exceeds
-/// [`message_bytes`](Self::message_bytes) travels in a one-off shared
-/// segment of its own (a *spill*; the slot holds its handle), so the message
-/// size is a speed knob (a spill costs a memfd and a copy on each side),
-/// never a limit.
+/// [`message_bytes`](Self::message_bytes) is written into the queue's
+/// *value file* (a memfd made with the queue, which grows as needed) and the
+/// slot holds where, so the message size is a speed knob (a large value
+/// costs a copy on each side and a few system calls), never a limit. Its
+/// memory is given back as it is received.
 ///
-/// A value that refers to shared objects (a [`crate::SharedArray`], another
-/// queue, a [`crate::PipeEnd`]), or that spilled, stays receivable while it
-/// waits in the queue even if its sender drops its own copy first: the
+/// The value file belongs to the queue, not to the process that put the
+/// value: a producer may exit, or be killed, right after its `put`, and the
+/// value stays receivable for as long as any process holds the queue, as
+/// with Python's `multiprocessing.Queue`. The cost is one more descriptor
+/// per queue in each process that holds it (two in all: its memory and its
+/// value file).
+///
+/// Shared objects named *inside* a value (a [`crate::SharedArray`], another
+/// queue, a [`crate::PipeEnd`], say in a `Vec`) are not copied into the
+/// file: they stay their sender's. Such a value stays receivable while it
+/// waits in the queue even if its sender drops its own copies first (the
 /// sender keeps each such object until every handle to it in flight was
-/// received, and no longer. A process that exits while something it sent
-/// still waits to be received waits for that up to 5 seconds
+/// received, and no longer), but a process that exits while such a handle
+/// still waits to be received keeps the object at most 5 seconds
 /// (`EXIT_LINGER`), then exits: a receiver that comes later gets
 /// [`Error::Decode`] for that value.
 ///
@@ -64,21 +73,24 @@ use std::time::{Duration, Instant};
 /// use corepool::{Process, Queue};
 ///
 /// fn produce(q: Queue<Vec<u8>>) {
-///     // 1 MiB through a queue of 240-byte slots: it spills, then returns.
+///     // 1 MiB through a queue of 240-byte slots: into its value file.
 ///     q.put(&vec![7u8; 1 << 20]).unwrap();
 /// }
 ///
 /// fn main() {
 ///     corepool::init();
 ///     let q = Queue::<Vec<u8>>::new(4).unwrap();
-///     let producer = Process::start(produce, q.clone()).unwrap();
-///     assert_eq!(q.get().unwrap().len(), 1 << 20);
-///     producer.join().unwrap();
+///     // The producer puts and exits before anyone gets: nothing is lost.
+///     Process::start(produce, q.clone()).unwrap().join().unwrap();
+///     assert_eq!(q.get().unwrap(), vec![7u8; 1 << 20]);
 /// }
 /// ```
 pub struct Queue<T> {
-    /// Keeps the memory `queue` points into alive.
+    /// Keeps the memory `queue` points into alive (and, as its companion,
+    /// `values`: see `SharedSegment::keep_with`).
     map: Arc<SharedSegment>,
+    /// Where values too large for a slot wait: this process's descriptor.
+    values: Arc<ValueFile>,
     queue: ByteQueue,
     _type: PhantomData<fn(T) -> T>,
 }
@@ -87,6 +99,7 @@ impl<T> Clone for Queue<T> {
     fn clone(&self) -> Self {
         Self {
             map: self.map.clone(),
+            values: self.values.clone(),
             queue: self.queue.clone(),
             _type: PhantomData,
         }
@@ -95,30 +108,19 @@ impl<T> Clone for Queue<T> {
 
 impl<T> Drop for Queue<T> {
     fn drop(&mut self) {
-        // The last copy of a queue no other process can have: what it still
-        // holds can never be received, so its spills are let go now rather
-        // than linger. (Shared objects named inside values linger within
+        // Nothing to let go of for the values it still holds: those too
+        // large for a slot are in its value file, which goes with its last
+        // descriptor. (Shared objects named inside values linger within
         // the bound, see `shm::handle`: finding them needs `T`'s decoder.)
         crate::shm::handle::dropping(&self.map);
-        if Arc::strong_count(&self.map) != 1 || !self.map.is_private() {
-            return;
-        }
-        let slot = self.queue.message_bytes();
-        while let Ok(Some(spilled)) = self.queue.try_get(|b| {
-            (b.len() == slot && b.len() >= HANDLE_BYTES).then(|| b[..HANDLE_BYTES].to_vec())
-        }) {
-            if let Some(handle) = spilled {
-                spill::discard(&handle);
-            }
-        }
     }
 }
 
-/// What taking one slot gave: a value decoded in place, or the handle of
-/// the spill holding it (read once the slot is free).
+/// What taking one slot gave: a value decoded in place, or the record of
+/// where it waits in the value file (read once the slot is free).
 enum Taken<T> {
     Value(Result<T>),
-    Spilled([u8; HANDLE_BYTES]),
+    Stored([u8; RECORD_BYTES]),
 }
 
 impl<T> fmt::Debug for Queue<T> {
@@ -139,10 +141,20 @@ fn memory_of(map: &SharedSegment) -> QueueMemory {
     unsafe { QueueMemory::new(map.base(), map.usable_len()) }
 }
 
+/// The value file of the queue just laid out in `queue`: made, recorded in
+/// the queue's memory, and kept open with `map`.
+fn new_value_file(map: &SharedSegment, queue: &ByteQueue) -> Result<Arc<ValueFile>> {
+    let values = ValueFile::create()?;
+    queue.set_value_file_id(values.identity());
+    map.keep_with(values.clone());
+    Ok(values)
+}
+
 impl<T> Queue<T> {
     /// A queue of at least `capacity` values, whose slots hold encodings of
-    /// up to 240 bytes (larger values spill, see [`Queue`]). The capacity is rounded up to the next power of two (5 becomes
-    /// 8); [`capacity`](Self::capacity) reports the real one, and that many
+    /// up to 240 bytes (larger values go into its value file, see
+    /// [`Queue`]). The capacity is rounded up to the next power of two (5
+    /// becomes 8); [`capacity`](Self::capacity) reports the real one, and that many
     /// values fit before [`try_put`](Self::try_put) reports the queue full.
     ///
     /// # Errors
@@ -165,11 +177,11 @@ impl<T> Queue<T> {
         Self::with_message_bytes(capacity, 240)
     }
     /// A queue of at least `capacity` values, whose slots hold encodings of
-    /// up to `message_bytes` bytes in place; a larger value spills into a
-    /// segment of its own (see [`Queue`]). The capacity is rounded up to the
+    /// up to `message_bytes` bytes in place; a larger value goes into the
+    /// queue's value file (see [`Queue`]). The capacity is rounded up to the
     /// next power of two; [`capacity`](Self::capacity) reports the real one.
-    /// Each slot takes `message_bytes` plus 56 bytes (a 16-byte header and
-    /// room for a spill's handle), rounded up to 64 bytes.
+    /// Each slot takes `message_bytes` plus 32 bytes (a 16-byte header and
+    /// room for a large value's 16-byte record), rounded up to 64 bytes.
     ///
     /// # Errors
     ///
@@ -184,7 +196,7 @@ impl<T> Queue<T> {
     ///
     /// let q = Queue::<Vec<u8>>::with_message_bytes(3, 1024).unwrap();
     /// assert_eq!((q.capacity(), q.message_bytes()), (4, 1024));
-    /// q.put(&vec![1; 2000]).unwrap(); // larger than a slot: it spills
+    /// q.put(&vec![1; 2000]).unwrap(); // larger than a slot: in the file
     /// assert_eq!(q.get().unwrap(), vec![1; 2000]);
     /// assert!(matches!(
     ///     Queue::<u64>::with_message_bytes(0, 8),
@@ -203,9 +215,9 @@ impl<T> Queue<T> {
             });
         }
         let capacity = capacity.next_power_of_two();
-        // Room for a spill's handle after the largest value held in place:
-        // a slot exactly that long holds a handle (see `put_encoded`).
-        let slot_bytes = message_bytes + HANDLE_BYTES;
+        // Room for a record after the largest value held in place: a slot
+        // exactly that long holds a record (see `put_encoded`).
+        let slot_bytes = message_bytes + RECORD_BYTES;
         let bytes = mpmc::bytes_for(capacity, slot_bytes).ok_or_else(|| Error::InvalidConfig {
             what: "queue too large".into(),
         })?;
@@ -213,8 +225,10 @@ impl<T> Queue<T> {
         // SAFETY: the segment is new: nobody else maps it yet.
         let queue =
             unsafe { ByteQueue::create(memory_of(&map), capacity, slot_bytes, type_tag::<T>()) };
+        let values = new_value_file(&map, &queue)?;
         Ok(Self {
             map,
+            values,
             queue,
             _type: PhantomData,
         })
@@ -224,9 +238,10 @@ impl<T> Queue<T> {
     /// (its start in `head`, the rest borrowed from the value), through
     /// `put` (which answers whether it went in): joined, in place, if it
     /// fits a slot's `message_bytes` (a length compare: the common case
-    /// costs nothing more), else as a spill, filled from the two parts,
-    /// whose handle fills the slot exactly (`message_bytes + HANDLE_BYTES`
-    /// bytes, a length no value in place has). What the encoding carries
+    /// costs nothing more), else written from the two parts into the
+    /// queue's value file, whose record fills the slot exactly
+    /// (`message_bytes + RECORD_BYTES` bytes, a length no value in place
+    /// has). What the encoding carries
     /// counts as sent only if it went in; otherwise pipe ends in it go back
     /// to their senders.
     #[inline]
@@ -242,7 +257,7 @@ impl<T> Queue<T> {
             head.extend_from_slice(rest);
             put(head)
         } else {
-            self.put_spilled(head, rest, put)
+            self.put_stored(head, rest, put)
         };
         if matches!(went_in, Ok(true)) {
             carried.sent();
@@ -253,60 +268,69 @@ impl<T> Queue<T> {
         went_in
     }
 
-    /// Puts `bytes` as a spill (see [`put_encoded`](Self::put_encoded)).
+    /// Puts `head` then `rest` into the queue's value file and their record
+    /// into a slot (see [`put_encoded`](Self::put_encoded)); the range is
+    /// given back if the record does not go in.
     #[cold]
-    fn put_spilled(
+    fn put_stored(
         &self,
         head: &[u8],
         rest: &[u8],
         put: impl FnOnce(&[u8]) -> Result<bool>,
     ) -> Result<bool> {
-        let (handle, mut spilled) = spill::write_parts(head, rest)?;
-        let mut envelope = vec![0u8; self.message_bytes() + HANDLE_BYTES];
-        envelope[..HANDLE_BYTES].copy_from_slice(&handle);
+        let stored = self
+            .values
+            .store(self.queue.next_value_offset(), head, rest)?;
+        let mut envelope = vec![0u8; self.message_bytes() + RECORD_BYTES];
+        envelope[..RECORD_BYTES].copy_from_slice(&stored.record());
+        // An error drops `stored`, which gives the range back.
         let went_in = put(&envelope)?;
         if went_in {
-            spilled.sent();
+            stored.keep();
         }
         Ok(went_in)
     }
 
     /// Decodes one slot's bytes (runs while the slot is claimed), unless
-    /// they are a spill's handle: that is copied out, to be read by
-    /// [`finish_get`](Self::finish_get) once the slot is free.
+    /// they are a record of the value file: that is copied out, to be read
+    /// by [`finish_get`](Self::finish_get) once the slot is free.
     #[inline]
     fn take(&self, bytes: &[u8]) -> Taken<T>
     where
         T: Wire,
     {
-        if bytes.len() == self.queue.message_bytes() && bytes.len() >= HANDLE_BYTES {
-            let mut handle = [0u8; HANDLE_BYTES];
-            handle.copy_from_slice(&bytes[..HANDLE_BYTES]);
-            return Taken::Spilled(handle);
+        if bytes.len() == self.queue.message_bytes() && bytes.len() >= RECORD_BYTES {
+            let mut record = [0u8; RECORD_BYTES];
+            record.copy_from_slice(&bytes[..RECORD_BYTES]);
+            return Taken::Stored(record);
         }
         Taken::Value(decode_exact::<T>(bytes))
     }
 
-    /// The value a `get` took: decoded already, or read from its spill.
+    /// The value a `get` took: decoded already, or read from the value
+    /// file.
     #[inline]
-    fn finish_get(taken: Taken<T>) -> Result<T>
+    fn finish_get(&self, taken: Taken<T>) -> Result<T>
     where
         T: Wire,
     {
         match taken {
             Taken::Value(got) => got,
-            Taken::Spilled(handle) => Self::read_spill(&handle),
+            Taken::Stored(record) => self.read_stored(&record),
         }
     }
 
-    /// Reads and decodes a spilled value.
+    /// Reads a value out of the value file (giving its memory back) and
+    /// decodes it.
     #[cold]
-    fn read_spill(handle: &[u8]) -> Result<T>
+    fn read_stored(&self, record: &[u8; RECORD_BYTES]) -> Result<T>
     where
         T: Wire,
     {
         crate::shm::handle::sweep();
-        decode_exact::<T>(&spill::read(handle)?)
+        let mut bytes = Vec::new();
+        self.values.take_into(record, &mut bytes)?;
+        decode_exact::<T>(&bytes)
     }
 
     /// Values it holds (a snapshot: others may be putting and getting).
@@ -370,8 +394,8 @@ impl<T> Queue<T> {
         self.queue.capacity() as usize
     }
 
-    /// Largest encoded value a slot holds in place; larger ones spill (see
-    /// [`Queue`]).
+    /// Largest encoded value a slot holds in place; larger ones go into
+    /// the queue's value file (see [`Queue`]).
     ///
     /// ```
     /// use corepool::Queue;
@@ -379,7 +403,7 @@ impl<T> Queue<T> {
     /// assert_eq!(Queue::<u64>::new(4).unwrap().message_bytes(), 240);
     /// ```
     pub fn message_bytes(&self) -> usize {
-        self.queue.message_bytes().saturating_sub(HANDLE_BYTES)
+        self.queue.message_bytes().saturating_sub(RECORD_BYTES)
     }
 
     /// Closes it for everyone: `put` fails from now on, `get` drains what is
@@ -421,8 +445,9 @@ impl<T: Wire> Queue<T> {
     /// # Errors
     ///
     /// [`Error::QueueClosed`]; [`Error::Encode`] for a value that cannot be
-    /// encoded; [`Error::SharedMemory`] when a large value's spill cannot get
-    /// its memory. Either way nothing is stored.
+    /// encoded; [`Error::SharedMemory`] when a large value cannot get its
+    /// memory in the queue's value file (or the queue's memory was
+    /// overwritten). Either way nothing is stored.
     ///
     /// # Examples
     ///
@@ -517,7 +542,7 @@ impl<T: Wire> Queue<T> {
     /// ```
     pub fn try_get(&self) -> Result<Option<T>> {
         let taken = self.queue.try_get(|b| self.take(b))?;
-        taken.map(Self::finish_get).transpose()
+        taken.map(|t| self.finish_get(t)).transpose()
     }
 
     /// Takes a value, waiting for one (Python's `get`).
@@ -566,7 +591,7 @@ impl<T: Wire> Queue<T> {
     }
 
     fn get_until(&self, deadline: Option<Instant>) -> Result<T> {
-        Self::finish_get(self.queue.get_until(|b| self.take(b), deadline)?)
+        self.finish_get(self.queue.get_until(|b| self.take(b), deadline)?)
     }
 
     /// Whether a value is ready at the head now (a snapshot: another
@@ -604,7 +629,8 @@ impl<T> Queue<T> {
 /// Unbounded queues: Python's `multiprocessing.Queue()` without a maxsize.
 impl<T> Queue<T> {
     /// A queue that is never full, whose slots hold values of up to 240
-    /// encoded bytes in place (larger ones spill, as in a bounded queue):
+    /// encoded bytes in place (larger ones go into its value file, as in a
+    /// bounded queue):
     /// [`put`](Self::put) never waits and [`try_put`](Self::try_put)
     /// never refuses. Python's `multiprocessing.Queue()` with no `maxsize`.
     ///
@@ -646,7 +672,8 @@ impl<T> Queue<T> {
     }
 
     /// An [`unbounded`](Self::unbounded) queue whose slots hold values of up
-    /// to `message_bytes` encoded bytes in place; larger ones spill.
+    /// to `message_bytes` encoded bytes in place; larger ones go into its
+    /// value file.
     ///
     /// # Errors
     ///
@@ -660,7 +687,7 @@ impl<T> Queue<T> {
     ///
     /// let q = Queue::<Vec<u8>>::unbounded_with_message_bytes(1024).unwrap();
     /// assert_eq!((q.capacity(), q.message_bytes()), (usize::MAX, 1024));
-    /// q.put(&vec![1; 2000]).unwrap(); // larger than a slot: it spills
+    /// q.put(&vec![1; 2000]).unwrap(); // larger than a slot: in the file
     /// assert_eq!(q.get().unwrap(), vec![1; 2000]);
     /// assert!(matches!(
     ///     Queue::<u64>::unbounded_with_message_bytes(0),
@@ -673,32 +700,51 @@ impl<T> Queue<T> {
                 what: format!("message size {message_bytes}: use 1 byte to 16 MiB, and a SharedArray for bulk data"),
             });
         }
-        // Room for a spill's handle, as in `with_message_bytes`.
-        let slot_bytes = message_bytes + HANDLE_BYTES;
+        // Room for a record, as in `with_message_bytes`.
+        let slot_bytes = message_bytes + RECORD_BYTES;
         let map = SharedSegment::create(c"corepool-queue", mpmc::UNBOUNDED_CONTROL_BYTES)?;
         // SAFETY: the segment is new and zeroed: nobody else maps it yet.
         let queue =
             unsafe { ByteQueue::create_unbounded(memory_of(&map), slot_bytes, type_tag::<T>())? };
+        let values = new_value_file(&map, &queue)?;
         Ok(Self {
             map,
+            values,
             queue,
             _type: PhantomData,
         })
     }
 }
 
+/// On the wire: the value file's handle `(sender pid, its descriptor,
+/// device, inode)`, then the queue memory's (see `SharedSegment::encode`).
+/// The value file comes first so that a receiver opens it before its
+/// decode of the memory's handle ends the transit: until then the sender
+/// keeps both (the file as the memory's companion).
 impl<T: Wire> Wire for Queue<T> {
     fn encode(&self, out: &mut Encoder) {
+        self.values.handle().encode(out);
         self.map.encode(type_tag::<T>(), self.queue.capacity(), out);
     }
 
     fn decode(input: &mut &[u8]) -> Result<Self> {
+        let (owner, fd, dev, ino) = <(i32, i32, u64, u64)>::decode(input)?;
+        let values = ValueFile::open(owner, fd, dev, ino);
+        // Decoded whether or not the file opened, to end the transit.
         let (map, capacity) =
             SharedSegment::decode::<Self>(input, type_tag::<T>(), |_| Some(mpmc::SLOTS_AT as u64))?;
+        let values = values.map_err(|e| e.into_error::<Self>(OPEN_STEP))?;
         let queue = ByteQueue::open(memory_of(&map), type_tag::<T>(), capacity)
             .map_err(decode_error::<Self>)?;
+        if queue.value_file_id() != values.identity() {
+            return Err(decode_error::<Self>(
+                "the handle names another value file than the queue's memory records",
+            ));
+        }
+        map.keep_with(values.clone());
         Ok(Self {
             map,
+            values,
             queue,
             _type: PhantomData,
         })
@@ -735,8 +781,8 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(miri, ignore = "a spill is a memfd another process could open")]
-    fn oversized_values_spill() {
+    #[cfg_attr(miri, ignore = "a value file is a memfd")]
+    fn oversized_values_go_into_the_value_file() {
         let q = Queue::<Vec<u8>>::with_message_bytes(2, 16).unwrap();
         q.put(&vec![3; 100]).unwrap();
         assert!(q.try_put(&vec![4; 1 << 20]).unwrap());

@@ -405,6 +405,55 @@ pub(crate) fn punch_hole(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Resul
     Ok(())
 }
 
+/// The system's page size (`sysconf(_SC_PAGESIZE)`, read once; 4096 if it
+/// cannot be read): the unit in which a punched range gives memory back.
+pub(crate) fn page_size() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PAGE: AtomicU64 = AtomicU64::new(0);
+    // Relaxed: a value every thread computes alike; racing stores agree.
+    let known = PAGE.load(Ordering::Relaxed);
+    if known != 0 {
+        return known;
+    }
+    // Raw libc: sysconf is the C library's (rustix has no wrapper for it).
+    // SAFETY: sysconf reads a configuration value and has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let page = u64::try_from(page)
+        .ok()
+        .filter(|p| p.is_power_of_two())
+        .unwrap_or(4096);
+    PAGE.store(page, Ordering::Relaxed);
+    page
+}
+
+/// Whether every byte of the `len` bytes at `offset` of the file behind `fd`
+/// holds data (`lseek` with `SEEK_DATA` and `SEEK_HOLE`): none of it is a
+/// hole, which would read as zeros without memory behind it. A range that
+/// starts at or past the end of the file holds none (`ENXIO`).
+pub(crate) fn is_range_backed(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<bool> {
+    use rustix::fs::SeekFrom;
+    let Some(end) = offset.checked_add(len) else {
+        return Ok(false);
+    };
+    if len == 0 {
+        return Ok(true);
+    }
+    let data = match rustix::fs::seek(fd, SeekFrom::Data(offset)) {
+        Ok(at) => at,
+        Err(Errno::NXIO) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    if data != offset {
+        return Ok(false);
+    }
+    let hole = match rustix::fs::seek(fd, SeekFrom::Hole(offset)) {
+        Ok(at) => at,
+        Err(Errno::NXIO) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(hole >= end)
+}
+
 /// Size of the file behind `fd` and its (device, inode) identity.
 pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileId> {
     let st = rustix::fs::fstat(fd)?;

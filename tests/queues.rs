@@ -1,6 +1,9 @@
 //! Unbounded `Queue`s and `JoinableQueue`s across processes: producers that
 //! grow the queue and then exit or are killed, consumers that die in the
-//! middle of a get, and `join` across processes. Runs with its own `main`.
+//! middle of a get, and `join` across processes; values too large for a
+//! slot, which wait in the queue's value file whoever put them, and what a
+//! hostile process writing over the queue's words can do to them. Runs with
+//! its own `main`.
 
 mod common;
 
@@ -255,6 +258,254 @@ fn join_timeout_ends_when_a_consumer_died_holding_a_value() {
     assert_eq!(q.unfinished(), 1, "the dead consumer's value");
 }
 
+const MIB: usize = 1 << 20;
+
+/// `len` bytes that are not all alike (a lost or shifted page shows).
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 ^ seed as u8).collect()
+}
+
+/// Puts a 1 MiB value and returns how many objects this process keeps
+/// lingering for receivers: none, the value is the queue's.
+fn put_large_and_return(q: Queue<Vec<u8>>) -> u64 {
+    q.put(&pattern(MIB, 1)).unwrap();
+    corepool::testing::lingering_objects() as u64
+}
+
+/// Puts a 1 MiB value, says so, and waits to be killed.
+fn put_large_and_wait((q, ready): (Queue<Vec<u8>>, Queue<u64>)) -> u64 {
+    q.put(&pattern(MIB, 2)).unwrap();
+    ready.put(&1).unwrap();
+    let never = Queue::<u64>::new(1).unwrap();
+    never.get().unwrap_or(0)
+}
+
+/// A value larger than a slot is the queue's, not its producer's: the
+/// producer is killed, or returns (and is reaped), before anyone gets, and
+/// the value still comes out, however long after. (It was a spill the
+/// producer held: lost at once with a killed producer, and kept at most
+/// 5 s by one that returned, as a decode error.)
+fn a_large_value_outlives_its_producer() {
+    for q in [
+        Queue::<Vec<u8>>::new(4).unwrap(),
+        Queue::<Vec<u8>>::unbounded().unwrap(),
+    ] {
+        let ready = Queue::<u64>::new(1).unwrap();
+        let p = Process::start(put_large_and_wait, (q.clone(), ready.clone())).unwrap();
+        assert_eq!(ready.get_timeout(Duration::from_secs(60)).unwrap(), 1);
+        p.kill().unwrap();
+        assert!(p.join().is_err(), "killed");
+        assert!(q.get().unwrap() == pattern(MIB, 2));
+        let p = Process::start(put_large_and_return, q.clone()).unwrap();
+        let pid = p.pid();
+        assert_eq!(p.join().unwrap(), 0, "the producer keeps nothing for it");
+        assert!(common::is_gone(pid), "joined: reaped, its descriptors gone");
+        assert!(q.get().unwrap() == pattern(MIB, 1));
+        assert!(q.is_empty());
+    }
+}
+
+/// Value `i` of producer `p`: its own size (4 KiB to 200 KiB and a bit),
+/// its origin in its first 16 bytes.
+fn tagged(p: u64, i: u64) -> Vec<u8> {
+    let len = 4096 * (1 + ((p * 7 + i) % 50) as usize) + (i as usize % 100);
+    let mut v = pattern(len, p * 31 + i);
+    v[..8].copy_from_slice(&p.to_le_bytes());
+    v[8..16].copy_from_slice(&i.to_le_bytes());
+    v
+}
+
+/// `(producer, index)` of a value `tagged` made, after checking all of it.
+fn origin(v: &[u8]) -> (u64, u64) {
+    let p = u64::from_le_bytes(v[..8].try_into().unwrap());
+    let i = u64::from_le_bytes(v[8..16].try_into().unwrap());
+    assert!(v == tagged(p, i), "value {i} of producer {p} is damaged");
+    (p, i)
+}
+
+const LARGE_PER_PRODUCER: u64 = 20;
+
+fn produce_large((q, p): (Queue<Vec<u8>>, u64)) -> u64 {
+    for i in 0..LARGE_PER_PRODUCER {
+        q.put(&tagged(p, i)).unwrap();
+    }
+    LARGE_PER_PRODUCER
+}
+
+/// Bytes of memory the queue value files this process holds use.
+fn value_memory_in_use() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| target.to_string_lossy().contains("corepool-queue-values"))
+        })
+        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
+        .map(|md| md.blocks() * 512)
+        .sum()
+}
+
+/// Takes `n` values from `q` with `get`, checking each producer's come in
+/// its order and damaged by nothing.
+fn drain_in_order(n: u64, get: impl Fn() -> Vec<u8>) {
+    let mut next = [0u64; 3];
+    for _ in 0..n {
+        let (p, i) = origin(&get());
+        assert_eq!(i, next[p as usize], "producer {p} out of order");
+        next[p as usize] += 1;
+    }
+    assert_eq!(next, [LARGE_PER_PRODUCER; 3]);
+}
+
+/// Several producers put many large values each and exit before the
+/// consumer starts: every value arrives, in each producer's order, and
+/// the value file gives all of its memory back as they are taken.
+fn large_values_from_producers_that_all_exited_arrive_in_order() {
+    let n = 3 * LARGE_PER_PRODUCER;
+    for q in [
+        Queue::<Vec<u8>>::new(64).unwrap(),
+        Queue::<Vec<u8>>::unbounded().unwrap(),
+    ] {
+        let before = value_memory_in_use();
+        let producers: Vec<_> = (0..3)
+            .map(|p| Process::start(produce_large, (q.clone(), p)).unwrap())
+            .collect();
+        for p in producers {
+            assert_eq!(p.join().unwrap(), LARGE_PER_PRODUCER);
+        }
+        assert_eq!(q.len(), n as usize);
+        let stored: u64 = (0..3)
+            .flat_map(|p| (0..LARGE_PER_PRODUCER).map(move |i| tagged(p, i).len() as u64))
+            .sum();
+        let full = value_memory_in_use() - before;
+        assert!(full >= stored, "{full} bytes held for {stored} stored");
+        drain_in_order(n, || q.get().unwrap());
+        assert!(q.is_empty());
+        assert_eq!(
+            value_memory_in_use(),
+            before,
+            "every value's memory is given back once it is taken"
+        );
+    }
+}
+
+fn produce_large_joinable((q, p): (JoinableQueue<Vec<u8>>, u64)) -> u64 {
+    for i in 0..LARGE_PER_PRODUCER {
+        q.put(&tagged(p, i)).unwrap();
+    }
+    LARGE_PER_PRODUCER
+}
+
+/// The same through `JoinableQueue`s: `join` returns once every large
+/// value of the exited producers was taken and marked done.
+fn a_joinable_queue_keeps_large_values_of_exited_producers() {
+    for q in [
+        JoinableQueue::<Vec<u8>>::new(64).unwrap(),
+        JoinableQueue::<Vec<u8>>::unbounded().unwrap(),
+    ] {
+        let producers: Vec<_> = (0..3)
+            .map(|p| Process::start(produce_large_joinable, (q.clone(), p)).unwrap())
+            .collect();
+        for p in producers {
+            assert_eq!(p.join().unwrap(), LARGE_PER_PRODUCER);
+        }
+        assert_eq!(q.unfinished(), 3 * LARGE_PER_PRODUCER);
+        drain_in_order(3 * LARGE_PER_PRODUCER, || {
+            let v = q.get().unwrap();
+            q.task_done().unwrap();
+            v
+        });
+        q.join_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!(value_memory_in_use(), 0);
+    }
+}
+
+/// A queue whose last copy here was dropped while its handle waited in
+/// another queue: the handle still opens in the receiver, value file and
+/// all (the sender kept both for it), and the value put before comes out.
+fn a_queue_handed_on_and_dropped_keeps_its_values() {
+    let carrier = Queue::<Queue<Vec<u8>>>::new(1).unwrap();
+    {
+        let q = Queue::<Vec<u8>>::new(4).unwrap();
+        q.put(&pattern(MIB, 7)).unwrap();
+        carrier.put(&q).unwrap();
+    }
+    let child = Process::start(
+        |carrier: Queue<Queue<Vec<u8>>>| -> bool {
+            let q = carrier.get().unwrap();
+            q.get().unwrap() == pattern(MIB, 7)
+        },
+        carrier,
+    )
+    .unwrap();
+    assert!(child.join().unwrap());
+    assert_eq!(corepool::testing::lingering_objects(), 0);
+}
+
+/// What a hostile process writing over the queue's words can do to its
+/// large values: typed errors, never a panic, a huge allocation or memory
+/// outside the queue; the queue goes on serving.
+fn forged_records_and_offsets_are_typed_errors() {
+    for q in [
+        Queue::<Vec<u8>>::new(8).unwrap(),
+        Queue::<Vec<u8>>::unbounded().unwrap(),
+    ] {
+        let record = |offset: u64, len: u64| {
+            let mut r = vec![0u8; q.message_bytes() + 16];
+            r[..8].copy_from_slice(&offset.to_le_bytes());
+            r[8..16].copy_from_slice(&len.to_le_bytes());
+            r
+        };
+        // 1 MiB at offset 0, taken: a hole now, in a file 1 MiB long.
+        q.put(&pattern(MIB, 3)).unwrap();
+        assert!(q.get().unwrap() == pattern(MIB, 3));
+        for (offset, len) in [
+            (1 << 40, 4096),     // past the file
+            (0, u64::MAX),       // huge
+            (0, 1 << 40),        // huge, and past the file
+            (u64::MAX - 1, 100), // overflows
+            (4096, 8192),        // a hole (given back)
+            (0, 0),              // nothing
+        ] {
+            assert!(corepool::testing::put_raw_slot(&q, &record(offset, len)));
+            let got = q.get();
+            assert!(
+                matches!(got, Err(Error::Decode { .. })),
+                "record ({offset}, {len}): {got:?}"
+            );
+        }
+        // The next offset forged near the end: puts of large values fail,
+        // typed; small ones go on.
+        corepool::testing::forge_next_value_offset(&q, u64::MAX - 4096);
+        let got = q.put(&pattern(MIB, 4));
+        assert!(matches!(got, Err(Error::SharedMemory { .. })), "{got:?}");
+        q.put(&vec![1; 10]).unwrap();
+        assert_eq!(q.get().unwrap(), vec![1; 10]);
+        // Forged back onto a value that waits: the two overlap, which can
+        // only spoil values of this queue.
+        corepool::testing::forge_next_value_offset(&q, 8 << 20);
+        q.put(&pattern(MIB, 5)).unwrap();
+        corepool::testing::forge_next_value_offset(&q, 8 << 20);
+        q.put(&pattern(MIB, 6)).unwrap();
+        let first = q.get();
+        assert!(
+            matches!(&first, Ok(v) if *v == pattern(MIB, 6)),
+            "overwritten by the second"
+        );
+        let second = q.get();
+        assert!(
+            matches!(second, Err(Error::Decode { .. })),
+            "given back with the first: {second:?}"
+        );
+        // And it goes on.
+        q.put(&pattern(MIB, 8)).unwrap();
+        assert!(q.get().unwrap() == pattern(MIB, 8));
+        assert!(q.is_empty());
+    }
+}
+
 fn main() {
     corepool::init();
     // The process thread's eventfd lives for the program: create it before
@@ -271,5 +522,10 @@ fn main() {
         join_returns_once_every_value_is_done_across_processes,
         task_done_too_often_is_an_error_in_any_process,
         join_timeout_ends_when_a_consumer_died_holding_a_value,
+        a_large_value_outlives_its_producer,
+        large_values_from_producers_that_all_exited_arrive_in_order,
+        a_joinable_queue_keeps_large_values_of_exited_producers,
+        a_queue_handed_on_and_dropped_keeps_its_values,
+        forged_records_and_offsets_are_typed_errors,
     ]);
 }

@@ -5,7 +5,8 @@
 //! that dead processes may leave behind, shared objects' [`handle`]s that travel between
 //! processes (and how long they live) and the checks that open a [`peer`]'s
 //! memfd by one, and [`spill`]s, the one-off segments
-//! that carry values too large for their message, and a pool's argument
+//! that carry values too large for their message, a queue's [`values`]
+//! file, where its values too large for a slot wait, and a pool's argument
 //! [`arena`], one memfd its large task arguments are copied into.
 //!
 //! They know nothing about pools, tasks or processes.
@@ -20,5 +21,6 @@ pub(crate) mod peer;
 pub(crate) mod ring;
 pub(crate) mod segment;
 pub(crate) mod spill;
+pub(crate) mod values;
 
 pub(crate) use segment::Segment;

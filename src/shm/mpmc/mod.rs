@@ -88,7 +88,7 @@ pub(crate) use unbounded::CONTROL_BYTES as UNBOUNDED_CONTROL_BYTES;
 
 use crate::error::{Error, Result};
 use crate::shm::park::Spinner;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,7 +96,8 @@ const MAGIC: [u8; 8] = *b"COREQUEU";
 /// 2: slots record their owner's tag (start time) beside the state word.
 /// 3: slot state words are stored biased by the slot's index (zeroed memory
 /// is a ready ring); the header's flags say whether the queue is unbounded.
-const VERSION: u32 = 3;
+/// 4: the control page holds the queue's value file's words ([`VALUES_AT`]).
+const VERSION: u32 = 4;
 
 /// Where the control words lie, each on its own cache line.
 const CLOSED_AT: usize = 64;
@@ -107,6 +108,12 @@ const TAIL_AT: usize = 192;
 /// An event count: sequence word, then sleeper count.
 const NOT_EMPTY_AT: usize = 256;
 const NOT_FULL_AT: usize = 320;
+/// The queue's value file ([`crate::shm::values`]), on a cache line of its
+/// own: the next free offset in it (u64, taken by `fetch_add`), then its
+/// device and inode (u64 each), written by the creator before the queue is
+/// shared. In both kinds of queue (an unbounded queue's own words end at
+/// 392).
+const VALUES_AT: usize = 448;
 /// Where the slots start: the header and control words fill the page before.
 /// Memory shorter than this is no queue.
 pub(crate) const SLOTS_AT: usize = 4096;
@@ -331,6 +338,37 @@ impl ByteQueue {
     /// Whether it holds no value (a snapshot).
     pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The word that says where the next value larger than a slot goes in
+    /// the queue's value file ([`crate::shm::values`]): any process may
+    /// write anything into it.
+    pub(crate) fn next_value_offset(&self) -> &AtomicU64 {
+        self.control.word64(VALUES_AT)
+    }
+
+    /// The (device, inode) of the queue's value file, as its creator
+    /// recorded it (untrusted: checked against the file a handle names).
+    pub(crate) fn value_file_id(&self) -> (u64, u64) {
+        // Relaxed: written before the queue was shared (`set_value_file_id`).
+        (
+            self.control.word64(VALUES_AT + 8).load(Ordering::Relaxed),
+            self.control.word64(VALUES_AT + 16).load(Ordering::Relaxed),
+        )
+    }
+
+    /// Records the (device, inode) of the queue's value file, by its
+    /// creator before the queue is shared.
+    pub(crate) fn set_value_file_id(&self, (dev, ino): (u64, u64)) {
+        // Relaxed: the queue is not shared yet; handing its handle to
+        // another process (a spawn, a queue, a pipe) orders these stores
+        // before that process reads them in `value_file_id`.
+        self.control
+            .word64(VALUES_AT + 8)
+            .store(dev, Ordering::Relaxed);
+        self.control
+            .word64(VALUES_AT + 16)
+            .store(ino, Ordering::Relaxed);
     }
 
     /// Closes it for everyone: puts fail from now on, gets drain what is
