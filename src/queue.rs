@@ -847,5 +847,29 @@ mod tests {
             Queue::<u64>::decode(&mut bytes.as_slice()).is_err(),
             "type mismatch"
         );
+        assert!(
+            Arc::ptr_eq(&q.values, &other.values),
+            "one descriptor of the value file per process"
+        );
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "a value file is a memfd")]
+    fn a_handle_naming_another_queues_value_file_does_not_decode() {
+        let q = Queue::<Vec<u8>>::new(4).unwrap();
+        let other = Queue::<Vec<u8>>::new(4).unwrap();
+        let mut bytes = crate::wire::encode_to_vec(&q);
+        let theirs = crate::wire::encode_to_vec(&other);
+        // The value file's handle comes first: pid, fd (i32), dev, ino (u64).
+        bytes[..24].copy_from_slice(&theirs[..24]);
+        let got = Queue::<Vec<u8>>::decode(&mut bytes.as_slice());
+        assert!(matches!(got, Err(Error::Decode { .. })), "{got:?}");
+        // A handle naming no value file at all.
+        let mut bytes = crate::wire::encode_to_vec(&q);
+        bytes[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        let got = Queue::<Vec<u8>>::decode(&mut bytes.as_slice());
+        assert!(matches!(got, Err(Error::Decode { .. })), "{got:?}");
+        q.put(&vec![9; 4000]).unwrap();
+        assert_eq!(q.get().unwrap(), vec![9; 4000], "the queue is unharmed");
     }
 }

@@ -641,9 +641,9 @@ fn open_uncached(
         (dev, ino),
         Access::ReadWrite,
         // Read in "is the process holding ... alive?" when the sender is
-        // gone: a queue record that spilled is the common case (a user
-        // trial's "join the producers, then drain"), and the 5 s it waits.
-        "a corepool shared object (an array, a queue, a pipe end, or a value too large for its message, which a process that exits keeps for at most 5 s)",
+        // gone: an object named inside a queued value, which the process
+        // that put it keeps 5 s past its exit, is the common case.
+        "a corepool shared object (an array, a queue, a pipe end, or a spilled result, which a process that exits keeps for at most 5 s)",
     )?;
     // Only a memfd sealed against resizing: never map an arbitrary file a
     // worker names, nor one that could shrink under us.
