@@ -506,7 +506,57 @@ fn forged_records_and_offsets_are_typed_errors() {
     }
 }
 
+const FILE_SIZE_LIMIT: &str = "COREPOOL_TEST_FILE_SIZE_LIMIT";
+
+/// The program of `a_file_size_limit_fails_large_puts_typed` (it lowers its
+/// own file-size limit, so it runs as a process of its own).
+fn under_a_file_size_limit() -> ! {
+    // SAFETY: plain rlimit calls on a value that lives across them.
+    unsafe {
+        let mut old = std::mem::zeroed::<libc::rlimit>();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_FSIZE, &mut old), 0);
+        let low = libc::rlimit {
+            rlim_cur: 8 << 20,
+            rlim_max: old.rlim_max,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &low), 0);
+    }
+    let q = Queue::<Vec<u8>>::new(4).unwrap();
+    let mut went = 0;
+    let got = loop {
+        match q.put(&pattern(MIB, 9)) {
+            Ok(()) => went += 1,
+            Err(e) => break e,
+        }
+        assert!(q.get().unwrap() == pattern(MIB, 9));
+        assert!(went < 100, "no limit met");
+    };
+    let typed = matches!(&got, Error::SharedMemory { source, .. }
+        if source.raw_os_error() == Some(libc::EFBIG))
+        && got.to_string().contains("ulimit -f");
+    // Small values go on.
+    q.put(&vec![1; 10]).unwrap();
+    println!("went {} typed {typed}", went > 0);
+    if !typed {
+        println!("{got}");
+    }
+    std::process::exit(0);
+}
+
+/// Offsets in a queue's value file are never reused, so under a file-size
+/// limit (`ulimit -f`) large puts fail after that many bytes in all: with a
+/// typed error naming the limit, never a SIGXFSZ that ends the program.
+fn a_file_size_limit_fails_large_puts_typed() {
+    let output = common::run_self_as(FILE_SIZE_LIMIT, Duration::from_secs(60));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(text.trim(), "went true typed true", "{output:?}");
+}
+
 fn main() {
+    if std::env::var_os(FILE_SIZE_LIMIT).is_some() {
+        under_a_file_size_limit();
+    }
     corepool::init();
     // The process thread's eventfd lives for the program: create it before
     // the harness takes its descriptor baseline.
@@ -527,5 +577,6 @@ fn main() {
         a_joinable_queue_keeps_large_values_of_exited_producers,
         a_queue_handed_on_and_dropped_keeps_its_values,
         forged_records_and_offsets_are_typed_errors,
+        a_file_size_limit_fails_large_puts_typed,
     ]);
 }

@@ -263,8 +263,19 @@ impl ValueFile {
         // Reserved first, as every segment is: a machine or cgroup without
         // the memory is an error here (see `sys::fallocate_range`), and the
         // writes below then copy into pages that are there.
-        crate::sys::fallocate_range(fd, offset, span)
-            .map_err(shm("fallocate (reserving a queue value's memory)"))?;
+        crate::sys::fallocate_range(fd, offset, span).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EFBIG) {
+                // Offsets are never reused, so the file's end passes a
+                // file-size limit after that many bytes of large values
+                // in all, however few wait at a time.
+                Error::shm(
+                    "fallocate (a queue's value file, which takes new offsets for every value larger than a slot, so that under a file-size limit a queue carries at most that many bytes of such values in all; or make `message_bytes` hold the values)",
+                    e,
+                )
+            } else {
+                Error::shm("fallocate (reserving a queue value's memory)", e)
+            }
+        })?;
         crate::sys::pwrite_all(fd, head, offset).map_err(shm("writing a queue value"))?;
         crate::sys::pwrite_all(fd, rest, offset + head.len() as u64)
             .map_err(shm("writing a queue value"))?;
