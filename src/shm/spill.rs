@@ -1,6 +1,8 @@
 //! Spills: a value too large for the message it travels in (a ring record, a
-//! queue slot, a `Process` result) goes into a one-off shared segment of its
-//! own, and the message carries the segment's handle instead.
+//! `Process` result) goes into a one-off shared segment of its own, and the
+//! message carries the segment's handle instead. (A queue's are not spills:
+//! they go into the queue's own value file, [`crate::shm::values`], so that
+//! they outlive their producer.)
 //!
 //! A spill is a [`SharedSegment`] holding the encoded bytes, so it lives by
 //! the same rule as every shared object (see [`crate::shm::handle`]): its
@@ -45,21 +47,9 @@ struct Spilled;
 ///
 /// [`crate::Error::SharedMemory`] when the memory cannot be had.
 pub(crate) fn write(bytes: &[u8]) -> Result<(Vec<u8>, Carried)> {
-    write_parts(bytes, &[])
-}
-
-/// As [`write`], for the bytes `head` then `rest` (a value's encoding
-/// split by [`crate::Wire::encode_split`]: the rest is copied here straight
-/// from the value).
-///
-/// # Errors
-///
-/// As [`write`].
-pub(crate) fn write_parts(head: &[u8], rest: &[u8]) -> Result<(Vec<u8>, Carried)> {
-    let len = head.len() + rest.len();
+    let len = bytes.len();
     let seg = SharedSegment::create(c"corepool-spill", len.max(1))?;
-    fill(&seg, head, 0)?;
-    fill(&seg, rest, head.len())?;
+    fill(&seg, bytes, 0)?;
     let mut out = Encoder::new();
     seg.encode(type_tag::<Spilled>(), len as u64, &mut out);
     out.check()?;
