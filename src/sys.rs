@@ -162,6 +162,14 @@ fn check_memory_for(len: u64) -> io::Result<()> {
     }
 }
 
+/// Whether `e` is [`check_memory_for`]'s refusal (too little memory
+/// available), which [`fallocate`] and [`fallocate_range`] give before
+/// asking the kernel: nothing was reserved then. (The kernel's own ENOMEM
+/// carries its error number; this refusal none.)
+pub(crate) fn is_memory_refusal(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::OutOfMemory && e.raw_os_error().is_none()
+}
+
 /// [`memory_available`], for tests that must not ask the kernel for more
 /// memory than there is when the figure cannot be read.
 #[cfg(test)]

@@ -24,3 +24,24 @@ pub(crate) mod spill;
 pub(crate) mod values;
 
 pub(crate) use segment::Segment;
+
+use crate::error::Error;
+
+/// A decode error for `what`, named as the user knows it ("queue value",
+/// "spilled result"; the message reads "decoding a {what} failed"): the
+/// path of a type internal to corepool would mean nothing to them.
+pub(crate) fn decode_failed(what: &'static str, reason: impl Into<String>) -> Error {
+    Error::Decode {
+        type_name: what,
+        reason: reason.into(),
+    }
+}
+
+/// `err` with the thing that failed to decode renamed to `what` (see
+/// [`decode_failed`]); any other error as it is.
+pub(crate) fn named(what: &'static str, err: Error) -> Error {
+    match err {
+        Error::Decode { reason, .. } => decode_failed(what, reason),
+        other => other,
+    }
+}

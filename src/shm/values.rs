@@ -130,8 +130,11 @@ fn forged(what: &str) -> Error {
 }
 
 fn bad_record(reason: impl Into<String>) -> Error {
-    crate::wire::decode_error::<ValueFile>(reason)
+    crate::shm::decode_failed(VALUE, reason)
 }
+
+/// What a user knows a bad record as, in its error message.
+pub(crate) const VALUE: &str = "queue value";
 
 impl ValueFile {
     /// A new, empty value file, sealed against shrinking.
@@ -273,7 +276,7 @@ impl ValueFile {
                     e,
                 )
             } else {
-                Error::shm("fallocate (reserving a queue value's memory)", e)
+                crate::shm::segment::reserving("fallocate (reserving a queue value's memory)", e)
             }
         })?;
         crate::sys::pwrite_all(fd, head, offset).map_err(shm("writing a queue value"))?;
@@ -476,7 +479,16 @@ mod tests {
             record(4096, 8192),         // runs into that hole
         ] {
             let got = file.take_into(&rec, &mut out);
-            assert!(matches!(got, Err(Error::Decode { .. })), "{rec:?}: {got:?}");
+            assert!(
+                matches!(
+                    got,
+                    Err(Error::Decode {
+                        type_name: "queue value",
+                        ..
+                    })
+                ),
+                "{rec:?}: {got:?}"
+            );
             assert_eq!(out.capacity(), 0, "nothing allocated for a lie");
         }
         file.take_into(&a_rec, &mut out).unwrap();

@@ -51,7 +51,7 @@ impl DataFile {
             .map_err(|e| Error::shm("memfd_create", e))?;
         let file = File::from(fd);
         sys::fallocate_range(file.as_fd(), 0, first_ring_bytes)
-            .map_err(|e| Error::shm("fallocate (reserving the memory)", e))?;
+            .map_err(|e| crate::shm::segment::reserving("fallocate (reserving the memory)", e))?;
         sys::seal_shrink_only(file.as_fd())
             .map_err(|e| Error::shm("sealing against shrinking", e))?;
         let id = sys::fstat(file.as_fd()).map_err(|e| Error::shm("fstat", e))?;
@@ -132,8 +132,9 @@ impl DataFile {
     ///
     /// [`Error::SharedMemory`] when the memory cannot be had.
     pub(super) fn ensure(&self, offset: u64, len: u64) -> Result<()> {
-        sys::fallocate_range(self.file.as_fd(), offset, len)
-            .map_err(|e| Error::shm("fallocate (growing an unbounded queue)", e))
+        sys::fallocate_range(self.file.as_fd(), offset, len).map_err(|e| {
+            crate::shm::segment::reserving("fallocate (growing an unbounded queue)", e)
+        })
     }
 
     /// Gives the memory of `len` bytes at `offset` back; the range reads as
