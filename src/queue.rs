@@ -12,7 +12,8 @@ use crate::error::{Error, Result};
 use crate::shm::handle::{type_tag, SharedSegment, OPEN_STEP};
 use crate::shm::mpmc::{self, ByteQueue, QueueMemory};
 use crate::shm::park::deadline_after;
-use crate::shm::values::{ValueFile, RECORD_BYTES};
+use crate::shm::spill::{self, HANDLE_BYTES};
+use crate::shm::values::{self, ValueFile, RECORD_BYTES};
 use crate::wire::{decode_error, decode_exact, Carried, Encoder, Wire};
 use std::fmt;
 use std::marker::PhantomData;
@@ -108,19 +109,42 @@ impl<T> Clone for Queue<T> {
 
 impl<T> Drop for Queue<T> {
     fn drop(&mut self) {
-        // Nothing to let go of for the values it still holds: those too
-        // large for a slot are in its value file, which goes with its last
-        // descriptor. (Shared objects named inside values linger within
-        // the bound, see `shm::handle`: finding them needs `T`'s decoder.)
+        // Values too large for a slot are in its value file, which goes
+        // with its last descriptor: nothing to let go of for them. (Shared
+        // objects named inside values linger within the bound, see
+        // `shm::handle`: finding them needs `T`'s decoder.)
         crate::shm::handle::dropping(&self.map);
+        // But the last copy of a queue no other process can have may hold
+        // spills (values put past a file-size limit, see `put_stored`):
+        // they can never be received, so they are let go now rather than
+        // kept up to 5 s at exit.
+        if Arc::strong_count(&self.map) != 1 || !self.map.is_private() {
+            return;
+        }
+        let slot = self.queue.message_bytes();
+        while let Ok(Some(spilled)) = self.queue.try_get(|b| {
+            (b.len() == slot && b.len() >= HANDLE_BYTES).then(|| b[..HANDLE_BYTES].to_vec())
+        }) {
+            if let Some(handle) = spilled {
+                spill::discard(&handle);
+            }
+        }
     }
 }
 
-/// What taking one slot gave: a value decoded in place, or the record of
-/// where it waits in the value file (read once the slot is free).
+/// Bytes a slot holds past the largest value in place: room for the
+/// largest envelope, a spill's handle. A slot's length says what it holds
+/// (see [`Queue::put_encoded`]).
+const ENVELOPE_BYTES: usize = HANDLE_BYTES;
+const _: () = assert!(RECORD_BYTES < HANDLE_BYTES);
+
+/// What taking one slot gave: a value decoded in place, the record of
+/// where it waits in the value file, or the handle of the spill that holds
+/// it (either read once the slot is free).
 enum Taken<T> {
     Value(Result<T>),
     Stored([u8; RECORD_BYTES]),
+    Spilled([u8; HANDLE_BYTES]),
 }
 
 impl<T> fmt::Debug for Queue<T> {
@@ -180,8 +204,10 @@ impl<T> Queue<T> {
     /// up to `message_bytes` bytes in place; a larger value goes into the
     /// queue's value file (see [`Queue`]). The capacity is rounded up to the
     /// next power of two; [`capacity`](Self::capacity) reports the real one.
-    /// Each slot takes `message_bytes` plus 32 bytes (a 16-byte header and
-    /// room for a large value's 16-byte record), rounded up to 64 bytes.
+    /// Each slot takes `message_bytes` plus 56 bytes (a 16-byte header and
+    /// room for where a large value waits: a 16-byte record of the value
+    /// file, or a 40-byte spill's handle under a file-size limit), rounded
+    /// up to 64 bytes.
     ///
     /// # Errors
     ///
@@ -215,9 +241,9 @@ impl<T> Queue<T> {
             });
         }
         let capacity = capacity.next_power_of_two();
-        // Room for a record after the largest value held in place: a slot
-        // exactly that long holds a record (see `put_encoded`).
-        let slot_bytes = message_bytes + RECORD_BYTES;
+        // Room for an envelope after the largest value held in place (see
+        // `put_encoded`).
+        let slot_bytes = message_bytes + ENVELOPE_BYTES;
         let bytes = mpmc::bytes_for(capacity, slot_bytes).ok_or_else(|| Error::InvalidConfig {
             what: "queue too large".into(),
         })?;
@@ -239,9 +265,11 @@ impl<T> Queue<T> {
     /// `put` (which answers whether it went in): joined, in place, if it
     /// fits a slot's `message_bytes` (a length compare: the common case
     /// costs nothing more), else written from the two parts into the
-    /// queue's value file, whose record fills the slot exactly
-    /// (`message_bytes + RECORD_BYTES` bytes, a length no value in place
-    /// has). What the encoding carries
+    /// queue's value file, whose record goes in an envelope of
+    /// `message_bytes + RECORD_BYTES` bytes, or (past a file-size limit)
+    /// into a spill, whose handle goes in an envelope of `message_bytes +
+    /// HANDLE_BYTES`: lengths no value in place has, so a slot's length
+    /// says what it holds. What the encoding carries
     /// counts as sent only if it went in; otherwise pipe ends in it go back
     /// to their senders.
     #[inline]
@@ -271,6 +299,15 @@ impl<T> Queue<T> {
     /// Puts `head` then `rest` into the queue's value file and their record
     /// into a slot (see [`put_encoded`](Self::put_encoded)); the range is
     /// given back if the record does not go in.
+    ///
+    /// Offsets in the value file are never reused, so under a finite
+    /// file-size limit (`ulimit -f`, which batch systems such as Slurm pass
+    /// on from the submitting shell) the file reaches it after that many
+    /// bytes in all. A value whose range would end past the limit goes
+    /// into a spill of this process's instead (a one-off memfd, bound by
+    /// the limit only in its own size): such a value is again bound to its
+    /// producer, which keeps it until it is received, or at most 5 s
+    /// (`EXIT_LINGER`) once the producer exits.
     #[cold]
     fn put_stored(
         &self,
@@ -278,9 +315,10 @@ impl<T> Queue<T> {
         rest: &[u8],
         put: impl FnOnce(&[u8]) -> Result<bool>,
     ) -> Result<bool> {
-        let stored = self
-            .values
-            .store(self.queue.next_value_offset(), head, rest)?;
+        let next = self.queue.next_value_offset();
+        let Some(stored) = self.values.store(next, head, rest)? else {
+            return self.put_spilled(head, rest, put);
+        };
         let mut envelope = vec![0u8; self.message_bytes() + RECORD_BYTES];
         envelope[..RECORD_BYTES].copy_from_slice(&stored.record());
         // An error drops `stored`, which gives the range back.
@@ -291,20 +329,65 @@ impl<T> Queue<T> {
         Ok(went_in)
     }
 
+    /// Puts `head` then `rest` into a spill and its handle into a slot
+    /// (see [`put_stored`](Self::put_stored)); the spill is let go if the
+    /// handle does not go in.
+    #[cold]
+    fn put_spilled(
+        &self,
+        head: &[u8],
+        rest: &[u8],
+        put: impl FnOnce(&[u8]) -> Result<bool>,
+    ) -> Result<bool> {
+        let (handle, mut spilled) = spill::write_parts(head, rest)?;
+        let mut envelope = vec![0u8; self.message_bytes() + HANDLE_BYTES];
+        envelope[..HANDLE_BYTES].copy_from_slice(&handle);
+        // Not sent unless it went in: dropping `spilled` takes its transit
+        // back and the spill goes.
+        let went_in = put(&envelope)?;
+        if went_in {
+            spilled.sent();
+        }
+        Ok(went_in)
+    }
+
     /// Decodes one slot's bytes (runs while the slot is claimed), unless
-    /// they are a record of the value file: that is copied out, to be read
-    /// by [`finish_get`](Self::finish_get) once the slot is free.
+    /// they are an envelope (see [`put_encoded`](Self::put_encoded)): a
+    /// record of the value file or a spill's handle is copied out, to be
+    /// read by [`finish_get`](Self::finish_get) once the slot is free.
     #[inline]
     fn take(&self, bytes: &[u8]) -> Taken<T>
     where
         T: Wire,
     {
-        if bytes.len() == self.queue.message_bytes() && bytes.len() >= RECORD_BYTES {
+        let in_place = self.message_bytes();
+        if bytes.len() <= in_place {
+            return Taken::Value(decode_exact::<T>(bytes));
+        }
+        Self::take_envelope(in_place, bytes)
+    }
+
+    /// The envelope `bytes`, longer than any value in place (`in_place`),
+    /// copied out; the slot's length says which kind.
+    #[cold]
+    fn take_envelope(in_place: usize, bytes: &[u8]) -> Taken<T> {
+        if bytes.len() == in_place + RECORD_BYTES {
             let mut record = [0u8; RECORD_BYTES];
             record.copy_from_slice(&bytes[..RECORD_BYTES]);
             return Taken::Stored(record);
         }
-        Taken::Value(decode_exact::<T>(bytes))
+        if bytes.len() == in_place + HANDLE_BYTES {
+            let mut handle = [0u8; HANDLE_BYTES];
+            handle.copy_from_slice(&bytes[..HANDLE_BYTES]);
+            return Taken::Spilled(handle);
+        }
+        Taken::Value(Err(crate::shm::decode_failed(
+            values::VALUE,
+            format!(
+                "a slot of {} bytes holds no value (at most {in_place}) and no envelope (a process wrote over the queue's memory)",
+                bytes.len()
+            ),
+        )))
     }
 
     /// The value a `get` took: decoded already, or read from the value
@@ -317,7 +400,21 @@ impl<T> Queue<T> {
         match taken {
             Taken::Value(got) => got,
             Taken::Stored(record) => self.read_stored(&record),
+            Taken::Spilled(handle) => Self::read_spilled(&handle),
         }
+    }
+
+    /// Reads a spilled value (see [`put_stored`](Self::put_stored)) and
+    /// decodes it.
+    #[cold]
+    fn read_spilled(handle: &[u8; HANDLE_BYTES]) -> Result<T>
+    where
+        T: Wire,
+    {
+        crate::shm::handle::sweep();
+        let mut bytes = Vec::new();
+        spill::read_into(handle, &mut bytes).map_err(|e| crate::shm::named(values::VALUE, e))?;
+        decode_exact::<T>(&bytes)
     }
 
     /// Reads a value out of the value file (giving its memory back) and
@@ -403,7 +500,7 @@ impl<T> Queue<T> {
     /// assert_eq!(Queue::<u64>::new(4).unwrap().message_bytes(), 240);
     /// ```
     pub fn message_bytes(&self) -> usize {
-        self.queue.message_bytes().saturating_sub(RECORD_BYTES)
+        self.queue.message_bytes().saturating_sub(ENVELOPE_BYTES)
     }
 
     /// Closes it for everyone: `put` fails from now on, `get` drains what is
@@ -700,8 +797,8 @@ impl<T> Queue<T> {
                 what: format!("message size {message_bytes}: use 1 byte to 16 MiB, and a SharedArray for bulk data"),
             });
         }
-        // Room for a record, as in `with_message_bytes`.
-        let slot_bytes = message_bytes + RECORD_BYTES;
+        // Room for an envelope, as in `with_message_bytes`.
+        let slot_bytes = message_bytes + ENVELOPE_BYTES;
         let map = SharedSegment::create(c"corepool-queue", mpmc::UNBOUNDED_CONTROL_BYTES)?;
         // SAFETY: the segment is new and zeroed: nobody else maps it yet.
         let queue =

@@ -39,7 +39,7 @@ pub fn forge_untagged_put_claim<T: Wire>(queue: &Queue<T>, pid: u32) {
 /// process holding the queue could write them; `false` if it is full. A
 /// slot exactly [`Queue::message_bytes`] + 16 bytes long holds the record
 /// of a value in the queue's value file: its offset and length (u64 each,
-/// little-endian), then anything.
+/// little-endian), then anything; one of + 40 bytes a spill's handle.
 pub fn put_raw_slot<T: Wire>(queue: &Queue<T>, bytes: &[u8]) -> bool {
     queue.byte_queue().try_put(bytes).unwrap_or(false)
 }

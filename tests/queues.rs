@@ -476,6 +476,26 @@ fn forged_records_and_offsets_are_typed_errors() {
                 "record ({offset}, {len}): {got:?}"
             );
         }
+        // Slots longer than any value in place: an envelope of neither
+        // kind, and a spill's handle (past a file-size limit) naming
+        // nothing this process can open.
+        let mut handle = vec![0u8; q.message_bytes() + 40];
+        handle[..4].copy_from_slice(&i32::MAX.to_le_bytes());
+        for forged in [vec![0u8; q.message_bytes() + 20], handle] {
+            assert!(corepool::testing::put_raw_slot(&q, &forged));
+            let got = q.get();
+            assert!(
+                matches!(
+                    &got,
+                    Err(Error::Decode {
+                        type_name: "queue value",
+                        ..
+                    })
+                ),
+                "{} bytes: {got:?}",
+                forged.len()
+            );
+        }
         // The next offset forged near the end: puts of large values fail,
         // typed; small ones go on.
         corepool::testing::forge_next_value_offset(&q, u64::MAX - 4096);
@@ -508,8 +528,8 @@ fn forged_records_and_offsets_are_typed_errors() {
 
 const FILE_SIZE_LIMIT: &str = "COREPOOL_TEST_FILE_SIZE_LIMIT";
 
-/// The program of `a_file_size_limit_fails_large_puts_typed` (it lowers its
-/// own file-size limit, so it runs as a process of its own).
+/// The program of `a_file_size_limit_spills_large_values_past_it` (it
+/// lowers its own file-size limit, so it runs as a process of its own).
 fn under_a_file_size_limit() -> ! {
     // SAFETY: plain rlimit calls on a value that lives across them.
     unsafe {
@@ -521,36 +541,68 @@ fn under_a_file_size_limit() -> ! {
         };
         assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &low), 0);
     }
-    let q = Queue::<Vec<u8>>::new(4).unwrap();
-    let mut went = 0;
-    let got = loop {
-        match q.put(&pattern(MIB, 9)) {
-            Ok(()) => went += 1,
-            Err(e) => break e,
+    let mut facts = Vec::new();
+    for (kind, q) in [
+        ("bounded", Queue::<Vec<u8>>::new(4).unwrap()),
+        ("unbounded", Queue::<Vec<u8>>::unbounded().unwrap()),
+    ] {
+        // Three times the limit's worth, one at a time: the value file
+        // passes the limit after 8, the rest are spilled.
+        let mut round_trips = 0;
+        for i in 0..24 {
+            q.put(&pattern(MIB, i)).unwrap();
+            assert!(q.get().unwrap() == pattern(MIB, i), "{kind} value {i}");
+            round_trips += 1;
         }
-        assert!(q.get().unwrap() == pattern(MIB, 9));
-        assert!(went < 100, "no limit met");
-    };
-    let typed = matches!(&got, Error::SharedMemory { source, .. }
-        if source.raw_os_error() == Some(libc::EFBIG))
-        && got.to_string().contains("ulimit -f");
-    // Small values go on.
-    q.put(&vec![1; 10]).unwrap();
-    println!("went {} typed {typed}", went > 0);
-    if !typed {
-        println!("{got}");
+        // Past the limit, several waiting at once, in order.
+        for i in 0..3 {
+            q.put(&pattern(MIB, 100 + i)).unwrap();
+        }
+        for i in 0..3 {
+            assert!(
+                q.get().unwrap() == pattern(MIB, 100 + i),
+                "{kind} waiting {i}"
+            );
+        }
+        // A value larger than the limit fits no file: typed, naming the limit.
+        let got = q.put(&pattern(9 * MIB, 1)).unwrap_err();
+        let typed = matches!(&got, Error::SharedMemory { source, .. }
+            if source.raw_os_error() == Some(libc::EFBIG))
+            && got.to_string().contains("ulimit -f");
+        // Small values go on, and nothing of the spills is kept.
+        q.put(&vec![1; 10]).unwrap();
+        assert_eq!(q.get().unwrap(), vec![1; 10]);
+        let kept = corepool::testing::lingering_objects();
+        facts.push(format!("{kind} {round_trips} typed {typed} kept {kept}"));
+        if !typed {
+            facts.push(got.to_string());
+        }
+        // Dropped holding a spilled value: let go now, not kept up to 5 s.
+        q.put(&pattern(MIB, 200)).unwrap();
+        drop(q);
+        let kept = corepool::testing::lingering_objects();
+        facts.push(format!("{kind} dropped kept {kept}"));
     }
+    println!("{}", facts.join("; "));
     std::process::exit(0);
 }
 
 /// Offsets in a queue's value file are never reused, so under a file-size
-/// limit (`ulimit -f`) large puts fail after that many bytes in all: with a
-/// typed error naming the limit, never a SIGXFSZ that ends the program.
-fn a_file_size_limit_fails_large_puts_typed() {
-    let output = common::run_self_as(FILE_SIZE_LIMIT, Duration::from_secs(60));
+/// limit (`ulimit -f`) it reaches the limit after that many bytes of large
+/// values in all: past it, large values go into spills of their
+/// producer's, and keep going through; one larger than the limit itself
+/// fails typed, naming the limit, never with a SIGXFSZ that ends the
+/// program.
+fn a_file_size_limit_spills_large_values_past_it() {
+    let output = common::run_self_as(FILE_SIZE_LIMIT, Duration::from_secs(120));
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{output:?}");
-    assert_eq!(text.trim(), "went true typed true", "{output:?}");
+    assert_eq!(
+        text.trim(),
+        "bounded 24 typed true kept 0; bounded dropped kept 0; \
+         unbounded 24 typed true kept 0; unbounded dropped kept 0",
+        "{output:?}"
+    );
 }
 
 fn main() {
@@ -577,6 +629,6 @@ fn main() {
         a_joinable_queue_keeps_large_values_of_exited_producers,
         a_queue_handed_on_and_dropped_keeps_its_values,
         forged_records_and_offsets_are_typed_errors,
-        a_file_size_limit_fails_large_puts_typed,
+        a_file_size_limit_spills_large_values_past_it,
     ]);
 }

@@ -470,6 +470,12 @@ impl SharedSegment {
         self.seg.len() - TRAILER
     }
 
+    /// Whether no other process can have it: created here and no handle to
+    /// it ever written (a forked copy of this process aside).
+    pub(crate) fn is_private(&self) -> bool {
+        self.created && !self.sent.load(Ordering::Relaxed)
+    }
+
     /// The process whose descriptor this mapping came through.
     pub(crate) fn owner(&self) -> i32 {
         self.owner

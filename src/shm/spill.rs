@@ -1,8 +1,10 @@
 //! Spills: a value too large for the message it travels in (a ring record, a
 //! `Process` result) goes into a one-off shared segment of its own, and the
-//! message carries the segment's handle instead. (A queue's are not spills:
-//! they go into the queue's own value file, [`crate::shm::values`], so that
-//! they outlive their producer.)
+//! message carries the segment's handle instead. (A queue's large values
+//! are not spills: they go into the queue's own value file,
+//! [`crate::shm::values`], so that they outlive their producer; only one
+//! whose range there would end past the process's file-size limit,
+//! `ulimit -f`, is spilled, [`write_parts`].)
 //!
 //! A spill is a [`SharedSegment`] holding the encoded bytes, so it lives by
 //! the same rule as every shared object (see [`crate::shm::handle`]): its
@@ -56,9 +58,21 @@ pub(crate) const ARGUMENT: &str = "task argument";
 ///
 /// [`crate::Error::SharedMemory`] when the memory cannot be had.
 pub(crate) fn write(bytes: &[u8]) -> Result<(Vec<u8>, Carried)> {
-    let len = bytes.len();
+    write_parts(bytes, &[])
+}
+
+/// [`write`] of `head` then `rest` (a value's encoding, see
+/// [`crate::Wire::encode_split`]): a queue's value past its file-size
+/// limit (`crate::queue`), copied here straight from the value's memory.
+///
+/// # Errors
+///
+/// As [`write`].
+pub(crate) fn write_parts(head: &[u8], rest: &[u8]) -> Result<(Vec<u8>, Carried)> {
+    let len = head.len() + rest.len();
     let seg = SharedSegment::create(c"corepool-spill", len.max(1))?;
-    fill(&seg, bytes, 0)?;
+    fill(&seg, head, 0)?;
+    fill(&seg, rest, head.len())?;
     let mut out = Encoder::new();
     seg.encode(type_tag::<Spilled>(), len as u64, &mut out);
     out.check()?;

@@ -129,6 +129,13 @@ fn forged(what: &str) -> Error {
     }
 }
 
+/// Whether a write into the file failed for the file-size limit (EFBIG:
+/// `sys` checks the limit before every call that grows a file; the
+/// kernel's own ceiling for a memfd lies past [`MAX_END`]).
+fn is_past_file_size_limit(e: &Error) -> bool {
+    matches!(e, Error::SharedMemory { source, .. } if source.raw_os_error() == Some(libc::EFBIG))
+}
+
 fn bad_record(reason: impl Into<String>) -> Error {
     crate::shm::decode_failed(VALUE, reason)
 }
@@ -212,6 +219,12 @@ impl ValueFile {
     /// [`crate::Wire::encode_split`]) into a range of the file taken from
     /// the queue's next-offset word `next`.
     ///
+    /// `None` if the range would end past this process's file-size limit
+    /// (RLIMIT_FSIZE, `ulimit -f`): offsets are never reused, so under a
+    /// finite limit a queue's file reaches it after that many bytes of
+    /// large values in all, however few wait at a time. The caller puts
+    /// the value another way then (`crate::queue`: a spill).
+    ///
     /// # Errors
     ///
     /// [`Error::SharedMemory`]: no memory for the value, a value past
@@ -222,7 +235,7 @@ impl ValueFile {
         next: &AtomicU64,
         head: &[u8],
         rest: &[u8],
-    ) -> Result<Stored<'a>> {
+    ) -> Result<Option<Stored<'a>>> {
         let len = head.len() as u64 + rest.len() as u64;
         if len > MAX_VALUE_BYTES {
             return Err(Error::SharedMemory {
@@ -252,8 +265,11 @@ impl ValueFile {
             kept: false,
         };
         // A failure drops `stored`: whatever was written is punched back.
-        self.write(offset, span, head, rest)?;
-        Ok(stored)
+        match self.write(offset, span, head, rest) {
+            Ok(()) => Ok(Some(stored)),
+            Err(e) if is_past_file_size_limit(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Reserves `span` bytes at `offset` and writes `head` then `rest`
@@ -266,18 +282,12 @@ impl ValueFile {
         // Reserved first, as every segment is: a machine or cgroup without
         // the memory is an error here (see `sys::fallocate_range`), and the
         // writes below then copy into pages that are there.
+        // The file-size limit is read on every such call (`sys`: one
+        // getrlimit, next to the fallocate and pwrites of a large value),
+        // never cached: a process may lower its own limit at any time, and
+        // asking the kernel past it would raise SIGXFSZ.
         crate::sys::fallocate_range(fd, offset, span).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EFBIG) {
-                // Offsets are never reused, so the file's end passes a
-                // file-size limit after that many bytes of large values
-                // in all, however few wait at a time.
-                Error::shm(
-                    "fallocate (a queue's value file, which takes new offsets for every value larger than a slot, so that under a file-size limit a queue carries at most that many bytes of such values in all; or make `message_bytes` hold the values)",
-                    e,
-                )
-            } else {
-                crate::shm::segment::reserving("fallocate (reserving a queue value's memory)", e)
-            }
+            crate::shm::segment::reserving("fallocate (reserving a queue value's memory)", e)
         })?;
         crate::sys::pwrite_all(fd, head, offset).map_err(shm("writing a queue value"))?;
         crate::sys::pwrite_all(fd, rest, offset + head.len() as u64)
@@ -442,11 +452,14 @@ mod tests {
         let file = ValueFile::create().unwrap();
         let next = AtomicU64::new(0);
         let value: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        let stored = file.store(&next, &value[..10], &value[10..]).unwrap();
+        let stored = file
+            .store(&next, &value[..10], &value[10..])
+            .unwrap()
+            .unwrap();
         let rec = stored.record();
         stored.keep();
         assert!(file.allocated_bytes() >= value.len() as u64);
-        let second = file.store(&next, b"x", b"yz").unwrap().record();
+        let second = file.store(&next, b"x", b"yz").unwrap().unwrap().record();
         let mut out = Vec::new();
         file.take_into(&rec, &mut out).unwrap();
         assert_eq!(out, value);
@@ -462,12 +475,12 @@ mod tests {
     fn forged_records_and_offsets_are_typed_errors() {
         let file = ValueFile::create().unwrap();
         let next = AtomicU64::new(0);
-        let a = file.store(&next, &[7; 5000], &[]).unwrap();
+        let a = file.store(&next, &[7; 5000], &[]).unwrap().unwrap();
         let a_rec = a.record();
         a.keep();
         // Past a gap never written: the file is 1 MiB + a page long.
         next.store(1 << 20, Ordering::Relaxed);
-        file.store(&next, &[8; 100], &[]).unwrap().keep();
+        file.store(&next, &[8; 100], &[]).unwrap().unwrap().keep();
         let mut out = Vec::new();
         for rec in [
             record(0, u64::MAX),        // huge
