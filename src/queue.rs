@@ -10,7 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::shm::handle::{type_tag, SharedSegment, OPEN_STEP};
-use crate::shm::mpmc::{self, ByteQueue, QueueMemory};
+use crate::shm::mpmc::{self, ByteQueue, QueueMemory, RingFile};
 use crate::shm::park::deadline_after;
 use crate::shm::spill::{self, HANDLE_BYTES};
 use crate::shm::values::{self, ValueFile, RECORD_BYTES};
@@ -166,12 +166,32 @@ fn memory_of(map: &SharedSegment) -> QueueMemory {
 }
 
 /// The value file of the queue just laid out in `queue`: made, recorded in
-/// the queue's memory, and kept open with `map`.
+/// the queue's memory, and kept open with `map` (see [`keep_files`]).
 fn new_value_file(map: &SharedSegment, queue: &ByteQueue) -> Result<Arc<ValueFile>> {
     let values = ValueFile::create()?;
     queue.set_value_file_id(values.identity());
-    map.keep_with(values.clone());
+    keep_files(map, &values, queue);
     Ok(values)
+}
+
+/// The files a queue's handle names besides its memory: its value file
+/// and, for an unbounded queue, its ring file.
+#[derive(Debug)]
+struct Files {
+    _values: Arc<ValueFile>,
+    _rings: Option<RingFile>,
+}
+
+/// Keeps the files `queue`'s handle names open with `map`, for as long as
+/// the mapping, lingering included: a handle sent from here names this
+/// process's descriptors of them, and a sender that drops its last copy
+/// of the queue while the handle is in flight must keep them for the
+/// receiver as it keeps the memory.
+fn keep_files(map: &SharedSegment, values: &Arc<ValueFile>, queue: &ByteQueue) {
+    map.keep_with(Arc::new(Files {
+        _values: values.clone(),
+        _rings: queue.ring_file(),
+    }));
 }
 
 impl<T> Queue<T> {
@@ -813,32 +833,48 @@ impl<T> Queue<T> {
     }
 }
 
+/// What names no ring file in a queue's handle (a bounded queue's).
+const NO_RING_FILE: (i32, i32, u64, u64) = (0, -1, 0, 0);
+
 /// On the wire: the value file's handle `(sender pid, its descriptor,
-/// device, inode)`, then the queue memory's (see `SharedSegment::encode`).
-/// The value file comes first so that a receiver opens it before its
-/// decode of the memory's handle ends the transit: until then the sender
-/// keeps both (the file as the memory's companion).
+/// device, inode)`, the ring file's alike (an unbounded queue's; a bounded
+/// queue's says `(0, -1, 0, 0)`), then the queue memory's (see
+/// `SharedSegment::encode`). Both files are named through the sender, not
+/// the queue's creator, so that a queue opens after its creator is gone.
+/// They come first so that a receiver opens them before its decode of the
+/// memory's handle ends the transit: until then the sender keeps all three
+/// (the files as the memory's companion, see [`keep_files`]).
 impl<T: Wire> Wire for Queue<T> {
     fn encode(&self, out: &mut Encoder) {
         self.values.handle().encode(out);
+        let rings = self.queue.ring_file();
+        rings.map_or(NO_RING_FILE, |r| r.handle()).encode(out);
         self.map.encode(type_tag::<T>(), self.queue.capacity(), out);
     }
 
     fn decode(input: &mut &[u8]) -> Result<Self> {
         let (owner, fd, dev, ino) = <(i32, i32, u64, u64)>::decode(input)?;
+        let rings_handle = <(i32, i32, u64, u64)>::decode(input)?;
         let values = ValueFile::open(owner, fd, dev, ino);
-        // Decoded whether or not the file opened, to end the transit.
+        let rings = (rings_handle != NO_RING_FILE).then(|| {
+            let (owner, fd, dev, ino) = rings_handle;
+            RingFile::open(owner, fd, dev, ino)
+        });
+        // Decoded whether or not the files opened, to end the transit.
         let (map, capacity) =
             SharedSegment::decode::<Self>(input, type_tag::<T>(), |_| Some(mpmc::SLOTS_AT as u64))?;
         let values = values.map_err(|e| e.into_error::<Self>(OPEN_STEP))?;
-        let queue = ByteQueue::open(memory_of(&map), type_tag::<T>(), capacity)
+        let rings = rings
+            .transpose()
+            .map_err(|e| e.into_error::<Self>(OPEN_STEP))?;
+        let queue = ByteQueue::open(memory_of(&map), type_tag::<T>(), capacity, rings.as_ref())
             .map_err(decode_error::<Self>)?;
         if queue.value_file_id() != values.identity() {
             return Err(decode_error::<Self>(
                 "the handle names another value file than the queue's memory records",
             ));
         }
-        map.keep_with(values.clone());
+        keep_files(&map, &values, &queue);
         Ok(Self {
             map,
             values,
@@ -968,5 +1004,39 @@ mod tests {
         assert!(matches!(got, Err(Error::Decode { .. })), "{got:?}");
         q.put(&vec![9; 4000]).unwrap();
         assert_eq!(q.get().unwrap(), vec![9; 4000], "the queue is unharmed");
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "an unbounded queue's rings are in a memfd")]
+    fn a_handle_naming_another_ring_file_does_not_decode() {
+        let q = Queue::<u64>::unbounded().unwrap();
+        let other = Queue::<u64>::unbounded().unwrap();
+        let bounded = Queue::<u64>::new(4).unwrap();
+        let theirs = crate::wire::encode_to_vec(&other);
+        // The ring file's handle follows the value file's: bytes 24..48.
+        let mut bytes = crate::wire::encode_to_vec(&q);
+        assert_eq!(
+            &bytes[24..28],
+            &std::process::id().to_le_bytes(),
+            "the sender's"
+        );
+        bytes[24..48].copy_from_slice(&theirs[24..48]);
+        let got = Queue::<u64>::decode(&mut bytes.as_slice());
+        assert!(matches!(got, Err(Error::Decode { .. })), "{got:?}");
+        // An unbounded queue's handle naming no ring file.
+        let mut bytes = crate::wire::encode_to_vec(&q);
+        bytes[24..48].copy_from_slice(&crate::wire::encode_to_vec(&NO_RING_FILE));
+        let got = Queue::<u64>::decode(&mut bytes.as_slice());
+        assert!(matches!(got, Err(Error::Decode { .. })), "{got:?}");
+        // A bounded queue's handle naming one.
+        let mut bytes = crate::wire::encode_to_vec(&bounded);
+        bytes[24..48].copy_from_slice(&theirs[24..48]);
+        let got = Queue::<u64>::decode(&mut bytes.as_slice());
+        assert!(matches!(got, Err(Error::Decode { .. })), "{got:?}");
+        // The queues are unharmed, and a true handle still decodes.
+        let again = crate::wire::encode_to_vec(&q);
+        let again = Queue::<u64>::decode(&mut again.as_slice()).unwrap();
+        again.put(&5).unwrap();
+        assert_eq!(q.get().unwrap(), 5);
     }
 }

@@ -426,21 +426,86 @@ fn a_joinable_queue_keeps_large_values_of_exited_producers() {
 /// another queue: the handle still opens in the receiver, value file and
 /// all (the sender kept both for it), and the value put before comes out.
 fn a_queue_handed_on_and_dropped_keeps_its_values() {
-    let carrier = Queue::<Queue<Vec<u8>>>::new(1).unwrap();
-    {
-        let q = Queue::<Vec<u8>>::new(4).unwrap();
-        q.put(&pattern(MIB, 7)).unwrap();
-        carrier.put(&q).unwrap();
+    for unbounded in [false, true] {
+        let carrier = Queue::<Queue<Vec<u8>>>::new(1).unwrap();
+        {
+            let q = if unbounded {
+                // Its rings too: the first holds 256, these fill several.
+                let q = Queue::<Vec<u8>>::unbounded().unwrap();
+                for i in 0..MANY {
+                    q.put(&i.to_le_bytes().to_vec()).unwrap();
+                }
+                q
+            } else {
+                Queue::<Vec<u8>>::new(4).unwrap()
+            };
+            q.put(&pattern(MIB, 7)).unwrap();
+            carrier.put(&q).unwrap();
+        }
+        let child = Process::start(
+            |(carrier, skip): (Queue<Queue<Vec<u8>>>, u64)| -> bool {
+                let q = carrier.get().unwrap();
+                (0..skip).all(|i| q.get().unwrap() == i.to_le_bytes().to_vec())
+                    && q.get().unwrap() == pattern(MIB, 7)
+            },
+            (carrier, if unbounded { MANY } else { 0 }),
+        )
+        .unwrap();
+        assert!(child.join().unwrap(), "unbounded {unbounded}");
+        assert_eq!(corepool::testing::lingering_objects(), 0);
     }
-    let child = Process::start(
-        |carrier: Queue<Queue<Vec<u8>>>| -> bool {
-            let q = carrier.get().unwrap();
-            q.get().unwrap() == pattern(MIB, 7)
-        },
-        carrier,
-    )
-    .unwrap();
-    assert!(child.join().unwrap());
+}
+
+/// The creator of `an_unbounded_queue_opens_after_its_creator_exited`:
+/// makes an unbounded queue, fills it past its first rings (and puts a
+/// value too large for a slot), hands it on and exits.
+fn create_and_hand_on(up: Queue<Queue<Vec<u8>>>) -> u32 {
+    let q = Queue::<Vec<u8>>::unbounded().unwrap();
+    for i in 0..MANY {
+        q.put(&i.to_le_bytes().to_vec()).unwrap();
+    }
+    q.put(&pattern(MIB, 11)).unwrap();
+    up.put(&q).unwrap();
+    std::process::id()
+}
+
+/// The relay of `an_unbounded_queue_opens_after_its_creator_exited`: takes
+/// the queue from its creator, and once told the creator is gone hands it
+/// on.
+fn relay((up, down, go): (Queue<Queue<Vec<u8>>>, Queue<Queue<Vec<u8>>>, Queue<u64>)) -> u64 {
+    let q = up.get().unwrap();
+    go.get().unwrap();
+    down.put(&q).unwrap();
+    q.len() as u64
+}
+
+/// An unbounded queue's handle names its ring file (like its value file)
+/// through the process that sends it, not its creator: a process that
+/// first decodes the queue after its creator exited opens it, rings and
+/// all, and gets every value.
+fn an_unbounded_queue_opens_after_its_creator_exited() {
+    let up = Queue::<Queue<Vec<u8>>>::new(1).unwrap();
+    let down = Queue::<Queue<Vec<u8>>>::new(1).unwrap();
+    let go = Queue::<u64>::new(1).unwrap();
+    let relay = Process::start(relay, (up.clone(), down.clone(), go.clone())).unwrap();
+    let creator = Process::start(create_and_hand_on, up).unwrap();
+    // Joined once the relay decoded its handle (the creator keeps what it
+    // sent until then), and reaped: gone for good.
+    let creator_pid = creator.join().unwrap();
+    assert!(common::is_gone(creator_pid as i32));
+    go.put(&1).unwrap();
+    // First decoded here, through the relay's descriptors.
+    let q = down.get().unwrap();
+    assert_eq!(relay.join().unwrap(), MANY + 1);
+    for i in 0..MANY {
+        assert_eq!(q.get().unwrap(), i.to_le_bytes().to_vec(), "value {i}");
+    }
+    assert!(q.get().unwrap() == pattern(MIB, 11));
+    // And it grows on.
+    for i in 0..1000u64 {
+        q.put(&i.to_le_bytes().to_vec()).unwrap();
+    }
+    assert!((0..1000u64).all(|i| q.get().unwrap() == i.to_le_bytes().to_vec()));
     assert_eq!(corepool::testing::lingering_objects(), 0);
 }
 
@@ -628,6 +693,7 @@ fn main() {
         large_values_from_producers_that_all_exited_arrive_in_order,
         a_joinable_queue_keeps_large_values_of_exited_producers,
         a_queue_handed_on_and_dropped_keeps_its_values,
+        an_unbounded_queue_opens_after_its_creator_exited,
         forged_records_and_offsets_are_typed_errors,
         a_file_size_limit_spills_large_values_past_it,
     ]);

@@ -190,6 +190,52 @@ enum Kind {
     Unbounded(Arc<Rings>),
 }
 
+/// One process's descriptor of an unbounded queue's ring file (see
+/// [`growable`]), which the queue's handle names through its sender's
+/// descriptor table, as it names the queue's value file.
+#[derive(Clone, Debug)]
+pub(crate) struct RingFile {
+    #[cfg(not(miri))]
+    file: Arc<growable::DataFile>,
+}
+
+impl RingFile {
+    /// `(this process, its descriptor, device, inode)`: what another
+    /// process needs to open the file through this one.
+    pub(crate) fn handle(&self) -> (i32, i32, u64, u64) {
+        #[cfg(not(miri))]
+        return self.file.handle();
+        #[cfg(miri)]
+        (std::process::id() as i32, -1, 0, 0)
+    }
+
+    /// The file the handle `(owner, fd, dev, ino)` names, already open in
+    /// this process or opened now (checked against the queue's memory by
+    /// [`ByteQueue::open`]).
+    ///
+    /// # Errors
+    ///
+    /// Why it cannot be opened (see [`crate::shm::peer::open_memfd`]).
+    pub(crate) fn open(
+        owner: i32,
+        fd: i32,
+        dev: u64,
+        ino: u64,
+    ) -> std::result::Result<Self, crate::shm::peer::OpenError> {
+        #[cfg(not(miri))]
+        return Ok(Self {
+            file: growable::DataFile::open(owner, fd, dev, ino)?,
+        });
+        #[cfg(miri)]
+        {
+            let _ = (owner, fd, dev, ino);
+            Err(crate::shm::peer::OpenError::Refused(
+                "Miri cannot open files".into(),
+            ))
+        }
+    }
+}
+
 impl ByteQueue {
     /// Lays out an empty queue of `capacity` slots of `message_bytes` in
     /// `mem`, for an element type tagged `type_tag`. The caller checked the
@@ -275,7 +321,9 @@ impl ByteQueue {
     /// The queue another process laid out in `mem` with
     /// [`create`](Self::create) or [`create_unbounded`](Self::create_unbounded),
     /// if its header says it is one of `capacity` slots (`u64::MAX`:
-    /// unbounded) for the type tagged `type_tag` and fits `mem`.
+    /// unbounded) for the type tagged `type_tag` and fits `mem`; an
+    /// unbounded queue's rings in `rings`, the file its handle names, which
+    /// must be the one its memory records (a bounded queue has none).
     ///
     /// # Errors
     ///
@@ -284,6 +332,7 @@ impl ByteQueue {
         mem: QueueMemory,
         type_tag: u64,
         capacity: u64,
+        rings: Option<&RingFile>,
     ) -> std::result::Result<Self, String> {
         let header = Header::read(&mem)?;
         let message_bytes = header.message_bytes as usize;
@@ -299,18 +348,31 @@ impl ByteQueue {
             return Err("not a queue of this type".into());
         }
         if unbounded {
-            let rings = Rings::open(mem, u64::from(header.capacity), message_bytes)?;
+            let file = rings.ok_or("an unbounded queue's handle that names no ring file")?;
+            let rings = Rings::open(mem, u64::from(header.capacity), message_bytes, file)?;
             return Ok(Self {
                 control: mem,
                 message_bytes,
                 kind: Kind::Unbounded(Arc::new(rings)),
             });
         }
+        if rings.is_some() {
+            return Err("a bounded queue's handle that names a ring file".into());
+        }
         let needed = bytes_for(header.capacity as usize, message_bytes);
         if u64::from(header.capacity) != capacity || needed.is_none_or(|n| mem.at(0, n).is_none()) {
             return Err("not a queue of this type".into());
         }
         Ok(Self::bounded(mem, capacity, message_bytes))
+    }
+
+    /// An unbounded queue's ring file, for its handle; `None` for a
+    /// bounded queue (or heap rings in tests).
+    pub(crate) fn ring_file(&self) -> Option<RingFile> {
+        match &self.kind {
+            Kind::Bounded(_) => None,
+            Kind::Unbounded(rings) => rings.file(),
+        }
     }
 
     /// How many values it holds when full; `u64::MAX` for an unbounded
@@ -697,14 +759,23 @@ mod tests {
     fn a_queue_opens_only_as_what_it_was_made() {
         let (heap, _q) = heap_queue(4, 64);
         let mem = heap.memory();
-        let q = ByteQueue::open(mem, TAG, 4).unwrap();
+        let q = ByteQueue::open(mem, TAG, 4, None).unwrap();
         assert_eq!((q.capacity(), q.message_bytes()), (4, 64));
-        assert!(ByteQueue::open(mem, TAG + 1, 4).is_err(), "other type");
-        assert!(ByteQueue::open(mem, TAG, 8).is_err(), "other capacity");
+        assert!(
+            ByteQueue::open(mem, TAG + 1, 4, None).is_err(),
+            "other type"
+        );
+        assert!(
+            ByteQueue::open(mem, TAG, 8, None).is_err(),
+            "other capacity"
+        );
         let base = mem.at(0, SLOTS_AT).unwrap();
         // SAFETY: a prefix of the same memory, still alive.
         let short = unsafe { QueueMemory::new(base, SLOTS_AT) };
-        assert!(ByteQueue::open(short, TAG, 4).is_err(), "slots missing");
+        assert!(
+            ByteQueue::open(short, TAG, 4, None).is_err(),
+            "slots missing"
+        );
     }
 
     #[test]
