@@ -456,6 +456,9 @@ fn a_queue_handed_on_and_dropped_keeps_its_values() {
     }
 }
 
+/// A queue of queues.
+type Carrier = Queue<Queue<Vec<u8>>>;
+
 /// The creator of `an_unbounded_queue_opens_after_its_creator_exited`:
 /// makes an unbounded queue, fills it past its first rings (and puts a
 /// value too large for a slot), hands it on and exits.
@@ -472,7 +475,7 @@ fn create_and_hand_on(up: Queue<Queue<Vec<u8>>>) -> u32 {
 /// The relay of `an_unbounded_queue_opens_after_its_creator_exited`: takes
 /// the queue from its creator, and once told the creator is gone hands it
 /// on.
-fn relay((up, down, go): (Queue<Queue<Vec<u8>>>, Queue<Queue<Vec<u8>>>, Queue<u64>)) -> u64 {
+fn relay((up, down, go): (Carrier, Carrier, Queue<u64>)) -> u64 {
     let q = up.get().unwrap();
     go.get().unwrap();
     down.put(&q).unwrap();
