@@ -58,7 +58,19 @@ use std::time::{Duration, Instant};
 /// value stays receivable for as long as any process holds the queue, as
 /// with Python's `multiprocessing.Queue`. The cost is one more descriptor
 /// per queue in each process that holds it (two in all: its memory and its
-/// value file).
+/// value file; three for an [`unbounded`](Self::unbounded) queue, whose
+/// rings are in a file of their own).
+///
+/// Offsets in the value file are never reused, so under a finite
+/// file-size limit (`ulimit -f`, RLIMIT_FSIZE, which batch systems such as
+/// Slurm pass on from the submitting shell) the file reaches the limit
+/// once the queue has carried that many bytes of large values in all. A
+/// value put past that point goes into a one-off memfd of its producer's
+/// instead (a *spill*), and keeps going through, but is again bound to its
+/// producer: one that returns keeps it at most 5 seconds for a receiver
+/// (`EXIT_LINGER`), one that is killed loses it. Without a file-size limit
+/// this never happens. A single value larger than the limit is
+/// [`Error::SharedMemory`] (EFBIG).
 ///
 /// Shared objects named *inside* a value (a [`crate::SharedArray`], another
 /// queue, a [`crate::PipeEnd`], say in a `Vec`) are not copied into the
