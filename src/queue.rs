@@ -855,7 +855,7 @@ const NO_RING_FILE: (i32, i32, u64, u64) = (0, -1, 0, 0);
 /// the queue's creator, so that a queue opens after its creator is gone.
 /// They come first so that a receiver opens them before its decode of the
 /// memory's handle ends the transit: until then the sender keeps all three
-/// (the files as the memory's companion, see [`keep_files`]).
+/// (the files as the memory's companion, see `keep_files`).
 impl<T: Wire> Wire for Queue<T> {
     fn encode(&self, out: &mut Encoder) {
         self.values.handle().encode(out);
