@@ -476,6 +476,47 @@ pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileId> {
     })
 }
 
+/// `statfs`'s `f_type` for tmpfs/shmem (linux/magic.h), where every plain
+/// memfd lives.
+const TMPFS_MAGIC: u64 = 0x0102_1994;
+
+/// Whether the file behind `fd` lives on tmpfs/shmem (`fstatfs`), as a
+/// plain memfd does. A memfd made with `MFD_HUGETLB` lives on hugetlbfs
+/// instead, where `lseek(SEEK_DATA/SEEK_HOLE)` calls every byte data and
+/// `st_blocks` need not count what is there: a handle naming such a file
+/// names memory nobody can vouch for. Works on an `O_PATH` descriptor.
+pub(crate) fn is_shmem(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let st = rustix::fs::fstatfs(fd)?;
+    // `f_type`'s C type differs between architectures (a signed long on
+    // most); the magic numbers fit in 32 bits, so compare them as such.
+    #[allow(clippy::unnecessary_cast)]
+    let kind = st.f_type as u64 & 0xffff_ffff;
+    Ok(kind == TMPFS_MAGIC)
+}
+
+/// Tests: a hugetlbfs memfd named as a queue's value file, `size` bytes
+/// long (a multiple of the huge page size) and holding no memory, sealed
+/// against shrinking, as a hostile process could make one; `None` where
+/// the kernel has no hugetlbfs.
+#[cfg(all(test, not(miri)))]
+pub(crate) fn hugetlb_memfd(size: u64) -> Option<OwnedFd> {
+    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING | MemfdFlags::HUGETLB;
+    let fd = rustix::fs::memfd_create(c"corepool-queue-values", flags).ok()?;
+    rustix::fs::ftruncate(&fd, size).ok()?;
+    seal_shrink_only(std::os::fd::AsFd::as_fd(&fd)).ok()?;
+    Some(fd)
+}
+
+/// Size of the file behind `fd` and the bytes of memory allocated to it
+/// (`st_blocks` * 512), from one `fstat`.
+pub(crate) fn size_and_allocated(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok((
+        u64::try_from(st.st_size).unwrap_or(0),
+        u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512),
+    ))
+}
+
 /// Bytes of memory really allocated to the file behind `fd` (its blocks):
 /// less than its size for a sparse file.
 pub(crate) fn allocated_bytes(fd: BorrowedFd<'_>) -> io::Result<u64> {

@@ -27,15 +27,27 @@
 //! values).
 //!
 //! **Trust.** The next-offset word and the records are in memory every
-//! holder of the queue may write. A record is copied once, then checked:
-//! length at most [`MAX_VALUE_BYTES`], no overflow, the range within the
-//! file's size (`fstat`) and holding data from end to end (`SEEK_DATA` /
-//! `SEEK_HOLE`), so that the buffer it is read into never exceeds memory
-//! the file really holds; any failure is a typed decode error. A forged
-//! next-offset word past [`MAX_END`] makes puts fail with a typed error; a
-//! smaller forged one can only make ranges overlap, which corrupts values
-//! of that queue (a decode error, or a wrong value of the right type),
-//! never memory outside it: the file is only ever read and written through
+//! holder of the queue may write, and the file is whatever the handle
+//! named, checked to be a memfd on shmem ([`peer::open_memfd`]: not a
+//! hugetlbfs memfd, whose holes read as data) sealed against shrinking. A
+//! record is copied once, then checked ([`record_bounds`], then
+//! [`check_present`]): length at most [`MAX_VALUE_BYTES`], offset on a page
+//! boundary, no overflow, the range within the file's size and its length
+//! within the memory the file holds in all (`fstat`: `st_blocks`), and the
+//! range holding data from end to end (`SEEK_DATA` / `SEEK_HOLE`); any
+//! failure is a typed decode error and nothing is allocated. So the buffer
+//! a get reads into never exceeds the memory the file held *when the record
+//! was checked*: a hostile holder may punch the range right after the
+//! check, and the read then gets zeros (a decode error, or a wrong value of
+//! the right type), still no more than the checked length.
+//!
+//! A forged next-offset word past [`MAX_END`], or off a page boundary
+//! (every later range would straddle pages whose memory a punch cannot
+//! give back: a page leaked per value for the queue's life), makes large
+//! puts into that queue fail with a typed error from then on; a forged one
+//! inside the space can only make ranges overlap, which corrupts values of
+//! that queue (a decode error, or a wrong value of the right type), never
+//! memory outside it: the file is only ever read and written through
 //! system calls, never mapped.
 //!
 //! **Leaks.** A producer that dies between taking its range and putting its
@@ -114,19 +126,92 @@ pub(crate) struct ValueFile {
 /// decoded here shares one descriptor.
 static OPENED: Mutex<Vec<Weak<ValueFile>>> = Mutex::new(Vec::new());
 
-/// A range from `offset` that holds `len` bytes, in whole pages.
-fn pages_for(len: u64) -> Option<u64> {
-    len.checked_next_multiple_of(crate::sys::page_size())
+/// The range that holds `len` bytes (at most [`MAX_VALUE_BYTES`], so this
+/// cannot overflow), in whole pages of `page` bytes, a power of two: at
+/// least one page, so that every value has a range of its own.
+fn span_of(len: u64, page: u64) -> u64 {
+    debug_assert!(len <= MAX_VALUE_BYTES);
+    len.max(1).next_multiple_of(page)
 }
 
+/// A put refused for the queue's next-offset word: its message advises
+/// about a process that wrote over the queue (`error::wrote_over`), not
+/// about memory.
 fn forged(what: &str) -> Error {
     Error::SharedMemory {
         op: "storing a value too large for a queue slot",
-        source: io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{what} (a process wrote over the queue's memory)"),
-        ),
+        source: crate::error::wrote_over(format!(
+            "{what} (a process wrote over the queue's memory)"
+        )),
     }
+}
+
+/// The range a record names, as [`record_bounds`] found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RecordRange {
+    /// The value's first byte in the file, on a page boundary.
+    pub offset: u64,
+    /// Past its last byte: `offset + len`, at most [`MAX_END`].
+    pub end: u64,
+    /// Its length, at most [`MAX_VALUE_BYTES`].
+    pub len: usize,
+}
+
+/// The range a record copied out of a slot names, checked by arithmetic
+/// alone (no system call: Miri runs its tests): a length of at most
+/// [`MAX_VALUE_BYTES`], an offset on a page boundary (`page`, a power of
+/// two: every honest put's is), an end that neither overflows nor passes
+/// [`MAX_END`].
+///
+/// # Errors
+///
+/// [`Error::Decode`] naming what is wrong with the record.
+pub(crate) fn record_bounds(record: &[u8; RECORD_BYTES], page: u64) -> Result<RecordRange> {
+    let mut offset = [0u8; 8];
+    let mut len = [0u8; 8];
+    offset.copy_from_slice(&record[..8]);
+    len.copy_from_slice(&record[8..]);
+    let (offset, len) = (u64::from_le_bytes(offset), u64::from_le_bytes(len));
+    if len > MAX_VALUE_BYTES {
+        return Err(bad_record(format!(
+            "a record says {len} bytes, more than any value"
+        )));
+    }
+    if offset % page != 0 {
+        return Err(bad_record(format!(
+            "a record's offset {offset} is not on a page boundary, as every value's is"
+        )));
+    }
+    let end = offset
+        .checked_add(len)
+        .filter(|&end| end <= MAX_END)
+        .ok_or_else(|| bad_record("a record's range lies past the value space"))?;
+    let len = usize::try_from(len).map_err(|_| bad_record("a record's length overflows"))?;
+    Ok(RecordRange { offset, end, len })
+}
+
+/// Whether the file, `size` bytes long with `allocated` bytes of memory
+/// (`st_blocks` * 512), can hold the range: it ends within the file and is
+/// no longer than all the memory the file holds. A bound on the buffer
+/// that needs nothing of the filesystem's `lseek`; the caller then checks
+/// the range itself holds data (`SEEK_DATA` / `SEEK_HOLE`).
+///
+/// # Errors
+///
+/// [`Error::Decode`] saying which bound the record passes.
+pub(crate) fn check_present(range: RecordRange, size: u64, allocated: u64) -> Result<()> {
+    let RecordRange { offset, end, len } = range;
+    if end > size {
+        return Err(bad_record(format!(
+            "a record names bytes {offset}..{end}, the file holds {size}"
+        )));
+    }
+    if len as u64 > allocated {
+        return Err(bad_record(format!(
+            "a record names {len} bytes, the file has memory for {allocated} in all"
+        )));
+    }
+    Ok(())
 }
 
 /// Whether a write into the file failed for the file-size limit (EFBIG:
@@ -228,8 +313,9 @@ impl ValueFile {
     /// # Errors
     ///
     /// [`Error::SharedMemory`]: no memory for the value, a value past
-    /// [`MAX_VALUE_BYTES`], or a next-offset word past [`MAX_END`] (forged).
-    /// Nothing is left in the file then.
+    /// [`MAX_VALUE_BYTES`], or a next-offset word past [`MAX_END`] or off a
+    /// page boundary (forged: see the module docs). Nothing is left in the
+    /// file then.
     pub(crate) fn store<'a>(
         &'a self,
         next: &AtomicU64,
@@ -246,11 +332,23 @@ impl ValueFile {
                 ),
             });
         }
-        let span = pages_for(len.max(1)).ok_or_else(|| forged("a value's size overflows"))?;
-        // Relaxed: the offset only has to be unique; the value's bytes are
-        // ordered before its record by the slot's own Release store (and
-        // by the system calls that wrote them).
+        let page = crate::sys::page_size();
+        let span = span_of(len, page);
+        // Relaxed: the offset only has to be unique. The value's bytes need
+        // no order from this word: they are in the file (the `pwrite`s below
+        // have returned, the page cache holds them) before the caller puts
+        // the record, and the record's slot is published by the Release
+        // store of FULL in `mpmc::slot::put_once`, which pairs with the
+        // consumer's Acquire load of the slot state in `front` (and its
+        // claim CAS); that consumer's `pread` comes after in program order,
+        // so it reads the bytes.
         let offset = next.fetch_add(span, Ordering::Relaxed);
+        if offset % page != 0 {
+            // Every honest put adds whole pages to a word that starts at 0.
+            return Err(forged(&format!(
+                "the queue's next value offset {offset} is not on a page boundary"
+            )));
+        }
         let fits = offset.checked_add(span).is_some_and(|end| end <= MAX_END);
         if !fits {
             return Err(forged(&format!(
@@ -312,42 +410,22 @@ impl ValueFile {
     /// [`Error::Decode`] for a record that does not name a value this file
     /// holds (see the module docs): nothing is allocated for it.
     pub(crate) fn take_into(&self, record: &[u8; RECORD_BYTES], out: &mut Vec<u8>) -> Result<()> {
-        let mut offset = [0u8; 8];
-        let mut len = [0u8; 8];
-        offset.copy_from_slice(&record[..8]);
-        len.copy_from_slice(&record[8..]);
-        let (offset, len) = (u64::from_le_bytes(offset), u64::from_le_bytes(len));
-        if len > MAX_VALUE_BYTES {
-            return Err(bad_record(format!(
-                "a record says {len} bytes, more than any value"
-            )));
-        }
-        let end = offset
-            .checked_add(len)
-            .filter(|&end| end <= MAX_END)
-            .ok_or_else(|| bad_record("a record's range lies past the value space"))?;
-        let len = usize::try_from(len).map_err(|_| bad_record("a record's length overflows"))?;
-        self.read_checked(offset, end, len, out)?;
-        if let Some(span) = pages_for(len as u64) {
-            self.punch(offset, span);
-        }
+        let page = crate::sys::page_size();
+        let range = record_bounds(record, page)?;
+        self.read_checked(range, out)?;
+        self.punch(range.offset, span_of(range.len as u64, page));
         Ok(())
     }
 
-    /// Reads `len` bytes at `offset` (ending at `end`) into `out`, once the
-    /// file shows it holds them.
+    /// Reads the range into `out`, once the file shows it holds it.
     #[cfg(not(miri))]
-    fn read_checked(&self, offset: u64, end: u64, len: usize, out: &mut Vec<u8>) -> Result<()> {
+    fn read_checked(&self, range: RecordRange, out: &mut Vec<u8>) -> Result<()> {
         use std::os::fd::AsFd;
+        let RecordRange { offset, end, len } = range;
         let fd = self.file.as_fd();
-        let size = crate::sys::fstat(fd)
-            .map_err(|e| Error::shm("fstat (a queue's value file)", e))?
-            .size;
-        if end > size {
-            return Err(bad_record(format!(
-                "a record names bytes {offset}..{end}, the file holds {size}"
-            )));
-        }
+        let (size, allocated) = crate::sys::size_and_allocated(fd)
+            .map_err(|e| Error::shm("fstat (a queue's value file)", e))?;
+        check_present(range, size, allocated)?;
         let backed = crate::sys::is_range_backed(fd, offset, len as u64)
             .map_err(|e| Error::shm("lseek (a queue's value file)", e))?;
         if !backed {
@@ -355,9 +433,10 @@ impl ValueFile {
                 "a record names bytes {offset}..{end}, which hold no value (given back, or never written)"
             )));
         }
-        // Memory the file holds now: the buffer never exceeds it. A
-        // hostile process may punch or change the range meanwhile: that
-        // reads zeros or wrong bytes, which the decoder judges.
+        // Memory the file held at the checks: the buffer never exceeds it.
+        // A hostile process may punch or change the range meanwhile: that
+        // reads zeros or wrong bytes (at most `len`), which the decoder
+        // judges.
         out.clear();
         out.try_reserve_exact(len)
             .map_err(|_| Error::shm("reading a queue value", io::ErrorKind::OutOfMemory.into()))?;
@@ -367,7 +446,7 @@ impl ValueFile {
 
     /// Under Miri: nothing to read.
     #[cfg(miri)]
-    fn read_checked(&self, _: u64, _: u64, _: usize, _: &mut Vec<u8>) -> Result<()> {
+    fn read_checked(&self, _: RecordRange, _: &mut Vec<u8>) -> Result<()> {
         Err(bad_record("Miri cannot read files"))
     }
 
@@ -434,6 +513,89 @@ fn open_uncached(
 fn open_uncached(_: i32, _: i32, _: u64, _: u64) -> std::result::Result<ValueFile, OpenError> {
     let _ = peer::open_memfd;
     Err(OpenError::Refused("Miri cannot open files".into()))
+}
+
+/// The record checks that need no system call: these run under Miri too.
+#[cfg(test)]
+mod bounds_tests {
+    use super::*;
+
+    const PAGE: u64 = 4096;
+
+    fn record(offset: u64, len: u64) -> [u8; RECORD_BYTES] {
+        let mut r = [0u8; RECORD_BYTES];
+        r[..8].copy_from_slice(&offset.to_le_bytes());
+        r[8..].copy_from_slice(&len.to_le_bytes());
+        r
+    }
+
+    fn is_bad_record<T: std::fmt::Debug>(got: &Result<T>) -> bool {
+        matches!(
+            got,
+            Err(Error::Decode {
+                type_name: "queue value",
+                ..
+            })
+        )
+    }
+
+    #[test]
+    fn forged_records_fail_the_arithmetic() {
+        for (offset, len) in [
+            (0, u64::MAX),               // huge
+            (0, MAX_VALUE_BYTES + 1),    // just past the largest value
+            (u64::MAX - (PAGE - 1), 16), // overflows (on a page boundary)
+            (u64::MAX, 16),              // off a page boundary
+            (1, 100),                    // off a page boundary
+            (PAGE + 512, 100),           // off a page boundary
+            (MAX_END, 1),                // past the value space
+            (MAX_END - PAGE, PAGE + 1),  // runs past it
+        ] {
+            let got = record_bounds(&record(offset, len), PAGE);
+            assert!(is_bad_record(&got), "({offset}, {len}): {got:?}");
+        }
+        for (offset, len) in [
+            (0, 1),
+            (PAGE, MAX_VALUE_BYTES),
+            (MAX_END - PAGE, PAGE),
+            (MAX_END - MAX_VALUE_BYTES, MAX_VALUE_BYTES),
+        ] {
+            let got = record_bounds(&record(offset, len), PAGE).unwrap();
+            assert_eq!(
+                got,
+                RecordRange {
+                    offset,
+                    end: offset + len,
+                    len: len as usize
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn a_range_is_bounded_by_the_files_size_and_memory() {
+        let range = record_bounds(&record(PAGE, 1 << 20), PAGE).unwrap();
+        check_present(range, PAGE + (1 << 20), 1 << 20).unwrap();
+        // Ends past the file.
+        assert!(is_bad_record(&check_present(
+            range,
+            PAGE + (1 << 20) - 1,
+            1 << 30
+        )));
+        // Longer than all the memory the file holds, whatever its size
+        // and whatever its `lseek` says (a hugetlbfs file holds none).
+        assert!(is_bad_record(&check_present(range, 4 << 30, 0)));
+        assert!(is_bad_record(&check_present(range, 4 << 30, (1 << 20) - 1)));
+    }
+
+    #[test]
+    fn a_span_is_whole_pages_and_never_empty() {
+        assert_eq!(span_of(0, PAGE), PAGE);
+        assert_eq!(span_of(1, PAGE), PAGE);
+        assert_eq!(span_of(PAGE, PAGE), PAGE);
+        assert_eq!(span_of(PAGE + 1, PAGE), 2 * PAGE);
+        assert_eq!(span_of(MAX_VALUE_BYTES, 1 << 21), MAX_VALUE_BYTES);
+    }
 }
 
 #[cfg(all(test, not(miri)))]
@@ -521,6 +683,55 @@ mod tests {
             ));
         }
         assert_eq!(file.allocated_bytes(), before);
+    }
+
+    #[test]
+    fn a_hugetlbfs_file_is_no_value_file_and_its_records_allocate_nothing() {
+        // A hostile holder's hugetlbfs memfd, 4 GiB long, holding nothing:
+        // its `lseek` calls every byte data.
+        let Some(huge) = crate::sys::hugetlb_memfd(4 << 30) else {
+            eprintln!("no hugetlbfs here: skipped");
+            return;
+        };
+        use std::os::fd::{AsFd, AsRawFd};
+        let id = crate::sys::fstat(huge.as_fd()).unwrap();
+        let me = std::process::id() as i32;
+        let refused = open_uncached(me, huge.as_raw_fd(), id.dev, id.ino);
+        assert!(
+            matches!(&refused, Err(OpenError::Refused(r)) if r.contains("shmem")),
+            "{refused:?}"
+        );
+        // Were it taken all the same, a record naming 1 GiB of it is
+        // refused before any allocation: the file has memory for none.
+        let file = ValueFile {
+            file: std::fs::File::from(huge),
+            id,
+        };
+        let mut out = Vec::new();
+        let got = file.take_into(&record(0, 1 << 30), &mut out);
+        assert!(matches!(got, Err(Error::Decode { .. })), "{got:?}");
+        assert_eq!(
+            out.capacity(),
+            0,
+            "nothing allocated for a file holding nothing"
+        );
+    }
+
+    #[test]
+    fn an_unaligned_next_offset_is_refused_as_forged() {
+        let file = ValueFile::create().unwrap();
+        let next = AtomicU64::new(1);
+        let got = file.store(&next, &[5; 60_000], &[]);
+        let message = match got {
+            Err(e @ Error::SharedMemory { .. }) => e.to_string(),
+            other => panic!("an unaligned offset was taken: {other:?}"),
+        };
+        assert!(message.contains("page boundary"), "{message}");
+        assert!(
+            message.contains("wrote over its shared memory") && !message.contains("free memory"),
+            "the advice is about the writer, not memory: {message}"
+        );
+        assert_eq!(file.allocated_bytes(), 0, "nothing left in the file");
     }
 
     #[test]

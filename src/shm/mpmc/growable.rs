@@ -25,7 +25,6 @@ use crate::shm::peer::{self, Access, OpenError};
 use crate::sys::{self, FileId};
 use memmap2::{MmapOptions, MmapRaw};
 use std::fs::File;
-use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
@@ -151,10 +150,9 @@ impl DataFile {
 fn too_short(offset: u64, len: u64, size: u64) -> Error {
     Error::SharedMemory {
         op: "mapping a ring of an unbounded queue",
-        source: io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("the ring at {offset}+{len} lies past the file's {size} bytes (a process wrote over the queue)"),
-        ),
+        source: crate::error::wrote_over(format!(
+            "the ring at {offset}+{len} lies past the file's {size} bytes (a process wrote over the queue)"
+        )),
     }
 }
 

@@ -198,9 +198,9 @@ impl Source {
 fn corrupt() -> Error {
     Error::SharedMemory {
         op: "finding an unbounded queue's ring",
-        source: io::Error::new(
-            io::ErrorKind::InvalidData,
-            "the queue's words name a ring its memory does not hold (a process wrote over the queue)",
+        source: crate::error::wrote_over(
+            "the queue's words name a ring its memory does not hold (a process wrote over the queue)"
+                .into(),
         ),
     }
 }
