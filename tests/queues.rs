@@ -594,6 +594,140 @@ fn forged_records_and_offsets_are_typed_errors() {
     }
 }
 
+/// A hugetlbfs memfd named as a queue's value file, 4 GiB long and
+/// holding nothing, as a hostile holder of the queue could make one;
+/// `None` where the kernel has no hugetlbfs.
+fn hugetlb_value_file() -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let flags = libc::MFD_HUGETLB | libc::MFD_ALLOW_SEALING | libc::MFD_CLOEXEC;
+    // SAFETY: a NUL-terminated name; the call has no other preconditions.
+    let raw = unsafe { libc::memfd_create(c"corepool-queue-values".as_ptr(), flags) };
+    if raw < 0 {
+        return None;
+    }
+    // SAFETY: `raw` is a descriptor just made and owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: plain system calls on a descriptor that lives across them.
+    let made = unsafe {
+        libc::ftruncate(fd.as_raw_fd(), 4 << 30) == 0
+            && libc::fcntl(
+                fd.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL,
+            ) == 0
+    };
+    made.then_some(fd)
+}
+
+/// Review 25 B1: a holder of a queue writes a hugetlbfs memfd's (dev, ino)
+/// into the queue's words and sends the queue's handle naming that file
+/// as its value file. Such a file takes the seals and its `lseek` calls
+/// every byte data: once accepted, a record of 1 TiB would have had the
+/// receiver allocate and fill that much from a file holding nothing. The
+/// handle does not decode.
+fn a_hugetlbfs_file_is_refused_as_a_value_file() {
+    use corepool::{Encoder, Wire};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::atomic::Ordering;
+    let Some(hostile) = hugetlb_value_file() else {
+        eprintln!("no hugetlbfs here: skipped");
+        return;
+    };
+    let md = std::fs::metadata(format!("/proc/self/fd/{}", hostile.as_raw_fd())).unwrap();
+    assert_eq!(md.blocks(), 0, "a file holding nothing");
+    for q in [
+        Queue::<Vec<u8>>::new(4).unwrap(),
+        Queue::<Vec<u8>>::unbounded().unwrap(),
+    ] {
+        // The value file's (dev, ino) words, which every holder may write.
+        let mem = corepool::testing::queue_memory(&q);
+        let words = md
+            .dev()
+            .to_le_bytes()
+            .into_iter()
+            .chain(md.ino().to_le_bytes());
+        for (i, b) in words.enumerate() {
+            mem[0][456 + i].store(b, Ordering::Relaxed);
+        }
+        let mut out = Encoder::new();
+        q.encode(&mut out);
+        let mut bytes = out.finish().unwrap();
+        // The handle's first 24 bytes: the value file, through its holder.
+        bytes[0..4].copy_from_slice(&(std::process::id() as i32).to_le_bytes());
+        bytes[4..8].copy_from_slice(&hostile.as_raw_fd().to_le_bytes());
+        bytes[8..16].copy_from_slice(&md.dev().to_le_bytes());
+        bytes[16..24].copy_from_slice(&md.ino().to_le_bytes());
+        match Queue::<Vec<u8>>::decode(&mut bytes.as_slice()) {
+            Err(Error::Decode { reason, .. }) => {
+                assert!(reason.contains("not on shmem"), "{reason}")
+            }
+            Err(e) => panic!("refused, but not as a bad handle: {e}"),
+            Ok(_) => panic!("a hugetlbfs memfd was taken as a queue's value file"),
+        }
+    }
+    // The refused decode ended the queue's transit (nothing lingers); the
+    // queue's memory it mapped is kept in this process's cache of received
+    // mappings until the next sweep sees its creator let go: let it go now.
+    assert_eq!(corepool::testing::lingering_objects(), 0);
+    corepool::testing::forget_lingering_objects();
+}
+
+/// Review 25 R1: one forged next-offset word off a page boundary would
+/// have every later value straddle pages that a punch cannot give back (a
+/// page kept per value, for the queue's life). Refused as forged: large
+/// puts fail typed, with advice about the writer; small values go on and
+/// the file keeps nothing.
+fn an_unaligned_next_value_offset_is_refused_as_forged() {
+    for q in [
+        Queue::<Vec<u8>>::new(4).unwrap(),
+        Queue::<Vec<u8>>::unbounded().unwrap(),
+    ] {
+        corepool::testing::forge_next_value_offset(&q, 1);
+        for _ in 0..3 {
+            match q.put(&pattern(60_000, 1)) {
+                Err(e @ Error::SharedMemory { .. }) => {
+                    let message = e.to_string();
+                    assert!(message.contains("page boundary"), "{message}");
+                    assert!(message.contains("wrote over"), "{message}");
+                    assert!(!message.contains("free memory"), "{message}");
+                }
+                other => panic!("a put at an unaligned offset: {other:?}"),
+            }
+        }
+        q.put(&vec![1; 10]).unwrap();
+        assert_eq!(q.get().unwrap(), vec![1; 10]);
+        assert!(q.is_empty());
+        assert_eq!(value_memory_in_use(), 0, "nothing kept in the file");
+    }
+}
+
+/// A large put that does not go in (the queue full, the wait timed out,
+/// the queue closed) gives its range of the value file back: the file
+/// holds what it held before.
+fn refused_large_puts_give_their_range_back() {
+    let big = pattern(4 * MIB, 9);
+    let bounded = Queue::<Vec<u8>>::new(1).unwrap();
+    bounded.put(&big).unwrap();
+    let held = value_memory_in_use();
+    assert!(held >= big.len() as u64);
+    assert!(!bounded.try_put(&big).unwrap(), "full");
+    let got = bounded.put_timeout(&big, Duration::from_millis(1));
+    assert!(matches!(got, Err(Error::Timeout)), "{got:?}");
+    assert_eq!(value_memory_in_use(), held, "full and timed-out puts");
+    bounded.close();
+    let got = bounded.put(&big);
+    assert!(matches!(got, Err(Error::QueueClosed)), "{got:?}");
+    assert_eq!(value_memory_in_use(), held, "a put into a closed queue");
+    assert!(bounded.get().unwrap() == big);
+    assert_eq!(value_memory_in_use(), 0);
+    let unbounded = Queue::<Vec<u8>>::unbounded().unwrap();
+    unbounded.close();
+    let got = unbounded.put(&big);
+    assert!(matches!(got, Err(Error::QueueClosed)), "{got:?}");
+    assert_eq!(value_memory_in_use(), 0, "a closed unbounded queue's");
+}
+
 const FILE_SIZE_LIMIT: &str = "COREPOOL_TEST_FILE_SIZE_LIMIT";
 
 /// The program of `a_file_size_limit_spills_large_values_past_it` (it
@@ -698,6 +832,9 @@ fn main() {
         a_queue_handed_on_and_dropped_keeps_its_values,
         an_unbounded_queue_opens_after_its_creator_exited,
         forged_records_and_offsets_are_typed_errors,
+        a_hugetlbfs_file_is_refused_as_a_value_file,
+        an_unaligned_next_value_offset_is_refused_as_forged,
+        refused_large_puts_give_their_range_back,
         a_file_size_limit_spills_large_values_past_it,
     ]);
 }
