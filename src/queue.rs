@@ -848,6 +848,13 @@ impl<T> Queue<T> {
 /// What names no ring file in a queue's handle (a bounded queue's).
 const NO_RING_FILE: (i32, i32, u64, u64) = (0, -1, 0, 0);
 
+/// Bytes of a queue's handle on the wire: its value file's and ring file's
+/// `(pid, fd, dev, ino)` (24 each), then its segment's handle (40). Fixed,
+/// so that a value holding a queue and other handles
+/// (`crate::JoinableQueue`) can decode those others even when the queue's
+/// fails, and end their transits.
+pub(crate) const WIRE_BYTES: usize = 24 + 24 + 40;
+
 /// On the wire: the value file's handle `(sender pid, its descriptor,
 /// device, inode)`, the ring file's alike (an unbounded queue's; a bounded
 /// queue's says `(0, -1, 0, 0)`), then the queue memory's (see
@@ -900,6 +907,18 @@ impl<T: Wire> Wire for Queue<T> {
 mod tests {
     use super::*;
     use crate::shm::mpmc::INLINE_COPY;
+
+    #[test]
+    fn a_queue_handle_is_wire_bytes_long() {
+        for q in [
+            Queue::<u64>::new(4).unwrap(),
+            Queue::unbounded().unwrap_or_else(|_| Queue::new(8).unwrap()),
+        ] {
+            let mut out = Encoder::new();
+            q.encode(&mut out);
+            assert_eq!(out.finish().unwrap().len(), WIRE_BYTES);
+        }
+    }
 
     #[test]
     fn fifo_in_one_process() {

@@ -728,6 +728,44 @@ fn refused_large_puts_give_their_range_back() {
     assert_eq!(value_memory_in_use(), 0, "a closed unbounded queue's");
 }
 
+/// A `JoinableQueue` whose queue part does not decode (here its value
+/// file's inode forged in the slot carrying it) still ends the
+/// transit of its count's handle: otherwise the sender kept the count,
+/// lingering after its last copy dropped, until its exit bound.
+fn a_joinable_queue_that_fails_to_decode_ends_its_counts_transit() {
+    use corepool::{Encoder, Wire};
+    use std::sync::atomic::Ordering;
+    let carrier = Queue::<JoinableQueue<u64>>::new(2).unwrap();
+    let q = JoinableQueue::<u64>::new(4).unwrap();
+    // The handle's first bytes, to find them in the carrier's slot (an
+    // encoding that is not sent takes its transits back).
+    let mut out = Encoder::new();
+    q.encode(&mut out);
+    let prefix = out.finish().unwrap()[..8].to_vec();
+    carrier.put(&q).unwrap();
+    let mem = corepool::testing::queue_memory(&carrier);
+    let bytes: Vec<u8> = mem[0].iter().map(|b| b.load(Ordering::Relaxed)).collect();
+    let at = bytes
+        .windows(prefix.len())
+        .position(|w| w == prefix)
+        .expect("the handle is in the carrier's slot");
+    // The value file's inode: a file nothing holds.
+    for (i, b) in u64::MAX.to_le_bytes().into_iter().enumerate() {
+        mem[0][at + 16 + i].store(b, Ordering::Relaxed);
+    }
+    let got = carrier.get();
+    assert!(matches!(got, Err(Error::Decode { .. })), "{got:?}");
+    drop(q);
+    assert_eq!(
+        corepool::testing::lingering_objects(),
+        0,
+        "every transit ended: nothing of the queue lingers"
+    );
+    // The mappings the decode made are kept in this process's cache of
+    // received ones until a sweep sees their creator let go.
+    corepool::testing::forget_lingering_objects();
+}
+
 const FILE_SIZE_LIMIT: &str = "COREPOOL_TEST_FILE_SIZE_LIMIT";
 
 /// The program of `a_file_size_limit_spills_large_values_past_it` (it
@@ -835,6 +873,7 @@ fn main() {
         a_hugetlbfs_file_is_refused_as_a_value_file,
         an_unaligned_next_value_offset_is_refused_as_forged,
         refused_large_puts_give_their_range_back,
+        a_joinable_queue_that_fails_to_decode_ends_its_counts_transit,
         a_file_size_limit_spills_large_values_past_it,
     ]);
 }
