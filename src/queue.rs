@@ -59,7 +59,11 @@ use std::time::{Duration, Instant};
 /// with Python's `multiprocessing.Queue`. The cost is one more descriptor
 /// per queue in each process that holds it (two in all: its memory and its
 /// value file; three for an [`unbounded`](Self::unbounded) queue, whose
-/// rings are in a file of their own).
+/// rings are in a file of their own). A process that *received* the queue
+/// may keep its mapping cached after its last copy drops (up to 64 kept
+/// mappings, let go once the queue's creator drops it, or sooner), and
+/// with it those descriptors, and the memory of any values still waiting
+/// in the queue.
 ///
 /// Offsets in the value file are never reused, so under a finite
 /// file-size limit (`ulimit -f`, RLIMIT_FSIZE, which batch systems such as
