@@ -345,6 +345,12 @@ fn after_panic() -> &'static str {
 /// descriptor as well as memory, so a full descriptor table needs other
 /// advice than a memory limit does.
 fn shm_advice(err: &io::Error) -> &'static str {
+    if err.get_ref().is_some_and(|inner| inner.is::<WroteOver>()) {
+        // corepool's own finding, not the kernel's: a word in shared memory
+        // that no honest process writes (a queue's next value offset, an
+        // unbounded queue's ring words). More memory would not help.
+        return FORGED_ADVICE;
+    }
     match err.raw_os_error() {
         Some(libc::EMFILE) => "this process has too many descriptors open (each shared segment or spill holds one while in use): close some, or raise its limit (`ulimit -n`, RLIMIT_NOFILE)",
         Some(libc::ENFILE) => "the system's file table is full: close descriptors elsewhere, or raise `fs.file-max`",
@@ -353,6 +359,28 @@ fn shm_advice(err: &io::Error) -> &'static str {
         _ => "corepool's shared memory is anonymous and counts against RAM and the cgroup's memory limit: free memory, raise the limit, or ask for less (`ring_bytes` for a Pool; a smaller capacity, message size or array)",
     }
 }
+
+/// The reason a shared-memory step refused a word no honest process
+/// writes, as the source of an [`Error::SharedMemory`]
+/// ([`wrote_over`]): its message then advises about a writer, not memory.
+#[derive(Debug)]
+struct WroteOver(String);
+
+impl fmt::Display for WroteOver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for WroteOver {}
+
+/// An `InvalidData` error saying `what` is wrong with shared memory a
+/// process wrote over (a forged word), for [`Error::SharedMemory`].
+pub(crate) fn wrote_over(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, WroteOver(what))
+}
+
+const FORGED_ADVICE: &str = "a process holding this object wrote over its shared memory (a bug or a hostile process): it cannot take such values any more; make a new one, and find the writer";
 
 /// The advice after a decode failure's reason, once: a reason that is itself
 /// a nested decode failure carries it already (a user trial read it twice).

@@ -600,11 +600,17 @@ impl<T: Wire> Wire for JoinableQueue<T> {
     }
 
     fn decode(input: &mut &[u8]) -> Result<Self> {
-        let queue = Queue::decode(input)?;
-        let (count, _) =
-            SharedSegment::decode::<Self>(input, type_tag::<UnfinishedCount>(), |_| {
-                Some(COUNT_BYTES as u64)
-            })?;
+        // The queue's handle has a fixed length: the count's handle after it
+        // is decoded whether or not the queue's decodes, so that its transit
+        // ends here, not with its sender's exit bound.
+        let (mut queue_part, rest) = input.split_at(crate::queue::WIRE_BYTES.min(input.len()));
+        let queue = Queue::decode(&mut queue_part);
+        *input = rest;
+        let count = SharedSegment::decode::<Self>(input, type_tag::<UnfinishedCount>(), |_| {
+            Some(COUNT_BYTES as u64)
+        });
+        let queue = queue?;
+        let (count, _) = count?;
         Ok(Self { queue, count })
     }
 }

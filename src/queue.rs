@@ -4,15 +4,16 @@
 //!
 //! The queue itself, Vyukov's bounded MPMC queue over bytes with its
 //! dead-owner repair and event counts, is [`crate::shm::mpmc`]; this module
-//! encodes values into it (one larger than a slot into a spill,
-//! [`crate::shm::spill`], whose handle fills the slot) and the queue into a
-//! handle that crosses to other processes.
+//! encodes values into it (one larger than a slot into the queue's value
+//! file, [`crate::shm::values`], whose record fills the slot) and the queue
+//! into a handle that crosses to other processes.
 
 use crate::error::{Error, Result};
-use crate::shm::handle::{type_tag, SharedSegment};
-use crate::shm::mpmc::{self, ByteQueue, QueueMemory};
+use crate::shm::handle::{type_tag, SharedSegment, OPEN_STEP};
+use crate::shm::mpmc::{self, ByteQueue, QueueMemory, RingFile};
 use crate::shm::park::deadline_after;
 use crate::shm::spill::{self, HANDLE_BYTES};
+use crate::shm::values::{self, ValueFile, RECORD_BYTES};
 use crate::wire::{decode_error, decode_exact, Carried, Encoder, Wire};
 use std::fmt;
 use std::marker::PhantomData;
@@ -46,17 +47,42 @@ use std::time::{Duration, Instant};
 /// ```
 ///
 /// A value of any size goes in: one whose encoding exceeds
-/// [`message_bytes`](Self::message_bytes) travels in a one-off shared
-/// segment of its own (a *spill*; the slot holds its handle), so the message
-/// size is a speed knob (a spill costs a memfd and a copy on each side),
-/// never a limit.
+/// [`message_bytes`](Self::message_bytes) is written into the queue's
+/// *value file* (a memfd made with the queue, which grows as needed) and the
+/// slot holds where, so the message size is a speed knob (a large value
+/// costs a copy on each side and a few system calls), never a limit. Its
+/// memory is given back as it is received.
 ///
-/// A value that refers to shared objects (a [`crate::SharedArray`], another
-/// queue, a [`crate::PipeEnd`]), or that spilled, stays receivable while it
-/// waits in the queue even if its sender drops its own copy first: the
+/// The value file belongs to the queue, not to the process that put the
+/// value: a producer may exit, or be killed, right after its `put`, and the
+/// value stays receivable for as long as any process holds the queue, as
+/// with Python's `multiprocessing.Queue`. The cost is one more descriptor
+/// per queue in each process that holds it (two in all: its memory and its
+/// value file; three for an [`unbounded`](Self::unbounded) queue, whose
+/// rings are in a file of their own). A process that *received* the queue
+/// may keep its mapping cached after its last copy drops (up to 64 kept
+/// mappings, let go once the queue's creator drops it, or sooner), and
+/// with it those descriptors, and the memory of any values still waiting
+/// in the queue.
+///
+/// Offsets in the value file are never reused, so under a finite
+/// file-size limit (`ulimit -f`, RLIMIT_FSIZE, which batch systems such as
+/// Slurm pass on from the submitting shell) the file reaches the limit
+/// once the queue has carried that many bytes of large values in all. A
+/// value put past that point goes into a one-off memfd of its producer's
+/// instead (a *spill*), and keeps going through, but is again bound to its
+/// producer: one that returns keeps it at most 5 seconds for a receiver
+/// (`EXIT_LINGER`), one that is killed loses it. Without a file-size limit
+/// this never happens. A single value larger than the limit is
+/// [`Error::SharedMemory`] (EFBIG).
+///
+/// Shared objects named *inside* a value (a [`crate::SharedArray`], another
+/// queue, a [`crate::PipeEnd`], say in a `Vec`) are not copied into the
+/// file: they stay their sender's. Such a value stays receivable while it
+/// waits in the queue even if its sender drops its own copies first (the
 /// sender keeps each such object until every handle to it in flight was
-/// received, and no longer. A process that exits while something it sent
-/// still waits to be received waits for that up to 5 seconds
+/// received, and no longer), but a process that exits while such a handle
+/// still waits to be received keeps the object at most 5 seconds
 /// (`EXIT_LINGER`), then exits: a receiver that comes later gets
 /// [`Error::Decode`] for that value.
 ///
@@ -64,21 +90,24 @@ use std::time::{Duration, Instant};
 /// use corepool::{Process, Queue};
 ///
 /// fn produce(q: Queue<Vec<u8>>) {
-///     // 1 MiB through a queue of 240-byte slots: it spills, then returns.
+///     // 1 MiB through a queue of 240-byte slots: into its value file.
 ///     q.put(&vec![7u8; 1 << 20]).unwrap();
 /// }
 ///
 /// fn main() {
 ///     corepool::init();
 ///     let q = Queue::<Vec<u8>>::new(4).unwrap();
-///     let producer = Process::start(produce, q.clone()).unwrap();
-///     assert_eq!(q.get().unwrap().len(), 1 << 20);
-///     producer.join().unwrap();
+///     // The producer puts and exits before anyone gets: nothing is lost.
+///     Process::start(produce, q.clone()).unwrap().join().unwrap();
+///     assert_eq!(q.get().unwrap(), vec![7u8; 1 << 20]);
 /// }
 /// ```
 pub struct Queue<T> {
-    /// Keeps the memory `queue` points into alive.
+    /// Keeps the memory `queue` points into alive (and, as its companion,
+    /// `values`: see `SharedSegment::keep_with`).
     map: Arc<SharedSegment>,
+    /// Where values too large for a slot wait: this process's descriptor.
+    values: Arc<ValueFile>,
     queue: ByteQueue,
     _type: PhantomData<fn(T) -> T>,
 }
@@ -87,6 +116,7 @@ impl<T> Clone for Queue<T> {
     fn clone(&self) -> Self {
         Self {
             map: self.map.clone(),
+            values: self.values.clone(),
             queue: self.queue.clone(),
             _type: PhantomData,
         }
@@ -95,11 +125,15 @@ impl<T> Clone for Queue<T> {
 
 impl<T> Drop for Queue<T> {
     fn drop(&mut self) {
-        // The last copy of a queue no other process can have: what it still
-        // holds can never be received, so its spills are let go now rather
-        // than linger. (Shared objects named inside values linger within
-        // the bound, see `shm::handle`: finding them needs `T`'s decoder.)
+        // Values too large for a slot are in its value file, which goes
+        // with its last descriptor: nothing to let go of for them. (Shared
+        // objects named inside values linger within the bound, see
+        // `shm::handle`: finding them needs `T`'s decoder.)
         crate::shm::handle::dropping(&self.map);
+        // But the last copy of a queue no other process can have may hold
+        // spills (values put past a file-size limit, see `put_stored`):
+        // they can never be received, so they are let go now rather than
+        // kept up to 5 s at exit.
         if Arc::strong_count(&self.map) != 1 || !self.map.is_private() {
             return;
         }
@@ -114,10 +148,18 @@ impl<T> Drop for Queue<T> {
     }
 }
 
-/// What taking one slot gave: a value decoded in place, or the handle of
-/// the spill holding it (read once the slot is free).
+/// Bytes a slot holds past the largest value in place: room for the
+/// largest envelope, a spill's handle. A slot's length says what it holds
+/// (see [`Queue::put_encoded`]).
+const ENVELOPE_BYTES: usize = HANDLE_BYTES;
+const _: () = assert!(RECORD_BYTES < HANDLE_BYTES);
+
+/// What taking one slot gave: a value decoded in place, the record of
+/// where it waits in the value file, or the handle of the spill that holds
+/// it (either read once the slot is free).
 enum Taken<T> {
     Value(Result<T>),
+    Stored([u8; RECORD_BYTES]),
     Spilled([u8; HANDLE_BYTES]),
 }
 
@@ -139,10 +181,40 @@ fn memory_of(map: &SharedSegment) -> QueueMemory {
     unsafe { QueueMemory::new(map.base(), map.usable_len()) }
 }
 
+/// The value file of the queue just laid out in `queue`: made, recorded in
+/// the queue's memory, and kept open with `map` (see [`keep_files`]).
+fn new_value_file(map: &SharedSegment, queue: &ByteQueue) -> Result<Arc<ValueFile>> {
+    let values = ValueFile::create()?;
+    queue.set_value_file_id(values.identity());
+    keep_files(map, &values, queue);
+    Ok(values)
+}
+
+/// The files a queue's handle names besides its memory: its value file
+/// and, for an unbounded queue, its ring file.
+#[derive(Debug)]
+struct Files {
+    _values: Arc<ValueFile>,
+    _rings: Option<RingFile>,
+}
+
+/// Keeps the files `queue`'s handle names open with `map`, for as long as
+/// the mapping, lingering included: a handle sent from here names this
+/// process's descriptors of them, and a sender that drops its last copy
+/// of the queue while the handle is in flight must keep them for the
+/// receiver as it keeps the memory.
+fn keep_files(map: &SharedSegment, values: &Arc<ValueFile>, queue: &ByteQueue) {
+    map.keep_with(Arc::new(Files {
+        _values: values.clone(),
+        _rings: queue.ring_file(),
+    }));
+}
+
 impl<T> Queue<T> {
     /// A queue of at least `capacity` values, whose slots hold encodings of
-    /// up to 240 bytes (larger values spill, see [`Queue`]). The capacity is rounded up to the next power of two (5 becomes
-    /// 8); [`capacity`](Self::capacity) reports the real one, and that many
+    /// up to 240 bytes (larger values go into its value file, see
+    /// [`Queue`]). The capacity is rounded up to the next power of two (5
+    /// becomes 8); [`capacity`](Self::capacity) reports the real one, and that many
     /// values fit before [`try_put`](Self::try_put) reports the queue full.
     ///
     /// # Errors
@@ -165,11 +237,13 @@ impl<T> Queue<T> {
         Self::with_message_bytes(capacity, 240)
     }
     /// A queue of at least `capacity` values, whose slots hold encodings of
-    /// up to `message_bytes` bytes in place; a larger value spills into a
-    /// segment of its own (see [`Queue`]). The capacity is rounded up to the
+    /// up to `message_bytes` bytes in place; a larger value goes into the
+    /// queue's value file (see [`Queue`]). The capacity is rounded up to the
     /// next power of two; [`capacity`](Self::capacity) reports the real one.
     /// Each slot takes `message_bytes` plus 56 bytes (a 16-byte header and
-    /// room for a spill's handle), rounded up to 64 bytes.
+    /// room for where a large value waits: a 16-byte record of the value
+    /// file, or a 40-byte spill's handle under a file-size limit), rounded
+    /// up to 64 bytes.
     ///
     /// # Errors
     ///
@@ -184,7 +258,7 @@ impl<T> Queue<T> {
     ///
     /// let q = Queue::<Vec<u8>>::with_message_bytes(3, 1024).unwrap();
     /// assert_eq!((q.capacity(), q.message_bytes()), (4, 1024));
-    /// q.put(&vec![1; 2000]).unwrap(); // larger than a slot: it spills
+    /// q.put(&vec![1; 2000]).unwrap(); // larger than a slot: in the file
     /// assert_eq!(q.get().unwrap(), vec![1; 2000]);
     /// assert!(matches!(
     ///     Queue::<u64>::with_message_bytes(0, 8),
@@ -203,9 +277,9 @@ impl<T> Queue<T> {
             });
         }
         let capacity = capacity.next_power_of_two();
-        // Room for a spill's handle after the largest value held in place:
-        // a slot exactly that long holds a handle (see `put_encoded`).
-        let slot_bytes = message_bytes + HANDLE_BYTES;
+        // Room for an envelope after the largest value held in place (see
+        // `put_encoded`).
+        let slot_bytes = message_bytes + ENVELOPE_BYTES;
         let bytes = mpmc::bytes_for(capacity, slot_bytes).ok_or_else(|| Error::InvalidConfig {
             what: "queue too large".into(),
         })?;
@@ -213,8 +287,10 @@ impl<T> Queue<T> {
         // SAFETY: the segment is new: nobody else maps it yet.
         let queue =
             unsafe { ByteQueue::create(memory_of(&map), capacity, slot_bytes, type_tag::<T>()) };
+        let values = new_value_file(&map, &queue)?;
         Ok(Self {
             map,
+            values,
             queue,
             _type: PhantomData,
         })
@@ -224,9 +300,12 @@ impl<T> Queue<T> {
     /// (its start in `head`, the rest borrowed from the value), through
     /// `put` (which answers whether it went in): joined, in place, if it
     /// fits a slot's `message_bytes` (a length compare: the common case
-    /// costs nothing more), else as a spill, filled from the two parts,
-    /// whose handle fills the slot exactly (`message_bytes + HANDLE_BYTES`
-    /// bytes, a length no value in place has). What the encoding carries
+    /// costs nothing more), else written from the two parts into the
+    /// queue's value file, whose record goes in an envelope of
+    /// `message_bytes + RECORD_BYTES` bytes, or (past a file-size limit)
+    /// into a spill, whose handle goes in an envelope of `message_bytes +
+    /// HANDLE_BYTES`: lengths no value in place has, so a slot's length
+    /// says what it holds. What the encoding carries
     /// counts as sent only if it went in; otherwise pipe ends in it go back
     /// to their senders.
     #[inline]
@@ -242,7 +321,7 @@ impl<T> Queue<T> {
             head.extend_from_slice(rest);
             put(head)
         } else {
-            self.put_spilled(head, rest, put)
+            self.put_stored(head, rest, put)
         };
         if matches!(went_in, Ok(true)) {
             carried.sent();
@@ -253,7 +332,42 @@ impl<T> Queue<T> {
         went_in
     }
 
-    /// Puts `bytes` as a spill (see [`put_encoded`](Self::put_encoded)).
+    /// Puts `head` then `rest` into the queue's value file and their record
+    /// into a slot (see [`put_encoded`](Self::put_encoded)); the range is
+    /// given back if the record does not go in.
+    ///
+    /// Offsets in the value file are never reused, so under a finite
+    /// file-size limit (`ulimit -f`, which batch systems such as Slurm pass
+    /// on from the submitting shell) the file reaches it after that many
+    /// bytes in all. A value whose range would end past the limit goes
+    /// into a spill of this process's instead (a one-off memfd, bound by
+    /// the limit only in its own size): such a value is again bound to its
+    /// producer, which keeps it until it is received, or at most 5 s
+    /// (`EXIT_LINGER`) once the producer exits.
+    #[cold]
+    fn put_stored(
+        &self,
+        head: &[u8],
+        rest: &[u8],
+        put: impl FnOnce(&[u8]) -> Result<bool>,
+    ) -> Result<bool> {
+        let next = self.queue.next_value_offset();
+        let Some(stored) = self.values.store(next, head, rest)? else {
+            return self.put_spilled(head, rest, put);
+        };
+        let mut envelope = vec![0u8; self.message_bytes() + RECORD_BYTES];
+        envelope[..RECORD_BYTES].copy_from_slice(&stored.record());
+        // An error drops `stored`, which gives the range back.
+        let went_in = put(&envelope)?;
+        if went_in {
+            stored.keep();
+        }
+        Ok(went_in)
+    }
+
+    /// Puts `head` then `rest` into a spill and its handle into a slot
+    /// (see [`put_stored`](Self::put_stored)); the spill is let go if the
+    /// handle does not go in.
     #[cold]
     fn put_spilled(
         &self,
@@ -264,6 +378,8 @@ impl<T> Queue<T> {
         let (handle, mut spilled) = spill::write_parts(head, rest)?;
         let mut envelope = vec![0u8; self.message_bytes() + HANDLE_BYTES];
         envelope[..HANDLE_BYTES].copy_from_slice(&handle);
+        // Not sent unless it went in: dropping `spilled` takes its transit
+        // back and the spill goes.
         let went_in = put(&envelope)?;
         if went_in {
             spilled.sent();
@@ -272,41 +388,82 @@ impl<T> Queue<T> {
     }
 
     /// Decodes one slot's bytes (runs while the slot is claimed), unless
-    /// they are a spill's handle: that is copied out, to be read by
-    /// [`finish_get`](Self::finish_get) once the slot is free.
+    /// they are an envelope (see [`put_encoded`](Self::put_encoded)): a
+    /// record of the value file or a spill's handle is copied out, to be
+    /// read by [`finish_get`](Self::finish_get) once the slot is free.
     #[inline]
     fn take(&self, bytes: &[u8]) -> Taken<T>
     where
         T: Wire,
     {
-        if bytes.len() == self.queue.message_bytes() && bytes.len() >= HANDLE_BYTES {
+        let in_place = self.message_bytes();
+        if bytes.len() <= in_place {
+            return Taken::Value(decode_exact::<T>(bytes));
+        }
+        Self::take_envelope(in_place, bytes)
+    }
+
+    /// The envelope `bytes`, longer than any value in place (`in_place`),
+    /// copied out; the slot's length says which kind.
+    #[cold]
+    fn take_envelope(in_place: usize, bytes: &[u8]) -> Taken<T> {
+        if bytes.len() == in_place + RECORD_BYTES {
+            let mut record = [0u8; RECORD_BYTES];
+            record.copy_from_slice(&bytes[..RECORD_BYTES]);
+            return Taken::Stored(record);
+        }
+        if bytes.len() == in_place + HANDLE_BYTES {
             let mut handle = [0u8; HANDLE_BYTES];
             handle.copy_from_slice(&bytes[..HANDLE_BYTES]);
             return Taken::Spilled(handle);
         }
-        Taken::Value(decode_exact::<T>(bytes))
+        Taken::Value(Err(crate::shm::decode_failed(
+            values::VALUE,
+            format!(
+                "a slot of {} bytes holds no value (at most {in_place}) and no envelope (a process wrote over the queue's memory)",
+                bytes.len()
+            ),
+        )))
     }
 
-    /// The value a `get` took: decoded already, or read from its spill.
+    /// The value a `get` took: decoded already, or read from the value
+    /// file.
     #[inline]
-    fn finish_get(taken: Taken<T>) -> Result<T>
+    fn finish_get(&self, taken: Taken<T>) -> Result<T>
     where
         T: Wire,
     {
         match taken {
             Taken::Value(got) => got,
-            Taken::Spilled(handle) => Self::read_spill(&handle),
+            Taken::Stored(record) => self.read_stored(&record),
+            Taken::Spilled(handle) => Self::read_spilled(&handle),
         }
     }
 
-    /// Reads and decodes a spilled value.
+    /// Reads a spilled value (see [`put_stored`](Self::put_stored)) and
+    /// decodes it.
     #[cold]
-    fn read_spill(handle: &[u8]) -> Result<T>
+    fn read_spilled(handle: &[u8; HANDLE_BYTES]) -> Result<T>
     where
         T: Wire,
     {
         crate::shm::handle::sweep();
-        decode_exact::<T>(&spill::read(handle)?)
+        let mut bytes = Vec::new();
+        spill::read_into(handle, &mut bytes).map_err(|e| crate::shm::named(values::VALUE, e))?;
+        decode_exact::<T>(&bytes)
+    }
+
+    /// Reads a value out of the value file (giving its memory back) and
+    /// decodes it.
+    #[cold]
+    fn read_stored(&self, record: &[u8; RECORD_BYTES]) -> Result<T>
+    where
+        T: Wire,
+    {
+        crate::shm::handle::sweep();
+        let mut bytes = Vec::new();
+        self.values.take_into(record, &mut bytes)?;
+        decode_exact::<T>(&bytes)
     }
 
     /// Values it holds (a snapshot: others may be putting and getting).
@@ -370,8 +527,8 @@ impl<T> Queue<T> {
         self.queue.capacity() as usize
     }
 
-    /// Largest encoded value a slot holds in place; larger ones spill (see
-    /// [`Queue`]).
+    /// Largest encoded value a slot holds in place; larger ones go into
+    /// the queue's value file (see [`Queue`]).
     ///
     /// ```
     /// use corepool::Queue;
@@ -379,7 +536,7 @@ impl<T> Queue<T> {
     /// assert_eq!(Queue::<u64>::new(4).unwrap().message_bytes(), 240);
     /// ```
     pub fn message_bytes(&self) -> usize {
-        self.queue.message_bytes().saturating_sub(HANDLE_BYTES)
+        self.queue.message_bytes().saturating_sub(ENVELOPE_BYTES)
     }
 
     /// Closes it for everyone: `put` fails from now on, `get` drains what is
@@ -421,8 +578,9 @@ impl<T: Wire> Queue<T> {
     /// # Errors
     ///
     /// [`Error::QueueClosed`]; [`Error::Encode`] for a value that cannot be
-    /// encoded; [`Error::SharedMemory`] when a large value's spill cannot get
-    /// its memory. Either way nothing is stored.
+    /// encoded; [`Error::SharedMemory`] when a large value cannot get its
+    /// memory in the queue's value file (or the queue's memory was
+    /// overwritten). Either way nothing is stored.
     ///
     /// # Examples
     ///
@@ -517,7 +675,7 @@ impl<T: Wire> Queue<T> {
     /// ```
     pub fn try_get(&self) -> Result<Option<T>> {
         let taken = self.queue.try_get(|b| self.take(b))?;
-        taken.map(Self::finish_get).transpose()
+        taken.map(|t| self.finish_get(t)).transpose()
     }
 
     /// Takes a value, waiting for one (Python's `get`).
@@ -566,7 +724,7 @@ impl<T: Wire> Queue<T> {
     }
 
     fn get_until(&self, deadline: Option<Instant>) -> Result<T> {
-        Self::finish_get(self.queue.get_until(|b| self.take(b), deadline)?)
+        self.finish_get(self.queue.get_until(|b| self.take(b), deadline)?)
     }
 
     /// Whether a value is ready at the head now (a snapshot: another
@@ -604,7 +762,8 @@ impl<T> Queue<T> {
 /// Unbounded queues: Python's `multiprocessing.Queue()` without a maxsize.
 impl<T> Queue<T> {
     /// A queue that is never full, whose slots hold values of up to 240
-    /// encoded bytes in place (larger ones spill, as in a bounded queue):
+    /// encoded bytes in place (larger ones go into its value file, as in a
+    /// bounded queue):
     /// [`put`](Self::put) never waits and [`try_put`](Self::try_put)
     /// never refuses. Python's `multiprocessing.Queue()` with no `maxsize`.
     ///
@@ -646,7 +805,8 @@ impl<T> Queue<T> {
     }
 
     /// An [`unbounded`](Self::unbounded) queue whose slots hold values of up
-    /// to `message_bytes` encoded bytes in place; larger ones spill.
+    /// to `message_bytes` encoded bytes in place; larger ones go into its
+    /// value file.
     ///
     /// # Errors
     ///
@@ -660,7 +820,7 @@ impl<T> Queue<T> {
     ///
     /// let q = Queue::<Vec<u8>>::unbounded_with_message_bytes(1024).unwrap();
     /// assert_eq!((q.capacity(), q.message_bytes()), (usize::MAX, 1024));
-    /// q.put(&vec![1; 2000]).unwrap(); // larger than a slot: it spills
+    /// q.put(&vec![1; 2000]).unwrap(); // larger than a slot: in the file
     /// assert_eq!(q.get().unwrap(), vec![1; 2000]);
     /// assert!(matches!(
     ///     Queue::<u64>::unbounded_with_message_bytes(0),
@@ -673,32 +833,74 @@ impl<T> Queue<T> {
                 what: format!("message size {message_bytes}: use 1 byte to 16 MiB, and a SharedArray for bulk data"),
             });
         }
-        // Room for a spill's handle, as in `with_message_bytes`.
-        let slot_bytes = message_bytes + HANDLE_BYTES;
+        // Room for an envelope, as in `with_message_bytes`.
+        let slot_bytes = message_bytes + ENVELOPE_BYTES;
         let map = SharedSegment::create(c"corepool-queue", mpmc::UNBOUNDED_CONTROL_BYTES)?;
         // SAFETY: the segment is new and zeroed: nobody else maps it yet.
         let queue =
             unsafe { ByteQueue::create_unbounded(memory_of(&map), slot_bytes, type_tag::<T>())? };
+        let values = new_value_file(&map, &queue)?;
         Ok(Self {
             map,
+            values,
             queue,
             _type: PhantomData,
         })
     }
 }
 
+/// What names no ring file in a queue's handle (a bounded queue's).
+const NO_RING_FILE: (i32, i32, u64, u64) = (0, -1, 0, 0);
+
+/// Bytes of a queue's handle on the wire: its value file's and ring file's
+/// `(pid, fd, dev, ino)` (24 each), then its segment's handle (40). Fixed,
+/// so that a value holding a queue and other handles
+/// (`crate::JoinableQueue`) can decode those others even when the queue's
+/// fails, and end their transits.
+pub(crate) const WIRE_BYTES: usize = 24 + 24 + 40;
+
+/// On the wire: the value file's handle `(sender pid, its descriptor,
+/// device, inode)`, the ring file's alike (an unbounded queue's; a bounded
+/// queue's says `(0, -1, 0, 0)`), then the queue memory's (see
+/// `SharedSegment::encode`). Both files are named through the sender, not
+/// the queue's creator, so that a queue opens after its creator is gone.
+/// They come first so that a receiver opens them before its decode of the
+/// memory's handle ends the transit: until then the sender keeps all three
+/// (the files as the memory's companion, see `keep_files`).
 impl<T: Wire> Wire for Queue<T> {
     fn encode(&self, out: &mut Encoder) {
+        self.values.handle().encode(out);
+        let rings = self.queue.ring_file();
+        rings.map_or(NO_RING_FILE, |r| r.handle()).encode(out);
         self.map.encode(type_tag::<T>(), self.queue.capacity(), out);
     }
 
     fn decode(input: &mut &[u8]) -> Result<Self> {
+        let (owner, fd, dev, ino) = <(i32, i32, u64, u64)>::decode(input)?;
+        let rings_handle = <(i32, i32, u64, u64)>::decode(input)?;
+        let values = ValueFile::open(owner, fd, dev, ino);
+        let rings = (rings_handle != NO_RING_FILE).then(|| {
+            let (owner, fd, dev, ino) = rings_handle;
+            RingFile::open(owner, fd, dev, ino)
+        });
+        // Decoded whether or not the files opened, to end the transit.
         let (map, capacity) =
             SharedSegment::decode::<Self>(input, type_tag::<T>(), |_| Some(mpmc::SLOTS_AT as u64))?;
-        let queue = ByteQueue::open(memory_of(&map), type_tag::<T>(), capacity)
+        let values = values.map_err(|e| e.into_error::<Self>(OPEN_STEP))?;
+        let rings = rings
+            .transpose()
+            .map_err(|e| e.into_error::<Self>(OPEN_STEP))?;
+        let queue = ByteQueue::open(memory_of(&map), type_tag::<T>(), capacity, rings.as_ref())
             .map_err(decode_error::<Self>)?;
+        if queue.value_file_id() != values.identity() {
+            return Err(decode_error::<Self>(
+                "the handle names another value file than the queue's memory records",
+            ));
+        }
+        keep_files(&map, &values, &queue);
         Ok(Self {
             map,
+            values,
             queue,
             _type: PhantomData,
         })
@@ -709,6 +911,18 @@ impl<T: Wire> Wire for Queue<T> {
 mod tests {
     use super::*;
     use crate::shm::mpmc::INLINE_COPY;
+
+    #[test]
+    fn a_queue_handle_is_wire_bytes_long() {
+        for q in [
+            Queue::<u64>::new(4).unwrap(),
+            Queue::unbounded().unwrap_or_else(|_| Queue::new(8).unwrap()),
+        ] {
+            let mut out = Encoder::new();
+            q.encode(&mut out);
+            assert_eq!(out.finish().unwrap().len(), WIRE_BYTES);
+        }
+    }
 
     #[test]
     fn fifo_in_one_process() {
@@ -735,8 +949,8 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(miri, ignore = "a spill is a memfd another process could open")]
-    fn oversized_values_spill() {
+    #[cfg_attr(miri, ignore = "a value file is a memfd")]
+    fn oversized_values_go_into_the_value_file() {
         let q = Queue::<Vec<u8>>::with_message_bytes(2, 16).unwrap();
         q.put(&vec![3; 100]).unwrap();
         assert!(q.try_put(&vec![4; 1 << 20]).unwrap());
@@ -801,5 +1015,63 @@ mod tests {
             Queue::<u64>::decode(&mut bytes.as_slice()).is_err(),
             "type mismatch"
         );
+        assert!(
+            Arc::ptr_eq(&q.values, &other.values),
+            "one descriptor of the value file per process"
+        );
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "a value file is a memfd")]
+    fn a_handle_naming_another_queues_value_file_does_not_decode() {
+        let q = Queue::<Vec<u8>>::new(4).unwrap();
+        let other = Queue::<Vec<u8>>::new(4).unwrap();
+        let mut bytes = crate::wire::encode_to_vec(&q);
+        let theirs = crate::wire::encode_to_vec(&other);
+        // The value file's handle comes first: pid, fd (i32), dev, ino (u64).
+        bytes[..24].copy_from_slice(&theirs[..24]);
+        let got = Queue::<Vec<u8>>::decode(&mut bytes.as_slice());
+        assert!(matches!(got, Err(Error::Decode { .. })), "{got:?}");
+        // A handle naming no value file at all.
+        let mut bytes = crate::wire::encode_to_vec(&q);
+        bytes[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        let got = Queue::<Vec<u8>>::decode(&mut bytes.as_slice());
+        assert!(matches!(got, Err(Error::Decode { .. })), "{got:?}");
+        q.put(&vec![9; 4000]).unwrap();
+        assert_eq!(q.get().unwrap(), vec![9; 4000], "the queue is unharmed");
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "an unbounded queue's rings are in a memfd")]
+    fn a_handle_naming_another_ring_file_does_not_decode() {
+        let q = Queue::<u64>::unbounded().unwrap();
+        let other = Queue::<u64>::unbounded().unwrap();
+        let bounded = Queue::<u64>::new(4).unwrap();
+        let theirs = crate::wire::encode_to_vec(&other);
+        // The ring file's handle follows the value file's: bytes 24..48.
+        let mut bytes = crate::wire::encode_to_vec(&q);
+        assert_eq!(
+            &bytes[24..28],
+            &std::process::id().to_le_bytes(),
+            "the sender's"
+        );
+        bytes[24..48].copy_from_slice(&theirs[24..48]);
+        let got = Queue::<u64>::decode(&mut bytes.as_slice());
+        assert!(matches!(got, Err(Error::Decode { .. })), "{got:?}");
+        // An unbounded queue's handle naming no ring file.
+        let mut bytes = crate::wire::encode_to_vec(&q);
+        bytes[24..48].copy_from_slice(&crate::wire::encode_to_vec(&NO_RING_FILE));
+        let got = Queue::<u64>::decode(&mut bytes.as_slice());
+        assert!(matches!(got, Err(Error::Decode { .. })), "{got:?}");
+        // A bounded queue's handle naming one.
+        let mut bytes = crate::wire::encode_to_vec(&bounded);
+        bytes[24..48].copy_from_slice(&theirs[24..48]);
+        let got = Queue::<u64>::decode(&mut bytes.as_slice());
+        assert!(matches!(got, Err(Error::Decode { .. })), "{got:?}");
+        // The queues are unharmed, and a true handle still decodes.
+        let again = crate::wire::encode_to_vec(&q);
+        let again = Queue::<u64>::decode(&mut again.as_slice()).unwrap();
+        again.put(&5).unwrap();
+        assert_eq!(q.get().unwrap(), 5);
     }
 }

@@ -162,6 +162,14 @@ fn check_memory_for(len: u64) -> io::Result<()> {
     }
 }
 
+/// Whether `e` is [`check_memory_for`]'s refusal (too little memory
+/// available), which [`fallocate`] and [`fallocate_range`] give before
+/// asking the kernel: nothing was reserved then. (The kernel's own ENOMEM
+/// carries its error number; this refusal none.)
+pub(crate) fn is_memory_refusal(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::OutOfMemory && e.raw_os_error().is_none()
+}
+
 /// [`memory_available`], for tests that must not ask the kernel for more
 /// memory than there is when the figure cannot be read.
 #[cfg(test)]
@@ -405,6 +413,55 @@ pub(crate) fn punch_hole(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Resul
     Ok(())
 }
 
+/// The system's page size (`sysconf(_SC_PAGESIZE)`, read once; 4096 if it
+/// cannot be read): the unit in which a punched range gives memory back.
+pub(crate) fn page_size() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PAGE: AtomicU64 = AtomicU64::new(0);
+    // Relaxed: a value every thread computes alike; racing stores agree.
+    let known = PAGE.load(Ordering::Relaxed);
+    if known != 0 {
+        return known;
+    }
+    // Raw libc: sysconf is the C library's (rustix has no wrapper for it).
+    // SAFETY: sysconf reads a configuration value and has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let page = u64::try_from(page)
+        .ok()
+        .filter(|p| p.is_power_of_two())
+        .unwrap_or(4096);
+    PAGE.store(page, Ordering::Relaxed);
+    page
+}
+
+/// Whether every byte of the `len` bytes at `offset` of the file behind `fd`
+/// holds data (`lseek` with `SEEK_DATA` and `SEEK_HOLE`): none of it is a
+/// hole, which would read as zeros without memory behind it. A range that
+/// starts at or past the end of the file holds none (`ENXIO`).
+pub(crate) fn is_range_backed(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<bool> {
+    use rustix::fs::SeekFrom;
+    let Some(end) = offset.checked_add(len) else {
+        return Ok(false);
+    };
+    if len == 0 {
+        return Ok(true);
+    }
+    let data = match rustix::fs::seek(fd, SeekFrom::Data(offset)) {
+        Ok(at) => at,
+        Err(Errno::NXIO) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    if data != offset {
+        return Ok(false);
+    }
+    let hole = match rustix::fs::seek(fd, SeekFrom::Hole(offset)) {
+        Ok(at) => at,
+        Err(Errno::NXIO) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(hole >= end)
+}
+
 /// Size of the file behind `fd` and its (device, inode) identity.
 pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileId> {
     let st = rustix::fs::fstat(fd)?;
@@ -417,6 +474,47 @@ pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileId> {
         // Only compared for equality: the wrap of a pre-1970 time is harmless.
         mtime_ns: (i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec)) as u64,
     })
+}
+
+/// `statfs`'s `f_type` for tmpfs/shmem (linux/magic.h), where every plain
+/// memfd lives.
+const TMPFS_MAGIC: u64 = 0x0102_1994;
+
+/// Whether the file behind `fd` lives on tmpfs/shmem (`fstatfs`), as a
+/// plain memfd does. A memfd made with `MFD_HUGETLB` lives on hugetlbfs
+/// instead, where `lseek(SEEK_DATA/SEEK_HOLE)` calls every byte data and
+/// `st_blocks` need not count what is there: a handle naming such a file
+/// names memory nobody can vouch for. Works on an `O_PATH` descriptor.
+pub(crate) fn is_shmem(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let st = rustix::fs::fstatfs(fd)?;
+    // `f_type`'s C type differs between architectures (a signed long on
+    // most); the magic numbers fit in 32 bits, so compare them as such.
+    #[allow(clippy::unnecessary_cast)]
+    let kind = st.f_type as u64 & 0xffff_ffff;
+    Ok(kind == TMPFS_MAGIC)
+}
+
+/// Tests: a hugetlbfs memfd named as a queue's value file, `size` bytes
+/// long (a multiple of the huge page size) and holding no memory, sealed
+/// against shrinking, as a hostile process could make one; `None` where
+/// the kernel has no hugetlbfs.
+#[cfg(all(test, not(miri)))]
+pub(crate) fn hugetlb_memfd(size: u64) -> Option<OwnedFd> {
+    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING | MemfdFlags::HUGETLB;
+    let fd = rustix::fs::memfd_create(c"corepool-queue-values", flags).ok()?;
+    rustix::fs::ftruncate(&fd, size).ok()?;
+    seal_shrink_only(std::os::fd::AsFd::as_fd(&fd)).ok()?;
+    Some(fd)
+}
+
+/// Size of the file behind `fd` and the bytes of memory allocated to it
+/// (`st_blocks` * 512), from one `fstat`.
+pub(crate) fn size_and_allocated(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok((
+        u64::try_from(st.st_size).unwrap_or(0),
+        u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512),
+    ))
 }
 
 /// Bytes of memory really allocated to the file behind `fd` (its blocks):

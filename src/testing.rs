@@ -35,6 +35,25 @@ pub fn forge_untagged_put_claim<T: Wire>(queue: &Queue<T>, pid: u32) {
     queue.byte_queue().forge_untagged_claim(pid)
 }
 
+/// Puts `bytes` into the next slot of `queue` as they are, as a hostile
+/// process holding the queue could write them; `false` if it is full. A
+/// slot exactly [`Queue::message_bytes`] + 16 bytes long holds the record
+/// of a value in the queue's value file: its offset and length (u64 each,
+/// little-endian), then anything; one of + 40 bytes a spill's handle.
+pub fn put_raw_slot<T: Wire>(queue: &Queue<T>, bytes: &[u8]) -> bool {
+    queue.byte_queue().try_put(bytes).unwrap_or(false)
+}
+
+/// Overwrites the word that says where `queue`'s next value too large for
+/// a slot goes in its value file, as a hostile process could.
+pub fn forge_next_value_offset<T: Wire>(queue: &Queue<T>, offset: u64) {
+    // Relaxed: a forgery, ordered by nothing, as a hostile process's would be.
+    queue
+        .byte_queue()
+        .next_value_offset()
+        .store(offset, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Forgets the start time recorded for the process that holds the other
 /// end of `end`'s pipe, as if it could not be read when it was recorded: that
 /// holder is then judged by its pid alone, which a reused pid could fool.

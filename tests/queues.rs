@@ -1,6 +1,9 @@
 //! Unbounded `Queue`s and `JoinableQueue`s across processes: producers that
 //! grow the queue and then exit or are killed, consumers that die in the
-//! middle of a get, and `join` across processes. Runs with its own `main`.
+//! middle of a get, and `join` across processes; values too large for a
+//! slot, which wait in the queue's value file whoever put them, and what a
+//! hostile process writing over the queue's words can do to them. Runs with
+//! its own `main`.
 
 mod common;
 
@@ -255,7 +258,597 @@ fn join_timeout_ends_when_a_consumer_died_holding_a_value() {
     assert_eq!(q.unfinished(), 1, "the dead consumer's value");
 }
 
+const MIB: usize = 1 << 20;
+
+/// `len` bytes that are not all alike (a lost or shifted page shows).
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 ^ seed as u8).collect()
+}
+
+/// Puts a 1 MiB value and returns how many objects this process keeps
+/// lingering for receivers: none, the value is the queue's.
+fn put_large_and_return(q: Queue<Vec<u8>>) -> u64 {
+    q.put(&pattern(MIB, 1)).unwrap();
+    corepool::testing::lingering_objects() as u64
+}
+
+/// Puts a 1 MiB value, says so, and waits to be killed.
+fn put_large_and_wait((q, ready): (Queue<Vec<u8>>, Queue<u64>)) -> u64 {
+    q.put(&pattern(MIB, 2)).unwrap();
+    ready.put(&1).unwrap();
+    let never = Queue::<u64>::new(1).unwrap();
+    never.get().unwrap_or(0)
+}
+
+/// A value larger than a slot is the queue's, not its producer's: the
+/// producer is killed, or returns (and is reaped), before anyone gets, and
+/// the value still comes out, however long after. (It was a spill the
+/// producer held: lost at once with a killed producer, and kept at most
+/// 5 s by one that returned, as a decode error.)
+fn a_large_value_outlives_its_producer() {
+    for q in [
+        Queue::<Vec<u8>>::new(4).unwrap(),
+        Queue::<Vec<u8>>::unbounded().unwrap(),
+    ] {
+        let ready = Queue::<u64>::new(1).unwrap();
+        let p = Process::start(put_large_and_wait, (q.clone(), ready.clone())).unwrap();
+        assert_eq!(ready.get_timeout(Duration::from_secs(60)).unwrap(), 1);
+        p.kill().unwrap();
+        assert!(p.join().is_err(), "killed");
+        assert!(q.get().unwrap() == pattern(MIB, 2));
+        let p = Process::start(put_large_and_return, q.clone()).unwrap();
+        let pid = p.pid();
+        assert_eq!(p.join().unwrap(), 0, "the producer keeps nothing for it");
+        assert!(common::is_gone(pid), "joined: reaped, its descriptors gone");
+        assert!(q.get().unwrap() == pattern(MIB, 1));
+        assert!(q.is_empty());
+    }
+}
+
+/// Value `i` of producer `p`: its own size (4 KiB to 200 KiB and a bit),
+/// its origin in its first 16 bytes.
+fn tagged(p: u64, i: u64) -> Vec<u8> {
+    let len = 4096 * (1 + ((p * 7 + i) % 50) as usize) + (i as usize % 100);
+    let mut v = pattern(len, p * 31 + i);
+    v[..8].copy_from_slice(&p.to_le_bytes());
+    v[8..16].copy_from_slice(&i.to_le_bytes());
+    v
+}
+
+/// `(producer, index)` of a value `tagged` made, after checking all of it.
+fn origin(v: &[u8]) -> (u64, u64) {
+    let p = u64::from_le_bytes(v[..8].try_into().unwrap());
+    let i = u64::from_le_bytes(v[8..16].try_into().unwrap());
+    assert!(v == tagged(p, i), "value {i} of producer {p} is damaged");
+    (p, i)
+}
+
+const LARGE_PER_PRODUCER: u64 = 20;
+
+fn produce_large((q, p): (Queue<Vec<u8>>, u64)) -> u64 {
+    for i in 0..LARGE_PER_PRODUCER {
+        q.put(&tagged(p, i)).unwrap();
+    }
+    LARGE_PER_PRODUCER
+}
+
+/// Bytes of memory the queue value files this process holds use.
+fn value_memory_in_use() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| target.to_string_lossy().contains("corepool-queue-values"))
+        })
+        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
+        .map(|md| md.blocks() * 512)
+        .sum()
+}
+
+/// Takes `n` values from `q` with `get`, checking each producer's come in
+/// its order and damaged by nothing.
+fn drain_in_order(n: u64, get: impl Fn() -> Vec<u8>) {
+    let mut next = [0u64; 3];
+    for _ in 0..n {
+        let (p, i) = origin(&get());
+        assert_eq!(i, next[p as usize], "producer {p} out of order");
+        next[p as usize] += 1;
+    }
+    assert_eq!(next, [LARGE_PER_PRODUCER; 3]);
+}
+
+/// Several producers put many large values each and exit before the
+/// consumer starts: every value arrives, in each producer's order, and
+/// the value file gives all of its memory back as they are taken.
+fn large_values_from_producers_that_all_exited_arrive_in_order() {
+    let n = 3 * LARGE_PER_PRODUCER;
+    for q in [
+        Queue::<Vec<u8>>::new(64).unwrap(),
+        Queue::<Vec<u8>>::unbounded().unwrap(),
+    ] {
+        let before = value_memory_in_use();
+        let producers: Vec<_> = (0..3)
+            .map(|p| Process::start(produce_large, (q.clone(), p)).unwrap())
+            .collect();
+        for p in producers {
+            assert_eq!(p.join().unwrap(), LARGE_PER_PRODUCER);
+        }
+        assert_eq!(q.len(), n as usize);
+        let stored: u64 = (0..3)
+            .flat_map(|p| (0..LARGE_PER_PRODUCER).map(move |i| tagged(p, i).len() as u64))
+            .sum();
+        let full = value_memory_in_use() - before;
+        assert!(full >= stored, "{full} bytes held for {stored} stored");
+        drain_in_order(n, || q.get().unwrap());
+        assert!(q.is_empty());
+        assert_eq!(
+            value_memory_in_use(),
+            before,
+            "every value's memory is given back once it is taken"
+        );
+    }
+}
+
+fn produce_large_joinable((q, p): (JoinableQueue<Vec<u8>>, u64)) -> u64 {
+    for i in 0..LARGE_PER_PRODUCER {
+        q.put(&tagged(p, i)).unwrap();
+    }
+    LARGE_PER_PRODUCER
+}
+
+/// The same through `JoinableQueue`s: `join` returns once every large
+/// value of the exited producers was taken and marked done.
+fn a_joinable_queue_keeps_large_values_of_exited_producers() {
+    for q in [
+        JoinableQueue::<Vec<u8>>::new(64).unwrap(),
+        JoinableQueue::<Vec<u8>>::unbounded().unwrap(),
+    ] {
+        let producers: Vec<_> = (0..3)
+            .map(|p| Process::start(produce_large_joinable, (q.clone(), p)).unwrap())
+            .collect();
+        for p in producers {
+            assert_eq!(p.join().unwrap(), LARGE_PER_PRODUCER);
+        }
+        assert_eq!(q.unfinished(), 3 * LARGE_PER_PRODUCER);
+        drain_in_order(3 * LARGE_PER_PRODUCER, || {
+            let v = q.get().unwrap();
+            q.task_done().unwrap();
+            v
+        });
+        q.join_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!(value_memory_in_use(), 0);
+    }
+}
+
+/// A queue whose last copy here was dropped while its handle waited in
+/// another queue: the handle still opens in the receiver, value file and
+/// all (the sender kept both for it), and the value put before comes out.
+fn a_queue_handed_on_and_dropped_keeps_its_values() {
+    for unbounded in [false, true] {
+        let carrier = Queue::<Queue<Vec<u8>>>::new(1).unwrap();
+        {
+            let q = if unbounded {
+                // Its rings too: the first holds 256, these fill several.
+                let q = Queue::<Vec<u8>>::unbounded().unwrap();
+                for i in 0..MANY {
+                    q.put(&i.to_le_bytes().to_vec()).unwrap();
+                }
+                q
+            } else {
+                Queue::<Vec<u8>>::new(4).unwrap()
+            };
+            q.put(&pattern(MIB, 7)).unwrap();
+            carrier.put(&q).unwrap();
+        }
+        let child = Process::start(
+            |(carrier, skip): (Queue<Queue<Vec<u8>>>, u64)| -> bool {
+                let q = carrier.get().unwrap();
+                (0..skip).all(|i| q.get().unwrap() == i.to_le_bytes().to_vec())
+                    && q.get().unwrap() == pattern(MIB, 7)
+            },
+            (carrier, if unbounded { MANY } else { 0 }),
+        )
+        .unwrap();
+        assert!(child.join().unwrap(), "unbounded {unbounded}");
+        assert_eq!(corepool::testing::lingering_objects(), 0);
+    }
+}
+
+/// A queue of queues.
+type Carrier = Queue<Queue<Vec<u8>>>;
+
+/// The creator of `an_unbounded_queue_opens_after_its_creator_exited`:
+/// makes an unbounded queue, fills it past its first rings (and puts a
+/// value too large for a slot), hands it on and exits.
+fn create_and_hand_on(up: Queue<Queue<Vec<u8>>>) -> u32 {
+    let q = Queue::<Vec<u8>>::unbounded().unwrap();
+    for i in 0..MANY {
+        q.put(&i.to_le_bytes().to_vec()).unwrap();
+    }
+    q.put(&pattern(MIB, 11)).unwrap();
+    up.put(&q).unwrap();
+    std::process::id()
+}
+
+/// The relay of `an_unbounded_queue_opens_after_its_creator_exited`: takes
+/// the queue from its creator, and once told the creator is gone hands it
+/// on.
+fn relay((up, down, go): (Carrier, Carrier, Queue<u64>)) -> u64 {
+    let q = up.get().unwrap();
+    go.get().unwrap();
+    down.put(&q).unwrap();
+    q.len() as u64
+}
+
+/// An unbounded queue's handle names its ring file (like its value file)
+/// through the process that sends it, not its creator: a process that
+/// first decodes the queue after its creator exited opens it, rings and
+/// all, and gets every value.
+fn an_unbounded_queue_opens_after_its_creator_exited() {
+    let up = Queue::<Queue<Vec<u8>>>::new(1).unwrap();
+    let down = Queue::<Queue<Vec<u8>>>::new(1).unwrap();
+    let go = Queue::<u64>::new(1).unwrap();
+    let relay = Process::start(relay, (up.clone(), down.clone(), go.clone())).unwrap();
+    let creator = Process::start(create_and_hand_on, up).unwrap();
+    // Joined once the relay decoded its handle (the creator keeps what it
+    // sent until then), and reaped: gone for good.
+    let creator_pid = creator.join().unwrap();
+    assert!(common::is_gone(creator_pid as i32));
+    go.put(&1).unwrap();
+    // First decoded here, through the relay's descriptors.
+    let q = down.get().unwrap();
+    assert_eq!(relay.join().unwrap(), MANY + 1);
+    for i in 0..MANY {
+        assert_eq!(q.get().unwrap(), i.to_le_bytes().to_vec(), "value {i}");
+    }
+    assert!(q.get().unwrap() == pattern(MIB, 11));
+    // And it grows on.
+    for i in 0..1000u64 {
+        q.put(&i.to_le_bytes().to_vec()).unwrap();
+    }
+    assert!((0..1000u64).all(|i| q.get().unwrap() == i.to_le_bytes().to_vec()));
+    assert_eq!(corepool::testing::lingering_objects(), 0);
+}
+
+/// What a hostile process writing over the queue's words can do to its
+/// large values: typed errors, never a panic, a huge allocation or memory
+/// outside the queue; the queue goes on serving.
+fn forged_records_and_offsets_are_typed_errors() {
+    for q in [
+        Queue::<Vec<u8>>::new(8).unwrap(),
+        Queue::<Vec<u8>>::unbounded().unwrap(),
+    ] {
+        let record = |offset: u64, len: u64| {
+            let mut r = vec![0u8; q.message_bytes() + 16];
+            r[..8].copy_from_slice(&offset.to_le_bytes());
+            r[8..16].copy_from_slice(&len.to_le_bytes());
+            r
+        };
+        // 1 MiB at offset 0, taken: a hole now, in a file 1 MiB long.
+        q.put(&pattern(MIB, 3)).unwrap();
+        assert!(q.get().unwrap() == pattern(MIB, 3));
+        for (offset, len) in [
+            (1 << 40, 4096),     // past the file
+            (0, u64::MAX),       // huge
+            (0, 1 << 40),        // huge, and past the file
+            (u64::MAX - 1, 100), // overflows
+            (4096, 8192),        // a hole (given back)
+            (0, 0),              // nothing
+        ] {
+            assert!(corepool::testing::put_raw_slot(&q, &record(offset, len)));
+            let got = q.get();
+            assert!(
+                matches!(got, Err(Error::Decode { .. })),
+                "record ({offset}, {len}): {got:?}"
+            );
+        }
+        // Slots longer than any value in place: an envelope of neither
+        // kind, and a spill's handle (past a file-size limit) naming
+        // nothing this process can open.
+        let mut handle = vec![0u8; q.message_bytes() + 40];
+        handle[..4].copy_from_slice(&i32::MAX.to_le_bytes());
+        for forged in [vec![0u8; q.message_bytes() + 20], handle] {
+            assert!(corepool::testing::put_raw_slot(&q, &forged));
+            let got = q.get();
+            assert!(
+                matches!(
+                    &got,
+                    Err(Error::Decode {
+                        type_name: "queue value",
+                        ..
+                    })
+                ),
+                "{} bytes: {got:?}",
+                forged.len()
+            );
+        }
+        // The next offset forged near the end: puts of large values fail,
+        // typed; small ones go on.
+        corepool::testing::forge_next_value_offset(&q, u64::MAX - 4096);
+        let got = q.put(&pattern(MIB, 4));
+        assert!(matches!(got, Err(Error::SharedMemory { .. })), "{got:?}");
+        q.put(&vec![1; 10]).unwrap();
+        assert_eq!(q.get().unwrap(), vec![1; 10]);
+        // Forged back onto a value that waits: the two overlap, which can
+        // only spoil values of this queue.
+        corepool::testing::forge_next_value_offset(&q, 8 << 20);
+        q.put(&pattern(MIB, 5)).unwrap();
+        corepool::testing::forge_next_value_offset(&q, 8 << 20);
+        q.put(&pattern(MIB, 6)).unwrap();
+        let first = q.get();
+        assert!(
+            matches!(&first, Ok(v) if *v == pattern(MIB, 6)),
+            "overwritten by the second"
+        );
+        let second = q.get();
+        assert!(
+            matches!(second, Err(Error::Decode { .. })),
+            "given back with the first: {second:?}"
+        );
+        // And it goes on.
+        q.put(&pattern(MIB, 8)).unwrap();
+        assert!(q.get().unwrap() == pattern(MIB, 8));
+        assert!(q.is_empty());
+    }
+}
+
+/// A hugetlbfs memfd named as a queue's value file, 4 GiB long and
+/// holding nothing, as a hostile holder of the queue could make one;
+/// `None` where the kernel has no hugetlbfs.
+fn hugetlb_value_file() -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let flags = libc::MFD_HUGETLB | libc::MFD_ALLOW_SEALING | libc::MFD_CLOEXEC;
+    // SAFETY: a NUL-terminated name; the call has no other preconditions.
+    let raw = unsafe { libc::memfd_create(c"corepool-queue-values".as_ptr(), flags) };
+    if raw < 0 {
+        return None;
+    }
+    // SAFETY: `raw` is a descriptor just made and owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: plain system calls on a descriptor that lives across them.
+    let made = unsafe {
+        libc::ftruncate(fd.as_raw_fd(), 4 << 30) == 0
+            && libc::fcntl(
+                fd.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL,
+            ) == 0
+    };
+    made.then_some(fd)
+}
+
+/// Review 25 B1: a holder of a queue writes a hugetlbfs memfd's (dev, ino)
+/// into the queue's words and sends the queue's handle naming that file
+/// as its value file. Such a file takes the seals and its `lseek` calls
+/// every byte data: once accepted, a record of 1 TiB would have had the
+/// receiver allocate and fill that much from a file holding nothing. The
+/// handle does not decode.
+fn a_hugetlbfs_file_is_refused_as_a_value_file() {
+    use corepool::{Encoder, Wire};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::atomic::Ordering;
+    let Some(hostile) = hugetlb_value_file() else {
+        eprintln!("no hugetlbfs here: skipped");
+        return;
+    };
+    let md = std::fs::metadata(format!("/proc/self/fd/{}", hostile.as_raw_fd())).unwrap();
+    assert_eq!(md.blocks(), 0, "a file holding nothing");
+    for q in [
+        Queue::<Vec<u8>>::new(4).unwrap(),
+        Queue::<Vec<u8>>::unbounded().unwrap(),
+    ] {
+        // The value file's (dev, ino) words, which every holder may write.
+        let mem = corepool::testing::queue_memory(&q);
+        let words = md
+            .dev()
+            .to_le_bytes()
+            .into_iter()
+            .chain(md.ino().to_le_bytes());
+        for (i, b) in words.enumerate() {
+            mem[0][456 + i].store(b, Ordering::Relaxed);
+        }
+        let mut out = Encoder::new();
+        q.encode(&mut out);
+        let mut bytes = out.finish().unwrap();
+        // The handle's first 24 bytes: the value file, through its holder.
+        bytes[0..4].copy_from_slice(&(std::process::id() as i32).to_le_bytes());
+        bytes[4..8].copy_from_slice(&hostile.as_raw_fd().to_le_bytes());
+        bytes[8..16].copy_from_slice(&md.dev().to_le_bytes());
+        bytes[16..24].copy_from_slice(&md.ino().to_le_bytes());
+        match Queue::<Vec<u8>>::decode(&mut bytes.as_slice()) {
+            Err(Error::Decode { reason, .. }) => {
+                assert!(reason.contains("not on shmem"), "{reason}")
+            }
+            Err(e) => panic!("refused, but not as a bad handle: {e}"),
+            Ok(_) => panic!("a hugetlbfs memfd was taken as a queue's value file"),
+        }
+    }
+    // The refused decode ended the queue's transit (nothing lingers); the
+    // queue's memory it mapped is kept in this process's cache of received
+    // mappings until the next sweep sees its creator let go: let it go now.
+    assert_eq!(corepool::testing::lingering_objects(), 0);
+    corepool::testing::forget_lingering_objects();
+}
+
+/// Review 25 R1: one forged next-offset word off a page boundary would
+/// have every later value straddle pages that a punch cannot give back (a
+/// page kept per value, for the queue's life). Refused as forged: large
+/// puts fail typed, with advice about the writer; small values go on and
+/// the file keeps nothing.
+fn an_unaligned_next_value_offset_is_refused_as_forged() {
+    for q in [
+        Queue::<Vec<u8>>::new(4).unwrap(),
+        Queue::<Vec<u8>>::unbounded().unwrap(),
+    ] {
+        corepool::testing::forge_next_value_offset(&q, 1);
+        for _ in 0..3 {
+            match q.put(&pattern(60_000, 1)) {
+                Err(e @ Error::SharedMemory { .. }) => {
+                    let message = e.to_string();
+                    assert!(message.contains("page boundary"), "{message}");
+                    assert!(message.contains("wrote over"), "{message}");
+                    assert!(!message.contains("free memory"), "{message}");
+                }
+                other => panic!("a put at an unaligned offset: {other:?}"),
+            }
+        }
+        q.put(&vec![1; 10]).unwrap();
+        assert_eq!(q.get().unwrap(), vec![1; 10]);
+        assert!(q.is_empty());
+        assert_eq!(value_memory_in_use(), 0, "nothing kept in the file");
+    }
+}
+
+/// A large put that does not go in (the queue full, the wait timed out,
+/// the queue closed) gives its range of the value file back: the file
+/// holds what it held before.
+fn refused_large_puts_give_their_range_back() {
+    let big = pattern(4 * MIB, 9);
+    let bounded = Queue::<Vec<u8>>::new(1).unwrap();
+    bounded.put(&big).unwrap();
+    let held = value_memory_in_use();
+    assert!(held >= big.len() as u64);
+    assert!(!bounded.try_put(&big).unwrap(), "full");
+    let got = bounded.put_timeout(&big, Duration::from_millis(1));
+    assert!(matches!(got, Err(Error::Timeout)), "{got:?}");
+    assert_eq!(value_memory_in_use(), held, "full and timed-out puts");
+    bounded.close();
+    let got = bounded.put(&big);
+    assert!(matches!(got, Err(Error::QueueClosed)), "{got:?}");
+    assert_eq!(value_memory_in_use(), held, "a put into a closed queue");
+    assert!(bounded.get().unwrap() == big);
+    assert_eq!(value_memory_in_use(), 0);
+    let unbounded = Queue::<Vec<u8>>::unbounded().unwrap();
+    unbounded.close();
+    let got = unbounded.put(&big);
+    assert!(matches!(got, Err(Error::QueueClosed)), "{got:?}");
+    assert_eq!(value_memory_in_use(), 0, "a closed unbounded queue's");
+}
+
+/// A `JoinableQueue` whose queue part does not decode (here its value
+/// file's inode forged in the slot carrying it) still ends the
+/// transit of its count's handle: otherwise the sender kept the count,
+/// lingering after its last copy dropped, until its exit bound.
+fn a_joinable_queue_that_fails_to_decode_ends_its_counts_transit() {
+    use corepool::{Encoder, Wire};
+    use std::sync::atomic::Ordering;
+    let carrier = Queue::<JoinableQueue<u64>>::new(2).unwrap();
+    let q = JoinableQueue::<u64>::new(4).unwrap();
+    // The handle's first bytes, to find them in the carrier's slot (an
+    // encoding that is not sent takes its transits back).
+    let mut out = Encoder::new();
+    q.encode(&mut out);
+    let prefix = out.finish().unwrap()[..8].to_vec();
+    carrier.put(&q).unwrap();
+    let mem = corepool::testing::queue_memory(&carrier);
+    let bytes: Vec<u8> = mem[0].iter().map(|b| b.load(Ordering::Relaxed)).collect();
+    let at = bytes
+        .windows(prefix.len())
+        .position(|w| w == prefix)
+        .expect("the handle is in the carrier's slot");
+    // The value file's inode: a file nothing holds.
+    for (i, b) in u64::MAX.to_le_bytes().into_iter().enumerate() {
+        mem[0][at + 16 + i].store(b, Ordering::Relaxed);
+    }
+    let got = carrier.get();
+    assert!(matches!(got, Err(Error::Decode { .. })), "{got:?}");
+    drop(q);
+    assert_eq!(
+        corepool::testing::lingering_objects(),
+        0,
+        "every transit ended: nothing of the queue lingers"
+    );
+    // The mappings the decode made are kept in this process's cache of
+    // received ones until a sweep sees their creator let go.
+    corepool::testing::forget_lingering_objects();
+}
+
+const FILE_SIZE_LIMIT: &str = "COREPOOL_TEST_FILE_SIZE_LIMIT";
+
+/// The program of `a_file_size_limit_spills_large_values_past_it` (it
+/// lowers its own file-size limit, so it runs as a process of its own).
+fn under_a_file_size_limit() -> ! {
+    // SAFETY: plain rlimit calls on a value that lives across them.
+    unsafe {
+        let mut old = std::mem::zeroed::<libc::rlimit>();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_FSIZE, &mut old), 0);
+        let low = libc::rlimit {
+            rlim_cur: 8 << 20,
+            rlim_max: old.rlim_max,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &low), 0);
+    }
+    let mut facts = Vec::new();
+    for (kind, q) in [
+        ("bounded", Queue::<Vec<u8>>::new(4).unwrap()),
+        ("unbounded", Queue::<Vec<u8>>::unbounded().unwrap()),
+    ] {
+        // Three times the limit's worth, one at a time: the value file
+        // passes the limit after 8, the rest are spilled.
+        let mut round_trips = 0;
+        for i in 0..24 {
+            q.put(&pattern(MIB, i)).unwrap();
+            assert!(q.get().unwrap() == pattern(MIB, i), "{kind} value {i}");
+            round_trips += 1;
+        }
+        // Past the limit, several waiting at once, in order.
+        for i in 0..3 {
+            q.put(&pattern(MIB, 100 + i)).unwrap();
+        }
+        for i in 0..3 {
+            assert!(
+                q.get().unwrap() == pattern(MIB, 100 + i),
+                "{kind} waiting {i}"
+            );
+        }
+        // A value larger than the limit fits no file: typed, naming the limit.
+        let got = q.put(&pattern(9 * MIB, 1)).unwrap_err();
+        let typed = matches!(&got, Error::SharedMemory { source, .. }
+            if source.raw_os_error() == Some(libc::EFBIG))
+            && got.to_string().contains("ulimit -f");
+        // Small values go on, and nothing of the spills is kept.
+        q.put(&vec![1; 10]).unwrap();
+        assert_eq!(q.get().unwrap(), vec![1; 10]);
+        let kept = corepool::testing::lingering_objects();
+        facts.push(format!("{kind} {round_trips} typed {typed} kept {kept}"));
+        if !typed {
+            facts.push(got.to_string());
+        }
+        // Dropped holding a spilled value: let go now, not kept up to 5 s.
+        q.put(&pattern(MIB, 200)).unwrap();
+        drop(q);
+        let kept = corepool::testing::lingering_objects();
+        facts.push(format!("{kind} dropped kept {kept}"));
+    }
+    println!("{}", facts.join("; "));
+    std::process::exit(0);
+}
+
+/// Offsets in a queue's value file are never reused, so under a file-size
+/// limit (`ulimit -f`) it reaches the limit after that many bytes of large
+/// values in all: past it, large values go into spills of their
+/// producer's, and keep going through; one larger than the limit itself
+/// fails typed, naming the limit, never with a SIGXFSZ that ends the
+/// program.
+fn a_file_size_limit_spills_large_values_past_it() {
+    let output = common::run_self_as(FILE_SIZE_LIMIT, Duration::from_secs(120));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        text.trim(),
+        "bounded 24 typed true kept 0; bounded dropped kept 0; \
+         unbounded 24 typed true kept 0; unbounded dropped kept 0",
+        "{output:?}"
+    );
+}
+
 fn main() {
+    if std::env::var_os(FILE_SIZE_LIMIT).is_some() {
+        under_a_file_size_limit();
+    }
     corepool::init();
     // The process thread's eventfd lives for the program: create it before
     // the harness takes its descriptor baseline.
@@ -271,5 +864,16 @@ fn main() {
         join_returns_once_every_value_is_done_across_processes,
         task_done_too_often_is_an_error_in_any_process,
         join_timeout_ends_when_a_consumer_died_holding_a_value,
+        a_large_value_outlives_its_producer,
+        large_values_from_producers_that_all_exited_arrive_in_order,
+        a_joinable_queue_keeps_large_values_of_exited_producers,
+        a_queue_handed_on_and_dropped_keeps_its_values,
+        an_unbounded_queue_opens_after_its_creator_exited,
+        forged_records_and_offsets_are_typed_errors,
+        a_hugetlbfs_file_is_refused_as_a_value_file,
+        an_unaligned_next_value_offset_is_refused_as_forged,
+        refused_large_puts_give_their_range_back,
+        a_joinable_queue_that_fails_to_decode_ends_its_counts_transit,
+        a_file_size_limit_spills_large_values_past_it,
     ]);
 }

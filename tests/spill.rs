@@ -1,7 +1,8 @@
 //! Large data that just works: a value larger than the message it travels
 //! in (a ring record, a queue slot, a `Process`'s result room) goes through a
-//! one-off shared segment, on every transport, with default settings; the
-//! spill is reclaimed whatever happens, and nothing grows per call.
+//! one-off shared segment (a queue's: its value file), on every transport,
+//! with default settings; the memory is reclaimed whatever happens, and
+//! nothing grows per call.
 
 mod common;
 
@@ -90,14 +91,18 @@ fn a_child_that_sends_and_exits_at_once_loses_nothing() {
     assert_eq!(p.join().unwrap(), pattern(2 * MIB, 3));
 }
 
-fn a_producer_nobody_reads_still_exits() {
-    // Nobody ever gets the value: the child waits for its receiver at most
-    // its bound (5 s), then exits; `join` returns, no deadlock.
+fn a_producer_nobody_reads_exits_and_its_value_waits() {
+    // Nobody gets the value while the child lives: it exits at once (the
+    // value is the queue's, in its value file, not the child's to keep),
+    // `join` returns, and the value is still there. A pipe is a queue too.
     let q = Queue::<Vec<u8>>::new(2).unwrap();
     let p = Process::start(put_then_return, (q.clone(), MIB as u64)).unwrap();
     assert_eq!(p.join().unwrap(), MIB as u64);
-    // Its spill went with it: the value is lost, as a typed error.
-    assert!(matches!(q.get(), Err(Error::Decode { .. })));
+    assert!(q.get().unwrap() == pattern(MIB, 5));
+    let (rx, tx) = Pipe::one_way::<Vec<u8>>().unwrap();
+    let p = Process::start(send_then_return, (tx, MIB as u64)).unwrap();
+    assert_eq!(p.join().unwrap(), MIB as u64);
+    assert!(rx.recv().unwrap() == pattern(MIB, 7));
     // A process whose large result is never read is let go on drop.
     drop(Process::start(make, MIB as u64).unwrap());
 }
@@ -202,8 +207,8 @@ fn a_parent_out_of_descriptors_fails_the_task_not_the_worker() {
 }
 
 fn a_queue_dropped_with_spilled_values_frees_them() {
-    // Never shared: nobody can get what it holds, so its spills go with it
-    // (the harness checks that no descriptor is left).
+    // Never shared: nobody can get what it holds, so its values go with its
+    // value file (the harness checks that no descriptor is left).
     let q = Queue::<Vec<u8>>::new(4).unwrap();
     for i in 0..4 {
         q.put(&pattern(MIB, i)).unwrap();
@@ -248,7 +253,7 @@ fn main() {
     common::run(common::tests![
         every_transport_takes_1_8_and_100_mib_with_default_settings,
         a_child_that_sends_and_exits_at_once_loses_nothing,
-        a_producer_nobody_reads_still_exits,
+        a_producer_nobody_reads_exits_and_its_value_waits,
         a_worker_dying_before_its_spilled_result_is_read_is_a_worker_death,
         a_queue_dropped_with_spilled_values_frees_them,
         spills_leave_nothing_behind_over_thousands_of_calls,

@@ -416,7 +416,7 @@ impl BlockView {
 }
 
 fn bad(reason: impl Into<String>) -> Error {
-    crate::wire::decode_error::<ArenaBlock>(reason)
+    crate::shm::decode_failed(crate::shm::spill::ARGUMENT, reason)
 }
 
 /// The block that the rest of an arena handle (`input`, after the fields

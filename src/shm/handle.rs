@@ -65,7 +65,7 @@ use std::ffi::CStr;
 use std::mem::ManuallyDrop;
 use std::os::fd::AsFd;
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Bytes of the trailer at the end of every shared object's segment.
@@ -100,6 +100,26 @@ pub(crate) struct SharedSegment {
     /// When it was last decoded or dropped by a user here
     /// ([`sys::coarse_now`], in nanoseconds): for [`idle_recheck`].
     last_used: AtomicU64,
+    /// What this process keeps open for exactly as long as this mapping,
+    /// lingering included ([`keep_with`](Self::keep_with)).
+    companion: OnceLock<Companion>,
+}
+
+/// Something a process keeps open along with its mapping of a segment,
+/// because receivers of the segment's handle open it through this
+/// process's descriptor too: a queue's value file
+/// ([`crate::shm::values`]), named in the queue's handle beside the
+/// queue's own memory. Unwind-safe, so that the public types holding
+/// segments stay so.
+pub(crate) type Companion =
+    Arc<dyn std::fmt::Debug + Send + Sync + std::panic::RefUnwindSafe + std::panic::UnwindSafe>;
+
+/// A segment kept for its receivers ([`LINGER`]), with its companion.
+#[derive(Debug)]
+struct Lingering {
+    seg: Segment,
+    /// Kept open as long as `seg`: never read, holding it is the point.
+    _companion: Option<Companion>,
 }
 
 /// Segments this process sent and dropped while handles to them were in
@@ -107,7 +127,7 @@ pub(crate) struct SharedSegment {
 /// "nothing to sweep" (Relaxed everywhere: a hint, stored under the lock; a
 /// stale 0 only delays a sweep to the next call, a stale non-zero costs one
 /// lock).
-static LINGER: Mutex<Vec<Segment>> = Mutex::new(Vec::new());
+static LINGER: Mutex<Vec<Lingering>> = Mutex::new(Vec::new());
 static LINGERING: AtomicUsize = AtomicUsize::new(0);
 
 /// Handles this process received but could not open for want of its own
@@ -254,11 +274,11 @@ fn count_down_later_ones() {
 
 #[cold]
 fn sweep_lingering() {
-    let freed: Vec<Segment> = {
+    let freed: Vec<Lingering> = {
         let mut linger = crate::sync::lock(&LINGER);
-        let (gone, kept): (Vec<Segment>, Vec<Segment>) = std::mem::take(&mut *linger)
+        let (gone, kept): (Vec<Lingering>, Vec<Lingering>) = std::mem::take(&mut *linger)
             .into_iter()
-            .partition(|s| !in_flight(s));
+            .partition(|s| !in_flight(&s.seg));
         *linger = kept;
         LINGERING.store(linger.len(), Ordering::Relaxed);
         gone
@@ -313,13 +333,13 @@ pub(crate) fn linger_at_exit(bound: Duration) {
         }
         // Taken out of the list while we wait on it, so that no lock is
         // held across the wait; put back if still in flight.
-        let Some(seg) = ({
+        let Some(kept) = ({
             let mut linger = crate::sync::lock(&LINGER);
             (!linger.is_empty()).then(|| linger.remove(0))
         }) else {
             return;
         };
-        if let Some((count, waiters)) = trailer(&seg) {
+        if let Some((count, waiters)) = trailer(&kept.seg) {
             // Relaxed: ordered by the SeqCst fence that follows.
             waiters.fetch_add(1, Ordering::Relaxed);
             // SeqCst fence: pairs with the one in `count_down`.
@@ -334,23 +354,27 @@ pub(crate) fn linger_at_exit(bound: Duration) {
             }
             waiters.fetch_sub(1, Ordering::Relaxed);
         }
-        if in_flight(&seg) {
+        if in_flight(&kept.seg) {
             let mut linger = crate::sync::lock(&LINGER);
-            linger.push(seg);
+            linger.push(kept);
             LINGERING.store(linger.len(), Ordering::Relaxed);
         } else {
-            drop(seg);
+            drop(kept);
             let linger = crate::sync::lock(&LINGER);
             LINGERING.store(linger.len(), Ordering::Relaxed);
         }
     }
 }
 
-/// Keeps `seg` for its receivers (see the module docs).
-fn linger(seg: Segment) {
+/// Keeps `seg`, and what is kept open with it, for its receivers (see the
+/// module docs).
+fn linger(seg: Segment, companion: Option<Companion>) {
     let evicted = {
         let mut linger = crate::sync::lock(&LINGER);
-        linger.push(seg);
+        linger.push(Lingering {
+            seg,
+            _companion: companion,
+        });
         let evicted = if linger.len() > MAX_LINGERING {
             Some(linger.remove(0))
         } else {
@@ -366,6 +390,7 @@ impl Drop for SharedSegment {
     fn drop(&mut self) {
         // SAFETY: `seg` is taken once, here, and never touched again.
         let seg = unsafe { ManuallyDrop::take(&mut self.seg) };
+        let companion = self.companion.take();
         // Relaxed: the last `Arc` drop (Acquire) orders every `encode`'s
         // store of `sent` before this load.
         let sent = self.sent.load(Ordering::Relaxed);
@@ -377,9 +402,9 @@ impl Drop for SharedSegment {
             }
         }
         if sent && in_flight(&seg) {
-            linger(seg);
+            linger(seg, companion);
         } else {
-            drop(seg);
+            drop((seg, companion));
         }
         sweep();
     }
@@ -418,6 +443,7 @@ impl SharedSegment {
             sent: AtomicBool::new(false),
             created: true,
             last_used: AtomicU64::new(0),
+            companion: OnceLock::new(),
         }))
     }
 
@@ -453,6 +479,16 @@ impl SharedSegment {
     /// The process whose descriptor this mapping came through.
     pub(crate) fn owner(&self) -> i32 {
         self.owner
+    }
+
+    /// Keeps `companion` open in this process for exactly as long as this
+    /// mapping, including while it lingers for receivers after its last
+    /// user here dropped it: a handle of the segment sent from here may
+    /// name `companion`'s descriptor too (a queue's value file), and a
+    /// receiver opens both. The first companion given stays; a later one
+    /// is dropped here (it can only be the same file, or a forged one).
+    pub(crate) fn keep_with(&self, companion: Companion) {
+        let _ = self.companion.set(companion);
     }
 
     /// Overwrites the in-flight count, as a hostile process could (tests).
@@ -582,7 +618,7 @@ fn check_address_space_for(len: usize) -> Result<()> {
 
 /// The step named in the error when this process cannot open or map what a
 /// handle names for want of its own descriptors or memory.
-const OPEN_STEP: &str = "opening a shared object a handle names";
+pub(crate) const OPEN_STEP: &str = "opening a shared object a handle names";
 
 /// Whether `err` is this process's own want of descriptors or memory as it
 /// opened what a handle names (EMFILE, ENFILE, ENOMEM), rather than a
@@ -611,9 +647,9 @@ fn open_uncached(
         (dev, ino),
         Access::ReadWrite,
         // Read in "is the process holding ... alive?" when the sender is
-        // gone: a queue record that spilled is the common case (a user
-        // trial's "join the producers, then drain"), and the 5 s it waits.
-        "a corepool shared object (an array, a queue, a pipe end, or a value too large for its message, which a process that exits keeps for at most 5 s)",
+        // gone: an object named inside a queued value, which the process
+        // that put it keeps 5 s past its exit, is the common case.
+        "a corepool shared object (an array, a queue, a pipe end, or a spilled result, which a process that exits keeps for at most 5 s)",
     )?;
     // Only a memfd sealed against resizing: never map an arbitrary file a
     // worker names, nor one that could shrink under us.
@@ -648,6 +684,7 @@ fn open_uncached(
         sent: AtomicBool::new(false),
         created: false,
         last_used: AtomicU64::new(0),
+        companion: OnceLock::new(),
     })
 }
 
@@ -703,7 +740,7 @@ mod tests {
         let lingers = || {
             crate::sync::lock(&LINGER)
                 .iter()
-                .any(|s| s.identity().is_ok_and(|i| (i.dev, i.ino) == id))
+                .any(|s| s.seg.identity().is_ok_and(|i| (i.dev, i.ino) == id))
         };
         assert!(lingers(), "kept for the receiver");
         let opened = SharedSegment::decode_one_off::<u8>(&mut bytes.as_slice(), 7, Some);

@@ -92,9 +92,9 @@ pub(crate) enum Access {
 }
 
 /// Opens `/proc/<owner>/fd/<fd>` after checking, before opening it for
-/// anything, that it is a memfd (never a FIFO, a device or a leased file,
-/// whose open could wait on someone else) and the very file `dev`/`ino`
-/// name; the reopen is non-blocking, so a lease fails it instead of
+/// anything, that it is a memfd on shmem (never a FIFO, a device or a
+/// leased file, whose open could wait on someone else, nor a hugetlbfs
+/// memfd, whose holes read as data) and the very file `dev`/`ino` name; the reopen is non-blocking, so a lease fails it instead of
 /// waiting. The returned descriptor is checked again (`dev`/`ino`), so a
 /// number closed and reused in between is caught. `what` names the object
 /// in the messages ("a corepool shared object ...").
@@ -129,6 +129,16 @@ pub(crate) fn open_memfd(
             "{path} is not {what} (not a memfd)"
         )));
     }
+    // Every object corepool shares is a plain memfd, on shmem. A hugetlbfs
+    // memfd (MFD_HUGETLB) has the same name and takes the same seals, but
+    // calls its holes data (`lseek`) and can be grown for free: a value
+    // file of that kind would have a receiver allocate and fill as many
+    // bytes as a forged record says, from a file holding none.
+    if !sys::is_shmem(named.as_fd()).unwrap_or(false) {
+        return Err(OpenError::Refused(format!(
+            "{path} is not {what} (a memfd, but not on shmem: hugetlbfs?)"
+        )));
+    }
     let same = |id: &sys::FileId| id.dev == dev && id.ino == ino;
     let reused = || {
         OpenError::Refused(format!(
@@ -148,4 +158,42 @@ pub(crate) fn open_memfd(
         return Err(reused());
     }
     Ok((file, id))
+}
+
+#[cfg(all(test, not(miri)))]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn open(fd: &OwnedFd, access: Access) -> Result<(OwnedFd, sys::FileId), OpenError> {
+        let id = sys::fstat(fd.as_fd()).unwrap();
+        let me = std::process::id() as i32;
+        open_memfd(
+            me,
+            fd.as_raw_fd(),
+            (id.dev, id.ino),
+            access,
+            "a test's memfd",
+        )
+    }
+
+    #[test]
+    fn a_hugetlbfs_memfd_is_refused_for_every_access() {
+        let plain = sys::memfd_create(c"corepool-test").unwrap();
+        for access in [Access::ReadWrite, Access::ReadOnly] {
+            assert!(open(&plain, access).is_ok(), "a plain memfd opens");
+        }
+        // Its holes read as data and it grows for free: not shared memory
+        // any handle of corepool's names.
+        let Some(huge) = sys::hugetlb_memfd(1 << 30) else {
+            eprintln!("no hugetlbfs here: skipped");
+            return;
+        };
+        for access in [Access::ReadWrite, Access::ReadOnly] {
+            match open(&huge, access) {
+                Err(OpenError::Refused(reason)) => assert!(reason.contains("shmem"), "{reason}"),
+                other => panic!("a hugetlbfs memfd opened: {other:?}"),
+            }
+        }
+    }
 }

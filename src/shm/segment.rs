@@ -74,7 +74,7 @@ impl Segment {
         let file = File::from(fd);
         sys::set_file_len(file.as_fd(), len as u64).map_err(|e| Error::shm("ftruncate", e))?;
         sys::fallocate(file.as_fd(), len as u64)
-            .map_err(|e| Error::shm("fallocate (reserving the memory)", e))?;
+            .map_err(|e| reserving("fallocate (reserving the memory)", e))?;
         sys::seal_size(file.as_fd()).map_err(|e| Error::shm("sealing the size", e))?;
         let map = MmapRaw::map_raw(&file).map_err(|e| Error::shm("mmap", e))?;
         Ok(Self { map, file, len })
@@ -213,6 +213,18 @@ mod miri {
     }
 }
 
+/// The error of a reservation (`sys::fallocate`, `sys::fallocate_range`)
+/// that failed with `e`, named `op` if the kernel refused it, or as the
+/// check it is if corepool's memory check did, before anything was
+/// reserved (`sys::is_memory_refusal`).
+pub(crate) fn reserving(op: &'static str, e: std::io::Error) -> Error {
+    if sys::is_memory_refusal(&e) {
+        Error::shm("checking the memory available before reserving it", e)
+    } else {
+        Error::shm(op, e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +245,10 @@ mod tests {
         let text = err.to_string();
         assert!(matches!(err, Error::SharedMemory { .. }), "{err:?}");
         assert!(text.contains("available") && text.contains("OOM"), "{text}");
+        assert!(
+            text.contains("checking the memory available") && !text.contains("fallocate"),
+            "nothing was fallocated: {text}"
+        );
     }
 
     #[test]

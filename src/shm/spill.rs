@@ -1,6 +1,10 @@
 //! Spills: a value too large for the message it travels in (a ring record, a
-//! queue slot, a `Process` result) goes into a one-off shared segment of its
-//! own, and the message carries the segment's handle instead.
+//! `Process` result) goes into a one-off shared segment of its own, and the
+//! message carries the segment's handle instead. (A queue's large values
+//! are not spills: they go into the queue's own value file,
+//! [`crate::shm::values`], so that they outlive their producer; only one
+//! whose range there would end past the process's file-size limit,
+//! `ulimit -f`, is spilled, [`write_parts`].)
 //!
 //! A spill is a [`SharedSegment`] holding the encoded bytes, so it lives by
 //! the same rule as every shared object (see [`crate::shm::handle`]): its
@@ -36,6 +40,15 @@ pub(crate) const HANDLE_BYTES: usize = 40;
 /// The type a spill's handle names, so that no other handle decodes as one.
 struct Spilled;
 
+/// What a user knows a spill as, in an error message about it ("decoding
+/// a spilled result failed"): Process and pool results are spilled (a
+/// queue names its own, see `crate::queue`).
+pub(crate) const SPILLED: &str = "spilled result";
+
+/// What a user knows a held spill or an arena block as, in an error
+/// message about it.
+pub(crate) const ARGUMENT: &str = "task argument";
+
 /// A new spill holding `bytes`, and its handle with what the handle carries
 /// (the in-flight count to take back if the handle is never sent, and the
 /// segment itself): the sender marks it [`Carried::sent`] once the handle
@@ -48,9 +61,9 @@ pub(crate) fn write(bytes: &[u8]) -> Result<(Vec<u8>, Carried)> {
     write_parts(bytes, &[])
 }
 
-/// As [`write`], for the bytes `head` then `rest` (a value's encoding
-/// split by [`crate::Wire::encode_split`]: the rest is copied here straight
-/// from the value).
+/// [`write`] of `head` then `rest` (a value's encoding, see
+/// [`crate::Wire::encode_split`]): a queue's value past its file-size
+/// limit (`crate::queue`), copied here straight from the value's memory.
 ///
 /// # Errors
 ///
@@ -219,6 +232,11 @@ pub(crate) fn hold_reserved(
 /// [`crate::Error::Decode`] for a handle that does not validate or whose
 /// sender no longer holds the spill.
 pub(crate) fn read_into(handle: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    read_spill_into(handle, out).map_err(|e| crate::shm::named(SPILLED, e))
+}
+
+/// [`read_into`], its errors naming internal types.
+fn read_spill_into(handle: &[u8], out: &mut Vec<u8>) -> Result<()> {
     let mut input = handle;
     let (seg, len) =
         SharedSegment::decode_one_off::<Spilled>(&mut input, type_tag::<Spilled>(), Some)?;
@@ -348,10 +366,11 @@ impl InPlace {
 /// sender no longer holds the spill.
 pub(crate) fn open_sealed(handle: &[u8]) -> Result<InPlace> {
     fn bad(reason: impl Into<String>) -> crate::Error {
-        crate::wire::decode_error::<SealedSpill>(reason)
+        crate::shm::decode_failed(ARGUMENT, reason)
     }
     let mut input = handle;
-    let (owner, fd, dev, ino, len, tag) = <(i32, i32, u64, u64, u64, u64)>::decode(&mut input)?;
+    let (owner, fd, dev, ino, len, tag) = <(i32, i32, u64, u64, u64, u64)>::decode(&mut input)
+        .map_err(|e| crate::shm::named(ARGUMENT, e))?;
     if tag == type_tag::<crate::shm::arena::ArenaBlock>() {
         let block = crate::shm::arena::open_block((owner, fd, dev, ino), len, &mut input)?;
         return Ok(InPlace {
@@ -462,7 +481,10 @@ mod tests {
     fn an_unsent_spill_is_freed_with_its_handle() {
         let (handle, carried) = write(b"never sent").unwrap();
         drop(carried);
-        assert!(read(&handle).is_err());
+        let err = read(&handle).unwrap_err().to_string();
+        // Named as the user knows it, not by corepool's internal type.
+        assert!(err.starts_with("decoding a spilled result failed"), "{err}");
+        assert!(!err.contains("corepool::"), "{err}");
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! The file belongs to no process in particular: a producer that grows it
 //! and then dies takes nothing with it, since the growth is the file's, and
 //! every process that uses the queue holds its own descriptor. (A process
-//! that *opens* the queue for the first time names the file through its
-//! creator's descriptor table, `/proc/<creator>/fd/<n>`, with the same
-//! checks as [`SharedSegment`](crate::shm::handle::SharedSegment)'s handles,
-//! except that the file must be sealed against shrinking rather than
-//! against any resize.)
+//! that *opens* the queue for the first time names the file through the
+//! descriptor table of the process that sent it the queue's handle,
+//! `/proc/<sender>/fd/<n>`, as it names the queue's value file, so that the
+//! queue opens after its creator is gone; with the same checks as
+//! [`SharedSegment`](crate::shm::handle::SharedSegment)'s handles, except
+//! that the file must be sealed against shrinking rather than against any
+//! resize, and its identity must be the one the queue's memory records.)
 //!
 //! Nothing in shared memory is trusted to say how long the file is: before
 //! a ring is mapped, `fstat` must show the file holds it, and since the file
@@ -19,11 +21,10 @@
 use super::memory::QueueMemory;
 use super::unbounded::MAX_RINGS;
 use crate::error::{Error, Result};
-use crate::shm::peer::{self, Access};
+use crate::shm::peer::{self, Access, OpenError};
 use crate::sys::{self, FileId};
 use memmap2::{MmapOptions, MmapRaw};
 use std::fs::File;
-use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
@@ -33,9 +34,6 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 pub(super) struct DataFile {
     file: File,
     id: FileId,
-    /// The process whose descriptor table holds `fd` (the creator).
-    owner: i32,
-    fd: i32,
     /// Ring `k`'s mapping, once made.
     maps: [OnceLock<MmapRaw>; MAX_RINGS],
 }
@@ -51,25 +49,29 @@ impl DataFile {
             .map_err(|e| Error::shm("memfd_create", e))?;
         let file = File::from(fd);
         sys::fallocate_range(file.as_fd(), 0, first_ring_bytes)
-            .map_err(|e| Error::shm("fallocate (reserving the memory)", e))?;
+            .map_err(|e| crate::shm::segment::reserving("fallocate (reserving the memory)", e))?;
         sys::seal_shrink_only(file.as_fd())
             .map_err(|e| Error::shm("sealing against shrinking", e))?;
         let id = sys::fstat(file.as_fd()).map_err(|e| Error::shm("fstat", e))?;
         let made = Arc::new(Self {
-            fd: file.as_raw_fd(),
             file,
             id,
-            owner: std::process::id() as i32,
             maps: std::array::from_fn(|_| OnceLock::new()),
         });
         remember(&made);
         Ok(made)
     }
 
-    /// `(creator pid, descriptor, device, inode)`: what another process
-    /// needs to open the file.
-    pub(super) fn handle(&self) -> (u32, u32, u64, u64) {
-        (self.owner as u32, self.fd as u32, self.id.dev, self.id.ino)
+    /// `(this process, its descriptor, device, inode)`: what another
+    /// process needs to open the file through this one.
+    pub(super) fn handle(&self) -> (i32, i32, u64, u64) {
+        let me = std::process::id() as i32;
+        (me, self.file.as_raw_fd(), self.id.dev, self.id.ino)
+    }
+
+    /// `(device, inode)`: what the queue's memory records of it.
+    pub(super) fn identity(&self) -> (u64, u64) {
+        (self.id.dev, self.id.ino)
     }
 
     /// The file the handle `(owner, fd, dev, ino)` names, already open in
@@ -77,14 +79,15 @@ impl DataFile {
     ///
     /// # Errors
     ///
-    /// Why it cannot be opened (its creator is gone, it is not a queue's
-    /// data file).
+    /// Why it cannot be opened: the handle's doing (its sender is gone, it
+    /// is not a queue's data file), or this process's own want of
+    /// descriptors ([`OpenError::OwnLimit`]).
     pub(super) fn open(
         owner: i32,
         fd: i32,
         dev: u64,
         ino: u64,
-    ) -> std::result::Result<Arc<Self>, String> {
+    ) -> std::result::Result<Arc<Self>, OpenError> {
         if let Some(open) = find(dev, ino) {
             return Ok(open);
         }
@@ -132,8 +135,9 @@ impl DataFile {
     ///
     /// [`Error::SharedMemory`] when the memory cannot be had.
     pub(super) fn ensure(&self, offset: u64, len: u64) -> Result<()> {
-        sys::fallocate_range(self.file.as_fd(), offset, len)
-            .map_err(|e| Error::shm("fallocate (growing an unbounded queue)", e))
+        sys::fallocate_range(self.file.as_fd(), offset, len).map_err(|e| {
+            crate::shm::segment::reserving("fallocate (growing an unbounded queue)", e)
+        })
     }
 
     /// Gives the memory of `len` bytes at `offset` back; the range reads as
@@ -146,10 +150,9 @@ impl DataFile {
 fn too_short(offset: u64, len: u64, size: u64) -> Error {
     Error::SharedMemory {
         op: "mapping a ring of an unbounded queue",
-        source: io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("the ring at {offset}+{len} lies past the file's {size} bytes (a process wrote over the queue)"),
-        ),
+        source: crate::error::wrote_over(format!(
+            "the ring at {offset}+{len} lies past the file's {size} bytes (a process wrote over the queue)"
+        )),
     }
 }
 
@@ -170,21 +173,24 @@ fn remember(file: &Arc<DataFile>) {
 
 /// Opens the queue's file a handle names (the checks every peer's memfd
 /// gets: [`peer::open_memfd`]), and checks it is sealed against shrinking.
-fn open_uncached(owner: i32, fd: i32, dev: u64, ino: u64) -> std::result::Result<DataFile, String> {
+fn open_uncached(
+    owner: i32,
+    fd: i32,
+    dev: u64,
+    ino: u64,
+) -> std::result::Result<DataFile, OpenError> {
     let what = "a queue's memory";
     let (file, id) = peer::open_memfd(owner, fd, (dev, ino), Access::ReadWrite, what)?;
     let file = File::from(file);
     // Never map a file that could shrink under the mapping.
     if !sys::is_shrink_sealed(file.as_fd()) {
-        return Err(format!(
+        return Err(OpenError::Refused(format!(
             "/proc/{owner}/fd/{fd} is not {what} (not sealed against shrinking)"
-        ));
+        )));
     }
     Ok(DataFile {
-        fd,
         file,
         id,
-        owner,
         maps: std::array::from_fn(|_| OnceLock::new()),
     })
 }
@@ -214,8 +220,9 @@ mod tests {
         // It cannot shrink, and another handle of it opens the same file.
         assert!(file.file.set_len(4096).is_err());
         let (owner, fd, dev, ino) = file.handle();
-        let again = DataFile::open(owner as i32, fd as i32, dev, ino).unwrap();
+        assert_eq!(owner, std::process::id() as i32, "named by its sender");
+        let again = DataFile::open(owner, fd, dev, ino).unwrap();
         assert!(Arc::ptr_eq(&file, &again), "one descriptor per process");
-        assert!(open_uncached(owner as i32, fd as i32, dev, ino + 1).is_err());
+        assert!(open_uncached(owner, fd, dev, ino + 1).is_err());
     }
 }

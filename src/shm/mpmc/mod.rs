@@ -88,7 +88,7 @@ pub(crate) use unbounded::CONTROL_BYTES as UNBOUNDED_CONTROL_BYTES;
 
 use crate::error::{Error, Result};
 use crate::shm::park::Spinner;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,7 +96,8 @@ const MAGIC: [u8; 8] = *b"COREQUEU";
 /// 2: slots record their owner's tag (start time) beside the state word.
 /// 3: slot state words are stored biased by the slot's index (zeroed memory
 /// is a ready ring); the header's flags say whether the queue is unbounded.
-const VERSION: u32 = 3;
+/// 4: the control page holds the queue's value file's words ([`VALUES_AT`]).
+const VERSION: u32 = 4;
 
 /// Where the control words lie, each on its own cache line.
 const CLOSED_AT: usize = 64;
@@ -107,6 +108,12 @@ const TAIL_AT: usize = 192;
 /// An event count: sequence word, then sleeper count.
 const NOT_EMPTY_AT: usize = 256;
 const NOT_FULL_AT: usize = 320;
+/// The queue's value file ([`crate::shm::values`]), on a cache line of its
+/// own: the next free offset in it (u64, taken by `fetch_add`), then its
+/// device and inode (u64 each), written by the creator before the queue is
+/// shared. In both kinds of queue (an unbounded queue's own words end at
+/// 392).
+const VALUES_AT: usize = 448;
 /// Where the slots start: the header and control words fill the page before.
 /// Memory shorter than this is no queue.
 pub(crate) const SLOTS_AT: usize = 4096;
@@ -181,6 +188,52 @@ enum Kind {
     Bounded(Ring),
     /// A chain of rings in a growable file, and this process's mappings.
     Unbounded(Arc<Rings>),
+}
+
+/// One process's descriptor of an unbounded queue's ring file (see
+/// [`growable`]), which the queue's handle names through its sender's
+/// descriptor table, as it names the queue's value file.
+#[derive(Clone, Debug)]
+pub(crate) struct RingFile {
+    #[cfg(not(miri))]
+    file: Arc<growable::DataFile>,
+}
+
+impl RingFile {
+    /// `(this process, its descriptor, device, inode)`: what another
+    /// process needs to open the file through this one.
+    pub(crate) fn handle(&self) -> (i32, i32, u64, u64) {
+        #[cfg(not(miri))]
+        return self.file.handle();
+        #[cfg(miri)]
+        (std::process::id() as i32, -1, 0, 0)
+    }
+
+    /// The file the handle `(owner, fd, dev, ino)` names, already open in
+    /// this process or opened now (checked against the queue's memory by
+    /// [`ByteQueue::open`]).
+    ///
+    /// # Errors
+    ///
+    /// Why it cannot be opened (see [`crate::shm::peer::open_memfd`]).
+    pub(crate) fn open(
+        owner: i32,
+        fd: i32,
+        dev: u64,
+        ino: u64,
+    ) -> std::result::Result<Self, crate::shm::peer::OpenError> {
+        #[cfg(not(miri))]
+        return Ok(Self {
+            file: growable::DataFile::open(owner, fd, dev, ino)?,
+        });
+        #[cfg(miri)]
+        {
+            let _ = (owner, fd, dev, ino);
+            Err(crate::shm::peer::OpenError::Refused(
+                "Miri cannot open files".into(),
+            ))
+        }
+    }
 }
 
 impl ByteQueue {
@@ -268,7 +321,9 @@ impl ByteQueue {
     /// The queue another process laid out in `mem` with
     /// [`create`](Self::create) or [`create_unbounded`](Self::create_unbounded),
     /// if its header says it is one of `capacity` slots (`u64::MAX`:
-    /// unbounded) for the type tagged `type_tag` and fits `mem`.
+    /// unbounded) for the type tagged `type_tag` and fits `mem`; an
+    /// unbounded queue's rings in `rings`, the file its handle names, which
+    /// must be the one its memory records (a bounded queue has none).
     ///
     /// # Errors
     ///
@@ -277,6 +332,7 @@ impl ByteQueue {
         mem: QueueMemory,
         type_tag: u64,
         capacity: u64,
+        rings: Option<&RingFile>,
     ) -> std::result::Result<Self, String> {
         let header = Header::read(&mem)?;
         let message_bytes = header.message_bytes as usize;
@@ -292,18 +348,31 @@ impl ByteQueue {
             return Err("not a queue of this type".into());
         }
         if unbounded {
-            let rings = Rings::open(mem, u64::from(header.capacity), message_bytes)?;
+            let file = rings.ok_or("an unbounded queue's handle that names no ring file")?;
+            let rings = Rings::open(mem, u64::from(header.capacity), message_bytes, file)?;
             return Ok(Self {
                 control: mem,
                 message_bytes,
                 kind: Kind::Unbounded(Arc::new(rings)),
             });
         }
+        if rings.is_some() {
+            return Err("a bounded queue's handle that names a ring file".into());
+        }
         let needed = bytes_for(header.capacity as usize, message_bytes);
         if u64::from(header.capacity) != capacity || needed.is_none_or(|n| mem.at(0, n).is_none()) {
             return Err("not a queue of this type".into());
         }
         Ok(Self::bounded(mem, capacity, message_bytes))
+    }
+
+    /// An unbounded queue's ring file, for its handle; `None` for a
+    /// bounded queue (or heap rings in tests).
+    pub(crate) fn ring_file(&self) -> Option<RingFile> {
+        match &self.kind {
+            Kind::Bounded(_) => None,
+            Kind::Unbounded(rings) => rings.file(),
+        }
     }
 
     /// How many values it holds when full; `u64::MAX` for an unbounded
@@ -331,6 +400,37 @@ impl ByteQueue {
     /// Whether it holds no value (a snapshot).
     pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The word that says where the next value larger than a slot goes in
+    /// the queue's value file ([`crate::shm::values`]): any process may
+    /// write anything into it.
+    pub(crate) fn next_value_offset(&self) -> &AtomicU64 {
+        self.control.word64(VALUES_AT)
+    }
+
+    /// The (device, inode) of the queue's value file, as its creator
+    /// recorded it (untrusted: checked against the file a handle names).
+    pub(crate) fn value_file_id(&self) -> (u64, u64) {
+        // Relaxed: written before the queue was shared (`set_value_file_id`).
+        (
+            self.control.word64(VALUES_AT + 8).load(Ordering::Relaxed),
+            self.control.word64(VALUES_AT + 16).load(Ordering::Relaxed),
+        )
+    }
+
+    /// Records the (device, inode) of the queue's value file, by its
+    /// creator before the queue is shared.
+    pub(crate) fn set_value_file_id(&self, (dev, ino): (u64, u64)) {
+        // Relaxed: the queue is not shared yet; handing its handle to
+        // another process (a spawn, a queue, a pipe) orders these stores
+        // before that process reads them in `value_file_id`.
+        self.control
+            .word64(VALUES_AT + 8)
+            .store(dev, Ordering::Relaxed);
+        self.control
+            .word64(VALUES_AT + 16)
+            .store(ino, Ordering::Relaxed);
     }
 
     /// Closes it for everyone: puts fail from now on, gets drain what is
@@ -659,14 +759,23 @@ mod tests {
     fn a_queue_opens_only_as_what_it_was_made() {
         let (heap, _q) = heap_queue(4, 64);
         let mem = heap.memory();
-        let q = ByteQueue::open(mem, TAG, 4).unwrap();
+        let q = ByteQueue::open(mem, TAG, 4, None).unwrap();
         assert_eq!((q.capacity(), q.message_bytes()), (4, 64));
-        assert!(ByteQueue::open(mem, TAG + 1, 4).is_err(), "other type");
-        assert!(ByteQueue::open(mem, TAG, 8).is_err(), "other capacity");
+        assert!(
+            ByteQueue::open(mem, TAG + 1, 4, None).is_err(),
+            "other type"
+        );
+        assert!(
+            ByteQueue::open(mem, TAG, 8, None).is_err(),
+            "other capacity"
+        );
         let base = mem.at(0, SLOTS_AT).unwrap();
         // SAFETY: a prefix of the same memory, still alive.
         let short = unsafe { QueueMemory::new(base, SLOTS_AT) };
-        assert!(ByteQueue::open(short, TAG, 4).is_err(), "slots missing");
+        assert!(
+            ByteQueue::open(short, TAG, 4, None).is_err(),
+            "slots missing"
+        );
     }
 
     #[test]

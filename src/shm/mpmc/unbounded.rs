@@ -74,8 +74,12 @@ const PAGE: u64 = 4096;
 /// Rings below the one this u64 names have been given back (their memory
 /// punched out of the file).
 const GIVEN_BACK_AT: usize = 384;
-/// Where the data file's handle lies in the control memory (after the
-/// header): creator pid u32, its descriptor u32, device u64, inode u64.
+/// Where the data file's identity lies in the control memory (after the
+/// header): two u32 words left zero (they once named the creator's
+/// descriptor: a queue's handle names its sender's now, see
+/// [`RingFile`](super::RingFile)), then device u64, inode u64, written by
+/// the creator before the queue is shared and checked against the file a
+/// handle names.
 const DATA_FILE_AT: usize = 32;
 
 /// The control words of ring `k`: `head`, `tail`, `closed for puts`.
@@ -194,9 +198,9 @@ impl Source {
 fn corrupt() -> Error {
     Error::SharedMemory {
         op: "finding an unbounded queue's ring",
-        source: io::Error::new(
-            io::ErrorKind::InvalidData,
-            "the queue's words name a ring its memory does not hold (a process wrote over the queue)",
+        source: crate::error::wrote_over(
+            "the queue's words name a ring its memory does not hold (a process wrote over the queue)"
+                .into(),
         ),
     }
 }
@@ -229,12 +233,10 @@ impl Rings {
         {
             let (_, len) = geometry.range(0);
             let file = DataFile::create(len)?;
-            let (owner, fd, dev, ino) = file.handle();
+            let (dev, ino) = file.identity();
             // Relaxed: the queue is not shared yet; handing its handle to
             // another process (a spawn, a queue, a pipe) orders these stores
             // before that process reads them in `open`.
-            mem.word32(DATA_FILE_AT).store(owner, Ordering::Relaxed);
-            mem.word32(DATA_FILE_AT + 4).store(fd, Ordering::Relaxed);
             mem.word64(DATA_FILE_AT + 8).store(dev, Ordering::Relaxed);
             mem.word64(DATA_FILE_AT + 16).store(ino, Ordering::Relaxed);
             Ok(Self {
@@ -255,34 +257,49 @@ impl Rings {
 
     /// The rings of the queue another process laid out in `mem`, whose
     /// header (already checked) says the first ring has `first` slots of
-    /// `message_bytes`.
+    /// `message_bytes`, in `file` (opened through the queue's handle): it
+    /// must be the file the queue's memory records.
     pub(super) fn open(
         mem: QueueMemory,
         first: u64,
         message_bytes: usize,
+        file: &super::RingFile,
     ) -> std::result::Result<Self, String> {
         if mem.at(0, CONTROL_BYTES).is_none() || first > 1 << 24 {
             return Err("not an unbounded queue (too small)".into());
         }
         let geometry = Geometry::new(first, message_bytes).ok_or("ring sizes out of range")?;
         // Relaxed: written before the queue was shared (see `create`).
-        let owner = mem.word32(DATA_FILE_AT).load(Ordering::Relaxed);
-        let fd = mem.word32(DATA_FILE_AT + 4).load(Ordering::Relaxed);
         let dev = mem.word64(DATA_FILE_AT + 8).load(Ordering::Relaxed);
         let ino = mem.word64(DATA_FILE_AT + 16).load(Ordering::Relaxed);
         #[cfg(not(miri))]
         {
-            let file = DataFile::open(owner as i32, fd as i32, dev, ino)?;
+            if file.file.identity() != (dev, ino) {
+                return Err(
+                    "the handle names another ring file than the queue's memory records".into(),
+                );
+            }
             Ok(Self {
                 control: mem,
-                source: Source::File(file),
+                source: Source::File(file.file.clone()),
                 geometry,
             })
         }
         #[cfg(miri)]
         {
-            let _ = (owner, fd, dev, ino, geometry);
+            let _ = (dev, ino, geometry, file);
             Err("Miri cannot open files".into())
+        }
+    }
+
+    /// The file the rings live in, for the queue's handle (`None` for heap
+    /// rings).
+    pub(super) fn file(&self) -> Option<super::RingFile> {
+        match self.source {
+            #[cfg(not(miri))]
+            Source::File(ref file) => Some(super::RingFile { file: file.clone() }),
+            #[cfg(test)]
+            Source::Heap(_) => None,
         }
     }
 
