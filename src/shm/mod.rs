@@ -28,7 +28,7 @@ pub(crate) use segment::Segment;
 use crate::error::Error;
 
 /// A decode error for `what`, named as the user knows it ("queue value",
-/// "spilled result"; the message reads "decoding a {what} failed"): the
+/// "spilled result"; the message reads "could not decode {what}"): the
 /// path of a type internal to corepool would mean nothing to them.
 pub(crate) fn decode_failed(what: &'static str, reason: impl Into<String>) -> Error {
     Error::Decode {

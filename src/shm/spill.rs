@@ -40,8 +40,8 @@ pub(crate) const HANDLE_BYTES: usize = 40;
 /// The type a spill's handle names, so that no other handle decodes as one.
 struct Spilled;
 
-/// What a user knows a spill as, in an error message about it ("decoding
-/// a spilled result failed"): Process and pool results are spilled (a
+/// What a user knows a spill as, in an error message about it ("could not
+/// decode spilled result"): Process and pool results are spilled (a
 /// queue names its own, see `crate::queue`).
 pub(crate) const SPILLED: &str = "spilled result";
 
@@ -483,7 +483,7 @@ mod tests {
         drop(carried);
         let err = read(&handle).unwrap_err().to_string();
         // Named as the user knows it, not by corepool's internal type.
-        assert!(err.starts_with("decoding a spilled result failed"), "{err}");
+        assert!(err.starts_with("could not decode spilled result"), "{err}");
         assert!(!err.contains("corepool::"), "{err}");
     }
 
