@@ -8,6 +8,7 @@
 //! round trips make no wake-up system call.
 
 use super::assist::Assist;
+use super::callback_thread::CallbackThread;
 use super::core::{Actions, Core, Phase};
 use super::layout::{self, Slot};
 use super::sink::Sink;
@@ -31,10 +32,10 @@ thread_local! {
 }
 
 /// Marks the current thread as delivering `shared`'s outcomes while it lives.
-struct Delivering;
+pub(super) struct Delivering;
 
 impl Delivering {
-    fn enter(shared: &Shared) -> Self {
+    pub(super) fn enter(shared: &Shared) -> Self {
         // `try_with`: a pool may be used after this thread's locals were
         // destroyed (from an `atexit` handler or a C++ static destructor:
         // glibc's `exit` destroys them first); it is then simply unmarked.
@@ -101,6 +102,8 @@ pub(super) struct Shared {
     owner: u32,
     /// Deliveries in progress, for callers waiting in `assist::wait_helping`.
     pub(super) assist: Assist,
+    /// Where the tasks' callbacks run (see `callback_thread.rs`).
+    pub(super) callbacks: Arc<CallbackThread>,
     /// Bytes of the argument arena (0: none).
     arena_bytes: usize,
     /// The argument arena, made at the first argument that spills (`None`
@@ -161,6 +164,7 @@ impl Shared {
             epoch: Instant::now(),
             owner: crate::sys::current_pid(),
             assist: Assist::new(),
+            callbacks: CallbackThread::new(),
             _initializer_keep: initializer_keep,
             arena_bytes,
             arena: OnceLock::new(),

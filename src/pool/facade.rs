@@ -204,6 +204,7 @@ impl Pool {
             config.initializer_keep,
             config.arg_arena_bytes,
         ));
+        shared.callbacks.attach(Arc::downgrade(&shared));
         let weak = Arc::downgrade(&shared);
         let supervisor = Supervisor::start(
             descriptors,
@@ -484,7 +485,7 @@ impl Pool {
     {
         let _ = f;
         let trampoline = task::offset_of(task::call_one::<F, A, R>);
-        let cell = Cell::new(callbacks);
+        let cell = Cell::new(callbacks, Some(&self.shared.callbacks));
         let sink = Sink {
             target: cell.clone(),
             tag: 0,
@@ -611,6 +612,10 @@ impl Pool {
         while !(core.all_stopped() && core.outstanding == 0) {
             core = self.shared.wait_lifecycle(core, None);
         }
+        drop(core);
+        // Every task is answered: what is left is their callbacks, queued
+        // on the callback thread or running there.
+        self.shared.callbacks.wait_settled();
         Ok(())
     }
 }
@@ -638,9 +643,11 @@ impl Drop for Pool {
                 .spawn(move || teardown(&shared, driver));
             if handed.is_err() {
                 // No thread to hand it to: do what needs no waiting; the
-                // supervisor thread ends with the process.
+                // supervisor thread ends with the process, the callback
+                // thread once it has run what is queued.
                 terminate_now(&self.shared);
                 stop_driver(&self.shared);
+                self.shared.callbacks.stop(false);
             }
             return;
         }
@@ -667,7 +674,9 @@ fn stop_driver(shared: &Shared) {
 }
 
 /// A pool's teardown: terminates unless finished, waits until every worker
-/// is reaped, then stops the driver and the supervisor.
+/// is reaped and every callback has returned (those of the cancelled tasks
+/// run on the callback thread meanwhile), then stops the driver, the
+/// callback thread and the supervisor.
 fn teardown(shared: &Shared, driver: Option<std::thread::JoinHandle<()>>) {
     let finished = |core: &Core| core.all_stopped() && core.outstanding == 0;
     if !finished(&shared.lock()) {
@@ -677,10 +686,12 @@ fn teardown(shared: &Shared, driver: Option<std::thread::JoinHandle<()>>) {
             core = shared.wait_lifecycle(core, None);
         }
     }
+    shared.callbacks.wait_settled();
     stop_driver(shared);
     if let Some(driver) = driver {
         let _ = driver.join();
     }
+    shared.callbacks.stop(true);
     if let Some(mut sup) = lock(&shared.supervisor).take() {
         sup.stop();
     }

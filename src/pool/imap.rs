@@ -454,7 +454,7 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'_, A, R, I> {
                 return true;
             }
         };
-        let cell = Cell::<Vec<R>>::new(Callbacks::new());
+        let cell = Cell::<Vec<R>>::new(Callbacks::new(), None);
         let sink = Sink {
             target: LazyChunk::new(cell.clone(), due),
             tag: 0,

@@ -27,7 +27,7 @@ impl Pool {
     ) -> Result<AsyncResult<Vec<R>>> {
         self.shared.check_open()?;
         let mut chunker = self.chunker(items, chunksize)?;
-        let cell = Cell::new(callbacks);
+        let cell = Cell::new(callbacks, Some(&self.shared.callbacks));
         let collector = MapCollector::<R>::new(chunker.len_hint, cell.clone());
         let target: Arc<dyn Completion> = collector.clone();
         let mut tasks = smallvec::SmallVec::new();
@@ -58,7 +58,7 @@ impl Pool {
         self.shared.check_can_wait()?;
         self.shared.check_open()?;
         let mut chunker = self.chunker(items, chunksize)?;
-        let cell = Cell::new(Callbacks::new());
+        let cell = Cell::new(Callbacks::new(), None);
         let collector = MapCollector::<R>::new(chunker.len_hint, cell.clone());
         let target: Arc<dyn Completion> = collector.clone();
         let ahead = self.workers() * MAP_CHUNKS_AHEAD_PER_WORKER;

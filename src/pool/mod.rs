@@ -34,6 +34,7 @@
 
 mod assist;
 mod builder;
+mod callback_thread;
 mod callbacks;
 mod chunk;
 mod chunked;
