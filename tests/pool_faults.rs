@@ -153,7 +153,12 @@ fn wait_in_callback(pool: &Pool, pending: corepool::AsyncResult<u64>) -> Vec<(&'
     // Polled as a future (a `block_on` in the callback) it is refused too:
     // its result might be one only this thread would deliver.
     let mut pending = pending;
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    struct Nobody;
+    impl std::task::Wake for Nobody {
+        fn wake(self: Arc<Self>) {}
+    }
+    let waker = std::task::Waker::from(Arc::new(Nobody));
+    let mut cx = std::task::Context::from_waker(&waker);
     let polled = std::future::Future::poll(std::pin::Pin::new(&mut pending), &mut cx);
     seen.push((
         "poll of another handle",

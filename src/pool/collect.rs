@@ -126,7 +126,7 @@ impl<R: Wire> MapCollector<R> {
 
     /// Blocks until at least `n` chunks have been answered or the collection
     /// failed, helping `pool` collect results meanwhile, and going on
-    /// helping while a slow callback holds up whoever delivers (see
+    /// helping while a slow decoder holds up whoever delivers (see
     /// [`wait_helping`](super::assist::wait_helping)).
     pub(super) fn wait_completed(&self, n: usize, pool: &Shared) {
         super::assist::wait_helping(pool, || {

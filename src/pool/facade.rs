@@ -37,9 +37,11 @@ use std::time::{Duration, Instant};
 ///
 /// Dropping a pool terminates it (like leaving Python's `with Pool() as p:`):
 /// unfinished tasks get [`Error::Cancelled`], every worker is killed and
-/// reaped. To finish the work first, `close()` then `join()`. Dropping
-/// returns from any thread, a callback of the pool included (the last
-/// steps are then handed to a thread of their own).
+/// reaped, and the drop returns once every callback has returned (the
+/// cancelled tasks' `on_error` included; they run on the pool's callback
+/// thread, not the dropping one). To finish the work first, `close()` then
+/// `join()`. Dropping returns from any thread, a callback of the pool
+/// included (the last steps are then handed to a thread of their own).
 ///
 /// # Threads inside tasks
 ///
@@ -551,7 +553,11 @@ impl Pool {
     }
 
     /// Kills the workers now; unfinished tasks get [`Error::Cancelled`]
-    /// (Python's `terminate`).
+    /// (Python's `terminate`). Returns at once: it runs no callback. The
+    /// cancelled tasks' `on_error` callbacks (Python runs none) run after,
+    /// on the pool's callback thread, so one that sends into a bounded
+    /// channel this caller drains after `terminate` does not block it;
+    /// [`join`](Self::join) and the drop wait for them.
     ///
     /// ```
     /// fn forever(_: u64) -> u64 {
@@ -578,12 +584,15 @@ impl Pool {
         terminate_now(&self.shared);
     }
 
-    /// Waits until every worker has exited (Python's `join`), and until a
-    /// callback that is running returns: as with Python's, a callback that
-    /// blocks until the caller goes on after `join` (one that sends into a
-    /// full bounded channel drained only after it) makes `join` wait for
-    /// ever. Dropping the pool waits for it the same way;
-    /// [`terminate`](Self::terminate) itself returns at once.
+    /// Waits until every worker has exited (Python's `join`), and until every
+    /// callback of the pool's tasks has returned, those still queued on the
+    /// callback thread included (the cancelled tasks' `on_error` after
+    /// [`terminate`](Self::terminate) too). As with Python's, a callback
+    /// that blocks until the caller goes on after `join` (one that sends
+    /// into a full bounded channel drained only after it) makes `join` wait
+    /// for ever: drain such a channel before. Dropping the pool waits for
+    /// the callbacks the same way; [`terminate`](Self::terminate) itself
+    /// returns at once.
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {

@@ -218,7 +218,7 @@ impl<T: Send + 'static> Cell<T> {
             return self.publish(result, claim);
         };
         let callbacks = std::mem::take(&mut *lock(&extras.callbacks));
-        let callback: Option<Box<dyn FnOnce(&Result<T>) + Send>> = match (&result, callbacks) {
+        let callback: Option<OutcomeCallback<T>> = match (&result, callbacks) {
             (Ok(_), Callbacks { ok: Some(f), .. }) => Some(Box::new(move |r: &Result<T>| {
                 if let Ok(v) = r {
                     f(v)
@@ -266,10 +266,13 @@ impl<T: Send + 'static> Cell<T> {
     }
 }
 
+/// The one callback of a task that its outcome calls for.
+type OutcomeCallback<T> = Box<dyn FnOnce(&Result<T>) + Send>;
+
 /// Runs a task's callback on its outcome. A callback that panics must not
 /// take the thread running it with it: the panic hook has reported it, and
 /// the task's own outcome is stored all the same.
-fn run_callback<T>(callback: Box<dyn FnOnce(&Result<T>) + Send>, result: &Result<T>) {
+fn run_callback<T>(callback: OutcomeCallback<T>, result: &Result<T>) {
     if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| callback(result))) {
         // Dropped under a guard of its own: a payload's `Drop` could panic
         // too (that second payload alone is forgotten).
@@ -513,7 +516,7 @@ fn spin_helping<T: Send + 'static>(
         if !spinner.spin() {
             // Hand over to the driver thread, then sleep until our result
             // is delivered, or a delivery starts: one held up in another
-            // task's slow callback would hold ours back, so we then collect
+            // task's slow decoder would hold ours back, so we then collect
             // from the rings ourselves (`assist`).
             drop(helping);
             return sleep_helping(cell, pool, deadline);
@@ -742,8 +745,12 @@ impl<T: Send + 'static> AsyncResult<T> {
 /// An [`AsyncResult`] is a [`Future`] of the task's result, for async
 /// programs on any executor (corepool depends on none): awaiting it never
 /// blocks a thread, and the pool's own driver thread wakes the awaiting task
-/// when the result comes in (after the task's callbacks ran, as for
-/// [`get`](AsyncResult::get)). The handles of
+/// when the result comes in (for a task with callbacks, the callback thread
+/// does, after the task's callback ran, as for [`get`](AsyncResult::get)).
+/// A poll may collect other results of the pool on the way, never runs a
+/// callback: those run on the pool's callback thread (see
+/// [`Callbacks`](crate::Callbacks)), outside the async runtime, and one that
+/// blocks there holds back no other task's `.await`. The handles of
 /// [`map_async`](crate::Pool::map_async) and
 /// [`starmap_async`](crate::Pool::starmap_async) are `AsyncResult`s too.
 ///
@@ -787,7 +794,9 @@ impl<T: Send + 'static> AsyncResult<T> {
 /// With tokio, `handle.await?` inside `#[tokio::main]` (see
 /// `examples/async_tokio.rs` in the repository). Polling after the result
 /// was returned gives [`Error::ResultTaken`]; in a `fork()`ed copy of the
-/// pool the future is ready at once with [`Error::ForeignPool`].
+/// pool the future is ready at once with [`Error::ForeignPool`]; polled in
+/// a callback of its pool (a `block_on` there) before the result is in, it
+/// is ready at once with [`Error::WaitInCallback`], as `get` is.
 impl<T: Send + 'static> Future for AsyncResult<T> {
     type Output = Result<T>;
 

@@ -507,7 +507,7 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
                 return self.refused.take().map(Err);
             };
             // Helping the pool collect, and going on helping while a slow
-            // callback of another task holds up whoever delivers.
+            // decoder of another task holds up whoever delivers.
             wait_helping(&self.feed.pool.shared, || owed.ready());
             self.feed.took_chunk();
             match owed
