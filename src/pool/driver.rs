@@ -8,7 +8,6 @@
 //! round trips make no wake-up system call.
 
 use super::assist::Assist;
-use super::callback_thread::CallbackThread;
 use super::core::{Actions, Core, Phase};
 use super::layout::{self, Slot};
 use super::sink::Sink;
@@ -104,8 +103,6 @@ pub(super) struct Shared {
     owner: u32,
     /// Deliveries in progress, for callers waiting in `assist::wait_helping`.
     pub(super) assist: Assist,
-    /// Where the tasks' callbacks run (see `callback_thread.rs`).
-    pub(super) callbacks: Arc<CallbackThread>,
     /// Bytes of the argument arena (0: none).
     arena_bytes: usize,
     /// The argument arena, made at the first argument that spills (`None`
@@ -166,7 +163,6 @@ impl Shared {
             epoch: Instant::now(),
             owner: crate::sys::current_pid(),
             assist: Assist::new(),
-            callbacks: CallbackThread::new(),
             _initializer_keep: initializer_keep,
             arena_bytes,
             arena: OnceLock::new(),

@@ -27,7 +27,7 @@ impl Pool {
     ) -> Result<AsyncResult<Vec<R>>> {
         self.shared.check_open()?;
         let mut chunker = self.chunker(items, chunksize)?;
-        let cell = Cell::new(callbacks, Some(&self.shared.callbacks));
+        let cell = Cell::new(callbacks, Some(&self.callbacks));
         let collector = MapCollector::<R>::new(chunker.len_hint, cell.clone());
         let target: Arc<dyn Completion> = collector.clone();
         let mut tasks = smallvec::SmallVec::new();
