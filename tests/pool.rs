@@ -1210,6 +1210,208 @@ fn a_slow_callback_does_not_hold_back_a_get() {
     assert_eq!(slow.get(), Ok(9));
 }
 
+/// A runtime on this very thread: what `#[tokio::main(flavor =
+/// "current_thread")]` builds.
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime starts")
+}
+
+/// Where a callback ran: its thread's name, whether it was the thread that
+/// awaited or got the results, whether inside an async runtime.
+type RanOn = (Option<String>, bool, bool);
+
+fn ran_on(waiter: std::thread::ThreadId) -> RanOn {
+    let here = std::thread::current();
+    (
+        here.name().map(str::to_owned),
+        here.id() == waiter,
+        tokio::runtime::Handle::try_current().is_ok(),
+    )
+}
+
+/// trial25 F1: awaiting results (each poll helps collect) ran other tasks'
+/// callbacks on the runtime's thread, inside the runtime (12% of them,
+/// where a `blocking_send` panics). Neither an awaiting nor a `get`ting
+/// thread runs a callback now: the pool's callback thread runs them all.
+fn callbacks_never_run_on_an_awaiting_or_getting_thread() {
+    let pool = pool2();
+    let waiter = std::thread::current().id();
+    let (tx, rx) = std::sync::mpsc::channel::<RanOn>();
+    let submit = |i: u64| {
+        let (ok, err) = (tx.clone(), tx.clone());
+        let cb = Callbacks::new()
+            .on_success(move |_: &String| ok.send(ran_on(waiter)).unwrap())
+            .on_error(move |_| err.send(ran_on(waiter)).unwrap());
+        // Every tenth fails: error callbacks too.
+        pool.apply_async_with(fails_above_5, if i % 10 == 9 { 6 } else { 1 }, cb)
+            .unwrap()
+    };
+    let awaited: Vec<_> = (0..1000).map(submit).collect();
+    let failed = current_thread_runtime().block_on(async {
+        let mut failed = 0;
+        for h in awaited {
+            failed += usize::from(h.await.is_err());
+        }
+        failed
+    });
+    assert_eq!(failed, 100);
+    let got: Vec<_> = (0..1000).map(submit).collect();
+    let failed = got
+        .into_iter()
+        .filter(|h| h.get_timeout(HUNG).is_err())
+        .count();
+    assert_eq!(failed, 100);
+    drop(tx);
+    // A task's callback returns before its result is visible: all ran.
+    let seen: Vec<RanOn> = rx.try_iter().collect();
+    assert_eq!(seen.len(), 2000);
+    let wrong: Vec<_> = seen
+        .iter()
+        .filter(|(name, on_waiter, in_runtime)| {
+            name.as_deref() != Some("corepool-callbacks") || *on_waiter || *in_runtime
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "callbacks ran elsewhere: {:?}",
+        &wrong[..wrong.len().min(5)]
+    );
+}
+
+/// trial25 F2: while a callback blocks, a new task is awaited (and got, and
+/// mapped) at once: only the driver woke an awaiting task, and it was the
+/// thread stuck in the callback. A later task's callback does wait behind
+/// the blocked one (they run in order, one at a time), and so does that
+/// task's own result, which is visible once its callback returned.
+fn a_blocked_callback_holds_back_later_callbacks_only() {
+    let pool = pool2();
+    let (slow, release_tx) = a_callback_stuck_until_released(&pool);
+    let (later_tx, later_rx) = std::sync::mpsc::channel();
+    let cb = Callbacks::new().on_success(move |v: &u64| later_tx.send(*v).unwrap());
+    let later = pool.apply_async_with(square, 5, cb).unwrap();
+    let runtime = current_thread_runtime();
+    let awaited = runtime.block_on(async {
+        let one = pool.apply_async(nap_then_square, 7).unwrap().await;
+        let mut quick = Vec::new();
+        for i in 0..100u64 {
+            quick.push(pool.apply_async(square, i).unwrap().await);
+        }
+        let many = pool.map_async(square, 0..1000u64).unwrap().await;
+        (one, quick, many.map(|m| m.len()))
+    });
+    assert_eq!(awaited.0, Ok(49));
+    assert!(awaited
+        .1
+        .iter()
+        .enumerate()
+        .all(|(i, r)| *r == Ok(square(i as u64))));
+    assert_eq!(awaited.2, Ok(1000));
+    assert_eq!(pool.apply_async(nap_then_square, 8).unwrap().get(), Ok(64));
+    assert_eq!(pool.apply(square, 9), Ok(81));
+    // Queued behind the blocked callback, which has not returned.
+    assert!(
+        later_rx.try_recv().is_err(),
+        "a later callback overtook a blocked one"
+    );
+    assert!(
+        !later.ready(),
+        "a result was visible before its callback ran"
+    );
+    release_tx
+        .send(())
+        .expect("the awaits and gets returned while the callback still ran");
+    assert_eq!(slow.get(), Ok(9));
+    assert_eq!(later_rx.recv_timeout(HUNG), Ok(25));
+    assert_eq!(later.get(), Ok(25));
+}
+
+/// trial25 F9: `terminate` ran the cancelled tasks' error callbacks on its
+/// caller's thread: one sending into a bounded channel that the caller
+/// drains after `terminate` deadlocked it. It returns now, and every error
+/// callback runs after, on the callback thread.
+fn terminate_returns_while_error_callbacks_wait_for_its_caller() {
+    let pool = Arc::new(pool2());
+    let caller = std::thread::current().id();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(Error, RanOn)>(1);
+    let handles: Vec<_> = (0..6u64)
+        .map(|i| {
+            let tx = tx.clone();
+            let cb =
+                Callbacks::new().on_error(move |e| tx.send((e.clone(), ran_on(caller))).unwrap());
+            pool.apply_async_with(spin_forever, i, cb).unwrap()
+        })
+        .collect();
+    drop(tx);
+    // Terminated from another thread, so that a hang is the watchdog's to
+    // report here; the error callbacks block on `rx`, drained below only.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let terminator = {
+        let pool = pool.clone();
+        std::thread::spawn(move || {
+            pool.terminate();
+            done_tx.send(()).unwrap();
+        })
+    };
+    done_rx
+        .recv_timeout(HUNG)
+        .expect("terminate returned while the error callbacks waited");
+    terminator.join().unwrap();
+    for _ in 0..6 {
+        let (error, (name, _, in_runtime)) = rx.recv_timeout(HUNG).expect("every on_error runs");
+        assert_eq!(error, Error::Cancelled);
+        assert_eq!(name.as_deref(), Some("corepool-callbacks"));
+        assert!(!in_runtime);
+    }
+    for h in handles {
+        assert_eq!(h.get(), Err(Error::Cancelled));
+    }
+    assert_eq!(pool.join(), Ok(()));
+}
+
+/// `join` returns once every callback has returned, and the drop once every
+/// callback (the cancelled tasks' `on_error` included) has: they run on the
+/// callback thread, which neither waits for.
+fn join_and_drop_wait_for_every_callback() {
+    let pool = pool2();
+    let ran = Arc::new(AtomicUsize::new(0));
+    for i in 0..200u64 {
+        let ran = ran.clone();
+        let cb = Callbacks::new().on_success(move |_: &u64| {
+            ran.fetch_add(1, Ordering::SeqCst);
+        });
+        drop(pool.apply_async_with(square, i, cb).unwrap());
+    }
+    pool.close();
+    pool.join().unwrap();
+    assert_eq!(ran.load(Ordering::SeqCst), 200);
+
+    let pool = pool2();
+    let (ok, err) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    for i in 0..200u64 {
+        let (ok, err) = (ok.clone(), err.clone());
+        let cb = Callbacks::new()
+            .on_success(move |_: &u64| {
+                ok.fetch_add(1, Ordering::SeqCst);
+            })
+            .on_error(move |_| {
+                err.fetch_add(1, Ordering::SeqCst);
+            });
+        if i % 2 == 0 {
+            drop(pool.apply_async_with(spin_forever, i, cb).unwrap());
+        } else {
+            drop(pool.apply_async_with(square, i, cb).unwrap());
+        }
+    }
+    drop(pool);
+    assert_eq!(ok.load(Ordering::SeqCst) + err.load(Ordering::SeqCst), 200);
+    assert!(
+        err.load(Ordering::SeqCst) >= 100,
+        "the endless tasks were cancelled"
+    );
+}
+
 fn main() {
     common::run(common::tests![
         async_results_are_futures_woken_by_the_pool,
@@ -1249,5 +1451,9 @@ fn main() {
         imap_goes_on_after_a_failing_task,
         a_slow_callback_does_not_hold_back_the_maps,
         a_slow_callback_does_not_hold_back_a_get,
+        callbacks_never_run_on_an_awaiting_or_getting_thread,
+        a_blocked_callback_holds_back_later_callbacks_only,
+        terminate_returns_while_error_callbacks_wait_for_its_caller,
+        join_and_drop_wait_for_every_callback,
     ]);
 }

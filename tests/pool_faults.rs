@@ -150,6 +150,20 @@ fn wait_in_callback(pool: &Pool, pending: corepool::AsyncResult<u64>) -> Vec<(&'
     if let Ok(h) = submitted {
         seen.push(("apply_async().get", is_wait_error(&h.get())));
     }
+    // Polled as a future (a `block_on` in the callback) it is refused too:
+    // its result might be one only this thread would deliver.
+    let mut pending = pending;
+    struct Nobody;
+    impl std::task::Wake for Nobody {
+        fn wake(self: Arc<Self>) {}
+    }
+    let waker = std::task::Waker::from(Arc::new(Nobody));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let polled = std::future::Future::poll(std::pin::Pin::new(&mut pending), &mut cx);
+    seen.push((
+        "poll of another handle",
+        matches!(polled, std::task::Poll::Ready(Err(Error::WaitInCallback))),
+    ));
     seen.push(("get on another handle", is_wait_error(&pending.get())));
     seen
 }

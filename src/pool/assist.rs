@@ -1,8 +1,11 @@
 //! Waiting for results without leaning on one thread: a caller that waits
 //! (a `map`, a lazy map's `next`, `AsyncResult::get` once its spin is
-//! over) helps collect, and goes on helping while the thread delivering outcomes (the
-//! driver, or another helper) is held up in a slow callback of some other
-//! task, instead of sleeping until that callback returns.
+//! over) helps collect, and goes on helping while the thread delivering
+//! outcomes (the driver, or another helper) is held up in the user's code
+//! of some other task (a slow decoder, a `submit_raw` `done` function),
+//! instead of sleeping until it returns. Callbacks do not hold up a
+//! delivery: they run on the pool's callback thread (`callback_thread.rs`),
+//! which nudges the waiters here as each one's task result is stored.
 //!
 //! [`Assist`] counts the deliveries in progress and nudges the waiters asleep
 //! in [`wait_helping`] when one starts or ends: at its start, so that a
@@ -20,15 +23,15 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a waiter naps between looks at the rings while a delivery is in
-/// progress: a delivery takes microseconds unless a callback is slow, and a
-/// waiter woken at its end does not nap that long. A user's slow callback
+/// progress: a delivery takes microseconds unless a decoder is slow, and a
+/// waiter woken at its end does not nap that long. A user's slow decoder
 /// then holds a waiting `map`'s results back by about this much per look,
-/// instead of for the callback's whole length.
+/// instead of for the decoder's whole length.
 const LOOK_AGAIN_WHILE_DELIVERING: Duration = Duration::from_millis(1);
 
 /// The deliveries in progress on a pool, and the waiters to nudge about them.
 pub(super) struct Assist {
-    /// Threads delivering outcomes right now (running decoders, callbacks).
+    /// Threads delivering outcomes right now (running decoders).
     delivering: AtomicUsize,
     /// Waiters asleep on `nudged`; only changed with `lock` held.
     sleepers: AtomicUsize,
@@ -129,7 +132,7 @@ impl Assist {
 /// Blocks until `reached` holds, helping `pool` collect and deliver results
 /// meanwhile: first spinning as a helper (as `AsyncResult::get` does), then
 /// asleep until a delivery starts or ends; while one is in progress (it may
-/// be stuck in a slow callback of another task), it collects what the
+/// be stuck in a slow decoder of another task), it collects what the
 /// workers answered itself, looking again every millisecond or so.
 ///
 /// `reached` must become true only through an outcome's delivery (a chunk
@@ -184,7 +187,7 @@ pub(super) fn wait_helping_until(
             spin = false;
             continue;
         }
-        // Someone delivers, perhaps held up in a slow callback while answers
+        // Someone delivers, perhaps held up in a slow decoder while answers
         // pile up in the rings: collect them ourselves (and deliver them, on
         // this thread), then nap briefly, woken early when it ends.
         spin = pool.try_drive();

@@ -8,9 +8,18 @@ type OkCallback<T> = Box<dyn FnOnce(&T) + Send>;
 type ErrCallback = Box<dyn FnOnce(&Error) + Send>;
 
 /// Callbacks for [`crate::Pool::apply_async_with`], Python's `callback` and
-/// `error_callback`. They run in the parent, on the pool thread that received
-/// the result (the pool's driver thread, or a caller helping inside `get`),
-/// before the result becomes visible to `get`; keep them short.
+/// `error_callback`. They run in the parent, on a thread of the pool's own
+/// (`corepool-callbacks`, started at the pool's first callback), one at a
+/// time, in the order the results came in, outside any async runtime; never
+/// on a thread that awaits a result, `get`s one, or calls
+/// [`terminate`](crate::Pool::terminate). A task's result becomes visible
+/// (to `get`, `.await`, [`ready`](crate::AsyncResult::ready)) once its own
+/// callback has returned, as in Python. A callback that runs long (or
+/// blocks) holds back only the callbacks after it, and the results of their
+/// tasks; every other result of the pool comes in meanwhile.
+/// [`join`](crate::Pool::join) and the pool's drop wait until every callback
+/// has returned; after [`terminate`](crate::Pool::terminate) (which waits
+/// for none), the cancelled tasks' `on_error` still run, on that thread.
 ///
 /// What a callback may do with its own pool:
 /// - **Panic.** The panic is caught and reported by the panic hook (by
@@ -30,10 +39,13 @@ type ErrCallback = Box<dyn FnOnce(&Error) + Send>;
 ///   they would wait for is the one running the callback. Collect results
 ///   outside the callback instead.
 /// - **Drop the last handle on the pool**: this returns at once; the pool's
-///   teardown (terminate, reap the workers) finishes on a thread of its own.
+///   teardown (terminate, reap the workers, wait for the callbacks after
+///   this one) finishes on a thread of its own.
 ///
-/// A decoder ([`Wire::decode`](crate::Wire::decode)) of a result type runs on
-/// the same thread: if it panics, that task fails with [`Error::Decode`].
+/// A decoder ([`Wire::decode`](crate::Wire::decode)) of a result type runs
+/// on the thread that collects the result (the pool's driver, or any thread
+/// waiting on the pool): if it panics, that task fails with
+/// [`Error::Decode`].
 ///
 /// ```
 /// let cb = corepool::Callbacks::<u64>::new()

@@ -126,7 +126,7 @@ impl<R: Wire> MapCollector<R> {
 
     /// Blocks until at least `n` chunks have been answered or the collection
     /// failed, helping `pool` collect results meanwhile, and going on
-    /// helping while a slow callback holds up whoever delivers (see
+    /// helping while a slow decoder holds up whoever delivers (see
     /// [`wait_helping`](super::assist::wait_helping)).
     pub(super) fn wait_completed(&self, n: usize, pool: &Shared) {
         super::assist::wait_helping(pool, || {
@@ -513,7 +513,10 @@ mod tests {
 
     fn collector<R: Wire + Clone>(items: usize) -> (Arc<MapCollector<R>>, Received<R>) {
         let (callbacks, received) = recording();
-        (MapCollector::new(items, Cell::new(callbacks)), received)
+        (
+            MapCollector::new(items, Cell::new(callbacks, None)),
+            received,
+        )
     }
 
     /// An encoded `Vec<u64>` claiming `count` values, followed by `values`.
@@ -649,7 +652,7 @@ mod tests {
     #[test]
     fn an_imap_chunk_absorbs_plain_results_only_when_honest() {
         let (callbacks, received) = recording::<u64>();
-        let chunk = LazyChunk::new(Cell::new(callbacks), 3);
+        let chunk = LazyChunk::new(Cell::new(callbacks, None), 3);
         let mut ring = HeapRing::new(4096);
         let (ring, records) = claimed(
             &mut ring,
@@ -671,7 +674,7 @@ mod tests {
         assert_eq!(lock(&received).take().unwrap().unwrap(), [7, 8, 9]);
         // Not absorbed: the general path decodes and checks the count.
         let (callbacks, received) = recording::<u64>();
-        let chunk = LazyChunk::new(Cell::new(callbacks), 3);
+        let chunk = LazyChunk::new(Cell::new(callbacks, None), 3);
         chunk.complete(0, Outcome::Ok(ring.payload(&records[1])));
         let got = lock(&received).take();
         assert!(matches!(got, Some(Err(Error::Decode { .. }))), "{got:?}");

@@ -25,16 +25,17 @@ use std::time::{Duration, Instant};
 
 thread_local! {
     /// The pools whose outcomes this thread is delivering right now (so
-    /// whose callbacks and decoders run on it), as `Shared` addresses,
+    /// whose decoders run on it), or whose callbacks it runs (a pool's
+    /// callback thread, for its whole life), as `Shared` addresses,
     /// innermost last. A wait on one of them from here could never end.
     static DELIVERING: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Marks the current thread as delivering `shared`'s outcomes while it lives.
-struct Delivering;
+pub(super) struct Delivering;
 
 impl Delivering {
-    fn enter(shared: &Shared) -> Self {
+    pub(super) fn enter(shared: &Shared) -> Self {
         // `try_with`: a pool may be used after this thread's locals were
         // destroyed (from an `atexit` handler or a C++ static destructor:
         // glibc's `exit` destroys them first); it is then simply unmarked.
@@ -50,7 +51,8 @@ impl Drop for Delivering {
 }
 
 /// Whether the current thread is delivering the outcomes of the pool whose
-/// state is at `shared` (it runs one of its callbacks or decoders).
+/// state is at `shared` (it runs one of its decoders, or is its callback
+/// thread).
 pub(super) fn is_delivering(shared: *const Shared) -> bool {
     DELIVERING
         .try_with(|d| d.borrow().contains(&(shared as usize)))
@@ -378,7 +380,7 @@ impl Shared {
         }
         let delivers = !actions.completions.is_empty();
         // A delivery that cannot take long (an `apply`'s plain result, no
-        // callback) is not counted as in progress, only announced when over
+        // decoder, no waker) is not counted as in progress, only announced when over
         // (`Assist::delivered`): three read-modify-writes and a fence fewer
         // between a result's arrival and its caller's next task.
         let at_once = delivers
@@ -386,13 +388,14 @@ impl Shared {
                 .completions
                 .iter()
                 .all(|(sink, _)| sink.target.delivers_at_once());
-        // Nothing of the user's runs in a delivery at once (no callback, no
-        // decoder): no thread-local mark to make and take down for it.
+        // Nothing of the user's runs in a delivery at once (no decoder, no
+        // waker): no thread-local mark to make and take down for it. No
+        // delivery runs a callback: those go to the callback thread.
         let _delivering = (delivers && !at_once).then(|| Delivering::enter(self));
         let delivery = (delivers && !at_once).then(|| self.assist.delivering());
         for (sink, outcome) in actions.completions {
-            // Callbacks and decoders guard themselves (`Cell::finish`,
-            // `wire::decode_exact`); this catches what they cannot, such as
+            // Decoders guard themselves (`wire::decode_exact`), callbacks
+            // run elsewhere (`CallbackThread`); this catches what they cannot, such as
             // a result's `Drop` that panics: the thread (often the driver)
             // must live on to deliver the other outcomes. `move`: the sink
             // may hold the last reference to a result nobody took, which

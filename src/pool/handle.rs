@@ -1,6 +1,7 @@
 //! One task's result on its way back: the [`Cell`] it lands in and the
 //! [`AsyncResult`] a caller waits on, blocking or as a [`Future`].
 
+use super::callback_thread::CallbackThread;
 use super::driver::Shared;
 use super::sink::{Completion, Outcome};
 use super::Callbacks;
@@ -63,6 +64,30 @@ pub(super) struct Cell<T> {
 struct Extras<T> {
     callbacks: Mutex<Callbacks<T>>,
     waker: Mutex<Option<Waker>>,
+    /// Where the callbacks run, for a cell made with some in a pool.
+    later: Option<Later<T>>,
+}
+
+/// What a cell with callbacks needs to hand them to its pool's callback
+/// thread: the thread, and the cell itself (a job holds it until the
+/// outcome is stored, after the callback).
+struct Later<T> {
+    thread: Arc<CallbackThread>,
+    cell: Weak<Cell<T>>,
+}
+
+impl<T> Drop for Extras<T> {
+    fn drop(&mut self) {
+        // Owed since the cell was made (see `Cell::new`): a cell dropped
+        // with its callbacks never to run (its submission failed) no longer
+        // holds `join` back. Those that ran or were handed over were taken.
+        let callbacks = self.callbacks.get_mut().unwrap_or_else(|p| p.into_inner());
+        if callbacks.ok.is_some() || callbacks.err.is_some() {
+            if let Some(later) = &self.later {
+                later.thread.settle();
+            }
+        }
+    }
 }
 
 // SAFETY: the cell hands a `T` from the thread that finishes it to the one
@@ -75,19 +100,35 @@ struct Extras<T> {
 unsafe impl<T: Send> Sync for Cell<T> {}
 
 impl<T> Cell<T> {
-    pub(super) fn new(callbacks: Callbacks<T>) -> Arc<Self> {
-        let extras = if callbacks.ok.is_some() || callbacks.err.is_some() {
-            Box::into_raw(Box::new(Extras {
-                callbacks: Mutex::new(callbacks),
-                waker: Mutex::new(None),
-            }))
-        } else {
-            std::ptr::null_mut()
-        };
-        Arc::new(Self {
-            state: AtomicU32::new(0),
-            value: UnsafeCell::new(MaybeUninit::uninit()),
-            extras: AtomicPtr::new(extras),
+    /// A cell for a task's result. Its `callbacks`, if any, run on `thread`
+    /// (the pool's callback thread; `None`: on the thread that finishes the
+    /// cell, for cells made without a pool), and are owed there from now.
+    pub(super) fn new(callbacks: Callbacks<T>, thread: Option<&Arc<CallbackThread>>) -> Arc<Self> {
+        if callbacks.ok.is_none() && callbacks.err.is_none() {
+            // The common case: no extras, no weak reference to make.
+            return Arc::new(Self {
+                state: AtomicU32::new(0),
+                value: UnsafeCell::new(MaybeUninit::uninit()),
+                extras: AtomicPtr::new(std::ptr::null_mut()),
+            });
+        }
+        Arc::new_cyclic(|me| {
+            let later = thread.map(|thread| {
+                thread.owe();
+                Later {
+                    thread: thread.clone(),
+                    cell: me.clone(),
+                }
+            });
+            Self {
+                state: AtomicU32::new(0),
+                value: UnsafeCell::new(MaybeUninit::uninit()),
+                extras: AtomicPtr::new(Box::into_raw(Box::new(Extras {
+                    callbacks: Mutex::new(callbacks),
+                    waker: Mutex::new(None),
+                    later,
+                }))),
+            }
         })
     }
 
@@ -110,6 +151,7 @@ impl<T> Cell<T> {
         let made = Box::into_raw(Box::new(Extras {
             callbacks: Mutex::new(Callbacks::default()),
             waker: Mutex::new(None),
+            later: None,
         }));
         // AcqRel: the Release half publishes the box's contents to the
         // Acquire load in `extras`; the Acquire half (on failure) sees the
@@ -130,9 +172,12 @@ impl<T> Cell<T> {
             }
         }
     }
+}
 
-    /// Stores the final result (the first one wins), runs the callbacks, wakes
-    /// the waiters.
+impl<T: Send + 'static> Cell<T> {
+    /// Stores the final result (the first one wins) and wakes the waiters;
+    /// for a task with a callback for it, hands both to the pool's callback
+    /// thread, which runs the callback first.
     pub(super) fn finish(&self, result: Result<T>) {
         // Relaxed: the claim orders nothing by itself; only the one thread
         // that sets `CLAIMED` goes on to write `value`.
@@ -161,36 +206,97 @@ impl<T> Cell<T> {
         self.store_claimed(result, bit::CLAIMED);
     }
 
-    /// The claiming finisher's part: runs the callbacks, writes the result,
-    /// publishes it (with `claim`, the bits still to set), wakes the waiters.
+    /// The claiming finisher's part (`claim`: the bits still to set): runs
+    /// the task's callback for `result` (on the pool's callback thread,
+    /// later, when the cell belongs to a pool), then publishes the result.
     /// Only the thread that claimed the cell (or, through `finish_sole`,
     /// the only one finishing it) calls this.
     fn store_claimed(&self, result: Result<T>, claim: u32) {
-        if let Some(extras) = self.extras() {
-            let callbacks = std::mem::take(&mut *lock(&extras.callbacks));
-            // A callback that panics must not take the delivering thread
-            // (often the driver) with it: the panic hook has reported it,
-            // and the task's own outcome is stored below all the same.
-            if let Err(payload) =
-                std::panic::catch_unwind(AssertUnwindSafe(|| match (&result, callbacks) {
-                    (Ok(v), Callbacks { ok: Some(f), .. }) => f(v),
-                    (Err(e), Callbacks { err: Some(f), .. }) => f(e),
-                    _ => {}
-                }))
-            {
-                // Dropped under a guard of its own: a payload's `Drop` could
-                // panic too (that second payload alone is forgotten).
-                if let Err(again) =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload)))
-                {
-                    std::mem::forget(again);
+        let Some(extras) = self.extras() else {
+            // No callbacks (a cell made with none has no extras, a poll
+            // made them without): the common path, nothing more to look at.
+            return self.publish(result, claim);
+        };
+        let callbacks = std::mem::take(&mut *lock(&extras.callbacks));
+        let callback: Option<OutcomeCallback<T>> = match (&result, callbacks) {
+            (Ok(_), Callbacks { ok: Some(f), .. }) => Some(Box::new(move |r: &Result<T>| {
+                if let Ok(v) = r {
+                    f(v)
+                }
+            })),
+            (Err(_), Callbacks { err: Some(f), .. }) => Some(Box::new(move |r: &Result<T>| {
+                if let Err(e) = r {
+                    f(e)
+                }
+            })),
+            _ => None,
+        };
+        let later = extras.later.as_ref();
+        let Some(callback) = callback else {
+            // None of its kind (an `on_success` only, and the task failed):
+            // published here, and no longer owed.
+            self.publish(result, claim);
+            if let Some(later) = later {
+                later.thread.settle();
+            }
+            return;
+        };
+        match later.and_then(|l| Some((&l.thread, l.cell.upgrade()?))) {
+            Some((thread, cell)) => {
+                if claim != 0 {
+                    // Claimed now, published by the callback thread later:
+                    // a late `finish` (none is expected) must find it taken.
+                    // Relaxed: as in `finish`.
+                    self.state.fetch_or(claim, Ordering::Relaxed);
+                }
+                thread.run_later(Box::new(move || {
+                    run_callback(callback, &result);
+                    cell.publish(result, 0);
+                }));
+            }
+            None => {
+                // Made without a pool (unit tests): run here, as before.
+                run_callback(callback, &result);
+                self.publish(result, claim);
+                if let Some(later) = later {
+                    later.thread.settle();
                 }
             }
         }
+    }
+}
+
+/// The one callback of a task that its outcome calls for.
+type OutcomeCallback<T> = Box<dyn FnOnce(&Result<T>) + Send>;
+
+/// Runs a task's callback on its outcome. A callback that panics must not
+/// take the thread running it with it: the panic hook has reported it, and
+/// the task's own outcome is stored all the same.
+fn run_callback<T>(callback: OutcomeCallback<T>, result: &Result<T>) {
+    if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| callback(result))) {
+        // Dropped under a guard of its own: a payload's `Drop` could panic
+        // too (that second payload alone is forgotten).
+        if let Err(again) =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload)))
+        {
+            std::mem::forget(again);
+        }
+    }
+}
+
+impl<T> Cell<T> {
+    /// Writes the result, publishes it (with `claim`, the bits still to
+    /// set), wakes the waiters. Only the thread that claimed the cell (or
+    /// the job it handed the result to) calls this, once. Inlined: on the
+    /// common path (no callbacks) it is all `store_claimed` does, and it
+    /// was inline there before callbacks moved to their own thread.
+    #[inline(always)]
+    fn publish(&self, result: Result<T>, claim: u32) {
         let ok = if result.is_ok() { bit::OK } else { 0 };
         // SAFETY: this thread set `CLAIMED` (or is the only finisher, see
-        // `finish_sole`), so it is the only writer, and nobody reads `value`
-        // before `READY`, published below.
+        // `finish_sole`, or runs the job the claimer handed the result to),
+        // so it is the only writer, and nobody reads `value` before
+        // `READY`, published below.
         unsafe { (*self.value.get()).write(result.map_err(Box::new)) };
         // SeqCst RMW: its Release half pairs with the Acquire loads of
         // `READY` (`is_ready`, `take`); being one RMW of the word, it is
@@ -413,7 +519,7 @@ fn spin_helping<T: Send + 'static>(
         if !spinner.spin() {
             // Hand over to the driver thread, then sleep until our result
             // is delivered, or a delivery starts: one held up in another
-            // task's slow callback would hold ours back, so we then collect
+            // task's slow decoder would hold ours back, so we then collect
             // from the rings ourselves (`assist`).
             drop(helping);
             return sleep_helping(cell, pool, deadline);
@@ -642,8 +748,12 @@ impl<T: Send + 'static> AsyncResult<T> {
 /// An [`AsyncResult`] is a [`Future`] of the task's result, for async
 /// programs on any executor (corepool depends on none): awaiting it never
 /// blocks a thread, and the pool's own driver thread wakes the awaiting task
-/// when the result comes in (after the task's callbacks ran, as for
-/// [`get`](AsyncResult::get)). The handles of
+/// when the result comes in (for a task with callbacks, the callback thread
+/// does, after the task's callback ran, as for [`get`](AsyncResult::get)).
+/// A poll may collect other results of the pool on the way, never runs a
+/// callback: those run on the pool's callback thread (see
+/// [`Callbacks`](crate::Callbacks)), outside the async runtime, and one that
+/// blocks there holds back no other task's `.await`. The handles of
 /// [`map_async`](crate::Pool::map_async) and
 /// [`starmap_async`](crate::Pool::starmap_async) are `AsyncResult`s too.
 ///
@@ -687,13 +797,22 @@ impl<T: Send + 'static> AsyncResult<T> {
 /// With tokio, `handle.await?` inside `#[tokio::main]` (see
 /// `examples/async_tokio.rs` in the repository). Polling after the result
 /// was returned gives [`Error::ResultTaken`]; in a `fork()`ed copy of the
-/// pool the future is ready at once with [`Error::ForeignPool`].
+/// pool the future is ready at once with [`Error::ForeignPool`]; polled in
+/// a callback of its pool (a `block_on` there) before the result is in, it
+/// is ready at once with [`Error::WaitInCallback`], as `get` is.
 impl<T: Send + 'static> Future for AsyncResult<T> {
     type Output = Result<T>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
         if self.cell.is_ready() {
             return Poll::Ready(self.cell.take());
+        }
+        // In a callback of the pool (polled by a `block_on` there), as
+        // `get`: the result may be one only this thread would deliver (its
+        // own callback queued behind the one running), so the wait is
+        // refused rather than left to hang.
+        if super::driver::is_delivering(self.pool.as_ptr()) {
+            return Poll::Ready(Err(Error::WaitInCallback));
         }
         // One upgrade of the pool for both (an atomic read-modify-write on
         // its count each): a `fork()`ed copy refuses, and otherwise helps
@@ -732,7 +851,7 @@ mod tests {
 
     #[test]
     fn the_first_finish_wins_and_the_result_is_taken_once() {
-        let cell = Cell::<String>::new(Callbacks::new());
+        let cell = Cell::<String>::new(Callbacks::new(), None);
         assert!(!cell.is_ready());
         assert_eq!(cell.successful(), None);
         cell.finish(Ok("first".into()));
@@ -747,30 +866,36 @@ mod tests {
 
     #[test]
     fn an_error_is_stored_and_an_untaken_result_is_dropped_with_the_cell() {
-        let failed = Cell::<Vec<u8>>::new(Callbacks::new());
+        let failed = Cell::<Vec<u8>>::new(Callbacks::new(), None);
         failed.finish(Err(Error::Cancelled));
         assert_eq!(failed.successful(), Some(false));
         assert_eq!(failed.take(), Err(Error::Cancelled));
         // Miri reports a leak if the value (a heap `Vec`) is not dropped.
-        let untaken = Cell::<Vec<u8>>::new(Callbacks::new());
+        let untaken = Cell::<Vec<u8>>::new(Callbacks::new(), None);
         untaken.finish(Ok(vec![1, 2, 3]));
         drop(untaken);
         // Nor is anything dropped that was never stored.
-        drop(Cell::<Vec<u8>>::new(Callbacks::new()));
+        drop(Cell::<Vec<u8>>::new(Callbacks::new(), None));
     }
 
     #[test]
     fn callbacks_run_once_before_the_result_is_visible_and_may_panic() {
         static SEEN: AtomicUsize = AtomicUsize::new(0);
-        let cell = Cell::new(Callbacks::new().on_success(|v: &u64| {
-            SEEN.fetch_add(*v as usize, Ordering::Relaxed);
-        }));
+        let cell = Cell::new(
+            Callbacks::new().on_success(|v: &u64| {
+                SEEN.fetch_add(*v as usize, Ordering::Relaxed);
+            }),
+            None,
+        );
         let probe = cell.clone();
-        let cell2 = Cell::new(Callbacks::<u64>::new().on_error(move |_| {
-            // The result is not visible while its callback runs.
-            assert!(!probe.is_ready());
-            panic!("an error callback that panics, on purpose");
-        }));
+        let cell2 = Cell::new(
+            Callbacks::<u64>::new().on_error(move |_| {
+                // The result is not visible while its callback runs.
+                assert!(!probe.is_ready());
+                panic!("an error callback that panics, on purpose");
+            }),
+            None,
+        );
         cell.finish(Ok(5));
         cell.finish(Ok(7));
         assert_eq!(SEEN.load(Ordering::Relaxed), 5);
@@ -792,7 +917,7 @@ mod tests {
     fn a_registered_waker_is_woken_once_by_the_result() {
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
-        let cell = Cell::<u64>::new(Callbacks::new());
+        let cell = Cell::<u64>::new(Callbacks::new(), None);
         assert!(!cell.register_waker(&waker));
         assert!(!cell.register_waker(&waker)); // the same waker: kept
         cell.finish(Ok(1));
@@ -806,7 +931,7 @@ mod tests {
     #[test]
     fn a_result_finished_on_another_thread_is_seen_whole() {
         for _ in 0..if cfg!(miri) { 4 } else { 100 } {
-            let cell = Cell::<Vec<u64>>::new(Callbacks::new());
+            let cell = Cell::<Vec<u64>>::new(Callbacks::new(), None);
             let count = Arc::new(Count(AtomicUsize::new(0)));
             let waker = Waker::from(count.clone());
             let finisher = {
@@ -831,7 +956,7 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore = "sleeps on a futex (a system call)")]
     fn a_sleeper_is_woken_by_the_result_and_a_deadline_ends_a_sleep() {
-        let cell = Cell::<u64>::new(Callbacks::new());
+        let cell = Cell::<u64>::new(Callbacks::new(), None);
         let soon = Some(Instant::now() + Duration::from_millis(1));
         assert!(!cell.sleep_until(soon));
         let sleeper = {

@@ -454,7 +454,7 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'_, A, R, I> {
                 return true;
             }
         };
-        let cell = Cell::<Vec<R>>::new(Callbacks::new());
+        let cell = Cell::<Vec<R>>::new(Callbacks::new(), None);
         let sink = Sink {
             target: LazyChunk::new(cell.clone(), due),
             tag: 0,
@@ -507,7 +507,7 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
                 return self.refused.take().map(Err);
             };
             // Helping the pool collect, and going on helping while a slow
-            // callback of another task holds up whoever delivers.
+            // decoder of another task holds up whoever delivers.
             wait_helping(&self.feed.pool.shared, || owed.ready());
             self.feed.took_chunk();
             match owed

@@ -27,7 +27,7 @@ impl Pool {
     ) -> Result<AsyncResult<Vec<R>>> {
         self.shared.check_open()?;
         let mut chunker = self.chunker(items, chunksize)?;
-        let cell = Cell::new(callbacks);
+        let cell = Cell::new(callbacks, Some(&self.callbacks));
         let collector = MapCollector::<R>::new(chunker.len_hint, cell.clone());
         let target: Arc<dyn Completion> = collector.clone();
         let mut tasks = smallvec::SmallVec::new();
@@ -58,7 +58,7 @@ impl Pool {
         self.shared.check_can_wait()?;
         self.shared.check_open()?;
         let mut chunker = self.chunker(items, chunksize)?;
-        let cell = Cell::new(Callbacks::new());
+        let cell = Cell::new(Callbacks::new(), None);
         let collector = MapCollector::<R>::new(chunker.len_hint, cell.clone());
         let target: Arc<dyn Completion> = collector.clone();
         let ahead = self.workers() * MAP_CHUNKS_AHEAD_PER_WORKER;
@@ -81,7 +81,7 @@ impl Pool {
         collector.seal();
         let result = AsyncResult::new(cell, Arc::downgrade(&self.shared));
         // Helping the pool collect, and going on helping while a slow
-        // callback of another task holds up whoever delivers.
+        // decoder of another task holds up whoever delivers.
         super::assist::wait_helping(&self.shared, || result.ready());
         result.get()
     }
@@ -195,7 +195,14 @@ impl Pool {
     ///
     /// # Errors
     ///
-    /// The first failing chunk's error; [`Error::PoolClosed`](crate::Error::PoolClosed),
+    /// The first failing chunk's error, returned as soon as it comes (as
+    /// Python's `map` raises): the map's chunks already handed to the
+    /// workers (up to about four per worker; no more are submitted) go on
+    /// running, and hold their workers until they end, so the calls after
+    /// it wait for them. Their results are dropped; only
+    /// [`terminate`](Self::terminate) or a
+    /// [`task_timeout`](crate::PoolBuilder::task_timeout) cuts them short.
+    /// [`Error::PoolClosed`](crate::Error::PoolClosed),
     /// [`Error::Encode`](crate::Error::Encode) for an item that cannot be encoded;
     /// [`Error::WaitInCallback`](crate::Error::WaitInCallback)
     /// in a callback of this pool.
@@ -223,7 +230,11 @@ impl Pool {
     ///
     /// # Errors
     ///
-    /// As [`map`](Self::map), at submission.
+    /// As [`map`](Self::map), at submission. The handle's result is the
+    /// first failing chunk's error, in as soon as it comes; every other
+    /// chunk of the map (all are submitted at once) still runs and holds
+    /// its worker until it ends (only [`terminate`](Self::terminate) or a
+    /// [`task_timeout`](crate::PoolBuilder::task_timeout) cuts them short).
     pub fn map_async<F, A, R>(
         &self,
         f: F,
@@ -257,7 +268,7 @@ impl Pool {
     ///
     /// # Errors
     ///
-    /// As [`map`](Self::map), at submission.
+    /// As [`map_async`](Self::map_async).
     pub fn map_async_with<F, A, R>(
         &self,
         f: F,
@@ -286,7 +297,8 @@ impl Pool {
     ///
     /// # Errors
     ///
-    /// As [`map`](Self::map).
+    /// As [`map`](Self::map): the first failing chunk's error, returned
+    /// while the chunks already handed to the workers go on running.
     pub fn starmap<F, T, R>(&self, f: F, items: impl IntoIterator<Item = T>) -> Result<Vec<R>>
     where
         F: StarFn<T, R>,
@@ -310,7 +322,8 @@ impl Pool {
     ///
     /// # Errors
     ///
-    /// As [`map`](Self::map), at submission.
+    /// As [`map_async`](Self::map_async): the handle's result is the first
+    /// failing chunk's error, while the other chunks go on running.
     pub fn starmap_async<F, T, R>(
         &self,
         f: F,
@@ -343,7 +356,7 @@ impl Pool {
     ///
     /// # Errors
     ///
-    /// As [`map`](Self::map), at submission.
+    /// As [`map_async`](Self::map_async).
     pub fn starmap_async_with<F, T, R>(
         &self,
         f: F,

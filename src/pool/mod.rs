@@ -18,7 +18,8 @@
 //! - `builder.rs`, `config.rs`: configuring a pool;
 //! - `driver.rs`: the state the parent threads share and the driver thread;
 //!   `assist.rs` how a waiting caller helps it, and goes on helping while
-//!   a slow callback holds up whoever delivers;
+//!   a slow decoder holds up whoever delivers; `callback_thread.rs` the
+//!   thread the tasks' callbacks run on, never the driver nor a waiter;
 //! - `core/`: the parent's state machine, run under the lock (its state and
 //!   pass, the workers' lifecycle, the tasks' way through the rings);
 //! - `supervisor.rs`: the thread that starts and reaps workers;
@@ -26,7 +27,7 @@
 //!   the chunks' results gathered, and the output's fresh memory faulted in
 //!   ahead of them;
 //! - `sink.rs`, `handle.rs`, `callbacks.rs`: where an outcome goes, the
-//!   [`AsyncResult`] a caller waits on, the [`Callbacks`] run on arrival;
+//!   [`AsyncResult`] a caller waits on, the [`Callbacks`] run after arrival;
 //! - `stats.rs`: [`PoolStats`];
 //! - `layout.rs`, `worker.rs`: the pool's shared segments (split by writer:
 //!   a common one, one per worker slot, a sealed one workers start from)
@@ -34,6 +35,7 @@
 
 mod assist;
 mod builder;
+mod callback_thread;
 mod callbacks;
 mod chunk;
 mod chunked;
