@@ -7,6 +7,7 @@ use crate::sys;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex, Weak};
 
 /// Why a peer's memfd did not open: the handle's doing, or this process's
 /// own want of descriptors or memory. Telling them apart needs the system
@@ -195,5 +196,52 @@ mod tests {
                 other => panic!("a hugetlbfs memfd opened: {other:?}"),
             }
         }
+    }
+}
+
+/// Files of a kind this process has open, by identity (device, inode), so
+/// that every handle of one file decoded here shares one descriptor and
+/// whatever its holder keeps beside it (mappings). Entries are weak: a file
+/// goes when its last user drops it.
+pub(crate) struct OpenedFiles<T> {
+    files: Mutex<Vec<Weak<T>>>,
+    id: fn(&T) -> (u64, u64),
+}
+
+impl<T> OpenedFiles<T> {
+    /// An empty registry of files whose identity `id` tells.
+    pub(crate) const fn new(id: fn(&T) -> (u64, u64)) -> Self {
+        Self {
+            files: Mutex::new(Vec::new()),
+            id,
+        }
+    }
+
+    /// The file `(dev, ino)` if this process has it open, else the one
+    /// `open` makes, remembered. (Two threads decoding the same handle at
+    /// once may each open it; both copies work.)
+    pub(crate) fn get_or_open<E>(
+        &self,
+        (dev, ino): (u64, u64),
+        open: impl FnOnce() -> Result<T, E>,
+    ) -> Result<Arc<T>, E> {
+        let found = crate::sync::lock(&self.files)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|f| (self.id)(f) == (dev, ino));
+        if let Some(open) = found {
+            return Ok(open);
+        }
+        let opened = Arc::new(open()?);
+        self.remember(&opened);
+        Ok(opened)
+    }
+
+    /// Adds `file` (one this process made) to the open files, forgetting
+    /// those nobody uses any more.
+    pub(crate) fn remember(&self, file: &Arc<T>) {
+        let mut files = crate::sync::lock(&self.files);
+        files.retain(|f| f.strong_count() > 0);
+        files.push(Arc::downgrade(file));
     }
 }

@@ -64,7 +64,7 @@ use crate::shm::peer::{self, OpenError};
 use crate::sys::FileId;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
 /// Bytes of a value's record in its slot: offset and length, u64 each,
 /// little-endian.
@@ -124,7 +124,7 @@ pub(crate) struct ValueFile {
 
 /// Value files this process has open, so that every handle of one queue
 /// decoded here shares one descriptor.
-static OPENED: Mutex<Vec<Weak<ValueFile>>> = Mutex::new(Vec::new());
+static OPENED: peer::OpenedFiles<ValueFile> = peer::OpenedFiles::new(|f| (f.id.dev, f.id.ino));
 
 /// The range that holds `len` bytes (at most [`MAX_VALUE_BYTES`], so this
 /// cannot overflow), in whole pages of `page` bytes, a power of two: at
@@ -246,7 +246,7 @@ impl ValueFile {
             file: std::fs::File::from(fd),
             id,
         });
-        remember(&made);
+        OPENED.remember(&made);
         Ok(made)
     }
 
@@ -292,12 +292,7 @@ impl ValueFile {
         dev: u64,
         ino: u64,
     ) -> std::result::Result<Arc<Self>, OpenError> {
-        if let Some(open) = find(dev, ino) {
-            return Ok(open);
-        }
-        let opened = Arc::new(open_uncached(owner, fd, dev, ino)?);
-        remember(&opened);
-        Ok(opened)
+        OPENED.get_or_open((dev, ino), || open_uncached(owner, fd, dev, ino))
     }
 
     /// Writes `head` then `rest` (a value's encoding, see
@@ -468,21 +463,6 @@ impl ValueFile {
         use std::os::fd::AsFd;
         crate::sys::allocated_bytes(self.file.as_fd()).unwrap_or(u64::MAX)
     }
-}
-
-/// The value file `(dev, ino)` if this process has it open.
-fn find(dev: u64, ino: u64) -> Option<Arc<ValueFile>> {
-    crate::sync::lock(&OPENED)
-        .iter()
-        .filter_map(Weak::upgrade)
-        .find(|f| f.id.dev == dev && f.id.ino == ino)
-}
-
-/// Adds `file` to the open files, forgetting those no queue uses any more.
-fn remember(file: &Arc<ValueFile>) {
-    let mut opened = crate::sync::lock(&OPENED);
-    opened.retain(|f| f.strong_count() > 0);
-    opened.push(Arc::downgrade(file));
 }
 
 /// Opens the value file a handle names (the checks every peer's memfd gets:

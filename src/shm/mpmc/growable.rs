@@ -26,7 +26,7 @@ use crate::sys::{self, FileId};
 use memmap2::{MmapOptions, MmapRaw};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 
 /// One process's descriptor of a queue's data file and its mappings of the
 /// rings it has touched.
@@ -40,7 +40,7 @@ pub(super) struct DataFile {
 
 /// Data files this process has open, so that every handle of one queue
 /// decoded here shares one descriptor and one set of mappings.
-static OPENED: Mutex<Vec<Weak<DataFile>>> = Mutex::new(Vec::new());
+static OPENED: peer::OpenedFiles<DataFile> = peer::OpenedFiles::new(|f| (f.id.dev, f.id.ino));
 
 impl DataFile {
     /// A new file of `first_ring_bytes`, reserved, sealed against shrinking.
@@ -58,7 +58,7 @@ impl DataFile {
             id,
             maps: std::array::from_fn(|_| OnceLock::new()),
         });
-        remember(&made);
+        OPENED.remember(&made);
         Ok(made)
     }
 
@@ -88,12 +88,7 @@ impl DataFile {
         dev: u64,
         ino: u64,
     ) -> std::result::Result<Arc<Self>, OpenError> {
-        if let Some(open) = find(dev, ino) {
-            return Ok(open);
-        }
-        let opened = Arc::new(open_uncached(owner, fd, dev, ino)?);
-        remember(&opened);
-        Ok(opened)
+        OPENED.get_or_open((dev, ino), || open_uncached(owner, fd, dev, ino))
     }
 
     /// Ring `k`'s memory: `len` bytes at `offset`, mapped on first use after
@@ -154,21 +149,6 @@ fn too_short(offset: u64, len: u64, size: u64) -> Error {
             "the ring at {offset}+{len} lies past the file's {size} bytes (a process wrote over the queue)"
         )),
     }
-}
-
-/// The data file `(dev, ino)` if this process has it open.
-fn find(dev: u64, ino: u64) -> Option<Arc<DataFile>> {
-    crate::sync::lock(&OPENED)
-        .iter()
-        .filter_map(Weak::upgrade)
-        .find(|f| f.id.dev == dev && f.id.ino == ino)
-}
-
-/// Adds `file` to the open files, forgetting those no handle uses any more.
-fn remember(file: &Arc<DataFile>) {
-    let mut opened = crate::sync::lock(&OPENED);
-    opened.retain(|f| f.strong_count() > 0);
-    opened.push(Arc::downgrade(file));
 }
 
 /// Opens the queue's file a handle names (the checks every peer's memfd
