@@ -446,6 +446,115 @@ fn a_submitter_blocked_by_max_queued_wakes_on_terminate() {
     }
 }
 
+/// The state of a thread of this process named `name` (`R`, `S`, ...), from
+/// /proc; `None` while there is none.
+fn thread_state(name: &str) -> Option<char> {
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            // After the parenthesised name: " S ...".
+            return stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next());
+        }
+    }
+    None
+}
+
+/// A submitter asleep waiting for room is woken by `close` alone (no task
+/// answered, no delivery): it used to wait on the pool's lifecycle condvar,
+/// which `close` signals; it now sleeps as a helping `get` does, and
+/// `close` nudges it.
+fn a_submitter_blocked_by_max_queued_wakes_on_close() {
+    let gate = AtomicValue::<u64>::new(0).unwrap();
+    let pool = Arc::new(Pool::builder().workers(1).max_queued(2).build().unwrap());
+    let held: Vec<_> = (0..2)
+        .map(|_| pool.apply_async(wait_for_gate, gate.clone()).unwrap())
+        .collect();
+    let submitter = {
+        let pool = pool.clone();
+        std::thread::Builder::new()
+            .name("blocked-submit".into())
+            .spawn(move || pool.apply_async(square, 1).map(drop))
+            .unwrap()
+    };
+    // Asleep, most likely waiting for room (a sleep elsewhere only makes
+    // this test weaker, not wrong).
+    common::eventually("the submitter sleeps", || {
+        submitter.is_finished() || thread_state("blocked-submit") == Some('S')
+    });
+    pool.close();
+    assert_eq!(submitter.join().unwrap(), Err(Error::PoolClosed));
+    gate.store(1);
+    for h in held {
+        assert_eq!(h.get_timeout(HUNG), Ok(7));
+    }
+    pool.join().unwrap();
+}
+
+/// Whether `HeldUp`'s decoder was entered, and whether it was released.
+static HELD_UP: (std::sync::Mutex<(bool, bool)>, std::sync::Condvar) = (
+    std::sync::Mutex::new((false, false)),
+    std::sync::Condvar::new(),
+);
+
+/// A result whose decoder, for 1000, blocks the thread delivering it until
+/// the test releases it (or `HUNG` passed: then it is `HeldUp(0)`).
+#[derive(Debug, PartialEq)]
+struct HeldUp(u64);
+
+impl Wire for HeldUp {
+    fn encode(&self, out: &mut corepool::Encoder) {
+        self.0.encode(out);
+    }
+
+    fn decode(input: &mut &[u8]) -> corepool::Result<Self> {
+        let v = u64::decode(input)?;
+        if v != 1000 {
+            return Ok(HeldUp(v));
+        }
+        let (lock, cond) = &HELD_UP;
+        let mut state = lock.lock().unwrap();
+        state.0 = true;
+        cond.notify_all();
+        let (state, _) = cond.wait_timeout_while(state, HUNG, |s| !s.1).unwrap();
+        Ok(HeldUp(if state.1 { v } else { 0 }))
+    }
+}
+
+fn held_up(x: u64) -> HeldUp {
+    HeldUp(x)
+}
+
+/// A submitter blocked by `max_queued` collects the answers itself while
+/// the driver is held up delivering another task (here a decoder that
+/// waits for this very submitter to go on): it used to wait for the
+/// driver's next pass, so this deadlocked until the decoder gave up.
+fn a_submitter_blocked_by_max_queued_collects_while_the_driver_is_held_up() {
+    let pool = Pool::builder().workers(2).max_queued(2).build().unwrap();
+    // Nobody waits on it: the driver collects it and runs its decoder.
+    let stuck = pool.apply_async(held_up, 1000).unwrap();
+    let (lock, cond) = &HELD_UP;
+    drop(
+        cond.wait_timeout_while(lock.lock().unwrap(), HUNG, |s| !s.0)
+            .unwrap(),
+    );
+    let handles: Vec<_> = (0..50u64)
+        .map(|i| pool.apply_async(square, i).unwrap())
+        .collect();
+    lock.lock().unwrap().1 = true;
+    cond.notify_all();
+    assert_eq!(
+        stuck.get_timeout(HUNG),
+        Ok(HeldUp(1000)),
+        "the submissions returned while the decoder still waited"
+    );
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.get_timeout(HUNG), Ok((i * i) as u64));
+    }
+}
+
 // ---- submissions: nothing stranded, nothing lost ----------------------------
 
 /// Raises `flag` (in the worker) and returns 1.
@@ -946,6 +1055,8 @@ fn main() {
         chunk_sizes_out_of_range_fail_alike_everywhere,
         max_queued_bounds_the_tasks_queued_in_the_parent,
         a_submitter_blocked_by_max_queued_wakes_on_terminate,
+        a_submitter_blocked_by_max_queued_wakes_on_close,
+        a_submitter_blocked_by_max_queued_collects_while_the_driver_is_held_up,
         a_task_submitted_while_a_callback_waits_for_it_is_dispatched,
         many_submitters_and_dying_workers_lose_no_task,
         a_program_with_its_standard_streams_closed_builds_pools,

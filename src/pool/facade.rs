@@ -553,12 +553,14 @@ impl Pool {
         let mut core = self.shared.lock();
         core.open = false;
         let mut actions = Actions {
-            // Submitters blocked by `max_queued` must see the pool closed.
+            // Lifecycle waiters look again; submitters waiting for room
+            // under `max_queued` are woken by `closed` below.
             lifecycle_changed: true,
             ..Actions::default()
         };
         core.drive(Vec::new(), &mut actions);
         self.shared.finish_pass(core, actions);
+        self.shared.closed();
     }
 
     /// Kills the workers now; unfinished tasks get [`Error::Cancelled`]
@@ -682,6 +684,7 @@ fn terminate_now(shared: &Shared) {
     let mut actions = Actions::default();
     core.terminate(&mut actions);
     shared.finish_pass(core, actions);
+    shared.closed();
 }
 
 /// Tells the driver to stop; it sees the flag at its next look.
