@@ -1471,6 +1471,43 @@ fn max_queued_frees_room_on_collection_not_on_callbacks() {
     assert_eq!(got, (0..200u64).map(square).collect::<Vec<_>>());
 }
 
+/// `join_timeout` says whether the pool joined; when it did not, the pool
+/// is as it was (closed, its tasks and callbacks going on), so the caller
+/// can wait again or `terminate` it: the graceful shutdown of a service.
+fn join_timeout_returns_whether_the_pool_joined() {
+    let pool = pool2();
+    assert_eq!(
+        pool.join_timeout(Duration::ZERO),
+        Err(Error::JoinWhileOpen),
+        "as join"
+    );
+    let stuck = pool.apply_async(spin_forever, 0).unwrap();
+    let quick = pool.apply_async(square, 5).unwrap();
+    pool.close();
+    assert_eq!(pool.join_timeout(Duration::from_millis(10)), Ok(false));
+    assert_eq!(quick.get(), Ok(25), "the pool goes on");
+    assert!(!stuck.ready());
+    assert_eq!(pool.pids().len(), 2, "no worker was stopped");
+    pool.terminate();
+    assert_eq!(pool.join_timeout(HUNG), Ok(true));
+    assert_eq!(stuck.get(), Err(Error::Cancelled));
+    assert!(pool.pids().is_empty());
+    assert_eq!(
+        pool.join_timeout(Duration::ZERO),
+        Ok(true),
+        "joined stays joined"
+    );
+
+    // A callback still running: not joined, until it returns.
+    let pool = pool2();
+    let (slow, release_tx) = a_callback_stuck_until_released(&pool);
+    pool.close();
+    assert_eq!(pool.join_timeout(Duration::from_millis(10)), Ok(false));
+    release_tx.send(()).expect("the callback still ran");
+    assert_eq!(pool.join_timeout(Duration::MAX), Ok(true));
+    assert_eq!(slow.get(), Ok(9));
+}
+
 fn main() {
     common::run(common::tests![
         async_results_are_futures_woken_by_the_pool,
@@ -1515,5 +1552,6 @@ fn main() {
         terminate_returns_while_error_callbacks_wait_for_its_caller,
         join_and_drop_wait_for_every_callback,
         max_queued_frees_room_on_collection_not_on_callbacks,
+        join_timeout_returns_whether_the_pool_joined,
     ]);
 }

@@ -203,10 +203,14 @@ fn waiting_inside_a_callback_fails_at_once() {
         let inner = pool.clone();
         let cb = Callbacks::new().on_success(move |_: &u64| {
             inner.close();
-            tx.send(inner.join()).unwrap();
+            tx.send((inner.join(), inner.join_timeout(Duration::ZERO)))
+                .unwrap();
         });
         pool.apply_async_with(square, 5, cb).unwrap();
-        assert_eq!(rx.recv_timeout(HUNG), Ok(Err(Error::WaitInCallback)));
+        assert_eq!(
+            rx.recv_timeout(HUNG),
+            Ok((Err(Error::WaitInCallback), Err(Error::WaitInCallback)))
+        );
         assert_eq!(pool.join(), Ok(()), "outside the callback, join works");
         gate.store(0);
     }
