@@ -216,6 +216,31 @@ fn waiting_inside_a_callback_fails_at_once() {
     }
 }
 
+/// A `submit_raw` `done` function runs on the collecting thread (not the
+/// callback thread), as its rustdoc says, and a wait on the pool there
+/// fails at once, as in a callback.
+fn waiting_inside_a_raw_done_fails_at_once() {
+    let pool = Arc::new(Pool::builder().workers(1).build().unwrap());
+    let (tx, rx) = mpsc::channel();
+    let inner = pool.clone();
+    let mut arg = corepool::Encoder::new();
+    4u64.encode(&mut arg);
+    pool.submit_raw(
+        corepool::RawTask::one(square),
+        arg.finish().unwrap(),
+        move |r| {
+            let on = std::thread::current().name().map(str::to_owned);
+            tx.send((r, inner.apply(square, 2), on)).unwrap();
+        },
+    )
+    .unwrap();
+    let (r, waited, on) = rx.recv_timeout(HUNG).expect("done ran");
+    assert_eq!(u64::decode(&mut r.unwrap().as_slice()), Ok(16));
+    assert_eq!(waited, Err(Error::WaitInCallback));
+    assert_ne!(on.as_deref(), Some("corepool-callbacks"));
+    assert_eq!(pool.apply(square, 2), Ok(4), "outside `done`, waits work");
+}
+
 // ---- 14: dropping the last pool inside a callback returns ------------------
 
 fn dropping_the_last_pool_inside_a_callback_returns() {
@@ -1052,6 +1077,7 @@ fn main() {
         a_panicking_callback_on_a_waiting_caller_affects_only_its_task,
         a_panicking_decoder_fails_only_its_task,
         waiting_inside_a_callback_fails_at_once,
+        waiting_inside_a_raw_done_fails_at_once,
         dropping_the_last_pool_inside_a_callback_returns,
         a_forked_copy_of_a_pool_leaves_the_parents_workers_alone,
         tasks_are_not_stranded_behind_a_starting_replacement,
