@@ -1412,6 +1412,102 @@ fn join_and_drop_wait_for_every_callback() {
     );
 }
 
+/// Under `max_queued`, room is freed when an answer is collected, not when
+/// its callback has returned (trial 25, F6): submissions go on while every
+/// callback is blocked, and the producer/consumer pattern of callbacks
+/// sending into a bounded channel the submitting loop drains between
+/// submissions completes (a hang is the watchdog's).
+fn max_queued_frees_room_on_collection_not_on_callbacks() {
+    let pool = Pool::builder()
+        .workers(2)
+        .max_queued(2)
+        .build()
+        .expect("pool starts");
+    let (slow, release_tx) = a_callback_stuck_until_released(&pool);
+    let ran = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = (0..20u64)
+        .map(|i| {
+            let ran = ran.clone();
+            let cb = Callbacks::new().on_success(move |_: &u64| {
+                ran.fetch_add(1, Ordering::SeqCst);
+            });
+            pool.apply_async_with(square, i, cb).unwrap()
+        })
+        .collect();
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        0,
+        "the callbacks wait behind the blocked one"
+    );
+    release_tx
+        .send(())
+        .expect("the submissions returned while the callback still ran");
+    assert_eq!(slow.get(), Ok(9));
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.get(), Ok((i * i) as u64));
+    }
+    assert_eq!(ran.load(Ordering::SeqCst), 20);
+
+    // The trial's `maxqchan`: a channel of 2, drained between submissions.
+    let pool = Pool::builder()
+        .workers(2)
+        .max_queued(4)
+        .build()
+        .expect("pool starts");
+    let (tx, rx) = std::sync::mpsc::sync_channel::<u64>(2);
+    let mut got = Vec::new();
+    for i in 0..200u64 {
+        let tx = tx.clone();
+        let cb = Callbacks::new().on_success(move |v: &u64| tx.send(*v).unwrap());
+        drop(pool.apply_async_with(square, i, cb).unwrap());
+        got.extend(rx.try_iter());
+    }
+    while got.len() < 200 {
+        got.push(rx.recv_timeout(HUNG).expect("every callback sends"));
+    }
+    pool.close();
+    pool.join().unwrap();
+    got.sort_unstable();
+    assert_eq!(got, (0..200u64).map(square).collect::<Vec<_>>());
+}
+
+/// `join_timeout` says whether the pool joined; when it did not, the pool
+/// is as it was (closed, its tasks and callbacks going on), so the caller
+/// can wait again or `terminate` it: the graceful shutdown of a service.
+fn join_timeout_returns_whether_the_pool_joined() {
+    let pool = pool2();
+    assert_eq!(
+        pool.join_timeout(Duration::ZERO),
+        Err(Error::JoinWhileOpen),
+        "as join"
+    );
+    let stuck = pool.apply_async(spin_forever, 0).unwrap();
+    let quick = pool.apply_async(square, 5).unwrap();
+    pool.close();
+    assert_eq!(pool.join_timeout(Duration::from_millis(10)), Ok(false));
+    assert_eq!(quick.get(), Ok(25), "the pool goes on");
+    assert!(!stuck.ready());
+    assert_eq!(pool.pids().len(), 2, "no worker was stopped");
+    pool.terminate();
+    assert_eq!(pool.join_timeout(HUNG), Ok(true));
+    assert_eq!(stuck.get(), Err(Error::Cancelled));
+    assert!(pool.pids().is_empty());
+    assert_eq!(
+        pool.join_timeout(Duration::ZERO),
+        Ok(true),
+        "joined stays joined"
+    );
+
+    // A callback still running: not joined, until it returns.
+    let pool = pool2();
+    let (slow, release_tx) = a_callback_stuck_until_released(&pool);
+    pool.close();
+    assert_eq!(pool.join_timeout(Duration::from_millis(10)), Ok(false));
+    release_tx.send(()).expect("the callback still ran");
+    assert_eq!(pool.join_timeout(Duration::MAX), Ok(true));
+    assert_eq!(slow.get(), Ok(9));
+}
+
 fn main() {
     common::run(common::tests![
         async_results_are_futures_woken_by_the_pool,
@@ -1455,5 +1551,7 @@ fn main() {
         a_blocked_callback_holds_back_later_callbacks_only,
         terminate_returns_while_error_callbacks_wait_for_its_caller,
         join_and_drop_wait_for_every_callback,
+        max_queued_frees_room_on_collection_not_on_callbacks,
+        join_timeout_returns_whether_the_pool_joined,
     ]);
 }

@@ -203,13 +203,42 @@ fn waiting_inside_a_callback_fails_at_once() {
         let inner = pool.clone();
         let cb = Callbacks::new().on_success(move |_: &u64| {
             inner.close();
-            tx.send(inner.join()).unwrap();
+            tx.send((inner.join(), inner.join_timeout(Duration::ZERO)))
+                .unwrap();
         });
         pool.apply_async_with(square, 5, cb).unwrap();
-        assert_eq!(rx.recv_timeout(HUNG), Ok(Err(Error::WaitInCallback)));
+        assert_eq!(
+            rx.recv_timeout(HUNG),
+            Ok((Err(Error::WaitInCallback), Err(Error::WaitInCallback)))
+        );
         assert_eq!(pool.join(), Ok(()), "outside the callback, join works");
         gate.store(0);
     }
+}
+
+/// A `submit_raw` `done` function runs on the collecting thread (not the
+/// callback thread), as its rustdoc says, and a wait on the pool there
+/// fails at once, as in a callback.
+fn waiting_inside_a_raw_done_fails_at_once() {
+    let pool = Arc::new(Pool::builder().workers(1).build().unwrap());
+    let (tx, rx) = mpsc::channel();
+    let inner = pool.clone();
+    let mut arg = corepool::Encoder::new();
+    4u64.encode(&mut arg);
+    pool.submit_raw(
+        corepool::RawTask::one(square),
+        arg.finish().unwrap(),
+        move |r| {
+            let on = std::thread::current().name().map(str::to_owned);
+            tx.send((r, inner.apply(square, 2), on)).unwrap();
+        },
+    )
+    .unwrap();
+    let (r, waited, on) = rx.recv_timeout(HUNG).expect("done ran");
+    assert_eq!(u64::decode(&mut r.unwrap().as_slice()), Ok(16));
+    assert_eq!(waited, Err(Error::WaitInCallback));
+    assert_ne!(on.as_deref(), Some("corepool-callbacks"));
+    assert_eq!(pool.apply(square, 2), Ok(4), "outside `done`, waits work");
 }
 
 // ---- 14: dropping the last pool inside a callback returns ------------------
@@ -443,6 +472,115 @@ fn a_submitter_blocked_by_max_queued_wakes_on_terminate() {
     assert_eq!(submitter.join().unwrap(), Err(Error::PoolClosed));
     for h in held {
         assert_eq!(h.get(), Err(Error::Cancelled));
+    }
+}
+
+/// The state of a thread of this process named `name` (`R`, `S`, ...), from
+/// /proc; `None` while there is none.
+fn thread_state(name: &str) -> Option<char> {
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            // After the parenthesised name: " S ...".
+            return stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next());
+        }
+    }
+    None
+}
+
+/// A submitter asleep waiting for room is woken by `close` alone (no task
+/// answered, no delivery): it used to wait on the pool's lifecycle condvar,
+/// which `close` signals; it now sleeps as a helping `get` does, and
+/// `close` nudges it.
+fn a_submitter_blocked_by_max_queued_wakes_on_close() {
+    let gate = AtomicValue::<u64>::new(0).unwrap();
+    let pool = Arc::new(Pool::builder().workers(1).max_queued(2).build().unwrap());
+    let held: Vec<_> = (0..2)
+        .map(|_| pool.apply_async(wait_for_gate, gate.clone()).unwrap())
+        .collect();
+    let submitter = {
+        let pool = pool.clone();
+        std::thread::Builder::new()
+            .name("blocked-submit".into())
+            .spawn(move || pool.apply_async(square, 1).map(drop))
+            .unwrap()
+    };
+    // Asleep, most likely waiting for room (a sleep elsewhere only makes
+    // this test weaker, not wrong).
+    common::eventually("the submitter sleeps", || {
+        submitter.is_finished() || thread_state("blocked-submit") == Some('S')
+    });
+    pool.close();
+    assert_eq!(submitter.join().unwrap(), Err(Error::PoolClosed));
+    gate.store(1);
+    for h in held {
+        assert_eq!(h.get_timeout(HUNG), Ok(7));
+    }
+    pool.join().unwrap();
+}
+
+/// Whether `HeldUp`'s decoder was entered, and whether it was released.
+static HELD_UP: (std::sync::Mutex<(bool, bool)>, std::sync::Condvar) = (
+    std::sync::Mutex::new((false, false)),
+    std::sync::Condvar::new(),
+);
+
+/// A result whose decoder, for 1000, blocks the thread delivering it until
+/// the test releases it (or `HUNG` passed: then it is `HeldUp(0)`).
+#[derive(Debug, PartialEq)]
+struct HeldUp(u64);
+
+impl Wire for HeldUp {
+    fn encode(&self, out: &mut corepool::Encoder) {
+        self.0.encode(out);
+    }
+
+    fn decode(input: &mut &[u8]) -> corepool::Result<Self> {
+        let v = u64::decode(input)?;
+        if v != 1000 {
+            return Ok(HeldUp(v));
+        }
+        let (lock, cond) = &HELD_UP;
+        let mut state = lock.lock().unwrap();
+        state.0 = true;
+        cond.notify_all();
+        let (state, _) = cond.wait_timeout_while(state, HUNG, |s| !s.1).unwrap();
+        Ok(HeldUp(if state.1 { v } else { 0 }))
+    }
+}
+
+fn held_up(x: u64) -> HeldUp {
+    HeldUp(x)
+}
+
+/// A submitter blocked by `max_queued` collects the answers itself while
+/// the driver is held up delivering another task (here a decoder that
+/// waits for this very submitter to go on): it used to wait for the
+/// driver's next pass, so this deadlocked until the decoder gave up.
+fn a_submitter_blocked_by_max_queued_collects_while_the_driver_is_held_up() {
+    let pool = Pool::builder().workers(2).max_queued(2).build().unwrap();
+    // Nobody waits on it: the driver collects it and runs its decoder.
+    let stuck = pool.apply_async(held_up, 1000).unwrap();
+    let (lock, cond) = &HELD_UP;
+    drop(
+        cond.wait_timeout_while(lock.lock().unwrap(), HUNG, |s| !s.0)
+            .unwrap(),
+    );
+    let handles: Vec<_> = (0..50u64)
+        .map(|i| pool.apply_async(square, i).unwrap())
+        .collect();
+    lock.lock().unwrap().1 = true;
+    cond.notify_all();
+    assert_eq!(
+        stuck.get_timeout(HUNG),
+        Ok(HeldUp(1000)),
+        "the submissions returned while the decoder still waited"
+    );
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.get_timeout(HUNG), Ok((i * i) as u64));
     }
 }
 
@@ -939,6 +1077,7 @@ fn main() {
         a_panicking_callback_on_a_waiting_caller_affects_only_its_task,
         a_panicking_decoder_fails_only_its_task,
         waiting_inside_a_callback_fails_at_once,
+        waiting_inside_a_raw_done_fails_at_once,
         dropping_the_last_pool_inside_a_callback_returns,
         a_forked_copy_of_a_pool_leaves_the_parents_workers_alone,
         tasks_are_not_stranded_behind_a_starting_replacement,
@@ -946,6 +1085,8 @@ fn main() {
         chunk_sizes_out_of_range_fail_alike_everywhere,
         max_queued_bounds_the_tasks_queued_in_the_parent,
         a_submitter_blocked_by_max_queued_wakes_on_terminate,
+        a_submitter_blocked_by_max_queued_wakes_on_close,
+        a_submitter_blocked_by_max_queued_collects_while_the_driver_is_held_up,
         a_task_submitted_while_a_callback_waits_for_it_is_dispatched,
         many_submitters_and_dying_workers_lose_no_task,
         a_program_with_its_standard_streams_closed_builds_pools,

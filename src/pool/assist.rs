@@ -1,6 +1,6 @@
 //! Waiting for results without leaning on one thread: a caller that waits
 //! (a `map`, a lazy map's `next`, `AsyncResult::get` once its spin is
-//! over) helps collect, and goes on helping while the thread delivering
+//! over, a submitter waiting for room under `max_queued`) helps collect, and goes on helping while the thread delivering
 //! outcomes (the driver, or another helper) is held up in the user's code
 //! of some other task (a slow decoder, a `submit_raw` `done` function),
 //! instead of sleeping until it returns. Callbacks do not hold up a

@@ -447,6 +447,16 @@ impl PoolBuilder {
     /// Submissions made from a callback are never held back (a callback
     /// must not block). Default: no bound.
     ///
+    /// A task stops counting once its answer is collected, not once its
+    /// callback has returned: callbacks queued on the pool's callback
+    /// thread behind a slow one hold no room (nor are they bounded by `n`).
+    /// A blocked submitter helps collect answers meanwhile, as a waiting
+    /// [`get`](crate::AsyncResult::get) does, so room frees even while the
+    /// thread delivering results is held up in a slow decoder or a
+    /// [`submit_raw`](crate::Pool::submit_raw) `done` function of another
+    /// task. It may then run such a decoder or `done` function itself: one
+    /// that waits for the blocked submitter to go on deadlocks it.
+    ///
     /// ```
     /// fn main() -> corepool::Result<()> {
     ///     corepool::init();

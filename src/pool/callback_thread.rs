@@ -24,6 +24,7 @@ use crate::sync::lock;
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 /// A callback to run and the outcome to store after it.
 pub(super) type Job = Box<dyn FnOnce() + Send>;
@@ -152,10 +153,29 @@ impl CallbackThread {
 
     /// Blocks until every owed callback has returned.
     pub(super) fn wait_settled(&self) {
+        self.wait_settled_until(None);
+    }
+
+    /// [`wait_settled`](Self::wait_settled), giving up at `deadline`
+    /// (`None`: never); returns whether every owed callback has returned.
+    pub(super) fn wait_settled_until(&self, deadline: Option<Instant>) -> bool {
         let mut state = lock(&self.state);
         while state.owed > 0 {
-            state = self.settled.wait(state).unwrap_or_else(|p| p.into_inner());
+            state = match deadline {
+                None => self.settled.wait(state).unwrap_or_else(|p| p.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    self.settled
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
         }
+        true
     }
 
     /// Tells the thread to stop once its queue is empty; joins it when

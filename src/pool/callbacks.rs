@@ -42,10 +42,13 @@ type ErrCallback = Box<dyn FnOnce(&Error) + Send>;
 ///   teardown (terminate, reap the workers, wait for the callbacks after
 ///   this one) finishes on a thread of its own.
 ///
-/// A decoder ([`Wire::decode`](crate::Wire::decode)) of a result type runs
-/// on the thread that collects the result (the pool's driver, or any thread
-/// waiting on the pool): if it panics, that task fails with
-/// [`Error::Decode`].
+/// A decoder ([`Wire::decode`](crate::Wire::decode)) of a result type does
+/// not run on the callback thread: it runs on whichever thread collects the
+/// result (the pool's driver, a caller waiting on the pool in `get`, a map
+/// or a submission waiting for room, an `AsyncResult`'s poll, a
+/// [`Collector`](crate::Collector)'s thread), before any callback of its
+/// task. It should be quick and never wait for another thread of the
+/// program; if it panics, that task fails with [`Error::Decode`].
 ///
 /// ```
 /// let cb = corepool::Callbacks::<u64>::new()

@@ -97,6 +97,10 @@ pub(super) struct Shared {
     /// Nanoseconds after `epoch` when a running task overruns its timeout;
     /// `u64::MAX` when none can.
     next_deadline_ns: AtomicU64,
+    /// Set (never cleared) once `close` or `terminate` took the pool's
+    /// `open` away: a submitter waiting for room under `max_queued` looks
+    /// here without the lock (`wait_for_room`).
+    closed: AtomicBool,
     epoch: Instant,
     /// The process that created the pool: in a `fork()`ed copy, nothing may
     /// touch the workers, the rings or a lock another thread held at the fork.
@@ -160,6 +164,7 @@ impl Shared {
             gate: AtomicU32::new(0),
             outstanding: AtomicUsize::new(0),
             next_deadline_ns: AtomicU64::new(u64::MAX),
+            closed: AtomicBool::new(false),
             epoch: Instant::now(),
             owner: crate::sys::current_pid(),
             assist: Assist::new(),
@@ -590,13 +595,10 @@ impl Shared {
                 usize::MAX
             };
             if room == 0 {
-                // Answers free room: make sure somebody collects them (a
-                // gated driver with no helper left would not), then wait
-                // for a pass that delivers some, or for `close`.
-                if self.helpers.load(Ordering::SeqCst) == 0 {
-                    park::wake(&self.gate);
-                }
-                core = self.wait_lifecycle(core, None);
+                let max_queued = core.max_queued;
+                drop(core);
+                self.wait_for_room(max_queued);
+                core = self.lock();
                 continue;
             }
             for (trampoline, payload, sink) in tasks.by_ref().take(room) {
@@ -618,6 +620,38 @@ impl Shared {
             }
             core = self.lock();
         }
+    }
+}
+
+impl Shared {
+    /// Blocks a submitter while `max_queued` tasks are unanswered, helping
+    /// collect as a waiting `get` does (`assist::wait_helping`): it spins
+    /// collecting, then sleeps until a delivery starts or ends, and collects
+    /// itself while one is held up (a slow decoder, a `submit_raw` `done`
+    /// function). Room is freed when an answer is collected, not when its
+    /// callback has run (callbacks run on the callback thread), so neither
+    /// a blocked callback nor a delivery held up in user code keeps a
+    /// submitter waiting while workers answer. Returns when room may have
+    /// freed, or the pool is closed (`close` nudges the sleepers) or
+    /// broken (its tasks are failed: room frees); the caller checks again
+    /// under the lock.
+    fn wait_for_room(&self, max_queued: usize) {
+        // SeqCst loads: `outstanding` is stored under the lock by every pass
+        // that changes it (`finish_pass`) before the pass's delivery nudges
+        // the sleepers, and `closed` is stored before `close` nudges them;
+        // the fences of `Assist::nudge` and `Assist::sleep` pair them with
+        // these loads, so a sleeper either sees the change or is woken.
+        super::assist::wait_helping(self, || {
+            self.outstanding.load(Ordering::SeqCst) < max_queued
+                || self.closed.load(Ordering::SeqCst)
+        });
+    }
+
+    /// Marks the pool closed for submitters waiting for room, and wakes
+    /// those asleep. Called after the pass that took `open` away.
+    pub(super) fn closed(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.assist.delivered();
     }
 }
 

@@ -553,12 +553,14 @@ impl Pool {
         let mut core = self.shared.lock();
         core.open = false;
         let mut actions = Actions {
-            // Submitters blocked by `max_queued` must see the pool closed.
+            // Lifecycle waiters look again; submitters waiting for room
+            // under `max_queued` are woken by `closed` below.
             lifecycle_changed: true,
             ..Actions::default()
         };
         core.drive(Vec::new(), &mut actions);
         self.shared.finish_pass(core, actions);
+        self.shared.closed();
     }
 
     /// Kills the workers now; unfinished tasks get [`Error::Cancelled`]
@@ -622,19 +624,74 @@ impl Pool {
     /// in a callback of this pool; [`Error::ForeignPool`] in a `fork()`ed
     /// copy of it.
     pub fn join(&self) -> Result<()> {
+        self.join_until(None).map(drop)
+    }
+
+    /// [`join`](Self::join) that waits at most `timeout`: `Ok(true)` once
+    /// joined (every worker exited, every callback returned), `Ok(false)`
+    /// when the time is up. The pool is then as it was, closed, its tasks
+    /// and callbacks going on: wait again, or
+    /// [`terminate`](Self::terminate) it and `join`. A timeout too long to
+    /// represent as an [`Instant`] (such as [`Duration::MAX`]) waits without
+    /// limit. This is the graceful shutdown of a service: let the work in
+    /// hand finish for a while, then cancel what is left.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn forever(_: u64) -> u64 {
+    ///     loop {
+    ///         std::hint::spin_loop();
+    ///     }
+    /// }
+    ///
+    /// fn main() -> corepool::Result<()> {
+    ///     corepool::init();
+    ///     let pool = corepool::Pool::new(2)?;
+    ///     let quick = pool.apply_async(|x: u64| x + 1, 1)?;
+    ///     let stuck = pool.apply_async(forever, 0)?;
+    ///     // Shutting down: no new work, a grace period, then cancel the rest.
+    ///     pool.close();
+    ///     if !pool.join_timeout(Duration::from_millis(100))? {
+    ///         pool.terminate();
+    ///         pool.join()?;
+    ///     }
+    ///     assert_eq!(quick.get()?, 2);
+    ///     assert_eq!(stuck.get().unwrap_err(), corepool::Error::Cancelled);
+    ///     assert!(pool.pids().is_empty());
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`join`](Self::join): [`Error::JoinWhileOpen`] unless
+    /// [`close`](Self::close) or [`terminate`](Self::terminate) came first;
+    /// [`Error::WaitInCallback`] in a callback of this pool;
+    /// [`Error::ForeignPool`] in a `fork()`ed copy of it.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<bool> {
+        self.join_until(crate::shm::park::deadline_after(timeout))
+    }
+
+    /// Waits until every worker exited and every callback returned, or
+    /// `deadline` (`None`: never); returns whether it joined.
+    fn join_until(&self, deadline: Option<Instant>) -> Result<bool> {
         self.shared.check_can_wait()?;
         let mut core = self.shared.lock();
         if core.open {
             return Err(Error::JoinWhileOpen);
         }
         while !(core.all_stopped() && core.outstanding == 0) {
-            core = self.shared.wait_lifecycle(core, None);
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                return Ok(false);
+            }
+            core = self.shared.wait_lifecycle(core, left);
         }
         drop(core);
         // Every task is answered: what is left is their callbacks, queued
         // on the callback thread or running there.
-        self.callbacks.wait_settled();
-        Ok(())
+        Ok(self.callbacks.wait_settled_until(deadline))
     }
 }
 
@@ -682,6 +739,7 @@ fn terminate_now(shared: &Shared) {
     let mut actions = Actions::default();
     core.terminate(&mut actions);
     shared.finish_pass(core, actions);
+    shared.closed();
 }
 
 /// Tells the driver to stop; it sees the flag at its next look.

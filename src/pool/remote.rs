@@ -205,10 +205,23 @@ impl Pool {
     /// [`Error::WorkerDied`](crate::Error::WorkerDied), [`Error::Decode`](crate::Error::Decode) for bytes that do not decode
     /// as the task's argument, ...).
     ///
-    /// `done` runs in this process on the thread that delivers results (the
-    /// pool's driver, or a caller waiting on the pool), as a callback does:
-    /// it must not wait on this pool. The worker decodes `arg` as untrusted
-    /// input.
+    /// `done` runs in this process, at once, on whichever thread collects
+    /// the result: the pool's driver, a thread holding a [`Collector`], a
+    /// caller waiting on the pool (`get`, `map`, a lazy map's `next`, a
+    /// submission waiting for room under
+    /// [`max_queued`](crate::PoolBuilder::max_queued)), an `AsyncResult`'s
+    /// poll (inside an async runtime), or [`terminate`](Self::terminate)'s
+    /// caller for the tasks it cancels. Unlike a [`Callbacks`] callback, it
+    /// is not handed to the pool's callback thread: a transport's thread
+    /// that collects its own results (`corepool-mpi`'s) gets them with no
+    /// hop between threads. So keep it short and make it never block (hand
+    /// the bytes on, as into an unbounded channel): while it runs, that
+    /// thread collects nothing else, and a `done` that waits for a thread
+    /// which is itself collecting (a submitter blocked for room, a caller in
+    /// `get`) can deadlock it. Waiting on this pool in `done` fails with
+    /// [`Error::WaitInCallback`](crate::Error::WaitInCallback); a panic in it
+    /// is caught and affects nothing else. The worker decodes `arg` as
+    /// untrusted input.
     ///
     /// ```
     /// use corepool::{Encoder, Error, Pool, RawTask, Wire};
@@ -462,8 +475,9 @@ impl std::ops::DerefMut for RawArgument<'_> {
 /// nothing is collected meanwhile (dropping it wakes the driver if results
 /// are still due). Nor should the thread submit to a full pool with a
 /// [`max_queued`](crate::PoolBuilder::max_queued) bound while it holds a
-/// collector: the submission would wait for room that only its own
-/// collecting frees.
+/// collector: the submission collects while it spins, but then sleeps
+/// waiting for room that only collecting frees, while the collector keeps
+/// the driver asleep.
 ///
 /// ```
 /// use corepool::{Encoder, Pool, RawTask, Wire};
