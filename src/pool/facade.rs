@@ -495,6 +495,11 @@ impl Pool {
         R: Wire,
     {
         let _ = f;
+        // Before the cell: a cell with callbacks counts itself owed under the
+        // callback thread's lock, which a forked child may have inherited
+        // held (review26 B1: 1 child in 1000 hung instead of getting
+        // `ForeignPool`). The pid is cached: no system call.
+        self.shared.check_owner()?;
         let trampoline = task::offset_of(task::call_one::<F, A, R>);
         let cell = Cell::new(callbacks, Some(&self.callbacks));
         let sink = Sink {
