@@ -85,6 +85,9 @@ impl CallbackThread {
     /// no callback of its kind) or has run: one fewer to wait for.
     pub(super) fn settle(&self) {
         let mut state = lock(&self.state);
+        // Each owed callback settles once; tests catch a second settle,
+        // which would let `join` return before a callback ran.
+        debug_assert!(state.owed > 0, "a callback settled twice");
         state.owed = state.owed.saturating_sub(1);
         if state.owed == 0 {
             self.settled.notify_all();

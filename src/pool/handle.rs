@@ -747,8 +747,9 @@ impl<T: Send + 'static> AsyncResult<T> {
 
 /// An [`AsyncResult`] is a [`Future`] of the task's result, for async
 /// programs on any executor (corepool depends on none): awaiting it never
-/// blocks a thread, and the pool's own driver thread wakes the awaiting task
-/// when the result comes in (for a task with callbacks, the callback thread
+/// blocks a thread, and whichever thread collects the result (the pool's
+/// driver, a waiting `get`, another future's poll) wakes the awaiting task
+/// when it comes in (for a task with callbacks, the callback thread
 /// does, after the task's callback ran, as for [`get`](AsyncResult::get)).
 /// A poll may collect other results of the pool on the way, never runs a
 /// callback: those run on the pool's callback thread (see
