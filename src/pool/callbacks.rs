@@ -10,9 +10,15 @@ type ErrCallback = Box<dyn FnOnce(&Error) + Send>;
 /// Callbacks for [`crate::Pool::apply_async_with`], Python's `callback` and
 /// `error_callback`. They run in the parent, on a thread of the pool's own
 /// (`corepool-callbacks`, started at the pool's first callback), one at a
-/// time, in the order the results came in, outside any async runtime; never
-/// on a thread that awaits a result, `get`s one, or calls
-/// [`terminate`](crate::Pool::terminate). A task's result becomes visible
+/// time, in the order the results were handed to it (the order they came
+/// in, but for two threads collecting at the same moment, whose results
+/// interleave), outside any async runtime; never on a thread that awaits a
+/// result, `get`s one, or calls [`terminate`](crate::Pool::terminate) (only
+/// if that thread cannot be started do they run where the result is
+/// collected, as before there was one). The callback *not* called (the
+/// `on_error` of a task that succeeded, or the reverse) is dropped where
+/// the result is collected: keep its captures' `Drop` trivial. A task's
+/// result becomes visible
 /// (to `get`, `.await`, [`ready`](crate::AsyncResult::ready)) once its own
 /// callback has returned, as in Python. A callback that runs long (or
 /// blocks) holds back only the callbacks after it, and the results of their
