@@ -72,7 +72,10 @@ use std::time::{Duration, Instant};
 /// value put past that point goes into a one-off memfd of its producer's
 /// instead (a *spill*), and keeps going through, but is again bound to its
 /// producer: one that returns keeps it at most 5 seconds for a receiver
-/// (`EXIT_LINGER`), one that is killed loses it. Without a file-size limit
+/// (`EXIT_LINGER`), one that is killed loses it.
+/// [`Process::join`](crate::Process::join) waits for that exit, so under such a limit
+/// "join the producers, then drain" loses these values (a user trial):
+/// drain before joining, or raise the limit. Without a file-size limit
 /// this never happens. A single value larger than the limit is
 /// [`Error::SharedMemory`] (EFBIG).
 ///
