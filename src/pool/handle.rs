@@ -800,7 +800,14 @@ impl<T: Send + 'static> AsyncResult<T> {
 /// was returned gives [`Error::ResultTaken`]; in a `fork()`ed copy of the
 /// pool the future is ready at once with [`Error::ForeignPool`]; polled in
 /// a callback of its pool (a `block_on` there) before the result is in, it
-/// is ready at once with [`Error::WaitInCallback`], as `get` is.
+/// is ready at once with [`Error::WaitInCallback`], as `get` is. The same
+/// holds on any thread while it delivers the pool's results (the pool's
+/// [`Wire::decode`](crate::Wire::decode) of a result, a waker's `wake` run
+/// by the collecting thread), since a wait there may be for a result only
+/// that thread would collect: an executor whose `wake` polls futures
+/// inline gets the result of the future it was woken for (it is in
+/// already), and `WaitInCallback` for another of the same pool that is
+/// not; `ready()` is the check that never refuses.
 impl<T: Send + 'static> Future for AsyncResult<T> {
     type Output = Result<T>;
 
