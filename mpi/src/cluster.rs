@@ -107,27 +107,27 @@ impl Wire for Shard {
     }
 }
 
-/// Decodes a task's result bytes; a panicking decoder is a decode error.
+/// Decodes a task's result bytes; a panicking decoder is a decode error
+/// naming `R` and quoting the panic.
 pub(crate) fn decode_result<R: Wire>(bytes: Result<Vec<u8>>) -> Result<R> {
-    let bytes = bytes?;
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        proto::decode_exact::<R>(&bytes)
-    }))
-    .unwrap_or_else(|_| {
-        Err(Error::Decode {
-            type_name: std::any::type_name::<R>(),
-            reason: "its decoder panicked".into(),
-        })
-    })
+    crate::guard::decode_caught::<R>(&bytes?)
 }
 
-/// Encodes `value` into fresh bytes.
+/// Encodes `value` into fresh bytes; a panicking encoder is an encode error
+/// naming `A` and quoting the panic.
 pub(crate) fn encode_value<A: Wire>(value: &A) -> Result<Vec<u8>> {
+    encode_named::<A, A>(value)
+}
+
+/// Encodes `value` into fresh bytes; a panicking encoder is an encode error
+/// naming `Name` (a chunk's item type rather than the `Vec` of them) and
+/// quoting the panic.
+pub(crate) fn encode_named<Name: ?Sized, V: Wire>(value: &V) -> Result<Vec<u8>> {
     let mut out = Encoder::new();
     // On the MPI thread: a spare buffer of an earlier large task, whose
     // pages are already there.
     *out = crate::transport::spare_buffer();
-    value.encode(&mut out);
+    crate::guard::encode_caught::<Name>(&mut out, |out| value.encode(out));
     out.finish()
 }
 
@@ -544,6 +544,19 @@ impl Cluster {
 
     fn floor(&self, peer: usize, control: proto::Control) -> Result<Duration> {
         crate::result::check_can_wait()?;
+        if let proto::Control::PingPong { bytes, .. } | proto::Control::Stream { bytes, .. } =
+            control
+        {
+            // Plain MPI sends, one message each: an `int` count.
+            if bytes > crate::transport::PIECE_LIMIT as u64 {
+                return Err(Error::InvalidConfig {
+                    what: format!(
+                        "{bytes}-byte messages: a bare MPI message holds at most {} bytes (an MPI count is an `int`); measure with smaller ones",
+                        crate::transport::PIECE_LIMIT
+                    ),
+                });
+            }
+        }
         let (reply, answer) = std::sync::mpsc::channel();
         self.commands
             .send(Command::Floor {

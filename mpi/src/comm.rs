@@ -113,7 +113,7 @@ pub(crate) fn run(
             Err(e)
         }
         Ok((pool, workers, max_task_bytes)) => {
-            let mut transport = Transport::new(world);
+            let mut transport = Transport::new(world, config.message_piece);
             if rank == 0 {
                 let _ = started.send(Ok(Started::Root {
                     workers: workers.clone(),
@@ -235,7 +235,13 @@ fn start(
     let workers: Vec<usize> = all.chunks(3).map(|c| c[0] as usize).collect();
     let max_task_bytes = all.chunks(3).map(|c| c[1]).min().unwrap_or(0) as usize;
     if workers.iter().all(|&w| w == 0) {
-        return Err(ClusterError::Mpi("no rank has a worker".into()));
+        // Every rank finds the same, from the same gathered counts.
+        let why = if config.rank0_workers == Some(0) && ranks == 1 {
+            "`rank0_workers(0)` leaves rank 0 without a worker, and this job has only rank 0: launch at least 2 ranks (`mpirun -n 2 ...`), or drop `rank0_workers(0)` to compute on rank 0 as well".to_string()
+        } else {
+            format!("no rank has a worker (workers by rank: {workers:?}): each rank's pool takes its share of its node's allowed CPUs, and these ranks were allowed none; check the launcher's binding (`--bind-to`, `--cpus-per-task`), or give rank 0 workers with `rank0_workers(n)`")
+        };
+        return Err(ClusterError::Config(why));
     }
     Ok((pool, workers, max_task_bytes))
 }

@@ -19,6 +19,7 @@ pub struct Config {
     pub(crate) ring_bytes: u32,
     pub(crate) retries: u32,
     pub(crate) task_timeout: Option<std::time::Duration>,
+    pub(crate) message_piece: usize,
 }
 
 impl Default for Config {
@@ -28,13 +29,16 @@ impl Default for Config {
             ring_bytes: 1 << 22,
             retries: 0,
             task_timeout: None,
+            message_piece: crate::transport::PIECE_MAX,
         }
     }
 }
 
 impl Config {
-    /// Workers of rank 0's own pool; 0: rank 0 only submits and collects.
-    /// Default: its share of its node's CPUs, like every rank.
+    /// Workers of rank 0's own pool; 0: rank 0 only submits and collects
+    /// (then the job needs another rank: in a job of one rank `init` fails
+    /// with [`ClusterError::Config`]). Default: its share of its node's
+    /// CPUs, like every rank.
     ///
     /// # Examples
     ///
@@ -110,6 +114,26 @@ impl Config {
     /// ```
     pub fn task_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// The largest piece a message between ranks (or a broadcast) is sent
+    /// in, clamped to `1..=i32::MAX` (an MPI count is an `int`). Default
+    /// 1 GiB. For the tests: a small piece sends small messages in pieces,
+    /// the path of every message over 1 GiB. Every rank must be given the
+    /// same (the same program does).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::builder().message_piece_bytes(4096).init()?;
+    /// assert_eq!(cluster.apply(|v: Vec<u8>| v.len(), vec![1u8; 10_000])?, 10_000);
+    /// # Ok(()) }
+    /// ```
+    #[doc(hidden)]
+    pub fn message_piece_bytes(mut self, bytes: usize) -> Self {
+        self.message_piece = bytes;
         self
     }
 

@@ -124,21 +124,21 @@ impl Dispatcher {
                 let id = self.next_broadcast;
                 self.next_broadcast += 1;
                 let ranks = self.limit.len();
+                let piece = transport.piece();
                 for to in 1..ranks {
                     let control = Control::Broadcast {
                         id,
                         bytes: bytes.len() as u64,
+                        piece: piece as u64,
                     };
                     transport.send(to as i32, TAG_CONTROL, control.to_bytes());
                 }
-                // An empty array has nothing to send (and Open MPI takes a
-                // zero-length `MPI_Bcast` of a dangling buffer for a bad
-                // argument, fatal to the job): every rank skips it alike.
-                if !bytes.is_empty() {
-                    transport
-                        .world
-                        .process_at_rank(0)
-                        .broadcast_into(&mut bytes[..]);
+                // One `MPI_Bcast` per piece (an MPI count is an `int`: rsmpi
+                // panics past 2 GiB), every rank alike. An empty array has
+                // none (and Open MPI takes a zero-length `MPI_Bcast` of a
+                // dangling buffer for a bad argument, fatal to the job).
+                for part in bytes.chunks_mut(piece) {
+                    transport.world.process_at_rank(0).broadcast_into(part);
                 }
                 if ranks == 1 {
                     let _ = reply.send(Ok(vec![Vec::new()]));
@@ -296,11 +296,16 @@ impl Dispatcher {
                     deliver(done, Err(e));
                     continue;
                 }
-                Err(_) => {
-                    // The panic hook has printed the panic.
+                Err(payload) => {
+                    // The encoders catch their `Wire` code's panics
+                    // (`guard::encode_caught`, naming the type): this is
+                    // the backstop for the rest of the closure.
                     let e = Error::Encode {
                         type_name: "a task's argument",
-                        reason: "its encoder panicked".into(),
+                        reason: format!(
+                            "encoding it panicked: {}",
+                            crate::guard::panic_text(&*payload)
+                        ),
                     };
                     deliver(done, Err(e));
                     continue;
