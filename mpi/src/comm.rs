@@ -72,11 +72,12 @@ const SPIN: Duration = Duration::from_micros(200);
 /// Its first and longest sleep between looks at MPI when idle.
 const SLEEP_MIN: Duration = Duration::from_micros(20);
 const SLEEP_MAX: Duration = Duration::from_millis(1);
-/// The longest the end of a job waits for another rank (its answer to the
-/// shutdown, a send's completion) before it ends the job with `MPI_Abort`:
-/// a rank that died is ended by the launcher long before, so only a rank
-/// that hangs alive reaches it.
-pub(crate) const SHUTDOWN_BOUND: Duration = Duration::from_secs(60);
+/// The default of [`Config::shutdown_grace`]: the longest the end of a job
+/// waits for another rank (its answer to the shutdown, a send's
+/// completion) before it ends the job with `MPI_Abort`. A rank that died is
+/// ended by the launcher long before, so only a rank that hangs alive
+/// reaches it.
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 /// Units kept in flight per worker of a rank when they are long (their
 /// round trip is over [`SHORT_UNIT`]): the next chunk is there when a
 /// worker finishes one, and a slow rank holds no more than this many.
@@ -113,7 +114,7 @@ pub(crate) fn run(
             Err(e)
         }
         Ok((pool, workers, max_task_bytes)) => {
-            let mut transport = Transport::new(world, config.message_piece);
+            let mut transport = Transport::new(world, config.message_piece, config.shutdown_grace);
             if rank == 0 {
                 let _ = started.send(Ok(Started::Root {
                     workers: workers.clone(),

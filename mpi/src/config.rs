@@ -20,6 +20,7 @@ pub struct Config {
     pub(crate) retries: u32,
     pub(crate) task_timeout: Option<std::time::Duration>,
     pub(crate) message_piece: usize,
+    pub(crate) shutdown_grace: std::time::Duration,
 }
 
 impl Default for Config {
@@ -30,6 +31,7 @@ impl Default for Config {
             retries: 0,
             task_timeout: None,
             message_piece: crate::transport::PIECE_MAX,
+            shutdown_grace: crate::comm::SHUTDOWN_GRACE,
         }
     }
 }
@@ -55,7 +57,10 @@ impl Config {
     }
 
     /// `ring_bytes` of every rank's pool (a power of two): a task's encoded
-    /// argument may take up to about half of it. Default 4 MiB.
+    /// argument (or result) of up to about half of it travels inside a
+    /// worker's ring ([`Cluster::max_task_bytes`]); a larger one goes
+    /// through the argument arena or a spill, slower but of any size, so
+    /// this is a speed knob, not a limit. Default 4 MiB.
     ///
     /// # Examples
     ///
@@ -114,6 +119,36 @@ impl Config {
     /// ```
     pub fn task_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// How long the end of the job waits for another rank: rank 0's drop of
+    /// the [`Cluster`] for every rank's answer to the shutdown, and each
+    /// rank for its last messages to be taken. Default 60 s.
+    ///
+    /// A rank that died never makes it wait (the launcher ends the job
+    /// first). One that hangs alive (stopped with SIGSTOP, wedged) past the
+    /// grace has the waiting rank print which rank it waited for and end
+    /// the whole job with `MPI_Abort` (exit status 1), rather than hang in
+    /// `MPI_Finalize`: then **nothing of rank 0's `main` after the drop
+    /// runs**, so write results out before dropping the cluster. A shorter
+    /// grace ends such a job sooner; a longer one waits out a rank that is
+    /// only slow to stop (a task that ignores its end, a loaded node).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// let cluster = corepool_mpi::Cluster::builder()
+    ///     .shutdown_grace(Duration::from_secs(10))
+    ///     .init()?;
+    /// assert_eq!(cluster.apply(|x: u8| x, 3)?, 3);
+    /// drop(cluster); // waits at most 10 s for a rank that hangs alive
+    /// # Ok(()) }
+    /// ```
+    pub fn shutdown_grace(mut self, grace: std::time::Duration) -> Self {
+        self.shutdown_grace = grace;
         self
     }
 

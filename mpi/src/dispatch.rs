@@ -5,7 +5,6 @@
 use crate::broadcast::encoding_for;
 use crate::comm::{
     deliver, run_locally, Command, DoneFn, Idle, Unit, AHEAD_PER_WORKER, AHEAD_SHORT, SHORT_UNIT,
-    SHUTDOWN_BOUND,
 };
 use crate::proto::{self, Control, TAG_CONTROL, TAG_RESULT, TAG_SHARED, TAG_STOPPED, TAG_TASK};
 use crate::serve::floor;
@@ -207,7 +206,7 @@ impl Dispatcher {
                 }
             }
             other => {
-                eprintln!("corepool-mpi: rank 0: unexpected message tag {other} from rank {from}")
+                eprintln!("corepool-mpi: rank 0: unexpected message tag {other} from rank {from}, ignored (do not call MPI yourself beside corepool-mpi: its MPI thread takes every message)")
             }
         }
     }
@@ -346,14 +345,16 @@ impl Dispatcher {
         let mut stopped = vec![false; ranks];
         stopped[0] = true;
         let mut idle = Idle::new();
-        let deadline = Instant::now() + SHUTDOWN_BOUND;
+        let grace = transport.grace();
+        // `None` (a grace too long to add): wait as long as it takes.
+        let deadline = Instant::now().checked_add(grace);
         while !stopped.iter().all(|&s| s) {
-            if Instant::now() > deadline {
+            if deadline.is_some_and(|d| Instant::now() > d) {
                 // A rank that neither answers nor died (a dead one ends the
                 // job through the launcher): finalizing would wait for it
                 // for ever, so end the job instead.
                 let silent: Vec<usize> = (0..ranks).filter(|&r| !stopped[r]).collect();
-                eprintln!("corepool-mpi: rank 0: ranks {silent:?} did not stop within {SHUTDOWN_BOUND:?} of the shutdown; ending the job");
+                eprintln!("corepool-mpi: rank 0: ranks {silent:?} did not stop within {grace:?} of the shutdown (`Config::shutdown_grace`); ending the job with MPI_Abort: rank 0's program does not go on past dropping the cluster");
                 transport.world.abort(1);
             }
             let mut busy = transport.progress();

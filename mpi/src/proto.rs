@@ -167,7 +167,7 @@ fn with_rank(err: Error, rank: u32) -> Error {
 /// the way a serving rank's errors are ([`error_to_bytes`], [`open_result`]),
 /// so that where a task failed never depends on which rank took it.
 pub(crate) fn on_rank_zero(err: Error) -> Error {
-    let on = |text: String| format!("{text} (on rank 0)");
+    let on = |text: String| on_rank(&text, 0);
     match with_rank(err, 0) {
         Error::Panicked { message } => Error::Panicked {
             message: on(message),
@@ -184,10 +184,24 @@ pub(crate) fn on_rank_zero(err: Error) -> Error {
     }
 }
 
+/// Where a worker's panic report starts its backtrace (with
+/// `RUST_BACKTRACE` set: corepool's panic hook in the worker).
+const BACKTRACE_START: &str = "\n\nchild process backtrace:";
+
+/// `text` labelled "(on rank N)": after the message, before a backtrace
+/// (which runs to tens of lines: the label at its end went unseen, a user
+/// trial).
+fn on_rank(text: &str, rank: impl std::fmt::Display) -> String {
+    match text.find(BACKTRACE_START) {
+        Some(at) => format!("{} (on rank {rank}){}", &text[..at], &text[at..]),
+        None => format!("{text} (on rank {rank})"),
+    }
+}
+
 /// A task's error as bytes: `(code, message, a, b)`. The message of a
 /// panic or a failure names the rank it happened on.
 pub(crate) fn error_to_bytes(err: &Error, rank: i32) -> Vec<u8> {
-    let on = |text: &str| format!("{text} (on rank {rank})");
+    let on = |text: &str| on_rank(text, rank);
     let (code, message, a, b): (u8, String, i64, i64) = match err {
         Error::Panicked { message } => (1, on(message), 0, 0),
         Error::WorkerDied {
@@ -337,5 +351,17 @@ mod tests {
             Error::Cancelled
         );
         assert!(error_from_bytes(&[1, 2]).is_err());
+        // The label comes before a backtrace, not after it.
+        let traced = Error::Panicked {
+            message: format!("boom (at x.rs:1){BACKTRACE_START}\n  0: frame"),
+        };
+        let (_, got) = open_result(seal_result(1, Err(traced.clone()), 2), 2).unwrap();
+        let text = got.unwrap_err().to_string();
+        assert!(
+            text.contains("boom (at x.rs:1) (on rank 2)\n\nchild process backtrace:"),
+            "{text}"
+        );
+        let text = on_rank_zero(traced).to_string();
+        assert!(text.contains("(at x.rs:1) (on rank 0)\n"), "{text}");
     }
 }

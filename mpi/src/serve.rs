@@ -166,7 +166,7 @@ pub(crate) fn serve(
                         eprintln!("corepool-mpi: rank {rank}: a malformed control frame: {e}")
                     }
                 },
-                other => eprintln!("corepool-mpi: rank {rank}: unexpected message tag {other}"),
+                other => eprintln!("corepool-mpi: rank {rank}: unexpected message tag {other}, ignored (do not call MPI yourself beside corepool-mpi: its MPI thread takes every message)"),
             }
         }
         busy |= transport.progress();

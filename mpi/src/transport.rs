@@ -4,7 +4,6 @@
 //! one MPI message may be (an MPI count is an `int`) sent in pieces and put
 //! together again; and the spare buffers large task frames are encoded into.
 
-use crate::comm::SHUTDOWN_BOUND;
 use crate::proto::{TAG_PIECE, TAG_PIECES};
 use mpi::point_to_point::MatchedReceiveVec;
 use mpi::request::{Request, StaticScope};
@@ -12,7 +11,7 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use mpi::Rank;
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The largest piece a message is sent in: an MPI count is an `int`, so
 /// one MPI message holds at most `i32::MAX` bytes (rsmpi panics past it).
@@ -107,17 +106,29 @@ pub(crate) struct Transport {
     piece: usize,
     /// By source rank: the message whose pieces are arriving.
     assembling: HashMap<Rank, Assembly>,
+    /// How long the end of the job waits for another rank
+    /// ([`Config::shutdown_grace`](crate::Config::shutdown_grace)).
+    grace: Duration,
 }
 
 impl Transport {
-    /// `piece`: the largest message sent whole, clamped to `1..=`[`PIECE_LIMIT`].
-    pub(crate) fn new(world: SimpleCommunicator, piece: usize) -> Self {
+    /// `piece`: the largest message sent whole, clamped to
+    /// `1..=`[`PIECE_LIMIT`]; `grace`: how long the end of the job waits for
+    /// another rank.
+    pub(crate) fn new(world: SimpleCommunicator, piece: usize, grace: Duration) -> Self {
         Self {
             world,
             sends: Vec::new(),
             piece: piece.clamp(1, PIECE_LIMIT),
             assembling: HashMap::new(),
+            grace,
         }
+    }
+
+    /// How long the end of the job waits for another rank before it ends
+    /// the job.
+    pub(crate) fn grace(&self) -> Duration {
+        self.grace
     }
 
     /// The largest piece this rank sends a message (or a broadcast) in.
@@ -193,16 +204,17 @@ impl Transport {
         self.sends.len() != before
     }
 
-    /// Waits until every send has completed, at most [`SHUTDOWN_BOUND`]:
+    /// Waits until every send has completed, at most the shutdown grace:
     /// past it the receiver hangs alive (a dead one ends the job through
     /// the launcher), and the job is ended with `MPI_Abort`.
     pub(crate) fn flush(&mut self) {
-        let deadline = Instant::now() + SHUTDOWN_BOUND;
+        let grace = self.grace;
+        let deadline = Instant::now().checked_add(grace);
         while !self.sends.is_empty() {
             if !self.progress() {
-                if Instant::now() > deadline {
+                if deadline.is_some_and(|d| Instant::now() > d) {
                     eprintln!(
-                        "corepool-mpi: rank {}: {} sends not taken within {SHUTDOWN_BOUND:?}; ending the job",
+                        "corepool-mpi: rank {}: {} sends not taken within {grace:?} (`Config::shutdown_grace`); ending the job",
                         self.world.rank(),
                         self.sends.len()
                     );
@@ -282,10 +294,12 @@ impl Transport {
         status: mpi::point_to_point::Status,
     ) -> Option<Incoming> {
         let piece = usize::try_from(status.count(u8::equivalent_datatype())).unwrap_or(0);
-        let fits = self
-            .assembling
-            .get(&from)
-            .is_some_and(|a| a.bytes.len().checked_add(piece).is_some_and(|end| end <= a.len));
+        let fits = self.assembling.get(&from).is_some_and(|a| {
+            a.bytes
+                .len()
+                .checked_add(piece)
+                .is_some_and(|end| end <= a.len)
+        });
         let Some(assembly) = self.assembling.get_mut(&from).filter(|_| fits) else {
             // Received all the same (a matched message must be), and dropped.
             let _ = (message, status).matched_receive_vec::<u8>();

@@ -183,10 +183,16 @@ fn wire_error<T: std::fmt::Debug>(
         Err(Error::Decode { type_name, .. }) => (decode, *type_name),
         _ => (false, ""),
     };
-    let text = result.as_ref().err().map(ToString::to_string).unwrap_or_default();
+    let text = result
+        .as_ref()
+        .err()
+        .map(ToString::to_string)
+        .unwrap_or_default();
     check(
         kind_ok && name.contains(type_part) && text.contains(quote),
-        &format!("{what}: wanted an error naming {type_part} and quoting {quote:?}, got {result:?}"),
+        &format!(
+            "{what}: wanted an error naming {type_part} and quoting {quote:?}, got {result:?}"
+        ),
     )
 }
 
@@ -216,6 +222,9 @@ fn rank_program(scenario: &str) -> Result<(), Box<dyn std::error::Error>> {
     corepool::init();
     let cluster = match scenario {
         "pieces" => Cluster::builder().message_piece_bytes(SMALL_PIECE).init()?,
+        "stopped_rank" => Cluster::builder()
+            .shutdown_grace(Duration::from_secs(2))
+            .init()?,
         "rank0_none" => match Cluster::builder().rank0_workers(0).init() {
             Ok(cluster) if cluster.ranks() > 1 => {
                 check(cluster.workers()[0] == 0, "rank 0 has no worker")?;
@@ -454,7 +463,10 @@ fn rank_program(scenario: &str) -> Result<(), Box<dyn std::error::Error>> {
             let a: Vec<f64> = (0..100_000).map(|i| (i % 17) as f64).collect();
             let shared = cluster.broadcast(&a)?;
             let lens = cluster.gather(broadcast_len, shared.clone())?;
-            check(lens == vec![a.len() as u64; cluster.ranks()], "broadcast length")?;
+            check(
+                lens == vec![a.len() as u64; cluster.ranks()],
+                "broadcast length",
+            )?;
             let picks = cluster
                 .chunked(5)?
                 .map(element, (0..100u64).map(|i| (shared.clone(), i * 997)))?;
@@ -479,7 +491,10 @@ fn rank_program(scenario: &str) -> Result<(), Box<dyn std::error::Error>> {
             let b = cluster.broadcast(&data)?;
             drop(data);
             let lens = cluster.gather(broadcast_len_u8, b)?;
-            check(lens == vec![len as u64; cluster.ranks()], "a 2.2 GiB broadcast")?;
+            check(
+                lens == vec![len as u64; cluster.ranks()],
+                "a 2.2 GiB broadcast",
+            )?;
             println!("GIANT OK");
         }
         "wire_panics" => {
@@ -491,29 +506,96 @@ fn rank_program(scenario: &str) -> Result<(), Box<dyn std::error::Error>> {
             for (items, what) in [(first_bad(), "first"), (later_bad(), "later")] {
                 let items: Vec<Fuse> = items.into_iter().collect();
                 let again = || items.iter().map(|f| Fuse(f.0)).collect::<Vec<_>>();
-                wire_error(cluster.map(fuse_value, again()), false, "Fuse", "thirteen", &format!("map, {what} item"))?;
-                wire_error(cluster.chunked(1)?.map(fuse_value, again()), false, "Fuse", "thirteen", &format!("chunked map, {what} item"))?;
                 wire_error(
-                    // Refused at submission (the first item), or in the items.
-                    cluster.imap(fuse_value, again()).and_then(|i| i.collect::<corepool::Result<Vec<_>>>()),
-                    false, "Fuse", "thirteen", &format!("imap, {what} item"),
+                    cluster.map(fuse_value, again()),
+                    false,
+                    "Fuse",
+                    "thirteen",
+                    &format!("map, {what} item"),
                 )?;
                 wire_error(
-                    cluster.imap_unordered(fuse_value, again()).and_then(|i| i.collect::<corepool::Result<Vec<_>>>()),
-                    false, "Fuse", "thirteen", &format!("imap_unordered, {what} item"),
+                    cluster.chunked(1)?.map(fuse_value, again()),
+                    false,
+                    "Fuse",
+                    "thirteen",
+                    &format!("chunked map, {what} item"),
+                )?;
+                wire_error(
+                    // Refused at submission (the first item), or in the items.
+                    cluster
+                        .imap(fuse_value, again())
+                        .and_then(|i| i.collect::<corepool::Result<Vec<_>>>()),
+                    false,
+                    "Fuse",
+                    "thirteen",
+                    &format!("imap, {what} item"),
+                )?;
+                wire_error(
+                    cluster
+                        .imap_unordered(fuse_value, again())
+                        .and_then(|i| i.collect::<corepool::Result<Vec<_>>>()),
+                    false,
+                    "Fuse",
+                    "thirteen",
+                    &format!("imap_unordered, {what} item"),
                 )?;
                 wire_error(
                     cluster.map(fuse_plus, again().into_iter().map(|f| (f, 1))),
-                    false, "Fuse", "thirteen", &format!("map of pairs, {what} item"),
+                    false,
+                    "Fuse",
+                    "thirteen",
+                    &format!("map of pairs, {what} item"),
                 )?;
             }
-            wire_error(cluster.apply(fuse_value, Fuse(13)), false, "Fuse", "thirteen", "apply")?;
-            wire_error(cluster.apply(never_runs, PanicsWhenEncoded), false, "PanicsWhenEncoded", "deliberate panic in an encoder", "apply")?;
+            wire_error(
+                cluster.apply(fuse_value, Fuse(13)),
+                false,
+                "Fuse",
+                "thirteen",
+                "apply",
+            )?;
+            wire_error(
+                cluster.apply(never_runs, PanicsWhenEncoded),
+                false,
+                "PanicsWhenEncoded",
+                "deliberate panic in an encoder",
+                "apply",
+            )?;
             for rank in 0..cluster.ranks() {
-                wire_error(cluster.apply_on_rank(rank, fuse_of, 14), true, "Fuse", "fourteen", "a result's decoder")?;
+                wire_error(
+                    cluster.apply_on_rank(rank, fuse_of, 14),
+                    true,
+                    "Fuse",
+                    "fourteen",
+                    "a result's decoder",
+                )?;
             }
-            check(cluster.map(fuse_value, [5u64, 6].map(Fuse))? == vec![5, 6], "goes on")?;
+            check(
+                cluster.map(fuse_value, [5u64, 6].map(Fuse))? == vec![5, 6],
+                "goes on",
+            )?;
             println!("WIRE PANICS OK");
+        }
+        "stopped_rank" => {
+            // A rank that hangs alive at the end: the drop waits the grace
+            // (2 s here, not 60), then ends the job naming the rank.
+            let pids = cluster.gather(rank_pids, ())?;
+            let rank1 = pids
+                .iter()
+                .find(|p| p.0 == 1)
+                .map(|p| p.1)
+                .ok_or("no rank 1")?;
+            let all: Vec<String> = pids
+                .iter()
+                .flat_map(|&(_, rank, worker)| [rank, worker])
+                .chain([std::process::id() as i32])
+                .map(|p| p.to_string())
+                .collect();
+            println!("PIDS {}", all.join(" "));
+            // SAFETY: `kill` has no memory preconditions.
+            unsafe { libc::kill(rank1, libc::SIGSTOP) };
+            drop(cluster);
+            println!("UNREACHABLE: the drop returned");
         }
         "worker_killed" => {
             match cluster.gather(die_on_rank_1, ()) {
@@ -875,7 +957,9 @@ fn test_wire_panics() {
 /// its peak, two ranks on one machine) and time.
 fn test_giant() {
     if std::env::var_os("COREPOOL_MPI_GIANT").is_none() {
-        println!("  skipped: set COREPOOL_MPI_GIANT=1 to send 2.2 GiB messages (about 12 GiB of memory)");
+        println!(
+            "  skipped: set COREPOOL_MPI_GIANT=1 to send 2.2 GiB messages (about 12 GiB of memory)"
+        );
         return;
     }
     expect_ok(&scenario(2, "giant"), "GIANT OK");
@@ -886,6 +970,73 @@ fn test_giant() {
 fn test_rank0_none() {
     expect_ok(&scenario(1, "rank0_none"), "RANK0 NONE REFUSED");
     expect_ok(&scenario(2, "rank0_none"), "RANK0 NONE OK on 2 ranks");
+}
+
+/// A serving rank stopped (SIGSTOP) when rank 0 drops the cluster: after
+/// the configured grace the job ends (`MPI_Abort`) naming the rank, and
+/// nothing of it is left.
+fn test_stopped_rank() {
+    let job = scenario(2, "stopped_rank");
+    assert!(!job.status.success(), "the job is ended");
+    assert!(!job.stdout.contains("UNREACHABLE"), "{}", job.stdout);
+    assert!(
+        job.stderr.contains("ranks [1] did not stop within 2s")
+            && job.stderr.contains("shutdown_grace"),
+        "stderr:\n{}",
+        job.stderr
+    );
+    let pids = pids_of(&job.stdout);
+    assert!(pids.len() >= 5, "pids printed: {}", job.stdout);
+    assert_all_gone(&pids);
+}
+
+/// `corepool-mpi bench`: a command line that cannot work is a usage error
+/// (exit 2, before MPI starts), and a partial run says "not run" for the
+/// figures it did not measure and records the MPI in its JSON rows.
+fn test_bench_command() {
+    let bench = env!("CARGO_BIN_EXE_corepool-mpi");
+    for (args, says) in [
+        (
+            &["bench", "--only", "nope"][..],
+            "unknown workload `nope`: choose from apply_async, map",
+        ),
+        (
+            &["bench", "--repeats", "0"][..],
+            "--repeats \"0\": give a whole number of at least 1",
+        ),
+        (
+            &["bench", "--frobnicate"][..],
+            "unknown argument `--frobnicate`",
+        ),
+    ] {
+        let out = Command::new(bench).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    let mut cmd = mpirun(2);
+    cmd.arg(bench)
+        .args(["bench", "--quick", "--only", "latency", "--json"]);
+    let job = run(cmd, |_, _| {});
+    assert!(job.status.success(), "{}", job.stderr);
+    let rows: Vec<serde_json::Value> = job
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!rows.is_empty() && rows.iter().all(|r| r["workload"] == "latency"));
+    assert!(
+        rows.iter()
+            .all(|r| r["mpi"].as_str().is_some_and(|m| m.contains("MPI"))
+                && r["thread_level"].is_string()),
+        "{}",
+        job.stdout
+    );
+    assert!(
+        job.stderr.contains("cpu_loop cluster/local = not run") && !job.stderr.contains("NaN"),
+        "{}",
+        job.stderr
+    );
 }
 
 fn test_worker_killed() {
@@ -998,12 +1149,14 @@ fn driver() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let tests: [(&str, fn()); 12] = [
+    let tests: [(&str, fn()); 14] = [
         ("api", test_api),
         ("pieces", test_pieces),
         ("wire_panics", test_wire_panics),
         ("giant", test_giant),
         ("rank0_none", test_rank0_none),
+        ("stopped_rank", test_stopped_rank),
+        ("bench_command", test_bench_command),
         ("broadcast", test_broadcast),
         ("worker_killed", test_worker_killed),
         ("rank_killed", test_rank_killed),
