@@ -82,19 +82,36 @@ pub(crate) fn serve(
                 && incoming.len() >= IN_ARENA_MIN)
                 .then(|| pool.as_ref()?.raw_argument(incoming.len()))
                 .flatten();
-            if let Some(mut arg) = in_arena {
-                let got = incoming.receive_into(&mut arg).unwrap_or(0);
-                match arg.get(..got).map(proto::read_task_trailer) {
-                    Some(Ok((unit, bits, len))) => {
-                        let arg = Argument::InArena(arg, len);
-                        if start_task(&pool, &mut collector, transport, &to_self, unit, bits, arg) {
-                            outstanding += 1;
+            let incoming = match in_arena {
+                Some(mut arg) => match incoming.receive_into(&mut arg) {
+                    Ok(got) => {
+                        match arg.get(..got).map(proto::read_task_trailer) {
+                            Some(Ok((unit, bits, len))) => {
+                                let arg = Argument::InArena(arg, len);
+                                if start_task(
+                                    &pool,
+                                    &mut collector,
+                                    transport,
+                                    &to_self,
+                                    unit,
+                                    bits,
+                                    arg,
+                                ) {
+                                    outstanding += 1;
+                                }
+                            }
+                            _ => eprintln!(
+                                "corepool-mpi: rank {rank}: a malformed task of {got} bytes"
+                            ),
                         }
+                        continue;
                     }
-                    _ => eprintln!("corepool-mpi: rank {rank}: a malformed task of {got} bytes"),
-                }
-                continue;
-            }
+                    // The block was too short (never, by `raw_argument`'s
+                    // promise): received into a buffer, it goes the usual way.
+                    Err(received) => received,
+                },
+                None => incoming,
+            };
             let (from, tag, bytes) = incoming.receive_vec();
             if from != 0 {
                 eprintln!("corepool-mpi: rank {rank}: ignoring a message from rank {from}");

@@ -378,25 +378,26 @@ impl Incoming {
         }
     }
 
-    /// Receives it into the start of `buf`, which holds at least
-    /// [`len`](Self::len) bytes; returns the bytes received, or `None`
-    /// (received and dropped) if `buf` is shorter.
-    pub(crate) fn receive_into(self, buf: &mut [u8]) -> Option<usize> {
+    /// Receives it into the start of `buf`, which should hold at least
+    /// [`len`](Self::len) bytes; returns the bytes received, or, if `buf`
+    /// is shorter, the message received into a buffer of its own (as
+    /// [`Incoming::Whole`]: nothing is lost).
+    pub(crate) fn receive_into(self, buf: &mut [u8]) -> Result<usize, Incoming> {
         let len = self.len();
         let Some(buf) = buf.get_mut(..len) else {
-            let _ = self.receive_vec();
-            return None;
+            let (source, tag, bytes) = self.receive_vec();
+            return Err(Incoming::Whole { source, tag, bytes });
         };
         match self {
             // `buf` is exactly the message's length, at most one MPI
             // message's (an `int` count).
             Incoming::Matched { message, .. } => {
                 let status = message.matched_receive_into(buf);
-                usize::try_from(status.count(u8::equivalent_datatype())).ok()
+                Ok(usize::try_from(status.count(u8::equivalent_datatype())).unwrap_or(0))
             }
             Incoming::Whole { bytes, .. } => {
                 buf.copy_from_slice(&bytes);
-                Some(len)
+                Ok(len)
             }
         }
     }
