@@ -312,6 +312,49 @@ fn a_panic_in_serde_code_names_the_serde_impl() {
     );
 }
 
+/// Trial 28: an argument whose encoder panics for the *first* item (the
+/// one encoded to size the chunks) must be the typed error on every map
+/// path too, never a panic in the caller; and the pool goes on.
+fn a_map_whose_first_item_panics_in_its_encoder_is_an_encode_error() {
+    let pool = Pool::new(1).unwrap();
+    let worker = pool.pids();
+    let first_bad = || [13u64, 1, 2, 3].map(Bomb);
+    let ok = |b: Bomb| b.0;
+    assert_bomb_error(pool.map(ok, first_bad()), false, "thirteen");
+    assert_bomb_error(
+        pool.map_async(ok, first_bad()).and_then(|r| r.get()),
+        false,
+        "thirteen",
+    );
+    let pairs = || first_bad().map(|b| (b, 1u64));
+    assert_bomb_error(
+        pool.starmap(|b: Bomb, x: u64| b.0 + x, pairs()),
+        false,
+        "thirteen",
+    );
+    assert_bomb_error(
+        pool.starmap_async(|b: Bomb, x: u64| b.0 + x, pairs())
+            .and_then(|r| r.get()),
+        false,
+        "thirteen",
+    );
+    let first: corepool::Result<Vec<u64>> = pool.imap(ok, first_bad()).collect();
+    assert_bomb_error(first, false, "thirteen");
+    let first: corepool::Result<Vec<u64>> = pool.imap_unordered(ok, first_bad()).collect();
+    assert_bomb_error(first, false, "thirteen");
+    let chunked = pool.chunked(2).unwrap();
+    assert_bomb_error(chunked.map(ok, first_bad()), false, "thirteen");
+    assert_bomb_error(
+        chunked.map_async(ok, first_bad()).and_then(|r| r.get()),
+        false,
+        "thirteen",
+    );
+    let first: corepool::Result<Vec<u64>> = chunked.imap(ok, first_bad()).collect();
+    assert_bomb_error(first, false, "thirteen");
+    assert_eq!(pool.map(ok, [5, 6].map(Bomb)), Ok(vec![5, 6]));
+    assert_eq!(pool.pids(), worker, "no worker died");
+}
+
 fn main() {
     corepool::init();
     // The process thread's eventfd lives for the program: create it before
@@ -327,6 +370,7 @@ fn main() {
         a_shared_array_put_outlives_a_pool_submission_on_the_same_thread,
         a_forged_element_count_is_a_decode_error_not_an_allocation,
         a_panic_in_wire_code_is_an_encode_or_decode_error_wherever_it_happens,
+        a_map_whose_first_item_panics_in_its_encoder_is_an_encode_error,
         a_panic_in_serde_code_names_the_serde_impl,
     ]);
 }

@@ -107,27 +107,27 @@ impl Wire for Shard {
     }
 }
 
-/// Decodes a task's result bytes; a panicking decoder is a decode error.
+/// Decodes a task's result bytes; a panicking decoder is a decode error
+/// naming `R` and quoting the panic.
 pub(crate) fn decode_result<R: Wire>(bytes: Result<Vec<u8>>) -> Result<R> {
-    let bytes = bytes?;
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        proto::decode_exact::<R>(&bytes)
-    }))
-    .unwrap_or_else(|_| {
-        Err(Error::Decode {
-            type_name: std::any::type_name::<R>(),
-            reason: "its decoder panicked".into(),
-        })
-    })
+    crate::guard::decode_caught::<R>(&bytes?)
 }
 
-/// Encodes `value` into fresh bytes.
+/// Encodes `value` into fresh bytes; a panicking encoder is an encode error
+/// naming `A` and quoting the panic.
 pub(crate) fn encode_value<A: Wire>(value: &A) -> Result<Vec<u8>> {
+    encode_named::<A, A>(value)
+}
+
+/// Encodes `value` into fresh bytes; a panicking encoder is an encode error
+/// naming `Name` (a chunk's item type rather than the `Vec` of them) and
+/// quoting the panic.
+pub(crate) fn encode_named<Name: ?Sized, V: Wire>(value: &V) -> Result<Vec<u8>> {
     let mut out = Encoder::new();
     // On the MPI thread: a spare buffer of an earlier large task, whose
     // pages are already there.
     *out = crate::transport::spare_buffer();
-    value.encode(&mut out);
+    crate::guard::encode_caught::<Name>(&mut out, |out| value.encode(out));
     out.finish()
 }
 
@@ -256,8 +256,16 @@ impl Cluster {
         &self.workers
     }
 
-    /// The largest encoded argument (a task's, or a chunk of items) every
-    /// rank accepts.
+    /// The largest encoded argument (a task's, or a chunk of items) that
+    /// travels *inside* a worker's ring on every rank: about half of
+    /// [`Config::ring_bytes`] (2 MiB with the default 4 MiB rings). It is a
+    /// speed figure, not a limit: a larger argument goes through the
+    /// rank's argument arena or a one-off shared segment (a spill), as in
+    /// a local pool, and arguments, results and broadcasts of any size the
+    /// ranks' memory holds go through (a message over 1 GiB between ranks
+    /// is sent in pieces, since one MPI message holds at most 2 GiB - 1
+    /// bytes). `map` keeps its automatic chunks under a quarter of it (and
+    /// under 256 KiB).
     ///
     /// # Examples
     ///
@@ -265,6 +273,9 @@ impl Cluster {
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let cluster = corepool_mpi::Cluster::init()?; // alone: a one-rank job; under `mpirun -n N`: N ranks
     /// assert!(cluster.max_task_bytes() > 1024);
+    /// // Not a limit: a larger argument goes too (through a spill).
+    /// let big = vec![1u8; cluster.max_task_bytes() * 2];
+    /// assert_eq!(cluster.apply(|v: Vec<u8>| v.len(), big)?, cluster.max_task_bytes() * 2);
     /// # Ok(()) }
     /// ```
     pub fn max_task_bytes(&self) -> usize {
@@ -376,7 +387,16 @@ impl Cluster {
 
     /// [`apply_async`](Self::apply_async) with Python's `callback` and
     /// `error_callback`, run at rank 0 on the MPI thread when the result
-    /// arrives (they must not wait on the cluster).
+    /// arrives (they must not wait on the cluster: a wait there is
+    /// [`Error::WaitInCallback`] at once).
+    ///
+    /// A callback that panics, like a result's `Wire::decode` that panics,
+    /// is caught: the panic hook reports it as usual, naming the thread it
+    /// ran on (`thread 'corepool-mpi' panicked at ...`, as a local pool's
+    /// callbacks report theirs on `corepool-callbacks`), the task's result
+    /// is delivered all the same (a decoder's panic is the task's
+    /// [`Error::Decode`], quoting it), and the cluster goes on: the report
+    /// is not the engine's thread crashing.
     ///
     /// # Errors
     ///
@@ -544,6 +564,19 @@ impl Cluster {
 
     fn floor(&self, peer: usize, control: proto::Control) -> Result<Duration> {
         crate::result::check_can_wait()?;
+        if let proto::Control::PingPong { bytes, .. } | proto::Control::Stream { bytes, .. } =
+            control
+        {
+            // Plain MPI sends, one message each: an `int` count.
+            if bytes > crate::transport::PIECE_LIMIT as u64 {
+                return Err(Error::InvalidConfig {
+                    what: format!(
+                        "{bytes}-byte messages: a bare MPI message holds at most {} bytes (an MPI count is an `int`); measure with smaller ones",
+                        crate::transport::PIECE_LIMIT
+                    ),
+                });
+            }
+        }
         let (reply, answer) = std::sync::mpsc::channel();
         self.commands
             .send(Command::Floor {
@@ -701,7 +734,11 @@ impl Cluster {
     }
 
     /// Gives `data` to every rank once, into a shared array on each node,
-    /// and returns the handle tasks refer to it by.
+    /// and returns the handle tasks refer to it by. Any size the nodes'
+    /// memory holds: over 1 GiB it is sent in several `MPI_Bcast`s (one
+    /// MPI message holds at most 2 GiB - 1 bytes). Rank 0 holds two copies
+    /// meanwhile (its shared array and the bytes it sends), and so does
+    /// each other rank until its copy is made.
     ///
     /// # Errors
     ///

@@ -72,11 +72,12 @@ const SPIN: Duration = Duration::from_micros(200);
 /// Its first and longest sleep between looks at MPI when idle.
 const SLEEP_MIN: Duration = Duration::from_micros(20);
 const SLEEP_MAX: Duration = Duration::from_millis(1);
-/// The longest the end of a job waits for another rank (its answer to the
-/// shutdown, a send's completion) before it ends the job with `MPI_Abort`:
-/// a rank that died is ended by the launcher long before, so only a rank
-/// that hangs alive reaches it.
-pub(crate) const SHUTDOWN_BOUND: Duration = Duration::from_secs(60);
+/// The default of [`Config::shutdown_grace`]: the longest the end of a job
+/// waits for another rank (its answer to the shutdown, a send's
+/// completion) before it ends the job with `MPI_Abort`. A rank that died is
+/// ended by the launcher long before, so only a rank that hangs alive
+/// reaches it.
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 /// Units kept in flight per worker of a rank when they are long (their
 /// round trip is over [`SHORT_UNIT`]): the next chunk is there when a
 /// worker finishes one, and a slow rank holds no more than this many.
@@ -113,7 +114,7 @@ pub(crate) fn run(
             Err(e)
         }
         Ok((pool, workers, max_task_bytes)) => {
-            let mut transport = Transport::new(world);
+            let mut transport = Transport::new(world, config.message_piece, config.shutdown_grace);
             if rank == 0 {
                 let _ = started.send(Ok(Started::Root {
                     workers: workers.clone(),
@@ -235,7 +236,13 @@ fn start(
     let workers: Vec<usize> = all.chunks(3).map(|c| c[0] as usize).collect();
     let max_task_bytes = all.chunks(3).map(|c| c[1]).min().unwrap_or(0) as usize;
     if workers.iter().all(|&w| w == 0) {
-        return Err(ClusterError::Mpi("no rank has a worker".into()));
+        // Every rank finds the same, from the same gathered counts.
+        let why = if config.rank0_workers == Some(0) && ranks == 1 {
+            "`rank0_workers(0)` leaves rank 0 without a worker, and this job has only rank 0: launch at least 2 ranks (`mpirun -n 2 ...`), or drop `rank0_workers(0)` to compute on rank 0 as well".to_string()
+        } else {
+            format!("no rank has a worker (workers by rank: {workers:?}): each rank's pool takes its share of its node's allowed CPUs, and these ranks were allowed none; check the launcher's binding (`--bind-to`, `--cpus-per-task`), or give rank 0 workers with `rank0_workers(n)`")
+        };
+        return Err(ClusterError::Config(why));
     }
     Ok((pool, workers, max_task_bytes))
 }

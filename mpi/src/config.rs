@@ -19,6 +19,8 @@ pub struct Config {
     pub(crate) ring_bytes: u32,
     pub(crate) retries: u32,
     pub(crate) task_timeout: Option<std::time::Duration>,
+    pub(crate) message_piece: usize,
+    pub(crate) shutdown_grace: std::time::Duration,
 }
 
 impl Default for Config {
@@ -28,13 +30,17 @@ impl Default for Config {
             ring_bytes: 1 << 22,
             retries: 0,
             task_timeout: None,
+            message_piece: crate::transport::PIECE_MAX,
+            shutdown_grace: crate::comm::SHUTDOWN_GRACE,
         }
     }
 }
 
 impl Config {
-    /// Workers of rank 0's own pool; 0: rank 0 only submits and collects.
-    /// Default: its share of its node's CPUs, like every rank.
+    /// Workers of rank 0's own pool; 0: rank 0 only submits and collects
+    /// (then the job needs another rank: in a job of one rank `init` fails
+    /// with [`ClusterError::Config`]). Default: its share of its node's
+    /// CPUs, like every rank.
     ///
     /// # Examples
     ///
@@ -51,7 +57,10 @@ impl Config {
     }
 
     /// `ring_bytes` of every rank's pool (a power of two): a task's encoded
-    /// argument may take up to about half of it. Default 4 MiB.
+    /// argument (or result) of up to about half of it travels inside a
+    /// worker's ring ([`Cluster::max_task_bytes`]); a larger one goes
+    /// through the argument arena or a spill, slower but of any size, so
+    /// this is a speed knob, not a limit. Default 4 MiB.
     ///
     /// # Examples
     ///
@@ -110,6 +119,56 @@ impl Config {
     /// ```
     pub fn task_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// How long the end of the job waits for another rank: rank 0's drop of
+    /// the [`Cluster`] for every rank's answer to the shutdown, and each
+    /// rank for its last messages to be taken. Default 60 s.
+    ///
+    /// A rank that died never makes it wait (the launcher ends the job
+    /// first). One that hangs alive (stopped with SIGSTOP, wedged) past the
+    /// grace has the waiting rank print which rank it waited for and end
+    /// the whole job with `MPI_Abort` (exit status 1), rather than hang in
+    /// `MPI_Finalize`: then **nothing of rank 0's `main` after the drop
+    /// runs**, so write results out before dropping the cluster. A shorter
+    /// grace ends such a job sooner; a longer one waits out a rank that is
+    /// only slow to stop (a task that ignores its end, a loaded node).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// let cluster = corepool_mpi::Cluster::builder()
+    ///     .shutdown_grace(Duration::from_secs(10))
+    ///     .init()?;
+    /// assert_eq!(cluster.apply(|x: u8| x, 3)?, 3);
+    /// drop(cluster); // waits at most 10 s for a rank that hangs alive
+    /// # Ok(()) }
+    /// ```
+    pub fn shutdown_grace(mut self, grace: std::time::Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// The largest piece a message between ranks (or a broadcast) is sent
+    /// in, clamped to `1..=i32::MAX` (an MPI count is an `int`). Default
+    /// 1 GiB. For the tests: a small piece sends small messages in pieces,
+    /// the path of every message over 1 GiB. Every rank must be given the
+    /// same (the same program does).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = corepool_mpi::Cluster::builder().message_piece_bytes(4096).init()?;
+    /// assert_eq!(cluster.apply(|v: Vec<u8>| v.len(), vec![1u8; 10_000])?, 10_000);
+    /// # Ok(()) }
+    /// ```
+    #[doc(hidden)]
+    pub fn message_piece_bytes(mut self, bytes: usize) -> Self {
+        self.message_piece = bytes;
         self
     }
 

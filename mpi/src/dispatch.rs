@@ -5,7 +5,6 @@
 use crate::broadcast::encoding_for;
 use crate::comm::{
     deliver, run_locally, Command, DoneFn, Idle, Unit, AHEAD_PER_WORKER, AHEAD_SHORT, SHORT_UNIT,
-    SHUTDOWN_BOUND,
 };
 use crate::proto::{self, Control, TAG_CONTROL, TAG_RESULT, TAG_SHARED, TAG_STOPPED, TAG_TASK};
 use crate::serve::floor;
@@ -124,21 +123,21 @@ impl Dispatcher {
                 let id = self.next_broadcast;
                 self.next_broadcast += 1;
                 let ranks = self.limit.len();
+                let piece = transport.piece();
                 for to in 1..ranks {
                     let control = Control::Broadcast {
                         id,
                         bytes: bytes.len() as u64,
+                        piece: piece as u64,
                     };
                     transport.send(to as i32, TAG_CONTROL, control.to_bytes());
                 }
-                // An empty array has nothing to send (and Open MPI takes a
-                // zero-length `MPI_Bcast` of a dangling buffer for a bad
-                // argument, fatal to the job): every rank skips it alike.
-                if !bytes.is_empty() {
-                    transport
-                        .world
-                        .process_at_rank(0)
-                        .broadcast_into(&mut bytes[..]);
+                // One `MPI_Bcast` per piece (an MPI count is an `int`: rsmpi
+                // panics past 2 GiB), every rank alike. An empty array has
+                // none (and Open MPI takes a zero-length `MPI_Bcast` of a
+                // dangling buffer for a bad argument, fatal to the job).
+                for part in bytes.chunks_mut(piece) {
+                    transport.world.process_at_rank(0).broadcast_into(part);
                 }
                 if ranks == 1 {
                     let _ = reply.send(Ok(vec![Vec::new()]));
@@ -207,7 +206,7 @@ impl Dispatcher {
                 }
             }
             other => {
-                eprintln!("corepool-mpi: rank 0: unexpected message tag {other} from rank {from}")
+                eprintln!("corepool-mpi: rank 0: unexpected message tag {other} from rank {from}, ignored (do not call MPI yourself beside corepool-mpi: its MPI thread takes every message)")
             }
         }
     }
@@ -296,11 +295,16 @@ impl Dispatcher {
                     deliver(done, Err(e));
                     continue;
                 }
-                Err(_) => {
-                    // The panic hook has printed the panic.
+                Err(payload) => {
+                    // The encoders catch their `Wire` code's panics
+                    // (`guard::encode_caught`, naming the type): this is
+                    // the backstop for the rest of the closure.
                     let e = Error::Encode {
                         type_name: "a task's argument",
-                        reason: "its encoder panicked".into(),
+                        reason: format!(
+                            "encoding it panicked: {}",
+                            crate::guard::panic_text(&*payload)
+                        ),
                     };
                     deliver(done, Err(e));
                     continue;
@@ -341,14 +345,16 @@ impl Dispatcher {
         let mut stopped = vec![false; ranks];
         stopped[0] = true;
         let mut idle = Idle::new();
-        let deadline = Instant::now() + SHUTDOWN_BOUND;
+        let grace = transport.grace();
+        // `None` (a grace too long to add): wait as long as it takes.
+        let deadline = Instant::now().checked_add(grace);
         while !stopped.iter().all(|&s| s) {
-            if Instant::now() > deadline {
+            if deadline.is_some_and(|d| Instant::now() > d) {
                 // A rank that neither answers nor died (a dead one ends the
                 // job through the launcher): finalizing would wait for it
                 // for ever, so end the job instead.
                 let silent: Vec<usize> = (0..ranks).filter(|&r| !stopped[r]).collect();
-                eprintln!("corepool-mpi: rank 0: ranks {silent:?} did not stop within {SHUTDOWN_BOUND:?} of the shutdown; ending the job");
+                eprintln!("corepool-mpi: rank 0: ranks {silent:?} did not stop within {grace:?} of the shutdown (`Config::shutdown_grace`); ending the job with MPI_Abort: rank 0's program does not go on past dropping the cluster");
                 transport.world.abort(1);
             }
             let mut busy = transport.progress();

@@ -60,6 +60,7 @@ mod cluster;
 mod comm;
 mod config;
 mod dispatch;
+mod guard;
 mod maps;
 mod node;
 mod proto;
@@ -83,7 +84,8 @@ pub use result::ClusterResult;
 ///     Ok(cluster) => assert!(cluster.ranks() >= 1),
 ///     Err(e) => {
 ///         // Each variant's message says what to do (`BinaryMismatch`: copy
-///         // the same binary everywhere; `Mpi`: the launcher or library).
+///         // the same binary everywhere; `Mpi`: the launcher or library;
+///         // `Config`: the builder's settings).
 ///         eprintln!("{e}");
 ///         std::process::exit(1);
 ///     }
@@ -113,6 +115,11 @@ pub enum ClusterError {
     /// MPI could not be started as corepool-mpi needs it.
     #[error("MPI: {0}")]
     Mpi(String),
+    /// The configuration cannot make a job of these ranks (say,
+    /// [`Config::rank0_workers`]`(0)` in a job of one rank: no rank would
+    /// compute). The message says what to change.
+    #[error("invalid configuration: {0}")]
+    Config(String),
 }
 
 /// The MPI library this program is linked with, as it describes itself

@@ -5,6 +5,18 @@
 mod bench;
 
 fn usage() -> ! {
+    print_usage();
+    std::process::exit(2)
+}
+
+/// A command line that cannot work: what is wrong, then the usage; exit 2
+/// before anything runs (as the `corepool` command does).
+fn usage_error(what: &str) -> ! {
+    eprintln!("corepool-mpi: {what}\n");
+    usage()
+}
+
+fn print_usage() {
     eprintln!(
         "usage: mpirun -n N [--bind-to none] corepool-mpi bench [--quick] [--json] [--repeats R] [--only WORKLOAD]\n\
          \n\
@@ -12,9 +24,13 @@ fn usage() -> ! {
          large-argument bandwidth row on the cluster (every rank's pool), beside\n\
          the same work on a local pool of as many workers on rank 0 and beside\n\
          the bare MPI floor (rsmpi ping-pong and send bandwidth). --only runs one\n\
-         workload (apply_async, map, cpu_loop, latency, latency_1ms or bandwidth)."
+         workload (apply_async, map, cpu_loop, latency, latency_1ms or bandwidth);\n\
+         --repeats R (at least 1; default 3, 1 with --quick) repeats each row and\n\
+         reports the median; --json prints one JSON object per row (JSON Lines).\n\
+         \n\
+         Exit status: 0 on success; 1 on a run that failed (said on stderr); 2 on\n\
+         a command line that cannot work, said on stderr before anything runs."
     );
-    std::process::exit(2)
 }
 
 fn main() {
@@ -31,13 +47,25 @@ fn main() {
             "--quick" => options.quick = true,
             "--json" => options.json = true,
             "--repeats" => {
-                options.repeats = rest
-                    .next()
-                    .and_then(|r| r.parse().ok())
-                    .unwrap_or_else(|| usage())
+                let value = rest.next().map(String::as_str).unwrap_or("");
+                options.repeats = match value.parse::<usize>() {
+                    Ok(r) if r >= 1 => r,
+                    _ => usage_error(&format!(
+                        "--repeats {value:?}: give a whole number of at least 1"
+                    )),
+                }
             }
-            "--only" => options.only = Some(rest.next().cloned().unwrap_or_else(|| usage())),
-            _ => usage(),
+            "--only" => {
+                let name = rest.next().map(String::as_str).unwrap_or("");
+                if !bench::WORKLOADS.contains(&name) {
+                    usage_error(&format!(
+                        "unknown workload `{name}`: choose from {}",
+                        bench::WORKLOADS.join(", ")
+                    ));
+                }
+                options.only = Some(name.to_string());
+            }
+            other => usage_error(&format!("unknown argument `{other}`")),
         }
     }
     if let Err(e) = bench::run(&options) {

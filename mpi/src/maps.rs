@@ -2,7 +2,7 @@
 //! submitted, results in order ([`Chunked`], [`ClusterImap`]) or as they
 //! arrive ([`ClusterImapUnordered`]).
 
-use crate::cluster::{decode_result, encode_value};
+use crate::cluster::{decode_result, encode_named};
 use crate::comm::{DoneFn, Unit};
 use crate::result::Slot;
 use crate::{Cluster, ClusterResult};
@@ -29,19 +29,28 @@ pub struct Chunked<'a> {
 }
 
 impl Chunked<'_> {
-    fn chunksize_for<A: Wire>(&self, items: &[A]) -> usize {
-        if let Some(c) = self.chunksize {
-            return c;
-        }
+    /// The chunk size for `items`. The first item is encoded to size the
+    /// chunks (on the caller's thread): if that fails (its `Wire::encode`
+    /// panicked, or called `Encoder::fail`), so would its chunk, and the
+    /// map is refused at once with that [`Error::Encode`], before anything
+    /// is submitted.
+    fn chunksize_for<A: Wire>(&self, items: &[A]) -> Result<usize> {
+        let first = match (self.chunksize, items.first()) {
+            (Some(c), _) => return Ok(c),
+            (None, first) => first,
+        };
         let total: usize = self.cluster.workers().iter().sum();
         let mut size = items.len().div_ceil(total.max(1) * 4).max(1);
-        if let Some(first) = items.first() {
+        if let Some(first) = first {
             let mut probe = Encoder::new();
-            first.encode(&mut probe);
+            crate::guard::encode_caught::<A>(&mut probe, |out| first.encode(out));
+            if let Some(e) = probe.failure() {
+                return Err(e.clone());
+            }
             let budget = (self.cluster.max_task_bytes().saturating_sub(8) / 2).min(1 << 18);
             size = size.min((budget / probe.len().max(1)).max(1));
         }
-        size
+        Ok(size)
     }
 
     /// Submits every chunk; one slot per chunk, in order.
@@ -52,7 +61,7 @@ impl Chunked<'_> {
         on_chunk: impl Fn(usize) -> Option<Sender<(usize, Result<Vec<R>>)>>,
     ) -> Result<Vec<ClusterResult<Vec<R>>>> {
         let items: Vec<A> = items.into_iter().collect();
-        let chunksize = self.chunksize_for(&items);
+        let chunksize = self.chunksize_for(&items)?;
         let mut chunks = Vec::with_capacity(items.len().div_ceil(chunksize));
         let mut items = items.into_iter();
         loop {
@@ -79,7 +88,7 @@ impl Chunked<'_> {
             });
             self.cluster.submit(Unit {
                 task,
-                encode: Box::new(move || encode_value(&chunk)),
+                encode: Box::new(move || encode_named::<A, _>(&chunk)),
                 done,
                 target: None,
             })?;

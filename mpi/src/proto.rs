@@ -18,6 +18,13 @@ pub(crate) const TAG_STOPPED: i32 = 5;
 /// Both ways: the bare MPI measurements ([`Control::PingPong`],
 /// [`Control::Stream`]), with plain blocking sends and receives.
 pub(crate) const TAG_FLOOR: i32 = 6;
+/// Both ways: the head of a message too large for one MPI message (MPI
+/// counts are `int`s: 2 GiB - 1 bytes at most), `[its tag i32][its length
+/// u64]`; its bytes follow as [`TAG_PIECE`] messages, in order
+/// (`crate::transport::Transport::send`).
+pub(crate) const TAG_PIECES: i32 = 7;
+/// Both ways: the next piece of the message a [`TAG_PIECES`] head began.
+pub(crate) const TAG_PIECE: i32 = 8;
 
 /// The trailer of a task frame: unit id (u64), task bits (i64). A trailer,
 /// not a header, so that the receiver truncates the frame into the
@@ -31,9 +38,10 @@ pub(crate) const RESULT_TRAILER: usize = 9;
 pub(crate) enum Control {
     /// Stop serving: end the local pool, answer [`TAG_STOPPED`], finalize.
     Shutdown,
-    /// Enter `MPI_Bcast` from rank 0 for `bytes` bytes, keep them in a local
+    /// Enter `MPI_Bcast` from rank 0 for `bytes` bytes, one call per
+    /// `piece` bytes (an MPI count is an `int`), keep them in a local
     /// shared array under `id`, and answer its handle ([`TAG_SHARED`]).
-    Broadcast { id: u64, bytes: u64 },
+    Broadcast { id: u64, bytes: u64, piece: u64 },
     /// Echo `rounds` messages of `bytes` on [`TAG_FLOOR`], one at a time.
     PingPong { bytes: u64, rounds: u64 },
     /// Receive `rounds` messages of `bytes` on [`TAG_FLOOR`], then answer
@@ -45,21 +53,21 @@ impl Control {
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
         let mut out = Encoder::new();
         match *self {
-            Control::Shutdown => (1u8, 0u64, 0u64).encode(&mut out),
-            Control::Broadcast { id, bytes } => (2u8, id, bytes).encode(&mut out),
-            Control::PingPong { bytes, rounds } => (3u8, bytes, rounds).encode(&mut out),
-            Control::Stream { bytes, rounds } => (4u8, bytes, rounds).encode(&mut out),
+            Control::Shutdown => (1u8, 0u64, 0u64, 0u64).encode(&mut out),
+            Control::Broadcast { id, bytes, piece } => (2u8, id, bytes, piece).encode(&mut out),
+            Control::PingPong { bytes, rounds } => (3u8, bytes, rounds, 0u64).encode(&mut out),
+            Control::Stream { bytes, rounds } => (4u8, bytes, rounds, 0u64).encode(&mut out),
         }
         out.to_vec()
     }
 
     pub(crate) fn parse(bytes: &[u8]) -> Result<Self> {
-        match decode_exact::<(u8, u64, u64)>(bytes)? {
-            (1, _, _) => Ok(Control::Shutdown),
-            (2, id, bytes) => Ok(Control::Broadcast { id, bytes }),
-            (3, bytes, rounds) => Ok(Control::PingPong { bytes, rounds }),
-            (4, bytes, rounds) => Ok(Control::Stream { bytes, rounds }),
-            (kind, _, _) => Err(bad(format!("unknown control frame {kind}"))),
+        match decode_exact::<(u8, u64, u64, u64)>(bytes)? {
+            (1, _, _, _) => Ok(Control::Shutdown),
+            (2, id, bytes, piece) => Ok(Control::Broadcast { id, bytes, piece }),
+            (3, bytes, rounds, _) => Ok(Control::PingPong { bytes, rounds }),
+            (4, bytes, rounds, _) => Ok(Control::Stream { bytes, rounds }),
+            (kind, _, _, _) => Err(bad(format!("unknown control frame {kind}"))),
         }
     }
 }
@@ -159,7 +167,7 @@ fn with_rank(err: Error, rank: u32) -> Error {
 /// the way a serving rank's errors are ([`error_to_bytes`], [`open_result`]),
 /// so that where a task failed never depends on which rank took it.
 pub(crate) fn on_rank_zero(err: Error) -> Error {
-    let on = |text: String| format!("{text} (on rank 0)");
+    let on = |text: String| on_rank(&text, 0);
     match with_rank(err, 0) {
         Error::Panicked { message } => Error::Panicked {
             message: on(message),
@@ -176,10 +184,24 @@ pub(crate) fn on_rank_zero(err: Error) -> Error {
     }
 }
 
+/// Where a worker's panic report starts its backtrace (with
+/// `RUST_BACKTRACE` set: corepool's panic hook in the worker).
+const BACKTRACE_START: &str = "\n\nchild process backtrace:";
+
+/// `text` labelled "(on rank N)": after the message, before a backtrace
+/// (which runs to tens of lines: the label at its end went unseen, a user
+/// trial).
+fn on_rank(text: &str, rank: impl std::fmt::Display) -> String {
+    match text.find(BACKTRACE_START) {
+        Some(at) => format!("{} (on rank {rank}){}", &text[..at], &text[at..]),
+        None => format!("{text} (on rank {rank})"),
+    }
+}
+
 /// A task's error as bytes: `(code, message, a, b)`. The message of a
 /// panic or a failure names the rank it happened on.
 pub(crate) fn error_to_bytes(err: &Error, rank: i32) -> Vec<u8> {
-    let on = |text: &str| format!("{text} (on rank {rank})");
+    let on = |text: &str| on_rank(text, rank);
     let (code, message, a, b): (u8, String, i64, i64) = match err {
         Error::Panicked { message } => (1, on(message), 0, 0),
         Error::WorkerDied {
@@ -198,9 +220,9 @@ pub(crate) fn error_to_bytes(err: &Error, rank: i32) -> Vec<u8> {
             ..
         } => (11, String::new(), i64::from(*pid), 0),
         Error::Decode { type_name, reason } => (4, on(&format!("{type_name}: {reason}")), 0, 0),
-        Error::ResultTooLarge { size, max } => (5, String::new(), *size as i64, *max as i64),
-        Error::ArgumentTooLarge { size, max } => (6, String::new(), *size as i64, *max as i64),
-        Error::TaskTimedOut { after } => (7, String::new(), after.as_nanos() as i64, 0),
+        Error::ResultTooLarge { size, max } => (5, String::new(), wide(*size), wide(*max)),
+        Error::ArgumentTooLarge { size, max } => (6, String::new(), wide(*size), wide(*max)),
+        Error::TaskTimedOut { after } => (7, String::new(), wide(after.as_nanos()), 0),
         Error::Cancelled => (8, String::new(), 0, 0),
         Error::PoolClosed => (9, String::new(), 0, 0),
         Error::Encode { type_name, reason } => (10, on(&format!("{type_name}: {reason}")), 0, 0),
@@ -209,6 +231,11 @@ pub(crate) fn error_to_bytes(err: &Error, rank: i32) -> Vec<u8> {
     let mut out = Encoder::new();
     (code, message, a, b).encode(&mut out);
     out.to_vec()
+}
+
+/// `v` as an `i64`, saturated (no value of a real error comes near).
+fn wide<T: TryInto<i64>>(v: T) -> i64 {
+    v.try_into().unwrap_or(i64::MAX)
 }
 
 /// The error [`error_to_bytes`] wrote. Types are named by the serving rank
@@ -293,7 +320,7 @@ mod tests {
             Control::parse(&Control::Shutdown.to_bytes()).unwrap(),
             Control::Shutdown
         );
-        assert!(Control::parse(&[9; 17]).is_err());
+        assert!(Control::parse(&[9; 25]).is_err());
     }
 
     #[test]
@@ -324,5 +351,17 @@ mod tests {
             Error::Cancelled
         );
         assert!(error_from_bytes(&[1, 2]).is_err());
+        // The label comes before a backtrace, not after it.
+        let traced = Error::Panicked {
+            message: format!("boom (at x.rs:1){BACKTRACE_START}\n  0: frame"),
+        };
+        let (_, got) = open_result(seal_result(1, Err(traced.clone()), 2), 2).unwrap();
+        let text = got.unwrap_err().to_string();
+        assert!(
+            text.contains("boom (at x.rs:1) (on rank 2)\n\nchild process backtrace:"),
+            "{text}"
+        );
+        let text = on_rank_zero(traced).to_string();
+        assert!(text.contains("(at x.rs:1) (on rank 0)\n"), "{text}");
     }
 }

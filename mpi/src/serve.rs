@@ -5,7 +5,7 @@ use crate::comm::{local_done, run_locally, Command, Idle};
 use crate::proto::{
     self, Control, TAG_CONTROL, TAG_FLOOR, TAG_RESULT, TAG_SHARED, TAG_STOPPED, TAG_TASK,
 };
-use crate::transport::Transport;
+use crate::transport::{Transport, PIECE_LIMIT};
 use corepool::{Collector, Error, Pool, RawArgument, RawTask, SharedArray, Wire};
 use crossbeam_channel::{Receiver, Sender};
 use mpi::traits::*;
@@ -82,19 +82,36 @@ pub(crate) fn serve(
                 && incoming.len() >= IN_ARENA_MIN)
                 .then(|| pool.as_ref()?.raw_argument(incoming.len()))
                 .flatten();
-            if let Some(mut arg) = in_arena {
-                let got = incoming.receive_into(&mut arg);
-                match arg.get(..got).map(proto::read_task_trailer) {
-                    Some(Ok((unit, bits, len))) => {
-                        let arg = Argument::InArena(arg, len);
-                        if start_task(&pool, &mut collector, transport, &to_self, unit, bits, arg) {
-                            outstanding += 1;
+            let incoming = match in_arena {
+                Some(mut arg) => match incoming.receive_into(&mut arg) {
+                    Ok(got) => {
+                        match arg.get(..got).map(proto::read_task_trailer) {
+                            Some(Ok((unit, bits, len))) => {
+                                let arg = Argument::InArena(arg, len);
+                                if start_task(
+                                    &pool,
+                                    &mut collector,
+                                    transport,
+                                    &to_self,
+                                    unit,
+                                    bits,
+                                    arg,
+                                ) {
+                                    outstanding += 1;
+                                }
+                            }
+                            _ => eprintln!(
+                                "corepool-mpi: rank {rank}: a malformed task of {got} bytes"
+                            ),
                         }
+                        continue;
                     }
-                    _ => eprintln!("corepool-mpi: rank {rank}: a malformed task of {got} bytes"),
-                }
-                continue;
-            }
+                    // The block was too short (never, by `raw_argument`'s
+                    // promise): received into a buffer, it goes the usual way.
+                    Err(received) => received,
+                },
+                None => incoming,
+            };
             let (from, tag, bytes) = incoming.receive_vec();
             if from != 0 {
                 eprintln!("corepool-mpi: rank {rank}: ignoring a message from rank {from}");
@@ -121,20 +138,24 @@ pub(crate) fn serve(
                         drop(pool);
                         return;
                     }
-                    Ok(Control::Broadcast { id, bytes }) => {
+                    Ok(Control::Broadcast { id, bytes, piece }) => {
                         // Blocking MPI calls follow: the driver collects
                         // meanwhile.
                         collector = None;
                         let mut answer = id.to_le_bytes().to_vec();
-                        match usize::try_from(bytes) {
-                            Ok(len) => {
+                        let piece = usize::try_from(piece)
+                            .ok()
+                            .filter(|p| (1..=PIECE_LIMIT).contains(p));
+                        match (usize::try_from(bytes), piece) {
+                            (Ok(len), Some(piece)) => {
                                 let mut data = vec![0u8; len];
-                                // Skipped for an empty array, as rank 0 does.
-                                if len > 0 {
+                                // Piece by piece, as rank 0 (an MPI count
+                                // is an `int`); none for an empty array.
+                                for part in data.chunks_mut(piece) {
                                     transport
                                         .world
                                         .process_at_rank(0)
-                                        .broadcast_into(&mut data[..]);
+                                        .broadcast_into(part);
                                 }
                                 match SharedArray::<u8>::from_slice(&data) {
                                     Ok(array) => {
@@ -146,8 +167,9 @@ pub(crate) fn serve(
                                     Err(e) => eprintln!("corepool-mpi: rank {rank}: no room for a broadcast copy of {len} bytes: {e}"),
                                 }
                             }
-                            Err(_) => {
-                                eprintln!("corepool-mpi: rank {rank}: a broadcast of {bytes} bytes does not fit this machine");
+                            _ => {
+                                // Rank 0 waits in `MPI_Bcast`: end the job.
+                                eprintln!("corepool-mpi: rank {rank}: a broadcast of {bytes} bytes (in pieces of {piece:?}) does not fit this machine; ending the job");
                                 transport.world.abort(1);
                             }
                         }
@@ -161,7 +183,7 @@ pub(crate) fn serve(
                         eprintln!("corepool-mpi: rank {rank}: a malformed control frame: {e}")
                     }
                 },
-                other => eprintln!("corepool-mpi: rank {rank}: unexpected message tag {other}"),
+                other => eprintln!("corepool-mpi: rank {rank}: unexpected message tag {other}, ignored (do not call MPI yourself beside corepool-mpi: its MPI thread takes every message)"),
             }
         }
         busy |= transport.progress();
@@ -254,7 +276,10 @@ pub(crate) fn floor(
         Control::Stream { bytes, rounds } => (bytes, rounds, false),
         _ => return Duration::ZERO,
     };
-    let Ok(len) = usize::try_from(bytes) else {
+    // Plain sends of one message each: at most one MPI message's bytes (an
+    // `int` count; rank 0 refuses more before asking, see
+    // `Cluster::mpi_ping_pong`), the same check on both sides.
+    let Some(len) = usize::try_from(bytes).ok().filter(|&l| l <= PIECE_LIMIT) else {
         return Duration::ZERO;
     };
     let mut buf = vec![1u8; len];

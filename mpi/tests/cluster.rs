@@ -122,6 +122,88 @@ fn sum_in_arena(v: Vec<u8>) -> (u64, bool) {
     )
 }
 
+/// `len` bytes of a pattern that depends on `seed`.
+fn pattern(len: usize, seed: usize) -> Vec<u8> {
+    (0..len).map(|i| ((i + seed) % 251) as u8).collect()
+}
+
+fn checksum(v: Vec<u8>) -> (u64, u64) {
+    (v.len() as u64, v.iter().map(|&b| u64::from(b)).sum())
+}
+
+/// A large result: [`pattern`]`(len, seed)`.
+fn make_pattern((len, seed): (u64, u64)) -> Vec<u8> {
+    pattern(len as usize, seed as usize)
+}
+
+/// The piece size of the `pieces` scenario: small, and odd, so that every
+/// message of more than 64 KiB goes in pieces, with a short last one.
+const SMALL_PIECE: usize = (64 << 10) + 3;
+
+/// An argument whose encoder panics for 13 (and only then).
+#[derive(Debug)]
+struct Fuse(u64);
+
+impl corepool::Wire for Fuse {
+    fn encode(&self, out: &mut corepool::Encoder) {
+        assert_ne!(self.0, 13, "thirteen does not encode");
+        self.0.encode(out);
+    }
+
+    fn decode(input: &mut &[u8]) -> corepool::Result<Self> {
+        let v = u64::decode(input)?;
+        assert_ne!(v, 14, "fourteen does not decode");
+        Ok(Self(v))
+    }
+}
+
+fn fuse_value(f: Fuse) -> u64 {
+    f.0
+}
+
+fn fuse_of(x: u64) -> Fuse {
+    Fuse(x)
+}
+
+fn fuse_plus((f, x): (Fuse, u64)) -> u64 {
+    f.0 + x
+}
+
+/// `result` is the `Encode` (or `Decode`) error naming `type_part` and
+/// quoting `quote`, the panic's message.
+fn wire_error<T: std::fmt::Debug>(
+    result: corepool::Result<T>,
+    decode: bool,
+    type_part: &str,
+    quote: &str,
+    what: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (kind_ok, name) = match &result {
+        Err(Error::Encode { type_name, .. }) => (!decode, *type_name),
+        Err(Error::Decode { type_name, .. }) => (decode, *type_name),
+        _ => (false, ""),
+    };
+    let text = result
+        .as_ref()
+        .err()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    check(
+        kind_ok && name.contains(type_part) && text.contains(quote),
+        &format!(
+            "{what}: wanted an error naming {type_part} and quoting {quote:?}, got {result:?}"
+        ),
+    )
+}
+
+fn big_ones(len: u64) -> Vec<u8> {
+    vec![1u8; len as usize]
+}
+
+fn broadcast_len_u8((_, b): (Shard, corepool_mpi::Broadcast<u8>)) -> u64 {
+    b.len() as u64
+}
+
 fn spin_forever(_: u64) -> u64 {
     loop {
         std::hint::spin_loop();
@@ -138,7 +220,33 @@ fn check(ok: bool, what: &str) -> Result<(), Box<dyn std::error::Error>> {
 
 fn rank_program(scenario: &str) -> Result<(), Box<dyn std::error::Error>> {
     corepool::init();
-    let cluster = Cluster::init()?;
+    let cluster = match scenario {
+        "pieces" => Cluster::builder().message_piece_bytes(SMALL_PIECE).init()?,
+        "stopped_rank" => Cluster::builder()
+            .shutdown_grace(Duration::from_secs(2))
+            .init()?,
+        "rank0_none" => match Cluster::builder().rank0_workers(0).init() {
+            Ok(cluster) if cluster.ranks() > 1 => {
+                check(cluster.workers()[0] == 0, "rank 0 has no worker")?;
+                check(cluster.apply(square, 4)? == 16, "the others compute")?;
+                println!("RANK0 NONE OK on {} ranks", cluster.ranks());
+                return Ok(());
+            }
+            Ok(_) => return Err("one rank with rank0_workers(0) started".into()),
+            Err(e) => {
+                let text = e.to_string();
+                check(
+                    matches!(e, corepool_mpi::ClusterError::Config(_))
+                        && text.contains("rank0_workers(0)")
+                        && text.contains("mpirun -n 2"),
+                    &format!("a config error with advice: {e:?}"),
+                )?;
+                println!("RANK0 NONE REFUSED: {text}");
+                return Ok(());
+            }
+        },
+        _ => Cluster::init()?,
+    };
     match scenario {
         "api" => {
             check(cluster.apply(square, 12)? == 144, "apply")?;
@@ -262,9 +370,6 @@ fn rank_program(scenario: &str) -> Result<(), Box<dyn std::error::Error>> {
             // the default 4 MiB rings, 1 MiB would fit a ring message);
             // smaller ones through its ring; all of them intact.
             let last = cluster.ranks() - 1;
-            let pattern = |len: usize, seed: usize| -> Vec<u8> {
-                (0..len).map(|i| ((i + seed) % 251) as u8).collect()
-            };
             if last > 0 {
                 // First (no argument yet was larger than a ring message,
                 // which would spill into the arena however it came).
@@ -317,6 +422,180 @@ fn rank_program(scenario: &str) -> Result<(), Box<dyn std::error::Error>> {
             let lens = cluster.gather(broadcast_len, empty)?;
             check(lens == vec![0; cluster.ranks()], "an empty broadcast")?;
             println!("BROADCAST OK");
+        }
+        "pieces" => {
+            // Every message over SMALL_PIECE goes in pieces: arguments,
+            // results, in flight both ways at once, and broadcasts; the
+            // path of every message over 1 GiB (trial 28: 2 GiB or more
+            // panicked inside rsmpi and aborted the job).
+            let last = cluster.ranks() - 1;
+            let p = SMALL_PIECE;
+            let sizes = [0, 1, p - 1, p, p + 1, 2 * p, 3 * p + 5, 1 << 20];
+            let mut args = Vec::new();
+            let mut results = Vec::new();
+            for (seed, &len) in sizes.iter().enumerate() {
+                args.push(cluster.apply_async_on_rank(last, checksum, pattern(len, seed))?);
+                results.push(cluster.apply_async_on_rank(
+                    last,
+                    make_pattern,
+                    (len as u64, seed as u64),
+                )?);
+            }
+            for (seed, (arg, result)) in args.into_iter().zip(results).enumerate() {
+                let want = pattern(sizes[seed], seed);
+                check(
+                    arg.get()? == checksum(want.clone()),
+                    &format!("a {}-byte argument in pieces arrives intact", sizes[seed]),
+                )?;
+                check(
+                    result.get()? == want,
+                    &format!("a {}-byte result in pieces arrives intact", sizes[seed]),
+                )?;
+            }
+            // Chunks of a map in pieces (about 3 * 40 KiB each).
+            let items: Vec<Vec<u8>> = (0..12).map(|i| pattern(40 << 10, i)).collect();
+            let sums = cluster.chunked(3)?.map(checksum, items.clone())?;
+            check(
+                sums == items.into_iter().map(checksum).collect::<Vec<_>>(),
+                "a map whose chunks go in pieces",
+            )?;
+            // A broadcast in pieces (one MPI_Bcast each on every rank).
+            let a: Vec<f64> = (0..100_000).map(|i| (i % 17) as f64).collect();
+            let shared = cluster.broadcast(&a)?;
+            let lens = cluster.gather(broadcast_len, shared.clone())?;
+            check(
+                lens == vec![a.len() as u64; cluster.ranks()],
+                "broadcast length",
+            )?;
+            let picks = cluster
+                .chunked(5)?
+                .map(element, (0..100u64).map(|i| (shared.clone(), i * 997)))?;
+            check(
+                picks == (0..100usize).map(|i| a[i * 997]).collect::<Vec<_>>(),
+                "tasks read a broadcast sent in pieces",
+            )?;
+            check(cluster.apply(square, 3)? == 9, "small messages still whole")?;
+            println!("PIECES OK on {} ranks", cluster.ranks());
+        }
+        "giant" => {
+            // Opt-in (COREPOOL_MPI_GIANT=1): messages over 2 GiB for real,
+            // each way and broadcast. Peak memory about 12 GiB.
+            let last = cluster.ranks() - 1;
+            let len = (2usize << 30) + (200 << 20);
+            let (got, _) = cluster.apply_on_rank(last, sum_in_arena, vec![1u8; len])?;
+            check(got == len as u64, "a 2.2 GiB argument")?;
+            let back = cluster.apply_on_rank(last, big_ones, len as u64)?;
+            check(back.len() == len && back[len - 1] == 1, "a 2.2 GiB result")?;
+            drop(back);
+            let data = vec![1u8; len];
+            let b = cluster.broadcast(&data)?;
+            drop(data);
+            let lens = cluster.gather(broadcast_len_u8, b)?;
+            check(
+                lens == vec![len as u64; cluster.ranks()],
+                "a 2.2 GiB broadcast",
+            )?;
+            println!("GIANT OK");
+        }
+        "wire_panics" => {
+            // Trial 28: an argument's encoder that panics, through every
+            // map path (it unwound out of `Cluster::map` into main), and
+            // the errors name the type and quote the panic.
+            let first_bad = || [13u64, 1, 2, 3].map(Fuse);
+            let later_bad = || [1u64, 2, 13, 3].map(Fuse);
+            for (items, what) in [(first_bad(), "first"), (later_bad(), "later")] {
+                let items: Vec<Fuse> = items.into_iter().collect();
+                let again = || items.iter().map(|f| Fuse(f.0)).collect::<Vec<_>>();
+                wire_error(
+                    cluster.map(fuse_value, again()),
+                    false,
+                    "Fuse",
+                    "thirteen",
+                    &format!("map, {what} item"),
+                )?;
+                wire_error(
+                    cluster.chunked(1)?.map(fuse_value, again()),
+                    false,
+                    "Fuse",
+                    "thirteen",
+                    &format!("chunked map, {what} item"),
+                )?;
+                wire_error(
+                    // Refused at submission (the first item), or in the items.
+                    cluster
+                        .imap(fuse_value, again())
+                        .and_then(|i| i.collect::<corepool::Result<Vec<_>>>()),
+                    false,
+                    "Fuse",
+                    "thirteen",
+                    &format!("imap, {what} item"),
+                )?;
+                wire_error(
+                    cluster
+                        .imap_unordered(fuse_value, again())
+                        .and_then(|i| i.collect::<corepool::Result<Vec<_>>>()),
+                    false,
+                    "Fuse",
+                    "thirteen",
+                    &format!("imap_unordered, {what} item"),
+                )?;
+                wire_error(
+                    cluster.map(fuse_plus, again().into_iter().map(|f| (f, 1))),
+                    false,
+                    "Fuse",
+                    "thirteen",
+                    &format!("map of pairs, {what} item"),
+                )?;
+            }
+            wire_error(
+                cluster.apply(fuse_value, Fuse(13)),
+                false,
+                "Fuse",
+                "thirteen",
+                "apply",
+            )?;
+            wire_error(
+                cluster.apply(never_runs, PanicsWhenEncoded),
+                false,
+                "PanicsWhenEncoded",
+                "deliberate panic in an encoder",
+                "apply",
+            )?;
+            for rank in 0..cluster.ranks() {
+                wire_error(
+                    cluster.apply_on_rank(rank, fuse_of, 14),
+                    true,
+                    "Fuse",
+                    "fourteen",
+                    "a result's decoder",
+                )?;
+            }
+            check(
+                cluster.map(fuse_value, [5u64, 6].map(Fuse))? == vec![5, 6],
+                "goes on",
+            )?;
+            println!("WIRE PANICS OK");
+        }
+        "stopped_rank" => {
+            // A rank that hangs alive at the end: the drop waits the grace
+            // (2 s here, not 60), then ends the job naming the rank.
+            let pids = cluster.gather(rank_pids, ())?;
+            let rank1 = pids
+                .iter()
+                .find(|p| p.0 == 1)
+                .map(|p| p.1)
+                .ok_or("no rank 1")?;
+            let all: Vec<String> = pids
+                .iter()
+                .flat_map(|&(_, rank, worker)| [rank, worker])
+                .chain([std::process::id() as i32])
+                .map(|p| p.to_string())
+                .collect();
+            println!("PIDS {}", all.join(" "));
+            // SAFETY: `kill` has no memory preconditions.
+            unsafe { libc::kill(rank1, libc::SIGSTOP) };
+            drop(cluster);
+            println!("UNREACHABLE: the drop returned");
         }
         "worker_killed" => {
             match cluster.gather(die_on_rank_1, ()) {
@@ -664,6 +943,102 @@ fn test_broadcast() {
     expect_ok(&scenario(2, "broadcast"), "BROADCAST OK");
 }
 
+fn test_pieces() {
+    for n in [2, 3] {
+        expect_ok(&scenario(n, "pieces"), &format!("PIECES OK on {n} ranks"));
+    }
+}
+
+fn test_wire_panics() {
+    expect_ok(&scenario(2, "wire_panics"), "WIRE PANICS OK");
+}
+
+/// Messages over 2 GiB for real: opt-in, for its memory (about 12 GiB at
+/// its peak, two ranks on one machine) and time.
+fn test_giant() {
+    if std::env::var_os("COREPOOL_MPI_GIANT").is_none() {
+        println!(
+            "  skipped: set COREPOOL_MPI_GIANT=1 to send 2.2 GiB messages (about 12 GiB of memory)"
+        );
+        return;
+    }
+    expect_ok(&scenario(2, "giant"), "GIANT OK");
+}
+
+/// `rank0_workers(0)`: a configuration error with advice on one rank, a
+/// job whose other ranks compute on two.
+fn test_rank0_none() {
+    expect_ok(&scenario(1, "rank0_none"), "RANK0 NONE REFUSED");
+    expect_ok(&scenario(2, "rank0_none"), "RANK0 NONE OK on 2 ranks");
+}
+
+/// A serving rank stopped (SIGSTOP) when rank 0 drops the cluster: after
+/// the configured grace the job ends (`MPI_Abort`) naming the rank, and
+/// nothing of it is left.
+fn test_stopped_rank() {
+    let job = scenario(2, "stopped_rank");
+    assert!(!job.status.success(), "the job is ended");
+    assert!(!job.stdout.contains("UNREACHABLE"), "{}", job.stdout);
+    assert!(
+        job.stderr.contains("ranks [1] did not stop within 2s")
+            && job.stderr.contains("shutdown_grace"),
+        "stderr:\n{}",
+        job.stderr
+    );
+    let pids = pids_of(&job.stdout);
+    assert!(pids.len() >= 5, "pids printed: {}", job.stdout);
+    assert_all_gone(&pids);
+}
+
+/// `corepool-mpi bench`: a command line that cannot work is a usage error
+/// (exit 2, before MPI starts), and a partial run says "not run" for the
+/// figures it did not measure and records the MPI in its JSON rows.
+fn test_bench_command() {
+    let bench = env!("CARGO_BIN_EXE_corepool-mpi");
+    for (args, says) in [
+        (
+            &["bench", "--only", "nope"][..],
+            "unknown workload `nope`: choose from apply_async, map",
+        ),
+        (
+            &["bench", "--repeats", "0"][..],
+            "--repeats \"0\": give a whole number of at least 1",
+        ),
+        (
+            &["bench", "--frobnicate"][..],
+            "unknown argument `--frobnicate`",
+        ),
+    ] {
+        let out = Command::new(bench).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    let mut cmd = mpirun(2);
+    cmd.arg(bench)
+        .args(["bench", "--quick", "--only", "latency", "--json"]);
+    let job = run(cmd, |_, _| {});
+    assert!(job.status.success(), "{}", job.stderr);
+    let rows: Vec<serde_json::Value> = job
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!rows.is_empty() && rows.iter().all(|r| r["workload"] == "latency"));
+    assert!(
+        rows.iter()
+            .all(|r| r["mpi"].as_str().is_some_and(|m| m.contains("MPI"))
+                && r["thread_level"].is_string()),
+        "{}",
+        job.stdout
+    );
+    assert!(
+        job.stderr.contains("cpu_loop cluster/local = not run") && !job.stderr.contains("NaN"),
+        "{}",
+        job.stderr
+    );
+}
+
 fn test_worker_killed() {
     expect_ok(&scenario(2, "worker_killed"), "WORKER KILLED OK");
 }
@@ -774,8 +1149,14 @@ fn driver() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let tests: [(&str, fn()); 8] = [
+    let tests: [(&str, fn()); 14] = [
         ("api", test_api),
+        ("pieces", test_pieces),
+        ("wire_panics", test_wire_panics),
+        ("giant", test_giant),
+        ("rank0_none", test_rank0_none),
+        ("stopped_rank", test_stopped_rank),
+        ("bench_command", test_bench_command),
         ("broadcast", test_broadcast),
         ("worker_killed", test_worker_killed),
         ("rank_killed", test_rank_killed),
