@@ -391,8 +391,11 @@ impl Pool {
         )
     }
 
-    /// The largest argument a task may have, in encoded bytes (about half
-    /// of [`ring_bytes`](crate::PoolBuilder::ring_bytes)).
+    /// The largest encoded argument that travels inside the task ring's
+    /// record (about half of [`ring_bytes`](crate::PoolBuilder::ring_bytes)):
+    /// a speed figure, not a limit. A larger argument goes out of line (the
+    /// pool's argument arena, or a spill) at the cost of one more copy; a
+    /// `map` sizes its chunks to fit it.
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
