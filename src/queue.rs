@@ -65,19 +65,22 @@ use std::time::{Duration, Instant};
 /// with it those descriptors, and the memory of any values still waiting
 /// in the queue.
 ///
-/// Offsets in the value file are never reused, so under a finite
-/// file-size limit (`ulimit -f`, RLIMIT_FSIZE, which batch systems such as
-/// Slurm pass on from the submitting shell) the file reaches the limit
-/// once the queue has carried that many bytes of large values in all. A
-/// value put past that point goes into a one-off memfd of its producer's
-/// instead (a *spill*), and keeps going through, but is again bound to its
-/// producer: one that returns keeps it at most 5 seconds for a receiver
-/// (`EXIT_LINGER`), one that is killed loses it.
-/// [`Process::join`](crate::Process::join) waits for that exit, so under such a limit
-/// "join the producers, then drain" loses these values (a user trial):
-/// drain before joining, or raise the limit. Without a file-size limit
-/// this never happens. A single value larger than the limit is
-/// [`Error::SharedMemory`] (EFBIG).
+/// Under a finite file-size limit (`ulimit -f`, RLIMIT_FSIZE, which batch
+/// systems such as Slurm pass on from the submitting shell), the large
+/// values waiting in the queue *at once* beyond the limit's worth (each
+/// counts its encoding rounded up to whole pages) are kept by their
+/// producer instead (a *spill*, a one-off memfd of its own): they keep
+/// going through, but are again bound to the producer, which keeps each at
+/// most 5 seconds for a receiver once it returns (`EXIT_LINGER`), and loses
+/// it if killed. [`Process::join`](crate::Process::join) waits for that
+/// exit, so "join the producers, then drain" loses such values: under a
+/// limit, keep fewer bytes of large values waiting at once than the limit,
+/// drain before joining, or raise the limit. The value file starts over
+/// whenever the queue holds no large value, so only the bytes waiting at
+/// once count, never all the queue carried (a queue that never runs empty
+/// of large values does not start over: its file grows as they pass
+/// through). Without a file-size limit no value is spilled. A single value
+/// larger than the limit is [`Error::SharedMemory`] (EFBIG).
 ///
 /// Shared objects named *inside* a value (a [`crate::SharedArray`], another
 /// queue, a [`crate::PipeEnd`], say in a `Vec`) are not copied into the
@@ -339,13 +342,15 @@ impl<T> Queue<T> {
     /// into a slot (see [`put_encoded`](Self::put_encoded)); the range is
     /// given back if the record does not go in.
     ///
-    /// Offsets in the value file are never reused, so under a finite
-    /// file-size limit (`ulimit -f`, which batch systems such as Slurm pass
-    /// on from the submitting shell) the file reaches it after that many
-    /// bytes in all. A value whose range would end past the limit goes
-    /// into a spill of this process's instead (a one-off memfd, bound by
-    /// the limit only in its own size): such a value is again bound to its
-    /// producer, which keeps it until it is received, or at most 5 s
+    /// The value file starts over at offset 0 whenever it holds no large
+    /// value, so under a finite file-size limit (`ulimit -f`, which batch
+    /// systems such as Slurm pass on from the submitting shell) its end
+    /// reaches the limit only when that many bytes of large values wait at
+    /// once (or a stuck or forged live count keeps it from starting over,
+    /// see `shm::values`). A value whose range would end past the limit
+    /// goes into a spill of this process's instead (a one-off memfd, bound
+    /// by the limit only in its own size): such a value is again bound to
+    /// its producer, which keeps it until it is received, or at most 5 s
     /// (`EXIT_LINGER`) once the producer exits.
     #[cold]
     fn put_stored(
@@ -354,8 +359,8 @@ impl<T> Queue<T> {
         rest: &[u8],
         put: impl FnOnce(&[u8]) -> Result<bool>,
     ) -> Result<bool> {
-        let next = self.queue.next_value_offset();
-        let Some(stored) = self.values.store(next, head, rest)? else {
+        let word = self.queue.value_word();
+        let Some(stored) = self.values.store(word, head, rest)? else {
             return self.put_spilled(head, rest, put);
         };
         let mut envelope = vec![0u8; self.message_bytes() + RECORD_BYTES];
@@ -465,7 +470,8 @@ impl<T> Queue<T> {
     {
         crate::shm::handle::sweep();
         let mut bytes = Vec::new();
-        self.values.take_into(record, &mut bytes)?;
+        self.values
+            .take_into(self.queue.value_word(), record, &mut bytes)?;
         decode_exact::<T>(&bytes)
     }
 

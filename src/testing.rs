@@ -44,14 +44,28 @@ pub fn put_raw_slot<T: Wire>(queue: &Queue<T>, bytes: &[u8]) -> bool {
     queue.byte_queue().try_put(bytes).unwrap_or(false)
 }
 
-/// Overwrites the word that says where `queue`'s next value too large for
-/// a slot goes in its value file, as a hostile process could.
-pub fn forge_next_value_offset<T: Wire>(queue: &Queue<T>, offset: u64) {
+/// Overwrites `queue`'s value word, as a hostile process could: the word
+/// that counts the values too large for a slot that are live in its value
+/// file (`live`, up to 2^24 - 1) and says at which page the next one goes
+/// (`cursor`, below 2^40) when any is live (the layout in
+/// `docs/protocol.md`, "A queue's value file").
+pub fn forge_value_word<T: Wire>(queue: &Queue<T>, live: u64, cursor: u64) {
     // Relaxed: a forgery, ordered by nothing, as a hostile process's would be.
-    queue
-        .byte_queue()
-        .next_value_offset()
-        .store(offset, std::sync::atomic::Ordering::Relaxed);
+    queue.byte_queue().value_word().store(
+        crate::shm::values::value_word(live, cursor),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// `(live, cursor)` of `queue`'s value word (see [`forge_value_word`]).
+pub fn value_word<T: Wire>(queue: &Queue<T>) -> (u64, u64) {
+    // Relaxed: a snapshot for a test, ordered by nothing.
+    crate::shm::values::split_word(
+        queue
+            .byte_queue()
+            .value_word()
+            .load(std::sync::atomic::Ordering::Relaxed),
+    )
 }
 
 /// Forgets the start time recorded for the process that holds the other

@@ -422,6 +422,64 @@ fn a_joinable_queue_keeps_large_values_of_exited_producers() {
     }
 }
 
+/// Takes `n` values of `tagged` from `q`, checking each is whole: their
+/// origins.
+fn take_checked(q: &Queue<Vec<u8>>, n: u64) -> Vec<(u64, u64)> {
+    (0..n)
+        .map(|_| origin(&q.get_timeout(Duration::from_secs(60)).unwrap()))
+        .collect()
+}
+
+/// Values of `tagged` put by three threads and a child process into a small
+/// queue, while two consumers take them: the file starts over each time
+/// the queue runs empty of large values, with puts and gets in flight, and
+/// no value may land on the bytes of one still live (each comes out whole,
+/// once).
+fn values_waiting_together_keep_their_bytes() {
+    for q in [
+        Queue::<Vec<u8>>::new(2).unwrap(),
+        Queue::<Vec<u8>>::unbounded().unwrap(),
+    ] {
+        for round in 0..3 {
+            let child = Process::start(produce_large, (q.clone(), 3)).unwrap();
+            let threads: Vec<_> = (0..3)
+                .map(|p| {
+                    let q = q.clone();
+                    std::thread::spawn(move || {
+                        for i in 0..LARGE_PER_PRODUCER {
+                            q.put(&tagged(p, i)).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            // Two consumers: the queue runs empty often, so the file
+            // starts over often, with puts and gets in flight.
+            let helper = {
+                let q = q.clone();
+                std::thread::spawn(move || take_checked(&q, 2 * LARGE_PER_PRODUCER))
+            };
+            let mut got = take_checked(&q, 2 * LARGE_PER_PRODUCER);
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert_eq!(child.join().unwrap(), LARGE_PER_PRODUCER);
+            got.extend(helper.join().unwrap());
+            got.sort_unstable();
+            let all: Vec<_> = (0..4)
+                .flat_map(|p| (0..LARGE_PER_PRODUCER).map(move |i| (p, i)))
+                .collect();
+            assert_eq!(got, all, "round {round}: each value once");
+            assert!(q.is_empty());
+            assert_eq!(
+                corepool::testing::value_word(&q).0,
+                0,
+                "round {round}: every range given back"
+            );
+        }
+        assert_eq!(value_memory_in_use(), 0);
+    }
+}
+
 /// A queue whose last copy here was dropped while its handle waited in
 /// another queue: the handle still opens in the receiver, value file and
 /// all (the sender kept both for it), and the value put before comes out.
@@ -564,18 +622,19 @@ fn forged_records_and_offsets_are_typed_errors() {
                 forged.len()
             );
         }
-        // The next offset forged near the end: puts of large values fail,
-        // typed; small ones go on.
-        corepool::testing::forge_next_value_offset(&q, u64::MAX - 4096);
+        // The value word's cursor forged to the end of its space, with a
+        // value said to be live: puts of large values fail, typed; small
+        // ones go on.
+        corepool::testing::forge_value_word(&q, 1, (1 << 40) - 1);
         let got = q.put(&pattern(MIB, 4));
         assert!(matches!(got, Err(Error::SharedMemory { .. })), "{got:?}");
         q.put(&vec![1; 10]).unwrap();
         assert_eq!(q.get().unwrap(), vec![1; 10]);
-        // Forged back onto a value that waits: the two overlap, which can
-        // only spoil values of this queue.
-        corepool::testing::forge_next_value_offset(&q, 8 << 20);
+        // A live count forged to 0 while a value waits: the next starts
+        // over on it, which can only spoil values of this queue.
+        corepool::testing::forge_value_word(&q, 0, 0);
         q.put(&pattern(MIB, 5)).unwrap();
-        corepool::testing::forge_next_value_offset(&q, 8 << 20);
+        corepool::testing::forge_value_word(&q, 0, 0);
         q.put(&pattern(MIB, 6)).unwrap();
         let first = q.get();
         assert!(
@@ -586,6 +645,11 @@ fn forged_records_and_offsets_are_typed_errors() {
         assert!(
             matches!(second, Err(Error::Decode { .. })),
             "given back with the first: {second:?}"
+        );
+        assert_eq!(
+            corepool::testing::value_word(&q).0,
+            0,
+            "no count below 0, and none for a refused record"
         );
         // And it goes on.
         q.put(&pattern(MIB, 8)).unwrap();
@@ -675,30 +739,47 @@ fn a_hugetlbfs_file_is_refused_as_a_value_file() {
 
 /// Review 25 R1: one forged next-offset word off a page boundary would
 /// have every later value straddle pages that a punch cannot give back (a
-/// page kept per value, for the queue's life). Refused as forged: large
-/// puts fail typed, with advice about the writer; small values go on and
-/// the file keeps nothing.
-fn an_unaligned_next_value_offset_is_refused_as_forged() {
+/// page kept per value, for the queue's life). The value word's cursor now
+/// counts pages, so no word names such an offset: every forged word makes
+/// a large put go through (intact, or spilled), or fail typed with advice
+/// about the writer; small values go on and the file keeps nothing.
+fn forged_value_words_give_typed_errors_or_spills() {
+    const MASK: u64 = (1 << 40) - 1;
+    const MAX_LIVE: u64 = (1 << 24) - 1;
     for q in [
         Queue::<Vec<u8>>::new(4).unwrap(),
         Queue::<Vec<u8>>::unbounded().unwrap(),
     ] {
-        corepool::testing::forge_next_value_offset(&q, 1);
-        for _ in 0..3 {
-            match q.put(&pattern(60_000, 1)) {
-                Err(e @ Error::SharedMemory { .. }) => {
-                    let message = e.to_string();
-                    assert!(message.contains("page boundary"), "{message}");
-                    assert!(message.contains("wrote over"), "{message}");
-                    assert!(!message.contains("free memory"), "{message}");
+        for (live, cursor) in [
+            (0, MASK),                  // none live: starts over, the cursor ignored
+            (1, 1),                     // one page in
+            (1, MASK),                  // at the end of the space: typed
+            (MAX_LIVE - 1, MASK - 100), // near both ends
+            (MAX_LIVE, 0),              // the count full: spilled
+            (1000, 12345),              // stuck high: never starts over
+        ] {
+            corepool::testing::forge_value_word(&q, live, cursor);
+            let mut went = Vec::new();
+            for i in 0..3 {
+                match q.put(&pattern(60_000, i)) {
+                    Ok(()) => went.push(i),
+                    Err(e @ Error::SharedMemory { .. }) => {
+                        let message = e.to_string();
+                        assert!(message.contains("wrote over"), "{message}");
+                        assert!(!message.contains("free memory"), "{message}");
+                    }
+                    Err(e) => panic!("({live}, {cursor}): {e}"),
                 }
-                other => panic!("a put at an unaligned offset: {other:?}"),
             }
+            for i in went {
+                assert!(q.get().unwrap() == pattern(60_000, i), "({live}, {cursor})");
+            }
+            q.put(&vec![1; 10]).unwrap();
+            assert_eq!(q.get().unwrap(), vec![1; 10]);
+            assert!(q.is_empty());
+            assert_eq!(value_memory_in_use(), 0, "({live}, {cursor}): nothing kept");
+            assert_eq!(corepool::testing::lingering_objects(), 0);
         }
-        q.put(&vec![1; 10]).unwrap();
-        assert_eq!(q.get().unwrap(), vec![1; 10]);
-        assert!(q.is_empty());
-        assert_eq!(value_memory_in_use(), 0, "nothing kept in the file");
     }
 }
 
@@ -768,42 +849,111 @@ fn a_joinable_queue_that_fails_to_decode_ends_its_counts_transit() {
 
 const FILE_SIZE_LIMIT: &str = "COREPOOL_TEST_FILE_SIZE_LIMIT";
 
-/// The program of `a_file_size_limit_spills_large_values_past_it` (it
-/// lowers its own file-size limit, so it runs as a process of its own).
+/// The file-size limit `under_a_file_size_limit` sets itself.
+const LIMIT: u64 = 8 << 20;
+
+/// The apparent sizes of the queue value files this process holds.
+fn value_file_sizes() -> Vec<u64> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| target.to_string_lossy().contains("corepool-queue-values"))
+        })
+        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
+        .map(|md| md.len())
+        .collect()
+}
+
+/// The trial's producer: puts four 1 MiB values and returns how many
+/// objects it keeps lingering for receivers (a spilled value is one).
+fn put_four_and_return((q, round): (Queue<Vec<u8>>, u64)) -> u64 {
+    for i in 0..4 {
+        q.put(&pattern(MIB, round * 4 + i)).unwrap();
+    }
+    corepool::testing::lingering_objects() as u64
+}
+
+/// The program of `a_file_size_limit_counts_only_values_waiting_at_once`
+/// (it lowers its own file-size limit, so it runs as a process of its
+/// own). Prints what it found, one fact per case.
 fn under_a_file_size_limit() -> ! {
     // SAFETY: plain rlimit calls on a value that lives across them.
     unsafe {
         let mut old = std::mem::zeroed::<libc::rlimit>();
         assert_eq!(libc::getrlimit(libc::RLIMIT_FSIZE, &mut old), 0);
         let low = libc::rlimit {
-            rlim_cur: 8 << 20,
+            rlim_cur: LIMIT,
             rlim_max: old.rlim_max,
         };
         assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &low), 0);
     }
     let mut facts = Vec::new();
-    for (kind, q) in [
-        ("bounded", Queue::<Vec<u8>>::new(4).unwrap()),
-        ("unbounded", Queue::<Vec<u8>>::unbounded().unwrap()),
+    let bounded = || Queue::<Vec<u8>>::new(16);
+    let unbounded = || Queue::<Vec<u8>>::unbounded();
+    for (kind, make) in [
+        (
+            "bounded",
+            &bounded as &dyn Fn() -> corepool::Result<Queue<Vec<u8>>>,
+        ),
+        ("unbounded", &unbounded),
     ] {
-        // Three times the limit's worth, one at a time: the value file
-        // passes the limit after 8, the rest are spilled.
-        let mut round_trips = 0;
-        for i in 0..24 {
-            q.put(&pattern(MIB, i)).unwrap();
-            assert!(q.get().unwrap() == pattern(MIB, i), "{kind} value {i}");
-            round_trips += 1;
+        let q = make().unwrap();
+        // 40 rounds of three waiting at once: 120 MiB through the queue,
+        // 15 times the limit, all through the value file (a spill would
+        // linger here until received), which starts over each round.
+        let mut spilled = 0;
+        for round in 0..40 {
+            for i in 0..3 {
+                q.put(&pattern(MIB, round * 3 + i)).unwrap();
+            }
+            spilled += corepool::testing::lingering_objects();
+            for i in 0..3 {
+                let v = q.get().unwrap();
+                assert!(
+                    v == pattern(MIB, round * 3 + i),
+                    "{kind} round {round} value {i}"
+                );
+            }
         }
-        // Past the limit, several waiting at once, in order.
-        for i in 0..3 {
+        let within = value_file_sizes().iter().all(|&size| size <= LIMIT);
+        facts.push(format!(
+            "{kind} 40 rounds spilled {spilled} within {within}"
+        ));
+        // The trial (26, S1/S2): a producer puts four, returns and is
+        // joined, then the parent drains; ten rounds on one queue.
+        let mut intact = 0;
+        let mut kept = 0;
+        for round in 0..10 {
+            let p = Process::start(put_four_and_return, (q.clone(), round)).unwrap();
+            kept += p.join().unwrap();
+            for i in 0..4 {
+                let got = q.get_timeout(Duration::from_secs(60));
+                if matches!(&got, Ok(v) if *v == pattern(MIB, round * 4 + i)) {
+                    intact += 1;
+                }
+            }
+        }
+        facts.push(format!(
+            "{kind} joined then drained {intact}/40 kept {kept}"
+        ));
+        // More waiting at once than the limit holds (each takes 1 MiB and
+        // a page): past the seventh they are spilled, and all come out in
+        // order; drained, the file starts over and spills no more.
+        for i in 0..10 {
             q.put(&pattern(MIB, 100 + i)).unwrap();
         }
+        let past = corepool::testing::lingering_objects();
+        let in_order = (0..10).all(|i| q.get().unwrap() == pattern(MIB, 100 + i));
         for i in 0..3 {
-            assert!(
-                q.get().unwrap() == pattern(MIB, 100 + i),
-                "{kind} waiting {i}"
-            );
+            q.put(&pattern(MIB, 200 + i)).unwrap();
         }
+        let after = corepool::testing::lingering_objects();
+        let again = (0..3).all(|i| q.get().unwrap() == pattern(MIB, 200 + i));
+        facts.push(format!(
+            "{kind} 10 waiting spilled {past} in order {in_order}, then spilled {after} {again}"
+        ));
         // A value larger than the limit fits no file: typed, naming the limit.
         let got = q.put(&pattern(9 * MIB, 1)).unwrap_err();
         let typed = matches!(&got, Error::SharedMemory { source, .. }
@@ -813,36 +963,50 @@ fn under_a_file_size_limit() -> ! {
         q.put(&vec![1; 10]).unwrap();
         assert_eq!(q.get().unwrap(), vec![1; 10]);
         let kept = corepool::testing::lingering_objects();
-        facts.push(format!("{kind} {round_trips} typed {typed} kept {kept}"));
+        facts.push(format!("{kind} typed {typed} kept {kept}"));
         if !typed {
             facts.push(got.to_string());
         }
-        // Dropped holding a spilled value: let go now, not kept up to 5 s.
-        q.put(&pattern(MIB, 200)).unwrap();
+        drop(q);
+        // A queue never sent to another process, dropped holding a spilled
+        // value (the eighth waiting): let go now, not kept up to 5 s.
+        let q = make().unwrap();
+        for i in 0..8 {
+            q.put(&pattern(MIB, 300 + i)).unwrap();
+        }
+        let waiting = corepool::testing::lingering_objects();
         drop(q);
         let kept = corepool::testing::lingering_objects();
-        facts.push(format!("{kind} dropped kept {kept}"));
+        facts.push(format!("{kind} dropped {waiting} spilled, kept {kept}"));
     }
     println!("{}", facts.join("; "));
     std::process::exit(0);
 }
 
-/// Offsets in a queue's value file are never reused, so under a file-size
-/// limit (`ulimit -f`) it reaches the limit after that many bytes of large
-/// values in all: past it, large values go into spills of their
-/// producer's, and keep going through; one larger than the limit itself
-/// fails typed, naming the limit, never with a SIGXFSZ that ends the
-/// program.
-fn a_file_size_limit_spills_large_values_past_it() {
-    let output = common::run_self_as(FILE_SIZE_LIMIT, Duration::from_secs(120));
+/// Under a file-size limit (`ulimit -f`, which Slurm passes on) only the
+/// large values waiting in a queue *at once* have to fit, not all it ever
+/// carried: the value file starts over whenever the queue holds none, so
+/// a queue carries many times the limit through its file, and "join the
+/// producers, then drain" keeps working round after round (user trial 26:
+/// the file used to fill for good after the limit's worth in all, and
+/// every later value was spilled, and lost with its joined producer).
+/// Past the limit at once, values are spilled (and keep going through);
+/// one larger than the limit itself fails typed, naming the limit, never
+/// with a SIGXFSZ that ends the program.
+fn a_file_size_limit_counts_only_values_waiting_at_once() {
+    let output = common::run_self_as(FILE_SIZE_LIMIT, Duration::from_secs(300));
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{output:?}");
-    assert_eq!(
-        text.trim(),
-        "bounded 24 typed true kept 0; bounded dropped kept 0; \
-         unbounded 24 typed true kept 0; unbounded dropped kept 0",
-        "{output:?}"
-    );
+    let expected = ["bounded", "unbounded"].map(|kind| {
+        format!(
+            "{kind} 40 rounds spilled 0 within true; \
+             {kind} joined then drained 40/40 kept 0; \
+             {kind} 10 waiting spilled 3 in order true, then spilled 0 true; \
+             {kind} typed true kept 0; \
+             {kind} dropped 1 spilled, kept 0"
+        )
+    });
+    assert_eq!(text.trim(), expected.join("; "), "{output:?}");
 }
 
 fn main() {
@@ -867,13 +1031,14 @@ fn main() {
         a_large_value_outlives_its_producer,
         large_values_from_producers_that_all_exited_arrive_in_order,
         a_joinable_queue_keeps_large_values_of_exited_producers,
+        values_waiting_together_keep_their_bytes,
         a_queue_handed_on_and_dropped_keeps_its_values,
         an_unbounded_queue_opens_after_its_creator_exited,
         forged_records_and_offsets_are_typed_errors,
         a_hugetlbfs_file_is_refused_as_a_value_file,
-        an_unaligned_next_value_offset_is_refused_as_forged,
+        forged_value_words_give_typed_errors_or_spills,
         refused_large_puts_give_their_range_back,
         a_joinable_queue_that_fails_to_decode_ends_its_counts_transit,
-        a_file_size_limit_spills_large_values_past_it,
+        a_file_size_limit_counts_only_values_waiting_at_once,
     ]);
 }

@@ -13,8 +13,8 @@
 //! and holds its own descriptor from then on: one per queue per process,
 //! shared by every copy of the queue there.
 //!
-//! **A value's life.** A put takes a range of the file by `fetch_add` on
-//! the queue's *next offset* word (in its shared control memory), rounded up
+//! **A value's life.** A put takes a range of the file from the queue's
+//! *value word* (in its shared control memory, `mpmc`'s `value_word`), rounded up
 //! to whole pages so that giving it back frees every page; reserves the
 //! range's memory (`fallocate`: no memory is an error here, never an OOM
 //! kill elsewhere) and writes the encoding there (`pwrite`); then puts a
@@ -22,39 +22,72 @@
 //! does not go in (full, closed, timed out, failed) punches its range back.
 //! A get takes the record out of the slot, validates it, reads the range
 //! (`pread`), punches it (`fallocate(PUNCH_HOLE)`: its memory is given
-//! back) and decodes. Offsets are never reused: the file is a sparse space
-//! of [`MAX_END`] bytes, which no queue uses up (a page per value, 2^50
-//! values).
+//! back) and decodes.
 //!
-//! **Trust.** The next-offset word and the records are in memory every
-//! holder of the queue may write, and the file is whatever the handle
-//! named, checked to be a memfd on shmem ([`peer::open_memfd`]: not a
-//! hugetlbfs memfd, whose holes read as data) sealed against shrinking. A
-//! record is copied once, then checked ([`record_bounds`], then
-//! [`check_present`]): length at most [`MAX_VALUE_BYTES`], offset on a page
-//! boundary, no overflow, the range within the file's size and its length
-//! within the memory the file holds in all (`fstat`: `st_blocks`), and the
-//! range holding data from end to end (`SEEK_DATA` / `SEEK_HOLE`); any
-//! failure is a typed decode error and nothing is allocated. So the buffer
-//! a get reads into never exceeds the memory the file held *when the record
-//! was checked*: a hostile holder may punch the range right after the
-//! check, and the read then gets zeros (a decode error, or a wrong value of
-//! the right type), still no more than the checked length.
+//! **Starting over.** The value word holds two counts in one u64: how many
+//! ranges are *live* (taken by a put and not yet given back, [`LIVE_BITS`]
+//! high bits) and the *cursor*, the page where the next range starts (the
+//! low [`CURSOR_BITS`]). A put takes its range with one compare-exchange
+//! that adds one to the live count and: when no range is live, starts at
+//! page 0 (the cursor becomes the range's end), else at the cursor (which
+//! moves past the range). Every range given back (a get's, after its
+//! read; a put's that did not go in) is punched first and only then takes
+//! one off the live count (Release), so a put whose compare-exchange sees
+//! the count at 0 (Acquire) knows every range taken before was punched:
+//! starting over at 0 overwrites nothing. So the file's end marks the most
+//! bytes of large values that waited *at once* since the queue was
+//! emptied of them, not all it ever carried: under a finite file-size
+//! limit (`ulimit -f`) only that has to fit (see [`ValueFile::store`]). A
+//! queue that is never empty of large values does not start over, and
+//! its file grows as they pass through (within [`CURSOR_BITS`] pages of
+//! offsets: 4 PiB with 4 KiB pages, a typed error past them).
 //!
-//! A forged next-offset word past [`MAX_END`], or off a page boundary
-//! (every later range would straddle pages whose memory a punch cannot
-//! give back: a page leaked per value for the queue's life), makes large
-//! puts into that queue fail with a typed error from then on; a forged one
-//! inside the space can only make ranges overlap, which corrupts values of
-//! that queue (a decode error, or a wrong value of the right type), never
-//! memory outside it: the file is only ever read and written through
-//! system calls, never mapped.
+//! **Trust.** The value word and the records are in memory every holder
+//! of the queue may write, and the file is whatever the handle named,
+//! checked to be a memfd on shmem ([`peer::open_memfd`]: not a hugetlbfs
+//! memfd, whose holes read as data) sealed against shrinking. A record is
+//! copied once, then checked ([`record_bounds`], then [`check_present`]):
+//! length at most [`MAX_VALUE_BYTES`], offset on a page boundary, no
+//! overflow, the range within the file's size and its length within the
+//! memory the file holds in all (`fstat`: `st_blocks`), and the range
+//! holding data from end to end (`SEEK_DATA` / `SEEK_HOLE`); any failure
+//! is a typed decode error and nothing is allocated, nor given back (a
+//! record that fails its checks takes nothing off the live count). So the
+//! buffer a get reads into never exceeds the memory the file held *when
+//! the record was checked*: a hostile holder may punch the range right
+//! after the check, and the read then gets zeros (a decode error, or a
+//! wrong value of the right type), still no more than the checked length.
+//!
+//! The value word is copied once per attempt and checked before use
+//! ([`take_range`], arithmetic only): the cursor counts pages, so no range
+//! can start off a page boundary whatever the word says (which would have
+//! had every later range straddle pages a punch cannot give back); a range
+//! that would end past the cursor's field or [`MAX_END`] is a typed error.
+//! A forged word can do three things, all to this queue's large values
+//! only (the file is only ever read and written through system calls,
+//! never mapped):
+//! - a live count of 0 while values wait, or a cursor moved back onto
+//!   them: a put reuses a live range, which corrupts the values there (a
+//!   decode error, or a wrong value of the right type); every allocation
+//!   is still bounded by a checked record;
+//! - a count too high (or stuck: a consumer killed between taking a record
+//!   and giving its range back, a producer between taking a range and
+//!   putting its record): the count never reaches 0 again, so the file no
+//!   longer starts over: the file grows as it did before it could, and
+//!   under a file-size limit later values are spilled past it (see
+//!   [`ValueFile::store`]); a count at its [`MAX_LIVE`] spills every large
+//!   value;
+//! - a cursor at the end of its field while the count is not 0: large puts
+//!   fail with a typed error until the count reaches 0 again.
+//!
+//! Taking one off the live count never goes below 0 (a forged count of 0
+//! stays 0), and every loop on the word is bounded ([`CAS_TRIES`]).
 //!
 //! **Leaks.** A producer that dies between taking its range and putting its
 //! record, or a consumer that dies between taking a record and punching
 //! its range, leaves that range's memory in the file until the last
 //! process holding the queue lets go of it (the file goes with its last
-//! descriptor).
+//! descriptor), and its live count stuck (above).
 //!
 //! Under Miri, which makes no files, a queue gets a file that holds
 //! nothing: a value too large for a slot fails to go in.
@@ -78,11 +111,128 @@ pub(crate) const MAX_END: u64 = 1 << 62;
 /// length before the file is even asked.
 pub(crate) const MAX_VALUE_BYTES: u64 = 1 << 40;
 
+/// High bits of the value word that count live ranges (see the module
+/// docs): up to [`MAX_LIVE`] large values wait in the file at once.
+pub(crate) const LIVE_BITS: u32 = 24;
+
+/// Low bits of the value word: the cursor, in pages.
+pub(crate) const CURSOR_BITS: u32 = 64 - LIVE_BITS;
+
+/// The most ranges live at once: a put that finds this many spills its
+/// value instead (as past a file-size limit).
+pub(crate) const MAX_LIVE: u64 = (1 << LIVE_BITS) - 1;
+
+/// The cursor's field: the largest page a range may end at.
+const CURSOR_MASK: u64 = (1 << CURSOR_BITS) - 1;
+
+/// Compare-exchanges on the value word one put or give-back tries before
+/// it stops: each failure means another process changed the word (made
+/// progress), so an honest queue never sees this many in a row; a hostile
+/// process rewriting the word without end does not hold a caller for ever
+/// (a put then spills, a give-back leaves the count high: see the module
+/// docs).
+pub(crate) const CAS_TRIES: u32 = 1 << 12;
+
+/// The value word holding `live` ranges and the cursor at page `cursor`.
+pub(crate) const fn value_word(live: u64, cursor: u64) -> u64 {
+    (live << CURSOR_BITS) | (cursor & CURSOR_MASK)
+}
+
+/// `(live ranges, cursor page)` of a value word.
+pub(crate) const fn split_word(word: u64) -> (u64, u64) {
+    (word >> CURSOR_BITS, word & CURSOR_MASK)
+}
+
+/// Where a put of `span` bytes (whole pages of `page` bytes, a power of
+/// two) goes, given the value word it read (a copy, checked here: no
+/// system call, Miri runs its tests): `Some((word to store, byte
+/// offset))`, or `None` when [`MAX_LIVE`] ranges are live (the caller
+/// spills the value). No range live: at 0, the cursor at its end; else at
+/// the cursor, which moves past it; one more live either way.
+///
+/// # Errors
+///
+/// [`Error::SharedMemory`] (advice about a process that wrote over the
+/// queue) when the range would end past the cursor's field or
+/// [`MAX_END`]: only a forged word (or 4 PiB of values that never once
+/// all left the queue) gets there.
+pub(crate) fn take_range(word: u64, span: u64, page: u64) -> Result<Option<(u64, u64)>> {
+    let (live, cursor) = split_word(word);
+    if live >= MAX_LIVE {
+        return Ok(None);
+    }
+    let start = if live == 0 { 0 } else { cursor };
+    let pages = span / page;
+    let end = start.checked_add(pages).filter(|&end| end <= CURSOR_MASK);
+    let offset = start.checked_mul(page);
+    let bytes_end = offset.and_then(|o| o.checked_add(span));
+    match (end, offset, bytes_end) {
+        (Some(end), Some(offset), Some(bytes_end)) if bytes_end <= MAX_END => {
+            Ok(Some((value_word(live + 1, end), offset)))
+        }
+        _ => Err(forged(&format!(
+            "the queue's next value offset (page {cursor}, {live} values waiting) lies past the end of its value space"
+        ))),
+    }
+}
+
+/// The value word with one live range less; `None` when it counts none
+/// (forged, or given back twice: the count stays at 0).
+pub(crate) fn one_less(word: u64) -> Option<u64> {
+    let (live, cursor) = split_word(word);
+    Some(value_word(live.checked_sub(1)?, cursor))
+}
+
+/// Takes one range off the live count of `word`, after its punch returned
+/// (see the module docs); nothing if the count is 0 already, or if the
+/// word keeps changing for [`CAS_TRIES`] tries (the count then stays one
+/// high: the file stops starting over, nothing worse).
+fn release(word: &AtomicU64) {
+    let mut seen = word.load(Ordering::Relaxed);
+    for _ in 0..CAS_TRIES {
+        let Some(less) = one_less(seen) else {
+            return;
+        };
+        // Release: pairs with the Acquire of a put's compare-exchange in
+        // `ValueFile::store` (through the release sequence of the
+        // read-modify-writes on this word): a put that sees the count this
+        // one brought to 0 sees this range's punch done, and starts over on
+        // it only then. Relaxed on failure: the next try reads again.
+        match word.compare_exchange_weak(seen, less, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(now) => seen = now,
+        }
+    }
+}
+
+/// Takes a range of `span` bytes from `word` for a put (see
+/// [`take_range`]): its byte offset, counted live; `None` to spill.
+fn take(word: &AtomicU64, span: u64, page: u64) -> Result<Option<u64>> {
+    let mut seen = word.load(Ordering::Relaxed);
+    for _ in 0..CAS_TRIES {
+        let Some((next, offset)) = take_range(seen, span, page)? else {
+            return Ok(None);
+        };
+        // Acquire: pairs with the Release of `release`'s compare-exchange
+        // (through the release sequence of the read-modify-writes on this
+        // word): when `seen` counts no live range, every range given back
+        // before was punched, so starting over at 0 overwrites nothing.
+        // Relaxed on failure: the next try checks the word it read.
+        match word.compare_exchange_weak(seen, next, Ordering::Acquire, Ordering::Relaxed) {
+            Ok(_) => return Ok(Some(offset)),
+            Err(now) => seen = now,
+        }
+    }
+    Ok(None)
+}
+
 /// What a put left in the file: the range of one value, given back on drop
 /// unless [`kept`](Self::keep) (its record went into the queue).
 #[derive(Debug)]
 pub(crate) struct Stored<'a> {
     file: &'a ValueFile,
+    /// The queue's value word, whose live count this range is in.
+    word: &'a AtomicU64,
     offset: u64,
     len: u64,
     /// `len` in whole pages: what is given back.
@@ -109,7 +259,7 @@ impl Stored<'_> {
 impl Drop for Stored<'_> {
     fn drop(&mut self) {
         if !self.kept {
-            self.file.punch(self.offset, self.span);
+            self.file.give_back(self.word, self.offset, self.span);
         }
     }
 }
@@ -297,23 +447,27 @@ impl ValueFile {
 
     /// Writes `head` then `rest` (a value's encoding, see
     /// [`crate::Wire::encode_split`]) into a range of the file taken from
-    /// the queue's next-offset word `next`.
+    /// the queue's value word `word` (see the module docs).
     ///
     /// `None` if the range would end past this process's file-size limit
-    /// (RLIMIT_FSIZE, `ulimit -f`): offsets are never reused, so under a
-    /// finite limit a queue's file reaches it after that many bytes of
-    /// large values in all, however few wait at a time. The caller puts
-    /// the value another way then (`crate::queue`: a spill).
+    /// (RLIMIT_FSIZE, `ulimit -f`), or [`MAX_LIVE`] values wait in the
+    /// file (or the word kept changing under a hostile writer for
+    /// [`CAS_TRIES`] tries): the caller puts the value another way then
+    /// (`crate::queue`: a spill). The file starts over at 0 whenever no
+    /// large value waits in it, so under a finite limit this happens only
+    /// when the large values waiting *at once* (since the queue last held
+    /// none) reach the limit, however many passed through before; or when
+    /// a forged or stuck live count keeps the file from starting over.
     ///
     /// # Errors
     ///
     /// [`Error::SharedMemory`]: no memory for the value, a value past
-    /// [`MAX_VALUE_BYTES`], or a next-offset word past [`MAX_END`] or off a
-    /// page boundary (forged: see the module docs). Nothing is left in the
+    /// [`MAX_VALUE_BYTES`], or a value word whose cursor is at the end of
+    /// its space (forged: see the module docs). Nothing is left in the
     /// file then.
     pub(crate) fn store<'a>(
         &'a self,
-        next: &AtomicU64,
+        word: &'a AtomicU64,
         head: &[u8],
         rest: &[u8],
     ) -> Result<Option<Stored<'a>>> {
@@ -329,35 +483,26 @@ impl ValueFile {
         }
         let page = crate::sys::page_size();
         let span = span_of(len, page);
-        // Relaxed: the offset only has to be unique. The value's bytes need
-        // no order from this word: they are in the file (the `pwrite`s below
-        // have returned, the page cache holds them) before the caller puts
-        // the record, and the record's slot is published by the Release
-        // store of FULL in `mpmc::slot::put_once`, which pairs with the
-        // consumer's Acquire load of the slot state in `front` (and its
-        // claim CAS); that consumer's `pread` comes after in program order,
-        // so it reads the bytes.
-        let offset = next.fetch_add(span, Ordering::Relaxed);
-        if offset % page != 0 {
-            // Every honest put adds whole pages to a word that starts at 0.
-            return Err(forged(&format!(
-                "the queue's next value offset {offset} is not on a page boundary"
-            )));
-        }
-        let fits = offset.checked_add(span).is_some_and(|end| end <= MAX_END);
-        if !fits {
-            return Err(forged(&format!(
-                "the queue's next value offset {offset} lies past the end of its value space"
-            )));
-        }
+        let Some(offset) = take(word, span, page)? else {
+            return Ok(None);
+        };
+        // The value's bytes need no order from the word: they are in the
+        // file (the `pwrite`s below have returned, the page cache holds
+        // them) before the caller puts the record, and the record's slot is
+        // published by the Release store of FULL in `mpmc::slot::put_once`,
+        // which pairs with the consumer's Acquire load of the slot state in
+        // `front` (and its claim CAS); that consumer's `pread` comes after
+        // in program order, so it reads the bytes.
         let stored = Stored {
             file: self,
+            word,
             offset,
             len,
             span,
             kept: false,
         };
-        // A failure drops `stored`: whatever was written is punched back.
+        // A failure drops `stored`: whatever was written is punched back,
+        // and the range leaves the live count.
         match self.write(offset, span, head, rest) {
             Ok(()) => Ok(Some(stored)),
             Err(e) if is_past_file_size_limit(&e) => Ok(None),
@@ -398,23 +543,33 @@ impl ValueFile {
     }
 
     /// Reads the value a record taken out of a slot names into `out`
-    /// (replacing what it held), then gives its range's memory back.
+    /// (replacing what it held), then gives its range's memory back and
+    /// takes it off the live count of the queue's value word `word`.
     ///
     /// # Errors
     ///
     /// [`Error::Decode`] for a record that does not name a value this file
-    /// holds (see the module docs): nothing is allocated for it.
-    pub(crate) fn take_into(&self, record: &[u8; RECORD_BYTES], out: &mut Vec<u8>) -> Result<()> {
+    /// holds (see the module docs): nothing is allocated for it, nor given
+    /// back. A record that passed its checks is given back even if its read
+    /// fails (no memory, or the range punched since by a hostile holder).
+    pub(crate) fn take_into(
+        &self,
+        word: &AtomicU64,
+        record: &[u8; RECORD_BYTES],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         let page = crate::sys::page_size();
         let range = record_bounds(record, page)?;
-        self.read_checked(range, out)?;
-        self.punch(range.offset, span_of(range.len as u64, page));
-        Ok(())
+        self.check_holds(range)?;
+        let read = self.read_into(range, out);
+        self.give_back(word, range.offset, span_of(range.len as u64, page));
+        read
     }
 
-    /// Reads the range into `out`, once the file shows it holds it.
+    /// Checks the file holds the range a record names (see the module
+    /// docs), without reading it.
     #[cfg(not(miri))]
-    fn read_checked(&self, range: RecordRange, out: &mut Vec<u8>) -> Result<()> {
+    fn check_holds(&self, range: RecordRange) -> Result<()> {
         use std::os::fd::AsFd;
         let RecordRange { offset, end, len } = range;
         let fd = self.file.as_fd();
@@ -428,6 +583,20 @@ impl ValueFile {
                 "a record names bytes {offset}..{end}, which hold no value (given back, or never written)"
             )));
         }
+        Ok(())
+    }
+
+    /// Under Miri: nothing to check against.
+    #[cfg(miri)]
+    fn check_holds(&self, _: RecordRange) -> Result<()> {
+        Err(bad_record("Miri cannot read files"))
+    }
+
+    /// Reads the range [`check_holds`](Self::check_holds) passed into `out`.
+    #[cfg(not(miri))]
+    fn read_into(&self, range: RecordRange, out: &mut Vec<u8>) -> Result<()> {
+        use std::os::fd::AsFd;
+        let RecordRange { offset, len, .. } = range;
         // Memory the file held at the checks: the buffer never exceeds it.
         // A hostile process may punch or change the range meanwhile: that
         // reads zeros or wrong bytes (at most `len`), which the decoder
@@ -435,14 +604,24 @@ impl ValueFile {
         out.clear();
         out.try_reserve_exact(len)
             .map_err(|_| Error::shm("reading a queue value", io::ErrorKind::OutOfMemory.into()))?;
-        crate::sys::pread_exact_into(fd, out, len, offset)
+        crate::sys::pread_exact_into(self.file.as_fd(), out, len, offset)
             .map_err(|_| bad_record("the value ends before its record says"))
     }
 
     /// Under Miri: nothing to read.
     #[cfg(miri)]
-    fn read_checked(&self, _: RecordRange, _: &mut Vec<u8>) -> Result<()> {
+    fn read_into(&self, _: RecordRange, _: &mut Vec<u8>) -> Result<()> {
         Err(bad_record("Miri cannot read files"))
+    }
+
+    /// Gives the memory of `len` bytes at `offset` back, then takes the
+    /// range off the live count of `word`: in that order, so that a put
+    /// that starts over on the range finds it punched (see the module
+    /// docs). A failed punch only keeps the memory in use until the file
+    /// goes (a put starting over on the range then writes over it).
+    fn give_back(&self, word: &AtomicU64, offset: u64, len: u64) {
+        self.punch(offset, len);
+        release(word);
     }
 
     /// Gives the memory of `len` bytes at `offset` back. A failure only
@@ -576,6 +755,124 @@ mod bounds_tests {
         assert_eq!(span_of(PAGE + 1, PAGE), 2 * PAGE);
         assert_eq!(span_of(MAX_VALUE_BYTES, 1 << 21), MAX_VALUE_BYTES);
     }
+
+    fn is_forged_word<T: std::fmt::Debug>(got: &Result<T>) -> bool {
+        matches!(got, Err(e @ Error::SharedMemory { .. })
+            if e.to_string().contains("wrote over") && !e.to_string().contains("free memory"))
+    }
+
+    #[test]
+    fn a_put_starts_over_at_0_when_no_range_is_live() {
+        // None live: at 0 whatever the cursor says; one live, the cursor
+        // moves past the range.
+        for cursor in [0, 1, 12345, CURSOR_MASK] {
+            let got = take_range(value_word(0, cursor), 3 * PAGE, PAGE).unwrap();
+            assert_eq!(got, Some((value_word(1, 3), 0)), "cursor {cursor}");
+        }
+        // Some live: at the cursor, which moves on.
+        let got = take_range(value_word(2, 7), 2 * PAGE, PAGE).unwrap();
+        assert_eq!(got, Some((value_word(3, 9), 7 * PAGE)));
+        // A word's two fields never spill into each other.
+        assert_eq!(split_word(value_word(5, 9)), (5, 9));
+        assert_eq!(
+            split_word(value_word(MAX_LIVE, CURSOR_MASK)),
+            (MAX_LIVE, CURSOR_MASK)
+        );
+        assert_eq!(split_word(u64::MAX), (MAX_LIVE, CURSOR_MASK));
+    }
+
+    #[test]
+    fn a_full_live_count_spills_and_a_cursor_past_the_space_is_forged() {
+        // As many live as the count holds: spill (None), for any cursor.
+        for cursor in [0, 7, CURSOR_MASK] {
+            assert_eq!(
+                take_range(value_word(MAX_LIVE, cursor), PAGE, PAGE).unwrap(),
+                None
+            );
+        }
+        // Live, with a cursor whose range would end past its field: forged.
+        for (cursor, span) in [(CURSOR_MASK, PAGE), (CURSOR_MASK - 1, 2 * PAGE)] {
+            let got = take_range(value_word(1, cursor), span, PAGE);
+            assert!(is_forged_word(&got), "{cursor}: {got:?}");
+        }
+        // Up to the field's end: taken (no byte offset passes MAX_END with
+        // pages of up to 2^22 bytes).
+        let got = take_range(value_word(1, CURSOR_MASK - 1), PAGE, PAGE).unwrap();
+        assert_eq!(
+            got,
+            Some((value_word(2, CURSOR_MASK), (CURSOR_MASK - 1) * PAGE))
+        );
+        // Pages so large that the byte offset passes MAX_END: forged, not
+        // an overflow.
+        let huge_page = 1 << 30;
+        let got = take_range(value_word(1, CURSOR_MASK - 1), huge_page, huge_page);
+        assert!(is_forged_word(&got), "{got:?}");
+    }
+
+    #[test]
+    fn no_word_puts_a_range_off_a_page_or_past_the_space() {
+        let words = [
+            0,
+            1,
+            u64::MAX,
+            u64::MAX - 1,
+            1 << CURSOR_BITS,
+            (1 << CURSOR_BITS) - 1,
+            value_word(1, 1),
+            value_word(MAX_LIVE - 1, CURSOR_MASK - 1),
+            0x5555_5555_5555_5555,
+            0xaaaa_aaaa_aaaa_aaaa,
+        ];
+        for word in words {
+            for span in [PAGE, 2 * PAGE, MAX_VALUE_BYTES] {
+                match take_range(word, span, PAGE) {
+                    Ok(Some((next, offset))) => {
+                        assert_eq!(offset % PAGE, 0, "{word:#x}");
+                        assert!(offset + span <= MAX_END, "{word:#x}");
+                        let (live, cursor) = split_word(next);
+                        assert_eq!(live, split_word(word).0 + 1, "{word:#x}");
+                        assert_eq!(cursor * PAGE, offset + span, "{word:#x}");
+                    }
+                    Ok(None) => assert_eq!(split_word(word).0, MAX_LIVE),
+                    Err(e) => assert!(is_forged_word::<()>(&Err(e))),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn giving_back_counts_down_to_0_and_never_below() {
+        let word = AtomicU64::new(0);
+        let a = take(&word, PAGE, PAGE).unwrap().unwrap();
+        let b = take(&word, 2 * PAGE, PAGE).unwrap().unwrap();
+        assert_eq!((a, b), (0, PAGE));
+        assert_eq!(split_word(word.load(Ordering::Relaxed)), (2, 3));
+        release(&word);
+        // One still live: the next goes past both.
+        assert_eq!(take(&word, PAGE, PAGE).unwrap(), Some(3 * PAGE));
+        release(&word);
+        release(&word);
+        assert_eq!(split_word(word.load(Ordering::Relaxed)), (0, 4));
+        // None live: starts over.
+        assert_eq!(take(&word, PAGE, PAGE).unwrap(), Some(0));
+        release(&word);
+        // A give-back too many (a forged record, a forged count of 0)
+        // leaves the count at 0, the cursor as it was.
+        release(&word);
+        assert_eq!(split_word(word.load(Ordering::Relaxed)), (0, 1));
+        assert_eq!(one_less(value_word(0, 9)), None);
+        assert_eq!(
+            one_less(u64::MAX),
+            Some(value_word(MAX_LIVE - 1, CURSOR_MASK))
+        );
+        // A full count spills; a forged cursor fails typed and takes
+        // nothing.
+        word.store(value_word(MAX_LIVE, 0), Ordering::Relaxed);
+        assert_eq!(take(&word, PAGE, PAGE).unwrap(), None);
+        word.store(value_word(1, CURSOR_MASK), Ordering::Relaxed);
+        assert!(is_forged_word(&take(&word, PAGE, PAGE)));
+        assert_eq!(word.load(Ordering::Relaxed), value_word(1, CURSOR_MASK));
+    }
 }
 
 #[cfg(all(test, not(miri)))]
@@ -589,40 +886,91 @@ mod tests {
         r
     }
 
+    fn live(word: &AtomicU64) -> u64 {
+        split_word(word.load(Ordering::Relaxed)).0
+    }
+
     #[test]
     fn a_value_round_trips_and_gives_its_memory_back() {
         let file = ValueFile::create().unwrap();
-        let next = AtomicU64::new(0);
+        let word = AtomicU64::new(0);
         let value: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let stored = file
-            .store(&next, &value[..10], &value[10..])
+            .store(&word, &value[..10], &value[10..])
             .unwrap()
             .unwrap();
         let rec = stored.record();
         stored.keep();
         assert!(file.allocated_bytes() >= value.len() as u64);
-        let second = file.store(&next, b"x", b"yz").unwrap().unwrap().record();
+        assert_eq!(live(&word), 1);
+        let second = file.store(&word, b"x", b"yz").unwrap().unwrap().record();
+        assert_eq!(live(&word), 1, "the unkept one is given back");
         let mut out = Vec::new();
-        file.take_into(&rec, &mut out).unwrap();
+        file.take_into(&word, &rec, &mut out).unwrap();
         assert_eq!(out, value);
-        file.take_into(&second, &mut out).unwrap_err();
+        assert_eq!(live(&word), 0);
+        file.take_into(&word, &second, &mut out).unwrap_err();
         assert_eq!(file.allocated_bytes(), 0, "given back, the unkept too");
         assert!(
-            file.take_into(&rec, &mut out).is_err(),
+            file.take_into(&word, &rec, &mut out).is_err(),
             "a value is read once"
         );
+        assert_eq!(live(&word), 0, "a refused record takes nothing off");
     }
 
     #[test]
-    fn forged_records_and_offsets_are_typed_errors() {
+    fn the_file_starts_over_when_no_value_is_live() {
+        let page = crate::sys::page_size();
         let file = ValueFile::create().unwrap();
-        let next = AtomicU64::new(0);
-        let a = file.store(&next, &[7; 5000], &[]).unwrap().unwrap();
+        let word = AtomicU64::new(0);
+        let put = |fill: u8, len: usize| {
+            let stored = file.store(&word, &vec![fill; len], &[]).unwrap().unwrap();
+            let rec = stored.record();
+            stored.keep();
+            rec
+        };
+        let a = put(1, 3 * page as usize);
+        let b = put(2, page as usize + 1);
+        let offset = |rec: &[u8; RECORD_BYTES]| u64::from_le_bytes(rec[..8].try_into().unwrap());
+        assert_eq!((offset(&a), offset(&b)), (0, 3 * page));
+        let mut out = Vec::new();
+        file.take_into(&word, &a, &mut out).unwrap();
+        // `b` still waits: the next goes past it, not onto `a`'s range.
+        let c = put(3, 10);
+        assert_eq!(offset(&c), 5 * page);
+        file.take_into(&word, &b, &mut out).unwrap();
+        assert_eq!(out, vec![2; page as usize + 1]);
+        file.take_into(&word, &c, &mut out).unwrap();
+        assert_eq!(out, vec![3; 10]);
+        // None waits: the next starts over at 0, and the file grows no more.
+        let size = crate::sys::size_and_allocated(std::os::fd::AsFd::as_fd(&file.file))
+            .unwrap()
+            .0;
+        for round in 0..10 {
+            let d = put(round, 2 * page as usize);
+            assert_eq!(offset(&d), 0, "round {round}");
+            file.take_into(&word, &d, &mut out).unwrap();
+            assert_eq!(out, vec![round; 2 * page as usize]);
+        }
+        let (size_after, allocated) =
+            crate::sys::size_and_allocated(std::os::fd::AsFd::as_fd(&file.file)).unwrap();
+        assert_eq!((size_after, allocated), (size, 0));
+        assert_eq!(live(&word), 0);
+    }
+
+    #[test]
+    fn forged_records_and_words_are_typed_errors() {
+        let page = crate::sys::page_size();
+        let file = ValueFile::create().unwrap();
+        let word = AtomicU64::new(0);
+        let a = file.store(&word, &[7; 5000], &[]).unwrap().unwrap();
         let a_rec = a.record();
         a.keep();
-        // Past a gap never written: the file is 1 MiB + a page long.
-        next.store(1 << 20, Ordering::Relaxed);
-        file.store(&next, &[8; 100], &[]).unwrap().unwrap().keep();
+        // Past a gap never written (`a` is live, so the cursor counts): the
+        // file is 1 MiB + a page long.
+        word.store(value_word(1, (1 << 20) / page), Ordering::Relaxed);
+        file.store(&word, &[8; 100], &[]).unwrap().unwrap().keep();
+        assert_eq!(live(&word), 2);
         let mut out = Vec::new();
         for rec in [
             record(0, u64::MAX),        // huge
@@ -632,8 +980,9 @@ mod tests {
             record(1 << 30, 4096),      // past the file
             record(16384, 100),         // a hole never written
             record(4096, 8192),         // runs into that hole
+            record(1, 100),             // off a page boundary
         ] {
-            let got = file.take_into(&rec, &mut out);
+            let got = file.take_into(&word, &rec, &mut out);
             assert!(
                 matches!(
                     got,
@@ -646,23 +995,45 @@ mod tests {
             );
             assert_eq!(out.capacity(), 0, "nothing allocated for a lie");
         }
-        file.take_into(&a_rec, &mut out).unwrap();
+        assert_eq!(live(&word), 2, "refused records take nothing off");
+        file.take_into(&word, &a_rec, &mut out).unwrap();
         assert_eq!(out, vec![7; 5000]);
         assert!(
-            matches!(file.take_into(&a_rec, &mut out), Err(Error::Decode { .. })),
+            matches!(
+                file.take_into(&word, &a_rec, &mut out),
+                Err(Error::Decode { .. })
+            ),
             "given back: a hole now"
         );
-        // Next offset forged near the end: the put fails, typed, and
-        // leaves nothing in the file.
+        assert_eq!(live(&word), 1);
+        // The cursor forged to the end of its space while values are live:
+        // the put fails, typed, and leaves nothing in the file, nor in the
+        // count.
         let before = file.allocated_bytes();
-        for forged in [u64::MAX - 10, MAX_END - 4096] {
-            next.store(forged, Ordering::Relaxed);
-            assert!(matches!(
-                file.store(&next, &[1; 4097], &[]),
-                Err(Error::SharedMemory { .. })
-            ));
+        for forged in [
+            value_word(1, CURSOR_MASK),
+            value_word(MAX_LIVE - 1, CURSOR_MASK - 1),
+        ] {
+            word.store(forged, Ordering::Relaxed);
+            let got = file.store(&word, &[1; 4097], &[]);
+            assert!(is_forged(&got), "{forged:#x}: {got:?}");
+            assert_eq!(word.load(Ordering::Relaxed), forged);
         }
         assert_eq!(file.allocated_bytes(), before);
+        // A full live count: spilled (None), nothing left in the file.
+        word.store(value_word(MAX_LIVE, 0), Ordering::Relaxed);
+        assert!(file.store(&word, &[1; 4097], &[]).unwrap().is_none());
+        assert_eq!(file.allocated_bytes(), before);
+        // The same cursor with no value live is ignored: the put starts over.
+        word.store(value_word(0, CURSOR_MASK), Ordering::Relaxed);
+        let healed = file.store(&word, &[9; 4097], &[]).unwrap().unwrap();
+        assert_eq!(healed.offset, 0);
+    }
+
+    fn is_forged<T: std::fmt::Debug>(got: &Result<T>) -> bool {
+        matches!(got, Err(e @ Error::SharedMemory { .. })
+            if e.to_string().contains("wrote over its shared memory")
+                && !e.to_string().contains("free memory"))
     }
 
     #[test]
@@ -688,7 +1059,7 @@ mod tests {
             id,
         };
         let mut out = Vec::new();
-        let got = file.take_into(&record(0, 1 << 30), &mut out);
+        let got = file.take_into(&AtomicU64::new(0), &record(0, 1 << 30), &mut out);
         assert!(matches!(got, Err(Error::Decode { .. })), "{got:?}");
         assert_eq!(
             out.capacity(),
@@ -698,20 +1069,29 @@ mod tests {
     }
 
     #[test]
-    fn an_unaligned_next_offset_is_refused_as_forged() {
+    fn a_forged_count_of_0_reuses_a_live_range_and_spoils_only_its_values() {
         let file = ValueFile::create().unwrap();
-        let next = AtomicU64::new(1);
-        let got = file.store(&next, &[5; 60_000], &[]);
-        let message = match got {
-            Err(e @ Error::SharedMemory { .. }) => e.to_string(),
-            other => panic!("an unaligned offset was taken: {other:?}"),
-        };
-        assert!(message.contains("page boundary"), "{message}");
-        assert!(
-            message.contains("wrote over its shared memory") && !message.contains("free memory"),
-            "the advice is about the writer, not memory: {message}"
-        );
-        assert_eq!(file.allocated_bytes(), 0, "nothing left in the file");
+        let word = AtomicU64::new(0);
+        let a = file.store(&word, &[1; 10_000], &[]).unwrap().unwrap();
+        let a_rec = a.record();
+        a.keep();
+        // A hostile holder says nothing is live: the next put starts over
+        // on `a`'s range.
+        word.store(value_word(0, 3), Ordering::Relaxed);
+        let b = file.store(&word, &[2; 5000], &[]).unwrap().unwrap();
+        let b_rec = b.record();
+        b.keep();
+        let mut out = Vec::new();
+        // `a`'s record reads what is there now (a wrong value of the right
+        // length, bounded by its record), and gives the range back ...
+        file.take_into(&word, &a_rec, &mut out).unwrap();
+        assert_eq!(out.len(), 10_000);
+        assert_eq!(&out[..5000], &[2; 5000][..]);
+        // ... so `b`'s finds a hole: a typed error, and no count below 0.
+        let got = file.take_into(&word, &b_rec, &mut out);
+        assert!(matches!(got, Err(Error::Decode { .. })), "{got:?}");
+        assert_eq!(live(&word), 0);
+        assert_eq!(file.allocated_bytes(), 0);
     }
 
     #[test]

@@ -97,7 +97,9 @@ const MAGIC: [u8; 8] = *b"COREQUEU";
 /// 3: slot state words are stored biased by the slot's index (zeroed memory
 /// is a ready ring); the header's flags say whether the queue is unbounded.
 /// 4: the control page holds the queue's value file's words ([`VALUES_AT`]).
-const VERSION: u32 = 4;
+/// 5: the value file's first word counts live values beside its cursor, and
+/// the file starts over when none is live (`shm::values`).
+const VERSION: u32 = 5;
 
 /// Where the control words lie, each on its own cache line.
 const CLOSED_AT: usize = 64;
@@ -109,10 +111,11 @@ const TAIL_AT: usize = 192;
 const NOT_EMPTY_AT: usize = 256;
 const NOT_FULL_AT: usize = 320;
 /// The queue's value file ([`crate::shm::values`]), on a cache line of its
-/// own: the next free offset in it (u64, taken by `fetch_add`), then its
-/// device and inode (u64 each), written by the creator before the queue is
-/// shared. In both kinds of queue (an unbounded queue's own words end at
-/// 392).
+/// own: its value word (u64: how many values are live in the file, and the
+/// page where the next one goes; compare-exchanged by every put and get of
+/// a large value), then its device and inode (u64 each), written by the
+/// creator before the queue is shared. In both kinds of queue (an
+/// unbounded queue's own words end at 392).
 const VALUES_AT: usize = 448;
 /// Where the slots start: the header and control words fill the page before.
 /// Memory shorter than this is no queue.
@@ -402,10 +405,10 @@ impl ByteQueue {
         self.len() == 0
     }
 
-    /// The word that says where the next value larger than a slot goes in
-    /// the queue's value file ([`crate::shm::values`]): any process may
-    /// write anything into it.
-    pub(crate) fn next_value_offset(&self) -> &AtomicU64 {
+    /// The word that counts the values larger than a slot that are live in
+    /// the queue's value file and says where the next one goes
+    /// ([`crate::shm::values`]): any process may write anything into it.
+    pub(crate) fn value_word(&self) -> &AtomicU64 {
         self.control.word64(VALUES_AT)
     }
 
