@@ -176,6 +176,36 @@ fn a_party_killed_at_the_barrier_breaks_it_for_the_others() {
     assert_eq!(b.wait().unwrap_err(), Error::BrokenBarrier);
 }
 
+/// The party whose arrival would trip the barrier looks at the others
+/// first: one killed while waiting breaks it, however soon the last party
+/// comes after the kill (before, the last party tripped it with a dead one
+/// unless a waiter had looked first).
+fn a_party_killed_before_the_last_one_arrives_breaks_it_for_the_last() {
+    let b = Barrier::new(2).unwrap();
+    let victim = Process::start(party, b.clone()).unwrap();
+    common::eventually("the victim waits at the barrier", || b.n_waiting() == 1);
+    victim.kill().unwrap();
+    assert!(victim.join().is_err(), "dead and reaped");
+    assert_eq!(
+        b.wait_timeout(LONG).unwrap_err(),
+        Error::BrokenBarrier,
+        "not tripped with a dead party"
+    );
+
+    let b = Barrier::new(3).unwrap();
+    let survivor = Process::start(party, b.clone()).unwrap();
+    let victim = Process::start(party, b.clone()).unwrap();
+    common::eventually("both parties wait at the barrier", || b.n_waiting() == 2);
+    victim.kill().unwrap();
+    assert!(victim.join().is_err());
+    assert_eq!(b.wait_timeout(LONG).unwrap_err(), Error::BrokenBarrier);
+    assert_eq!(
+        survivor.join().unwrap(),
+        1,
+        "the same answer for the survivor"
+    );
+}
+
 fn barriers_pass_processes_generation_after_generation() {
     fn rounds(b: Barrier) -> u64 {
         (0..20).map(|_| u64::from(b.wait().unwrap())).sum()
@@ -241,6 +271,7 @@ fn main() {
         an_event_wakes_waiters_in_other_processes,
         a_condition_wakes_a_waiter_in_another_process,
         a_party_killed_at_the_barrier_breaks_it_for_the_others,
+        a_party_killed_before_the_last_one_arrives_breaks_it_for_the_last,
         barriers_pass_processes_generation_after_generation,
         a_semaphore_bounds_concurrency_across_processes,
     ]);
