@@ -38,6 +38,7 @@ mod semaphore;
 pub use barrier::Barrier;
 pub use condition::{Condition, ConditionGuard};
 pub use event::Event;
+pub(crate) use lock::my_thread_token;
 pub use lock::{Lock, LockGuard, RLock, RLockGuard};
 pub use semaphore::{BoundedSemaphore, Semaphore, SemaphoreGuard};
 
