@@ -271,7 +271,7 @@ pub enum Error {
     /// let io = err.source().and_then(|s| s.downcast_ref::<std::io::Error>()).unwrap();
     /// assert_eq!(io.raw_os_error(), Some(3)); // ESRCH: no such process
     /// ```
-    #[error("{op} failed: {source}; {}", os_advice(op, .source))]
+    #[error("{op} failed: {source}{}", os_advice_after(op, .source))]
     Os {
         /// The call.
         op: &'static str,
@@ -400,6 +400,17 @@ const DECODE_ADVICE: &str = "; if the value's own `Wire::decode` refused it, see
 /// " on rank N" for an error that happened on an MPI rank.
 fn on_rank(rank: Option<u32>) -> String {
     rank.map(|r| format!(" on rank {r}")).unwrap_or_default()
+}
+
+/// What follows an [`Error::Os`]'s message: `; ` and the advice, or nothing
+/// for the daemon's own findings (no kernel answer), whose message says what
+/// to do itself (a user trial was sent to "the message above" by one).
+fn os_advice_after(op: &str, err: &io::Error) -> String {
+    if err.raw_os_error().is_none() && op.ends_with(" the daemon") {
+        String::new()
+    } else {
+        format!("; {}", os_advice(op, err))
+    }
 }
 
 fn os_advice(op: &str, err: &io::Error) -> &'static str {
