@@ -304,9 +304,10 @@ pub enum Error {
         reason: String,
     },
     /// A thread tried to take a [`Lock`](crate::Lock) (or a
-    /// [`Condition`](crate::Condition)'s lock) it already holds: waiting would
-    /// never end.
-    #[error("this thread already holds the lock, so waiting for it would never end: drop the guard first, or use an `RLock` to take it again")]
+    /// [`Condition`](crate::Condition)'s lock, or a [`Value`](crate::Value)'s
+    /// with `lock`, `set` or `update`) it already holds: waiting would never
+    /// end.
+    #[error("this thread already holds the lock, so waiting for it would never end: drop the guard first (or, for a `Value`, write through its guard), or use an `RLock` to take it again")]
     Deadlock,
     /// A [`Barrier`](crate::Barrier) is broken: a wait timed out, `abort` was
     /// called, or a party died while waiting.
