@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 ///
 /// ```no_run
 /// fn main() -> Result<(), corepool::Error> {
-///     corepool::init();
 ///     let _guard = corepool::Daemon::new()
 ///         .pid_file("/tmp/ticker.pid")
 ///         .log_file("/tmp/ticker.log")
@@ -152,12 +151,14 @@ impl Daemon {
     /// calling process exits with status 0 once the daemon is up (or returns
     /// the error if it could not start).
     ///
-    /// Call it at the start of `main` (after [`crate::init`]), before any
-    /// thread exists: forking a multithreaded process is unsound.
+    /// Call it first in `main`, before any thread exists: forking a
+    /// multithreaded process is unsound. Building a pool or starting a
+    /// [`Process`](crate::Process) starts threads (the process thread that
+    /// reaps children lives on after the child is joined), so daemonize
+    /// before either; nothing needs calling before it.
     ///
     /// ```no_run
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let guard = corepool::Daemon::new()
     ///         .pid_file("/tmp/ticker.pid")
     ///         .log_file("/tmp/ticker.log")
@@ -171,12 +172,13 @@ impl Daemon {
     /// # Errors
     ///
     /// [`Error::AlreadyRunning`] if the pid file is locked by a live daemon;
-    /// [`Error::InvalidConfig`] if threads are running; [`Error::Os`] for
+    /// [`Error::InvalidConfig`] if threads are running (a pool was built or
+    /// a `Process` started before); [`Error::Os`] for
     /// files and system calls.
     pub fn start(self) -> Result<DaemonGuard> {
         if thread_count() != Some(1) {
             return Err(Error::InvalidConfig {
-                what: "daemonize before starting any thread (and before building a pool): call it first in main, after corepool::init()".into(),
+                what: "daemonize before starting any thread, building a pool or starting a Process (each of these starts threads, and a Process's reaper thread outlives the child): call Daemon::start first in main".into(),
             });
         }
         let abs = |p: &Path| -> Result<PathBuf> {
@@ -297,12 +299,15 @@ impl Daemon {
 /// std::fs::write(&path, "12345\n").unwrap();
 /// let err = corepool::daemon::stop(&path, Duration::from_secs(5)).unwrap_err();
 /// assert!(err.to_string().contains("no daemon holds"), "{err}");
+/// assert!(err.to_string().contains("stale"), "{err}"); // and what to do: remove it
+/// assert!(!err.to_string().contains("message above"), "{err}");
 /// std::fs::remove_file(&path).unwrap();
 /// ```
 ///
 /// # Errors
 ///
-/// [`Error::Os`] if the file cannot be read or names no running daemon;
+/// [`Error::Os`] if the file cannot be read or names no running daemon
+/// (a stale pid file: its message says so; remove the file);
 /// [`Error::Timeout`] if it is still running after `timeout`.
 pub fn stop(path: impl AsRef<Path>, timeout: Duration) -> Result<i32> {
     let path = path.as_ref();
@@ -316,7 +321,10 @@ pub fn stop(path: impl AsRef<Path>, timeout: Duration) -> Result<i32> {
     {
         return Err(Error::Os {
             op: "stopping the daemon",
-            source: std::io::Error::other(format!("no daemon holds {}", path.display())),
+            source: std::io::Error::other(format!(
+                "no daemon holds {}: the pid file is stale (its daemon is gone without removing it, e.g. killed by a signal); nothing was signalled: remove the file (a new daemon may also start over it)",
+                path.display()
+            )),
         });
     }
     let mut text = String::new();
@@ -626,6 +634,22 @@ mod tests {
             "{err}"
         );
         assert!(alive, "the process that reused the pid was not signalled");
+    }
+
+    #[test]
+    fn starting_with_threads_running_names_pools_and_processes() {
+        // A second thread lives across the call, so it is always refused
+        // (and nothing is forked), whatever the harness runs tests on.
+        let (stop, parked) = mpsc::channel::<()>();
+        let other = std::thread::spawn(move || {
+            let _ = parked.recv();
+        });
+        let err = Daemon::new().start().unwrap_err();
+        drop(stop);
+        other.join().unwrap();
+        let text = err.to_string();
+        assert!(matches!(err, Error::InvalidConfig { .. }), "{text}");
+        assert!(text.contains("starting a Process"), "{text}");
     }
 
     #[test]

@@ -135,7 +135,11 @@ pub(crate) fn keep_linked() {
 }
 
 /// Does nothing; kept so that programs written for earlier versions still
-/// compile. Calling it is harmless, anywhere, any number of times.
+/// compile. Calling it is harmless, anywhere, any number of times, and
+/// leaving it out is never an error: examples that still call it do so out
+/// of habit. ([`Error::NotInitialized`](crate::Error::NotInitialized) is
+/// about something else: a process corepool started as a child whose
+/// start-up hook did not run.)
 ///
 /// Workers and `Process` children are recognised before `main` runs (by a
 /// constructor that corepool links into every program that builds a pool or

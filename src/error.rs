@@ -271,7 +271,7 @@ pub enum Error {
     /// let io = err.source().and_then(|s| s.downcast_ref::<std::io::Error>()).unwrap();
     /// assert_eq!(io.raw_os_error(), Some(3)); // ESRCH: no such process
     /// ```
-    #[error("{op} failed: {source}; {}", os_advice(op, .source))]
+    #[error("{op} failed: {source}{}", os_advice_after(op, .source))]
     Os {
         /// The call.
         op: &'static str,
@@ -304,9 +304,10 @@ pub enum Error {
         reason: String,
     },
     /// A thread tried to take a [`Lock`](crate::Lock) (or a
-    /// [`Condition`](crate::Condition)'s lock) it already holds: waiting would
-    /// never end.
-    #[error("this thread already holds the lock, so waiting for it would never end: drop the guard first, or use an `RLock` to take it again")]
+    /// [`Condition`](crate::Condition)'s lock, or a [`Value`](crate::Value)'s
+    /// with `lock`, `set` or `update`) it already holds: waiting would never
+    /// end.
+    #[error("this thread already holds the lock, so waiting for it would never end: drop the guard first (or, for a `Value`, write through its guard), or use an `RLock` to take it again")]
     Deadlock,
     /// A [`Barrier`](crate::Barrier) is broken: a wait timed out, `abort` was
     /// called, or a party died while waiting.
@@ -400,6 +401,17 @@ const DECODE_ADVICE: &str = "; if the value's own `Wire::decode` refused it, see
 /// " on rank N" for an error that happened on an MPI rank.
 fn on_rank(rank: Option<u32>) -> String {
     rank.map(|r| format!(" on rank {r}")).unwrap_or_default()
+}
+
+/// What follows an [`Error::Os`]'s message: `; ` and the advice, or nothing
+/// for the daemon's own findings (no kernel answer), whose message says what
+/// to do itself (a user trial was sent to "the message above" by one).
+fn os_advice_after(op: &str, err: &io::Error) -> String {
+    if err.raw_os_error().is_none() && op.ends_with(" the daemon") {
+        String::new()
+    } else {
+        format!("; {}", os_advice(op, err))
+    }
 }
 
 fn os_advice(op: &str, err: &io::Error) -> &'static str {

@@ -59,6 +59,58 @@ fn a_process_child_knows_itself_and_its_parent() {
     assert_eq!(p.join().unwrap().0.name, name);
 }
 
+/// Starts a grandchild named `name` and returns what it was told about
+/// itself and its parent (this process).
+fn start_grandchild(name: String) -> (ProcessInfo, Option<ProcessInfo>) {
+    Process::builder()
+        .name(name)
+        .start(who, ())
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+/// A name up to the documented 512 bytes arrives whole, in the child and
+/// in a grandchild's `parent_process()`, NULs and multi-byte characters
+/// included; a longer one is refused (before, it was cut to 1776 bytes in
+/// the child while the parent's handle had it whole).
+fn a_long_name_arrives_whole_and_a_too_long_one_is_refused() {
+    let name = format!("{}\0{}", "é".repeat(200), "\0".repeat(111));
+    assert_eq!(name.len(), 512);
+    let p = Process::builder()
+        .name(name.clone())
+        .start(who, ())
+        .unwrap();
+    assert_eq!(p.name(), name);
+    assert_eq!(p.join().unwrap().0.name, name, "whole in the child");
+    let (grandchild, parent) = Process::builder()
+        .name(name.clone())
+        .start(start_grandchild, "g".into())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(grandchild.name, "g");
+    let told = parent.expect("a grandchild has a parent").name;
+    assert_eq!(
+        told,
+        name.replace('\0', "\u{FFFD}"),
+        "whole in the grandchild"
+    );
+
+    for too_long in ["y".repeat(513), "y".repeat(100_000)] {
+        let err = Process::builder()
+            .name(too_long)
+            .start(who, ())
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            matches!(err, corepool::Error::InvalidConfig { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("at most 512 bytes"), "{err}");
+    }
+}
+
 fn a_pool_worker_knows_its_index_and_cpu() {
     let cpus = info::allowed_cpus().unwrap();
     let pool = Pool::builder()
@@ -197,6 +249,7 @@ fn main() {
     common::run(common::tests![
         main_process_is_main,
         a_process_child_knows_itself_and_its_parent,
+        a_long_name_arrives_whole_and_a_too_long_one_is_refused,
         a_pool_worker_knows_its_index_and_cpu,
         active_children_lists_the_running_ones,
         a_daemon_whose_handle_dropped_is_not_listed,

@@ -362,7 +362,7 @@ fn poll_returns_when_the_peer_process_dies() {
 fn bump(arg: (Value<u64>, AtomicValue<u64>)) -> u64 {
     let (v, a) = arg;
     for _ in 0..1000 {
-        v.update(|x| *x += 1);
+        v.update(|x| *x += 1).unwrap();
         a.fetch_add(1);
     }
     0
@@ -386,7 +386,7 @@ fn values_are_shared_and_a_dead_holder_cannot_wedge_them() {
     .unwrap();
     assert!(dead.join().is_err());
     assert_eq!(v.get(), 3000, "readers repair it");
-    v.update(|x| *x += 1);
+    v.update(|x| *x += 1).unwrap();
     assert_eq!(v.get(), 3001, "writers take the lock over");
 }
 

@@ -23,9 +23,9 @@ fn add_rounds(arg: (Lock, Value<u64>, Value<u64>)) -> u64 {
         {
             let _held = lock.acquire().unwrap();
             let now = by_lock.get();
-            by_lock.set(now + 1);
+            by_lock.set(now + 1).unwrap();
         }
-        let mut held = by_guard.lock();
+        let mut held = by_guard.lock().unwrap();
         let now = held.get();
         held.set(now + 1);
     }
@@ -116,6 +116,46 @@ fn a_killed_holders_lock_goes_to_the_next_owner_who_is_told() {
     assert!(!rlock.acquire().unwrap().previous_holder_died());
 }
 
+/// Takes the value's lock, says so, and waits to be killed.
+fn hold_value_until_killed(arg: (Value<u64>, Event, Event)) -> u64 {
+    let (value, held, never) = arg;
+    let guard = value.lock().unwrap();
+    held.set();
+    never.wait();
+    drop(guard);
+    0
+}
+
+/// A live holder in another process (here waiting; a stopped one is alive
+/// too) is never taken over: the `_timeout` forms and `try_lock` give up
+/// instead of waiting forever. Once it is killed, its lock is taken over.
+fn a_values_live_holder_times_out_waiters_and_a_killed_one_is_taken_over() {
+    let (value, held, never) = (
+        Value::new(1u64).unwrap(),
+        Event::new().unwrap(),
+        Event::new().unwrap(),
+    );
+    let child = Process::start(
+        hold_value_until_killed,
+        (value.clone(), held.clone(), never),
+    )
+    .unwrap();
+    assert!(held.wait_timeout(LONG), "the child took the lock");
+    let short = Duration::from_millis(10);
+    assert_eq!(value.lock_timeout(short).unwrap_err(), Error::Timeout);
+    assert_eq!(value.set_timeout(2, short), Err(Error::Timeout));
+    assert_eq!(value.update_timeout(short, |v| *v), Err(Error::Timeout));
+    assert!(value.try_lock().is_none());
+    assert_eq!(value.get(), 1, "readers never wait for the holder");
+    child.kill().unwrap();
+    assert!(child.join().is_err());
+    let guard = value.lock_timeout(LONG).unwrap();
+    assert!(guard.previous_holder_died());
+    drop(guard);
+    value.set_timeout(3, LONG).unwrap();
+    assert_eq!(value.get(), 3);
+}
+
 /// Waits at the start barrier, then for the event.
 fn wait_for_go(arg: (Barrier, Event)) -> u64 {
     let (start, go) = arg;
@@ -139,7 +179,7 @@ fn produce_under_condition(arg: (Condition, Value<u64>)) -> u64 {
     let (ready, items) = arg;
     for _ in 0..3 {
         let mut held = ready.acquire().unwrap();
-        items.set(items.get() + 1);
+        items.set(items.get() + 1).unwrap();
         held.notify_all();
     }
     0
@@ -174,6 +214,36 @@ fn a_party_killed_at_the_barrier_breaks_it_for_the_others() {
     assert_eq!(survivor.join().unwrap(), 1, "broken, not hung");
     assert!(b.broken());
     assert_eq!(b.wait().unwrap_err(), Error::BrokenBarrier);
+}
+
+/// The party whose arrival would trip the barrier looks at the others
+/// first: one killed while waiting breaks it, however soon the last party
+/// comes after the kill (before, the last party tripped it with a dead one
+/// unless a waiter had looked first).
+fn a_party_killed_before_the_last_one_arrives_breaks_it_for_the_last() {
+    let b = Barrier::new(2).unwrap();
+    let victim = Process::start(party, b.clone()).unwrap();
+    common::eventually("the victim waits at the barrier", || b.n_waiting() == 1);
+    victim.kill().unwrap();
+    assert!(victim.join().is_err(), "dead and reaped");
+    assert_eq!(
+        b.wait_timeout(LONG).unwrap_err(),
+        Error::BrokenBarrier,
+        "not tripped with a dead party"
+    );
+
+    let b = Barrier::new(3).unwrap();
+    let survivor = Process::start(party, b.clone()).unwrap();
+    let victim = Process::start(party, b.clone()).unwrap();
+    common::eventually("both parties wait at the barrier", || b.n_waiting() == 2);
+    victim.kill().unwrap();
+    assert!(victim.join().is_err());
+    assert_eq!(b.wait_timeout(LONG).unwrap_err(), Error::BrokenBarrier);
+    assert_eq!(
+        survivor.join().unwrap(),
+        1,
+        "the same answer for the survivor"
+    );
 }
 
 fn barriers_pass_processes_generation_after_generation() {
@@ -238,9 +308,11 @@ fn main() {
     common::run(common::tests![
         a_lock_excludes_children_pool_tasks_and_the_parent,
         a_killed_holders_lock_goes_to_the_next_owner_who_is_told,
+        a_values_live_holder_times_out_waiters_and_a_killed_one_is_taken_over,
         an_event_wakes_waiters_in_other_processes,
         a_condition_wakes_a_waiter_in_another_process,
         a_party_killed_at_the_barrier_breaks_it_for_the_others,
+        a_party_killed_before_the_last_one_arrives_breaks_it_for_the_last,
         barriers_pass_processes_generation_after_generation,
         a_semaphore_bounds_concurrency_across_processes,
     ]);

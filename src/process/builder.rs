@@ -10,11 +10,17 @@ use crate::wire::task;
 use crate::wire::Wire;
 use std::marker::PhantomData;
 
+/// The longest name a [`Process`] may have, in bytes: its name and its
+/// parent's description (kind, CPU and name; a NUL in a name takes three
+/// bytes there) each get [`introspect::IDENTITY_ROOM`] bytes of the header
+/// page, so a name this long arrives whole, also in a grandchild's
+/// `parent_process()`.
+pub(super) const NAME_MAX: usize = 512;
+
 /// Configures a [`Process`]: `Process::builder().name("x").daemon(true).start(f, arg)`.
 ///
 /// ```
 /// fn main() {
-///     corepool::init();
 ///     let p = corepool::Process::builder().name("adder").start(|x: u64| x + 1, 41).unwrap();
 ///     assert_eq!(p.name(), "adder");
 ///     assert_eq!(p.join().unwrap(), 42);
@@ -40,15 +46,22 @@ impl Default for ProcessBuilder {
 }
 
 impl ProcessBuilder {
-    /// A name, for messages and `ps`-style listings (Python's `name`).
-    /// Default `Process-<pid>`.
+    /// A name, for messages and `ps`-style listings (Python's `name`):
+    /// [`Process::name`] in the parent, [`crate::current_process`]`().name`
+    /// in the child, whole in both. Default `Process-<pid>`.
+    ///
+    /// At most 512 bytes: the child gets it (and its own children its
+    /// description) in its segment's header page, so [`start`](Self::start)
+    /// refuses a longer one with [`Error::InvalidConfig`] rather than cut it.
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let p = corepool::Process::builder().name("doubler").start(|x: u32| x * 2, 4)?;
     ///     assert_eq!(p.name(), "doubler");
     ///     assert_eq!(p.join()?, 8);
+    ///
+    ///     let long = corepool::Process::builder().name("x".repeat(513)).start(|x: u32| x, 4);
+    ///     assert!(matches!(long, Err(corepool::Error::InvalidConfig { .. })));
     ///     Ok(())
     /// }
     /// ```
@@ -72,7 +85,6 @@ impl ProcessBuilder {
     /// }
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let p = Process::builder().daemon(true).start(spin, 0)?;
     ///     assert!(p.is_daemon() && p.is_alive());
     ///     drop(p); // SIGKILLed here, then reaped by the process thread
@@ -90,7 +102,6 @@ impl ProcessBuilder {
     /// use corepool::{info, Error, Process};
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let cpu = info::allowed_cpus()?[0];
     ///     let p = Process::builder().cpu(cpu).start(|_: ()| info::allowed_cpus().unwrap(), ())?;
     ///     assert_eq!(p.join()?, vec![cpu]);
@@ -119,7 +130,6 @@ impl ProcessBuilder {
     /// }
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let small = Process::builder().max_result_bytes(64).start(zeros, 10)?;
     ///     assert_eq!(small.join()?.len(), 10);
     ///     let big = Process::builder().max_result_bytes(64).start(zeros, 1 << 20)?;
@@ -136,7 +146,6 @@ impl ProcessBuilder {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let p = corepool::Process::builder().start(|(a, b): (u64, u64)| a * b, (6, 7))?;
     ///     assert_eq!(p.join()?, 42);
     ///     Ok(())
@@ -145,10 +154,14 @@ impl ProcessBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::NotInitialized`] inside a process whose `main` did not call
-    /// [`crate::init`] first; [`Error::CpuNotAllowed`]; [`Error::SharedMemory`];
+    /// [`Error::InvalidConfig`] for a [name](Self::name) longer than 512
+    /// bytes; [`Error::CpuNotAllowed`]; [`Error::SharedMemory`];
     /// [`Error::Spawn`]; [`Error::Encode`] for an argument that cannot be
-    /// encoded (nothing is started).
+    /// encoded (nothing is started in each case). Nothing needs calling
+    /// first ([`crate::init`] does nothing); [`Error::NotInitialized`]
+    /// comes only from a process that corepool started as a child but whose
+    /// start-up hook did not run, which a normal build never produces (see
+    /// that error).
     pub fn start<F, A, R>(self, f: F, arg: A) -> Result<Process<R>>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
@@ -160,6 +173,14 @@ impl ProcessBuilder {
         if crate::pool::worker::is_uninitialised_worker() || std::env::var_os(PROCESS_ENV).is_some()
         {
             return Err(Error::NotInitialized);
+        }
+        if let Some(name) = self.name.as_deref().filter(|n| n.len() > NAME_MAX) {
+            return Err(Error::InvalidConfig {
+                what: format!(
+                    "a Process name of {} bytes: give at most {NAME_MAX} bytes (the child gets it whole in its segment's header page)",
+                    name.len()
+                ),
+            });
         }
         crate::child::image::check_reexecutable()?;
         if let Some(cpu) = self.cpu {

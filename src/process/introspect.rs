@@ -82,6 +82,15 @@ pub fn active_children() -> Vec<ProcessInfo> {
     children.iter().map(|c| c.info.clone()).collect()
 }
 
+/// The bytes each of a child's two identity strings may take: two length
+/// words of 8 bytes, a tag byte, and the two strings fill the page.
+pub(super) const IDENTITY_ROOM: usize = (IDENTITY_MAX - 32) / 2;
+
+// A name of `NAME_MAX` bytes fits whole, also inside the description a
+// child gives its own children (`<kind>,<cpu>,<name>`, each NUL of the name
+// three bytes there).
+const _: () = assert!(3 * super::builder::NAME_MAX + 64 <= IDENTITY_ROOM);
+
 /// Parent: the identity bytes for a child named `name` (`None`: the
 /// default): its name and this process's description, each cut so that
 /// both fit the segment.
@@ -93,11 +102,11 @@ pub(super) fn identity_for_child(name: Option<&str>) -> Vec<u8> {
         }
         s[..end].to_string()
     };
-    // Two length words of 8 bytes, a tag byte, and the two strings.
-    let room = (IDENTITY_MAX - 32) / 2;
+    // `start` refused a name longer than `NAME_MAX`, which fits the room
+    // whole; the cut is a last guard for the description.
     let identity = (
-        name.map(|n| cut(n, room)),
-        cut(&crate::identity::describe_current(), room),
+        name.map(|n| cut(n, IDENTITY_ROOM)),
+        cut(&crate::identity::describe_current(), IDENTITY_ROOM),
     );
     // Strings always encode; nothing is carried.
     crate::wire::encode_carried(&identity)

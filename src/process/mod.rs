@@ -50,7 +50,6 @@ pub(crate) const PROCESS_ENV: &str = "COREPOOL_PROCESS";
 /// }
 ///
 /// fn main() {
-///     corepool::init();
 ///     let p = Process::start(count, 1_000).unwrap();
 ///     assert_eq!(p.join().unwrap(), 1_000);
 ///
@@ -110,7 +109,6 @@ impl Process<()> {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let p = corepool::Process::builder().name("square").start(|x: i64| x * x, -3)?;
     ///     assert_eq!(p.name(), "square");
     ///     assert_eq!(p.join()?, 9);
@@ -128,7 +126,6 @@ impl<R: Wire> Process<R> {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let p = corepool::Process::start(|s: String| s.len(), "hello".to_string())?;
     ///     assert!(!p.is_daemon());
     ///     assert_eq!(p.join()?, 5);
@@ -151,7 +148,6 @@ impl<R: Wire> Process<R> {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let p = corepool::Process::start(|x: u8| x, 1)?;
     ///     assert_eq!(p.name(), format!("Process-{}", p.pid())); // the default
     ///     p.join()?;
@@ -174,7 +170,6 @@ impl<R: Wire> Process<R> {
     /// }
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let p = corepool::Process::start(spin, 0)?;
     ///     assert_ne!(p.pid(), std::process::id() as i32);
     ///     assert!(std::path::Path::new(&format!("/proc/{}", p.pid())).exists());
@@ -191,7 +186,6 @@ impl<R: Wire> Process<R> {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let d = corepool::Process::builder().daemon(true).start(|x: u8| x, 1)?;
     ///     assert!(d.is_daemon());
     ///     assert_eq!(d.join()?, 1);
@@ -217,7 +211,6 @@ impl<R: Wire> Process<R> {
     /// }
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let p = corepool::Process::start(spin, 0)?;
     ///     assert!(p.is_alive());
     ///     p.kill()?;
@@ -239,7 +232,6 @@ impl<R: Wire> Process<R> {
     /// use std::time::Duration;
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let ok = Process::start(|x: u32| x + 1, 1)?;
     ///     assert!(ok.join_timeout(Duration::from_secs(10)));
     ///     assert_eq!(ok.exit_code(), Some(ExitCause::Code(0)));
@@ -283,7 +275,6 @@ impl<R: Wire> Process<R> {
     /// }
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let p = Process::start(spin, 0)?;
     ///     p.terminate()?;
     ///     assert!(p.join_timeout(Duration::from_secs(10)));
@@ -309,7 +300,6 @@ impl<R: Wire> Process<R> {
     /// }
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let p = Process::start(spin, 0)?;
     ///     p.kill()?;
     ///     assert!(p.join_timeout(Duration::from_secs(10)));
@@ -344,7 +334,6 @@ impl<R: Wire> Process<R> {
     /// }
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let p = corepool::Process::start(spin, 0)?;
     ///     assert!(!p.join_timeout(Duration::from_millis(10))); // still spinning
     ///     p.kill()?;
@@ -406,7 +395,6 @@ impl<R: Wire> Process<R> {
     /// }
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let a = Process::start(squares, 4)?.join()?;
     ///     assert_eq!(a.to_vec(), vec![0, 1, 4, 9]);
     ///     let big = Process::start(|n: usize| vec![1u8; n], 1 << 20)?.join()?;
@@ -419,7 +407,6 @@ impl<R: Wire> Process<R> {
     /// use corepool::{Error, Process};
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let p = Process::start(|v: Vec<u32>| v.iter().sum::<u32>(), vec![1, 2, 3])?;
     ///     assert_eq!(p.join()?, 6);
     ///

@@ -218,7 +218,8 @@ pub(super) fn spawn(fd: RawFd, cpu: Option<usize>) -> Result<Started> {
             ),
             SpawnError::Pidfd(e) => (
                 format!(
-                    "the new process could not be watched (pidfd_open failed: {e}), so it was stopped"
+                    "the new process could not be watched (pidfd_open failed: {e}), so it was stopped; {}",
+                    pidfd_advice(&e)
                 ),
                 e,
             ),
@@ -229,4 +230,26 @@ pub(super) fn spawn(fd: RawFd, cpu: Option<usize>) -> Result<Started> {
         }
     })?;
     Ok(Started { pid, pidfd, exit })
+}
+
+/// What to do when the new child's pidfd could not be opened: a full
+/// descriptor table is the usual cause (each running `Process` holds two
+/// descriptors: its segment and its pidfd).
+fn pidfd_advice(err: &std::io::Error) -> &'static str {
+    match err.raw_os_error() {
+        Some(libc::EMFILE) => "this process has too many descriptors open (each running Process holds two, its segment and its pidfd): join some, or raise its limit (`ulimit -n`, RLIMIT_NOFILE)",
+        Some(libc::ENOSYS) => "this kernel has no pidfd_open: corepool needs Linux 5.3 or later",
+        _ => crate::error::spawn_advice(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_pidfd_failure_for_want_of_descriptors_says_what_to_do() {
+        let advice = super::pidfd_advice(&std::io::Error::from_raw_os_error(libc::EMFILE));
+        assert!(advice.contains("ulimit -n"), "{advice}");
+        let advice = super::pidfd_advice(&std::io::Error::from_raw_os_error(libc::ENFILE));
+        assert!(advice.contains("fs.file-max"), "{advice}");
+    }
 }

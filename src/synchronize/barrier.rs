@@ -44,10 +44,27 @@ fn bytes_for(parties: u64) -> Option<u64> {
 ///
 /// It *breaks*, and every waiter (and later arrival) gets
 /// [`Error::BrokenBarrier`], when a wait times out, when [`abort`] is
-/// called, or when a party dies while waiting at it (the others notice
-/// within 50 ms of its death being visible). A party that dies *before* it
-/// arrives cannot be told from a slow one: use [`wait_timeout`] when that
-/// may happen. A broken barrier stays broken; make a new one to start over.
+/// called, or when a party dies while waiting at it. A broken barrier stays
+/// broken; make a new one to start over.
+///
+/// A party's death counts once it is definite: its process is gone or a
+/// zombie, or its pid now names another process (a party whose death
+/// cannot be established, such as one whose `/proc` entry cannot be read,
+/// counts as alive). Two looks find it:
+///
+/// * every waiting party looks now and then, within 50 ms of the death;
+/// * the party whose arrival would trip the barrier first looks at every
+///   party that arrived before it, and breaks the barrier instead of
+///   tripping it if one of them is dead (that look costs a few
+///   microseconds per other process, nothing for threads of its own).
+///
+/// So a party that died while waiting breaks the barrier however soon the
+/// last party comes after the death. A party that dies *after* that look
+/// (once the barrier tripped, or in the instant between the look and the
+/// trip) has passed, as if it had returned from its `wait`: the others get
+/// their index. A party that dies *before* it arrives cannot be told from a
+/// slow one: use [`wait_timeout`] when that may happen. A thread is a party
+/// of its process, which it cannot die without.
 ///
 /// [`abort`]: Barrier::abort
 /// [`wait_timeout`]: Barrier::wait_timeout
@@ -156,7 +173,9 @@ impl Barrier {
     ///
     /// # Errors
     ///
-    /// [`Error::BrokenBarrier`] when it is (or becomes) broken.
+    /// [`Error::BrokenBarrier`] when it is (or becomes) broken, also when
+    /// this is the last party and one that arrived before it has died (see
+    /// [`Barrier`]).
     ///
     /// ```
     /// use corepool::{Barrier, Process};
@@ -166,7 +185,6 @@ impl Barrier {
     /// }
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let barrier = Barrier::new(2)?;
     ///     let other = Process::start(meet, barrier.clone())?;
     ///     let mine = barrier.wait()?;
@@ -224,43 +242,80 @@ impl Barrier {
 
     fn wait_until(&self, deadline: Option<Instant>) -> Result<u32> {
         let lock = self.lock();
-        // The internal lock is held only for a few stores: no deadline.
-        let _ = lock.acquire(None);
-        if self.broken() {
+        loop {
+            // The internal lock is held only for a few stores: no deadline.
+            let _ = lock.acquire(None);
+            if self.broken() {
+                lock.release();
+                return Err(Error::BrokenBarrier);
+            }
+            // Relaxed, here and for the state below: the internal lock orders
+            // every access to it.
+            let generation = self.word(GENERATION_AT).load(Ordering::Relaxed);
+            let arrived = self.word(ARRIVED_AT).load(Ordering::Relaxed);
+            if arrived >= self.parties {
+                // Every party of this generation is in, and the last one is
+                // looking at the others: a caller beyond `parties` belongs
+                // to the next generation, and arrives once this one passed.
+                lock.release();
+                self.wait_for_generation(generation, deadline)?;
+                continue;
+            }
+            let index = arrived;
+            let (pid, tag) = self.slot(index);
+            pid.store(sys::current_pid(), Ordering::Relaxed);
+            tag.store(my_start_tag(), Ordering::Relaxed);
+            if index + 1 < self.parties {
+                self.word(ARRIVED_AT).store(index + 1, Ordering::Relaxed);
+                lock.release();
+                self.wait_for_generation(generation, deadline)?;
+                return Ok(index);
+            }
+            // The last to arrive: everybody passes, unless a party that
+            // arrived has died meanwhile (a waiter polling might not have
+            // noticed yet). The count says "all in", so that nobody takes
+            // this index while we look; our slot is recorded, so that if we
+            // die looking, the waiters' own checks break the barrier.
+            self.word(ARRIVED_AT).store(self.parties, Ordering::Relaxed);
+            let others = self.slots(index);
             lock.release();
-            return Err(Error::BrokenBarrier);
-        }
-        // Relaxed, here and for the state below: the internal lock orders
-        // every access to it.
-        let generation = self.word(GENERATION_AT).load(Ordering::Relaxed);
-        let index = self
-            .word(ARRIVED_AT)
-            .load(Ordering::Relaxed)
-            .min(self.parties - 1);
-        let (pid, tag) = self.slot(index);
-        pid.store(sys::current_pid(), Ordering::Relaxed);
-        tag.store(my_start_tag(), Ordering::Relaxed);
-        if index + 1 == self.parties {
-            // The last to arrive: everybody passes.
-            self.word(ARRIVED_AT).store(0, Ordering::Relaxed);
-            // Release pairs with the waiters' Acquire loads of the
-            // generation (in `passed`).
-            self.word(GENERATION_AT)
-                .store(generation.wrapping_add(1), Ordering::Release);
+            // Judged without the lock: judging reads `/proc`.
+            let died = self.any_dead(others);
+            let _ = lock.acquire(None);
+            // Still ours unless a waiter's timeout, a waiter's death check
+            // or `abort` broke it meanwhile (nothing else moves the
+            // generation: only we may trip it).
+            let ours =
+                !self.broken() && self.word(GENERATION_AT).load(Ordering::Relaxed) == generation;
+            if ours && !died {
+                self.word(ARRIVED_AT).store(0, Ordering::Relaxed);
+                // Release pairs with the waiters' Acquire loads of the
+                // generation (in `wait_for_generation`).
+                self.word(GENERATION_AT)
+                    .store(generation.wrapping_add(1), Ordering::Release);
+                lock.release();
+                self.event().notify_all();
+                return Ok(index);
+            }
+            if ours {
+                self.break_locked();
+            }
             lock.release();
             self.event().notify_all();
-            return Ok(index);
+            return Err(Error::BrokenBarrier);
         }
-        self.word(ARRIVED_AT).store(index + 1, Ordering::Relaxed);
-        lock.release();
+    }
 
+    /// Waits until `generation` has passed (`Ok`) or the barrier broke;
+    /// breaks it on the deadline, or when a party that arrived died.
+    fn wait_for_generation(&self, generation: u32, deadline: Option<Instant>) -> Result<()> {
         let passed = || self.word(GENERATION_AT).load(Ordering::Acquire) != generation;
         let mut death_check = DEATH_CHECK_FIRST;
         loop {
             // The generation first: a waiter whose generation passed has
             // passed, even if the barrier broke afterwards.
             if passed() {
-                return Ok(index);
+                return Ok(());
             }
             if self.broken() {
                 return Err(Error::BrokenBarrier);
@@ -276,29 +331,42 @@ impl Barrier {
         }
     }
 
+    /// The index, pid and tag of the first `count` slots (the caller holds
+    /// the internal lock; `count <= parties`).
+    fn slots(&self, count: u32) -> Vec<(u32, u32, u32)> {
+        (0..count.min(self.parties))
+            .map(|i| {
+                let (pid, tag) = self.slot(i);
+                (i, pid.load(Ordering::Relaxed), tag.load(Ordering::Relaxed))
+            })
+            .collect()
+    }
+
+    /// Whether one of `slots` (from [`slots`](Self::slots)) names a process
+    /// that is definitely dead. Each process is judged once, however many
+    /// of its threads wait; threads of this process cost no `/proc` read.
+    fn any_dead(&self, mut slots: Vec<(u32, u32, u32)>) -> bool {
+        slots.sort_unstable_by_key(|&(_, pid, tag)| (pid, tag));
+        slots.dedup_by_key(|&mut (_, pid, tag)| (pid, tag));
+        // A waiting party maps the barrier: its slot's tag word, in our
+        // mapping, names the object.
+        slots.into_iter().any(|(i, pid, tag)| {
+            let word = OwnerTag::new(self.slot(i).1);
+            holder_is_dead(i32::try_from(pid).unwrap_or(-1), tag, word)
+        })
+    }
+
     /// Whether a party that arrived in this generation is dead. Reads the
     /// slots under the lock and judges them after releasing it (judging
     /// reads `/proc`).
     fn a_party_died(&self) -> bool {
         let lock = self.lock();
         let _ = lock.acquire(None);
-        let arrived = self
-            .word(ARRIVED_AT)
-            .load(Ordering::Relaxed)
-            .min(self.parties);
-        let parties: Vec<(u32, u32, u32)> = (0..arrived)
-            .map(|i| {
-                let (pid, tag) = self.slot(i);
-                (i, pid.load(Ordering::Relaxed), tag.load(Ordering::Relaxed))
-            })
-            .collect();
+        // Bounded by `slots`: the word is shared memory.
+        let arrived = self.word(ARRIVED_AT).load(Ordering::Relaxed);
+        let parties = self.slots(arrived);
         lock.release();
-        // A waiting party maps the barrier: its slot's tag word, in our
-        // mapping, names the object.
-        parties.into_iter().any(|(i, pid, tag)| {
-            let word = OwnerTag::new(self.slot(i).1);
-            holder_is_dead(i32::try_from(pid).unwrap_or(-1), tag, word)
-        })
+        self.any_dead(parties)
     }
 
     /// Breaks the barrier if `generation` is still waiting, and wakes
@@ -386,6 +454,35 @@ mod tests {
             "broken by the dead party, not by the timeout"
         );
         assert!(b.broken());
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "judges a pid dead through the kernel")]
+    fn the_last_arrival_breaks_it_for_a_dead_party_instead_of_tripping() {
+        let b = Barrier::new(2).unwrap();
+        // The only other party arrived and died: above any pid_max.
+        let (pid, _) = b.slot(0);
+        pid.store(i32::MAX as u32 - 1, Ordering::Relaxed);
+        b.word(ARRIVED_AT).store(1, Ordering::Relaxed);
+        assert_eq!(
+            b.wait_timeout(Duration::from_secs(3_600)).unwrap_err(),
+            Error::BrokenBarrier,
+            "not tripped with a dead party"
+        );
+        assert!(b.broken());
+        assert_eq!(b.n_waiting(), 0);
+    }
+
+    #[test]
+    fn callers_beyond_the_parties_pass_with_the_next_generation() {
+        let b = Barrier::new(2).unwrap();
+        let mut indices: Vec<u32> = std::thread::scope(|s| {
+            let all: Vec<_> = (0..6).map(|_| s.spawn(|| b.wait().unwrap())).collect();
+            all.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        indices.sort();
+        assert_eq!(indices, [0, 0, 0, 1, 1, 1], "three generations of two");
+        assert!(!b.broken());
     }
 
     #[test]

@@ -35,7 +35,7 @@ const BYTES: usize = 64;
 /// fn produce(arg: (Condition, Value<u64>)) {
 ///     let (ready, items) = arg;
 ///     let mut held = ready.acquire().unwrap();
-///     items.set(3);
+///     items.set(3).unwrap();
 ///     held.notify_all();
 /// }
 ///
@@ -66,7 +66,7 @@ pub struct Condition {
 /// std::thread::scope(|s| {
 ///     s.spawn(|| {
 ///         let mut held = c.acquire().unwrap();
-///         ready.set(1);
+///         ready.set(1).unwrap();
 ///         held.notify_all();
 ///     });
 ///     let mut held = c.acquire().unwrap();

@@ -28,7 +28,7 @@ const SLEEPERS_AT: usize = 20;
 
 /// This thread's token: a number no other thread of this process has had,
 /// never 0. Together with the pid it names the owner of an [`RLock`].
-fn my_thread_token() -> u32 {
+pub(crate) fn my_thread_token() -> u32 {
     use std::sync::atomic::AtomicU32 as Counter;
     static NEXT: Counter = Counter::new(1);
     thread_local! {
@@ -218,7 +218,7 @@ impl<'a> RawLock<'a> {
 ///     let (lock, total) = arg;
 ///     for _ in 0..10 {
 ///         let _held = lock.acquire().unwrap();
-///         total.set(total.get() + 1); // a compound update, under the lock
+///         total.set(total.get() + 1).unwrap(); // a compound update, under the lock
 ///     }
 /// }
 ///

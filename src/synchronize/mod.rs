@@ -23,7 +23,15 @@
 //! a barrier's parties) wake now and then to look, at most every
 //! [`DEATH_CHECK_MAX`] and sooner at first.
 //!
-//! Every wait has a `_timeout` form, and every structure reads the shared
+//! Each object holds one descriptor (its segment's memfd) and one mapping in
+//! every process that has it (a [`Condition`], two: its own and its
+//! lock's); so do a [`Value`](crate::Value) and an
+//! [`AtomicValue`](crate::AtomicValue). Under `ulimit -n` 1024 that is
+//! room for hundreds; past it, `new` is a typed
+//! [`Error::SharedMemory`](crate::Error::SharedMemory) that says so.
+//!
+//! Every wait has a `_timeout` form (a [`Value`](crate::Value)'s `lock`,
+//! `set` and `update` too), and every structure reads the shared
 //! words as untrusted input: any value in them is handled without undefined
 //! behaviour, panics or unbounded loops. One file per concept: `lock.rs`,
 //! `semaphore.rs`, `event.rs`, `condition.rs`, `barrier.rs`; the layouts are
@@ -38,6 +46,7 @@ mod semaphore;
 pub use barrier::Barrier;
 pub use condition::{Condition, ConditionGuard};
 pub use event::Event;
+pub(crate) use lock::my_thread_token;
 pub use lock::{Lock, LockGuard, RLock, RLockGuard};
 pub use semaphore::{BoundedSemaphore, Semaphore, SemaphoreGuard};
 

@@ -76,7 +76,6 @@ atomic_int!(u32 => AtomicU32, i32 => AtomicI32, u64 => AtomicU64, i64 => AtomicI
 /// use corepool::{AtomicValue, Pool};
 ///
 /// fn main() {
-///     corepool::init();
 ///     let hits = AtomicValue::<u64>::new(0).unwrap();
 ///     let pool = Pool::new(2).unwrap();
 ///     pool.map(|h: AtomicValue<u64>| { h.fetch_add(1); }, vec![hits.clone(); 100]).unwrap();

@@ -10,10 +10,11 @@
 //! sequence word, odd while a writer works, lets them copy the value and
 //! retry if it changed meanwhile.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::shm::handle::{type_tag, SharedSegment};
-use crate::shm::owner::{holder_is_dead, OwnerTag};
-use crate::shm::park::Spinner;
+use crate::shm::owner::{holder_is_dead, my_start_tag, OwnerTag, UNKNOWN};
+use crate::shm::park::{deadline_after, Spinner};
+use crate::synchronize::my_thread_token;
 use crate::sys;
 use crate::wire::{decode_error, Encoder, Wire};
 use bytemuck::Pod;
@@ -21,7 +22,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const LOCK_AT: usize = 0;
 const SEQ_AT: usize = 4;
@@ -30,7 +31,13 @@ const OWNER_AT: usize = 8;
 /// How many lockers sleep on the lock word: an unlock makes a futex wake only
 /// when some do (a dead sleeper leaves it high: a wasted wake, never a lost one).
 const SLEEPERS_AT: usize = 12;
+/// The holding thread's token (`synchronize::my_thread_token`), beside its
+/// pid: tells this process's threads whether they hold it themselves.
+const THREAD_AT: usize = 16;
 const DATA_AT: usize = 64;
+/// How long a waiter sleeps on a live holder before it looks again whether
+/// the holder died.
+const DEATH_CHECK: Duration = Duration::from_millis(1);
 
 /// A plain-data value shared between processes, behind a lock a dead holder
 /// cannot wedge.
@@ -40,12 +47,11 @@ const DATA_AT: usize = 64;
 ///
 /// fn add_ten(total: Value<[u64; 2]>) {
 ///     for _ in 0..10 {
-///         total.update(|t| { t[0] += 1; t[1] += 2; });
+///         total.update(|t| { t[0] += 1; t[1] += 2; }).unwrap();
 ///     }
 /// }
 ///
 /// fn main() {
-///     corepool::init();
 ///     let total = Value::new([0u64; 2]).unwrap();
 ///     let kids: Vec<_> = (0..2).map(|_| Process::start(add_ten, total.clone()).unwrap()).collect();
 ///     for k in kids {
@@ -89,7 +95,7 @@ impl<T: Pod> Value<T> {
     /// }
     ///
     /// let p = corepool::Value::new(Progress { done: 0, failed: 0 }).unwrap();
-    /// p.update(|p| p.done += 1);
+    /// p.update(|p| p.done += 1).unwrap();
     /// assert_eq!(p.get(), Progress { done: 1, failed: 0 });
     /// ```
     ///
@@ -109,7 +115,7 @@ impl<T: Pod> Value<T> {
     }
 
     fn word(&self, at: usize) -> &AtomicU32 {
-        // SAFETY: `at` is LOCK_AT, SEQ_AT, OWNER_AT or SLEEPERS_AT: in bounds, since every segment
+        // SAFETY: `at` is LOCK_AT, SEQ_AT, OWNER_AT, SLEEPERS_AT or THREAD_AT: in bounds, since every segment
         // behind a `Value` has at least DATA_AT bytes (sized in `new`, checked
         // in `decode`), and 4-aligned, since the mapping is page-aligned (8 in
         // Miri's stand-in). It lives as long as `map`, to which the reference
@@ -277,17 +283,56 @@ impl<T: Pod> Value<T> {
         }
     }
 
-    /// Replaces the value.
+    /// Replaces the value, waiting for the lock as long as it takes (a dead
+    /// holder's lock is taken over as soon as its death is visible).
     ///
     /// ```
     /// let flags = corepool::Value::new(0u8).unwrap();
     /// let seen_by_others = flags.clone(); // a clone (or a copy sent to a process) shares it
-    /// flags.set(0b101);
+    /// flags.set(0b101).unwrap();
     /// assert_eq!(seen_by_others.get(), 0b101);
     /// ```
-    pub fn set(&self, value: T) {
-        let _lock = self.take_lock();
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Deadlock`] when this thread holds the value's lock (a
+    /// [`ValueGuard`] from [`lock`](Self::lock) is alive): write through the
+    /// guard ([`ValueGuard::set`]) instead. Nothing is written.
+    pub fn set(&self, value: T) -> Result<()> {
+        self.set_until(value, None)
+    }
+
+    /// As [`set`](Self::set), waiting at most `timeout` for the lock: for a
+    /// holder that may be stopped (`SIGSTOP`, a debugger), which is alive
+    /// and so is never taken over.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let v = corepool::Value::new(1u32).unwrap();
+    /// v.set_timeout(2, Duration::from_secs(1)).unwrap();
+    /// let held = v.lock().unwrap();
+    /// # let other = std::thread::spawn({ let v = v.clone(); move || {
+    /// // Another thread (or process) meanwhile:
+    /// let err = v.set_timeout(3, Duration::from_millis(1)).unwrap_err();
+    /// assert_eq!(err, corepool::Error::Timeout);
+    /// # }});
+    /// # other.join().unwrap();
+    /// drop(held);
+    /// assert_eq!(v.get(), 2);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when the lock stayed held that long (nothing is
+    /// written); [`Error::Deadlock`] as for `set`.
+    pub fn set_timeout(&self, value: T, timeout: Duration) -> Result<()> {
+        self.set_until(value, deadline_after(timeout))
+    }
+
+    fn set_until(&self, value: T, deadline: Option<Instant>) -> Result<()> {
+        let _lock = self.take_lock(deadline)?;
         self.write_locked(&value);
+        Ok(())
     }
 
     /// Changes the value under the lock and returns what `f` returns: the way
@@ -296,8 +341,8 @@ impl<T: Pod> Value<T> {
     /// `f` works on a copy; the value changes only once it returns, so
     /// readers keep seeing the old value meanwhile, and if `f` panics the
     /// value stays as it was and the lock is released. `f` may call
-    /// [`Value::get`] on this value, but not `set` or `update`: the lock is
-    /// not reentrant.
+    /// [`Value::get`] on this value; its `set`, `update` and `lock` fail with
+    /// [`Error::Deadlock`] there, since the lock is not reentrant.
     ///
     /// ```
     /// let stats = corepool::Value::new([0u64; 2]).unwrap(); // [count, sum]
@@ -305,18 +350,45 @@ impl<T: Pod> Value<T> {
     ///     stats.update(|s| {
     ///         s[0] += 1;
     ///         s[1] += x;
-    ///     });
+    ///     }).unwrap();
     /// }
-    /// let mean = stats.update(|s| s[1] / s[0]); // returns what the closure returns
+    /// let mean = stats.update(|s| s[1] / s[0]).unwrap(); // returns what the closure returns
     /// assert_eq!((stats.get(), mean), ([3, 12], 4));
     /// ```
-    pub fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        let _lock = self.take_lock();
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Deadlock`] when this thread holds the value's lock (inside
+    /// another `update`'s `f`, or while a [`ValueGuard`] is alive): `f` is
+    /// not called, nothing is written.
+    pub fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> Result<R> {
+        self.update_until(None, f)
+    }
+
+    /// As [`update`](Self::update), waiting at most `timeout` for the lock.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let hits = corepool::Value::new(0u64).unwrap();
+    /// let now = hits.update_timeout(Duration::from_secs(1), |h| { *h += 1; *h }).unwrap();
+    /// assert_eq!(now, 1);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when the lock stayed held that long (`f` is not
+    /// called); [`Error::Deadlock`] as for `update`.
+    pub fn update_timeout<R>(&self, timeout: Duration, f: impl FnOnce(&mut T) -> R) -> Result<R> {
+        self.update_until(deadline_after(timeout), f)
+    }
+
+    fn update_until<R>(&self, deadline: Option<Instant>, f: impl FnOnce(&mut T) -> R) -> Result<R> {
+        let _lock = self.take_lock(deadline)?;
         // Under the lock, no write overlaps this copy.
         let mut value = self.load_data();
         let out = f(&mut value);
         self.write_locked(&value);
-        out
+        Ok(out)
     }
 
     /// Takes the value's lock for a compound update (Python's
@@ -326,92 +398,180 @@ impl<T: Pod> Value<T> {
     /// taken over, as for `update`. Readers ([`Value::get`]) never wait for
     /// it.
     ///
-    /// The lock is not reentrant: calling `set`, `update` or `lock` on this
-    /// value while the guard lives waits forever.
+    /// The lock is held by a thread, and is not reentrant: while the guard
+    /// lives, this thread's `set`, `update` and `lock` on the value fail
+    /// with [`Error::Deadlock`] instead of waiting forever (as
+    /// [`Lock`](crate::Lock) does).
     ///
     /// ```
     /// let balance = corepool::Value::new(100i64).unwrap();
-    /// let mut held = balance.lock();
+    /// let mut held = balance.lock().unwrap();
     /// let now = held.get();
     /// if now >= 30 {
     ///     held.set(now - 30); // check-then-act, with nobody in between
     /// }
+    /// assert_eq!(balance.set(0), Err(corepool::Error::Deadlock)); // the guard holds it
     /// drop(held);
     /// assert_eq!(balance.get(), 70);
     /// ```
-    pub fn lock(&self) -> ValueGuard<'_, T> {
-        self.take_lock()
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Deadlock`] when this thread already holds it.
+    pub fn lock(&self) -> Result<ValueGuard<'_, T>> {
+        self.take_lock(None)
     }
 
-    /// Takes the lock, from a dead holder if need be; it is released when the
-    /// returned guard drops.
-    fn take_lock(&self) -> ValueGuard<'_, T> {
-        let lock = self.word(LOCK_AT);
-        let me = crate::sys::current_pid();
+    /// As [`lock`](Self::lock), waiting at most `timeout`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let v = corepool::Value::new(5u8).unwrap();
+    /// let held = v.lock_timeout(Duration::from_secs(1)).unwrap();
+    /// assert!(!held.previous_holder_died());
+    /// assert_eq!(v.lock_timeout(Duration::from_secs(1)).unwrap_err(), corepool::Error::Deadlock);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when it stayed held that long;
+    /// [`Error::Deadlock`] when this thread already holds it.
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<ValueGuard<'_, T>> {
+        self.take_lock(deadline_after(timeout))
+    }
+
+    /// Takes the lock if it is free or its holder is dead, without waiting;
+    /// `None` while a live holder (this thread included) has it.
+    ///
+    /// ```
+    /// let v = corepool::Value::new(5u8).unwrap();
+    /// let mut held = v.try_lock().expect("free");
+    /// assert!(v.try_lock().is_none()); // held (here by this very thread)
+    /// held.set(6);
+    /// drop(held);
+    /// assert_eq!(v.try_lock().map(|g| g.get()), Some(6));
+    /// ```
+    pub fn try_lock(&self) -> Option<ValueGuard<'_, T>> {
+        if self.held_by_me() {
+            return None;
+        }
+        self.try_once(true).ok()
+    }
+
+    /// Whether the calling thread holds the lock.
+    fn held_by_me(&self) -> bool {
+        // Acquire: pairs with the Release store in `unlock` (through the
+        // release sequence our CAS continues), so a thread word left by an
+        // earlier holder of this process was cleared before we read it.
+        let holder = self.word(LOCK_AT).load(Ordering::Acquire);
+        // Relaxed: only this thread ever writes its own token there, so
+        // reading our token means we wrote it. The tag tells us from a dead
+        // process whose pid we reused (whose token may equal ours): its
+        // recorded tag is not ours.
+        let tag = self.owner().read();
+        holder == sys::current_pid()
+            && self.word(THREAD_AT).load(Ordering::Relaxed) == my_thread_token()
+            && (tag == UNKNOWN || tag == my_start_tag())
+    }
+
+    /// Takes the lock, from a dead holder if need be, waiting until
+    /// `deadline` (forever if `None`); it is released when the returned
+    /// guard drops.
+    fn take_lock(&self, deadline: Option<Instant>) -> Result<ValueGuard<'_, T>> {
+        if self.held_by_me() {
+            return Err(Error::Deadlock);
+        }
         let mut spinner = Spinner::new();
         loop {
-            // Acquire: pairs with the Release store in `unlock`, so the last
-            // holder's writes (data and sequence) are visible to us. Acquire
-            // on failure too: the holder we read was recorded after an
-            // `unlock` that cleared the tag before its Release store, so the
-            // tag we then read is that holder's or UNKNOWN, never the last
-            // holder's.
-            match lock.compare_exchange(0, me, Ordering::Acquire, Ordering::Acquire) {
-                Ok(_) => {
-                    self.owner().record_mine();
-                    return ValueGuard::new(self, false);
-                }
-                // A short spin first, without looking at /proc: most
-                // holders release within it.
-                Err(_) if spinner.spin() => {}
+            // A short spin first, without looking at /proc: most holders
+            // release within it.
+            let spinning = spinner.spin();
+            match self.try_once(!spinning) {
+                Ok(guard) => return Ok(guard),
+                Err(_) if spinning => {}
                 Err(holder) => {
-                    if let Some(tag) = self.dead_holder_tag(holder) {
-                        // The holder died in its critical section: take
-                        // over, its tag forgotten first so that ours
-                        // replaces it.
-                        self.owner().forget(tag);
-                        // AcqRel. Acquire: the dead holder never released,
-                        // but its CAS continued the release sequence of the
-                        // `unlock` before it, so this pairs with that Release
-                        // store in `unlock`. Release: orders `forget` above
-                        // before our pid, so a checker that reads our pid
-                        // (Acquire) never pairs it with the dead holder's tag
-                        // and takes the lock from us (as the queue's repair
-                        // CAS, shm/mpmc/slot.rs).
-                        if lock
-                            .compare_exchange(holder, me, Ordering::AcqRel, Ordering::Relaxed)
-                            .is_ok()
-                        {
-                            self.owner().record_mine();
-                            self.restore();
-                            return ValueGuard::new(self, true);
-                        }
-                    } else {
-                        self.sleep_while_held(holder);
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    if left.is_some_and(|l| l.is_zero()) {
+                        return Err(Error::Timeout);
                     }
+                    self.sleep_while_held(holder, left);
                 }
             }
         }
     }
 
-    /// Sleeps a little on the lock word while `holder` holds it; a live
-    /// holder wakes us when it unlocks, the timeout brings us back to check
-    /// whether it died.
-    fn sleep_while_held(&self, holder: u32) {
+    /// One attempt: takes a free lock, or (with `check_death`) a dead
+    /// holder's. `Err(holder)` when a live (or unknowable) holder has it.
+    fn try_once(&self, check_death: bool) -> std::result::Result<ValueGuard<'_, T>, u32> {
+        let lock = self.word(LOCK_AT);
+        let me = sys::current_pid();
+        // Acquire: pairs with the Release store in `unlock`, so the last
+        // holder's writes (data and sequence) are visible to us. Acquire on
+        // failure too: the holder we read was recorded after an `unlock`
+        // that cleared the tag before its Release store, so the tag we then
+        // read is that holder's or UNKNOWN, never the last holder's.
+        let holder = match lock.compare_exchange(0, me, Ordering::Acquire, Ordering::Acquire) {
+            Ok(_) => {
+                self.taken();
+                return Ok(ValueGuard::new(self, false));
+            }
+            Err(holder) => holder,
+        };
+        if !check_death {
+            return Err(holder);
+        }
+        let Some(tag) = self.dead_holder_tag(holder) else {
+            return Err(holder);
+        };
+        // The holder died in its critical section: take over, its tag
+        // forgotten first so that ours replaces it.
+        self.owner().forget(tag);
+        // AcqRel. Acquire: the dead holder never released, but its CAS
+        // continued the release sequence of the `unlock` before it, so this
+        // pairs with that Release store in `unlock`. Release: orders
+        // `forget` above before our pid, so a checker that reads our pid
+        // (Acquire) never pairs it with the dead holder's tag and takes the
+        // lock from us (as the queue's repair CAS, shm/mpmc/slot.rs).
+        match lock.compare_exchange(holder, me, Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => {
+                self.taken();
+                self.restore();
+                Ok(ValueGuard::new(self, true))
+            }
+            Err(now) => Err(now),
+        }
+    }
+
+    /// Records the new holder (this thread), just after winning the word.
+    fn taken(&self) {
+        self.owner().record_mine();
+        // Relaxed: read only by this process's threads, each looking for its
+        // own token (see `held_by_me`).
+        self.word(THREAD_AT)
+            .store(my_thread_token(), Ordering::Relaxed);
+    }
+
+    /// Sleeps a little on the lock word while `holder` holds it (at most
+    /// `left`); a live holder wakes us when it unlocks, the timeout brings
+    /// us back to check whether it died.
+    fn sleep_while_held(&self, holder: u32, left: Option<Duration>) {
         let lock = self.word(LOCK_AT);
         let sleepers = self.word(SLEEPERS_AT);
+        let nap = left.map_or(DEATH_CHECK, |l| l.min(DEATH_CHECK));
         // SeqCst, with the SeqCst fence in `unlock`: either the unlocker
         // sees our count and wakes us, or the kernel's re-read of the lock
         // word inside `futex_wait` (ordered after this increment) sees the
         // unlock and we do not sleep.
         sleepers.fetch_add(1, Ordering::SeqCst);
-        sys::futex_wait(lock, holder, Some(Duration::from_millis(1)));
+        sys::futex_wait(lock, holder, Some(nap));
         // Relaxed: only a hint for unlockers; a stale count costs one wake.
         sleepers.fetch_sub(1, Ordering::Relaxed);
     }
 
     fn unlock(&self) {
         let lock = self.word(LOCK_AT);
+        // Relaxed: ordered before the next holder by the Release store below.
+        self.word(THREAD_AT).store(0, Ordering::Relaxed);
         self.owner().clear();
         // Release: pairs with the Acquire CASes in `take_lock`, so the next holder
         // sees our writes.
@@ -459,15 +619,18 @@ impl<T: Pod> Value<T> {
         // own CAS.
         let holder = lock.load(Ordering::Acquire);
         if holder != 0 && self.dead_holder_tag(holder).is_some() {
-            // Takes it over and restores the value; the guard unlocks.
-            drop(self.take_lock());
+            // Takes it over and restores the value; the guard unlocks. (Not
+            // ours: a thread holding it never leaves the sequence odd.)
+            drop(self.take_lock(None));
         }
     }
 
     /// Test hook: takes the lock, starts a write and dies there.
     #[cfg(feature = "fault-injection")]
     pub(crate) fn lock_and_abort(&self) -> ! {
-        let lock = self.take_lock();
+        let Ok(lock) = self.take_lock(None) else {
+            std::process::abort()
+        };
         std::mem::forget(lock);
         let seq = self.word(SEQ_AT);
         // Relaxed: a write that never ends; nobody is meant to see its data.
@@ -484,13 +647,12 @@ impl<T: Pod> Value<T> {
 /// use corepool::{Process, Value};
 ///
 /// fn deposit(account: Value<i64>) {
-///     let mut held = account.lock();
+///     let mut held = account.lock().unwrap();
 ///     let balance = held.get();
 ///     held.set(balance + 10); // nobody else reads or writes in between
 /// }
 ///
 /// fn main() -> corepool::Result<()> {
-///     corepool::init();
 ///     let account = Value::new(0i64)?;
 ///     let children: Vec<_> = (0..3)
 ///         .map(|_| Process::start(deposit, account.clone()))
@@ -522,7 +684,7 @@ impl<'a, T: Pod> ValueGuard<'a, T> {
     ///
     /// ```
     /// let v = corepool::Value::new(5u32).unwrap();
-    /// assert_eq!(v.lock().get(), 5);
+    /// assert_eq!(v.lock().unwrap().get(), 5);
     /// ```
     pub fn get(&self) -> T {
         // Under the lock, no write overlaps this copy.
@@ -533,7 +695,7 @@ impl<'a, T: Pod> ValueGuard<'a, T> {
     ///
     /// ```
     /// let v = corepool::Value::new(5u32).unwrap();
-    /// v.lock().set(6);
+    /// v.lock().unwrap().set(6);
     /// assert_eq!(v.get(), 6);
     /// ```
     pub fn set(&mut self, value: T) {
@@ -547,7 +709,7 @@ impl<'a, T: Pod> ValueGuard<'a, T> {
     ///
     /// ```
     /// let v = corepool::Value::new(0u8).unwrap();
-    /// assert!(!v.lock().previous_holder_died());
+    /// assert!(!v.lock().unwrap().previous_holder_died());
     /// ```
     pub fn previous_holder_died(&self) -> bool {
         self.owner_died
@@ -602,12 +764,13 @@ mod tests {
     fn value_round_trips_in_process() {
         let v = Value::new([1.0f32, 2.5]).unwrap();
         assert_eq!(v.get(), [1.0, 2.5]);
-        v.set([3.0, 4.5]);
+        v.set([3.0, 4.5]).unwrap();
         assert_eq!(
             v.update(|x| {
                 x[0] += 1.0;
                 x[0]
-            }),
+            })
+            .unwrap(),
             4.0
         );
         assert_eq!(v.get(), [4.0, 4.5]);
@@ -616,14 +779,14 @@ mod tests {
     #[test]
     fn a_guard_reads_and_writes_under_the_lock() {
         let v = Value::new(10u32).unwrap();
-        let mut held = v.lock();
+        let mut held = v.lock().unwrap();
         assert!(!held.previous_holder_died());
         let now = held.get();
         held.set(now + 5);
         assert_eq!(v.get(), 15, "readers see it at once");
         drop(held);
-        v.update(|x| *x += 1); // the lock was released
-        assert_eq!(v.lock().get(), 16);
+        v.update(|x| *x += 1).unwrap(); // the lock was released
+        assert_eq!(v.lock().unwrap().get(), 16);
     }
 
     #[test]
@@ -632,7 +795,7 @@ mod tests {
         let v = Value::new(7u64).unwrap();
         v.word(LOCK_AT)
             .store(i32::MAX as u32 - 1, Ordering::Relaxed);
-        let held = v.lock();
+        let held = v.lock().unwrap();
         assert!(held.previous_holder_died());
         assert_eq!(held.get(), 7);
     }
@@ -649,7 +812,7 @@ mod tests {
             .store(i32::MAX as u32 - 1, Ordering::Relaxed);
         v.word(SEQ_AT).store(1, Ordering::Relaxed);
         assert_eq!(v.get(), 7, "a reader repairs it");
-        v.set(8);
+        v.set(8).unwrap();
         assert_eq!(v.get(), 8);
     }
 
@@ -672,7 +835,7 @@ mod tests {
                 .store(real.wrapping_add(1).max(1), Ordering::Relaxed);
             v.word(SEQ_AT).store(1, Ordering::Relaxed);
             assert_eq!(v.get(), 7, "a reader repairs it");
-            v.update(|x| *x += 1);
+            v.update(|x| *x += 1).unwrap();
             assert_eq!(v.get(), 8, "a writer takes the lock");
             let _ = other.kill();
             let _ = other.wait();
@@ -732,7 +895,7 @@ mod tests {
                 })
                 .collect();
             for i in 1..=writes {
-                v.set([i; 8]);
+                v.set([i; 8]).unwrap();
             }
             // Release: pairs with the readers' Acquire loads of `done`.
             done.store(true, Ordering::Release);
@@ -757,7 +920,8 @@ mod tests {
                                 let n = u32::from_le_bytes([x[9], x[10], x[11], x[12]]) + 1;
                                 x[9..].copy_from_slice(&n.to_le_bytes());
                                 x[0] = x[0].wrapping_add(1);
-                            });
+                            })
+                            .unwrap();
                         }
                     })
                 })
@@ -769,6 +933,86 @@ mod tests {
             assert_eq!(u32::from_le_bytes([x[9], x[10], x[11], x[12]]), 2 * per);
             assert_eq!(x[0], (2 * per) as u8);
         });
+    }
+
+    #[test]
+    fn re_entry_on_the_holding_thread_is_a_deadlock_error_not_a_hang() {
+        with_watchdog(|| {
+            let v = Value::new(1u64).unwrap();
+            let mut held = v.lock().unwrap();
+            assert_eq!(v.set(5), Err(Error::Deadlock));
+            let mut called = false;
+            assert_eq!(v.update(|_| called = true), Err(Error::Deadlock));
+            assert!(!called, "f is not called");
+            assert_eq!(v.lock().unwrap_err(), Error::Deadlock);
+            let long = Duration::from_secs(3_600);
+            assert_eq!(v.lock_timeout(long).unwrap_err(), Error::Deadlock);
+            assert_eq!(v.set_timeout(5, long), Err(Error::Deadlock));
+            assert_eq!(v.update_timeout(long, |_| ()), Err(Error::Deadlock));
+            assert!(v.try_lock().is_none());
+            held.set(2);
+            drop(held);
+            assert_eq!(v.get(), 2, "nothing written by the refused calls");
+            // Inside `update`'s closure too.
+            let inner = v.update(|x| {
+                *x += 1;
+                v.set(9)
+            });
+            assert_eq!(inner, Ok(Err(Error::Deadlock)));
+            assert_eq!(v.get(), 3);
+            v.set(4).unwrap();
+            assert_eq!(v.try_lock().map(|g| g.get()), Some(4), "released");
+        });
+    }
+
+    #[test]
+    fn a_live_holder_on_another_thread_times_out_the_timeout_forms() {
+        with_watchdog(|| {
+            let v = Value::new(1u64).unwrap();
+            let (held_tx, held_rx) = std::sync::mpsc::channel();
+            let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+            let holder = {
+                let v = v.clone();
+                std::thread::spawn(move || {
+                    let guard = v.lock().unwrap();
+                    held_tx.send(()).unwrap();
+                    let _ = release_rx.recv();
+                    drop(guard);
+                })
+            };
+            held_rx.recv().unwrap();
+            let short = Duration::from_millis(1);
+            assert_eq!(v.lock_timeout(short).unwrap_err(), Error::Timeout);
+            assert_eq!(v.set_timeout(7, short), Err(Error::Timeout));
+            let mut called = false;
+            assert_eq!(
+                v.update_timeout(short, |_| called = true),
+                Err(Error::Timeout)
+            );
+            assert!(!called);
+            assert!(v.try_lock().is_none(), "held by a live thread");
+            release_tx.send(()).unwrap();
+            holder.join().unwrap();
+            assert_eq!(v.get(), 1);
+            v.set_timeout(7, Duration::from_secs(3_600)).unwrap();
+            assert_eq!(v.get(), 7);
+        });
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "reads this process's start time from /proc")]
+    fn a_dead_process_that_had_our_pid_is_not_taken_for_this_thread() {
+        let v = Value::new(7u64).unwrap();
+        // The lock names our pid and this thread's token, with another
+        // start time: a dead process whose pid we reused (its token may
+        // equal ours). Not a deadlock: its lock is taken over.
+        v.word(LOCK_AT).store(sys::current_pid(), Ordering::Relaxed);
+        v.word(THREAD_AT)
+            .store(my_thread_token(), Ordering::Relaxed);
+        v.word(OWNER_AT)
+            .store(my_start_tag().wrapping_add(1).max(1), Ordering::Relaxed);
+        let held = v.lock().unwrap();
+        assert!(held.previous_holder_died());
     }
 
     #[test]
@@ -784,7 +1028,7 @@ mod tests {
             });
             assert!(r.is_err());
             assert_eq!(v.get(), 1, "the half-done change is dropped");
-            v.update(|x| *x += v.get()); // a reader inside `update` is fine
+            v.update(|x| *x += v.get()).unwrap(); // a reader inside `update` is fine
             assert_eq!(v.get(), 2, "the lock was released");
         });
     }

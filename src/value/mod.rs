@@ -10,6 +10,12 @@
 //! valid `T`). Readers do not lock at all: a sequence word (odd while a
 //! writer works) lets them copy the value and retry if it changed meanwhile.
 //!
+//! A thread that holds a [`Value`]'s lock (a [`ValueGuard`]) and asks for it
+//! again (`lock`, `set`, `update`) gets
+//! [`Error::Deadlock`](crate::Error::Deadlock), not a hang; each of these
+//! has a `_timeout` form, and [`Value::try_lock`] does not wait. Each value
+//! holds one descriptor (its segment) in every process that has it.
+//!
 //! The two live in their own files: [`Value`] and its lock in `locked.rs`,
 //! [`AtomicValue`] in `atomic.rs`.
 
