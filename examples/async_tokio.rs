@@ -18,7 +18,6 @@ fn primes_below(n: u64) -> u64 {
 
 #[tokio::main]
 async fn main() -> corepool::Result<()> {
-    corepool::init();
     let pool = Pool::builder().build()?;
 
     // Awaiting never blocks a runtime thread: a timer keeps ticking meanwhile.

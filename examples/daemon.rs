@@ -24,7 +24,6 @@ fn usage() -> ! {
 }
 
 fn main() {
-    corepool::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args
         .iter()

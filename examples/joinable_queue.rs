@@ -23,7 +23,6 @@ fn worker(arg: (JoinableQueue<u64>, Queue<(u64, u64)>)) -> u64 {
 }
 
 fn main() -> corepool::Result<()> {
-    corepool::init();
     // Neither queue is ever full: the parent puts all jobs without waiting
     // for a worker, as with Python's `JoinableQueue()` and `Queue()`.
     let jobs = JoinableQueue::<u64>::unbounded()?;

@@ -19,7 +19,6 @@ fn func(n: u64) -> u64 {
 }
 
 fn main() {
-    corepool::init();
     let n: u64 = match std::env::args().nth(1).map(|a| a.replace('_', "").parse()) {
         None => 200_000_000,
         Some(Ok(n)) if n > 0 => n,

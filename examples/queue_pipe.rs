@@ -56,7 +56,6 @@ fn arg(i: usize, default: u64) -> u64 {
 }
 
 fn main() {
-    corepool::init();
     let (values, trips) = (arg(1, 1_000_000), arg(2, 100_000));
 
     let q = Queue::<u64>::new(1024).expect("queue");

@@ -42,7 +42,6 @@ fn median(runs: usize, mut f: impl FnMut()) -> Duration {
 }
 
 fn main() -> corepool::Result<()> {
-    corepool::init();
     let mut args = std::env::args()
         .skip(1)
         .map(|a| a.parse::<usize>().expect("a number"));

@@ -15,7 +15,6 @@ use std::io;
 /// }
 ///
 /// fn main() -> corepool::Result<()> {
-///     corepool::init();
 ///     let p = Process::start(forever, 0)?;
 ///     p.kill()?;
 ///     assert!(p.join_timeout(std::time::Duration::from_secs(30)));

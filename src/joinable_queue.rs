@@ -47,7 +47,6 @@ struct UnfinishedCount;
 /// }
 ///
 /// fn main() {
-///     corepool::init();
 ///     let q = JoinableQueue::<u64>::unbounded().unwrap();
 ///     let w = Process::start(worker, q.clone()).unwrap();
 ///     for i in 0..100 {

@@ -60,7 +60,6 @@ fn now_ns() -> u64 {
 /// }
 ///
 /// fn main() {
-///     corepool::init();
 ///     let (mine, theirs) = Pipe::duplex::<String>().unwrap();
 ///     let child = Process::start(echo, theirs).unwrap();
 ///     mine.send(&"ping".to_string()).unwrap();
@@ -194,7 +193,6 @@ impl Pipe {
 /// }
 ///
 /// fn main() {
-///     corepool::init();
 ///     let (mine, theirs) = Pipe::duplex::<u64>().unwrap();
 ///     let child = Process::start(double, theirs).unwrap();
 ///     mine.send(&21).unwrap();

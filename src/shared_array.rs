@@ -63,7 +63,6 @@ const BLOCK_BYTES: usize = 32 * 1024;
 /// }
 ///
 /// fn main() {
-///     corepool::init();
 ///     let array = SharedArray::from_slice(&[1.0f64, 2.0, 3.0, 4.0]).unwrap();
 ///     let pool = Pool::new(2).unwrap();
 ///     pool.chunked(1).unwrap().map(scale, vec![(array.clone(), 0, 2), (array.clone(), 2, 4)]).unwrap();

@@ -100,7 +100,6 @@ fn clap_exit(e: &clap::Error) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    corepool::init();
     let args = match Args::try_parse() {
         Ok(args) => args,
         Err(e) => return clap_exit(&e),

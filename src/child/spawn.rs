@@ -29,7 +29,7 @@ use std::os::unix::process::ExitStatusExt;
 /// How to start the child.
 #[derive(Debug)]
 pub(crate) struct Reexec {
-    /// The environment variable that tells `corepool::init` what to be, and
+    /// The environment variable that tells the child's start-up hook (`entry`) what to be, and
     /// its value.
     pub env: (&'static str, String),
     /// The descriptors the child inherits, each under its own number (they

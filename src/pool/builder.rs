@@ -56,7 +56,6 @@ impl std::fmt::Debug for KeptAlive {
 ///
 /// ```
 /// fn main() {
-///     corepool::init();
 ///     let pool = corepool::Pool::builder()
 ///         .workers(2)
 ///         .pinning(corepool::Pinning::None)
@@ -124,7 +123,6 @@ impl PoolBuilder {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::builder().workers(2).build()?;
     ///     assert_eq!(pool.workers(), 2);
     ///     assert_eq!(pool.pids().len(), 2);
@@ -150,7 +148,6 @@ impl PoolBuilder {
     /// use corepool::{info, Pinning, Pool};
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let cpu = info::allowed_cpus()?[0];
     ///     let pool = Pool::builder().workers(2).pinning(Pinning::Cpus(vec![cpu])).build()?;
     ///     assert_eq!(pool.cpus(), &[Some(cpu), Some(cpu)]); // the list wraps around
@@ -188,7 +185,6 @@ impl PoolBuilder {
     /// }
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let allowed = info::allowed_cpus()?;
     ///     let pool = Pool::builder().cpus_per_worker(2).build()?;
     ///     assert_eq!(pool.workers(), (allowed.len() / 2).max(1));
@@ -216,7 +212,6 @@ impl PoolBuilder {
     /// use corepool::Pool;
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = Pool::builder().workers(1).ring_bytes(4096).build()?;
     ///     assert_eq!(pool.apply(|v: Vec<u8>| v.len(), vec![1u8; 100])?, 100);
     ///     // An argument larger than half the ring spills: slower, but it goes.
@@ -241,7 +236,6 @@ impl PoolBuilder {
     /// static READY: AtomicBool = AtomicBool::new(false);
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     // Runs in each worker: the flag is set there, not here.
     ///     let pool = Pool::builder()
     ///         .workers(1)
@@ -288,7 +282,6 @@ impl PoolBuilder {
     /// }
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::builder()
     ///         .workers(2)
     ///         .initializer_with(setup, "hello".to_string())
@@ -326,7 +319,6 @@ impl PoolBuilder {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::builder().workers(1).max_tasks_per_child(1).build()?;
     ///     let first = pool.apply(|_: ()| std::process::id(), ())?;
     ///     let second = pool.apply(|_: ()| std::process::id(), ())?;
@@ -362,7 +354,6 @@ impl PoolBuilder {
     /// }
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = Pool::builder().workers(1).retries(1).build()?;
     ///     // Run twice (on two workers), then given up.
     ///     assert!(matches!(pool.apply(die, ()), Err(Error::WorkerDied { .. })));
@@ -398,7 +389,6 @@ impl PoolBuilder {
     /// }
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = Pool::builder()
     ///         .workers(1)
     ///         .task_timeout(Duration::from_millis(200))
@@ -425,7 +415,6 @@ impl PoolBuilder {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::builder()
     ///         .workers(1)
     ///         .start_timeout(std::time::Duration::from_secs(60))
@@ -459,7 +448,6 @@ impl PoolBuilder {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::builder().workers(2).max_queued(16).build()?;
     ///     // Many submissions, never more than 16 of them queued at once:
     ///     // `apply_async` waits for room when the workers fall behind.
@@ -534,7 +522,6 @@ impl PoolBuilder {
     /// use corepool::Pool;
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = Pool::builder().workers(1).arg_arena_bytes(16 << 20).build()?;
     ///     // 8 MiB: larger than a ring message, copied into the arena.
     ///     assert_eq!(pool.apply(|v: Vec<u8>| v.len(), vec![1u8; 8 << 20])?, 8 << 20);
@@ -554,7 +541,6 @@ impl PoolBuilder {
     /// use corepool::{Error, Pinning, Pool};
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = Pool::builder().workers(2).build()?;
     ///     assert_eq!(pool.map(|x: u64| x + 1, vec![1, 2, 3])?, vec![2, 3, 4]);
     ///     // Bad settings fail before any worker starts.

@@ -90,7 +90,6 @@ impl<T> Callbacks<T> {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(1)?;
     ///     // No callbacks: the same as `apply_async`.
     ///     let h = pool.apply_async_with(|x: u64| x, 5, corepool::Callbacks::new())?;
@@ -108,7 +107,6 @@ impl<T> Callbacks<T> {
     /// use std::sync::mpsc;
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(1)?;
     ///     let (tx, rx) = mpsc::channel();
     ///     let cb = corepool::Callbacks::new().on_success(move |v: &u64| tx.send(*v).unwrap());
@@ -132,7 +130,6 @@ impl<T> Callbacks<T> {
     /// }
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(1)?;
     ///     let (tx, rx) = mpsc::channel();
     ///     let cb = corepool::Callbacks::new().on_error(move |e| tx.send(e.to_string()).unwrap());

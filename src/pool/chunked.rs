@@ -18,7 +18,6 @@ use std::fmt;
 ///
 /// ```
 /// fn main() -> corepool::Result<()> {
-///     corepool::init();
 ///     let pool = corepool::Pool::new(2)?;
 ///     let by_eight = pool.chunked(8)?;
 ///     assert_eq!(by_eight.map(|x: u64| x + 1, 0..4u64)?, [1, 2, 3, 4]);
@@ -56,7 +55,6 @@ impl Pool {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(2)?;
     ///     let squares = pool.chunked(100)?.map(|x: u64| x * x, 0..1000u64)?;
     ///     assert_eq!(squares[999], 998_001);
@@ -82,7 +80,6 @@ impl<'p> Chunked<'p> {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(1)?;
     ///     assert_eq!(pool.chunked(16)?.chunksize(), 16);
     ///     Ok(())
@@ -96,7 +93,6 @@ impl<'p> Chunked<'p> {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(2)?;
     ///     let lengths = pool.chunked(2)?.map(|s: String| s.len() as u64, ["a", "bb", "ccc"].map(String::from))?;
     ///     assert_eq!(lengths, [1, 2, 3]);
@@ -120,7 +116,6 @@ impl<'p> Chunked<'p> {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(2)?;
     ///     let pending = pool.chunked(50)?.map_async(|x: u64| x + 1, 0..1000u64)?;
     ///     assert_eq!(pending.get()?.iter().sum::<u64>(), 500_500);
@@ -150,7 +145,6 @@ impl<'p> Chunked<'p> {
     /// use std::sync::mpsc;
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(2)?;
     ///     let (tx, rx) = mpsc::channel();
     ///     let cb = corepool::Callbacks::new()
@@ -183,7 +177,6 @@ impl<'p> Chunked<'p> {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(1)?;
     ///     let sums = pool.chunked(1)?.starmap(|a: u32, b: u32| a + b, vec![(1, 2), (3, 4)])?;
     ///     assert_eq!(sums, [3, 7]);
@@ -207,7 +200,6 @@ impl<'p> Chunked<'p> {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(2)?;
     ///     let pending = pool.chunked(1)?.starmap_async(|a: u64, b: u64| a * b, vec![(2, 3), (4, 5)])?;
     ///     assert_eq!(pending.get()?, [6, 20]);
@@ -237,7 +229,6 @@ impl<'p> Chunked<'p> {
     /// use std::sync::mpsc;
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(2)?;
     ///     let (tx, rx) = mpsc::channel();
     ///     let cb = corepool::Callbacks::new().on_error(move |e| tx.send(e.clone()).unwrap());
@@ -270,7 +261,6 @@ impl<'p> Chunked<'p> {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(2)?;
     ///     let mut results = pool.chunked(64)?.imap(|x: u64| x * x, 1..=1_000_000u64);
     ///     // Lazy: only the chunks ahead of the reader are in flight.
@@ -294,7 +284,6 @@ impl<'p> Chunked<'p> {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(2)?;
     ///     let total: u64 = pool
     ///         .chunked(10)?

@@ -77,7 +77,6 @@ use std::time::{Duration, Instant};
 /// fn square(x: u64) -> u64 { x * x }
 ///
 /// fn main() -> Result<(), corepool::Error> {
-///     corepool::init();
 ///     let pool = Pool::builder().workers(2).build()?;
 ///     assert_eq!(pool.apply(square, 7)?, 49);
 ///     assert_eq!(pool.map(square, 0..5u64)?, vec![0, 1, 4, 9, 16]);
@@ -110,7 +109,6 @@ impl Pool {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::builder().workers(1).build()?;
     ///     assert_eq!(pool.workers(), 1);
     ///     Ok(())
@@ -124,7 +122,6 @@ impl Pool {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(2)?;
     ///     assert_eq!(pool.apply(|x: u64| x + 1, 1)?, 2);
     ///     Ok(())
@@ -290,7 +287,6 @@ impl Pool {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(1)?;
     ///     assert!(pool.stats().replacements.is_empty()); // no worker has died
     ///     Ok(())
@@ -307,7 +303,6 @@ impl Pool {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     assert_eq!(corepool::Pool::new(2)?.workers(), 2);
     ///     Ok(())
     /// }
@@ -324,7 +319,6 @@ impl Pool {
     /// use corepool::{Pinning, Pool};
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pinned = Pool::builder().workers(1).build()?;
     ///     assert!(pinned.cpus()[0].is_some()); // pinned to a CPU of the allowed set
     ///     let free = Pool::builder().workers(1).pinning(Pinning::None).build()?;
@@ -344,7 +338,6 @@ impl Pool {
     /// use corepool::{info, Pinning, Pool};
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let allowed = info::allowed_cpus()?;
     ///     // One worker on every allowed CPU: its tasks' threads spread over them.
     ///     let wide = Pool::builder().workers(1).cpus_per_worker(allowed.len()).build()?;
@@ -366,7 +359,6 @@ impl Pool {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(2)?;
     ///     let pids = pool.pids();
     ///     assert_eq!(pids.len(), 2);
@@ -390,7 +382,6 @@ impl Pool {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(1)?;
     ///     let shout = pool.apply(|s: String| s.to_uppercase(), "hi".to_string())?;
     ///     assert_eq!(shout, "HI");
@@ -419,7 +410,6 @@ impl Pool {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(2)?;
     ///     let handles: Vec<_> = (0..4u64)
     ///         .map(|i| pool.apply_async(|x: u64| x * x, i))
@@ -456,7 +446,6 @@ impl Pool {
     /// static SUM: AtomicU64 = AtomicU64::new(0);
     ///
     /// fn main() {
-    ///     corepool::init();
     ///     let pool = Pool::new(1).unwrap();
     ///     let cb = Callbacks::new().on_success(|v: &u64| { SUM.fetch_add(*v, Ordering::Relaxed); });
     ///     pool.apply_async_with(|x: u64| x * 2, 21, cb).unwrap().wait();
@@ -541,7 +530,6 @@ impl Pool {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(1)?;
     ///     let h = pool.apply_async(|x: u64| x + 1, 1)?;
     ///     pool.close();
@@ -583,7 +571,6 @@ impl Pool {
     /// }
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(1)?;
     ///     let stuck = pool.apply_async(forever, 0)?;
     ///     pool.terminate();
@@ -612,7 +599,6 @@ impl Pool {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(1)?;
     ///     assert_eq!(pool.join(), Err(corepool::Error::JoinWhileOpen)); // as in Python
     ///     pool.close();
@@ -651,7 +637,6 @@ impl Pool {
     /// }
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(2)?;
     ///     let quick = pool.apply_async(|x: u64| x + 1, 1)?;
     ///     let stuck = pool.apply_async(forever, 0)?;

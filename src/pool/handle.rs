@@ -552,7 +552,6 @@ fn sleep_helping<T: Send + 'static>(
 ///
 /// ```
 /// fn main() {
-///     corepool::init();
 ///     let pool = corepool::Pool::builder().workers(1).build().unwrap();
 ///     let handle = pool.apply_async(|x: u64| x + 1, 41).unwrap();
 ///     handle.wait();
@@ -582,7 +581,6 @@ impl<T: Send + 'static> AsyncResult<T> {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(1)?;
     ///     let h = pool.apply_async(|x: u64| x, 1)?;
     ///     h.wait();
@@ -599,7 +597,6 @@ impl<T: Send + 'static> AsyncResult<T> {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(1)?;
     ///     let good = pool.apply_async(|x: u64| x, 1)?;
     ///     let bad = pool.apply_async(|x: u64| -> u64 { panic!("bad {x}") }, 2)?;
@@ -619,7 +616,6 @@ impl<T: Send + 'static> AsyncResult<T> {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(1)?;
     ///     let h = pool.apply_async(|x: u64| x + 1, 1)?;
     ///     h.wait(); // the result stays in the handle
@@ -639,7 +635,6 @@ impl<T: Send + 'static> AsyncResult<T> {
     /// use std::time::Duration;
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(1)?;
     ///     let h = pool.apply_async(|x: u64| x + 1, 1)?;
     ///     while !h.wait_timeout(Duration::from_millis(10)) {
@@ -657,7 +652,6 @@ impl<T: Send + 'static> AsyncResult<T> {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(1)?;
     ///     assert_eq!(pool.apply_async(|s: String| s.len() as u64, "four".into())?.get()?, 4);
     ///     let err = pool.apply_async(|x: u64| -> u64 { panic!("no {x}") }, 1)?.get().unwrap_err();
@@ -687,7 +681,6 @@ impl<T: Send + 'static> AsyncResult<T> {
     /// use std::time::Duration;
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::builder().workers(1).build()?;
     ///     let h = pool.apply_async(|x: u64| x + 1, 41)?;
     ///     let answer = loop {
@@ -784,7 +777,6 @@ impl<T: Send + 'static> AsyncResult<T> {
 /// }
 ///
 /// fn main() -> corepool::Result<()> {
-///     corepool::init();
 ///     let pool = corepool::Pool::new(2)?;
 ///     let one = pool.apply_async(|x: u64| x * 2, 21)?;
 ///     let many = pool.map_async(|x: u64| x + 1, 0..100u64)?;

@@ -280,7 +280,6 @@ impl Pool {
     ///
     /// ```
     /// fn main() {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(2).unwrap();
     ///     let results: Vec<corepool::Result<u64>> = pool
     ///         .imap(|x: u64| if x == 2 { panic!("two") } else { x }, 0..5u64)
@@ -332,7 +331,6 @@ impl Pool {
     ///
     /// ```
     /// fn main() {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(2).unwrap();
     ///     let firsts: Vec<u64> = pool
     ///         .imap(|x: u64| x * 10, 0..)
@@ -375,7 +373,6 @@ impl Pool {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(2)?;
     ///     let mut seen: Vec<u64> = pool
     ///         .imap_unordered(|x: u64| x * 10, 0..6u64)
@@ -410,7 +407,6 @@ impl Pool {
 ///
 /// ```
 /// fn main() -> corepool::Result<()> {
-///     corepool::init();
 ///     let pool = corepool::Pool::new(2)?;
 ///     let mut results = pool.imap(|x: u64| x * x, 1..=1_000_000u64);
 ///     // Lazy: only the chunks ahead of the reader are in flight.
@@ -554,7 +550,6 @@ fn fails_one_task(e: &Error) -> bool {
 ///
 /// ```
 /// fn main() -> corepool::Result<()> {
-///     corepool::init();
 ///     let pool = corepool::Pool::new(2)?;
 ///     let total: u64 = pool
 ///         .imap_unordered(|x: u64| x * 2, 0..100u64)

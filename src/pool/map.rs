@@ -182,7 +182,6 @@ impl Pool {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(2)?;
     ///     let lengths = pool.map(|s: String| s.len() as u64, ["a", "bb", "ccc"].map(String::from))?;
     ///     assert_eq!(lengths, [1, 2, 3]);
@@ -219,7 +218,6 @@ impl Pool {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(2)?;
     ///     let pending = pool.map_async(|x: u64| x + 1, 0..1000u64)?;
     ///     // ... other work here ...
@@ -255,7 +253,6 @@ impl Pool {
     /// use std::sync::mpsc;
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(2)?;
     ///     let (tx, rx) = mpsc::channel();
     ///     let cb = corepool::Callbacks::new()
@@ -288,7 +285,6 @@ impl Pool {
     ///
     /// ```
     /// fn main() {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(1).unwrap();
     ///     let sums = pool.starmap(|a: u32, b: u32| a + b, vec![(1, 2), (3, 4)]).unwrap();
     ///     assert_eq!(sums, vec![3, 7]);
@@ -312,7 +308,6 @@ impl Pool {
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(2)?;
     ///     let pending = pool.starmap_async(|a: u64, b: u64| a * b, vec![(2, 3), (4, 5)])?;
     ///     assert_eq!(pending.get()?, [6, 20]);
@@ -344,7 +339,6 @@ impl Pool {
     /// use std::sync::mpsc;
     ///
     /// fn main() -> corepool::Result<()> {
-    ///     corepool::init();
     ///     let pool = corepool::Pool::new(2)?;
     ///     let (tx, rx) = mpsc::channel();
     ///     let cb = corepool::Callbacks::new().on_error(move |e| tx.send(e.clone()).unwrap());

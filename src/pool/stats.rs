@@ -6,7 +6,6 @@ use std::time::Duration;
 ///
 /// ```
 /// fn main() {
-///     corepool::init();
 ///     let pool = corepool::Pool::new(1).unwrap();
 ///     assert_eq!(pool.stats().respawns, 0);
 /// }

@@ -498,7 +498,6 @@ impl Wire for () {
 /// }
 ///
 /// fn main() -> corepool::Result<()> {
-///     corepool::init();
 ///     let (mine, theirs) = Pipe::duplex::<u64>()?;
 ///     let server = Process::start(serve, theirs)?;
 ///     mine.send(&21)?;
