@@ -571,3 +571,111 @@ impl Drop for Transport {
         self.flush();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(tag: i32, len: u64) -> Vec<u8> {
+        let mut head = tag.to_le_bytes().to_vec();
+        head.extend_from_slice(&len.to_le_bytes());
+        head
+    }
+
+    #[test]
+    fn an_honest_head_is_taken() {
+        let len = PIECE_MIN as u64 + 1;
+        assert_eq!(
+            parse_head(&head(3, len), None, Some(1 << 30)),
+            Ok((3, len as usize))
+        );
+        // Memory unknown: any length this machine can address.
+        assert_eq!(parse_head(&head(2, 1 << 40), None, None), Ok((2, 1 << 40)));
+    }
+
+    #[test]
+    fn a_head_that_cannot_be_put_together_is_refused() {
+        for short in [&[][..], &[1, 2, 3, 4, 5], &head(1, 1 << 20)[..11]] {
+            assert_eq!(
+                parse_head(short, None, None),
+                Err(Refusal::MalformedHead { len: short.len() })
+            );
+        }
+        let mut long = head(1, 1 << 20);
+        long.push(0);
+        assert_eq!(
+            parse_head(&long, None, None),
+            Err(Refusal::MalformedHead { len: 13 })
+        );
+        for len in [0, 1, PIECE_MIN as u64] {
+            assert_eq!(
+                parse_head(&head(1, len), None, None),
+                Err(Refusal::TooShort { len })
+            );
+        }
+        assert_eq!(
+            parse_head(&head(1, 1 << 20), Some((5000, 9000)), None),
+            Err(Refusal::HeadBeforeWhole {
+                len: 1 << 20,
+                have: 5000,
+                of: 9000
+            })
+        );
+        assert_eq!(
+            parse_head(&head(1, (1 << 30) + 1), None, Some(1 << 30)),
+            Err(Refusal::TooLarge {
+                len: (1 << 30) + 1,
+                memory: 1 << 30
+            })
+        );
+        assert_eq!(
+            parse_head(&head(1, u64::MAX), None, Some(1 << 30)),
+            Err(Refusal::TooLarge {
+                len: u64::MAX,
+                memory: 1 << 30
+            })
+        );
+        // Each refusal says what came, for the message that ends the job.
+        let text = Refusal::HeadBeforeWhole {
+            len: 7,
+            have: 1,
+            of: 2,
+        }
+        .to_string();
+        assert!(text.contains("7 bytes") && text.contains("1 of its 2"), "{text}");
+    }
+
+    #[test]
+    fn only_a_piece_that_fits_its_message_is_taken() {
+        assert_eq!(check_piece(Some((0, 10_000)), 4096), Ok(()));
+        assert_eq!(check_piece(Some((4096, 10_000)), 5904), Ok(()));
+        assert_eq!(
+            check_piece(None, 4096),
+            Err(Refusal::NoMessage { piece: 4096 })
+        );
+        assert_eq!(
+            check_piece(Some((4096, 10_000)), 5905),
+            Err(Refusal::PieceMisfits {
+                piece: 5905,
+                have: 4096,
+                of: 10_000
+            })
+        );
+        assert_eq!(
+            check_piece(Some((4096, 10_000)), 0),
+            Err(Refusal::PieceMisfits {
+                piece: 0,
+                have: 4096,
+                of: 10_000
+            })
+        );
+        assert_eq!(
+            check_piece(Some((usize::MAX, usize::MAX)), 1),
+            Err(Refusal::PieceMisfits {
+                piece: 1,
+                have: usize::MAX,
+                of: usize::MAX
+            })
+        );
+    }
+}
