@@ -237,6 +237,12 @@ fn refuse(world: &SimpleCommunicator, from: Rank, refusal: &dyn std::fmt::Displa
     world.abort(1)
 }
 
+/// Whether, at `now`, a wait that began at `since` has seen nothing move
+/// for longer than `grace`, the last progress being at `last`.
+fn stalled_at(now: Instant, since: Instant, last: Instant, grace: Duration) -> bool {
+    now.saturating_duration_since(since.max(last)) > grace
+}
+
 /// The world communicator, this rank's sends in flight, and the messages
 /// arriving in pieces. Not `Send`: it lives and dies on the MPI thread.
 pub(crate) struct Transport {
@@ -285,7 +291,7 @@ impl Transport {
     /// (when the wait began) or the last progress, whichever is later. A
     /// grace too long to reach never runs out.
     pub(crate) fn stalled(&self, since: Instant) -> bool {
-        Instant::now().saturating_duration_since(since.max(self.last_progress)) > self.grace
+        stalled_at(Instant::now(), since, self.last_progress, self.grace)
     }
 
     /// The largest piece this rank sends a message (or a broadcast) in.
@@ -643,6 +649,23 @@ mod tests {
         }
         .to_string();
         assert!(text.contains("7 bytes") && text.contains("1 of its 2"), "{text}");
+    }
+
+    #[test]
+    fn the_grace_runs_from_the_last_progress() {
+        let grace = Duration::from_secs(2);
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        // Nothing moved since the wait began: it runs out past the grace.
+        assert!(!stalled_at(at(2), t0, at(0), grace));
+        assert!(stalled_at(at(3), t0, at(0), grace));
+        // Progress before the wait does not shorten it.
+        assert!(!stalled_at(at(11), at(10), at(0), grace));
+        // A transfer that keeps moving is waited out, however long in all.
+        assert!(!stalled_at(at(100), t0, at(99), grace));
+        assert!(stalled_at(at(102), t0, at(99), grace));
+        // A grace too long to reach never runs out.
+        assert!(!stalled_at(at(1000), t0, t0, Duration::MAX));
     }
 
     #[test]
