@@ -60,22 +60,6 @@ pub(crate) fn cpu_share(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shares_split_without_overlap() {
-        let all: Vec<usize> = (0..8).collect();
-        assert_eq!(cpu_share(&all, true, 0, 2), vec![0, 1, 2, 3]);
-        assert_eq!(cpu_share(&all, true, 1, 2), vec![4, 5, 6, 7]);
-        assert_eq!(cpu_share(&all, false, 1, 2), all);
-        assert_eq!(cpu_share(&[0, 1], true, 2, 3), vec![1]);
-        assert_eq!(cpu_share(&[0, 1], true, 0, 3), vec![0]);
-        assert_eq!(mask_of(&[0, 65])[1], 2);
-    }
-}
-
 /// This machine's physical memory in bytes (`sysconf(_SC_PHYS_PAGES)` times
 /// the page size), `None` if it cannot be read: the most a message between
 /// ranks may announce (`crate::transport`), so that a length no machine
@@ -91,4 +75,20 @@ pub(crate) fn physical_memory() -> Option<u64> {
     };
     let pages = u64::try_from(pages).ok().filter(|&p| p > 0)?;
     pages.checked_mul(u64::try_from(page).ok().filter(|&p| p > 0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_split_without_overlap() {
+        let all: Vec<usize> = (0..8).collect();
+        assert_eq!(cpu_share(&all, true, 0, 2), vec![0, 1, 2, 3]);
+        assert_eq!(cpu_share(&all, true, 1, 2), vec![4, 5, 6, 7]);
+        assert_eq!(cpu_share(&all, false, 1, 2), all);
+        assert_eq!(cpu_share(&[0, 1], true, 2, 3), vec![1]);
+        assert_eq!(cpu_share(&[0, 1], true, 0, 3), vec![0]);
+        assert_eq!(mask_of(&[0, 65])[1], 2);
+    }
 }

@@ -152,7 +152,11 @@ enum Refusal {
     NoMessage { piece: usize },
     /// An empty piece (never sent: it could not complete anything), or one
     /// that runs past its message's length.
-    PieceMisfits { piece: usize, have: usize, of: usize },
+    PieceMisfits {
+        piece: usize,
+        have: usize,
+        of: usize,
+    },
 }
 
 impl std::fmt::Display for Refusal {
@@ -229,13 +233,19 @@ fn check_piece(open: Option<(usize, usize)>, piece: usize) -> Result<(), Refusal
 /// Ends the job over a message in pieces that cannot be put together: the
 /// rank waiting for it would otherwise wait for ever (as running out of
 /// memory for it would leave it).
-fn refuse(world: &SimpleCommunicator, from: Rank, refusal: &dyn std::fmt::Display) -> ! {
+fn refuse(world: &SimpleCommunicator, from: Rank, refusal: &dyn std::fmt::Display, why: &str) -> ! {
     eprintln!(
-        "corepool-mpi: rank {}: {refusal}, from rank {from}: a protocol error between ranks (are they all this build of corepool-mpi, and does nothing else call MPI?); ending the job",
+        "corepool-mpi: rank {}: {refusal}, from rank {from}: {why}; ending the job",
         world.rank()
     );
     world.abort(1)
 }
+
+/// Why a broken message in pieces ends the job.
+const PROTOCOL_ERROR: &str = "a protocol error between ranks (are they all this build of corepool-mpi, and does nothing else call MPI?)";
+/// Why a message too large for this rank ends the job.
+const TOO_LARGE: &str =
+    "its sender would wait for ever for an answer (send less to one rank, or use a larger node)";
 
 /// Whether, at `now`, a wait that began at `since` has seen nothing move
 /// for longer than `grace`, the last progress being at `last`.
@@ -432,7 +442,10 @@ impl Transport {
         let open = self.assembling.get(&from).map(|a| (a.bytes.len(), a.len));
         let (tag, len) = match parse_head(head, open, self.memory) {
             Ok(head) => head,
-            Err(refusal) => refuse(&self.world, from, &refusal),
+            Err(refusal @ Refusal::TooLarge { .. }) => {
+                refuse(&self.world, from, &refusal, TOO_LARGE)
+            }
+            Err(refusal) => refuse(&self.world, from, &refusal, PROTOCOL_ERROR),
         };
         // The whole length at once (within this machine's memory, checked
         // above): the pieces are received in place, never moved.
@@ -442,6 +455,7 @@ impl Transport {
                 &self.world,
                 from,
                 &format_args!("no memory for a message of {len} bytes in pieces"),
+                TOO_LARGE,
             );
         }
         self.assembling.insert(from, Assembly { tag, bytes, len });
@@ -458,18 +472,23 @@ impl Transport {
         let piece = usize::try_from(status.count(u8::equivalent_datatype())).unwrap_or(0);
         let open = self.assembling.get(&from).map(|a| (a.bytes.len(), a.len));
         if let Err(refusal) = check_piece(open, piece) {
-            refuse(&self.world, from, &refusal);
+            refuse(&self.world, from, &refusal, PROTOCOL_ERROR);
         }
         let world = &self.world;
         let Some(assembly) = self.assembling.get_mut(&from) else {
-            refuse(world, from, &Refusal::NoMessage { piece });
+            refuse(world, from, &Refusal::NoMessage { piece }, PROTOCOL_ERROR);
         };
         let at = assembly.bytes.len();
         // The whole length was reserved at the head, and `at + piece` is
         // within it (checked above), so the spare capacity holds the piece.
         let Some(spare) = assembly.bytes.spare_capacity_mut().get_mut(..piece) else {
             let of = assembly.len;
-            refuse(world, from, &Refusal::PieceMisfits { piece, have: at, of });
+            let misfit = Refusal::PieceMisfits {
+                piece,
+                have: at,
+                of,
+            };
+            refuse(world, from, &misfit, PROTOCOL_ERROR);
         };
         let received = message.matched_receive_into(unwritten(spare));
         let received = usize::try_from(received.count(u8::equivalent_datatype())).unwrap_or(0);
@@ -648,7 +667,10 @@ mod tests {
             of: 2,
         }
         .to_string();
-        assert!(text.contains("7 bytes") && text.contains("1 of its 2"), "{text}");
+        assert!(
+            text.contains("7 bytes") && text.contains("1 of its 2"),
+            "{text}"
+        );
     }
 
     #[test]

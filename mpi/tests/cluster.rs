@@ -500,7 +500,11 @@ fn rank_program(scenario: &str) -> Result<(), Box<dyn std::error::Error>> {
                 "tasks read a broadcast sent in pieces",
             )?;
             check(cluster.apply(square, 3)? == 9, "small messages still whole")?;
-            println!("{} OK on {} ranks", scenario.to_uppercase(), cluster.ranks());
+            println!(
+                "{} OK on {} ranks",
+                scenario.to_uppercase(),
+                cluster.ranks()
+            );
         }
         "grace_progress" => {
             // The drop's wait for rank 1 begins while a large argument's
@@ -1041,7 +1045,8 @@ fn test_stopped_rank() {
     assert!(!job.status.success(), "the job is ended");
     assert!(!job.stdout.contains("UNREACHABLE"), "{}", job.stdout);
     assert!(
-        job.stderr.contains("ranks [1] did not stop, and nothing came or went for 2s")
+        job.stderr
+            .contains("ranks [1] did not stop, and nothing came or went for 2s")
             && job.stderr.contains("shutdown_grace"),
         "stderr:\n{}",
         job.stderr
