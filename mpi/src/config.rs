@@ -124,7 +124,12 @@ impl Config {
 
     /// How long the end of the job waits for another rank: rank 0's drop of
     /// the [`Cluster`] for every rank's answer to the shutdown, and each
-    /// rank for its last messages to be taken. Default 60 s.
+    /// rank for its last messages to be taken. Default 60 s. It is counted
+    /// from the last message, or piece of one, that came or went (a
+    /// message over 1 GiB goes in pieces of 1 GiB), so a large transfer
+    /// still moving at the end is waited out however long it takes in
+    /// all; one message or piece must still arrive within it (1 GiB over
+    /// 1 GbE takes about 9 s).
     ///
     /// A rank that died never makes it wait (the launcher ends the job
     /// first). One that hangs alive (stopped with SIGSTOP, wedged) past the
@@ -153,10 +158,12 @@ impl Config {
     }
 
     /// The largest piece a message between ranks (or a broadcast) is sent
-    /// in, clamped to `1..=i32::MAX` (an MPI count is an `int`). Default
-    /// 1 GiB. For the tests: a small piece sends small messages in pieces,
-    /// the path of every message over 1 GiB. Every rank must be given the
-    /// same (the same program does).
+    /// in, clamped to `4096..=i32::MAX` (an MPI count is an `int`; each
+    /// piece is an MPI request, so a few bytes would make a megabyte a
+    /// million of them). Default 1 GiB. For the tests: a small piece sends
+    /// small messages in pieces, the path of every message over 1 GiB.
+    /// Ranks may be given different ones: a rank takes pieces of any size,
+    /// and a broadcast is cut by rank 0's piece, which it sends along.
     ///
     /// # Examples
     ///

@@ -346,15 +346,17 @@ impl Dispatcher {
         stopped[0] = true;
         let mut idle = Idle::new();
         let grace = transport.grace();
-        // `None` (a grace too long to add): wait as long as it takes.
-        let deadline = Instant::now().checked_add(grace);
+        // The grace runs from the last message or piece that came or went,
+        // not from here: a long transfer that is still moving (the pieces
+        // of a large task to a rank that then answers) is waited out.
+        let since = Instant::now();
         while !stopped.iter().all(|&s| s) {
-            if deadline.is_some_and(|d| Instant::now() > d) {
+            if transport.stalled(since) {
                 // A rank that neither answers nor died (a dead one ends the
                 // job through the launcher): finalizing would wait for it
                 // for ever, so end the job instead.
                 let silent: Vec<usize> = (0..ranks).filter(|&r| !stopped[r]).collect();
-                eprintln!("corepool-mpi: rank 0: ranks {silent:?} did not stop within {grace:?} of the shutdown (`Config::shutdown_grace`); ending the job with MPI_Abort: rank 0's program does not go on past dropping the cluster");
+                eprintln!("corepool-mpi: rank 0: ranks {silent:?} did not stop, and nothing came or went for {grace:?} after the shutdown (`Config::shutdown_grace`); ending the job with MPI_Abort: rank 0's program does not go on past dropping the cluster");
                 transport.world.abort(1);
             }
             let mut busy = transport.progress();

@@ -5,7 +5,7 @@ use crate::comm::{local_done, run_locally, Command, Idle};
 use crate::proto::{
     self, Control, TAG_CONTROL, TAG_FLOOR, TAG_RESULT, TAG_SHARED, TAG_STOPPED, TAG_TASK,
 };
-use crate::transport::{Transport, PIECE_LIMIT};
+use crate::transport::{unwritten, Transport, PIECE_LIMIT, PIECE_MIN};
 use corepool::{Collector, Error, Pool, RawArgument, RawTask, SharedArray, Wire};
 use crossbeam_channel::{Receiver, Sender};
 use mpi::traits::*;
@@ -145,33 +145,36 @@ pub(crate) fn serve(
                         let mut answer = id.to_le_bytes().to_vec();
                         let piece = usize::try_from(piece)
                             .ok()
-                            .filter(|p| (1..=PIECE_LIMIT).contains(p));
-                        match (usize::try_from(bytes), piece) {
-                            (Ok(len), Some(piece)) => {
-                                let mut data = vec![0u8; len];
-                                // Piece by piece, as rank 0 (an MPI count
-                                // is an `int`); none for an empty array.
-                                for part in data.chunks_mut(piece) {
-                                    transport
-                                        .world
-                                        .process_at_rank(0)
-                                        .broadcast_into(part);
-                                }
-                                match SharedArray::<u8>::from_slice(&data) {
-                                    Ok(array) => {
-                                        let mut handle = corepool::Encoder::new();
-                                        array.encode(&mut handle);
-                                        answer.extend_from_slice(&handle);
-                                        copies.push(array);
-                                    }
-                                    Err(e) => eprintln!("corepool-mpi: rank {rank}: no room for a broadcast copy of {len} bytes: {e}"),
-                                }
+                            .filter(|p| (PIECE_MIN..=PIECE_LIMIT).contains(p));
+                        let mut data = Vec::new();
+                        let room = usize::try_from(bytes)
+                            .ok()
+                            .filter(|&len| data.try_reserve_exact(len).is_ok());
+                        let (Some(len), Some(piece)) = (room, piece) else {
+                            // Rank 0 waits in `MPI_Bcast`: end the job.
+                            eprintln!("corepool-mpi: rank {rank}: a broadcast of {bytes} bytes (in pieces of {piece:?}) does not fit this machine; ending the job");
+                            transport.world.abort(1);
+                        };
+                        // Piece by piece, as rank 0 (an MPI count is an
+                        // `int`); none for an empty array. Straight into
+                        // the reserved capacity: no zero-filling pass.
+                        let spare = &mut data.spare_capacity_mut()[..len];
+                        for part in unwritten(spare).chunks_mut(piece) {
+                            transport.world.process_at_rank(0).broadcast_into(part);
+                        }
+                        // SAFETY: the broadcasts wrote every byte of
+                        // `..len` (the parts cover it; a broadcast fills
+                        // its whole buffer, or MPI fails the job), within
+                        // the capacity reserved for `len`.
+                        unsafe { data.set_len(len) };
+                        match SharedArray::<u8>::from_slice(&data) {
+                            Ok(array) => {
+                                let mut handle = corepool::Encoder::new();
+                                array.encode(&mut handle);
+                                answer.extend_from_slice(&handle);
+                                copies.push(array);
                             }
-                            _ => {
-                                // Rank 0 waits in `MPI_Bcast`: end the job.
-                                eprintln!("corepool-mpi: rank {rank}: a broadcast of {bytes} bytes (in pieces of {piece:?}) does not fit this machine; ending the job");
-                                transport.world.abort(1);
-                            }
+                            Err(e) => eprintln!("corepool-mpi: rank {rank}: no room for a broadcast copy of {len} bytes: {e}"),
                         }
                         transport.send(0, TAG_SHARED, answer);
                     }

@@ -140,6 +140,26 @@ fn make_pattern((len, seed): (u64, u64)) -> Vec<u8> {
 /// message of more than 64 KiB goes in pieces, with a short last one.
 const SMALL_PIECE: usize = (64 << 10) + 3;
 
+/// This rank's number from the launcher's environment (Open MPI's, or
+/// MPICH's Hydra's), before `Cluster::init`: a configuration may differ by
+/// rank.
+fn launcher_rank() -> usize {
+    ["OMPI_COMM_WORLD_RANK", "PMI_RANK"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The argument of the `grace_progress` scenario: large enough that its
+/// pieces (of the smallest size) take longer to go than the grace there.
+const GRACE_ARGUMENT: usize = 256 << 20;
+/// The grace of the `grace_progress` scenario: well under its drop's wait
+/// (6-7 s here in a debug build), and long enough for what rank 1 does
+/// between the last piece and its answer, when nothing moves (copy the
+/// argument to its arena, end its pool) on a loaded machine (500 ms
+/// failed once under load).
+const SHORT_GRACE: Duration = Duration::from_secs(2);
+
 /// An argument whose encoder panics for 13 (and only then).
 #[derive(Debug)]
 struct Fuse(u64);
@@ -222,6 +242,15 @@ fn rank_program(scenario: &str) -> Result<(), Box<dyn std::error::Error>> {
     corepool::init();
     let cluster = match scenario {
         "pieces" => Cluster::builder().message_piece_bytes(SMALL_PIECE).init()?,
+        // Ranks need not agree on the piece: rank 0 asks for one of a byte
+        // (the 4 KiB floor), the others for SMALL_PIECE.
+        "pieces_mixed" => Cluster::builder()
+            .message_piece_bytes(if launcher_rank() == 0 { 1 } else { SMALL_PIECE })
+            .init()?,
+        "grace_progress" => Cluster::builder()
+            .message_piece_bytes(4096)
+            .shutdown_grace(SHORT_GRACE)
+            .init()?,
         "stopped_rank" => Cluster::builder()
             .shutdown_grace(Duration::from_secs(2))
             .init()?,
@@ -423,7 +452,7 @@ fn rank_program(scenario: &str) -> Result<(), Box<dyn std::error::Error>> {
             check(lens == vec![0; cluster.ranks()], "an empty broadcast")?;
             println!("BROADCAST OK");
         }
-        "pieces" => {
+        "pieces" | "pieces_mixed" => {
             // Every message over SMALL_PIECE goes in pieces: arguments,
             // results, in flight both ways at once, and broadcasts; the
             // path of every message over 1 GiB (trial 28: 2 GiB or more
@@ -475,7 +504,32 @@ fn rank_program(scenario: &str) -> Result<(), Box<dyn std::error::Error>> {
                 "tasks read a broadcast sent in pieces",
             )?;
             check(cluster.apply(square, 3)? == 9, "small messages still whole")?;
-            println!("PIECES OK on {} ranks", cluster.ranks());
+            println!(
+                "{} OK on {} ranks",
+                scenario.to_uppercase(),
+                cluster.ranks()
+            );
+        }
+        "grace_progress" => {
+            // The drop's wait for rank 1 begins while a large argument's
+            // 4 KiB pieces still go to it, for longer than the grace in
+            // all: the grace runs from the last piece that moved, so the
+            // job ends cleanly (it was measured from the shutdown and
+            // ended the job with MPI_Abort).
+            let big = cluster.apply_async_on_rank(1, checksum, pattern(GRACE_ARGUMENT, 7))?;
+            // Units go out in order: once this one's result is back, the
+            // large one's pieces have been started.
+            check(cluster.apply_on_rank(0, square, 3)? == 9, "rank 0 computes")?;
+            drop(big);
+            let start = Instant::now();
+            drop(cluster);
+            // Not asserted (a duration): whether the wait outlasted the
+            // grace, the case this scenario is for.
+            println!(
+                "GRACE OK: the drop took {:?}, the grace is {SHORT_GRACE:?}",
+                start.elapsed()
+            );
+            return Ok(());
         }
         "giant" => {
             // Opt-in (COREPOOL_MPI_GIANT=1): messages over 2 GiB for real,
@@ -949,6 +1003,21 @@ fn test_pieces() {
     }
 }
 
+/// Ranks with different pieces (rank 0's below the floor), on 3 ranks.
+fn test_pieces_mixed() {
+    expect_ok(&scenario(3, "pieces_mixed"), "PIECES_MIXED OK on 3 ranks");
+}
+
+/// A shutdown grace shorter than a transfer in pieces that is still going
+/// at the drop: the job ends cleanly.
+fn test_grace_progress() {
+    let job = scenario(2, "grace_progress");
+    expect_ok(&job, "GRACE OK");
+    if let Some(line) = job.stdout.lines().find(|l| l.starts_with("GRACE OK")) {
+        println!("  {line}");
+    }
+}
+
 fn test_wire_panics() {
     expect_ok(&scenario(2, "wire_panics"), "WIRE PANICS OK");
 }
@@ -980,7 +1049,8 @@ fn test_stopped_rank() {
     assert!(!job.status.success(), "the job is ended");
     assert!(!job.stdout.contains("UNREACHABLE"), "{}", job.stdout);
     assert!(
-        job.stderr.contains("ranks [1] did not stop within 2s")
+        job.stderr
+            .contains("ranks [1] did not stop, and nothing came or went for 2s")
             && job.stderr.contains("shutdown_grace"),
         "stderr:\n{}",
         job.stderr
@@ -1149,9 +1219,11 @@ fn driver() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let tests: [(&str, fn()); 14] = [
+    let tests: [(&str, fn()); 16] = [
         ("api", test_api),
         ("pieces", test_pieces),
+        ("pieces_mixed", test_pieces_mixed),
+        ("grace_progress", test_grace_progress),
         ("wire_panics", test_wire_panics),
         ("giant", test_giant),
         ("rank0_none", test_rank0_none),
