@@ -148,7 +148,7 @@ impl Cluster {
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// corepool::init(); // first in `main`, as for any corepool program
+    /// corepool::init(); // optional: a no-op, kept for programs written for earlier versions
     /// let cluster = corepool_mpi::Cluster::init()?; // only rank 0 gets past this line
     /// assert_eq!(cluster.apply(|x: i32| x + 1, 41)?, 42);
     /// # Ok(()) }
