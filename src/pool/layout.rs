@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 /// "COREPOOL".
 pub(crate) const MAGIC: [u8; 8] = *b"COREPOOL";
 /// Bumped on any change to the layout or the record protocol.
-pub(crate) const VERSION: u32 = 6;
+pub(crate) const VERSION: u32 = 7;
 /// Header flag: `initializer` holds a function offset.
 pub(crate) const FLAG_INITIALIZER: u32 = 1;
 /// In a `TASK` or `OK` record's `flags`: the payload is not the value but
@@ -464,6 +464,12 @@ impl Slot {
         AtomicU64,
         24,
         "Detail of a failed start (the worker's fingerprint on a mismatch); written by the worker."
+    );
+    atomic_field!(
+        task_ns,
+        AtomicU64,
+        32,
+        "The worker's smoothed nanoseconds per task (0: not measured yet); written by the worker after a timed batch, read by the parent to size the worker's window."
     );
     atomic_field!(
         sleeping,

@@ -520,6 +520,12 @@ impl<'a> Server<'a> {
         let per_task = elapsed_ns / n as f64;
         self.task_ns = 0.7 * self.task_ns + 0.3 * per_task;
         self.batch = ((BATCH_TARGET_NS / self.task_ns.max(1.0)) as usize).clamp(1, MAX_BATCH);
+        // For the parent's window (`Core::collect`): how far ahead to feed
+        // this worker. Relaxed: a hint, read whenever the parent collects;
+        // `as` saturates (and a NaN would be 0: "not measured").
+        self.slot
+            .task_ns()
+            .store(self.task_ns as u64, Ordering::Relaxed);
     }
 
     fn run_one(

@@ -224,6 +224,9 @@ pub(super) struct Worker {
     /// did not start it (it is stopped, or starved of CPU): it gets no
     /// task until it has moved past that record, which proves it runs.
     stalled_at: Option<u32>,
+    /// How many tasks it may have in flight: about a millisecond of its
+    /// work, after its own measure of its tasks (`tasks::window_for`).
+    window: usize,
 }
 
 /// A worker's only task in flight, when balancing first saw it alone, and
@@ -284,6 +287,7 @@ impl Worker {
             resting_until: None,
             lone: None,
             stalled_at: None,
+            window: tasks::DEFAULT_WINDOW,
         }
     }
 

@@ -13,19 +13,43 @@ use crate::wire::task::{failure, kind};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// Tasks pushed to one worker and not yet answered, at most.
+/// How far ahead a worker is fed: tasks pushed to it and not yet answered
+/// come to about this much of its work, after its own smoothed measure of
+/// its tasks (`layout::Slot::task_ns`, published by the worker after each
+/// timed batch).
 ///
-/// Large enough that a worker fed a flood of tiny tasks does not run dry
-/// while the thread that refills its ring waits for a CPU: on two vCPUs
-/// shared by the submitter, the driver and two pinned workers, 256 tiny
-/// tasks lasted a worker about 25 µs, less than the driver's wait for its
-/// turn, and the worker then slept (a futex wait and a wake each time).
-/// 1024: `apply_async` 19-28% faster, 65% fewer context switches and 55%
-/// fewer futex calls (docs/performance.md, "A deeper window"); 2048 was no
-/// better (the submitter, which writes into a ring with room itself, then
-/// does more of the copying). Tasks a worker has not started can still be
-/// moved to an idle one (`balance`) and are requeued if it dies.
-const WINDOW: usize = 1024;
+/// Enough that a worker fed a flood of tiny tasks does not run dry while
+/// the thread that refills its ring waits for a CPU: on two vCPUs shared by
+/// the submitter, the driver and two pinned workers, a fixed window of 256
+/// tiny tasks lasted a worker about 25 µs, less than the driver's wait for
+/// its turn, and the worker then slept (a futex wait and a wake each time);
+/// 1024 made `apply_async` 19-28% faster, with 65% fewer context switches
+/// (docs/performance.md, "A deeper window"). Measured in time rather than
+/// tasks, so that a worker stopped (SIGSTOP) or busy with a long task holds
+/// few tasks back from the others: unstarted tasks move to another worker
+/// only once that one is idle (`balance`), and a fixed 1024 held up to 1024
+/// tasks of any length behind it.
+const WINDOW_AHEAD_NS: u64 = 1_000_000;
+/// The window's bounds: a few tasks even when they are long (one queued
+/// behind the running one keeps the worker busy between the driver's
+/// passes), and 1024 for the tiniest (2048 made `apply_async` no faster).
+const MIN_WINDOW: usize = 4;
+const MAX_WINDOW: usize = 1024;
+/// Until the worker has measured its tasks: few, so that a first task that
+/// runs long holds few others behind it (the window grows within a few
+/// batches of tiny tasks).
+pub(super) const DEFAULT_WINDOW: usize = 32;
+
+/// A worker's window for its published nanoseconds per task (0: not
+/// measured yet). The word is the worker's to write, so any value is
+/// possible: the result stays within the bounds.
+pub(super) fn window_for(task_ns: u64) -> usize {
+    if task_ns == 0 {
+        return DEFAULT_WINDOW;
+    }
+    let ahead = WINDOW_AHEAD_NS / task_ns;
+    usize::try_from(ahead).map_or(MAX_WINDOW, |n| n.clamp(MIN_WINDOW, MAX_WINDOW))
+}
 /// Results collected from one worker per pass, at most.
 const COLLECT_BATCH: usize = 256;
 
@@ -190,6 +214,13 @@ impl Core {
             let w = &mut self.workers[index];
             w.results.release();
             w.crash_streak = 0;
+            if !w.in_flight.is_empty() {
+                // Tasks queue at this worker: size its window after its own
+                // measure of them. Not on a lone `apply`'s way back (nothing
+                // left in flight), where the word's line would be one more
+                // cache miss.
+                w.window = window_for(w.slot.task_ns().load(Ordering::Relaxed));
+            }
             // The worker may be waiting for room in its result ring.
             park::wake(w.slot.sleeping());
             actions.progress = true;
@@ -230,7 +261,7 @@ impl Core {
                 .workers
                 .iter()
                 .enumerate()
-                .filter(|(_, w)| w.accepts_tasks() && !w.full && w.in_flight.len() < WINDOW)
+                .filter(|(_, w)| w.accepts_tasks() && !w.full && w.in_flight.len() < w.window)
                 .min_by_key(|(_, w)| (w.in_flight.len(), shares_my_cpu(w)))
                 .map(|(i, _)| i);
             let Some(i) = target else {

@@ -139,3 +139,17 @@ fn a_task_is_small() {
     assert_eq!(arg.bytes(), &[8; TaskArg::INLINE + 1]);
     assert_eq!(TaskArg::new(Payload::default()).bytes(), &[] as &[u8]);
 }
+
+/// A worker's window follows its published measure of its tasks, within
+/// bounds whatever the (worker-written) word says.
+#[test]
+fn a_workers_window_is_about_a_millisecond_of_its_tasks_and_bounded() {
+    use super::tasks::{window_for, DEFAULT_WINDOW};
+    assert_eq!(window_for(0), DEFAULT_WINDOW, "not measured yet");
+    assert_eq!(window_for(1), 1024, "tiny tasks: the most");
+    assert_eq!(window_for(200), 1024);
+    assert_eq!(window_for(5_000), 200, "5 µs tasks: a millisecond's worth");
+    assert_eq!(window_for(100_000), 10);
+    assert_eq!(window_for(1_000_000), 4, "long tasks: the fewest");
+    assert_eq!(window_for(u64::MAX), 4);
+}
