@@ -114,6 +114,10 @@ pub struct Queue<T> {
     map: Arc<SharedSegment>,
     /// Where values too large for a slot wait: this process's descriptor.
     values: Arc<ValueFile>,
+    /// How `values` is cut into regions, as this process checked it when
+    /// it made or opened the queue (the queue's memory records it, where
+    /// any holder may write).
+    layout: values::Layout,
     queue: ByteQueue,
     _type: PhantomData<fn(T) -> T>,
 }
@@ -123,6 +127,7 @@ impl<T> Clone for Queue<T> {
         Self {
             map: self.map.clone(),
             values: self.values.clone(),
+            layout: self.layout,
             queue: self.queue.clone(),
             _type: PhantomData,
         }
@@ -153,6 +158,11 @@ impl<T> Drop for Queue<T> {
         }
     }
 }
+
+/// Values this process put into spills (see [`Queue::put_spilled`]), for
+/// the test hooks in `crate::testing`. Relaxed: a count, ordered by nothing.
+#[cfg(feature = "fault-injection")]
+pub(crate) static SPILLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Bytes a slot holds past the largest value in place: room for the
 /// largest envelope, a spill's handle. A slot's length says what it holds
@@ -187,13 +197,29 @@ fn memory_of(map: &SharedSegment) -> QueueMemory {
     unsafe { QueueMemory::new(map.base(), map.usable_len()) }
 }
 
-/// The value file of the queue just laid out in `queue`: made, recorded in
-/// the queue's memory, and kept open with `map` (see [`keep_files`]).
-fn new_value_file(map: &SharedSegment, queue: &ByteQueue) -> Result<Arc<ValueFile>> {
+/// The value file of the queue just laid out in `queue`, and how it is cut
+/// into regions (after this process's file-size limit, see
+/// [`values::Layout::for_limit`]): made, recorded in the queue's memory,
+/// and kept open with `map` (see [`keep_files`]).
+fn new_value_file(
+    map: &SharedSegment,
+    queue: &ByteQueue,
+) -> Result<(Arc<ValueFile>, values::Layout)> {
+    let page = crate::sys::page_size();
+    #[cfg(not(miri))]
+    let limit = crate::sys::file_size_limit();
+    #[cfg(miri)]
+    let limit = None;
+    let layout = values::Layout::for_limit(limit, page).ok_or_else(|| Error::SharedMemory {
+        op: "laying out a queue's value file",
+        source: std::io::Error::other(format!(
+            "no region layout fits pages of {page} bytes (file-size limit {limit:?})"
+        )),
+    })?;
     let values = ValueFile::create()?;
-    queue.set_value_file_id(values.identity());
+    queue.set_value_file(values.identity(), layout.region_bytes());
     keep_files(map, &values, queue);
-    Ok(values)
+    Ok((values, layout))
 }
 
 /// The files a queue's handle names besides its memory: its value file
@@ -293,10 +319,11 @@ impl<T> Queue<T> {
         // SAFETY: the segment is new: nobody else maps it yet.
         let queue =
             unsafe { ByteQueue::create(memory_of(&map), capacity, slot_bytes, type_tag::<T>()) };
-        let values = new_value_file(&map, &queue)?;
+        let (values, layout) = new_value_file(&map, &queue)?;
         Ok(Self {
             map,
             values,
+            layout,
             queue,
             _type: PhantomData,
         })
@@ -359,8 +386,8 @@ impl<T> Queue<T> {
         rest: &[u8],
         put: impl FnOnce(&[u8]) -> Result<bool>,
     ) -> Result<bool> {
-        let word = self.queue.value_word();
-        let Some(stored) = self.values.store(word, head, rest)? else {
+        let words = self.queue.value_words(self.layout);
+        let Some(stored) = self.values.store(words, head, rest)? else {
             return self.put_spilled(head, rest, put);
         };
         let mut envelope = vec![0u8; self.message_bytes() + RECORD_BYTES];
@@ -384,6 +411,8 @@ impl<T> Queue<T> {
         put: impl FnOnce(&[u8]) -> Result<bool>,
     ) -> Result<bool> {
         let (handle, mut spilled) = spill::write_parts(head, rest)?;
+        #[cfg(feature = "fault-injection")]
+        SPILLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut envelope = vec![0u8; self.message_bytes() + HANDLE_BYTES];
         envelope[..HANDLE_BYTES].copy_from_slice(&handle);
         // Not sent unless it went in: dropping `spilled` takes its transit
@@ -471,7 +500,7 @@ impl<T> Queue<T> {
         crate::shm::handle::sweep();
         let mut bytes = Vec::new();
         self.values
-            .take_into(self.queue.value_word(), record, &mut bytes)?;
+            .take_into(&self.queue.value_words(self.layout), record, &mut bytes)?;
         decode_exact::<T>(&bytes)
     }
 
@@ -757,6 +786,13 @@ impl<T: Wire> Queue<T> {
     pub(crate) fn byte_queue(&self) -> &ByteQueue {
         &self.queue
     }
+
+    /// The words of its value file, with the layout this process checked
+    /// (for the test hooks in `crate::testing`).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn value_words(&self) -> values::Words<'_> {
+        self.queue.value_words(self.layout)
+    }
 }
 
 #[cfg(feature = "fault-injection")]
@@ -848,10 +884,11 @@ impl<T> Queue<T> {
         // SAFETY: the segment is new and zeroed: nobody else maps it yet.
         let queue =
             unsafe { ByteQueue::create_unbounded(memory_of(&map), slot_bytes, type_tag::<T>())? };
-        let values = new_value_file(&map, &queue)?;
+        let (values, layout) = new_value_file(&map, &queue)?;
         Ok(Self {
             map,
             values,
+            layout,
             queue,
             _type: PhantomData,
         })
@@ -906,10 +943,19 @@ impl<T: Wire> Wire for Queue<T> {
                 "the handle names another value file than the queue's memory records",
             ));
         }
+        // Checked once here, and this copy used from now on: a holder that
+        // forges the recorded size later spoils only the values it puts.
+        let region_bytes = queue.value_region_bytes();
+        let layout = values::Layout::new(region_bytes, crate::sys::page_size()).ok_or_else(|| {
+            decode_error::<Self>(format!(
+                "the queue's memory records value file regions of {region_bytes} bytes, which no queue makes (a process wrote over the queue's memory)"
+            ))
+        })?;
         keep_files(&map, &values, &queue);
         Ok(Self {
             map,
             values,
+            layout,
             queue,
             _type: PhantomData,
         })
