@@ -66,21 +66,42 @@ use std::time::{Duration, Instant};
 /// in the queue.
 ///
 /// Under a finite file-size limit (`ulimit -f`, RLIMIT_FSIZE, which batch
-/// systems such as Slurm pass on from the submitting shell), the large
-/// values waiting in the queue *at once* beyond the limit's worth (each
-/// counts its encoding rounded up to whole pages) are kept by their
-/// producer instead (a *spill*, a one-off memfd of its own): they keep
-/// going through, but are again bound to the producer, which keeps each at
-/// most 5 seconds for a receiver once it returns (`EXIT_LINGER`), and loses
-/// it if killed. [`Process::join`](crate::Process::join) waits for that
-/// exit, so "join the producers, then drain" loses such values: under a
-/// limit, keep fewer bytes of large values waiting at once than the limit,
-/// drain before joining, or raise the limit. The value file starts over
-/// whenever the queue holds no large value, so only the bytes waiting at
-/// once count, never all the queue carried (a queue that never runs empty
-/// of large values does not start over: its file grows as they pass
-/// through). Without a file-size limit no value is spilled. A single value
-/// larger than the limit is [`Error::SharedMemory`] (EFBIG).
+/// systems such as Slurm pass on from the submitting shell), the value
+/// file is cut into four regions of a quarter of its creator's limit, each
+/// reused as soon as the values in it have been received, while values
+/// still wait in the others: so a queue that is never empty of large
+/// values (a consumer lagging behind, a bounded queue kept full) goes on
+/// reusing its file, and what counts is the bytes of large values waiting
+/// *at once* (each its encoding rounded up to whole pages, those being put
+/// and received included), never all the queue carried. A large value
+/// that finds no room below its producer's limit is kept by the producer
+/// instead (a *spill*, a one-off memfd of its own). Received in order,
+/// that happens only past about three quarters of the limit waiting at
+/// once less one value (four 1 MiB values wait within `ulimit -f 8192`,
+/// i.e. 8 MiB, whatever passed through before), or right at the limit
+/// for a burst into a queue holding no large value (seven 1 MiB values
+/// fit 8 MiB; the eighth waiting with them is spilled). A spilled value
+/// still goes through, but is again bound to its producer, which keeps it
+/// at most 5 seconds for a receiver once it returns (`EXIT_LINGER`), and
+/// loses it if killed. [`Process::join`](crate::Process::join) waits for
+/// that exit, so "join the producers, then drain" loses such values: under
+/// a limit, keep the large values waiting at once well within it, drain
+/// before joining, or raise the limit. Without a file-size limit no value
+/// is spilled. A single value larger than the limit is
+/// [`Error::SharedMemory`] (EFBIG).
+///
+/// A consumer killed in the middle of receiving a large value (a
+/// [`task_timeout`](crate::PoolBuilder::task_timeout) or
+/// [`terminate`](crate::Pool::terminate) of a pool worker that takes from
+/// the queue, Ctrl-C, the OOM killer; the window is the whole read of the
+/// value, about a second for 1 GiB) leaves the value's place in the file
+/// counted as in use for the queue's life, silently: the region (or the
+/// two regions) it lies in are never reused again. The queue goes on with
+/// the others, but under a limit it then spills with about a quarter of
+/// the limit fewer bytes waiting at once for each region so lost, and,
+/// once every region is, as soon as the file reaches the limit. A
+/// producer killed between writing a large value and putting it in a slot
+/// does the same. A queue made afresh starts with all four.
 ///
 /// Shared objects named *inside* a value (a [`crate::SharedArray`], another
 /// queue, a [`crate::PipeEnd`], say in a `Vec`) are not copied into the
@@ -369,16 +390,16 @@ impl<T> Queue<T> {
     /// into a slot (see [`put_encoded`](Self::put_encoded)); the range is
     /// given back if the record does not go in.
     ///
-    /// The value file starts over at offset 0 whenever it holds no large
-    /// value, so under a finite file-size limit (`ulimit -f`, which batch
-    /// systems such as Slurm pass on from the submitting shell) its end
-    /// reaches the limit only when that many bytes of large values wait at
-    /// once (or a stuck or forged live count keeps it from starting over,
-    /// see `shm::values`). A value whose range would end past the limit
-    /// goes into a spill of this process's instead (a one-off memfd, bound
-    /// by the limit only in its own size): such a value is again bound to
-    /// its producer, which keeps it until it is received, or at most 5 s
-    /// (`EXIT_LINGER`) once the producer exits.
+    /// The value file's regions each start over as soon as no large value
+    /// in them is live, so under a finite file-size limit (`ulimit -f`,
+    /// which batch systems such as Slurm pass on from the submitting
+    /// shell) no region has room for a value only when the large values
+    /// waiting at once lie in all of them (or stuck or forged counts keep
+    /// regions from starting over, see `shm::values`). Such a value goes
+    /// into a spill of this process's instead (a one-off memfd, bound by
+    /// the limit only in its own size): it is again bound to its producer,
+    /// which keeps it until it is received, or at most 5 s (`EXIT_LINGER`)
+    /// once the producer exits.
     #[cold]
     fn put_stored(
         &self,
@@ -699,7 +720,11 @@ impl<T: Wire> Queue<T> {
     /// # Errors
     ///
     /// [`Error::QueueClosed`] once closed and drained; [`Error::Decode`] for
-    /// bytes that are not a `T` (a peer misbehaved).
+    /// bytes that are not a `T` (a peer misbehaved);
+    /// [`Error::SharedMemory`] when this process has no memory for the
+    /// buffer of a value too large for a slot: that value was taken out of
+    /// the queue and its place in the value file given back, so it is
+    /// lost (the queue goes on, and later gets work once memory is there).
     ///
     /// # Examples
     ///

@@ -14,33 +14,51 @@
 //! shared by every copy of the queue there.
 //!
 //! **A value's life.** A put takes a range of the file from the queue's
-//! *value word* (in its shared control memory, `mpmc`'s `value_word`), rounded up
-//! to whole pages so that giving it back frees every page; reserves the
-//! range's memory (`fallocate`: no memory is an error here, never an OOM
-//! kill elsewhere) and writes the encoding there (`pwrite`); then puts a
-//! small [record](RECORD_BYTES) `(offset, length)` in the slot. A put that
-//! does not go in (full, closed, timed out, failed) punches its range back.
-//! A get takes the record out of the slot, validates it, reads the range
-//! (`pread`), punches it (`fallocate(PUNCH_HOLE)`: its memory is given
-//! back) and decodes.
+//! *value words* (in its shared control memory, `mpmc`'s `value_words`),
+//! rounded up to whole pages so that giving it back frees every page;
+//! reserves the range's memory (`fallocate`: no memory is an error here,
+//! never an OOM kill elsewhere) and writes the encoding there (`pwrite`);
+//! then puts a small [record](RECORD_BYTES) `(offset, length)` in the slot.
+//! A put that does not go in (full, closed, timed out, failed) punches its
+//! range back. A get takes the record out of the slot, validates it, reads
+//! the range (`pread`), punches it (`fallocate(PUNCH_HOLE)`: its memory is
+//! given back) and decodes.
 //!
-//! **Starting over.** The value word holds two counts in one u64: how many
-//! ranges are *live* (taken by a put and not yet given back, [`LIVE_BITS`]
-//! high bits) and the *cursor*, the page where the next range starts (the
-//! low [`CURSOR_BITS`]). A put takes its range with one compare-exchange
-//! that adds one to the live count and: when no range is live, starts at
-//! page 0 (the cursor becomes the range's end), else at the cursor (which
-//! moves past the range). Every range given back (a get's, after its
-//! read; a put's that did not go in) is punched first and only then takes
-//! one off the live count (Release), so a put whose compare-exchange sees
-//! the count at 0 (Acquire) knows every range taken before was punched:
-//! starting over at 0 overwrites nothing. So the file's end marks the most
-//! bytes of large values that waited *at once* since the queue was
-//! emptied of them, not all it ever carried: under a finite file-size
-//! limit (`ulimit -f`) only that has to fit (see [`ValueFile::store`]). A
-//! queue that is never empty of large values does not start over, and
-//! its file grows as they pass through (within [`CURSOR_BITS`] pages of
-//! offsets: 4 PiB with 4 KiB pages, a typed error past them).
+//! **Regions, and starting over.** The file's offsets are cut into
+//! [`REGIONS`] regions of [`Layout::region_bytes`] each, then the *tail*,
+//! the rest of the offset space. The queue's creator picks the size: a
+//! [`REGIONS`]th of its file-size limit (`ulimit -f`), or a size no value
+//! reaches when it has none ([`Layout::for_limit`]). Each region (and the
+//! tail) has a word of its own holding two counts: how many ranges in it
+//! are *live* (taken by a put and not yet given back, [`LIVE_BITS`] high
+//! bits) and its *cursor*, the page where its next range starts (the low
+//! [`CURSOR_BITS`]). A put takes its range with one compare-exchange on a
+//! region's word that adds one to its live count and: when no range in it
+//! is live, starts at the region's start, else at its cursor (which moves
+//! past the range). A range that does not end within its region *runs on*
+//! into the next ones, each of which it claims only when no range is live
+//! in it; it counts as live in every region it lies in. A put tries first
+//! the region a *hint* word names (where the last put that moved on to
+//! another region ended), then the others in turn, then the tail
+//! ([`candidates`]); a region without room is passed over; none: `None`,
+//! and the caller spills the value. Every range given back (a get's, after
+//! its read; a put's that did not go in) is punched first and only then
+//! takes one off the live count of each region it lies in (Release), so a
+//! put whose compare-exchange sees a region's count at 0 (Acquire) knows
+//! every range taken there before was punched: starting the region over
+//! overwrites nothing.
+//!
+//! So each region starts over as soon as the values in it are gone, while
+//! values still wait in the others: a queue that is never empty of large
+//! values (a consumer that lags by one, a queue kept full by a slower
+//! consumer) turns through its regions and reuses its file. Under a finite
+//! file-size limit the creator's limit is what the regions fill, and values
+//! received in order are spilled only when those waiting at once (being
+//! put and read included) lie in every region: more than about three
+//! quarters of the limit less one value (see [`ValueFile::store`]). (With
+//! one count for the whole file, as before, the file started over only
+//! when no large value at all was live, which a streaming queue never
+//! reached: under a limit it spilled after the limit's worth had passed.)
 //!
 //! **Trust.** The value word and the records are in memory every holder
 //! of the queue may write, and the file is whatever the handle named,
@@ -58,36 +76,44 @@
 //! after the check, and the read then gets zeros (a decode error, or a
 //! wrong value of the right type), still no more than the checked length.
 //!
-//! The value word is copied once per attempt and checked before use
-//! ([`take_range`], arithmetic only): the cursor counts pages, so no range
-//! can start off a page boundary whatever the word says (which would have
-//! had every later range straddle pages a punch cannot give back); a range
-//! that would end past the cursor's field or [`MAX_END`] is a typed error.
-//! A forged word can do three things, all to this queue's large values
-//! only (the file is only ever read and written through system calls,
-//! never mapped):
-//! - a live count of 0 while values wait, or a cursor moved back onto
-//!   them: a put reuses a live range, which corrupts the values there (a
-//!   decode error, or a wrong value of the right type); every allocation
-//!   is still bounded by a checked record;
+//! The region words are copied once per attempt and checked before use
+//! ([`fit`], arithmetic only), and the region size once per process, when
+//! it opens the queue ([`Layout::new`]): the cursor counts pages, so no
+//! range can start off a page boundary whatever a word says (which would
+//! have had every later range straddle pages a punch cannot give back); a
+//! cursor outside its region is a typed error if no other region takes
+//! the range; the hint is taken modulo the words' number. A forged word
+//! can do three things, all to this queue's large values only (the file is
+//! only ever read and written through system calls, never mapped):
+//! - a live count of 0 while values wait in the region, or a cursor moved
+//!   back onto them: a put reuses a live range, which corrupts the values
+//!   there (a decode error, or a wrong value of the right type); every
+//!   allocation is still bounded by a checked record. A region size forged
+//!   before a process opened the queue (one that passes the checks) has
+//!   that process count ranges in other regions: the same;
 //! - a count too high (or stuck: a consumer killed between taking a record
 //!   and giving its range back, a producer between taking a range and
-//!   putting its record): the count never reaches 0 again, so the file no
-//!   longer starts over: the file grows as it did before it could, and
-//!   under a file-size limit later values are spilled past it (see
-//!   [`ValueFile::store`]); a count at its [`MAX_LIVE`] spills every large
-//!   value;
-//! - a cursor at the end of its field while the count is not 0: large puts
-//!   fail with a typed error until the count reaches 0 again.
+//!   putting its record): that region's count never reaches 0 again, so it
+//!   no longer starts over (its room is used up once, then never); the
+//!   other regions go on turning, one fewer (under a limit, values are
+//!   spilled with about a [`REGIONS`]th of the limit fewer bytes waiting
+//!   at once; with every region stuck, once the file reaches the limit, as
+//!   before regions); a count at its [`MAX_LIVE`] has the region passed
+//!   over;
+//! - a cursor outside its region while its count is not 0: the region has
+//!   no room (a typed error if no other region takes the range) until the
+//!   count reaches 0 again.
 //!
-//! Taking one off the live count never goes below 0 (a forged count of 0
-//! stays 0), and every loop on the word is bounded ([`CAS_TRIES`]).
+//! Taking one off a live count never goes below 0 (a forged count of 0
+//! stays 0), and every loop on a word is bounded ([`CAS_TRIES`],
+//! [`RELEASE_TRIES`]).
 //!
 //! **Leaks.** A producer that dies between taking its range and putting its
 //! record, or a consumer that dies between taking a record and punching
-//! its range, leaves that range's memory in the file until the last
-//! process holding the queue lets go of it (the file goes with its last
-//! descriptor), and its live count stuck (above).
+//! its range (a window as long as the `pread` of the value), leaves that
+//! range's memory in the file until the last process holding the queue
+//! lets go of it (the file goes with its last descriptor), and the live
+//! counts of its regions stuck (above).
 //!
 //! Under Miri, which makes no files, a queue gets a file that holds
 //! nothing: a value too large for a slot fails to go in.
