@@ -66,21 +66,42 @@ use std::time::{Duration, Instant};
 /// in the queue.
 ///
 /// Under a finite file-size limit (`ulimit -f`, RLIMIT_FSIZE, which batch
-/// systems such as Slurm pass on from the submitting shell), the large
-/// values waiting in the queue *at once* beyond the limit's worth (each
-/// counts its encoding rounded up to whole pages) are kept by their
-/// producer instead (a *spill*, a one-off memfd of its own): they keep
-/// going through, but are again bound to the producer, which keeps each at
-/// most 5 seconds for a receiver once it returns (`EXIT_LINGER`), and loses
-/// it if killed. [`Process::join`](crate::Process::join) waits for that
-/// exit, so "join the producers, then drain" loses such values: under a
-/// limit, keep fewer bytes of large values waiting at once than the limit,
-/// drain before joining, or raise the limit. The value file starts over
-/// whenever the queue holds no large value, so only the bytes waiting at
-/// once count, never all the queue carried (a queue that never runs empty
-/// of large values does not start over: its file grows as they pass
-/// through). Without a file-size limit no value is spilled. A single value
-/// larger than the limit is [`Error::SharedMemory`] (EFBIG).
+/// systems such as Slurm pass on from the submitting shell), the value
+/// file is cut into four regions of a quarter of its creator's limit, each
+/// reused as soon as the values in it have been received, while values
+/// still wait in the others: so a queue that is never empty of large
+/// values (a consumer lagging behind, a bounded queue kept full) goes on
+/// reusing its file, and what counts is the bytes of large values waiting
+/// *at once* (each its encoding rounded up to whole pages, those being put
+/// and received included), never all the queue carried. A large value
+/// that finds no room below its producer's limit is kept by the producer
+/// instead (a *spill*, a one-off memfd of its own). Received in order,
+/// that happens only past about three quarters of the limit waiting at
+/// once less one value (four 1 MiB values wait within `ulimit -f 8192`,
+/// i.e. 8 MiB, whatever passed through before), or right at the limit
+/// for a burst into a queue holding no large value (seven 1 MiB values
+/// fit 8 MiB; the eighth waiting with them is spilled). A spilled value
+/// still goes through, but is again bound to its producer, which keeps it
+/// at most 5 seconds for a receiver once it returns (`EXIT_LINGER`), and
+/// loses it if killed. [`Process::join`](crate::Process::join) waits for
+/// that exit, so "join the producers, then drain" loses such values: under
+/// a limit, keep the large values waiting at once well within it, drain
+/// before joining, or raise the limit. Without a file-size limit no value
+/// is spilled. A single value larger than the limit is
+/// [`Error::SharedMemory`] (EFBIG).
+///
+/// A consumer killed in the middle of receiving a large value (a
+/// [`task_timeout`](crate::PoolBuilder::task_timeout) or
+/// [`terminate`](crate::Pool::terminate) of a pool worker that takes from
+/// the queue, Ctrl-C, the OOM killer; the window is the whole read of the
+/// value, about a second for 1 GiB) leaves the value's place in the file
+/// counted as in use for the queue's life, silently: the region (or the
+/// two regions) it lies in are never reused again. The queue goes on with
+/// the others, but under a limit it then spills with about a quarter of
+/// the limit fewer bytes waiting at once for each region so lost, and,
+/// once every region is, as soon as the file reaches the limit. A
+/// producer killed between writing a large value and putting it in a slot
+/// does the same. A queue made afresh starts with all four.
 ///
 /// Shared objects named *inside* a value (a [`crate::SharedArray`], another
 /// queue, a [`crate::PipeEnd`], say in a `Vec`) are not copied into the
@@ -114,6 +135,10 @@ pub struct Queue<T> {
     map: Arc<SharedSegment>,
     /// Where values too large for a slot wait: this process's descriptor.
     values: Arc<ValueFile>,
+    /// How `values` is cut into regions, as this process checked it when
+    /// it made or opened the queue (the queue's memory records it, where
+    /// any holder may write).
+    layout: values::Layout,
     queue: ByteQueue,
     _type: PhantomData<fn(T) -> T>,
 }
@@ -123,6 +148,7 @@ impl<T> Clone for Queue<T> {
         Self {
             map: self.map.clone(),
             values: self.values.clone(),
+            layout: self.layout,
             queue: self.queue.clone(),
             _type: PhantomData,
         }
@@ -153,6 +179,11 @@ impl<T> Drop for Queue<T> {
         }
     }
 }
+
+/// Values this process put into spills (see [`Queue::put_spilled`]), for
+/// the test hooks in `crate::testing`. Relaxed: a count, ordered by nothing.
+#[cfg(feature = "fault-injection")]
+pub(crate) static SPILLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Bytes a slot holds past the largest value in place: room for the
 /// largest envelope, a spill's handle. A slot's length says what it holds
@@ -187,13 +218,29 @@ fn memory_of(map: &SharedSegment) -> QueueMemory {
     unsafe { QueueMemory::new(map.base(), map.usable_len()) }
 }
 
-/// The value file of the queue just laid out in `queue`: made, recorded in
-/// the queue's memory, and kept open with `map` (see [`keep_files`]).
-fn new_value_file(map: &SharedSegment, queue: &ByteQueue) -> Result<Arc<ValueFile>> {
+/// The value file of the queue just laid out in `queue`, and how it is cut
+/// into regions (after this process's file-size limit, see
+/// [`values::Layout::for_limit`]): made, recorded in the queue's memory,
+/// and kept open with `map` (see [`keep_files`]).
+fn new_value_file(
+    map: &SharedSegment,
+    queue: &ByteQueue,
+) -> Result<(Arc<ValueFile>, values::Layout)> {
+    let page = crate::sys::page_size();
+    #[cfg(not(miri))]
+    let limit = crate::sys::file_size_limit();
+    #[cfg(miri)]
+    let limit = None;
+    let layout = values::Layout::for_limit(limit, page).ok_or_else(|| Error::SharedMemory {
+        op: "laying out a queue's value file",
+        source: std::io::Error::other(format!(
+            "no region layout fits pages of {page} bytes (file-size limit {limit:?})"
+        )),
+    })?;
     let values = ValueFile::create()?;
-    queue.set_value_file_id(values.identity());
+    queue.set_value_file(values.identity(), layout.region_bytes());
     keep_files(map, &values, queue);
-    Ok(values)
+    Ok((values, layout))
 }
 
 /// The files a queue's handle names besides its memory: its value file
@@ -293,10 +340,11 @@ impl<T> Queue<T> {
         // SAFETY: the segment is new: nobody else maps it yet.
         let queue =
             unsafe { ByteQueue::create(memory_of(&map), capacity, slot_bytes, type_tag::<T>()) };
-        let values = new_value_file(&map, &queue)?;
+        let (values, layout) = new_value_file(&map, &queue)?;
         Ok(Self {
             map,
             values,
+            layout,
             queue,
             _type: PhantomData,
         })
@@ -342,16 +390,16 @@ impl<T> Queue<T> {
     /// into a slot (see [`put_encoded`](Self::put_encoded)); the range is
     /// given back if the record does not go in.
     ///
-    /// The value file starts over at offset 0 whenever it holds no large
-    /// value, so under a finite file-size limit (`ulimit -f`, which batch
-    /// systems such as Slurm pass on from the submitting shell) its end
-    /// reaches the limit only when that many bytes of large values wait at
-    /// once (or a stuck or forged live count keeps it from starting over,
-    /// see `shm::values`). A value whose range would end past the limit
-    /// goes into a spill of this process's instead (a one-off memfd, bound
-    /// by the limit only in its own size): such a value is again bound to
-    /// its producer, which keeps it until it is received, or at most 5 s
-    /// (`EXIT_LINGER`) once the producer exits.
+    /// The value file's regions each start over as soon as no large value
+    /// in them is live, so under a finite file-size limit (`ulimit -f`,
+    /// which batch systems such as Slurm pass on from the submitting
+    /// shell) no region has room for a value only when the large values
+    /// waiting at once lie in all of them (or stuck or forged counts keep
+    /// regions from starting over, see `shm::values`). Such a value goes
+    /// into a spill of this process's instead (a one-off memfd, bound by
+    /// the limit only in its own size): it is again bound to its producer,
+    /// which keeps it until it is received, or at most 5 s (`EXIT_LINGER`)
+    /// once the producer exits.
     #[cold]
     fn put_stored(
         &self,
@@ -359,8 +407,8 @@ impl<T> Queue<T> {
         rest: &[u8],
         put: impl FnOnce(&[u8]) -> Result<bool>,
     ) -> Result<bool> {
-        let word = self.queue.value_word();
-        let Some(stored) = self.values.store(word, head, rest)? else {
+        let words = self.queue.value_words(self.layout);
+        let Some(stored) = self.values.store(words, head, rest)? else {
             return self.put_spilled(head, rest, put);
         };
         let mut envelope = vec![0u8; self.message_bytes() + RECORD_BYTES];
@@ -384,6 +432,8 @@ impl<T> Queue<T> {
         put: impl FnOnce(&[u8]) -> Result<bool>,
     ) -> Result<bool> {
         let (handle, mut spilled) = spill::write_parts(head, rest)?;
+        #[cfg(feature = "fault-injection")]
+        SPILLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut envelope = vec![0u8; self.message_bytes() + HANDLE_BYTES];
         envelope[..HANDLE_BYTES].copy_from_slice(&handle);
         // Not sent unless it went in: dropping `spilled` takes its transit
@@ -471,7 +521,7 @@ impl<T> Queue<T> {
         crate::shm::handle::sweep();
         let mut bytes = Vec::new();
         self.values
-            .take_into(self.queue.value_word(), record, &mut bytes)?;
+            .take_into(&self.queue.value_words(self.layout), record, &mut bytes)?;
         decode_exact::<T>(&bytes)
     }
 
@@ -670,7 +720,11 @@ impl<T: Wire> Queue<T> {
     /// # Errors
     ///
     /// [`Error::QueueClosed`] once closed and drained; [`Error::Decode`] for
-    /// bytes that are not a `T` (a peer misbehaved).
+    /// bytes that are not a `T` (a peer misbehaved);
+    /// [`Error::SharedMemory`] when this process has no memory for the
+    /// buffer of a value too large for a slot: that value was taken out of
+    /// the queue and its place in the value file given back, so it is
+    /// lost (the queue goes on, and later gets work once memory is there).
     ///
     /// # Examples
     ///
@@ -756,6 +810,13 @@ impl<T: Wire> Queue<T> {
     /// and for waiting on it along with other things (`crate::connection`).
     pub(crate) fn byte_queue(&self) -> &ByteQueue {
         &self.queue
+    }
+
+    /// The words of its value file, with the layout this process checked
+    /// (for the test hooks in `crate::testing`).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn value_words(&self) -> values::Words<'_> {
+        self.queue.value_words(self.layout)
     }
 }
 
@@ -848,10 +909,11 @@ impl<T> Queue<T> {
         // SAFETY: the segment is new and zeroed: nobody else maps it yet.
         let queue =
             unsafe { ByteQueue::create_unbounded(memory_of(&map), slot_bytes, type_tag::<T>())? };
-        let values = new_value_file(&map, &queue)?;
+        let (values, layout) = new_value_file(&map, &queue)?;
         Ok(Self {
             map,
             values,
+            layout,
             queue,
             _type: PhantomData,
         })
@@ -906,10 +968,19 @@ impl<T: Wire> Wire for Queue<T> {
                 "the handle names another value file than the queue's memory records",
             ));
         }
+        // Checked once here, and this copy used from now on: a holder that
+        // forges the recorded size later spoils only the values it puts.
+        let region_bytes = queue.value_region_bytes();
+        let layout = values::Layout::new(region_bytes, crate::sys::page_size()).ok_or_else(|| {
+            decode_error::<Self>(format!(
+                "the queue's memory records value file regions of {region_bytes} bytes, which no queue makes (a process wrote over the queue's memory)"
+            ))
+        })?;
         keep_files(&map, &values, &queue);
         Ok(Self {
             map,
             values,
+            layout,
             queue,
             _type: PhantomData,
         })

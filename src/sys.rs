@@ -105,10 +105,16 @@ pub(crate) fn coarse_now() -> Duration {
 /// dispositions). Every call that grows a memfd (`ftruncate`, `fallocate`,
 /// `pwrite`) asks this first. A limit that cannot be read counts as none.
 fn check_file_size_limit(end: u64) -> io::Result<()> {
-    match rustix::process::getrlimit(rustix::process::Resource::Fsize).current {
+    match file_size_limit() {
         Some(limit) if end > limit => Err(io::Error::from_raw_os_error(libc::EFBIG)),
         _ => Ok(()),
     }
+}
+
+/// This process's file-size limit in bytes (RLIMIT_FSIZE's soft limit,
+/// `ulimit -f`), read now: `None` for none, or one that cannot be read.
+pub(crate) fn file_size_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Fsize).current
 }
 
 /// Sets the size of the file behind `fd` (`ftruncate`), within the

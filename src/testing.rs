@@ -44,28 +44,71 @@ pub fn put_raw_slot<T: Wire>(queue: &Queue<T>, bytes: &[u8]) -> bool {
     queue.byte_queue().try_put(bytes).unwrap_or(false)
 }
 
-/// Overwrites `queue`'s value word, as a hostile process could: the word
-/// that counts the values too large for a slot that are live in its value
-/// file (`live`, up to 2^24 - 1) and says at which page the next one goes
-/// (`cursor`, below 2^40) when any is live (the layout in
-/// `docs/protocol.md`, "A queue's value file").
-pub fn forge_value_word<T: Wire>(queue: &Queue<T>, live: u64, cursor: u64) {
-    // Relaxed: a forgery, ordered by nothing, as a hostile process's would be.
-    queue.byte_queue().value_word().store(
-        crate::shm::values::value_word(live, cursor),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+/// Overwrites the word of region `region` of `queue`'s value file, as a
+/// hostile process could: the word that counts the values too large for a
+/// slot that are live in the region (`live`, up to 2^24 - 1) and says at
+/// which page of the file the next one goes (`cursor`, below 2^40) when any
+/// is live. Regions 0 to 3 are the file's first four quarters of
+/// [`value_regions`]`.0` bytes each, region 4 the rest of its offset space
+/// (the layout in `docs/protocol.md`, "A queue's value file"). A region
+/// past 4 is ignored.
+pub fn forge_region_word<T: Wire>(queue: &Queue<T>, region: usize, live: u64, cursor: u64) {
+    if let Some(word) = queue.value_words().regions.get(region) {
+        // Relaxed: a forgery, ordered by nothing, as a hostile process's
+        // would be.
+        word.store(
+            crate::shm::values::value_word(live, cursor),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
 }
 
-/// `(live, cursor)` of `queue`'s value word (see [`forge_value_word`]).
-pub fn value_word<T: Wire>(queue: &Queue<T>) -> (u64, u64) {
+/// `(live, cursor)` of the word of region `region` of `queue`'s value file
+/// (see [`forge_region_word`]); `(0, 0)` past region 4.
+pub fn region_word<T: Wire>(queue: &Queue<T>, region: usize) -> (u64, u64) {
+    queue
+        .value_words()
+        .regions
+        .get(region)
+        .map_or((0, 0), |word| {
+            // Relaxed: a snapshot for a test, ordered by nothing.
+            crate::shm::values::split_word(word.load(std::sync::atomic::Ordering::Relaxed))
+        })
+}
+
+/// How many values too large for a slot are counted live in `queue`'s
+/// value file: the sum of its regions' counts (a value that runs on from
+/// one region into the next counts in both).
+pub fn value_live_counts<T: Wire>(queue: &Queue<T>) -> Vec<u64> {
+    (0..crate::shm::values::REGION_WORDS)
+        .map(|r| region_word(queue, r).0)
+        .collect()
+}
+
+/// `(region size in bytes as this process checked it, the hint word: the
+/// region a put tries first)` of `queue`'s value file.
+pub fn value_regions<T: Wire>(queue: &Queue<T>) -> (u64, u64) {
+    let words = queue.value_words();
     // Relaxed: a snapshot for a test, ordered by nothing.
-    crate::shm::values::split_word(
-        queue
-            .byte_queue()
-            .value_word()
-            .load(std::sync::atomic::Ordering::Relaxed),
-    )
+    let hint = words.hint.load(std::sync::atomic::Ordering::Relaxed);
+    (words.layout.region_bytes(), hint)
+}
+
+/// Overwrites the hint word of `queue`'s value file (the region a put
+/// tries first), as a hostile process could.
+pub fn forge_value_hint<T: Wire>(queue: &Queue<T>, hint: u64) {
+    // Relaxed: a forgery, ordered by nothing.
+    queue
+        .value_words()
+        .hint
+        .store(hint, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Overwrites the region size `queue`'s memory records for its value file,
+/// as a hostile process could: processes that open the queue later check
+/// it (one that already holds the queue keeps the size it checked).
+pub fn forge_value_region_bytes<T: Wire>(queue: &Queue<T>, region_bytes: u64) {
+    queue.byte_queue().forge_value_region_bytes(region_bytes);
 }
 
 /// Forgets the start time recorded for the process that holds the other
@@ -131,6 +174,13 @@ pub fn arg_arena_usage(pool: &crate::Pool) -> Option<(usize, usize)> {
 /// rule in `docs/protocol.md`.
 pub fn lingering_objects() -> usize {
     crate::shm::handle::lingering()
+}
+
+/// How many values too large for a queue slot this process has put into a
+/// spill of its own rather than the queue's value file (past its file-size
+/// limit: see [`Queue`]), since it started.
+pub fn spilled_values() -> u64 {
+    crate::queue::SPILLS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Lets go at once of every object this process keeps for receivers (see

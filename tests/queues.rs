@@ -471,8 +471,8 @@ fn values_waiting_together_keep_their_bytes() {
             assert_eq!(got, all, "round {round}: each value once");
             assert!(q.is_empty());
             assert_eq!(
-                corepool::testing::value_word(&q).0,
-                0,
+                corepool::testing::value_live_counts(&q),
+                [0; 5],
                 "round {round}: every range given back"
             );
         }
@@ -622,19 +622,26 @@ fn forged_records_and_offsets_are_typed_errors() {
                 forged.len()
             );
         }
-        // The value word's cursor forged to the end of its space, with a
-        // value said to be live: puts of large values fail, typed; small
-        // ones go on.
-        corepool::testing::forge_value_word(&q, 1, (1 << 40) - 1);
+        // Every region's cursor forged to the end of the offset space,
+        // with a value said to be live in each: no region has room, and
+        // one is forged: puts of large values fail, typed; small ones go
+        // on.
+        for region in 0..5 {
+            corepool::testing::forge_region_word(&q, region, 1, (1 << 40) - 1);
+        }
         let got = q.put(&pattern(MIB, 4));
         assert!(matches!(got, Err(Error::SharedMemory { .. })), "{got:?}");
         q.put(&vec![1; 10]).unwrap();
         assert_eq!(q.get().unwrap(), vec![1; 10]);
+        for region in 0..5 {
+            corepool::testing::forge_region_word(&q, region, 0, 0);
+        }
         // A live count forged to 0 while a value waits: the next starts
         // over on it, which can only spoil values of this queue.
-        corepool::testing::forge_value_word(&q, 0, 0);
+        corepool::testing::forge_value_hint(&q, 0);
+        corepool::testing::forge_region_word(&q, 0, 0, 0);
         q.put(&pattern(MIB, 5)).unwrap();
-        corepool::testing::forge_value_word(&q, 0, 0);
+        corepool::testing::forge_region_word(&q, 0, 0, 0);
         q.put(&pattern(MIB, 6)).unwrap();
         let first = q.get();
         assert!(
@@ -647,8 +654,8 @@ fn forged_records_and_offsets_are_typed_errors() {
             "given back with the first: {second:?}"
         );
         assert_eq!(
-            corepool::testing::value_word(&q).0,
-            0,
+            corepool::testing::value_live_counts(&q),
+            [0; 5],
             "no count below 0, and none for a refused record"
         );
         // And it goes on.
@@ -739,10 +746,12 @@ fn a_hugetlbfs_file_is_refused_as_a_value_file() {
 
 /// Review 25 R1: one forged next-offset word off a page boundary would
 /// have every later value straddle pages that a punch cannot give back (a
-/// page kept per value, for the queue's life). The value word's cursor now
-/// counts pages, so no word names such an offset: every forged word makes
-/// a large put go through (intact, or spilled), or fail typed with advice
-/// about the writer; small values go on and the file keeps nothing.
+/// page kept per value, for the queue's life). A region word's cursor now
+/// counts pages, so no word names such an offset: every forged word (here
+/// in every region's word at once, so that no put escapes to a region left
+/// alone) makes a large put go through (intact, or spilled), or fail typed
+/// with advice about the writer; small values go on and the file keeps
+/// nothing.
 fn forged_value_words_give_typed_errors_or_spills() {
     const MASK: u64 = (1 << 40) - 1;
     const MAX_LIVE: u64 = (1 << 24) - 1;
@@ -758,7 +767,10 @@ fn forged_value_words_give_typed_errors_or_spills() {
             (MAX_LIVE, 0),              // the count full: spilled
             (1000, 12345),              // stuck high: never starts over
         ] {
-            corepool::testing::forge_value_word(&q, live, cursor);
+            // Into every region's word: no region left to escape to.
+            for region in 0..5 {
+                corepool::testing::forge_region_word(&q, region, live, cursor);
+            }
             let mut went = Vec::new();
             for i in 0..3 {
                 match q.put(&pattern(60_000, i)) {
@@ -875,10 +887,9 @@ fn put_four_and_return((q, round): (Queue<Vec<u8>>, u64)) -> u64 {
     corepool::testing::lingering_objects() as u64
 }
 
-/// The program of `a_file_size_limit_counts_only_values_waiting_at_once`
-/// (it lowers its own file-size limit, so it runs as a process of its
-/// own). Prints what it found, one fact per case.
-fn under_a_file_size_limit() -> ! {
+/// Lowers this process's file-size limit to [`LIMIT`] (its children
+/// inherit it).
+fn lower_file_size_limit() {
     // SAFETY: plain rlimit calls on a value that lives across them.
     unsafe {
         let mut old = std::mem::zeroed::<libc::rlimit>();
@@ -889,6 +900,13 @@ fn under_a_file_size_limit() -> ! {
         };
         assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &low), 0);
     }
+}
+
+/// The program of `a_file_size_limit_counts_only_values_waiting_at_once`
+/// (it lowers its own file-size limit, so it runs as a process of its
+/// own). Prints what it found, one fact per case.
+fn under_a_file_size_limit() -> ! {
+    lower_file_size_limit();
     let mut facts = Vec::new();
     let bounded = || Queue::<Vec<u8>>::new(16);
     let unbounded = || Queue::<Vec<u8>>::unbounded();
@@ -1009,9 +1027,157 @@ fn a_file_size_limit_counts_only_values_waiting_at_once() {
     assert_eq!(text.trim(), expected.join("; "), "{output:?}");
 }
 
+const STREAMING: &str = "COREPOOL_TEST_STREAMING";
+
+/// A producer process of the full-queue stream: puts `n` values of 1 MiB
+/// into `q` and returns how many of them it spilled (each would be lost
+/// with it, as it exits, if nobody had received it yet).
+fn put_many_and_return((q, n): (Queue<Vec<u8>>, u64)) -> u64 {
+    let before = corepool::testing::spilled_values();
+    for i in 0..n {
+        q.put(&pattern(MIB, 1000 + i)).unwrap();
+    }
+    corepool::testing::spilled_values() - before
+}
+
+/// The program of `a_stream_under_a_file_size_limit_spills_nothing` (its
+/// own process, under the lowered limit). Prints what it found.
+fn streaming_under_a_file_size_limit() -> ! {
+    lower_file_size_limit();
+    let mut facts = Vec::new();
+    let bounded = || Queue::<Vec<u8>>::new(16);
+    let unbounded = || Queue::<Vec<u8>>::unbounded();
+    for (kind, make) in [
+        (
+            "bounded",
+            &bounded as &dyn Fn() -> corepool::Result<Queue<Vec<u8>>>,
+        ),
+        ("unbounded", &unbounded),
+    ] {
+        // Review 27 A-B1: a consumer that lags by one. One or two values
+        // wait at any time, never none, so the file never empties of
+        // large values: 200 MiB through it, 25 times the limit.
+        let q = make().unwrap();
+        let before = corepool::testing::spilled_values();
+        q.put(&pattern(MIB, 0)).unwrap();
+        let mut intact = 0;
+        for i in 1..200 {
+            q.put(&pattern(MIB, i)).unwrap();
+            if q.get().unwrap() == pattern(MIB, i - 1) {
+                intact += 1;
+            }
+        }
+        if q.get().unwrap() == pattern(MIB, 199) {
+            intact += 1;
+        }
+        let spilled = corepool::testing::spilled_values() - before;
+        let within = value_file_sizes().iter().all(|&size| size <= LIMIT);
+        facts.push(format!(
+            "{kind} lagging by one spilled {spilled} intact {intact}/200 within {within}"
+        ));
+    }
+    // A queue kept full by a slower consumer: a producer process puts 200
+    // into a bounded(2) queue and exits; this process takes each value
+    // and checks it twice. Up to three values are live in the file
+    // whenever one is put (two in slots, one being read).
+    let q = Queue::<Vec<u8>>::new(2).unwrap();
+    let producer = Process::start(put_many_and_return, (q.clone(), 200)).unwrap();
+    let mut intact = 0;
+    let mut seen_full = 0;
+    for i in 0..200 {
+        if q.len() == 2 {
+            seen_full += 1;
+        }
+        let v = q.get_timeout(Duration::from_secs(60)).unwrap();
+        let expected = pattern(MIB, 1000 + i);
+        if v == expected && v[..] == expected[..] {
+            intact += 1;
+        }
+    }
+    let spilled = producer.join().unwrap();
+    let within = value_file_sizes().iter().all(|&size| size <= LIMIT);
+    facts.push(format!(
+        "full queue spilled {spilled} intact {intact}/200 within {within}"
+    ));
+    // How often the consumer found the queue full: not asserted (it
+    // depends on the scheduler), shown for whoever reads the output.
+    eprintln!("the consumer found the queue full before {seen_full} of 200 gets");
+    println!("{}", facts.join("; "));
+    std::process::exit(0);
+}
+
+/// Review 27 A-B1: a queue that is never empty of large values (a
+/// consumer lagging by one; a bounded queue kept full by a slower
+/// consumer) still reuses its value file under a file-size limit, so it
+/// spills nothing, and a producer that exits loses nothing (before the
+/// file was cut into regions that start over on their own, the first
+/// spill came at the 7th value here, and every 8th after).
+fn a_stream_under_a_file_size_limit_spills_nothing() {
+    let output = common::run_self_as(STREAMING, Duration::from_secs(300));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    let expected = [
+        "bounded lagging by one spilled 0 intact 200/200 within true",
+        "unbounded lagging by one spilled 0 intact 200/200 within true",
+        "full queue spilled 0 intact 200/200 within true",
+    ];
+    assert_eq!(text.trim(), expected.join("; "), "{output:?}");
+}
+
+/// A region size or hint word forged in a queue's memory: a process that
+/// opens the queue refuses a size no creator records (typed); a size one
+/// could record, or any hint, at worst spoils this queue's own counts,
+/// and its values still come out whole.
+fn forged_region_sizes_and_hints_are_refused_or_harmless() {
+    let carrier = Queue::<Queue<Vec<u8>>>::new(2).unwrap();
+    for q in [
+        Queue::<Vec<u8>>::new(4).unwrap(),
+        Queue::<Vec<u8>>::unbounded().unwrap(),
+    ] {
+        let (region, _) = corepool::testing::value_regions(&q);
+        assert!(region >= 4096 && region % 4096 == 0, "{region}");
+        for forged in [0, 1, 4095, 4097, region + 1, 1 << 61, u64::MAX] {
+            corepool::testing::forge_value_region_bytes(&q, forged);
+            carrier.put(&q).unwrap();
+            let got = carrier.get();
+            assert!(
+                matches!(&got, Err(Error::Decode { reason, .. }) if reason.contains("wrote over")),
+                "{forged}: {got:?}"
+            );
+        }
+        // One page: a size a creator under `ulimit -f 16` records. The
+        // copy opened now cuts the file otherwise than `q` does, so its
+        // counts say nothing true to `q`'s: values that wait at the same
+        // time may be spoiled (only this queue's). One at a time, they
+        // come out whole.
+        corepool::testing::forge_value_region_bytes(&q, 4096);
+        carrier.put(&q).unwrap();
+        let other = carrier.get().unwrap();
+        assert_eq!(corepool::testing::value_regions(&other).0, 4096);
+        for i in 0..4 {
+            q.put(&pattern(60_000, i)).unwrap();
+            assert!(other.get().unwrap() == pattern(60_000, i), "{i}");
+            other.put(&pattern(60_000, 10 + i)).unwrap();
+            assert!(q.get().unwrap() == pattern(60_000, 10 + i), "{i}");
+        }
+        // Any hint names some region.
+        for hint in [4, 5, 1000, u64::MAX] {
+            corepool::testing::forge_value_hint(&q, hint);
+            q.put(&pattern(60_000, hint)).unwrap();
+            assert!(q.get().unwrap() == pattern(60_000, hint), "{hint}");
+        }
+        drop(other);
+        assert_eq!(value_memory_in_use(), 0);
+    }
+    corepool::testing::forget_lingering_objects();
+}
+
 fn main() {
     if std::env::var_os(FILE_SIZE_LIMIT).is_some() {
         under_a_file_size_limit();
+    }
+    if std::env::var_os(STREAMING).is_some() {
+        streaming_under_a_file_size_limit();
     }
     corepool::init();
     // The process thread's eventfd lives for the program: create it before
@@ -1040,5 +1206,7 @@ fn main() {
         refused_large_puts_give_their_range_back,
         a_joinable_queue_that_fails_to_decode_ends_its_counts_transit,
         a_file_size_limit_counts_only_values_waiting_at_once,
+        a_stream_under_a_file_size_limit_spills_nothing,
+        forged_region_sizes_and_hints_are_refused_or_harmless,
     ]);
 }

@@ -88,7 +88,8 @@ pub(crate) use unbounded::CONTROL_BYTES as UNBOUNDED_CONTROL_BYTES;
 
 use crate::error::{Error, Result};
 use crate::shm::park::Spinner;
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::shm::values;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -99,7 +100,10 @@ const MAGIC: [u8; 8] = *b"COREQUEU";
 /// 4: the control page holds the queue's value file's words ([`VALUES_AT`]).
 /// 5: the value file's first word counts live values beside its cursor, and
 /// the file starts over when none is live (`shm::values`).
-const VERSION: u32 = 5;
+/// 6: the value file is cut into regions, each with such a word
+/// ([`VALUE_REGIONS_AT`]), each starting over on its own; the first word is
+/// the region a put tries first, and the region size follows the inode.
+const VERSION: u32 = 6;
 
 /// Where the control words lie, each on its own cache line.
 const CLOSED_AT: usize = 64;
@@ -111,12 +115,18 @@ const TAIL_AT: usize = 192;
 const NOT_EMPTY_AT: usize = 256;
 const NOT_FULL_AT: usize = 320;
 /// The queue's value file ([`crate::shm::values`]), on a cache line of its
-/// own: its value word (u64: how many values are live in the file, and the
-/// page where the next one goes; compare-exchanged by every put and get of
-/// a large value), then its device and inode (u64 each), written by the
-/// creator before the queue is shared. In both kinds of queue (an
-/// unbounded queue's own words end at 392).
+/// own: its hint word (u64: the region a put tries first, written when a
+/// put moves on to another region), then its device, inode and region
+/// size in bytes (u64 each), written by the creator before the queue is
+/// shared. In both kinds of queue (an unbounded queue's own words end at
+/// 392).
 const VALUES_AT: usize = 448;
+/// The value file's region words, one per cache line (u64: how many values
+/// are live in the region, and the page where the next one goes;
+/// compare-exchanged by every put and get of a large value in it):
+/// [`values::REGION_WORDS`] of them, the tail's last.
+const VALUE_REGIONS_AT: usize = 512;
+const _: () = assert!(VALUE_REGIONS_AT + values::REGION_WORDS * 64 <= SLOTS_AT);
 /// Where the slots start: the header and control words fill the page before.
 /// Memory shorter than this is no queue.
 pub(crate) const SLOTS_AT: usize = 4096;
@@ -405,35 +415,60 @@ impl ByteQueue {
         self.len() == 0
     }
 
-    /// The word that counts the values larger than a slot that are live in
-    /// the queue's value file and says where the next one goes
-    /// ([`crate::shm::values`]): any process may write anything into it.
-    pub(crate) fn value_word(&self) -> &AtomicU64 {
-        self.control.word64(VALUES_AT)
+    /// The words of the queue's value file ([`crate::shm::values`]): the
+    /// region a put tries first, and each region's count of the values
+    /// larger than a slot that are live in it and where the next one goes;
+    /// any process may write anything into them. `layout` is the queue's
+    /// region layout as this process checked it
+    /// ([`value_region_bytes`](Self::value_region_bytes)).
+    pub(crate) fn value_words(&self, layout: values::Layout) -> values::Words<'_> {
+        values::Words {
+            hint: self.control.word64(VALUES_AT),
+            regions: std::array::from_fn(|r| self.control.word64(VALUE_REGIONS_AT + r * 64)),
+            layout,
+        }
     }
 
     /// The (device, inode) of the queue's value file, as its creator
     /// recorded it (untrusted: checked against the file a handle names).
     pub(crate) fn value_file_id(&self) -> (u64, u64) {
-        // Relaxed: written before the queue was shared (`set_value_file_id`).
+        // Relaxed: written before the queue was shared (`set_value_file`).
         (
             self.control.word64(VALUES_AT + 8).load(Ordering::Relaxed),
             self.control.word64(VALUES_AT + 16).load(Ordering::Relaxed),
         )
     }
 
-    /// Records the (device, inode) of the queue's value file, by its
-    /// creator before the queue is shared.
-    pub(crate) fn set_value_file_id(&self, (dev, ino): (u64, u64)) {
+    /// The size of the value file's regions, as its creator recorded it
+    /// (untrusted: a process checks it with `values::Layout::new` when it
+    /// opens the queue, and keeps its checked copy).
+    pub(crate) fn value_region_bytes(&self) -> u64 {
+        // Relaxed: written before the queue was shared (`set_value_file`).
+        self.control.word64(VALUES_AT + 24).load(Ordering::Relaxed)
+    }
+
+    /// Records the (device, inode) of the queue's value file and the size
+    /// of its regions, by its creator before the queue is shared.
+    pub(crate) fn set_value_file(&self, (dev, ino): (u64, u64), region_bytes: u64) {
         // Relaxed: the queue is not shared yet; handing its handle to
         // another process (a spawn, a queue, a pipe) orders these stores
-        // before that process reads them in `value_file_id`.
+        // before that process reads them in `value_file_id` and
+        // `value_region_bytes`.
+        for (at, word) in [(8, dev), (16, ino), (24, region_bytes)] {
+            self.control
+                .word64(VALUES_AT + at)
+                .store(word, Ordering::Relaxed);
+        }
+    }
+
+    /// Overwrites the recorded region size, as a hostile holder could
+    /// (tests).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn forge_value_region_bytes(&self, region_bytes: u64) {
+        // Relaxed: a forgery, ordered by nothing.
         self.control
-            .word64(VALUES_AT + 8)
-            .store(dev, Ordering::Relaxed);
-        self.control
-            .word64(VALUES_AT + 16)
-            .store(ino, Ordering::Relaxed);
+            .word64(VALUES_AT + 24)
+            .store(region_bytes, Ordering::Relaxed);
     }
 
     /// Closes it for everyone: puts fail from now on, gets drain what is
