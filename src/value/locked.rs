@@ -1137,6 +1137,40 @@ mod tests {
     }
 
     #[test]
+    fn a_write_left_odd_with_the_lock_free_is_finished_by_a_reader() {
+        with_watchdog(|| {
+            let v = Value::new(7u64).unwrap();
+            // A scribbled sequence: odd, and nobody holds the lock to end it.
+            v.word(SEQ_AT).store(5, Ordering::Relaxed);
+            assert_eq!(v.get(), 7, "a reader rewrites it");
+            assert_eq!(v.word(SEQ_AT).load(Ordering::Relaxed) % 2, 0);
+            assert_eq!(v.word(LOCK_AT).load(Ordering::Relaxed), 0, "released");
+        });
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "reads this process's start time from /proc")]
+    fn get_timeout_gives_up_on_a_live_writer_stuck_mid_write() {
+        with_watchdog(|| {
+            let v = Value::new(7u64).unwrap();
+            // Another thread of this process holds the lock mid-write (as a
+            // stopped one would): alive, so never taken over.
+            v.word(LOCK_AT).store(sys::current_pid(), Ordering::Relaxed);
+            v.word(OWNER_AT).store(my_start_tag(), Ordering::Relaxed);
+            v.word(THREAD_AT)
+                .store(my_thread_token().wrapping_add(1), Ordering::Relaxed);
+            v.word(SEQ_AT).store(3, Ordering::Relaxed);
+            let short = Duration::from_millis(20);
+            assert_eq!(v.get_timeout(short), Err(Error::Timeout));
+            assert_eq!(v.word(READERS_AT).load(Ordering::Relaxed), 0);
+            // The write ends.
+            v.word(SEQ_AT).store(4, Ordering::Release);
+            assert_eq!(v.get_timeout(short), Ok(7));
+            assert_eq!(v.get(), 7);
+        });
+    }
+
+    #[test]
     fn a_panic_in_update_leaves_the_value_and_releases_the_lock() {
         with_watchdog(|| {
             let v = Value::new(1u64).unwrap();
