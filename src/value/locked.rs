@@ -8,7 +8,10 @@
 //! takes it over (the value is then whatever the dead holder left, which for
 //! plain data is always a valid `T`). Readers follow a sequence lock: a
 //! sequence word, odd while a writer works, lets them copy the value and
-//! retry if it changed meanwhile.
+//! retry if it changed meanwhile. A reader that finds a write in progress
+//! for longer than a short spin sleeps on the sequence word (the writer
+//! wakes it when the write ends), checking now and then whether the writer
+//! died; one whose copies writes keep overlapping copies under the lock.
 
 use crate::error::{Error, Result};
 use crate::shm::handle::{type_tag, SharedSegment};
