@@ -8,7 +8,10 @@
 //! takes it over (the value is then whatever the dead holder left, which for
 //! plain data is always a valid `T`). Readers follow a sequence lock: a
 //! sequence word, odd while a writer works, lets them copy the value and
-//! retry if it changed meanwhile.
+//! retry if it changed meanwhile. A reader that finds a write in progress
+//! for longer than a short spin sleeps on the sequence word (the writer
+//! wakes it when the write ends), checking now and then whether the writer
+//! died; one whose copies writes keep overlapping copies under the lock.
 
 use crate::error::{Error, Result};
 use crate::shm::handle::{type_tag, SharedSegment};
@@ -34,10 +37,22 @@ const SLEEPERS_AT: usize = 12;
 /// The holding thread's token (`synchronize::my_thread_token`), beside its
 /// pid: tells this process's threads whether they hold it themselves.
 const THREAD_AT: usize = 16;
+/// How many readers sleep on the sequence word, waiting for a write to end:
+/// a write makes a futex wake only when some do (a dead sleeper leaves it
+/// high: a wasted wake per write, never a lost one).
+const READERS_AT: usize = 20;
 const DATA_AT: usize = 64;
 /// How long a waiter sleeps on a live holder before it looks again whether
 /// the holder died.
 const DEATH_CHECK: Duration = Duration::from_millis(1);
+/// The longest a reader sleeps on a writer stuck mid-write before it looks
+/// again whether the writer died: its naps double from [`DEATH_CHECK`] up to
+/// this, so that a writer stopped for long costs a reader about 60 checks a
+/// second, and one killed after a long stop is taken over within this.
+const STOPPED_WRITER_CHECK: Duration = Duration::from_millis(16);
+/// Copies that a write overlapped, in one `get`, before it copies under the
+/// lock instead: a writer writing back to back could otherwise starve it.
+const TORN_COPIES_BEFORE_LOCKING: u32 = 4;
 
 /// A plain-data value shared between processes, behind a lock a dead holder
 /// cannot wedge.
@@ -115,7 +130,7 @@ impl<T: Pod> Value<T> {
     }
 
     fn word(&self, at: usize) -> &AtomicU32 {
-        // SAFETY: `at` is LOCK_AT, SEQ_AT, OWNER_AT, SLEEPERS_AT or THREAD_AT: in bounds, since every segment
+        // SAFETY: `at` is LOCK_AT, SEQ_AT, OWNER_AT, SLEEPERS_AT, THREAD_AT or READERS_AT: in bounds, since every segment
         // behind a `Value` has at least DATA_AT bytes (sized in `new`, checked
         // in `decode`), and 4-aligned, since the mapping is page-aligned (8 in
         // Miri's stand-in). It lives as long as `map`, to which the reference
@@ -243,19 +258,74 @@ impl<T: Pod> Value<T> {
         // the sequence at the top of `get`: a reader that sees this even
         // value sees all of our data.
         seq.store(odd.wrapping_add(1), Ordering::Release);
+        // SeqCst: the partner of the increment in `sleep_while_writing` (see
+        // there); without sleeping readers a write makes no system call.
+        fence(Ordering::SeqCst);
+        if self.word(READERS_AT).load(Ordering::Relaxed) != 0 {
+            sys::futex_wake_all(seq);
+        }
     }
 
-    /// The current value. Never blocks on a writer for long: it copies and
-    /// retries if a write overlapped, and takes the lock over from a writer
-    /// that died mid-write.
+    /// The current value. Copies it without locking and retries if a write
+    /// overlapped the copy. While a write is in progress it waits (briefly
+    /// spinning, then asleep, woken when the write ends) for the writer:
+    /// a writer that died mid-write is taken over at once, but one that is
+    /// alive and *stopped* mid-write (`SIGSTOP`, a debugger) is waited for
+    /// until it continues or dies. Where that must not happen, use
+    /// [`get_timeout`](Self::get_timeout). If writes keep overlapping its
+    /// copies (a writer that writes back to back), it takes the lock to copy,
+    /// so that it cannot be starved; it then waits for the lock as a writer
+    /// would.
     ///
     /// ```
     /// let point = corepool::Value::new([1.5f64, -2.0]).unwrap();
     /// assert_eq!(point.get(), [1.5, -2.0]);
     /// ```
     pub fn get(&self) -> T {
+        loop {
+            // Without a deadline the only error is `Deadlock`, which
+            // `get_until` never returns (see there); looping keeps library
+            // code free of a panic should that ever change.
+            if let Ok(value) = self.get_until(None) {
+                return value;
+            }
+        }
+    }
+
+    /// As [`get`](Self::get), waiting at most `timeout` for a writer that
+    /// stays in the middle of a write (a stopped process, which is alive and
+    /// so never taken over), or for the lock once writes keep overlapping
+    /// the copy.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let v = corepool::Value::new([7u32; 4]).unwrap();
+    /// assert_eq!(v.get_timeout(Duration::from_millis(100)).unwrap(), [7; 4]);
+    /// // A writer stopped mid-write (SIGSTOP) would give
+    /// // `Err(corepool::Error::Timeout)` after 100 ms instead of a wait.
+    /// match v.get_timeout(Duration::from_millis(100)) {
+    ///     Ok(x) => assert_eq!(x, [7; 4]),
+    ///     Err(e) => assert_eq!(e, corepool::Error::Timeout),
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when no whole value could be copied within
+    /// `timeout`; nothing else.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
+        self.get_until(deadline_after(timeout))
+    }
+
+    /// The readers' half of the seqlock, waiting until `deadline` (forever
+    /// if `None`). Returns only a whole value or `Error::Timeout`.
+    fn get_until(&self, deadline: Option<Instant>) -> Result<T> {
         let seq = self.word(SEQ_AT);
         let mut spinner = Spinner::new();
+        let mut torn = 0;
+        // The odd sequence value last waited on, and the nap for it.
+        let mut waited_on = None;
+        let mut nap = DEATH_CHECK;
         loop {
             // Acquire: pairs with the Release store that ends a write in
             // `write_locked`, so an even value comes with that write's data.
@@ -268,19 +338,59 @@ impl<T: Pod> Value<T> {
                 fence(Ordering::Acquire);
                 // Relaxed: ordered by the fence above.
                 if seq.load(Ordering::Relaxed) == before {
-                    return value;
+                    return Ok(value);
                 }
-            } else if !spinner.spin() {
-                // A write in progress for a while: is its writer alive?
-                self.repair_if_dead();
-                // Then a short sleep, so that a writer off its CPU (behind a
-                // CPU hog, where the spinner stops yielding) gets it back;
-                // a writer does not wake readers, so this wait is bounded
-                // by time rather than by a futex.
-                std::thread::sleep(std::time::Duration::from_micros(20));
-                spinner.reset();
+                torn += 1;
+                if torn >= TORN_COPIES_BEFORE_LOCKING {
+                    // Writes keep overlapping the copy (a writer that writes
+                    // back to back leaves no gap as long as a copy): copy
+                    // under the lock instead, which writers must take.
+                    match self.take_lock(deadline) {
+                        Ok(held) => return Ok(held.get()),
+                        // This thread holds it: nobody else can write, so
+                        // the next lock-free copy is whole.
+                        Err(Error::Deadlock) => torn = 0,
+                        Err(e) => return Err(e),
+                    }
+                }
+                continue;
             }
+            if spinner.spin() {
+                continue;
+            }
+            // A write in progress for a while: its writer is slow, stopped
+            // or dead.
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                return Err(Error::Timeout);
+            }
+            self.finish_abandoned_write();
+            if waited_on != Some(before) {
+                waited_on = Some(before);
+                nap = DEATH_CHECK;
+            }
+            self.sleep_while_writing(before, left.map_or(nap, |l| l.min(nap)));
+            // A writer still mid-write after a nap is likely stopped: look
+            // at it less and less often, so that a long stop costs the
+            // reader next to no CPU (its end wakes us at once anyway).
+            nap = (nap * 2).min(STOPPED_WRITER_CHECK);
+            spinner.reset();
         }
+    }
+
+    /// Sleeps on the sequence word while it is `odd` (at most `nap`): the
+    /// writer wakes us when its write ends; the timeout brings us back to
+    /// check whether it died.
+    fn sleep_while_writing(&self, odd: u32, nap: Duration) {
+        let readers = self.word(READERS_AT);
+        // SeqCst, with the SeqCst fence in `write_locked`: either the writer
+        // sees our count and wakes us, or the kernel's re-read of the
+        // sequence inside `futex_wait` (ordered after this increment) sees
+        // the write ended and we do not sleep.
+        readers.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wait(self.word(SEQ_AT), odd, Some(nap));
+        // Relaxed: only a hint for writers; a stale count costs one wake.
+        readers.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Replaces the value, waiting for the lock as long as it takes (a dead
@@ -395,8 +505,8 @@ impl<T: Pod> Value<T> {
     /// `with v.get_lock(): ...`): while the guard lives, [`ValueGuard::get`]
     /// and [`ValueGuard::set`] read and write under it, and no other
     /// `set`, `update` or `lock` (in any process) runs. A holder that dies is
-    /// taken over, as for `update`. Readers ([`Value::get`]) never wait for
-    /// it.
+    /// taken over, as for `update`. Readers ([`Value::get`]) do not wait for
+    /// it, unless writes under it keep overlapping their copies (see `get`).
     ///
     /// The lock is held by a thread, and is not reentrant: while the guard
     /// lives, this thread's `set`, `update` and `lock` on the value fail
@@ -440,22 +550,32 @@ impl<T: Pod> Value<T> {
         self.take_lock(deadline_after(timeout))
     }
 
-    /// Takes the lock if it is free or its holder is dead, without waiting;
-    /// `None` while a live holder (this thread included) has it.
+    /// Takes the lock if it is free or its holder is dead, without waiting:
+    /// `Ok(None)` while another live holder (another thread or process, a
+    /// stopped one included) has it.
     ///
     /// ```
     /// let v = corepool::Value::new(5u8).unwrap();
-    /// let mut held = v.try_lock().expect("free");
-    /// assert!(v.try_lock().is_none()); // held (here by this very thread)
+    /// let mut held = v.try_lock().unwrap().expect("free");
+    /// // Held by this very thread: an error, as for `lock`, since waiting
+    /// // for it (or retrying) would never succeed.
+    /// assert_eq!(v.try_lock().unwrap_err(), corepool::Error::Deadlock);
     /// held.set(6);
     /// drop(held);
-    /// assert_eq!(v.try_lock().map(|g| g.get()), Some(6));
+    /// assert_eq!(v.try_lock().unwrap().map(|g| g.get()), Some(6));
     /// ```
-    pub fn try_lock(&self) -> Option<ValueGuard<'_, T>> {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Deadlock`] when this thread already holds it (a
+    /// [`ValueGuard`] is alive, or inside `update`'s `f`), as `lock`, `set`
+    /// and `update` do: `None` there would read as "busy, try again", and a
+    /// retry loop on the holding thread would never end.
+    pub fn try_lock(&self) -> Result<Option<ValueGuard<'_, T>>> {
         if self.held_by_me() {
-            return None;
+            return Err(Error::Deadlock);
         }
-        self.try_once(true).ok()
+        Ok(self.try_once(true).ok())
     }
 
     /// Whether the calling thread holds the lock.
@@ -612,17 +732,21 @@ impl<T: Pod> Value<T> {
         holder_is_dead(pid, tag, self.owner()).then_some(tag)
     }
 
-    fn repair_if_dead(&self) {
-        let lock = self.word(LOCK_AT);
-        // Acquire, as the failure side of the CAS in `lock`: the tag read
-        // next is this holder's or UNKNOWN. `lock` decides again with its
-        // own CAS.
-        let holder = lock.load(Ordering::Acquire);
-        if holder != 0 && self.dead_holder_tag(holder).is_some() {
-            // Takes it over and restores the value; the guard unlocks. (Not
-            // ours: a thread holding it never leaves the sequence odd.)
-            drop(self.take_lock(None));
+    /// A reader found the sequence odd for a while. If the lock's holder is
+    /// dead, takes it over (which rewrites what it left, `restore`); if the
+    /// lock is free, the odd sequence is a write nobody will end (a
+    /// scribbled word): rewrites the value so that it ends. One attempt,
+    /// never a wait: a live holder is left alone.
+    fn finish_abandoned_write(&self) {
+        let Ok(held) = self.try_once(true) else {
+            return;
+        };
+        // Relaxed: we hold the lock (its Acquire CAS), so only we write the
+        // sequence now.
+        if self.word(SEQ_AT).load(Ordering::Relaxed) % 2 == 1 {
+            self.restore();
         }
+        drop(held);
     }
 
     /// Test hook: takes the lock, starts a write and dies there.
@@ -949,7 +1073,7 @@ mod tests {
             assert_eq!(v.lock_timeout(long).unwrap_err(), Error::Deadlock);
             assert_eq!(v.set_timeout(5, long), Err(Error::Deadlock));
             assert_eq!(v.update_timeout(long, |_| ()), Err(Error::Deadlock));
-            assert!(v.try_lock().is_none());
+            assert_eq!(v.try_lock().unwrap_err(), Error::Deadlock);
             held.set(2);
             drop(held);
             assert_eq!(v.get(), 2, "nothing written by the refused calls");
@@ -961,7 +1085,7 @@ mod tests {
             assert_eq!(inner, Ok(Err(Error::Deadlock)));
             assert_eq!(v.get(), 3);
             v.set(4).unwrap();
-            assert_eq!(v.try_lock().map(|g| g.get()), Some(4), "released");
+            assert_eq!(v.try_lock().unwrap().map(|g| g.get()), Some(4), "released");
         });
     }
 
@@ -990,7 +1114,7 @@ mod tests {
                 Err(Error::Timeout)
             );
             assert!(!called);
-            assert!(v.try_lock().is_none(), "held by a live thread");
+            assert!(v.try_lock().unwrap().is_none(), "held by a live thread");
             release_tx.send(()).unwrap();
             holder.join().unwrap();
             assert_eq!(v.get(), 1);
@@ -1013,6 +1137,40 @@ mod tests {
             .store(my_start_tag().wrapping_add(1).max(1), Ordering::Relaxed);
         let held = v.lock().unwrap();
         assert!(held.previous_holder_died());
+    }
+
+    #[test]
+    fn a_write_left_odd_with_the_lock_free_is_finished_by_a_reader() {
+        with_watchdog(|| {
+            let v = Value::new(7u64).unwrap();
+            // A scribbled sequence: odd, and nobody holds the lock to end it.
+            v.word(SEQ_AT).store(5, Ordering::Relaxed);
+            assert_eq!(v.get(), 7, "a reader rewrites it");
+            assert_eq!(v.word(SEQ_AT).load(Ordering::Relaxed) % 2, 0);
+            assert_eq!(v.word(LOCK_AT).load(Ordering::Relaxed), 0, "released");
+        });
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "reads this process's start time from /proc")]
+    fn get_timeout_gives_up_on_a_live_writer_stuck_mid_write() {
+        with_watchdog(|| {
+            let v = Value::new(7u64).unwrap();
+            // Another thread of this process holds the lock mid-write (as a
+            // stopped one would): alive, so never taken over.
+            v.word(LOCK_AT).store(sys::current_pid(), Ordering::Relaxed);
+            v.word(OWNER_AT).store(my_start_tag(), Ordering::Relaxed);
+            v.word(THREAD_AT)
+                .store(my_thread_token().wrapping_add(1), Ordering::Relaxed);
+            v.word(SEQ_AT).store(3, Ordering::Relaxed);
+            let short = Duration::from_millis(20);
+            assert_eq!(v.get_timeout(short), Err(Error::Timeout));
+            assert_eq!(v.word(READERS_AT).load(Ordering::Relaxed), 0);
+            // The write ends.
+            v.word(SEQ_AT).store(4, Ordering::Release);
+            assert_eq!(v.get_timeout(short), Ok(7));
+            assert_eq!(v.get(), 7);
+        });
     }
 
     #[test]

@@ -7,13 +7,16 @@
 //! process that dies holding it cannot wedge the others, because the next
 //! one to want the lock sees the holder is dead and takes it over (the value
 //! is then whatever the dead holder left, which for plain data is always a
-//! valid `T`). Readers do not lock at all: a sequence word (odd while a
-//! writer works) lets them copy the value and retry if it changed meanwhile.
+//! valid `T`). Readers do not lock: a sequence word (odd while a writer
+//! works) lets them copy the value and retry if it changed meanwhile; while
+//! a write is in progress they sleep until it ends, so a writer stopped
+//! mid-write (`SIGSTOP`) makes [`Value::get`] wait (asleep) until it
+//! continues, and [`Value::get_timeout`] give up.
 //!
 //! A thread that holds a [`Value`]'s lock (a [`ValueGuard`]) and asks for it
-//! again (`lock`, `set`, `update`) gets
+//! again (`lock`, `try_lock`, `set`, `update`) gets
 //! [`Error::Deadlock`](crate::Error::Deadlock), not a hang; each of these
-//! has a `_timeout` form, and [`Value::try_lock`] does not wait. Each value
+//! but `try_lock` (which does not wait) has a `_timeout` form. Each value
 //! holds one descriptor (its segment) in every process that has it.
 //!
 //! The two live in their own files: [`Value`] and its lock in `locked.rs`,
