@@ -962,6 +962,79 @@ fn a_timed_out_task_on_a_worker_we_may_not_kill_fails_anyway() {
     assert!(output.status.success(), "{output:?}");
 }
 
+/// Counts its start in `runs`, then spins (wall clock) for `us`
+/// microseconds, or until its worker is killed if `us` is `u64::MAX`.
+fn spin_counted((runs, us): (AtomicValue<u64>, u64)) -> u64 {
+    runs.fetch_add(1);
+    let start = std::time::Instant::now();
+    // Bounded by the task timeout, which kills the worker.
+    while us == u64::MAX || start.elapsed() < Duration::from_micros(us) {
+        std::hint::spin_loop();
+    }
+    us
+}
+
+/// Many tasks overrun a short timeout, most of them by little, between
+/// short ones: the pool's kill is decided while the overrunning task is
+/// about to answer and the next is about to start. Every kill must fail
+/// the task it was made for with `TaskTimedOut` (so `respawns` equals their
+/// count), never another with `WorkerDied`, and no task may run twice, even
+/// with `retries`.
+fn timeout_kills_fail_exactly_their_task(retries: u32) {
+    const TIMEOUT_MS: u64 = 5;
+    let runs = AtomicValue::new(0u64).unwrap();
+    let pool = Pool::builder()
+        .workers(2)
+        .retries(retries)
+        .task_timeout(Duration::from_millis(TIMEOUT_MS))
+        .build()
+        .unwrap();
+    let n = 800u64;
+    let mut endless = 0;
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let us = if i % 10 == 0 {
+                endless += 1;
+                u64::MAX // times out whatever the machine's load
+            } else if i % 2 == 0 {
+                TIMEOUT_MS * 1000 * (80 + (i * 7919) % 41) / 100 // 80-120 %
+            } else {
+                50
+            };
+            pool.apply_async(spin_counted, (runs.clone(), us)).unwrap()
+        })
+        .collect();
+    let mut timed_out = 0u64;
+    for (i, h) in handles.into_iter().enumerate() {
+        match h.get() {
+            Ok(_) => {}
+            Err(Error::TaskTimedOut { .. }) => timed_out += 1,
+            Err(e) => panic!("task {i} (retries {retries}): {e}"),
+        }
+    }
+    assert!(timed_out >= endless, "{timed_out} < {endless}");
+    let respawns = pool.stats().respawns;
+    assert_eq!(
+        respawns, timed_out,
+        "retries {retries}: every worker killed for a timeout fails exactly its task"
+    );
+    assert_eq!(runs.load(), n, "retries {retries}: a task ran again");
+    pool.close();
+    pool.join().unwrap();
+}
+
+/// User trial 29: 1 timeout kill in 7 to 240 was reported to a task as
+/// `WorkerDied` ("the OOM killer may have"), and with `retries` the task
+/// ran again: the kill was decided on a stale view of what the worker ran.
+fn a_timeout_kill_fails_exactly_the_overrunning_task() {
+    timeout_kills_fail_exactly_their_task(0);
+}
+
+/// As above, with `retries`: a task killed for its timeout is not run again.
+fn a_timeout_kill_is_never_retried() {
+    timeout_kills_fail_exactly_their_task(3);
+}
+
 const SMALL_FILE_LIMIT: &str = "COREPOOL_TEST_SMALL_FILE_LIMIT";
 
 /// The program of `a_file_size_limit_is_an_error_not_a_signal`: under a
@@ -1095,6 +1168,8 @@ fn main() {
         tasks_are_not_stranded_behind_a_stopped_worker,
         a_result_whose_drop_panics_does_not_end_the_driver,
         a_timed_out_task_on_a_worker_we_may_not_kill_fails_anyway,
+        a_timeout_kill_fails_exactly_the_overrunning_task,
+        a_timeout_kill_is_never_retried,
         a_file_size_limit_is_an_error_not_a_signal,
         an_address_space_limit_fails_an_array_before_reserving_it,
     ]);

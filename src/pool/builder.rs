@@ -368,11 +368,19 @@ impl PoolBuilder {
     }
 
     /// Kill a worker whose task has run longer than `timeout`: the task fails
-    /// with [`Error::TaskTimedOut`] and a new worker takes the CPU. Measured
-    /// from when the parent first sees the task running (within about a
-    /// millisecond of its start). Being killed for a timeout does not count
-    /// as a crash, so the replacement starts at once. Default: no limit.
-    /// A zero timeout makes `build` fail with [`Error::InvalidConfig`].
+    /// with [`Error::TaskTimedOut`], is never retried (whatever
+    /// [`retries`](Self::retries) says), and a new worker takes the CPU; no
+    /// other task dies with the worker (those queued behind it are taken
+    /// back first). Being killed for a timeout does not count as a crash, so
+    /// the replacement starts at once. Default: no limit. A zero timeout
+    /// makes `build` fail with [`Error::InvalidConfig`].
+    ///
+    /// The measure is wall-clock time from when the parent first sees the
+    /// task running, so it is loose by scheduling delays: on an idle machine
+    /// within about a millisecond, under load by as much as a thread waits
+    /// for a CPU, both ways. A task a little over the limit may finish with
+    /// its result (it answered before the parent looked); one a little
+    /// under may time out (its worker was descheduled). Leave a margin.
     ///
     /// The clock starts when the task runs: a task waiting in the ring of a
     /// worker that is stopped (SIGSTOP) is not timed; while another worker

@@ -166,13 +166,44 @@ impl Core {
         self.start_deadline = next;
     }
 
+    /// Collects a worker's results. For one killed for a task's timeout,
+    /// that task's answer, if it came in the moment between the decision and
+    /// the kill landing, is turned into [`Error::TaskTimedOut`]: it came
+    /// after the deadline and after the pool had decided, and each kill for
+    /// a timeout then fails exactly the task it was made for, never retried
+    /// (`stats().respawns` counts it), whichever side of the kill the answer
+    /// fell on.
+    pub(super) fn collect_results(&mut self, index: usize, actions: &mut Actions) {
+        let w = &self.workers[index];
+        // `check_timeouts` took back what was queued behind it: it is the
+        // only task in flight, and so the first answered.
+        let overdue = w
+            .timed_out
+            .filter(|&id| w.in_flight.front().is_some_and(|f| f.id == id));
+        let before = actions.completions.len();
+        self.collect(index, actions);
+        let Some(id) = overdue else {
+            return;
+        };
+        if self.workers[index].in_flight.iter().any(|f| f.id == id) {
+            return; // not answered: its worker's exit fails it (`on_exit`)
+        }
+        if let Some((_, outcome)) = actions.completions.get_mut(before) {
+            // A protocol violation stays what it is.
+            if !matches!(outcome, Outcome::Err(Error::ProtocolViolation { .. })) {
+                let after = self.task_timeout.unwrap_or_default();
+                *outcome = Outcome::Err(Error::TaskTimedOut { after });
+            }
+        }
+    }
+
     fn on_exit(&mut self, index: usize, pid: i32, cause: ExitCause, actions: &mut Actions) {
         // It may have started, served and exited since the last pass.
         self.check_started(index, actions);
         let was = self.workers[index].phase;
         if was == Phase::Ready || was == Phase::Dying {
             // Results published before the death are good: take them first.
-            self.collect(index, actions);
+            self.collect_results(index, actions);
         }
         let w = &mut self.workers[index];
         let started = was == Phase::Ready || (was == Phase::Dying && w.start_error.is_none());

@@ -25,6 +25,7 @@ use crate::pool::layout::{fail, state, Slot};
 use crate::shm::park;
 use crate::shm::ring::{Claimed, Consumer, Producer};
 use crate::sys::CpuMask;
+use crate::wire::task::kind;
 use crate::wire::Payload;
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
@@ -307,6 +308,52 @@ impl Worker {
         }
     }
 
+    /// Takes back every task queued behind the one the worker runs, before
+    /// the worker is killed for that task's timeout, so that no other task
+    /// can start in the moment between the decision and the kill landing
+    /// (one that did would die with the worker, through no fault of its
+    /// own). Back to front, as `balance` does: both sides CAS the record's
+    /// tag and one wins. Returns the tasks taken back, oldest first, and
+    /// whether that was all of them: false if the worker had started one,
+    /// which means it answered the task judged overdue.
+    fn take_back_queued(&mut self) -> (Vec<Task>, bool) {
+        let ring = self.tasks.memory();
+        let mut back = Vec::new();
+        let mut all = true;
+        while self.in_flight.len() > 1 {
+            let Some(last) = self.in_flight.back() else {
+                break;
+            };
+            // A released record was decided, and cancelled ones leave
+            // `in_flight`: it was taken (its bytes may hold a newer record,
+            // so its tag is not read). Only this thread writes records.
+            let tag = if ring.is_released(last.position) {
+                None
+            } else {
+                ring.record_kind(last.position)
+            };
+            // AcqRel pairs with the worker's AcqRel CAS in `Server::run`:
+            // exactly one of the two takes the task.
+            let cancelled = tag.is_some_and(|tag| {
+                tag.compare_exchange(
+                    kind::TASK,
+                    kind::CANCELLED,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+            });
+            if !cancelled {
+                all = false; // started, and so was every task before it
+                break;
+            }
+            back.extend(self.in_flight.pop_back());
+        }
+        self.budget_left = self.budget_left.saturating_add(back.len() as u64);
+        back.reverse();
+        (back, all)
+    }
+
     /// Gives up a process we may not kill, when the pool is ending: the slot
     /// counts as stopped at once, so that `terminate`, `join` and drop do not
     /// wait for a death that only the process itself can choose (its task
@@ -543,7 +590,7 @@ impl Core {
         self.wake_rested(actions);
         for i in 0..self.workers.len() {
             if matches!(self.workers[i].phase, Phase::Ready | Phase::Dying) {
-                self.collect(i, actions);
+                self.collect_results(i, actions);
             }
         }
         self.dispatch(actions);

@@ -481,6 +481,19 @@ impl Core {
 
     /// Kills a worker whose task has run longer than the task timeout; its
     /// exit event fails that task with [`Error::TaskTimedOut`].
+    ///
+    /// The parent's view of what a worker runs lags: the task at the front
+    /// of `in_flight` may have answered since the last collect (this also
+    /// runs on the submission path, which does not collect), and it may
+    /// answer between the decision and the kill landing, the worker then
+    /// starting the next task. Either way the kill used to land on a task
+    /// that had not overrun, which got `WorkerDied` (and a retry) while the
+    /// one that overran got its result (user trial 29: one timeout kill in 7
+    /// to 240). So an overdue front is judged again after a collect, and
+    /// before the kill the tasks queued behind it are taken back: the
+    /// killed worker holds the overdue task alone. If the worker had started
+    /// one of them, the front has answered: no kill, and the next pass
+    /// times the new front.
     pub(super) fn check_timeouts(&mut self, actions: &mut Actions) {
         let Some(limit) = self.task_timeout else {
             return;
@@ -488,48 +501,76 @@ impl Core {
         let now = Instant::now();
         let mut next: Option<Instant> = None;
         let mut unkillable = Vec::new();
-        for (index, w) in self.workers.iter_mut().enumerate() {
-            if w.phase != Phase::Ready || w.timed_out.is_some() {
-                continue;
-            }
-            let ring = w.tasks.memory();
-            // Results come back in order, so the running task is the front.
-            let running = w
-                .in_flight
-                .front()
-                .filter(|f| !is_waiting(&ring, f.position));
-            let Some(front) = running else {
-                w.running = None;
-                if !w.in_flight.is_empty() {
-                    // The front still waits to be taken. The worker takes it
-                    // without telling us, so no wake-up may come before it
-                    // runs for ever: look again soon.
-                    let soon = now + TIMEOUT_POLL.min(limit);
-                    next = Some(next.map_or(soon, |n| n.min(soon)));
+        for index in 0..self.workers.len() {
+            let mut collected = false;
+            loop {
+                let w = &mut self.workers[index];
+                if w.phase != Phase::Ready || w.timed_out.is_some() {
+                    break;
                 }
-                continue;
-            };
-            let since = match w.running {
-                Some((id, since)) if id == front.id => since,
-                _ => {
-                    w.running = Some((front.id, now));
-                    now
+                let ring = w.tasks.memory();
+                // Results come back in order, so the running task is the front.
+                let running = w
+                    .in_flight
+                    .front()
+                    .filter(|f| !is_waiting(&ring, f.position))
+                    .map(|f| f.id);
+                let Some(id) = running else {
+                    w.running = None;
+                    if !w.in_flight.is_empty() {
+                        // The front still waits to be taken. The worker takes
+                        // it without telling us, so no wake-up may come before
+                        // it runs for ever: look again soon.
+                        let soon = now + TIMEOUT_POLL.min(limit);
+                        next = Some(next.map_or(soon, |n| n.min(soon)));
+                    }
+                    break;
+                };
+                let since = match w.running {
+                    Some((running, since)) if running == id => since,
+                    _ => {
+                        w.running = Some((id, now));
+                        now
+                    }
+                };
+                // A limit past what an `Instant` holds never expires.
+                let Some(deadline) = since.checked_add(limit) else {
+                    break;
+                };
+                if now < deadline {
+                    next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                    break;
                 }
-            };
-            // A limit past what an `Instant` holds never expires.
-            let Some(deadline) = since.checked_add(limit) else {
-                continue;
-            };
-            if now >= deadline {
-                w.timed_out = Some(front.id);
+                if !collected {
+                    // Its answer may be waiting: judge what is left after
+                    // taking it (a new front is timed from now).
+                    collected = true;
+                    self.collect(index, actions);
+                    continue;
+                }
+                let (back, all) = self.workers[index].take_back_queued();
+                if !back.is_empty() {
+                    actions.progress = true;
+                }
+                for task in back.into_iter().rev() {
+                    self.pending.push_front(task);
+                }
+                if !all {
+                    // It answered the overdue task and runs the next: the
+                    // next pass collects that answer and times the new front.
+                    next = Some(now);
+                    actions.progress = true;
+                    break;
+                }
+                let w = &mut self.workers[index];
+                w.timed_out = Some(id);
                 if w.kill() {
                     w.phase = Phase::Dying;
                 } else {
                     unkillable.push(index);
                 }
                 actions.progress = true;
-            } else {
-                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                break;
             }
         }
         self.task_deadline = next;
