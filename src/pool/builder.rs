@@ -444,6 +444,15 @@ impl PoolBuilder {
     /// Submissions made from a callback are never held back (a callback
     /// must not block). Default: no bound.
     ///
+    /// It also bounds how long other submitters wait: tasks from every
+    /// thread share one queue, served in the order they were submitted,
+    /// with no priority, so a blocking [`apply`](crate::Pool::apply) or a
+    /// `map` from another thread runs after every task queued before it
+    /// (seconds, behind a flood of a million short tasks; a few
+    /// milliseconds with `max_queued(1000)`). Python's pool behaves the
+    /// same. For work that must not wait behind a batch, use a pool of its
+    /// own.
+    ///
     /// A task stops counting once its answer is collected, not once its
     /// callback has returned: callbacks queued on the pool's callback
     /// thread behind a slow one hold no room (nor are they bounded by `n`).
