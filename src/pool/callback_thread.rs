@@ -26,6 +26,9 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+/// Jobs' room the queue keeps once it drains.
+const QUEUE_KEEP: usize = 1024;
+
 /// A callback to run and the outcome to store after it.
 pub(super) type Job = Box<dyn FnOnce() + Send>;
 
@@ -140,6 +143,11 @@ impl CallbackThread {
                 loop {
                     if let Some(job) = state.queue.pop_front() {
                         break job;
+                    }
+                    // Drained: a burst of callbacks does not keep its
+                    // queue's buffer for the pool's life (user trial 29).
+                    if state.queue.capacity() > QUEUE_KEEP {
+                        state.queue.shrink_to(QUEUE_KEEP);
                     }
                     if state.stop {
                         return;
