@@ -350,15 +350,7 @@ impl<T: Pod> Value<T> {
                     // Writes keep overlapping the copy (a writer that writes
                     // back to back leaves no gap as long as a copy): copy
                     // under the lock instead, which writers must take.
-                    return match self.take_lock(deadline) {
-                        Ok(held) => Ok(held.get()),
-                        // This thread holds it, so no write of ours is
-                        // under way and nobody else may write: the changes
-                        // are a scribbler's, and waiting for them to stop
-                        // could be for ever (review28 C-R3).
-                        Err(Error::Deadlock) => Ok(self.copy_under_my_lock()),
-                        Err(e) => Err(e),
-                    };
+                    return self.copy_under_the_lock(deadline);
                 }
                 continue;
             }
@@ -380,6 +372,16 @@ impl<T: Pod> Value<T> {
             }
             self.finish_abandoned_write();
             if waited_on != Some(before) {
+                if waited_on.is_some() {
+                    // Another write began since our last nap: writes keep
+                    // coming (or a scribbler keeps changing the word, which
+                    // would otherwise keep us from ever sleeping long).
+                    // Counts as a spoiled copy.
+                    torn += 1;
+                    if torn >= TORN_COPIES_BEFORE_LOCKING {
+                        return self.copy_under_the_lock(deadline);
+                    }
+                }
                 waited_on = Some(before);
                 nap = DEATH_CHECK;
             }
@@ -433,7 +435,22 @@ impl<T: Pod> Value<T> {
         }
     }
 
-    /// The value, for a reader on the thread that holds the lock: ends a
+    /// A reader's fallback once writes keep spoiling its copies: takes the
+    /// lock (waiting until `deadline`, asleep, as `lock` does) and copies
+    /// under it, so that back-to-back writes cannot starve it for ever.
+    fn copy_under_the_lock(&self, deadline: Option<Instant>) -> Result<T> {
+        match self.take_lock(deadline) {
+            // Held: also ends a write left odd with the lock free.
+            Ok(_held) => Ok(self.copy_under_my_lock()),
+            // This thread holds it, so no write of ours is under way and
+            // nobody else may write: the changes are a scribbler's, and
+            // waiting for them to stop could be for ever (review28 C-R3).
+            Err(Error::Deadlock) => Ok(self.copy_under_my_lock()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The value, for a reader that holds the lock (on this thread): ends a
     /// write left odd (which only this thread could end, and it is not
     /// writing: the word was scribbled) as `restore` does, so that other
     /// readers stop waiting, then copies. Like [`ValueGuard::get`], the copy
@@ -1264,6 +1281,37 @@ mod tests {
             drop(held);
             assert_eq!(got, Ok([3; 4096]));
             assert_eq!(again, [3; 4096]);
+        });
+    }
+
+    /// A sequence that keeps changing between odd values (a scribbler) while
+    /// a live holder (here: another thread of ours, in name) has the lock:
+    /// `get_timeout` goes to wait for the lock after a few changes, asleep,
+    /// and gives up at its deadline.
+    #[test]
+    #[cfg_attr(miri, ignore = "reads this process's start time from /proc")]
+    fn get_timeout_gives_up_on_a_sequence_that_keeps_changing_mid_write() {
+        with_watchdog(|| {
+            let v = Value::new(7u64).unwrap();
+            v.word(LOCK_AT).store(sys::current_pid(), Ordering::Relaxed);
+            v.word(OWNER_AT).store(my_start_tag(), Ordering::Relaxed);
+            v.word(THREAD_AT)
+                .store(my_thread_token().wrapping_add(1), Ordering::Relaxed);
+            v.word(SEQ_AT).store(1, Ordering::Relaxed);
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let scribbler = {
+                let (v, stop) = (v.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    // Relaxed: a stop flag; nothing else is published by it.
+                    while !stop.load(Ordering::Relaxed) {
+                        v.word(SEQ_AT).fetch_add(2, Ordering::Relaxed);
+                    }
+                })
+            };
+            let got = v.get_timeout(Duration::from_millis(20));
+            stop.store(true, Ordering::Relaxed);
+            scribbler.join().unwrap();
+            assert_eq!(got, Err(Error::Timeout));
         });
     }
 
