@@ -1,5 +1,6 @@
 //! [`Value`]: any plain-data `T` shared between processes, written under a
-//! lock word that records the holder's pid and read without locking.
+//! lock word that records the holder's pid and read, as a rule, without
+//! locking.
 //!
 //! Writers take the lock; a process that dies holding it cannot wedge the
 //! others, because the next one to want the lock sees the holder is
@@ -12,6 +13,10 @@
 //! for longer than a short spin sleeps on the sequence word (the writer
 //! wakes it when the write ends), checking now and then whether the writer
 //! died; one whose copies writes keep overlapping copies under the lock.
+//! So readers do write shared words: the readers mark, and the lock when
+//! they take it (to copy, or to finish a write whose writer died or that
+//! nobody holds); a concurrent `try_lock` can then find it briefly held. A
+//! reader on the thread that holds the lock copies under that lock.
 
 use crate::error::{Error, Result};
 use crate::shm::handle::{type_tag, SharedSegment};
@@ -277,8 +282,23 @@ impl<T: Pod> Value<T> {
     /// until it continues or dies. Where that must not happen, use
     /// [`get_timeout`](Self::get_timeout). If writes keep overlapping its
     /// copies (a writer that writes back to back), it takes the lock to copy,
-    /// so that it cannot be starved; it then waits for the lock as a writer
-    /// would.
+    /// so that it is not starved by them; it then waits for the lock as a
+    /// writer would. On the thread that holds the lock (a [`ValueGuard`]
+    /// alive, or inside [`update`](Self::update)'s `f`) it never waits: it
+    /// copies under that lock.
+    ///
+    /// # Waiting for the lock
+    ///
+    /// Since `get` can wait for the lock, it can deadlock like a lock can:
+    /// thread A holds `x`'s guard and reads `y` while thread B holds `y`'s
+    /// guard and reads `x`, each writing its own value back to back; each
+    /// `get` may end up waiting for the other's lock, for ever, and this is
+    /// not detected as [`Error::Deadlock`]. The lock is not fair either: a
+    /// writer that writes back to back can keep winning it, and the reader
+    /// waits meanwhile. Where either can happen (a reader holding another
+    /// value's lock, or writers that never pause), read with
+    /// [`get_timeout`](Self::get_timeout), which gives up at its deadline
+    /// and can be retried once the guards are dropped.
     ///
     /// ```
     /// let point = corepool::Value::new([1.5f64, -2.0]).unwrap();
@@ -576,7 +596,14 @@ impl<T: Pod> Value<T> {
     /// and [`ValueGuard::set`] read and write under it, and no other
     /// `set`, `update` or `lock` (in any process) runs. A holder that dies is
     /// taken over, as for `update`. Readers ([`Value::get`]) do not wait for
-    /// it, unless writes under it keep overlapping their copies (see `get`).
+    /// it, unless writes under it keep overlapping their copies (see `get`,
+    /// and its note on deadlocks when a reader holds another value's lock).
+    ///
+    /// A reader that meets a holder that died mid-write takes its lock over
+    /// and lets go again at once, to end that write; the next `lock` then
+    /// finds the lock free and [`ValueGuard::previous_holder_died`] is
+    /// `false`, although a holder died. The report goes to whichever caller
+    /// took the lock over, and a reader does not pass it on.
     ///
     /// The lock is held by a thread, and is not reentrant: while the guard
     /// lives, this thread's `set`, `update` and `lock` on the value fail
