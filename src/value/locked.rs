@@ -1,5 +1,6 @@
 //! [`Value`]: any plain-data `T` shared between processes, written under a
-//! lock word that records the holder's pid and read without locking.
+//! lock word that records the holder's pid and read, as a rule, without
+//! locking.
 //!
 //! Writers take the lock; a process that dies holding it cannot wedge the
 //! others, because the next one to want the lock sees the holder is
@@ -12,6 +13,10 @@
 //! for longer than a short spin sleeps on the sequence word (the writer
 //! wakes it when the write ends), checking now and then whether the writer
 //! died; one whose copies writes keep overlapping copies under the lock.
+//! So readers do write shared words: the readers mark, and the lock when
+//! they take it (to copy, or to finish a write whose writer died or that
+//! nobody holds); a concurrent `try_lock` can then find it briefly held. A
+//! reader on the thread that holds the lock copies under that lock.
 
 use crate::error::{Error, Result};
 use crate::shm::handle::{type_tag, SharedSegment};
@@ -37,9 +42,13 @@ const SLEEPERS_AT: usize = 12;
 /// The holding thread's token (`synchronize::my_thread_token`), beside its
 /// pid: tells this process's threads whether they hold it themselves.
 const THREAD_AT: usize = 16;
-/// How many readers sleep on the sequence word, waiting for a write to end:
-/// a write makes a futex wake only when some do (a dead sleeper leaves it
-/// high: a wasted wake per write, never a lost one).
+/// Nonzero when some reader may sleep on the sequence word, waiting for a
+/// write to end: each stores there the odd sequence value it sleeps on, and
+/// a write that finds it nonzero clears it and wakes them all (a reader
+/// still waiting stores it again before its next nap). A reader that dies
+/// asleep, or a forged word, costs one wasted wake, not one per write for
+/// the value's life (review28 C-R1). See `wake_readers` for why it holds a
+/// sequence value rather than a plain flag.
 const READERS_AT: usize = 20;
 const DATA_AT: usize = 64;
 /// How long a waiter sleeps on a live holder before it looks again whether
@@ -258,12 +267,11 @@ impl<T: Pod> Value<T> {
         // the sequence at the top of `get`: a reader that sees this even
         // value sees all of our data.
         seq.store(odd.wrapping_add(1), Ordering::Release);
-        // SeqCst: the partner of the increment in `sleep_while_writing` (see
-        // there); without sleeping readers a write makes no system call.
+        // SeqCst: the partner of the readers' SeqCst store in
+        // `sleep_while_writing` (see there); without sleeping readers a
+        // write makes no system call.
         fence(Ordering::SeqCst);
-        if self.word(READERS_AT).load(Ordering::Relaxed) != 0 {
-            sys::futex_wake_all(seq);
-        }
+        self.wake_readers();
     }
 
     /// The current value. Copies it without locking and retries if a write
@@ -274,8 +282,23 @@ impl<T: Pod> Value<T> {
     /// until it continues or dies. Where that must not happen, use
     /// [`get_timeout`](Self::get_timeout). If writes keep overlapping its
     /// copies (a writer that writes back to back), it takes the lock to copy,
-    /// so that it cannot be starved; it then waits for the lock as a writer
-    /// would.
+    /// so that it is not starved by them; it then waits for the lock as a
+    /// writer would. On the thread that holds the lock (a [`ValueGuard`]
+    /// alive, or inside [`update`](Self::update)'s `f`) it never waits: it
+    /// copies under that lock.
+    ///
+    /// # Waiting for the lock
+    ///
+    /// Since `get` can wait for the lock, it can deadlock like a lock can:
+    /// thread A holds `x`'s guard and reads `y` while thread B holds `y`'s
+    /// guard and reads `x`, each writing its own value back to back; each
+    /// `get` may end up waiting for the other's lock, for ever, and this is
+    /// not detected as [`Error::Deadlock`]. The lock is not fair either: a
+    /// writer that writes back to back can keep winning it, and the reader
+    /// waits meanwhile. Where either can happen (a reader holding another
+    /// value's lock, or writers that never pause), read with
+    /// [`get_timeout`](Self::get_timeout), which gives up at its deadline
+    /// and can be retried once the guards are dropped.
     ///
     /// ```
     /// let point = corepool::Value::new([1.5f64, -2.0]).unwrap();
@@ -326,6 +349,8 @@ impl<T: Pod> Value<T> {
         // The odd sequence value last waited on, and the nap for it.
         let mut waited_on = None;
         let mut nap = DEATH_CHECK;
+        // Whether this thread holds the lock, once asked.
+        let mut mine = None;
         loop {
             // Acquire: pairs with the Release store that ends a write in
             // `write_locked`, so an even value comes with that write's data.
@@ -345,15 +370,16 @@ impl<T: Pod> Value<T> {
                     // Writes keep overlapping the copy (a writer that writes
                     // back to back leaves no gap as long as a copy): copy
                     // under the lock instead, which writers must take.
-                    match self.take_lock(deadline) {
-                        Ok(held) => return Ok(held.get()),
-                        // This thread holds it: nobody else can write, so
-                        // the next lock-free copy is whole.
-                        Err(Error::Deadlock) => torn = 0,
-                        Err(e) => return Err(e),
-                    }
+                    return self.copy_under_the_lock(deadline);
                 }
                 continue;
+            }
+            // A write "in progress" while this thread holds the lock (a guard
+            // alive, or inside `update`'s `f`) is one only we could end, and
+            // we are not writing: a scribbled word. Asked once per call:
+            // whether we hold the lock cannot change while we read.
+            if *mine.get_or_insert_with(|| self.held_by_me()) {
+                return Ok(self.copy_under_my_lock());
             }
             if spinner.spin() {
                 continue;
@@ -366,6 +392,16 @@ impl<T: Pod> Value<T> {
             }
             self.finish_abandoned_write();
             if waited_on != Some(before) {
+                if waited_on.is_some() {
+                    // Another write began since our last nap: writes keep
+                    // coming (or a scribbler keeps changing the word, which
+                    // would otherwise keep us from ever sleeping long).
+                    // Counts as a spoiled copy.
+                    torn += 1;
+                    if torn >= TORN_COPIES_BEFORE_LOCKING {
+                        return self.copy_under_the_lock(deadline);
+                    }
+                }
                 waited_on = Some(before);
                 nap = DEATH_CHECK;
             }
@@ -382,15 +418,69 @@ impl<T: Pod> Value<T> {
     /// writer wakes us when its write ends; the timeout brings us back to
     /// check whether it died.
     fn sleep_while_writing(&self, odd: u32, nap: Duration) {
-        let readers = self.word(READERS_AT);
         // SeqCst, with the SeqCst fence in `write_locked`: either the writer
-        // sees our count and wakes us, or the kernel's re-read of the
-        // sequence inside `futex_wait` (ordered after this increment) sees
-        // the write ended and we do not sleep.
-        readers.fetch_add(1, Ordering::SeqCst);
+        // sees our mark and wakes us, or the kernel's re-read of the
+        // sequence inside `futex_wait` (ordered after this store) sees the
+        // write ended and we do not sleep. Never cleared by us (others may
+        // sleep too): the write that ends `odd` clears it (`wake_readers`).
+        // `odd` is never 0, so the mark is never "nobody".
+        self.word(READERS_AT).store(odd, Ordering::SeqCst);
         sys::futex_wait(self.word(SEQ_AT), odd, Some(nap));
-        // Relaxed: only a hint for writers; a stale count costs one wake.
-        readers.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The end of a write (after its SeqCst fence, the partner of the
+    /// readers' SeqCst store in `sleep_while_writing`): if some reader left
+    /// its mark, clears it and wakes every reader asleep on the sequence.
+    ///
+    /// The mark is the odd value a reader sleeps on, not a plain 1, so that
+    /// clearing it loses nobody. The clear is a CAS from the mark we read:
+    /// it can only erase a mark equal to one that was there before our write
+    /// ended, and a reader of *this* write, which marks it with our odd
+    /// value, waits for exactly the wake that follows. A plain flag could
+    /// instead be erased by an earlier write's late clear after a reader of
+    /// a later write raised it: that reader would sleep and that write see
+    /// no flag (a wake lost until the nap ends). Sequence values repeat only
+    /// after 2^31 writes, or if scribbled; then the cost is one nap.
+    fn wake_readers(&self) {
+        let readers = self.word(READERS_AT);
+        // Relaxed: ordered by the caller's SeqCst fence (see above).
+        let mark = readers.load(Ordering::Relaxed);
+        if mark != 0 {
+            // Relaxed: the wake below, which follows in program order, is
+            // what sleepers wait for; a reader that marks the word after
+            // this CAS keeps its mark (one spare wake later, never a lost
+            // one). Failure means a newer mark: leave it.
+            let _ = readers.compare_exchange(mark, 0, Ordering::Relaxed, Ordering::Relaxed);
+            sys::futex_wake_all(self.word(SEQ_AT));
+        }
+    }
+
+    /// A reader's fallback once writes keep spoiling its copies: takes the
+    /// lock (waiting until `deadline`, asleep, as `lock` does) and copies
+    /// under it, so that back-to-back writes cannot starve it for ever.
+    fn copy_under_the_lock(&self, deadline: Option<Instant>) -> Result<T> {
+        match self.take_lock(deadline) {
+            // Held: also ends a write left odd with the lock free.
+            Ok(_held) => Ok(self.copy_under_my_lock()),
+            // This thread holds it, so no write of ours is under way and
+            // nobody else may write: the changes are a scribbler's, and
+            // waiting for them to stop could be for ever (review28 C-R3).
+            Err(Error::Deadlock) => Ok(self.copy_under_my_lock()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The value, for a reader that holds the lock (on this thread): ends a
+    /// write left odd (which only this thread could end, and it is not
+    /// writing: the word was scribbled) as `restore` does, so that other
+    /// readers stop waiting, then copies. Like [`ValueGuard::get`], the copy
+    /// is whole unless another party scribbles on the value's bytes too.
+    fn copy_under_my_lock(&self) -> T {
+        // Relaxed: we hold the lock, so only we write the sequence.
+        if self.word(SEQ_AT).load(Ordering::Relaxed) % 2 == 1 {
+            self.restore();
+        }
+        self.load_data()
     }
 
     /// Replaces the value, waiting for the lock as long as it takes (a dead
@@ -506,7 +596,14 @@ impl<T: Pod> Value<T> {
     /// and [`ValueGuard::set`] read and write under it, and no other
     /// `set`, `update` or `lock` (in any process) runs. A holder that dies is
     /// taken over, as for `update`. Readers ([`Value::get`]) do not wait for
-    /// it, unless writes under it keep overlapping their copies (see `get`).
+    /// it, unless writes under it keep overlapping their copies (see `get`,
+    /// and its note on deadlocks when a reader holds another value's lock).
+    ///
+    /// A reader that meets a holder that died mid-write takes its lock over
+    /// and lets go again at once, to end that write; the next `lock` then
+    /// finds the lock free and [`ValueGuard::previous_holder_died`] is
+    /// `false`, although a holder died. The report goes to whichever caller
+    /// took the lock over, and a reader does not pass it on.
     ///
     /// The lock is held by a thread, and is not reentrant: while the guard
     /// lives, this thread's `set`, `update` and `lock` on the value fail
@@ -1151,6 +1248,115 @@ mod tests {
         });
     }
 
+    /// review28 C-B1: the holding thread's `get` (a guard alive, or inside
+    /// `update`'s closure) on a sequence left odd (a scribbled word): only
+    /// this thread could end that write, so waiting for it would be for ever.
+    #[test]
+    #[cfg_attr(miri, ignore = "reads this process's start time from /proc")]
+    fn get_on_the_holding_thread_with_an_odd_sequence_returns_the_value() {
+        with_watchdog(|| {
+            let v = Value::new(7u64).unwrap();
+            let held = v.lock().unwrap();
+            v.word(SEQ_AT).store(5, Ordering::Relaxed);
+            let got = v.get_timeout(Duration::from_secs(10));
+            assert_eq!(got, Ok(7), "the holder ends the write itself");
+            assert_eq!(v.get(), 7);
+            assert_eq!(v.word(SEQ_AT).load(Ordering::Relaxed) % 2, 0, "restored");
+            drop(held);
+            // Inside `update`'s closure, which the docs let call `get`.
+            let seen = v
+                .update(|x| {
+                    v.word(SEQ_AT).store(9, Ordering::Relaxed);
+                    *x += 1;
+                    v.get()
+                })
+                .unwrap();
+            assert_eq!(seen, 7, "f works on a copy: `get` sees the old value");
+            assert_eq!(v.get(), 8);
+        });
+    }
+
+    /// review28 C-R3: on the holding thread, a sequence word that another
+    /// party keeps changing (between even values) spoils every lock-free
+    /// copy; `get` copies under the lock this thread holds instead of
+    /// looping for ever.
+    #[test]
+    #[cfg_attr(miri, ignore = "reads this process's start time from /proc")]
+    fn get_on_the_holding_thread_ignores_a_sequence_that_keeps_changing() {
+        with_watchdog(|| {
+            // 32 KiB: a copy takes long enough to span many changes.
+            let v = Value::new([3u64; 4096]).unwrap();
+            let held = v.lock().unwrap();
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let scribbler = {
+                let (v, stop) = (v.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    // Relaxed: a stop flag; nothing else is published by it.
+                    while !stop.load(Ordering::Relaxed) {
+                        v.word(SEQ_AT).fetch_add(2, Ordering::Relaxed);
+                    }
+                })
+            };
+            // Under way (the watchdog bounds this wait).
+            while v.word(SEQ_AT).load(Ordering::Relaxed) < 1_000 {
+                std::hint::spin_loop();
+            }
+            let got = v.get_timeout(Duration::from_secs(10));
+            let again = v.get();
+            stop.store(true, Ordering::Relaxed);
+            scribbler.join().unwrap();
+            drop(held);
+            assert_eq!(got, Ok([3; 4096]));
+            assert_eq!(again, [3; 4096]);
+        });
+    }
+
+    /// A sequence that keeps changing between odd values (a scribbler) while
+    /// a live holder (here: another thread of ours, in name) has the lock:
+    /// `get_timeout` goes to wait for the lock after a few changes, asleep,
+    /// and gives up at its deadline.
+    #[test]
+    #[cfg_attr(miri, ignore = "reads this process's start time from /proc")]
+    fn get_timeout_gives_up_on_a_sequence_that_keeps_changing_mid_write() {
+        with_watchdog(|| {
+            let v = Value::new(7u64).unwrap();
+            v.word(LOCK_AT).store(sys::current_pid(), Ordering::Relaxed);
+            v.word(OWNER_AT).store(my_start_tag(), Ordering::Relaxed);
+            v.word(THREAD_AT)
+                .store(my_thread_token().wrapping_add(1), Ordering::Relaxed);
+            v.word(SEQ_AT).store(1, Ordering::Relaxed);
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let scribbler = {
+                let (v, stop) = (v.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    // Relaxed: a stop flag; nothing else is published by it.
+                    while !stop.load(Ordering::Relaxed) {
+                        v.word(SEQ_AT).fetch_add(2, Ordering::Relaxed);
+                    }
+                })
+            };
+            let got = v.get_timeout(Duration::from_millis(20));
+            stop.store(true, Ordering::Relaxed);
+            scribbler.join().unwrap();
+            assert_eq!(got, Err(Error::Timeout));
+        });
+    }
+
+    /// review28 C-R1: the readers word is a mark that the next write clears,
+    /// so a reader that died asleep (or a forged word) costs one futex wake,
+    /// not one per write for ever.
+    #[test]
+    fn a_readers_mark_left_behind_is_cleared_by_the_next_write() {
+        let v = Value::new(1u64).unwrap();
+        v.word(READERS_AT).store(u32::MAX, Ordering::Relaxed);
+        v.set(2).unwrap();
+        assert_eq!(v.word(READERS_AT).load(Ordering::Relaxed), 0);
+        v.word(READERS_AT).store(3, Ordering::Relaxed);
+        v.update(|x| *x += 1).unwrap();
+        assert_eq!(v.word(READERS_AT).load(Ordering::Relaxed), 0);
+        assert_eq!(v.get(), 3);
+    }
+
     #[test]
     #[cfg_attr(miri, ignore = "reads this process's start time from /proc")]
     fn get_timeout_gives_up_on_a_live_writer_stuck_mid_write() {
@@ -1165,11 +1371,20 @@ mod tests {
             v.word(SEQ_AT).store(3, Ordering::Relaxed);
             let short = Duration::from_millis(20);
             assert_eq!(v.get_timeout(short), Err(Error::Timeout));
-            assert_eq!(v.word(READERS_AT).load(Ordering::Relaxed), 0);
+            // Its mark stays (other readers may sleep on that write too),
+            // for the write that ends it to clear.
+            assert_eq!(v.word(READERS_AT).load(Ordering::Relaxed), 3);
             // The write ends.
             v.word(SEQ_AT).store(4, Ordering::Release);
             assert_eq!(v.get_timeout(short), Ok(7));
             assert_eq!(v.get(), 7);
+            // The pretend holder lets go; the next write clears the mark.
+            for at in [THREAD_AT, OWNER_AT, LOCK_AT] {
+                v.word(at).store(0, Ordering::Release);
+            }
+            v.set(8).unwrap();
+            assert_eq!(v.word(READERS_AT).load(Ordering::Relaxed), 0);
+            assert_eq!(v.get(), 8);
         });
     }
 

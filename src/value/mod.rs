@@ -7,11 +7,14 @@
 //! process that dies holding it cannot wedge the others, because the next
 //! one to want the lock sees the holder is dead and takes it over (the value
 //! is then whatever the dead holder left, which for plain data is always a
-//! valid `T`). Readers do not lock: a sequence word (odd while a writer
-//! works) lets them copy the value and retry if it changed meanwhile; while
-//! a write is in progress they sleep until it ends, so a writer stopped
-//! mid-write (`SIGSTOP`) makes [`Value::get`] wait (asleep) until it
-//! continues, and [`Value::get_timeout`] give up.
+//! valid `T`). Readers usually do not lock: a sequence word (odd while a
+//! writer works) lets them copy the value and retry if it changed meanwhile;
+//! while a write is in progress they sleep until it ends, so a writer
+//! stopped mid-write (`SIGSTOP`) makes [`Value::get`] wait (asleep) until it
+//! continues, and [`Value::get_timeout`] give up. A reader whose copies
+//! writes keep spoiling takes the lock to copy (so `get` can wait for a lock:
+//! see its docs on deadlocks), and one that finds a write nobody will end (a
+//! dead writer's) takes the lock to end it.
 //!
 //! A thread that holds a [`Value`]'s lock (a [`ValueGuard`]) and asks for it
 //! again (`lock`, `try_lock`, `set`, `update`) gets
