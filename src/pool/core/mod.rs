@@ -404,6 +404,14 @@ impl Worker {
         self.pidfd = None;
         self.lone = None;
         self.stalled_at = None;
+        // A replacement starts with the default window, not its
+        // predecessor's: that one may have been killed in a long task
+        // (a timeout, a crash) after a flood of tiny ones had set its
+        // window to 1024, and the killed task never updated the measure
+        // (review 28). Relaxed: the process that writes the word next is
+        // started after this, through the supervisor.
+        self.window = tasks::DEFAULT_WINDOW;
+        self.slot.task_ns().store(0, Ordering::Relaxed);
     }
 }
 
@@ -562,13 +570,17 @@ impl Core {
     }
 
     /// Moves queued tasks into rings: the cheap part of a pass, for the
-    /// submission path (collecting is left to the driver and to waiters).
+    /// submission path. It collects nothing and kills nothing (collecting
+    /// and timeout kills are left to the driver and to waiters): the
+    /// submitting thread may be the callback thread, where nothing may
+    /// collect (design.md, "Callbacks run on a thread of their own").
     pub(super) fn dispatch_pending(&mut self, actions: &mut Actions) {
         self.dispatch(actions);
         if self.task_timeout.is_some() {
             // What was just pushed must be timed: a deadline (or a look
-            // again soon), which `finish_pass` hands to the sleeping driver.
-            self.check_timeouts(actions);
+            // again soon; for a task overdue already, its deadline, past),
+            // which `finish_pass` hands to the sleeping driver.
+            self.time_tasks(actions);
         }
     }
 
@@ -600,7 +612,10 @@ impl Core {
         if self.task_timeout.is_some() {
             // After dispatching, so that the tasks this pass pushed get a
             // deadline (or a look again soon) too. Tasks pushed to a worker
-            // killed here were never taken: they are requeued.
+            // killed here were never taken: they are requeued. The tasks it
+            // takes back before a kill wait in the queue for the next pass,
+            // at once: this one reports progress, and only drive passes
+            // (the driver's, a waiting `get`'s) run it.
             self.check_timeouts(actions);
         }
         if !self.open && self.outstanding == 0 && !self.shutdown_sent {

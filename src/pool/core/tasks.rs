@@ -488,21 +488,47 @@ impl Core {
     }
 
     /// Kills a worker whose task has run longer than the task timeout; its
-    /// exit event fails that task with [`Error::TaskTimedOut`].
+    /// exit event fails that task with [`Error::TaskTimedOut`]. Only on the
+    /// passes that collect (the driver's, a waiting `get`'s, `close`'s):
+    /// the submission path only times its tasks ([`Core::time_tasks`]).
     ///
     /// The parent's view of what a worker runs lags: the task at the front
-    /// of `in_flight` may have answered since the last collect (this also
-    /// runs on the submission path, which does not collect), and it may
+    /// of `in_flight` may have answered since the last collect, and it may
     /// answer between the decision and the kill landing, the worker then
     /// starting the next task. Either way the kill used to land on a task
     /// that had not overrun, which got `WorkerDied` (and a retry) while the
     /// one that overran got its result (user trial 29: one timeout kill in 7
     /// to 240). So an overdue front is judged again after a collect, and
     /// before the kill the tasks queued behind it are taken back: the
-    /// killed worker holds the overdue task alone. If the worker had started
-    /// one of them, the front has answered: no kill, and the next pass
-    /// times the new front.
+    /// killed worker holds the overdue task alone.
+    ///
+    /// If the worker had started one of them, it must have answered the
+    /// overdue task first (it publishes each result before it takes the
+    /// next task), and that answer is visible now: collected at once, and
+    /// the new front is timed. An answer still missing means the worker
+    /// broke the protocol (shared memory is the worker's to scribble on):
+    /// it is killed as a violation, rather than escaping its timeout with
+    /// the driver looking again at once, for ever (review 28).
     pub(super) fn check_timeouts(&mut self, actions: &mut Actions) {
+        self.timeouts(true, actions);
+    }
+
+    /// Times the tasks at the front of the workers' rings, for the
+    /// submission path, which neither collects nor kills: a submitting
+    /// thread may be the callback thread (a callback that submits), a tokio
+    /// worker or a transport's thread, and collecting there would run
+    /// decoders and `submit_raw` `done` functions on it (design.md,
+    /// "Callbacks run on a thread of their own"). A task overdue here keeps
+    /// its deadline, now past: `finish_pass` hands it to the driver (and
+    /// rings the doorbell if it was asleep with a later one), and the
+    /// driver's pass, or a waiting `get`'s, does the collect and the kill.
+    pub(super) fn time_tasks(&mut self, actions: &mut Actions) {
+        self.timeouts(false, actions);
+    }
+
+    /// [`check_timeouts`](Self::check_timeouts) if `act`, else
+    /// [`time_tasks`](Self::time_tasks).
+    fn timeouts(&mut self, act: bool, actions: &mut Actions) {
         let Some(limit) = self.task_timeout else {
             return;
         };
@@ -511,6 +537,9 @@ impl Core {
         let mut unkillable = Vec::new();
         for index in 0..self.workers.len() {
             let mut collected = false;
+            // The overdue task whose queue was taken back, once the worker
+            // turned out to have started a task behind it.
+            let mut passed: Option<u64> = None;
             loop {
                 let w = &mut self.workers[index];
                 if w.phase != Phase::Ready || w.timed_out.is_some() {
@@ -545,7 +574,9 @@ impl Core {
                 let Some(deadline) = since.checked_add(limit) else {
                     break;
                 };
-                if now < deadline {
+                // Overdue and not ours to judge (`time_tasks`): the deadline,
+                // now past, has the driver look at once.
+                if now < deadline || !act {
                     next = Some(next.map_or(deadline, |n| n.min(deadline)));
                     break;
                 }
@@ -556,19 +587,43 @@ impl Core {
                     self.collect(index, actions);
                     continue;
                 }
+                if passed == Some(id) {
+                    // The worker started a task behind this one, and the
+                    // collect that followed found no answer for it. An
+                    // honest worker publishes each result (a Release
+                    // stamp) before its AcqRel CAS of the next tag, and the
+                    // take-back's failed CAS read that tag with Acquire (as
+                    // `is_released` reads the release position): the answer
+                    // would be visible. The worker may have died since with
+                    // its answer unreadable (a spill it took with it): then
+                    // its exit fails the task, as any death does.
+                    if !self.workers[index].has_exited() {
+                        self.violation(
+                            index,
+                            RingError::Violation(
+                                "started a task before answering the one before it",
+                            ),
+                            actions,
+                        );
+                    }
+                    break;
+                }
                 let (back, all) = self.workers[index].take_back_queued();
                 if !back.is_empty() {
+                    // The pass that follows (a drive pass is the only one
+                    // that acts) dispatches them again.
                     actions.progress = true;
                 }
                 for task in back.into_iter().rev() {
                     self.pending.push_front(task);
                 }
                 if !all {
-                    // It answered the overdue task and runs the next: the
-                    // next pass collects that answer and times the new front.
-                    next = Some(now);
-                    actions.progress = true;
-                    break;
+                    // It started one of them, so it answered the overdue
+                    // task: collect that answer now and time the new front
+                    // (no kill, and no pass again at once to do it).
+                    passed = Some(id);
+                    self.collect(index, actions);
+                    continue;
                 }
                 let w = &mut self.workers[index];
                 w.timed_out = Some(id);

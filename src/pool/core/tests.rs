@@ -153,3 +153,121 @@ fn a_workers_window_is_about_a_millisecond_of_its_tasks_and_bounded() {
     assert_eq!(window_for(1_000_000), 4, "long tasks: the fewest");
     assert_eq!(window_for(u64::MAX), 4);
 }
+
+/// A completion that drops every outcome, for tasks whose outcome the test
+/// reads from `Actions`.
+struct Nop;
+impl crate::pool::sink::Completion for Nop {
+    fn complete(&self, _tag: u64, _outcome: crate::pool::sink::Outcome) {}
+}
+
+/// A one-worker `Core` with a 1 ms task timeout whose worker is `pid` (a
+/// stand-in), with `tasks` tasks pushed to its ring.
+fn timing_fixture(pid: i32, tasks: usize) -> Fixture {
+    let mut f = fixture(None);
+    f.core.task_timeout = Some(Duration::from_millis(1));
+    let pidfd = Arc::new(crate::sys::pidfd_open(pid).unwrap());
+    pretend_running(&mut f.core, Phase::Ready, pid, pidfd);
+    let target: Arc<dyn crate::pool::sink::Completion> = Arc::new(Nop);
+    for _ in 0..tasks {
+        let sink = crate::pool::sink::Sink {
+            target: target.clone(),
+            tag: 0,
+        };
+        f.core.submit(0, Payload::default(), sink, None, None);
+    }
+    f.core.dispatch(&mut Actions::default());
+    assert_eq!(f.core.workers[0].in_flight.len(), tasks);
+    f
+}
+
+/// Marks every task in the worker's ring TAKEN, as a worker that started
+/// them would, and has the front look as if it ran for a second.
+fn take_all_and_overrun(core: &mut Core) {
+    let w = &mut core.workers[0];
+    let ring = w.tasks.memory();
+    for f in &w.in_flight {
+        ring.record_kind(f.position)
+            .unwrap()
+            .store(kind::TAKEN, Ordering::Release);
+    }
+    let first = w.in_flight[0].id;
+    w.running = Some((first, Instant::now() - Duration::from_secs(1)));
+}
+
+/// A worker that starts the task behind its overdue one without answering
+/// the overdue one broke the protocol: it is killed as a violation and its
+/// tasks fail with `ProtocolViolation`. It escaped its timeout before, and
+/// the timeout check asked to run again at once, for ever: a driver that
+/// spun at 100 % (review 28, A-B1).
+#[test]
+#[cfg_attr(miri, ignore = "Miri starts no processes")]
+fn a_worker_that_starts_a_task_before_answering_the_overdue_one_is_a_violation() {
+    let mut other = bystander();
+    let mut f = timing_fixture(other.id() as i32, 2);
+    take_all_and_overrun(&mut f.core);
+    let mut actions = Actions::default();
+    f.core.check_timeouts(&mut actions);
+    let phase = f.core.workers[0].phase;
+    let violated = f.core.workers[0].violated;
+    let _ = other.kill();
+    let _ = other.wait();
+    assert_eq!(phase, Phase::Dying, "killed at its first overdue look");
+    assert!(violated, "as a protocol violation, not a timeout");
+    assert_eq!(f.core.workers[0].timed_out, None);
+    assert_eq!(actions.completions.len(), 2, "both of its tasks fail");
+    for (_, outcome) in &actions.completions {
+        assert!(
+            matches!(outcome, Outcome::Err(Error::ProtocolViolation { .. })),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(f.core.next_deadline(), None, "nothing left to look at");
+}
+
+/// The submission path times what it pushed but neither collects nor
+/// kills (it may run on the callback thread): an overdue task keeps its
+/// deadline, past, for the driver, whose pass does the kill (review 28,
+/// A-R1).
+#[test]
+#[cfg_attr(miri, ignore = "Miri starts no processes")]
+fn the_submission_path_leaves_a_timeout_kill_to_the_driver() {
+    let mut other = bystander();
+    let mut f = timing_fixture(other.id() as i32, 1);
+    take_all_and_overrun(&mut f.core);
+    let mut actions = Actions::default();
+    f.core.dispatch_pending(&mut actions);
+    let after_submission = f.core.workers[0].phase;
+    let deadline = f.core.next_deadline();
+    let mut actions = Actions::default();
+    f.core.check_timeouts(&mut actions);
+    let after_driver = f.core.workers[0].phase;
+    let _ = other.kill();
+    let _ = other.wait();
+    assert_eq!(
+        after_submission,
+        Phase::Ready,
+        "no kill on the submission path"
+    );
+    assert!(
+        deadline.is_some_and(|d| d <= Instant::now()),
+        "the driver looks at once"
+    );
+    assert_eq!(after_driver, Phase::Dying, "the driver's pass kills it");
+    let w = &f.core.workers[0];
+    assert_eq!(w.timed_out, Some(w.in_flight[0].id), "for its timeout");
+}
+
+/// A replacement worker starts with the default window and an unmeasured
+/// slot, not its predecessor's measure (review 28, B-R1).
+#[test]
+fn a_replacement_starts_with_the_default_window() {
+    use super::tasks::DEFAULT_WINDOW;
+    let mut f = fixture(None);
+    let w = &mut f.core.workers[0];
+    w.window = 1024;
+    w.slot.task_ns().store(1, Ordering::Relaxed);
+    w.reset(u64::MAX);
+    assert_eq!(w.window, DEFAULT_WINDOW);
+    assert_eq!(w.slot.task_ns().load(Ordering::Relaxed), 0);
+}
