@@ -507,7 +507,25 @@ impl<T> Queue<T> {
     {
         crate::shm::handle::sweep();
         let mut bytes = Vec::new();
-        spill::read_into(handle, &mut bytes).map_err(|e| crate::shm::named(values::VALUE, e))?;
+        spill::read_into(handle, &mut bytes).map_err(|e| {
+            // A queue spills a value only when its value file had no room
+            // for it under the producer's file-size limit: say so, since
+            // the likely cause of a failed open is that producer's exit.
+            let e = match e {
+                Error::Decode { type_name, reason } => Error::Decode {
+                    type_name,
+                    reason: format!(
+                        "{reason}; this value was kept by the process that put it (the \
+                         queue's value file was full under that process's file-size limit, \
+                         `ulimit -f`, with the large values waiting at once): if that process \
+                         has exited, the value went with it (5 s after it returned); raise the \
+                         limit, or drain the queue before joining its producers"
+                    ),
+                },
+                other => other,
+            };
+            crate::shm::named(values::VALUE, e)
+        })?;
         decode_exact::<T>(&bytes)
     }
 
