@@ -1128,6 +1128,49 @@ fn an_address_space_limit_fails_an_array_before_reserving_it() {
     assert_eq!(text.trim(), "huge true over true small true", "{output:?}");
 }
 
+// ---- a SIGTERM sent to every process of a program --------------------------
+
+/// Sends SIGTERM to a program it starts and says what ended it: a task's
+/// own programs keep their usual dispositions.
+fn sigterm_a_program_of_its_own(_: u64) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    // SAFETY: signals the child just started, not yet waited for.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap().signal().unwrap_or(0)
+}
+
+fn a_worker_outlives_sigterm_sigint_and_sighup() {
+    // What systemd (KillMode=control-group) or `pkill prog` does: the
+    // signal reaches the workers too. A worker's parent ends it itself, so
+    // it finishes its task and goes on serving; the parent's graceful
+    // shutdown (`close`, `join`) loses nothing (user trial 30).
+    let pool = Pool::builder().workers(1).build().unwrap();
+    let gate = AtomicValue::new(0u64).unwrap();
+    let task = pool.apply_async(wait_for_gate, gate.clone()).unwrap();
+    let pids = pool.pids();
+    assert_eq!(pids.len(), 1);
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: signals this pool's live worker (its task waits).
+        assert_eq!(unsafe { libc::kill(pids[0], signal) }, 0);
+    }
+    // The worker runs on: its task answers once the gate opens.
+    gate.store(1);
+    assert_eq!(task.get_timeout(HUNG).unwrap(), 7);
+    assert_eq!(pool.pids(), pids, "the worker was replaced");
+    // A program a task starts dies of SIGTERM as usual (a handler, unlike
+    // an ignored signal, does not cross exec).
+    assert_eq!(
+        pool.apply(sigterm_a_program_of_its_own, 0).unwrap(),
+        libc::SIGTERM
+    );
+    pool.close();
+    pool.join().unwrap();
+}
+
 fn main() {
     if std::env::var_os(SMALL_ADDRESS_SPACE).is_some() {
         small_address_space();
@@ -1172,5 +1215,6 @@ fn main() {
         a_timeout_kill_is_never_retried,
         a_file_size_limit_is_an_error_not_a_signal,
         an_address_space_limit_fails_an_array_before_reserving_it,
+        a_worker_outlives_sigterm_sigint_and_sighup,
     ]);
 }
