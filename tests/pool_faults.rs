@@ -1171,6 +1171,33 @@ fn a_worker_outlives_sigterm_sigint_and_sighup() {
     pool.join().unwrap();
 }
 
+/// Recurses until its stack is gone.
+#[allow(unconditional_recursion)]
+fn overflow_the_stack(n: u64) -> u64 {
+    let frame = std::hint::black_box([n; 64]);
+    overflow_the_stack(n + 1) + frame[0]
+}
+
+fn a_stack_overflow_in_a_task_is_named_in_its_error() {
+    // Workers start before `main`: Rust's "has overflowed its stack"
+    // handler is not there, so the error says it (user trial 30).
+    let pool = Pool::builder().workers(1).build().unwrap();
+    let err = pool.apply(overflow_the_stack, 0).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::WorkerDied {
+                cause: corepool::ExitCause::Signal(11),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("stack overflow"), "{err}");
+    // The replacement serves.
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+}
+
 fn main() {
     if std::env::var_os(SMALL_ADDRESS_SPACE).is_some() {
         small_address_space();
@@ -1216,5 +1243,6 @@ fn main() {
         a_file_size_limit_is_an_error_not_a_signal,
         an_address_space_limit_fails_an_array_before_reserving_it,
         a_worker_outlives_sigterm_sigint_and_sighup,
+        a_stack_overflow_in_a_task_is_named_in_its_error,
     ]);
 }
