@@ -213,8 +213,9 @@ pub enum Error {
         what: &'static str,
     },
     /// The pool (or, in `corepool-mpi`, the cluster) that ran the task was
-    /// terminated or dropped before the task finished.
-    #[error("the task was cancelled: its pool or cluster was terminated or dropped before it finished; keep it until the results are in (a pool's `close()` then `join()` waits for them)")]
+    /// terminated or dropped before the task finished, or the program began
+    /// to exit (its exit ends every pool's workers).
+    #[error("the task was cancelled: its pool or cluster was terminated or dropped, or the program began to exit, before it finished; keep the pool until the results are in (a pool's `close()` then `join()` waits for them)")]
     Cancelled,
     /// The task ran longer than the pool's `task_timeout`; its worker was
     /// killed and replaced.

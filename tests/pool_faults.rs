@@ -1198,6 +1198,66 @@ fn a_stack_overflow_in_a_task_is_named_in_its_error() {
     assert_eq!(pool.apply(square, 3).unwrap(), 9);
 }
 
+// ---- a call in flight when the program exits ----------------------------------
+
+const EXIT_MID_CALL: &str = "COREPOOL_TEST_EXIT_MID_CALL";
+
+/// What the thread in the middle of a call got, for the `atexit` handler
+/// below to print.
+static MID_CALL: std::sync::Mutex<Option<mpsc::Receiver<String>>> = std::sync::Mutex::new(None);
+
+/// Registered before any pool, so it runs after corepool's own handler
+/// (`atexit` handlers run in reverse order): prints what the call got once
+/// corepool's handler has stopped the pool.
+extern "C" fn print_what_the_call_got() {
+    let rx = MID_CALL.lock().unwrap().take().unwrap();
+    let got = rx
+        .recv_timeout(HUNG)
+        .unwrap_or_else(|e| format!("nothing: {e}"));
+    println!("{got}");
+}
+
+/// As a program of its own: a thread waits in `apply` on a task that runs
+/// for ever (with `retries`, when the variable says so) while `main` calls
+/// `std::process::exit`.
+fn exit_mid_call() -> ! {
+    let (tx, rx) = mpsc::channel();
+    *MID_CALL.lock().unwrap() = Some(rx);
+    // SAFETY: registers a C-ABI function that takes no arguments.
+    assert_eq!(unsafe { libc::atexit(print_what_the_call_got) }, 0);
+    let retries = std::env::var(EXIT_MID_CALL).unwrap() == "retries";
+    let pool = Pool::builder()
+        .workers(1)
+        .retries(if retries { 5 } else { 0 })
+        .build()
+        .unwrap();
+    let pool = Arc::new(pool);
+    let gate = AtomicValue::new(0u64).unwrap();
+    let (started_tx, started) = mpsc::channel();
+    let waiter = pool.clone();
+    std::thread::spawn(move || {
+        let task = waiter.apply_async(wait_for_gate, gate).unwrap();
+        started_tx.send(()).unwrap();
+        let got = task.get();
+        let _ = tx.send(format!("{got:?}"));
+    });
+    started.recv_timeout(HUNG).unwrap();
+    std::process::exit(0);
+}
+
+fn a_call_in_flight_at_exit_is_cancelled() {
+    // It was `WorkerDied` blaming the OOM killer, or with `retries` a
+    // `Spawn` error about `ulimit -u` (user trial 30).
+    for mode in ["plain", "retries"] {
+        let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+        command.env(EXIT_MID_CALL, mode);
+        let output = common::output_within(&mut command, HUNG);
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{mode}: {output:?}");
+        assert_eq!(text.trim(), "Err(Cancelled)", "{mode}: {output:?}");
+    }
+}
+
 fn main() {
     if std::env::var_os(SMALL_ADDRESS_SPACE).is_some() {
         small_address_space();
@@ -1210,6 +1270,9 @@ fn main() {
     }
     if std::env::var_os(THROUGH_THE_LOADER).is_some() {
         through_the_loader();
+    }
+    if std::env::var_os(EXIT_MID_CALL).is_some() {
+        exit_mid_call();
     }
     if std::env::var_os(SMALL_FILE_LIMIT).is_some() {
         small_file_limit();
@@ -1244,5 +1307,6 @@ fn main() {
         an_address_space_limit_fails_an_array_before_reserving_it,
         a_worker_outlives_sigterm_sigint_and_sighup,
         a_stack_overflow_in_a_task_is_named_in_its_error,
+        a_call_in_flight_at_exit_is_cancelled,
     ]);
 }
