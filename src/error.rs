@@ -45,6 +45,9 @@ impl fmt::Display for ExitCause {
                 if sig == crate::sys::SIGKILL {
                     write!(f, "; if nobody sent it, the kernel's OOM killer may have: check `dmesg` and the task's memory use")?;
                 }
+                if sig == crate::sys::SIGSEGV {
+                    write!(f, "; in a task, a stack overflow (deep recursion) ends a worker so, without Rust's \"has overflowed its stack\" message: recurse less, or run the deep part on a thread of the task's own with a larger stack (`std::thread::Builder::stack_size`)")?;
+                }
                 if sig == crate::sys::SIGABRT && cfg!(panic = "abort") {
                     write!(f, "; this program is built with `panic = \"abort\"`, so a panic ends the process it happens in: one outside the task itself (in a `Wire` impl, an initializer) has its message on the program's stderr")?;
                 }
@@ -210,8 +213,9 @@ pub enum Error {
         what: &'static str,
     },
     /// The pool (or, in `corepool-mpi`, the cluster) that ran the task was
-    /// terminated or dropped before the task finished.
-    #[error("the task was cancelled: its pool or cluster was terminated or dropped before it finished; keep it until the results are in (a pool's `close()` then `join()` waits for them)")]
+    /// terminated or dropped before the task finished, or the program began
+    /// to exit (its exit ends every pool's workers).
+    #[error("the task was cancelled: its pool or cluster was terminated or dropped, or the program began to exit, before it finished; keep the pool until the results are in (a pool's `close()` then `join()` waits for them)")]
     Cancelled,
     /// The task ran longer than the pool's `task_timeout`; its worker was
     /// killed and replaced.

@@ -28,6 +28,8 @@ pub(crate) use rustix::process::Signal;
 pub(crate) const SIGKILL: i32 = Signal::KILL.as_raw();
 /// SIGABRT's number: how a child built with `panic = "abort"` ends on a panic.
 pub(crate) const SIGABRT: i32 = Signal::ABORT.as_raw();
+/// Invalid memory access: also how a task that overflows its stack ends.
+pub(crate) const SIGSEGV: i32 = Signal::SEGV.as_raw();
 
 /// EINVAL's number, as [`io::Error::raw_os_error`] reports it.
 pub(crate) const EINVAL: i32 = Errno::INVAL.raw_os_error();

@@ -421,6 +421,127 @@ fn a_terminated_raw_argument_task_never_gives_its_block_back() {
     assert_eq!(kept + free, 16 * MIB);
 }
 
+/// The item back, and (every 4096th item, so that the maps stay cheap) how
+/// this worker got its chunk.
+fn echo_and_way(x: u64) -> (u64, Option<Came>) {
+    (x, (x % 4096 == 0).then(came))
+}
+
+/// Claims `claimed` items but yields `real` (see tests/pool.rs).
+struct Liar {
+    next: u64,
+    real: u64,
+    claimed: usize,
+}
+
+impl Iterator for Liar {
+    type Item = u64;
+    fn next(&mut self) -> Option<u64> {
+        (self.next < self.real).then(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.claimed, Some(self.claimed))
+    }
+}
+
+fn expected(n: u64) -> Vec<(u64, Option<Came>)> {
+    (0..n)
+        .map(|x| (x, (x % 4096 == 0).then_some(Came::Arena)))
+        .collect()
+}
+
+fn a_map_of_plain_data_gathers_its_chunks_in_the_arena() {
+    let pool = Pool::builder()
+        .workers(2)
+        .arg_arena_bytes(16 * MIB)
+        .build()
+        .unwrap();
+    let input: Vec<u64> = (0..300_000).collect();
+    // The default chunks (256 KiB), chunks that end short, one item over.
+    for n in [300_000, 131_073, 65_537] {
+        let got = pool.map(echo_and_way, input[..n].iter().copied()).unwrap();
+        assert_eq!(got, expected(n as u64), "{n} items");
+    }
+    // The same by `map_async`, every chunk in the arena at once.
+    let got = pool
+        .map_async(echo_and_way, input.clone())
+        .unwrap()
+        .get()
+        .unwrap();
+    assert_eq!(got, expected(300_000));
+    // Every block back once its chunk's result is in.
+    assert_eq!(
+        corepool::testing::arg_arena_usage(&pool),
+        Some((0, 16 * MIB))
+    );
+    // Iterators that misreport their length: what comes is what counts.
+    for (real, claimed) in [(100_000, 10_000), (10_000, 100_000), (0, 50_000)] {
+        let liar = Liar {
+            next: 0,
+            real,
+            claimed,
+        };
+        let got = pool.chunked(4096).unwrap().map(echo_and_way, liar).unwrap();
+        assert_eq!(got, expected(real), "{real} vs {claimed}");
+    }
+    assert_eq!(
+        corepool::testing::arg_arena_usage(&pool),
+        Some((0, 16 * MIB))
+    );
+}
+
+fn dies_at(x: u64) -> u64 {
+    if x == 70_000 {
+        std::process::abort();
+    }
+    x
+}
+
+fn a_map_chunk_in_the_arena_survives_its_worker_and_a_small_arena_falls_back() {
+    // A worker dies in the middle of a chunk: with a retry, the chunk runs
+    // again from its block on the replacement (which dies again: the map
+    // fails), and the block comes back once the outcome is final.
+    let pool = Pool::builder()
+        .workers(2)
+        .retries(1)
+        .arg_arena_bytes(16 * MIB)
+        .build()
+        .unwrap();
+    let got = pool.map(dies_at, 0..200_000u64);
+    assert!(matches!(got, Err(Error::WorkerDied { .. })), "{got:?}");
+    // The chunks submitted before the failure still run (their blocks come
+    // back as they end); none was kept for ever.
+    assert_eq!(corepool::testing::arg_arena_usage(&pool).unwrap().0, 0);
+    let input: Vec<u64> = (0..200_000).collect();
+    assert_eq!(pool.map(dies_at, 0..70_000u64).unwrap(), input[..70_000]);
+    pool.close();
+    pool.join().unwrap();
+    assert_eq!(
+        corepool::testing::arg_arena_usage(&pool),
+        Some((0, 16 * MIB))
+    );
+    // An arena with room for one 256 KiB chunk at a time, and none: the
+    // chunks that find no room go by the ring, and the results are the same.
+    for bytes in [320 << 10, 0] {
+        let small = Pool::builder()
+            .workers(2)
+            .arg_arena_bytes(bytes)
+            .build()
+            .unwrap();
+        let got = small.map(|x: u64| x, input.iter().copied()).unwrap();
+        assert_eq!(got, input, "an arena of {bytes} bytes");
+        let got = small
+            .map_async(|x: u64| x, input.clone())
+            .unwrap()
+            .get()
+            .unwrap();
+        assert_eq!(got, input, "an arena of {bytes} bytes");
+    }
+}
+
 fn main() {
     corepool::init();
     common::run(common::tests![
@@ -433,5 +554,7 @@ fn main() {
         a_raw_argument_needs_room_and_gives_it_back_unsubmitted,
         a_raw_argument_of_another_pool_is_copied,
         a_terminated_raw_argument_task_never_gives_its_block_back,
+        a_map_of_plain_data_gathers_its_chunks_in_the_arena,
+        a_map_chunk_in_the_arena_survives_its_worker_and_a_small_arena_falls_back,
     ]);
 }

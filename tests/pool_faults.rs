@@ -1128,6 +1128,136 @@ fn an_address_space_limit_fails_an_array_before_reserving_it() {
     assert_eq!(text.trim(), "huge true over true small true", "{output:?}");
 }
 
+// ---- a SIGTERM sent to every process of a program --------------------------
+
+/// Sends SIGTERM to a program it starts and says what ended it: a task's
+/// own programs keep their usual dispositions.
+fn sigterm_a_program_of_its_own(_: u64) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    // SAFETY: signals the child just started, not yet waited for.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap().signal().unwrap_or(0)
+}
+
+fn a_worker_outlives_sigterm_sigint_and_sighup() {
+    // What systemd (KillMode=control-group) or `pkill prog` does: the
+    // signal reaches the workers too. A worker's parent ends it itself, so
+    // it finishes its task and goes on serving; the parent's graceful
+    // shutdown (`close`, `join`) loses nothing (user trial 30).
+    let pool = Pool::builder().workers(1).build().unwrap();
+    let gate = AtomicValue::new(0u64).unwrap();
+    let task = pool.apply_async(wait_for_gate, gate.clone()).unwrap();
+    let pids = pool.pids();
+    assert_eq!(pids.len(), 1);
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: signals this pool's live worker (its task waits).
+        assert_eq!(unsafe { libc::kill(pids[0], signal) }, 0);
+    }
+    // The worker runs on: its task answers once the gate opens.
+    gate.store(1);
+    assert_eq!(task.get_timeout(HUNG).unwrap(), 7);
+    assert_eq!(pool.pids(), pids, "the worker was replaced");
+    // A program a task starts dies of SIGTERM as usual (a handler, unlike
+    // an ignored signal, does not cross exec).
+    assert_eq!(
+        pool.apply(sigterm_a_program_of_its_own, 0).unwrap(),
+        libc::SIGTERM
+    );
+    pool.close();
+    pool.join().unwrap();
+}
+
+/// Recurses until its stack is gone.
+#[allow(unconditional_recursion)]
+fn overflow_the_stack(n: u64) -> u64 {
+    let frame = std::hint::black_box([n; 64]);
+    overflow_the_stack(n + 1) + frame[0]
+}
+
+fn a_stack_overflow_in_a_task_is_named_in_its_error() {
+    // Workers start before `main`: Rust's "has overflowed its stack"
+    // handler is not there, so the error says it (user trial 30).
+    let pool = Pool::builder().workers(1).build().unwrap();
+    let err = pool.apply(overflow_the_stack, 0).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::WorkerDied {
+                cause: corepool::ExitCause::Signal(11),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("stack overflow"), "{err}");
+    // The replacement serves.
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+}
+
+// ---- a call in flight when the program exits ----------------------------------
+
+const EXIT_MID_CALL: &str = "COREPOOL_TEST_EXIT_MID_CALL";
+
+/// What the thread in the middle of a call got, for the `atexit` handler
+/// below to print.
+static MID_CALL: std::sync::Mutex<Option<mpsc::Receiver<String>>> = std::sync::Mutex::new(None);
+
+/// Registered before any pool, so it runs after corepool's own handler
+/// (`atexit` handlers run in reverse order): prints what the call got once
+/// corepool's handler has stopped the pool.
+extern "C" fn print_what_the_call_got() {
+    let rx = MID_CALL.lock().unwrap().take().unwrap();
+    let got = rx
+        .recv_timeout(HUNG)
+        .unwrap_or_else(|e| format!("nothing: {e}"));
+    println!("{got}");
+}
+
+/// As a program of its own: a thread waits in `apply` on a task that runs
+/// for ever (with `retries`, when the variable says so) while `main` calls
+/// `std::process::exit`.
+fn exit_mid_call() -> ! {
+    let (tx, rx) = mpsc::channel();
+    *MID_CALL.lock().unwrap() = Some(rx);
+    // SAFETY: registers a C-ABI function that takes no arguments.
+    assert_eq!(unsafe { libc::atexit(print_what_the_call_got) }, 0);
+    let retries = std::env::var(EXIT_MID_CALL).unwrap() == "retries";
+    let pool = Pool::builder()
+        .workers(1)
+        .retries(if retries { 5 } else { 0 })
+        .build()
+        .unwrap();
+    let pool = Arc::new(pool);
+    let gate = AtomicValue::new(0u64).unwrap();
+    let (started_tx, started) = mpsc::channel();
+    let waiter = pool.clone();
+    std::thread::spawn(move || {
+        let task = waiter.apply_async(wait_for_gate, gate).unwrap();
+        started_tx.send(()).unwrap();
+        let got = task.get();
+        let _ = tx.send(format!("{got:?}"));
+    });
+    started.recv_timeout(HUNG).unwrap();
+    std::process::exit(0);
+}
+
+fn a_call_in_flight_at_exit_is_cancelled() {
+    // It was `WorkerDied` blaming the OOM killer, or with `retries` a
+    // `Spawn` error about `ulimit -u` (user trial 30).
+    for mode in ["plain", "retries"] {
+        let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+        command.env(EXIT_MID_CALL, mode);
+        let output = common::output_within(&mut command, HUNG);
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{mode}: {output:?}");
+        assert_eq!(text.trim(), "Err(Cancelled)", "{mode}: {output:?}");
+    }
+}
+
 fn main() {
     if std::env::var_os(SMALL_ADDRESS_SPACE).is_some() {
         small_address_space();
@@ -1140,6 +1270,9 @@ fn main() {
     }
     if std::env::var_os(THROUGH_THE_LOADER).is_some() {
         through_the_loader();
+    }
+    if std::env::var_os(EXIT_MID_CALL).is_some() {
+        exit_mid_call();
     }
     if std::env::var_os(SMALL_FILE_LIMIT).is_some() {
         small_file_limit();
@@ -1172,5 +1305,8 @@ fn main() {
         a_timeout_kill_is_never_retried,
         a_file_size_limit_is_an_error_not_a_signal,
         an_address_space_limit_fails_an_array_before_reserving_it,
+        a_worker_outlives_sigterm_sigint_and_sighup,
+        a_stack_overflow_in_a_task_is_named_in_its_error,
+        a_call_in_flight_at_exit_is_cancelled,
     ]);
 }

@@ -21,7 +21,7 @@
 //! the children).
 
 use crate::sys;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once, TryLockError};
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,21 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Registers the handler once per program.
 static HANDLER: Once = Once::new();
+
+/// Set (for good) when this process began to stop its owners at exit: the
+/// pid of the process that did, 0 before. A pid, not a flag, so that a
+/// child `fork()`ed from a program during its exit does not think itself
+/// exiting.
+static EXIT_BEGAN_IN: AtomicU32 = AtomicU32::new(0);
+
+/// Whether this process's exit began (its owners are being stopped): the
+/// work still unfinished in its pools is then cancelled, not failed.
+pub(crate) fn exit_began() -> bool {
+    // Relaxed: a hint read on each drive pass; the stops that follow the
+    // store are what end the workers, and the pass after their exit
+    // events sees it.
+    EXIT_BEGAN_IN.load(Ordering::Relaxed) == sys::current_pid()
+}
 
 /// An owner's place in the registry; dropping it takes the owner out (call
 /// that once its children are reaped, so that exit has nothing to do).
@@ -119,6 +134,7 @@ pub(crate) fn stop_all_owners() {
         if registry.pid != sys::current_pid() {
             return;
         }
+        EXIT_BEGAN_IN.store(registry.pid, Ordering::Relaxed);
         registry
             .owners
             .iter()

@@ -522,14 +522,21 @@ impl PoolBuilder {
     /// Bytes of the pool's argument arena: one shared memory file, made at
     /// the first argument larger than a ring message (see
     /// [`ring_bytes`](Self::ring_bytes)), that such arguments are copied
-    /// into and the workers decode from in place. A copy into memory written
+    /// into and the workers decode from in place; the chunks of a `map` (and
+    /// `starmap`, `map_async`) over plain data (numbers, arrays of them,
+    /// [`Plain`](crate::Plain)) of 16 KiB and more are gathered into it
+    /// straight from the caller's items, so they cross to the workers with
+    /// no copy into a ring. A copy into memory written
     /// before costs about half of one into new memory (a one-off segment
     /// per argument), so this is a speed knob: an argument that finds no
     /// room (the arena full of arguments still queued or running, or one
     /// larger than the arena) travels in a segment of its own, as with
     /// `0`, which turns the arena off; so does a size the machine cannot
-    /// map. Memory is committed as it is first written, and stays so while
-    /// the pool lives. Default 64 MiB. A segment of its own holds a
+    /// map (a `map` chunk that finds no room goes by the ring). Memory is
+    /// committed as it is first written, and stays so while the pool lives:
+    /// a blocking `map` keeps a few chunks per worker in it (about 2 MiB
+    /// with two workers), a `map_async` all of its chunks at once, up to
+    /// the arena's size. Default 64 MiB. A segment of its own holds a
     /// descriptor while its task is queued or running: a program that
     /// queues hundreds of large arguments at once with the arena full (or
     /// off) may meet its descriptor limit (`Error::SharedMemory` with

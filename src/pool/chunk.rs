@@ -3,7 +3,26 @@
 
 use super::Pool;
 use crate::error::{Error, Result};
+use crate::shm::arena::Arena;
+use crate::shm::spill::Held;
 use crate::wire::{Encoder, KeepAlive, Payload, PlainLayout, Wire};
+use std::sync::Arc;
+
+/// The smallest chunk of plain data gathered into the pool's argument
+/// arena rather than into a buffer that is then copied into a ring. Below
+/// it the copy is cheaper than what the arena costs a chunk: its extents
+/// lock, a handle in the ring, the worker's look-up of its mapping.
+const ARENA_CHUNK_MIN: usize = 16 << 10;
+
+/// One encoded chunk: its payload (the bytes, or the handle of the arena
+/// block holding them), how many items it holds, what its encoding must
+/// keep alive, and the arena block, held until the chunk's outcome is in.
+pub(super) struct EncodedChunk {
+    pub payload: Payload,
+    pub items: usize,
+    pub keep: KeepAlive,
+    pub held: Option<Arc<Held>>,
+}
 
 /// A `map`'s items: the caller's iterator when it knows its length, else
 /// what it yielded, collected.
@@ -33,15 +52,22 @@ pub(super) struct Chunker<A, I> {
     pub(super) len_hint: usize,
     /// The items of the chunk being encoded (reused).
     chunk: Vec<A>,
+    /// The pool's argument arena, for chunks of plain data: gathered
+    /// straight into a block of it, a chunk crosses to its worker without
+    /// a copy into the ring, and the worker reads it where it lies (the
+    /// caller's copy, on `map`'s critical path, and a worker's copy gone).
+    arena: Option<Arc<Arena>>,
 }
 
 impl<A: Wire, I: Iterator<Item = A>> Chunker<A, I> {
-    /// The next chunk's payload (its length, then the items), how many
-    /// items it holds and what its encoding must keep alive.
-    pub(super) fn next_chunk(&mut self) -> Result<Option<(Payload, usize, KeepAlive)>> {
+    /// The next chunk (see [`EncodedChunk`]); `None` when the items ran out.
+    pub(super) fn next_chunk(&mut self) -> Result<Option<EncodedChunk>> {
         // `len_hint` may be wrong: reserve no more than a sane amount.
         const PREALLOCATE_AT_MOST: usize = 1 << 16;
         if let Some(plain) = crate::wire::plain_of::<A>() {
+            if let Some(chunk) = self.next_plain_chunk_in_arena(plain) {
+                return Ok(Some(chunk));
+            }
             return Ok(self.next_plain_chunk(plain, PREALLOCATE_AT_MOST));
         }
         self.chunk.clear();
@@ -66,11 +92,12 @@ impl<A: Wire, I: Iterator<Item = A>> Chunker<A, I> {
         crate::wire::encode_slice_guarded(&self.chunk, &mut out);
         out.check()?;
         let keep = out.take_carried().into_keep_alive();
-        Ok(Some((
-            Payload::from_vec(out.take_bytes()),
-            self.chunk.len(),
+        Ok(Some(EncodedChunk {
+            payload: Payload::from_vec(out.take_bytes()),
+            items: self.chunk.len(),
             keep,
-        )))
+            held: None,
+        }))
     }
 }
 
@@ -83,7 +110,7 @@ impl<A: Wire, I: Iterator<Item = A>> Chunker<A, I> {
         &mut self,
         plain: PlainLayout<A>,
         preallocate_at_most: usize,
-    ) -> Option<(Payload, usize, KeepAlive)> {
+    ) -> Option<EncodedChunk> {
         let room = self.chunksize.min(self.len_hint).min(preallocate_at_most);
         let mut out = crate::wire::take_buffer(8 + room.saturating_mul(plain.size()));
         out.extend_from_slice(&0u64.to_le_bytes()); // the count, once known
@@ -98,7 +125,49 @@ impl<A: Wire, I: Iterator<Item = A>> Chunker<A, I> {
             return None;
         }
         out[..8].copy_from_slice(&(n as u64).to_le_bytes());
-        Some((Payload::from_vec(out), n, KeepAlive::default()))
+        Some(EncodedChunk {
+            payload: Payload::from_vec(out),
+            items: n,
+            keep: KeepAlive::default(),
+            held: None,
+        })
+    }
+
+    /// [`next_plain_chunk`](Self::next_plain_chunk) into a block of the
+    /// pool's argument arena: the count, then the items' bytes, gathered
+    /// where the worker will read them. `None`, with nothing taken from the
+    /// items, when the chunk is small, there is no arena or no room in it:
+    /// the chunk then goes the buffer's way.
+    fn next_plain_chunk_in_arena(&mut self, plain: PlainLayout<A>) -> Option<EncodedChunk> {
+        let arena = self.arena.as_ref()?;
+        // The items known to come, never `chunksize` on trust (a chunk size
+        // far above the items must not reserve the whole arena); a last
+        // chunk shorter than that leaves the block's tail unused.
+        let room = self.chunksize.min(self.len_hint);
+        let bytes = plain.bytes_for(room)?.checked_add(8)?;
+        if bytes < ARENA_CHUNK_MIN || plain.size() == 0 {
+            return None;
+        }
+        let mut reserved = arena.reserve(bytes)?;
+        let buf = reserved.bytes_mut();
+        let (count, body) = buf[..bytes].split_at_mut(8);
+        let size = plain.size();
+        let mut n = plain.fill_bytes(body, self.first.take().into_iter());
+        n += match &mut self.iter {
+            Items::Exact(i) => plain.fill_bytes(&mut body[n * size..], i.by_ref()),
+            Items::Collected(i) => plain.fill_bytes(&mut body[n * size..], i.by_ref()),
+        };
+        if n == 0 {
+            return None; // the block goes back with `reserved`
+        }
+        count.copy_from_slice(&(n as u64).to_le_bytes());
+        let (handle, held) = crate::shm::spill::hold_reserved(reserved, 8 + n * size);
+        Some(EncodedChunk {
+            payload: Payload::from_vec(handle),
+            items: n,
+            keep: KeepAlive::default(),
+            held: Some(held),
+        })
     }
 }
 
@@ -163,12 +232,21 @@ impl Pool {
         };
         let first = iter.next();
         let chunksize = self.chunksize_for(len, first.as_ref(), chunksize)?;
+        // Made at the first map of plain data that needs it (callers
+        // checked that this process owns the pool).
+        // Not for maps whose chunks are small anyway (nor zero-sized
+        // items, whose bytes are none): the arena is a file.
+        let arena = crate::wire::plain_of::<A>()
+            .and_then(|plain| plain.bytes_for(chunksize.min(len)))
+            .filter(|&bytes| bytes.saturating_add(8) >= ARENA_CHUNK_MIN)
+            .and_then(|_| self.shared.arena().cloned());
         Ok(Chunker {
             first,
             iter,
             chunksize,
             len_hint: len,
             chunk: Vec::new(),
+            arena,
         })
     }
 }

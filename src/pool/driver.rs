@@ -523,6 +523,19 @@ impl Shared {
         keep: crate::wire::KeepAlive,
         caller_waits: bool,
     ) -> Result<()> {
+        self.submit_held(tasks, Vec::new(), keep, caller_waits)
+    }
+
+    /// As [`submit`](Self::submit), for tasks some of whose arguments are in
+    /// arena blocks already, their payloads the blocks' handles: `held` has
+    /// one entry per task, in order (`None`: not held), or none at all.
+    pub(super) fn submit_held(
+        &self,
+        tasks: smallvec::SmallVec<[(i64, Payload, Sink); 1]>,
+        held: Vec<Option<Arc<Held>>>,
+        keep: crate::wire::KeepAlive,
+        caller_waits: bool,
+    ) -> Result<()> {
         self.check_owner()?;
         // An argument larger than a ring message travels in a block of the
         // arena or a spill of its own, held by its task until the outcome:
@@ -530,10 +543,15 @@ impl Shared {
         // so that a failure (no memory) submits nothing.
         let mut tasks = tasks;
         // Nothing is allocated here unless something spills.
-        let spills = if tasks.iter().any(|(_, p, _)| p.len() > self.max_payload) {
+        let oversized = tasks.iter().any(|(_, p, _)| p.len() > self.max_payload);
+        let spills = if oversized || held.iter().any(Option::is_some) {
+            let mut held = held.into_iter();
             let mut spills = Vec::with_capacity(tasks.len());
             for (_, payload, _) in tasks.iter_mut() {
-                spills.push(if payload.len() > self.max_payload {
+                let already = held.next().flatten();
+                spills.push(if already.is_some() {
+                    already
+                } else if payload.len() > self.max_payload {
                     let (handle, spill) =
                         crate::shm::spill::write_held(self.arena(), payload, &[])?;
                     *payload = Payload::from_slice(&handle);

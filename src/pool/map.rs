@@ -31,17 +31,19 @@ impl Pool {
         let collector = MapCollector::<R>::new(chunker.len_hint, cell.clone());
         let target: Arc<dyn Completion> = collector.clone();
         let mut tasks = smallvec::SmallVec::new();
+        let mut held = Vec::new();
         let mut keep = Vec::new();
-        while let Some((payload, due, chunk_keep)) = chunker.next_chunk()? {
-            keep.extend(chunk_keep);
+        while let Some(chunk) = chunker.next_chunk()? {
+            keep.extend(chunk.keep);
             let sink = Sink {
                 target: target.clone(),
-                tag: collector.add_chunk(due),
+                tag: collector.add_chunk(chunk.items),
             };
-            tasks.push((trampoline, payload, sink));
+            tasks.push((trampoline, chunk.payload, sink));
+            held.push(chunk.held);
         }
         collector.seal();
-        self.shared.submit(tasks, keep, false)?;
+        self.shared.submit_held(tasks, held, keep, false)?;
         Ok(AsyncResult::new(cell, Arc::downgrade(&self.shared)))
     }
 
@@ -63,7 +65,7 @@ impl Pool {
         let target: Arc<dyn Completion> = collector.clone();
         let ahead = self.workers() * MAP_CHUNKS_AHEAD_PER_WORKER;
         let mut submitted = 0;
-        while let Some((payload, due, keep)) = chunker.next_chunk()? {
+        while let Some(chunk) = chunker.next_chunk()? {
             if submitted >= ahead {
                 collector.wait_completed(submitted + 1 - ahead, &self.shared);
             }
@@ -72,10 +74,14 @@ impl Pool {
             }
             let sink = Sink {
                 target: target.clone(),
-                tag: collector.add_chunk(due),
+                tag: collector.add_chunk(chunk.items),
             };
-            self.shared
-                .submit(smallvec::smallvec![(trampoline, payload, sink)], keep, true)?;
+            self.shared.submit_held(
+                smallvec::smallvec![(trampoline, chunk.payload, sink)],
+                vec![chunk.held],
+                chunk.keep,
+                true,
+            )?;
             submitted += 1;
         }
         collector.seal();

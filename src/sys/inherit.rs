@@ -135,6 +135,45 @@ pub(crate) fn set_signal_ignored(signal: i32, ignored: bool) -> io::Result<()> {
     }
 }
 
+/// The requests to end that a service manager or `pkill` sends to every
+/// process of a program, which a pool worker outlives
+/// ([`survive_termination_requests`]).
+pub(crate) const TERMINATION_REQUESTS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+/// Does nothing: a pool worker's handler for the
+/// [`TERMINATION_REQUESTS`]. Async-signal-safe (it touches nothing).
+extern "C" fn outlive_request(_signal: libc::c_int) {}
+
+/// Makes this process outlive SIGTERM, SIGINT and SIGHUP: a pool worker,
+/// whose parent ends it itself (SIGKILL, or the parent-death signal when
+/// the parent dies), so that SIGTERM sent to every process of a service
+/// (systemd's default, `pkill prog`) reaches the parent alone and the
+/// parent's graceful shutdown (`close`, `join`) finishes the tasks running.
+/// A handler that does nothing rather than `SIG_IGN`: `exec` resets a
+/// handler to the default and keeps an ignored signal ignored, so the
+/// programs a task starts keep their usual dispositions. `SA_RESTART`: a
+/// system call the signal interrupts is restarted where the kernel can.
+pub(crate) fn survive_termination_requests() -> io::Result<()> {
+    for signal in TERMINATION_REQUESTS {
+        // SAFETY: a zeroed `sigaction` is a valid value (no flags, empty
+        // mask) before the fields set below; `sigemptyset` initialises the
+        // mask; the handler is an `extern "C" fn(c_int)` that touches no
+        // state, so it is safe whenever it runs; the old action is not
+        // asked for.
+        let failed = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = outlive_request as extern "C" fn(libc::c_int) as usize;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut()) != 0
+        };
+        if failed {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Unblocks every signal of the calling thread (an exec'd child starts
 /// with an empty mask: `spawn_reexec` sets it so).
 pub(crate) fn unblock_all_signals() -> io::Result<()> {

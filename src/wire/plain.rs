@@ -107,6 +107,31 @@ impl<T> PlainLayout<T> {
         written
     }
 
+    /// Writes the bytes of values from `items` into `out`, as many as fit
+    /// whole (all of them if fewer come), returning how many: the gather of
+    /// a chunk straight into memory it was not allocated in (a block of a
+    /// pool's argument arena). A zero-sized `T` writes nothing and takes
+    /// none: the caller gathers those another way.
+    pub(crate) fn fill_bytes(self, out: &mut [u8], items: impl Iterator<Item = T>) -> usize {
+        let size = size_of::<T>();
+        if size == 0 {
+            return 0;
+        }
+        let room = out.len() / size;
+        let base = out.as_mut_ptr();
+        let mut written = 0usize;
+        for item in items.take(room) {
+            // SAFETY: `written < room` (at most `room` items are taken), so
+            // the `size` bytes at `written * size` lie inside `out`, which
+            // this call borrows mutably; unaligned, hence `write_unaligned`.
+            // A `T` has no padding (the proof): every byte written is
+            // initialised.
+            unsafe { base.add(written * size).cast::<T>().write_unaligned(item) };
+            written += 1;
+        }
+        written
+    }
+
     /// The values whose bytes are `bytes` (a multiple of the size, any
     /// alignment), read one by one.
     pub(crate) fn values(self, bytes: &[u8]) -> impl ExactSizeIterator<Item = T> + '_ {
@@ -232,5 +257,29 @@ mod tests {
         // SAFETY: nothing is claimed written.
         assert!(!unsafe { plain.extend_with(&mut out, 5, |_| false) });
         assert_eq!(out, [7, 1, 2], "a refused fill appends nothing");
+    }
+
+    #[test]
+    fn a_fill_writes_only_the_values_that_fit_whole() {
+        let plain = PlainLayout::<u32>::of();
+        // Room for two values and a half: two are written, the rest of the
+        // iterator is left alone and the last bytes are untouched.
+        let mut out = [0xAAu8; 10];
+        let mut items = [1u32, 2, 3].into_iter();
+        assert_eq!(plain.fill_bytes(&mut out, items.by_ref()), 2);
+        assert_eq!(items.next(), Some(3));
+        let back: Vec<u32> = plain.values(&out[..8]).collect();
+        assert_eq!(back, [1, 2]);
+        assert_eq!(out[8..], [0xAA, 0xAA]);
+        // Fewer values than room: all of them.
+        assert_eq!(plain.fill_bytes(&mut out, [5u32].into_iter()), 1);
+        assert_eq!(plain.values(&out[..4]).next(), Some(5));
+        // A zero-sized value: nothing written, nothing taken.
+        let mut units = [(), ()].into_iter();
+        assert_eq!(
+            PlainLayout::<()>::of().fill_bytes(&mut out, units.by_ref()),
+            0
+        );
+        assert_eq!(units.len(), 2);
     }
 }

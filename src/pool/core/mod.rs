@@ -592,6 +592,14 @@ impl Core {
     /// One pass: apply supervisor events, notice started workers, collect
     /// results, dispatch, balance, and shut down when closed and done.
     pub(super) fn drive(&mut self, events: Vec<Event>, actions: &mut Actions) {
+        if !self.terminating && crate::child::exit_hook::exit_began() {
+            // The program is exiting and its exit hook kills every worker:
+            // what was unfinished is cancelled, as by `terminate`, rather
+            // than failed with a death (whose message would blame the OOM
+            // killer) or retried on a replacement the exit refuses (user
+            // trial 30).
+            self.terminate(actions);
+        }
         for event in events {
             self.on_event(event, actions);
         }
