@@ -96,8 +96,8 @@ fn die_on_rank_1((shard, ()): (Shard, ())) -> u64 {
 
 /// Never returns on rank 1 (until its pool's `task_timeout` kills it).
 fn spin_on_rank_1((shard, ()): (Shard, ())) -> u64 {
-    while shard.rank == 1 {
-        std::hint::spin_loop();
+    if shard.rank == 1 {
+        spin_forever(0);
     }
     shard.rank as u64
 }
