@@ -219,10 +219,14 @@ pub enum Error {
     Cancelled,
     /// The task ran longer than the pool's `task_timeout`; its worker was
     /// killed and replaced.
-    #[error("the task did not finish within the pool's task timeout of {after:?} (it ran long, or its worker was stopped or starved of CPU); its worker was killed and replaced: raise `task_timeout` or split the work, or find what stopped the worker")]
+    #[error("the task did not finish within the pool's task timeout of {after:?}{} (it ran long, or its worker was stopped or starved of CPU); its worker was killed and replaced: raise `task_timeout` or split the work, or find what stopped the worker", on_rank(*.rank))]
     TaskTimedOut {
         /// The limit it overran.
         after: std::time::Duration,
+        /// The MPI rank whose pool timed it out, for a task that
+        /// `corepool-mpi` ran on another rank (or on rank 0's own pool), as
+        /// in [`Error::WorkerDied`]; `None` for this program's own pools.
+        rank: Option<u32>,
     },
     /// A `*_timeout` call ran out before it could complete. The timeout
     /// itself loses nothing: a pool's task goes on running, a value not put
@@ -512,7 +516,10 @@ impl Clone for Error {
             },
             Error::ProtocolViolation { pid, what } => Error::ProtocolViolation { pid: *pid, what },
             Error::Cancelled => Error::Cancelled,
-            Error::TaskTimedOut { after } => Error::TaskTimedOut { after: *after },
+            Error::TaskTimedOut { after, rank } => Error::TaskTimedOut {
+                after: *after,
+                rank: *rank,
+            },
             Error::Timeout => Error::Timeout,
             Error::ResultTaken => Error::ResultTaken,
             Error::OutOfBounds { start, end, len } => Error::OutOfBounds {
@@ -594,8 +601,8 @@ impl PartialEq for Error {
                 matches!(other, Error::ProtocolViolation { pid: p, what: w } if p == pid && w == what)
             }
             Error::Cancelled => matches!(other, Error::Cancelled),
-            Error::TaskTimedOut { after } => {
-                matches!(other, Error::TaskTimedOut { after: a } if a == after)
+            Error::TaskTimedOut { after, rank } => {
+                matches!(other, Error::TaskTimedOut { after: a, rank: r } if a == after && r == rank)
             }
             Error::Timeout => matches!(other, Error::Timeout),
             Error::ResultTaken => matches!(other, Error::ResultTaken),

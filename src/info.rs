@@ -149,6 +149,20 @@ pub fn current_cpu() -> Option<usize> {
     crate::sys::current_cpu()
 }
 
+/// This machine's physical memory in bytes (`sysconf(_SC_PHYS_PAGES)` times
+/// the page size), `None` if the system does not say. The whole machine's,
+/// not what a cgroup or `ulimit -v` leaves this process: a bound on what any
+/// one allocation here can ever get, such as a sanity cap on a length that
+/// another process or machine announces before sending that many bytes.
+///
+/// ```
+/// let bytes = corepool::info::physical_memory().expect("Linux says");
+/// assert!(bytes >= 1 << 20, "at least a megabyte: {bytes}");
+/// ```
+pub fn physical_memory() -> Option<u64> {
+    crate::sys::physical_memory()
+}
+
 /// Parses a kernel CPU list such as `0-3,8,10-11`.
 ///
 /// ```

@@ -316,7 +316,10 @@ fn task_timeout_kills_and_replaces_the_worker() {
         .map(|i| pool.apply_async(square, i).unwrap())
         .collect();
     match pool.apply(spin_forever, 0) {
-        Err(Error::TaskTimedOut { after }) => assert_eq!(after, Duration::from_millis(200)),
+        Err(Error::TaskTimedOut { after, rank }) => {
+            assert_eq!(after, Duration::from_millis(200));
+            assert_eq!(rank, None, "this program's own pool");
+        }
         other => panic!("expected TaskTimedOut, got {other:?}"),
     }
     for (i, h) in others.into_iter().enumerate() {

@@ -95,8 +95,9 @@ impl Config {
 
     /// `task_timeout` of every rank's pool: a task that runs longer has its
     /// worker killed and fails with
-    /// [`Error::TaskTimedOut`](corepool::Error::TaskTimedOut) at rank 0; the
-    /// rank goes on with a new worker. Default: none. It bounds a task, not
+    /// [`Error::TaskTimedOut`](corepool::Error::TaskTimedOut) at rank 0,
+    /// whose `rank` is the rank that timed it out; the rank goes on with a
+    /// new worker. Default: none. It bounds a task, not
     /// a rank: one that is stopped or wedged as a whole answers nothing, so
     /// bound that wait at rank 0 (`get_timeout`) or with the launcher's
     /// timeout (docs/scale-out.md, "Faults").
@@ -112,7 +113,7 @@ impl Config {
     /// let stuck = |_: u8| -> u8 { std::thread::sleep(Duration::from_secs(60)); 0 };
     /// assert!(matches!(
     ///     cluster.apply(stuck, 1),
-    ///     Err(corepool::Error::TaskTimedOut { .. })
+    ///     Err(corepool::Error::TaskTimedOut { rank: Some(0), .. }) // a one-rank job
     /// ));
     /// assert_eq!(cluster.apply(|x: u8| x + 1, 1)?, 2);
     /// # Ok(()) }

@@ -8,7 +8,9 @@
 use corepool::{Encoder, Error, Result, Wire};
 use std::panic::AssertUnwindSafe;
 
-/// The text of a panic's payload.
+/// The text of a panic's payload. A copy of the library's private helper,
+/// on purpose: six lines about panic payloads have no place in corepool's
+/// public API, which deals in tasks and shared objects.
 pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()

@@ -60,23 +60,6 @@ pub(crate) fn cpu_share(
     }
 }
 
-/// This machine's physical memory in bytes (`sysconf(_SC_PHYS_PAGES)` times
-/// the page size), `None` if it cannot be read: the most a message between
-/// ranks may announce (`crate::transport`), so that a length no machine
-/// here holds ends the job with a message rather than an OOM kill.
-pub(crate) fn physical_memory() -> Option<u64> {
-    // SAFETY: sysconf reads a configuration value and has no
-    // preconditions.
-    let (pages, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    let pages = u64::try_from(pages).ok().filter(|&p| p > 0)?;
-    pages.checked_mul(u64::try_from(page).ok().filter(|&p| p > 0)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

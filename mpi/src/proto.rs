@@ -150,13 +150,17 @@ pub(crate) fn open_result(mut frame: Vec<u8>, from: u32) -> Result<(u64, Result<
     }
 }
 
-/// A worker's death on rank `rank` names the rank (its pid is of that
-/// rank's node); other errors unchanged.
+/// A worker's death or a task timeout on rank `rank` names the rank (a
+/// dead worker's pid is of that rank's node); other errors unchanged.
 fn with_rank(err: Error, rank: u32) -> Error {
     match err {
         Error::WorkerDied { pid, cause, .. } => Error::WorkerDied {
             pid,
             cause,
+            rank: Some(rank),
+        },
+        Error::TaskTimedOut { after, .. } => Error::TaskTimedOut {
+            after,
             rank: Some(rank),
         },
         other => other,
@@ -222,7 +226,7 @@ pub(crate) fn error_to_bytes(err: &Error, rank: i32) -> Vec<u8> {
         Error::Decode { type_name, reason } => (4, on(&format!("{type_name}: {reason}")), 0, 0),
         Error::ResultTooLarge { size, max } => (5, String::new(), wide(*size), wide(*max)),
         Error::ArgumentTooLarge { size, max } => (6, String::new(), wide(*size), wide(*max)),
-        Error::TaskTimedOut { after } => (7, String::new(), wide(after.as_nanos()), 0),
+        Error::TaskTimedOut { after, .. } => (7, String::new(), wide(after.as_nanos()), 0),
         Error::Cancelled => (8, String::new(), 0, 0),
         Error::PoolClosed => (9, String::new(), 0, 0),
         Error::Encode { type_name, reason } => (10, on(&format!("{type_name}: {reason}")), 0, 0),
@@ -270,6 +274,7 @@ pub(crate) fn error_from_bytes(bytes: &[u8]) -> Result<Error> {
         },
         7 => Error::TaskTimedOut {
             after: Duration::from_nanos(a.max(0) as u64),
+            rank: None,
         },
         8 => Error::Cancelled,
         9 => Error::PoolClosed,
@@ -346,6 +351,19 @@ mod tests {
             panicked.to_string().contains("boom (on rank 0)"),
             "{panicked}"
         );
+        // A timeout names the rank whose pool timed the task out (trial 28:
+        // it did not say which).
+        let timed_out = |rank| Error::TaskTimedOut {
+            after: Duration::from_millis(250),
+            rank,
+        };
+        let (_, got) = open_result(seal_result(3, Err(timed_out(None)), 2), 2).unwrap();
+        assert_eq!(got.unwrap_err(), timed_out(Some(2)));
+        assert!(timed_out(Some(2))
+            .to_string()
+            .contains("task timeout of 250ms on rank 2"));
+        assert_eq!(on_rank_zero(timed_out(None)), timed_out(Some(0)));
+        assert!(!timed_out(None).to_string().contains("on rank"));
         assert_eq!(
             error_from_bytes(&error_to_bytes(&Error::Cancelled, 1)).unwrap(),
             Error::Cancelled

@@ -286,7 +286,7 @@ impl Transport {
             assembling: HashMap::new(),
             grace,
             last_progress: Instant::now(),
-            memory: crate::node::physical_memory(),
+            memory: corepool::info::physical_memory(),
         }
     }
 

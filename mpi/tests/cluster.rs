@@ -94,6 +94,14 @@ fn die_on_rank_1((shard, ()): (Shard, ())) -> u64 {
     shard.rank as u64
 }
 
+/// Never returns on rank 1 (until its pool's `task_timeout` kills it).
+fn spin_on_rank_1((shard, ()): (Shard, ())) -> u64 {
+    if shard.rank == 1 {
+        spin_forever(0);
+    }
+    shard.rank as u64
+}
+
 /// The length of a broadcast as a task sees it.
 fn broadcast_len((_, b): (Shard, corepool_mpi::Broadcast<f64>)) -> u64 {
     b.len() as u64
@@ -250,6 +258,9 @@ fn rank_program(scenario: &str) -> Result<(), Box<dyn std::error::Error>> {
         "grace_progress" => Cluster::builder()
             .message_piece_bytes(4096)
             .shutdown_grace(SHORT_GRACE)
+            .init()?,
+        "timeout_on_rank_1" => Cluster::builder()
+            .task_timeout(Duration::from_millis(300))
             .init()?,
         "stopped_rank" => Cluster::builder()
             .shutdown_grace(Duration::from_secs(2))
@@ -667,6 +678,22 @@ fn rank_program(scenario: &str) -> Result<(), Box<dyn std::error::Error>> {
                 "every rank serves after a respawn",
             )?;
             println!("WORKER KILLED OK");
+        }
+        "timeout_on_rank_1" => {
+            // Trial 28: a timeout on another rank did not say which.
+            match cluster.gather(spin_on_rank_1, ()) {
+                Err(e @ Error::TaskTimedOut { rank: Some(1), .. }) => check(
+                    e.to_string().contains("on rank 1"),
+                    &format!("the message names the rank: {e}"),
+                )?,
+                other => return Err(format!("a task timed out on rank 1 gave {other:?}").into()),
+            }
+            let squares = cluster.chunked(1)?.map(square, 0..20u64)?;
+            check(
+                squares == (0..20u64).map(|x| x * x).collect::<Vec<_>>(),
+                "works after the timeout's respawn",
+            )?;
+            println!("TIMEOUT ON RANK 1 OK");
         }
         "rank_killed" | "sigterm" => {
             let pids = cluster.gather(rank_pids, ())?;
@@ -1113,6 +1140,10 @@ fn test_worker_killed() {
     expect_ok(&scenario(2, "worker_killed"), "WORKER KILLED OK");
 }
 
+fn test_timeout_on_rank_1() {
+    expect_ok(&scenario(2, "timeout_on_rank_1"), "TIMEOUT ON RANK 1 OK");
+}
+
 fn test_rank_killed() {
     let before = shm_entries();
     let job = scenario(2, "rank_killed");
@@ -1219,7 +1250,7 @@ fn driver() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let tests: [(&str, fn()); 16] = [
+    let tests: [(&str, fn()); 17] = [
         ("api", test_api),
         ("pieces", test_pieces),
         ("pieces_mixed", test_pieces_mixed),
@@ -1231,6 +1262,7 @@ fn driver() {
         ("bench_command", test_bench_command),
         ("broadcast", test_broadcast),
         ("worker_killed", test_worker_killed),
+        ("timeout_on_rank_1", test_timeout_on_rank_1),
         ("rank_killed", test_rank_killed),
         ("sigterm", test_sigterm),
         ("sigint", test_sigint),

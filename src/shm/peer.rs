@@ -161,6 +161,32 @@ pub(crate) fn open_memfd(
     Ok((file, id))
 }
 
+/// [`open_memfd`] for reading and writing, then the check that the file is
+/// sealed against shrinking: what a peer's file needs before this process
+/// maps it for good (a queue's value file, an unbounded queue's memory),
+/// since a file that could shrink under the mapping would turn the next
+/// access past its new end into SIGBUS. `what` names the object, as for
+/// `open_memfd`.
+///
+/// # Errors
+///
+/// As [`open_memfd`]; [`OpenError::Refused`] also when the file is not
+/// sealed against shrinking.
+pub(crate) fn open_shrink_sealed(
+    owner: i32,
+    fd: i32,
+    (dev, ino): (u64, u64),
+    what: &str,
+) -> Result<(std::fs::File, sys::FileId), OpenError> {
+    let (file, id) = open_memfd(owner, fd, (dev, ino), Access::ReadWrite, what)?;
+    if !sys::is_shrink_sealed(file.as_fd()) {
+        return Err(OpenError::Refused(format!(
+            "/proc/{owner}/fd/{fd} is not {what} (not sealed against shrinking)"
+        )));
+    }
+    Ok((std::fs::File::from(file), id))
+}
+
 #[cfg(all(test, not(miri)))]
 mod tests {
     use super::*;
@@ -176,6 +202,35 @@ mod tests {
             access,
             "a test's memfd",
         )
+    }
+
+    /// The shared check of queues' value files and unbounded queues' memory:
+    /// a memfd that could shrink under a mapping is refused, by name, and
+    /// one sealed against shrinking opens as the very same file.
+    #[test]
+    fn only_a_shrink_sealed_memfd_opens_for_good() {
+        let file = sys::memfd_create(c"corepool-test").unwrap();
+        let id = sys::fstat(file.as_fd()).unwrap();
+        let me = std::process::id() as i32;
+        let open = || open_shrink_sealed(me, file.as_raw_fd(), (id.dev, id.ino), "a test's file");
+        match open() {
+            Err(OpenError::Refused(reason)) => {
+                assert!(reason.contains("not sealed against shrinking"), "{reason}");
+                assert!(reason.contains("a test's file"), "{reason}");
+            }
+            other => panic!("an unsealed memfd opened: {other:?}"),
+        }
+        sys::seal_shrink_only(file.as_fd()).unwrap();
+        let (opened, opened_id) = open().unwrap();
+        assert_eq!((opened_id.dev, opened_id.ino), (id.dev, id.ino));
+        let again = sys::fstat(opened.as_fd()).unwrap();
+        assert_eq!((again.dev, again.ino), (id.dev, id.ino), "the same file");
+        // A handle whose identity is not the file's is refused before the seal
+        // is even looked at.
+        assert!(matches!(
+            open_shrink_sealed(me, file.as_raw_fd(), (id.dev, id.ino + 1), "a test's file"),
+            Err(OpenError::Refused(_))
+        ));
     }
 
     #[test]

@@ -995,8 +995,8 @@ impl ValueFile {
     }
 }
 
-/// Opens the value file a handle names (the checks every peer's memfd gets:
-/// [`peer::open_memfd`]), and checks it is sealed against shrinking.
+/// Opens the value file a handle names: the checks every peer's memfd gets
+/// and the shrink seal ([`peer::open_shrink_sealed`]).
 #[cfg(not(miri))]
 fn open_uncached(
     owner: i32,
@@ -1004,24 +1004,14 @@ fn open_uncached(
     dev: u64,
     ino: u64,
 ) -> std::result::Result<ValueFile, OpenError> {
-    use std::os::fd::AsFd;
-    let what = "a queue's value file";
-    let (file, id) = peer::open_memfd(owner, fd, (dev, ino), peer::Access::ReadWrite, what)?;
-    if !crate::sys::is_shrink_sealed(file.as_fd()) {
-        return Err(OpenError::Refused(format!(
-            "/proc/{owner}/fd/{fd} is not {what} (not sealed against shrinking)"
-        )));
-    }
-    Ok(ValueFile {
-        file: std::fs::File::from(file),
-        id,
-    })
+    let (file, id) = peer::open_shrink_sealed(owner, fd, (dev, ino), "a queue's value file")?;
+    Ok(ValueFile { file, id })
 }
 
 /// Under Miri: no process's descriptors to open.
 #[cfg(miri)]
 fn open_uncached(_: i32, _: i32, _: u64, _: u64) -> std::result::Result<ValueFile, OpenError> {
-    let _ = peer::open_memfd;
+    let _ = peer::open_shrink_sealed;
     Err(OpenError::Refused("Miri cannot open files".into()))
 }
 

@@ -104,7 +104,7 @@ impl Condition {
     /// let lock = corepool::Lock::new().unwrap();
     /// let c = corepool::Condition::with_lock(lock.clone()).unwrap();
     /// let held = c.acquire().unwrap();
-    /// assert!(lock.try_acquire().is_none(), "the same lock");
+    /// assert!(lock.try_acquire().is_err(), "the same lock, held by this thread");
     /// # drop(held);
     /// ```
     ///
@@ -123,7 +123,7 @@ impl Condition {
     /// ```
     /// let c = corepool::Condition::new().unwrap();
     /// let held = c.acquire().unwrap();
-    /// assert!(c.lock().try_acquire().is_none()); // taking the condition took its lock
+    /// assert!(c.lock().try_acquire().is_err()); // taking the condition took its lock
     /// drop(held);
     /// ```
     pub fn lock(&self) -> &Lock {
@@ -329,8 +329,8 @@ mod tests {
         let c = Condition::new().unwrap();
         let mut held = c.acquire().unwrap();
         assert!(!held.wait_timeout(Duration::ZERO));
-        assert!(c.lock().try_acquire().is_none());
+        assert_eq!(c.lock().try_acquire().unwrap_err(), crate::Error::Deadlock);
         drop(held);
-        assert!(c.lock().try_acquire().is_some());
+        assert!(c.lock().try_acquire().unwrap().is_some());
     }
 }

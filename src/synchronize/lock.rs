@@ -245,9 +245,10 @@ pub struct Lock {
 /// ```
 /// let lock = corepool::Lock::new().unwrap();
 /// let held = lock.acquire().unwrap();
-/// assert!(lock.try_acquire().is_none()); // not reentrant
+/// // Not reentrant: on the holding thread, `Deadlock` rather than "busy".
+/// assert_eq!(lock.try_acquire().unwrap_err(), corepool::Error::Deadlock);
 /// drop(held);
-/// assert!(lock.try_acquire().is_some());
+/// assert!(lock.try_acquire().unwrap().is_some());
 /// ```
 #[derive(Debug)]
 #[must_use = "the lock is released as soon as the guard drops"]
@@ -290,9 +291,9 @@ impl Lock {
     /// ```
     /// let lock = corepool::Lock::new().unwrap();
     /// let held = lock.acquire().unwrap();
-    /// assert!(lock.try_acquire().is_none());
+    /// assert!(lock.try_acquire().is_err()); // held by this thread
     /// drop(held);
-    /// assert!(lock.try_acquire().is_some());
+    /// assert!(lock.try_acquire().unwrap().is_some());
     /// ```
     ///
     /// # Errors
@@ -358,19 +359,38 @@ impl Lock {
         Ok(self.guard(how))
     }
 
-    /// Takes the lock if it is free (or its holder is dead), without waiting.
+    /// Takes the lock if it is free (or its holder is dead), without waiting:
+    /// `Ok(None)` while another live holder (another thread or process, a
+    /// stopped one included) has it.
     ///
     /// ```
-    /// let lock = corepool::Lock::new().unwrap();
-    /// let first = lock.try_acquire().expect("free");
-    /// assert!(lock.try_acquire().is_none());
-    /// # drop(first);
+    /// use corepool::{Error, Lock};
+    ///
+    /// let lock = Lock::new().unwrap();
+    /// let first = lock.try_acquire().unwrap().expect("free");
+    /// // Held by this very thread: an error, as for `acquire`, since
+    /// // retrying would never succeed.
+    /// assert_eq!(lock.try_acquire().unwrap_err(), Error::Deadlock);
+    /// std::thread::scope(|s| {
+    ///     // Held by another thread: `None`, worth trying again later.
+    ///     s.spawn(|| assert!(lock.try_acquire().unwrap().is_none()));
+    /// });
+    /// drop(first);
+    /// assert!(lock.try_acquire().unwrap().is_some());
     /// ```
-    pub fn try_acquire(&self) -> Option<LockGuard<'_>> {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Deadlock`] when this thread already holds it, as
+    /// [`acquire`](Self::acquire) does and as [`Value::try_lock`](crate::Value::try_lock)
+    /// does: `None` there would read as "busy, try again", and a retry loop
+    /// on the holding thread would never end. (Python's `acquire(False)`
+    /// returns `False` in both cases; the README's table says so.)
+    pub fn try_acquire(&self) -> Result<Option<LockGuard<'_>>> {
         if self.raw().held_by_me() {
-            return None;
+            return Err(Error::Deadlock);
         }
-        self.raw().try_acquire().map(|how| self.guard(how))
+        Ok(self.raw().try_acquire().map(|how| self.guard(how)))
     }
 }
 
@@ -537,7 +557,11 @@ impl RLock {
         Ok(self.guard(how))
     }
 
-    /// Takes the lock (again, if this thread holds it) without waiting.
+    /// Takes the lock (again, if this thread holds it) without waiting:
+    /// `None` only while another thread or process holds it (or after 2^32
+    /// nested levels, where [`acquire`](Self::acquire) says
+    /// [`Error::InvalidConfig`]). Unlike [`Lock::try_acquire`] it has no
+    /// `Deadlock` case: the holding thread re-enters.
     ///
     /// ```
     /// let lock = corepool::RLock::new().unwrap();
@@ -574,10 +598,13 @@ mod tests {
         let lock = Lock::new().unwrap();
         let held = lock.acquire().unwrap();
         assert!(!held.previous_holder_died());
-        assert!(lock.try_acquire().is_none());
+        assert_eq!(lock.try_acquire().unwrap_err(), Error::Deadlock);
         assert_eq!(lock.acquire().unwrap_err(), Error::Deadlock);
+        std::thread::scope(|s| {
+            s.spawn(|| assert!(lock.try_acquire().unwrap().is_none(), "busy elsewhere"));
+        });
         drop(held);
-        let again = lock.try_acquire().expect("released");
+        let again = lock.try_acquire().unwrap().expect("released");
         assert!(!again.previous_holder_died());
     }
 
@@ -625,7 +652,7 @@ mod tests {
         lock.words
             .word(HOLDER_AT)
             .store(i32::MAX as u32 - 1, Ordering::Relaxed);
-        assert!(lock.try_acquire().unwrap().previous_holder_died());
+        assert!(lock.try_acquire().unwrap().unwrap().previous_holder_died());
         lock.words
             .word(HOLDER_AT)
             .store(i32::MAX as u32 - 1, Ordering::Relaxed);

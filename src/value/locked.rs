@@ -36,8 +36,13 @@ const LOCK_AT: usize = 0;
 const SEQ_AT: usize = 4;
 /// The lock holder's owner tag (its start time), beside its pid in `LOCK_AT`.
 const OWNER_AT: usize = 8;
-/// How many lockers sleep on the lock word: an unlock makes a futex wake only
-/// when some do (a dead sleeper leaves it high: a wasted wake, never a lost one).
+/// The lockers' sleep mark: nonzero when some locker may sleep on
+/// [`UNLOCKS_AT`], waiting for an unlock. Each stores there (as a newest-wins
+/// CAS) the unlock count it sleeps on, made odd (`| 1`) so that it is never
+/// 0; an unlock that finds a mark wakes them all, and clears a mark that no
+/// locker can still sleep on. A locker that dies asleep, or a forged word,
+/// thus costs one wasted wake, not one per unlock for the value's life. See
+/// `mark_sleeper` and `unlock` for why no wake is lost.
 const SLEEPERS_AT: usize = 12;
 /// The holding thread's token (`synchronize::my_thread_token`), beside its
 /// pid: tells this process's threads whether they hold it themselves.
@@ -50,6 +55,13 @@ const THREAD_AT: usize = 16;
 /// the value's life (review28 C-R1). See `wake_readers` for why it holds a
 /// sequence value rather than a plain flag.
 const READERS_AT: usize = 20;
+/// The unlock count: every unlock adds 2 (so it stays even and its `| 1` is
+/// a distinct mark). Lockers sleep on it, not on the lock word: the lock
+/// word holds the holder's pid, which the next holder (another thread of
+/// the same process) repeats, so a locker could not tell one hold from the
+/// next by it; the count tells every unlock apart (until it wraps, after
+/// 2^31 unlocks, which costs at most one nap).
+const UNLOCKS_AT: usize = 24;
 const DATA_AT: usize = 64;
 /// How long a waiter sleeps on a live holder before it looks again whether
 /// the holder died.
@@ -139,7 +151,7 @@ impl<T: Pod> Value<T> {
     }
 
     fn word(&self, at: usize) -> &AtomicU32 {
-        // SAFETY: `at` is LOCK_AT, SEQ_AT, OWNER_AT, SLEEPERS_AT, THREAD_AT or READERS_AT: in bounds, since every segment
+        // SAFETY: `at` is one of the `*_AT` words below DATA_AT: in bounds, since every segment
         // behind a `Value` has at least DATA_AT bytes (sized in `new`, checked
         // in `decode`), and 4-aligned, since the mapping is page-aligned (8 in
         // Miri's stand-in). It lives as long as `map`, to which the reference
@@ -703,15 +715,21 @@ impl<T: Pod> Value<T> {
             // A short spin first, without looking at /proc: most holders
             // release within it.
             let spinning = spinner.spin();
+            // Read before the attempt, so that an unlock after it changes
+            // the count we would sleep on. Acquire: pairs with the Release
+            // add in `unlock`: if we see its count, our CAS below sees its
+            // release of the lock (or a later holder), so we never sleep on
+            // a count whose hold has already ended.
+            let unlocks = self.word(UNLOCKS_AT).load(Ordering::Acquire);
             match self.try_once(!spinning) {
                 Ok(guard) => return Ok(guard),
                 Err(_) if spinning => {}
-                Err(holder) => {
+                Err(_) => {
                     let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                     if left.is_some_and(|l| l.is_zero()) {
                         return Err(Error::Timeout);
                     }
-                    self.sleep_while_held(holder, left);
+                    self.sleep_while_held(unlocks, left);
                 }
             }
         }
@@ -768,21 +786,54 @@ impl<T: Pod> Value<T> {
             .store(my_thread_token(), Ordering::Relaxed);
     }
 
-    /// Sleeps a little on the lock word while `holder` holds it (at most
-    /// `left`); a live holder wakes us when it unlocks, the timeout brings
-    /// us back to check whether it died.
-    fn sleep_while_held(&self, holder: u32, left: Option<Duration>) {
-        let lock = self.word(LOCK_AT);
-        let sleepers = self.word(SLEEPERS_AT);
+    /// Sleeps a little while the unlock count stays `unlocks` (read before
+    /// the attempt that found the lock held), at most `left`: the unlock
+    /// wakes us; the timeout brings us back to check whether the holder
+    /// died.
+    fn sleep_while_held(&self, unlocks: u32, left: Option<Duration>) {
         let nap = left.map_or(DEATH_CHECK, |l| l.min(DEATH_CHECK));
-        // SeqCst, with the SeqCst fence in `unlock`: either the unlocker
-        // sees our count and wakes us, or the kernel's re-read of the lock
-        // word inside `futex_wait` (ordered after this increment) sees the
-        // unlock and we do not sleep.
-        sleepers.fetch_add(1, Ordering::SeqCst);
-        sys::futex_wait(lock, holder, Some(nap));
-        // Relaxed: only a hint for unlockers; a stale count costs one wake.
-        sleepers.fetch_sub(1, Ordering::Relaxed);
+        self.mark_sleeper(unlocks);
+        sys::futex_wait(self.word(UNLOCKS_AT), unlocks, Some(nap));
+        // The mark is not withdrawn (others may sleep on the same count):
+        // the unlock that moves the count past it clears it.
+    }
+
+    /// Leaves the sleep mark for a locker about to sleep on unlock count
+    /// `unlocks`, unless a mark for a later count is there already.
+    ///
+    /// Newest wins, so that a slow locker (one that read an older count)
+    /// cannot replace the mark of one that sleeps on the current count: the
+    /// next unlock would then find only the older mark, clear it, and the
+    /// current sleeper would sleep through the unlock after (a lost wake
+    /// until its nap ends). An older locker needs no mark of its own when a
+    /// later one is there: a later count exists, so the count it would sleep
+    /// on has passed and `FUTEX_WAIT` returns at once.
+    ///
+    /// A bounded number of CAS attempts: a word that keeps changing under
+    /// them is being scribbled on (lockers change it at most once each per
+    /// nap); then a plain store, whose worst case is that lost wake.
+    fn mark_sleeper(&self, unlocks: u32) {
+        let word = self.word(SLEEPERS_AT);
+        let mine = unlocks | 1;
+        // Relaxed: only a first guess for the CAS, which decides.
+        let mut seen = word.load(Ordering::Relaxed);
+        for _ in 0..8 {
+            if seen != 0 && seen != mine && count_is_after(seen, mine) {
+                return;
+            }
+            // SeqCst, with the SeqCst fence in `unlock`: either the unlocker
+            // sees our mark (or a later value of the word) and wakes us, or
+            // the kernel's re-read of the count inside `futex_wait` (ordered
+            // after this CAS) sees its new count and we do not sleep. A CAS
+            // even when the word already holds `mine`: our own write in that
+            // order is what the argument needs.
+            match word.compare_exchange(seen, mine, Ordering::SeqCst, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(now) => seen = now,
+            }
+        }
+        // SeqCst: as the CAS above.
+        word.store(mine, Ordering::SeqCst);
     }
 
     fn unlock(&self) {
@@ -793,12 +844,38 @@ impl<T: Pod> Value<T> {
         // Release: pairs with the Acquire CASes in `take_lock`, so the next holder
         // sees our writes.
         lock.store(0, Ordering::Release);
-        // SeqCst: the partner of the increment in `sleep_while_held` (see
-        // there); without sleepers an unlock makes no system call.
+        let unlocks = self.word(UNLOCKS_AT);
+        // After the release of the lock word, and Release: pairs with the
+        // Acquire load of the count in `take_lock`, so a locker that reads
+        // this count finds the lock released (or held by a later holder).
+        let now = unlocks.fetch_add(2, Ordering::Release).wrapping_add(2);
+        // SeqCst: the partner of the CAS in `mark_sleeper` (see there);
+        // without sleepers an unlock makes no system call.
         fence(Ordering::SeqCst);
-        if self.word(SLEEPERS_AT).load(Ordering::Relaxed) != 0 {
-            sys::futex_wake_all(lock);
+        let marks = self.word(SLEEPERS_AT);
+        // Acquire: pairs with the SeqCst (so Release) CAS in `mark_sleeper`,
+        // so the count a marking locker read before its CAS is no later than
+        // the count we read next (coherence): a true mark lies between our
+        // count and that one.
+        let mark = marks.load(Ordering::Acquire);
+        if mark == 0 {
+            return;
         }
+        // Relaxed: ordered after the mark load above by its Acquire.
+        let latest = unlocks.load(Ordering::Relaxed) | 1;
+        // A mark for our count or a later one (up to the latest) belongs to
+        // a locker that may still sleep on that count, and its unlock must
+        // find it: left alone. Any other (an older count, whose lockers our
+        // count change and the wake below release; a dead locker's; a
+        // forged value) is cleared, so that it costs this one wake and no
+        // more. A CAS from the value we read: a newer mark written since is
+        // kept (Relaxed: the wake below, after it in program order, is what
+        // sleepers wait for).
+        let live = !count_is_after(now | 1, mark) && !count_is_after(mark, latest);
+        if !live {
+            let _ = marks.compare_exchange(mark, 0, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        sys::futex_wake_all(unlocks);
     }
 
     /// After taking the lock from a dead holder, which may have died
@@ -858,6 +935,14 @@ impl<T: Pod> Value<T> {
         seq.store(seq.load(Ordering::Relaxed) | 1, Ordering::Relaxed);
         std::process::abort()
     }
+}
+
+/// Whether unlock count (or mark) `a` comes after `b`, counting in the
+/// wrapping order of a word that only grows: `a` is less than half the
+/// range ahead of `b`.
+fn count_is_after(a: u32, b: u32) -> bool {
+    // Reinterpreting the wrapped difference as signed is the comparison.
+    (a.wrapping_sub(b) as i32) > 0
 }
 
 /// The lock of a [`Value`], held (from [`Value::lock`]): reads and writes
@@ -1355,6 +1440,105 @@ mod tests {
         v.update(|x| *x += 1).unwrap();
         assert_eq!(v.word(READERS_AT).load(Ordering::Relaxed), 0);
         assert_eq!(v.get(), 3);
+    }
+
+    /// A locker that dies asleep on the lock leaves its sleep mark behind
+    /// (before, a sleeper count of 1 that no one would ever take back, and
+    /// every later unlock made a futex wake for it). The next unlock clears
+    /// it, whatever it holds: an old count's mark, a forged value far
+    /// ahead, or one just behind the count.
+    #[test]
+    fn a_sleep_mark_left_behind_is_cleared_by_the_next_unlock() {
+        let v = Value::new(1u64).unwrap();
+        let count = |v: &Value<u64>| v.word(UNLOCKS_AT).load(Ordering::Relaxed);
+        let left_behind = [
+            1,                             // a dead locker's mark for count 0
+            u32::MAX,                      // forged
+            count(&v).wrapping_add(1_001), // forged, ahead of every count
+        ];
+        for mark in left_behind {
+            v.word(SLEEPERS_AT).store(mark, Ordering::Relaxed);
+            drop(v.lock().unwrap());
+            assert_eq!(
+                v.word(SLEEPERS_AT).load(Ordering::Relaxed),
+                0,
+                "mark {mark}"
+            );
+        }
+        // Through `set` and `update` too (they unlock the same way).
+        v.word(SLEEPERS_AT)
+            .store(count(&v).wrapping_sub(1), Ordering::Relaxed);
+        v.set(2).unwrap();
+        assert_eq!(v.word(SLEEPERS_AT).load(Ordering::Relaxed), 0);
+        v.word(SLEEPERS_AT).store(7, Ordering::Relaxed);
+        v.update(|x| *x += 1).unwrap();
+        assert_eq!(v.word(SLEEPERS_AT).load(Ordering::Relaxed), 0);
+        assert_eq!(v.get(), 3);
+    }
+
+    /// A live locker's mark, for the count of the hold it waits on, is left
+    /// for that hold's unlock; an older locker does not replace it.
+    #[test]
+    fn a_live_sleep_mark_is_kept_and_newest_wins() {
+        let v = Value::new(1u64).unwrap();
+        let now = v.word(UNLOCKS_AT).load(Ordering::Relaxed);
+        v.mark_sleeper(now);
+        assert_eq!(v.word(SLEEPERS_AT).load(Ordering::Relaxed), now | 1);
+        v.mark_sleeper(now.wrapping_sub(2));
+        assert_eq!(
+            v.word(SLEEPERS_AT).load(Ordering::Relaxed),
+            now | 1,
+            "an older count's locker keeps the newer mark"
+        );
+        // The unlock that ends the hold it waits on (count `now`) wakes it,
+        // and clears the mark, since nobody can sleep on `now` any more.
+        drop(v.lock().unwrap());
+        assert_eq!(v.word(SLEEPERS_AT).load(Ordering::Relaxed), 0);
+        // A mark for the count after an unlock (a locker that read the new
+        // count and found the lock held again) is kept by that unlock's
+        // late clear: simulated by marking the count the next unlock makes.
+        let next = v.word(UNLOCKS_AT).load(Ordering::Relaxed).wrapping_add(2);
+        v.word(SLEEPERS_AT).store(next | 1, Ordering::Relaxed);
+        drop(v.lock().unwrap());
+        assert_eq!(
+            v.word(SLEEPERS_AT).load(Ordering::Relaxed),
+            next | 1,
+            "a mark for the current count belongs to a locker that may sleep on it"
+        );
+        drop(v.lock().unwrap());
+        assert_eq!(v.word(SLEEPERS_AT).load(Ordering::Relaxed), 0);
+    }
+
+    /// Lockers contending through the unlock count's wrap, from forged
+    /// words: no update lost, no hang (the watchdog), and no mark left once
+    /// they are done.
+    #[test]
+    fn lockers_contend_across_the_count_wrap_and_leave_no_mark() {
+        let per: u32 = if cfg!(miri) { 20 } else { 5_000 };
+        with_watchdog(move || {
+            let v = Value::new(0u64).unwrap();
+            v.word(UNLOCKS_AT)
+                .store(u32::MAX - 2 * per, Ordering::Relaxed);
+            v.word(SLEEPERS_AT).store(0x8000_0001, Ordering::Relaxed);
+            let threads: Vec<_> = (0..3)
+                .map(|_| {
+                    let v = v.clone();
+                    std::thread::spawn(move || {
+                        for _ in 0..per {
+                            let mut held = v.lock().unwrap();
+                            let x = held.get();
+                            held.set(x + 1);
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert_eq!(v.get(), 3 * u64::from(per));
+            drop(v.lock().unwrap());
+            assert_eq!(v.word(SLEEPERS_AT).load(Ordering::Relaxed), 0);
+        });
     }
 
     #[test]

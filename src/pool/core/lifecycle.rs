@@ -198,7 +198,7 @@ impl Core {
             // one no longer does).
             if !matches!(outcome, Outcome::Err(Error::ProtocolViolation { .. })) {
                 let after = self.task_timeout.unwrap_or_default();
-                *outcome = Outcome::Err(Error::TaskTimedOut { after });
+                *outcome = Outcome::Err(Error::TaskTimedOut { after, rank: None });
             }
         }
     }
@@ -251,9 +251,10 @@ impl Core {
             } else if w.timed_out == Some(task.id) {
                 self.outstanding -= 1;
                 let after = self.task_timeout.unwrap_or_default();
-                actions
-                    .completions
-                    .push((task.sink, Outcome::Err(Error::TaskTimedOut { after })));
+                actions.completions.push((
+                    task.sink,
+                    Outcome::Err(Error::TaskTimedOut { after, rank: None }),
+                ));
             } else if task.attempts < self.retries && !violated {
                 // For idempotent work: run it again, on whichever worker.
                 task.attempts += 1;

@@ -657,7 +657,7 @@ impl Core {
             task.keep_spill_for_ever();
             self.outstanding -= 1;
             let error = if Some(task.id) == timed_out {
-                Error::TaskTimedOut { after }
+                Error::TaskTimedOut { after, rank: None }
             } else {
                 Error::Cancelled
             };

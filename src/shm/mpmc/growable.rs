@@ -21,7 +21,7 @@
 use super::memory::QueueMemory;
 use super::unbounded::MAX_RINGS;
 use crate::error::{Error, Result};
-use crate::shm::peer::{self, Access, OpenError};
+use crate::shm::peer::{self, OpenError};
 use crate::sys::{self, FileId};
 use memmap2::{MmapOptions, MmapRaw};
 use std::fs::File;
@@ -151,23 +151,16 @@ fn too_short(offset: u64, len: u64, size: u64) -> Error {
     }
 }
 
-/// Opens the queue's file a handle names (the checks every peer's memfd
-/// gets: [`peer::open_memfd`]), and checks it is sealed against shrinking.
+/// Opens the queue's file a handle names: the checks every peer's memfd
+/// gets and the shrink seal, since a ring is never mapped from a file that
+/// could shrink under the mapping ([`peer::open_shrink_sealed`]).
 fn open_uncached(
     owner: i32,
     fd: i32,
     dev: u64,
     ino: u64,
 ) -> std::result::Result<DataFile, OpenError> {
-    let what = "a queue's memory";
-    let (file, id) = peer::open_memfd(owner, fd, (dev, ino), Access::ReadWrite, what)?;
-    let file = File::from(file);
-    // Never map a file that could shrink under the mapping.
-    if !sys::is_shrink_sealed(file.as_fd()) {
-        return Err(OpenError::Refused(format!(
-            "/proc/{owner}/fd/{fd} is not {what} (not sealed against shrinking)"
-        )));
-    }
+    let (file, id) = peer::open_shrink_sealed(owner, fd, (dev, ino), "a queue's memory")?;
     Ok(DataFile {
         file,
         id,
