@@ -119,7 +119,11 @@ fn a_panicking_decoder_fails_only_its_task() {
 // ---- 13: waiting on the pool inside a callback fails at once ---------------
 
 /// Every waiting call a callback could make on `pool`, with what it returned.
-fn wait_in_callback(pool: &Pool, pending: corepool::AsyncResult<u64>) -> Vec<(&'static str, bool)> {
+fn wait_in_callback(
+    pool: &Pool,
+    pending: corepool::AsyncResult<u64>,
+    gate: &AtomicValue<u64>,
+) -> Vec<(&'static str, bool)> {
     fn is_wait_error<T>(r: &Result<T, Error>) -> bool {
         matches!(r, Err(Error::WaitInCallback))
     }
@@ -145,7 +149,10 @@ fn wait_in_callback(pool: &Pool, pending: corepool::AsyncResult<u64>) -> Vec<(&'
             Some(Err(Error::WaitInCallback))
         ),
     ));
-    let submitted = pool.apply_async(square, 3);
+    // A task that cannot have answered yet (its gate is shut): a ready
+    // result's `get` waits for nothing and returns it (a task that had
+    // already run made this flaky, 3 runs in 150).
+    let submitted = pool.apply_async(wait_for_gate, gate.clone());
     seen.push(("apply_async (no wait)", submitted.is_ok()));
     if let Ok(h) = submitted {
         seen.push(("apply_async().get", is_wait_error(&h.get())));
@@ -188,8 +195,10 @@ fn waiting_inside_a_callback_fails_at_once() {
         let pending = pool.apply_async(wait_for_gate, gate.clone()).unwrap();
         let (tx, rx) = mpsc::channel();
         let inner = pool.clone();
+        let callback_gate = gate.clone();
         let cb = Callbacks::new().on_success(move |_: &u64| {
-            tx.send(wait_in_callback(&inner, pending)).unwrap();
+            tx.send(wait_in_callback(&inner, pending, &callback_gate))
+                .unwrap();
         });
         let h = pool.apply_async_with(square, 4, cb).unwrap();
         if caller_helps {
