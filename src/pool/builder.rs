@@ -440,7 +440,11 @@ impl PoolBuilder {
     /// would pass the bound blocks until enough tasks finish (or the pool is
     /// closed, and then fails with [`Error::PoolClosed`]). Each queued task
     /// costs some memory in the parent, so this bounds a producer that
-    /// submits faster than the workers go. A `map`'s chunks count one each.
+    /// submits faster than the workers go. A `map`'s chunks count one each;
+    /// `map_async` makes all its chunks (and any spill of one) before it
+    /// waits, so it is bounded by this only in how many it queues, not in
+    /// the memory or descriptors its chunks take (see
+    /// [`arg_arena_bytes`](Self::arg_arena_bytes)).
     /// Submissions made from a callback are never held back (a callback
     /// must not block). Default: no bound.
     ///
@@ -532,7 +536,9 @@ impl PoolBuilder {
     /// room (the arena full of arguments still queued or running, or one
     /// larger than the arena) travels in a segment of its own, as with
     /// `0`, which turns the arena off; so does a size the machine cannot
-    /// map (a `map` chunk that finds no room goes by the ring). Memory is
+    /// map (a `map` chunk that finds no room goes by a buffer and the ring,
+    /// or, when it is larger than a ring message, which `chunked(n)` with a
+    /// large `n` allows, in a segment of its own). Memory is
     /// committed as it is first written, and stays so while the pool lives:
     /// a blocking `map` keeps a few chunks per worker in it (about 2 MiB
     /// with two workers), a `map_async` all of its chunks at once, up to

@@ -195,9 +195,10 @@ impl Pool {
 
     /// The one rule for every method's chunk size, checked by
     /// [`chunked`](Pool::chunked) before anything is allocated or any item
-    /// taken: at least 1, and at most the bytes of one ring message (a chunk
-    /// travels as one message, and the bound keeps a lazy map from
-    /// collecting without end).
+    /// taken: at least 1 item, and at most as many items as one ring message
+    /// has bytes (the item's size is not known here; the bound keeps a lazy
+    /// map from collecting without end). A chunk whose encoding is larger
+    /// than a message travels out of line, as a large argument does.
     pub(super) fn check_chunksize(&self, chunksize: usize) -> Result<usize> {
         let max = self.shared.max_payload;
         if (1..=max).contains(&chunksize) {
@@ -205,7 +206,7 @@ impl Pool {
         } else {
             Err(Error::InvalidConfig {
                 what: format!(
-                    "chunksize {chunksize} is out of range: give 1 to {max} (a chunk travels as one ring message of at most {max} bytes; raise `ring_bytes` for more), or call the pool's method itself for the default"
+                    "chunksize {chunksize} is out of range: give 1 to {max} items (one per byte of a ring message, {max} bytes; raise `ring_bytes` for more; a chunk whose items take more bytes than a message travels out of line, in the argument arena or a segment of its own), or call the pool's method itself for the default"
                 ),
             })
         }

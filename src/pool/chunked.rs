@@ -46,12 +46,14 @@ impl Pool {
     /// `chunksize=` argument); the methods of the pool itself pick a default
     /// (see [`map`](Self::map) and [`imap`](Self::imap)).
     ///
-    /// The one rule for a chunk size, whatever the method: at least 1, and
-    /// at most the bytes of one ring message (a chunk travels as one
-    /// message, about half of
-    /// [`ring_bytes`](crate::PoolBuilder::ring_bytes); the bound also keeps
-    /// a lazy map from collecting without end). It is checked here, before
-    /// anything is allocated or any item taken.
+    /// The one rule for a chunk size, whatever the method: at least 1 item,
+    /// and at most as many items as one ring message has bytes (a message
+    /// is about half of [`ring_bytes`](crate::PoolBuilder::ring_bytes); the
+    /// bound keeps a lazy map from collecting without end). It is checked
+    /// here, before anything is allocated or any item taken. A chunk whose
+    /// items take more bytes than a message travels out of line, as a large
+    /// argument does: in the pool's argument arena, or in a segment of its
+    /// own (one descriptor while it is queued) when the arena has no room.
     ///
     /// ```
     /// fn main() -> corepool::Result<()> {

@@ -760,7 +760,9 @@ wire_for_tuples!(
 ///
 /// ```
 /// use corepool::{Encoder, Plain, Wire};
-/// #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+/// // Through corepool's re-export: no `bytemuck` dependency of your own.
+/// #[derive(Clone, Copy, corepool::bytemuck::Pod, corepool::bytemuck::Zeroable)]
+/// #[bytemuck(crate = "corepool::bytemuck")]
 /// #[repr(C)]
 /// struct Point { x: f32, y: f32 }
 ///
