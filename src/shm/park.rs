@@ -71,17 +71,45 @@ pub(crate) fn sleep_unless(
     // of our previous sleep). Our store may undo it, harmlessly: that
     // waker loaded the word before our store, so its fence precedes ours
     // in the SeqCst order and our re-check sees what it published.
-    let announced = word.load(Ordering::Relaxed) | ASLEEP;
-    word.store(announced, Ordering::Relaxed);
-    // SeqCst fence: pairs with the fences in `wake` and `wake_leaving_flag`.
-    fence(Ordering::SeqCst);
+    let announced = announce(word);
     if !ready() {
         sys::futex_wait(word, announced, timeout);
     }
+    end_sleep(word, announced);
+}
+
+/// The sleeper's announcement: sets the flag, then the fence. Returns the
+/// word as announced, for `FUTEX_WAIT` to compare.
+fn announce(word: &AtomicU32) -> u32 {
+    let announced = word.load(Ordering::Relaxed) | ASLEEP;
+    word.store(announced, Ordering::Relaxed);
+    // SeqCst fence: pairs with the fences in `wake`, `wake_leaving_flag`
+    // and `LeavingFlagWaker::wake`.
+    fence(Ordering::SeqCst);
+    announced
+}
+
+/// The sleeper's way out of a sleep it `announce`d as `announced`: clears
+/// the flag and, if a waker leaving the flag added to the count meanwhile,
+/// adds one more, so that the word never again holds a value such a waker
+/// read after its own wake-up (what lets a [`LeavingFlagWaker`] skip its
+/// system call); then a fence.
+fn end_sleep(word: &AtomicU32, announced: u32) {
     // An RMW: a `wake_leaving_flag` may add to the count meanwhile, which a
     // plain store could take back into the past (harmless, as this thread
     // looks again anyway, but the count is then not a count).
-    word.fetch_and(!ASLEEP, Ordering::Relaxed);
+    let before = word.fetch_and(!ASLEEP, Ordering::Relaxed);
+    if before >> 1 != announced >> 1 {
+        // Two RMWs rather than a CAS loop: between them the flag is clear,
+        // which tells a waker that this thread is awake, as it is.
+        word.fetch_add(ASLEEP << 1, Ordering::Relaxed);
+    }
+    // SeqCst fence: pairs with the fence in `LeavingFlagWaker::wake`. A
+    // waker that still reads the value its own wake-up left did not see
+    // the stores above, so its fence comes first in the SeqCst order and
+    // what this thread reads next (the caller looks again) sees what that
+    // waker published before its look.
+    fence(Ordering::SeqCst);
 }
 
 /// Waker side, for a waker that cannot die without the sleeper (see the
@@ -123,6 +151,63 @@ pub(crate) fn wake_leaving_flag(word: &AtomicU32) {
         // changed, it returns at once if it had not slept yet.
         word.fetch_add(ASLEEP << 1, Ordering::Relaxed);
         sys::futex_wake_all(word);
+    }
+}
+
+/// How long a [`LeavingFlagWaker`] trusts its last wake-up: far less than
+/// the 2^31 changes of the word it takes for the count to come round to
+/// the same value (each a read-modify-write on a shared line, and most of
+/// them a system call).
+const LEAVING_FLAG_WAKE_FRESH: Duration = Duration::from_millis(10);
+
+/// [`wake_leaving_flag`] for one waker that wakes the same sleeper again and
+/// again (a worker ringing its parent's doorbell after every batch of
+/// results): it skips the system call while the word still holds the value
+/// its own last wake-up left, made within [`LEAVING_FLAG_WAKE_FRESH`].
+///
+/// Why: the flag stays set from a wake-up until the sleeper runs and clears
+/// it. On a machine with fewer CPUs than busy threads that can take a
+/// scheduler slice, and a worker finishing a batch every few microseconds
+/// made a `FUTEX_WAKE` after each of them: up to 50,000 a run of the
+/// `apply_async` harness (docs/perf-idle-section.md), four times the
+/// workers' yields.
+///
+/// Why it is safe: the waker made that value with its `fetch_add` on a word
+/// whose flag was set, so after the sleeper's announcement, then made its
+/// `FUTEX_WAKE`, completely (this process is alive, and did it). The
+/// sleeper's `FUTEX_WAIT` then either was woken by it or returns at once,
+/// and [`end_sleep`] changes the word for good (it adds to the count when a
+/// waker did). A waker that still reads its value therefore precedes the
+/// sleeper's closing fence, and the sleeper's next look sees what the waker
+/// published. A waker that died halfway left another value: the next waker
+/// makes the call, as with [`wake_leaving_flag`].
+#[derive(Debug, Default)]
+pub(crate) struct LeavingFlagWaker {
+    /// The word's value after this waker's last `fetch_add` that found the
+    /// flag set, and a time before that `fetch_add`.
+    last: Option<(u32, Instant)>,
+}
+
+impl LeavingFlagWaker {
+    /// [`wake_leaving_flag`], skipping the system call as the type's doc
+    /// says. `now` is a recent clock reading (before this call).
+    pub(crate) fn wake(&mut self, word: &AtomicU32, now: Instant) {
+        // SeqCst fence: pairs with the fences in `announce` and `end_sleep`.
+        fence(Ordering::SeqCst);
+        let seen = word.load(Ordering::Relaxed);
+        if seen & ASLEEP == 0 {
+            return;
+        }
+        if let Some((value, at)) = self.last {
+            if seen == value && now.saturating_duration_since(at) < LEAVING_FLAG_WAKE_FRESH {
+                return;
+            }
+        }
+        let before = word.fetch_add(ASLEEP << 1, Ordering::Relaxed);
+        sys::futex_wake_all(word);
+        // Remembered only when the flag was still set at the `fetch_add`:
+        // only then did it land within the sleep that was announced.
+        self.last = (before & ASLEEP != 0).then(|| (before.wrapping_add(ASLEEP << 1), now));
     }
 }
 
@@ -342,7 +427,7 @@ mod tests {
     /// Many rounds of "sleeper waits for flag, waker sets it and wakes it
     /// with `wake`": a lost wake-up hangs, and the harness watchdog fails
     /// the run. The sleeper's flag is clear at the end.
-    fn no_wake_up_is_lost_with(wake: fn(&AtomicU32)) {
+    fn no_wake_up_is_lost_with(mut wake: impl FnMut(&AtomicU32) + Send + 'static) {
         let rounds = if cfg!(miri) { 10 } else { 2_000 };
         let word = Arc::new(AtomicU32::new(0));
         let flag = Arc::new(AtomicBool::new(false));
@@ -378,6 +463,67 @@ mod tests {
     #[test]
     fn no_wake_up_is_lost_with_wakers_leaving_the_flag() {
         no_wake_up_is_lost_with(wake_leaving_flag);
+    }
+
+    #[test]
+    fn no_wake_up_is_lost_with_a_waker_that_skips_repeats() {
+        let mut waker = LeavingFlagWaker::default();
+        no_wake_up_is_lost_with(move |word| waker.wake(word, Instant::now()));
+    }
+
+    #[test]
+    fn a_waker_skips_only_its_own_fresh_wake_up() {
+        let word = AtomicU32::new(0);
+        let now = Instant::now();
+        let mut waker = LeavingFlagWaker::default();
+        // Nobody asleep: nothing to do.
+        waker.wake(&word, now);
+        assert_eq!(word.load(Ordering::Relaxed), 0);
+        let announced = announce(&word);
+        waker.wake(&word, now);
+        let woken = word.load(Ordering::Relaxed);
+        assert_eq!(woken, announced + 2, "a wake-up adds to the count");
+        // The sleeper has not run yet: the repeat makes no change (and no
+        // system call).
+        waker.wake(&word, now);
+        assert_eq!(word.load(Ordering::Relaxed), woken);
+        // Unless the wake-up is old.
+        waker.wake(&word, now + LEAVING_FLAG_WAKE_FRESH);
+        let woken = word.load(Ordering::Relaxed);
+        assert_eq!(woken, announced + 4);
+        // Another waker (or one that died before its FUTEX_WAKE) changed
+        // the word: no skip.
+        word.fetch_add(2, Ordering::Relaxed);
+        let later = now + LEAVING_FLAG_WAKE_FRESH;
+        waker.wake(&word, later);
+        assert_eq!(word.load(Ordering::Relaxed), announced + 8);
+        // The sleeper wakes: its flag is clear and the word moved on, so the
+        // next sleep reads as new to the waker even with the same count of
+        // wake-ups.
+        end_sleep(&word, announced);
+        let after = word.load(Ordering::Relaxed);
+        assert_eq!(after & ASLEEP, 0);
+        waker.wake(&word, later);
+        assert_eq!(word.load(Ordering::Relaxed), after, "nobody asleep");
+        let again = announce(&word);
+        assert_ne!(again, announced + 8, "the word never comes back");
+        waker.wake(&word, later);
+        assert_eq!(word.load(Ordering::Relaxed), again + 2);
+    }
+
+    #[test]
+    fn a_sleep_nobody_woke_with_the_flag_leaves_the_word_as_it_was() {
+        // `wake` clears the flag itself; the word then reads 0 and 1, as
+        // docs/protocol.md says of a worker's `sleeping` word.
+        let word = AtomicU32::new(0);
+        let announced = announce(&word);
+        assert_eq!(announced, 1);
+        wake(&word);
+        end_sleep(&word, announced);
+        assert_eq!(word.load(Ordering::Relaxed), 0);
+        let announced = announce(&word);
+        end_sleep(&word, announced);
+        assert_eq!(word.load(Ordering::Relaxed), 0);
     }
 
     #[test]
