@@ -12,7 +12,8 @@
 //! fence(SeqCst)   ---- pairs with ---- fence(SeqCst)
 //! re-check the condition               if word & 1: change the word, FUTEX_WAKE
 //! if still false: FUTEX_WAIT(word, s)
-//! word &= !1
+//! word &= !1; if the count moved: += 2
+//! fence(SeqCst)
 //! ```
 //!
 //! The two fences order each side's store before its load, so at least one of
@@ -33,9 +34,11 @@
 //!   would sleep on with work waiting (`corepool soak`, which kills a worker
 //!   every 10 ms, stalled so for up to two minutes). Left set, the flag
 //!   makes the next waker wake it. The cost: a system call per such wake-up
-//!   until the sleeper has run and cleared the flag. A waker *stopped*
-//!   (SIGSTOP) at that point is neither: what it published waits for the
-//!   next waker, or for it to continue and make its `FUTEX_WAKE`.
+//!   until the sleeper has run and cleared the flag, which
+//!   [`LeavingFlagWaker`] spares a waker that rings again before then. A
+//!   waker *stopped* (SIGSTOP) at that point is neither: what it published
+//!   waits for the next waker, or for it to continue and make its
+//!   `FUTEX_WAKE`.
 
 use crate::sys;
 use std::cell::Cell;
