@@ -5,7 +5,7 @@ use super::layout::{self, fail, state, Header, Slot};
 use crate::child::fingerprint::fingerprint;
 use crate::child::panic::{fit_message, install_panic_hook, take_panic_message};
 use crate::error::Error;
-use crate::shm::park::{self, LeavingFlagWaker, Spinner, YieldBudget};
+use crate::shm::park::{self, LeavingFlagWaker, Spinner};
 #[cfg(feature = "fault-injection")]
 use crate::shm::ring::{stamp_for, HEADER_BYTES};
 use crate::shm::ring::{Claimed, Consumer, Producer, RecordHeader, RingError};
@@ -398,11 +398,6 @@ impl<'a> Server<'a> {
         let mut input = Vec::new();
         let mut out = Encoder::new();
         let mut spinner = Spinner::new();
-        // How long a wait for tasks yields before it sleeps, after what the
-        // yields of the waits before found (see `YieldBudget`).
-        let mut budget = YieldBudget::new();
-        // When the yields of the current wait began, once it has slept.
-        let mut slept_since: Option<Instant> = None;
         loop {
             claimed.clear();
             // After a wait, one record: a lone task (a blocking `apply`)
@@ -442,22 +437,9 @@ impl<'a> Server<'a> {
                     park::sleep_unless(self.slot.sleeping(), recheck, || {
                         tasks.has_record() || shutdown.load(Ordering::Acquire) != 0
                     });
-                    // A wait can sleep more than once (`recheck`'s timeout,
-                    // a spurious wake-up): its first yield is what counts.
-                    slept_since = slept_since.or(spinner.yielding_since());
                     spinner.reset();
                 }
                 continue;
-            }
-            // The wait that ended, if it got as far as the yields, moves the
-            // budget of the next ones. A clock read only after a sleep (a
-            // system call already), none on a short wait's way.
-            if let Some(since) = slept_since.take() {
-                budget.slept(since, Instant::now());
-                spinner.set_budget(budget.get());
-            } else if spinner.yielding_since().is_some() {
-                budget.found_by_yielding();
-                spinner.set_budget(budget.get());
             }
             spinner.reset();
             // The batch's start, for `adapt_batch`. After a wait, a single

@@ -326,17 +326,6 @@ impl Spinner {
         }
     }
 
-    /// Changes the budget of this and later spins (see [`YieldBudget`]).
-    pub(crate) fn set_budget(&mut self, budget: Duration) {
-        self.budget = budget;
-    }
-
-    /// When this spin's second phase (yields, counted against the budget)
-    /// began; `None` while it is still in its first (`spin_loop`).
-    pub(crate) fn yielding_since(&self) -> Option<Instant> {
-        self.started
-    }
-
     /// Starts over, after progress.
     pub(crate) fn reset(&mut self) {
         self.step = 0;
@@ -358,66 +347,6 @@ impl Spinner {
             return false;
         }
         !yield_and_judge(now)
-    }
-}
-
-/// How many times a [`YieldBudget`] halves [`SPIN_FOR`] before it is zero:
-/// 50, 25, 12.5, 6.25 µs, then none.
-const YIELD_BUDGET_STEPS: u32 = 4;
-
-/// A waiter's yield budget that follows what its yields achieved, for a
-/// waiter whose waits end in a pattern (a pool worker between tasks).
-///
-/// Each wait that reached the yields ends one of three ways, and moves the
-/// budget (a step is a factor of two, between [`SPIN_FOR`] and none):
-/// - the yields found the work: they are worth it, one step up;
-/// - the waiter slept, and the work came within [`SPIN_FOR`] of its first
-///   yield: a longer budget would have caught it, one step up;
-/// - the waiter slept, and the work came later than that: every yield of
-///   the wait was lost, one step down.
-///
-/// Why: a worker fed a flood of tiny tasks runs its ring dry whenever the
-/// parent, on a machine with fewer CPUs than busy threads, waits for its
-/// turn to refill it; 71% of such waits outlasted the 50 µs of yields and
-/// slept all the same (about ten yields each, each a system call and often
-/// two context switches, CPU the parent was waiting for). A worker that
-/// sleeps frees its CPU at once (the scheduler runs the parent there); the
-/// parent's refill wakes it. A blocking `apply` at a time finds its worker
-/// in the yields, and the budget stays whole.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct YieldBudget {
-    /// How many times [`SPIN_FOR`] is halved; `YIELD_BUDGET_STEPS`: zero.
-    halvings: u32,
-}
-
-impl YieldBudget {
-    /// A whole budget: [`SPIN_FOR`].
-    pub(crate) const fn new() -> Self {
-        Self { halvings: 0 }
-    }
-
-    /// The budget now.
-    pub(crate) fn get(&self) -> Duration {
-        if self.halvings >= YIELD_BUDGET_STEPS {
-            Duration::ZERO
-        } else {
-            SPIN_FOR / (1 << self.halvings)
-        }
-    }
-
-    /// The yields of a wait found the work.
-    pub(crate) fn found_by_yielding(&mut self) {
-        self.halvings = self.halvings.saturating_sub(1);
-    }
-
-    /// A wait whose yields began at `yielding_since` slept, and the work
-    /// came at `now`.
-    pub(crate) fn slept(&mut self, yielding_since: Instant, now: Instant) {
-        if now.saturating_duration_since(yielding_since) <= SPIN_FOR {
-            self.halvings = self.halvings.saturating_sub(1);
-        } else {
-            self.halvings = (self.halvings + 1).min(YIELD_BUDGET_STEPS);
-        }
     }
 }
 
@@ -593,53 +522,6 @@ mod tests {
         assert!(!r.after_yield(fast, later));
         assert!(r.may_yield(later));
         assert_eq!(r.slow_in_a_row, 0);
-    }
-
-    #[test]
-    fn a_yield_budget_follows_what_the_yields_found() {
-        let t0 = Instant::now();
-        let long = t0 + SPIN_FOR * 3;
-        let short = t0 + SPIN_FOR / 2;
-        let mut b = YieldBudget::new();
-        assert_eq!(b.get(), SPIN_FOR);
-        // Waits that outlast the budget and sleep: down to none, and no
-        // further.
-        let mut last = b.get();
-        for _ in 0..YIELD_BUDGET_STEPS {
-            b.slept(t0, long);
-            assert!(b.get() < last, "every lost wait takes a step down");
-            last = b.get();
-        }
-        assert_eq!(b.get(), Duration::ZERO);
-        b.slept(t0, long);
-        assert_eq!(b.get(), Duration::ZERO);
-        // A sleep that a longer budget would have spared: a step up.
-        b.slept(t0, short);
-        assert_eq!(b.get(), SPIN_FOR / (1 << (YIELD_BUDGET_STEPS - 1)));
-        // Yields that find the work: back up to the whole budget, and no
-        // further.
-        for _ in 0..10 {
-            b.found_by_yielding();
-        }
-        assert_eq!(b.get(), SPIN_FOR);
-        // The clock read after the wait can be older than the yields' start
-        // only through a bug elsewhere; it counts as a short wait.
-        b.slept(long, t0);
-        assert_eq!(b.get(), SPIN_FOR);
-    }
-
-    #[test]
-    fn a_spinner_with_no_budget_stops_at_its_first_yield() {
-        let mut s = Spinner::with_budget(SPIN_FOR);
-        s.set_budget(Duration::ZERO);
-        let mut n = 0;
-        while s.spin() {
-            n += 1;
-            assert!(n <= 64, "only the spin_loop phase");
-        }
-        assert!(s.yielding_since().is_some());
-        s.reset();
-        assert!(s.yielding_since().is_none());
     }
 
     #[test]
