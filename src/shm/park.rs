@@ -68,12 +68,6 @@ pub(crate) fn sleep_unless(
     timeout: Option<Duration>,
     mut ready: impl FnMut() -> bool,
 ) {
-    // Plain load and store. Only this thread sets the flag, and a waker
-    // writes the word only after seeing it set, so the one write that can
-    // land between our load and store is a stale waker's (it saw the flag
-    // of our previous sleep). Our store may undo it, harmlessly: that
-    // waker loaded the word before our store, so its fence precedes ours
-    // in the SeqCst order and our re-check sees what it published.
     let announced = announce(word);
     if !ready() {
         sys::futex_wait(word, announced, timeout);
@@ -84,6 +78,15 @@ pub(crate) fn sleep_unless(
 /// The sleeper's announcement: sets the flag, then the fence. Returns the
 /// word as announced, for `FUTEX_WAIT` to compare.
 fn announce(word: &AtomicU32) -> u32 {
+    // Plain load and store. Only this thread sets the flag, and a waker
+    // writes the word only after seeing it set, so the one write that can
+    // land between our load and store is a stale waker's (it saw the flag
+    // of our previous sleep). Our store may undo it, harmlessly: that
+    // waker loaded the word before our store, so its fence precedes ours
+    // in the SeqCst order and our re-check sees what it published. Its
+    // `fetch_add` found the flag clear, so no `LeavingFlagWaker` remembers
+    // the value it left, and the value our store brings back is one that
+    // `end_sleep` made, later than any value a waker remembers.
     let announced = word.load(Ordering::Relaxed) | ASLEEP;
     word.store(announced, Ordering::Relaxed);
     // SeqCst fence: pairs with the fences in `wake`, `wake_leaving_flag`
@@ -98,9 +101,14 @@ fn announce(word: &AtomicU32) -> u32 {
 /// read after its own wake-up (what lets a [`LeavingFlagWaker`] skip its
 /// system call); then a fence.
 fn end_sleep(word: &AtomicU32, announced: u32) {
-    // An RMW: a `wake_leaving_flag` may add to the count meanwhile, which a
-    // plain store could take back into the past (harmless, as this thread
-    // looks again anyway, but the count is then not a count).
+    // It must be a read-modify-write. A waker leaving the flag may add to
+    // the count meanwhile, and a `LeavingFlagWaker` skips its system call
+    // while the word holds the value its own `fetch_add` left: sound only
+    // because the word never goes back to an earlier value. A plain store
+    // could drop that `fetch_add` and take the count back, so that a later
+    // announcement (or another waker's `fetch_add`) brings the word to a
+    // value that waker remembers; it would then skip the wake-up of a
+    // sleep nobody woke, a lost wake-up.
     let before = word.fetch_and(!ASLEEP, Ordering::Relaxed);
     if before >> 1 != announced >> 1 {
         // Two RMWs rather than a CAS loop: between them the flag is clear,
@@ -120,7 +128,7 @@ fn end_sleep(word: &AtomicU32, announced: u32) {
 /// wakers make no system call until the sleeper sleeps again. Costs a fence
 /// and a load when nobody sleeps; a system call only when somebody does.
 pub(crate) fn wake(word: &AtomicU32) {
-    // SeqCst fence: pairs with the fence in `sleep_unless`.
+    // SeqCst fence: pairs with the fence in `announce`.
     fence(Ordering::SeqCst);
     if word.load(Ordering::Relaxed) & ASLEEP != 0
         && word.fetch_and(!ASLEEP, Ordering::Relaxed) & ASLEEP != 0
@@ -134,7 +142,7 @@ pub(crate) fn wake(word: &AtomicU32) {
 /// `FUTEX_WAKE` whatever it said. One system call always: for rare
 /// wake-ups that must not be lost (a supervisor event, a stop).
 pub(crate) fn wake_regardless(word: &AtomicU32) {
-    // SeqCst fence: pairs with the fence in `sleep_unless`.
+    // SeqCst fence: pairs with the fence in `announce`.
     fence(Ordering::SeqCst);
     word.fetch_and(!ASLEEP, Ordering::Relaxed);
     sys::futex_wake_all(word);
@@ -147,7 +155,7 @@ pub(crate) fn wake_regardless(word: &AtomicU32) {
 /// a load when nobody sleeps; a system call for every wake-up while
 /// somebody does.
 pub(crate) fn wake_leaving_flag(word: &AtomicU32) {
-    // SeqCst fence: pairs with the fence in `sleep_unless`.
+    // SeqCst fence: pairs with the fence in `announce`.
     fence(Ordering::SeqCst);
     if word.load(Ordering::Relaxed) & ASLEEP != 0 {
         // The sleeper's `FUTEX_WAIT` compares with the value it announced:
