@@ -367,7 +367,7 @@ mod tests {
     /// Many rounds of "sleeper waits for flag, waker sets it and wakes it
     /// with `wake`": a lost wake-up hangs, and the harness watchdog fails
     /// the run. The sleeper's flag is clear at the end.
-    fn no_wake_up_is_lost_with(mut wake: impl FnMut(&AtomicU32) + Send + 'static) {
+    fn no_wake_up_is_lost_with(wake: fn(&AtomicU32)) {
         let rounds = if cfg!(miri) { 10 } else { 2_000 };
         let word = Arc::new(AtomicU32::new(0));
         let flag = Arc::new(AtomicBool::new(false));
@@ -405,10 +405,86 @@ mod tests {
         no_wake_up_is_lost_with(wake_leaving_flag);
     }
 
+    /// Rings `word` with `waker`; returns whether it skipped its wake-up.
+    /// Seen from outside: the flag was set before the call and the word is
+    /// the same after it. A waker that did not skip changed the word (its
+    /// `fetch_add`), or found it changed (the flag clear: the load before
+    /// the call saw it set, and only the sleeper clears it), and the word
+    /// never comes back to an earlier value (`end_sleep`).
+    fn ring_counting_skips(waker: &mut LeavingFlagWaker, word: &AtomicU32) -> bool {
+        let before = word.load(Ordering::Relaxed);
+        waker.wake(word, Instant::now());
+        before & ASLEEP != 0 && word.load(Ordering::Relaxed) == before
+    }
+
     #[test]
-    fn no_wake_up_is_lost_with_a_waker_that_skips_repeats() {
-        let mut waker = LeavingFlagWaker::default();
-        no_wake_up_is_lost_with(move |word| waker.wake(word, Instant::now()));
+    fn no_wake_up_is_lost_when_wakers_skip() {
+        // Two workers ring one doorbell with `LeavingFlagWaker`s after each
+        // item they publish, without waiting for the sleeper to run: a ring
+        // while the sleeper has yet to clear the flag after the same
+        // waker's last one skips its FUTEX_WAKE. The sleeper counts every
+        // item (it sleeps with no timeout, so a lost wake-up hangs it and
+        // the watchdog fails the test), and the skips must have happened.
+        const WAKERS: u64 = 2;
+        const PER_WAKER: u64 = if cfg!(miri) { 200 } else { 100_000 };
+        // Now and then a waker lets the sleeper catch up and go to sleep,
+        // so that the rings after it find the flag set (flooded, the
+        // sleeper rarely sleeps and no ring can skip).
+        const PAUSE_EVERY: u64 = if cfg!(miri) { 8 } else { 64 };
+        let word = Arc::new(AtomicU32::new(0));
+        let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        // Set by the watchdog: the wakers' pauses end, so that a failed
+        // run leaves no thread spinning behind it.
+        let give_up = Arc::new(AtomicBool::new(false));
+        let wakers: Vec<_> = (0..WAKERS)
+            .map(|_| {
+                let (word, published, give_up) = (word.clone(), published.clone(), give_up.clone());
+                std::thread::spawn(move || {
+                    let mut waker = LeavingFlagWaker::default();
+                    let mut skips = 0u64;
+                    for i in 0..PER_WAKER {
+                        if i % PAUSE_EVERY == 0 {
+                            while word.load(Ordering::Relaxed) & ASLEEP == 0
+                                && !give_up.load(Ordering::Relaxed)
+                            {
+                                std::thread::yield_now();
+                            }
+                        }
+                        // Release: pairs with the sleeper's Acquire loads.
+                        published.fetch_add(1, Ordering::Release);
+                        skips += u64::from(ring_counting_skips(&mut waker, &word));
+                    }
+                    skips
+                })
+            })
+            .collect();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let (w2, p2) = (word.clone(), published.clone());
+        let sleeper = std::thread::spawn(move || {
+            let mut seen = 0;
+            while seen < WAKERS * PER_WAKER {
+                // Acquire: pairs with the wakers' Release `fetch_add`s.
+                let now = p2.load(Ordering::Acquire);
+                if now != seen {
+                    seen = now;
+                    continue;
+                }
+                sleep_unless(&w2, None, || p2.load(Ordering::Acquire) != seen);
+            }
+            let _ = done_tx.send(());
+        });
+        if done.recv_timeout(Duration::from_secs(120)).is_err() {
+            give_up.store(true, Ordering::Relaxed);
+            panic!("the sleeper was left asleep with items published: a lost wake-up");
+        }
+        sleeper.join().unwrap();
+        let skips: u64 = wakers.into_iter().map(|w| w.join().unwrap()).sum();
+        assert!(skips > 0, "no ring skipped: the test missed its point");
+        assert_eq!(
+            word.load(Ordering::Relaxed) & ASLEEP,
+            0,
+            "the sleeper clears its flag"
+        );
     }
 
     #[test]
