@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 /// "COREPOOL".
 pub(crate) const MAGIC: [u8; 8] = *b"COREPOOL";
 /// Bumped on any change to the layout or the record protocol.
-pub(crate) const VERSION: u32 = 7;
+pub(crate) const VERSION: u32 = 8;
 /// Header flag: `initializer` holds a function offset.
 pub(crate) const FLAG_INITIALIZER: u32 = 1;
 /// In a `TASK` or `OK` record's `flags`: the payload is not the value but

@@ -5,7 +5,7 @@ use super::layout::{self, fail, state, Header, Slot};
 use crate::child::fingerprint::fingerprint;
 use crate::child::panic::{fit_message, install_panic_hook, take_panic_message};
 use crate::error::Error;
-use crate::shm::park::{self, Spinner};
+use crate::shm::park::{self, LeavingFlagWaker, Spinner};
 #[cfg(feature = "fault-injection")]
 use crate::shm::ring::{stamp_for, HEADER_BYTES};
 use crate::shm::ring::{Claimed, Consumer, Producer, RecordHeader, RingError};
@@ -344,6 +344,9 @@ struct Server<'a> {
     tasks: Consumer,
     results: Producer,
     doorbell: &'a std::sync::atomic::AtomicU32,
+    /// Rings the doorbell after each batch, without a system call while the
+    /// driver has yet to run after this worker's last ring.
+    ringer: LeavingFlagWaker,
     max_tasks: u64,
     done: u64,
     /// How many tasks to claim at once: many when tasks are short (fewer ring
@@ -381,6 +384,7 @@ impl<'a> Server<'a> {
             tasks: Consumer::new(slot.task_ring()),
             results,
             doorbell,
+            ringer: LeavingFlagWaker::default(),
             max_tasks: header.max_tasks_per_child,
             done: 0,
             batch: 1,
@@ -498,8 +502,8 @@ impl<'a> Server<'a> {
                 // The last record was taken back: its tag is decided too.
                 self.tasks.release();
             }
-            park::wake_leaving_flag(self.doorbell);
             let ended = Instant::now();
+            self.ringer.wake(self.doorbell, ended);
             if let (Some(started), true) = (started, ran > 0) {
                 let elapsed = ended.saturating_duration_since(started);
                 self.adapt_batch(ran, elapsed.as_nanos() as f64);
