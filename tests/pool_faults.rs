@@ -1027,7 +1027,19 @@ fn timeout_kills_fail_exactly_their_task(retries: u32) {
         respawns, timed_out,
         "retries {retries}: every worker killed for a timeout fails exactly its task"
     );
-    assert_eq!(runs.load(), n, "retries {retries}: a task ran again");
+    // No task runs twice. A timed-out task may have been killed before its
+    // first line ran (its worker marked it started, then lost its CPU for
+    // the whole 5 ms under load: seen once in three loaded runs), so
+    // fewer runs than tasks is no fault, by at most the timeouts.
+    let ran = runs.load();
+    assert!(
+        ran <= n,
+        "retries {retries}: a task ran again ({ran} runs of {n})"
+    );
+    assert!(
+        ran + timed_out >= n,
+        "retries {retries}: {ran} runs, {timed_out} timeouts, {n} tasks"
+    );
     pool.close();
     pool.join().unwrap();
 }
