@@ -2,6 +2,7 @@
 //! [`AsyncResult`] a caller waits on, blocking or as a [`Future`].
 
 use super::callback_thread::CallbackThread;
+use super::cell_chunks::{ChunkRc, Unowned};
 use super::driver::Shared;
 use super::sink::{Completion, Outcome};
 use super::Callbacks;
@@ -44,8 +45,10 @@ mod bit {
 /// the submitter, completed by whichever thread collects, read back by
 /// `get`). So it is one state word, the result (its error boxed: errors are
 /// rare, and an `Error` is six words) and one pointer to what few handles
-/// need (callbacks, a waker): 48 bytes with its `Arc` for a `u64` result,
-/// against 120 with a lock, a condition variable and a waker slot inline.
+/// need (callbacks, a waker): 32 bytes for a `u64` result, 40 with its
+/// reference count in a [`ChunkRc`] slot (48 in an `Arc`, plus 16 of
+/// glibc's, before cells were carved from chunks), against 120 with a
+/// lock, a condition variable and a waker slot inline.
 /// Sleepers wait on the state word itself (a futex), and every hand-over is
 /// one read-modify-write of it.
 pub(super) struct Cell<T> {
@@ -70,10 +73,12 @@ struct Extras<T> {
 
 /// What a cell with callbacks needs to hand them to its pool's callback
 /// thread: the thread, and the cell itself (a job holds it until the
-/// outcome is stored, after the callback).
+/// outcome is stored, after the callback). The pointer holds no reference
+/// (that would be a cycle): it is upgraded by a finisher, which runs while
+/// a reference lives (`store_claimed`).
 struct Later<T> {
     thread: Arc<CallbackThread>,
-    cell: Weak<Cell<T>>,
+    cell: Unowned<Cell<T>>,
 }
 
 impl<T> Drop for Extras<T> {
@@ -103,21 +108,27 @@ impl<T> Cell<T> {
     /// A cell for a task's result. Its `callbacks`, if any, run on `thread`
     /// (the pool's callback thread; `None`: on the thread that finishes the
     /// cell, for cells made without a pool), and are owed there from now.
-    pub(super) fn new(callbacks: Callbacks<T>, thread: Option<&Arc<CallbackThread>>) -> Arc<Self> {
+    ///
+    /// Cells live only in a [`ChunkRc`]: a `&Cell` is always borrowed from a
+    /// live reference, which `store_claimed` relies on.
+    pub(super) fn new(
+        callbacks: Callbacks<T>,
+        thread: Option<&Arc<CallbackThread>>,
+    ) -> ChunkRc<Self> {
         if callbacks.ok.is_none() && callbacks.err.is_none() {
-            // The common case: no extras, no weak reference to make.
-            return Arc::new(Self {
+            // The common case: no extras.
+            return ChunkRc::new(Self {
                 state: AtomicU32::new(0),
                 value: UnsafeCell::new(MaybeUninit::uninit()),
                 extras: AtomicPtr::new(std::ptr::null_mut()),
             });
         }
-        Arc::new_cyclic(|me| {
+        ChunkRc::new_cyclic(|me| {
             let later = thread.map(|thread| {
                 thread.owe();
                 Later {
                     thread: thread.clone(),
-                    cell: me.clone(),
+                    cell: me,
                 }
             });
             Self {
@@ -135,7 +146,7 @@ impl<T> Cell<T> {
     /// The extras, if made.
     fn extras(&self) -> Option<&Extras<T>> {
         // Acquire pairs with the Release half of the CAS in `extras_or_make`
-        // (or with `Arc::new`'s publication of the cell, for extras made
+        // (or with the publication of the cell's `ChunkRc`, for extras made
         // with it): the box's contents are visible.
         let extras = self.extras.load(Ordering::Acquire);
         // SAFETY: non-null, it came from `Box::into_raw` and is freed only by
@@ -241,7 +252,9 @@ impl<T: Send + 'static> Cell<T> {
             }
             return;
         };
-        match later.and_then(|l| Some((&l.thread, l.cell.upgrade()?))) {
+        // SAFETY: `&self` is borrowed from a live `ChunkRc` (cells live in
+        // nothing else, see `new`), so a reference lives during the call.
+        match later.map(|l| (&l.thread, unsafe { l.cell.upgrade_live() })) {
             Some((thread, cell)) => {
                 if claim != 0 {
                     // Claimed now, published by the callback thread later:
@@ -560,7 +573,7 @@ fn sleep_helping<T: Send + 'static>(
 /// }
 /// ```
 pub struct AsyncResult<T> {
-    cell: Arc<Cell<T>>,
+    cell: ChunkRc<Cell<T>>,
     pool: Weak<Shared>,
 }
 
@@ -573,7 +586,7 @@ impl<T> fmt::Debug for AsyncResult<T> {
 }
 
 impl<T: Send + 'static> AsyncResult<T> {
-    pub(super) fn new(cell: Arc<Cell<T>>, pool: Weak<Shared>) -> Self {
+    pub(super) fn new(cell: ChunkRc<Cell<T>>, pool: Weak<Shared>) -> Self {
         Self { cell, pool }
     }
 
@@ -842,11 +855,11 @@ mod tests {
 
     #[test]
     fn a_handle_is_small() {
-        // The `Arc`'s two counts and the cell: one cache line for a small
-        // result, where a lock, a condition variable and a waker slot took
-        // 120 bytes.
+        // The slot's count and the cell: 40 bytes for a small result, 100
+        // to a chunk, where an `Arc` took 48 (64 with glibc's header) and a
+        // lock, a condition variable and a waker slot 120.
         assert!(std::mem::size_of::<Cell<u64>>() <= 32);
-        assert!(std::mem::size_of::<Cell<u64>>() + 2 * std::mem::size_of::<usize>() <= 64);
+        assert!(super::super::cell_chunks::slot_bytes::<Cell<u64>>() <= 40);
     }
 
     #[test]

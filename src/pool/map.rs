@@ -34,10 +34,7 @@ impl Pool {
         let mut keep = Vec::new();
         while let Some((payload, due, chunk_keep)) = chunker.next_chunk()? {
             keep.extend(chunk_keep);
-            let sink = Sink {
-                target: target.clone(),
-                tag: collector.add_chunk(due),
-            };
+            let sink = Sink::shared(target.clone(), collector.add_chunk(due));
             tasks.push((trampoline, payload, sink));
         }
         collector.seal();
@@ -70,10 +67,7 @@ impl Pool {
             if collector.ended() {
                 break; // a chunk failed: submit nothing more
             }
-            let sink = Sink {
-                target: target.clone(),
-                tag: collector.add_chunk(due),
-            };
+            let sink = Sink::shared(target.clone(), collector.add_chunk(due));
             self.shared
                 .submit(smallvec::smallvec![(trampoline, payload, sink)], keep, true)?;
             submitted += 1;
