@@ -563,6 +563,12 @@ fn sleep_helping<T: Send + 'static>(
 /// [`task_timeout`](crate::PoolBuilder::task_timeout), or end them all with
 /// [`Pool::terminate`](crate::Pool::terminate).
 ///
+/// Memory: the result's slot (40 bytes for a small result) is carved, with
+/// those of the tasks submitted around it on the same thread, from a 4 KiB
+/// block that goes back to the allocator when the last of them is dropped.
+/// So a handle kept for long keeps its whole block: keeping one handle in a
+/// hundred for the program's life keeps about 4 KiB for each.
+///
 /// ```
 /// fn main() {
 ///     let pool = corepool::Pool::builder().workers(1).build().unwrap();
