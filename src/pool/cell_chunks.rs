@@ -361,7 +361,10 @@ fn carve(cursors: &Cursors, stride: usize) -> Option<(*mut u8, u32)> {
         }
         // Every slot, and the cursor's own one: see `release_chunk`.
         // SAFETY: fresh, aligned for the count (`MAX_ALIGN`), ours alone.
-        unsafe { base.cast::<AtomicUsize>().write(AtomicUsize::new(capacity + 1)) };
+        unsafe {
+            base.cast::<AtomicUsize>()
+                .write(AtomicUsize::new(capacity + 1))
+        };
         c = Cursor {
             base,
             next: HEADER_BYTES as u32,
@@ -637,7 +640,12 @@ mod tests {
     #[test]
     fn an_unowned_pointer_upgrades_while_a_reference_lives() {
         let cell = ChunkRc::new_cyclic(|me: Unowned<(u64, Unowned<()>)>| {
-            (5, Unowned { slot: me.slot.cast() })
+            (
+                5,
+                Unowned {
+                    slot: me.slot.cast(),
+                },
+            )
         });
         let me: Unowned<(u64, Unowned<()>)> = Unowned {
             slot: cell.1.slot.cast(),
@@ -647,9 +655,10 @@ mod tests {
         drop(cell);
         assert_eq!(again.0, 5);
         let raw = again.into_raw();
+        // SAFETY: from `into_raw` of this type, not taken back yet.
+        let borrowed = unsafe { ChunkRc::<(u64, Unowned<()>)>::borrow_raw(raw) };
+        assert_eq!(borrowed.0, 5);
         // SAFETY: from `into_raw` of this type, taken back once.
-        assert_eq!(unsafe { ChunkRc::<(u64, Unowned<()>)>::borrow_raw(raw) }.0, 5);
-        // SAFETY: as above.
         drop(unsafe { ChunkRc::<(u64, Unowned<()>)>::from_raw(raw) });
     }
 }

@@ -2,8 +2,8 @@
 //! into one ordered `Vec`, [`ChannelSink`] hands `imap_unordered` each chunk
 //! as it comes, and [`check_chunk`] makes sure a chunk owes what it returns.
 
-use super::driver::Shared;
 use super::cell_chunks::ChunkRc;
+use super::driver::Shared;
 use super::handle::Cell;
 use super::prefault::Prefault;
 use super::sink::{Completion, Outcome};

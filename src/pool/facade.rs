@@ -3,10 +3,10 @@
 //! lives in `map.rs`, the lazy maps in `imap.rs`.
 
 use super::callback_thread::CallbackThread;
+use super::cell_chunks::ChunkRc;
 use super::config::{mask_of, Config};
 use super::core::{Actions, Core, Phase, Worker};
 use super::driver::{driver_loop, is_delivering, Shared};
-use super::cell_chunks::ChunkRc;
 use super::handle::Cell;
 use super::layout::{self, Header, Layout, PoolMemory, Slot};
 use super::sink::Sink;

@@ -2,9 +2,9 @@
 //! [`Completion`] that receives it, and the [`Sink`] a task carries to name
 //! its receiver.
 
+use super::cell_chunks::ChunkRc;
 use crate::error::Error;
 use crate::shm::ring::{Claimed, Consumer};
-use super::cell_chunks::ChunkRc;
 use std::fmt;
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -194,7 +194,10 @@ mod tests {
 
     #[test]
     fn a_sink_is_three_words() {
-        assert_eq!(std::mem::size_of::<Sink>(), 3 * std::mem::size_of::<usize>());
+        assert_eq!(
+            std::mem::size_of::<Sink>(),
+            3 * std::mem::size_of::<usize>()
+        );
     }
 
     /// Counts what it is told.
