@@ -923,6 +923,43 @@ mod tests {
         assert_eq!(cell2.take(), Err(Error::Cancelled));
     }
 
+    #[test]
+    fn a_cell_with_callbacks_and_a_callback_thread_hands_itself_to_its_job() {
+        // No pool attached: the job runs where it is handed over, but the
+        // cell still upgrades its own pointer for it (`Later`), which is
+        // what Miri checks here; the job's reference is the last but one.
+        static SEEN: AtomicUsize = AtomicUsize::new(0);
+        let thread = CallbackThread::new();
+        let cell = Cell::new(
+            Callbacks::new().on_success(|v: &u64| {
+                SEEN.fetch_add(*v as usize, Ordering::Relaxed);
+            }),
+            Some(&thread),
+        );
+        let other = Cell::new(
+            Callbacks::<u64>::new().on_error(|_| {
+                SEEN.fetch_add(100, Ordering::Relaxed);
+            }),
+            Some(&thread),
+        );
+        // Owed from the making: one each, and one more cell dropped
+        // unsubmitted settles its own.
+        drop(Cell::new(
+            Callbacks::<u64>::new().on_success(|_| {}),
+            Some(&thread),
+        ));
+        // Through the sink, as a pool delivers (`finish_sole`).
+        let sink = super::super::sink::Sink::thin(cell.clone());
+        sink.complete(Outcome::Ok(crate::wire::Payload::from_slice(
+            &9u64.to_ne_bytes(),
+        )));
+        other.finish(Err(Error::Cancelled));
+        assert_eq!(SEEN.load(Ordering::Relaxed), 109);
+        assert_eq!(cell.take(), Ok(9));
+        assert_eq!(other.take(), Err(Error::Cancelled));
+        assert!(thread.wait_settled_until(Some(Instant::now())));
+    }
+
     /// Counts its wake-ups.
     struct Count(AtomicUsize);
 
