@@ -36,14 +36,20 @@ use std::sync::atomic::{fence, AtomicU32, AtomicUsize, Ordering};
 /// Bytes of one chunk.
 const CHUNK_BYTES: usize = 4096;
 /// Bytes before a chunk's first slot: its count, alone on its cache line
-/// (freed from many threads, it should not share a line with a cell).
+/// (freed from many threads, it should not share a line with a cell, here
+/// or, since chunks are [`CHUNK_ALIGN`]-aligned, in the allocation before).
 const HEADER_BYTES: usize = 64;
+/// A chunk's alignment: a cache line, so that its header's line holds
+/// nothing else (16-aligned, the line started up to 48 bytes before the
+/// chunk: glibc's size word and the previous allocation's tail, often
+/// another chunk's last cells, freed by other threads).
+const CHUNK_ALIGN: usize = 64;
 /// Slots are carved in multiples of this.
 const STRIDE_UNIT: usize = 8;
 /// The largest slot carved from a chunk (at least 15 to a chunk).
 const MAX_STRIDE: usize = 256;
-/// The strictest alignment a chunk's slots can have: the chunk's own, with
-/// the header and every stride of such a type multiples of it.
+/// The strictest alignment a chunk's slots can have: at most the chunk's
+/// own, with the header and every stride of such a type multiples of it.
 const MAX_ALIGN: usize = 16;
 /// Size classes: one per stride.
 const CLASSES: usize = MAX_STRIDE / STRIDE_UNIT;
@@ -54,7 +60,7 @@ const OWN: u32 = u32::MAX;
 const MAX_REFS: u32 = i32::MAX as u32;
 
 /// The layout every chunk is allocated with.
-const CHUNK_LAYOUT: Layout = match Layout::from_size_align(CHUNK_BYTES, MAX_ALIGN) {
+const CHUNK_LAYOUT: Layout = match Layout::from_size_align(CHUNK_BYTES, CHUNK_ALIGN) {
     Ok(layout) => layout,
     Err(_) => panic!("a chunk's layout is valid"),
 };
@@ -76,6 +82,12 @@ pub(super) struct ChunkRc<C> {
     slot: NonNull<Slot<C>>,
     _owns: PhantomData<Slot<C>>,
 }
+
+// As `Arc<C>`, `Unpin` whatever `C` is: moving the pointer never moves the
+// value, and nothing pins through it (no `Pin<&mut C>` is ever made).
+// Without this `AsyncResult<T>` would be `Unpin` only for `T: Unpin`, which
+// it was for every `T` while its cell was an `Arc`.
+impl<C> Unpin for ChunkRc<C> {}
 
 // SAFETY: as `Arc<C>`: the value is shared between the threads holding
 // references (so `C: Sync`) and dropped by whichever drops the last (so
@@ -360,10 +372,15 @@ fn carve(cursors: &Cursors, stride: usize) -> Option<(*mut u8, u32)> {
             std::alloc::handle_alloc_error(CHUNK_LAYOUT);
         }
         // Every slot, and the cursor's own one: see `release_chunk`.
-        // SAFETY: fresh, aligned for the count (`MAX_ALIGN`), ours alone.
+        // SAFETY: fresh, aligned for the count (`CHUNK_ALIGN`), ours alone.
         unsafe {
             base.cast::<AtomicUsize>()
                 .write(AtomicUsize::new(capacity + 1))
+        };
+        #[cfg(test)]
+        // SAFETY: fresh, ours alone, the header has room after the count.
+        unsafe {
+            ledger::chunk_made(base)
         };
         c = Cursor {
             base,
@@ -424,6 +441,11 @@ unsafe fn release_chunk(base: *mut u8, n: usize) {
     }
     // Acquire: partner of the Release decrements above, by every thread.
     fence(Ordering::Acquire);
+    #[cfg(test)]
+    // SAFETY: the chunk is ours alone now, its header written by `carve`.
+    unsafe {
+        ledger::chunk_freed(base)
+    };
     // SAFETY: allocated with this layout in `carve`; nothing reaches it.
     unsafe { std::alloc::dealloc(base, CHUNK_LAYOUT) };
 }
@@ -435,14 +457,113 @@ pub(super) fn slot_bytes<C>() -> usize {
     stride_of::<C>().unwrap_or(std::mem::size_of::<Slot<C>>())
 }
 
+/// Whether the cell has an allocation of its own (not carved from a chunk).
+#[cfg(test)]
+pub(super) fn has_own_slot<C>(cell: &ChunkRc<C>) -> bool {
+    // SAFETY: `cell` keeps the slot alive; `back` is written once, before
+    // the cell was handed out.
+    unsafe { (*cell.slot.as_ptr()).back == OWN }
+}
+
+/// Test-only counts of chunks made and freed, so that a leaked or doubly
+/// freed chunk fails plain `cargo test`, not only Miri. libtest runs tests
+/// at once in one process, so counts are kept per [`Ledger`]: a thread that
+/// installs one charges the chunks it starts to it, and each chunk carries
+/// its ledger in its header (after the count) to whichever thread frees it.
+#[cfg(test)]
+pub(super) mod ledger {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// Chunks made and freed by the threads that installed it.
+    #[derive(Default)]
+    pub(in crate::pool) struct Ledger {
+        made: AtomicUsize,
+        freed: AtomicUsize,
+    }
+
+    impl Ledger {
+        /// (made, freed).
+        pub(in crate::pool) fn counts(&self) -> (usize, usize) {
+            // SeqCst: read after the threads involved were joined (which
+            // orders their counts before); no partner needed.
+            (
+                self.made.load(Ordering::SeqCst),
+                self.freed.load(Ordering::SeqCst),
+            )
+        }
+    }
+
+    std::thread_local! {
+        static CURRENT: std::cell::RefCell<Option<Arc<Ledger>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    /// Charges the chunks this thread starts from now on to `ledger`.
+    pub(in crate::pool) fn install(ledger: &Arc<Ledger>) {
+        CURRENT.with(|current| *current.borrow_mut() = Some(ledger.clone()));
+    }
+
+    /// Where a chunk keeps its ledger: the word after its count.
+    fn field(base: *mut u8) -> *mut *const Ledger {
+        base.wrapping_add(std::mem::size_of::<usize>()).cast()
+    }
+
+    /// Records a chunk just made.
+    ///
+    /// # Safety
+    ///
+    /// `base` is a fresh chunk, ours alone.
+    pub(super) unsafe fn chunk_made(base: *mut u8) {
+        let ledger = CURRENT
+            .try_with(|current| current.borrow().clone())
+            .ok()
+            .flatten();
+        let raw = match ledger {
+            Some(ledger) => {
+                ledger.made.fetch_add(1, Ordering::SeqCst);
+                Arc::into_raw(ledger)
+            }
+            None => std::ptr::null(),
+        };
+        // SAFETY: inside the header (64 bytes), aligned, ours alone.
+        unsafe { field(base).write(raw) };
+    }
+
+    /// Records a chunk about to be freed.
+    ///
+    /// # Safety
+    ///
+    /// `base`'s header was written by [`chunk_made`], and this is its one
+    /// free.
+    pub(super) unsafe fn chunk_freed(base: *mut u8) {
+        // SAFETY: written by `chunk_made`, read once.
+        let raw = unsafe { field(base).read() };
+        if !raw.is_null() {
+            // SAFETY: from `Arc::into_raw` in `chunk_made`, taken back once.
+            let ledger = unsafe { Arc::from_raw(raw) };
+            ledger.freed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Also run under Miri: leaks (a chunk never freed), double frees (one
     //! freed twice) and races on the counts are what it would find.
 
+    use super::ledger::Ledger;
     use super::*;
     use std::sync::atomic::AtomicUsize as Counter;
     use std::sync::Arc;
+
+    /// Every chunk charged to `ledger` was made and freed once, and at least
+    /// `made` were made.
+    fn assert_all_freed(ledger: &Ledger, made: usize) {
+        let (m, f) = ledger.counts();
+        assert!(m >= made, "{m} chunks made, expected at least {made}");
+        assert_eq!(f, m, "chunks freed vs made");
+    }
 
     /// Counts its drops.
     struct Tracked<T> {
@@ -522,9 +643,21 @@ mod tests {
     fn cells_made_on_one_thread_die_on_others_in_any_order() {
         let drops = Arc::new(Counter::new(0));
         let n = many();
-        let cells: Vec<_> = (0..n).map(|i| tracked(i, &drops)).collect();
-        // Split round-robin: every chunk is freed in part by each thread,
-        // and its last cell on either.
+        let ledger = Arc::new(Ledger::default());
+        // Made on a thread that then exits, so that its cursor no longer
+        // holds the last chunk: every chunk's count then ends on one of the
+        // two dropping threads.
+        let cells = {
+            let (drops, ledger) = (drops.clone(), ledger.clone());
+            std::thread::spawn(move || {
+                ledger::install(&ledger);
+                (0..n).map(|i| tracked(i, &drops)).collect::<Vec<_>>()
+            })
+            .join()
+            .unwrap()
+        };
+        // Split round-robin, every other cell held by both: each chunk's
+        // cells are freed in part by each thread, its last one on either.
         let mut halves = (Vec::new(), Vec::new());
         for (i, cell) in cells.into_iter().enumerate() {
             if i % 2 == 0 {
@@ -540,11 +673,14 @@ mod tests {
         ta.join().unwrap();
         tb.join().unwrap();
         assert_eq!(drops.load(Ordering::Relaxed), n);
+        let stride = slot_bytes::<Tracked<usize>>();
+        assert_all_freed(&ledger, n.div_ceil((CHUNK_BYTES - HEADER_BYTES) / stride));
     }
 
     #[test]
     fn many_threads_make_and_free_cells_of_each_other() {
         let drops = Arc::new(Counter::new(0));
+        let ledger = Arc::new(Ledger::default());
         let threads = if cfg!(miri) { 3 } else { 4 };
         let per = many() / threads;
         let (tx, rx) = std::sync::mpsc::channel::<ChunkRc<Tracked<usize>>>();
@@ -552,7 +688,9 @@ mod tests {
             .map(|t| {
                 let tx = tx.clone();
                 let drops = drops.clone();
+                let ledger = ledger.clone();
                 std::thread::spawn(move || {
+                    ledger::install(&ledger);
                     for i in 0..per {
                         let cell = tracked(t * per + i, &drops);
                         if i % 3 == 0 {
@@ -579,48 +717,104 @@ mod tests {
         let sent = collector.join().unwrap();
         assert_eq!(sent, threads * (per - per.div_ceil(3)));
         assert_eq!(drops.load(Ordering::Relaxed), threads * per);
+        // The makers have exited (cursors released), every cell is gone.
+        assert_all_freed(&ledger, threads);
     }
 
     #[test]
     fn a_cell_outlives_the_thread_that_made_it() {
         let drops = Arc::new(Counter::new(0));
+        let ledger = Arc::new(Ledger::default());
         let made = {
-            let drops = drops.clone();
+            let (drops, ledger) = (drops.clone(), ledger.clone());
             // The thread exits (its cursors released) while its cells live:
             // their chunks are freed by the last of them, here.
-            std::thread::spawn(move || (0..100).map(|i| tracked(i, &drops)).collect::<Vec<_>>())
-                .join()
-                .unwrap()
+            std::thread::spawn(move || {
+                ledger::install(&ledger);
+                (0..100).map(|i| tracked(i, &drops)).collect::<Vec<_>>()
+            })
+            .join()
+            .unwrap()
         };
         assert_eq!(drops.load(Ordering::Relaxed), 0);
+        assert_eq!(ledger.counts().1, 0, "a chunk freed under live cells");
         assert!(made.iter().enumerate().all(|(i, c)| c._value == i));
         drop(made);
         assert_eq!(drops.load(Ordering::Relaxed), 100);
+        assert_all_freed(&ledger, 1);
+    }
+
+    /// Makes a cell when its thread's thread-locals are destroyed, and
+    /// records whether it had a slot of its own.
+    struct MakesOnExit {
+        drops: Arc<Counter>,
+        own: Arc<Counter>,
+    }
+
+    impl Drop for MakesOnExit {
+        fn drop(&mut self) {
+            let cell = tracked(1u64, &self.drops);
+            self.own
+                .store(usize::from(has_own_slot(&cell)), Ordering::Relaxed);
+        }
+    }
+
+    std::thread_local! {
+        static ON_EXIT: std::cell::RefCell<Option<MakesOnExit>> =
+            const { std::cell::RefCell::new(None) };
     }
 
     #[test]
-    fn a_cell_made_during_thread_local_destruction_has_its_own_slot() {
-        struct MakesOnExit(Arc<Counter>);
-        impl Drop for MakesOnExit {
-            fn drop(&mut self) {
-                // Cursors may be gone already: the cell must still work.
-                drop(tracked(1u64, &self.0));
-            }
-        }
-        thread_local! {
-            static ON_EXIT: std::cell::RefCell<Option<MakesOnExit>> =
-                const { std::cell::RefCell::new(None) };
-        }
+    fn a_cell_made_after_the_cursors_are_destroyed_has_its_own_slot() {
         let drops = Arc::new(Counter::new(0));
-        let d = drops.clone();
+        let own = Arc::new(Counter::new(2));
+        let ledger = Arc::new(Ledger::default());
+        let (d, o, l) = (drops.clone(), own.clone(), ledger.clone());
         std::thread::spawn(move || {
-            // A cell first, so the cursors exist and are torn down too.
+            ledger::install(&l);
+            // `ON_EXIT` first: thread-locals are destroyed last in, first
+            // out, so the cursors (first used below) are gone by the time
+            // its destructor makes a cell.
+            ON_EXIT.with(|slot| {
+                *slot.borrow_mut() = Some(MakesOnExit {
+                    drops: d.clone(),
+                    own: o,
+                })
+            });
             drop(tracked(0u64, &d));
-            ON_EXIT.with(|slot| *slot.borrow_mut() = Some(MakesOnExit(d)));
         })
         .join()
         .unwrap();
         assert_eq!(drops.load(Ordering::Relaxed), 2);
+        assert_eq!(own.load(Ordering::Relaxed), 1, "not an own slot");
+        // The first cell's chunk, given back by the cursors' destructor.
+        assert_all_freed(&ledger, 1);
+    }
+
+    #[test]
+    fn a_cell_made_by_a_destructor_before_the_cursors_is_carved_and_freed() {
+        let drops = Arc::new(Counter::new(0));
+        let own = Arc::new(Counter::new(2));
+        let ledger = Arc::new(Ledger::default());
+        let (d, o, l) = (drops.clone(), own.clone(), ledger.clone());
+        std::thread::spawn(move || {
+            ledger::install(&l);
+            // A cell first: the cursors outlive `ON_EXIT`'s destructor, whose
+            // cell is carved from the same chunk, then freed with it.
+            drop(tracked(0u64, &d));
+            ON_EXIT.with(|slot| {
+                *slot.borrow_mut() = Some(MakesOnExit {
+                    drops: d.clone(),
+                    own: o,
+                })
+            });
+        })
+        .join()
+        .unwrap();
+        assert_eq!(drops.load(Ordering::Relaxed), 2);
+        assert_eq!(own.load(Ordering::Relaxed), 0, "not carved");
+        assert_all_freed(&ledger, 1);
+        assert_eq!(ledger.counts().0, 1, "both cells in one chunk");
     }
 
     #[test]
@@ -631,10 +825,21 @@ mod tests {
                 panic!("a value whose drop panics, on purpose");
             }
         }
-        let cell = ChunkRc::new(Bomb);
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(cell)));
-        assert!(result.is_err());
-        // Miri reports the slot's chunk as leaked if it was not given back.
+        let ledger = Arc::new(Ledger::default());
+        let l = ledger.clone();
+        std::thread::spawn(move || {
+            ledger::install(&l);
+            // Its own chunk (no other `Bomb`-sized cell on this thread).
+            let cell = ChunkRc::new(Bomb);
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(cell)));
+            assert!(result.is_err());
+            assert_eq!(l.counts(), (1, 0), "the cursor still holds the chunk");
+        })
+        .join()
+        .unwrap();
+        // The slot's free and the cursor's at exit: the chunk's count is
+        // used up only if the panicking drop gave its slot back.
+        assert_eq!(ledger.counts(), (1, 1));
     }
 
     #[test]

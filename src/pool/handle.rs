@@ -860,6 +860,15 @@ mod tests {
     use std::task::Wake;
 
     #[test]
+    fn a_handle_is_unpin_whatever_its_result_type() {
+        // As with its old `Arc` cell: `Pin::new(&mut handle)`, `poll_unpin`
+        // and `select!` on `&mut handle` work for every `T` (compile-time).
+        fn assert_unpin<T: Unpin>() {}
+        assert_unpin::<AsyncResult<std::marker::PhantomPinned>>();
+        assert_unpin::<ChunkRc<Cell<std::marker::PhantomPinned>>>();
+    }
+
+    #[test]
     fn a_handle_is_small() {
         // The slot's count and the cell: 40 bytes for a small result, 100
         // to a chunk, where an `Arc` took 48 (64 with glibc's header) and a
@@ -1022,5 +1031,53 @@ mod tests {
         cell.finish(Ok(3));
         assert!(sleeper.join().unwrap());
         assert_eq!(cell.take(), Ok(3));
+    }
+
+    #[test]
+    fn a_cell_with_callbacks_finished_on_another_thread_and_dropped_in_either_order() {
+        // The `upgrade_live` path (`Later`) across threads, under Miri too:
+        // a `CallbackThread` without a pool runs the job inline, on the
+        // finishing thread. Even rounds drop our reference first (the
+        // sink's and the job's outlive it), odd rounds take the result.
+        static SEEN: AtomicUsize = AtomicUsize::new(0);
+        let thread = CallbackThread::new();
+        let rounds = if cfg!(miri) { 6 } else { 200 };
+        for round in 0..rounds {
+            let cell = Cell::new(
+                Callbacks::new().on_success(|v: &Vec<u64>| {
+                    SEEN.fetch_add(v.len(), Ordering::Relaxed);
+                }),
+                Some(&thread),
+            );
+            let sink = super::super::sink::Sink::thin(cell.clone());
+            let finisher =
+                std::thread::spawn(move || sink.complete(Outcome::Err(Error::Cancelled)));
+            if round % 2 == 0 {
+                drop(cell);
+            } else {
+                // Bounded: the finisher is joined below only after this,
+                // and a hang here is caught by the harness's timeout.
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !cell.is_ready() {
+                    assert!(Instant::now() < deadline, "the finisher never finished");
+                    std::thread::yield_now();
+                }
+                assert_eq!(cell.take(), Err(Error::Cancelled));
+            }
+            finisher.join().unwrap();
+            let ok = Cell::new(
+                Callbacks::new().on_success(|v: &Vec<u64>| {
+                    SEEN.fetch_add(v.len(), Ordering::Relaxed);
+                }),
+                Some(&thread),
+            );
+            let other = ok.clone();
+            std::thread::spawn(move || other.finish(Ok(vec![1, 2])))
+                .join()
+                .unwrap();
+            assert_eq!(ok.take(), Ok(vec![1, 2]));
+        }
+        assert!(thread.wait_settled_until(Some(Instant::now() + Duration::from_secs(60))));
+        assert_eq!(SEEN.load(Ordering::Relaxed), 2 * rounds);
     }
 }
