@@ -2,6 +2,7 @@
 //! into one ordered `Vec`, [`ChannelSink`] hands `imap_unordered` each chunk
 //! as it comes, and [`check_chunk`] makes sure a chunk owes what it returns.
 
+use super::cell_chunks::ChunkRc;
 use super::driver::Shared;
 use super::handle::Cell;
 use super::prefault::Prefault;
@@ -25,7 +26,7 @@ use std::sync::{Arc, Mutex};
 /// its turn.
 pub(super) struct MapCollector<R> {
     state: Mutex<Collected<R>>,
-    cell: Arc<Cell<Vec<R>>>,
+    cell: ChunkRc<Cell<Vec<R>>>,
     /// Faulting the output's fresh memory in ahead of the results; stopped
     /// (and its thread joined) before the output is handed over.
     prefault: Mutex<Option<Prefault>>,
@@ -71,7 +72,7 @@ impl<R: Wire> MapCollector<R> {
     /// A collector expecting about `items` results (a hint for the output's
     /// first allocation); chunks are added with [`add_chunk`](Self::add_chunk)
     /// and the collection closed with [`seal`](Self::seal).
-    pub(super) fn new(items: usize, cell: Arc<Cell<Vec<R>>>) -> Arc<Self> {
+    pub(super) fn new(items: usize, cell: ChunkRc<Cell<Vec<R>>>) -> Arc<Self> {
         // The hint may come from a faulty `size_hint`: the output grows
         // past this if need be.
         const PREALLOCATE_AT_MOST: usize = 1 << 24;
@@ -379,7 +380,7 @@ fn decode_chunk<R: Wire>(outcome: Outcome, due: usize) -> Result<Vec<R>> {
 /// ([`absorb`](Completion::absorb), as [`MapCollector`] does), with no copy
 /// into a buffer and no decode pass; others are decoded at delivery.
 pub(super) struct LazyChunk<R> {
-    cell: Arc<Cell<Vec<R>>>,
+    cell: ChunkRc<Cell<Vec<R>>>,
     /// How many results the chunk owes.
     due: usize,
     /// Asked once, on the caller's thread (see [`MapCollector`]'s field).
@@ -389,7 +390,7 @@ pub(super) struct LazyChunk<R> {
 }
 
 impl<R: Wire> LazyChunk<R> {
-    pub(super) fn new(cell: Arc<Cell<Vec<R>>>, due: usize) -> Arc<Self> {
+    pub(super) fn new(cell: ChunkRc<Cell<Vec<R>>>, due: usize) -> Arc<Self> {
         Arc::new(Self {
             cell,
             due,

@@ -392,7 +392,7 @@ impl Shared {
             && actions
                 .completions
                 .iter()
-                .all(|(sink, _)| sink.target.delivers_at_once());
+                .all(|(sink, _)| sink.delivers_at_once());
         // Nothing of the user's runs in a delivery at once (no decoder, no
         // waker): no thread-local mark to make and take down for it. No
         // delivery runs a callback: those go to the callback thread.
@@ -407,7 +407,7 @@ impl Shared {
             // is then dropped in here, not after.
             if let Err(payload) =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-                    sink.target.complete(sink.tag, outcome)
+                    sink.complete(outcome)
                 }))
             {
                 // Dropped under a guard of its own: a payload's `Drop` could

@@ -3,6 +3,7 @@
 //! lives in `map.rs`, the lazy maps in `imap.rs`.
 
 use super::callback_thread::CallbackThread;
+use super::cell_chunks::ChunkRc;
 use super::config::{mask_of, Config};
 use super::core::{Actions, Core, Phase, Worker};
 use super::driver::{driver_loop, is_delivering, Shared};
@@ -477,7 +478,7 @@ impl Pool {
         arg: A,
         callbacks: Callbacks<R>,
         caller_waits: bool,
-    ) -> Result<Arc<Cell<R>>>
+    ) -> Result<ChunkRc<Cell<R>>>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Wire,
@@ -491,10 +492,7 @@ impl Pool {
         self.shared.check_owner()?;
         let trampoline = task::offset_of(task::call_one::<F, A, R>);
         let cell = Cell::new(callbacks, Some(&self.callbacks));
-        let sink = Sink {
-            target: cell.clone(),
-            tag: 0,
-        };
+        let sink = Sink::thin(cell.clone());
         match crate::wire::plain_of::<A>() {
             // Plain data is its own bytes, and carries nothing to keep
             // alive: no encoder to set up (most tiny tasks take a number).

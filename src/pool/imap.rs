@@ -451,10 +451,7 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'_, A, R, I> {
             }
         };
         let cell = Cell::<Vec<R>>::new(Callbacks::new(), None);
-        let sink = Sink {
-            target: LazyChunk::new(cell.clone(), due),
-            tag: 0,
-        };
+        let sink = Sink::shared(LazyChunk::new(cell.clone(), due), 0);
         match self.feed.submit(payload, keep, sink) {
             Ok(()) => {
                 let handle = AsyncResult::new(cell, Arc::downgrade(&self.feed.pool.shared));
@@ -596,10 +593,7 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> ImapUnordered<'_, A, R, I> {
             }
         };
         // The tag is how many results are due, which `ChannelSink` checks.
-        let sink = Sink {
-            target: self.sink.clone(),
-            tag: due as u64,
-        };
+        let sink = Sink::shared(self.sink.clone(), due as u64);
         match self.feed.submit(payload, keep, sink) {
             Ok(()) => self.in_flight += 1,
             Err(e) => self.refused = Some(e),

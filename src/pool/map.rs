@@ -35,10 +35,7 @@ impl Pool {
         let mut keep = Vec::new();
         while let Some(chunk) = chunker.next_chunk()? {
             keep.extend(chunk.keep);
-            let sink = Sink {
-                target: target.clone(),
-                tag: collector.add_chunk(chunk.items),
-            };
+            let sink = Sink::shared(target.clone(), collector.add_chunk(chunk.items));
             tasks.push((trampoline, chunk.payload, sink));
             held.push(chunk.held);
         }
@@ -72,10 +69,7 @@ impl Pool {
             if collector.ended() {
                 break; // a chunk failed: submit nothing more
             }
-            let sink = Sink {
-                target: target.clone(),
-                tag: collector.add_chunk(chunk.items),
-            };
+            let sink = Sink::shared(target.clone(), collector.add_chunk(chunk.items));
             self.shared.submit_held(
                 smallvec::smallvec![(trampoline, chunk.payload, sink)],
                 vec![chunk.held],

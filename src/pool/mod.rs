@@ -28,6 +28,7 @@
 //!   ahead of them;
 //! - `sink.rs`, `handle.rs`, `callbacks.rs`: where an outcome goes, the
 //!   [`AsyncResult`] a caller waits on, the [`Callbacks`] run after arrival;
+//!   `cell_chunks.rs` the chunks result cells are carved from;
 //! - `stats.rs`: [`PoolStats`];
 //! - `layout.rs`, `worker.rs`: the pool's shared segments (split by writer:
 //!   a common one, one per worker slot, a sealed one workers start from)
@@ -37,6 +38,7 @@ mod assist;
 mod builder;
 mod callback_thread;
 mod callbacks;
+mod cell_chunks;
 mod chunk;
 mod chunked;
 mod collect;

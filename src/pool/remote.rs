@@ -260,7 +260,7 @@ impl Pool {
             Payload::from_vec(arg)
         };
         self.shared.submit(
-            smallvec::smallvec![(task.offset, payload, Sink { target, tag: 0 })],
+            smallvec::smallvec![(task.offset, payload, Sink::shared(target, 0))],
             Vec::new(),
             false,
         )
@@ -383,7 +383,7 @@ impl Pool {
             smallvec::smallvec![(
                 task.offset,
                 Payload::from_slice(&handle),
-                Sink { target, tag: 0 }
+                Sink::shared(target, 0)
             )],
             Some(vec![Some(held)]),
             Vec::new(),

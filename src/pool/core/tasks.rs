@@ -195,9 +195,7 @@ impl Core {
                     }
                 }
                 let task = entry;
-                if record.header.kind == kind::OK
-                    && task.sink.target.absorb(task.sink.tag, &w.results, record)
-                {
+                if record.header.kind == kind::OK && task.sink.absorb(&w.results, record) {
                     // Copied into its receiver's output already.
                     self.outstanding -= 1;
                     let outcome = Outcome::Ok(crate::wire::Payload::default());

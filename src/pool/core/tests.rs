@@ -170,10 +170,7 @@ fn timing_fixture(pid: i32, tasks: usize) -> Fixture {
     pretend_running(&mut f.core, Phase::Ready, pid, pidfd);
     let target: Arc<dyn crate::pool::sink::Completion> = Arc::new(Nop);
     for _ in 0..tasks {
-        let sink = crate::pool::sink::Sink {
-            target: target.clone(),
-            tag: 0,
-        };
+        let sink = crate::pool::sink::Sink::shared(target.clone(), 0);
         f.core.submit(0, Payload::default(), sink, None, None);
     }
     f.core.dispatch(&mut Actions::default());
