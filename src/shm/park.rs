@@ -180,7 +180,7 @@ const LEAVING_FLAG_WAKE_FRESH: Duration = Duration::from_millis(10);
 /// it. On a machine with fewer CPUs than busy threads that can take a
 /// scheduler slice, and a worker finishing a batch every few microseconds
 /// made a `FUTEX_WAKE` after each of them: up to 50,000 a run of the
-/// `apply_async` harness (docs/perf-idle-section.md), four times the
+/// `apply_async` harness (docs/performance.md, "The workers' doorbell"), four times the
 /// workers' yields.
 ///
 /// Why it is safe: the waker made that value with its `fetch_add` on a word
