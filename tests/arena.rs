@@ -427,26 +427,6 @@ fn echo_and_way(x: u64) -> (u64, Option<Came>) {
     (x, (x % 4096 == 0).then(came))
 }
 
-/// Claims `claimed` items but yields `real` (see tests/pool.rs).
-struct Liar {
-    next: u64,
-    real: u64,
-    claimed: usize,
-}
-
-impl Iterator for Liar {
-    type Item = u64;
-    fn next(&mut self) -> Option<u64> {
-        (self.next < self.real).then(|| {
-            self.next += 1;
-            self.next - 1
-        })
-    }
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.claimed, Some(self.claimed))
-    }
-}
-
 fn expected(n: u64) -> Vec<(u64, Option<Came>)> {
     (0..n)
         .map(|x| (x, (x % 4096 == 0).then_some(Came::Arena)))
@@ -479,7 +459,7 @@ fn a_map_of_plain_data_gathers_its_chunks_in_the_arena() {
     );
     // Iterators that misreport their length: what comes is what counts.
     for (real, claimed) in [(100_000, 10_000), (10_000, 100_000), (0, 50_000)] {
-        let liar = Liar {
+        let liar = common::Liar {
             next: 0,
             real,
             claimed,

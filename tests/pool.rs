@@ -691,27 +691,6 @@ fn map_callbacks_run_once_with_the_whole_result() {
     assert!(h.get().is_err());
 }
 
-/// Claims `claimed` items but yields `real`: `map` must trust what comes,
-/// not what was promised.
-struct Liar {
-    next: u64,
-    real: u64,
-    claimed: usize,
-}
-
-impl Iterator for Liar {
-    type Item = u64;
-    fn next(&mut self) -> Option<u64> {
-        (self.next < self.real).then(|| {
-            self.next += 1;
-            self.next - 1
-        })
-    }
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.claimed, Some(self.claimed))
-    }
-}
-
 fn fails_at_700(x: u64) -> u64 {
     assert!(x != 700, "item {x}");
     x
@@ -741,7 +720,7 @@ fn map_streams_chunks_and_stops_at_a_failure() {
     assert_eq!(pool.map(square, 0..10u64).unwrap()[9], 81);
     // Iterators that misreport their length.
     for (real, claimed) in [(100, 1000), (1000, 100), (0, 50), (50, 0)] {
-        let liar = Liar {
+        let liar = common::Liar {
             next: 0,
             real,
             claimed,
