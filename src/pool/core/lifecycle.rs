@@ -189,13 +189,11 @@ impl Core {
             return; // not answered: its worker's exit fails it (`on_exit`)
         }
         if let Some((_, outcome)) = actions.completions.get_mut(before) {
-            // A protocol violation stays what it is. A map chunk's results
-            // copied into their receiver already (`absorb`, an empty `Ok`)
-            // are discarded by the error: `map` fails with it as a whole,
-            // `imap` hands out the error in the chunk's place, and
-            // `imap_unordered` sends the error and never the copied values
-            // (each absorbed delivery sends one of those it holds, and this
-            // one no longer does).
+            // A protocol violation stays what it is. The answer was not
+            // absorbed into its receiver (`collect` leaves an overdue task's
+            // record to the general path), so the error drops a payload
+            // nobody holds: `map` fails with it as a whole, `imap` and
+            // `imap_unordered` hand out the error in the chunk's place.
             if !matches!(outcome, Outcome::Err(Error::ProtocolViolation { .. })) {
                 let after = self.task_timeout.unwrap_or_default();
                 *outcome = Outcome::Err(Error::TaskTimedOut { after, rank: None });

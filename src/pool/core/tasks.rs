@@ -195,7 +195,16 @@ impl Core {
                     }
                 }
                 let task = entry;
-                if record.header.kind == kind::OK && task.sink.absorb(&w.results, record) {
+                // Not the answer of a task killed for its timeout: its
+                // outcome becomes `TaskTimedOut` (`collect_results`), and
+                // values copied into a receiver that queues them
+                // (`imap_unordered`'s channel) would be handed out as the
+                // next absorbed chunk's, whose own would be lost.
+                let overdue = w.timed_out == Some(task.id);
+                if record.header.kind == kind::OK
+                    && !overdue
+                    && task.sink.absorb(&w.results, record)
+                {
                     // Copied into its receiver's output already.
                     self.outstanding -= 1;
                     let outcome = Outcome::Ok(crate::wire::Payload::default());

@@ -268,3 +268,63 @@ fn a_replacement_starts_with_the_default_window() {
     assert_eq!(w.window, DEFAULT_WINDOW);
     assert_eq!(w.slot.task_ns().load(Ordering::Relaxed), 0);
 }
+
+/// A receiver that copies every successful answer out of the ring, as
+/// `imap_unordered`'s channel queues a chunk's values.
+struct Absorbs(std::sync::atomic::AtomicUsize);
+
+impl crate::pool::sink::Completion for Absorbs {
+    fn complete(&self, _tag: u64, _outcome: crate::pool::sink::Outcome) {}
+    fn absorb(&self, _tag: u64, _ring: &Consumer, _record: &Claimed) -> bool {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+}
+
+/// The answer of a task killed for its timeout, arriving between the
+/// decision and the kill, is `TaskTimedOut` and is never copied into its
+/// receiver: `imap_unordered` queued those values and handed them out as
+/// the next chunk's, losing that chunk's own (final read of stop 26).
+#[test]
+#[cfg_attr(miri, ignore = "Miri starts no processes")]
+fn an_overdue_answer_is_not_absorbed_into_its_receiver() {
+    let mut other = bystander();
+    let mut f = timing_fixture(other.id() as i32, 0);
+    let absorbs = Arc::new(Absorbs(std::sync::atomic::AtomicUsize::new(0)));
+    let target: Arc<dyn crate::pool::sink::Completion> = absorbs.clone();
+    f.core.submit(
+        0,
+        Payload::default(),
+        crate::pool::sink::Sink::shared(target, 0),
+        None,
+        None,
+    );
+    f.core.dispatch(&mut Actions::default());
+    take_all_and_overrun(&mut f.core);
+    let w = &mut f.core.workers[0];
+    let id = w.in_flight[0].id;
+    // The pool has decided to kill it for its timeout; its answer lands.
+    w.timed_out = Some(id);
+    let mut results = Producer::new(w.results.memory());
+    let header = crate::shm::ring::RecordHeader {
+        kind: kind::OK,
+        id,
+        ..Default::default()
+    };
+    results.write(header, &7u64.to_le_bytes()).unwrap().unwrap();
+    results.publish().unwrap();
+    let mut actions = Actions::default();
+    f.core.collect_results(0, &mut actions);
+    let _ = other.kill();
+    let _ = other.wait();
+    assert_eq!(absorbs.0.load(Ordering::Relaxed), 0, "absorbed");
+    assert_eq!(actions.completions.len(), 1);
+    assert!(
+        matches!(
+            actions.completions[0].1,
+            Outcome::Err(Error::TaskTimedOut { .. })
+        ),
+        "{:?}",
+        actions.completions[0].1
+    );
+}
