@@ -227,10 +227,7 @@ fn new_value_file(
     queue: &ByteQueue,
 ) -> Result<(Arc<ValueFile>, values::Layout)> {
     let page = crate::sys::page_size();
-    #[cfg(not(miri))]
     let limit = crate::sys::file_size_limit();
-    #[cfg(miri)]
-    let limit = None;
     let layout = values::Layout::for_limit(limit, page).ok_or_else(|| Error::SharedMemory {
         op: "laying out a queue's value file",
         source: std::io::Error::other(format!(

@@ -828,10 +828,7 @@ impl ValueFile {
         let span = span_of(len, words.layout.page);
         // Read on every large put, never cached: a process may lower its
         // own limit at any time (the write below checks it again).
-        #[cfg(not(miri))]
         let limit = crate::sys::file_size_limit();
-        #[cfg(miri)]
-        let limit = None;
         let Some(offset) = take(&words, span, limit)? else {
             return Ok(None);
         };
