@@ -96,15 +96,7 @@ extern "C" fn enter_before_main() {
 /// piled them up: a user trial).
 fn serve_role() -> Option<i32> {
     let code = std::panic::catch_unwind(|| {
-        crate::process::child::enter().or_else(|| {
-            if std::env::var_os(crate::pool::worker::WORKER_ENV).is_some() {
-                // A worker ends when its parent ends it, not at a SIGTERM
-                // sent to the whole program (docs/processes.md, "Signals").
-                // Should this fail, the worker serves all the same.
-                let _ = sys::inherit::survive_termination_requests();
-            }
-            crate::pool::worker::enter()
-        })
+        crate::process::child::enter().or_else(crate::pool::worker::enter)
     })
     .unwrap_or(Some(crate::pool::worker::EXIT_START_FAILED));
     if code.is_some() {

@@ -77,8 +77,8 @@ pub fn region_word<T: Wire>(queue: &Queue<T>, region: usize) -> (u64, u64) {
 }
 
 /// How many values too large for a slot are counted live in `queue`'s
-/// value file: the sum of its regions' counts (a value that runs on from
-/// one region into the next counts in both).
+/// value file, region by region (a value that runs on from one region into
+/// the next counts in both).
 pub fn value_live_counts<T: Wire>(queue: &Queue<T>) -> Vec<u64> {
     (0..crate::shm::values::REGION_WORDS)
         .map(|r| region_word(queue, r).0)

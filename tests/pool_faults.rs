@@ -1286,7 +1286,8 @@ fn a_call_in_flight_at_exit_is_cancelled() {
     for mode in ["plain", "retries"] {
         let mut command = std::process::Command::new(std::env::current_exe().unwrap());
         command.env(EXIT_MID_CALL, mode);
-        let output = common::output_within(&mut command, HUNG);
+        // Longer than the child's own wait, so that its diagnostic is read.
+        let output = common::output_within(&mut command, 2 * HUNG);
         let text = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success(), "{mode}: {output:?}");
         assert_eq!(text.trim(), "Err(Cancelled)", "{mode}: {output:?}");

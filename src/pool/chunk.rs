@@ -143,11 +143,10 @@ impl<A: Wire, I: Iterator<Item = A>> Chunker<A, I> {
         // The items known to come, never `chunksize` on trust (a chunk size
         // far above the items must not reserve the whole arena); a last
         // chunk shorter than that leaves the block's tail unused.
+        // `chunker` gave an arena only to maps whose chunks come to
+        // `ARENA_CHUNK_MIN` and more (so never to zero-sized items).
         let room = self.chunksize.min(self.len_hint);
         let bytes = plain.bytes_for(room)?.checked_add(8)?;
-        if bytes < ARENA_CHUNK_MIN || plain.size() == 0 {
-            return None;
-        }
         let mut reserved = arena.reserve(bytes)?;
         let buf = reserved.bytes_mut();
         let (count, body) = buf[..bytes].split_at_mut(8);

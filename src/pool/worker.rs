@@ -45,6 +45,10 @@ pub(crate) fn enter() -> Option<i32> {
         eprintln!("corepool: refusing worker mode in a setuid, setgid or setcap program");
         return Some(EXIT_START_FAILED);
     }
+    // A worker ends when its parent ends it, not at a SIGTERM sent to the
+    // whole program (docs/processes.md, "Signals"). Should this fail, the
+    // worker serves all the same.
+    let _ = sys::inherit::survive_termination_requests();
     Some(match token.to_str().and_then(parse_token) {
         Some(t) => serve(t),
         None => {

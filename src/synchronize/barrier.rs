@@ -477,7 +477,9 @@ mod tests {
     fn callers_beyond_the_parties_pass_with_the_next_generation() {
         let b = Barrier::new(2).unwrap();
         let mut indices: Vec<u32> = std::thread::scope(|s| {
-            let all: Vec<_> = (0..6).map(|_| s.spawn(|| b.wait().unwrap())).collect();
+            // Bounded: a hang here fails the test instead of the run.
+            let wait = || b.wait_timeout(std::time::Duration::from_secs(60)).unwrap();
+            let all: Vec<_> = (0..6).map(|_| s.spawn(wait)).collect();
             all.into_iter().map(|t| t.join().unwrap()).collect()
         });
         indices.sort();
